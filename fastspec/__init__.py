@@ -1,0 +1,2 @@
+"""fastspec: fast, exact spectral similarity for small-molecule MS/MS."""
+from fastspec._version import __version__

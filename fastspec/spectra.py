@@ -1,0 +1,463 @@
+"""Columnar container for many MS/MS spectra (CSR peaks + Arrow metadata)."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec.errors import FastspecError
+
+#: Canonical metadata keys. Readers map the usual aliases onto these (see ``fastspec.io.meta``).
+CANONICAL_KEYS = (
+    "id",
+    "name",
+    "precursor_mz",
+    "charge",
+    "ion_mode",
+    "adduct",
+    "formula",
+    "smiles",
+    "inchikey",
+    "inchikey14",
+    "instrument_type",
+    "instrument",
+    "collision_energy",
+    "fragmentation_mode",
+)
+
+
+def _segment_ids(offsets: np.ndarray) -> np.ndarray:
+    """Spectrum index of every peak, int64 (n_peaks,)."""
+    lengths = np.diff(offsets)
+    return np.repeat(np.arange(lengths.shape[0], dtype=np.int64), lengths)
+
+
+def _gather_index(offsets: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Peak positions of ``rows`` in order, and the new offsets. Vectorised (no Python loop)."""
+    starts = offsets[rows]
+    lengths = offsets[rows + 1] - starts
+    new_offsets = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=new_offsets[1:])
+    total = int(new_offsets[-1])
+    # position = start of own row + rank inside the row
+    peak_idx = np.arange(total, dtype=np.int64) - np.repeat(new_offsets[:-1] - starts, lengths)
+    return peak_idx, new_offsets
+
+
+def sort_peaks_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Sort peaks by m/z inside each spectrum (stable). Only touches unsorted spectra.
+
+    Returns
+    -------
+    mz, intensity : ndarray
+        Sorted copies (or the inputs themselves when already sorted).
+    n_fixed : int
+        Number of spectra that were not sorted.
+    """
+    if mz.shape[0] < 2:
+        return mz, intensity, 0
+    d = np.diff(mz)
+    bad = d < 0
+    if not bad.any():
+        return mz, intensity, 0
+    seg = _segment_ids(offsets)
+    # a negative step across a spectrum boundary is fine
+    bad &= seg[1:] == seg[:-1]
+    if not bad.any():
+        return mz, intensity, 0
+    bad_rows = np.unique(seg[1:][bad])
+    order = np.arange(mz.shape[0], dtype=np.int64)
+    peak_idx, _ = _gather_index(offsets, bad_rows)
+    sub_seg = seg[peak_idx]
+    sub_order = np.lexsort((mz[peak_idx], sub_seg))  # lexsort is stable
+    order[peak_idx] = peak_idx[sub_order]
+    return mz[order], intensity[order], int(bad_rows.shape[0])
+
+
+class SpectrumView:
+    """A light, read-only view of one spectrum inside a :class:`Spectra`.
+
+    Attributes are computed on access; ``mz`` and ``intensity`` are numpy views, not copies.
+    """
+
+    __slots__ = ("_parent", "index")
+
+    def __init__(self, parent: "Spectra", index: int):
+        self._parent = parent
+        self.index = index
+
+    @property
+    def mz(self) -> np.ndarray:
+        o = self._parent.offsets
+        return self._parent.mz[o[self.index] : o[self.index + 1]]
+
+    @property
+    def intensity(self) -> np.ndarray:
+        o = self._parent.offsets
+        return self._parent.intensity[o[self.index] : o[self.index + 1]]
+
+    @property
+    def peaks(self) -> np.ndarray:
+        """(n_peaks, 2) float64 array of m/z and intensity (a copy)."""
+        return np.column_stack([self.mz, self.intensity.astype(np.float64)])
+
+    @property
+    def precursor_mz(self) -> float:
+        return float(self._parent.precursor_mz[self.index])
+
+    @property
+    def charge(self) -> int:
+        return int(self._parent.charge[self.index])
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._parent.metadata.slice(self.index, 1).to_pylist()[0]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        md = self._parent.metadata
+        if key not in md.column_names:
+            return default
+        v = md.column(key)[self.index].as_py()
+        return default if v is None else v
+
+    def __len__(self) -> int:
+        o = self._parent.offsets
+        return int(o[self.index + 1] - o[self.index])
+
+    def __repr__(self) -> str:
+        return f"SpectrumView(index={self.index}, n_peaks={len(self)}, precursor_mz={self.precursor_mz:g})"
+
+
+class Spectra:
+    """Many spectra in columnar form.
+
+    Attributes
+    ----------
+    offsets : ndarray, int64, shape (n+1,)
+        Peaks of spectrum ``i`` are ``mz[offsets[i]:offsets[i+1]]``.
+    mz : ndarray, float64, shape (n_peaks,)
+        Fragment m/z (Da/charge), sorted ascending within each spectrum.
+    intensity : ndarray, float32, shape (n_peaks,)
+        Fragment intensities (arbitrary units).
+    precursor_mz : ndarray, float64, shape (n,)
+        Precursor m/z, NaN when unknown.
+    charge : ndarray, int8, shape (n,)
+        Signed precursor charge, 0 when unknown.
+    metadata : pyarrow.Table
+        One row per spectrum, canonical keys (:data:`CANONICAL_KEYS`) plus any others.
+
+    Notes
+    -----
+    Instances are treated as immutable: operations return new objects and may share arrays.
+    """
+
+    __slots__ = ("offsets", "mz", "intensity", "precursor_mz", "charge", "metadata")
+
+    def __init__(
+        self,
+        offsets: np.ndarray,
+        mz: np.ndarray,
+        intensity: np.ndarray,
+        precursor_mz: np.ndarray | None = None,
+        charge: np.ndarray | None = None,
+        metadata: pa.Table | None = None,
+        *,
+        validate: bool = True,
+    ):
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        mz = np.ascontiguousarray(mz, dtype=np.float64)
+        intensity = np.ascontiguousarray(intensity, dtype=np.float32)
+        n = offsets.shape[0] - 1
+        if precursor_mz is None:
+            precursor_mz = _column_as_float(metadata, "precursor_mz", n)
+        if charge is None:
+            charge = _column_as_int8(metadata, "charge", n)
+        precursor_mz = np.ascontiguousarray(precursor_mz, dtype=np.float64)
+        charge = np.ascontiguousarray(charge, dtype=np.int8)
+        if metadata is None:
+            metadata = pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())}) if n else pa.table({"id": pa.array([], pa.string())})
+        if validate:
+            if offsets.ndim != 1 or n < 0 or offsets[0] != 0 or offsets[-1] != mz.shape[0]:
+                raise FastspecError("offsets must be 1-D, start at 0 and end at len(mz)")
+            if np.any(np.diff(offsets) < 0):
+                raise FastspecError("offsets must be non-decreasing")
+            if mz.shape != intensity.shape:
+                raise FastspecError(f"mz and intensity differ in length: {mz.shape[0]} != {intensity.shape[0]}")
+            if precursor_mz.shape != (n,) or charge.shape != (n,):
+                raise FastspecError("precursor_mz and charge must have one value per spectrum")
+            if metadata.num_rows != n:
+                raise FastspecError(f"metadata has {metadata.num_rows} rows for {n} spectra")
+            mz, intensity, _ = sort_peaks_csr(offsets, mz, intensity)
+        self.offsets = offsets
+        self.mz = mz
+        self.intensity = intensity
+        self.precursor_mz = precursor_mz
+        self.charge = charge
+        self.metadata = metadata
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_arrays(
+        cls,
+        mz_list: Sequence[Sequence[float]],
+        intensity_list: Sequence[Sequence[float]],
+        precursor_mz: Sequence[float] | np.ndarray | None = None,
+        metadata: pa.Table | Mapping[str, Sequence] | Sequence[Mapping[str, Any]] | None = None,
+        charge: Sequence[int] | np.ndarray | None = None,
+    ) -> "Spectra":
+        """Build from per-spectrum peak lists.
+
+        Parameters
+        ----------
+        mz_list, intensity_list : sequence of array-like
+            One array of m/z (Da) and one of intensities per spectrum; peaks are sorted by m/z.
+        precursor_mz : array-like of float, optional
+            Precursor m/z per spectrum (NaN/None when unknown). Defaults to the metadata column.
+        metadata : pyarrow.Table, dict of columns, or list of dicts, optional
+            Per-spectrum metadata; keys are used as given (readers harmonise aliases).
+        charge : array-like of int, optional
+            Signed precursor charge. Defaults to the metadata ``charge`` column, else 0.
+        """
+        if len(mz_list) != len(intensity_list):
+            raise FastspecError("mz_list and intensity_list differ in length")
+        n = len(mz_list)
+        lengths = np.fromiter((len(m) for m in mz_list), dtype=np.int64, count=n)
+        for i, (m, it) in enumerate(zip(mz_list, intensity_list)):
+            if len(m) != len(it):
+                raise FastspecError(f"spectrum {i}: {len(m)} m/z values but {len(it)} intensities")
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        mz = np.concatenate([np.asarray(m, dtype=np.float64) for m in mz_list]) if n else np.zeros(0)
+        inten = np.concatenate([np.asarray(i, dtype=np.float32) for i in intensity_list]) if n else np.zeros(0, np.float32)
+        table = _to_table(metadata, n)
+        if precursor_mz is not None:
+            precursor_mz = np.array([np.nan if v is None else v for v in precursor_mz], dtype=np.float64)
+        return cls(offsets, mz, inten, precursor_mz, charge, table)
+
+    @classmethod
+    def empty(cls) -> "Spectra":
+        return cls(np.zeros(1, np.int64), np.zeros(0), np.zeros(0, np.float32))
+
+    def with_peaks(self, offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, *, validate: bool = False) -> "Spectra":
+        """Same spectra (metadata, precursors) with new peak arrays; used by preprocessing."""
+        return Spectra(offsets, mz, intensity, self.precursor_mz, self.charge, self.metadata, validate=validate)
+
+    def with_metadata(self, metadata: pa.Table) -> "Spectra":
+        """Same peaks with a replaced metadata table (same number of rows)."""
+        return Spectra(self.offsets, self.mz, self.intensity, self.precursor_mz, self.charge, metadata, validate=False)
+
+    # ------------------------------------------------------------------ sequence protocol
+    def __len__(self) -> int:
+        return self.offsets.shape[0] - 1
+
+    @property
+    def n_peaks(self) -> np.ndarray:
+        """Peaks per spectrum, int64 (n,)."""
+        return np.diff(self.offsets)
+
+    def __getitem__(self, key) -> "Spectra | SpectrumView":
+        n = len(self)
+        if isinstance(key, (int, np.integer)):
+            i = int(key)
+            if i < -n or i >= n:
+                raise IndexError(f"spectrum index {i} out of range for {n} spectra")
+            return SpectrumView(self, i % n)
+        if isinstance(key, slice):
+            rows = np.arange(n, dtype=np.int64)[key]
+        else:
+            rows = np.asarray(key)
+            if rows.dtype == bool:
+                if rows.shape != (n,):
+                    raise IndexError("boolean mask must have one entry per spectrum")
+                rows = np.flatnonzero(rows)
+            rows = rows.astype(np.int64, copy=False).ravel()
+            if rows.size and (rows.min() < -n or rows.max() >= n):
+                raise IndexError(f"spectrum index out of range for {n} spectra")
+            rows = np.where(rows < 0, rows + n, rows)
+        return self.take(rows)
+
+    def take(self, rows: np.ndarray) -> "Spectra":
+        """Spectra at ``rows`` (int64 positions), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        peak_idx, offsets = _gather_index(self.offsets, rows)
+        return Spectra(
+            offsets,
+            self.mz[peak_idx],
+            self.intensity[peak_idx],
+            self.precursor_mz[rows],
+            self.charge[rows],
+            self.metadata.take(pa.array(rows, pa.int64())),
+            validate=False,
+        )
+
+    def __iter__(self) -> Iterator[SpectrumView]:
+        for i in range(len(self)):
+            yield SpectrumView(self, i)
+
+    def __add__(self, other: "Spectra") -> "Spectra":
+        return Spectra.concat([self, other])
+
+    @staticmethod
+    def concat(parts: Iterable["Spectra"]) -> "Spectra":
+        """Concatenate spectra; metadata schemas are unified (missing columns become null)."""
+        parts = [p for p in parts]
+        if not parts:
+            return Spectra.empty()
+        if len(parts) == 1:
+            return parts[0]
+        lens = [p.offsets[-1] for p in parts]
+        shifts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        offsets = np.concatenate([[0]] + [p.offsets[1:] + s for p, s in zip(parts, shifts)]).astype(np.int64)
+        tables = [p.metadata for p in parts]
+        try:
+            meta = pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # incompatible types for one column: fall back to strings for the clashing columns
+            meta = pa.concat_tables([_stringify(t) for t in tables], promote_options="permissive")
+        return Spectra(
+            offsets,
+            np.concatenate([p.mz for p in parts]),
+            np.concatenate([p.intensity for p in parts]),
+            np.concatenate([p.precursor_mz for p in parts]),
+            np.concatenate([p.charge for p in parts]),
+            meta.combine_chunks(),
+            validate=False,
+        )
+
+    # ------------------------------------------------------------------ derived columns
+    def column(self, key: str, default: Any = None) -> list:
+        """Metadata column as a Python list (``default`` repeated when absent)."""
+        if key in self.metadata.column_names:
+            return self.metadata.column(key).to_pylist()
+        return [default] * len(self)
+
+    @property
+    def ids(self) -> list[str]:
+        """Spectrum identifiers (metadata ``id``; the position when missing)."""
+        ids = self.column("id")
+        return [str(i) if v is None else str(v) for i, v in enumerate(ids)]
+
+    @property
+    def polarity(self) -> np.ndarray:
+        """+1 positive, -1 negative, 0 unknown; int8 (n,). From ``ion_mode``, else the charge sign."""
+        pol = np.sign(self.charge).astype(np.int8)
+        if "ion_mode" in self.metadata.column_names:
+            mode = self.metadata.column("ion_mode").to_pylist()
+            for i, m in enumerate(mode):
+                if m:
+                    c = str(m).strip().lower()[:1]
+                    if c == "p" or c == "+":
+                        pol[i] = 1
+                    elif c == "n" or c == "-":
+                        pol[i] = -1
+        return pol
+
+    def __repr__(self) -> str:
+        return f"Spectra(n={len(self)}, n_peaks={int(self.offsets[-1])}, columns={self.metadata.column_names})"
+
+    # ------------------------------------------------------------------ matchms interop
+    def to_matchms(self) -> list:
+        """Convert to a list of ``matchms.Spectrum`` (requires matchms)."""
+        try:
+            from matchms import Spectrum
+        except ImportError as e:  # pragma: no cover - depends on environment
+            raise FastspecError("to_matchms() needs matchms: pip install matchms") from e
+        rows = self.metadata.to_pylist()
+        out = []
+        for i, md in enumerate(rows):
+            md = {k: v for k, v in md.items() if v is not None}
+            pmz = self.precursor_mz[i]
+            if np.isfinite(pmz):
+                md["precursor_mz"] = float(pmz)
+            else:
+                md.pop("precursor_mz", None)
+            if self.charge[i] != 0:
+                md["charge"] = int(self.charge[i])
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            out.append(
+                Spectrum(
+                    mz=self.mz[lo:hi].copy(),
+                    intensities=self.intensity[lo:hi].astype(np.float64),
+                    metadata=md,
+                    metadata_harmonization=False,
+                )
+            )
+        return out
+
+    @classmethod
+    def from_matchms(cls, spectra: Iterable) -> "Spectra":
+        """Build from ``matchms.Spectrum`` objects (metadata keys as matchms stores them)."""
+        spectra = list(spectra)
+        mzs = [s.peaks.mz for s in spectra]
+        ints = [s.peaks.intensities for s in spectra]
+        md = [dict(s.metadata) for s in spectra]
+        pmz = [s.get("precursor_mz") for s in spectra]
+        return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else float(v) for v in pmz], metadata=md)
+
+
+# ---------------------------------------------------------------------- helpers
+def _to_table(metadata, n: int) -> pa.Table | None:
+    if metadata is None:
+        return None
+    if isinstance(metadata, pa.Table):
+        table = metadata
+    elif isinstance(metadata, Mapping):
+        table = pa.table({k: list(v) if not isinstance(v, (np.ndarray, pa.Array)) else v for k, v in metadata.items()})
+    else:
+        rows = list(metadata)
+        keys: dict[str, None] = {}
+        for r in rows:
+            keys.update(dict.fromkeys(r))
+        cols = {}
+        for k in keys:
+            vals = [r.get(k) for r in rows]
+            try:
+                cols[k] = pa.array(vals)
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                cols[k] = pa.array([None if v is None else str(v) for v in vals], pa.string())
+        table = pa.table(cols) if cols else pa.table({"id": pa.array([str(i) for i in range(n)])})
+    if table.num_rows != n:
+        raise FastspecError(f"metadata has {table.num_rows} rows for {n} spectra")
+    return table
+
+
+def _column_as_float(table: pa.Table | None, key: str, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    if table is None or key not in table.column_names:
+        return out
+    col = table.column(key)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        return col.cast(pa.float64()).fill_null(np.nan).to_numpy().astype(np.float64, copy=True)
+    for i, v in enumerate(table.column(key).to_pylist()):
+        try:
+            out[i] = float(v) if v is not None else np.nan
+        except (TypeError, ValueError):
+            pass
+    return out
+
+
+def _column_as_int8(table: pa.Table | None, key: str, n: int) -> np.ndarray:
+    out = np.zeros(n, dtype=np.int8)
+    if table is None or key not in table.column_names:
+        return out
+    col = table.column(key)
+    if pa.types.is_integer(col.type):
+        return np.clip(col.cast(pa.int64()).fill_null(0).to_numpy(), -127, 127).astype(np.int8)
+    for i, v in enumerate(table.column(key).to_pylist()):
+        try:
+            out[i] = int(v) if v is not None else 0
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return out
+
+
+def _stringify(table: pa.Table) -> pa.Table:
+    cols = {}
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            cols[name] = col
+        else:
+            cols[name] = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
+    return pa.table(cols)

@@ -1,0 +1,73 @@
+"""Mass tolerances in Da or ppm.
+
+A float means Da; strings such as ``"0.02da"``, ``"0.02 Da"``, ``"10ppm"`` are parsed.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fastspec.errors import ParameterError
+
+_TOL_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A mass tolerance.
+
+    Attributes
+    ----------
+    value : float
+        Magnitude, in ``unit``.
+    unit : {"da", "ppm"}
+        Absolute (Dalton) or relative (parts per million of the m/z being matched).
+    """
+
+    value: float
+    unit: str = "da"
+
+    @property
+    def da(self) -> float:
+        """Absolute part passed to kernels (0.0 when the tolerance is relative)."""
+        return self.value if self.unit == "da" else 0.0
+
+    @property
+    def ppm(self) -> float:
+        """Relative part passed to kernels (0.0 when the tolerance is absolute)."""
+        return self.value if self.unit == "ppm" else 0.0
+
+    def at(self, mz: float) -> float:
+        """Absolute window half-width in Da at a given m/z."""
+        return self.value if self.unit == "da" else mz * self.value * 1e-6
+
+    def __str__(self) -> str:  # round-trips through parse_tolerance
+        return f"{self.value:g}{self.unit}"
+
+
+def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance") -> Tolerance:
+    """Parse a tolerance given as a float (Da), a string (``"0.02da"``, ``"10ppm"``) or a Tolerance.
+
+    Raises
+    ------
+    ParameterError
+        If the value cannot be parsed or is negative / not finite.
+    """
+    if isinstance(tol, Tolerance):
+        return tol
+    if isinstance(tol, bool):
+        raise ParameterError(f"{name}: expected a number or a string like '0.02da' or '10ppm', got {tol!r}")
+    if isinstance(tol, (int, float)):
+        value, unit = float(tol), "da"
+    elif isinstance(tol, str):
+        m = _TOL_RE.match(tol)
+        if not m:
+            raise ParameterError(f"{name}: cannot parse {tol!r}; use e.g. '0.02da' or '10ppm'")
+        value, unit = float(m.group(1)), (m.group(2) or "da").lower()
+        if unit == "mda":
+            value, unit = value / 1000.0, "da"
+    else:
+        raise ParameterError(f"{name}: expected a number or a string like '0.02da' or '10ppm', got {tol!r}")
+    if not (value >= 0.0) or value == float("inf"):
+        raise ParameterError(f"{name}: must be a finite non-negative value, got {tol!r}")
+    return Tolerance(value, unit)

@@ -1,0 +1,1 @@
+"""Numba kernels over flat CSR peak arrays, imported as ``fastspec.kernels``."""

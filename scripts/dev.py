@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Set up a private virtual environment and run fastspec's main job or its test suite.
+
+    python3 scripts/dev.py demo [DEMO ARGS...]   # install fastspec, run `fastspec demo`
+    python3 scripts/dev.py test [PYTEST ARGS...] # install fastspec[test,...], run the whole test suite
+
+Only needs Python >= 3.10 with the standard ``venv`` module. The environment lives in ``.venv`` at the
+repository root (override with ``FASTSPEC_VENV``); re-running reuses it and only reinstalls when
+pyproject.toml changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = Path(os.environ.get("FASTSPEC_VENV", ROOT / ".venv"))
+EXTRAS = {"demo": "", "test": "[test,chem,mzml,plot]"}
+
+
+def _bin(name: str) -> Path:
+    return VENV / ("Scripts" if os.name == "nt" else "bin") / name
+
+
+def _ensure_env(extras: str) -> None:
+    if not _bin("python").exists():
+        print(f"[dev] creating virtual environment in {VENV}", file=sys.stderr, flush=True)
+        venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
+    stamp_key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp = VENV / f".fastspec-installed-{stamp_key[:16]}"
+    if stamp.exists():
+        return
+    py = str(_bin("python"))
+    print(f"[dev] installing fastspec{extras} (editable) into {VENV}", file=sys.stderr, flush=True)
+    subprocess.check_call([py, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=69", "wheel"])
+    subprocess.check_call([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}"])
+    stamp.touch()
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in EXTRAS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd, rest = argv[0], argv[1:]
+    _ensure_env(EXTRAS[cmd])
+    env = dict(os.environ)
+    if cmd == "demo":
+        return subprocess.call([str(_bin("fastspec")), "demo", *rest], env=env)
+    code = subprocess.call([str(_bin("python")), "-m", "pytest", "-q", *rest], cwd=ROOT, env=env)
+    if code == 5:  # pytest collected nothing: never let that pass as a green run
+        print("[dev] pytest collected no tests", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

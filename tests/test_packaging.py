@@ -1,0 +1,91 @@
+"""Import hygiene, packaging layout and repository rules."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HEAVY = ["numba", "faiss", "rdkit", "pyteomics", "dask", "matplotlib", "matchms", "ms_entropy", "h5py"]
+
+
+def _modules_after(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys; print(','.join(sorted(sys.modules)))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip().splitlines()[-1]
+    return set(out.split(","))
+
+
+def test_import_fastspec_is_light():
+    mods = _modules_after("import fastspec")
+    loaded = [m for m in HEAVY if m in mods]
+    assert not loaded, f"import fastspec pulled in {loaded}"
+
+
+def test_cli_help_is_light():
+    code = "import sys; sys.argv=['fastspec','--help']\nfrom fastspec.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    mods = _modules_after(code)
+    loaded = [m for m in HEAVY + ["pyarrow", "numpy"] if m in mods]
+    assert not loaded, f"fastspec --help pulled in {loaded}"
+
+
+def test_kernels_mapped_into_package():
+    import fastspec.kernels
+
+    assert Path(fastspec.kernels.__file__).resolve().parent == (REPO / "kernels").resolve()
+
+
+def test_wheel_contains_kernels(tmp_path):
+    """The package-dir mapping must also hold in a built wheel, not only in the editable install."""
+    pytest.importorskip("setuptools")
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        capture_output=True, text=True,
+    )
+    if res.returncode != 0:
+        if os.environ.get("CI"):  # scripts/dev.py installs setuptools and wheel, so CI must build it
+            pytest.fail(f"wheel build failed: {res.stderr[-500:]}")
+        pytest.skip(f"cannot build a wheel here: {res.stderr[-300:]}")
+    wheel = next(tmp_path.glob("fastspec-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fastspec/kernels/__init__.py" in names
+    assert "fastspec/kernels/_config.py" in names
+    assert not any(n.startswith("kernels/") for n in names)
+    assert not any(n.startswith("tests/") for n in names)
+
+
+def _py_files():
+    for folder in ("fastspec", "kernels", "bench"):
+        yield from (REPO / folder).rglob("*.py")
+
+
+def test_no_pickle():
+    for path in _py_files():
+        text = path.read_text()
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not any(n.split(".")[0] in ("pickle", "cloudpickle", "dill", "joblib") for n in names), path
+        assert "allow_pickle=True" not in text, path
+
+
+def test_numba_functions_use_shared_config():
+    """Every njit in kernels/ takes its options from kernels/_config (cache=True, no fastmath drift)."""
+    for path in (REPO / "kernels").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef,)):
+                for dec in node.decorator_list:
+                    call = dec if isinstance(dec, ast.Call) else None
+                    name = ast.unparse(call.func if call else dec)
+                    if name.endswith("njit") or name.endswith("jit"):
+                        assert call is not None, f"{path.name}:{node.name} uses bare @{name}"
+                        kw = [k.arg for k in call.keywords]
+                        assert None in kw or "cache" in kw, f"{path.name}:{node.name} lacks **NJIT/**PJIT"

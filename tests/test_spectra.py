@@ -1,0 +1,98 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastspec.errors import FastspecError
+from fastspec.spectra import Spectra, sort_peaks_csr
+
+
+def _small():
+    return Spectra.from_arrays(
+        [[300.0, 100.0, 200.0], [50.0], []],
+        [[3, 1, 2], [9], []],
+        precursor_mz=[400.0, None, 80.0],
+        metadata={"id": ["a", "b", "c"], "charge": [1, -2, 0], "ion_mode": ["positive", None, "negative"]},
+    )
+
+
+def test_layout_and_dtypes():
+    s = _small()
+    assert len(s) == 3
+    assert s.offsets.dtype == np.int64 and s.mz.dtype == np.float64 and s.intensity.dtype == np.float32
+    assert s.precursor_mz.dtype == np.float64 and s.charge.dtype == np.int8
+    np.testing.assert_array_equal(s.offsets, [0, 3, 4, 4])
+    np.testing.assert_array_equal(s.mz[:3], [100, 200, 300])  # sorted, intensities follow
+    np.testing.assert_array_equal(s.intensity[:3], [1, 2, 3])
+    assert np.isnan(s.precursor_mz[1])
+    np.testing.assert_array_equal(s.charge, [1, -2, 0])
+    np.testing.assert_array_equal(s.polarity, [1, -1, -1])
+
+
+def test_indexing_slicing_order():
+    s = _small()
+    sub = s[[2, 0]]
+    assert sub.ids == ["c", "a"]
+    np.testing.assert_array_equal(sub.offsets, [0, 0, 3])
+    assert s[1:].ids == ["b", "c"]
+    assert s[np.array([False, True, False])].ids == ["b"]
+    assert s[-1].index == 2 and len(s[0]) == 3
+    with pytest.raises(IndexError):
+        s[3]
+    with pytest.raises(IndexError):
+        s[[0, 5]]
+
+
+def test_views_and_iteration():
+    s = _small()
+    views = list(s)
+    assert [len(v) for v in views] == [3, 1, 0]
+    assert views[0].mz.base is not None  # a view, not a copy
+    assert views[0].get("id") == "a" and views[0].get("nope", 7) == 7
+    assert views[0].peaks.shape == (3, 2)
+
+
+def test_concat_unifies_metadata():
+    a = _small()
+    b = Spectra.from_arrays([[10.0]], [[1.0]], metadata={"id": ["z"], "extra": [1.5]})
+    c = a + b
+    assert len(c) == 4 and c.ids == ["a", "b", "c", "z"]
+    np.testing.assert_array_equal(c.offsets, [0, 3, 4, 4, 5])
+    assert c.column("extra") == [None, None, None, 1.5]
+
+
+def test_validation():
+    with pytest.raises(FastspecError):
+        Spectra(np.array([0, 2]), np.zeros(3), np.zeros(3))
+    with pytest.raises(FastspecError):
+        Spectra.from_arrays([[1.0, 2.0]], [[1.0]])
+    with pytest.raises(FastspecError):
+        Spectra(np.array([0, 1]), np.zeros(1), np.zeros(1), metadata=pa.table({"id": ["a", "b"]}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 2000, allow_nan=False), max_size=12), min_size=1, max_size=8))
+def test_sort_peaks_matches_per_spectrum_sort(peaks):
+    ints = [list(range(len(p))) for p in peaks]
+    s = Spectra.from_arrays(peaks, ints)
+    for i, p in enumerate(peaks):
+        order = np.argsort(np.asarray(p, dtype=float), kind="stable")
+        np.testing.assert_array_equal(s[i].mz, np.asarray(p, dtype=float)[order])
+        np.testing.assert_array_equal(s[i].intensity, np.asarray(ints[i], dtype=np.float32)[order])
+
+
+def test_sort_peaks_counts_fixed():
+    off = np.array([0, 2, 4])
+    mz, it, n = sort_peaks_csr(off, np.array([2.0, 1.0, 1.0, 2.0]), np.array([1, 2, 3, 4], np.float32))
+    assert n == 1 and list(mz) == [1, 2, 1, 2] and list(it) == [2, 1, 3, 4]
+
+
+def test_matchms_roundtrip():
+    pytest.importorskip("matchms")
+    s = _small()[[0, 1]]
+    ms = s.to_matchms()
+    assert ms[0].get("precursor_mz") == 400.0 and ms[1].get("precursor_mz") is None
+    back = Spectra.from_matchms(ms)
+    np.testing.assert_array_equal(back.mz, s.mz)
+    np.testing.assert_array_equal(back.intensity, s.intensity)
+    assert back.ids == s.ids

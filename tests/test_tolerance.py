@@ -1,0 +1,27 @@
+import pytest
+
+from fastspec.errors import FastspecError
+from fastspec.tolerance import Tolerance, parse_tolerance
+
+
+@pytest.mark.parametrize(
+    "text,value,unit",
+    [(0.02, 0.02, "da"), (1, 1.0, "da"), ("0.02da", 0.02, "da"), ("0.02 Da", 0.02, "da"), ("10ppm", 10.0, "ppm"),
+     ("10 PPM", 10.0, "ppm"), ("5mDa", 0.005, "da"), ("1e-2", 0.01, "da"), (".5", 0.5, "da")],
+)
+def test_parse(text, value, unit):
+    t = parse_tolerance(text)
+    assert t.unit == unit and t.value == pytest.approx(value)
+    assert parse_tolerance(str(t)) == t
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "-1da", "10 furlongs", None, True, float("nan"), float("inf"), -0.1])
+def test_refuse(bad):
+    with pytest.raises(FastspecError):
+        parse_tolerance(bad)
+
+
+def test_windows():
+    assert Tolerance(10, "ppm").at(500.0) == pytest.approx(0.005)
+    assert Tolerance(0.02).at(500.0) == 0.02
+    assert (Tolerance(10, "ppm").da, Tolerance(10, "ppm").ppm) == (0.0, 10)

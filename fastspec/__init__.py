@@ -16,6 +16,7 @@ _LAZY = {
     "read": "fastspec.io",
     "iter_read": "fastspec.io",
     "write": "fastspec.io",
+    "ReadReport": "fastspec.io",
     "score_pairs": "fastspec.similarity",
     "score_matrix": "fastspec.similarity",
     "Library": "fastspec.library",

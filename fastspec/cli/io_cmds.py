@@ -1,0 +1,46 @@
+"""``fastspec convert``: read spectrum files in any supported format and write them in another."""
+from __future__ import annotations
+
+import time
+
+import click
+
+from fastspec.cli._common import common_options, handle_errors
+
+_WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
+_READABLE = ("mgf", "msp", "mzml", "tsv", "parquet", "hdf5")
+
+
+@click.command("convert")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("output", nargs=1, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(_WRITABLE), default=None,
+              help="Output format (default: from OUTPUT's extension; .gz compresses text).")
+@click.option("--input-format", "input_format", type=click.Choice(_READABLE), default=None,
+              help="Input format (default: from each input's extension, else sniffed).")
+@click.option("--on-error", "on_error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True,
+              help="Bad records: skip and count them, or stop at the first with its file and line.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the read report (counts, rejected records) as JSON here.")
+@common_options
+@handle_errors
+def convert(inputs, output, fmt, input_format, on_error, report_path, threads, quiet):
+    """Convert spectra: INPUTS... (mgf, msp, mzML, tsv, parquet, h5) -> OUTPUT (mgf, msp, tsv, parquet, h5).
+
+    Several inputs are concatenated. Metadata keys are harmonised; bad records are skipped and
+    counted unless --on-error raise.
+    """
+    from fastspec.io import read, write
+
+    t0 = time.perf_counter()
+    spectra, report = read(list(inputs), format=input_format, on_error=on_error,
+                           progress=False if quiet else None, return_report=True)
+    write(spectra, output, format=fmt)
+    if report_path:
+        import json
+
+        with open(report_path, "w", encoding="utf-8") as fh:
+            json.dump(report.to_dict(), fh, indent=1, default=str)
+    if not quiet:
+        click.echo(f"{len(spectra):,} spectra -> {output} in {time.perf_counter() - t0:.2f}s; "
+                   f"{report.summary()}", err=True)

@@ -1,0 +1,520 @@
+"""Shared reader plumbing: the read report, the peak rules every reader applies, file opening,
+progress bars and the assembly of parsed records into :class:`~fastspec.spectra.Spectra`.
+
+Peak rules (:func:`clean_peaks`), identical for every format, applied to CSR arrays at once:
+
+========================================  =====================================================
+condition                                 rule
+========================================  =====================================================
+NaN or infinite m/z or intensity          record rejected (``"non-finite peak value"``); also
+                                          intensities beyond float32 range
+m/z <= 0                                  record rejected (``"m/z not positive"``)
+intensity < 0                             record rejected (``"negative intensity"``)
+intensity == 0                            peak dropped (counted in ``n_zero_intensity_dropped``)
+no peak left (or none given)              record rejected (``"no peaks"``)
+peaks not sorted by m/z                   sorted (stable), counted in ``n_fixed_unsorted``
+repeated m/z values                       kept as they are, counted in ``n_with_duplicate_mz``
+missing / unparsable / non-positive       precursor m/z is NaN; record kept (``"bad precursor_mz"``
+precursor m/z                             warning when a value was given but unusable)
+========================================  =====================================================
+"""
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import os
+import sys
+from typing import Any, Iterator, NamedTuple
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+from fastspec.errors import FastspecError, ParseError
+from fastspec.kernels._config import NJIT
+from fastspec.spectra import Spectra, sort_peaks_csr
+
+#: at most this many rejected records are listed one by one in a report (counts stay exact)
+MAX_LISTED = 10_000
+
+REASON_NONFINITE = "non-finite peak value"
+REASON_MZ = "m/z not positive"
+REASON_NEGATIVE = "negative intensity"
+REASON_EMPTY = "no peaks"
+
+
+class Rejection(NamedTuple):
+    """One rejected record: 1-based line (row for tables) where it starts or fails, why, and the file."""
+
+    line: int | None
+    reason: str
+    path: str | None = None
+
+
+@dataclasses.dataclass
+class ReadReport:
+    """What a read did. Invariant: ``n_records == n_spectra + n_rejected``.
+
+    Attributes
+    ----------
+    path : str or list of str
+        The file(s) read.
+    format : str
+        Format name (``"mgf"``, ``"msp"``, ...; ``"mixed"`` for several formats).
+    n_records : int
+        Records found (MGF ``BEGIN IONS`` blocks, MSP entries, table rows, mzML MS2 spectra).
+    n_spectra : int
+        Spectra returned.
+    n_rejected : int
+        Records skipped (``on_error="skip"``).
+    rejected : list of Rejection
+        ``(line, reason, path)`` per rejected record, the first :data:`MAX_LISTED`.
+    counts_by_reason : dict
+        Rejected records per reason (exact).
+    n_fixed_unsorted : int
+        Spectra whose peaks were sorted by m/z.
+    n_zero_intensity_dropped : int
+        Peaks dropped for zero intensity.
+    n_with_duplicate_mz : int
+        Spectra kept with repeated m/z values.
+    warnings : dict
+        Other counted oddities (``"num_peaks mismatch"``, ``"lines outside records"``,
+        ``"bad precursor_mz"``, ``"ms level != 2 skipped"`` ...).
+    files : list of ReadReport
+        Per-file reports when several paths were read.
+    seconds : float
+        Wall time of the read.
+    """
+
+    path: Any = None
+    format: str | None = None
+    n_records: int = 0
+    n_spectra: int = 0
+    n_rejected: int = 0
+    rejected: list = dataclasses.field(default_factory=list)
+    counts_by_reason: dict = dataclasses.field(default_factory=dict)
+    n_fixed_unsorted: int = 0
+    n_zero_intensity_dropped: int = 0
+    n_with_duplicate_mz: int = 0
+    warnings: dict = dataclasses.field(default_factory=dict)
+    files: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def reasons(self) -> dict:
+        """Alias of :attr:`counts_by_reason`."""
+        return self.counts_by_reason
+
+    def check(self) -> "ReadReport":
+        """Raise AssertionError unless the counts add up."""
+        if self.n_records != self.n_spectra + self.n_rejected:
+            raise AssertionError(f"read report does not add up: {self.n_records} records != "
+                                 f"{self.n_spectra} spectra + {self.n_rejected} rejected")
+        if sum(self.counts_by_reason.values()) != self.n_rejected:
+            raise AssertionError("read report: rejection reasons do not add up")
+        return self
+
+    def reject(self, line: int | None, reason: str, path: str | None = None) -> None:
+        self.n_records += 1
+        self.n_rejected += 1
+        self.counts_by_reason[reason] = self.counts_by_reason.get(reason, 0) + 1
+        if len(self.rejected) < MAX_LISTED:
+            self.rejected.append(Rejection(None if line is None else int(line), reason, path))
+
+    def warn(self, what: str, n: int = 1) -> None:
+        if n:
+            self.warnings[what] = self.warnings.get(what, 0) + int(n)
+
+    def absorb(self, other: "ReadReport") -> None:
+        """Add another report's counts (used for several files)."""
+        self.n_records += other.n_records
+        self.n_spectra += other.n_spectra
+        self.n_rejected += other.n_rejected
+        room = MAX_LISTED - len(self.rejected)
+        if room > 0:
+            self.rejected.extend(other.rejected[:room])
+        for k, v in other.counts_by_reason.items():
+            self.counts_by_reason[k] = self.counts_by_reason.get(k, 0) + v
+        for k, v in other.warnings.items():
+            self.warnings[k] = self.warnings.get(k, 0) + v
+        self.n_fixed_unsorted += other.n_fixed_unsorted
+        self.n_zero_intensity_dropped += other.n_zero_intensity_dropped
+        self.n_with_duplicate_mz += other.n_with_duplicate_mz
+
+    def summary(self) -> str:
+        """One line, e.g. ``1000 records: 998 spectra, 2 rejected (no peaks: 2)``."""
+        s = f"{self.n_records} records: {self.n_spectra} spectra, {self.n_rejected} rejected"
+        if self.counts_by_reason:
+            s += " (" + ", ".join(f"{k}: {v}" for k, v in sorted(self.counts_by_reason.items())) + ")"
+        fixes = []
+        if self.n_fixed_unsorted:
+            fixes.append(f"{self.n_fixed_unsorted} sorted")
+        if self.n_zero_intensity_dropped:
+            fixes.append(f"{self.n_zero_intensity_dropped} zero-intensity peaks dropped")
+        fixes += [f"{k}: {v}" for k, v in sorted(self.warnings.items())]
+        if fixes:
+            s += "; " + ", ".join(fixes)
+        return s
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["rejected"] = [list(r) for r in self.rejected]
+        return d
+
+
+# ---------------------------------------------------------------------------- peak rules
+_CODES = (None, REASON_NONFINITE, REASON_MZ, REASON_NEGATIVE, REASON_EMPTY)
+
+
+@numba.njit(**NJIT)
+def _peak_rules(offsets, mz, inten, pre_bad):
+    """One pass over CSR peaks: per-record rule code (0 keep, else index into _CODES), peak keep
+    mask, kept peaks per record, unsorted flag per record and the number of zero-intensity peaks
+    dropped from kept records."""
+    n = offsets.shape[0] - 1
+    code = np.zeros(n, np.int8)
+    lengths = np.zeros(n, np.int64)
+    unsorted = np.zeros(n, np.bool_)
+    keep = np.zeros(mz.shape[0], np.bool_)
+    n_zero = 0
+    for r in range(n):
+        a = offsets[r]
+        b = offsets[r + 1]
+        if pre_bad[r]:  # a parse error wins over the peak rules
+            code[r] = 5
+            continue
+        c = 0
+        for k in range(a, b):
+            m = mz[k]
+            v = inten[k]
+            if not (np.isfinite(m) and np.isfinite(v)):
+                c = 1
+                break
+            if m <= 0.0 and c == 0:
+                c = 2
+            elif v < 0.0 and c == 0:
+                c = 3
+        if c != 0:
+            code[r] = c
+            continue
+        kept = 0
+        last = -np.inf
+        zeros = 0
+        for k in range(a, b):
+            if inten[k] == 0.0:
+                zeros += 1
+                continue
+            keep[k] = True
+            kept += 1
+            if mz[k] < last:
+                unsorted[r] = True
+            last = mz[k]
+        lengths[r] = kept
+        if kept == 0:
+            code[r] = 4
+        else:
+            n_zero += zeros
+    return code, keep, lengths, unsorted, n_zero
+
+
+@numba.njit(**NJIT)
+def _dup_rows(offsets, mz):
+    """Number of records with two equal consecutive m/z values (peaks sorted)."""
+    n = offsets.shape[0] - 1
+    cnt = 0
+    for r in range(n):
+        for k in range(offsets[r] + 1, offsets[r + 1]):
+            if mz[k] == mz[k - 1]:
+                cnt += 1
+                break
+    return cnt
+
+
+def clean_peaks(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, report: ReadReport | None = None,
+                reasons: np.ndarray | None = None):
+    """Apply the peak rules (module docstring) to CSR peaks of n records, in one compiled pass.
+
+    Parameters
+    ----------
+    offsets : int64 (n+1,)
+    mz : float64 (n_peaks,)
+    intensity : float (n_peaks,)
+        Any float dtype; cast to float32 (values beyond float32 range become inf -> rejected).
+    report : ReadReport, optional
+        Receives the fix counts of the kept records (not the rejections: see ``reasons``).
+    reasons : object array (n,), optional
+        Reasons already known (parse errors; None for records that parsed); such records are
+        rejected whatever their peaks.
+
+    Returns
+    -------
+    keep : bool (n,)
+        Records that survive.
+    reasons : object array (n,)
+        Rejection reason per record (None when kept).
+    offsets, mz, intensity : ndarray
+        CSR peaks of the kept records only (int64, float64 sorted per spectrum, float32).
+    """
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    mz = np.ascontiguousarray(mz, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        inten = np.ascontiguousarray(intensity).astype(np.float32, copy=False)
+    n = offsets.shape[0] - 1
+    pre = np.zeros(n, np.bool_) if reasons is None else np.array([r is not None for r in reasons], dtype=np.bool_)
+    code, keep_peak, lengths, unsorted, n_zero = _peak_rules(offsets, mz, inten, pre)
+    out_reasons = np.array(_CODES, dtype=object)[np.minimum(code, 4)]
+    if reasons is not None and pre.any():
+        is_pre = code == 5
+        out_reasons[is_pre] = np.asarray(reasons, dtype=object)[is_pre]
+    keep = code == 0
+    if not keep_peak.all():
+        mz2 = mz[keep_peak]
+        in2 = inten[keep_peak]
+    else:
+        mz2, in2 = mz, inten
+    new_len = lengths[keep]
+    new_off = np.zeros(new_len.shape[0] + 1, np.int64)
+    np.cumsum(new_len, out=new_off[1:])
+    n_fixed = int(np.count_nonzero(unsorted))
+    if n_fixed:
+        mz2, in2, _ = sort_peaks_csr(new_off, mz2, in2)
+    if report is not None:
+        report.n_fixed_unsorted += n_fixed
+        report.n_zero_intensity_dropped += int(n_zero)
+        report.n_with_duplicate_mz += int(_dup_rows(new_off, mz2))
+    return keep, out_reasons, new_off, np.ascontiguousarray(mz2), np.ascontiguousarray(in2, dtype=np.float32)
+
+
+def finish_block(
+    report: ReadReport,
+    path: str,
+    lines: np.ndarray,
+    errors: np.ndarray,
+    offsets: np.ndarray,
+    mz: np.ndarray,
+    intensity: np.ndarray,
+    metadata: pa.Table,
+    on_error: str,
+    *,
+    text: bool = True,
+    merge_aliases: bool | None = None,
+) -> Spectra:
+    """Turn n parsed records into Spectra and account for them in ``report``.
+
+    Parameters
+    ----------
+    lines : int64 (n,)
+        Line (or row) number of each record, for messages.
+    errors : object (n,) or None
+        Parse error per record (None if it parsed); such records are rejected whatever their peaks.
+    offsets, mz, intensity : CSR peaks of the n records.
+    metadata : pyarrow.Table
+        n rows of raw metadata (harmonised here).
+    """
+    from fastspec.io.meta import harmonise_table
+
+    keep, reasons, off2, mz2, in2 = clean_peaks(offsets, mz, intensity, report, errors)
+    bad = np.flatnonzero(~keep)
+    if bad.size:
+        if on_error == "raise":
+            first = bad[np.argmin(lines[bad])]
+            raise ParseError(str(reasons[first]), path, int(lines[first]))
+        for i in bad:
+            report.reject(int(lines[i]), str(reasons[i]), path)
+    n_keep = int(keep.sum())
+    report.n_records += n_keep
+    report.n_spectra += n_keep
+    meta = metadata.filter(pa.array(keep)) if bad.size else metadata
+    counts: dict = {}
+    meta = harmonise_table(meta, text=text, merge_aliases=merge_aliases, counts=counts)
+    for k, v in counts.items():
+        report.warn(k, v)
+    pmz = meta.column("precursor_mz").to_numpy(zero_copy_only=False).astype(np.float64)
+    charge = meta.column("charge").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int8)
+    return Spectra(off2, mz2, in2, pmz, charge, meta, validate=False)
+
+
+# ---------------------------------------------------------------------------- files
+def strip_gz(path: str) -> tuple[str, bool]:
+    """(path without a trailing .gz, whether it had one)."""
+    low = path.lower()
+    if low.endswith(".gz"):
+        return path[:-3], True
+    return path, False
+
+
+def open_binary(path: str):
+    """A binary file object (gzip-decompressing for ``.gz``) and the on-disk size in bytes."""
+    size = os.path.getsize(path)
+    if path.lower().endswith(".gz"):
+        return gzip.open(path, "rb"), size
+    return open(path, "rb"), size
+
+
+def raw_position(f) -> int:
+    """Bytes consumed from disk so far (compressed position for gzip streams)."""
+    try:
+        if isinstance(f, gzip.GzipFile):
+            return f.fileobj.tell()
+        return f.tell()
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+class Progress:
+    """A tqdm byte counter on stderr, or nothing.
+
+    ``enabled=None`` (auto) shows it only for files over 64 MB when stderr is a terminal.
+    """
+
+    AUTO_BYTES = 64 << 20
+
+    def __init__(self, total: int, enabled: bool | None, desc: str):
+        if enabled is None:
+            enabled = total >= self.AUTO_BYTES and _stderr_tty()
+        self._bar = None
+        self._done = 0
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
+                             file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def to(self, position: int) -> None:
+        if self._bar is not None and position > self._done:
+            self._bar.update(position - self._done)
+            self._done = position
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _stderr_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class BlockReader:
+    """Read a (possibly gzipped) file in blocks that end at a newline.
+
+    ``for data, final in reader:`` — ``data`` holds whole lines; after scanning, the consumer
+    hands back what it did not consume (an unfinished record) with ``reader.give_back(tail)``;
+    it is prefixed to the next block. ``final`` is True for the last block (EOF).
+    """
+
+    def __init__(self, path: str, block_bytes: int = 32 << 20, progress: bool | None = None, desc: str = ""):
+        self.path = path
+        self.block_bytes = int(block_bytes)
+        self.progress = progress
+        self.desc = desc or os.path.basename(path)
+        self._tail = b""
+
+    def give_back(self, tail: bytes) -> None:
+        self._tail = bytes(tail)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bool]]:
+        f, size = open_binary(self.path)
+        bar = Progress(size, self.progress, self.desc)
+        carry = b""
+        first = True
+        try:
+            while True:
+                chunk = f.read(self.block_bytes)
+                if first:
+                    first = False
+                    if chunk.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
+                        chunk = chunk[3:]
+                data = carry + chunk if carry else chunk
+                if not chunk:
+                    if data:
+                        self._tail = b""
+                        yield data, True
+                    return
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                self._tail = b""
+                yield (data[:cut] if cut < len(data) else data), False
+                carry = self._tail + data[cut:]
+                bar.to(raw_position(f))
+        except (OSError, EOFError, zlib_error()) as e:
+            raise FastspecError(f"{self.path}: cannot read: {e}") from e
+        finally:
+            bar.close()
+            f.close()
+
+
+def zlib_error():
+    import zlib
+
+    return zlib.error
+
+
+# ---------------------------------------------------------------------------- formats
+#: extension -> format name
+EXTENSIONS = {
+    ".mgf": "mgf",
+    ".msp": "msp",
+    ".mzml": "mzml",
+    ".tsv": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+}
+FORMATS = ("mgf", "msp", "mzml", "tsv", "parquet", "hdf5")
+
+
+def detect_format(path: str, format: str | None = None) -> str:
+    """Format name from ``format=``, else the extension (``.gz`` ignored), else the content."""
+    if format is not None:
+        f = str(format).lower().lstrip(".")
+        f = {"h5": "hdf5", "pq": "parquet", "mzml": "mzml"}.get(f, f)
+        if f not in FORMATS:
+            raise FastspecError(f"unknown format {format!r}; known: {', '.join(FORMATS)}")
+        return f
+    base, _ = strip_gz(str(path))
+    ext = os.path.splitext(base)[1].lower()
+    if ext in EXTENSIONS:
+        return EXTENSIONS[ext]
+    return sniff_format(str(path))
+
+
+def sniff_format(path: str) -> str:
+    """Guess the format from the first bytes of the file."""
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"\x89HDF"):
+        return "hdf5"
+    if head.startswith(b"\x1f\x8b"):
+        with gzip.open(path, "rb") as g:
+            head = g.read(4096)
+    text = head.decode("utf-8", "replace").lower()
+    if "<mzml" in text or "<indexedmzml" in text:
+        return "mzml"
+    if "begin ions" in text:
+        return "mgf"
+    first = text.lstrip().split("\n", 1)[0]
+    if "\t" in first and "mzs" in first.split("\t"):
+        return "tsv"
+    if "name:" in text or "num peaks:" in text:
+        return "msp"
+    raise FastspecError(f"{path}: cannot tell the file format; pass format= "
+                        f"(one of {', '.join(FORMATS)})")
+
+
+def text_sink(path: str):
+    """A text file for writing (gzip-compressed for ``.gz``), UTF-8, ``\\n`` line ends."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    if path.lower().endswith(".gz"):
+        return io.TextIOWrapper(gzip.open(path, "wb", compresslevel=6), encoding="utf-8", newline="\n")
+    return open(path, "w", encoding="utf-8", newline="\n")

@@ -1,0 +1,232 @@
+"""Shared reader for line-based text formats (MGF, MSP): blocks -> numba scan -> Spectra.
+
+Metadata lines come out of the scanner as one ``\\n``-joined string; pyarrow splits them into
+key/value columns and this module pivots them into one column per key (first value per record
+wins), without a Python loop per line. Only MSP's ``Synon:``/``Comments:`` lines, at most a few
+per record, go through Python (:func:`_msp_special`).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastspec.io import _textscan as ts
+from fastspec.io._common import BlockReader, ReadReport, finish_block
+from fastspec.io.meta import NIST_SYNON_CODES
+from fastspec.spectra import Spectra
+
+#: keys holding a declared peak count: checked against the peaks read, then dropped
+NUM_PEAKS_KEYS = ("num peaks", "num_peaks", "numpeaks", "num peak", "npeaks")
+
+_PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')
+_ERRORS = {code: reason for code, reason in ts.ERROR_REASONS.items()}
+
+
+def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progress: bool | None,
+              block_bytes: int = 32 << 20) -> Iterator[Spectra]:
+    """Spectra of a MGF/MSP file, one :class:`Spectra` per block of about ``block_bytes``."""
+    reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}")
+    line0 = 1
+    for data, final in reader:
+        r = ts.scan(data, mode, line0, final)
+        line0 += r.consumed_lines
+        if r.consumed < len(data):
+            reader.give_back(data[r.consumed:])
+        report.warn("lines outside records", r.n_ignored)
+        if len(r) == 0:
+            continue
+        yield _block_spectra(path, r, mode, on_error, report)
+
+
+def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport) -> Spectra:
+    n = len(r)
+    meta = _meta_table(r.keys, r.values, r.rec_meta, mode)
+    n_peaks = np.diff(r.rec_pk)
+    # declared peak counts: trust the peaks, count the disagreement
+    declared = [c for c in meta.column_names if c in NUM_PEAKS_KEYS]
+    if declared:
+        col = pc.coalesce(*[meta.column(c) for c in declared])
+        dec = pc.cast(pc.utf8_trim_whitespace(col), pa.float64(), safe=False) if _all_numeric(col) else None
+        if dec is None:
+            dec = pa.array([_to_num(v) for v in col.to_pylist()], pa.float64())
+        d = dec.to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(d)
+        parse_ok = r.rec_err == 0
+        report.warn("num_peaks mismatch", int(np.count_nonzero(ok & parse_ok & (d != n_peaks))))
+        meta = meta.drop_columns(declared)
+    errors = None
+    if r.rec_err.any():
+        errors = np.full(n, None, dtype=object)
+        for i in np.flatnonzero(r.rec_err):
+            errors[i] = _ERRORS.get(int(r.rec_err[i]), "unparsable record")
+    lines = np.where(r.rec_err != 0, r.rec_err_line, r.rec_line)
+    return finish_block(report, path, lines, errors, r.rec_pk, r.mz, r.intensity, meta, on_error, text=True)
+
+
+def _all_numeric(col) -> bool:
+    try:
+        pc.cast(pc.utf8_trim_whitespace(col), pa.float64())
+        return True
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+
+
+def _to_num(v) -> float:
+    try:
+        return float(str(v).strip())
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _empty_rows(n: int) -> pa.Table:
+    return pa.table({"_": pa.nulls(n)}).drop_columns(["_"])
+
+
+def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int) -> pa.Table:
+    """One row per record, one string column per raw (lower-cased) key; first value wins."""
+    n = rec_meta.shape[0] - 1
+    if len(keys) == 0:
+        return _empty_rows(n)
+    rec = np.repeat(np.arange(n, dtype=np.int64), np.diff(rec_meta))
+    lists: dict[str, tuple[np.ndarray, list]] = {}
+    if mode == ts.MSP:
+        special = pc.is_in(keys, value_set=pa.array(["synon", "comments", "comment", "synonym"]))
+        if pc.any(special).as_py():
+            sp = np.asarray(special.to_numpy(zero_copy_only=False), dtype=bool)
+            sp_idx = np.flatnonzero(sp)
+            ek, ev, er, syn_r, syn_v = _msp_special(keys.take(pa.array(sp_idx)).to_pylist(),
+                                                    vals.take(pa.array(sp_idx)).to_pylist(), rec[sp_idx])
+            keep = pa.array(~sp)
+            keys = pa.concat_arrays([keys.filter(keep), pa.array(ek, pa.string())])
+            vals = pa.concat_arrays([vals.filter(keep), pa.array(ev, pa.string())])
+            rec = np.concatenate([rec[~sp], np.asarray(er, dtype=np.int64)])
+            if syn_r:
+                lists["synonyms"] = (np.asarray(syn_r, dtype=np.int64), syn_v)
+    cols: dict[str, pa.Array] = {}
+    if len(keys):
+        enc = pc.dictionary_encode(keys)
+        names = enc.dictionary.to_pylist()
+        gid = enc.indices.to_numpy(zero_copy_only=False)
+        if len(names) < 2**15:
+            gid = gid.astype(np.int16)  # numpy's stable sort is a radix sort for 16-bit keys
+        order = np.argsort(gid, kind="stable")
+        bounds = np.searchsorted(gid[order], np.arange(len(names) + 1))
+        for g, name in enumerate(names):
+            if not name:
+                continue
+            pos = order[bounds[g]:bounds[g + 1]]
+            r = rec[pos]  # non-decreasing: lines are in file order
+            first = np.ones(r.shape[0], dtype=bool)
+            first[1:] = r[1:] != r[:-1]
+            idx = np.full(n, -1, dtype=np.int64)
+            idx[r[first]] = pos[first]
+            cols[name] = vals.take(pa.array(idx, mask=idx < 0))
+    for name, (r_, v_) in lists.items():
+        order = np.argsort(r_, kind="stable")
+        counts = np.bincount(r_, minlength=n)
+        offs = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(counts, out=offs[1:])
+        values = pa.array([v_[i] for i in order], pa.string())
+        cols[name] = pa.ListArray.from_arrays(pa.array(offs), values, mask=pa.array(counts == 0))
+    if not cols:
+        return _empty_rows(n)
+    return pa.table(cols)
+
+
+def _msp_special(keys: list, vals: list, recs: np.ndarray):
+    """MSP ``Synon:`` (plain synonyms or NIST ``$:NN`` codes) and ``Comments:`` key=value blobs."""
+    ek, ev, er = [], [], []
+    syn_r, syn_v = [], []
+    for k, v, r in zip(keys, vals, recs.tolist()):
+        if v is None:
+            continue
+        if k in ("synon", "synonym"):
+            if v.startswith("$:") and len(v) >= 4:
+                code = v[2:4]
+                ek.append(NIST_SYNON_CODES.get(code, f"nist_synon_{code}"))
+                ev.append(v[4:].strip())
+                er.append(r)
+            elif v:
+                syn_r.append(r)
+                syn_v.append(v)
+            continue
+        pairs = _PAIR_RE.findall(v)
+        if pairs:
+            rest = _PAIR_RE.sub(" ", v).strip()
+            for pk, pv in pairs:
+                ek.append(pk.strip().lower())
+                ev.append(pv.strip())
+                er.append(r)
+            if rest:
+                ek.append("comment")
+                ev.append(rest)
+                er.append(r)
+        else:
+            ek.append("comment")
+            ev.append(v)
+            er.append(r)
+    return ek, ev, er, syn_r, syn_v
+
+
+# ---------------------------------------------------------------------------- writing
+def string_column(col) -> pa.Array:
+    """A metadata column as single-line strings for text formats (lists joined with ``"; "``)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        try:
+            col = pc.binary_join(col.cast(pa.list_(pa.string())), "; ")
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            col = pa.array([None if v is None else "; ".join(map(str, v)) for v in col.to_pylist()], pa.string())
+    elif pa.types.is_floating(t):
+        col = pc.if_else(pc.is_nan(col), pa.scalar(None, t), col).cast(pa.string())
+    elif pa.types.is_null(t):
+        col = col.cast(pa.string())
+    else:
+        try:
+            col = col.cast(pa.string())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            import json
+
+            col = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], pa.string())
+    # one value per line: fold line breaks
+    return pc.replace_substring_regex(col, r"[\r\n]+", " ")
+
+
+def peak_blocks(spectra: Spectra, sep: str) -> pa.Array:
+    """One string per spectrum: its peaks as ``mz<sep>intensity`` lines joined by newlines.
+
+    Numbers are written in their shortest round-trip form (float64 m/z, float32 intensity).
+    """
+    mz_s = pa.array(spectra.mz, pa.float64()).cast(pa.string())
+    in_s = pa.array(spectra.intensity, pa.float32()).cast(pa.string())
+    lines = pc.binary_join_element_wise(mz_s, in_s, sep)
+    off = spectra.offsets
+    off_arr = pa.array(off.astype(np.int32)) if off[-1] < 2**31 - 1 else pa.array(off)
+    lst = (pa.ListArray if off_arr.type == pa.int32() else pa.LargeListArray).from_arrays(off_arr, lines)
+    return pc.binary_join(lst, "\n")
+
+
+def header_lines(fields: list[tuple[str, pa.Array]], kv_sep: str) -> pa.Array:
+    """Per row, ``label<kv_sep>value\\n`` for every field whose value is not null, concatenated."""
+    pieces = []
+    for label, vals in fields:
+        piece = pc.binary_join_element_wise(pa.scalar(label + kv_sep), vals, pa.scalar("\n"), "")
+        pieces.append(pc.fill_null(piece, ""))
+    if not pieces:
+        return None
+    return pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
+
+
+def write_text_records(path: str, records: pa.Array, batch: int = 20_000) -> None:
+    """Write pre-formatted record strings to ``path`` (gzip for ``.gz``)."""
+    from fastspec.io._common import text_sink
+
+    with text_sink(path) as fh:
+        for start in range(0, len(records), batch):
+            fh.write("".join(records.slice(start, batch).to_pylist()))

@@ -1,0 +1,590 @@
+"""Numba scanner for line-based spectrum text (MGF and MSP).
+
+One pass over the raw bytes splits the text into records, parses every peak line straight into
+float64 arrays and copies the metadata lines into one ``\\n``-joined byte buffer (decoded and split
+into key/value columns by pyarrow, without a Python loop per line).
+
+Numbers are parsed exactly like Python's ``float()``: the common case (at most 18 significant
+digits and a decimal exponent within +-22) uses Clinger's fast path, which is correctly rounded
+because both the integer mantissa and the power of ten are exact doubles and IEEE division /
+multiplication round once. Other syntactically valid numbers (very long or with large exponents)
+are handed back and converted in Python, so results are bit-identical to ``float(token)``.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pyarrow as pa
+
+from fastspec.kernels._config import NJIT
+
+MGF = 0
+MSP = 1
+
+#: record error codes -> reasons (also used in reports)
+E_OK = 0
+E_NUMBER = 1
+E_SINGLE = 2
+E_UNTERMINATED = 3
+ERROR_REASONS = {
+    E_NUMBER: "unparsable peak line",
+    E_SINGLE: "peak line with a single value",
+    E_UNTERMINATED: "record not terminated (missing END IONS)",
+}
+
+_P10 = np.array([10.0**i for i in range(23)], dtype=np.float64)
+_TWO53 = 2**53
+
+
+@numba.njit(**NJIT)
+def _is_digit(c):
+    return 48 <= c <= 57
+
+
+@numba.njit(**NJIT)
+def _lower_eq(buf, s, e, word):
+    """Case-insensitive comparison of buf[s:e] with an ASCII lower-case word (uint8 array)."""
+    if e - s != word.shape[0]:
+        return False
+    for i in range(word.shape[0]):
+        c = buf[s + i]
+        if 65 <= c <= 90:
+            c += 32
+        if c != word[i]:
+            return False
+    return True
+
+
+@numba.njit(**NJIT)
+def parse_number(buf, s, e, p10):
+    """Parse all of buf[s:e] as a float. Returns (value, status): 0 ok, 1 valid but needs Python,
+    2 invalid. Accepts exactly what Python's ``float()`` accepts, minus underscores."""
+    p = s
+    neg = False
+    c = buf[p]
+    if c == 43 or c == 45:  # + -
+        neg = c == 45
+        p += 1
+        if p >= e:
+            return 0.0, 2
+    c = buf[p] | 32
+    if c == 110 or c == 105:  # n, i: nan / inf / infinity
+        n = e - p
+        if n == 3 and (buf[p + 1] | 32) == 97 and (buf[p + 2] | 32) == 110 and c == 110:
+            return np.nan, 0
+        if c == 105 and (n == 3 or n == 8) and (buf[p + 1] | 32) == 110 and (buf[p + 2] | 32) == 102:
+            if n == 8 and not ((buf[p + 3] | 32) == 105 and (buf[p + 4] | 32) == 110 and (buf[p + 5] | 32) == 105
+                               and (buf[p + 6] | 32) == 116 and (buf[p + 7] | 32) == 121):  # "inity"
+                return 0.0, 2
+            return (-np.inf if neg else np.inf), 0
+        return 0.0, 2
+    mant = 0
+    nd = 0
+    exp10 = 0
+    digits = 0
+    inexact = False
+    while p < e and _is_digit(buf[p]):
+        d = buf[p] - 48
+        digits += 1
+        if mant == 0 and d == 0:
+            pass
+        elif nd < 18:
+            mant = mant * 10 + d
+            nd += 1
+        else:
+            inexact = True
+            exp10 += 1
+        p += 1
+    if p < e and buf[p] == 46:  # '.'
+        p += 1
+        while p < e and _is_digit(buf[p]):
+            d = buf[p] - 48
+            digits += 1
+            if mant == 0 and d == 0:
+                exp10 -= 1
+            elif nd < 18:
+                mant = mant * 10 + d
+                nd += 1
+                exp10 -= 1
+            else:
+                inexact = True
+            p += 1
+    if digits == 0:
+        return 0.0, 2
+    if p < e and (buf[p] | 32) == 101:  # exponent
+        p += 1
+        eneg = False
+        if p < e and (buf[p] == 43 or buf[p] == 45):
+            eneg = buf[p] == 45
+            p += 1
+        ed = 0
+        ev = 0
+        while p < e and _is_digit(buf[p]):
+            if ev < 100000:
+                ev = ev * 10 + (buf[p] - 48)
+            ed += 1
+            p += 1
+        if ed == 0:
+            return 0.0, 2
+        exp10 += -ev if eneg else ev
+    if p != e:
+        return 0.0, 2
+    if mant == 0:
+        return (-0.0 if neg else 0.0), 0
+    if inexact or mant > _TWO53:
+        return 0.0, 1
+    if 0 <= exp10 <= 22:
+        v = mant * p10[exp10]
+    elif -22 <= exp10 < 0:
+        v = mant / p10[-exp10]
+    elif 22 < exp10 <= 22 + 15:
+        # mant * 10**(exp10-22) may still be an exact integer below 2**53
+        m2 = mant
+        for _ in range(exp10 - 22):
+            m2 = m2 * 10
+            if m2 > _TWO53:
+                return 0.0, 1
+        v = m2 * p10[22]
+    else:
+        return 0.0, 1
+    return (-v if neg else v), 0
+
+
+@numba.njit(**NJIT)
+def _is_space(c):
+    return c == 32 or c == 9 or c == 13 or c == 11 or c == 12
+
+
+@numba.njit(**NJIT)
+def _is_tok_sep(c, golm):
+    # whitespace and commas separate values; in GOLM lines ("mz:int mz:int") also ':'
+    return c == 32 or c == 9 or c == 44 or c == 13 or (golm and c == 58)
+
+
+@numba.njit(**NJIT)
+def _next_token(buf, p, e, golm):
+    """Next token in buf[p:e] (quoted strings skipped). Returns (start, end), start == -1 if none."""
+    while p < e:
+        c = buf[p]
+        if c == 34:  # "annotation" -> skip to closing quote
+            p += 1
+            while p < e and buf[p] != 34:
+                p += 1
+            p += 1
+            continue
+        if _is_tok_sep(c, golm) or c == 40 or c == 41:  # also ( )
+            p += 1
+            continue
+        s = p
+        while p < e and not _is_tok_sep(buf[p], golm) and buf[p] != 34 and buf[p] != 40 and buf[p] != 41:
+            p += 1
+        return s, p
+    return -1, e
+
+
+@numba.njit(**NJIT)
+def _line_kind(buf, ls, le, sep):
+    """(numeric_start, is_meta) of a trimmed, non-empty line."""
+    c0 = buf[ls]
+    numeric = _is_digit(c0) or c0 == 46 or ((c0 == 43 or c0 == 45) and le - ls > 1
+                                           and (_is_digit(buf[ls + 1]) or buf[ls + 1] == 46))
+    if numeric:
+        return True, False
+    for k in range(ls, le):
+        if buf[k] == sep:
+            return False, True
+    return False, False
+
+
+@numba.njit(**NJIT)
+def _key_is_name(buf, ls, le):
+    """The MSP key of this line (text before ':') is 'name' (any case)."""
+    ke = ls
+    while ke < le and buf[ke] != 58:
+        ke += 1
+    while ke > ls and _is_space(buf[ke - 1]):
+        ke -= 1
+    return (ke - ls == 4 and (buf[ls] | 32) == 110 and (buf[ls + 1] | 32) == 97
+            and (buf[ls + 2] | 32) == 109 and (buf[ls + 3] | 32) == 101)
+
+
+@numba.njit(**NJIT)
+def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
+    """Split ``buf`` into records; see :func:`scan` for the outputs."""
+    n = buf.shape[0]
+    # ---- capacity from counting passes (branch-free, vectorised by LLVM; no growth in the hot loop)
+    n_lines = 1
+    for i in range(n):
+        n_lines += buf[i] == 10
+    cap_rec = n_lines + 1
+    if mode == MGF:
+        cap_pk = n_lines + 1
+    else:
+        # several peaks per line need separators between them
+        n_seps = 0
+        for i in range(n):
+            c = buf[i]
+            n_seps += (c == 32) | (c == 9) | (c == 44) | (c == 59) | (c == 58)
+        cap_pk = n_lines + n_seps + 1
+    rec_line = np.empty(cap_rec, np.int64)
+    rec_pk = np.zeros(cap_rec + 1, np.int64)
+    rec_meta = np.zeros(cap_rec + 1, np.int64)
+    rec_err = np.zeros(cap_rec, np.int8)
+    rec_err_line = np.zeros(cap_rec, np.int64)
+    mz = np.empty(cap_pk, np.float64)
+    it = np.empty(cap_pk, np.float64)
+    cap_slow = slow_pos.shape[0]
+    # metadata lines split at the first separator: keys lower-cased, both sides trimmed
+    kbuf = np.empty(n + 1, np.uint8)
+    vbuf = np.empty(n + 1, np.uint8)
+    koff = np.zeros(n_lines + 1, np.int64)
+    voff = np.zeros(n_lines + 1, np.int64)
+    nk_bytes = 0
+    nv_bytes = 0
+    n_meta = 0
+    n_rec = 0
+    n_pk = 0
+    n_slow = 0
+    n_ignored = 0
+    in_rec = False
+    has_peaks = False
+    has_name = False
+    err = 0
+    err_line = 0
+    rec_start_byte = 0
+    rec_start_line = 0
+    rec_pk0 = 0
+    rec_meta0 = 0
+    rec_kb0 = 0
+    rec_vb0 = 0
+    rec_slow0 = 0
+    consumed = 0
+    consumed_lines = 0
+    w_begin = np.array([98, 101, 103, 105, 110, 32, 105, 111, 110, 115], np.uint8)  # "begin ions"
+    w_end = np.array([101, 110, 100, 32, 105, 111, 110, 115], np.uint8)  # "end ions"
+    sep = 61 if mode == MGF else 58  # '=' or ':'
+    pos = 0
+    lineno = line0
+    while pos < n:
+        # ---- one line [ls, le), trimmed; the next starts at nxt
+        le = pos
+        while le < n and buf[le] != 10:
+            le += 1
+        nxt = min(le + 1, n)
+        line_start = pos
+        ls = pos
+        while ls < le and _is_space(buf[ls]):
+            ls += 1
+        while le > ls and _is_space(buf[le - 1]):
+            le -= 1
+        cur_line = lineno
+        lineno += 1
+        pos = nxt
+        end_record = False
+        start_record = False
+        numeric = False
+        is_meta = False
+        if ls == le:
+            if mode == MSP and in_rec:
+                end_record = True
+            else:
+                if not in_rec:
+                    consumed = pos
+                    consumed_lines = lineno - line0
+                continue
+        else:
+            c0 = buf[ls]
+            if c0 == 35 or (mode == MGF and (c0 == 59 or c0 == 33 or c0 == 47)):  # comments # ; ! /
+                if not in_rec:
+                    consumed = pos
+                    consumed_lines = lineno - line0
+                continue
+            numeric, is_meta = _line_kind(buf, ls, le, sep)
+            if mode == MGF:
+                if (c0 | 32) == 98 and _lower_eq(buf, ls, le, w_begin):
+                    if in_rec:
+                        if err == 0:
+                            err = E_UNTERMINATED
+                            err_line = rec_start_line
+                        end_record = True
+                    start_record = True
+                elif (c0 | 32) == 101 and _lower_eq(buf, ls, le, w_end):
+                    if in_rec:
+                        end_record = True
+                    else:
+                        n_ignored += 1
+                        consumed = pos
+                        consumed_lines = lineno - line0
+                        continue
+                elif not in_rec:
+                    n_ignored += 1
+                    consumed = pos
+                    consumed_lines = lineno - line0
+                    continue
+            else:
+                if is_meta:
+                    key_is_name = _key_is_name(buf, ls, le)
+                    if not in_rec:
+                        start_record = True
+                    elif has_peaks or (key_is_name and has_name):
+                        end_record = True
+                        start_record = True
+                elif not in_rec:
+                    n_ignored += 1
+                    consumed = pos
+                    consumed_lines = lineno - line0
+                    continue
+        # ---- close the current record
+        if end_record and in_rec:
+            rec_line[n_rec] = rec_start_line
+            rec_err[n_rec] = err
+            rec_err_line[n_rec] = err_line if err != 0 else rec_start_line
+            rec_pk[n_rec + 1] = n_pk
+            rec_meta[n_rec + 1] = n_meta
+            n_rec += 1
+            in_rec = False
+            if start_record:
+                consumed = line_start
+                consumed_lines = cur_line - line0
+            else:
+                consumed = pos
+                consumed_lines = lineno - line0
+        if start_record:
+            in_rec = True
+            has_peaks = False
+            has_name = False
+            err = 0
+            err_line = 0
+            rec_start_byte = line_start
+            rec_start_line = cur_line
+            rec_pk0 = n_pk
+            rec_meta0 = n_meta
+            rec_kb0 = nk_bytes
+            rec_vb0 = nv_bytes
+            rec_slow0 = n_slow
+            if mode == MGF:
+                continue  # the BEGIN IONS line itself carries nothing
+        if not in_rec or ls == le:
+            continue
+        # ---- a line inside a record: metadata
+        if is_meta:
+            if mode == MSP and _key_is_name(buf, ls, le):
+                has_name = True
+            ke = ls
+            while buf[ke] != sep:
+                ke += 1
+            vs = ke + 1
+            while ke > ls and _is_space(buf[ke - 1]):
+                ke -= 1
+            while vs < le and _is_space(buf[vs]):
+                vs += 1
+            for k in range(ls, ke):
+                c = buf[k]
+                kbuf[nk_bytes] = c + 32 if 65 <= c <= 90 else c
+                nk_bytes += 1
+            for k in range(vs, le):
+                vbuf[nv_bytes] = buf[k]
+                nv_bytes += 1
+            n_meta += 1
+            koff[n_meta] = nk_bytes
+            voff[n_meta] = nv_bytes
+            continue
+        if err != 0:
+            continue
+        # ---- peaks
+        has_peaks = True
+        golm = False
+        has_semi = False
+        multi = False
+        if mode == MSP:
+            for k in range(ls, le):
+                if buf[k] == 58:
+                    golm = True
+                elif buf[k] == 59:
+                    has_semi = True
+            if not has_semi and not golm:
+                # an all-numeric line with an even count >= 4 holds several pairs; else first two values
+                cnt = 0
+                all_num = True
+                p = ls
+                while True:
+                    ts, te = _next_token(buf, p, le, False)
+                    if ts < 0:
+                        break
+                    v, st = parse_number(buf, ts, te, p10)
+                    if st == 2:
+                        all_num = False
+                        break
+                    cnt += 1
+                    p = te
+                multi = all_num and cnt >= 4 and cnt % 2 == 0
+        # groups: MSP lines split at ';' (GOLM lines also at whitespace); an MGF line is one group
+        grouped = mode == MSP and (has_semi or golm)
+        gs = ls
+        while gs < le:
+            ge = le
+            if grouped:
+                if golm:
+                    while gs < le and (_is_space(buf[gs]) or buf[gs] == 59):
+                        gs += 1
+                ge = gs
+                while ge < le and buf[ge] != 59 and not (golm and _is_space(buf[ge])):
+                    if buf[ge] == 34:  # skip a quoted annotation
+                        ge += 1
+                        while ge < le and buf[ge] != 34:
+                            ge += 1
+                    ge += 1
+                ge = min(ge, le)
+            p = gs
+            while True:
+                t1s, t1e = _next_token(buf, p, ge, golm)
+                if t1s < 0:
+                    break
+                v1, s1 = parse_number(buf, t1s, t1e, p10)
+                if s1 == 2:
+                    err = E_NUMBER
+                    err_line = cur_line
+                    break
+                t2s, t2e = _next_token(buf, t1e, ge, golm)
+                if t2s < 0:
+                    err = E_SINGLE
+                    err_line = cur_line
+                    break
+                v2, s2 = parse_number(buf, t2s, t2e, p10)
+                if s2 == 2:
+                    err = E_NUMBER
+                    err_line = cur_line
+                    break
+                mz[n_pk] = v1
+                it[n_pk] = v2
+                if s1 == 1:
+                    if n_slow < cap_slow:
+                        slow_pos[n_slow] = 2 * n_pk
+                        slow_s[n_slow] = t1s
+                        slow_e[n_slow] = t1e
+                    n_slow += 1
+                if s2 == 1:
+                    if n_slow < cap_slow:
+                        slow_pos[n_slow] = 2 * n_pk + 1
+                        slow_s[n_slow] = t2s
+                        slow_e[n_slow] = t2e
+                    n_slow += 1
+                n_pk += 1
+                if not multi:
+                    break
+                p = t2e
+            if err != 0:
+                break
+            gs = ge + 1
+    # ---- end of buffer
+    if in_rec:
+        if final:
+            if mode == MGF and err == 0:
+                err = E_UNTERMINATED
+                err_line = rec_start_line
+            rec_line[n_rec] = rec_start_line
+            rec_err[n_rec] = err
+            rec_err_line[n_rec] = err_line if err != 0 else rec_start_line
+            rec_pk[n_rec + 1] = n_pk
+            rec_meta[n_rec + 1] = n_meta
+            n_rec += 1
+            consumed = n
+            consumed_lines = lineno - line0
+        else:
+            # an open record: leave it to the caller's next buffer
+            n_pk = rec_pk0
+            n_meta = rec_meta0
+            nk_bytes = rec_kb0
+            nv_bytes = rec_vb0
+            n_slow = rec_slow0
+            consumed = rec_start_byte
+            consumed_lines = rec_start_line - line0
+    else:
+        consumed = n
+        consumed_lines = lineno - line0
+    return (rec_line[:n_rec], rec_pk[: n_rec + 1], rec_meta[: n_rec + 1], rec_err[:n_rec], rec_err_line[:n_rec],
+            mz[:n_pk], it[:n_pk], n_slow, kbuf[:nk_bytes], koff[: n_meta + 1], vbuf[:nv_bytes], voff[: n_meta + 1],
+            consumed, consumed_lines, n_ignored)
+
+
+class ScanResult:
+    """Records found in one text buffer (arrays are views, valid until the next scan)."""
+
+    __slots__ = ("rec_line", "rec_pk", "rec_meta", "rec_err", "rec_err_line", "mz", "intensity",
+                 "keys", "values", "consumed", "consumed_lines", "n_ignored")
+
+    def __len__(self) -> int:
+        return self.rec_line.shape[0]
+
+
+def scan(data: bytes, mode: int, line0: int = 1, final: bool = True) -> ScanResult:
+    """Scan MGF (``mode=MGF``) or MSP (``mode=MSP``) text.
+
+    Parameters
+    ----------
+    data : bytes
+        Whole lines of text (the caller cuts buffers after a newline).
+    mode : int
+        :data:`MGF` or :data:`MSP`.
+    line0 : int
+        1-based line number of the first line of ``data``.
+    final : bool
+        ``data`` ends the file. Otherwise an open record at the end is left unconsumed.
+
+    Returns
+    -------
+    ScanResult
+        ``rec_line`` (record start lines), ``rec_pk`` / ``rec_meta`` (CSR offsets of peaks and
+        metadata lines per record), ``rec_err`` / ``rec_err_line`` (error code, line),
+        ``mz`` / ``intensity`` float64 peaks, ``keys`` / ``values`` (pyarrow string arrays, one
+        entry per metadata line: lower-cased key and value, both trimmed),
+        ``consumed`` (bytes) and ``consumed_lines`` fully processed, ``n_ignored`` lines outside
+        records.
+    """
+    buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
+    cap = 256
+    while True:
+        slow_pos = np.empty(cap, np.int64)
+        slow_s = np.empty(cap, np.int64)
+        slow_e = np.empty(cap, np.int64)
+        (rec_line, rec_pk, rec_meta, rec_err, rec_err_line, mz, it, n_slow, kbuf, koff, vbuf, voff, consumed,
+         consumed_lines, n_ignored) = _scan(buf, mode, line0, final, _P10, slow_pos, slow_s, slow_e)
+        if n_slow <= cap:
+            break
+        cap = int(n_slow)  # rare: many numbers Python must convert; rescan with room for all
+    slow_pos, slow_s, slow_e = slow_pos[:n_slow], slow_s[:n_slow], slow_e[:n_slow]
+    if n_slow:
+        mz = mz.copy()
+        it = it.copy()
+        for p, s, e in zip(slow_pos.tolist(), slow_s.tolist(), slow_e.tolist()):
+            v = float(data[s:e])
+            if p % 2:
+                it[p // 2] = v
+            else:
+                mz[p // 2] = v
+    r = ScanResult()
+    r.rec_line = rec_line
+    r.rec_pk = rec_pk
+    r.rec_meta = rec_meta
+    r.rec_err = rec_err
+    r.rec_err_line = rec_err_line
+    r.mz = mz
+    r.intensity = it
+    r.keys = _strings(kbuf, koff)
+    r.values = _strings(vbuf, voff)
+    r.consumed = int(consumed)
+    r.consumed_lines = int(consumed_lines)
+    r.n_ignored = int(n_ignored)
+    return r
+
+
+def _strings(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """A pyarrow string array over (bytes, int64 offsets); invalid UTF-8 is replaced (U+FFFD)."""
+    arr = pa.LargeStringArray.from_buffers(offsets.shape[0] - 1, pa.py_buffer(offsets), pa.py_buffer(data))
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        raw = data.tobytes()
+        offs = offsets.tolist()
+        arr = pa.array([raw[a:b].decode("utf-8", "replace") for a, b in zip(offs[:-1], offs[1:])], pa.large_string())
+    return arr.cast(pa.string()) if offsets[-1] < 2**31 - 1 else arr

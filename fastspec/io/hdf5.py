@@ -1,0 +1,269 @@
+"""HDF5 (h5py) reading and writing: a chunked, compressed CSR layout for millions of spectra.
+
+Layout (``format_version`` 1; see ``docs/formats.md``)::
+
+    /                     attrs: format = "fastspec-spectra", format_version = 1,
+                                 n_spectra, n_peaks
+    /offsets              int64   (n+1,)     peaks of spectrum i: [offsets[i], offsets[i+1])
+    /mz                   float64 (n_peaks,) sorted within each spectrum
+    /intensity            float32 (n_peaks,)
+    /precursor_mz         float64 (n,)       NaN when unknown
+    /charge               int8    (n,)       0 when unknown
+    /metadata             group; attrs: columns (names in order)
+    /metadata/<name>/     one group per column; attrs: kind, arrow_type
+        kind "string":    data uint8 (UTF-8 bytes), offsets int64 (n+1,)
+        kind "number"/"bool": values (n,) numeric (bool as uint8)
+        kind "json":      like "string", one JSON document per row (lists, structs, ...)
+        valid             bool (n,), present only when the column has nulls
+
+Every array dataset is chunked (64k elements) and gzip-compressed with the shuffle filter, so
+any row range reads without touching the rest (:func:`iter_spectra` reads ``chunk_size`` rows at
+a time). Column names are stored percent-encoded when they contain ``/`` or ``.``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+from urllib.parse import quote
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec.errors import FastspecError
+from fastspec.io._common import ReadReport, finish_block
+from fastspec.spectra import Spectra
+
+FORMAT = "fastspec-spectra"
+FORMAT_VERSION = 1
+CHUNK = 1 << 16
+_COMP = dict(compression="gzip", compression_opts=4, shuffle=True)
+#: characters kept as they are in HDF5 group names of metadata columns ('/' and '%' are encoded)
+_SAFE = " _-()[]$:#,;=+*'@!?&^~`<>|{}\"\\"
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError as e:  # pragma: no cover - h5py is a dependency
+        raise FastspecError("HDF5 support needs h5py: pip install h5py") from e
+    return h5py
+
+
+def _dataset(group, name: str, data: np.ndarray) -> None:
+    n = data.shape[0]
+    if n == 0:
+        group.create_dataset(name, data=data)
+        return
+    group.create_dataset(name, data=data, chunks=(min(CHUNK, n),), **_COMP)
+
+
+def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, int64 offsets (n+1) starting at 0) of a string array; nulls are empty."""
+    arr = arr.cast(pa.large_string())
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    n = len(arr)
+    bufs = arr.buffers()
+    offs = np.frombuffer(bufs[1], dtype=np.int64)[arr.offset: arr.offset + n + 1] if n else np.zeros(1, np.int64)
+    data = (np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8))
+    data = data[offs[0]: offs[-1]] if n else np.zeros(0, np.uint8)
+    offs = offs - offs[0]
+    return np.ascontiguousarray(data), np.ascontiguousarray(offs, dtype=np.int64)
+
+
+def _write_column(group, name: str, col) -> None:
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    t = col.type
+    g = group.create_group(quote(name, safe=_SAFE))
+    g.attrs["arrow_type"] = str(t)
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        g.attrs["kind"] = "number"
+        np_t = t.to_pandas_dtype()
+        fill = np.nan if pa.types.is_floating(t) else 0
+        vals = col.fill_null(fill).to_numpy(zero_copy_only=False).astype(np_t, copy=False)
+        _dataset(g, "values", np.ascontiguousarray(vals))
+    elif pa.types.is_boolean(t):
+        g.attrs["kind"] = "bool"
+        vals = col.fill_null(False).to_numpy(zero_copy_only=False).astype(np.uint8)
+        _dataset(g, "values", vals)
+    elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
+        g.attrs["kind"] = "string"
+        data, offs = _string_buffers(col.cast(pa.string()))
+        _dataset(g, "data", data)
+        _dataset(g, "offsets", offs)
+    else:
+        g.attrs["kind"] = "json"
+        docs = pa.array([None if v is None else json.dumps(v, default=str) for v in col.to_pylist()], pa.string())
+        data, offs = _string_buffers(docs)
+        _dataset(g, "data", data)
+        _dataset(g, "offsets", offs)
+    if col.null_count:
+        _dataset(g, "valid", ~np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+
+
+def write(spectra: Spectra, path: str) -> None:
+    """Write spectra in the HDF5 layout of this module (atomically: temp file, then rename)."""
+    h5py = _h5py()
+    tmp = path + ".tmp"
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["n_spectra"] = len(spectra)
+            f.attrs["n_peaks"] = int(spectra.offsets[-1])
+            _dataset(f, "offsets", spectra.offsets.astype(np.int64))
+            _dataset(f, "mz", spectra.mz.astype(np.float64))
+            _dataset(f, "intensity", spectra.intensity.astype(np.float32))
+            _dataset(f, "precursor_mz", spectra.precursor_mz.astype(np.float64))
+            _dataset(f, "charge", spectra.charge.astype(np.int8))
+            g = f.create_group("metadata")
+            md = spectra.metadata
+            names = list(md.column_names)
+            g.attrs["columns"] = json.dumps(names)
+            for name in names:
+                col = md.column(name)
+                if name == "precursor_mz":
+                    p = spectra.precursor_mz
+                    col = pa.array(p, pa.float64(), mask=~np.isfinite(p))
+                elif name == "charge":
+                    col = pa.array(spectra.charge, pa.int8(), mask=spectra.charge == 0)
+                _write_column(g, name, col)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _read_strings(g, a: int, b: int) -> pa.Array:
+    offs = g["offsets"][a: b + 1].astype(np.int64)
+    data = g["data"][offs[0]: offs[-1]] if b > a else np.zeros(0, np.uint8)
+    offs = offs - offs[0]
+    arr = pa.LargeStringArray.from_buffers(b - a, pa.py_buffer(np.ascontiguousarray(offs)),
+                                           pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8)))
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid as e:
+        raise FastspecError(f"corrupt string column {g.name}: {e}") from e
+    return arr.cast(pa.string()) if offs[-1] < 2**31 - 1 else arr
+
+
+def _read_column(g, a: int, b: int) -> pa.Array:
+    kind = g.attrs.get("kind")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    valid = g["valid"][a:b].astype(bool) if "valid" in g else None
+    mask = None if valid is None else ~valid
+    if kind == "number":
+        vals = g["values"][a:b]
+        arr = pa.array(vals, mask=mask)
+        t = _arrow_type(g.attrs.get("arrow_type"))
+        if t is not None and t != arr.type:
+            try:
+                arr = arr.cast(t)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        return arr
+    if kind == "bool":
+        return pa.array(g["values"][a:b].astype(bool), mask=mask)
+    if kind in ("string", "json"):
+        arr = _read_strings(g, a, b)
+        if mask is not None and len(arr):
+            import pyarrow.compute as pc
+
+            arr = pc.if_else(pa.array(valid), arr, pa.scalar(None, arr.type))
+        if kind == "json":
+            vals = [None if v is None else json.loads(v) for v in arr.to_pylist()]
+            t = _arrow_type(g.attrs.get("arrow_type"))
+            try:
+                return pa.array(vals, type=t) if t is not None else pa.array(vals)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                return pa.array(vals)
+        return arr
+    raise FastspecError(f"unknown metadata column kind {kind!r} in {g.name}")
+
+
+def _arrow_type(name) -> pa.DataType | None:
+    if name is None:
+        return None
+    if isinstance(name, bytes):
+        name = name.decode()
+    simple = {
+        "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
+        "uint8": pa.uint8(), "uint16": pa.uint16(), "uint32": pa.uint32(), "uint64": pa.uint64(),
+        "float": pa.float32(), "float32": pa.float32(), "double": pa.float64(), "float64": pa.float64(),
+        "halffloat": pa.float16(), "string": pa.string(), "large_string": pa.large_string(), "bool": pa.bool_(),
+        "list<item: string>": pa.list_(pa.string()), "list<element: string>": pa.list_(pa.field("element", pa.string())),
+    }
+    return simple.get(name)
+
+
+def _open(path: str):
+    h5py = _h5py()
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise FastspecError(f"{path}: not a readable HDF5 file: {e}") from e
+    fmt = f.attrs.get("format")
+    if isinstance(fmt, bytes):
+        fmt = fmt.decode()
+    if fmt != FORMAT:
+        f.close()
+        raise FastspecError(f"{path}: not a fastspec HDF5 spectra file (format attribute {fmt!r})")
+    ver = int(f.attrs.get("format_version", 0))
+    if ver > FORMAT_VERSION:
+        f.close()
+        raise FastspecError(f"{path}: HDF5 format_version {ver} is newer than this fastspec ({FORMAT_VERSION})")
+    for k in ("offsets", "mz", "intensity"):
+        if k not in f:
+            f.close()
+            raise FastspecError(f"{path}: missing dataset /{k}")
+    return f
+
+
+def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
+                 chunk_size: int | None = None) -> Iterator[Spectra]:
+    """Spectra of a fastspec HDF5 file: all rows, or ``chunk_size`` rows at a time."""
+    from fastspec.io._common import Progress
+
+    f = _open(path)
+    try:
+        offsets_ds = f["offsets"]
+        n = offsets_ds.shape[0] - 1
+        if n < 0:
+            raise FastspecError(f"{path}: empty /offsets")
+        names = json.loads(f["metadata"].attrs.get("columns", "[]")) if "metadata" in f else []
+        step = n if chunk_size is None else int(chunk_size)
+        bar = Progress(os.path.getsize(path), progress, f"reading {path}")
+        try:
+            for a in range(0, max(n, 1) if n else 0, max(step, 1)):
+                b = min(n, a + step)
+                off = offsets_ds[a: b + 1].astype(np.int64)
+                if off.shape[0] != b - a + 1 or np.any(np.diff(off) < 0) or off[0] < 0 \
+                        or off[-1] > f["mz"].shape[0]:
+                    raise FastspecError(f"{path}: corrupt /offsets near row {a + 1}")
+                mz = f["mz"][off[0]: off[-1]]
+                it = f["intensity"][off[0]: off[-1]]
+                cols = {}
+                for name in names:
+                    key = quote(name, safe=_SAFE)
+                    cols[name] = _read_column(f["metadata"][key], a, b)
+                meta = pa.table(cols) if cols else pa.table({"_": pa.nulls(b - a)}).drop_columns(["_"])
+                if "precursor_mz" in f and "precursor_mz" not in cols:
+                    p = f["precursor_mz"][a:b]
+                    meta = meta.append_column("precursor_mz", pa.array(p, mask=np.isnan(p)))
+                if "charge" in f and "charge" not in cols:
+                    c = f["charge"][a:b]
+                    meta = meta.append_column("charge", pa.array(c, pa.int8(), mask=c == 0))
+                lines = np.arange(a + 1, b + 1, dtype=np.int64)
+                yield finish_block(report, path, lines, None, off - off[0], mz, it, meta, on_error, text=False)
+                bar.to(int(os.path.getsize(path) * b / max(n, 1)))
+        finally:
+            bar.close()
+    except (OSError, KeyError, ValueError) as e:
+        if isinstance(e, FastspecError):
+            raise
+        raise FastspecError(f"{path}: cannot read HDF5 data: {e}") from e
+    finally:
+        f.close()

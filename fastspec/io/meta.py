@@ -1,0 +1,527 @@
+"""Metadata harmonisation: map the usual key aliases onto fastspec's canonical keys.
+
+Every reader funnels its metadata through :func:`harmonise_table`, so MGF, MSP, mzML, TSV,
+parquet and HDF5 files give the same column names and value conventions:
+
+* keys are matched case-insensitively against :data:`ALIASES` (built from the conventions of
+  NIST, MassBank, GNPS, MS-DIAL, MZmine, MassSpecGym and matchms'
+  ``known_key_conversions.csv``) and renamed to the canonical key
+  (:data:`fastspec.spectra.CANONICAL_KEYS`); any other key is kept, lower-cased snake_case
+  (``"Num Peaks"`` -> ``num_peaks``);
+* ``precursor_mz`` is a float64 (NaN/null when unknown or not a positive finite number);
+  a second ``PEPMASS`` value goes to ``precursor_intensity``;
+* ``charge`` is a signed int8 (``"2-"``, ``"-2"`` and ``"2"`` in negative mode all give -2);
+  missing charges are taken from the adduct (``[M+2H]2+`` -> 2);
+* ``ion_mode`` is ``"positive"``/``"negative"`` (from the ion-mode field, else the adduct's
+  trailing sign, else the charge sign);
+* ``inchikey`` is upper-case, ``inchikey14`` its first block (also when only the block is given);
+* every canonical column is always present (null when unknown), canonical columns first.
+
+The functions work on whole :class:`pyarrow.Table` columns (vectorised; per-row Python only
+over the *distinct* values of small-cardinality columns such as charge or ion mode), and
+:func:`harmonise` does the same for one dict.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import re
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastspec.spectra import CANONICAL_KEYS
+
+#: canonical key -> accepted aliases (lower-case, as written in files), highest priority first.
+#: The canonical key itself always has top priority.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "id": ("spectrum_id", "spectrumid", "db#", "accession", "identifier", "feature_id",
+           "spectrum id", "massbank_id", "nist_id", "scan_id"),
+    "name": ("compound_name", "compoundname", "compound name", "ch$name", "molecule_name"),
+    "precursor_mz": ("precursormz", "precursor_m/z", "precursor m/z", "ms$focused_ion:precursor_m/z",
+                     "precursor_mass", "precursormass", "selected_ion_mz", "selected ion m/z", "precursor",
+                     "pepmass"),
+    "charge": ("precursor_charge", "precursorcharge", "ac$mass_spectrometry:charge", "charge state", "charge_state"),
+    "ion_mode": ("ionmode", "ion mode", "ionpolarity", "ionpol", "polarity", "ion_polarity",
+                 "ac$mass_spectrometry:ion_mode", "scan_polarity"),
+    "adduct": ("precursor_type", "precursortype", "precursor type", "ms$focused_ion:precursor_type",
+               "adduct_type", "ion_type", "ms$focused_ion:ion_type"),
+    "formula": ("molecular_formula", "molecularformula", "ch$formula"),
+    "smiles": ("ch$smiles", "smiles_string", "canonical_smiles", "canonicalsmiles"),
+    "inchikey": ("inchi_key", "inchikey_full", "ch$link:inchikey", "std_inchikey", "stdinchikey",
+                 "synon_metb_inchikey", "synon: metb inchikey"),
+    "inchikey14": ("inchikey_14", "inchikey_first_block", "short_inchikey", "inchikey_planar"),
+    "instrument_type": ("instrumenttype", "instrument type", "ac$instrument_type", "source_instrument",
+                        "instrument_kind"),
+    "instrument": ("ac$instrument", "instrument_name", "instrumentname"),
+    "collision_energy": ("collisionenergy", "collision energy", "colenergy", "collision_energies",
+                         "ac$mass_spectrometry:collision_energy"),
+    "fragmentation_mode": ("fragmentationmode", "fragmentation mode", "fragmentation", "fragmentation_method",
+                           "activation", "ac$mass_spectrometry:fragmentation_mode", "special_fragmentation",
+                           "dissociation_method"),
+}
+
+#: harmonised non-canonical keys (kept under this name, never dropped)
+EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
+    "ms_level": ("mslevel", "ms level", "spectrum_type", "spectrumtype", "ms_type", "mstype",
+                 "ac$mass_spectrometry:ms_type"),
+    "inchi": ("stdinchi", "ch$iupac", "inchi_string", "synon_metb_inchi", "synon: metb inchi"),
+    "exact_mass": ("exactmass", "exact mass", "ch$exact_mass", "monoisotopic_mass"),
+}
+
+#: string values that mean "unknown" in text formats (compared case-insensitively)
+MISSING_MARKERS = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "?", "unknown", "nil"})
+
+#: NIST ``Synon: $:NN`` codes (lib2nist MS/MS synonym fields) -> key
+NIST_SYNON_CODES: dict[str, str] = {
+    "00": "ms_level",
+    "03": "adduct",
+    "04": "precursor_mz",
+    "05": "collision_energy",
+    "06": "instrument_type",
+    "07": "instrument",
+    "09": "chromatography",
+    "10": "ionization",
+    "11": "ion_mode",
+    "12": "collision_gas",
+    "14": "scan_range",
+    "16": "cone_voltage",
+    "17": "sample",
+    "28": "inchikey",
+}
+
+_STRING_CANONICAL = tuple(k for k in CANONICAL_KEYS if k not in ("precursor_mz", "charge"))
+
+
+# snake forms too generic to be taken as aliases ("DB#" is an id, a column "db" is not)
+_NO_SNAKE_ALIAS = frozenset({"db"})
+
+
+def _build_lookup() -> dict[str, tuple[str, int]]:
+    table: dict[str, tuple[str, int]] = {}
+    for groups in (ALIASES, EXTRA_ALIASES):
+        for canon, aliases in groups.items():
+            table[canon] = (canon, 0)
+            for prio, a in enumerate(aliases, start=1):
+                table.setdefault(a, (canon, prio))
+                if snake(a) not in _NO_SNAKE_ALIAS:
+                    table.setdefault(snake(a), (canon, prio))
+    return table
+
+
+_SNAKE_RE = re.compile(r"[^0-9a-z]+")
+
+
+def snake(key: str) -> str:
+    """Lower-case snake_case of a raw key (``"Num Peaks"`` -> ``"num_peaks"``)."""
+    return _SNAKE_RE.sub("_", key.strip().lower()).strip("_")
+
+
+@functools.lru_cache(maxsize=4096)
+def key_info(raw_key: str) -> tuple[str, int]:
+    """Harmonised name of ``raw_key`` and its alias priority (0 = the canonical name itself).
+
+    Unknown keys map to their snake_case form with priority 0; an empty result means "drop".
+    """
+    low = raw_key.strip().lower()
+    hit = _LOOKUP.get(low)
+    if hit is None:
+        s = snake(low)
+        hit = _LOOKUP.get(s, (s, 0))
+    return hit
+
+
+def canonical_key(raw_key: str) -> str:
+    """Harmonised name of one metadata key (see :data:`ALIASES`)."""
+    return key_info(raw_key)[0]
+
+
+# ---------------------------------------------------------------------------- value parsers
+_CHARGE_RE = re.compile(r"^\s*([+-]?)\s*(\d+)\s*([+-]?)")
+_ADDUCT_CHARGE_RE = re.compile(r"\]\s*(\d*)\s*([+-])\s*\*?\s*$")
+
+
+def parse_charge(value: Any) -> tuple[int, bool]:
+    """Signed charge and whether the sign was written explicitly.
+
+    ``"1+"`` -> (1, True); ``"2-"`` -> (-2, True); ``"+1"`` -> (1, True); ``"1"`` -> (1, False);
+    ``"2+ and 3+"`` -> (2, True). Unparsable or out of int8 range -> (0, False).
+    """
+    if value is None:
+        return 0, False
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        v = int(value)
+        return (v, True) if -127 <= v <= 127 else (0, False)
+    if isinstance(value, float):
+        if not math.isfinite(value) or value != int(value):
+            return 0, False
+        return parse_charge(int(value))
+    m = _CHARGE_RE.match(str(value))
+    if not m:
+        return 0, False
+    pre, digits, post = m.groups()
+    v = int(digits)
+    if v > 127:
+        return 0, False
+    sign = pre or post
+    return (-v if sign == "-" else v), bool(sign)
+
+
+def charge_from_adduct(adduct: Any) -> int:
+    """Signed charge of a bracketed adduct (``[M+H]+`` -> 1, ``[M-2H]2-`` -> -2), else 0."""
+    if not adduct:
+        return 0
+    m = _ADDUCT_CHARGE_RE.search(str(adduct))
+    if not m:
+        return 0
+    n = int(m.group(1)) if m.group(1) else 1
+    if n > 127:
+        return 0
+    return -n if m.group(2) == "-" else n
+
+
+def parse_ion_mode(value: Any) -> str | None:
+    """``"positive"``, ``"negative"`` or None (P/N, pos/neg, +/-, POSITIVE, 'positive scan'...)."""
+    if value is None:
+        return None
+    s = str(value).strip().lower()
+    if not s:
+        return None
+    if s in ("p", "pos", "positive", "+", "positive scan", "positive ion mode", "1", "+1"):
+        return "positive"
+    if s in ("n", "neg", "negative", "-", "negative scan", "negative ion mode", "-1"):
+        return "negative"
+    if s.startswith("pos"):
+        return "positive"
+    if s.startswith("neg"):
+        return "negative"
+    return None
+
+
+def parse_float(value: Any) -> float:
+    """A float, or NaN when the value is missing or unparsable (first whitespace-separated token)."""
+    if value is None:
+        return math.nan
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    s = str(value).strip().split()
+    if not s:
+        return math.nan
+    try:
+        return float(s[0].rstrip(","))
+    except ValueError:
+        return math.nan
+
+
+_IK_RE = re.compile(r"^[A-Z]{14}(-[A-Z]{10}-[A-Z])?$")
+_IK14_RE = re.compile(r"^([A-Z]{14})(?:-|$)")
+
+
+def inchikey14_of(inchikey: Any) -> str | None:
+    """First block of an InChIKey (also accepts the 14-letter block alone), else None."""
+    if not inchikey:
+        return None
+    m = _IK14_RE.match(str(inchikey).strip().upper())
+    return m.group(1) if m else None
+
+
+# ---------------------------------------------------------------------------- table harmonisation
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _as_string(col: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Any column as a string array (lists/structs as their Python repr would be lossy: JSON)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if _is_string(col.type):
+        return col.cast(pa.string())
+    if pa.types.is_dictionary(col.type):
+        return _as_string(col.dictionary_decode())
+    if pa.types.is_floating(col.type):
+        # repr keeps the exact value (arrow's cast would too, but writes 'nan' for NaN)
+        vals = col.to_pylist()
+        return pa.array([None if v is None or v != v else repr(v) for v in vals], pa.string())
+    try:
+        return col.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import json
+
+        return pa.array([None if v is None else (v if isinstance(v, str) else json.dumps(v, default=str))
+                         for v in col.to_pylist()], pa.string())
+
+
+def _trim_missing(arr: pa.Array) -> pa.Array:
+    """Trim whitespace; values in :data:`MISSING_MARKERS` become null."""
+    arr = pc.utf8_trim_whitespace(arr)
+    low = pc.utf8_lower(arr)
+    is_missing = pc.is_in(low, value_set=pa.array(sorted(MISSING_MARKERS), pa.string()))
+    return pc.if_else(is_missing, pa.scalar(None, pa.string()), arr)
+
+
+def _map_distinct(arr: pa.Array, fn, out_type: pa.DataType) -> pa.Array:
+    """Apply a Python function to the distinct values only (small-cardinality columns)."""
+    if len(arr) == 0:
+        return pa.array([], out_type)
+    enc = pc.dictionary_encode(arr)
+    if isinstance(enc, pa.ChunkedArray):
+        enc = enc.combine_chunks()
+    mapped = pa.array([fn(v) for v in enc.dictionary.to_pylist()], out_type)
+    idx = enc.indices
+    if len(mapped) == 0:
+        return pa.nulls(len(arr), out_type)
+    return mapped.take(idx)
+
+
+def _to_float(arr: pa.Array) -> np.ndarray:
+    """float64 numpy of a column (first token of strings; unparsable -> NaN)."""
+    if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type):
+        return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+    s = _as_string(arr)
+    s = pc.utf8_trim_whitespace(s)
+    try:
+        return pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.array([parse_float(v) for v in s.to_pylist()], dtype=np.float64)
+
+
+def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
+    """PEPMASS 'mz [intensity [charge]]' -> (mz string column, intensity float column or None)."""
+    s = _as_string(arr)
+    parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(s))
+    first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(parts), 0), parts,
+                                       pa.scalar([None], parts.type)), 0)
+    has_second = pc.greater(pc.fill_null(pc.list_value_length(parts), 0), 1)
+    if not pc.any(has_second).as_py():
+        return first, None
+    second = pc.list_element(pc.if_else(has_second, parts, pa.scalar([None, None], parts.type)), 1)
+    vals = _to_float(second)
+    return first, pa.array(vals, pa.float64(), mask=np.isnan(vals))
+
+
+@functools.lru_cache(maxsize=1)
+def _canonical_types() -> dict[str, pa.DataType]:
+    t = {k: pa.string() for k in CANONICAL_KEYS}
+    t["precursor_mz"] = pa.float64()
+    t["charge"] = pa.int8()
+    return t
+
+
+def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool | None = None,
+                    counts: dict | None = None) -> pa.Table:
+    """Harmonise the metadata columns of a table (one row per spectrum).
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        Raw metadata; column names as found in the file (any case).
+    text : bool
+        The values come from a text format: strings are trimmed and missing markers
+        (``""``, ``"N/A"``, ``"nan"``, ...) become null in every string column.
+    merge_aliases : bool, optional
+        Drop alias columns once merged into their canonical key. Default: ``text``. With False
+        (typed tables such as parquet), alias columns are dropped only when the canonical key
+        was absent (a rename); when both exist, the alias column is kept as it is.
+    counts : dict, optional
+        Receives warning counts (``"bad precursor_mz"``: values present but not a positive
+        finite number).
+
+    Returns
+    -------
+    pyarrow.Table
+        Canonical columns first (always all of :data:`CANONICAL_KEYS`, typed: ``precursor_mz``
+        float64, ``charge`` int8, the rest strings), then the other columns in input order.
+    """
+    if merge_aliases is None:
+        merge_aliases = text
+    n = table.num_rows
+    cols: dict[str, pa.Array] = {}
+    groups: dict[str, list[tuple[int, int, str]]] = {}
+    order: list[str] = []
+    for pos, raw in enumerate(table.column_names):
+        name, prio = key_info(raw)
+        if not name:
+            continue
+        groups.setdefault(name, []).append((prio, pos, raw))
+        if name not in order:
+            order.append(name)
+    out: dict[str, pa.Array] = {}
+    extra_first: dict[str, pa.Array] = {}
+    for name in order:
+        members = sorted(groups[name])
+        arrays = []
+        for prio, pos, raw in members:
+            col = table.column(pos)
+            if isinstance(col, pa.ChunkedArray) and (name in CANONICAL_KEYS or len(members) > 1):
+                col = col.combine_chunks()
+            if text and _is_string(col.type):
+                col = _trim_missing(col.cast(pa.string()))
+            elif text and pa.types.is_null(col.type):
+                col = col.cast(pa.string())
+            if name == "precursor_mz" and snake(raw) == "pepmass":
+                col, intensity = _pepmass_split(col)
+                if intensity is not None:
+                    extra_first["precursor_intensity"] = intensity
+            arrays.append((prio, raw, col))
+        canonical_present = any(prio == 0 for prio, _, _ in arrays)
+        keep_separate = []
+        if not merge_aliases and canonical_present:
+            # typed table with both e.g. adduct and precursor_type: keep the alias as it is
+            keep_separate = [(raw, col) for prio, raw, col in arrays if prio != 0]
+            arrays = [a for a in arrays if a[0] == 0]
+        merged = _coalesce([c for _, _, c in arrays], name in CANONICAL_KEYS)
+        out[name] = merged
+        for raw, col in keep_separate:
+            alt = snake(raw)
+            if alt in out or alt == name:
+                alt = alt + "_raw"
+            out[alt] = col
+    for k, v in extra_first.items():
+        out.setdefault(k, v)
+    _normalise_canonical(out, n, counts)
+    # canonical first, typed; then others in order
+    types = _canonical_types()
+    fields, arrays = [], []
+    for k in CANONICAL_KEYS:
+        arr = out.pop(k)
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        fields.append(pa.field(k, types[k]))
+        arrays.append(arr.cast(types[k]) if arr.type != types[k] else arr)
+    for k, v in out.items():
+        if pa.types.is_null(v.type):
+            v = v.cast(pa.string())
+        fields.append(pa.field(k, v.type))
+        arrays.append(v)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _coalesce(arrays: list[pa.Array], canonical: bool) -> pa.Array:
+    if len(arrays) == 1:
+        return arrays[0]
+    types = {a.type for a in arrays if not pa.types.is_null(a.type)}
+    if len(types) > 1 or canonical:
+        arrays = [_as_string(a) if not pa.types.is_null(a.type) else a.cast(pa.string()) for a in arrays]
+    elif types:
+        t = types.pop()
+        arrays = [a.cast(t) for a in arrays]
+    return pc.coalesce(*arrays)
+
+
+def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) -> None:
+    """Type and normalise the canonical columns in place (adds missing ones as nulls)."""
+    for k in _STRING_CANONICAL:
+        if k in out:
+            a = out[k]
+            out[k] = _as_string(a) if not pa.types.is_null(a.type) else pa.nulls(n, pa.string())
+        else:
+            out[k] = pa.nulls(n, pa.string())
+    # precursor m/z: positive finite float, else null
+    if "precursor_mz" in out and not pa.types.is_null(out["precursor_mz"].type):
+        raw = out["precursor_mz"]
+        pmz = _to_float(raw)
+        bad = ~(np.isfinite(pmz) & (pmz > 0))
+        if counts is not None:
+            given = ~np.asarray(raw.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            nbad = int(np.count_nonzero(bad & given))
+            if nbad:
+                counts["bad precursor_mz"] = counts.get("bad precursor_mz", 0) + nbad
+        pmz[bad] = np.nan
+        out["precursor_mz"] = pa.array(pmz, pa.float64(), mask=np.isnan(pmz))
+    else:
+        out["precursor_mz"] = pa.nulls(n, pa.float64())
+    # ion mode from the field
+    mode = _map_distinct(out["ion_mode"], parse_ion_mode, pa.string()) if n else out["ion_mode"]
+    adduct = out["adduct"]
+    # charge: parsed value + whether the sign was explicit
+    if "charge" in out and not pa.types.is_null(out["charge"].type) and n:
+        craw = out["charge"]
+        if _is_numeric(craw.type):
+            vals = craw.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            vals = np.where(np.isfinite(vals) & (np.abs(vals) <= 127) & (vals == np.round(vals)), vals, 0)
+            charge = np.nan_to_num(vals).astype(np.int16)
+            explicit = np.ones(n, bool)
+        else:
+            parsed = _map_distinct(_as_string(craw), lambda v: [parse_charge(v)[0], int(parse_charge(v)[1])],
+                                   pa.list_(pa.int16()))
+            flat = pc.fill_null(pc.list_flatten(pc.fill_null(parsed, pa.scalar([0, 0], parsed.type))), 0)
+            pairs = flat.to_numpy(zero_copy_only=False).reshape(n, 2)
+            charge = pairs[:, 0].astype(np.int16)
+            explicit = pairs[:, 1].astype(bool)
+    else:
+        charge = np.zeros(n, np.int16)
+        explicit = np.zeros(n, bool)
+    add_charge = _map_distinct(adduct, charge_from_adduct, pa.int16()).to_numpy(zero_copy_only=False) if n else np.zeros(0)
+    add_charge = np.nan_to_num(np.asarray(add_charge, dtype=np.float64)).astype(np.int16)
+    mode_np = np.asarray(pc.fill_null(mode, "").to_numpy(zero_copy_only=False), dtype=object) if n else np.zeros(0, object)
+    is_pos = mode_np == "positive"
+    is_neg = mode_np == "negative"
+    # charge from the adduct when unknown
+    fill = (charge == 0) & (add_charge != 0)
+    charge = np.where(fill, add_charge, charge)
+    explicit = explicit | fill
+    # a positive charge written without sign in negative mode is negative
+    charge = np.where(is_neg & (charge > 0) & ~explicit, -charge, charge)
+    # ion mode from the adduct sign, else the charge sign
+    unknown = ~(is_pos | is_neg)
+    sign = np.where(add_charge != 0, np.sign(add_charge), np.sign(charge))
+    mode_np = np.where(unknown & (sign > 0), "positive", np.where(unknown & (sign < 0), "negative", mode_np))
+    mode_arr = pa.array(mode_np.tolist() if n else [], pa.string())
+    out["ion_mode"] = pc.if_else(pc.equal(mode_arr, ""), pa.scalar(None, pa.string()), mode_arr) if n else pa.nulls(0, pa.string())
+    out["charge"] = pa.array(charge.astype(np.int8), pa.int8(), mask=charge == 0)
+    # inchikey upper-case; inchikey14 given or derived
+    ik = out["inchikey"]
+    if n and ik.null_count < n:
+        ik = pc.utf8_upper(ik)
+        out["inchikey"] = ik
+        derived = pc.struct_field(pc.extract_regex(ik, r"^(?P<k>[A-Z]{14})(?:-|$)"), [0])
+        given = out["inchikey14"]
+        given = pc.utf8_upper(given) if given.null_count < n else given
+        out["inchikey14"] = pc.coalesce(given, derived)
+    # id falls back to the title (MGF TITLE is the spectrum's label by convention)
+    if "title" in out and n:
+        title = out["title"]
+        if not pa.types.is_null(title.type):
+            out["id"] = pc.coalesce(out["id"], _as_string(title))
+
+
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def harmonise(record: Mapping[str, Any], *, text: bool = True) -> dict[str, Any]:
+    """Harmonise one metadata dict (same rules as :func:`harmonise_table`).
+
+    >>> harmonise({"PEPMASS": "301.1 5000", "CHARGE": "1-", "INCHIKEY": "GVGYEFKIHJTNQZ-RFQIPJPRSA-N"})["charge"]
+    -1
+    """
+    cols = {}
+    for k, v in record.items():
+        if isinstance(v, (list, tuple, dict)):
+            cols[k] = pa.array([v])
+        else:
+            cols[k] = pa.array([None if v is None else (v if text is False else str(v))])
+    table = pa.table(cols) if cols else pa.table({"id": pa.nulls(1, pa.string())})
+    return harmonise_table(table, text=text).to_pylist()[0]
+
+
+_LOOKUP = _build_lookup()
+
+__all__ = [
+    "ALIASES",
+    "EXTRA_ALIASES",
+    "MISSING_MARKERS",
+    "NIST_SYNON_CODES",
+    "canonical_key",
+    "charge_from_adduct",
+    "harmonise",
+    "harmonise_table",
+    "inchikey14_of",
+    "key_info",
+    "parse_charge",
+    "parse_float",
+    "parse_ion_mode",
+    "snake",
+]

@@ -1,0 +1,147 @@
+"""MGF (Mascot Generic Format) reading and writing.
+
+Reading covers the GNPS, MassSpecGym, MZmine and matchms/MassBank dialects: records between
+``BEGIN IONS`` and ``END IONS``; ``KEY=value`` lines (keys case-insensitive, harmonised by
+:mod:`fastspec.io.meta`); ``PEPMASS`` with an optional second value (precursor intensity);
+``CHARGE`` as ``1+``, ``2-``, ``+1`` or ``1``; peak lines ``m/z intensity [anything]`` separated
+by spaces or tabs (a third column, e.g. an annotation or fragment charge, is ignored); ``#``,
+``;``, ``!`` and ``/`` comment lines, blank lines, CRLF line ends, scientific notation,
+``.gz`` compression. Lines outside records (global parameters, junk) are ignored and counted.
+A record without ``END IONS`` (truncated file, or a new ``BEGIN IONS``) is rejected.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastspec.io import _textscan as ts
+from fastspec.io._common import ReadReport
+from fastspec.io._text import NUM_PEAKS_KEYS, header_lines, iter_text, peak_blocks, string_column, write_text_records
+from fastspec.io.meta import key_info
+from fastspec.spectra import CANONICAL_KEYS, Spectra
+
+#: canonical key -> MGF key written
+MGF_KEYS = {
+    "id": "SPECTRUM_ID",
+    "name": "NAME",
+    "precursor_mz": "PEPMASS",
+    "charge": "CHARGE",
+    "ion_mode": "IONMODE",
+    "adduct": "ADDUCT",
+    "formula": "FORMULA",
+    "smiles": "SMILES",
+    "inchikey": "INCHIKEY",
+    "inchikey14": "INCHIKEY14",
+    "instrument_type": "INSTRUMENT_TYPE",
+    "instrument": "INSTRUMENT",
+    "collision_energy": "COLLISION_ENERGY",
+    "fragmentation_mode": "FRAGMENTATION_MODE",
+}
+
+
+def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
+                 block_bytes: int = 32 << 20) -> Iterator[Spectra]:
+    """Spectra of an MGF file, one per block of text (see :func:`fastspec.io.read`)."""
+    return iter_text(path, ts.MGF, on_error=on_error, report=report, progress=progress, block_bytes=block_bytes)
+
+
+def charge_strings(charge) -> pa.Array:
+    """Signed charges as MGF ``1+``/``2-`` strings (null for 0)."""
+    import numpy as np
+
+    c = np.asarray(charge, dtype=np.int64)
+    s = pa.array(np.abs(c)).cast(pa.string())
+    sign = pa.array(np.where(c < 0, "-", "+"))
+    out = pc.binary_join_element_wise(s, sign, "")
+    return pc.if_else(pa.array(c == 0), pa.scalar(None, pa.string()), out)
+
+
+def plain_charge_strings(spectra: Spectra) -> pa.Array:
+    """Signed charges as ``"1"``, ``"-2"`` (null for 0), with an explicit ``"+"`` only when a
+    positive charge sits with a negative ion mode, so reading gives the same charge back."""
+    import numpy as np
+
+    c = spectra.charge.astype(np.int64)
+    s = pa.array(c, mask=c == 0).cast(pa.string())
+    if "ion_mode" in spectra.metadata.column_names:
+        neg = pc.fill_null(pc.equal(spectra.metadata.column("ion_mode"), "negative"), False)
+        clash = pc.and_(neg, pa.array(c > 0))
+        if isinstance(clash, pa.ChunkedArray):
+            clash = clash.combine_chunks()
+        s = pc.if_else(clash, pc.binary_join_element_wise("+", s, ""), s)
+    return s
+
+
+def metadata_fields(spectra: Spectra, names: dict[str, str], key_style) -> list[tuple[str, pa.Array]]:
+    """(label, string values) for every metadata column worth writing, canonical keys first.
+
+    ``precursor_mz`` and ``charge`` come from the Spectra arrays (authoritative); other columns
+    whose key harmonises to an already written canonical key, and declared peak counts, are skipped.
+    """
+    import numpy as np
+
+    md = spectra.metadata
+    fields: list[tuple[str, pa.Array]] = []
+    written = set()
+    for k in CANONICAL_KEYS:
+        if k == "precursor_mz":
+            p = spectra.precursor_mz
+            vals = pa.array(p, pa.float64(), mask=~np.isfinite(p)).cast(pa.string())
+        elif k == "charge":
+            vals = None
+        elif k in md.column_names:
+            vals = string_column(md.column(k))
+        else:
+            continue
+        written.add(k)
+        if vals is not None and vals.null_count < len(vals):
+            fields.append((names[k], vals))
+    for name in md.column_names:
+        if name in written or name.lower() in NUM_PEAKS_KEYS:
+            continue
+        canon, _ = key_info(name)
+        if canon in written and canon in CANONICAL_KEYS:
+            continue
+        vals = string_column(md.column(name))
+        if vals.null_count < len(vals):
+            fields.append((key_style(name), vals))
+    return fields
+
+
+def _mgf_key(name: str) -> str:
+    return name.replace("=", "_").replace("\n", " ").upper()
+
+
+def write(spectra: Spectra, path: str) -> None:
+    """Write spectra as MGF (gzip-compressed for ``.gz``).
+
+    Each record: ``BEGIN IONS``, ``TITLE`` (when a ``title`` column exists), the canonical keys
+    under their usual MGF names (``SPECTRUM_ID``, ``NAME``, ``PEPMASS``, ``CHARGE=1+``,
+    ``IONMODE``, ``ADDUCT``, ...), the other metadata columns upper-cased, then
+    ``m/z intensity`` lines (shortest round-trip decimal form) and ``END IONS``.
+    Missing values are not written.
+    """
+    n = len(spectra)
+    fields = metadata_fields(spectra, MGF_KEYS, _mgf_key)
+    # TITLE first, CHARGE after PEPMASS, as most tools expect
+    title = [f for f in fields if f[0] == "TITLE"]
+    rest = [f for f in fields if f[0] != "TITLE"]
+    ch = charge_strings(spectra.charge)
+    out = []
+    for f in rest:
+        out.append(f)
+        if f[0] == "PEPMASS":
+            out.append(("CHARGE", ch))
+    if not any(f[0] == "PEPMASS" for f in rest):
+        out.append(("CHARGE", ch))
+    fields = title + out
+    head = header_lines(fields, "=") if n else None
+    peaks = peak_blocks(spectra, " ") if n else pa.array([], pa.string())
+    parts = [pa.scalar("BEGIN IONS\n")]
+    if head is not None:
+        parts.append(head)
+    parts += [peaks, pa.scalar("\nEND IONS\n\n")]
+    records = pc.binary_join_element_wise(*parts, "") if n else pa.array([], pa.string())
+    write_text_records(path, records)

@@ -1,0 +1,108 @@
+"""MSP (NIST text library format) reading and writing.
+
+Reading covers the NIST, MS-DIAL/RIKEN and MassBank-export dialects:
+
+* records are separated by blank lines (a metadata line right after peaks, or a second
+  ``Name:``, also starts a new record); ``Key: value`` lines, keys case-insensitive and
+  harmonised by :mod:`fastspec.io.meta` (``PrecursorMZ``/``PRECURSORMZ``, ``Precursor_type``/
+  ``PRECURSORTYPE``, ``Ion_mode``/``IONMODE``, ``DB#``, ``INSTRUMENTTYPE``, ...);
+* ``Synon:`` lines: plain synonyms go to a ``synonyms`` list column; NIST-encoded ones
+  (``Synon: $:03[M+H]+``, ``$:28<InChIKey>``, ...) to their key (:data:`~fastspec.io.meta.NIST_SYNON_CODES`);
+* ``Comments:`` blobs of quoted ``"key=value"`` pairs become metadata (``"SMILES=..."`` ->
+  ``smiles``); free text stays in ``comment``;
+* ``Num Peaks`` missing or wrong: the peaks are trusted, a wrong count is counted as a warning;
+* peaks separated by spaces, tabs, commas or semicolons, several per line (``85 100; 86 50;``),
+  quoted annotations (``85 100 "p-H2O/-1.2ppm"``) ignored, GOLM ``mz:int`` pairs.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastspec.io import _textscan as ts
+from fastspec.io._common import ReadReport
+from fastspec.io._text import header_lines, iter_text, peak_blocks, string_column, write_text_records
+from fastspec.io.mgf import metadata_fields, plain_charge_strings
+from fastspec.spectra import Spectra
+
+#: canonical key -> MSP key written (NIST / MassBank style)
+MSP_KEYS = {
+    "id": "DB#",
+    "name": "Name",
+    "precursor_mz": "PrecursorMZ",
+    "charge": "Charge",
+    "ion_mode": "Ion_mode",
+    "adduct": "Precursor_type",
+    "formula": "Formula",
+    "smiles": "SMILES",
+    "inchikey": "InChIKey",
+    "inchikey14": "InChIKey14",
+    "instrument_type": "Instrument_type",
+    "instrument": "Instrument",
+    "collision_energy": "Collision_energy",
+    "fragmentation_mode": "Fragmentation_mode",
+}
+
+
+def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
+                 block_bytes: int = 32 << 20) -> Iterator[Spectra]:
+    """Spectra of an MSP file, one per block of text (see :func:`fastspec.io.read`)."""
+    return iter_text(path, ts.MSP, on_error=on_error, report=report, progress=progress, block_bytes=block_bytes)
+
+
+def _msp_key(name: str) -> str:
+    return name.replace(":", "_").replace("\n", " ")
+
+
+def write(spectra: Spectra, path: str) -> None:
+    """Write spectra as MSP (gzip-compressed for ``.gz``).
+
+    Each record: ``Name:`` (the name, else the id), the canonical keys under NIST names
+    (``DB#``, ``PrecursorMZ``, ``Precursor_type``, ``Charge`` signed, ``Ion_mode: P/N``, ...),
+    other metadata columns as ``key: value`` (lists such as ``synonyms`` as one ``Synon:`` line
+    per element), ``Num Peaks:``, tab-separated ``m/z intensity`` lines and a blank line.
+    """
+    n = len(spectra)
+    if n == 0:
+        write_text_records(path, pa.array([], pa.string()))
+        return
+    md = spectra.metadata
+    names = dict(MSP_KEYS)
+    fields = metadata_fields(spectra.with_metadata(md.drop_columns([c for c in ("synonyms",) if c in md.column_names])),
+                             names, _msp_key)
+    out = []
+    ids = string_column(md.column("id")) if "id" in md.column_names else pa.array([str(i) for i in range(n)])
+    name_vals = None
+    for label, vals in fields:
+        if label == "Name":
+            name_vals = vals
+            continue
+        if label == "Ion_mode":
+            vals = pc.if_else(pc.equal(vals, "positive"), "P", pc.if_else(pc.equal(vals, "negative"), "N", vals))
+        out.append((label, vals))
+    name_vals = pc.coalesce(name_vals, ids) if name_vals is not None else ids
+    charge = plain_charge_strings(spectra)
+    # Charge after PrecursorMZ
+    ordered = [("Name", name_vals)]
+    if "synonyms" in md.column_names:
+        syn = md.column("synonyms").combine_chunks()
+        if pa.types.is_list(syn.type) or pa.types.is_large_list(syn.type):
+            syn = pc.binary_join(syn.cast(pa.list_(pa.string())), "\nSynon: ")
+            syn = pc.if_else(pc.equal(syn, ""), pa.scalar(None, pa.string()), syn)
+        else:
+            syn = string_column(syn)
+        ordered.append(("Synon", syn))
+    for label, vals in out:
+        ordered.append((label, vals))
+        if label == "PrecursorMZ":
+            ordered.append(("Charge", charge))
+    if not any(lab == "PrecursorMZ" for lab, _ in out):
+        ordered.append(("Charge", charge))
+    counts = pa.array(np.diff(spectra.offsets)).cast(pa.string())
+    ordered.append(("Num Peaks", counts))
+    head = header_lines(ordered, ": ")
+    records = pc.binary_join_element_wise(head, peak_blocks(spectra, "\t"), pa.scalar("\n\n"), "")
+    write_text_records(path, records)

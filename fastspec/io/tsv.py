@@ -1,0 +1,184 @@
+"""MassSpecGym-style TSV: one spectrum per row, peaks as comma-joined ``mzs`` and ``intensities``.
+
+Columns of the MassSpecGym release: ``identifier, mzs, intensities, smiles, inchikey, formula,
+precursor_formula, parent_mass, precursor_mz, adduct, instrument_type, collision_energy, fold,
+simulation_challenge`` (``identifier`` -> ``id``; MassSpecGym's ``inchikey`` holds only the first
+block, which also fills ``inchikey14``). Every column is read as text and harmonised like MGF
+metadata. Rows with a wrong number of fields, unparsable numbers or m/z and intensity lists of
+different lengths are bad records. Line numbers count the header as line 1 (blank lines, which
+are skipped, are not counted).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from fastspec.errors import FastspecError, ParseError
+from fastspec.io._common import ReadReport
+from fastspec.io._tables import find_peak_columns, table_spectra
+from fastspec.spectra import Spectra
+
+REASON_FIELDS = "wrong number of fields"
+
+
+def _header(path: str) -> list[str]:
+    from fastspec.io._common import open_binary
+
+    f, _ = open_binary(path)
+    try:
+        first = b""
+        for line in f:
+            if line.strip():
+                first = line
+                break
+    except (OSError, EOFError) as e:
+        raise FastspecError(f"{path}: cannot read: {e}") from e
+    finally:
+        f.close()
+    if not first:
+        raise FastspecError(f"{path}: empty file (no header line)")
+    if first.startswith(b"\xef\xbb\xbf"):
+        first = first[3:]
+    names = first.decode("utf-8", "replace").rstrip("\r\n").split("\t")
+    return [n.strip() for n in names]
+
+
+class _CleanUtf8:
+    """Binary reader (gzip-aware) that replaces invalid UTF-8 by U+FFFD, block by block, so that
+    pyarrow's CSV parser (and its bad-row handler) always sees valid text."""
+
+    def __init__(self, path: str):
+        import codecs
+
+        from fastspec.io._common import open_binary
+
+        self._f, _ = open_binary(path)
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        raw = self._f.read(n if n is not None and n >= 0 else -1)
+        return self._dec.decode(raw, final=not raw).encode("utf-8")
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._f.close()
+        self.closed = True
+
+
+def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
+                 chunk_size: int | None = None) -> Iterator[Spectra]:
+    """Spectra of a TSV file, in batches (about ``chunk_size`` rows when given)."""
+    import pyarrow.csv as pcsv
+
+    names = _header(path)
+    mz_name, in_name = find_peak_columns(names, path)
+    if len(set(names)) != len(names):
+        raise FastspecError(f"{path}: repeated column names in the header")
+    invalid: list[tuple[int | None, str]] = []
+
+    def on_invalid(row) -> str:
+        invalid.append((row.number, REASON_FIELDS))
+        return "skip"
+
+    block = 1 << 24 if chunk_size is None else int(min(max(chunk_size * 512, 1 << 16), 1 << 26))
+    ropts = pcsv.ReadOptions(use_threads=False, block_size=block)
+    popts = pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid)
+    copts = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False,
+                                quoted_strings_can_be_null=False)
+    try:
+        stream = pa.PythonFile(_CleanUtf8(path), mode="r")
+        reader = pcsv.open_csv(stream, read_options=ropts, parse_options=popts, convert_options=copts)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise FastspecError(f"{path}: not a readable TSV file: {e}") from e
+    next_line = 2
+    seen_invalid = 0
+    try:
+        for batch in _batches(reader, path):
+            new_bad = invalid[seen_invalid:]
+            seen_invalid = len(invalid)
+            if new_bad:
+                if on_error == "raise":
+                    line, why = new_bad[0]
+                    raise ParseError(why, path, line)
+                for line, why in new_bad:
+                    report.reject(line, why, path)
+            t = pa.Table.from_batches([batch])
+            if t.num_rows == 0:
+                continue
+            bad_lines = np.array(sorted(n for n, _ in invalid if n is not None), dtype=np.int64)
+            lines = _row_lines(next_line, t.num_rows, bad_lines)
+            next_line = int(lines[-1]) + 1
+            sp = table_spectra(t, path, mz_name, in_name, 0, on_error, report, text=True, lines=lines)
+            yield sp
+        for line, why in invalid[seen_invalid:]:
+            if on_error == "raise":
+                raise ParseError(why, path, line)
+            report.reject(line, why, path)
+    finally:
+        stream.close()
+
+
+def _batches(reader, path):
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, OSError) as e:
+            raise FastspecError(f"{path}: cannot read TSV data: {e}") from e
+        yield batch
+
+
+def _row_lines(start: int, k: int, bad: np.ndarray) -> np.ndarray:
+    """Line numbers of the next ``k`` good rows from ``start``, skipping known bad lines."""
+    cand = np.arange(start, start + k + bad.shape[0], dtype=np.int64)
+    if bad.shape[0]:
+        cand = cand[~np.isin(cand, bad)]
+    return cand[:k]
+
+
+def write(spectra: Spectra, path: str) -> None:
+    """Write a MassSpecGym-style TSV (``identifier``, ``mzs``, ``intensities``, then metadata)."""
+    import pyarrow.csv as pcsv
+
+    from fastspec.io._common import text_sink
+    from fastspec.io._text import string_column
+    from fastspec.io.mgf import plain_charge_strings
+
+    n = len(spectra)
+    off = spectra.offsets
+    off_arr = pa.array(off.astype(np.int32)) if off[-1] < 2**31 - 1 else pa.array(off)
+    mk = pa.ListArray.from_arrays if off_arr.type == pa.int32() else pa.LargeListArray.from_arrays
+    mzs = pc.binary_join(mk(off_arr, pa.array(spectra.mz, pa.float64()).cast(pa.string())), ",")
+    ins = pc.binary_join(mk(off_arr, pa.array(spectra.intensity, pa.float32()).cast(pa.string())), ",")
+    md = spectra.metadata
+    ids = string_column(md.column("id")) if "id" in md.column_names else pa.array([str(i) for i in range(n)])
+    cols = {"identifier": ids, "mzs": mzs, "intensities": ins}
+    pmz = spectra.precursor_mz
+    for name in md.column_names:
+        if name in ("id", "identifier", "mzs", "intensities"):
+            continue
+        if name == "precursor_mz":
+            col = pa.array(pmz, pa.float64(), mask=~np.isfinite(pmz)).cast(pa.string())
+        elif name == "charge":
+            col = plain_charge_strings(spectra)
+        else:
+            col = string_column(md.column(name))
+        cols[name] = pc.fill_null(pc.replace_substring(col, "\t", " "), "")
+    table = pa.table(cols)
+    with text_sink(path) as fh:
+        fh.write("\t".join(c.replace("\t", " ") for c in table.column_names) + "\n")
+        if n:
+            buf = pa.BufferOutputStream()
+            opts = pcsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False)
+            pcsv.write_csv(table, buf, write_options=opts)
+            fh.write(buf.getvalue().to_pybytes().decode("utf-8"))

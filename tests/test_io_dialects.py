@@ -1,0 +1,234 @@
+"""One hand-made fixture per dialect (tests/data): peaks and harmonised metadata."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastspec.io as fio
+from fastspec.spectra import CANONICAL_KEYS
+
+DATA = Path(__file__).parent / "data"
+
+
+def read(name, **kw):
+    spectra, report = fio.read(DATA / name, return_report=True, **kw)
+    report.check()
+    assert list(spectra.metadata.column_names[: len(CANONICAL_KEYS)]) == list(CANONICAL_KEYS)
+    return spectra, report
+
+
+def md(spectra, i):
+    return {k: v for k, v in spectra[i].metadata.items() if v is not None}
+
+
+def peaks(spectra, i):
+    return spectra[i].mz.tolist(), spectra[i].intensity.tolist()
+
+
+def test_mgf_gnps():
+    s, r = read("mgf_gnps.mgf")
+    assert (r.n_records, r.n_spectra, r.n_rejected) == (2, 2, 0)
+    assert peaks(s, 0) == ([289.286377, 295.545288, 298.489624, 812.522522], [8068.0, 22507.0, 3925.0, 1162.0])
+    m = md(s, 0)
+    assert m["id"] == "CCMSLIB00000001547"
+    assert m["name"] == "Hoiamide B M+H"
+    assert m["precursor_mz"] == 981.54
+    assert "charge" not in m  # CHARGE=0: unknown
+    assert m["ion_mode"] == "positive"
+    assert m["instrument_type"] == "LC-ESI-qTof"  # SOURCE_INSTRUMENT
+    assert m["ms_level"] == "2"
+    assert m["scans"] == "1" and m["submituser"] == "mwang87"
+    assert "inchi" not in m and "pubmed" not in m  # N/A -> missing
+    m1 = md(s, 1)
+    assert m1["charge"] == -1  # CHARGE=1 without sign, IONMODE=negative
+    assert m1["ion_mode"] == "negative"
+    assert s.charge.tolist() == [0, -1]
+    assert s.polarity.tolist() == [1, -1]
+
+
+def test_mgf_massspecgym():
+    s, _ = read("mgf_massspecgym.mgf")
+    m = md(s, 0)
+    assert m["id"] == "MassSpecGymID0000001"
+    assert m["inchikey"] == "CBQJSKKFNMDLON" and m["inchikey14"] == "CBQJSKKFNMDLON"
+    assert m["precursor_mz"] == 208.0968
+    assert m["charge"] == 1 and m["ion_mode"] == "positive"  # from the adduct
+    assert m["adduct"] == "[M+H]+"
+    assert m["formula"] == "C11H13NO3"
+    assert m["precursor_formula"] == "C11H14NO3"
+    assert m["parent_mass"] == "207.0895"
+    assert m["instrument_type"] == "Orbitrap"
+    assert m["collision_energy"] == "30.0"
+    assert m["fold"] == "train" and m["simulation_challenge"] == "True"
+    assert peaks(s, 0)[0] == [91.0542, 120.0808, 162.0913]
+    m1 = md(s, 1)
+    assert m1["charge"] == -1 and m1["ion_mode"] == "negative"
+    assert "collision_energy" not in m1  # empty value
+
+
+def test_mgf_mzmine():
+    s, r = read("mgf_mzmine.mgf")
+    assert r.warnings.get("num_peaks mismatch") == 1  # second record declares 4, has 2
+    m = md(s, 0)
+    assert m["id"] == "1"  # FEATURE_ID
+    assert m["precursor_mz"] == 286.1438
+    assert m["precursor_intensity"] == 15230.5  # PEPMASS second value
+    assert m["charge"] == 1 and m["ion_mode"] == "positive"
+    assert m["rtinseconds"] == "125.4" and m["filename"] == "sample_01.mzML"
+    assert "num_peaks" not in s.metadata.column_names
+    m1 = md(s, 1)
+    assert m1["charge"] == -2 and m1["ion_mode"] == "negative"  # CHARGE=2-
+    assert "precursor_intensity" not in m1
+    assert peaks(s, 1) == ([151.0037, 178.9986], [500.0, 7000.0])
+
+
+def test_mgf_crlf_no_title_comments_scientific_unsorted():
+    assert b"\r\n" in (DATA / "mgf_crlf_notitle.mgf").read_bytes()  # the fixture must keep its CRLF ends
+    s, r = read("mgf_crlf_notitle.mgf")
+    # third record has no peaks -> rejected; global COM= line outside records is ignored
+    assert (r.n_records, r.n_spectra, r.n_rejected) == (3, 2, 1)
+    assert r.counts_by_reason == {"no peaks": 1}
+    assert r.rejected[0].line == 20
+    assert r.warnings["lines outside records"] == 1
+    assert r.n_fixed_unsorted == 1 and r.n_zero_intensity_dropped == 1 and r.n_with_duplicate_mz == 1
+    # 1.5e2 -> 150; the zero peak dropped; third column ignored; stable sort keeps duplicate order
+    assert peaks(s, 0) == ([100.25, 100.25, 150.0], [50.5, 10.0, 300.0])
+    m = md(s, 0)
+    assert m["id"] == "crlf-1" and m["precursor_mz"] == 500.25 and m["precursor_intensity"] == 12000.0
+    assert m["charge"] == 1 and m["ion_mode"] == "positive"
+    assert "title" not in s.metadata.column_names
+    m1 = md(s, 1)
+    assert m1["precursor_mz"] == 250.1 and m1["charge"] == -2 and m1["ion_mode"] == "negative"
+    assert "id" not in m1
+    assert peaks(s, 1) == ([300.0], [0.5])
+
+
+def test_msp_nist():
+    s, r = read("msp_nist.msp")
+    assert r.n_spectra == 2
+    # "85 100; 86 50;" on one line, tab-separated and quoted annotations ignored
+    assert peaks(s, 0) == ([85.0, 86.0, 103.0542, 121.0284, 147.0441], [100.0, 50.0, 20.0, 7.5, 15.0])
+    m = md(s, 0)
+    assert m["id"] == "NIST-0001" and m["name"] == "Hydroxychalcone"
+    assert m["synonyms"] == ["2'-hydroxychalcone"]
+    assert m["adduct"] == "[M+H]+"  # Synon: $:03
+    assert m["inchikey"] == "UDOOPSJCRMKSGL-ZHACJKMWSA-N" and m["inchikey14"] == "UDOOPSJCRMKSGL"  # $:28
+    assert m["instrument_type"] == "Q-TOF" and m["collision_energy"] == "35" and m["ms_level"] == "in-source"
+    assert m["ion_mode"] == "positive" and m["charge"] == 1
+    assert m["precursor_mz"] == 225.091
+    assert m["smiles"] == "O=C(C=Cc1ccccc1O)c1ccccc1"  # from the Comments blob
+    assert m["computed_smiles"] == "O=C(C=CC=1C=CC=CC1O)C=2C=CC=CC2"
+    assert m["comment"] == "NIST Mass Spectrometry Data Center"
+    m1 = md(s, 1)
+    assert m1["precursor_mz"] == 250.6558 and m1["charge"] == 2 and m1["adduct"] == "[M+2H]2+"
+
+
+def test_msp_msdial():
+    s, r = read("msp_msdial.msp")
+    m = md(s, 0)
+    assert m["name"] == "Caffeic acid" and "id" not in m
+    assert m["precursor_mz"] == 179.035 and m["adduct"] == "[M-H]-"
+    assert m["charge"] == -1 and m["ion_mode"] == "negative"
+    assert m["formula"] == "C9H8O4" and m["inchikey14"] == "QAIPRVGONGVQAS"
+    assert m["instrument_type"] == "LC-ESI-QTOF" and m["instrument"] == "Sciex TripleTOF 6600"
+    assert m["collision_energy"] == "35"
+    assert m["ontology"] == "Hydroxycinnamic acids" and m["retentiontime"] == "5.32" and m["ccs"] == "134.2"
+    assert m["comment"] == "DB#=MSDIAL-0001; origin=RIKEN"
+    assert peaks(s, 0) == ([89.0395, 134.0371, 135.0445], [12.0, 100.0, 40.0])
+    assert peaks(s, 1) == ([91.0542, 120.0811], [100.0, 10.0])  # unsorted -> sorted
+    assert r.n_fixed_unsorted == 1
+    assert md(s, 1)["ion_mode"] == "positive"
+
+
+def test_msp_massbank_export():
+    s, _ = read("msp_massbank.msp")
+    m = md(s, 0)
+    assert m["id"] == "MSBNK-AAFC-AC000001" and m["name"] == "Mellein"
+    assert m["precursor_mz"] == 179.0697
+    # from the quoted "key=value" pairs of Comments:
+    assert m["smiles"] == "CC1CC2=C(C(=CC=C2)O)C(=O)O1"
+    assert m["inchi"].startswith("InChI=1S/C10H10O3")
+    assert m["instrument_type"] == "LC-ESI-ITFT" and m["instrument"] == "Q-Exactive Orbitrap Thermo Scientific"
+    assert m["ion_mode"] == "positive" and m["adduct"] == "[M+H]+" and m["charge"] == 1
+    assert m["fragmentation_mode"] == "HCD" and m["collision_energy"] == "10(NCE)"
+    assert m["exact_mass"] == "178.06299" and m["license"] == "CC BY-SA" and m["ms_level"] == "MS2"
+    assert m["splash"].startswith("splash10-")
+    assert m["synonyms"] == ["8-hydroxy-3-methyl-3,4-dihydroisochromen-1-one"]
+    mz, it = peaks(s, 0)
+    assert mz == [133.0648, 151.0754, 155.9743, 161.0597, 179.0703]
+    assert it[0] == np.float32(21905.33203125)
+
+
+def test_massspecgym_tsv():
+    s, r = read("massspecgym.tsv")
+    assert (r.n_records, r.n_spectra) == (3, 3)
+    assert r.n_fixed_unsorted == 1
+    m = md(s, 0)
+    assert m["id"] == "MassSpecGymID0000001" and m["precursor_mz"] == 208.0968
+    assert m["inchikey14"] == "CBQJSKKFNMDLON" and m["adduct"] == "[M+H]+" and m["charge"] == 1
+    assert m["fold"] == "train" and m["parent_mass"] == "207.0895" and m["precursor_formula"] == "C11H14NO3"
+    assert s[0].mz.tolist() == [91.0542, 120.0808, 162.0913]
+    assert np.array_equal(s[0].intensity, np.float32([0.2454, 1.0, 0.0812]))
+    assert "collision_energy" not in md(s, 1)
+    assert peaks(s, 2) == ([50.5, 55.125, 60.25], [3.0, 1.0, 2.0])
+    # the same spectra as the MGF flavour of MassSpecGym
+    g = fio.read(DATA / "mgf_massspecgym.mgf")
+    assert np.array_equal(g.mz, s.mz[: len(g.mz)]) and g.ids == s.ids[:2]
+
+
+def test_mzml():
+    pytest.importorskip("pyteomics")
+    s, r = read("tiny.mzML")
+    assert (r.n_records, r.n_spectra) == (2, 2)  # the MS1 scan is not a record
+    assert r.warnings["spectra with ms level != 2 skipped"] == 1
+    assert r.n_zero_intensity_dropped == 1
+    m = md(s, 0)
+    assert m["id"] == "scan=2" and m["precursor_mz"] == 195.0877 and m["charge"] == 1
+    assert m["ion_mode"] == "positive" and m["fragmentation_mode"] == "HCD" and m["collision_energy"] == "30"
+    assert m["precursor_intensity"] == 100000.0 and m["retention_time"] == pytest.approx(36.0)
+    assert peaks(s, 0) == ([50.1, 75.25], [5.0, 100.0])
+    m1 = md(s, 1)
+    assert m1["charge"] == -1 and m1["ion_mode"] == "negative" and m1["fragmentation_mode"] == "CID"
+
+
+@pytest.mark.parametrize("name", ["mgf_gnps.mgf", "msp_nist.msp", "massspecgym.tsv"])
+def test_gzip_same_as_plain(tmp_path, name):
+    import gzip
+
+    gz = tmp_path / (name + ".gz")
+    gz.write_bytes(gzip.compress((DATA / name).read_bytes()))
+    a = fio.read(DATA / name)
+    b = fio.read(gz)
+    assert np.array_equal(a.mz, b.mz) and a.metadata.equals(b.metadata)
+
+
+def test_format_sniffed_without_extension(tmp_path):
+    for name, fmt in (("mgf_gnps.mgf", "mgf"), ("msp_nist.msp", "msp"), ("massspecgym.tsv", "tsv"),
+                      ("tiny.mzML", "mzml")):
+        p = tmp_path / f"{fmt}.txt"
+        p.write_bytes((DATA / name).read_bytes())
+        assert fio.detect_format(str(p)) == fmt
+    assert len(fio.read(tmp_path / "mgf.txt")) == 2
+    assert len(fio.read(tmp_path / "mgf.txt", format="mgf")) == 2
+
+
+def test_msp_layout_variants(tmp_path):
+    """GOLM mz:int pairs, several pairs per line, no blank line between records, repeated Name:."""
+    text = (
+        "Name: golm\nNum Peaks: 3\n70:10 71:5 73:999\n"          # GOLM pairs; next record follows at once
+        "Name: multi\nPrecursorMZ: 300\n85 100 86 50 87 25\n"     # all-numeric line of three pairs
+        "Name: nopeaks\n"                                          # a second Name: closes a record w/o peaks
+        "Name: semicolons\n10 1; 20 2; 30 3;\n\n\n"
+        "Name: annotated\n40\t4\t\"a b\"\n41 5 x-y\n"
+    )
+    p = tmp_path / "v.msp"
+    p.write_text(text)
+    s, r = fio.read(p, return_report=True)
+    assert s.column("name") == ["golm", "multi", "semicolons", "annotated"]
+    assert r.counts_by_reason == {"no peaks": 1} and r.rejected[0].line == 7
+    assert peaks(s, 0) == ([70.0, 71.0, 73.0], [10.0, 5.0, 999.0])
+    assert peaks(s, 1) == ([85.0, 86.0, 87.0], [100.0, 50.0, 25.0])
+    assert peaks(s, 2) == ([10.0, 20.0, 30.0], [1.0, 2.0, 3.0])
+    assert peaks(s, 3) == ([40.0, 41.0], [4.0, 5.0])

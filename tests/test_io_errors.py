@@ -1,0 +1,231 @@
+"""Bad records, peak rules, number parsing, format errors and the ``convert`` command."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastspec.io as fio
+from fastspec.errors import FastspecError, ParameterError, ParseError
+from fastspec.io import _textscan as ts
+
+DATA = Path(__file__).parent / "data"
+
+
+def mgf(*records: str) -> str:
+    return "".join(f"BEGIN IONS\n{r.strip()}\nEND IONS\n\n" for r in records)
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+GOOD = "PEPMASS=200.5\nSPECTRUM_ID=good\n100 10\n150 20"
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("PEPMASS=1\n100 abc", "unparsable peak line"),
+    ("PEPMASS=1\n100", "peak line with a single value"),
+    ("PEPMASS=1\nrandom words here", "unparsable peak line"),
+    ("PEPMASS=1\n100 nan", "non-finite peak value"),
+    ("PEPMASS=1\ninf 5", "non-finite peak value"),
+    ("PEPMASS=1\n100 1e999", "non-finite peak value"),
+    ("PEPMASS=1\n100 1e39", "non-finite peak value"),  # beyond float32
+    ("PEPMASS=1\n100 -5", "negative intensity"),
+    ("PEPMASS=1\n0 5", "m/z not positive"),
+    ("PEPMASS=1\n-100 5", "m/z not positive"),
+    ("PEPMASS=1", "no peaks"),
+    ("PEPMASS=1\n100 0\n101 0", "no peaks"),
+])
+def test_bad_record_skip_and_raise(tmp_path, body, reason):
+    p = write(tmp_path, "bad.mgf", mgf(GOOD, body, GOOD))
+    sp, report = fio.read(p, return_report=True)
+    assert (report.n_records, report.n_spectra, report.n_rejected) == (3, 2, 1)
+    assert report.counts_by_reason == {reason: 1}
+    line = report.rejected[0].line
+    assert 8 <= line <= 10  # the bad record starts on line 8 (parse errors: the offending line)
+    assert sp.ids == ["good", "good"]
+    with pytest.raises(ParseError) as e:
+        fio.read(p, on_error="raise")
+    assert e.value.path == str(p) and e.value.line == line and reason in str(e.value)
+    assert str(e.value).startswith(f"{p}:{line}:")
+
+
+def test_unterminated_records(tmp_path):
+    text = "BEGIN IONS\nPEPMASS=1\n100 1\nBEGIN IONS\nPEPMASS=2\n100 2\nEND IONS\nBEGIN IONS\nPEPMASS=3\n100 3\n"
+    sp, report = fio.read(write(tmp_path, "t.mgf", text), return_report=True)
+    assert len(sp) == 1 and sp.precursor_mz.tolist() == [2.0]
+    assert report.counts_by_reason == {"record not terminated (missing END IONS)": 2}
+    assert [r.line for r in report.rejected] == [1, 8]
+
+
+def test_peak_rules(tmp_path):
+    text = mgf("SPECTRUM_ID=a\n300 1\n100 5\n200 0\n100 7",  # unsorted, zero, duplicate
+               "SPECTRUM_ID=b\nPEPMASS=abc\n50 1",  # unusable precursor -> NaN, kept
+               "SPECTRUM_ID=c\n50 1")  # no precursor -> NaN, kept
+    sp, report = fio.read(write(tmp_path, "r.mgf", text), return_report=True)
+    assert sp.ids == ["a", "b", "c"]
+    assert sp[0].mz.tolist() == [100.0, 100.0, 300.0] and sp[0].intensity.tolist() == [5.0, 7.0, 1.0]
+    assert report.n_fixed_unsorted == 1 and report.n_zero_intensity_dropped == 1
+    assert report.n_with_duplicate_mz == 1
+    assert np.isnan(sp.precursor_mz).all()
+    assert report.warnings["bad precursor_mz"] == 1
+
+
+def test_same_rules_in_every_format(tmp_path):
+    """A NaN peak, a negative intensity and an empty record are rejected alike everywhere."""
+    from fastspec.spectra import Spectra
+
+    mzs = [np.array([100.0, 200.0]), np.array([100.0, np.nan]), np.array([100.0, 150.0]), np.array([80.0]),
+           np.array([90.0, 95.0])]
+    ints = [np.array([1.0, 2.0]), np.array([1.0, 1.0]), np.array([1.0, -1.0]), np.array([0.0]),
+            np.array([3.0, 0.0])]
+    sp = Spectra(np.array([0, 2, 4, 6, 7, 9]), np.concatenate(mzs), np.concatenate(ints).astype(np.float32),
+                 validate=False)
+    expected = {"non-finite peak value": 1, "negative intensity": 1, "no peaks": 1}
+    for ext in ("mgf", "msp", "tsv", "parquet", "h5"):
+        p = tmp_path / f"x.{ext}"
+        fio.write(sp, p)
+        back, report = fio.read(p, return_report=True)
+        assert report.counts_by_reason == expected, ext
+        assert back.ids == ["0", "4"], ext
+        assert back[1].mz.tolist() == [90.0], ext
+
+
+def test_tsv_bad_rows(tmp_path):
+    header = "identifier\tmzs\tintensities\tprecursor_mz\n"
+    rows = ["a\t100,200\t1,2\t300", "b\t100,200\t1\t300", "c\t100\t1", "d\t1x0\t1\t5", "e\t\t\t5", "f\t50\t5\t60"]
+    p = write(tmp_path, "b.tsv", header + "\n".join(rows) + "\n")
+    sp, report = fio.read(p, return_report=True)
+    assert sp.ids == ["a", "f"]
+    assert report.counts_by_reason == {"m/z and intensity lists differ in length": 1, "wrong number of fields": 1,
+                                       "unparsable peak list": 1, "no peaks": 1}
+    lines = {r.reason: r.line for r in report.rejected}
+    assert lines["m/z and intensity lists differ in length"] == 3
+    assert lines["wrong number of fields"] == 4
+    assert lines["unparsable peak list"] == 5
+    assert lines["no peaks"] == 6
+    with pytest.raises(ParseError):
+        fio.read(p, on_error="raise")
+
+
+def test_parquet_bad_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    t = pa.table({"mzs": pa.array([[100.0, 200.0], None, [1.0, 2.0], [5.0]], pa.list_(pa.float64())),
+                  "intensities": pa.array([[1.0, 2.0], None, [1.0], [None]], pa.list_(pa.float32())),
+                  "id": ["a", "b", "c", "d"]})
+    pq.write_table(t, tmp_path / "x.parquet")
+    sp, report = fio.read(tmp_path / "x.parquet", return_report=True)
+    assert sp.ids == ["a"]
+    assert report.counts_by_reason == {"no peaks": 1, "m/z and intensity lists differ in length": 1,
+                                       "non-finite peak value": 1}
+    assert sorted(r.line for r in report.rejected) == [2, 3, 4]
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "y.parquet")
+    with pytest.raises(FastspecError, match="m/z"):
+        fio.read(tmp_path / "y.parquet")
+
+
+def test_format_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fio.read(tmp_path / "missing.mgf")
+    with pytest.raises(ParameterError):
+        fio.read(DATA / "mgf_gnps.mgf", on_error="ignore")
+    with pytest.raises(ParameterError):
+        list(fio.iter_read(DATA / "mgf_gnps.mgf", chunk_size=0))
+    with pytest.raises(FastspecError, match="format"):
+        fio.read(DATA / "mgf_gnps.mgf", format="xlsx")
+    junk = write(tmp_path, "junk.bin", "hello world\n")
+    with pytest.raises(FastspecError, match="cannot tell"):
+        fio.read(junk)
+    fake = write(tmp_path, "fake.h5", "not hdf5")
+    with pytest.raises(FastspecError):
+        fio.read(fake)
+    fakepq = write(tmp_path, "fake.parquet", "not parquet")
+    with pytest.raises(FastspecError):
+        fio.read(fakepq)
+    badgz = write(tmp_path, "x.mgf.gz", "not gzip data")
+    with pytest.raises(FastspecError):
+        fio.read(badgz)
+
+
+def test_hdf5_foreign_file(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.arange(3)
+    with pytest.raises(FastspecError, match="not a fastspec"):
+        fio.read(tmp_path / "other.h5")
+
+
+def test_progress_bar(tmp_path, capsys):
+    fio.read(DATA / "mgf_gnps.mgf", progress=True)
+    fio.write(fio.read(DATA / "mgf_gnps.mgf"), tmp_path / "p.h5")
+    fio.read(tmp_path / "p.h5", progress=True)
+    assert "B" in capsys.readouterr().err  # tqdm byte counter on stderr
+
+
+def test_report_summary_and_dict(tmp_path):
+    _, report = fio.read(DATA / "mgf_crlf_notitle.mgf", return_report=True)
+    s = report.summary()
+    assert "3 records: 2 spectra, 1 rejected (no peaks: 1)" in s
+    d = report.to_dict()
+    assert d["n_records"] == 3 and d["rejected"][0][1] == "no peaks"
+    assert report.reasons == {"no peaks": 1}
+
+
+# ---------------------------------------------------------------------------- number parsing
+def _scan_values(tokens: list[str]) -> np.ndarray:
+    text = "BEGIN IONS\n" + "".join(f"{t} {t}\n" for t in tokens) + "END IONS\n"
+    r = ts.scan(text.encode(), ts.MGF)
+    assert r.rec_err.tolist() == [0]
+    return r.mz
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20))
+def test_numbers_parse_like_python_float(values):
+    tokens = [repr(v) for v in values] + [f"{v:.17e}" for v in values] + [f"{v:.3f}" for v in values]
+    assert _scan_values(tokens).tolist() == [float(t) for t in tokens]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(r"[+-]?([0-9]{1,25}(\.[0-9]{0,25})?|\.[0-9]{1,25})([eE][+-]?[0-9]{1,3})?", fullmatch=True))
+def test_decimal_strings_parse_like_python_float(token):
+    assert _scan_values([token]).tolist() == [float(token)]
+
+
+def test_special_numbers():
+    got = _scan_values(["nan", "NaN", "inf", "-Infinity", "1.", ".5", "+3", "1E2", "007"])
+    want = [float(x) for x in ["nan", "NaN", "inf", "-Infinity", "1.", ".5", "+3", "1E2", "007"]]
+    assert np.array_equal(got, want, equal_nan=True)
+    for bad in ["1..2", "1e", "e5", "--1", "1_000", "0x10", "1,5"]:
+        r = ts.scan(f"BEGIN IONS\n{bad} 5\nEND IONS\n".encode(), ts.MGF)
+        assert r.rec_err.tolist() != [0] or r.mz.shape[0] == 1, bad
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_convert_command(tmp_path):
+    from click.testing import CliRunner
+
+    from fastspec.cli import main
+
+    runner = CliRunner()
+    out = tmp_path / "out.parquet"
+    res = runner.invoke(main, ["convert", str(DATA / "mgf_gnps.mgf"), str(DATA / "msp_nist.msp"), str(out),
+                               "--report", str(tmp_path / "r.json")])
+    assert res.exit_code == 0, res.output
+    assert len(fio.read(out)) == 4
+    assert "4 spectra" in res.output
+    res = runner.invoke(main, ["convert", "-q", str(out), str(tmp_path / "o.txt"), "--format", "msp"])
+    assert res.exit_code == 0 and len(fio.read(tmp_path / "o.txt", format="msp")) == 4
+    bad = write(tmp_path, "bad.mgf", "BEGIN IONS\n100 1\n")
+    res = runner.invoke(main, ["convert", "--on-error", "raise", str(bad), str(tmp_path / "x.mgf")])
+    assert res.exit_code != 0 and "bad.mgf:1" in res.output and "Traceback" not in res.output
+    res = runner.invoke(main, ["convert", str(tmp_path / "nope.mgf"), str(tmp_path / "x.mgf")])
+    assert res.exit_code != 0 and "No such file" in res.output

@@ -1,0 +1,128 @@
+"""Metadata harmonisation (fastspec.io.meta)."""
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastspec.io import meta
+from fastspec.spectra import CANONICAL_KEYS
+
+
+@pytest.mark.parametrize("raw, canon", [
+    ("PEPMASS", "precursor_mz"), ("PrecursorMZ", "precursor_mz"), ("PRECURSORMZ", "precursor_mz"),
+    ("precursor_mz", "precursor_mz"), ("Precursor_type", "adduct"), ("PRECURSORTYPE", "adduct"),
+    ("ADDUCT", "adduct"), ("IONMODE", "ion_mode"), ("ion_mode", "ion_mode"), ("Ion_mode", "ion_mode"),
+    ("INSTRUMENTTYPE", "instrument_type"), ("Instrument_type", "instrument_type"),
+    ("SOURCE_INSTRUMENT", "instrument_type"), ("COLLISIONENERGY", "collision_energy"),
+    ("Collision_energy", "collision_energy"), ("SMILES", "smiles"), ("INCHIKEY", "inchikey"),
+    ("InChIKey", "inchikey"), ("Formula", "formula"), ("FORMULA", "formula"), ("NAME", "name"),
+    ("Name", "name"), ("COMPOUND_NAME", "name"), ("SPECTRUMID", "id"), ("SPECTRUM_ID", "id"), ("DB#", "id"),
+    ("IDENTIFIER", "id"), ("FEATURE_ID", "id"), ("CHARGE", "charge"), ("MSLEVEL", "ms_level"),
+    ("Num Peaks", "num_peaks"), ("Some Other-Key", "some_other_key"), ("db", "db"), ("TITLE", "title"),
+])
+def test_aliases(raw, canon):
+    assert meta.canonical_key(raw) == canon
+
+
+def test_matchms_conversions_covered():
+    """Every matchms synonym that targets one of our canonical keys maps to it here too."""
+    import csv
+    from pathlib import Path
+
+    matchms = pytest.importorskip("matchms")
+    path = Path(matchms.__file__).parent / "data" / "known_key_conversions.csv"
+    target = {"adduct": "adduct", "charge": "charge", "collision_energy": "collision_energy",
+              "formula": "formula", "fragmentation_mode": "fragmentation_mode", "inchikey": "inchikey",
+              "instrument": "instrument", "instrument_type": "instrument_type", "ionmode": "ion_mode",
+              "compound_name": "name", "precursor_mz": "precursor_mz", "smiles": "smiles",
+              "spectrum_id": "id", "inchi": "inchi", "ms_level": "ms_level"}
+    with open(path, encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        want = target.get(row["matchms_default"])
+        if want:
+            assert meta.canonical_key(row["known_synonym"]) == want, row
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("1+", (1, True)), ("2-", (-2, True)), ("+1", (1, True)), ("-3", (-3, True)), ("1", (1, False)),
+    (" 2 ", (2, False)), ("2+ and 3+", (2, True)), ("0", (0, False)), ("abc", (0, False)), (None, (0, False)),
+    (-1, (-1, True)), (2.0, (2, True)), (1000, (0, False)), ("999+", (0, False)),
+])
+def test_parse_charge(value, expected):
+    assert meta.parse_charge(value) == expected
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("P", "positive"), ("N", "negative"), ("Positive", "positive"), ("NEGATIVE", "negative"),
+    ("pos", "positive"), ("neg", "negative"), ("+", "positive"), ("-", "negative"), ("", None),
+    ("x", None), (None, None),
+])
+def test_parse_ion_mode(value, expected):
+    assert meta.parse_ion_mode(value) == expected
+
+
+@pytest.mark.parametrize("adduct, charge", [
+    ("[M+H]+", 1), ("[M-H]-", -1), ("[M+2H]2+", 2), ("[M-2H]2-", -2), ("[M+Na]+", 1), ("M+H", 0), (None, 0),
+    ("[M]+*", 1),
+])
+def test_charge_from_adduct(adduct, charge):
+    assert meta.charge_from_adduct(adduct) == charge
+
+
+def test_inchikey14():
+    assert meta.inchikey14_of("GVGYEFKIHJTNQZ-RFQIPJPRSA-N") == "GVGYEFKIHJTNQZ"
+    assert meta.inchikey14_of("gvgyefkihjtnqz") == "GVGYEFKIHJTNQZ"
+    assert meta.inchikey14_of("not a key") is None
+
+
+def test_harmonise_record():
+    h = meta.harmonise({"PEPMASS": "301.1 5000", "CHARGE": "1", "Ion_mode": "N", "InChIKey": "gvgyefkihjtnqz-rfqipjprsa-n",
+                        "Num Peaks": "3", "Precursor_type": "[M-H]-", "My Key": "x", "SMILES": "N/A"})
+    assert h["precursor_mz"] == 301.1 and h["precursor_intensity"] == 5000.0
+    assert h["charge"] == -1 and h["ion_mode"] == "negative"
+    assert h["inchikey"] == "GVGYEFKIHJTNQZ-RFQIPJPRSA-N" and h["inchikey14"] == "GVGYEFKIHJTNQZ"
+    assert h["adduct"] == "[M-H]-" and h["my_key"] == "x" and h["smiles"] is None
+    assert list(h)[: len(CANONICAL_KEYS)] == list(CANONICAL_KEYS)
+
+
+def test_precedence_and_bad_precursor():
+    counts = {}
+    t = pa.table({"pepmass": ["100.5", "abc", None, "-3"], "precursor_mz": [None, None, "200.25", None]})
+    h = meta.harmonise_table(t, counts=counts)
+    assert h.column("precursor_mz").to_pylist() == [100.5, None, 200.25, None]
+    assert counts == {"bad precursor_mz": 2}
+    assert "pepmass" not in h.column_names  # merged alias columns are dropped in text mode
+
+
+def test_typed_tables_keep_alias_columns():
+    t = pa.table({"adduct": ["[M+H]+"], "precursor_type": ["M+H"], "charge": pa.array([1], pa.int8())})
+    h = meta.harmonise_table(t, text=False)
+    assert h.column("adduct").to_pylist() == ["[M+H]+"]
+    assert h.column("precursor_type").to_pylist() == ["M+H"]
+    t2 = pa.table({"precursor_type": ["[M-H]-"]})
+    h2 = meta.harmonise_table(t2, text=False)
+    assert "precursor_type" not in h2.column_names and h2.column("adduct").to_pylist() == ["[M-H]-"]
+    assert h2.column("charge").to_pylist() == [-1]
+
+
+def test_id_falls_back_to_title():
+    h = meta.harmonise_table(pa.table({"title": ["scan 1", "scan 2"], "spectrumid": ["A", None]}))
+    assert h.column("id").to_pylist() == ["A", "scan 2"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(max_size=12),
+                       st.one_of(st.none(), st.text(max_size=20), st.integers(-300, 300), st.floats(allow_nan=True)),
+                       max_size=8))
+def test_harmonise_never_crashes(record):
+    h = meta.harmonise(record)
+    assert set(CANONICAL_KEYS) <= set(h)
+    assert h["charge"] is None or -127 <= h["charge"] <= 127
+    p = h["precursor_mz"]
+    assert p is None or (math.isfinite(p) and p > 0)
+    assert h["ion_mode"] in (None, "positive", "negative")

@@ -1,0 +1,194 @@
+"""write -> read gives the same spectra, for every writable format; chunked reads agree."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import fastspec.io as fio
+from fastspec.io.meta import MISSING_MARKERS, harmonise_table
+from fastspec.spectra import CANONICAL_KEYS, Spectra
+
+TEXT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 _\-\[\]+().,/#]{0,14}[A-Za-z0-9)\]]", fullmatch=True).filter(
+    lambda s: s.strip().lower() not in MISSING_MARKERS)
+FORMATS = ["mgf", "msp", "tsv", "parquet", "h5", "mgf.gz", "msp.gz"]
+
+
+@st.composite
+def spectra_strategy(draw, max_n=12):
+    n = draw(st.integers(1, max_n))
+    mzs, ints, rows = [], [], []
+    for i in range(n):
+        k = draw(st.integers(1, 12))
+        mz = draw(st.lists(st.floats(0.5, 3000.0, allow_nan=False), min_size=k, max_size=k))
+        if draw(st.booleans()) and k > 1:
+            mz[1] = mz[0]  # duplicates are kept
+        it = draw(st.lists(st.floats(0.0009765625, 1e9, width=32), min_size=k, max_size=k))
+        mzs.append(np.array(mz))
+        ints.append(np.array(it, np.float32))
+        pmz = draw(st.one_of(st.none(), st.floats(10.0, 2000.0)))
+        rows.append({
+            "id": f"spec-{i}",
+            "name": draw(TEXT),
+            "precursor_mz": None if pmz is None else repr(pmz),
+            "charge": draw(st.sampled_from([None, "1+", "2-", "1", "-1", "3+"])),
+            "adduct": draw(st.sampled_from([None, "[M+H]+", "[M-H]-", "[M+Na]+", "[M+2H]2+"])),
+            "smiles": draw(st.one_of(st.none(), TEXT)),
+            "inchikey": draw(st.sampled_from([None, "GVGYEFKIHJTNQZ-RFQIPJPRSA-N", "TWFZGCMQGLPBSX"])),
+            "collision_energy": draw(st.one_of(st.none(), TEXT)),
+            "note": draw(st.one_of(st.none(), TEXT)),
+        })
+    raw = pa.Table.from_pylist(rows)
+    meta = harmonise_table(raw)
+    return Spectra.from_arrays(mzs, ints, metadata=meta)
+
+
+def assert_same(a: Spectra, b: Spectra, *, strict_meta: bool = True) -> None:
+    assert len(a) == len(b)
+    assert np.array_equal(a.offsets, b.offsets)
+    assert np.array_equal(a.mz, b.mz)
+    assert np.array_equal(a.intensity, b.intensity)
+    assert np.array_equal(a.precursor_mz, b.precursor_mz, equal_nan=True)
+    assert np.array_equal(a.charge, b.charge)
+    if strict_meta:
+        # an extra column that is null everywhere has nothing to write in text formats
+        ca = [c for c in a.metadata.column_names if c in CANONICAL_KEYS or a.metadata.column(c).null_count < len(a)]
+        cb = [c for c in b.metadata.column_names if c in CANONICAL_KEYS or b.metadata.column(c).null_count < len(b)]
+        assert ca == cb
+        for c in ca:
+            assert a.metadata.column(c).to_pylist() == b.metadata.column(c).to_pylist(), c
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(sp=spectra_strategy())
+@pytest.mark.parametrize("ext", FORMATS)
+def test_roundtrip(tmp_path, ext, sp):
+    path = tmp_path / f"out.{ext}"
+    fio.write(sp, path)
+    back, report = fio.read(path, return_report=True)
+    report.check()
+    assert report.n_rejected == 0
+    assert_same(sp, back)
+
+
+def test_harmonise_is_idempotent():
+    @settings(max_examples=30, deadline=None)
+    @given(sp=spectra_strategy())
+    def check(sp):
+        again = harmonise_table(sp.metadata)
+        assert again.equals(sp.metadata)
+
+    check()
+
+
+def test_parquet_schema(tmp_path):
+    import pyarrow.parquet as pq
+
+    sp = fio.read(_data("mgf_gnps.mgf"))
+    fio.write(sp, tmp_path / "x.parquet")
+    schema = pq.read_schema(tmp_path / "x.parquet")
+    assert schema.field("mz").type == pa.list_(pa.float64())
+    assert schema.field("intensity").type == pa.list_(pa.float32())
+    assert schema.field("precursor_mz").type == pa.float64()
+    assert schema.field("charge").type == pa.int8()
+
+
+def test_hdf5_layout(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    sp = fio.read(_data("msp_nist.msp"))
+    fio.write(sp, tmp_path / "x.h5")
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        assert f.attrs["format"] == "fastspec-spectra" and f.attrs["format_version"] == 1
+        assert f["offsets"].dtype == np.int64 and f["offsets"].shape == (len(sp) + 1,)
+        assert f["mz"].dtype == np.float64 and f["intensity"].dtype == np.float32
+        assert f["mz"].compression == "gzip"
+        assert f["metadata"]["name"].attrs["kind"] == "string"
+        assert f["metadata"]["synonyms"].attrs["kind"] == "json"
+    back = fio.read(tmp_path / "x.h5")
+    assert_same(sp, back)
+
+
+def _data(name):
+    from pathlib import Path
+
+    return Path(__file__).parent / "data" / name
+
+
+@pytest.mark.parametrize("ext", ["mgf", "msp", "tsv", "parquet", "h5"])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_iter_read_chunks(tmp_path, ext, chunk):
+    rng = np.random.default_rng(0)
+    n = 23
+    mzs = [np.sort(rng.uniform(50, 500, rng.integers(1, 9))) for _ in range(n)]
+    ints = [rng.uniform(1, 100, m.shape[0]).astype(np.float32) for m in mzs]
+    meta = harmonise_table(pa.table({"id": [f"s{i}" for i in range(n)], "name": [f"n{i}" for i in range(n)],
+                                     "precursor_mz": [str(500.0 + i) for i in range(n)]}))
+    sp = Spectra.from_arrays(mzs, ints, metadata=meta)
+    path = tmp_path / f"x.{ext}"
+    fio.write(sp, path)
+    report = fio.ReadReport()
+    chunks = list(fio.iter_read(path, chunk_size=chunk, report=report))
+    assert all(len(c) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk
+    report.check()
+    assert report.n_spectra == n and report.path == str(path)
+    assert_same(sp, Spectra.concat(chunks))
+
+
+def test_iter_read_small_text_blocks(tmp_path, massbank_mgf):
+    """Tiny text blocks: records straddle block boundaries and are carried over correctly."""
+    from fastspec.io import mgf
+
+    whole = fio.read(massbank_mgf)
+    report = fio.ReadReport()
+    parts = list(mgf.iter_spectra(str(massbank_mgf), on_error="skip", report=report, block_bytes=4096))
+    assert len(parts) > 50
+    report.check()
+    assert_same(whole, Spectra.concat(parts))
+
+
+def test_several_paths_and_report(tmp_path):
+    paths = [_data("mgf_gnps.mgf"), _data("msp_msdial.msp"), _data("mgf_crlf_notitle.mgf")]
+    sp, report = fio.read(paths, return_report=True)
+    assert len(sp) == 2 + 2 + 2
+    assert report.format == "mixed" and len(report.files) == 3
+    assert report.n_records == 7 and report.n_rejected == 1
+    assert report.rejected[0].path == str(paths[2])
+    outer = fio.ReadReport()
+    fio.read(paths[:2], report=outer)
+    assert outer.n_spectra == 4 and outer.check()
+    chunks = list(fio.iter_read(paths, chunk_size=4))
+    assert [len(c) for c in chunks] == [4, 2]
+    assert chunks[0].ids[:2] == ["CCMSLIB00000001547", "CCMSLIB00000001548"]
+
+
+def test_write_errors(tmp_path):
+    from fastspec.errors import FastspecError
+
+    sp = fio.read(_data("mgf_gnps.mgf"))
+    with pytest.raises(FastspecError):
+        fio.write(sp, tmp_path / "x.unknown")
+    with pytest.raises(FastspecError):
+        fio.write(sp, tmp_path / "x.mzML")
+    with pytest.raises(FastspecError):
+        fio.write(sp, tmp_path / "x.parquet.gz")
+    fio.write(sp, tmp_path / "x.dat", format="mgf")
+    assert len(fio.read(tmp_path / "x.dat", format="mgf")) == 2
+
+
+def test_write_matchms_spectra(tmp_path):
+    pytest.importorskip("matchms")
+    sp = fio.read(_data("mgf_gnps.mgf"))
+    fio.write(sp.to_matchms(), tmp_path / "m.mgf")
+    back = fio.read(tmp_path / "m.mgf")
+    assert np.array_equal(back.mz, sp.mz) and back.ids == sp.ids
+
+
+def test_empty_spectra(tmp_path):
+    empty = fio.read(_data("mgf_gnps.mgf"))[[]]
+    for ext in ("mgf", "msp", "parquet", "h5", "tsv"):
+        fio.write(empty, tmp_path / f"e.{ext}")
+        back = fio.read(tmp_path / f"e.{ext}")
+        assert len(back) == 0

@@ -58,7 +58,7 @@ def sort_peaks_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray) -
     if mz.shape[0] < 2:
         return mz, intensity, 0
     d = np.diff(mz)
-    bad = d < 0
+    bad = ~(d >= 0)  # NaN would hide disorder from "d < 0"
     if not bad.any():
         return mz, intensity, 0
     seg = _segment_ids(offsets)

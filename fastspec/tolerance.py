@@ -42,7 +42,7 @@ class Tolerance:
         return self.value if self.unit == "da" else mz * self.value * 1e-6
 
     def __str__(self) -> str:  # round-trips through parse_tolerance
-        return f"{self.value:g}{self.unit}"
+        return f"{self.value!r}{self.unit}"  # repr: exact round trip (":g" keeps 6 digits)
 
 
 def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance") -> Tolerance:

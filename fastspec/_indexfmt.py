@@ -1,0 +1,241 @@
+"""On-disk layout of a library index: a directory of ``.npy`` arrays, Parquet metadata and a JSON manifest.
+
+* Every file is listed in ``manifest.json`` with its size, a blake2b checksum of the whole file and a
+  cheap checksum of its first and last 64 KiB. :func:`check_files` (run on every open) compares sizes,
+  the cheap checksums and the ``.npy`` headers; :func:`verify_files` hashes everything.
+* Arrays are read with ``np.load(mmap_mode="r", allow_pickle=False)``: opening costs no I/O beyond the
+  headers, and memory grows only with the pages queries touch.
+* Builds write into a temporary sibling directory that is renamed into place when complete
+  (:class:`AtomicDirectory`), so an interrupted build never leaves a half-written index behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastspec.errors import IndexFormatError
+
+#: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
+FORMAT_VERSION = 1
+FORMAT_NAME = "fastspec-library"
+MANIFEST = "manifest.json"
+_EDGE = 65536  # bytes hashed at each end of a file for the cheap open-time check
+_CHUNK = 1 << 22
+
+
+def _digest() -> "hashlib._Hash":
+    return hashlib.blake2b(digest_size=16)
+
+
+def file_checksum(path: Path) -> str:
+    """blake2b-128 of a whole file (hex)."""
+    h = _digest()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(_CHUNK)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def edge_checksum(path: Path, size: int | None = None) -> str:
+    """blake2b-128 of the first and last 64 KiB of a file (hex); cheap enough for every open."""
+    size = os.path.getsize(path) if size is None else size
+    h = _digest()
+    with open(path, "rb") as f:
+        h.update(f.read(_EDGE))
+        if size > _EDGE:
+            f.seek(max(_EDGE, size - _EDGE))
+            h.update(f.read(_EDGE))
+    return h.hexdigest()
+
+
+def describe_file(path: Path) -> dict[str, Any]:
+    """Manifest entry of one written file: size, full checksum, edge checksum (+ dtype/shape for .npy)."""
+    size = os.path.getsize(path)
+    entry: dict[str, Any] = {"size": size, "blake2b": file_checksum(path), "edge": edge_checksum(path, size)}
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        entry["dtype"] = arr.dtype.str
+        entry["shape"] = list(arr.shape)
+    return entry
+
+
+def save_array(directory: Path, name: str, arr: np.ndarray) -> None:
+    """Write ``arr`` as ``directory/name.npy`` (C order; never pickled)."""
+    arr = np.ascontiguousarray(arr)
+    if arr.dtype.hasobject:
+        raise TypeError(f"refusing to store object array {name!r}")
+    with open(directory / f"{name}.npy", "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+
+
+def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool = True) -> np.ndarray:
+    """Memory-map ``directory/name.npy``; check dtype/shape against the manifest entry if given."""
+    path = directory / f"{name}.npy"
+    try:
+        # np.load refuses mmap of zero-sized arrays on some platforms; load those eagerly
+        if mmap and entry is not None and entry.get("shape") and 0 in entry["shape"]:
+            arr = np.load(path, allow_pickle=False)
+        else:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise IndexFormatError(f"index file missing: {path}") from None
+    except (ValueError, OSError, EOFError) as e:
+        raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None
+    if entry is not None:
+        if arr.dtype.str != entry.get("dtype") or list(arr.shape) != list(entry.get("shape", [])):
+            raise IndexFormatError(f"index file {path.name} has dtype/shape {arr.dtype.str}{list(arr.shape)}, "
+                                   f"manifest says {entry.get('dtype')}{entry.get('shape')}")
+    return arr
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    """Describe every file of ``directory`` (except the manifest) into ``manifest['files']`` and write it."""
+    files = {}
+    for p in sorted(directory.iterdir()):
+        if p.name == MANIFEST or not p.is_file():
+            continue
+        files[p.name] = describe_file(p)
+    manifest = dict(manifest)
+    manifest["format"] = FORMAT_NAME
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["files"] = files
+    tmp = directory / (MANIFEST + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=1, sort_keys=False, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / MANIFEST)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read and validate the manifest (format name and version)."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(2, "No such library index", str(directory))
+    if not directory.is_dir():
+        raise IndexFormatError(f"not a library index (not a directory): {directory}")
+    path = directory / MANIFEST
+    if not path.exists():
+        raise IndexFormatError(f"not a library index (no {MANIFEST}): {directory}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise IndexFormatError(f"corrupted manifest in {directory}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"not a fastspec library index: {directory}")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"library index {directory} has format version {version}, this fastspec reads version "
+            f"{FORMAT_VERSION}; rebuild it with `fastspec index`"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise IndexFormatError(f"corrupted manifest in {directory}: no file list")
+    return manifest
+
+
+def check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Cheap open-time check: every file present, of the recorded size, with matching edge checksums."""
+    for name, entry in manifest["files"].items():
+        p = Path(directory) / name
+        try:
+            size = os.path.getsize(p)
+        except OSError:
+            raise IndexFormatError(f"library index {directory} is incomplete: {name} is missing") from None
+        if size != entry["size"]:
+            raise IndexFormatError(
+                f"library index {directory} is truncated or corrupted: {name} has {size} bytes, expected {entry['size']}"
+            )
+        if edge_checksum(p, size) != entry["edge"]:
+            raise IndexFormatError(f"library index {directory} is corrupted: checksum mismatch in {name}")
+
+
+def verify_files(directory: Path, manifest: dict[str, Any], progress=None) -> None:
+    """Full verification: the blake2b checksum of every file. Raises IndexFormatError on the first mismatch."""
+    check_files(directory, manifest)
+    for name, entry in manifest["files"].items():
+        if file_checksum(Path(directory) / name) != entry["blake2b"]:
+            raise IndexFormatError(f"library index {directory} is corrupted: checksum mismatch in {name}")
+        if progress is not None:
+            progress(name)
+
+
+class AtomicDirectory:
+    """Context manager for building a directory atomically.
+
+    Files are written into a temporary sibling ``.{name}.tmp-<id>``; on success it replaces ``target``
+    (an existing target is first moved aside, then deleted); on any exception it is removed.
+
+    Examples
+    --------
+    >>> with AtomicDirectory(Path("lib.fastspec"), overwrite=True) as tmp:  # doctest: +SKIP
+    ...     save_array(tmp, "mz", mz)
+    """
+
+    def __init__(self, target: Path, overwrite: bool = False):
+        self.target = Path(target)
+        self.overwrite = overwrite
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> Path:
+        parent = self.target.parent if str(self.target.parent) else Path(".")
+        if not parent.exists():
+            raise FileNotFoundError(2, "Output directory does not exist", str(parent))
+        if self.target.exists() and not self.overwrite:
+            raise IndexFormatError(f"{self.target} already exists (use overwrite=True / --overwrite)")
+        self.tmp = parent / f".{self.target.name}.tmp-{uuid.uuid4().hex[:12]}"
+        self.tmp.mkdir()
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return False
+        try:
+            replace_directory(self.tmp, self.target)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        return False
+
+
+def replace_directory(src: Path, target: Path) -> None:
+    """Move ``src`` to ``target``; an existing ``target`` (file or directory) is moved aside first."""
+    if not target.exists():
+        os.rename(src, target)
+        return
+    if target.is_dir() and not (target / MANIFEST).exists() and any(target.iterdir()):
+        raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a library index")
+    trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    os.rename(target, trash)
+    try:
+        os.rename(src, target)
+    except BaseException:
+        os.rename(trash, target)  # put the old index back
+        raise
+    if trash.is_dir():
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        trash.unlink()

@@ -1,0 +1,173 @@
+"""``fastspec index | query | info``: build, search and describe library indexes."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from fastspec.cli._common import common_options, handle_errors
+
+_MODES = ["identity", "formula", "open", "analog"]
+_METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
+
+
+def _log(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+def _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k):
+    """The library Pipeline (or None) from the command-line options."""
+    from fastspec.errors import ParameterError
+
+    tweaks = {k: v for k, v in (("min_mz", min_mz), ("max_mz", max_mz), ("remove_precursor", remove_precursor),
+                                ("noise", noise), ("top_k", top_k)) if v is not None}
+    if no_preprocess:
+        if preprocess or tweaks:
+            raise ParameterError("--no-preprocess cannot be combined with other preprocessing options")
+        return None
+    from fastspec import preprocess as pp
+    from fastspec.library import resolve_pipeline
+
+    if preprocess:
+        if tweaks:
+            raise ParameterError("give either --preprocess STRING or the individual preprocessing options, not both")
+        return resolve_pipeline(preprocess)
+    if not tweaks:
+        return pp.default_pipeline()
+    return _default_with(pp, tweaks)
+
+
+def _default_with(pp, tweaks: dict):
+    """The default pipeline with some parameters changed (through its config, so every step keeps its order)."""
+    import inspect
+
+    sig = inspect.signature(pp.default_pipeline)
+    accepted = {k: v for k, v in tweaks.items() if k in sig.parameters}
+    if len(accepted) == len(tweaks):
+        return pp.default_pipeline(**accepted)
+    from fastspec.errors import ParameterError
+
+    missing = sorted(set(tweaks) - set(accepted))
+    raise ParameterError(f"preprocessing options not supported by this build: {', '.join(missing)}; use --preprocess STRING")
+
+
+@click.command("index")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index directory to create (e.g. lib.fastspec).")
+@click.option("--preprocess", "preprocess", default=None, help="Preprocessing pipeline as a string (see fastspec.preprocess).")
+@click.option("--no-preprocess", is_flag=True, help="Index peaks exactly as read (only sorted).")
+@click.option("--min-mz", type=float, default=None, help="Drop peaks below this m/z.")
+@click.option("--max-mz", type=float, default=None, help="Drop peaks above this m/z.")
+@click.option("--remove-precursor", type=float, default=None, help="Drop peaks within WINDOW Da below/around the precursor.")
+@click.option("--noise", type=float, default=None, help="Drop peaks below this fraction of the base peak.")
+@click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None, help="Keep the K most intense peaks.")
+@click.option("--faiss/--no-faiss", default=True, show_default=True, help="Also build a FAISS index (for --engine faiss).")
+@click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable records.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing index.")
+@common_options
+@handle_errors
+def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_precursor, noise, top_k, faiss, on_error,
+          overwrite, threads, quiet):
+    """Build a library index from spectrum files (MGF, MSP, mzML, Parquet, ...)."""
+    from fastspec.library import Library
+
+    log = _log(quiet)
+    pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
+    t0 = time.perf_counter()
+    lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error, threads=threads,
+                        progress=not quiet, overwrite=overwrite)
+    dt = time.perf_counter() - t0
+    rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
+    log(f"indexed {lib.n_spectra} spectra ({lib.n_rejected} rejected{': ' + rej if rej else ''}) "
+        f"into {output} in {dt:.1f} s")
+
+
+@click.command("query")
+@click.argument("queries", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--library", "-l", "library", required=True, type=click.Path(), help="Library index directory.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
+@click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True)
+@click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog].")
+@click.option("--tolerance", default="0.02da", show_default=True, help="Fragment tolerance, e.g. 0.02da or 10ppm.")
+@click.option("--precursor-tolerance", default="0.01da", show_default=True, help="Identity-mode precursor window.")
+@click.option("--engine", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True)
+@click.option("--nprobe", type=click.IntRange(min=1), default=None, help="FAISS: inverted lists visited.")
+@click.option("--n-candidates", type=click.IntRange(min=1), default=None, help="FAISS: candidates rescored per query.")
+@click.option("--no-neighbour", "no_neighbour", type=click.Choice(["skip", "fallback", "empty"]), default="skip", show_default=True,
+              help="Formula mode, no same-formula library spectrum.")
+@click.option("--formula", default=None, help="Formula mode: formula for all queries (default: from their metadata).")
+@click.option("--same-adduct", is_flag=True, help="Only library spectra with the query's adduct.")
+@click.option("--same-charge", is_flag=True, help="Only library spectra with the query's charge.")
+@click.option("--same-instrument", is_flag=True, help="Only library spectra with the query's instrument type.")
+@click.option("--min-matches", type=click.IntRange(min=0), default=0, show_default=True, help="Minimum matched peaks.")
+@click.option("--min-score", type=float, default=0.0, show_default=True, help="Minimum score.")
+@click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable query records.")
+@common_options
+@handle_errors
+def query(queries, library, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
+          no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, threads, quiet):
+    """Search query spectra against a library index and write the hit table."""
+    from fastspec.errors import ParameterError
+    from fastspec.library import Library
+    from fastspec.tolerance import parse_tolerance
+
+    log = _log(quiet)
+    suffix = Path(output).suffix.lower()
+    if suffix not in (".parquet", ".pq", ".tsv", ".tab", ".txt", ".csv"):
+        raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
+    parse_tolerance(tolerance, "--tolerance")
+    parse_tolerance(precursor_tolerance, "--precursor-tolerance")
+    lib = Library.open(library)
+    t0 = time.perf_counter()
+    hits = lib.search(list(queries) if len(queries) > 1 else queries[0], k=k, mode=mode, metric=metric,
+                      tolerance=tolerance, precursor_tolerance=precursor_tolerance, engine=engine, nprobe=nprobe,
+                      n_candidates=n_candidates, no_neighbour=no_neighbour, formula=formula, same_adduct=same_adduct,
+                      same_charge=same_charge, same_instrument=same_instrument, min_matches=min_matches,
+                      min_score=min_score, on_error=on_error, threads=threads, progress=not quiet)
+    dt = time.perf_counter() - t0
+    hits.write(output)
+    n = len(hits)
+    n_hit = int((hits.indices[:, 0] >= 0).sum()) if n else 0
+    log(f"{n} queries, {n_hit} with hits, {int(hits.skipped.sum())} skipped; {dt:.2f} s "
+        f"({n / dt if dt > 0 else 0:.0f} queries/s); wrote {output}")
+
+
+@click.command("info")
+@click.argument("library", type=click.Path())
+@click.option("--verify", is_flag=True, help="Check the checksum of every file.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@common_options
+@handle_errors
+def info(library, verify, as_json, threads, quiet):
+    """Describe (and optionally verify) a library index."""
+    from fastspec.library import Library
+
+    lib = Library.open(library)
+    if verify:
+        lib.verify(progress=not quiet)
+    d = lib.info()
+    d["verified"] = bool(verify)
+    if as_json:
+        click.echo(json.dumps(d, indent=1, default=str))
+        return
+    lines = [
+        f"library         {d['path']}",
+        f"format version  {d['format_version']} (fastspec {d['fastspec_version']}, created {d['created']})",
+        f"spectra         {d['n_spectra']} indexed, {d['n_read']} read, {d['n_rejected']} rejected",
+    ]
+    for reason, c in sorted(d["rejected"].items(), key=lambda x: -x[1]):
+        lines.append(f"  rejected      {c}: {reason}")
+    lines += [
+        f"peaks           {d['n_peaks']}",
+        f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",
+        f"formulas        {d['n_formulas']}",
+        f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
+        f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}",
+        f"size            {d['size_bytes'] / 1e6:.1f} MB in {d['files']} files",
+    ]
+    if verify:
+        lines.append("verified        all checksums match")
+    click.echo("\n".join(lines))

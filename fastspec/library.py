@@ -1,0 +1,802 @@
+"""A searchable spectral library stored as an index directory (``lib.fastspec/``).
+
+Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt` for the manifest):
+
+=============================================  =====================================================
+``offsets, mz, intensity``                     preprocessed peaks (CSR int64 / float64 / float32), in
+                                               library order (input order minus rejected spectra)
+``precursor_mz, charge, polarity``             float64 (NaN unknown), int8, int8 (+1/-1/0)
+``prec_order, prec_sorted``                    rows sorted by precursor m/z (NaN last) and the values
+``wcos, went, min_gap``                        per-peak cosine (L2-normalised) and entropy (weighted,
+                                               sum 1) weights; per-spectrum smallest peak gap
+``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
+``frag_went_sqrt``                             spectrum, its scan weights (entropy: square roots)
+``nl_mz, nl_spec, nl_wcos``                    neutral-loss index: ``precursor_mz - mz`` sorted
+``formula_keys, formula_offsets, formula_ids``  canonical Hill formula buckets (CSR of library rows)
+``{formula,adduct,instrument}_{code,keys}``    int32 codes per spectrum (-1 unknown) and the strings
+``metadata.parquet``                           every metadata column (+ ``formula_canonical``); read
+                                               lazily, only the columns and row groups needed
+``faiss.index``                                optional IVF index over hashed spectrum vectors
+=============================================  =====================================================
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec import _indexfmt as fmt
+from fastspec._version import __version__
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError
+from fastspec.spectra import Spectra
+
+PathLike = "str | os.PathLike"
+_DEFAULT = "default"
+
+#: Reason recorded for spectra dropped because preprocessing left no peak.
+REASON_NO_PEAKS = "no peaks after preprocessing"
+
+#: Fragment-weight arrays stored at build time: (kind, mz_power, intensity_power) -> file stem.
+STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
+
+_METADATA_ROW_GROUP = 65536
+
+
+# ====================================================================================== input helpers
+def resolve_pipeline(preprocess: Any):
+    """A preprocessing Pipeline (or None) from ``"default"``, None/False, a Pipeline, a config dict or a
+    compact string (``fastspec.preprocess`` syntax)."""
+    if preprocess is None or preprocess is False:
+        return None
+    from fastspec import preprocess as pp
+
+    if isinstance(preprocess, str) and preprocess == _DEFAULT or preprocess is True:
+        return pp.default_pipeline()
+    if isinstance(preprocess, pp.Pipeline):
+        return preprocess
+    if isinstance(preprocess, dict):
+        return pp.Pipeline.from_config(preprocess)
+    if isinstance(preprocess, str):
+        return _parse_pipeline_string(preprocess)
+    raise ParameterError(f"preprocess: expected 'default', None, a Pipeline, a dict or a string, got {type(preprocess).__name__}")
+
+
+def _parse_pipeline_string(text: str):
+    from fastspec import preprocess as pp
+
+    for name in ("parse", "from_string", "parse_pipeline"):
+        f = getattr(pp.Pipeline, name, None) or getattr(pp, name, None)
+        if callable(f):
+            return f(text)
+    raise ParameterError("this fastspec build cannot parse preprocessing strings")
+
+
+def pipeline_config(pipeline) -> dict | None:
+    return None if pipeline is None else pipeline.to_config()
+
+
+def apply_pipeline(pipeline, spectra: Spectra) -> Spectra:
+    """Preprocess, keeping one output spectrum per input spectrum (dropped ones come back without peaks,
+    so that they are counted as rejected and query rows keep their positions)."""
+    if pipeline is None:
+        return spectra
+    out = pipeline(spectra) if callable(pipeline) else pipeline.apply(spectra)
+    kept = None
+    if isinstance(out, tuple):  # (spectra, kept mask / kept rows / report) variants
+        out, extra = out[0], (out[1] if len(out) > 1 else None)
+        if isinstance(extra, np.ndarray) and (extra.dtype == bool or np.issubdtype(extra.dtype, np.integer)):
+            kept = extra
+    if not isinstance(out, Spectra):
+        raise FastspecError(f"preprocessing returned {type(out).__name__}, expected Spectra")
+    if len(out) == len(spectra):
+        return out
+    if kept is None:
+        raise FastspecError(f"preprocessing changed the number of spectra ({len(spectra)} -> {len(out)})")
+    rows = np.flatnonzero(kept) if kept.dtype == bool else np.asarray(kept, np.int64)
+    lengths = np.zeros(len(spectra), dtype=np.int64)
+    lengths[rows] = np.diff(out.offsets)
+    offsets = np.zeros(len(spectra) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return spectra.with_peaks(offsets, out.mz, out.intensity)
+
+
+def read_input(source: Any, on_error: str = "skip", progress: bool | None = None) -> tuple[Spectra, dict]:
+    """Spectra from a Spectra object, a path or several paths, with reader counts.
+
+    Returns
+    -------
+    spectra : Spectra
+    counts : dict
+        ``n_read`` (records seen), ``n_rejected`` and ``rejected`` (reason -> count) from the reader.
+    """
+    if on_error not in ("skip", "raise"):
+        raise ParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if isinstance(source, Spectra):
+        return source, {"n_read": len(source), "n_rejected": 0, "rejected": {}}
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):
+        sp = Spectra.concat(list(source))
+        return sp, {"n_read": len(sp), "n_rejected": 0, "rejected": {}}
+    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not paths:
+        raise ParameterError("no input given")
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise ParameterError(f"expected a Spectra, a path or a list of paths, got {type(p).__name__}")
+        if not Path(p).exists():
+            raise FileNotFoundError(2, "No such file", str(p))
+    from fastspec import io as fio
+
+    spectra, report = fio.read([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), on_error=on_error,
+                               progress=progress, return_report=True)
+    return spectra, _report_counts(report, len(spectra))
+
+
+def _report_counts(report, n_spectra: int) -> dict:
+    if report is None:
+        return {"n_read": n_spectra, "n_rejected": 0, "rejected": {}}
+    get = (lambda k, d=None: report.get(k, d)) if isinstance(report, dict) else (lambda k, d=None: getattr(report, k, d))
+    n_rej = int(get("n_rejected", 0) or 0)
+    reasons = (get("counts_by_reason", None) or get("reasons", None) or get("rejected_reasons", None)
+               or get("rejected", None) or {})
+    if isinstance(reasons, dict):
+        reasons = {str(k): int(v) for k, v in reasons.items()}
+    else:  # a list of (record, reason) / objects with a .reason
+        counted: dict[str, int] = {}
+        for r in reasons:
+            why = getattr(r, "reason", None) or (r.get("reason") if isinstance(r, dict) else None)
+            if why is None and isinstance(r, (tuple, list)) and r:
+                why = r[-1]
+            why = str(why or "unreadable record")
+            counted[why] = counted.get(why, 0) + 1
+        reasons = counted
+    n_read = int(get("n_records", None) or get("n_read", None) or (n_spectra + n_rej))
+    if not reasons and n_rej:
+        reasons = {"unreadable record": n_rej}
+    return {"n_read": n_read, "n_rejected": n_rej, "rejected": reasons}
+
+
+def canonical_formulas(values: Sequence) -> list[str | None]:
+    """Canonical Hill formulas (None when missing or unparsable)."""
+    try:
+        from fastspec.chem.formula import canonical_formulas as cf
+    except ImportError:  # pragma: no cover - chem helper not present
+        return [None if v in (None, "") else str(v).strip() for v in values]
+    return list(cf(list(values)))
+
+
+def normalize_adducts(values: Sequence) -> list[str | None]:
+    try:
+        from fastspec.chem.adducts import normalize_adduct
+    except ImportError:  # pragma: no cover
+        return [None if v in (None, "") else str(v).strip() for v in values]
+    out = []
+    cache: dict = {}
+    for v in values:
+        if v is None or v == "":
+            out.append(None)
+            continue
+        if v not in cache:
+            try:
+                cache[v] = normalize_adduct(v)
+            except FastspecError:
+                cache[v] = None
+        out.append(cache[v])
+    return out
+
+
+def _encode(values: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Codes (int32, -1 for None) and sorted unique keys (unicode array)."""
+    keys = sorted({v for v in values if v is not None})
+    lut = {k: i for i, k in enumerate(keys)}
+    codes = np.fromiter((lut[v] if v is not None else -1 for v in values), dtype=np.int32, count=len(values))
+    karr = np.array(keys, dtype=str) if keys else np.zeros(0, dtype="<U1")
+    return codes, karr
+
+
+def _column_strings(table: pa.Table, name: str) -> list:
+    if name not in table.column_names:
+        return [None] * table.num_rows
+    col = table.column(name)
+    vals = col.to_pylist()
+    return [None if v is None or (isinstance(v, str) and not v.strip()) else str(v) for v in vals]
+
+
+# ====================================================================================== the library
+class Library:
+    """A library index opened from disk. Create one with :meth:`build`, load it with :meth:`open`.
+
+    Attributes
+    ----------
+    path : Path
+    manifest : dict
+        Build parameters, counts and file checksums.
+
+    Notes
+    -----
+    Arrays are memory-mapped and loaded on first use; opening reads only the manifest and a few KiB of
+    every file (sizes and edge checksums). Library rows are numbered in input order, skipping rejected
+    spectra.
+    """
+
+    def __init__(self, path: Path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._arrays: dict[str, np.ndarray] = {}
+        self._cache: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------ construction
+    @classmethod
+    def build(
+        cls,
+        spectra_or_paths: Any,
+        path: "str | os.PathLike",
+        *,
+        preprocess: Any = _DEFAULT,
+        faiss: bool = True,
+        on_error: str = "skip",
+        threads: int | None = None,
+        progress: bool | None = None,
+        overwrite: bool = False,
+        faiss_params: dict | None = None,
+    ) -> "Library":
+        """Index spectra into a new library directory.
+
+        Parameters
+        ----------
+        spectra_or_paths : Spectra, path or list of paths
+            Anything :func:`fastspec.io.read` accepts, or Spectra.
+        path : str or PathLike
+            Index directory to create (e.g. ``lib.fastspec``). Written atomically: a temporary sibling
+            directory is renamed into place when everything is written.
+        preprocess : "default", None, Pipeline, dict or str
+            Peak preprocessing applied to the library (and, at search time, to the queries);
+            ``None`` keeps the peaks as read.
+        faiss : bool
+            Also build a FAISS IVF index over hashed spectrum vectors (for ``engine="faiss"``).
+        on_error : {"skip", "raise"}
+            Unreadable records are skipped and counted, or raise.
+        threads : int, optional
+            numba / faiss threads.
+        progress : bool, optional
+            tqdm progress on stderr (default: only when stderr is a terminal).
+        overwrite : bool
+            Replace an existing index at ``path``.
+
+        Returns
+        -------
+        Library
+        """
+        prog = _Progress(progress, total=6, desc="index")
+        try:
+            pipeline = resolve_pipeline(preprocess)
+            spectra, counts = read_input(spectra_or_paths, on_error, progress)
+            prog.step("preprocess")
+            processed = apply_pipeline(pipeline, spectra)
+            _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
+                         threads=threads, overwrite=overwrite, prog=prog)
+        finally:
+            prog.close()
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: "str | os.PathLike", *, verify: bool = False) -> "Library":
+        """Open an index directory (cheap: manifest, file sizes and edge checksums).
+
+        Raises
+        ------
+        IndexFormatError
+            Not an index, wrong format version, missing/truncated/corrupted files.
+        FileNotFoundError
+            ``path`` does not exist.
+        """
+        path = Path(path)
+        manifest = fmt.read_manifest(path)
+        fmt.check_files(path, manifest)
+        lib = cls(path, manifest)
+        if verify:
+            lib.verify()
+        return lib
+
+    def verify(self, progress: bool | None = None) -> None:
+        """Check the full checksum of every file; raises IndexFormatError on a mismatch."""
+        prog = _Progress(progress, total=len(self.manifest["files"]), desc="verify")
+        try:
+            fmt.verify_files(self.path, self.manifest, progress=lambda name: prog.step(name))
+        finally:
+            prog.close()
+
+    def append(self, spectra_or_paths: Any, *, on_error: str = "skip", threads: int | None = None,
+               progress: bool | None = None) -> "Library":
+        """Add spectra (preprocessed with the library's recorded pipeline); rebuilds the index atomically.
+
+        New spectra get the next library rows. Returns ``self``, refreshed.
+        """
+        prog = _Progress(progress, total=6, desc="append")
+        try:
+            pipeline = self.pipeline
+            spectra, counts = read_input(spectra_or_paths, on_error, progress)
+            prog.step("preprocess")
+            new = apply_pipeline(pipeline, spectra)
+            old = self.spectra(metadata=True)
+            old_counts = self.manifest["counts"]
+            merged = Spectra.concat([old, new])
+            n_old = len(old)
+            reasons = dict(old_counts.get("rejected", {}))
+            for r, c in counts["rejected"].items():
+                reasons[r] = reasons.get(r, 0) + c
+            total = {
+                "n_read": int(old_counts["n_read"]) + counts["n_read"],
+                "n_rejected": int(old_counts["n_rejected"]) + counts["n_rejected"],
+                "rejected": reasons,
+            }
+            faiss_on = self.manifest["build"].get("faiss") is not None
+            params = dict(self.manifest["build"].get("faiss") or {})
+            for k in ("n_train", "ntotal"):
+                params.pop(k, None)
+            self._release()
+            _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
+                         faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
+                         already_valid=n_old, appended=True, created=self.manifest.get("created"))
+        finally:
+            prog.close()
+        fresh = Library.open(self.path)
+        self.manifest = fresh.manifest
+        self._arrays = {}
+        self._cache = {}
+        return self
+
+    def _release(self) -> None:
+        self._arrays = {}
+        self._cache = {}
+
+    # ------------------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return int(self.manifest["counts"]["n_spectra"])
+
+    @property
+    def n_spectra(self) -> int:
+        return len(self)
+
+    @property
+    def n_rejected(self) -> int:
+        return int(self.manifest["counts"]["n_rejected"])
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        """Rejected input spectra by reason."""
+        return dict(self.manifest["counts"].get("rejected", {}))
+
+    @property
+    def format_version(self) -> int:
+        return int(self.manifest["format_version"])
+
+    @property
+    def preprocess_config(self) -> dict | None:
+        return self.manifest["build"]["preprocess"]
+
+    @property
+    def pipeline(self):
+        """The preprocessing Pipeline the library was built with (None: peaks used as read)."""
+        cfg = self.preprocess_config
+        if cfg is None:
+            return None
+        if "pipeline" not in self._cache:
+            from fastspec.preprocess import Pipeline
+
+            self._cache["pipeline"] = Pipeline.from_config(cfg)
+        return self._cache["pipeline"]
+
+    @property
+    def has_faiss(self) -> bool:
+        return "faiss.index" in self.manifest["files"]
+
+    def array(self, name: str) -> np.ndarray:
+        """A memory-mapped index array by file stem (e.g. ``"frag_mz"``)."""
+        arr = self._arrays.get(name)
+        if arr is None:
+            entry = self.manifest["files"].get(f"{name}.npy")
+            if entry is None:
+                raise IndexFormatError(f"library index {self.path} has no array {name!r}")
+            # a plain ndarray view of the memory map: np.memmap's subclass hooks make fancy indexing slow
+            arr = np.asarray(fmt.load_array(self.path, name, entry))
+            self._arrays[name] = arr
+        return arr
+
+    def keys(self, name: str) -> np.ndarray:
+        """String keys of a coded column: ``"formula"``, ``"adduct"`` or ``"instrument"``."""
+        key = f"{name}_keys"
+        if key not in self._cache:
+            self._cache[key] = np.asarray(self.array(key))
+        return self._cache[key]
+
+    def code_lookup(self, name: str) -> dict[str, int]:
+        key = f"{name}_lut"
+        if key not in self._cache:
+            self._cache[key] = {str(k): i for i, k in enumerate(self.keys(name).tolist())}
+        return self._cache[key]
+
+    @property
+    def precursor_mz(self) -> np.ndarray:
+        return self.array("precursor_mz")
+
+    @property
+    def polarity(self) -> np.ndarray:
+        return self.array("polarity")
+
+    def spectra(self, rows: np.ndarray | None = None, metadata: bool | Sequence[str] = False) -> Spectra:
+        """Library spectra (preprocessed peaks) as Spectra.
+
+        Parameters
+        ----------
+        rows : ndarray of int64, optional
+            A subset (in that order); all spectra when omitted.
+        metadata : bool or list of str
+            Attach the full metadata table, the named columns, or (False) only ``ion_mode`` (the polarity).
+        """
+        off = self.array("offsets")
+        mz, it = self.array("mz"), self.array("intensity")
+        pmz, ch = self.array("precursor_mz"), self.array("charge")
+        if rows is None:
+            offsets, mzv, itv = np.asarray(off), np.asarray(mz), np.asarray(it)
+            pm, cg = np.asarray(pmz), np.asarray(ch)
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            from fastspec.spectra import _gather_index
+
+            peak_idx, offsets = _gather_index(np.asarray(off), rows)
+            mzv, itv = np.asarray(mz[peak_idx]), np.asarray(it[peak_idx])
+            pm, cg = np.asarray(pmz[rows]), np.asarray(ch[rows])
+        if metadata is False:
+            md = pa.table({"ion_mode": _polarity_strings(np.asarray(self.polarity if rows is None else self.polarity[rows]))})
+        else:
+            cols = None if metadata is True else list(metadata)
+            md = self.metadata(rows=rows, columns=cols)
+        return Spectra(offsets, mzv, itv, pm, cg, md, validate=False)
+
+    def metadata(self, rows: np.ndarray | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+        """Metadata of the library (all rows or ``rows`` in that order; all columns or ``columns``).
+
+        Only the Parquet row groups that contain ``rows`` are read. Missing columns become nulls.
+        """
+        pf = self._parquet()
+        names = pf.schema_arrow.names
+        want = names if columns is None else [c for c in columns if c in names]
+        if rows is None:
+            n = len(self)
+            table = pf.read(columns=want) if want else pa.table({})
+        else:
+            rows = np.asarray(rows, dtype=np.int64)
+            n = rows.shape[0]
+            if n == 0 or not want:
+                table = pf.schema_arrow.empty_table().select(want) if want and n == 0 else pa.table({})
+            else:
+                rg_size = self.manifest["build"].get("metadata_row_group", _METADATA_ROW_GROUP)
+                groups = np.unique(rows // rg_size)
+                part = pf.read_row_groups(groups.tolist(), columns=want)
+                # position of each requested row inside the concatenated groups
+                starts = np.zeros(groups.shape[0], dtype=np.int64)
+                sizes = np.array([pf.metadata.row_group(int(g)).num_rows for g in groups], dtype=np.int64)
+                starts[1:] = np.cumsum(sizes)[:-1]
+                local = starts[np.searchsorted(groups, rows // rg_size)] + rows % rg_size
+                table = part.take(pa.array(local, pa.int64()))
+        if columns is not None:
+            table = pa.table({c: table.column(c) if c in table.column_names else pa.nulls(n) for c in columns})
+        return table
+
+    def _parquet(self):
+        if "parquet" not in self._cache:
+            import pyarrow.parquet as pq
+
+            try:
+                self._cache["parquet"] = pq.ParquetFile(self.path / "metadata.parquet")
+            except (OSError, pa.ArrowInvalid) as e:
+                raise IndexFormatError(f"library metadata unreadable: {e}") from None
+        return self._cache["parquet"]
+
+    def csr_weights(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0) -> np.ndarray:
+        """Per-peak bound weights in CSR order (stored for the defaults, else computed once and cached)."""
+        from fastspec.kernels import fragment as fk
+
+        stem = STORED_WEIGHTS.get((kind, float(mz_power), float(intensity_power)))
+        if stem is not None and f"{stem}.npy" in self.manifest["files"]:
+            return self.array(stem)
+        key = f"w:{kind}:{mz_power}:{intensity_power}"
+        if key not in self._cache:
+            self._cache[key] = fk.peak_weights(self.array("offsets"), self.array("mz"), self.array("intensity"), kind,
+                                               mz_power, intensity_power)
+        return self._cache[key]
+
+    def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0):
+        """The arrays of the fragment / neutral-loss bound search for one weight kind (``PeakIndex``)."""
+        from fastspec.kernels import fragment as fk
+
+        key = f"pi:{kind}:{mz_power}:{intensity_power}"
+        if key in self._cache:
+            return self._cache[key]
+        w = self.csr_weights(kind, mz_power, intensity_power)
+        # scan weights: cosine weights, or square roots of entropy weights (see kernels.fragment._scan)
+        scan = (lambda a: a) if kind == "cosine" else np.sqrt
+        stem = STORED_WEIGHTS.get((kind, float(mz_power), float(intensity_power)))
+        stored = None if stem is None else f"frag_{stem}" + ("" if kind == "cosine" else "_sqrt")
+        if stored is not None and f"{stored}.npy" in self.manifest["files"]:
+            fw = self.array(stored)
+        else:
+            fw = scan(np.asarray(w)[_frag_order(self)])
+        if kind != "cosine" or (float(mz_power), float(intensity_power)) == (0.0, 1.0):
+            nw = self.array("nl_wcos")  # neutral losses are only matched by modified cosine
+        else:
+            nw = np.asarray(w)[_nl_order(self)]
+        # memory maps are read-only; computed arrays are made so too, so the kernel compiles once
+        w, fw, nw = (_readonly(a) for a in (w, fw, nw))
+        gap_min = self.manifest["counts"].get("min_peak_gap")
+        if gap_min is None:
+            gap_min = float(np.min(self.array("min_gap"))) if len(self) else np.inf
+        pi = fk.PeakIndex(self.array("frag_mz"), self.array("frag_spec"), fw, self.array("nl_mz"), self.array("nl_spec"),
+                          nw, self.array("offsets"), self.array("mz"), w, self.array("precursor_mz"), self.array("min_gap"),
+                          self.array("prec_sorted"), self.array("prec_order"), float(gap_min))
+        self._cache[key] = pi
+        return pi
+
+    def info(self) -> dict[str, Any]:
+        """Summary for ``fastspec info``."""
+        m = self.manifest
+        size = sum(int(e["size"]) for e in m["files"].values())
+        return {
+            "path": str(self.path),
+            "format_version": m["format_version"],
+            "fastspec_version": m.get("fastspec_version"),
+            "created": m.get("created"),
+            "n_spectra": m["counts"]["n_spectra"],
+            "n_read": m["counts"]["n_read"],
+            "n_rejected": m["counts"]["n_rejected"],
+            "rejected": m["counts"].get("rejected", {}),
+            "n_peaks": m["counts"].get("n_peaks"),
+            "n_formulas": m["counts"].get("n_formulas"),
+            "n_positive": m["counts"].get("n_positive"),
+            "n_negative": m["counts"].get("n_negative"),
+            "preprocess": m["build"]["preprocess"],
+            "faiss": m["build"].get("faiss"),
+            "size_bytes": size,
+            "files": len(m["files"]),
+        }
+
+    def search(self, queries: Any, k: int = 10, *, mode: str = "identity", metric: str | None = None, **kwargs):
+        """Search query spectra against the library; see :func:`fastspec.search.search` for all options.
+
+        Returns
+        -------
+        Hits
+        """
+        from fastspec.search import search
+
+        return search(self, queries, k=k, mode=mode, metric=metric, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"Library({str(self.path)!r}, n_spectra={len(self)}, format_version={self.format_version})"
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.flags.writeable:
+        a = a.view()
+        a.setflags(write=False)
+    return a
+
+
+def _polarity_strings(pol: np.ndarray) -> pa.Array:
+    lut = np.array([None, "positive", "negative"], dtype=object)
+    return pa.array(lut[np.where(pol > 0, 1, np.where(pol < 0, 2, 0))], pa.string())
+
+
+def _frag_order(lib: Library) -> np.ndarray:
+    if "frag_order" not in lib._cache:
+        from fastspec.kernels.fragment import sorted_peak_index
+
+        lib._cache["frag_order"] = sorted_peak_index(lib.array("offsets"), lib.array("mz"))[0]
+    return lib._cache["frag_order"]
+
+
+def _nl_order(lib: Library) -> np.ndarray:
+    if "nl_order" not in lib._cache:
+        from fastspec.kernels.fragment import sorted_peak_index
+
+        off = lib.array("offsets")
+        pmz = np.asarray(lib.array("precursor_mz"))
+        nl = np.repeat(pmz, np.diff(off)) - np.asarray(lib.array("mz"))
+        lib._cache["nl_order"] = sorted_peak_index(off, nl, np.isfinite(pmz))[0]
+    return lib._cache["nl_order"]
+
+
+# ====================================================================================== building
+class _Progress:
+    """A tiny step-progress bar on stderr (tqdm), silent when disabled."""
+
+    def __init__(self, enabled: bool | None, total: int, desc: str):
+        import sys
+
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
+
+    def step(self, name: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(name, refresh=False)
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _build_index(
+    path: Path,
+    processed: Spectra,
+    counts: dict,
+    preprocess_cfg: dict | None,
+    *,
+    faiss: bool,
+    faiss_params: dict | None,
+    threads: int | None,
+    overwrite: bool,
+    prog: _Progress,
+    already_valid: int = 0,
+    appended: bool = False,
+    created: str | None = None,
+) -> None:
+    """Write every structure of the index for already-preprocessed spectra (atomically)."""
+    from fastspec.kernels import fragment as fk
+
+    if path.exists() and not overwrite:
+        raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
+    n_peaks = np.diff(processed.offsets)
+    keep = n_peaks > 0
+    n_empty = int((~keep).sum())
+    counts = {"n_read": int(counts["n_read"]), "n_rejected": int(counts["n_rejected"]), "rejected": dict(counts["rejected"])}
+    if n_empty:
+        counts["rejected"][REASON_NO_PEAKS] = counts["rejected"].get(REASON_NO_PEAKS, 0) + n_empty
+        counts["n_rejected"] += n_empty
+    lib = processed if n_empty == 0 else processed.take(np.flatnonzero(keep))
+    n = len(lib)
+    counts["n_spectra"] = n
+    if counts["n_read"] < n + counts["n_rejected"]:
+        counts["n_read"] = n + counts["n_rejected"]
+
+    with fmt.AtomicDirectory(path, overwrite=overwrite) as tmp:
+        prog.step("peaks")
+        offsets, mz, inten = lib.offsets, lib.mz, lib.intensity
+        pmz = np.asarray(lib.precursor_mz, dtype=np.float64)
+        pol = lib.polarity.astype(np.int8)
+        fmt.save_array(tmp, "offsets", offsets)
+        fmt.save_array(tmp, "mz", mz)
+        fmt.save_array(tmp, "intensity", inten)
+        fmt.save_array(tmp, "precursor_mz", pmz)
+        fmt.save_array(tmp, "charge", lib.charge.astype(np.int8))
+        fmt.save_array(tmp, "polarity", pol)
+        finite = np.isfinite(pmz)
+        order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
+        fmt.save_array(tmp, "prec_order", order)
+        fmt.save_array(tmp, "prec_sorted", pmz[order])
+
+        prog.step("fragment index")
+        wcos = fk.peak_weights(offsets, mz, inten, "cosine", threads=threads)
+        went = fk.peak_weights(offsets, mz, inten, "entropy", threads=threads)
+        fmt.save_array(tmp, "wcos", wcos)
+        fmt.save_array(tmp, "went", went)
+        min_gap = fk.min_peak_gaps(offsets, mz)
+        fmt.save_array(tmp, "min_gap", min_gap)
+        (forder, fmz, fspec), (norder, nlv, nspec) = _sort_peaks(offsets, mz, pmz, finite, threads)
+        fmt.save_array(tmp, "frag_mz", fmz)
+        fmt.save_array(tmp, "frag_spec", fspec)
+        for kind, scan_w in (("cosine", wcos[forder]), ("entropy", np.sqrt(went[forder]))):
+            fmt.save_array(tmp, f"frag_{STORED_WEIGHTS[(kind, 0.0, 1.0)]}{'' if kind == 'cosine' else '_sqrt'}", scan_w)
+            del scan_w
+        del fmz, fspec, forder
+        fmt.save_array(tmp, "nl_mz", nlv)
+        fmt.save_array(tmp, "nl_spec", nspec)
+        fmt.save_array(tmp, "nl_wcos", wcos[norder])
+        del nlv, nspec, norder, wcos, went
+
+        prog.step("metadata")
+        md = lib.metadata
+        formulas = canonical_formulas(_column_strings(md, "formula"))
+        fcode, fkeys = _encode(formulas)
+        acode, akeys = _encode(normalize_adducts(_column_strings(md, "adduct")))
+        icode, ikeys = _encode([None if v is None else v.strip() for v in _column_strings(md, "instrument_type")])
+        fmt.save_array(tmp, "formula_code", fcode)
+        fmt.save_array(tmp, "formula_keys", fkeys)
+        fmt.save_array(tmp, "adduct_code", acode)
+        fmt.save_array(tmp, "adduct_keys", akeys)
+        fmt.save_array(tmp, "instrument_code", icode)
+        fmt.save_array(tmp, "instrument_keys", ikeys)
+        has = fcode >= 0
+        ids = np.flatnonzero(has).astype(np.int32)
+        ids = ids[np.argsort(fcode[has], kind="stable")]
+        foff = np.zeros(fkeys.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(fcode[has], minlength=fkeys.shape[0]), out=foff[1:])
+        fmt.save_array(tmp, "formula_offsets", foff)
+        fmt.save_array(tmp, "formula_ids", ids)
+        _write_metadata(tmp / "metadata.parquet", md, formulas)
+
+        prog.step("faiss")
+        faiss_info = None
+        if faiss and n > 0:
+            from fastspec import vectors
+
+            faiss_info = vectors.build_faiss_index(tmp / "faiss.index", lib, params=faiss_params, threads=threads)
+
+        prog.step("manifest")
+        manifest = {
+            "fastspec_version": __version__,
+            "created": created or _now(),
+            "modified": _now(),
+            "build": {
+                "preprocess": preprocess_cfg,
+                "faiss": faiss_info,
+                "metadata_row_group": _METADATA_ROW_GROUP,
+                "weights": {"wcos": {"kind": "cosine", "mz_power": 0.0, "intensity_power": 1.0},
+                            "went": {"kind": "entropy"}},
+            },
+            "counts": {
+                **counts,
+                "n_peaks": int(offsets[-1]),
+                "n_positive": int((pol > 0).sum()),
+                "n_negative": int((pol < 0).sum()),
+                "n_formulas": int(fkeys.shape[0]),
+                "n_with_precursor": int(finite.sum()),
+                "max_mz": float(mz.max()) if mz.shape[0] else 0.0,
+                "min_peak_gap": float(min_gap.min()) if n else None,
+            },
+        }
+        if appended:
+            manifest["appended"] = True
+        fmt.write_manifest(tmp, manifest)
+
+
+def _sort_peaks(offsets, mz, pmz, finite, threads):
+    """Fragment-ion and neutral-loss sort orders (two large sorts, run side by side when allowed)."""
+    from fastspec.kernels import fragment as fk
+
+    def neutral_losses():
+        return fk.sorted_peak_index(offsets, np.repeat(pmz, np.diff(offsets)) - mz, finite)
+
+    if threads == 1:
+        return fk.sorted_peak_index(offsets, mz), neutral_losses()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as ex:  # numpy sorts release the GIL
+        f1 = ex.submit(fk.sorted_peak_index, offsets, mz)
+        f2 = ex.submit(neutral_losses)
+        return f1.result(), f2.result()
+
+
+def _write_metadata(path: Path, md: pa.Table, formulas: list) -> None:
+    import pyarrow.parquet as pq
+
+    cols = {}
+    for name in md.column_names:
+        col = md.column(name)
+        if pa.types.is_null(col.type):
+            col = col.cast(pa.string())
+        cols[name] = col
+    table = pa.table(cols) if cols else pa.table({"id": pa.nulls(md.num_rows, pa.string())})
+    if "formula_canonical" in table.column_names:
+        table = table.drop(["formula_canonical"])
+    table = table.append_column("formula_canonical", pa.array(formulas, pa.string()))
+    try:
+        pq.write_table(table, path, compression="zstd", row_group_size=_METADATA_ROW_GROUP)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        from fastspec.spectra import _stringify
+
+        pq.write_table(_stringify(table), path, compression="zstd", row_group_size=_METADATA_ROW_GROUP)
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -1,0 +1,742 @@
+"""Library search: candidate generation per mode, exact rescoring, and the :class:`Hits` result.
+
+Modes
+-----
+``identity``
+    Candidates are the library spectra whose precursor m/z lies within ``precursor_tolerance`` of the
+    query's (binary search in the precursor-sorted permutation); all are scored exactly.
+``formula``
+    Candidates share the query's canonical Hill formula (from its metadata or ``formula=``).
+``open``
+    The whole library, exactly: the fragment-ion index gives every spectrum sharing a peak with the
+    query an upper bound of its score; candidates are scored exactly in bound order until the k-th
+    exact score beats every remaining bound (:mod:`fastspec.kernels.fragment`).
+``analog``
+    Like ``open`` for modified cosine, with the neutral-loss index adding the shifted partners.
+
+Every mode keeps a query away from library spectra of the other polarity (unknown matches both) and
+applies the optional charge / adduct / instrument filters. Scores come from :mod:`fastspec.similarity`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec.errors import ParameterError
+from fastspec.spectra import Spectra
+from fastspec.tolerance import Tolerance, parse_tolerance
+
+MODES = ("identity", "formula", "open", "analog")
+ENGINES = ("exact", "faiss")
+NO_NEIGHBOUR = ("skip", "fallback", "empty")
+#: metrics whose whole-library search runs through the fragment index (kind, weight name)
+_BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entropy": (1, "unweighted_entropy"),
+            "modified_cosine": (0, "cosine")}
+_DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine"}
+
+#: status of a query row in Hits
+OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
+
+HIT_COLUMNS = (
+    "query_index", "query_id", "rank", "library_index", "library_id", "score", "n_matched",
+    "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
+    "inchikey14", "smiles", "name", "status",
+)
+
+
+# ====================================================================================== Hits
+class Hits:
+    """Top-k library hits of each query, in the caller's query order.
+
+    Attributes
+    ----------
+    scores : ndarray, float32 (n, k)
+        Similarity scores, best first (0 where there is no hit).
+    indices : ndarray, int64 (n, k)
+        Library rows (input order of the library), -1 for no hit.
+    matches : ndarray, int32 (n, k)
+        Matched peaks of each hit.
+    status : ndarray of str (n,)
+        ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
+        (identity mode without a precursor m/z) or ``no_neighbour`` (formula mode, skipped).
+    fallback : ndarray of bool (n,)
+        Formula mode: the query had no same-formula neighbour and was searched against the whole library.
+    query_ids : list of str
+    query_precursor_mz : ndarray, float64 (n,)
+    params : dict
+        The search parameters (mode, metric, tolerances, filters, library path and build parameters).
+    """
+
+    def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
+                 library=None, params=None):
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.matches = np.asarray(matches, dtype=np.int32)
+        n = self.scores.shape[0]
+        self.status = np.asarray(status, dtype=object)
+        self.fallback = np.zeros(n, bool) if fallback is None else np.asarray(fallback, bool)
+        self.query_ids = [str(i) for i in range(n)] if query_ids is None else list(query_ids)
+        self.query_precursor_mz = np.full(n, np.nan) if query_precursor_mz is None else np.asarray(query_precursor_mz, np.float64)
+        self.library = library
+        self.params = dict(params or {})
+
+    def __len__(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.scores.shape[1]
+
+    @property
+    def skipped(self) -> np.ndarray:
+        """Queries not searched (no peaks, no precursor in identity mode, no formula neighbour with skip)."""
+        return np.isin(self.status, [NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED])
+
+    def __repr__(self) -> str:
+        n_hit = int((self.indices[:, 0] >= 0).sum()) if len(self) else 0
+        return f"Hits(n_queries={len(self)}, k={self.k}, with_hits={n_hit})"
+
+    def to_arrow(self, library_columns: bool = True) -> pa.Table:
+        """The long hit table: one row per (query, rank); a query without hits gets one row with nulls.
+
+        Columns: ``query_index, query_id, rank (1-based), library_index, library_id, score, n_matched,
+        query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm, adduct,
+        formula, inchikey14, smiles, name, status``. Search parameters are in the schema metadata
+        (key ``fastspec``, JSON).
+        """
+        n, k = self.indices.shape
+        valid = self.indices >= 0
+        n_hits = valid.sum(axis=1)
+        rows_per_q = np.maximum(n_hits, 1)
+        q_index = np.repeat(np.arange(n, dtype=np.int64), rows_per_q)
+        # rank of every output row: 1..n_hits, or null for the placeholder row
+        starts = np.concatenate([[0], np.cumsum(rows_per_q)[:-1]]) if n else np.zeros(0, np.int64)
+        rank = np.arange(q_index.shape[0], dtype=np.int64) - np.repeat(starts, rows_per_q)
+        has = np.repeat(n_hits > 0, rows_per_q)
+        # hits are packed left (best first), so position == rank
+        flat_pos = q_index * k + rank
+        lib_idx = np.where(has, self.indices.reshape(-1)[flat_pos] if n else np.zeros(0, np.int64), -1)
+        score = np.where(has, self.scores.reshape(-1)[flat_pos] if n else np.zeros(0, np.float32), np.nan)
+        nmatch = np.where(has, self.matches.reshape(-1)[flat_pos] if n else np.zeros(0, np.int32), 0)
+        qpmz = self.query_precursor_mz[q_index] if n else np.zeros(0)
+        cols: dict[str, pa.Array] = {
+            "query_index": pa.array(q_index, pa.int64()),
+            "query_id": pa.array([self.query_ids[i] for i in q_index.tolist()], pa.string()),
+            "rank": pa.array(rank + 1, pa.int32(), mask=~has),
+            "library_index": pa.array(lib_idx, pa.int64(), mask=~has),
+        }
+        meta = None
+        lpmz = np.full(q_index.shape[0], np.nan)
+        if library_columns and self.library is not None and has.any():
+            hit_rows = lib_idx[has]
+            uniq, inv = np.unique(hit_rows, return_inverse=True)
+            meta = self.library.metadata(rows=uniq, columns=["id", "adduct", "formula_canonical", "formula", "inchikey14",
+                                                              "inchikey", "smiles", "name"])
+            lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv]
+        cols["library_id"] = _hit_strings(meta, "id", has, inv if meta is not None else None, fallback=lib_idx)
+        cols["score"] = pa.array(score.astype(np.float32), pa.float32(), mask=~has)
+        cols["n_matched"] = pa.array(nmatch.astype(np.int32), pa.int32(), mask=~has)
+        cols["query_precursor_mz"] = pa.array(qpmz, pa.float64(), mask=~np.isfinite(qpmz))
+        cols["library_precursor_mz"] = pa.array(lpmz, pa.float64(), mask=~np.isfinite(lpmz))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dmz = qpmz - lpmz
+            dppm = dmz / lpmz * 1e6
+        cols["delta_mz"] = pa.array(dmz, pa.float64(), mask=~np.isfinite(dmz))
+        cols["delta_ppm"] = pa.array(dppm, pa.float64(), mask=~np.isfinite(dppm))
+        inv_ = inv if meta is not None else None
+        cols["adduct"] = _hit_strings(meta, "adduct", has, inv_)
+        formula = _hit_strings(meta, "formula_canonical", has, inv_)
+        raw_formula = _hit_strings(meta, "formula", has, inv_)
+        cols["formula"] = pa.array([a if a is not None else b for a, b in zip(formula.to_pylist(), raw_formula.to_pylist())], pa.string())
+        ik14 = _hit_strings(meta, "inchikey14", has, inv_).to_pylist()
+        ik = _hit_strings(meta, "inchikey", has, inv_).to_pylist()
+        cols["inchikey14"] = pa.array([a if a else (b[:14] if b else None) for a, b in zip(ik14, ik)], pa.string())
+        cols["smiles"] = _hit_strings(meta, "smiles", has, inv_)
+        cols["name"] = _hit_strings(meta, "name", has, inv_)
+        st = self.status[q_index] if n else np.zeros(0, object)
+        cols["status"] = pa.array(st.tolist(), pa.string())
+        table = pa.table(cols)
+        return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
+
+    def to_parquet(self, path: "str | Path") -> None:
+        """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata)."""
+        import pyarrow.parquet as pq
+
+        pq.write_table(self.to_arrow(), str(path), compression="zstd")
+
+    def to_csv(self, path: "str | Path", delimiter: str = ",") -> None:
+        """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines."""
+        import pyarrow.csv as pcsv
+
+        table = self.to_arrow()
+        with open(path, "wb") as f:
+            for key, value in self.params.items():
+                f.write(f"# {key}: {json.dumps(value, default=str)}\n".encode())
+            pcsv.write_csv(table.replace_schema_metadata(None), f,
+                           write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
+
+    def write(self, path: "str | Path") -> None:
+        """Write by extension: ``.parquet``, ``.tsv`` / ``.tab`` or ``.csv``."""
+        suffix = Path(path).suffix.lower()
+        if suffix in (".parquet", ".pq"):
+            self.to_parquet(path)
+        elif suffix in (".tsv", ".tab", ".txt"):
+            self.to_csv(path, delimiter="\t")
+        elif suffix == ".csv":
+            self.to_csv(path, delimiter=",")
+        else:
+            raise ParameterError(f"unknown hit table format {suffix!r}: use .parquet, .tsv or .csv")
+
+
+def _hit_strings(meta: pa.Table | None, column: str, has: np.ndarray, inv: np.ndarray | None, fallback=None) -> pa.Array:
+    out = np.full(has.shape[0], None, dtype=object)
+    if meta is not None and column in meta.column_names:
+        vals = np.array(meta.column(column).cast(pa.string()).to_pylist(), dtype=object)
+        out[has] = vals[inv]
+    elif fallback is not None:
+        out[has] = [str(v) for v in np.asarray(fallback)[has]]
+    return pa.array(out.tolist(), pa.string())
+
+
+# ====================================================================================== search
+def search(
+    library,
+    queries: Any,
+    k: int = 10,
+    *,
+    mode: str = "identity",
+    metric: str | None = None,
+    tolerance: "float | str | Tolerance" = 0.02,
+    precursor_tolerance: "float | str | Tolerance" = 0.01,
+    engine: str = "exact",
+    threads: int | None = None,
+    formula: "str | Sequence[str | None] | None" = None,
+    no_neighbour: str = "skip",
+    same_adduct: bool = False,
+    same_charge: bool = False,
+    same_instrument: bool = False,
+    min_matches: int = 0,
+    min_score: float = 0.0,
+    nprobe: int | None = None,
+    n_candidates: int | None = None,
+    on_error: str = "skip",
+    progress: bool | None = None,
+    mz_power: float = 0.0,
+    intensity_power: float = 1.0,
+    **metric_params: Any,
+) -> Hits:
+    """Search ``queries`` against ``library``.
+
+    Parameters
+    ----------
+    library : Library
+    queries : Spectra, path or list of paths
+        Preprocessed with the library's recorded pipeline before scoring.
+    k : int
+        Hits per query.
+    mode : {"identity", "formula", "open", "analog"}
+    metric : str, optional
+        Any :mod:`fastspec.similarity` metric; default ``cosine`` (``modified_cosine`` for analog).
+        ``open`` is exact through the fragment index for cosine and (unweighted) entropy;
+        ``open`` with modified cosine is ``analog``.
+    tolerance : float or str
+        Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
+    precursor_tolerance : float or str
+        Identity-mode precursor window (relative to the query precursor for ppm).
+    engine : {"exact", "faiss"}
+        ``faiss``: candidates from the FAISS index (``nprobe``, ``n_candidates``), rescored exactly
+        (open/analog modes).
+    threads : int, optional
+        numba and FAISS threads.
+    formula : str or list of str, optional
+        Formula mode: the queries' formulas (default: their ``formula`` metadata).
+    no_neighbour : {"skip", "fallback", "empty"}
+        Formula mode, query without a same-formula library spectrum: ``skip`` -> a row with status
+        ``no_neighbour``; ``fallback`` -> search every library spectrum of the same polarity (``fallback``
+        flag set); ``empty`` -> a row with status ``no_hit``.
+    same_adduct, same_charge, same_instrument : bool
+        Keep only library spectra with the query's adduct / charge / instrument type (when the query's is known).
+    min_matches : int
+        Minimum matched peaks of a hit (a hit always has at least one).
+    min_score : float
+        Minimum score of a hit.
+    on_error : {"skip", "raise"}
+        Unreadable query records (when ``queries`` are paths).
+    mz_power, intensity_power, **metric_params
+        Passed to the similarity metric.
+
+    Returns
+    -------
+    Hits
+    """
+    from fastspec.library import apply_pipeline, read_input
+
+    cfg = _SearchConfig.make(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
+                             same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
+                             mz_power, intensity_power, metric_params)
+    raw, _ = read_input(queries, on_error)
+    qproc = apply_pipeline(library.pipeline, raw)
+    nq = len(qproc)
+    scores = np.zeros((nq, cfg.k), dtype=np.float64)
+    indices = np.full((nq, cfg.k), -1, dtype=np.int64)
+    matches = np.zeros((nq, cfg.k), dtype=np.int32)
+    status = np.full(nq, OK, dtype=object)
+    fallback = np.zeros(nq, dtype=bool)
+    has_peaks = np.diff(qproc.offsets) > 0
+    status[~has_peaks] = NO_PEAKS
+    ctx = _Context(library, qproc, cfg)
+    searchable = np.flatnonzero(has_peaks)
+    ctx.start_progress(progress, searchable.shape[0])
+    try:
+        _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback)
+    finally:
+        ctx.close()
+    no_hit = (status == OK) & (indices[:, 0] < 0)
+    status[no_hit] = NO_HIT
+    return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=raw.ids,
+                query_precursor_mz=np.asarray(raw.precursor_mz), library=library, params=cfg.describe(library))
+
+
+def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback):
+    if cfg.mode == "identity":
+        pmz = qproc.precursor_mz
+        no_pmz = has_peaks & ~np.isfinite(pmz)
+        status[no_pmz] = NO_PRECURSOR
+        rows = np.flatnonzero(has_peaks & np.isfinite(pmz))
+        ctx.run_identity(rows, scores, indices, matches)
+    elif cfg.mode == "formula":
+        fcodes = ctx.query_formula_codes(formula, raw)
+        ctx.run_formula(searchable, fcodes, scores, indices, matches, status, fallback)
+    elif cfg.engine == "faiss":
+        ctx.run_faiss(searchable, scores, indices, matches)
+    else:
+        ctx.run_whole_library(searchable, scores, indices, matches)
+
+
+class _SearchConfig:
+    """Validated search parameters."""
+
+    @classmethod
+    def make(cls, library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour, same_adduct,
+             same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates, mz_power, intensity_power,
+             metric_params):
+        c = cls()
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ParameterError(f"k must be a positive integer, got {k!r}")
+        c.k = int(k)
+        if mode not in MODES:
+            raise ParameterError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+        metric = metric or _DEFAULT_METRIC[mode]
+        if mode == "open" and metric == "modified_cosine":
+            mode = "analog"
+        if mode == "analog" and metric != "modified_cosine":
+            raise ParameterError(f"mode 'analog' searches with modified_cosine, not {metric!r} (use mode='open')")
+        c.mode, c.metric = mode, metric
+        _check_metric(metric)
+        c.tolerance = parse_tolerance(tolerance, "tolerance")
+        c.precursor_tolerance = parse_tolerance(precursor_tolerance, "precursor_tolerance")
+        if engine not in ENGINES:
+            raise ParameterError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        if engine == "faiss":
+            if mode not in ("open", "analog"):
+                raise ParameterError("engine='faiss' applies to modes 'open' and 'analog'")
+            if not library.has_faiss:
+                raise ParameterError(f"library {library.path} has no FAISS index (rebuild with faiss=True / --faiss)")
+        c.engine = engine
+        if no_neighbour not in NO_NEIGHBOUR:
+            raise ParameterError(f"no_neighbour must be one of {', '.join(NO_NEIGHBOUR)}; got {no_neighbour!r}")
+        c.no_neighbour = no_neighbour
+        c.threads = None if threads is None else max(1, int(threads))
+        c.same_adduct, c.same_charge, c.same_instrument = bool(same_adduct), bool(same_charge), bool(same_instrument)
+        if int(min_matches) < 0:
+            raise ParameterError("min_matches must be >= 0")
+        c.min_matches = int(min_matches)
+        if not math.isfinite(float(min_score)):
+            raise ParameterError("min_score must be finite")
+        c.min_score = float(min_score)
+        c.nprobe = nprobe
+        c.n_candidates = n_candidates
+        c.mz_power, c.intensity_power = float(mz_power), float(intensity_power)
+        c.metric_params = dict(metric_params)
+        return c
+
+    def metric_kwargs(self) -> dict:
+        kw = dict(self.metric_params)
+        kw["tolerance"] = self.tolerance
+        if self.metric not in ("entropy", "unweighted_entropy"):
+            kw["mz_power"] = self.mz_power
+            kw["intensity_power"] = self.intensity_power
+        return kw
+
+    def describe(self, library) -> dict:
+        return {
+            "mode": self.mode, "metric": self.metric, "k": self.k, "tolerance": str(self.tolerance),
+            "precursor_tolerance": str(self.precursor_tolerance), "engine": self.engine,
+            "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
+            "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
+            "nprobe": self.nprobe, "n_candidates": self.n_candidates, "mz_power": self.mz_power,
+            "intensity_power": self.intensity_power, "metric_params": self.metric_params,
+            "library": str(library.path), "library_n_spectra": len(library),
+            "preprocess": library.preprocess_config, "fastspec_version": library.manifest.get("fastspec_version"),
+        }
+
+
+def _check_metric(metric: str) -> None:
+    try:
+        from fastspec import similarity
+    except ImportError:  # pragma: no cover
+        return
+    known = getattr(similarity, "METRICS", None)
+    if known is not None and metric not in known:
+        raise ParameterError(f"unknown metric {metric!r}; choose from {', '.join(sorted(known))}")
+
+
+class _Context:
+    """Per-call state: the processed queries, their prepared form, filter codes, and the library."""
+
+    def __init__(self, library, queries: Spectra, cfg: _SearchConfig):
+        self.lib = library
+        self.q = queries
+        self.cfg = cfg
+        self._qprep = None
+        self._filters = None
+        self.stats: list[np.ndarray] = []  # per-round kernel diagnostics (see search_bounds)
+        self.rounds = 0
+        self.bar = None
+        self.nested = 0  # fallback searches inside formula mode do not advance the bar twice
+
+    def start_progress(self, enabled: bool | None, total: int) -> None:
+        import sys
+
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        if enabled and total:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc="search", unit="query", file=sys.stderr, leave=False)
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None and not self.nested:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    # --------------------------------------------------------------------------- shared pieces
+    @property
+    def qprep(self):
+        if self._qprep is None:
+            from fastspec import similarity
+
+            self._qprep = similarity.prepare(self.q, self.cfg.metric, **self.cfg.metric_kwargs())
+        return self._qprep
+
+    def filters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Filter codes (query (nq, f), library (n, f), symmetric (f,)); polarity always first."""
+        if self._filters is None:
+            self._filters = _filter_codes(self.lib, self.q, self.cfg)
+        return self._filters
+
+    def exact(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray):
+        """Exact top-k of queries ``rows`` over their candidate CSR (library rows) -> scores, indices, matches."""
+        from fastspec import similarity
+        from fastspec.kernels.fragment import compact_ids
+
+        k = self.cfg.k
+        nr = rows.shape[0]
+        if cand_ids.shape[0] == 0 or nr == 0:
+            return np.zeros((nr, k)), np.full((nr, k), -1, np.int64), np.zeros((nr, k), np.int32)
+        uniq, local = compact_ids(cand_ids, self.lib_mark())
+        sub = self.lib.spectra(uniq)
+        kw = self.cfg.metric_kwargs()
+        lprep = similarity.prepare(sub, self.cfg.metric, **kw)
+        qp = self.qprep.take(rows)
+        s, idx, m = similarity.topk_candidates(qp, lprep, cand_offsets, local, k, metric=self.cfg.metric,
+                                               threads=self.cfg.threads, min_matches=max(1, self.cfg.min_matches),
+                                               min_score=self.cfg.min_score, **kw)
+        idx = np.where(idx >= 0, uniq[np.maximum(idx, 0)], -1)
+        return np.asarray(s, np.float64), idx, np.asarray(m, np.int32)
+
+    def lib_mark(self) -> np.ndarray:
+        mark = self.lib._cache.get("mark")
+        if mark is None:
+            mark = np.full(max(len(self.lib), 1), -1, dtype=np.int64)
+            self.lib._cache["mark"] = mark
+        return mark
+
+    def filter_csr(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray):
+        """Drop candidates failing the filters (polarity, charge, adduct, instrument)."""
+        qc, lc, sym = self.filters()
+        if cand_ids.shape[0] == 0:
+            return cand_offsets, cand_ids
+        owner = np.repeat(rows, np.diff(cand_offsets))
+        keep = np.ones(cand_ids.shape[0], dtype=bool)
+        for f in range(sym.shape[0]):
+            q = qc[owner, f]
+            lcf = lc[cand_ids, f]
+            ok = (q == -1) | (lcf == q)
+            if sym[f]:
+                ok |= lcf < 0
+            keep &= ok
+        if keep.all():
+            return cand_offsets, cand_ids
+        counts = np.add.reduceat(keep.astype(np.int64), cand_offsets[:-1]) if cand_ids.shape[0] else np.zeros(rows.shape[0], np.int64)
+        counts = np.where(np.diff(cand_offsets) > 0, counts, 0)
+        new_off = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(counts, out=new_off[1:])
+        return new_off, cand_ids[keep]
+
+    # --------------------------------------------------------------------------- identity
+    def run_identity(self, rows, scores, indices, matches):
+        lib = self.lib
+        n_finite = int(lib.manifest["counts"].get("n_with_precursor", len(lib)))
+        sorted_pmz = np.asarray(lib.array("prec_sorted")[:n_finite])
+        order = lib.array("prec_order")
+        for batch in _batches(rows, 4096):
+            pmz = self.q.precursor_mz[batch]
+            tol = self.cfg.precursor_tolerance
+            half = tol.value if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
+            lo = np.searchsorted(sorted_pmz, pmz - half, side="left")
+            hi = np.searchsorted(sorted_pmz, pmz + half, side="right")
+            offs, pos = _ranges_csr(lo, hi)
+            ids = np.asarray(order[pos], dtype=np.int64)
+            offs, ids = self.filter_csr(batch, offs, ids)
+            s, i, m = self.exact(batch, offs, ids)
+            scores[batch], indices[batch], matches[batch] = s, i, m
+            self.advance(batch.shape[0])
+
+    # --------------------------------------------------------------------------- formula
+    def query_formula_codes(self, formula, raw: Spectra) -> np.ndarray:
+        from fastspec.library import canonical_formulas
+
+        nq = len(self.q)
+        if formula is None:
+            vals = raw.column("formula")
+        elif isinstance(formula, str):
+            vals = [formula] * nq
+        else:
+            vals = list(formula)
+            if len(vals) != nq:
+                raise ParameterError(f"formula: {len(vals)} values for {nq} queries")
+        canon = canonical_formulas([None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in vals])
+        lut = self.lib.code_lookup("formula")
+        return np.array([lut.get(c, -2) if c is not None else -1 for c in canon], dtype=np.int64)
+
+    def run_formula(self, rows, fcodes, scores, indices, matches, status, fallback):
+        lib = self.lib
+        foff = np.asarray(lib.array("formula_offsets"))
+        fids = lib.array("formula_ids")
+        for batch in _batches(rows, 4096):
+            code = fcodes[batch]
+            known = code >= 0
+            lo = np.where(known, foff[np.maximum(code, 0)], 0)
+            hi = np.where(known, foff[np.maximum(code, 0) + 1], 0)
+            offs, pos = _ranges_csr(lo, hi)
+            ids = np.asarray(fids[pos], dtype=np.int64)
+            offs, ids = self.filter_csr(batch, offs, ids)
+            s, i, m = self.exact(batch, offs, ids)
+            scores[batch], indices[batch], matches[batch] = s, i, m
+            empty = np.diff(offs) == 0
+            if empty.any():
+                miss = batch[empty]
+                if self.cfg.no_neighbour == "skip":
+                    status[miss] = NO_NEIGHBOUR_SKIPPED
+                elif self.cfg.no_neighbour == "fallback":
+                    fallback[miss] = True
+                    self.nested += 1
+                    try:
+                        self.run_whole_library(miss, scores, indices, matches)
+                    finally:
+                        self.nested -= 1
+            self.advance(batch.shape[0])
+
+    # --------------------------------------------------------------------------- whole library
+    def run_whole_library(self, rows, scores, indices, matches):
+        metric = self.cfg.metric
+        if metric in _BOUNDED:
+            self.run_bounded(rows, scores, indices, matches, use_nl=metric == "modified_cosine")
+        else:
+            self.run_brute_force(rows, scores, indices, matches)
+
+    def run_bounded(self, rows, scores, indices, matches, use_nl: bool):
+        for batch in _batches(rows, 1024):
+            self._run_bounded(batch, scores, indices, matches, use_nl)
+            self.advance(batch.shape[0])
+
+    def _run_bounded(self, rows, scores, indices, matches, use_nl: bool):
+        """Exact whole-library top-k through the fragment (and neutral-loss) index with bound pruning.
+
+        Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` in bound order, ``m`` per
+        query; they are scored exactly and ``m`` grows (x8) for the queries whose k-th exact score does not
+        yet beat the best bound left out. Exact k-th scores found on the way feed the pruning threshold.
+        """
+        from fastspec.kernels import fragment as fk
+
+        if rows.shape[0] == 0:
+            return
+        lib, cfg = self.lib, self.cfg
+        kind, wname = _BOUNDED[cfg.metric]
+        mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
+        qw = fk.peak_weights(self.q.offsets, self.q.mz, self.q.intensity, wname, mzp, ip)
+        index = lib.peak_index(wname, mzp, ip)
+        qc, lc, sym = self.filters()
+        ws = _workspace(lib, cfg.threads)
+        tol = cfg.tolerance
+        n_lib = len(lib)
+        nl_base = float(max(lib.manifest["counts"].get("max_mz", 0.0), float(self.q.mz.max()) if self.q.mz.size else 0.0))
+        pending = np.asarray(rows, dtype=np.int64)
+        theta = np.full(pending.shape[0], -np.inf)
+        if use_nl:
+            theta = self._analog_theta(pending, qw, index, ws, nl_base)
+        m = max(2 * cfg.k + 8, 32)
+        while pending.shape[0]:
+            m = min(m, max(n_lib, 1))
+            ids, bounds, nxt, st = fk.search_bounds(
+                pending, self.q.offsets, self.q.mz, qw, self.q.precursor_mz, index, kind=kind, use_nl=use_nl,
+                tol_da=tol.da, tol_ppm=tol.ppm, k=cfg.k, m=m, workspace=ws, theta=theta, q_codes=qc, lib_codes=lc,
+                symmetric=sym, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
+                threads=cfg.threads)
+            self.stats.append(st)
+            self.rounds += 1
+            valid = ids >= 0
+            offs = np.zeros(pending.shape[0] + 1, dtype=np.int64)
+            np.cumsum(valid.sum(axis=1), out=offs[1:])
+            s, i, mm = self.exact(pending, offs, ids[valid])
+            kth = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
+            done = (nxt < 0) | (nxt < kth)
+            if m >= n_lib:
+                done[:] = True
+            d = pending[done]
+            scores[d], indices[d], matches[d] = s[done], i[done], mm[done]
+            # the k-th exact score is a valid pruning threshold for the next round
+            theta = np.maximum(theta[~done], kth[~done] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL)
+            pending = pending[~done]
+            m *= 8
+
+    def _analog_theta(self, rows, qw, index, ws, nl_base) -> np.ndarray:
+        """Lower bounds of the k-th modified-cosine score: exact scores of the k best plain-cosine candidates."""
+        from fastspec.kernels import fragment as fk
+
+        cfg = self.cfg
+        qc, lc, sym = self.filters()
+        ids, _, _, _ = fk.search_bounds(
+            rows, self.q.offsets, self.q.mz, qw, self.q.precursor_mz, index, kind=fk.KIND_PRODUCT, use_nl=False,
+            tol_da=cfg.tolerance.da, tol_ppm=cfg.tolerance.ppm, k=cfg.k, m=cfg.k, workspace=ws, q_codes=qc,
+            lib_codes=lc, symmetric=sym, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
+            threads=cfg.threads)
+        valid = ids >= 0
+        offs = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+        np.cumsum(valid.sum(axis=1), out=offs[1:])
+        s, i, _ = self.exact(rows, offs, ids[valid])
+        return np.where(i[:, -1] >= 0, s[:, -1] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf)
+
+    def run_brute_force(self, rows, scores, indices, matches):
+        """Every same-polarity library spectrum as a candidate (metrics without a fragment-index bound)."""
+        n_lib = len(self.lib)
+        all_ids = np.arange(n_lib, dtype=np.int64)
+        per = max(1, int(2e7 // max(n_lib, 1)))
+        for batch in _batches(rows, per):
+            offs = np.arange(batch.shape[0] + 1, dtype=np.int64) * n_lib
+            ids = np.tile(all_ids, batch.shape[0])
+            offs, ids = self.filter_csr(batch, offs, ids)
+            s, i, m = self.exact(batch, offs, ids)
+            scores[batch], indices[batch], matches[batch] = s, i, m
+            self.advance(batch.shape[0])
+
+    # --------------------------------------------------------------------------- faiss
+    def run_faiss(self, rows, scores, indices, matches):
+        """FAISS proposes ``n_candidates`` spectra per query; they are filtered and scored exactly."""
+        from fastspec import vectors
+
+        cfg = self.cfg
+        n_cand = int(cfg.n_candidates or max(50 * cfg.k, 500))
+        index = vectors.load_faiss_index(self.lib)
+        params = self.lib.manifest["build"]["faiss"]
+        for batch in _batches(rows, 4096):
+            qv = vectors.spectrum_vectors(self.q.take(batch), params, threads=cfg.threads)
+            cand = vectors.faiss_search(index, qv, n_cand, nprobe=cfg.nprobe, threads=cfg.threads)
+            valid = cand >= 0
+            offs = np.zeros(batch.shape[0] + 1, dtype=np.int64)
+            np.cumsum(valid.sum(axis=1), out=offs[1:])
+            offs, ids = self.filter_csr(batch, offs, cand[valid].astype(np.int64))
+            s, i, m = self.exact(batch, offs, ids)
+            scores[batch], indices[batch], matches[batch] = s, i, m
+            self.advance(batch.shape[0])
+
+
+# ====================================================================================== helpers
+def _batches(rows: np.ndarray, size: int):
+    for a in range(0, rows.shape[0], size):
+        yield rows[a: a + size]
+
+
+def _ranges_csr(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR offsets and the concatenated positions ``lo[i]..hi[i]-1`` of several ranges."""
+    lengths = np.maximum(np.asarray(hi, np.int64) - np.asarray(lo, np.int64), 0)
+    offs = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offs[1:])
+    pos = np.arange(offs[-1], dtype=np.int64) - np.repeat(offs[:-1] - np.asarray(lo, np.int64), lengths)
+    return offs, pos
+
+
+def _workspace(lib, threads: int | None):
+    from fastspec.kernels import fragment as fk
+    from fastspec.kernels._config import max_threads
+
+    n_blocks = max_threads() if threads is None else max(1, min(int(threads), max_threads()))
+    ws = lib._cache.get("workspace")
+    if ws is None or ws.n_blocks != n_blocks:
+        ws = fk.BoundWorkspace(len(lib), n_blocks)
+        lib._cache["workspace"] = ws
+    return ws
+
+
+def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
+    """Integer codes per filter: polarity (symmetric: unknown matches all), then the optional ones."""
+    from fastspec.library import normalize_adducts
+
+    n_lib = len(lib)
+    qcols = [_pol_code(q.polarity)]
+    names = ["polarity"]
+    sym = [True]
+    if cfg.same_charge:
+        qch = q.charge.astype(np.int32)
+        qcols.append(np.where(qch != 0, np.abs(qch), -1))
+        names.append("charge")
+        sym.append(True)
+    for flag, name, col in ((cfg.same_adduct, "adduct", "adduct"), (cfg.same_instrument, "instrument", "instrument_type")):
+        if not flag:
+            continue
+        vals = q.column(col)
+        if name == "adduct":
+            vals = normalize_adducts(vals)
+        lut = lib.code_lookup(name)
+        qcols.append(np.array([-1 if v is None or v == "" else lut.get(str(v).strip(), -2) for v in vals], dtype=np.int32))
+        names.append(name)
+        sym.append(False)
+    qc = np.ascontiguousarray(np.stack(qcols, axis=1).astype(np.int32)) if len(q) else np.zeros((0, len(sym)), np.int32)
+    key = "codes:" + ",".join(names)  # library side: built once per filter combination
+    lc = lib._cache.get(key)
+    if lc is None:
+        lcols = []
+        for name in names:
+            if name == "polarity":
+                lcols.append(_pol_code(np.asarray(lib.polarity)))
+            elif name == "charge":
+                lch = np.asarray(lib.array("charge")).astype(np.int32)
+                lcols.append(np.where(lch != 0, np.abs(lch), -1))
+            else:
+                lcols.append(np.asarray(lib.array(f"{name}_code")))
+        lc = np.ascontiguousarray(np.stack(lcols, axis=1).astype(np.int32)) if n_lib else np.zeros((0, len(sym)), np.int32)
+        lib._cache[key] = lc
+    return qc, lc, np.array(sym, dtype=bool)
+
+
+def _pol_code(pol: np.ndarray) -> np.ndarray:
+    return np.where(pol > 0, 1, np.where(pol < 0, 0, -1)).astype(np.int32)

@@ -1,0 +1,136 @@
+"""Hashed, binned spectrum vectors and the FAISS index used by ``engine="faiss"``.
+
+A spectrum becomes a ``dim``-dimensional vector: each peak's weight (``intensity ** intensity_power``)
+is added to the bin ``floor((mz + offset) / bin_width)``, bins are hashed into ``dim`` slots, and the
+vector is L2-normalised, so the inner product approximates a binned cosine. FAISS (imported lazily)
+searches an IVF index of these vectors; its candidates are always rescored exactly by the caller.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+from fastspec.errors import FastspecError
+from fastspec.kernels._config import PJIT, threads as _threads
+
+DEFAULTS: dict[str, Any] = {
+    "dim": 256,
+    "bin_width": 1.0,
+    "offset": 0.3,  # nominal-mass bins [n-0.3, n+0.7): small-molecule mass defects rarely cross them
+    "intensity_power": 0.5,
+    "index": "IVF{nlist},SQ8",
+    "nlist": None,  # default: ~sqrt(n), clipped to [16, 16384]
+    "n_train": None,  # default: 40 points per list
+    "nprobe": 16,
+    "seed": 0,
+    "flat_below": 20_000,  # fewer spectra: an exhaustive flat index
+}
+
+
+@numba.njit(**PJIT)
+def _vectors(offsets, mz, intensity, dim, bin_width, offset, power, out):
+    n = offsets.shape[0] - 1
+    for i in numba.prange(n):
+        for p in range(offsets[i], offsets[i + 1]):
+            b = np.int64(np.floor((mz[p] + offset) / bin_width))
+            h = (np.uint64(b) * np.uint64(11400714819323198485)) >> np.uint64(40)
+            slot = np.int64(h % np.uint64(dim))
+            x = np.float64(intensity[p])
+            if x > 0:
+                out[i, slot] += x ** power
+        s = 0.0
+        for d in range(dim):
+            s += np.float64(out[i, d]) * out[i, d]
+        if s > 0:
+            inv = 1.0 / np.sqrt(s)
+            for d in range(dim):
+                out[i, d] = out[i, d] * inv
+
+
+def spectrum_vectors(spectra, params: dict | None = None, threads: int | None = None) -> np.ndarray:
+    """L2-normalised hashed bin vectors, float32 (n, dim)."""
+    p = dict(DEFAULTS, **(params or {}))
+    n = len(spectra)
+    out = np.zeros((n, int(p["dim"])), dtype=np.float32)
+    if n:
+        with _threads(threads):
+            _vectors(spectra.offsets, spectra.mz, spectra.intensity, int(p["dim"]), float(p["bin_width"]),
+                     float(p["offset"]), float(p["intensity_power"]), out)
+    return out
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as e:  # pragma: no cover - faiss-cpu is a dependency
+        raise FastspecError("engine='faiss' needs the faiss-cpu package") from e
+    return faiss
+
+
+def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: int | None = None) -> dict:
+    """Train an IVF index on a sample, add every spectrum (in chunks) and write it to ``path``.
+
+    Returns
+    -------
+    dict
+        The parameters actually used (stored in the manifest).
+    """
+    faiss = _faiss()
+    p = dict(DEFAULTS, **(params or {}))
+    n = len(spectra)
+    if threads is not None:
+        faiss.omp_set_num_threads(int(threads))
+    nlist = p["nlist"] or int(np.clip(np.sqrt(n), 16, 16384))
+    nlist = max(1, min(int(nlist), max(1, n // 39)))  # faiss wants >= 39 training points per centroid
+    p["nlist"] = nlist
+    # small libraries: exhaustive inner product (exact, no training)
+    desc = "Flat" if n < int(p.get("flat_below", 20_000)) else p["index"].format(nlist=nlist)
+    dim = int(p["dim"])
+    index = faiss.index_factory(dim, desc, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(int(p["seed"]))
+    n_train = min(n, int(p["n_train"] or 40 * nlist))
+    sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
+    if not index.is_trained:
+        index.train(spectrum_vectors(spectra.take(sample), p, threads))
+    chunk = 200_000
+    for a in range(0, n, chunk):
+        rows = np.arange(a, min(n, a + chunk), dtype=np.int64)
+        index.add(spectrum_vectors(spectra.take(rows), p, threads))
+    faiss.write_index(index, str(path))
+    p["n_train"] = n_train
+    p["ntotal"] = int(index.ntotal)
+    p["index"] = desc
+    return p
+
+
+def load_faiss_index(library):
+    """The library's FAISS index (read once and cached on the Library)."""
+    idx = library._cache.get("faiss")
+    if idx is None:
+        faiss = _faiss()
+        try:
+            idx = faiss.read_index(str(library.path / "faiss.index"))
+        except RuntimeError as e:
+            from fastspec.errors import IndexFormatError
+
+            raise IndexFormatError(f"cannot read the FAISS index of {library.path}: {str(e).splitlines()[0]}") from None
+        library._cache["faiss"] = idx
+    return idx
+
+
+def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, threads: int | None = None) -> np.ndarray:
+    """Top-``n`` library rows by inner product, int64 (nq, n), -1 padding."""
+    faiss = _faiss()
+    if threads is not None:
+        faiss.omp_set_num_threads(int(threads))
+    if nprobe is not None or hasattr(index, "nprobe"):
+        try:
+            faiss.extract_index_ivf(index).nprobe = int(nprobe or DEFAULTS["nprobe"])
+        except RuntimeError:
+            pass
+    n = max(1, min(int(n), int(index.ntotal)))
+    _, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), n)
+    return ids.astype(np.int64)

@@ -1,0 +1,933 @@
+"""Fragment-ion and neutral-loss index kernels: exact whole-library top-k through score upper bounds.
+
+The library's peaks are kept twice more, sorted: by fragment m/z (the *fragment index*) and by neutral
+loss ``precursor_mz - mz`` (the *neutral-loss index*), each with its spectrum and a scan weight ``w``:
+the L2-normalised cosine weight, or the square root of the sum-normalised entropy weight. Query peaks
+get the matching weights ``qv``, so both metrics are bounded by the same products: cosine pairs add
+``q*l``; an entropy pair adds ``g(q,l) = (f(q+l) - f(q) - f(l)) / 2 <= sqrt(q*l)`` (f(x) = x log2 x,
+and the binary entropy H(p) <= 2 sqrt(p(1-p))). Any one-to-one peak assignment (greedy cosine, modified
+cosine, entropy) uses a subset of the pairs within tolerance, so summing ``qv*w`` over every library
+peak in the window of every query peak (and, for analog search, every neutral loss in the window of
+every query neutral loss) bounds the exact score from above; scan windows are widened by float32 slack
+and cover any Da/ppm convention, so the bound never misses a pair an exact kernel matches.
+
+Pruning (:func:`search_bounds`)
+-------------------------------
+* Query peaks are scanned heaviest first. A spectrum the scanned peaks do not reach scores at most
+  what the unscanned peaks can add: ``sqrt(Q)`` for cosine (Cauchy-Schwarz, Q their squared mass),
+  ``g(Q, 1)`` for entropy (g is jointly concave and 1-homogeneous). Scanning stops once that is below
+  ``theta``, a lower bound of the k-th best final score.
+* ``theta`` comes from the caller (e.g. exact scores of a first round), from exact scores of the
+  spectra with the query's precursor m/z, and from checkpoints over the best partial sums. Lower bounds
+  count only pairs every exact kernel matches and need *clean* spectra (peaks more than 2 windows apart
+  on both sides), where the pairs within tolerance are already a one-to-one assignment.
+* With clean spectra a spectrum first reached through a peak of weight ``w`` scores at most
+  ``qv*w + sqrt(Q_after)*sqrt(1 - w**2)``; below ``theta`` it is ruled out at once.
+* Reached spectra that can still beat ``theta`` when scanning stops have their bounds completed, by
+  scanning the remaining peaks for them only or by merging with their own peaks, whichever is cheaper.
+  Entropy bounds of a 4M shortlist are then tightened to sums of ``g`` over best partners.
+
+The caller scores the ``M`` candidates with the best bounds exactly and grows ``M`` until the k-th exact
+score beats the best bound left out, so results equal a brute-force search (ties: lowest library row).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import prange
+
+from fastspec.kernels._config import NJIT, PJIT, threads as _threads
+
+KIND_PRODUCT = 0  #: cosine-like: contribution q*l of L2-normalised weights
+KIND_ENTROPY = 1  #: entropy: (f(q+l) - f(q) - f(l)) / 2 with f(x) = x log2 x, sum-normalised weights
+
+#: Relative + absolute slack added to bounds before comparing with exact float64 scores (float32 sums).
+BOUND_RTOL = 1e-4
+BOUND_ATOL = 1e-6
+
+
+# ---------------------------------------------------------------------------------------- peak weights
+def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
+    n = offsets.shape[0] - 1
+    for i in prange(n):
+        s = 0.0
+        for p in range(offsets[i], offsets[i + 1]):
+            w = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
+            s += w * w
+        norm = np.sqrt(s)
+        for p in range(offsets[i], offsets[i + 1]):
+            w = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
+            out[p] = w / norm if norm > 0 else 0.0
+
+
+def _entropy_weights_py(offsets, intensity, weighted, out):
+    n = offsets.shape[0] - 1
+    for i in prange(n):
+        a, b = offsets[i], offsets[i + 1]
+        total = 0.0
+        for p in range(a, b):
+            total += max(np.float64(intensity[p]), 0.0)
+        if total <= 0:
+            for p in range(a, b):
+                out[p] = 0.0
+        else:
+            _entropy_weights_one(intensity, a, b, total, weighted, out)
+
+
+@numba.njit(inline="always", **NJIT)
+def _entropy_weights_one(intensity, a, b, total, weighted, out):
+    ent = 0.0
+    for p in range(a, b):
+        x = max(np.float64(intensity[p]), 0.0) / total
+        if x > 0:
+            ent -= x * np.log(x)
+    power = 1.0
+    if weighted and ent < 3.0:
+        power = 0.25 + 0.25 * ent
+    s2 = 0.0
+    for p in range(a, b):
+        x = max(np.float64(intensity[p]), 0.0) / total
+        s2 += x ** power if x > 0 else 0.0
+    for p in range(a, b):
+        x = max(np.float64(intensity[p]), 0.0) / total
+        out[p] = (x ** power) / s2 if x > 0 else 0.0
+
+
+# parallel versions for libraries, serial ones for a few query spectra (a parallel launch costs ~0.1 ms)
+_cosine_weights = numba.njit(**PJIT)(_cosine_weights_py)
+_cosine_weights_serial = numba.njit(**NJIT)(_cosine_weights_py)
+_entropy_weights = numba.njit(**PJIT)(_entropy_weights_py)
+_entropy_weights_serial = numba.njit(**NJIT)(_entropy_weights_py)
+_SERIAL_BELOW = 2048
+
+
+def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kind: str,
+                 mz_power: float = 0.0, intensity_power: float = 1.0, threads: int | None = None) -> np.ndarray:
+    """Per-peak weights used by the bounds.
+
+    Parameters
+    ----------
+    offsets, mz, intensity : ndarray
+        CSR peaks (int64 (n+1,), float64 (p,), float32 (p,)).
+    kind : {"cosine", "entropy", "unweighted_entropy"}
+        ``cosine``: ``mz**mz_power * intensity**intensity_power`` divided by its L2 norm per spectrum;
+        ``entropy``: intensities normalised to sum 1 with the spectral-entropy weighting of Li et al. 2021
+        (exponent ``0.25 + 0.25*S`` when the entropy ``S < 3``), renormalised; ``unweighted_entropy``: sum 1.
+
+    Returns
+    -------
+    ndarray, float32 (p,)
+    """
+    out = np.empty(mz.shape[0], dtype=np.float64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    with _threads(threads):
+        _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out)
+    return out.astype(np.float32)
+
+
+def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out):
+    small = offsets.shape[0] - 1 < _SERIAL_BELOW
+    if kind == "cosine":
+        (_cosine_weights_serial if small else _cosine_weights)(
+            offsets, np.ascontiguousarray(mz, np.float64), np.ascontiguousarray(intensity, np.float32),
+            float(mz_power), float(intensity_power), out)
+    elif kind in ("entropy", "unweighted_entropy"):
+        (_entropy_weights_serial if small else _entropy_weights)(
+            offsets, np.ascontiguousarray(intensity, np.float32), kind == "entropy", out)
+    else:
+        raise ValueError(f"unknown weight kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------------------- sorted index
+def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarray | None = None):
+    """Sort all peaks of a CSR set by ``values`` (fragment m/z or neutral loss).
+
+    Parameters
+    ----------
+    offsets : ndarray, int64 (n+1,)
+    values : ndarray, float (p,)
+        One value per peak.
+    rows_ok : ndarray of bool (n,), optional
+        Spectra to include (e.g. only those with a known precursor for neutral losses).
+
+    Returns
+    -------
+    order : ndarray, int64 (q,)
+        Peak positions in sorted order (to gather weights).
+    sorted_values : ndarray, float32 (q,)
+    spec : ndarray, int32 (q,)
+        Spectrum id of each sorted peak.
+    """
+    n = offsets.shape[0] - 1
+    lengths = np.diff(offsets)
+    vals = np.asarray(values, dtype=np.float32)
+    if rows_ok is not None:
+        keep = np.repeat(np.asarray(rows_ok, bool), lengths) & np.isfinite(vals)
+        idx = np.flatnonzero(keep)
+        order = idx[_argsort_f32(vals[idx])]
+    else:
+        order = _argsort_f32(vals)
+    spec = np.repeat(np.arange(n, dtype=np.int32), lengths)[order]
+    return order, vals[order], spec
+
+
+def _argsort_f32(x: np.ndarray) -> np.ndarray:
+    """Stable argsort of float32 values (no NaN) via one uint64 sort of (sortable bits << 32 | position)."""
+    n = x.shape[0]
+    if n >= 1 << 32:  # pragma: no cover - > 4e9 peaks
+        return np.argsort(x, kind="stable")
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    neg = (bits >> np.uint32(31)).astype(bool)
+    key = np.where(neg, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    key <<= np.uint64(32)
+    key |= np.arange(n, dtype=np.uint64)
+    key.sort()
+    return (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------- bound search
+# small helpers are inlined into the kernels: a numba call with array arguments costs atomic refcounts
+@numba.njit(inline="always", **NJIT)
+def _lower_bound(arr, x, lo, hi):
+    """First position in ``arr[lo:hi]`` (sorted) whose value is >= x."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if arr[mid] < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(inline="always", **NJIT)
+def _xlog2x(x):
+    return x * np.log2(x) if x > 0 else 0.0
+
+
+@numba.njit(inline="always", **NJIT)
+def _contrib(kind, q, l):
+    if kind == 0:
+        return q * l
+    return 0.5 * (_xlog2x(q + l) - _xlog2x(q) - _xlog2x(l))
+
+
+@numba.njit(inline="always", **NJIT)
+def _mass(kind, w):
+    # the part of a unit "norm" a peak carries: cosine pairs obey sum q*l <= ||q||_2 ||l||_2, entropy
+    # pairs g(q,l) <= sqrt(q*l) (binary entropy H(p) <= 2 sqrt(p(1-p))), so sum g <= sqrt(sum q) sqrt(sum l)
+    return w * w if kind == 0 else w
+
+
+@numba.njit(inline="always", **NJIT)
+def _half_width(x, tol_da, tol_ppm, base):
+    # superset of any Da/ppm convention (query-, library- or mean-based ppm): upper bounds stay valid;
+    # the slack covers float32 rounding of the stored m/z and neutral losses
+    if tol_ppm > 0:
+        p = tol_ppm * 1e-6
+        h = p * base / (1.0 - p)
+    else:
+        h = tol_da
+    return h + 3e-7 * abs(x) + 1e-6
+
+
+@numba.njit(inline="always", **NJIT)
+def _certain(a, b, tol_da, tol_ppm):
+    # subset of any convention: pairs every exact kernel matches (lower bounds stay valid)
+    if tol_ppm > 0:
+        lim = tol_ppm * 1e-6 * min(a, b)
+    else:
+        lim = tol_da
+    return abs(a - b) <= lim * (1.0 - 1e-9) - 1e-12
+
+
+@numba.njit(inline="always", **NJIT)
+def _rest(kind, q_mass, l_mass):
+    """Most that query peaks of total mass ``q_mass`` can add against library peaks of total mass
+    ``l_mass``: sqrt(Q*L) for cosine (Cauchy-Schwarz); g(Q, L) for entropy (g is jointly concave and
+    1-homogeneous, so a sum of g over pairs is at most g of the sums)."""
+    if q_mass <= 0 or l_mass <= 0:
+        return 0.0
+    if kind == 0:
+        return np.sqrt(q_mass * l_mass)
+    return _contrib(1, q_mass, l_mass)
+
+
+@numba.njit(inline="always", **NJIT)
+def _inflate(x):
+    return x * (1.0 + BOUND_RTOL) + BOUND_ATOL
+
+
+@numba.njit(inline="always", **NJIT)
+def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state, touched, nt, dead, nd, only_touched,
+          prune, rest, theta, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
+    """Add ``qv * w`` for every library peak ``w`` in the window of one query peak.
+
+    ``state[c]``: 0 not reached, 1 reached (in ``touched``; ``work[c]`` = partial bound, matched library
+    mass sum(w**2)), 2 ruled out (in ``dead``). The one-byte states stay in cache where the accumulator
+    rows do not, and most visited peaks belong to spectra that are never reached or are ruled out.
+    Scan weights are L2-normalised cosine weights, or for entropy the square roots of the sum-normalised
+    weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not only the best,
+    keeps the bound valid for unclean spectra.
+
+    ``prune`` (clean spectra, no neutral losses, ``theta`` a valid lower bound): a spectrum first reached
+    here through a peak of weight w scores at most ``qv*w + rest*sqrt(1 - w**2)`` (Cauchy-Schwarz over the
+    peaks not scanned yet, whose mass is ``rest**2``); below ``theta`` it is ruled out without touching
+    its accumulator. With ``only_touched`` spectra not reached before are skipped. With ``ch`` the best
+    partial sums of clean, eligible spectra are kept in the min-heap ``ch_b/ch_i`` (lower bounds for
+    checkpoints). Returns ``(nt, nd, ch_size)``.
+    """
+    m = sorted_vals.shape[0]
+    cap = ch_b.shape[0]
+    p = _lower_bound(sorted_vals, x - h, 0, m)
+    hi_v = x + h
+    while p < m and sorted_vals[p] <= hi_v:
+        c = spec[p]
+        w = np.float64(weights[p])
+        st = state[c]
+        if st != 1:
+            if st == 2 or only_touched or w <= 0:
+                p += 1
+                continue
+            if prune and _inflate(qv * w + rest * np.sqrt(max(0.0, 1.0 - w * w))) < theta:
+                state[c] = 2
+                dead[nd] = c
+                nd += 1
+                p += 1
+                continue
+            state[c] = 1
+            touched[nt] = c
+            nt += 1
+        nv = work[c, 0] + qv * w
+        work[c, 0] = nv
+        work[c, 1] += w * w
+        if track_count:
+            count[c] += 1
+        if ch and (ch_size < cap or nv > ch_b[0]) and min_gap[c] > gap_thr and \
+                _passes(c, qrow, q_codes, lib_codes, sym):
+            pos = -1
+            for u in range(ch_size):
+                if ch_i[u] == c:
+                    pos = u
+                    break
+            if pos >= 0:  # a larger key moves away from the root of the min-heap
+                ch_b[pos] = nv
+                _sift_down(ch_b, ch_i, ch_size, pos)
+            else:
+                ch_size = _heap_push(ch_b, ch_i, ch_size, cap, nv, c)
+        p += 1
+    return nt, nd, ch_size
+
+
+@numba.njit(inline="always", **NJIT)
+def _window_count(sorted_vals, x, h):
+    m = sorted_vals.shape[0]
+    return _lower_bound(sorted_vals, x + h + 1e-12, 0, m) - _lower_bound(sorted_vals, x - h, 0, m)
+
+
+@numba.njit(inline="always", **NJIT)
+def _worse(b1, i1, b2, i2):
+    return b1 < b2 or (b1 == b2 and i1 > i2)
+
+
+@numba.njit(inline="always", **NJIT)
+def _sift_down(hb, hi, size, pos):
+    while True:
+        l = 2 * pos + 1
+        if l >= size:
+            return
+        r = l + 1
+        w = l
+        if r < size and _worse(hb[r], hi[r], hb[l], hi[l]):
+            w = r
+        if _worse(hb[w], hi[w], hb[pos], hi[pos]):
+            hb[w], hb[pos] = hb[pos], hb[w]
+            hi[w], hi[pos] = hi[pos], hi[w]
+            pos = w
+        else:
+            return
+
+
+@numba.njit(inline="always", **NJIT)
+def _heap_push(hb, hi, size, cap, b, i):
+    """Keep the ``cap`` best (value desc, id asc) in a min-heap; returns the new size."""
+    if size < cap:
+        pos = size
+        hb[pos] = b
+        hi[pos] = i
+        size += 1
+        while pos > 0:
+            par = (pos - 1) >> 1
+            if _worse(hb[pos], hi[pos], hb[par], hi[par]):
+                hb[pos], hb[par] = hb[par], hb[pos]
+                hi[pos], hi[par] = hi[par], hi[pos]
+                pos = par
+            else:
+                break
+        return size
+    if _worse(hb[0], hi[0], b, i):
+        hb[0] = b
+        hi[0] = i
+        _sift_down(hb, hi, size, 0)
+    return size
+
+
+@numba.njit(inline="always", **NJIT)
+def _passes(c, qrow, q_codes, lib_codes, sym):
+    for f in range(sym.shape[0]):
+        qc = q_codes[qrow, f]
+        if qc == -1:  # query value unknown: no restriction (-2: a value no library spectrum has)
+            continue
+        lc = lib_codes[c, f]
+        if lc == qc:
+            continue
+        if sym[f] and lc == -1:
+            continue
+        return False
+    return True
+
+
+@numba.njit(inline="always", **NJIT)
+def _window_best(l_mz, l_w, b0, b1, lo_v, hi_v):
+    p = _lower_bound(l_mz, lo_v, b0, b1)
+    best = 0.0
+    while p < b1 and l_mz[p] <= hi_v:
+        w = np.float64(l_w[p])
+        if w > best:
+            best = w
+        p += 1
+    return best
+
+
+@numba.njit(inline="always", **NJIT)
+def _complete(c, order, t0, npk, a0, q_mz, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_da, tol_ppm,
+              nl_base, work, count, track):
+    """Add the best contribution of every not-yet-scanned query peak by merging with spectrum ``c``."""
+    b0, b1 = l_off[c], l_off[c + 1]
+    pc = l_pmz[c]
+    do_nl = use_nl and np.isfinite(pc) and np.isfinite(qpmz)
+    acc = 0.0
+    cnt = 0
+    for t in range(t0, npk):
+        j = a0 + order[t]
+        x = q_mz[j]
+        qw = np.float64(q_w[j])
+        if qw <= 0:
+            continue
+        h = _half_width(x, tol_da, tol_ppm, x)
+        best = _window_best(l_mz, l_w, b0, b1, x - h, x + h)
+        if do_nl:
+            # library neutral loss pc - mz within hn of the query's qpmz - x  <=>  mz within hn of pc - qpmz + x
+            y = qpmz - x
+            hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+            z = pc - y
+            b2 = _window_best(l_mz, l_w, b0, b1, z - hn, z + hn)
+            if b2 > best:
+                best = b2
+        if best > 0:
+            acc += _contrib(kind, qw, best)
+            cnt += 1
+    work[c, 0] += acc
+    if track:
+        count[c] += cnt
+
+
+@numba.njit(inline="always", **NJIT)
+def _lower_sum(a0, a1, q_mz, q_w, c, l_off, l_mz, l_w, kind, tol_da, tol_ppm):
+    """Score of the pairs every exact kernel matches, for a clean query/library pair (a lower bound)."""
+    b0, b1 = l_off[c], l_off[c + 1]
+    s = 0.0
+    cnt = 0
+    p = b0
+    for j in range(a0, a1):
+        x = q_mz[j]
+        lim = tol_da if tol_ppm <= 0 else tol_ppm * 1e-6 * x
+        while p < b1 and l_mz[p] < x - lim:
+            p += 1
+        r = p
+        while r < b1 and l_mz[r] <= x + lim:
+            if _certain(x, l_mz[r], tol_da, tol_ppm):
+                s += _contrib(kind, np.float64(q_w[j]), np.float64(l_w[r]))
+                cnt += 1
+                break
+            r += 1
+    return s, cnt
+
+
+@numba.njit(inline="always", **NJIT)
+def _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs, min_score, ch_i, ch_size,
+                vals):
+    """Lower bound of the k-th best final score: scores of the pairs every exact kernel matches, for the
+    clean spectra with the best partial sums (``ch_i``); -inf when fewer than k qualify."""
+    if ch_size < k:
+        return -np.inf
+    nv = 0
+    for u in range(ch_size):
+        s, cnt = _lower_sum(a0, a1, q_mz, q_w, ch_i[u], l_off, l_mz, l_w, kind, tol_da, tol_ppm)
+        if cnt >= min_pairs and s >= min_score:
+            vals[nv] = s
+            nv += 1
+    if nv < k:
+        return -np.inf
+    srt = np.sort(vals[:nv])
+    return srt[nv - k] * (1.0 - BOUND_RTOL) - BOUND_ATOL
+
+
+@numba.njit(inline="always", **NJIT)
+def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_off, l_mz, l_w, min_gap, gap_thr,
+                  kind, tol_da, tol_ppm, qrow, q_codes, lib_codes, sym, min_pairs, min_score, vals):
+    """Lower bound of the k-th best score from the spectra with (nearly) the query's precursor m/z: in
+    real libraries these are often the best hits, so pruning starts with a high threshold."""
+    lo = _lower_bound(prec_sorted, pmz - 0.02, 0, n_prec)
+    hi = _lower_bound(prec_sorted, pmz + 0.02 + 1e-9, lo, n_prec)
+    nv = 0
+    for p in range(lo, min(hi, lo + vals.shape[0])):
+        c = prec_order[p]
+        if min_gap[c] > gap_thr and _passes(c, qrow, q_codes, lib_codes, sym):
+            s, cnt = _lower_sum(a0, a1, q_mz, q_w, c, l_off, l_mz, l_w, kind, tol_da, tol_ppm)
+            if cnt >= min_pairs and s >= min_score:
+                vals[nv] = s
+                nv += 1
+    if nv < k:
+        return -np.inf
+    srt = np.sort(vals[:nv])
+    return srt[nv - k] * (1.0 - BOUND_RTOL) - BOUND_ATOL
+
+
+@numba.njit(**NJIT)
+def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
+                   nl_w, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec, lib_clean, kind,
+                   tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs, min_score, k,
+                   m_cap, work, count, state, touched, dead, out_ids, out_bound, out_next, out_stats):
+    # one block of queries (t = b, b + n_blocks, ...) with its own scratch; blocks run in Python threads
+    # (the kernel releases the GIL): a serial kernel compiles far faster than a parfor of this size
+    nq = q_rows.shape[0]
+    track = min_pairs > 1
+    hb = np.empty(4 * m_cap + 1, dtype=np.float64)
+    hi = np.empty(4 * m_cap + 1, dtype=np.int64)
+    hb2 = np.empty(4 * m_cap + 1, dtype=np.float64)
+    hi2 = np.empty(4 * m_cap + 1, dtype=np.int64)
+    cb = np.empty(2 * k, dtype=np.float64)
+    ci = np.empty(2 * k, dtype=np.int64)
+    cvals = np.empty(max(2 * k, 256), dtype=np.float64)
+    for t in range(b, nq, n_blocks):
+        qrow = q_rows[t]
+        a0, a1 = q_off[qrow], q_off[qrow + 1]
+        npk = a1 - a0
+        pmz = q_pmz[qrow]
+        do_nl = use_nl and np.isfinite(pmz)
+        # scan order: heaviest peaks first; qsuf[u] = mass of peaks u.. (what they can still add)
+        neg_mass = np.empty(npk, dtype=np.float64)
+        for j in range(npk):
+            neg_mass[j] = -_mass(kind, max(np.float64(q_w[a0 + j]), 0.0))
+        order = np.argsort(neg_mass, kind="mergesort")
+        qsuf = np.zeros(npk + 1, dtype=np.float64)
+        for u in range(npk - 1, -1, -1):
+            qsuf[u] = qsuf[u + 1] - neg_mass[order[u]]
+        # partial sums are lower bounds, and matched library mass is unavailable to later peaks, only
+        # with one partner per peak on both sides (clean spectra, no neutral losses)
+        clean_q = not use_nl
+        for j in range(a0 + 1, a1):
+            if q_mz[j] - q_mz[j - 1] <= gap_thr:
+                clean_q = False
+        theta = max(theta_in[t], min_score * (1.0 - BOUND_RTOL) - BOUND_ATOL)
+        if clean_q and np.isfinite(pmz) and n_prec > 0:
+            th = _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_off, l_mz, l_w,
+                               min_gap, gap_thr, kind, tol_da, tol_ppm, qrow, q_codes, lib_codes, sym, min_pairs,
+                               min_score, cvals)
+            if th > theta:
+                theta = th
+        theta0 = theta
+        prune = clean_q and lib_clean
+        nt = 0
+        nd = 0
+        ch_size = 0
+        done = 0
+        next_ck = 0
+        n_ck = 0
+        # phase A: scan while a spectrum not reached yet could still beat theta
+        while done < npk and _inflate(_rest(kind, qsuf[done], 1.0)) >= theta:
+            u = done
+            j = a0 + order[u]
+            qw = np.float64(q_w[j])
+            done += 1
+            if qw <= 0:
+                continue
+            x = q_mz[j]
+            qv = qw if kind == 0 else np.sqrt(qw)
+            rest = np.sqrt(qsuf[done])  # norm of the scan weights of the peaks after this one
+            nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count,
+                                    track, state, touched, nt, dead, nd, False, prune, rest, theta, clean_q, cb,
+                                    ci, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
+            if do_nl:
+                y = pmz - x
+                nt, nd, ch_size = _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)),
+                                        qv, work, count, track, state, touched, nt, dead, nd, False, False, rest,
+                                        theta, False, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
+                                        lib_codes, sym)
+            if clean_q and u == next_ck and n_ck < 3 and done < npk and \
+                    _inflate(_rest(kind, qsuf[done], 1.0)) >= theta:
+                th = _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs,
+                                 min_score, ci, ch_size, cvals)
+                n_ck += 1
+                if th > theta:
+                    theta = th
+                next_ck = 2 * u + 1
+        n_phase_a = done
+        # phase B (only if scanning stopped early): drop reached spectra that cannot beat theta, then
+        # either scan the remaining peaks for the survivors only, or complete the survivors' bounds by
+        # merging with their own peaks, whichever looks cheaper
+        ns = nt
+        pruned = done < npk
+        if pruned:
+            rest = _inflate(_rest(kind, qsuf[done], 1.0))
+            keep = 0
+            for v in range(ns):
+                c = touched[v]
+                a = _inflate(np.float64(work[c, 0]))
+                alive = a + rest >= theta
+                # library mass already matched is unavailable to the remaining peaks (clean spectra only);
+                # cosine only: for entropy the tighter test costs three logs per spectrum
+                if alive and kind == 0 and clean_q and min_gap[c] > gap_thr:
+                    alive = a + _inflate(_rest(kind, qsuf[done], max(0.0, 1.0 - np.float64(work[c, 1])))) >= theta
+                if alive and _passes(c, qrow, q_codes, lib_codes, sym):
+                    touched[keep] = c
+                    keep += 1
+                else:
+                    work[c, 0] = 0.0
+                    work[c, 1] = 0.0
+                    if track:
+                        count[c] = 0
+                    state[c] = 2
+                    dead[nd] = c
+                    nd += 1
+            ns = keep
+            if ns > 0:
+                cost_scan = 0
+                for u in range(done, npk):
+                    x = q_mz[a0 + order[u]]
+                    cost_scan += _window_count(fr_mz, x, _half_width(x, tol_da, tol_ppm, x))
+                    if do_nl:
+                        y = pmz - x
+                        cost_scan += _window_count(nl_mz, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)))
+                cost_complete = ns * (npk - done + mean_peaks) * (2.0 if do_nl else 1.0)
+                if cost_scan < cost_complete:
+                    for u in range(done, npk):
+                        j = a0 + order[u]
+                        qw = np.float64(q_w[j])
+                        if qw <= 0:
+                            continue
+                        x = q_mz[j]
+                        qv = qw if kind == 0 else np.sqrt(qw)
+                        _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count, track,
+                              state, touched, nt, dead, nd, True, False, 0.0, theta, False, cb, ci, 0, min_gap,
+                              gap_thr, qrow, q_codes, lib_codes, sym)
+                        if do_nl:
+                            y = pmz - x
+                            _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)), qv,
+                                  work, count, track, state, touched, nt, dead, nd, True, False, 0.0,
+                                  theta, False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
+                    done = npk
+        # entropy scan bounds use sqrt(q*l) >= g(q,l): keep a shortlist 4x larger and refine it below
+        refine = kind == 1
+        cap = 4 * m_cap + 1 if refine else m_cap + 1
+        size = 0
+        for v in range(ns):
+            c = touched[v]
+            if pruned and done < npk:
+                _complete(c, order, done, npk, a0, q_mz, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_da,
+                          tol_ppm, nl_base, work, count, track)
+            bound = _inflate(np.float64(work[c, 0]))
+            ok = bound >= theta and (not track or count[c] >= min_pairs)
+            if ok and not pruned:
+                ok = _passes(c, qrow, q_codes, lib_codes, sym)
+            if ok:
+                size = _heap_push(hb, hi, size, cap, bound, c)
+            work[c, 0] = 0.0
+            work[c, 1] = 0.0
+            if track:
+                count[c] = 0
+            state[c] = 0
+        for v in range(nd):
+            state[dead[v]] = 0
+        if refine:
+            loose_next = -1.0
+            if size == cap:  # the best loose bound left out of the shortlist
+                loose_next = hb[0]
+                size -= 1
+                hb[0] = hb[size]
+                hi[0] = hi[size]
+                _sift_down(hb, hi, size, 0)
+            for v in range(size):
+                c = hi[v]
+                _complete(c, order, 0, npk, a0, q_mz, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_da,
+                          tol_ppm, nl_base, work, count, False)
+                hb2[v] = _inflate(np.float64(work[c, 0]))
+                hi2[v] = c
+                work[c, 0] = 0.0
+            n2 = size
+            size = 0
+            tight_next = -1.0
+            for v in range(n2):
+                if hb2[v] >= theta:
+                    size = _heap_push(hb, hi, size, m_cap + 1, hb2[v], hi2[v])
+            if size == m_cap + 1:
+                tight_next = hb[0]
+                size -= 1
+                hb[0] = hb[size]
+                hi[0] = hi[size]
+                _sift_down(hb, hi, size, 0)
+            nxt = max(loose_next, tight_next)
+        else:
+            nxt = -1.0
+            if size == m_cap + 1:
+                nxt = hb[0]
+                size -= 1
+                hb[0] = hb[size]
+                hi[0] = hi[size]
+                _sift_down(hb, hi, size, 0)
+        out_stats[t, 0] = nt
+        out_stats[t, 1] = n_phase_a
+        out_stats[t, 2] = done
+        out_stats[t, 3] = ns if pruned else 0
+        out_stats[t, 4] = nd
+        out_stats[t, 5] = 1 if np.isfinite(theta0) else 0
+        out_next[t] = nxt
+        for v in range(size):
+            out_ids[t, v] = hi[v]
+            out_bound[t, v] = hb[v]
+        for v in range(size, m_cap):
+            out_ids[t, v] = -1
+            out_bound[t, v] = -1.0
+
+
+class BoundWorkspace:
+    """Per-thread scratch reused across calls (the kernel leaves it clean).
+
+    ``work`` float32 (blocks, n_library, 2): bound and matched library mass; ``count`` uint16 pairs (only
+    with ``min_pairs > 1``); ``state`` uint8 (0 not reached, 1 reached, 2 ruled out); ``touched`` /
+    ``dead`` int32 lists of reached / ruled-out spectra.
+    """
+
+    def __init__(self, n_library: int, n_blocks: int):
+        self.n_library = int(n_library)
+        self.n_blocks = int(n_blocks)
+        n = max(self.n_library, 1)
+        self.work = np.zeros((self.n_blocks, n, 2), dtype=np.float32)
+        self.count = np.zeros((self.n_blocks, n), dtype=np.uint16)
+        self.state = np.zeros((self.n_blocks, n), dtype=np.uint8)
+        self.touched = np.zeros((self.n_blocks, n), dtype=np.int32)
+        self.dead = np.zeros((self.n_blocks, n), dtype=np.int32)
+
+
+class PeakIndex(NamedTuple):
+    """Library arrays the bound search reads (all memory-mappable)."""
+
+    frag_mz: np.ndarray  #: float32 (P,), fragment m/z sorted
+    frag_spec: np.ndarray  #: int32 (P,)
+    frag_w: np.ndarray  #: float32 (P,), scan weights in fragment order (entropy: square roots)
+    nl_mz: np.ndarray  #: float32 (Q,), neutral losses sorted
+    nl_spec: np.ndarray  #: int32 (Q,)
+    nl_w: np.ndarray  #: float32 (Q,), scan weights (entropy: square roots)
+    offsets: np.ndarray  #: int64 (n+1,), CSR peaks
+    mz: np.ndarray  #: float64 (P,)
+    w: np.ndarray  #: float32 (P,), weights in CSR order
+    precursor_mz: np.ndarray  #: float64 (n,)
+    min_gap: np.ndarray  #: float32 (n,), smallest m/z gap between neighbouring peaks (inf for one peak)
+    prec_sorted: np.ndarray  #: float64 (n,), precursor m/z sorted (NaN last)
+    prec_order: np.ndarray  #: int64 (n,), library rows in that order
+    min_gap_min: float = 0.0  #: smallest entry of ``min_gap`` (is the whole library clean at a tolerance?)
+
+
+def search_bounds(
+    q_rows: np.ndarray,
+    q_offsets: np.ndarray,
+    q_mz: np.ndarray,
+    q_weights: np.ndarray,
+    q_precursor_mz: np.ndarray,
+    index: PeakIndex,
+    *,
+    kind: int,
+    use_nl: bool,
+    tol_da: float,
+    tol_ppm: float,
+    k: int,
+    m: int,
+    workspace: BoundWorkspace,
+    theta: np.ndarray | None = None,
+    q_codes: np.ndarray | None = None,
+    lib_codes: np.ndarray | None = None,
+    symmetric: np.ndarray | None = None,
+    min_pairs: int = 1,
+    min_score: float = 0.0,
+    nl_base: float = 0.0,
+    threads: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``m`` library spectra with the highest score upper bounds for each query, with pruning.
+
+    Query peaks are scanned heaviest first. Spectra not reached by the scanned peaks cannot score more
+    than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops once that is below ``theta``,
+    a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
+    best partial sums when both spectra are clean). The reached spectra that can still beat ``theta``
+    get their bound completed by merging with their own peaks.
+
+    Parameters
+    ----------
+    q_rows : ndarray, int64 (nq,)
+        Which queries (rows of the query CSR) to process.
+    q_offsets, q_mz, q_weights, q_precursor_mz : ndarray
+        Query CSR peaks, per-peak weights (float32) of the same kind as the library's, precursor m/z.
+    index : PeakIndex
+    kind : int
+        :data:`KIND_PRODUCT` (cosine; L2-normalised weights) or :data:`KIND_ENTROPY` (sum-normalised).
+    use_nl : bool
+        Also match neutral losses (modified cosine).
+    tol_da, tol_ppm : float
+        Fragment tolerance (one of them 0).
+    k : int
+        Hits wanted (for the lower-bound checkpoints).
+    m : int
+        Candidates returned per query.
+    workspace : BoundWorkspace
+    theta : ndarray, float64 (nq,), optional
+        Known lower bounds of each query's k-th best score (-inf: unknown).
+    q_codes, lib_codes, symmetric : ndarray
+        Filter codes (int32 (nq_total, f), (n_library, f), bool (f,)), -1 unknown. A spectrum passes
+        filter ``f`` if the query code is -1, the codes are equal, or ``symmetric[f]`` and its code is -1.
+    min_pairs : int
+        Minimum number of query peaks with a partner.
+    min_score : float
+        Spectra that cannot reach this are dropped.
+    nl_base : float
+        Largest fragment m/z (sizes ppm neutral-loss windows).
+
+    Returns
+    -------
+    ids : ndarray, int64 (nq, m)
+        Candidate library rows (-1 padding), in no particular order.
+    bounds : ndarray, float64 (nq, m)
+        Their upper bounds (slack included).
+    next_bound : ndarray, float64 (nq,)
+        The best bound among spectra left out that could still beat ``theta`` (-1 when none).
+    stats : ndarray, int64 (nq, 6)
+        Spectra reached, query peaks scanned for new spectra, query peaks scanned in all, survivors of the
+        early stop, spectra ruled out, whether a precursor-window threshold was found (diagnostics).
+    """
+    q_rows = np.ascontiguousarray(q_rows, dtype=np.int64)
+    nq = q_rows.shape[0]
+    m = max(int(m), 1)
+    ids = np.empty((nq, m), dtype=np.int64)
+    bounds = np.empty((nq, m), dtype=np.float64)
+    nxt = np.empty(nq, dtype=np.float64)
+    stats = np.zeros((nq, 6), dtype=np.int64)
+    n_total_q = q_offsets.shape[0] - 1
+    if q_codes is None or lib_codes is None or symmetric is None:
+        q_codes = np.full((n_total_q, 0), -1, dtype=np.int32)
+        lib_codes = np.full((workspace.n_library, 0), -1, dtype=np.int32)
+        symmetric = np.zeros(0, dtype=np.bool_)
+    theta = np.full(nq, -np.inf) if theta is None else np.ascontiguousarray(theta, dtype=np.float64)
+    if nq == 0:
+        return ids, bounds, nxt, stats
+    # two library peaks closer than this could share a query peak's window (then partial sums are no
+    # lower bounds); ppm windows are sized at the largest m/z
+    top = max(float(nl_base), 1.0)
+    gap_thr = 2.0 * (float(tol_da) if tol_ppm <= 0 else float(tol_ppm) * 1e-6 * top / (1 - float(tol_ppm) * 1e-6)) \
+        + 6e-7 * top + 2e-6
+    ix = index
+    n_lib = ix.offsets.shape[0] - 1
+    mean_peaks = float(ix.mz.shape[0]) / max(n_lib, 1)
+    prec_sorted = np.asarray(ix.prec_sorted)
+    n_prec = int(np.searchsorted(prec_sorted, np.inf, side="left")) if prec_sorted.shape[0] else 0
+    lib_clean = bool(n_lib == 0 or float(ix.min_gap_min) > gap_thr)
+    args = (q_rows, np.ascontiguousarray(q_offsets, np.int64), np.ascontiguousarray(q_mz, np.float64),
+            np.ascontiguousarray(q_weights, np.float32), np.ascontiguousarray(q_precursor_mz, np.float64), theta,
+            ix.frag_mz, ix.frag_spec, ix.frag_w, ix.nl_mz, ix.nl_spec, ix.nl_w, bool(use_nl), ix.offsets, ix.mz, ix.w,
+            ix.precursor_mz, ix.min_gap, ix.prec_sorted, ix.prec_order, n_prec, lib_clean, int(kind), float(tol_da),
+            float(tol_ppm), float(nl_base), gap_thr, mean_peaks, np.ascontiguousarray(q_codes, np.int32),
+            np.ascontiguousarray(lib_codes, np.int32), np.ascontiguousarray(symmetric, np.bool_), int(min_pairs),
+            float(min_score), int(k), m)
+    ws = workspace
+    n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
+
+    def run(b: int) -> None:
+        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.state[b], ws.touched[b], ws.dead[b], ids,
+                       bounds, nxt, stats)
+
+    if n_blocks == 1:
+        run(0)
+    else:  # the kernel releases the GIL, so threads run blocks in parallel
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=n_blocks) as ex:
+            list(ex.map(run, range(n_blocks)))
+    return ids, bounds, nxt, stats
+
+
+@numba.njit(**NJIT)
+def _min_gaps(offsets, mz, out):
+    for i in range(offsets.shape[0] - 1):
+        g = np.inf
+        for p in range(offsets[i] + 1, offsets[i + 1]):
+            d = mz[p] - mz[p - 1]
+            if d < g:
+                g = d
+        out[i] = g
+
+
+def min_peak_gaps(offsets: np.ndarray, mz: np.ndarray) -> np.ndarray:
+    """Smallest m/z difference between neighbouring peaks of each spectrum, float32 (n,) (inf: < 2 peaks)."""
+    out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
+    _min_gaps(np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(mz, np.float64), out)
+    # rounded down so that float32 storage never overstates a gap
+    o32 = out.astype(np.float32)
+    return np.where(o32.astype(np.float64) > out, np.nextafter(o32, np.float32(-np.inf)), o32).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------- candidate sets
+@numba.njit(**NJIT)
+def _compact(ids, mark, uniq):
+    nu = 0
+    for i in range(ids.shape[0]):
+        c = ids[i]
+        if mark[c] < 0:
+            mark[c] = nu
+            uniq[nu] = c
+            nu += 1
+    return nu
+
+
+@numba.njit(**NJIT)
+def _remap(ids, mark, uniq_sorted, out):
+    for u in range(uniq_sorted.shape[0]):
+        mark[uniq_sorted[u]] = u
+    for i in range(ids.shape[0]):
+        out[i] = mark[ids[i]]
+    for u in range(uniq_sorted.shape[0]):
+        mark[uniq_sorted[u]] = -1
+
+
+def compact_ids(ids: np.ndarray, mark: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct library rows of a candidate list and each entry's position among them.
+
+    Parameters
+    ----------
+    ids : ndarray, int64 (c,)
+        Library rows (0 <= id < len(mark)).
+    mark : ndarray, int64 (n_library,)
+        Scratch filled with -1; left filled with -1 on return (reused across calls, O(c) per call).
+
+    Returns
+    -------
+    uniq : ndarray, int64 (u,)
+        Distinct rows, ascending (so positions keep the library order for tie-breaking).
+    local : ndarray, int64 (c,)
+        ``uniq[local] == ids``.
+    """
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    uniq = np.empty(ids.shape[0], dtype=np.int64)
+    nu = _compact(ids, mark, uniq)
+    uniq = np.sort(uniq[:nu])
+    local = np.empty(ids.shape[0], dtype=np.int64)
+    _remap(ids, mark, uniq, local)
+    return uniq, local

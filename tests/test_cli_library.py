@@ -1,0 +1,121 @@
+"""``fastspec index | query | info`` end to end (click's CliRunner and one real subprocess)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from fastspec.cli import main
+from fastspec.search import HIT_COLUMNS
+
+
+def run(*args, ok=True):
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    if ok:
+        assert res.exit_code == 0, res.output
+    return res
+
+
+def assert_clean_error(res, *words):
+    assert res.exit_code != 0
+    assert "Traceback" not in res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1, res.output
+    for w in words:
+        assert w.lower() in lines[0].lower(), res.output
+
+
+@pytest.fixture(scope="module")
+def index(massbank_mgf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "lib.fastspec"
+    res = run("index", massbank_mgf, "-o", out, "--no-faiss", "--quiet", "--threads", "1")
+    assert res.output == ""
+    return out
+
+
+def test_info_json_and_verify(index):
+    d = json.loads(run("info", index, "--json").output)
+    assert d["n_spectra"] > 900 and d["n_rejected"] >= 0 and d["format_version"] >= 1
+    assert d["n_read"] == d["n_spectra"] + d["n_rejected"]
+    text = run("info", index, "--verify", "-q").output
+    assert "verified" in text and "spectra" in text
+
+
+@pytest.mark.parametrize("mode,ext", [("identity", "parquet"), ("open", "tsv"), ("analog", "csv")])
+def test_query_writes_every_query(index, massbank_mgf, tmp_path, mode, ext):
+    out = tmp_path / f"hits.{ext}"
+    res = run("query", massbank_mgf, "--library", index, "-o", out, "-k", 3, "--mode", mode, "--tolerance", "0.02da",
+              "--threads", "1")
+    assert "queries" in res.output  # summary on stderr (mixed into output by CliRunner)
+    if ext == "parquet":
+        table = pq.read_table(out)
+        assert json.loads(table.schema.metadata[b"fastspec"])["mode"] == mode
+    else:
+        import pyarrow.csv as pcsv
+
+        lines = out.read_text().splitlines()
+        header = [ln for ln in lines if ln.startswith("#")]
+        assert any("mode" in ln for ln in header)
+        table = pcsv.read_csv(out, read_options=pcsv.ReadOptions(skip_rows=len(header)),
+                              parse_options=pcsv.ParseOptions(delimiter="\t" if ext == "tsv" else ","))
+    assert set(HIT_COLUMNS) <= set(table.column_names)
+    n = json.loads(run("info", index, "--json").output)["n_read"]
+    assert len(set(table.column("query_index").to_pylist())) == n
+    ranks = [r for r in table.column("rank").to_pylist() if r is not None]
+    assert ranks and max(ranks) <= 3
+
+
+def test_index_options(massbank_mgf, tmp_path):
+    raw = tmp_path / "raw.fastspec"
+    run("index", massbank_mgf, "-o", raw, "--no-preprocess", "--no-faiss", "-q")
+    assert json.loads(run("info", raw, "--json").output)["preprocess"] is None
+    tuned = tmp_path / "tuned.fastspec"
+    run("index", massbank_mgf, "-o", tuned, "--min-mz", 60, "--noise", 0.02, "--no-faiss", "-q")
+    default = tmp_path / "default.fastspec"
+    run("index", massbank_mgf, "-o", default, "--no-faiss", "-q")
+    p_tuned = json.loads(run("info", tuned, "--json").output)["preprocess"]
+    p_default = json.loads(run("info", default, "--json").output)["preprocess"]
+    assert p_tuned is not None and p_tuned != p_default
+    assert_clean_error(run("index", massbank_mgf, "-o", tmp_path / "x", "--no-preprocess", "--min-mz", 5, ok=False),
+                       "no-preprocess")
+    assert_clean_error(run("index", massbank_mgf, "-o", default, "-q", ok=False), "exists")
+    run("index", massbank_mgf, "-o", default, "-q", "--overwrite", "--no-faiss")
+
+
+def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
+    assert_clean_error(run("index", tmp_path / "missing.mgf", "-o", tmp_path / "l", ok=False), "missing.mgf")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--tolerance", "0.02xx",
+                           ok=False), "tolerance")
+    assert_clean_error(run("query", massbank_mgf, "-l", tmp_path / "nolib", "-o", tmp_path / "h.parquet", ok=False))
+    (tmp_path / "notanindex").mkdir()
+    assert_clean_error(run("query", massbank_mgf, "-l", tmp_path / "notanindex", "-o", tmp_path / "h.parquet", ok=False),
+                       "index")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.xlsx", ok=False), "format")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--engine", "faiss",
+                           ok=False), "faiss")
+    assert_clean_error(run("info", tmp_path / "nolib", ok=False))
+
+
+def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
+    good = massbank_mgf.read_text().split("END IONS")[0] + "END IONS\n"
+    bad = "BEGIN IONS\nTITLE=broken\nPEPMASS=not-a-number\n100.0 abc\nEND IONS\n"
+    path = tmp_path / "q.mgf"
+    path.write_text(good + bad + good)
+    out = tmp_path / "h.parquet"
+    run("query", path, "-l", index, "-o", out, "--on-error", "skip", "-q")
+    assert len(set(pq.read_table(out).column("query_index").to_pylist())) == 2
+    assert_clean_error(run("query", path, "-l", index, "-o", out, "--on-error", "raise", "-q", ok=False))
+
+
+def test_real_subprocess(index):
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "info", str(index), "--json"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_spectra"] > 900
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "info", str(index) + "-missing"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.startswith("Error")

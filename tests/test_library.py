@@ -1,0 +1,229 @@
+"""Library index: build / open / append / verify, atomic builds, refusal of bad indexes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from fastspec.errors import IndexFormatError
+from fastspec.library import REASON_NO_PEAKS, Library
+from fastspec.spectra import Spectra
+
+N_LIB = 3000
+N_QUERY = 120
+
+
+def massbank_subset(path: Path, n_lib: int = N_LIB, n_query: int = N_QUERY, seed: int = 0) -> tuple[Spectra, Spectra]:
+    """Disjoint random library / query subsets of MassBank (both polarities), as Spectra."""
+    table = pq.read_table(path)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(table.num_rows, size=n_lib + n_query, replace=False)
+    sub = table.take(pa.array(rows))
+    md = sub.drop(["mz", "intensity"])
+    sp = Spectra.from_arrays(sub.column("mz").to_pylist(), sub.column("intensity").to_pylist(), metadata=md)
+    return sp[:n_lib], sp[n_lib:]
+
+
+@pytest.fixture(scope="module")
+def subsets(massbank_parquet):
+    return massbank_subset(massbank_parquet, n_lib=800, n_query=20)
+
+
+@pytest.fixture(scope="module")
+def raw_lib(subsets, tmp_path_factory):
+    lib_sp, _ = subsets
+    return Library.build(lib_sp, tmp_path_factory.mktemp("lib") / "raw.fastspec", preprocess=None, faiss=False)
+
+
+def _copy_index(lib: Library, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(lib.path, dst)
+    return dst
+
+
+# ------------------------------------------------------------------------------------------ round trip
+def test_round_trip_preserves_spectra(subsets, raw_lib):
+    lib_sp, _ = subsets
+    lib = Library.open(raw_lib.path)
+    assert len(lib) == len(lib_sp)
+    assert lib.n_rejected == 0 and lib.manifest["counts"]["n_read"] == len(lib_sp)
+    got = lib.spectra(metadata=["id"])
+    np.testing.assert_array_equal(got.offsets, lib_sp.offsets)
+    np.testing.assert_array_equal(got.mz, lib_sp.mz)
+    np.testing.assert_array_equal(got.intensity, lib_sp.intensity)
+    np.testing.assert_array_equal(got.precursor_mz, lib_sp.precursor_mz)
+    assert got.ids == lib_sp.ids
+    np.testing.assert_array_equal(np.asarray(lib.polarity), lib_sp.polarity)
+    assert lib.preprocess_config is None
+
+
+def test_open_is_lazy_and_subsets_read_only_needed_rows(raw_lib, subsets):
+    lib = Library.open(raw_lib.path)
+    assert lib._arrays == {}
+    rows = np.array([5, 0, 799, 5])
+    md = lib.metadata(rows=rows, columns=["id", "name", "no_such_column"])
+    assert md.column("id").to_pylist() == [subsets[0].ids[i] for i in rows]
+    assert md.column("no_such_column").null_count == 4
+    sub = lib.spectra(rows)
+    np.testing.assert_array_equal(sub.mz, subsets[0].take(rows).mz)
+
+
+def test_derived_structures_are_consistent(raw_lib):
+    lib = raw_lib
+    off, mz = np.asarray(lib.array("offsets")), np.asarray(lib.array("mz"))
+    fmz, fspec = np.asarray(lib.array("frag_mz")), np.asarray(lib.array("frag_spec"))
+    assert np.all(np.diff(fmz) >= 0) and fmz.shape[0] == mz.shape[0]
+    # every fragment-index entry points at a peak of its spectrum with that m/z
+    owner = np.repeat(np.arange(len(lib)), np.diff(off))
+    np.testing.assert_array_equal(np.sort(fspec), np.sort(owner.astype(np.int32)))
+    pmz = np.asarray(lib.precursor_mz)
+    nl = np.asarray(lib.array("nl_mz"))
+    assert np.all(np.diff(nl) >= 0)
+    assert nl.shape[0] == int(np.diff(off)[np.isfinite(pmz)].sum())
+    order, srt = np.asarray(lib.array("prec_order")), np.asarray(lib.array("prec_sorted"))
+    n_fin = int(np.isfinite(pmz).sum())
+    assert np.all(np.diff(srt[:n_fin]) >= 0) and np.array_equal(pmz[order], srt, equal_nan=True)
+    # formula buckets hold exactly the spectra with that canonical formula
+    keys, foff, fids = lib.keys("formula"), np.asarray(lib.array("formula_offsets")), np.asarray(lib.array("formula_ids"))
+    canon = lib.metadata(columns=["formula_canonical"]).column("formula_canonical").to_pylist()
+    for b in range(0, keys.shape[0], max(1, keys.shape[0] // 25)):
+        members = fids[foff[b]: foff[b + 1]]
+        assert sorted(members.tolist()) == [i for i, f in enumerate(canon) if f == keys[b]]
+
+
+def test_info_counts(raw_lib):
+    info = raw_lib.info()
+    assert info["n_spectra"] == len(raw_lib)
+    assert info["format_version"] == raw_lib.format_version
+    assert info["n_positive"] + info["n_negative"] <= info["n_spectra"]
+    raw_lib.verify()
+
+
+def test_rejected_spectra_are_counted(tmp_path):
+    sp = Spectra.from_arrays([[100.0, 200.0], [], [50.0]], [[1.0, 2.0], [], [3.0]], precursor_mz=[300.0, 200.0, None],
+                             metadata={"id": ["a", "b", "c"]})
+    lib = Library.build(sp, tmp_path / "x.fastspec", preprocess=None, faiss=False)
+    assert len(lib) == 2 and lib.n_rejected == 1
+    assert lib.rejected == {REASON_NO_PEAKS: 1}
+    assert lib.manifest["counts"]["n_read"] == 3
+    assert lib.metadata(columns=["id"]).column("id").to_pylist() == ["a", "c"]
+
+
+def test_build_refuses_existing_target_unless_overwrite(raw_lib, subsets, tmp_path):
+    dst = _copy_index(raw_lib, tmp_path / "lib.fastspec")
+    small = subsets[0][:10]
+    with pytest.raises(IndexFormatError, match="exists"):
+        Library.build(small, dst, preprocess=None, faiss=False)
+    lib = Library.build(small, dst, preprocess=None, faiss=False, overwrite=True)
+    assert len(lib) == 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.fastspec"]  # no temp/old dirs left
+
+
+# ------------------------------------------------------------------------------------------ refusal
+def test_open_missing_or_not_an_index(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Library.open(tmp_path / "nope.fastspec")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(IndexFormatError, match="not a library index"):
+        Library.open(tmp_path / "empty")
+
+
+def test_old_version_is_refused(raw_lib, tmp_path):
+    dst = _copy_index(raw_lib, tmp_path / "old.fastspec")
+    m = json.loads((dst / "manifest.json").read_text())
+    m["format_version"] = 0
+    (dst / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="format version 0"):
+        Library.open(dst)
+
+
+def test_truncated_file_is_refused(raw_lib, tmp_path):
+    dst = _copy_index(raw_lib, tmp_path / "trunc.fastspec")
+    p = dst / "frag_spec.npy"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        Library.open(dst)
+    (dst / "mz.npy").unlink()
+    with pytest.raises(IndexFormatError):
+        Library.open(dst)
+
+
+@pytest.mark.parametrize("where", ["head", "middle"])
+def test_corrupted_file_is_refused(raw_lib, tmp_path, where):
+    dst = _copy_index(raw_lib, tmp_path / f"bad-{where}.fastspec")
+    p = dst / "mz.npy"
+    data = bytearray(p.read_bytes())
+    data[200 if where == "head" else len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+    if where == "head":  # the cheap open-time check reads the first and last 64 KiB
+        with pytest.raises(IndexFormatError, match="corrupted"):
+            Library.open(dst)
+    with pytest.raises(IndexFormatError, match="corrupted"):
+        Library.open(dst, verify=True)
+
+
+def test_open_does_not_hash_whole_files(raw_lib, monkeypatch):
+    from fastspec import _indexfmt
+
+    monkeypatch.setattr(_indexfmt, "file_checksum", lambda *a: pytest.fail("open hashed a whole file"))
+    Library.open(raw_lib.path)
+
+
+def test_interrupted_build_leaves_nothing(subsets, tmp_path, monkeypatch):
+    from fastspec import _indexfmt
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(_indexfmt, "write_manifest", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        Library.build(subsets[0][:50], tmp_path / "lib.fastspec", preprocess=None, faiss=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_rebuild_keeps_old_index(raw_lib, subsets, tmp_path, monkeypatch):
+    from fastspec.kernels import fragment
+
+    dst = _copy_index(raw_lib, tmp_path / "lib.fastspec")
+    monkeypatch.setattr(fragment, "sorted_peak_index", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        Library.build(subsets[0][:50], dst, preprocess=None, faiss=False, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.fastspec"]
+    assert len(Library.open(dst, verify=True)) == len(raw_lib)
+
+
+# ------------------------------------------------------------------------------------------ append
+def test_append_equals_single_build(subsets, tmp_path):
+    lib_sp, queries = subsets
+    whole = Library.build(lib_sp, tmp_path / "whole.fastspec", preprocess=None, faiss=False)
+    part = Library.build(lib_sp[:500], tmp_path / "part.fastspec", preprocess=None, faiss=False)
+    part.append(lib_sp[500:])
+    assert len(part) == len(whole)
+    assert part.manifest["counts"]["n_read"] == len(lib_sp)
+    for name in ("offsets", "mz", "frag_mz", "frag_spec", "nl_mz", "prec_order", "formula_ids", "wcos", "went"):
+        np.testing.assert_array_equal(np.asarray(part.array(name)), np.asarray(whole.array(name)), err_msg=name)
+    assert part.metadata(columns=["id"]).equals(whole.metadata(columns=["id"]))
+    Library.open(part.path, verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part.fastspec", "whole.fastspec"]
+
+
+def test_append_preprocesses_with_the_recorded_pipeline(subsets, tmp_path):
+    lib_sp, _ = subsets
+    lib = Library.build(lib_sp[:300], tmp_path / "p.fastspec", faiss=False)
+    lib.append(lib_sp[300:400])
+    ref = Library.build(lib_sp[:400], tmp_path / "ref.fastspec", faiss=False)
+    assert lib.preprocess_config == ref.preprocess_config
+    np.testing.assert_array_equal(np.asarray(lib.array("mz")), np.asarray(ref.array("mz")))
+    assert lib.n_rejected == ref.n_rejected
+
+
+def test_faiss_index_round_trip(subsets, tmp_path):
+    lib = Library.build(subsets[0][:400], tmp_path / "f.fastspec", faiss=True)
+    assert lib.has_faiss and lib.manifest["build"]["faiss"]["ntotal"] == len(lib)
+    Library.open(lib.path, verify=True)

@@ -1,0 +1,243 @@
+"""``fastspec evaluate | split | ablate | report``: the nearest-neighbour baseline lab."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from fastspec.cli._common import common_options, handle_errors
+
+_METRICS = ["binned_cosine", "cosine", "modified_cosine", "entropy"]
+
+
+def _split_options(f):
+    f = click.option("--molecule-disjoint", is_flag=True, help="Also drop training spectra whose molecule is in test.")(f)
+    f = click.option("--ion-mode", type=click.Choice(["positive", "negative", "both"]), default="both", show_default=True,
+                     help="Use only spectra of this polarity (searches are always within one polarity).")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the bootstrap.")(f)
+    f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)(f)
+    f = click.option("--l2s-iterations", type=click.IntRange(min=1), default=8, show_default=True, help="l2s: maximum iterations.")(f)
+    f = click.option("--l2s-patience", type=click.IntRange(min=1), default=2, show_default=True, help="l2s: iterations without improvement.")(f)
+    return f
+
+
+def _search_options(f):
+    f = click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
+                     help="Paper-faithful settings (explicit options override them).")(f)
+    f = click.option("--metric", type=click.Choice(_METRICS), default=None, help="Spectral similarity [default: modified_cosine].")(f)
+    f = click.option("--tolerance", default=None, help="Fragment tolerance: Da ('0.01') or ppm ('10ppm') [default: 0.01].")(f)
+    f = click.option("--mz-power", type=float, default=None, help="Peak weight m/z exponent [default: 0].")(f)
+    f = click.option("--intensity-power", type=float, default=None, help="Peak weight intensity exponent [default: 1].")(f)
+    f = click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
+                     help="Candidates: same canonical formula (+adduct), or all (always same polarity) [default: formula].")(f)
+    f = click.option("--no-neighbour", "no_neighbour", type=click.Choice(["skip", "fallback", "zero"]), default=None,
+                     help="Test spectra without a same-bucket training spectrum [default: skip].")(f)
+    f = click.option("--vote", type=click.IntRange(min=1), default=None, help="Top-k vote (1 = copy the top-1 molecule).")(f)
+    f = click.option("--fingerprint", default="morgan:2:4096", show_default=True, help="Fingerprint for Tanimoto, or 'none'.")(f)
+    f = click.option("--fingerprint-cache", type=click.Path(file_okay=False), default=None, help="Directory of a persistent fingerprint cache.")(f)
+    f = click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Bootstrap resamples for the CIs.")(f)
+    return f
+
+
+def _search_kwargs(kw: dict) -> dict:
+    return {k: kw.pop(k) for k in ("preset", "metric", "tolerance", "mz_power", "intensity_power", "bucket", "no_neighbour", "vote")}
+
+
+def _logger(quiet: bool):
+    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+
+
+def _l2s(kw: dict) -> dict:
+    return {"max_iter": kw.pop("l2s_iterations"), "patience": kw.pop("l2s_patience")}
+
+
+def _summary_line(rep: dict) -> str:
+    f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    return (
+        f"n_test={rep['n_test']} n_scored={rep['n_scored']} coverage={f(rep['coverage'])} "
+        f"mean_tanimoto={f(rep['mean_tanimoto'])} mean_tanimoto_all={f(rep['mean_tanimoto_all'])} "
+        f"exact={f(rep['exact_match_rate'])} leakage={f(rep['leakage'])}"
+    )
+
+
+@click.command("evaluate")
+@click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
+@click.option("--queries", type=click.Path(dir_okay=False), default=None, help="External test set searched against the whole library.")
+@click.option("--split", "split_spec", default="random", show_default=True,
+              help="random|inchikey|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
+@_split_options
+@_search_options
+@click.option("--shuffle-intensities", is_flag=True, default=None, help="Control: permute intensities within each spectrum.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Report JSON (default: stdout).")
+@click.option("--markdown", is_flag=True, help="Also write a markdown summary (next to -o, else to stdout).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Per-query predictions (parquet).")
+@common_options
+@handle_errors
+def evaluate(library, queries, split_spec, output, markdown, predictions, threads, quiet, **kw):
+    """Evaluate the nearest-neighbour baseline: copy the molecule of the most similar training spectrum
+    with the same formula (and polarity) and score it by fingerprint Tanimoto."""
+    from fastspec.evaluate import evaluate as run_evaluate
+    from fastspec.evaluate import write_json
+
+    search = _search_kwargs(kw)
+    l2s = _l2s(kw)
+    rep = run_evaluate(
+        library,
+        split_spec,
+        queries=queries,
+        **search,
+        shuffle_intensities=kw.pop("shuffle_intensities"),
+        test_fraction=kw.pop("test_fraction"),
+        seed=kw.pop("seed"),
+        molecule_disjoint=kw.pop("molecule_disjoint"),
+        ion_mode=kw.pop("ion_mode"),
+        fingerprint=kw.pop("fingerprint"),
+        fingerprint_cache=kw.pop("fingerprint_cache"),
+        n_bootstrap=kw.pop("bootstrap"),
+        l2s_options=l2s,
+        predictions=predictions,
+        threads=threads,
+        log=_logger(quiet),
+    )
+    if output:
+        write_json(rep, output)
+    if markdown:
+        from fastspec.report import report_markdown
+
+        text = report_markdown([rep])
+        if output:
+            Path(output).with_suffix(".md").write_text(text)
+        else:
+            click.echo(text)
+    if not output and not markdown:
+        from fastspec.evaluate import _clean
+
+        click.echo(json.dumps(_clean(rep), indent=1))
+    if not quiet:
+        click.echo(_summary_line(rep), err=True)
+
+
+@click.command("split")
+@click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
+@click.option("--split", "split_spec", default="random", show_default=True,
+              help="random|inchikey|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
+@_split_options
+@click.option("--metric", type=click.Choice(_METRICS), default=None, help="l2s: similarity of the NN predictor.")
+@click.option("--preset", type=click.Choice(["khoo2026"]), default=None, help="l2s: NN predictor preset.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Split file (.csv, .tsv or .parquet).")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, help="Also write the split profile JSON.")
+@common_options
+@handle_errors
+def split(library, split_spec, output, profile_path, threads, quiet, **kw):
+    """Write a train/test split file (columns index, id, split) and print its profile."""
+    from fastspec.baseline import LabData
+    from fastspec.evaluate import _clean, _filter_mode, load_spectra, search_config, write_json
+    from fastspec.splits import make_split, split_profile, write_split
+
+    log = _logger(quiet)
+    lab = load_spectra(library)
+    lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
+    cfg = search_config(kw.pop("preset"), metric=kw.pop("metric"))
+    sp = make_split(
+        lab,
+        split_spec,
+        test_fraction=kw.pop("test_fraction"),
+        seed=kw.pop("seed"),
+        molecule_disjoint=kw.pop("molecule_disjoint"),
+        l2s_options=_l2s(kw),
+        search=cfg,
+        threads=threads,
+    )
+    if not np.array_equal(lab.source_index, np.arange(len(lab))):
+        log("note: rows refer to the spectra kept by --ion-mode (ids identify them)")
+    write_split(sp, output, lab.spectra)
+    prof = split_profile(lab, sp.assignment)
+    if sp.info:
+        prof["split_info"] = sp.info
+    if profile_path:
+        write_json(prof, profile_path)
+    if not quiet:
+        click.echo(
+            f"{split_spec}: train={prof['n_train']} test={prof['n_test']} excluded={prof['n_excluded']} "
+            f"test_share={prof['test_share']:.3f} molecule_overlap={prof['molecule_overlap']:.3f} "
+            f"unseen_formula_share={prof['unseen_formula_share']:.3f}",
+            err=True,
+        )
+        click.echo(json.dumps(_clean(prof["shift"]), indent=1), err=True)
+
+
+@click.command("ablate")
+@click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
+@click.option("--queries", type=click.Path(dir_okay=False), default=None, help="External test set (instead of splits).")
+@click.option("--split", "splits", multiple=True, default=["random"], show_default=True, help="Split spec; repeat for several.")
+@_split_options
+@_search_options
+@click.option("--intensity-powers", default="0,0.25,0.5,1,2", show_default=True, help="Comma-separated grid.")
+@click.option("--mz-powers", default="0,1", show_default=True, help="Comma-separated grid.")
+@click.option("--no-shuffle", is_flag=True, help="Skip the intensity-shuffle control.")
+@click.option("--embeddings", type=click.Path(dir_okay=False), default=None, help="External embeddings .npy, one row per library spectrum.")
+@click.option("--query-embeddings", type=click.Path(dir_okay=False), default=None, help="Embeddings .npy for --queries.")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Ablation JSON.")
+@common_options
+@handle_errors
+def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, embeddings, query_embeddings, output, threads, quiet, **kw):
+    """Evaluate over a grid of intensity transforms (+ shuffle control) for each split."""
+    from fastspec.ablation import ablate as run_ablate
+    from fastspec.errors import ParameterError
+
+    def grid(text: str, name: str) -> list[float]:
+        try:
+            vals = [float(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise ParameterError(f"{name}: expected comma-separated numbers, got {text!r}") from None
+        if not vals:
+            raise ParameterError(f"{name}: empty grid")
+        return vals
+
+    search = _search_kwargs(kw)
+    out = run_ablate(
+        library,
+        splits,
+        queries=queries,
+        **{k: v for k, v in search.items() if k not in ("intensity_power", "mz_power")},
+        intensity_powers=grid(intensity_powers, "--intensity-powers"),
+        mz_powers=grid(mz_powers, "--mz-powers"),
+        shuffle=not no_shuffle,
+        embeddings=embeddings,
+        query_embeddings=query_embeddings,
+        test_fraction=kw.pop("test_fraction"),
+        seed=kw.pop("seed"),
+        molecule_disjoint=kw.pop("molecule_disjoint"),
+        ion_mode=kw.pop("ion_mode"),
+        fingerprint=kw.pop("fingerprint"),
+        fingerprint_cache=kw.pop("fingerprint_cache"),
+        n_bootstrap=kw.pop("bootstrap"),
+        l2s_options=_l2s(kw),
+        output=output,
+        threads=threads,
+        log=_logger(quiet),
+    )
+    if not quiet:
+        click.echo(f"{len(out['rows'])} rows -> {output}", err=True)
+
+
+@click.command("report")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Markdown output.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False), default=None, help="Also a self-contained HTML file.")
+@click.option("--figures", "figure_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for the PNG figures (default: <output stem>_figures).")
+@click.option("--title", default="Nearest-neighbour baseline evaluation", show_default=True)
+@click.option("--note", "notes", multiple=True, help="A paragraph under the title (repeatable).")
+@common_options
+@handle_errors
+def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
+    """Render report/ablation JSONs as markdown (+ PNG figures) and HTML."""
+    from fastspec.report import render
+
+    res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
+    if not quiet:
+        click.echo(f"wrote {output}" + (f" and {html_path}" if html_path else "") + f" ({res['figures']} figures)", err=True)

@@ -1,0 +1,440 @@
+"""Render evaluation / ablation JSONs as markdown (PNG figures alongside) and self-contained HTML.
+
+The document is built once as a list of blocks (headings, paragraphs, tables, figures) and written in
+both formats; figures are PNGs from matplotlib (imported lazily, Agg backend), saved next to the
+markdown and base64-embedded in the HTML.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from fastspec.errors import FastspecError
+
+REFERENCE = (1.0, 0.0, False)  # intensity_power, mz_power, shuffle of the "default" ablation row
+
+
+@dataclass
+class Block:
+    kind: str  # "h", "p", "table", "figure"
+    text: str = ""
+    level: int = 2
+    header: Sequence[str] = ()
+    rows: Sequence[Sequence[Any]] = ()
+    png: bytes = b""
+    name: str = ""
+
+
+# ====================================================================== loading
+def load_inputs(inputs: Sequence) -> list[dict]:
+    """Read report / ablation JSONs (paths or already-loaded dicts)."""
+    docs = []
+    for x in inputs:
+        if isinstance(x, dict):
+            docs.append(x)
+            continue
+        p = Path(x)
+        if not p.exists():
+            raise FileNotFoundError(2, "No such file or directory", str(p))
+        try:
+            d = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise FastspecError(f"{p}: not valid JSON ({e})") from e
+        if not isinstance(d, dict) or not ("rows" in d or "n_test" in d):
+            raise FastspecError(f"{p}: neither an evaluation report nor an ablation JSON")
+        docs.append(d)
+    return docs
+
+
+def _evaluations(docs: list[dict]) -> list[tuple[str, dict]]:
+    """(label, report) for every plain report, and the reference row of every ablation split."""
+    out = []
+    for d in docs:
+        if "rows" in d:
+            for r in d["rows"]:
+                if (r.get("intensity_power"), r.get("mz_power"), r.get("shuffle")) == REFERENCE and not r.get("embedding"):
+                    out.append((str(r.get("split")), r))
+        else:
+            out.append((str(d.get("config", {}).get("split", "?")), d))
+    return out
+
+
+# ====================================================================== formatting
+def _f(x, nd: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def _ci(rep: dict, key: str) -> str:
+    ci = (rep.get("ci") or {}).get(key)
+    if not ci or ci[0] is None:
+        return "–"
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _setting(rep: dict) -> str:
+    c = rep.get("config", {})
+    s = c.get("preset") or c.get("metric", "?")
+    if not c.get("preset"):
+        s += f" ip={_f(c.get('intensity_power'), 2)} mz={_f(c.get('mz_power'), 2)}"
+    if c.get("shuffle_intensities"):
+        s += " shuffled"
+    return s
+
+
+# ====================================================================== blocks
+def build_blocks(
+    docs: list[dict], title: str = "Nearest-neighbour baseline evaluation", figures: bool = True, notes: Sequence[str] = ()
+) -> list[Block]:
+    """The document: summary, split profiles, ablation, analyses, groups, histograms, confusions."""
+    blocks = [Block("h", title, level=1)] + [Block("p", n) for n in notes]
+    evals = _evaluations(docs)
+    if evals:
+        blocks += _summary(evals)
+        blocks += _profiles(evals)
+    abl = [d for d in docs if "rows" in d]
+    for d in abl:
+        blocks += _ablation(d, figures)
+    if evals and figures:
+        png = _plot_histograms(evals)
+        if png:
+            blocks += [Block("h", "Top-1 score: same vs different molecule", 2),
+                       Block("p", "Similarity of each test spectrum to its top-1 training neighbour, split by whether the neighbour is the same molecule (InChIKey first block)."),
+                       Block("figure", "Top-1 score histograms", png=png, name="score_hist")]
+    if evals:
+        blocks += _groups(evals[0])
+    if evals and figures:
+        blocks += _confusions(evals)
+    return blocks
+
+
+def _summary(evals) -> list[Block]:
+    header = ["split", "setting", "n_test", "n_scored", "coverage", "mean_tanimoto", "mean_tanimoto_all", "95% CI (all)",
+              "exact", "exact_all", "hit@1 all", "oracle", "leakage"]
+    rows = []
+    for label, r in evals:
+        rows.append([label, _setting(r), _f(r["n_test"]), _f(r["n_scored"]), _f(r["coverage"]), _f(r["mean_tanimoto"]),
+                     _f(r["mean_tanimoto_all"]), _ci(r, "mean_tanimoto_all"), _f(r["exact_match_rate"]),
+                     _f(r["exact_match_rate_all"]), _f((r.get("hit_at_k_all") or {}).get("1")), _f(r.get("oracle_tanimoto")),
+                     _f(r.get("leakage"))])
+    return [
+        Block("h", "Summary", 2),
+        Block("p", "`mean_tanimoto` averages over the test spectra that received a prediction (`n_scored`, those with a "
+                   "same-bucket training neighbour under the skip policy); `mean_tanimoto_all` divides by all test spectra "
+                   "(unscored = 0). `coverage`: share of test spectra with a same-bucket training spectrum. `oracle`: best "
+                   "Tanimoto reachable by copying any training molecule of the bucket (covered spectra). `leakage`: share of "
+                   "test molecules also present in training. CIs: 95% bootstrap over test molecules."),
+        Block("table", header=header, rows=rows),
+    ]
+
+
+def _profiles(evals) -> list[Block]:
+    header = ["split", "n_train", "n_test", "test_share", "molecule_overlap", "unseen_formula", "TVD instrument", "TVD adduct",
+              "TVD CE", "most over-represented in test"]
+    rows, seen = [], set()
+    for label, r in evals:
+        p = r.get("split_profile") or {}
+        if label in seen or not p:
+            continue
+        seen.add(label)
+        sh = p.get("shift", {})
+        over = (sh.get("instrument_type", {}).get("over_represented") or [{}])[0]
+        over_s = f"{over.get('value')} ({over.get('test_share', 0):.2f} vs {over.get('train_share', 0):.2f})" if over else "–"
+        rows.append([label, _f(p.get("n_train")), _f(p.get("n_test")), _f(p.get("test_share")), _f(p.get("molecule_overlap")),
+                     _f(p.get("unseen_formula_share")), _f(sh.get("instrument_type", {}).get("tvd")),
+                     _f(sh.get("adduct", {}).get("tvd")), _f(sh.get("ce_bin", {}).get("tvd")), over_s])
+    out = [Block("h", "Split profiles", 2),
+           Block("p", "`molecule_overlap`: share of test molecules also in training; `unseen_formula`: share of test spectra "
+                      "whose formula (and polarity) has no training spectrum; TVD: total-variation distance between the train "
+                      "and test distributions of instrument type, adduct and collision-energy bin."),
+           Block("table", header=header, rows=rows)]
+    for label, r in evals:
+        hist = ((r.get("split_profile") or {}).get("split_info") or {}).get("history")
+        if hist:
+            out += [Block("h", f"Learning-to-split iterations ({label})", 3),
+                    Block("table", header=["iteration", "test_share", "coverage", "mean_tanimoto_all"],
+                          rows=[[h["iteration"], _f(h["test_share"]), _f(h["coverage"]), _f(h["mean_tanimoto_all"])] for h in hist])]
+            break
+    return out
+
+
+def _ablation(d: dict, figures: bool) -> list[Block]:
+    rows = [r for r in d["rows"] if not r.get("embedding")]
+    splits = list(dict.fromkeys(r["split"] for r in rows))
+    settings = list(dict.fromkeys((r["intensity_power"], r["mz_power"], r["shuffle"]) for r in rows))
+    cell = {(r["split"], r["intensity_power"], r["mz_power"], r["shuffle"]): r for r in rows}
+    header = ["intensity_power", "mz_power", "shuffle"] + [f"{s}: scored / all" for s in splits]
+    trs = []
+    for ip, mp, sh in settings:
+        line = [_f(ip, 2), _f(mp, 2), "yes" if sh else ""]
+        for s in splits:
+            r = cell.get((s, ip, mp, sh))
+            line.append(f"{_f(r['mean_tanimoto'])} / {_f(r['mean_tanimoto_all'])}" if r else "–")
+        trs.append(line)
+    out = [
+        Block("h", "Intensity ablation", 2),
+        Block("p", "Mean Tanimoto of the NN prediction (over scored / over all test spectra) for peak weights "
+                   "`mz**mz_power * intensity**intensity_power`; intensity_power 0 = binary peaks; the shuffle row permutes "
+                   "intensities within each spectrum."),
+        Block("table", header=header, rows=trs),
+    ]
+    if figures:
+        png = _plot_ablation(rows, splits)
+        if png:
+            out.append(Block("figure", "Ablation curves", png=png, name="ablation"))
+    blind = d.get("intensity_blind") or []
+    if blind:
+        out += [
+            Block("h", "Intensity-blind confusions", 3),
+            Block("p", "Per test spectrum, top-1 under binary peaks vs intensity-aware peaks: how many wrong binary "
+                       "predictions intensity fixes, and how many right ones it breaks."),
+            Block("table", header=["split", "compared", "binary wrong", "fixed", "fixed share", "binary right", "broken",
+                                   "broken share", "changed", "Tanimoto gain"],
+                  rows=[[b["split"], _f(b["n_compared"]), _f(b["binary_wrong"]), _f(b["fixed_by_intensity"]), _f(b["fixed_share"]),
+                         _f(b["binary_right"]), _f(b["broken_by_intensity"]), _f(b["broken_share"]), _f(b["changed_share"]),
+                         _f(b["mean_tanimoto_gain"])] for b in blind]),
+        ]
+    emb = d.get("embeddings") or []
+    if emb:
+        out += [Block("h", "External embeddings", 3),
+                Block("table", header=["split", "n_test", "mean_tanimoto", "mean_tanimoto_all", "exact", "flagged pairs"],
+                      rows=[[e["split"], _f(e["n_test"]), _f(e["mean_tanimoto"]), _f(e["mean_tanimoto_all"]),
+                             _f(e["exact_match_rate"]), _f(e["n_flagged"])] for e in emb])]
+        pairs = [(e["split"], p) for e in emb for p in e.get("pairs", [])[:5]]
+        if pairs:
+            out.append(Block("table", header=["split", "query", "neighbour", "embedding sim", "spectral sim", "Tanimoto"],
+                             rows=[[s, p["query_molecule"], p["library_molecule"], _f(p["embedding_similarity"]),
+                                    _f(p["spectral_similarity"]), _f(p["tanimoto"])] for s, p in pairs]))
+    return out
+
+
+def _groups(first: tuple[str, dict]) -> list[Block]:
+    label, r = first
+    out = [Block("h", f"By condition ({label} split)", 2)]
+    for field, groups in (r.get("groups") or {}).items():
+        rows = [[v, _f(g["n_test"]), _f(g["coverage"]), _f(g["mean_tanimoto"]), _f(g["mean_tanimoto_all"]), _f(g["exact_match_rate"])]
+                for v, g in list(groups.items())[:8]]
+        out += [Block("h", field, 3), Block("table", header=[field, "n_test", "coverage", "mean_tanimoto", "mean_tanimoto_all", "exact"], rows=rows)]
+    return out
+
+
+def _confusions(evals) -> list[Block]:
+    ex = []
+    for label, r in evals:
+        for e in (r.get("examples") or [])[:2]:
+            ex.append((label, e))
+    ex = ex[:4]
+    if not ex:
+        return []
+    png = _plot_mirrors(ex)
+    if not png:
+        return []
+    rows = [[lab, e.get("formula"), e.get("query_molecule"), e.get("library_molecule"), _f(e.get("score")), _f(e.get("tanimoto"))] for lab, e in ex]
+    return [
+        Block("h", "Worst confusions", 2),
+        Block("p", "Wrong top-1 predictions with the highest spectral similarity (test spectrum up, predicted training spectrum down)."),
+        Block("table", header=["split", "formula", "true", "predicted", "score", "Tanimoto"], rows=rows),
+        Block("figure", "Mirror plots", png=png, name="confusions"),
+    ]
+
+
+# ====================================================================== plots
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on environment
+        return None
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.clf()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_ablation(rows, splits) -> bytes:
+    plt = _pyplot()
+    if plt is None:
+        return b""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, key, name in ((axes[0], "mean_tanimoto", "over scored"), (axes[1], "mean_tanimoto_all", "over all test")):
+        for i, s in enumerate(splits):
+            color = f"C{i}"
+            for mp, style in ((0.0, "-"), (1.0, "--")):
+                pts = sorted((r["intensity_power"], r[key]) for r in rows
+                             if r["split"] == s and r["mz_power"] == mp and not r["shuffle"] and r[key] is not None)
+                if pts:
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, color=color,
+                            label=f"{s}" + (" (mz^1)" if mp else ""))
+            sh = [r for r in rows if r["split"] == s and r["shuffle"] and r[key] is not None]
+            for r in sh:
+                ax.plot([r["intensity_power"]], [r[key]], "x", ms=8, color=color)
+        ax.set_xlabel("intensity_power (x = shuffled)")
+        ax.set_title(f"mean Tanimoto {name}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mean Tanimoto")
+    axes[1].legend(fontsize=7, loc="best")
+    return _png(fig)
+
+
+def _plot_histograms(evals) -> bytes:
+    plt = _pyplot()
+    if plt is None:
+        return b""
+    evals = [(l, r) for l, r in evals if r.get("score_hist")][:6]
+    if not evals:
+        return b""
+    fig, axes = plt.subplots(1, len(evals), figsize=(2.6 * len(evals) + 0.5, 2.6), squeeze=False)
+    for ax, (label, r) in zip(axes[0], evals):
+        h = r["score_hist"]
+        edges = h["edges"]
+        width = edges[1] - edges[0]
+        ax.bar(edges[:-1], h["same"], width=width, align="edge", alpha=0.6, label="same molecule")
+        ax.bar(edges[:-1], h["different"], width=width, align="edge", alpha=0.6, label="different")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("top-1 score", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    return _png(fig)
+
+
+def _plot_mirrors(examples) -> bytes:
+    plt = _pyplot()
+    if plt is None:
+        return b""
+    fig, axes = plt.subplots(1, len(examples), figsize=(3.2 * len(examples), 2.8), squeeze=False)
+    for ax, (label, e) in zip(axes[0], examples):
+        q, l = e["query_peaks"], e["library_peaks"]
+        ax.vlines(q["mz"], 0, q["intensity"], color="C0", lw=1)
+        ax.vlines(l["mz"], 0, [-v for v in l["intensity"]], color="C3", lw=1)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_title(f"{label}: {e.get('formula')}\nscore {e['score']:.2f}, Tanimoto {e['tanimoto']:.2f}", fontsize=8)
+        ax.set_xlabel("m/z", fontsize=8)
+        ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+# ====================================================================== writers
+def to_markdown(blocks: Sequence[Block], figure_dir: Path | None = None, base_dir: Path | None = None, figure_prefix: str = "") -> str:
+    """Markdown text; figures are written as PNGs into ``figure_dir`` (skipped when None) and linked
+    relative to ``base_dir`` (the markdown file's folder)."""
+    import os
+
+    lines: list[str] = []
+    for b in blocks:
+        if b.kind == "h":
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif b.kind == "p":
+            lines += [b.text, ""]
+        elif b.kind == "table":
+            lines.append("| " + " | ".join(str(h) for h in b.header) + " |")
+            lines.append("|" + "|".join(" --- " for _ in b.header) + "|")
+            for r in b.rows:
+                lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
+            lines.append("")
+        elif b.kind == "figure" and figure_dir is not None:
+            figure_dir.mkdir(parents=True, exist_ok=True)
+            fname = f"{figure_prefix}{b.name}.png"
+            (figure_dir / fname).write_bytes(b.png)
+            rel = os.path.relpath(figure_dir / fname, base_dir or figure_dir.parent)
+            lines += [f"![{b.text}]({Path(rel).as_posix()})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_html(blocks: Sequence[Block], title: str = "fastspec report") -> str:
+    """Self-contained HTML (figures base64-embedded)."""
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.85em}"
+        "td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f3f3f3}"
+        "td:first-child{text-align:left}img{max-width:100%}code{background:#f3f3f3}</style></head><body>",
+    ]
+    for b in blocks:
+        if b.kind == "h":
+            parts.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
+        elif b.kind == "p":
+            text = esc(b.text)
+            # `code` spans from the markdown source
+            segs = text.split("`")
+            text = "".join(s if i % 2 == 0 else f"<code>{s}</code>" for i, s in enumerate(segs))
+            parts.append(f"<p>{text}</p>")
+        elif b.kind == "table":
+            parts.append("<table><tr>" + "".join(f"<th>{esc(str(h))}</th>" for h in b.header) + "</tr>")
+            for r in b.rows:
+                parts.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in r) + "</tr>")
+            parts.append("</table>")
+        elif b.kind == "figure":
+            data = base64.b64encode(b.png).decode("ascii")
+            parts.append(f"<figure><img alt='{esc(b.text)}' src='data:image/png;base64,{data}'></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render(
+    inputs: Sequence,
+    markdown: str | Path | None = None,
+    html_path: str | Path | None = None,
+    *,
+    title: str = "Nearest-neighbour baseline evaluation",
+    figure_dir: str | Path | None = None,
+    figures: bool = True,
+    notes: Sequence[str] = (),
+) -> dict:
+    """Render report/ablation JSONs.
+
+    Parameters
+    ----------
+    inputs : paths or dicts
+    markdown : path, optional
+        Markdown output; PNG figures go to ``figure_dir`` (default ``<markdown stem>_figures`` next to it).
+    html_path : path, optional
+        Self-contained HTML output.
+    notes : sequence of str
+        Paragraphs (markdown inline syntax) placed under the title.
+
+    Returns
+    -------
+    dict with the written paths and the number of figures.
+    """
+    docs = load_inputs(inputs)
+    blocks = build_blocks(docs, title, figures=figures, notes=notes)
+    written: dict[str, Any] = {"figures": sum(b.kind == "figure" for b in blocks)}
+    if markdown is not None:
+        md = Path(markdown)
+        fdir = Path(figure_dir) if figure_dir is not None else md.parent / f"{md.stem}_figures"
+        md.write_text(to_markdown(blocks, fdir, md.parent))
+        written["markdown"] = str(md)
+        written["figure_dir"] = str(fdir)
+    if html_path is not None:
+        Path(html_path).write_text(to_html(blocks, title))
+        written["html"] = str(html_path)
+    return written
+
+
+def report_markdown(reports: Sequence[dict], title: str = "Nearest-neighbour baseline evaluation") -> str:
+    """Markdown (tables only, no figures) for one or more reports; used by ``evaluate --markdown``."""
+    return to_markdown(build_blocks(list(reports), title, figures=False))

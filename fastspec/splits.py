@@ -1,0 +1,640 @@
+"""Train/test splits of a labelled library and their profile.
+
+A split is an int8 assignment per spectrum: :data:`TRAIN` (0), :data:`TEST` (1) or :data:`EXCLUDED` (-1).
+Specs understood by :func:`make_split` (and ``fastspec split`` / ``fastspec evaluate --split``):
+
+``random``
+    spectrum-level random split (the same molecule can be on both sides).
+``inchikey``
+    molecule-disjoint: whole InChIKey first-block groups go to one side.
+``scaffold``
+    Bemis-Murcko-scaffold-disjoint (RDKit ``MurckoScaffold``). All acyclic molecules share the empty
+    scaffold and form one group; molecules whose SMILES cannot be parsed are grouped by their own key.
+``instrument:VALUE`` / ``adduct:VALUE``
+    condition shift: test = spectra whose instrument type / adduct equals VALUE (case-insensitive;
+    comma-separated values allowed), train = all others.
+``ce:LOW-HIGH``
+    test = collision energy in [LOW, HIGH]; spectra without a CE stay in train.
+``column:NAME``
+    a metadata column holding ``train``/``test`` (or booleans / 1/0, true = test); anything else excluded.
+``file:PATH``
+    a split file written by :func:`write_split` (CSV/TSV/parquet with ``id`` and/or ``index`` and ``split``).
+``l2s``
+    learning-to-split adapted to a CPU (:func:`l2s_split`).
+
+Group splits fill the test side greedily with groups in a seeded random order, skipping groups that
+would overshoot the target, so the test share lands close to ``test_fraction``.
+``molecule_disjoint=True`` additionally drops (excludes) training spectra whose molecule is in test,
+for any split kind.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec.baseline import LabData, SearchConfig, factorize
+from fastspec.errors import FastspecError, ParameterError
+from fastspec.spectra import Spectra
+
+TRAIN, TEST, EXCLUDED = 0, 1, -1
+SHIFT_FIELDS = ("instrument_type", "adduct", "ce_bin")
+SPLIT_KINDS = ("random", "inchikey", "scaffold", "instrument", "adduct", "ce", "column", "file", "l2s")
+
+
+@dataclass
+class Split:
+    """A train/test assignment.
+
+    Attributes
+    ----------
+    assignment : ndarray, int8 (n,)
+        0 train, 1 test, -1 excluded.
+    spec : str
+        The spec it was made from (e.g. ``"scaffold"``, ``"instrument:LC-ESI-QTOF"``).
+    params : dict
+        test_fraction, seed and kind-specific settings.
+    info : dict
+        Extra diagnostics (l2s iteration history).
+    """
+
+    assignment: np.ndarray
+    spec: str
+    params: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    @property
+    def train(self) -> np.ndarray:
+        """Training rows, int64 ascending."""
+        return np.flatnonzero(self.assignment == TRAIN)
+
+    @property
+    def test(self) -> np.ndarray:
+        """Test rows, int64 ascending."""
+        return np.flatnonzero(self.assignment == TEST)
+
+    def __len__(self) -> int:
+        return self.assignment.shape[0]
+
+
+# ====================================================================== basic splitters
+def random_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> np.ndarray:
+    """Spectrum-level random assignment (int8 (n,)); exactly ``round(test_fraction * n)`` test rows."""
+    _check_fraction(test_fraction)
+    rng = np.random.default_rng(seed)
+    a = np.zeros(n, dtype=np.int8)
+    a[rng.permutation(n)[: int(round(test_fraction * n))]] = TEST
+    return a
+
+
+def group_split(groups: Sequence, test_fraction: float = 0.2, seed: int = 0, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Group-disjoint assignment: every group lies entirely in train or in test.
+
+    Parameters
+    ----------
+    groups : sequence of hashable or None, length n
+        Group label per spectrum; None = its own singleton group.
+    eligible : ndarray of bool (n,), optional
+        Rows to assign; the others are EXCLUDED.
+    """
+    _check_fraction(test_fraction)
+    n = len(groups)
+    codes = _group_codes(groups)
+    elig = np.ones(n, bool) if eligible is None else np.asarray(eligible, bool)
+    a = np.full(n, EXCLUDED, dtype=np.int8)
+    a[elig] = TRAIN
+    if not elig.any():
+        return a
+    g = codes[elig]
+    uniq, inv, sizes = np.unique(g, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(uniq.shape[0])
+    target = int(round(test_fraction * g.shape[0]))
+    chosen = _greedy_fill(sizes[order], target)
+    is_test_group = np.zeros(uniq.shape[0], bool)
+    is_test_group[order[chosen]] = True
+    sub = np.where(is_test_group[inv], TEST, TRAIN).astype(np.int8)
+    a[elig] = sub
+    return a
+
+
+def _greedy_fill(sizes: np.ndarray, target: int) -> np.ndarray:
+    """Positions (in the given order) of groups taken into test: take while it fits, skip the rest."""
+    take = []
+    total = 0
+    for i, s in enumerate(sizes.tolist()):
+        if total >= target:
+            break
+        if total + s <= target:
+            take.append(i)
+            total += s
+    if not take and sizes.shape[0] > 1:  # every group is larger than the target: take the smallest
+        take.append(int(np.argmin(sizes)))
+    return np.asarray(take, dtype=np.int64)
+
+
+def _group_codes(groups: Sequence) -> np.ndarray:
+    """int64 codes; None values get unique codes of their own."""
+    codes, uniq = factorize([[None if g is None else str(g) for g in groups]])
+    none = codes < 0
+    codes[none] = len(uniq) + np.arange(int(none.sum()))
+    return codes
+
+
+def _check_fraction(f: float) -> None:
+    if not (0.0 < float(f) < 1.0):
+        raise ParameterError(f"test fraction must be in (0, 1), got {f!r}")
+
+
+def scaffolds(smiles: Sequence[str | None]) -> list[str | None]:
+    """Bemis-Murcko scaffold SMILES per entry (``""`` for acyclic molecules, None when unparsable)."""
+    from fastspec.fingerprints import mol_from_smiles
+
+    from rdkit import Chem
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+
+    cache: dict[str, str | None] = {}
+    out = []
+    for s in smiles:
+        if not s:
+            out.append(None)
+            continue
+        if s not in cache:
+            mol = mol_from_smiles(s)
+            if mol is None:
+                cache[s] = None
+            else:
+                try:
+                    cache[s] = Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol))
+                except Exception:
+                    cache[s] = None
+        out.append(cache[s])
+    return out
+
+
+def molecule_scaffolds(lab: LabData) -> list[str | None]:
+    """Scaffold per spectrum, computed from one structure per molecule key (the first SMILES seen), so
+    that tautomers / stereo variants of one molecule never land on different sides."""
+    rep: dict[str, str | None] = {}
+    for m, s in zip(lab.mol, lab.smiles):
+        if m is not None and rep.get(m) is None:
+            rep[m] = s
+    keys = list(rep)
+    scaf = dict(zip(keys, scaffolds([rep[k] for k in keys])))
+    return [scaf.get(m) if m is not None else None for m in lab.mol]
+
+
+def _match_values(values: Sequence, wanted: str, normalise=None) -> np.ndarray:
+    norm = normalise or (lambda v: v)
+    targets = {str(norm(w.strip())).lower() for w in wanted.split(",") if w.strip()}
+    if not targets:
+        raise ParameterError("condition split needs a value, e.g. instrument:LC-ESI-QTOF")
+    lut: dict = {}
+    out = np.zeros(len(values), bool)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if v not in lut:
+            lut[v] = str(v).lower() in targets
+        out[i] = lut[v]
+    return out
+
+
+def _parse_range(text: str) -> tuple[float, float]:
+    import re
+
+    m = re.match(r"^\s*([-+]?\d*\.?\d+)\s*(?:-|:|\.\.)\s*([-+]?\d*\.?\d+)\s*$", text)
+    if not m:
+        raise ParameterError(f"ce split: expected LOW-HIGH (e.g. ce:10-30), got {text!r}")
+    lo, hi = float(m.group(1)), float(m.group(2))
+    if lo > hi:
+        raise ParameterError(f"ce split: LOW > HIGH in {text!r}")
+    return lo, hi
+
+
+def column_assignment(values: Sequence) -> np.ndarray:
+    """Assignment from a column of ``train``/``test`` strings, booleans or 1/0 (true = test)."""
+    a = np.full(len(values), EXCLUDED, dtype=np.int8)
+    for i, v in enumerate(values):
+        if v is None:
+            continue
+        if isinstance(v, (bool, np.bool_)):
+            a[i] = TEST if v else TRAIN
+            continue
+        s = str(v).strip().lower()
+        if s in ("test", "1", "true", "t", "yes"):
+            a[i] = TEST
+        elif s in ("train", "training", "0", "false", "f", "no"):
+            a[i] = TRAIN
+    return a
+
+
+# ====================================================================== split files
+def write_split(split: Split, path: str | Path, spectra: Spectra) -> None:
+    """Write ``index``, ``id``, ``split`` (train/test/excluded) as CSV, TSV or parquet (by extension)."""
+    names = np.array(["excluded", "train", "test"])[split.assignment.astype(np.int64) + 1]
+    table = pa.table(
+        {"index": pa.array(np.arange(len(split), dtype=np.int64)), "id": pa.array(spectra.ids, pa.string()), "split": pa.array(names.tolist(), pa.string())}
+    )
+    path = Path(path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, path)
+    else:
+        import pyarrow.csv as pcsv
+
+        delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        pcsv.write_csv(table, path, pcsv.WriteOptions(delimiter=delim))
+
+
+def read_split(path: str | Path, spectra: Spectra) -> np.ndarray:
+    """Assignment for ``spectra`` from a split file.
+
+    Rows are matched by ``id`` when the file has an ``id`` column and the library ids are unique,
+    else by ``index``. Spectra not listed are excluded.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pcsv
+
+            delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+            table = pcsv.read_csv(
+                path,
+                parse_options=pcsv.ParseOptions(delimiter=delim),
+                convert_options=pcsv.ConvertOptions(column_types={"id": pa.string(), "split": pa.string()}),
+            )
+    except (pa.ArrowInvalid, OSError) as e:
+        raise FastspecError(f"cannot read split file {path}: {e}") from e
+    if "split" not in table.column_names:
+        raise FastspecError(f"split file {path} has no 'split' column")
+    values = column_assignment(table.column("split").to_pylist())
+    n = len(spectra)
+    out = np.full(n, EXCLUDED, dtype=np.int8)
+    ids = spectra.ids
+    if "id" in table.column_names and len(set(ids)) == n:
+        pos = {k: i for i, k in enumerate(ids)}
+        file_ids = table.column("id").to_pylist()
+        hit = [pos.get(str(k), -1) if k is not None else -1 for k in file_ids]
+        if not any(h >= 0 for h in hit):
+            raise FastspecError(f"split file {path}: none of its ids occur in the library")
+        for h, v in zip(hit, values):
+            if h >= 0:
+                out[h] = v
+        return out
+    if "index" not in table.column_names:
+        raise FastspecError(f"split file {path}: needs an 'index' column (library ids are not unique)")
+    idx = np.asarray(table.column("index").to_numpy(zero_copy_only=False), dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise FastspecError(f"split file {path}: index out of range for a library of {n} spectra")
+    out[idx] = values
+    return out
+
+
+# ====================================================================== dispatcher
+def make_split(
+    data: LabData | Spectra,
+    spec: str = "random",
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    molecule_disjoint: bool = False,
+    l2s_options: dict | None = None,
+    search: SearchConfig | None = None,
+    threads: int | None = None,
+) -> Split:
+    """Build a :class:`Split` from a spec string (see the module docstring)."""
+    lab = data if isinstance(data, LabData) else LabData.build(data)
+    kind, _, arg = str(spec).partition(":")
+    kind = kind.strip().lower()
+    n = len(lab)
+    known = np.array([m is not None for m in lab.mol], bool)
+    params: dict[str, Any] = {"kind": kind, "seed": seed}
+    info: dict[str, Any] = {}
+    if kind == "random":
+        a = random_split(n, test_fraction, seed)
+        params["test_fraction"] = test_fraction
+    elif kind == "inchikey":
+        a = group_split(lab.mol, test_fraction, seed, eligible=known)
+        params["test_fraction"] = test_fraction
+    elif kind == "scaffold":
+        scaf = molecule_scaffolds(lab)
+        groups = [s if s is not None else (f"mol:{m}" if m is not None else None) for s, m in zip(scaf, lab.mol)]
+        a = group_split(groups, test_fraction, seed, eligible=known)
+        params["test_fraction"] = test_fraction
+        info["n_scaffolds"] = len({g for g in groups if g is not None})
+    elif kind in ("instrument", "adduct"):
+        if kind == "adduct":
+            from fastspec.chem.adducts import normalize_adduct
+
+            def norm(v):
+                try:
+                    return normalize_adduct(v) or v
+                except Exception:
+                    return v
+
+            is_test = _match_values(lab.adduct, arg, norm)
+        else:
+            is_test = _match_values(lab.instrument_type, arg)
+        if not is_test.any():
+            field_ = "instrument_type" if kind == "instrument" else "adduct"
+            seen = sorted({str(v) for v in lab.field(field_) if v is not None})[:12]
+            raise ParameterError(f"{kind} split: no spectrum has {field_} {arg!r}; values include {', '.join(seen)}")
+        a = np.where(is_test, TEST, TRAIN).astype(np.int8)
+        params["value"] = arg
+    elif kind == "ce":
+        lo, hi = _parse_range(arg)
+        is_test = (lab.ce >= lo) & (lab.ce <= hi)
+        if not is_test.any():
+            raise ParameterError(f"ce split: no spectrum has a collision energy in [{lo:g}, {hi:g}]")
+        a = np.where(is_test, TEST, TRAIN).astype(np.int8)
+        params.update(low=lo, high=hi)
+    elif kind == "column":
+        if not arg or arg not in lab.spectra.metadata.column_names:
+            raise ParameterError(f"column split: no metadata column {arg!r}")
+        a = column_assignment(lab.spectra.column(arg))
+        params["column"] = arg
+    elif kind == "file":
+        a = read_split(arg, lab.spectra)
+        params["path"] = arg
+    elif kind == "l2s":
+        opts = dict(l2s_options or {})
+        res = l2s_split(lab, test_fraction=test_fraction, seed=seed, search=search, threads=threads, **opts)
+        a, info = res.assignment, res.info
+        params.update(test_fraction=test_fraction, **{k: v for k, v in opts.items() if not isinstance(v, np.ndarray)})
+    else:
+        raise ParameterError(f"unknown split {spec!r}; use one of {', '.join(SPLIT_KINDS)} (e.g. instrument:VALUE)")
+    a = np.asarray(a, dtype=np.int8)
+    if molecule_disjoint:
+        a = enforce_molecule_disjoint(a, lab.mol)
+        params["molecule_disjoint"] = True
+    if not (a == TEST).any() or not (a == TRAIN).any():
+        raise FastspecError(f"split {spec!r} left an empty train or test side")
+    return Split(a, str(spec), params, info)
+
+
+def enforce_molecule_disjoint(assignment: np.ndarray, mol: Sequence) -> np.ndarray:
+    """Exclude training spectra whose molecule also occurs in test."""
+    codes = _group_codes(mol)
+    a = assignment.copy()
+    in_test = np.zeros(codes.max() + 1 if codes.size else 0, bool)
+    in_test[codes[a == TEST]] = True
+    drop = (a == TRAIN) & in_test[codes]
+    a[drop] = EXCLUDED
+    return a
+
+
+# ====================================================================== profile
+def split_profile(lab: LabData, assignment: np.ndarray, top: int = 3) -> dict:
+    """Describe a split of one library (see :func:`profile_between` for the keys)."""
+    a = np.asarray(assignment)
+    prof = profile_between(lab, np.flatnonzero(a == TRAIN), lab, np.flatnonzero(a == TEST), top=top)
+    prof["n_excluded"] = int((a == EXCLUDED).sum())
+    return prof
+
+
+def profile_between(train: LabData, train_rows: np.ndarray, test: LabData, test_rows: np.ndarray, top: int = 3) -> dict:
+    """Describe a train/test pair (the same or two different libraries).
+
+    Returns
+    -------
+    dict with ``n_train``, ``n_test``, ``n_excluded``, ``test_share`` (test / (train + test)),
+    ``n_test_molecules``, ``molecule_overlap`` (share of distinct test molecules that also occur in
+    train), ``molecule_overlap_spectra`` (share of test spectra whose molecule occurs in train),
+    ``unseen_formula_share`` (share of test spectra whose polarity+formula has no training spectrum;
+    a missing formula counts as unseen) and ``shift``: per field (instrument_type, adduct, ce_bin)
+    ``tvd``, the total-variation distance between the train and test value distributions, and
+    ``over_represented``, the ``top`` test values most over-represented relative to train
+    (value, test_share, train_share).
+    """
+    train_rows = np.asarray(train_rows, np.int64)
+    test_rows = np.asarray(test_rows, np.int64)
+    n_tr, n_te = int(train_rows.size), int(test_rows.size)
+    train_mols = {train.mol[i] for i in train_rows.tolist()} - {None}
+    test_mol_list = [test.mol[i] for i in test_rows.tolist() if test.mol[i] is not None]
+    test_mols = set(test_mol_list)
+    overlap = len(test_mols & train_mols) / len(test_mols) if test_mols else 0.0
+    overlap_sp = float(np.mean([m in train_mols for m in test_mol_list])) if test_mol_list else 0.0
+
+    def fkey(lab, i):
+        f = lab.formula[i]
+        return None if f is None else (int(lab.polarity[i]), f)
+
+    train_f = {fkey(train, i) for i in train_rows.tolist()}
+    unseen = [(k is None or k not in train_f) for k in (fkey(test, i) for i in test_rows.tolist())]
+    shift = {}
+    for f in SHIFT_FIELDS:
+        tv = [train.field(f)[i] for i in train_rows.tolist()]
+        te = [test.field(f)[i] for i in test_rows.tolist()]
+        shift[f] = _shift(tv + te, np.arange(n_tr + n_te) < n_tr, np.arange(n_tr + n_te) >= n_tr, top)
+    return {
+        "n_train": n_tr,
+        "n_test": n_te,
+        "n_excluded": 0,
+        "test_share": n_te / (n_tr + n_te) if n_tr + n_te else 0.0,
+        "n_test_molecules": len(test_mols),
+        "molecule_overlap": overlap,
+        "molecule_overlap_spectra": overlap_sp,
+        "unseen_formula_share": float(np.mean(unseen)) if unseen else 0.0,
+        "shift": shift,
+    }
+
+
+def _shift(values: Sequence, tr: np.ndarray, te: np.ndarray, top: int) -> dict:
+    labels = ["unknown" if v is None else str(v) for v in values]
+    codes, uniq = factorize([labels])
+    k = len(uniq)
+    p_tr = np.bincount(codes[tr], minlength=k).astype(float)
+    p_te = np.bincount(codes[te], minlength=k).astype(float)
+    p_tr /= max(p_tr.sum(), 1.0)
+    p_te /= max(p_te.sum(), 1.0)
+    diff = p_te - p_tr
+    order = np.argsort(-diff, kind="stable")[:top]
+    over = [
+        {"value": uniq[i], "test_share": round(float(p_te[i]), 4), "train_share": round(float(p_tr[i]), 4)}
+        for i in order
+        if diff[i] > 0
+    ]
+    return {"tvd": float(0.5 * np.abs(diff).sum()), "over_represented": over}
+
+
+# ====================================================================== learning to split
+def l2s_features(lab: LabData) -> np.ndarray:
+    """Splitter features per spectrum, float64 (n, d), standardised.
+
+    Metadata: one-hot instrument type (12 most common + other), adduct (8 + other), CE bin,
+    precursor m/z, log peak count. Molecule: log counts of C H N O S P and halogens from the
+    canonical formula, fingerprint density and 16 block popcounts of the fingerprint (when attached).
+    """
+    n = len(lab)
+    cols: list[np.ndarray] = []
+    for values, k in ((lab.instrument_type, 12), (lab.adduct, 8), (lab.ce_bin, 8)):
+        cols.append(_one_hot(values, k))
+    pmz = np.nan_to_num(lab.spectra.precursor_mz.astype(float), nan=float(np.nanmedian(lab.spectra.precursor_mz)) if n and np.isfinite(lab.spectra.precursor_mz).any() else 0.0)
+    cols.append(pmz[:, None])
+    cols.append(np.log1p(lab.spectra.n_peaks.astype(float))[:, None])
+    cols.append(_formula_counts(lab.formula))
+    if lab.fps is not None and lab.fp_row is not None:
+        cols.append(_fp_blocks(lab.fps.packed, lab.fp_row, 16))
+    X = np.hstack(cols).astype(np.float64)
+    mu, sd = X.mean(axis=0), X.std(axis=0)
+    sd[sd == 0] = 1.0
+    return (X - mu) / sd
+
+
+def _one_hot(values: Sequence, k: int) -> np.ndarray:
+    labels = ["" if v is None else str(v) for v in values]
+    codes, uniq = factorize([labels])
+    counts = np.bincount(codes, minlength=len(uniq))
+    keep = np.argsort(-counts, kind="stable")[:k]
+    remap = np.full(len(uniq), len(keep), dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    out = np.zeros((len(values), len(keep) + 1))
+    out[np.arange(len(values)), remap[codes]] = 1.0
+    return out
+
+
+_ELEMENTS = ("C", "H", "N", "O", "S", "P", "F", "Cl", "Br", "I")
+
+
+def _formula_counts(formulas: Sequence[str | None]) -> np.ndarray:
+    import re
+
+    pat = re.compile(r"([A-Z][a-z]?)(\d*)")
+    cache: dict[str, np.ndarray] = {}
+    out = np.zeros((len(formulas), len(_ELEMENTS)))
+    for i, f in enumerate(formulas):
+        if not f:
+            continue
+        if f not in cache:
+            v = np.zeros(len(_ELEMENTS))
+            for el, num in pat.findall(f):
+                if el in _ELEMENTS:
+                    v[_ELEMENTS.index(el)] += int(num) if num else 1
+            cache[f] = np.log1p(v)
+        out[i] = cache[f]
+    return out
+
+
+def _fp_blocks(packed: np.ndarray, rows: np.ndarray, n_blocks: int) -> np.ndarray:
+    words = packed.shape[1]
+    per = max(1, words // n_blocks)
+    counts = np.bitwise_count(packed).astype(np.float64)  # (m, words)
+    blocks = np.add.reduceat(counts, np.arange(0, words, per), axis=1)
+    dens = counts.sum(axis=1, keepdims=True)
+    feats = np.hstack([np.log1p(dens), blocks / np.maximum(dens, 1.0)])
+    out = np.zeros((rows.shape[0], feats.shape[1]))
+    ok = rows >= 0
+    out[ok] = feats[rows[ok]]
+    return out
+
+
+def _fit_logistic(X: np.ndarray, y: np.ndarray, w0: np.ndarray | None, l2: float = 1.0, iters: int = 15) -> np.ndarray:
+    """Ridge logistic regression with soft targets y in [0, 1] by Newton steps; weights (d+1,) with bias."""
+    Xb = np.hstack([X, np.ones((X.shape[0], 1))])
+    d = Xb.shape[1]
+    w = np.zeros(d) if w0 is None else w0.copy()
+    reg = np.full(d, l2)
+    reg[-1] = 0.0
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(Xb @ w, -30, 30)))
+        g = Xb.T @ (p - y) + reg * w
+        h = (Xb * (p * (1 - p))[:, None]).T @ Xb + np.diag(reg + 1e-6)
+        step = np.linalg.solve(h, g)
+        w -= step
+        if np.abs(step).max() < 1e-6:
+            break
+    return w
+
+
+def l2s_split(
+    lab: LabData,
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    max_iter: int = 8,
+    patience: int = 2,
+    l2: float = 1.0,
+    search: SearchConfig | None = None,
+    fingerprint: str = "morgan:2:4096",
+    threads: int | None = None,
+) -> Split:
+    """Learning-to-split on a CPU: find a molecule-disjoint split on which the NN baseline does worst.
+
+    Each iteration (i) evaluates the NN baseline (the predictor) on the current test side — per test
+    spectrum the Tanimoto of its predicted molecule, 0 when no same-bucket neighbour exists; (ii) fits
+    the splitter, a ridge logistic regression over :func:`l2s_features`, to the hardness ``1 - Tanimoto``
+    of the test spectra; (iii) scores every spectrum, averages the scores per molecule (InChIKey first
+    block) and fills the test side with the highest-scoring molecules up to ``test_fraction`` (seeded
+    tiny noise breaks ties). It stops after ``max_iter`` iterations or ``patience`` iterations without
+    a lower test Tanimoto, and returns the hardest split seen.
+
+    Returns
+    -------
+    Split
+        ``info["history"]``: per iteration test_share, mean_tanimoto_all (uncovered = 0) and coverage.
+    """
+    from fastspec.baseline import nn_search, predict_molecules, prepare_side
+    from fastspec.evaluate import prediction_tanimoto
+
+    _check_fraction(test_fraction)
+    cfg = (search or SearchConfig()).replace(no_neighbour="skip", vote=1, search_k=1)
+    if lab.fps is None:
+        lab.attach_fingerprints(fingerprint)
+    known = np.array([m is not None for m in lab.mol], bool)
+    n_known = int(known.sum())
+    if n_known < 10:
+        raise FastspecError("l2s needs at least 10 spectra with a known molecule")
+    X = l2s_features(lab)
+    codes = _group_codes(lab.mol)
+    rng = np.random.default_rng(seed)
+    prepared = prepare_side(lab.spectra, cfg)
+    a = group_split(lab.mol, test_fraction, seed, eligible=known)
+    best_a, best_obj, since_best = a.copy(), math.inf, 0
+    history = []
+    w = None
+    for it in range(max_iter):
+        test = np.flatnonzero(a == TEST)
+        train = np.flatnonzero(a == TRAIN)
+        res = nn_search(lab, lab, cfg, query_rows=test, library_rows=train, prepared=(prepared, prepared), threads=threads)
+        row, _ = predict_molecules(res, lab.mol_code)
+        tani = prediction_tanimoto(lab, test, lab, row)
+        tani = np.where(row >= 0, tani, 0.0)
+        obj = float(tani.mean()) if tani.size else 0.0
+        history.append(
+            {"iteration": it, "test_share": test.size / max(test.size + train.size, 1), "mean_tanimoto_all": obj, "coverage": float(res.covered.mean()) if test.size else 0.0}
+        )
+        if obj < best_obj - 1e-9:
+            best_obj, best_a, since_best = obj, a.copy(), 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+        if it == max_iter - 1:
+            break
+        w = _fit_logistic(X[test], 1.0 - tani, w, l2=l2)
+        logit = np.hstack([X, np.ones((X.shape[0], 1))]) @ w
+        # per-molecule mean score; tiny noise breaks ties reproducibly
+        k = codes.max() + 1
+        msum = np.bincount(codes[known], weights=logit[known], minlength=k)
+        mcnt = np.bincount(codes[known], minlength=k)
+        mscore = np.where(mcnt > 0, msum / np.maximum(mcnt, 1), -np.inf) + rng.normal(0, 1e-6, k)
+        order = np.argsort(-mscore, kind="stable")
+        order = order[mcnt[order] > 0]
+        chosen = order[_greedy_fill(mcnt[order], int(round(test_fraction * n_known)))]
+        is_test = np.zeros(k, bool)
+        is_test[chosen] = True
+        a = np.full(len(lab), EXCLUDED, np.int8)
+        a[known] = np.where(is_test[codes[known]], TEST, TRAIN)
+    info = {"history": history, "best_mean_tanimoto_all": best_obj, "iterations": len(history)}
+    return Split(best_a, "l2s", {"test_fraction": test_fraction, "seed": seed, "max_iter": max_iter, "patience": patience}, info)

@@ -1,0 +1,99 @@
+"""CLI of the lab: evaluate, split, ablate and report through click's CliRunner on a MassBank subset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("rdkit")
+
+from fastspec.cli import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def library(massbank_parquet, tmp_path_factory):
+    """A small positive+negative MassBank subset as parquet (whole formula groups, so buckets are populated)."""
+    t = pq.read_table(massbank_parquet)
+    formulas = t.column("formula").to_pylist()
+    uniq = sorted({f for f in formulas if f})
+    keep = set(np.random.default_rng(11).permutation(uniq)[: len(uniq) // 15].tolist())
+    rows = np.flatnonzero([f in keep for f in formulas])[:900]
+    path = tmp_path_factory.mktemp("lab") / "lib.parquet"
+    pq.write_table(t.take(pa.array(rows)), path)
+    return path
+
+
+def invoke(*args):
+    res = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    return res
+
+
+def test_evaluate_cli(library, tmp_path):
+    out = tmp_path / "r.json"
+    pred = tmp_path / "p.parquet"
+    res = invoke("evaluate", "--library", library, "--split", "inchikey", "--preset", "khoo2026", "--ion-mode", "positive",
+                 "--bootstrap", "50", "-o", out, "--markdown", "--predictions", pred)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["config"]["preset"] == "khoo2026" and rep["config"]["split"] == "inchikey"
+    assert rep["split_profile"]["molecule_overlap"] == 0.0
+    assert rep["n_test"] >= rep["n_scored"]
+    assert (tmp_path / "r.md").exists()
+    assert pq.read_table(pred).num_rows == rep["n_test"]
+    assert "mean_tanimoto_all=" in res.output  # the summary line (stderr)
+    # explicit options override the preset
+    res = invoke("evaluate", "-l", library, "--preset", "khoo2026", "--intensity-power", "0", "--bootstrap", "0", "-q")
+    assert res.exit_code == 0
+    rep = json.loads(res.stdout)
+    assert rep["config"]["intensity_power"] == 0.0 and rep["config"]["metric"] == "binned_cosine"
+
+
+def test_evaluate_cli_errors(library, tmp_path):
+    res = CliRunner().invoke(main, ["evaluate", "-l", str(tmp_path / "nope.mgf")])
+    assert res.exit_code != 0 and "Error" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["evaluate", "-l", str(library), "--split", "instrument:NOPE"])
+    assert res.exit_code != 0 and "no spectrum has instrument_type" in res.output
+
+
+def test_split_then_file_evaluate(library, tmp_path):
+    sfile = tmp_path / "split.csv"
+    prof = tmp_path / "profile.json"
+    res = invoke("split", "-l", library, "--split", "scaffold", "-o", sfile, "--profile", prof)
+    assert res.exit_code == 0, res.output
+    p = json.loads(prof.read_text())
+    assert {"test_share", "molecule_overlap", "unseen_formula_share", "shift"} <= set(p)
+    out = tmp_path / "r.json"
+    res = invoke("evaluate", "-l", library, "--split", f"file:{sfile}", "--metric", "cosine", "--bootstrap", "0", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["split_profile"]["n_test"] == p["n_test"]
+
+
+def test_ablate_and_report(library, tmp_path):
+    out = tmp_path / "abl.json"
+    res = invoke("ablate", "-l", library, "--split", "random", "--split", "inchikey", "--metric", "cosine",
+                 "--intensity-powers", "0,1", "--mz-powers", "0", "--bootstrap", "0", "--ion-mode", "positive", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    abl = json.loads(out.read_text())
+    assert len(abl["rows"]) == 2 * 3
+    assert {"split", "intensity_power", "mz_power", "shuffle", "mean_tanimoto"} <= set(abl["rows"][0])
+    assert len(abl["intensity_blind"]) == 2
+    md, html = tmp_path / "rep" / "report.md", tmp_path / "rep" / "report.html"
+    md.parent.mkdir()
+    rep_json = tmp_path / "r.json"
+    invoke("evaluate", "-l", library, "--metric", "cosine", "--bootstrap", "0", "-o", rep_json, "-q")
+    res = invoke("report", out, rep_json, "-o", md, "--html", html)
+    assert res.exit_code == 0, res.output
+    text = md.read_text()
+    assert "Intensity ablation" in text and "Summary" in text
+    figs = list((tmp_path / "rep" / "report_figures").glob("*.png"))
+    assert figs and all(f.stat().st_size < 200_000 for f in figs)
+    h = html.read_text()
+    assert "data:image/png;base64," in h and "<table>" in h
+    res = CliRunner().invoke(main, ["ablate", "-l", str(library), "--intensity-powers", "a,b", "-o", str(out)])
+    assert res.exit_code != 0 and "intensity-powers" in res.output

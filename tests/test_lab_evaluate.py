@@ -1,0 +1,337 @@
+"""NN-baseline evaluation: hand-computed metrics, policies, stable keys, the khoo2026 preset against a
+plain-numpy reimplementation, ablation rows == evaluate, predictions file, external queries."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("rdkit")
+
+from fastspec.errors import FastspecError, ParameterError  # noqa: E402
+from fastspec.spectra import Spectra  # noqa: E402
+
+FROZEN_REPORT_KEYS = (
+    "n_test",
+    "n_scored",
+    "coverage",
+    "mean_tanimoto",
+    "mean_tanimoto_all",
+    "exact_match_rate",
+    "exact_match_rate_all",
+    "hit_at_k",
+    "hit_at_k_all",
+    "oracle_tanimoto",
+    "oracle_tanimoto_all",
+    "leakage",
+    "leakage_spectra",
+    "n_fallback",
+    "excluded",
+    "groups",
+    "ci",
+    "score_hist",
+    "examples",
+    "config",
+    "split_profile",
+    "timing",
+)
+FROZEN_PROFILE_KEYS = {
+    "n_train",
+    "n_test",
+    "n_excluded",
+    "test_share",
+    "n_test_molecules",
+    "molecule_overlap",
+    "molecule_overlap_spectra",
+    "unseen_formula_share",
+    "shift",
+}
+
+
+def tanimoto(s1: str, s2: str, radius: int = 2, n_bits: int = 4096) -> float:
+    from rdkit import Chem, DataStructs
+    from rdkit.Chem import rdFingerprintGenerator
+
+    gen = rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=n_bits)
+    return DataStructs.TanimotoSimilarity(gen.GetFingerprint(Chem.MolFromSmiles(s1)), gen.GetFingerprint(Chem.MolFromSmiles(s2)))
+
+
+# ---------------------------------------------------------------------- a tiny hand-made library
+ETOH, DME, ACOH, PROPANOL = "CCO", "COC", "CC(=O)O", "CCCO"
+
+
+def tiny() -> Spectra:
+    rows = [
+        # role, smiles, formula, mode, instrument, peaks
+        ("train", ETOH, "C2H6O", "positive", "QTOF", [10.0, 20.0, 30.0]),
+        ("train", DME, "C2H6O", "positive", "QTOF", [40.0, 50.0, 60.0]),
+        ("train", ACOH, "C2H4O2", "positive", "QTOF", [15.0, 25.0]),
+        ("test", ETOH, "C2H6O", "positive", "QTOF", [10.0, 20.0, 30.0]),  # right: ethanol
+        ("test", DME, "C2H6O", "positive", "QTOF", [10.0, 20.0, 31.0]),  # wrong: looks like ethanol
+        ("test", PROPANOL, "C3H8O", "positive", "ORBI", [15.0, 25.0]),  # no same-formula train spectrum
+        ("test", ETOH, "C2H6O", "negative", "ORBI", [10.0, 20.0, 30.0]),  # no negative train spectrum
+    ]
+    md = {
+        "id": [f"s{i}" for i in range(len(rows))],
+        "role": [r[0] for r in rows],
+        "smiles": [r[1] for r in rows],
+        "formula": [r[2] for r in rows],
+        "ion_mode": [r[3] for r in rows],
+        "adduct": ["[M+H]+" if r[3] == "positive" else "[M-H]-" for r in rows],
+        "instrument_type": [r[4] for r in rows],
+        "collision_energy": ["20", "20", "20", "20", "50", "50", None],
+    }
+    return Spectra.from_arrays(
+        [r[5] for r in rows], [[1.0] * len(r[5]) for r in rows], precursor_mz=[100.0] * len(rows), metadata=md
+    )
+
+
+def run(policy: str, **kw):
+    from fastspec.evaluate import evaluate
+
+    kw = {"metric": "cosine", "tolerance": 0.1, "n_bootstrap": 50, **kw}
+    return evaluate(tiny(), "column:role", no_neighbour=policy, **kw)
+
+
+def test_metrics_skip_policy_by_hand():
+    t_eo = tanimoto(ETOH, DME)
+    r = run("skip")
+    assert tuple(r) == FROZEN_REPORT_KEYS
+    assert r["n_test"] == 4 and r["n_scored"] == 2
+    assert r["coverage"] == pytest.approx(0.5)
+    assert r["mean_tanimoto"] == pytest.approx((1 + t_eo) / 2)
+    assert r["mean_tanimoto_all"] == pytest.approx((1 + t_eo) / 4)
+    assert r["exact_match_rate"] == pytest.approx(0.5)
+    assert r["exact_match_rate_all"] == pytest.approx(0.25)
+    assert r["hit_at_k"]["1"] == pytest.approx(0.5)
+    assert r["oracle_tanimoto"] == pytest.approx(1.0)  # both covered spectra have their molecule in the bucket
+    assert r["oracle_tanimoto_all"] == pytest.approx(0.5)
+    assert r["leakage"] == pytest.approx(2 / 3)  # ethanol and DME of {ethanol, DME, propanol}
+    assert r["leakage_spectra"] == pytest.approx(3 / 4)
+    assert r["n_fallback"] == 0
+    g = r["groups"]["instrument_type"]
+    assert g["QTOF"]["n_test"] == 2 and g["QTOF"]["coverage"] == 1.0
+    assert g["ORBI"]["n_scored"] == 0 and g["ORBI"]["mean_tanimoto"] is None and g["ORBI"]["mean_tanimoto_all"] == 0.0
+    assert set(r["split_profile"]) >= FROZEN_PROFILE_KEYS
+    assert r["split_profile"]["unseen_formula_share"] == pytest.approx(0.5)  # propanol, and ethanol in negative mode
+    lo, hi = r["ci"]["mean_tanimoto_all"]
+    assert lo <= r["mean_tanimoto_all"] <= hi
+
+
+def test_metrics_zero_and_fallback_policies():
+    t_eo = tanimoto(ETOH, DME)
+    t_pa = tanimoto(PROPANOL, ACOH)
+    z = run("zero")
+    assert z["n_scored"] == 4
+    assert z["mean_tanimoto"] == pytest.approx((1 + t_eo) / 4) == z["mean_tanimoto_all"]
+    f = run("fallback")
+    # propanol falls back to all positive training spectra (acetic acid has the same peaks);
+    # the negative-mode spectrum has no training spectrum of its polarity and stays unscored
+    assert f["n_fallback"] == 1 and f["n_scored"] == 3
+    assert f["coverage"] == pytest.approx(0.5)
+    assert f["mean_tanimoto"] == pytest.approx((1 + t_eo + t_pa) / 3)
+    assert f["mean_tanimoto_all"] == pytest.approx((1 + t_eo + t_pa) / 4)
+
+
+def test_formula_adduct_bucket_and_bad_options():
+    r = run("skip", bucket="formula+adduct")
+    assert r["n_scored"] == 2
+    with pytest.raises(ParameterError):
+        run("skip", metric="nope")
+    with pytest.raises(ParameterError):
+        run("sometimes")
+    from fastspec.evaluate import evaluate
+
+    with pytest.raises(ParameterError):
+        evaluate(tiny(), "column:role", preset="khoo2099")
+
+
+def test_predictions_file_and_markdown(tmp_path):
+    out = tmp_path / "p.parquet"
+    md = tmp_path / "r.md"
+    r = run("skip", predictions=out, markdown=md, output=tmp_path / "r.json")
+    t = pq.read_table(out)
+    assert t.num_rows == r["n_test"]
+    assert t.column("exact").to_pylist() == [True, False, False, False]
+    assert t.column("predicted_id").to_pylist() == ["s0", "s0", None, None]
+    assert "mean_tanimoto_all" in md.read_text()
+    import json
+
+    assert tuple(json.loads((tmp_path / "r.json").read_text())) == FROZEN_REPORT_KEYS
+
+
+def test_external_queries_leakage():
+    from fastspec.evaluate import evaluate
+
+    sp = tiny()
+    role = np.array(sp.column("role"))
+    lib, q = sp[role == "train"], sp[role == "test"]
+    r = evaluate(lib, queries=q, metric="cosine", tolerance=0.1, n_bootstrap=0)
+    assert r["n_test"] == 4 and r["n_scored"] == 2
+    assert r["leakage"] == pytest.approx(2 / 3)
+    assert r["ci"] == {}
+    assert r["config"]["split"] == "queries"
+
+
+def test_invalid_structures_are_counted():
+    from fastspec.evaluate import evaluate
+    from fastspec.fingerprints import molecule_keys
+
+    sp = tiny()
+    md = sp.metadata
+    smiles = md.column("smiles").to_pylist()
+    keys = molecule_keys(None, None, smiles)[0]
+    keys[4] = "AAAAAAAAAAAAAA"
+    smiles[4] = "definitely(not"  # a test spectrum whose truth cannot be fingerprinted
+    smiles[1] = "also not smiles"  # a training spectrum (keeps its InChIKey)
+    md = md.set_column(md.column_names.index("smiles"), "smiles", pa.array(smiles)).append_column("inchikey14", pa.array(keys))
+    r = evaluate(sp.with_metadata(md), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0)
+    assert r["excluded"] == {"test_no_molecule": 0, "test_invalid_structure": 1, "train_no_molecule": 0, "train_invalid_structure": 1}
+    assert r["n_test"] == 3
+    # without any identity (no InChIKey, unparsable SMILES) a spectrum cannot be scored either
+    md2 = sp.metadata.set_column(sp.metadata.column_names.index("smiles"), "smiles", pa.array(smiles))
+    r2 = evaluate(sp.with_metadata(md2), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0)
+    assert r2["excluded"]["test_no_molecule"] == 1 and r2["excluded"]["train_no_molecule"] == 1
+
+
+# ---------------------------------------------------------------------- khoo2026 preset vs plain numpy
+def _load_subset(path, n: int, seed: int = 0) -> Spectra:
+    t = pq.read_table(path)
+    t = t.filter(pc.equal(t.column("ion_mode"), "positive"))
+    # whole formula groups so that most test spectra have candidates
+    formulas = t.column("formula").to_pylist()
+    uniq = sorted({f for f in formulas if f})
+    rng = np.random.default_rng(seed)
+    keep = set(rng.permutation(uniq)[: max(1, len(uniq) // 12)].tolist())
+    rows = np.flatnonzero([f in keep for f in formulas])[:n]
+    t = t.take(pa.array(rows))
+    return Spectra.from_arrays(
+        t.column("mz").to_pylist(), t.column("intensity").to_pylist(), metadata=t.drop_columns(["mz", "intensity", "synonyms"])
+    )
+
+
+@pytest.fixture(scope="module")
+def massbank_small(massbank_parquet):
+    return _load_subset(massbank_parquet, 1200)
+
+
+def khoo_numpy(train: Spectra, test: Spectra, train_formula, test_formula):
+    """Plain-numpy reimplementation of the paper's NN: dense 8000-bin vectors (0.25 Da to 2000 Da),
+    base peak 100, summed per bin, 100 added at the precursor bin, cosine, same formula, top-1 with
+    ties to the lowest library index. Returns the predicted training position per test spectrum (-1)."""
+
+    def dense(sp: Spectra) -> np.ndarray:
+        v = np.zeros((len(sp), 8000))
+        for i in range(len(sp)):
+            lo, hi = sp.offsets[i], sp.offsets[i + 1]
+            mz, it = sp.mz[lo:hi], sp.intensity[lo:hi].astype(np.float64)
+            if it.size and it.max() > 0:
+                it = it / it.max() * 100.0
+            b = np.floor(mz / 0.25).astype(np.int64)
+            ok = (b >= 0) & (b < 8000)
+            np.add.at(v[i], b[ok], it[ok])
+            p = sp.precursor_mz[i]
+            if np.isfinite(p) and 0 <= int(np.floor(p / 0.25)) < 8000:
+                v[i, int(np.floor(p / 0.25))] += 100.0
+        n = np.linalg.norm(v, axis=1, keepdims=True)
+        return v / np.where(n == 0, 1.0, n)
+
+    a, b = dense(test), dense(train)
+    pred = np.full(len(test), -1, dtype=np.int64)
+    score = np.zeros(len(test))
+    for i in range(len(test)):
+        cand = np.flatnonzero(np.array([f is not None and f == test_formula[i] for f in train_formula]))
+        if cand.size == 0:
+            continue
+        s = b[cand] @ a[i]
+        j = np.flatnonzero(s == s.max())[0]  # lowest index among ties
+        pred[i], score[i] = cand[j], s[j]
+    return pred, score
+
+
+def test_khoo2026_preset_matches_numpy(massbank_small):
+    from fastspec.baseline import LabData
+    from fastspec.evaluate import Evaluation, search_config
+
+    sp = massbank_small
+    ev = Evaluation(sp, split="random", seed=3)
+    cfg = search_config("khoo2026")
+    rep, det = ev.run(cfg, n_bootstrap=0)
+    lab: LabData = ev.lib
+    train, test = ev.train_rows, det["test_rows"]
+    pred, score = khoo_numpy(sp.take(train), sp.take(test), [lab.formula[i] for i in train], [lab.formula[i] for i in test])
+    got = det["pred_rows"]
+    exp = np.where(pred >= 0, train[np.maximum(pred, 0)], -1)
+    np.testing.assert_allclose(det["score"][got >= 0], score[pred >= 0], atol=1e-6)
+    # predictions agree except where two candidates tie within float rounding
+    close_tie = np.zeros(len(test), bool)
+    for i in np.flatnonzero(got != exp):
+        close_tie[i] = abs(det["score"][i] - score[i]) < 1e-9
+    assert ((got == exp) | close_tie).all()
+    assert (got == exp).mean() > 0.98
+    # Tanimoto of the numpy predictions (RDKit, Morgan r2 4096) vs the report. One structure per
+    # molecule (InChIKey first block, first SMILES seen): tautomers share an InChIKey but not a SMILES.
+    keys = sp.column("inchikey14")
+    rep_smiles: dict = {}
+    for k, s in zip(keys, sp.column("smiles")):
+        rep_smiles.setdefault(k, s)
+    t_ref = [
+        0.0 if p < 0 else 1.0 if keys[q] == keys[p] else tanimoto(rep_smiles[keys[q]], rep_smiles[keys[p]])
+        for q, p in zip(test.tolist(), exp.tolist())
+    ]
+    covered = pred >= 0
+    assert rep["n_scored"] == int(covered.sum())
+    assert rep["mean_tanimoto"] == pytest.approx(np.mean(np.asarray(t_ref)[covered]), abs=1e-9)
+    assert rep["mean_tanimoto_all"] == pytest.approx(np.sum(t_ref) / len(test), abs=1e-9)
+    assert rep["config"]["preset"] == "khoo2026" and rep["config"]["no_neighbour"] == "skip"
+
+
+def test_ablation_rows_equal_evaluate(massbank_small):
+    from fastspec.ablation import ablate
+    from fastspec.evaluate import evaluate
+
+    out = ablate(
+        massbank_small, ["inchikey"], metric="cosine", tolerance=0.02, intensity_powers=[0.0, 1.0], mz_powers=[0.0],
+        n_bootstrap=20, seed=1,
+    )
+    rows = out["rows"]
+    assert [(r["intensity_power"], r["mz_power"], r["shuffle"]) for r in rows] == [(0.0, 0.0, False), (1.0, 0.0, False), (1.0, 0.0, True)]
+    for r in (rows[0], rows[2]):
+        rep = evaluate(
+            massbank_small, "inchikey", metric="cosine", tolerance=0.02, intensity_power=r["intensity_power"],
+            mz_power=r["mz_power"], shuffle_intensities=r["shuffle"], n_bootstrap=20, seed=1,
+        )
+        for k in FROZEN_REPORT_KEYS:
+            if k != "timing":
+                assert r[k] == rep[k], k
+    blind = out["intensity_blind"][0]
+    assert blind["split"] == "inchikey"
+    assert blind["binary_wrong"] + blind["binary_right"] == blind["n_compared"]
+
+
+def test_ablation_embeddings(massbank_small):
+    from fastspec.ablation import ablate
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(massbank_small), 6))
+    out = ablate(
+        massbank_small, ["random"], metric="cosine", intensity_powers=[0.0, 1.0], mz_powers=[0.0], shuffle=False,
+        embeddings=emb, embedding_threshold=-1.0, spectral_threshold=2.0, n_pairs=5, n_bootstrap=0,
+    )
+    e = out["embeddings"][0]
+    assert e["n_flagged"] > 0 and len(e["pairs"]) == 5
+    assert any(r.get("embedding") for r in out["rows"])
+    with pytest.raises(FastspecError):
+        ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[1.0], mz_powers=[0.0], embeddings=emb[:10], n_bootstrap=0)
+
+
+def test_distinct_ranks_and_bootstrap():
+    from fastspec.evaluate import bootstrap_ci, distinct_ranks
+
+    codes = np.array([[5, 5, 3, 7, -1], [2, 2, 2, 2, 2], [-1, -1, -1, -1, -1]])
+    r = distinct_ranks(codes, np.array([7, 2, 1]))
+    assert r[0] == 2 and r[1] == 0 and r[2] > 10**6
+    ci = bootstrap_ci(np.array([0, 0, 1, 2]), {"m": (np.array([1.0, 1.0, 0.0, 1.0]), np.ones(4))}, n_boot=200, seed=0)
+    assert 0.0 <= ci["m"][0] <= 0.75 <= ci["m"][1] <= 1.0

@@ -1,0 +1,220 @@
+"""Splits: disjointness where promised, condition shifts, split files, l2s, and the split profile."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("rdkit")
+
+from fastspec.errors import FastspecError, ParameterError  # noqa: E402
+from fastspec.spectra import Spectra  # noqa: E402
+
+PROFILE_KEYS = {"n_train", "n_test", "n_excluded", "test_share", "n_test_molecules", "molecule_overlap",
+                "molecule_overlap_spectra", "unseen_formula_share", "shift"}
+
+
+@pytest.fixture(scope="module")
+def lab(massbank_parquet):
+    from fastspec.baseline import LabData
+
+    t = pq.read_table(massbank_parquet)
+    t = t.filter(pc.equal(t.column("ion_mode"), "positive"))
+    rows = np.sort(np.random.default_rng(5).choice(t.num_rows, 1500, replace=False))
+    t = t.take(pa.array(rows))
+    sp = Spectra.from_arrays(
+        t.column("mz").to_pylist(), t.column("intensity").to_pylist(), metadata=t.drop_columns(["mz", "intensity", "synonyms"])
+    )
+    return LabData.build(sp)
+
+
+def _sides(split, values):
+    tr = {values[i] for i in split.train}
+    te = {values[i] for i in split.test}
+    return tr, te
+
+
+def test_random_split_share(lab):
+    from fastspec.splits import make_split
+
+    s = make_split(lab, "random", test_fraction=0.25, seed=1)
+    assert len(s.test) == round(0.25 * len(lab))
+    assert len(np.intersect1d(s.train, s.test)) == 0
+    s2 = make_split(lab, "random", test_fraction=0.25, seed=1)
+    np.testing.assert_array_equal(s.assignment, s2.assignment)
+
+
+def test_inchikey_split_is_molecule_disjoint(lab):
+    from fastspec.splits import make_split, split_profile
+
+    s = make_split(lab, "inchikey", test_fraction=0.2, seed=2)
+    tr, te = _sides(s, lab.mol)
+    assert not (tr & te) and None not in te
+    prof = split_profile(lab, s.assignment)
+    assert set(prof) == PROFILE_KEYS
+    assert prof["molecule_overlap"] == 0.0
+    assert abs(prof["test_share"] - 0.2) < 0.03
+
+
+def test_scaffold_split_is_scaffold_disjoint(lab):
+    from fastspec.splits import make_split, molecule_scaffolds
+
+    s = make_split(lab, "scaffold", test_fraction=0.2, seed=3)
+    scaf = molecule_scaffolds(lab)
+    tr, te = _sides(s, scaf)
+    assert not ((tr & te) - {None})
+    mtr, mte = _sides(s, lab.mol)
+    assert not (mtr & mte)
+    assert 0.1 < len(s.test) / (len(s.test) + len(s.train)) < 0.3
+
+
+def test_condition_splits(lab):
+    from fastspec.splits import make_split, split_profile
+
+    s = make_split(lab, "instrument:lc-esi-qtof")
+    assert all(lab.instrument_type[i] == "LC-ESI-QTOF" for i in s.test)
+    assert all(lab.instrument_type[i] != "LC-ESI-QTOF" for i in s.train)
+    prof = split_profile(lab, s.assignment)
+    sh = prof["shift"]["instrument_type"]
+    assert sh["tvd"] == pytest.approx(1.0)  # disjoint supports
+    assert sh["over_represented"][0]["value"] == "LC-ESI-QTOF" and sh["over_represented"][0]["test_share"] == 1.0
+
+    a = make_split(lab, "adduct:[M+Na]+")
+    assert {lab.adduct[i] for i in a.test} == {"[M+Na]+"}
+
+    c = make_split(lab, "ce:30-45")
+    assert ((lab.ce[c.test] >= 30) & (lab.ce[c.test] <= 45)).all()
+    assert not ((lab.ce[c.train] >= 30) & (lab.ce[c.train] <= 45)).any()
+
+    d = make_split(lab, "instrument:LC-ESI-QTOF", molecule_disjoint=True)
+    tr, te = _sides(d, lab.mol)
+    assert not (tr & te)
+
+    with pytest.raises(ParameterError):
+        make_split(lab, "instrument:NO-SUCH-THING")
+    with pytest.raises(ParameterError):
+        make_split(lab, "ce:50-10")
+    with pytest.raises(ParameterError):
+        make_split(lab, "banana")
+
+
+def test_column_and_file_splits(lab, tmp_path):
+    from fastspec.splits import make_split, read_split, write_split
+
+    s = make_split(lab, "inchikey", seed=4)
+    for name in ("split.csv", "split.tsv", "split.parquet"):
+        write_split(s, tmp_path / name, lab.spectra)
+        back = make_split(lab, f"file:{tmp_path / name}")
+        np.testing.assert_array_equal(back.assignment, s.assignment)
+    # by id even if the file rows are shuffled; missing rows are excluded
+    import pyarrow.csv as pcsv
+
+    t = pcsv.read_csv(tmp_path / "split.csv")
+    t = t.take(pa.array(np.random.default_rng(0).permutation(t.num_rows)[: t.num_rows - 5]))
+    pcsv.write_csv(t, tmp_path / "part.csv")
+    part = read_split(tmp_path / "part.csv", lab.spectra)
+    assert (part == -1).sum() == 5 + (s.assignment == -1).sum()
+    kept = part != -1
+    np.testing.assert_array_equal(part[kept], s.assignment[kept])
+
+    role = np.array(["excluded", "train", "test"])[s.assignment.astype(int) + 1].tolist()
+    md = lab.spectra.metadata.append_column("role", pa.array(role))
+    from fastspec.baseline import LabData
+
+    lab2 = LabData.build(lab.spectra.with_metadata(md))
+    col = make_split(lab2, "column:role")
+    np.testing.assert_array_equal(col.assignment, s.assignment)
+    with pytest.raises(ParameterError):
+        make_split(lab, "column:nope")
+    with pytest.raises(FileNotFoundError):
+        make_split(lab, f"file:{tmp_path / 'missing.csv'}")
+
+
+def test_l2s_split(lab):
+    from fastspec.baseline import SearchConfig
+    from fastspec.splits import make_split, split_profile
+
+    s = make_split(lab, "l2s", test_fraction=0.2, seed=0, search=SearchConfig(metric="cosine", tolerance=0.02),
+                   l2s_options={"max_iter": 4, "patience": 2})
+    tr, te = _sides(s, lab.mol)
+    assert not (tr & te)
+    prof = split_profile(lab, s.assignment)
+    assert set(prof) == PROFILE_KEYS
+    assert abs(prof["test_share"] - 0.2) < 0.02
+    hist = s.info["history"]
+    assert 1 <= len(hist) <= 4
+    assert {"iteration", "test_share", "mean_tanimoto_all", "coverage"} <= set(hist[0])
+    # the returned split is the hardest one seen
+    assert s.info["best_mean_tanimoto_all"] == min(h["mean_tanimoto_all"] for h in hist)
+
+
+def test_group_split_edge_cases():
+    from fastspec.splits import group_split, random_split
+
+    a = group_split(["a"] * 5 + ["b"] * 5 + [None] * 10, 0.5, seed=0)
+    assert (a == 1).sum() == 10
+    with pytest.raises(ParameterError):
+        random_split(10, 1.5)
+    # one giant group: still a non-empty test side (the smallest group)
+    a = group_split(["x"] * 50 + ["y"] * 2, 0.2, seed=0)
+    assert (a == 1).sum() == 2
+
+
+def test_profile_by_hand():
+    from fastspec.baseline import LabData
+    from fastspec.splits import split_profile
+
+    md = {
+        "smiles": ["CCO", "CCO", "COC", "CCCO"],
+        "formula": ["C2H6O", "C2H6O", "C2H6O", "C3H8O"],
+        "ion_mode": ["positive"] * 4,
+        "instrument_type": ["A", "A", "B", "B"],
+        "adduct": ["[M+H]+"] * 4,
+    }
+    sp = Spectra.from_arrays([[1.0]] * 4, [[1.0]] * 4, precursor_mz=[50.0] * 4, metadata=md)
+    lab = LabData.build(sp)
+    p = split_profile(lab, np.array([0, 1, 1, 1], np.int8))
+    assert p["n_train"] == 1 and p["n_test"] == 3
+    assert p["molecule_overlap"] == pytest.approx(1 / 3)  # ethanol of {ethanol, DME, propanol}
+    assert p["molecule_overlap_spectra"] == pytest.approx(1 / 3)
+    assert p["unseen_formula_share"] == pytest.approx(1 / 3)  # propanol
+    assert p["shift"]["instrument_type"]["tvd"] == pytest.approx(2 / 3)
+    assert p["shift"]["instrument_type"]["over_represented"][0] == {"value": "B", "test_share": 0.6667, "train_share": 0.0}
+    from fastspec.splits import make_split
+
+    assert len(make_split(lab, "instrument:A").test) == 2
+    with pytest.raises(FastspecError):
+        make_split(lab, "column:formula")  # no train/test values -> empty sides
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.sampled_from("abcdefghij")), min_size=2, max_size=60), st.floats(0.05, 0.95), st.integers(0, 10**6))
+def test_group_split_never_splits_a_group(groups, frac, seed):
+    from fastspec.splits import group_split
+
+    a = group_split(groups, frac, seed)
+    assert set(np.unique(a)) <= {0, 1}
+    for g in set(groups) - {None}:
+        sides = {int(a[i]) for i, x in enumerate(groups) if x == g}
+        assert len(sides) == 1
+    # never more test spectra than the target, except when one smallest group had to be taken
+    target = round(frac * len(groups))
+    assert (a == 1).sum() <= max(target, min(groups.count(g) if g is not None else 1 for g in groups))
+
+
+def test_lab_modules_import_lightly():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, fastspec.evaluate, fastspec.ablation, fastspec.report, fastspec.splits, fastspec.fingerprints, "
+        "fastspec.cli.lab_cmds; heavy = [m for m in ('rdkit', 'matplotlib', 'faiss', 'matchms') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,436 @@
+"""Spectral similarity: pairs, matrices and top-k, exact and parallel.
+
+Metrics (``METRICS``)
+---------------------
+``cosine``, ``modified_cosine``, ``neutral_loss_cosine``
+    Greedy peak matching, identical to matchms 0.33 ``CosineGreedy``, ``ModifiedCosineGreedy`` and
+    ``NeutralLossesCosine`` (scores within 1e-6, same matched-peak counts, same tie-breaking), with
+    ``tolerance`` (Da or ppm), ``mz_power`` and ``intensity_power``. Default tolerance 0.1 Da.
+``entropy``, ``unweighted_entropy``
+    ms_entropy's (un)weighted entropy similarity. With ``clean=True`` (default) each spectrum goes
+    through ms_entropy's ``clean_spectrum`` first (minimum peak distance 2 x tolerance, noise 1%),
+    so raw spectra give ``ms_entropy.calculate_entropy_similarity``'s number. Default tolerance 0.02 Da.
+``binned_cosine``
+    Cosine of fixed-width binned vectors (intensities summed per bin); ``bin_width`` (Da, defaults to
+    the tolerance), ``max_mz``, ``base_peak`` (scale the most intense peak to this value first) and
+    ``precursor_peak`` (add a peak of this intensity at the precursor m/z). ``preset="khoo2026"`` is the
+    Khoo & Barzilay (2026) NN baseline: 0.25 Da bins below 2000, base peak 100, precursor peak 100.
+
+The first spectrum of a pair (``a``, the rows of a matrix, the queries of a top-k) plays matchms's
+``reference`` / ms_entropy's ``peaks_a``: ppm windows are taken around its peaks, and the modified-cosine
+shift is ``precursor_mz(a) - precursor_mz(b)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fastspec.errors import ParameterError
+from fastspec.spectra import Spectra
+from fastspec.tolerance import Tolerance, parse_tolerance
+
+#: metric name -> kernel kind (see :mod:`fastspec.kernels.matching`)
+METRICS = {
+    "cosine": 0,
+    "modified_cosine": 1,
+    "neutral_loss_cosine": 2,
+    "binned_cosine": 3,
+    "entropy": 4,
+    "unweighted_entropy": 4,
+}
+_ALIASES = {"modcos": "modified_cosine", "modified-cosine": "modified_cosine", "neutral_loss": "neutral_loss_cosine",
+            "binned": "binned_cosine", "entropy_similarity": "entropy"}
+_DEFAULT_TOL = {"entropy": 0.02, "unweighted_entropy": 0.02}
+PRESETS = {"khoo2026": {"bin_width": 0.25, "max_mz": 2000.0, "base_peak": 100.0, "precursor_peak": 100.0}}
+
+
+def canonical_metric(metric: str) -> str:
+    """Validated metric name (aliases resolved); raises ParameterError for an unknown one."""
+    m = str(metric).strip().lower()
+    m = _ALIASES.get(m, m)
+    if m not in METRICS:
+        raise ParameterError(f"unknown metric {metric!r}; choose from {', '.join(sorted(METRICS))}")
+    return m
+
+
+@dataclass
+class Prepared:
+    """Spectra in the form a metric's kernel reads (CSR), built by :func:`prepare`.
+
+    Attributes
+    ----------
+    metric : str
+    offsets : ndarray, int64 (n+1,)
+    pos : ndarray, float64 (P,)
+        Peak m/z (entropy: float32-exact m/z after cleaning; binned: bin index).
+    w : ndarray, float64 (P,)
+        Peak weights (``mz**mz_power * intensity**intensity_power``; entropy: normalised intensities).
+    norm : ndarray, float64 (n,)
+        L2 norm of the weights per spectrum (entropy: unused).
+    precursor_mz : ndarray, float64 (n,)
+    tolerance : Tolerance
+    params : dict
+        Everything else that defines the prepared form (recorded in reports).
+    """
+
+    metric: str
+    offsets: np.ndarray
+    pos: np.ndarray
+    w: np.ndarray
+    norm: np.ndarray
+    precursor_mz: np.ndarray
+    tolerance: Tolerance
+    params: dict = field(default_factory=dict)
+
+    @property
+    def kind(self) -> int:
+        return METRICS[self.metric]
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def max_peaks(self) -> int:
+        return int(np.diff(self.offsets).max()) if len(self) else 0
+
+    def take(self, rows) -> "Prepared":
+        """The prepared spectra ``rows`` (int array), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1:
+            raise ParameterError("rows must be one-dimensional")
+        if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
+            raise ParameterError("row index out of range")
+        rows = np.where(rows < 0, rows + len(self), rows)
+        counts = self.offsets[rows + 1] - self.offsets[rows]
+        off = np.zeros(rows.shape[0] + 1, np.int64)
+        np.cumsum(counts, out=off[1:])
+        src = np.arange(off[-1], dtype=np.int64) - np.repeat(off[:-1] - self.offsets[rows], counts)
+        return Prepared(self.metric, off, self.pos[src], self.w[src], self.norm[rows], self.precursor_mz[rows],
+                        self.tolerance, dict(self.params))
+
+    def kernel_args(self) -> tuple:
+        return self.offsets, self.pos, self.w, self.norm, self.precursor_mz
+
+
+# ================================================================================== preparation
+def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any = None, mz_power: float = 0.0,
+            intensity_power: float = 1.0, *, preset: str | None = None, bin_width: float | None = None,
+            max_mz: float | None = None, base_peak: float | None = None, precursor_peak: float | None = None,
+            clean: bool = True, ignore_peaks_above_precursor: bool = True, threads: int | None = None) -> Prepared:
+    """Turn spectra into the arrays a metric's kernel scores (done once, reused for many comparisons).
+
+    Parameters
+    ----------
+    spectra : Spectra
+        Peaks as read (m/z sorted within each spectrum). A :class:`Prepared` is returned unchanged.
+    metric : str
+        One of :data:`METRICS`.
+    tolerance : float, str or Tolerance, optional
+        Peak tolerance: a float is Da; ``"10ppm"``/``"0.02da"`` strings are accepted. Default 0.1 Da
+        (0.02 Da for entropy). For ``binned_cosine`` it is the default bin width.
+    mz_power, intensity_power : float
+        Peak weight ``mz**mz_power * intensity**intensity_power`` (matchms names). For entropy
+        metrics a non-default value transforms the intensities before cleaning.
+    preset : {"khoo2026"}, optional
+        Binned-cosine preset (see module docstring).
+    bin_width, max_mz, base_peak, precursor_peak : float, optional
+        Binned-cosine options (Da, Da, intensity units).
+    clean : bool
+        Entropy metrics: run ms_entropy's cleaning (True) or take the peaks as already clean (only
+        normalised to sum 1).
+    ignore_peaks_above_precursor : bool
+        Neutral-loss cosine: drop peaks at or above the precursor m/z (matchms default).
+    threads : int, optional
+        Threads for the parallel preparation kernels.
+
+    Returns
+    -------
+    Prepared
+    """
+    if isinstance(spectra, Prepared):
+        return spectra
+    if not isinstance(spectra, Spectra):
+        raise ParameterError(f"expected a fastspec.Spectra, got {type(spectra).__name__}")
+    metric = canonical_metric(metric)
+    mz_power, intensity_power = _finite(mz_power, "mz_power"), _finite(intensity_power, "intensity_power")
+    tol = parse_tolerance(_DEFAULT_TOL.get(metric, 0.1) if tolerance is None else tolerance)
+    offsets = np.ascontiguousarray(spectra.offsets, np.int64)
+    mz = np.ascontiguousarray(spectra.mz, np.float64)
+    inten = np.asarray(spectra.intensity, np.float64)
+    pmz = np.ascontiguousarray(spectra.precursor_mz, np.float64)
+    params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
+
+    if metric in ("entropy", "unweighted_entropy"):
+        from fastspec.kernels.entropy import prepare_entropy
+
+        if mz_power != 0.0 or intensity_power != 1.0:
+            inten = np.power(mz, mz_power) * np.power(inten, intensity_power)
+        if tol.value <= 0:
+            raise ParameterError("entropy similarity needs a positive tolerance")
+        off2, mz32, w32 = prepare_entropy(offsets, mz, inten.astype(np.float32), tol_da=tol.da if tol.unit == "da" else -1.0,
+                                          tol_ppm=tol.ppm if tol.unit == "ppm" else -1.0, clean=bool(clean),
+                                          weighted=metric == "entropy", threads=threads)
+        params["clean"] = bool(clean)
+        n = off2.shape[0] - 1
+        return Prepared(metric, np.asarray(off2, np.int64), np.asarray(mz32, np.float64), np.asarray(w32, np.float64),
+                        np.ones(n), pmz, tol, params)
+
+    if metric == "binned_cosine":
+        return _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, preset, bin_width, max_mz,
+                               base_peak, precursor_peak, params)
+
+    if metric == "neutral_loss_cosine" and ignore_peaks_above_precursor:
+        seg = np.repeat(np.arange(len(spectra), dtype=np.int64), np.diff(offsets))
+        keep = mz < pmz[seg]  # NaN precursor keeps nothing: the metric is undefined without one
+        offsets = _offsets_from_mask(offsets, keep)
+        mz, inten = mz[keep], inten[keep]
+    params["ignore_peaks_above_precursor"] = bool(ignore_peaks_above_precursor)
+    w = np.power(mz, mz_power) * np.power(inten, intensity_power)
+    return Prepared(metric, offsets, mz, w, _norms(offsets, w), pmz, tol, params)
+
+
+def _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, preset, bin_width, max_mz, base_peak,
+                    precursor_peak, params) -> Prepared:
+    opts = {"bin_width": None, "max_mz": None, "base_peak": None, "precursor_peak": None}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ParameterError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        opts.update(PRESETS[preset])
+        params["preset"] = preset
+    for k, v in (("bin_width", bin_width), ("max_mz", max_mz), ("base_peak", base_peak), ("precursor_peak", precursor_peak)):
+        if v is not None:
+            opts[k] = _finite(v, k)
+    if opts["bin_width"] is None:
+        if tol.unit != "da" or tol.value <= 0:
+            raise ParameterError("binned_cosine needs bin_width (Da) or a positive Da tolerance")
+        opts["bin_width"] = tol.value
+    bw = float(opts["bin_width"])
+    if not bw > 0:
+        raise ParameterError("bin_width must be positive")
+    n = offsets.shape[0] - 1
+    counts = np.diff(offsets)
+    seg = np.repeat(np.arange(n, dtype=np.int64), counts)
+    val = inten.copy()
+    if opts["base_peak"] is not None and val.size:
+        mx = np.zeros(n)
+        np.maximum.at(mx, seg, val)
+        val = val / np.where(mx[seg] > 0, mx[seg], 1.0) * opts["base_peak"]
+    pos_mz = mz
+    if opts["precursor_peak"] is not None:
+        has = np.isfinite(pmz)
+        pseg = np.flatnonzero(has)
+        seg = np.concatenate([seg, pseg])
+        pos_mz = np.concatenate([mz, pmz[pseg]])
+        val = np.concatenate([val, np.full(pseg.shape[0], float(opts["precursor_peak"]))])
+    val = np.power(pos_mz, mz_power) * np.power(val, intensity_power)
+    b = np.floor(pos_mz / bw)
+    ok = b >= 0
+    if opts["max_mz"] is not None:
+        ok &= b < math.floor(opts["max_mz"] / bw)  # 0.25 Da bins below 2000: 8000 bins
+    seg, b, val = seg[ok], b[ok].astype(np.int64), val[ok]
+    key = seg * (int(b.max()) + 1 if b.size else 1) + b
+    uniq, inv = np.unique(key, return_inverse=True)
+    summed = np.bincount(inv, weights=val, minlength=uniq.shape[0])
+    width = int(b.max()) + 1 if b.size else 1
+    useg, ubin = uniq // width, uniq % width
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(useg, minlength=n), out=off[1:])
+    params.update({k: v for k, v in opts.items()})
+    return Prepared("binned_cosine", off, ubin.astype(np.float64), summed, _norms(off, summed), pmz, tol, params)
+
+
+def _norms(offsets: np.ndarray, w: np.ndarray) -> np.ndarray:
+    n = offsets.shape[0] - 1
+    seg = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    return np.sqrt(np.bincount(seg, weights=w * w, minlength=n))
+
+
+def _offsets_from_mask(offsets: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    n = offsets.shape[0] - 1
+    seg = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(seg[keep], minlength=n), out=off[1:])
+    return off
+
+
+def _finite(v, name: str) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name}: expected a number, got {v!r}") from None
+    if not math.isfinite(f):
+        raise ParameterError(f"{name}: must be finite, got {v!r}")
+    return f
+
+
+def _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads) -> tuple[Prepared, Prepared]:
+    try:
+        pa = prepare(a, metric, tolerance, mz_power, intensity_power, threads=threads, **params)
+        pb = pa if b is None or b is a else prepare(b, metric, tolerance, mz_power, intensity_power, threads=threads,
+                                                    **params)
+    except TypeError as e:  # an unknown keyword: a user mistake, not a crash
+        raise ParameterError(str(e)) from None
+    if pa.metric != pb.metric or pa.tolerance != pb.tolerance or pa.params != pb.params:
+        raise ParameterError("both sides must be prepared with the same metric, tolerance and parameters")
+    return pa, pb
+
+
+def _kernel_args(pa: Prepared, pb: Prepared) -> tuple:
+    tol = pa.tolerance
+    return (*pa.kernel_args(), *pb.kernel_args(), float(tol.da), float(tol.ppm))
+
+
+# ================================================================================== public API
+def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str = "cosine", tolerance: Any = None,
+                mz_power: float = 0.0, intensity_power: float = 1.0, *, threads: int | None = None,
+                **params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Score ``a[i]`` against ``b[i]`` for every i.
+
+    Parameters
+    ----------
+    a, b : Spectra or Prepared
+        Same length n.
+    metric, tolerance, mz_power, intensity_power, **params
+        See :func:`prepare`.
+    threads : int, optional
+        Numba threads (default: ``NUMBA_NUM_THREADS``).
+
+    Returns
+    -------
+    scores : ndarray, float64 (n,)
+    matches : ndarray, int32 (n,)
+        Matched peaks (binned: shared bins).
+    """
+    from fastspec.kernels._config import threads as _threads
+    from fastspec.kernels.topk import _n_blocks, pairs_kernel
+
+    pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
+    if len(pa) != len(pb):
+        raise ParameterError(f"score_pairs needs equal lengths, got {len(pa)} and {len(pb)}")
+    idx = np.arange(len(pa), dtype=np.int64)
+    with _threads(threads):
+        return pairs_kernel(pa.kind, idx, idx, *_kernel_args(pa, pb), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+
+
+def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, metric: str = "cosine",
+                 tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
+                 k: int | None = None, threads: int | None = None, min_matches: int = 0,
+                 min_score: float = -np.inf, **params: Any):
+    """All-against-all scores, dense or top-k per row.
+
+    Parameters
+    ----------
+    a : Spectra or Prepared, n spectra (rows)
+    b : Spectra or Prepared, m spectra (columns); ``None`` means ``a``
+    k : int, optional
+        Keep the best ``k`` columns per row; never allocates n x m.
+    min_matches, min_score
+        Top-k only: minimum matched peaks and score for a column to be listed.
+
+    Returns
+    -------
+    Without ``k``: ``scores`` float64 (n, m), ``matches`` int32 (n, m).
+    With ``k``: ``scores`` float64 (n, k), ``indices`` int64 (n, k) (-1: fewer than k listed),
+    ``matches`` int32 (n, k); rows sorted by score, ties to the lowest column.
+    """
+    from fastspec.kernels._config import threads as _threads
+    from fastspec.kernels.topk import _n_blocks, dense_kernel, topk_kernel
+
+    pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
+    with _threads(threads):
+        if k is None:
+            return dense_kernel(pa.kind, *_kernel_args(pa, pb), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+        k = _check_k(k)
+        rows = np.arange(len(pa), dtype=np.int64)
+        empty = np.zeros(1, np.int64)
+        return topk_kernel(pa.kind, rows, empty, empty, True, *_kernel_args(pa, pb), k, int(min_matches),
+                           float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+
+
+def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarray, cand_ids: np.ndarray, k: int, *,
+                    metric: str | None = None, threads: int | None = None, min_matches: int = 0,
+                    min_score: float = -np.inf, **_ignored: Any):
+    """Top-k of each query over its own candidate list (CSR).
+
+    Parameters
+    ----------
+    queries : Prepared, nq spectra
+    library : Prepared, prepared with the same metric and parameters
+    cand_offsets : ndarray, int64 (nq+1,)
+    cand_ids : ndarray, int64
+        Library rows; query ``r``'s candidates are ``cand_ids[cand_offsets[r]:cand_offsets[r+1]]``.
+    k : int
+    metric : str, optional
+        Checked against the prepared metric when given. Other keyword arguments (the preparation
+        parameters, passed through by callers) are ignored: the prepared arrays already hold them.
+
+    Returns
+    -------
+    scores float64 (nq, k), indices int64 (nq, k) into ``library`` (-1 none), matches int32 (nq, k).
+    """
+    from fastspec.kernels._config import threads as _threads
+    from fastspec.kernels.topk import _n_blocks, topk_kernel
+
+    if metric is not None and canonical_metric(metric) != queries.metric:
+        raise ParameterError(f"queries were prepared for {queries.metric!r}, not {metric!r}")
+    if queries.metric != library.metric or queries.params != library.params:
+        raise ParameterError("queries and library must be prepared with the same metric and parameters")
+    k = _check_k(k)
+    off = np.ascontiguousarray(cand_offsets, np.int64)
+    ids = np.ascontiguousarray(cand_ids, np.int64)
+    if off.shape[0] != len(queries) + 1 or (off.shape[0] and off[-1] != ids.shape[0]):
+        raise ParameterError("cand_offsets must have len(queries)+1 entries ending at len(cand_ids)")
+    if ids.size and (ids.min() < 0 or ids.max() >= len(library)):
+        raise ParameterError("candidate id out of range")
+    rows = np.arange(len(queries), dtype=np.int64)
+    with _threads(threads):
+        return topk_kernel(queries.kind, rows, off, ids, False, *_kernel_args(queries, library), k, int(min_matches),
+                           float(min_score), queries.max_peaks, library.max_peaks, _n_blocks(len(queries)))
+
+
+def group_candidates(query_keys: np.ndarray, library_keys: np.ndarray, library_mask: np.ndarray | None = None):
+    """Candidates sharing a key: for each query, the library rows with the same (non-negative) key.
+
+    Parameters
+    ----------
+    query_keys : ndarray, int (nq,)
+    library_keys : ndarray, int (n,)
+        Negative keys (unknown) match nothing.
+    library_mask : ndarray, bool (n,), optional
+        Only these library rows may be candidates.
+
+    Returns
+    -------
+    offsets : ndarray, int64 (nq+1,)
+    ids : ndarray, int64
+        Library rows, ascending within each query.
+    """
+    qk = np.asarray(query_keys, np.int64)
+    lk = np.asarray(library_keys, np.int64)
+    ok = lk >= 0
+    if library_mask is not None:
+        ok &= np.asarray(library_mask, bool)
+    lrows = np.flatnonzero(ok)
+    order = np.argsort(lk[lrows], kind="stable")
+    sorted_rows, sorted_keys = lrows[order], lk[lrows][order]
+    lo = np.searchsorted(sorted_keys, qk, side="left")
+    hi = np.searchsorted(sorted_keys, qk, side="right")
+    hi = np.where(qk >= 0, hi, lo)
+    lengths = hi - lo
+    off = np.zeros(qk.shape[0] + 1, np.int64)
+    np.cumsum(lengths, out=off[1:])
+    pos = np.arange(off[-1], dtype=np.int64) - np.repeat(off[:-1] - lo, lengths)
+    return off, sorted_rows[pos]
+
+
+def _check_k(k) -> int:
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise ParameterError(f"k must be a positive integer, got {k!r}") from None
+    if k < 1:
+        raise ParameterError(f"k must be a positive integer, got {k}")
+    return k

@@ -167,53 +167,53 @@ def _entropy(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm):
 
 @numba.njit(**NJIT)
 def score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm_b, pmz_b,
-              tol_da, tol_ppm, bufs):
-    """Score spectrum ``i`` of A against spectrum ``j`` of B -> (score, matched peaks, bufs).
+              tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b):
+    """Score spectrum ``i`` of A against spectrum ``j`` of B -> (score, matched peaks, overflow).
 
-    ``bufs`` is the tuple from :func:`new_buffers`; it is returned (possibly grown) so the caller keeps
-    the larger buffers. Empty spectra and zero norms score 0 with 0 matches.
+    ``pi, pj, pv, order, used_a, used_b`` are the scratch arrays from :func:`new_buffers`. ``overflow``
+    is 0, or the pair count that did not fit: the caller grows the pair buffers and calls again
+    (returning arrays from here would cost reference counting on every call). Empty spectra and zero
+    norms score 0 with 0 matches.
     """
     a0, a1 = off_a[i], off_a[i + 1]
     b0, b1 = off_b[j], off_b[j + 1]
     if a1 == a0 or b1 == b0:
-        return 0.0, 0, bufs
+        return 0.0, 0, 0
     if kind == BINNED:
         dot, shared = _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1)
         den = norm_a[i] * norm_b[j]
-        return (dot / den if den > 0 else 0.0), shared, bufs
+        return (dot / den if den > 0 else 0.0), shared, 0
     if kind == ENTROPY:
         s, m = _entropy(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm)
-        return s, m, bufs
+        return s, m, 0
     den = norm_a[i] * norm_b[j]
     if not den > 0:
-        return 0.0, 0, bufs
+        return 0.0, 0, 0
     shift = 0.0
     shifted = False
     if kind == NEUTRAL_LOSS:
         if not (pmz_a[i] == pmz_a[i] and pmz_b[j] == pmz_b[j]):
-            return 0.0, 0, bufs
+            return 0.0, 0, 0
         shift = pmz_a[i] - pmz_b[j]
     elif kind == MODIFIED_COSINE:
         pa, pb = pmz_a[i], pmz_b[j]
         if pa == pa and pb == pb:
-            shift = pa - pb
             ptol = tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6
-            shifted = abs(shift) > ptol
-            if not shifted:
-                shift = 0.0
-    while True:
-        pi, pj, pv, order, used_a, used_b = bufs
-        n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift if kind == NEUTRAL_LOSS else 0.0,
-                     pi, pj, pv, 0)
-        if n >= 0 and shifted:
-            n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, pi, pj, pv, n)
-        if n >= 0:
-            break
-        cap = pi.shape[0] * 4  # a pathological pair list: grow and collect again
-        bufs = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.float64),
-                np.empty(cap, np.int64), used_a, used_b)
+            shifted = abs(pa - pb) > ptol
+            shift = pa - pb
+    n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift if kind == NEUTRAL_LOSS else 0.0,
+                 pi, pj, pv, 0)
+    if n >= 0 and shifted:
+        n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, pi, pj, pv, n)
+    if n < 0:  # a pathological pair list: ask for room for every peak pair
+        return 0.0, 0, (a1 - a0) * (b1 - b0) * (2 if shifted else 1)
     if n == 0:
-        return 0.0, 0, bufs
-    pi, pj, pv, order, used_a, used_b = bufs
+        return 0.0, 0, 0
     total, used = _greedy(pi, pj, pv, n, order, used_a, used_b)
-    return total / den, used, bufs
+    return total / den, used, 0
+
+
+@numba.njit(**NJIT)
+def grow(need):
+    """Larger pair buffers (pi, pj, pv, order) for ``need`` pairs."""
+    return np.empty(need, np.int64), np.empty(need, np.int64), np.empty(need, np.float64), np.empty(need, np.int64)

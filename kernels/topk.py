@@ -12,7 +12,7 @@ import numpy as np
 from numba import prange
 
 from fastspec.kernels._config import PJIT
-from fastspec.kernels.matching import new_buffers, score_one
+from fastspec.kernels.matching import grow, new_buffers, score_one
 
 _CAPACITY = 4096  # initial pair-buffer size per thread; grown on demand
 
@@ -31,10 +31,14 @@ def pairs_kernel(kind, ia, ib, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w
     matches = np.zeros(n, np.int32)
     step = (n + n_blocks - 1) // n_blocks
     for blk in prange(n_blocks):
-        bufs = new_buffers(max_a, max_b, 4096)
+        pi, pj, pv, order, used_a, used_b = new_buffers(max_a, max_b, _CAPACITY)
         for t in range(blk * step, min(n, (blk + 1) * step)):
-            s, m, bufs = score_one(kind, ia[t], ib[t], off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
-                                   norm_b, pmz_b, tol_da, tol_ppm, bufs)
+            while True:
+                s, m, need = score_one(kind, ia[t], ib[t], off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
+                                   norm_b, pmz_b, tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b)
+                if need == 0:
+                    break
+                pi, pj, pv, order = grow(need)
             scores[t] = s
             matches[t] = m
     return scores, matches
@@ -50,11 +54,15 @@ def dense_kernel(kind, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm
     matches = np.zeros((n, m), np.int32)
     step = (n + n_blocks - 1) // n_blocks
     for blk in prange(n_blocks):
-        bufs = new_buffers(max_a, max_b, 4096)
+        pi, pj, pv, order, used_a, used_b = new_buffers(max_a, max_b, _CAPACITY)
         for i in range(blk * step, min(n, (blk + 1) * step)):
             for j in range(m):
-                s, c, bufs = score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
-                                       norm_b, pmz_b, tol_da, tol_ppm, bufs)
+                while True:
+                    s, c, need = score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
+                                       norm_b, pmz_b, tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b)
+                    if need == 0:
+                        break
+                    pi, pj, pv, order = grow(need)
                 scores[i, j] = s
                 matches[i, j] = c
     return scores, matches
@@ -77,7 +85,7 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
     out_m = np.zeros((n, k), np.int32)
     step = (n + n_blocks - 1) // n_blocks
     for blk in prange(n_blocks):
-        bufs = new_buffers(max_a, max_b, 4096)
+        pi, pj, pv, order, used_a, used_b = new_buffers(max_a, max_b, _CAPACITY)
         for r in range(blk * step, min(n, (blk + 1) * step)):
             i = rows[r]
             c0 = 0 if all_b else cand_off[r]
@@ -85,8 +93,12 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
             filled = 0
             for t in range(c0, c1):
                 j = t if all_b else cand_ids[t]
-                s, c, bufs = score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
-                                       norm_b, pmz_b, tol_da, tol_ppm, bufs)
+                while True:
+                    s, c, need = score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
+                                       norm_b, pmz_b, tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b)
+                    if need == 0:
+                        break
+                    pi, pj, pv, order = grow(need)
                 if c < min_matches or s < min_score:
                     continue
                 if filled == k:

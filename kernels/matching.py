@@ -23,6 +23,7 @@ import numba
 import numpy as np
 
 from fastspec.kernels._config import NJIT
+from fastspec.kernels.entropy import entropy_pair
 
 COSINE = 0
 MODIFIED_COSINE = 1
@@ -131,41 +132,6 @@ def _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1):
 
 
 @numba.njit(**NJIT)
-def _entropy(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm):
-    """ms_entropy's similarity walk in float32 arithmetic (its C code), on float32-exact inputs."""
-    tol32 = np.float32(tol_da)
-    ppm32 = np.float32(tol_ppm)
-    sim = np.float32(0.0)
-    matched = 0
-    a, b = a0, b0
-    while a < a1 and b < b1:
-        ma = np.float32(pos_a[a])
-        delta = np.float32(ma - np.float32(pos_b[b]))
-        if ppm32 > 0:
-            tol32 = np.float32(np.float64(np.float32(ppm32 * ma)) * 1e-6)
-        if delta < -tol32:
-            a += 1
-        elif delta > tol32:
-            b += 1
-        else:
-            ia = np.float32(w_a[a])
-            ib = np.float32(w_b[b])
-            iab = np.float32(ia + ib)
-            term = np.float32(np.float32(iab * np.log2(iab)) - np.float32(ia * np.log2(ia)))
-            term = np.float32(term - np.float32(ib * np.log2(ib)))
-            sim = np.float32(sim + term)
-            matched += 1
-            a += 1
-            b += 1
-    sim = np.float32(sim / np.float32(2.0))
-    if sim < 0:
-        sim = np.float32(0.0)
-    elif sim > 1:
-        sim = np.float32(1.0)
-    return np.float64(sim), matched
-
-
-@numba.njit(**NJIT)
 def score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm_b, pmz_b,
               tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b):
     """Score spectrum ``i`` of A against spectrum ``j`` of B -> (score, matched peaks, overflow).
@@ -184,7 +150,7 @@ def score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, n
         den = norm_a[i] * norm_b[j]
         return (dot / den if den > 0 else 0.0), shared, 0
     if kind == ENTROPY:
-        s, m = _entropy(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm)
+        s, m = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm)
         return s, m, 0
     den = norm_a[i] * norm_b[j]
     if not den > 0:

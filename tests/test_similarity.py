@@ -1,0 +1,403 @@
+"""fastspec.similarity API: shapes, top-k, candidates, threads, errors, edge cases, and the naive reference."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import reference as ref
+from fastspec.errors import ParameterError
+from fastspec.io import read
+from fastspec.similarity import (METRICS, Prepared, group_candidates, prepare, score_matrix, score_pairs,
+                                 topk_candidates)
+from fastspec.spectra import Spectra
+
+ALL = list(dict.fromkeys(METRICS))
+COSINE_FAMILY = ["cosine", "modified_cosine", "neutral_loss_cosine"]
+ENTROPY = ["entropy", "unweighted_entropy"]
+
+
+# ----------------------------------------------------------------------------------- synthetic spectra
+def messy_spectra(n: int, seed: int, tol_da: float = 0.1) -> Spectra:
+    """Spectra that stress greedy matching: shared fragments, copies shifted by the precursor difference,
+    peaks closer than the tolerance, repeated (tied) intensities, NaN precursors and empty spectra."""
+    rng = np.random.default_rng(seed)
+    pool = np.sort(np.random.default_rng(0).uniform(50, 600, 20))  # shared by every call
+    mzs, ints, pmz = [], [], []
+    for i in range(n):
+        base = 650.0 + rng.integers(0, 4) * 14.01565  # a few precursors, shifts of CH2
+        k = int(rng.integers(0, 15))
+        m = rng.choice(pool, size=k, replace=False) + rng.uniform(-tol_da, tol_da, k) * 0.9
+        if k and rng.random() < 0.5:  # fragments carrying the shift
+            m = np.concatenate([m, m[: k // 2] + (base - 650.0)])
+        if m.size and rng.random() < 0.5:  # near-duplicates inside the tolerance
+            m = np.concatenate([m, m[:3] + rng.uniform(-tol_da, tol_da, min(3, m.size)) * 0.6])
+        levels = np.array([1.0, 2.0, 5.0, 10.0, 100.0])
+        it = rng.choice(levels, size=m.size) if rng.random() < 0.5 else rng.uniform(0.1, 100, m.size)
+        if i % 17 == 5:
+            m, it = m[:0], it[:0]
+        p = base if i % 13 != 3 else np.nan
+        mzs.append(m)
+        ints.append(it.astype(np.float32))
+        pmz.append(p)
+    return Spectra.from_arrays(mzs, ints, precursor_mz=pmz)
+
+
+def clean_spectra(n: int, seed: int, tol_da: float = 0.02, ppm: float | None = None) -> Spectra:
+    """Spectra whose peaks are >= 6 tolerances apart and whose shared peaks sit within 0.4 tolerance:
+    every match is unambiguous, also after rounding m/z to float32 (entropy kernels)."""
+    rng = np.random.default_rng(seed)
+    pool = 60.0 + np.arange(200) * 3.7
+    mzs, ints, pmz = [], [], []
+    for _ in range(n):
+        k = int(rng.integers(1, 25))
+        m = np.sort(rng.choice(pool, size=k, replace=False))
+        t = m * ppm * 1e-6 if ppm else tol_da
+        m = m + rng.uniform(-0.2, 0.2, k) * t
+        mzs.append(np.float32(m).astype(np.float64))
+        ints.append(rng.uniform(0.5, 100, k).astype(np.float32))
+        pmz.append(900.0)
+    return Spectra.from_arrays(mzs, ints, precursor_mz=pmz)
+
+
+def peaks_of(sp: Spectra, i: int):
+    lo, hi = sp.offsets[i], sp.offsets[i + 1]
+    return sp.mz[lo:hi].tolist(), sp.intensity[lo:hi].astype(np.float64).tolist(), float(sp.precursor_mz[i])
+
+
+def reference_matrix(metric, A, B, tol, unit="da", mz_power=0.0, intensity_power=1.0, **params):
+    S = np.zeros((len(A), len(B)))
+    M = np.zeros((len(A), len(B)), np.int64)
+    pb = [peaks_of(B, j) for j in range(len(B))]
+    for i in range(len(A)):
+        pa = peaks_of(A, i)
+        for j in range(len(B)):
+            S[i, j], M[i, j] = ref.score(metric, *pa, *pb[j], tol, unit, mz_power, intensity_power, **params)
+    return S, M
+
+
+@pytest.fixture(scope="module")
+def real(massbank_parquet) -> Spectra:
+    sp = read(massbank_parquet)
+    rng = np.random.default_rng(7)
+    rows = np.sort(rng.choice(np.flatnonzero(sp.n_peaks <= 400), 150, replace=False))
+    rows = np.concatenate([rows, rows[:10]])  # duplicates: exact ties
+    return sp.take(rows)
+
+
+# ----------------------------------------------------------------------------------- shapes and dtypes
+@pytest.mark.parametrize("metric", ALL)
+def test_shapes_and_dtypes(metric):
+    A, B = messy_spectra(12, 1), messy_spectra(9, 2)
+    s, m = score_pairs(A[np.arange(9)], B, metric)
+    assert s.shape == m.shape == (9,) and s.dtype == np.float64 and m.dtype == np.int32
+    S, M = score_matrix(A, B, metric)
+    assert S.shape == M.shape == (12, 9) and S.dtype == np.float64 and M.dtype == np.int32
+    assert np.array_equal(S[np.arange(9), np.arange(9)], s) and np.array_equal(M[np.arange(9), np.arange(9)], m)
+    ts, ti, tm = score_matrix(A, B, metric, k=4)
+    assert ts.shape == ti.shape == tm.shape == (12, 4)
+    assert ts.dtype == np.float64 and ti.dtype == np.int64 and tm.dtype == np.int32
+    S2, _ = score_matrix(A, metric=metric)
+    assert S2.shape == (12, 12)
+    assert np.all((S >= 0) & (S <= 1 + 1e-12))
+
+
+# ----------------------------------------------------------------------------------- the naive reference
+@pytest.mark.parametrize("tol,unit", [(0.1, "da"), (0.02, "da"), (20.0, "ppm"), (200.0, "ppm")])
+@pytest.mark.parametrize("mz_power,intensity_power", [(0.0, 1.0), (1.0, 0.5), (0.0, 0.0)])
+@pytest.mark.parametrize("metric", COSINE_FAMILY)
+def test_cosine_family_vs_reference(metric, tol, unit, mz_power, intensity_power):
+    jitter = tol if unit == "da" else tol * 300e-6  # peaks scattered on the scale of the window
+    A, B = messy_spectra(40, 11, jitter), messy_spectra(30, 12, jitter)
+    tolerance = f"{tol}ppm" if unit == "ppm" else tol
+    S, M = score_matrix(A, B, metric, tolerance, mz_power, intensity_power)
+    RS, RM = reference_matrix(metric, A, B, tol, unit, mz_power, intensity_power)
+    assert np.abs(S - RS).max() <= 1e-12
+    assert np.array_equal(M, RM)
+    assert (RM > 1).sum() > 100  # many matched peaks per pair ...
+    # ... and greedy conflicts (candidate pairs that had to be rejected) in many of them
+    conflicts = 0
+    for i in range(len(A)):
+        ma, ia, _ = peaks_of(A, i)
+        for j in range(len(B)):
+            mb, ib, _ = peaks_of(B, j)
+            conflicts += len(ref.collect_pairs(ma, ia, mb, ib, tol, unit)) > ref.cosine(ma, ia, mb, ib, tol, unit)[1]
+    assert conflicts > 50
+
+
+@pytest.mark.parametrize("opts", [
+    {"bin_width": 0.1}, {"bin_width": 1.0, "max_mz": 400.0}, {"bin_width": 0.5, "base_peak": 100.0},
+    {"bin_width": 0.25, "precursor_peak": 50.0}, {"preset": "khoo2026"}])
+@pytest.mark.parametrize("mz_power,intensity_power", [(0.0, 1.0), (1.0, 0.5)])
+def test_binned_vs_reference(opts, mz_power, intensity_power):
+    A, B = messy_spectra(30, 21), messy_spectra(25, 22)
+    S, M = score_matrix(A, B, "binned_cosine", None, mz_power, intensity_power, **opts)
+    RS, RM = reference_matrix("binned_cosine", A, B, opts.get("bin_width", 0.1), "da", mz_power, intensity_power,
+                              **{k: v for k, v in opts.items() if k != "bin_width"}, bin_width=opts.get("bin_width", 0.1))
+    assert np.abs(S - RS).max() <= 1e-12
+    assert np.array_equal(M, RM)
+
+
+def test_binned_bin_width_defaults_to_tolerance():
+    A = messy_spectra(20, 3)
+    assert np.array_equal(score_matrix(A, None, "binned_cosine", 0.5)[0],
+                          score_matrix(A, None, "binned_cosine", 0.1, bin_width=0.5)[0])
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "binned_cosine", "10ppm")  # a ppm tolerance is no bin width
+    S, _ = score_matrix(A, None, "binned_cosine", "10ppm", bin_width=0.5)  # unless one is given
+    assert S.shape == (20, 20)
+
+
+@pytest.mark.parametrize("tol", [0.02, 0.05, "10ppm", "50ppm"])
+@pytest.mark.parametrize("metric", ENTROPY)
+def test_entropy_vs_reference(metric, tol):
+    """clean=False: the pure walk on given peaks (float32 in fastspec, float64 in the reference)."""
+    ppm = float(tol[:-3]) if isinstance(tol, str) else None
+    A = clean_spectra(40, 31, tol_da=0.02 if ppm is None else 0, ppm=ppm)
+    B = clean_spectra(30, 32, tol_da=0.02 if ppm is None else 0, ppm=ppm)
+    S, M = score_matrix(A, B, metric, tol, clean=False)
+    RS, RM = reference_matrix(metric, A, B, ppm if ppm else tol, "ppm" if ppm else "da")
+    assert np.abs(S - RS).max() <= 2e-6
+    assert np.array_equal(M, RM)
+    assert (RM > 2).sum() > 50
+
+
+def test_entropy_clean_flag_changes_nothing_on_clean_input():
+    """Spectra that ms_entropy's cleaning leaves alone (peaks > 2 x tolerance apart, none below 1% of the
+    base peak) score the same with clean=True and clean=False."""
+    A = clean_spectra(30, 41)
+    ok = np.array([A[i].intensity.min() >= 0.01 * A[i].intensity.max() for i in range(len(A))])
+    assert ok.sum() > 10
+    A = A[np.flatnonzero(ok)]
+    for metric in ENTROPY:
+        s1, m1 = score_matrix(A, None, metric, 0.02, clean=True)
+        s2, m2 = score_matrix(A, None, metric, 0.02, clean=False)
+        assert np.abs(s1 - s2).max() <= 1e-6 and np.array_equal(m1, m2)
+
+
+# ----------------------------------------------------------------------------------- top-k
+@pytest.mark.parametrize("metric", ALL)
+@pytest.mark.parametrize("k", [1, 5, 200])
+def test_topk_equals_sorted_dense(real, metric, k):
+    S, M = score_matrix(real, None, metric)
+    ts, ti, tm = score_matrix(real, None, metric, k=k)
+    for i in range(len(real)):
+        rs, ri, rm = ref.topk(S[i], M[i], k)
+        assert np.array_equal(ti[i], ri), i
+        assert np.array_equal(ts[i], rs) and np.array_equal(tm[i], rm)
+
+
+@pytest.mark.parametrize("min_matches,min_score", [(2, -np.inf), (0, 0.3), (3, 0.5), (1, 0.0)])
+@pytest.mark.parametrize("metric", ["cosine", "modified_cosine", "entropy", "binned_cosine"])
+def test_topk_filters(real, metric, min_matches, min_score):
+    S, M = score_matrix(real, None, metric)
+    ts, ti, tm = score_matrix(real, None, metric, k=7, min_matches=min_matches, min_score=min_score)
+    for i in range(len(real)):
+        rs, ri, rm = ref.topk(S[i], M[i], 7, min_matches, min_score)
+        assert np.array_equal(ti[i], ri) and np.array_equal(ts[i], rs) and np.array_equal(tm[i], rm)
+
+
+def test_topk_ties_lowest_index():
+    sp = messy_spectra(5, 9)
+    i = next(t for t in range(5) if sp.n_peaks[t] > 0)
+    dup = sp.take(np.array([i] * 6))
+    ts, ti, _ = score_matrix(dup, None, "cosine", k=3)
+    assert np.array_equal(ti, np.tile([0, 1, 2], (6, 1)))
+    assert np.allclose(ts, 1.0)
+
+
+@pytest.mark.parametrize("metric", ALL)
+def test_topk_candidates_vs_brute_force(real, metric):
+    rng = np.random.default_rng(5)
+    q = prepare(real[np.arange(40)], metric)
+    lib = prepare(real, metric)
+    S, M = score_matrix(q, lib)
+    lists = [rng.permutation(rng.choice(len(real), size=int(rng.integers(0, 30)), replace=False))
+             for _ in range(len(q))]
+    lists[3] = np.zeros(0, np.int64)
+    off = np.zeros(len(q) + 1, np.int64)
+    np.cumsum([len(c) for c in lists], out=off[1:])
+    ids = np.concatenate(lists).astype(np.int64)
+    for k, mm, ms in [(4, 0, -np.inf), (10, 2, 0.1)]:
+        ts, ti, tm = topk_candidates(q, lib, off, ids, k, metric=metric, min_matches=mm, min_score=ms)
+        for r, cand in enumerate(lists):
+            cand = np.sort(cand)  # ties go to the lowest *library* index, not the first listed
+            rs, ri, rm = ref.topk(S[r, cand], M[r, cand], k, mm, ms)
+            ri = [int(cand[t]) if t >= 0 else -1 for t in ri]
+            assert np.array_equal(ti[r], ri) and np.array_equal(ts[r], rs) and np.array_equal(tm[r], rm)
+    with pytest.raises(ParameterError):
+        topk_candidates(q, lib, off[:-1], ids, 3)
+    with pytest.raises(ParameterError):
+        topk_candidates(q, lib, off, ids + len(real), 3)
+    other = "cosine" if metric != "cosine" else "entropy"
+    with pytest.raises(ParameterError):
+        topk_candidates(q, lib, off, ids, 3, metric=other)
+    with pytest.raises(ParameterError):
+        topk_candidates(q, prepare(real, other), off, ids, 3)
+
+
+def test_group_candidates():
+    rng = np.random.default_rng(3)
+    lk = rng.integers(-2, 6, 50)
+    qk = rng.integers(-2, 8, 20)
+    mask = rng.random(50) < 0.7
+    for m in (None, mask):
+        off, ids = group_candidates(qk, lk, m)
+        assert off.dtype == np.int64 and ids.dtype == np.int64 and off.shape == (21,)
+        for r in range(20):
+            want = [j for j in range(50) if qk[r] >= 0 and lk[j] == qk[r] and (m is None or m[j])]
+            assert ids[off[r]:off[r + 1]].tolist() == want
+    off, ids = group_candidates(np.zeros(0, np.int64), lk)
+    assert off.tolist() == [0] and ids.size == 0
+
+
+# ----------------------------------------------------------------------------------- threads, take
+@pytest.mark.parametrize("metric", ALL)
+def test_threads_identical(real, metric):
+    one = score_matrix(real, None, metric, threads=1)
+    two = score_matrix(real, None, metric, threads=2)
+    assert all(np.array_equal(x, y) for x, y in zip(one, two))
+    one = score_matrix(real, None, metric, k=5, threads=1)
+    two = score_matrix(real, None, metric, k=5, threads=2)
+    assert all(np.array_equal(x, y) for x, y in zip(one, two))
+    idx = np.arange(len(real))[::-1]
+    one = score_pairs(real, real.take(idx), metric, threads=1)
+    two = score_pairs(real, real.take(idx), metric, threads=2)
+    assert all(np.array_equal(x, y) for x, y in zip(one, two))
+
+
+@pytest.mark.parametrize("metric", ALL)
+def test_prepared_take(real, metric):
+    p = prepare(real, metric)
+    assert isinstance(p, Prepared) and len(p) == len(real) and p.metric == metric
+    assert prepare(p, metric) is p
+    rows = np.array([5, 0, 5, -1, 17])
+    t = p.take(rows)
+    assert len(t) == 5
+    direct = prepare(real.take(np.where(rows < 0, rows + len(real), rows)), metric)
+    assert all(np.array_equal(x, y) for x, y in zip(score_matrix(t, p), score_matrix(direct, p)))
+    assert len(p.take(np.zeros(0, np.int64))) == 0
+    with pytest.raises(ParameterError):
+        p.take(np.array([len(real)]))
+    with pytest.raises(ParameterError):
+        p.take(np.zeros((2, 2), np.int64))
+
+
+# ----------------------------------------------------------------------------------- bad parameters
+def test_parameter_errors():
+    A = messy_spectra(6, 4)
+    with pytest.raises(ParameterError):
+        score_pairs(A, A, "tanimoto")
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "cosine", "10 parsecs")
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "cosine", -0.1)
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "cosine", k=0)
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "cosine", k="many")
+    with pytest.raises(ParameterError):
+        score_pairs(A, A[np.arange(5)], "cosine")
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "binned_cosine", preset="khoo2099")
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "cosine", bin_widht=0.1)  # unknown keyword
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "cosine", mz_power=float("nan"))
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "binned_cosine", bin_width=0.0)
+    with pytest.raises(ParameterError):
+        score_matrix(A, None, "entropy", 0.0)
+    with pytest.raises(ParameterError):
+        prepare([1, 2, 3], "cosine")
+    with pytest.raises(ParameterError):  # sides prepared differently
+        score_matrix(prepare(A, "cosine", 0.1), prepare(A, "cosine", 0.2))
+    assert score_matrix(A, None, "Modified-Cosine")[0].shape == (6, 6)  # aliases and case are accepted
+
+
+# ----------------------------------------------------------------------------------- edge cases
+def test_nan_precursor():
+    A = messy_spectra(40, 8)
+    nan_a = np.isnan(A.precursor_mz)
+    assert nan_a.any() and (~nan_a).any()
+    cos, cm = score_matrix(A, None, "cosine")
+    mod, mm = score_matrix(A, None, "modified_cosine")
+    nl, nm = score_matrix(A, None, "neutral_loss_cosine")
+    either = nan_a[:, None] | nan_a[None, :]
+    assert np.array_equal(mod[either], cos[either]) and np.array_equal(mm[either], cm[either])
+    assert np.all(nl[either] == 0) and np.all(nm[either] == 0)
+    assert (mod[~either] != cos[~either]).any()  # elsewhere the shift matters
+
+
+@pytest.mark.parametrize("metric", ALL)
+def test_empty_spectra_score_zero(metric):
+    A = Spectra.from_arrays([[], [100.0, 200.0], []], [[], [5.0, 10.0], []], precursor_mz=[300.0, 300.0, np.nan])
+    S, M = score_matrix(A, None, metric)
+    assert S[1, 1] == pytest.approx(1.0, abs=1e-6)
+    S[1, 1] = 0
+    M[1, 1] = 0
+    assert not S.any() and not M.any()
+    ts, ti, tm = score_matrix(A, None, metric, k=2, min_matches=1)
+    assert ti.tolist() == [[-1, -1], [1, -1], [-1, -1]]
+
+
+@pytest.mark.parametrize("metric", ALL)
+def test_zero_spectra(metric):
+    assert score_matrix(Spectra.empty(), None, metric)[0].shape == (0, 0)
+    assert score_pairs(Spectra.empty(), Spectra.empty(), metric)[0].shape == (0,)
+    A = messy_spectra(3, 1)
+    assert score_matrix(A, Spectra.empty(), metric, k=2)[1].shape == (3, 2)
+
+
+def test_modified_cosine_shift_sign_and_fallback():
+    # b's fragments are a's shifted by -30 Da; its precursor is 30 Da lower
+    A = Spectra.from_arrays([[100.0, 150.0, 250.0]], [[10.0, 20.0, 30.0]], precursor_mz=[400.0])
+    B = Spectra.from_arrays([[100.0, 120.0, 220.0]], [[10.0, 20.0, 30.0]], precursor_mz=[370.0])
+    s, m = score_pairs(A, B, "modified_cosine", 0.01)
+    assert s[0] == pytest.approx(1.0) and m[0] == 3
+    s, m = score_pairs(A, B, "cosine", 0.01)
+    assert m[0] == 1
+    s, m = score_pairs(A, B, "neutral_loss_cosine", 0.01)
+    assert m[0] == 2  # 150 -> 120 and 250 -> 220 (same losses); 100 vs 100 differ in loss
+    # precursors within the tolerance: plain cosine (no shifted pairs even though the shift is 0.005)
+    B2 = Spectra.from_arrays([[100.0, 120.0, 220.0]], [[10.0, 20.0, 30.0]], precursor_mz=[399.995])
+    assert np.array_equal(score_pairs(A, B2, "modified_cosine", 0.01)[1], score_pairs(A, B2, "cosine", 0.01)[1])
+    # ppm: the fallback window is 10 ppm of the precursor (0.004 Da at 400); fragment windows 0.01 Da at 1000
+    A3 = Spectra.from_arrays([[1000.0]], [[10.0]], precursor_mz=[400.0])
+    B3 = Spectra.from_arrays([[999.988]], [[10.0]], precursor_mz=[399.997])  # shift 0.003: cosine, no match
+    assert score_pairs(A3, B3, "modified_cosine", "10ppm")[1][0] == 0
+    B4 = Spectra.from_arrays([[999.988]], [[10.0]], precursor_mz=[399.99])  # shift 0.01: 999.998 matches
+    assert score_pairs(A3, B4, "modified_cosine", "10ppm")[1][0] == 1
+    assert score_pairs(A3, B4, "cosine", "10ppm")[1][0] == 0
+
+
+def test_khoo2026_vs_numpy(real):
+    """The preset against a plain dense numpy implementation (8000 bins of 0.25 Da below 2000)."""
+    extra = Spectra.from_arrays([[50.0, 1999.9, 2000.0, 2500.0], [0.1, 1999.76], [1000.0]],
+                                [[1.0, 3.0, 50.0, 7.0], [2.0, 2.0], [5.0]], precursor_mz=[2100.0, 1999.8, np.nan])
+    sp = Spectra.concat([real, extra])
+
+    def dense(s):
+        X = np.zeros((len(s), 8000))
+        for i in range(len(s)):
+            lo, hi = s.offsets[i], s.offsets[i + 1]
+            mz, it = s.mz[lo:hi], s.intensity[lo:hi].astype(np.float64)
+            if it.size and it.max() > 0:
+                it = it / it.max() * 100.0
+            b = np.floor(mz / 0.25).astype(np.int64)
+            ok = (b >= 0) & (b < 8000)
+            np.add.at(X[i], b[ok], it[ok])
+            p = s.precursor_mz[i]
+            if np.isfinite(p) and 0 <= math.floor(p / 0.25) < 8000:
+                X[i, math.floor(p / 0.25)] += 100.0
+        return X
+
+    X = dense(sp)
+    nrm = np.linalg.norm(X, axis=1)
+    want = (X @ X.T) / np.where(np.outer(nrm, nrm) > 0, np.outer(nrm, nrm), 1.0)
+    got, _ = score_matrix(sp, None, "binned_cosine", preset="khoo2026")
+    assert np.abs(got - want).max() <= 1e-12
+    got2, _ = score_matrix(sp, None, "binned", bin_width=0.25, max_mz=2000.0, base_peak=100.0, precursor_peak=100.0)
+    assert np.array_equal(got, got2)
+    assert prepare(sp, "binned_cosine", preset="khoo2026").params["preset"] == "khoo2026"

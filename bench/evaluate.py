@@ -36,8 +36,9 @@ def main() -> None:
     ap.add_argument("--metric", default="modified_cosine")
     ap.add_argument("--tolerance", default="0.01")
     ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--peer-pairs", type=int, default=3000, help="Pairs scored by matchms for the extrapolation.")
+    ap.add_argument("--peer-pairs", type=int, default=20000, help="Pairs scored by matchms for the extrapolation.")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--settings", type=int, default=0, help="Only the first N ablation settings (0 = all 11).")
     ap.add_argument("--out", default=str(RESULTS / "evaluate"))
     args = ap.parse_args()
 
@@ -69,17 +70,35 @@ def main() -> None:
     t_setup = time.perf_counter() - t0
     print(f"setup (fingerprints, split, profile) {t_setup:.1f}s: {ev.timing}", flush=True)
 
+    from fastspec.ablation import INTENSITY_POWERS, MZ_POWERS
+    from fastspec.baseline import prepare_side
+
+    # the ablation grid exactly as `fastspec ablate` runs it: 5 intensity powers x 2 m/z powers + shuffle
+    grid = [(ip, mp, False) for mp in MZ_POWERS for ip in INTENSITY_POWERS] + [(1.0, 0.0, True)]
+    if args.settings:
+        grid = grid[: args.settings]
+    base = search_config(metric=args.metric, tolerance=args.tolerance, bucket="formula", no_neighbour="skip")
     settings = []
-    for ip in (1.0, 0.0):
-        cfg = search_config(metric=args.metric, tolerance=args.tolerance, intensity_power=ip, bucket="formula", no_neighbour="skip")
+    det = None
+    for ip, mp, sh in grid:
+        cfg = base.replace(intensity_power=ip, mz_power=mp, shuffle_intensities=sh)
+        load = os.getloadavg()[0]
         t0 = time.perf_counter()
-        rep, det = ev.run(cfg, n_bootstrap=args.bootstrap, ci_seed=args.seed)
+        prep = prepare_side(ev.lib.spectra, cfg)  # shuffle (control) + peak weights, whole library
+        t_prep = time.perf_counter() - t0
+        rep, d = ev.run(cfg, n_bootstrap=args.bootstrap, ci_seed=args.seed, prepared=(prep, prep))
         wall = time.perf_counter() - t0
-        n_pairs = int(det["n_candidates"].sum())
+        del prep
+        if det is None:
+            det = d
+        n_pairs = int(d["n_candidates"].sum())
         settings.append(
             {
                 "intensity_power": ip,
+                "mz_power": mp,
+                "shuffle": sh,
                 "wall_s": round(wall, 3),
+                "prepare_s": round(t_prep, 3),
                 "search_s": rep["timing"]["search"],
                 "scoring_s": rep["timing"]["scoring"],
                 "n_pairs": n_pairs,
@@ -90,28 +109,41 @@ def main() -> None:
                 "mean_tanimoto": rep["mean_tanimoto"],
                 "mean_tanimoto_all": rep["mean_tanimoto_all"],
                 "oracle_tanimoto": rep["oracle_tanimoto"],
+                "load_avg_1min_before": round(load, 2),
             }
         )
-        print(f"setting intensity_power={ip:g}: {wall:.1f}s (search {rep['timing']['search']:.1f}s, {n_pairs:,} pairs)", flush=True)
+        print(
+            f"intensity_power={ip:g} mz_power={mp:g}{' shuffled' if sh else ''}: {wall:.1f}s "
+            f"(prepare {t_prep:.1f}s, search {rep['timing']['search']:.1f}s, scoring {rep['timing']['scoring']:.1f}s, "
+            f"{n_pairs:,} pairs; load {load:.1f})",
+            flush=True,
+        )
 
     peer = _matchms_peer(ev, det, args)
+    walls = [x["wall_s"] for x in settings]
     res = {
         "benchmark": "evaluate",
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(), "platform": platform.platform()},
-        "sizes": {"n_train": len(ev.train_rows), "n_test": len(ev.test_rows), "n_molecules": n_mol, "n_spectra": len(lib)},
+        "measured": "full scale" if args.scale == 1.0 else f"scale {args.scale:g} (NOT extrapolated)",
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "python": platform.python_version(),
+                    "platform": platform.platform(), "numba": _version("numba"), "numpy": _version("numpy")},
+        "sizes": {"n_train": len(ev.train_rows), "n_test": len(ev.test_rows), "n_molecules": n_mol, "n_spectra": len(lib),
+                  "n_peaks": int(lib.offsets[-1])},
         "config": {"metric": args.metric, "tolerance": args.tolerance, "bucket": "formula", "no_neighbour": "skip",
-                   "bootstrap": args.bootstrap, "fingerprint": fingerprint, "scale": args.scale},
+                   "bootstrap": args.bootstrap, "fingerprint": fingerprint, "scale": args.scale, "split": "random"},
         "generate_s": round(t_gen, 3),
         "labels_s": round(t_labels, 3),
         "setup_s": round(t_setup, 3),
         "setup_timing": {k: round(v, 3) for k, v in ev.timing.items()},
         "settings": settings,
+        "max_wall_s": max(walls),
+        "median_wall_s": float(np.median(walls)),
         "peer_matchms": peer,
         "budget_s": 60.0,
-        "within_budget": all(s["wall_s"] <= 60.0 for s in settings),
+        "within_budget": max(walls) <= 60.0,
     }
-    if peer.get("extrapolated_s"):
-        res["speedup_vs_matchms_search"] = round(peer["extrapolated_s"] / settings[0]["search_s"], 1)
+    ref = next((x for x in settings if x["intensity_power"] == 1.0 and x["mz_power"] == 0.0 and not x["shuffle"]), None)
+    if peer.get("extrapolated_s") and ref:
+        res["speedup_vs_matchms_search"] = round(peer["extrapolated_s"] / ref["search_s"], 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
@@ -119,12 +151,28 @@ def main() -> None:
     print(out.with_suffix(".md").read_text())
 
 
-def _matchms_peer(ev, det, args) -> dict:
-    """matchms ModifiedCosine on a random sample of the searched (query, candidate) pairs."""
+def _version(mod: str) -> str | None:
     try:
-        from matchms.similarity import ModifiedCosine
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:
+        return None
+
+
+def _matchms_peer(ev, det, args) -> dict:
+    """matchms ModifiedCosineGreedy on a random sample of the searched (query, candidate) pairs, timed
+    after a warm-up (its numba compilation is not counted) and extrapolated to all pairs; the same pairs
+    scored by fastspec must agree."""
+    try:  # matchms >= 0.30 names it ModifiedCosineGreedy
+        from matchms.similarity import ModifiedCosineGreedy as ModifiedCosine
     except ImportError:
-        return {"available": False}
+        try:
+            from matchms.similarity import ModifiedCosine
+        except ImportError:
+            return {"available": False}
+    import matchms
+
     from fastspec import similarity
     from fastspec.baseline import _joint_codes, bucket_keys
 
@@ -143,18 +191,25 @@ def _matchms_peer(ev, det, args) -> dict:
     rows = np.unique(np.concatenate([qrows, lrows]))
     ms = dict(zip(rows.tolist(), ev.lib.spectra.take(rows).to_matchms()))
     mc = ModifiedCosine(tolerance=float(args.tolerance))
-    t0 = time.perf_counter()
-    for a, b in zip(qrows.tolist(), lrows.tolist()):
+    for a, b in list(zip(qrows.tolist(), lrows.tolist()))[:200]:  # warm-up: numba compiles several paths
         mc.pair(ms[a], ms[b])
+    t0 = time.perf_counter()
+    ref = [mc.pair(ms[a], ms[b]) for a, b in zip(qrows.tolist(), lrows.tolist())]
     dt = time.perf_counter() - t0
+    ref_scores = np.array([float(r["score"]) for r in ref])
+    got, _ = similarity.score_pairs(ev.lib.spectra.take(qrows), ev.lib.spectra.take(lrows), "modified_cosine",
+                                    float(args.tolerance))
     total = int(det["n_candidates"].sum())
     return {
         "available": True,
+        "matchms_version": matchms.__version__,
         "n_pairs": int(pick.size),
         "seconds": round(dt, 3),
         "pairs_per_s": pick.size / dt,
         "extrapolated_s": round(total / (pick.size / dt), 1),
-        "note": "single-threaded matchms ModifiedCosine.pair on a sample of the same candidate pairs, extrapolated",
+        "max_abs_score_difference": float(np.max(np.abs(got - ref_scores))),
+        "note": "single-threaded matchms ModifiedCosineGreedy.pair on a sample of the same candidate pairs after a "
+                "warm-up, extrapolated to all pairs of one setting (search only)",
     }
 
 
@@ -163,32 +218,60 @@ def _markdown(r: dict) -> str:
     lines = [
         "# NN-baseline evaluation speed",
         "",
-        f"{s['n_train']:,} training and {s['n_test']:,} test spectra ({s['n_molecules']:,} synthetic molecules), "
-        f"formula buckets, {r['config']['metric']} (tolerance {r['config']['tolerance']} Da), skip policy, "
-        f"{r['config']['bootstrap']} bootstrap resamples, {r['machine']['threads']} threads "
-        f"({r['machine']['cpus']} CPUs). Fingerprints: {r['config']['fingerprint'] or 'none (identity scoring)'}.",
+        f"Measured: {r['measured']}. {s['n_train']:,} training and {s['n_test']:,} test spectra "
+        f"({s['n_molecules']:,} synthetic molecules, {s['n_peaks']:,} peaks) from `fastspec.synth.generate`, random split, "
+        f"formula buckets (same polarity), {r['config']['metric']} (tolerance {r['config']['tolerance']} Da), skip policy, "
+        f"{r['config']['bootstrap']} bootstrap resamples, {r['machine']['threads']} threads on {r['machine']['cpus']} CPUs. "
+        f"Fingerprints: {r['config']['fingerprint'] or 'none (identity scoring)'}.",
         "",
-        f"One-off setup shared by every ablation setting: {r['setup_s']:.1f} s "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in r["setup_timing"].items())
-        + f" (plus label harmonisation {r['labels_s']:.1f} s).",
+        f"One-off setup shared by every ablation setting (labels, fingerprints of the unique molecules, split and "
+        f"its profile): {r['setup_s']:.1f} s (" + ", ".join(f"{k} {v:.1f} s" for k, v in r["setup_timing"].items())
+        + f"; plus label harmonisation {r['labels_s']:.1f} s and data generation {r['generate_s']:.1f} s).",
         "",
-        "| setting | full evaluation (s) | search (s) | scoring + CIs (s) | candidate pairs | pairs/s | coverage | mean_tanimoto | mean_tanimoto_all |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Each row is one full evaluation (peak weighting / shuffle of the whole library, bucketed top-k search, "
+        "prediction, Tanimoto, hit@k, oracle, groups, bootstrap CIs), as one `fastspec ablate` setting runs it.",
+        "",
+        "| intensity_power | mz_power | shuffle | full evaluation (s) | prepare (s) | search (s) | scoring + CIs (s) | candidate pairs | pairs/s | load before |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in r["settings"]:
         lines.append(
-            f"| intensity_power={x['intensity_power']:g} | {x['wall_s']:.1f} | {x['search_s']:.1f} | {x['scoring_s']:.1f} | "
-            f"{x['n_pairs']:,} | {x['pairs_per_s'] or 0:,.0f} | {x['coverage']:.3f} | {x['mean_tanimoto'] or 0:.3f} | {x['mean_tanimoto_all'] or 0:.3f} |"
+            f"| {x['intensity_power']:g} | {x['mz_power']:g} | {'yes' if x['shuffle'] else ''} | {x['wall_s']:.1f} | "
+            f"{x['prepare_s']:.1f} | {x['search_s']:.1f} | {x['scoring_s']:.1f} | {x['n_pairs']:,} | "
+            f"{x['pairs_per_s'] or 0:,.0f} | {x['load_avg_1min_before']:.1f} |"
         )
+    x = r["settings"][0]
+    lines += [
+        "",
+        f"Slowest setting {r['max_wall_s']:.1f} s, median {r['median_wall_s']:.1f} s. "
+        f"Metrics (synthetic data, so only a sanity check): coverage {x['coverage']:.3f}, mean_tanimoto "
+        f"{x['mean_tanimoto'] or 0:.3f}, mean_tanimoto_all {x['mean_tanimoto_all'] or 0:.3f}.",
+    ]
+    # headroom: how large a candidate workload fits the budget at the measured rates (real NIST formula
+    # buckets are larger than the synthetic ones, so this is the number to compare against)
+    slow = max(r["settings"], key=lambda z: z["wall_s"])
+    fixed = slow["wall_s"] - slow["search_s"]
+    rate = min(z["pairs_per_s"] or 0 for z in r["settings"])
+    if rate > 0 and fixed < r["budget_s"]:
+        cap = (r["budget_s"] - fixed) * rate
+        lines += [
+            "",
+            f"Headroom: at the slowest measured search rate ({rate:,.0f} pairs/s) and the slowest setting's non-search "
+            f"time ({fixed:.1f} s), 60 s covers about {cap / 1e6:,.0f}M candidate pairs per setting, i.e. "
+            f"{cap / s['n_test']:,.0f} same-formula training spectra per test spectrum on average "
+            f"(this synthetic library: {slow['n_pairs'] / s['n_test']:,.0f}).",
+        ]
     p = r.get("peer_matchms") or {}
     if p.get("extrapolated_s"):
         lines += [
             "",
-            f"matchms ModifiedCosine (1 thread, {p['n_pairs']:,} sampled pairs): {p['pairs_per_s']:,.0f} pairs/s, "
-            f"{p['extrapolated_s']:,.0f} s extrapolated to all pairs; fastspec search is "
-            f"{r.get('speedup_vs_matchms_search', 0):,.0f}x faster.",
+            f"matchms {p.get('matchms_version', '')} ModifiedCosineGreedy (1 thread, {p['n_pairs']:,} sampled candidate pairs, "
+            f"after warm-up): {p['pairs_per_s']:,.0f} pairs/s, {p['extrapolated_s']:,.0f} s extrapolated to one setting's "
+            f"pairs (fastspec search: {r.get('speedup_vs_matchms_search', 0):,.0f}x faster on 2 threads). Largest score "
+            f"difference on the sampled pairs: {p['max_abs_score_difference']:.1e}.",
         ]
-    lines += ["", f"Budget 60 s per setting: {'met' if r['within_budget'] else 'NOT met'}.", ""]
+    lines += ["", f"Budget 60 s per setting: {'met' if r['within_budget'] else 'NOT met'}.",
+              "The machine is shared: 'load before' is the 1-minute load average when the setting started.", ""]
     return "\n".join(lines)
 
 

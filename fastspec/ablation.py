@@ -10,7 +10,8 @@ Two analyses:
 ``intensity_blind``
     per split, the top-1 prediction under binary peaks vs under intensity-aware peaks
     (``intensity_power`` 1): the share of wrong binary predictions that intensity fixes, and the
-    converse (right binary predictions that intensity breaks).
+    converse (right binary predictions that intensity breaks); and, for splits without exact hits, how
+    often the intensity-aware top-1 has a higher / lower Tanimoto than the binary one.
 ``embeddings``
     with an external embedding matrix (one row per spectrum), the NN baseline with the cosine
     similarity of embeddings (same buckets), and the test/neighbour pairs whose embedding similarity
@@ -174,6 +175,8 @@ def intensity_blind(binary: dict, aware: dict) -> dict:
     broken = int((right_b & ~ea).sum())
     changed = (binary["pred_rows"][both] != aware["pred_rows"][both]).mean() if both.any() else 0.0
     dt = aware["tanimoto"][both] - binary["tanimoto"][both]
+    # molecule-disjoint splits have no exact hits to fix or break: compare the Tanimoto of the two top-1s
+    better, worse = int((dt > 1e-12).sum()), int((dt < -1e-12).sum())
     return {
         "n_compared": int(both.sum()),
         "binary_wrong": int(wrong_b.sum()),
@@ -184,6 +187,10 @@ def intensity_blind(binary: dict, aware: dict) -> dict:
         "broken_share": broken / int(right_b.sum()) if right_b.any() else None,
         "changed_share": float(changed),
         "mean_tanimoto_gain": float(dt.mean()) if dt.size else None,
+        "tanimoto_improved": better,
+        "tanimoto_worsened": worse,
+        "tanimoto_improved_share": better / int(both.sum()) if both.any() else None,
+        "tanimoto_worsened_share": worse / int(both.sum()) if both.any() else None,
     }
 
 

@@ -403,7 +403,10 @@ def shuffle_intensities(spectra: Spectra, seed: int) -> Spectra:
     n_peaks = spectra.offsets[-1]
     seg = np.repeat(np.arange(len(spectra), dtype=np.int64), np.diff(spectra.offsets))
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(n_peaks), seg))  # stays within each spectrum's own range
+    # one sort of (spectrum, random 32-bit key) packed in a uint64 keeps every peak inside its own
+    # spectrum's range (np.lexsort on two keys is ~20x slower at 30M peaks)
+    key = (seg.astype(np.uint64) << np.uint64(32)) | rng.integers(0, 1 << 32, size=n_peaks, dtype=np.uint64)
+    order = np.argsort(key)
     return spectra.with_peaks(spectra.offsets, spectra.mz, spectra.intensity[order])
 
 
@@ -450,9 +453,9 @@ def nn_search(
     qrows = np.arange(len(queries), dtype=np.int64) if query_rows is None else np.asarray(query_rows, np.int64)
     lrows = np.arange(len(library), dtype=np.int64) if library_rows is None else np.asarray(library_rows, np.int64)
     if prepared is None:
-        pq_, pl_ = prepare_side(queries.spectra, cfg, 0), prepare_side(library.spectra, cfg, 1)
-        if queries is library:
-            pl_ = pq_
+        # one library split into test and train is prepared once (both sides share the arrays)
+        pq_ = prepare_side(queries.spectra, cfg, 0)
+        pl_ = pq_ if queries is library else prepare_side(library.spectra, cfg, 1)
     else:
         pq_, pl_ = prepared
     nq = qrows.shape[0]

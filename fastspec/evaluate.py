@@ -119,6 +119,10 @@ def search_config(preset: str | None = None, base: SearchConfig | None = None, *
         unknown = set(kw) - set(SearchConfig.__dataclass_fields__)
         if unknown:
             raise ParameterError(f"unknown search option(s): {', '.join(sorted(unknown))}")
+        if preset is not None and kw.get("metric", cfg.metric) != cfg.metric:
+            # the preset's binning options belong to its metric; another metric keeps the rest of the preset
+            cfg = cfg.replace(metric_params=())
+            kw.setdefault("tolerance", SearchConfig().tolerance)
         cfg = cfg.replace(**kw)
     return cfg.validate()
 
@@ -322,6 +326,10 @@ class Evaluation:
         self.split = None
         self.split_params: dict[str, Any] = {}
         if queries is None:
+            # l2s's NN predictor uses the setting's metric and buckets but the reference peak weights
+            # (intensity_power 1, mz_power 0, no shuffle): every ablation setting then shares one split,
+            # and an ablation row equals `evaluate` with the same settings
+            split_search = None if search is None else search.replace(intensity_power=1.0, mz_power=0.0, shuffle_intensities=False)
             self.split = make_split(
                 self.lib,
                 split,
@@ -329,7 +337,7 @@ class Evaluation:
                 seed=seed,
                 molecule_disjoint=molecule_disjoint,
                 l2s_options=l2s_options,
-                search=search,
+                search=split_search,
                 threads=threads,
             )
             train_rows, test_rows = self.split.train, self.split.test
@@ -564,11 +572,18 @@ class Evaluation:
             }
         return out
 
-    def _examples(self, pred, score, tani, exact, n_examples: int) -> list[dict]:
-        """The worst confusions: wrong molecule predicted with the highest spectral similarity."""
+    def _examples(self, pred, score, tani, exact, n_examples: int, min_peaks: int = 3) -> list[dict]:
+        """The worst confusions: wrong molecule predicted with the highest spectral similarity (times
+        1 - Tanimoto). Pairs where either spectrum has fewer than ``min_peaks`` peaks are passed over
+        while others exist: a lone precursor peak matches any spectrum of the same formula."""
         wrong = np.flatnonzero((pred >= 0) & ~exact)
         if wrong.size == 0 or n_examples <= 0:
             return []
+        npq = self.qlab.spectra.n_peaks[self.test_rows[wrong]]
+        npl = self.lib.spectra.n_peaks[pred[wrong]]
+        rich = (npq >= min_peaks) & (npl >= min_peaks)
+        if rich.any():
+            wrong = wrong[rich]
         badness = score[wrong] * (1.0 - tani[wrong])
         pick = wrong[np.argsort(-badness, kind="stable")[:n_examples]]
         out = []

@@ -111,7 +111,7 @@ def build_blocks(
         png = _plot_histograms(evals)
         if png:
             blocks += [Block("h", "Top-1 score: same vs different molecule", 2),
-                       Block("p", "Similarity of each test spectrum to its top-1 training neighbour, split by whether the neighbour is the same molecule (InChIKey first block)."),
+                       Block("p", "Similarity of each test spectrum to its top-1 training neighbour, split by whether the neighbour is the same molecule (InChIKey first block); each class normalised to its own count."),
                        Block("figure", "Top-1 score histograms", png=png, name="score_hist")]
     if evals:
         blocks += _groups(evals[0])
@@ -161,10 +161,15 @@ def _profiles(evals) -> list[Block]:
                       "and test distributions of instrument type, adduct and collision-energy bin."),
            Block("table", header=header, rows=rows)]
     for label, r in evals:
-        hist = ((r.get("split_profile") or {}).get("split_info") or {}).get("history")
+        info = (r.get("split_profile") or {}).get("split_info") or {}
+        hist = info.get("history")
         if hist:
+            pol = info.get("policy", "skip")
             out += [Block("h", f"Learning-to-split iterations ({label})", 3),
-                    Block("table", header=["iteration", "test_share", "coverage", "mean_tanimoto_all"],
+                    Block("p", f"Each iteration evaluates the NN predictor (top-1, no-neighbour policy `{pol}`) on the "
+                               "current test side, fits the logistic-regression splitter to the hardness (1 - Tanimoto) "
+                               "and moves the molecules it scores hardest to test; the hardest split seen is kept."),
+                    Block("table", header=["iteration", "test_share", "coverage", f"predictor mean Tanimoto ({pol})"],
                           rows=[[h["iteration"], _f(h["test_share"]), _f(h["coverage"]), _f(h["mean_tanimoto_all"])] for h in hist])]
             break
     return out
@@ -176,15 +181,23 @@ def _ablation(d: dict, figures: bool) -> list[Block]:
     settings = list(dict.fromkeys((r["intensity_power"], r["mz_power"], r["shuffle"]) for r in rows))
     cell = {(r["split"], r["intensity_power"], r["mz_power"], r["shuffle"]): r for r in rows}
     header = ["intensity_power", "mz_power", "shuffle"] + [f"{s}: scored / all" for s in splits]
-    trs = []
+    # n and coverage depend on the split and buckets, not on the peak weights: one line each on top
+    first = {s: next(r for r in rows if r["split"] == s) for s in splits}
+    trs = [
+        ["n_test", "", ""] + [_f(first[s]["n_test"]) for s in splits],
+        ["n_scored", "", ""] + [_f(first[s]["n_scored"]) for s in splits],
+        ["coverage", "", ""] + [_f(first[s]["coverage"]) for s in splits],
+    ]
     for ip, mp, sh in settings:
         line = [_f(ip, 2), _f(mp, 2), "yes" if sh else ""]
         for s in splits:
             r = cell.get((s, ip, mp, sh))
             line.append(f"{_f(r['mean_tanimoto'])} / {_f(r['mean_tanimoto_all'])}" if r else "–")
         trs.append(line)
+    c = d.get("config") or {}
+    base = c.get("preset") or (f"{c['metric']}, tolerance {c.get('tolerance')}" if c.get("metric") else "")
     out = [
-        Block("h", "Intensity ablation", 2),
+        Block("h", "Intensity ablation" + (f" ({base})" if base else ""), 2),
         Block("p", "Mean Tanimoto of the NN prediction (over scored / over all test spectra) for peak weights "
                    "`mz**mz_power * intensity**intensity_power`; intensity_power 0 = binary peaks; the shuffle row permutes "
                    "intensities within each spectrum."),
@@ -198,12 +211,15 @@ def _ablation(d: dict, figures: bool) -> list[Block]:
     if blind:
         out += [
             Block("h", "Intensity-blind confusions", 3),
-            Block("p", "Per test spectrum, top-1 under binary peaks vs intensity-aware peaks: how many wrong binary "
-                       "predictions intensity fixes, and how many right ones it breaks."),
+            Block("p", "Per test spectrum, top-1 under binary peaks (intensity_power 0) vs intensity-aware peaks "
+                       "(intensity_power 1): how many wrong binary predictions intensity fixes, how many right ones it "
+                       "breaks, and (shares of compared spectra) how often the intensity-aware top-1 has a higher or "
+                       "lower Tanimoto than the binary one."),
             Block("table", header=["split", "compared", "binary wrong", "fixed", "fixed share", "binary right", "broken",
-                                   "broken share", "changed", "Tanimoto gain"],
+                                   "broken share", "top-1 changed", "Tanimoto up", "Tanimoto down", "mean Tanimoto gain"],
                   rows=[[b["split"], _f(b["n_compared"]), _f(b["binary_wrong"]), _f(b["fixed_by_intensity"]), _f(b["fixed_share"]),
                          _f(b["binary_right"]), _f(b["broken_by_intensity"]), _f(b["broken_share"]), _f(b["changed_share"]),
+                         _f(b.get("tanimoto_improved_share")), _f(b.get("tanimoto_worsened_share")),
                          _f(b["mean_tanimoto_gain"])] for b in blind]),
         ]
     emb = d.get("embeddings") or []
@@ -231,10 +247,16 @@ def _groups(first: tuple[str, dict]) -> list[Block]:
 
 
 def _confusions(evals) -> list[Block]:
-    ex = []
+    ex, seen = [], set()
     for label, r in evals:
-        for e in (r.get("examples") or [])[:2]:
+        taken = 0
+        for e in r.get("examples") or []:
+            key = (e.get("query_index"), e.get("library_index"))
+            if taken == 2 or key in seen or not e.get("query_peaks"):
+                continue  # the same confusion often recurs across splits: show it once
+            seen.add(key)
             ex.append((label, e))
+            taken += 1
     ex = ex[:4]
     if not ex:
         return []
@@ -301,20 +323,26 @@ def _plot_histograms(evals) -> bytes:
     plt = _pyplot()
     if plt is None:
         return b""
-    evals = [(l, r) for l, r in evals if r.get("score_hist")][:6]
+    evals = [(l, r) for l, r in evals if r.get("score_hist") and sum(r["score_hist"]["same"]) + sum(r["score_hist"]["different"])][:6]
     if not evals:
         return b""
-    fig, axes = plt.subplots(1, len(evals), figsize=(2.6 * len(evals) + 0.5, 2.6), squeeze=False)
+    labels = [l for l, _ in evals]
+    fig, axes = plt.subplots(1, len(evals), figsize=(2.7 * len(evals) + 0.5, 2.7), squeeze=False, sharey=True)
     for ax, (label, r) in zip(axes[0], evals):
         h = r["score_hist"]
         edges = h["edges"]
-        width = edges[1] - edges[0]
-        ax.bar(edges[:-1], h["same"], width=width, align="edge", alpha=0.6, label="same molecule")
-        ax.bar(edges[:-1], h["different"], width=width, align="edge", alpha=0.6, label="different")
-        ax.set_title(label, fontsize=9)
+        # each class as a fraction of its own count: the rarer class stays visible
+        for key, name, color in (("same", "same molecule", "C0"), ("different", "different molecule", "C1")):
+            counts = h[key]
+            tot = sum(counts)
+            if tot:
+                ax.stairs([c / tot for c in counts], edges, fill=True, alpha=0.45, color=color, label=f"{name} (n={tot:,})")
+        title = label if labels.count(label) == 1 else f"{label}\n{_setting(r)}"
+        ax.set_title(title, fontsize=8)
         ax.set_xlabel("top-1 score", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=6, loc="upper left")
+    axes[0][0].set_ylabel("fraction of predictions", fontsize=8)
     return _png(fig)
 
 
@@ -329,6 +357,12 @@ def _plot_mirrors(examples) -> bytes:
         ax.vlines(l["mz"], 0, [-v for v in l["intensity"]], color="C3", lw=1)
         ax.axhline(0, color="k", lw=0.5)
         ax.set_ylim(-1.05, 1.05)
+        xs = list(q["mz"]) + list(l["mz"]) + [p for p in (q.get("precursor_mz"), l.get("precursor_mz")) if p]
+        if xs:  # at least 20 Da wide, no offset notation (a lone peak otherwise gets a 1e-4 Da axis)
+            lo, hi = min(xs), max(xs)
+            pad = max(5.0, (20.0 - (hi - lo)) / 2)
+            ax.set_xlim(max(0.0, lo - pad), hi + pad)
+        ax.ticklabel_format(axis="x", useOffset=False, style="plain")
         ax.set_title(f"{label}: {e.get('formula')}\nscore {e['score']:.2f}, Tanimoto {e['tanimoto']:.2f}", fontsize=8)
         ax.set_xlabel("m/z", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -342,6 +376,7 @@ def to_markdown(blocks: Sequence[Block], figure_dir: Path | None = None, base_di
     import os
 
     lines: list[str] = []
+    used: dict[str, int] = {}
     for b in blocks:
         if b.kind == "h":
             lines += ["#" * b.level + " " + b.text, ""]
@@ -355,7 +390,8 @@ def to_markdown(blocks: Sequence[Block], figure_dir: Path | None = None, base_di
             lines.append("")
         elif b.kind == "figure" and figure_dir is not None:
             figure_dir.mkdir(parents=True, exist_ok=True)
-            fname = f"{figure_prefix}{b.name}.png"
+            used[b.name] = used.get(b.name, 0) + 1  # two ablations both have an "ablation" figure
+            fname = f"{figure_prefix}{b.name}{'' if used[b.name] == 1 else '_' + str(used[b.name])}.png"
             (figure_dir / fname).write_bytes(b.png)
             rel = os.path.relpath(figure_dir / fname, base_dir or figure_dir.parent)
             lines += [f"![{b.text}]({Path(rel).as_posix()})", ""]

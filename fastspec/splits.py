@@ -567,28 +567,42 @@ def l2s_split(
     l2: float = 1.0,
     search: SearchConfig | None = None,
     fingerprint: str = "morgan:2:4096",
+    policy: str = "fallback",
     threads: int | None = None,
 ) -> Split:
     """Learning-to-split on a CPU: find a molecule-disjoint split on which the NN baseline does worst.
 
-    Each iteration (i) evaluates the NN baseline (the predictor) on the current test side — per test
-    spectrum the Tanimoto of its predicted molecule, 0 when no same-bucket neighbour exists; (ii) fits
-    the splitter, a ridge logistic regression over :func:`l2s_features`, to the hardness ``1 - Tanimoto``
-    of the test spectra; (iii) scores every spectrum, averages the scores per molecule (InChIKey first
+    Each iteration (i) evaluates the NN baseline (the predictor: ``search``'s metric and buckets, top-1)
+    on the current test side — per test spectrum the Tanimoto of its predicted molecule; (ii) fits the
+    splitter, a ridge logistic regression over :func:`l2s_features`, to the hardness ``1 - Tanimoto`` of
+    the test spectra; (iii) scores every spectrum, averages the scores per molecule (InChIKey first
     block) and fills the test side with the highest-scoring molecules up to ``test_fraction`` (seeded
     tiny noise breaks ties). It stops after ``max_iter`` iterations or ``patience`` iterations without
     a lower test Tanimoto, and returns the hardest split seen.
 
+    Parameters
+    ----------
+    policy : {"fallback", "skip"}
+        What the predictor does for a test spectrum without a same-bucket training spectrum.
+        ``fallback`` (default) searches all training spectra of its polarity, so the predictor always
+        answers (like a generative model) and hardness is graded; ``skip`` scores such spectra 0, which
+        drives the splitter towards formula-disjoint splits (test coverage near 0).
+
     Returns
     -------
     Split
-        ``info["history"]``: per iteration test_share, mean_tanimoto_all (uncovered = 0) and coverage.
+        ``info["history"]``: per iteration test_share, mean_tanimoto_all (every test spectrum; no
+        prediction = 0) and coverage (same-bucket training spectrum exists).
     """
     from fastspec.baseline import nn_search, predict_molecules, prepare_side
     from fastspec.evaluate import prediction_tanimoto
 
     _check_fraction(test_fraction)
-    cfg = (search or SearchConfig()).replace(no_neighbour="skip", vote=1, search_k=1)
+    if policy not in ("fallback", "skip"):
+        raise ParameterError(f"l2s policy must be 'fallback' or 'skip', got {policy!r}")
+    if int(max_iter) < 1 or int(patience) < 1:
+        raise ParameterError("l2s needs max_iter >= 1 and patience >= 1")
+    cfg = (search or SearchConfig()).replace(no_neighbour=policy, vote=1, search_k=1)
     if lab.fps is None:
         lab.attach_fingerprints(fingerprint)
     known = np.array([m is not None for m in lab.mol], bool)
@@ -636,5 +650,7 @@ def l2s_split(
         is_test[chosen] = True
         a = np.full(len(lab), EXCLUDED, np.int8)
         a[known] = np.where(is_test[codes[known]], TEST, TRAIN)
-    info = {"history": history, "best_mean_tanimoto_all": best_obj, "iterations": len(history)}
-    return Split(best_a, "l2s", {"test_fraction": test_fraction, "seed": seed, "max_iter": max_iter, "patience": patience}, info)
+    info = {"history": history, "best_mean_tanimoto_all": best_obj, "iterations": len(history), "policy": policy,
+            "predictor": {"metric": cfg.metric, "bucket": cfg.bucket, "tolerance": str(cfg.tolerance)}}
+    return Split(best_a, "l2s", {"test_fraction": test_fraction, "seed": seed, "max_iter": max_iter, "patience": patience,
+                                 "policy": policy}, info)

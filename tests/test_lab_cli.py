@@ -91,6 +91,7 @@ def test_ablate_and_report(library, tmp_path):
     assert res.exit_code == 0, res.output
     text = md.read_text()
     assert "Intensity ablation" in text and "Summary" in text
+    assert "| coverage |" in text and "| n_test |" in text  # split x setting table carries n and coverage
     figs = list((tmp_path / "rep" / "report_figures").glob("*.png"))
     assert figs and all(f.stat().st_size < 200_000 for f in figs)
     h = html.read_text()

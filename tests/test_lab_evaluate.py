@@ -335,3 +335,27 @@ def test_distinct_ranks_and_bootstrap():
     assert r[0] == 2 and r[1] == 0 and r[2] > 10**6
     ci = bootstrap_ci(np.array([0, 0, 1, 2]), {"m": (np.array([1.0, 1.0, 0.0, 1.0]), np.ones(4))}, n_boot=200, seed=0)
     assert 0.0 <= ci["m"][0] <= 0.75 <= ci["m"][1] <= 1.0
+
+
+def test_shuffle_intensities_stays_within_spectra():
+    from fastspec.baseline import shuffle_intensities
+
+    sp = tiny()
+    rng = np.random.default_rng(0)
+    sp = sp.with_peaks(sp.offsets, sp.mz, rng.random(sp.mz.shape[0]).astype(sp.intensity.dtype))
+    a, b = shuffle_intensities(sp, 3), shuffle_intensities(sp, 3)
+    np.testing.assert_array_equal(a.intensity, b.intensity)  # seeded
+    np.testing.assert_array_equal(a.mz, sp.mz)
+    for i in range(len(sp)):
+        lo, hi = sp.offsets[i], sp.offsets[i + 1]
+        assert sorted(a.intensity[lo:hi].tolist()) == sorted(sp.intensity[lo:hi].tolist())
+    assert not np.array_equal(a.intensity, sp.intensity)
+
+
+def test_preset_with_another_metric_drops_binning():
+    from fastspec.evaluate import search_config
+
+    cfg = search_config("khoo2026", metric="modified_cosine")
+    assert cfg.metric == "modified_cosine" and cfg.metric_params == () and cfg.bucket == "formula"
+    assert float(cfg.tolerance) == 0.01  # not the preset's 0.25 Da bin width
+    assert search_config("khoo2026", intensity_power=0.5).metric_params == (("preset", "khoo2026"),)

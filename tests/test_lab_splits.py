@@ -148,6 +148,14 @@ def test_l2s_split(lab):
     assert {"iteration", "test_share", "mean_tanimoto_all", "coverage"} <= set(hist[0])
     # the returned split is the hardest one seen
     assert s.info["best_mean_tanimoto_all"] == min(h["mean_tanimoto_all"] for h in hist)
+    assert s.info["policy"] == "fallback" and hist[-1]["mean_tanimoto_all"] <= hist[0]["mean_tanimoto_all"] + 0.05
+    # skip policy: uncovered test spectra count as 0, which pushes towards unseen formulas
+    k = make_split(lab, "l2s", test_fraction=0.2, seed=0, search=SearchConfig(metric="cosine", tolerance=0.02),
+                   l2s_options={"max_iter": 3, "patience": 1, "policy": "skip"})
+    assert k.info["policy"] == "skip" and not (set(_sides(k, lab.mol)[0]) & set(_sides(k, lab.mol)[1]))
+    assert split_profile(lab, k.assignment)["unseen_formula_share"] >= split_profile(lab, make_split(lab, "inchikey", seed=0).assignment)["unseen_formula_share"]
+    with pytest.raises(ParameterError):
+        make_split(lab, "l2s", l2s_options={"policy": "maybe"})
 
 
 def test_group_split_edge_cases():

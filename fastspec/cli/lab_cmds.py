@@ -14,31 +14,36 @@ _METRICS = ["binned_cosine", "cosine", "modified_cosine", "entropy"]
 
 
 def _split_options(f):
+    # applied bottom-up: the last line below is the first option in --help
+    f = click.option("--l2s-policy", type=click.Choice(["fallback", "skip"]), default="fallback", show_default=True,
+                     help="l2s: the NN predictor's answer without a same-bucket neighbour (skip = counted as 0).")(f)
+    f = click.option("--l2s-patience", type=click.IntRange(min=1), default=2, show_default=True, help="l2s: iterations without improvement.")(f)
+    f = click.option("--l2s-iterations", type=click.IntRange(min=1), default=8, show_default=True, help="l2s: maximum iterations.")(f)
     f = click.option("--molecule-disjoint", is_flag=True, help="Also drop training spectra whose molecule is in test.")(f)
     f = click.option("--ion-mode", type=click.Choice(["positive", "negative", "both"]), default="both", show_default=True,
                      help="Use only spectra of this polarity (searches are always within one polarity).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the bootstrap.")(f)
-    f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)(f)
-    f = click.option("--l2s-iterations", type=click.IntRange(min=1), default=8, show_default=True, help="l2s: maximum iterations.")(f)
-    f = click.option("--l2s-patience", type=click.IntRange(min=1), default=2, show_default=True, help="l2s: iterations without improvement.")(f)
+    f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
+                     help="Share of spectra in test (random, inchikey, scaffold, l2s).")(f)
     return f
 
 
 def _search_options(f):
-    f = click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
-                     help="Paper-faithful settings (explicit options override them).")(f)
-    f = click.option("--metric", type=click.Choice(_METRICS), default=None, help="Spectral similarity [default: modified_cosine].")(f)
-    f = click.option("--tolerance", default=None, help="Fragment tolerance: Da ('0.01') or ppm ('10ppm') [default: 0.01].")(f)
-    f = click.option("--mz-power", type=float, default=None, help="Peak weight m/z exponent [default: 0].")(f)
-    f = click.option("--intensity-power", type=float, default=None, help="Peak weight intensity exponent [default: 1].")(f)
-    f = click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
-                     help="Candidates: same canonical formula (+adduct), or all (always same polarity) [default: formula].")(f)
+    # applied bottom-up: the last line below is the first option in --help
+    f = click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Bootstrap resamples for the CIs.")(f)
+    f = click.option("--fingerprint-cache", type=click.Path(file_okay=False), default=None, help="Directory of a persistent fingerprint cache.")(f)
+    f = click.option("--fingerprint", default="morgan:2:4096", show_default=True, help="Fingerprint for Tanimoto, or 'none'.")(f)
+    f = click.option("--vote", type=click.IntRange(min=1), default=None, help="Top-k vote (1 = copy the top-1 molecule).")(f)
     f = click.option("--no-neighbour", "no_neighbour", type=click.Choice(["skip", "fallback", "zero"]), default=None,
                      help="Test spectra without a same-bucket training spectrum [default: skip].")(f)
-    f = click.option("--vote", type=click.IntRange(min=1), default=None, help="Top-k vote (1 = copy the top-1 molecule).")(f)
-    f = click.option("--fingerprint", default="morgan:2:4096", show_default=True, help="Fingerprint for Tanimoto, or 'none'.")(f)
-    f = click.option("--fingerprint-cache", type=click.Path(file_okay=False), default=None, help="Directory of a persistent fingerprint cache.")(f)
-    f = click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Bootstrap resamples for the CIs.")(f)
+    f = click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
+                     help="Candidates: same canonical formula (+adduct), or all (always same polarity) [default: formula].")(f)
+    f = click.option("--intensity-power", type=float, default=None, help="Peak weight intensity exponent [default: 1].")(f)
+    f = click.option("--mz-power", type=float, default=None, help="Peak weight m/z exponent [default: 0].")(f)
+    f = click.option("--tolerance", default=None, help="Fragment tolerance: Da ('0.01') or ppm ('10ppm') [default: 0.01].")(f)
+    f = click.option("--metric", type=click.Choice(_METRICS), default=None, help="Spectral similarity [default: modified_cosine].")(f)
+    f = click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
+                     help="Paper-faithful settings (explicit options override them).")(f)
     return f
 
 
@@ -51,7 +56,7 @@ def _logger(quiet: bool):
 
 
 def _l2s(kw: dict) -> dict:
-    return {"max_iter": kw.pop("l2s_iterations"), "patience": kw.pop("l2s_patience")}
+    return {"max_iter": kw.pop("l2s_iterations"), "patience": kw.pop("l2s_patience"), "policy": kw.pop("l2s_policy")}
 
 
 def _summary_line(rep: dict) -> str:

@@ -81,9 +81,35 @@ def pipeline_config(pipeline) -> dict | None:
 
 def apply_pipeline(pipeline, spectra: Spectra) -> Spectra:
     """Preprocess, keeping one output spectrum per input spectrum (dropped ones come back without peaks,
-    so that they are counted as rejected and query rows keep their positions)."""
-    if pipeline is None:
+    so that they are counted as rejected and query rows keep their positions).
+
+    Whatever the pipeline (also ``None``), peaks that are not peaks are dropped last: m/z or intensity
+    NaN/inf, m/z <= 0, intensity <= 0. The fragment-index bounds assume finite positive weights (a
+    negative intensity breaks the upper bounds; a zero-intensity peak would count as a matched peak in
+    the exact scores but never in the bounds, so ``min_matches`` could miss hits), and entropy
+    rescoring ignores such peaks anyway.
+    """
+    out = spectra if pipeline is None else _run_pipeline(pipeline, spectra)
+    return drop_invalid_peaks(out)
+
+
+def drop_invalid_peaks(spectra: Spectra) -> Spectra:
+    """``spectra`` without peaks whose m/z or intensity is not finite and positive (the same object when
+    there are none)."""
+    mz = np.asarray(spectra.mz)
+    inten = np.asarray(spectra.intensity)
+    with np.errstate(invalid="ignore"):
+        keep = np.isfinite(mz) & (mz > 0) & np.isfinite(inten) & (inten > 0)
+    if keep.all():
         return spectra
+    offsets = np.asarray(spectra.offsets, np.int64)
+    seg = np.repeat(np.arange(len(spectra), dtype=np.int64), np.diff(offsets))
+    new_off = np.zeros(len(spectra) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(seg[keep], minlength=len(spectra)), out=new_off[1:])
+    return spectra.with_peaks(new_off, mz[keep], inten[keep])
+
+
+def _run_pipeline(pipeline, spectra: Spectra) -> Spectra:
     out = pipeline(spectra) if callable(pipeline) else pipeline.apply(spectra)
     kept = None
     if isinstance(out, tuple):  # (spectra, kept mask / kept rows / report) variants
@@ -254,7 +280,7 @@ class Library:
             directory is renamed into place when everything is written.
         preprocess : "default", None, Pipeline, dict or str
             Peak preprocessing applied to the library (and, at search time, to the queries);
-            ``None`` keeps the peaks as read.
+            ``None`` keeps the peaks as read (only invalid peaks dropped: see :func:`apply_pipeline`).
         faiss : bool
             Also build a FAISS IVF index over hashed spectrum vectors (for ``engine="faiss"``).
         on_error : {"skip", "raise"}
@@ -270,6 +296,8 @@ class Library:
         -------
         Library
         """
+        if Path(path).exists() and not overwrite:  # before reading anything
+            raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         prog = _Progress(progress, total=6, desc="index")
         try:
             pipeline = resolve_pipeline(preprocess)
@@ -401,8 +429,10 @@ class Library:
             entry = self.manifest["files"].get(f"{name}.npy")
             if entry is None:
                 raise IndexFormatError(f"library index {self.path} has no array {name!r}")
-            # a plain ndarray view of the memory map: np.memmap's subclass hooks make fancy indexing slow
-            arr = np.asarray(fmt.load_array(self.path, name, entry))
+            # a plain ndarray view of the memory map: np.memmap's subclass hooks make fancy indexing slow;
+            # always read-only (empty arrays are loaded eagerly), so numba kernels see one array type and
+            # compile once
+            arr = _readonly(np.asarray(fmt.load_array(self.path, name, entry)))
             self._arrays[name] = arr
         return arr
 

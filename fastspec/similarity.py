@@ -85,6 +85,14 @@ class Prepared:
     tolerance: Tolerance
     params: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # read-only views everywhere: numba specialises on writeability, and library arrays come
+        # memory-mapped read-only, so one flavour means one compilation per kernel, not two
+        for name in ("offsets", "pos", "w", "norm", "precursor_mz"):
+            a = getattr(self, name).view()
+            a.flags.writeable = False
+            setattr(self, name, a)
+
     @property
     def kind(self) -> int:
         return METRICS[self.metric]

@@ -129,13 +129,13 @@ def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kin
 
 def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out):
     small = offsets.shape[0] - 1 < _SERIAL_BELOW
+    offsets = _ro(offsets, np.int64)
     if kind == "cosine":
         (_cosine_weights_serial if small else _cosine_weights)(
-            offsets, np.ascontiguousarray(mz, np.float64), np.ascontiguousarray(intensity, np.float32),
-            float(mz_power), float(intensity_power), out)
+            offsets, _ro(mz, np.float64), _ro(intensity, np.float32), float(mz_power), float(intensity_power), out)
     elif kind in ("entropy", "unweighted_entropy"):
-        (_entropy_weights_serial if small else _entropy_weights)(
-            offsets, np.ascontiguousarray(intensity, np.float32), kind == "entropy", out)
+        (_entropy_weights_serial if small else _entropy_weights)(offsets, _ro(intensity, np.float32),
+                                                                 kind == "entropy", out)
     else:
         raise ValueError(f"unknown weight kind {kind!r}")
 
@@ -234,12 +234,15 @@ def _half_width(x, tol_da, tol_ppm, base):
 
 @numba.njit(inline="always", **NJIT)
 def _certain(a, b, tol_da, tol_ppm):
-    # subset of any convention: pairs every exact kernel matches (lower bounds stay valid)
+    # subset of any convention: pairs every exact kernel matches (lower bounds stay valid). The margin
+    # mirrors _half_width's slack: the entropy kernels compare float32 m/z (each rounded by up to
+    # 6e-8 relative) against a float32 tolerance, so a float64 difference just inside the tolerance
+    # can be just outside it there
     if tol_ppm > 0:
         lim = tol_ppm * 1e-6 * min(a, b)
     else:
         lim = tol_da
-    return abs(a - b) <= lim * (1.0 - 1e-9) - 1e-12
+    return abs(a - b) <= lim * (1.0 - 1e-6) - 3e-7 * max(abs(a), abs(b)) - 1e-6
 
 
 @numba.njit(inline="always", **NJIT)
@@ -840,12 +843,13 @@ def search_bounds(
     prec_sorted = np.asarray(ix.prec_sorted)
     n_prec = int(np.searchsorted(prec_sorted, np.inf, side="left")) if prec_sorted.shape[0] else 0
     lib_clean = bool(n_lib == 0 or float(ix.min_gap_min) > gap_thr)
-    args = (q_rows, np.ascontiguousarray(q_offsets, np.int64), np.ascontiguousarray(q_mz, np.float64),
-            np.ascontiguousarray(q_weights, np.float32), np.ascontiguousarray(q_precursor_mz, np.float64), theta,
-            ix.frag_mz, ix.frag_spec, ix.frag_w, ix.nl_mz, ix.nl_spec, ix.nl_w, bool(use_nl), ix.offsets, ix.mz, ix.w,
-            ix.precursor_mz, ix.min_gap, ix.prec_sorted, ix.prec_order, n_prec, lib_clean, int(kind), float(tol_da),
-            float(tol_ppm), float(nl_base), gap_thr, mean_peaks, np.ascontiguousarray(q_codes, np.int32),
-            np.ascontiguousarray(lib_codes, np.int32), np.ascontiguousarray(symmetric, np.bool_), int(min_pairs),
+    f32, f64, i32, i64 = np.float32, np.float64, np.int32, np.int64
+    args = (_ro(q_rows, i64), _ro(q_offsets, i64), _ro(q_mz, f64), _ro(q_weights, f32), _ro(q_precursor_mz, f64),
+            _ro(theta, f64), _ro(ix.frag_mz, f32), _ro(ix.frag_spec, i32), _ro(ix.frag_w, f32), _ro(ix.nl_mz, f32),
+            _ro(ix.nl_spec, i32), _ro(ix.nl_w, f32), bool(use_nl), _ro(ix.offsets, i64), _ro(ix.mz, f64),
+            _ro(ix.w, f32), _ro(ix.precursor_mz, f64), _ro(ix.min_gap, f32), _ro(ix.prec_sorted, f64),
+            _ro(ix.prec_order, i64), n_prec, lib_clean, int(kind), float(tol_da), float(tol_ppm), float(nl_base),
+            gap_thr, mean_peaks, _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_), int(min_pairs),
             float(min_score), int(k), m)
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
@@ -862,6 +866,17 @@ def search_bounds(
         with ThreadPoolExecutor(max_workers=n_blocks) as ex:
             list(ex.map(run, range(n_blocks)))
     return ids, bounds, nxt, stats
+
+
+def _ro(a, dtype) -> np.ndarray:
+    """A read-only C-contiguous view (a copy only if dtype or layout differ): every input array of the
+    bound kernel then has one numba type, whether it is a memory map or was computed, so the kernel
+    compiles once."""
+    a = np.ascontiguousarray(a, dtype=dtype)
+    if a.flags.writeable:
+        a = a.view()
+        a.setflags(write=False)
+    return a
 
 
 @numba.njit(**NJIT)

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -98,6 +100,10 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--engine", "faiss",
                            ok=False), "faiss")
     assert_clean_error(run("info", tmp_path / "nolib", ok=False))
+    assert_clean_error(run("query", tmp_path / "missing.mgf", "-l", index, "-o", tmp_path / "h.parquet", ok=False),
+                       "missing.mgf")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--metric", "entropy",
+                           "--mode", "analog", ok=False), "analog")
 
 
 def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
@@ -111,11 +117,23 @@ def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
     assert_clean_error(run("query", path, "-l", index, "-o", out, "--on-error", "raise", "-q", ok=False))
 
 
-def test_real_subprocess(index):
-    proc = subprocess.run([sys.executable, "-m", "fastspec", "info", str(index), "--json"], capture_output=True,
-                          text=True, timeout=120)
+def test_real_subprocess(index, massbank_mgf, tmp_path):
+    """``python -m fastspec query`` in a fresh interpreter writes the hits the API returns."""
+    from fastspec.library import Library
+
+    out = tmp_path / "hits.parquet"
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "query", str(massbank_mgf), "-l", str(index), "-o", str(out),
+                           "--mode", "open", "--metric", "entropy", "-k", "3", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["n_spectra"] > 900
+    assert proc.stdout == "" and "queries" in proc.stderr  # the summary goes to stderr
+    table = pq.read_table(out)
+    hits = Library.open(index).search(str(massbank_mgf), k=3, mode="open", metric="entropy")
+    got = table.filter(pc.is_valid(table.column("rank")))
+    q, r = got.column("query_index").to_numpy(), got.column("rank").to_numpy() - 1
+    np.testing.assert_array_equal(got.column("library_index").to_numpy(), hits.indices[q, r])
+    np.testing.assert_allclose(got.column("score").to_numpy(), hits.scores[q, r])
+    assert len(set(table.column("query_index").to_pylist())) == len(hits)
     proc = subprocess.run([sys.executable, "-m", "fastspec", "info", str(index) + "-missing"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.startswith("Error")

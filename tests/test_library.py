@@ -53,9 +53,13 @@ def test_round_trip_preserves_spectra(subsets, raw_lib):
     assert len(lib) == len(lib_sp)
     assert lib.n_rejected == 0 and lib.manifest["counts"]["n_read"] == len(lib_sp)
     got = lib.spectra(metadata=["id"])
-    np.testing.assert_array_equal(got.offsets, lib_sp.offsets)
-    np.testing.assert_array_equal(got.mz, lib_sp.mz)
-    np.testing.assert_array_equal(got.intensity, lib_sp.intensity)
+    # peaks as read, except the few zero-intensity peaks MassBank has (not peaks: dropped)
+    keep = lib_sp.intensity > 0
+    assert 0 < (~keep).sum() < 50
+    seg = np.repeat(np.arange(len(lib_sp)), np.diff(lib_sp.offsets))
+    np.testing.assert_array_equal(got.offsets[1:], np.cumsum(np.bincount(seg[keep], minlength=len(lib_sp))))
+    np.testing.assert_array_equal(got.mz, lib_sp.mz[keep])
+    np.testing.assert_array_equal(got.intensity, lib_sp.intensity[keep])
     np.testing.assert_array_equal(got.precursor_mz, lib_sp.precursor_mz)
     assert got.ids == lib_sp.ids
     np.testing.assert_array_equal(np.asarray(lib.polarity), lib_sp.polarity)
@@ -70,7 +74,9 @@ def test_open_is_lazy_and_subsets_read_only_needed_rows(raw_lib, subsets):
     assert md.column("id").to_pylist() == [subsets[0].ids[i] for i in rows]
     assert md.column("no_such_column").null_count == 4
     sub = lib.spectra(rows)
-    np.testing.assert_array_equal(sub.mz, subsets[0].take(rows).mz)
+    from fastspec.library import drop_invalid_peaks
+
+    np.testing.assert_array_equal(sub.mz, drop_invalid_peaks(subsets[0].take(rows)).mz)
 
 
 def test_derived_structures_are_consistent(raw_lib):
@@ -227,3 +233,86 @@ def test_faiss_index_round_trip(subsets, tmp_path):
     lib = Library.build(subsets[0][:400], tmp_path / "f.fastspec", faiss=True)
     assert lib.has_faiss and lib.manifest["build"]["faiss"]["ntotal"] == len(lib)
     Library.open(lib.path, verify=True)
+
+
+def test_round_trip_with_default_preprocessing(subsets, tmp_path):
+    """The stored peaks are the input after the recorded pipeline; reopened, the pipeline is the same."""
+    from fastspec.library import apply_pipeline
+
+    lib_sp, _ = subsets
+    lib = Library.build(lib_sp, tmp_path / "p.fastspec", faiss=False)
+    again = Library.open(lib.path, verify=True)
+    assert again.preprocess_config == lib.preprocess_config is not None
+    expect = apply_pipeline(again.pipeline, lib_sp)
+    kept = np.flatnonzero(np.diff(expect.offsets) > 0)
+    assert len(again) == kept.size and again.n_rejected == len(lib_sp) - kept.size
+    expect = expect.take(kept)
+    got = again.spectra(metadata=["id"])
+    np.testing.assert_array_equal(got.offsets, expect.offsets)
+    np.testing.assert_array_equal(got.mz, expect.mz)
+    np.testing.assert_array_equal(got.intensity, expect.intensity)
+    assert got.ids == expect.ids  # library rows keep the input order
+
+
+@pytest.mark.parametrize("damage", ["not json", "wrong format", "no file list", "newer version"])
+def test_damaged_manifest_is_refused(raw_lib, tmp_path, damage):
+    dst = _copy_index(raw_lib, tmp_path / "m.fastspec")
+    path = dst / "manifest.json"
+    m = json.loads(path.read_text())
+    if damage == "not json":
+        path.write_text(path.read_text()[:-40])
+    else:
+        if damage == "wrong format":
+            m["format"] = "something-else"
+        elif damage == "no file list":
+            del m["files"]
+        else:
+            m["format_version"] = m["format_version"] + 1
+        path.write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError):
+        Library.open(dst)
+
+
+def test_unlisted_shape_mismatch_is_refused(raw_lib, tmp_path):
+    """A file replaced by a valid .npy of another shape (and a manifest updated to match its checksums):
+    the dtype/shape recorded in the manifest still catches it when the array is loaded."""
+    from fastspec import _indexfmt
+
+    dst = _copy_index(raw_lib, tmp_path / "s.fastspec")
+    np.save(dst / "mz.npy", np.zeros(7, np.float64))
+    m = json.loads((dst / "manifest.json").read_text())
+    entry = _indexfmt.describe_file(dst / "mz.npy")
+    m["files"]["mz.npy"].update({k: entry[k] for k in ("size", "blake2b", "edge")})
+    (dst / "manifest.json").write_text(json.dumps(m))
+    lib = Library.open(dst, verify=True)
+    with pytest.raises(IndexFormatError, match="dtype/shape"):
+        lib.array("mz")
+
+
+def test_killed_build_leaves_no_index(massbank_parquet, tmp_path):
+    """A build killed (SIGKILL) at any point leaves either nothing at the target or a complete index."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "lib.fastspec"
+    proc = subprocess.Popen([sys.executable, "-m", "fastspec", "index", str(massbank_parquet), "-o", str(target),
+                             "--no-faiss", "-q", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # kill as soon as the build has started writing (a temporary sibling directory appears)
+        while proc.poll() is None and not any(p.name.startswith(".lib.fastspec.tmp-") for p in tmp_path.iterdir()):
+            time.sleep(0.005)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if target.exists():  # the build won the race: then it is complete
+        assert len(Library.open(target, verify=True)) > 0
+    else:
+        with pytest.raises(FileNotFoundError):
+            Library.open(target)
+        assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # only the hidden temporary remains

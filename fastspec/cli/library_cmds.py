@@ -57,7 +57,7 @@ def _default_with(pp, tweaks: dict):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index directory to create (e.g. lib.fastspec).")
 @click.option("--preprocess", "preprocess", default=None, help="Preprocessing pipeline as a string (see fastspec.preprocess).")
-@click.option("--no-preprocess", is_flag=True, help="Index peaks exactly as read (only sorted).")
+@click.option("--no-preprocess", is_flag=True, help="Index peaks as read (only NaN/inf and non-positive peaks dropped).")
 @click.option("--min-mz", type=float, default=None, help="Drop peaks below this m/z.")
 @click.option("--max-mz", type=float, default=None, help="Drop peaks above this m/z.")
 @click.option("--remove-precursor", type=float, default=None, help="Drop peaks within WINDOW Da below/around the precursor.")
@@ -77,7 +77,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
     t0 = time.perf_counter()
     lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error, threads=threads,
-                        progress=not quiet, overwrite=overwrite)
+                        progress=False if quiet else None, overwrite=overwrite)
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
     log(f"indexed {lib.n_spectra} spectra ({lib.n_rejected} rejected{': ' + rej if rej else ''}) "
@@ -126,7 +126,7 @@ def query(queries, library, output, k, mode, metric, tolerance, precursor_tolera
                       tolerance=tolerance, precursor_tolerance=precursor_tolerance, engine=engine, nprobe=nprobe,
                       n_candidates=n_candidates, no_neighbour=no_neighbour, formula=formula, same_adduct=same_adduct,
                       same_charge=same_charge, same_instrument=same_instrument, min_matches=min_matches,
-                      min_score=min_score, on_error=on_error, threads=threads, progress=not quiet)
+                      min_score=min_score, on_error=on_error, threads=threads, progress=False if quiet else None)
     dt = time.perf_counter() - t0
     hits.write(output)
     n = len(hits)
@@ -147,7 +147,7 @@ def info(library, verify, as_json, threads, quiet):
 
     lib = Library.open(library)
     if verify:
-        lib.verify(progress=not quiet)
+        lib.verify(progress=False if quiet else None)
     d = lib.info()
     d["verified"] = bool(verify)
     if as_json:

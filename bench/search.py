@@ -3,26 +3,32 @@
 
 The library is grown from the shared MassBank parquet with ``fastspec.synth`` (``seed_library``; pure
 synthetic when the shared folder is absent) to each size. Queries are perturbed copies of library
-spectra (``synth.make_queries``), so every query has a known source.
+spectra (``synth.make_queries``), so every query has a known source; a top hit "is the source" when it
+is the source row or another copy of the same MassBank spectrum.
 
-Each phase runs in its own subprocess so its peak RSS (``VmHWM``) is clean:
+Each phase runs in its own subprocess so that its peak RSS (``VmHWM``) is its own:
 
-* ``build``     generate the library, ``Library.build`` (with FAISS), write the queries; build time, index
-                size on disk, peak RSS (includes the in-memory input spectra, as when reading a file).
-* ``query``     ``Library.open`` (time), then every mode: batch throughput (one ``search`` call for all
-                queries) and single-query-call latency (mean, median, p99) on a subset; FAISS recall@10 and
-                @100 against exact search for each ``nprobe``; peak RSS while querying.
-* ``ms_entropy`` ``FlashEntropySearch``: index build time and RSS, identity / open / hybrid per-query
-                latency (one Python call per query, as its API works; top-k extraction included).
-* ``matchms``   ``ModifiedCosineGreedy`` brute force on a library subset, extrapolated to the full library
-                (marked ``extrapolated``); ``FlashSimilarity`` (matchms >= 0.33) ``.matrix`` on a subset,
-                extrapolated likewise.
+* ``build``      generate the library, ``Library.build`` (with FAISS; all cores unless ``--threads``),
+                 write the queries; build time, index size on disk, peak RSS (includes the in-memory
+                 input spectra, as when reading a file).
+* ``query``      once per ``--query-threads`` value. ``Library.open`` (time), then every mode: batch
+                 throughput (one ``search`` call for all queries; per-query mean = time / queries). The
+                 first thread count (1 by default: one thread per query, the targets' setting) also
+                 measures single-query-call latency (mean, median, p99), FAISS recall@10 / @100 against
+                 exact search for each ``nprobe``, and peak RSS while querying.
+* ``ms_entropy`` ``FlashEntropySearch`` with its own index build (time, RSS); identity / open / hybrid,
+                 one Python call per query (its API), clean + search timed; the top-k extraction over
+                 its dense score array is timed apart and not included.
+* ``matchms``    ``ModifiedCosineGreedy`` brute force on a library subset and ``FlashSimilarity`` (entropy
+                 fragment / hybrid, cosine hybrid = modified cosine) indexing a library subset, both
+                 extrapolated linearly to the full library and marked ``extrapolated``.
 
-    python bench/search.py                       # quick: 100k spectra
-    python bench/search.py --sizes 100k,1M       # also 1M
+    python bench/search.py                          # quick: 100k spectra
+    python bench/search.py --sizes 100k,1M          # also 1M
     python bench/search.py --sizes 2.4M --no-peers
 
-Writes bench/results/search.json and bench/results/search.md (date, machine, targets met/missed).
+Writes bench/results/search.json and bench/results/search.md (date, machine, targets met / missed).
+Hold the benchmark lock while it runs: ``flock /work/notes/bench.lock python bench/search.py ...``.
 """
 from __future__ import annotations
 
@@ -59,6 +65,10 @@ MODES = {
 #: exact mode whose FAISS counterpart is measured (recall is against it)
 FAISS_MODES = {"analog": dict(mode="analog"), "open-cosine": dict(mode="open", metric="cosine")}
 NPROBES = (1, 4, 16, 64)
+#: (nprobe, n_candidates) rows added to the sweep: is the candidate count what limits recall?
+FAISS_CANDIDATES = ((16, 2000), (16, 10000))
+#: modes whose peak RSS is measured each in a fresh process
+RSS_MODES = {**MODES, "analog-faiss": dict(mode="analog", engine="faiss")}
 
 
 # ====================================================================================== helpers
@@ -88,8 +98,8 @@ def rss() -> dict:
     return out
 
 
-def latency_stats(seconds: np.ndarray) -> dict:
-    ms = np.asarray(seconds) * 1e3
+def latency_stats(seconds) -> dict:
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
     return {"mean_ms": float(ms.mean()), "median_ms": float(np.median(ms)), "p99_ms": float(np.percentile(ms, 99)),
             "n": int(ms.shape[0])}
 
@@ -103,39 +113,14 @@ def make_library(n: int, seed: int, threads: int | None):
 
 
 def topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, best first."""
     k = min(k, scores.shape[0])
     part = np.argpartition(-scores, k - 1)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
 
 
-# ====================================================================================== phases (subprocesses)
-def phase_build(a) -> dict:
-    from fastspec import synth
-    from fastspec.io import write
-    from fastspec.library import Library
-
-    t0 = time.perf_counter()
-    lib, source = make_library(a.size, a.seed, a.threads)
-    t_gen = time.perf_counter() - t0
-    queries, truth = synth.make_queries(lib, a.queries, seed=a.seed + 1)
-    wd = Path(a.workdir)
-    write(queries, str(wd / "queries.parquet"))
-    np.save(wd / "truth.npy", truth)
-    # a hit counts as the source when it is the source row or another copy of the same seed spectrum
-    src = lib.metadata.column("source_row") if "source_row" in lib.metadata.column_names else None
-    np.save(wd / "klass.npy", np.arange(len(lib), dtype=np.int64) if src is None else np.asarray(src, dtype=np.int64))
-    base = rss()
-    t0 = time.perf_counter()
-    Library.build(lib, wd / "lib.fastspec", faiss=True, threads=a.threads, progress=False, overwrite=True)
-    t_build = time.perf_counter() - t0
-    size = sum(f.stat().st_size for f in (wd / "lib.fastspec").rglob("*") if f.is_file())
-    return {"source": source, "n_spectra": len(lib), "n_peaks": int(lib.offsets[-1]), "generate_s": t_gen,
-            "build_s": t_build, "build_s_per_million": t_build / (len(lib) / 1e6), "index_bytes": size,
-            "rss_before_build": base["rss"], **{f"build_{k}": v for k, v in rss().items()}}
-
-
 def _read_queries(wd: Path):
-    """Queries, and the 'source class' of each query and of every library row (see phase_build)."""
+    """Queries, the 'source class' of each query and of every library row (see :func:`phase_build`)."""
     from fastspec.io import read
 
     klass = np.load(wd / "klass.npy")
@@ -145,60 +130,6 @@ def _read_queries(wd: Path):
 def top1_source(top: np.ndarray, qclass: np.ndarray, klass: np.ndarray) -> float:
     top = np.asarray(top)
     return float(np.where(top >= 0, klass[np.maximum(top, 0)] == qclass, False).mean())
-
-
-def phase_query(a) -> dict:
-    from fastspec.library import Library
-
-    wd = Path(a.workdir)
-    queries, qclass, klass = _read_queries(wd)
-    t0 = time.perf_counter()
-    lib = Library.open(wd / "lib.fastspec")
-    t_open = time.perf_counter() - t0
-    out = {"open_s": t_open, "threads": a.threads, "modes": {}, "faiss": {}}
-    common = dict(k=K, tolerance=TOLERANCE, precursor_tolerance=PRECURSOR_TOLERANCE, threads=a.threads)
-    n_lat = min(a.latency_queries, len(queries))
-    exact_hits = {}
-    for label, kw in MODES.items():
-        try:
-            lib.search(queries[:8], **common, **kw)  # compile / warm caches
-            t0 = time.perf_counter()
-            hits = lib.search(queries, **common, **kw)
-            dt_ = time.perf_counter() - t0
-            lat = []
-            for i in range(n_lat):
-                t1 = time.perf_counter()
-                lib.search(queries[i : i + 1], **common, **kw)
-                lat.append(time.perf_counter() - t1)
-        except Exception as e:  # a mode missing from this build is reported, not fatal
-            out["modes"][label] = {"error": f"{type(e).__name__}: {e}"}
-            continue
-        top = np.asarray(hits.indices)[:, 0]
-        out["modes"][label] = {"qps": len(queries) / dt_, "batch_mean_ms": 1e3 * dt_ / len(queries),
-                               "single_call": latency_stats(np.array(lat)), "top1_source": top1_source(top, qclass, klass)}
-        exact_hits[label] = hits
-    for label, kw in FAISS_MODES.items():
-        try:
-            exact = lib.search(queries, **dict(common, k=100), **kw)
-        except Exception as e:
-            out["faiss"][label] = {"error": f"{type(e).__name__}: {e}"}
-            continue
-        rows = []
-        for nprobe in NPROBES:
-            try:
-                lib.search(queries[:8], **dict(common, k=100), engine="faiss", nprobe=nprobe, **kw)
-                t0 = time.perf_counter()
-                approx = lib.search(queries, **dict(common, k=100), engine="faiss", nprobe=nprobe, **kw)
-                dt_ = time.perf_counter() - t0
-            except Exception as e:
-                rows.append({"nprobe": nprobe, "error": f"{type(e).__name__}: {e}"})
-                continue
-            rows.append({"nprobe": nprobe, "qps": len(queries) / dt_, "batch_mean_ms": 1e3 * dt_ / len(queries),
-                         "recall@10": recall(exact.scores, approx.scores, 10),
-                         "recall@100": recall(exact.scores, approx.scores, 100)})
-        out["faiss"][label] = rows
-    out.update({f"query_{k}": v for k, v in rss().items()})
-    return out
 
 
 def recall(exact_scores: np.ndarray, approx_scores: np.ndarray, k: int) -> float:
@@ -217,6 +148,132 @@ def recall(exact_scores: np.ndarray, approx_scores: np.ndarray, k: int) -> float
     return float(got[has].sum() / n_true[has].sum()) if has.any() else float("nan")
 
 
+# ====================================================================================== phases (subprocesses)
+def phase_build(a) -> dict:
+    from fastspec import synth
+    from fastspec.io import write
+    from fastspec.library import Library
+
+    t0 = time.perf_counter()
+    lib, source = make_library(a.size, a.seed, a.threads)
+    t_gen = time.perf_counter() - t0
+    queries, truth = synth.make_queries(lib, a.queries, seed=a.seed + 1)
+    wd = Path(a.workdir)
+    write(queries, str(wd / "queries.parquet"))
+    np.save(wd / "truth.npy", truth)
+    # a hit counts as the source when it is the source row or another copy of the same seed spectrum
+    src = lib.metadata.column("source_row") if "source_row" in lib.metadata.column_names else None
+    np.save(wd / "klass.npy", np.arange(len(lib), dtype=np.int64) if src is None else np.asarray(src, dtype=np.int64))
+    del queries
+    base = rss()
+    t0 = time.perf_counter()
+    Library.build(lib, wd / "lib.fastspec", faiss=True, threads=a.threads, progress=False, overwrite=True)
+    t_build = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in (wd / "lib.fastspec").rglob("*") if f.is_file())
+    built = Library.open(wd / "lib.fastspec")
+    return {"source": source, "n_spectra": len(lib), "n_peaks": int(lib.offsets[-1]), "n_indexed": len(built),
+            "n_rejected": built.n_rejected, "rejected": built.rejected, "generate_s": t_gen,
+            "threads": a.threads, "build_s": t_build, "build_s_per_million": t_build / (len(lib) / 1e6),
+            "index_bytes": size, "rss_before_build": base["rss"], **{f"build_{k}": v for k, v in rss().items()}}
+
+
+def phase_query(a) -> dict:
+    """Search speed at ``a.threads``; with ``a.full`` also latency, FAISS recall and RSS."""
+    from fastspec.library import Library
+
+    wd = Path(a.workdir)
+    queries, qclass, _ = _read_queries(wd)
+    t0 = time.perf_counter()
+    lib = Library.open(wd / "lib.fastspec")
+    t_open = time.perf_counter() - t0
+    klass = library_classes(lib)
+    out = {"open_s": t_open, "threads": a.threads, "n_queries": len(queries), "modes": {},
+           "rss_after_open": rss()["rss"]}
+    common = dict(tolerance=TOLERANCE, precursor_tolerance=PRECURSOR_TOLERANCE, threads=a.threads, progress=False)
+    n_lat = min(a.latency_queries, len(queries))
+    for label, kw in MODES.items():
+        try:
+            lib.search(queries, k=K, **common, **kw)  # untimed: compiles every code path, warms the page cache
+            t0 = time.perf_counter()
+            hits = lib.search(queries, k=K, **common, **kw)
+            dt_ = time.perf_counter() - t0
+            lat = []
+            if a.full:
+                for i in range(n_lat):
+                    t1 = time.perf_counter()
+                    lib.search(queries[i : i + 1], k=K, **common, **kw)
+                    lat.append(time.perf_counter() - t1)
+        except Exception as e:  # reported, not fatal: the other modes still run
+            out["modes"][label] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        top = np.asarray(hits.indices)[:, 0]
+        out["modes"][label] = {"qps": len(queries) / dt_, "batch_mean_ms": 1e3 * dt_ / len(queries),
+                               "top1_source": top1_source(top, qclass, klass),
+                               "with_hit": float((top >= 0).mean())}
+        if lat:
+            out["modes"][label]["single_call"] = latency_stats(lat)
+        out["modes"][label].update({f"after_{k}": v for k, v in rss().items()})  # which mode grows the RSS
+    if a.full:
+        out["faiss"] = {label: faiss_rows(lib, queries, common, kw) for label, kw in FAISS_MODES.items()}
+        out.update({f"query_{k}": v for k, v in rss().items()})
+    return out
+
+
+def phase_rss(a) -> dict:
+    """Peak RSS of one search mode in a fresh process: open the library, search every query once."""
+    from fastspec.library import Library
+
+    wd = Path(a.workdir)
+    queries, _, _ = _read_queries(wd)
+    base = rss()
+    lib = Library.open(wd / "lib.fastspec")
+    kw = dict(RSS_MODES[a.mode_label])
+    t0 = time.perf_counter()
+    lib.search(queries, k=K, tolerance=TOLERANCE, precursor_tolerance=PRECURSOR_TOLERANCE, threads=a.threads,
+               progress=False, **kw)
+    return {"mode": a.mode_label, "seconds_incl_compile_or_cache_load": time.perf_counter() - t0,
+            "rss_before_open": base["rss"], **rss()}
+
+
+def library_classes(lib) -> np.ndarray:
+    """Source class of every *library* row (rows skip spectra rejected at build time, so they are not
+    input rows): the ``source_row`` metadata of a grown library, else the input row from the ``SYN...`` id."""
+    col = lib.metadata(columns=["source_row"]).column("source_row")
+    if col.null_count == 0:
+        return np.asarray(col, dtype=np.int64)
+    ids = lib.metadata(columns=["id"]).column("id").to_pylist()
+    return np.array([int(i[3:]) for i in ids], dtype=np.int64)
+
+
+def faiss_rows(lib, queries, common: dict, kw: dict) -> list | dict:
+    """FAISS engine at each nprobe: speed and recall@10 at k=10, recall@100 at k=100 (vs exact)."""
+    try:
+        exact10 = lib.search(queries, k=10, **common, **kw)
+        exact100 = lib.search(queries, k=100, **common, **kw)
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    rows = []
+    for nprobe, n_cand in [(p, None) for p in NPROBES] + list(FAISS_CANDIDATES):
+        row = {"nprobe": nprobe, "n_candidates": n_cand}
+        fkw = dict(engine="faiss", nprobe=nprobe, n_candidates=n_cand, **common, **kw)
+        try:
+            lib.search(queries[:100], k=10, **fkw)
+            t0 = time.perf_counter()
+            a10 = lib.search(queries, k=10, **fkw)
+            dt_ = time.perf_counter() - t0
+            row.update(qps=len(queries) / dt_, batch_mean_ms=1e3 * dt_ / len(queries),
+                       **{"recall@10": recall(exact10.scores, a10.scores, 10)})
+            if n_cand is None:  # k=100 at the default candidate count (max(50 k, 500))
+                t0 = time.perf_counter()
+                a100 = lib.search(queries, k=100, **fkw)
+                row.update(batch_mean_ms_k100=1e3 * (time.perf_counter() - t0) / len(queries),
+                           **{"recall@100": recall(exact100.scores, a100.scores, 100)})
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {e}"
+        rows.append(row)
+    return rows
+
+
 def phase_ms_entropy(a) -> dict:
     from ms_entropy import FlashEntropySearch
 
@@ -224,10 +281,10 @@ def phase_ms_entropy(a) -> dict:
     queries, qclass, klass = _read_queries(Path(a.workdir))
     ok = np.flatnonzero(np.isfinite(lib.precursor_mz))
     o, mz, it, pmz = lib.offsets, lib.mz, lib.intensity, lib.precursor_mz
-    # ms_entropy's input: a list of dicts (its metadata store pickles them; that is ms_entropy's code)
+    # ms_entropy's input: a list of dicts (it stores them pickled as metadata; that is ms_entropy's code)
     specs = [{"precursor_mz": float(pmz[i]), "peaks": np.column_stack([mz[o[i]:o[i + 1]], it[o[i]:o[i + 1]]]).astype(np.float32),
               "row": int(i)} for i in ok]
-    del lib
+    del lib, o, mz, it, pmz
     base = rss()
     t0 = time.perf_counter()
     es = FlashEntropySearch(max_ms2_tolerance_in_da=TOLERANCE)
@@ -237,31 +294,38 @@ def phase_ms_entropy(a) -> dict:
     row_of = np.array([s["row"] for s in sorted_specs], dtype=np.int64)
     del specs, sorted_specs
     out = {"n_indexed": int(row_of.shape[0]), "build_s": t_build, "build_s_per_million": t_build / (row_of.shape[0] / 1e6),
-           "rss_before_build": base["rss"], "build_peak_rss": after["peak_rss"], "rss_after_build": after["rss"], "modes": {}}
+           "rss_before_build": base["rss"], "build_peak_rss": after["peak_rss"], "rss_after_build": rss()["rss"],
+           "modes": {}}
     nq = min(a.peer_queries, len(queries))
     qo, qmz, qit, qp = queries.offsets, queries.mz, queries.intensity, queries.precursor_mz
+    rows = [i for i in range(nq) if np.isfinite(qp[i])]
+    raw = {i: np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32) for i in rows}
     for method in ("identity", "open", "hybrid"):
-        lat, top1 = [], []
-        for i in range(nq):
-            if not np.isfinite(qp[i]):
-                continue
-            peaks = np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32)
+        # warm-up: ms_entropy's first call allocates its buffers
+        _ms_entropy_call(es, method, float(qp[rows[0]]), es.clean_spectrum_for_search(precursor_mz=float(qp[rows[0]]), peaks=raw[rows[0]]))
+        lat, lat_topk, top1 = [], [], []
+        for i in rows:
             t1 = time.perf_counter()
-            peaks = es.clean_spectrum_for_search(precursor_mz=float(qp[i]), peaks=peaks)
-            if method == "identity":
-                s = es.identity_search(precursor_mz=float(qp[i]), peaks=peaks, ms1_tolerance_in_da=PRECURSOR_TOLERANCE,
-                                       ms2_tolerance_in_da=TOLERANCE)
-            elif method == "open":
-                s = es.open_search(peaks=peaks, ms2_tolerance_in_da=TOLERANCE)
-            else:
-                s = es.hybrid_search(precursor_mz=float(qp[i]), peaks=peaks, ms2_tolerance_in_da=TOLERANCE)
-            best = topk(np.asarray(s), K)
-            lat.append(time.perf_counter() - t1)
-            top1.append(klass[row_of[best[0]]] == qclass[i] if s[best[0]] > 0 else False)
-        out["modes"][method] = {**latency_stats(np.array(lat)), "qps": len(lat) / float(np.sum(lat)),
-                                "top1_source": float(np.mean(top1))}
+            peaks = es.clean_spectrum_for_search(precursor_mz=float(qp[i]), peaks=raw[i])
+            s = np.asarray(_ms_entropy_call(es, method, float(qp[i]), peaks))
+            t2 = time.perf_counter()
+            best = topk(s, K)
+            lat.append(t2 - t1)
+            lat_topk.append(time.perf_counter() - t2)
+            top1.append(bool(s[best[0]] > 0 and klass[row_of[best[0]]] == qclass[i]))
+        out["modes"][method] = {**latency_stats(lat), "qps": len(lat) / float(np.sum(lat)),
+                                "topk_extraction_ms": 1e3 * float(np.mean(lat_topk)), "top1_source": float(np.mean(top1))}
     out["query_peak_rss"] = rss()["peak_rss"]
     return out
+
+
+def _ms_entropy_call(es, method: str, precursor_mz: float, peaks):
+    if method == "identity":
+        return es.identity_search(precursor_mz=precursor_mz, peaks=peaks, ms1_tolerance_in_da=PRECURSOR_TOLERANCE,
+                                  ms2_tolerance_in_da=TOLERANCE)
+    if method == "open":
+        return es.open_search(peaks=peaks, ms2_tolerance_in_da=TOLERANCE)
+    return es.hybrid_search(precursor_mz=precursor_mz, peaks=peaks, ms2_tolerance_in_da=TOLERANCE)
 
 
 def phase_matchms(a) -> dict:
@@ -269,15 +333,15 @@ def phase_matchms(a) -> dict:
     from matchms.similarity import ModifiedCosineGreedy
 
     lib, _ = make_library(a.size, a.seed, a.threads)
+    n_lib = len(lib)
     queries, _, _ = _read_queries(Path(a.workdir))
     rng = np.random.default_rng(a.seed)
     # modified cosine needs precursor m/z: only spectra that have one
     has = np.flatnonzero(np.isfinite(lib.precursor_mz))
     n_ref = min(a.matchms_refs, has.shape[0])
-    ref_rows = np.sort(rng.choice(has, n_ref, replace=False))
-    refs = lib.take(ref_rows).to_matchms()
-    q_rows = np.flatnonzero(np.isfinite(queries.precursor_mz))[: a.matchms_queries]
-    qs = queries.take(q_rows).to_matchms()
+    refs = lib.take(np.sort(rng.choice(has, n_ref, replace=False))).to_matchms()
+    q_ok = np.flatnonzero(np.isfinite(queries.precursor_mz))
+    qs = queries.take(q_ok[: a.matchms_queries]).to_matchms()
     out = {"matchms_version": matchms.__version__, "n_refs": n_ref, "n_queries": len(qs), "extrapolated": True}
     mc = ModifiedCosineGreedy(tolerance=TOLERANCE)
     mc.matrix(refs[:20], qs[:1], progress_bar=False)  # numba warm-up
@@ -285,7 +349,7 @@ def phase_matchms(a) -> dict:
     mc.matrix(refs, qs, progress_bar=False)
     dt_ = time.perf_counter() - t0
     pairs_s = n_ref * len(qs) / dt_
-    out["modified_cosine_greedy"] = {"pairs_per_s": pairs_s, "extrapolated_ms_per_query": 1e3 * len(lib) / pairs_s,
+    out["modified_cosine_greedy"] = {"pairs_per_s": pairs_s, "extrapolated_ms_per_query": 1e3 * n_lib / pairs_s,
                                      "extrapolated": True}
     try:
         from matchms.similarity import FlashSimilarity
@@ -296,10 +360,13 @@ def phase_matchms(a) -> dict:
     # the library subset is indexed, the query spectra streamed through it
     n_flash = min(a.flash_refs, has.shape[0])
     flash_lib = lib.take(np.sort(rng.choice(has, n_flash, replace=False))).to_matchms()
-    fq = queries.take(np.flatnonzero(np.isfinite(queries.precursor_mz))[: a.peer_queries]).to_matchms()
+    del lib
+    fq = queries.take(q_ok[: a.peer_queries]).to_matchms()
     out["flash_refs"] = n_flash
-    for label, kw in (("fragment", dict(matching_mode="fragment")), ("hybrid", dict(matching_mode="hybrid"))):
-        fs = FlashSimilarity(score_type="spectral_entropy", tolerance=TOLERANCE, **kw)
+    for label, kw in (("entropy_fragment", dict(score_type="spectral_entropy", matching_mode="fragment")),
+                      ("entropy_hybrid", dict(score_type="spectral_entropy", matching_mode="hybrid")),
+                      ("cosine_hybrid", dict(score_type="cosine", matching_mode="hybrid"))):
+        fs = FlashSimilarity(tolerance=TOLERANCE, **kw)
         fs.matrix(fq[:2], flash_lib[:50], n_jobs=1)  # numba warm-up
         t0 = time.perf_counter()
         fs.matrix(fq[:1], flash_lib, n_jobs=1)
@@ -307,37 +374,50 @@ def phase_matchms(a) -> dict:
         t0 = time.perf_counter()
         fs.matrix(fq, flash_lib, n_jobs=1)
         t_all = time.perf_counter() - t0
+        # both calls index the subset; the difference is the cost of the extra queries
         per_q = max(t_all - t_one, 1e-9) / max(len(fq) - 1, 1)
-        out[f"flash_similarity_{label}"] = {"index_build_s": t_one - per_q, "ms_per_query_on_subset": 1e3 * per_q,
-                                            "extrapolated_ms_per_query": 1e3 * per_q * len(lib) / n_flash,
-                                            "extrapolated": True}
+        out[f"flash_{label}"] = {"index_build_s": max(t_one - per_q, 0.0), "ms_per_query_on_subset": 1e3 * per_q,
+                                 "extrapolated_ms_per_query": 1e3 * per_q * n_lib / n_flash, "extrapolated": True}
     return out
 
 
-PHASES = {"build": phase_build, "query": phase_query, "ms_entropy": phase_ms_entropy, "matchms": phase_matchms}
+PHASES = {"build": phase_build, "query": phase_query, "rss": phase_rss, "ms_entropy": phase_ms_entropy,
+          "matchms": phase_matchms}
 
 
 # ====================================================================================== driver
-def run_phase(name: str, a, size: int, workdir: Path, timeout: float) -> dict:
-    cmd = [sys.executable, __file__, "--phase", name, "--size", str(size), "--workdir", str(workdir),
+def run_phase(name: str, a, size: int, workdir: Path, timeout: float, threads: int | None = None,
+              full: bool = True, tag: str | None = None, mode_label: str | None = None) -> dict:
+    tag = tag or name
+    cmd = [sys.executable, __file__, "--phase", name, "--tag", tag, "--size", str(size), "--workdir", str(workdir),
            "--seed", str(a.seed), "--queries", str(a.queries), "--latency-queries", str(a.latency_queries),
            "--peer-queries", str(a.peer_queries), "--matchms-refs", str(a.matchms_refs),
            "--matchms-queries", str(a.matchms_queries), "--flash-refs", str(a.flash_refs)]
-    if a.threads:
-        cmd += ["--threads", str(a.threads)]
-    print(f"[{size_label(size)}] {name} ...", flush=True)
+    if threads:
+        cmd += ["--threads", str(threads)]
+    if not full:
+        cmd += ["--lite"]
+    if mode_label:
+        cmd += ["--mode-label", mode_label]
+    print(f"[{size_label(size)}] {tag} ...", flush=True)
     t0 = time.perf_counter()
+    env = dict(os.environ, TQDM_DISABLE="1")
+    if threads:  # BLAS / OpenMP pools of the peers too
+        env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ, TQDM_DISABLE="1"))
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
+        print(f"[{size_label(size)}] {tag} timed out", flush=True)
         return {"error": f"timed out after {timeout:.0f} s"}
     wall = time.perf_counter() - t0
-    res = workdir / f"{name}.json"
+    res = workdir / f"{tag}.json"
     if p.returncode != 0 or not res.exists():
-        return {"error": (p.stderr or p.stdout).strip().splitlines()[-1] if (p.stderr or p.stdout).strip() else f"exit {p.returncode}"}
+        text = (p.stderr or p.stdout).strip()
+        print(f"[{size_label(size)}] {tag} failed:\n{text[-3000:]}", flush=True)
+        return {"error": text.splitlines()[-1] if text else f"exit {p.returncode}"}
     out = json.loads(res.read_text())
     out["wall_s"] = wall
-    print(f"[{size_label(size)}] {name} done in {wall:.1f} s", flush=True)
+    print(f"[{size_label(size)}] {tag} done in {wall:.1f} s", flush=True)
     return out
 
 
@@ -346,52 +426,87 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default="100k", help="Comma-separated library sizes, e.g. 100k,1M,2.4M.")
     ap.add_argument("--queries", type=int, default=1000, help="Queries for fastspec batch throughput and recall.")
     ap.add_argument("--latency-queries", type=int, default=200, help="Single-call latency sample (fastspec).")
-    ap.add_argument("--peer-queries", type=int, default=200, help="Queries for ms_entropy (one call each).")
+    ap.add_argument("--peer-queries", type=int, default=200, help="Queries for ms_entropy / FlashSimilarity.")
     ap.add_argument("--matchms-refs", type=int, default=5000, help="Library subset for matchms brute force.")
     ap.add_argument("--matchms-queries", type=int, default=5)
     ap.add_argument("--flash-refs", type=int, default=50_000, help="Library subset indexed by matchms FlashSimilarity.")
-    ap.add_argument("--threads", type=int, default=None, help="fastspec threads (default: all cores).")
+    ap.add_argument("--threads", type=int, default=None, help="Build threads (default: all cores).")
+    ap.add_argument("--query-threads", default="1,2",
+                    help="Thread counts of the query phase; the first is the targets' setting (full measurements).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-peers", action="store_true", help="Skip ms_entropy and matchms.")
     ap.add_argument("--timeout", type=float, default=3600.0, help="Per-phase timeout (s).")
     ap.add_argument("--out", default=str(RESULTS / "search"), help="Output stem (.json and .md are added).")
+    ap.add_argument("--merge", action="store_true", help="Keep sizes already in the output JSON that are not re-run.")
     ap.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--phase", choices=sorted(PHASES), default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--lite", dest="full", action="store_false", help=argparse.SUPPRESS)
     ap.add_argument("--size", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--mode-label", choices=sorted(RSS_MODES), default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.phase:
-        if a.threads:
-            os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
         res = PHASES[a.phase](a)
-        (Path(a.workdir) / f"{a.phase}.json").write_text(json.dumps(res, indent=1, default=float))
+        (Path(a.workdir) / f"{a.tag or a.phase}.json").write_text(json.dumps(res, indent=1, default=float))
         return
 
     from fastspec.cli.demo_cmd import machine_info
 
     sizes = [parse_size(s) for s in a.sizes.split(",") if s.strip()]
+    qthreads = [int(t) for t in a.query_threads.split(",") if t.strip()]
+    out = Path(a.out)
     report = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine_info(a.threads),
-              "versions": _versions(), "settings": {"tolerance_da": TOLERANCE, "precursor_tolerance_da": PRECURSOR_TOLERANCE,
-                                                    "k": K, "queries": a.queries, "threads": a.threads,
+              "versions": _versions(), "code": _code_state(), "settings": {"tolerance_da": TOLERANCE, "precursor_tolerance_da": PRECURSOR_TOLERANCE,
+                                                    "k": K, "queries": a.queries, "build_threads": a.threads,
+                                                    "query_threads": qthreads, "peer_queries": a.peer_queries,
                                                     "library": "massbank-grown" if MASSBANK.exists() else "synthetic"},
               "sizes": {}}
+    if a.merge and out.with_suffix(".json").exists():
+        report["sizes"] = json.loads(out.with_suffix(".json").read_text()).get("sizes", {})
     for size in sizes:
         wd = Path(tempfile.mkdtemp(prefix=f"fastspec-bench-{size_label(size)}-"))
         try:
-            entry = {"build": run_phase("build", a, size, wd, a.timeout)}
+            entry = {"build": run_phase("build", a, size, wd, a.timeout, threads=a.threads)}
             if "error" not in entry["build"]:
-                entry["query"] = run_phase("query", a, size, wd, a.timeout)
+                for j, t in enumerate(qthreads):
+                    key = "query" if j == 0 else f"query_t{t}"
+                    entry[key] = run_phase("query", a, size, wd, a.timeout, threads=t, full=j == 0, tag=key)
+                entry["rss"] = {label: run_phase("rss", a, size, wd, a.timeout, threads=qthreads[0], tag=f"rss_{label}",
+                                                 mode_label=label) for label in RSS_MODES}
                 if not a.no_peers:
-                    entry["ms_entropy"] = run_phase("ms_entropy", a, size, wd, a.timeout)
-                    entry["matchms"] = run_phase("matchms", a, size, wd, a.timeout)
+                    entry["ms_entropy"] = run_phase("ms_entropy", a, size, wd, a.timeout, threads=1)
+                    entry["matchms"] = run_phase("matchms", a, size, wd, a.timeout, threads=1)
             report["sizes"][size_label(size)] = entry
+            _write(report, out)  # partial results survive a later failure
         finally:
             shutil.rmtree(wd, ignore_errors=True)
+    _write(report, out)
+    print(to_markdown(report))
+
+
+def _write(report: dict, out: Path) -> None:
+    report["sizes"] = dict(sorted(report["sizes"].items(), key=lambda kv: parse_size(kv[0])))
     report["targets"] = evaluate_targets(report)
-    out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
     out.with_suffix(".md").write_text(to_markdown(report))
-    print(to_markdown(report))
+
+
+def _code_state() -> dict:
+    """Git HEAD and a content hash of the search code (the working tree may differ from HEAD)."""
+    import hashlib
+
+    files = sorted([*(ROOT / "fastspec").glob("*.py"), *(ROOT / "kernels").glob("*.py")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        head = None
+    return {"git_head": head, "source_sha256": h.hexdigest()[:16]}
 
 
 def _versions() -> dict:
@@ -402,6 +517,13 @@ def _versions() -> dict:
             out[name] = getattr(mod, "__version__", None)
         except ImportError:
             out[name] = None
+    if out.get("ms_entropy") is None:
+        try:
+            from importlib.metadata import version
+
+            out["ms_entropy"] = version("ms_entropy")
+        except Exception:
+            pass
     return out
 
 
@@ -426,7 +548,11 @@ def _at(report, preferred: str):
 
 
 def evaluate_targets(report) -> list[dict]:
-    """The issue's targets, each met / missed / not measured, with the figures used."""
+    """The issue's targets (one thread per query), each met / missed / not measured, with the figures.
+
+    Absolute targets stated at 2.4M are evaluated at the largest size measured when 2.4M is missing (the
+    ``size`` column says which).
+    """
     t = []
 
     def add(name, size, ok, figures):
@@ -434,23 +560,23 @@ def evaluate_targets(report) -> list[dict]:
                   "figures": figures})
 
     lbl, e = _at(report, "2.4M")
+    peer = _get(e, "ms_entropy", "modes", "open", "mean_ms")
     for metric in ("open-entropy", "open-cosine"):
         ms = _get(e, "query", "modes", metric, "batch_mean_ms")
-        peer = _get(e, "ms_entropy", "modes", "open", "mean_ms")
-        ok = None if ms is None else (ms <= 0.5 and (peer is None or peer / ms >= 3))
+        ok = None if ms is None or peer is None else (ms <= 0.5 and peer / ms >= 3)
         add(f"{metric}: mean <= 0.5 ms at 2.4M and >= 3x ms_entropy open", lbl, ok,
             {"fastspec_ms": ms, "ms_entropy_open_ms": peer, "ratio": None if not (ms and peer) else peer / ms})
     ms = _get(e, "query", "modes", "analog", "batch_mean_ms")
     peer = _get(e, "ms_entropy", "modes", "hybrid", "mean_ms")
-    add("analog top-10: mean <= 5 ms and >= 5x ms_entropy hybrid", lbl,
-        None if ms is None else (ms <= 5 and (peer is None or peer / ms >= 5)),
+    add("analog top-10: mean <= 5 ms at 2.4M and >= 5x ms_entropy hybrid", lbl,
+        None if ms is None or peer is None else (ms <= 5 and peer / ms >= 5),
         {"fastspec_ms": ms, "ms_entropy_hybrid_ms": peer, "ratio": None if not (ms and peer) else peer / ms})
     qps = _get(e, "query", "modes", "identity", "qps")
     ms = _get(e, "query", "modes", "identity", "batch_mean_ms")
     peer = _get(e, "ms_entropy", "modes", "identity", "mean_ms")
     ratio = None if not (ms and peer) else peer / ms
-    add("identity: >= 20x ms_entropy or >= 20k queries/s", lbl,
-        None if qps is None else (qps >= 20_000 or (ratio is not None and ratio >= 20)),
+    add("identity: >= 20x ms_entropy (about 20k queries/s)", lbl,
+        None if qps is None else (ratio >= 20 if ratio is not None else qps >= 20_000),
         {"fastspec_qps": qps, "ms_entropy_identity_ms": peer, "ratio": ratio})
     per_m = [(l, _get(v, "build", "build_s_per_million")) for l, v in report["sizes"].items()]
     per_m = [(l, x) for l, x in per_m if x is not None]
@@ -458,18 +584,25 @@ def evaluate_targets(report) -> list[dict]:
         None if not per_m else all(x <= 30 for _, x in per_m), {l: x for l, x in per_m})
     opens = [(l, _get(v, "query", "open_s")) for l, v in report["sizes"].items()]
     opens = [(l, x) for l, x in opens if x is not None]
-    add("open <= 1 s", ",".join(l for l, _ in opens), None if not opens else all(x <= 1 for _, x in opens),
+    add("index open <= 1 s", ",".join(l for l, _ in opens), None if not opens else all(x <= 1 for _, x in opens),
         {l: x for l, x in opens})
-    lbl1, e1 = _at(report, "1M")
-    r = _get(e1, "query", "query_peak_rss")
-    add("RSS while querying <= 1.5 GB at 1M", lbl1, None if r is None else r <= 1.5e9, {"peak_rss_bytes": r})
-    rows = _get(e, "query", "faiss", "analog") or []
+    lbl1 = "1M" if "1M" in report["sizes"] else None
+    per_mode = {m: _get(v, "peak_rss") for m, v in (_get(report["sizes"].get("1M"), "rss") or {}).items()}
+    per_mode = {m: x for m, x in per_mode.items() if x is not None}
+    worst = max(per_mode.values()) if per_mode else None
+    add("RSS while querying <= 1.5 GB at 1M (each mode in a fresh process)", lbl1,
+        None if worst is None else worst <= 1.5e9,
+        {"worst_mode": max(per_mode, key=per_mode.get) if per_mode else None, "peak_rss_gb": None if worst is None else worst / 1e9,
+         "all_modes_one_process_gb": _gb(_get(report["sizes"].get("1M"), "query", "query_peak_rss"))})
+    rows = _get(e, "query", "faiss", "analog")
+    rows = rows if isinstance(rows, list) else []
     exact_ms = _get(e, "query", "modes", "analog", "batch_mean_ms")
-    good = [x for x in rows if isinstance(x, dict) and x.get("recall@10", 0) >= 0.99]
+    good = [x for x in rows if "error" not in x and x.get("recall@10", 0) >= 0.99]
     fastest = min(good, key=lambda x: x["batch_mean_ms"]) if good else None
+    best_recall = max((x.get("recall@10", 0) for x in rows if "error" not in x), default=None)
     ok = None if not rows or exact_ms is None else bool(fastest and fastest["batch_mean_ms"] < exact_ms)
     add("FAISS recall@10 >= 0.99 at a speed beating exact analog", lbl, ok,
-        {"exact_analog_ms": exact_ms, "best": fastest})
+        {"exact_analog_ms": exact_ms, "fastest_at_0.99": fastest, "best_recall@10": best_recall})
     return t
 
 
@@ -478,71 +611,90 @@ def _f(x, spec=".3g"):
 
 
 def to_markdown(r) -> str:
-    m = r["machine"]
-    L = [f"# Library search benchmark", "",
-         f"{r['date']} · {m['cpu']} · {m['cores']} cores · threads={r['settings']['threads'] or 'all'} · "
-         f"library: {r['settings']['library']} · tolerance {TOLERANCE} Da, precursor {PRECURSOR_TOLERANCE} Da, k={K}", "",
-         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), ""]
+    m, st = r["machine"], r["settings"]
+    qt = st.get("query_threads") or [1]
+    L = ["# Library search benchmark", "",
+         f"{r['date']} · {m['cpu']} · {m['cores']} cores · {(m.get('memory_bytes') or 0) / 2**30:.0f} GiB · "
+         f"library: {st['library']} · fragment tolerance {TOLERANCE} Da, identity precursor window "
+         f"{PRECURSOR_TOLERANCE} Da, k={K} · build threads {st.get('build_threads') or 'all'} · "
+         f"query threads {', '.join(map(str, qt))} (targets: {qt[0]})", "",
+         "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) +
+         (f" · code: git {r['code']['git_head']} + working tree sha256 {r['code']['source_sha256']}" if r.get("code") else ""), ""]
     for lbl, e in r["sizes"].items():
         b, q = e.get("build", {}), e.get("query", {})
         L += [f"## {lbl} spectra", ""]
         if "error" in b:
             L += [f"build failed: {b['error']}", ""]
             continue
+        me = e.get("ms_entropy") or {}
         L += ["| | fastspec | ms_entropy |", "|---|---|---|",
-              f"| build (s) | {_f(b.get('build_s'))} | {_f(_get(e, 'ms_entropy', 'build_s'))} |",
-              f"| build s / million | {_f(b.get('build_s_per_million'))} | {_f(_get(e, 'ms_entropy', 'build_s_per_million'))} |",
-              f"| build peak RSS (GB) | {_f(_gb(b.get('build_peak_rss')))} | {_f(_gb(_get(e, 'ms_entropy', 'build_peak_rss')))} |",
-              f"| index on disk (MB) | {_f(b.get('index_bytes', 0) / 1e6, '.0f')} | — |",
+              f"| spectra in / indexed | {b.get('n_spectra', 0):,} ({b.get('n_peaks', 0):,} peaks) / "
+              f"{_f(b.get('n_indexed'), ',')} | "
+              f"{_f(me.get('n_indexed'), ',')} |",
+              f"| build (s) | {_f(b.get('build_s'))} | {_f(me.get('build_s'))} |",
+              f"| build s / million | {_f(b.get('build_s_per_million'))} | {_f(me.get('build_s_per_million'))} |",
+              f"| build peak RSS (GB) | {_f(_gb(b.get('build_peak_rss')))} | {_f(_gb(me.get('build_peak_rss')))} |",
+              f"| index on disk (MB) | {_f(b.get('index_bytes', 0) / 1e6, '.0f')} | — (in memory) |",
               f"| open (s) | {_f(q.get('open_s'))} | — |",
-              f"| peak RSS while querying (GB) | {_f(_gb(q.get('query_peak_rss')))} | {_f(_gb(_get(e, 'ms_entropy', 'query_peak_rss')))} |", ""]
+              f"| peak RSS, all modes + FAISS in one process (GB) | {_f(_gb(q.get('query_peak_rss')))} | {_f(_gb(me.get('query_peak_rss')))} |", ""]
+        rs = e.get("rss") or {}
+        if rs:
+            L += ["Peak RSS (GB) of one search mode over all queries, each in a fresh process: " +
+                  ", ".join(f"{m} {_f(_gb(v.get('peak_rss')))}" if "error" not in v else f"{m} error" for m, v in rs.items()), ""]
         if "error" in q:
             L += [f"query phase failed: {q['error']}", ""]
-        L += ["| mode | q/s (batch) | mean ms (batch) | single call mean / median / p99 ms | top-1 = source |",
-              "|---|---|---|---|---|"]
+        extra = [(f"query_t{t}", t) for t in qt[1:]]
+        head = f"| mode | q/s ({qt[0]} thread) | mean ms | single call mean / median / p99 ms | " + \
+               "".join(f"q/s ({t} threads) | " for _, t in extra) + "top-1 = source |"
+        L += [head, "|" + "---|" * (5 + len(extra))]
         for mode, v in (q.get("modes") or {}).items():
             if "error" in v:
-                L.append(f"| {mode} | error: {v['error']} | | | |")
+                L.append(f"| {mode} | error: {v['error']} |" + " |" * (3 + len(extra)))
                 continue
-            sc = v["single_call"]
-            L.append(f"| {mode} | {v['qps']:,.0f} | {v['batch_mean_ms']:.3f} | {sc['mean_ms']:.2f} / {sc['median_ms']:.2f} / "
-                     f"{sc['p99_ms']:.2f} | {v['top1_source']:.1%} |")
-        for mode, v in (_get(e, "ms_entropy", "modes") or {}).items():
-            L.append(f"| ms_entropy {mode} | {v['qps']:,.0f} | — | {v['mean_ms']:.2f} / {v['median_ms']:.2f} / {v['p99_ms']:.2f} | "
-                     f"{v['top1_source']:.1%} |")
+            sc = v.get("single_call")
+            single = "—" if not sc else f"{sc['mean_ms']:.2f} / {sc['median_ms']:.2f} / {sc['p99_ms']:.2f}"
+            more = "".join(f"{_f(_get(e, key, 'modes', mode, 'qps'), ',.0f')} | " for key, _ in extra)
+            L.append(f"| {mode} | {v['qps']:,.0f} | {v['batch_mean_ms']:.3f} | {single} | {more}{v['top1_source']:.1%} |")
+        for mode, v in (me.get("modes") or {}).items():
+            L.append(f"| ms_entropy {mode} | {v['qps']:,.0f} | {v['mean_ms']:.3f} | {v['mean_ms']:.2f} / {v['median_ms']:.2f} / "
+                     f"{v['p99_ms']:.2f} | " + "— | " * len(extra) + f"{v['top1_source']:.1%} |")
         mm = e.get("matchms") or {}
-        for key, n_key in (("modified_cosine_greedy", "n_refs"), ("flash_similarity_fragment", "flash_refs"),
-                           ("flash_similarity_hybrid", "flash_refs")):
+        for key, n_key in (("modified_cosine_greedy", "n_refs"), ("flash_entropy_fragment", "flash_refs"),
+                           ("flash_entropy_hybrid", "flash_refs"), ("flash_cosine_hybrid", "flash_refs")):
             v = mm.get(key)
             if v and "extrapolated_ms_per_query" in v:
-                L.append(f"| matchms {key} (extrapolated from {mm[n_key]:,} refs) | {1e3 / v['extrapolated_ms_per_query']:,.2f} | "
-                         f"{v['extrapolated_ms_per_query']:,.1f} | — | — |")
-        if "error" in mm:
-            L.append(f"| matchms | error: {mm['error']} | | | |")
-        if "error" in (e.get("ms_entropy") or {}):
-            L.append(f"| ms_entropy | error: {e['ms_entropy']['error']} | | | |")
+                L.append(f"| matchms {key} (extrapolated from {mm[n_key]:,} spectra) | {1e3 / v['extrapolated_ms_per_query']:,.2f} | "
+                         f"{v['extrapolated_ms_per_query']:,.1f} | — | " + "— | " * len(extra) + "— |")
+        for peer, v in (("matchms", mm), ("ms_entropy", me)):
+            if "error" in v:
+                L.append(f"| {peer} | error: {v['error']} |" + " |" * (3 + len(extra)))
         L.append("")
         for mode, rows in (q.get("faiss") or {}).items():
             if isinstance(rows, dict):
                 L += [f"FAISS {mode}: {rows.get('error')}", ""]
                 continue
             exact = _get(q, "modes", mode, "batch_mean_ms")
-            L += [f"FAISS ({mode}, exact {_f(exact)} ms/query):", "", "| nprobe | q/s | mean ms | recall@10 | recall@100 |",
-                  "|---|---|---|---|---|"]
+            L += [f"FAISS engine, {mode} (exact: {_f(exact)} ms/query at k=10; candidates rescored exactly):", "",
+                  "| nprobe | candidates | q/s (k=10) | mean ms (k=10) | recall@10 | mean ms (k=100) | recall@100 |",
+                  "|---|---|---|---|---|---|---|"]
             for x in rows:
+                cand = "default" if x.get("n_candidates") is None else f"{x['n_candidates']:,}"
                 if "error" in x:
-                    L.append(f"| {x['nprobe']} | error: {x['error']} | | | |")
+                    L.append(f"| {x['nprobe']} | {cand} | error: {x['error']} | | | | |")
                 else:
-                    L.append(f"| {x['nprobe']} | {x['qps']:,.0f} | {x['batch_mean_ms']:.3f} | {x['recall@10']:.4f} | {x['recall@100']:.4f} |")
+                    L.append(f"| {x['nprobe']} | {cand} | {x['qps']:,.0f} | {x['batch_mean_ms']:.3f} | {x['recall@10']:.4f} | "
+                             f"{_f(x.get('batch_mean_ms_k100'), '.3f')} | {_f(x.get('recall@100'), '.4f')} |")
             L.append("")
-    L += ["## Targets", "", "| target | size | status | figures |", "|---|---|---|---|"]
+    L += ["## Targets (one thread per query)", "", "| target | size | status | figures |", "|---|---|---|---|"]
     for t in r.get("targets", []):
         figs = ", ".join(f"{k}={_fig(v)}" for k, v in t["figures"].items())
         L.append(f"| {t['target']} | {t['size'] or '—'} | **{t['status']}** | {figs} |")
-    L += ["", "Batch = one `search` call for all queries (per-query mean = time / queries). Single call = one query per call,",
-          "including Python overhead. ms_entropy: one Python call per query (clean + search + top-k), single thread.",
-          "matchms figures are extrapolated linearly from a library subset. Peak RSS is VmHWM of the phase's own process",
-          "(build includes the in-memory input spectra)."]
+    L += ["", "Batch = one `search` call for all queries (mean = time / queries), after a warm-up call. Single call = one",
+          "query per `search` call, Python overhead included. ms_entropy: one Python call per query (clean + search), one",
+          "thread; extracting its top-k from the dense score array is timed apart and not included. matchms figures are",
+          "extrapolated linearly from a library subset. Peak RSS is VmHWM of the phase's own process (build includes the",
+          "in-memory input spectra; ms_entropy's includes its input list of dicts). Top-1 = source: the best hit is the",
+          "query's source spectrum or another perturbed copy of the same MassBank spectrum."]
     return "\n".join(L) + "\n"
 
 

@@ -97,6 +97,7 @@ def generate(
     polarity: str = "both",
     *,
     threads: int | None = None,
+    progress: bool | None = False,
 ) -> Spectra:
     """A deterministic synthetic spectral library.
 
@@ -116,6 +117,8 @@ def generate(
         Ion modes to generate (or to keep from the seed library).
     threads : int, optional
         Worker threads over chunks (output does not depend on it).
+    progress : bool, optional
+        tqdm progress bar over chunks on stderr (None: only when stderr is a terminal).
 
     Returns
     -------
@@ -129,11 +132,11 @@ def generate(
     if seed_library is not None:
         if n_molecules is not None:
             raise ParameterError("n_molecules cannot be combined with seed_library (molecules come from the seed)")
-        return _grow(n_spectra, seed, seed_library, polarity, threads)
+        return _grow(n_spectra, seed, seed_library, polarity, threads, progress)
     n_molecules = max(1, n_spectra // 40) if n_molecules is None else _check_count(n_molecules, "n_molecules")
     if n_molecules > n_spectra:
         raise ParameterError(f"n_molecules ({n_molecules}) cannot exceed n_spectra ({n_spectra})")
-    return _synthesize(n_spectra, n_molecules, seed, polarity, threads)
+    return _synthesize(n_spectra, n_molecules, seed, polarity, threads, progress)
 
 
 def make_queries(
@@ -239,7 +242,7 @@ def perturb(
 
 
 # ====================================================================================== pure synthetic
-def _synthesize(n: int, m: int, seed: int, polarity: str, threads: int | None) -> Spectra:
+def _synthesize(n: int, m: int, seed: int, polarity: str, threads: int | None, progress: bool | None = False) -> Spectra:
     ss = np.random.SeedSequence([int(seed), 0x5E17])
     s_mol, s_spec, s_chunks = ss.spawn(3)
     mol = _molecules(np.random.default_rng(s_mol), m, polarity)
@@ -250,7 +253,7 @@ def _synthesize(n: int, m: int, seed: int, polarity: str, threads: int | None) -
         lo, hi = i * CHUNK, min(n, (i + 1) * CHUNK)
         return _synth_chunk(np.random.default_rng(chunk_seeds[i]), mol, spec, lo, hi)
 
-    parts = _run_chunks(work, len(chunk_seeds), threads)
+    parts = _run_chunks(work, len(chunk_seeds), threads, progress, "synthesizing")
     offsets, mz, inten = _concat_csr(parts)
     md = _synthetic_metadata(mol, spec)
     return Spectra(offsets, mz, inten, spec["pmz"], spec["charge"], md, validate=False)
@@ -311,35 +314,62 @@ def _formulas(rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray]
     return formula_of, counts
 
 
+#: Neutral-mass distribution of the molecules' formulas (lognormal; Da): median and log-sigma.
+_MASS_MEDIAN, _MASS_SIGMA = 300.0, 0.42
+
+
 def _unique_formulas(rng: np.random.Generator, n_f: int) -> np.ndarray:
-    """``n_f`` distinct plausible CHNOPS formulas, (n_f, 6) int64, neutral masses ~100-1000 Da."""
-    out = np.zeros((0, 6), np.int64)
+    """``n_f`` distinct plausible CHNOPS formulas, (n_f, 6) int64, neutral masses ~100-1000 Da.
+
+    Candidates are drawn around lognormal target masses; duplicates are dropped. Plain rejection would
+    shift the masses upwards as ``n_f`` grows (light formulas run out first), so a pool of about
+    ``3 n_f`` distinct candidates is drawn and ``n_f`` of them are kept by weighted sampling without
+    replacement, with weights (target density / pool density) that give every library size the same
+    mass distribution as far as the pool allows.
+    """
+    want = 3 * n_f + 64
+    pool = np.zeros((0, 6), np.int64)
     seen = np.zeros(0, np.int64)
-    while out.shape[0] < n_f:
-        k = max(64, 2 * (n_f - out.shape[0]))
-        target = np.clip(rng.lognormal(np.log(300.0), 0.42, k), 90.0, 1600.0)
-        n_ = rng.poisson(target / 240.0)
-        o = rng.poisson(target / 85.0)
-        p = (rng.random(k) < 0.04).astype(np.int64)
-        s = rng.poisson(0.12, k)
-        o = np.maximum(o, 3 * p)  # phosphates carry oxygens
-        rest = target - n_ * 14.0 - o * 16.0 - p * 31.0 - s * 32.0
-        h_per_c = rng.uniform(0.7, 2.0, k)
-        c = np.maximum(1, np.rint(rest / (12.0 + 1.008 * h_per_c))).astype(np.int64)
-        h_max = 2 * c + n_ + p + 2
-        h = np.clip(np.rint(c * h_per_c).astype(np.int64), 0, h_max)
-        h += (h + n_ + p) % 2  # integer double-bond equivalents
-        h = np.where(h > h_max, h - 2, h)
-        ok = (h >= 0) & (c >= 1)
-        cand = np.stack([c, h, n_, o, p, s], axis=1)[ok]
+    for _ in range(64):  # the pool grows geometrically; 64 rounds is far more than ever needed
+        if pool.shape[0] >= want:
+            break
+        cand = _draw_formulas(rng, max(256, 2 * (want - pool.shape[0])))
         code = _formula_code(cand)
-        _, first = np.unique(code, return_index=True)
-        first = np.sort(first)
-        cand, code = cand[first], code[first]
+        code, first = np.unique(code, return_index=True)
+        cand = cand[first]
         new = ~np.isin(code, seen)
-        out = np.concatenate([out, cand[new]])
+        pool = np.concatenate([pool, cand[new]])
         seen = np.concatenate([seen, code[new]])
-    return out[:n_f]
+    if pool.shape[0] < n_f:  # pragma: no cover - the candidate space is far larger than any n_f
+        raise FastspecError(f"could not draw {n_f} distinct formulas")
+    logm = np.log(pool @ np.array([_MASS[e] for e in "CHNOPS"]))
+    z = (logm - np.log(_MASS_MEDIAN)) / _MASS_SIGMA
+    target = np.exp(-0.5 * z * z)
+    edges = np.linspace(logm.min(), logm.max() + 1e-9, 81)
+    b = np.searchsorted(edges, logm, side="right") - 1
+    density = np.bincount(b, minlength=80)[b]
+    keys = rng.exponential(size=pool.shape[0]) * density / np.maximum(target, 1e-300)
+    keep = np.sort(np.argpartition(keys, n_f - 1)[:n_f])
+    return pool[keep]
+
+
+def _draw_formulas(rng: np.random.Generator, k: int) -> np.ndarray:
+    """``k`` plausible CHNOPS formulas (may repeat), (k, 6) int64, around lognormal target masses."""
+    target = np.clip(rng.lognormal(np.log(_MASS_MEDIAN), _MASS_SIGMA, k), 90.0, 1600.0)
+    n_ = rng.poisson(target / 240.0)
+    o = rng.poisson(target / 85.0)
+    p = (rng.random(k) < 0.04).astype(np.int64)
+    s = rng.poisson(0.12, k)
+    o = np.maximum(o, 3 * p)  # phosphates carry oxygens
+    rest = target - n_ * 14.0 - o * 16.0 - p * 31.0 - s * 32.0
+    h_per_c = rng.uniform(0.7, 2.0, k)
+    c = np.maximum(1, np.rint(rest / (12.0 + 1.008 * h_per_c))).astype(np.int64)
+    h_max = 2 * c + n_ + p + 2
+    h = np.clip(np.rint(c * h_per_c).astype(np.int64), 0, h_max)
+    h += (h + n_ + p) % 2  # integer double-bond equivalents
+    h = np.where(h > h_max, h - 2, h)
+    ok = (h >= 0) & (c >= 1)
+    return np.stack([c, h, n_, o, p, s], axis=1)[ok]
 
 
 def _formula_code(c: np.ndarray) -> np.ndarray:
@@ -596,7 +626,8 @@ def _pseudo_smiles(rng: np.random.Generator, counts: np.ndarray) -> list[str]:
 
 
 # ====================================================================================== grown from a real library
-def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | None) -> Spectra:
+def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | None,
+          progress: bool | None = False) -> Spectra:
     src = _load(seed_library)
     cols = [c for c in SEED_COLUMNS if c in src.metadata.column_names]
     if cols:  # 2.4M copies of every provenance column would cost gigabytes
@@ -624,7 +655,7 @@ def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | No
         out = perturb(part, r, **params)
         return out.offsets, out.mz, out.intensity, out.precursor_mz
 
-    parts = _run_chunks(work, len(chunk_seeds), threads)
+    parts = _run_chunks(work, len(chunk_seeds), threads, progress, "growing")
     offsets, mz, inten = _concat_csr([p[:3] for p in parts])
     pmz = np.concatenate([p[3] for p in parts])
     md = src.metadata.take(pa.array(rows, pa.int64()))
@@ -735,12 +766,29 @@ def _concat_csr(parts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.concatenate(offs), np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])
 
 
-def _run_chunks(work, n_chunks: int, threads: int | None) -> list:
+def _run_chunks(work, n_chunks: int, threads: int | None, progress: bool | None = False, desc: str = "") -> list:
+    """``[work(i) for i in range(n_chunks)]`` on a thread pool (numpy releases the GIL), in order."""
+    import sys
+
     n_workers = min(n_chunks, threads or os.cpu_count() or 1)
-    if n_workers <= 1:
-        return [work(i) for i in range(n_chunks)]
-    with ThreadPoolExecutor(n_workers) as ex:
-        return list(ex.map(work, range(n_chunks)))
+    bar = None
+    if progress or (progress is None and sys.stderr.isatty()):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n_chunks, desc=desc, unit="chunk", file=sys.stderr, leave=False)
+    pool = ThreadPoolExecutor(n_workers) if n_workers > 1 else None
+    try:
+        out = []
+        for r in (pool.map if pool is not None else map)(work, range(n_chunks)):
+            out.append(r)
+            if bar is not None:
+                bar.update()
+        return out
+    finally:
+        if pool is not None:
+            pool.shutdown()
+        if bar is not None:
+            bar.close()
 
 
 def _library_rows(library: Any, rows: np.ndarray) -> Spectra:

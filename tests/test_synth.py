@@ -281,3 +281,23 @@ def test_cli_synth(tmp_path):
     assert bad.exit_code != 0 and "Error" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(main, ["synth", "-n", "10", "-o", str(out), "--queries", "3"])
     assert bad.exit_code != 0 and "queries" in bad.output
+
+
+def test_formula_masses_do_not_drift_with_size():
+    """Light formulas run out first; the pool re-weighting keeps the mass distribution nearly size-free."""
+    el = np.array([MASS[e] for e in "CHNOPS"])
+    med = []
+    for n_f in (500, 15_000):
+        counts = synth._unique_formulas(np.random.default_rng(1), n_f)
+        assert counts.shape == (n_f, 6)
+        assert np.unique(synth._formula_code(counts)).shape[0] == n_f  # distinct
+        med.append(np.median(counts @ el))
+    assert 250 < med[0] < 360 and abs(med[1] / med[0] - 1) < 0.15
+
+
+def test_progress_bar(capsys):
+    a = synth.generate(2000, seed=1, progress=True)
+    err = capsys.readouterr().err
+    assert "synthesizing" in err
+    b = synth.generate(2000, seed=1)
+    np.testing.assert_array_equal(a.mz, b.mz)

@@ -1,8 +1,8 @@
 """``fastspec demo``: synthetic library -> index -> every search mode, with throughput and a sanity check.
 
-The whole run (including numba compilation on a cold cache) is meant to take under two minutes on
-two cores at the default 200k spectra. Each search mode is warmed up on a few queries first, so the
-reported throughput excludes compilation; the warm-up time is reported separately.
+The whole run, numba compilation on an empty cache included, is meant to take under two minutes on
+two cores at the default 200k spectra. Each search mode first runs on a few queries (which compiles
+its kernels or loads them from the cache); that warm-up time is reported apart from the throughput.
 """
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ MODES: list[tuple[str, dict]] = [
     ("analog", dict(mode="analog")),
     ("analog-faiss", dict(mode="analog", engine="faiss")),
 ]
-#: Fraction of queries that must find their source spectrum at rank 1 for a mode to pass.
-MIN_TOP1 = 0.8
+#: Share of queries whose top hit must be a spectrum of the query's molecule, in every mode. (The source
+#: spectrum itself need not be first: a molecule has several near-identical spectra, e.g. the same adduct at
+#: neighbouring collision energies, and the query noise includes a collision-energy-like tilt.)
+MIN_TOP1 = 0.9
 _WARMUP = 16
 
 
@@ -49,11 +51,9 @@ def demo(n_spectra, n_queries, seed, k, workdir, as_json, threads, quiet):
     """Build a synthetic library, index it, query it in every mode and print throughput."""
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     with _workdir(workdir) as wd:
-        summary = run_demo(n_spectra=n_spectra, n_queries=n_queries, seed=seed, k=k, workdir=wd, threads=threads, log=log)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(format_summary(summary))
+        summary = run_demo(n_spectra=n_spectra, n_queries=n_queries, seed=seed, k=k, workdir=wd, threads=threads,
+                           log=log, progress=False if quiet else None)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
     if not summary["ok"]:
         raise SystemExit(1)
 
@@ -69,44 +69,50 @@ def _workdir(path: str | None):
 
 
 # ====================================================================================== the run
-def run_demo(*, n_spectra: int = 200_000, n_queries: int = 1000, seed: int = 0, k: int = 10,
-             workdir: Path, threads: int | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Run the demo and return its summary (see :func:`format_summary`).
+def run_demo(*, n_spectra: int = 200_000, n_queries: int = 1000, seed: int = 0, k: int = 10, workdir: Path,
+             threads: int | None = None, log: Callable[[str], None] = lambda m: None,
+             progress: bool | None = False) -> dict:
+    """Run the demo and return its summary (rendered by :func:`format_summary`).
 
-    Stages that need a part of fastspec missing from this build are recorded as ``skipped`` with the
-    reason rather than failing the demo.
+    A search mode that raises a :class:`~fastspec.errors.FastspecError` is recorded under ``errors``
+    (and makes ``ok`` false) instead of aborting the other modes.
     """
     import numpy as np
 
     from fastspec import synth
+    from fastspec.library import Library
 
     t_start = time.perf_counter()
     n_queries = min(n_queries, n_spectra)
     out: dict[str, Any] = {"fastspec_version": _version(), "machine": machine_info(threads),
                            "n_spectra": n_spectra, "n_queries": n_queries, "seed": seed, "k": k,
-                           "stages": {}, "modes": {}, "skipped": {}}
+                           "stages": {}, "modes": {}, "errors": {}}
     with _timed(out, "generate", log, f"generating {n_spectra:,} synthetic spectra"):
-        lib = synth.generate(n_spectra, seed=seed, threads=threads)
+        lib = synth.generate(n_spectra, seed=seed, threads=threads, progress=progress)
     out["n_peaks"] = int(lib.offsets[-1])
-    out["n_molecules"] = int(np.unique(np.asarray(lib.metadata.column("molecule"))).shape[0])
-    with _timed(out, "queries", log, f"deriving {n_queries:,} queries"):
+    molecule = np.asarray(lib.metadata.column("molecule"))
+    out["n_molecules"] = int(np.unique(molecule).shape[0])
+    with _timed(out, "queries", log, f"deriving {n_queries:,} queries with known sources"):
         queries, truth = synth.make_queries(lib, n_queries, seed=seed + 1)
-    _io_roundtrip(out, queries, workdir, log)
-
-    library = _build(out, lib, workdir, threads, log)
-    if library is not None:
-        for label, kw in MODES:
-            _run_mode(out, label, library, queries, truth, lib, k, threads, log, **kw)
-    else:
-        _score_fallback(out, lib, queries, truth, threads, log)
+    path = workdir / "demo.fastspec"
+    with _timed(out, "build", log, f"indexing into {path}"):
+        Library.build(lib, path, faiss=True, threads=threads, progress=progress, overwrite=True)
+    with _timed(out, "open", log, None):
+        library = Library.open(path)
+    out["index_bytes"] = _du(path)
+    out["build_spectra_per_s"] = len(lib) / out["stages"]["build"]
+    out["n_indexed"], out["n_rejected"] = len(library), library.n_rejected
+    # library rows skip rejected spectra (e.g. nothing left after preprocessing): map them back to input rows
+    input_row = {v: i for i, v in enumerate(lib.ids)}
+    lib_input = np.array([input_row[v] for v in library.metadata(columns=["id"]).column("id").to_pylist()], np.int64)
+    for label, kw in MODES:
+        _run_mode(out, label, library, queries, truth, molecule, lib_input, k, threads, log, **kw)
     out["total_s"] = time.perf_counter() - t_start
-    # OK: every mode ran and found the source at rank 1 for most queries
-    checked = [m for m in out["modes"].values() if m.get("top1_source") is not None]
-    out["ok"] = bool(checked) and not out["skipped"] and all(m["top1_source"] >= MIN_TOP1 for m in checked)
+    out["ok"] = not out["errors"] and all(m["top1_molecule"] >= MIN_TOP1 for m in out["modes"].values())
     return out
 
 
-def _run_mode(out, label, library, queries, truth, lib, k, threads, log, **kw):
+def _run_mode(out, label, library, queries, truth, molecule, lib_input, k, threads, log, **kw):
     import numpy as np
 
     from fastspec.errors import FastspecError
@@ -115,88 +121,30 @@ def _run_mode(out, label, library, queries, truth, lib, k, threads, log, **kw):
     log(f"searching: {label}")
     try:
         t0 = time.perf_counter()
-        library.search(queries[: min(_WARMUP, nq)], k=k, threads=threads, **kw)  # compiles the kernels
+        library.search(queries[: min(_WARMUP, nq)], k=k, threads=threads, progress=False, **kw)
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
-        hits = library.search(queries, k=k, threads=threads, **kw)
+        hits = library.search(queries, k=k, threads=threads, progress=False, **kw)
         dt = time.perf_counter() - t0
-    except (FastspecError, ImportError, AttributeError, NotImplementedError) as e:
-        out["skipped"][label] = f"{type(e).__name__}: {e}"
-        log(f"  skipped: {e}")
+    except FastspecError as e:
+        out["errors"][label] = f"{type(e).__name__}: {e}"
+        log(f"  failed: {e}")
         return
-    top = np.asarray(hits.indices)[:, 0]
+    raw = np.asarray(hits.indices)
+    idx = np.where(raw >= 0, lib_input[np.maximum(raw, 0)], -1)  # input rows of the hits
+    top = idx[:, 0]
     found = top >= 0
-    mol_lib = np.asarray(lib.metadata.column("molecule"))
     out["modes"][label] = {
-        "params": {k_: v for k_, v in kw.items()},
+        "params": dict(kw),
         "queries": nq,
         "seconds": dt,
         "warmup_s": warm,
         "qps": nq / dt if dt > 0 else float("inf"),
         "mean_latency_ms": 1e3 * dt / nq,
         "with_hit": float(found.mean()),
+        "top1_molecule": float(np.where(found, molecule[np.maximum(top, 0)] == molecule[truth], False).mean()),
         "top1_source": float((top == truth).mean()),
-        "top1_molecule": float(np.where(found, mol_lib[np.maximum(top, 0)] == mol_lib[truth], False).mean()),
-    }
-
-
-def _build(out, lib, workdir: Path, threads, log):
-    try:
-        from fastspec.library import Library
-    except ImportError as e:
-        out["skipped"]["library"] = f"fastspec.library not available: {e}"
-        return None
-    path = workdir / "demo.fastspec"
-    try:
-        with _timed(out, "build", log, f"indexing into {path}"):
-            Library.build(lib, path, faiss=True, threads=threads, progress=False, overwrite=True)
-        with _timed(out, "open", log, None):
-            library = Library.open(path)
-    except (ImportError, AttributeError, NotImplementedError) as e:
-        out["skipped"]["library"] = f"{type(e).__name__}: {e}"
-        log(f"  library unavailable: {e}")
-        return None
-    out["index_bytes"] = _du(path)
-    out["build_spectra_per_s"] = len(lib) / out["stages"]["build"]
-    return library
-
-
-def _io_roundtrip(out, queries, workdir: Path, log):
-    """Write the queries as MGF and read them back (exercises fastspec.io)."""
-    try:
-        from fastspec.io import read, write
-    except ImportError as e:
-        out["skipped"]["io"] = f"fastspec.io not available: {e}"
-        return
-    path = workdir / "queries.mgf"
-    with _timed(out, "io_roundtrip", log, f"writing and reading {path.name}"):
-        write(queries, str(path))
-        back = read(str(path))
-    out["io_roundtrip_ok"] = len(back) == len(queries)
-
-
-def _score_fallback(out, lib, queries, truth, threads, log):
-    """Without a library index: brute-force cosine of a few queries against a slice of the library."""
-    import numpy as np
-
-    try:
-        from fastspec.similarity import score_matrix
-    except ImportError as e:
-        out["skipped"]["score"] = f"fastspec.similarity not available: {e}"
-        return
-    nq = min(len(queries), 100)
-    # the library slice around the queries' sources, so the top-1 check is meaningful
-    rows = np.unique(np.concatenate([truth[:nq], np.arange(min(len(lib), 20_000))]))
-    refs = lib.take(rows)
-    log(f"scoring {nq} queries x {len(refs):,} spectra (no library index in this build)")
-    t0 = time.perf_counter()
-    s = np.asarray(score_matrix(queries[:nq], refs, metric="cosine", tolerance=0.02))
-    dt = time.perf_counter() - t0
-    s = s[0] if s.ndim == 3 else s
-    best = rows[np.argmax(s, axis=1)]
-    out["modes"]["brute-force-cosine"] = {
-        "queries": nq, "seconds": dt, "qps": nq / dt, "mean_latency_ms": 1e3 * dt / nq,
-        "pairs_per_s": nq * len(refs) / dt, "top1_source": float((best == truth[:nq]).mean()),
+        "source_in_topk": float((idx == truth[:, None]).any(axis=1).mean()),
     }
 
 
@@ -254,26 +202,20 @@ def format_summary(s: dict) -> str:
     """The human-readable summary printed by ``fastspec demo``."""
     st = s["stages"]
     lines = [f"fastspec {s['fastspec_version']} demo: {s['n_spectra']:,} synthetic spectra "
-             f"({s.get('n_molecules', 0):,} molecules, {s['n_peaks']:,} peaks), {s['n_queries']:,} queries, "
-             f"k={s['k']}, {s['machine']['cores']} cores"]
-    lines.append(f"  generate      {st.get('generate', 0):7.2f} s")
-    if "build" in st:
-        lines.append(f"  build index   {st['build']:7.2f} s  ({s['build_spectra_per_s']:,.0f} spectra/s, "
-                     f"{s['index_bytes'] / 2**20:,.0f} MiB on disk)")
-        lines.append(f"  open index    {st['open'] * 1e3:7.1f} ms")
-    if "io_roundtrip" in st:
-        lines.append(f"  MGF write+read of the queries {st['io_roundtrip']:.2f} s")
-    if s["modes"]:
-        lines.append("")
-        lines.append(f"  {'mode':<14}{'queries/s':>11}{'mean ms':>10}{'top-1 source':>14}{'top-1 molecule':>16}{'warm-up s':>11}")
-        for label, m in s["modes"].items():
-            mol = m.get("top1_molecule")
-            lines.append(f"  {label:<14}{m['qps']:>11,.0f}{m['mean_latency_ms']:>10.3f}{m['top1_source']:>14.1%}"
-                         f"{'' if mol is None else format(mol, '.1%'):>16}{m.get('warmup_s', 0):>11.2f}")
-    for name, why in s["skipped"].items():
-        lines.append(f"  skipped {name}: {why}")
-    verdict = "OK" if s["ok"] else ("INCOMPLETE (stages skipped)" if s["skipped"] else "CHECK FAILED")
-    lines.append("")
-    lines.append(f"sanity: queries find their source spectrum at rank 1 in >= {MIN_TOP1:.0%} of cases in every mode: "
-                 f"{verdict}; total {s['total_s']:.1f} s")
+             f"({s['n_molecules']:,} molecules, {s['n_peaks']:,} peaks), {s['n_queries']:,} queries, "
+             f"k={s['k']}, {s['machine']['cores']} cores",
+             f"  generate      {st['generate']:7.2f} s",
+             f"  build index   {st['build']:7.2f} s  ({s['build_spectra_per_s']:,.0f} spectra/s, "
+             f"{s['index_bytes'] / 2**20:,.0f} MiB on disk, {s['n_indexed']:,} indexed, {s['n_rejected']:,} rejected)",
+             f"  open index    {st['open'] * 1e3:7.1f} ms",
+             "",
+             f"  {'mode':<14}{'queries/s':>11}{'mean ms':>10}{'top-1 molecule':>16}{'source in top-k':>17}{'warm-up s':>11}"]
+    for label, m in s["modes"].items():
+        lines.append(f"  {label:<14}{m['qps']:>11,.0f}{m['mean_latency_ms']:>10.3f}{m['top1_molecule']:>16.1%}"
+                     f"{m['source_in_topk']:>17.1%}{m['warmup_s']:>11.2f}")
+    for name, why in s["errors"].items():
+        lines.append(f"  {name:<14}FAILED: {why}")
+    verdict = "OK" if s["ok"] else "CHECK FAILED"
+    lines += ["", f"sanity: the top hit is a spectrum of the query's molecule for >= {MIN_TOP1:.0%} of queries in every "
+                  f"mode: {verdict}; total {s['total_s']:.1f} s (warm-up includes numba compilation on a cold cache)"]
     return "\n".join(lines)

@@ -47,7 +47,8 @@ def synth(n_spectra, molecules, seed, seed_library, polarity, output, n_queries,
     if (n_queries is None) != (queries_output is None):
         raise ParameterError("--queries and --queries-output go together")
     t0 = time.perf_counter()
-    lib = gen.generate(n_spectra, molecules, seed=seed, seed_library=seed_library, polarity=polarity, threads=threads)
+    lib = gen.generate(n_spectra, molecules, seed=seed, seed_library=seed_library, polarity=polarity, threads=threads,
+                       progress=False if quiet else None)
     t_gen = time.perf_counter() - t0
     write_spectra(lib, output)
     msg = f"wrote {len(lib):,} spectra ({int(lib.offsets[-1]):,} peaks) to {output} in {time.perf_counter() - t0:.1f} s " \

@@ -322,12 +322,9 @@ def _inchikeys_from_smiles(smiles: list[str]) -> dict[str, str]:
     return out
 
 
-def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
-    """Neutral molecular formula (Hill order, RDKit) of each SMILES; None when unparsable."""
-    _rdkit()
-    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
-
-    cache: dict[str, str | None] = {}
+def map_smiles(smiles: Sequence[str | None], fn) -> list:
+    """``fn(mol)`` for each SMILES, computed once per distinct SMILES; None when empty or unparsable."""
+    cache: dict = {}
     out = []
     for s in smiles:
         if not s:
@@ -335,6 +332,14 @@ def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
             continue
         if s not in cache:
             mol = mol_from_smiles(s)
-            cache[s] = CalcMolFormula(mol) if mol is not None else None
+            cache[s] = fn(mol) if mol is not None else None
         out.append(cache[s])
     return out
+
+
+def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
+    """Neutral molecular formula (Hill order, RDKit) of each SMILES; None when unparsable."""
+    _rdkit()
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    return map_smiles(smiles, CalcMolFormula)

@@ -151,28 +151,18 @@ def _check_fraction(f: float) -> None:
 
 def scaffolds(smiles: Sequence[str | None]) -> list[str | None]:
     """Bemis-Murcko scaffold SMILES per entry (``""`` for acyclic molecules, None when unparsable)."""
-    from fastspec.fingerprints import mol_from_smiles
+    from fastspec.fingerprints import map_smiles
 
     from rdkit import Chem
     from rdkit.Chem.Scaffolds import MurckoScaffold
 
-    cache: dict[str, str | None] = {}
-    out = []
-    for s in smiles:
-        if not s:
-            out.append(None)
-            continue
-        if s not in cache:
-            mol = mol_from_smiles(s)
-            if mol is None:
-                cache[s] = None
-            else:
-                try:
-                    cache[s] = Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol))
-                except Exception:
-                    cache[s] = None
-        out.append(cache[s])
-    return out
+    def scaffold(mol):
+        try:
+            return Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol))
+        except Exception:  # RDKit raises assorted errors on exotic molecules: no scaffold, not a crash
+            return None
+
+    return map_smiles(smiles, scaffold)
 
 
 def molecule_scaffolds(lab: LabData) -> list[str | None]:

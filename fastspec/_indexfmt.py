@@ -184,8 +184,10 @@ def verify_files(directory: Path, manifest: dict[str, Any], progress=None) -> No
 class AtomicDirectory:
     """Context manager for building a directory atomically.
 
-    Files are written into a temporary sibling ``.{name}.tmp-<id>``; on success it replaces ``target``
-    (an existing target is first moved aside, then deleted); on any exception it is removed.
+    Files are written into a temporary sibling ``.{name}.tmp-<pid>-<id>``; on success it replaces
+    ``target`` (an existing target is first moved aside, then deleted); on any exception it is removed.
+    A build killed outright (SIGKILL, power loss) cannot clean up: its temporary is removed by the next
+    build of the same target once no process with that pid is alive on this host.
 
     Examples
     --------
@@ -204,7 +206,8 @@ class AtomicDirectory:
             raise FileNotFoundError(2, "Output directory does not exist", str(parent))
         if self.target.exists() and not self.overwrite:
             raise IndexFormatError(f"{self.target} already exists (use overwrite=True / --overwrite)")
-        self.tmp = parent / f".{self.target.name}.tmp-{uuid.uuid4().hex[:12]}"
+        _remove_stale_temporaries(parent, self.target.name)
+        self.tmp = parent / f".{self.target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.tmp.mkdir()
         return self.tmp
 
@@ -219,6 +222,23 @@ class AtomicDirectory:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         return False
+
+
+def _remove_stale_temporaries(parent: Path, name: str) -> None:
+    """Delete ``.{name}.tmp-<pid>-*`` directories left by builds whose process is gone."""
+    prefix = f".{name}.tmp-"
+    for p in parent.iterdir():
+        if not (p.name.startswith(prefix) and p.is_dir()):
+            continue
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except OSError:  # alive but not ours (EPERM): leave it
+            pass
 
 
 def replace_directory(src: Path, target: Path) -> None:

@@ -316,3 +316,6 @@ def test_killed_build_leaves_no_index(massbank_parquet, tmp_path):
         with pytest.raises(FileNotFoundError):
             Library.open(target)
         assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # only the hidden temporary remains
+    # the next build of the same target removes the dead build's temporary
+    Library.build(massbank_parquet, target, faiss=False, overwrite=True, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["lib.fastspec"]

@@ -458,6 +458,15 @@ def _lower_sum(a0, a1, q_mz, q_w, c, l_off, l_mz, l_w, kind, tol_da, tol_ppm):
     return s, cnt
 
 
+@numba.njit(**NJIT)
+def _kth_lower(vals, nv, k):
+    """The k-th largest of ``vals[:nv]`` lowered by the float32 slack (-inf with fewer than k)."""
+    if nv < k:
+        return -np.inf
+    srt = np.sort(vals[:nv])
+    return srt[nv - k] * (1.0 - BOUND_RTOL) - BOUND_ATOL
+
+
 @numba.njit(inline="always", **NJIT)
 def _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs, min_score, ch_i, ch_size,
                 vals):
@@ -471,10 +480,7 @@ def _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, m
         if cnt >= min_pairs and s >= min_score:
             vals[nv] = s
             nv += 1
-    if nv < k:
-        return -np.inf
-    srt = np.sort(vals[:nv])
-    return srt[nv - k] * (1.0 - BOUND_RTOL) - BOUND_ATOL
+    return _kth_lower(vals, nv, k)
 
 
 @numba.njit(inline="always", **NJIT)
@@ -492,10 +498,7 @@ def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_
             if cnt >= min_pairs and s >= min_score:
                 vals[nv] = s
                 nv += 1
-    if nv < k:
-        return -np.inf
-    srt = np.sort(vals[:nv])
-    return srt[nv - k] * (1.0 - BOUND_RTOL) - BOUND_ATOL
+    return _kth_lower(vals, nv, k)
 
 
 @numba.njit(**NJIT)

@@ -59,6 +59,14 @@ def _l2s(kw: dict) -> dict:
     return {"max_iter": kw.pop("l2s_iterations"), "patience": kw.pop("l2s_patience"), "policy": kw.pop("l2s_policy")}
 
 
+def _run_kwargs(kw: dict) -> dict:
+    """The split / fingerprint / bootstrap options shared by ``evaluate`` and ``ablate``."""
+    names = ("test_fraction", "seed", "molecule_disjoint", "ion_mode", "fingerprint", "fingerprint_cache")
+    out = {n: kw.pop(n) for n in names}
+    out["n_bootstrap"] = kw.pop("bootstrap")
+    return out
+
+
 def _summary_line(rep: dict) -> str:
     f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     return (
@@ -95,13 +103,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
         queries=queries,
         **search,
         shuffle_intensities=kw.pop("shuffle_intensities"),
-        test_fraction=kw.pop("test_fraction"),
-        seed=kw.pop("seed"),
-        molecule_disjoint=kw.pop("molecule_disjoint"),
-        ion_mode=kw.pop("ion_mode"),
-        fingerprint=kw.pop("fingerprint"),
-        fingerprint_cache=kw.pop("fingerprint_cache"),
-        n_bootstrap=kw.pop("bootstrap"),
+        **_run_kwargs(kw),
         l2s_options=l2s,
         predictions=predictions,
         threads=threads,
@@ -213,13 +215,7 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
         shuffle=not no_shuffle,
         embeddings=embeddings,
         query_embeddings=query_embeddings,
-        test_fraction=kw.pop("test_fraction"),
-        seed=kw.pop("seed"),
-        molecule_disjoint=kw.pop("molecule_disjoint"),
-        ion_mode=kw.pop("ion_mode"),
-        fingerprint=kw.pop("fingerprint"),
-        fingerprint_cache=kw.pop("fingerprint_cache"),
-        n_bootstrap=kw.pop("bootstrap"),
+        **_run_kwargs(kw),
         l2s_options=_l2s(kw),
         output=output,
         threads=threads,

@@ -4,18 +4,33 @@ Everything works on *prepared* CSR arrays (see :func:`fastspec.similarity.prepar
 peaks ``[off[i], off[i+1])`` with ``pos`` (m/z, neutral loss or bin id, float64) and a weight ``w``
 (float64), a norm per spectrum and the precursor m/z. One function, :func:`score_one`, scores spectrum
 ``i`` of side A against spectrum ``j`` of side B for any metric ``kind``; the batch drivers in
-:mod:`fastspec.kernels.topk` call it from their parallel outer loops with per-thread :class:`buffers`.
+:mod:`fastspec.kernels.topk` call it from their parallel outer loops with per-thread :class:`Buffers`
+tuples (see :func:`new_buffers`) after :func:`mark_row` has recorded spectrum ``i``'s peaks.
 
 matchms parity (CosineGreedy / ModifiedCosineGreedy / NeutralLossesCosine 0.33)
 ------------------------------------------------------------------------------
-* Candidate pairs are collected in matchms order: for each peak of A (ascending m/z), the peaks of B
-  with ``mz_a - tol <= mz_b + shift <= mz_a + tol``; modified cosine appends the shifted pairs after the
-  unshifted ones. Products are ``w_a * w_b`` with ``w = mz**mz_power * intensity**intensity_power``.
+* Candidate pairs are those matchms ``find_matches`` collects: for each peak of A (ascending m/z), the
+  peaks of B with ``mz_a - tol <= mz_b + shift <= mz_a + tol``; modified cosine adds the shifted pairs
+  after the unshifted ones. Products are ``w_a * w_b`` with ``w = mz**mz_power * intensity**intensity_power``.
 * Pairs are taken greedily by descending product. matchms reverses a stable ascending sort, so among
-  equal products the pair collected *later* wins; :func:`_order_pairs` reproduces that.
+  equal products the pair collected *later* wins. Every pair carries its rank in matchms' collection
+  order (``(scan * n_a + p) * n_b + q``), which makes the order strict and lets pairs be collected in
+  any order.
 * Modified cosine falls back to plain cosine when ``|pmz_a - pmz_b| <= tol`` (as matchms does); when a
   precursor is unknown (NaN) it also falls back to plain cosine (matchms would raise).
 * ppm tolerances (not in matchms) use the window ``mz_a * ppm * 1e-6`` around each peak of A.
+
+Why it is fast
+--------------
+* Collection walks the peaks of B only: spectrum ``i`` of A is recorded once per row as a bitset over
+  m/z bins at least one tolerance wide, each peak setting its bin and both neighbours, so a peak of B
+  (shifted or not) that hits no set bit cannot match and costs one bit test -- no data-dependent merge
+  loop and its branch mispredictions. Hits are verified exactly against the A peaks.
+* The greedy step never sorts conflict-free pairs (a pair whose two peaks occur in no other pair is
+  always taken). The rest is matched by rounds of *locally dominant* pairs -- pairs heavier than every
+  pair they share a peak with -- which under a strict order select exactly the greedy matching (each is
+  taken by greedy; removing their peaks leaves greedy's problem on the remainder). Rounds are capped; a
+  heap finishes whatever is left in greedy order.
 """
 from __future__ import annotations
 
@@ -31,84 +46,193 @@ NEUTRAL_LOSS = 2
 BINNED = 3
 ENTROPY = 4
 
-_SMALL_SORT = 24  # insertion sort below this many pairs (no allocation); mergesort above
+_NBINS = 1 << 16  # bins of the per-row bitset (8 KiB: stays in L1)
+_MAX_ROUNDS = 24  # locally-dominant rounds before the heap takes over (long monotone chains)
+_ONE = np.uint64(1)
 
 
 @numba.njit(**NJIT)
 def new_buffers(max_peaks_a, max_peaks_b, capacity):
-    """Per-thread scratch: pair lists (grown on demand) and 'used' flags for both sides."""
-    pi = np.empty(capacity, np.int64)
-    pj = np.empty(capacity, np.int64)
-    pv = np.empty(capacity, np.float64)
-    order = np.empty(capacity, np.int64)
-    used_a = np.zeros(max(max_peaks_a, 1), np.bool_)
-    used_b = np.zeros(max(max_peaks_b, 1), np.bool_)
-    return pi, pj, pv, order, used_a, used_b
+    """Per-thread scratch, one tuple: pair arrays (grown on demand), per-peak counters, the row bitset.
+
+    ``(pi, pj, pk, order, pv, ca, cb, ba, bb, bits)``: peak of A, peak of B, collection rank, work order
+    (int64, ``capacity``); product (float64); per-peak counts/flags and best-pair stamps for A (``ca``,
+    ``ba``) and B (``cb``, ``bb``), all zero between calls; the bitset of the current row of A.
+    """
+    na = max(max_peaks_a, 1)
+    nb = max(max_peaks_b, 1)
+    return (np.empty(capacity, np.int64), np.empty(capacity, np.int64), np.empty(capacity, np.int64),
+            np.empty(capacity, np.int64), np.empty(capacity, np.float64),
+            np.zeros(na, np.int64), np.zeros(nb, np.int64), np.zeros(na, np.int64), np.zeros(nb, np.int64),
+            np.zeros(_NBINS // 64, np.uint64))
 
 
 @numba.njit(**NJIT)
-def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, pi, pj, pv, n):
-    """Append the pairs within tolerance (matchms ``find_matches`` order); -1 when the buffer is full."""
-    cap = pi.shape[0]
-    lowest = b0
+def grow(buf, need):
+    """The same buffers with room for ``need`` pairs (per-peak arrays and bitset kept)."""
+    return (np.empty(need, np.int64), np.empty(need, np.int64), np.empty(need, np.int64),
+            np.empty(need, np.int64), np.empty(need, np.float64),
+            buf[5], buf[6], buf[7], buf[8], buf[9])
+
+
+@numba.njit(**NJIT)
+def bin_inverse(pos_a, tol_da, tol_ppm):
+    """1 / bin width for the row bitsets: at least one tolerance (any match is then in the same or a
+    neighbouring bin), and wide enough that every position of A fits in the bitset."""
+    top = 0.0
+    for x in pos_a:
+        if x > top:
+            top = x
+    tol = tol_da if tol_ppm <= 0.0 else top * tol_ppm * 1e-6
+    width = max(tol * (1.0 + 1e-6) + 1e-9, top / (_NBINS - 4))
+    return 1.0 / width
+
+
+@numba.njit(**NJIT)
+def _bin(x, inv_w):
+    """Bin of position ``x``, clamped into the bitset (clamping only adds candidates, never loses one)."""
+    return int(min(max(x * inv_w, 0.0), _NBINS - 1.0))
+
+
+@numba.njit(**NJIT)
+def mark_row(kind, buf, pos_a, a0, a1, inv_w, on):
+    """Record (``on``) or erase the peaks ``[a0, a1)`` of A in the row bitset (peak-matching kinds only)."""
+    if kind == BINNED or kind == ENTROPY:
+        return
+    bits = buf[9]
     for p in range(a0, a1):
-        mz = pos_a[p]
-        tol = tol_da if tol_ppm <= 0.0 else mz * tol_ppm * 1e-6
-        low = mz - tol
-        high = mz + tol
-        for q in range(lowest, b1):
-            mz2 = pos_b[q] + shift
-            if mz2 > high:
-                break
-            if mz2 < low:
-                lowest = q + 1
+        k = _bin(pos_a[p], inv_w)
+        for kk in range(max(k - 1, 0), min(k + 2, _NBINS)):
+            if on:
+                bits[kk >> 6] |= _ONE << np.uint64(kk & 63)
             else:
+                bits[kk >> 6] = np.uint64(0)
+
+
+@numba.njit(**NJIT)
+def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, scan, bits, inv_w, buf, n):
+    """Append the pairs within tolerance with their matchms rank; -1 when the buffers are full."""
+    pi, pj, pk, pv = buf[0], buf[1], buf[2], buf[4]
+    cap = pi.shape[0]
+    na = a1 - a0
+    nb = b1 - b0
+    lowest = a0  # first A peak whose window does not end below the current (ascending) B position
+    for q in range(b0, b1):
+        y = pos_b[q] + shift
+        k = _bin(y, inv_w)
+        if (bits[k >> 6] >> np.uint64(k & 63)) & _ONE:
+            if tol_ppm <= 0.0:
+                while lowest < a1 and pos_a[lowest] + tol_da < y:
+                    lowest += 1
+            else:
+                while lowest < a1 and pos_a[lowest] + pos_a[lowest] * tol_ppm * 1e-6 < y:
+                    lowest += 1
+            p = lowest
+            while p < a1:
+                x = pos_a[p]
+                if x - (tol_da if tol_ppm <= 0.0 else x * tol_ppm * 1e-6) > y:
+                    break
                 if n >= cap:
                     return -1
                 pi[n] = p - a0
                 pj[n] = q - b0
                 pv[n] = w_a[p] * w_b[q]
+                pk[n] = (scan * na + (p - a0)) * nb + (q - b0)
                 n += 1
+                p += 1
     return n
 
 
 @numba.njit(**NJIT)
-def _order_pairs(pv, n, order):
-    """Indices of the first ``n`` pairs by descending product, later pairs first among equal products."""
-    if n <= _SMALL_SORT:
-        for t in range(n):
-            order[t] = t
-        for t in range(1, n):
-            cur = order[t]
-            v = pv[cur]
-            s = t - 1
-            # 'cur' (collected later than everything before it) goes ahead of equal products
-            while s >= 0 and pv[order[s]] <= v:
-                order[s + 1] = order[s]
-                s -= 1
-            order[s + 1] = cur
-    else:
-        asc = np.argsort(pv[:n], kind="mergesort")
-        for t in range(n):
-            order[t] = asc[n - 1 - t]
+def _heavier(pv, pk, e, f):
+    """Pair ``e`` comes before pair ``f`` in greedy order (larger product; later collected on ties)."""
+    return pv[e] > pv[f] or (pv[e] == pv[f] and pk[e] > pk[f])
 
 
 @numba.njit(**NJIT)
-def _greedy(pi, pj, pv, n, order, used_a, used_b):
-    """Greedy one-to-one assignment over ordered pairs -> (sum of products, matched pairs)."""
-    _order_pairs(pv, n, order)
+def _sift(order, start, end, pv, pk):
+    """Restore the max-heap property of ``order[start:end]`` below ``start``."""
+    root = start
+    while True:
+        child = 2 * root + 1
+        if child >= end:
+            return
+        if child + 1 < end and _heavier(pv, pk, order[child + 1], order[child]):
+            child += 1
+        if not _heavier(pv, pk, order[child], order[root]):
+            return
+        order[root], order[child] = order[child], order[root]
+        root = child
+
+
+@numba.njit(**NJIT)
+def _greedy(buf, n):
+    """Greedy one-to-one assignment of the first ``n`` pairs -> (sum of products, matched pairs)."""
+    pi, pj, pk, order, pv, ca, cb, ba, bb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]
+    if n == 1:
+        return pv[0], 1
+    for t in range(n):
+        ca[pi[t]] += 1
+        cb[pj[t]] += 1
     total = 0.0
     used = 0
+    m = 0
     for t in range(n):
-        k = order[t]
-        if not used_a[pi[k]] and not used_b[pj[k]]:
-            total += pv[k]
-            used_a[pi[k]] = True
-            used_b[pj[k]] = True
+        if ca[pi[t]] == 1 and cb[pj[t]] == 1:  # shares no peak: always taken
+            total += pv[t]
             used += 1
-    for t in range(n):  # reset only the flags this pair touched
-        used_a[pi[t]] = False
-        used_b[pj[t]] = False
+        else:
+            order[m] = t
+            m += 1
+    for t in range(n):
+        ca[pi[t]] = 0
+        cb[pj[t]] = 0
+    # ca/cb now flag matched peaks; ba/bb hold each peak's heaviest live pair as round * (n + 1) + pair,
+    # so a stamp from an earlier round reads as empty and nothing needs clearing between rounds
+    rnd = 0
+    while m > 0 and rnd < _MAX_ROUNDS:
+        rnd += 1
+        base = rnd * (n + 1)
+        live = 0
+        for s in range(m):
+            e = order[s]
+            a, b = pi[e], pj[e]
+            if ca[a] != 0 or cb[b] != 0:
+                continue
+            order[live] = e
+            live += 1
+            f = ba[a] - base
+            if f < 0 or _heavier(pv, pk, e, f):
+                ba[a] = base + e
+            f = bb[b] - base
+            if f < 0 or _heavier(pv, pk, e, f):
+                bb[b] = base + e
+        m = live
+        for s in range(m):
+            e = order[s]
+            a, b = pi[e], pj[e]
+            if ba[a] == base + e and bb[b] == base + e:
+                total += pv[e]
+                used += 1
+                ca[a] = 1
+                cb[b] = 1
+    if m > 0:  # what the rounds left, in greedy order
+        for s in range(m // 2 - 1, -1, -1):
+            _sift(order, s, m, pv, pk)
+        for end in range(m - 1, -1, -1):
+            e = order[0]
+            order[0] = order[end]
+            _sift(order, 0, end, pv, pk)
+            if ca[pi[e]] == 0 and cb[pj[e]] == 0:
+                total += pv[e]
+                used += 1
+                ca[pi[e]] = 1
+                cb[pj[e]] = 1
+    for t in range(n):
+        ca[pi[t]] = 0
+        cb[pj[t]] = 0
+        ba[pi[t]] = 0
+        bb[pj[t]] = 0
     return total, used
 
 
@@ -132,54 +256,51 @@ def _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1):
 
 
 @numba.njit(**NJIT)
-def score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm_b, pmz_b,
-              tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b):
-    """Score spectrum ``i`` of A against spectrum ``j`` of B -> (score, matched peaks, overflow).
+def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm_b, pmz_b,
+              tol_da, tol_ppm, inv_w, buf, out_s, out_m):
+    """Score spectrum ``i`` of A against ``B[j]`` for ``j = cand[t]`` (or ``j = t`` when ``all_b``),
+    ``c0 <= t < c1``, into ``out_s[t - c0]`` (float64) and ``out_m[t - c0]`` (matched peaks, int32).
 
-    ``pi, pj, pv, order, used_a, used_b`` are the scratch arrays from :func:`new_buffers`. ``overflow``
-    is 0, or the pair count that did not fit: the caller grows the pair buffers and calls again
-    (returning arrays from here would cost reference counting on every call). Empty spectra and zero
-    norms score 0 with 0 matches.
+    ``buf`` comes from :func:`new_buffers`; ``inv_w`` from :func:`bin_inverse` over A. Returns the
+    buffers, grown if a pair list did not fit. One call per row keeps the per-pair work free of call
+    overhead (a numba call passing a dozen arrays costs about as much as scoring a pair). Empty spectra
+    and zero norms score 0 with 0 matches.
     """
     a0, a1 = off_a[i], off_a[i + 1]
-    b0, b1 = off_b[j], off_b[j + 1]
-    if a1 == a0 or b1 == b0:
-        return 0.0, 0, 0
-    if kind == BINNED:
-        dot, shared = _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1)
-        den = norm_a[i] * norm_b[j]
-        return (dot / den if den > 0 else 0.0), shared, 0
-    if kind == ENTROPY:
-        s, m = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm)
-        return s, m, 0
-    den = norm_a[i] * norm_b[j]
-    if not den > 0:
-        return 0.0, 0, 0
-    shift = 0.0
-    shifted = False
-    if kind == NEUTRAL_LOSS:
-        if not (pmz_a[i] == pmz_a[i] and pmz_b[j] == pmz_b[j]):
-            return 0.0, 0, 0
-        shift = pmz_a[i] - pmz_b[j]
-    elif kind == MODIFIED_COSINE:
-        pa, pb = pmz_a[i], pmz_b[j]
-        if pa == pa and pb == pb:
-            ptol = tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6
-            shifted = abs(pa - pb) > ptol
+    mark_row(kind, buf, pos_a, a0, a1, inv_w, True)
+    pa = pmz_a[i]
+    t = c0
+    while t < c1:
+        j = t if all_b else cand[t]
+        b0, b1 = off_b[j], off_b[j + 1]
+        score = 0.0
+        used = 0
+        if a1 == a0 or b1 == b0:
+            pass
+        elif kind == BINNED:
+            dot, used = _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1)
+            den = norm_a[i] * norm_b[j]
+            score = dot / den if den > 0 else 0.0
+        elif kind == ENTROPY:
+            score, used = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm)
+        elif norm_a[i] * norm_b[j] > 0 and not (kind == NEUTRAL_LOSS and not (pa == pa and pmz_b[j] == pmz_b[j])):
+            pb = pmz_b[j]
             shift = pa - pb
-    n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift if kind == NEUTRAL_LOSS else 0.0,
-                 pi, pj, pv, 0)
-    if n >= 0 and shifted:
-        n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, pi, pj, pv, n)
-    if n < 0:  # a pathological pair list: ask for room for every peak pair
-        return 0.0, 0, (a1 - a0) * (b1 - b0) * (2 if shifted else 1)
-    if n == 0:
-        return 0.0, 0, 0
-    total, used = _greedy(pi, pj, pv, n, order, used_a, used_b)
-    return total / den, used, 0
-
-
-@numba.njit(**NJIT)
-def grow(need):
-    """Larger pair buffers (pi, pj, pv, order) for ``need`` pairs."""
-    return np.empty(need, np.int64), np.empty(need, np.int64), np.empty(need, np.float64), np.empty(need, np.int64)
+            shifted = False
+            if kind == MODIFIED_COSINE and pa == pa and pb == pb:
+                shifted = abs(shift) > (tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6)
+            n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm,
+                         shift if kind == NEUTRAL_LOSS else 0.0, 0, buf[9], inv_w, buf, 0)
+            if n >= 0 and shifted:
+                n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, 1, buf[9], inv_w, buf, n)
+            if n < 0:  # a pathological pair list: make room for every peak pair and score this pair again
+                buf = grow(buf, (a1 - a0) * (b1 - b0) * (2 if shifted else 1))
+                continue
+            if n > 0:
+                total, used = _greedy(buf, n)
+                score = total / (norm_a[i] * norm_b[j])
+        out_s[t - c0] = score
+        out_m[t - c0] = used
+        t += 1
+    mark_row(kind, buf, pos_a, a0, a1, inv_w, False)
+    return buf

@@ -1,7 +1,8 @@
-"""Batch drivers over :func:`fastspec.kernels.matching.score_one`: pairs, dense matrices and top-k.
+"""Batch drivers over :func:`fastspec.kernels.matching.score_row`: pairs, dense matrices and top-k.
 
 Parallel over blocks of rows (``prange`` on the outer loop only); each block owns its scratch
-buffers, so nothing is shared between threads. Top-k lists live inside the kernel (insertion into a
+buffers, so nothing is shared between threads. Each row of A is scored against all its partners in one
+:func:`~fastspec.kernels.matching.score_row` call (pairs are grouped by row first). Top-k lists live inside the kernel (insertion into a
 sorted list of length k per row); an n x m matrix is never allocated for top-k. Ties go to the lowest
 index of side B, so results are deterministic whatever the thread count.
 """
@@ -12,9 +13,10 @@ import numpy as np
 from numba import prange
 
 from fastspec.kernels._config import PJIT
-from fastspec.kernels.matching import grow, new_buffers, score_one
+from fastspec.kernels.matching import bin_inverse, new_buffers, score_row
 
 _CAPACITY = 4096  # initial pair-buffer size per thread; grown on demand
+_CHUNK = 4096  # candidates scored per score_row call in top-k (bounded scratch per thread)
 
 
 def _n_blocks(n_rows: int) -> int:
@@ -27,20 +29,28 @@ def pairs_kernel(kind, ia, ib, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w
                  tol_da, tol_ppm, max_a, max_b, n_blocks):
     """Scores of ``A[ia[t]]`` vs ``B[ib[t]]`` -> (scores float64 (n,), matches int32 (n,))."""
     n = ia.shape[0]
+    order = np.argsort(ia, kind="mergesort")  # group pairs by row of A
+    jb = ib[order]
+    s_sorted = np.zeros(n, np.float64)
+    m_sorted = np.zeros(n, np.int32)
+    step = (n + n_blocks - 1) // n_blocks
+    inv_w = bin_inverse(pos_a, tol_da, tol_ppm)
+    for blk in prange(n_blocks):
+        buf = new_buffers(max_a, max_b, _CAPACITY)
+        t, stop = blk * step, min(n, (blk + 1) * step)
+        while t < stop:
+            i = ia[order[t]]
+            u = t + 1
+            while u < stop and ia[order[u]] == i:
+                u += 1
+            buf = score_row(kind, i, jb, t, u, False, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
+                            norm_b, pmz_b, tol_da, tol_ppm, inv_w, buf, s_sorted[t:u], m_sorted[t:u])
+            t = u
     scores = np.zeros(n, np.float64)
     matches = np.zeros(n, np.int32)
-    step = (n + n_blocks - 1) // n_blocks
-    for blk in prange(n_blocks):
-        pi, pj, pv, order, used_a, used_b = new_buffers(max_a, max_b, _CAPACITY)
-        for t in range(blk * step, min(n, (blk + 1) * step)):
-            while True:
-                s, m, need = score_one(kind, ia[t], ib[t], off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
-                                   norm_b, pmz_b, tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b)
-                if need == 0:
-                    break
-                pi, pj, pv, order = grow(need)
-            scores[t] = s
-            matches[t] = m
+    for t in range(n):
+        scores[order[t]] = s_sorted[t]
+        matches[order[t]] = m_sorted[t]
     return scores, matches
 
 
@@ -52,19 +62,14 @@ def dense_kernel(kind, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm
     m = off_b.shape[0] - 1
     scores = np.zeros((n, m), np.float64)
     matches = np.zeros((n, m), np.int32)
+    none = np.empty(0, np.int64)
     step = (n + n_blocks - 1) // n_blocks
+    inv_w = bin_inverse(pos_a, tol_da, tol_ppm)
     for blk in prange(n_blocks):
-        pi, pj, pv, order, used_a, used_b = new_buffers(max_a, max_b, _CAPACITY)
+        buf = new_buffers(max_a, max_b, _CAPACITY)
         for i in range(blk * step, min(n, (blk + 1) * step)):
-            for j in range(m):
-                while True:
-                    s, c, need = score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
-                                       norm_b, pmz_b, tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b)
-                    if need == 0:
-                        break
-                    pi, pj, pv, order = grow(need)
-                scores[i, j] = s
-                matches[i, j] = c
+            buf = score_row(kind, i, none, 0, m, True, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
+                            norm_b, pmz_b, tol_da, tol_ppm, inv_w, buf, scores[i], matches[i])
     return scores, matches
 
 
@@ -77,6 +82,7 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
     Row ``r`` is spectrum ``rows[r]`` of A; its candidates are ``cand_ids[cand_off[r]:cand_off[r+1]]``
     (indices into B), or every spectrum of B when ``all_b``. A candidate enters the list only with at
     least ``min_matches`` matched peaks and a score ``>= min_score``. Ties: lowest B index first.
+    Candidates are scored in chunks into per-block scratch, so memory stays bounded for any row.
     """
     n = rows.shape[0]
     m_all = off_b.shape[0] - 1
@@ -84,38 +90,41 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
     out_i = np.full((n, k), -1, np.int64)
     out_m = np.zeros((n, k), np.int32)
     step = (n + n_blocks - 1) // n_blocks
+    inv_w = bin_inverse(pos_a, tol_da, tol_ppm)
     for blk in prange(n_blocks):
-        pi, pj, pv, order, used_a, used_b = new_buffers(max_a, max_b, _CAPACITY)
+        buf = new_buffers(max_a, max_b, _CAPACITY)
+        tmp_s = np.empty(_CHUNK, np.float64)
+        tmp_m = np.empty(_CHUNK, np.int32)
         for r in range(blk * step, min(n, (blk + 1) * step)):
             i = rows[r]
             c0 = 0 if all_b else cand_off[r]
             c1 = m_all if all_b else cand_off[r + 1]
             filled = 0
-            for t in range(c0, c1):
-                j = t if all_b else cand_ids[t]
-                while True:
-                    s, c, need = score_one(kind, i, j, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
-                                       norm_b, pmz_b, tol_da, tol_ppm, pi, pj, pv, order, used_a, used_b)
-                    if need == 0:
-                        break
-                    pi, pj, pv, order = grow(need)
-                if c < min_matches or s < min_score:
-                    continue
-                if filled == k:
-                    ws, wi = out_s[r, k - 1], out_i[r, k - 1]
-                    if not (s > ws or (s == ws and j < wi)):
+            for h0 in range(c0, c1, _CHUNK):
+                h1 = min(c1, h0 + _CHUNK)
+                buf = score_row(kind, i, cand_ids, h0, h1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b,
+                                w_b, norm_b, pmz_b, tol_da, tol_ppm, inv_w, buf, tmp_s, tmp_m)
+                for t in range(h0, h1):
+                    s = tmp_s[t - h0]
+                    c = tmp_m[t - h0]
+                    if c < min_matches or s < min_score:
                         continue
-                    p = k - 1
-                else:
-                    p = filled
-                    filled += 1
-                # shift worse entries down and insert (score desc, index asc)
-                while p > 0 and (out_s[r, p - 1] < s or (out_s[r, p - 1] == s and out_i[r, p - 1] > j)):
-                    out_s[r, p] = out_s[r, p - 1]
-                    out_i[r, p] = out_i[r, p - 1]
-                    out_m[r, p] = out_m[r, p - 1]
-                    p -= 1
-                out_s[r, p] = s
-                out_i[r, p] = j
-                out_m[r, p] = c
+                    j = t if all_b else cand_ids[t]
+                    if filled == k:
+                        ws, wi = out_s[r, k - 1], out_i[r, k - 1]
+                        if not (s > ws or (s == ws and j < wi)):
+                            continue
+                        p = k - 1
+                    else:
+                        p = filled
+                        filled += 1
+                    # shift worse entries down and insert (score desc, index asc)
+                    while p > 0 and (out_s[r, p - 1] < s or (out_s[r, p - 1] == s and out_i[r, p - 1] > j)):
+                        out_s[r, p] = out_s[r, p - 1]
+                        out_i[r, p] = out_i[r, p - 1]
+                        out_m[r, p] = out_m[r, p - 1]
+                        p -= 1
+                    out_s[r, p] = s
+                    out_i[r, p] = j
+                    out_m[r, p] = c
     return out_s, out_i, out_m

@@ -126,6 +126,41 @@ def test_cosine_family_vs_reference(metric, tol, unit, mz_power, intensity_power
     assert conflicts > 50
 
 
+def profile_spectra(n: int, seed: int) -> Spectra:
+    """Profile-like spectra: runs of peaks 0.01-0.03 Da apart (tens of candidate pairs per peak at
+    0.1 Da) with monotone or flat intensity ramps -- long chains of conflicts, where the matching needs
+    many locally-dominant rounds or the heap fallback -- plus a far-out peak that widens the bins."""
+    rng = np.random.default_rng(seed)
+    mzs, ints, pmz = [], [], []
+    for i in range(n):
+        start = 100.0 + rng.integers(0, 3) * 0.013
+        m = start + np.cumsum(rng.uniform(0.01, 0.03, int(rng.integers(20, 120))))
+        ramp = np.arange(m.size, dtype=float) + 1.0
+        it = [ramp, ramp[::-1], np.ones(m.size), np.minimum(ramp, ramp[::-1])][i % 4]
+        if i % 5 == 0:
+            m, it = np.append(m, 25000.0 + i), np.append(it, 3.0)
+        mzs.append(m)
+        ints.append(it.astype(np.float32))
+        pmz.append(400.0 + (i % 3) * 0.5)
+    return Spectra.from_arrays(mzs, ints, precursor_mz=pmz)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "modified_cosine"])
+def test_dense_conflicts_vs_reference(metric):
+    """Long monotone conflict chains and exact ties: the round-based matching (and its heap fallback)
+    must pick exactly the pairs of matchms' sort-then-take greedy."""
+    A, B = profile_spectra(12, 1), profile_spectra(10, 2)
+    S, M = score_matrix(A, B, metric, 0.1)
+    RS, RM = reference_matrix(metric, A, B, 0.1)
+    assert np.abs(S - RS).max() <= 1e-12
+    assert np.array_equal(M, RM)
+    # the same pairs scored in a scrambled order (grouped by row inside the kernel)
+    rng = np.random.default_rng(3)
+    ia, ib = rng.integers(0, len(A), 300), rng.integers(0, len(B), 300)
+    s, m = score_pairs(A[ia], B[ib], metric, 0.1)
+    assert np.array_equal(s, S[ia, ib]) and np.array_equal(m, M[ia, ib])
+
+
 @pytest.mark.parametrize("opts", [
     {"bin_width": 0.1}, {"bin_width": 1.0, "max_mz": 400.0}, {"bin_width": 0.5, "base_peak": 100.0},
     {"bin_width": 0.25, "precursor_peak": 50.0}, {"preset": "khoo2026"}])

@@ -6,11 +6,23 @@
   is not re-entrant, so public wrappers run parallel kernels under :data:`PARALLEL_LOCK`.
 * ``fastmath`` stays off: scores must agree with matchms/ms_entropy to 1e-6 and reassociated sums
   would change tie-breaking on equal products.
+* Stale-cache guard. numba's ``cache=True`` re-validates a cached kernel against its *own* source file
+  only, so ``topk.dense_kernel`` keeps loading machine code built from an old ``matching.score_row``
+  after ``matching.py`` alone changed (in a checkout, and after an in-place ``pip install -U``, which
+  leaves ``*.nbi``/``*.nbc`` files behind). When this module is imported -- every kernel module
+  imports it before decorating anything -- :func:`guard_kernel_cache` hashes all ``kernels/*.py``
+  (plus the numba and Python versions) and, in each cache directory numba may use for them, deletes
+  this interpreter's cache files of our modules when the hash differs from the one stamped there
+  (``fastspec-kernels.<pytag>.stamp``). It costs well under a millisecond, compiles nothing, and any
+  error (read-only tree, a concurrent import, changed numba internals) only skips it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import threading
+import types
 from contextlib import contextmanager
 
 import numba
@@ -43,3 +55,195 @@ def threads(n: int | None):
             yield n
         finally:
             numba.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- stale-cache guard
+
+#: Folder holding the kernel sources (installed as ``fastspec/kernels``).
+KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
+#: numba's interpreter tag in cache file names ("py311"). Files of other interpreters sharing the tree
+#: are left alone (each interpreter keeps its own stamp), so two Pythons never wipe each other's caches.
+PY_TAG = "py%d%d%s" % (sys.version_info[0], sys.version_info[1], getattr(sys, "abiflags", ""))
+STAMP_NAME = f"fastspec-kernels.{PY_TAG}.stamp"
+
+
+def kernel_modules(kernel_dir: str = KERNEL_DIR) -> list[str]:
+    """Sorted module names (file stems) of the ``*.py`` files in ``kernel_dir``."""
+    return sorted(name[:-3] for name in os.listdir(kernel_dir) if name.endswith(".py"))
+
+
+def kernel_fingerprint(kernel_dir: str = KERNEL_DIR, modules: list[str] | None = None) -> str:
+    """Content hash of the kernel sources.
+
+    Parameters
+    ----------
+    kernel_dir : str
+        Folder of the kernel modules.
+    modules : list of str, optional
+        Module stems to hash (default: every ``*.py`` in ``kernel_dir``).
+
+    Returns
+    -------
+    str
+        40 hex digits of BLAKE2b over the numba version, ``sys.version`` and, per module in sorted
+        order, its name, byte length and bytes.
+    """
+    if modules is None:
+        modules = kernel_modules(kernel_dir)
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"numba {numba.__version__}\0python {sys.version}\0".encode())
+    for mod in sorted(modules):
+        with open(os.path.join(kernel_dir, mod + ".py"), "rb") as f:
+            data = f.read()
+        # length-prefixed, so moving text from one file to the next still changes the digest
+        h.update(b"%s\0%d\0" % (os.fsencode(mod), len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _is_own_cache_file(name: str, prefixes: tuple[str, ...]) -> bool:
+    """``<module>.<qualname>-<line>.<PY_TAG>.nbi`` or ``....<PY_TAG>.<n>.nbc`` of one of our modules."""
+    if not name.startswith(prefixes):
+        return False
+    if name.endswith(".nbi"):
+        stem = name[:-4]
+    elif name.endswith(".nbc"):
+        stem, _, number = name[:-4].rpartition(".")
+        if not number.isdigit():
+            return False
+    else:
+        return False  # e.g. numba's in-flight "<file>.tmp.<uuid>" of another process
+    return stem.endswith("." + PY_TAG)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a private temp file and ``os.replace`` (readers never see half)."""
+    tmp = "%s.tmp.%d.%s" % (path, os.getpid(), os.urandom(4).hex())
+    try:
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def purge_stale_cache(cache_dir: str, fingerprint: str, modules: list[str] | None = None) -> int:
+    """Delete our numba cache files in ``cache_dir`` unless its stamp equals ``fingerprint``.
+
+    Parameters
+    ----------
+    cache_dir : str
+        A numba cache directory (``kernels/__pycache__`` or a ``NUMBA_CACHE_DIR`` / user-wide subfolder).
+    fingerprint : str
+        Current :func:`kernel_fingerprint`.
+    modules : list of str, optional
+        Module stems whose ``*.nbi``/``*.nbc`` files are ours (default: :func:`kernel_modules`).
+        Files of other modules, other interpreters and anything else in the folder are kept.
+
+    Returns
+    -------
+    int
+        Files removed. A missing or unlistable folder is a no-op (0, nothing created). The stamp is
+        (re)written only when every stale file could be removed, so a failure is retried next import.
+        Never raises ``OSError``; concurrent callers are safe (losing an unlink race is fine, the stamp
+        is replaced atomically, and numba treats a vanished index or data file as "not cached").
+    """
+    stamp = os.path.join(cache_dir, STAMP_NAME)
+    try:
+        with open(stamp, "rb") as f:
+            if f.read(256).strip() == fingerprint.encode():
+                return 0
+    except OSError:
+        pass  # no (readable) stamp: treat the folder as stale
+    try:
+        names = os.listdir(cache_dir)
+    except OSError:
+        return 0
+    if modules is None:
+        modules = kernel_modules()
+    prefixes = tuple(m + "." for m in modules)
+    own = [n for n in names if _is_own_cache_file(n, prefixes)]
+    # index files first: a process loading concurrently then sees "not cached", not a dangling index
+    own.sort(key=lambda n: not n.endswith(".nbi"))
+    removed, complete = 0, True
+    for name in own:
+        try:
+            os.unlink(os.path.join(cache_dir, name))
+            removed += 1
+        except FileNotFoundError:
+            pass  # another process removed it first
+        except OSError:
+            complete = False
+    if complete:
+        _write_atomic(stamp, fingerprint)
+    return removed
+
+
+def _probe():
+    """Stand-in for a kernel when asking numba where the kernels of a folder are cached."""
+
+
+def cache_dirs(kernel_dir: str = KERNEL_DIR, modules: list[str] | None = None) -> list[str]:
+    """Cache directories numba may use for the kernels in ``kernel_dir`` (deduplicated).
+
+    ``<kernel_dir>/__pycache__`` is always listed (computed without numba). numba's current choice
+    comes from ``numba.core.caching.FunctionCache`` on a probe function whose code claims to live in
+    ``kernel_dir``, i.e. numba's own locator search: ``NUMBA_CACHE_DIR``, else a writable
+    ``__pycache__``, else the user-wide cache, honouring ``NUMBA_CACHE_LOCATOR_CLASSES``. Like
+    numba's decorator, that search creates the directory. The user-wide directory is added too (it
+    holds caches from runs where ``__pycache__`` was read-only); :func:`purge_stale_cache` skips
+    folders that do not exist. Failures of numba internals just shorten the list.
+    """
+    dirs = [os.path.join(kernel_dir, "__pycache__")]
+    try:
+        from numba.core import caching
+
+        if modules is None:
+            modules = kernel_modules(kernel_dir)
+        anchor = os.path.join(kernel_dir, modules[0] + ".py")  # numba keys cache dirs by folder only
+        probe = types.FunctionType(_probe.__code__.replace(co_filename=anchor), {})
+    except Exception:
+        return dirs
+    try:
+        dirs.append(caching.FunctionCache(probe).cache_path)
+    except Exception:
+        pass
+    try:
+        dirs.append(caching.UserWideCacheLocator(probe, anchor).get_cache_path())
+    except Exception:
+        pass
+    out, seen = [], set()
+    for d in dirs:
+        key = os.path.normcase(os.path.abspath(d))
+        if key not in seen:
+            seen.add(key)
+            out.append(d)
+    return out
+
+
+def guard_kernel_cache(kernel_dir: str = KERNEL_DIR) -> dict[str, int]:
+    """Drop stale numba caches of the kernels in ``kernel_dir``; never raises.
+
+    Returns
+    -------
+    dict
+        ``{cache_dir: files removed}`` for every directory checked (empty if the guard could not run).
+        With ``NUMBA_DEBUG_CACHE=1`` removals are printed like numba's own cache log.
+    """
+    done: dict[str, int] = {}
+    try:
+        modules = kernel_modules(kernel_dir)
+        fingerprint = kernel_fingerprint(kernel_dir, modules)
+        for d in cache_dirs(kernel_dir, modules):
+            done[d] = n = purge_stale_cache(d, fingerprint, modules)
+            if n and numba.config.DEBUG_CACHE:
+                print(f"[cache] fastspec: removed {n} stale kernel cache files from {d!r}")
+    except Exception:
+        pass  # a cache optimisation must never make `import fastspec.kernels...` fail
+    return done
+
+
+_guard_result = guard_kernel_cache()

@@ -654,7 +654,7 @@ class _Context:
         # analog: neutral losses loosen the bounds, so a first round of 32 candidates rarely settles a
         # query (~60% went on to a second full scan on a MassBank-grown 200k library); starting at the
         # second round's size is ~25% faster for k = 1..50
-        m = max(2 * cfg.k + 8, 32) * (8 if use_nl else 1)
+        m = max(2 * cfg.k + 8, 32) * (64 if use_nl else 1)
         while pending.shape[0]:
             m = min(m, max(n_lib, 1))
             ids, bounds, nxt, st = fk.search_bounds(

@@ -110,9 +110,8 @@ def mark_row(kind, buf, pos_a, a0, a1, inv_w, on):
 
 
 @numba.njit(**NJIT)
-def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, scan, bits, inv_w, buf, n):
+def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, scan, bits, inv_w, pi, pj, pk, pv, n):
     """Append the pairs within tolerance with their matchms rank; -1 when the buffers are full."""
-    pi, pj, pk, pv = buf[0], buf[1], buf[2], buf[4]
     cap = pi.shape[0]
     na = a1 - a0
     nb = b1 - b0
@@ -166,11 +165,8 @@ def _sift(order, start, end, pv, pk):
 
 
 @numba.njit(**NJIT)
-def _greedy(buf, n):
-    """Greedy one-to-one assignment of the first ``n`` pairs -> (sum of products, matched pairs)."""
-    pi, pj, pk, order, pv, ca, cb, ba, bb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]
-    if n == 1:
-        return pv[0], 1
+def _greedy(pi, pj, pk, order, pv, ca, cb, ba, bb, n):
+    """Greedy one-to-one assignment of the first ``n`` pairs (n >= 2) -> (sum of products, matched pairs)."""
     for t in range(n):
         ca[pi[t]] += 1
         cb[pj[t]] += 1
@@ -268,6 +264,8 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
     """
     a0, a1 = off_a[i], off_a[i + 1]
     mark_row(kind, buf, pos_a, a0, a1, inv_w, True)
+    # unpacked once per row: taking arrays out of the tuple per pair costs reference counting
+    pi, pj, pk, order, pv, ca, cb, ba, bb, bits = buf
     pa = pmz_a[i]
     t = c0
     while t < c1:
@@ -290,14 +288,18 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
             if kind == MODIFIED_COSINE and pa == pa and pb == pb:
                 shifted = abs(shift) > (tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6)
             n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm,
-                         shift if kind == NEUTRAL_LOSS else 0.0, 0, buf[9], inv_w, buf, 0)
+                         shift if kind == NEUTRAL_LOSS else 0.0, 0, bits, inv_w, pi, pj, pk, pv, 0)
             if n >= 0 and shifted:
-                n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, 1, buf[9], inv_w, buf, n)
+                n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, 1, bits, inv_w,
+                             pi, pj, pk, pv, n)
             if n < 0:  # a pathological pair list: make room for every peak pair and score this pair again
                 buf = grow(buf, (a1 - a0) * (b1 - b0) * (2 if shifted else 1))
+                pi, pj, pk, order, pv = buf[0], buf[1], buf[2], buf[3], buf[4]
                 continue
-            if n > 0:
-                total, used = _greedy(buf, n)
+            if n == 1:
+                score, used = pv[0] / (norm_a[i] * norm_b[j]), 1
+            elif n > 1:
+                total, used = _greedy(pi, pj, pk, order, pv, ca, cb, ba, bb, n)
                 score = total / (norm_a[i] * norm_b[j])
         out_s[t - c0] = score
         out_m[t - c0] = used

@@ -618,8 +618,9 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def _polarity_strings(pol: np.ndarray) -> pa.Array:
-    lut = np.array([None, "positive", "negative"], dtype=object)
-    return pa.array(lut[np.where(pol > 0, 1, np.where(pol < 0, 2, 0))], pa.string())
+    # a take in Arrow, not a numpy object array: this runs for every candidate set an exact search scores
+    codes = np.where(pol > 0, 1, np.where(pol < 0, 2, 0)).astype(np.int8)
+    return pa.array([None, "positive", "negative"], pa.string()).take(pa.array(codes))
 
 
 def _frag_order(lib: Library) -> np.ndarray:

@@ -2,10 +2,10 @@
 
 Everything works on *prepared* CSR arrays (see :func:`fastspec.similarity.prepare`): per spectrum the
 peaks ``[off[i], off[i+1])`` with ``pos`` (m/z, neutral loss or bin id, float64) and a weight ``w``
-(float64), a norm per spectrum and the precursor m/z. One function, :func:`score_one`, scores spectrum
-``i`` of side A against spectrum ``j`` of side B for any metric ``kind``; the batch drivers in
-:mod:`fastspec.kernels.topk` call it from their parallel outer loops with per-thread :class:`Buffers`
-tuples (see :func:`new_buffers`) after :func:`mark_row` has recorded spectrum ``i``'s peaks.
+(float64), a norm per spectrum and the precursor m/z. One function, :func:`score_row`, scores spectrum
+``i`` of side A against a list of spectra of side B for any metric ``kind``; the batch drivers in
+:mod:`fastspec.kernels.topk` call it from their parallel outer loops, once per row, with per-thread
+scratch tuples (see :func:`new_buffers`).
 
 matchms parity (CosineGreedy / ModifiedCosineGreedy / NeutralLossesCosine 0.33)
 ------------------------------------------------------------------------------

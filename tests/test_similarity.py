@@ -161,6 +161,22 @@ def test_dense_conflicts_vs_reference(metric):
     assert np.array_equal(s, S[ia, ib]) and np.array_equal(m, M[ia, ib])
 
 
+def test_pair_list_larger_than_scratch_grows():
+    """Two 150-peak clusters inside one tolerance give 22,500 candidate pairs, far beyond the 4,096-pair
+    per-thread scratch: the buffers grow and the pair is scored again, exactly."""
+    rng = np.random.default_rng(5)
+    m1 = np.sort(200.0 + rng.uniform(0, 0.05, 150))
+    m2 = np.sort(200.0 + rng.uniform(0, 0.05, 150))
+    sp = Spectra.from_arrays([m1, m2, m1[:3]], [rng.uniform(1, 9, 150).astype(np.float32),
+                                                 rng.uniform(1, 9, 150).astype(np.float32),
+                                                 np.ones(3, np.float32)], precursor_mz=[300.0, 300.0, 300.05])
+    for metric in ("cosine", "modified_cosine"):
+        S, M = score_matrix(sp, sp, metric, 0.1)
+        RS, RM = reference_matrix(metric, sp, sp, 0.1)
+        assert np.abs(S - RS).max() <= 1e-12 and np.array_equal(M, RM)
+        assert M[0, 1] == 150
+
+
 @pytest.mark.parametrize("opts", [
     {"bin_width": 0.1}, {"bin_width": 1.0, "max_mz": 400.0}, {"bin_width": 0.5, "base_peak": 100.0},
     {"bin_width": 0.25, "precursor_peak": 50.0}, {"preset": "khoo2026"}])

@@ -305,7 +305,8 @@ class Library:
             prog.step("preprocess")
             processed = apply_pipeline(pipeline, spectra)
             _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
-                         threads=threads, overwrite=overwrite, prog=prog)
+                         threads=threads, overwrite=overwrite, prog=prog,
+                         input_index=np.arange(len(processed), dtype=np.int64))
         finally:
             prog.close()
         return cls.open(path)
@@ -351,6 +352,13 @@ class Library:
             new = apply_pipeline(pipeline, spectra)
             old = self.spectra(metadata=True)
             old_counts = self.manifest["counts"]
+            old_input = self.input_index
+            if old_input is None:
+                raise IndexFormatError(f"{self.path} predates input positions and has rejected spectra: rebuild it "
+                                       "to append (the positions of its input spectra are unknown)")
+            n_input = int(old_counts.get("n_input", len(self)))
+            input_index = np.concatenate([np.asarray(old_input, np.int64),
+                                          n_input + np.arange(len(new), dtype=np.int64)])
             merged = Spectra.concat([old, new])
             n_old = len(old)
             reasons = dict(old_counts.get("rejected", {}))
@@ -368,7 +376,8 @@ class Library:
             self._release()
             _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
                          faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
-                         already_valid=n_old, appended=True, created=self.manifest.get("created"))
+                         already_valid=n_old, appended=True, created=self.manifest.get("created"),
+                         input_index=input_index, n_input=n_input + len(new))
         finally:
             prog.close()
         fresh = Library.open(self.path)
@@ -392,6 +401,22 @@ class Library:
     @property
     def n_rejected(self) -> int:
         return int(self.manifest["counts"]["n_rejected"])
+
+    @property
+    def input_index(self) -> np.ndarray | None:
+        """Position of each library row among the input spectra, int64 (n,).
+
+        Positions count the spectra given to :meth:`build` (a ``Spectra``, or the records the readers
+        parsed from the input files, in order), continued by each :meth:`append`. They differ from the
+        row numbers once a spectrum was rejected at build time (e.g. no peak left after preprocessing).
+        ``None`` for an index written before positions were recorded that rejected spectra (without
+        rejections the positions are the rows).
+        """
+        if "input_index.npy" in self.manifest["files"]:
+            return self.array("input_index")
+        if int(self.manifest["counts"].get("n_rejected", 0)) == 0:
+            return np.arange(len(self), dtype=np.int64)
+        return None
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -681,8 +706,14 @@ def _build_index(
     already_valid: int = 0,
     appended: bool = False,
     created: str | None = None,
+    input_index: np.ndarray | None = None,
+    n_input: int | None = None,
 ) -> None:
-    """Write every structure of the index for already-preprocessed spectra (atomically)."""
+    """Write every structure of the index for already-preprocessed spectra (atomically).
+
+    ``input_index`` (int64, one per spectrum of ``processed``) is each spectrum's input position
+    (default: its row); ``n_input`` the number of input positions used so far (default: len(processed)).
+    """
     from fastspec.kernels import fragment as fk
 
     if path.exists() and not overwrite:
@@ -695,8 +726,11 @@ def _build_index(
         counts["rejected"][REASON_NO_PEAKS] = counts["rejected"].get(REASON_NO_PEAKS, 0) + n_empty
         counts["n_rejected"] += n_empty
     lib = processed if n_empty == 0 else processed.take(np.flatnonzero(keep))
+    inp = np.arange(len(processed), dtype=np.int64) if input_index is None else np.asarray(input_index, np.int64)
+    inp = inp if n_empty == 0 else inp[keep]
     n = len(lib)
     counts["n_spectra"] = n
+    counts["n_input"] = int(len(processed) if n_input is None else n_input)
     if counts["n_read"] < n + counts["n_rejected"]:
         counts["n_read"] = n + counts["n_rejected"]
 
@@ -711,6 +745,7 @@ def _build_index(
         fmt.save_array(tmp, "precursor_mz", pmz)
         fmt.save_array(tmp, "charge", lib.charge.astype(np.int8))
         fmt.save_array(tmp, "polarity", pol)
+        fmt.save_array(tmp, "input_index", inp)
         finite = np.isfinite(pmz)
         order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
         fmt.save_array(tmp, "prec_order", order)

@@ -44,7 +44,7 @@ _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", 
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
 
 HIT_COLUMNS = (
-    "query_index", "query_id", "rank", "library_index", "library_id", "score", "n_matched",
+    "query_index", "query_id", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
     "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
     "inchikey14", "smiles", "name", "status",
 )
@@ -60,7 +60,8 @@ class Hits:
         Similarity scores, best first (0 where there is no hit).
     indices : ndarray, int64 (n, k)
         Library rows, -1 for no hit. Rows number the library's input spectra in input order, skipping
-        those rejected at build time (unreadable, or no peak left after preprocessing).
+        those rejected at build time (unreadable, or no peak left after preprocessing); the input
+        positions themselves are :attr:`input_indices`.
     matches : ndarray, int32 (n, k)
         Matched peaks of each hit.
     status : ndarray of str (n,)
@@ -95,6 +96,19 @@ class Hits:
         return self.scores.shape[1]
 
     @property
+    def input_indices(self) -> np.ndarray | None:
+        """The hits as positions among the library's input spectra, int64 (n, k), -1 for no hit.
+
+        What to index the list or file the library was built from with (see
+        :attr:`fastspec.library.Library.input_index`); ``None`` when the library does not know them.
+        """
+        inp = None if self.library is None else self.library.input_index
+        if inp is None:
+            return None
+        inp = np.asarray(inp, dtype=np.int64)
+        return np.where(self.indices >= 0, inp[np.maximum(self.indices, 0)] if inp.size else -1, -1)
+
+    @property
     def skipped(self) -> np.ndarray:
         """Queries not searched (no peaks, no precursor in identity mode, no formula neighbour with skip)."""
         return np.isin(self.status, [NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED])
@@ -106,7 +120,8 @@ class Hits:
     def to_arrow(self, library_columns: bool = True) -> pa.Table:
         """The long hit table: one row per (query, rank); a query without hits gets one row with nulls.
 
-        Columns: ``query_index, query_id, rank (1-based), library_index, library_id, score, n_matched,
+        Columns: ``query_index, query_id, rank (1-based), library_index (row), library_input_index
+        (position among the library's input spectra), library_id, score, n_matched,
         query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm, adduct,
         formula, inchikey14, smiles, name, status``. Search parameters are in the schema metadata
         (key ``fastspec``, JSON).
@@ -132,6 +147,13 @@ class Hits:
             "rank": pa.array(rank + 1, pa.int32(), mask=~has),
             "library_index": pa.array(lib_idx, pa.int64(), mask=~has),
         }
+        inp = None if self.library is None else self.library.input_index
+        if inp is not None:
+            inp = np.asarray(inp, dtype=np.int64)
+            lin = np.where(has, inp[np.maximum(lib_idx, 0)] if inp.size else -1, -1)
+            cols["library_input_index"] = pa.array(lin, pa.int64(), mask=~has)
+        else:
+            cols["library_input_index"] = pa.nulls(q_index.shape[0], pa.int64())
         meta = None
         lpmz = np.full(q_index.shape[0], np.nan)
         if library_columns and self.library is not None and has.any():

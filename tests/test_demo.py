@@ -63,7 +63,7 @@ def test_demo_bad_option():
 
 
 def test_hits_are_mapped_back_to_input_rows():
-    """Library rows skip rejected input spectra; the demo scores hits by input row."""
+    """Library rows skip rejected input spectra; the demo scores hits by input position."""
     import numpy as np
 
     from fastspec.cli.demo_cmd import _run_mode
@@ -71,6 +71,7 @@ def test_hits_are_mapped_back_to_input_rows():
     class Hits:
         # library rows 0..3 hold input rows 0, 2, 3, 4 (input row 1 was rejected)
         indices = np.array([[1, 0], [3, -1]])
+        input_indices = np.array([[2, 0], [4, -1]])
 
     class FakeLibrary:
         def search(self, queries, **kw):
@@ -79,6 +80,6 @@ def test_hits_are_mapped_back_to_input_rows():
     out = {"modes": {}, "errors": {}}
     truth = np.array([2, 4])
     molecule = np.array([0, 0, 1, 1, 2])
-    _run_mode(out, "identity", FakeLibrary(), [0, 1], truth, molecule, np.array([0, 2, 3, 4]), 2, 1, lambda m: None)
+    _run_mode(out, "identity", FakeLibrary(), [0, 1], truth, molecule, 2, 1, lambda m: None)
     m = out["modes"]["identity"]
     assert m["top1_source"] == 1.0 and m["top1_molecule"] == 1.0 and m["source_in_topk"] == 1.0

@@ -120,6 +120,36 @@ def test_rejected_spectra_are_counted(tmp_path):
     assert lib.metadata(columns=["id"]).column("id").to_pylist() == ["a", "c"]
 
 
+def test_hits_map_back_to_input_positions(tmp_path):
+    """Rows skip rejected spectra; input_index / Hits.input_indices / the hit table give the caller's
+    positions, also after an append (which continues the numbering)."""
+    mzs = [[100.0, 200.0], [], [50.0, 150.0], [], [100.0, 200.0]]
+    ints = [[1.0, 2.0], [], [3.0, 1.0], [], [1.0, 2.0]]
+    sp = Spectra.from_arrays(mzs, ints, precursor_mz=[300.0] * 5, metadata={"id": list("abcde")})
+    lib = Library.build(sp, tmp_path / "x.fastspec", preprocess=None, faiss=False)
+    assert len(lib) == 3 and lib.input_index.tolist() == [0, 2, 4]
+    hits = lib.search(sp[np.array([4, 2])], k=3, mode="open", tolerance=0.01, progress=False)
+    assert hits.indices[0, :2].tolist() == [0, 2] and hits.input_indices[0, :2].tolist() == [0, 4]
+    assert hits.input_indices[1, 0] == 2 and (hits.input_indices[hits.indices < 0] == -1).all()
+    table = hits.to_arrow()
+    got = {(r["query_index"], r["library_input_index"]): r["library_id"] for r in table.to_pylist()}
+    assert all("abcde"[pos] == lid for (_, pos), lid in got.items())
+    lib.append(sp)  # five more inputs, two rejected again
+    assert len(lib) == 6 and lib.input_index.tolist() == [0, 2, 4, 5, 7, 9]
+    assert lib.manifest["counts"]["n_input"] == 10
+    assert Library.open(lib.path, verify=True).input_index.tolist() == [0, 2, 4, 5, 7, 9]
+    # an index written before positions were recorded: known only if nothing was rejected
+    old = Library.open(lib.path)
+    del old.manifest["files"]["input_index.npy"]
+    assert old.input_index is None
+    hits = old.search(sp[:1], k=2, mode="open", tolerance=0.01, progress=False)
+    assert hits.input_indices is None and hits.to_arrow().column("library_input_index").null_count == 2
+    with pytest.raises(IndexFormatError, match="rebuild"):
+        old.append(sp)
+    old.manifest["counts"]["n_rejected"] = 0
+    assert old.input_index.tolist() == list(range(6))
+
+
 def test_build_refuses_existing_target_unless_overwrite(raw_lib, subsets, tmp_path):
     dst = _copy_index(raw_lib, tmp_path / "lib.fastspec")
     small = subsets[0][:10]

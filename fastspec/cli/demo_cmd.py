@@ -102,17 +102,14 @@ def run_demo(*, n_spectra: int = 200_000, n_queries: int = 1000, seed: int = 0, 
     out["index_bytes"] = _du(path)
     out["build_spectra_per_s"] = len(lib) / out["stages"]["build"]
     out["n_indexed"], out["n_rejected"] = len(library), library.n_rejected
-    # library rows skip rejected spectra (e.g. nothing left after preprocessing): map them back to input rows
-    input_row = {v: i for i, v in enumerate(lib.ids)}
-    lib_input = np.array([input_row[v] for v in library.metadata(columns=["id"]).column("id").to_pylist()], np.int64)
     for label, kw in MODES:
-        _run_mode(out, label, library, queries, truth, molecule, lib_input, k, threads, log, **kw)
+        _run_mode(out, label, library, queries, truth, molecule, k, threads, log, **kw)
     out["total_s"] = time.perf_counter() - t_start
     out["ok"] = not out["errors"] and all(m["top1_molecule"] >= MIN_TOP1 for m in out["modes"].values())
     return out
 
 
-def _run_mode(out, label, library, queries, truth, molecule, lib_input, k, threads, log, **kw):
+def _run_mode(out, label, library, queries, truth, molecule, k, threads, log, **kw):
     import numpy as np
 
     from fastspec.errors import FastspecError
@@ -130,8 +127,7 @@ def _run_mode(out, label, library, queries, truth, molecule, lib_input, k, threa
         out["errors"][label] = f"{type(e).__name__}: {e}"
         log(f"  failed: {e}")
         return
-    raw = np.asarray(hits.indices)
-    idx = np.where(raw >= 0, lib_input[np.maximum(raw, 0)], -1)  # input rows of the hits
+    idx = hits.input_indices  # library rows skip rejected spectra; truth is in input positions
     top = idx[:, 0]
     found = top >= 0
     out["modes"][label] = {

@@ -482,6 +482,26 @@ class Library:
     def polarity(self) -> np.ndarray:
         return self.array("polarity")
 
+    def peaks(self, rows: np.ndarray | None = None, threads: int | None = None, intensity_dtype=np.float32):
+        """Preprocessed peaks of all spectra or of ``rows`` (in that order), without a Spectra container.
+
+        Returns
+        -------
+        offsets : ndarray, int64 (r+1,)
+        mz : ndarray, float64 (P,)
+        intensity : ndarray, float32 (P,) (``intensity_dtype`` when ``rows`` are given)
+        precursor_mz : ndarray, float64 (r,)
+        """
+        off, mz, it = self.array("offsets"), self.array("mz"), self.array("intensity")
+        pmz = self.array("precursor_mz")
+        if rows is None:
+            return np.asarray(off), np.asarray(mz), np.asarray(it), np.asarray(pmz)
+        from fastspec.kernels.peaks import gather_csr
+
+        rows = np.asarray(rows, dtype=np.int64)
+        return (*gather_csr(off, mz, it, rows, threads=threads, intensity_dtype=intensity_dtype),
+                np.asarray(pmz[rows]))
+
     def spectra(self, rows: np.ndarray | None = None, metadata: bool | Sequence[str] = False) -> Spectra:
         """Library spectra (preprocessed peaks) as Spectra.
 
@@ -492,19 +512,13 @@ class Library:
         metadata : bool or list of str
             Attach the full metadata table, the named columns, or (False) only ``ion_mode`` (the polarity).
         """
-        off = self.array("offsets")
-        mz, it = self.array("mz"), self.array("intensity")
-        pmz, ch = self.array("precursor_mz"), self.array("charge")
+        offsets, mzv, itv, pm = self.peaks(rows)
+        ch = self.array("charge")
         if rows is None:
-            offsets, mzv, itv = np.asarray(off), np.asarray(mz), np.asarray(it)
-            pm, cg = np.asarray(pmz), np.asarray(ch)
+            cg = np.asarray(ch)
         else:
             rows = np.asarray(rows, dtype=np.int64)
-            from fastspec.spectra import _gather_index
-
-            peak_idx, offsets = _gather_index(np.asarray(off), rows)
-            mzv, itv = np.asarray(mz[peak_idx]), np.asarray(it[peak_idx])
-            pm, cg = np.asarray(pmz[rows]), np.asarray(ch[rows])
+            cg = np.asarray(ch[rows])
         if metadata is False:
             md = pa.table({"ion_mode": _polarity_strings(np.asarray(self.polarity if rows is None else self.polarity[rows]))})
         else:

@@ -522,9 +522,11 @@ class _Context:
         if cand_ids.shape[0] == 0 or nr == 0:
             return np.zeros((nr, k)), np.full((nr, k), -1, np.int64), np.zeros((nr, k), np.int32)
         uniq, local = compact_ids(cand_ids, self.lib_mark())
-        sub = self.lib.spectra(uniq)
         kw = self.cfg.metric_kwargs()
-        lprep = similarity.prepare(sub, self.cfg.metric, **kw)
+        # float64 intensities straight from the gather: the scoring kernels read float64 weights
+        peaks = self.lib.peaks(uniq, threads=self.cfg.threads, intensity_dtype=np.float64)
+        lprep = similarity.prepare_csr(*peaks, self.cfg.metric,
+                                       threads=self.cfg.threads, **kw)
         qp = self.qprep.take(rows)
         s, idx, m = similarity.topk_candidates(qp, lprep, cand_offsets, local, k, metric=self.cfg.metric,
                                                threads=self.cfg.threads, min_matches=max(1, self.cfg.min_matches),

@@ -162,27 +162,41 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         return spectra
     if not isinstance(spectra, Spectra):
         raise ParameterError(f"expected a fastspec.Spectra, got {type(spectra).__name__}")
+    return prepare_csr(spectra.offsets, spectra.mz, spectra.intensity, spectra.precursor_mz, metric, tolerance,
+                       mz_power, intensity_power, preset=preset, bin_width=bin_width, max_mz=max_mz,
+                       base_peak=base_peak, precursor_peak=precursor_peak, clean=clean,
+                       ignore_peaks_above_precursor=ignore_peaks_above_precursor, threads=threads)
+
+
+def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, precursor_mz: np.ndarray,
+                metric: str = "cosine", tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
+                preset: str | None = None, bin_width: float | None = None, max_mz: float | None = None,
+                base_peak: float | None = None, precursor_peak: float | None = None, clean: bool = True,
+                ignore_peaks_above_precursor: bool = True, threads: int | None = None) -> Prepared:
+    """:func:`prepare` on CSR arrays (``offsets`` int64 (n+1,), ``mz`` float64 and ``intensity`` (P,), m/z
+    sorted within each spectrum; ``precursor_mz`` float64 (n,)), for callers that gather peaks themselves
+    (library search: no Spectra container or metadata per candidate set)."""
     metric = canonical_metric(metric)
     mz_power, intensity_power = _finite(mz_power, "mz_power"), _finite(intensity_power, "intensity_power")
     tol = parse_tolerance(_DEFAULT_TOL.get(metric, 0.1) if tolerance is None else tolerance)
-    offsets = np.ascontiguousarray(spectra.offsets, np.int64)
-    mz = np.ascontiguousarray(spectra.mz, np.float64)
-    inten = np.asarray(spectra.intensity, np.float64)
-    pmz = np.ascontiguousarray(spectra.precursor_mz, np.float64)
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    mz = np.ascontiguousarray(mz, np.float64)
+    inten = np.asarray(intensity, np.float64)
+    pmz = np.ascontiguousarray(precursor_mz, np.float64)
+    n = offsets.shape[0] - 1
     params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
 
     if metric in ("entropy", "unweighted_entropy"):
         from fastspec.kernels.entropy import prepare_entropy
 
         if mz_power != 0.0 or intensity_power != 1.0:
-            inten = np.power(mz, mz_power) * np.power(inten, intensity_power)
+            inten = _weights(mz, inten, mz_power, intensity_power)
         if tol.value <= 0:
             raise ParameterError("entropy similarity needs a positive tolerance")
         off2, mz32, w32 = prepare_entropy(offsets, mz, inten.astype(np.float32), tol_da=tol.da if tol.unit == "da" else -1.0,
                                           tol_ppm=tol.ppm if tol.unit == "ppm" else -1.0, clean=bool(clean),
                                           weighted=metric == "entropy", threads=threads)
         params["clean"] = bool(clean)
-        n = off2.shape[0] - 1
         return Prepared(metric, np.asarray(off2, np.int64), np.asarray(mz32, np.float64), np.asarray(w32, np.float64),
                         np.ones(n), pmz, tol, params)
 
@@ -191,13 +205,13 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
                                base_peak, precursor_peak, params)
 
     if metric == "neutral_loss_cosine" and ignore_peaks_above_precursor:
-        seg = np.repeat(np.arange(len(spectra), dtype=np.int64), np.diff(offsets))
+        seg = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
         keep = mz < pmz[seg]  # NaN precursor keeps nothing: the metric is undefined without one
         offsets = _offsets_from_mask(offsets, keep)
         mz, inten = mz[keep], inten[keep]
     params["ignore_peaks_above_precursor"] = bool(ignore_peaks_above_precursor)
-    w = np.power(mz, mz_power) * np.power(inten, intensity_power)
-    return Prepared(metric, offsets, mz, w, _norms(offsets, w), pmz, tol, params)
+    w = _weights(mz, inten, mz_power, intensity_power)
+    return Prepared(metric, offsets, mz, w, _norms(offsets, w, threads), pmz, tol, params)
 
 
 def _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, preset, bin_width, max_mz, base_peak,
@@ -233,7 +247,7 @@ def _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, pre
         seg = np.concatenate([seg, pseg])
         pos_mz = np.concatenate([mz, pmz[pseg]])
         val = np.concatenate([val, np.full(pseg.shape[0], float(opts["precursor_peak"]))])
-    val = np.power(pos_mz, mz_power) * np.power(val, intensity_power)
+    val = _weights(pos_mz, val, mz_power, intensity_power)
     b = np.floor(pos_mz / bw)
     ok = b >= 0
     if opts["max_mz"] is not None:
@@ -250,10 +264,17 @@ def _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, pre
     return Prepared("binned_cosine", off, ubin.astype(np.float64), summed, _norms(off, summed), pmz, tol, params)
 
 
-def _norms(offsets: np.ndarray, w: np.ndarray) -> np.ndarray:
-    n = offsets.shape[0] - 1
-    seg = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-    return np.sqrt(np.bincount(seg, weights=w * w, minlength=n))
+def _weights(mz: np.ndarray, inten: np.ndarray, mz_power: float, intensity_power: float) -> np.ndarray:
+    """``mz**mz_power * intensity**intensity_power`` as matchms computes it: ``ndarray ** scalar`` takes
+    numpy's exact shortcuts (1: copy, 0.5: sqrt, 2: square) where ``np.power`` runs pow() per peak."""
+    w = inten if intensity_power == 1.0 else inten ** intensity_power  # Prepared arrays are read-only views
+    return w if mz_power == 0.0 else (mz ** mz_power) * w
+
+
+def _norms(offsets: np.ndarray, w: np.ndarray, threads: int | None = None) -> np.ndarray:
+    from fastspec.kernels.peaks import l2_norms_csr
+
+    return l2_norms_csr(offsets, w, threads=threads)
 
 
 def _offsets_from_mask(offsets: np.ndarray, keep: np.ndarray) -> np.ndarray:

@@ -490,3 +490,36 @@ def test_entropy_steps_match_ms_entropy(massbank_spectra):
                 np.allclose(refw[:, 1], w.intensity, rtol=1e-4, atol=1e-7):
             same += 1
     assert same >= 0.99 * len(sp)
+
+
+# ---------------------------------------------------------------------------------------- CSR helpers
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.floats(1, 1000), st.floats(1e-3, 1e6)), max_size=6), min_size=1, max_size=8),
+       st.data())
+def test_gather_and_norms_vs_reference(peaks, data):
+    from fastspec.kernels.peaks import gather_csr, l2_norms_csr
+
+    sp = _sp([sorted(p) for p in peaks])
+    rows = np.array(data.draw(st.lists(st.integers(0, len(peaks) - 1), max_size=12)), dtype=np.int64)
+    for dtype in (np.float32, np.float64):
+        off, mz, it = gather_csr(sp.offsets, sp.mz, sp.intensity, rows, intensity_dtype=dtype)
+        assert it.dtype == dtype and off[0] == 0 and off[-1] == mz.shape[0]
+        for r, row in enumerate(rows):
+            a, b = sp.offsets[row], sp.offsets[row + 1]
+            assert mz[off[r]:off[r + 1]].tolist() == sp.mz[a:b].tolist()
+            assert it[off[r]:off[r + 1]].tolist() == sp.intensity[a:b].astype(dtype).tolist()
+    w = sp.intensity.astype(np.float64)
+    norms = l2_norms_csr(sp.offsets, w)
+    for i in range(len(peaks)):  # naive: peak-order sum of squares, as a bincount over peaks adds them
+        s = 0.0
+        for x in w[sp.offsets[i]:sp.offsets[i + 1]]:
+            s += x * x
+        assert norms[i] == math.sqrt(s)
+
+
+def test_gather_rejects_bad_rows():
+    from fastspec.kernels.peaks import gather_csr
+
+    sp = _sp([[(100.0, 1.0)]])
+    with pytest.raises(ParameterError):
+        gather_csr(sp.offsets, sp.mz, sp.intensity, np.array([1]))

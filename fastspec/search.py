@@ -39,7 +39,7 @@ _BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entr
             "modified_cosine": (0, "cosine")}
 _ENTROPY = ("entropy", "unweighted_entropy")
 _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine"}
-#: analog search's first pruning threshold: FAISS neighbours rescored exactly (see _Context._analog_theta);
+#: first pruning threshold of open/analog search: FAISS neighbours rescored exactly (_Context._first_theta);
 #: 100 candidates at nprobe 4 measured best among 100-500 and nprobe 1-16
 _THETA_FAISS = 100
 _THETA_NPROBE = 4
@@ -692,8 +692,7 @@ class _Context:
         n_lib = len(lib)
         pending = np.asarray(rows, dtype=np.int64)
         theta = np.full(pending.shape[0], -np.inf)
-        if use_nl:
-            theta = self._analog_theta(pending)
+        theta = self._first_theta(pending, use_nl)
         # analog: neutral losses loosen the bounds, so a small first round rarely settles a query, and
         # every further round is a full bound scan again; with 2,048 candidates (k = 10) 6% of queries
         # needed a second scan on a 2.4M MassBank-grown library (60% with 256): 18.1 -> 14.8 ms/query
@@ -722,23 +721,29 @@ class _Context:
             pending = pending[~done]
             m *= 8
 
-    def _analog_theta(self, rows: np.ndarray) -> np.ndarray:
-        """Lower bounds of the k-th modified-cosine score: the exact k-th score among a few likely hits.
+    def _first_theta(self, rows: np.ndarray, use_nl: bool) -> np.ndarray:
+        """Lower bounds of each query's k-th best score before the bound search: the exact k-th score
+        among a few likely hits (-inf: none).
 
         The k-th best of any k eligible spectra bounds the k-th best of the library from below, so the
         hits only need to be good, not right: the FAISS index's nearest neighbours when the library has
-        one (``_THETA_FAISS`` candidates at nprobe ``_THETA_NPROBE``), else the spectra within 0.01 Da of
-        the query's precursor m/z. Both replace an exact plain-cosine top-k through the fragment index,
-        which cost as much as an open search (2.4M MassBank-grown library, 1,000 queries, 1 thread, best
-        of 3: analog 11.4 ms/query with it, 7.6 with FAISS, 8.7 with the precursor window).
+        one (``_THETA_FAISS`` candidates at nprobe ``_THETA_NPROBE``). Without FAISS, analog search takes
+        the spectra within 0.01 Da of the query's precursor m/z, and open search leaves the threshold to
+        the bound kernel (which scores the precursor window itself, for clean spectra). For analog this
+        replaced an exact plain-cosine top-k through the fragment index, which cost as much as an open
+        search. 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3, ms/query: analog 11.4
+        (cosine pass) -> 7.6 (FAISS) or 8.7 (window); open cosine 4.26 -> 3.39 and open entropy 6.98 ->
+        5.64 with FAISS.
         """
         from fastspec.kernels import fragment as fk
 
         k = self.cfg.k
         if self.lib.has_faiss:
             offs, ids = self.faiss_candidates(rows, max(_THETA_FAISS, 2 * k), _THETA_NPROBE)
-        else:
+        elif use_nl:
             offs, ids = self.window_candidates(rows, parse_tolerance(0.01))
+        else:
+            return np.full(rows.shape[0], -np.inf)
         s, i, _ = self.exact(rows, offs, ids)
         return np.where(i[:, -1] >= 0, s[:, -1] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf)
 

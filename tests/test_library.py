@@ -77,6 +77,12 @@ def test_open_is_lazy_and_subsets_read_only_needed_rows(raw_lib, subsets):
     from fastspec.library import drop_invalid_peaks
 
     np.testing.assert_array_equal(sub.mz, drop_invalid_peaks(subsets[0].take(rows)).mz)
+    # the container-free gather the exact search uses gives the same peaks (float64 on request)
+    off, mz, it, pmz = lib.peaks(rows, intensity_dtype=np.float64)
+    np.testing.assert_array_equal(off, sub.offsets)
+    np.testing.assert_array_equal(mz, sub.mz)
+    np.testing.assert_array_equal(it, sub.intensity.astype(np.float64))
+    np.testing.assert_array_equal(pmz, sub.precursor_mz)
 
 
 def test_derived_structures_are_consistent(raw_lib):

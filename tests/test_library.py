@@ -269,6 +269,11 @@ def test_faiss_index_round_trip(subsets, tmp_path):
     lib = Library.build(subsets[0][:400], tmp_path / "f.fastspec", faiss=True)
     assert lib.has_faiss and lib.manifest["build"]["faiss"]["ntotal"] == len(lib)
     Library.open(lib.path, verify=True)
+    # the index is memory-mapped when read: a truncated one must be refused before faiss sees it
+    p = lib.path / "faiss.index"
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(IndexFormatError, match="truncated"):
+        Library.open(lib.path)
 
 
 def test_round_trip_with_default_preprocessing(subsets, tmp_path):

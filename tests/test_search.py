@@ -197,7 +197,12 @@ def test_formula_given_explicitly(lib, data):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "entropy", "unweighted_entropy"])
-def test_open_equals_brute_force(lib, data, metric):
+@pytest.mark.parametrize("faiss_threshold", [False, True])
+def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch):
+    # large libraries start open search from a threshold of FAISS neighbours (forced on here)
+    from fastspec import search as S
+
+    monkeypatch.setattr(S, "_THETA_FAISS_OPEN_MIN", 0 if faiss_threshold else 10**12)
     queries = data[1]
     hits = lib.search(queries, k=K, mode="open", metric=metric)
     ref = brute_force(lib, queries, metric, same_polarity(lib, queries))

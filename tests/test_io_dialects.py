@@ -232,3 +232,19 @@ def test_msp_layout_variants(tmp_path):
     assert peaks(s, 1) == ([85.0, 86.0, 87.0], [100.0, 50.0, 25.0])
     assert peaks(s, 2) == ([10.0, 20.0, 30.0], [1.0, 2.0, 3.0])
     assert peaks(s, 3) == ([40.0, 41.0], [4.0, 5.0])
+
+
+@pytest.mark.parametrize("fmt", ["mgf", "msp"])
+def test_windows_encoded_text_and_bom(tmp_path, fmt):
+    """Windows software writes cp1252 ("caf\\xe9ine") and sometimes a UTF-8 BOM: both read, nothing lost."""
+    if fmt == "mgf":
+        body = b"\xef\xbb\xbfBEGIN IONS\r\nTITLE=t1\r\nNAME=caf\xe9ine \xb5g\r\nPEPMASS=195.0877\r\n138.066 100\r\nEND IONS\r\n"
+    else:
+        body = b"\xef\xbb\xbfName: caf\xe9ine \xb5g\r\nPrecursorMZ: 195.0877\r\nNum Peaks: 1\r\n138.066\t100\r\n"
+    path = tmp_path / f"win.{fmt}"
+    path.write_bytes(body)
+    spectra, report = fio.read(path, return_report=True)
+    report.check()
+    assert len(spectra) == 1 and report.n_rejected == 0
+    assert spectra.metadata.column("name").to_pylist() == ["caf\u00e9ine \u00b5g"]
+    assert spectra.precursor_mz.tolist() == [195.0877]

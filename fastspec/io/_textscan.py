@@ -578,13 +578,24 @@ def scan(data: bytes, mode: int, line0: int = 1, final: bool = True) -> ScanResu
     return r
 
 
+def _decode(raw: bytes) -> str:
+    """UTF-8, else Windows-1252 (vendor and NIST exports), else Latin-1: never fails, loses no byte."""
+    for enc in ("utf-8", "cp1252"):
+        try:
+            return raw.decode(enc)
+        except UnicodeDecodeError:
+            pass
+    return raw.decode("latin-1")
+
+
 def _strings(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """A pyarrow string array over (bytes, int64 offsets); invalid UTF-8 is replaced (U+FFFD)."""
+    """A pyarrow string array over (bytes, int64 offsets); values that are not UTF-8 are read as
+    Windows-1252 (or Latin-1), so a "caf\xe9ine" written by Windows software reads as "caféine"."""
     arr = pa.LargeStringArray.from_buffers(offsets.shape[0] - 1, pa.py_buffer(offsets), pa.py_buffer(data))
     try:
         arr.validate(full=True)
     except pa.ArrowInvalid:
         raw = data.tobytes()
         offs = offsets.tolist()
-        arr = pa.array([raw[a:b].decode("utf-8", "replace") for a, b in zip(offs[:-1], offs[1:])], pa.large_string())
+        arr = pa.array([_decode(raw[a:b]) for a, b in zip(offs[:-1], offs[1:])], pa.large_string())
     return arr.cast(pa.string()) if offsets[-1] < 2**31 - 1 else arr

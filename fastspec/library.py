@@ -39,6 +39,7 @@ _DEFAULT = "default"
 
 #: Reason recorded for spectra dropped because preprocessing left no peak.
 REASON_NO_PEAKS = "no peaks after preprocessing"
+REASON_MS1 = "MS1 spectrum (ms_level 1)"
 
 #: Fragment-weight arrays stored at build time: (kind, mz_power, intensity_power) -> file stem.
 STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
@@ -295,6 +296,12 @@ class Library:
         Returns
         -------
         Library
+
+        Notes
+        -----
+        Every input spectrum is indexed or counted in ``manifest["counts"]["rejected"]`` with its reason:
+        unreadable records, spectra left without peaks by preprocessing, and MS1 records (``ms_level``
+        1, as SIRIUS and MZmine MGF exports interleave them with the MS/MS spectra).
         """
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
@@ -706,6 +713,14 @@ class _Progress:
             self.bar.close()
 
 
+def _is_ms1(meta: pa.Table) -> np.ndarray:
+    """Records whose ``ms_level`` says MS1 (``1`` / ``MS1``, any case), bool (n,)."""
+    if "ms_level" not in meta.column_names:
+        return np.zeros(meta.num_rows, dtype=bool)
+    vals = meta.column("ms_level").to_pylist()
+    return np.array([v is not None and str(v).strip().lower() in ("1", "ms1") for v in vals], dtype=bool)
+
+
 def _build_index(
     path: Path,
     processed: Spectra,
@@ -732,16 +747,18 @@ def _build_index(
 
     if path.exists() and not overwrite:
         raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
-    n_peaks = np.diff(processed.offsets)
-    keep = n_peaks > 0
-    n_empty = int((~keep).sum())
+    # a tandem-MS library: MS1 records (SIRIUS / MZmine MGF exports interleave them) are counted, not indexed
+    ms1 = _is_ms1(processed.metadata)
+    keep = (np.diff(processed.offsets) > 0) & ~ms1
+    n_drop = int((~keep).sum())
     counts = {"n_read": int(counts["n_read"]), "n_rejected": int(counts["n_rejected"]), "rejected": dict(counts["rejected"])}
-    if n_empty:
-        counts["rejected"][REASON_NO_PEAKS] = counts["rejected"].get(REASON_NO_PEAKS, 0) + n_empty
-        counts["n_rejected"] += n_empty
-    lib = processed if n_empty == 0 else processed.take(np.flatnonzero(keep))
+    for reason, n_r in ((REASON_MS1, int(ms1.sum())), (REASON_NO_PEAKS, n_drop - int(ms1.sum()))):
+        if n_r:
+            counts["rejected"][reason] = counts["rejected"].get(reason, 0) + n_r
+            counts["n_rejected"] += n_r
+    lib = processed if n_drop == 0 else processed.take(np.flatnonzero(keep))
     inp = np.arange(len(processed), dtype=np.int64) if input_index is None else np.asarray(input_index, np.int64)
-    inp = inp if n_empty == 0 else inp[keep]
+    inp = inp if n_drop == 0 else inp[keep]
     n = len(lib)
     counts["n_spectra"] = n
     counts["n_input"] = int(len(processed) if n_input is None else n_input)

@@ -360,3 +360,17 @@ def test_killed_build_leaves_no_index(massbank_parquet, tmp_path):
     # the next build of the same target removes the dead build's temporary
     Library.build(massbank_parquet, target, faiss=False, overwrite=True, progress=False)
     assert [p.name for p in tmp_path.iterdir()] == ["lib.fastspec"]
+
+
+def test_ms1_records_are_counted_not_indexed(tmp_path):
+    """SIRIUS / MZmine MGF exports interleave MS1 records: the tandem-MS library counts them as rejected."""
+    mgf = tmp_path / "mixed.mgf"
+    mgf.write_text("BEGIN IONS\nFEATURE_ID=1\nPEPMASS=195.0877\nMSLEVEL=1\n195.0877 1000\n196.091 110\nEND IONS\n"
+                   "BEGIN IONS\nFEATURE_ID=1\nPEPMASS=195.0877\nMSLEVEL=2\n138.066 100\n110.07 20\nEND IONS\n"
+                   "BEGIN IONS\nFEATURE_ID=2\nPEPMASS=200.1\n120.0 5\nEND IONS\n")
+    lib = Library.build([str(mgf)], tmp_path / "m.fastspec", faiss=False)
+    c = lib.manifest["counts"]
+    assert len(lib) == 2 and c["n_read"] == 3 and c["n_rejected"] == 1
+    assert c["rejected"] == {"MS1 spectrum (ms_level 1)": 1}
+    assert lib.metadata(columns=["id"]).column("id").to_pylist() == ["1", "2"]
+    np.testing.assert_array_equal(lib.input_index, [1, 2])

@@ -298,7 +298,12 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
                 continue
             if n == 1:
                 score, used = pv[0] / (norm_a[i] * norm_b[j]), 1
-            elif n > 1:
+            elif n == 2:  # common for raw spectra: both pairs, or the greedy-first one if they share a peak
+                if pi[0] != pi[1] and pj[0] != pj[1]:
+                    score, used = (pv[0] + pv[1]) / (norm_a[i] * norm_b[j]), 2
+                else:
+                    score, used = pv[0 if _heavier(pv, pk, 0, 1) else 1] / (norm_a[i] * norm_b[j]), 1
+            elif n > 2:
                 total, used = _greedy(pi, pj, pk, order, pv, ca, cb, ba, bb, n)
                 score = total / (norm_a[i] * norm_b[j])
         out_s[t - c0] = score

@@ -506,6 +506,46 @@ def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_
     return _kth_lower(vals, nv, k)
 
 
+@numba.njit(inline="always", **NJIT)
+def _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base):
+    """Index entries a scan of query peak ``x`` visits (fragment window, plus the neutral-loss one)."""
+    c = _window_count(fr_mz, x, _half_width(x, tol_da, tol_ppm, x))
+    if do_nl:
+        y = pmz - x
+        c += _window_count(nl_mz, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)))
+    return c
+
+
+@numba.njit(inline="always", **NJIT)
+def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, q_rest, theta, clean_q, min_gap,
+                   gap_thr, qrow, q_codes, lib_codes, sym, first):
+    """Keep (compacted at the front of ``touched``) the reached spectra whose partial bound plus what
+    query peaks of mass ``q_rest`` can add still reaches ``theta``; rule out the others (state 2,
+    accumulators cleared). The first call also applies the filters. Returns ``(ns, nd)``."""
+    rest = _inflate(_rest(kind, q_rest, 1.0))
+    keep = 0
+    for v in range(ns):
+        c = touched[v]
+        a = _inflate(np.float64(work[c, 0]))
+        alive = a + rest >= theta
+        # library mass already matched is unavailable to the remaining peaks (clean spectra only);
+        # cosine only: for entropy the tighter test costs three logs per spectrum
+        if alive and kind == 0 and clean_q and min_gap[c] > gap_thr:
+            alive = a + _inflate(_rest(kind, q_rest, max(0.0, 1.0 - np.float64(work[c, 1])))) >= theta
+        if alive and (not first or _passes(c, qrow, q_codes, lib_codes, sym)):
+            touched[keep] = c
+            keep += 1
+        else:
+            work[c, 0] = 0.0
+            work[c, 1] = 0.0
+            if track:
+                count[c] = 0
+            state[c] = 2
+            dead[nd] = c
+            nd += 1
+    return keep, nd
+
+
 @numba.njit(**NJIT)
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
                    nl_w, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec, lib_clean, kind,
@@ -586,60 +626,40 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                     theta = th
                 next_ck = 2 * u + 1
         n_phase_a = done
-        # phase B (only if scanning stopped early): drop reached spectra that cannot beat theta, then
-        # either scan the remaining peaks for the survivors only, or complete the survivors' bounds by
-        # merging with their own peaks, whichever looks cheaper
+        # phase B (only if scanning stopped early): drop reached spectra that cannot beat theta; then scan
+        # the remaining peaks one at a time for the survivors only, dropping those the shrinking unscanned
+        # mass can no longer lift to theta, until completing the few left by merging with their own
+        # peaks costs less than scanning the rest
         ns = nt
         pruned = done < npk
         if pruned:
-            rest = _inflate(_rest(kind, qsuf[done], 1.0))
-            keep = 0
-            for v in range(ns):
-                c = touched[v]
-                a = _inflate(np.float64(work[c, 0]))
-                alive = a + rest >= theta
-                # library mass already matched is unavailable to the remaining peaks (clean spectra only);
-                # cosine only: for entropy the tighter test costs three logs per spectrum
-                if alive and kind == 0 and clean_q and min_gap[c] > gap_thr:
-                    alive = a + _inflate(_rest(kind, qsuf[done], max(0.0, 1.0 - np.float64(work[c, 1])))) >= theta
-                if alive and _passes(c, qrow, q_codes, lib_codes, sym):
-                    touched[keep] = c
-                    keep += 1
-                else:
-                    work[c, 0] = 0.0
-                    work[c, 1] = 0.0
-                    if track:
-                        count[c] = 0
-                    state[c] = 2
-                    dead[nd] = c
-                    nd += 1
-            ns = keep
-            if ns > 0:
-                cost_scan = 0
-                for u in range(done, npk):
-                    x = q_mz[a0 + order[u]]
-                    cost_scan += _window_count(fr_mz, x, _half_width(x, tol_da, tol_ppm, x))
-                    if do_nl:
-                        y = pmz - x
-                        cost_scan += _window_count(nl_mz, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)))
-                cost_complete = _COMPLETE_COST * ns * (npk - done + mean_peaks) * (2.0 if do_nl else 1.0)
-                if cost_scan < cost_complete:
-                    for u in range(done, npk):
-                        j = a0 + order[u]
-                        qw = np.float64(q_w[j])
-                        if qw <= 0:
-                            continue
-                        x = q_mz[j]
-                        qv = qw if kind == 0 else np.sqrt(qw)
-                        _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count, track,
-                              state, touched, nt, dead, nd, True, False, 0.0, theta, False, cb, ci, 0, min_gap,
-                              gap_thr, qrow, q_codes, lib_codes, sym)
-                        if do_nl:
-                            y = pmz - x
-                            _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)), qv,
-                                  work, count, track, state, touched, nt, dead, nd, True, False, 0.0,
-                                  theta, False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
-                    done = npk
+            ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, qsuf[done], theta,
+                                    clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
+            rem_scan = 0
+            for u in range(done, npk):
+                rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base)
+            while ns > 0 and done < npk and \
+                    _COMPLETE_COST * ns * (npk - done + mean_peaks) * (2.0 if do_nl else 1.0) > rem_scan:
+                j = a0 + order[done]
+                x = q_mz[j]
+                rem_scan -= _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base)
+                done += 1
+                qw = np.float64(q_w[j])
+                if qw <= 0:
+                    continue
+                qv = qw if kind == 0 else np.sqrt(qw)
+                _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count, track,
+                      state, touched, nt, dead, nd, True, False, 0.0, theta, False, cb, ci, 0, min_gap,
+                      gap_thr, qrow, q_codes, lib_codes, sym)
+                if do_nl:
+                    y = pmz - x
+                    _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)), qv,
+                          work, count, track, state, touched, nt, dead, nd, True, False, 0.0,
+                          theta, False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
+                if done < npk:
+                    ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, qsuf[done],
+                                            theta, clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym,
+                                            False)
         # entropy scan bounds use sqrt(q*l) >= g(q,l): keep a shortlist 4x larger and refine it below
         refine = kind == 1
         cap = 4 * m_cap + 1 if refine else m_cap + 1

@@ -23,9 +23,11 @@ Pruning (:func:`search_bounds`)
   on both sides), where the pairs within tolerance are already a one-to-one assignment.
 * With clean spectra a spectrum first reached through a peak of weight ``w`` scores at most
   ``qv*w + sqrt(Q_after)*sqrt(1 - w**2)``; below ``theta`` it is ruled out at once.
-* Reached spectra that can still beat ``theta`` when scanning stops have their bounds completed, by
-  scanning the remaining peaks for them only or by merging with their own peaks, whichever is cheaper.
-  Entropy bounds of a 4M shortlist are then tightened to sums of ``g`` over best partners.
+* Reached spectra that can still beat ``theta`` when scanning stops have their bounds completed: the
+  remaining peaks are scanned one at a time for them only, and after each the spectra that the
+  smaller unscanned mass can no longer lift to ``theta`` are dropped; once merging the survivors with
+  their own peaks costs less than scanning the rest, they are completed that way. Entropy bounds of a
+  4M shortlist are then tightened to sums of ``g`` over best partners.
 
 The caller scores the ``M`` candidates with the best bounds exactly and grows ``M`` until the k-th exact
 score beats the best bound left out, so results equal a brute-force search (ties: lowest library row).
@@ -803,7 +805,7 @@ def search_bounds(
     than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops once that is below ``theta``,
     a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
     best partial sums when both spectra are clean). The reached spectra that can still beat ``theta``
-    get their bound completed by merging with their own peaks.
+    get their bound completed (see the module docstring).
 
     Parameters
     ----------

@@ -733,9 +733,8 @@ class _Context:
         one (``_THETA_FAISS`` candidates at nprobe ``_THETA_NPROBE``; open search from
         ``_THETA_FAISS_OPEN_MIN`` spectra on). Otherwise analog search takes the spectra within 0.01 Da of
         the query's precursor m/z, and open search leaves the threshold to the bound kernel (which scores
-        the precursor window itself, for clean spectra). For analog this
-        replaced an exact plain-cosine top-k through the fragment index, which cost as much as an open
-        search. 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3, ms/query: analog 11.4
+        the precursor window itself, for clean spectra). For analog this replaced an exact plain-cosine
+        top-k through the fragment index, which cost as much as an open search. 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3, ms/query: analog 11.4
         (cosine pass) -> 7.6 (FAISS) or 8.7 (window); open cosine 4.26 -> 3.39 and open entropy 6.98 ->
         5.64 with FAISS.
         """

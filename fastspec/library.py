@@ -7,6 +7,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
                                                library order (input order minus rejected spectra)
 ``precursor_mz, charge, polarity``             float64 (NaN unknown), int8, int8 (+1/-1/0)
 ``prec_order, prec_sorted``                    rows sorted by precursor m/z (NaN last) and the values
+``prec_offsets, prec_mz, prec_intensity``       the peaks again, spectra in ``prec_order`` (those with a
+                                               precursor only): an identity window is one contiguous
+                                               block (optional: older indexes search without it)
 ``wcos, went, min_gap``                        per-peak cosine (L2-normalised) and entropy (weighted,
                                                sum 1) weights; per-spectrum smallest peak gap
 ``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
@@ -454,6 +457,10 @@ class Library:
     def has_faiss(self) -> bool:
         return "faiss.index" in self.manifest["files"]
 
+    def has_array(self, name: str) -> bool:
+        """Whether the index holds the array ``name`` (optional structures: see the module docstring)."""
+        return f"{name}.npy" in self.manifest["files"]
+
     def array(self, name: str) -> np.ndarray:
         """A memory-mapped index array by file stem (e.g. ``"frag_mz"``)."""
         arr = self._arrays.get(name)
@@ -489,8 +496,13 @@ class Library:
     def polarity(self) -> np.ndarray:
         return self.array("polarity")
 
-    def peaks(self, rows: np.ndarray | None = None, threads: int | None = None, intensity_dtype=np.float32):
+    def peaks(self, rows: np.ndarray | None = None, threads: int | None = None, intensity_dtype=np.float32, *,
+              by_precursor: bool = False):
         """Preprocessed peaks of all spectra or of ``rows`` (in that order), without a Spectra container.
+
+        With ``by_precursor``, ``rows`` are positions in precursor order (``prec_order[rows]`` are the
+        library rows, ``0 <= rows < n_with_precursor``) and the peaks come from the precursor-ordered copy,
+        where nearby positions are nearby in memory (requires ``has_array("prec_offsets")``).
 
         Returns
         -------
@@ -499,8 +511,12 @@ class Library:
         intensity : ndarray, float32 (P,) (``intensity_dtype`` when ``rows`` are given)
         precursor_mz : ndarray, float64 (r,)
         """
-        off, mz, it = self.array("offsets"), self.array("mz"), self.array("intensity")
-        pmz = self.array("precursor_mz")
+        if by_precursor:
+            off, mz, it = self.array("prec_offsets"), self.array("prec_mz"), self.array("prec_intensity")
+            pmz = self.array("prec_sorted")[: off.shape[0] - 1]
+        else:
+            off, mz, it = self.array("offsets"), self.array("mz"), self.array("intensity")
+            pmz = self.array("precursor_mz")
         if rows is None:
             return np.asarray(off), np.asarray(mz), np.asarray(it), np.asarray(pmz)
         from fastspec.kernels.peaks import gather_csr
@@ -781,6 +797,13 @@ def _build_index(
         order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
         fmt.save_array(tmp, "prec_order", order)
         fmt.save_array(tmp, "prec_sorted", pmz[order])
+        from fastspec.kernels.peaks import gather_csr
+
+        # a second copy of the peaks (+~22 bytes/peak on disk): identity search then reads each query's
+        # precursor window as one block instead of gathering rows scattered over the whole library
+        for stem, arr in zip(("prec_offsets", "prec_mz", "prec_intensity"),
+                             gather_csr(offsets, mz, inten, order[: int(finite.sum())], threads=threads)):
+            fmt.save_array(tmp, stem, arr)
 
         prog.step("fragment index")
         wcos = fk.peak_weights(offsets, mz, inten, "cosine", threads=threads)

@@ -34,6 +34,8 @@ from fastspec.tolerance import Tolerance, parse_tolerance
 MODES = ("identity", "formula", "open", "analog")
 ENGINES = ("exact", "faiss")
 NO_NEIGHBOUR = ("skip", "fallback", "empty")
+#: metrics whose prepared weights at mz_power 0 / intensity_power 1 are the stored intensities
+_RAW_WEIGHTS = ("cosine", "modified_cosine")
 #: metrics whose whole-library search runs through the fragment index (kind, weight name)
 _BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entropy": (1, "unweighted_entropy"),
             "modified_cosine": (0, "cosine")}
@@ -519,8 +521,12 @@ class _Context:
             self._filters = _filter_codes(self.lib, self.q, self.cfg)
         return self._filters
 
-    def exact(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray):
-        """Exact top-k of queries ``rows`` over their candidate CSR (library rows) -> scores, indices, matches."""
+    def exact(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray, by_precursor: bool = False):
+        """Exact top-k of queries ``rows`` over their candidate CSR -> scores, indices (library rows), matches.
+
+        ``cand_ids`` are library rows, or with ``by_precursor`` positions in the precursor-ordered peak
+        copy (see :meth:`window_candidates`); either way the hits are library rows, ties to the lowest.
+        """
         from fastspec import similarity
         from fastspec.kernels.fragment import compact_ids
 
@@ -530,16 +536,45 @@ class _Context:
             return np.zeros((nr, k)), np.full((nr, k), -1, np.int64), np.zeros((nr, k), np.int32)
         uniq, local = compact_ids(cand_ids, self.lib_mark())
         kw = self.cfg.metric_kwargs()
-        # float64 intensities straight from the gather: the scoring kernels read float64 weights
-        peaks = self.lib.peaks(uniq, threads=self.cfg.threads, intensity_dtype=np.float64)
-        lprep = similarity.prepare_csr(*peaks, self.cfg.metric,
-                                       threads=self.cfg.threads, **kw)
-        qp = self.qprep.take(rows)
-        s, idx, m = similarity.topk_candidates(qp, lprep, cand_offsets, local, k, metric=self.cfg.metric,
-                                               threads=self.cfg.threads, min_matches=max(1, self.cfg.min_matches),
-                                               min_score=self.cfg.min_score, **kw)
-        idx = np.where(idx >= 0, uniq[np.maximum(idx, 0)], -1)
+        if by_precursor and self.cfg.metric in _RAW_WEIGHTS and kw.get("mz_power") == 0.0 \
+                and kw.get("intensity_power") == 1.0:
+            lprep = self.precursor_view(uniq)
+            cand, labels = cand_ids, self.lib.array("prec_order")[: len(lprep)]
+        else:
+            # float64 intensities straight from the gather: the scoring kernels read float64 weights
+            peaks = self.lib.peaks(uniq, threads=self.cfg.threads, intensity_dtype=np.float64,
+                                   by_precursor=by_precursor)
+            lprep = similarity.prepare_csr(*peaks, self.cfg.metric, threads=self.cfg.threads, **kw)
+            cand, labels = local, (np.asarray(self.lib.array("prec_order")[uniq]) if by_precursor else uniq)
+        s, idx, m = similarity.topk_candidates(self.qprep.take(rows), lprep, cand_offsets, cand, k,
+                                               metric=self.cfg.metric, threads=self.cfg.threads,
+                                               min_matches=max(1, self.cfg.min_matches),
+                                               min_score=self.cfg.min_score, labels=labels, **kw)
         return np.asarray(s, np.float64), idx, np.asarray(m, np.int32)
+
+    def precursor_view(self, positions: np.ndarray):
+        """The precursor-ordered peak copy as a Prepared library, scored in place (no gather).
+
+        Only for metrics whose prepared weights are the stored intensities (``_RAW_WEIGHTS`` at
+        ``mz_power`` 0, ``intensity_power`` 1). Norms are computed for ``positions`` only, into one array
+        kept with the library (entries of other positions are never read by this batch).
+        """
+        from fastspec import similarity
+        from fastspec.kernels.peaks import l2_norms_csr
+
+        lib, qp = self.lib, self.qprep
+        off, mz, it = lib.array("prec_offsets"), lib.array("prec_mz"), lib.array("prec_intensity")
+        norms = lib._cache.get("prec_norms")
+        if norms is None:
+            norms = lib._cache["prec_norms"] = np.zeros(off.shape[0] - 1, dtype=np.float64)
+        l2_norms_csr(off, it, threads=self.cfg.threads, rows=positions, out=norms)
+        key = ("prec_view", qp.metric, repr(sorted(qp.params.items())), repr(qp.tolerance))
+        view = lib._cache.get(key)
+        if view is None:  # cached for its max_peaks (a pass over all offsets)
+            view = lib._cache[key] = similarity.Prepared(qp.metric, off, mz, it, norms,
+                                                         lib.array("prec_sorted")[: off.shape[0] - 1],
+                                                         qp.tolerance, dict(qp.params))
+        return view
 
     def lib_mark(self) -> np.ndarray:
         mark = self.lib._cache.get("mark")
@@ -548,11 +583,16 @@ class _Context:
             self.lib._cache["mark"] = mark
         return mark
 
-    def filter_csr(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray):
-        """Drop candidates failing the filters (polarity, charge, adduct, instrument)."""
+    def filter_csr(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray,
+                   values: np.ndarray | None = None):
+        """Drop candidates failing the filters (polarity, charge, adduct, instrument) -> (offsets, kept).
+
+        ``cand_ids`` are library rows; ``values`` (default: ``cand_ids``) are what is kept of each.
+        """
         qc, lc, sym = self.filters()
+        values = cand_ids if values is None else values
         if cand_ids.shape[0] == 0:
-            return cand_offsets, cand_ids
+            return cand_offsets, values
         owner = np.repeat(rows, np.diff(cand_offsets))
         keep = np.ones(cand_ids.shape[0], dtype=bool)
         for f in range(sym.shape[0]):
@@ -563,16 +603,17 @@ class _Context:
                 ok |= lcf < 0
             keep &= ok
         if keep.all():
-            return cand_offsets, cand_ids
+            return cand_offsets, values
         counts = np.add.reduceat(keep.astype(np.int64), cand_offsets[:-1]) if cand_ids.shape[0] else np.zeros(rows.shape[0], np.int64)
         counts = np.where(np.diff(cand_offsets) > 0, counts, 0)
         new_off = np.zeros(rows.shape[0] + 1, dtype=np.int64)
         np.cumsum(counts, out=new_off[1:])
-        return new_off, cand_ids[keep]
+        return new_off, values[keep]
 
     # --------------------------------------------------------------------------- identity
-    def window_candidates(self, rows: np.ndarray, tol) -> tuple[np.ndarray, np.ndarray]:
-        """Library spectra whose precursor m/z is within ``tol`` (a Tolerance) of each query's, filtered (CSR)."""
+    def window_candidates(self, rows: np.ndarray, tol, positions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Library spectra whose precursor m/z is within ``tol`` (a Tolerance) of each query's, filtered
+        (CSR of library rows, or with ``positions`` of positions in precursor order)."""
         lib = self.lib
         n_finite = int(lib.manifest["counts"].get("n_with_precursor", len(lib)))
         sorted_pmz = np.asarray(lib.array("prec_sorted")[:n_finite])
@@ -582,7 +623,15 @@ class _Context:
         hi = np.searchsorted(sorted_pmz, pmz + half, side="right")
         offs, pos = _ranges_csr(lo, hi)
         ids = np.asarray(lib.array("prec_order")[pos], dtype=np.int64)
-        return self.filter_csr(rows, offs, ids)
+        return self.filter_csr(rows, offs, ids, values=pos if positions else None)
+
+    def window_search(self, rows: np.ndarray, tol):
+        """Exact top-k over each query's precursor window, read from the precursor-ordered peak copy when
+        the index has one (a window is then one block of memory, and default cosine weights are scored
+        in place): 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3: identity 0.43-0.45 -> 0.27-0.28 ms/query."""
+        by_prec = self.lib.has_array("prec_offsets")
+        offs, cand = self.window_candidates(rows, tol, positions=by_prec)
+        return self.exact(rows, offs, cand, by_precursor=by_prec)
 
     def faiss_candidates(self, rows: np.ndarray, n_cand: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The ``n_cand`` nearest library spectra of each query in the FAISS index, filtered (CSR)."""
@@ -599,8 +648,7 @@ class _Context:
 
     def run_identity(self, rows, scores, indices, matches):
         for batch in _batches(rows, 4096):
-            offs, ids = self.window_candidates(batch, self.cfg.precursor_tolerance)
-            s, i, m = self.exact(batch, offs, ids)
+            s, i, m = self.window_search(batch, self.cfg.precursor_tolerance)
             scores[batch], indices[batch], matches[batch] = s, i, m
             self.advance(batch.shape[0])
 
@@ -743,11 +791,11 @@ class _Context:
         k = self.cfg.k
         if self.lib.has_faiss and (use_nl or len(self.lib) >= _THETA_FAISS_OPEN_MIN):
             offs, ids = self.faiss_candidates(rows, max(_THETA_FAISS, 2 * k), _THETA_NPROBE)
+            s, i, _ = self.exact(rows, offs, ids)
         elif use_nl:
-            offs, ids = self.window_candidates(rows, parse_tolerance(0.01))
+            s, i, _ = self.window_search(rows, parse_tolerance(0.01))
         else:
             return np.full(rows.shape[0], -np.inf)
-        s, i, _ = self.exact(rows, offs, ids)
         return np.where(i[:, -1] >= 0, s[:, -1] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf)
 
     def run_brute_force(self, rows, scores, indices, matches):

@@ -22,6 +22,7 @@ shift is ``precursor_mz(a) - precursor_mz(b)``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,8 +101,9 @@ class Prepared:
     def __len__(self) -> int:
         return int(self.offsets.shape[0] - 1)
 
-    @property
+    @functools.cached_property
     def max_peaks(self) -> int:
+        # cached: a Prepared view over a whole memory-mapped library is scored batch after batch
         return int(np.diff(self.offsets).max()) if len(self) else 0
 
     def take(self, rows) -> "Prepared":
@@ -375,13 +377,13 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
         k = _check_k(k)
         rows = np.arange(len(pa), dtype=np.int64)
         empty = np.zeros(1, np.int64)
-        return topk_kernel(pa.kind, rows, empty, empty, True, *_kernel_args(pa, pb), k, int(min_matches),
-                           float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+        return topk_kernel(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), *_kernel_args(pa, pb), k,
+                           int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
 
 
 def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarray, cand_ids: np.ndarray, k: int, *,
                     metric: str | None = None, threads: int | None = None, min_matches: int = 0,
-                    min_score: float = -np.inf, **_ignored: Any):
+                    min_score: float = -np.inf, labels: np.ndarray | None = None, **_ignored: Any):
     """Top-k of each query over its own candidate list (CSR).
 
     Parameters
@@ -395,10 +397,13 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
     metric : str, optional
         Checked against the prepared metric when given. Other keyword arguments (the preparation
         parameters, passed through by callers) are ignored: the prepared arrays already hold them.
+    labels : ndarray, int64 (len(library),), optional
+        What to report for each library spectrum instead of its index, and the tie-break order (lowest
+        label first): for a library stored in another order than the one callers rank by.
 
     Returns
     -------
-    scores float64 (nq, k), indices int64 (nq, k) into ``library`` (-1 none), matches int32 (nq, k).
+    scores float64 (nq, k), indices int64 (nq, k) into ``library`` or ``labels`` (-1 none), matches int32 (nq, k).
     """
     from fastspec.kernels._config import threads as _threads
     from fastspec.kernels.topk import _n_blocks, topk_kernel
@@ -414,10 +419,15 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
         raise ParameterError("cand_offsets must have len(queries)+1 entries ending at len(cand_ids)")
     if ids.size and (ids.min() < 0 or ids.max() >= len(library)):
         raise ParameterError("candidate id out of range")
+    if labels is None:
+        labels = np.zeros(0, np.int64)
+    elif labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != len(library):
+        raise ParameterError("labels must be int64 with one entry per library spectrum")
     rows = np.arange(len(queries), dtype=np.int64)
     with _threads(threads):
-        return topk_kernel(queries.kind, rows, off, ids, False, *_kernel_args(queries, library), k, int(min_matches),
-                           float(min_score), queries.max_peaks, library.max_peaks, _n_blocks(len(queries)))
+        return topk_kernel(queries.kind, rows, off, ids, False, labels, *_kernel_args(queries, library), k,
+                           int(min_matches), float(min_score), queries.max_peaks, library.max_peaks,
+                           _n_blocks(len(queries)))
 
 
 def group_candidates(query_keys: np.ndarray, library_keys: np.ndarray, library_mask: np.ndarray | None = None):

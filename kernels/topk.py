@@ -74,14 +74,16 @@ def dense_kernel(kind, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm
 
 
 @numba.njit(**PJIT)
-def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a, pmz_a,
+def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, off_a, pos_a, w_a, norm_a, pmz_a,
                 off_b, pos_b, w_b, norm_b, pmz_b, tol_da, tol_ppm, k, min_matches, min_score,
                 max_a, max_b, n_blocks):
     """Top-k of each row over its candidates -> (scores (n,k), indices (n,k) with -1, matches (n,k)).
 
     Row ``r`` is spectrum ``rows[r]`` of A; its candidates are ``cand_ids[cand_off[r]:cand_off[r+1]]``
     (indices into B), or every spectrum of B when ``all_b``. A candidate enters the list only with at
-    least ``min_matches`` matched peaks and a score ``>= min_score``. Ties: lowest B index first.
+    least ``min_matches`` matched peaks and a score ``>= min_score``. ``labels`` (int64, one per spectrum
+    of B, or empty for the B index itself) is what the list reports and what breaks ties: lowest label
+    first, so B may be stored in any order (e.g. by precursor m/z) and still rank like the library.
     Candidates are scored in chunks into per-block scratch, so memory stays bounded for any row.
     """
     n = rows.shape[0]
@@ -91,6 +93,7 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
     out_m = np.zeros((n, k), np.int32)
     step = (n + n_blocks - 1) // n_blocks
     inv_w = bin_inverse(pos_a, tol_da, tol_ppm)
+    labelled = labels.shape[0] > 0
     for blk in prange(n_blocks):
         buf = new_buffers(max_a, max_b, _CAPACITY)
         tmp_s = np.empty(_CHUNK, np.float64)
@@ -110,6 +113,8 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
                     if c < min_matches or s < min_score:
                         continue
                     j = t if all_b else cand_ids[t]
+                    if labelled:
+                        j = labels[j]
                     if filled == k:
                         ws, wi = out_s[r, k - 1], out_i[r, k - 1]
                         if not (s > ws or (s == ws and j < wi)):
@@ -128,3 +133,4 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, off_a, pos_a, w_a, norm_a
                     out_i[r, p] = j
                     out_m[r, p] = c
     return out_s, out_i, out_m
+

@@ -100,6 +100,13 @@ def test_derived_structures_are_consistent(raw_lib):
     order, srt = np.asarray(lib.array("prec_order")), np.asarray(lib.array("prec_sorted"))
     n_fin = int(np.isfinite(pmz).sum())
     assert np.all(np.diff(srt[:n_fin]) >= 0) and np.array_equal(pmz[order], srt, equal_nan=True)
+    # the precursor-ordered peak copy: position p holds the peaks of row order[p]
+    pos = np.arange(0, n_fin, 7)
+    by_pos = lib.peaks(pos, by_precursor=True)
+    by_row = lib.peaks(order[pos])
+    for a, b in zip(by_pos, by_row):
+        np.testing.assert_array_equal(a, b)
+    assert np.asarray(lib.array("prec_offsets"))[-1] == int(np.diff(off)[order[:n_fin]].sum())
     # formula buckets hold exactly the spectra with that canonical formula
     keys, foff, fids = lib.keys("formula"), np.asarray(lib.array("formula_offsets")), np.asarray(lib.array("formula_ids"))
     canon = lib.metadata(columns=["formula_canonical"]).column("formula_canonical").to_pylist()

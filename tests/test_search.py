@@ -153,6 +153,38 @@ def test_identity_equals_brute_force(lib, data):
     assert set(hits.status[~np.isfinite(pq_)]) <= {"no_precursor", "no_peaks"}
 
 
+@pytest.mark.parametrize("metric", ["cosine", "modified_cosine", "entropy"])
+def test_identity_without_precursor_copy_is_the_same(lib, data, metric, monkeypatch):
+    """Indexes without the precursor-ordered peak copy (older builds) gather rows instead: same hits."""
+    kw = dict(k=K, mode="identity", precursor_tolerance="0.05da", metric=metric)
+    ref = lib.search(data[1], **kw)
+    real = Library.has_array
+    monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_offsets" and real(self, name))
+    old = lib.search(data[1], **kw)
+    np.testing.assert_array_equal(old.indices, ref.indices)
+    np.testing.assert_array_equal(old.scores, ref.scores)
+    np.testing.assert_array_equal(old.matches, ref.matches)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "entropy"])
+@pytest.mark.parametrize("copy", [True, False])
+def test_identity_ties_go_to_the_lowest_library_row(tmp_path, metric, copy, monkeypatch):
+    """Identical spectra whose precursor order is the reverse of their row order: the lowest rows win."""
+    mz = [np.array([60.0, 85.0, 120.0, 150.5])] * 6
+    it = [np.array([10.0, 100.0, 40.0, 5.0])] * 6
+    pmz = np.array([200.005, 200.004, 200.003, 200.002, 200.001, 200.0])
+    md = {"ion_mode": ["positive"] * 6}
+    lib = Library.build(Spectra.from_arrays(mz, it, precursor_mz=pmz, metadata=md), tmp_path / "t.fastspec",
+                        preprocess=None, faiss=False)
+    if not copy:
+        real = Library.has_array
+        monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_offsets" and real(self, name))
+    q = Spectra.from_arrays(mz[:1], it[:1], precursor_mz=[200.0025], metadata={"ion_mode": ["positive"]})
+    hits = lib.search(q, k=3, mode="identity", precursor_tolerance="0.01da", metric=metric)
+    assert hits.indices[0].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(hits.scores[0], 1.0, rtol=1e-6)
+
+
 def test_identity_ppm_window_entropy(lib, data):
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="20ppm", metric="entropy")

@@ -7,9 +7,10 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
                                                library order (input order minus rejected spectra)
 ``precursor_mz, charge, polarity``             float64 (NaN unknown), int8, int8 (+1/-1/0)
 ``prec_order, prec_sorted``                    rows sorted by precursor m/z (NaN last) and the values
-``prec_offsets, prec_mz, prec_intensity``       the peaks again, spectra in ``prec_order`` (those with a
-                                               precursor only): an identity window is one contiguous
-                                               block (optional: older indexes search without it)
+``prec_offsets, prec_mz, prec_intensity,``     the peaks again, spectra in ``prec_order`` (those with a
+``prec_norm``                                  precursor only), and their intensities' L2 norms: an
+                                               identity window is one contiguous block (optional:
+                                               older indexes search without it)
 ``wcos, went, min_gap``                        per-peak cosine (L2-normalised) and entropy (weighted,
                                                sum 1) weights; per-spectrum smallest peak gap
 ``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
@@ -797,13 +798,16 @@ def _build_index(
         order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
         fmt.save_array(tmp, "prec_order", order)
         fmt.save_array(tmp, "prec_sorted", pmz[order])
-        from fastspec.kernels.peaks import gather_csr
+        from fastspec.kernels.peaks import gather_csr, l2_norms_csr
 
         # a second copy of the peaks (+~22 bytes/peak on disk): identity search then reads each query's
         # precursor window as one block instead of gathering rows scattered over the whole library
-        for stem, arr in zip(("prec_offsets", "prec_mz", "prec_intensity"),
-                             gather_csr(offsets, mz, inten, order[: int(finite.sum())], threads=threads)):
-            fmt.save_array(tmp, stem, arr)
+        p_off, p_mz, p_int = gather_csr(offsets, mz, inten, order[: int(finite.sum())], threads=threads)
+        fmt.save_array(tmp, "prec_offsets", p_off)
+        fmt.save_array(tmp, "prec_mz", p_mz)
+        fmt.save_array(tmp, "prec_intensity", p_int)
+        fmt.save_array(tmp, "prec_norm", l2_norms_csr(p_off, p_int, threads=threads))
+        del p_off, p_mz, p_int
 
         prog.step("fragment index")
         wcos = fk.peak_weights(offsets, mz, inten, "cosine", threads=threads)

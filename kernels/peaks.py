@@ -554,55 +554,31 @@ def sanitize_csr(offsets, mz, intensity, duplicates: str = "sum", threads: int |
 
 # ---------------------------------------------------------------------------------------- weights, gathers
 @numba.njit(**PJIT)
-def _l2_norms(offsets, w, rows, out):
-    every = rows.shape[0] == 0
-    m = out.shape[0] if every else rows.shape[0]
-    for t in prange(m):
-        i = np.int64(t) if every else rows[t]  # prange's index is unsigned: mixed with int64 it types as float
+def _l2_norms(offsets, w, out):
+    for i in prange(out.shape[0]):
         s = 0.0
         for p in range(offsets[i], offsets[i + 1]):  # peak order: the same sum as a bincount over peaks
-            x = np.float64(w[p])  # float32 weights are squared in float64, as after a conversion
-            s += x * x
+            s += w[p] * w[p]
         out[i] = np.sqrt(s)
 
 
-def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None, rows: np.ndarray | None = None,
-                 out: np.ndarray | None = None) -> np.ndarray:
-    """L2 norm of the peak weights of each spectrum (or of spectra ``rows`` only).
+def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """L2 norm of the peak weights of each spectrum.
 
     Parameters
     ----------
     offsets : ndarray, int64 (n+1,)
-    w : ndarray, float64 or float32 (n_peaks,)
-        Possibly memory-mapped; float32 weights are summed in float64.
-    rows : ndarray, int64 (r,), optional
-        Only these spectra: their norms are written to ``out[rows]``, the rest of ``out`` is untouched.
-    out : ndarray, float64 (n,), optional
-        Output array (required with ``rows``, so callers can keep one scratch array across calls).
+    w : ndarray, float64 (n_peaks,)
 
     Returns
     -------
-    ndarray, float64 (n,): ``out``
+    ndarray, float64 (n,)
     """
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    w = np.ascontiguousarray(w, dtype=np.float32 if w.dtype == np.float32 else np.float64)
-    n = offsets.shape[0] - 1
-    if rows is None:
-        out = np.empty(n, dtype=np.float64) if out is None else out
-    elif out is None:
-        raise ParameterError("l2_norms_csr: rows need an out array")
-    if out.shape != (n,) or out.dtype != np.float64:
-        raise ParameterError("l2_norms_csr: out must be float64 with one entry per spectrum")
-    if rows is None:
-        rows = np.zeros(0, np.int64)  # the kernel's "every spectrum"
-    else:
-        rows = np.ascontiguousarray(rows, dtype=np.int64)
-        if rows.size == 0:
-            return out
-        if rows.min() < 0 or rows.max() >= n:
-            raise ParameterError("l2_norms_csr: row out of range")
+    w = np.ascontiguousarray(w, dtype=np.float64)
+    out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
     with _threads(threads):
-        _l2_norms(offsets, w, rows, out)
+        _l2_norms(offsets, w, out)
     return out
 
 

@@ -106,7 +106,10 @@ def test_derived_structures_are_consistent(raw_lib):
     by_row = lib.peaks(order[pos])
     for a, b in zip(by_pos, by_row):
         np.testing.assert_array_equal(a, b)
-    assert np.asarray(lib.array("prec_offsets"))[-1] == int(np.diff(off)[order[:n_fin]].sum())
+    poff, pint = np.asarray(lib.array("prec_offsets")), np.asarray(lib.array("prec_intensity"), np.float64)
+    assert poff[-1] == int(np.diff(off)[order[:n_fin]].sum())
+    norms = [np.sqrt(np.sum(pint[poff[p]:poff[p + 1]] ** 2)) for p in range(n_fin)]
+    np.testing.assert_allclose(lib.array("prec_norm"), norms, rtol=1e-12)
     # formula buckets hold exactly the spectra with that canonical formula
     keys, foff, fids = lib.keys("formula"), np.asarray(lib.array("formula_offsets")), np.asarray(lib.array("formula_ids"))
     canon = lib.metadata(columns=["formula_canonical"]).column("formula_canonical").to_pylist()

@@ -515,23 +515,6 @@ def test_gather_and_norms_vs_reference(peaks, data):
         for x in w[sp.offsets[i]:sp.offsets[i + 1]]:
             s += x * x
         assert norms[i] == math.sqrt(s)
-    # a subset into a kept array; float32 weights squared in float64 (as after a conversion)
-    out = np.full(len(peaks), -1.0)
-    sub = np.unique(rows)
-    l2_norms_csr(sp.offsets, sp.intensity, rows=sub, out=out)
-    assert (out[sub] == norms[sub]).all() and (np.delete(out, sub) == -1.0).all()
-
-
-def test_norms_reject_bad_rows():
-    from fastspec.kernels.peaks import l2_norms_csr
-
-    sp = _sp([[(100.0, 1.0)]])
-    with pytest.raises(ParameterError):
-        l2_norms_csr(sp.offsets, sp.intensity, rows=np.array([0]))  # no out array
-    with pytest.raises(ParameterError):
-        l2_norms_csr(sp.offsets, sp.intensity, rows=np.array([1]), out=np.zeros(1))
-    with pytest.raises(ParameterError):
-        l2_norms_csr(sp.offsets, sp.intensity, rows=np.array([0]), out=np.zeros(2))
 
 
 def test_gather_rejects_bad_rows():

@@ -159,7 +159,7 @@ def test_identity_without_precursor_copy_is_the_same(lib, data, metric, monkeypa
     kw = dict(k=K, mode="identity", precursor_tolerance="0.05da", metric=metric)
     ref = lib.search(data[1], **kw)
     real = Library.has_array
-    monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_offsets" and real(self, name))
+    monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_norm" and real(self, name))
     old = lib.search(data[1], **kw)
     np.testing.assert_array_equal(old.indices, ref.indices)
     np.testing.assert_array_equal(old.scores, ref.scores)
@@ -178,7 +178,7 @@ def test_identity_ties_go_to_the_lowest_library_row(tmp_path, metric, copy, monk
                         preprocess=None, faiss=False)
     if not copy:
         real = Library.has_array
-        monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_offsets" and real(self, name))
+        monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_norm" and real(self, name))
     q = Spectra.from_arrays(mz[:1], it[:1], precursor_mz=[200.0025], metadata={"ion_mode": ["positive"]})
     hits = lib.search(q, k=3, mode="identity", precursor_tolerance="0.01da", metric=metric)
     assert hits.indices[0].tolist() == [0, 1, 2]

@@ -6,6 +6,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``offsets, mz, intensity``                     preprocessed peaks (CSR int64 / float64 / float32), in
                                                library order (input order minus rejected spectra)
 ``precursor_mz, charge, polarity``             float64 (NaN unknown), int8, int8 (+1/-1/0)
+``norm``                                       L2 norm of each spectrum's intensities (float64): with
+                                               the stored peaks, the prepared form of cosine and
+                                               modified cosine at default weights (scored in place)
 ``prec_order, prec_sorted``                    rows sorted by precursor m/z (NaN last) and the values
 ``prec_offsets, prec_mz, prec_intensity,``     the peaks again, spectra in ``prec_order`` (those with a
 ``prec_norm``                                  precursor only), and their intensities' L2 norms: an
@@ -794,12 +797,13 @@ def _build_index(
         fmt.save_array(tmp, "charge", lib.charge.astype(np.int8))
         fmt.save_array(tmp, "polarity", pol)
         fmt.save_array(tmp, "input_index", inp)
+        from fastspec.kernels.peaks import gather_csr, l2_norms_csr
+
+        fmt.save_array(tmp, "norm", l2_norms_csr(offsets, inten, threads=threads))
         finite = np.isfinite(pmz)
         order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
         fmt.save_array(tmp, "prec_order", order)
         fmt.save_array(tmp, "prec_sorted", pmz[order])
-        from fastspec.kernels.peaks import gather_csr, l2_norms_csr
-
         # a second copy of the peaks (+~22 bytes/peak on disk): identity search then reads each query's
         # precursor window as one block instead of gathering rows scattered over the whole library
         p_off, p_mz, p_int = gather_csr(offsets, mz, inten, order[: int(finite.sum())], threads=threads)

@@ -110,6 +110,9 @@ def test_derived_structures_are_consistent(raw_lib):
     assert poff[-1] == int(np.diff(off)[order[:n_fin]].sum())
     norms = [np.sqrt(np.sum(pint[poff[p]:poff[p + 1]] ** 2)) for p in range(n_fin)]
     np.testing.assert_allclose(lib.array("prec_norm"), norms, rtol=1e-12)
+    inten = np.asarray(lib.array("intensity"), np.float64)
+    norms = [np.sqrt(np.sum(inten[off[i]:off[i + 1]] ** 2)) for i in range(len(lib))]
+    np.testing.assert_allclose(lib.array("norm"), norms, rtol=1e-12)
     # formula buckets hold exactly the spectra with that canonical formula
     keys, foff, fids = lib.keys("formula"), np.asarray(lib.array("formula_offsets")), np.asarray(lib.array("formula_ids"))
     canon = lib.metadata(columns=["formula_canonical"]).column("formula_canonical").to_pylist()

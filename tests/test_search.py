@@ -153,13 +153,16 @@ def test_identity_equals_brute_force(lib, data):
     assert set(hits.status[~np.isfinite(pq_)]) <= {"no_precursor", "no_peaks"}
 
 
-@pytest.mark.parametrize("metric", ["cosine", "modified_cosine", "entropy"])
-def test_identity_without_precursor_copy_is_the_same(lib, data, metric, monkeypatch):
-    """Indexes without the precursor-ordered peak copy (older builds) gather rows instead: same hits."""
-    kw = dict(k=K, mode="identity", precursor_tolerance="0.05da", metric=metric)
+@pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "modified_cosine"),
+                                         ("identity", "entropy"), ("formula", "cosine"), ("open", "cosine"),
+                                         ("analog", "modified_cosine")])
+def test_without_stored_norms_is_the_same(lib, data, mode, metric, monkeypatch):
+    """Indexes without the stored norms and the precursor-ordered peak copy (older builds) gather and
+    prepare candidates instead of scoring them in place: the same hits."""
+    kw = dict(k=K, mode=mode, precursor_tolerance="0.05da", metric=metric)
     ref = lib.search(data[1], **kw)
     real = Library.has_array
-    monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_norm" and real(self, name))
+    monkeypatch.setattr(Library, "has_array", lambda self, name: name not in ("norm", "prec_norm") and real(self, name))
     old = lib.search(data[1], **kw)
     np.testing.assert_array_equal(old.indices, ref.indices)
     np.testing.assert_array_equal(old.scores, ref.scores)
@@ -178,7 +181,7 @@ def test_identity_ties_go_to_the_lowest_library_row(tmp_path, metric, copy, monk
                         preprocess=None, faiss=False)
     if not copy:
         real = Library.has_array
-        monkeypatch.setattr(Library, "has_array", lambda self, name: name != "prec_norm" and real(self, name))
+        monkeypatch.setattr(Library, "has_array", lambda self, name: name not in ("norm", "prec_norm") and real(self, name))
     q = Spectra.from_arrays(mz[:1], it[:1], precursor_mz=[200.0025], metadata={"ion_mode": ["positive"]})
     hits = lib.search(q, k=3, mode="identity", precursor_tolerance="0.01da", metric=metric)
     assert hits.indices[0].tolist() == [0, 1, 2]

@@ -343,7 +343,8 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str = "cos
         raise ParameterError(f"score_pairs needs equal lengths, got {len(pa)} and {len(pb)}")
     idx = np.arange(len(pa), dtype=np.int64)
     with _threads(threads):
-        return pairs_kernel(pa.kind, idx, idx, *_kernel_args(pa, pb), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+        return pairs_kernel.pick(len(pa), threads)(pa.kind, idx, idx, *_kernel_args(pa, pb), pa.max_peaks,
+                                                   pb.max_peaks, _n_blocks(len(pa)))
 
 
 def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, metric: str = "cosine",
@@ -373,11 +374,12 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
     with _threads(threads):
         if k is None:
-            return dense_kernel(pa.kind, *_kernel_args(pa, pb), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+            return dense_kernel.pick(len(pa) * len(pb), threads)(pa.kind, *_kernel_args(pa, pb), pa.max_peaks,
+                                                                 pb.max_peaks, _n_blocks(len(pa)))
         k = _check_k(k)
         rows = np.arange(len(pa), dtype=np.int64)
         empty = np.zeros(1, np.int64)
-        return topk_kernel(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), *_kernel_args(pa, pb), k,
+        return topk_kernel.pick(len(pa) * len(pb), threads)(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), *_kernel_args(pa, pb), k,
                            int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
 
 
@@ -425,7 +427,7 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
         raise ParameterError("labels must be int64 with one entry per library spectrum")
     rows = np.arange(len(queries), dtype=np.int64)
     with _threads(threads):
-        return topk_kernel(queries.kind, rows, off, ids, False, labels, *_kernel_args(queries, library), k,
+        return topk_kernel.pick(ids.shape[0], threads)(queries.kind, rows, off, ids, False, labels, *_kernel_args(queries, library), k,
                            int(min_matches), float(min_score), queries.max_peaks, library.max_peaks,
                            _n_blocks(len(queries)))
 

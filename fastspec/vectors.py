@@ -14,7 +14,7 @@ import numba
 import numpy as np
 
 from fastspec.errors import FastspecError
-from fastspec.kernels._config import PJIT, threads as _threads
+from fastspec.kernels._config import pjit, threads as _threads
 
 DEFAULTS: dict[str, Any] = {
     "dim": 256,
@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-@numba.njit(**PJIT)
+@pjit
 def _vectors(offsets, mz, intensity, dim, bin_width, offset, power, out):
     n = offsets.shape[0] - 1
     for i in numba.prange(n):
@@ -57,8 +57,8 @@ def spectrum_vectors(spectra, params: dict | None = None, threads: int | None = 
     out = np.zeros((n, int(p["dim"])), dtype=np.float32)
     if n:
         with _threads(threads):
-            _vectors(spectra.offsets, spectra.mz, spectra.intensity, int(p["dim"]), float(p["bin_width"]),
-                     float(p["offset"]), float(p["intensity_power"]), out)
+            _vectors.pick(n, threads)(spectra.offsets, spectra.mz, spectra.intensity, int(p["dim"]),
+                                      float(p["bin_width"]), float(p["offset"]), float(p["intensity_power"]), out)
     return out
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from numba import prange
 
 from fastspec.errors import ParameterError
-from fastspec.kernels._config import NJIT, PJIT
+from fastspec.kernels._config import NJIT, pjit
 from fastspec.kernels._config import threads as _threads
 from fastspec.kernels.peaks import _check_csr, _compact, _finite
 
@@ -256,7 +256,7 @@ def _block_width(offsets, s0, s1):
 
 
 # ---------------------------------------------------------------------------------------- kernels
-@numba.njit(**PJIT)
+@pjit
 def _clean_kernel(offsets, mz, intensity, max_mz, min_mz, noise, d_da, d_ppm, max_peak_num, normalize,
                   n_blocks, out_mz, out_int, counts):
     n = offsets.shape[0] - 1
@@ -285,14 +285,14 @@ def _clean_kernel(offsets, mz, intensity, max_mz, min_mz, noise, d_da, d_ppm, ma
             counts[i] = k
 
 
-@numba.njit(**PJIT)
+@pjit
 def _weight_kernel(offsets, x):
     for i in prange(offsets.shape[0] - 1):
         p0 = offsets[i]
         _weight_one(x[p0:offsets[i + 1]], offsets[i + 1] - p0)
 
 
-@numba.njit(**PJIT)
+@pjit
 def _normalize_kernel(offsets, mz, intensity, out_mz, out_int, counts):
     """Drop invalid peaks, round m/z to float32 and normalise each spectrum to sum 1 in float32."""
     for i in prange(offsets.shape[0] - 1):
@@ -441,9 +441,10 @@ def clean_csr(offsets, mz, intensity, precursor_mz=None, *, min_mz: float = -1.0
     counts = np.zeros(n, dtype=np.int64)
     with _threads(threads):
         if n:
-            _clean_kernel(offsets, mz, intensity, hi_each, _F32(lo), _F32(noise), _F32(d_da), _F32(d_ppm),
-                          top_k, bool(normalize_intensity), _n_blocks(n), out_mz, out_int, counts)
-        return _compact(offsets, counts, out_mz, out_int)
+            _clean_kernel.pick(n, threads)(offsets, mz, intensity, hi_each, _F32(lo), _F32(noise), _F32(d_da),
+                                           _F32(d_ppm), top_k, bool(normalize_intensity), _n_blocks(n), out_mz,
+                                           out_int, counts)
+        return _compact(offsets, counts, out_mz, out_int, threads)
 
 
 def entropy_weight_csr(offsets, intensity, threads: int | None = None):
@@ -469,7 +470,7 @@ def entropy_weight_csr(offsets, intensity, threads: int | None = None):
     _check_csr(offsets, np.zeros(x.shape[0]), x)
     if offsets.shape[0] > 1:
         with _threads(threads):
-            _weight_kernel(offsets, x)
+            _weight_kernel.pick(offsets.shape[0] - 1, threads)(offsets, x)
     return x
 
 
@@ -521,7 +522,7 @@ def prepare_entropy(offsets, mz, intensity, *, tol_da: float, tol_ppm: float, cl
         counts = np.zeros(n, dtype=np.int64)
         with _threads(threads):
             if n:
-                _normalize_kernel(offsets, mz, intensity, buf_m, buf_x, counts)
+                _normalize_kernel.pick(n, threads)(offsets, mz, intensity, buf_m, buf_x, counts)
         o = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=o[1:])
         keep = np.repeat(np.arange(n, dtype=np.int64), counts)
@@ -530,5 +531,5 @@ def prepare_entropy(offsets, mz, intensity, *, tol_da: float, tol_ppm: float, cl
         x = buf_x[idx]
     if weighted and x.shape[0]:
         with _threads(threads):
-            _weight_kernel(o, x)
+            _weight_kernel.pick(o.shape[0] - 1, threads)(o, x)
     return o, np.ascontiguousarray(m32), np.ascontiguousarray(x, dtype=np.float32)

@@ -40,7 +40,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastspec.kernels._config import NJIT, PJIT, threads as _threads
+from fastspec.kernels._config import NJIT, pjit, threads as _threads
 
 KIND_PRODUCT = 0  #: cosine-like: contribution q*l of L2-normalised weights
 KIND_ENTROPY = 1  #: entropy: (f(q+l) - f(q) - f(l)) / 2 with f(x) = x log2 x, sum-normalised weights
@@ -104,12 +104,9 @@ def _entropy_weights_one(intensity, a, b, total, weighted, out):
         out[p] = (x ** power) / s2 if x > 0 else 0.0
 
 
-# parallel versions for libraries, serial ones for a few query spectra (a parallel launch costs ~0.1 ms)
-_cosine_weights = numba.njit(**PJIT)(_cosine_weights_py)
-_cosine_weights_serial = numba.njit(**NJIT)(_cosine_weights_py)
-_entropy_weights = numba.njit(**PJIT)(_entropy_weights_py)
-_entropy_weights_serial = numba.njit(**NJIT)(_entropy_weights_py)
-_SERIAL_BELOW = 2048
+# parallel builds for libraries, serial ones for a few query spectra (see fastspec.kernels._config.pjit)
+_cosine_weights = pjit(_cosine_weights_py)
+_entropy_weights = pjit(_entropy_weights_py)
 
 
 def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kind: str,
@@ -132,19 +129,18 @@ def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kin
     out = np.empty(mz.shape[0], dtype=np.float64)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     with _threads(threads):
-        _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out)
+        _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, threads)
     return out.astype(np.float32)
 
 
-def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out):
-    small = offsets.shape[0] - 1 < _SERIAL_BELOW
+def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, threads):
+    n = offsets.shape[0] - 1
     offsets = _ro(offsets, np.int64)
     if kind == "cosine":
-        (_cosine_weights_serial if small else _cosine_weights)(
-            offsets, _ro(mz, np.float64), _ro(intensity, np.float32), float(mz_power), float(intensity_power), out)
+        _cosine_weights.pick(n, threads)(offsets, _ro(mz, np.float64), _ro(intensity, np.float32),
+                                         float(mz_power), float(intensity_power), out)
     elif kind in ("entropy", "unweighted_entropy"):
-        (_entropy_weights_serial if small else _entropy_weights)(offsets, _ro(intensity, np.float32),
-                                                                 kind == "entropy", out)
+        _entropy_weights.pick(n, threads)(offsets, _ro(intensity, np.float32), kind == "entropy", out)
     else:
         raise ValueError(f"unknown weight kind {kind!r}")
 

@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from fastspec.errors import ParameterError
-from fastspec.kernels._config import NJIT, PJIT
+from fastspec.kernels._config import NJIT, pjit
 from fastspec.kernels._config import threads as _threads
 
 __all__ = [
@@ -48,7 +48,7 @@ def _ok(m, x):
     return m > 0.0 and m < np.inf and x > 0.0 and x < np.inf
 
 
-@numba.njit(**PJIT)
+@pjit
 def _gather(offsets, counts, new_offsets, buf_mz, buf_int, out_mz, out_int):
     for i in prange(counts.shape[0]):
         src = offsets[i]
@@ -58,7 +58,7 @@ def _gather(offsets, counts, new_offsets, buf_mz, buf_int, out_mz, out_int):
             out_int[dst + j] = buf_int[src + j]
 
 
-def _compact(offsets, counts, buf_mz, buf_int):
+def _compact(offsets, counts, buf_mz, buf_int, threads=None):
     """Pack the first ``counts[i]`` buffered peaks of every spectrum into new CSR arrays."""
     new_offsets = np.zeros(offsets.shape[0], dtype=np.int64)
     np.cumsum(counts, out=new_offsets[1:])
@@ -66,7 +66,7 @@ def _compact(offsets, counts, buf_mz, buf_int):
         return new_offsets, buf_mz, buf_int
     out_mz = np.empty(new_offsets[-1], dtype=np.float64)
     out_int = np.empty(new_offsets[-1], dtype=np.float32)
-    _gather(offsets, counts, new_offsets, buf_mz, buf_int, out_mz, out_int)
+    _gather.pick(counts.shape[0], threads)(offsets, counts, new_offsets, buf_mz, buf_int, out_mz, out_int)
     return new_offsets, out_mz, out_int
 
 
@@ -88,8 +88,8 @@ def _run(kernel, offsets, mz, intensity, *args, threads=None):
     buf_int = np.empty_like(intensity)
     counts = np.empty(n, dtype=np.int64)
     with _threads(threads):
-        kernel(offsets, mz, intensity, *args, buf_mz, buf_int, counts)
-        return _compact(offsets, counts, buf_mz, buf_int)
+        kernel.pick(n, threads)(offsets, mz, intensity, *args, buf_mz, buf_int, counts)
+        return _compact(offsets, counts, buf_mz, buf_int, threads)
 
 
 def _finite(name, value, lo=None):
@@ -103,7 +103,7 @@ def _finite(name, value, lo=None):
 
 
 # ---------------------------------------------------------------------------------------- filters
-@numba.njit(**PJIT)
+@pjit
 def _mz_range(offsets, mz, intensity, lo, hi, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         c = offsets[i]
@@ -140,7 +140,7 @@ def mz_range_csr(offsets, mz, intensity, min_mz: float = 0.0, max_mz: float = np
     return _run(_mz_range, offsets, mz, intensity, lo, hi, threads=threads)
 
 
-@numba.njit(**PJIT)
+@pjit
 def _remove_precursor(offsets, mz, intensity, precursor_mz, window, above, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         c = offsets[i]
@@ -184,7 +184,7 @@ def remove_precursor_csr(offsets, mz, intensity, precursor_mz, window: float = 1
     return _run(_remove_precursor, offsets, mz, intensity, pmz, w, bool(above), threads=threads)
 
 
-@numba.njit(**PJIT)
+@pjit
 def _noise_cut(offsets, mz, intensity, relative, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         top = 0.0
@@ -215,7 +215,7 @@ def noise_cut_csr(offsets, mz, intensity, relative: float = 0.01, threads: int |
     return _run(_noise_cut, offsets, mz, intensity, r, threads=threads)
 
 
-@numba.njit(**PJIT)
+@pjit
 def _top_k(offsets, mz, intensity, k, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         s = offsets[i]
@@ -353,7 +353,7 @@ def _centroid_pass(m, w, nv, da, ppm, out_m, out_w, order):
     return cnt
 
 
-@numba.njit(**PJIT)
+@pjit
 def _merge(offsets, mz, intensity, da, ppm, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         s = offsets[i]
@@ -413,7 +413,7 @@ def merge_peaks_csr(offsets, mz, intensity, da: float = 0.0, ppm: float = 0.0, t
 
 
 # ---------------------------------------------------------------------------------------- intensities
-@numba.njit(**PJIT)
+@pjit
 def _normalize(offsets, mz, intensity, how, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         norm = 0.0
@@ -449,7 +449,7 @@ def normalize_csr(offsets, mz, intensity, how: str = "max", threads: int | None 
     return _run(_normalize, offsets, mz, intensity, NORMALIZE_MODES.index(how), threads=threads)
 
 
-@numba.njit(**PJIT)
+@pjit
 def _weight(offsets, mz, intensity, mz_power, intensity_power, buf_mz, buf_int, counts):
     for i in prange(offsets.shape[0] - 1):
         s = offsets[i]
@@ -487,7 +487,7 @@ def weight_csr(offsets, mz, intensity, mz_power: float = 0.0, intensity_power: f
 
 
 # ---------------------------------------------------------------------------------------- sanitize
-@numba.njit(**PJIT)
+@pjit
 def _sanitize(offsets, mz, intensity, mode, buf_mz, buf_int, counts, n_invalid, n_dup, unsorted):
     for i in prange(offsets.shape[0] - 1):
         c = offsets[i]
@@ -546,14 +546,14 @@ def sanitize_csr(offsets, mz, intensity, duplicates: str = "sum", threads: int |
     counts = np.empty(n, dtype=np.int64)
     unsorted = np.zeros(n, dtype=np.bool_)
     with _threads(threads):
-        _sanitize(offsets, mz, intensity, DUPLICATE_MODES.index(duplicates), buf_mz, buf_int, counts, n_invalid,
-                  n_dup, unsorted)
-        new = _compact(offsets, counts, buf_mz, buf_int)
+        _sanitize.pick(n, threads)(offsets, mz, intensity, DUPLICATE_MODES.index(duplicates), buf_mz, buf_int,
+                                   counts, n_invalid, n_dup, unsorted)
+        new = _compact(offsets, counts, buf_mz, buf_int, threads)
     return (*new, n_invalid, n_dup, unsorted)
 
 
 # ---------------------------------------------------------------------------------------- weights, gathers
-@numba.njit(**PJIT)
+@pjit
 def _l2_norms(offsets, w, out):
     for i in prange(out.shape[0]):
         s = 0.0
@@ -578,11 +578,11 @@ def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None)
     w = np.ascontiguousarray(w, dtype=np.float64)
     out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
     with _threads(threads):
-        _l2_norms(offsets, w, out)
+        _l2_norms.pick(out.shape[0], threads)(offsets, w, out)
     return out
 
 
-@numba.njit(**PJIT)
+@pjit
 def _gather_rows(offsets, mz, intensity, rows, new_offsets, out_mz, out_int):
     for r in prange(rows.shape[0]):
         src = offsets[rows[r]]
@@ -623,5 +623,5 @@ def gather_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, rows:
     out_mz = np.empty(int(new_offsets[-1]), dtype=np.float64)
     out_int = np.empty(int(new_offsets[-1]), dtype=intensity_dtype)
     with _threads(threads):
-        _gather_rows(offsets, mz, intensity, rows, new_offsets, out_mz, out_int)
+        _gather_rows.pick(rows.shape[0], threads)(offsets, mz, intensity, rows, new_offsets, out_mz, out_int)
     return new_offsets, out_mz, out_int

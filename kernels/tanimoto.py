@@ -10,7 +10,7 @@ import numba
 import numpy as np
 
 from fastspec.errors import ParameterError
-from fastspec.kernels._config import NJIT, PJIT
+from fastspec.kernels._config import NJIT, pjit
 from fastspec.kernels._config import threads as _threads
 
 # SWAR popcount constants; kept as uint64 so numba never promotes the arithmetic to float64
@@ -57,7 +57,7 @@ def _tani(a, ca, b, cb):
     return inter / union
 
 
-@numba.njit(**PJIT)
+@pjit
 def _pairs(fa, ca, ia, fb, cb, ib):
     m = ia.shape[0]
     out = np.empty(m, dtype=np.float64)
@@ -68,7 +68,7 @@ def _pairs(fa, ca, ia, fb, cb, ib):
     return out
 
 
-@numba.njit(**PJIT)
+@pjit
 def _matrix(fa, ca, fb, cb):
     na = fa.shape[0]
     nb = fb.shape[0]
@@ -79,7 +79,7 @@ def _matrix(fa, ca, fb, cb):
     return out
 
 
-@numba.njit(**PJIT)
+@pjit
 def _max_csr(fa, ca, ia, offsets, cand, fb, cb):
     n = ia.shape[0]
     best = np.full(n, -1.0)
@@ -156,7 +156,7 @@ def tanimoto_pairs(
     if ia.shape != ib.shape:
         raise ParameterError("ia and ib must have the same length")
     with _threads(threads):
-        return _pairs(fa, _row_counts(fa), ia, fb, _row_counts(fb), ib)
+        return _pairs.pick(ia.shape[0], threads)(fa, _row_counts(fa), ia, fb, _row_counts(fb), ib)
 
 
 def tanimoto_matrix(fa: np.ndarray, fb: np.ndarray | None = None, *, threads: int | None = None) -> np.ndarray:
@@ -165,7 +165,7 @@ def tanimoto_matrix(fa: np.ndarray, fb: np.ndarray | None = None, *, threads: in
     fb = fa if fb is None else _as_packed(fb, "fb")
     _same_width(fa, fb)
     with _threads(threads):
-        return _matrix(fa, _row_counts(fa), fb, _row_counts(fb))
+        return _matrix.pick(fa.shape[0] * fb.shape[0], threads)(fa, _row_counts(fa), fb, _row_counts(fb))
 
 
 def tanimoto_one_vs_many(q: np.ndarray, fb: np.ndarray) -> np.ndarray:
@@ -197,7 +197,7 @@ def max_tanimoto_csr(
     if offsets[0] != 0 or offsets[-1] != cand.shape[0]:
         raise ParameterError("offsets must start at 0 and end at len(cand)")
     with _threads(threads):
-        return _max_csr(fa, _row_counts(fa), ia, offsets, cand, fb, _row_counts(fb))
+        return _max_csr.pick(cand.shape[0], threads)(fa, _row_counts(fa), ia, offsets, cand, fb, _row_counts(fb))
 
 
 # ---------------------------------------------------------------------- validation helpers

@@ -12,7 +12,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastspec.kernels._config import PJIT
+from fastspec.kernels._config import pjit
 from fastspec.kernels.matching import bin_inverse, new_buffers, score_row
 
 _CAPACITY = 4096  # initial pair-buffer size per thread; grown on demand
@@ -24,7 +24,7 @@ def _n_blocks(n_rows: int) -> int:
     return int(max(1, min(n_rows, numba.get_num_threads() * 16)))
 
 
-@numba.njit(**PJIT)
+@pjit
 def pairs_kernel(kind, ia, ib, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm_b, pmz_b,
                  tol_da, tol_ppm, max_a, max_b, n_blocks):
     """Scores of ``A[ia[t]]`` vs ``B[ib[t]]`` -> (scores float64 (n,), matches int32 (n,))."""
@@ -54,7 +54,7 @@ def pairs_kernel(kind, ia, ib, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w
     return scores, matches
 
 
-@numba.njit(**PJIT)
+@pjit
 def dense_kernel(kind, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm_b, pmz_b,
                  tol_da, tol_ppm, max_a, max_b, n_blocks):
     """All-pairs scores -> (scores float64 (n,m), matches int32 (n,m))."""
@@ -73,7 +73,7 @@ def dense_kernel(kind, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm
     return scores, matches
 
 
-@numba.njit(**PJIT)
+@pjit
 def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, off_a, pos_a, w_a, norm_a, pmz_a,
                 off_b, pos_b, w_b, norm_b, pmz_b, tol_da, tol_ppm, k, min_matches, min_score,
                 max_a, max_b, n_blocks):

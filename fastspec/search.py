@@ -51,6 +51,7 @@ _THETA_FAISS_OPEN_MIN = 500_000
 
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
+MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds tandem spectra only
 
 HIT_COLUMNS = (
     "query_index", "query_id", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
@@ -75,7 +76,8 @@ class Hits:
         Matched peaks of each hit.
     status : ndarray of str (n,)
         ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
-        (identity mode without a precursor m/z) or ``no_neighbour`` (formula mode, skipped).
+        (identity mode without a precursor m/z), ``no_neighbour`` (formula mode, skipped) or ``ms1``
+        (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched).
     fallback : ndarray of bool (n,)
         Formula mode: the query had no same-formula neighbour and was searched against the whole library.
     query_ids : list of str
@@ -119,8 +121,8 @@ class Hits:
 
     @property
     def skipped(self) -> np.ndarray:
-        """Queries not searched (no peaks, no precursor in identity mode, no formula neighbour with skip)."""
-        return np.isin(self.status, [NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED])
+        """Queries not searched (no peaks, MS1, no precursor in identity mode, no formula neighbour with skip)."""
+        return np.isin(self.status, [NO_PEAKS, MS1, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED])
 
     def __repr__(self) -> str:
         n_hit = int((self.indices[:, 0] >= 0).sum()) if len(self) else 0
@@ -310,7 +312,7 @@ def search(
     -------
     Hits
     """
-    from fastspec.library import apply_pipeline, read_input
+    from fastspec.library import _is_ms1, apply_pipeline, read_input
 
     cfg = _SearchConfig.make(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
                              same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
@@ -325,6 +327,9 @@ def search(
     fallback = np.zeros(nq, dtype=bool)
     has_peaks = np.diff(qproc.offsets) > 0
     status[~has_peaks] = NO_PEAKS
+    ms1 = _is_ms1(raw.metadata)
+    status[ms1] = MS1
+    has_peaks &= ~ms1  # searched: tandem spectra with peaks left
     ctx = _Context(library, qproc, cfg)
     searchable = np.flatnonzero(has_peaks)
     ctx.start_progress(progress, searchable.shape[0])

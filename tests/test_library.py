@@ -387,3 +387,12 @@ def test_ms1_records_are_counted_not_indexed(tmp_path):
     assert c["rejected"] == {"MS1 spectrum (ms_level 1)": 1}
     assert lib.metadata(columns=["id"]).column("id").to_pylist() == ["1", "2"]
     np.testing.assert_array_equal(lib.input_index, [1, 2])
+    # the same file as queries: the MS1 record gets status "ms1" (one row, no hit), the others are searched
+    for mode in ("identity", "open"):
+        hits = lib.search([str(mgf)], k=2, mode=mode)
+        assert hits.status.tolist() == ["ms1", "ok", "ok"]
+        assert hits.skipped.tolist() == [True, False, False]
+        assert (hits.indices[0] == -1).all() and hits.indices[1, 0] == 0 and hits.indices[2, 0] == 1
+    table = hits.to_arrow()  # one row for the MS1 query (no hit), one per hit for the others
+    assert table.column("query_index").to_pylist() == [0, 1, 2]
+    assert table.column("library_index").to_pylist() == [None, 0, 1]

@@ -60,7 +60,8 @@ def threads(n: int | None):
             numba.set_num_threads(old)
 
 
-#: Work items (spectra, query rows) below which :meth:`Kernel.pick` runs the serial build.
+#: Work items (spectra; candidate pairs for the scoring kernels) below which :meth:`Kernel.pick` runs the
+#: serial build.
 SERIAL_BELOW = 2048
 
 

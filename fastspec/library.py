@@ -811,7 +811,7 @@ def _build_index(
         order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
         fmt.save_array(tmp, "prec_order", order)
         fmt.save_array(tmp, "prec_sorted", pmz[order])
-        # a second copy of the peaks (+~22 bytes/peak on disk): identity search then reads each query's
+        # a second copy of the peaks (+12 bytes per peak on disk): identity search then reads each query's
         # precursor window as one block instead of gathering rows scattered over the whole library
         p_off, p_mz, p_int = gather_csr(offsets, mz, inten, order[: int(finite.sum())], threads=threads)
         fmt.save_array(tmp, "prec_offsets", p_off)

@@ -634,7 +634,8 @@ class _Context:
     def window_search(self, rows: np.ndarray, tol):
         """Exact top-k over each query's precursor window, read from the precursor-ordered peak copy when
         the index has one (a window is then one block of memory, and default cosine weights are scored
-        in place): 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3: identity 0.47-0.52 -> 0.24 ms/query."""
+        in place): 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3: identity 0.47-0.52
+        -> 0.24 ms/query."""
         by_prec = self.lib.has_array("prec_norm")  # the last of the copy's arrays
         offs, cand = self.window_candidates(rows, tol, positions=by_prec)
         return self.exact(rows, offs, cand, by_precursor=by_prec)

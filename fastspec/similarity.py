@@ -379,8 +379,9 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
         k = _check_k(k)
         rows = np.arange(len(pa), dtype=np.int64)
         empty = np.zeros(1, np.int64)
-        return topk_kernel.pick(len(pa) * len(pb), threads)(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), *_kernel_args(pa, pb), k,
-                           int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+        kernel = topk_kernel.pick(len(pa) * len(pb), threads)
+        return kernel(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), *_kernel_args(pa, pb), k,
+                      int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
 
 
 def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarray, cand_ids: np.ndarray, k: int, *,
@@ -422,14 +423,17 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
     if ids.size and (ids.min() < 0 or ids.max() >= len(library)):
         raise ParameterError("candidate id out of range")
     if labels is None:
-        labels = np.zeros(0, np.int64)
-    elif labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != len(library):
-        raise ParameterError("labels must be int64 with one entry per library spectrum")
+        labels = np.zeros(0, np.int64)  # the kernel's "no labels"
+    else:
+        labels = np.asarray(labels)
+        if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != len(library):
+            raise ParameterError("labels must be int64 with one entry per library spectrum")
     rows = np.arange(len(queries), dtype=np.int64)
     with _threads(threads):
-        return topk_kernel.pick(ids.shape[0], threads)(queries.kind, rows, off, ids, False, labels, *_kernel_args(queries, library), k,
-                           int(min_matches), float(min_score), queries.max_peaks, library.max_peaks,
-                           _n_blocks(len(queries)))
+        kernel = topk_kernel.pick(ids.shape[0], threads)
+        return kernel(queries.kind, rows, off, ids, False, labels, *_kernel_args(queries, library), k,
+                      int(min_matches), float(min_score), queries.max_peaks, library.max_peaks,
+                      _n_blocks(len(queries)))
 
 
 def group_candidates(query_keys: np.ndarray, library_keys: np.ndarray, library_mask: np.ndarray | None = None):

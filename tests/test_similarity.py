@@ -277,6 +277,13 @@ def test_topk_candidates_vs_brute_force(real, metric):
             rs, ri, rm = ref.topk(S[r, cand], M[r, cand], k, mm, ms)
             ri = [int(cand[t]) if t >= 0 else -1 for t in ri]
             assert np.array_equal(ti[r], ri) and np.array_equal(ts[r], rs) and np.array_equal(tm[r], rm)
+        # the library stored in reverse order, labelled with the original indices: the same hits and ties
+        n = len(real)
+        rev = np.arange(n - 1, -1, -1, dtype=np.int64)
+        ls, li, lm = topk_candidates(q, lib.take(rev), off, n - 1 - ids, k, min_matches=mm, min_score=ms, labels=rev)
+        assert np.array_equal(li, ti) and np.array_equal(ls, ts) and np.array_equal(lm, tm)
+    with pytest.raises(ParameterError):
+        topk_candidates(q, lib, off, ids, 3, labels=np.arange(3))
     with pytest.raises(ParameterError):
         topk_candidates(q, lib, off[:-1], ids, 3)
     with pytest.raises(ParameterError):

@@ -21,8 +21,11 @@ Pruning (:func:`search_bounds`)
   spectra with the query's precursor m/z, and from checkpoints over the best partial sums. Lower bounds
   count only pairs every exact kernel matches and need *clean* spectra (peaks more than 2 windows apart
   on both sides), where the pairs within tolerance are already a one-to-one assignment.
-* With clean spectra a spectrum first reached through a peak of weight ``w`` scores at most
-  ``qv*w + sqrt(Q_after)*sqrt(1 - w**2)``; below ``theta`` it is ruled out at once.
+* A spectrum first reached through a peak of weight ``w`` scores at most ``qv*w + sqrt(Q_after)*
+  sqrt(1 - w**2)`` (entropy: ``g(q, l) + g(Q_after, 1 - l)``); outside the band of weights where that
+  reaches ``theta`` the entry is passed over (neutral losses and unclean spectra included), and with
+  clean spectra the spectrum is ruled out for later peaks too. On the first scanned peak the entries
+  outside the band are passed over without reading any per-spectrum state.
 * Reached spectra that can still beat ``theta`` when scanning stops have their bounds completed: the
   remaining peaks are scanned one at a time for them only, and after each the spectra that the
   smaller unscanned mass can no longer lift to ``theta`` are dropped; once merging the survivors with
@@ -268,45 +271,119 @@ def _inflate(x):
 
 
 @numba.njit(inline="always", **NJIT)
+def _alive_band(kind, q, rest_mass, theta):
+    """Scan weights ``w`` a spectrum first reached through this query peak may have and still reach theta.
+
+    The query peak has weight ``q`` (cosine: L2-normalised; entropy: sum-normalised) and the peaks not
+    scanned yet mass ``rest_mass``. An assignment that pairs this peak with a library peak of weight ``l``
+    (scan weight ``w``: ``l`` for cosine, ``sqrt(l)`` for entropy) and no earlier query peak with
+    anything scores at most ``F(l) = c(q, l) + R(rest, 1 - mass(l))`` (:func:`_contrib`, :func:`_rest`;
+    assignments are one-to-one, so the other pairs use the rest of the library mass), concave in ``w``
+    (cosine: ``q*w + sqrt(rest)*sqrt(1 - w**2)``) or in ``l`` (entropy: a sum of concave functions), so
+    ``{F >= theta}`` is an interval. Returns ``(w_lo, w_hi)``, widened so that rounding only keeps more.
+    """
+    t = (theta - BOUND_ATOL) / (1.0 + BOUND_RTOL)  # _inflate(F) >= theta  <=>  F >= t
+    if not t > 0:
+        return -1.0, 2.0
+    if kind == 0:
+        r = np.sqrt(max(rest_mass, 0.0))
+        s = q * q + r * r
+        if s <= 0 or t * t > s:  # the most any w reaches is sqrt(s)
+            return 2.0, -1.0
+        d = r * np.sqrt(s - t * t)
+        lo = -1.0 if r >= t else (t * q - d) / s  # F(0) = r, F(1) = q
+        hi = 2.0 if q >= t else (t * q + d) / s
+        return lo - 1e-7, hi + 1e-7
+    # entropy: the maximiser by ternary search, then bisection on l for the two ends of {F >= t}
+    a, b = 0.0, 1.0
+    for _ in range(48):
+        m1 = a + (b - a) / 3.0
+        m2 = b - (b - a) / 3.0
+        if _entropy_first(q, rest_mass, m1) < _entropy_first(q, rest_mass, m2):
+            a = m1
+        else:
+            b = m2
+    top = 0.5 * (a + b)
+    if _entropy_first(q, rest_mass, top) < t * (1.0 - 1e-9):
+        return 2.0, -1.0
+    lo, hi = -1.0, 2.0
+    if _entropy_first(q, rest_mass, 0.0) < t:
+        lo = np.sqrt(_entropy_edge(q, rest_mass, t, 0.0, top, True)) - 1e-7
+    if _entropy_first(q, rest_mass, 1.0) < t:
+        hi = np.sqrt(_entropy_edge(q, rest_mass, t, top, 1.0, False)) + 1e-7
+    return lo, hi
+
+
+@numba.njit(inline="always", **NJIT)
+def _entropy_first(q, rest_mass, l):
+    """Entropy bound of a spectrum first reached with library weight ``l`` (see :func:`_alive_band`)."""
+    return _contrib(1, q, l) + _rest(1, rest_mass, 1.0 - l)
+
+
+@numba.njit(inline="always", **NJIT)
+def _entropy_edge(q, rest_mass, t, a, b, rising):
+    """Where :func:`_entropy_first` crosses ``t`` in ``[a, b]`` (below at ``a`` if ``rising``, else at ``b``);
+    the end on the side below ``t``."""
+    for _ in range(32):
+        mid = 0.5 * (a + b)
+        if (_entropy_first(q, rest_mass, mid) < t) == rising:
+            a = mid
+        else:
+            b = mid
+    return a if rising else b
+
+
+@numba.njit(inline="always", **NJIT)
 def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state, touched, nt, dead, nd, only_touched,
-          prune, rest, theta, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
+          prune, mark, fresh, w_lo, w_hi, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
     """Add ``qv * w`` for every library peak ``w`` in the window of one query peak.
 
-    ``state[c]``: 0 not reached, 1 reached (in ``touched``; ``work[c]`` = partial bound, matched library
-    mass sum(w**2)), 2 ruled out (in ``dead``). The one-byte states stay in cache where the accumulator
-    rows do not, and most visited peaks belong to spectra that are never reached or are ruled out.
-    Scan weights are L2-normalised cosine weights, or for entropy the square roots of the sum-normalised
-    weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not only the best,
-    keeps the bound valid for unclean spectra.
+    ``state[c]``: 0 not reached, 1 reached before this query peak (in ``touched``; ``work[c]`` = partial
+    bound, matched library mass sum(w**2)), 2 ruled out (in ``dead``), 3 reached at this query peak (the
+    caller sets it to 1 once the peak's windows are scanned). The one-byte states stay in cache where the
+    accumulator rows do not, and most visited peaks belong to spectra that are never reached or are ruled
+    out. Scan weights are L2-normalised cosine weights, or for entropy the square roots of the
+    sum-normalised weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not
+    only the best, keeps the bound valid for unclean spectra.
 
-    ``prune`` (clean spectra, no neutral losses, ``theta`` a valid lower bound): a spectrum first reached
-    here through a peak of weight w scores at most ``qv*w + rest*sqrt(1 - w**2)`` (Cauchy-Schwarz over the
-    peaks not scanned yet, whose mass is ``rest**2``); below ``theta`` it is ruled out without touching
-    its accumulator. With ``only_touched`` spectra not reached before are skipped. With ``ch`` the best
-    partial sums of clean, eligible spectra are kept in the min-heap ``ch_b/ch_i`` (lower bounds for
-    checkpoints). Returns ``(nt, nd, ch_size)``.
+    ``prune`` (``theta`` a valid lower bound): a pairing of this query peak with a library peak of scan
+    weight outside ``[w_lo, w_hi]`` (:func:`_alive_band`) by a spectrum that no earlier peak reached
+    (state 0 or 3) leaves it below ``theta``, so such entries are passed over: every assignment scoring
+    ``theta`` or more still has all its pairs counted. ``mark`` (clean spectra, no neutral losses: one
+    partner per window) also rules the spectrum out for later peaks. ``fresh`` (nothing reached before
+    this peak) passes over those entries without reading the state at all; a spectrum skipped like this
+    that a later peak reaches gets a bound that omits this peak, which is harmless because it scores below
+    ``theta`` whatever its bound says. With ``only_touched`` spectra not reached before are skipped. With
+    ``ch`` the best partial sums of clean, eligible spectra are kept in the min-heap ``ch_b/ch_i`` (lower
+    bounds for checkpoints). Returns ``(nt, nd, ch_size)``.
     """
     m = sorted_vals.shape[0]
     cap = ch_b.shape[0]
     p = _lower_bound(sorted_vals, x - h, 0, m)
     hi_v = x + h
     while p < m and sorted_vals[p] <= hi_v:
-        c = spec[p]
         w = np.float64(weights[p])
+        out = prune and (w < w_lo or w > w_hi)
+        if fresh and (out or w <= 0):
+            p += 1
+            continue
+        c = spec[p]
         st = state[c]
         if st != 1:
             if st == 2 or only_touched or w <= 0:
                 p += 1
                 continue
-            if prune and _inflate(qv * w + rest * np.sqrt(max(0.0, 1.0 - w * w))) < theta:
-                state[c] = 2
-                dead[nd] = c
-                nd += 1
+            if out:
+                if mark and st == 0:
+                    state[c] = 2
+                    dead[nd] = c
+                    nd += 1
                 p += 1
                 continue
-            state[c] = 1
-            touched[nt] = c
-            nt += 1
+            if st == 0:
+                state[c] = 3 if prune else 1
+                touched[nt] = c
+                nt += 1
         nv = work[c, 0] + qv * w
         work[c, 0] = nv
         work[c, 1] += w * w
@@ -590,7 +667,8 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             if th > theta:
                 theta = th
         theta0 = theta
-        prune = clean_q and lib_clean
+        # ruling spectra out for later peaks needs one partner per window (clean spectra, no neutral losses)
+        mark = clean_q and lib_clean
         nt = 0
         nd = 0
         ch_size = 0
@@ -607,16 +685,24 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 continue
             x = q_mz[j]
             qv = qw if kind == 0 else np.sqrt(qw)
-            rest = np.sqrt(qsuf[done])  # norm of the scan weights of the peaks after this one
+            w_lo, w_hi = -1.0, 2.0
+            prune = theta > 0
+            if prune:
+                w_lo, w_hi = _alive_band(kind, qw, qsuf[done], theta)
+            nt0 = nt
             nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count,
-                                    track, state, touched, nt, dead, nd, False, prune, rest, theta, clean_q, cb,
-                                    ci, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
+                                    track, state, touched, nt, dead, nd, False, prune, mark, prune and nt0 == 0,
+                                    w_lo, w_hi, clean_q, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
+                                    lib_codes, sym)
             if do_nl:
                 y = pmz - x
                 nt, nd, ch_size = _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)),
-                                        qv, work, count, track, state, touched, nt, dead, nd, False, False, rest,
-                                        theta, False, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
-                                        lib_codes, sym)
+                                        qv, work, count, track, state, touched, nt, dead, nd, False, prune, False,
+                                        prune and nt0 == 0, w_lo, w_hi, False, cb, ci, ch_size, min_gap, gap_thr,
+                                        qrow, q_codes, lib_codes, sym)
+            if prune:
+                for v in range(nt0, nt):
+                    state[touched[v]] = 1
             if clean_q and u == next_ck and n_ck < 3 and done < npk and \
                     _inflate(_rest(kind, qsuf[done], 1.0)) >= theta:
                 th = _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs,
@@ -649,13 +735,13 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                     continue
                 qv = qw if kind == 0 else np.sqrt(qw)
                 _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count, track,
-                      state, touched, nt, dead, nd, True, False, 0.0, theta, False, cb, ci, 0, min_gap,
+                      state, touched, nt, dead, nd, True, False, False, False, -1.0, 2.0, False, cb, ci, 0, min_gap,
                       gap_thr, qrow, q_codes, lib_codes, sym)
                 if do_nl:
                     y = pmz - x
                     _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)), qv,
-                          work, count, track, state, touched, nt, dead, nd, True, False, 0.0,
-                          theta, False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
+                          work, count, track, state, touched, nt, dead, nd, True, False, False, False, -1.0,
+                          2.0, False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
                 if done < npk:
                     ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, qsuf[done],
                                             theta, clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym,

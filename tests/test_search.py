@@ -271,6 +271,27 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
     assert_same_hits(hits, brute_force(raw, queries, metric, same_polarity(raw, queries), tolerance=tolerance))
 
 
+@pytest.mark.parametrize("metric,tolerance", [("entropy", "0.02da"), ("cosine", "0.05da"),
+                                              ("modified_cosine", "0.02da")])
+@pytest.mark.parametrize("which", ["lib", "raw"])
+def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, which, monkeypatch):
+    """The bound search started from the exact k-th score (the tightest threshold there is) prunes the
+    most: spectra passed over at one query peak and reached at a later one, unclean spectra with two
+    partners in a window, neutral-loss partners; none of it may lose a hit."""
+    from fastspec import search as S
+    from fastspec.kernels import fragment as fk
+
+    library = request.getfixturevalue(which)
+    queries = data[1]
+    mode = "analog" if metric == "modified_cosine" else "open"
+    ref = brute_force(library, queries, metric, same_polarity(library, queries), tolerance=tolerance)
+    kth = np.where(ref[1][:, -1] >= 0, ref[0][:, -1], -np.inf)
+    monkeypatch.setattr(S._Context, "_first_theta", lambda self, rows, use_nl: np.where(
+        np.isfinite(kth[rows]), kth[rows] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf))
+    hits = library.search(queries, k=K, mode=mode, metric=metric, tolerance=tolerance)
+    assert_same_hits(hits, ref)
+
+
 def test_invalid_peaks_are_dropped(tmp_path):
     """Peaks as read, but NaN / negative / zero intensities are dropped from library and queries alike."""
     rng = np.random.default_rng(0)

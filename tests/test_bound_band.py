@@ -1,0 +1,49 @@
+"""The alive band of the bound search (:func:`fastspec.kernels.fragment._alive_band`) against a naive grid."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastspec.kernels import fragment as fk
+
+
+def _xlog2x(x: float) -> float:
+    return x * math.log2(x) if x > 0 else 0.0
+
+
+def _g(a: float, b: float) -> float:
+    return 0.5 * (_xlog2x(a + b) - _xlog2x(a) - _xlog2x(b))
+
+
+def bound(kind: int, q: float, rest_mass: float, w: float) -> float:
+    """Most a spectrum first reached through this peak with scan weight ``w`` can score (naive)."""
+    if kind == fk.KIND_PRODUCT:
+        return q * w + math.sqrt(rest_mass) * math.sqrt(max(0.0, 1.0 - w * w))
+    l = w * w  # entropy scan weights are square roots
+    return _g(q, l) + (_g(rest_mass, 1.0 - l) if rest_mass > 0 and l < 1 else 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(kind=st.sampled_from([fk.KIND_PRODUCT, fk.KIND_ENTROPY]), q=st.floats(0.001, 1.0),
+       share=st.floats(0.0, 1.0), theta=st.floats(-0.1, 1.0))
+def test_band_is_the_set_that_can_reach_theta(kind, q, share, theta):
+    # the query's weights: cosine L2-normalised (q**2 + rest = 1), entropy sum-normalised (q + rest = 1)
+    rest_mass = (1.0 - q * q if kind == fk.KIND_PRODUCT else 1.0 - q) * share
+    lo, hi = fk._alive_band(kind, q, rest_mass, theta)
+    grid = np.linspace(0.0, 1.0, 2001)
+    for w in grid:
+        alive = bound(kind, q, rest_mass, float(w)) * (1 + fk.BOUND_RTOL) + fk.BOUND_ATOL >= theta
+        if alive:  # never rule out what could reach theta
+            assert lo <= w <= hi, (w, lo, hi)
+        elif lo + 1e-5 < w < hi - 1e-5:  # and the band is not loose
+            pytest.fail(f"w={w} inside ({lo}, {hi}) cannot reach theta")
+
+
+def test_band_edges():
+    assert fk._alive_band(fk.KIND_PRODUCT, 0.5, 0.75, -np.inf) == (-1.0, 2.0)  # no threshold: everything
+    lo, hi = fk._alive_band(fk.KIND_PRODUCT, 0.5, 0.75, 1.5)  # above the best possible score: nothing
+    assert lo > hi

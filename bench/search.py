@@ -166,8 +166,10 @@ def phase_build(a) -> dict:
     np.save(wd / "klass.npy", np.arange(len(lib), dtype=np.int64) if src is None else np.asarray(src, dtype=np.int64))
     del queries
     # untimed warm-up build: loads (or, after a kernel change, compiles) the numba kernels, as the
-    # query phases' warm-up calls do, so that build time is indexing time
-    Library.build(lib.take(np.arange(min(len(lib), 500))), wd / "warmup.fastspec", faiss=True, threads=a.threads,
+    # query phases' warm-up calls do, so that build time is indexing time. Large enough that the kernels
+    # pick their parallel builds too (kernels._config.SERIAL_BELOW): with 500 spectra only the serial
+    # ones compiled, and the 100k build then included compiling the parallel ones (105 s per million)
+    Library.build(lib.take(np.arange(min(len(lib), 20_000))), wd / "warmup.fastspec", faiss=True, threads=a.threads,
                   progress=False, overwrite=True)
     shutil.rmtree(wd / "warmup.fastspec", ignore_errors=True)
     base = rss()
@@ -471,7 +473,8 @@ def main(argv=None) -> None:
     for size in sizes:
         wd = Path(tempfile.mkdtemp(prefix=f"fastspec-bench-{size_label(size)}-"))
         try:
-            entry = {"build": run_phase("build", a, size, wd, a.timeout, threads=a.threads)}
+            load0 = os.getloadavg()[0]
+            entry = {"build": run_phase("build", a, size, wd, a.timeout, threads=a.threads), "loadavg_1min_start": load0}
             if "error" not in entry["build"]:
                 for j, t in enumerate(qthreads):
                     key = "query" if j == 0 else f"query_t{t}"
@@ -481,6 +484,7 @@ def main(argv=None) -> None:
                 if not a.no_peers:
                     entry["ms_entropy"] = run_phase("ms_entropy", a, size, wd, a.timeout, threads=1)
                     entry["matchms"] = run_phase("matchms", a, size, wd, a.timeout, threads=1)
+            entry["loadavg_1min_end"] = os.getloadavg()[0]  # context: the machine is shared
             report["sizes"][size_label(size)] = entry
             _write(report, out)  # partial results survive a later failure
         finally:
@@ -628,6 +632,9 @@ def to_markdown(r) -> str:
     for lbl, e in r["sizes"].items():
         b, q = e.get("build", {}), e.get("query", {})
         L += [f"## {lbl} spectra", ""]
+        if "loadavg_1min_start" in e:
+            L += [f"Load average (1 min) at start / end of this size: {e['loadavg_1min_start']:.2f} / "
+                  f"{e.get('loadavg_1min_end', float('nan')):.2f}", ""]
         if "error" in b:
             L += [f"build failed: {b['error']}", ""]
             continue

@@ -44,6 +44,10 @@ _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", 
 #: first pruning threshold of open/analog search: FAISS neighbours rescored exactly (_Context._first_theta);
 #: 100 candidates at nprobe 4 measured best among 100-500 and nprobe 1-16
 _THETA_FAISS = 100
+#: analog search: since its bound scan prunes with the threshold too, 300 pays (2.4M MassBank-grown, 1,000
+#: queries, same process, ms/query: 100 -> 4.13-4.17, 300 -> 3.78-3.80, 1000 -> 3.76-3.98; spectra
+#: reached per query 21.2k -> 15.2k -> 13.4k). Open search showed no gain within the noise.
+_THETA_FAISS_ANALOG = 300
 _THETA_NPROBE = 4
 #: open search asks FAISS only from this library size on: below, the bound kernel's own precursor-window
 #: threshold suffices (100k: open cosine 0.171 ms/query without, 0.205 with; 1M: 1.45 -> 1.37; 2.4M: 4.3 -> 3.4)
@@ -785,19 +789,20 @@ class _Context:
 
         The k-th best of any k eligible spectra bounds the k-th best of the library from below, so the
         hits only need to be good, not right: the FAISS index's nearest neighbours when the library has
-        one (``_THETA_FAISS`` candidates at nprobe ``_THETA_NPROBE``; open search from
-        ``_THETA_FAISS_OPEN_MIN`` spectra on). Otherwise analog search takes the spectra within 0.01 Da of
-        the query's precursor m/z, and open search leaves the threshold to the bound kernel (which scores
-        the precursor window itself, for clean spectra). For analog this replaced an exact plain-cosine
-        top-k through the fragment index, which cost as much as an open search. 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3, ms/query: analog 11.4
-        (cosine pass) -> 7.6 (FAISS) or 8.7 (window); open cosine 4.26 -> 3.39 and open entropy 6.98 ->
-        5.64 with FAISS.
+        one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``, at nprobe ``_THETA_NPROBE``;
+        open search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Otherwise analog search takes the spectra
+        within 0.01 Da of the query's precursor m/z, and open search leaves the threshold to the bound
+        kernel (which scores the precursor window itself, for clean spectra). For analog this replaced an
+        exact plain-cosine top-k through the fragment index, which cost as much as an open search. 2.4M
+        MassBank-grown library, 1,000 queries, 1 thread, best of 3, ms/query: analog 11.4 (cosine pass)
+        -> 7.6 (FAISS) or 8.7 (window); open cosine 4.26 -> 3.39 and open entropy 6.98 -> 5.64 with FAISS.
         """
         from fastspec.kernels import fragment as fk
 
         k = self.cfg.k
         if self.lib.has_faiss and (use_nl or len(self.lib) >= _THETA_FAISS_OPEN_MIN):
-            offs, ids = self.faiss_candidates(rows, max(_THETA_FAISS, 2 * k), _THETA_NPROBE)
+            offs, ids = self.faiss_candidates(rows, max(_THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k),
+                                              _THETA_NPROBE)
             s, i, _ = self.exact(rows, offs, ids)
         elif use_nl:
             s, i, _ = self.window_search(rows, parse_tolerance(0.01))

@@ -294,17 +294,10 @@ def _alive_band(kind, q, rest_mass, theta):
         lo = -1.0 if r >= t else (t * q - d) / s  # F(0) = r, F(1) = q
         hi = 2.0 if q >= t else (t * q + d) / s
         return lo - 1e-7, hi + 1e-7
-    # entropy: the maximiser by ternary search, then bisection on l for the two ends of {F >= t}
-    a, b = 0.0, 1.0
-    for _ in range(48):
-        m1 = a + (b - a) / 3.0
-        m2 = b - (b - a) / 3.0
-        if _entropy_first(q, rest_mass, m1) < _entropy_first(q, rest_mass, m2):
-            a = m1
-        else:
-            b = m2
-    top = 0.5 * (a + b)
-    if _entropy_first(q, rest_mass, top) < t * (1.0 - 1e-9):
+    # entropy: F'(l) = (log2((q + l) / l) - log2((R + 1 - l) / (1 - l))) / 2 vanishes at l = q / (q + R);
+    # bisection on each side for the ends of {F >= t}
+    top = q / (q + rest_mass) if rest_mass > 0 else 1.0
+    if _entropy_first(q, rest_mass, top) < t:
         return 2.0, -1.0
     lo, hi = -1.0, 2.0
     if _entropy_first(q, rest_mass, 0.0) < t:
@@ -352,8 +345,8 @@ def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state,
     ``theta`` or more still has all its pairs counted. ``mark`` (clean spectra, no neutral losses: one
     partner per window) also rules the spectrum out for later peaks. ``fresh`` (nothing reached before
     this peak) passes over those entries without reading the state at all; a spectrum skipped like this
-    that a later peak reaches gets a bound that omits this peak, which is harmless because it scores below
-    ``theta`` whatever its bound says. With ``only_touched`` spectra not reached before are skipped. With
+    that a later peak reaches gets a bound that omits this peak, which is harmless because the skipped
+    pair belongs to no assignment scoring ``theta`` or more. With ``only_touched`` spectra not reached before are skipped. With
     ``ch`` the best partial sums of clean, eligible spectra are kept in the min-heap ``ch_b/ch_i`` (lower
     bounds for checkpoints). Returns ``(nt, nd, ch_size)``.
     """
@@ -823,8 +816,8 @@ class BoundWorkspace:
     """Per-thread scratch reused across calls (the kernel leaves it clean).
 
     ``work`` float32 (blocks, n_library, 2): bound and matched library mass; ``count`` uint16 pairs (only
-    with ``min_pairs > 1``); ``state`` uint8 (0 not reached, 1 reached, 2 ruled out); ``touched`` /
-    ``dead`` int32 lists of reached / ruled-out spectra.
+    with ``min_pairs > 1``); ``state`` uint8 (0 not reached, 1 reached, 2 ruled out, 3 reached at the
+    query peak being scanned); ``touched`` / ``dead`` int32 lists of reached / ruled-out spectra.
     """
 
     def __init__(self, n_library: int, n_blocks: int):
@@ -886,8 +879,9 @@ def search_bounds(
     Query peaks are scanned heaviest first. Spectra not reached by the scanned peaks cannot score more
     than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops once that is below ``theta``,
     a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
-    best partial sums when both spectra are clean). The reached spectra that can still beat ``theta``
-    get their bound completed (see the module docstring).
+    best partial sums when both spectra are clean). Library peaks whose weight cannot lift a spectrum
+    not reached yet to ``theta`` are passed over (:func:`_alive_band`). The reached spectra that can
+    still beat ``theta`` get their bound completed (see the module docstring).
 
     Parameters
     ----------

@@ -271,24 +271,24 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
     assert_same_hits(hits, brute_force(raw, queries, metric, same_polarity(raw, queries), tolerance=tolerance))
 
 
-@pytest.mark.parametrize("metric,tolerance", [("entropy", "0.02da"), ("cosine", "0.05da"),
-                                              ("modified_cosine", "0.02da")])
+@pytest.mark.parametrize("metric,tolerance,min_matches", [
+    ("entropy", "0.02da", 0), ("unweighted_entropy", "20ppm", 0), ("cosine", "0.05da", 0),
+    ("cosine", "0.02da", 3), ("modified_cosine", "0.02da", 0), ("modified_cosine", "15ppm", 2)])
 @pytest.mark.parametrize("which", ["lib", "raw"])
-def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, which, monkeypatch):
-    """The bound search started from the exact k-th score (the tightest threshold there is) prunes the
-    most: spectra passed over at one query peak and reached at a later one, unclean spectra with two
-    partners in a window, neutral-loss partners; none of it may lose a hit."""
+def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, min_matches, which, monkeypatch):
+    """The bound search started from the exact k-th score (the tightest valid threshold) prunes the most:
+    spectra passed over at one query peak and reached at a later one, unclean spectra with two partners
+    in a window, neutral-loss partners, matched-peak counts; none of it may lose a hit."""
     from fastspec import search as S
-    from fastspec.kernels import fragment as fk
 
     library = request.getfixturevalue(which)
     queries = data[1]
     mode = "analog" if metric == "modified_cosine" else "open"
-    ref = brute_force(library, queries, metric, same_polarity(library, queries), tolerance=tolerance)
+    ref = brute_force(library, queries, metric, same_polarity(library, queries), tolerance=tolerance,
+                      min_matches=min_matches)
     kth = np.where(ref[1][:, -1] >= 0, ref[0][:, -1], -np.inf)
-    monkeypatch.setattr(S._Context, "_first_theta", lambda self, rows, use_nl: np.where(
-        np.isfinite(kth[rows]), kth[rows] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf))
-    hits = library.search(queries, k=K, mode=mode, metric=metric, tolerance=tolerance)
+    monkeypatch.setattr(S._Context, "_first_theta", lambda self, rows, use_nl: kth[rows])
+    hits = library.search(queries, k=K, mode=mode, metric=metric, tolerance=tolerance, min_matches=min_matches)
     assert_same_hits(hits, ref)
 
 

@@ -346,9 +346,9 @@ def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state,
     partner per window) also rules the spectrum out for later peaks. ``fresh`` (nothing reached before
     this peak) passes over those entries without reading the state at all; a spectrum skipped like this
     that a later peak reaches gets a bound that omits this peak, which is harmless because the skipped
-    pair belongs to no assignment scoring ``theta`` or more. With ``only_touched`` spectra not reached before are skipped. With
-    ``ch`` the best partial sums of clean, eligible spectra are kept in the min-heap ``ch_b/ch_i`` (lower
-    bounds for checkpoints). Returns ``(nt, nd, ch_size)``.
+    pair belongs to no assignment scoring ``theta`` or more. With ``only_touched`` spectra not reached
+    before are skipped. With ``ch`` the best partial sums of clean, eligible spectra are kept in the
+    min-heap ``ch_b/ch_i`` (lower bounds for checkpoints). Returns ``(nt, nd, ch_size)``.
     """
     m = sorted_vals.shape[0]
     cap = ch_b.shape[0]

@@ -455,6 +455,8 @@ _OWN_PARAMS = {"spectra", "metric", "tolerance", "mz_power", "intensity_power", 
 
 def _check_metric_params(params: dict) -> None:
     """Extra keyword arguments must be :func:`fastspec.similarity.prepare` options."""
+    if not params:  # the common case; inspecting the signature costs ~0.06 ms per search call
+        return
     import inspect
 
     from fastspec.similarity import prepare

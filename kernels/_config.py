@@ -53,11 +53,13 @@ def threads(n: int | None):
     n = n_max if n is None else max(1, min(int(n), n_max))
     with PARALLEL_LOCK:
         old = numba.get_num_threads()
-        numba.set_num_threads(n)
+        if old != n:  # a search enters this a dozen times; each set costs a few microseconds
+            numba.set_num_threads(n)
         try:
             yield n
         finally:
-            numba.set_num_threads(old)
+            if old != n:
+                numba.set_num_threads(old)
 
 
 #: Work items (spectra; candidate pairs for the scoring kernels) below which :meth:`Kernel.pick` runs the

@@ -368,11 +368,20 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     With ``k``: ``scores`` float64 (n, k), ``indices`` int64 (n, k) (-1: fewer than k listed),
     ``matches`` int32 (n, k); rows sorted by score, ties to the lowest column.
     """
+    from fastspec.kernels import join
     from fastspec.kernels._config import threads as _threads
     from fastspec.kernels.topk import _n_blocks, dense_kernel, topk_kernel
 
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
     with _threads(threads):
+        if join.joinable(pa.kind, len(pa), pa.max_peaks, pb.max_peaks):  # whole of B: through a peak index
+            args = (pa.kind, *_kernel_args(pa, pb))
+            if k is None:
+                return join.dense_join_kernel.pick(len(pa) * len(pb), threads)(
+                    *args, pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+            return join.topk_join_kernel.pick(len(pa) * len(pb), threads)(
+                *args, _check_k(k), int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks,
+                _n_blocks(len(pa)))
         if k is None:
             return dense_kernel.pick(len(pa) * len(pb), threads)(pa.kind, *_kernel_args(pa, pb), pa.max_peaks,
                                                                  pb.max_peaks, _n_blocks(len(pa)))

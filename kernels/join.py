@@ -127,16 +127,50 @@ MAX_PEAKS = 1 << _BITS  # spectra with more peaks are scored by the walk
 
 
 @numba.njit(**NJIT)
-def _room(ws, ne, extra):
-    """``ws`` with its hit arrays holding at least ``ne + extra`` (the first ``ne`` kept)."""
-    ent_j, ent_key, gkey, cnt, touched = ws
-    if ne + extra <= ent_j.shape[0]:
-        return ws
+def _room(ent_j, ent_key, ne, extra):
+    """Hit arrays holding at least ``ne + extra`` (the first ``ne`` kept) and a grouping array as long."""
     cap = max(2 * ent_j.shape[0], ne + extra)
     nj, nk = np.empty(cap, np.int64), np.empty(cap, np.int64)
     nj[:ne] = ent_j[:ne]
     nk[:ne] = ent_key[:ne]
-    return nj, nk, np.empty(cap, np.int64), cnt, touched
+    return nj, nk, np.empty(cap, np.int64)
+
+
+@numba.njit(**NJIT)
+def _gather(kind, scan, a0, a1, pos_a, pa, norm_ai, norm_b, pmz_b, tol_da, tol_ppm, srt, spec, local, mz, slack,
+            ent_j, ent_key, gkey, cnt, touched, ne, nt):
+    """Append the hits of peaks ``[a0, a1)`` of A in one sorted part of the index (``scan`` 0: by m/z,
+    1: by loss) -> (hit arrays, maybe grown, hit count, spectra hit). A function of its own: the tight
+    loop compiles better apart from the scoring code."""
+    rank = 1 if scan == 1 and kind == MODIFIED_COSINE else 0
+    tol_pa = tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6
+    for p in range(a0, a1):
+        x = pos_a[p]
+        t = tol_da if tol_ppm <= 0.0 else x * tol_ppm * 1e-6
+        c = x if scan == 0 else x - pa
+        lo = np.searchsorted(srt, c - t - slack, side="left")
+        hi = np.searchsorted(srt, c + t + slack, side="right")
+        if ne + (hi - lo) > ent_j.shape[0]:
+            ent_j, ent_key, gkey = _room(ent_j, ent_key, ne, hi - lo)
+        base = rank << _BITS
+        for h in range(lo, hi):
+            j = spec[h]
+            y = mz[h]
+            if scan == 1:
+                shift = pa - pmz_b[j]
+                if kind == MODIFIED_COSINE and not abs(shift) > tol_pa:
+                    continue  # matchms' fallback: no shifted pairs within the tolerance
+                y = mz[h] + shift
+            if x + t < y or x - t > y or not norm_ai * norm_b[j] > 0:
+                continue
+            ent_j[ne] = j
+            ent_key[ne] = ((base | local[h]) << _BITS) | (p - a0)
+            ne += 1
+            if cnt[j] == 0:
+                touched[nt] = j
+                nt += 1
+            cnt[j] += 1
+    return ent_j, ent_key, gkey, ne, nt
 
 
 @numba.njit(**NJIT)
@@ -163,34 +197,9 @@ def score_row_join(kind, i, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
         if scan == 0 and kind == NEUTRAL_LOSS or scan == 1 and (kind == COSINE or not pa == pa):
             continue
         srt, spec, local, mz = index[scan]
-        rank = 1 if scan == 1 and kind == MODIFIED_COSINE else 0
-        tol_pa = tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6
-        for p in range(a0, a1):
-            x = pos_a[p]
-            t = tol_da if tol_ppm <= 0.0 else x * tol_ppm * 1e-6
-            c = x if scan == 0 else x - pa
-            lo = np.searchsorted(srt, c - t - slack, side="left")
-            hi = np.searchsorted(srt, c + t + slack, side="right")
-            if ne + (hi - lo) > ent_j.shape[0]:
-                ws = _room((ent_j, ent_key, gkey, cnt, touched), ne, hi - lo)
-                ent_j, ent_key, gkey = ws[0], ws[1], ws[2]
-            for h in range(lo, hi):
-                j = spec[h]
-                y = mz[h]
-                if scan == 1:
-                    shift = pa - pmz_b[j]
-                    if kind == MODIFIED_COSINE and not abs(shift) > tol_pa:
-                        continue  # matchms' fallback: no shifted pairs within the tolerance
-                    y = mz[h] + shift
-                if x + t < y or x - t > y or not norm_a[i] * norm_b[j] > 0:
-                    continue
-                ent_j[ne] = j
-                ent_key[ne] = (((rank << _BITS) | local[h]) << _BITS) | (p - a0)
-                ne += 1
-                if cnt[j] == 0:
-                    touched[nt] = j
-                    nt += 1
-                cnt[j] += 1
+        ent_j, ent_key, gkey, ne, nt = _gather(kind, scan, a0, a1, pos_a, pa, norm_a[i], norm_b, pmz_b, tol_da,
+                                               tol_ppm, srt, spec, local, mz, slack, ent_j, ent_key, gkey, cnt,
+                                               touched, ne, nt)
     ws = (ent_j, ent_key, gkey, cnt, touched)
     # group the hits by spectrum of B: cnt[j] becomes the end of j's group
     start = 0

@@ -31,7 +31,8 @@ import numpy as np
 from numba import prange
 
 from fastspec.kernels._config import NJIT, pjit
-from fastspec.kernels.matching import COSINE, MODIFIED_COSINE, NEUTRAL_LOSS, _greedy, few_pairs, grow, new_buffers
+from fastspec.kernels.matching import (CA, CB, COSINE, MODIFIED_COSINE, NEUTRAL_LOSS, PI, PJ, PK, _greedy, few_pairs,
+                                       grow, new_buffers)
 
 #: Rows of A from which the join is used: sorting all of B's peaks is not repaid for a few rows.
 JOIN_MIN_ROWS = 16
@@ -212,7 +213,7 @@ def score_row_join(kind, i, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
         j = ent_j[e]
         gkey[cnt[j]] = ent_key[e]
         cnt[j] += 1
-    pi, pj, pk, order, pv, ca, cb, ba, bb = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7], buf[8]
+    pairs, pv, peaks = buf[0], buf[1], buf[2]
     s0 = 0
     for u in range(nt):
         j = touched[u]
@@ -245,31 +246,31 @@ def score_row_join(kind, i, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
                 key = gkey[e]
                 pl = key & _MASK
                 ql = (key >> _BITS) & _MASK
-                shared |= ca[pl] != 0 or cb[ql] != 0
-                ca[pl] = 1
-                cb[ql] = 1
+                shared |= peaks[CA, pl] != 0 or peaks[CB, ql] != 0
+                peaks[CA, pl] = 1
+                peaks[CB, ql] = 1
                 total += w_a[a0 + pl] * w_b[b0 + ql]
             for e in range(s0, s1):
                 key = gkey[e]
-                ca[key & _MASK] = 0
-                cb[(key >> _BITS) & _MASK] = 0
+                peaks[CA, key & _MASK] = 0
+                peaks[CB, (key >> _BITS) & _MASK] = 0
             if not shared:
                 out_s[j] = total / den
                 out_m[j] = n
                 s0 = s1
                 continue
-            if n > pi.shape[0]:
+            if n > pv.shape[0]:
                 buf = grow(buf, 2 * n)
-                pi, pj, pk, order, pv = buf[0], buf[1], buf[2], buf[3], buf[4]
+                pairs, pv = buf[0], buf[1]
             for e in range(n):
                 key = gkey[s0 + e]
                 pl = key & _MASK
                 ql = (key >> _BITS) & _MASK
-                pi[e] = pl
-                pj[e] = ql
+                pairs[PI, e] = pl
+                pairs[PJ, e] = ql
                 pv[e] = w_a[a0 + pl] * w_b[b0 + ql]
-                pk[e] = ((key >> (2 * _BITS)) * na + pl) * nb + ql
-            total, used = _greedy(pi, pj, pk, order, pv, ca, cb, ba, bb, n)
+                pairs[PK, e] = ((key >> (2 * _BITS)) * na + pl) * nb + ql
+            total, used = _greedy(pairs, pv, peaks, n)
             score = total / den
         out_s[j] = score
         out_m[j] = used

@@ -54,6 +54,8 @@ ENTROPY = 4
 _NBINS = 1 << 16  # bins of the per-row bitset (8 KiB: stays in L1)
 _MAX_ROUNDS = 24  # locally-dominant rounds before the heap takes over (long monotone chains)
 _ONE = np.uint64(1)
+_SIX = np.uint64(6)
+_LOW6 = np.uint64(63)
 PI, PJ, PK, ORDER = 0, 1, 2, 3  # rows of the pair array
 CA, CB, BA, BB = 0, 1, 2, 3  # rows of the per-peak array
 
@@ -122,9 +124,10 @@ def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, sca
     nb = b1 - b0
     lowest = a0  # first A peak whose window does not end below the current (ascending) B position
     for q in range(b0, b1):
-        y = pos_b[q] + shift
-        k = _bin(y, inv_w)
-        if (bits[k >> 6] >> np.uint64(k & 63)) & _ONE:
+        # unsigned indices: numba then skips its negative-index wrap-around code in this hot loop
+        y = pos_b[np.uint64(q)] + shift
+        k = np.uint64(_bin(y, inv_w))
+        if (bits[k >> _SIX] >> (k & _LOW6)) & _ONE:
             if tol_ppm <= 0.0:
                 while lowest < a1 and pos_a[lowest] + tol_da < y:
                     lowest += 1

@@ -626,16 +626,24 @@ class _Context:
     def window_candidates(self, rows: np.ndarray, tol, positions: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Library spectra whose precursor m/z is within ``tol`` (a Tolerance) of each query's, filtered
         (CSR of library rows, or with ``positions`` of positions in precursor order)."""
+        from fastspec.kernels.window import window_positions
+
         lib = self.lib
         n_finite = int(lib.manifest["counts"].get("n_with_precursor", len(lib)))
         sorted_pmz = np.asarray(lib.array("prec_sorted")[:n_finite])
+        order = lib.array("prec_order")
         pmz = self.q.precursor_mz[rows]
         half = tol.value if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
-        lo = np.searchsorted(sorted_pmz, pmz - half, side="left")
-        hi = np.searchsorted(sorted_pmz, pmz + half, side="right")
-        offs, pos = _ranges_csr(lo, hi)
-        ids = np.asarray(lib.array("prec_order")[pos], dtype=np.int64)
-        return self.filter_csr(rows, offs, ids, values=pos if positions else None)
+        qc, lc, sym = self.filters()
+        key = ("codes in precursor order", lc.shape[1], id(lc))
+        lcp = lib._cache.get(key)
+        if lcp is None:  # the filter codes permuted like the precursor-ordered arrays: windows read in order
+            lcp = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(order[:n_finite])])
+        offs, pos = window_positions(sorted_pmz, np.asarray(pmz - half, np.float64), np.asarray(pmz + half, np.float64),
+                                     np.ascontiguousarray(qc[rows]), lcp, sym)
+        if positions:
+            return offs, pos
+        return offs, np.asarray(order[pos], dtype=np.int64)
 
     def window_search(self, rows: np.ndarray, tol):
         """Exact top-k over each query's precursor window, read from the precursor-ordered peak copy when

@@ -153,6 +153,49 @@ def test_identity_equals_brute_force(lib, data):
     assert set(hits.status[~np.isfinite(pq_)]) <= {"no_precursor", "no_peaks"}
 
 
+def test_identity_filters_equal_brute_force(lib, data):
+    """Identity windows filtered in the window kernel: same adduct and same charge, at 3000 ppm (wide
+    windows, so that the filters have candidates to drop)."""
+    queries = data[1]
+    hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="3000ppm", same_adduct=True,
+                      same_charge=True)
+    pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
+    window = np.abs(pl[None, :] - pq_[:, None]) <= np.abs(pq_[:, None]) * 3000e-6
+    la = np.array(normalize_adducts(lib.metadata(columns=["adduct"]).column("adduct").to_pylist()), dtype=object)
+    qa = normalize_adducts(queries.column("adduct"))
+    adduct = np.array([[a is None or a == "" or a == b for b in la] for a in qa])
+    lc, qch = np.abs(np.asarray(lib.array("charge"))), np.abs(queries.charge)
+    charge = (qch[:, None] == 0) | (lc[None, :] == 0) | (qch[:, None] == lc[None, :])
+    base = window & same_polarity(lib, queries)
+    assert (base & ~(adduct & charge)).sum() >= 20  # the filters drop candidates from some windows
+    assert_same_hits(hits, brute_force(lib, queries, "cosine", base & adduct & charge))
+    assert (hits.indices[:, 0] >= 0).sum() >= 10
+
+
+def test_window_positions_vs_numpy():
+    from fastspec.kernels.window import window_positions
+
+    @settings(max_examples=60, deadline=None)
+    @given(seed=st.integers(0, 10_000), nf=st.integers(0, 3))
+    def check(seed, nf):
+        rng = np.random.default_rng(seed)
+        n, nr = int(rng.integers(0, 60)), int(rng.integers(0, 12))
+        spmz = np.sort(rng.choice([100.0, 100.5, 101.0, 150.0, 200.0], n) + rng.integers(0, 3, n) * 1e-3)
+        lo = rng.choice([99.0, 100.0, 100.5, 150.0, np.nan], nr)
+        hi = lo + rng.choice([0.0, 0.01, 1.0, 60.0], nr)
+        qc = rng.integers(-2, 3, (nr, nf)).astype(np.int32)
+        lcodes = rng.integers(-1, 3, (n, nf)).astype(np.int32)
+        sym = rng.random(nf) < 0.5
+        offs, pos = window_positions(spmz, lo, hi, qc, lcodes, sym)
+        for r in range(nr):
+            want = [t for t in range(n) if lo[r] <= spmz[t] <= hi[r]
+                    and all(qc[r, f] == -1 or lcodes[t, f] == qc[r, f] or (sym[f] and lcodes[t, f] < 0)
+                            for f in range(nf))]
+            assert pos[offs[r]:offs[r + 1]].tolist() == want
+
+    check()
+
+
 @pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "modified_cosine"),
                                          ("identity", "entropy"), ("formula", "cosine"), ("open", "cosine"),
                                          ("analog", "modified_cosine")])

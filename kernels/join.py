@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from fastspec.kernels._config import NJIT, pjit
-from fastspec.kernels.matching import (CA, CB, COSINE, MODIFIED_COSINE, NEUTRAL_LOSS, PI, PJ, PK, _greedy, few_pairs,
+from fastspec.kernels.matching import (COSINE, MODIFIED_COSINE, NEUTRAL_LOSS, PI, PJ, PK, _greedy, few_pairs,
                                        grow, new_buffers)
 
 #: Rows of A from which the join is used: sorting all of B's peaks is not repaid for a few rows.
@@ -239,26 +239,6 @@ def score_row_join(kind, i, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b,
                     gkey[f + 1] = gkey[f]
                     f -= 1
                 gkey[f + 1] = v
-            # no peak in two pairs: greedy takes every pair, summed in this order (as _greedy would)
-            shared = False
-            total = 0.0
-            for e in range(s0, s1):
-                key = gkey[e]
-                pl = key & _MASK
-                ql = (key >> _BITS) & _MASK
-                shared |= peaks[CA, pl] != 0 or peaks[CB, ql] != 0
-                peaks[CA, pl] = 1
-                peaks[CB, ql] = 1
-                total += w_a[a0 + pl] * w_b[b0 + ql]
-            for e in range(s0, s1):
-                key = gkey[e]
-                peaks[CA, key & _MASK] = 0
-                peaks[CB, (key >> _BITS) & _MASK] = 0
-            if not shared:
-                out_s[j] = total / den
-                out_m[j] = n
-                s0 = s1
-                continue
             if n > pv.shape[0]:
                 buf = grow(buf, 2 * n)
                 pairs, pv = buf[0], buf[1]

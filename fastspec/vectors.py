@@ -117,12 +117,28 @@ def load_faiss_index(library):
                 idx = faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
             except RuntimeError:  # index types faiss cannot map
                 idx = faiss.read_index(path)
+            _no_prefetch_threads(faiss, idx)
         except RuntimeError as e:
             from fastspec.errors import IndexFormatError
 
             raise IndexFormatError(f"cannot read the FAISS index of {library.path}: {str(e).splitlines()[0]}") from None
         library._cache["faiss"] = idx
     return idx
+
+
+def _no_prefetch_threads(faiss, index) -> None:
+    """Stop a memory-mapped index from starting its page-prefetch threads on every search.
+
+    faiss's on-disk inverted lists start ``prefetch_nthread`` (32) threads per search call to touch the
+    probed lists, whatever ``threads`` says; the probed lists are read right after anyway. 2.4M
+    MassBank-grown library, 100 candidates at nprobe 4, 1 thread: 0.33-0.38 -> 0.28-0.32 ms/query.
+    """
+    try:
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    except (RuntimeError, AttributeError):  # flat index: no inverted lists
+        return
+    if hasattr(lists, "prefetch_nthread"):
+        lists.prefetch_nthread = 0
 
 
 def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, threads: int | None = None) -> np.ndarray:

@@ -327,15 +327,16 @@ def _entropy_edge(q, rest_mass, t, a, b, rising):
 
 
 @numba.njit(inline="always", **NJIT)
-def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state, touched, nt, dead, nd, only_touched,
-          prune, mark, fresh, w_lo, w_hi, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
+def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state, live, touched, nt, dead, nd, only_touched,
+          prune, mark, fresh, band, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
     """Add ``qv * w`` for every library peak ``w`` in the window of one query peak.
 
     ``state[c]``: 0 not reached, 1 reached before this query peak (in ``touched``; ``work[c]`` = partial
     bound, matched library mass sum(w**2)), 2 ruled out (in ``dead``), 3 reached at this query peak (the
-    caller sets it to 1 once the peak's windows are scanned). The one-byte states stay in cache where the
-    accumulator rows do not, and most visited peaks belong to spectra that are never reached or are ruled
-    out. Scan weights are L2-normalised cosine weights, or for entropy the square roots of the
+    caller sets it to 1 once the peak's windows are scanned). Bit ``c`` of ``live`` is set exactly when
+    the state is 1: most visited peaks belong to spectra that are never reached or are ruled out, and
+    the bitmap (n/8 bytes) stays in the core's cache where the byte states do not, so those entries
+    cost a bit test; the state is read only for entries that could reach or rule out a spectrum. Scan weights are L2-normalised cosine weights, or for entropy the square roots of the
     sum-normalised weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not
     only the best, keeps the bound valid for unclean spectra.
 
@@ -352,6 +353,7 @@ def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state,
     """
     m = sorted_vals.shape[0]
     cap = ch_b.shape[0]
+    w_lo, w_hi = band
     p = _lower_bound(sorted_vals, x - h, 0, m)
     hi_v = x + h
     while p < m and sorted_vals[p] <= hi_v:
@@ -361,22 +363,29 @@ def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state,
             p += 1
             continue
         c = spec[p]
-        st = state[c]
-        if st != 1:
-            if st == 2 or only_touched or w <= 0:
+        if not _is_live(live, c):
+            if only_touched or w <= 0 or (out and not mark):
+                p += 1
+                continue
+            st = state[c]
+            if st == 2:
                 p += 1
                 continue
             if out:
-                if mark and st == 0:
+                if st == 0:
                     state[c] = 2
                     dead[nd] = c
                     nd += 1
                 p += 1
                 continue
             if st == 0:
-                state[c] = 3 if prune else 1
                 touched[nt] = c
                 nt += 1
+                if prune:
+                    state[c] = 3
+                else:
+                    state[c] = 1
+                    _set_live(live, c, True)
         nv = work[c, 0] + qv * w
         work[c, 0] = nv
         work[c, 1] += w * w
@@ -396,6 +405,22 @@ def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state,
                 ch_size = _heap_push(ch_b, ch_i, ch_size, cap, nv, c)
         p += 1
     return nt, nd, ch_size
+
+
+@numba.njit(inline="always", **NJIT)
+def _is_live(live, c):
+    u = np.uint64(c)
+    return (live[u >> np.uint64(6)] >> (u & np.uint64(63))) & np.uint64(1) != np.uint64(0)
+
+
+@numba.njit(inline="always", **NJIT)
+def _set_live(live, c, on):
+    u = np.uint64(c)
+    bit = np.uint64(1) << (u & np.uint64(63))
+    if on:
+        live[u >> np.uint64(6)] |= bit
+    else:
+        live[u >> np.uint64(6)] &= ~bit
 
 
 @numba.njit(inline="always", **NJIT)
@@ -587,7 +612,7 @@ def _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base):
 
 
 @numba.njit(inline="always", **NJIT)
-def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, q_rest, theta, clean_q, min_gap,
+def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live, q_rest, theta, clean_q, min_gap,
                    gap_thr, qrow, q_codes, lib_codes, sym, first):
     """Keep (compacted at the front of ``touched``) the reached spectra whose partial bound plus what
     query peaks of mass ``q_rest`` can add still reaches ``theta``; rule out the others (state 2,
@@ -611,6 +636,7 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, q_res
             if track:
                 count[c] = 0
             state[c] = 2
+            _set_live(live, c, False)
             dead[nd] = c
             nd += 1
     return keep, nd
@@ -620,7 +646,7 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, q_res
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
                    nl_w, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec, lib_clean, kind,
                    tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs, min_score, k,
-                   m_cap, work, count, state, touched, dead, out_ids, out_bound, out_next, out_stats):
+                   m_cap, work, count, state, live, touched, dead, out_ids, out_bound, out_next, out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own scratch; blocks run in Python threads
     # (the kernel releases the GIL): a serial kernel compiles far faster than a parfor of this size
     nq = q_rows.shape[0]
@@ -683,19 +709,21 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             if prune:
                 w_lo, w_hi = _alive_band(kind, qw, qsuf[done], theta)
             nt0 = nt
+            fresh = prune and nt0 == 0
             nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count,
-                                    track, state, touched, nt, dead, nd, False, prune, mark, prune and nt0 == 0,
-                                    w_lo, w_hi, clean_q, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
+                                    track, state, live, touched, nt, dead, nd, False, prune, mark, fresh,
+                                    (w_lo, w_hi), clean_q, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
                                     lib_codes, sym)
             if do_nl:
                 y = pmz - x
                 nt, nd, ch_size = _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)),
-                                        qv, work, count, track, state, touched, nt, dead, nd, False, prune, False,
-                                        prune and nt0 == 0, w_lo, w_hi, False, cb, ci, ch_size, min_gap, gap_thr,
+                                        qv, work, count, track, state, live, touched, nt, dead, nd, False, prune, False,
+                                        fresh, (w_lo, w_hi), False, cb, ci, ch_size, min_gap, gap_thr,
                                         qrow, q_codes, lib_codes, sym)
             if prune:
                 for v in range(nt0, nt):
                     state[touched[v]] = 1
+                    _set_live(live, touched[v], True)
             if clean_q and u == next_ck and n_ck < 3 and done < npk and \
                     _inflate(_rest(kind, qsuf[done], 1.0)) >= theta:
                 th = _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs,
@@ -712,7 +740,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         ns = nt
         pruned = done < npk
         if pruned:
-            ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, qsuf[done], theta,
+            ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live, qsuf[done], theta,
                                     clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
             rem_scan = 0
             for u in range(done, npk):
@@ -728,15 +756,15 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                     continue
                 qv = qw if kind == 0 else np.sqrt(qw)
                 _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count, track,
-                      state, touched, nt, dead, nd, True, False, False, False, -1.0, 2.0, False, cb, ci, 0, min_gap,
+                      state, live, touched, nt, dead, nd, True, False, False, False, (-1.0, 2.0), False, cb, ci, 0, min_gap,
                       gap_thr, qrow, q_codes, lib_codes, sym)
                 if do_nl:
                     y = pmz - x
                     _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)), qv,
-                          work, count, track, state, touched, nt, dead, nd, True, False, False, False, -1.0,
-                          2.0, False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
+                          work, count, track, state, live, touched, nt, dead, nd, True, False, False, False,
+                          (-1.0, 2.0), False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
                 if done < npk:
-                    ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, qsuf[done],
+                    ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live, qsuf[done],
                                             theta, clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym,
                                             False)
         # entropy scan bounds use sqrt(q*l) >= g(q,l): keep a shortlist 4x larger and refine it below
@@ -759,6 +787,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             if track:
                 count[c] = 0
             state[c] = 0
+            _set_live(live, c, False)
         for v in range(nd):
             state[dead[v]] = 0
         if refine:
@@ -817,7 +846,8 @@ class BoundWorkspace:
 
     ``work`` float32 (blocks, n_library, 2): bound and matched library mass; ``count`` uint16 pairs (only
     with ``min_pairs > 1``); ``state`` uint8 (0 not reached, 1 reached, 2 ruled out, 3 reached at the
-    query peak being scanned); ``touched`` / ``dead`` int32 lists of reached / ruled-out spectra.
+    query peak being scanned); ``live`` uint64 bitmap of state 1; ``touched`` / ``dead`` int32 lists of
+    reached / ruled-out spectra.
     """
 
     def __init__(self, n_library: int, n_blocks: int):
@@ -827,6 +857,7 @@ class BoundWorkspace:
         self.work = np.zeros((self.n_blocks, n, 2), dtype=np.float32)
         self.count = np.zeros((self.n_blocks, n), dtype=np.uint16)
         self.state = np.zeros((self.n_blocks, n), dtype=np.uint8)
+        self.live = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.uint64)
         self.touched = np.zeros((self.n_blocks, n), dtype=np.int32)
         self.dead = np.zeros((self.n_blocks, n), dtype=np.int32)
 
@@ -963,7 +994,7 @@ def search_bounds(
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
 
     def run(b: int) -> None:
-        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.state[b], ws.touched[b], ws.dead[b], ids,
+        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.state[b], ws.live[b], ws.touched[b], ws.dead[b], ids,
                        bounds, nxt, stats)
 
     if n_blocks == 1:

@@ -23,7 +23,8 @@ import numpy as np
 from fastspec.errors import IndexFormatError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
-FORMAT_VERSION = 1
+#: 2: fragment and neutral-loss entries grouped by polarity (``frag_groups``, ``nl_groups``).
+FORMAT_VERSION = 2
 FORMAT_NAME = "fastspec-library"
 MANIFEST = "manifest.json"
 _EDGE = 65536  # bytes hashed at each end of a file for the cheap open-time check

@@ -19,6 +19,10 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
 ``frag_went_sqrt``                             spectrum, its scan weights (entropy: square roots)
 ``nl_mz, nl_spec, nl_wcos``                    neutral-loss index: ``precursor_mz - mz`` sorted
+``frag_groups, nl_groups``                     both indexes hold negative, then positive, then
+                                               unknown-polarity spectra, each group sorted; the
+                                               group boundaries (int64 (4,)). A search scans only
+                                               the groups its query may match
 ``formula_keys, formula_offsets, formula_ids``  canonical Hill formula buckets (CSR of library rows)
 ``{formula,adduct,instrument}_{code,keys}``    int32 codes per spectrum (-1 unknown) and the strings
 ``metadata.parquet``                           every metadata column (+ ``formula_canonical``); read
@@ -52,6 +56,22 @@ REASON_MS1 = "MS1 spectrum (ms_level 1)"
 STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
 
 _METADATA_ROW_GROUP = 65536
+
+#: Groups of the fragment and neutral-loss indexes: 0 negative, 1 positive, 2 unknown polarity.
+N_POLARITY_GROUPS = 3
+
+
+def polarity_groups(polarity: np.ndarray) -> np.ndarray:
+    """The index group (int8) of each spectrum from its polarity (+1 / -1 / 0)."""
+    pol = np.asarray(polarity)
+    return np.where(pol < 0, 0, np.where(pol > 0, 1, 2)).astype(np.int8)
+
+
+def allowed_groups(query_polarity: np.ndarray) -> np.ndarray:
+    """bool (nq, 3): the index groups each query may match. A query never matches the other polarity;
+    an unknown polarity on either side matches both."""
+    pol = np.asarray(query_polarity)
+    return np.stack([pol <= 0, pol >= 0, np.ones(pol.shape, bool)], axis=1)
 
 
 # ====================================================================================== input helpers
@@ -633,7 +653,8 @@ class Library:
             gap_min = float(np.min(self.array("min_gap"))) if len(self) else np.inf
         pi = fk.PeakIndex(self.array("frag_mz"), self.array("frag_spec"), fw, self.array("nl_mz"), self.array("nl_spec"),
                           nw, self.array("offsets"), self.array("mz"), w, self.array("precursor_mz"), self.array("min_gap"),
-                          self.array("prec_sorted"), self.array("prec_order"), float(gap_min))
+                          self.array("prec_sorted"), self.array("prec_order"), float(gap_min),
+                          np.asarray(self.array("frag_groups")), np.asarray(self.array("nl_groups")))
         self._cache[key] = pi
         return pi
 
@@ -693,7 +714,8 @@ def _frag_order(lib: Library) -> np.ndarray:
     if "frag_order" not in lib._cache:
         from fastspec.kernels.fragment import sorted_peak_index
 
-        lib._cache["frag_order"] = sorted_peak_index(lib.array("offsets"), lib.array("mz"))[0]
+        lib._cache["frag_order"] = sorted_peak_index(lib.array("offsets"), lib.array("mz"), None,
+                                                     polarity_groups(lib.polarity), N_POLARITY_GROUPS)[0]
     return lib._cache["frag_order"]
 
 
@@ -704,7 +726,8 @@ def _nl_order(lib: Library) -> np.ndarray:
         off = lib.array("offsets")
         pmz = np.asarray(lib.array("precursor_mz"))
         nl = np.repeat(pmz, np.diff(off)) - np.asarray(lib.array("mz"))
-        lib._cache["nl_order"] = sorted_peak_index(off, nl, np.isfinite(pmz))[0]
+        lib._cache["nl_order"] = sorted_peak_index(off, nl, np.isfinite(pmz), polarity_groups(lib.polarity),
+                                                   N_POLARITY_GROUPS)[0]
     return lib._cache["nl_order"]
 
 
@@ -827,9 +850,12 @@ def _build_index(
         fmt.save_array(tmp, "went", went)
         min_gap = fk.min_peak_gaps(offsets, mz)
         fmt.save_array(tmp, "min_gap", min_gap)
-        (forder, fmz, fspec), (norder, nlv, nspec) = _sort_peaks(offsets, mz, pmz, finite, threads)
+        (forder, fmz, fspec, fgroups), (norder, nlv, nspec, ngroups) = _sort_peaks(offsets, mz, pmz, finite,
+                                                                                    polarity_groups(pol), threads)
         fmt.save_array(tmp, "frag_mz", fmz)
         fmt.save_array(tmp, "frag_spec", fspec)
+        fmt.save_array(tmp, "frag_groups", fgroups)
+        fmt.save_array(tmp, "nl_groups", ngroups)
         for kind, scan_w in (("cosine", wcos[forder]), ("entropy", np.sqrt(went[forder]))):
             fmt.save_array(tmp, f"frag_{STORED_WEIGHTS[(kind, 0.0, 1.0)]}{'' if kind == 'cosine' else '_sqrt'}", scan_w)
             del scan_w
@@ -895,19 +921,23 @@ def _build_index(
         fmt.write_manifest(tmp, manifest)
 
 
-def _sort_peaks(offsets, mz, pmz, finite, threads):
-    """Fragment-ion and neutral-loss sort orders (two large sorts, run side by side when allowed)."""
+def _sort_peaks(offsets, mz, pmz, finite, groups, threads):
+    """Fragment-ion and neutral-loss sort orders, grouped by polarity (two large sorts, run side by side
+    when allowed)."""
     from fastspec.kernels import fragment as fk
 
     def neutral_losses():
-        return fk.sorted_peak_index(offsets, np.repeat(pmz, np.diff(offsets)) - mz, finite)
+        return fk.sorted_peak_index(offsets, np.repeat(pmz, np.diff(offsets)) - mz, finite, groups, N_POLARITY_GROUPS)
+
+    def fragments():
+        return fk.sorted_peak_index(offsets, mz, None, groups, N_POLARITY_GROUPS)
 
     if threads == 1:
-        return fk.sorted_peak_index(offsets, mz), neutral_losses()
+        return fragments(), neutral_losses()
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as ex:  # numpy sorts release the GIL
-        f1 = ex.submit(fk.sorted_peak_index, offsets, mz)
+        f1 = ex.submit(fragments)
         f2 = ex.submit(neutral_losses)
         return f1.result(), f2.result()
 

@@ -751,6 +751,7 @@ class _Context:
         yet beat the best bound left out. Exact k-th scores found on the way feed the pruning threshold.
         """
         from fastspec.kernels import fragment as fk
+        from fastspec.library import allowed_groups
 
         if rows.shape[0] == 0:
             return
@@ -759,6 +760,8 @@ class _Context:
         mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
         index = lib.peak_index(wname, mzp, ip)
         qc, lc, sym = self.filters()
+        # the index groups spectra by polarity: the other polarity's entries are never scanned
+        groups = allowed_groups(self.q.polarity)
         ws = _workspace(lib, cfg.threads)
         tol = cfg.tolerance
         n_lib = len(lib)
@@ -774,7 +777,7 @@ class _Context:
             ids, bounds, nxt, st = fk.search_bounds(
                 pending, self.q.offsets, self.q.mz, qw, self.q.precursor_mz, index, kind=kind, use_nl=use_nl,
                 tol_da=tol.da, tol_ppm=tol.ppm, k=cfg.k, m=m, workspace=ws, theta=theta, q_codes=qc, lib_codes=lc,
-                symmetric=sym, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
+                symmetric=sym, q_groups=groups, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
                 threads=cfg.threads)
             self.stats.append(st)
             self.rounds += 1

@@ -149,8 +149,9 @@ def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, 
 
 
 # ---------------------------------------------------------------------------------------- sorted index
-def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarray | None = None):
-    """Sort all peaks of a CSR set by ``values`` (fragment m/z or neutral loss).
+def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarray | None = None,
+                      groups: np.ndarray | None = None, n_groups: int = 1):
+    """Sort all peaks of a CSR set by ``values`` (fragment m/z or neutral loss), optionally group by group.
 
     Parameters
     ----------
@@ -159,14 +160,21 @@ def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarr
         One value per peak.
     rows_ok : ndarray of bool (n,), optional
         Spectra to include (e.g. only those with a known precursor for neutral losses).
+    groups : ndarray of int (n,), optional
+        A group in ``[0, n_groups)`` per spectrum (the library's polarity): the peaks of group 0 come
+        first, sorted, then those of group 1, and so on, so a search can skip groups it may not match.
+    n_groups : int
 
     Returns
     -------
     order : ndarray, int64 (q,)
         Peak positions in sorted order (to gather weights).
     sorted_values : ndarray, float32 (q,)
+        Sorted within each group.
     spec : ndarray, int32 (q,)
         Spectrum id of each sorted peak.
+    bounds : ndarray, int64 (n_groups + 1,)
+        Group ``g`` holds entries ``bounds[g]:bounds[g + 1]``.
     """
     n = offsets.shape[0] - 1
     lengths = np.diff(offsets)
@@ -178,7 +186,14 @@ def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarr
     else:
         order = _argsort_f32(vals)
     spec = np.repeat(np.arange(n, dtype=np.int32), lengths)[order]
-    return order, vals[order], spec
+    if groups is None or n_groups <= 1:
+        return order, vals[order], spec, np.array([0, order.shape[0]], dtype=np.int64)
+    g = np.asarray(groups, dtype=np.int8)[spec]
+    by_group = np.argsort(g, kind="stable")  # stable: each group stays sorted by value
+    order, spec = order[by_group], spec[by_group]
+    bounds = np.zeros(n_groups + 1, dtype=np.int64)
+    np.cumsum(np.bincount(g, minlength=n_groups)[:n_groups], out=bounds[1:])
+    return order, vals[order], spec, bounds
 
 
 def _argsort_f32(x: np.ndarray) -> np.ndarray:
@@ -327,17 +342,20 @@ def _entropy_edge(q, rest_mass, t, a, b, rising):
 
 
 @numba.njit(inline="always", **NJIT)
-def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state, live, touched, nt, dead, nd, only_touched,
+def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, state, live, touched, nt, dead, nd, only_touched,
           prune, mark, fresh, band, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
     """Add ``qv * w`` for every library peak ``w`` in the window of one query peak.
+
+    The window is ``win = (lo, hi)`` (m/z or neutral loss), searched in each entry range
+    ``rng[qrow, g]`` (the index's groups this query may match, each sorted by value).
 
     ``state[c]``: 0 not reached, 1 reached before this query peak (in ``touched``; ``work[c]`` = partial
     bound, matched library mass sum(w**2)), 2 ruled out (in ``dead``), 3 reached at this query peak (the
     caller sets it to 1 once the peak's windows are scanned). Bit ``c`` of ``live`` is set exactly when
     the state is 1: most visited peaks belong to spectra that are never reached or are ruled out, and
     the bitmap (n/8 bytes) stays in the core's cache where the byte states do not, so those entries
-    cost a bit test; the state is read only for entries that could reach or rule out a spectrum. Scan weights are L2-normalised cosine weights, or for entropy the square roots of the
-    sum-normalised weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not
+    cost a bit test; the state is read only for entries that could reach or rule out a spectrum. Scan
+    weights are L2-normalised cosine weights, or for entropy the square roots of the sum-normalised weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not
     only the best, keeps the bound valid for unclean spectra.
 
     ``prune`` (``theta`` a valid lower bound): a pairing of this query peak with a library peak of scan
@@ -351,59 +369,60 @@ def _scan(sorted_vals, spec, weights, x, h, qv, work, count, track_count, state,
     before are skipped. With ``ch`` the best partial sums of clean, eligible spectra are kept in the
     min-heap ``ch_b/ch_i`` (lower bounds for checkpoints). Returns ``(nt, nd, ch_size)``.
     """
-    m = sorted_vals.shape[0]
     cap = ch_b.shape[0]
     w_lo, w_hi = band
-    p = _lower_bound(sorted_vals, x - h, 0, m)
-    hi_v = x + h
-    while p < m and sorted_vals[p] <= hi_v:
-        w = np.float64(weights[p])
-        out = prune and (w < w_lo or w > w_hi)
-        if fresh and (out or w <= 0):
-            p += 1
-            continue
-        c = spec[p]
-        if not _is_live(live, c):
-            if only_touched or w <= 0 or (out and not mark):
+    lo_v, hi_v = win
+    for g in range(rng.shape[1]):
+        e0, e1 = rng[qrow, g, 0], rng[qrow, g, 1]
+        p = _lower_bound(sorted_vals, lo_v, e0, e1)
+        while p < e1 and sorted_vals[p] <= hi_v:
+            w = np.float64(weights[p])
+            out = prune and (w < w_lo or w > w_hi)
+            if fresh and (out or w <= 0):
                 p += 1
                 continue
-            st = state[c]
-            if st == 2:
-                p += 1
-                continue
-            if out:
+            c = spec[p]
+            if not _is_live(live, c):
+                if only_touched or w <= 0 or (out and not mark):
+                    p += 1
+                    continue
+                st = state[c]
+                if st == 2:
+                    p += 1
+                    continue
+                if out:
+                    if st == 0:
+                        state[c] = 2
+                        dead[nd] = c
+                        nd += 1
+                    p += 1
+                    continue
                 if st == 0:
-                    state[c] = 2
-                    dead[nd] = c
-                    nd += 1
-                p += 1
-                continue
-            if st == 0:
-                touched[nt] = c
-                nt += 1
-                if prune:
-                    state[c] = 3
+                    touched[nt] = c
+                    nt += 1
+                    if prune:
+                        state[c] = 3
+                    else:
+                        state[c] = 1
+                        _set_live(live, c, True)
+            nv = work[c, 0] + qv * w
+            work[c, 0] = nv
+            work[c, 1] += w * w
+            if track_count:
+                count[c] += 1
+            if ch and (ch_size < cap or nv > ch_b[0]) and min_gap[c] > gap_thr and \
+                    _passes(c, qrow, q_codes, lib_codes, sym):
+                pos = -1
+                for u in range(ch_size):
+                    if ch_i[u] == c:
+                        pos = u
+                        break
+                if pos >= 0:  # a larger key moves away from the root of the min-heap
+                    ch_b[pos] = nv
+                    _sift_down(ch_b, ch_i, ch_size, pos)
                 else:
-                    state[c] = 1
-                    _set_live(live, c, True)
-        nv = work[c, 0] + qv * w
-        work[c, 0] = nv
-        work[c, 1] += w * w
-        if track_count:
-            count[c] += 1
-        if ch and (ch_size < cap or nv > ch_b[0]) and min_gap[c] > gap_thr and \
-                _passes(c, qrow, q_codes, lib_codes, sym):
-            pos = -1
-            for u in range(ch_size):
-                if ch_i[u] == c:
-                    pos = u
-                    break
-            if pos >= 0:  # a larger key moves away from the root of the min-heap
-                ch_b[pos] = nv
-                _sift_down(ch_b, ch_i, ch_size, pos)
-            else:
-                ch_size = _heap_push(ch_b, ch_i, ch_size, cap, nv, c)
-        p += 1
+                    ch_size = _heap_push(ch_b, ch_i, ch_size, cap, nv, c)
+            p += 1
     return nt, nd, ch_size
 
 
@@ -424,9 +443,12 @@ def _set_live(live, c, on):
 
 
 @numba.njit(inline="always", **NJIT)
-def _window_count(sorted_vals, x, h):
-    m = sorted_vals.shape[0]
-    return _lower_bound(sorted_vals, x + h + 1e-12, 0, m) - _lower_bound(sorted_vals, x - h, 0, m)
+def _window_count(sorted_vals, rng, qrow, x, h):
+    c = 0
+    for g in range(rng.shape[1]):
+        e0, e1 = rng[qrow, g, 0], rng[qrow, g, 1]
+        c += _lower_bound(sorted_vals, x + h + 1e-12, e0, e1) - _lower_bound(sorted_vals, x - h, e0, e1)
+    return c
 
 
 @numba.njit(inline="always", **NJIT)
@@ -602,12 +624,12 @@ def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_
 
 
 @numba.njit(inline="always", **NJIT)
-def _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base):
+def _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_ppm, nl_base):
     """Index entries a scan of query peak ``x`` visits (fragment window, plus the neutral-loss one)."""
-    c = _window_count(fr_mz, x, _half_width(x, tol_da, tol_ppm, x))
+    c = _window_count(fr_mz, fr_rng, qrow, x, _half_width(x, tol_da, tol_ppm, x))
     if do_nl:
         y = pmz - x
-        c += _window_count(nl_mz, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)))
+        c += _window_count(nl_mz, nl_rng, qrow, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)))
     return c
 
 
@@ -644,7 +666,7 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live,
 
 @numba.njit(**NJIT)
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
-                   nl_w, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec, lib_clean, kind,
+                   nl_w, fr_rng, nl_rng, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec, lib_clean, kind,
                    tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs, min_score, k,
                    m_cap, work, count, state, live, touched, dead, out_ids, out_bound, out_next, out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own scratch; blocks run in Python threads
@@ -710,13 +732,15 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 w_lo, w_hi = _alive_band(kind, qw, qsuf[done], theta)
             nt0 = nt
             fresh = prune and nt0 == 0
-            nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count,
+            h = _half_width(x, tol_da, tol_ppm, x)
+            nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, fr_rng, (x - h, x + h), qv, work, count,
                                     track, state, live, touched, nt, dead, nd, False, prune, mark, fresh,
                                     (w_lo, w_hi), clean_q, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
                                     lib_codes, sym)
             if do_nl:
                 y = pmz - x
-                nt, nd, ch_size = _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)),
+                hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+                nt, nd, ch_size = _scan(nl_mz, nl_spec, nl_w, nl_rng, (y - hn, y + hn),
                                         qv, work, count, track, state, live, touched, nt, dead, nd, False, prune, False,
                                         fresh, (w_lo, w_hi), False, cb, ci, ch_size, min_gap, gap_thr,
                                         qrow, q_codes, lib_codes, sym)
@@ -744,23 +768,25 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                                     clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
             rem_scan = 0
             for u in range(done, npk):
-                rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base)
+                rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_ppm, nl_base)
             while ns > 0 and done < npk and \
                     _COMPLETE_COST * ns * (npk - done + mean_peaks) * (2.0 if do_nl else 1.0) > rem_scan:
                 j = a0 + order[done]
                 x = q_mz[j]
-                rem_scan -= _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, tol_da, tol_ppm, nl_base)
+                rem_scan -= _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_ppm, nl_base)
                 done += 1
                 qw = np.float64(q_w[j])
                 if qw <= 0:
                     continue
                 qv = qw if kind == 0 else np.sqrt(qw)
-                _scan(fr_mz, fr_spec, fr_w, x, _half_width(x, tol_da, tol_ppm, x), qv, work, count, track,
+                h = _half_width(x, tol_da, tol_ppm, x)
+                _scan(fr_mz, fr_spec, fr_w, fr_rng, (x - h, x + h), qv, work, count, track,
                       state, live, touched, nt, dead, nd, True, False, False, False, (-1.0, 2.0), False, cb, ci, 0, min_gap,
                       gap_thr, qrow, q_codes, lib_codes, sym)
                 if do_nl:
                     y = pmz - x
-                    _scan(nl_mz, nl_spec, nl_w, y, _half_width(y, tol_da, tol_ppm, max(nl_base, x)), qv,
+                    hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+                    _scan(nl_mz, nl_spec, nl_w, nl_rng, (y - hn, y + hn), qv,
                           work, count, track, state, live, touched, nt, dead, nd, True, False, False, False,
                           (-1.0, 2.0), False, cb, ci, 0, min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
                 if done < npk:
@@ -879,6 +905,10 @@ class PeakIndex(NamedTuple):
     prec_sorted: np.ndarray  #: float64 (n,), precursor m/z sorted (NaN last)
     prec_order: np.ndarray  #: int64 (n,), library rows in that order
     min_gap_min: float = 0.0  #: smallest entry of ``min_gap`` (is the whole library clean at a tolerance?)
+    #: int64 (G+1,): the fragment entries of group g (sorted by m/z) are ``frag_groups[g]:frag_groups[g+1]``
+    #: (None: one group)
+    frag_groups: np.ndarray | None = None
+    nl_groups: np.ndarray | None = None  #: the same for the neutral-loss entries
 
 
 def search_bounds(
@@ -900,6 +930,7 @@ def search_bounds(
     q_codes: np.ndarray | None = None,
     lib_codes: np.ndarray | None = None,
     symmetric: np.ndarray | None = None,
+    q_groups: np.ndarray | None = None,
     min_pairs: int = 1,
     min_score: float = 0.0,
     nl_base: float = 0.0,
@@ -937,6 +968,9 @@ def search_bounds(
     q_codes, lib_codes, symmetric : ndarray
         Filter codes (int32 (nq_total, f), (n_library, f), bool (f,)), -1 unknown. A spectrum passes
         filter ``f`` if the query code is -1, the codes are equal, or ``symmetric[f]`` and its code is -1.
+    q_groups : ndarray, bool (nq_total, G), optional
+        Which groups of the index (``index.frag_groups``) each query may match; the others are not
+        scanned at all. Default: every group.
     min_pairs : int
         Minimum number of query peaks with a partner.
     min_score : float
@@ -985,7 +1019,8 @@ def search_bounds(
     f32, f64, i32, i64 = np.float32, np.float64, np.int32, np.int64
     args = (_ro(q_rows, i64), _ro(q_offsets, i64), _ro(q_mz, f64), _ro(q_weights, f32), _ro(q_precursor_mz, f64),
             _ro(theta, f64), _ro(ix.frag_mz, f32), _ro(ix.frag_spec, i32), _ro(ix.frag_w, f32), _ro(ix.nl_mz, f32),
-            _ro(ix.nl_spec, i32), _ro(ix.nl_w, f32), bool(use_nl), _ro(ix.offsets, i64), _ro(ix.mz, f64),
+            _ro(ix.nl_spec, i32), _ro(ix.nl_w, f32), _group_ranges(ix.frag_groups, ix.frag_mz.shape[0], q_groups, n_total_q),
+            _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q), bool(use_nl), _ro(ix.offsets, i64), _ro(ix.mz, f64),
             _ro(ix.w, f32), _ro(ix.precursor_mz, f64), _ro(ix.min_gap, f32), _ro(ix.prec_sorted, f64),
             _ro(ix.prec_order, i64), n_prec, lib_clean, int(kind), float(tol_da), float(tol_ppm), float(nl_base),
             gap_thr, mean_peaks, _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_), int(min_pairs),
@@ -1005,6 +1040,19 @@ def search_bounds(
         with ThreadPoolExecutor(max_workers=n_blocks) as ex:
             list(ex.map(run, range(n_blocks)))
     return ids, bounds, nxt, stats
+
+
+def _group_ranges(bounds: np.ndarray | None, size: int, allowed: np.ndarray | None, nq: int) -> np.ndarray:
+    """Entry ranges int64 (nq, G, 2) each query scans: its allowed groups, (0, 0) for the others."""
+    b = np.array([0, size], dtype=np.int64) if bounds is None else np.asarray(bounds, dtype=np.int64)
+    n_groups = b.shape[0] - 1
+    ok = np.ones((nq, n_groups), dtype=bool) if allowed is None or bounds is None else np.asarray(allowed, bool)
+    if ok.shape != (nq, n_groups):
+        raise ValueError(f"q_groups: shape {ok.shape}, expected {(nq, n_groups)}")
+    rng = np.zeros((nq, n_groups, 2), dtype=np.int64)
+    rng[:, :, 0] = np.where(ok, b[:-1], 0)
+    rng[:, :, 1] = np.where(ok, b[1:], 0)
+    return _ro(rng, np.int64)
 
 
 def _ro(a, dtype) -> np.ndarray:

@@ -89,14 +89,21 @@ def test_derived_structures_are_consistent(raw_lib):
     lib = raw_lib
     off, mz = np.asarray(lib.array("offsets")), np.asarray(lib.array("mz"))
     fmz, fspec = np.asarray(lib.array("frag_mz")), np.asarray(lib.array("frag_spec"))
-    assert np.all(np.diff(fmz) >= 0) and fmz.shape[0] == mz.shape[0]
+    assert fmz.shape[0] == mz.shape[0]
     # every fragment-index entry points at a peak of its spectrum with that m/z
     owner = np.repeat(np.arange(len(lib)), np.diff(off))
     np.testing.assert_array_equal(np.sort(fspec), np.sort(owner.astype(np.int32)))
     pmz = np.asarray(lib.precursor_mz)
-    nl = np.asarray(lib.array("nl_mz"))
-    assert np.all(np.diff(nl) >= 0)
+    nl, nspec = np.asarray(lib.array("nl_mz")), np.asarray(lib.array("nl_spec"))
     assert nl.shape[0] == int(np.diff(off)[np.isfinite(pmz)].sum())
+    # both indexes: negative, positive, unknown polarity, each group sorted and holding only its spectra
+    pol = np.asarray(lib.polarity)
+    assert (pol > 0).any() and (pol < 0).any()  # the fixture exercises both groups
+    for vals, spec, bounds in ((fmz, fspec, lib.array("frag_groups")), (nl, nspec, lib.array("nl_groups"))):
+        assert bounds[0] == 0 and bounds[-1] == vals.shape[0] and bounds.shape == (4,)
+        for g, ok in enumerate((pol < 0, pol > 0, pol == 0)):
+            a, b = bounds[g], bounds[g + 1]
+            assert np.all(np.diff(vals[a:b]) >= 0) and np.all(ok[spec[a:b]])
     order, srt = np.asarray(lib.array("prec_order")), np.asarray(lib.array("prec_sorted"))
     n_fin = int(np.isfinite(pmz).sum())
     assert np.all(np.diff(srt[:n_fin]) >= 0) and np.array_equal(pmz[order], srt, equal_nan=True)

@@ -150,13 +150,13 @@ def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, sca
     return n
 
 
-@numba.njit(**NJIT)
+@numba.njit(inline="always", **NJIT)
 def _heavier(pv, pairs, e, f):
     """Pair ``e`` comes before pair ``f`` in greedy order (larger product; later collected on ties)."""
     return pv[e] > pv[f] or (pv[e] == pv[f] and pairs[PK, e] > pairs[PK, f])
 
 
-@numba.njit(**NJIT)
+@numba.njit(inline="always", **NJIT)
 def _sift(pairs, start, end, pv):
     """Restore the max-heap property of the work order ``pairs[ORDER, start:end]`` below ``start``."""
     root = start
@@ -172,8 +172,7 @@ def _sift(pairs, start, end, pv):
         root = child
 
 
-@numba.njit(**NJIT)
-def _greedy(pairs, pv, peaks, n):
+def _greedy_py(pairs, pv, peaks, n):
     """Greedy one-to-one assignment of the first ``n`` pairs (n >= 2) -> (sum of products, matched pairs).
 
     ``pairs``, ``pv``, ``peaks``: the arrays of :func:`new_buffers`.
@@ -243,6 +242,12 @@ def _greedy(pairs, pv, peaks, n):
         peaks[BA, a] = 0
         peaks[BB, b] = 0
     return total, used
+
+
+_greedy = numba.njit(**NJIT)(_greedy_py)
+#: the same step inlined into its caller (the join kernels): a call passing three arrays costs six
+#: reference-count operations, and the join calls it about once per spectrum pair with conflicts
+greedy_inline = numba.njit(inline="always", **NJIT)(_greedy_py)
 
 
 @numba.njit(**NJIT)

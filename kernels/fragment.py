@@ -1,7 +1,9 @@
 """Fragment-ion and neutral-loss index kernels: exact whole-library top-k through score upper bounds.
 
 The library's peaks are kept twice more, sorted: by fragment m/z (the *fragment index*) and by neutral
-loss ``precursor_mz - mz`` (the *neutral-loss index*), each with its spectrum and a scan weight ``w``:
+loss ``precursor_mz - mz`` (the *neutral-loss index*), each in groups (the library's polarities, each
+group sorted) of which a query scans only those it may match, each entry with its spectrum and a scan
+weight ``w``:
 the L2-normalised cosine weight, or the square root of the sum-normalised entropy weight. Query peaks
 get the matching weights ``qv``, so both metrics are bounded by the same products: cosine pairs add
 ``q*l``; an entropy pair adds ``g(q,l) = (f(q+l) - f(q) - f(l)) / 2 <= sqrt(q*l)`` (f(x) = x log2 x,

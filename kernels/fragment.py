@@ -344,8 +344,9 @@ def _entropy_edge(q, rest_mass, t, a, b, rising):
 
 
 @numba.njit(inline="always", **NJIT)
-def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, state, live, touched, nt, dead, nd, only_touched,
-          prune, mark, fresh, band, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym):
+def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, state, live, touched, nt, dead, nd,
+          only_touched, prune, mark, fresh, band, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes,
+          sym):
     """Add ``qv * w`` for every library peak ``w`` in the window of one query peak.
 
     The window is ``win = (lo, hi)`` (m/z or neutral loss), searched in each entry range
@@ -357,8 +358,9 @@ def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, st
     the state is 1: most visited peaks belong to spectra that are never reached or are ruled out, and
     the bitmap (n/8 bytes) stays in the core's cache where the byte states do not, so those entries
     cost a bit test; the state is read only for entries that could reach or rule out a spectrum. Scan
-    weights are L2-normalised cosine weights, or for entropy the square roots of the sum-normalised weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not
-    only the best, keeps the bound valid for unclean spectra.
+    weights are L2-normalised cosine weights, or for entropy the square roots of the sum-normalised
+    weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not only the best,
+    keeps the bound valid for unclean spectra.
 
     ``prune`` (``theta`` a valid lower bound): a pairing of this query peak with a library peak of scan
     weight outside ``[w_lo, w_hi]`` (:func:`_alive_band`) by a spectrum that no earlier peak reached
@@ -668,9 +670,10 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live,
 
 @numba.njit(**NJIT)
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
-                   nl_w, fr_rng, nl_rng, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec, lib_clean, kind,
-                   tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs, min_score, k,
-                   m_cap, work, count, state, live, touched, dead, out_ids, out_bound, out_next, out_stats):
+                   nl_w, fr_rng, nl_rng, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec,
+                   lib_clean, kind, tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs,
+                   min_score, k, m_cap, work, count, state, live, touched, dead, out_ids, out_bound, out_next,
+                   out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own scratch; blocks run in Python threads
     # (the kernel releases the GIL): a serial kernel compiles far faster than a parfor of this size
     nq = q_rows.shape[0]
@@ -770,7 +773,8 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                                     clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
             rem_scan = 0
             for u in range(done, npk):
-                rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_ppm, nl_base)
+                rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da,
+                                       tol_ppm, nl_base)
             while ns > 0 and done < npk and \
                     _COMPLETE_COST * ns * (npk - done + mean_peaks) * (2.0 if do_nl else 1.0) > rem_scan:
                 j = a0 + order[done]
@@ -783,8 +787,8 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 qv = qw if kind == 0 else np.sqrt(qw)
                 h = _half_width(x, tol_da, tol_ppm, x)
                 _scan(fr_mz, fr_spec, fr_w, fr_rng, (x - h, x + h), qv, work, count, track,
-                      state, live, touched, nt, dead, nd, True, False, False, False, (-1.0, 2.0), False, cb, ci, 0, min_gap,
-                      gap_thr, qrow, q_codes, lib_codes, sym)
+                      state, live, touched, nt, dead, nd, True, False, False, False, (-1.0, 2.0), False, cb, ci, 0,
+                      min_gap, gap_thr, qrow, q_codes, lib_codes, sym)
                 if do_nl:
                     y = pmz - x
                     hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
@@ -1021,8 +1025,10 @@ def search_bounds(
     f32, f64, i32, i64 = np.float32, np.float64, np.int32, np.int64
     args = (_ro(q_rows, i64), _ro(q_offsets, i64), _ro(q_mz, f64), _ro(q_weights, f32), _ro(q_precursor_mz, f64),
             _ro(theta, f64), _ro(ix.frag_mz, f32), _ro(ix.frag_spec, i32), _ro(ix.frag_w, f32), _ro(ix.nl_mz, f32),
-            _ro(ix.nl_spec, i32), _ro(ix.nl_w, f32), _group_ranges(ix.frag_groups, ix.frag_mz.shape[0], q_groups, n_total_q),
-            _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q), bool(use_nl), _ro(ix.offsets, i64), _ro(ix.mz, f64),
+            _ro(ix.nl_spec, i32), _ro(ix.nl_w, f32),
+            _group_ranges(ix.frag_groups, ix.frag_mz.shape[0], q_groups, n_total_q),
+            _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q), bool(use_nl), _ro(ix.offsets, i64),
+            _ro(ix.mz, f64),
             _ro(ix.w, f32), _ro(ix.precursor_mz, f64), _ro(ix.min_gap, f32), _ro(ix.prec_sorted, f64),
             _ro(ix.prec_order, i64), n_prec, lib_clean, int(kind), float(tol_da), float(tol_ppm), float(nl_base),
             gap_thr, mean_peaks, _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_), int(min_pairs),
@@ -1031,8 +1037,8 @@ def search_bounds(
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
 
     def run(b: int) -> None:
-        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.state[b], ws.live[b], ws.touched[b], ws.dead[b], ids,
-                       bounds, nxt, stats)
+        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.state[b], ws.live[b], ws.touched[b], ws.dead[b],
+                       ids, bounds, nxt, stats)
 
     if n_blocks == 1:
         run(0)

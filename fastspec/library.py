@@ -14,6 +14,11 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``prec_norm``                                  precursor only), and their intensities' L2 norms: an
                                                identity window is one contiguous block (optional:
                                                older indexes search without it)
+``wblk_mz, wblk_loc, wblk_w``                   the peak copy again, re-sorted by m/z within blocks
+                                               of ``window_block`` (manifest) spectra: float32 m/z,
+                                               uint16 spectrum in the block, L2-normalised intensity.
+                                               Identity search bounds window candidates through it
+                                               (optional: searched without it when absent)
 ``wcos, went, min_gap``                        per-peak cosine (L2-normalised) and entropy (weighted,
                                                sum 1) weights; per-spectrum smallest peak gap
 ``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
@@ -56,6 +61,8 @@ REASON_MS1 = "MS1 spectrum (ms_level 1)"
 STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
 
 _METADATA_ROW_GROUP = 65536
+#: Spectra per block of the precursor-block index (``wblk_*``), which identity search bounds through.
+WINDOW_BLOCK = 1024
 
 #: Groups of the fragment and neutral-loss indexes: 0 negative, 1 positive, 2 unknown polarity.
 N_POLARITY_GROUPS = 3
@@ -332,7 +339,7 @@ class Library:
         """
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
-        prog = _Progress(progress, total=6, desc="index")
+        prog = _Progress(progress, total=7, desc="index")
         try:
             pipeline = resolve_pipeline(preprocess)
             spectra, counts = read_input(spectra_or_paths, on_error, progress)
@@ -378,7 +385,7 @@ class Library:
 
         New spectra get the next library rows. Returns ``self``, refreshed.
         """
-        prog = _Progress(progress, total=6, desc="append")
+        prog = _Progress(progress, total=7, desc="append")
         try:
             pipeline = self.pipeline
             spectra, counts = read_input(spectra_or_paths, on_error, progress)
@@ -480,6 +487,13 @@ class Library:
     @property
     def has_faiss(self) -> bool:
         return "faiss.index" in self.manifest["files"]
+
+    @property
+    def window_block(self) -> int:
+        """Spectra per block of the precursor-block index (``wblk_*``; 0: the index has none)."""
+        if not self.has_array("wblk_w"):
+            return 0
+        return int(self.manifest["build"].get("window_block", 0))
 
     def has_array(self, name: str) -> bool:
         """Whether the index holds the array ``name`` (optional structures: see the module docstring)."""
@@ -828,6 +842,7 @@ def _build_index(
         fmt.save_array(tmp, "polarity", pol)
         fmt.save_array(tmp, "input_index", inp)
         from fastspec.kernels.peaks import gather_csr, l2_norms_csr
+        from fastspec.kernels.window import block_index as window_block_index
 
         fmt.save_array(tmp, "norm", l2_norms_csr(offsets, inten, threads=threads))
         finite = np.isfinite(pmz)
@@ -840,8 +855,13 @@ def _build_index(
         fmt.save_array(tmp, "prec_offsets", p_off)
         fmt.save_array(tmp, "prec_mz", p_mz)
         fmt.save_array(tmp, "prec_intensity", p_int)
-        fmt.save_array(tmp, "prec_norm", l2_norms_csr(p_off, p_int, threads=threads))
-        del p_off, p_mz, p_int
+        p_norm = l2_norms_csr(p_off, p_int, threads=threads)
+        fmt.save_array(tmp, "prec_norm", p_norm)
+        prog.step("window index")
+        for name, arr in zip(("wblk_mz", "wblk_loc", "wblk_w"),
+                             window_block_index(p_off, p_mz, p_int, p_norm, WINDOW_BLOCK, threads=threads)):
+            fmt.save_array(tmp, name, arr)
+        del p_off, p_mz, p_int, p_norm, arr
 
         prog.step("fragment index")
         wcos = fk.peak_weights(offsets, mz, inten, "cosine", threads=threads)
@@ -902,6 +922,7 @@ def _build_index(
                 "preprocess": preprocess_cfg,
                 "faiss": faiss_info,
                 "metadata_row_group": _METADATA_ROW_GROUP,
+                "window_block": WINDOW_BLOCK,
                 "weights": {"wcos": {"kind": "cosine", "mz_power": 0.0, "intensity_power": 1.0},
                             "went": {"kind": "entropy"}},
             },

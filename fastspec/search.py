@@ -43,6 +43,11 @@ _ENTROPY = ("entropy", "unweighted_entropy")
 _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine"}
 #: first pruning threshold of open/analog search: FAISS neighbours rescored exactly (_Context._first_theta);
 #: 100 candidates at nprobe 4 measured best among 100-500 and nprobe 1-16
+#: Identity search through the precursor-block index: candidates of best bound scored first per query
+#: (k more than this), and the widest window (in spectra of the precursor order) bounded; wider windows
+#: are scored in full.
+_WINDOW_FIRST = 16
+_WINDOW_SPAN = 1 << 17
 _THETA_FAISS = 100
 #: analog search: since its bound scan prunes with the threshold too, 300 pays (2.4M MassBank-grown, 1,000
 #: queries, same process, ms/query: 100 -> 4.13-4.17, 300 -> 3.78-3.80, 1000 -> 3.76-3.98; spectra
@@ -652,7 +657,65 @@ class _Context:
         -> 0.24 ms/query."""
         by_prec = self.lib.has_array("prec_norm")  # the last of the copy's arrays
         offs, cand = self.window_candidates(rows, tol, positions=by_prec)
+        if by_prec and self.block_bounded():
+            return self.bounded_window_search(rows, offs, cand)
         return self.exact(rows, offs, cand, by_precursor=by_prec)
+
+    def block_bounded(self) -> bool:
+        """Whether window candidates can be pruned through the precursor-block index: cosine at default
+        weights (the index stores L2-normalised intensities) on an index that has it."""
+        kw = self.cfg.metric_kwargs()
+        return (self.cfg.metric == "cosine" and kw.get("mz_power") == 0.0 and kw.get("intensity_power") == 1.0
+                and self.lib.window_block > 0)
+
+    def bounded_window_search(self, rows: np.ndarray, offs: np.ndarray, pos: np.ndarray):
+        """Exact top-k over precursor windows (``pos``: CSR of positions in precursor order), scoring
+        only candidates whose cosine bound can still reach the top-k.
+
+        The bounds come from the precursor-block index (:func:`fastspec.kernels.window.window_bounds`).
+        The ``k + _WINDOW_FIRST`` best-bounded candidates of a query are scored first; the k-th exact score
+        among them is a floor the final k-th score cannot be below, so only the other candidates whose
+        bound reaches it are scored next, together with the first ones again. Windows wider than
+        ``_WINDOW_SPAN`` spectra are scored in full.
+        """
+        from fastspec.kernels.fragment import BOUND_ATOL, BOUND_RTOL
+        from fastspec.kernels.window import second_round, window_bounds
+
+        lib, cfg = self.lib, self.cfg
+        nr = rows.shape[0]
+        sizes = np.diff(offs)
+        spans = np.zeros(nr, np.int64)
+        full = np.flatnonzero(sizes > 0)
+        spans[full] = pos[offs[full + 1] - 1] + 1 - pos[offs[full]]
+        wide = spans > _WINDOW_SPAN
+        if wide.any():  # rare (very wide precursor tolerances): split off and score in full
+            parts = (np.flatnonzero(~wide), np.flatnonzero(wide))
+            out = [np.zeros((nr, cfg.k)), np.full((nr, cfg.k), -1, np.int64), np.zeros((nr, cfg.k), np.int32)]
+            for j, sel in enumerate(parts):
+                if sel.shape[0] == 0:
+                    continue
+                o, p = _csr_take(offs, pos, sel)
+                res = self.bounded_window_search(rows[sel], o, p) if j == 0 else self.exact(rows[sel], o, p, True)
+                for a, v in zip(out, res):
+                    a[sel] = v
+            return tuple(out)
+        qp = self.qprep.take(rows)
+        qnorm = np.repeat(qp.norm, np.diff(qp.offsets))
+        qw = np.divide(qp.w, qnorm, out=np.zeros_like(qp.w), where=qnorm > 0)
+        b_mz, b_loc, b_w = (lib.array(n) for n in ("wblk_mz", "wblk_loc", "wblk_w"))
+        ub, cnt, first = window_bounds(qp.offsets, qp.pos, qw, offs, pos, lib.array("prec_offsets"), b_mz, b_loc,
+                                       b_w, lib.window_block, qp.tolerance.da, qp.tolerance.ppm,
+                                       cfg.k + _WINDOW_FIRST, threads=cfg.threads)
+        sel = first & (cnt >= max(1, cfg.min_matches))
+        s, idx, m = self.exact(rows, _mask_offsets(offs, sel), pos[sel], by_precursor=True)
+        theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)
+        again, sel2 = second_round(offs, ub, cnt, first, np.maximum(theta, cfg.min_score), max(1, cfg.min_matches),
+                                   BOUND_RTOL, BOUND_ATOL)
+        if again.shape[0]:
+            s2, i2, m2 = self.exact(rows[again], _mask_offsets(offs, sel2)[np.r_[again, again[-1] + 1]], pos[sel2],
+                                    by_precursor=True)
+            s[again], idx[again], m[again] = s2, i2, m2
+        return s, idx, m
 
     def faiss_candidates(self, rows: np.ndarray, n_cand: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The ``n_cand`` nearest library spectra of each query in the FAISS index, filtered (CSR)."""
@@ -849,6 +912,21 @@ class _Context:
 
 
 # ====================================================================================== helpers
+def _mask_offsets(offs: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Offsets of the CSR ``offs`` after dropping the entries where ``keep`` is False."""
+    c = np.zeros(keep.shape[0] + 1, np.int64)
+    np.cumsum(keep, out=c[1:])
+    return c[offs]
+
+
+def _csr_take(offs: np.ndarray, vals: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows ``sel`` (ascending) of a CSR -> (offsets, values)."""
+    keep = np.zeros(vals.shape[0], bool)
+    for a, b in zip(offs[sel], offs[sel + 1]):
+        keep[a:b] = True
+    return _mask_offsets(offs, keep)[np.r_[sel, offs.shape[0] - 1]], vals[keep]
+
+
 def _batches(rows: np.ndarray, size: int):
     for a in range(0, rows.shape[0], size):
         yield rows[a: a + size]

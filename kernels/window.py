@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import prange
 
-from fastspec.kernels._config import NJIT
+from fastspec.kernels._config import NJIT, pjit, threads as _threads
+from fastspec.kernels.fragment import _half_width, _lower_bound
 
 
 @numba.njit(**NJIT)
@@ -61,3 +63,231 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym):
                 n += 1
         offsets[r + 1] = n
     return offsets, pos[:n]
+
+
+# ------------------------------------------------------------------------------ precursor-block index
+def _block_sort_py(p_off, p_mz, p_int, p_norm, block, out_mz, out_loc, out_w):
+    n = p_off.shape[0] - 1
+    for b in prange((n + block - 1) // block):
+        s0 = b * block
+        s1 = min(n, s0 + block)
+        e0, e1 = p_off[s0], p_off[s1]
+        loc = np.empty(e1 - e0, np.uint16)
+        for s in range(s0, s1):
+            for p in range(p_off[s], p_off[s + 1]):
+                loc[p - e0] = s - s0
+        # sorted in float64; float32 rounding is monotone, so the stored values stay sorted
+        order = np.argsort(p_mz[e0:e1], kind="mergesort")
+        for t in range(e1 - e0):
+            src = order[t]
+            s = s0 + loc[src]
+            out_mz[e0 + t] = np.float32(p_mz[e0 + src])
+            out_loc[e0 + t] = loc[src]
+            out_w[e0 + t] = np.float32(p_int[e0 + src] / p_norm[s]) if p_norm[s] > 0 else np.float32(0.0)
+
+
+_block_sort = pjit(_block_sort_py)
+
+
+def block_index(p_off: np.ndarray, p_mz: np.ndarray, p_int: np.ndarray, p_norm: np.ndarray, block: int,
+                threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The precursor-ordered peaks as a fragment index per block of ``block`` consecutive spectra.
+
+    Block ``b`` holds spectra ``b*block .. (b+1)*block - 1`` (precursor order), whose peaks occupy
+    ``p_off[b*block] : p_off[min((b+1)*block, n)]`` as in the peak copy; there they are re-sorted by
+    m/z. An identity window spans a few blocks, and each query peak finds its partners in a block by a
+    binary search instead of a merge against every candidate.
+
+    Parameters
+    ----------
+    p_off : int64 (n+1,)
+    p_mz : float64 (P,)
+    p_int : float32 (P,)
+    p_norm : float64 (n,)
+        The precursor-ordered peak copy and its L2 norms.
+    block : int
+        Spectra per block, at most 65,536 (the local spectrum number is a uint16).
+
+    Returns
+    -------
+    mz : float32 (P,)
+        Peak m/z, ascending within each block.
+    loc : uint16 (P,)
+        Spectrum of each peak, counted from the block's first.
+    w : float32 (P,)
+        L2-normalised intensity (the cosine weight at ``mz_power`` 0, ``intensity_power`` 1).
+    """
+    if not 1 <= block <= 65536:
+        raise ValueError("block must be in 1..65536")
+    p_total = int(p_off[-1])
+    out_mz = np.empty(p_total, np.float32)
+    out_loc = np.empty(p_total, np.uint16)
+    out_w = np.empty(p_total, np.float32)
+    with _threads(threads):
+        _block_sort.pick(p_total, threads)(np.asarray(p_off, np.int64), np.asarray(p_mz, np.float64),
+                                           np.asarray(p_int, np.float32), np.asarray(p_norm, np.float64),
+                                           int(block), out_mz, out_loc, out_w)
+    return out_mz, out_loc, out_w
+
+
+@numba.njit(inline="always", **NJIT)
+def _kth_largest(vals, c0, c1, m, top):
+    """The ``m``-th largest of ``vals[c0:c1]`` (``m <= c1 - c0``), kept in ``top`` (m,): one compare per
+    value, and a rescan of ``top`` only when a value enters (a partition would copy the whole run)."""
+    jmin = 0
+    for j in range(m):
+        top[j] = vals[c0 + j]
+        if top[j] < top[jmin]:
+            jmin = j
+    for t in range(c0 + m, c1):
+        if vals[t] > top[jmin]:
+            top[jmin] = vals[t]
+            for j in range(m):
+                if top[j] < top[jmin]:
+                    jmin = j
+    return top[jmin]
+
+
+def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, block, tol_da, tol_ppm, n_first,
+                      span_max, n_parts, ub_out, cnt_out, first_out):
+    nr = w_off.shape[0] - 1
+    step = (nr + n_parts - 1) // n_parts
+    n_spec = p_off.shape[0] - 1
+    for part in prange(n_parts):
+        # slots for whole blocks: entries of spectra outside the window land in slots never read
+        ub = np.zeros(span_max, np.float64)
+        cnt = np.zeros(span_max, np.int32)
+        top = np.empty(n_first, np.float64)
+        for r in range(part * step, min(nr, (part + 1) * step)):
+            c0, c1 = w_off[r], w_off[r + 1]
+            if c1 - c0 <= n_first:  # nothing to prune: every candidate is scored
+                for t in range(c0, c1):
+                    ub_out[t] = np.inf
+                    cnt_out[t] = np.iinfo(np.int32).max
+                    first_out[t] = True
+                continue
+            b0 = pos[c0] // block
+            b1 = pos[c1 - 1] // block + 1
+            base = b0 * block
+            for t in range(min(n_spec, b1 * block) - base):
+                ub[t] = 0.0
+                cnt[t] = 0
+            for i in range(q_off[r], q_off[r + 1]):
+                x = q_mz[i]
+                qv = q_w[i]
+                h = _half_width(x, tol_da, tol_ppm, x)
+                for b in range(b0, b1):
+                    e1 = p_off[min(n_spec, (b + 1) * block)]
+                    e = _lower_bound(b_mz, x - h, p_off[b * block], e1)
+                    slot = (b - b0) * block
+                    while e < e1 and b_mz[e] <= x + h:
+                        s = slot + np.int64(b_loc[e])
+                        ub[s] += qv * b_w[e]
+                        cnt[s] += 1
+                        e += 1
+            for t in range(c0, c1):
+                ub_out[t] = ub[pos[t] - base]
+                cnt_out[t] = cnt[pos[t] - base]
+            # the n_first best bounds are scored first; their k-th exact score decides the rest
+            thr = _kth_largest(ub_out, c0, c1, n_first, top)
+            for t in range(c0, c1):
+                first_out[t] = ub_out[t] >= thr and ub_out[t] > 0.0
+
+
+_window_bounds = pjit(_window_bounds_py)
+
+
+def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: np.ndarray, pos: np.ndarray,
+                  p_off: np.ndarray, b_mz: np.ndarray, b_loc: np.ndarray, b_w: np.ndarray, block: int,
+                  tol_da: float, tol_ppm: float, n_first: int, threads: int | None = None):
+    """Cosine upper bounds of each query's window candidates, through the precursor-block index.
+
+    A candidate's bound is the sum of ``qv * w`` over every pair of peaks within the (float32-widened)
+    tolerance; greedy cosine pairs a subset of them one-to-one, so the bound is never below the exact
+    score and equals it (to rounding) for spectra whose peaks are more than two tolerances apart.
+
+    Parameters
+    ----------
+    q_off : int64 (nr+1,)
+    q_mz, q_w : float64 (Q,)
+        Query peaks and their L2-normalised weights.
+    w_off : int64 (nr+1,)
+    pos : int64 (C,)
+        Each query's candidates, as ascending positions in precursor order (:func:`window_positions`).
+    p_off : int64 (n+1,)
+        Peak offsets of the precursor-ordered copy (also the block boundaries).
+    b_mz, b_loc, b_w : the block index (:func:`block_index`) built with ``block``.
+    tol_da, tol_ppm : float
+        Fragment tolerance (one of them nonzero).
+    n_first : int
+        Candidates of best bound to score first per query; windows of at most that many are not bounded.
+
+    Returns
+    -------
+    ub : float64 (C,)
+        Upper bounds (``inf`` in unbounded windows).
+    count : int32 (C,)
+        Peak pairs counted (at least the exact matched-peak count).
+    first : bool (C,)
+        The ``n_first`` (ties: more) candidates of best positive bound of each bounded window, and every
+        candidate of the others.
+    """
+    w_off = np.asarray(w_off, np.int64)
+    pos = np.asarray(pos, np.int64)
+    nr = w_off.shape[0] - 1
+    blocks = np.zeros(nr, np.int64)
+    full = np.flatnonzero(np.diff(w_off) > 0)
+    blocks[full] = pos[w_off[full + 1] - 1] // block + 1 - pos[w_off[full]] // block
+    ub = np.empty(pos.shape[0], np.float64)
+    cnt = np.empty(pos.shape[0], np.int32)
+    first = np.empty(pos.shape[0], np.bool_)
+    from fastspec.kernels.topk import _n_blocks
+
+    with _threads(threads):
+        _window_bounds.pick(pos.shape[0], threads)(
+            np.asarray(q_off, np.int64), np.asarray(q_mz, np.float64), np.asarray(q_w, np.float64), w_off, pos,
+            np.asarray(p_off, np.int64), b_mz, b_loc, b_w, int(block), float(tol_da), float(tol_ppm), int(n_first),
+            int(blocks.max()) * block if nr else 0, _n_blocks(nr), ub, cnt, first)
+    return ub, cnt, first
+
+
+@numba.njit(**NJIT)
+def _second_round(w_off, ub, cnt, first, theta, min_matches, rtol, atol, keep):
+    nr = w_off.shape[0] - 1
+    again = np.zeros(nr, np.bool_)
+    for r in range(nr):
+        for t in range(w_off[r], w_off[r + 1]):
+            if not first[t] and cnt[t] >= min_matches and ub[t] * (1.0 + rtol) + atol >= theta[r]:
+                again[r] = True
+                break
+        for t in range(w_off[r], w_off[r + 1]):
+            keep[t] = again[r] and cnt[t] >= min_matches and (first[t] or ub[t] * (1.0 + rtol) + atol >= theta[r])
+    return np.flatnonzero(again)
+
+
+def second_round(w_off: np.ndarray, ub: np.ndarray, count: np.ndarray, first: np.ndarray, theta: np.ndarray,
+                 min_matches: int, rtol: float, atol: float) -> tuple[np.ndarray, np.ndarray]:
+    """The windows to score again after the first round, and what to score in them.
+
+    Parameters
+    ----------
+    w_off : int64 (nr+1,)
+    ub, count, first : the output of :func:`window_bounds`.
+    theta : float64 (nr,)
+        Per window, the floor of the final k-th score: the k-th exact score of the first round (-inf
+        with fewer than k hits), or the minimum score if higher.
+    min_matches : int
+    rtol, atol : float
+        Slack added to the bounds (float32 rounding) before comparing them with exact scores.
+
+    Returns
+    -------
+    rows : int64 (nr2,)
+        Windows where a candidate outside the first round has a bound reaching ``theta``.
+    keep : bool (C,)
+        In those windows, the first-round candidates and those; False elsewhere.
+    """
+    keep = np.empty(ub.shape[0], np.bool_)
+    rows = _second_round(np.asarray(w_off, np.int64), ub, count, first, np.asarray(theta, np.float64),
+                         int(min_matches), float(rtol), float(atol), keep)
+    return rows, keep

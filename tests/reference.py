@@ -19,7 +19,7 @@ import math
 
 __all__ = [
     "window", "weights", "collect_pairs", "greedy", "cosine", "modified_cosine", "neutral_loss_cosine",
-    "binned_vector", "binned_cosine", "entropy_weight", "entropy_similarity", "score", "topk",
+    "binned_vector", "binned_cosine", "entropy_weight", "entropy_similarity", "score", "topk", "cosine_bound",
 ]
 
 
@@ -85,6 +85,16 @@ def cosine(mz_a, int_a, mz_b, int_b, tol=0.1, unit="da", mz_power=0.0, intensity
     w_a = weights(mz_a, int_a, mz_power, intensity_power)
     w_b = weights(mz_b, int_b, mz_power, intensity_power)
     return _finish(collect_pairs(mz_a, w_a, mz_b, w_b, tol, unit), w_a, w_b)
+
+
+def cosine_bound(mz_a, int_a, mz_b, int_b, tol=0.1, unit="da") -> tuple[float, int]:
+    """Upper bound of the greedy cosine: the sum over *every* pair within tolerance (not one-to-one) of
+    the L2-normalised intensity products -> (bound, number of pairs)."""
+    w_a = weights(mz_a, int_a, 0.0, 1.0)
+    w_b = weights(mz_b, int_b, 0.0, 1.0)
+    pairs = collect_pairs(mz_a, w_a, mz_b, w_b, tol, unit)
+    den = _norm(w_a) * _norm(w_b)
+    return (sum(p for _, _, p in pairs) / den if den > 0 else 0.0), len(pairs)
 
 
 def modified_cosine(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=0.1, unit="da", mz_power=0.0,

@@ -172,6 +172,60 @@ def test_identity_filters_equal_brute_force(lib, data):
     assert (hits.indices[:, 0] >= 0).sum() >= 10
 
 
+@pytest.mark.parametrize("raw_peaks", [False, True])
+@pytest.mark.parametrize("min_matches,min_score", [(0, 0.0), (4, 0.0), (0, 0.6)])
+def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monkeypatch, min_matches, min_score,
+                                                    raw_peaks):
+    """Identity search prunes window candidates through the precursor-block index: blocks of 16 spectra
+    and only k candidates scored first, so windows span many blocks. On raw peaks (close peaks: bounds
+    above the exact scores) half the first round is moved to the second: correct for any first round."""
+    from fastspec import library as libmod
+    from fastspec import search as search_mod
+
+    monkeypatch.setattr(libmod, "WINDOW_BLOCK", 16)
+    monkeypatch.setattr(search_mod, "_WINDOW_FIRST", 0)
+    lib = Library.build(data[0], tmp_path_factory.mktemp("w") / "lib.fastspec", faiss=False,
+                        **({"preprocess": None} if raw_peaks else {}))
+    assert lib.window_block == 16
+    queries = data[1]
+    seen = {}
+    real = search_mod._Context.bounded_window_search
+
+    def spy(self, rows, offs, pos):
+        seen["wide"] = seen.get("wide", 0) + int((np.diff(offs) > 4 * K).sum())
+        return real(self, rows, offs, pos)
+
+    monkeypatch.setattr(search_mod._Context, "bounded_window_search", spy)
+    from fastspec.kernels import window as window_mod
+
+    real_second = window_mod.second_round
+
+    def spy_second(*a, **kw):
+        rows, keep = real_second(*a, **kw)
+        seen["again"] = seen.get("again", 0) + rows.shape[0]
+        return rows, keep
+
+    monkeypatch.setattr(window_mod, "second_round", spy_second)
+    real_bounds = window_mod.window_bounds
+
+    def fewer_first(*a, **kw):
+        ub, cnt, first = real_bounds(*a, **kw)
+        if raw_peaks:
+            first &= np.random.default_rng(0).random(first.shape[0]) < 0.5
+        return ub, cnt, first
+
+    monkeypatch.setattr(window_mod, "window_bounds", fewer_first)
+    hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="10000ppm", min_matches=min_matches,
+                      min_score=min_score)
+    assert seen["wide"] >= 20  # windows larger than the first round
+    assert seen["again"] >= 20 or not raw_peaks
+    pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
+    window = np.abs(pl[None, :] - pq_[:, None]) <= np.abs(pq_[:, None]) * 10000e-6
+    assert_same_hits(hits, brute_force(lib, queries, "cosine", window & same_polarity(lib, queries),
+                                       min_matches=min_matches, min_score=min_score))
+    assert (hits.indices[:, 0] >= 0).sum() >= 10
+
+
 def test_window_positions_vs_numpy():
     from fastspec.kernels.window import window_positions
 
@@ -199,13 +253,15 @@ def test_window_positions_vs_numpy():
 @pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "modified_cosine"),
                                          ("identity", "entropy"), ("formula", "cosine"), ("open", "cosine"),
                                          ("analog", "modified_cosine")])
-def test_without_stored_norms_is_the_same(lib, data, mode, metric, monkeypatch):
+@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_w",)])
+def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monkeypatch):
     """Indexes without the stored norms and the precursor-ordered peak copy (older builds) gather and
-    prepare candidates instead of scoring them in place: the same hits."""
+    prepare candidates instead of scoring them in place; without the precursor-block index, identity
+    windows are scored in full: the same hits."""
     kw = dict(k=K, mode=mode, precursor_tolerance="0.05da", metric=metric)
     ref = lib.search(data[1], **kw)
     real = Library.has_array
-    monkeypatch.setattr(Library, "has_array", lambda self, name: name not in ("norm", "prec_norm") and real(self, name))
+    monkeypatch.setattr(Library, "has_array", lambda self, name: name not in absent and real(self, name))
     old = lib.search(data[1], **kw)
     np.testing.assert_array_equal(old.indices, ref.indices)
     np.testing.assert_array_equal(old.scores, ref.scores)

@@ -1,0 +1,106 @@
+"""Identity-search pruning kernels (:mod:`fastspec.kernels.window`) against naive Python references.
+
+The precursor-block index re-sorts the precursor-ordered peaks by m/z within blocks; the window bounds
+sum every pair within tolerance (``reference.cosine_bound``), which is never below the greedy cosine
+(``reference.cosine``). m/z values sit on a 1/8 grid and the tolerance is 0.1, so no pair lies near
+the window's edge, where the kernels' float32 slack may count one more pair than the reference.
+"""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference as ref
+from fastspec.kernels.window import block_index, second_round, window_bounds
+
+
+def _library(rng, n):
+    mz, it = [], []
+    for _ in range(n):
+        k = int(rng.integers(1, 9))
+        mz.append(np.sort(rng.choice(np.arange(800, 1000) / 8.0, k, replace=False)))
+        it.append(rng.choice([0.5, 1.0, 3.0, 10.0], k).astype(np.float32))
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum([len(m) for m in mz], out=off[1:])
+    flat_mz = np.concatenate(mz) if n else np.zeros(0)
+    flat_it = np.concatenate(it) if n else np.zeros(0, np.float32)
+    norm = np.array([np.sqrt((np.asarray(i, np.float64) ** 2).sum()) for i in it])
+    return off, flat_mz, flat_it, norm, mz, it
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), block=st.sampled_from([1, 3, 8, 64]))
+def test_block_index_vs_naive(seed, block):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    off, mz, it, norm, *_ = _library(rng, n)
+    b_mz, b_loc, b_w = block_index(off, mz, it, norm, block)
+    for b in range(0, n, block):
+        e0, e1 = off[b], off[min(n, b + block)]
+        want = sorted((float(mz[p]), s - b, float(it[p]) / norm[s]) for s in range(b, min(n, b + block))
+                      for p in range(off[s], off[s + 1]))
+        np.testing.assert_array_equal(b_mz[e0:e1], np.float32([w[0] for w in want]))
+        # equal m/z within a block: any order of their spectra, so compare as sets
+        assert sorted(zip(b_mz[e0:e1].tolist(), b_loc[e0:e1].tolist())) == [(np.float32(a), c) for a, c, _ in want]
+        for t in range(e0, e1):
+            s = b + int(b_loc[t])
+            p = off[s] + int(np.flatnonzero(np.float32(mz[off[s]:off[s + 1]]) == b_mz[t])[0])
+            assert abs(b_w[t] - it[p] / norm[s]) <= 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), block=st.sampled_from([1, 4, 16]), n_first=st.integers(1, 6))
+def test_window_bounds_vs_naive(seed, block, n_first):
+    rng = np.random.default_rng(seed)
+    n, nr = int(rng.integers(1, 60)), int(rng.integers(1, 6))
+    off, mz, it, norm, lmz, lit = _library(rng, n)
+    b_mz, b_loc, b_w = block_index(off, mz, it, norm, block)
+    qoff, qoff_, qmz, qw, pos = [0], 0, [], [], []
+    w_off = [0]
+    queries = []
+    for _ in range(nr):
+        _, _, _, _, m1, i1 = _library(rng, 1)
+        queries.append((m1[0], i1[0]))
+        qn = np.sqrt((i1[0].astype(np.float64) ** 2).sum())
+        qmz.extend(m1[0].tolist())
+        qw.extend((i1[0] / qn).tolist())
+        qoff.append(len(qmz))
+        lo = int(rng.integers(0, n))
+        keep = [t for t in range(lo, min(n, lo + int(rng.integers(0, 30)))) if rng.random() < 0.8]
+        pos.extend(keep)
+        w_off.append(len(pos))
+    ub, cnt, first = window_bounds(np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64),
+                                   off, b_mz, b_loc, b_w, block, 0.1, 0.0, n_first)
+    for r, (qm, qi) in enumerate(queries):
+        c0, c1 = w_off[r], w_off[r + 1]
+        if c1 - c0 <= n_first:
+            assert np.isinf(ub[c0:c1]).all() and first[c0:c1].all()
+            continue
+        want = [ref.cosine_bound(qm, qi, lmz[p], lit[p], tol=0.1) for p in pos[c0:c1]]
+        np.testing.assert_allclose(ub[c0:c1], [w[0] for w in want], rtol=1e-5, atol=1e-7)
+        assert cnt[c0:c1].tolist() == [w[1] for w in want]
+        for t, p in enumerate(pos[c0:c1]):  # a bound, never below the exact score
+            assert ub[c0 + t] * (1 + 1e-5) + 1e-7 >= ref.cosine(qm, qi, lmz[p], lit[p], tol=0.1)[0]
+        thr = sorted(ub[c0:c1], reverse=True)[n_first - 1]
+        assert first[c0:c1].tolist() == [bool(u >= thr and u > 0) for u in ub[c0:c1]]
+
+
+def test_second_round_vs_naive():
+    rng = np.random.default_rng(3)
+    w_off = np.array([0, 5, 5, 12, 20])
+    ub = rng.random(20)
+    cnt = rng.integers(0, 4, 20).astype(np.int32)
+    first = rng.random(20) < 0.3
+    theta = np.array([0.5, 0.1, 0.95, -np.inf])
+    rows, keep = second_round(w_off, ub, cnt, first, theta, 2, 1e-4, 1e-6)
+    want_rows, want_keep = [], np.zeros(20, bool)
+    for r in range(4):
+        idx = range(w_off[r], w_off[r + 1])
+        more = [t for t in idx if not first[t] and cnt[t] >= 2 and ub[t] * (1 + 1e-4) + 1e-6 >= theta[r]]
+        if more:
+            want_rows.append(r)
+            for t in idx:
+                want_keep[t] = cnt[t] >= 2 and (first[t] or t in more)
+    assert rows.tolist() == want_rows
+    np.testing.assert_array_equal(keep, want_keep)

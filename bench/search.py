@@ -57,6 +57,8 @@ K = 10
 #: label -> search keyword arguments (fastspec)
 MODES = {
     "identity": dict(mode="identity", metric="cosine"),
+    # ms_entropy's identity search scores entropy similarity: the same metric, side by side
+    "identity-entropy": dict(mode="identity", metric="entropy"),
     "formula": dict(mode="formula", metric="cosine"),
     "open-cosine": dict(mode="open", metric="cosine"),
     "open-entropy": dict(mode="open", metric="entropy"),
@@ -592,13 +594,18 @@ def evaluate_targets(report) -> list[dict]:
     add("analog top-10: mean <= 5 ms at 2.4M and >= 5x ms_entropy hybrid", lbl,
         None if ms is None or peer is None else (ms <= 5 and peer / ms >= 5),
         {"fastspec_ms": ms, "ms_entropy_hybrid_ms": peer, "ratio": None if not (ms and peer) else peer / ms})
-    qps = _get(e, "query", "modes", "identity", "qps")
-    ms = _get(e, "query", "modes", "identity", "batch_mean_ms")
+    # cosine (the default identity metric) and entropy (ms_entropy's): met only if both are
     peer = _get(e, "ms_entropy", "modes", "identity", "mean_ms")
-    ratio = None if not (ms and peer) else peer / ms
-    add("identity: >= 20x ms_entropy (about 20k queries/s)", lbl,
-        None if qps is None else (ratio >= 20 if ratio is not None else qps >= 20_000),
-        {"fastspec_qps": qps, "ms_entropy_identity_ms": peer, "ratio": ratio})
+    figures, oks = {"ms_entropy_identity_ms": peer}, []
+    for label, name in (("identity", "cosine"), ("identity-entropy", "entropy")):
+        qps = _get(e, "query", "modes", label, "qps")
+        ms = _get(e, "query", "modes", label, "batch_mean_ms")
+        ratio = None if not (ms and peer) else peer / ms
+        figures.update({f"{name}_qps": qps, f"{name}_ratio": ratio})
+        if qps is not None:
+            oks.append(ratio >= 20 if ratio is not None else qps >= 20_000)
+    add("identity (cosine and entropy): >= 20x ms_entropy (about 20k queries/s)", lbl,
+        all(oks) if oks else None, figures)
     per_m = [(l, _get(v, "build", "build_s_per_million")) for l, v in report["sizes"].items()]
     per_m = [(l, x) for l, x in per_m if x is not None]
     add("build <= 30 s per million spectra", ",".join(l for l, _ in per_m),

@@ -14,11 +14,12 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``prec_norm``                                  precursor only), and their intensities' L2 norms: an
                                                identity window is one contiguous block (optional:
                                                older indexes search without it)
-``wblk_mz, wblk_loc, wblk_w``                   the peak copy again, re-sorted by m/z within blocks
-                                               of ``window_block`` (manifest) spectra: float32 m/z,
-                                               uint16 spectrum in the block, L2-normalised intensity.
-                                               Identity search bounds window candidates through it
-                                               (optional: searched without it when absent)
+``wblk_mz, wblk_loc, wblk_wcos,``              the peak copy again, re-sorted by m/z within blocks
+``wblk_went_sqrt``                             of ``window_block`` (manifest) spectra: float32 m/z,
+                                               uint16 spectrum in the block, scan weights (cosine:
+                                               L2-normalised intensity; entropy: square root of the
+                                               weight). Identity search bounds window candidates
+                                               through it (optional: searched without it when absent)
 ``wcos, went, min_gap``                        per-peak cosine (L2-normalised) and entropy (weighted,
                                                sum 1) weights; per-spectrum smallest peak gap
 ``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
@@ -63,6 +64,8 @@ STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
 _METADATA_ROW_GROUP = 65536
 #: Spectra per block of the precursor-block index (``wblk_*``), which identity search bounds through.
 WINDOW_BLOCK = 1024
+#: Scan weights stored with the precursor-block index, per metric kind: file stems.
+WINDOW_WEIGHTS = {"cosine": "wblk_wcos", "entropy": "wblk_went_sqrt"}
 
 #: Groups of the fragment and neutral-loss indexes: 0 negative, 1 positive, 2 unknown polarity.
 N_POLARITY_GROUPS = 3
@@ -491,7 +494,7 @@ class Library:
     @property
     def window_block(self) -> int:
         """Spectra per block of the precursor-block index (``wblk_*``; 0: the index has none)."""
-        if not self.has_array("wblk_w"):
+        if not self.has_array("wblk_loc"):
             return 0
         return int(self.manifest["build"].get("window_block", 0))
 
@@ -858,10 +861,16 @@ def _build_index(
         p_norm = l2_norms_csr(p_off, p_int, threads=threads)
         fmt.save_array(tmp, "prec_norm", p_norm)
         prog.step("window index")
-        for name, arr in zip(("wblk_mz", "wblk_loc", "wblk_w"),
-                             window_block_index(p_off, p_mz, p_int, p_norm, WINDOW_BLOCK, threads=threads)):
-            fmt.save_array(tmp, name, arr)
-        del p_off, p_mz, p_int, p_norm, arr
+        from fastspec.kernels import fragment as fk
+
+        p_w = np.stack([fk.peak_weights(p_off, p_mz, p_int, "cosine", threads=threads),
+                        np.sqrt(fk.peak_weights(p_off, p_mz, p_int, "entropy", threads=threads))]).astype(np.float32)
+        b_mz, b_loc, b_w = window_block_index(p_off, p_mz, p_w, WINDOW_BLOCK, threads=threads)
+        fmt.save_array(tmp, "wblk_mz", b_mz)
+        fmt.save_array(tmp, "wblk_loc", b_loc)
+        for name, row in zip(WINDOW_WEIGHTS.values(), b_w):
+            fmt.save_array(tmp, name, row)
+        del p_off, p_mz, p_int, p_norm, p_w, b_mz, b_loc, b_w
 
         prog.step("fragment index")
         wcos = fk.peak_weights(offsets, mz, inten, "cosine", threads=threads)

@@ -663,10 +663,15 @@ class _Context:
 
     def block_bounded(self) -> bool:
         """Whether window candidates can be pruned through the precursor-block index: cosine at default
-        weights (the index stores L2-normalised intensities) on an index that has it."""
+        weights or entropy (the index stores those scan weights), on an index that has it."""
+        from fastspec.library import WINDOW_WEIGHTS
+
         kw = self.cfg.metric_kwargs()
-        return (self.cfg.metric == "cosine" and kw.get("mz_power") == 0.0 and kw.get("intensity_power") == 1.0
-                and self.lib.window_block > 0)
+        if self.cfg.metric == "cosine":
+            ok = kw.get("mz_power") == 0.0 and kw.get("intensity_power") == 1.0
+        else:
+            ok = self.cfg.metric == "entropy"
+        return ok and self.lib.window_block > 0 and self.lib.has_array(WINDOW_WEIGHTS[_BOUNDED[self.cfg.metric][1]])
 
     def bounded_window_search(self, rows: np.ndarray, offs: np.ndarray, pos: np.ndarray):
         """Exact top-k over precursor windows (``pos``: CSR of positions in precursor order), scoring
@@ -699,13 +704,18 @@ class _Context:
                 for a, v in zip(out, res):
                     a[sel] = v
             return tuple(out)
-        qp = self.qprep.take(rows)
-        qnorm = np.repeat(qp.norm, np.diff(qp.offsets))
-        qw = np.divide(qp.w, qnorm, out=np.zeros_like(qp.w), where=qnorm > 0)
-        b_mz, b_loc, b_w = (lib.array(n) for n in ("wblk_mz", "wblk_loc", "wblk_w"))
-        ub, cnt, first = window_bounds(qp.offsets, qp.pos, qw, offs, pos, lib.array("prec_offsets"), b_mz, b_loc,
-                                       b_w, lib.window_block, qp.tolerance.da, qp.tolerance.ppm,
-                                       cfg.k + _WINDOW_FIRST, threads=cfg.threads)
+        from fastspec.library import WINDOW_WEIGHTS
+
+        wname = _BOUNDED[cfg.metric][1]
+        qw = self.query_weights(wname)
+        q = self.q.take(rows)
+        # the weights of the taken peaks: each row's run shifted from its old start to its new one
+        lens = np.diff(q.offsets)
+        qv = qw[np.repeat(self.q.offsets[rows] - q.offsets[:-1], lens) + np.arange(int(q.offsets[-1]))]
+        ub, cnt, first = window_bounds(q.offsets, q.mz, qv if wname == "cosine" else np.sqrt(qv), offs, pos,
+                                       lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
+                                       lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
+                                       cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, threads=cfg.threads)
         sel = first & (cnt >= max(1, cfg.min_matches))
         s, idx, m = self.exact(rows, _mask_offsets(offs, sel), pos[sel], by_precursor=True)
         theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)
@@ -792,19 +802,24 @@ class _Context:
 
     def run_bounded(self, rows, scores, indices, matches, use_nl: bool):
         # query weights and the neutral-loss window base once per search, not once per batch
-        kind, wname = _BOUNDED[self.cfg.metric]
-        mzp, ip = (self.cfg.mz_power, self.cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
-        qw = self._qweights.get(wname)
-        if qw is None:
-            from fastspec.kernels import fragment as fk
-
-            qw = self._qweights[wname] = fk.peak_weights(self.q.offsets, self.q.mz, self.q.intensity, wname, mzp, ip,
-                                                         threads=self.cfg.threads)
+        qw = self.query_weights(_BOUNDED[self.cfg.metric][1])
         nl_base = float(max(self.lib.manifest["counts"].get("max_mz", 0.0),
                             float(self.q.mz.max()) if self.q.mz.size else 0.0))
         for batch in _batches(rows, 1024):
             self._run_bounded(batch, scores, indices, matches, use_nl, qw, nl_base)
             self.advance(batch.shape[0])
+
+    def query_weights(self, wname: str) -> np.ndarray:
+        """Bound weights of every query peak (float64 (Q,)): L2-normalised cosine weights at the search's
+        powers, or sum-normalised entropy weights (``wname`` as in ``_BOUNDED``); computed once."""
+        qw = self._qweights.get(wname)
+        if qw is None:
+            from fastspec.kernels import fragment as fk
+
+            mzp, ip = (self.cfg.mz_power, self.cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
+            qw = self._qweights[wname] = fk.peak_weights(self.q.offsets, self.q.mz, self.q.intensity, wname, mzp, ip,
+                                                         threads=self.cfg.threads)
+        return qw
 
     def _run_bounded(self, rows, scores, indices, matches, use_nl: bool, qw: np.ndarray, nl_base: float):
         """Exact whole-library top-k through the fragment (and neutral-loss) index with bound pruning.

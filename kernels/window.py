@@ -66,7 +66,7 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym):
 
 
 # ------------------------------------------------------------------------------ precursor-block index
-def _block_sort_py(p_off, p_mz, p_int, p_norm, block, out_mz, out_loc, out_w):
+def _block_sort_py(p_off, p_mz, p_w, block, out_mz, out_loc, out_w):
     n = p_off.shape[0] - 1
     for b in prange((n + block - 1) // block):
         s0 = b * block
@@ -79,17 +79,17 @@ def _block_sort_py(p_off, p_mz, p_int, p_norm, block, out_mz, out_loc, out_w):
         # sorted in float64; float32 rounding is monotone, so the stored values stay sorted
         order = np.argsort(p_mz[e0:e1], kind="mergesort")
         for t in range(e1 - e0):
-            src = order[t]
-            s = s0 + loc[src]
-            out_mz[e0 + t] = np.float32(p_mz[e0 + src])
-            out_loc[e0 + t] = loc[src]
-            out_w[e0 + t] = np.float32(p_int[e0 + src] / p_norm[s]) if p_norm[s] > 0 else np.float32(0.0)
+            src = e0 + order[t]
+            out_mz[e0 + t] = np.float32(p_mz[src])
+            out_loc[e0 + t] = loc[order[t]]
+            for j in range(p_w.shape[0]):
+                out_w[j, e0 + t] = p_w[j, src]
 
 
 _block_sort = pjit(_block_sort_py)
 
 
-def block_index(p_off: np.ndarray, p_mz: np.ndarray, p_int: np.ndarray, p_norm: np.ndarray, block: int,
+def block_index(p_off: np.ndarray, p_mz: np.ndarray, p_w: np.ndarray, block: int,
                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The precursor-ordered peaks as a fragment index per block of ``block`` consecutive spectra.
 
@@ -102,9 +102,10 @@ def block_index(p_off: np.ndarray, p_mz: np.ndarray, p_int: np.ndarray, p_norm: 
     ----------
     p_off : int64 (n+1,)
     p_mz : float64 (P,)
-    p_int : float32 (P,)
-    p_norm : float64 (n,)
-        The precursor-ordered peak copy and its L2 norms.
+        The precursor-ordered peak copy.
+    p_w : float32 (nw, P)
+        Per-peak scan weights to carry along (e.g. L2-normalised intensities, square roots of entropy
+        weights).
     block : int
         Spectra per block, at most 65,536 (the local spectrum number is a uint16).
 
@@ -114,18 +115,18 @@ def block_index(p_off: np.ndarray, p_mz: np.ndarray, p_int: np.ndarray, p_norm: 
         Peak m/z, ascending within each block.
     loc : uint16 (P,)
         Spectrum of each peak, counted from the block's first.
-    w : float32 (P,)
-        L2-normalised intensity (the cosine weight at ``mz_power`` 0, ``intensity_power`` 1).
+    w : float32 (nw, P)
+        The weights in the same order.
     """
     if not 1 <= block <= 65536:
         raise ValueError("block must be in 1..65536")
+    p_w = np.ascontiguousarray(np.atleast_2d(p_w), np.float32)
     p_total = int(p_off[-1])
     out_mz = np.empty(p_total, np.float32)
     out_loc = np.empty(p_total, np.uint16)
-    out_w = np.empty(p_total, np.float32)
+    out_w = np.empty((p_w.shape[0], p_total), np.float32)
     with _threads(threads):
-        _block_sort.pick(p_total, threads)(np.asarray(p_off, np.int64), np.asarray(p_mz, np.float64),
-                                           np.asarray(p_int, np.float32), np.asarray(p_norm, np.float64),
+        _block_sort.pick(p_total, threads)(np.asarray(p_off, np.int64), np.asarray(p_mz, np.float64), p_w,
                                            int(block), out_mz, out_loc, out_w)
     return out_mz, out_loc, out_w
 
@@ -200,17 +201,19 @@ _window_bounds = pjit(_window_bounds_py)
 def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: np.ndarray, pos: np.ndarray,
                   p_off: np.ndarray, b_mz: np.ndarray, b_loc: np.ndarray, b_w: np.ndarray, block: int,
                   tol_da: float, tol_ppm: float, n_first: int, threads: int | None = None):
-    """Cosine upper bounds of each query's window candidates, through the precursor-block index.
+    """Upper bounds of each query's window candidates, through the precursor-block index.
 
     A candidate's bound is the sum of ``qv * w`` over every pair of peaks within the (float32-widened)
-    tolerance; greedy cosine pairs a subset of them one-to-one, so the bound is never below the exact
-    score and equals it (to rounding) for spectra whose peaks are more than two tolerances apart.
+    tolerance. With L2-normalised weights that bounds greedy cosine, which pairs a subset of them one to
+    one (equal, to rounding, for spectra whose peaks are more than two tolerances apart); with square
+    roots of sum-normalised entropy weights, entropy similarity (a pair adds ``g(q, l) <= sqrt(q*l)``,
+    see :mod:`fastspec.kernels.fragment`).
 
     Parameters
     ----------
     q_off : int64 (nr+1,)
     q_mz, q_w : float64 (Q,)
-        Query peaks and their L2-normalised weights.
+        Query peaks and their scan weights (the kind of ``b_w``).
     w_off : int64 (nr+1,)
     pos : int64 (C,)
         Each query's candidates, as ascending positions in precursor order (:func:`window_positions`).

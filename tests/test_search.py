@@ -173,9 +173,11 @@ def test_identity_filters_equal_brute_force(lib, data):
 
 
 @pytest.mark.parametrize("raw_peaks", [False, True])
-@pytest.mark.parametrize("min_matches,min_score", [(0, 0.0), (4, 0.0), (0, 0.6)])
-def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monkeypatch, min_matches, min_score,
-                                                    raw_peaks):
+@pytest.mark.parametrize("metric,min_matches,min_score", [("cosine", 0, 0.0), ("cosine", 4, 0.0),
+                                                          ("cosine", 0, 0.6), ("entropy", 0, 0.0),
+                                                          ("entropy", 3, 0.5)])
+def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monkeypatch, metric, min_matches,
+                                                    min_score, raw_peaks):
     """Identity search prunes window candidates through the precursor-block index: blocks of 16 spectra
     and only k candidates scored first, so windows span many blocks. On raw peaks (close peaks: bounds
     above the exact scores) half the first round is moved to the second: correct for any first round."""
@@ -216,12 +218,12 @@ def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monk
 
     monkeypatch.setattr(window_mod, "window_bounds", fewer_first)
     hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="10000ppm", min_matches=min_matches,
-                      min_score=min_score)
+                      min_score=min_score, metric=metric)
     assert seen["wide"] >= 20  # windows larger than the first round
     assert seen["again"] >= 20 or not raw_peaks
     pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
     window = np.abs(pl[None, :] - pq_[:, None]) <= np.abs(pq_[:, None]) * 10000e-6
-    assert_same_hits(hits, brute_force(lib, queries, "cosine", window & same_polarity(lib, queries),
+    assert_same_hits(hits, brute_force(lib, queries, metric, window & same_polarity(lib, queries),
                                        min_matches=min_matches, min_score=min_score))
     assert (hits.indices[:, 0] >= 0).sum() >= 10
 
@@ -253,7 +255,7 @@ def test_window_positions_vs_numpy():
 @pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "modified_cosine"),
                                          ("identity", "entropy"), ("formula", "cosine"), ("open", "cosine"),
                                          ("analog", "modified_cosine")])
-@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_w",)])
+@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_loc",)])
 def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monkeypatch):
     """Indexes without the stored norms and the precursor-ordered peak copy (older builds) gather and
     prepare candidates instead of scoring them in place; without the precursor-block index, identity

@@ -662,12 +662,13 @@ class _Context:
         return self.exact(rows, offs, cand, by_precursor=by_prec)
 
     def block_bounded(self) -> bool:
-        """Whether window candidates can be pruned through the precursor-block index: cosine at default
-        weights or entropy (the index stores those scan weights), on an index that has it."""
+        """Whether window candidates can be pruned through the precursor-block index: cosine or modified
+        cosine at default weights, or entropy (the index stores those scan weights), on an index that has
+        it."""
         from fastspec.library import WINDOW_WEIGHTS
 
         kw = self.cfg.metric_kwargs()
-        if self.cfg.metric == "cosine":
+        if self.cfg.metric in ("cosine", "modified_cosine"):
             ok = kw.get("mz_power") == 0.0 and kw.get("intensity_power") == 1.0
         else:
             ok = self.cfg.metric == "entropy"
@@ -712,10 +713,14 @@ class _Context:
         # the weights of the taken peaks: each row's run shifted from its old start to its new one
         lens = np.diff(q.offsets)
         qv = qw[np.repeat(self.q.offsets[rows] - q.offsets[:-1], lens) + np.arange(int(q.offsets[-1]))]
+        extra = None
+        if cfg.metric == "modified_cosine":  # shifted pairs: peak windows widened by the precursor window
+            ptol, pmz = cfg.precursor_tolerance, self.q.precursor_mz[rows]
+            extra = np.full(nr, ptol.value) if ptol.unit == "da" else np.abs(pmz) * ptol.value * 1e-6
         ub, cnt, first = window_bounds(q.offsets, q.mz, qv if wname == "cosine" else np.sqrt(qv), offs, pos,
                                        lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
                                        lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
-                                       cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, threads=cfg.threads)
+                                       cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads)
         sel = first & (cnt >= max(1, cfg.min_matches))
         s, idx, m = self.exact(rows, _mask_offsets(offs, sel), pos[sel], by_precursor=True)
         theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)

@@ -149,8 +149,8 @@ def _kth_largest(vals, c0, c1, m, top):
     return top[jmin]
 
 
-def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, block, tol_da, tol_ppm, n_first,
-                      span_max, n_parts, ub_out, cnt_out, first_out):
+def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, block, tol_da, tol_ppm, extra,
+                      n_first, span_max, n_parts, ub_out, cnt_out, first_out):
     nr = w_off.shape[0] - 1
     step = (nr + n_parts - 1) // n_parts
     n_spec = p_off.shape[0] - 1
@@ -176,7 +176,7 @@ def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, blo
             for i in range(q_off[r], q_off[r + 1]):
                 x = q_mz[i]
                 qv = q_w[i]
-                h = _half_width(x, tol_da, tol_ppm, x)
+                h = _half_width(x, tol_da, tol_ppm, x) + extra[r]
                 for b in range(b0, b1):
                     e1 = p_off[min(n_spec, (b + 1) * block)]
                     e = _lower_bound(b_mz, x - h, p_off[b * block], e1)
@@ -200,14 +200,17 @@ _window_bounds = pjit(_window_bounds_py)
 
 def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: np.ndarray, pos: np.ndarray,
                   p_off: np.ndarray, b_mz: np.ndarray, b_loc: np.ndarray, b_w: np.ndarray, block: int,
-                  tol_da: float, tol_ppm: float, n_first: int, threads: int | None = None):
+                  tol_da: float, tol_ppm: float, n_first: int, extra: np.ndarray | None = None,
+                  threads: int | None = None):
     """Upper bounds of each query's window candidates, through the precursor-block index.
 
     A candidate's bound is the sum of ``qv * w`` over every pair of peaks within the (float32-widened)
     tolerance. With L2-normalised weights that bounds greedy cosine, which pairs a subset of them one to
     one (equal, to rounding, for spectra whose peaks are more than two tolerances apart); with square
     roots of sum-normalised entropy weights, entropy similarity (a pair adds ``g(q, l) <= sqrt(q*l)``,
-    see :mod:`fastspec.kernels.fragment`).
+    see :mod:`fastspec.kernels.fragment`). Widened by ``extra`` (the largest precursor difference in the
+    window), the pairs also cover modified cosine's shifted ones: a shifted pair within tolerance has
+    ``|mz_a - mz_b| <= tol + |shift|``, and a one-to-one assignment uses each peak pair once at most.
 
     Parameters
     ----------
@@ -224,6 +227,8 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
         Fragment tolerance (one of them nonzero).
     n_first : int
         Candidates of best bound to score first per query; windows of at most that many are not bounded.
+    extra : float64 (nr,), optional
+        Added to each query's peak windows (Da; default 0).
 
     Returns
     -------
@@ -249,7 +254,8 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     with _threads(threads):
         _window_bounds.pick(pos.shape[0], threads)(
             np.asarray(q_off, np.int64), np.asarray(q_mz, np.float64), np.asarray(q_w, np.float64), w_off, pos,
-            np.asarray(p_off, np.int64), b_mz, b_loc, b_w, int(block), float(tol_da), float(tol_ppm), int(n_first),
+            np.asarray(p_off, np.int64), b_mz, b_loc, b_w, int(block), float(tol_da), float(tol_ppm),
+            np.zeros(nr) if extra is None else np.asarray(extra, np.float64), int(n_first),
             int(blocks.max()) * block if nr else 0, _n_blocks(nr), ub, cnt, first)
     return ub, cnt, first
 

@@ -175,7 +175,8 @@ def test_identity_filters_equal_brute_force(lib, data):
 @pytest.mark.parametrize("raw_peaks", [False, True])
 @pytest.mark.parametrize("metric,min_matches,min_score", [("cosine", 0, 0.0), ("cosine", 4, 0.0),
                                                           ("cosine", 0, 0.6), ("entropy", 0, 0.0),
-                                                          ("entropy", 3, 0.5)])
+                                                          ("entropy", 3, 0.5), ("modified_cosine", 0, 0.0),
+                                                          ("modified_cosine", 2, 0.3)])
 def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monkeypatch, metric, min_matches,
                                                     min_score, raw_peaks):
     """Identity search prunes window candidates through the precursor-block index: blocks of 16 spectra

@@ -51,8 +51,11 @@ def test_block_index_vs_naive(seed, block):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), block=st.sampled_from([1, 4, 16]), n_first=st.integers(1, 6))
-def test_window_bounds_vs_naive(seed, block, n_first):
+@given(seed=st.integers(0, 10_000), block=st.sampled_from([1, 4, 16]), n_first=st.integers(1, 6),
+       widen=st.booleans())
+def test_window_bounds_vs_naive(seed, block, n_first, widen):
+    """``extra`` (modified cosine's precursor window) widens each query's peak windows: 0.1 + 0.125 Da
+    stays clear of the 1/8 grid too."""
     rng = np.random.default_rng(seed)
     n, nr = int(rng.integers(1, 60)), int(rng.integers(1, 6))
     off, mz, it, norm, lmz, lit = _library(rng, n)
@@ -72,14 +75,17 @@ def test_window_bounds_vs_naive(seed, block, n_first):
         keep = [t for t in range(lo, min(n, lo + int(rng.integers(0, 30)))) if rng.random() < 0.8]
         pos.extend(keep)
         w_off.append(len(pos))
+    extra = np.where(rng.random(nr) < 0.5, 0.125, 0.0) if widen else None
     ub, cnt, first = window_bounds(np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64),
-                                   off, b_mz, b_loc, b_w, block, 0.1, 0.0, n_first)
+                                   off, b_mz, b_loc, b_w, block, 0.1, 0.0, n_first,
+                                   extra=extra)
     for r, (qm, qi) in enumerate(queries):
         c0, c1 = w_off[r], w_off[r + 1]
         if c1 - c0 <= n_first:
             assert np.isinf(ub[c0:c1]).all() and first[c0:c1].all()
             continue
-        want = [ref.cosine_bound(qm, qi, lmz[p], lit[p], tol=0.1) for p in pos[c0:c1]]
+        tol = 0.1 + (0.0 if extra is None else extra[r])
+        want = [ref.cosine_bound(qm, qi, lmz[p], lit[p], tol=tol) for p in pos[c0:c1]]
         np.testing.assert_allclose(ub[c0:c1], [w[0] for w in want], rtol=1e-5, atol=1e-7)
         assert cnt[c0:c1].tolist() == [w[1] for w in want]
         for t, p in enumerate(pos[c0:c1]):  # a bound, never below the exact score

@@ -229,6 +229,41 @@ def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monk
     assert (hits.indices[:, 0] >= 0).sum() >= 10
 
 
+@pytest.mark.parametrize("metric", ["cosine", "entropy"])
+def test_identity_wide_windows_split_off(data, tmp_path_factory, monkeypatch, metric):
+    """Windows spanning more than ``_WINDOW_SPAN`` spectra are scored in full, the others bounded, in
+    one call: both parts land in the caller's rows."""
+    from fastspec import library as libmod
+    from fastspec import search as search_mod
+
+    monkeypatch.setattr(libmod, "WINDOW_BLOCK", 16)
+    monkeypatch.setattr(search_mod, "_WINDOW_SPAN", 40)
+    lib = Library.build(data[0], tmp_path_factory.mktemp("v") / "lib.fastspec", faiss=False)
+    queries = data[1]
+    seen = {}
+    real = search_mod._Context.exact
+
+    def spy(self, rows, offs, ids, by_precursor=False):
+        seen["calls"] = seen.get("calls", 0) + 1
+        return real(self, rows, offs, ids, by_precursor)
+
+    monkeypatch.setattr(search_mod._Context, "exact", spy)
+    real_take = search_mod._csr_take
+
+    def spy_take(offs, vals, sel):
+        seen["parts"] = seen.get("parts", 0) + 1
+        return real_take(offs, vals, sel)
+
+    monkeypatch.setattr(search_mod, "_csr_take", spy_take)
+    hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="10000ppm", metric=metric)
+    pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
+    window = np.abs(pl[None, :] - pq_[:, None]) <= np.abs(pq_[:, None]) * 10000e-6
+    spans = (window & same_polarity(lib, queries)).sum(1)
+    assert (spans > 40).sum() >= 5 and ((spans > 0) & (spans <= 40)).sum() >= 5  # both parts occur
+    assert seen["calls"] >= 2 and seen["parts"] == 2  # one bounded part, one scored in full
+    assert_same_hits(hits, brute_force(lib, queries, metric, window & same_polarity(lib, queries)))
+
+
 def test_window_positions_vs_numpy():
     from fastspec.kernels.window import window_positions
 

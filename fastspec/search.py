@@ -41,15 +41,16 @@ _BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entr
             "modified_cosine": (0, "cosine")}
 _ENTROPY = ("entropy", "unweighted_entropy")
 _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine"}
-#: first pruning threshold of open/analog search: FAISS neighbours rescored exactly (_Context._first_theta);
-#: 100 candidates at nprobe 4 measured best among 100-500 and nprobe 1-16
 #: Identity search through the precursor-block index: candidates of best bound scored first per query
 #: (k more than this), and the widest window (in spectra of the precursor order) bounded; wider windows
 #: are scored in full.
 _WINDOW_FIRST = 16
 _WINDOW_SPAN = 1 << 17
-#: A precursor-window threshold at least this high is kept as it is (no FAISS neighbours looked up).
+#: Open search: a precursor-window threshold at least this high is kept as it is (no FAISS neighbours
+#: looked up; _Context._first_theta).
 _THETA_WINDOW_ENOUGH = 0.5
+#: first pruning threshold of open/analog search: FAISS neighbours rescored exactly (_Context._first_theta);
+#: 100 candidates at nprobe 4 measured best among 100-500 and nprobe 1-16
 _THETA_FAISS = 100
 #: analog search: since its bound scan prunes with the threshold too, 300 pays (2.4M MassBank-grown, 1,000
 #: queries, same process, ms/query: 100 -> 4.13-4.17, 300 -> 3.78-3.80, 1000 -> 3.76-3.98; spectra
@@ -678,7 +679,8 @@ class _Context:
 
     def bounded_window_search(self, rows: np.ndarray, offs: np.ndarray, pos: np.ndarray):
         """Exact top-k over precursor windows (``pos``: CSR of positions in precursor order), scoring
-        only candidates whose cosine bound can still reach the top-k.
+        only candidates whose score bound can still reach the top-k (cosine and modified cosine at default
+        weights, entropy: see :meth:`block_bounded`).
 
         The bounds come from the precursor-block index (:func:`fastspec.kernels.window.window_bounds`).
         The ``k + _WINDOW_FIRST`` best-bounded candidates of a query are scored first; the k-th exact score
@@ -889,9 +891,8 @@ class _Context:
         hits only need to be good, not right. Open search first takes the spectra within 0.01 Da of the
         query's precursor m/z, when the index bounds such windows cheaply (:meth:`block_bounded`); then,
         for the queries whose window gave less than ``_THETA_WINDOW_ENOUGH``, the FAISS index's nearest
-        neighbours when
-        the library has one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``, at nprobe
-        ``_THETA_NPROBE``; open search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
+        neighbours when the library has one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``,
+        at nprobe ``_THETA_NPROBE``; open search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
         search takes the window anyway and open search leaves the threshold to the bound kernel (which
         scores the precursor window itself, for clean spectra). For analog the FAISS threshold replaced
         an exact plain-cosine top-k through the fragment index, which cost as much as an open search:

@@ -711,17 +711,17 @@ class _Context:
             return tuple(out)
         from fastspec.library import WINDOW_WEIGHTS
 
+        from fastspec.spectra import _gather_index
+
         wname = _BOUNDED[cfg.metric][1]
-        qw = self.query_weights(wname)
-        q = self.q.take(rows)
-        # the weights of the taken peaks: each row's run shifted from its old start to its new one
-        lens = np.diff(q.offsets)
-        qv = qw[np.repeat(self.q.offsets[rows] - q.offsets[:-1], lens) + np.arange(int(q.offsets[-1]))]
+        qv = self.query_weights(wname)
+        peaks, q_off = _gather_index(self.q.offsets, rows)  # the rows' peaks (no metadata taken)
+        qv = qv[peaks]
         extra = None
         if cfg.metric == "modified_cosine":  # shifted pairs: peak windows widened by the precursor window
             ptol, pmz = cfg.precursor_tolerance, self.q.precursor_mz[rows]
             extra = np.full(nr, ptol.value) if ptol.unit == "da" else np.abs(pmz) * ptol.value * 1e-6
-        ub, cnt, first = window_bounds(q.offsets, q.mz, qv if wname == "cosine" else np.sqrt(qv), offs, pos,
+        ub, cnt, first = window_bounds(q_off, self.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
                                        lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
                                        lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
                                        cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads)

@@ -861,8 +861,8 @@ def _build_index(
         p_norm = l2_norms_csr(p_off, p_int, threads=threads)
         fmt.save_array(tmp, "prec_norm", p_norm)
         prog.step("window index")
-        from fastspec.kernels import fragment as fk
-
+        # scan weights straight from the copy's peaks: gathering the library-order ones would need a
+        # per-peak index as large as the peaks themselves
         p_w = np.stack([fk.peak_weights(p_off, p_mz, p_int, "cosine", threads=threads),
                         np.sqrt(fk.peak_weights(p_off, p_mz, p_int, "entropy", threads=threads))]).astype(np.float32)
         b_mz, b_loc, b_w = window_block_index(p_off, p_mz, p_w, WINDOW_BLOCK, threads=threads)

@@ -23,6 +23,8 @@ from fastspec.spectra import Spectra
 NUM_PEAKS_KEYS = ("num peaks", "num_peaks", "numpeaks", "num peak", "npeaks")
 
 _PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')
+# GOLM (GMD) synonyms that carry structure keys: "Synon: METB InChIKey: ..." (see meta.ALIASES)
+_GOLM_SYNON_RE = re.compile(r"^(METB InChIKey|METB InChI)\s*:\s*(\S.*)$", re.IGNORECASE)
 _ERRORS = {code: reason for code, reason in ts.ERROR_REASONS.items()}
 
 
@@ -151,6 +153,12 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
                 ev.append(v[4:].strip())
                 er.append(r)
             elif v:
+                m = _GOLM_SYNON_RE.match(v)
+                if m:
+                    ek.append("synon: " + m.group(1).lower())
+                    ev.append(m.group(2).strip())
+                    er.append(r)
+                    continue
                 syn_r.append(r)
                 syn_v.append(v)
             continue

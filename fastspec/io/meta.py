@@ -47,7 +47,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "ion_mode": ("ionmode", "ion mode", "ionpolarity", "ionpol", "polarity", "ion_polarity",
                  "ac$mass_spectrometry:ion_mode", "scan_polarity"),
     "adduct": ("precursor_type", "precursortype", "precursor type", "ms$focused_ion:precursor_type",
-               "adduct_type", "ion_type", "ms$focused_ion:ion_type"),
+               "adduct_type", "ion_type", "ms$focused_ion:ion_type",
+               # MZmine (SIRIUS export), MetaboScape, MS-DIAL and Progenesis GNPS MGFs write ION=[M-H]-
+               "ion"),
     "formula": ("molecular_formula", "molecularformula", "ch$formula"),
     "smiles": ("ch$smiles", "smiles_string", "canonical_smiles", "canonicalsmiles"),
     "inchikey": ("inchi_key", "inchikey_full", "ch$link:inchikey", "std_inchikey", "stdinchikey",
@@ -76,7 +78,8 @@ MISSING_MARKERS = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "?", "
 
 #: NIST ``Synon: $:NN`` codes (lib2nist MS/MS synonym fields) -> key
 NIST_SYNON_CODES: dict[str, str] = {
-    "00": "ms_level",
+    # an ms_level alias below Spectrum_type: MoNA writes "$:00in-source" next to "Spectrum_type: MS2"
+    "00": "ms_type",
     "03": "adduct",
     "04": "precursor_mz",
     "05": "collision_energy",

@@ -1,0 +1,95 @@
+"""Quirks seen in real library files from other labs (MS-DIAL, MetaboScape, MoNA, GOLM, SIRIUS, Agilent,
+NIST, Progenesis exports), each reproduced by a few hand-written lines."""
+from __future__ import annotations
+
+import fastspec.io as fio
+
+
+def read(tmp_path, name, text, **kw):
+    p = tmp_path / name
+    p.write_bytes(text.encode("utf-8"))
+    spectra, report = fio.read(p, return_report=True, **kw)
+    report.check()
+    return spectra, report
+
+
+def md(spectra, i):
+    return {k: v for k, v in spectra[i].metadata.items() if v is not None}
+
+
+def test_mgf_ion_key_is_the_adduct(tmp_path):
+    # MS-DIAL's GNPS export writes CHARGE=1+ in negative mode too; only ION= tells the polarity
+    text = ("BEGIN IONS\nSCANS=1\nPEPMASS=165.038\nMSLEVEL=2\nCHARGE=1+\nION=[M-H]-\n83.115 6\nEND IONS\n\n"
+            "BEGIN IONS\nFEATURE_ID=98\nPEPMASS=872.8334\nCHARGE=2+\nPOLARITY=POS\nION=[M+H+H]2+\n"
+            "430.9 23.0\nEND IONS\n")
+    s, r = read(tmp_path, "gnps_export.mgf", text)
+    assert r.n_spectra == 2
+    m0, m1 = md(s, 0), md(s, 1)
+    assert m0["adduct"] == "[M-H]-" and m0["ion_mode"] == "negative"
+    assert m1["adduct"] == "[M+H+H]2+" and m1["ion_mode"] == "positive" and m1["charge"] == 2
+    assert "ion" not in s.metadata.column_names
+
+
+def test_mgf_explicit_adduct_beats_ion(tmp_path):
+    text = "BEGIN IONS\nPEPMASS=300\nADDUCT=[M+Na]+\nION=[M+H]+\n100 1\nEND IONS\n"
+    s, _ = read(tmp_path, "both.mgf", text)
+    assert md(s, 0)["adduct"] == "[M+Na]+"
+
+
+def test_msp_nist_ms_type_synonym_yields_to_spectrum_type(tmp_path):
+    # MoNA exports carry "Synon: $:00in-source" on every record next to "Spectrum_type: MS2"
+    text = ("Name: a\nSynon: $:00in-source\nSpectrum_type: MS2\nPrecursorMZ: 223.1\nNum Peaks: 1\n177.06 1.7\n\n"
+            "Name: b\nSpectrum_type: MS1\nSynon: $:00in-source\nNum Peaks: 1\n100 1\n\n"
+            "Name: c\nSynon: $:00MS2\nNum Peaks: 1\n100 1\n")
+    s, r = read(tmp_path, "mona.msp", text)
+    assert r.n_spectra == 3
+    assert s.metadata.column("ms_level").to_pylist() == ["MS2", "MS1", "MS2"]
+
+
+def test_msp_golm_structure_synonyms(tmp_path):
+    text = ("Name: Glyoxylic acid (1MEOX) (1TMS)\n"
+            "Synon: METB N: glyoxylic acid\n"
+            "Synon: METB InChI: InChI=1S/C2H2O3/c3-1-2(4)5/h1H,(H,4,5)\n"
+            "Synon: METB InChIKey: HHLFWLYXYJOTON-UHFFFAOYSA-N\n"
+            "Synon: RI: 986,12\n"
+            "Num Peaks: 3\n85:201 86:55 160:1000\n")
+    s, _ = read(tmp_path, "golm.msp", text)
+    m = md(s, 0)
+    assert m["inchikey"] == "HHLFWLYXYJOTON-UHFFFAOYSA-N" and m["inchikey14"] == "HHLFWLYXYJOTON"
+    assert m["inchi"] == "InChI=1S/C2H2O3/c3-1-2(4)5/h1H,(H,4,5)"
+    assert m["synonyms"] == ["METB N: glyoxylic acid", "RI: 986,12"]
+    assert s[0].mz.tolist() == [85.0, 86.0, 160.0]
+
+
+def test_mgf_vendor_layouts(tmp_path):
+    # SIRIUS: blank line before END IONS; Agilent: trailing blanks after PEPMASS and TITLE;
+    # Progenesis: decimal commas in text fields, records without peaks
+    text = ("BEGIN IONS\nSCANS=1\nPEPMASS=271.26239013671875\nCHARGE=1\nCOLLISION_ENERGY=0.0\n"
+            "81.0694\t113731.75\n83.0851\t49690.87\n\nEND IONS\n"
+            "BEGIN IONS\nPEPMASS=156.0422243 \nCHARGE=1+\nTITLE=AQ-II-r001.d, MS/MS of 156.0422243 1+ \n"
+            "38.9628\t3709.413\nEND IONS\n"
+            "BEGIN IONS\nFEATURE_ID=19\nPEPMASS=165.0381\nCHARGE=1-\nRTINMINUTES=0,74\nEND IONS\n")
+    s, r = read(tmp_path, "vendors.mgf", text)
+    assert (r.n_records, r.n_spectra, r.counts_by_reason) == (3, 2, {"no peaks": 1})
+    assert s.precursor_mz.tolist() == [271.26239013671875, 156.0422243]
+    assert s[0].mz.tolist() == [81.0694, 83.0851]
+    assert md(s, 1)["id"] == "AQ-II-r001.d, MS/MS of 156.0422243 1+"
+
+
+def test_msp_nist_and_msdial_layouts(tmp_path):
+    # NIST: quoted peak annotations with blanks, "Key:value" without a blank; MS-DIAL: tab in the
+    # Comment value, "Num Peaks: 0" (rejected, the next record still read)
+    text = ("Name: TKPR/-1\nSynon: $:04632.3525\nSynon: $:03[M-H]-\nSynon: $:0515\nRI:572\n"
+            "Num peaks: 3\n228.124 18.68 \"y2-42/-0.0112 4/14\"\n631.976 11.49 \"? 4/14\"\n"
+            "632.343 999.00 \"p/-0.0099 14/14\"\n\n"
+            "NAME: w/o MS2:L-Isoleucine\nPRECURSORMZ: 133.0997\nComment: \t160\nNum Peaks: 0\n\n"
+            "NAME: METHYLGUANIDINE\nPRECURSORMZ: 74.09544\nPRECURSORTYPE: [M+H]+\nComment: \t18\n"
+            "Num Peaks: 2\n74.05736\t55\n74.061\t55\n")
+    s, r = read(tmp_path, "nist_msdial.msp", text)
+    assert (r.n_records, r.n_spectra, r.counts_by_reason) == (3, 2, {"no peaks": 1})
+    m0 = md(s, 0)
+    assert m0["precursor_mz"] == 632.3525 and m0["adduct"] == "[M-H]-" and m0["collision_energy"] == "15"
+    assert m0["ri"] == "572" and m0["ion_mode"] == "negative"
+    assert s[0].mz.tolist() == [228.124, 631.976, 632.343]
+    m1 = md(s, 1)
+    assert m1["name"] == "METHYLGUANIDINE" and m1["comment"] == "18" and m1["charge"] == 1

@@ -53,13 +53,18 @@ KIND_ENTROPY = 1  #: entropy: (f(q+l) - f(q) - f(l)) / 2 with f(x) = x log2 x, s
 #: Relative + absolute slack added to bounds before comparing with exact float64 scores (float32 sums).
 BOUND_RTOL = 1e-4
 BOUND_ATOL = 1e-6
-#: Cost of completing one survivor peak by merging, in fragment-index entries scanned. A scanned entry
-#: streams through sorted arrays, while a completion merge jumps to the survivor's own peaks and branches
-#: on every step. At 10 (was 1), on MassBank-grown libraries with 1 thread, mean ms per query:
-#: 2.4M analog 13.3 -> 10.9, open cosine 5.3 -> 4.0, open entropy 8.8 -> 7.6; 1M analog 5.2 -> 3.2.
-#: Rechecked with peak-by-peak completion (2.4M, open cosine / entropy / analog): 4 -> 2.98 / 5.72 /
-#: 7.68 ms, 10 -> 1.91 / 4.25 / 6.02, 25 -> 1.77 / 4.19 / 6.68.
-_COMPLETE_COST = 10.0
+#: Cost of completing one survivor, per library peak it has (twice that with neutral losses) plus per
+#: query peak left, in fragment-index entries scanned: a scanned entry streams through sorted arrays,
+#: a completion first waits for the survivor's peaks, scattered over the library. Earlier, with a binary
+#: search per query peak, 10 beat 1, 4 and 25. With completion as one pass over the survivor's peaks
+#: (2.4M MassBank-grown library, 1 thread, interleaved in one process, median ratios against 10): 20 ->
+#: open cosine 0.87, entropy 0.94, analog 0.99; 30 -> 0.84 / 0.96 / 1.03; 2, 3, 5 -> 1.02-1.45.
+_COMPLETE_COST = 20.0
+#: Completion's hashed cell bitmap of the query's peak windows: 1,024 words (65,536 cells) per side,
+#: 16 kB, stays in L1 while survivors stream through; collisions only cost a candidate lookup.
+_LOOKUP_WORDS = 1024
+#: Slack of the neutral-loss cells over float64 rounding of ``v - (pc - qpmz)`` (m/z below 1e5).
+_LOOKUP_EPS = 1e-6
 
 
 # ---------------------------------------------------------------------------------------- peak weights
@@ -518,44 +523,125 @@ def _passes(c, qrow, q_codes, lib_codes, sym):
 
 
 @numba.njit(inline="always", **NJIT)
-def _window_best(l_mz, l_w, b0, b1, lo_v, hi_v):
-    p = _lower_bound(l_mz, lo_v, b0, b1)
-    best = 0.0
-    while p < b1 and l_mz[p] <= hi_v:
-        w = np.float64(l_w[p])
-        if w > best:
-            best = w
-        p += 1
-    return best
+def _cell_on(bits, side, v, inv_w):
+    # m/z cell by truncation: monotone in v, which is all the superset test needs
+    cell = np.int64(v * inv_w)
+    word = bits[side, (cell >> 6) & (_LOOKUP_WORDS - 1)]
+    return (word >> np.uint64(cell & 63)) & np.uint64(1) != np.uint64(0)
 
 
 @numba.njit(inline="always", **NJIT)
-def _complete(c, order, t0, npk, a0, q_mz, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_da, tol_ppm,
-              nl_base, work, count, track):
-    """Add the best contribution of every not-yet-scanned query peak by merging with spectrum ``c``."""
+def _cells_set(bits, side, lo, hi, inv_w, on):
+    for cell in range(np.int64(lo * inv_w), np.int64(hi * inv_w) + 1):
+        bit = np.uint64(1) << np.uint64(cell & 63)
+        wi = (cell >> 6) & (_LOOKUP_WORDS - 1)
+        if on:
+            bits[side, wi] |= bit
+        else:
+            bits[side, wi] &= ~bit
+
+
+@numba.njit(inline="always", **NJIT)
+def _lookup_build(t0, npk, a0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk):
+    """Index query peaks ``order[t0:npk]`` (positive weights) for :func:`_complete`.
+
+    ``lk = (xs, ts, lo, hi, ys, hns, best)``, float64 / int64 arrays of at least ``npk``: per scan
+    position ``t`` the fragment window ``lo[t]..hi[t]`` and the neutral loss ``ys[t]`` with its
+    half-width ``hns[t]``, computed exactly as a window search computes them; the peaks' m/z sorted
+    (``xs``) with their positions (``ts``); ``best`` is scratch. Bit ``side`` 0 / 1 of ``bits`` marks
+    the m/z cells a fragment / neutral-loss window covers (cells at least twice the widest half-width,
+    hashed into :data:`_LOOKUP_WORDS` words). Returns ``(r, inv_w, h_max, hn_max)``: peaks indexed,
+    1 / cell width, widest half-widths. :func:`_lookup_clear` resets ``bits``.
+    """
+    xs, ts, lo, hi, ys, hns, best = lk
+    r = 0
+    h_max = 0.0
+    hn_max = 0.0
+    for t in range(t0, npk):
+        j = a0 + order[t]
+        if not q_w[j] > 0:
+            continue
+        x = q_mz[j]
+        h = _half_width(x, tol_da, tol_ppm, x)
+        lo[t] = x - h
+        hi[t] = x + h
+        h_max = max(h_max, h)
+        if do_nl:
+            y = qpmz - x
+            hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+            ys[t] = y
+            hns[t] = hn
+            hn_max = max(hn_max, hn)
+        xs[r] = x
+        ts[r] = t
+        r += 1
+    srt = np.argsort(xs[:r])
+    xs[:r] = xs[:r][srt]
+    ts[:r] = ts[:r][srt]
+    inv_w = 1.0 / max(2.0 * (max(h_max, hn_max) + _LOOKUP_EPS), 1e-3)
+    _lookup_mark(bits, lk, r, inv_w, do_nl, True)
+    return r, inv_w, h_max, hn_max
+
+
+@numba.njit(inline="always", **NJIT)
+def _lookup_mark(bits, lk, r, inv_w, do_nl, on):
+    xs, ts, lo, hi, ys, hns, best = lk
+    for u in range(r):
+        t = ts[u]
+        _cells_set(bits, 0, lo[t], hi[t], inv_w, on)
+        if do_nl:
+            _cells_set(bits, 1, xs[u] - hns[t] - _LOOKUP_EPS, xs[u] + hns[t] + _LOOKUP_EPS, inv_w, on)
+
+
+@numba.njit(inline="always", **NJIT)
+def _lookup_hits(lk, r, key, reach, v, w, nl, pc):
+    """Raise ``best[t]`` to ``w`` for every indexed query peak whose window holds library m/z ``v``: its
+    fragment window (``key = v``), or with ``nl`` its neutral-loss window for library precursor ``pc``
+    (``key = v - (pc - qpmz)``). Candidates are the peaks with m/z within ``reach`` of ``key``; the
+    test is the window search's own comparison."""
+    xs, ts, lo, hi, ys, hns, best = lk
+    u = _lower_bound(xs, key - reach, 0, r)
+    while u < r and xs[u] <= key + reach:
+        t = ts[u]
+        if nl:
+            z = pc - ys[t]
+            inside = v >= z - hns[t] and v <= z + hns[t]
+        else:
+            inside = v >= lo[t] and v <= hi[t]
+        if inside and w > best[t]:
+            best[t] = w
+        u += 1
+
+
+@numba.njit(inline="always", **NJIT)
+def _complete(c, t0, npk, a0, order, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info, work,
+              count, track):
+    """Add to spectrum ``c``'s bound the best contribution of every query peak ``order[t0:npk]``: the
+    largest library weight in its fragment window (analog search: or in its neutral-loss window).
+
+    One pass over the library peaks, each tested against the query's cell bitmap (:func:`_lookup_build`
+    indexed those peaks), instead of a binary search per query peak: two to four times less work, the
+    same sums in the same order.
+    """
+    r, inv_w, h_max, hn_max = lk_info
+    best = lk[6]
     b0, b1 = l_off[c], l_off[c + 1]
     pc = l_pmz[c]
     do_nl = use_nl and np.isfinite(pc) and np.isfinite(qpmz)
+    shift = pc - qpmz if do_nl else 0.0
+    for t in range(t0, npk):
+        best[t] = 0.0
+    for p in range(b0, b1):
+        v = l_mz[p]
+        if _cell_on(bits, 0, v, inv_w):
+            _lookup_hits(lk, r, v, h_max + _LOOKUP_EPS, v, np.float64(l_w[p]), False, pc)
+        if do_nl and _cell_on(bits, 1, v - shift, inv_w):
+            _lookup_hits(lk, r, v - shift, hn_max + _LOOKUP_EPS, v, np.float64(l_w[p]), True, pc)
     acc = 0.0
     cnt = 0
     for t in range(t0, npk):
-        j = a0 + order[t]
-        x = q_mz[j]
-        qw = np.float64(q_w[j])
-        if qw <= 0:
-            continue
-        h = _half_width(x, tol_da, tol_ppm, x)
-        best = _window_best(l_mz, l_w, b0, b1, x - h, x + h)
-        if do_nl:
-            # library neutral loss pc - mz within hn of the query's qpmz - x  <=>  mz within hn of pc - qpmz + x
-            y = qpmz - x
-            hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
-            z = pc - y
-            b2 = _window_best(l_mz, l_w, b0, b1, z - hn, z + hn)
-            if b2 > best:
-                best = b2
-        if best > 0:
-            acc += _contrib(kind, qw, best)
+        if best[t] > 0:
+            acc += _contrib(kind, np.float64(q_w[a0 + order[t]]), best[t])
             cnt += 1
     work[c, 0] += acc
     if track:
@@ -685,6 +771,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
     cb = np.empty(2 * k, dtype=np.float64)
     ci = np.empty(2 * k, dtype=np.int64)
     cvals = np.empty(max(2 * k, 256), dtype=np.float64)
+    bits = np.zeros((2, _LOOKUP_WORDS), dtype=np.uint64)
     for t in range(b, nq, n_blocks):
         qrow = q_rows[t]
         a0, a1 = q_off[qrow], q_off[qrow + 1]
@@ -776,7 +863,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da,
                                        tol_ppm, nl_base)
             while ns > 0 and done < npk and \
-                    _COMPLETE_COST * ns * (npk - done + mean_peaks) * (2.0 if do_nl else 1.0) > rem_scan:
+                    _COMPLETE_COST * ns * (mean_peaks * (2.0 if do_nl else 1.0) + npk - done) > rem_scan:
                 j = a0 + order[done]
                 x = q_mz[j]
                 rem_scan -= _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_ppm, nl_base)
@@ -803,11 +890,17 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         refine = kind == 1
         cap = 4 * m_cap + 1 if refine else m_cap + 1
         size = 0
+        lk = (np.empty(npk), np.empty(npk, dtype=np.int64), np.empty(npk), np.empty(npk), np.empty(npk),
+              np.empty(npk), np.empty(npk))
+        fill = pruned and done < npk
+        lk_info = (0, 1.0, 0.0, 0.0)
+        if fill:
+            lk_info = _lookup_build(done, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
         for v in range(ns):
             c = touched[v]
-            if pruned and done < npk:
-                _complete(c, order, done, npk, a0, q_mz, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_da,
-                          tol_ppm, nl_base, work, count, track)
+            if fill:
+                _complete(c, done, npk, a0, order, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
+                          work, count, track)
             bound = _inflate(np.float64(work[c, 0]))
             ok = bound >= theta and (not track or count[c] >= min_pairs)
             if ok and not pruned:
@@ -830,10 +923,14 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 hb[0] = hb[size]
                 hi[0] = hi[size]
                 _sift_down(hb, hi, size, 0)
+            if fill:
+                _lookup_mark(bits, lk, lk_info[0], lk_info[1], do_nl, False)
+            lk_info = _lookup_build(0, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
+            fill = True
             for v in range(size):
                 c = hi[v]
-                _complete(c, order, 0, npk, a0, q_mz, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_da,
-                          tol_ppm, nl_base, work, count, False)
+                _complete(c, 0, npk, a0, order, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
+                          work, count, False)
                 hb2[v] = _inflate(np.float64(work[c, 0]))
                 hi2[v] = c
                 work[c, 0] = 0.0
@@ -858,6 +955,8 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 hb[0] = hb[size]
                 hi[0] = hi[size]
                 _sift_down(hb, hi, size, 0)
+        if fill:
+            _lookup_mark(bits, lk, lk_info[0], lk_info[1], do_nl, False)
         out_stats[t, 0] = nt
         out_stats[t, 1] = n_phase_a
         out_stats[t, 2] = done

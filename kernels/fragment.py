@@ -902,7 +902,8 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         size = 0
         lk = (np.empty(npk), np.empty(npk, dtype=np.int64), np.empty(npk), np.empty(npk), np.empty(npk),
               np.empty(npk), np.empty(npk))
-        fill = pruned and done < npk
+        fill = pruned and done < npk  # survivors need their unscanned peaks added
+        marked = fill  # the query's cells are set in ``bits`` (cleared before the next query)
         lk_info = (0, 1.0, 0.0, 0.0)
         if fill:
             lk_info = _lookup_build(done, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
@@ -933,10 +934,10 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 hb[0] = hb[size]
                 hi[0] = hi[size]
                 _sift_down(hb, hi, size, 0)
-            if fill:
+            if marked:
                 _lookup_mark(bits, lk, lk_info[0], lk_info[1], do_nl, False)
             lk_info = _lookup_build(0, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
-            fill = True
+            marked = True
             for v in range(size):
                 c = hi[v]
                 _complete(c, 0, npk, a0, order, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
@@ -965,7 +966,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 hb[0] = hb[size]
                 hi[0] = hi[size]
                 _sift_down(hb, hi, size, 0)
-        if fill:
+        if marked:
             _lookup_mark(bits, lk, lk_info[0], lk_info[1], do_nl, False)
         out_stats[t, 0] = nt
         out_stats[t, 1] = n_phase_a

@@ -65,7 +65,7 @@ _COMPLETE_COST = 20.0
 #: value at the last drop (0.6 and 0.9 measured no better).
 _DROP_AFTER = 0.8
 #: Completion's hashed cell bitmap of the query's peak windows: 1,024 words (65,536 cells) per side,
-#: 16 kB, stays in L1 while survivors stream through; collisions only cost a candidate lookup.
+#: 16 kB for both, stays in L1 while survivors stream through; collisions only cost a candidate lookup.
 _LOOKUP_WORDS = 1024
 #: Slack of the neutral-loss cells over float64 rounding of ``v - (pc - qpmz)`` (m/z below 1e5).
 _LOOKUP_EPS = 1e-6
@@ -624,8 +624,9 @@ def _complete(c, t0, npk, a0, order, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl,
     largest library weight in its fragment window (analog search: or in its neutral-loss window).
 
     One pass over the library peaks, each tested against the query's cell bitmap (:func:`_lookup_build`
-    indexed those peaks), instead of a binary search per query peak: two to four times less work, the
-    same sums in the same order.
+    indexed those peaks), instead of a binary search per query peak (per survivor of an open-cosine
+    query at 2.4M: ~2,200 cycles before, mostly mispredicted search branches); the same sums in the
+    same order.
     """
     r, inv_w, h_max, hn_max = lk_info
     best = lk[6]

@@ -555,7 +555,7 @@ def _lookup_build(t0, npk, a0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, n
     (``xs``) with their positions (``ts``); ``best`` is scratch. Bit ``side`` 0 / 1 of ``bits`` marks
     the m/z cells a fragment / neutral-loss window covers (cells at least twice the widest half-width,
     hashed into :data:`_LOOKUP_WORDS` words). Returns ``(r, inv_w, h_max, hn_max)``: peaks indexed,
-    1 / cell width, widest half-widths. :func:`_lookup_clear` resets ``bits``.
+    1 / cell width, widest half-widths. ``_lookup_mark(..., on=False)`` resets ``bits``.
     """
     xs, ts, lo, hi, ys, hns, best = lk
     r = 0
@@ -589,6 +589,7 @@ def _lookup_build(t0, npk, a0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, n
 
 @numba.njit(inline="always", **NJIT)
 def _lookup_mark(bits, lk, r, inv_w, do_nl, on):
+    """Set (``on``) or clear the cells of the ``r`` indexed peaks' windows."""
     xs, ts, lo, hi, ys, hns, best = lk
     for u in range(r):
         t = ts[u]
@@ -608,6 +609,7 @@ def _lookup_hits(lk, r, key, reach, v, w, nl, pc):
     while u < r and xs[u] <= key + reach:
         t = ts[u]
         if nl:
+            # library neutral loss pc - v within hn of the query's qpmz - x  <=>  v within hn of pc - (qpmz - x)
             z = pc - ys[t]
             inside = v >= z - hns[t] and v <= z + hns[t]
         else:
@@ -777,6 +779,11 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
     ci = np.empty(2 * k, dtype=np.int64)
     cvals = np.empty(max(2 * k, 256), dtype=np.float64)
     bits = np.zeros((2, _LOOKUP_WORDS), dtype=np.uint64)
+    max_peaks = 0
+    for t in range(b, nq, n_blocks):
+        max_peaks = max(max_peaks, q_off[q_rows[t] + 1] - q_off[q_rows[t]])
+    lk = (np.empty(max_peaks), np.empty(max_peaks, dtype=np.int64), np.empty(max_peaks), np.empty(max_peaks),
+          np.empty(max_peaks), np.empty(max_peaks), np.empty(max_peaks))
     for t in range(b, nq, n_blocks):
         qrow = q_rows[t]
         a0, a1 = q_off[qrow], q_off[qrow + 1]
@@ -901,8 +908,6 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         refine = kind == 1
         cap = 4 * m_cap + 1 if refine else m_cap + 1
         size = 0
-        lk = (np.empty(npk), np.empty(npk, dtype=np.int64), np.empty(npk), np.empty(npk), np.empty(npk),
-              np.empty(npk), np.empty(npk))
         fill = pruned and done < npk  # survivors need their unscanned peaks added
         marked = fill  # the query's cells are set in ``bits`` (cleared before the next query)
         lk_info = (0, 1.0, 0.0, 0.0)

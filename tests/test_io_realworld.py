@@ -2,6 +2,11 @@
 NIST, Progenesis exports), each reproduced by a few hand-written lines."""
 from __future__ import annotations
 
+import gzip
+
+import numpy as np
+import pytest
+
 import fastspec.io as fio
 
 
@@ -25,7 +30,8 @@ def test_mgf_ion_key_is_the_adduct(tmp_path):
     s, r = read(tmp_path, "gnps_export.mgf", text)
     assert r.n_spectra == 2
     m0, m1 = md(s, 0), md(s, 1)
-    assert m0["adduct"] == "[M-H]-" and m0["ion_mode"] == "negative"
+    assert m0["adduct"] == "[M-H]-" and m0["ion_mode"] == "negative" and m0["charge"] == -1
+    assert s.charge.tolist() == [-1, 2] and r.warnings == {}
     assert m1["adduct"] == "[M+H+H]2+" and m1["ion_mode"] == "positive" and m1["charge"] == 2
     assert "ion" not in s.metadata.column_names
 
@@ -93,3 +99,80 @@ def test_msp_nist_and_msdial_layouts(tmp_path):
     assert s[0].mz.tolist() == [228.124, 631.976, 632.343]
     m1 = md(s, 1)
     assert m1["name"] == "METHYLGUANIDINE" and m1["comment"] == "18" and m1["charge"] == 1
+
+
+@pytest.mark.parametrize("text, charges, modes", [
+    # the adduct's sign wins over a contradicting CHARGE sign, magnitude kept; no adduct sign: as written
+    ("CHARGE=1+\nION=[M-H]-", [-1], ["negative"]),
+    ("CHARGE=2+\nADDUCT=[M-2H]2-", [-2], ["negative"]),
+    ("CHARGE=1-\nADDUCT=[M+H]+", [1], ["positive"]),
+    ("CHARGE=2+\nADDUCT=[M+H]+", [2], ["positive"]),
+    ("CHARGE=1+\nADDUCT=M-H", [1], ["positive"]),
+    ("CHARGE=1+\nIONMODE=Negative", [1], ["negative"]),
+])
+def test_mgf_adduct_sign_beats_charge_sign(tmp_path, text, charges, modes):
+    s, r = read(tmp_path, "z.mgf", f"BEGIN IONS\nPEPMASS=300.1\n{text}\n100 1\nEND IONS\n")
+    assert s.charge.tolist() == charges and s.metadata.column("ion_mode").to_pylist() == modes
+    assert r.n_rejected == 0 and r.warnings == {}
+
+
+# the MassSpecGym release layout (columns in its order), values as in the file: full-precision
+# intensities, an empty collision_energy, 'nan' where pandas wrote NaN
+MSG_HEADER = ("identifier\tmzs\tintensities\tfold\tsmiles\tinchikey\tformula\tprecursor_formula\t"
+              "parent_mass\tprecursor_mz\tadduct\tinstrument_type\tcollision_energy\n")
+MSG_ROWS = [
+    ["MassSpecGymID0000001", "91.0542,125.0233,154.0499,263.1388,280.1648",
+     "0.24524524524524524,1.0,0.08108108108108109,0.03903903903903904,0.7457457457457457", "train",
+     "CC(=O)N[C@@H](CC1=CC=CC=C1)C(O)=O", "FOMQEMMQSYBVSQ", "C17H21NO4", "C17H22NO4", "303.147058",
+     "304.154334", "[M+H]+", "Orbitrap", "30.0"],
+    ["MassSpecGymID0000002", "77.0386,105.0335,136.0393", "0.12,1.0,0.5", "val", "OC(=O)c1ccccc1",
+     "WPYMKLBDIGXBTP", "C7H6O2", "C7H5O2", "122.036779", "121.029503", "[M-H]-", "QTOF", ""],
+    ["MassSpecGymID0000003", "50.5,60.25,55.125", "3.0,2.0,1.0", "test", "C", "VNWKTOKETHGBQD", "CH4", "CH5",
+     "16.0313", "nan", "[M+Na]+", "nan", "nan"],
+]
+
+
+def _msg_text(quote: bool) -> str:
+    q = (lambda v: '"' + v.replace('"', '""') + '"') if quote else (lambda v: v)
+    head = "\t".join(q(c) for c in MSG_HEADER.rstrip("\n").split("\t")) + "\n"
+    return head + "".join("\t".join(q(v) for v in row) + "\n" for row in MSG_ROWS)
+
+
+@pytest.mark.parametrize("variant", ["plain", "gzip", "quoted"])
+def test_massspecgym_tsv_every_column_harmonised(tmp_path, variant):
+    # "quoted": R's write.table and csv.QUOTE_ALL put every field, header included, in double quotes
+    text = _msg_text(variant == "quoted")
+    p = tmp_path / ("msg.tsv.gz" if variant == "gzip" else "msg.tsv")
+    p.write_bytes(gzip.compress(text.encode()) if variant == "gzip" else text.encode())
+    s, r = fio.read(p, return_report=True)
+    r.check()
+    assert (r.n_records, r.n_spectra, r.n_rejected, r.warnings) == (3, 3, 0, {})
+    assert s.ids == ["MassSpecGymID0000001", "MassSpecGymID0000002", "MassSpecGymID0000003"]
+    m0, m1, m2 = md(s, 0), md(s, 1), md(s, 2)
+    assert m0 == {"id": "MassSpecGymID0000001", "precursor_mz": 304.154334, "charge": 1, "ion_mode": "positive",
+                  "adduct": "[M+H]+", "formula": "C17H21NO4", "smiles": "CC(=O)N[C@@H](CC1=CC=CC=C1)C(O)=O",
+                  "inchikey": "FOMQEMMQSYBVSQ", "inchikey14": "FOMQEMMQSYBVSQ", "instrument_type": "Orbitrap",
+                  "collision_energy": "30.0", "fold": "train", "precursor_formula": "C17H22NO4",
+                  "parent_mass": "303.147058"}
+    assert m1["charge"] == -1 and m1["ion_mode"] == "negative" and "collision_energy" not in m1
+    assert "precursor_mz" not in m2 and "instrument_type" not in m2 and "collision_energy" not in m2
+    assert m2["charge"] == 1 and m2["adduct"] == "[M+Na]+" and np.isnan(s.precursor_mz[2])
+    assert s[0].mz.tolist() == [91.0542, 125.0233, 154.0499, 263.1388, 280.1648]
+    assert s[0].intensity.tolist() == np.float32([0.24524524524524524, 1.0, 0.08108108108108109,
+                                                  0.03903903903903904, 0.7457457457457457]).tolist()
+    assert s[2].mz.tolist() == [50.5, 55.125, 60.25] and r.n_fixed_unsorted == 1
+    for name in ("mzs", "intensities", "identifier"):
+        assert name not in s.metadata.column_names
+
+
+def test_tsv_quotes_inside_values(tmp_path):
+    # pandas quotes a value holding a double quote and doubles it; a quote inside a value, or one
+    # that is never closed, is kept as it is and does not swallow the next fields or rows
+    text = ('identifier\tmzs\tintensities\tname\n'
+            '"a"\t"100,200"\t"1,2"\t"Vitamin ""D"""\n'
+            'b\t100\t1\t"unclosed\n'
+            "c\t150\t1\t5'-\"AMP\"\n")
+    s, r = read(tmp_path, "q.tsv", text)
+    assert r.n_spectra == 3 and s.ids == ["a", "b", "c"]
+    assert s.metadata.column("name").to_pylist() == ['Vitamin "D"', '"unclosed', "5'-\"AMP\""]
+    assert s[0].mz.tolist() == [100.0, 200.0]

@@ -11,7 +11,8 @@ parquet and HDF5 files give the same column names and value conventions:
 * ``precursor_mz`` is a float64 (NaN/null when unknown or not a positive finite number);
   a second ``PEPMASS`` value goes to ``precursor_intensity``;
 * ``charge`` is a signed int8 (``"2-"``, ``"-2"`` and ``"2"`` in negative mode all give -2);
-  missing charges are taken from the adduct (``[M+2H]2+`` -> 2);
+  missing charges are taken from the adduct (``[M+2H]2+`` -> 2); a sign contradicting the
+  adduct's takes the adduct's (``CHARGE=1+`` with ``[M-H]-`` -> -1);
 * ``ion_mode`` is ``"positive"``/``"negative"`` (from the ion-mode field, else the adduct's
   trailing sign, else the charge sign);
 * ``inchikey`` is upper-case, ``inchikey14`` its first block (also when only the block is given);
@@ -467,6 +468,9 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) 
     explicit = explicit | fill
     # a positive charge written without sign in negative mode is negative
     charge = np.where(is_neg & (charge > 0) & ~explicit, -charge, charge)
+    # a charge whose sign contradicts the adduct's takes the adduct's sign, magnitude kept
+    # (MS-DIAL GNPS exports write CHARGE=1+ next to ION=[M-H]-)
+    charge = np.where((add_charge != 0) & (charge * add_charge < 0), -charge, charge)
     # ion mode from the adduct sign, else the charge sign
     unknown = ~(is_pos | is_neg)
     sign = np.where(add_charge != 0, np.sign(add_charge), np.sign(charge))

@@ -3,12 +3,17 @@
 Only MS2 spectra are records (other MS levels are skipped and counted in the report's warnings).
 Per spectrum: ``id`` (the mzML native id), peaks from the m/z and intensity arrays, precursor
 from the first selected ion (``selected ion m/z``, ``charge state``, ``peak intensity`` ->
-``precursor_intensity``), ``collision_energy`` and ``fragmentation_mode`` (``HCD``, ``CID``,
+``precursor_intensity``; without a selected ion m/z, as OpenMS writes some SCIEX DDA files, the
+isolation window target m/z), ``collision_energy`` and ``fragmentation_mode`` (``HCD``, ``CID``,
 ``ETD``...) from the activation, ``ion_mode`` from the scan polarity, ``retention_time`` in
-seconds. Messages number spectra by their position in the file (1-based), not by line.
+seconds. Converters (ProteoWizard, OpenMS) write the charge state unsigned in negative mode too,
+so an unsigned charge in a negative scan is negative. mzML 1.0 files (precursor and scan inside
+``spectrumDescription``, selected ion as ``m/z``, ``scan time``) are read the same way.
+Messages number spectra by their position in the file (1-based), not by line.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import numpy as np
@@ -48,19 +53,60 @@ def _pyteomics_mzml():
     return mzml
 
 
+class UnsupportedCompression(FastspecError):
+    """Binary arrays in a compression the installed pyteomics cannot decode (MS-Numpress without
+    pynumpress): pyteomics would otherwise read the compressed bytes as raw floats."""
+
+
+_READER = None
+
+
+def _reader_class():
+    """pyteomics' MzML reader, refusing binary arrays in a compression it does not know."""
+    global _READER
+    if _READER is None:
+        mzml = _pyteomics_mzml()
+
+        class _MzML(mzml.MzML):
+            def _determine_compression(self, info):
+                found = super()._determine_compression(info)
+                if found == "no compression":
+                    names = [k for k in info if isinstance(k, str)]
+                    extra = info.get("name")
+                    if isinstance(extra, str):
+                        names.append(extra)
+                    elif isinstance(extra, (list, tuple, set)):
+                        names += [n for n in extra if isinstance(n, str)]
+                    for name in names:
+                        if "compression" in name.lower() and name != "no compression":
+                            hint = " (install pynumpress)" if "numpress" in name.lower() else ""
+                            raise UnsupportedCompression(f"binary arrays use {name!r}, which pyteomics "
+                                                         f"cannot decode here{hint}")
+                return found
+
+        _READER = _MzML if hasattr(mzml.MzML, "_determine_compression") else mzml.MzML
+    return _READER
+
+
 def _record(s: dict) -> dict:
     md: dict = {"id": str(s.get("id")) if s.get("id") is not None else None, "ms_level": 2}
-    prec = (s.get("precursorList") or {}).get("precursor") or []
+    desc = s.get("spectrumDescription") or {}  # mzML 1.0
+    prec = (s.get("precursorList") or desc.get("precursorList") or {}).get("precursor") or []
     if prec:
         p0 = prec[0]
         ions = (p0.get("selectedIonList") or {}).get("selectedIon") or []
-        if ions:
-            ion = ions[0]
-            md["precursor_mz"] = _num(ion.get("selected ion m/z"))
-            if ion.get("charge state") is not None:
-                md["charge"] = int(ion["charge state"])
-            if ion.get("peak intensity") is not None:
-                md["precursor_intensity"] = _num(ion.get("peak intensity"))
+        ion = ions[0] if ions else {}
+        pmz = ion.get("selected ion m/z", ion.get("m/z"))
+        if pmz is None:
+            pmz = (p0.get("isolationWindow") or {}).get("isolation window target m/z")
+        md["precursor_mz"] = _num(pmz)
+        if ion.get("charge state") is not None:
+            # as text: unsigned (as converters write it) is negated in negative mode
+            z = _num(ion["charge state"])
+            if z is not None and math.isfinite(z) and z == int(z):
+                md["charge"] = str(int(z))
+        if ion.get("peak intensity") is not None:
+            md["precursor_intensity"] = _num(ion.get("peak intensity"))
         act = p0.get("activation") or {}
         if act.get("collision energy") is not None:
             md["collision_energy"] = _fmt(act.get("collision energy"))
@@ -72,12 +118,17 @@ def _record(s: dict) -> dict:
                 md["fragmentation_mode"] = k
         if p0.get("spectrumRef") is not None:
             md["precursor_scan"] = str(p0["spectrumRef"])
+    scans = (s.get("scanList") or {}).get("scan") or desc.get("scan") or []
+    if isinstance(scans, dict):
+        scans = [scans]
+    scan = scans[0] if scans else {}
     pos, neg = "positive scan" in s, "negative scan" in s
+    if not (pos or neg):
+        pos, neg = "positive scan" in scan, "negative scan" in scan
     if pos != neg:
         md["ion_mode"] = "positive" if pos else "negative"
-    scans = (s.get("scanList") or {}).get("scan") or []
-    if scans and scans[0].get("scan start time") is not None:
-        rt = scans[0]["scan start time"]
+    rt = scan.get("scan start time", scan.get("scan time"))
+    if rt is not None:
         unit = getattr(rt, "unit_info", None)
         v = float(rt)
         md["retention_time"] = v * 60.0 if unit in ("minute", "min") else v
@@ -114,20 +165,22 @@ def _block(path, mzs, ints, rows, lines, on_error, report) -> Spectra:
 def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
                  chunk_size: int | None = None) -> Iterator[Spectra]:
     """MS2 spectra of an mzML file (``.gz`` allowed), ``chunk_size`` at a time (default 10000)."""
-    mzml = _pyteomics_mzml()
+    reader_class = _reader_class()
     step = int(chunk_size or 10_000)
     fh, _ = open_binary(path)
     mzs, ints, rows, lines = [], [], [], []
     skipped = 0
     position = 0
     try:
-        reader = mzml.MzML(fh, use_index=False, decode_binary=True)
+        reader = reader_class(fh, use_index=False, decode_binary=True)
         it = iter(reader)
         while True:
             try:
                 s = next(it)
             except StopIteration:
                 break
+            except UnsupportedCompression as e:  # a file-level problem, not a bad record
+                raise UnsupportedCompression(f"{path}: {e}") from None
             except Exception as e:  # noqa: BLE001 - lxml/pyteomics raise many kinds on broken XML
                 why = f"invalid mzML ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})".rstrip()
                 if on_error == "raise":

@@ -4,8 +4,10 @@ Columns of the MassSpecGym release: ``identifier, mzs, intensities, smiles, inch
 precursor_formula, parent_mass, precursor_mz, adduct, instrument_type, collision_energy, fold,
 simulation_challenge`` (``identifier`` -> ``id``; MassSpecGym's ``inchikey`` holds only the first
 block, which also fills ``inchikey14``). Every column is read as text and harmonised like MGF
-metadata. Rows with a wrong number of fields, unparsable numbers or m/z and intensity lists of
-different lengths are bad records. Line numbers count the header as line 1 (blank lines, which
+metadata. Values (and header names) written inside double quotes, as R's ``write.table`` and
+Python's ``csv.QUOTE_ALL`` write them, lose the quotes (``""`` inside becomes ``"``). Rows with a
+wrong number of fields, unparsable numbers or m/z and intensity lists of different lengths are
+bad records. Line numbers count the header as line 1 (blank lines, which
 are skipped, are not counted).
 """
 from __future__ import annotations
@@ -46,6 +48,29 @@ def _header(path: str) -> list[str]:
     return [n.strip() for n in names]
 
 
+def _unquote_name(name: str) -> str:
+    """``"mzs"`` -> ``mzs`` (R's write.table and csv.QUOTE_ALL quote the header too)."""
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"').strip()
+    return name
+
+
+def _unquote(col: pa.Array) -> pa.Array:
+    """Values written inside double quotes (``"1.5,2"``; ``""`` inside is one ``"``) without them.
+
+    Quoting is not given to the CSV parser: one stray ``"`` at the start of a value would make
+    it swallow the following fields and rows. Values not both starting and ending with ``"``
+    are kept as they are."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    quoted = pc.and_(pc.and_(pc.starts_with(col, '"'), pc.ends_with(col, '"')),
+                     pc.greater_equal(pc.utf8_length(col), 2))
+    if not pc.any(quoted).as_py():
+        return col
+    inner = pc.replace_substring(pc.utf8_slice_codeunits(col, 1, -1), '""', '"')
+    return pc.if_else(quoted, inner, col)
+
+
 class _CleanUtf8:
     """Binary reader (gzip-aware) that replaces invalid UTF-8 by U+FFFD, block by block, so that
     pyarrow's CSV parser (and its bad-row handler) always sees valid text."""
@@ -79,7 +104,8 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     """Spectra of a TSV file, in batches (about ``chunk_size`` rows when given)."""
     import pyarrow.csv as pcsv
 
-    names = _header(path)
+    raw_names = _header(path)
+    names = [_unquote_name(n) for n in raw_names]
     mz_name, in_name = find_peak_columns(names, path)
     if len(set(names)) != len(names):
         raise FastspecError(f"{path}: repeated column names in the header")
@@ -92,7 +118,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     block = 1 << 24 if chunk_size is None else int(min(max(chunk_size * 512, 1 << 16), 1 << 26))
     ropts = pcsv.ReadOptions(use_threads=False, block_size=block)
     popts = pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid)
-    copts = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False,
+    copts = pcsv.ConvertOptions(column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False,
                                 quoted_strings_can_be_null=False)
     try:
         stream = pa.PythonFile(_CleanUtf8(path), mode="r")
@@ -114,6 +140,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             t = pa.Table.from_batches([batch])
             if t.num_rows == 0:
                 continue
+            t = pa.table([_unquote(c) for c in t.columns], names=names)
             bad_lines = np.array(sorted(n for n, _ in invalid if n is not None), dtype=np.int64)
             lines = _row_lines(next_line, t.num_rows, bad_lines)
             next_line = int(lines[-1]) + 1

@@ -666,3 +666,24 @@ def test_whole_library_modes_property(tmp_path_factory, sp, metric, k):
     hits = lib.search(queries, k=k, mode=mode, metric=metric, tolerance=0.01)
     assert_same_hits(hits, brute_force(lib, queries, metric, np.ones((len(queries), len(lib)), bool), k=k,
                                        tolerance="0.01da"))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "entropy", "modified_cosine"])
+def test_windows_longer_than_a_scan_chunk(tmp_path, metric):
+    """Fragment windows holding more index entries than the kernel's scan chunk (4,096): the chunked,
+    branch-free candidate passes (first query peak, survivors-only scans) lose and repeat nothing."""
+    rng = np.random.default_rng(7)
+    pool = np.array([91.05, 105.07, 119.05, 133.1, 147.04, 161.06, 175.08, 189.1])
+    n = 9000
+    mzs, ints = [], []
+    for _ in range(n):
+        m = np.sort(rng.choice(pool, size=6, replace=False) + rng.normal(0, 0.002, 6))
+        mzs.append(np.concatenate([m, np.sort(rng.uniform(200, 400, 2))]))
+        ints.append(rng.uniform(0.01, 1.0, 8))
+    sp = Spectra.from_arrays(mzs, ints, precursor_mz=rng.uniform(420, 440, n).tolist(),
+                             metadata={"id": [str(i) for i in range(n)]})
+    lib = Library.build(sp, tmp_path / "l.fastspec", preprocess=None, faiss=False)
+    queries = sp[rng.choice(n, 6, replace=False)]
+    hits = lib.search(queries, k=K, mode="analog" if metric == "modified_cosine" else "open", metric=metric,
+                      tolerance=0.01)
+    assert_same_hits(hits, brute_force(lib, queries, metric, np.ones((len(queries), n), bool), tolerance="0.01da"))

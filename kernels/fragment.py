@@ -399,7 +399,8 @@ def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, st
     ``theta`` or more still has all its pairs counted. ``mark`` (clean spectra, no neutral losses: one
     partner per window) also rules the spectrum out for later peaks. ``fresh`` (nothing reached before
     this peak) passes over those entries without reading the state at all (a first pass over each chunk
-    of ``buf.shape[0]`` entries collects those in the band into ``buf``, without branches); a spectrum
+    of ``buf.shape[0]`` entries collects those in the band into ``buf``, without branches; without
+    ``mark``, later peaks do the same with the entries of live spectra added); a spectrum
     skipped like this that a later peak reaches gets a bound that omits this peak, which is harmless
     because the skipped pair belongs to no assignment scoring ``theta`` or more. With ``ch`` the best
     partial sums of clean, eligible spectra are kept in the min-heap ``ch_b/ch_i`` (lower bounds for
@@ -412,9 +413,10 @@ def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, st
         p0, p1 = _entry_range(sorted_vals, rng, qrow, g, lo_v, hi_v)
         for q0 in range(p0, p1, buf.shape[0]):
             qe = min(p1, q0 + buf.shape[0])
-            nb = _candidates(q0, qe, spec, weights, live, w_lo, w_hi, True, buf) if fresh else qe - q0
+            picked = fresh or not mark
+            nb = _candidates(q0, qe, spec, weights, live, w_lo, w_hi, True, not fresh, buf) if picked else qe - q0
             for i in range(nb):
-                p = q0 + (buf[i] if fresh else i)
+                p = q0 + (buf[i] if picked else i)
                 w = np.float64(weights[p])
                 out = prune and (w < w_lo or w > w_hi)
                 if fresh and (out or w <= 0):
@@ -473,7 +475,7 @@ def _scan_live(sorted_vals, spec, weights, rng, win, qv, work, count, track_coun
         p0, p1 = _entry_range(sorted_vals, rng, qrow, g, lo_v, hi_v)
         for q0 in range(p0, p1, buf.shape[0]):
             qe = min(p1, q0 + buf.shape[0])
-            for i in range(_candidates(q0, qe, spec, weights, live, 0.0, 0.0, False, buf)):
+            for i in range(_candidates(q0, qe, spec, weights, live, 0.0, 0.0, False, True, buf)):
                 p = q0 + buf[i]
                 c = spec[p]
                 w = np.float64(weights[p])
@@ -484,12 +486,19 @@ def _scan_live(sorted_vals, spec, weights, rng, win, qv, work, count, track_coun
 
 
 @numba.njit(inline="always", **NJIT)
-def _candidates(q0, qe, spec, weights, live, w_lo, w_hi, by_band, buf):
+def _candidates(q0, qe, spec, weights, live, w_lo, w_hi, by_band, by_live, buf):
     """Collect into ``buf`` the positions (from ``q0``) of the entries ``q0:qe`` worth a look, without
-    branches: ``by_band``, a positive weight within ``[w_lo, w_hi]``; otherwise, a live spectrum.
-    Returns how many."""
+    branches: with ``by_band`` those of a positive weight within ``[w_lo, w_hi]``, with ``by_live``
+    those of a live spectrum (both: either). Returns how many."""
     nb = 0
-    if by_band:
+    if by_band and by_live:
+        for p in range(q0, qe):
+            w = np.float64(weights[p])
+            u = np.uint64(spec[p])
+            buf[nb] = p - q0
+            nb += ((w > 0) & (w >= w_lo) & (w <= w_hi)) | \
+                np.int64((live[u >> np.uint64(6)] >> (u & np.uint64(63))) & np.uint64(1))
+    elif by_band:
         for p in range(q0, qe):
             w = np.float64(weights[p])
             buf[nb] = p - q0
@@ -898,11 +907,14 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             prune = theta > 0
             if prune:
                 w_lo, w_hi = _alive_band(kind, qw, qsuf[done], theta)
+            # ruling spectra out only serves later peaks of this phase (phase B reads live spectra
+            # only): none follows once what the unscanned peaks can add is below theta
+            mark_u = mark and _inflate(_rest(kind, qsuf[done], 1.0)) >= theta
             nt0 = nt
             fresh = prune and nt0 == 0
             h = _half_width(x, tol_da, tol_ppm, x)
             nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, fr_rng, (x - h, x + h), qv, work, count,
-                                    track, state, live, touched, nt, dead, nd, prune, mark, fresh,
+                                    track, state, live, touched, nt, dead, nd, prune, mark_u, fresh,
                                     (w_lo, w_hi), clean_q, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
                                     lib_codes, sym, sbuf)
             if do_nl:

@@ -26,8 +26,9 @@ Pruning (:func:`search_bounds`)
 * A spectrum first reached through a peak of weight ``w`` scores at most ``qv*w + sqrt(Q_after)*
   sqrt(1 - w**2)`` (entropy: ``g(q, l) + g(Q_after, 1 - l)``); outside the band of weights where that
   reaches ``theta`` the entry is passed over (neutral losses and unclean spectra included), and with
-  clean spectra the spectrum is ruled out for later peaks too. On the first scanned peak the entries
-  outside the band are passed over without reading any per-spectrum state.
+  clean spectra the spectrum is ruled out for later peaks too (except at the last peak scanned for all
+  spectra: the later scans read reached spectra only). On the first scanned peak the entries outside
+  the band are passed over without reading any per-spectrum state.
 * Reached spectra that can still beat ``theta`` when scanning stops have their bounds completed: the
   remaining peaks are scanned one at a time for them only, and whenever what the unscanned mass can add
   has fallen by a fifth the spectra it can no longer lift to ``theta`` are dropped; once completing the

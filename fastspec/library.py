@@ -740,11 +740,10 @@ def _nl_order(lib: Library) -> np.ndarray:
     if "nl_order" not in lib._cache:
         from fastspec.kernels.fragment import sorted_peak_index
 
-        off = lib.array("offsets")
         pmz = np.asarray(lib.array("precursor_mz"))
-        nl = np.repeat(pmz, np.diff(off)) - np.asarray(lib.array("mz"))
-        lib._cache["nl_order"] = sorted_peak_index(off, nl, np.isfinite(pmz), polarity_groups(lib.polarity),
-                                                   N_POLARITY_GROUPS)[0]
+        lib._cache["nl_order"] = sorted_peak_index(lib.array("offsets"), lib.array("mz"), np.isfinite(pmz),
+                                                   polarity_groups(lib.polarity), N_POLARITY_GROUPS,
+                                                   precursor_mz=pmz)[0]
     return lib._cache["nl_order"]
 
 
@@ -864,7 +863,7 @@ def _build_index(
         # scan weights straight from the copy's peaks: gathering the library-order ones would need a
         # per-peak index as large as the peaks themselves
         p_w = np.stack([fk.peak_weights(p_off, p_mz, p_int, "cosine", threads=threads),
-                        np.sqrt(fk.peak_weights(p_off, p_mz, p_int, "entropy", threads=threads))]).astype(np.float32)
+                        np.sqrt(fk.peak_weights(p_off, p_mz, p_int, "entropy", threads=threads))])
         b_mz, b_loc, b_w = window_block_index(p_off, p_mz, p_w, WINDOW_BLOCK, threads=threads)
         fmt.save_array(tmp, "wblk_mz", b_mz)
         fmt.save_array(tmp, "wblk_loc", b_loc)
@@ -957,10 +956,10 @@ def _sort_peaks(offsets, mz, pmz, finite, groups, threads):
     from fastspec.kernels import fragment as fk
 
     def neutral_losses():
-        return fk.sorted_peak_index(offsets, np.repeat(pmz, np.diff(offsets)) - mz, finite, groups, N_POLARITY_GROUPS)
+        return fk.sorted_peak_index(offsets, mz, finite, groups, N_POLARITY_GROUPS, precursor_mz=pmz, threads=threads)
 
     def fragments():
-        return fk.sorted_peak_index(offsets, mz, None, groups, N_POLARITY_GROUPS)
+        return fk.sorted_peak_index(offsets, mz, None, groups, N_POLARITY_GROUPS, threads=threads)
 
     if threads == 1:
         return fragments(), neutral_losses()

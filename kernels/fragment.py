@@ -78,15 +78,29 @@ _SCAN_CHUNK = 4096
 # ---------------------------------------------------------------------------------------- peak weights
 def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
     n = offsets.shape[0] - 1
+    # the default powers (0, 1) give the intensity itself (x ** 0.0 == 1.0 and x ** 1.0 == x exactly): a
+    # loop of their own, as a ternary around pow() became a select that called pow() for every peak anyway
+    plain = mz_power == 0.0 and intensity_power == 1.0
     for i in prange(n):
+        a, b = offsets[i], offsets[i + 1]
         s = 0.0
-        for p in range(offsets[i], offsets[i + 1]):
-            w = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
-            s += w * w
+        if plain:
+            for p in range(a, b):
+                s += np.float64(intensity[p]) * np.float64(intensity[p])
+        else:
+            for p in range(a, b):
+                w = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
+                s += w * w
         norm = np.sqrt(s)
-        for p in range(offsets[i], offsets[i + 1]):
-            w = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
-            out[p] = w / norm if norm > 0 else 0.0
+        if not norm > 0:
+            for p in range(a, b):
+                out[p] = 0.0
+        elif plain:
+            for p in range(a, b):
+                out[p] = np.float64(intensity[p]) / norm
+        else:
+            for p in range(a, b):
+                out[p] = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power) / norm
 
 
 def _entropy_weights_py(offsets, intensity, weighted, out):
@@ -144,11 +158,13 @@ def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kin
     -------
     ndarray, float32 (p,)
     """
-    out = np.empty(mz.shape[0], dtype=np.float64)
+    # written straight as float32 (the kernels only store into ``out``: the same rounding as computing in
+    # float64 and casting, without a float64 array twice the size)
+    out = np.empty(mz.shape[0], dtype=np.float32)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     with _threads(threads):
         _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, threads)
-    return out.astype(np.float32)
+    return out
 
 
 def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, threads):
@@ -165,7 +181,8 @@ def _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, 
 
 # ---------------------------------------------------------------------------------------- sorted index
 def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarray | None = None,
-                      groups: np.ndarray | None = None, n_groups: int = 1):
+                      groups: np.ndarray | None = None, n_groups: int = 1, precursor_mz: np.ndarray | None = None,
+                      threads: int | None = None):
     """Sort all peaks of a CSR set by ``values`` (fragment m/z or neutral loss), optionally group by group.
 
     Parameters
@@ -174,55 +191,111 @@ def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarr
     values : ndarray, float (p,)
         One value per peak.
     rows_ok : ndarray of bool (n,), optional
-        Spectra to include (e.g. only those with a known precursor for neutral losses).
+        Spectra to include (e.g. only those with a known precursor for neutral losses); peaks whose value
+        is not finite are then left out too.
     groups : ndarray of int (n,), optional
         A group in ``[0, n_groups)`` per spectrum (the library's polarity): the peaks of group 0 come
         first, sorted, then those of group 1, and so on, so a search can skip groups it may not match.
     n_groups : int
+    precursor_mz : ndarray, float64 (n,), optional
+        Sort by the neutral loss ``precursor_mz[spectrum] - values`` (Da) instead, computed on the fly
+        (in float64, then rounded to float32 like the stored values) rather than as a per-peak array.
+    threads : int, optional
+        numba threads for the final gather.
 
     Returns
     -------
     order : ndarray, int64 (q,)
         Peak positions in sorted order (to gather weights).
     sorted_values : ndarray, float32 (q,)
-        Sorted within each group.
+        Sorted within each group; ties in peak order.
     spec : ndarray, int32 (q,)
         Spectrum id of each sorted peak.
     bounds : ndarray, int64 (n_groups + 1,)
         Group ``g`` holds entries ``bounds[g]:bounds[g + 1]``.
+
+    Notes
+    -----
+    One uint64 key per entry -- the value's order-preserving bits above the peak position -- written
+    straight into its group's slice, each slice sorted in place by numpy, then unpacked in one pass.
+    That allocates 28 bytes per entry (key, order, values, spec, and a peak-to-spectrum map): an index
+    build sorts tens of millions of peaks twice, and fresh memory is not free (on this project's
+    sandboxed benchmark host a first touch costs seconds per GB).
     """
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     n = offsets.shape[0] - 1
-    lengths = np.diff(offsets)
-    vals = np.asarray(values, dtype=np.float32)
-    if rows_ok is not None:
-        keep = np.repeat(np.asarray(rows_ok, bool), lengths) & np.isfinite(vals)
-        idx = np.flatnonzero(keep)
-        order = idx[_argsort_f32(vals[idx])]
-    else:
-        order = _argsort_f32(vals)
-    spec = np.repeat(np.arange(n, dtype=np.int32), lengths)[order]
+    vals = np.asarray(values)
+    if vals.dtype not in (np.float32, np.float64):
+        vals = vals.astype(np.float64)
+    p_total = int(offsets[-1])
+    if p_total >= 1 << 32:  # pragma: no cover - > 4e9 peaks: positions no longer fit the key's low half
+        raise ValueError("sorted_peak_index: more than 2**32 peaks")
+    use_rows = rows_ok is not None
+    rows = np.ascontiguousarray(rows_ok, dtype=np.bool_) if use_rows else np.ones(1, dtype=np.bool_)
+    use_pmz = precursor_mz is not None
+    pmz = np.ascontiguousarray(precursor_mz, dtype=np.float64) if use_pmz else np.zeros(1)
     if groups is None or n_groups <= 1:
-        return order, vals[order], spec, np.array([0, order.shape[0]], dtype=np.int64)
-    g = np.asarray(groups, dtype=np.int8)[spec]
-    by_group = np.argsort(g, kind="stable")  # stable: each group stays sorted by value
-    order, spec = order[by_group], spec[by_group]
+        n_groups = 1
+        grp = np.zeros(n, dtype=np.int8)
+    else:
+        grp = np.ascontiguousarray(groups, dtype=np.int8)
+    counts = np.zeros(n_groups, dtype=np.int64)
+    _sort_keys(offsets, vals, pmz, use_pmz, rows, use_rows, grp, counts, np.empty(0, np.uint64), False)
     bounds = np.zeros(n_groups + 1, dtype=np.int64)
-    np.cumsum(np.bincount(g, minlength=n_groups)[:n_groups], out=bounds[1:])
-    return order, vals[order], spec, bounds
+    np.cumsum(counts, out=bounds[1:])
+    key = np.empty(int(bounds[-1]), dtype=np.uint64)
+    _sort_keys(offsets, vals, pmz, use_pmz, rows, use_rows, grp, bounds[:-1].copy(), key, True)
+    for g in range(n_groups):
+        key[bounds[g]:bounds[g + 1]].sort()  # numpy's SIMD sort, in place, GIL released
+    order = np.empty(key.shape[0], dtype=np.int64)
+    sorted_vals = np.empty(key.shape[0], dtype=np.float32)
+    spec = np.empty(key.shape[0], dtype=np.int32)
+    peak_spec = np.empty(p_total, dtype=np.int32)
+    with _threads(threads):
+        _peak_spectra.pick(n, threads)(offsets, peak_spec)
+        _unpack_keys.pick(key.shape[0], threads)(key, peak_spec, vals, pmz, use_pmz, order, sorted_vals, spec)
+    return order, sorted_vals, spec, bounds
 
 
-def _argsort_f32(x: np.ndarray) -> np.ndarray:
-    """Stable argsort of float32 values (no NaN) via one uint64 sort of (sortable bits << 32 | position)."""
-    n = x.shape[0]
-    if n >= 1 << 32:  # pragma: no cover - > 4e9 peaks
-        return np.argsort(x, kind="stable")
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    neg = (bits >> np.uint32(31)).astype(bool)
-    key = np.where(neg, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
-    key <<= np.uint64(32)
-    key |= np.arange(n, dtype=np.uint64)
-    key.sort()
-    return (key & np.uint64(0xFFFFFFFF)).astype(np.int64)
+@numba.njit(**NJIT)
+def _sort_keys(offsets, values, pmz, use_pmz, rows, use_rows, groups, pos, key, fill):
+    """Count the entries of each group into ``pos`` (``fill`` False), or write each entry's key at
+    ``pos[group]`` and advance it (``fill`` True; ``pos`` then holds the groups' start positions)."""
+    f = np.empty(1, dtype=np.float32)
+    u = f.view(np.uint32)  # float32 -> its bits, without a scalar bitcast
+    for i in range(offsets.shape[0] - 1):
+        if use_rows and not rows[i]:
+            continue
+        g = groups[i]
+        for p in range(offsets[i], offsets[i + 1]):
+            v = np.float32(pmz[i] - values[p]) if use_pmz else np.float32(values[p])
+            if use_rows and not np.isfinite(v):
+                continue
+            if fill:
+                f[0] = v
+                b = u[0]
+                # order-preserving: negative floats reversed, positive ones above them
+                b = ~b if b >> np.uint32(31) else b | np.uint32(0x80000000)
+                key[pos[g]] = (np.uint64(b) << np.uint64(32)) | np.uint64(p)
+            pos[g] += 1
+
+
+@pjit
+def _peak_spectra(offsets, out):
+    for i in prange(offsets.shape[0] - 1):
+        for p in range(offsets[i], offsets[i + 1]):
+            out[p] = i
+
+
+@pjit
+def _unpack_keys(key, peak_spec, values, pmz, use_pmz, order, sorted_vals, spec):
+    for j in prange(key.shape[0]):
+        p = np.int64(key[j] & np.uint64(0xFFFFFFFF))
+        i = peak_spec[p]
+        order[j] = p
+        spec[j] = i
+        # recomputed exactly as the key was (same float32 rounding), rather than decoded from its bits
+        sorted_vals[j] = np.float32(pmz[i] - values[p]) if use_pmz else np.float32(values[p])
 
 
 # ---------------------------------------------------------------------------------------- bound search

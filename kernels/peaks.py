@@ -48,26 +48,35 @@ def _ok(m, x):
     return m > 0.0 and m < np.inf and x > 0.0 and x < np.inf
 
 
-@pjit
-def _gather(offsets, counts, new_offsets, buf_mz, buf_int, out_mz, out_int):
-    for i in prange(counts.shape[0]):
+@numba.njit(**NJIT)
+def _pack(offsets, counts, new_offsets, buf_mz, buf_int):
+    # serial on purpose: destinations never run ahead of sources (new_offsets[i] <= offsets[i]), which
+    # holds for one forward pass but not between threads
+    for i in range(counts.shape[0]):
         src = offsets[i]
         dst = new_offsets[i]
-        for j in range(counts[i]):
-            out_mz[dst + j] = buf_mz[src + j]
-            out_int[dst + j] = buf_int[src + j]
+        if src != dst:
+            for j in range(counts[i]):
+                buf_mz[dst + j] = buf_mz[src + j]
+                buf_int[dst + j] = buf_int[src + j]
 
 
 def _compact(offsets, counts, buf_mz, buf_int, threads=None):
-    """Pack the first ``counts[i]`` buffered peaks of every spectrum into new CSR arrays."""
+    """Pack the first ``counts[i]`` buffered peaks of every spectrum into CSR arrays, in place.
+
+    ``buf_mz`` and ``buf_int`` must be fresh arrays owned by the caller (nothing else may view them): they
+    are packed where they are and shrunk (``ndarray.resize``: a realloc, no copy). Packing into new arrays
+    instead allocated and first-touched as many bytes again at every preprocessing step.
+    """
     new_offsets = np.zeros(offsets.shape[0], dtype=np.int64)
     np.cumsum(counts, out=new_offsets[1:])
-    if new_offsets[-1] == offsets[-1]:  # nothing dropped: the buffers are already packed
+    total = int(new_offsets[-1])
+    if total == offsets[-1]:  # nothing dropped: the buffers are already packed
         return new_offsets, buf_mz, buf_int
-    out_mz = np.empty(new_offsets[-1], dtype=np.float64)
-    out_int = np.empty(new_offsets[-1], dtype=np.float32)
-    _gather.pick(counts.shape[0], threads)(offsets, counts, new_offsets, buf_mz, buf_int, out_mz, out_int)
-    return new_offsets, out_mz, out_int
+    _pack(offsets, counts, new_offsets, buf_mz, buf_int)
+    buf_mz.resize(total, refcheck=False)
+    buf_int.resize(total, refcheck=False)
+    return new_offsets, buf_mz, buf_int
 
 
 def _check_csr(offsets, mz, intensity):
@@ -558,7 +567,8 @@ def _l2_norms(offsets, w, out):
     for i in prange(out.shape[0]):
         s = 0.0
         for p in range(offsets[i], offsets[i + 1]):  # peak order: the same sum as a bincount over peaks
-            s += w[p] * w[p]
+            x = np.float64(w[p])
+            s += x * x
         out[i] = np.sqrt(s)
 
 
@@ -568,14 +578,16 @@ def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None)
     Parameters
     ----------
     offsets : ndarray, int64 (n+1,)
-    w : ndarray, float64 (n_peaks,)
+    w : ndarray, float32 or float64 (n_peaks,)
 
     Returns
     -------
     ndarray, float64 (n,)
     """
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    w = np.ascontiguousarray(w, dtype=np.float64)
+    # float32 weights are read as they are (squared in float64): no float64 copy of every peak
+    w = np.asarray(w)
+    w = np.ascontiguousarray(w, dtype=w.dtype if w.dtype in (np.float32, np.float64) else np.float64)
     out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
     with _threads(threads):
         _l2_norms.pick(out.shape[0], threads)(offsets, w, out)

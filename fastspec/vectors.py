@@ -33,8 +33,11 @@ DEFAULTS: dict[str, Any] = {
 @pjit
 def _vectors(offsets, mz, intensity, dim, bin_width, offset, power, out):
     n = offsets.shape[0] - 1
+    base = offsets[0]  # offsets may be a slice of a larger CSR set (a chunk of rows, peaks not copied)
     for i in numba.prange(n):
-        for p in range(offsets[i], offsets[i + 1]):
+        for d in range(dim):  # zeroed here, in parallel: ``out`` is a reused, uninitialised buffer
+            out[i, d] = 0.0
+        for p in range(offsets[i] - base, offsets[i + 1] - base):
             b = np.int64(np.floor((mz[p] + offset) / bin_width))
             h = (np.uint64(b) * np.uint64(11400714819323198485)) >> np.uint64(40)
             slot = np.int64(h % np.uint64(dim))
@@ -52,13 +55,40 @@ def _vectors(offsets, mz, intensity, dim, bin_width, offset, power, out):
 
 def spectrum_vectors(spectra, params: dict | None = None, threads: int | None = None) -> np.ndarray:
     """L2-normalised hashed bin vectors, float32 (n, dim)."""
+    return csr_vectors(spectra.offsets, spectra.mz, spectra.intensity, params, threads)
+
+
+def csr_vectors(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, params: dict | None = None,
+                threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`spectrum_vectors` of CSR peaks.
+
+    Parameters
+    ----------
+    offsets : ndarray, int64 (n+1,)
+        May be a slice ``offsets[a:b+1]`` of a larger set (``offsets[0] != 0``), with ``mz`` and
+        ``intensity`` the matching peak slices ``[offsets[0]:offsets[-1]]``: a chunk of rows without a copy.
+    mz : ndarray, float64 (n_peaks,)
+    intensity : ndarray, float32 (n_peaks,)
+    out : ndarray, float32 (>= n, dim), optional
+        Buffer to write into (its first ``n`` rows are returned); reused across chunks it spares a fresh
+        allocation per chunk.
+
+    Returns
+    -------
+    ndarray, float32 (n, dim)
+    """
     p = dict(DEFAULTS, **(params or {}))
-    n = len(spectra)
-    out = np.zeros((n, int(p["dim"])), dtype=np.float32)
+    n = offsets.shape[0] - 1
+    dim = int(p["dim"])
+    if out is None:
+        out = np.empty((n, dim), dtype=np.float32)
+    elif out.dtype != np.float32 or out.ndim != 2 or out.shape[0] < n or out.shape[1] != dim or not out.flags.c_contiguous:
+        raise FastspecError(f"csr_vectors: out must be a C-contiguous float32 array of at least ({n}, {dim})")
+    out = out[:n]
     if n:
         with _threads(threads):
-            _vectors.pick(n, threads)(spectra.offsets, spectra.mz, spectra.intensity, int(p["dim"]),
-                                      float(p["bin_width"]), float(p["offset"]), float(p["intensity_power"]), out)
+            _vectors.pick(n, threads)(offsets, mz, intensity, dim, float(p["bin_width"]), float(p["offset"]),
+                                      float(p["intensity_power"]), out)
     return out
 
 
@@ -93,12 +123,20 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
     rng = np.random.default_rng(int(p["seed"]))
     n_train = min(n, int(p["n_train"] or 40 * nlist))
     sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
+    offsets, mz, intensity = spectra.offsets, spectra.mz, spectra.intensity
     if not index.is_trained:
-        index.train(spectrum_vectors(spectra.take(sample), p, threads))
-    chunk = 200_000
+        from fastspec.kernels.peaks import gather_csr
+
+        index.train(csr_vectors(*gather_csr(offsets, mz, intensity, sample, threads=threads), p, threads))
+    # rows in chunks straight from the CSR arrays (no Spectra.take: it also gathered the metadata), into one
+    # reused buffer (a fresh 200 MB array per chunk costs its page faults every time)
+    chunk = min(n, 200_000)
+    buf = np.empty((chunk, dim), dtype=np.float32)
     for a in range(0, n, chunk):
-        rows = np.arange(a, min(n, a + chunk), dtype=np.int64)
-        index.add(spectrum_vectors(spectra.take(rows), p, threads))
+        b = min(n, a + chunk)
+        lo, hi = int(offsets[a]), int(offsets[b])
+        index.add(csr_vectors(offsets[a:b + 1], mz[lo:hi], intensity[lo:hi], p, threads, out=buf))
+    del buf
     faiss.write_index(index, str(path))
     p["n_train"] = n_train
     p["ntotal"] = int(index.ntotal)

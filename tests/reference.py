@@ -19,7 +19,7 @@ import math
 
 __all__ = [
     "window", "weights", "collect_pairs", "greedy", "cosine", "modified_cosine", "neutral_loss_cosine",
-    "binned_vector", "binned_cosine", "entropy_weight", "entropy_similarity", "score", "topk", "cosine_bound",
+    "binned_vector", "binned_cosine", "hashed_vector", "entropy_weight", "entropy_similarity", "score", "topk", "cosine_bound",
 ]
 
 
@@ -176,6 +176,20 @@ def binned_cosine(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, bin_width=0.1, max_mz=
     if not va or not vb or not den > 0:
         return 0.0, 0
     return sum(va[k] * vb[k] for k in shared) / den, len(shared)
+
+
+def hashed_vector(mz, intensity, dim=256, bin_width=1.0, offset=0.3, intensity_power=0.5) -> list[float]:
+    """The FAISS vector of one spectrum: ``intensity ** intensity_power`` summed into nominal-mass bins
+    ``floor((mz + offset) / bin_width)``, bins hashed into ``dim`` slots (Fibonacci hashing: the bin
+    times 2**64 / golden ratio, modulo 2**64, top 24 bits), then L2-normalised."""
+    vec = [0.0] * dim
+    for m, v in zip(mz, intensity):
+        if v > 0:
+            b = math.floor((m + offset) / bin_width)
+            slot = (((b % 2 ** 64) * 11400714819323198485) % 2 ** 64 >> 40) % dim
+            vec[slot] += float(v) ** intensity_power
+    n = _norm(vec)
+    return [x / n for x in vec] if n > 0 else vec
 
 
 def entropy_weight(intensity) -> list[float]:

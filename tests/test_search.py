@@ -532,6 +532,28 @@ def test_faiss_engine_rescored_exactly_with_high_recall(lib, data):
         lib.search(queries, mode="identity", engine="faiss")
 
 
+def test_faiss_vectors_equal_reference_in_chunks(data):
+    """The hashed vectors equal the naive reference, also when computed chunk by chunk from CSR slices
+    into one reused buffer holding garbage (as the index build does)."""
+    import reference as ref
+
+    from fastspec.vectors import csr_vectors, spectrum_vectors
+
+    sp = data[0][:700]
+    whole = spectrum_vectors(sp)
+    for r in range(0, len(sp), 97):
+        want = ref.hashed_vector(sp.mz[sp.offsets[r]:sp.offsets[r + 1]], sp.intensity[sp.offsets[r]:sp.offsets[r + 1]])
+        np.testing.assert_allclose(whole[r], want, rtol=1e-5, atol=1e-6)
+    buf = np.full((256, 256), np.nan, dtype=np.float32)
+    for a in range(0, len(sp), 256):
+        b = min(len(sp), a + 256)
+        lo, hi = sp.offsets[a], sp.offsets[b]
+        got = csr_vectors(sp.offsets[a:b + 1], sp.mz[lo:hi], sp.intensity[lo:hi], out=buf)
+        np.testing.assert_array_equal(got, whole[a:b])
+    with pytest.raises(FastspecError):
+        csr_vectors(sp.offsets, sp.mz, sp.intensity, out=buf)  # too few rows
+
+
 # ------------------------------------------------------------------------------------------ Hits
 def test_hits_table(lib, data, tmp_path):
     queries = data[1]

@@ -99,14 +99,79 @@ def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool
     return arr
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    """Describe every file of ``directory`` (except the manifest) into ``manifest['files']`` and write it."""
-    paths = [p for p in sorted(directory.iterdir()) if p.name != MANIFEST and p.is_file()]
+def _save_and_describe(directory: Path, name: str, arr: np.ndarray) -> dict[str, Any]:
+    save_array(directory, name, arr)
+    return describe_file(directory / f"{name}.npy")
+
+
+class ArrayWriter:
+    """Saves the ``.npy`` arrays of one directory on a background thread, describing (hashing) each file
+    right after writing it, so an index build computes its next structure while the last ones are written.
+
+    Use as a context manager; :meth:`finish` waits for every write and returns the manifest entries.
+    At most ``max_pending_bytes`` of arrays wait to be written (``save`` blocks beyond that). A failed
+    write re-raises in the caller at the next ``save`` or at ``finish``; leaving the block on an error
+    cancels what has not started and waits for the write in progress (the caller then removes the
+    directory).
+    """
+
+    def __init__(self, directory: Path, max_pending_bytes: int = 1 << 30):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.directory = Path(directory)
+        self.max_pending_bytes = int(max_pending_bytes)
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastspec-save")
+        self._pending: list = []  # (file name, future, bytes), oldest first
+        self._entries: dict[str, dict[str, Any]] = {}
+
+    def save(self, name: str, arr: np.ndarray) -> None:
+        """Queue ``arr`` to be written as ``directory/name.npy`` (C order; never pickled)."""
+        arr = np.ascontiguousarray(arr)
+        if arr.dtype.hasobject:
+            raise TypeError(f"refusing to store object array {name!r}")
+        while self._pending and sum(b for *_, b in self._pending) + arr.nbytes > self.max_pending_bytes:
+            self._collect_oldest()
+        self._pending.append((f"{name}.npy", self._ex.submit(_save_and_describe, self.directory, name, arr), arr.nbytes))
+
+    def _collect_oldest(self) -> None:
+        fname, fut, _ = self._pending.pop(0)
+        self._entries[fname] = fut.result()
+
+    def finish(self) -> dict[str, dict[str, Any]]:
+        """Wait for every queued write; manifest entries of the written files (see :func:`describe_file`)."""
+        while self._pending:
+            self._collect_oldest()
+        self._ex.shutdown(wait=True)
+        return dict(self._entries)
+
+    def __enter__(self) -> "ArrayWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.finish()
+        else:
+            for *_, fut, _ in self._pending:
+                fut.cancel()
+            self._pending.clear()
+            self._ex.shutdown(wait=True)
+        return False
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any], described: dict[str, dict] | None = None) -> None:
+    """Describe every file of ``directory`` (except the manifest) into ``manifest['files']`` and write it.
+
+    ``described``: entries already computed (:meth:`ArrayWriter.finish`); the other files are hashed here.
+    """
+    described = described or {}
+    paths = [p for p in sorted(directory.iterdir()) if p.name != MANIFEST and p.is_file() and p.name not in described]
     from concurrent.futures import ThreadPoolExecutor
 
     # hashing releases the GIL: a 2.4M-spectrum index holds ~3.7 GB of files, hashed on every core
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as ex:
-        files = dict(zip((p.name for p in paths), ex.map(describe_file, paths)))
+        found = dict(zip((p.name for p in paths), ex.map(describe_file, paths)))
+    found.update(described)
+    files = {name: found[name] for name in sorted(found)}
     manifest = dict(manifest)
     manifest["format"] = FORMAT_NAME
     manifest["format_version"] = FORMAT_VERSION

@@ -831,66 +831,67 @@ def _build_index(
     if counts["n_read"] < n + counts["n_rejected"]:
         counts["n_read"] = n + counts["n_rejected"]
 
-    with fmt.AtomicDirectory(path, overwrite=overwrite) as tmp:
+    # arrays are written (and hashed) on a background thread while the next structures are computed
+    with fmt.AtomicDirectory(path, overwrite=overwrite) as tmp, fmt.ArrayWriter(tmp) as out:
         prog.step("peaks")
         offsets, mz, inten = lib.offsets, lib.mz, lib.intensity
         pmz = np.asarray(lib.precursor_mz, dtype=np.float64)
         pol = lib.polarity.astype(np.int8)
-        fmt.save_array(tmp, "offsets", offsets)
-        fmt.save_array(tmp, "mz", mz)
-        fmt.save_array(tmp, "intensity", inten)
-        fmt.save_array(tmp, "precursor_mz", pmz)
-        fmt.save_array(tmp, "charge", lib.charge.astype(np.int8))
-        fmt.save_array(tmp, "polarity", pol)
-        fmt.save_array(tmp, "input_index", inp)
+        out.save("offsets", offsets)
+        out.save("mz", mz)
+        out.save("intensity", inten)
+        out.save("precursor_mz", pmz)
+        out.save("charge", lib.charge.astype(np.int8))
+        out.save("polarity", pol)
+        out.save("input_index", inp)
         from fastspec.kernels.peaks import gather_csr, l2_norms_csr
         from fastspec.kernels.window import block_index as window_block_index
 
-        fmt.save_array(tmp, "norm", l2_norms_csr(offsets, inten, threads=threads))
+        out.save("norm", l2_norms_csr(offsets, inten, threads=threads))
         finite = np.isfinite(pmz)
         order = np.argsort(np.where(finite, pmz, np.inf), kind="stable").astype(np.int64)
-        fmt.save_array(tmp, "prec_order", order)
-        fmt.save_array(tmp, "prec_sorted", pmz[order])
+        out.save("prec_order", order)
+        out.save("prec_sorted", pmz[order])
         # a second copy of the peaks (+12 bytes per peak on disk): identity search then reads each query's
         # precursor window as one block instead of gathering rows scattered over the whole library
         p_off, p_mz, p_int = gather_csr(offsets, mz, inten, order[: int(finite.sum())], threads=threads)
-        fmt.save_array(tmp, "prec_offsets", p_off)
-        fmt.save_array(tmp, "prec_mz", p_mz)
-        fmt.save_array(tmp, "prec_intensity", p_int)
+        out.save("prec_offsets", p_off)
+        out.save("prec_mz", p_mz)
+        out.save("prec_intensity", p_int)
         p_norm = l2_norms_csr(p_off, p_int, threads=threads)
-        fmt.save_array(tmp, "prec_norm", p_norm)
+        out.save("prec_norm", p_norm)
         prog.step("window index")
         # scan weights straight from the copy's peaks: gathering the library-order ones would need a
         # per-peak index as large as the peaks themselves
         p_w = np.stack([fk.peak_weights(p_off, p_mz, p_int, "cosine", threads=threads),
                         np.sqrt(fk.peak_weights(p_off, p_mz, p_int, "entropy", threads=threads))])
         b_mz, b_loc, b_w = window_block_index(p_off, p_mz, p_w, WINDOW_BLOCK, threads=threads)
-        fmt.save_array(tmp, "wblk_mz", b_mz)
-        fmt.save_array(tmp, "wblk_loc", b_loc)
+        out.save("wblk_mz", b_mz)
+        out.save("wblk_loc", b_loc)
         for name, row in zip(WINDOW_WEIGHTS.values(), b_w):
-            fmt.save_array(tmp, name, row)
+            out.save(name, row)
         del p_off, p_mz, p_int, p_norm, p_w, b_mz, b_loc, b_w
 
         prog.step("fragment index")
         wcos = fk.peak_weights(offsets, mz, inten, "cosine", threads=threads)
         went = fk.peak_weights(offsets, mz, inten, "entropy", threads=threads)
-        fmt.save_array(tmp, "wcos", wcos)
-        fmt.save_array(tmp, "went", went)
+        out.save("wcos", wcos)
+        out.save("went", went)
         min_gap = fk.min_peak_gaps(offsets, mz)
-        fmt.save_array(tmp, "min_gap", min_gap)
+        out.save("min_gap", min_gap)
         (forder, fmz, fspec, fgroups), (norder, nlv, nspec, ngroups) = _sort_peaks(offsets, mz, pmz, finite,
                                                                                     polarity_groups(pol), threads)
-        fmt.save_array(tmp, "frag_mz", fmz)
-        fmt.save_array(tmp, "frag_spec", fspec)
-        fmt.save_array(tmp, "frag_groups", fgroups)
-        fmt.save_array(tmp, "nl_groups", ngroups)
+        out.save("frag_mz", fmz)
+        out.save("frag_spec", fspec)
+        out.save("frag_groups", fgroups)
+        out.save("nl_groups", ngroups)
         for kind, scan_w in (("cosine", wcos[forder]), ("entropy", np.sqrt(went[forder]))):
-            fmt.save_array(tmp, f"frag_{STORED_WEIGHTS[(kind, 0.0, 1.0)]}{'' if kind == 'cosine' else '_sqrt'}", scan_w)
+            out.save(f"frag_{STORED_WEIGHTS[(kind, 0.0, 1.0)]}{'' if kind == 'cosine' else '_sqrt'}", scan_w)
             del scan_w
         del fmz, fspec, forder
-        fmt.save_array(tmp, "nl_mz", nlv)
-        fmt.save_array(tmp, "nl_spec", nspec)
-        fmt.save_array(tmp, "nl_wcos", wcos[norder])
+        out.save("nl_mz", nlv)
+        out.save("nl_spec", nspec)
+        out.save("nl_wcos", wcos[norder])
         del nlv, nspec, norder, wcos, went
 
         prog.step("metadata")
@@ -899,19 +900,19 @@ def _build_index(
         fcode, fkeys = _encode(formulas)
         acode, akeys = _encode(normalize_adducts(_column_strings(md, "adduct")))
         icode, ikeys = _encode([None if v is None else v.strip() for v in _column_strings(md, "instrument_type")])
-        fmt.save_array(tmp, "formula_code", fcode)
-        fmt.save_array(tmp, "formula_keys", fkeys)
-        fmt.save_array(tmp, "adduct_code", acode)
-        fmt.save_array(tmp, "adduct_keys", akeys)
-        fmt.save_array(tmp, "instrument_code", icode)
-        fmt.save_array(tmp, "instrument_keys", ikeys)
+        out.save("formula_code", fcode)
+        out.save("formula_keys", fkeys)
+        out.save("adduct_code", acode)
+        out.save("adduct_keys", akeys)
+        out.save("instrument_code", icode)
+        out.save("instrument_keys", ikeys)
         has = fcode >= 0
         ids = np.flatnonzero(has).astype(np.int32)
         ids = ids[np.argsort(fcode[has], kind="stable")]
         foff = np.zeros(fkeys.shape[0] + 1, dtype=np.int64)
         np.cumsum(np.bincount(fcode[has], minlength=fkeys.shape[0]), out=foff[1:])
-        fmt.save_array(tmp, "formula_offsets", foff)
-        fmt.save_array(tmp, "formula_ids", ids)
+        out.save("formula_offsets", foff)
+        out.save("formula_ids", ids)
         _write_metadata(tmp / "metadata.parquet", md, formulas)
 
         prog.step("faiss")
@@ -947,7 +948,7 @@ def _build_index(
         }
         if appended:
             manifest["appended"] = True
-        fmt.write_manifest(tmp, manifest)
+        fmt.write_manifest(tmp, manifest, out.finish())
 
 
 def _sort_peaks(offsets, mz, pmz, finite, groups, threads):

@@ -249,6 +249,38 @@ def test_interrupted_build_leaves_nothing(subsets, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_failed_background_write_fails_the_build(subsets, tmp_path, monkeypatch):
+    """An array written on the writer thread that fails (disk full) fails the build, leaving nothing."""
+    from fastspec import _indexfmt
+
+    real = _indexfmt.save_array
+
+    def full(directory, name, arr):
+        if name == "frag_mz":
+            raise OSError(28, "No space left on device")
+        real(directory, name, arr)
+
+    monkeypatch.setattr(_indexfmt, "save_array", full)
+    with pytest.raises(OSError, match="No space left"):
+        Library.build(subsets[0][:50], tmp_path / "lib.fastspec", preprocess=None, faiss=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_array_writer_entries_match_the_files(tmp_path):
+    from fastspec import _indexfmt
+
+    arrays = {f"a{i}": np.arange(1000 * i, dtype=np.float32) for i in range(5)}
+    with _indexfmt.ArrayWriter(tmp_path, max_pending_bytes=4096) as w:  # tiny: save() waits on the thread
+        for name, a in arrays.items():
+            w.save(name, a)
+        with pytest.raises(TypeError):
+            w.save("bad", np.array([object()]))
+        entries = w.finish()
+    assert entries == {f"{n}.npy": _indexfmt.describe_file(tmp_path / f"{n}.npy") for n in arrays}
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), a)
+
+
 def test_interrupted_rebuild_keeps_old_index(raw_lib, subsets, tmp_path, monkeypatch):
     from fastspec.kernels import fragment
 

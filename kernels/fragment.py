@@ -239,6 +239,8 @@ def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarr
         grp = np.zeros(n, dtype=np.int8)
     else:
         grp = np.ascontiguousarray(groups, dtype=np.int8)
+        if grp.shape != (n,) or (n and (grp.min() < 0 or grp.max() >= n_groups)):
+            raise ValueError(f"sorted_peak_index: groups must be {n} values in [0, {n_groups})")
     counts = np.zeros(n_groups, dtype=np.int64)
     _sort_keys(offsets, vals, pmz, use_pmz, rows, use_rows, grp, counts, np.empty(0, np.uint64), False)
     bounds = np.zeros(n_groups + 1, dtype=np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,3 +70,11 @@ def test_sorted_peak_index_signed_values_and_large_input():
     np.testing.assert_array_equal(vals, v32[order])
     np.testing.assert_array_equal(spec, np.repeat(np.arange(5000, dtype=np.int32), lengths)[order])
     assert bounds.tolist() == [0, v32.shape[0]]
+
+
+def test_sorted_peak_index_refuses_groups_out_of_range():
+    offsets = np.array([0, 2, 3], dtype=np.int64)
+    mz = np.array([1.0, 2.0, 3.0])
+    for groups in (np.array([0, 2], np.int8), np.array([-1, 0], np.int8), np.array([0], np.int8)):
+        with pytest.raises(ValueError, match="groups"):
+            fk.sorted_peak_index(offsets, mz, None, groups, 2)

@@ -444,7 +444,7 @@ def clean_csr(offsets, mz, intensity, precursor_mz=None, *, min_mz: float = -1.0
             _clean_kernel.pick(n, threads)(offsets, mz, intensity, hi_each, _F32(lo), _F32(noise), _F32(d_da),
                                            _F32(d_ppm), top_k, bool(normalize_intensity), _n_blocks(n), out_mz,
                                            out_int, counts)
-        return _compact(offsets, counts, out_mz, out_int, threads)
+        return _compact(offsets, counts, out_mz, out_int)
 
 
 def entropy_weight_csr(offsets, intensity, threads: int | None = None):

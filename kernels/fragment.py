@@ -223,6 +223,8 @@ def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarr
     sandboxed benchmark host a first touch costs seconds per GB).
     """
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1 or offsets.shape[0] < 1:
+        raise ValueError("sorted_peak_index: offsets must be (n+1,)")
     n = offsets.shape[0] - 1
     vals = np.asarray(values)
     if vals.dtype not in (np.float32, np.float64):
@@ -234,6 +236,11 @@ def sorted_peak_index(offsets: np.ndarray, values: np.ndarray, rows_ok: np.ndarr
     rows = np.ascontiguousarray(rows_ok, dtype=np.bool_) if use_rows else np.ones(1, dtype=np.bool_)
     use_pmz = precursor_mz is not None
     pmz = np.ascontiguousarray(precursor_mz, dtype=np.float64) if use_pmz else np.zeros(1)
+    # the kernels read these unchecked
+    if (offsets[0] != 0 or vals.shape != (p_total,) or (use_rows and rows.shape != (n,))
+            or (use_pmz and pmz.shape != (n,))):
+        raise ValueError("sorted_peak_index: offsets must start at 0 and end at len(values); rows_ok and "
+                         "precursor_mz need one value per spectrum")
     if groups is None or n_groups <= 1:
         n_groups = 1
         grp = np.zeros(n, dtype=np.int8)

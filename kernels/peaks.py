@@ -61,7 +61,7 @@ def _pack(offsets, counts, new_offsets, buf_mz, buf_int):
                 buf_int[dst + j] = buf_int[src + j]
 
 
-def _compact(offsets, counts, buf_mz, buf_int, threads=None):
+def _compact(offsets, counts, buf_mz, buf_int):
     """Pack the first ``counts[i]`` buffered peaks of every spectrum into CSR arrays, in place.
 
     ``buf_mz`` and ``buf_int`` must be fresh arrays owned by the caller (nothing else may view them): they
@@ -98,7 +98,7 @@ def _run(kernel, offsets, mz, intensity, *args, threads=None):
     counts = np.empty(n, dtype=np.int64)
     with _threads(threads):
         kernel.pick(n, threads)(offsets, mz, intensity, *args, buf_mz, buf_int, counts)
-        return _compact(offsets, counts, buf_mz, buf_int, threads)
+        return _compact(offsets, counts, buf_mz, buf_int)
 
 
 def _finite(name, value, lo=None):
@@ -557,7 +557,7 @@ def sanitize_csr(offsets, mz, intensity, duplicates: str = "sum", threads: int |
     with _threads(threads):
         _sanitize.pick(n, threads)(offsets, mz, intensity, DUPLICATE_MODES.index(duplicates), buf_mz, buf_int,
                                    counts, n_invalid, n_dup, unsorted)
-        new = _compact(offsets, counts, buf_mz, buf_int, threads)
+        new = _compact(offsets, counts, buf_mz, buf_int)
     return (*new, n_invalid, n_dup, unsorted)
 
 

@@ -281,6 +281,19 @@ def test_array_writer_entries_match_the_files(tmp_path):
         np.testing.assert_array_equal(np.load(tmp_path / f"{name}.npy"), a)
 
 
+def test_array_writer_raises_a_failed_write_at_the_next_save(tmp_path):
+    from concurrent.futures import wait
+
+    from fastspec import _indexfmt
+
+    with pytest.raises(FileNotFoundError):
+        with _indexfmt.ArrayWriter(tmp_path / "missing") as w:
+            w.save("a", np.arange(10))
+            wait([f for _, f, _ in w._pending])  # the write has failed on the writer thread
+            w.save("b", np.arange(10))
+            pytest.fail("the failed write was not reported by the next save")
+
+
 def test_interrupted_rebuild_keeps_old_index(raw_lib, subsets, tmp_path, monkeypatch):
     from fastspec.kernels import fragment
 

@@ -78,3 +78,14 @@ def test_sorted_peak_index_refuses_groups_out_of_range():
     for groups in (np.array([0, 2], np.int8), np.array([-1, 0], np.int8), np.array([0], np.int8)):
         with pytest.raises(ValueError, match="groups"):
             fk.sorted_peak_index(offsets, mz, None, groups, 2)
+
+
+def test_sorted_peak_index_refuses_mismatched_shapes():
+    offsets = np.array([0, 2, 3], dtype=np.int64)
+    mz = np.array([1.0, 2.0, 3.0])
+    bad = [dict(values=mz[:2]), dict(offsets=np.array([1, 2, 3])), dict(rows_ok=np.array([True])),
+           dict(precursor_mz=np.array([5.0]), rows_ok=np.array([True, True])), dict(offsets=np.array([], np.int64))]
+    for kw in bad:
+        args = dict(offsets=offsets, values=mz) | kw
+        with pytest.raises(ValueError):
+            fk.sorted_peak_index(**args)

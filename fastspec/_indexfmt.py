@@ -110,10 +110,9 @@ class ArrayWriter:
 
     Use as a context manager; :meth:`finish` waits for every write and returns the manifest entries.
     At most ``max_pending_bytes`` of arrays wait to be written (``save`` blocks beyond that). A failed
-    write re-raises in the caller at the first ``save`` after it failed, or at ``finish``; leaving the
-    block on an error
-    cancels what has not started and waits for the write in progress (the caller then removes the
-    directory).
+    write re-raises in the caller at the first ``save`` after it failed, or at ``finish``. Leaving the
+    block on an error cancels what has not started and waits for the write in progress, even through
+    a second Ctrl-C, so that the caller can then remove the directory.
     """
 
     def __init__(self, directory: Path, max_pending_bytes: int = 1 << 30):
@@ -157,7 +156,12 @@ class ArrayWriter:
             for *_, fut, _ in self._pending:
                 fut.cancel()
             self._pending.clear()
-            self._ex.shutdown(wait=True)
+            while True:  # a file still being written would reappear in a directory removed meanwhile
+                try:
+                    self._ex.shutdown(wait=True)
+                    break
+                except KeyboardInterrupt:
+                    continue
         return False
 
 

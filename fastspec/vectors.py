@@ -78,7 +78,13 @@ def csr_vectors(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, para
     ndarray, float32 (n, dim)
     """
     p = dict(DEFAULTS, **(params or {}))
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    mz = np.ascontiguousarray(mz, dtype=np.float64)
+    intensity = np.ascontiguousarray(intensity, dtype=np.float32)
     n = offsets.shape[0] - 1
+    # the kernel reads the peaks unchecked
+    if n < 0 or mz.shape != intensity.shape or mz.shape[0] != offsets[-1] - offsets[0]:
+        raise FastspecError("csr_vectors: offsets (n+1,) must span exactly the mz and intensity slices given")
     dim = int(p["dim"])
     if out is None:
         out = np.empty((n, dim), dtype=np.float32)

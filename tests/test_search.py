@@ -552,6 +552,8 @@ def test_faiss_vectors_equal_reference_in_chunks(data):
         np.testing.assert_array_equal(got, whole[a:b])
     with pytest.raises(FastspecError):
         csr_vectors(sp.offsets, sp.mz, sp.intensity, out=buf)  # too few rows
+    with pytest.raises(FastspecError):
+        csr_vectors(sp.offsets[:3], sp.mz, sp.intensity)  # peaks not matching the offsets
 
 
 # ------------------------------------------------------------------------------------------ Hits

@@ -15,7 +15,8 @@ and cover any Da/ppm convention, so the bound never misses a pair an exact kerne
 
 Pruning (:func:`search_bounds`)
 -------------------------------
-* Query peaks are scanned heaviest first. A spectrum the scanned peaks do not reach scores at most
+* Query peaks are scanned heaviest first, taking into account how many index entries their windows
+  hold (:data:`_ORDER_SHARE`). A spectrum the scanned peaks do not reach scores at most
   what the unscanned peaks can add: ``sqrt(Q)`` for cosine (Cauchy-Schwarz, Q their squared mass),
   ``g(Q, 1)`` for entropy (g is jointly concave and 1-homogeneous). Scanning stops once that is below
   ``theta``, a lower bound of the k-th best final score.
@@ -73,6 +74,15 @@ _LOOKUP_EPS = 1e-6
 #: Window scans take index entries in chunks of this many (16 kB of int32 positions, in L1): a
 #: branch-free pass collects the entries worth a look, a second pass handles only those.
 _SCAN_CHUNK = 4096
+#: Scan order: query peaks by mass / (c0 + entries in their windows), c0 this share of the fragment
+#: index (3,000 entries at 2.4M), so that among peaks of sparse windows the heaviest come first, and a
+#: peak of a dense window comes after lighter ones that cover the mass the stopping rule needs; when
+#: it must be scanned still, the mass left after it is smaller, so its alive band is narrower. 2.4M
+#: MassBank-grown library, 1 thread, identical hits, interleaved median ratios of kernel time against
+#: heaviest first: c0 = 1,000 / 3,000 / 10,000 / 30,000 -> open cosine 0.87 / 0.86 / 0.87 / 0.89,
+#: entropy 0.72 / 0.70 / 0.73 / 0.77, analog 0.94 / 0.93 / 0.93 / 0.95. Deferring further the peaks
+#: holding a quarter to three quarters of the query's entries, after all others: 1.00-0.87 (no better).
+_ORDER_SHARE = 7e-5
 
 
 # ---------------------------------------------------------------------------------------- peak weights
@@ -920,8 +930,8 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live,
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
                    nl_w, fr_rng, nl_rng, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec,
                    lib_clean, kind, tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs,
-                   min_score, k, m_cap, work, count, state, live, touched, dead, out_ids, out_bound, out_next,
-                   out_stats):
+                   min_score, k, m_cap, order_c0, work, count, state, live, touched, dead, out_ids, out_bound,
+                   out_next, out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own scratch; blocks run in Python threads
     # (the kernel releases the GIL): a serial kernel compiles far faster than a parfor of this size
     nq = q_rows.shape[0]
@@ -946,11 +956,20 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         npk = a1 - a0
         pmz = q_pmz[qrow]
         do_nl = use_nl and np.isfinite(pmz)
-        # scan order: heaviest peaks first; qsuf[u] = mass of peaks u.. (what they can still add)
+        # scan order: heaviest peaks first (per window entry, see _ORDER_SHARE); qsuf[u] = mass of peaks
+        # u.. (what they can still add); any order keeps the bounds valid
         neg_mass = np.empty(npk, dtype=np.float64)
         for j in range(npk):
             neg_mass[j] = -_mass(kind, max(np.float64(q_w[a0 + j]), 0.0))
-        order = np.argsort(neg_mass, kind="mergesort")
+        if order_c0 > 0 and npk > 1:
+            # peaks of dense windows later (see _ORDER_SHARE)
+            neg_key = np.empty(npk, dtype=np.float64)
+            for j in range(npk):
+                neg_key[j] = neg_mass[j] / (order_c0 + _peak_cost(q_mz[a0 + j], pmz, do_nl, fr_mz, nl_mz, fr_rng,
+                                                                  nl_rng, qrow, tol_da, tol_ppm, nl_base))
+            order = np.argsort(neg_key, kind="mergesort")
+        else:
+            order = np.argsort(neg_mass, kind="mergesort")
         qsuf = np.zeros(npk + 1, dtype=np.float64)
         for u in range(npk - 1, -1, -1):
             qsuf[u] = qsuf[u + 1] - neg_mass[order[u]]
@@ -1213,10 +1232,11 @@ def search_bounds(
     min_score: float = 0.0,
     nl_base: float = 0.0,
     threads: int | None = None,
+    order_smoothing: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``m`` library spectra with the highest score upper bounds for each query, with pruning.
 
-    Query peaks are scanned heaviest first. Spectra not reached by the scanned peaks cannot score more
+    Query peaks are scanned heaviest first (per window entry). Spectra not reached by the scanned peaks cannot score more
     than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops once that is below ``theta``,
     a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
     best partial sums when both spectra are clean). Library peaks whose weight cannot lift a spectrum
@@ -1255,6 +1275,9 @@ def search_bounds(
         Spectra that cannot reach this are dropped.
     nl_base : float
         Largest fragment m/z (sizes ppm neutral-loss windows).
+    order_smoothing : float, optional
+        Query peaks are scanned by decreasing ``mass / (order_smoothing + window entries)``; 0 scans
+        the heaviest first. Default: ``_ORDER_SHARE`` of the fragment entries. Results do not depend on it.
 
     Returns
     -------
@@ -1304,7 +1327,8 @@ def search_bounds(
             _ro(ix.w, f32), _ro(ix.precursor_mz, f64), _ro(ix.min_gap, f32), _ro(ix.prec_sorted, f64),
             _ro(ix.prec_order, i64), n_prec, lib_clean, int(kind), float(tol_da), float(tol_ppm), float(nl_base),
             gap_thr, mean_peaks, _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_), int(min_pairs),
-            float(min_score), int(k), m)
+            float(min_score), int(k), m,
+            float(_ORDER_SHARE * ix.frag_mz.shape[0] if order_smoothing is None else order_smoothing))
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
 

@@ -412,11 +412,18 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
     ("entropy", "0.02da", 0), ("unweighted_entropy", "20ppm", 0), ("cosine", "0.05da", 0),
     ("cosine", "0.02da", 3), ("modified_cosine", "0.02da", 0), ("modified_cosine", "15ppm", 2)])
 @pytest.mark.parametrize("which", ["lib", "raw"])
-def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, min_matches, which, monkeypatch):
+@pytest.mark.parametrize("order_share", [None, 0.0])
+def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, min_matches, which, order_share,
+                                         monkeypatch):
     """The bound search started from the exact k-th score (the tightest valid threshold) prunes the most:
     spectra passed over at one query peak and reached at a later one, unclean spectra with two partners
-    in a window, neutral-loss partners, matched-peak counts; none of it may lose a hit."""
+    in a window, neutral-loss partners, matched-peak counts; none of it may lose a hit. Scan orders:
+    the default (on a library this small, by window entries first) and heaviest first."""
     from fastspec import search as S
+    from fastspec.kernels import fragment as fk
+
+    if order_share is not None:
+        monkeypatch.setattr(fk, "_ORDER_SHARE", order_share)
 
     library = request.getfixturevalue(which)
     queries = data[1]

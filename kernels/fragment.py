@@ -15,8 +15,9 @@ and cover any Da/ppm convention, so the bound never misses a pair an exact kerne
 
 Pruning (:func:`search_bounds`)
 -------------------------------
-* Query peaks are scanned heaviest first, taking into account how many index entries their windows
-  hold (:data:`_ORDER_SHARE`). A spectrum the scanned peaks do not reach scores at most
+* Query peaks are scanned by decreasing mass per window entry, ``mass / (c0 + entries)``
+  (:data:`_ORDER_SHARE`); the bounds hold for any order. A spectrum the scanned peaks do not reach
+  scores at most
   what the unscanned peaks can add: ``sqrt(Q)`` for cosine (Cauchy-Schwarz, Q their squared mass),
   ``g(Q, 1)`` for entropy (g is jointly concave and 1-homogeneous). Scanning stops once that is below
   ``theta``, a lower bound of the k-th best final score.
@@ -77,7 +78,7 @@ _SCAN_CHUNK = 4096
 #: Scan order: query peaks by mass / (c0 + entries in their windows), c0 this share of the fragment
 #: index (3,000 entries at 2.4M), so that among peaks of sparse windows the heaviest come first, and a
 #: peak of a dense window comes after lighter ones that cover the mass the stopping rule needs; when
-#: it must be scanned still, the mass left after it is smaller, so its alive band is narrower. 2.4M
+#: it must still be scanned, the mass left after it is smaller, so its alive band is narrower. 2.4M
 #: MassBank-grown library, 1 thread, identical hits, interleaved median ratios of kernel time against
 #: heaviest first: c0 = 1,000 / 3,000 / 10,000 / 30,000 -> open cosine 0.87 / 0.86 / 0.87 / 0.89,
 #: entropy 0.72 / 0.70 / 0.73 / 0.77, analog 0.94 / 0.93 / 0.93 / 0.95. Deferring further the peaks
@@ -956,17 +957,21 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         npk = a1 - a0
         pmz = q_pmz[qrow]
         do_nl = use_nl and np.isfinite(pmz)
-        # scan order: heaviest peaks first (per window entry, see _ORDER_SHARE); qsuf[u] = mass of peaks
+        # scan order: by mass per window entry, decreasing (see _ORDER_SHARE); qsuf[u] = mass of peaks
         # u.. (what they can still add); any order keeps the bounds valid
         neg_mass = np.empty(npk, dtype=np.float64)
         for j in range(npk):
             neg_mass[j] = -_mass(kind, max(np.float64(q_w[a0 + j]), 0.0))
-        if order_c0 > 0 and npk > 1:
-            # peaks of dense windows later (see _ORDER_SHARE)
+        # index entries in each peak's windows: the scan order and phase B's cost model read them
+        costs = np.zeros(npk, dtype=np.float64)
+        have_costs = order_c0 > 0 and npk > 1
+        if have_costs:
             neg_key = np.empty(npk, dtype=np.float64)
             for j in range(npk):
-                neg_key[j] = neg_mass[j] / (order_c0 + _peak_cost(q_mz[a0 + j], pmz, do_nl, fr_mz, nl_mz, fr_rng,
-                                                                  nl_rng, qrow, tol_da, tol_ppm, nl_base))
+                if neg_mass[j] < 0:  # weightless peaks are never scanned (key -0.0: last)
+                    costs[j] = _peak_cost(q_mz[a0 + j], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da,
+                                          tol_ppm, nl_base)
+                neg_key[j] = neg_mass[j] / (order_c0 + costs[j])
             order = np.argsort(neg_key, kind="mergesort")
         else:
             order = np.argsort(neg_mass, kind="mergesort")
@@ -1049,15 +1054,18 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live, qsuf[done], theta,
                                     clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
             r_last = _rest(kind, qsuf[done], 1.0)
-            rem_scan = 0
+            rem_scan = 0.0
             for u in range(done, npk):
-                rem_scan += _peak_cost(q_mz[a0 + order[u]], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da,
-                                       tol_ppm, nl_base)
+                jo = order[u]
+                if not have_costs and neg_mass[jo] < 0:
+                    costs[jo] = _peak_cost(q_mz[a0 + jo], pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da,
+                                           tol_ppm, nl_base)
+                rem_scan += costs[jo]
             while ns > 0 and done < npk and \
                     _COMPLETE_COST * ns * (mean_peaks * (2.0 if do_nl else 1.0) + npk - done) > rem_scan:
                 j = a0 + order[done]
                 x = q_mz[j]
-                rem_scan -= _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_ppm, nl_base)
+                rem_scan -= costs[order[done]]
                 done += 1
                 qw = np.float64(q_w[j])
                 if qw <= 0:
@@ -1236,8 +1244,9 @@ def search_bounds(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``m`` library spectra with the highest score upper bounds for each query, with pruning.
 
-    Query peaks are scanned heaviest first (per window entry). Spectra not reached by the scanned peaks cannot score more
-    than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops once that is below ``theta``,
+    Query peaks are scanned by decreasing mass per window entry. Spectra not reached by the scanned
+    peaks cannot score more than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops
+    once that is below ``theta``,
     a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
     best partial sums when both spectra are clean). Library peaks whose weight cannot lift a spectrum
     not reached yet to ``theta`` are passed over (:func:`_alive_band`). The reached spectra that can
@@ -1277,7 +1286,8 @@ def search_bounds(
         Largest fragment m/z (sizes ppm neutral-loss windows).
     order_smoothing : float, optional
         Query peaks are scanned by decreasing ``mass / (order_smoothing + window entries)``; 0 scans
-        the heaviest first. Default: ``_ORDER_SHARE`` of the fragment entries. Results do not depend on it.
+        the heaviest first. Default: ``_ORDER_SHARE`` of the fragment entries. Results do not depend on
+        it; it must be finite and non-negative.
 
     Returns
     -------
@@ -1304,6 +1314,9 @@ def search_bounds(
         lib_codes = np.full((workspace.n_library, 0), -1, dtype=np.int32)
         symmetric = np.zeros(0, dtype=np.bool_)
     theta = np.full(nq, -np.inf) if theta is None else np.ascontiguousarray(theta, dtype=np.float64)
+    c0 = _ORDER_SHARE * index.frag_mz.shape[0] if order_smoothing is None else float(order_smoothing)
+    if not (np.isfinite(c0) and c0 >= 0):
+        raise ValueError(f"order_smoothing must be finite and >= 0, got {order_smoothing!r}")
     if nq == 0:
         return ids, bounds, nxt, stats
     # two library peaks closer than this could share a query peak's window (then partial sums are no
@@ -1327,8 +1340,7 @@ def search_bounds(
             _ro(ix.w, f32), _ro(ix.precursor_mz, f64), _ro(ix.min_gap, f32), _ro(ix.prec_sorted, f64),
             _ro(ix.prec_order, i64), n_prec, lib_clean, int(kind), float(tol_da), float(tol_ppm), float(nl_base),
             gap_thr, mean_peaks, _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_), int(min_pairs),
-            float(min_score), int(k), m,
-            float(_ORDER_SHARE * ix.frag_mz.shape[0] if order_smoothing is None else order_smoothing))
+            float(min_score), int(k), m, float(c0))
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
 

@@ -718,3 +718,16 @@ def test_windows_longer_than_a_scan_chunk(tmp_path, metric):
     hits = lib.search(queries, k=K, mode="analog" if metric == "modified_cosine" else "open", metric=metric,
                       tolerance=0.01)
     assert_same_hits(hits, brute_force(lib, queries, metric, np.ones((len(queries), n), bool), tolerance="0.01da"))
+
+
+def test_order_smoothing_is_checked(lib):
+    """The scan order's smoothing constant (results do not depend on it) refuses negative or non-finite
+    values instead of falling back silently."""
+    from fastspec.kernels import fragment as fk
+
+    ws = fk.BoundWorkspace(len(lib), 1)
+    empty = (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0), np.zeros(0, np.float32), np.zeros(0))
+    for bad in (-1.0, np.inf, np.nan):
+        with pytest.raises(ValueError, match="order_smoothing"):
+            fk.search_bounds(*empty, lib.peak_index("cosine"), kind=fk.KIND_PRODUCT, use_nl=False, tol_da=0.02,
+                             tol_ppm=0.0, k=5, m=10, workspace=ws, order_smoothing=bad)

@@ -85,6 +85,36 @@ def test_open_is_lazy_and_subsets_read_only_needed_rows(raw_lib, subsets):
     np.testing.assert_array_equal(pmz, sub.precursor_mz)
 
 
+def test_metadata_rows_across_row_groups_and_cache_budget(subsets, tmp_path, monkeypatch):
+    """Scattered rows (any order, repeats) read through the row-group cache equal the full table's rows,
+    with the schema's types, across many row groups and with a cache budget smaller than one group."""
+    import fastspec.library as L
+    from fastspec._rowgroups import RowGroupReader
+    from fastspec.errors import ParameterError
+
+    monkeypatch.setattr(L, "_METADATA_ROW_GROUP", 37)
+    lib = Library.build(subsets[0], tmp_path / "rg.fastspec", preprocess=None, faiss=False)
+    assert lib.manifest["build"]["metadata_row_group"] == 37
+    full = lib.metadata()
+    assert pq.ParquetFile(lib.path / "metadata.parquet").metadata.num_row_groups == -(-len(lib) // 37)
+    rng = np.random.default_rng(1)
+    cols = ["id", "name", "precursor_mz", "formula", "charge"]
+    cols = [c for c in cols if c in full.column_names]
+    for budget in (None, 1):
+        if budget is not None:
+            lib._cache["row_reader"] = RowGroupReader(lib.path / "metadata.parquet", 37, cache_bytes=budget)
+        for _ in range(3):
+            rows = rng.integers(0, len(lib), 60)
+            rows[:3] = [len(lib) - 1, 0, rows[5]]  # last (short) group, first, a repeat
+            got = lib.metadata(rows=rows, columns=cols)
+            assert got.equals(full.select(cols).take(pa.array(rows)))
+        if budget is not None:
+            assert lib._row_reader()._bytes <= 60 * 1e5  # only what the last call needed is held
+    assert lib.metadata(rows=np.zeros(0, np.int64), columns=["id"]).num_rows == 0
+    with pytest.raises(ParameterError, match="metadata rows"):
+        lib.metadata(rows=[len(lib)], columns=["id"])
+
+
 def test_derived_structures_are_consistent(raw_lib):
     lib = raw_lib
     off, mz = np.asarray(lib.array("offsets")), np.asarray(lib.array("mz"))

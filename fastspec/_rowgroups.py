@@ -27,23 +27,24 @@ class RowGroupReader:
     Parameters
     ----------
     path : str or Path
-        The Parquet file (row groups of ``group_rows`` rows, the last one possibly shorter).
-    group_rows : int
-        Rows per row group, as written.
+        The Parquet file (row group sizes are read from its footer).
     cache_bytes : int
         Budget of decoded arrays kept; least recently used ones are dropped past it.
     """
 
-    def __init__(self, path: "str | Path", group_rows: int, cache_bytes: int = CACHE_BYTES):
+    def __init__(self, path: "str | Path", cache_bytes: int = CACHE_BYTES):
         import pyarrow.parquet as pq
 
-        plain = pq.ParquetFile(str(path))
-        self.schema = plain.schema_arrow
-        self.group_rows = int(group_rows)
-        self.n_groups = plain.metadata.num_row_groups
-        strings = [f.name for f in self.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        with pq.ParquetFile(str(path)) as plain:
+            schema = plain.schema_arrow
+        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         # dictionary pages decode straight to dictionary arrays; results are cast back to the schema's type
         self._pf = pq.ParquetFile(str(path), read_dictionary=strings)
+        self.schema = schema
+        meta = self._pf.metadata
+        #: first row of each row group, and the total (int64 (G+1,))
+        self.starts = np.zeros(meta.num_row_groups + 1, dtype=np.int64)
+        np.cumsum([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], out=self.starts[1:])
         self._budget = int(cache_bytes)
         self._cache: OrderedDict[tuple[int, str], pa.Array] = OrderedDict()
         self._bytes = 0
@@ -53,7 +54,9 @@ class RowGroupReader:
         """Rows ``rows`` (int64 positions, any order, repeats allowed) of ``columns`` (all in the schema),
         with the schema's types."""
         rows = np.asarray(rows, dtype=np.int64)
-        groups_of = rows // self.group_rows
+        if rows.shape[0] and (rows.min() < 0 or rows.max() >= self.starts[-1]):
+            raise IndexError(f"rows must be in [0, {self.starts[-1]})")
+        groups_of = np.searchsorted(self.starts, rows, side="right") - 1
         order = np.argsort(groups_of, kind="stable")
         sorted_groups = groups_of[order]
         groups, starts = np.unique(sorted_groups, return_index=True)
@@ -64,12 +67,12 @@ class RowGroupReader:
             typ = self.schema.field(c).type
             pieces = []
             for j, g in enumerate(groups):
-                local = rows[order[bounds[j]:bounds[j + 1]]] - int(g) * self.group_rows
+                local = rows[order[bounds[j]:bounds[j + 1]]] - self.starts[g]
                 pieces.append(arrays[(int(g), c)].take(pa.array(local, pa.int64())).cast(typ))
             col = pa.concat_arrays(pieces) if pieces else pa.array([], typ)
             # pieces are in group order: back to the caller's order
             out[c] = col.take(pa.array(np.argsort(order, kind="stable"), pa.int64())) if rows.shape[0] else col
-        return pa.table(out, schema=pa.schema([self.schema.field(c) for c in columns]))
+        return pa.table(out, schema=pa.schema([self.schema.field(c) for c in columns], metadata=self.schema.metadata))
 
     def _arrays(self, groups: np.ndarray, columns: list[str]) -> dict[tuple[int, str], pa.Array]:
         got: dict[tuple[int, str], pa.Array] = {}
@@ -90,10 +93,7 @@ class RowGroupReader:
                         got[(g, c)] = arr
                         self._cache[(g, c)] = arr
                         self._bytes += arr.nbytes
-            # drop the least recently used past the budget, never what this call is about to read
+            # least recently used out past the budget (``got`` keeps this call's arrays alive meanwhile)
             while self._bytes > self._budget and self._cache:
-                key = next(iter(self._cache))
-                if key in got:
-                    break
-                self._bytes -= self._cache.pop(key).nbytes
+                self._bytes -= self._cache.popitem(last=False)[1].nbytes
         return got

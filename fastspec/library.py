@@ -614,7 +614,8 @@ class Library:
             else:
                 if rows.min() < 0 or rows.max() >= len(self):
                     raise ParameterError(f"metadata rows must be in [0, {len(self)})")
-                table = self._row_reader().take(rows, want)
+                reader = self._row_reader()
+                table = reader.take(rows, [c for c in want if c in reader.schema.names])
         if columns is not None:
             table = pa.table({c: table.column(c) if c in table.column_names else pa.nulls(n) for c in columns})
         return table
@@ -625,8 +626,7 @@ class Library:
             from fastspec._rowgroups import RowGroupReader
 
             self._parquet()  # the same clear error when the file is unreadable
-            rg_size = self.manifest["build"].get("metadata_row_group", _METADATA_ROW_GROUP)
-            self._cache["row_reader"] = RowGroupReader(self.path / "metadata.parquet", rg_size)
+            self._cache["row_reader"] = RowGroupReader(self.path / "metadata.parquet")
         return self._cache["row_reader"]
 
     def _parquet(self):

@@ -54,7 +54,28 @@ def test_pick_rules():
     k = _config.Kernel(lambda x: x)
     assert k.pick(1, threads=2) is k.serial
     assert k.pick(10 ** 9, threads=1) is k.serial
-    assert k.pick(10 ** 9, threads=2) is k.parallel
+    assert k.pick(10 ** 9, threads=2) is (k.parallel if _config.max_threads() >= 2 else k.serial)
+    assert k.pick(10 ** 9, threads=10 ** 6) is (k.parallel if _config.max_threads() >= 2 else k.serial)
     # distinct qualified names: numba files cached machine code under them
     assert k.serial.py_func.__qualname__ != k.parallel.py_func.__qualname__
     assert k.serial.targetoptions.get("parallel") is None and k.parallel.targetoptions["parallel"]
+
+
+def test_threads_context():
+    """One thread: serial builds only, numba's count untouched (no set/restore per kernel call); more:
+    the count is set inside and restored after."""
+    import numba
+
+    before = numba.get_num_threads()
+    with _config.threads(1) as n:
+        assert n == 1 and numba.get_num_threads() == before
+    with _config.threads(0) as n:
+        assert n == 1
+    if _config.max_threads() >= 2:
+        numba.set_num_threads(1)
+        try:
+            with _config.threads(2) as n:
+                assert n == 2 and numba.get_num_threads() == 2
+            assert numba.get_num_threads() == 1
+        finally:
+            numba.set_num_threads(before)

@@ -61,7 +61,8 @@ REASON_MS1 = "MS1 spectrum (ms_level 1)"
 #: Fragment-weight arrays stored at build time: (kind, mz_power, intensity_power) -> file stem.
 STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
 
-#: Rows per row group of ``metadata.parquet`` (recorded in the manifest; readers use the recorded value).
+#: Rows per row group of ``metadata.parquet`` at build (recorded in the manifest; readers take the sizes
+#: from the file's footer, so indexes written with other sizes read the same).
 #: Hit tables read a few scattered rows: one 8-column string group decodes in ~1.5 ms at 8,192 rows,
 #: ~12 ms at 65,536; reading the whole table takes 1.2x as long, the file is the same size (2.4M spectra).
 _METADATA_ROW_GROUP = 8192

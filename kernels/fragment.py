@@ -17,8 +17,7 @@ Pruning (:func:`search_bounds`)
 -------------------------------
 * Query peaks are scanned by decreasing mass per window entry, ``mass / (c0 + entries)``
   (:data:`_ORDER_SHARE`); the bounds hold for any order. A spectrum the scanned peaks do not reach
-  scores at most
-  what the unscanned peaks can add: ``sqrt(Q)`` for cosine (Cauchy-Schwarz, Q their squared mass),
+  scores at most what the unscanned peaks can add: ``sqrt(Q)`` for cosine (Cauchy-Schwarz, Q their squared mass),
   ``g(Q, 1)`` for entropy (g is jointly concave and 1-homogeneous). Scanning stops once that is below
   ``theta``, a lower bound of the k-th best final score.
 * ``theta`` comes from the caller (e.g. exact scores of a first round), from exact scores of the
@@ -1246,8 +1245,7 @@ def search_bounds(
 
     Query peaks are scanned by decreasing mass per window entry. Spectra not reached by the scanned
     peaks cannot score more than the norm of the unscanned ones (Cauchy-Schwarz), so the scan stops
-    once that is below ``theta``,
-    a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
+    once that is below ``theta``, a lower bound of the k-th best final score (given, or found at checkpoints from exact scores of the
     best partial sums when both spectra are clean). Library peaks whose weight cannot lift a spectrum
     not reached yet to ``theta`` are passed over (:func:`_alive_band`). The reached spectra that can
     still beat ``theta`` get their bound completed (see the module docstring).

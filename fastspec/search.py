@@ -40,6 +40,11 @@ _RAW_WEIGHTS = ("cosine", "modified_cosine")
 _BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entropy": (1, "unweighted_entropy"),
             "modified_cosine": (0, "cosine")}
 _ENTROPY = ("entropy", "unweighted_entropy")
+#: Library spectra per chunk while the binned-cosine postings are built (_Context.bin_postings).
+_BIN_CHUNK = 1 << 17
+#: Most bins the inverted bin index takes (a count per bin, int32 bin ids); finer bins are scored by
+#: brute force (2,000 Da at 1e-4 Da bins is 20M bins).
+_BIN_MAX = 1 << 26
 _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine"}
 #: Identity search through the precursor-block index: candidates of best bound scored first per query
 #: (k more than this), and the widest window (in spectra of the precursor order) bounded; wider windows
@@ -289,8 +294,9 @@ def search(
     mode : {"identity", "formula", "open", "analog"}
     metric : str, optional
         Any :mod:`fastspec.similarity` metric; default ``cosine`` (``modified_cosine`` for analog).
-        ``open`` is exact through the fragment index for cosine and (unweighted) entropy;
-        ``open`` with modified cosine is ``analog``.
+        ``open`` is exact through the fragment index for cosine and (unweighted) entropy, and through
+        an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``;
+        other metrics score every library spectrum. ``open`` with modified cosine is ``analog``.
     tolerance : float or str
         Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
     precursor_tolerance : float or str
@@ -806,6 +812,8 @@ class _Context:
         metric = self.cfg.metric
         if metric in _BOUNDED:
             self.run_bounded(rows, scores, indices, matches, use_nl=metric == "modified_cosine")
+        elif metric == "binned_cosine" and self.n_bins() <= _BIN_MAX:
+            self.run_binned(rows, scores, indices, matches)
         else:
             self.run_brute_force(rows, scores, indices, matches)
 
@@ -924,6 +932,78 @@ class _Context:
             theta = kth(*self.window_search(rows, parse_tolerance(0.01))[:2])
         return theta
 
+    def n_bins(self) -> int:
+        """Bins the library's binned vectors can use: up to its largest m/z (fragment or precursor) at
+        the search's bin width, one spare against rounding."""
+        lib = self.lib
+        top = lib._cache.get("largest m/z")
+        if top is None:
+            mz, pmz = lib.array("mz"), lib.array("precursor_mz")
+            top = lib._cache["largest m/z"] = max(float(np.max(mz)) if mz.shape[0] else 0.0,
+                                                  float(np.nanmax(pmz, initial=0.0)))
+        return int(top // float(self.qprep.params["bin_width"])) + 2
+
+    def bin_postings(self):
+        """The library's binned vectors (the search's bin parameters) as postings by bin
+        (:class:`fastspec.kernels.bins.BinPostings`), built on first use and kept with the open library.
+
+        Built from the stored peaks in chunks of :data:`_BIN_CHUNK` spectra, prepared exactly as
+        :meth:`exact` prepares candidates; the postings take 8 bytes per stored bin (and as much again
+        while they are built).
+        """
+        from fastspec import similarity
+        from fastspec.kernels.bins import BinPostings
+
+        qp = self.qprep
+        key = ("bin postings", repr(sorted(qp.params.items())), repr(qp.tolerance))
+        post = self.lib._cache.get(key)
+        if post is not None:
+            return post
+        lib, kw = self.lib, self.cfg.metric_kwargs()
+        off, mz, inten, pmz = (lib.array(a) for a in ("offsets", "mz", "intensity", "precursor_mz"))
+        n = len(lib)
+
+        post = BinPostings(self.n_bins(), n)
+        chunks = []
+        for a in range(0, n, _BIN_CHUNK):
+            b = min(n, a + _BIN_CHUNK)
+            e0, e1 = int(off[a]), int(off[b])
+            p = similarity.prepare_csr(np.asarray(off[a: b + 1]) - e0, np.asarray(mz[e0:e1]),
+                                       np.asarray(inten[e0:e1], np.float64), np.asarray(pmz[a:b]), "binned_cosine",
+                                       threads=self.cfg.threads, **kw)
+            chunks.append((p.offsets, p.pos.astype(np.int32), _unit_weights(p).astype(np.float32)))
+            post.add(*chunks[-1])
+        post.finish()
+        for chunk in chunks:
+            post.add(*chunk)
+        self.lib._cache[key] = post
+        return post
+
+    def run_binned(self, rows, scores, indices, matches):
+        """Whole-library binned cosine: candidates from the inverted bin index
+        (:func:`fastspec.kernels.bins.binned_candidates`: every spectrum within a rounding margin of
+        each query's k-th dot product), scored exactly."""
+        from fastspec.kernels.bins import BinWorkspace, binned_candidates
+
+        if rows.shape[0] == 0:
+            return
+        post = self.bin_postings()
+        qp = self.qprep
+        qv = _unit_weights(qp)
+        qc, lc, sym = self.filters()
+        n_blocks = _n_blocks(self.cfg.threads)
+        ws = self.lib._cache.get("bin workspace")
+        if ws is None or ws.n_blocks != n_blocks:
+            ws = self.lib._cache["bin workspace"] = BinWorkspace(len(self.lib), n_blocks)
+        for batch in _batches(rows, 1024):
+            offs, ids = binned_candidates(qp.offsets, qp.pos, qv, batch, post, self.cfg.k,
+                                          min_matches=self.cfg.min_matches, min_score=self.cfg.min_score,
+                                          q_codes=qc[batch], lib_codes=lc, sym=sym, workspace=ws,
+                                          threads=self.cfg.threads)
+            s, i, m = self.exact(batch, offs, ids)
+            scores[batch], indices[batch], matches[batch] = s, i, m
+            self.advance(batch.shape[0])
+
     def run_brute_force(self, rows, scores, indices, matches):
         """Every same-polarity library spectrum as a candidate (metrics without a fragment-index bound)."""
         n_lib = len(self.lib)
@@ -979,11 +1059,22 @@ def _ranges_csr(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return offs, pos
 
 
-def _workspace(lib, threads: int | None):
-    from fastspec.kernels import fragment as fk
+def _unit_weights(p) -> np.ndarray:
+    """Weights of a Prepared divided by their spectrum's L2 norm (0 where the norm is 0): float64 (P,)."""
+    norm = np.repeat(p.norm, np.diff(p.offsets))
+    return np.where(norm > 0, p.w / np.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _n_blocks(threads: int | None) -> int:
     from fastspec.kernels._config import max_threads
 
-    n_blocks = max_threads() if threads is None else max(1, min(int(threads), max_threads()))
+    return max_threads() if threads is None else max(1, min(int(threads), max_threads()))
+
+
+def _workspace(lib, threads: int | None):
+    from fastspec.kernels import fragment as fk
+
+    n_blocks = _n_blocks(threads)
     ws = lib._cache.get("workspace")
     if ws is None or ws.n_blocks != n_blocks:
         ws = fk.BoundWorkspace(len(lib), n_blocks)

@@ -49,29 +49,30 @@ def raw(data, tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------ reference
-def _metric_kw(metric: str, tolerance) -> dict:
-    kw = {"tolerance": tolerance}
+def _metric_kw(metric: str, tolerance, **params) -> dict:
+    kw = {"tolerance": tolerance, **params}
     if metric in ("entropy", "unweighted_entropy"):
         kw["clean"] = False  # the library's stored peaks, as the search scores them
     return kw
 
 
-def dense(lib: Library, queries: Spectra, metric: str, tolerance="0.02da"):
-    """Scores and matched peaks of every (query, library) pair: float64 / int32 (nq, n_lib)."""
+def dense(lib: Library, queries: Spectra, metric: str, tolerance="0.02da", **params):
+    """Scores and matched peaks of every (query, library) pair: float64 / int32 (nq, n_lib); ``params``
+    go to :func:`fastspec.similarity.prepare`."""
     q = apply_pipeline(lib.pipeline, queries)
-    kw = _metric_kw(metric, tolerance)
+    kw = _metric_kw(metric, tolerance, **params)
     s, m = similarity.score_matrix(similarity.prepare(q, metric, **kw), similarity.prepare(lib.spectra(), metric, **kw))
     return np.asarray(s), np.asarray(m)
 
 
 def brute_force(lib: Library, queries: Spectra, metric: str, candidates, k: int = K, tolerance="0.02da",
-                min_matches: int = 0, min_score: float = 0.0):
+                min_matches: int = 0, min_score: float = 0.0, **params):
     """Reference top-k from the dense matrix over explicit candidates (bool (nq, n_lib)).
 
     Returns scores (nq, k), indices (nq, k) (-1 none), matches (nq, k), the (k+1)-th score (nq,) (-inf
     none) and the dense (S, M).
     """
-    S, M = dense(lib, queries, metric, tolerance)
+    S, M = dense(lib, queries, metric, tolerance, **params)
     q = apply_pipeline(lib.pipeline, queries)
     ok = (np.asarray(candidates, bool) & (np.diff(q.offsets) > 0)[:, None] & (M >= max(1, min_matches))
           & (S >= min_score))
@@ -687,7 +688,8 @@ def _library(draw):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(sp=_library(), metric=st.sampled_from(["cosine", "entropy", "unweighted_entropy", "modified_cosine"]),
+@given(sp=_library(), metric=st.sampled_from(["cosine", "entropy", "unweighted_entropy", "modified_cosine",
+                                              "binned_cosine"]),
        k=st.integers(1, 6))
 def test_whole_library_modes_property(tmp_path_factory, sp, metric, k):
     path = tmp_path_factory.mktemp("h") / "l.fastspec"
@@ -731,3 +733,19 @@ def test_order_smoothing_is_checked(lib):
         with pytest.raises(ValueError, match="order_smoothing"):
             fk.search_bounds(*empty, lib.peak_index("cosine"), kind=fk.KIND_PRODUCT, use_nl=False, tol_da=0.02,
                              tol_ppm=0.0, k=5, m=10, workspace=ws, order_smoothing=bad)
+
+
+@pytest.mark.parametrize("params", [{}, {"preset": "khoo2026"}, {"min_matches": 3, "min_score": 0.3, "k": 8}])
+def test_open_binned_cosine_equals_brute_force(lib, data, params):
+    """Whole-library binned cosine goes through the inverted bin index: candidates within a rounding
+    margin of each query's k-th dot product, then exact scores."""
+    params = dict(params)
+    k = params.pop("k", K)
+    mm, ms = params.pop("min_matches", 0), params.pop("min_score", 0.0)
+    queries = data[1]
+    hits = lib.search(queries, k=k, mode="open", metric="binned_cosine", tolerance="0.1da", min_matches=mm,
+                      min_score=ms, **params)
+    ref = brute_force(lib, queries, "binned_cosine", same_polarity(lib, queries), k=k, tolerance="0.1da",
+                      min_matches=mm, min_score=ms, **params)
+    assert (hits.indices >= 0).sum() > len(queries) * k // 2
+    assert_same_hits(hits, ref)

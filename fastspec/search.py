@@ -933,32 +933,40 @@ class _Context:
         return theta
 
     def n_bins(self) -> int:
-        """Bins the library's binned vectors can use: up to its largest m/z (fragment or precursor) at
-        the search's bin width, one spare against rounding."""
-        lib = self.lib
+        """Bins the library's binned vectors can use at the search's bin parameters: up to its largest
+        fragment m/z (and precursor m/z when a precursor peak is added) or ``max_mz``, one spare against
+        rounding."""
+        lib, params = self.lib, self.qprep.params
         top = lib._cache.get("largest m/z")
         if top is None:
             mz, pmz = lib.array("mz"), lib.array("precursor_mz")
-            top = lib._cache["largest m/z"] = max(float(np.max(mz)) if mz.shape[0] else 0.0,
-                                                  float(np.nanmax(pmz, initial=0.0)))
-        return int(top // float(self.qprep.params["bin_width"])) + 2
+            top = lib._cache["largest m/z"] = (float(np.max(mz)) if mz.shape[0] else 0.0,
+                                               float(np.nanmax(pmz, initial=0.0)))
+        bw = float(params["bin_width"])
+        n = int(max(top[0], top[1] if params.get("precursor_peak") is not None else 0.0) // bw) + 2
+        if params.get("max_mz") is not None:
+            n = min(n, int(float(params["max_mz"]) // bw) + 2)
+        return n
 
     def bin_postings(self):
         """The library's binned vectors (the search's bin parameters) as postings by bin
         (:class:`fastspec.kernels.bins.BinPostings`), built on first use and kept with the open library.
 
         Built from the stored peaks in chunks of :data:`_BIN_CHUNK` spectra, prepared exactly as
-        :meth:`exact` prepares candidates; the postings take 8 bytes per stored bin (and as much again
-        while they are built).
+        :meth:`exact` prepares candidates; the postings take 8 bytes per stored bin plus 8 per bin of
+        the m/z range (and as much again while they are built).
         """
         from fastspec import similarity
         from fastspec.kernels.bins import BinPostings
 
         qp = self.qprep
-        key = ("bin postings", repr(sorted(qp.params.items())), repr(qp.tolerance))
-        post = self.lib._cache.get(key)
-        if post is not None:
-            return post
+        # one set per open library: the bin parameters fix the postings (a tolerance only through the
+        # bin width it implies), and another set replaces it
+        key = repr(sorted(qp.params.items()))
+        have = self.lib._cache.get("bin postings")
+        if have is not None and have[0] == key:
+            return have[1]
+        self.lib._cache.pop("bin postings", None)
         lib, kw = self.lib, self.cfg.metric_kwargs()
         off, mz, inten, pmz = (lib.array(a) for a in ("offsets", "mz", "intensity", "precursor_mz"))
         n = len(lib)
@@ -976,7 +984,7 @@ class _Context:
         post.finish()
         for chunk in chunks:
             post.add(*chunk)
-        self.lib._cache[key] = post
+        self.lib._cache["bin postings"] = (key, post)
         return post
 
     def run_binned(self, rows, scores, indices, matches):

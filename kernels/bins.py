@@ -33,16 +33,20 @@ def _count(bins, n_bins, counts):
 
 
 @numba.njit(**NJIT)
-def _fill(offsets, bins, values, first_spectrum, cursor, out_spec, out_val):
+def _fill(offsets, bins, values, first_spectrum, cursor, ends, out_spec, out_val):
+    # False (nothing written past a bin's end) when the chunk holds more of a bin than was counted
     n_bins = cursor.shape[0]
     for s in range(offsets.shape[0] - 1):
         for p in range(offsets[s], offsets[s + 1]):
             b = bins[p]
             if 0 <= b < n_bins:
                 t = cursor[b]
+                if t >= ends[b]:
+                    return False
                 out_spec[t] = first_spectrum + s
                 out_val[t] = values[p]
                 cursor[b] = t + 1
+    return True
 
 
 class BinPostings:
@@ -78,11 +82,18 @@ class BinPostings:
         """
         offsets = np.ascontiguousarray(offsets, np.int64)
         bins = np.ascontiguousarray(bins, np.int32)
-        if self._cursor is None:
+        if self.bin_offsets is None:
             _count(bins, self.n_bins, self._counts)
             return
-        _fill(offsets, bins, np.ascontiguousarray(values, np.float32), self._next, self._cursor, self.spectra,
-              self.values)
+        if self._cursor is None or self._next + offsets.shape[0] - 1 > self.n_spectra:
+            raise ValueError("more spectra filled than the postings hold")
+        if not _fill(offsets, bins, np.ascontiguousarray(values, np.float32), self._next, self._cursor,
+                     self.bin_offsets[1:], self.spectra, self.values):
+            raise ValueError("the filling pass holds more entries of a bin than the counting pass")
+        if self._next + offsets.shape[0] - 1 == self.n_spectra:
+            if not np.array_equal(self._cursor, self.bin_offsets[1:]):
+                raise ValueError("the filling pass holds fewer entries than the counting pass")
+            self._counts = self._cursor = None  # 16 bytes per bin, not needed for searching
         self._next += offsets.shape[0] - 1
 
     def finish(self) -> None:
@@ -93,23 +104,30 @@ class BinPostings:
         self.spectra = np.empty(total, np.int32)
         self.values = np.empty(total, np.float32)
         self._cursor = self.bin_offsets[:-1].copy()
+        if self.n_spectra == 0:
+            self._counts = self._cursor = None
+
+    @property
+    def complete(self) -> bool:
+        return self.bin_offsets is not None and self._next == self.n_spectra
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.bin_offsets, self.spectra, self.values) if a is not None)
+        return sum(a.nbytes for a in (self.bin_offsets, self.spectra, self.values, self._counts, self._cursor)
+                   if a is not None)
 
 
 def _binned_candidates_py(q_off, q_bins, q_vals, rows, b_off, p_spec, p_val, k, min_matches, floor, q_codes,
-                          lib_codes, sym, acc, cnt, touched, t_val, t_cnt, heap_b, heap_i, out_ids, out_n):
+                          lib_codes, sym, acc, cnt, touched, t_val, t_cnt, heap_b, heap_i, out_start, out_ids, out_n):
     n_blocks = acc.shape[0]
     n_bins = b_off.shape[0] - 1
     nr = rows.shape[0]
     for blk in prange(n_blocks):
         a, cn, tch, tv, tc = acc[blk], cnt[blk], touched[blk], t_val[blk], t_cnt[blk]
         hb, hi = heap_b[blk], heap_i[blk]
-        cap = out_ids.shape[1]
         for r in range(blk, nr, n_blocks):
             q = rows[r]
+            room = out_start[r + 1] - out_start[r]
             nt = 0
             for j in range(q_off[q], q_off[q + 1]):
                 b = np.int64(q_bins[j])
@@ -144,8 +162,8 @@ def _binned_candidates_py(q_off, q_bins, q_vals, rows, b_off, p_spec, p_val, k, 
             n = 0
             for t in range(nt):
                 if tv[t] >= lim and tc[t] >= min_matches and _passes(tch[t], r, q_codes, lib_codes, sym):
-                    if n < cap:
-                        out_ids[r, n] = tch[t]
+                    if n < room:
+                        out_ids[out_start[r] + n] = tch[t]
                     n += 1
             out_n[r] = n
 
@@ -208,7 +226,7 @@ def binned_candidates(q_offsets: np.ndarray, q_bins: np.ndarray, q_values: np.nd
     """
     if k < 1:
         raise ValueError("k must be >= 1")
-    if postings.spectra is None or postings._next != postings.n_spectra:
+    if not postings.complete:
         raise ValueError("postings are not complete")
     rows = np.ascontiguousarray(rows, np.int64)
     nr = rows.shape[0]
@@ -230,25 +248,27 @@ def binned_candidates(q_offsets: np.ndarray, q_bins: np.ndarray, q_values: np.nd
     lib_side = (np.ascontiguousarray(lib_codes, np.int32), np.ascontiguousarray(sym, np.bool_))
     ws = (workspace.acc[:n_blocks], workspace.cnt[:n_blocks], workspace.touched[:n_blocks],
           workspace.t_val[:n_blocks], workspace.t_cnt[:n_blocks], heap_b, heap_i)
-    cap = max(4 * k, 64)
+    room = max(4 * k, 64)
     todo = np.arange(nr)
+    start = np.arange(nr + 1, dtype=np.int64) * room
     counts = np.zeros(nr, np.int64)
     parts: dict[int, np.ndarray] = {}
-    while todo.size:  # a second round, wider, for queries with more near-ties than fit
-        out_ids = np.empty((todo.size, cap), np.int64)
+    while todo.size:  # a second round, sized by the first's counts, for queries with more near-ties
+        out_ids = np.empty(int(start[-1]), np.int64)
         out_n = np.zeros(todo.size, np.int64)
         with _threads(threads) as nt:
             # each query is a pass over postings (milliseconds at millions of spectra): two make a
             # parallel launch worth it
-            kern = _binned_candidates.pick(todo.size * SERIAL_BELOW, nt)
+            kern = _binned_candidates.pick(SERIAL_BELOW if todo.size > 1 else 1, nt)
             kern(*q, rows[todo], postings.bin_offsets, postings.spectra, postings.values, int(k),
-                 max(1, int(min_matches)), floor, q_codes[todo], *lib_side, *ws, out_ids, out_n)
-        fit = out_n <= cap
+                 max(1, int(min_matches)), floor, q_codes[todo], *lib_side, *ws, start, out_ids, out_n)
+        fit = out_n <= np.diff(start)
         for j in np.flatnonzero(fit):
-            parts[int(todo[j])] = out_ids[j, : out_n[j]]
+            parts[int(todo[j])] = out_ids[start[j]: start[j] + out_n[j]]
         counts[todo[fit]] = out_n[fit]
         todo = todo[~fit]
-        cap = int(out_n[~fit].max()) if todo.size else cap
+        start = np.zeros(todo.size + 1, np.int64)
+        np.cumsum(out_n[~fit], out=start[1:])
     offsets = np.zeros(nr + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     ids = np.concatenate([parts[r] for r in range(nr)]) if nr else np.zeros(0, np.int64)

@@ -149,3 +149,19 @@ def test_bad_calls():
         binned_candidates(np.array([0, 1]), np.array([1.0]), np.array([1.0]), np.array([0]), post, 0)
     offs, ids = binned_candidates(np.array([0, 1]), np.array([1.0]), np.array([1.0]), np.array([0]), post, 1)
     assert offs.tolist() == [0, 1] and ids.tolist() == [0]
+    assert post.nbytes == post.bin_offsets.nbytes + 2 * 4 * 2  # the counting arrays are gone
+    with pytest.raises(ValueError, match="more spectra"):
+        post.add(np.array([0, 1]), np.array([1], np.int32), np.array([1.0], np.float32))
+
+
+def test_passes_that_disagree_are_refused():
+    chunk = (np.array([0, 2]), np.array([1, 3], np.int32), np.array([0.6, 0.8], np.float32))
+    for second, match in [((np.array([0, 2]), np.array([1, 1], np.int32), np.array([0.6, 0.8], np.float32)),
+                           "more entries"),
+                          ((np.array([0, 1]), np.array([1], np.int32), np.array([1.0], np.float32)), "fewer")]:
+        post = BinPostings(5, 1)
+        post.add(*chunk)
+        post.finish()
+        with pytest.raises(ValueError, match=match):
+            post.add(*second)
+        assert not post.complete

@@ -749,3 +749,22 @@ def test_open_binned_cosine_equals_brute_force(lib, data, params):
                       min_matches=mm, min_score=ms, **params)
     assert (hits.indices >= 0).sum() > len(queries) * k // 2
     assert_same_hits(hits, ref)
+
+
+@pytest.mark.parametrize("kw", [dict(same_adduct=True, same_charge=True),
+                                dict(same_instrument=True, k=20, min_matches=2, min_score=0.1)])
+def test_open_binned_cosine_filters_equal_scoring_every_spectrum(lib, data, monkeypatch, kw):
+    """With the optional filters (asymmetric codes, values no library spectrum has), the inverted bin
+    index -- built here over many chunks -- gives exactly what scoring every library spectrum gives."""
+    from fastspec import search as S
+
+    kw = dict(kw)
+    args = dict(k=kw.pop("k", K), mode="open", metric="binned_cosine", tolerance="0.07da", **kw)
+    monkeypatch.setattr(S, "_BIN_CHUNK", 257)
+    got = lib.search(data[1], **args)
+    monkeypatch.setattr(S, "_BIN_MAX", 0)  # every library spectrum a candidate
+    want = lib.search(data[1], **args)
+    assert (want.indices >= 0).sum() > len(data[1])
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.scores, want.scores)
+    np.testing.assert_array_equal(got.matches, want.matches)

@@ -71,6 +71,19 @@ def test_query_writes_every_query(index, massbank_mgf, tmp_path, mode, ext):
     assert ranks and max(ranks) <= 3
 
 
+def test_query_binned_cosine_preset(index, massbank_mgf, tmp_path):
+    """The NN baseline's metric over the whole library (inverted bin index), parameters in the file."""
+    out = tmp_path / "hits.parquet"
+    run("query", massbank_mgf, "-l", index, "-o", out, "-k", 2, "--mode", "open", "--metric", "binned_cosine",
+        "--preset", "khoo2026", "-q")
+    table = pq.read_table(out)
+    params = json.loads(table.schema.metadata[b"fastspec"])
+    assert params["metric"] == "binned_cosine" and params["metric_params"] == {"preset": "khoo2026"}
+    assert table.column("score").null_count < table.num_rows
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", out, "--preset", "khoo2026", ok=False),
+                       "binned_cosine")
+
+
 def test_index_options(massbank_mgf, tmp_path):
     raw = tmp_path / "raw.fastspec"
     run("index", massbank_mgf, "-o", raw, "--no-preprocess", "--no-faiss", "-q")

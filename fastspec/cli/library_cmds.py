@@ -92,6 +92,9 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
 @click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True)
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog].")
 @click.option("--tolerance", default="0.02da", show_default=True, help="Fragment tolerance, e.g. 0.02da or 10ppm.")
+@click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
+              help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "
+                   "precursor peak 100) [default: bins of --tolerance].")
 @click.option("--precursor-tolerance", default="0.01da", show_default=True, help="Identity-mode precursor window.")
 @click.option("--engine", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True)
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="FAISS: inverted lists visited.")
@@ -107,7 +110,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
 @click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable query records.")
 @common_options
 @handle_errors
-def query(queries, library, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
+def query(queries, library, output, k, mode, metric, tolerance, preset, precursor_tolerance, engine, nprobe, n_candidates,
           no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, threads, quiet):
     """Search query spectra against a library index and write the hit table."""
     from fastspec.errors import ParameterError
@@ -120,13 +123,16 @@ def query(queries, library, output, k, mode, metric, tolerance, precursor_tolera
         raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
     parse_tolerance(tolerance, "--tolerance")
     parse_tolerance(precursor_tolerance, "--precursor-tolerance")
+    if preset is not None and metric != "binned_cosine":
+        raise ParameterError("--preset applies to --metric binned_cosine")
     lib = Library.open(library)
     t0 = time.perf_counter()
     hits = lib.search(list(queries) if len(queries) > 1 else queries[0], k=k, mode=mode, metric=metric,
                       tolerance=tolerance, precursor_tolerance=precursor_tolerance, engine=engine, nprobe=nprobe,
                       n_candidates=n_candidates, no_neighbour=no_neighbour, formula=formula, same_adduct=same_adduct,
                       same_charge=same_charge, same_instrument=same_instrument, min_matches=min_matches,
-                      min_score=min_score, on_error=on_error, threads=threads, progress=False if quiet else None)
+                      min_score=min_score, on_error=on_error, threads=threads, progress=False if quiet else None,
+                      **({"preset": preset} if preset else {}))
     dt = time.perf_counter() - t0
     hits.write(output)
     n = len(hits)

@@ -798,7 +798,7 @@ def to_markdown(r) -> str:
         for peer, v in (("matchms", mm), ("ms_entropy", me)):
             if "error" in v:
                 L.append(f"| {peer} | error: {v['error']} |" + " |" * (3 + len(extra)))
-        L += novel_rows[1:] + [""] if novel_rows else [""]
+        L += novel_rows + [""] if novel_rows else [""]
         for mode, rows in (q.get("faiss") or {}).items():
             if isinstance(rows, dict):
                 L += [f"FAISS {mode}: {rows.get('error')}", ""]

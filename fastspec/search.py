@@ -61,6 +61,13 @@ _THETA_FAISS = 100
 #: queries, same process, ms/query: 100 -> 4.13-4.17, 300 -> 3.78-3.80, 1000 -> 3.76-3.98; spectra
 #: reached per query 21.2k -> 15.2k -> 13.4k). Open search showed no gain within the noise.
 _THETA_FAISS_ANALOG = 300
+#: analog: queries left without a threshold (fewer than k hits among those candidates: the IVF lists
+#: probed can be mostly the other polarity's spectra, dropped by the filter) ask FAISS again for this
+#: many. Without a threshold the bound scan prunes nothing. 2.4M MassBank-grown library, 300 real
+#: spectra of compounds it does not hold (6 without a threshold), 1 thread, ms/query: 5.59 -> 4.14
+#: (nprobe 16: 4.24; 500 candidates: no gain). Open search: slower (its thresholdless queries have weak
+#: hits anyway: 1.96 -> 2.08 ms, 4.54 -> 4.68 ms entropy), so analog only.
+_THETA_FAISS_AGAIN = 2000
 _THETA_NPROBE = 4
 #: open search asks FAISS only from this library size on: below, the bound kernel's own precursor-window
 #: threshold suffices (100k: open cosine 0.171 ms/query without, 0.205 with; 1M: 1.45 -> 1.37; 2.4M: 4.3 -> 3.4)
@@ -899,8 +906,9 @@ class _Context:
         hits only need to be good, not right. Open search first takes the spectra within 0.01 Da of the
         query's precursor m/z, when the index bounds such windows cheaply (:meth:`block_bounded`); then,
         for the queries whose window gave less than ``_THETA_WINDOW_ENOUGH``, the FAISS index's nearest
-        neighbours when the library has one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``,
-        at nprobe ``_THETA_NPROBE``; open search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
+        neighbours when the library has one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``
+        and then ``_THETA_FAISS_AGAIN`` where those gave no threshold, at nprobe ``_THETA_NPROBE``; open
+        search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
         search takes the window anyway and open search leaves the threshold to the bound kernel (which
         scores the precursor window itself, for clean spectra). For analog the FAISS threshold replaced
         an exact plain-cosine top-k through the fragment index, which cost as much as an open search:
@@ -928,6 +936,10 @@ class _Context:
             offs, ids = self.faiss_candidates(rows[weak], max(_THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k),
                                               _THETA_NPROBE)
             theta[weak] = np.maximum(theta[weak], kth(*self.exact(rows[weak], offs, ids)[:2]))
+            weak = np.flatnonzero(~np.isfinite(theta)) if use_nl else weak[:0]
+            if weak.shape[0]:
+                offs, ids = self.faiss_candidates(rows[weak], max(_THETA_FAISS_AGAIN, 2 * k), _THETA_NPROBE)
+                theta[weak] = np.maximum(theta[weak], kth(*self.exact(rows[weak], offs, ids)[:2]))
         elif use_nl:
             theta = kth(*self.window_search(rows, parse_tolerance(0.01))[:2])
         return theta

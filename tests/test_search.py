@@ -389,9 +389,20 @@ def test_open_ppm_tolerance(lib, data):
     assert_same_hits(hits, brute_force(lib, queries, "cosine", same_polarity(lib, queries), tolerance="15ppm"))
 
 
-def test_analog_equals_brute_force_modified_cosine(lib, data):
+@pytest.mark.parametrize("weak_faiss", [False, True])
+def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, monkeypatch):
+    from fastspec import search as S
+
     queries = data[1]
+    asked = []
+    if weak_faiss:  # a first FAISS threshold from too few neighbours: queries left without one ask again
+        monkeypatch.setattr(S, "_THETA_FAISS_ANALOG", 0)
+        monkeypatch.setattr(S, "_THETA_NPROBE", 1)
+        orig = S._Context.faiss_candidates
+        monkeypatch.setattr(S._Context, "faiss_candidates",
+                            lambda self, rows, n, nprobe: asked.append(n) or orig(self, rows, n, nprobe))
     hits = lib.search(queries, k=K, mode="analog")
+    assert (S._THETA_FAISS_AGAIN in asked) == weak_faiss
     assert hits.params["metric"] == "modified_cosine"
     ref = brute_force(lib, queries, "modified_cosine", same_polarity(lib, queries))
     assert_same_hits(hits, ref)

@@ -982,7 +982,6 @@ class _Context:
         lib, kw = self.lib, self.cfg.metric_kwargs()
         off, mz, inten, pmz = (lib.array(a) for a in ("offsets", "mz", "intensity", "precursor_mz"))
         n = len(lib)
-
         post = BinPostings(self.n_bins(), n)
         chunks = []
         for a in range(0, n, _BIN_CHUNK):

@@ -16,7 +16,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from fastspec.kernels._config import NJIT, SERIAL_BELOW, pjit, threads as _threads
+from fastspec.kernels._config import NJIT, SERIAL_BELOW, max_threads, pjit, threads as _threads
 from fastspec.kernels.fragment import _heap_push, _passes
 
 #: Postings values are float32 (half the memory of float64 at 60M postings); each normalised product
@@ -235,7 +235,7 @@ def binned_candidates(q_offsets: np.ndarray, q_bins: np.ndarray, q_values: np.nd
         q_codes, lib_codes, sym = (np.zeros((nr, 0), np.int32), np.zeros((max(n_lib, 1), 0), np.int32),
                                    np.zeros(0, np.bool_))
     n_blocks = max(1, min(nr, workspace.n_blocks if workspace is not None else
-                          (1 if threads == 1 else numba.config.NUMBA_NUM_THREADS)))
+                          (max_threads() if threads is None else min(int(threads), max_threads()))))
     if workspace is None or workspace.acc.shape[1] < n_lib:
         workspace = BinWorkspace(n_lib, n_blocks)
     n_blocks = min(n_blocks, workspace.n_blocks)

@@ -756,11 +756,45 @@ class _Context:
         index = vectors.load_faiss_index(self.lib)
         params = self.lib.manifest["build"]["faiss"]
         qv = vectors.spectrum_vectors(self.q.take(rows), params, threads=self.cfg.threads)
-        cand = vectors.faiss_search(index, qv, n_cand, nprobe=nprobe, threads=self.cfg.threads)
+        n = max(1, min(int(n_cand), int(index.ntotal)))
+        cand = np.full((rows.shape[0], n), -1, dtype=np.int64)
+        # one FAISS call per distinct filter combination among the queries (usually one or two
+        # polarities), each restricted to the library rows it may match: the n neighbours are then n
+        # eligible spectra. Filtering afterwards instead left some minority-polarity queries of a
+        # MassBank-grown library with fewer than k of 300 neighbours.
+        qc = self.filters()[0][rows]
+        combos, which = np.unique(qc, axis=0, return_inverse=True)
+        for c in range(combos.shape[0]):
+            sel = np.flatnonzero(which.reshape(-1) == c)
+            cand[sel] = vectors.faiss_search(index, qv[sel], n, nprobe=nprobe, threads=self.cfg.threads,
+                                             allowed=self.allowed_rows(combos[c]))
         valid = cand >= 0
         offs = np.zeros(rows.shape[0] + 1, dtype=np.int64)
         np.cumsum(valid.sum(axis=1), out=offs[1:])
         return self.filter_csr(rows, offs, cand[valid].astype(np.int64))
+
+    def allowed_rows(self, codes: np.ndarray) -> np.ndarray | None:
+        """bool (n,): the library rows a query with filter codes ``codes`` (one row of the query codes)
+        may match, under the same rules as :meth:`filter_csr`; None when that is every row. The last
+        few are kept with the library."""
+        qc, lc, sym = self.filters()
+        key = ("allowed rows", lc.shape[1], id(lc), tuple(int(c) for c in codes))
+        cache = self.lib._cache.setdefault("allowed rows", {})
+        if key in cache:
+            return cache[key]
+        ok = np.ones(lc.shape[0], dtype=bool)
+        for f in range(sym.shape[0]):
+            if codes[f] == -1:
+                continue
+            okf = lc[:, f] == codes[f]
+            if sym[f]:
+                okf |= lc[:, f] < 0
+            ok &= okf
+        out = None if ok.all() else ok
+        if len(cache) >= 16:  # per adduct or instrument there can be many: keep a bounded few
+            cache.pop(next(iter(cache)))
+        cache[key] = out
+        return out
 
     def run_identity(self, rows, scores, indices, matches):
         for batch in _batches(rows, 4096):

@@ -185,16 +185,38 @@ def _no_prefetch_threads(faiss, index) -> None:
         lists.prefetch_nthread = 0
 
 
-def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, threads: int | None = None) -> np.ndarray:
-    """Top-``n`` library rows by inner product, int64 (nq, n), -1 padding."""
+def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, threads: int | None = None,
+                 allowed: np.ndarray | None = None) -> np.ndarray:
+    """Top-``n`` library rows by inner product, int64 (nq, n), -1 padding.
+
+    ``allowed`` (bool (ntotal,), optional): only these rows are returned. FAISS skips the others while
+    it scans the probed lists (an ID selector), so the ``n`` neighbours are ``n`` allowed ones, not
+    what is left of ``n`` after a filter.
+    """
     faiss = _faiss()
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
-    if nprobe is not None or hasattr(index, "nprobe"):
-        try:
-            faiss.extract_index_ivf(index).nprobe = int(nprobe or DEFAULTS["nprobe"])
-        except RuntimeError:
-            pass
+    ivf = None
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # flat index
+        pass
+    probe = int(nprobe or DEFAULTS["nprobe"]) if ivf is not None else None
     n = max(1, min(int(n), int(index.ntotal)))
-    _, ids = index.search(np.ascontiguousarray(vectors, dtype=np.float32), n)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if allowed is None:
+        if ivf is not None:
+            ivf.nprobe = probe
+        _, ids = index.search(x, n)
+        return ids.astype(np.int64)
+    allowed = np.asarray(allowed, dtype=bool)
+    if allowed.shape != (int(index.ntotal),):
+        raise ValueError(f"allowed: expected shape ({index.ntotal},), got {allowed.shape}")
+    if not allowed.any():
+        return np.full((x.shape[0], n), -1, dtype=np.int64)
+    bitmap = np.packbits(allowed, bitorder="little")  # bit i % 8 of byte i // 8, as IDSelectorBitmap reads it
+    sel = faiss.IDSelectorBitmap(bitmap.shape[0], faiss.swig_ptr(bitmap))
+    params = faiss.SearchParametersIVF(nprobe=probe, sel=sel) if ivf is not None else faiss.SearchParameters(sel=sel)
+    _, ids = index.search(x, n, params=params)
+    del sel, bitmap  # the selector only points into the bitmap: both live until the search returns
     return ids.astype(np.int64)

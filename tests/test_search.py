@@ -551,6 +551,46 @@ def test_faiss_engine_rescored_exactly_with_high_recall(lib, data):
         lib.search(queries, mode="identity", engine="faiss")
 
 
+@pytest.mark.parametrize("flat", [False, True])
+def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch):
+    """FAISS neighbours are drawn from the spectra a query may match: a positive query whose nearest
+    vectors are all negative spectra still gets its positive hits (filtering the n neighbours afterwards
+    left it none), for the FAISS engine and for the analog threshold; the same with ``same_adduct``."""
+    import fastspec.search as S
+
+    rng = np.random.default_rng(3)
+    base = np.array([81.07, 95.09, 109.1, 123.12, 137.13, 151.15])
+    mzs, ints, mode, adduct = [], [], [], []
+    for i in range(2400):
+        if i < 400:  # near copies of the query, other polarity
+            mzs.append(base + rng.normal(0, 1e-4, 6)); mode.append("negative"); adduct.append("[M-H]-")
+        elif i < 406:  # weaker same-polarity matches: half the peaks shared, two adducts
+            mzs.append(np.sort(np.r_[base[:3], rng.uniform(300, 400, 3)])); mode.append("positive")
+            adduct.append("[M+H]+" if i < 403 else "[M+Na]+")
+        else:
+            mzs.append(np.sort(rng.uniform(160, 600, 6))); mode.append("positive"); adduct.append("[M+H]+")
+        ints.append(np.linspace(1.0, 0.5, 6))
+    sp = Spectra.from_arrays(mzs, ints, precursor_mz=[700.0] * len(mzs),
+                             metadata={"id": [str(i) for i in range(len(mzs))], "ion_mode": mode, "adduct": adduct})
+    lib = Library.build(sp, tmp_path / "p.fastspec", preprocess=None, faiss=True,
+                        faiss_params={"flat_below": 10**9 if flat else 0, "nlist": 4})
+    q = Spectra.from_arrays([base], [np.linspace(1.0, 0.5, 6)], precursor_mz=[700.0],
+                            metadata={"id": ["q"], "ion_mode": ["positive"], "adduct": ["[M+H]+"]})
+    hits = lib.search(q, k=6, mode="open", engine="faiss", n_candidates=50, nprobe=4)
+    assert sorted(hits.indices[0].tolist()) == list(range(400, 406))
+    hits = lib.search(q, k=6, mode="open", engine="faiss", n_candidates=50, nprobe=4, same_adduct=True)
+    assert sorted(hits.indices[0][hits.indices[0] >= 0].tolist()) == [400, 401, 402]
+    # the analog threshold's first FAISS round (here 10 neighbours) finds k eligible hits: no second round
+    asked = []
+    orig = S._Context.faiss_candidates
+    monkeypatch.setattr(S, "_THETA_FAISS_ANALOG", 10)
+    monkeypatch.setattr(S._Context, "faiss_candidates",
+                        lambda self, rows, n, nprobe: asked.append(n) or orig(self, rows, n, nprobe))
+    hits = lib.search(q, k=3, mode="analog", tolerance=0.01)
+    assert asked == [10]
+    assert_same_hits(hits, brute_force(lib, q, "modified_cosine", same_polarity(lib, q), k=3, tolerance="0.01da"))
+
+
 def test_faiss_vectors_equal_reference_in_chunks(data):
     """The hashed vectors equal the naive reference, also when computed chunk by chunk from CSR slices
     into one reused buffer holding garbage (as the index build does)."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -295,6 +296,33 @@ class Library:
         self.manifest = manifest
         self._arrays: dict[str, np.ndarray] = {}
         self._cache: dict[str, Any] = {}
+        # scratch buffers searches write into, lent to one search at a time (see take_scratch)
+        self._scratch: dict[str, list] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ scratch
+    def take_scratch(self, name: str, make, fits=None):
+        """Borrow a scratch object (a search workspace) for one search: a free one of kind ``name`` for
+        which ``fits(obj)`` holds, else ``make()``. Give it back with :meth:`give_scratch`.
+
+        Searches write into their workspaces, so two searches running at once on one Library (Python
+        threads) must never share one; lending them out keeps concurrent searches correct, and a
+        single-threaded caller still reuses the same buffers call after call.
+        """
+        with self._lock:
+            pool = self._scratch.setdefault(name, [])
+            for i, obj in enumerate(pool):
+                if fits is None or fits(obj):
+                    return pool.pop(i)
+        return make()
+
+    def give_scratch(self, name: str, obj, keep: int = 2) -> None:
+        """Return a borrowed scratch object; at most ``keep`` free ones of each kind stay (the most
+        recently returned: the caller's current settings)."""
+        with self._lock:
+            pool = self._scratch.setdefault(name, [])
+            pool.append(obj)
+            del pool[:-keep]
 
     # ------------------------------------------------------------------------------ construction
     @classmethod
@@ -430,13 +458,14 @@ class Library:
             prog.close()
         fresh = Library.open(self.path)
         self.manifest = fresh.manifest
-        self._arrays = {}
-        self._cache = {}
+        self._release()
         return self
 
     def _release(self) -> None:
         self._arrays = {}
         self._cache = {}
+        with self._lock:
+            self._scratch = {}
 
     # ------------------------------------------------------------------------------ properties
     def __len__(self) -> int:

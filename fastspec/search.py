@@ -519,6 +519,7 @@ class _Context:
         self.rounds = 0
         self.bar = None
         self.nested = 0  # fallback searches inside formula mode do not advance the bar twice
+        self._borrowed: list[tuple[str, object]] = []  # library scratch lent to this search (see close)
 
     def start_progress(self, enabled: bool | None, total: int) -> None:
         import sys
@@ -537,6 +538,19 @@ class _Context:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        for name, obj in self._borrowed:
+            self.lib.give_scratch(name, obj)
+        self._borrowed = []
+
+    def scratch(self, name: str, make, fits=None):
+        """A library scratch object of kind ``name`` for this search only (borrowed on first use,
+        returned by :meth:`close`): concurrent searches on one Library never share one."""
+        for n, obj in self._borrowed:
+            if n == name and (fits is None or fits(obj)):
+                return obj
+        obj = self.lib.take_scratch(name, make, fits)
+        self._borrowed.append((name, obj))
+        return obj
 
     # --------------------------------------------------------------------------- shared pieces
     @property
@@ -610,11 +624,8 @@ class _Context:
         return view
 
     def lib_mark(self) -> np.ndarray:
-        mark = self.lib._cache.get("mark")
-        if mark is None:
-            mark = np.full(max(len(self.lib), 1), -1, dtype=np.int64)
-            self.lib._cache["mark"] = mark
-        return mark
+        """int64 (n,) scratch of -1s for :func:`fastspec.kernels.fragment.compact_ids` (left as found)."""
+        return self.scratch("mark", lambda: np.full(max(len(self.lib), 1), -1, dtype=np.int64))
 
     def filter_csr(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray,
                    values: np.ndarray | None = None):
@@ -779,9 +790,11 @@ class _Context:
         few are kept with the library."""
         qc, lc, sym = self.filters()
         key = ("allowed rows", lc.shape[1], id(lc), tuple(int(c) for c in codes))
-        cache = self.lib._cache.setdefault("allowed rows", {})
-        if key in cache:
-            return cache[key]
+        lock = self.lib._lock
+        with lock:
+            cache = self.lib._cache.setdefault("allowed rows", {})
+            if key in cache:
+                return cache[key]
         ok = np.ones(lc.shape[0], dtype=bool)
         for f in range(sym.shape[0]):
             if codes[f] == -1:
@@ -791,10 +804,19 @@ class _Context:
                 okf |= lc[:, f] < 0
             ok &= okf
         out = None if ok.all() else ok
-        if len(cache) >= 16:  # per adduct or instrument there can be many: keep a bounded few
-            cache.pop(next(iter(cache)))
-        cache[key] = out
+        with lock:
+            if len(cache) >= 16:  # per adduct or instrument there can be many: keep a bounded few
+                cache.pop(next(iter(cache)))
+            cache[key] = out
         return out
+
+    def workspace(self):
+        """The bound kernel's per-block scratch (:class:`fastspec.kernels.fragment.BoundWorkspace`)."""
+        from fastspec.kernels import fragment as fk
+
+        n_blocks = _n_blocks(self.cfg.threads)
+        return self.scratch("workspace", lambda: fk.BoundWorkspace(len(self.lib), n_blocks),
+                            lambda w: w.n_blocks == n_blocks)
 
     def run_identity(self, rows, scores, indices, matches):
         for batch in _batches(rows, 4096):
@@ -898,7 +920,7 @@ class _Context:
         qc, lc, sym = self.filters()
         # the index groups spectra by polarity: the other polarity's entries are never scanned
         groups = allowed_groups(self.q.polarity)
-        ws = _workspace(lib, cfg.threads)
+        ws = self.workspace()
         tol = cfg.tolerance
         n_lib = len(lib)
         pending = np.asarray(rows, dtype=np.int64)
@@ -1045,9 +1067,8 @@ class _Context:
         qv = _unit_weights(qp)
         qc, lc, sym = self.filters()
         n_blocks = _n_blocks(self.cfg.threads)
-        ws = self.lib._cache.get("bin workspace")
-        if ws is None or ws.n_blocks != n_blocks:
-            ws = self.lib._cache["bin workspace"] = BinWorkspace(len(self.lib), n_blocks)
+        ws = self.scratch("bin workspace", lambda: BinWorkspace(len(self.lib), n_blocks),
+                          lambda w: w.n_blocks == n_blocks)
         for batch in _batches(rows, 1024):
             offs, ids = binned_candidates(qp.offsets, qp.pos, qv, batch, post, self.cfg.k,
                                           min_matches=self.cfg.min_matches, min_score=self.cfg.min_score,
@@ -1124,15 +1145,6 @@ def _n_blocks(threads: int | None) -> int:
     return max_threads() if threads is None else max(1, min(int(threads), max_threads()))
 
 
-def _workspace(lib, threads: int | None):
-    from fastspec.kernels import fragment as fk
-
-    n_blocks = _n_blocks(threads)
-    ws = lib._cache.get("workspace")
-    if ws is None or ws.n_blocks != n_blocks:
-        ws = fk.BoundWorkspace(len(lib), n_blocks)
-        lib._cache["workspace"] = ws
-    return ws
 
 
 def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):

@@ -196,27 +196,28 @@ def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, 
     faiss = _faiss()
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
-    ivf = None
     try:
-        ivf = faiss.extract_index_ivf(index)
+        faiss.extract_index_ivf(index)
+        ivf = True
     except RuntimeError:  # flat index
-        pass
-    probe = int(nprobe or DEFAULTS["nprobe"]) if ivf is not None else None
+        ivf = False
     n = max(1, min(int(n), int(index.ntotal)))
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if allowed is None:
-        if ivf is not None:
-            ivf.nprobe = probe
-        _, ids = index.search(x, n)
-        return ids.astype(np.int64)
-    allowed = np.asarray(allowed, dtype=bool)
-    if allowed.shape != (int(index.ntotal),):
-        raise ValueError(f"allowed: expected shape ({index.ntotal},), got {allowed.shape}")
-    if not allowed.any():
-        return np.full((x.shape[0], n), -1, dtype=np.int64)
-    bitmap = np.packbits(allowed, bitorder="little")  # bit i % 8 of byte i // 8, as IDSelectorBitmap reads it
-    sel = faiss.IDSelectorBitmap(bitmap.shape[0], faiss.swig_ptr(bitmap))
-    params = faiss.SearchParametersIVF(nprobe=probe, sel=sel) if ivf is not None else faiss.SearchParameters(sel=sel)
+    sel = bitmap = None
+    if allowed is not None:
+        allowed = np.asarray(allowed, dtype=bool)
+        if allowed.shape != (int(index.ntotal),):
+            raise ValueError(f"allowed: expected shape ({index.ntotal},), got {allowed.shape}")
+        if not allowed.any():
+            return np.full((x.shape[0], n), -1, dtype=np.int64)
+        bitmap = np.packbits(allowed, bitorder="little")  # bit i % 8 of byte i // 8, as IDSelectorBitmap reads it
+        sel = faiss.IDSelectorBitmap(bitmap.shape[0], faiss.swig_ptr(bitmap))
+    # nprobe and the selector go with this call, not into the shared index: concurrent searches of one
+    # library may ask for different ones
+    if ivf:
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe or DEFAULTS["nprobe"]), sel=sel)
+    else:
+        params = faiss.SearchParameters(sel=sel)
     _, ids = index.search(x, n, params=params)
     del sel, bitmap  # the selector only points into the bitmap: both live until the search returns
     return ids.astype(np.int64)

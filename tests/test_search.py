@@ -591,6 +591,27 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     assert_same_hits(hits, brute_force(lib, q, "modified_cosine", same_polarity(lib, q), k=3, tolerance="0.01da"))
 
 
+def test_concurrent_searches_of_one_library(lib, data):
+    """Python threads searching one open Library at once (every exact whole-library mode, identity,
+    FAISS; different thread counts, so different workspace shapes) get what they get alone: searches
+    never share a scratch buffer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = data[1]
+    jobs = [dict(mode="open", metric="cosine"), dict(mode="open", metric="entropy"),
+            dict(mode="analog", metric="modified_cosine"), dict(mode="open", metric="binned_cosine"),
+            dict(mode="identity", metric="cosine"), dict(mode="open", metric="cosine", engine="faiss", nprobe=2),
+            dict(mode="open", metric="cosine", engine="faiss", nprobe=64)]
+    alone = [lib.search(queries, k=K, progress=False, **j) for j in jobs]
+    work = [(i, t) for _ in range(3) for i in range(len(jobs)) for t in (1, 2)]
+    with ThreadPoolExecutor(max_workers=6) as ex:
+        got = list(ex.map(lambda it: lib.search(queries, k=K, threads=it[1], progress=False, **jobs[it[0]]), work))
+    for (i, _), h in zip(work, got):
+        np.testing.assert_array_equal(h.indices, alone[i].indices, err_msg=str(jobs[i]))
+        np.testing.assert_array_equal(h.scores, alone[i].scores, err_msg=str(jobs[i]))
+        np.testing.assert_array_equal(h.matches, alone[i].matches, err_msg=str(jobs[i]))
+
+
 def test_faiss_vectors_equal_reference_in_chunks(data):
     """The hashed vectors equal the naive reference, also when computed chunk by chunk from CSR slices
     into one reused buffer holding garbage (as the index build does)."""

@@ -49,6 +49,171 @@ def _fill(offsets, bins, values, first_spectrum, cursor, ends, out_spec, out_val
     return True
 
 
+# ---------------------------------------------------------------------------------------- binning
+#: Exponents :func:`bin_peaks` takes: those numpy's ``ndarray ** scalar`` computes exactly (copy, sqrt,
+#: square), so the weights equal the numpy reference's bit for bit. numpy's SIMD pow() for other
+#: exponents can differ from libm's in the last bit.
+EXACT_POWERS = (0.5, 1.0, 2.0)
+
+
+@numba.njit(inline="always", **NJIT)
+def _power(x, e):
+    if e == 1.0:
+        return x
+    if e == 0.5:
+        return np.sqrt(x)
+    return x * x
+
+
+@numba.njit(inline="always", **NJIT)
+def _bin_weight(x, v, mz_power, intensity_power):
+    w = _power(v, intensity_power)
+    return w if mz_power == 0.0 else _power(x, mz_power) * w
+
+
+@numba.njit(inline="always", **NJIT)
+def _emit(fill, out_bins, out_vals, start, n, b, v):
+    if fill:
+        out_bins[start + n] = b
+        out_vals[start + n] = v
+    return n + 1
+
+
+@numba.njit(inline="always", **NJIT)
+def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_peak, precursor_peak, mz_power,
+             intensity_power, fill, start, out_bins, out_vals):
+    """Bins of spectrum ``i`` (ascending), written from ``start`` when ``fill``; returns how many, or -1
+    when its m/z are not ascending (the caller then bins the slow way).
+
+    Each bin sums the weights of its peaks in m/z order, then the precursor peak's: the order in which
+    the reference sums them (``np.bincount`` over peaks, then precursor peaks), so the sums are equal.
+    """
+    a, b = offsets[i], offsets[i + 1]
+    div = 1.0
+    if base_peak >= 0:  # intensities relative to the base peak, scaled to base_peak
+        mx = 0.0
+        for p in range(a, b):
+            if intensity[p] > mx:
+                mx = intensity[p]
+        div = mx if mx > 0 else 1.0
+    pend = False  # a precursor peak still to place
+    pb = 0.0
+    pv = 0.0
+    if precursor_peak >= 0:
+        x = precursor_mz[i]
+        pb = np.floor(x / bin_width)
+        if pb >= 0 and pb < max_bin:  # NaN precursor m/z: no peak
+            pend = True
+            pv = _bin_weight(x, precursor_peak, mz_power, intensity_power)
+    n = 0
+    cur = -1.0
+    acc = 0.0
+    last_mz = -np.inf
+    for p in range(a, b + 1):  # p == b: an end marker past every bin, which closes the last ones
+        w = 0.0
+        bb = np.inf
+        if p < b:
+            x = mz[p]
+            if x < last_mz:
+                return -1
+            if x == x:  # NaN m/z (no bin) must not hide a descent around it
+                last_mz = x
+            bb = np.floor(x / bin_width)
+            if not (bb >= 0 and bb < max_bin):
+                continue
+            v = np.float64(intensity[p])
+            if base_peak >= 0:
+                v = v / div * base_peak
+            w = _bin_weight(x, v, mz_power, intensity_power)
+            if bb == cur:
+                acc += w
+                continue
+        if cur >= 0:  # close the current bin (the precursor peak last, if it falls in it)
+            if pend and pb == cur:
+                acc += pv
+                pend = False
+            n = _emit(fill, out_bins, out_vals, start, n, cur, acc)
+        if pend and pb < bb:  # the precursor peak's bin comes before this one
+            n = _emit(fill, out_bins, out_vals, start, n, pb, 0.0 + pv)
+            pend = False
+        cur = bb
+        acc = 0.0 + w
+    return n
+
+
+@pjit
+def _bin_rows(offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_peak, precursor_peak, mz_power,
+              intensity_power, fill, out_offsets, out_bins, out_vals, counts):
+    for i in prange(offsets.shape[0] - 1):
+        c = _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_peak, precursor_peak,
+                     mz_power, intensity_power, fill, out_offsets[i], out_bins, out_vals)
+        if not fill:
+            counts[i] = c
+
+
+def bin_peaks(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, precursor_mz: np.ndarray,
+              bin_width: float, max_mz: float | None = None, base_peak: float | None = None,
+              precursor_peak: float | None = None, mz_power: float = 0.0, intensity_power: float = 1.0,
+              threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Binned vectors of CSR spectra: per spectrum, its occupied bins ``floor(mz / bin_width)`` (ascending)
+    and the summed weights ``mz**mz_power * intensity**intensity_power`` of its peaks in each.
+
+    Parameters
+    ----------
+    offsets : ndarray, int64 (n+1,)
+    mz : ndarray, float64 (P,)
+        Fragment m/z (Da), ascending within each spectrum.
+    intensity : ndarray, float (P,)
+    precursor_mz : ndarray, float64 (n,)
+        Used only with ``precursor_peak`` (NaN: no precursor peak).
+    bin_width : float
+        Da, positive.
+    max_mz : float, optional
+        Only bins below ``floor(max_mz / bin_width)``; negative bins are always left out.
+    base_peak : float, optional
+        Intensities are first divided by the spectrum's largest and multiplied by this.
+    precursor_peak : float, optional
+        A peak of this intensity is added at the precursor m/z (after the base-peak scaling).
+    mz_power, intensity_power : float
+        ``intensity_power`` one of :data:`EXACT_POWERS`; ``mz_power`` 0 or one of them.
+    threads : int, optional
+
+    Returns
+    -------
+    (offsets int64 (n+1,), bins float64 (B,), values float64 (B,)), or None when some spectrum's m/z are
+    not ascending.
+    """
+    offsets = np.ascontiguousarray(offsets, np.int64)
+    mz = np.ascontiguousarray(mz, np.float64)
+    intensity = np.ascontiguousarray(intensity, np.float64)
+    pmz = np.ascontiguousarray(precursor_mz, np.float64)
+    n = offsets.shape[0] - 1
+    if n < 0 or int(offsets[-1]) != mz.shape[0] or mz.shape != intensity.shape or pmz.shape[0] != n:
+        raise ValueError("bin_peaks: offsets, m/z, intensities and precursor m/z do not match")
+    bw = float(bin_width)
+    if not bw > 0:
+        raise ValueError("bin_width must be positive")
+    if float(intensity_power) not in EXACT_POWERS or float(mz_power) not in (0.0,) + EXACT_POWERS:
+        raise ValueError(f"bin_peaks: powers must be in {EXACT_POWERS} (mz_power also 0), got "
+                         f"{mz_power!r} / {intensity_power!r}")
+    max_bin = np.inf if max_mz is None else float(np.floor(float(max_mz) / bw))
+    args = (offsets, mz, intensity, pmz, bw, max_bin, -1.0 if base_peak is None else float(base_peak),
+            -1.0 if precursor_peak is None else float(precursor_peak), float(mz_power), float(intensity_power))
+    counts = np.empty(n, np.int64)
+    out_off = np.zeros(n + 1, np.int64)
+    empty = np.empty(0)
+    kernel = _bin_rows.pick(n, threads)
+    with _threads(threads):
+        kernel(*args, False, out_off, empty, empty, counts)
+        if n and counts.min() < 0:
+            return None
+        np.cumsum(counts, out=out_off[1:])
+        bins = np.empty(int(out_off[-1]), np.float64)
+        vals = np.empty(int(out_off[-1]), np.float64)
+        kernel(*args, True, out_off, bins, vals, counts)
+    return out_off, bins, vals
+
+
 class BinPostings:
     """Postings of binned vectors: bin ``b`` holds ``spectra[bin_offsets[b]:bin_offsets[b + 1]]``
     (int32, ascending) with normalised values ``values[...]`` (float32).

@@ -14,7 +14,7 @@ import pytest
 
 import reference as ref
 from fastspec import similarity
-from fastspec.kernels.bins import MARGIN, BinPostings, BinWorkspace, binned_candidates
+from fastspec.kernels.bins import MARGIN, BinPostings, BinWorkspace, bin_peaks, binned_candidates
 
 BW = 0.5
 
@@ -58,6 +58,75 @@ def _postings(p, n_bins, chunk):
 def _unit(vec: dict) -> dict:
     nrm = math.sqrt(sum(v * v for v in vec.values()))
     return {b: (v / nrm if nrm > 0 else 0.0) for b, v in vec.items()}
+
+
+def _edge_spectra(rng, n):
+    """Spectra with the cases the linear binning must get right: several peaks in one bin, the precursor
+    in a peak's bin / before / between / after them, no precursor, zero intensities, negative m/z, m/z
+    beyond max_mz, no peaks at all."""
+    mzs, ints, pmz = [], [], []
+    for i in range(n):
+        m = np.sort(rng.choice(np.r_[rng.uniform(-3, 60, 6), [10.1, 10.2, 10.3, 30.05]], size=rng.integers(0, 9)))
+        v = rng.uniform(0, 5, m.shape[0])
+        v[rng.random(m.shape[0]) < 0.1] = 0.0
+        mzs.append(m)
+        ints.append(v)
+        pmz.append([math.nan, 10.25, -1.0, 0.2, 30.1, 59.9, 75.0, float(m[0]) if m.size else 5.0][i % 8])
+    return mzs, ints, pmz
+
+
+@pytest.mark.parametrize("opts", [{}, {"precursor_peak": 7.0}, {"base_peak": 100.0, "max_mz": 40.0},
+                                  {"precursor_peak": 100.0, "base_peak": 100.0, "intensity_power": 0.5,
+                                   "mz_power": 1.0}, {"intensity_power": 2.0, "mz_power": 2.0, "max_mz": 25.0}])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bin_peaks_equals_reference_vectors(opts, threads):
+    """The linear binning pass equals the pure-Python binned vectors (bins ascending, sums per bin), in
+    its serial and parallel builds; and bit for bit the sort-based numpy path prepare_csr keeps for
+    peaks out of order."""
+    import fastspec.kernels.bins as kb
+
+    rng = np.random.default_rng(11)
+    mzs, ints, pmz = _edge_spectra(rng, 3000)
+    off = np.zeros(len(mzs) + 1, np.int64)
+    np.cumsum([len(m) for m in mzs], out=off[1:])
+    cat, icat = np.concatenate(mzs), np.concatenate(ints)
+    got = bin_peaks(off, cat, icat, np.asarray(pmz), 0.5, threads=threads, **opts)
+    assert got is not None
+    b_off, bins, vals = got
+    for i in range(len(mzs)):
+        want = ref.binned_vector(mzs[i], ints[i], pmz[i], 0.5, **opts)
+        sl = slice(b_off[i], b_off[i + 1])
+        assert bins[sl].tolist() == sorted(want)
+        np.testing.assert_allclose(vals[sl], [want[b] for b in sorted(want)], rtol=1e-13, atol=0)
+    fast = similarity.prepare_csr(off, cat, icat, np.asarray(pmz), "binned_cosine", bin_width=0.5, **opts)
+    orig = kb.bin_peaks
+    kb.bin_peaks = lambda *a, **k: None  # the numpy path
+    try:
+        slow = similarity.prepare_csr(off, cat, icat, np.asarray(pmz), "binned_cosine", bin_width=0.5, **opts)
+    finally:
+        kb.bin_peaks = orig
+    for a in ("offsets", "pos", "w", "norm"):
+        np.testing.assert_array_equal(getattr(fast, a), getattr(slow, a), err_msg=a)
+    assert fast.params == slow.params
+
+
+def test_bin_peaks_out_of_order_and_bad_calls():
+    """Peaks out of m/z order (also around a NaN m/z) make bin_peaks decline, and prepare_csr then bins
+    them the sort-based way, as the reference does; bad arguments are refused."""
+    off = np.array([0, 3, 6])
+    mz = np.array([1.0, 2.2, 2.4, 5.0, np.nan, 3.0])
+    inten = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    pmz = np.array([np.nan, 2.3])
+    assert bin_peaks(off, mz, inten, pmz, 1.0) is None
+    p = similarity.prepare_csr(off, mz, inten, pmz, "binned_cosine", bin_width=1.0, precursor_peak=1.0)
+    assert p.pos.tolist() == [1.0, 2.0, 2.0, 3.0, 5.0]
+    np.testing.assert_allclose(p.w, [1.0, 5.0, 1.0, 6.0, 4.0])
+    with pytest.raises(ValueError):
+        bin_peaks(off, mz, inten, pmz, 0.0)
+    with pytest.raises(ValueError):
+        bin_peaks(off, mz, inten, pmz, 1.0, intensity_power=0.7)  # numpy's pow() may differ in the last bit
+    with pytest.raises(ValueError):
+        bin_peaks(off[:2], mz, inten, pmz, 1.0)
 
 
 @pytest.mark.parametrize("opts", [{"bin_width": BW}, {"bin_width": BW, "precursor_peak": 100.0, "base_peak": 100.0,

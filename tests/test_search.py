@@ -823,6 +823,28 @@ def test_open_binned_cosine_equals_brute_force(lib, data, params):
     assert_same_hits(hits, ref)
 
 
+@pytest.mark.parametrize("filtered", [False, True])
+def test_open_without_an_index_bound_equals_brute_force(lib, data, monkeypatch, filtered):
+    """Metrics with no fragment-index bound (neutral-loss cosine) score every eligible library spectrum:
+    the library prepared once (here from many chunks), each query's candidates its filters' rows."""
+    from fastspec import search as S
+
+    monkeypatch.setattr(S, "_BIN_CHUNK", 257)
+    queries = data[1]
+    kw = dict(same_adduct=True, same_charge=True) if filtered else {}
+    hits = lib.search(queries, k=K, mode="open", metric="neutral_loss_cosine", tolerance=0.05, **kw)
+    cand = same_polarity(lib, queries)
+    if filtered:
+        la = np.array(normalize_adducts(lib.metadata(columns=["adduct"]).column("adduct").to_pylist()), dtype=object)
+        qa = normalize_adducts(queries.column("adduct"))
+        cand = cand & np.array([[a is None or a == "" or a == b for b in la] for a in qa])
+        lc, qch = np.abs(np.asarray(lib.array("charge"))), np.abs(queries.charge)
+        cand &= (qch[:, None] == 0) | (lc[None, :] == 0) | (qch[:, None] == lc[None, :])
+        assert (same_polarity(lib, queries) & ~cand).sum() > 1000  # the filters drop candidates
+    assert (hits.indices >= 0).sum() > len(queries) * K // 2
+    assert_same_hits(hits, brute_force(lib, queries, "neutral_loss_cosine", cand, tolerance="0.05da"))
+
+
 @pytest.mark.parametrize("kw", [dict(same_adduct=True, same_charge=True),
                                 dict(same_instrument=True, k=20, min_matches=2, min_score=0.1)])
 def test_open_binned_cosine_filters_equal_scoring_every_spectrum(lib, data, monkeypatch, kw):

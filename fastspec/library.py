@@ -298,12 +298,14 @@ class Library:
         self._cache: dict[str, Any] = {}
         # scratch buffers searches write into, lent to one search at a time (see take_scratch)
         self._scratch: dict[str, list] = {}
+        self._generation = 0  # bumped when the library changes: scratch lent before is not taken back
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------------------ scratch
-    def take_scratch(self, name: str, make, fits=None):
+    def take_scratch(self, name: str, make, fits=None) -> tuple[Any, int]:
         """Borrow a scratch object (a search workspace) for one search: a free one of kind ``name`` for
-        which ``fits(obj)`` holds, else ``make()``. Give it back with :meth:`give_scratch`.
+        which ``fits(obj)`` holds, else ``make()``. Returns it with the pool's generation; give both
+        back with :meth:`give_scratch`.
 
         Searches write into their workspaces, so two searches running at once on one Library (Python
         threads) must never share one; lending them out keeps concurrent searches correct, and a
@@ -313,13 +315,17 @@ class Library:
             pool = self._scratch.setdefault(name, [])
             for i, obj in enumerate(pool):
                 if fits is None or fits(obj):
-                    return pool.pop(i)
-        return make()
+                    return pool.pop(i), self._generation
+            generation = self._generation
+        return make(), generation
 
-    def give_scratch(self, name: str, obj, keep: int = 2) -> None:
+    def give_scratch(self, name: str, obj, generation: int, keep: int = 2) -> None:
         """Return a borrowed scratch object; at most ``keep`` free ones of each kind stay (the most
-        recently returned: the caller's current settings)."""
+        recently returned: the caller's current settings). One lent before the library changed
+        (:meth:`append`) is dropped: it is sized for the old library."""
         with self._lock:
+            if generation != self._generation:
+                return
             pool = self._scratch.setdefault(name, [])
             pool.append(obj)
             del pool[:-keep]
@@ -466,6 +472,7 @@ class Library:
         self._cache = {}
         with self._lock:
             self._scratch = {}
+            self._generation += 1
 
     # ------------------------------------------------------------------------------ properties
     def __len__(self) -> int:

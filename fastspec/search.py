@@ -519,7 +519,7 @@ class _Context:
         self.rounds = 0
         self.bar = None
         self.nested = 0  # fallback searches inside formula mode do not advance the bar twice
-        self._borrowed: list[tuple[str, object]] = []  # library scratch lent to this search (see close)
+        self._borrowed: list[tuple[str, object, int]] = []  # library scratch lent to this search (see close)
         self._whole = None  # the whole library prepared for brute force (see prepared_library)
 
     def start_progress(self, enabled: bool | None, total: int) -> None:
@@ -539,18 +539,18 @@ class _Context:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        for name, obj in self._borrowed:
-            self.lib.give_scratch(name, obj)
+        for name, obj, generation in self._borrowed:
+            self.lib.give_scratch(name, obj, generation)
         self._borrowed = []
 
     def scratch(self, name: str, make, fits=None):
         """A library scratch object of kind ``name`` for this search only (borrowed on first use,
         returned by :meth:`close`): concurrent searches on one Library never share one."""
-        for n, obj in self._borrowed:
+        for n, obj, _ in self._borrowed:
             if n == name and (fits is None or fits(obj)):
                 return obj
-        obj = self.lib.take_scratch(name, make, fits)
-        self._borrowed.append((name, obj))
+        obj, generation = self.lib.take_scratch(name, make, fits)
+        self._borrowed.append((name, obj, generation))
         return obj
 
     # --------------------------------------------------------------------------- shared pieces
@@ -633,7 +633,8 @@ class _Context:
 
     def lib_mark(self) -> np.ndarray:
         """int64 (n,) scratch of -1s for :func:`fastspec.kernels.fragment.compact_ids` (left as found)."""
-        return self.scratch("mark", lambda: np.full(max(len(self.lib), 1), -1, dtype=np.int64))
+        n = max(len(self.lib), 1)
+        return self.scratch("mark", lambda: np.full(n, -1, dtype=np.int64), lambda m: m.shape[0] == n)
 
     def filter_csr(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray,
                    values: np.ndarray | None = None):
@@ -675,7 +676,7 @@ class _Context:
         pmz = self.q.precursor_mz[rows]
         half = tol.value if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
         qc, lc, sym = self.filters()
-        key = ("codes in precursor order", lc.shape[1], id(lc))
+        key = ("codes in precursor order", _filter_key(self.cfg))
         lcp = lib._cache.get(key)
         if lcp is None:  # the filter codes permuted like the precursor-ordered arrays: windows read in order
             lcp = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(order[:n_finite])])
@@ -797,7 +798,7 @@ class _Context:
         may match, under the same rules as :meth:`filter_csr`; None when that is every row. The last
         few are kept with the library."""
         qc, lc, sym = self.filters()
-        key = ("allowed rows", lc.shape[1], id(lc), tuple(int(c) for c in codes))
+        key = ("allowed rows", _filter_key(self.cfg), tuple(int(c) for c in codes))
         lock = self.lib._lock
         with lock:
             cache = self.lib._cache.setdefault("allowed rows", {})
@@ -823,8 +824,9 @@ class _Context:
         from fastspec.kernels import fragment as fk
 
         n_blocks = _n_blocks(self.cfg.threads)
-        return self.scratch("workspace", lambda: fk.BoundWorkspace(len(self.lib), n_blocks),
-                            lambda w: w.n_blocks == n_blocks)
+        n = len(self.lib)
+        return self.scratch("workspace", lambda: fk.BoundWorkspace(n, n_blocks),
+                            lambda w: w.n_blocks == n_blocks and w.n_library == n)
 
     def run_identity(self, rows, scores, indices, matches):
         for batch in _batches(rows, 4096):
@@ -1066,8 +1068,9 @@ class _Context:
         qv = _unit_weights(qp)
         qc, lc, sym = self.filters()
         n_blocks = _n_blocks(self.cfg.threads)
+        n = max(len(self.lib), 1)
         ws = self.scratch("bin workspace", lambda: BinWorkspace(len(self.lib), n_blocks),
-                          lambda w: w.n_blocks == n_blocks)
+                          lambda w: w.n_blocks == n_blocks and w.acc.shape[1] == n)
         for batch in _batches(rows, 1024):
             offs, ids = binned_candidates(qp.offsets, qp.pos, qv, batch, post, self.cfg.k,
                                           min_matches=self.cfg.min_matches, min_score=self.cfg.min_score,
@@ -1085,6 +1088,8 @@ class _Context:
         library again for every batch of 8 queries took 80% of the time: 2.4M MassBank-grown library,
         neutral-loss cosine, 1 thread, 428 ms per query (prepare 219, gather 66, filter 68, scoring 64).
         """
+        if rows.shape[0] == 0:
+            return
         n_lib = len(self.lib)
         lprep = self.prepared_library()
         qc = self.filters()[0]
@@ -1117,20 +1122,33 @@ class _Context:
                                          threads=self.cfg.threads, **kw)
 
     def prepared_library(self):
-        """The whole library prepared for the search's metric (:meth:`prepared_chunks` joined), built once
-        per search and not kept after it."""
+        """The whole library prepared for the search's metric (:meth:`prepared_chunks` one after the
+        other), built once per search and not kept after it."""
         from fastspec import similarity
 
         if self._whole is None:
-            parts = list(self.prepared_chunks())
-            if not parts:  # an empty library
-                return similarity.prepare_csr(np.zeros(1, np.int64), np.zeros(0), np.zeros(0), np.zeros(0),
-                                              self.cfg.metric, threads=self.cfg.threads, **self.cfg.metric_kwargs())
-            first = parts[0]
-            shift = np.cumsum([0] + [int(p.offsets[-1]) for p in parts[:-1]])
-            offsets = np.concatenate([first.offsets[:1]] + [p.offsets[1:] + d for p, d in zip(parts, shift)])
-            joined = (np.concatenate([getattr(p, a) for p in parts]) for a in ("pos", "w", "norm", "precursor_mz"))
-            self._whole = similarity.Prepared(first.metric, offsets, *joined, first.tolerance, dict(first.params))
+            n = len(self.lib)
+            # no preparation adds more than a peak per spectrum (the binned precursor peak): the output
+            # is allocated once at that bound and filled chunk by chunk; pages never written are never
+            # resident (a list of chunks joined at the end held the library twice: +1.1 GB at 2.4M)
+            cap = int(self.lib.array("offsets")[-1]) + n
+            pos, w = np.empty(cap), np.empty(cap)
+            norm, pmz = np.empty(n), np.empty(n)
+            offsets = np.zeros(n + 1, np.int64)
+            at = row = 0
+            first = None
+            for p in self.prepared_chunks():
+                first = first or p
+                m, c = int(p.offsets[-1]), len(p)
+                pos[at:at + m], w[at:at + m] = p.pos, p.w
+                norm[row:row + c], pmz[row:row + c] = p.norm, p.precursor_mz
+                offsets[row + 1:row + c + 1] = p.offsets[1:] + at
+                at, row = at + m, row + c
+            if first is None:  # an empty library
+                first = similarity.prepare_csr(np.zeros(1, np.int64), np.zeros(0), np.zeros(0), np.zeros(0),
+                                               self.cfg.metric, threads=self.cfg.threads, **self.cfg.metric_kwargs())
+            self._whole = similarity.Prepared(first.metric, offsets, pos[:at], w[:at], norm, pmz, first.tolerance,
+                                              dict(first.params))
         return self._whole
 
     # --------------------------------------------------------------------------- faiss
@@ -1213,7 +1231,7 @@ def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
         names.append(name)
         sym.append(False)
     qc = np.ascontiguousarray(np.stack(qcols, axis=1).astype(np.int32)) if len(q) else np.zeros((0, len(sym)), np.int32)
-    key = "codes:" + ",".join(names)  # library side: built once per filter combination
+    key = _filter_key(cfg)  # library side: built once per filter combination (names in this order)
     lc = lib._cache.get(key)
     if lc is None:
         lcols = []
@@ -1228,6 +1246,13 @@ def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
         lc = np.ascontiguousarray(np.stack(lcols, axis=1).astype(np.int32)) if n_lib else np.zeros((0, len(sym)), np.int32)
         lib._cache[key] = lc
     return qc, lc, np.array(sym, dtype=bool)
+
+
+def _filter_key(cfg: _SearchConfig) -> str:
+    """Which filters the codes hold (polarity, then charge, adduct, instrument when asked): names the
+    library's code table and what is derived from it in the library's cache."""
+    on = [("charge", cfg.same_charge), ("adduct", cfg.same_adduct), ("instrument", cfg.same_instrument)]
+    return "codes:" + ",".join(["polarity"] + [name for name, flag in on if flag])
 
 
 def _pol_code(pol: np.ndarray) -> np.ndarray:

@@ -191,7 +191,8 @@ def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, 
 
     ``allowed`` (bool (ntotal,), optional): only these rows are returned. FAISS skips the others while
     it scans the probed lists (an ID selector), so the ``n`` neighbours are ``n`` allowed ones, not
-    what is left of ``n`` after a filter.
+    what is left of ``n`` after a filter. Index types that take no search parameters (IndexPQ) return
+    unfiltered neighbours instead.
     """
     faiss = _faiss()
     if threads is not None:
@@ -217,7 +218,13 @@ def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, 
     if ivf:
         params = faiss.SearchParametersIVF(nprobe=int(nprobe or DEFAULTS["nprobe"]), sel=sel)
     else:
-        params = faiss.SearchParameters(sel=sel)
-    _, ids = index.search(x, n, params=params)
+        params = None if sel is None else faiss.SearchParameters(sel=sel)
+    try:
+        _, ids = index.search(x, n, params=params)
+    except RuntimeError:
+        if sel is None or ivf:
+            raise
+        # index types without search parameters (e.g. IndexPQ): unfiltered; the caller filters anyway
+        _, ids = index.search(x, n)
     del sel, bitmap  # the selector only points into the bitmap: both live until the search returns
     return ids.astype(np.int64)

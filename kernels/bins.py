@@ -80,8 +80,8 @@ def _emit(fill, out_bins, out_vals, start, n, b, v):
 
 
 @numba.njit(inline="always", **NJIT)
-def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_peak, precursor_peak, mz_power,
-             intensity_power, fill, start, out_bins, out_vals):
+def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, use_base, base_peak, use_prec,
+             precursor_peak, mz_power, intensity_power, fill, start, out_bins, out_vals):
     """Bins of spectrum ``i`` (ascending), written from ``start`` when ``fill``; returns how many, or -1
     when its m/z are not ascending (the caller then bins the slow way).
 
@@ -90,7 +90,7 @@ def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_p
     """
     a, b = offsets[i], offsets[i + 1]
     div = 1.0
-    if base_peak >= 0:  # intensities relative to the base peak, scaled to base_peak
+    if use_base:  # intensities relative to the base peak, scaled to base_peak
         mx = 0.0
         for p in range(a, b):
             if intensity[p] > mx:
@@ -99,9 +99,9 @@ def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_p
     pend = False  # a precursor peak still to place
     pb = 0.0
     pv = 0.0
-    if precursor_peak >= 0:
+    if use_prec:
         x = precursor_mz[i]
-        pb = np.floor(x / bin_width)
+        pb = np.floor(x / bin_width) + 0.0  # + 0.0: bin -0.0 (m/z -0.0) is bin 0
         if pb >= 0 and pb < max_bin:  # NaN precursor m/z: no peak
             pend = True
             pv = _bin_weight(x, precursor_peak, mz_power, intensity_power)
@@ -118,11 +118,11 @@ def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_p
                 return -1
             if x == x:  # NaN m/z (no bin) must not hide a descent around it
                 last_mz = x
-            bb = np.floor(x / bin_width)
+            bb = np.floor(x / bin_width) + 0.0
             if not (bb >= 0 and bb < max_bin):
                 continue
             v = np.float64(intensity[p])
-            if base_peak >= 0:
+            if use_base:
                 v = v / div * base_peak
             w = _bin_weight(x, v, mz_power, intensity_power)
             if bb == cur:
@@ -142,11 +142,11 @@ def _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_p
 
 
 @pjit
-def _bin_rows(offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_peak, precursor_peak, mz_power,
-              intensity_power, fill, out_offsets, out_bins, out_vals, counts):
+def _bin_rows(offsets, mz, intensity, precursor_mz, bin_width, max_bin, use_base, base_peak, use_prec,
+              precursor_peak, mz_power, intensity_power, fill, out_offsets, out_bins, out_vals, counts):
     for i in prange(offsets.shape[0] - 1):
-        c = _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, base_peak, precursor_peak,
-                     mz_power, intensity_power, fill, out_offsets[i], out_bins, out_vals)
+        c = _bin_one(i, offsets, mz, intensity, precursor_mz, bin_width, max_bin, use_base, base_peak, use_prec,
+                     precursor_peak, mz_power, intensity_power, fill, out_offsets[i], out_bins, out_vals)
         if not fill:
             counts[i] = c
 
@@ -197,8 +197,9 @@ def bin_peaks(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, precur
         raise ValueError(f"bin_peaks: powers must be in {EXACT_POWERS} (mz_power also 0), got "
                          f"{mz_power!r} / {intensity_power!r}")
     max_bin = np.inf if max_mz is None else float(np.floor(float(max_mz) / bw))
-    args = (offsets, mz, intensity, pmz, bw, max_bin, -1.0 if base_peak is None else float(base_peak),
-            -1.0 if precursor_peak is None else float(precursor_peak), float(mz_power), float(intensity_power))
+    args = (offsets, mz, intensity, pmz, bw, max_bin, base_peak is not None,
+            0.0 if base_peak is None else float(base_peak), precursor_peak is not None,
+            0.0 if precursor_peak is None else float(precursor_peak), float(mz_power), float(intensity_power))
     counts = np.empty(n, np.int64)
     out_off = np.zeros(n + 1, np.int64)
     empty = np.empty(0)

@@ -62,11 +62,11 @@ def _unit(vec: dict) -> dict:
 
 def _edge_spectra(rng, n):
     """Spectra with the cases the linear binning must get right: several peaks in one bin, the precursor
-    in a peak's bin / before / between / after them, no precursor, zero intensities, negative m/z, m/z
-    beyond max_mz, no peaks at all."""
+    in a peak's bin / before / between / after them, no precursor, zero intensities, negative m/z and
+    -0.0, m/z beyond max_mz, no peaks at all."""
     mzs, ints, pmz = [], [], []
     for i in range(n):
-        m = np.sort(rng.choice(np.r_[rng.uniform(-3, 60, 6), [10.1, 10.2, 10.3, 30.05]], size=rng.integers(0, 9)))
+        m = np.sort(rng.choice(np.r_[rng.uniform(-3, 60, 6), [-0.0, 10.1, 10.2, 10.3, 30.05]], size=rng.integers(0, 9)))
         v = rng.uniform(0, 5, m.shape[0])
         v[rng.random(m.shape[0]) < 0.1] = 0.0
         mzs.append(m)
@@ -76,6 +76,7 @@ def _edge_spectra(rng, n):
 
 
 @pytest.mark.parametrize("opts", [{}, {"precursor_peak": 7.0}, {"base_peak": 100.0, "max_mz": 40.0},
+                                  {"base_peak": -1.0, "precursor_peak": 0.0},
                                   {"precursor_peak": 100.0, "base_peak": 100.0, "intensity_power": 0.5,
                                    "mz_power": 1.0}, {"intensity_power": 2.0, "mz_power": 2.0, "max_mz": 25.0}])
 @pytest.mark.parametrize("threads", [1, 2])

@@ -551,13 +551,9 @@ def test_faiss_engine_rescored_exactly_with_high_recall(lib, data):
         lib.search(queries, mode="identity", engine="faiss")
 
 
-@pytest.mark.parametrize("flat", [False, True])
-def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch):
-    """FAISS neighbours are drawn from the spectra a query may match: a positive query whose nearest
-    vectors are all negative spectra still gets its positive hits (filtering the n neighbours afterwards
-    left it none), for the FAISS engine and for the analog threshold; the same with ``same_adduct``."""
-    import fastspec.search as S
-
+def _polarity_trap(tmp_path, faiss_params):
+    """400 negative near-copies of a query, 6 weaker positive matches (3 [M+H]+, 3 [M+Na]+), 1,994
+    unrelated positive spectra; and the positive [M+H]+ query."""
     rng = np.random.default_rng(3)
     base = np.array([81.07, 95.09, 109.1, 123.12, 137.13, 151.15])
     mzs, ints, mode, adduct = [], [], [], []
@@ -572,10 +568,20 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
         ints.append(np.linspace(1.0, 0.5, 6))
     sp = Spectra.from_arrays(mzs, ints, precursor_mz=[700.0] * len(mzs),
                              metadata={"id": [str(i) for i in range(len(mzs))], "ion_mode": mode, "adduct": adduct})
-    lib = Library.build(sp, tmp_path / "p.fastspec", preprocess=None, faiss=True,
-                        faiss_params={"flat_below": 10**9 if flat else 0, "nlist": 4})
+    lib = Library.build(sp, tmp_path / "p.fastspec", preprocess=None, faiss=True, faiss_params=faiss_params)
     q = Spectra.from_arrays([base], [np.linspace(1.0, 0.5, 6)], precursor_mz=[700.0],
                             metadata={"id": ["q"], "ion_mode": ["positive"], "adduct": ["[M+H]+"]})
+    return lib, q
+
+
+@pytest.mark.parametrize("flat", [False, True])
+def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch):
+    """FAISS neighbours are drawn from the spectra a query may match: a positive query whose nearest
+    vectors are all negative spectra still gets its positive hits (filtering the n neighbours afterwards
+    left it none), for the FAISS engine and for the analog threshold; the same with ``same_adduct``."""
+    import fastspec.search as S
+
+    lib, q = _polarity_trap(tmp_path, {"flat_below": 10**9 if flat else 0, "nlist": 4})
     hits = lib.search(q, k=6, mode="open", engine="faiss", n_candidates=50, nprobe=4)
     assert sorted(hits.indices[0].tolist()) == list(range(400, 406))
     hits = lib.search(q, k=6, mode="open", engine="faiss", n_candidates=50, nprobe=4, same_adduct=True)
@@ -589,6 +595,16 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     hits = lib.search(q, k=3, mode="analog", tolerance=0.01)
     assert asked == [10]
     assert_same_hits(hits, brute_force(lib, q, "modified_cosine", same_polarity(lib, q), k=3, tolerance="0.01da"))
+
+
+def test_faiss_index_without_search_parameters(tmp_path):
+    """An index type that takes no search parameters (IndexPQ) cannot skip ineligible spectra: its
+    neighbours are filtered afterwards instead, and the search still runs and stays eligible."""
+    lib, q = _polarity_trap(tmp_path, {"flat_below": 0, "index": "PQ8"})
+    assert lib.manifest["build"]["faiss"]["index"] == "PQ8"
+    hits = lib.search(q, k=6, mode="open", engine="faiss", n_candidates=2400)
+    got = hits.indices[0][hits.indices[0] >= 0]
+    assert got.shape[0] > 0 and np.all(got >= 400)
 
 
 def test_concurrent_searches_of_one_library(lib, data):
@@ -610,6 +626,32 @@ def test_concurrent_searches_of_one_library(lib, data):
         np.testing.assert_array_equal(h.indices, alone[i].indices, err_msg=str(jobs[i]))
         np.testing.assert_array_equal(h.scores, alone[i].scores, err_msg=str(jobs[i]))
         np.testing.assert_array_equal(h.matches, alone[i].matches, err_msg=str(jobs[i]))
+
+
+def test_append_during_a_search_drops_its_scratch(data, tmp_path, monkeypatch):
+    """A search still running when the library grows (append from another thread) gives its scratch
+    buffers back after the append; they are sized for the old library and must not be lent again."""
+    import fastspec.search as S
+
+    small = Library.build(data[0][:1500], tmp_path / "a.fastspec", faiss=False)
+    orig = S._Context.close
+    state = {"done": False}
+
+    def close_after_append(self):
+        if not state["done"]:
+            state["done"] = True
+            small.append(data[0][1500:])
+        orig(self)
+
+    kw = dict(k=K, mode="open", metric="cosine", mz_power=1.0)  # bound-kernel workspace and the mark array
+    monkeypatch.setattr(S._Context, "close", close_after_append)
+    small.search(data[1][:5], **kw)
+    monkeypatch.setattr(S._Context, "close", orig)
+    assert len(small) > 1500
+    got = small.search(data[1], **kw)
+    want = Library.open(tmp_path / "a.fastspec").search(data[1], **kw)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.scores, want.scores)
 
 
 def test_faiss_vectors_equal_reference_in_chunks(data):

@@ -107,7 +107,9 @@ class Hits:
     query_ids : list of str
     query_precursor_mz : ndarray, float64 (n,)
     params : dict
-        The search parameters (mode, metric, tolerances, filters, library path and build parameters).
+        The search parameters (mode, metric, tolerances, filters, library path and build parameters),
+        and ``query_records``: records read from the query files, rejected by the reader (on_error
+        ``"skip"``: they have no row) and why.
     """
 
     def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
@@ -342,7 +344,7 @@ def search(
     cfg = _SearchConfig.make(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
                              same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
                              mz_power, intensity_power, metric_params)
-    raw, _ = read_input(queries, on_error)
+    raw, read_counts = read_input(queries, on_error)
     qproc = apply_pipeline(library.pipeline, raw)
     nq = len(qproc)
     scores = np.zeros((nq, cfg.k), dtype=np.float64)
@@ -364,8 +366,12 @@ def search(
         ctx.close()
     no_hit = (status == OK) & (indices[:, 0] < 0)
     status[no_hit] = NO_HIT
+    params = cfg.describe(library)
+    # query records the reader rejected (on_error="skip") have no row: the counts say how many and why
+    params["query_records"] = {"read": int(read_counts["n_read"]), "rejected": int(read_counts["n_rejected"]),
+                               "rejected_by_reason": dict(read_counts["rejected"])}
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=raw.ids,
-                query_precursor_mz=np.asarray(raw.precursor_mz), library=library, params=cfg.describe(library))
+                query_precursor_mz=np.asarray(raw.precursor_mz), library=library, params=params)
 
 
 def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback):

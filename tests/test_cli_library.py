@@ -127,6 +127,12 @@ def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
     out = tmp_path / "h.parquet"
     run("query", path, "-l", index, "-o", out, "--on-error", "skip", "-q")
     assert len(set(pq.read_table(out).column("query_index").to_pylist())) == 2
+    # nothing is lost silently: the skipped record is counted on stderr and in the table's parameters
+    res = run("query", path, "-l", index, "-o", tmp_path / "h.tsv", "--on-error", "skip")
+    assert "3 query records read, 1 rejected and not searched" in res.output
+    header = [ln for ln in (tmp_path / "h.tsv").read_text().splitlines() if ln.startswith("# query_records")]
+    assert json.loads(header[0].split(": ", 1)[1]) == {"read": 3, "rejected": 1,
+                                                       "rejected_by_reason": {"unparsable peak line": 1}}
     assert_clean_error(run("query", path, "-l", index, "-o", out, "--on-error", "raise", "-q", ok=False))
 
 

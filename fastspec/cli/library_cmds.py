@@ -136,6 +136,10 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     dt = time.perf_counter() - t0
     hits.write(output)
     n = len(hits)
+    rec = hits.params.get("query_records") or {}
+    if rec.get("rejected"):
+        why = ", ".join(f"{r}: {c}" for r, c in rec["rejected_by_reason"].items())
+        log(f"{rec['read']} query records read, {rec['rejected']} rejected and not searched ({why})")
     n_hit = int((hits.indices[:, 0] >= 0).sum()) if n else 0
     log(f"{n} queries, {n_hit} with hits, {int(hits.skipped.sum())} skipped; {dt:.2f} s "
         f"({n / dt if dt > 0 else 0:.0f} queries/s); wrote {output}")

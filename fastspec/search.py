@@ -788,16 +788,20 @@ class _Context:
         # polarities), each restricted to the library rows it may match: the n neighbours are then n
         # eligible spectra. Filtering afterwards instead left some minority-polarity queries of a
         # MassBank-grown library with fewer than k of 300 neighbours.
-        qc = self.filters()[0][rows]
-        combos, which = np.unique(qc, axis=0, return_inverse=True)
-        for c in range(combos.shape[0]):
-            sel = np.flatnonzero(which.reshape(-1) == c)
+        for sel, allowed in self.filter_groups(rows):
             cand[sel] = vectors.faiss_search(index, qv[sel], n, nprobe=nprobe, threads=self.cfg.threads,
-                                             allowed=self.allowed_rows(combos[c]))
+                                             allowed=allowed)
         valid = cand >= 0
         offs = np.zeros(rows.shape[0] + 1, dtype=np.int64)
         np.cumsum(valid.sum(axis=1), out=offs[1:])
         return self.filter_csr(rows, offs, cand[valid].astype(np.int64))
+
+    def filter_groups(self, rows: np.ndarray):
+        """Queries ``rows`` grouped by their filter codes: yields (positions in ``rows``, the library rows
+        they may match as :meth:`allowed_rows` gives them)."""
+        combos, which = np.unique(self.filters()[0][rows], axis=0, return_inverse=True)
+        for c in range(combos.shape[0]):
+            yield np.flatnonzero(which.reshape(-1) == c), self.allowed_rows(combos[c])
 
     def allowed_rows(self, codes: np.ndarray) -> np.ndarray | None:
         """bool (n,): the library rows a query with filter codes ``codes`` (one row of the query codes)
@@ -1098,13 +1102,10 @@ class _Context:
             return
         n_lib = len(self.lib)
         lprep = self.prepared_library()
-        qc = self.filters()[0]
         per = max(1, int(2e7 // max(n_lib, 1)))  # candidate lists of at most ~2e7 entries (160 MB)
         for batch in _batches(rows, per):
-            combos, which = np.unique(qc[batch], axis=0, return_inverse=True)
-            for c in range(combos.shape[0]):
-                sub = batch[which.reshape(-1) == c]
-                allowed = self.allowed_rows(combos[c])
+            for sel, allowed in self.filter_groups(batch):
+                sub = batch[sel]
                 ids = np.arange(n_lib, dtype=np.int64) if allowed is None else np.flatnonzero(allowed)
                 offs = np.arange(sub.shape[0] + 1, dtype=np.int64) * ids.shape[0]
                 s, i, m = self.score(sub, lprep, offs, np.tile(ids, sub.shape[0]))
@@ -1144,7 +1145,8 @@ class _Context:
             at = row = 0
             first = None
             for p in self.prepared_chunks():
-                first = first or p
+                if first is None:
+                    first = p
                 m, c = int(p.offsets[-1]), len(p)
                 pos[at:at + m], w[at:at + m] = p.pos, p.w
                 norm[row:row + c], pmz[row:row + c] = p.norm, p.precursor_mz

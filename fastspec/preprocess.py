@@ -355,10 +355,13 @@ class Step:
         return {p.name: out[p.name] for p in self.params}
 
     def __call__(self, spectra: Spectra, params: Mapping[str, Any] | None = None, threads: int | None = None):
-        kw = self.resolve(params)
+        return self.run_resolved(spectra, self.resolve(params), threads)
+
+    def run_resolved(self, spectra: Spectra, params: dict, threads: int | None = None):
+        """Run with parameters :meth:`resolve` already completed (a :class:`Pipeline` holds them so)."""
         if self.takes_threads:
-            kw["threads"] = threads
-        return self.func(spectra, **kw)
+            return self.func(spectra, **params, threads=threads)
+        return self.func(spectra, **params)
 
 
 def _fmt(v) -> str:
@@ -570,7 +573,7 @@ class Pipeline:
     def __call__(self, spectra: Spectra, threads: int | None = None) -> Spectra:
         """Apply every step in order; one output spectrum per input spectrum."""
         for n, p in self.steps:
-            spectra = STEPS[n](spectra, p, threads=threads)
+            spectra = STEPS[n].run_resolved(spectra, p, threads)
         return spectra
 
     def run(self, spectra: Spectra, threads: int | None = None) -> tuple[Spectra, list[dict]]:

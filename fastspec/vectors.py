@@ -185,14 +185,20 @@ def _no_prefetch_threads(faiss, index) -> None:
         lists.prefetch_nthread = 0
 
 
+def pack_rows(allowed: np.ndarray) -> np.ndarray:
+    """The bitmap of a bool row mask that FAISS's ``IDSelectorBitmap`` reads: uint8, bit ``i % 8`` of byte
+    ``i // 8`` set for row ``i`` (:func:`faiss_search` takes either)."""
+    return np.packbits(np.asarray(allowed, dtype=bool), bitorder="little")
+
+
 def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, threads: int | None = None,
                  allowed: np.ndarray | None = None) -> np.ndarray:
     """Top-``n`` library rows by inner product, int64 (nq, n), -1 padding.
 
-    ``allowed`` (bool (ntotal,), optional): only these rows are returned. FAISS skips the others while
-    it scans the probed lists (an ID selector), so the ``n`` neighbours are ``n`` allowed ones, not
-    what is left of ``n`` after a filter. Index types that take no search parameters (IndexPQ) return
-    unfiltered neighbours instead.
+    ``allowed`` (bool (ntotal,), or its uint8 :func:`pack_rows` bitmap; optional): only these rows are
+    returned. FAISS skips the others while it scans the probed lists (an ID selector), so the ``n``
+    neighbours are ``n`` allowed ones, not what is left of ``n`` after a filter. Index types that take
+    no search parameters (IndexPQ) return unfiltered neighbours instead.
     """
     faiss = _faiss()
     if threads is not None:
@@ -206,12 +212,18 @@ def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     sel = bitmap = None
     if allowed is not None:
-        allowed = np.asarray(allowed, dtype=bool)
-        if allowed.shape != (int(index.ntotal),):
-            raise ValueError(f"allowed: expected shape ({index.ntotal},), got {allowed.shape}")
-        if not allowed.any():
+        allowed = np.asarray(allowed)
+        nbytes = (int(index.ntotal) + 7) // 8
+        if allowed.dtype == np.uint8:
+            if allowed.shape != (nbytes,):
+                raise ValueError(f"allowed bitmap: expected shape ({nbytes},), got {allowed.shape}")
+            bitmap = np.ascontiguousarray(allowed)
+        else:
+            if allowed.shape != (int(index.ntotal),):
+                raise ValueError(f"allowed: expected shape ({index.ntotal},), got {allowed.shape}")
+            bitmap = pack_rows(allowed)
+        if not bitmap.any():
             return np.full((x.shape[0], n), -1, dtype=np.int64)
-        bitmap = np.packbits(allowed, bitorder="little")  # bit i % 8 of byte i // 8, as IDSelectorBitmap reads it
         sel = faiss.IDSelectorBitmap(bitmap.shape[0], faiss.swig_ptr(bitmap))
     # nprobe and the selector go with this call, not into the shared index: concurrent searches of one
     # library may ask for different ones

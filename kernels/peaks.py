@@ -61,6 +61,27 @@ def _pack(offsets, counts, new_offsets, buf_mz, buf_int):
                 buf_int[dst + j] = buf_int[src + j]
 
 
+@numba.njit(**NJIT)
+def _offsets_of(counts, out):
+    # the running sum of counts into out[1:] (out[0] = 0); numba, because a one-spectrum query passes
+    # through every preprocessing step, where numpy's per-call overhead adds up
+    out[0] = 0
+    for i in range(counts.shape[0]):
+        out[i + 1] = out[i] + counts[i]
+    return out[counts.shape[0]]
+
+
+@numba.njit(**NJIT)
+def _offsets_ok(offsets, n_peaks):
+    """offsets start at 0, never decrease and end at ``n_peaks``."""
+    if offsets[0] != 0 or offsets[offsets.shape[0] - 1] != n_peaks:
+        return False
+    for i in range(offsets.shape[0] - 1):
+        if offsets[i + 1] < offsets[i]:
+            return False
+    return True
+
+
 def _compact(offsets, counts, buf_mz, buf_int):
     """Pack the first ``counts[i]`` buffered peaks of every spectrum into CSR arrays, in place.
 
@@ -68,9 +89,8 @@ def _compact(offsets, counts, buf_mz, buf_int):
     are packed where they are and shrunk (``ndarray.resize``: a realloc, no copy). Packing into new arrays
     instead allocated and first-touched as many bytes again at every preprocessing step.
     """
-    new_offsets = np.zeros(offsets.shape[0], dtype=np.int64)
-    np.cumsum(counts, out=new_offsets[1:])
-    total = int(new_offsets[-1])
+    new_offsets = np.empty(offsets.shape[0], dtype=np.int64)
+    total = int(_offsets_of(counts, new_offsets))
     if total == offsets[-1]:  # nothing dropped: the buffers are already packed
         return new_offsets, buf_mz, buf_int
     _pack(offsets, counts, new_offsets, buf_mz, buf_int)
@@ -85,7 +105,7 @@ def _check_csr(offsets, mz, intensity):
     intensity = np.ascontiguousarray(intensity, dtype=np.float32)
     if offsets.ndim != 1 or offsets.shape[0] < 1 or mz.ndim != 1 or mz.shape != intensity.shape:
         raise ParameterError("CSR peaks: offsets (n+1,), mz and intensity (n_peaks,) expected")
-    if offsets[0] != 0 or offsets[-1] != mz.shape[0] or np.any(np.diff(offsets) < 0):
+    if not _offsets_ok(offsets, mz.shape[0]):
         raise ParameterError("CSR peaks: offsets must start at 0, be non-decreasing and end at len(mz)")
     return offsets, mz, intensity
 

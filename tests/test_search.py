@@ -595,6 +595,18 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     hits = lib.search(q, k=3, mode="analog", tolerance=0.01)
     assert asked == [10]
     assert_same_hits(hits, brute_force(lib, q, "modified_cosine", same_polarity(lib, q), k=3, tolerance="0.01da"))
+    # the selector takes the row mask or its packed bitmap (what searches cache): the same neighbours
+    from fastspec import vectors
+
+    index = vectors.load_faiss_index(lib)
+    qv = vectors.spectrum_vectors(q, lib.manifest["build"]["faiss"])
+    mask = np.zeros(len(lib), dtype=bool)
+    mask[400:] = True
+    by_mask = vectors.faiss_search(index, qv, 20, nprobe=4, allowed=mask)
+    np.testing.assert_array_equal(by_mask, vectors.faiss_search(index, qv, 20, nprobe=4, allowed=vectors.pack_rows(mask)))
+    assert (by_mask >= 400).all()
+    with pytest.raises(ValueError, match="bitmap"):
+        vectors.faiss_search(index, qv, 20, allowed=vectors.pack_rows(mask)[:-1])
 
 
 def test_faiss_index_without_search_parameters(tmp_path):

@@ -49,7 +49,7 @@ import pyarrow as pa
 
 from fastspec import _indexfmt as fmt
 from fastspec._version import __version__
-from fastspec.errors import FastspecError, IndexFormatError, ParameterError
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError
 from fastspec.spectra import Spectra
 
 PathLike = "str | os.PathLike"
@@ -201,7 +201,29 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
 
     spectra, report = fio.read([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), on_error=on_error,
                                progress=progress, return_report=True)
-    return spectra, _report_counts(report, len(spectra))
+    _refuse_empty(report)
+    counts = _report_counts(report, len(spectra))
+    counts["warnings"] = {str(k): int(v) for k, v in (getattr(report, "warnings", None) or {}).items() if v}
+    return spectra, counts
+
+
+def _add_counts(a: dict, b: dict) -> dict:
+    out = {str(k): int(v) for k, v in a.items()}
+    for k, v in b.items():
+        out[str(k)] = out.get(str(k), 0) + int(v)
+    return out
+
+
+def _refuse_empty(report) -> None:
+    """A file in which the reader found no record at all is an error, not an empty input: a wrong format,
+    encoding or a typo (``BEGIN_IONS``) would otherwise build an empty library or search nothing."""
+    files = getattr(report, "files", None) or [report]
+    for f in files:
+        if getattr(f, "n_records", 1) == 0:
+            notes = ", ".join(f"{k}: {v}" for k, v in (getattr(f, "warnings", None) or {}).items() if v)
+            raise ParseError(f"no spectrum records found (read as {getattr(f, 'format', None) or 'unknown format'}"
+                             f"{'; ' + notes if notes else ''}); is it the format and encoding its name says?",
+                             str(getattr(f, "path", "")) or None)
 
 
 def _report_counts(report, n_spectra: int) -> dict:
@@ -443,13 +465,12 @@ class Library:
                                           n_input + np.arange(len(new), dtype=np.int64)])
             merged = Spectra.concat([old, new])
             n_old = len(old)
-            reasons = dict(old_counts.get("rejected", {}))
-            for r, c in counts["rejected"].items():
-                reasons[r] = reasons.get(r, 0) + c
+            reasons = _add_counts(old_counts.get("rejected", {}), counts["rejected"])
             total = {
                 "n_read": int(old_counts["n_read"]) + counts["n_read"],
                 "n_rejected": int(old_counts["n_rejected"]) + counts["n_rejected"],
                 "rejected": reasons,
+                "read_warnings": _add_counts(old_counts.get("read_warnings") or {}, counts.get("warnings") or {}),
             }
             faiss_on = self.manifest["build"].get("faiss") is not None
             params = dict(self.manifest["build"].get("faiss") or {})
@@ -734,6 +755,7 @@ class Library:
             "n_read": m["counts"]["n_read"],
             "n_rejected": m["counts"]["n_rejected"],
             "rejected": m["counts"].get("rejected", {}),
+            "read_warnings": m["counts"].get("read_warnings", {}),
             "n_peaks": m["counts"].get("n_peaks"),
             "n_formulas": m["counts"].get("n_formulas"),
             "n_positive": m["counts"].get("n_positive"),
@@ -863,7 +885,8 @@ def _build_index(
     ms1 = _is_ms1(processed.metadata)
     keep = (np.diff(processed.offsets) > 0) & ~ms1
     n_drop = int((~keep).sum())
-    counts = {"n_read": int(counts["n_read"]), "n_rejected": int(counts["n_rejected"]), "rejected": dict(counts["rejected"])}
+    counts = {"n_read": int(counts["n_read"]), "n_rejected": int(counts["n_rejected"]), "rejected": dict(counts["rejected"]),
+              "read_warnings": dict(counts.get("read_warnings") or counts.get("warnings") or {})}
     for reason, n_r in ((REASON_MS1, int(ms1.sum())), (REASON_NO_PEAKS, n_drop - int(ms1.sum()))):
         if n_r:
             counts["rejected"][reason] = counts["rejected"].get(reason, 0) + n_r

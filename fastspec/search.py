@@ -369,7 +369,8 @@ def search(
     params = cfg.describe(library)
     # query records the reader rejected (on_error="skip") have no row: the counts say how many and why
     params["query_records"] = {"read": int(read_counts["n_read"]), "rejected": int(read_counts["n_rejected"]),
-                               "rejected_by_reason": dict(read_counts["rejected"])}
+                               "rejected_by_reason": dict(read_counts["rejected"]),
+                               "warnings": dict(read_counts.get("warnings") or {})}
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=raw.ids,
                 query_precursor_mz=np.asarray(raw.precursor_mz), library=library, params=params)
 
@@ -869,7 +870,13 @@ class _Context:
             vals = list(formula)
             if len(vals) != nq:
                 raise ParameterError(f"formula: {len(vals)} values for {nq} queries")
-        canon = canonical_formulas([None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in vals])
+        given = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in vals]
+        canon = canonical_formulas(given)
+        if formula is not None:  # the caller's own formulas: one that does not parse is a mistake, not a miss
+            bad = sorted({g for g, c in zip(given, canon) if c is None and g is not None and g.strip()})
+            if bad:
+                raise ParameterError(f"formula: cannot parse {bad[0]!r} as a molecular formula"
+                                     + (f" ({len(bad)} such values)" if len(bad) > 1 else ""))
         lut = self.lib.code_lookup("formula")
         return np.array([lut.get(c, -2) if c is not None else -1 for c in canon], dtype=np.int64)
 

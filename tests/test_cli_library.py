@@ -132,8 +132,30 @@ def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
     assert "3 query records read, 1 rejected and not searched" in res.output
     header = [ln for ln in (tmp_path / "h.tsv").read_text().splitlines() if ln.startswith("# query_records")]
     assert json.loads(header[0].split(": ", 1)[1]) == {"read": 3, "rejected": 1,
-                                                       "rejected_by_reason": {"unparsable peak line": 1}}
+                                                       "rejected_by_reason": {"unparsable peak line": 1},
+                                                       "warnings": {}}
     assert_clean_error(run("query", path, "-l", index, "-o", out, "--on-error", "raise", "-q", ok=False))
+
+
+def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path):
+    # a typo (or a wrong format) leaves no record: an error naming the file, not an empty library
+    typo = tmp_path / "typo.mgf"
+    typo.write_text(massbank_mgf.read_text().replace("BEGIN IONS", "BEGIN_IONS"))
+    assert_clean_error(run("index", typo, "-o", tmp_path / "t.fastspec", ok=False), "typo.mgf", "no spectrum records")
+    assert not (tmp_path / "t.fastspec").exists()
+    assert_clean_error(run("query", typo, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "no spectrum records")
+    # counted oddities are shown, kept in the manifest and in the hit table's parameters
+    odd = tmp_path / "odd.mgf"
+    odd.write_text("BEGIN IONS\nTITLE=x\nPEPMASS=abc\n100 10\n120 5\nEND IONS\n" + massbank_mgf.read_text())
+    res = run("index", odd, "-o", tmp_path / "o.fastspec", "--no-faiss")
+    assert "reader warnings: bad precursor_mz: 1" in res.output
+    assert json.loads(run("info", tmp_path / "o.fastspec", "--json").output)["read_warnings"] == {"bad precursor_mz": 1}
+    res = run("query", odd, "-l", index, "-o", tmp_path / "h.tsv")
+    assert "reader warnings: bad precursor_mz: 1" in res.output
+    header = [ln for ln in (tmp_path / "h.tsv").read_text().splitlines() if ln.startswith("# query_records")]
+    assert json.loads(header[0].split(": ", 1)[1])["warnings"] == {"bad precursor_mz": 1}
+    assert_clean_error(run("query", odd, "-l", index, "-o", tmp_path / "f.tsv", "--mode", "formula", "--formula",
+                           "XYZ", ok=False), "formula", "XYZ")
 
 
 def test_real_subprocess(index, massbank_mgf, tmp_path):

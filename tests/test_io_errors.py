@@ -42,6 +42,9 @@ GOOD = "PEPMASS=200.5\nSPECTRUM_ID=good\n100 10\n150 20"
     ("PEPMASS=1\n-100 5", "m/z not positive"),
     ("PEPMASS=1", "no peaks"),
     ("PEPMASS=1\n100 0\n101 0", "no peaks"),
+    # a locale-bound export: read with ',' as a separator these would be other peaks
+    ("PEPMASS=195,0877\n42,0338 12,5", "peak line with decimal commas (e.g. 42,0338)"),
+    ("PEPMASS=195\n42,0338\t12", "peak line with decimal commas (e.g. 42,0338)"),
 ])
 def test_bad_record_skip_and_raise(tmp_path, body, reason):
     p = write(tmp_path, "bad.mgf", mgf(GOOD, body, GOOD))
@@ -153,6 +156,44 @@ def test_format_errors(tmp_path):
     badgz = write(tmp_path, "x.mgf.gz", "not gzip data")
     with pytest.raises(FastspecError):
         fio.read(badgz)
+
+
+def test_msp_decimal_commas_quoted_colons_and_plain_commas(tmp_path):
+    euro = write(tmp_path, "euro.msp", "NAME: euro\nPRECURSORMZ: 195,0877\nNum Peaks: 2\n42,0338\t12,5\n69,0447\t30,1\n\n"
+                 "Name: ok\nPrecursorMZ: 100.5\nNum Peaks: 2\n42.0338,12.5\n69.0447, 30\n")
+    sp, report = fio.read(euro, return_report=True)
+    assert report.counts_by_reason == {"peak line with decimal commas (e.g. 42,0338)": 1}
+    assert report.rejected[0].line == 4
+    assert sp.column("name") == ["ok"] and sp.mz.tolist() == [42.0338, 69.0447] and sp.intensity.tolist() == [12.5, 30]
+    # ':' and ';' inside a quoted annotation are text, not GOLM pairs or peak groups
+    annot = write(tmp_path, "annot.msp", 'Name: a\nPrecursorMZ: 300.1\nNum Peaks: 3\n100.1\t50\t"C5H6O2+:1.2ppm"\n'
+                  '150.2\t100\t"p-H2O;x"\n200.3\t20\n')
+    sp, report = fio.read(annot, return_report=True)
+    assert report.n_rejected == 0 and sp.mz.tolist() == [100.1, 150.2, 200.3]
+
+
+def test_msp_explicit_lines_win_over_comments_whatever_follows(tmp_path):
+    a = ('Name: A\nSMILES: CCO\nComments: "SMILES=OCC" "InChIKey=LFQSCWFLJHTTHZ-UHFFFAOYSA-N"\nPrecursorMZ: 47.0491\n'
+         "Num Peaks: 2\n29.0386 100\n31.0178 50\n\n")
+    b = "Name: B\nSMILES: CCCO\nPrecursorMZ: 61.0648\nNum Peaks: 2\n29.0386 100\n43.0542 50\n\n"
+    alone = fio.read(write(tmp_path, "a.msp", a))
+    both = fio.read(write(tmp_path, "ab.msp", a + b))
+    assert alone.column("smiles") == ["CCO"] and both.column("smiles") == ["CCO", "CCCO"]
+    assert both.column("inchikey") == ["LFQSCWFLJHTTHZ-UHFFFAOYSA-N", None]
+
+
+def test_wide_encodings_and_massbank_records_are_refused(tmp_path):
+    text = mgf(GOOD)
+    for enc in ("utf-16", "utf-16-le"):
+        p = tmp_path / f"{enc}.mgf"
+        p.write_bytes(text.encode(enc))
+        with pytest.raises(ParseError, match="UTF-16") as e:
+            fio.read(p)
+        assert e.value.path == str(p)
+    record = write(tmp_path, "MSBNK-X.txt", "ACCESSION: MSBNK-Test-TS000001\nRECORD_TITLE: x\nCH$NAME: Caffeine\n"
+                   "PK$NUM_PEAK: 1\nPK$PEAK: m/z int. rel.int.\n  138.066 100 999\n//\n")
+    with pytest.raises(FastspecError, match="MassBank record"):
+        fio.read(record)
 
 
 def test_hdf5_foreign_file(tmp_path):

@@ -80,8 +80,15 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
                         progress=False if quiet else None, overwrite=overwrite)
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
+    _log_warnings(log, lib.info().get("read_warnings"))
     log(f"indexed {lib.n_spectra} spectra ({lib.n_rejected} rejected{': ' + rej if rej else ''}) "
         f"into {output} in {dt:.1f} s")
+
+
+def _log_warnings(log, warnings: dict | None) -> None:
+    """The reader's counted oddities (lines outside records, unparsable precursor m/z, ...), one line."""
+    if warnings:
+        log("reader warnings: " + ", ".join(f"{k}: {v}" for k, v in warnings.items()))
 
 
 @click.command("query")
@@ -137,6 +144,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     hits.write(output)
     n = len(hits)
     rec = hits.params.get("query_records") or {}
+    _log_warnings(log, rec.get("warnings"))
     if rec.get("rejected"):
         why = ", ".join(f"{r}: {c}" for r, c in rec["rejected_by_reason"].items())
         log(f"{rec['read']} query records read, {rec['rejected']} rejected and not searched ({why})")
@@ -170,6 +178,8 @@ def info(library, verify, as_json, threads, quiet):
     ]
     for reason, c in sorted(d["rejected"].items(), key=lambda x: -x[1]):
         lines.append(f"  rejected      {c}: {reason}")
+    for what, c in sorted((d.get("read_warnings") or {}).items(), key=lambda x: -x[1]):
+        lines.append(f"  read warning  {c}: {what}")
     lines += [
         f"peaks           {d['n_peaks']}",
         f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",

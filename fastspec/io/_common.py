@@ -505,6 +505,10 @@ def sniff_format(path: str) -> str:
     first = text.lstrip().split("\n", 1)[0]
     if "\t" in first and "mzs" in first.split("\t"):
         return "tsv"
+    if "pk$peak:" in text or "ch$name:" in text or text.lstrip().startswith("accession:"):
+        # its CH$NAME: line would pass for an MSP Name:, and every record would then be rejected
+        raise FastspecError(f"{path}: a MassBank record (ACCESSION / CH$NAME / PK$PEAK), a format fastspec does not "
+                            f"read; convert it (MassBank's own MSP export, or matchms) to MSP or MGF")
     if "name:" in text or "num peaks:" in text:
         return "msp"
     raise FastspecError(f"{path}: cannot tell the file format; pass format= "

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fastspec.errors import ParseError
 from fastspec.io import _textscan as ts
 from fastspec.io._common import BlockReader, ReadReport, finish_block
 from fastspec.io.meta import NIST_SYNON_CODES
@@ -34,6 +35,8 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
     reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}")
     line0 = 1
     for data, final in reader:
+        if line0 == 1:
+            _check_encoding(path, data)
         r = ts.scan(data, mode, line0, final)
         line0 += r.consumed_lines
         if r.consumed < len(data):
@@ -42,6 +45,14 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
         if len(r) == 0:
             continue
         yield _block_spectra(path, r, mode, on_error, report)
+
+
+def _check_encoding(path: str, data) -> None:
+    """Refuse UTF-16/32 text (Windows "Unicode" exports): read byte-wise it holds no record at all."""
+    head = bytes(data[:4096])
+    wide = head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 16 and head.count(0) * 4 >= len(head))
+    if wide:
+        raise ParseError("text encoded as UTF-16 or UTF-32 (or not text at all); save it as UTF-8", path, 1)
 
 
 def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport) -> Spectra:
@@ -106,6 +117,11 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int)
             keys = pa.concat_arrays([keys.filter(keep), pa.array(ek, pa.string())])
             vals = pa.concat_arrays([vals.filter(keep), pa.array(ev, pa.string())])
             rec = np.concatenate([rec[~sp], np.asarray(er, dtype=np.int64)])
+            # back to record order (stable: within a record the explicit lines, which come first here,
+            # win over values taken from Comments), so "first value wins" below sees each record's
+            # values together whatever the records around it
+            o = pa.array(np.argsort(rec, kind="stable"))
+            keys, vals, rec = keys.take(o), vals.take(o), rec[o.to_numpy()]
             if syn_r:
                 lists["synonyms"] = (np.asarray(syn_r, dtype=np.int64), syn_v)
     cols: dict[str, pa.Array] = {}

@@ -26,10 +26,12 @@ E_OK = 0
 E_NUMBER = 1
 E_SINGLE = 2
 E_UNTERMINATED = 3
+E_DECIMAL_COMMA = 4
 ERROR_REASONS = {
     E_NUMBER: "unparsable peak line",
     E_SINGLE: "peak line with a single value",
     E_UNTERMINATED: "record not terminated (missing END IONS)",
+    E_DECIMAL_COMMA: "peak line with decimal commas (e.g. 42,0338)",
 }
 
 _P10 = np.array([10.0**i for i in range(23)], dtype=np.float64)
@@ -194,6 +196,30 @@ def _line_kind(buf, ls, le, sep):
         if buf[k] == sep:
             return False, True
     return False, False
+
+
+@numba.njit(**NJIT)
+def _decimal_commas(buf, ls, le):
+    """The peak line ``buf[ls:le]`` writes numbers with a decimal comma ("42,0338 12,5"): a comma between
+    two digits, no '.', and more than one field (quoted annotations aside). Read with ',' as a separator,
+    such a line would give other peaks."""
+    comma = False
+    n_fields = 0
+    k = ls
+    while k < le:
+        c = buf[k]
+        if c == 34:
+            k += 1
+            while k < le and buf[k] != 34:
+                k += 1
+        elif c == 46:
+            return False
+        elif c == 44 and k > ls and k + 1 < le and _is_digit(buf[k - 1]) and _is_digit(buf[k + 1]):
+            comma = True
+        if not _is_space(c) and (k == ls or _is_space(buf[k - 1])):
+            n_fields += 1
+        k += 1
+    return comma and n_fields >= 2
 
 
 @numba.njit(**NJIT)
@@ -397,27 +423,41 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
         has_semi = False
         multi = False
         if mode == MSP:
-            for k in range(ls, le):
-                if buf[k] == 58:
+            comma_digit = False
+            k = ls
+            while k < le:
+                c = buf[k]
+                if c == 34:  # a quoted annotation is text
+                    k += 1
+                    while k < le and buf[k] != 34:
+                        k += 1
+                elif c == 58:
                     golm = True
-                elif buf[k] == 59:
+                elif c == 59:
                     has_semi = True
-            if not has_semi and not golm:
-                # an all-numeric line with an even count >= 4 holds several pairs; else first two values
-                cnt = 0
-                all_num = True
-                p = ls
-                while True:
-                    ts, te = _next_token(buf, p, le, False)
-                    if ts < 0:
-                        break
-                    v, st = parse_number(buf, ts, te, p10)
-                    if st == 2:
-                        all_num = False
-                        break
-                    cnt += 1
-                    p = te
-                multi = all_num and cnt >= 4 and cnt % 2 == 0
+                elif c == 44 and k + 1 < le and _is_digit(buf[k + 1]):
+                    comma_digit = True
+                k += 1
+            if comma_digit and _decimal_commas(buf, ls, le):
+                err = E_DECIMAL_COMMA
+                err_line = cur_line
+                continue
+        if mode == MSP and not has_semi and not golm:
+            # an all-numeric line with an even count >= 4 holds several pairs; else first two values
+            cnt = 0
+            all_num = True
+            p = ls
+            while True:
+                ts, te = _next_token(buf, p, le, False)
+                if ts < 0:
+                    break
+                v, st = parse_number(buf, ts, te, p10)
+                if st == 2:
+                    all_num = False
+                    break
+                cnt += 1
+                p = te
+            multi = all_num and cnt >= 4 and cnt % 2 == 0
         # groups: MSP lines split at ';' (GOLM lines also at whitespace); an MGF line is one group
         grouped = mode == MSP and (has_semi or golm)
         gs = ls
@@ -443,6 +483,11 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                 v1, s1 = parse_number(buf, t1s, t1e, p10)
                 if s1 == 2:
                     err = E_NUMBER
+                    err_line = cur_line
+                    break
+                if mode == MGF and t1e + 1 < ge and buf[t1e] == 44 and _is_digit(buf[t1e + 1]) and \
+                        _decimal_commas(buf, ls, le):
+                    err = E_DECIMAL_COMMA
                     err_line = cur_line
                     break
                 t2s, t2e = _next_token(buf, t1e, ge, golm)

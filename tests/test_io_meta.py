@@ -90,6 +90,13 @@ def test_harmonise_record():
     assert list(h)[: len(CANONICAL_KEYS)] == list(CANONICAL_KEYS)
 
 
+def test_sign_is_a_polarity_not_a_missing_value():
+    t = pa.table({"polarity": ["-", "+", " - ", "n/a"], "smiles": ["-", "CCO", "?", "C"]})
+    h = meta.harmonise_table(t)
+    assert h.column("ion_mode").to_pylist() == ["negative", "positive", "negative", None]
+    assert h.column("smiles").to_pylist() == [None, "CCO", None, "C"]
+
+
 def test_precedence_and_bad_precursor():
     counts = {}
     t = pa.table({"pepmass": ["100.5", "abc", None, "-3"], "precursor_mz": [None, None, "200.25", None]})

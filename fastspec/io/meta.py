@@ -257,11 +257,13 @@ def _as_string(col: pa.ChunkedArray | pa.Array) -> pa.Array:
                          for v in col.to_pylist()], pa.string())
 
 
-def _trim_missing(arr: pa.Array) -> pa.Array:
-    """Trim whitespace; values in :data:`MISSING_MARKERS` become null."""
+def _trim_missing(arr: pa.Array, signs: bool = False) -> pa.Array:
+    """Trim whitespace; values in :data:`MISSING_MARKERS` become null (``signs``: except ``-``, which
+    is a value in a polarity field, ``POLARITY=-``)."""
     arr = pc.utf8_trim_whitespace(arr)
     low = pc.utf8_lower(arr)
-    is_missing = pc.is_in(low, value_set=pa.array(sorted(MISSING_MARKERS), pa.string()))
+    markers = MISSING_MARKERS - {"-"} if signs else MISSING_MARKERS
+    is_missing = pc.is_in(low, value_set=pa.array(sorted(markers), pa.string()))
     return pc.if_else(is_missing, pa.scalar(None, pa.string()), arr)
 
 
@@ -361,7 +363,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             if isinstance(col, pa.ChunkedArray) and (name in CANONICAL_KEYS or len(members) > 1):
                 col = col.combine_chunks()
             if text and _is_string(col.type):
-                col = _trim_missing(col.cast(pa.string()))
+                col = _trim_missing(col.cast(pa.string()), signs=name == "ion_mode")
             elif text and pa.types.is_null(col.type):
                 col = col.cast(pa.string())
             if name == "precursor_mz" and snake(raw) == "pepmass":

@@ -190,10 +190,12 @@ def test_wide_encodings_and_massbank_records_are_refused(tmp_path):
         with pytest.raises(ParseError, match="UTF-16") as e:
             fio.read(p)
         assert e.value.path == str(p)
-    record = write(tmp_path, "MSBNK-X.txt", "ACCESSION: MSBNK-Test-TS000001\nRECORD_TITLE: x\nCH$NAME: Caffeine\n"
-                   "PK$NUM_PEAK: 1\nPK$PEAK: m/z int. rel.int.\n  138.066 100 999\n//\n")
-    with pytest.raises(FastspecError, match="MassBank record"):
-        fio.read(record)
+    # MassBank records are read now (tests/test_io_massbank.py); a UTF-16 one is refused like the rest
+    record = write(tmp_path, "MSBNK-X.txt", "")
+    record.write_bytes("ACCESSION: MSBNK-Test-TS000001\nCH$NAME: Caffeine\nPK$PEAK: m/z int. rel.int.\n"
+                       "  138.066 100 999\n//\n".encode("utf-16"))
+    with pytest.raises(ParseError, match="UTF-16"):
+        fio.read(record, format="massbank")
 
 
 def test_hdf5_foreign_file(tmp_path):

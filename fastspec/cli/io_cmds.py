@@ -8,7 +8,7 @@ import click
 from fastspec.cli._common import common_options, handle_errors
 
 _WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
-_READABLE = ("mgf", "msp", "mzml", "tsv", "parquet", "hdf5")
+_READABLE = ("mgf", "msp", "mzml", "massbank", "tsv", "parquet", "hdf5")
 
 
 @click.command("convert")

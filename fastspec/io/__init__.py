@@ -1,4 +1,5 @@
-"""Reading and writing spectrum files: MGF, MSP, mzML (read), MassSpecGym TSV, parquet, HDF5.
+"""Reading and writing spectrum files: MGF, MSP, mzML (read), MassBank records (read), MassSpecGym
+TSV, parquet, HDF5.
 
 >>> import fastspec.io as fio
 >>> spectra, report = fio.read("library.mgf", return_report=True)   # doctest: +SKIP
@@ -7,7 +8,8 @@
 >>> fio.write(spectra, "library.parquet")                          # doctest: +SKIP
 
 The format comes from the extension (``.mgf``, ``.msp``, ``.mzml``, ``.tsv``, ``.parquet``,
-``.h5``/``.hdf5``; text formats may end in ``.gz``) or ``format=``; unknown extensions are sniffed.
+``.h5``/``.hdf5``; text formats may end in ``.gz``) or ``format=``; unknown extensions are sniffed
+(MassBank record files, ``MSBNK-...txt``, are recognised by their content).
 Metadata is harmonised (:mod:`fastspec.io.meta`) and the same peak rules apply to every format
 (:func:`read`). File layouts are documented in ``docs/formats.md``.
 """
@@ -34,9 +36,10 @@ _MODULES = {
     "tsv": "fastspec.io.tsv",
     "parquet": "fastspec.io.parquet",
     "hdf5": "fastspec.io.hdf5",
+    "massbank": "fastspec.io.massbank",
 }
 WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
-_TEXT = ("mgf", "msp", "tsv", "mzml")
+_TEXT = ("mgf", "msp", "tsv", "mzml", "massbank")
 
 
 
@@ -93,7 +96,7 @@ def read(
     path : str, os.PathLike or list of them
         File(s) to read; several files are concatenated in order.
     format : str, optional
-        ``"mgf"``, ``"msp"``, ``"mzml"``, ``"tsv"``, ``"parquet"`` or ``"hdf5"``. Default: from
+        ``"mgf"``, ``"msp"``, ``"mzml"``, ``"massbank"``, ``"tsv"``, ``"parquet"`` or ``"hdf5"``. Default: from
         the extension (``.gz`` allowed for text formats), else sniffed from the content.
     on_error : {"skip", "raise"}
         ``"skip"``: drop bad records and count them (with line and reason) in the report.

@@ -468,7 +468,7 @@ EXTENSIONS = {
     ".h5": "hdf5",
     ".hdf5": "hdf5",
 }
-FORMATS = ("mgf", "msp", "mzml", "tsv", "parquet", "hdf5")
+FORMATS = ("mgf", "msp", "mzml", "tsv", "parquet", "hdf5", "massbank")
 
 
 def detect_format(path: str, format: str | None = None) -> str:
@@ -506,9 +506,8 @@ def sniff_format(path: str) -> str:
     if "\t" in first and "mzs" in first.split("\t"):
         return "tsv"
     if "pk$peak:" in text or "ch$name:" in text or text.lstrip().startswith("accession:"):
-        # its CH$NAME: line would pass for an MSP Name:, and every record would then be rejected
-        raise FastspecError(f"{path}: a MassBank record (ACCESSION / CH$NAME / PK$PEAK), a format fastspec does not "
-                            f"read; convert it (MassBank's own MSP export, or matchms) to MSP or MGF")
+        # before the MSP test: a MassBank record's CH$NAME: line would pass for an MSP Name:
+        return "massbank"
     if "name:" in text or "num peaks:" in text:
         return "msp"
     raise FastspecError(f"{path}: cannot tell the file format; pass format= "

@@ -664,11 +664,11 @@ class _Context:
             keep &= ok
         if keep.all():
             return cand_offsets, values
-        counts = np.add.reduceat(keep.astype(np.int64), cand_offsets[:-1]) if cand_ids.shape[0] else np.zeros(rows.shape[0], np.int64)
-        counts = np.where(np.diff(cand_offsets) > 0, counts, 0)
-        new_off = np.zeros(rows.shape[0] + 1, dtype=np.int64)
-        np.cumsum(counts, out=new_off[1:])
-        return new_off, values[keep]
+        # kept entries before each offset (np.add.reduceat refused offsets equal to the length, i.e. a
+        # last query without candidates)
+        kept = np.zeros(keep.shape[0] + 1, dtype=np.int64)
+        np.cumsum(keep, out=kept[1:])
+        return kept[np.asarray(cand_offsets, dtype=np.int64)], values[keep]
 
     # --------------------------------------------------------------------------- identity
     def window_candidates(self, rows: np.ndarray, tol, positions: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -369,6 +369,24 @@ def test_formula_given_explicitly(lib, data):
     assert_same_hits(hits, brute_force(lib, queries, "cosine", cand))
 
 
+def test_formula_list_last_query_without_candidates(lib, data):
+    """A formula with library spectra of both polarities for a first query (some candidates filtered
+    out) and none for the last one: the filtered candidate lists end on an empty query."""
+    queries = data[1]
+    lf = np.array([f or "" for f in lib.metadata(columns=["formula_canonical"]).column(0).to_pylist()], dtype=object)
+    lp = np.asarray(lib.polarity)
+    both = [f for f in set(lf[lp > 0]) & set(lf[lp < 0]) if f]
+    assert both
+    formula = sorted(both)[0]
+    q = int(np.flatnonzero(queries.polarity != 0)[0])
+    pair = queries.take(np.array([q, q]))
+    for formulas in ([formula, "C99H1"], ["C99H1", formula]):
+        hits = lib.search(pair, k=K, mode="formula", formula=formulas, no_neighbour="empty")
+        cand = np.array([[f == g for f in lf] for g in formulas]) & same_polarity(lib, pair)
+        assert cand[formulas.index(formula)].any() and not cand.all(axis=None)
+        assert_same_hits(hits, brute_force(lib, pair, "cosine", cand))
+
+
 @pytest.mark.parametrize("metric", ["cosine", "entropy", "unweighted_entropy"])
 @pytest.mark.parametrize("faiss_threshold", [False, True])
 def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch):

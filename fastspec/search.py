@@ -80,7 +80,7 @@ MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds t
 HIT_COLUMNS = (
     "query_index", "query_id", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
     "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
-    "inchikey14", "smiles", "name", "status",
+    "inchikey14", "smiles", "name", "status", "fallback",
 )
 
 
@@ -159,9 +159,11 @@ class Hits:
 
         Columns: ``query_index, query_id, rank (1-based), library_index (row), library_input_index
         (position among the library's input spectra), library_id, score, n_matched,
-        query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm, adduct,
-        formula, inchikey14, smiles, name, status``. Search parameters are in the schema metadata
-        (key ``fastspec``, JSON).
+        query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm (the same
+        over the query's precursor m/z, as ppm precursor windows are), adduct, formula, inchikey14,
+        smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
+        same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
+        schema metadata (key ``fastspec``, JSON).
         """
         n, k = self.indices.shape
         valid = self.indices >= 0
@@ -206,7 +208,7 @@ class Hits:
         cols["library_precursor_mz"] = pa.array(lpmz, pa.float64(), mask=~np.isfinite(lpmz))
         with np.errstate(invalid="ignore", divide="ignore"):
             dmz = qpmz - lpmz
-            dppm = dmz / lpmz * 1e6
+            dppm = dmz / qpmz * 1e6
         cols["delta_mz"] = pa.array(dmz, pa.float64(), mask=~np.isfinite(dmz))
         cols["delta_ppm"] = pa.array(dppm, pa.float64(), mask=~np.isfinite(dppm))
         inv_ = inv if meta is not None else None
@@ -221,6 +223,7 @@ class Hits:
         cols["name"] = _hit_strings(meta, "name", has, inv_)
         st = self.status[q_index] if n else np.zeros(0, object)
         cols["status"] = pa.array(st.tolist(), pa.string())
+        cols["fallback"] = pa.array(self.fallback[q_index] if n else np.zeros(0, bool), pa.bool_())
         table = pa.table(cols)
         return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
 

@@ -358,6 +358,13 @@ def test_formula_mode_and_no_neighbour(lib, data):
     expect = tuple(np.where(has[:, None] if r.ndim == 2 else has, r, w) for r, w in zip(ref[:4], whole))
     assert_same_hits(fb, expect, ref[4:])
     assert (fb.fallback == (~has & (fb.status != "no_peaks"))).all()
+    # the hit table says which hits are whole-library fallbacks; delta_ppm is over the query's precursor
+    t = fb.to_arrow()
+    qi = t.column("query_index").to_numpy()
+    assert (t.column("fallback").to_numpy(zero_copy_only=False) == fb.fallback[qi]).all() and fb.fallback.any()
+    qm, lm = (t.column(c).to_numpy(zero_copy_only=False) for c in ("query_precursor_mz", "library_precursor_mz"))
+    ok = np.isfinite(qm) & np.isfinite(lm)
+    assert ok.any() and np.allclose(t.column("delta_ppm").to_numpy(zero_copy_only=False)[ok], (qm - lm)[ok] / qm[ok] * 1e6)
 
 
 def test_formula_given_explicitly(lib, data):

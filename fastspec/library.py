@@ -214,6 +214,15 @@ def _add_counts(a: dict, b: dict) -> dict:
     return out
 
 
+def _manifest_stamp(path: Path) -> tuple | None:
+    """Identity of an index's manifest file (inode, size, mtime); None when it is gone."""
+    try:
+        st = os.stat(Path(path) / fmt.MANIFEST)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _refuse_empty(report) -> None:
     """A file in which the reader found no record at all is an error, not an empty input: a wrong format,
     encoding or a typo (``BEGIN_IONS``) would otherwise build an empty library or search nothing."""
@@ -322,6 +331,15 @@ class Library:
         self._scratch: dict[str, list] = {}
         self._generation = 0  # bumped when the library changes: scratch lent before is not taken back
         self._lock = threading.Lock()
+        # which manifest this object read: files are loaded lazily, and another process appending to or
+        # rebuilding the index swaps the directory; loading from the new one would mix two indexes
+        self._stamp = _manifest_stamp(self.path)
+
+    def _check_unchanged(self) -> None:
+        """Refuse to load a file lazily once the index on disk is no longer the one this object opened."""
+        if _manifest_stamp(self.path) != self._stamp:
+            raise IndexFormatError(f"{self.path} was rebuilt or appended to (by another process?) since it was "
+                                   "opened: open it again")
 
     # ------------------------------------------------------------------------------ scratch
     def take_scratch(self, name: str, make, fits=None) -> tuple[Any, int]:
@@ -427,9 +445,11 @@ class Library:
             ``path`` does not exist.
         """
         path = Path(path)
+        stamp = _manifest_stamp(path)  # before reading it: a swap in between is then caught on first use
         manifest = fmt.read_manifest(path)
         fmt.check_files(path, manifest)
         lib = cls(path, manifest)
+        lib._stamp = stamp
         if verify:
             lib.verify()
         return lib
@@ -485,6 +505,7 @@ class Library:
             prog.close()
         fresh = Library.open(self.path)
         self.manifest = fresh.manifest
+        self._stamp = fresh._stamp
         self._release()
         return self
 
@@ -570,6 +591,7 @@ class Library:
             entry = self.manifest["files"].get(f"{name}.npy")
             if entry is None:
                 raise IndexFormatError(f"library index {self.path} has no array {name!r}")
+            self._check_unchanged()
             # a plain ndarray view of the memory map: np.memmap's subclass hooks make fancy indexing slow;
             # always read-only (empty arrays are loaded eagerly), so numba kernels see one array type and
             # compile once
@@ -684,6 +706,7 @@ class Library:
             from fastspec._rowgroups import RowGroupReader
 
             self._parquet()  # the same clear error when the file is unreadable
+            self._check_unchanged()
             self._cache["row_reader"] = RowGroupReader(self.path / "metadata.parquet")
         return self._cache["row_reader"]
 
@@ -691,6 +714,7 @@ class Library:
         if "parquet" not in self._cache:
             import pyarrow.parquet as pq
 
+            self._check_unchanged()
             try:
                 self._cache["parquet"] = pq.ParquetFile(self.path / "metadata.parquet")
             except (OSError, pa.ArrowInvalid) as e:

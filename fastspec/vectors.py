@@ -154,6 +154,7 @@ def load_faiss_index(library):
     """The library's FAISS index (read once and cached on the Library)."""
     idx = library._cache.get("faiss")
     if idx is None:
+        library._check_unchanged()
         faiss = _faiss()
         path = str(library.path / "faiss.index")
         try:

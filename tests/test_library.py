@@ -350,6 +350,24 @@ def test_append_equals_single_build(subsets, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part.fastspec", "whole.fastspec"]
 
 
+def test_an_object_opened_before_another_appends_refuses_to_mix(subsets, tmp_path):
+    """Another Library object (another process) appends: this one must not load files of the new index
+    next to the arrays it already mapped; a clear error says to open it again."""
+    lib_sp, queries = subsets
+    Library.build(lib_sp[:500], tmp_path / "a.fastspec", preprocess=None, faiss=True)
+    old = Library.open(tmp_path / "a.fastspec")
+    before = old.search(queries[:5], k=3, mode="identity")
+    Library.open(tmp_path / "a.fastspec").append(lib_sp[500:600])
+    again = old.search(queries[:5], k=3, mode="identity")  # arrays already mapped: the old snapshot
+    np.testing.assert_array_equal(again.indices, before.indices)
+    with pytest.raises(IndexFormatError, match="open it again"):
+        old.search(queries[:5], k=3, mode="open")
+    with pytest.raises(IndexFormatError, match="open it again"):
+        old.search(queries[:5], k=3, mode="analog", engine="faiss")
+    fresh = Library.open(tmp_path / "a.fastspec")
+    assert len(fresh) > len(old) and fresh.search(queries[:5], k=3, mode="open").indices.shape == (5, 3)
+
+
 def test_append_preprocesses_with_the_recorded_pipeline(subsets, tmp_path):
     lib_sp, _ = subsets
     lib = Library.build(lib_sp[:300], tmp_path / "p.fastspec", faiss=False)

@@ -4,6 +4,7 @@ A float means Da; strings such as ``"0.02da"``, ``"0.02 Da"``, ``"10ppm"`` are p
 """
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 
@@ -55,9 +56,9 @@ def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance
     """
     if isinstance(tol, Tolerance):
         return tol
-    if isinstance(tol, bool):
+    if isinstance(tol, bool) or type(tol).__name__ == "bool_":
         raise ParameterError(f"{name}: expected a number or a string like '0.02da' or '10ppm', got {tol!r}")
-    if isinstance(tol, (int, float)):
+    if isinstance(tol, numbers.Real):  # numpy scalars too (np.float32(0.02), np.int64(1))
         value, unit = float(tol), "da"
     elif isinstance(tol, str):
         m = _TOL_RE.match(tol)

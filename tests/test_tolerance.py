@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from fastspec.errors import FastspecError
@@ -7,7 +8,8 @@ from fastspec.tolerance import Tolerance, parse_tolerance
 @pytest.mark.parametrize(
     "text,value,unit",
     [(0.02, 0.02, "da"), (1, 1.0, "da"), ("0.02da", 0.02, "da"), ("0.02 Da", 0.02, "da"), ("10ppm", 10.0, "ppm"),
-     ("10 PPM", 10.0, "ppm"), ("5mDa", 0.005, "da"), ("1e-2", 0.01, "da"), (".5", 0.5, "da")],
+     ("10 PPM", 10.0, "ppm"), ("5mDa", 0.005, "da"), ("1e-2", 0.01, "da"), (".5", 0.5, "da"),
+     (np.float32(0.02), float(np.float32(0.02)), "da"), (np.int64(1), 1.0, "da")],
 )
 def test_parse(text, value, unit):
     t = parse_tolerance(text)
@@ -15,7 +17,8 @@ def test_parse(text, value, unit):
     assert parse_tolerance(str(t)) == t
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "-1da", "10 furlongs", None, True, float("nan"), float("inf"), -0.1])
+@pytest.mark.parametrize("bad", ["", "abc", "-1da", "10 furlongs", None, True, np.bool_(True), float("nan"), float("inf"),
+                                 -0.1, np.float32("nan")])
 def test_refuse(bad):
     with pytest.raises(FastspecError):
         parse_tolerance(bad)

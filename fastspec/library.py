@@ -185,10 +185,11 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     if on_error not in ("skip", "raise"):
         raise ParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
     if isinstance(source, Spectra):
-        return source, {"n_read": len(source), "n_rejected": 0, "rejected": {}}
+        return source, {"n_read": len(source), "n_rejected": 0, "rejected": {},
+                        "positions": np.arange(len(source), dtype=np.int64)}
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):
         sp = Spectra.concat(list(source))
-        return sp, {"n_read": len(sp), "n_rejected": 0, "rejected": {}}
+        return sp, {"n_read": len(sp), "n_rejected": 0, "rejected": {}, "positions": np.arange(len(sp), dtype=np.int64)}
     paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     if not paths:
         raise ParameterError("no input given")
@@ -204,7 +205,17 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     _refuse_empty(report)
     counts = _report_counts(report, len(spectra))
     counts["warnings"] = {str(k): int(v) for k, v in (getattr(report, "warnings", None) or {}).items() if v}
+    counts["positions"] = _record_positions(report, len(spectra))
     return spectra, counts
+
+
+def _record_positions(report, n_spectra: int) -> np.ndarray:
+    """Position of each returned spectrum among all records the readers saw (rejected ones included),
+    int64 (n_spectra,), so that input positions count the records of the files."""
+    n_read = int(getattr(report, "n_records", n_spectra))
+    rejected = np.asarray(getattr(report, "rejected_records", []) or [], dtype=np.int64)
+    pos = np.setdiff1d(np.arange(n_read, dtype=np.int64), rejected, assume_unique=False)
+    return pos if pos.shape[0] == n_spectra else np.arange(n_spectra, dtype=np.int64)
 
 
 def _add_counts(a: dict, b: dict) -> dict:
@@ -427,8 +438,8 @@ class Library:
             prog.step("preprocess")
             processed = apply_pipeline(pipeline, spectra)
             _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
-                         threads=threads, overwrite=overwrite, prog=prog,
-                         input_index=np.arange(len(processed), dtype=np.int64))
+                         threads=threads, overwrite=overwrite, prog=prog, input_index=counts["positions"],
+                         n_input=int(counts["n_read"]))
         finally:
             prog.close()
         return cls.open(path)
@@ -481,8 +492,7 @@ class Library:
                 raise IndexFormatError(f"{self.path} predates input positions and has rejected spectra: rebuild it "
                                        "to append (the positions of its input spectra are unknown)")
             n_input = int(old_counts.get("n_input", len(self)))
-            input_index = np.concatenate([np.asarray(old_input, np.int64),
-                                          n_input + np.arange(len(new), dtype=np.int64)])
+            input_index = np.concatenate([np.asarray(old_input, np.int64), n_input + counts["positions"]])
             merged = Spectra.concat([old, new])
             n_old = len(old)
             reasons = _add_counts(old_counts.get("rejected", {}), counts["rejected"])
@@ -500,7 +510,7 @@ class Library:
             _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
                          faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
                          already_valid=n_old, appended=True, created=self.manifest.get("created"),
-                         input_index=input_index, n_input=n_input + len(new))
+                         input_index=input_index, n_input=n_input + int(counts["n_read"]))
         finally:
             prog.close()
         fresh = Library.open(self.path)
@@ -532,9 +542,11 @@ class Library:
     def input_index(self) -> np.ndarray | None:
         """Position of each library row among the input spectra, int64 (n,).
 
-        Positions count the spectra given to :meth:`build` (a ``Spectra``, or the records the readers
-        parsed from the input files, in order), continued by each :meth:`append`. They differ from the
-        row numbers once a spectrum was rejected at build time (e.g. no peak left after preprocessing).
+        Positions count the spectra given to :meth:`build` (a ``Spectra``, or every record of the input
+        files in order, those the readers rejected included), continued by each :meth:`append`. They
+        differ from the row numbers once a record or spectrum was rejected (unparsable, or no peak left
+        after preprocessing). One approximation: a TSV row the CSV parser cannot split at all is
+        numbered before the other rows of its block.
         ``None`` for an index written before positions were recorded that rejected spectra (without
         rejections the positions are the rows).
         """

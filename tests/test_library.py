@@ -350,6 +350,31 @@ def test_append_equals_single_build(subsets, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part.fastspec", "whole.fastspec"]
 
 
+def test_input_positions_count_records_the_reader_rejected(subsets, tmp_path):
+    """library_input_index numbers the records of the files, the rejected ones included: the same
+    positions whether a file is indexed or the spectra are given directly, and across appends."""
+    import fastspec.io as fio
+
+    sp = subsets[0][:60]
+    bad = [5, 31]
+    good = np.setdiff1d(np.arange(len(sp)), bad)
+    text = fio.write(sp, tmp_path / "lib.mgf") or (tmp_path / "lib.mgf").read_text()
+    recs = text.split("BEGIN IONS")
+    for b in bad:  # an unparsable peak line in records 5 and 31
+        recs[b + 1] = recs[b + 1].replace("END IONS", "100.0 abc\nEND IONS")
+    (tmp_path / "lib.mgf").write_text("BEGIN IONS".join(recs))
+    lib = Library.build(tmp_path / "lib.mgf", tmp_path / "a.fastspec", preprocess=None, faiss=False)
+    assert lib.n_rejected == 2 and lib.manifest["counts"]["n_read"] == 60
+    np.testing.assert_array_equal(np.asarray(lib.input_index), good)
+    # appending the same file: its records continue the numbering, rejected ones counted
+    lib.append(tmp_path / "lib.mgf")
+    np.testing.assert_array_equal(np.asarray(lib.input_index), np.concatenate([good, 60 + good]))
+    # several files: positions run over their records in order
+    two = Library.build([tmp_path / "lib.mgf", tmp_path / "lib.mgf"], tmp_path / "b.fastspec", preprocess=None,
+                        faiss=False)
+    np.testing.assert_array_equal(np.asarray(two.input_index), np.concatenate([good, 60 + good]))
+
+
 def test_an_object_opened_before_another_appends_refuses_to_mix(subsets, tmp_path):
     """Another Library object (another process) appends: this one must not load files of the new index
     next to the arrays it already mapped; a clear error says to open it again."""

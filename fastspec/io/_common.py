@@ -100,6 +100,8 @@ class ReadReport:
     warnings: dict = dataclasses.field(default_factory=dict)
     files: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    #: 0-based position among all records read of every rejected record, in rejection order
+    rejected_records: list = dataclasses.field(default_factory=list)
 
     @property
     def reasons(self) -> dict:
@@ -115,7 +117,9 @@ class ReadReport:
             raise AssertionError("read report: rejection reasons do not add up")
         return self
 
-    def reject(self, line: int | None, reason: str, path: str | None = None) -> None:
+    def reject(self, line: int | None, reason: str, path: str | None = None, record: int | None = None) -> None:
+        """Count a rejected record; ``record``: its position among the records read (default: the next)."""
+        self.rejected_records.append(self.n_records if record is None else int(record))
         self.n_records += 1
         self.n_rejected += 1
         self.counts_by_reason[reason] = self.counts_by_reason.get(reason, 0) + 1
@@ -128,6 +132,7 @@ class ReadReport:
 
     def absorb(self, other: "ReadReport") -> None:
         """Add another report's counts (used for several files)."""
+        self.rejected_records.extend(self.n_records + r for r in other.rejected_records)
         self.n_records += other.n_records
         self.n_spectra += other.n_spectra
         self.n_rejected += other.n_rejected
@@ -320,8 +325,9 @@ def finish_block(
         if on_error == "raise":
             first = bad[np.argmin(lines[bad])]
             raise ParseError(str(reasons[first]), path, int(lines[first]))
+        base = report.n_records  # this block's records follow those already counted
         for i in bad:
-            report.reject(int(lines[i]), str(reasons[i]), path)
+            report.reject(int(lines[i]), str(reasons[i]), path, record=base + int(i))
     n_keep = int(keep.sum())
     report.n_records += n_keep
     report.n_spectra += n_keep

@@ -27,6 +27,8 @@ from fastspec.errors import IndexFormatError
 FORMAT_VERSION = 2
 FORMAT_NAME = "fastspec-library"
 MANIFEST = "manifest.json"
+#: manifest key holding the sha256 of the rest of the manifest
+MANIFEST_CHECKSUM = "manifest_sha256"
 _EDGE = 65536  # bytes hashed at each end of a file for the cheap open-time check
 _CHUNK = 1 << 22
 
@@ -184,6 +186,9 @@ def write_manifest(directory: Path, manifest: dict[str, Any], described: dict[st
     manifest["format"] = FORMAT_NAME
     manifest["format_version"] = FORMAT_VERSION
     manifest["files"] = files
+    manifest.pop(MANIFEST_CHECKSUM, None)
+    manifest = json.loads(json.dumps(manifest, default=_json_default))  # plain JSON values, as read back
+    manifest[MANIFEST_CHECKSUM] = _manifest_digest(manifest)
     tmp = directory / (MANIFEST + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, sort_keys=False, default=_json_default)
@@ -227,7 +232,20 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
     if not isinstance(manifest.get("files"), dict):
         raise IndexFormatError(f"corrupted manifest in {directory}: no file list")
+    digest = manifest.pop(MANIFEST_CHECKSUM, None)
+    # counts, shapes and build parameters steer the kernels: an edited manifest could make them read out
+    # of bounds (manifests written before the checksum existed have none)
+    if digest is not None and digest != _manifest_digest(manifest):
+        raise IndexFormatError(f"the manifest of {directory} was edited or corrupted (its checksum does not "
+                               "match); rebuild the index with `fastspec index`")
     return manifest
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), its own checksum left out."""
+    text = json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def check_files(directory: Path, manifest: dict[str, Any]) -> None:
@@ -254,6 +272,11 @@ def verify_files(directory: Path, manifest: dict[str, Any], progress=None) -> No
             raise IndexFormatError(f"library index {directory} is corrupted: checksum mismatch in {name}")
         if progress is not None:
             progress(name)
+
+
+#: temporaries being written right now (index directories, output files): what an interrupted CLI
+#: command removes before it exits (see fastspec.cli._common.handle_errors)
+ACTIVE_TEMPORARIES: set = set()
 
 
 class AtomicDirectory:
@@ -284,10 +307,12 @@ class AtomicDirectory:
         _remove_stale_temporaries(parent, self.target.name)
         self.tmp = parent / f".{self.target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.tmp.mkdir()
+        ACTIVE_TEMPORARIES.add(self.tmp)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self.tmp is not None
+        ACTIVE_TEMPORARIES.discard(self.tmp)
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False

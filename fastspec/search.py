@@ -245,16 +245,35 @@ class Hits:
                            write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
 
     def write(self, path: "str | Path") -> None:
-        """Write by extension: ``.parquet``, ``.tsv`` / ``.tab`` or ``.csv``."""
-        suffix = Path(path).suffix.lower()
+        """Write by extension: ``.parquet``, ``.tsv`` / ``.tab`` or ``.csv``.
+
+        Written to a temporary sibling and renamed into place, so an interrupted write never leaves a
+        truncated table where a previous one was.
+        """
+        import os
+        import uuid
+
+        from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+        path = Path(path)
+        suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
-            self.to_parquet(path)
+            write = self.to_parquet
         elif suffix in (".tsv", ".tab", ".txt"):
-            self.to_csv(path, delimiter="\t")
+            write = lambda p: self.to_csv(p, delimiter="\t")  # noqa: E731
         elif suffix == ".csv":
-            self.to_csv(path, delimiter=",")
+            write = lambda p: self.to_csv(p, delimiter=",")  # noqa: E731
         else:
             raise ParameterError(f"unknown hit table format {suffix!r}: use .parquet, .tsv or .csv")
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        ACTIVE_TEMPORARIES.add(tmp)
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        finally:
+            ACTIVE_TEMPORARIES.discard(tmp)
+            if tmp.exists():
+                tmp.unlink()
 
 
 def _hit_strings(meta: pa.Table | None, column: str, has: np.ndarray, inv: np.ndarray | None, fallback=None) -> pa.Array:
@@ -394,6 +413,10 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
         ctx.run_whole_library(searchable, scores, indices, matches)
 
 
+#: k may exceed the library's size up to this (the hits are padded with -1, as FAISS does)
+_K_PAD_MAX = 10_000
+
+
 class _SearchConfig:
     """Validated search parameters."""
 
@@ -404,6 +427,8 @@ class _SearchConfig:
         c = cls()
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ParameterError(f"k must be a positive integer, got {k!r}")
+        if k > max(len(library), _K_PAD_MAX):  # (n, k) arrays: k = 10**9 would ask for terabytes
+            raise ParameterError(f"k={k} is more than the {len(library)} spectra of the library")
         c.k = int(k)
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")

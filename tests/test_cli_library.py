@@ -178,3 +178,43 @@ def test_real_subprocess(index, massbank_mgf, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastspec", "info", str(index) + "-missing"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.startswith("Error")
+
+
+def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(massbank_parquet, tmp_path):
+    """SIGINT at some point of an index build: exit 130 with "interrupted" (or, if the build was already
+    done, a complete index), never a traceback or a crash, and no temporary left next to the target."""
+    import signal
+    import time
+
+    out = tmp_path / "lib.fastspec"
+    proc = subprocess.Popen([sys.executable, "-m", "fastspec", "index", str(massbank_parquet), "-o", str(out),
+                             "--no-faiss", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t_end = time.time() + 120
+    # interrupt while the build writes its temporary directory (the case that must leave nothing)
+    while time.time() < t_end and proc.poll() is None and not any(p.name.startswith(".lib.fastspec.tmp")
+                                                                   for p in tmp_path.iterdir()):
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err and "Error" not in err, err
+    assert proc.returncode in (0, 130), (proc.returncode, err)
+    if proc.returncode == 130:
+        assert err.strip().endswith("interrupted")
+    assert [p.name for p in tmp_path.iterdir() if p.name != "lib.fastspec"] == []
+    if out.exists():
+        from fastspec.library import Library
+
+        Library.open(out, verify=True)
+
+
+def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
+    # the hit table's directory is made before the search; a rewrite replaces the table whole
+    out = tmp_path / "new" / "dir" / "h.tsv"
+    run("query", massbank_mgf, "-l", index, "-o", out, "-k", "2", "-q")
+    first = out.read_text()
+    run("query", massbank_mgf, "-l", index, "-o", out, "-k", "1", "-q")
+    assert out.read_text() != first and [p.name for p in out.parent.iterdir()] == ["h.tsv"]
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "-k", "1000000000",
+                           ok=False), "k=")
+    assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--seed", "-1", ok=False), "seed")

@@ -462,10 +462,25 @@ def test_unlisted_shape_mismatch_is_refused(raw_lib, tmp_path):
     m = json.loads((dst / "manifest.json").read_text())
     entry = _indexfmt.describe_file(dst / "mz.npy")
     m["files"]["mz.npy"].update({k: entry[k] for k in ("size", "blake2b", "edge")})
+    m.pop(_indexfmt.MANIFEST_CHECKSUM)
+    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(m)  # a consistent forgery
     (dst / "manifest.json").write_text(json.dumps(m))
     lib = Library.open(dst, verify=True)
     with pytest.raises(IndexFormatError, match="dtype/shape"):
         lib.array("mz")
+
+
+@pytest.mark.parametrize("edit", [("counts", "n_spectra", 1), ("build", "window_block", 512)])
+def test_edited_manifest_is_refused_on_open(raw_lib, tmp_path, edit):
+    """Counts and build parameters steer the kernels: an edited value must not reach them."""
+    section, key, value = edit
+    dst = _copy_index(raw_lib, tmp_path / "e.fastspec")
+    m = json.loads((dst / "manifest.json").read_text())
+    assert key in m[section]
+    m[section][key] = value
+    (dst / "manifest.json").write_text(json.dumps(m, indent=1))
+    with pytest.raises(IndexFormatError, match="edited or corrupted"):
+        Library.open(dst)
 
 
 def test_killed_build_leaves_no_index(massbank_parquet, tmp_path):

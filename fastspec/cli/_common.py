@@ -26,14 +26,95 @@ def handle_errors(f):
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         try:
-            return f(*args, **kwargs)
+            return _in_worker(f, args, kwargs)
         except (FastspecError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise
             msg = str(e) if isinstance(e, FastspecError) else f"{e.strerror}: {e.filename}"
             raise click.ClickException(msg.splitlines()[0] if msg else type(e).__name__) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
 
     return wrapper
+
+
+def _in_worker(f, args, kwargs):
+    """Run the command on a worker thread while the main thread waits for it.
+
+    Python raises KeyboardInterrupt in the main thread only, between two bytecodes; raised while a
+    compiled (numba) function was handing back its result it could crash the process or surface as a
+    SystemError, and an interrupt landing in a lazy import could be lost. Here Ctrl-C (and SIGTERM)
+    reach the waiting main thread, which removes the temporaries being written (an index directory,
+    a hit table) and exits at once, 130 (143 for SIGTERM), with one line.
+    """
+    import signal
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = f(*args, **kwargs)
+        except BaseException as e:  # re-raised in the main thread
+            box["error"] = e
+
+    if threading.current_thread() is not threading.main_thread():
+        return f(*args, **kwargs)
+    worker = threading.Thread(target=run, name="fastspec-command", daemon=True)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        previous = None
+    try:
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.1)
+    except (KeyboardInterrupt, _Terminated) as e:
+        _abandon(143 if isinstance(e, _Terminated) else 130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def _abandon(code: int) -> None:
+    """Remove what is half written and leave now (the worker may be inside compiled code)."""
+    import shutil
+    import time
+    from pathlib import Path
+
+    from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+    for p in list(ACTIVE_TEMPORARIES):
+        p = Path(p)
+        if p.is_dir():
+            # renamed first: the build's writer threads can no longer create files in it while it is
+            # removed (what survives keeps a name the next build of the target removes)
+            gone = p.with_name(p.name + "-abandoned")
+            try:
+                os.rename(p, gone)
+            except OSError:
+                gone = p
+            for _ in range(20):
+                shutil.rmtree(gone, ignore_errors=True)
+                if not gone.exists():
+                    break
+                time.sleep(0.05)
+        else:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+    click.echo("interrupted", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

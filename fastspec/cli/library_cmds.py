@@ -130,6 +130,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
     parse_tolerance(tolerance, "--tolerance")
     parse_tolerance(precursor_tolerance, "--precursor-tolerance")
+    Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)  # before the search, not after it
     if preset is not None and metric != "binned_cosine":
         raise ParameterError("--preset applies to --metric binned_cosine")
     lib = Library.open(library)

@@ -25,7 +25,7 @@ def write_spectra(spectra, path: str) -> None:
 @click.option("-n", "--n-spectra", "n_spectra", type=click.IntRange(min=1), default=2_400_000, show_default=True,
               help="Number of spectra.")
 @click.option("--molecules", type=click.IntRange(min=1), default=None, help="Distinct molecules (default n/40).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same arguments, same bytes).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (same arguments, same bytes).")
 @click.option("--seed-library", type=click.Path(dir_okay=False), default=None,
               help="Grow this real library (perturbed copies) instead of pure synthetic spectra.")
 @click.option("--polarity", type=click.Choice(["both", "positive", "negative"]), default="both", show_default=True)

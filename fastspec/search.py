@@ -76,6 +76,7 @@ _THETA_FAISS_OPEN_MIN = 500_000
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
 MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds tandem spectra only
+REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
 
 HIT_COLUMNS = (
     "query_index", "query_id", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
@@ -109,7 +110,7 @@ class Hits:
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
         and ``query_records``: records read from the query files, rejected by the reader (on_error
-        ``"skip"``: they have no row) and why.
+        ``"skip"``: their rows have status ``rejected``) and why.
     """
 
     def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
@@ -147,8 +148,9 @@ class Hits:
 
     @property
     def skipped(self) -> np.ndarray:
-        """Queries not searched (no peaks, MS1, no precursor in identity mode, no formula neighbour with skip)."""
-        return np.isin(self.status, [NO_PEAKS, MS1, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED])
+        """Queries not searched (rejected by the reader, no peaks, MS1, no precursor in identity mode, no
+        formula neighbour with skip)."""
+        return np.isin(self.status, [NO_PEAKS, MS1, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, REJECTED])
 
     def __repr__(self) -> str:
         n_hit = int((self.indices[:, 0] >= 0).sum()) if len(self) else 0
@@ -389,12 +391,24 @@ def search(
     no_hit = (status == OK) & (indices[:, 0] < 0)
     status[no_hit] = NO_HIT
     params = cfg.describe(library)
-    # query records the reader rejected (on_error="skip") have no row: the counts say how many and why
+    # query records the reader rejected (on_error="skip") keep their place: a row with status "rejected";
+    # the counts say why
     params["query_records"] = {"read": int(read_counts["n_read"]), "rejected": int(read_counts["n_rejected"]),
                                "rejected_by_reason": dict(read_counts["rejected"]),
                                "warnings": dict(read_counts.get("warnings") or {})}
-    return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=raw.ids,
-                query_precursor_mz=np.asarray(raw.precursor_mz), library=library, params=params)
+    ids, pmz = list(raw.ids), np.asarray(raw.precursor_mz, dtype=np.float64)
+    pos, n_read = read_counts.get("positions"), int(read_counts["n_read"])
+    if pos is not None and n_read > nq and len(pos) == nq:
+        def grow(a, fill):
+            out = np.full((n_read,) + a.shape[1:], fill, dtype=a.dtype)
+            out[pos] = a
+            return out
+
+        scores, indices, matches = grow(scores, 0.0), grow(indices, -1), grow(matches, 0)
+        status, fallback, pmz = grow(status, REJECTED), grow(fallback, False), grow(pmz, np.nan)
+        ids = grow(np.asarray(ids, dtype=object), "").tolist()
+    return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,
+                query_precursor_mz=pmz, library=library, params=params)
 
 
 def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback):

@@ -813,7 +813,8 @@ def test_query_files_follow_on_error(lib, massbank_mgf, tmp_path):
     path = tmp_path / "q.mgf"
     path.write_text(good + bad + good)
     h = lib.search(str(path), k=K, mode="open", on_error="skip")
-    assert len(h) == 2 and (h.indices[0] == h.indices[1]).all()
+    assert len(h) == 3 and (h.indices[0] == h.indices[2]).all() and (h.indices[1] == -1).all()
+    assert list(h.status) == ["ok", "rejected", "ok"] and h.skipped.tolist() == [False, True, False]
     with pytest.raises(FastspecError):
         lib.search(str(path), k=K, mode="open", on_error="raise")
     with pytest.raises(FileNotFoundError):

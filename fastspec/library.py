@@ -200,13 +200,53 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
             raise FileNotFoundError(2, "No such file", str(p))
     from fastspec import io as fio
 
+    paths, n_skipped = _expand_directories(paths)
     spectra, report = fio.read([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), on_error=on_error,
                                progress=progress, return_report=True)
     _refuse_empty(report)
     counts = _report_counts(report, len(spectra))
     counts["warnings"] = {str(k): int(v) for k, v in (getattr(report, "warnings", None) or {}).items() if v}
+    if n_skipped:
+        counts["warnings"]["files in input directories not read (not spectrum files)"] = n_skipped
     counts["positions"] = _record_positions(report, len(spectra))
     return spectra, counts
+
+
+def _expand_directories(paths: list) -> tuple[list[str], int]:
+    """Input paths with every directory replaced by the spectrum files under it (recursively, sorted by
+    path; hidden entries and library indexes left out), e.g. a clone of MassBank-data with one record per
+    file. A file counts by its extension (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or,
+    with any other name, when its content is a MassBank record; others (READMEs, licences) are left out
+    and counted."""
+    from fastspec.io._common import EXTENSIONS, sniff_format, strip_gz
+
+    out: list[str] = []
+    skipped = 0
+    for p in paths:
+        p = Path(p)
+        if not p.is_dir():
+            out.append(str(p))
+            continue
+        found = 0
+        for root, dirs, files in os.walk(p):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d / fmt.MANIFEST).exists())
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                f = os.path.join(root, name)
+                if os.path.splitext(strip_gz(name)[0])[1].lower() not in EXTENSIONS:
+                    try:
+                        known = sniff_format(f) == "massbank"
+                    except (FastspecError, OSError):
+                        known = False
+                    if not known:
+                        skipped += 1
+                        continue
+                out.append(f)
+                found += 1
+        if not found:
+            raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, MassBank records, ...)", str(p))
+    return out, skipped
 
 
 def _record_positions(report, n_spectra: int) -> np.ndarray:

@@ -222,3 +222,33 @@ def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "-k", "1000000000",
                            ok=False), "k=")
     assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--seed", "-1", ok=False), "seed")
+
+
+def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
+    """A directory (e.g. a MassBank-data clone, one record per file) is read recursively, in path order;
+    files that are not spectra (README, licence) are left out and counted."""
+    from pathlib import Path
+
+    import fastspec.io as fio
+    from fastspec.library import Library
+
+    records = (Path(__file__).parent / "data" / "massbank_record.txt").read_text().split("//\n")
+    records = [r + "//\n" for r in records if r.strip()]
+    root = tmp_path / "MassBank-data"
+    for i, r in enumerate(records):
+        sub = root / f"Contributor{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"MSBNK-Test-{i:06d}.txt").write_text(r)
+    (root / "README.md").write_text("# Name: not a spectrum\n")
+    (root / "extra.mgf").write_text(massbank_mgf.read_text())
+    (root / ".git").mkdir()
+    (root / ".git" / "x.mgf").write_text("junk")
+    res = run("index", root, "-o", tmp_path / "d.fastspec", "--no-faiss")
+    assert "files in input directories not read (not spectrum files): 1" in res.output
+    lib = Library.open(tmp_path / "d.fastspec")
+    files = sorted([str(p) for p in root.rglob("MSBNK-*.txt")]) + [str(root / "extra.mgf")]
+    ref = fio.read(sorted(files, key=lambda f: (Path(f).parent != root, f)))
+    assert lib.manifest["counts"]["n_read"] == len(records) + len(fio.read(massbank_mgf)) == len(ref)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_clean_error(run("index", empty, "-o", tmp_path / "e.fastspec", ok=False), "no spectrum file")

@@ -54,7 +54,7 @@ def _default_with(pp, tweaks: dict):
 
 
 @click.command("index")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index directory to create (e.g. lib.fastspec).")
 @click.option("--preprocess", "preprocess", default=None, help="Preprocessing pipeline as a string (see fastspec.preprocess).")
 @click.option("--no-preprocess", is_flag=True, help="Index peaks as read (only NaN/inf and non-positive peaks dropped).")
@@ -70,7 +70,8 @@ def _default_with(pp, tweaks: dict):
 @handle_errors
 def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_precursor, noise, top_k, faiss, on_error,
           overwrite, threads, quiet):
-    """Build a library index from spectrum files (MGF, MSP, mzML, Parquet, ...)."""
+    """Build a library index from spectrum files (MGF, MSP, mzML, MassBank records, Parquet, ...) or
+    directories of them."""
     from fastspec.library import Library
 
     log = _log(quiet)
@@ -92,7 +93,7 @@ def _log_warnings(log, warnings: dict | None) -> None:
 
 
 @click.command("query")
-@click.argument("queries", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("queries", nargs=-1, required=True, type=click.Path())
 @click.option("--library", "-l", "library", required=True, type=click.Path(), help="Library index directory.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")

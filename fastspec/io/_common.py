@@ -516,8 +516,9 @@ def sniff_format(path: str) -> str:
         return "massbank"
     if "name:" in text or "num peaks:" in text:
         return "msp"
-    raise FastspecError(f"{path}: cannot tell the file format; pass format= "
-                        f"(one of {', '.join(FORMATS)})")
+    raise FastspecError(f"{path}: cannot tell the file format from its name or content; give it a known "
+                        f"extension (.mgf, .msp, .mzML, .parquet, ...) or pass format= (one of {', '.join(FORMATS)}; "
+                        f"--input-format in `fastspec convert`)")
 
 
 def text_sink(path: str):

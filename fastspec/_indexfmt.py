@@ -24,7 +24,11 @@ from fastspec.errors import IndexFormatError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
 #: 2: fragment and neutral-loss entries grouped by polarity (``frag_groups``, ``nl_groups``).
-FORMAT_VERSION = 2
+#: 3: their entries name spectra by precursor position (``build.scan_order`` "precursor"), not by row;
+#: version 2 is still read (its entries are rows), but an older fastspec would misread version 3.
+FORMAT_VERSION = 3
+#: Versions this fastspec opens.
+READ_VERSIONS = (2, 3)
 FORMAT_NAME = "fastspec-library"
 MANIFEST = "manifest.json"
 #: manifest key holding the sha256 of the rest of the manifest
@@ -225,10 +229,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"not a fastspec library index: {directory}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise IndexFormatError(
-            f"library index {directory} has format version {version}, this fastspec reads version "
-            f"{FORMAT_VERSION}; rebuild it with `fastspec index`"
+            f"library index {directory} has format version {version}, this fastspec reads versions "
+            f"{READ_VERSIONS[0]}-{READ_VERSIONS[-1]}; rebuild it with `fastspec index`"
         )
     if not isinstance(manifest.get("files"), dict):
         raise IndexFormatError(f"corrupted manifest in {directory}: no file list")

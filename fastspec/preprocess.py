@@ -616,7 +616,10 @@ def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_pr
                      merge: "float | str | None" = 0.05, noise: float | None = 0.01,
                      top_k: int | None = None) -> Pipeline:
     """The library-search default: ms_entropy's ``clean_spectrum_for_search`` without its final
-    sum-normalisation (scores are scale-invariant, raw intensities stay available).
+    sum-normalisation (scores are scale-invariant, raw intensities stay available), nearly: peaks are
+    merged by float64 m/z differences, ms_entropy's by float32 ones, so peaks almost exactly 0.05 Da
+    apart can merge differently (0.3% of the 62k MassBank spectra come out with other peaks).
+    ``entropy_clean`` is ms_entropy's cleaning to the bit.
 
     Steps, in order:
 

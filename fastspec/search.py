@@ -317,10 +317,14 @@ def search(
 ) -> Hits:
     """Search ``queries`` against ``library``.
 
+    A query is only ever matched with library spectra of its own polarity (or of unknown polarity;
+    a query of unknown polarity matches both): ms_entropy's search has no such filter, so on a library
+    of mixed polarity its hits can differ by the other polarity's spectra.
+
     Parameters
     ----------
     library : Library
-    queries : Spectra, path or list of paths
+    queries : Spectra, one spectrum (``spectra[i]``), a list of matchms ``Spectrum``, path or list of paths
         Preprocessed with the library's recorded pipeline before scoring.
     k : int
         Hits per query.
@@ -357,7 +361,10 @@ def search(
         Passed to :func:`fastspec.similarity.prepare` (cosine family; unknown names raise ParameterError).
         Entropy metrics score the library's stored (preprocessed) peaks and the queries after the same
         preprocessing as they are (``clean=False``: only sum-normalised and weighted), the peaks the
-        fragment-index bounds are computed on; ``clean=True`` and non-default powers are refused.
+        fragment-index bounds are computed on; ``clean=True`` and non-default powers are refused. For scores
+        identical to ms_entropy's, build the library with ``preprocess="entropy_clean"`` (its
+        ``clean_spectrum_for_search`` exactly); the default pipeline differs from it in 0.3% of MassBank
+        spectra (see :func:`fastspec.preprocess.default_pipeline`).
 
     Returns
     -------
@@ -428,7 +435,7 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
 
 
 #: k may exceed the library's size up to this (the hits are padded with -1, as FAISS does)
-_K_PAD_MAX = 10_000
+from fastspec.similarity import _K_PAD_MAX  # noqa: E402  (one limit for search and score_matrix)
 
 
 class _SearchConfig:
@@ -444,6 +451,10 @@ class _SearchConfig:
         if k > max(len(library), _K_PAD_MAX):  # (n, k) arrays: k = 10**9 would ask for terabytes
             raise ParameterError(f"k={k} is more than the {len(library)} spectra of the library")
         c.k = int(k)
+        if mode == "hybrid":
+            raise ParameterError("mode 'hybrid' (ms_entropy's hybrid search, entropy over fragments and neutral "
+                                 "losses) has no equivalent here; the closest is mode='analog': the whole library "
+                                 "by modified cosine (fragments and precursor-shifted fragments)")
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         metric = _check_metric(metric or _DEFAULT_METRIC[mode])
@@ -482,6 +493,11 @@ class _SearchConfig:
                                      "is not supported -- choose the cleaning with the library's preprocessing")
             if (c.mz_power, c.intensity_power) != (0.0, 1.0):
                 raise ParameterError("entropy search does not support mz_power / intensity_power")
+            pipe = library.pipeline
+            if metric == "entropy" and pipe is not None and any(name == "entropy_weight" for name, _ in pipe.steps):
+                raise ParameterError("the library's preprocessing already applies entropy_weight, so metric "
+                                     "'entropy' would weight its peaks twice; use metric='unweighted_entropy' "
+                                     "(ms_entropy's weighted entropy of the peaks as read)")
         return c
 
     def metric_kwargs(self) -> dict:
@@ -999,6 +1015,12 @@ class _Context:
         mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
         index = lib.peak_index(wname, mzp, ip)
         qc, lc, sym = self.filters()
+        if index.scan_rows is not None:  # the kernel reads library codes by scan id
+            key = "scan " + _filter_key(cfg)
+            lc_scan = lib._cache.get(key)
+            if lc_scan is None:
+                lc_scan = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(index.scan_rows)])
+            lc = lc_scan
         # the index groups spectra by polarity: the other polarity's entries are never scanned
         groups = allowed_groups(self.q.polarity)
         ws = self.workspace()

@@ -397,12 +397,12 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
                 return join.dense_join_kernel.pick(len(pa) * len(pb), threads)(
                     *args, pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
             return join.topk_join_kernel.pick(len(pa) * len(pb), threads)(
-                *args, _check_k(k), int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks,
+                *args, _check_k(k, len(pb)), int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks,
                 _n_blocks(len(pa)))
         if k is None:
             return dense_kernel.pick(len(pa) * len(pb), threads)(pa.kind, *_kernel_args(pa, pb), pa.max_peaks,
                                                                  pb.max_peaks, _n_blocks(len(pa)))
-        k = _check_k(k)
+        k = _check_k(k, len(pb))
         rows = np.arange(len(pa), dtype=np.int64)
         empty = np.zeros(1, np.int64)
         kernel = topk_kernel.pick(len(pa) * len(pb), threads)
@@ -497,11 +497,13 @@ def group_candidates(query_keys: np.ndarray, library_keys: np.ndarray, library_m
     return off, sorted_rows[pos]
 
 
-def _check_k(k) -> int:
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise ParameterError(f"k must be a positive integer, got {k!r}") from None
-    if k < 1:
-        raise ParameterError(f"k must be a positive integer, got {k}")
-    return k
+#: k beyond the columns is padding (-1); up to this much of it is allowed, as in library search
+_K_PAD_MAX = 10_000
+
+
+def _check_k(k, n_columns: int | None = None) -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ParameterError(f"k must be a positive integer, got {k!r}")
+    if n_columns is not None and k > max(n_columns, _K_PAD_MAX):  # (n, k) outputs: k = 10**9 asks for terabytes
+        raise ParameterError(f"k={k} is more than the {n_columns} spectra to choose from")
+    return int(k)

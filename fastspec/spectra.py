@@ -358,7 +358,8 @@ class Spectra:
 
     # ------------------------------------------------------------------ matchms interop
     def to_matchms(self) -> list:
-        """Convert to a list of ``matchms.Spectrum`` (requires matchms)."""
+        """Convert to a list of ``matchms.Spectrum`` (requires matchms); ``id``, ``name`` and ``ion_mode``
+        go under matchms' keys ``spectrum_id``, ``compound_name`` and ``ionmode``."""
         try:
             from matchms import Spectrum
         except ImportError as e:  # pragma: no cover - depends on environment
@@ -366,7 +367,7 @@ class Spectra:
         rows = self.metadata.to_pylist()
         out = []
         for i, md in enumerate(rows):
-            md = {k: v for k, v in md.items() if v is not None}
+            md = {_MATCHMS_KEYS.get(k, k): v for k, v in md.items() if v is not None}
             pmz = self.precursor_mz[i]
             if np.isfinite(pmz):
                 md["precursor_mz"] = float(pmz)
@@ -387,16 +388,27 @@ class Spectra:
 
     @classmethod
     def from_matchms(cls, spectra: Iterable) -> "Spectra":
-        """Build from ``matchms.Spectrum`` objects (metadata keys as matchms stores them)."""
+        """Build from ``matchms.Spectrum`` objects.
+
+        Their metadata keys are harmonised as the readers' are (matchms' ``ionmode``, ``spectrum_id``,
+        ``compound_name`` become ``ion_mode``, ``id``, ``name``; ``inchikey14`` is derived), so the
+        polarity filter, hit tables and ids see them; values keep their types.
+        """
+        from fastspec.io.meta import harmonise_table
+
         spectra = list(spectra)
         mzs = [s.peaks.mz for s in spectra]
         ints = [s.peaks.intensities for s in spectra]
-        md = [dict(s.metadata) for s in spectra]
+        md = _to_table([dict(s.metadata) for s in spectra], len(spectra))
+        md = harmonise_table(md, text=False) if md is not None and md.num_columns else md
         pmz = [s.get("precursor_mz") for s in spectra]
         return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else float(v) for v in pmz], metadata=md)
 
 
 # ---------------------------------------------------------------------- helpers
+#: fastspec's harmonised keys under the names matchms' own filters use (``from_matchms`` maps them back)
+_MATCHMS_KEYS = {"id": "spectrum_id", "name": "compound_name", "ion_mode": "ionmode"}
+
 def _to_table(metadata, n: int) -> pa.Table | None:
     if metadata is None:
         return None

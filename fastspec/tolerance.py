@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from fastspec.errors import ParameterError
 
-_TOL_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$", re.IGNORECASE)
+# a sign is accepted so that "-1" is refused as negative rather than as unparseable
+_TOL_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -785,7 +785,7 @@ def _lookup_hits(lk, r, key, reach, v, w, nl, pc):
 
 
 @numba.njit(inline="always", **NJIT)
-def _complete(c, t0, npk, a0, order, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info, work,
+def _complete(c, t0, npk, a0, order, q_w, qpmz, l_span, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info, work,
               count, track):
     """Add to spectrum ``c``'s bound the best contribution of every query peak ``order[t0:npk]``: the
     largest library weight in its fragment window (analog search: or in its neutral-loss window).
@@ -797,7 +797,7 @@ def _complete(c, t0, npk, a0, order, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl,
     """
     r, inv_w, h_max, hn_max = lk_info
     best = lk[6]
-    b0, b1 = l_off[c], l_off[c + 1]
+    b0, b1 = l_span[0][c], l_span[1][c]
     pc = l_pmz[c]
     do_nl = use_nl and np.isfinite(pc) and np.isfinite(qpmz)
     shift = pc - qpmz if do_nl else 0.0
@@ -821,9 +821,9 @@ def _complete(c, t0, npk, a0, order, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl,
 
 
 @numba.njit(inline="always", **NJIT)
-def _lower_sum(a0, a1, q_mz, q_w, c, l_off, l_mz, l_w, kind, tol_da, tol_ppm):
+def _lower_sum(a0, a1, q_mz, q_w, c, l_span, l_mz, l_w, kind, tol_da, tol_ppm):
     """Score of the pairs every exact kernel matches, for a clean query/library pair (a lower bound)."""
-    b0, b1 = l_off[c], l_off[c + 1]
+    b0, b1 = l_span[0][c], l_span[1][c]
     s = 0.0
     cnt = 0
     p = b0
@@ -852,7 +852,7 @@ def _kth_lower(vals, nv, k):
 
 
 @numba.njit(inline="always", **NJIT)
-def _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs, min_score, ch_i, ch_size,
+def _checkpoint(a0, a1, q_mz, q_w, k, l_span, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs, min_score, ch_i, ch_size,
                 vals):
     """Lower bound of the k-th best final score: scores of the pairs every exact kernel matches, for the
     clean spectra with the best partial sums (``ch_i``); -inf when fewer than k qualify."""
@@ -860,7 +860,7 @@ def _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, m
         return -np.inf
     nv = 0
     for u in range(ch_size):
-        s, cnt = _lower_sum(a0, a1, q_mz, q_w, ch_i[u], l_off, l_mz, l_w, kind, tol_da, tol_ppm)
+        s, cnt = _lower_sum(a0, a1, q_mz, q_w, ch_i[u], l_span, l_mz, l_w, kind, tol_da, tol_ppm)
         if cnt >= min_pairs and s >= min_score:
             vals[nv] = s
             nv += 1
@@ -868,7 +868,7 @@ def _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, m
 
 
 @numba.njit(inline="always", **NJIT)
-def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_off, l_mz, l_w, min_gap, gap_thr,
+def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_span, l_mz, l_w, min_gap, gap_thr,
                   kind, tol_da, tol_ppm, qrow, q_codes, lib_codes, sym, min_pairs, min_score, vals):
     """Lower bound of the k-th best score from the spectra with (nearly) the query's precursor m/z: in
     real libraries these are often the best hits, so pruning starts with a high threshold."""
@@ -878,7 +878,7 @@ def _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_
     for p in range(lo, min(hi, lo + vals.shape[0])):
         c = prec_order[p]
         if min_gap[c] > gap_thr and _passes(c, qrow, q_codes, lib_codes, sym):
-            s, cnt = _lower_sum(a0, a1, q_mz, q_w, c, l_off, l_mz, l_w, kind, tol_da, tol_ppm)
+            s, cnt = _lower_sum(a0, a1, q_mz, q_w, c, l_span, l_mz, l_w, kind, tol_da, tol_ppm)
             if cnt >= min_pairs and s >= min_score:
                 vals[nv] = s
                 nv += 1
@@ -928,7 +928,7 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live,
 
 @numba.njit(**NJIT)
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
-                   nl_w, fr_rng, nl_rng, use_nl, l_off, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec,
+                   nl_w, fr_rng, nl_rng, use_nl, l_span, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec,
                    lib_clean, kind, tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs,
                    min_score, k, m_cap, order_c0, work, count, state, live, touched, dead, out_ids, out_bound,
                    out_next, out_stats):
@@ -985,7 +985,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 clean_q = False
         theta = max(theta_in[t], min_score * (1.0 - BOUND_RTOL) - BOUND_ATOL)
         if clean_q and np.isfinite(pmz) and n_prec > 0:
-            th = _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_off, l_mz, l_w,
+            th = _theta_window(pmz, a0, a1, q_mz, q_w, k, prec_sorted, prec_order, n_prec, l_span, l_mz, l_w,
                                min_gap, gap_thr, kind, tol_da, tol_ppm, qrow, q_codes, lib_codes, sym, min_pairs,
                                min_score, cvals)
             if th > theta:
@@ -1036,7 +1036,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                     _set_live(live, touched[v], True)
             if clean_q and u == next_ck and n_ck < 3 and done < npk and \
                     _inflate(_rest(kind, qsuf[done], 1.0)) >= theta:
-                th = _checkpoint(a0, a1, q_mz, q_w, k, l_off, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs,
+                th = _checkpoint(a0, a1, q_mz, q_w, k, l_span, l_mz, l_w, kind, tol_da, tol_ppm, min_pairs,
                                  min_score, ci, ch_size, cvals)
                 n_ck += 1
                 if th > theta:
@@ -1098,7 +1098,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         for v in range(ns):
             c = touched[v]
             if fill:
-                _complete(c, done, npk, a0, order, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
+                _complete(c, done, npk, a0, order, q_w, pmz, l_span, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
                           work, count, track)
             bound = _inflate(np.float64(work[c, 0]))
             ok = bound >= theta and (not track or count[c] >= min_pairs)
@@ -1128,7 +1128,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             marked = True
             for v in range(size):
                 c = hi[v]
-                _complete(c, 0, npk, a0, order, q_w, pmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
+                _complete(c, 0, npk, a0, order, q_w, pmz, l_span, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
                           work, count, False)
                 hb2[v] = _inflate(np.float64(work[c, 0]))
                 hi2[v] = c
@@ -1193,26 +1193,41 @@ class BoundWorkspace:
 
 
 class PeakIndex(NamedTuple):
-    """Library arrays the bound search reads (all memory-mappable)."""
+    """Library arrays the bound search reads (all memory-mappable).
+
+    Index entries name spectra by *scan id*: the library row, or with ``scan_rows`` a position in
+    that order (``scan_rows[id]`` is the row). The per-spectrum arrays (``starts`` to ``prec_order``)
+    are indexed by scan id; the peaks themselves stay in library order. Scan ids that put spectra
+    sharing fragments next to each other (:data:`fastspec.library.SCAN_ORDER`) keep the kernel's
+    per-spectrum accumulators they update close together in memory, whatever order the library came in.
+    """
 
     frag_mz: np.ndarray  #: float32 (P,), fragment m/z sorted
-    frag_spec: np.ndarray  #: int32 (P,)
+    frag_spec: np.ndarray  #: int32 (P,), scan ids
     frag_w: np.ndarray  #: float32 (P,), scan weights in fragment order (entropy: square roots)
     nl_mz: np.ndarray  #: float32 (Q,), neutral losses sorted
-    nl_spec: np.ndarray  #: int32 (Q,)
+    nl_spec: np.ndarray  #: int32 (Q,), scan ids
     nl_w: np.ndarray  #: float32 (Q,), scan weights (entropy: square roots)
-    offsets: np.ndarray  #: int64 (n+1,), CSR peaks
-    mz: np.ndarray  #: float64 (P,)
+    starts: np.ndarray  #: int64 (n,), first peak of each spectrum in ``mz`` / ``w``
+    ends: np.ndarray  #: int64 (n,), one past its last peak
+    mz: np.ndarray  #: float64 (P,), CSR peaks in library order
     w: np.ndarray  #: float32 (P,), weights in CSR order
     precursor_mz: np.ndarray  #: float64 (n,)
     min_gap: np.ndarray  #: float32 (n,), smallest m/z gap between neighbouring peaks (inf for one peak)
     prec_sorted: np.ndarray  #: float64 (n,), precursor m/z sorted (NaN last)
-    prec_order: np.ndarray  #: int64 (n,), library rows in that order
+    prec_order: np.ndarray  #: int64 (n,), scan ids in that order
     min_gap_min: float = 0.0  #: smallest entry of ``min_gap`` (is the whole library clean at a tolerance?)
     #: int64 (G+1,): the fragment entries of group g (sorted by m/z) are ``frag_groups[g]:frag_groups[g+1]``
     #: (None: one group)
     frag_groups: np.ndarray | None = None
     nl_groups: np.ndarray | None = None  #: the same for the neutral-loss entries
+    scan_rows: np.ndarray | None = None  #: int64 (n,), library row of each scan id (None: ids are rows)
+
+    @classmethod
+    def from_csr(cls, offsets: np.ndarray, **kw) -> "PeakIndex":
+        """Scan ids = library rows: ``starts`` / ``ends`` as views of the CSR ``offsets`` (n+1,)."""
+        offsets = np.asarray(offsets)
+        return cls(starts=offsets[:-1], ends=offsets[1:], **kw)
 
 
 def search_bounds(
@@ -1271,7 +1286,8 @@ def search_bounds(
     theta : ndarray, float64 (nq,), optional
         Known lower bounds of each query's k-th best score (-inf: unknown).
     q_codes, lib_codes, symmetric : ndarray
-        Filter codes (int32 (nq_total, f), (n_library, f), bool (f,)), -1 unknown. A spectrum passes
+        Filter codes (int32 (nq_total, f), (n_library, f) by scan id (``lib_codes[index.scan_rows]`` of
+        the codes by row), bool (f,)), -1 unknown. A spectrum passes
         filter ``f`` if the query code is -1, the codes are equal, or ``symmetric[f]`` and its code is -1.
     q_groups : ndarray, bool (nq_total, G), optional
         Which groups of the index (``index.frag_groups``) each query may match; the others are not
@@ -1323,7 +1339,7 @@ def search_bounds(
     gap_thr = 2.0 * (float(tol_da) if tol_ppm <= 0 else float(tol_ppm) * 1e-6 * top / (1 - float(tol_ppm) * 1e-6)) \
         + 6e-7 * top + 2e-6
     ix = index
-    n_lib = ix.offsets.shape[0] - 1
+    n_lib = ix.starts.shape[0]
     mean_peaks = float(ix.mz.shape[0]) / max(n_lib, 1)
     prec_sorted = np.asarray(ix.prec_sorted)
     n_prec = int(np.searchsorted(prec_sorted, np.inf, side="left")) if prec_sorted.shape[0] else 0
@@ -1333,7 +1349,8 @@ def search_bounds(
             _ro(theta, f64), _ro(ix.frag_mz, f32), _ro(ix.frag_spec, i32), _ro(ix.frag_w, f32), _ro(ix.nl_mz, f32),
             _ro(ix.nl_spec, i32), _ro(ix.nl_w, f32),
             _group_ranges(ix.frag_groups, ix.frag_mz.shape[0], q_groups, n_total_q),
-            _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q), bool(use_nl), _ro(ix.offsets, i64),
+            _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q), bool(use_nl),
+            (_ro(ix.starts, i64), _ro(ix.ends, i64)),
             _ro(ix.mz, f64),
             _ro(ix.w, f32), _ro(ix.precursor_mz, f64), _ro(ix.min_gap, f32), _ro(ix.prec_sorted, f64),
             _ro(ix.prec_order, i64), n_prec, lib_clean, int(kind), float(tol_da), float(tol_ppm), float(nl_base),
@@ -1353,6 +1370,9 @@ def search_bounds(
 
         with ThreadPoolExecutor(max_workers=n_blocks) as ex:
             list(ex.map(run, range(n_blocks)))
+    if ix.scan_rows is not None:  # scan ids -> library rows
+        hit = ids >= 0
+        ids[hit] = np.asarray(ix.scan_rows)[ids[hit]]
     return ids, bounds, nxt, stats
 
 

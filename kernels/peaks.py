@@ -615,6 +615,38 @@ def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None)
 
 
 @pjit
+def _base_peaks(offsets, mz, intensity, out):
+    for i in prange(offsets.shape[0] - 1):
+        best = -np.inf
+        v = np.inf
+        for p in range(offsets[i], offsets[i + 1]):
+            if intensity[p] > best:  # the first of equal maxima
+                best = intensity[p]
+                v = mz[p]
+        out[i] = v
+
+
+def base_peak_mz(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """m/z (Da) of each spectrum's most intense peak, float64 (n,) (inf: no peak).
+
+    Parameters
+    ----------
+    offsets : ndarray, int64 (n+1,)
+    mz : ndarray, float64 (n_peaks,)
+    intensity : ndarray, float32 or float64 (n_peaks,)
+    """
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    mz = np.ascontiguousarray(mz, dtype=np.float64)
+    intensity = np.asarray(intensity)
+    intensity = np.ascontiguousarray(intensity, dtype=intensity.dtype if intensity.dtype in (np.float32, np.float64)
+                                     else np.float64)
+    out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
+    with _threads(threads):
+        _base_peaks.pick(out.shape[0], threads)(offsets, mz, intensity, out)
+    return out
+
+
+@pjit
 def _gather_rows(offsets, mz, intensity, rows, new_offsets, out_mz, out_int):
     for r in prange(rows.shape[0]):
         src = offsets[rows[r]]

@@ -105,6 +105,11 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     assert_clean_error(run("index", tmp_path / "missing.mgf", "-o", tmp_path / "l", ok=False), "missing.mgf")
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--tolerance", "0.02xx",
                            ok=False), "tolerance")
+    # a bare 10 is 10 Da: almost always a ppm value without its unit
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--tolerance", "10",
+                           ok=False), "10ppm")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--precursor-tolerance",
+                           "-1", ok=False), "non-negative")
     assert_clean_error(run("query", massbank_mgf, "-l", tmp_path / "nolib", "-o", tmp_path / "h.parquet", ok=False))
     (tmp_path / "notanindex").mkdir()
     assert_clean_error(run("query", massbank_mgf, "-l", tmp_path / "notanindex", "-o", tmp_path / "h.parquet", ok=False),

@@ -26,8 +26,8 @@ def _run(t0, order, q_mz, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_
     work = np.zeros((n, 2), dtype=np.float32)
     count = np.zeros(n, dtype=np.uint16)
     for c in range(n):
-        fk._complete(c, t0, npk, 0, order, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, info, work,
-                     count, True)
+        fk._complete(c, t0, npk, 0, order, q_w, qpmz, (l_off[:-1], l_off[1:]), l_mz, l_w, l_pmz, use_nl, kind, bits,
+                     lk, info, work, count, True)
     fk._lookup_mark(bits, lk, info[0], info[1], do_nl, False)
     return work[:, 0].copy(), count, bits
 

@@ -120,12 +120,28 @@ def test_derived_structures_are_consistent(raw_lib):
     off, mz = np.asarray(lib.array("offsets")), np.asarray(lib.array("mz"))
     fmz, fspec = np.asarray(lib.array("frag_mz")), np.asarray(lib.array("frag_spec"))
     assert fmz.shape[0] == mz.shape[0]
-    # every fragment-index entry points at a peak of its spectrum with that m/z
+    # entries name spectra by precursor position (scan id); each points at a peak of its spectrum with
+    # that m/z (neutral loss)
+    scan_rows = np.asarray(lib.scan_rows())
+    assert np.array_equal(np.sort(scan_rows), np.arange(len(lib)))
+    # ids ordered by base-peak m/z (0.01 Da), then precursor m/z
+    from fastspec.kernels.peaks import base_peak_mz
+
+    bp = np.round(base_peak_mz(off, mz, lib.array("intensity")), 2)[scan_rows]
+    assert np.all(np.diff(bp) >= 0)
+    fspec = np.asarray(scan_rows)[fspec]
     owner = np.repeat(np.arange(len(lib)), np.diff(off))
-    np.testing.assert_array_equal(np.sort(fspec), np.sort(owner.astype(np.int32)))
+    np.testing.assert_array_equal(np.sort(fspec), np.sort(owner))
     pmz = np.asarray(lib.precursor_mz)
     nl, nspec = np.asarray(lib.array("nl_mz")), np.asarray(lib.array("nl_spec"))
+    nspec = np.asarray(scan_rows)[nspec]
     assert nl.shape[0] == int(np.diff(off)[np.isfinite(pmz)].sum())
+    for e in range(0, fmz.shape[0], 7):
+        r = fspec[e]
+        assert np.any(mz[off[r]:off[r + 1]].astype(np.float32) == fmz[e])
+    for e in range(0, nl.shape[0], 7):
+        r = nspec[e]
+        assert np.any((pmz[r] - mz[off[r]:off[r + 1]]).astype(np.float32) == nl[e])
     # both indexes: negative, positive, unknown polarity, each group sorted and holding only its spectra
     pol = np.asarray(lib.polarity)
     assert (pol > 0).any() and (pol < 0).any()  # the fixture exercises both groups
@@ -223,6 +239,33 @@ def test_open_missing_or_not_an_index(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(IndexFormatError, match="not a library index"):
         Library.open(tmp_path / "empty")
+
+
+def test_format_2_index_is_still_searched(raw_lib, tmp_path):
+    """A format-2 index (fragment entries name library rows, no ``scan_rows``) opens and gives the same
+    hits as the format-3 index whose entries name spectra by scan id."""
+    from fastspec import _indexfmt
+
+    dst = _copy_index(raw_lib, tmp_path / "v2.fastspec")
+    rows = np.load(dst / "scan_rows.npy")
+    for name in ("frag_spec", "nl_spec"):
+        np.save(dst / f"{name}.npy", rows[np.load(dst / f"{name}.npy")].astype(np.int32))
+    (dst / "scan_rows.npy").unlink()
+    m = json.loads((dst / "manifest.json").read_text())
+    del m["build"]["scan_order"]
+    m.pop("files")
+    _indexfmt.write_manifest(dst, m)
+    m = json.loads((dst / "manifest.json").read_text())
+    m["format_version"] = 2
+    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    old = Library.open(dst)
+    assert old.format_version == 2 and old.scan_rows() is None
+    queries = raw_lib.spectra(np.arange(0, len(raw_lib), max(1, len(raw_lib) // 40)))
+    for kw in (dict(mode="open"), dict(mode="open", metric="entropy"), dict(mode="analog")):
+        a, b = raw_lib.search(queries, k=5, **kw), old.search(queries, k=5, **kw)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.scores, b.scores)
 
 
 def test_old_version_is_refused(raw_lib, tmp_path):

@@ -756,6 +756,26 @@ def test_bad_parameters(lib, data):
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
 
 
+def test_search_inputs_and_refusals(lib, data, tmp_path):
+    """One spectrum (``spectra[i]``) and a list of matchms spectra are queries too; ms_entropy's hybrid mode
+    and entropy over already entropy-weighted peaks are refused with what to do instead."""
+    q = data[1]
+    one, ref = lib.search(q[2], k=3, mode="open"), lib.search(q[[2]], k=3, mode="open")
+    np.testing.assert_array_equal(one.indices, ref.indices)
+    assert one.query_ids == ref.query_ids
+    pytest.importorskip("matchms")
+    got, ref = lib.search(q[:4].to_matchms(), k=3, mode="open"), lib.search(q[:4], k=3, mode="open")
+    np.testing.assert_array_equal(got.indices, ref.indices)
+    assert got.query_ids == ref.query_ids
+    with pytest.raises(ParameterError, match="mode='analog'"):
+        lib.search(q[:2], mode="hybrid")
+    weighted = Library.build(data[0][:200], tmp_path / "w.fastspec", preprocess="entropy_clean;entropy_weight",
+                             faiss=False)
+    with pytest.raises(ParameterError, match="unweighted_entropy"):
+        weighted.search(q[:2], mode="open", metric="entropy")
+    assert weighted.search(q[:2], mode="open", metric="unweighted_entropy").indices.shape == (2, 10)
+
+
 def test_query_order_and_library_input_order(lib, data, tmp_path):
     """Hits follow the caller's query order; library rows are the library's input order."""
     q = data[1][:24]

@@ -96,3 +96,21 @@ def test_matchms_roundtrip():
     np.testing.assert_array_equal(back.mz, s.mz)
     np.testing.assert_array_equal(back.intensity, s.intensity)
     assert back.ids == s.ids
+
+
+def test_from_matchms_harmonises_keys(tmp_path):
+    """matchms' own key names (ionmode, spectrum_id, compound_name) reach the polarity filter, ids and
+    hit tables: a negative spectrum exported with CHARGE=1 (as GNPS/MZmine do) stays negative."""
+    pytest.importorskip("matchms")
+    from matchms.importing import load_from_mgf
+
+    p = tmp_path / "neg.mgf"
+    p.write_text("BEGIN IONS\nTITLE=t1\nSPECTRUM_ID=S1\nCOMPOUND_NAME=Diuron\nIONMODE=negative\nCHARGE=1\n"
+                 "PEPMASS=231.0\n100.0 10\n150.0 20\nEND IONS\n")
+    ms = list(load_from_mgf(str(p)))  # without matchms' default filters
+    s = Spectra.from_matchms(ms)
+    assert s.ids == ["S1"] and s.column("name") == ["Diuron"] and s.polarity.tolist() == [-1]
+    assert "compound_name" not in s.metadata.column_names
+    back = s.to_matchms()[0]
+    assert back.get("spectrum_id") == "S1" and back.get("compound_name") == "Diuron" and back.get("ionmode") == "negative"
+    assert Spectra.from_matchms([back]).ids == ["S1"]

@@ -129,8 +129,12 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".pq", ".tsv", ".tab", ".txt", ".csv"):
         raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
-    parse_tolerance(tolerance, "--tolerance")
-    parse_tolerance(precursor_tolerance, "--precursor-tolerance")
+    for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
+        tol = parse_tolerance(value, name)
+        # a bare number is Da; one of 1 or more is a ppm value missing its unit far more often than a window
+        if tol.unit == "da" and tol.value >= 1.0 and not any(u in value.lower() for u in ("da", "ppm")):
+            raise ParameterError(f"{name} {value}: a number without a unit means Da, and {tol.value:g} Da is no "
+                                 f"MS/MS window; write {value}ppm, or {value}da if you mean it")
     Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)  # before the search, not after it
     if preset is not None and metric != "binned_cosine":
         raise ParameterError("--preset applies to --metric binned_cosine")

@@ -229,6 +229,14 @@ class Hits:
         table = pa.table(cols)
         return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
 
+    def to_pandas(self, library_columns: bool = True):
+        """The hit table of :meth:`to_arrow` as a pandas DataFrame (requires pandas); the search
+        parameters are in ``df.attrs["fastspec"]``."""
+        table = self.to_arrow(library_columns)
+        df = table.to_pandas()
+        df.attrs["fastspec"] = self.params
+        return df
+
     def to_parquet(self, path: "str | Path") -> None:
         """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata)."""
         import pyarrow.parquet as pq

@@ -18,7 +18,9 @@ Metrics (``METRICS``)
 
 The first spectrum of a pair (``a``, the rows of a matrix, the queries of a top-k) plays matchms's
 ``reference`` / ms_entropy's ``peaks_a``: ppm windows are taken around its peaks, and the modified-cosine
-shift is ``precursor_mz(a) - precursor_mz(b)``.
+shift is ``precursor_mz(a) - precursor_mz(b)``. Where either precursor m/z is unknown (NaN), modified
+cosine scores the unshifted matches only, i.e. the plain cosine (matchms raises "Precursor_mz missing"),
+so a library search in ``analog`` mode still ranks such spectra; neutral-loss cosine scores them 0.
 """
 from __future__ import annotations
 

@@ -222,10 +222,14 @@ class Spectra:
         if len(mz_list) != len(intensity_list):
             raise FastspecError("mz_list and intensity_list differ in length")
         n = len(mz_list)
-        lengths = np.fromiter((len(m) for m in mz_list), dtype=np.int64, count=n)
         for i, (m, it) in enumerate(zip(mz_list, intensity_list)):
+            if np.ndim(m) != 1 or np.ndim(it) != 1:
+                raise FastspecError(f"spectrum {i}: expected one 1-D array of m/z and one of intensities per spectrum, "
+                                    f"got shapes {np.shape(m)} and {np.shape(it)} (for (mz, intensity) pairs use "
+                                    "mz_list=[p[:, 0] ...], intensity_list=[p[:, 1] ...])")
             if len(m) != len(it):
                 raise FastspecError(f"spectrum {i}: {len(m)} m/z values but {len(it)} intensities")
+        lengths = np.fromiter((len(m) for m in mz_list), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         mz = np.concatenate([np.asarray(m, dtype=np.float64) for m in mz_list]) if n else np.zeros(0)
@@ -271,6 +275,8 @@ class Spectra:
                 if rows.shape != (n,):
                     raise IndexError("boolean mask must have one entry per spectrum")
                 rows = np.flatnonzero(rows)
+            elif rows.size and not np.issubdtype(rows.dtype, np.integer):  # 1.9 or "abc" is no position
+                raise IndexError(f"spectra are indexed by integers, slices or boolean masks, got {key!r}")
             rows = rows.astype(np.int64, copy=False).ravel()
             if rows.size and (rows.min() < -n or rows.max() >= n):
                 raise IndexError(f"spectrum index out of range for {n} spectra")

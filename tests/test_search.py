@@ -742,6 +742,9 @@ def test_hits_table(lib, data, tmp_path):
     hits.write(tmp_path / "h.tsv")
     text = (tmp_path / "h.tsv").read_text().splitlines()
     assert text[0].startswith("# ") and any(line.startswith('"query_index"') or line.startswith("query_index") for line in text)
+    df = hits.to_pandas()
+    assert list(df.columns) == table.column_names and len(df) == table.num_rows
+    assert df.attrs["fastspec"]["mode"] == "identity"
 
 
 def test_bad_parameters(lib, data):

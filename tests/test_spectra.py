@@ -114,3 +114,13 @@ def test_from_matchms_harmonises_keys(tmp_path):
     back = s.to_matchms()[0]
     assert back.get("spectrum_id") == "S1" and back.get("compound_name") == "Diuron" and back.get("ionmode") == "negative"
     assert Spectra.from_matchms([back]).ids == ["S1"]
+
+
+def test_indexing_and_from_arrays_mistakes():
+    s = Spectra.from_arrays([[100.0], [200.0]], [[1.0], [1.0]])
+    for key in (1.9, "abc", [0.5]):
+        with pytest.raises(IndexError, match="integers"):
+            s[key]
+    pairs = np.array([[100.0, 1.0], [101.0, 2.0]])
+    with pytest.raises(FastspecError, match="1-D"):
+        Spectra.from_arrays([pairs], [pairs[:, 1]])

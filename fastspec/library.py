@@ -1076,13 +1076,15 @@ def _build_index(
         out.save("min_gap", min_gap)
         (forder, fmz, fspec, fgroups), (norder, nlv, nspec, ngroups) = _sort_peaks(offsets, mz, pmz, finite,
                                                                                     polarity_groups(pol), threads)
-        # entries name spectra by precursor position (scan id, see PeakIndex): the bound search's
-        # accumulators of spectra sharing fragments then lie together whatever the input order
+        # entries name spectra by scan id (base peak, then precursor m/z; see SCAN_ORDER and PeakIndex):
+        # the bound search's accumulators of spectra sharing fragments then lie together whatever the
+        # input order
         scan_rows = _scan_order(offsets, mz, inten, pmz, threads)
         out.save("scan_rows", scan_rows)
         scan_id = np.empty(offsets.shape[0] - 1, dtype=np.int32)
         scan_id[scan_rows] = np.arange(scan_id.shape[0], dtype=np.int32)
-        fspec, nspec = scan_id[fspec], scan_id[nspec]
+        np.take(scan_id, fspec, out=fspec, mode="clip")  # in place (mode "raise" buffers a copy)
+        np.take(scan_id, nspec, out=nspec, mode="clip")
         out.save("frag_mz", fmz)
         out.save("frag_spec", fspec)
         out.save("frag_groups", fgroups)

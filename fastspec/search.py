@@ -848,7 +848,7 @@ class _Context:
 
         index = vectors.load_faiss_index(self.lib)
         params = self.lib.manifest["build"]["faiss"]
-        qv = vectors.spectrum_vectors(self.q.take(rows), params, threads=self.cfg.threads)
+        qv = vectors.spectrum_vectors(self.q.take(rows, metadata=False), params, threads=self.cfg.threads)
         n = max(1, min(int(n_cand), int(index.ntotal)))
         cand = np.full((rows.shape[0], n), -1, dtype=np.int64)
         # one FAISS call per distinct filter combination among the queries (usually one or two

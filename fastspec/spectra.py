@@ -283,8 +283,9 @@ class Spectra:
             rows = np.where(rows < 0, rows + n, rows)
         return self.take(rows)
 
-    def take(self, rows: np.ndarray) -> "Spectra":
-        """Spectra at ``rows`` (int64 positions), in that order."""
+    def take(self, rows: np.ndarray, metadata: bool = True) -> "Spectra":
+        """Spectra at ``rows`` (int64 positions), in that order; without ``metadata`` only peaks,
+        precursors and charges (a metadata ``take`` costs more than the peaks of a few spectra)."""
         rows = np.asarray(rows, dtype=np.int64)
         peak_idx, offsets = _gather_index(self.offsets, rows)
         return Spectra(
@@ -293,7 +294,7 @@ class Spectra:
             self.intensity[peak_idx],
             self.precursor_mz[rows],
             self.charge[rows],
-            self.metadata.take(pa.array(rows, pa.int64())),
+            self.metadata.take(pa.array(rows, pa.int64())) if metadata else None,
             validate=False,
         )
 

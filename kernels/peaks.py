@@ -615,19 +615,26 @@ def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None)
 
 
 @pjit
-def _base_peaks(offsets, mz, intensity, out):
+def _top_peaks(offsets, mz, intensity, out):
     for i in prange(offsets.shape[0] - 1):
-        best = -np.inf
-        v = np.inf
+        b1 = -np.inf
+        b2 = -np.inf
+        v1 = np.inf
+        v2 = np.inf
         for p in range(offsets[i], offsets[i + 1]):
-            if intensity[p] > best:  # the first of equal maxima
-                best = intensity[p]
-                v = mz[p]
-        out[i] = v
+            x = intensity[p]
+            if x > b1:  # the first of equal maxima
+                b2, v2 = b1, v1
+                b1, v1 = x, mz[p]
+            elif x > b2:
+                b2, v2 = x, mz[p]
+        out[i, 0] = v1
+        out[i, 1] = v2
 
 
-def base_peak_mz(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """m/z (Da) of each spectrum's most intense peak, float64 (n,) (inf: no peak).
+def top_peaks_mz(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, threads: int | None = None) -> np.ndarray:
+    """m/z (Da) of each spectrum's most intense and second most intense peak, float64 (n, 2) (inf: no
+    such peak).
 
     Parameters
     ----------
@@ -640,9 +647,9 @@ def base_peak_mz(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, thr
     intensity = np.asarray(intensity)
     intensity = np.ascontiguousarray(intensity, dtype=intensity.dtype if intensity.dtype in (np.float32, np.float64)
                                      else np.float64)
-    out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
+    out = np.empty((offsets.shape[0] - 1, 2), dtype=np.float64)
     with _threads(threads):
-        _base_peaks.pick(out.shape[0], threads)(offsets, mz, intensity, out)
+        _top_peaks.pick(out.shape[0], threads)(offsets, mz, intensity, out)
     return out
 
 

@@ -124,11 +124,13 @@ def test_derived_structures_are_consistent(raw_lib):
     # spectrum with that m/z (neutral loss)
     scan_rows = np.asarray(lib.scan_rows())
     assert np.array_equal(np.sort(scan_rows), np.arange(len(lib)))
-    # ids ordered by base-peak m/z (0.01 Da), then precursor m/z
-    from fastspec.kernels.peaks import base_peak_mz
+    # ids ordered by base-peak m/z (0.01 Da), then second-peak m/z (0.1 Da), then precursor m/z
+    from fastspec.kernels.peaks import top_peaks_mz
 
-    bp = np.round(base_peak_mz(off, mz, lib.array("intensity")), 2)[scan_rows]
-    assert np.all(np.diff(bp) >= 0)
+    top = top_peaks_mz(off, mz, lib.array("intensity"))[scan_rows]
+    pm = np.asarray(lib.precursor_mz)[scan_rows]
+    keys = list(zip(np.round(top[:, 0], 2), np.round(top[:, 1], 1), np.where(np.isfinite(pm), pm, np.inf)))
+    assert keys == sorted(keys)
     fspec = np.asarray(scan_rows)[fspec]
     owner = np.repeat(np.arange(len(lib)), np.diff(off))
     np.testing.assert_array_equal(np.sort(fspec), np.sort(owner))

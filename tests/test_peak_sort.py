@@ -89,3 +89,28 @@ def test_sorted_peak_index_refuses_mismatched_shapes():
         args = dict(offsets=offsets, values=mz) | kw
         with pytest.raises(ValueError):
             fk.sorted_peak_index(**args)
+
+
+def naive_top_peaks(offsets, mz, intensity):
+    """m/z of the most and second most intense peak (the first of equal intensities wins), inf if none."""
+    out = []
+    for i in range(len(offsets) - 1):
+        order = sorted(range(offsets[i], offsets[i + 1]), key=lambda p: -intensity[p])  # stable: first wins
+        out.append([mz[order[0]] if order else math.inf, mz[order[1]] if len(order) > 1 else math.inf])
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.floats(50, 500), st.sampled_from([1.0, 2.0, 2.0, 3.5, 7.0])), max_size=8),
+                max_size=12))
+def test_top_peaks_equal_naive(spectra):
+    """The scan order's keys (:func:`fastspec.kernels.peaks.top_peaks_mz`), ties and empty spectra included."""
+    from fastspec.kernels.peaks import top_peaks_mz
+
+    offsets = np.zeros(len(spectra) + 1, dtype=np.int64)
+    np.cumsum([len(s) for s in spectra], out=offsets[1:])
+    mz = np.array([p[0] for s in spectra for p in s], dtype=np.float64)
+    inten = np.array([p[1] for s in spectra for p in s], dtype=np.float32)
+    got = top_peaks_mz(offsets, mz, inten)
+    assert got.shape == (len(spectra), 2)
+    assert got.tolist() == naive_top_peaks(offsets, mz.tolist(), inten.tolist())

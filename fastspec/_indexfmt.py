@@ -25,8 +25,8 @@ from fastspec.errors import IndexFormatError
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
 #: 2: fragment and neutral-loss entries grouped by polarity (``frag_groups``, ``nl_groups``).
 #: 3: their entries name spectra by scan id (``scan_rows.npy``; ``build.scan_order`` "base_peak": by
-#: base-peak m/z, then precursor m/z), not by row; version 2 is still read (its entries are rows), but
-#: an older fastspec would misread version 3.
+#: base-peak, then second-peak, then precursor m/z), not by row; version 2 is still read (its entries
+#: are rows), but an older fastspec would misread version 3.
 FORMAT_VERSION = 3
 #: Versions this fastspec opens.
 READ_VERSIONS = (2, 3)

@@ -59,11 +59,12 @@ PathLike = "str | os.PathLike"
 _DEFAULT = "default"
 
 #: How the fragment and neutral-loss indexes number spectra (``scan_rows.npy``: the row of each id):
-#: by base-peak m/z (0.01 Da), then second-peak m/z (0.1 Da), then precursor m/z. The bound search keeps two accumulators per spectrum
-#: and reaches them through index entries; with ids of spectra that share fragments close together,
-#: those reads share cache lines whatever order the library came in. With ids = rows, the search was
-#: fast only on libraries already grouped by compound: 2.4M MassBank-grown library, 300 novel-compound
-#: queries, 1 thread, ms/query open entropy / open cosine / analog: input in MassBank's compound order
+#: by base-peak m/z (0.01 Da), then second-peak m/z (0.1 Da), then precursor m/z. The bound search
+#: keeps two accumulators per spectrum and reaches them through index entries; with ids of spectra that
+#: share fragments close together, those reads share cache lines whatever order the library came in.
+#: With ids = rows, the search was fast only on libraries already grouped by compound: 2.4M
+#: MassBank-grown library, 300 novel-compound queries, 1 thread, ms/query open entropy / open cosine /
+#: analog: input in MassBank's compound order
 #: 5.83 / 2.33 / 4.86, the same spectra shuffled 10.6 / 4.56 / 7.59; base-peak ids 6.02 / 2.48 / 5.07
 #: and 6.80 / 2.75 / 5.67 (precursor-m/z ids: entropy 6.89 and 7.65). The second peak as the next key
 #: (4 interleaved passes, MassBank order): 6.30 / 2.46 / 5.10 -> 5.91 / 2.31 / 4.85, the input order's
@@ -1079,7 +1080,7 @@ def _build_index(
         out.save("min_gap", min_gap)
         (forder, fmz, fspec, fgroups), (norder, nlv, nspec, ngroups) = _sort_peaks(offsets, mz, pmz, finite,
                                                                                     polarity_groups(pol), threads)
-        # entries name spectra by scan id (base peak, then precursor m/z; see SCAN_ORDER and PeakIndex):
+        # entries name spectra by scan id (base peak, second peak, precursor m/z; SCAN_ORDER, PeakIndex):
         # the bound search's accumulators of spectra sharing fragments then lie together whatever the
         # input order
         scan_rows = _scan_order(offsets, mz, inten, pmz, threads)

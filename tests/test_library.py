@@ -120,7 +120,7 @@ def test_derived_structures_are_consistent(raw_lib):
     off, mz = np.asarray(lib.array("offsets")), np.asarray(lib.array("mz"))
     fmz, fspec = np.asarray(lib.array("frag_mz")), np.asarray(lib.array("frag_spec"))
     assert fmz.shape[0] == mz.shape[0]
-    # entries name spectra by scan id (base peak, then precursor m/z); each points at a peak of its
+    # entries name spectra by scan id (base peak, second peak, precursor m/z); each points at a peak of its
     # spectrum with that m/z (neutral loss)
     scan_rows = np.asarray(lib.scan_rows())
     assert np.array_equal(np.sort(scan_rows), np.arange(len(lib)))

@@ -312,6 +312,8 @@ def _finite(v, name: str) -> float:
 
 
 def _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads) -> tuple[Prepared, Prepared]:
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ParameterError(f"threads must be an integer >= 1 (or None for all cores), got {threads!r}")
     try:
         pa = prepare(a, metric, tolerance, mz_power, intensity_power, threads=threads, **params)
         pb = pa if b is None or b is a else prepare(b, metric, tolerance, mz_power, intensity_power, threads=threads,

@@ -459,3 +459,18 @@ def test_khoo2026_vs_numpy(real):
     got2, _ = score_matrix(sp, None, "binned", bin_width=0.25, max_mz=2000.0, base_peak=100.0, precursor_peak=100.0)
     assert np.array_equal(got, got2)
     assert prepare(sp, "binned_cosine", preset="khoo2026").params["preset"] == "khoo2026"
+
+
+def test_matrix_arguments_are_checked():
+    """k and threads are checked as library search checks them: no silent truncation or clamping, and
+    no (n, 10**9) padding to allocate."""
+    s = Spectra.from_arrays([[100.0, 150.0], [100.0, 120.0], [90.0]], [[1.0, 2.0], [1.0, 1.0], [3.0]])
+    for kw in ({"k": 2.7}, {"k": True}, {"k": "3"}, {"k": 0}, {"k": 10**9}, {"threads": 0}, {"threads": -1},
+               {"threads": "2"}):
+        with pytest.raises(ParameterError):
+            score_matrix(s, s, **kw)
+    for kw in ({"threads": 0}, {"threads": 1.5}):
+        with pytest.raises(ParameterError):
+            score_pairs(s, s, **kw)
+    _, idx, _ = score_matrix(s, s, k=np.int64(5))  # numpy integers are integers; past the columns: -1
+    assert idx.shape == (3, 5) and (idx[:, 3:] == -1).all()

@@ -1223,12 +1223,6 @@ class PeakIndex(NamedTuple):
     nl_groups: np.ndarray | None = None  #: the same for the neutral-loss entries
     scan_rows: np.ndarray | None = None  #: int64 (n,), library row of each scan id (None: ids are rows)
 
-    @classmethod
-    def from_csr(cls, offsets: np.ndarray, **kw) -> "PeakIndex":
-        """Scan ids = library rows: ``starts`` / ``ends`` as views of the CSR ``offsets`` (n+1,)."""
-        offsets = np.asarray(offsets)
-        return cls(starts=offsets[:-1], ends=offsets[1:], **kw)
-
 
 def search_bounds(
     q_rows: np.ndarray,

@@ -233,6 +233,8 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     if n_skipped:
         counts["warnings"]["files in input directories not read (not spectrum files)"] = n_skipped
     counts["positions"] = _record_positions(report, len(spectra))
+    counts["rejected_ids"] = {int(r): i for r, i in zip(getattr(report, "rejected_records", []),
+                                                        getattr(report, "rejected_ids", [])) if i is not None}
     return spectra, counts
 
 

@@ -106,6 +106,8 @@ class Hits:
     fallback : ndarray of bool (n,)
         Formula mode: the query had no same-formula neighbour and was searched against the whole library.
     query_ids : list of str
+        Each query's id (MGF TITLE, MSP Name, ...; its position when it has none). Rejected records
+        keep the id the reader got to, else ``""``.
     query_precursor_mz : ndarray, float64 (n,)
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
@@ -422,6 +424,9 @@ def search(
         scores, indices, matches = grow(scores, 0.0), grow(indices, -1), grow(matches, 0)
         status, fallback, pmz = grow(status, REJECTED), grow(fallback, False), grow(pmz, np.nan)
         ids = grow(np.asarray(ids, dtype=object), "").tolist()
+        for r, rid in (read_counts.get("rejected_ids") or {}).items():  # as far as the reader got
+            if 0 <= r < n_read:
+                ids[r] = rid
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,
                 query_precursor_mz=pmz, library=library, params=params)
 

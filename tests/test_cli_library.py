@@ -136,6 +136,7 @@ def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
     assert len(set(table.column("query_index").to_pylist())) == 3
     rows = table.filter(pc.equal(table.column("query_index"), 1))
     assert rows.column("status").to_pylist() == ["rejected"] and rows.column("library_index").null_count == 1
+    assert rows.column("query_id").to_pylist() == ["broken"]  # named by its TITLE, like the others
     # nothing is lost silently: the skipped record is counted on stderr and in the table's parameters
     res = run("query", path, "-l", index, "-o", tmp_path / "h.tsv", "--on-error", "skip")
     assert "3 query records read, 1 rejected and not searched" in res.output

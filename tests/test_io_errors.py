@@ -99,6 +99,12 @@ def test_same_rules_in_every_format(tmp_path):
         assert report.counts_by_reason == expected, ext
         assert back.ids == ["0", "4"], ext
         assert back[1].mz.tolist() == [90.0], ext
+        # rejected records keep their place and id, so that a hit table can still name them
+        assert report.rejected_records == [1, 2, 3] and report.rejected_ids == ["1", "2", "3"], ext
+    # several files: positions count every record read before, ids follow
+    _, report = fio.read([tmp_path / "x.mgf", tmp_path / "x.msp"], return_report=True)
+    assert report.rejected_records == [1, 2, 3, 6, 7, 8]
+    assert report.rejected_ids == ["1", "2", "3"] * 2
 
 
 def test_tsv_bad_rows(tmp_path):

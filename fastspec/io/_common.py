@@ -102,6 +102,8 @@ class ReadReport:
     seconds: float = 0.0
     #: 0-based position among all records read of every rejected record, in rejection order
     rejected_records: list = dataclasses.field(default_factory=list)
+    #: the record's id (MGF TITLE, MSP Name, ...) for each of ``rejected_records``, None when unknown
+    rejected_ids: list = dataclasses.field(default_factory=list)
 
     @property
     def reasons(self) -> dict:
@@ -115,11 +117,16 @@ class ReadReport:
                                  f"{self.n_spectra} spectra + {self.n_rejected} rejected")
         if sum(self.counts_by_reason.values()) != self.n_rejected:
             raise AssertionError("read report: rejection reasons do not add up")
+        if not len(self.rejected_records) == len(self.rejected_ids) == self.n_rejected:
+            raise AssertionError("read report: rejected records and their ids do not add up")
         return self
 
-    def reject(self, line: int | None, reason: str, path: str | None = None, record: int | None = None) -> None:
-        """Count a rejected record; ``record``: its position among the records read (default: the next)."""
+    def reject(self, line: int | None, reason: str, path: str | None = None, record: int | None = None,
+               record_id: str | None = None) -> None:
+        """Count a rejected record; ``record``: its position among the records read (default: the next);
+        ``record_id``: its id when the reader got that far."""
         self.rejected_records.append(self.n_records if record is None else int(record))
+        self.rejected_ids.append(None if record_id is None else str(record_id))
         self.n_records += 1
         self.n_rejected += 1
         self.counts_by_reason[reason] = self.counts_by_reason.get(reason, 0) + 1
@@ -133,6 +140,7 @@ class ReadReport:
     def absorb(self, other: "ReadReport") -> None:
         """Add another report's counts (used for several files)."""
         self.rejected_records.extend(self.n_records + r for r in other.rejected_records)
+        self.rejected_ids.extend(other.rejected_ids)
         self.n_records += other.n_records
         self.n_spectra += other.n_spectra
         self.n_rejected += other.n_rejected
@@ -291,6 +299,17 @@ def clean_peaks(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, repo
     return keep, out_reasons, new_off, np.ascontiguousarray(mz2), np.ascontiguousarray(in2, dtype=np.float32)
 
 
+def _record_ids(metadata: pa.Table, rows: np.ndarray, text: bool, merge_aliases: bool | None) -> list:
+    """The harmonised ``id`` of some records (None where they have none), one per row."""
+    from fastspec.io.meta import harmonise_table
+
+    if metadata.num_columns == 0:  # a table without columns harmonises to no rows at all
+        return [None] * len(rows)
+    ids = harmonise_table(metadata.take(pa.array(rows)), text=text, merge_aliases=merge_aliases).column("id")
+    ids = ids.to_pylist()
+    return ids if len(ids) == len(rows) else [None] * len(rows)
+
+
 def finish_block(
     report: ReadReport,
     path: str,
@@ -326,8 +345,10 @@ def finish_block(
             first = bad[np.argmin(lines[bad])]
             raise ParseError(str(reasons[first]), path, int(lines[first]))
         base = report.n_records  # this block's records follow those already counted
-        for i in bad:
-            report.reject(int(lines[i]), str(reasons[i]), path, record=base + int(i))
+        # their ids as the kept records get theirs, so that a hit table can name the rejected queries
+        bad_ids = _record_ids(metadata, bad, text, merge_aliases)
+        for i, rid in zip(bad, bad_ids):
+            report.reject(int(lines[i]), str(reasons[i]), path, record=base + int(i), record_id=rid)
     n_keep = int(keep.sum())
     report.n_records += n_keep
     report.n_spectra += n_keep

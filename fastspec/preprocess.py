@@ -615,33 +615,43 @@ def parse_pipeline(text: str) -> Pipeline:
 def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_precursor: float | None = 1.6,
                      merge: "float | str | None" = 0.05, noise: float | None = 0.01,
                      top_k: int | None = None) -> Pipeline:
-    """The library-search default: ms_entropy's ``clean_spectrum_for_search`` without its final
-    sum-normalisation (scores are scale-invariant, raw intensities stay available), nearly: peaks are
-    merged by float64 m/z differences, ms_entropy's by float32 ones, so peaks almost exactly 0.05 Da
-    apart can merge differently (0.3% of the 62k MassBank spectra come out with other peaks).
-    ``entropy_clean`` is ms_entropy's cleaning to the bit.
+    """The library-search default: ms_entropy's ``clean_spectrum_for_search`` to the bit, without its
+    final sum-normalisation (scores are scale-invariant, raw intensities stay available).
+
+    So the peaks an open entropy search scores are those ms_entropy's ``FlashEntropySearch`` scores.
+    Its arithmetic is float32 (m/z included) and its comparisons inclusive, which decides borderline
+    cases: peaks exactly 0.05 Da apart merge, a peak at exactly 1% of the base peak stays. The separate
+    steps (``remove_precursor``, ``merge_peaks``, ``noise_cut``, ``top_k``) compute in float64 instead,
+    and merged differently in 0.3% of the 62k MassBank spectra.
 
     Steps, in order:
 
     1. ``sanitize`` -- drop NaN/inf/non-positive peaks, sum peaks at identical m/z;
     2. ``mz_range(min_mz, max_mz)`` -- default: all m/z;
-    3. ``remove_precursor(window=remove_precursor, above=True)`` -- drop ``mz > precursor_mz - 1.6`` (the
-       precursor and its isotopes dominate spectra but say little about structure; Li & Fiehn 2023);
-    4. ``merge_peaks(tolerance=merge)`` -- centroid peaks closer than 0.05 Da, so that matching peaks at the
-       usual 0.01-0.02 Da search tolerance is unambiguous;
-    5. ``noise_cut(relative=noise)`` -- drop peaks below 1% of the base peak;
-    6. ``top_k(k=top_k)`` -- only when ``top_k`` is given.
+    3. ``entropy_clean`` (:func:`entropy_clean`, ``normalize_intensity=False``), which
 
-    Pass None to leave out steps 3-6.
+       * drops peaks with ``mz >= precursor_mz - remove_precursor`` (the precursor and its isotopes
+         dominate spectra but say little about structure; Li & Fiehn 2023);
+       * centroids peaks ``merge`` apart or closer (0.05 Da; a float in Da, or ``"10ppm"``), so that
+         matching peaks at the usual 0.01-0.02 Da search tolerance is unambiguous;
+       * drops peaks below ``noise`` (1%) of the base peak;
+       * keeps the ``top_k`` most intense peaks, when ``top_k`` is given.
+
+    Pass None to leave out a part of step 3 (all None: no step 3).
     """
     steps: list[tuple[str, dict]] = [("sanitize", {"duplicates": "sum"}),
                                      ("mz_range", {"min_mz": min_mz, "max_mz": max_mz})]
-    if remove_precursor is not None:
-        steps.append(("remove_precursor", {"window": remove_precursor, "above": True}))
-    if merge is not None:
-        steps.append(("merge_peaks", {"tolerance": merge}))
-    if noise is not None:
-        steps.append(("noise_cut", {"relative": noise}))
-    if top_k is not None:
-        steps.append(("top_k", {"k": top_k}))
+    if (remove_precursor, merge, noise, top_k) == (None,) * 4:
+        return Pipeline(steps)
+    params: dict[str, Any] = {"min_mz": -1.0, "max_mz": -1.0, "noise_threshold": 0.0 if noise is None else noise,
+                              "min_ms2_difference_in_da": 0.0, "min_ms2_difference_in_ppm": -1.0,
+                              "max_peak_num": -1 if top_k is None else top_k, "normalize_intensity": False,
+                              "precursor_ions_removal_da": remove_precursor}
+    if merge is not None:  # None: 0 Da, which only merges identical m/z (sanitize did)
+        tol = parse_tolerance(merge)
+        if tol.ppm > 0:
+            params["min_ms2_difference_in_da"], params["min_ms2_difference_in_ppm"] = -1.0, tol.ppm
+        else:
+            params["min_ms2_difference_in_da"] = tol.da
+    steps.append(("entropy_clean", params))
     return Pipeline(steps)

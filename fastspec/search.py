@@ -371,10 +371,9 @@ def search(
         Passed to :func:`fastspec.similarity.prepare` (cosine family; unknown names raise ParameterError).
         Entropy metrics score the library's stored (preprocessed) peaks and the queries after the same
         preprocessing as they are (``clean=False``: only sum-normalised and weighted), the peaks the
-        fragment-index bounds are computed on; ``clean=True`` and non-default powers are refused. For scores
-        identical to ms_entropy's, build the library with ``preprocess="entropy_clean"`` (its
-        ``clean_spectrum_for_search`` exactly); the default pipeline differs from it in 0.3% of MassBank
-        spectra (see :func:`fastspec.preprocess.default_pipeline`).
+        fragment-index bounds are computed on; ``clean=True`` and non-default powers are refused. The
+        default pipeline cleans as ms_entropy's ``clean_spectrum_for_search`` does, to the bit (see
+        :func:`fastspec.preprocess.default_pipeline`), so scores equal its ``FlashEntropySearch``'s.
 
     Returns
     -------

@@ -965,3 +965,42 @@ def test_open_binned_cosine_filters_equal_scoring_every_spectrum(lib, data, monk
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.scores, want.scores)
     np.testing.assert_array_equal(got.matches, want.matches)
+
+
+def test_open_entropy_equals_ms_entropy_flash_search(data, lib):
+    """The default library's open entropy search scores what ms_entropy's FlashEntropySearch scores, from
+    the same raw spectra (the default preprocessing is its clean_spectrum_for_search): the same top-k
+    scores within 1e-6, the same spectra except ties. Queries and library are positive spectra, as
+    ms_entropy has no polarity filter."""
+    me = pytest.importorskip("ms_entropy")
+    lib_sp, queries = data
+    pos = lib.polarity > 0
+    qsel = np.flatnonzero((queries.polarity > 0) & np.isfinite(queries.precursor_mz))[:40]
+    assert qsel.size >= 20
+    inp = np.asarray(lib.input_index if lib.input_index is not None else np.arange(len(lib)))
+    # every library spectrum that has peaks left, as the library holds them: positive only
+    rows = np.flatnonzero(pos)
+    src = inp[rows]
+    specs = [{"precursor_mz": float(lib_sp.precursor_mz[i]) if np.isfinite(lib_sp.precursor_mz[i]) else 0.0,
+              "peaks": np.column_stack([lib_sp[i].mz, lib_sp[i].intensity]).astype(np.float32), "row": int(r)}
+             for r, i in zip(rows, src)]
+    es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
+    row_of = np.array([s["row"] for s in es.build_index(specs)])
+    hits = lib.search(queries[qsel], k=K, mode="open", metric="entropy", tolerance=0.02, threads=1)
+    checked = 0
+    for j, i in enumerate(qsel):
+        peaks = es.clean_spectrum_for_search(precursor_mz=float(queries.precursor_mz[i]),
+                                             peaks=np.column_stack([queries[i].mz, queries[i].intensity]).astype(np.float32))
+        if len(peaks) == 0:
+            continue
+        s = np.asarray(es.open_search(peaks=peaks, ms2_tolerance_in_da=0.02), dtype=np.float64)
+        order = np.argsort(-s, kind="stable")[:K]
+        want = s[order]
+        got = hits.scores[j].astype(np.float64)
+        n = int(np.sum(want > 0))
+        np.testing.assert_allclose(got[:n], want[:n], atol=1e-6, rtol=0, err_msg=str(i))
+        for r, w in zip(hits.indices[j][:n], want[:n]):
+            if np.sum(np.abs(want - w) <= TIE) == 1 and np.sum(np.abs(s - w) <= TIE) == 1:
+                assert r == row_of[order[list(want).index(w)]], (i, r)
+        checked += 1
+    assert checked >= 20

@@ -901,16 +901,25 @@ def _drop_hopeless(kind, touched, ns, dead, nd, work, count, track, state, live,
     """Keep (compacted at the front of ``touched``) the reached spectra whose partial bound plus what
     query peaks of mass ``q_rest`` can add still reaches ``theta``; rule out the others (state 2,
     accumulators cleared). The first call also applies the filters. Returns ``(ns, nd)``."""
-    rest = _inflate(_rest(kind, q_rest, 1.0))
+    r1 = _rest(kind, q_rest, 1.0)
+    rest = _inflate(r1)
+    # entropy: g(q_rest, 1 - m) <= g(q_rest, 1) - m * dg/dl(q_rest, 1) (g is concave in l: the tangent at
+    # 1 lies above it), dg/dl(Q, 1) = log2(1 + Q) / 2; no log per spectrum
+    slope = 0.5 * np.log2(1.0 + q_rest) if kind == 1 and q_rest > 0 else 0.0
     keep = 0
     for v in range(ns):
         c = touched[v]
         a = _inflate(np.float64(work[c, 0]))
         alive = a + rest >= theta
-        # library mass already matched is unavailable to the remaining peaks (clean spectra only);
-        # cosine only: for entropy the tighter test costs three logs per spectrum
-        if alive and kind == 0 and clean_q and min_gap[c] > gap_thr:
-            alive = a + _inflate(_rest(kind, q_rest, max(0.0, 1.0 - np.float64(work[c, 1])))) >= theta
+        # library mass already matched is unavailable to the remaining peaks (clean spectra only). For
+        # entropy the tangent (exact g: three logs per spectrum, 1.36x slower open search) left novel-compound
+        # queries as fast and made library copies 0.89-0.91x (2.4M, 1 thread, interleaved)
+        if alive and clean_q and min_gap[c] > gap_thr:
+            m = min(max(np.float64(work[c, 1]), 0.0), 1.0)
+            if kind == 0:
+                alive = a + _inflate(_rest(kind, q_rest, 1.0 - m)) >= theta
+            else:
+                alive = a + _inflate(max(r1 - m * slope, 0.0)) >= theta
         if alive and (not first or _passes(c, qrow, q_codes, lib_codes, sym)):
             touched[keep] = c
             keep += 1

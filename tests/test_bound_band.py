@@ -1,4 +1,4 @@
-"""The alive band of the bound search (:func:`fastspec.kernels.fragment._alive_band`) against a naive grid."""
+"""The alive band and the early-stop drop of the bound search (:mod:`fastspec.kernels.fragment`) against naive bounds."""
 from __future__ import annotations
 
 import math
@@ -47,3 +47,31 @@ def test_band_edges():
     assert fk._alive_band(fk.KIND_PRODUCT, 0.5, 0.75, -np.inf) == (-1.0, 2.0)  # no threshold: everything
     lo, hi = fk._alive_band(fk.KIND_PRODUCT, 0.5, 0.75, 1.5)  # above the best possible score: nothing
     assert lo > hi
+
+
+@settings(max_examples=150, deadline=None)
+@given(kind=st.sampled_from([fk.KIND_PRODUCT, fk.KIND_ENTROPY]), q_rest=st.floats(0.0, 1.0),
+       theta=st.floats(0.0, 1.2), seed=st.integers(0, 2**31 - 1))
+def test_drop_keeps_every_spectrum_that_can_reach_theta(kind, q_rest, theta, seed):
+    """_drop_hopeless (the early-stop drop) never rules out a spectrum whose partial bound plus the most
+    the unscanned query mass can add against its unmatched library mass reaches theta (naive bound);
+    for entropy the kernel uses the tangent of g at 1, which must lie above it."""
+    rng = np.random.default_rng(seed)
+    n = 64
+    a = rng.uniform(0.0, 1.0, n).astype(np.float32)
+    matched = rng.uniform(0.0, 1.0, n).astype(np.float32)
+    work = np.stack([a, matched], axis=1).astype(np.float32)
+    touched = np.arange(n, dtype=np.int32)
+    state = np.ones(n, dtype=np.uint8)
+    live = np.zeros(n // 64 + 1, dtype=np.uint64)
+    min_gap = np.full(n, 1.0, dtype=np.float32)
+    keep, nd = fk._drop_hopeless(kind, touched, n, np.zeros(n, np.int32), 0, work, np.zeros(n, np.uint16), False,
+                                 state, live, q_rest, theta, True, min_gap, 0.05, 0, np.zeros((1, 0), np.int32),
+                                 np.zeros((n, 0), np.int32), np.zeros(0, np.bool_), False)
+    kept = set(touched[:keep].tolist())
+    assert keep + nd == n
+    for i in range(n):
+        rest_l = max(0.0, 1.0 - float(matched[i]))
+        most = math.sqrt(q_rest * rest_l) if kind == fk.KIND_PRODUCT else _g(q_rest, rest_l)
+        if float(a[i]) + most >= theta:
+            assert i in kept, (i, float(a[i]), most, theta)

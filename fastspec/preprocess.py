@@ -421,7 +421,8 @@ STEPS: dict[str, Step] = {
               Param("min_ms2_difference_in_da", "float", 0.05), Param("min_ms2_difference_in_ppm", "float", -1.0),
               Param("max_peak_num", "int", -1), Param("normalize_intensity", "bool", True),
               Param("precursor_ions_removal_da", "float?", 1.6)),
-             lambda p: "ms_entropy clean_spectrum(" + ", ".join(f"{k}={_fmt(v)}" for k, v in p.items()) + ")"),
+             lambda p: "ms_entropy clean_spectrum(" + ", ".join(f"{k}={'none' if v is None else _fmt(v)}"
+                                                                for k, v in p.items()) + ")"),
     )
 }
 
@@ -639,6 +640,14 @@ def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_pr
 
     Pass None to leave out a part of step 3 (all None: no step 3).
     """
+    # entropy_clean takes ms_entropy's values as they are (a negative precursor window or top-k means
+    # something there or nothing): refuse what the separate steps refused
+    if remove_precursor is not None and not _to_float(remove_precursor, "remove_precursor") >= 0:
+        raise ParameterError(f"remove_precursor must be >= 0 Da, got {remove_precursor!r}")
+    if noise is not None and not 0 <= _to_float(noise, "noise") <= 1:
+        raise ParameterError(f"noise must be within [0, 1], got {noise!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
+        raise ParameterError(f"top_k must be an integer >= 1, got {top_k!r}")
     steps: list[tuple[str, dict]] = [("sanitize", {"duplicates": "sum"}),
                                      ("mz_range", {"min_mz": min_mz, "max_mz": max_mz})]
     if (remove_precursor, merge, noise, top_k) == (None,) * 4:

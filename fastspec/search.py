@@ -106,8 +106,9 @@ class Hits:
     fallback : ndarray of bool (n,)
         Formula mode: the query had no same-formula neighbour and was searched against the whole library.
     query_ids : list of str
-        Each query's id (MGF TITLE, MSP Name, ...; its position when it has none). Rejected records
-        keep the id the reader got to, else ``""``.
+        Each query's id (its ``id`` metadata: MGF TITLE or SPECTRUMID, MSP DB#, ...), else its position
+        among the records read (the row's ``query_index``). Rejected records keep the id the reader got
+        to, else ``""``.
     query_precursor_mz : ndarray, float64 (n,)
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
@@ -422,6 +423,9 @@ def search(
 
         scores, indices, matches = grow(scores, 0.0), grow(indices, -1), grow(matches, 0)
         status, fallback, pmz = grow(status, REJECTED), grow(fallback, False), grow(pmz, np.nan)
+        # a query without an id is named by its record position, the row's query_index
+        given = raw.column("id")
+        ids = [ids[i] if given[i] is not None else str(int(pos[i])) for i in range(nq)]
         ids = grow(np.asarray(ids, dtype=object), "").tolist()
         for r, rid in (read_counts.get("rejected_ids") or {}).items():  # as far as the reader got
             if 0 <= r < n_read:
@@ -1048,8 +1052,9 @@ class _Context:
         # novel-compound queries, 1 thread, interleaved, compound-ordered and shuffled input, median time
         # against 32 candidates: entropy (whose bounds are refined on a shortlist 4x larger) 64 ->
         # 0.91-0.93, 128 -> 0.89-0.94, and on 300 library spectra as queries 0.99 / 1.02; cosine 128 ->
-        # 0.94-0.97 (library spectra 0.93-0.98), 64 -> 0.97-1.01 (0.98-0.99)
-        m = max(2 * cfg.k + 8, 32) * (64 if use_nl else 2 if kind == 1 else 4)
+        # 0.94-0.97 (library spectra 0.93-0.98), 64 -> 0.97-1.01 (0.98-0.99). Open search with a large k
+        # keeps 2k + 8, which already covers it
+        m = max(2 * cfg.k + 8, 32) * 64 if use_nl else max(2 * cfg.k + 8, 64 if kind == 1 else 128)
         while pending.shape[0]:
             m = min(m, max(n_lib, 1))
             ids, bounds, nxt, st = fk.search_bounds(

@@ -127,21 +127,25 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
 def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
     good = massbank_mgf.read_text().split("END IONS")[0] + "END IONS\n"
     bad = "BEGIN IONS\nTITLE=broken\nPEPMASS=not-a-number\n100.0 abc\nEND IONS\n"
+    untitled = "\n".join(ln for ln in good.splitlines() if not ln.startswith(("TITLE=", "SPECTRUM_ID="))) + "\n"
     path = tmp_path / "q.mgf"
-    path.write_text(good + bad + good)
+    path.write_text(good + bad + good + untitled)
     out = tmp_path / "h.parquet"
     run("query", path, "-l", index, "-o", out, "--on-error", "skip", "-q")
     # every record keeps its row, in file order; the rejected one says so
     table = pq.read_table(out)
-    assert len(set(table.column("query_index").to_pylist())) == 3
+    assert len(set(table.column("query_index").to_pylist())) == 4
     rows = table.filter(pc.equal(table.column("query_index"), 1))
     assert rows.column("status").to_pylist() == ["rejected"] and rows.column("library_index").null_count == 1
     assert rows.column("query_id").to_pylist() == ["broken"]  # named by its TITLE, like the others
+    # a record without an id is named by its position among the records read, its query_index
+    last = table.filter(pc.equal(table.column("query_index"), 3))
+    assert set(last.column("query_id").to_pylist()) == {"3"}
     # nothing is lost silently: the skipped record is counted on stderr and in the table's parameters
     res = run("query", path, "-l", index, "-o", tmp_path / "h.tsv", "--on-error", "skip")
-    assert "3 query records read, 1 rejected and not searched" in res.output
+    assert "4 query records read, 1 rejected and not searched" in res.output
     header = [ln for ln in (tmp_path / "h.tsv").read_text().splitlines() if ln.startswith("# query_records")]
-    assert json.loads(header[0].split(": ", 1)[1]) == {"read": 3, "rejected": 1,
+    assert json.loads(header[0].split(": ", 1)[1]) == {"read": 4, "rejected": 1,
                                                        "rejected_by_reason": {"unparsable peak line": 1},
                                                        "warnings": {}}
     assert_clean_error(run("query", path, "-l", index, "-o", out, "--on-error", "raise", "-q", ok=False))

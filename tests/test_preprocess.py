@@ -392,6 +392,11 @@ def test_default_pipeline_documented_steps_and_options():
                                               "precursor_ions_removal_da": None, "min_ms2_difference_in_da": -1.0,
                                               "min_ms2_difference_in_ppm": 10.0}
     assert pp.Pipeline.from_config(json.loads(json.dumps(q.to_config()))) == q
+    assert "precursor_ions_removal_da=none" in pp.default_pipeline(remove_precursor=None).describe()
+    for bad in ({"top_k": 0}, {"top_k": -2}, {"top_k": 2.5}, {"remove_precursor": -3}, {"noise": 1.5},
+                {"noise": float("nan")}, {"merge": "-1da"}):
+        with pytest.raises(ParameterError):
+            pp.default_pipeline(**bad)
     bare = pp.default_pipeline(remove_precursor=None, merge=None, noise=None)
     assert [n for n, _ in bare] == ["sanitize", "mz_range"]
     sp = _sp([[(10.0, 1.0), (10.5, 1.0), (50.0, 0.001)]], precursors=[20.0])  # float32-exact m/z

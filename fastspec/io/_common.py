@@ -102,7 +102,8 @@ class ReadReport:
     seconds: float = 0.0
     #: 0-based position among all records read of every rejected record, in rejection order
     rejected_records: list = dataclasses.field(default_factory=list)
-    #: the record's id (MGF TITLE, MSP Name, ...) for each of ``rejected_records``, None when unknown
+    #: the record's harmonised ``id`` (MGF TITLE or SPECTRUMID, MSP DB#, ...) for each of ``rejected_records``,
+    #: None when it has none or the reader did not get that far
     rejected_ids: list = dataclasses.field(default_factory=list)
 
     @property

@@ -520,12 +520,15 @@ class _SearchConfig:
         """Keyword arguments for :func:`fastspec.similarity.prepare` (same for queries and library).
 
         Entropy metrics get ``clean=False``: prepare then only sum-normalises and weights the peaks, so
-        the exact scores are those of the stored peaks, on which the fragment-index bounds are computed.
+        the exact scores are those of the stored peaks, on which the fragment-index bounds are computed;
+        and ``flash=True`` with Da tolerances: peaks matched in FlashEntropySearch's float32 windows.
         """
         kw = dict(self.metric_params)
         kw["tolerance"] = self.tolerance
         if self.metric in _ENTROPY:
             kw["clean"] = False
+            # peaks matched as FlashEntropySearch matches them (float32 windows), so scores are its
+            kw["flash"] = self.tolerance.unit == "da"
         else:
             kw["mz_power"] = self.mz_power
             kw["intensity_power"] = self.intensity_power
@@ -552,7 +555,7 @@ def _check_metric(metric: str) -> str:
 
 
 #: search() arguments that are set by the search itself, not passed through to prepare()
-_OWN_PARAMS = {"spectra", "metric", "tolerance", "mz_power", "intensity_power", "threads"}
+_OWN_PARAMS = {"spectra", "metric", "tolerance", "mz_power", "intensity_power", "threads", "flash"}
 
 
 def _check_metric_params(params: dict) -> None:

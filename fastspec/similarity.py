@@ -10,6 +10,7 @@ Metrics (``METRICS``)
     ms_entropy's (un)weighted entropy similarity. With ``clean=True`` (default) each spectrum goes
     through ms_entropy's ``clean_spectrum`` first (minimum peak distance 2 x tolerance, noise 1%),
     so raw spectra give ``ms_entropy.calculate_entropy_similarity``'s number. Default tolerance 0.02 Da.
+    ``flash=True`` (Da) matches peaks as ``FlashEntropySearch``'s index does instead, as library search does.
 ``binned_cosine``
     Cosine of fixed-width binned vectors (intensities summed per bin); ``bin_width`` (Da, defaults to
     the tolerance), ``max_mz``, ``base_peak`` (scale the most intense peak to this value first) and
@@ -98,6 +99,10 @@ class Prepared:
 
     @property
     def kind(self) -> int:
+        if self.params.get("flash"):
+            from fastspec.kernels.matching import ENTROPY_FLASH
+
+            return ENTROPY_FLASH
         return METRICS[self.metric]
 
     def __len__(self) -> int:
@@ -131,7 +136,8 @@ class Prepared:
 def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any = None, mz_power: float = 0.0,
             intensity_power: float = 1.0, *, preset: str | None = None, bin_width: float | None = None,
             max_mz: float | None = None, base_peak: float | None = None, precursor_peak: float | None = None,
-            clean: bool = True, ignore_peaks_above_precursor: bool = True, threads: int | None = None) -> Prepared:
+            clean: bool = True, ignore_peaks_above_precursor: bool = True, flash: bool = False,
+            threads: int | None = None) -> Prepared:
     """Turn spectra into the arrays a metric's kernel scores (done once, reused for many comparisons).
 
     Parameters
@@ -155,6 +161,12 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         normalised to sum 1).
     ignore_peaks_above_precursor : bool
         Neutral-loss cosine: drop peaks at or above the precursor m/z (matchms default).
+    flash : bool
+        Entropy metrics with a Da tolerance: match peaks as ms_entropy's ``FlashEntropySearch`` does (a
+        peak of b within ``float32(a - tolerance) .. float32(a + tolerance)`` of a peak of a, ends
+        included) instead of as ``calculate_entropy_similarity`` does (``|float32(a - b)| <= tolerance``).
+        They differ only for pairs about ``tolerance`` apart; library search uses it, so its scores are
+        FlashEntropySearch's (NumPy 2; see :func:`fastspec.kernels.entropy.entropy_pair`).
     threads : int, optional
         Threads for the parallel preparation kernels.
 
@@ -169,14 +181,15 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     return prepare_csr(spectra.offsets, spectra.mz, spectra.intensity, spectra.precursor_mz, metric, tolerance,
                        mz_power, intensity_power, preset=preset, bin_width=bin_width, max_mz=max_mz,
                        base_peak=base_peak, precursor_peak=precursor_peak, clean=clean,
-                       ignore_peaks_above_precursor=ignore_peaks_above_precursor, threads=threads)
+                       ignore_peaks_above_precursor=ignore_peaks_above_precursor, flash=flash, threads=threads)
 
 
 def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, precursor_mz: np.ndarray,
                 metric: str = "cosine", tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
                 preset: str | None = None, bin_width: float | None = None, max_mz: float | None = None,
                 base_peak: float | None = None, precursor_peak: float | None = None, clean: bool = True,
-                ignore_peaks_above_precursor: bool = True, threads: int | None = None) -> Prepared:
+                ignore_peaks_above_precursor: bool = True, flash: bool = False,
+                threads: int | None = None) -> Prepared:
     """:func:`prepare` on CSR arrays (``offsets`` int64 (n+1,), ``mz`` float64 and ``intensity`` (P,), m/z
     sorted within each spectrum; ``precursor_mz`` float64 (n,)), for callers that gather peaks themselves
     (library search: no Spectra container or metadata per candidate set)."""
@@ -189,6 +202,8 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     pmz = np.ascontiguousarray(precursor_mz, np.float64)
     n = offsets.shape[0] - 1
     params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
+    if flash and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
+        raise ParameterError("flash applies to entropy metrics with a Da tolerance")
 
     if metric in ("entropy", "unweighted_entropy"):
         from fastspec.kernels.entropy import prepare_entropy
@@ -201,6 +216,8 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
                                           tol_ppm=tol.ppm if tol.unit == "ppm" else -1.0, clean=bool(clean),
                                           weighted=metric == "entropy", threads=threads)
         params["clean"] = bool(clean)
+        if flash:  # only when set: parameters of Prepared made before it stay comparable
+            params["flash"] = True
         return Prepared(metric, np.asarray(off2, np.int64), np.asarray(mz32, np.float64), np.asarray(w32, np.float64),
                         np.ones(n), pmz, tol, params)
 

@@ -309,12 +309,17 @@ def _normalize_kernel(offsets, mz, intensity, out_mz, out_int, counts):
 
 
 @numba.njit(**NJIT)
-def entropy_pair(mz_a, w_a, a0, a1, mz_b, w_b, b0, b1, tol_da, tol_ppm):
+def entropy_pair(mz_a, w_a, a0, a1, mz_b, w_b, b0, b1, tol_da, tol_ppm, flash=False):
     """Entropy similarity of peaks ``[a0, a1)`` of spectrum a and ``[b0, b1)`` of spectrum b.
 
     The two-pointer walk of ms_entropy's C ``calculate_unweighted_entropy_similarity`` (called by the
     weighted version after weighting): float32 accumulation of ``f(a+b) - f(a) - f(b)`` with
     ``f(v) = v * log2f(v)``, halved and clamped to [0, 1]. Each peak matches at most once.
+
+    With ``flash`` (Da tolerances), peaks match as in ``FlashEntropySearch``'s index instead: a peak of
+    b within ``float32(a - tol) <= b <= float32(a + tol)`` of a peak ``a`` (ends included, in float32),
+    where the pair function tests ``|float32(a - b)| <= tol``. Pairs almost exactly ``tol`` apart
+    (MassBank's 4-decimal m/z 0.0200 apart, 0.020004 in float32) can fall on either side.
 
     Parameters
     ----------
@@ -328,6 +333,8 @@ def entropy_pair(mz_a, w_a, a0, a1, mz_b, w_b, b0, b1, tol_da, tol_ppm):
         Tolerance in Da (used when ``tol_ppm <= 0``).
     tol_ppm : float32
         Tolerance in ppm of the a-peak's m/z when > 0.
+    flash : bool
+        FlashEntropySearch's windows around a's peaks (only with ``tol_ppm <= 0``).
 
     Returns
     -------
@@ -345,12 +352,19 @@ def entropy_pair(mz_a, w_a, a0, a1, mz_b, w_b, b0, b1, tol_da, tol_ppm):
     while a < a1 and b < b1:
         # explicit float32: callers may hold the (float32-exact) values in float64 arrays
         ma = np.float32(mz_a[a])
-        delta = ma - np.float32(mz_b[b])
+        mb = np.float32(mz_b[b])
         if tppm > 0:
             tda = _ppm_delta(tppm, ma)
-        if delta < -tda:
+        if flash and tppm <= 0:
+            below = mb < ma - tda  # float32 - float32: ma - tda is rounded to float32, as numpy does it
+            above = mb > ma + tda
+        else:
+            delta = ma - mb
+            below = delta > tda
+            above = delta < -tda
+        if above:
             a += 1
-        elif delta > tda:
+        elif below:
             b += 1
         else:
             pa = np.float32(w_a[a])

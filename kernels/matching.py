@@ -50,6 +50,7 @@ MODIFIED_COSINE = 1
 NEUTRAL_LOSS = 2
 BINNED = 3
 ENTROPY = 4
+ENTROPY_FLASH = 5  #: entropy, peaks matched in FlashEntropySearch's float32 windows (see entropy_pair)
 
 _NBINS = 1 << 16  # bins of the per-row bitset (8 KiB: stays in L1)
 _MAX_ROUNDS = 24  # locally-dominant rounds before the heap takes over (long monotone chains)
@@ -104,7 +105,7 @@ def _bin(x, inv_w):
 @numba.njit(**NJIT)
 def mark_row(kind, buf, pos_a, a0, a1, inv_w, on):
     """Record (``on``) or erase the peaks ``[a0, a1)`` of A in the row bitset (peak-matching kinds only)."""
-    if kind == BINNED or kind == ENTROPY:
+    if kind == BINNED or kind == ENTROPY or kind == ENTROPY_FLASH:
         return
     bits = buf[3]
     for p in range(a0, a1):
@@ -313,8 +314,8 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
             dot, used = _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1)
             den = norm_a[i] * norm_b[j]
             score = dot / den if den > 0 else 0.0
-        elif kind == ENTROPY:
-            score, used = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm)
+        elif kind == ENTROPY or kind == ENTROPY_FLASH:
+            score, used = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, kind == ENTROPY_FLASH)
         elif norm_a[i] * norm_b[j] > 0 and not (kind == NEUTRAL_LOSS and not (pa == pa and pmz_b[j] == pmz_b[j])):
             pb = pmz_b[j]
             shift = pa - pb

@@ -204,15 +204,26 @@ def entropy_weight(intensity) -> list[float]:
     return [v / tot for v in y]
 
 
-def entropy_similarity(mz_a, int_a, mz_b, int_b, tol=0.02, unit="da", weighted=True) -> tuple[float, int]:
+def entropy_similarity(mz_a, int_a, mz_b, int_b, tol=0.02, unit="da", weighted=True, flash=False) -> tuple[float, int]:
     """(Un)weighted entropy similarity of two *already cleaned* spectra -> (score, matched peaks).
 
     Peaks with m/z or intensity <= 0 are dropped and intensities normalised to sum 1 (what
     ``prepare(..., clean=False)`` does), the entropy weight applied when ``weighted``, then
     ms_entropy's two-pointer walk: a peak of ``a`` and one of ``b`` match when
     ``|mz_a - mz_b| <= window(mz_a)``; both pointers advance after a match. Float64 arithmetic
-    (ms_entropy and fastspec use float32, so compare with ~1e-5).
+    (ms_entropy and fastspec use float32, so compare with ~1e-5). With ``flash`` (Da), a peak of ``b``
+    matches a peak of ``a`` when ``float32(mz_a) - float32(tol) <= float32(mz_b) <= float32(mz_a) +
+    float32(tol)``, each end rounded to float32 (FlashEntropySearch's windows under NumPy 2).
     """
+    import numpy as np
+
+    def side(ma, mb, t):  # -1: b below a's window, 1: above, 0: inside
+        if flash and unit == "da":
+            a32, b32, t32 = np.float32(ma), np.float32(mb), np.float32(tol)
+            return -1 if b32 < np.float32(a32 - t32) else 1 if b32 > np.float32(a32 + t32) else 0
+        d = ma - mb
+        return -1 if d > t else 1 if d < -t else 0
+
     def norm(mz, inten):
         keep = [(float(m), float(v)) for m, v in zip(mz, inten) if m > 0 and v > 0]
         tot = sum(v for _, v in keep)
@@ -225,11 +236,10 @@ def entropy_similarity(mz_a, int_a, mz_b, int_b, tol=0.02, unit="da", weighted=T
     a = b = n = 0
     sim = 0.0
     while a < len(mz_a) and b < len(mz_b):
-        d = mz_a[a] - mz_b[b]
-        t = window(mz_a[a], tol, unit)
-        if d < -t:
+        where = side(mz_a[a], mz_b[b], window(mz_a[a], tol, unit))
+        if where > 0:
             a += 1
-        elif d > t:
+        elif where < 0:
             b += 1
         else:
             ia, ib = x_a[a], x_b[b]
@@ -255,7 +265,8 @@ def score(metric, mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol, unit="da", mz_pow
         return binned_cosine(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, mz_power=mz_power,
                              intensity_power=intensity_power, **params)
     if metric in ("entropy", "unweighted_entropy"):
-        return entropy_similarity(mz_a, int_a, mz_b, int_b, tol, unit, weighted=metric == "entropy")
+        return entropy_similarity(mz_a, int_a, mz_b, int_b, tol, unit, weighted=metric == "entropy",
+                                  flash=bool(params.get("flash", False)))
     raise ValueError(metric)
 
 

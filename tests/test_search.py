@@ -53,6 +53,10 @@ def _metric_kw(metric: str, tolerance, **params) -> dict:
     kw = {"tolerance": tolerance, **params}
     if metric in ("entropy", "unweighted_entropy"):
         kw["clean"] = False  # the library's stored peaks, as the search scores them
+        # and with Da tolerances, peaks matched in FlashEntropySearch's float32 windows, as the search does
+        from fastspec.tolerance import parse_tolerance
+
+        kw["flash"] = parse_tolerance(tolerance).unit == "da"
     return kw
 
 
@@ -967,40 +971,60 @@ def test_open_binned_cosine_filters_equal_scoring_every_spectrum(lib, data, monk
     np.testing.assert_array_equal(got.matches, want.matches)
 
 
-def test_open_entropy_equals_ms_entropy_flash_search(data, lib):
-    """The default library's open entropy search scores what ms_entropy's FlashEntropySearch scores, from
-    the same raw spectra (the default preprocessing is its clean_spectrum_for_search): the same top-k
-    scores within 1e-6, the same spectra except ties. Queries and library are positive spectra, as
-    ms_entropy has no polarity filter."""
+def test_entropy_search_equals_ms_entropy_flash_search(data, lib):
+    """Open and identity entropy search of the default library score what ms_entropy's
+    FlashEntropySearch scores from the same raw spectra (the default preprocessing is its
+    clean_spectrum_for_search; peaks are matched in its float32 windows): the same top-k scores within
+    1e-6, the same spectra except ties. Queries: the real ones, and library spectra with m/z rounded to
+    4 decimals and some peaks moved by exactly 0.0200 Da (0.020004 or so in float32, where Flash's windows
+    and the pair function disagree). Queries and library are positive spectra, as ms_entropy has no
+    polarity filter."""
     me = pytest.importorskip("ms_entropy")
+    from fastspec import similarity
+
     lib_sp, queries = data
-    pos = lib.polarity > 0
-    qsel = np.flatnonzero((queries.polarity > 0) & np.isfinite(queries.precursor_mz))[:40]
-    assert qsel.size >= 20
     inp = np.asarray(lib.input_index if lib.input_index is not None else np.arange(len(lib)))
-    # every library spectrum that has peaks left, as the library holds them: positive only
-    rows = np.flatnonzero(pos)
+    rows = np.flatnonzero(lib.polarity > 0)  # the positive spectra the library holds
     src = inp[rows]
     specs = [{"precursor_mz": float(lib_sp.precursor_mz[i]) if np.isfinite(lib_sp.precursor_mz[i]) else 0.0,
               "peaks": np.column_stack([lib_sp[i].mz, lib_sp[i].intensity]).astype(np.float32), "row": int(r)}
              for r, i in zip(rows, src)]
     es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
     row_of = np.array([s["row"] for s in es.build_index(specs)])
-    hits = lib.search(queries[qsel], k=K, mode="open", metric="entropy", tolerance=0.02, threads=1)
+    real = queries[np.flatnonzero((queries.polarity > 0) & np.isfinite(queries.precursor_mz))]
+    base = src[np.isfinite(lib_sp.precursor_mz[src]) & (np.diff(lib_sp.offsets)[src] >= 6)][::40][:40]
+    mzs = [np.round(lib_sp[i].mz, 4) + np.where(np.arange(len(lib_sp[i].mz)) % 3 == 1, 0.02, 0.0) for i in base]
+    edge = Spectra.from_arrays(mzs, [lib_sp[i].intensity for i in base], precursor_mz=lib_sp.precursor_mz[base],
+                               metadata={"ion_mode": ["positive"] * len(base)})
+    # the edge queries do reach pairs the two conventions match differently
+    kw = dict(clean=False, tolerance=0.02)
+    q_clean = apply_pipeline(lib.pipeline, edge)
+    l_clean = apply_pipeline(lib.pipeline, lib_sp.take(base))
+    differ = np.abs(similarity.score_pairs(q_clean, l_clean, "entropy", flash=True, **kw)[0]
+                    - similarity.score_pairs(q_clean, l_clean, "entropy", **kw)[0]) > 1e-6
+    assert differ.sum() >= 3
+    qs = Spectra.concat([real, edge])
     checked = 0
-    for j, i in enumerate(qsel):
-        peaks = es.clean_spectrum_for_search(precursor_mz=float(queries.precursor_mz[i]),
-                                             peaks=np.column_stack([queries[i].mz, queries[i].intensity]).astype(np.float32))
-        if len(peaks) == 0:
-            continue
-        s = np.asarray(es.open_search(peaks=peaks, ms2_tolerance_in_da=0.02), dtype=np.float64)
-        order = np.argsort(-s, kind="stable")[:K]
-        want = s[order]
-        got = hits.scores[j].astype(np.float64)
-        n = int(np.sum(want > 0))
-        np.testing.assert_allclose(got[:n], want[:n], atol=1e-6, rtol=0, err_msg=str(i))
-        for r, w in zip(hits.indices[j][:n], want[:n]):
-            if np.sum(np.abs(want - w) <= TIE) == 1 and np.sum(np.abs(s - w) <= TIE) == 1:
-                assert r == row_of[order[list(want).index(w)]], (i, r)
-        checked += 1
-    assert checked >= 20
+    for mode in ("open", "identity"):
+        hits = lib.search(qs, k=10, mode=mode, metric="entropy", tolerance=0.02, precursor_tolerance=0.01, threads=1)
+        for j in range(len(qs)):
+            peaks = es.clean_spectrum_for_search(precursor_mz=float(qs.precursor_mz[j]),
+                                                 peaks=np.column_stack([qs[j].mz, qs[j].intensity]).astype(np.float32))
+            if len(peaks) == 0:
+                continue
+            if mode == "open":
+                s = es.open_search(peaks=peaks, ms2_tolerance_in_da=0.02)
+            else:
+                s = es.identity_search(precursor_mz=float(qs.precursor_mz[j]), peaks=peaks, ms1_tolerance_in_da=0.01,
+                                       ms2_tolerance_in_da=0.02)
+            s = np.asarray(s, dtype=np.float64)
+            order = np.argsort(-s, kind="stable")[:10]
+            want = s[order]
+            n = int(np.sum(want > 0))
+            np.testing.assert_allclose(hits.scores[j][:n].astype(np.float64), want[:n], atol=1e-6, rtol=0,
+                                       err_msg=f"{mode} {j}")
+            for r, w in zip(hits.indices[j][:n], want[:n]):
+                if np.sum(np.abs(s - w) <= TIE) == 1:
+                    assert r == row_of[order[list(want).index(w)]], (mode, j, r)
+            checked += 1
+    assert checked >= 100

@@ -214,6 +214,34 @@ def test_entropy_vs_reference(metric, tol):
     assert (RM > 2).sum() > 50
 
 
+@pytest.mark.parametrize("metric", ENTROPY)
+def test_entropy_flash_windows_vs_reference(metric):
+    """flash=True: FlashEntropySearch's float32 windows. Peaks written 0.0200 apart (0.020004 in float32)
+    match there and not in the pair function; elsewhere both agree with the naive walk."""
+    a = Spectra.from_arrays([[100.0, 149.0424, 300.0]], [[1.0, 2.0, 3.0]])
+    b = Spectra.from_arrays([[100.0, 149.0224, 300.0]], [[1.0, 2.0, 3.0]])
+    s_pair, m_pair = score_pairs(a, b, metric, 0.02, clean=False)
+    s_flash, m_flash = score_pairs(a, b, metric, 0.02, clean=False, flash=True)
+    assert (m_pair[0], m_flash[0]) == (2, 3) and abs(s_flash[0] - 1.0) <= 1e-6 and s_pair[0] < 0.9
+    rng = np.random.default_rng(5)
+    mzs = [np.float32(np.sort(rng.choice(np.arange(60.0, 600.0, 0.07), 12, replace=False))).astype(np.float64)
+           for _ in range(40)]
+    # partners exactly 0.02 (in float64) away, either side, and some just inside / outside
+    shifted = [m + rng.choice([-0.02, 0.02, 0.0199, 0.0201, 0.0], m.shape[0]) for m in mzs]
+    ints = [rng.uniform(1, 100, 12).astype(np.float32) for _ in range(40)]
+    A = Spectra.from_arrays(mzs, ints)
+    B = Spectra.from_arrays([np.float32(m).astype(np.float64) for m in shifted], ints)
+    for flash in (False, True):
+        S, M = score_matrix(A, B, metric, 0.02, clean=False, flash=flash)
+        RS, RM = reference_matrix(metric, A, B, 0.02, "da", flash=flash)
+        assert np.abs(S - RS).max() <= 2e-6, flash
+        assert np.array_equal(M, RM), flash
+    with pytest.raises(ParameterError):
+        score_pairs(a, b, metric, "10ppm", flash=True)
+    with pytest.raises(ParameterError):
+        score_pairs(a, b, "cosine", 0.02, flash=True)
+
+
 def test_entropy_clean_flag_changes_nothing_on_clean_input():
     """Spectra that ms_entropy's cleaning leaves alone (peaks > 2 x tolerance apart, none below 1% of the
     base peak) score the same with clean=True and clean=False."""

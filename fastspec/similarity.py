@@ -165,8 +165,13 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         Entropy metrics with a Da tolerance: match peaks as ms_entropy's ``FlashEntropySearch`` does (a
         peak of b within ``float32(a - tolerance) .. float32(a + tolerance)`` of a peak of a, ends
         included) instead of as ``calculate_entropy_similarity`` does (``|float32(a - b)| <= tolerance``).
-        They differ only for pairs about ``tolerance`` apart; library search uses it, so its scores are
-        FlashEntropySearch's (NumPy 2; see :func:`fastspec.kernels.entropy.entropy_pair`).
+        The windows differ only for pairs about ``tolerance`` apart; library search uses it, so its
+        scores are FlashEntropySearch's (NumPy 2; see :func:`fastspec.kernels.entropy.entropy_pair`) on
+        clean spectra. With peaks closer than 2 x ``tolerance`` (``clean=False``, or a library built
+        with ``preprocess=None``) a pair found earlier in the one-to-one walk can take a peak whose
+        heavier partner lies inside the window, so scores can differ by more than the window's edge;
+        neither ms_entropy function gives that number (FlashEntropySearch refuses such spectra), and
+        ``clean=True`` with ``flash=True`` is ms_entropy's cleaning followed by Flash's windows.
     threads : int, optional
         Threads for the parallel preparation kernels.
 

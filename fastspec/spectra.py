@@ -288,15 +288,17 @@ class Spectra:
         precursors and charges (a metadata ``take`` costs more than the peaks of a few spectra)."""
         rows = np.asarray(rows, dtype=np.int64)
         peak_idx, offsets = _gather_index(self.offsets, rows)
-        return Spectra(
-            offsets,
-            self.mz[peak_idx],
-            self.intensity[peak_idx],
-            self.precursor_mz[rows],
-            self.charge[rows],
-            self.metadata.take(pa.array(rows, pa.int64())) if metadata else None,
-            validate=False,
-        )
+        meta = None
+        if metadata:
+            n = rows.shape[0]
+            # a run of rows (one spectrum, a slice) is a zero-copy Arrow slice: a take of one row over
+            # the readers' ~20 columns cost ~0.3 ms, a third of a one-query identity search
+            if n and rows[0] >= 0 and rows[-1] - rows[0] == n - 1 and (n == 1 or bool(np.all(np.diff(rows) == 1))):
+                meta = self.metadata.slice(int(rows[0]), n)
+            else:
+                meta = self.metadata.take(pa.array(rows, pa.int64()))
+        return Spectra(offsets, self.mz[peak_idx], self.intensity[peak_idx], self.precursor_mz[rows],
+                       self.charge[rows], meta, validate=False)
 
     def __iter__(self) -> Iterator[SpectrumView]:
         for i in range(len(self)):

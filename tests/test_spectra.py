@@ -29,6 +29,19 @@ def test_layout_and_dtypes():
     np.testing.assert_array_equal(s.polarity, [1, -1, -1])
 
 
+@pytest.mark.parametrize("rows", [[1], [0, 1, 2], [1, 2], [2, 1], [0, 2], [1, 1], []])
+def test_take_runs_equal_arrow_take(rows):
+    # a run of rows takes its metadata as an Arrow slice (zero-copy), others as an Arrow take: same table,
+    # and the peaks are copies either way (preprocessing may write into them)
+    s = _small()
+    sub = s.take(np.array(rows, dtype=np.int64))
+    assert sub.metadata.to_pylist() == s.metadata.take(pa.array(rows, pa.int64())).to_pylist()
+    assert sub.metadata.schema == s.metadata.schema and len(sub) == len(rows)
+    if len(sub) and sub.mz.shape[0]:
+        sub.mz[:] = -1.0
+        assert (s.mz >= 0).all()
+
+
 def test_indexing_slicing_order():
     s = _small()
     sub = s[[2, 0]]

@@ -972,8 +972,13 @@ class _Progress:
             self.bar.close()
 
 
+#: ``ms_level`` values meaning a single stage of MS (MassBank writes ``MS_TYPE MS`` for EI and MALDI spectra)
+_MS1_WORDS = ("1", "ms1", "ms")
+
+
 def _is_ms1(meta: pa.Table) -> np.ndarray:
-    """Records whose ``ms_level`` says MS1 (``1`` / ``MS1``, any case and surrounding blanks), bool (n,)."""
+    """Records whose ``ms_level`` says MS1 (``1`` / ``MS1``, or MassBank's ``MS_TYPE MS`` ->  ``MS``; any case
+    and surrounding blanks), bool (n,)."""
     if "ms_level" not in meta.column_names:
         return np.zeros(meta.num_rows, dtype=bool)
     import pyarrow.compute as pc
@@ -981,10 +986,10 @@ def _is_ms1(meta: pa.Table) -> np.ndarray:
     col = meta.column("ms_level")
     try:  # vectorised: a 2.4M-row column in milliseconds, not a Python loop
         text = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
-        return pc.fill_null(pc.is_in(text, value_set=pa.array(["1", "ms1"])), False).to_numpy(zero_copy_only=False)
+        return pc.fill_null(pc.is_in(text, value_set=pa.array(list(_MS1_WORDS))), False).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # e.g. floats, nested values
         vals = col.to_pylist()
-        return np.array([v is not None and str(v).strip().lower() in ("1", "ms1") for v in vals], dtype=bool)
+        return np.array([v is not None and str(v).strip().lower() in _MS1_WORDS for v in vals], dtype=bool)
 
 
 def _build_index(

@@ -176,3 +176,29 @@ def test_tsv_quotes_inside_values(tmp_path):
     assert r.n_spectra == 3 and s.ids == ["a", "b", "c"]
     assert s.metadata.column("name").to_pylist() == ['Vitamin "D"', '"unclosed', "5'-\"AMP\""]
     assert s[0].mz.tolist() == [100.0, 200.0]
+
+
+def test_msp_thermo_comments_quote_only_values(tmp_path):
+    # Thermo (mzVault, GC-Orbitrap) libraries: Comments: Key="value, with blanks" Key2="..."; MoNA quotes whole pairs
+    text = ('Name: probe\nPrecursorMZ: 100\nComments: ColumnType="DB-5, 30 m" SMILES="C=CC(=O)O" '
+            'InChIKey="NIXOWILDQLNWCW-UHFFFAOYSA-N" Native_Metabolite_CAS#="79-10-7" Category="Acid"\nNum Peaks: 1\n55 100\n\n'
+            'Name: mona\nPrecursorMZ: 100\nComments: "SMILES=C=CC(=O)O" "computed InChIKey=NIXOWILDQLNWCW-UHFFFAOYSA-N" '
+            'loose text\nNum Peaks: 1\n55 100\n')
+    s, r = read(tmp_path, "thermo.msp", text)
+    m0, m1 = md(s, 0), md(s, 1)
+    assert m0["smiles"] == "C=CC(=O)O" and m0["inchikey"] == "NIXOWILDQLNWCW-UHFFFAOYSA-N"
+    assert m0["columntype"] == "DB-5, 30 m" and m0["category"] == "Acid" and m0["native_metabolite_cas"] == "79-10-7"
+    assert "comment" not in m0
+    assert m1["smiles"] == "C=CC(=O)O" and m1["comment"] == "loose text"
+
+
+def test_mgf_zero_charge_with_sign_gives_polarity(tmp_path):
+    # MZmine's SIRIUS export: CHARGE=0- for an uncharged negative-mode feature; an unsigned charge stays positive
+    text = ("BEGIN IONS\nFEATURE_ID=7\nPEPMASS=301.0712\nCHARGE=0-\nMSLEVEL=2\n151.0031 1000\nEND IONS\n"
+            "BEGIN IONS\nFEATURE_ID=8\nPEPMASS=301.0712\nCHARGE=0+\n151.0031 1000\nEND IONS\n"
+            "BEGIN IONS\nFEATURE_ID=9\nPEPMASS=301.0712\nCHARGE=1\n151.0031 1000\nEND IONS\n"
+            "BEGIN IONS\nFEATURE_ID=10\nPEPMASS=301.0712\nCHARGE=0\n151.0031 1000\nEND IONS\n")
+    s, r = read(tmp_path, "sirius.mgf", text)
+    assert s.charge.tolist() == [0, 0, 1, 0]
+    assert s.polarity.tolist() == [-1, 1, 1, 0]
+    assert s.metadata.column("ion_mode").to_pylist() == ["negative", "positive", "positive", None]

@@ -581,3 +581,17 @@ def test_ms1_records_are_counted_not_indexed(tmp_path):
     table = hits.to_arrow()  # one row for the MS1 query (no hit), one per hit for the others
     assert table.column("query_index").to_pylist() == [0, 1, 2]
     assert table.column("library_index").to_pylist() == [None, 0, 1]
+
+
+def test_massbank_ms_type_ms_is_ms1(tmp_path):
+    """MassBank writes ``AC$MASS_SPECTROMETRY: MS_TYPE MS`` for single-stage (EI, MALDI) spectra: not indexed."""
+    rec = ("ACCESSION: MSBNK-test-TST0000{i}\nRECORD_TITLE: t{i}\nCH$NAME: t\nCH$FORMULA: C6H6\n"
+           "AC$MASS_SPECTROMETRY: MS_TYPE {t}\nAC$MASS_SPECTROMETRY: ION_MODE POSITIVE\n"
+           "MS$FOCUSED_ION: PRECURSOR_M/Z 79.05\n"
+           "PK$NUM_PEAK: 2\nPK$PEAK: m/z int. rel.int.\n  51.02 100 100\n  77.04 500 999\n//\n")
+    p = tmp_path / "mb.txt"
+    p.write_text(rec.format(i=1, t="MS") + rec.format(i=2, t="MS2"))
+    lib = Library.build([str(p)], tmp_path / "mb.fastspec", faiss=False, progress=False)
+    c = lib.manifest["counts"]
+    assert len(lib) == 1 and c["n_read"] == 2 and c["rejected"] == {"MS1 spectrum (ms_level 1)": 1}
+    assert lib.search([str(p)], k=1, mode="open").status.tolist() == ["ms1", "ok"]

@@ -24,6 +24,8 @@ from fastspec.spectra import Spectra
 NUM_PEAKS_KEYS = ("num peaks", "num_peaks", "numpeaks", "num peak", "npeaks")
 
 _PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')
+# Thermo / mzVault libraries quote only the value: Comments: ColumnType="DB-5, 30 m" SMILES="C=CC(=O)O"
+_KEY_QUOTED_RE = re.compile(r'(?:(?<=\s)|^)([A-Za-z_][\w.\-/#]*)\s*=\s*"([^"]*)"')
 # GOLM (GMD) synonyms that carry structure keys: "Synon: METB InChIKey: ..." (see meta.ALIASES)
 _GOLM_SYNON_RE = re.compile(r"^(METB InChIKey|METB InChI)\s*:\s*(\S.*)$", re.IGNORECASE)
 _ERRORS = {code: reason for code, reason in ts.ERROR_REASONS.items()}
@@ -178,9 +180,12 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
                 syn_r.append(r)
                 syn_v.append(v)
             continue
-        pairs = _PAIR_RE.findall(v)
+        # MoNA quotes whole pairs ("SMILES=C=CC(=O)O"), Thermo only values (SMILES="C=CC(=O)O"): the
+        # line's start says which (MoNA's pattern reads Thermo's quotes as empty values)
+        pair_re = _KEY_QUOTED_RE if _KEY_QUOTED_RE.match(v.lstrip()) else _PAIR_RE
+        pairs = pair_re.findall(v)
         if pairs:
-            rest = _PAIR_RE.sub(" ", v).strip()
+            rest = pair_re.sub(" ", v).strip()
             for pk, pv in pairs:
                 ek.append(pk.strip().lower())
                 ev.append(pv.strip())

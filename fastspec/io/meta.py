@@ -14,7 +14,9 @@ parquet and HDF5 files give the same column names and value conventions:
   missing charges are taken from the adduct (``[M+2H]2+`` -> 2); a sign contradicting the
   adduct's takes the adduct's (``CHARGE=1+`` with ``[M-H]-`` -> -1);
 * ``ion_mode`` is ``"positive"``/``"negative"`` (from the ion-mode field, else the adduct's
-  trailing sign, else the charge sign);
+  trailing sign, else the charge sign, also a sign written with charge 0: MZmine's SIRIUS export writes
+  ``CHARGE=0-`` for uncharged negative-mode features; an unsigned charge counts as positive, as the MGF
+  convention has it);
 * ``inchikey`` is upper-case, ``inchikey14`` its first block (also when only the block is given);
 * every canonical column is always present (null when unknown), canonical columns first.
 
@@ -171,6 +173,16 @@ def parse_charge(value: Any) -> tuple[int, bool]:
         return 0, False
     sign = pre or post
     return (-v if sign == "-" else v), bool(sign)
+
+
+def _written_sign(value: Any) -> int:
+    """The sign written with a charge text (+1 / -1), 0 without one; ``"0-"`` (MZmine's SIRIUS export
+    of an uncharged negative-mode feature) -> -1 although the charge is 0."""
+    m = _CHARGE_RE.match(str(value)) if isinstance(value, str) else None
+    if not m:
+        return 0
+    sign = m.group(1) or m.group(3)
+    return -1 if sign == "-" else (1 if sign == "+" else 0)
 
 
 def charge_from_adduct(adduct: Any) -> int:
@@ -441,7 +453,8 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) 
     # ion mode from the field
     mode = _map_distinct(out["ion_mode"], parse_ion_mode, pa.string()) if n else out["ion_mode"]
     adduct = out["adduct"]
-    # charge: parsed value + whether the sign was explicit
+    # charge: parsed value + whether the sign was explicit (+ the sign written with a zero charge)
+    zero_sign = np.zeros(n, np.int16)
     if "charge" in out and not pa.types.is_null(out["charge"].type) and n:
         craw = out["charge"]
         if _is_numeric(craw.type):
@@ -450,12 +463,14 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) 
             charge = np.nan_to_num(vals).astype(np.int16)
             explicit = np.ones(n, bool)
         else:
-            parsed = _map_distinct(_as_string(craw), lambda v: [parse_charge(v)[0], int(parse_charge(v)[1])],
+            parsed = _map_distinct(_as_string(craw),
+                                   lambda v: [parse_charge(v)[0], int(parse_charge(v)[1]), _written_sign(v)],
                                    pa.list_(pa.int16()))
-            flat = pc.fill_null(pc.list_flatten(pc.fill_null(parsed, pa.scalar([0, 0], parsed.type))), 0)
-            pairs = flat.to_numpy(zero_copy_only=False).reshape(n, 2)
-            charge = pairs[:, 0].astype(np.int16)
-            explicit = pairs[:, 1].astype(bool)
+            flat = pc.fill_null(pc.list_flatten(pc.fill_null(parsed, pa.scalar([0, 0, 0], parsed.type))), 0)
+            triples = flat.to_numpy(zero_copy_only=False).reshape(n, 3)
+            charge = triples[:, 0].astype(np.int16)
+            explicit = triples[:, 1].astype(bool)
+            zero_sign = np.where(charge == 0, triples[:, 2], 0)
     else:
         charge = np.zeros(n, np.int16)
         explicit = np.zeros(n, bool)
@@ -475,7 +490,7 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) 
     charge = np.where((add_charge != 0) & (charge * add_charge < 0), -charge, charge)
     # ion mode from the adduct sign, else the charge sign
     unknown = ~(is_pos | is_neg)
-    sign = np.where(add_charge != 0, np.sign(add_charge), np.sign(charge))
+    sign = np.where(add_charge != 0, np.sign(add_charge), np.where(charge != 0, np.sign(charge), zero_sign))
     mode_np = np.where(unknown & (sign > 0), "positive", np.where(unknown & (sign < 0), "negative", mode_np))
     mode_arr = pa.array(mode_np.tolist() if n else [], pa.string())
     out["ion_mode"] = pc.if_else(pc.equal(mode_arr, ""), pa.scalar(None, pa.string()), mode_arr) if n else pa.nulls(0, pa.string())

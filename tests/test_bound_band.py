@@ -51,11 +51,12 @@ def test_band_edges():
 
 @settings(max_examples=150, deadline=None)
 @given(kind=st.sampled_from([fk.KIND_PRODUCT, fk.KIND_ENTROPY]), q_rest=st.floats(0.0, 1.0),
-       theta=st.floats(0.0, 1.2), seed=st.integers(0, 2**31 - 1))
-def test_drop_keeps_every_spectrum_that_can_reach_theta(kind, q_rest, theta, seed):
+       theta=st.floats(0.0, 1.2), seed=st.integers(0, 2**31 - 1), compact=st.booleans())
+def test_drop_keeps_every_spectrum_that_can_reach_theta(kind, q_rest, theta, seed, compact):
     """_drop_hopeless (the early-stop drop) never rules out a spectrum whose partial bound plus the most
     the unscanned query mass can add against its unmatched library mass reaches theta (naive bound);
-    for entropy the kernel uses the tangent of g at 1, which must lie above it."""
+    for entropy the kernel uses the tangent of g at 1, which must lie above it. With ``compact`` the
+    sums sit in other rows (``slots``), which follow the kept spectra."""
     rng = np.random.default_rng(seed)
     n = 64
     a = rng.uniform(0.0, 1.0, n).astype(np.float32)
@@ -65,13 +66,41 @@ def test_drop_keeps_every_spectrum_that_can_reach_theta(kind, q_rest, theta, see
     state = np.ones(n, dtype=np.uint8)
     live = np.zeros(n // 64 + 1, dtype=np.uint64)
     min_gap = np.full(n, 1.0, dtype=np.float32)
-    keep, nd = fk._drop_hopeless(kind, touched, n, np.zeros(n, np.int32), 0, work, np.zeros(n, np.uint16), False,
-                                 state, live, q_rest, theta, True, min_gap, 0.05, 0, np.zeros((1, 0), np.int32),
-                                 np.zeros((n, 0), np.int32), np.zeros(0, np.bool_), False)
+    slots = rng.permutation(n).astype(np.int32)
+    acc = np.empty_like(work)
+    acc[slots] = work
+    keep, nd = fk._drop_hopeless(kind, touched, n, np.zeros(n, np.int32), 0, acc if compact else work, compact, slots,
+                                 np.zeros(n, np.uint16), False, state, live, q_rest, theta, True, min_gap, 0.05, 0,
+                                 np.zeros((1, 0), np.int32), np.zeros((n, 0), np.int32), np.zeros(0, np.bool_), False)
     kept = set(touched[:keep].tolist())
+    if compact:  # each kept spectrum still names its own row
+        assert all(np.array_equal(acc[slots[v]], work[touched[v]]) for v in range(keep))
     assert keep + nd == n
     for i in range(n):
         rest_l = max(0.0, 1.0 - float(matched[i]))
         most = math.sqrt(q_rest * rest_l) if kind == fk.KIND_PRODUCT else _g(q_rest, rest_l)
         if float(a[i]) + most >= theta:
             assert i in kept, (i, float(a[i]), most, theta)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 700), density=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
+def test_compact_rows_are_ranks_in_the_live_bitmap(n, density, seed):
+    """_compact_live moves the live spectra's sums to rows 0.. in spectrum order and _compact_row finds
+    each one's row from the bitmap (naive reference: position among the sorted live ids)."""
+    rng = np.random.default_rng(seed)
+    ids = np.flatnonzero(rng.random(n) < density)
+    live = np.zeros(n // 64 + 1, dtype=np.uint64)
+    for c in ids:
+        live[c // 64] |= np.uint64(1) << np.uint64(c % 64)
+    work = rng.uniform(0, 1, (n, 2)).astype(np.float32)
+    before = work.copy()
+    cw = np.full((n, 2), -1.0, dtype=np.float32)
+    snap, rank = np.zeros_like(live), np.zeros(live.shape[0], dtype=np.int64)
+    touched, slots = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    got = fk._compact_live(live, snap, rank, work, cw, touched, slots)
+    assert got == ids.size
+    assert np.array_equal(touched[:got], ids) and np.array_equal(slots[:got], np.arange(got))
+    assert np.array_equal(cw[:got], before[ids]) and not work[ids].any()
+    assert np.array_equal(np.delete(work, ids, axis=0), np.delete(before, ids, axis=0))
+    assert [fk._compact_row(rank, snap, c) for c in ids] == list(range(ids.size))

@@ -77,6 +77,8 @@ _DROP_AFTER = 0.8
 #: against scattered rows: open entropy 0.82-0.91x (novel compounds) / 0.87x (library copies), open
 #: cosine 0.91x, analog 0.91x; moving them after the first drop instead of before it: 0.91x / 0.86-1.0x.
 _COMPACT_MIN = 4096
+#: Least first partial sum of a reached spectrum (``work[c, 0] > 0`` marks it reached; bounds only grow).
+_REACHED = 1e-30
 #: Completion's hashed cell bitmap of the query's peak windows: 1,024 words (65,536 cells) per side,
 #: 16 kB for both, stays in L1 while survivors stream through; collisions only cost a candidate lookup.
 _LOOKUP_WORDS = 1024
@@ -480,29 +482,32 @@ def _entropy_edge(q, rest_mass, t, a, b, rising):
 
 
 @numba.njit(inline="always", **NJIT)
-def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, state, live, touched, nt, dead, nd,
+def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, live, touched, nt, dead, nd,
           prune, mark, fresh, band, ch, ch_b, ch_i, ch_size, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, buf):
     """Add ``qv * w`` for every library peak ``w`` in the window of one query peak.
 
     The window is ``win = (lo, hi)`` (m/z or neutral loss), searched in each entry range
     ``rng[qrow, g]`` (the index's groups this query may match, each sorted by value).
 
-    ``state[c]``: 0 not reached, 1 reached before this query peak (in ``touched``; ``work[c]`` = partial
-    bound, matched library mass sum(w**2)), 2 ruled out (in ``dead``), 3 reached at this query peak (the
-    caller sets it to 1 once the peak's windows are scanned). Bit ``c`` of ``live`` is set exactly when
-    the state is 1: most visited peaks belong to spectra that are never reached or are ruled out, and
-    the bitmap (n/8 bytes) stays in the core's cache where the byte states do not, so those entries
-    cost a bit test; the state is read only for entries that could reach or rule out a spectrum. Scan
+    A spectrum ``c`` is in one of four states: live (bit ``c`` of ``live`` set: reached before this
+    query peak, in ``touched``; ``work[c]`` = partial bound, matched library mass sum(w**2)); not
+    reached (``work[c, 0] == 0``); reached at this query peak (``work[c, 0] > 0``, not live yet: the
+    caller sets the bit once the peak's windows are scanned; a first sum is at least ``_REACHED``); ruled
+    out (``work[c, 0] < 0``, in ``dead``). Most visited peaks belong to spectra that are never reached or
+    are ruled out; the bitmap (n/8 bytes) stays in the core's cache, so those entries cost a bit test,
+    and ``work`` is read only for entries that could reach or rule out a spectrum (the same row a reach
+    then updates: a separate state array cost one more scattered access per reached spectrum, and its
+    resets). Scan
     weights are L2-normalised cosine weights, or for entropy the square roots of the sum-normalised
     weights (the entropy of a pair is at most sqrt(q*l)). Summing over all partners, not only the best,
     keeps the bound valid for unclean spectra.
 
     ``prune`` (``theta`` a valid lower bound): a pairing of this query peak with a library peak of scan
     weight outside ``[w_lo, w_hi]`` (:func:`_alive_band`) by a spectrum that no earlier peak reached
-    (state 0 or 3) leaves it below ``theta``, so such entries are passed over: every assignment scoring
+    (not live) leaves it below ``theta``, so such entries are passed over: every assignment scoring
     ``theta`` or more still has all its pairs counted. ``mark`` (clean spectra, no neutral losses: one
     partner per window) also rules the spectrum out for later peaks. ``fresh`` (nothing reached before
-    this peak) passes over those entries without reading the state at all (a first pass over each chunk
+    this peak) passes over those entries without reading ``work`` at all (a first pass over each chunk
     of ``buf.shape[0]`` entries collects those in the band into ``buf``, without branches; without
     ``mark``, later peaks do the same with the entries of live spectra added); a spectrum
     skipped like this that a later peak reaches gets a bound that omits this peak, which is harmless
@@ -526,27 +531,26 @@ def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, st
                 if fresh and (out or w <= 0):
                     continue
                 c = spec[p]
+                nv = qv * w
                 if not _is_live(live, c):
                     if w <= 0 or (out and not mark):
                         continue
-                    st = state[c]
-                    if st == 2:
+                    a = work[c, 0]
+                    if a < 0:
                         continue
                     if out:
-                        if st == 0:
-                            state[c] = 2
+                        if a == 0:
+                            work[c, 0] = -1.0
                             dead[nd] = c
                             nd += 1
                         continue
-                    if st == 0:
+                    if a == 0:
                         touched[nt] = c
                         nt += 1
-                        if prune:
-                            state[c] = 3
-                        else:
-                            state[c] = 1
+                        if not prune:
                             _set_live(live, c, True)
-                nv = work[c, 0] + qv * w
+                        nv = max(nv, _REACHED)  # an underflowing first sum must still read as reached
+                nv += work[c, 0]
                 work[c, 0] = nv
                 work[c, 1] += w * w
                 if track_count:
@@ -946,11 +950,12 @@ def _peak_cost(x, pmz, do_nl, fr_mz, nl_mz, fr_rng, nl_rng, qrow, tol_da, tol_pp
 
 
 @numba.njit(inline="always", **NJIT)
-def _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track, state, live, q_rest, theta, clean_q,
+def _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track, live, q_rest, theta, clean_q,
                    min_gap, gap_thr, qrow, q_codes, lib_codes, sym, first):
     """Keep (compacted at the front of ``touched``, and ``slots`` with ``compact``) the reached spectra
     whose partial bound plus what query peaks of mass ``q_rest`` can add still reaches ``theta``; rule
-    out the others (state 2, accumulators cleared). Accumulators are the rows ``c`` of ``acc``, or with
+    out the others (live bit and accumulators cleared, listed in ``dead``: no scan reads the state of a
+    spectrum that is not live after the early stop). Accumulators are the rows ``c`` of ``acc``, or with
     ``compact`` its rows ``slots[v]``. The first call also applies the filters. Returns ``(ns, nd)``."""
     r1 = _rest(kind, q_rest, 1.0)
     rest = _inflate(r1)
@@ -982,7 +987,6 @@ def _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, trac
             acc[r, 1] = 0.0
             if track:
                 count[c] = 0
-            state[c] = 2
             _set_live(live, c, False)
             dead[nd] = c
             nd += 1
@@ -993,7 +997,7 @@ def _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, trac
 def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz, fr_spec, fr_w, nl_mz, nl_spec,
                    nl_w, fr_rng, nl_rng, use_nl, l_span, l_mz, l_w, l_pmz, min_gap, prec_sorted, prec_order, n_prec,
                    lib_clean, kind, tol_da, tol_ppm, nl_base, gap_thr, mean_peaks, q_codes, lib_codes, sym, min_pairs,
-                   min_score, k, m_cap, order_c0, compact_min, work, count, state, live, touched, dead, cwork, slots,
+                   min_score, k, m_cap, order_c0, compact_min, work, count, live, touched, dead, cwork, slots,
                    rank, snap, out_ids, out_bound, out_next, out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own scratch; blocks run in Python threads
     # (the kernel releases the GIL): a serial kernel compiles far faster than a parfor of this size
@@ -1083,19 +1087,18 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             fresh = prune and nt0 == 0
             h = _half_width(x, tol_da, tol_ppm, x)
             nt, nd, ch_size = _scan(fr_mz, fr_spec, fr_w, fr_rng, (x - h, x + h), qv, work, count,
-                                    track, state, live, touched, nt, dead, nd, prune, mark_u, fresh,
+                                    track, live, touched, nt, dead, nd, prune, mark_u, fresh,
                                     (w_lo, w_hi), clean_q, cb, ci, ch_size, min_gap, gap_thr, qrow, q_codes,
                                     lib_codes, sym, sbuf)
             if do_nl:
                 y = pmz - x
                 hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
                 nt, nd, ch_size = _scan(nl_mz, nl_spec, nl_w, nl_rng, (y - hn, y + hn),
-                                        qv, work, count, track, state, live, touched, nt, dead, nd, prune, False,
+                                        qv, work, count, track, live, touched, nt, dead, nd, prune, False,
                                         fresh, (w_lo, w_hi), False, cb, ci, ch_size, min_gap, gap_thr,
                                         qrow, q_codes, lib_codes, sym, sbuf)
             if prune:
                 for v in range(nt0, nt):
-                    state[touched[v]] = 1
                     _set_live(live, touched[v], True)
             if clean_q and u == next_ck and n_ck < 3 and done < npk and \
                     _inflate(_rest(kind, qsuf[done], 1.0)) >= theta:
@@ -1106,6 +1109,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                     theta = th
                 next_ck = 2 * u + 1
         n_phase_a = done
+        nd_mark = nd  # ruled out while scanning (work row -1); later drops clear their rows themselves
         # phase B (only if scanning stopped early): drop reached spectra that cannot beat theta; then scan
         # the remaining peaks one at a time for the survivors only, dropping those the shrinking unscanned
         # mass can no longer lift to theta, until completing the few left by merging with their own
@@ -1119,7 +1123,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             acc = cwork if compact else work
             if compact:
                 _compact_live(live, snap, rank, work, cwork, touched, slots)
-            ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track, state, live,
+            ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track, live,
                                     qsuf[done], theta, clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
             r_last = _rest(kind, qsuf[done], 1.0)
             rem_scan = 0.0
@@ -1153,7 +1157,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 r_now = _rest(kind, qsuf[done], 1.0) if done < npk else 0.0
                 if done < npk and r_now <= _DROP_AFTER * r_last:
                     r_last = r_now
-                    ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track, state,
+                    ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track,
                                             live, qsuf[done], theta, clean_q, min_gap, gap_thr, qrow, q_codes,
                                             lib_codes, sym, False)
             if compact:  # the survivors' sums back to their rows of work for completion
@@ -1185,10 +1189,9 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             work[c, 1] = 0.0
             if track:
                 count[c] = 0
-            state[c] = 0
             _set_live(live, c, False)
-        for v in range(nd):
-            state[dead[v]] = 0
+        for v in range(nd_mark):
+            work[dead[v], 0] = 0.0
         if refine:
             loose_next = -1.0
             if size == cap:  # the best loose bound left out of the shortlist
@@ -1251,9 +1254,9 @@ class BoundWorkspace:
     """Per-thread scratch reused across calls (the kernel leaves it clean).
 
     ``work`` float32 (blocks, n_library, 2): bound and matched library mass; ``count`` uint16 pairs (only
-    with ``min_pairs > 1``); ``state`` uint8 (0 not reached, 1 reached, 2 ruled out, 3 reached at the
-    query peak being scanned); ``live`` uint64 bitmap of state 1; ``touched`` / ``dead`` int32 lists of
-    reached / ruled-out spectra. After an early stop with many spectra reached: ``cwork`` float32
+    with ``min_pairs > 1``); ``live`` uint64 bitmap of the spectra reached before the query peak being
+    scanned (the other states are read from ``work``, see :func:`_scan`); ``touched`` / ``dead`` int32
+    lists of reached / ruled-out spectra. After an early stop with many spectra reached: ``cwork`` float32
     (blocks, n_library, 2) their accumulators in compact rows, ``slots`` int32 (blocks, n_library) the
     row of each ``touched`` entry, ``snap`` uint64 the bitmap they were compacted from and ``rank`` int64
     its per-word prefix counts. The large arrays are zero-filled lazily by the OS, so only the pages a
@@ -1266,7 +1269,6 @@ class BoundWorkspace:
         n = max(self.n_library, 1)
         self.work = np.zeros((self.n_blocks, n, 2), dtype=np.float32)
         self.count = np.zeros((self.n_blocks, n), dtype=np.uint16)
-        self.state = np.zeros((self.n_blocks, n), dtype=np.uint8)
         self.live = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.uint64)
         self.touched = np.zeros((self.n_blocks, n), dtype=np.int32)
         self.dead = np.zeros((self.n_blocks, n), dtype=np.int32)
@@ -1443,7 +1445,7 @@ def search_bounds(
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
 
     def run(b: int) -> None:
-        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.state[b], ws.live[b], ws.touched[b], ws.dead[b],
+        _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.live[b], ws.touched[b], ws.dead[b],
                        ws.cwork[b], ws.slots[b], ws.rank[b], ws.snap[b], ids, bounds, nxt, stats)
 
     if n_blocks == 1:

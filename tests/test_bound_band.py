@@ -63,14 +63,13 @@ def test_drop_keeps_every_spectrum_that_can_reach_theta(kind, q_rest, theta, see
     matched = rng.uniform(0.0, 1.0, n).astype(np.float32)
     work = np.stack([a, matched], axis=1).astype(np.float32)
     touched = np.arange(n, dtype=np.int32)
-    state = np.ones(n, dtype=np.uint8)
     live = np.zeros(n // 64 + 1, dtype=np.uint64)
     min_gap = np.full(n, 1.0, dtype=np.float32)
     slots = rng.permutation(n).astype(np.int32)
     acc = np.empty_like(work)
     acc[slots] = work
     keep, nd = fk._drop_hopeless(kind, touched, n, np.zeros(n, np.int32), 0, acc if compact else work, compact, slots,
-                                 np.zeros(n, np.uint16), False, state, live, q_rest, theta, True, min_gap, 0.05, 0,
+                                 np.zeros(n, np.uint16), False, live, q_rest, theta, True, min_gap, 0.05, 0,
                                  np.zeros((1, 0), np.int32), np.zeros((n, 0), np.int32), np.zeros(0, np.bool_), False)
     kept = set(touched[:keep].tolist())
     if compact:  # each kept spectrum still names its own row

@@ -1132,7 +1132,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
             compact = nt >= compact_min
             acc = cwork if compact else work
             if compact:
-                _compact_live(live, snap, rank, work, cwork, touched, slots)
+                ns = _compact_live(live, snap, rank, work, cwork, touched, slots)  # == nt: all reached are live
             ns, nd = _drop_hopeless(kind, touched, ns, dead, nd, acc, compact, slots, count, track, live,
                                     qsuf[done], theta, clean_q, min_gap, gap_thr, qrow, q_codes, lib_codes, sym, True)
             r_last = _rest(kind, qsuf[done], 1.0)
@@ -1270,7 +1270,8 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
 
 
 class BoundWorkspace:
-    """Per-thread scratch reused across calls (the kernel leaves it clean).
+    """Per-thread scratch reused across calls: the kernel leaves ``work``, ``live`` and ``count`` at zero;
+    the other arrays are written before they are read.
 
     ``work`` float32 (blocks, n_library, 2): bound and matched library mass; ``count`` uint16 pairs (only
     with ``min_pairs > 1``); ``live`` uint64 bitmap of the spectra reached before the query peak being
@@ -1404,7 +1405,7 @@ def search_bounds(
         it; it must be finite and non-negative.
     compact_min : int, optional
         Spectra reached before the early stop from which their accumulators are compacted (see
-        ``_COMPACT_MIN``, the default). Results do not depend on it.
+        ``_COMPACT_MIN``, the default). The candidates do not depend on it (their order within a row may).
 
     Returns
     -------

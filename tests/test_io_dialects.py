@@ -87,11 +87,12 @@ def test_mgf_mzmine():
 def test_mgf_crlf_no_title_comments_scientific_unsorted():
     assert b"\r\n" in (DATA / "mgf_crlf_notitle.mgf").read_bytes()  # the fixture must keep its CRLF ends
     s, r = read("mgf_crlf_notitle.mgf")
-    # third record has no peaks -> rejected; global COM= line outside records is ignored
+    # third record has no peaks -> rejected; the COM= line before the first record is a global parameter
     assert (r.n_records, r.n_spectra, r.n_rejected) == (3, 2, 1)
     assert r.counts_by_reason == {"no peaks": 1}
     assert r.rejected[0].line == 20
-    assert r.warnings["lines outside records"] == 1
+    assert r.warnings == {"global parameters applied": 1}
+    assert set(s.metadata.column("com").to_pylist()) == {"global parameters before the first record apply to every record"}
     assert r.n_fixed_unsorted == 1 and r.n_zero_intensity_dropped == 1 and r.n_with_duplicate_mz == 1
     # 1.5e2 -> 150; the zero peak dropped; third column ignored; stable sort keeps duplicate order
     assert peaks(s, 0) == ([100.25, 100.25, 150.0], [50.5, 10.0, 300.0])

@@ -202,3 +202,39 @@ def test_mgf_zero_charge_with_sign_gives_polarity(tmp_path):
     assert s.charge.tolist() == [0, 0, 1, 0]
     assert s.polarity.tolist() == [-1, 1, 1, 0]
     assert s.metadata.column("ion_mode").to_pylist() == ["negative", "positive", "positive", None]
+
+
+MGF_GLOBAL = ("COM=Mascot-style header: these apply to every record\r\nCHARGE=1+\nINSTRUMENT_TYPE=LC-ESI-QTOF\n"
+              "COLLISION_ENERGY=20\n# a comment\nnot a parameter\nBEGIN IONS\nTITLE=a\nPEPMASS=200.1\n50 10\n"
+              "60 20\nEND IONS\nBEGIN IONS\nTITLE=b\nPEPMASS=300.2\nCHARGE=1-\nCOLLISION_ENERGY=40\n70 5\nEND IONS\n"
+              "LATE=a parameter after the first record is not global\n")
+
+
+def test_mgf_global_parameters_fill_unset_keys(tmp_path):
+    s, r = read(tmp_path, "mascot.mgf", MGF_GLOBAL)
+    assert r.n_spectra == 2
+    assert r.warnings == {"global parameters applied": 4, "lines outside records": 2}
+    assert s.charge.tolist() == [1, -1] and s.polarity.tolist() == [1, -1]
+    m0, m1 = md(s, 0), md(s, 1)
+    assert m0["instrument_type"] == m1["instrument_type"] == "LC-ESI-QTOF"
+    assert m0["collision_energy"] == "20" and m1["collision_energy"] == "40"  # a record's own value wins
+    assert m0["com"] == m1["com"] == "Mascot-style header: these apply to every record"
+    assert "late" not in s.metadata.column_names
+    # the same whatever the block size (the header may span blocks)
+    from fastspec.io import mgf
+    from fastspec.io._common import ReadReport
+
+    r2 = ReadReport(path=str(tmp_path / "mascot.mgf"))
+    parts = list(mgf.iter_spectra(str(tmp_path / "mascot.mgf"), on_error="raise", report=r2, block_bytes=16))
+    assert [p.charge.tolist() for p in parts if len(p)] == [[1], [-1]]
+    assert [c for p in parts for c in p.metadata.column("collision_energy").to_pylist()] == ["20", "40"]
+    assert r2.warnings == r.warnings
+
+
+def test_mgf_global_parameters_as_pyteomics(tmp_path):
+    # matchms reads MGF through pyteomics, whose use_header applies the same defaults
+    mgf = pytest.importorskip("pyteomics.mgf")
+    s, _ = read(tmp_path, "mascot.mgf", MGF_GLOBAL)
+    ref = list(mgf.read(str(tmp_path / "mascot.mgf"), use_header=True))
+    assert [int(sp["params"]["charge"][0]) for sp in ref] == s.charge.tolist()
+    assert [sp["params"]["collision_energy"] for sp in ref] == [md(s, i)["collision_energy"] for i in range(2)]

@@ -36,17 +36,50 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
     """Spectra of a MGF/MSP file, one :class:`Spectra` per block of about ``block_bytes``."""
     reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}")
     line0 = 1
+    defaults: dict[str, str] = {}
+    seek_globals = mode == ts.MGF  # until the first BEGIN IONS
     for data, final in reader:
         if line0 == 1:
             _check_encoding(path, data)
         r = ts.scan(data, mode, line0, final)
+        n_global = 0
+        if seek_globals:
+            m = _MGF_BEGIN_RE.search(data)
+            n_global = mgf_global_params(data[:m.start()] if m else data[:r.consumed], defaults)
+            report.warn("global parameters applied", n_global)
+            seek_globals = m is None
         line0 += r.consumed_lines
         if r.consumed < len(data):
             reader.give_back(data[r.consumed:])
-        report.warn("lines outside records", r.n_ignored)
+        report.warn("lines outside records", r.n_ignored - n_global)
         if len(r) == 0:
             continue
-        yield _block_spectra(path, r, mode, on_error, report)
+        yield _block_spectra(path, r, mode, on_error, report, defaults)
+
+
+_MGF_BEGIN_RE = re.compile(rb"(?im)^[ \t]*begin ions[ \t\r]*$")
+
+
+def mgf_global_params(text: bytes, into: dict[str, str]) -> int:
+    """Read the ``KEY=value`` lines of ``text`` (lines of an MGF file before its first ``BEGIN IONS``)
+    into ``into``: defaults for every record.
+
+    The MGF convention (Mascot, and pyteomics' ``use_header``, hence matchms) applies them to each
+    record that does not set the key itself. Keys are lower-cased; the first value wins; declared
+    peak counts are left out. Returns how many lines were taken.
+    """
+    n = 0
+    for raw in bytes(text).decode("utf-8", errors="replace").splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;!/" or "=" not in line:
+            continue
+        key, val = line.split("=", 1)
+        key, val = key.strip().lower(), val.strip()
+        if not key or not val or key in NUM_PEAKS_KEYS:
+            continue
+        n += 1
+        into.setdefault(key, val)
+    return n
 
 
 def _check_encoding(path: str, data) -> None:
@@ -57,9 +90,16 @@ def _check_encoding(path: str, data) -> None:
         raise ParseError("text encoded as UTF-16 or UTF-32 (or not text at all); save it as UTF-8", path, 1)
 
 
-def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport) -> Spectra:
+def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport,
+                   defaults: dict[str, str] | None = None) -> Spectra:
     n = len(r)
     meta = _meta_table(r.keys, r.values, r.rec_meta, mode)
+    for key, val in (defaults or {}).items():  # global parameters fill what a record leaves unset
+        if key in meta.column_names:
+            i = meta.column_names.index(key)
+            meta = meta.set_column(i, key, pc.fill_null(meta.column(i), val))
+        else:
+            meta = meta.append_column(key, pa.repeat(pa.scalar(val, pa.string()), n))
     n_peaks = np.diff(r.rec_pk)
     # declared peak counts: trust the peaks, count the disagreement
     declared = [c for c in meta.column_names if c in NUM_PEAKS_KEYS]

@@ -6,7 +6,9 @@ Reading covers the GNPS, MassSpecGym, MZmine and matchms/MassBank dialects: reco
 ``CHARGE`` as ``1+``, ``2-``, ``+1`` or ``1``; peak lines ``m/z intensity [anything]`` separated
 by spaces or tabs (a third column, e.g. an annotation or fragment charge, is ignored); ``#``,
 ``;``, ``!`` and ``/`` comment lines, blank lines, CRLF line ends, scientific notation,
-``.gz`` compression. Lines outside records (global parameters, junk) are ignored and counted.
+``.gz`` compression. ``KEY=value`` lines before the first record are global parameters: each
+record that does not set a key takes its value (as in pyteomics and matchms); other lines outside
+records are ignored and counted.
 A record without ``END IONS`` (truncated file, or a new ``BEGIN IONS``) is rejected.
 """
 from __future__ import annotations

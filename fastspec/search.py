@@ -589,6 +589,14 @@ def _number(v, name: str) -> float:
     return f
 
 
+def _kth_lower(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Each row's k-th exact score lowered by the bound kernel's float32 slack (-inf: fewer than k hits):
+    a valid pruning threshold."""
+    from fastspec.kernels import fragment as fk
+
+    return np.where(indices[:, -1] >= 0, scores[:, -1] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf)
+
+
 class _Context:
     """Per-call state: the processed queries, their prepared form, filter codes, and the library."""
 
@@ -652,11 +660,14 @@ class _Context:
             self._filters = _filter_codes(self.lib, self.q, self.cfg)
         return self._filters
 
-    def exact(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray, by_precursor: bool = False):
+    def exact(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray, by_precursor: bool = False,
+              cand_bounds: np.ndarray | None = None):
         """Exact top-k of queries ``rows`` over their candidate CSR -> scores, indices (library rows), matches.
 
         ``cand_ids`` are library rows, or with ``by_precursor`` positions in the precursor-ordered peak
         copy (see :meth:`window_candidates`); either way the hits are library rows, ties to the lowest.
+        ``cand_bounds``: upper bounds of the candidates' scores, non-increasing within each query, to
+        stop scoring a query early (:func:`fastspec.similarity.topk_candidates`).
         """
         from fastspec import similarity
         from fastspec.kernels.fragment import compact_ids
@@ -677,9 +688,10 @@ class _Context:
                                    by_precursor=by_precursor)
             lprep = similarity.prepare_csr(*peaks, self.cfg.metric, threads=self.cfg.threads, **kw)
             labels = np.asarray(self.lib.array("prec_order")[uniq]) if by_precursor else uniq
-        return self.score(rows, lprep, cand_offsets, cand, labels)
+        return self.score(rows, lprep, cand_offsets, cand, labels, cand_bounds)
 
-    def score(self, rows: np.ndarray, lprep, cand_offsets: np.ndarray, cand: np.ndarray, labels=None):
+    def score(self, rows: np.ndarray, lprep, cand_offsets: np.ndarray, cand: np.ndarray, labels=None,
+              cand_bounds: np.ndarray | None = None):
         """Exact top-k of queries ``rows`` over candidates ``cand`` (CSR; rows of the prepared ``lprep``,
         reported as ``labels`` of them when given) -> scores, indices, matches."""
         from fastspec import similarity
@@ -687,7 +699,8 @@ class _Context:
         s, idx, m = similarity.topk_candidates(self.qprep.take(rows), lprep, cand_offsets, cand, self.cfg.k,
                                                metric=self.cfg.metric, threads=self.cfg.threads,
                                                min_matches=max(1, self.cfg.min_matches),
-                                               min_score=self.cfg.min_score, labels=labels)
+                                               min_score=self.cfg.min_score, labels=labels,
+                                               cand_bounds=cand_bounds)
         return np.asarray(s, np.float64), idx, np.asarray(m, np.int32)
 
     def stored_view(self, by_precursor: bool = False):
@@ -1046,7 +1059,6 @@ class _Context:
         tol = cfg.tolerance
         n_lib = len(lib)
         pending = np.asarray(rows, dtype=np.int64)
-        theta = np.full(pending.shape[0], -np.inf)
         theta = self._first_theta(pending, use_nl)
         # every further round is a full bound scan again, so the first one returns more candidates than
         # k: scoring a candidate exactly costs far less than a rescan. Analog: neutral losses loosen the
@@ -1070,7 +1082,10 @@ class _Context:
             valid = ids >= 0
             offs = np.zeros(pending.shape[0] + 1, dtype=np.int64)
             np.cumsum(valid.sum(axis=1), out=offs[1:])
-            s, i, mm = self.exact(pending, offs, ids[valid])
+            # candidates come best bound first: a query's scoring stops once its k-th score beats the rest
+            # (analog, 2.4M, novel compounds: of 777 candidates per query 295 have a bound above the final
+            # k-th score, median 46; first-round rescoring 0.45-0.53 -> 0.30 ms per query)
+            s, i, mm = self.exact(pending, offs, ids[valid], cand_bounds=bounds[valid])
             kth = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
             done = (nxt < 0) | (nxt < kth)
             if m >= n_lib:
@@ -1104,28 +1119,23 @@ class _Context:
         and the neutral-loss index took its peak RSS over all queries at 1M from 1.31 to 1.51 GB (the
         budget is 1.5).
         """
-        from fastspec.kernels import fragment as fk
-
         k = self.cfg.k
         theta = np.full(rows.shape[0], -np.inf)
 
-        def kth(s, i):
-            return np.where(i[:, -1] >= 0, s[:, -1] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf)
-
         window = not use_nl and self.lib.has_array("prec_norm") and self.block_bounded()
         if window:
-            theta = kth(*self.window_search(rows, parse_tolerance(0.01))[:2])
+            theta = _kth_lower(*self.window_search(rows, parse_tolerance(0.01))[:2])
         weak = np.flatnonzero(theta < _THETA_WINDOW_ENOUGH)
         if weak.shape[0] and self.lib.has_faiss and (use_nl or len(self.lib) >= _THETA_FAISS_OPEN_MIN):
             offs, ids = self.faiss_candidates(rows[weak], max(_THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k),
                                               _THETA_NPROBE)
-            theta[weak] = np.maximum(theta[weak], kth(*self.exact(rows[weak], offs, ids)[:2]))
+            theta[weak] = np.maximum(theta[weak], _kth_lower(*self.exact(rows[weak], offs, ids)[:2]))
             weak = np.flatnonzero(~np.isfinite(theta)) if use_nl else weak[:0]
             if weak.shape[0]:
                 offs, ids = self.faiss_candidates(rows[weak], max(_THETA_FAISS_AGAIN, 2 * k), _THETA_NPROBE)
-                theta[weak] = np.maximum(theta[weak], kth(*self.exact(rows[weak], offs, ids)[:2]))
+                theta[weak] = np.maximum(theta[weak], _kth_lower(*self.exact(rows[weak], offs, ids)[:2]))
         elif use_nl:
-            theta = kth(*self.window_search(rows, parse_tolerance(0.01))[:2])
+            theta = _kth_lower(*self.window_search(rows, parse_tolerance(0.01))[:2])
         return theta
 
     def n_bins(self) -> int:

@@ -432,13 +432,14 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
         rows = np.arange(len(pa), dtype=np.int64)
         empty = np.zeros(1, np.int64)
         kernel = topk_kernel.pick(len(pa) * len(pb), threads)
-        return kernel(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), *_kernel_args(pa, pb), k,
+        return kernel(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), np.zeros(0), *_kernel_args(pa, pb), k,
                       int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
 
 
 def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarray, cand_ids: np.ndarray, k: int, *,
                     metric: str | None = None, threads: int | None = None, min_matches: int = 0,
-                    min_score: float = -np.inf, labels: np.ndarray | None = None, **_ignored: Any):
+                    min_score: float = -np.inf, labels: np.ndarray | None = None,
+                    cand_bounds: np.ndarray | None = None, **_ignored: Any):
     """Top-k of each query over its own candidate list (CSR).
 
     Parameters
@@ -455,6 +456,10 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
     labels : ndarray, int64 (len(library),), optional
         What to report for each library spectrum instead of its index, and the tie-break order (lowest
         label first): for a library stored in another order than the one callers rank by.
+    cand_bounds : ndarray, float64 (len(cand_ids),), optional
+        Upper bounds of the candidates' scores, non-increasing within each query (e.g. from
+        :func:`fastspec.kernels.fragment.search_bounds`): a query's scoring stops once its k-th score
+        beats every bound left. The hits are the same as without them when the bounds hold.
 
     Returns
     -------
@@ -480,10 +485,16 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
         labels = np.asarray(labels)
         if labels.dtype != np.int64 or labels.ndim != 1 or labels.shape[0] != len(library):
             raise ParameterError("labels must be int64 with one entry per library spectrum")
+    if cand_bounds is None:
+        cb = np.zeros(0)
+    else:
+        cb = np.ascontiguousarray(cand_bounds, np.float64)
+        if cb.shape != ids.shape:
+            raise ParameterError("cand_bounds must have one entry per candidate")
     rows = np.arange(len(queries), dtype=np.int64)
     with _threads(threads):
         kernel = topk_kernel.pick(ids.shape[0], threads)
-        return kernel(queries.kind, rows, off, ids, False, labels, *_kernel_args(queries, library), k,
+        return kernel(queries.kind, rows, off, ids, False, labels, cb, *_kernel_args(queries, library), k,
                       int(min_matches), float(min_score), queries.max_peaks, library.max_peaks,
                       _n_blocks(len(queries)))
 

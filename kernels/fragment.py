@@ -1262,6 +1262,10 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         out_stats[t, 5] = 1 if np.isfinite(theta0) else 0
         out_stats[t, 6] = 1 if pruned and compact else 0
         out_next[t] = nxt
+        for e in range(size - 1, 0, -1):  # heap sort: best bounds first, so exact scoring may stop early
+            hb[0], hb[e] = hb[e], hb[0]
+            hi[0], hi[e] = hi[e], hi[0]
+            _sift_down(hb, hi, e, 0)
         for v in range(size):
             out_ids[t, v] = hi[v]
             out_bound[t, v] = hb[v]
@@ -1411,9 +1415,9 @@ def search_bounds(
     Returns
     -------
     ids : ndarray, int64 (nq, m)
-        Candidate library rows (-1 padding), in no particular order.
+        Candidate library rows (-1 padding at the end), by decreasing bound.
     bounds : ndarray, float64 (nq, m)
-        Their upper bounds (slack included).
+        Their upper bounds (slack included; -1 for padding).
     next_bound : ndarray, float64 (nq,)
         The best bound among spectra left out that could still beat ``theta`` (-1 when none).
     stats : ndarray, int64 (nq, 7)

@@ -17,6 +17,9 @@ from fastspec.kernels.matching import bin_inverse, new_buffers, score_row
 
 _CAPACITY = 4096  # initial pair-buffer size per thread; grown on demand
 _CHUNK = 4096  # candidates scored per score_row call in top-k (bounded scratch per thread)
+#: with candidate bounds, candidates scored between checks of the early stop: a call's fixed cost (marking
+#: the query's peaks) is a few pairs' worth, the waste past the stop at most a chunk
+_BOUND_CHUNK = 16
 
 
 def _n_blocks(n_rows: int) -> int:
@@ -74,7 +77,7 @@ def dense_kernel(kind, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b, w_b, norm
 
 
 @pjit
-def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, off_a, pos_a, w_a, norm_a, pmz_a,
+def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, cand_bounds, off_a, pos_a, w_a, norm_a, pmz_a,
                 off_b, pos_b, w_b, norm_b, pmz_b, tol_da, tol_ppm, k, min_matches, min_score,
                 max_a, max_b, n_blocks):
     """Top-k of each row over its candidates -> (scores (n,k), indices (n,k) with -1, matches (n,k)).
@@ -84,7 +87,11 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, off_a, pos_a, w_a
     least ``min_matches`` matched peaks and a score ``>= min_score``. ``labels`` (int64, one per spectrum
     of B, or empty for the B index itself) is what the list reports and what breaks ties: lowest label
     first, so B may be stored in any order (e.g. by precursor m/z) and still rank like the library.
-    Candidates are scored in chunks into per-block scratch, so memory stays bounded for any row.
+    ``cand_bounds`` (float64, one per candidate, or empty): upper bounds of the candidates' scores, in
+    non-increasing order within each row; a row stops once its list is full and the next bound is below
+    its k-th score (no later candidate can enter, not even on a tie), scoring :data:`_BOUND_CHUNK`
+    candidates at a time. Candidates are scored in chunks into per-block scratch, so memory stays bounded
+    for any row.
     """
     n = rows.shape[0]
     m_all = off_b.shape[0] - 1
@@ -94,6 +101,8 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, off_a, pos_a, w_a
     step = (n + n_blocks - 1) // n_blocks
     inv_w = bin_inverse(pos_a, tol_da, tol_ppm)
     labelled = labels.shape[0] > 0
+    bounded = cand_bounds.shape[0] > 0 and not all_b
+    chunk = _BOUND_CHUNK if bounded else _CHUNK
     for blk in prange(n_blocks):
         buf = new_buffers(max_a, max_b, _CAPACITY)
         tmp_s = np.empty(_CHUNK, np.float64)
@@ -103,8 +112,10 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, off_a, pos_a, w_a
             c0 = 0 if all_b else cand_off[r]
             c1 = m_all if all_b else cand_off[r + 1]
             filled = 0
-            for h0 in range(c0, c1, _CHUNK):
-                h1 = min(c1, h0 + _CHUNK)
+            for h0 in range(c0, c1, chunk):
+                if bounded and filled == k and cand_bounds[h0] < out_s[r, k - 1]:
+                    break
+                h1 = min(c1, h0 + chunk)
                 buf = score_row(kind, i, cand_ids, h0, h1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, off_b, pos_b,
                                 w_b, norm_b, pmz_b, tol_da, tol_ppm, inv_w, buf, tmp_s, tmp_m)
                 for t in range(h0, h1):

@@ -323,6 +323,44 @@ def test_topk_candidates_vs_brute_force(real, metric):
         topk_candidates(q, prepare(real, other), off, ids, 3)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "modified_cosine", "entropy"])
+def test_topk_candidates_bounds_stop_early(real, metric):
+    """With upper bounds in non-increasing order a query stops once its k-th score beats the next bound:
+    the same hits as scoring every candidate, bounds tight (ties with the k-th score) or loose; and
+    scoring does stop (bounds that lie after the first chunk change the hits)."""
+    from fastspec.kernels.topk import _BOUND_CHUNK
+
+    rng = np.random.default_rng(11)
+    q = prepare(real[np.arange(25)], metric)
+    lib = prepare(real, metric)
+    lists = [rng.choice(len(real), size=int(rng.integers(0, len(real))), replace=False) for _ in range(len(q))]
+    off = np.zeros(len(q) + 1, np.int64)
+    np.cumsum([len(c) for c in lists], out=off[1:])
+    ids = np.concatenate(lists).astype(np.int64)
+    exact, _ = score_pairs(q.take(np.repeat(np.arange(len(q)), np.diff(off))), lib.take(ids))
+    for k in (1, 5):
+        want = topk_candidates(q, lib, off, ids, k, min_matches=1)
+        for slack in (np.zeros(ids.shape[0]), rng.uniform(0, 0.3, ids.shape[0]) * (rng.random(ids.shape[0]) < 0.5)):
+            b = exact + slack
+            order = np.concatenate([off[r] + np.argsort(-b[off[r]:off[r + 1]], kind="stable") for r in range(len(q))])
+            got = topk_candidates(q, lib, off, ids[order], k, min_matches=1, cand_bounds=b[order])
+            for w, g in zip(want, got):
+                assert np.array_equal(w, g)
+        # lying bounds: after the first chunk nothing may beat a full list, so only the first chunk counts
+        lie = np.where(np.arange(ids.shape[0]) - np.repeat(off[:-1], np.diff(off)) < _BOUND_CHUNK, 2.0, -1.0)
+        got = topk_candidates(q, lib, off, ids, k, min_matches=1, cand_bounds=lie)
+        head = np.minimum(np.diff(off), _BOUND_CHUNK)
+        hoff = np.zeros(len(q) + 1, np.int64)
+        np.cumsum(head, out=hoff[1:])
+        hid = np.concatenate([ids[off[r]:off[r] + head[r]] for r in range(len(q))]).astype(np.int64)
+        first = topk_candidates(q, lib, hoff, hid, k, min_matches=1)
+        full = (first[1][:, -1] >= 0) & (np.diff(off) > _BOUND_CHUNK)
+        assert full.any() and not np.array_equal(want[1][full], got[1][full])
+        assert np.array_equal(got[1][full], first[1][full])
+    with pytest.raises(ParameterError):
+        topk_candidates(q, lib, off, ids, 3, cand_bounds=np.ones(ids.shape[0] + 1))
+
+
 def test_group_candidates():
     rng = np.random.default_rng(3)
     lk = rng.integers(-2, 6, 50)

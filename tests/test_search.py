@@ -418,12 +418,20 @@ def test_open_ppm_tolerance(lib, data):
     assert_same_hits(hits, brute_force(lib, queries, "cosine", same_polarity(lib, queries), tolerance="15ppm"))
 
 
-@pytest.mark.parametrize("weak_faiss", [False, True])
-def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, monkeypatch):
+@pytest.mark.parametrize("weak_faiss,heavy", [(False, False), (True, False), (False, True)])
+def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy, monkeypatch):
     from fastspec import search as S
 
     queries = data[1]
     asked = []
+    heavy_rows = []
+    if heavy:  # every query also takes a threshold from its heaviest peaks (on a big library: weak ones)
+        monkeypatch.setattr(S, "_HEAVY_BELOW", np.inf)
+        monkeypatch.setattr(S, "_HEAVY_PEAKS", 2)
+        monkeypatch.setattr(S, "_HEAVY_CANDIDATES", 20)
+        orig_heavy = S._Context._heavy_theta
+        monkeypatch.setattr(S._Context, "_heavy_theta",
+                            lambda self, rows, *a: heavy_rows.append(rows.shape[0]) or orig_heavy(self, rows, *a))
     if weak_faiss:  # a first FAISS threshold from too few neighbours: queries left without one ask again
         monkeypatch.setattr(S, "_THETA_FAISS_ANALOG", 0)
         monkeypatch.setattr(S, "_THETA_NPROBE", 1)
@@ -432,6 +440,8 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, monkey
                             lambda self, rows, n, nprobe: asked.append(n) or orig(self, rows, n, nprobe))
     hits = lib.search(queries, k=K, mode="analog")
     assert (S._THETA_FAISS_AGAIN in asked) == weak_faiss
+    if heavy:
+        assert sum(heavy_rows) >= len(queries) - 5  # all but queries without peaks or precursor
     assert hits.params["metric"] == "modified_cosine"
     ref = brute_force(lib, queries, "modified_cosine", same_polarity(lib, queries))
     assert_same_hits(hits, ref)

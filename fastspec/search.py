@@ -711,7 +711,8 @@ class _Context:
     def score(self, rows: np.ndarray, lprep, cand_offsets: np.ndarray, cand: np.ndarray, labels=None,
               cand_bounds: np.ndarray | None = None):
         """Exact top-k of queries ``rows`` over candidates ``cand`` (CSR; rows of the prepared ``lprep``,
-        reported as ``labels`` of them when given) -> scores, indices, matches."""
+        reported as ``labels`` of them when given) -> scores, indices, matches. ``cand_bounds``: see
+        :meth:`exact`."""
         from fastspec import similarity
 
         s, idx, m = similarity.topk_candidates(self.qprep.take(rows), lprep, cand_offsets, cand, self.cfg.k,

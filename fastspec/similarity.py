@@ -491,6 +491,9 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
         cb = np.ascontiguousarray(cand_bounds, np.float64)
         if cb.shape != ids.shape:
             raise ParameterError("cand_bounds must have one entry per candidate")
+        rises = np.flatnonzero(cb[1:] > cb[:-1]) + 1  # allowed only where a query's list starts
+        if rises.shape[0] and not np.isin(rises, off).all():
+            raise ParameterError("cand_bounds must not increase within a query's candidates")
     rows = np.arange(len(queries), dtype=np.int64)
     with _threads(threads):
         kernel = topk_kernel.pick(ids.shape[0], threads)

@@ -1410,12 +1410,13 @@ def search_bounds(
         it; it must be finite and non-negative.
     compact_min : int, optional
         Spectra reached before the early stop from which their accumulators are compacted (see
-        ``_COMPACT_MIN``, the default). The candidates do not depend on it (their order within a row may).
+        ``_COMPACT_MIN``, the default). The candidates do not depend on it.
 
     Returns
     -------
     ids : ndarray, int64 (nq, m)
-        Candidate library rows (-1 padding at the end), by decreasing bound.
+        Candidate library rows (-1 padding at the end), by decreasing bound (equal bounds: lowest scan
+        id first, which is not the lowest row when ``index.scan_rows`` is set).
     bounds : ndarray, float64 (nq, m)
         Their upper bounds (slack included; -1 for padding).
     next_bound : ndarray, float64 (nq,)

@@ -359,6 +359,13 @@ def test_topk_candidates_bounds_stop_early(real, metric):
         assert np.array_equal(got[1][full], first[1][full])
     with pytest.raises(ParameterError):
         topk_candidates(q, lib, off, ids, 3, cand_bounds=np.ones(ids.shape[0] + 1))
+    r = int(np.argmax(np.diff(off) > 1))
+    rising = np.zeros(ids.shape[0])
+    rising[off[r] + 1] = 1.0
+    with pytest.raises(ParameterError, match="increase"):
+        topk_candidates(q, lib, off, ids, 3, cand_bounds=rising)
+    # each query's list may start above where the previous one ended
+    topk_candidates(q, lib, off, ids, 3, cand_bounds=-np.arange(ids.shape[0]) + np.repeat(off[:-1], np.diff(off)) * 2.0)
 
 
 def test_group_candidates():

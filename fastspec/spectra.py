@@ -352,14 +352,17 @@ class Spectra:
         """+1 positive, -1 negative, 0 unknown; int8 (n,). From ``ion_mode``, else the charge sign."""
         pol = np.sign(self.charge).astype(np.int8)
         if "ion_mode" in self.metadata.column_names:
-            mode = self.metadata.column("ion_mode").to_pylist()
-            for i, m in enumerate(mode):
-                if m:
-                    c = str(m).strip().lower()[:1]
-                    if c == "p" or c == "+":
-                        pol[i] = 1
-                    elif c == "n" or c == "-":
-                        pol[i] = -1
+            from fastspec.io.meta import parse_ion_mode
+
+            # the readers' own parser: "n/a", "none", "neutral" are unknown, not negative
+            sign = {"positive": 1, "negative": -1}
+            seen: dict = {}  # a column holds a few distinct labels
+            for i, m in enumerate(self.metadata.column("ion_mode").to_pylist()):
+                s = seen.get(m, 2)
+                if s == 2:
+                    s = seen[m] = sign.get(parse_ion_mode(m), 0)
+                if s:
+                    pol[i] = s
         return pol
 
     def __repr__(self) -> str:

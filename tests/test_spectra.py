@@ -137,3 +137,13 @@ def test_indexing_and_from_arrays_mistakes():
     pairs = np.array([[100.0, 1.0], [101.0, 2.0]])
     with pytest.raises(FastspecError, match="1-D"):
         Spectra.from_arrays([pairs], [pairs[:, 1]])
+
+
+@pytest.mark.parametrize("label, expected", [
+    ("positive", 1), ("POS", 1), ("+", 1), ("negative", -1), ("N", -1), ("-", -1), ("neg", -1),
+    ("n/a", 0), ("N/A", 0), ("none", 0), ("na", 0), ("neutral", 0), ("unknown", 0), ("", 0), (None, 0),
+])
+def test_polarity_labels(label, expected):
+    # missing-value markers are unknown polarity, not negative (a query labelled "n/a" must match both)
+    s = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])], metadata={"ion_mode": [label]})
+    assert s.polarity.tolist() == [expected]

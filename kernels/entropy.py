@@ -173,6 +173,16 @@ def _normalize_sum(x, n):
     s = _ZERO
     for i in range(n):
         s += x[i]
+    if s == np.inf:
+        # the float32 sum overflowed (finite intensities near 3.4e38; ms_entropy then scores NaN): scale by
+        # the largest first, so the spectrum keeps a finite score; sums that fit are left bit for bit alone
+        top = _ZERO
+        for i in range(n):
+            top = max(top, x[i])
+        s = _ZERO
+        for i in range(n):
+            x[i] = x[i] / top
+            s += x[i]
     if s > 0:
         for i in range(n):
             x[i] = x[i] / s

@@ -121,7 +121,8 @@ def topk_kernel(kind, rows, cand_off, cand_ids, all_b, labels, cand_bounds, off_
                 for t in range(h0, h1):
                     s = tmp_s[t - h0]
                     c = tmp_m[t - h0]
-                    if c < min_matches or s < min_score:
+                    # a NaN score (ms_entropy's float32 sums overflow on intensities near 3e38) is no hit
+                    if c < min_matches or not s >= min_score:
                         continue
                     j = t if all_b else cand_ids[t]
                     if labelled:

@@ -330,6 +330,27 @@ def test_identity_ties_go_to_the_lowest_library_row(tmp_path, metric, copy, monk
     np.testing.assert_allclose(hits.scores[0], 1.0, rtol=1e-6)
 
 
+@pytest.mark.parametrize("metric", ["entropy", "unweighted_entropy"])
+@pytest.mark.parametrize("mode", ["open", "identity"])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_entropy_huge_intensities_keep_every_hit(tmp_path, metric, mode, k):
+    """Finite intensities whose float32 sum overflows (ms_entropy scores such a pair NaN) still get a finite
+    score, and never cost another spectrum its place (the bound kernel's threshold once counted it)."""
+    base = np.array([50.0, 100.0, 30.0])
+    mz = [np.array([100.0, 150.0, 200.0])] * 2 + [np.array([100.0, 150.0])]
+    it = [base, np.full(3, 3e38), np.array([10.0, 100.0])]
+    md = {"ion_mode": ["positive"] * 3}
+    sp = Spectra.from_arrays(mz, it, precursor_mz=[300.0] * 3, metadata=md)
+    lib = Library.build(sp, tmp_path / "t.fastspec", preprocess=None, faiss=False)
+    q = Spectra.from_arrays(mz[:1], [base], precursor_mz=[300.0], metadata={"ion_mode": ["positive"]})
+    ref = similarity.score_matrix(q, sp, metric=metric, tolerance=0.02)[0][0]
+    assert np.all(np.isfinite(ref))
+    hits = lib.search(q, k=k, mode=mode, metric=metric, tolerance=0.02)
+    order = np.lexsort((np.arange(3), -ref))[:k]
+    assert hits.indices[0].tolist() == order.tolist()
+    np.testing.assert_allclose(hits.scores[0], ref[order], rtol=1e-6)
+
+
 def test_identity_ppm_window_entropy(lib, data):
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="20ppm", metric="entropy")

@@ -45,6 +45,9 @@ GOOD = "PEPMASS=200.5\nSPECTRUM_ID=good\n100 10\n150 20"
     # a locale-bound export: read with ',' as a separator these would be other peaks
     ("PEPMASS=195,0877\n42,0338 12,5", "peak line with decimal commas (e.g. 42,0338)"),
     ("PEPMASS=195\n42,0338\t12", "peak line with decimal commas (e.g. 42,0338)"),
+    # a spreadsheet export: read with ',' as a separator, 1,000 would be the intensity 1
+    ("PEPMASS=195\n100.0 1,000", "peak line with a thousands separator (e.g. 1,000)"),
+    ("PEPMASS=1195\n1,034.5 20", "peak line with a thousands separator (e.g. 1,000)"),
 ])
 def test_bad_record_skip_and_raise(tmp_path, body, reason):
     p = write(tmp_path, "bad.mgf", mgf(GOOD, body, GOOD))
@@ -171,6 +174,13 @@ def test_msp_decimal_commas_quoted_colons_and_plain_commas(tmp_path):
     assert report.counts_by_reason == {"peak line with decimal commas (e.g. 42,0338)": 1}
     assert report.rejected[0].line == 4
     assert sp.column("name") == ["ok"] and sp.mz.tolist() == [42.0338, 69.0447] and sp.intensity.tolist() == [12.5, 30]
+    # thousands separators next to a '.' (spreadsheet exports): rejected, not read as intensity 1
+    thou = write(tmp_path, "thou.msp", "Name: t\nPrecursorMZ: 500\nNum Peaks: 2\n100.0 1,000\n200.0 2,500\n\n"
+                 "Name: ok\nPrecursorMZ: 500\nNum Peaks: 2\n100.0,1000\n200.0 2500 \"a,123\"\n")
+    sp, report = fio.read(thou, return_report=True)
+    assert report.counts_by_reason == {"peak line with a thousands separator (e.g. 1,000)": 1}
+    assert report.rejected[0].line == 4
+    assert sp.column("name") == ["ok"] and sp.intensity.tolist() == [1000, 2500]
     # ':' and ';' inside a quoted annotation are text, not GOLM pairs or peak groups
     annot = write(tmp_path, "annot.msp", 'Name: a\nPrecursorMZ: 300.1\nNum Peaks: 3\n100.1\t50\t"C5H6O2+:1.2ppm"\n'
                   '150.2\t100\t"p-H2O;x"\n200.3\t20\n')

@@ -27,11 +27,13 @@ E_NUMBER = 1
 E_SINGLE = 2
 E_UNTERMINATED = 3
 E_DECIMAL_COMMA = 4
+E_THOUSANDS = 5
 ERROR_REASONS = {
     E_NUMBER: "unparsable peak line",
     E_SINGLE: "peak line with a single value",
     E_UNTERMINATED: "record not terminated (missing END IONS)",
     E_DECIMAL_COMMA: "peak line with decimal commas (e.g. 42,0338)",
+    E_THOUSANDS: "peak line with a thousands separator (e.g. 1,000)",
 }
 
 _P10 = np.array([10.0**i for i in range(23)], dtype=np.float64)
@@ -220,6 +222,50 @@ def _decimal_commas(buf, ls, le):
             n_fields += 1
         k += 1
     return comma and n_fields >= 2
+
+
+@numba.njit(**NJIT)
+def _thousands(buf, ls, le):
+    """The peak line ``buf[ls:le]`` has more than one field and one of them is a number with thousands
+    separators ("100.0 1,000", "1,234.5 20": 1-3 digits, then groups of ',' and three digits, then an
+    optional fraction). Read with ',' as a separator it would give other peaks."""
+    n_fields = 0
+    found = False
+    k = ls
+    while k < le:
+        c = buf[k]
+        if c == 34:  # a quoted annotation is text
+            k += 1
+            while k < le and buf[k] != 34:
+                k += 1
+            k += 1
+            continue
+        if _is_space(c) or c == 59:
+            k += 1
+            continue
+        n_fields += 1
+        te = k
+        while te < le and not _is_space(buf[te]) and buf[te] != 59 and buf[te] != 34:
+            te += 1
+        t = k + 1 if buf[k] == 43 or buf[k] == 45 else k
+        lead = 0
+        while t < te and _is_digit(buf[t]):
+            lead += 1
+            t += 1
+        groups = 0
+        if 1 <= lead <= 3:
+            while t + 3 < te and buf[t] == 44 and _is_digit(buf[t + 1]) and _is_digit(buf[t + 2]) and \
+                    _is_digit(buf[t + 3]):
+                groups += 1
+                t += 4
+            if groups > 0 and t < te and buf[t] == 46:
+                t += 1
+                while t < te and _is_digit(buf[t]):
+                    t += 1
+        if groups > 0 and t == te:
+            found = True
+        k = te
+    return found and n_fields >= 2
 
 
 @numba.njit(**NJIT)
@@ -442,6 +488,10 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                 err = E_DECIMAL_COMMA
                 err_line = cur_line
                 continue
+            if comma_digit and _thousands(buf, ls, le):
+                err = E_THOUSANDS
+                err_line = cur_line
+                continue
         if mode == MSP and not has_semi and not golm:
             # an all-numeric line with an even count >= 4 holds several pairs; else first two values
             cnt = 0
@@ -485,11 +535,13 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                     err = E_NUMBER
                     err_line = cur_line
                     break
-                if mode == MGF and t1e + 1 < ge and buf[t1e] == 44 and _is_digit(buf[t1e + 1]) and \
-                        _decimal_commas(buf, ls, le):
-                    err = E_DECIMAL_COMMA
-                    err_line = cur_line
-                    break
+                if mode == MGF and t1e + 1 < ge and buf[t1e] == 44 and _is_digit(buf[t1e + 1]):
+                    e = E_DECIMAL_COMMA if _decimal_commas(buf, ls, le) else E_THOUSANDS if \
+                        _thousands(buf, ls, le) else E_OK
+                    if e != E_OK:
+                        err = e
+                        err_line = cur_line
+                        break
                 t2s, t2e = _next_token(buf, t1e, ge, golm)
                 if t2s < 0:
                     err = E_SINGLE
@@ -498,6 +550,11 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                 v2, s2 = parse_number(buf, t2s, t2e, p10)
                 if s2 == 2:
                     err = E_NUMBER
+                    err_line = cur_line
+                    break
+                if mode == MGF and t2e + 1 < ge and buf[t2e] == 44 and _is_digit(buf[t2e + 1]) and \
+                        _thousands(buf, ls, le):
+                    err = E_THOUSANDS
                     err_line = cur_line
                     break
                 mz[n_pk] = v1

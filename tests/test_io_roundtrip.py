@@ -192,3 +192,44 @@ def test_empty_spectra(tmp_path):
         fio.write(empty, tmp_path / f"e.{ext}")
         back = fio.read(tmp_path / f"e.{ext}")
         assert len(back) == 0
+
+
+@pytest.mark.parametrize("ext", FORMATS)
+def test_quotes_line_breaks_and_array_precursors_survive(tmp_path, ext):
+    # msconvert titles hold double quotes; Spectra.from_arrays keeps the precursor m/z and charge in
+    # arrays only (the TSV writer once crashed on the first and dropped the second)
+    title = 'File:"x.raw", NativeID:"controllerType=0 controllerNumber=1 scan=5"'
+    sp = Spectra.from_arrays([np.array([100.0, 200.5]), np.array([50.0])],
+                             [np.array([1.0, 2.0], np.float32), np.array([3.0], np.float32)],
+                             precursor_mz=[300.25, np.nan], charge=[-1, 0],
+                             metadata={"id": ['a"b', "c"], "name": [title, "plain"]})
+    path = tmp_path / f"x.{ext}"
+    fio.write(sp, path)
+    back = fio.read(path)
+    assert back.ids == ['a"b', "c"] and back.column("name") == [title, "plain"]
+    np.testing.assert_array_equal(back.precursor_mz, [300.25, np.nan])
+    assert back.charge.tolist() == [-1, 0] and back.mz.tolist() == [100.0, 200.5, 50.0]
+    if ext == "tsv":  # a line break inside a value cannot stay in a one-line row: it becomes a space
+        sp = Spectra.from_arrays([np.array([100.0])], [np.array([1.0], np.float32)], metadata={"name": ["a\nb\r\nc"]})
+        fio.write(sp, tmp_path / "y.tsv")
+        assert fio.read(tmp_path / "y.tsv").column("name") == ["a b c"]
+
+
+@pytest.mark.parametrize("ext", ["tsv", "mgf", "msp.gz"])
+def test_failed_write_leaves_no_file(tmp_path, ext):
+    # every text writer goes through text_sink: a temporary sibling renamed when complete
+    from fastspec.io._common import text_sink
+
+    old = tmp_path / f"x.{ext}"
+    old.write_bytes(b"older content")
+    with pytest.raises(RuntimeError):
+        with text_sink(str(old)) as fh:
+            fh.write("partial record\n")
+            raise RuntimeError("disk full")
+    assert old.read_bytes() == b"older content" and [p.name for p in tmp_path.iterdir()] == [old.name]
+    with text_sink(str(old)) as fh:
+        fh.write("new\n")
+    import gzip
+
+    assert (gzip.decompress(old.read_bytes()) if ext.endswith(".gz") else old.read_bytes()) == b"new\n"
+    assert [p.name for p in tmp_path.iterdir()] == [old.name]

@@ -20,11 +20,13 @@ precursor m/z                             warning when a value was given but unu
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import io
 import os
 import sys
+import uuid
 from typing import Any, Iterator, NamedTuple
 
 import numba
@@ -543,10 +545,25 @@ def sniff_format(path: str) -> str:
                         f"--input-format in `fastspec convert`)")
 
 
+@contextlib.contextmanager
 def text_sink(path: str):
-    """A text file for writing (gzip-compressed for ``.gz``), UTF-8, ``\\n`` line ends."""
+    """A text file for writing (gzip-compressed for ``.gz``), UTF-8, ``\\n`` line ends. Written to a
+    temporary sibling and renamed when complete: a failed write leaves no partial file (nor clobbers an
+    older one)."""
+    path = str(path)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
-    if path.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "wb", compresslevel=6), encoding="utf-8", newline="\n")
-    return open(path, "w", encoding="utf-8", newline="\n")
+    # opened like the file itself (the umask's permissions), under a name no other writer picks
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        if path.lower().endswith(".gz"):
+            fh = io.TextIOWrapper(gzip.open(tmp, "wb", compresslevel=6), encoding="utf-8", newline="\n")
+        else:
+            fh = open(tmp, "w", encoding="utf-8", newline="\n")
+        with fh:
+            yield fh
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+

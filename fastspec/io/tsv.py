@@ -173,10 +173,19 @@ def _row_lines(start: int, k: int, bad: np.ndarray) -> np.ndarray:
     return cand[:k]
 
 
+def _field(col: pa.Array) -> pa.Array:
+    """A text column as TSV fields: tabs and line breaks become spaces (a row is one line); a value
+    holding a double quote (msconvert titles: ``File:"x.raw", NativeID:"..."``) is written inside
+    quotes with its quotes doubled, which :func:`read` undoes; nulls are empty."""
+    col = pc.fill_null(col, "")
+    for ch in ("\t", "\r\n", "\n", "\r"):
+        col = pc.replace_substring(col, ch, " ")
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(col, '"', '""'), '"', "")
+    return pc.if_else(pc.match_substring(col, '"'), quoted, col)
+
+
 def write(spectra: Spectra, path: str) -> None:
     """Write a MassSpecGym-style TSV (``identifier``, ``mzs``, ``intensities``, then metadata)."""
-    import pyarrow.csv as pcsv
-
     from fastspec.io._common import text_sink
     from fastspec.io._text import string_column
     from fastspec.io.mgf import plain_charge_strings
@@ -189,9 +198,13 @@ def write(spectra: Spectra, path: str) -> None:
     ins = pc.binary_join(mk(off_arr, pa.array(spectra.intensity, pa.float32()).cast(pa.string())), ",")
     md = spectra.metadata
     ids = string_column(md.column("id")) if "id" in md.column_names else pa.array([str(i) for i in range(n)])
-    cols = {"identifier": ids, "mzs": mzs, "intensities": ins}
+    cols = {"identifier": _field(ids), "mzs": mzs, "intensities": ins}
     pmz = spectra.precursor_mz
-    for name in md.column_names:
+    # the precursor m/z and charge live in arrays, not always in the metadata (Spectra.from_arrays)
+    names = list(md.column_names)
+    names += [c for c, has in (("precursor_mz", bool(np.isfinite(pmz).any())),
+                               ("charge", bool(np.any(spectra.charge != 0)))) if has and c not in names]
+    for name in names:
         if name in ("id", "identifier", "mzs", "intensities"):
             continue
         if name == "precursor_mz":
@@ -200,12 +213,14 @@ def write(spectra: Spectra, path: str) -> None:
             col = plain_charge_strings(spectra)
         else:
             col = string_column(md.column(name))
-        cols[name] = pc.fill_null(pc.replace_substring(col, "\t", " "), "")
+        cols[name] = _field(col)
     table = pa.table(cols)
     with text_sink(path) as fh:
         fh.write("\t".join(c.replace("\t", " ") for c in table.column_names) + "\n")
-        if n:
-            buf = pa.BufferOutputStream()
-            opts = pcsv.WriteOptions(delimiter="\t", quoting_style="none", include_header=False)
-            pcsv.write_csv(table, buf, write_options=opts)
-            fh.write(buf.getvalue().to_pybytes().decode("utf-8"))
+        # rows joined in Arrow, not by its CSV writer: that one either quotes every string or refuses
+        # a value holding a quote
+        for a in range(0, n, 65536):
+            part = table.slice(a, 65536)
+            lines = pc.binary_join_element_wise(*[c.cast(pa.large_string()) for c in part.columns],
+                                                pa.scalar("\t", pa.large_string()))
+            fh.write("\n".join(lines.to_pylist()) + "\n")

@@ -166,3 +166,12 @@ def test_compression_pyteomics_cannot_decode_is_an_error(tmp_path, compression):
     spectrum = pwiz_ms2(0, "positive scan", "").replace('name="no compression"', f'name="{compression}"')
     with pytest.raises(FastspecError, match="pynumpress" if "Numpress" in compression else "cannot decode"):
         read(tmp_path, "np.mzML", mzml(spectrum))
+
+
+def test_profile_spectra_are_counted(tmp_path):
+    # a profile-mode MS2 scan is read as given (each sample point a peak) but flagged: search expects centroids
+    text = mzml(pwiz_ms2(0, "positive scan", "").replace('name="centroid spectrum"', 'name="profile spectrum"')
+                + pwiz_ms2(1, "positive scan", ""))
+    s, r = read(tmp_path, "profile.mzML", text)
+    assert (r.n_records, r.n_spectra) == (2, 2)
+    assert r.warnings == {"profile-mode MS2 spectra read as peaks (centroid them first)": 1}

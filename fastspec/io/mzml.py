@@ -1,6 +1,7 @@
 """mzML reading through pyteomics (imported only when an mzML file is read).
 
 Only MS2 spectra are records (other MS levels are skipped and counted in the report's warnings).
+Profile-mode MS2 spectra are read as given, every sample point a peak, and counted in the warnings.
 Per spectrum: ``id`` (the mzML native id), peaks from the m/z and intensity arrays, precursor
 from the first selected ion (``selected ion m/z``, ``charge state``, ``peak intensity`` ->
 ``precursor_intensity``; without a selected ion m/z, as OpenMS writes some SCIEX DDA files, the
@@ -170,6 +171,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     fh, _ = open_binary(path)
     mzs, ints, rows, lines = [], [], [], []
     skipped = 0
+    profile = 0
     position = 0
     try:
         reader = reader_class(fh, use_index=False, decode_binary=True)
@@ -192,6 +194,9 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             if level is not None and int(level) != 2:
                 skipped += 1
                 continue
+            desc = s.get("spectrumDescription") or {}
+            if "profile spectrum" in s or "profile mass spectrum" in desc or "profile spectrum" in desc:
+                profile += 1  # read as given: every sample point becomes a peak
             m = np.asarray(s.get("m/z array", np.zeros(0)), dtype=np.float64)
             i = np.asarray(s.get("intensity array", np.zeros(0)), dtype=np.float64)
             if m.shape != i.shape:
@@ -207,4 +212,5 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             yield _block(path, mzs, ints, rows, lines, on_error, report)
     finally:
         report.warn("spectra with ms level != 2 skipped", skipped)
+        report.warn("profile-mode MS2 spectra read as peaks (centroid them first)", profile)
         fh.close()

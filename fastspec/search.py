@@ -518,7 +518,8 @@ class _SearchConfig:
             if mode not in ("open", "analog"):
                 raise ParameterError("engine='faiss' applies to modes 'open' and 'analog'")
             if not library.has_faiss:
-                raise ParameterError(f"library {library.path} has no FAISS index (rebuild with faiss=True / --faiss)")
+                why = "it holds no spectra" if len(library) == 0 else "rebuild with faiss=True / --faiss"
+                raise ParameterError(f"library {library.path} has no FAISS index ({why})")
         c.engine = engine
         if no_neighbour not in NO_NEIGHBOUR:
             raise ParameterError(f"no_neighbour must be one of {', '.join(NO_NEIGHBOUR)}; got {no_neighbour!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -1082,3 +1083,11 @@ def test_entropy_search_equals_ms_entropy_flash_search(data, lib):
                     assert r == row_of[order[list(want).index(w)]], (mode, j, r)
             checked += 1
     assert checked >= 100
+
+
+def test_faiss_engine_on_an_empty_library_says_why(tmp_path):
+    empty = Spectra.from_arrays([], [], metadata={"id": pa.array([], pa.string())})
+    lib = Library.build(empty, tmp_path / "e.fastspec")
+    q = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])], precursor_mz=[200.0])
+    with pytest.raises(ParameterError, match="holds no spectra"):
+        lib.search(q, mode="open", engine="faiss")

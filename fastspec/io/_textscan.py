@@ -165,16 +165,23 @@ def _is_tok_sep(c, golm):
     return c == 32 or c == 9 or c == 44 or c == 13 or (golm and c == 58)
 
 
+@numba.njit(inline="always", **NJIT)
+def _closing_quote(buf, k, e):
+    """Position of the quote closing the one at ``buf[k]`` (``e`` if none before it): a quoted
+    annotation is text."""
+    k += 1
+    while k < e and buf[k] != 34:
+        k += 1
+    return k
+
+
 @numba.njit(**NJIT)
 def _next_token(buf, p, e, golm):
     """Next token in buf[p:e] (quoted strings skipped). Returns (start, end), start == -1 if none."""
     while p < e:
         c = buf[p]
-        if c == 34:  # "annotation" -> skip to closing quote
-            p += 1
-            while p < e and buf[p] != 34:
-                p += 1
-            p += 1
+        if c == 34:
+            p = _closing_quote(buf, p, e) + 1
             continue
         if _is_tok_sep(c, golm) or c == 40 or c == 41:  # also ( )
             p += 1
@@ -211,9 +218,7 @@ def _decimal_commas(buf, ls, le):
     while k < le:
         c = buf[k]
         if c == 34:
-            k += 1
-            while k < le and buf[k] != 34:
-                k += 1
+            k = _closing_quote(buf, k, le)
         elif c == 46:
             return False
         elif c == 44 and k > ls and k + 1 < le and _is_digit(buf[k - 1]) and _is_digit(buf[k + 1]):
@@ -234,11 +239,8 @@ def _thousands(buf, ls, le):
     k = ls
     while k < le:
         c = buf[k]
-        if c == 34:  # a quoted annotation is text
-            k += 1
-            while k < le and buf[k] != 34:
-                k += 1
-            k += 1
+        if c == 34:
+            k = _closing_quote(buf, k, le) + 1
             continue
         if _is_space(c) or c == 59:
             k += 1
@@ -473,10 +475,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
             k = ls
             while k < le:
                 c = buf[k]
-                if c == 34:  # a quoted annotation is text
-                    k += 1
-                    while k < le and buf[k] != 34:
-                        k += 1
+                if c == 34:
+                    k = _closing_quote(buf, k, le)
                 elif c == 58:
                     golm = True
                 elif c == 59:
@@ -519,10 +519,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                         gs += 1
                 ge = gs
                 while ge < le and buf[ge] != 59 and not (golm and _is_space(buf[ge])):
-                    if buf[ge] == 34:  # skip a quoted annotation
-                        ge += 1
-                        while ge < le and buf[ge] != 34:
-                            ge += 1
+                    if buf[ge] == 34:
+                        ge = _closing_quote(buf, ge, le)
                     ge += 1
                 ge = min(ge, le)
             p = gs

@@ -465,6 +465,7 @@ class Library:
         progress: bool | None = None,
         overwrite: bool = False,
         faiss_params: dict | None = None,
+        allow_empty: bool = True,
     ) -> "Library":
         """Index spectra into a new library directory.
 
@@ -488,10 +489,19 @@ class Library:
             tqdm progress on stderr (default: only when stderr is a terminal).
         overwrite : bool
             Replace an existing index at ``path``.
+        allow_empty : bool
+            With False, input whose every record is rejected raises instead of writing an empty library
+            (``fastspec index``: a wrong file, not a library to append to later).
 
         Returns
         -------
         Library
+
+        Raises
+        ------
+        FastspecError
+            ``allow_empty=False`` and no spectrum left to index (nothing is written; ``path`` is left as
+            it was).
 
         Notes
         -----
@@ -509,7 +519,7 @@ class Library:
             processed = apply_pipeline(pipeline, spectra)
             _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
                          threads=threads, overwrite=overwrite, prog=prog, input_index=counts["positions"],
-                         n_input=int(counts["n_read"]))
+                         n_input=int(counts["n_read"]), allow_empty=allow_empty)
         finally:
             prog.close()
         return cls.open(path)
@@ -1008,6 +1018,7 @@ def _build_index(
     created: str | None = None,
     input_index: np.ndarray | None = None,
     n_input: int | None = None,
+    allow_empty: bool = True,
 ) -> None:
     """Write every structure of the index for already-preprocessed spectra (atomically).
 
@@ -1036,6 +1047,10 @@ def _build_index(
     counts["n_input"] = int(len(processed) if n_input is None else n_input)
     if counts["n_read"] < n + counts["n_rejected"]:
         counts["n_read"] = n + counts["n_rejected"]
+    if n == 0 and not allow_empty:
+        why = ", ".join(f"{r}: {c}" for r, c in counts["rejected"].items())
+        raise FastspecError(f"no spectrum to index: all {counts['n_read']} records were rejected ({why}); nothing "
+                            "written" if counts["n_read"] else "no spectrum to index (the input holds none); nothing written")
 
     # arrays are written (and hashed) on a background thread while the next structures are computed
     with fmt.AtomicDirectory(path, overwrite=overwrite) as tmp, fmt.ArrayWriter(tmp) as out:

@@ -457,7 +457,10 @@ def search(
         # a query without an id is named by its record position, the row's query_index
         given = raw.column("id")
         ids = [ids[i] if given[i] is not None else str(int(pos[i])) for i in range(nq)]
-        ids = grow(np.asarray(ids, dtype=object), "").tolist()
+        # a rejected record without an id the reader could see is named by its position too
+        named = np.asarray([str(r) for r in range(n_read)], dtype=object)
+        named[pos] = ids
+        ids = named.tolist()
         for r, rid in (read_counts.get("rejected_ids") or {}).items():  # as far as the reader got
             if 0 <= r < n_read:
                 ids[r] = rid

@@ -157,6 +157,17 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     typo.write_text(massbank_mgf.read_text().replace("BEGIN IONS", "BEGIN_IONS"))
     assert_clean_error(run("index", typo, "-o", tmp_path / "t.fastspec", ok=False), "typo.mgf", "no spectrum records")
     assert not (tmp_path / "t.fastspec").exists()
+    # records that are all rejected: the same, with the counts (and an existing index is kept)
+    bad = tmp_path / "bad.mgf"
+    bad.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=500\n100.0 abc\nEND IONS\nBEGIN IONS\nTITLE=b\nPEPMASS=500\n"
+                   "END IONS\n")
+    assert_clean_error(run("index", bad, "-o", tmp_path / "b.fastspec", ok=False), "no spectrum to index",
+                       "all 2 records were rejected", "unparsable peak line: 1")
+    assert not (tmp_path / "b.fastspec").exists()
+    kept = tmp_path / "k.fastspec"
+    run("index", massbank_mgf, "-o", kept, "--no-faiss", "-q")
+    assert_clean_error(run("index", bad, "-o", kept, "--overwrite", ok=False), "no spectrum to index")
+    assert json.loads(run("info", kept, "--json").output)["n_spectra"] > 0
     assert_clean_error(run("query", typo, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "no spectrum records")
     # counted oddities are shown, kept in the manifest and in the hit table's parameters
     odd = tmp_path / "odd.mgf"

@@ -884,6 +884,10 @@ def test_library_without_formulas_or_spectra(tmp_path):
     assert h.fallback.all() and h.indices[0, 0] == 0 and h.indices[1, 0] == 1
     none = Library.build(Spectra.from_arrays([[]], [[]], precursor_mz=[1.0]), tmp_path / "e.fastspec", preprocess=None)
     assert len(none) == 0 and none.n_rejected == 1
+    with pytest.raises(FastspecError, match="all 1 records were rejected"):  # the CLI's choice
+        Library.build(Spectra.from_arrays([[]], [[]], precursor_mz=[1.0]), tmp_path / "f.fastspec",
+                      preprocess=None, allow_empty=False)
+    assert not (tmp_path / "f.fastspec").exists()
     for mode in ("identity", "formula", "open", "analog"):
         h = none.search(sp, k=2, mode=mode)
         assert (h.indices == -1).all() and h.to_arrow().num_rows == 2
@@ -897,6 +901,12 @@ def test_query_files_follow_on_error(lib, massbank_mgf, tmp_path):
     h = lib.search(str(path), k=K, mode="open", on_error="skip")
     assert len(h) == 3 and (h.indices[0] == h.indices[2]).all() and (h.indices[1] == -1).all()
     assert list(h.status) == ["ok", "rejected", "ok"] and h.skipped.tolist() == [False, True, False]
+    assert h.query_ids[1] == "broken"  # the id the reader got to
+    # a rejected record without an id is named by its position, as an accepted one without an id is
+    path.write_text("BEGIN IONS\nPEPMASS=500\n100.0 1\nEND IONS\n" + good + bad.replace("TITLE=broken\n", ""))
+    h = lib.search(str(path), k=K, mode="open", on_error="skip")
+    assert list(h.status) == ["ok", "ok", "rejected"] and h.query_ids[0] == "0" and h.query_ids[2] == "2"
+    assert h.to_arrow().column("query_id").to_pylist()[-1] == "2"
     with pytest.raises(FastspecError):
         lib.search(str(path), k=K, mode="open", on_error="raise")
     with pytest.raises(FileNotFoundError):

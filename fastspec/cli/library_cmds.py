@@ -78,7 +78,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
     t0 = time.perf_counter()
     lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error, threads=threads,
-                        progress=False if quiet else None, overwrite=overwrite)
+                        progress=False if quiet else None, overwrite=overwrite, allow_empty=False)
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
     _log_warnings(log, lib.info().get("read_warnings"))

@@ -139,7 +139,7 @@ class Hits:
     query_ids : list of str
         Each query's id (its ``id`` metadata: MGF TITLE or SPECTRUMID, MSP DB#, ...), else its position
         among the records read (the row's ``query_index``). Rejected records keep the id the reader got
-        to, else ``""``.
+        to, else they too are named by their position.
     query_precursor_mz : ndarray, float64 (n,)
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),

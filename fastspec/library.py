@@ -246,8 +246,8 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     """Input paths with every directory replaced by the spectrum files under it (recursively, sorted by
     path; hidden entries and library indexes left out), e.g. a clone of MassBank-data with one record per
     file. A file counts by its extension (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or,
-    with any other name, when its content is a MassBank record; others (READMEs, licences) are left out
-    and counted."""
+    with any other name, when its content is a MassBank record; others (READMEs, licences, and TSV or
+    Parquet tables without peak columns, such as sample sheets or hit tables) are left out and counted."""
     from fastspec.io._common import EXTENSIONS, sniff_format, strip_gz
 
     out: list[str] = []
@@ -264,7 +264,8 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                 if name.startswith("."):
                     continue
                 f = os.path.join(root, name)
-                if os.path.splitext(strip_gz(name)[0])[1].lower() not in EXTENSIONS:
+                ext = os.path.splitext(strip_gz(name)[0])[1].lower()
+                if ext not in EXTENSIONS:
                     try:
                         known = sniff_format(f) == "massbank"
                     except (FastspecError, OSError):
@@ -272,11 +273,37 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                     if not known:
                         skipped += 1
                         continue
+                elif EXTENSIONS[ext] in ("tsv", "parquet") and not _spectrum_table(f, EXTENSIONS[ext]):
+                    skipped += 1  # a sample sheet or a hit table beside the spectra
+                    continue
                 out.append(f)
                 found += 1
         if not found:
             raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, MassBank records, ...)", str(p))
     return out, skipped
+
+
+def _spectrum_table(path: str, fmt_name: str) -> bool:
+    """Whether a TSV or Parquet file found in an input directory holds peak columns (its header or schema
+    only). A table that cannot be read counts as one, so that reading it reports why."""
+    from fastspec.io._tables import find_peak_columns
+
+    try:
+        if fmt_name == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+        else:
+            from fastspec.io.tsv import _header, _unquote_name
+
+            names = [_unquote_name(n) for n in _header(path)]
+    except (FastspecError, OSError, pa.ArrowException):
+        return True
+    try:
+        find_peak_columns(names, path)
+    except FastspecError:
+        return False
+    return True
 
 
 def _record_positions(report, n_spectra: int) -> np.ndarray:

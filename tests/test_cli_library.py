@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -264,8 +265,12 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
     (root / "extra.mgf").write_text(massbank_mgf.read_text())
     (root / ".git").mkdir()
     (root / ".git" / "x.mgf").write_text("junk")
+    # tables without peak columns beside the spectra (a sample sheet, an earlier hit table) are left out
+    # too; a table with peak columns is read
+    (root / "samples.tsv").write_text("sample\tgroup\nA\t1\n")
+    pq.write_table(pa.table({"query_id": ["q"], "score": [0.5]}), root / "hits.parquet")
     res = run("index", root, "-o", tmp_path / "d.fastspec", "--no-faiss")
-    assert "files in input directories not read (not spectrum files): 1" in res.output
+    assert "files in input directories not read (not spectrum files): 3" in res.output
     lib = Library.open(tmp_path / "d.fastspec")
     files = sorted([str(p) for p in root.rglob("MSBNK-*.txt")]) + [str(root / "extra.mgf")]
     ref = fio.read(sorted(files, key=lambda f: (Path(f).parent != root, f)))
@@ -273,3 +278,14 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_clean_error(run("index", empty, "-o", tmp_path / "e.fastspec", ok=False), "no spectrum file")
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    fio.write(fio.read(massbank_mgf)[:3], str(tables / "a.tsv"))
+    (tables / "sheet.tsv").write_text("sample\tgroup\nA\t1\n")
+    (tables / "broken.parquet").write_text("not parquet")  # unreadable: read, so that the error says why
+    assert_clean_error(run("index", tables, "-o", tmp_path / "t.fastspec", ok=False), "broken.parquet")
+    (tables / "broken.parquet").unlink()
+    res = run("index", tables, "-o", tmp_path / "t.fastspec", "--no-faiss")
+    assert "not spectrum files): 1" in res.output and "indexed 3 spectra" in res.output
+    # a table given by name is read whatever it holds: its missing peak columns are the error
+    assert_clean_error(run("index", tables / "sheet.tsv", "-o", tmp_path / "s.fastspec", ok=False), "m/z")

@@ -113,10 +113,15 @@ class FingerprintTable:
         return np.fromiter((get(k, -1) if k is not None else -1 for k in keys), dtype=np.int64)
 
     def extend(self, keys: Sequence[str], packed: np.ndarray, valid: np.ndarray) -> "FingerprintTable":
-        """A new table with extra (new) keys appended."""
-        return FingerprintTable(
-            self.spec, self.keys + list(keys), np.concatenate([self.packed, packed]), np.concatenate([self.valid, valid])
-        )
+        """A new table with these keys' fingerprints: new keys appended, known ones replaced."""
+        keys = [str(k) for k in keys]
+        old = np.array([self._pos.get(k, -1) for k in keys], dtype=np.int64)
+        packed, valid = np.asarray(packed, np.uint64), np.asarray(valid, bool)
+        base_p, base_v = self.packed.copy(), self.valid.copy()
+        known = old >= 0
+        base_p[old[known]], base_v[old[known]] = packed[known], valid[known]
+        return FingerprintTable(self.spec, self.keys + [k for k, o in zip(keys, old) if o < 0],
+                                np.concatenate([base_p, packed[~known]]), np.concatenate([base_v, valid[~known]]))
 
     # ------------------------------------------------------------------ persistence (.npy only, no pickle)
     def save(self, directory: str | Path) -> None:
@@ -224,7 +229,8 @@ def fingerprint_molecules(
     Parameters
     ----------
     keys : sequence of str
-        Molecule keys (may repeat; each distinct key is fingerprinted once, from its first SMILES).
+        Molecule keys (may repeat; each distinct key is fingerprinted once, from its first SMILES that
+        RDKit parses: one broken record does not drop the molecule).
     smiles : sequence of str or None
         SMILES aligned with ``keys``.
     spec : str or FingerprintSpec
@@ -244,15 +250,13 @@ def fingerprint_molecules(
         )
     elif table.spec != spec:
         raise ParameterError(f"precomputed fingerprints are {table.spec}, requested {spec}")
-    new: dict[str, str | None] = {}
-    for k, s in zip(keys, smiles):
-        if k is None or k in table:
-            continue
-        if k not in new or (new[k] is None and s):
-            new[k] = s
-    if new:
-        packed, valid = compute_fingerprints(list(new.values()), spec)
-        table = table.extend(list(new), packed, valid)
+    # known keys are skipped, unless their cached fingerprint is invalid and a SMILES is at hand (a cache
+    # written from a broken first record)
+    cands = smiles_by_key((k, s) for k, s in zip(keys, smiles) if k is not None and (k not in table or (
+        s and not table.valid[table._pos[k]])))
+    if cands:
+        new, packed, valid = first_valid(cands, lambda smi: compute_fingerprints(smi, spec))
+        table = table.extend(new, np.asarray(packed, np.uint64).reshape(len(new), spec.n_words), valid)
         if cache_dir is not None:
             table.save(cache_dir)
     return table
@@ -320,6 +324,45 @@ def _inchikeys_from_smiles(smiles: list[str]) -> dict[str, str]:
         if k:
             out[s] = k
     return out
+
+
+def smiles_by_key(pairs) -> dict:
+    """``{key: [distinct non-empty SMILES in order of appearance]}`` of ``(key, smiles)`` pairs (a key
+    without any SMILES gets an empty list)."""
+    out: dict = {}
+    for k, s in pairs:
+        seen = out.setdefault(k, [])
+        if s and s not in seen:
+            seen.append(s)
+    return out
+
+
+def first_valid(cands: dict, compute) -> tuple[list, list, np.ndarray]:
+    """Per key, ``compute``'s result for its first SMILES that gives a valid one.
+
+    ``compute(list of SMILES or None) -> (results, valid bool)`` is called on the first candidate of every
+    key, then on the next candidate of the keys still invalid, and so on (usually once: most molecules
+    have one SMILES, and few of those fail).
+
+    Returns
+    -------
+    keys : list
+    results : list
+        One per key (the last one tried when none is valid).
+    valid : ndarray, bool
+    """
+    keys = list(cands)
+    results: list = [None] * len(keys)
+    valid = np.zeros(len(keys), dtype=bool)
+    todo, depth = list(range(len(keys))), 0
+    while todo:
+        smi = [cands[keys[i]][depth] if depth < len(cands[keys[i]]) else None for i in todo]
+        res, ok = compute(smi)
+        for j, i in enumerate(todo):
+            results[i], valid[i] = res[j], bool(ok[j])
+        depth += 1
+        todo = [i for i in todo if not valid[i] and depth < len(cands[keys[i]])]
+    return keys, results, valid
 
 
 def map_smiles(smiles: Sequence[str | None], fn) -> list:

@@ -150,7 +150,11 @@ def _check_fraction(f: float) -> None:
 
 
 def scaffolds(smiles: Sequence[str | None]) -> list[str | None]:
-    """Bemis-Murcko scaffold SMILES per entry (``""`` for acyclic molecules, None when unparsable)."""
+    """Bemis-Murcko scaffold SMILES per entry (``""`` for acyclic molecules, None when unparsable).
+
+    Without stereochemistry: the ring systems of stereoisomers (steroid cores, tropanes, nucleosides) are
+    one scaffold, so a scaffold-disjoint split cannot put them on both sides.
+    """
     from fastspec.fingerprints import map_smiles
 
     from rdkit import Chem
@@ -158,7 +162,7 @@ def scaffolds(smiles: Sequence[str | None]) -> list[str | None]:
 
     def scaffold(mol):
         try:
-            return Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol))
+            return Chem.MolToSmiles(MurckoScaffold.GetScaffoldForMol(mol), isomericSmiles=False)
         except Exception:  # RDKit raises assorted errors on exotic molecules: no scaffold, not a crash
             return None
 
@@ -166,14 +170,16 @@ def scaffolds(smiles: Sequence[str | None]) -> list[str | None]:
 
 
 def molecule_scaffolds(lab: LabData) -> list[str | None]:
-    """Scaffold per spectrum, computed from one structure per molecule key (the first SMILES seen), so
-    that tautomers / stereo variants of one molecule never land on different sides."""
-    rep: dict[str, str | None] = {}
-    for m, s in zip(lab.mol, lab.smiles):
-        if m is not None and rep.get(m) is None:
-            rep[m] = s
-    keys = list(rep)
-    scaf = dict(zip(keys, scaffolds([rep[k] for k in keys])))
+    """Scaffold per spectrum, computed from one structure per molecule key (the first SMILES seen that
+    RDKit parses), so that tautomers / stereo variants of one molecule never land on different sides."""
+    from fastspec.fingerprints import first_valid, smiles_by_key
+
+    def compute(smi):
+        out = scaffolds(smi)
+        return out, [v is not None for v in out]
+
+    keys, found, _ = first_valid(smiles_by_key((m, s) for m, s in zip(lab.mol, lab.smiles) if m is not None), compute)
+    scaf = dict(zip(keys, found))
     return [scaf.get(m) if m is not None else None for m in lab.mol]
 
 

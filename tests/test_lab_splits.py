@@ -70,6 +70,20 @@ def test_scaffold_split_is_scaffold_disjoint(lab):
     assert 0.1 < len(s.test) / (len(s.test) + len(s.train)) < 0.3
 
 
+def test_scaffolds_ignore_stereo_and_broken_smiles():
+    """Stereoisomers' ring systems are one scaffold (else a scaffold-disjoint split could put
+    adenosine-like nucleosides or steroid cores on both sides), and a molecule whose first SMILES does not
+    parse takes its scaffold from the next one."""
+    from types import SimpleNamespace
+
+    from fastspec.splits import molecule_scaffolds, scaffolds
+
+    a, b = scaffolds(["C[C@H]1CC[C@@H](C2CCCCC2)O1", "C[C@@H]1CC[C@H](C2CCCCC2)O1"])
+    assert a == b == "C1CCC(C2CCCO2)CC1"
+    lab = SimpleNamespace(mol=["M", "M", "N", None], smiles=["broken(", "c1ccccc1CC", None, "c1ccccc1"])
+    assert molecule_scaffolds(lab) == ["c1ccccc1", "c1ccccc1", None, None]
+
+
 def test_condition_splits(lab):
     from fastspec.splits import make_split, split_profile
 

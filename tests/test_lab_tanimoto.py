@@ -124,6 +124,14 @@ def test_invalid_smiles_and_cache(tmp_path):
         fingerprint_molecules(["A"], ["CCO"], "morgan:3:256", table=t)
     # no pickle files anywhere
     assert all(p.suffix in (".npy", ".json") for p in tmp_path.iterdir())
+    # a molecule whose first record has a broken SMILES is fingerprinted from its next one, also when the
+    # cache holds it as invalid
+    t3 = fingerprint_molecules(["B", "E", "E"], ["CCN", "broken(", "CCCl"], "morgan:2:256", cache_dir=tmp_path)
+    ref = fingerprint_molecules(["x", "y"], ["CCN", "CCCl"], "morgan:2:256")
+    assert t3.keys == ["A", "B", "C", "D", "E"] and t3.valid.tolist() == [True, True, False, True, True]
+    np.testing.assert_array_equal(t3.packed[[1, 4]], ref.packed)
+    np.testing.assert_array_equal(t3.packed[0], t.packed[0])
+    assert FingerprintTable.load(tmp_path, "morgan:2:256").valid.tolist() == [True, True, False, True, True]
 
 
 def test_molecule_keys_from_smiles():

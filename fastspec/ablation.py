@@ -88,8 +88,8 @@ def ablate(
     settings = [(float(ip), float(mp), False) for mp in mz_powers for ip in intensity_powers]
     if shuffle:
         settings.append((float(reference_power), 0.0, True))
-    if 0.0 not in [s[0] for s in settings] or float(reference_power) not in [s[0] for s in settings]:
-        settings += [(p, 0.0, False) for p in (0.0, float(reference_power)) if (p, 0.0, False) not in settings]
+    # intensity_blind compares binary and reference-power peaks at mz_power 0, whatever the grid holds
+    settings += [(p, 0.0, False) for p in dict.fromkeys((0.0, float(reference_power))) if (p, 0.0, False) not in settings]
     emb_lib = _load_embeddings(embeddings)
     emb_q = _load_embeddings(query_embeddings)
     if queries is not None and emb_lib is not None and emb_q is None:

@@ -311,6 +311,17 @@ def test_ablation_rows_equal_evaluate(massbank_small):
     assert blind["binary_wrong"] + blind["binary_right"] == blind["n_compared"]
 
 
+def test_ablation_grid_without_mz_power_zero(massbank_small):
+    """The binary-vs-intensity comparison runs its two settings at mz_power 0 even when the grid has no
+    mz_power 0 (it raised KeyError)."""
+    from fastspec.ablation import ablate
+
+    out = ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[0.5], mz_powers=[1.0], shuffle=False,
+                 n_bootstrap=0)
+    assert [(r["intensity_power"], r["mz_power"]) for r in out["rows"]] == [(0.5, 1.0), (0.0, 0.0), (1.0, 0.0)]
+    assert out["intensity_blind"][0]["n_compared"] > 0
+
+
 def test_ablation_embeddings(massbank_small):
     from fastspec.ablation import ablate
 

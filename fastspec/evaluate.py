@@ -120,8 +120,9 @@ def search_config(preset: str | None = None, base: SearchConfig | None = None, *
         if unknown:
             raise ParameterError(f"unknown search option(s): {', '.join(sorted(unknown))}")
         if preset is not None and kw.get("metric", cfg.metric) != cfg.metric:
-            # the preset's binning options belong to its metric; another metric keeps the rest of the preset
-            cfg = cfg.replace(metric_params=())
+            # the preset's binning options belong to its metric; another metric keeps the rest of the preset,
+            # but not its name (a modified-cosine run is no khoo2026 run)
+            cfg = cfg.replace(metric_params=(), preset=None)
             kw.setdefault("tolerance", SearchConfig().tolerance)
         cfg = cfg.replace(**kw)
     return cfg.validate()

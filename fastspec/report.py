@@ -85,12 +85,21 @@ def _ci(rep: dict, key: str) -> str:
 
 
 def _setting(rep: dict) -> str:
+    """What tells two runs apart: preset or metric (+ powers), and every choice that changes what a
+    metric means when it differs from the default (the no-neighbour policy above all: skip, zero and
+    fallback means are over different test spectra)."""
     c = rep.get("config", {})
     s = c.get("preset") or c.get("metric", "?")
     if not c.get("preset"):
         s += f" ip={_f(c.get('intensity_power'), 2)} mz={_f(c.get('mz_power'), 2)}"
     if c.get("shuffle_intensities"):
         s += " shuffled"
+    for key, default in (("no_neighbour", "skip"), ("bucket", "formula"), ("vote", 1)):
+        if c.get(key, default) != default:
+            s += f" {key}={c[key]}"
+    fp = rep.get("fingerprint") or c.get("fingerprint")
+    if fp and fp != "morgan:2:4096":
+        s += f" fp={fp}"
     return s
 
 

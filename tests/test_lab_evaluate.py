@@ -370,3 +370,23 @@ def test_preset_with_another_metric_drops_binning():
     assert cfg.metric == "modified_cosine" and cfg.metric_params == () and cfg.bucket == "formula"
     assert float(cfg.tolerance) == 0.01  # not the preset's 0.25 Da bin width
     assert search_config("khoo2026", intensity_power=0.5).metric_params == (("preset", "khoo2026"),)
+    # nor its name: a modified-cosine run is not reported as a khoo2026 run
+    assert cfg.preset is None and search_config("khoo2026", intensity_power=0.5).preset == "khoo2026"
+
+
+def test_report_setting_tells_policies_apart():
+    """Skip, zero and fallback means are over different test spectra: the report's setting column must
+    say which (all three read 'khoo2026' before)."""
+    from fastspec.evaluate import search_config
+    from fastspec.report import _setting
+
+    def rep(**kw):
+        return {"config": {**search_config("khoo2026", **kw).as_dict(), "fingerprint": "morgan:2:4096"}}
+
+    labels = [_setting(rep(no_neighbour=p)) for p in ("skip", "zero", "fallback")]
+    assert labels == ["khoo2026", "khoo2026 no_neighbour=zero", "khoo2026 no_neighbour=fallback"]
+    assert _setting(rep(bucket="formula+adduct", vote=3)) == "khoo2026 bucket=formula+adduct vote=3"
+    assert _setting(rep(metric="modified_cosine")).startswith("modified_cosine ip=1")
+    r = rep()
+    r["config"]["fingerprint"] = "morgan:3:2048"
+    assert _setting(r) == "khoo2026 fp=morgan:3:2048"

@@ -229,11 +229,17 @@ def column_assignment(values: Sequence) -> np.ndarray:
 
 
 # ====================================================================== split files
-def write_split(split: Split, path: str | Path, spectra: Spectra) -> None:
-    """Write ``index``, ``id``, ``split`` (train/test/excluded) as CSV, TSV or parquet (by extension)."""
+def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> None:
+    """Write ``index``, ``id``, ``split`` (train/test/excluded) as CSV, TSV or parquet (by extension).
+
+    ``index`` (int64 (n,), default ``0..n-1``): each spectrum's position in the library file, e.g.
+    ``LabData.source_index`` after an ``ion_mode`` filter, so that the file means the same spectra
+    whether it is read with that filter or without (ids do not when they repeat).
+    """
     names = np.array(["excluded", "train", "test"])[split.assignment.astype(np.int64) + 1]
+    idx = np.arange(len(split), dtype=np.int64) if index is None else np.asarray(index, np.int64)
     table = pa.table(
-        {"index": pa.array(np.arange(len(split), dtype=np.int64)), "id": pa.array(spectra.ids, pa.string()), "split": pa.array(names.tolist(), pa.string())}
+        {"index": pa.array(idx), "id": pa.array(spectra.ids, pa.string()), "split": pa.array(names.tolist(), pa.string())}
     )
     path = Path(path)
     if path.suffix.lower() == ".parquet":
@@ -247,11 +253,12 @@ def write_split(split: Split, path: str | Path, spectra: Spectra) -> None:
         pcsv.write_csv(table, path, pcsv.WriteOptions(delimiter=delim))
 
 
-def read_split(path: str | Path, spectra: Spectra) -> np.ndarray:
+def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> np.ndarray:
     """Assignment for ``spectra`` from a split file.
 
     Rows are matched by ``id`` when the file has an ``id`` column and the library ids are unique,
-    else by ``index``. Spectra not listed are excluded.
+    else by ``index``: positions in the library file, which ``index`` gives for ``spectra`` (default
+    ``0..n-1``; ``LabData.source_index`` after an ``ion_mode`` filter). Spectra not listed are excluded.
     """
     path = Path(path)
     if not path.exists():
@@ -290,10 +297,25 @@ def read_split(path: str | Path, spectra: Spectra) -> np.ndarray:
         return out
     if "index" not in table.column_names:
         raise FastspecError(f"split file {path}: needs an 'index' column (library ids are not unique)")
-    idx = np.asarray(table.column("index").to_numpy(zero_copy_only=False), dtype=np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise FastspecError(f"split file {path}: index out of range for a library of {n} spectra")
-    out[idx] = values
+    col = table.column("index")
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise FastspecError(f"split file {path}: the 'index' column must hold whole numbers (library positions), "
+                            f"found {col.type}{' with empty values' if col.null_count else ''}")
+    idx = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.int64)
+    if index is None:
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise FastspecError(f"split file {path}: index out of range for a library of {n} spectra")
+        out[idx] = values
+        return out
+    # positions of the whole file; spectra filtered out (another ion mode) are simply not here
+    index = np.asarray(index, np.int64)
+    order = np.argsort(index, kind="stable")
+    at = np.searchsorted(index[order], idx)
+    at = np.minimum(at, max(n - 1, 0))
+    found = (n > 0) & (index[order][at] == idx) if n else np.zeros(idx.shape[0], bool)
+    if idx.size and not found.any():
+        raise FastspecError(f"split file {path}: none of its indexes are spectra of this library")
+    out[order[at[found]]] = np.asarray(values)[found]
     return out
 
 
@@ -317,6 +339,8 @@ def make_split(
     known = np.array([m is not None for m in lab.mol], bool)
     params: dict[str, Any] = {"kind": kind, "seed": seed}
     info: dict[str, Any] = {}
+    if kind in ("random", "inchikey", "scaffold", "l2s") and arg.strip():
+        raise ParameterError(f"{kind} split takes no argument, got {spec!r}")
     if kind == "random":
         a = random_split(n, test_fraction, seed)
         params["test_fraction"] = test_fraction
@@ -361,7 +385,7 @@ def make_split(
         a = column_assignment(lab.spectra.column(arg))
         params["column"] = arg
     elif kind == "file":
-        a = read_split(arg, lab.spectra)
+        a = read_split(arg, lab.spectra, lab.source_index)
         params["path"] = arg
     elif kind == "l2s":
         opts = dict(l2s_options or {})

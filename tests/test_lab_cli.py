@@ -74,6 +74,55 @@ def test_split_then_file_evaluate(library, tmp_path):
     assert rep["split_profile"]["n_test"] == p["n_test"]
 
 
+def _metrics(path):
+    rep = json.loads(path.read_text())
+    return {k: rep[k] for k in ("n_test", "n_scored", "coverage", "mean_tanimoto", "mean_tanimoto_all")}
+
+
+def test_split_files_mean_the_same_spectra(library, tmp_path):
+    """A split file written with --ion-mode numbers spectra by their position in the library file, so it
+    evaluates the same with or without --ion-mode, also when ids repeat (then only the index says which
+    spectrum a row is). It numbered the filtered rows before: read without the filter, an
+    InChIKey-disjoint file became 64% leaky and took in negative-mode spectra."""
+    t = pq.read_table(library)
+    ids = t.column("id").to_pylist()
+    ids[1] = ids[0]
+    dup = tmp_path / "dup.parquet"
+    pq.write_table(t.set_column(t.column_names.index("id"), "id", pa.array(ids)), dup)
+    sfile = tmp_path / "s.csv"
+    assert invoke("split", "-l", dup, "--split", "inchikey", "--ion-mode", "positive", "-o", sfile, "-q").exit_code == 0
+    runs = {}
+    for mode in ("positive", "both"):
+        out = tmp_path / f"{mode}.json"
+        res = invoke("evaluate", "-l", dup, "--split", f"file:{sfile}", "--ion-mode", mode, "--preset", "khoo2026",
+                     "--bootstrap", "0", "-o", out, "-q")
+        assert res.exit_code == 0, res.output
+        runs[mode] = _metrics(out)
+        assert json.loads(out.read_text())["leakage"] == 0.0
+    assert runs["positive"] == runs["both"]
+    # an index column that is not whole numbers is one clear error
+    bad = tmp_path / "bad.csv"
+    bad.write_text("index,split\n0,train\n1.5,test\n")
+    res = CliRunner().invoke(main, ["evaluate", "-l", str(dup), "--split", f"file:{bad}", "--bootstrap", "0", "-q"])
+    assert res.exit_code != 0 and "whole numbers" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(main, ["evaluate", "-l", str(dup), "--split", "random:foo", "-q"])
+    assert res.exit_code != 0 and "takes no argument" in res.output
+
+
+def test_l2s_split_file_equals_evaluate(library, tmp_path):
+    """`fastspec split --split l2s` takes evaluate's predictor options, so its file is the split evaluate
+    makes itself (with --bucket formula+adduct only half the test ids matched before)."""
+    opts = ["--bucket", "formula+adduct", "--tolerance", "0.02", "--metric", "cosine", "--ion-mode", "positive"]
+    sfile = tmp_path / "l2s.csv"
+    res = invoke("split", "-l", library, "--split", "l2s", *opts, "-o", sfile, "-q")
+    assert res.exit_code == 0, res.output
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for split, out in (("l2s", a), (f"file:{sfile}", b)):
+        res = invoke("evaluate", "-l", library, "--split", split, *opts, "--bootstrap", "0", "-o", out, "-q")
+        assert res.exit_code == 0, res.output
+    assert _metrics(a) == _metrics(b)
+
+
 def test_ablate_and_report(library, tmp_path):
     out = tmp_path / "abl.json"
     res = invoke("ablate", "-l", library, "--split", "random", "--split", "inchikey", "--metric", "cosine",

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from fastspec.cli._common import common_options, handle_errors
 
@@ -134,6 +133,11 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 @_split_options
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="l2s: similarity of the NN predictor.")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None, help="l2s: NN predictor preset.")
+@click.option("--tolerance", default=None, help="l2s: fragment tolerance of the NN predictor (as in evaluate).")
+@click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
+              help="l2s: candidates of the NN predictor (as in evaluate) [default: formula].")
+@click.option("--mz-power", type=float, default=None, help="l2s: peak weight m/z exponent (as in evaluate).")
+@click.option("--intensity-power", type=float, default=None, help="l2s: peak weight intensity exponent (as in evaluate).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Split file (.csv, .tsv or .parquet).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, help="Also write the split profile JSON.")
 @common_options
@@ -144,10 +148,11 @@ def split(library, split_spec, output, profile_path, threads, quiet, **kw):
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, search_config, write_json
     from fastspec.splits import make_split, split_profile, write_split
 
-    log = _logger(quiet)
     lab = load_spectra(library)
     lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
-    cfg = search_config(kw.pop("preset"), metric=kw.pop("metric"))
+    # the same predictor options as evaluate's, so that `split --split l2s` writes the split evaluate makes
+    cfg = search_config(kw.pop("preset"), **{k: kw.pop(k) for k in ("metric", "tolerance", "bucket", "mz_power",
+                                                                     "intensity_power")})
     sp = make_split(
         lab,
         split_spec,
@@ -158,9 +163,8 @@ def split(library, split_spec, output, profile_path, threads, quiet, **kw):
         search=cfg,
         threads=threads,
     )
-    if not np.array_equal(lab.source_index, np.arange(len(lab))):
-        log("note: rows refer to the spectra kept by --ion-mode (ids identify them)")
-    write_split(sp, output, lab.spectra)
+    # index = position in the library file, so the file means the same spectra with or without --ion-mode
+    write_split(sp, output, lab.spectra, lab.source_index)
     prof = split_profile(lab, sp.assignment)
     if sp.info:
         prof["split_info"] = sp.info

@@ -47,8 +47,18 @@ def load_inputs(inputs: Sequence) -> list[dict]:
             raise FastspecError(f"{p}: not valid JSON ({e})") from e
         if not isinstance(d, dict) or not ("rows" in d or "n_test" in d):
             raise FastspecError(f"{p}: neither an evaluation report nor an ablation JSON")
+        for r in d["rows"] if "rows" in d else [d]:
+            missing = [k for k in _REQUIRED if k not in r] if isinstance(r, dict) else list(_REQUIRED)
+            if missing:
+                raise FastspecError(f"{p}: a report without {', '.join(missing)} (not written by fastspec "
+                                    "evaluate / ablate, or edited)")
         docs.append(d)
     return docs
+
+
+#: Keys every report (and every ablation row) has, which the tables read.
+_REQUIRED = ("n_test", "n_scored", "coverage", "mean_tanimoto", "mean_tanimoto_all", "exact_match_rate",
+             "exact_match_rate_all")
 
 
 def _evaluations(docs: list[dict]) -> list[tuple[str, dict]]:

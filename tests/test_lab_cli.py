@@ -147,3 +147,9 @@ def test_ablate_and_report(library, tmp_path):
     assert "data:image/png;base64," in h and "<table>" in h
     res = CliRunner().invoke(main, ["ablate", "-l", str(library), "--intensity-powers", "a,b", "-o", str(out)])
     assert res.exit_code != 0 and "intensity-powers" in res.output
+    # a JSON that looks like a report but lacks what the tables read: one line, not a KeyError
+    cut = json.loads(rep_json.read_text())
+    del cut["n_scored"]
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    res = CliRunner().invoke(main, ["report", str(tmp_path / "cut.json"), "-o", str(tmp_path / "c.md")])
+    assert res.exit_code != 0 and "without n_scored" in res.output and "Traceback" not in res.output

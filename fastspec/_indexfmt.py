@@ -10,11 +10,14 @@
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -322,11 +325,79 @@ class AtomicDirectory:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
         try:
-            replace_directory(self.tmp, self.target)
+            with index_lock(self.target):
+                if not self.overwrite:  # another build may have finished first: never replace it
+                    move_into_place(self.tmp, self.target)
+                else:
+                    replace_directory(self.tmp, self.target)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         return False
+
+
+#: Index locks held by the running thread (resolved index paths): an append holds its index's lock while its
+#: rebuild swaps the directory in, which takes the same lock again. Other threads flock a descriptor of
+#: their own, so they wait (or are refused) like another process.
+_HELD = threading.local()
+
+
+@contextmanager
+def index_lock(target: Path, wait: bool = True, busy: str = ""):
+    """Hold the advisory lock of the index directory ``target`` (``flock`` on the directory itself; no
+    lock file is left behind, and nothing to lock when it does not exist yet).
+
+    Appends hold it from the moment they check that the index is still the one they opened until their
+    rebuild is in place, and every build takes it to swap its directory in: two appends cannot both
+    start from the same index and lose one of them. With ``wait=False`` a lock held elsewhere raises
+    IndexFormatError (``busy`` says what was attempted). Where ``flock`` is not available (Windows, some
+    network file systems) it runs unlocked.
+    """
+    target = Path(target)
+    key = str(target.resolve())
+    held = _HELD.__dict__.setdefault("keys", set())
+    if key in held:  # re-entered by this thread (an append's own swap)
+        yield
+        return
+    fd = None
+    try:
+        import fcntl
+
+        fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (ImportError, OSError):  # no such directory yet, or not one: nothing to lock
+        pass
+    if fd is not None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            raise IndexFormatError(f"{target} is being appended to or rebuilt by another process (or thread); "
+                                   f"{busy or 'try'} again when it is done") from None
+        except OSError:  # no locking on this file system
+            os.close(fd)
+            fd = None
+    held.add(key)
+    try:
+        yield
+    finally:
+        held.discard(key)
+        if fd is not None:
+            os.close(fd)  # releases the flock
+
+
+def move_into_place(src: Path, target: Path) -> None:
+    """Rename ``src`` to ``target``, which must not exist (nor appear meanwhile: a non-empty directory is
+    never replaced by the rename itself)."""
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise IndexFormatError(f"{target} already exists (another build finished first; use overwrite=True / "
+                               "--overwrite to replace it)")
+    try:
+        os.rename(src, target)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise IndexFormatError(f"{target} already exists (another build finished first; use overwrite=True "
+                                   "/ --overwrite to replace it)") from None
+        raise
 
 
 def _remove_stale_temporaries(parent: Path, name: str) -> None:

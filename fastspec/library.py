@@ -587,44 +587,51 @@ class Library:
         New spectra get the next library rows. Returns ``self``, refreshed.
         """
         prog = _Progress(progress, total=7, desc="append")
-        try:
-            pipeline = self.pipeline
-            spectra, counts = read_input(spectra_or_paths, on_error, progress)
-            prog.step("preprocess")
-            new = apply_pipeline(pipeline, spectra)
-            old = self.spectra(metadata=True)
-            old_counts = self.manifest["counts"]
-            old_input = self.input_index
-            if old_input is None:
-                raise IndexFormatError(f"{self.path} predates input positions and has rejected spectra: rebuild it "
-                                       "to append (the positions of its input spectra are unknown)")
-            n_input = int(old_counts.get("n_input", len(self)))
-            input_index = np.concatenate([np.asarray(old_input, np.int64), n_input + counts["positions"]])
-            merged = Spectra.concat([old, new])
-            n_old = len(old)
-            reasons = _add_counts(old_counts.get("rejected", {}), counts["rejected"])
-            total = {
-                "n_read": int(old_counts["n_read"]) + counts["n_read"],
-                "n_rejected": int(old_counts["n_rejected"]) + counts["n_rejected"],
-                "rejected": reasons,
-                "read_warnings": _add_counts(old_counts.get("read_warnings") or {}, counts.get("warnings") or {}),
-            }
-            faiss_on = self.manifest["build"].get("faiss") is not None
-            params = dict(self.manifest["build"].get("faiss") or {})
-            for k in ("n_train", "ntotal"):
-                params.pop(k, None)
+        # held until the rebuilt index is in place: another append (or rebuild) started meanwhile from the
+        # same index would otherwise swap its own result in and lose one of the two
+        with fmt.index_lock(self.path, wait=False, busy="append"):
+            self._check_unchanged()
+            try:
+                self._append(spectra_or_paths, on_error, threads, progress, prog)
+            finally:
+                prog.close()
+            fresh = Library.open(self.path)
+            self.manifest = fresh.manifest
+            self._stamp = fresh._stamp
             self._release()
-            _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
-                         faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
-                         already_valid=n_old, appended=True, created=self.manifest.get("created"),
-                         input_index=input_index, n_input=n_input + int(counts["n_read"]))
-        finally:
-            prog.close()
-        fresh = Library.open(self.path)
-        self.manifest = fresh.manifest
-        self._stamp = fresh._stamp
-        self._release()
         return self
+
+    def _append(self, spectra_or_paths, on_error, threads, progress, prog) -> None:
+        pipeline = self.pipeline
+        spectra, counts = read_input(spectra_or_paths, on_error, progress)
+        prog.step("preprocess")
+        new = apply_pipeline(pipeline, spectra)
+        old = self.spectra(metadata=True)
+        old_counts = self.manifest["counts"]
+        old_input = self.input_index
+        if old_input is None:
+            raise IndexFormatError(f"{self.path} predates input positions and has rejected spectra: rebuild it "
+                                   "to append (the positions of its input spectra are unknown)")
+        n_input = int(old_counts.get("n_input", len(self)))
+        input_index = np.concatenate([np.asarray(old_input, np.int64), n_input + counts["positions"]])
+        merged = Spectra.concat([old, new])
+        n_old = len(old)
+        reasons = _add_counts(old_counts.get("rejected", {}), counts["rejected"])
+        total = {
+            "n_read": int(old_counts["n_read"]) + counts["n_read"],
+            "n_rejected": int(old_counts["n_rejected"]) + counts["n_rejected"],
+            "rejected": reasons,
+            "read_warnings": _add_counts(old_counts.get("read_warnings") or {}, counts.get("warnings") or {}),
+        }
+        faiss_on = self.manifest["build"].get("faiss") is not None
+        params = dict(self.manifest["build"].get("faiss") or {})
+        for k in ("n_train", "ntotal"):
+            params.pop(k, None)
+        self._release()
+        _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
+                     faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
+                     already_valid=n_old, appended=True, created=self.manifest.get("created"),
+                     input_index=input_index, n_input=n_input + int(counts["n_read"]))
 
     def _release(self) -> None:
         self._arrays = {}

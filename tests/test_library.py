@@ -438,6 +438,50 @@ def test_an_object_opened_before_another_appends_refuses_to_mix(subsets, tmp_pat
     assert len(fresh) > len(old) and fresh.search(queries[:5], k=3, mode="open").indices.shape == (5, 3)
 
 
+def test_appends_and_builds_never_lose_one_another(subsets, tmp_path):
+    """Two appends started from the same index: the second is refused (it used to swap in its own result
+    and lose the first's spectra); an append while another holds the index's lock is refused; a build
+    without overwrite never replaces an index another build put there meanwhile."""
+    import threading
+
+    from fastspec import _indexfmt as fmt
+
+    lib_sp, _ = subsets
+    path = tmp_path / "a.fastspec"
+    Library.build(lib_sp[:300], path, preprocess=None, faiss=False)
+    a, b = Library.open(path), Library.open(path)
+    a.append(lib_sp[300:350])
+    with pytest.raises(IndexFormatError, match="open it again"):
+        b.append(lib_sp[350:400])
+    assert len(Library.open(path)) == 350
+    # another process (here: thread) appending right now holds the lock
+    held, done = threading.Event(), threading.Event()
+
+    def hold():
+        with fmt.index_lock(path):
+            held.set()
+            done.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(30)
+    try:
+        with pytest.raises(IndexFormatError, match="being appended to or rebuilt"):
+            Library.open(path).append(lib_sp[350:400])
+    finally:
+        done.set()
+        t.join()
+    c = Library.open(path).append(lib_sp[350:400])  # free again; the lock is re-entrant for its own swap
+    assert len(c) == 400 and len(Library.open(path)) == 400
+    # two builds of one new target without overwrite: the one finishing second is refused
+    target = tmp_path / "b.fastspec"
+    with pytest.raises(IndexFormatError, match="another build finished first"):
+        with fmt.AtomicDirectory(target, overwrite=False) as tmp:
+            (tmp / "x").write_text("second build")
+            Library.build(lib_sp[:50], target, preprocess=None, faiss=False)  # the first one lands
+    assert len(Library.open(target)) == 50 and not list(tmp_path.glob(".b.fastspec.tmp-*"))
+
+
 def test_append_preprocesses_with_the_recorded_pipeline(subsets, tmp_path):
     lib_sp, _ = subsets
     lib = Library.build(lib_sp[:300], tmp_path / "p.fastspec", faiss=False)

@@ -305,6 +305,46 @@ def test_corrupted_file_is_refused(raw_lib, tmp_path, where):
         Library.open(dst, verify=True)
 
 
+@pytest.mark.parametrize("name,value", [("frag_spec", 10**9), ("scan_rows", -3), ("prec_order", 10**7),
+                                        ("offsets", 10**12), ("formula_code", 999), ("wblk_loc", 60000)])
+def test_out_of_range_ids_are_refused_on_first_use(raw_lib, tmp_path, name, value):
+    """A damaged array that addresses others (a byte flipped in the middle of a large file passes the
+    open-time edge checksums; here the manifest is rewritten to match, as if it had) is refused when first
+    loaded: the kernels index with its values unchecked, and a search segfaulted."""
+    from fastspec import _indexfmt as fmt
+
+    dst = _copy_index(raw_lib, tmp_path / "bad.fastspec")
+    arr = np.load(dst / f"{name}.npy")
+    arr[arr.shape[0] // 2] = value
+    np.save(dst / f"{name}.npy", arr)
+    m = fmt.read_manifest(dst)
+    fmt.write_manifest(dst, m, {k: v for k, v in m["files"].items() if k != f"{name}.npy"})
+    lib = Library.open(dst)  # the files agree with the manifest
+    with pytest.raises(IndexFormatError, match=f"corrupted: {name} "):
+        lib.array(name)
+    if name == "formula_code":  # read for hit tables and filters, not by these searches
+        return
+    q, refused = raw_lib.spectra()[:3], 0
+    for mode in ("open", "analog", "identity"):
+        try:
+            Library.open(dst).search(q, k=2, mode=mode, metric="entropy" if mode == "open" else None)
+        except IndexFormatError as e:
+            refused += "corrupted" in str(e)
+    assert refused
+
+
+def test_manifest_without_its_checksum_is_refused(raw_lib, tmp_path):
+    import json
+
+    dst = _copy_index(raw_lib, tmp_path / "nock.fastspec")
+    m = json.loads((dst / "manifest.json").read_text())
+    del m["manifest_sha256"]  # an edited count with the checksum taken out: not an old manifest
+    m["counts"]["n_spectra"] -= 5
+    (dst / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="no checksum"):
+        Library.open(dst)
+
+
 def test_open_does_not_hash_whole_files(raw_lib, monkeypatch):
     from fastspec import _indexfmt
 

@@ -623,10 +623,14 @@ class Library:
             "rejected": reasons,
             "read_warnings": _add_counts(old_counts.get("read_warnings") or {}, counts.get("warnings") or {}),
         }
-        faiss_on = self.manifest["build"].get("faiss") is not None
-        params = dict(self.manifest["build"].get("faiss") or {})
-        for k in ("n_train", "ntotal"):
-            params.pop(k, None)
+        build = self.manifest["build"]
+        if "faiss_requested" in build:
+            faiss_on, params = build["faiss_requested"] is not None, dict(build["faiss_requested"] or {})
+        else:  # written before the request was recorded
+            from fastspec.vectors import requested_params
+
+            faiss_on = build.get("faiss") is not None
+            params = requested_params(build.get("faiss"), len(self))
         self._release()
         _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
                      faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
@@ -1227,6 +1231,9 @@ def _build_index(
             "build": {
                 "preprocess": preprocess_cfg,
                 "faiss": faiss_info,
+                # what the caller asked for (not what it resolved to at this size): an append rebuilds from
+                # this, so a library grown from a small seed gets the IVF index its new size calls for
+                "faiss_requested": dict(faiss_params or {}) if faiss else None,
                 "metadata_row_group": _METADATA_ROW_GROUP,
                 "window_block": WINDOW_BLOCK,
                 "scan_order": SCAN_ORDER,

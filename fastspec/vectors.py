@@ -150,6 +150,22 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
     return p
 
 
+def requested_params(stored: dict | None, n: int) -> dict:
+    """The FAISS options a build of ``n`` spectra was given, recovered from the ones it resolved to (for
+    manifests that did not record them): the index type and list count are dropped when they are what
+    the defaults give at that size, so that a rebuild at another size resolves them again."""
+    p = dict(stored or {})
+    for k in ("n_train", "ntotal"):
+        p.pop(k, None)
+    nlist = p.get("nlist")
+    small = n < int(p.get("flat_below", DEFAULTS["flat_below"]))
+    if p.get("index") == "Flat" and small or p.get("index") == DEFAULTS["index"].format(nlist=nlist):
+        p.pop("index")
+    if nlist == max(1, min(int(np.clip(np.sqrt(n), 16, 16384)), max(1, n // 39))):
+        p.pop("nlist")
+    return p
+
+
 def load_faiss_index(library):
     """The library's FAISS index (read once and cached on the Library)."""
     idx = library._cache.get("faiss")

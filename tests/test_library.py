@@ -435,6 +435,34 @@ def test_append_equals_single_build(subsets, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part.fastspec", "whole.fastspec"]
 
 
+def test_append_rebuilds_faiss_for_the_new_size(subsets, tmp_path):
+    """An append rebuilds FAISS from what was asked, not from what the first build resolved to: a
+    library grown from a small seed gets the IVF index a build of all its spectra gets (it stayed an
+    exhaustive Flat index), and an empty library built with FAISS gets one on its first append (it
+    never did). Manifests that did not record the request are read back to the same effect."""
+    from fastspec.vectors import requested_params
+
+    lib_sp, _ = subsets
+    fp = {"flat_below": 300, "nlist": None}
+    whole = Library.build(lib_sp[:1200], tmp_path / "w.fastspec", preprocess=None, faiss_params=fp)
+    grown = Library.build(lib_sp[:200], tmp_path / "g.fastspec", preprocess=None, faiss_params=fp)
+    assert grown.manifest["build"]["faiss"]["index"] == "Flat"
+    grown.append(lib_sp[200:1200])
+    a, b = whole.manifest["build"]["faiss"], grown.manifest["build"]["faiss"]
+    assert a["index"].startswith("IVF") and (b["index"], b["nlist"]) == (a["index"], a["nlist"])
+    empty = Library.build(Spectra.from_arrays([[]], [[]], precursor_mz=[1.0]), tmp_path / "e.fastspec",
+                          preprocess=None, faiss=True)
+    assert not empty.has_faiss
+    empty.append(lib_sp[:50])
+    assert empty.has_faiss and empty.search(lib_sp[:2], k=2, mode="open", engine="faiss").indices[0, 0] >= 0
+    off = Library.build(lib_sp[:50], tmp_path / "o.fastspec", preprocess=None, faiss=False).append(lib_sp[50:60])
+    assert not off.has_faiss
+    # older manifests: the resolved defaults are dropped, explicit choices kept
+    assert requested_params({"index": "Flat", "nlist": 5, "n_train": 200, "ntotal": 200}, 200) == {}
+    assert requested_params({"index": "IVF30,SQ8", "nlist": 30, "ntotal": 1200}, 1200) == {}
+    assert requested_params({"index": "IVF64,PQ8", "nlist": 64}, 1200) == {"index": "IVF64,PQ8", "nlist": 64}
+
+
 def test_input_positions_count_records_the_reader_rejected(subsets, tmp_path):
     """library_input_index numbers the records of the files, the rejected ones included: the same
     positions whether a file is indexed or the spectra are given directly, and across appends."""

@@ -184,6 +184,27 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
                            "XYZ", ok=False), "formula", "XYZ")
 
 
+def test_a_full_disk_is_one_line(massbank_mgf, tmp_path, monkeypatch):
+    """A write that fails (disk full, a file-size limit: numpy then says only how many bytes it wrote)
+    is one line and a nonzero exit, with nothing left behind; it was a traceback."""
+    from fastspec import _indexfmt
+
+    real = _indexfmt.save_array
+
+    def full(directory, name, arr):
+        if name == "frag_mz":
+            raise OSError("706363 requested and 255984 written")
+        real(directory, name, arr)
+
+    monkeypatch.setattr(_indexfmt, "save_array", full)
+    assert_clean_error(run("index", massbank_mgf, "-o", tmp_path / "l.fastspec", "--no-faiss", ok=False),
+                       "I/O error", "written")
+    monkeypatch.setattr(_indexfmt, "save_array", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    assert_clean_error(run("index", massbank_mgf, "-o", tmp_path / "l.fastspec", "--no-faiss", ok=False),
+                       "No space left on device")
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
 def test_real_subprocess(index, massbank_mgf, tmp_path):
     """``python -m fastspec query`` in a fresh interpreter writes the hits the API returns."""
     from fastspec.library import Library

@@ -18,7 +18,8 @@ def common_options(f):
 
 
 def handle_errors(f):
-    """Report FastspecError / missing files as ``Error: ...`` and exit 2, never a traceback.
+    """Report FastspecError and OS errors (missing files, permissions, a full disk) as ``Error: ...`` and
+    exit 1, never a traceback.
 
     Set ``FASTSPEC_DEBUG=1`` to see the traceback.
     """
@@ -27,10 +28,15 @@ def handle_errors(f):
     def wrapper(*args, **kwargs):
         try:
             return _in_worker(f, args, kwargs)
-        except (FastspecError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        except (FastspecError, OSError) as e:
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise
-            msg = str(e) if isinstance(e, FastspecError) else f"{e.strerror}: {e.filename}"
+            if isinstance(e, FastspecError):
+                msg = str(e)
+            elif e.strerror and e.filename:  # missing file, permission, a directory given for a file
+                msg = f"{e.strerror}: {e.filename}"
+            else:  # the disk filled up, a read failed (what was half written is removed by then)
+                msg = f"I/O error: {e.strerror or e}"
             raise click.ClickException(msg.splitlines()[0] if msg else type(e).__name__) from None
 
     return wrapper

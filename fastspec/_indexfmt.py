@@ -243,6 +243,13 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     """Read and validate the manifest (format name and version)."""
     directory = Path(directory)
     if not directory.exists():
+        # a rebuild killed between its two renames leaves the previous index aside (replace_directory)
+        parent = directory.parent if str(directory.parent) else Path(".")
+        aside = sorted(parent.glob(f".{directory.name}.old-*")) if parent.is_dir() else []
+        aside = [p for p in aside if (p / MANIFEST).exists()]
+        if aside:
+            raise IndexFormatError(f"{directory} is missing, but an interrupted rebuild left the previous index "
+                                   f"at {aside[-1]}: rename it back to use it")
         raise FileNotFoundError(2, "No such library index", str(directory))
     if not directory.is_dir():
         raise IndexFormatError(f"not a library index (not a directory): {directory}")
@@ -428,8 +435,12 @@ def move_into_place(src: Path, target: Path) -> None:
 
 
 def _remove_stale_temporaries(parent: Path, name: str) -> None:
-    """Delete ``.{name}.tmp-<pid>-*`` directories left by builds whose process is gone."""
+    """Delete ``.{name}.tmp-<pid>-*`` directories left by builds whose process is gone, and
+    ``.{name}.old-*`` ones (an old index moved aside) once ``name`` holds an index again."""
     prefix = f".{name}.tmp-"
+    if (parent / name / MANIFEST).exists():  # the swap completed: what it moved aside is garbage
+        for p in parent.glob(f".{name}.old-*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     for p in parent.iterdir():
         if not (p.name.startswith(prefix) and p.is_dir()):
             continue

@@ -213,7 +213,7 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):
         sp = Spectra.concat(list(source))
         return sp, {"n_read": len(sp), "n_rejected": 0, "rejected": {}, "positions": np.arange(len(sp), dtype=np.int64)}
-    paths = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    paths = [source] if not isinstance(source, (list, tuple)) else list(source)
     if not paths:
         raise ParameterError("no input given")
     for p in paths:
@@ -257,6 +257,10 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
         if not p.is_dir():
             out.append(str(p))
             continue
+        if (p / fmt.MANIFEST).exists():
+            raise ParseError("is a fastspec library index, not spectra (add spectra to it with "
+                             "Library.open(path).append(...), or read its spectra with Library.open(path).spectra())",
+                             str(p))
         found = 0
         for root, dirs, files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d / fmt.MANIFEST).exists())
@@ -538,6 +542,10 @@ class Library:
         """
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
+        target = Path(path)
+        if target.is_dir() and not (target / fmt.MANIFEST).exists() and any(target.iterdir()):
+            raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
+                                   "library index")
         prog = _Progress(progress, total=7, desc="index")
         try:
             pipeline = resolve_pipeline(preprocess)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fastspec.errors import IndexFormatError
+from fastspec.errors import FastspecError, IndexFormatError
 from fastspec.library import REASON_NO_PEAKS, Library
 from fastspec.spectra import Spectra
 
@@ -235,9 +235,25 @@ def test_build_refuses_existing_target_unless_overwrite(raw_lib, subsets, tmp_pa
 
 
 # ------------------------------------------------------------------------------------------ refusal
-def test_open_missing_or_not_an_index(tmp_path):
+def test_open_missing_or_not_an_index(raw_lib, tmp_path):
     with pytest.raises(FileNotFoundError):
         Library.open(tmp_path / "nope.fastspec")
+    # a rebuild killed between moving the old index aside and renaming the new one in: say where it is
+    _copy_index(raw_lib, tmp_path / ".gone.fastspec.old-1234abcd")
+    with pytest.raises(IndexFormatError, match=r"interrupted rebuild left the previous index at .*old-1234abcd"):
+        Library.open(tmp_path / "gone.fastspec")
+    _copy_index(raw_lib, tmp_path / "gone.fastspec")  # once it holds an index again, the next build tidies up
+    Library.build(raw_lib.spectra()[:5], tmp_path / "gone.fastspec", preprocess=None, faiss=False, overwrite=True)
+    assert not list(tmp_path.glob(".gone.fastspec.*"))
+    # an index given as input, and a non-index directory as output, are refused before any reading
+    with pytest.raises(FastspecError, match="is a fastspec library index, not spectra"):
+        Library.build(raw_lib.path, tmp_path / "x.fastspec")
+    with pytest.raises(FastspecError, match="got int"):
+        raw_lib.append(5)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "a.jpg").write_text("x")
+    with pytest.raises(IndexFormatError, match="not a library index"):
+        Library.build("no-such-file.mgf", tmp_path / "photos", overwrite=True)
     (tmp_path / "empty").mkdir()
     with pytest.raises(IndexFormatError, match="not a library index"):
         Library.open(tmp_path / "empty")

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -245,7 +246,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not directory.exists():
         # a rebuild killed between its two renames leaves the previous index aside (replace_directory)
         parent = directory.parent if str(directory.parent) else Path(".")
-        aside = sorted(parent.glob(f".{directory.name}.old-*")) if parent.is_dir() else []
+        aside = sorted(parent.glob(f".{glob.escape(directory.name)}.old-*")) if parent.is_dir() else []
         aside = [p for p in aside if (p / MANIFEST).exists()]
         if aside:
             raise IndexFormatError(f"{directory} is missing, but an interrupted rebuild left the previous index "
@@ -354,8 +355,8 @@ class AtomicDirectory:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         assert self.tmp is not None
-        ACTIVE_TEMPORARIES.discard(self.tmp)
         if exc_type is not None:
+            ACTIVE_TEMPORARIES.discard(self.tmp)
             shutil.rmtree(self.tmp, ignore_errors=True)
             return False
         try:
@@ -367,6 +368,8 @@ class AtomicDirectory:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+        finally:  # only now: an interrupt while waiting for the lock still removes the finished build
+            ACTIVE_TEMPORARIES.discard(self.tmp)
         return False
 
 
@@ -384,8 +387,8 @@ def index_lock(target: Path, wait: bool = True, busy: str = ""):
     Appends hold it from the moment they check that the index is still the one they opened until their
     rebuild is in place, and every build takes it to swap its directory in: two appends cannot both
     start from the same index and lose one of them. With ``wait=False`` a lock held elsewhere raises
-    IndexFormatError (``busy`` says what was attempted). Where ``flock`` is not available (Windows, some
-    network file systems) it runs unlocked.
+    IndexFormatError (``busy`` says what was attempted). Where ``flock`` is not available (Windows) it
+    runs unlocked; on network file systems it may lock for this host only.
     """
     target = Path(target)
     key = str(target.resolve())
@@ -394,13 +397,14 @@ def index_lock(target: Path, wait: bool = True, busy: str = ""):
         yield
         return
     fd = None
-    try:
-        import fcntl
+    while True:
+        try:
+            import fcntl
 
-        fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except (ImportError, OSError):  # no such directory yet, or not one: nothing to lock
-        pass
-    if fd is not None:
+            fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except (ImportError, OSError):  # no such directory yet, or not one: nothing to lock
+            fd = None
+            break
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -410,6 +414,22 @@ def index_lock(target: Path, wait: bool = True, busy: str = ""):
         except OSError:  # no locking on this file system
             os.close(fd)
             fd = None
+            break
+        # the lock belongs to the directory (inode) opened: when the holder swapped a new index in while
+        # we waited, ours is the old one, and the new one must be locked instead
+        try:
+            now = os.stat(key)
+        except OSError:
+            now = None
+        mine = os.fstat(fd)
+        if now is not None and (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino):
+            break
+        os.close(fd)
+        fd = None
+        if now is None:
+            break
+        if not wait:
+            raise IndexFormatError(f"{target} was replaced while it was being locked; {busy or 'try'} again")
     held.add(key)
     try:
         yield
@@ -439,7 +459,7 @@ def _remove_stale_temporaries(parent: Path, name: str) -> None:
     ``.{name}.old-*`` ones (an old index moved aside) once ``name`` holds an index again."""
     prefix = f".{name}.tmp-"
     if (parent / name / MANIFEST).exists():  # the swap completed: what it moved aside is garbage
-        for p in parent.glob(f".{name}.old-*"):
+        for p in parent.glob(f".{glob.escape(name)}.old-*"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     for p in parent.iterdir():
         if not (p.name.startswith(prefix) and p.is_dir()):

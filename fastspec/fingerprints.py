@@ -256,8 +256,9 @@ def fingerprint_molecules(
         s and not table.valid[table._pos[k]])))
     if cands:
         new, packed, valid = first_valid(cands, lambda smi: compute_fingerprints(smi, spec))
+        changed = any(k not in table for k in new) or bool(valid.any())  # else: known and still invalid
         table = table.extend(new, np.asarray(packed, np.uint64).reshape(len(new), spec.n_words), valid)
-        if cache_dir is not None:
+        if cache_dir is not None and changed:
             table.save(cache_dir)
     return table
 

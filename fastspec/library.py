@@ -213,7 +213,12 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):
         sp = Spectra.concat(list(source))
         return sp, {"n_read": len(sp), "n_rejected": 0, "rejected": {}, "positions": np.arange(len(sp), dtype=np.int64)}
-    paths = [source] if not isinstance(source, (list, tuple)) else list(source)
+    if isinstance(source, (str, os.PathLike)):
+        paths = [source]
+    elif hasattr(source, "__iter__"):  # a list, a set, Path.glob(...)
+        paths = list(source)
+    else:
+        paths = [source]  # refused just below
     if not paths:
         raise ParameterError("no input given")
     for p in paths:
@@ -746,8 +751,9 @@ class Library:
         codes), checked once when it is first loaded: a flipped byte in the middle of a file passes the
         open-time edge checksums, and the kernels index with these values unchecked (a crash, not an
         error). One pass over the file, read in chunks rather than through the map, so that the check
-        adds nothing to resident memory (2.4M library, page cache warm: ~0.1 s for the fragment index's
-        ids, a few ms for per-spectrum arrays)."""
+        adds nothing to resident memory (2.4M library, files in the page cache: 30-60 ms for the fragment
+        index's ids, a few ms for per-spectrum arrays; from a cold cache the first analog search reads
+        ~370 MB more than it would touch, +1.1-1.4 s)."""
         files = self.manifest["files"]
 
         def length(stem: str) -> int:

@@ -100,7 +100,7 @@ def _setting(rep: dict) -> str:
     fallback means are over different test spectra)."""
     c = rep.get("config", {})
     s = c.get("preset") or c.get("metric", "?")
-    if not c.get("preset"):
+    if not c.get("preset") or (c.get("intensity_power"), c.get("mz_power")) != (1.0, 0.0):
         s += f" ip={_f(c.get('intensity_power'), 2)} mz={_f(c.get('mz_power'), 2)}"
     if c.get("shuffle_intensities"):
         s += " shuffled"

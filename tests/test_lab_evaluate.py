@@ -390,3 +390,4 @@ def test_report_setting_tells_policies_apart():
     r = rep()
     r["config"]["fingerprint"] = "morgan:3:2048"
     assert _setting(r) == "khoo2026 fp=morgan:3:2048"
+    assert _setting(rep(intensity_power=0.5)) == "khoo2026 ip=0.50 mz=0.00"

@@ -250,6 +250,12 @@ def test_open_missing_or_not_an_index(raw_lib, tmp_path):
         Library.build(raw_lib.path, tmp_path / "x.fastspec")
     with pytest.raises(FastspecError, match="got int"):
         raw_lib.append(5)
+    # any iterable of paths (Path.glob) is a list of inputs
+    import fastspec.io as fio
+
+    fio.write(raw_lib.spectra()[:4], str(tmp_path / "a.mgf"))
+    fio.write(raw_lib.spectra()[4:7], str(tmp_path / "b.mgf"))
+    assert len(Library.build(tmp_path.glob("*.mgf"), tmp_path / "g.fastspec", preprocess=None, faiss=False)) == 7
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "a.jpg").write_text("x")
     with pytest.raises(IndexFormatError, match="not a library index"):
@@ -526,6 +532,7 @@ def test_appends_and_builds_never_lose_one_another(subsets, tmp_path):
     """Two appends started from the same index: the second is refused (it used to swap in its own result
     and lose the first's spectra); an append while another holds the index's lock is refused; a build
     without overwrite never replaces an index another build put there meanwhile."""
+    import os
     import threading
 
     from fastspec import _indexfmt as fmt
@@ -557,6 +564,42 @@ def test_appends_and_builds_never_lose_one_another(subsets, tmp_path):
         t.join()
     c = Library.open(path).append(lib_sp[350:400])  # free again; the lock is re-entrant for its own swap
     assert len(c) == 400 and len(Library.open(path)) == 400
+    # a waiter woken on a directory that was replaced meanwhile locks the new one (flock belongs to the
+    # inode: it held the old one's lock, and another append could lock the new index at the same time)
+    a_held, a_go, b_in, b_go = (threading.Event() for _ in range(4))
+
+    def holder():
+        with fmt.index_lock(path):
+            a_held.set()
+            a_go.wait(30)
+
+    def waiter():
+        with fmt.index_lock(path):
+            b_in.set()
+            b_go.wait(30)
+
+    ta, tb = threading.Thread(target=holder), threading.Thread(target=waiter)
+    ta.start()
+    a_held.wait(30)
+    tb.start()
+    import time
+
+    time.sleep(0.3)  # the waiter is blocked in flock on the current directory
+    aside = tmp_path / "aside.fastspec"
+    os.rename(path, aside)
+    path.mkdir()
+    a_go.set()
+    try:
+        assert b_in.wait(30)
+        with pytest.raises(IndexFormatError, match="being appended to or rebuilt"):
+            with fmt.index_lock(path, wait=False):
+                pass
+    finally:
+        b_go.set()
+        ta.join()
+        tb.join()
+    os.rmdir(path)
+    os.rename(aside, path)
     # two builds of one new target without overwrite: the one finishing second is refused
     target = tmp_path / "b.fastspec"
     with pytest.raises(IndexFormatError, match="another build finished first"):

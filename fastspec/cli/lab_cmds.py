@@ -136,8 +136,6 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 @click.option("--tolerance", default=None, help="l2s: fragment tolerance of the NN predictor (as in evaluate).")
 @click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
               help="l2s: candidates of the NN predictor (as in evaluate) [default: formula].")
-@click.option("--mz-power", type=float, default=None, help="l2s: peak weight m/z exponent (as in evaluate).")
-@click.option("--intensity-power", type=float, default=None, help="l2s: peak weight intensity exponent (as in evaluate).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Split file (.csv, .tsv or .parquet).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, help="Also write the split profile JSON.")
 @common_options
@@ -150,9 +148,10 @@ def split(library, split_spec, output, profile_path, threads, quiet, **kw):
 
     lab = load_spectra(library)
     lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
-    # the same predictor options as evaluate's, so that `split --split l2s` writes the split evaluate makes
-    cfg = search_config(kw.pop("preset"), **{k: kw.pop(k) for k in ("metric", "tolerance", "bucket", "mz_power",
-                                                                     "intensity_power")})
+    # the predictor evaluate's l2s uses (its metric, tolerance and buckets at the reference peak weights),
+    # so that `split --split l2s` writes the split evaluate makes
+    cfg = search_config(kw.pop("preset"), **{k: kw.pop(k) for k in ("metric", "tolerance", "bucket")})
+    cfg = cfg.replace(intensity_power=1.0, mz_power=0.0, shuffle_intensities=False)
     sp = make_split(
         lab,
         split_spec,

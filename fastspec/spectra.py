@@ -321,9 +321,11 @@ class Spectra:
         tables = [p.metadata for p in parts]
         try:
             meta = pa.concat_tables(tables, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            # incompatible types for one column: fall back to strings for the clashing columns
-            meta = pa.concat_tables([_stringify(t) for t in tables], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            # incompatible types for a column (exact_mass a number in one file, text in another): that
+            # column, and only that one, becomes strings
+            clash = _clashing_columns(tables)
+            meta = pa.concat_tables([_stringify(t, clash) for t in tables], promote_options="permissive")
         return Spectra(
             offsets,
             np.concatenate([p.mz for p in parts]),
@@ -476,11 +478,27 @@ def _column_as_int8(table: pa.Table | None, key: str, n: int) -> np.ndarray:
     return out
 
 
-def _stringify(table: pa.Table) -> pa.Table:
+def _clashing_columns(tables: list[pa.Table]) -> set[str]:
+    """Columns whose types across ``tables`` Arrow cannot promote to one."""
+    fields: dict[str, list] = {}
+    for t in tables:
+        for f in t.schema:
+            fields.setdefault(f.name, []).append(f)
+    clash = set()
+    for name, fs in fields.items():
+        try:
+            pa.unify_schemas([pa.schema([f]) for f in fs], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            clash.add(name)
+    return clash
+
+
+def _stringify(table: pa.Table, names: set[str] | None = None) -> pa.Table:
+    """``table`` with its non-string columns in ``names`` (default: all) as strings."""
     cols = {}
     for name in table.column_names:
         col = table.column(name)
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or (names is not None and name not in names):
             cols[name] = col
         else:
             cols[name] = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())

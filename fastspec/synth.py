@@ -158,9 +158,10 @@ def make_queries(
     seed : int
         Seed; same arguments, same queries.
     noise : float
-        Perturbation strength: 0 gives exact copies; 1 (default) jitters m/z by ~3 ppm, precursor m/z
-        by ~2 ppm, multiplies intensities by lognormal noise (sigma 0.2), tilts them like a collision
-        energy change, drops ~10% of the peaks (never the base peak) and adds ~1 noise peak.
+        Perturbation strength: 0 gives copies (m/z rounded to 1e-5 Da, as every output); 1 (default)
+        jitters m/z by ~3 ppm, precursor m/z by ~2 ppm, multiplies intensities by lognormal noise (sigma
+        0.2), tilts them like a collision energy change, drops ~10% of the peaks (never the base peak)
+        and adds ~1 noise peak.
     rows : ndarray of int, optional
         Use these library rows instead of drawing ``n``.
 
@@ -635,7 +636,10 @@ def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | No
     keep = src.n_peaks > 0
     if polarity != "both":
         keep &= src.polarity == (1 if polarity == "positive" else -1)
-    src = src.take(np.flatnonzero(keep)) if not keep.all() else src
+    # rows and ids of the seed library as given: source_row / source_id name spectra of the caller's
+    # library, not of the filtered copy drawn from here
+    kept, seed_ids = np.flatnonzero(keep), src.ids
+    src = src.take(kept) if not keep.all() else src
     if len(src) == 0:
         raise FastspecError("the seed library has no usable spectra (non-empty, of the requested polarity)")
     ss = np.random.SeedSequence([int(seed), 0x9A0F])
@@ -659,8 +663,8 @@ def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | No
     offsets, mz, inten = _concat_csr([p[:3] for p in parts])
     pmz = np.concatenate([p[3] for p in parts])
     md = src.metadata.take(pa.array(rows, pa.int64()))
-    md = _set_column(md, "source_id", pa.array(src.ids, pa.string()).take(pa.array(rows, pa.int64())))
-    md = _set_column(md, "source_row", pa.array(rows, pa.int64()))
+    md = _set_column(md, "source_id", pa.array(seed_ids, pa.string()).take(pa.array(kept[rows], pa.int64())))
+    md = _set_column(md, "source_row", pa.array(kept[rows], pa.int64()))
     md = _set_column(md, "id", _prefixed_ids("SYN", n))
     if "precursor_mz" in md.column_names:
         md = _set_column(md, "precursor_mz", pa.array(pmz, pa.float64()))

@@ -72,6 +72,13 @@ def test_concat_unifies_metadata():
     assert len(c) == 4 and c.ids == ["a", "b", "c", "z"]
     np.testing.assert_array_equal(c.offsets, [0, 3, 4, 4, 5])
     assert c.column("extra") == [None, None, None, 1.5]
+    # a column typed differently in two files becomes text; the others keep their types (every column
+    # became text, precursor_mz and charge included)
+    x = Spectra.from_arrays([[10.0]], [[1.0]], metadata={"id": ["x"], "exact_mass": [180.06], "n": [3]})
+    y = Spectra.from_arrays([[20.0]], [[1.0]], metadata={"id": ["y"], "exact_mass": ["n/a"], "n": [4]})
+    xy = x + y
+    assert xy.metadata.schema.field("exact_mass").type == pa.string() and xy.column("exact_mass") == ["180.06", "n/a"]
+    assert xy.metadata.schema.field("n").type == pa.int64() and xy.column("n") == [3, 4]
 
 
 def test_validation():

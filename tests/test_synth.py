@@ -207,6 +207,17 @@ def test_grow_from_massbank(massbank_parquet):
 def test_grow_polarity_and_errors(massbank_parquet):
     s = synth.generate(500, seed=1, seed_library=massbank_parquet, polarity="negative")
     assert set(_md(s, "ion_mode")) == {"negative"}
+    # source_row / source_id name rows of the seed library as given, not of its filtered copy (other
+    # polarity and empty spectra dropped): they pointed at unrelated spectra
+    from fastspec.io import read
+
+    src = read(str(massbank_parquet))
+    rows = np.asarray(s.metadata.column("source_row"))
+    assert (src.polarity[rows] == -1).all() and list(_md(s, "source_id")) == [src.ids[r] for r in rows]
+    holed = Spectra.concat([Spectra.from_arrays([[]], [[]], precursor_mz=[100.0]), src.take(np.arange(50))])
+    g = synth.generate(60, seed=2, seed_library=holed)
+    r = np.asarray(g.metadata.column("source_row"))
+    assert r.min() >= 1 and list(_md(g, "source_id")) == [holed.ids[i] for i in r]
     with pytest.raises(ParameterError):
         synth.generate(10, n_molecules=3, seed_library=massbank_parquet)
     with pytest.raises(FileNotFoundError):

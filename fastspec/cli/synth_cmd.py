@@ -36,7 +36,7 @@ def write_spectra(spectra, path: str) -> None:
 @click.option("-q-out", "--queries-output", "queries_output", type=click.Path(dir_okay=False), default=None,
               help="Where to write the queries (required with --queries).")
 @click.option("--noise", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Query perturbation strength (0: exact copies).")
+              help="Query perturbation strength (0: copies, m/z rounded to 1e-5 Da).")
 @common_options
 @handle_errors
 def synth(n_spectra, molecules, seed, seed_library, polarity, output, n_queries, queries_output, noise, threads, quiet):

@@ -192,6 +192,8 @@ def entropy_weight(spectra: Spectra, *, threads: int | None = None) -> Spectra:
     """
     from fastspec.kernels.entropy import entropy_weight_csr
 
+    # invalid peaks (negative, NaN) out first: the weights are normalised over the peaks that stay
+    spectra = sanitize(spectra, duplicates="keep", threads=threads)
     offsets, mz, intensity = _csr(spectra)
     new = np.asarray(entropy_weight_csr(offsets, intensity), dtype=np.float32)
     if new.shape != intensity.shape:

@@ -415,6 +415,16 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     from fastspec.kernels._config import threads as _threads
     from fastspec.kernels.topk import _n_blocks, dense_kernel, topk_kernel
 
+    if k is None and (min_matches or min_score != -np.inf):
+        raise ParameterError("min_matches / min_score filter the top-k: give k as well (the dense matrix has "
+                             "every score)")
+    try:
+        min_matches, min_score = int(min_matches), float(min_score)
+    except (TypeError, ValueError):
+        raise ParameterError(f"min_matches must be an integer and min_score a number, got {min_matches!r}, "
+                             f"{min_score!r}") from None
+    if min_matches < 0 or math.isnan(min_score):
+        raise ParameterError(f"min_matches must be >= 0 and min_score not NaN, got {min_matches}, {min_score}")
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
     with _threads(threads):
         if join.joinable(pa.kind, len(pa), pa.max_peaks, pb.max_peaks):  # whole of B: through a peak index

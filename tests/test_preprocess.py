@@ -481,6 +481,16 @@ def test_default_pipeline_on_massbank(massbank_spectra):
 
 
 # ============================================================================ entropy steps (helper K's kernels)
+def test_entropy_weight_drops_invalid_peaks_first():
+    """Weights sum to 1 over the peaks that stay: a negative or NaN intensity used to enter the
+    normalisation (sum ~11 instead of 1)."""
+    sp = Spectra.from_arrays([[50.0, 60.0, 70.0, 80.0]], [[-5.0, 1.0, np.nan, 3.0]])
+    w = pp.entropy_weight(sp)
+    ref = pp.entropy_weight(Spectra.from_arrays([[60.0, 80.0]], [[1.0, 3.0]]))
+    np.testing.assert_allclose(w.intensity, ref.intensity, rtol=1e-6)
+    assert abs(float(w.intensity.sum()) - 1.0) < 1e-6
+
+
 def test_entropy_steps_match_ms_entropy(massbank_spectra):
     pytest.importorskip("fastspec.kernels.entropy")
     ms_entropy = pytest.importorskip("ms_entropy")

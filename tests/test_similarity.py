@@ -275,6 +275,11 @@ def test_topk_filters(real, metric, min_matches, min_score):
     for i in range(len(real)):
         rs, ri, rm = ref.topk(S[i], M[i], 7, min_matches, min_score)
         assert np.array_equal(ti[i], ri) and np.array_equal(ts[i], rs) and np.array_equal(tm[i], rm)
+    if metric == "cosine" and min_matches == 2:  # filters without k, or not numbers: refused, not ignored
+        for kw in (dict(min_matches=2), dict(min_score=0.5), dict(k=3, min_matches="x"), dict(k=3, min_score=np.nan),
+                   dict(k=3, min_matches=-1)):
+            with pytest.raises(ParameterError):
+                score_matrix(real, None, metric, **kw)
 
 
 def test_topk_ties_lowest_index():

@@ -143,7 +143,8 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     Parameters
     ----------
     spectra : Spectra
-        Peaks as read (m/z sorted within each spectrum). A :class:`Prepared` is returned unchanged.
+        Peaks as read (m/z sorted within each spectrum). A :class:`Prepared` is returned unchanged. Peaks
+        whose m/z or intensity is not finite are left out, by every metric (matchms returns NaN there).
     metric : str
         One of :data:`METRICS`.
     tolerance : float, str or Tolerance, optional
@@ -206,6 +207,10 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     inten = np.asarray(intensity, np.float64)
     pmz = np.ascontiguousarray(precursor_mz, np.float64)
     n = offsets.shape[0] - 1
+    finite = np.isfinite(mz) & np.isfinite(inten)
+    if not finite.all():  # a NaN peak: every metric leaves it out (cosine zeroed the pair, binned counted it)
+        offsets = _offsets_from_mask(offsets, finite)
+        mz, inten = mz[finite], inten[finite]
     params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
     if flash and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
         raise ParameterError("flash applies to entropy metrics with a Da tolerance")

@@ -282,6 +282,19 @@ def test_topk_filters(real, metric, min_matches, min_score):
                 score_matrix(real, None, metric, **kw)
 
 
+@pytest.mark.parametrize("metric", ["cosine", "modified_cosine", "entropy", "binned_cosine"])
+def test_nan_peaks_are_left_out_by_every_metric(metric):
+    """A NaN m/z or intensity: the score of the spectrum without that peak, whatever the metric (cosine
+    zeroed the whole pair, binned cosine counted the peak as matched, NaN m/z stayed in cosine's norm)."""
+    a = Spectra.from_arrays([[100.0, 150.0, 200.0, 250.0]], [[1.0, np.nan, 3.0, 2.0]], precursor_mz=[300.0])
+    b = Spectra.from_arrays([[100.0, 150.0, 200.0, np.nan]], [[2.0, 1.0, 3.0, 5.0]], precursor_mz=[300.0])
+    a0 = Spectra.from_arrays([[100.0, 200.0, 250.0]], [[1.0, 3.0, 2.0]], precursor_mz=[300.0])
+    b0 = Spectra.from_arrays([[100.0, 150.0, 200.0]], [[2.0, 1.0, 3.0]], precursor_mz=[300.0])
+    s, m = score_pairs(a, b, metric, tolerance=0.02)
+    s0, m0 = score_pairs(a0, b0, metric, tolerance=0.02)
+    assert np.isfinite(s).all() and s == pytest.approx(s0, abs=1e-12) and (m == m0).all()
+
+
 def test_topk_ties_lowest_index():
     sp = messy_spectra(5, 9)
     i = next(t for t in range(5) if sp.n_peaks[t] > 0)

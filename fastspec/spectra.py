@@ -174,6 +174,13 @@ class Spectra:
         if charge is None:
             charge = _column_as_int8(metadata, "charge", n)
         precursor_mz = np.ascontiguousarray(precursor_mz, dtype=np.float64)
+        charge = np.asarray(charge)
+        if charge.dtype != np.int8:  # clipped like a charge read from metadata (int8 would overflow)
+            try:
+                charge = np.clip(np.asarray(charge, dtype=np.float64), -127, 127)
+            except (TypeError, ValueError):
+                raise FastspecError("charge must be numbers") from None
+            charge = np.where(np.isfinite(charge), charge, 0)
         charge = np.ascontiguousarray(charge, dtype=np.int8)
         if metadata is None:
             metadata = pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())}) if n else pa.table({"id": pa.array([], pa.string())})

@@ -82,6 +82,8 @@ def test_concat_unifies_metadata():
 
 
 def test_validation():
+    # charges beyond int8 are clipped as when read from metadata (it was an OverflowError)
+    assert Spectra.from_arrays([[1.0], [2.0]], [[1.0], [1.0]], charge=[300, -2]).charge.tolist() == [127, -2]
     with pytest.raises(FastspecError):
         Spectra(np.array([0, 2]), np.zeros(3), np.zeros(3))
     with pytest.raises(FastspecError):

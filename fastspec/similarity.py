@@ -214,6 +214,11 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
     if flash and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
         raise ParameterError("flash applies to entropy metrics with a Da tolerance")
+    binned = {"preset": preset, "bin_width": bin_width, "max_mz": max_mz, "base_peak": base_peak,
+              "precursor_peak": precursor_peak}
+    given = [k for k, v in binned.items() if v is not None]
+    if given and metric != "binned_cosine":  # silently scoring plain cosine instead would be worse
+        raise ParameterError(f"{', '.join(given)} apply to metric='binned_cosine', not {metric!r}")
 
     if metric in ("entropy", "unweighted_entropy"):
         from fastspec.kernels.entropy import prepare_entropy

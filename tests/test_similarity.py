@@ -275,6 +275,11 @@ def test_topk_filters(real, metric, min_matches, min_score):
     for i in range(len(real)):
         rs, ri, rm = ref.topk(S[i], M[i], 7, min_matches, min_score)
         assert np.array_equal(ti[i], ri) and np.array_equal(ts[i], rs) and np.array_equal(tm[i], rm)
+    if metric == "cosine" and min_matches == 2:
+        # binned-cosine options on another metric: refused (cosine at 0.1 Da was scored silently)
+        for kw in (dict(preset="khoo2026"), dict(bin_width=0.5), dict(max_mz=1000.0)):
+            with pytest.raises(ParameterError, match="binned_cosine"):
+                score_matrix(real, None, metric, **kw)
     if metric == "cosine" and min_matches == 2:  # filters without k, or not numbers: refused, not ignored
         for kw in (dict(min_matches=2), dict(min_score=0.5), dict(k=3, min_matches="x"), dict(k=3, min_score=np.nan),
                    dict(k=3, min_matches=-1)):

@@ -331,6 +331,8 @@ class Step:
     params: tuple
     summary: Callable[[dict], str]
     takes_threads: bool = True
+    #: ``check(params) -> str | None``: what is wrong with the parameters together (None: nothing)
+    check: Callable[[dict], str | None] | None = None
 
     def resolve(self, params: Mapping[str, Any] | None) -> dict:
         """Complete, validated parameters (aliases mapped, defaults filled in)."""
@@ -354,6 +356,10 @@ class Step:
                 if p.required:
                     raise ParameterError(f"step {self.name!r} needs parameter {p.name!r}")
                 out[p.name] = p.default
+        if self.check is not None:  # relations between parameters, at parse time rather than at run time
+            why = self.check(out)
+            if why:
+                raise ParameterError(f"step {self.name!r}: {why}")
         return {p.name: out[p.name] for p in self.params}
 
     def __call__(self, spectra: Spectra, params: Mapping[str, Any] | None = None, threads: int | None = None):
@@ -393,7 +399,9 @@ STEPS: dict[str, Step] = {
         Step("mz_range", mz_range,
              (Param("min_mz", "float", 0.0, aliases=("min", "mz_from")),
               Param("max_mz", "float?", None, aliases=("max", "mz_to"))),
-             lambda p: f"keep {_fmt(p['min_mz'])} <= m/z <= {_fmt(p['max_mz'])}"),
+             lambda p: f"keep {_fmt(p['min_mz'])} <= m/z <= {_fmt(p['max_mz'])}",
+             check=lambda p: (f"min_mz {p['min_mz']:g} is above max_mz {p['max_mz']:g}"
+                              if p["max_mz"] is not None and p["min_mz"] > p["max_mz"] else None)),
         Step("remove_precursor", remove_precursor,
              (Param("window", "float", 1.6, aliases=("da", "precursor_ions_removal_da"), minimum=0.0),
               Param("above", "bool", True)),

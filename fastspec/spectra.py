@@ -380,7 +380,10 @@ class Spectra:
     # ------------------------------------------------------------------ matchms interop
     def to_matchms(self) -> list:
         """Convert to a list of ``matchms.Spectrum`` (requires matchms); ``id``, ``name`` and ``ion_mode``
-        go under matchms' keys ``spectrum_id``, ``compound_name`` and ``ionmode``."""
+        go under matchms' keys ``spectrum_id``, ``compound_name`` and ``ionmode``. The other keys pass
+        through matchms' own key harmonisation, so a round trip back through :meth:`from_matchms` can rename
+        some (``exact_mass`` -> ``parent_mass``, ``date`` -> ``record_date``) or drop them
+        (``precursor_type``); peaks, precursor m/z, charge, polarity and ids are kept."""
         try:
             from matchms import Spectrum
         except ImportError as e:  # pragma: no cover - depends on environment

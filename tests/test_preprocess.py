@@ -175,6 +175,8 @@ def test_mz_range_hand():
     assert _lists(pp.mz_range(sp, 0.0, INF)) == _lists(sp)
     with pytest.raises(ParameterError):
         pp.mz_range(sp, 100.0, 50.0)
+    with pytest.raises(ParameterError, match="above max_mz"):  # refused when parsed, not first when run
+        pp.Pipeline.parse("mz_range:min=10,max=5")
 
 
 def test_remove_precursor_hand():

@@ -396,13 +396,15 @@ def index_lock(target: Path, wait: bool = True, busy: str = ""):
     if key in held:  # re-entered by this thread (an append's own swap)
         yield
         return
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
     fd = None
-    while True:
+    while fcntl is not None:
         try:
-            import fcntl
-
             fd = os.open(key, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        except (ImportError, OSError):  # no such directory yet, or not one: nothing to lock
+        except OSError:  # no such directory yet, or not one: nothing to lock
             fd = None
             break
         try:
@@ -440,11 +442,8 @@ def index_lock(target: Path, wait: bool = True, busy: str = ""):
 
 
 def move_into_place(src: Path, target: Path) -> None:
-    """Rename ``src`` to ``target``, which must not exist (nor appear meanwhile: a non-empty directory is
-    never replaced by the rename itself)."""
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
-        raise IndexFormatError(f"{target} already exists (another build finished first; use overwrite=True / "
-                               "--overwrite to replace it)")
+    """Rename ``src`` to ``target``, which must not exist: the rename itself refuses a file or a non-empty
+    directory there (one that appeared meanwhile included); only an empty directory is replaced."""
     try:
         os.rename(src, target)
     except OSError as e:

@@ -308,11 +308,10 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
         out[idx] = values
         return out
     # positions of the whole file; spectra filtered out (another ion mode) are simply not here
-    index = np.asarray(index, np.int64)
-    order = np.argsort(index, kind="stable")
-    at = np.searchsorted(index[order], idx)
-    at = np.minimum(at, max(n - 1, 0))
-    found = (n > 0) & (index[order][at] == idx) if n else np.zeros(idx.shape[0], bool)
+    order = np.argsort(np.asarray(index, np.int64), kind="stable")
+    ranked = np.asarray(index, np.int64)[order]
+    at = np.minimum(np.searchsorted(ranked, idx), max(n - 1, 0))
+    found = ranked[at] == idx if n else np.zeros(idx.shape[0], bool)
     if idx.size and not found.any():
         raise FastspecError(f"split file {path}: none of its indexes are spectra of this library")
     out[order[at[found]]] = np.asarray(values)[found]

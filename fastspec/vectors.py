@@ -106,6 +106,12 @@ def _faiss():
     return faiss
 
 
+def _nlist(n: int, nlist: int | None = None) -> int:
+    """Inverted lists for ``n`` spectra: ``nlist`` or ~sqrt(n) in [16, 16384], at most n / 39 (faiss
+    wants >= 39 training points per centroid)."""
+    return max(1, min(int(nlist or np.clip(np.sqrt(n), 16, 16384)), max(1, n // 39)))
+
+
 def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: int | None = None) -> dict:
     """Train an IVF index on a sample, add every spectrum (in chunks) and write it to ``path``.
 
@@ -119,8 +125,7 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
     n = len(spectra)
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
-    nlist = p["nlist"] or int(np.clip(np.sqrt(n), 16, 16384))
-    nlist = max(1, min(int(nlist), max(1, n // 39)))  # faiss wants >= 39 training points per centroid
+    nlist = _nlist(n, p["nlist"])
     p["nlist"] = nlist
     # small libraries: exhaustive inner product (exact, no training)
     desc = "Flat" if n < int(p.get("flat_below", 20_000)) else p["index"].format(nlist=nlist)
@@ -161,7 +166,7 @@ def requested_params(stored: dict | None, n: int) -> dict:
     small = n < int(p.get("flat_below", DEFAULTS["flat_below"]))
     if p.get("index") == "Flat" and small or p.get("index") == DEFAULTS["index"].format(nlist=nlist):
         p.pop("index")
-    if nlist == max(1, min(int(np.clip(np.sqrt(n), 16, 16384)), max(1, n // 39))):
+    if nlist == _nlist(n):
         p.pop("nlist")
     return p
 

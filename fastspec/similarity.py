@@ -219,6 +219,12 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     given = [k for k, v in binned.items() if v is not None]
     if given and metric != "binned_cosine":  # silently scoring plain cosine instead would be worse
         raise ParameterError(f"{', '.join(given)} apply to metric='binned_cosine', not {metric!r}")
+    # the switches default to True; turning one off for a metric that ignores it would do nothing silently
+    if not clean and metric not in ("entropy", "unweighted_entropy"):
+        raise ParameterError(f"clean=False applies to entropy metrics, not {metric!r}")
+    if not ignore_peaks_above_precursor and metric != "neutral_loss_cosine":
+        raise ParameterError(f"ignore_peaks_above_precursor=False applies to metric='neutral_loss_cosine', "
+                             f"not {metric!r}")
 
     if metric in ("entropy", "unweighted_entropy"):
         from fastspec.kernels.entropy import prepare_entropy

@@ -280,6 +280,10 @@ def test_topk_filters(real, metric, min_matches, min_score):
         for kw in (dict(preset="khoo2026"), dict(bin_width=0.5), dict(max_mz=1000.0)):
             with pytest.raises(ParameterError, match="binned_cosine"):
                 score_matrix(real, None, metric, **kw)
+        # switches of other metrics turned off: refused (they did nothing here)
+        for kw, what in ((dict(clean=False), "entropy"), (dict(ignore_peaks_above_precursor=False), "neutral_loss")):
+            with pytest.raises(ParameterError, match=what):
+                score_matrix(real, None, metric, **kw)
     if metric == "cosine" and min_matches == 2:  # filters without k, or not numbers: refused, not ignored
         for kw in (dict(min_matches=2), dict(min_score=0.5), dict(k=3, min_matches="x"), dict(k=3, min_score=np.nan),
                    dict(k=3, min_matches=-1)):

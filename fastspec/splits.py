@@ -7,6 +7,10 @@ Specs understood by :func:`make_split` (and ``fastspec split`` / ``fastspec eval
     spectrum-level random split (the same molecule can be on both sides).
 ``inchikey``
     molecule-disjoint: whole InChIKey first-block groups go to one side.
+``formula``
+    formula-disjoint: whole canonical-formula groups go to one side; spectra without a formula are
+    excluded. No test spectrum has a same-formula training spectrum, so the formula-bucket NN baseline
+    covers none of them and its ``no_neighbour`` policy alone decides the result.
 ``scaffold``
     Bemis-Murcko-scaffold-disjoint (RDKit ``MurckoScaffold``). All acyclic molecules share the empty
     scaffold and form one group; molecules whose SMILES cannot be parsed are grouped by their own key.
@@ -43,7 +47,7 @@ from fastspec.spectra import Spectra
 
 TRAIN, TEST, EXCLUDED = 0, 1, -1
 SHIFT_FIELDS = ("instrument_type", "adduct", "ce_bin")
-SPLIT_KINDS = ("random", "inchikey", "scaffold", "instrument", "adduct", "ce", "column", "file", "l2s")
+SPLIT_KINDS = ("random", "inchikey", "formula", "scaffold", "instrument", "adduct", "ce", "column", "file", "l2s")
 
 
 @dataclass
@@ -338,7 +342,7 @@ def make_split(
     known = np.array([m is not None for m in lab.mol], bool)
     params: dict[str, Any] = {"kind": kind, "seed": seed}
     info: dict[str, Any] = {}
-    if kind in ("random", "inchikey", "scaffold", "l2s") and arg.strip():
+    if kind in ("random", "inchikey", "formula", "scaffold", "l2s") and arg.strip():
         raise ParameterError(f"{kind} split takes no argument, got {spec!r}")
     if kind == "random":
         a = random_split(n, test_fraction, seed)
@@ -346,6 +350,10 @@ def make_split(
     elif kind == "inchikey":
         a = group_split(lab.mol, test_fraction, seed, eligible=known)
         params["test_fraction"] = test_fraction
+    elif kind == "formula":
+        a = group_split(lab.formula, test_fraction, seed, eligible=np.array([f is not None for f in lab.formula], bool))
+        params["test_fraction"] = test_fraction
+        info["n_formulas"] = len({f for f in lab.formula if f is not None})
     elif kind == "scaffold":
         scaf = molecule_scaffolds(lab)
         groups = [s if s is not None else (f"mol:{m}" if m is not None else None) for s, m in zip(scaf, lab.mol)]

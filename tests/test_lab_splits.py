@@ -70,6 +70,26 @@ def test_scaffold_split_is_scaffold_disjoint(lab):
     assert 0.1 < len(s.test) / (len(s.test) + len(s.train)) < 0.3
 
 
+def test_formula_split_leaves_no_same_formula_neighbour(lab):
+    """Formula-disjoint: no test formula in train, spectra without a formula excluded, and so the
+    formula-bucket baseline covers no test spectrum (its no_neighbour policy alone decides)."""
+    from fastspec.evaluate import evaluate
+    from fastspec.splits import EXCLUDED, make_split
+
+    s = make_split(lab, "formula", test_fraction=0.2, seed=4)
+    tr, te = _sides(s, lab.formula)
+    assert not (tr & te) and None not in tr | te
+    no_formula = np.array([f is None for f in lab.formula])
+    assert (s.assignment[no_formula] == EXCLUDED).all()
+    assert s.info["n_formulas"] == len(set(lab.formula) - {None})
+    assert abs(len(s.test) / (len(s.test) + len(s.train)) - 0.2) < 0.03
+    with pytest.raises(ParameterError, match="no argument"):
+        make_split(lab, "formula:C6H6")
+    r = evaluate(lab.spectra, "formula", metric="cosine", seed=4, no_neighbour="skip", n_bootstrap=10, fingerprint=None)
+    assert r["n_test"] + sum(v for k, v in r["excluded"].items() if k.startswith("test_")) == len(s.test)
+    assert r["coverage"] == 0.0 and r["n_scored"] == 0
+
+
 def test_scaffolds_ignore_stereo_and_broken_smiles():
     """Stereoisomers' ring systems are one scaffold (else a scaffold-disjoint split could put
     adenosine-like nucleosides or steroid cores on both sides), and a molecule whose first SMILES does not

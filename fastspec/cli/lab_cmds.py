@@ -23,7 +23,7 @@ def _split_options(f):
                      help="Use only spectra of this polarity (searches are always within one polarity).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and the bootstrap.")(f)
     f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
-                     help="Share of spectra in test (random, inchikey, scaffold, l2s).")(f)
+                     help="Share of spectra in test (random, inchikey, formula, scaffold, l2s).")(f)
     return f
 
 
@@ -79,7 +79,7 @@ def _summary_line(rep: dict) -> str:
 @click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
 @click.option("--queries", type=click.Path(dir_okay=False), default=None, help="External test set searched against the whole library.")
 @click.option("--split", "split_spec", default="random", show_default=True,
-              help="random|inchikey|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
+              help="random|inchikey|formula|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
 @_split_options
 @_search_options
 @click.option("--shuffle-intensities", is_flag=True, default=None, help="Control: permute intensities within each spectrum.")
@@ -129,7 +129,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 @click.command("split")
 @click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
 @click.option("--split", "split_spec", default="random", show_default=True,
-              help="random|inchikey|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
+              help="random|inchikey|formula|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
 @_split_options
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="l2s: similarity of the NN predictor.")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None, help="l2s: NN predictor preset.")

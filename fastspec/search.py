@@ -499,7 +499,8 @@ class _SearchConfig:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ParameterError(f"k must be a positive integer, got {k!r}")
         if k > max(len(library), _K_PAD_MAX):  # (n, k) arrays: k = 10**9 would ask for terabytes
-            raise ParameterError(f"k={k} is more than the {len(library)} spectra of the library")
+            raise ParameterError(f"k={k} is more than both the library's {len(library)} spectra and "
+                                 f"{_K_PAD_MAX} (k beyond the library size only pads with -1)")
         c.k = int(k)
         if mode == "hybrid":
             raise ParameterError("mode 'hybrid' (ms_entropy's hybrid search, entropy over fragments and neutral "

@@ -60,7 +60,8 @@ def test_parse_charge(value, expected):
 @pytest.mark.parametrize("value, expected", [
     ("P", "positive"), ("N", "negative"), ("Positive", "positive"), ("NEGATIVE", "negative"),
     ("pos", "positive"), ("neg", "negative"), ("+", "positive"), ("-", "negative"), ("", None),
-    ("x", None), (None, None),
+    ("x", None), (None, None), ("ESI+", "positive"), ("ESI(-)", "negative"), ("esi -", "negative"),
+    ("ESI", None),
 ])
 def test_parse_ion_mode(value, expected):
     assert meta.parse_ion_mode(value) == expected

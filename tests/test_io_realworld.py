@@ -238,3 +238,86 @@ def test_mgf_global_parameters_as_pyteomics(tmp_path):
     ref = list(mgf.read(str(tmp_path / "mascot.mgf"), use_header=True))
     assert [int(sp["params"]["charge"][0]) for sp in ref] == s.charge.tolist()
     assert [sp["params"]["collision_energy"] for sp in ref] == [md(s, i)["collision_energy"] for i in range(2)]
+
+
+def test_mgf_files_with_bom_concatenated(tmp_path):
+    # Windows exports joined with `cat a.mgf b.mgf`: the second file's byte order mark starts a line
+    one = "\ufeffBEGIN IONS\r\nTITLE={t}\r\nPEPMASS={p}\r\n100.0 10\r\n150.0 20\r\nEND IONS\r\n"
+    s, r = read(tmp_path, "all.mgf", one.format(t="a", p=200.1) + one.format(t="b", p=300.1))
+    assert (r.n_records, r.n_spectra, r.warnings) == (2, 2, {})
+    assert s.metadata.column("id").to_pylist() == ["a", "b"] and s.precursor_mz.tolist() == [200.1, 300.1]
+    s, r = read(tmp_path, "all.msp", "\ufeffName: a\nNum Peaks: 1\n100 1\n\n\ufeffName: b\nNum Peaks: 1\n100 1\n")
+    assert s.metadata.column("name").to_pylist() == ["a", "b"]
+
+
+def test_mgf_cut_off_record_tail_is_no_header(tmp_path):
+    """A file split with `split -l` starts inside a record: its key lines are no global parameters (they
+    would give every record that compound's name and SMILES), whatever the block size."""
+    from fastspec.io import mgf
+    from fastspec.io._common import ReadReport
+
+    text = ("NAME=Bortezomib [M+Na]\nSMILES=C1=CN=CC(=N1)C(=O)N\nSPECTRUMID=CCMSLIB00000077995\n95.886879\t236.0\n"
+            "END IONS\n\nBEGIN IONS\nPEPMASS=300.1\nCHARGE=1\nTITLE=feature 7\n150.0 10\n200.0 20\nEND IONS\n")
+    s, r = read(tmp_path, "part2.mgf", text)
+    assert r.n_spectra == 1 and r.warnings == {"lines outside records": 5}
+    assert md(s, 0)["id"] == "feature 7" and "smiles" not in md(s, 0) and "name" not in md(s, 0)
+    r2 = ReadReport(path=str(tmp_path / "part2.mgf"))
+    parts = list(mgf.iter_spectra(str(tmp_path / "part2.mgf"), on_error="raise", report=r2, block_bytes=16))
+    assert [m for p in parts for m in p.metadata.column("smiles").to_pylist()] == [None]
+    assert r2.warnings == r.warnings
+    # a real header after such a tail still applies
+    s, r = read(tmp_path, "part3.mgf", text.replace("END IONS\n\nBEGIN", "END IONS\nCHARGE=2+\nINSTRUMENT=QTOF\nBEGIN"))
+    assert md(s, 0)["instrument"] == "QTOF" and r.warnings == {"global parameters applied": 2, "lines outside records": 5}
+
+
+def test_cr_only_line_endings_are_refused(tmp_path):
+    from fastspec.errors import ParseError
+
+    for name, text in (("mac.mgf", "BEGIN IONS\rPEPMASS=200\r100 1\rEND IONS\r"), ("mac.msp", "Name: a\rNum Peaks: 1\r100 1\r")):
+        p = tmp_path / name
+        p.write_bytes(text.encode())
+        with pytest.raises(ParseError, match="CR only"):
+            fio.read(p)
+
+
+def test_msp_explicit_lines_beat_synonyms_and_comments(tmp_path):
+    # RAMClustR writes "$:04 0" placeholders; an explicit PrecursorMZ / Precursor_type line must win
+    text = ("Name: a\nSYNON: $:04 0\nSYNON: $:03[M+H]+\nPrecursorMZ: 301.1410\nPrecursor_type: [M+Na]+\n"
+            "Comments: \"precursor m/z=999\" \"adduct=[M+K]+\"\nNum Peaks: 1\n120.08 10\n\n"
+            "Name: b\nSYNON: $:04401.2\nSYNON: $:03[M-H]-\nNum Peaks: 1\n120.08 10\n\n"
+            "Name: c\nComments: \"precursor_mz=155.5\"\nNum Peaks: 1\n120.08 10\n")
+    s, r = read(tmp_path, "synon.msp", text)
+    assert s.precursor_mz.tolist() == [301.141, 401.2, 155.5]
+    assert s.metadata.column("adduct").to_pylist() == ["[M+Na]+", "[M-H]-", None]
+    assert r.warnings == {}
+
+
+def test_msp_nist_cas_line_holds_two_keys(tmp_path):
+    text = "Name: Benzene\nCAS#: 71-43-2;  NIST#: 291514\nDB#: 1\nNum Peaks: 2\n(50 70) (78 999)\n"
+    s, _ = read(tmp_path, "nist_ei.msp", text)
+    m = md(s, 0)
+    assert (m["cas"], m["nist"], m["id"]) == ("71-43-2", "291514", "1")
+
+
+def test_msfinder_mat_blocks_share_the_compound(tmp_path):
+    """MS-FINDER / MS-DIAL .mat: the compound's metadata, then an MS1 block and an MS2 block. The MS2
+    block is the compound's spectrum (its metadata), the MS1 block is counted as MS1 at index time;
+    SPECTRUMTYPE (Centroid) is not the MS level. Same with tiny blocks (the carry across blocks)."""
+    from fastspec.io import msp
+    from fastspec.io._common import ReadReport
+
+    one = ("NAME: Unknown_{i}\nPRECURSORMZ: 301.14102\nPRECURSORTYPE: [M+H]+\nIONMODE: Positive\n"
+           "SPECTRUMTYPE: Centroid\nMSTYPE: MS1\nNum Peaks: 2\n301.14102\t152345\n302.14430\t30120\n"
+           "MSTYPE: MS2\nNum Peaks: 2\n120.08112\t1052\n166.08662\t10233\n")
+    text = one.format(i=1) + "\n" + one.format(i=2)
+    s, r = read(tmp_path, "msfinder.mat", text, format="msp")
+    assert r.n_spectra == 4 and r.warnings == {}
+    meta = s.metadata
+    assert meta.column("ms_level").to_pylist() == ["MS1", "MS2"] * 2
+    assert meta.column("name").to_pylist() == ["Unknown_1", "Unknown_1", "Unknown_2", "Unknown_2"]
+    assert meta.column("adduct").to_pylist() == ["[M+H]+"] * 4 and s.precursor_mz.tolist() == [301.14102] * 4
+    r2 = ReadReport(path=str(tmp_path / "msfinder.mat"))
+    parts = [p for p in msp.iter_spectra(str(tmp_path / "msfinder.mat"), on_error="raise", report=r2, block_bytes=40)
+             if len(p)]
+    assert [n for p in parts for n in p.metadata.column("name").to_pylist()] == meta.column("name").to_pylist()
+    assert [x for p in parts for x in p.precursor_mz.tolist()] == [301.14102] * 4

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from fastspec.errors import ParseError
 from fastspec.io import _textscan as ts
 from fastspec.io._common import BlockReader, ReadReport, finish_block
-from fastspec.io.meta import NIST_SYNON_CODES
+from fastspec.io.meta import MISSING_MARKERS, NIST_SYNON_CODES, key_info
 from fastspec.spectra import Spectra
 
 #: keys holding a declared peak count: checked against the peaks read, then dropped
@@ -28,6 +28,8 @@ _PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')
 _KEY_QUOTED_RE = re.compile(r'(?:(?<=\s)|^)([A-Za-z_][\w.\-/#]*)\s*=\s*"([^"]*)"')
 # GOLM (GMD) synonyms that carry structure keys: "Synon: METB InChIKey: ..." (see meta.ALIASES)
 _GOLM_SYNON_RE = re.compile(r"^(METB InChIKey|METB InChI)\s*:\s*(\S.*)$", re.IGNORECASE)
+# the "; KEY: " seams of a NIST "CAS#: 71-43-2;  NIST#: 291514" line
+_CAS_LINE_RE = re.compile(r";\s*(?=[A-Za-z][\w#$ ]*:)")
 _ERRORS = {code: reason for code, reason in ts.ERROR_REASONS.items()}
 
 
@@ -38,26 +40,37 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
     line0 = 1
     defaults: dict[str, str] = {}
     seek_globals = mode == ts.MGF  # until the first BEGIN IONS
+    header = bytearray()  # MGF text before the first BEGIN IONS, over however many blocks it spans
+    header_ignored = 0
+    carry: dict = {}  # MSP: the last record's metadata, for a .mat file's MSTYPE block in the next block
     for data, final in reader:
         if line0 == 1:
             _check_encoding(path, data)
         r = ts.scan(data, mode, line0, final)
-        n_global = 0
+        n_ignored = r.n_ignored
         if seek_globals:
+            # the header is judged whole (a cut-off record's tail is no header), and no record comes
+            # before the first BEGIN IONS, so deciding there is early enough; a real header is a few
+            # lines, more than 1 MB of text before any BEGIN IONS is no header at all
             m = _MGF_BEGIN_RE.search(data)
-            n_global = mgf_global_params(data[:m.start()] if m else data[:r.consumed], defaults)
-            report.warn("global parameters applied", n_global)
-            seek_globals = m is None
+            header += data[:m.start()] if m else data[:r.consumed]
+            header_ignored += n_ignored
+            n_ignored = 0
+            if m is not None or final or len(header) > (1 << 20):
+                n_global = mgf_global_params(header, defaults) if len(header) <= (1 << 20) else 0
+                report.warn("global parameters applied", n_global)
+                n_ignored = header_ignored - n_global
+                seek_globals, header = False, bytearray()
         line0 += r.consumed_lines
         if r.consumed < len(data):
             reader.give_back(data[r.consumed:])
-        report.warn("lines outside records", r.n_ignored - n_global)
+        report.warn("lines outside records", n_ignored)
         if len(r) == 0:
             continue
-        yield _block_spectra(path, r, mode, on_error, report, defaults)
+        yield _block_spectra(path, r, mode, on_error, report, defaults, carry)
 
 
-_MGF_BEGIN_RE = re.compile(rb"(?im)^[ \t]*begin ions[ \t\r]*$")
+_MGF_BEGIN_RE = re.compile(rb"(?im)^(?:\xef\xbb\xbf)?[ \t]*begin ions[ \t\r]*$")
 
 
 def mgf_global_params(text: bytes, into: dict[str, str]) -> int:
@@ -67,10 +80,20 @@ def mgf_global_params(text: bytes, into: dict[str, str]) -> int:
     The MGF convention (Mascot, and pyteomics' ``use_header``, hence matchms) applies them to each
     record that does not set the key itself. Keys are lower-cased; the first value wins; declared
     peak counts are left out. Returns how many lines were taken.
+
+    Key lines followed by peak lines or ``END IONS`` before the first ``BEGIN IONS`` are the tail of a
+    record cut off at its start (a file split with ``split -l``, a truncated download), not a header:
+    they stay lines outside records, lest one compound's name and SMILES land on every record.
     """
     n = 0
-    for raw in bytes(text).decode("utf-8", errors="replace").splitlines():
-        line = raw.strip()
+    lines = bytes(text).decode("utf-8", errors="replace").split("\n")  # the scanner's lines: \n only
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip().lstrip("\ufeff").strip()
+        if line.lower() == "end ions" or (line[:1].isdigit() and "=" not in line):
+            lines = lines[i + 1:]
+            break
+    for raw in lines:
+        line = raw.strip().lstrip("\ufeff").strip()
         if not line or line[0] in "#;!/" or "=" not in line:
             continue
         key, val = line.split("=", 1)
@@ -88,12 +111,15 @@ def _check_encoding(path: str, data) -> None:
     wide = head.startswith((b"\xff\xfe", b"\xfe\xff")) or (len(head) >= 16 and head.count(0) * 4 >= len(head))
     if wide:
         raise ParseError("text encoded as UTF-16 or UTF-32 (or not text at all); save it as UTF-8", path, 1)
+    if b"\n" not in head and head.count(b"\r") >= 2:  # read by \n, the whole file would be one line
+        raise ParseError("lines end in CR only (classic Mac OS); convert the file to LF or CRLF line endings",
+                         path, 1)
 
 
 def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport,
-                   defaults: dict[str, str] | None = None) -> Spectra:
+                   defaults: dict[str, str] | None = None, carry: dict | None = None) -> Spectra:
     n = len(r)
-    meta = _meta_table(r.keys, r.values, r.rec_meta, mode)
+    meta = _meta_table(r.keys, r.values, r.rec_meta, mode, carry)
     for key, val in (defaults or {}).items():  # global parameters fill what a record leaves unset
         if key in meta.column_names:
             i = meta.column_names.index(key)
@@ -141,21 +167,31 @@ def _empty_rows(n: int) -> pa.Table:
     return pa.table({"_": pa.nulls(n)}).drop_columns(["_"])
 
 
-def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int) -> pa.Table:
-    """One row per record, one string column per raw (lower-cased) key; first value wins."""
+def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
+                carry: dict | None = None) -> pa.Table:
+    """One row per record, one string column per raw (lower-cased) key; first value wins.
+
+    MSP: values taken from ``Synon:``/``Comments:`` (and the ``NIST#`` of a ``CAS#: ...; NIST#: ...``
+    line) fill only what no explicit ``Key: value`` line of the record gives under the same harmonised
+    key; a record that holds nothing but an ``MSTYPE:`` line and peaks (an MS-FINDER/MS-DIAL ``.mat``
+    file's second block) takes the metadata of the record before it, from the previous block through
+    ``carry`` (updated in place).
+    """
     n = rec_meta.shape[0] - 1
     if len(keys) == 0:
         return _empty_rows(n)
     rec = np.repeat(np.arange(n, dtype=np.int64), np.diff(rec_meta))
     lists: dict[str, tuple[np.ndarray, list]] = {}
+    special_only: set[str] = set()
     if mode == ts.MSP:
-        special = pc.is_in(keys, value_set=pa.array(["synon", "comments", "comment", "synonym"]))
+        special = pc.is_in(keys, value_set=pa.array(["synon", "comments", "comment", "synonym", "cas#"]))
         if pc.any(special).as_py():
             sp = np.asarray(special.to_numpy(zero_copy_only=False), dtype=bool)
             sp_idx = np.flatnonzero(sp)
             ek, ev, er, syn_r, syn_v = _msp_special(keys.take(pa.array(sp_idx)).to_pylist(),
                                                     vals.take(pa.array(sp_idx)).to_pylist(), rec[sp_idx])
             keep = pa.array(~sp)
+            special_only = set(ek) - set(pc.unique(keys.filter(keep)).to_pylist()) - {"comment"}
             keys = pa.concat_arrays([keys.filter(keep), pa.array(ek, pa.string())])
             vals = pa.concat_arrays([vals.filter(keep), pa.array(ev, pa.string())])
             rec = np.concatenate([rec[~sp], np.asarray(er, dtype=np.int64)])
@@ -192,9 +228,70 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int)
         np.cumsum(counts, out=offs[1:])
         values = pa.array([v_[i] for i in order], pa.string())
         cols[name] = pa.ListArray.from_arrays(pa.array(offs), values, mask=pa.array(counts == 0))
+    if special_only:
+        _explicit_first(cols, special_only)
+    if mode == ts.MSP and cols:
+        _inherit_mstype_blocks(cols, n, carry)
     if not cols:
         return _empty_rows(n)
     return pa.table(cols)
+
+
+def _present(col: pa.Array) -> pa.Array:
+    """bool per row: a value that is not null and not a missing marker (``N/A``, ``""``...)."""
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
+    marker = pc.is_in(text, value_set=pa.array(sorted(MISSING_MARKERS)))  # false (not null) for a null
+    return pc.and_(col.is_valid(), pc.invert(marker))
+
+
+def _explicit_first(cols: dict, special_only: set) -> None:
+    """Blank the Synon/Comments values of rows where an explicit line gives the same harmonised key:
+    ``Synon: $:04 0`` (a placeholder) must not beat ``PrecursorMZ: 301.14``, whose alias ranks lower
+    than the canonical name the synonym code maps to."""
+    for s in special_only:
+        if s not in cols:
+            continue
+        canon = key_info(s)[0]
+        peers = [c for c in cols if c not in special_only and key_info(c)[0] == canon]
+        if not peers:
+            continue
+        given = _present(cols[peers[0]])
+        for c in peers[1:]:
+            given = pc.or_(given, _present(cols[c]))
+        if pc.any(given).as_py():
+            cols[s] = pc.if_else(given, pa.scalar(None, cols[s].type), cols[s])
+
+
+_MSTYPE_KEYS = ("mstype", "ms_type")
+
+
+def _inherit_mstype_blocks(cols: dict, n: int, carry: dict | None) -> None:
+    """MS-FINDER / MS-DIAL ``.mat`` (and RAMClustR's export): one compound's metadata, then
+    ``MSTYPE: MS1`` + peaks, then ``MSTYPE: MS2`` + peaks, which the MSP scanner reads as two records.
+    A record with nothing but ``MSTYPE`` (and a peak count) takes the metadata of the record before it."""
+    own = [c for c in cols if c not in _MSTYPE_KEYS and c not in NUM_PEAKS_KEYS]
+    ms = [cols[c] for c in _MSTYPE_KEYS if c in cols]
+    if ms:
+        has_type = ms[0].is_valid() if len(ms) == 1 else pc.or_(ms[0].is_valid(), ms[1].is_valid())
+        bare = np.asarray(has_type.to_numpy(zero_copy_only=False), dtype=bool)
+        for c in own:
+            bare &= ~np.asarray(cols[c].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        idx = np.flatnonzero(bare)
+        if idx.size:
+            src = np.arange(n, dtype=np.int64)
+            for i in idx.tolist():  # in order: a run of bare blocks all take the run's first record
+                src[i] = src[i - 1] if i > 0 else -1
+            for c in own:
+                cols[c] = cols[c].take(pa.array(src, mask=src < 0))
+            if carry and (src < 0).any():  # the compound's record ended the previous block
+                first = src < 0
+                for c, v in carry.items():
+                    col = cols.get(c, pa.nulls(n, pa.string()))
+                    cols[c] = pc.if_else(pa.array(first), pa.scalar(v, pa.string()), col)
+    if carry is not None:
+        carry.clear()
+        last = n - 1
+        carry.update({c: cols[c][last].as_py() for c in own if cols[c][last].is_valid})
 
 
 def _msp_special(keys: list, vals: list, recs: np.ndarray):
@@ -203,6 +300,17 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
     syn_r, syn_v = [], []
     for k, v, r in zip(keys, vals, recs.tolist()):
         if v is None:
+            continue
+        if k == "cas#":  # NIST: "CAS#: 71-43-2;  NIST#: 291514" -- two keys on one line
+            parts = _CAS_LINE_RE.split(v)
+            ek.append("cas#")
+            ev.append(parts[0].strip())
+            er.append(r)
+            for part in parts[1:]:
+                pk, _, pv = part.partition(":")
+                ek.append(pk.strip().lower())
+                ev.append(pv.strip())
+                er.append(r)
             continue
         if k in ("synon", "synonym"):
             if v.startswith("$:") and len(v) >= 4:

@@ -349,6 +349,11 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
         ls = pos
         while ls < le and _is_space(buf[ls]):
             ls += 1
+        # a UTF-8 byte order mark starting a line: files with one, concatenated (cat a.mgf b.mgf)
+        if ls + 2 < le and buf[ls] == 239 and buf[ls + 1] == 187 and buf[ls + 2] == 191:
+            ls += 3
+            while ls < le and _is_space(buf[ls]):
+                ls += 1
         while le > ls and _is_space(buf[le - 1]):
             le -= 1
         cur_line = lineno

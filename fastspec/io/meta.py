@@ -70,7 +70,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
 
 #: harmonised non-canonical keys (kept under this name, never dropped)
 EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
-    "ms_level": ("mslevel", "ms level", "spectrum_type", "spectrumtype", "ms_type", "mstype",
+    # MSTYPE (MS1/MS2) before SPECTRUMTYPE, which MS-FINDER/MS-DIAL use for Centroid/Profile
+    "ms_level": ("mslevel", "ms level", "mstype", "ms_type", "spectrum_type", "spectrumtype",
                  "ac$mass_spectrometry:ms_type"),
     "inchi": ("stdinchi", "ch$iupac", "inchi_string", "synon_metb_inchi", "synon: metb inchi"),
     "exact_mass": ("exactmass", "exact mass", "ch$exact_mass", "monoisotopic_mass"),
@@ -81,7 +82,8 @@ MISSING_MARKERS = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "?", "
 
 #: NIST ``Synon: $:NN`` codes (lib2nist MS/MS synonym fields) -> key
 NIST_SYNON_CODES: dict[str, str] = {
-    # an ms_level alias below Spectrum_type: MoNA writes "$:00in-source" next to "Spectrum_type: MS2"
+    # an ms_level alias; it gives way to an explicit line: MoNA writes "$:00in-source" next to
+    # "Spectrum_type: MS2" (synonym values fill only what no explicit line gives)
     "00": "ms_type",
     "03": "adduct",
     "04": "precursor_mz",
@@ -205,9 +207,11 @@ def parse_ion_mode(value: Any) -> str | None:
     s = str(value).strip().lower()
     if not s:
         return None
-    if s in ("p", "pos", "positive", "+", "positive scan", "positive ion mode", "1", "+1"):
+    if s in ("p", "pos", "positive", "+", "positive scan", "positive ion mode", "1", "+1", "esi+", "esi +",
+             "esi(+)", "esi pos", "esi positive", "(+)"):
         return "positive"
-    if s in ("n", "neg", "negative", "-", "negative scan", "negative ion mode", "-1"):
+    if s in ("n", "neg", "negative", "-", "negative scan", "negative ion mode", "-1", "esi-", "esi -",
+             "esi(-)", "esi neg", "esi negative", "(-)"):
         return "negative"
     if s.startswith("pos"):
         return "positive"

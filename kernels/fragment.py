@@ -381,26 +381,29 @@ def _entry_range(sorted_vals, rng, qrow, g, lo_v, hi_v):
     return p0, _upper_bound(sorted_vals, hi_v, p0, e1)
 
 
-@numba.njit(inline="always", **NJIT)
+# Helpers taking only scalars are plain njit calls, which LLVM inlines anyway; inlined by numba
+# (inline="always") every copy went through its type inference and SSA passes again: _search_bounds
+# compiled in 65 s on a cold cache, 45 s without, searches as fast (1M library, interleaved).
+@numba.njit(**NJIT)
 def _xlog2x(x):
     return x * np.log2(x) if x > 0 else 0.0
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _contrib(kind, q, l):
     if kind == 0:
         return q * l
     return 0.5 * (_xlog2x(q + l) - _xlog2x(q) - _xlog2x(l))
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _mass(kind, w):
     # the part of a unit "norm" a peak carries: cosine pairs obey sum q*l <= ||q||_2 ||l||_2, entropy
     # pairs g(q,l) <= sqrt(q*l) (binary entropy H(p) <= 2 sqrt(p(1-p))), so sum g <= sqrt(sum q) sqrt(sum l)
     return w * w if kind == 0 else w
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _half_width(x, tol_da, tol_ppm, base):
     # superset of any Da/ppm convention (query-, library- or mean-based ppm): upper bounds stay valid;
     # the slack covers float32 rounding of the stored m/z and neutral losses
@@ -412,7 +415,7 @@ def _half_width(x, tol_da, tol_ppm, base):
     return h + 3e-7 * abs(x) + 1e-6
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _certain(a, b, tol_da, tol_ppm):
     # subset of any convention: pairs every exact kernel matches (lower bounds stay valid). The margin
     # mirrors _half_width's slack: the entropy kernels compare float32 m/z (each rounded by up to
@@ -425,7 +428,7 @@ def _certain(a, b, tol_da, tol_ppm):
     return abs(a - b) <= lim * (1.0 - 1e-6) - 3e-7 * max(abs(a), abs(b)) - 1e-6
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _rest(kind, q_mass, l_mass):
     """Most that query peaks of total mass ``q_mass`` can add against library peaks of total mass
     ``l_mass``: sqrt(Q*L) for cosine (Cauchy-Schwarz); g(Q, L) for entropy (g is jointly concave and
@@ -437,12 +440,12 @@ def _rest(kind, q_mass, l_mass):
     return _contrib(1, q_mass, l_mass)
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _inflate(x):
     return x * (1.0 + BOUND_RTOL) + BOUND_ATOL
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _alive_band(kind, q, rest_mass, theta):
     """Scan weights ``w`` a spectrum first reached through this query peak may have and still reach theta.
 
@@ -479,13 +482,13 @@ def _alive_band(kind, q, rest_mass, theta):
     return lo, hi
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _entropy_first(q, rest_mass, l):
     """Entropy bound of a spectrum first reached with library weight ``l`` (see :func:`_alive_band`)."""
     return _contrib(1, q, l) + _rest(1, rest_mass, 1.0 - l)
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _entropy_edge(q, rest_mass, t, a, b, rising):
     """Where :func:`_entropy_first` crosses ``t`` in ``[a, b]`` (below at ``a`` if ``rising``, else at ``b``);
     the end on the side below ``t``."""
@@ -702,7 +705,7 @@ def _window_count(sorted_vals, rng, qrow, x, h):
     return c
 
 
-@numba.njit(inline="always", **NJIT)
+@numba.njit(**NJIT)
 def _worse(b1, i1, b2, i2):
     return b1 < b2 or (b1 == b2 and i1 > i2)
 

@@ -25,7 +25,8 @@ _READABLE = ("mgf", "msp", "mzml", "massbank", "tsv", "parquet", "hdf5")
 @common_options
 @handle_errors
 def convert(inputs, output, fmt, input_format, on_error, report_path, threads, quiet):
-    """Convert spectra: INPUTS... (mgf, msp, mzML, tsv, parquet, h5) -> OUTPUT (mgf, msp, tsv, parquet, h5).
+    """Convert spectra: INPUTS... (mgf, msp, mzML, MassBank records, tsv, parquet, h5) -> OUTPUT (mgf, msp, tsv,
+    parquet, h5).
 
     Several inputs are concatenated. Metadata keys are harmonised; bad records are skipped and
     counted unless --on-error raise.

@@ -57,7 +57,8 @@ def _default_with(pp, tweaks: dict):
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index directory to create (e.g. lib.fastspec).")
 @click.option("--preprocess", "preprocess", default=None, help="Preprocessing pipeline as a string (see fastspec.preprocess).")
-@click.option("--no-preprocess", is_flag=True, help="Index peaks as read (only NaN/inf and non-positive peaks dropped).")
+@click.option("--no-preprocess", is_flag=True, help="Index peaks as read, only sorted (file records with bad peak values are rejected "
+                   "and counted; zero-intensity peaks dropped).")
 @click.option("--min-mz", type=float, default=None, help="Drop peaks below this m/z.")
 @click.option("--max-mz", type=float, default=None, help="Drop peaks above this m/z.")
 @click.option("--remove-precursor", type=float, default=None, help="Drop peaks with m/z >= precursor m/z - WINDOW (default 1.6).")

@@ -263,7 +263,7 @@ def write(spectra, path, format: str | None = None) -> None:
 
         if ext not in EXTENSIONS:
             raise FastspecError(f"{path}: cannot tell the output format from the extension; pass format= "
-                                f"(one of {', '.join(WRITABLE)})")
+                                f"(one of {', '.join(WRITABLE)}; --format in `fastspec convert`)")
         fmt = EXTENSIONS[ext]
     else:
         fmt = detect_format(path, format)

@@ -321,3 +321,78 @@ def test_msfinder_mat_blocks_share_the_compound(tmp_path):
              if len(p)]
     assert [n for p in parts for n in p.metadata.column("name").to_pylist()] == meta.column("name").to_pylist()
     assert [x for p in parts for x in p.precursor_mz.tolist()] == [301.14102] * 4
+
+
+def test_numeric_charge_one_in_negative_mode_is_negative(tmp_path):
+    """A pandas/matchms table with charge 1 next to ionmode negative reads as the same row in TSV or MGF
+    does (an unsigned charge in negative mode is negative); a negative number keeps its sign."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.table({"mz": [[85.0, 101.0]] * 3, "intensities": [[1.0, 2.0]] * 3, "precursor_mz": [191.02] * 3,
+                  "charge": pa.array([1, -2, 1], pa.int64()), "ionmode": ["negative", "negative", "positive"]})
+    pq.write_table(t, tmp_path / "neg.parquet")
+    s = fio.read(tmp_path / "neg.parquet")
+    assert s.charge.tolist() == [-1, -2, 1]
+    assert s.metadata.column("ion_mode").to_pylist() == ["negative", "negative", "positive"]
+
+
+def _rows_by_block(path, fmt, block_bytes):
+    from fastspec.io import mgf, msp
+    from fastspec.io._common import ReadReport
+
+    rep = ReadReport(path=str(path))
+    mod = mgf if fmt == "mgf" else msp
+    rows = [m for p in mod.iter_spectra(str(path), on_error="skip", report=rep, block_bytes=block_bytes)
+            for m in p.metadata.to_pylist()]
+    return [{k: v for k, v in r.items() if v is not None} for r in rows], rep.warnings
+
+
+@pytest.mark.parametrize("block_bytes", [16, 40, 100, 32 << 20])
+def test_msp_dialect_rules_hold_whatever_the_block_size(tmp_path, block_bytes):
+    """Review of the .mat / Synon rules: judged per record (not per block), carried across blocks."""
+    cases = {
+        # a single-compound .mat without a trailing blank line, with a plain synonym (a list column)
+        "one.mat": ("NAME: U1\nSYNON: alpha\nPRECURSORMZ: 301.14102\nMSTYPE: MS1\nNum Peaks: 1\n301.14102\t15\n"
+                    "MSTYPE: MS2\nNum Peaks: 1\n120.08112\t1052\n",
+                    [dict(name="U1", synonyms=["alpha"], ms_level="MS1"), dict(name="U1", synonyms=["alpha"], ms_level="MS2")]),
+        # two MSTYPE blocks after the compound: both take its metadata
+        "three.mat": ("NAME: U1\nPRECURSORMZ: 301.14102\nMSTYPE: MS1\nNum Peaks: 1\n301.1\t15\nMSTYPE: MS2\n"
+                      "Num Peaks: 1\n120.1\t10\nMSTYPE: MS2\nNum Peaks: 1\n121.1\t10\n",
+                      [dict(name="U1", ms_level="MS1"), dict(name="U1", ms_level="MS2"), dict(name="U1", ms_level="MS2")]),
+        # an MS1 block without peaks: one record, the MS2 block's type and peak count win
+        "empty_ms1.mat": ("NAME: U1\nPRECURSORMZ: 301.14102\nSPECTRUMTYPE: Centroid\nMSTYPE: MS1\nNum Peaks: 0\n"
+                          "MSTYPE: MS2\nNum Peaks: 2\n120.1\t10\n166.1\t20\n", [dict(name="U1", ms_level="MS2")]),
+        # a blank line between: a separate entry, it does not take the previous compound's metadata
+        "sep.msp": ("Name: Caffeine\nSMILES: CN1C=NC2=C1C(=O)N(C(=O)N2C)C\nPrecursorMZ: 195.0877\nNum Peaks: 1\n"
+                    "138.06 100\n\nMSTYPE: MS2\nNum Peaks: 1\n120.08 10\n",
+                    [dict(name="Caffeine"), dict(ms_level="MS2")]),
+        # explicit beats Synon per record, whatever other records of the block hold
+        "ram.msp": ("NAME: m\nPRECURSOR_MZ: 200.1\nNum Peaks: 1\n100 1\n\nName: C1\nSYNON: $:04 0\n"
+                    "PrecursorMZ: 301.1410\nSYNON: $:11P\nIONMODE: -\nNum Peaks: 1\n120.08 10\n\n"
+                    "Name: C2\nPrecursorMZ: 155.5\nSynon: $:03[M+H]+\nComments: \"precursor type=[M+K]+\"\n"
+                    "Num Peaks: 1\n120.08 10\n",
+                    [dict(name="m", precursor_mz=200.1), dict(name="C1", precursor_mz=301.141, ion_mode="negative"),
+                     dict(name="C2", precursor_mz=155.5, adduct="[M+H]+")]),
+    }
+    for name, (text, want) in cases.items():
+        p = tmp_path / name
+        p.write_text(text)
+        rows, warnings = _rows_by_block(p, "msp", block_bytes)
+        assert len(rows) == len(want), name
+        for row, w in zip(rows, want):
+            assert {k: row.get(k) for k in w} == w, (name, row)
+        if name == "empty_ms1.mat":
+            assert warnings == {}  # Num Peaks: the last value (2), no mismatch
+        if name == "sep.msp":
+            assert "name" not in rows[1] and "precursor_mz" not in rows[1]
+
+
+def test_mgf_header_after_a_long_preamble(tmp_path):
+    text = "#" * 60 + "\n"
+    p = tmp_path / "long.mgf"
+    p.write_text(text * 20_000 + "CHARGE=2+\nINSTRUMENT=QTOF\nBEGIN IONS\nPEPMASS=300\n100 1\nEND IONS\n")
+    for bb in (4096, 32 << 20):
+        rows, warnings = _rows_by_block(p, "mgf", bb)
+        assert rows[0]["instrument"] == "QTOF" and rows[0]["charge"] == 2
+        assert warnings == {"global parameters applied": 2}

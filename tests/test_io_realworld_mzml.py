@@ -175,3 +175,56 @@ def test_profile_spectra_are_counted(tmp_path):
     s, r = read(tmp_path, "profile.mzML", text)
     assert (r.n_records, r.n_spectra) == (2, 2)
     assert r.warnings == {"profile-mode MS2 spectra read as peaks (centroid them first)": 1}
+
+
+def _many(n, polarity="positive scan"):
+    return "".join(pwiz_ms2(i, polarity, '<cvParam name="charge state" value="1"/>') for i in range(n))
+
+
+def test_truncated_mzml_keeps_what_was_read_and_positions(tmp_path):
+    """An interrupted download: the spectra before the cut come back in order, the rest is one rejected
+    record at the position of the first spectrum not read (the hit table's query_index relies on it)."""
+    text = mzml(_many(60))
+    cut = text[: text.index('<spectrum index="50"') + 200]  # inside spectrum 51
+    s, r = read(tmp_path, "cut.mzML", cut)
+    assert (r.n_records, r.n_spectra, r.n_rejected) == (s.__len__() + 1, len(s), 1)
+    assert len(s) >= 48  # at most the spectra next to the break are lost (lxml drops its chunk)
+    assert s.metadata.column("id").to_pylist() == [f"controllerType=0 controllerNumber=1 scan={i + 2}" for i in range(len(s))]
+    assert r.rejected_records == [len(s)] and r.rejected[0].line == len(s) + 1
+    assert "invalid mzML" in r.rejected[0].reason and "line" in r.rejected[0].reason
+    # the same through the rows of Library.build
+    from fastspec.library import Library
+
+    lib = Library.build(tmp_path / "cut.mzML", tmp_path / "cut.fastspec", faiss=False)
+    assert lib.n_rejected == 1 and len(lib) == len(s)
+    assert lib.input_index.tolist() == list(range(len(s)))
+
+
+@pytest.mark.parametrize("name,data", [("empty.mzML", b""), ("page.mzML", b"<html><body><p>404<br></p></body></html>"),
+                                       ("notgz.mzML.gz", b'<?xml version="1.0"?><mzML/>')])
+def test_unreadable_mzml_is_one_clear_error(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    for on_error in ("skip", "raise"):
+        with pytest.raises(FastspecError, match=f"{name}: not readable as mzML"):
+            fio.read(p, on_error=on_error)
+
+
+def test_possible_charge_state_ethcd_and_unequal_arrays(tmp_path):
+    ethcd = pwiz_ms2(1, "positive scan", '<cvParam name="charge state" value="2"/>').replace(
+        '<cvParam name="beam-type collision-induced dissociation" value=""/>',
+        '<cvParam name="electron transfer dissociation" value=""/>'
+        '<cvParam name="supplemental beam-type collision-induced dissociation" value=""/>')
+    bad = pwiz_ms2(2, "positive scan", "", mz=(85.0, 101.0, 129.0)).replace(
+        arrays((85.0, 101.0, 129.0), (120.0, 5400.0, 880.0)), arrays((85.0, 101.0, 129.0), (120.0, 5400.0)))
+    text = mzml(pwiz_ms2(0, "positive scan", '<cvParam name="possible charge state" value="3"/>') + ethcd + bad)
+    s, r = read(tmp_path, "misc.mzML", text)
+    assert s.charge.tolist() == [3, 2] and md(s, 1)["fragmentation_mode"] == "EThcD"
+    assert r.counts_by_reason == {"m/z and intensity arrays differ in length": 1} and r.rejected[0].line == 3
+
+
+def test_ms1_spectrum_without_ms_level_is_skipped(tmp_path):
+    ms1 = pwiz_ms2(0, "positive scan", "").replace('<cvParam name="ms level" value="2"/>', "").replace(
+        "MSn spectrum", "MS1 spectrum")
+    s, r = read(tmp_path, "nolevel.mzML", mzml(ms1 + pwiz_ms2(1, "positive scan", "")))
+    assert len(s) == 1 and r.warnings == {"spectra with ms level != 2 skipped": 1}

@@ -39,70 +39,126 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
     reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}")
     line0 = 1
     defaults: dict[str, str] = {}
-    seek_globals = mode == ts.MGF  # until the first BEGIN IONS
-    header = bytearray()  # MGF text before the first BEGIN IONS, over however many blocks it spans
+    header = _MgfHeader() if mode == ts.MGF else None  # until the first BEGIN IONS
     header_ignored = 0
     carry: dict = {}  # MSP: the last record's metadata, for a .mat file's MSTYPE block in the next block
+    after_peak = False  # MSP: the line before this block is a peak line
     for data, final in reader:
         if line0 == 1:
             _check_encoding(path, data)
         r = ts.scan(data, mode, line0, final)
         n_ignored = r.n_ignored
-        if seek_globals:
-            # the header is judged whole (a cut-off record's tail is no header), and no record comes
-            # before the first BEGIN IONS, so deciding there is early enough; a real header is a few
-            # lines, more than 1 MB of text before any BEGIN IONS is no header at all
+        if header is not None:
+            # judged over the whole header (a cut-off record's tail is no header), whatever blocks it
+            # spans; no record comes before the first BEGIN IONS, so deciding there is early enough
             m = _MGF_BEGIN_RE.search(data)
-            header += data[:m.start()] if m else data[:r.consumed]
+            header.feed(data[:m.start()] if m else data[:r.consumed])
             header_ignored += n_ignored
             n_ignored = 0
-            if m is not None or final or len(header) > (1 << 20):
-                n_global = mgf_global_params(header, defaults) if len(header) <= (1 << 20) else 0
+            if m is not None or final:
+                n_global = header.apply(defaults)
                 report.warn("global parameters applied", n_global)
                 n_ignored = header_ignored - n_global
-                seek_globals, header = False, bytearray()
+                header = None
+        follows = _follows_peaks(data, r, line0, after_peak) if mode == ts.MSP else None
+        if mode == ts.MSP:
+            after_peak = _is_peak_line(_last_line(data, r.consumed)) if r.consumed else after_peak
         line0 += r.consumed_lines
         if r.consumed < len(data):
             reader.give_back(data[r.consumed:])
         report.warn("lines outside records", n_ignored)
         if len(r) == 0:
             continue
-        yield _block_spectra(path, r, mode, on_error, report, defaults, carry)
+        yield _block_spectra(path, r, mode, on_error, report, defaults, carry, follows)
 
 
 _MGF_BEGIN_RE = re.compile(rb"(?im)^(?:\xef\xbb\xbf)?[ \t]*begin ions[ \t\r]*$")
 
 
-def mgf_global_params(text: bytes, into: dict[str, str]) -> int:
-    """Read the ``KEY=value`` lines of ``text`` (lines of an MGF file before its first ``BEGIN IONS``)
-    into ``into``: defaults for every record.
+def _clean_line(raw: str) -> str:
+    return raw.strip().lstrip("\ufeff").strip()
+
+
+def _is_peak_line(line) -> bool:
+    """A peak line (``85.03 100``, AMDIS ``(85 100)``), not a key line or END IONS."""
+    t = line.strip() if isinstance(line, str) else bytes(line).strip().decode("utf-8", "replace")
+    return bool(t) and (t[0].isdigit() or t[0] in "(.") and "=" not in t and not t.lower().startswith("end ions")
+
+
+def _last_line(data, end: int) -> bytes:
+    """The line ending at byte ``end`` of ``data`` (just before it), without its newline."""
+    stop = end - 1 if end > 0 and data[end - 1:end] == b"\n" else end
+    start = bytes(data[:stop]).rfind(b"\n") + 1 if stop > 0 else 0
+    return bytes(data[start:stop])
+
+
+def _follows_peaks(data, r: ts.ScanResult, line0: int, after_peak: bool):
+    """``f(j)``: record ``j`` of this block starts on the line right after a peak line (as an ``.mat``
+    file's MSTYPE block does; a blank line between means a new entry). Lines are located lazily: only
+    the rare MSTYPE-only records ask."""
+    nl = []
+
+    def f(j: int) -> bool:
+        k = int(r.rec_line[j]) - line0  # 0-based line of this block where record j starts
+        if k == 0:
+            return after_peak
+        if not nl:
+            nl.append(np.flatnonzero(np.frombuffer(bytes(data), dtype=np.uint8) == 10))
+        ends = nl[0]
+        start = int(ends[k - 2]) + 1 if k >= 2 else 0
+        return _is_peak_line(bytes(data[start:int(ends[k - 1])]))
+
+    return f
+
+
+class _MgfHeader:
+    """The ``KEY=value`` lines of an MGF file before its first ``BEGIN IONS``, fed block by block.
 
     The MGF convention (Mascot, and pyteomics' ``use_header``, hence matchms) applies them to each
-    record that does not set the key itself. Keys are lower-cased; the first value wins; declared
-    peak counts are left out. Returns how many lines were taken.
-
-    Key lines followed by peak lines or ``END IONS`` before the first ``BEGIN IONS`` are the tail of a
-    record cut off at its start (a file split with ``split -l``, a truncated download), not a header:
-    they stay lines outside records, lest one compound's name and SMILES land on every record.
+    record that does not set the key itself. Keys are lower-cased; the first value wins; declared peak
+    counts are left out. Key lines followed by peak lines or ``END IONS`` are the tail of a record cut
+    off at its start (a file split with ``split -l``, a truncated download), not a header: they stay
+    lines outside records, lest one compound's name and SMILES land on every record. Only key lines are
+    kept, so a long preamble of comments costs no memory.
     """
-    n = 0
-    lines = bytes(text).decode("utf-8", errors="replace").split("\n")  # the scanner's lines: \n only
-    for i in range(len(lines) - 1, -1, -1):
-        line = lines[i].strip().lstrip("\ufeff").strip()
-        if line.lower() == "end ions" or (line[:1].isdigit() and "=" not in line):
-            lines = lines[i + 1:]
-            break
-    for raw in lines:
-        line = raw.strip().lstrip("\ufeff").strip()
-        if not line or line[0] in "#;!/" or "=" not in line:
-            continue
-        key, val = line.split("=", 1)
-        key, val = key.strip().lower(), val.strip()
-        if not key or not val or key in NUM_PEAKS_KEYS:
-            continue
-        n += 1
-        into.setdefault(key, val)
-    return n
+
+    def __init__(self):
+        self.pending: list[tuple[str, str]] = []
+        self.tail = b""  # an unfinished last line of the text fed so far
+
+    def feed(self, text) -> None:
+        text = self.tail + bytes(text)
+        lines = text.split(b"\n")
+        self.tail = lines.pop()
+        for raw in lines:
+            self._line(raw.decode("utf-8", errors="replace"))
+
+    def _line(self, raw: str) -> None:
+        line = _clean_line(raw)
+        if line.lower() == "end ions" or _is_peak_line(line):
+            self.pending.clear()  # what came before belongs to a cut-off record
+        elif line and line[0] not in "#;!/" and "=" in line:
+            key, val = line.split("=", 1)
+            key, val = key.strip().lower(), val.strip()
+            if key and val and key not in NUM_PEAKS_KEYS:
+                self.pending.append((key, val))
+
+    def apply(self, into: dict[str, str]) -> int:
+        """Put the header's values into ``into`` (defaults for every record); returns how many."""
+        if self.tail:
+            self._line(self.tail.decode("utf-8", errors="replace"))
+            self.tail = b""
+        for key, val in self.pending:
+            into.setdefault(key, val)
+        return len(self.pending)
+
+
+def mgf_global_params(text: bytes, into: dict[str, str]) -> int:
+    """Read the global parameters of ``text`` (lines of an MGF file before its first ``BEGIN IONS``)
+    into ``into``; returns how many lines were taken (see :class:`_MgfHeader`)."""
+    h = _MgfHeader()
+    h.feed(text)
+    return h.apply(into)
 
 
 def _check_encoding(path: str, data) -> None:
@@ -117,9 +173,10 @@ def _check_encoding(path: str, data) -> None:
 
 
 def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport,
-                   defaults: dict[str, str] | None = None, carry: dict | None = None) -> Spectra:
+                   defaults: dict[str, str] | None = None, carry: dict | None = None,
+                   follows_peaks=None) -> Spectra:
     n = len(r)
-    meta = _meta_table(r.keys, r.values, r.rec_meta, mode, carry)
+    meta = _meta_table(r.keys, r.values, r.rec_meta, mode, carry, follows_peaks or (lambda j: False))
     for key, val in (defaults or {}).items():  # global parameters fill what a record leaves unset
         if key in meta.column_names:
             i = meta.column_names.index(key)
@@ -168,21 +225,21 @@ def _empty_rows(n: int) -> pa.Table:
 
 
 def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
-                carry: dict | None = None) -> pa.Table:
+                carry: dict | None = None, follows_peaks=lambda j: False) -> pa.Table:
     """One row per record, one string column per raw (lower-cased) key; first value wins.
 
     MSP: values taken from ``Synon:``/``Comments:`` (and the ``NIST#`` of a ``CAS#: ...; NIST#: ...``
     line) fill only what no explicit ``Key: value`` line of the record gives under the same harmonised
-    key; a record that holds nothing but an ``MSTYPE:`` line and peaks (an MS-FINDER/MS-DIAL ``.mat``
-    file's second block) takes the metadata of the record before it, from the previous block through
-    ``carry`` (updated in place).
+    key (judged per record); a record that holds nothing but an ``MSTYPE:`` line and peaks right after
+    another record's peaks (an MS-FINDER/MS-DIAL ``.mat`` file's second block) takes the metadata of
+    the record before it, from the previous block through ``carry`` (updated in place). ``MSTYPE`` and
+    ``Num Peaks`` take the last value of a record, the rest the first.
     """
     n = rec_meta.shape[0] - 1
     if len(keys) == 0:
         return _empty_rows(n)
     rec = np.repeat(np.arange(n, dtype=np.int64), np.diff(rec_meta))
     lists: dict[str, tuple[np.ndarray, list]] = {}
-    special_only: set[str] = set()
     if mode == ts.MSP:
         special = pc.is_in(keys, value_set=pa.array(["synon", "comments", "comment", "synonym", "cas#"]))
         if pc.any(special).as_py():
@@ -191,7 +248,6 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
             ek, ev, er, syn_r, syn_v = _msp_special(keys.take(pa.array(sp_idx)).to_pylist(),
                                                     vals.take(pa.array(sp_idx)).to_pylist(), rec[sp_idx])
             keep = pa.array(~sp)
-            special_only = set(ek) - set(pc.unique(keys.filter(keep)).to_pylist()) - {"comment"}
             keys = pa.concat_arrays([keys.filter(keep), pa.array(ek, pa.string())])
             vals = pa.concat_arrays([vals.filter(keep), pa.array(ev, pa.string())])
             rec = np.concatenate([rec[~sp], np.asarray(er, dtype=np.int64)])
@@ -216,10 +272,13 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
                 continue
             pos = order[bounds[g]:bounds[g + 1]]
             r = rec[pos]  # non-decreasing: lines are in file order
-            first = np.ones(r.shape[0], dtype=bool)
-            first[1:] = r[1:] != r[:-1]
+            pick = np.ones(r.shape[0], dtype=bool)
+            if name in _LAST_WINS:  # an .mat MS1 block without peaks is one record with the MS2 block
+                pick[:-1] = r[:-1] != r[1:]
+            else:
+                pick[1:] = r[1:] != r[:-1]
             idx = np.full(n, -1, dtype=np.int64)
-            idx[r[first]] = pos[first]
+            idx[r[pick]] = pos[pick]
             cols[name] = vals.take(pa.array(idx, mask=idx < 0))
     for name, (r_, v_) in lists.items():
         order = np.argsort(r_, kind="stable")
@@ -228,70 +287,84 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
         np.cumsum(counts, out=offs[1:])
         values = pa.array([v_[i] for i in order], pa.string())
         cols[name] = pa.ListArray.from_arrays(pa.array(offs), values, mask=pa.array(counts == 0))
-    if special_only:
-        _explicit_first(cols, special_only)
-    if mode == ts.MSP and cols:
-        _inherit_mstype_blocks(cols, n, carry)
+    if mode == ts.MSP:
+        _explicit_first(cols)
+        if cols:
+            _inherit_mstype_blocks(cols, n, carry, follows_peaks)
     if not cols:
         return _empty_rows(n)
     return pa.table(cols)
 
 
-def _present(col: pa.Array) -> pa.Array:
-    """bool per row: a value that is not null and not a missing marker (``N/A``, ``""``...)."""
+#: key prefix of values taken from Synon / Comments (resolved per record by :func:`_explicit_first`)
+_DERIVED = "\x00"
+_MSTYPE_KEYS = ("mstype", "ms_type")
+_LAST_WINS = frozenset(_MSTYPE_KEYS) | frozenset(NUM_PEAKS_KEYS)
+
+
+def _present(col: pa.Array, signs: bool = False) -> pa.Array:
+    """bool per row: a value that is not null and not a missing marker (``N/A``, ``""``...; ``signs``:
+    ``-`` is a value, as in a polarity field)."""
     text = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
-    marker = pc.is_in(text, value_set=pa.array(sorted(MISSING_MARKERS)))  # false (not null) for a null
+    markers = MISSING_MARKERS - {"-"} if signs else MISSING_MARKERS
+    marker = pc.is_in(text, value_set=pa.array(sorted(markers)))  # false (not null) for a null
     return pc.and_(col.is_valid(), pc.invert(marker))
 
 
-def _explicit_first(cols: dict, special_only: set) -> None:
-    """Blank the Synon/Comments values of rows where an explicit line gives the same harmonised key:
+def _explicit_first(cols: dict) -> None:
+    """Resolve the values taken from Synon/Comments (columns named ``_DERIVED + key``) record by
+    record: each fills only rows where no explicit line of that record gives the same harmonised key.
     ``Synon: $:04 0`` (a placeholder) must not beat ``PrecursorMZ: 301.14``, whose alias ranks lower
     than the canonical name the synonym code maps to."""
-    for s in special_only:
-        if s not in cols:
-            continue
-        canon = key_info(s)[0]
-        peers = [c for c in cols if c not in special_only and key_info(c)[0] == canon]
-        if not peers:
-            continue
-        given = _present(cols[peers[0]])
-        for c in peers[1:]:
-            given = pc.or_(given, _present(cols[c]))
-        if pc.any(given).as_py():
-            cols[s] = pc.if_else(given, pa.scalar(None, cols[s].type), cols[s])
+    explicit = [c for c in cols if not c.startswith(_DERIVED)]  # derived values never block each other
+    for d in [c for c in cols if c.startswith(_DERIVED)]:
+        col = cols.pop(d)
+        key = d[len(_DERIVED):]
+        canon = key_info(key)[0]
+        peers = [c for c in explicit if key_info(c)[0] == canon]
+        if peers:
+            given = _present(cols[peers[0]], canon == "ion_mode")
+            for c in peers[1:]:
+                given = pc.or_(given, _present(cols[c], canon == "ion_mode"))
+            if pc.any(given).as_py():
+                col = pc.if_else(given, pa.scalar(None, col.type), col)
+        if key in explicit:  # the same raw key written explicitly: its value where it has one
+            cols[key] = pc.if_else(_present(cols[key], canon == "ion_mode"), cols[key], col)
+        else:
+            cols[key] = col
 
 
-_MSTYPE_KEYS = ("mstype", "ms_type")
-
-
-def _inherit_mstype_blocks(cols: dict, n: int, carry: dict | None) -> None:
+def _inherit_mstype_blocks(cols: dict, n: int, carry: dict | None, follows_peaks) -> None:
     """MS-FINDER / MS-DIAL ``.mat`` (and RAMClustR's export): one compound's metadata, then
-    ``MSTYPE: MS1`` + peaks, then ``MSTYPE: MS2`` + peaks, which the MSP scanner reads as two records.
-    A record with nothing but ``MSTYPE`` (and a peak count) takes the metadata of the record before it."""
-    own = [c for c in cols if c not in _MSTYPE_KEYS and c not in NUM_PEAKS_KEYS]
+    ``MSTYPE: MS1`` + peaks, then right after them (no blank line) ``MSTYPE: MS2`` + peaks, which the
+    MSP scanner reads as two records. Such a record with nothing but ``MSTYPE`` (and a peak count)
+    takes the metadata of the record before it; ``follows_peaks(j)`` says whether record ``j`` starts
+    on the line after a peak line. ``carry`` holds the last record's metadata (pyarrow scalars) for
+    the next block, updated in place."""
     ms = [cols[c] for c in _MSTYPE_KEYS if c in cols]
     if ms:
+        own = [c for c in cols if c not in _MSTYPE_KEYS and c not in NUM_PEAKS_KEYS]
         has_type = ms[0].is_valid() if len(ms) == 1 else pc.or_(ms[0].is_valid(), ms[1].is_valid())
         bare = np.asarray(has_type.to_numpy(zero_copy_only=False), dtype=bool)
         for c in own:
             bare &= ~np.asarray(cols[c].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        idx = np.flatnonzero(bare)
-        if idx.size:
+        idx = [j for j in np.flatnonzero(bare).tolist() if follows_peaks(j)]
+        if idx:
             src = np.arange(n, dtype=np.int64)
-            for i in idx.tolist():  # in order: a run of bare blocks all take the run's first record
-                src[i] = src[i - 1] if i > 0 else -1
+            for j in idx:  # in order: a run of such blocks all take the run's first record
+                src[j] = src[j - 1] if j > 0 else -1
             for c in own:
                 cols[c] = cols[c].take(pa.array(src, mask=src < 0))
-            if carry and (src < 0).any():  # the compound's record ended the previous block
-                first = src < 0
+            first = src < 0
+            if carry and first.any():  # the compound's record ended the previous block
                 for c, v in carry.items():
-                    col = cols.get(c, pa.nulls(n, pa.string()))
-                    cols[c] = pc.if_else(pa.array(first), pa.scalar(v, pa.string()), col)
+                    col = cols.get(c, pa.nulls(n, v.type))
+                    cols[c] = pc.if_else(pa.array(first), v, col)
     if carry is not None:
         carry.clear()
         last = n - 1
-        carry.update({c: cols[c][last].as_py() for c in own if cols[c][last].is_valid})
+        carry.update({c: cols[c][last] for c in cols
+                      if c not in _MSTYPE_KEYS and c not in NUM_PEAKS_KEYS and cols[c][last].is_valid})
 
 
 def _msp_special(keys: list, vals: list, recs: np.ndarray):
@@ -315,13 +388,13 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
         if k in ("synon", "synonym"):
             if v.startswith("$:") and len(v) >= 4:
                 code = v[2:4]
-                ek.append(NIST_SYNON_CODES.get(code, f"nist_synon_{code}"))
+                ek.append(_DERIVED + NIST_SYNON_CODES.get(code, f"nist_synon_{code}"))
                 ev.append(v[4:].strip())
                 er.append(r)
             elif v:
                 m = _GOLM_SYNON_RE.match(v)
                 if m:
-                    ek.append("synon: " + m.group(1).lower())
+                    ek.append(_DERIVED + "synon: " + m.group(1).lower())
                     ev.append(m.group(2).strip())
                     er.append(r)
                     continue
@@ -335,7 +408,7 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
         if pairs:
             rest = pair_re.sub(" ", v).strip()
             for pk, pv in pairs:
-                ek.append(pk.strip().lower())
+                ek.append(_DERIVED + pk.strip().lower())
                 ev.append(pv.strip())
                 er.append(r)
             if rest:

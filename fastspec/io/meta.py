@@ -465,7 +465,9 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) 
             vals = craw.cast(pa.float64()).to_numpy(zero_copy_only=False)
             vals = np.where(np.isfinite(vals) & (np.abs(vals) <= 127) & (vals == np.round(vals)), vals, 0)
             charge = np.nan_to_num(vals).astype(np.int16)
-            explicit = np.ones(n, bool)
+            # a number carries a sign only when negative: 1 next to a negative ion mode is read as the
+            # unsigned 1 of a text file would be (pandas/matchms tables with charge 1 in negative mode)
+            explicit = charge < 0
         else:
             parsed = _map_distinct(_as_string(craw),
                                    lambda v: [parse_charge(v)[0], int(parse_charge(v)[1]), _written_sign(v)],

@@ -38,6 +38,7 @@ DISSOCIATION = {
     "infrared multiphoton dissociation": "IRMPD",
     "ultraviolet photodissociation": "UVPD",
     "supplemental beam-type collision-induced dissociation": "EThcD",
+    "supplemental collision-induced dissociation": "ETciD",
 }
 
 
@@ -101,9 +102,13 @@ def _record(s: dict) -> dict:
         if pmz is None:
             pmz = (p0.get("isolationWindow") or {}).get("isolation window target m/z")
         md["precursor_mz"] = _num(pmz)
-        if ion.get("charge state") is not None:
+        # "possible charge state" where the converter could not tell (possibly several: the first)
+        zv = ion.get("charge state", ion.get("possible charge state"))
+        if isinstance(zv, (list, tuple)):
+            zv = zv[0] if zv else None
+        if zv is not None:
             # as text: unsigned (as converters write it) is negated in negative mode
-            z = _num(ion["charge state"])
+            z = _num(zv)
             if z is not None and math.isfinite(z) and z == int(z):
                 md["charge"] = str(int(z))
         if ion.get("peak intensity") is not None:
@@ -114,8 +119,9 @@ def _record(s: dict) -> dict:
         for k in act:
             if k in DISSOCIATION:
                 md["fragmentation_mode"] = DISSOCIATION[k]
-                break
-            if isinstance(k, str) and k.endswith("dissociation"):
+                if k != "electron transfer dissociation":
+                    break  # ETD may come with supplemental activation: EThcD, read on
+            elif isinstance(k, str) and k.endswith("dissociation"):
                 md["fragmentation_mode"] = k
         if p0.get("spectrumRef") is not None:
             md["precursor_scan"] = str(p0["spectrumRef"])
@@ -150,6 +156,9 @@ def _fmt(v) -> str:
     return str(int(f)) if f == int(f) else repr(f)
 
 
+_ARRAYS_DIFFER = "m/z and intensity arrays differ in length"
+
+
 def _block(path, mzs, ints, rows, lines, on_error, report) -> Spectra:
     lengths = np.fromiter((m.shape[0] for m in mzs), dtype=np.int64, count=len(mzs))
     offsets = np.zeros(len(mzs) + 1, np.int64)
@@ -159,13 +168,44 @@ def _block(path, mzs, ints, rows, lines, on_error, report) -> Spectra:
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))
+    keys.pop("_error", None)
     meta = pa.table({k: pa.array([r.get(k) for r in rows]) for k in keys})
-    return finish_block(report, path, np.asarray(lines, np.int64), None, offsets, mz, it, meta, on_error, text=False)
+    errors = None
+    if any("_error" in r for r in rows):
+        errors = np.array([r.get("_error") for r in rows], dtype=object)
+    return finish_block(report, path, np.asarray(lines, np.int64), errors, offsets, mz, it, meta, on_error, text=False)
+
+
+class _SmallReads:
+    """A binary file handing lxml at most 4 KiB per read. lxml's iterparse drops the elements of the
+    chunk in which it meets broken XML (a truncated download, a tag typo); with its default 32 KiB
+    chunks that lost up to ~30 valid spectra before the break, in 4 KiB chunks at most the one or two
+    that end next to it (a Python call per 4 KiB: nothing next to pyteomics' own decoding)."""
+
+    def __init__(self, fh, size: int = 4096):
+        self._fh, self._size = fh, size
+
+    def read(self, n: int = -1) -> bytes:
+        return self._fh.read(self._size if n is None or n < 0 else min(n, self._size))
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _xml_error(e: Exception) -> str:
+    """``ExceptionType: first line of its message``."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip()
 
 
 def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
                  chunk_size: int | None = None) -> Iterator[Spectra]:
-    """MS2 spectra of an mzML file (``.gz`` allowed), ``chunk_size`` at a time (default 10000)."""
+    """MS2 spectra of an mzML file (``.gz`` allowed), ``chunk_size`` at a time (default 10000).
+
+    Broken XML part-way (a truncated download) ends the file: the spectra before it are returned and
+    the rest counts as one rejected record at the position of the first spectrum not read, its reason
+    naming the XML line (``on_error="raise"``: a :class:`ParseError` there). A file that does not even
+    start as readable XML (empty, an HTML page, not gzip despite ``.gz``) is a :class:`FastspecError`.
+    """
     reader_class = _reader_class()
     step = int(chunk_size or 10_000)
     fh, _ = open_binary(path)
@@ -174,7 +214,12 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     profile = 0
     position = 0
     try:
-        reader = reader_class(fh, use_index=False, decode_binary=True)
+        try:  # pyteomics parses the start of the file here (its version)
+            reader = reader_class(_SmallReads(fh), use_index=False, decode_binary=True)
+        except UnsupportedCompression as e:
+            raise UnsupportedCompression(f"{path}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - lxml, gzip and pyteomics raise many kinds
+            raise FastspecError(f"{path}: not readable as mzML ({_xml_error(e)})") from None
         it = iter(reader)
         while True:
             try:
@@ -184,13 +229,18 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             except UnsupportedCompression as e:  # a file-level problem, not a bad record
                 raise UnsupportedCompression(f"{path}: {e}") from None
             except Exception as e:  # noqa: BLE001 - lxml/pyteomics raise many kinds on broken XML
-                why = f"invalid mzML ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})".rstrip()
+                why = f"invalid mzML ({_xml_error(e)})"
                 if on_error == "raise":
                     raise ParseError(why, path, position + 1) from e
+                if rows:  # the spectra read so far come first, so the rejection's position is theirs + 1
+                    yield _block(path, mzs, ints, rows, lines, on_error, report)
+                    mzs, ints, rows, lines = [], [], [], []
                 report.reject(position + 1, why, path)
                 break
             position = int(s.get("index", position)) + 1
             level = s.get("ms level")
+            if level is None and "MS1 spectrum" in s:  # the spectrum type, where no ms level is written
+                level = 1
             if level is not None and int(level) != 2:
                 skipped += 1
                 continue
@@ -199,11 +249,13 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                 profile += 1  # read as given: every sample point becomes a peak
             m = np.asarray(s.get("m/z array", np.zeros(0)), dtype=np.float64)
             i = np.asarray(s.get("intensity array", np.zeros(0)), dtype=np.float64)
-            if m.shape != i.shape:
+            row = _record(s)
+            if m.shape != i.shape:  # also a missing intensity array
                 m, i = np.zeros(0), np.zeros(0)
+                row["_error"] = _ARRAYS_DIFFER
             mzs.append(m)
             ints.append(i)
-            rows.append(_record(s))
+            rows.append(row)
             lines.append(position)
             if len(rows) >= step:
                 yield _block(path, mzs, ints, rows, lines, on_error, report)

@@ -367,6 +367,13 @@ def test_msp_dialect_rules_hold_whatever_the_block_size(tmp_path, block_bytes):
         "sep.msp": ("Name: Caffeine\nSMILES: CN1C=NC2=C1C(=O)N(C(=O)N2C)C\nPrecursorMZ: 195.0877\nNum Peaks: 1\n"
                     "138.06 100\n\nMSTYPE: MS2\nNum Peaks: 1\n120.08 10\n",
                     [dict(name="Caffeine"), dict(ms_level="MS2")]),
+        # peak lines with '=' in an annotation or a leading '+' still count as peaks before an MSTYPE block
+        "eq.mat": ("NAME: X\nPRECURSORMZ: 300.1\nMSTYPE: MS1\nNum Peaks: 1\n+300.1\t20\t\"[M+H]+ ppm=1.2\"\n"
+                   "MSTYPE: MS2\nNum Peaks: 1\n120.1\t10\n", [dict(name="X", ms_level="MS1"), dict(name="X", ms_level="MS2")]),
+        # Comments "synonyms=bar" is a one-item list like the Synon lines' column, in any block
+        "syn.msp": ("Name: A\nSynon: foo\nNum Peaks: 1\n100 5\n\nName: B\nComments: \"synonyms=bar\"\nNum Peaks: 1\n"
+                    "100 5\n\nName: C\nNum Peaks: 1\n100 5\n",
+                    [dict(name="A", synonyms=["foo"]), dict(name="B", synonyms=["bar"]), dict(name="C")]),
         # explicit beats Synon per record, whatever other records of the block hold
         "ram.msp": ("NAME: m\nPRECURSOR_MZ: 200.1\nNum Peaks: 1\n100 1\n\nName: C1\nSYNON: $:04 0\n"
                     "PrecursorMZ: 301.1410\nSYNON: $:11P\nIONMODE: -\nNum Peaks: 1\n120.08 10\n\n"
@@ -396,3 +403,19 @@ def test_mgf_header_after_a_long_preamble(tmp_path):
         rows, warnings = _rows_by_block(p, "mgf", bb)
         assert rows[0]["instrument"] == "QTOF" and rows[0]["charge"] == 2
         assert warnings == {"global parameters applied": 2}
+    # free text in a header that is no peak line leaves the parameters applied
+    p.write_text("COM=my search\nCHARGE=2+\n(c) Lab X 2020\n...\n2020 export\nINSTRUMENT=QTOF\n"
+                 "BEGIN IONS\nPEPMASS=300\n100 1\nEND IONS\n")
+    rows, warnings = _rows_by_block(p, "mgf", 32 << 20)
+    assert rows[0]["instrument"] == "QTOF" and rows[0]["charge"] == 2 and rows[0]["com"] == "my search"
+    assert warnings == {"global parameters applied": 3, "lines outside records": 3}
+
+
+@pytest.mark.parametrize("ext", ["parquet", "h5"])
+def test_own_tables_keep_a_charge_sign_that_contradicts_the_ion_mode(tmp_path, ext):
+    """fastspec's own Parquet/HDF5 hold signed charges: an explicit CHARGE=1+ in negative mode (no adduct)
+    round-trips as 1, while a foreign table's 1 in negative mode is read as unsigned (-1)."""
+    s, _ = read(tmp_path, "c.mgf", "BEGIN IONS\nTITLE=a\nPEPMASS=300\nCHARGE=1+\nIONMODE=negative\n100 1\nEND IONS\n")
+    assert s.charge.tolist() == [1]
+    fio.write(s, tmp_path / f"c.{ext}")
+    assert fio.read(tmp_path / f"c.{ext}").charge.tolist() == [1]

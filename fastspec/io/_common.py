@@ -326,6 +326,7 @@ def finish_block(
     *,
     text: bool = True,
     merge_aliases: bool | None = None,
+    signed_charge: bool = False,
 ) -> Spectra:
     """Turn n parsed records into Spectra and account for them in ``report``.
 
@@ -357,7 +358,7 @@ def finish_block(
     report.n_spectra += n_keep
     meta = metadata.filter(pa.array(keep)) if bad.size else metadata
     counts: dict = {}
-    meta = harmonise_table(meta, text=text, merge_aliases=merge_aliases, counts=counts)
+    meta = harmonise_table(meta, text=text, merge_aliases=merge_aliases, counts=counts, signed_charge=signed_charge)
     for k, v in counts.items():
         report.warn(k, v)
     pmz = meta.column("precursor_mz").to_numpy(zero_copy_only=False).astype(np.float64)

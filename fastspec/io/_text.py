@@ -79,10 +79,15 @@ def _clean_line(raw: str) -> str:
     return raw.strip().lstrip("\ufeff").strip()
 
 
+# a number, then a separator and the start of another: "85.03 100", "+301.1 20", "(85 100)", "85:100",
+# "1e2\t3 \"p=1\"" -- not "(c) Lab X", "...", "13C: 1.1" or key lines
+_PEAK_LINE_RE = re.compile(r"^\(?\s*\+?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[\s,;:]+[+-]?\.?\d")
+
+
 def _is_peak_line(line) -> bool:
-    """A peak line (``85.03 100``, AMDIS ``(85 100)``), not a key line or END IONS."""
+    """A line the scanners read as peaks (``85.03 100``, AMDIS ``(85 100)``, GOLM ``85:100``)."""
     t = line.strip() if isinstance(line, str) else bytes(line).strip().decode("utf-8", "replace")
-    return bool(t) and (t[0].isdigit() or t[0] in "(.") and "=" not in t and not t.lower().startswith("end ions")
+    return _PEAK_LINE_RE.match(t) is not None
 
 
 def _last_line(data, end: int) -> bytes:
@@ -305,7 +310,9 @@ _LAST_WINS = frozenset(_MSTYPE_KEYS) | frozenset(NUM_PEAKS_KEYS)
 def _present(col: pa.Array, signs: bool = False) -> pa.Array:
     """bool per row: a value that is not null and not a missing marker (``N/A``, ``""``...; ``signs``:
     ``-`` is a value, as in a polarity field)."""
-    text = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col.is_valid()  # e.g. the synonyms list column
+    text = pc.utf8_lower(pc.utf8_trim_whitespace(col))
     markers = MISSING_MARKERS - {"-"} if signs else MISSING_MARKERS
     marker = pc.is_in(text, value_set=pa.array(sorted(markers)))  # false (not null) for a null
     return pc.and_(col.is_valid(), pc.invert(marker))
@@ -328,6 +335,8 @@ def _explicit_first(cols: dict) -> None:
                 given = pc.or_(given, _present(cols[c], canon == "ion_mode"))
             if pc.any(given).as_py():
                 col = pc.if_else(given, pa.scalar(None, col.type), col)
+        if key == "synonyms":  # Comments "synonyms=bar": a one-item list, like the Synon lines' column
+            col = pa.array([None if v is None else [v] for v in col.to_pylist()], pa.list_(pa.string()))
         if key in explicit:  # the same raw key written explicitly: its value where it has one
             cols[key] = pc.if_else(_present(cols[key], canon == "ion_mode"), cols[key], col)
         else:

@@ -257,7 +257,8 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                     c = f["charge"][a:b]
                     meta = meta.append_column("charge", pa.array(c, pa.int8(), mask=c == 0))
                 lines = np.arange(a + 1, b + 1, dtype=np.int64)
-                yield finish_block(report, path, lines, None, off - off[0], mz, it, meta, on_error, text=False)
+                yield finish_block(report, path, lines, None, off - off[0], mz, it, meta, on_error, text=False,
+                                   signed_charge=True)  # written by fastspec: charges carry their sign
                 bar.to(int(os.path.getsize(path) * b / max(n, 1)))
         finally:
             bar.close()

@@ -332,7 +332,7 @@ def _canonical_types() -> dict[str, pa.DataType]:
 
 
 def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool | None = None,
-                    counts: dict | None = None) -> pa.Table:
+                    counts: dict | None = None, signed_charge: bool = False) -> pa.Table:
     """Harmonise the metadata columns of a table (one row per spectrum).
 
     Parameters
@@ -346,6 +346,10 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
         Drop alias columns once merged into their canonical key. Default: ``text``. With False
         (typed tables such as parquet), alias columns are dropped only when the canonical key
         was absent (a rename); when both exist, the alias column is kept as it is.
+    signed_charge : bool
+        A numeric charge column holds signed charges (fastspec's own Parquet and HDF5 files) and is
+        taken as it is. Otherwise (other tables) a positive number next to a negative ion mode is read
+        as the unsigned charge of text formats and negated.
     counts : dict, optional
         Receives warning counts (``"bad precursor_mz"``: values present but not a positive
         finite number).
@@ -402,7 +406,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             out[alt] = col
     for k, v in extra_first.items():
         out.setdefault(k, v)
-    _normalise_canonical(out, n, counts)
+    _normalise_canonical(out, n, counts, signed_charge)
     # canonical first, typed; then others in order
     types = _canonical_types()
     fields, arrays = [], []
@@ -432,7 +436,7 @@ def _coalesce(arrays: list[pa.Array], canonical: bool) -> pa.Array:
     return pc.coalesce(*arrays)
 
 
-def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) -> None:
+def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, signed_charge: bool = False) -> None:
     """Type and normalise the canonical columns in place (adds missing ones as nulls)."""
     for k in _STRING_CANONICAL:
         if k in out:
@@ -465,9 +469,9 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None) 
             vals = craw.cast(pa.float64()).to_numpy(zero_copy_only=False)
             vals = np.where(np.isfinite(vals) & (np.abs(vals) <= 127) & (vals == np.round(vals)), vals, 0)
             charge = np.nan_to_num(vals).astype(np.int16)
-            # a number carries a sign only when negative: 1 next to a negative ion mode is read as the
-            # unsigned 1 of a text file would be (pandas/matchms tables with charge 1 in negative mode)
-            explicit = charge < 0
+            # in other tables a number carries a sign only when negative: 1 next to a negative ion mode
+            # is read as the unsigned 1 of a text file would be (pandas tables with charge 1 in negative mode)
+            explicit = np.ones(n, bool) if signed_charge else charge < 0
         else:
             parsed = _map_distinct(_as_string(craw),
                                    lambda v: [parse_charge(v)[0], int(parse_charge(v)[1]), _written_sign(v)],

@@ -38,14 +38,17 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     """Spectra of a parquet file: the whole table at once, or row batches of ``chunk_size``."""
     pf = _open(path)
     mz_name, in_name = find_peak_columns(pf.schema_arrow.names, path)
+    # fastspec's own files hold charges with their sign; other tables may hold 1 in negative mode
+    own = (pf.schema_arrow.metadata or {}).get(b"format") == SCHEMA_TAG
     try:
         if chunk_size is None:
-            yield table_spectra(pf.read(), path, mz_name, in_name, 1, on_error, report, text=False)
+            yield table_spectra(pf.read(), path, mz_name, in_name, 1, on_error, report, text=False,
+                                signed_charge=own)
             return
         row = 1
         for batch in pf.iter_batches(batch_size=int(chunk_size)):
             t = pa.Table.from_batches([batch])
-            yield table_spectra(t, path, mz_name, in_name, row, on_error, report, text=False)
+            yield table_spectra(t, path, mz_name, in_name, row, on_error, report, text=False, signed_charge=own)
             row += t.num_rows
     except (pa.ArrowInvalid, OSError) as e:
         raise FastspecError(f"{path}: cannot read parquet data: {e}") from e

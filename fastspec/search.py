@@ -110,7 +110,7 @@ MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds t
 REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
 
 HIT_COLUMNS = (
-    "query_index", "query_id", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
+    "query_index", "query_id", "query_file", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
     "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
     "inchikey14", "smiles", "name", "status", "fallback",
 )
@@ -140,6 +140,10 @@ class Hits:
         Each query's id (its ``id`` metadata: MGF TITLE or SPECTRUMID, MSP DB#, ...), else its position
         among the records read (the row's ``query_index``). Rejected records keep the id the reader got
         to, else they too are named by their position.
+    query_files : list of str or None
+        The file each query record was read from (as given, or as found in a directory given), so that ids
+        repeated across files (mzML native ids such as ``scan=2``) stay apart; ``None`` for queries given
+        in memory.
     query_precursor_mz : ndarray, float64 (n,)
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
@@ -148,7 +152,7 @@ class Hits:
     """
 
     def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
-                 library=None, params=None):
+                 library=None, params=None, query_files=None):
         self.scores = np.asarray(scores, dtype=np.float32)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.matches = np.asarray(matches, dtype=np.int32)
@@ -156,6 +160,9 @@ class Hits:
         self.status = np.asarray(status, dtype=object)
         self.fallback = np.zeros(n, bool) if fallback is None else np.asarray(fallback, bool)
         self.query_ids = [str(i) for i in range(n)] if query_ids is None else list(query_ids)
+        self.query_files = None if query_files is None else list(query_files)
+        if self.query_files is not None and len(self.query_files) != n:
+            raise ParameterError(f"query_files holds {len(self.query_files)} entries for {n} queries")
         self.query_precursor_mz = np.full(n, np.nan) if query_precursor_mz is None else np.asarray(query_precursor_mz, np.float64)
         self.library = library
         self.params = dict(params or {})
@@ -193,7 +200,8 @@ class Hits:
     def to_arrow(self, library_columns: bool = True) -> pa.Table:
         """The long hit table: one row per (query, rank); a query without hits gets one row with nulls.
 
-        Columns: ``query_index, query_id, rank (1-based), library_index (row), library_input_index
+        Columns: ``query_index, query_id, query_file`` (the file the query was read from, null for queries
+        given in memory), ``rank (1-based), library_index (row), library_input_index
         (position among the library's input spectra), library_id, score, n_matched,
         query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm (the same
         over the query's precursor m/z, as ppm precursor windows are), adduct, formula, inchikey14,
@@ -219,6 +227,8 @@ class Hits:
         cols: dict[str, pa.Array] = {
             "query_index": pa.array(q_index, pa.int64()),
             "query_id": pa.array([self.query_ids[i] for i in q_index.tolist()], pa.string()),
+            "query_file": (pa.nulls(q_index.shape[0], pa.string()) if self.query_files is None else
+                           pa.array([self.query_files[i] for i in q_index.tolist()], pa.string())),
             "rank": pa.array(rank + 1, pa.int32(), mask=~has),
             "library_index": pa.array(lib_idx, pa.int64(), mask=~has),
         }
@@ -446,6 +456,10 @@ def search(
                                "warnings": dict(read_counts.get("warnings") or {})}
     ids, pmz = list(raw.ids), np.asarray(raw.precursor_mz, dtype=np.float64)
     pos, n_read = read_counts.get("positions"), int(read_counts["n_read"])
+    record_files = _record_files(read_counts.get("files"), n_read)
+    files = None
+    if record_files is not None:
+        files = record_files if n_read == nq else [record_files[int(p)] for p in pos] if pos is not None else None
     if pos is not None and n_read > nq and len(pos) == nq:
         def grow(a, fill):
             out = np.full((n_read,) + a.shape[1:], fill, dtype=a.dtype)
@@ -464,8 +478,17 @@ def search(
         for r, rid in (read_counts.get("rejected_ids") or {}).items():  # as far as the reader got
             if 0 <= r < n_read:
                 ids[r] = rid
+        files = record_files
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,
-                query_precursor_mz=pmz, library=library, params=params)
+                query_precursor_mz=pmz, library=library, params=params, query_files=files)
+
+
+def _record_files(files: list | None, n_read: int) -> list[str] | None:
+    """The file of every record read, in record order, from ``(path, records)`` per file; None for
+    queries given in memory (or counts that do not add up, which the reader's own check rules out)."""
+    if not files or sum(n for _, n in files) != n_read:
+        return None
+    return [path for path, n in files for _ in range(n)]
 
 
 def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback):

@@ -913,6 +913,31 @@ def test_query_files_follow_on_error(lib, massbank_mgf, tmp_path):
         lib.search(str(tmp_path / "missing.mgf"))
 
 
+def test_query_file_column(lib, tmp_path):
+    """Several query files with the same ids (mzML native ids such as ``scan=2`` repeat across runs): each
+    hit row names the file its query came from, rejected records included; in-memory queries give nulls."""
+    s0 = lib.spectra()[0]
+    peaks = "".join(f"{m!r} {i!r}\n" for m, i in zip(s0.mz.tolist(), s0.intensity.tolist()))
+    good = f"BEGIN IONS\nTITLE=scan=2\nPEPMASS={s0.precursor_mz!r}\n{peaks}END IONS\n"
+    bad = "BEGIN IONS\nTITLE=scan=3\nPEPMASS=500\n100.0 abc\nEND IONS\n"
+    a, b = tmp_path / "run1.mgf", tmp_path / "run2.mgf"
+    a.write_text(good)
+    b.write_text(bad + good + good)
+    h = lib.search([str(a), str(b)], k=K, mode="open", on_error="skip")
+    assert h.query_files == [str(a), str(b), str(b), str(b)]
+    assert list(h.status) == ["ok", "rejected", "ok", "ok"] and h.query_ids == ["scan=2", "scan=3", "scan=2", "scan=2"]
+    t = h.to_arrow()
+    assert t.column_names.index("query_file") == t.column_names.index("query_id") + 1
+    files = dict(zip(t.column("query_index").to_pylist(), t.column("query_file").to_pylist()))
+    assert files == {0: str(a), 1: str(b), 2: str(b), 3: str(b)}
+    h1 = lib.search(str(b), k=K, mode="open", on_error="skip")  # one file, no rejection kept in place
+    assert h1.query_files == [str(b)] * 3
+    mem = lib.search(lib.spectra()[:2], k=K, mode="open")
+    assert mem.query_files is None and mem.to_arrow().column("query_file").null_count == mem.to_arrow().num_rows
+    with pytest.raises(ParameterError, match="query_files"):
+        Hits(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), status=["ok"], query_files=["a", "b"])
+
+
 # ------------------------------------------------------------------------------------------ property
 @st.composite
 def _library(draw):

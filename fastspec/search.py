@@ -879,7 +879,7 @@ class _Context:
         ``_WINDOW_SPAN`` spectra are scored in full.
         """
         from fastspec.kernels.fragment import BOUND_ATOL, BOUND_RTOL
-        from fastspec.kernels.window import second_round, window_bounds
+        from fastspec.kernels.window import compact_csr, second_round, window_bounds
 
         lib, cfg = self.lib, self.cfg
         nr = rows.shape[0]
@@ -916,14 +916,13 @@ class _Context:
                                        lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
                                        cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads)
         sel = first & (cnt >= max(1, cfg.min_matches))
-        s, idx, m = self.exact(rows, _mask_offsets(offs, sel), pos[sel], by_precursor=True)
+        s, idx, m = self.exact(rows, *compact_csr(offs, sel, pos), by_precursor=True)
         theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)
         rtol = BOUND_RTOL if cfg.metric == "entropy" else _WINDOW_RTOL
-        again, sel2 = second_round(offs, ub, cnt, first, np.maximum(theta, cfg.min_score), max(1, cfg.min_matches),
-                                   rtol, BOUND_ATOL)
+        again, offs2, pos2 = second_round(offs, ub, cnt, first, np.maximum(theta, cfg.min_score),
+                                          max(1, cfg.min_matches), rtol, BOUND_ATOL, pos)
         if again.shape[0]:
-            s2, i2, m2 = self.exact(rows[again], _mask_offsets(offs, sel2)[np.r_[again, again[-1] + 1]], pos[sel2],
-                                    by_precursor=True)
+            s2, i2, m2 = self.exact(rows[again], offs2, pos2, by_precursor=True)
             s[again], idx[again], m[again] = s2, i2, m2
         return s, idx, m
 

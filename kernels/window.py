@@ -261,21 +261,38 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
 
 
 @numba.njit(**NJIT)
-def _second_round(w_off, ub, cnt, first, theta, min_matches, rtol, atol, keep):
+def _second_round(w_off, ub, cnt, first, theta, min_matches, rtol, atol, vals):
     nr = w_off.shape[0] - 1
     again = np.zeros(nr, np.bool_)
+    n_again = 0
+    total = 0
     for r in range(nr):
         for t in range(w_off[r], w_off[r + 1]):
             if not first[t] and cnt[t] >= min_matches and ub[t] * (1.0 + rtol) + atol >= theta[r]:
                 again[r] = True
+                n_again += 1
+                total += w_off[r + 1] - w_off[r]
                 break
+    rows = np.empty(n_again, np.int64)
+    offsets = np.zeros(n_again + 1, np.int64)
+    out = np.empty(total, vals.dtype)  # room for every entry of those windows; the kept ones are a prefix
+    j = n = 0
+    for r in range(nr):
+        if not again[r]:
+            continue
         for t in range(w_off[r], w_off[r + 1]):
-            keep[t] = again[r] and cnt[t] >= min_matches and (first[t] or ub[t] * (1.0 + rtol) + atol >= theta[r])
-    return np.flatnonzero(again)
+            if cnt[t] >= min_matches and (first[t] or ub[t] * (1.0 + rtol) + atol >= theta[r]):
+                out[n] = vals[t]
+                n += 1
+        rows[j] = r
+        j += 1
+        offsets[j] = n
+    return rows, offsets, out[:n]
 
 
 def second_round(w_off: np.ndarray, ub: np.ndarray, count: np.ndarray, first: np.ndarray, theta: np.ndarray,
-                 min_matches: int, rtol: float, atol: float) -> tuple[np.ndarray, np.ndarray]:
+                 min_matches: int, rtol: float, atol: float,
+                 vals: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The windows to score again after the first round, and what to score in them.
 
     Parameters
@@ -288,15 +305,70 @@ def second_round(w_off: np.ndarray, ub: np.ndarray, count: np.ndarray, first: np
     min_matches : int
     rtol, atol : float
         Slack added to the bounds (float32 rounding) before comparing them with exact scores.
+    vals : int64 (C,)
+        The candidates (positions in precursor order), one per entry of ``w_off``.
 
     Returns
     -------
     rows : int64 (nr2,)
         Windows where a candidate outside the first round has a bound reaching ``theta``.
-    keep : bool (C,)
-        In those windows, the first-round candidates and those; False elsewhere.
+    offsets : int64 (nr2+1,)
+    values : int64
+        CSR over ``rows``: in each, the first-round candidates with enough counted pairs and the others
+        whose bound reaches ``theta``, in window order. Built in the pass that decides them, with no
+        mask over all candidates (~1,400 per query in identity search at 2.4M).
     """
-    keep = np.empty(ub.shape[0], np.bool_)
-    rows = _second_round(np.asarray(w_off, np.int64), ub, count, first, np.asarray(theta, np.float64),
-                         int(min_matches), float(rtol), float(atol), keep)
-    return rows, keep
+    w_off = np.asarray(w_off, np.int64)
+    vals = np.asarray(vals, np.int64)
+    if vals.shape[0] != w_off[-1]:
+        raise ValueError("vals must hold one entry per CSR entry")
+    return _second_round(w_off, ub, count, first, np.asarray(theta, np.float64), int(min_matches), float(rtol),
+                         float(atol), vals)
+
+
+@numba.njit(**NJIT)
+def _compact_csr(w_off, keep, vals, rows):
+    total = 0
+    for j in range(rows.shape[0]):
+        total += w_off[rows[j] + 1] - w_off[rows[j]]
+    offsets = np.zeros(rows.shape[0] + 1, np.int64)
+    out = np.empty(total, vals.dtype)  # pages past the kept prefix are never touched
+    n = 0
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        for t in range(w_off[r], w_off[r + 1]):
+            if keep[t]:
+                out[n] = vals[t]
+                n += 1
+        offsets[j + 1] = n
+    return offsets, out[:n]
+
+
+def compact_csr(w_off: np.ndarray, keep: np.ndarray, vals: np.ndarray,
+                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of a CSR that ``keep`` marks, for windows ``rows`` (default: all), in one pass.
+
+    What ``np.cumsum(keep)`` and ``vals[keep]`` give, without converting a bool array the size of all
+    candidates to int64 and a second pass over it (identity search at 2.4M: ~1,400 candidates per query;
+    the numpy compactions took ~14 of its ~80 us per query).
+
+    Parameters
+    ----------
+    w_off : int64 (nr+1,)
+    keep : bool (C,)
+    vals : int64 (C,)
+    rows : int64 (m,), optional
+        Windows to take, in the order wanted.
+
+    Returns
+    -------
+    offsets : int64 (m+1,)
+    values : int64 (kept,)
+    """
+    w_off = np.asarray(w_off, np.int64)
+    rows = np.arange(w_off.shape[0] - 1, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    keep = np.asarray(keep, np.bool_)
+    vals = np.asarray(vals, np.int64)
+    if keep.shape[0] != vals.shape[0] or keep.shape[0] != w_off[-1]:
+        raise ValueError("keep and vals must hold one entry per CSR entry")
+    return _compact_csr(w_off, keep, vals, rows)

@@ -210,9 +210,9 @@ def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monk
     real_second = window_mod.second_round
 
     def spy_second(*a, **kw):
-        rows, keep = real_second(*a, **kw)
+        rows, offs2, pos2 = real_second(*a, **kw)
         seen["again"] = seen.get("again", 0) + rows.shape[0]
-        return rows, keep
+        return rows, offs2, pos2
 
     monkeypatch.setattr(window_mod, "second_round", spy_second)
     real_bounds = window_mod.window_bounds

@@ -8,11 +8,12 @@ the window's edge, where the kernels' float32 slack may count one more pair than
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from fastspec.kernels.window import block_index, second_round, window_bounds
+from fastspec.kernels.window import block_index, compact_csr, second_round, window_bounds
 
 
 def _library(rng, n):
@@ -101,14 +102,31 @@ def test_second_round_vs_naive():
     cnt = rng.integers(0, 4, 20).astype(np.int32)
     first = rng.random(20) < 0.3
     theta = np.array([0.5, 0.1, 0.95, -np.inf])
-    rows, keep = second_round(w_off, ub, cnt, first, theta, 2, 1e-4, 1e-6)
-    want_rows, want_keep = [], np.zeros(20, bool)
+    vals = rng.permutation(1000)[:20].astype(np.int64)
+    rows, offs, got = second_round(w_off, ub, cnt, first, theta, 2, 1e-4, 1e-6, vals)
+    want_rows, want = [], []
     for r in range(4):
         idx = range(w_off[r], w_off[r + 1])
         more = [t for t in idx if not first[t] and cnt[t] >= 2 and ub[t] * (1 + 1e-4) + 1e-6 >= theta[r]]
         if more:
             want_rows.append(r)
-            for t in idx:
-                want_keep[t] = cnt[t] >= 2 and (first[t] or t in more)
-    assert rows.tolist() == want_rows
-    np.testing.assert_array_equal(keep, want_keep)
+            want.append([int(vals[t]) for t in idx if cnt[t] >= 2 and (first[t] or t in more)])
+    assert rows.tolist() == want_rows and len(want_rows) >= 2
+    assert [got[offs[j]:offs[j + 1]].tolist() for j in range(len(want_rows))] == want
+
+
+def test_compact_csr_vs_numpy():
+    rng = np.random.default_rng(4)
+    w_off = np.array([0, 5, 5, 12, 20])
+    keep = rng.random(20) < 0.4
+    vals = rng.permutation(1000)[:20].astype(np.int64)
+    offs, got = compact_csr(w_off, keep, vals)
+    kept = np.concatenate([[0], np.cumsum(keep)])
+    np.testing.assert_array_equal(offs, kept[w_off])
+    np.testing.assert_array_equal(got, vals[keep])
+    rows = np.array([3, 0])
+    offs, got = compact_csr(w_off, keep, vals, rows)
+    want = [vals[w_off[r]:w_off[r + 1]][keep[w_off[r]:w_off[r + 1]]].tolist() for r in rows]
+    assert [got[offs[j]:offs[j + 1]].tolist() for j in range(2)] == want
+    with pytest.raises(ValueError):
+        compact_csr(w_off, keep[:5], vals)

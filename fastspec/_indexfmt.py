@@ -347,6 +347,8 @@ class AtomicDirectory:
             raise FileNotFoundError(2, "Output directory does not exist", str(parent))
         if self.target.exists() and not self.overwrite:
             raise IndexFormatError(f"{self.target} already exists (use overwrite=True / --overwrite)")
+        if self.target.exists() and not self.target.is_dir():  # never a file (a spectrum file named as output)
+            raise IndexFormatError(f"refusing to overwrite {self.target}: it is a file, not a library index")
         _remove_stale_temporaries(parent, self.target.name)
         self.tmp = parent / f".{self.target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.tmp.mkdir()

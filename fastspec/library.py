@@ -205,6 +205,12 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
 
     if isinstance(source, SpectrumView):  # one spectrum (``spectra[i]``): a set of one
         source = source._parent.take(np.array([source.index], dtype=np.int64))
+    if _is_matchms(source):  # one matchms Spectrum: a set of one
+        source = [source]
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, SpectrumView) for s in source):
+        source = source[0]._parent.take(np.array([s.index for s in source], dtype=np.int64)) \
+            if len({id(s._parent) for s in source}) == 1 else Spectra.concat(
+                [s._parent.take(np.array([s.index], dtype=np.int64)) for s in source])
     if isinstance(source, (list, tuple)) and source and all(_is_matchms(s) for s in source):
         source = Spectra.from_matchms(source)
     if isinstance(source, Spectra):
@@ -553,6 +559,8 @@ class Library:
         if target.is_dir() and not (target / fmt.MANIFEST).exists() and any(target.iterdir()):
             raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
                                    "library index")
+        if target.exists() and not target.is_dir():  # e.g. the input spectrum file itself, named twice
+            raise IndexFormatError(f"refusing to overwrite {target}: it is a file, not a library index")
         prog = _Progress(progress, total=7, desc="index")
         try:
             pipeline = resolve_pipeline(preprocess)

@@ -525,6 +525,9 @@ class _SearchConfig:
             raise ParameterError(f"k={k} is more than both the library's {len(library)} spectra and "
                                  f"{_K_PAD_MAX} (k beyond the library size only pads with -1)")
         c.k = int(k)
+        # case-insensitive, as metric names are ("OPEN", "FAISS")
+        mode = mode.lower() if isinstance(mode, str) else mode
+        engine = engine.lower() if isinstance(engine, str) else engine
         if mode == "hybrid":
             raise ParameterError("mode 'hybrid' (ms_entropy's hybrid search, entropy over fragments and neutral "
                                  "losses) has no equivalent here; the closest is mode='analog': the whole library "
@@ -552,6 +555,9 @@ class _SearchConfig:
             raise ParameterError(f"no_neighbour must be one of {', '.join(NO_NEIGHBOUR)}; got {no_neighbour!r}")
         c.no_neighbour = no_neighbour
         c.threads = None if threads is None else _count(threads, "threads", 1)
+        for name, flag in (("same_adduct", same_adduct), ("same_charge", same_charge), ("same_instrument", same_instrument)):
+            if not isinstance(flag, (bool, np.bool_)):  # "no" would read as True
+                raise ParameterError(f"{name} must be True or False, got {flag!r}")
         c.same_adduct, c.same_charge, c.same_instrument = bool(same_adduct), bool(same_charge), bool(same_instrument)
         c.min_matches = _count(min_matches, "min_matches", 0)
         c.min_score = _number(min_score, "min_score")

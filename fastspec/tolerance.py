@@ -29,6 +29,24 @@ class Tolerance:
     value: float
     unit: str = "da"
 
+    def __post_init__(self):
+        # built directly (Tolerance(10, "PPM")) as well as by parse_tolerance: the same checks either way,
+        # since kernels given a NaN window crash and an unknown unit would match with a zero window
+        unit = self.unit.lower() if isinstance(self.unit, str) else self.unit
+        if unit not in ("da", "ppm", "mda"):
+            raise ParameterError(f"tolerance unit must be 'da' or 'ppm', got {self.unit!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
+            raise ParameterError(f"tolerance value must be a number, got {self.value!r}")
+        value = float(self.value)
+        if unit == "mda":
+            value, unit = value / 1000.0, "da"
+        if not (value >= 0.0) or value == float("inf"):
+            raise ParameterError(f"tolerance must be a finite non-negative value, got {self.value!r}")
+        if unit == "ppm" and value >= 1e6:  # a window as wide as the m/z itself: no MS/MS tolerance
+            raise ParameterError(f"a ppm tolerance must be below 1e6 (got {value:g}ppm)")
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "unit", unit)
+
     @property
     def da(self) -> float:
         """Absolute part passed to kernels (0.0 when the tolerance is relative)."""
@@ -53,7 +71,7 @@ def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance
     Raises
     ------
     ParameterError
-        If the value cannot be parsed or is negative / not finite.
+        If the value cannot be parsed, is negative or not finite, or is a ppm value of 1e6 or more.
     """
     if isinstance(tol, Tolerance):
         return tol
@@ -66,10 +84,11 @@ def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance
         if not m:
             raise ParameterError(f"{name}: cannot parse {tol!r}; use e.g. '0.02da' or '10ppm'")
         value, unit = float(m.group(1)), (m.group(2) or "da").lower()
-        if unit == "mda":
-            value, unit = value / 1000.0, "da"
     else:
         raise ParameterError(f"{name}: expected a number or a string like '0.02da' or '10ppm', got {tol!r}")
     if not (value >= 0.0) or value == float("inf"):
         raise ParameterError(f"{name}: must be a finite non-negative value, got {tol!r}")
-    return Tolerance(value, unit)
+    try:
+        return Tolerance(value, unit)
+    except ParameterError as e:
+        raise ParameterError(f"{name}: {e}") from None

@@ -123,6 +123,19 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
                        "missing.mgf")
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--metric", "entropy",
                            "--mode", "analog", ok=False), "analog")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "open",
+                           "--tolerance", "1000000ppm", ok=False), "1e6")
+    # the same bare-number rule in the lab commands
+    assert_clean_error(run("evaluate", "-l", massbank_mgf, "--tolerance", "10", ok=False), "10ppm")
+    # an input file named as the index is never replaced by it
+    copy = tmp_path / "copy.mgf"
+    copy.write_bytes(massbank_mgf.read_bytes())
+    assert_clean_error(run("index", copy, "-o", copy, "--overwrite", ok=False))
+    assert copy.read_bytes() == massbank_mgf.read_bytes()
+    # synth's two outputs in one file: the queries would replace the library
+    assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "5", "-q-out",
+                           tmp_path / "s.parquet", ok=False), "library")
+    assert not (tmp_path / "s.parquet").exists()
 
 
 def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
@@ -265,6 +278,9 @@ def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "-k", "1000000000",
                            ok=False), "k=")
     assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--seed", "-1", ok=False), "seed")
+    # fastspec index makes the index's parent directory too, as query, convert and synth do
+    run("index", massbank_mgf, "-o", tmp_path / "made" / "for" / "lib.fastspec", "-q", "--no-faiss")
+    assert (tmp_path / "made" / "for" / "lib.fastspec" / "manifest.json").exists()
 
 
 def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):

@@ -260,6 +260,11 @@ def test_open_missing_or_not_an_index(raw_lib, tmp_path):
     (tmp_path / "photos" / "a.jpg").write_text("x")
     with pytest.raises(IndexFormatError, match="not a library index"):
         Library.build("no-such-file.mgf", tmp_path / "photos", overwrite=True)
+    # a file is never replaced by an index, not even with overwrite (the input named twice)
+    before = (tmp_path / "a.mgf").read_bytes()
+    with pytest.raises(IndexFormatError, match="it is a file"):
+        Library.build(tmp_path / "a.mgf", tmp_path / "a.mgf", overwrite=True)
+    assert (tmp_path / "a.mgf").read_bytes() == before
     (tmp_path / "empty").mkdir()
     with pytest.raises(IndexFormatError, match="not a library index"):
         Library.open(tmp_path / "empty")

@@ -913,6 +913,22 @@ def test_query_files_follow_on_error(lib, massbank_mgf, tmp_path):
         lib.search(str(tmp_path / "missing.mgf"))
 
 
+def test_query_forms_and_flag_checks(lib, data):
+    """Modes and engines in any case, as metric names; filter flags must be booleans ("no" is not False);
+    one matchms Spectrum and a list of SpectrumViews are query sets like the others."""
+    q = data[1][:3]
+    want = lib.search(q, k=K, mode="open")
+    got = lib.search(q, k=K, mode="OPEN", engine="Exact")
+    np.testing.assert_array_equal(got.indices, want.indices)
+    with pytest.raises(ParameterError, match="same_adduct"):
+        lib.search(q, k=K, mode="open", same_adduct="no")
+    views = lib.search([q[0], q[2]], k=K, mode="open")
+    np.testing.assert_array_equal(views.indices, want.indices[[0, 2]])
+    ms = q.to_matchms()
+    one = lib.search(ms[1], k=K, mode="open")
+    np.testing.assert_array_equal(one.indices, want.indices[[1]])
+
+
 def test_query_file_column(lib, tmp_path):
     """Several query files with the same ids (mzML native ids such as ``scan=2`` repeat across runs): each
     hit row names the file its query came from, rejected records included; in-memory queries give nulls."""

@@ -18,7 +18,7 @@ def test_parse(text, value, unit):
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "-1da", "10 furlongs", None, True, np.bool_(True), float("nan"), float("inf"),
-                                 -0.1, np.float32("nan")])
+                                 -0.1, np.float32("nan"), "1e6ppm", "1000000 ppm", "1e12ppm"])
 def test_refuse(bad):
     with pytest.raises(FastspecError):
         parse_tolerance(bad)
@@ -28,3 +28,16 @@ def test_windows():
     assert Tolerance(10, "ppm").at(500.0) == pytest.approx(0.005)
     assert Tolerance(0.02).at(500.0) == 0.02
     assert (Tolerance(10, "ppm").da, Tolerance(10, "ppm").ppm) == (0.0, 10)
+
+
+def test_tolerance_objects_are_checked_when_made():
+    """A Tolerance built directly gets the checks parse_tolerance applies (a NaN window crashed the kernels;
+    an upper-case unit matched with a zero window)."""
+    assert Tolerance(10, "PPM") == parse_tolerance("10ppm") and Tolerance(10, "PPM").ppm == 10.0
+    assert Tolerance(5, "mDa") == Tolerance(0.005, "da")
+    assert parse_tolerance(Tolerance(0.02)) == Tolerance(0.02, "da")
+    for bad in [(float("nan"),), (float("nan"), "ppm"), (-0.02,), (float("inf"),), (1e6, "ppm"), (1.0, "furlong"),
+                ("0.02",), (True,)]:
+        with pytest.raises(FastspecError):
+            Tolerance(*bad)
+    assert Tolerance(999_999.0, "ppm").ppm == 999_999.0

@@ -124,3 +124,17 @@ def _abandon(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def check_tolerance_option(value: str | None, name: str = "--tolerance") -> None:
+    """Refuse a command-line tolerance that cannot be parsed, or a bare number of 1 or more: without a unit
+    it means Da, and a ppm value missing its unit is far more likely than a window of that many Da."""
+    if value is None:
+        return
+    from fastspec.errors import ParameterError
+    from fastspec.tolerance import parse_tolerance
+
+    tol = parse_tolerance(value, name)
+    if tol.unit == "da" and tol.value >= 1.0 and not any(u in value.lower() for u in ("da", "ppm")):
+        raise ParameterError(f"{name} {value}: a number without a unit means Da, and {tol.value:g} Da is no "
+                             f"MS/MS window; write {value}ppm, or {value}da if you mean it")

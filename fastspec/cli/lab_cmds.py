@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastspec.cli._common import common_options, handle_errors
+from fastspec.cli._common import check_tolerance_option, common_options, handle_errors
 
 _METRICS = ["binned_cosine", "cosine", "modified_cosine", "entropy"]
 
@@ -47,6 +47,7 @@ def _search_options(f):
 
 
 def _search_kwargs(kw: dict) -> dict:
+    check_tolerance_option(kw.get("tolerance"))
     return {k: kw.pop(k) for k in ("preset", "metric", "tolerance", "mz_power", "intensity_power", "bucket", "no_neighbour", "vote")}
 
 
@@ -150,6 +151,7 @@ def split(library, split_spec, output, profile_path, threads, quiet, **kw):
     lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
     # the predictor evaluate's l2s uses (its metric, tolerance and buckets at the reference peak weights),
     # so that `split --split l2s` writes the split evaluate makes
+    check_tolerance_option(kw.get("tolerance"))
     cfg = search_config(kw.pop("preset"), **{k: kw.pop(k) for k in ("metric", "tolerance", "bucket")})
     cfg = cfg.replace(intensity_power=1.0, mz_power=0.0, shuffle_intensities=False)
     sp = make_split(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastspec.cli._common import common_options, handle_errors
+from fastspec.cli._common import check_tolerance_option, common_options, handle_errors
 
 _MODES = ["identity", "formula", "open", "analog"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
@@ -77,6 +77,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
 
     log = _log(quiet)
     pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
+    Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)  # as query, convert and synth do
     t0 = time.perf_counter()
     lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error, threads=threads,
                         progress=False if quiet else None, overwrite=overwrite, allow_empty=False)
@@ -124,18 +125,13 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     """Search query spectra against a library index and write the hit table."""
     from fastspec.errors import ParameterError
     from fastspec.library import Library
-    from fastspec.tolerance import parse_tolerance
 
     log = _log(quiet)
     suffix = Path(output).suffix.lower()
     if suffix not in (".parquet", ".pq", ".tsv", ".tab", ".txt", ".csv"):
         raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
-        tol = parse_tolerance(value, name)
-        # a bare number is Da; one of 1 or more is a ppm value missing its unit far more often than a window
-        if tol.unit == "da" and tol.value >= 1.0 and not any(u in value.lower() for u in ("da", "ppm")):
-            raise ParameterError(f"{name} {value}: a number without a unit means Da, and {tol.value:g} Da is no "
-                                 f"MS/MS window; write {value}ppm, or {value}da if you mean it")
+        check_tolerance_option(value, name)
     Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)  # before the search, not after it
     if preset is not None and metric != "binned_cosine":
         raise ParameterError("--preset applies to --metric binned_cosine")

@@ -67,7 +67,8 @@ def _iter_file(path: str, fmt: str | None, on_error: str, report: ReadReport, pr
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file", path)
     if os.path.isdir(path):
-        raise IsADirectoryError(21, "Is a directory", path)
+        raise IsADirectoryError(21, "Is a directory (read takes spectrum files; Library.build, Library.search "
+                                    "and fastspec index take directories of them)", path)
     fmt = detect_format(path, fmt)
     report.format = fmt
     mod = importlib.import_module(_MODULES[fmt])

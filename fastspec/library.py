@@ -553,6 +553,16 @@ class Library:
         unreadable records, spectra left without peaks by preprocessing, and MS1 records (``ms_level``
         1, as SIRIUS and MZmine MGF exports interleave them with the MS/MS spectra).
         """
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                    or threads < 1):
+            raise ParameterError(f"threads must be an integer >= 1, got {threads!r}")
+        if faiss_params:
+            from fastspec.vectors import DEFAULTS as _FAISS_DEFAULTS
+
+            unknown = sorted(set(faiss_params) - set(_FAISS_DEFAULTS))
+            if unknown:  # a misspelt key would be ignored, and recorded as if it had been used
+                raise ParameterError(f"unknown faiss_params {', '.join(map(repr, unknown))}; known: "
+                                     f"{', '.join(_FAISS_DEFAULTS)}")
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)

@@ -247,7 +247,10 @@ class Hits:
             meta = self.library.metadata(rows=uniq, columns=["id", "adduct", "formula_canonical", "formula", "inchikey14",
                                                               "inchikey", "smiles", "name"])
             lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv]
-        cols["library_id"] = _hit_strings(meta, "id", has, inv if meta is not None else None, fallback=lib_idx)
+        # a library without ids names its spectra by row; without library columns the id stays null (row
+        # numbers there would pass for ids)
+        cols["library_id"] = _hit_strings(meta, "id", has, inv if meta is not None else None,
+                                          fallback=lib_idx if library_columns else None)
         cols["score"] = pa.array(score.astype(np.float32), pa.float32(), mask=~has)
         cols["n_matched"] = pa.array(nmatch.astype(np.int32), pa.int32(), mask=~has)
         cols["query_precursor_mz"] = pa.array(qpmz, pa.float64(), mask=~np.isfinite(qpmz))
@@ -322,8 +325,13 @@ class Hits:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         ACTIVE_TEMPORARIES.add(tmp)
         try:
-            write(tmp)
-            os.replace(tmp, path)
+            try:
+                write(tmp)
+                os.replace(tmp, path)
+            except OSError as e:  # name the table asked for, not the temporary (a full disk, no permission)
+                if e.errno is None:
+                    raise
+                raise type(e)(e.errno, e.strerror, str(path)) from e
         finally:
             ACTIVE_TEMPORARIES.discard(tmp)
             if tmp.exists():
@@ -426,6 +434,10 @@ def search(
     cfg = _SearchConfig.make(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
                              same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
                              mz_power, intensity_power, metric_params)
+    if formula is not None and cfg.mode != "formula":
+        raise ParameterError(f"formula applies to mode='formula', not {cfg.mode!r}")
+    if isinstance(formula, str) and not formula.strip():
+        raise ParameterError("formula is empty (leave it out to take each query's formula from its metadata)")
     raw, read_counts = read_input(queries, on_error)
     qproc = apply_pipeline(library.pipeline, raw)
     nq = len(qproc)
@@ -563,6 +575,8 @@ class _SearchConfig:
         c.min_score = _number(min_score, "min_score")
         c.nprobe = None if nprobe is None else _count(nprobe, "nprobe", 1)
         c.n_candidates = None if n_candidates is None else _count(n_candidates, "n_candidates", 1)
+        if engine != "faiss" and (nprobe is not None or n_candidates is not None):  # set but never used
+            raise ParameterError("nprobe and n_candidates apply to engine='faiss'")
         c.mz_power, c.intensity_power = _number(mz_power, "mz_power"), _number(intensity_power, "intensity_power")
         c.metric_params = dict(metric_params)
         _check_metric_params(c.metric_params)
@@ -1465,7 +1479,15 @@ def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
         if name == "adduct":
             vals = normalize_adducts(vals)
         lut = lib.code_lookup(name)
-        qcols.append(np.array([-1 if v is None or v == "" else lut.get(str(v).strip(), -2) for v in vals], dtype=np.int32))
+        # an exact match first; else the library value equal but for case, when only one is ("lc-esi-qtof")
+        folded: dict[str, int] = {}
+        for key_, code in lut.items():
+            folded[key_.casefold()] = -2 if key_.casefold() in folded else code
+        codes = []
+        for v in vals:
+            t = None if v is None else str(v).strip()
+            codes.append(-1 if not t else lut.get(t, folded.get(t.casefold(), -2)))
+        qcols.append(np.array(codes, dtype=np.int32))
         names.append(name)
         sym.append(False)
     qc = np.ascontiguousarray(np.stack(qcols, axis=1).astype(np.int32)) if len(q) else np.zeros((0, len(sym)), np.int32)

@@ -274,6 +274,11 @@ def _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, pre
     bw = float(opts["bin_width"])
     if not bw > 0:
         raise ParameterError("bin_width must be positive")
+    for k in ("max_mz", "base_peak", "precursor_peak"):  # negative values scored 0 or flipped signs
+        low = 0.0 if k == "precursor_peak" else None  # a precursor peak of 0 adds nothing, as if left out
+        v = opts[k]
+        if v is not None and not (float(v) >= low if low is not None else float(v) > 0):
+            raise ParameterError(f"{k} must be {'non-negative' if low is not None else 'positive'}, got {v!r}")
     params.update({k: v for k, v in opts.items()})
     from fastspec.kernels.bins import EXACT_POWERS, bin_peaks
 
@@ -434,11 +439,12 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     if k is None and (min_matches or min_score != -np.inf):
         raise ParameterError("min_matches / min_score filter the top-k: give k as well (the dense matrix has "
                              "every score)")
+    if isinstance(min_matches, bool) or not isinstance(min_matches, (int, np.integer)):  # 2.7 or "3": a mistake
+        raise ParameterError(f"min_matches must be an integer, got {min_matches!r}")
     try:
         min_matches, min_score = int(min_matches), float(min_score)
     except (TypeError, ValueError):
-        raise ParameterError(f"min_matches must be an integer and min_score a number, got {min_matches!r}, "
-                             f"{min_score!r}") from None
+        raise ParameterError(f"min_score must be a number, got {min_score!r}") from None
     if min_matches < 0 or math.isnan(min_score):
         raise ParameterError(f"min_matches must be >= 0 and min_score not NaN, got {min_matches}, {min_score}")
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)

@@ -14,6 +14,7 @@ import pytest
 
 import reference as ref
 from fastspec import similarity
+from fastspec.errors import ParameterError
 from fastspec.kernels.bins import MARGIN, BinPostings, BinWorkspace, bin_peaks, binned_candidates
 
 BW = 0.5
@@ -99,6 +100,10 @@ def test_bin_peaks_equals_reference_vectors(opts, threads):
         sl = slice(b_off[i], b_off[i + 1])
         assert bins[sl].tolist() == sorted(want)
         np.testing.assert_allclose(vals[sl], [want[b] for b in sorted(want)], rtol=1e-13, atol=0)
+    if opts.get("base_peak", 1.0) <= 0:  # the kernel's edge case; the public API refuses it
+        with pytest.raises(ParameterError, match="base_peak"):
+            similarity.prepare_csr(off, cat, icat, np.asarray(pmz), "binned_cosine", bin_width=0.5, **opts)
+        return
     fast = similarity.prepare_csr(off, cat, icat, np.asarray(pmz), "binned_cosine", bin_width=0.5, **opts)
     orig = kb.bin_peaks
     kb.bin_peaks = lambda *a, **k: None  # the numpy path

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fastspec.errors import FastspecError, IndexFormatError
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError
 from fastspec.library import REASON_NO_PEAKS, Library
 from fastspec.spectra import Spectra
 
@@ -260,6 +260,9 @@ def test_open_missing_or_not_an_index(raw_lib, tmp_path):
     (tmp_path / "photos" / "a.jpg").write_text("x")
     with pytest.raises(IndexFormatError, match="not a library index"):
         Library.build("no-such-file.mgf", tmp_path / "photos", overwrite=True)
+    for kw in ({"threads": 0}, {"faiss_params": {"nprob": 4}}):  # refused before anything is read
+        with pytest.raises(ParameterError):
+            Library.build(tmp_path / "a.mgf", tmp_path / "t.fastspec", **kw)
     # a file is never replaced by an index, not even with overwrite (the input named twice)
     before = (tmp_path / "a.mgf").read_bytes()
     with pytest.raises(IndexFormatError, match="it is a file"):

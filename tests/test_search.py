@@ -922,11 +922,36 @@ def test_query_forms_and_flag_checks(lib, data):
     np.testing.assert_array_equal(got.indices, want.indices)
     with pytest.raises(ParameterError, match="same_adduct"):
         lib.search(q, k=K, mode="open", same_adduct="no")
+    with pytest.raises(ParameterError, match="faiss"):  # set but unused with the exact engine
+        lib.search(q, k=K, mode="open", nprobe=4)
+    with pytest.raises(ParameterError, match="formula"):
+        lib.search(q, k=K, mode="open", formula="C6H12O6")
+    with pytest.raises(ParameterError, match="empty"):
+        lib.search(q, k=K, mode="formula", formula=" ")
+    t = want.to_arrow(library_columns=False)  # no library columns: no row numbers posing as ids
+    assert t.column("library_id").null_count == t.num_rows
     views = lib.search([q[0], q[2]], k=K, mode="open")
     np.testing.assert_array_equal(views.indices, want.indices[[0, 2]])
     ms = q.to_matchms()
     one = lib.search(ms[1], k=K, mode="open")
     np.testing.assert_array_equal(one.indices, want.indices[[1]])
+
+
+def test_same_instrument_ignores_case_and_blank_values(lib, data):
+    """A query's instrument type matches the library's equal but for case; a blank one applies no filter
+    (as an empty one), instead of matching nothing."""
+    q = data[1][:20]
+    inst = q.column("instrument_type")
+    assert any(v for v in inst)
+    want = lib.search(q, k=K, mode="open", same_instrument=True)
+    meta = q.metadata
+    col = meta.column_names.index("instrument_type")
+    lower = q.with_metadata(meta.set_column(col, "instrument_type",
+                                            pa.array([v.lower() if v else v for v in inst], pa.string())))
+    np.testing.assert_array_equal(lib.search(lower, k=K, mode="open", same_instrument=True).indices, want.indices)
+    blank = q.with_metadata(meta.set_column(col, "instrument_type", pa.array(["  "] * len(q), pa.string())))
+    np.testing.assert_array_equal(lib.search(blank, k=K, mode="open", same_instrument=True).indices,
+                                  lib.search(q, k=K, mode="open").indices)
 
 
 def test_query_file_column(lib, tmp_path):

@@ -566,11 +566,14 @@ def test_matrix_arguments_are_checked():
     no (n, 10**9) padding to allocate."""
     s = Spectra.from_arrays([[100.0, 150.0], [100.0, 120.0], [90.0]], [[1.0, 2.0], [1.0, 1.0], [3.0]])
     for kw in ({"k": 2.7}, {"k": True}, {"k": "3"}, {"k": 0}, {"k": 10**9}, {"threads": 0}, {"threads": -1},
-               {"threads": "2"}):
+               {"threads": "2"}, {"k": 2, "min_matches": 2.7}, {"k": 2, "min_matches": "3"},
+               {"k": 2, "min_matches": True}, {"metric": "binned_cosine", "max_mz": -5.0},
+               {"metric": "binned_cosine", "base_peak": -1.0}, {"metric": "binned_cosine", "precursor_peak": -1.0}):
         with pytest.raises(ParameterError):
             score_matrix(s, s, **kw)
     for kw in ({"threads": 0}, {"threads": 1.5}):
         with pytest.raises(ParameterError):
             score_pairs(s, s, **kw)
+    score_matrix(s, s, k=2, min_matches=np.int64(1), metric="binned_cosine", precursor_peak=0.0)
     _, idx, _ = score_matrix(s, s, k=np.int64(5))  # numpy integers are integers; past the columns: -1
     assert idx.shape == (3, 5) and (idx[:, 3:] == -1).all()

@@ -331,7 +331,9 @@ class Hits:
             except OSError as e:  # name the table asked for, not the temporary (a full disk, no permission)
                 if e.errno is None:
                     raise
-                raise type(e)(e.errno, e.strerror, str(path)) from e
+                # pyarrow puts the path it opened into the message itself
+                why = (e.strerror or "").replace(str(tmp), str(path))
+                raise type(e)(e.errno, why, str(path)) from e
         finally:
             ACTIVE_TEMPORARIES.discard(tmp)
             if tmp.exists():
@@ -1478,15 +1480,14 @@ def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
         vals = q.column(col)
         if name == "adduct":
             vals = normalize_adducts(vals)
-        lut = lib.code_lookup(name)
-        # an exact match first; else the library value equal but for case, when only one is ("lc-esi-qtof")
-        folded: dict[str, int] = {}
-        for key_, code in lut.items():
-            folded[key_.casefold()] = -2 if key_.casefold() in folded else code
+        # instrument types match whatever their case ("lc-esi-qtof"); adducts exactly, as normalised (element
+        # case is chemistry: [M+Co]+ is not [M+CO]+); a blank query value applies no filter
+        lut = _instrument_folding(lib)[1] if name == "instrument" else lib.code_lookup(name)
+        fold = (lambda t: t.casefold()) if name == "instrument" else (lambda t: t)
         codes = []
         for v in vals:
             t = None if v is None else str(v).strip()
-            codes.append(-1 if not t else lut.get(t, folded.get(t.casefold(), -2)))
+            codes.append(-1 if not t else lut.get(fold(t), -2))
         qcols.append(np.array(codes, dtype=np.int32))
         names.append(name)
         sym.append(False)
@@ -1501,11 +1502,28 @@ def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
             elif name == "charge":
                 lch = np.asarray(lib.array("charge")).astype(np.int32)
                 lcols.append(np.where(lch != 0, np.abs(lch), -1))
+            elif name == "instrument":  # one code per instrument type whatever its case
+                code = np.asarray(lib.array("instrument_code"))
+                to_folded = _instrument_folding(lib)[0]
+                lcols.append(np.where(code >= 0, to_folded[np.maximum(code, 0)] if to_folded.size else -1, code))
             else:
                 lcols.append(np.asarray(lib.array(f"{name}_code")))
         lc = np.ascontiguousarray(np.stack(lcols, axis=1).astype(np.int32)) if n_lib else np.zeros((0, len(sym)), np.int32)
         lib._cache[key] = lc
     return qc, lc, np.array(sym, dtype=bool)
+
+
+def _instrument_folding(lib) -> tuple[np.ndarray, dict[str, int]]:
+    """The library's instrument codes mapped to one code per case-folded, stripped instrument type
+    (int32 (n_keys,)), and that folded type -> code."""
+    key = "instrument folding"
+    got = lib._cache.get(key)
+    if got is None:
+        lut: dict[str, int] = {}
+        to_folded = np.array([lut.setdefault(str(k).strip().casefold(), len(lut)) for k in lib.keys("instrument").tolist()],
+                             dtype=np.int32)
+        got = lib._cache[key] = (to_folded, lut)
+    return got
 
 
 def _filter_key(cfg: _SearchConfig) -> str:

@@ -37,7 +37,10 @@ class Tolerance:
             raise ParameterError(f"tolerance unit must be 'da' or 'ppm', got {self.unit!r}")
         if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
             raise ParameterError(f"tolerance value must be a number, got {self.value!r}")
-        value = float(self.value)
+        try:
+            value = float(self.value)
+        except OverflowError:  # an int beyond float range (10**400)
+            raise ParameterError(f"tolerance must be a finite non-negative value, got {self.value!r}") from None
         if unit == "mda":
             value, unit = value / 1000.0, "da"
         if not (value >= 0.0) or value == float("inf"):

@@ -127,6 +127,10 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
                            "--tolerance", "1000000ppm", ok=False), "1e6")
     # the same bare-number rule in the lab commands
     assert_clean_error(run("evaluate", "-l", massbank_mgf, "--tolerance", "10", ok=False), "10ppm")
+    # ... but there a binned_cosine --tolerance is a bin width: 1 Da bins are a normal setting
+    res = run("evaluate", "-l", massbank_mgf, "--metric", "binned_cosine", "--tolerance", "1", "--bootstrap", "0",
+              "--fingerprint", "none", "-q", ok=False)
+    assert "no MS/MS window" not in res.output
     # an input file named as the index is never replaced by it
     copy = tmp_path / "copy.mgf"
     copy.write_bytes(massbank_mgf.read_bytes())

@@ -949,9 +949,30 @@ def test_same_instrument_ignores_case_and_blank_values(lib, data):
     lower = q.with_metadata(meta.set_column(col, "instrument_type",
                                             pa.array([v.lower() if v else v for v in inst], pa.string())))
     np.testing.assert_array_equal(lib.search(lower, k=K, mode="open", same_instrument=True).indices, want.indices)
+    upper = q.with_metadata(meta.set_column(col, "instrument_type",
+                                            pa.array([v.upper() if v else v for v in inst], pa.string())))
+    np.testing.assert_array_equal(lib.search(upper, k=K, mode="open", same_instrument=True).indices, want.indices)
     blank = q.with_metadata(meta.set_column(col, "instrument_type", pa.array(["  "] * len(q), pa.string())))
     np.testing.assert_array_equal(lib.search(blank, k=K, mode="open", same_instrument=True).indices,
                                   lib.search(q, k=K, mode="open").indices)
+
+
+def test_case_folding_of_filters(tmp_path):
+    """Instrument types match in any case, also when the library holds several casings; adducts only
+    exactly (as normalised): [M+Co]+ is cobalt, [M+CO]+ carbon monoxide."""
+    mz, it = [[100.0, 150.0, 200.0]] * 3, [[1.0, 2.0, 3.0]] * 3
+    meta = pa.table({"id": ["a", "b", "c"], "precursor_mz": [300.0] * 3, "polarity": [1] * 3,
+                     "adduct": ["[M+CO]+", "[M+Co]+", "[M+H]+"],
+                     "instrument_type": ["LC-ESI-QTOF", "LC-ESI-QTof", "LC-ESI-ITFT"]})
+    lib = Library.build(Spectra.from_arrays(mz, it, metadata=meta), tmp_path / "l.fastspec", faiss=False,
+                        preprocess=None)
+    q = Spectra.from_arrays(mz[:1], it[:1], metadata=pa.table({
+        "id": ["q"], "precursor_mz": [300.0], "polarity": [1], "adduct": ["[M+Co]+"],
+        "instrument_type": ["lc-esi-qtof"]}))
+    h = lib.search(q, k=3, mode="open", same_instrument=True)
+    assert sorted(h.indices[0][h.indices[0] >= 0].tolist()) == [0, 1]
+    h = lib.search(q, k=3, mode="open", same_adduct=True)
+    assert h.indices[0].tolist() == [1, -1, -1]
 
 
 def test_query_file_column(lib, tmp_path):
@@ -975,6 +996,9 @@ def test_query_file_column(lib, tmp_path):
     assert h1.query_files == [str(b)] * 3
     mem = lib.search(lib.spectra()[:2], k=K, mode="open")
     assert mem.query_files is None and mem.to_arrow().column("query_file").null_count == mem.to_arrow().num_rows
+    with pytest.raises(OSError) as err:  # a failed write names the table, not its temporary
+        h1.write(tmp_path / "no" / "such" / "dir" / "h.parquet")
+    assert ".tmp-" not in str(err.value) and "h.parquet" in str(err.value)
     with pytest.raises(ParameterError, match="query_files"):
         Hits(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), status=["ok"], query_files=["a", "b"])
 

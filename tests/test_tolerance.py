@@ -37,7 +37,7 @@ def test_tolerance_objects_are_checked_when_made():
     assert Tolerance(5, "mDa") == Tolerance(0.005, "da")
     assert parse_tolerance(Tolerance(0.02)) == Tolerance(0.02, "da")
     for bad in [(float("nan"),), (float("nan"), "ppm"), (-0.02,), (float("inf"),), (1e6, "ppm"), (1.0, "furlong"),
-                ("0.02",), (True,)]:
+                ("0.02",), (True,), (10**400,)]:
         with pytest.raises(FastspecError):
             Tolerance(*bad)
     assert Tolerance(999_999.0, "ppm").ppm == 999_999.0

@@ -47,8 +47,16 @@ def _search_options(f):
 
 
 def _search_kwargs(kw: dict) -> dict:
-    check_tolerance_option(kw.get("tolerance"))
+    _check_lab_tolerance(kw)
     return {k: kw.pop(k) for k in ("preset", "metric", "tolerance", "mz_power", "intensity_power", "bucket", "no_neighbour", "vote")}
+
+
+def _check_lab_tolerance(kw: dict) -> None:
+    """The bare-number rule for --tolerance, except where it is a bin width (binned cosine, the khoo2026
+    preset's metric): 1 Da bins are a normal setting there."""
+    binned = kw.get("metric") == "binned_cosine" or (kw.get("metric") is None and kw.get("preset") is not None)
+    if not binned:
+        check_tolerance_option(kw.get("tolerance"))
 
 
 def _logger(quiet: bool):
@@ -151,7 +159,7 @@ def split(library, split_spec, output, profile_path, threads, quiet, **kw):
     lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
     # the predictor evaluate's l2s uses (its metric, tolerance and buckets at the reference peak weights),
     # so that `split --split l2s` writes the split evaluate makes
-    check_tolerance_option(kw.get("tolerance"))
+    _check_lab_tolerance(kw)
     cfg = search_config(kw.pop("preset"), **{k: kw.pop(k) for k in ("metric", "tolerance", "bucket")})
     cfg = cfg.replace(intensity_power=1.0, mz_power=0.0, shuffle_intensities=False)
     sp = make_split(

@@ -258,9 +258,10 @@ def _is_matchms(obj) -> bool:
 def _expand_directories(paths: list) -> tuple[list[str], int]:
     """Input paths with every directory replaced by the spectrum files under it (recursively: a directory's
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
-    out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or,
-    with any other name, when its content is a MassBank record; others (READMEs, licences, and TSV or
-    Parquet tables without peak columns, such as sample sheets or hit tables) are left out and counted."""
+    out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
+    (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or, with any other name, when its content
+    is a MassBank record; others (READMEs, licences, and TSV or Parquet tables without peak columns, such
+    as sample sheets or hit tables) are left out and counted."""
     from fastspec.io._common import EXTENSIONS, sniff_format, strip_gz
 
     out: list[str] = []

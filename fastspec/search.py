@@ -764,9 +764,10 @@ class _Context:
             cand, labels = cand_ids, (self.lib.array("prec_order")[: len(lprep)] if by_precursor else None)
         else:
             uniq, cand = compact_ids(cand_ids, self.lib_mark())
-            # float64 intensities straight from the gather: the scoring kernels read float64 weights
-            peaks = self.lib.peaks(uniq, threads=self.cfg.threads, intensity_dtype=np.float64,
-                                   by_precursor=by_precursor)
+            # intensities straight from the gather in the dtype preparation reads: float64 for the cosine
+            # family's weights, float32 for entropy (stored as float32; its kernels read float32)
+            dtype = np.float32 if self.cfg.metric in _ENTROPY else np.float64
+            peaks = self.lib.peaks(uniq, threads=self.cfg.threads, intensity_dtype=dtype, by_precursor=by_precursor)
             lprep = similarity.prepare_csr(*peaks, self.cfg.metric, threads=self.cfg.threads, **kw)
             labels = np.asarray(self.lib.array("prec_order")[uniq]) if by_precursor else uniq
         return self.score(rows, lprep, cand_offsets, cand, labels, cand_bounds)

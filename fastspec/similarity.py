@@ -204,7 +204,9 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     tol = parse_tolerance(_DEFAULT_TOL.get(metric, 0.1) if tolerance is None else tolerance)
     offsets = np.ascontiguousarray(offsets, np.int64)
     mz = np.ascontiguousarray(mz, np.float64)
-    inten = np.asarray(intensity, np.float64)
+    inten = np.asarray(intensity)
+    if not (inten.dtype == np.float32 and metric in ("entropy", "unweighted_entropy")):
+        inten = np.asarray(inten, np.float64)  # float32 entropy input stays float32: its kernels read float32
     pmz = np.ascontiguousarray(precursor_mz, np.float64)
     n = offsets.shape[0] - 1
     finite = np.isfinite(mz) & np.isfinite(inten)
@@ -230,10 +232,10 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
         from fastspec.kernels.entropy import prepare_entropy
 
         if mz_power != 0.0 or intensity_power != 1.0:
-            inten = _weights(mz, inten, mz_power, intensity_power)
+            inten = _weights(mz, np.asarray(inten, np.float64), mz_power, intensity_power)
         if tol.value <= 0:
             raise ParameterError("entropy similarity needs a positive tolerance")
-        off2, mz32, w32 = prepare_entropy(offsets, mz, inten.astype(np.float32), tol_da=tol.da if tol.unit == "da" else -1.0,
+        off2, mz32, w32 = prepare_entropy(offsets, mz, np.asarray(inten, np.float32), tol_da=tol.da if tol.unit == "da" else -1.0,
                                           tol_ppm=tol.ppm if tol.unit == "ppm" else -1.0, clean=bool(clean),
                                           weighted=metric == "entropy", threads=threads)
         params["clean"] = bool(clean)

@@ -549,10 +549,13 @@ def prepare_entropy(offsets, mz, intensity, *, tol_da: float, tol_ppm: float, cl
                 _normalize_kernel.pick(n, threads)(offsets, mz, intensity, buf_m, buf_x, counts)
         o = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(counts, out=o[1:])
-        keep = np.repeat(np.arange(n, dtype=np.int64), counts)
-        idx = offsets[:-1][keep] + (np.arange(o[-1], dtype=np.int64) - o[:-1][keep])
-        m32 = buf_m[idx]
-        x = buf_x[idx]
+        if o[-1] == mz.shape[0] and np.array_equal(o, offsets):  # no peak dropped (stored library peaks)
+            m32, x = buf_m, buf_x
+        else:
+            keep = np.repeat(np.arange(n, dtype=np.int64), counts)
+            idx = offsets[:-1][keep] + (np.arange(o[-1], dtype=np.int64) - o[:-1][keep])
+            m32 = buf_m[idx]
+            x = buf_x[idx]
     if weighted and x.shape[0]:
         with _threads(threads):
             _weight_kernel.pick(o.shape[0] - 1, threads)(o, x)

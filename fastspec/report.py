@@ -218,7 +218,7 @@ def _ablation(d: dict, figures: bool) -> list[Block]:
     out = [
         Block("h", "Intensity ablation" + (f" ({base})" if base else ""), 2),
         Block("p", "Mean Tanimoto of the NN prediction (over scored / over all test spectra) for peak weights "
-                   "`mz**mz_power * intensity**intensity_power`; intensity_power 0 = binary peaks; the shuffle row permutes "
+                   "`mz**mz_power * intensity**intensity_power`; intensity_power 0 = every peak weighs 1 (binary peaks; in binned cosine a bin then holds its number of peaks); the shuffle row permutes "
                    "intensities within each spectrum."),
         Block("table", header=header, rows=trs),
     ]
@@ -230,7 +230,7 @@ def _ablation(d: dict, figures: bool) -> list[Block]:
     if blind:
         out += [
             Block("h", "Intensity-blind confusions", 3),
-            Block("p", "Per test spectrum, top-1 under binary peaks (intensity_power 0) vs intensity-aware peaks "
+            Block("p", "Per test spectrum, top-1 under unweighted peaks (intensity_power 0) vs intensity-aware peaks "
                        "(intensity_power 1): how many wrong binary predictions intensity fixes, how many right ones it "
                        "breaks, and (shares of compared spectra) how often the intensity-aware top-1 has a higher or "
                        "lower Tanimoto than the binary one."),

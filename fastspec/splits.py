@@ -187,6 +187,57 @@ def molecule_scaffolds(lab: LabData) -> list[str | None]:
     return [scaf.get(m) if m is not None else None for m in lab.mol]
 
 
+def scaffold_groups(lab: LabData) -> list[str | None]:
+    """Scaffold-split group per spectrum: molecules that share a scaffold through any of their SMILES are
+    one group (a molecule stored under two tautomeric SMILES, e.g. a hydroxypyridine and its pyridone,
+    has two scaffolds, and a split on one SMILES per molecule let the other ring system appear on both
+    sides). Labelled by the group's first scaffold in the representative order of
+    :func:`molecule_scaffolds`; molecules without a parsable structure are their own group (``mol:KEY``);
+    None where the spectrum has no molecule key."""
+    from fastspec.fingerprints import smiles_by_key
+
+    rep = molecule_scaffolds(lab)
+    cands = smiles_by_key((m, s) for m, s in zip(lab.mol, lab.smiles) if m is not None)
+    keys = list(cands)
+    flat = [smi for k in keys for smi in cands[k]]
+    every = scaffolds(flat) if flat else []
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    at = 0
+    for k in keys:
+        node = "mol:" + str(k)
+        parent.setdefault(node, node)
+        for sc in every[at:at + len(cands[k])]:
+            if sc is not None:
+                union(node, "scaf:" + sc)
+        at += len(cands[k])
+    label: dict[str, str] = {}  # component root -> label: its first representative scaffold seen
+    for m, r in zip(lab.mol, rep):
+        if m is not None and r is not None:
+            label.setdefault(find("mol:" + str(m)), r)
+    out: list[str | None] = []
+    for m in lab.mol:
+        if m is None:
+            out.append(None)
+            continue
+        root = find("mol:" + str(m))
+        out.append(label.get(root, f"mol:{m}"))
+    return out
+
+
 def _match_values(values: Sequence, wanted: str, normalise=None) -> np.ndarray:
     norm = normalise or (lambda v: v)
     targets = {str(norm(w.strip())).lower() for w in wanted.split(",") if w.strip()}
@@ -355,8 +406,7 @@ def make_split(
         params["test_fraction"] = test_fraction
         info["n_formulas"] = len({f for f in lab.formula if f is not None})
     elif kind == "scaffold":
-        scaf = molecule_scaffolds(lab)
-        groups = [s if s is not None else (f"mol:{m}" if m is not None else None) for s, m in zip(scaf, lab.mol)]
+        groups = scaffold_groups(lab)
         a = group_split(groups, test_fraction, seed, eligible=known)
         params["test_fraction"] = test_fraction
         info["n_scaffolds"] = len({g for g in groups if g is not None})

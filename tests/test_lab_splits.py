@@ -70,6 +70,29 @@ def test_scaffold_split_is_scaffold_disjoint(lab):
     assert 0.1 < len(s.test) / (len(s.test) + len(s.train)) < 0.3
 
 
+def test_scaffold_split_is_disjoint_over_every_records_smiles(lab):
+    """No scaffold of any record's own SMILES on both sides (tautomeric SMILES of one molecule give two
+    scaffolds; the groups join every molecule that shares either)."""
+    from fastspec.splits import make_split, scaffolds
+
+    for seed in (0, 3):
+        s = make_split(lab, "scaffold", test_fraction=0.2, seed=seed)
+        tr, te = _sides(s, scaffolds(list(lab.smiles)))
+        assert not ((tr & te) - {None})
+
+
+def test_scaffold_groups_join_tautomers():
+    from types import SimpleNamespace
+
+    from fastspec.splits import scaffold_groups
+
+    # M: 4-hydroxypyridine and its pyridone tautomer; N shares only the pyridone ring; P neither
+    lab = SimpleNamespace(mol=["M", "M", "N", "P", None, "Q"],
+                          smiles=["Oc1ccncc1", "O=c1cc[nH]cc1", "Cc1c[nH]ccc1=O", "c1ccccc1", "c1ccccc1", "broken("])
+    g = scaffold_groups(lab)
+    assert g[0] == g[1] == g[2] == "c1ccncc1" and g[3] == "c1ccccc1" and g[4] is None and g[5] == "mol:Q"
+
+
 def test_formula_split_leaves_no_same_formula_neighbour(lab):
     """Formula-disjoint: no test formula in train, spectra without a formula excluded, and so the
     formula-bucket baseline covers no test spectrum (its no_neighbour policy alone decides)."""

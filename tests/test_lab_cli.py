@@ -121,6 +121,14 @@ def test_l2s_split_file_equals_evaluate(library, tmp_path):
         res = invoke("evaluate", "-l", library, "--split", split, *opts, "--bootstrap", "0", "-o", out, "-q")
         assert res.exit_code == 0, res.output
     assert _metrics(a) == _metrics(b)
+    # ... also with another fingerprint (the l2s predictor's Tanimoto; split used to take the default)
+    fp = ["--fingerprint", "morgan:2:2048"]
+    res = invoke("split", "-l", library, "--split", "l2s", *opts, *fp, "-o", sfile, "-q")
+    assert res.exit_code == 0, res.output
+    for split, out in (("l2s", a), (f"file:{sfile}", b)):
+        res = invoke("evaluate", "-l", library, "--split", split, *opts, *fp, "--bootstrap", "0", "-o", out, "-q")
+        assert res.exit_code == 0, res.output
+    assert _metrics(a) == _metrics(b)
 
 
 def test_ablate_and_report(library, tmp_path):

@@ -145,11 +145,15 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 @click.option("--tolerance", default=None, help="l2s: fragment tolerance of the NN predictor (as in evaluate).")
 @click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
               help="l2s: candidates of the NN predictor (as in evaluate) [default: formula].")
+@click.option("--fingerprint", default="morgan:2:4096", show_default=True,
+              help="l2s: fingerprint of the NN predictor's Tanimoto (as in evaluate; 'none' = the default).")
+@click.option("--fingerprint-cache", type=click.Path(file_okay=False), default=None,
+              help="l2s: directory of a persistent fingerprint cache.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Split file (.csv, .tsv or .parquet).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, help="Also write the split profile JSON.")
 @common_options
 @handle_errors
-def split(library, split_spec, output, profile_path, threads, quiet, **kw):
+def split(library, split_spec, output, profile_path, fingerprint, fingerprint_cache, threads, quiet, **kw):
     """Write a train/test split file (columns index, id, split) and print its profile."""
     from fastspec.baseline import LabData
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, search_config, write_json
@@ -162,6 +166,9 @@ def split(library, split_spec, output, profile_path, threads, quiet, **kw):
     _check_lab_tolerance(kw)
     cfg = search_config(kw.pop("preset"), **{k: kw.pop(k) for k in ("metric", "tolerance", "bucket")})
     cfg = cfg.replace(intensity_power=1.0, mz_power=0.0, shuffle_intensities=False)
+    if split_spec.strip().lower() == "l2s" and fingerprint not in (None, "", "none"):
+        # evaluate attaches its --fingerprint before l2s runs; the split file must be that split
+        lab.attach_fingerprints(fingerprint, cache_dir=fingerprint_cache)
     sp = make_split(
         lab,
         split_spec,

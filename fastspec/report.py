@@ -139,22 +139,36 @@ def build_blocks(
     return blocks
 
 
+def _excluded(r: dict) -> str:
+    """Spectra not in the evaluation: set aside by the split / test / training spectra without a usable
+    molecule ("-" where a report predates the counts)."""
+    prof = r.get("split_profile") or {}
+    exc = r.get("excluded") or {}
+    if not prof and not exc:
+        return "-"
+    test = sum(int(v) for k, v in exc.items() if k.startswith("test_"))
+    train = sum(int(v) for k, v in exc.items() if k.startswith("train_"))
+    return f"{_f(prof.get('n_excluded', 0))} / {_f(test)} / {_f(train)}"
+
+
 def _summary(evals) -> list[Block]:
-    header = ["split", "setting", "n_test", "n_scored", "coverage", "mean_tanimoto", "mean_tanimoto_all", "95% CI (all)",
-              "exact", "exact_all", "hit@1 all", "oracle", "leakage"]
+    header = ["split", "setting", "n_test", "excluded (split / test / train)", "n_scored", "coverage", "mean_tanimoto",
+              "mean_tanimoto_all", "95% CI (all)", "exact", "exact_all", "hit@1 all", "oracle", "leakage"]
     rows = []
     for label, r in evals:
-        rows.append([label, _setting(r), _f(r["n_test"]), _f(r["n_scored"]), _f(r["coverage"]), _f(r["mean_tanimoto"]),
-                     _f(r["mean_tanimoto_all"]), _ci(r, "mean_tanimoto_all"), _f(r["exact_match_rate"]),
-                     _f(r["exact_match_rate_all"]), _f((r.get("hit_at_k_all") or {}).get("1")), _f(r.get("oracle_tanimoto")),
-                     _f(r.get("leakage"))])
+        rows.append([label, _setting(r), _f(r["n_test"]), _excluded(r), _f(r["n_scored"]), _f(r["coverage"]),
+                     _f(r["mean_tanimoto"]), _f(r["mean_tanimoto_all"]), _ci(r, "mean_tanimoto_all"),
+                     _f(r["exact_match_rate"]), _f(r["exact_match_rate_all"]), _f((r.get("hit_at_k_all") or {}).get("1")),
+                     _f(r.get("oracle_tanimoto")), _f(r.get("leakage"))])
     return [
         Block("h", "Summary", 2),
         Block("p", "`mean_tanimoto` averages over the test spectra that received a prediction (`n_scored`, those with a "
                    "same-bucket training neighbour under the skip policy); `mean_tanimoto_all` divides by all test spectra "
                    "(unscored = 0). `coverage`: share of test spectra with a same-bucket training spectrum. `oracle`: best "
                    "Tanimoto reachable by copying any training molecule of the bucket (covered spectra). `leakage`: share of "
-                   "test molecules also present in training. CIs: 95% bootstrap over test molecules."),
+                   "test molecules also present in training. CIs: 95% bootstrap over test molecules. `excluded`: spectra "
+                   "the split set aside (no molecule key, for the molecule-grouped splits), then test and training spectra "
+                   "left out for no molecule or an unparsable structure; none of them is in `n_test`."),
         Block("table", header=header, rows=rows),
     ]
 

@@ -149,6 +149,10 @@ def test_ablate_and_report(library, tmp_path):
     text = md.read_text()
     assert "Intensity ablation" in text and "Summary" in text
     assert "| coverage |" in text and "| n_test |" in text  # split x setting table carries n and coverage
+    # what n_test leaves out is in the summary: spectra set aside by the split, test and training exclusions
+    assert "excluded (split / test / train)" in text
+    summary = [ln for ln in text.splitlines() if ln.startswith("| inchikey |")]
+    assert summary and summary[0].split(" | ")[3].count("/") == 2
     figs = list((tmp_path / "rep" / "report_figures").glob("*.png"))
     assert figs and all(f.stat().st_size < 200_000 for f in figs)
     h = html.read_text()

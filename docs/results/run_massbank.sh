@@ -4,7 +4,7 @@
 #   bash docs/results/run_massbank.sh [MASSBANK_PARQUET] [WORK_DIR]
 #
 # Positive mode; splits random, InChIKey-disjoint, scaffold-disjoint, instrument shift (hold out
-# LC-ESI-QFT, the Orbitrap spectra) and learning-to-split; the full intensity grid (intensity_power
+# LC-ESI-QFT, Q Exactive-type Orbitraps; LC-ESI-ITFT Orbitraps stay in training) and learning-to-split; the full intensity grid (intensity_power
 # 0, 0.25, 0.5, 1, 2 x mz_power 0, 1, plus the intensity-shuffle control) under the paper-faithful
 # khoo2026 preset, and the same grid with modified cosine (0.01 Da) for the four fixed splits; then the
 # formula-disjoint split with the fallback policy (khoo2026).

@@ -26,6 +26,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``frag_went_sqrt``                             spectrum (scan id), its scan weights (entropy: square
                                                roots)
 ``nl_mz, nl_spec, nl_wcos``                    neutral-loss index: ``precursor_mz - mz`` sorted
+``*_q8`` (of the three scan-weight arrays)     uint8 codes of those weights, the bound scans' band
+                                               pre-filter (``fragment.quantize_weights``; optional:
+                                               computed on first use when absent)
 ``scan_rows``                                  int64 library row of each scan id (``SCAN_ORDER``;
                                                format 2 had none: its entries name rows)
 ``frag_groups, nl_groups``                     both indexes hold negative, then positive, then
@@ -944,23 +947,29 @@ class Library:
         scan = (lambda a: a) if kind == "cosine" else np.sqrt
         stem = STORED_WEIGHTS.get((kind, float(mz_power), float(intensity_power)))
         stored = None if stem is None else f"frag_{stem}" + ("" if kind == "cosine" else "_sqrt")
+        nl_stored = "nl_wcos" if kind != "cosine" or (float(mz_power), float(intensity_power)) == (0.0, 1.0) else None
         if stored is not None and f"{stored}.npy" in self.manifest["files"]:
             fw = self.array(stored)
         else:
+            stored = None
             fw = scan(np.asarray(w)[_frag_order(self)])
-        if kind != "cosine" or (float(mz_power), float(intensity_power)) == (0.0, 1.0):
-            nw = self.array("nl_wcos")  # neutral losses are only matched by modified cosine
+        if nl_stored is not None:
+            nw = self.array(nl_stored)  # neutral losses are only matched by modified cosine
         else:
             nw = np.asarray(w)[_nl_order(self)]
+        # their band codes (the scans' pre-filter): stored since build 2026-12-04, else computed here
+        fq, nq = (self.array(f"{name}_q8") if name is not None and f"{name}_q8.npy" in self.manifest["files"]
+                  else fk.quantize_weights(a) for name, a in ((stored, fw), (nl_stored, nw)))
         # memory maps are read-only; computed arrays are made so too, so the kernel compiles once
-        w, fw, nw = (_readonly(a) for a in (w, fw, nw))
+        w, fw, nw, fq, nq = (_readonly(a) for a in (w, fw, nw, fq, nq))
         gap_min = self.manifest["counts"].get("min_peak_gap")
         if gap_min is None:
             gap_min = float(np.min(self.array("min_gap"))) if len(self) else np.inf
         pi = fk.PeakIndex(self.array("frag_mz"), self.array("frag_spec"), fw, self.array("nl_mz"), self.array("nl_spec"),
                           nw, mz=self.array("mz"), w=w, min_gap_min=float(gap_min),
                           frag_groups=np.asarray(self.array("frag_groups")),
-                          nl_groups=np.asarray(self.array("nl_groups")), **self._scan_arrays())
+                          nl_groups=np.asarray(self.array("nl_groups")), frag_q8=fq, nl_q8=nq,
+                          **self._scan_arrays())
         self._cache[key] = pi
         return pi
 
@@ -1222,12 +1231,17 @@ def _build_index(
         out.save("frag_groups", fgroups)
         out.save("nl_groups", ngroups)
         for kind, scan_w in (("cosine", wcos[forder]), ("entropy", np.sqrt(went[forder]))):
-            out.save(f"frag_{STORED_WEIGHTS[(kind, 0.0, 1.0)]}{'' if kind == 'cosine' else '_sqrt'}", scan_w)
+            name = f"frag_{STORED_WEIGHTS[(kind, 0.0, 1.0)]}{'' if kind == 'cosine' else '_sqrt'}"
+            out.save(name, scan_w)
+            out.save(f"{name}_q8", fk.quantize_weights(scan_w))
             del scan_w
         del fmz, fspec, forder
         out.save("nl_mz", nlv)
         out.save("nl_spec", nspec)
-        out.save("nl_wcos", wcos[norder])
+        nl_w = wcos[norder]
+        out.save("nl_wcos", nl_w)
+        out.save("nl_wcos_q8", fk.quantize_weights(nl_w))
+        del nl_w
         del nlv, nspec, norder, wcos, went
 
         prog.step("metadata")

@@ -103,3 +103,23 @@ def test_compact_rows_are_ranks_in_the_live_bitmap(n, density, seed):
     assert np.array_equal(cw[:got], before[ids]) and not work[ids].any()
     assert np.array_equal(np.delete(work, ids, axis=0), np.delete(before, ids, axis=0))
     assert [fk._compact_row(rank, snap, c) for c in ids] == list(range(ids.size))
+
+
+def _code(w: float) -> int:
+    """Naive band code of one scan weight (``quantize_weights``)."""
+    return int(min(255, max(0, math.floor(float(w) * 255)))) if math.isfinite(w) else 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(ws=st.lists(st.floats(-0.5, 1.5, width=32), min_size=1, max_size=50),
+       lo=st.floats(-1.0, 2.0), hi=st.floats(-1.0, 2.0))
+def test_band_codes_never_lose_a_weight_in_the_band(ws, lo, hi):
+    # the scans pre-filter entries by code: every weight within [lo, hi] must pass (extra ones are
+    # tested on their float32 weight afterwards)
+    w = np.array(ws + [np.nan], dtype=np.float32)
+    codes = fk.quantize_weights(w)
+    assert codes.tolist() == [_code(x) for x in w.tolist()]
+    lo8, hi8 = fk._q8_band(lo, hi)
+    for x, c in zip(w.tolist(), codes.tolist()):
+        if lo <= x <= hi:
+            assert lo8 <= c <= hi8

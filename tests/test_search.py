@@ -434,6 +434,23 @@ def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch
     assert_same_hits(hits, brute_force_topk(lib, queries, metric), ref[4:])
 
 
+@pytest.mark.parametrize("mode,metric", [("open", "cosine"), ("open", "entropy"), ("analog", "modified_cosine")])
+def test_index_without_band_codes_searches_the_same(lib, data, mode, metric):
+    # indexes built before the scans' band codes (``*_q8``) compute them on first use
+    from fastspec.library import Library
+
+    stored = [f for f in lib.manifest["files"] if f.endswith("_q8.npy")]
+    assert sorted(stored) == ["frag_wcos_q8.npy", "frag_went_sqrt_q8.npy", "nl_wcos_q8.npy"]
+    queries = data[1][:40]
+    want = lib.search(queries, k=K, mode=mode, metric=metric)
+    old = Library.open(lib.path)
+    for f in stored:
+        del old.manifest["files"][f]
+    got = old.search(queries, k=K, mode=mode, metric=metric)
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.scores, want.scores)
+
+
 def test_open_ppm_tolerance(lib, data):
     queries = data[1][:30]
     hits = lib.search(queries, k=K, mode="open", metric="cosine", tolerance="15ppm")

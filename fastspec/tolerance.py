@@ -12,6 +12,14 @@ from fastspec.errors import ParameterError
 
 # a sign is accepted so that "-1" is refused as negative rather than as unparseable
 _TOL_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$", re.IGNORECASE)
+_NOT_FINITE = "must be a finite non-negative value"
+
+
+def _refused(reason: str, got) -> ParameterError:
+    """The error Tolerance raises; ``reason`` is kept so parse_tolerance can name what the user typed instead."""
+    err = ParameterError(f"tolerance {reason}, got {got!r}")
+    err.reason = reason
+    return err
 
 
 @dataclass(frozen=True)
@@ -30,23 +38,23 @@ class Tolerance:
     unit: str = "da"
 
     def __post_init__(self):
-        # built directly (Tolerance(10, "PPM")) as well as by parse_tolerance: the same checks either way,
-        # since kernels given a NaN window crash and an unknown unit would match with a zero window
+        # the one place tolerances are checked, whether built directly (Tolerance(10, "PPM")) or by
+        # parse_tolerance: kernels given a NaN window crash and an unknown unit would match with a zero window
         unit = self.unit.lower() if isinstance(self.unit, str) else self.unit
         if unit not in ("da", "ppm", "mda"):
-            raise ParameterError(f"tolerance unit must be 'da' or 'ppm', got {self.unit!r}")
+            raise _refused("unit must be 'da' or 'ppm'", self.unit)
         if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
-            raise ParameterError(f"tolerance value must be a number, got {self.value!r}")
+            raise _refused("value must be a number", self.value)
         try:
             value = float(self.value)
         except OverflowError:  # an int beyond float range (10**400)
-            raise ParameterError(f"tolerance must be a finite non-negative value, got {self.value!r}") from None
+            raise _refused(_NOT_FINITE, self.value) from None
         if unit == "mda":
             value, unit = value / 1000.0, "da"
         if not (value >= 0.0) or value == float("inf"):
-            raise ParameterError(f"tolerance must be a finite non-negative value, got {self.value!r}")
+            raise _refused(_NOT_FINITE, self.value)
         if unit == "ppm" and value >= 1e6:  # a window as wide as the m/z itself: no MS/MS tolerance
-            raise ParameterError(f"a ppm tolerance must be below 1e6 (got {value:g}ppm)")
+            raise _refused("ppm value must be below 1e6", f"{value:g}ppm")
         object.__setattr__(self, "value", value)
         object.__setattr__(self, "unit", unit)
 
@@ -80,8 +88,8 @@ def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance
         return tol
     if isinstance(tol, bool) or type(tol).__name__ == "bool_":
         raise ParameterError(f"{name}: expected a number or a string like '0.02da' or '10ppm', got {tol!r}")
-    if isinstance(tol, numbers.Real):  # numpy scalars too (np.float32(0.02), np.int64(1))
-        value, unit = float(tol), "da"
+    if isinstance(tol, numbers.Real):  # numpy scalars too (np.float32(0.02), np.int64(1)); Tolerance converts
+        value, unit = tol, "da"
     elif isinstance(tol, str):
         m = _TOL_RE.match(tol)
         if not m:
@@ -89,9 +97,7 @@ def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance
         value, unit = float(m.group(1)), (m.group(2) or "da").lower()
     else:
         raise ParameterError(f"{name}: expected a number or a string like '0.02da' or '10ppm', got {tol!r}")
-    if not (value >= 0.0) or value == float("inf"):
-        raise ParameterError(f"{name}: must be a finite non-negative value, got {tol!r}")
     try:
-        return Tolerance(value, unit)
-    except ParameterError as e:
-        raise ParameterError(f"{name}: {e}") from None
+        return Tolerance(value, unit)  # range checks live in Tolerance.__post_init__ only
+    except ParameterError as e:  # name the option and the text as given ('-1da', not -1.0)
+        raise ParameterError(f"{name}: {getattr(e, 'reason', e)}, got {tol!r}") from None

@@ -18,7 +18,8 @@ def test_parse(text, value, unit):
 
 
 @pytest.mark.parametrize("bad", ["", "abc", "-1da", "10 furlongs", None, True, np.bool_(True), float("nan"), float("inf"),
-                                 -0.1, np.float32("nan"), "1e6ppm", "1000000 ppm", "1e12ppm"])
+                                 -0.1, np.float32("nan"), "1e6ppm", "1000000 ppm", "1e12ppm",
+                                 pytest.param(10**400, id="10**400")])
 def test_refuse(bad):
     with pytest.raises(FastspecError):
         parse_tolerance(bad)
@@ -41,3 +42,23 @@ def test_tolerance_objects_are_checked_when_made():
         with pytest.raises(FastspecError):
             Tolerance(*bad)
     assert Tolerance(999_999.0, "ppm").ppm == 999_999.0
+
+
+@pytest.mark.parametrize("bad,words", [("-1da", "non-negative"), ("1e999ppm", "non-negative"),
+                                       (float("nan"), "non-negative"), (-0.1, "non-negative"),
+                                       pytest.param(10**400, "non-negative", id="10**400"), ("1e6ppm", "below 1e6")])
+def test_refusal_names_option_and_text_once(bad, words):
+    """The range checks live in Tolerance alone; parse_tolerance rewords them to name the option and the value as
+    given (10**400 was a bare OverflowError from parse_tolerance)."""
+    with pytest.raises(FastspecError) as e:
+        parse_tolerance(bad, "--tolerance")
+    msg = str(e.value)
+    assert msg.startswith("--tolerance: ") and words in msg and msg.endswith(f"got {bad!r}") and "\n" not in msg
+    assert msg.count("tolerance") == 1
+
+
+def test_direct_refusal_message():
+    with pytest.raises(FastspecError, match=r"^tolerance must be a finite non-negative value, got -1\.0$"):
+        Tolerance(-1.0)
+    with pytest.raises(FastspecError, match=r"^tolerance ppm value must be below 1e6, got '1e\+06ppm'$"):
+        Tolerance(1e6, "ppm")

@@ -327,26 +327,22 @@ def second_round(w_off: np.ndarray, ub: np.ndarray, count: np.ndarray, first: np
 
 
 @numba.njit(**NJIT)
-def _compact_csr(w_off, keep, vals, rows):
-    total = 0
-    for j in range(rows.shape[0]):
-        total += w_off[rows[j] + 1] - w_off[rows[j]]
-    offsets = np.zeros(rows.shape[0] + 1, np.int64)
-    out = np.empty(total, vals.dtype)  # pages past the kept prefix are never touched
+def _compact_csr(w_off, keep, vals):
+    nr = w_off.shape[0] - 1
+    offsets = np.zeros(nr + 1, np.int64)
+    out = np.empty(w_off[nr], vals.dtype)  # pages past the kept prefix are never touched
     n = 0
-    for j in range(rows.shape[0]):
-        r = rows[j]
+    for r in range(nr):
         for t in range(w_off[r], w_off[r + 1]):
             if keep[t]:
                 out[n] = vals[t]
                 n += 1
-        offsets[j + 1] = n
+        offsets[r + 1] = n
     return offsets, out[:n]
 
 
-def compact_csr(w_off: np.ndarray, keep: np.ndarray, vals: np.ndarray,
-                rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of a CSR that ``keep`` marks, for windows ``rows`` (default: all), in one pass.
+def compact_csr(w_off: np.ndarray, keep: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The entries of a CSR that ``keep`` marks, in one pass.
 
     What ``np.cumsum(keep)`` and ``vals[keep]`` give, without converting a bool array the size of all
     candidates to int64 and a second pass over it (identity search at 2.4M: ~1,400 candidates per query;
@@ -355,20 +351,27 @@ def compact_csr(w_off: np.ndarray, keep: np.ndarray, vals: np.ndarray,
     Parameters
     ----------
     w_off : int64 (nr+1,)
+        CSR offsets of the windows.
     keep : bool (C,)
+        Which entries to keep.
     vals : int64 (C,)
-    rows : int64 (m,), optional
-        Windows to take, in the order wanted.
+        The entries.
 
     Returns
     -------
-    offsets : int64 (m+1,)
+    offsets : int64 (nr+1,)
+        CSR offsets of the kept entries, window by window.
     values : int64 (kept,)
+        The kept entries, in their original order.
+
+    Raises
+    ------
+    ValueError
+        If ``keep`` or ``vals`` does not hold one entry per CSR entry.
     """
     w_off = np.asarray(w_off, np.int64)
-    rows = np.arange(w_off.shape[0] - 1, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
     keep = np.asarray(keep, np.bool_)
     vals = np.asarray(vals, np.int64)
     if keep.shape[0] != vals.shape[0] or keep.shape[0] != w_off[-1]:
         raise ValueError("keep and vals must hold one entry per CSR entry")
-    return _compact_csr(w_off, keep, vals, rows)
+    return _compact_csr(w_off, keep, vals)

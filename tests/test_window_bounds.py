@@ -124,9 +124,7 @@ def test_compact_csr_vs_numpy():
     kept = np.concatenate([[0], np.cumsum(keep)])
     np.testing.assert_array_equal(offs, kept[w_off])
     np.testing.assert_array_equal(got, vals[keep])
-    rows = np.array([3, 0])
-    offs, got = compact_csr(w_off, keep, vals, rows)
-    want = [vals[w_off[r]:w_off[r + 1]][keep[w_off[r]:w_off[r + 1]]].tolist() for r in rows]
-    assert [got[offs[j]:offs[j + 1]].tolist() for j in range(2)] == want
+    offs, got = compact_csr(np.array([0]), np.zeros(0, bool), np.zeros(0, np.int64))  # no windows
+    assert offs.tolist() == [0] and got.size == 0
     with pytest.raises(ValueError):
         compact_csr(w_off, keep[:5], vals)

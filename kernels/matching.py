@@ -99,7 +99,9 @@ def bin_inverse(pos_a, tol_da, tol_ppm):
 @numba.njit(**NJIT)
 def _bin(x, inv_w):
     """Bin of position ``x``, clamped into the bitset (clamping only adds candidates, never loses one)."""
-    return int(min(max(x * inv_w, 0.0), _NBINS - 1.0))
+    # 0.0 first: max() keeps its first argument unless the second is larger, so a NaN position (a
+    # corrupted index) lands in bin 0 instead of int(NaN), an index far outside the bitset (a segfault)
+    return int(min(max(0.0, x * inv_w), _NBINS - 1.0))
 
 
 @numba.njit(**NJIT)

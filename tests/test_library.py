@@ -363,6 +363,43 @@ def test_out_of_range_ids_are_refused_on_first_use(raw_lib, tmp_path, name, valu
     assert refused
 
 
+@pytest.fixture(scope="module")
+def synth_lib(tmp_path_factory):
+    from fastspec import synth
+
+    return Library.build(synth.generate(300, seed=11), tmp_path_factory.mktemp("synth") / "s.fastspec", faiss=False,
+                         threads=1)
+
+
+def _damaged_mz(lib: Library, dst: Path, row: int, value: float) -> Path:
+    """A copy of ``lib`` whose stored m/z of ``row``'s middle peak is ``value``, the manifest rewritten to
+    match: what a byte flipped inside a large mz.npy looks like to the open-time checks (edges only)."""
+    from fastspec import _indexfmt as fmt
+
+    _copy_index(lib, dst)
+    mz, off = np.load(dst / "mz.npy"), np.load(dst / "offsets.npy")
+    assert off[row + 1] - off[row] >= 3
+    mz[(off[row] + off[row + 1]) // 2] = value  # mid-spectrum: the peaks are no longer ascending either
+    np.save(dst / "mz.npy", mz)
+    m = fmt.read_manifest(dst)
+    fmt.write_manifest(dst, m, {k: v for k, v in m["files"].items() if k != "mz.npy"})
+    return dst
+
+
+def test_nan_stored_mz_does_not_crash_the_scoring_kernel(synth_lib, tmp_path):
+    """A NaN library m/z fell in bitset bin int(NaN), far outside it: formula-mode cosine segfaulted.
+    It now lands in bin 0 and matches nothing."""
+    from fastspec.kernels.matching import _NBINS, _bin
+
+    assert _bin(np.nan, 1.0) == 0 and _bin(np.inf, 1.0) == _NBINS - 1 and _bin(-1.0, 1.0) == 0 and _bin(2.5, 2.0) == 5
+    row = 150
+    dst = _damaged_mz(synth_lib, tmp_path / "nan.fastspec", row, np.nan)
+    queries = synth_lib.spectra(metadata=True)[row:row + 2]
+    hits = Library.open(dst).search(queries, k=3, mode="formula", metric="cosine", threads=1)
+    want = synth_lib.search(queries, k=3, mode="formula", metric="cosine", threads=1)
+    assert (hits.indices[:, 0] >= 0).all() and hits.indices[1].tolist() == want.indices[1].tolist()
+
+
 def test_manifest_without_its_checksum_is_refused(raw_lib, tmp_path):
     import json
 

@@ -765,10 +765,26 @@ class Library:
             arr = _readonly(np.asarray(fmt.load_array(self.path, name, entry)))
             bad = self._bad_values(name, arr)
             if bad:
-                raise IndexFormatError(f"library index {self.path} is corrupted: {name} {bad}; check it with "
-                                       "`fastspec info --verify`, or rebuild it")
+                raise self._corrupted(f"{name} {bad}")
             self._arrays[name] = arr
         return arr
+
+    def _corrupted(self, what: str) -> IndexFormatError:
+        """The error for stored values found damaged when used: a byte flipped inside a file passes the
+        open-time edge checksums, and only the full checksums of ``fastspec info --verify`` tell.
+
+        Parameters
+        ----------
+        what : str
+            What was found, one line (e.g. ``"the largest m/z in mz is nan, ..."``).
+
+        Returns
+        -------
+        IndexFormatError
+            To raise; its message names the index and the command that checks it.
+        """
+        return IndexFormatError(f"library index {self.path} looks corrupted: {what}; check it with "
+                                f"`fastspec info --verify {self.path}`, or rebuild it")
 
     def _bad_values(self, name: str, arr: np.ndarray) -> str | None:
         """What is wrong with the values of an array that addresses others (offsets, row and scan ids,

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
-from fastspec.errors import ParameterError
+from fastspec.errors import FastspecError, ParameterError
 from fastspec.spectra import Spectra
 from fastspec.tolerance import Tolerance, parse_tolerance
 
@@ -768,7 +768,16 @@ class _Context:
             # family's weights, float32 for entropy (stored as float32; its kernels read float32)
             dtype = np.float32 if self.cfg.metric in _ENTROPY else np.float64
             peaks = self.lib.peaks(uniq, threads=self.cfg.threads, intensity_dtype=dtype, by_precursor=by_precursor)
-            lprep = similarity.prepare_csr(*peaks, self.cfg.metric, threads=self.cfg.threads, **kw)
+            try:
+                lprep = similarity.prepare_csr(*peaks, self.cfg.metric, threads=self.cfg.threads, **kw)
+            except FastspecError:
+                raise
+            except ValueError as e:
+                # the queries passed the same preparation first, so the stored values are damaged: a byte
+                # flipped inside mz.npy, which the open-time checks do not read (1e300: bin ids past int64
+                # made np.bincount fail)
+                why = (str(e).splitlines() or [type(e).__name__])[0]
+                raise self.lib._corrupted(f"preparing its stored peaks failed ({why})") from e
             labels = np.asarray(self.lib.array("prec_order")[uniq]) if by_precursor else uniq
         return self.score(rows, lprep, cand_offsets, cand, labels, cand_bounds)
 
@@ -1275,8 +1284,16 @@ class _Context:
         top = lib._cache.get("largest m/z")
         if top is None:
             mz, pmz = lib.array("mz"), lib.array("precursor_mz")
-            top = lib._cache["largest m/z"] = (float(np.max(mz)) if mz.shape[0] else 0.0,
-                                               float(np.nanmax(pmz, initial=0.0)))
+            top = (float(np.max(mz)) if mz.shape[0] else 0.0, float(np.nanmax(pmz, initial=0.0)))
+            # this pass reads every stored m/z anyway: its largest must be the one the build recorded, or
+            # a flipped byte inside mz.npy (NaN, inf, 1e300; the open-time checksums read only the file's
+            # ends) would become a bin count (a ValueError, or brute force over absurd bins)
+            recorded = lib.manifest["counts"].get("max_mz")
+            if not math.isfinite(top[0]) or (recorded is not None and top[0] != float(recorded)):
+                raise lib._corrupted(f"the largest m/z in mz is {top[0]!r}, the build recorded {recorded!r}")
+            if not math.isfinite(top[1]):
+                raise lib._corrupted(f"the largest precursor m/z is {top[1]!r}")
+            lib._cache["largest m/z"] = top
         bw = float(params["bin_width"])
         n = int(max(top[0], top[1] if params.get("precursor_peak") is not None else 0.0) // bw) + 2
         if params.get("max_mz") is not None:

@@ -386,6 +386,33 @@ def _damaged_mz(lib: Library, dst: Path, row: int, value: float) -> Path:
     return dst
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # 1e300 cast to int64
+@pytest.mark.parametrize("mode,metric,value", [("open", "binned_cosine", np.nan), ("open", "binned_cosine", np.inf),
+                                               ("open", "binned_cosine", 1e300), ("formula", "binned_cosine", 1e300)])
+def test_damaged_mz_is_reported_not_a_traceback(synth_lib, tmp_path, mode, metric, value):
+    """Open binned cosine turned the largest stored m/z into a bin count (NaN, inf: a bare ValueError;
+    1e300: bin ids past int64, a ValueError from np.bincount, as in formula mode); now the index is
+    reported as corrupted, with the command that checks it, in one line on the command line too."""
+    from click.testing import CliRunner
+
+    from fastspec.cli import main
+
+    row = 150
+    dst = _damaged_mz(synth_lib, tmp_path / "bad.fastspec", row, value)
+    queries = synth_lib.spectra(metadata=True)[row:row + 2]
+    with pytest.raises(IndexFormatError, match="looks corrupted.*fastspec info --verify"):
+        Library.open(dst).search(queries, k=3, mode=mode, metric=metric, threads=1)
+    if mode == "open" and np.isnan(value):  # the command-line case of the report
+        from fastspec.io import write
+
+        write(queries, tmp_path / "q.mgf")
+        res = CliRunner().invoke(main, ["query", str(tmp_path / "q.mgf"), "-l", str(dst), "-o", str(tmp_path / "h.tsv"),
+                                        "--mode", mode, "--metric", metric, "-q", "--threads", "1"])
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        errors = [ln for ln in res.output.splitlines() if ln.startswith("Error")]
+        assert len(errors) == 1 and f"fastspec info --verify {dst}" in errors[0], res.output
+
+
 def test_nan_stored_mz_does_not_crash_the_scoring_kernel(synth_lib, tmp_path):
     """A NaN library m/z fell in bitset bin int(NaN), far outside it: formula-mode cosine segfaulted.
     It now lands in bin 0 and matches nothing."""

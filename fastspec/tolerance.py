@@ -15,9 +15,15 @@ _TOL_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|
 _NOT_FINITE = "must be a finite non-negative value"
 
 
+def _shown(value) -> str:
+    """``repr(value)``, cut short: an int beyond float range (10**400) has hundreds of digits."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
+
+
 def _refused(reason: str, got) -> ParameterError:
     """The error Tolerance raises; ``reason`` is kept so parse_tolerance can name what the user typed instead."""
-    err = ParameterError(f"tolerance {reason}, got {got!r}")
+    err = ParameterError(f"tolerance {reason}, got {_shown(got)}")
     err.reason = reason
     return err
 
@@ -100,4 +106,4 @@ def parse_tolerance(tol: "float | int | str | Tolerance", name: str = "tolerance
     try:
         return Tolerance(value, unit)  # range checks live in Tolerance.__post_init__ only
     except ParameterError as e:  # name the option and the text as given ('-1da', not -1.0)
-        raise ParameterError(f"{name}: {getattr(e, 'reason', e)}, got {tol!r}") from None
+        raise ParameterError(f"{name}: {getattr(e, 'reason', e)}, got {_shown(tol)}") from None

@@ -98,7 +98,8 @@ _LOOKUP_EPS = 1e-6
 #: Window scans take index entries in chunks of this many (16 kB of int32 positions, in L1): a
 #: branch-free pass collects the entries worth a look, a second pass handles only those.
 _SCAN_CHUNK = 4096
-#: The window passes prefetch the entries this many bytes of codes ahead (a quarter of it in scan ids):
+#: The window passes prefetch the entries this many bytes ahead (as many entries of one-byte codes, a
+#: quarter as many of int32 scan ids):
 #: index arrays are memory maps of 4 kB pages, at whose boundaries the hardware prefetcher stops, so
 #: a plain pass over a dense window waits for memory at every page. 2.4M library, live-spectrum pass
 #: over 100k-entry windows read once: ~1.8 ns per entry without, 0.8 / 0.65 / 0.6 with 1 / 4 / 8 kB.
@@ -564,12 +565,12 @@ def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, li
                 p = q0 + (buf[i] if picked else i)
                 w = np.float64(weights[p])
                 out = prune and (w < w_lo or w > w_hi)
-                if fresh and (out or w <= 0):
+                if fresh and (out or not w > 0):  # NaN (a damaged weight file) counts as weightless
                     continue
                 c = spec[p]
                 nv = qv * w
                 if not _is_live(live, c):
-                    if w <= 0 or (out and not mark):
+                    if not w > 0 or (out and not mark):
                         continue
                     a = work[c, 0]
                     if a < 0:

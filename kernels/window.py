@@ -13,7 +13,8 @@ import numpy as np
 from numba import prange
 
 from fastspec.kernels._config import NJIT, pjit, threads as _threads
-from fastspec.kernels.fragment import _half_width, _lower_bound
+from fastspec.kernels._intrinsics import prefetch_row
+from fastspec.kernels.fragment import _half_width
 
 
 @numba.njit(**NJIT)
@@ -132,6 +133,27 @@ def block_index(p_off: np.ndarray, p_mz: np.ndarray, p_w: np.ndarray, block: int
 
 
 @numba.njit(inline="always", **NJIT)
+def _lower_bound_u(arr, x, lo, hi):
+    """First position in ``arr[lo:hi]`` (sorted; uint64 positions) whose value is >= x.
+
+    Branch-free halving (a select, no jump on the comparison), and the two places the next step may
+    read are prefetched: the branchy search mispredicted half its steps, each holding back the next
+    load."""
+    n = hi - lo
+    if n == 0:
+        return lo
+    base = lo
+    while n > np.uint64(1):
+        half = n >> np.uint64(1)
+        quarter = half >> np.uint64(1)
+        prefetch_row(arr, np.int64(base + quarter))
+        prefetch_row(arr, np.int64(base + half + quarter))
+        base = base + half if arr[base + half] < x else base
+        n -= half
+    return base + np.uint64(arr[base] < x)
+
+
+@numba.njit(inline="always", **NJIT)
 def _kth_largest(vals, c0, c1, m, top):
     """The ``m``-th largest of ``vals[c0:c1]`` (``m <= c1 - c0``), kept in ``top`` (m,): one compare per
     value, and a rescan of ``top`` only when a value enters (a partition would copy the whole run)."""
@@ -177,15 +199,17 @@ def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, blo
                 x = q_mz[i]
                 qv = q_w[i]
                 h = _half_width(x, tol_da, tol_ppm, x) + extra[r]
+                lo_v, hi_v = x - h, x + h
                 for b in range(b0, b1):
-                    e1 = p_off[min(n_spec, (b + 1) * block)]
-                    e = _lower_bound(b_mz, x - h, p_off[b * block], e1)
-                    slot = (b - b0) * block
-                    while e < e1 and b_mz[e] <= x + h:
-                        s = slot + np.int64(b_loc[e])
+                    # unsigned positions: numba wraps signed indices around at every access
+                    e1 = np.uint64(p_off[min(n_spec, (b + 1) * block)])
+                    e = _lower_bound_u(b_mz, lo_v, np.uint64(p_off[b * block]), e1)
+                    slot = np.uint64((b - b0) * block)
+                    while e < e1 and b_mz[e] <= hi_v:
+                        s = slot + np.uint64(b_loc[e])
                         ub[s] += qv * b_w[e]
                         cnt[s] += 1
-                        e += 1
+                        e += np.uint64(1)
             for t in range(c0, c1):
                 ub_out[t] = ub[pos[t] - base]
                 cnt_out[t] = cnt[pos[t] - base]

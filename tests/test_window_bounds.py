@@ -128,3 +128,15 @@ def test_compact_csr_vs_numpy():
     assert offs.tolist() == [0] and got.size == 0
     with pytest.raises(ValueError):
         compact_csr(w_off, keep[:5], vals)
+
+
+@settings(max_examples=200, deadline=None)
+@given(vals=st.lists(st.floats(0, 100, width=32), max_size=60), x=st.floats(-1, 101),
+       cut=st.tuples(st.integers(0, 60), st.integers(0, 60)))
+def test_branch_free_lower_bound_is_searchsorted(vals, x, cut):
+    from fastspec.kernels.window import _lower_bound_u
+
+    arr = np.sort(np.array(vals, dtype=np.float32))
+    lo, hi = sorted(min(c, arr.shape[0]) for c in cut)
+    got = _lower_bound_u(arr, x, np.uint64(lo), np.uint64(hi))
+    assert int(got) == lo + int(np.searchsorted(arr[lo:hi].astype(np.float64), x, side="left"))

@@ -61,7 +61,7 @@ class Tolerance:
             raise _refused(_NOT_FINITE, self.value)
         if unit == "ppm" and value >= 1e6:  # a window as wide as the m/z itself: no MS/MS tolerance
             raise _refused("ppm value must be below 1e6", f"{value:g}ppm")
-        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "value", abs(value))  # -0.0 passes the check above: store it as 0.0
         object.__setattr__(self, "unit", unit)
 
     @property

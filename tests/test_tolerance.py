@@ -64,3 +64,8 @@ def test_direct_refusal_message():
         Tolerance(-1.0)
     with pytest.raises(FastspecError, match=r"^tolerance ppm value must be below 1e6, got '1e\+06ppm'$"):
         Tolerance(1e6, "ppm")
+
+
+def test_negative_zero_is_zero():
+    for tol in (parse_tolerance("-0da"), parse_tolerance(-0.0), Tolerance(-0.0, "ppm")):
+        assert tol.value == 0.0 and str(tol.value) == "0.0"

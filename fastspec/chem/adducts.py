@@ -10,7 +10,8 @@ Notation accepted
 ``[M+H]+``, ``M+H`` (charge inferred), ``[M+H]1+``, ``[M+2H]2+``/``[M+2H]++``/``[M+2H]+2``, ``[2M+Na]+``,
 ``M-H2O+H``, ``[M+FA-H]-``, ``[M+HCOO]-``, ``[M-H]1-``; terms are formulas (``H2O``, ``CH3COO``, ``NH4``,
 ``[13C]`` ...) or the usual solvent abbreviations (:data:`ABBREVIATIONS`: ACN, FA, Hac, TFA, DMSO, IsoProp,
-MeOH ...) with an optional count (``+2ACN``). Radical marks (``*``, ``•``, ``.``) are dropped: ``[M]+*`` is
+MeOH ...) with an optional count (``+2ACN``); ``OAc`` / ``AcO`` are acetate (``CH3COO``, never oxygen and
+actinium). Radical marks (``*``, ``•``, ``.``) are dropped: ``[M]+*`` is
 ``[M]+`` (same m/z). Without a charge, a notation that names exactly one table adduct (``M+H`` ->
 ``[M+H]+``) takes its charge; otherwise the charge is inferred from the ionic terms (H, alkali metals, NH4
 count +1; halides, formate and acetate -1).
@@ -71,6 +72,9 @@ _ABBREV_ALIASES = {
     "MeCN": "ACN", "AcN": "ACN", "HAc": "Hac", "HAC": "Hac", "AcOH": "Hac", "IPA": "IsoProp", "iPrOH": "IsoProp",
     "ISOPROP": "IsoProp", "Isoprop": "IsoProp", "IsoPro": "IsoProp", "fa": "FA",
 }
+#: Group abbreviations spelled as the formula term they stand for: ``OAc`` (acetate) would otherwise read
+#: as oxygen + actinium, 243 Da instead of 59.
+_TERM_ALIASES = {"OAc": "CH3COO", "AcO": "CH3COO"}
 
 #: Charge a term carries when an adduct is written without one (only used to infer the charge).
 _TERM_CHARGE = {
@@ -154,6 +158,7 @@ _CHARGE_AFTER = re.compile(r"^(?:(\d*)([+-])|([+-])(\d+)|(\++|-+))$")
 @lru_cache(maxsize=4096)
 def _term_composition(term: str) -> tuple[str, tuple]:
     """Canonical spelling and atom counts of one term (formula or abbreviation)."""
+    term = _TERM_ALIASES.get(term, term)
     key = _ABBREV_ALIASES.get(term, term)
     if key in ABBREVIATIONS:
         f = parse_formula(ABBREVIATIONS[key])

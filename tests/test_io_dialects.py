@@ -33,9 +33,10 @@ def test_mgf_gnps():
     assert peaks(s, 0) == ([289.286377, 295.545288, 298.489624, 812.522522], [8068.0, 22507.0, 3925.0, 1162.0])
     m = md(s, 0)
     assert m["id"] == "CCMSLIB00000001547"
-    assert m["name"] == "Hoiamide B M+H"
+    assert m["name"] == "Hoiamide B M+H"  # kept as written
+    assert m["adduct"] == "[M+H]+"  # GNPS library MGFs give the adduct only as the name's last word
     assert m["precursor_mz"] == 981.54
-    assert "charge" not in m  # CHARGE=0: unknown
+    assert m["charge"] == 1  # CHARGE=0 (unknown): from the adduct
     assert m["ion_mode"] == "positive"
     assert m["instrument_type"] == "LC-ESI-qTof"  # SOURCE_INSTRUMENT
     assert m["ms_level"] == "2"
@@ -43,8 +44,9 @@ def test_mgf_gnps():
     assert "inchi" not in m and "pubmed" not in m  # N/A -> missing
     m1 = md(s, 1)
     assert m1["charge"] == -1  # CHARGE=1 without sign, IONMODE=negative
-    assert m1["ion_mode"] == "negative"
-    assert s.charge.tolist() == [0, -1]
+    assert m1["ion_mode"] == "negative" and m1["adduct"] == "[M-H]-"
+    assert s.charge.tolist() == [1, -1]
+    assert r.warnings == {"adduct from name": 2}
     assert s.polarity.tolist() == [1, -1]
 
 

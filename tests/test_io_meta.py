@@ -134,3 +134,23 @@ def test_harmonise_never_crashes(record):
     p = h["precursor_mz"]
     assert p is None or (math.isfinite(p) and p > 0)
     assert h["ion_mode"] in (None, "positive", "negative")
+
+
+@pytest.mark.parametrize("name,adduct,want", [
+    ("Hoiamide B M+H", None, "[M+H]+"),
+    ("Tryptophan [M-H]-", None, "[M-H]-"),
+    ("Leucine 2M+Na", None, "[2M+Na]+"),
+    ("Proline M-H2O+H", None, "[M+H-H2O]+"),
+    ("Caffeine M+H", "[M+Na]+", "[M+Na]+"),  # a written adduct wins
+    ("M-Cresol", None, None),  # a word that only starts like an adduct
+    ("Vitamin M", None, None),
+    ("Spectral Match to Caffeine from NIST14", None, None),
+    ("Acid M+Xx", None, None),  # not a formula
+    (None, None, None),
+])
+def test_adduct_from_the_names_last_word(name, adduct, want):
+    table = pa.table({"name": pa.array([name], pa.string()), "precursor_type": pa.array([adduct], pa.string())})
+    counts: dict = {}
+    out = meta.harmonise_table(table, counts=counts)
+    assert out.column("adduct").to_pylist() == [want]
+    assert counts.get("adduct from name", 0) == (1 if want is not None and adduct is None else 0)

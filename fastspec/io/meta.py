@@ -460,7 +460,7 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
         out["precursor_mz"] = pa.nulls(n, pa.float64())
     # ion mode from the field
     mode = _map_distinct(out["ion_mode"], parse_ion_mode, pa.string()) if n else out["ion_mode"]
-    adduct = out["adduct"]
+    adduct = out["adduct"] = _adduct_from_name(out["adduct"], out["name"], counts) if n else out["adduct"]
     # charge: parsed value + whether the sign was explicit (+ the sign written with a zero charge)
     zero_sign = np.zeros(n, np.int16)
     if "charge" in out and not pa.types.is_null(out["charge"].type) and n:
@@ -519,6 +519,39 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
         title = out["title"]
         if not pa.types.is_null(title.type):
             out["id"] = pc.coalesce(out["id"], _as_string(title))
+
+
+#: An adduct written as the last word of a name ("Hoiamide B M+H", "... [M-H]-"): M, optionally after a
+#: count and an opening bracket, then a sign or the closing bracket.
+_NAME_ADDUCT_RE = r"(?:^|\s)(?P<a>\[?[0-9]*M[-+\]][^\s]*)$"
+
+
+def _adduct_from_name(adduct: pa.Array, name: pa.Array, counts: dict | None) -> pa.Array:
+    """Fill missing adducts from the last word of the name when it reads as one (GNPS library MGFs give
+    the adduct only there: ``NAME=Hoiamide B M+H``), in its canonical spelling (``[M+H]+``); the name is
+    kept as written. Counted as ``"adduct from name"``."""
+    need = pc.and_(adduct.is_null(), name.is_valid())
+    if not pc.any(need).as_py():
+        return adduct
+    word = pc.struct_field(pc.extract_regex(pc.if_else(need, name, pa.scalar(None, pa.string())), _NAME_ADDUCT_RE),
+                           [0])
+    if word.null_count == len(word):
+        return adduct
+    from fastspec.chem.adducts import AdductError, normalize_adduct
+
+    def canon(w):
+        try:
+            return normalize_adduct(w)
+        except AdductError:
+            return None
+
+    derived = _map_distinct(word, canon, pa.string())
+    got = int(pc.sum(derived.is_valid()).as_py() or 0)
+    if not got:
+        return adduct
+    if counts is not None:
+        counts["adduct from name"] = counts.get("adduct from name", 0) + got
+    return pc.coalesce(adduct, derived)
 
 
 def _is_numeric(t: pa.DataType) -> bool:

@@ -292,6 +292,18 @@ def test_msp_explicit_lines_beat_synonyms_and_comments(tmp_path):
     assert r.warnings == {}
 
 
+def test_msp_mona_ionization_mode_comment_is_the_polarity(tmp_path):
+    # MoNA's MSP Comments name the polarity "ionization mode" ("ionization" is the source, ESI); records
+    # without an Ion_mode line (GC-MS, some LC exports) have no other polarity
+    text = ('Name: a\nDB#: X1\nComments: "accession=X1" "ionization=ESI" "ms level=MS2" '
+            '"precursor m/z=301.1466" "ionization mode=negative"\nNum Peaks: 1\n99.09 1\n\n'
+            'Name: b\nIon_mode: P\nComments: "ionization mode=negative"\nNum Peaks: 1\n99.09 1\n')
+    s, _ = read(tmp_path, "mona.msp", text)
+    assert s.metadata.column("ion_mode").to_pylist() == ["negative", "positive"]
+    assert s.polarity.tolist() == [-1, 1]
+    assert md(s, 0)["ionization"] == "ESI" and "ionization_mode" not in s.metadata.column_names
+
+
 def test_msp_nist_cas_line_holds_two_keys(tmp_path):
     text = "Name: Benzene\nCAS#: 71-43-2;  NIST#: 291514\nDB#: 1\nNum Peaks: 2\n(50 70) (78 999)\n"
     s, _ = read(tmp_path, "nist_ei.msp", text)

@@ -48,7 +48,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
                      "pepmass"),
     "charge": ("precursor_charge", "precursorcharge", "ac$mass_spectrometry:charge", "charge state", "charge_state"),
     "ion_mode": ("ionmode", "ion mode", "ionpolarity", "ionpol", "polarity", "ion_polarity",
-                 "ac$mass_spectrometry:ion_mode", "scan_polarity"),
+                 "ac$mass_spectrometry:ion_mode", "scan_polarity",
+                 # MoNA's polarity field ("ionization mode=negative" in MSP Comments); plain "ionization"
+                 # is the source (ESI, APCI) and stays its own key
+                 "ionization mode", "ionisation mode"),
     "adduct": ("precursor_type", "precursortype", "precursor type", "ms$focused_ion:precursor_type",
                "adduct_type", "ion_type", "ms$focused_ion:ion_type",
                # MZmine (SIRIUS export), MetaboScape, MS-DIAL and Progenesis GNPS MGFs write ION=[M-H]-

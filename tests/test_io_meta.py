@@ -69,10 +69,18 @@ def test_parse_ion_mode(value, expected):
 
 @pytest.mark.parametrize("adduct, charge", [
     ("[M+H]+", 1), ("[M-H]-", -1), ("[M+2H]2+", 2), ("[M-2H]2-", -2), ("[M+Na]+", 1), ("M+H", 0), (None, 0),
-    ("[M]+*", 1),
+    ("[M]+*", 1), ("[M+2H]++", 2), ("[M-H]-1", -1), ("[M]+\u2022", 1), ("[M+H]+ [M+Na]+", 1), ("[M+H]", 0),
 ])
 def test_charge_from_adduct(adduct, charge):
     assert meta.charge_from_adduct(adduct) == charge
+
+
+@pytest.mark.parametrize("adduct, expected", [
+    ("M+H", (1, False)), ("M-H", (-1, False)), ("M+FA-H", (-1, False)), ("[M+H-H2O]", (1, False)),
+    ("[M+2H]++", (2, True)), ("[M-H]-/[M-Ser]-", (-1, True)), ("M", (0, False)), ("ESI", (0, False)), (None, (0, False)),
+])
+def test_adduct_charge_reads_any_adduct_notation(adduct, expected):
+    assert meta.adduct_charge(adduct) == expected
 
 
 def test_inchikey14():

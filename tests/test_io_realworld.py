@@ -109,11 +109,27 @@ def test_msp_nist_and_msdial_layouts(tmp_path):
     ("CHARGE=2+\nADDUCT=[M+H]+", [2], ["positive"]),
     ("CHARGE=1+\nADDUCT=M-H", [1], ["positive"]),
     ("CHARGE=1+\nIONMODE=Negative", [1], ["negative"]),
+    # an unbracketed adduct (GNPS) gives a missing charge and the sign of an unsigned one
+    ("CHARGE=1\nADDUCT=M-H", [-1], ["negative"]),
+    ("CHARGE=0\nADDUCT=M-H", [-1], ["negative"]),
+    ("CHARGE=0\nIONMODE=Positive\nADDUCT=M+H", [1], ["positive"]),
+    ("ADDUCT=[M+2H]++", [2], ["positive"]),
 ])
 def test_mgf_adduct_sign_beats_charge_sign(tmp_path, text, charges, modes):
     s, r = read(tmp_path, "z.mgf", f"BEGIN IONS\nPEPMASS=300.1\n{text}\n100 1\nEND IONS\n")
     assert s.charge.tolist() == charges and s.metadata.column("ion_mode").to_pylist() == modes
     assert r.n_rejected == 0 and r.warnings == {}
+
+
+def test_msp_gnps_conversion_unbracketed_precursor_type_gives_the_charge(tmp_path):
+    # MS-DIAL's MSP conversion of GNPS keeps GNPS's adduct spelling and writes no charge
+    text = ("NAME: 3-Des-Microcystein_LR\nPRECURSORMZ: 981.54\nPRECURSORTYPE: M+H\nIONMODE: Positive\n"
+            "Num Peaks: 1\n289.29\t8068\n\n"
+            "NAME: b\nPRECURSORMZ: 301.1\nPRECURSORTYPE: M+FA-H\nNum Peaks: 1\n100\t1\n")
+    s, r = read(tmp_path, "gnps_msdial.msp", text)
+    assert s.charge.tolist() == [1, -1] and s.polarity.tolist() == [1, -1]
+    assert s.metadata.column("adduct").to_pylist() == ["M+H", "M+FA-H"]  # as written
+    assert r.warnings == {}
 
 
 # the MassSpecGym release layout (columns in its order), values as in the file: full-precision

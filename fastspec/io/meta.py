@@ -11,8 +11,9 @@ parquet and HDF5 files give the same column names and value conventions:
 * ``precursor_mz`` is a float64 (NaN/null when unknown or not a positive finite number);
   a second ``PEPMASS`` value goes to ``precursor_intensity``;
 * ``charge`` is a signed int8 (``"2-"``, ``"-2"`` and ``"2"`` in negative mode all give -2);
-  missing charges are taken from the adduct (``[M+2H]2+`` -> 2); a sign contradicting the
-  adduct's takes the adduct's (``CHARGE=1+`` with ``[M-H]-`` -> -1);
+  missing charges are taken from the adduct (``[M+2H]2+`` -> 2, GNPS's ``M+H`` -> 1); a sign contradicting
+  a bracketed adduct's takes the adduct's (``CHARGE=1+`` with ``[M-H]-`` -> -1), as does an unsigned charge
+  an unbracketed adduct's (``CHARGE=1`` with ``M-H`` -> -1);
 * ``ion_mode`` is ``"positive"``/``"negative"`` (from the ion-mode field, else the adduct's
   trailing sign, else the charge sign, also a sign written with charge 0: MZmine's SIRIUS export writes
   ``CHARGE=0-`` for uncharged negative-mode features; an unsigned charge counts as positive, as the MGF
@@ -152,6 +153,8 @@ def canonical_key(raw_key: str) -> str:
 # ---------------------------------------------------------------------------- value parsers
 _CHARGE_RE = re.compile(r"^\s*([+-]?)\s*(\d+)\s*([+-]?)")
 _ADDUCT_CHARGE_RE = re.compile(r"\]\s*(\d*)\s*([+-])\s*\*?\s*$")
+# a charge written after the closing bracket, in any form the adduct parser reads ("]2+", "]++", "]-1", "]+*")
+_ADDUCT_TAIL_RE = re.compile(r"\][^\[\]]*[+-][^\[\]]*$")
 
 
 def parse_charge(value: Any) -> tuple[int, bool]:
@@ -190,17 +193,37 @@ def _written_sign(value: Any) -> int:
     return -1 if sign == "-" else (1 if sign == "+" else 0)
 
 
-def charge_from_adduct(adduct: Any) -> int:
-    """Signed charge of a bracketed adduct (``[M+H]+`` -> 1, ``[M-2H]2-`` -> -2), else 0."""
+def adduct_charge(adduct: Any) -> tuple[int, bool]:
+    """Signed charge an adduct implies, and whether it is written after a closing bracket.
+
+    Any notation :mod:`fastspec.chem.adducts` reads counts, so GNPS-style ``M+H`` (``PRECURSORTYPE: M+H`` in
+    MS-DIAL's conversions of GNPS) -> (1, False), ``M-H`` -> (-1, False), ``[M+2H]++`` -> (2, True),
+    ``[M-H]-1`` -> (-1, True), ``[M]+•`` -> (1, True). One it cannot read keeps the charge written after its
+    last bracket (two adducts ``[M+H]+ [M+Na]+`` -> (1, True)); else (0, False).
+    """
     if not adduct:
-        return 0
-    m = _ADDUCT_CHARGE_RE.search(str(adduct))
-    if not m:
-        return 0
-    n = int(m.group(1)) if m.group(1) else 1
-    if n > 127:
-        return 0
-    return -n if m.group(2) == "-" else n
+        return 0, False
+    text = str(adduct).strip()
+    from fastspec.chem.adducts import AdductError, parse_adduct
+
+    try:
+        q = parse_adduct(text).charge
+    except AdductError:
+        m = _ADDUCT_CHARGE_RE.search(text)
+        if not m:
+            return 0, False
+        q = int(m.group(1)) if m.group(1) else 1
+        q = -q if m.group(2) == "-" else q
+    if q == 0 or abs(q) > 127:
+        return 0, False
+    return q, bool(_ADDUCT_TAIL_RE.search(text))
+
+
+def charge_from_adduct(adduct: Any) -> int:
+    """Signed charge written after a bracketed adduct (``[M+H]+`` -> 1, ``[M-2H]2-`` -> -2, ``[M+2H]++``
+    -> 2), else 0 (``M+H``: see :func:`adduct_charge`)."""
+    q, written = adduct_charge(adduct)
+    return q if written else 0
 
 
 def parse_ion_mode(value: Any) -> str | None:
@@ -487,8 +510,14 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     else:
         charge = np.zeros(n, np.int16)
         explicit = np.zeros(n, bool)
-    add_charge = _map_distinct(adduct, charge_from_adduct, pa.int16()).to_numpy(zero_copy_only=False) if n else np.zeros(0)
-    add_charge = np.nan_to_num(np.asarray(add_charge, dtype=np.float64)).astype(np.int16)
+    # the adduct's charge (any notation the adduct parser reads) and whether it is written after a bracket
+    if n:
+        pairs = _map_distinct(adduct, lambda v: [int(x) for x in adduct_charge(v)], pa.list_(pa.int16()))
+        flat = pc.fill_null(pc.list_flatten(pc.fill_null(pairs, pa.scalar([0, 0], pairs.type))), 0)
+        pairs_np = flat.to_numpy(zero_copy_only=False).reshape(n, 2)
+        add_charge, add_written = pairs_np[:, 0].astype(np.int16), pairs_np[:, 1].astype(bool)
+    else:
+        add_charge, add_written = np.zeros(0, np.int16), np.zeros(0, bool)
     mode_np = np.asarray(pc.fill_null(mode, "").to_numpy(zero_copy_only=False), dtype=object) if n else np.zeros(0, object)
     is_pos = mode_np == "positive"
     is_neg = mode_np == "negative"
@@ -498,12 +527,13 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     explicit = explicit | fill
     # a positive charge written without sign in negative mode is negative
     charge = np.where(is_neg & (charge > 0) & ~explicit, -charge, charge)
-    # a charge whose sign contradicts the adduct's takes the adduct's sign, magnitude kept
-    # (MS-DIAL GNPS exports write CHARGE=1+ next to ION=[M-H]-)
-    charge = np.where((add_charge != 0) & (charge * add_charge < 0), -charge, charge)
-    # ion mode from the adduct sign, else the charge sign
+    # a charge whose sign contradicts the adduct's takes the adduct's sign, magnitude kept: always for a
+    # sign written after a bracket (MS-DIAL GNPS exports write CHARGE=1+ next to ION=[M-H]-), for M-H only
+    # when the charge was written without a sign (GNPS writes Charge 1 for M-H too)
+    charge = np.where((add_written | ~explicit) & (charge * add_charge < 0), -charge, charge)
+    # ion mode from the bracketed adduct's sign, else the charge sign (by now the adduct's unless written)
     unknown = ~(is_pos | is_neg)
-    sign = np.where(add_charge != 0, np.sign(add_charge), np.where(charge != 0, np.sign(charge), zero_sign))
+    sign = np.where(add_written, np.sign(add_charge), np.where(charge != 0, np.sign(charge), zero_sign))
     mode_np = np.where(unknown & (sign > 0), "positive", np.where(unknown & (sign < 0), "negative", mode_np))
     mode_arr = pa.array(mode_np.tolist() if n else [], pa.string())
     out["ion_mode"] = pc.if_else(pc.equal(mode_arr, ""), pa.scalar(None, pa.string()), mode_arr) if n else pa.nulls(0, pa.string())
@@ -584,6 +614,7 @@ __all__ = [
     "EXTRA_ALIASES",
     "MISSING_MARKERS",
     "NIST_SYNON_CODES",
+    "adduct_charge",
     "canonical_key",
     "charge_from_adduct",
     "harmonise",

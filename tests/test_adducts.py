@@ -66,7 +66,7 @@ def test_table_size_and_polarity():
     ("[M+FA-H]-", "[M+HCOO]-"), ("[M+HCOO]-", "[M+HCOO]-"), ("[M+HCOOH-H]-", "[M+HCOO]-"),
     ("[M+HCO2]-", "[M+HCOO]-"), ("[M-H+HCOOH]-", "[M+HCOO]-"), ("[M+H2CO2-H]-", "[M+HCOO]-"),
     ("[M+CH3COO]-", "[M+CH3COO]-"), ("[M+Hac-H]-", "[M+CH3COO]-"), ("[M+OAc]-", "[M+CH3COO]-"),
-    ("M+OAc", "[M+CH3COO]-"), ("[2M+AcO]-", "[2M+CH3COO]-"), ("[M+CH3COOH-H]-", "[M+CH3COO]-"),
+    ("M+OAc", "[M+CH3COO]-"), ("[M+Oac]-", "[M+CH3COO]-"), ("[M+Oac]", "[M+CH3COO]-"), ("[2M+AcO]-", "[2M+CH3COO]-"), ("[M+CH3COOH-H]-", "[M+CH3COO]-"),
     ("[M-H]1-", "[M-H]-"), ("M-H", "[M-H]-"), ("[M-H]-", "[M-H]-"), ("M+Cl", "[M+Cl]-"),
     ("[M+2H]2+", "[M+2H]2+"), ("[M+2H]++", "[M+2H]2+"), ("M+2H", "[M+2H]2+"), ("[M+2H]+2", "[M+2H]2+"),
     ("[M+H+Na]2+", "[M+H+Na]2+"), ("[M+Na+H]2+", "[M+H+Na]2+"), ("M+H+Na", "[M+H+Na]2+"),

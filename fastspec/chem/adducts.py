@@ -10,7 +10,7 @@ Notation accepted
 ``[M+H]+``, ``M+H`` (charge inferred), ``[M+H]1+``, ``[M+2H]2+``/``[M+2H]++``/``[M+2H]+2``, ``[2M+Na]+``,
 ``M-H2O+H``, ``[M+FA-H]-``, ``[M+HCOO]-``, ``[M-H]1-``; terms are formulas (``H2O``, ``CH3COO``, ``NH4``,
 ``[13C]`` ...) or the usual solvent abbreviations (:data:`ABBREVIATIONS`: ACN, FA, Hac, TFA, DMSO, IsoProp,
-MeOH ...) with an optional count (``+2ACN``); ``OAc`` / ``AcO`` are acetate (``CH3COO``, never oxygen and
+MeOH ...) with an optional count (``+2ACN``); ``OAc`` / ``AcO`` / ``Oac`` are acetate (``CH3COO``, never oxygen and
 actinium). Radical marks (``*``, ``•``, ``.``) are dropped: ``[M]+*`` is
 ``[M]+`` (same m/z). Without a charge, a notation that names exactly one table adduct (``M+H`` ->
 ``[M+H]+``) takes its charge; otherwise the charge is inferred from the ionic terms (H, alkali metals, NH4
@@ -73,8 +73,9 @@ _ABBREV_ALIASES = {
     "ISOPROP": "IsoProp", "Isoprop": "IsoProp", "IsoPro": "IsoProp", "fa": "FA",
 }
 #: Group abbreviations spelled as the formula term they stand for: ``OAc`` (acetate) would otherwise read
-#: as oxygen + actinium, 243 Da instead of 59.
-_TERM_ALIASES = {"OAc": "CH3COO", "AcO": "CH3COO"}
+#: as oxygen + actinium, 243 Da instead of 59. ``Oac`` is a spelling found in public libraries
+#: (matchms' ``known_adduct_conversions.csv`` lists ``[M+Oac]`` and ``[M+Oac]-``); as a formula it reads as nothing.
+_TERM_ALIASES = {"OAc": "CH3COO", "AcO": "CH3COO", "Oac": "CH3COO"}
 
 #: Charge a term carries when an adduct is written without one (only used to infer the charge).
 _TERM_CHARGE = {

@@ -75,7 +75,9 @@ def test_table_size_and_polarity():
     ("[M+IPA+H]+", "[M+IsoProp+H]+"), ("[M-2H+Na]-", "[M+Na-2H]-"), ("[M+NH4]+", "[M+NH4]+"),
     ("[M+H-NH3]+", "[M+H-NH3]+"), ("[M]+", "[M]+"), ("[M]-", "[M]-"), ("[M+CH3OH+H]+", "[M+CH3OH+H]+"),
     ("[M+MeOH+H]+", "[M+CH3OH+H]+"),
-    # not in the table: terms kept, charge normalised
+    # not in the table: terms kept (additions, then losses, each sorted; repeats merged), charge normalised
+    ("[M-C6H10O5+H]+", "[M+H-C6H10O5]+"), ("[M+H-C6H10O5]+", "[M+H-C6H10O5]+"), ("[M-NH3-H2O+H]+", "[M+H-H2O-NH3]+"),
+    ("[M-C6H10O5-C6H10O5+H]+", "[M+H-2C6H10O5]+"), ("[M-C6H9O5]+", "[M-C6H9O5]+"),
     ("[M+H-C8H10O]+", "[M+H-C8H10O]+"), ("[M+HOO]-", "[M+HOO]-"), ("[M+2H]+", "[M+2H]+"),
     ("[M-H]+", "[M-H]+"), ("M+H-CO2", "[M+H-CO2]+"), ("[M+H]2+", "[M+H]2+"),
 ])

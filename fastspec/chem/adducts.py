@@ -18,10 +18,13 @@ count +1; halides, formate and acetate -1).
 
 Canonical spelling
 ------------------
-Two notations describing the same ion (same ``n``, same net atoms, same charge) are the same adduct:
-``[M+FA-H]-``, ``[M+HCOOH-H]-``, ``[M+HCO2]-`` and ``[M-H+HCOOH]-`` all normalise to ``[M+HCOO]-``;
-``[M-H2O+H]+`` and ``[M-OH]+`` to ``[M+H-H2O]+``. Ions in :data:`ADDUCTS` get the table spelling; others keep
-their terms in the order written, with the charge written ``+``, ``2+``, ``-``, ``2-``.
+Notations of a tabulated ion (:data:`ADDUCTS`; same ``n``, same net atoms, same charge) get the table
+spelling whatever terms they use: ``[M+FA-H]-``, ``[M+HCOOH-H]-``, ``[M+HCO2]-`` and ``[M-H+HCOOH]-`` all
+normalise to ``[M+HCOO]-``; ``[M-H2O+H]+`` and ``[M-OH]+`` to ``[M+H-H2O]+``. Other ions keep their terms,
+additions first, then losses, each group sorted by term with repeated terms merged, so the order written
+does not matter (``[M-C6H10O5+H]+`` and ``[M+H-C6H10O5]+`` are both ``[M+H-C6H10O5]+``), but other terms
+for the same net atoms do (``[M-C6H9O5]+`` stays as written); the charge is written ``+``, ``2+``, ``-``,
+``2-``.
 """
 from __future__ import annotations
 
@@ -289,8 +292,14 @@ def _parse_str(text: str) -> Adduct:
     hit = _BY_KEY.get((n, ckey, q))
     if hit is not None:
         return hit
+    # additions, then losses, each by term and with repeated terms merged: one spelling per ion whatever
+    # the order written ([M-C6H10O5+H]+ and [M+H-C6H10O5]+ are the same ion)
+    merged: dict[tuple[int, str], int] = {}
+    for s, c, t in terms:
+        merged[(s, t)] = merged.get((s, t), 0) + c
     name = "[" + (str(n) if n > 1 else "") + "M" + "".join(
-        ("+" if s > 0 else "-") + (str(c) if c > 1 else "") + t for s, c, t in terms
+        ("+" if s > 0 else "-") + (str(c) if c > 1 else "") + t
+        for (s, t), c in sorted(merged.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
     ) + "]" + _signed_charge_text(q)
     return _make(name, n, q, comp)
 

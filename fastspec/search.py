@@ -412,7 +412,9 @@ def search(
         ``no_neighbour``; ``fallback`` -> search every library spectrum of the same polarity (``fallback``
         flag set); ``empty`` -> a row with status ``no_hit``.
     same_adduct, same_charge, same_instrument : bool
-        Keep only library spectra with the query's adduct / charge / instrument type (when the query's is known).
+        Keep only library spectra with the query's adduct / charge / instrument type (when the query's is known;
+        queries without one, or with an adduct no parser reads, match any, and are counted per filter in
+        ``Hits.params["filters_not_applied"]``).
     min_matches : int
         Minimum matched peaks of a hit (a hit always has at least one).
     min_score : float
@@ -463,6 +465,9 @@ def search(
     no_hit = (status == OK) & (indices[:, 0] < 0)
     status[no_hit] = NO_HIT
     params = cfg.describe(library)
+    unfiltered = _unfiltered_queries(cfg, qproc, searchable)
+    if unfiltered:
+        params["filters_not_applied"] = unfiltered
     # query records the reader rejected (on_error="skip") keep their place: a row with status "rejected";
     # the counts say why
     params["query_records"] = {"read": int(read_counts["n_read"]), "rejected": int(read_counts["n_rejected"]),
@@ -495,6 +500,40 @@ def search(
         files = record_files
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,
                 query_precursor_mz=pmz, library=library, params=params, query_files=files)
+
+
+def _unfiltered_queries(cfg: _SearchConfig, q: Spectra, searched: np.ndarray) -> dict:
+    """Searched queries a requested filter could not apply to, per filter and reason: a query without a
+    charge, adduct or instrument type of its own matches every library spectrum on that filter
+    (:func:`_filter_codes`), which the hit table's metadata then says instead of leaving it silent.
+    ``{"adduct": {"missing": 3, "unreadable": 1, "unreadable_examples": ["[Cat]+"]}}``; empty when all applied."""
+    from fastspec.library import normalize_adducts
+
+    out: dict = {}
+    if not searched.shape[0]:
+        return out
+    if cfg.same_charge:
+        n = int((q.charge[searched] == 0).sum())
+        if n:
+            out["charge"] = {"missing": n}
+    for flag, name, col in ((cfg.same_adduct, "adduct", "adduct"), (cfg.same_instrument, "instrument", "instrument_type")):
+        if not flag:
+            continue
+        column = q.column(col)
+        vals = [column[int(i)] for i in searched]
+        given = [None if v is None or not str(v).strip() else str(v).strip() for v in vals]
+        counts: dict = {}
+        missing = sum(g is None for g in given)
+        if missing:
+            counts["missing"] = missing
+        if name == "adduct":
+            bad = [g for g, a in zip(given, normalize_adducts(given)) if g is not None and a is None]
+            if bad:
+                counts["unreadable"] = len(bad)
+                counts["unreadable_examples"] = sorted(set(bad))[:3]
+        if counts:
+            out[name] = counts
+    return out
 
 
 def _record_files(files: list | None, n_read: int) -> list[str] | None:

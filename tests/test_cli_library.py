@@ -330,3 +330,21 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
     assert "not spectrum files): 1" in res.output and "indexed 3 spectra" in res.output
     # a table given by name is read whatever it holds: its missing peak columns are the error
     assert_clean_error(run("index", tables / "sheet.tsv", "-o", tmp_path / "s.fastspec", ok=False), "m/z")
+
+
+def test_same_adduct_not_applied_is_reported(index, massbank_mgf, tmp_path):
+    """Queries whose adduct is missing or unreadable are searched without --same-adduct: stderr and the
+    table's parameters say how many and why."""
+    first = massbank_mgf.read_text().split("END IONS")[0] + "END IONS\n"
+    lines = [ln for ln in first.splitlines() if not ln.upper().startswith(("PRECURSOR_TYPE=", "ADDUCT=", "ION="))]
+    bare = "\n".join(lines) + "\n"
+    odd = bare.replace("BEGIN IONS\n", "BEGIN IONS\nADDUCT=[Cat]+\n", 1)
+    path = tmp_path / "q.mgf"
+    path.write_text(first + bare + odd)
+    out = tmp_path / "h.tsv"
+    res = run("query", path, "-l", index, "-o", out, "--mode", "open", "--same-adduct", "--threads", "1")
+    assert "--same-adduct not applied to 2 queries without a readable adduct of their own (1 missing, " \
+           "1 unreadable, e.g. '[Cat]+')" in res.output
+    header = [ln for ln in out.read_text().splitlines() if ln.startswith("# filters_not_applied")]
+    assert json.loads(header[0].split(": ", 1)[1]) == {"adduct": {"missing": 1, "unreadable": 1,
+                                                                  "unreadable_examples": ["[Cat]+"]}}

@@ -1208,3 +1208,27 @@ def test_faiss_engine_on_an_empty_library_says_why(tmp_path):
     q = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])], precursor_mz=[200.0])
     with pytest.raises(ParameterError, match="holds no spectra"):
         lib.search(q, mode="open", engine="faiss")
+
+
+def test_filters_not_applied_are_counted(tmp_path):
+    """A query without an adduct (or with one no parser reads), charge or instrument type of its own is
+    searched without that filter; the hit table's metadata counts those queries per filter and reason."""
+    mz, it = [[100.0, 150.0, 200.0]] * 4, [[1.0, 2.0, 3.0]] * 4
+    meta = pa.table({"id": list("abcd"), "precursor_mz": [300.0] * 4, "polarity": [1] * 4,
+                     "adduct": ["[M+H]+", "[M+Na]+", "[M+H]+", None],
+                     "instrument_type": ["LC-ESI-QTOF"] * 4})
+    lib = Library.build(Spectra.from_arrays(mz, it, metadata=meta), tmp_path / "l.fastspec", faiss=False,
+                        preprocess=None)
+    q = Spectra.from_arrays(mz, it, metadata=pa.table({
+        "id": ["q0", "q1", "q2", "q3"], "precursor_mz": [300.0] * 4, "polarity": [1] * 4,
+        "adduct": ["[M+Na]+", "[Cat]+", None, "  "], "instrument_type": ["LC-ESI-QTOF", None, None, "x"]}))
+    h = lib.search(q, k=4, mode="open", same_adduct=True, same_instrument=True)
+    assert h.indices[0].tolist() == [1, -1, -1, -1]  # filtered
+    assert sorted(h.indices[1][h.indices[1] >= 0].tolist()) == [0, 1, 2, 3]  # unreadable adduct: no filter
+    assert h.params["filters_not_applied"] == {
+        "adduct": {"missing": 2, "unreadable": 1, "unreadable_examples": ["[Cat]+"]},
+        "instrument": {"missing": 2}}
+    assert "filters_not_applied" not in lib.search(q[:1], k=4, mode="open", same_adduct=True).params
+    assert "filters_not_applied" not in lib.search(q, k=4, mode="open").params
+    hc = lib.search(q, k=4, mode="open", same_charge=True)
+    assert hc.params["filters_not_applied"] == {"charge": {"missing": 4}}  # in-memory spectra without charges

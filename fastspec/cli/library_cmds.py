@@ -151,6 +151,12 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     if rec.get("rejected"):
         why = ", ".join(f"{r}: {c}" for r, c in rec["rejected_by_reason"].items())
         log(f"{rec['read']} query records read, {rec['rejected']} rejected and not searched ({why})")
+    for name, c in (hits.params.get("filters_not_applied") or {}).items():
+        why = [f"{c[r]} {r}" for r in ("missing", "unreadable") if c.get(r)]
+        eg = f", e.g. {', '.join(map(repr, c['unreadable_examples']))}" if c.get("unreadable_examples") else ""
+        log(f"--same-{name} not applied to {c.get('missing', 0) + c.get('unreadable', 0)} queries without a "
+            f"{'readable ' if name == 'adduct' else ''}{name} of their own ({', '.join(why)}{eg}): they match "
+            f"library spectra of any {name}")
     n_hit = int((hits.indices[:, 0] >= 0).sum()) if n else 0
     log(f"{n} queries, {n_hit} with hits, {int(hits.skipped.sum())} skipped; {dt:.2f} s "
         f"({n / dt if dt > 0 else 0:.0f} queries/s); wrote {output}")

@@ -34,8 +34,8 @@ def invoke(*args):
 
 
 def test_evaluate_cli(library, tmp_path):
-    out = tmp_path / "r.json"
-    pred = tmp_path / "p.parquet"
+    out = tmp_path / "new" / "r.json"  # output folders are made before the evaluation runs
+    pred = tmp_path / "pred" / "p.parquet"
     res = invoke("evaluate", "--library", library, "--split", "inchikey", "--preset", "khoo2026", "--ion-mode", "positive",
                  "--bootstrap", "50", "-o", out, "--markdown", "--predictions", pred)
     assert res.exit_code == 0, res.output
@@ -43,7 +43,7 @@ def test_evaluate_cli(library, tmp_path):
     assert rep["config"]["preset"] == "khoo2026" and rep["config"]["split"] == "inchikey"
     assert rep["split_profile"]["molecule_overlap"] == 0.0
     assert rep["n_test"] >= rep["n_scored"]
-    assert (tmp_path / "r.md").exists()
+    assert (tmp_path / "new" / "r.md").exists()
     assert pq.read_table(pred).num_rows == rep["n_test"]
     assert "mean_tanimoto_all=" in res.output  # the summary line (stderr)
     # explicit options override the preset
@@ -61,8 +61,8 @@ def test_evaluate_cli_errors(library, tmp_path):
 
 
 def test_split_then_file_evaluate(library, tmp_path):
-    sfile = tmp_path / "split.csv"
-    prof = tmp_path / "profile.json"
+    sfile = tmp_path / "splits" / "split.csv"
+    prof = tmp_path / "profiles" / "profile.json"
     res = invoke("split", "-l", library, "--split", "scaffold", "-o", sfile, "--profile", prof)
     assert res.exit_code == 0, res.output
     p = json.loads(prof.read_text())
@@ -132,7 +132,7 @@ def test_l2s_split_file_equals_evaluate(library, tmp_path):
 
 
 def test_ablate_and_report(library, tmp_path):
-    out = tmp_path / "abl.json"
+    out = tmp_path / "abl" / "abl.json"
     res = invoke("ablate", "-l", library, "--split", "random", "--split", "inchikey", "--metric", "cosine",
                  "--intensity-powers", "0,1", "--mz-powers", "0", "--bootstrap", "0", "--ion-mode", "positive", "-o", out, "-q")
     assert res.exit_code == 0, res.output
@@ -140,8 +140,7 @@ def test_ablate_and_report(library, tmp_path):
     assert len(abl["rows"]) == 2 * 3
     assert {"split", "intensity_power", "mz_power", "shuffle", "mean_tanimoto"} <= set(abl["rows"][0])
     assert len(abl["intensity_blind"]) == 2
-    md, html = tmp_path / "rep" / "report.md", tmp_path / "rep" / "report.html"
-    md.parent.mkdir()
+    md, html = tmp_path / "rep" / "report.md", tmp_path / "html" / "report.html"
     rep_json = tmp_path / "r.json"
     invoke("evaluate", "-l", library, "--metric", "cosine", "--bootstrap", "0", "-o", rep_json, "-q")
     res = invoke("report", out, rep_json, "-o", md, "--html", html)

@@ -126,6 +126,16 @@ def _abandon(code: int) -> None:
     os._exit(code)
 
 
+def make_parents(*paths) -> None:
+    """Create the folders output files go into, before the work rather than after it (a finished
+    evaluation must not be lost to a missing folder). ``None`` paths are skipped."""
+    from pathlib import Path
+
+    for p in paths:
+        if p is not None:
+            Path(p).resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
 def check_tolerance_option(value: str | None, name: str = "--tolerance") -> None:
     """Refuse a command-line tolerance that cannot be parsed, or a bare number of 1 or more: without a unit
     it means Da, and a ppm value missing its unit is far more likely than a window of that many Da."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastspec.cli._common import check_tolerance_option, common_options, handle_errors
+from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents
 
 _METRICS = ["binned_cosine", "cosine", "modified_cosine", "entropy"]
 
@@ -103,6 +103,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
     from fastspec.evaluate import evaluate as run_evaluate
     from fastspec.evaluate import write_json
 
+    make_parents(output, predictions)
     search = _search_kwargs(kw)
     l2s = _l2s(kw)
     rep = run_evaluate(
@@ -158,6 +159,8 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
     from fastspec.baseline import LabData
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, search_config, write_json
     from fastspec.splits import make_split, split_profile, write_split
+
+    make_parents(output, profile_path)
 
     lab = load_spectra(library)
     lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
@@ -224,6 +227,7 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
             raise ParameterError(f"{name}: empty grid")
         return vals
 
+    make_parents(output)
     search = _search_kwargs(kw)
     out = run_ablate(
         library,
@@ -259,6 +263,7 @@ def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
     """Render report/ablation JSONs as markdown (+ PNG figures) and HTML."""
     from fastspec.report import render
 
+    make_parents(output, html_path)
     res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
     if not quiet:
         click.echo(f"wrote {output}" + (f" and {html_path}" if html_path else "") + f" ({res['figures']} figures)", err=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fastspec.cli._common import check_tolerance_option, common_options, handle_errors
+from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents
 
 _MODES = ["identity", "formula", "open", "analog"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
@@ -77,7 +77,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
 
     log = _log(quiet)
     pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
-    Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)  # as query, convert and synth do
+    make_parents(output)  # as query, convert and synth do
     t0 = time.perf_counter()
     lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error, threads=threads,
                         progress=False if quiet else None, overwrite=overwrite, allow_empty=False)
@@ -132,7 +132,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
         check_tolerance_option(value, name)
-    Path(output).resolve().parent.mkdir(parents=True, exist_ok=True)  # before the search, not after it
+    make_parents(output)  # before the search, not after it
     if preset is not None and metric != "binned_cosine":
         raise ParameterError("--preset applies to --metric binned_cosine")
     lib = Library.open(library)

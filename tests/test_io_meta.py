@@ -162,3 +162,21 @@ def test_adduct_from_the_names_last_word(name, adduct, want):
     out = meta.harmonise_table(table, counts=counts)
     assert out.column("adduct").to_pylist() == [want]
     assert counts.get("adduct from name", 0) == (1 if want is not None and adduct is None else 0)
+
+
+@pytest.mark.parametrize("values,want,bad", [
+    (("0", "195.08"), 195.08, 0),  # an unusable higher-priority alias does not hide a good PEPMASS
+    (("180.06", "195.08"), 180.06, 0),  # both usable: priority order
+    (("abc", None), math.nan, 1),  # given, none usable: NaN, counted
+    ((None, "-5"), math.nan, 1),
+    ((None, None), None, 0),
+])
+def test_precursor_from_the_first_usable_alias(values, want, bad):
+    table = pa.table({"precursor_mz": pa.array([values[0]], pa.string()), "pepmass": pa.array([values[1]], pa.string())})
+    counts: dict = {}
+    got = meta.harmonise_table(table, counts=counts).column("precursor_mz").to_pylist()[0]
+    if want is None or (isinstance(want, float) and math.isnan(want)):
+        assert got is None
+    else:
+        assert got == want
+    assert counts.get("bad precursor_mz", 0) == bad

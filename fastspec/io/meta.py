@@ -423,7 +423,10 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             # typed table with both e.g. adduct and precursor_type: keep the alias as it is
             keep_separate = [(raw, col) for prio, raw, col in arrays if prio != 0]
             arrays = [a for a in arrays if a[0] == 0]
-        merged = _coalesce([c for _, _, c in arrays], name in CANONICAL_KEYS)
+        if name == "precursor_mz" and len(arrays) > 1:
+            merged = _first_valid_precursor([c for _, _, c in arrays])
+        else:
+            merged = _coalesce([c for _, _, c in arrays], name in CANONICAL_KEYS)
         out[name] = merged
         for raw, col in keep_separate:
             alt = snake(raw)
@@ -448,6 +451,26 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
         fields.append(pa.field(k, v.type))
         arrays.append(v)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _first_valid_precursor(arrays: list[pa.Array]) -> pa.Array:
+    """Precursor m/z from several aliases (highest priority first): per record the first value that is a
+    positive finite number, so an unusable ``PRECURSOR_MZ=0`` does not hide a good ``PEPMASS``. A record
+    whose aliases hold values but none usable gets NaN (counted as ``bad precursor_mz`` later), one
+    without any value null."""
+    n = len(arrays[0])
+    out = np.full(n, np.nan)
+    have = np.zeros(n, bool)
+    given = np.zeros(n, bool)
+    for a in arrays:
+        if pa.types.is_null(a.type):
+            continue
+        v = _to_float(a)
+        ok = np.isfinite(v) & (v > 0) & ~have
+        out[ok] = v[ok]
+        have |= ok
+        given |= np.asarray(a.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+    return pa.array(out, pa.float64(), mask=~given)
 
 
 def _coalesce(arrays: list[pa.Array], canonical: bool) -> pa.Array:

@@ -593,15 +593,9 @@ def _adduct_from_name(adduct: pa.Array, name: pa.Array, counts: dict | None) -> 
                            [0])
     if word.null_count == len(word):
         return adduct
-    from fastspec.chem.adducts import AdductError, normalize_adduct
+    from fastspec.chem.adducts import normalize_adduct
 
-    def canon(w):
-        try:
-            return normalize_adduct(w)
-        except AdductError:
-            return None
-
-    derived = _map_distinct(word, canon, pa.string())
+    derived = _map_distinct(word, normalize_adduct, pa.string())  # unreadable words -> null
     got = int(pc.sum(derived.is_valid()).as_py() or 0)
     if not got:
         return adduct

@@ -798,8 +798,10 @@ class _Context:
             return np.zeros((nr, k)), np.full((nr, k), -1, np.int64), np.zeros((nr, k), np.int32)
         kw = self.cfg.metric_kwargs()
         in_place = self.cfg.metric in _RAW_WEIGHTS and kw.get("mz_power") == 0.0 and kw.get("intensity_power") == 1.0
-        if in_place and self.lib.has_array("prec_norm" if by_precursor else "norm"):
-            lprep = self.stored_view(by_precursor)
+        in_place = in_place and self.lib.has_array("prec_norm" if by_precursor else "norm")
+        entropy_w = "prec_entropy_w" if by_precursor and not in_place and self.entropy_in_place() else None
+        if in_place or entropy_w:
+            lprep = self.stored_view(by_precursor, weights=entropy_w)
             cand, labels = cand_ids, (self.lib.array("prec_order")[: len(lprep)] if by_precursor else None)
         else:
             uniq, cand = compact_ids(cand_ids, self.lib_mark())
@@ -834,24 +836,37 @@ class _Context:
                                                cand_bounds=cand_bounds)
         return np.asarray(s, np.float64), idx, np.asarray(m, np.int32)
 
-    def stored_view(self, by_precursor: bool = False):
+    def entropy_in_place(self) -> bool:
+        """Whether entropy candidates in precursor order can be scored in place: the index stores the
+        copy's entropy weights as this search prepares them (``prec_entropy_w``: weighted entropy of the
+        stored peaks, not cleaned again, default powers; no tolerance enters that preparation)."""
+        if self.cfg.metric != "entropy" or not self.lib.has_array("prec_entropy_w"):
+            return False
+        built = self.lib.manifest["build"].get("prec_entropy") or {}
+        qp = self.qprep
+        return (built.get("clean") is False and qp.params.get("clean") is False
+                and qp.params.get("mz_power") == 0.0 and qp.params.get("intensity_power") == 1.0)
+
+    def stored_view(self, by_precursor: bool = False, weights: str | None = None):
         """The stored peaks (library order, or the precursor-ordered copy) as a Prepared library, scored
         in place: no gather, no copy.
 
         Only for metrics whose prepared weights are the stored intensities (``_RAW_WEIGHTS`` at
         ``mz_power`` 0, ``intensity_power`` 1): the stored norms are then the prepared norms. Scoring
         candidates where they lie beats gathering them first: 2.4M MassBank-grown library, analog
-        search, the gather alone took 0.85 s per 1,000 queries.
+        search, the gather alone took 0.85 s per 1,000 queries. ``weights`` (with ``by_precursor``): a
+        stored array of prepared weights to read instead of the intensities (``prec_entropy_w``, see
+        :meth:`entropy_in_place`; entropy kernels read no norms).
         """
         from fastspec import similarity
 
         lib, qp = self.lib, self.qprep
-        key = ("stored_view", by_precursor, qp.metric, repr(sorted(qp.params.items())), repr(qp.tolerance))
+        key = ("stored_view", by_precursor, weights, qp.metric, repr(sorted(qp.params.items())), repr(qp.tolerance))
         view = lib._cache.get(key)
         if view is None:  # cached for its max_peaks (a pass over all offsets)
             if by_precursor:
                 off = lib.array("prec_offsets")
-                arrays = (off, lib.array("prec_mz"), lib.array("prec_intensity"), lib.array("prec_norm"),
+                arrays = (off, lib.array("prec_mz"), lib.array(weights or "prec_intensity"), lib.array("prec_norm"),
                           lib.array("prec_sorted")[: off.shape[0] - 1])
             else:
                 arrays = (lib.array("offsets"), lib.array("mz"), lib.array("intensity"), lib.array("norm"),

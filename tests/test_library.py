@@ -165,6 +165,13 @@ def test_derived_structures_are_consistent(raw_lib):
     assert poff[-1] == int(np.diff(off)[order[:n_fin]].sum())
     norms = [np.sqrt(np.sum(pint[poff[p]:poff[p + 1]] ** 2)) for p in range(n_fin)]
     np.testing.assert_allclose(lib.array("prec_norm"), norms, rtol=1e-12)
+    # the copy's entropy weights: what entropy search prepares from those peaks (stored peaks: no cleaning)
+    from fastspec.similarity import prepare_csr
+
+    prep = prepare_csr(poff, lib.array("prec_mz"), lib.array("prec_intensity"), lib.array("prec_sorted")[:n_fin],
+                       "entropy", clean=False)
+    np.testing.assert_array_equal(prep.offsets, poff)
+    np.testing.assert_array_equal(lib.array("prec_entropy_w"), prep.w)
     inten = np.asarray(lib.array("intensity"), np.float64)
     norms = [np.sqrt(np.sum(inten[off[i]:off[i + 1]] ** 2)) for i in range(len(lib))]
     np.testing.assert_allclose(lib.array("norm"), norms, rtol=1e-12)

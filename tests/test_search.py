@@ -297,11 +297,11 @@ def test_window_positions_vs_numpy():
 @pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "modified_cosine"),
                                          ("identity", "entropy"), ("formula", "cosine"), ("open", "cosine"),
                                          ("analog", "modified_cosine")])
-@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_loc",)])
+@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_loc",), ("prec_entropy_w",)])
 def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monkeypatch):
-    """Indexes without the stored norms and the precursor-ordered peak copy (older builds) gather and
-    prepare candidates instead of scoring them in place; without the precursor-block index, identity
-    windows are scored in full: the same hits."""
+    """Indexes without the stored norms and the precursor-ordered peak copy (older builds), or without
+    the copy's entropy weights, gather and prepare candidates instead of scoring them in place; without
+    the precursor-block index, identity windows are scored in full: the same hits."""
     kw = dict(k=K, mode=mode, precursor_tolerance="0.05da", metric=metric)
     ref = lib.search(data[1], **kw)
     real = Library.has_array
@@ -324,7 +324,8 @@ def test_identity_ties_go_to_the_lowest_library_row(tmp_path, metric, copy, monk
                         preprocess=None, faiss=False)
     if not copy:
         real = Library.has_array
-        monkeypatch.setattr(Library, "has_array", lambda self, name: name not in ("norm", "prec_norm") and real(self, name))
+        gone = ("norm", "prec_norm", "prec_entropy_w")
+        monkeypatch.setattr(Library, "has_array", lambda self, name: name not in gone and real(self, name))
     q = Spectra.from_arrays(mz[:1], it[:1], precursor_mz=[200.0025], metadata={"ion_mode": ["positive"]})
     hits = lib.search(q, k=3, mode="identity", precursor_tolerance="0.01da", metric=metric)
     assert hits.indices[0].tolist() == [0, 1, 2]
@@ -519,6 +520,30 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
     mode = "analog" if metric == "modified_cosine" else "open"
     hits = raw.search(queries, k=K, mode=mode, metric=metric, tolerance=tolerance)
     assert_same_hits(hits, brute_force(raw, queries, metric, same_polarity(raw, queries), tolerance=tolerance))
+
+
+@pytest.mark.parametrize("zero_peak", [False, True])
+def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_peak):
+    """Identity entropy scores the precursor-ordered copy in place with its stored entropy weights,
+    unclean peaks included; a stored peak that preparation would drop (an m/z that is positive but 0 in
+    float32, as entropy reads it) leaves the index without those weights, and candidates are gathered:
+    both equal brute force."""
+    lib = raw
+    if zero_peak:
+        sp = raw.spectra(metadata=True)
+        mz = np.array(sp.mz, copy=True)
+        mz[sp.offsets[3]] = 1e-50
+        sp = Spectra.from_arrays([mz[sp.offsets[i]:sp.offsets[i + 1]] for i in range(len(sp))],
+                                 [sp.intensity[sp.offsets[i]:sp.offsets[i + 1]] for i in range(len(sp))],
+                                 precursor_mz=sp.precursor_mz, metadata=sp.metadata)
+        lib = Library.build(sp, tmp_path / "zero.fastspec", preprocess=None, faiss=False)
+    assert lib.has_array("prec_entropy_w") is not zero_peak
+    queries = data[1]
+    hits = lib.search(queries, k=K, mode="identity", metric="entropy", precursor_tolerance="0.05da")
+    pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
+    window = np.abs(pl[None, :] - pq_[:, None]) <= 0.05
+    assert_same_hits(hits, brute_force(lib, queries, "entropy", window & same_polarity(lib, queries)))
+    assert (hits.indices[:, 0] >= 0).sum() >= 10
 
 
 @pytest.mark.parametrize("metric,tolerance,min_matches", [

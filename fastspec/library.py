@@ -258,6 +258,16 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     return spectra, counts
 
 
+def _input_sources(counts: dict) -> list:
+    """``[path, records]`` per input file, in read order, covering the ``n_read`` input positions of one
+    read (``[[None, n]]`` for spectra given in memory, or counts that do not add up)."""
+    n_read = int(counts["n_read"])
+    files = counts.get("files")
+    if not files or sum(int(n) for _, n in files) != n_read:
+        return [[None, n_read]] if n_read else []
+    return [[str(p), int(n)] for p, n in files if int(n)]
+
+
 def _is_matchms(obj) -> bool:
     return type(obj).__module__.startswith("matchms") and hasattr(obj, "peaks") and hasattr(obj, "metadata")
 
@@ -587,7 +597,7 @@ class Library:
             processed = apply_pipeline(pipeline, spectra)
             _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
                          threads=threads, overwrite=overwrite, prog=prog, input_index=counts["positions"],
-                         n_input=int(counts["n_read"]), allow_empty=allow_empty)
+                         n_input=int(counts["n_read"]), allow_empty=allow_empty, inputs=_input_sources(counts))
         finally:
             prog.close()
         return cls.open(path)
@@ -676,7 +686,8 @@ class Library:
         _build_index(self.path, merged, total, self.manifest["build"]["preprocess"], faiss=faiss_on,
                      faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
                      already_valid=n_old, appended=True, created=self.manifest.get("created"),
-                     input_index=input_index, n_input=n_input + int(counts["n_read"]))
+                     input_index=input_index, n_input=n_input + int(counts["n_read"]),
+                     inputs=self.input_files + _input_sources(counts))
 
     def _release(self) -> None:
         self._arrays = {}
@@ -714,6 +725,29 @@ class Library:
         if int(self.manifest["counts"].get("n_rejected", 0)) == 0:
             return np.arange(len(self), dtype=np.int64)
         return None
+
+    @property
+    def input_files(self) -> list:
+        """The inputs the library was built from, in input order: ``[path, records]`` per file read
+        (``path`` as given; None for spectra given in memory), continued by each :meth:`append`. The
+        records add up to the input positions of :attr:`input_index`. Indexes written before inputs
+        were recorded give ``[[None, n_input]]``."""
+        inputs = self.manifest.get("inputs")
+        if inputs is None:
+            n = int(self.manifest["counts"].get("n_input", self.manifest["counts"].get("n_read", len(self))))
+            return [[None, n]] if n else []
+        return [[p, int(n)] for p, n in inputs]
+
+    def input_file(self, rows: np.ndarray) -> list:
+        """The input file of library ``rows`` (int array): path strings, None where unknown (spectra given
+        in memory, or an index without input positions)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        inp, files = self.input_index, self.input_files
+        if inp is None or not files or all(p is None for p, _ in files):
+            return [None] * rows.shape[0]
+        ends = np.cumsum([n for _, n in files])
+        which = np.searchsorted(ends, np.asarray(inp)[rows], side="right")
+        return [files[w][0] if w < len(files) else None for w in which.tolist()]
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -1041,6 +1075,7 @@ class Library:
             "faiss": m["build"].get("faiss"),
             "size_bytes": size,
             "files": len(m["files"]),
+            "input_files": [{"path": p, "records": n} for p, n in self.input_files],
         }
 
     def search(self, queries: Any, k: int = 10, *, mode: str = "identity", metric: str | None = None, **kwargs):
@@ -1154,11 +1189,13 @@ def _build_index(
     input_index: np.ndarray | None = None,
     n_input: int | None = None,
     allow_empty: bool = True,
+    inputs: list | None = None,
 ) -> None:
     """Write every structure of the index for already-preprocessed spectra (atomically).
 
     ``input_index`` (int64, one per spectrum of ``processed``) is each spectrum's input position
-    (default: its row); ``n_input`` the number of input positions used so far (default: len(processed)).
+    (default: its row); ``n_input`` the number of input positions used so far (default: len(processed));
+    ``inputs`` the ``[path, records]`` per input file covering them (:attr:`Library.input_files`).
     """
     from fastspec.kernels import fragment as fk
 
@@ -1325,6 +1362,8 @@ def _build_index(
                 "min_peak_gap": float(min_gap.min()) if n else None,
             },
         }
+        if inputs is not None:
+            manifest["inputs"] = [[p, int(c)] for p, c in inputs]
         if appended:
             manifest["appended"] = True
         fmt.write_manifest(tmp, manifest, out.finish())

@@ -110,7 +110,8 @@ MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds t
 REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
 
 HIT_COLUMNS = (
-    "query_index", "query_id", "query_file", "rank", "library_index", "library_input_index", "library_id", "score", "n_matched",
+    "query_index", "query_id", "query_file", "rank", "library_index", "library_input_index", "library_file",
+    "library_id", "score", "n_matched",
     "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
     "inchikey14", "smiles", "name", "status", "fallback",
 )
@@ -202,7 +203,8 @@ class Hits:
 
         Columns: ``query_index, query_id, query_file`` (the file the query was read from, null for queries
         given in memory), ``rank (1-based), library_index (row), library_input_index
-        (position among the library's input spectra), library_id, score, n_matched,
+        (position among the library's input spectra), library_file`` (the input file the hit was read
+        from, null for spectra given in memory), ``library_id, score, n_matched,
         query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm (the same
         over the query's precursor m/z, as ppm precursor windows are), adduct, formula, inchikey14,
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
@@ -239,6 +241,16 @@ class Hits:
             cols["library_input_index"] = pa.array(lin, pa.int64(), mask=~has)
         else:
             cols["library_input_index"] = pa.nulls(q_index.shape[0], pa.int64())
+        lfile = pa.nulls(q_index.shape[0], pa.string())
+        if self.library is not None and has.any():
+            uniq_rows, back = np.unique(lib_idx[has], return_inverse=True)
+            names = self.library.input_file(uniq_rows)
+            if any(x is not None for x in names):
+                full = [None] * q_index.shape[0]
+                for pos, b in zip(np.flatnonzero(has).tolist(), back.tolist()):
+                    full[pos] = names[b]
+                lfile = pa.array(full, pa.string())
+        cols["library_file"] = lfile
         meta = None
         lpmz = np.full(q_index.shape[0], np.nan)
         if library_columns and self.library is not None and has.any():

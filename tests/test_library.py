@@ -589,6 +589,39 @@ def test_input_positions_count_records_the_reader_rejected(subsets, tmp_path):
     np.testing.assert_array_equal(np.asarray(two.input_index), np.concatenate([good, 60 + good]))
 
 
+def test_input_files_name_each_hit_s_file(subsets, tmp_path):
+    """The index records its input files (``[path, records]``, appends continued, spectra given in memory
+    as None); ``input_file`` and the hit table's ``library_file`` name the file of each library spectrum,
+    the rejected records of an earlier file counted."""
+    import fastspec.io as fio
+
+    sp = subsets[0][:40]
+    fio.write(sp[:20], tmp_path / "a.mgf")
+    text = (tmp_path / "a.mgf").read_text().split("BEGIN IONS")
+    text[4] = text[4].replace("END IONS", "100.0 abc\nEND IONS")  # record 3 of a.mgf is rejected
+    (tmp_path / "a.mgf").write_text("BEGIN IONS".join(text))
+    fio.write(sp[20:], tmp_path / "b.msp")
+    a, b = str(tmp_path / "a.mgf"), str(tmp_path / "b.msp")
+    lib = Library.build([a, b], tmp_path / "l.fastspec", preprocess=None, faiss=False)
+    assert lib.input_files == [[a, 20], [b, 20]]
+    assert lib.info()["input_files"] == [{"path": a, "records": 20}, {"path": b, "records": 20}]
+    assert lib.input_file(np.arange(len(lib))) == [a] * 19 + [b] * 20
+    lib.append(sp[:5])
+    assert lib.input_files == [[a, 20], [b, 20], [None, 5]]
+    assert lib.input_file(np.array([0, 19, 38, 39, 43])) == [a, b, b, None, None]
+    # the hit table: every hit row names its row's file (b's first spectrum finds itself first)
+    hits = lib.search(Spectra.concat([sp[20:21], sp[:3]]), k=10, mode="open")
+    rows = hits.to_arrow().to_pylist()
+    want = {r: (a if r < 19 else b if r < 39 else None) for r in range(len(lib))}
+    assert all(r["library_file"] == want[r["library_index"]] for r in rows if r["library_index"] is not None)
+    assert rows[0]["library_index"] == 19 and rows[0]["library_file"] == b
+    assert {r["library_file"] for r in rows} >= {a, b, None}
+    # an index built from spectra in memory: no file, a null column
+    mem = Library.build(sp[:10], tmp_path / "m.fastspec", preprocess=None, faiss=False)
+    assert mem.input_files == [[None, 10]]
+    assert mem.search(sp[:2], k=1, mode="identity").to_arrow().column("library_file").null_count == 2
+
+
 def test_an_object_opened_before_another_appends_refuses_to_mix(subsets, tmp_path):
     """Another Library object (another process) appends: this one must not load files of the new index
     next to the arrays it already mapped; a clear error says to open it again."""

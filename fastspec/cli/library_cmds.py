@@ -189,6 +189,11 @@ def info(library, verify, as_json, threads, quiet):
         lines.append(f"  rejected      {c}: {reason}")
     for what, c in sorted((d.get("read_warnings") or {}).items(), key=lambda x: -x[1]):
         lines.append(f"  read warning  {c}: {what}")
+    inputs = d.get("input_files") or []
+    shown = inputs if len(inputs) <= 10 else inputs[:5] + [None] + inputs[-4:]  # a directory of many files
+    for f in shown:
+        lines.append(f"  input         ... {len(inputs) - 9} more files" if f is None else
+                     f"  input         {f['records']} records: {f['path'] or '(spectra given in memory)'}")
     lines += [
         f"peaks           {d['n_peaks']}",
         f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",

@@ -1256,6 +1256,7 @@ def _build_index(
         prec_entropy = _prec_entropy_weights(p_off, p_mz, p_int, threads)
         if prec_entropy is not None:
             out.save("prec_entropy_w", prec_entropy)
+        stored_entropy = prec_entropy is not None
         del prec_entropy
         prog.step("window index")
         # scan weights straight from the copy's peaks: gathering the library-order ones would need a
@@ -1346,7 +1347,8 @@ def _build_index(
                 "faiss_requested": dict(faiss_params or {}) if faiss else None,
                 "metadata_row_group": _METADATA_ROW_GROUP,
                 "window_block": WINDOW_BLOCK,
-                "prec_entropy": {"metric": "entropy", "clean": False},
+                # how prec_entropy_w was prepared (recorded only when it was stored)
+                "prec_entropy": {"metric": "entropy", "clean": False} if stored_entropy else None,
                 "scan_order": SCAN_ORDER,
                 "weights": {"wcos": {"kind": "cosine", "mz_power": 0.0, "intensity_power": 1.0},
                             "went": {"kind": "entropy"}},

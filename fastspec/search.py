@@ -946,7 +946,7 @@ class _Context:
         the index has one (a window is then one block of memory, and default cosine weights are scored
         in place): 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3: identity 0.47-0.52
         -> 0.24 ms/query."""
-        by_prec = self.lib.has_array("prec_norm")  # the last of the copy's arrays
+        by_prec = self.lib.has_array("prec_norm")  # the copy's required arrays (prec_entropy_w is optional)
         offs, cand = self.window_candidates(rows, tol, positions=by_prec)
         if by_prec and self.block_bounded():
             return self.bounded_window_search(rows, offs, cand)

@@ -43,6 +43,8 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``{formula,adduct,instrument}_{code,keys}``    int32 codes per spectrum (-1 unknown) and the strings
 ``metadata.parquet``                           every metadata column (+ ``formula_canonical``); read
                                                lazily, only the columns and row groups needed
+``inputs.parquet``                             the input files (path bytes, records, source) in input
+                                               order (optional: older indexes did not record them)
 ``faiss.index``                                optional IVF index over hashed spectrum vectors
 =============================================  =====================================================
 """
@@ -78,6 +80,9 @@ _DEFAULT = "default"
 #: own 5.49 / 2.24 / 4.76; on shuffled input no different (6.62 / 2.62 / 5.62 against 6.44 / 2.64 /
 #: 5.71): what is left there is reading the survivors' peaks, which stay in row order.
 SCAN_ORDER = "base_peak"
+
+#: The index's record of its inputs (:attr:`Library.input_files`).
+INPUTS_FILE = "inputs.parquet"
 
 #: Reason recorded for spectra dropped because preprocessing left no peak.
 REASON_NO_PEAKS = "no peaks after preprocessing"
@@ -258,14 +263,35 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     return spectra, counts
 
 
-def _input_sources(counts: dict) -> list:
-    """``[path, records]`` per input file, in read order, covering the ``n_read`` input positions of one
-    read (``[[None, n]]`` for spectra given in memory, or counts that do not add up)."""
+def _input_sources(counts: dict) -> list[dict]:
+    """The inputs of one read, in read order, covering its ``n_read`` input positions: ``{"path",
+    "records", "source"}`` per file read (``source`` "file"), or one entry for spectra given in memory
+    ("memory", no path); "unknown" if the file counts do not add up (the readers' own check rules that
+    out)."""
     n_read = int(counts["n_read"])
     files = counts.get("files")
-    if not files or sum(int(n) for _, n in files) != n_read:
-        return [[None, n_read]] if n_read else []
-    return [[str(p), int(n)] for p, n in files if int(n)]
+    if not n_read:
+        return []
+    if not files:
+        return [{"path": None, "records": n_read, "source": "memory"}]
+    if sum(int(n) for _, n in files) != n_read:
+        return [{"path": None, "records": n_read, "source": "unknown"}]
+    return [{"path": str(p), "records": int(n), "source": "file"} for p, n in files if int(n)]
+
+
+def _write_inputs(path: Path, inputs: list[dict]) -> None:
+    """``inputs.parquet``: one row per input (``Library.input_files``). Paths are stored as the bytes the
+    file system gave (``os.fsencode``): a name that is not UTF-8 survives the round trip. A file of its
+    own, not a manifest entry: a directory of 100k one-record files (MassBank's record tree) made a
+    10 MB manifest, parsed and hashed at every open."""
+    import pyarrow.parquet as pq
+
+    table = pa.table({
+        "path": pa.array([None if d["path"] is None else os.fsencode(d["path"]) for d in inputs], pa.binary()),
+        "records": pa.array([int(d["records"]) for d in inputs], pa.int64()),
+        "source": pa.array([d["source"] for d in inputs], pa.string()),
+    })
+    pq.write_table(table, path, compression="zstd")
 
 
 def _is_matchms(obj) -> bool:
@@ -727,27 +753,39 @@ class Library:
         return None
 
     @property
-    def input_files(self) -> list:
-        """The inputs the library was built from, in input order: ``[path, records]`` per file read
-        (``path`` as given; None for spectra given in memory), continued by each :meth:`append`. The
-        records add up to the input positions of :attr:`input_index`. Indexes written before inputs
-        were recorded give ``[[None, n_input]]``."""
-        inputs = self.manifest.get("inputs")
-        if inputs is None:
-            n = int(self.manifest["counts"].get("n_input", self.manifest["counts"].get("n_read", len(self))))
-            return [[None, n]] if n else []
-        return [[p, int(n)] for p, n in inputs]
+    def input_files(self) -> list[dict]:
+        """The inputs the library was built from, in input order, continued by each :meth:`append`: one
+        ``{"path", "records", "source"}`` per file read (``source`` "file", ``path`` as given, so a
+        relative path is relative to the working directory of the build), per batch of spectra given in
+        memory ("memory", no path), or "unknown" (an index written before inputs were recorded). The
+        records add up to the input positions of :attr:`input_index`."""
+        cached = self._cache.get("input files")
+        if cached is None:
+            if INPUTS_FILE in self.manifest["files"]:
+                import pyarrow.parquet as pq
+
+                self._check_unchanged()
+                t = pq.read_table(self.path / INPUTS_FILE)
+                cached = [{"path": None if p is None else os.fsdecode(p), "records": int(n), "source": src}
+                          for p, n, src in zip(t.column("path").to_pylist(), t.column("records").to_pylist(),
+                                               t.column("source").to_pylist())]
+            else:
+                counts = self.manifest["counts"]
+                n = int(counts.get("n_input", counts.get("n_read", len(self))))
+                cached = [{"path": None, "records": n, "source": "unknown"}] if n else []
+            self._cache["input files"] = cached
+        return [dict(d) for d in cached]
 
     def input_file(self, rows: np.ndarray) -> list:
-        """The input file of library ``rows`` (int array): path strings, None where unknown (spectra given
-        in memory, or an index without input positions)."""
+        """The input file of library ``rows`` (int array): path strings, None for spectra given in memory or
+        of unknown source."""
         rows = np.asarray(rows, dtype=np.int64)
         inp, files = self.input_index, self.input_files
-        if inp is None or not files or all(p is None for p, _ in files):
+        if inp is None or not any(d["path"] is not None for d in files):
             return [None] * rows.shape[0]
-        ends = np.cumsum([n for _, n in files])
+        ends = np.cumsum([d["records"] for d in files])
         which = np.searchsorted(ends, np.asarray(inp)[rows], side="right")
-        return [files[w][0] if w < len(files) else None for w in which.tolist()]
+        return [files[w]["path"] if w < len(files) else None for w in which.tolist()]
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -1057,6 +1095,7 @@ class Library:
         """Summary for ``fastspec info``."""
         m = self.manifest
         size = sum(int(e["size"]) for e in m["files"].values())
+        inputs = self.input_files
         return {
             "path": str(self.path),
             "format_version": m["format_version"],
@@ -1075,7 +1114,9 @@ class Library:
             "faiss": m["build"].get("faiss"),
             "size_bytes": size,
             "files": len(m["files"]),
-            "input_files": [{"path": p, "records": n} for p, n in self.input_files],
+            "n_input_files": len(inputs),
+            # a directory of 100k record files would print them all: the first and last few
+            "input_files": inputs if len(inputs) <= 20 else inputs[:10] + inputs[-10:],
         }
 
     def search(self, queries: Any, k: int = 10, *, mode: str = "identity", metric: str | None = None, **kwargs):
@@ -1195,7 +1236,7 @@ def _build_index(
 
     ``input_index`` (int64, one per spectrum of ``processed``) is each spectrum's input position
     (default: its row); ``n_input`` the number of input positions used so far (default: len(processed));
-    ``inputs`` the ``[path, records]`` per input file covering them (:attr:`Library.input_files`).
+    ``inputs`` the inputs covering them (:attr:`Library.input_files`).
     """
     from fastspec.kernels import fragment as fk
 
@@ -1326,6 +1367,8 @@ def _build_index(
         out.save("formula_offsets", foff)
         out.save("formula_ids", ids)
         _write_metadata(tmp / "metadata.parquet", md, formulas)
+        if inputs is not None:
+            _write_inputs(tmp / INPUTS_FILE, inputs)
 
         prog.step("faiss")
         faiss_info = None
@@ -1364,8 +1407,6 @@ def _build_index(
                 "min_peak_gap": float(min_gap.min()) if n else None,
             },
         }
-        if inputs is not None:
-            manifest["inputs"] = [[p, int(c)] for p, c in inputs]
         if appended:
             manifest["appended"] = True
         fmt.write_manifest(tmp, manifest, out.finish())

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -230,7 +231,7 @@ class Hits:
             "query_index": pa.array(q_index, pa.int64()),
             "query_id": pa.array([self.query_ids[i] for i in q_index.tolist()], pa.string()),
             "query_file": (pa.nulls(q_index.shape[0], pa.string()) if self.query_files is None else
-                           pa.array([self.query_files[i] for i in q_index.tolist()], pa.string())),
+                           pa.array([_path_text(self.query_files[i]) for i in q_index.tolist()], pa.string())),
             "rank": pa.array(rank + 1, pa.int32(), mask=~has),
             "library_index": pa.array(lib_idx, pa.int64(), mask=~has),
         }
@@ -244,7 +245,7 @@ class Hits:
         lfile = pa.nulls(q_index.shape[0], pa.string())
         if self.library is not None and has.any():
             uniq_rows, back = np.unique(lib_idx[has], return_inverse=True)
-            names = self.library.input_file(uniq_rows)
+            names = [_path_text(p) for p in self.library.input_file(uniq_rows)]
             if any(x is not None for x in names):
                 full = [None] * q_index.shape[0]
                 for pos, b in zip(np.flatnonzero(has).tolist(), back.tolist()):
@@ -546,6 +547,21 @@ def _unfiltered_queries(cfg: _SearchConfig, q: Spectra, searched: np.ndarray) ->
         if counts:
             out[name] = counts
     return out
+
+
+def _path_text(path: str | None) -> str | None:
+    """A file path as table text: a name whose bytes are not UTF-8 (Python holds them as surrogate
+    escapes, which Arrow refuses) shows its raw bytes as ``\\xNN``."""
+    if path is None:
+        return None
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(path).decode("utf-8", "backslashreplace")
+        except UnicodeError:
+            return path.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _record_files(files: list | None, n_read: int) -> list[str] | None:

@@ -590,9 +590,9 @@ def test_input_positions_count_records_the_reader_rejected(subsets, tmp_path):
 
 
 def test_input_files_name_each_hit_s_file(subsets, tmp_path):
-    """The index records its input files (``[path, records]``, appends continued, spectra given in memory
-    as None); ``input_file`` and the hit table's ``library_file`` name the file of each library spectrum,
-    the rejected records of an earlier file counted."""
+    """The index records its inputs (files with their record counts, appends continued, spectra given in
+    memory as such); ``input_file`` and the hit table's ``library_file`` name the file of each library
+    spectrum, the rejected records of an earlier file counted."""
     import fastspec.io as fio
 
     sp = subsets[0][:40]
@@ -603,11 +603,12 @@ def test_input_files_name_each_hit_s_file(subsets, tmp_path):
     fio.write(sp[20:], tmp_path / "b.msp")
     a, b = str(tmp_path / "a.mgf"), str(tmp_path / "b.msp")
     lib = Library.build([a, b], tmp_path / "l.fastspec", preprocess=None, faiss=False)
-    assert lib.input_files == [[a, 20], [b, 20]]
-    assert lib.info()["input_files"] == [{"path": a, "records": 20}, {"path": b, "records": 20}]
+    fa, fb = {"path": a, "records": 20, "source": "file"}, {"path": b, "records": 20, "source": "file"}
+    assert lib.input_files == [fa, fb]
+    assert lib.info()["input_files"] == [fa, fb] and lib.info()["n_input_files"] == 2
     assert lib.input_file(np.arange(len(lib))) == [a] * 19 + [b] * 20
     lib.append(sp[:5])
-    assert lib.input_files == [[a, 20], [b, 20], [None, 5]]
+    assert lib.input_files == [fa, fb, {"path": None, "records": 5, "source": "memory"}]
     assert lib.input_file(np.array([0, 19, 38, 39, 43])) == [a, b, b, None, None]
     # the hit table: every hit row names its row's file (b's first spectrum finds itself first)
     hits = lib.search(Spectra.concat([sp[20:21], sp[:3]]), k=10, mode="open")
@@ -618,8 +619,56 @@ def test_input_files_name_each_hit_s_file(subsets, tmp_path):
     assert {r["library_file"] for r in rows} >= {a, b, None}
     # an index built from spectra in memory: no file, a null column
     mem = Library.build(sp[:10], tmp_path / "m.fastspec", preprocess=None, faiss=False)
-    assert mem.input_files == [[None, 10]]
+    assert mem.input_files == [{"path": None, "records": 10, "source": "memory"}]
     assert mem.search(sp[:2], k=1, mode="identity").to_arrow().column("library_file").null_count == 2
+
+
+def test_input_files_odd_names_many_files_and_old_indexes(subsets, tmp_path, monkeypatch):
+    """A file name that is not UTF-8 survives the index and shows its bytes in the hit table (Arrow
+    refuses the surrogate escapes Python holds such names in); a directory of many files keeps the
+    manifest small and ``info`` short; an index without the record (older builds) says the source is
+    unknown, and appends onto it still add up."""
+    import os
+
+    import fastspec.io as fio
+    from fastspec import _indexfmt as fmt
+
+    sp = subsets[0][:30]
+    d = tmp_path / "d"
+    d.mkdir()
+    odd = os.fsdecode(b"caf\xe9.mgf")  # Latin-1 bytes: 'caf\udce9.mgf' in Python
+    try:
+        fio.write(sp[:3], str(d / odd))
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("the file system refuses non-UTF-8 names")
+    for i in range(3, 30):
+        fio.write(sp[i:i + 1], d / f"r{i:03d}.mgf")
+    lib = Library.build(d, tmp_path / "l.fastspec", preprocess=None, faiss=False)
+    files = lib.input_files
+    assert len(files) == 28 and sum(f["records"] for f in files) == 30
+    assert os.path.basename(files[0]["path"]) == odd  # sorted by name: first
+    info = lib.info()
+    assert info["n_input_files"] == 28 and len(info["input_files"]) == 20
+    assert "inputs" not in lib.manifest and (lib.path / "inputs.parquet").exists()
+    table = lib.search(sp[:3], k=3, mode="open").to_arrow()  # the odd file's spectra find themselves
+    assert table.column("library_file")[0].as_py().endswith("caf\\xe9.mgf")
+    # an older index: no record of its inputs
+    real = fmt.read_manifest
+
+    def without_inputs(directory):
+        m = real(directory)
+        m["files"].pop("inputs.parquet", None)
+        return m
+
+    monkeypatch.setattr(fmt, "read_manifest", without_inputs)
+    old = Library.open(tmp_path / "l.fastspec")
+    assert old.input_files == [{"path": None, "records": 30, "source": "unknown"}]
+    assert old.input_file(np.array([0, 29])) == [None, None]
+    old.append(sp[:2])
+    monkeypatch.undo()
+    again = Library.open(tmp_path / "l.fastspec")
+    assert again.input_files == [{"path": None, "records": 30, "source": "unknown"},
+                                 {"path": None, "records": 2, "source": "memory"}]
 
 
 def test_an_object_opened_before_another_appends_refuses_to_mix(subsets, tmp_path):

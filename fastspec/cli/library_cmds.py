@@ -191,11 +191,13 @@ def info(library, verify, as_json, threads, quiet):
         lines.append(f"  rejected      {c}: {reason}")
     for what, c in sorted((d.get("read_warnings") or {}).items(), key=lambda x: -x[1]):
         lines.append(f"  read warning  {c}: {what}")
-    inputs = d.get("input_files") or []
-    shown = inputs if len(inputs) <= 10 else inputs[:5] + [None] + inputs[-4:]  # a directory of many files
+    inputs, n_inputs = d.get("input_files") or [], d.get("n_input_files", 0)
+    shown = inputs if len(inputs) >= n_inputs else inputs[:10] + [None] + inputs[10:]  # the first and last few
+    what = {"memory": "(spectra given in memory)", "unknown": "(not recorded)"}
     for f in shown:
-        lines.append(f"  input         ... {len(inputs) - 9} more files" if f is None else
-                     f"  input         {f['records']} records: {f['path'] or '(spectra given in memory)'}")
+        lines.append(f"  input         ... {n_inputs - len(inputs)} more" if f is None else
+                     f"  input         {f['records']} record{'s' if f['records'] != 1 else ''}: "
+                     f"{f['path'] if f['path'] is not None else what.get(f['source'], f['source'])}")
     lines += [
         f"peaks           {d['n_peaks']}",
         f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",

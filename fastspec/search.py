@@ -205,7 +205,8 @@ class Hits:
         Columns: ``query_index, query_id, query_file`` (the file the query was read from, null for queries
         given in memory), ``rank (1-based), library_index (row), library_input_index
         (position among the library's input spectra), library_file`` (the input file the hit was read
-        from, null for spectra given in memory), ``library_id, score, n_matched,
+        from, null for spectra given in memory or an index that did not record its inputs),
+        ``library_id, score, n_matched,
         query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm (the same
         over the query's precursor m/z, as ppm precursor windows are), adduct, formula, inchikey14,
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no

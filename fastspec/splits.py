@@ -141,9 +141,14 @@ def _greedy_fill(sizes: np.ndarray, target: int) -> np.ndarray:
 
 
 def _group_codes(groups: Sequence) -> np.ndarray:
-    """int64 codes; None values get unique codes of their own."""
+    """int64 codes in the order of the group labels (sorted), so that a seeded split of the same spectra
+    does not depend on the order they were read in; None values get unique codes of their own, after
+    the labelled groups, in row order."""
     codes, uniq = factorize([[None if g is None else str(g) for g in groups]])
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[sorted(range(len(uniq)), key=uniq.__getitem__)] = np.arange(len(uniq), dtype=np.int64)
     none = codes < 0
+    codes[~none] = rank[codes[~none]]
     codes[none] = len(uniq) + np.arange(int(none.sum()))
     return codes
 
@@ -191,12 +196,11 @@ def scaffold_groups(lab: LabData) -> list[str | None]:
     """Scaffold-split group per spectrum: molecules that share a scaffold through any of their SMILES are
     one group (a molecule stored under two tautomeric SMILES, e.g. a hydroxypyridine and its pyridone,
     has two scaffolds, and a split on one SMILES per molecule let the other ring system appear on both
-    sides). Labelled by the group's first scaffold in the representative order of
-    :func:`molecule_scaffolds`; molecules without a parsable structure are their own group (``mol:KEY``);
-    None where the spectrum has no molecule key."""
+    sides). Labelled by the smallest scaffold SMILES in the group, so that labels, and the seeded split
+    over them, do not depend on the order the spectra were read in; molecules without a parsable
+    structure are their own group (``mol:KEY``); None where the spectrum has no molecule key."""
     from fastspec.fingerprints import smiles_by_key
 
-    rep = molecule_scaffolds(lab)
     cands = smiles_by_key((m, s) for m, s in zip(lab.mol, lab.smiles) if m is not None)
     keys = list(cands)
     flat = [smi for k in keys for smi in cands[k]]
@@ -224,10 +228,11 @@ def scaffold_groups(lab: LabData) -> list[str | None]:
             if sc is not None:
                 union(node, "scaf:" + sc)
         at += len(cands[k])
-    label: dict[str, str] = {}  # component root -> label: its first representative scaffold seen
-    for m, r in zip(lab.mol, rep):
-        if m is not None and r is not None:
-            label.setdefault(find("mol:" + str(m)), r)
+    label: dict[str, str] = {}  # component root -> label: its smallest scaffold
+    for sc in set(every) - {None}:
+        root = find("scaf:" + sc)
+        if root not in label or sc < label[root]:
+            label[root] = sc
     out: list[str | None] = []
     for m in lab.mol:
         if m is None:

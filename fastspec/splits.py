@@ -27,7 +27,10 @@ Specs understood by :func:`make_split` (and ``fastspec split`` / ``fastspec eval
     learning-to-split adapted to a CPU (:func:`l2s_split`).
 
 Group splits fill the test side greedily with groups in a seeded random order, skipping groups that
-would overshoot the target, so the test share lands close to ``test_fraction``.
+would overshoot the target, so the test share lands close to ``test_fraction``. That order is drawn
+over the sorted group labels, so the same spectra read in another order get the same group split for
+a seed; ``random`` (row-level) and ``l2s`` (its predictor fingerprints each molecule from its first
+parsable SMILES and breaks nearest-neighbour ties by row) still depend on the order of the rows.
 ``molecule_disjoint=True`` additionally drops (excludes) training spectra whose molecule is in test,
 for any split kind.
 """
@@ -180,7 +183,8 @@ def scaffolds(smiles: Sequence[str | None]) -> list[str | None]:
 
 def molecule_scaffolds(lab: LabData) -> list[str | None]:
     """Scaffold per spectrum, computed from one structure per molecule key (the first SMILES seen that
-    RDKit parses), so that tautomers / stereo variants of one molecule never land on different sides."""
+    RDKit parses, so it follows row order). The scaffold split groups through :func:`scaffold_groups`
+    instead, which joins every scaffold of every SMILES of a molecule."""
     from fastspec.fingerprints import first_valid, smiles_by_key
 
     def compute(smi):

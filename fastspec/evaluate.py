@@ -24,8 +24,9 @@ Report keys (:data:`REPORT_KEYS`, stable):
     ``n_test`` respectively.
 ``hit_at_k`` / ``hit_at_k_all``
     {k: share} for k in 1, 5, 10: the true molecule is among the k best distinct training molecules
-    (each molecule ranked by its best-scoring spectrum among the ``search_k`` neighbours);
-    denominator ``n_scored`` / ``n_test``.
+    (each molecule ranked by its best-scoring spectrum among the ``search_k`` neighbours, whatever
+    ``vote`` is: with ``vote > 1`` the prediction is the voted molecule, so hit@1 can differ from
+    ``exact_match_rate``); denominator ``n_scored`` / ``n_test``.
 ``oracle_tanimoto`` / ``oracle_tanimoto_all``
     Best Tanimoto achievable by copying any training molecule in the test spectrum's bucket; mean over
     covered test spectra / over ``n_test`` (uncovered = 0).

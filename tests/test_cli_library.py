@@ -46,6 +46,19 @@ def test_info_json_and_verify(index):
     assert d["n_read"] == d["n_spectra"] + d["n_rejected"]
     text = run("info", index, "--verify", "-q").output
     assert "verified" in text and "spectra" in text
+    # the input file and its records, in the text and the JSON
+    assert d["n_input_files"] == 1 and d["input_files"][0]["records"] == d["n_read"]
+    assert f"input         {d['n_read']} records: {d['input_files'][0]['path']}" in text
+
+
+def test_hit_table_names_library_files(index, massbank_mgf, tmp_path):
+    """fastspec query's hit table says which input file each hit came from."""
+    out = tmp_path / "hits.parquet"
+    run("query", massbank_mgf, "--library", index, "-o", out, "-k", 2, "--mode", "open", "--threads", "1", "--quiet")
+    table = pq.read_table(out)
+    files = {f for f, i in zip(table.column("library_file").to_pylist(), table.column("library_index").to_pylist())
+             if i is not None}
+    assert files == {str(massbank_mgf)}
 
 
 @pytest.mark.parametrize("mode,ext", [("identity", "parquet"), ("open", "tsv"), ("analog", "csv")])

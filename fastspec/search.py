@@ -243,21 +243,21 @@ class Hits:
             cols["library_input_index"] = pa.array(lin, pa.int64(), mask=~has)
         else:
             cols["library_input_index"] = pa.nulls(q_index.shape[0], pa.int64())
+        # the distinct hit rows, looked up once for the file and metadata columns
+        hit = self.library is not None and bool(has.any())
+        uniq, inv = np.unique(lib_idx[has], return_inverse=True) if hit else (None, None)
         lfile = pa.nulls(q_index.shape[0], pa.string())
-        if self.library is not None and has.any():
-            uniq_rows, back = np.unique(lib_idx[has], return_inverse=True)
-            names = [_path_text(p) for p in self.library.input_file(uniq_rows)]
+        if hit:
+            names = [_path_text(p) for p in self.library.input_file(uniq)]
             if any(x is not None for x in names):
                 full = [None] * q_index.shape[0]
-                for pos, b in zip(np.flatnonzero(has).tolist(), back.tolist()):
+                for pos, b in zip(np.flatnonzero(has).tolist(), inv.tolist()):
                     full[pos] = names[b]
                 lfile = pa.array(full, pa.string())
         cols["library_file"] = lfile
         meta = None
         lpmz = np.full(q_index.shape[0], np.nan)
-        if library_columns and self.library is not None and has.any():
-            hit_rows = lib_idx[has]
-            uniq, inv = np.unique(hit_rows, return_inverse=True)
+        if library_columns and hit:
             meta = self.library.metadata(rows=uniq, columns=["id", "adduct", "formula_canonical", "formula", "inchikey14",
                                                               "inchikey", "smiles", "name"])
             lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv]

@@ -340,7 +340,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                 out.append(f)
                 found += 1
         if not found:
-            raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, MassBank records, ...)", str(p))
+            raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, mzXML, MassBank records, ...)", str(p))
     return out, skipped
 
 

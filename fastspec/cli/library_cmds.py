@@ -73,7 +73,7 @@ def _default_with(pp, tweaks: dict):
 @handle_errors
 def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_precursor, noise, top_k, faiss, on_error,
           overwrite, threads, quiet):
-    """Build a library index from spectrum files (MGF, MSP, mzML, MassBank records, Parquet, ...) or
+    """Build a library index from spectrum files (MGF, MSP, mzML, mzXML, MassBank records, Parquet, ...) or
     directories of them."""
     from fastspec.library import Library
 

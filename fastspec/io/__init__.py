@@ -1,5 +1,5 @@
-"""Reading and writing spectrum files: MGF, MSP, mzML (read), MassBank records (read), MassSpecGym
-TSV, parquet, HDF5.
+"""Reading and writing spectrum files: MGF, MSP, mzML and mzXML (read), MassBank records (read),
+MassSpecGym TSV, parquet, HDF5.
 
 >>> import fastspec.io as fio
 >>> spectra, report = fio.read("library.mgf", return_report=True)   # doctest: +SKIP
@@ -7,7 +7,7 @@ TSV, parquet, HDF5.
 ...     ...
 >>> fio.write(spectra, "library.parquet")                          # doctest: +SKIP
 
-The format comes from the extension (``.mgf``, ``.msp``, ``.mzml``, ``.tsv``, ``.parquet``,
+The format comes from the extension (``.mgf``, ``.msp``, ``.mzml``, ``.mzxml``, ``.tsv``, ``.parquet``,
 ``.h5``/``.hdf5``; text formats may end in ``.gz``) or ``format=``; unknown extensions are sniffed
 (MassBank record files, ``MSBNK-...txt``, are recognised by their content).
 Metadata is harmonised (:mod:`fastspec.io.meta`) and the same peak rules apply to every format
@@ -33,13 +33,14 @@ _MODULES = {
     "mgf": "fastspec.io.mgf",
     "msp": "fastspec.io.msp",
     "mzml": "fastspec.io.mzml",
+    "mzxml": "fastspec.io.mzxml",
     "tsv": "fastspec.io.tsv",
     "parquet": "fastspec.io.parquet",
     "hdf5": "fastspec.io.hdf5",
     "massbank": "fastspec.io.massbank",
 }
 WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
-_TEXT = ("mgf", "msp", "tsv", "mzml", "massbank")
+_TEXT = ("mgf", "msp", "tsv", "mzml", "mzxml", "massbank")
 
 
 
@@ -97,7 +98,8 @@ def read(
     path : str, os.PathLike or list of them
         File(s) to read; several files are concatenated in order.
     format : str, optional
-        ``"mgf"``, ``"msp"``, ``"mzml"``, ``"massbank"``, ``"tsv"``, ``"parquet"`` or ``"hdf5"``. Default: from
+        ``"mgf"``, ``"msp"``, ``"mzml"``, ``"mzxml"``, ``"massbank"``, ``"tsv"``, ``"parquet"`` or ``"hdf5"``.
+        Default: from
         the extension (``.gz`` allowed for text formats), else sniffed from the content.
     on_error : {"skip", "raise"}
         ``"skip"``: drop bad records and count them (with line and reason) in the report.

@@ -493,13 +493,14 @@ EXTENSIONS = {
     ".mgf": "mgf",
     ".msp": "msp",
     ".mzml": "mzml",
+    ".mzxml": "mzxml",
     ".tsv": "tsv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".h5": "hdf5",
     ".hdf5": "hdf5",
 }
-FORMATS = ("mgf", "msp", "mzml", "tsv", "parquet", "hdf5", "massbank")
+FORMATS = ("mgf", "msp", "mzml", "mzxml", "tsv", "parquet", "hdf5", "massbank")
 
 
 def detect_format(path: str, format: str | None = None) -> str:
@@ -531,6 +532,8 @@ def sniff_format(path: str) -> str:
     text = head.decode("utf-8", "replace").lower()
     if "<mzml" in text or "<indexedmzml" in text:
         return "mzml"
+    if "<mzxml" in text:
+        return "mzxml"
     if "begin ions" in text:
         return "mgf"
     first = text.lstrip().split("\n", 1)[0]

@@ -15,7 +15,7 @@ Messages number spectra by their position in the file (1-based), not by line.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -206,7 +206,38 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     naming the XML line (``on_error="raise"``: a :class:`ParseError` there). A file that does not even
     start as readable XML (empty, an HTML page, not gzip despite ``.gz``) is a :class:`FastspecError`.
     """
-    reader_class = _reader_class()
+    yield from iter_xml(path, _reader_class(), _MZML, on_error=on_error, report=report, chunk_size=chunk_size)
+
+
+class XmlDialect(NamedTuple):
+    """What differs between the XML formats pyteomics reads for :func:`iter_xml`."""
+
+    name: str  #: in messages ("invalid mzML (...)")
+    ms_level: Callable[[dict], int | None]  #: a spectrum's MS level (None: not written)
+    profile: Callable[[dict], bool]  #: whether it is a profile-mode spectrum
+    record: Callable[[dict], dict]  #: its metadata
+
+
+def _mzml_level(s: dict) -> int | None:
+    level = s.get("ms level")
+    if level is None and "MS1 spectrum" in s:  # the spectrum type, where no ms level is written
+        return 1
+    return None if level is None else int(level)
+
+
+def _mzml_profile(s: dict) -> bool:
+    desc = s.get("spectrumDescription") or {}
+    return "profile spectrum" in s or "profile mass spectrum" in desc or "profile spectrum" in desc
+
+
+_MZML = XmlDialect("mzML", _mzml_level, _mzml_profile, _record)
+
+
+def iter_xml(path: str, reader_class, dialect: XmlDialect, *, on_error: str, report: ReadReport,
+             chunk_size: int | None = None) -> Iterator[Spectra]:
+    """MS2 spectra of an XML file read by a pyteomics reader (``reader_class``), ``chunk_size`` at a time
+    (default 10000); see :func:`iter_spectra`. Records are numbered by their position among all the
+    file's spectra (pyteomics' ``index`` where it gives one)."""
     step = int(chunk_size or 10_000)
     fh, _ = open_binary(path)
     mzs, ints, rows, lines = [], [], [], []
@@ -219,7 +250,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         except UnsupportedCompression as e:
             raise UnsupportedCompression(f"{path}: {e}") from None
         except Exception as e:  # noqa: BLE001 - lxml, gzip and pyteomics raise many kinds
-            raise FastspecError(f"{path}: not readable as mzML ({_xml_error(e)})") from None
+            raise FastspecError(f"{path}: not readable as {dialect.name} ({_xml_error(e)})") from None
         it = iter(reader)
         while True:
             try:
@@ -229,7 +260,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             except UnsupportedCompression as e:  # a file-level problem, not a bad record
                 raise UnsupportedCompression(f"{path}: {e}") from None
             except Exception as e:  # noqa: BLE001 - lxml/pyteomics raise many kinds on broken XML
-                why = f"invalid mzML ({_xml_error(e)})"
+                why = f"invalid {dialect.name} ({_xml_error(e)})"
                 if on_error == "raise":
                     raise ParseError(why, path, position + 1) from e
                 if rows:  # the spectra read so far come first, so the rejection's position is theirs + 1
@@ -238,18 +269,15 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                 report.reject(position + 1, why, path)
                 break
             position = int(s.get("index", position)) + 1
-            level = s.get("ms level")
-            if level is None and "MS1 spectrum" in s:  # the spectrum type, where no ms level is written
-                level = 1
-            if level is not None and int(level) != 2:
+            level = dialect.ms_level(s)
+            if level is not None and level != 2:
                 skipped += 1
                 continue
-            desc = s.get("spectrumDescription") or {}
-            if "profile spectrum" in s or "profile mass spectrum" in desc or "profile spectrum" in desc:
+            if dialect.profile(s):
                 profile += 1  # read as given: every sample point becomes a peak
             m = np.asarray(s.get("m/z array", np.zeros(0)), dtype=np.float64)
             i = np.asarray(s.get("intensity array", np.zeros(0)), dtype=np.float64)
-            row = _record(s)
+            row = dialect.record(s)
             if m.shape != i.shape:  # also a missing intensity array
                 m, i = np.zeros(0), np.zeros(0)
                 row["_error"] = _ARRAYS_DIFFER

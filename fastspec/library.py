@@ -1091,6 +1091,17 @@ class Library:
         self._cache["scan arrays"] = got
         return got
 
+    def search_arrays(self) -> dict[str, bool]:
+        """Which optional search structures the index holds. Indexes built by older versions lack some;
+        search then takes a slower path to the same hits (rebuild to get them)."""
+        return {
+            "precursor_copy": self.has_array("prec_norm"),  # identity windows read in place
+            "window_blocks": self.window_block > 0 and self.has_array(WINDOW_WEIGHTS["cosine"]),  # identity bounds
+            "window_blocks_entropy": self.window_block > 0 and self.has_array(WINDOW_WEIGHTS["entropy"]),
+            "entropy_in_place": self.has_array("prec_entropy_w"),  # identity entropy scored in place
+            "band_codes": self.has_array("frag_wcos_q8"),  # open/analog bound scans (else computed on first use)
+        }
+
     def info(self) -> dict[str, Any]:
         """Summary for ``fastspec info``."""
         m = self.manifest
@@ -1114,6 +1125,7 @@ class Library:
             "faiss": m["build"].get("faiss"),
             "size_bytes": size,
             "files": len(m["files"]),
+            "search_arrays": self.search_arrays(),
             "n_input_files": len(inputs),
             # a directory of 100k record files would print them all: the first and last few
             "input_files": inputs if len(inputs) <= 20 else inputs[:10] + inputs[-10:],

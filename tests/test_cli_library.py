@@ -49,6 +49,9 @@ def test_info_json_and_verify(index):
     # the input file and its records, in the text and the JSON
     assert d["n_input_files"] == 1 and d["input_files"][0]["records"] == d["n_read"]
     assert f"input         {d['n_read']} records: {d['input_files'][0]['path']}" in text
+    # a fresh index holds every optional search structure, and says so
+    assert d["search_arrays"] and all(d["search_arrays"].values())
+    assert "search arrays   precursor_copy, window_blocks" in text and "missing" not in text
 
 
 def test_hit_table_names_library_files(index, massbank_mgf, tmp_path):

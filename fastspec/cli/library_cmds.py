@@ -204,6 +204,10 @@ def info(library, verify, as_json, threads, quiet):
         f"formulas        {d['n_formulas']}",
         f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
         f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}",
+        "search arrays   " + (", ".join(k for k, v in d["search_arrays"].items() if v) or "none")
+        + ("" if all(d["search_arrays"].values()) else
+           f" (missing: {', '.join(k for k, v in d['search_arrays'].items() if not v)}: searches take a slower "
+           "path to the same hits)"),
         f"size            {d['size_bytes'] / 1e6:.1f} MB in {d['files']} files",
     ]
     if verify:

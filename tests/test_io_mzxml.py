@@ -1,6 +1,7 @@
-"""mzXML, hand-written in the layouts real converters use (ProteoWizard / ReAdW 3.x: MS2 scans nested in
-their MS1 scan, network-order 32-bit pairs; 64-bit zlib; MZmine 2.x: flat scans, negative mode with an
-unsigned charge), each compared with what pyteomics itself returns."""
+"""mzXML, hand-written in the layouts real converters use (ReAdW 3.x: MS2 scans nested in their MS1 scan,
+network-order 32-bit pairs; 64-bit zlib; ProteoWizard and MZmine 2.x: flat scans; negative mode with an
+unsigned charge), each compared with what pyteomics itself returns, and the odd values a reviewer found
+that crashed the reader or lost the rest of the file."""
 from __future__ import annotations
 
 import base64
@@ -118,3 +119,48 @@ def test_unreadable_mzxml_is_one_clear_error(tmp_path, data):
     p.write_bytes(data)
     with pytest.raises(FastspecError, match="bad.mzXML: not readable as mzXML"):
         fio.read(p)
+
+
+def test_precursor_without_attributes_and_odd_values(tmp_path):
+    # <precursorMz> with text only (pyteomics gives a bare string), unparsable retentionTime / charge:
+    # a raw AttributeError / ValueError without the file name, or the rest of the file lost
+    bare = ms2(2).replace('<precursorMz precursorScanNum="1" precursorIntensity="1.75429e06" precursorCharge="1" '
+                          'activationMethod="CID">', "<precursorMz>")
+    odd = ms2(3, charge="2+").replace('retentionTime="PT33.5S"', 'retentionTime=""')
+    s, r = read(tmp_path, "odd.mzXML", mzxml(bare + odd + ms2(4)))
+    r.check()
+    assert s.ids == ["2", "3", "4"] and md(s, 0)["precursor_mz"] == 191.019725
+    assert "retention_time" not in md(s, 1) and md(s, 2)["retention_time"] == pytest.approx(34.5)
+
+
+def test_peaks_without_byte_order_or_precision(tmp_path):
+    # byteOrder is fixed to network order (ProteoWizard reads files without it so); precision defaults to 32
+    text = mzxml(ms2(2).replace(' byteOrder="network"', "") + ms2(3).replace('precision="32" ', ""))
+    s, r = read(tmp_path, "old.mzXML", text)
+    assert len(s) == 2 and np.allclose(s[1].mz, MZ, rtol=1e-6)
+
+
+def test_possible_charges_missing_ms_level_and_etd_sa(tmp_path):
+    scan2 = ms2(2, charge=None).replace('activationMethod="CID"', 'activationMethod="ETD+SA" possibleCharges="2,3"')
+    no_level = ms1(3).replace(' msLevel="1"', "")
+    s, r = read(tmp_path, "x.mzXML", mzxml(scan2 + no_level))
+    assert len(s) == 1 and md(s, 0)["charge"] == 2 and md(s, 0)["fragmentation_mode"] == "ETciD"
+    assert r.warnings["spectra with ms level != 2 skipped"] == 1
+
+
+def test_broken_xml_near_the_start_is_a_rejection(tmp_path):
+    text = mzxml("".join(ms2(i) for i in range(2, 9))).replace('</scan><scan num="4"', '</scna><scan num="4"')
+    s, r = read(tmp_path, "typo.mzXML", text)
+    assert r.n_rejected == 1 and "invalid mzXML" in r.rejected[0].reason
+    with pytest.raises(ParseError):
+        fio.read(tmp_path / "typo.mzXML", on_error="raise")
+
+
+def test_sniffing_takes_the_root_element(tmp_path):
+    p = tmp_path / "c.xml"
+    p.write_text(mzxml(ms2(2)).replace("<msRun", "<!-- also writes <mzML> --><msRun"))
+    assert fio.detect_format(str(p)) == "mzxml"
+    q = tmp_path / "misnamed.mzML"
+    q.write_text(mzxml(ms2(2)))
+    with pytest.raises(FastspecError, match="an mzXML file"):
+        fio.read(q)

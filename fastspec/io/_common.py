@@ -530,10 +530,11 @@ def sniff_format(path: str) -> str:
         with gzip.open(path, "rb") as g:
             head = g.read(4096)
     text = head.decode("utf-8", "replace").lower()
-    if "<mzml" in text or "<indexedmzml" in text:
-        return "mzml"
-    if "<mzxml" in text:
-        return "mzxml"
+    # the root element, whichever comes first (an mzXML file's comment may mention <mzML>, and vice versa)
+    roots = sorted((i, f) for f, i in (("mzml", text.find("<mzml")), ("mzml", text.find("<indexedmzml")),
+                                       ("mzxml", text.find("<mzxml"))) if i >= 0)
+    if roots:
+        return roots[0][1]
     if "begin ions" in text:
         return "mgf"
     first = text.lstrip().split("\n", 1)[0]

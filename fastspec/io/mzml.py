@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import FastspecError, ParseError
-from fastspec.io._common import ReadReport, finish_block, open_binary
+from fastspec.io._common import ReadReport, finish_block, open_binary, sniff_format
 from fastspec.spectra import Spectra
 
 #: activation cvParam names -> fragmentation_mode
@@ -206,7 +206,18 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     naming the XML line (``on_error="raise"``: a :class:`ParseError` there). A file that does not even
     start as readable XML (empty, an HTML page, not gzip despite ``.gz``) is a :class:`FastspecError`.
     """
+    if sniffed(path) == "mzxml":  # pyteomics reads an mzXML file as an mzML file without spectra
+        raise FastspecError(f"{path}: an mzXML file, not mzML (name it .mzXML or pass format='mzxml')")
     yield from iter_xml(path, _reader_class(), _MZML, on_error=on_error, report=report, chunk_size=chunk_size)
+
+
+def sniffed(path: str) -> str | None:
+    """The format :func:`fastspec.io._common.sniff_format` finds in the file's first bytes (None: it cannot
+    tell, or the file cannot be read: the reader then says so)."""
+    try:
+        return sniff_format(path)
+    except (FastspecError, OSError):
+        return None
 
 
 class XmlDialect(NamedTuple):

@@ -1,14 +1,18 @@
 """mzXML reading through pyteomics (imported only when an mzXML file is read).
 
 mzXML (2.x and 3.x, as ProteoWizard, Thermo's ReAdW, MassLynx and MZmine wrote it, and as GNPS/MassIVE
-hold many public runs) is read like mzML (:mod:`fastspec.io.mzml`): only MS2 scans are records (nested
-in their MS1 scan or not); per scan ``id`` (the scan number), peaks (32- or 64-bit, zlib or not),
-``precursor_mz`` / ``charge`` / ``precursor_intensity`` / ``precursor_scan`` from the first
-``precursorMz``, ``collision_energy``, ``fragmentation_mode`` from ``activationMethod`` (``CID``,
-``HCD``, ``ETD``...), ``ion_mode`` from ``polarity`` and ``retention_time`` in seconds. A charge
-written unsigned in a negative scan is negative, as for mzML. Scans marked ``centroided="0"`` are read
-as given and counted as profile spectra. Messages number scans by the order in which they end in the
-file (1-based; a nested MS2 scan ends before its MS1 scan).
+hold many public runs) is read like mzML (:mod:`fastspec.io.mzml`): only MS2 scans are records, flat
+(ProteoWizard, MZmine) or nested in their MS1 scan (ReAdW); a scan without ``msLevel`` is MS2 if it has
+a precursor, else MS1 (as ProteoWizard reads it). Per scan: ``id`` (the scan number), peaks (32- or
+64-bit, network order unless written otherwise, zlib or not), ``precursor_mz`` / ``charge`` (else the
+first of ``possibleCharges``) / ``precursor_intensity`` (not the ``0`` written when unknown) /
+``precursor_scan`` from the first ``precursorMz``, ``collision_energy``, ``fragmentation_mode`` from
+``activationMethod`` as written (``CID``, ``HCD``, ``ETD``; ``ETD+SA`` as ``ETciD``, mzML's name),
+``ion_mode`` from ``polarity`` and ``retention_time`` in seconds. A charge written unsigned in a
+negative scan is negative, as for mzML. An attribute value that does not parse (``precursorCharge="2+"``)
+is left out, not the scan. Scans marked ``centroided="0"`` are read as given and counted as profile
+spectra. Messages number scans by the order in which they end in the file (1-based; a nested MS2 scan
+ends before its MS1 scan).
 """
 from __future__ import annotations
 
@@ -16,8 +20,8 @@ import math
 from typing import Iterator
 
 from fastspec.errors import FastspecError
-from fastspec.io._common import ReadReport, sniff_format
-from fastspec.io.mzml import XmlDialect, _fmt, _num, iter_xml
+from fastspec.io._common import ReadReport
+from fastspec.io.mzml import XmlDialect, _fmt, _num, iter_xml, sniffed
 from fastspec.spectra import Spectra
 
 
@@ -35,10 +39,53 @@ def _reader_class():
                 # pyteomics pulls in psims, which warns about an optional compression plugin
                 warnings.simplefilter("ignore", UserWarning)
                 from pyteomics import mzxml, xml
+                from pyteomics.auxiliary import PyteomicsError
         except ImportError as e:
             raise FastspecError("reading mzXML needs pyteomics and lxml: pip install 'fastspec[mzml]'") from e
 
+        from lxml import etree
+
         class _MzXML(mzxml.MzXML):
+            def _get_version_info(self):
+                # the file was sniffed as mzXML already: broken XML in its first few KiB is then broken
+                # XML part-way (the reading loop's rejection), not an unreadable file
+                try:
+                    return super()._get_version_info()
+                except etree.XMLSyntaxError:
+                    return None, None
+
+            def _determine_dtype(self, info):
+                # byteOrder is written by every converter but fixed to network order (ProteoWizard reads
+                # older files without it that way); precision 32 where it is not written
+                info = dict(info)
+                info.setdefault("precision", "32")
+                info.setdefault("byteOrder", "network")
+                return super()._determine_dtype(info)
+
+            def _convert_types(self, name, info):
+                # one scan's unparsable attribute (precursorCharge="2+", retentionTime="") is kept as text,
+                # where pyteomics' PyteomicsError ended the whole file: on failure, attribute by attribute
+                given = dict(info)
+                try:
+                    super()._convert_types(name, info)
+                except PyteomicsError:
+                    info.clear()
+                    info.update(given)
+                    for key, value in given.items():
+                        one = {key: value}
+                        try:
+                            super()._convert_types(name, one)
+                        except PyteomicsError:
+                            continue
+                        info[key] = one[key]
+
+            def _get_info_smart(self, element, **kw):
+                # nested scans ended (and were decoded and yielded) before their parent: not again
+                if xml._local_name(element) == "scan":
+                    for child in [c for c in element if isinstance(c.tag, str) and xml._local_name(c) == "scan"]:
+                        element.remove(child)
+                return super()._get_info_smart(element, **kw)
+
             def iterfind(self, path, **kwargs):
                 # pyteomics re-orders scans by number, holding each back until the next MS1 scan: a file of
                 # MS2 scans alone was kept whole in memory, and broken XML in it lost every scan before
@@ -51,11 +98,18 @@ def _reader_class():
 
 def _level(s: dict) -> int | None:
     level = _num(s.get("msLevel"))
-    return None if level is None or not math.isfinite(level) else int(level)
+    if level is None or not math.isfinite(level):
+        return None if s.get("precursorMz") else 1  # ProteoWizard reads a scan without msLevel as MS1
+    return int(level)
 
 
 def _profile(s: dict) -> bool:
     return s.get("centroided") is False  # pyteomics reads centroided="0" as False; unwritten: None
+
+
+#: activationMethod -> fragmentation_mode where the mzML reader's names differ (ETD+SA: ETD with
+#: supplemental CID, which ProteoWizard converts to ETD + CID in mzML)
+_ACTIVATION = {"ETD+SA": "ETciD"}
 
 
 def _record(s: dict) -> dict:
@@ -65,14 +119,20 @@ def _record(s: dict) -> dict:
         prec = [prec]
     if prec:
         p0 = prec[0]
+        if not isinstance(p0, dict):  # <precursorMz>191.02</precursorMz>: pyteomics gives the bare text
+            p0 = {"precursorMz": p0}
         md["precursor_mz"] = _num(p0.get("precursorMz"))
         z = _num(p0.get("precursorCharge"))
+        if z is None and p0.get("possibleCharges"):  # mzXML 3.1: "2,3" where the charge is not known
+            z = _num(str(p0["possibleCharges"]).split(",")[0])
         if z is not None and math.isfinite(z) and z == int(z) and z != 0:
             md["charge"] = str(int(z))  # as text: unsigned is negated in negative mode
-        if p0.get("precursorIntensity") is not None:
-            md["precursor_intensity"] = _num(p0.get("precursorIntensity"))
+        pi = _num(p0.get("precursorIntensity"))
+        if pi:  # ProteoWizard writes the required attribute as "0" where the intensity is not known
+            md["precursor_intensity"] = pi
         if p0.get("activationMethod"):
-            md["fragmentation_mode"] = str(p0["activationMethod"]).strip()
+            act = str(p0["activationMethod"]).strip()
+            md["fragmentation_mode"] = _ACTIVATION.get(act.upper(), act)
         if p0.get("precursorScanNum") is not None:
             md["precursor_scan"] = str(p0["precursorScanNum"])
     if s.get("collisionEnergy") is not None:
@@ -81,8 +141,8 @@ def _record(s: dict) -> dict:
     if pol in ("+", "-"):
         md["ion_mode"] = "positive" if pol == "+" else "negative"
     rt = s.get("retentionTime")
-    if rt is not None:
-        v = float(rt)  # pyteomics converts the xs:duration (PT31.5S) to minutes
+    v = _num(rt)  # pyteomics converts the xs:duration (PT31.5S) to minutes; unparsable text: None
+    if v is not None and math.isfinite(v):
         md["retention_time"] = v * 60.0 if getattr(rt, "unit_info", "minute") in ("minute", "min") else v
     return md
 
@@ -94,10 +154,6 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                  chunk_size: int | None = None) -> Iterator[Spectra]:
     """MS2 scans of an mzXML file (``.gz`` allowed), ``chunk_size`` at a time (default 10000); broken
     XML and unreadable files as for mzML (:func:`fastspec.io.mzml.iter_spectra`)."""
-    try:
-        found = sniff_format(path) == "mzxml"
-    except (FastspecError, OSError):
-        found = False
-    if not found:  # pyteomics reads anything else as an mzXML file without scans
+    if sniffed(path) != "mzxml":  # pyteomics reads anything else as an mzXML file without scans
         raise FastspecError(f"{path}: not readable as mzXML (no <mzXML> element at its start)")
     yield from iter_xml(path, _reader_class(), _MZXML, on_error=on_error, report=report, chunk_size=chunk_size)

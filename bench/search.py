@@ -62,7 +62,7 @@ K = 10
 #: are lower than those of the perturbed copies (which is where pruned exact search gains least).
 HELDOUT = 0.05
 #: modes also timed on the held-out (novel) queries, and ms_entropy's counterparts
-NOVEL_MODES = {"open-cosine": "open", "open-entropy": "open", "analog": "hybrid"}
+NOVEL_MODES = {"open-cosine": "open", "open-entropy": "open", "analog": "hybrid", "hybrid": "hybrid"}
 
 #: label -> search keyword arguments (fastspec)
 MODES = {
@@ -73,6 +73,8 @@ MODES = {
     "open-cosine": dict(mode="open", metric="cosine"),
     "open-entropy": dict(mode="open", metric="entropy"),
     "analog": dict(mode="analog"),
+    # ms_entropy's hybrid search, the same scores: the like-for-like peer of its hybrid mode
+    "hybrid": dict(mode="hybrid", metric="entropy"),
     # the Khoo & Barzilay NN baseline's metric over the whole library (inverted bin index)
     "open-binned": dict(mode="open", metric="binned_cosine", preset="khoo2026"),
 }
@@ -671,16 +673,18 @@ def evaluate_targets(report) -> list[dict]:
         ok = None if ms is None or peer is None else (ms <= 0.5 and peer / ms >= 3)
         add(f"{metric}: mean <= 0.5 ms at 2.4M and >= 3x ms_entropy open", lbl, ok,
             {"fastspec_ms": ms, "ms_entropy_open_ms": peer, "ratio": None if not (ms and peer) else peer / ms})
-    ms = _get(e, "query", "modes", "analog", "batch_mean_ms")
     peer = _get(e, "ms_entropy", "modes", "hybrid", "mean_ms")
-    add("analog top-10: mean <= 5 ms at 2.4M and >= 5x ms_entropy hybrid", lbl,
-        None if ms is None or peer is None else (ms <= 5 and peer / ms >= 5),
-        {"fastspec_ms": ms, "ms_entropy_hybrid_ms": peer, "ratio": None if not (ms and peer) else peer / ms})
+    # analog is the mode; hybrid (entropy, ms_entropy's scores) is held to the same target
+    for label in ("analog", "hybrid"):
+        ms = _get(e, "query", "modes", label, "batch_mean_ms")
+        add(f"{label} top-10: mean <= 5 ms at 2.4M and >= 5x ms_entropy hybrid", lbl,
+            None if ms is None or peer is None else (ms <= 5 and peer / ms >= 5),
+            {"fastspec_ms": ms, "ms_entropy_hybrid_ms": peer, "ratio": None if not (ms and peer) else peer / ms})
     # the same targets on queries of compounds the library does not hold (lower top-k scores)
     for label, method in NOVEL_MODES.items():
         ms = _get(e, "query", "novel", label, "batch_mean_ms")
         peer = _get(e, "ms_entropy", "novel", method, "mean_ms")
-        lim, times = (5, 5) if label == "analog" else (0.5, 3)
+        lim, times = (5, 5) if label in ("analog", "hybrid") else (0.5, 3)
         add(f"{label}, held-out compounds: mean <= {lim} ms at 2.4M and >= {times}x ms_entropy {method}", lbl,
             None if ms is None or peer is None else (ms <= lim and peer / ms >= times),
             {"fastspec_ms": ms, f"ms_entropy_{method}_ms": peer, "ratio": None if not (ms and peer) else peer / ms})

@@ -30,7 +30,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``frag_went_sqrt``                             spectrum (scan id), its scan weights (entropy: square
                                                roots)
 ``nl_mz, nl_spec, nl_wcos``                    neutral-loss index: ``precursor_mz - mz`` sorted
-``*_q8`` (of the three scan-weight arrays)     uint8 codes of those weights, the bound scans' band
+``nl_went_sqrt``                               its entropy scan weights (hybrid search; optional:
+                                               computed on first use when absent)
+``*_q8`` (of the four scan-weight arrays)      uint8 codes of those weights, the bound scans' band
                                                pre-filter (``fragment.quantize_weights``; optional:
                                                computed on first use when absent)
 ``scan_rows``                                  int64 library row of each scan id (``SCAN_ORDER``;
@@ -1027,11 +1029,16 @@ class Library:
                                                mz_power, intensity_power)
         return self._cache[key]
 
-    def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0):
-        """The arrays of the fragment / neutral-loss bound search for one weight kind (``PeakIndex``)."""
+    def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0, losses: bool = False):
+        """The arrays of the fragment / neutral-loss bound search for one weight kind (``PeakIndex``).
+
+        ``losses``: the neutral-loss entries carry this kind's scan weights (modified cosine, hybrid
+        search); without, entropy kinds get the cosine ones, which only a search of fragments never reads.
+        """
         from fastspec.kernels import fragment as fk
 
-        key = f"pi:{kind}:{mz_power}:{intensity_power}"
+        losses = bool(losses) and kind != "cosine"  # cosine's loss weights are its own either way
+        key = f"pi:{kind}:{mz_power}:{intensity_power}:{losses}"
         if key in self._cache:
             return self._cache[key]
         w = self.csr_weights(kind, mz_power, intensity_power)
@@ -1039,16 +1046,20 @@ class Library:
         scan = (lambda a: a) if kind == "cosine" else np.sqrt
         stem = STORED_WEIGHTS.get((kind, float(mz_power), float(intensity_power)))
         stored = None if stem is None else f"frag_{stem}" + ("" if kind == "cosine" else "_sqrt")
-        nl_stored = "nl_wcos" if kind != "cosine" or (float(mz_power), float(intensity_power)) == (0.0, 1.0) else None
-        if stored is not None and f"{stored}.npy" in self.manifest["files"]:
+        if kind == "cosine" or not losses:
+            nl_stored = "nl_wcos" if kind != "cosine" or (float(mz_power), float(intensity_power)) == (0.0, 1.0) else None
+        else:
+            nl_stored = None if stem is None else f"nl_{stem}_sqrt"
+        if stored is not None and self.has_array(stored):
             fw = self.array(stored)
         else:
             stored = None
             fw = scan(np.asarray(w)[_frag_order(self)])
-        if nl_stored is not None:
-            nw = self.array(nl_stored)  # neutral losses are only matched by modified cosine
-        else:
-            nw = np.asarray(w)[_nl_order(self)]
+        if nl_stored is not None and self.has_array(nl_stored):
+            nw = self.array(nl_stored)
+        else:  # older indexes (before nl_went_sqrt) and other powers: sorted here once per open library
+            nl_stored = None
+            nw = scan(np.asarray(w)[_nl_order(self)])
         # their band codes (the scans' pre-filter): stored since build 2026-12-04, else computed here
         fq, nq = (self.array(f"{name}_q8") if name is not None and f"{name}_q8.npy" in self.manifest["files"]
                   else fk.quantize_weights(a) for name, a in ((stored, fw), (nl_stored, nw)))
@@ -1353,10 +1364,10 @@ def _build_index(
         del fmz, fspec, forder
         out.save("nl_mz", nlv)
         out.save("nl_spec", nspec)
-        nl_w = wcos[norder]
-        out.save("nl_wcos", nl_w)
-        out.save("nl_wcos_q8", fk.quantize_weights(nl_w))
-        del nl_w
+        for name, nl_w in (("nl_wcos", wcos[norder]), ("nl_went_sqrt", np.sqrt(went[norder]))):
+            out.save(name, nl_w)
+            out.save(f"{name}_q8", fk.quantize_weights(nl_w))
+            del nl_w
         del nlv, nspec, norder, wcos, went
 
         prog.step("metadata")

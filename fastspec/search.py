@@ -32,7 +32,7 @@ from fastspec.errors import FastspecError, ParameterError
 from fastspec.spectra import Spectra
 from fastspec.tolerance import Tolerance, parse_tolerance
 
-MODES = ("identity", "formula", "open", "analog")
+MODES = ("identity", "formula", "open", "analog", "hybrid")
 ENGINES = ("exact", "faiss")
 NO_NEIGHBOUR = ("skip", "fallback", "empty")
 #: metrics whose prepared weights at mz_power 0 / intensity_power 1 are the stored intensities
@@ -46,7 +46,8 @@ _BIN_CHUNK = 1 << 17
 #: Most bins the inverted bin index takes (a count per bin, int32 bin ids); finer bins are scored by
 #: brute force (2,000 Da at 1e-4 Da bins is 20M bins).
 _BIN_MAX = 1 << 26
-_DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine"}
+_DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine",
+                   "hybrid": "entropy"}
 #: Identity search through the precursor-block index: candidates of best bound scored first per query
 #: (k more than this), and the widest window (in spectra of the precursor order) bounded; wider windows
 #: are scored in full. 2.4M MassBank-grown library, 1,000 queries, 1 thread, 7 interleaved rounds, same
@@ -404,9 +405,13 @@ def search(
         Preprocessed with the library's recorded pipeline before scoring.
     k : int
         Hits per query.
-    mode : {"identity", "formula", "open", "analog"}
+    mode : {"identity", "formula", "open", "analog", "hybrid"}
     metric : str, optional
-        Any :mod:`fastspec.similarity` metric; default ``cosine`` (``modified_cosine`` for analog).
+        Any :mod:`fastspec.similarity` metric; default ``cosine`` (``modified_cosine`` for analog,
+        ``entropy`` for hybrid). ``hybrid`` is ms_entropy's hybrid search over the whole library: entropy
+        similarity where each query peak matches a fragment, else a neutral loss (Da tolerances; see
+        :func:`fastspec.kernels.entropy.hybrid_entropy_pair`), exact through the fragment and
+        neutral-loss indexes.
         ``open`` is exact through the fragment index for cosine and (unweighted) entropy, and through
         an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``;
         other metrics score every library spectrum. ``open`` with modified cosine is ``analog``.
@@ -416,7 +421,7 @@ def search(
         Identity-mode precursor window (relative to the query precursor for ppm).
     engine : {"exact", "faiss"}
         ``faiss``: candidates from the FAISS index (``nprobe``, ``n_candidates``), rescored exactly
-        (open/analog modes).
+        (open/analog/hybrid modes).
     threads : int, optional
         numba and FAISS threads.
     formula : str or list of str, optional
@@ -610,10 +615,6 @@ class _SearchConfig:
         # case-insensitive, as metric names are ("OPEN", "FAISS")
         mode = mode.lower() if isinstance(mode, str) else mode
         engine = engine.lower() if isinstance(engine, str) else engine
-        if mode == "hybrid":
-            raise ParameterError("mode 'hybrid' (ms_entropy's hybrid search, entropy over fragments and neutral "
-                                 "losses) has no equivalent here; the closest is mode='analog': the whole library "
-                                 "by modified cosine (fragments and precursor-shifted fragments)")
         if mode not in MODES:
             raise ParameterError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
         metric = _check_metric(metric or _DEFAULT_METRIC[mode])
@@ -621,14 +622,19 @@ class _SearchConfig:
             mode = "analog"
         if mode == "analog" and metric != "modified_cosine":
             raise ParameterError(f"mode 'analog' searches with modified_cosine, not {metric!r} (use mode='open')")
+        if mode == "hybrid" and metric not in _ENTROPY:
+            raise ParameterError(f"mode 'hybrid' (ms_entropy's hybrid search) scores entropy or unweighted_entropy, "
+                                 f"not {metric!r}")
         c.mode, c.metric = mode, metric
         c.tolerance = parse_tolerance(tolerance, "tolerance")
+        if mode == "hybrid" and c.tolerance.unit != "da":
+            raise ParameterError("mode 'hybrid' takes a Da tolerance, as ms_entropy's hybrid search does")
         c.precursor_tolerance = parse_tolerance(precursor_tolerance, "precursor_tolerance")
         if engine not in ENGINES:
             raise ParameterError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         if engine == "faiss":
-            if mode not in ("open", "analog"):
-                raise ParameterError("engine='faiss' applies to modes 'open' and 'analog'")
+            if mode not in ("open", "analog", "hybrid"):
+                raise ParameterError("engine='faiss' applies to modes 'open', 'analog' and 'hybrid'")
             if not library.has_faiss:
                 why = "it holds no spectra" if len(library) == 0 else "rebuild with faiss=True / --faiss"
                 raise ParameterError(f"library {library.path} has no FAISS index ({why})")
@@ -678,6 +684,8 @@ class _SearchConfig:
             kw["clean"] = False
             # peaks matched as FlashEntropySearch matches them (float32 windows), so scores are its
             kw["flash"] = self.tolerance.unit == "da"
+            if self.mode == "hybrid":  # and as its hybrid search scores them
+                kw["hybrid"] = True
         else:
             kw["mz_power"] = self.mz_power
             kw["intensity_power"] = self.intensity_power
@@ -1178,7 +1186,9 @@ class _Context:
     def run_whole_library(self, rows, scores, indices, matches):
         metric = self.cfg.metric
         if metric in _BOUNDED:
-            self.run_bounded(rows, scores, indices, matches, use_nl=metric == "modified_cosine")
+            # neutral losses: modified cosine's shifted pairs, hybrid search's losses
+            self.run_bounded(rows, scores, indices, matches,
+                             use_nl=metric == "modified_cosine" or self.cfg.mode == "hybrid")
         elif metric == "binned_cosine" and self.n_bins() <= _BIN_MAX:
             self.run_binned(rows, scores, indices, matches)
         else:
@@ -1220,7 +1230,7 @@ class _Context:
         lib, cfg = self.lib, self.cfg
         kind, wname = _BOUNDED[cfg.metric]
         mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
-        index = lib.peak_index(wname, mzp, ip)
+        index = lib.peak_index(wname, mzp, ip, losses=use_nl)
         qc, lc, sym = self.filters()
         if index.scan_rows is not None:  # the kernel reads library codes by scan id
             key = "scan " + _filter_key(cfg)

@@ -99,6 +99,10 @@ class Prepared:
 
     @property
     def kind(self) -> int:
+        if self.params.get("hybrid"):
+            from fastspec.kernels.matching import ENTROPY_HYBRID
+
+            return ENTROPY_HYBRID
         if self.params.get("flash"):
             from fastspec.kernels.matching import ENTROPY_FLASH
 
@@ -137,7 +141,7 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
             intensity_power: float = 1.0, *, preset: str | None = None, bin_width: float | None = None,
             max_mz: float | None = None, base_peak: float | None = None, precursor_peak: float | None = None,
             clean: bool = True, ignore_peaks_above_precursor: bool = True, flash: bool = False,
-            threads: int | None = None) -> Prepared:
+            hybrid: bool = False, threads: int | None = None) -> Prepared:
     """Turn spectra into the arrays a metric's kernel scores (done once, reused for many comparisons).
 
     Parameters
@@ -173,6 +177,12 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         heavier partner lies inside the window, so scores can differ by more than the window's edge;
         neither ms_entropy function gives that number (FlashEntropySearch refuses such spectra), and
         ``clean=True`` with ``flash=True`` is ms_entropy's cleaning followed by Flash's windows.
+    hybrid : bool
+        Entropy metrics with a Da tolerance: score as ms_entropy's ``FlashEntropySearch.hybrid_search``
+        (implies ``flash``): each peak of ``a`` matches a fragment of ``b`` in its window, else a peak of
+        ``b`` whose neutral loss lies in the window of its own, unless that peak of ``b`` is in some
+        fragment window of ``a`` (:func:`fastspec.kernels.entropy.hybrid_entropy_pair`). Needs precursor
+        m/z (without, only fragments match). Not symmetric.
     threads : int, optional
         Threads for the parallel preparation kernels.
 
@@ -187,14 +197,15 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     return prepare_csr(spectra.offsets, spectra.mz, spectra.intensity, spectra.precursor_mz, metric, tolerance,
                        mz_power, intensity_power, preset=preset, bin_width=bin_width, max_mz=max_mz,
                        base_peak=base_peak, precursor_peak=precursor_peak, clean=clean,
-                       ignore_peaks_above_precursor=ignore_peaks_above_precursor, flash=flash, threads=threads)
+                       ignore_peaks_above_precursor=ignore_peaks_above_precursor, flash=flash, hybrid=hybrid,
+                       threads=threads)
 
 
 def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, precursor_mz: np.ndarray,
                 metric: str = "cosine", tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
                 preset: str | None = None, bin_width: float | None = None, max_mz: float | None = None,
                 base_peak: float | None = None, precursor_peak: float | None = None, clean: bool = True,
-                ignore_peaks_above_precursor: bool = True, flash: bool = False,
+                ignore_peaks_above_precursor: bool = True, flash: bool = False, hybrid: bool = False,
                 threads: int | None = None) -> Prepared:
     """:func:`prepare` on CSR arrays (``offsets`` int64 (n+1,), ``mz`` float64 and ``intensity`` (P,), m/z
     sorted within each spectrum; ``precursor_mz`` float64 (n,)), for callers that gather peaks themselves
@@ -216,6 +227,8 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
     if flash and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
         raise ParameterError("flash applies to entropy metrics with a Da tolerance")
+    if hybrid and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
+        raise ParameterError("hybrid (ms_entropy's hybrid search) applies to entropy metrics with a Da tolerance")
     binned = {"preset": preset, "bin_width": bin_width, "max_mz": max_mz, "base_peak": base_peak,
               "precursor_peak": precursor_peak}
     given = [k for k, v in binned.items() if v is not None]
@@ -239,8 +252,10 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
                                           tol_ppm=tol.ppm if tol.unit == "ppm" else -1.0, clean=bool(clean),
                                           weighted=metric == "entropy", threads=threads)
         params["clean"] = bool(clean)
-        if flash:  # only when set: parameters of Prepared made before it stay comparable
+        if flash or hybrid:  # only when set: parameters of Prepared made before it stay comparable
             params["flash"] = True
+        if hybrid:
+            params["hybrid"] = True
         return Prepared(metric, np.asarray(off2, np.int64), np.asarray(mz32, np.float64), np.asarray(w32, np.float64),
                         np.ones(n), pmz, tol, params)
 

@@ -377,19 +377,121 @@ def entropy_pair(mz_a, w_a, a0, a1, mz_b, w_b, b0, b1, tol_da, tol_ppm, flash=Fa
         elif below:
             b += 1
         else:
-            pa = np.float32(w_a[a])
-            pb = np.float32(w_b[b])
-            pab = pa + pb
-            sim += pab * np.log2(pab) - pa * np.log2(pa) - pb * np.log2(pb)
+            sim += _g32(w_a[a], w_b[b])
             n += 1
             a += 1
             b += 1
+    return _finish32(sim), n
+
+
+@numba.njit(inline="always", **NJIT)
+def _g32(wa, wb):
+    """One matched pair's ``f(a+b) - f(a) - f(b)``, ``f(v) = v * log2f(v)``, in float32 as ms_entropy's C."""
+    pa = np.float32(wa)
+    pb = np.float32(wb)
+    pab = pa + pb
+    return pab * np.log2(pab) - pa * np.log2(pa) - pb * np.log2(pb)
+
+
+@numba.njit(inline="always", **NJIT)
+def _finish32(sim):
+    """The float32 sum of :func:`_g32` halved and clamped to [0, 1], widened to float64."""
     sim = sim / np.float32(2.0)
     if sim < 0:
         sim = _ZERO
     elif sim > 1:
         sim = np.float32(1.0)
-    return np.float64(sim), n
+    return np.float64(sim)
+
+
+@numba.njit(**NJIT)
+def hybrid_entropy_pair(mz_a, w_a, a0, a1, pmz_a, mz_b, w_b, b0, b1, pmz_b, tol_da, scratch):
+    """ms_entropy's hybrid entropy similarity (``FlashEntropySearch.hybrid_search``) of spectrum a (the
+    query) against spectrum b, with Flash's float32 windows (Da).
+
+    Each peak of a adds the entropy term of its fragment partner: a peak of b within ``float32(x - tol)
+    .. float32(x + tol)`` of its m/z ``x``. A peak of a without one adds that of its neutral-loss partner
+    instead: a peak of b whose loss ``float32(float32(pmz_b) - mz)`` lies in the same window around a's
+    loss ``float32(float32(pmz_a) - x)``, unless that peak of b lies in the fragment window of any peak of
+    a (Flash matches it as a fragment ion then). The terms are summed in float32 in a's peak order, as
+    Flash accumulates them (it adds a zero for a peak's discarded loss), halved and clamped like
+    :func:`entropy_pair`. On clean spectra (peaks more than 2 x tolerance apart) every window holds one
+    peak at most; otherwise partners are taken one to one in m/z order (fragments) and loss order
+    (losses), as :func:`entropy_pair` takes them. Without a finite precursor m/z on either side only
+    fragments match (Flash needs both).
+
+    Parameters
+    ----------
+    mz_a, w_a, a0, a1, mz_b, w_b, b0, b1 :
+        As for :func:`entropy_pair` (sum-normalised weighted intensities, m/z sorted).
+    pmz_a, pmz_b : float
+        Precursor m/z of a and b.
+    tol_da : float
+        Tolerance, Da.
+    scratch : int64 (>= 3, >= max(a1 - a0, b1 - b0))
+        Zeros; left as found.
+
+    Returns
+    -------
+    score : float64
+    n_matched : int64
+        Peaks of a that contributed (fragment or neutral loss).
+    """
+    tda = np.float32(tol_da)
+    frag, inwin, loss = scratch[0], scratch[1], scratch[2]
+    # fragment partners (1 + offset in b; 0: none), one to one in m/z order as entropy_pair(flash=True)
+    a, b = a0, b0
+    while a < a1 and b < b1:
+        ma = np.float32(mz_a[a])
+        mb = np.float32(mz_b[b])
+        if mb > ma + tda:
+            a += 1
+        elif mb < ma - tda:
+            b += 1
+        else:
+            frag[a - a0] = b - b0 + 1
+            a += 1
+            b += 1
+    # peaks of b inside any fragment window of a: the first window not ending below mb is the only one
+    # that can hold it (window ends rise with m/z)
+    a = a0
+    for b in range(b0, b1):
+        mb = np.float32(mz_b[b])
+        while a < a1 and np.float32(mz_a[a]) + tda < mb:
+            a += 1
+        if a < a1 and np.float32(mz_a[a]) - tda <= mb:
+            inwin[b - b0] = 1
+    # neutral-loss partners: losses rise as m/z falls, so both walks go down
+    if np.isfinite(pmz_a) and np.isfinite(pmz_b):
+        pa32 = np.float32(pmz_a)
+        pb32 = np.float32(pmz_b)
+        a, b = a1 - 1, b1 - 1
+        while a >= a0 and b >= b0:
+            la = pa32 - np.float32(mz_a[a])
+            lb = pb32 - np.float32(mz_b[b])
+            if lb < la - tda:
+                b -= 1
+            elif lb > la + tda:
+                a -= 1
+            else:
+                loss[a - a0] = b - b0 + 1
+                a -= 1
+                b -= 1
+    sim = _ZERO
+    n = 0
+    for a in range(a0, a1):
+        f, nl = frag[a - a0], loss[a - a0]
+        if f > 0:
+            sim += _g32(w_a[a], w_b[b0 + f - 1])
+            n += 1
+        elif nl > 0 and inwin[nl - 1] == 0:
+            sim += _g32(w_a[a], w_b[b0 + nl - 1])
+            n += 1
+        frag[a - a0] = 0
+        loss[a - a0] = 0
+    for b in range(b1 - b0):
+        inwin[b] = 0
+    return _finish32(sim), n
 
 
 # ---------------------------------------------------------------------------------------- public API

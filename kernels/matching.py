@@ -43,7 +43,7 @@ import numba
 import numpy as np
 
 from fastspec.kernels._config import NJIT
-from fastspec.kernels.entropy import entropy_pair
+from fastspec.kernels.entropy import entropy_pair, hybrid_entropy_pair
 
 COSINE = 0
 MODIFIED_COSINE = 1
@@ -51,6 +51,7 @@ NEUTRAL_LOSS = 2
 BINNED = 3
 ENTROPY = 4
 ENTROPY_FLASH = 5  #: entropy, peaks matched in FlashEntropySearch's float32 windows (see entropy_pair)
+ENTROPY_HYBRID = 6  #: ms_entropy's hybrid search: fragments, else neutral losses (see hybrid_entropy_pair)
 
 _NBINS = 1 << 16  # bins of the per-row bitset (8 KiB: stays in L1)
 _MAX_ROUNDS = 24  # locally-dominant rounds before the heap takes over (long monotone chains)
@@ -107,7 +108,7 @@ def _bin(x, inv_w):
 @numba.njit(**NJIT)
 def mark_row(kind, buf, pos_a, a0, a1, inv_w, on):
     """Record (``on``) or erase the peaks ``[a0, a1)`` of A in the row bitset (peak-matching kinds only)."""
-    if kind == BINNED or kind == ENTROPY or kind == ENTROPY_FLASH:
+    if kind == BINNED or kind == ENTROPY or kind == ENTROPY_FLASH or kind == ENTROPY_HYBRID:
         return
     bits = buf[3]
     for p in range(a0, a1):
@@ -318,6 +319,8 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
             score = dot / den if den > 0 else 0.0
         elif kind == ENTROPY or kind == ENTROPY_FLASH:
             score, used = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, kind == ENTROPY_FLASH)
+        elif kind == ENTROPY_HYBRID:
+            score, used = hybrid_entropy_pair(pos_a, w_a, a0, a1, pa, pos_b, w_b, b0, b1, pmz_b[j], tol_da, peaks)
         elif norm_a[i] * norm_b[j] > 0 and not (kind == NEUTRAL_LOSS and not (pa == pa and pmz_b[j] == pmz_b[j])):
             pb = pmz_b[j]
             shift = pa - pb

@@ -250,6 +250,45 @@ def entropy_similarity(mz_a, int_a, mz_b, int_b, tol=0.02, unit="da", weighted=T
     return min(max(sim / 2.0, 0.0), 1.0), n
 
 
+
+def hybrid_entropy_similarity(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=0.02, weighted=True) -> tuple[float, int]:
+    """ms_entropy's hybrid search score of two *already cleaned* spectra (peaks more than 2 x ``tol``
+    apart) -> (score, contributing peaks of a), read off ``FlashEntropySearch.search_hybrid``: each peak of
+    ``a`` adds its term with a peak of ``b`` in its fragment window; a peak without one adds its term with
+    a peak of ``b`` whose neutral loss ``float32(pmz) - mz`` lies in the window of its own loss, unless
+    that peak of ``b`` lies in the fragment window of any peak of ``a``. Windows as Flash's (float32 ends,
+    both included); float64 sums."""
+    import numpy as np
+
+    f32 = np.float32
+    t32 = f32(tol)
+
+    def inside(x, y):  # y in the float32 window around x
+        return f32(x - t32) <= y <= f32(x + t32)
+
+    def norm(mz, inten):
+        keep = [(float(m), float(v)) for m, v in zip(mz, inten) if m > 0 and v > 0]
+        tot = sum(v for _, v in keep)
+        x = [v / tot for _, v in keep] if tot > 0 else []
+        return [f32(m) for m, _ in keep], (entropy_weight(x) if weighted and x else x)
+
+    mz_a, x_a = norm(mz_a, int_a)
+    mz_b, x_b = norm(mz_b, int_b)
+    losses = math.isfinite(pmz_a) and math.isfinite(pmz_b)
+    nl_a = [f32(f32(pmz_a) - m) for m in mz_a] if losses else []
+    nl_b = [f32(f32(pmz_b) - m) for m in mz_b] if losses else []
+    as_fragment = [any(inside(ma, mb) for ma in mz_a) for mb in mz_b]
+    sim, n = 0.0, 0
+    for i, ma in enumerate(mz_a):
+        partner = next((j for j, mb in enumerate(mz_b) if inside(ma, mb)), None)
+        if partner is None and losses:
+            partner = next((j for j, lb in enumerate(nl_b) if inside(nl_a[i], lb) and not as_fragment[j]), None)
+        if partner is not None:
+            ia, ib = x_a[i], x_b[partner]
+            sim += (ia + ib) * math.log2(ia + ib) - ia * math.log2(ia) - ib * math.log2(ib)
+            n += 1
+    return min(max(sim / 2.0, 0.0), 1.0), n
+
 def score(metric, mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol, unit="da", mz_power=0.0, intensity_power=1.0,
           **params) -> tuple[float, int]:
     """Dispatch on a fastspec metric name (entropy metrics: already-cleaned peaks)."""

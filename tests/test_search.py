@@ -435,13 +435,14 @@ def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch
     assert_same_hits(hits, brute_force_topk(lib, queries, metric), ref[4:])
 
 
-@pytest.mark.parametrize("mode,metric", [("open", "cosine"), ("open", "entropy"), ("analog", "modified_cosine")])
+@pytest.mark.parametrize("mode,metric", [("open", "cosine"), ("open", "entropy"), ("analog", "modified_cosine"),
+                                         ("hybrid", "entropy")])
 def test_index_without_band_codes_searches_the_same(lib, data, mode, metric):
     # indexes built before the scans' band codes (``*_q8``) compute them on first use
     from fastspec.library import Library
 
     stored = [f for f in lib.manifest["files"] if f.endswith("_q8.npy")]
-    assert sorted(stored) == ["frag_wcos_q8.npy", "frag_went_sqrt_q8.npy", "nl_wcos_q8.npy"]
+    assert sorted(stored) == ["frag_wcos_q8.npy", "frag_went_sqrt_q8.npy", "nl_wcos_q8.npy", "nl_went_sqrt_q8.npy"]
     queries = data[1][:40]
     want = lib.search(queries, k=K, mode=mode, metric=metric)
     old = Library.open(lib.path)
@@ -861,8 +862,8 @@ def test_bad_parameters(lib, data):
 
 
 def test_search_inputs_and_refusals(lib, data, tmp_path):
-    """One spectrum (``spectra[i]``) and a list of matchms spectra are queries too; ms_entropy's hybrid mode
-    and entropy over already entropy-weighted peaks are refused with what to do instead."""
+    """One spectrum (``spectra[i]``) and a list of matchms spectra are queries too; entropy over already
+    entropy-weighted peaks is refused with what to do instead."""
     q = data[1]
     one, ref = lib.search(q[2], k=3, mode="open"), lib.search(q[[2]], k=3, mode="open")
     np.testing.assert_array_equal(one.indices, ref.indices)
@@ -871,8 +872,6 @@ def test_search_inputs_and_refusals(lib, data, tmp_path):
     got, ref = lib.search(q[:4].to_matchms(), k=3, mode="open"), lib.search(q[:4], k=3, mode="open")
     np.testing.assert_array_equal(got.indices, ref.indices)
     assert got.query_ids == ref.query_ids
-    with pytest.raises(ParameterError, match="mode='analog'"):
-        lib.search(q[:2], mode="hybrid")
     weighted = Library.build(data[0][:200], tmp_path / "w.fastspec", preprocess="entropy_clean;entropy_weight",
                              faiss=False)
     with pytest.raises(ParameterError, match="unweighted_entropy"):

@@ -9,7 +9,7 @@ import click
 
 from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents
 
-_MODES = ["identity", "formula", "open", "analog"]
+_MODES = ["identity", "formula", "open", "analog", "hybrid"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
 
 
@@ -102,7 +102,7 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
 @click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True)
-@click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog].")
+@click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog; entropy for hybrid (ms_entropy's hybrid search)].")
 @click.option("--tolerance", default="0.02da", show_default=True, help="Fragment tolerance, e.g. 0.02da or 10ppm.")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
               help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "

@@ -1,0 +1,251 @@
+"""ms_entropy's hybrid search (fragments, else neutral losses): the pair kernel against a naive reference
+and against ``FlashEntropySearch.hybrid_search`` on real MassBank spectra."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import reference as ref
+from fastspec import similarity
+from fastspec.errors import ParameterError
+from fastspec.spectra import Spectra
+
+
+def _clean_spectrum(draw, n_max=12):
+    """Peaks on a 0.0125 Da grid more than 0.05 Da apart (clean at 0.02 Da), with a precursor above them;
+    fragments and losses of two spectra then often fall in each other's windows, edges included."""
+    k = draw(st.integers(1, n_max))
+    steps = draw(st.lists(st.integers(5, 400), min_size=k, max_size=k))
+    start = draw(st.integers(4000, 8000))
+    mz = (start + np.cumsum(steps)) * 0.0125
+    inten = np.array(draw(st.lists(st.floats(1.0, 1000.0), min_size=k, max_size=k)))
+    pmz = float(mz[-1] + draw(st.integers(160, 4000)) * 0.0125)
+    return mz, inten, pmz
+
+
+@st.composite
+def pairs(draw):
+    a = _clean_spectrum(draw)
+    if draw(st.booleans()):  # b shares fragments or losses with a, exactly or by a window's width
+        mz, inten, pmz = a
+        shift = draw(st.sampled_from([0.0, 0.02, -0.02, 0.0125, 1.5]))
+        pick = np.array(draw(st.lists(st.booleans(), min_size=len(mz), max_size=len(mz))))
+        if not pick.any():
+            pick[0] = True
+        frag = mz[pick]
+        loss_side = draw(st.booleans())
+        pmz_b = pmz + (draw(st.integers(-400, 400)) * 0.0125 if loss_side else 0.0)
+        mz_b = np.sort((pmz_b - (pmz - frag)) if loss_side else frag + shift)
+        keep = np.concatenate([[True], np.diff(mz_b) > 0.05])
+        mz_b = mz_b[keep & (mz_b > 1.0) & (mz_b < pmz_b - 1.6)]
+        if mz_b.size == 0:
+            mz_b = np.array([pmz_b - 50.0])
+        b = (mz_b, np.linspace(5.0, 500.0, mz_b.size), pmz_b)
+    else:
+        b = _clean_spectrum(draw)
+    return a, b
+
+
+def _spectra(*specs):
+    return Spectra.from_arrays([s[0] for s in specs], [s[1] for s in specs],
+                               precursor_mz=np.array([s[2] for s in specs], dtype=np.float64))
+
+
+@settings(max_examples=300, deadline=None)
+@given(pair=pairs(), weighted=st.booleans())
+def test_hybrid_pair_vs_naive(pair, weighted):
+    (a, b) = pair
+    metric = "entropy" if weighted else "unweighted_entropy"
+    s, m = similarity.score_pairs(_spectra(a), _spectra(b), metric, tolerance=0.02, clean=False, hybrid=True)
+    want, n = ref.hybrid_entropy_similarity(*a, *b, tol=0.02, weighted=weighted)
+    assert s[0] == pytest.approx(want, abs=2e-6) and m[0] == n
+    # never below the fragment-only (open search) score: losses only add where fragments found nothing
+    s_open, _ = similarity.score_pairs(_spectra(a), _spectra(b), metric, tolerance=0.02, clean=False, flash=True)
+    assert s[0] >= s_open[0] - 1e-7 and 0.0 <= s[0] <= 1.0
+
+
+def test_hybrid_without_precursor_is_fragments_only():
+    a = (np.array([100.0, 150.0, 200.0]), np.array([10.0, 20.0, 30.0]), np.nan)
+    b = (np.array([100.0, 160.0]), np.array([5.0, 5.0]), 300.0)
+    s, m = similarity.score_pairs(_spectra(a), _spectra(b), "entropy", tolerance=0.02, clean=False, hybrid=True)
+    s_open, m_open = similarity.score_pairs(_spectra(a), _spectra(b), "entropy", tolerance=0.02, clean=False, flash=True)
+    assert s[0] == s_open[0] and m[0] == m_open[0] == 1
+
+
+def test_hybrid_needs_entropy_and_da():
+    x = _spectra((np.array([100.0]), np.array([1.0]), 200.0))
+    with pytest.raises(ParameterError, match="hybrid"):
+        similarity.prepare(x, "cosine", hybrid=True)
+    with pytest.raises(ParameterError, match="hybrid"):
+        similarity.prepare(x, "entropy", tolerance="10ppm", hybrid=True)
+
+
+def test_hybrid_equals_ms_entropy_flash_hybrid_search(massbank_parquet):
+    """Real MassBank spectra cleaned by ms_entropy, indexed by FlashEntropySearch: its hybrid_search
+    scores against every library spectrum equal the hybrid pair kernel's within 1e-6 (float32 sums in
+    another order), and the spectra with a nonzero score are the same."""
+    me = pytest.importorskip("ms_entropy")
+    import fastspec
+
+    sp = fastspec.read(massbank_parquet)
+    rng = np.random.default_rng(7)
+    pos = np.flatnonzero((sp.polarity > 0) & np.isfinite(sp.precursor_mz) & (sp.precursor_mz > 100))
+    # a library of related spectra: one precursor-mass neighbourhood, plus random others
+    pick = np.unique(np.concatenate([pos[np.argsort(sp.precursor_mz[pos])][2000:2600], rng.choice(pos, 600, replace=False)]))
+    es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
+    specs = []
+    for i in pick:
+        pk = es.clean_spectrum_for_search(float(sp.precursor_mz[i]), np.column_stack([sp[i].mz, sp[i].intensity]).astype(np.float32))
+        if len(pk):
+            specs.append({"precursor_mz": float(sp.precursor_mz[i]), "peaks": pk, "row": int(i)})
+    specs = es.build_index(specs)  # sorted by precursor m/z; its hybrid scores come in this order
+    lib = Spectra.from_arrays([s["peaks"][:, 0].astype(np.float64) for s in specs],
+                              [s["peaks"][:, 1].astype(np.float64) for s in specs],
+                              precursor_mz=np.array([s["precursor_mz"] for s in specs]))
+    queries = rng.choice(len(specs), 40, replace=False)
+    qs = Spectra.from_arrays([lib[int(j)].mz for j in queries], [lib[int(j)].intensity for j in queries],
+                             precursor_mz=lib.precursor_mz[queries] + rng.choice([0.0, 14.0157, -2.0157], 40))
+    mine, _ = similarity.score_matrix(qs, lib, "entropy", tolerance=0.02, clean=False, hybrid=True)
+    n_losses = 0
+    for r in range(len(qs)):
+        peaks = np.column_stack([qs[r].mz, qs[r].intensity]).astype(np.float32)
+        theirs = es.hybrid_search(precursor_mz=float(qs.precursor_mz[r]), peaks=peaks, ms2_tolerance_in_da=0.02)
+        np.testing.assert_allclose(np.asarray(mine)[r], theirs, atol=1e-6, rtol=0)
+        assert np.array_equal(np.asarray(mine)[r] > 0, theirs > 0)
+        opened = es.open_search(peaks=peaks, ms2_tolerance_in_da=0.02)
+        n_losses += int((theirs > opened + 1e-6).sum())
+    assert n_losses > 50  # neutral losses did add to many pairs
+
+
+# ------------------------------------------------------------------------------------------ search
+@pytest.fixture(scope="module")
+def hlib(massbank_parquet, tmp_path_factory):
+    """A 4,000-spectrum MassBank library (both polarities, default preprocessing) and 60 queries: real
+    spectra not in it, and library spectra with their precursor moved (losses then differ from
+    fragments)."""
+    import fastspec
+    from fastspec.library import Library
+
+    sp = fastspec.read(massbank_parquet)
+    rng = np.random.default_rng(11)
+    ok = np.flatnonzero(np.isfinite(sp.precursor_mz) & (sp.polarity != 0))
+    pick = rng.choice(ok, 4060, replace=False)
+    lib = Library.build(sp.take(pick[:4000]), tmp_path_factory.mktemp("hyb") / "h.fastspec", faiss=False,
+                        progress=False)
+    moved = sp.take(pick[:20])
+    moved = Spectra.from_arrays([moved[i].mz for i in range(20)], [moved[i].intensity for i in range(20)],
+                                precursor_mz=moved.precursor_mz + 14.0157,
+                                metadata={"ion_mode": ["positive" if p > 0 else "negative" for p in moved.polarity]})
+    return lib, Spectra.concat([sp.take(pick[4000:4040]), moved])
+
+
+def _brute_hybrid(lib, queries, k, metric="entropy", min_matches=0):
+    from fastspec.library import apply_pipeline
+
+    q = apply_pipeline(lib.pipeline, queries)
+    kw = dict(tolerance=0.02, clean=False, hybrid=True)
+    S, M = similarity.score_matrix(similarity.prepare(q, metric, **kw), similarity.prepare(lib.spectra(), metric, **kw))
+    S, M = np.asarray(S), np.asarray(M)
+    out = []
+    for r in range(len(queries)):
+        qp = q.polarity[r]
+        ok = (M[r] >= max(1, min_matches)) & ((lib.polarity == qp) | (lib.polarity == 0) | (qp == 0))
+        if np.diff(q.offsets)[r] == 0:
+            ok[:] = False
+        order = np.lexsort((np.arange(S.shape[1]), -np.where(ok, S[r], -np.inf)))[:k]
+        out.append([(float(S[r, j]), int(j)) for j in order if ok[j]])
+    return out
+
+
+@pytest.mark.parametrize("metric,min_matches", [("entropy", 0), ("unweighted_entropy", 0), ("entropy", 3)])
+def test_hybrid_search_equals_brute_force(hlib, metric, min_matches):
+    lib, queries = hlib
+    hits = lib.search(queries, k=10, mode="hybrid", metric=metric, min_matches=min_matches, threads=1)
+    want = _brute_hybrid(lib, queries, 10, metric, min_matches)
+    for r, w in enumerate(want):
+        got = [(float(hits.scores[r, t]), int(hits.indices[r, t])) for t in range(10) if hits.indices[r, t] >= 0]
+        assert [j for _, j in got] == [j for _, j in w], r
+        np.testing.assert_allclose([s for s, _ in got], [s for s, _ in w], rtol=0, atol=1e-12)
+    # losses matter here: hybrid beats open search's best score for some queries
+    open_hits = lib.search(queries, k=10, mode="open", metric=metric, threads=1)
+    assert (hits.scores[:, 0] > open_hits.scores[:, 0] + 1e-6).sum() >= 5
+
+
+def test_hybrid_search_without_stored_loss_weights(hlib, monkeypatch):
+    """Indexes built before nl_went_sqrt compute the loss weights on first use: the same hits."""
+    from fastspec.library import Library
+
+    lib, queries = hlib
+    ref = lib.search(queries, k=10, mode="hybrid")
+    real = Library.has_array
+    monkeypatch.setattr(Library, "has_array", lambda self, name: not name.startswith("nl_went") and real(self, name))
+    old = Library.open(lib.path).search(queries, k=10, mode="hybrid")
+    np.testing.assert_array_equal(old.indices, ref.indices)
+    np.testing.assert_array_equal(old.scores, ref.scores)
+
+
+def test_hybrid_search_equals_ms_entropy_hybrid_search(hlib):
+    """The library's positive spectra indexed by FlashEntropySearch from the same stored (clean) peaks:
+    its hybrid_search top-10 scores equal the hybrid search's within 1e-6, the same spectra except ties."""
+    me = pytest.importorskip("ms_entropy")
+    lib, queries = hlib
+    rows = np.flatnonzero(lib.polarity > 0)
+    libsp = lib.spectra()
+    specs = [{"precursor_mz": float(libsp.precursor_mz[r]),
+              "peaks": np.column_stack([libsp[r].mz, libsp[r].intensity]).astype(np.float32), "row": int(r)} for r in rows]
+    es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
+    row_of = np.array([s["row"] for s in es.build_index(specs)])
+    from fastspec.library import apply_pipeline
+
+    qpos = np.flatnonzero(queries.polarity > 0)
+    q = apply_pipeline(lib.pipeline, queries.take(qpos))
+    hits = lib.search(queries.take(qpos), k=10, mode="hybrid", threads=1)
+    checked = 0
+    for r in range(len(q)):
+        if np.diff(q.offsets)[r] == 0:
+            continue
+        peaks = es.clean_spectrum_for_search(precursor_mz=float(q.precursor_mz[r]),
+                                             peaks=np.column_stack([q[r].mz, q[r].intensity]).astype(np.float32))
+        s = np.asarray(es.hybrid_search(precursor_mz=float(q.precursor_mz[r]), peaks=peaks, ms2_tolerance_in_da=0.02))
+        top = np.lexsort((row_of, -s))[:10]
+        top = top[s[top] > 0]
+        n = top.shape[0]
+        np.testing.assert_allclose(hits.scores[r, :n], s[top], atol=1e-6, rtol=0)
+        ties = np.isclose(s[top][:, None], s[top][None, :], atol=1e-6).sum(axis=1) > 1
+        assert [int(j) for j, t in zip(hits.indices[r, :n], ties) if not t] == [int(row_of[j]) for j, t in zip(top, ties) if not t]
+        checked += 1
+    assert checked >= 20
+
+
+def test_hybrid_parameters(hlib):
+    lib, queries = hlib
+    with pytest.raises(ParameterError, match="hybrid"):
+        lib.search(queries, mode="hybrid", metric="cosine")
+    with pytest.raises(ParameterError, match="Da tolerance"):
+        lib.search(queries, mode="hybrid", tolerance="10ppm")
+
+
+def test_hybrid_on_the_command_line(hlib, tmp_path):
+    from click.testing import CliRunner
+
+    import fastspec
+    from fastspec.cli import main
+
+    lib, queries = hlib
+    qfile = tmp_path / "q.mgf"
+    fastspec.io.write(queries, qfile)
+    res = CliRunner().invoke(main, ["query", str(qfile), "--library", str(lib.path), "-o", str(tmp_path / "h.parquet"),
+                                    "--mode", "hybrid", "-q"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "h.parquet")
+    assert set(table.column("query_index").to_pylist()) == set(range(len(queries)))
+    import json
+
+    assert json.loads(table.schema.metadata[b"fastspec"])["mode"] == "hybrid"
+    res = CliRunner().invoke(main, ["query", str(qfile), "--library", str(lib.path), "-o", str(tmp_path / "x.tsv"),
+                                    "--mode", "hybrid", "--tolerance", "10ppm"], catch_exceptions=False)
+    assert res.exit_code != 0 and "Traceback" not in res.output and "Da tolerance" in res.output

@@ -1111,6 +1111,7 @@ class Library:
             "window_blocks_entropy": self.window_block > 0 and self.has_array(WINDOW_WEIGHTS["entropy"]),
             "entropy_in_place": self.has_array("prec_entropy_w"),  # identity entropy scored in place
             "band_codes": self.has_array("frag_wcos_q8"),  # open/analog bound scans (else computed on first use)
+            "loss_entropy_weights": self.has_array("nl_went_sqrt"),  # hybrid (else sorted on first use)
         }
 
     def info(self) -> dict[str, Any]:

@@ -182,7 +182,12 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         (implies ``flash``): each peak of ``a`` matches a fragment of ``b`` in its window, else a peak of
         ``b`` whose neutral loss lies in the window of its own, unless that peak of ``b`` is in some
         fragment window of ``a`` (:func:`fastspec.kernels.entropy.hybrid_entropy_pair`). Needs precursor
-        m/z (without, only fragments match). Not symmetric.
+        m/z (without, only fragments match; ms_entropy raises there). Not symmetric. ``hybrid_search``'s
+        numbers need its cleaning: spectra through ``clean_spectrum_for_search`` (the default library
+        preprocessing) and ``clean=False``, as library search scores them; the default ``clean=True`` is
+        ``calculate_entropy_similarity``'s cleaning, which keeps peaks near the precursor. Losses are
+        float32 as ms_entropy computes them from a Python-float precursor (an ``np.float64`` one makes
+        them float64 there, which can move pairs at a window's edge).
     threads : int, optional
         Threads for the parallel preparation kernels.
 

@@ -416,8 +416,9 @@ def hybrid_entropy_pair(mz_a, w_a, a0, a1, pmz_a, mz_b, w_b, b0, b1, pmz_b, tol_
     a (Flash matches it as a fragment ion then). The terms are summed in float32 in a's peak order, as
     Flash accumulates them (it adds a zero for a peak's discarded loss), halved and clamped like
     :func:`entropy_pair`. On clean spectra (peaks more than 2 x tolerance apart) every window holds one
-    peak at most; otherwise partners are taken one to one in m/z order (fragments) and loss order
-    (losses), as :func:`entropy_pair` takes them. Without a finite precursor m/z on either side only
+    peak at most; otherwise partners are taken one to one in m/z order (fragments), as
+    :func:`entropy_pair` takes them, then in loss order among the peaks of a without a fragment partner
+    and the peaks of b in no fragment window of a (losses). Without a finite precursor m/z on either side only
     fragments match (Flash needs both).
 
     Parameters
@@ -467,6 +468,14 @@ def hybrid_entropy_pair(mz_a, w_a, a0, a1, pmz_a, mz_b, w_b, b0, b1, pmz_b, tol_
         pb32 = np.float32(pmz_b)
         a, b = a1 - 1, b1 - 1
         while a >= a0 and b >= b0:
+            # only peaks that can use a loss take part: a peak of a with a fragment partner, or a peak of
+            # b inside a fragment window, would only withhold a partner from another peak
+            if frag[a - a0] > 0:
+                a -= 1
+                continue
+            if inwin[b - b0] != 0:
+                b -= 1
+                continue
             la = pa32 - np.float32(mz_a[a])
             lb = pb32 - np.float32(mz_b[b])
             if lb < la - tda:

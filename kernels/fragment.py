@@ -11,7 +11,9 @@ and the binary entropy H(p) <= 2 sqrt(p(1-p))). Any one-to-one peak assignment (
 cosine, entropy) uses a subset of the pairs within tolerance, so summing ``qv*w`` over every library
 peak in the window of every query peak (and, for analog search, every neutral loss in the window of
 every query neutral loss) bounds the exact score from above; scan windows are widened by float32 slack
-and cover any Da/ppm convention, so the bound never misses a pair an exact kernel matches.
+and cover any Da/ppm convention (hybrid search's neutral-loss windows also the float32 rounding of its
+losses, which is relative to the precursor m/z, :func:`_loss_half_width`), so the bound never misses a
+pair an exact kernel matches.
 
 Pruning (:func:`search_bounds`)
 -------------------------------
@@ -421,6 +423,20 @@ def _half_width(x, tol_da, tol_ppm, base):
     else:
         h = tol_da
     return h + 3e-7 * abs(x) + 1e-6
+
+
+@numba.njit(**NJIT)
+def _loss_half_width(y, x, qpmz, tol_da, tol_ppm, base, p_big):
+    """:func:`_half_width` of the neutral-loss window around ``y = qpmz - x``, widened by ``p_big > 0``
+    (the largest library precursor m/z; 0: not widened) for the hybrid entropy kernel, whose losses are
+    ``float32(float32(precursor) - float32(mz))`` on both sides (ms_entropy's): those roundings are
+    relative to the precursor and m/z (up to 3e-5 Da each near m/z 1,000), not to the loss, which is all
+    ``_half_width``'s slack covers. First-order bound with unit roundoff 2**-24 < 7e-8: query side
+    ``|pa| + |ma| + |la|``, library side ``|pb| + |mb| + 2 |lb| <= 2 p_big + 3 |lb|``, window ends ``|la|``."""
+    h = _half_width(y, tol_da, tol_ppm, base)
+    if p_big > 0:
+        h += 7e-8 * (abs(qpmz) + abs(x) + 2.0 * p_big + 6.0 * abs(y)) + 1e-6
+    return h
 
 
 @numba.njit(**NJIT)
@@ -868,7 +884,7 @@ def _cells_set(bits, side, lo, hi, inv_w, on):
 
 
 @numba.njit(inline="always", **NJIT)
-def _lookup_build(t0, npk, a0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk):
+def _lookup_build(t0, npk, a0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk, p_big):
     """Index query peaks ``order[t0:npk]`` (positive weights) for :func:`_complete`.
 
     ``lk = (xs, ts, lo, hi, ys, hns, best)``, float64 / int64 arrays of at least ``npk``: per scan
@@ -894,7 +910,7 @@ def _lookup_build(t0, npk, a0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, n
         h_max = max(h_max, h)
         if do_nl:
             y = qpmz - x
-            hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+            hn = _loss_half_width(y, x, qpmz, tol_da, tol_ppm, max(nl_base, x), p_big)
             ys[t] = y
             hns[t] = hn
             hn_max = max(hn_max, hn)
@@ -1120,6 +1136,10 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         max_peaks = max(max_peaks, q_off[q_rows[t] + 1] - q_off[q_rows[t]])
     lk = (np.empty(max_peaks), np.empty(max_peaks, dtype=np.int64), np.empty(max_peaks), np.empty(max_peaks),
           np.empty(max_peaks), np.empty(max_peaks), np.empty(max_peaks))
+    # hybrid search (entropy with neutral losses): its kernel's float32 losses need wider loss windows
+    p_big = 0.0
+    if kind == 1 and use_nl and n_prec > 0:
+        p_big = max(abs(prec_sorted[0]), abs(prec_sorted[n_prec - 1]), 1.0)
     for t in range(b, nq, n_blocks):
         qrow = q_rows[t]
         a0, a1 = q_off[qrow], q_off[qrow + 1]
@@ -1195,7 +1215,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                                     lib_codes, sym, sbuf)
             if do_nl:
                 y = pmz - x
-                hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+                hn = _loss_half_width(y, x, pmz, tol_da, tol_ppm, max(nl_base, x), p_big)
                 nt, nd, ch_size = _scan(nl_mz, nl_spec, (nl_w, nl_q8), nl_rng, (y - hn, y + hn),
                                         qv, work, count, track, live, touched, nt, dead, nd, prune, False,
                                         fresh, (w_lo, w_hi), False, cb, ci, ch_size, min_gap, gap_thr,
@@ -1251,7 +1271,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                            live, qrow, sbuf)
                 if do_nl:
                     y = pmz - x
-                    hn = _half_width(y, tol_da, tol_ppm, max(nl_base, x))
+                    hn = _loss_half_width(y, x, pmz, tol_da, tol_ppm, max(nl_base, x), p_big)
                     _scan_live(nl_mz, nl_spec, nl_w, nl_rng, (y - hn, y + hn), qv, acc, compact, rank, snap, count,
                                track, live, qrow, sbuf)
                 # a drop pass reads every survivor's scattered work row, and the survivors' margin
@@ -1276,7 +1296,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
         marked = fill  # the query's cells are set in ``bits`` (cleared before the next query)
         lk_info = (0, 1.0, 0.0, 0.0)
         if fill:
-            lk_info = _lookup_build(done, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
+            lk_info = _lookup_build(done, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk, p_big)
         for v in range(ns):
             # the survivors' rows and peaks are scattered: ask for them a few survivors ahead (analog /
             # open cosine / open entropy kernel time 0.80-0.99x / 0.92x / 0.88x, interleaved, noisy)
@@ -1314,7 +1334,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 _sift_down(hb, hi, size, 0)
             if marked:
                 _lookup_mark(bits, lk, lk_info[0], lk_info[1], do_nl, False)
-            lk_info = _lookup_build(0, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
+            lk_info = _lookup_build(0, npk, a0, order, q_mz, q_w, pmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk, p_big)
             marked = True
             for v in range(size):
                 c = hi[v]

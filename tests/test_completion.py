@@ -22,7 +22,7 @@ def _run(t0, order, q_mz, q_w, qpmz, l_off, l_mz, l_w, l_pmz, use_nl, kind, tol_
     lk = (np.empty(npk), np.empty(npk, dtype=np.int64), np.empty(npk), np.empty(npk), np.empty(npk),
           np.empty(npk), np.empty(npk))
     do_nl = use_nl and np.isfinite(qpmz)
-    info = fk._lookup_build(t0, npk, 0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk)
+    info = fk._lookup_build(t0, npk, 0, order, q_mz, q_w, qpmz, do_nl, tol_da, tol_ppm, nl_base, bits, lk, 0.0)
     work = np.zeros((n, 2), dtype=np.float32)
     count = np.zeros(n, dtype=np.uint16)
     for c in range(n):

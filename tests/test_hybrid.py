@@ -249,3 +249,27 @@ def test_hybrid_on_the_command_line(hlib, tmp_path):
     res = CliRunner().invoke(main, ["query", str(qfile), "--library", str(lib.path), "-o", str(tmp_path / "x.tsv"),
                                     "--mode", "hybrid", "--tolerance", "10ppm"], catch_exceptions=False)
     assert res.exit_code != 0 and "Traceback" not in res.output and "Da tolerance" in res.output
+
+
+def test_hybrid_search_finds_losses_matched_only_in_float32(tmp_path):
+    """The kernel's losses are float32(float32(precursor) - mz) (ms_entropy's): rounded relative to the
+    precursor, not the loss. Here they are 0.019958 Da apart in float32 (a match, as in ms_entropy's
+    hybrid_search) but 0.02002 in float64; the bound's loss windows must still reach the spectrum."""
+    from fastspec.library import Library
+
+    q = _spectra((np.array([940.4358]), np.array([100.0]), 958.03324))
+    spec = _spectra((np.array([883.981]), np.array([100.0]), 901.59846))
+    lib = Library.build(spec, tmp_path / "l.fastspec", preprocess=None, faiss=False, progress=False)
+    s, _ = similarity.score_pairs(q, spec, "entropy", tolerance=0.02, clean=False, hybrid=True)
+    assert s[0] == 1.0
+    hits = lib.search(q, k=1, mode="hybrid")
+    assert hits.indices[0, 0] == 0 and hits.scores[0, 0] == 1.0
+
+
+def test_hybrid_unclean_loss_partner_not_taken_by_a_fragment_matched_peak():
+    # 150.03 has a fragment partner; the loss partner of 150.00 (250.015: loss 149.985) lies in the loss
+    # windows of both and goes to 150.00
+    a = (np.array([150.00, 150.03]), np.array([1.0, 1.0]), 300.0)
+    b = (np.array([150.03, 250.015]), np.array([1.0, 1.0]), 400.0)
+    s, m = similarity.score_pairs(_spectra(a), _spectra(b), "entropy", tolerance=0.02, clean=False, hybrid=True)
+    assert s[0] == pytest.approx(1.0, abs=1e-6) and m[0] == 2

@@ -300,6 +300,15 @@ def _is_matchms(obj) -> bool:
     return type(obj).__module__.startswith("matchms") and hasattr(obj, "peaks") and hasattr(obj, "metadata")
 
 
+def _sniffs_as(path: str, fmt: str) -> bool:
+    from fastspec.io._common import sniff_format
+
+    try:
+        return sniff_format(path) == fmt
+    except (FastspecError, OSError):
+        return False
+
+
 def _expand_directories(paths: list) -> tuple[list[str], int]:
     """Input paths with every directory replaced by the spectrum files under it (recursively: a directory's
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
@@ -307,7 +316,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or, with any other name, when its content
     is a MassBank record; others (READMEs, licences, and TSV or Parquet tables without peak columns, such
     as sample sheets or hit tables) are left out and counted."""
-    from fastspec.io._common import EXTENSIONS, sniff_format, strip_gz
+    from fastspec.io._common import EXTENSIONS, strip_gz
 
     out: list[str] = []
     skipped = 0
@@ -329,20 +338,19 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                 f = os.path.join(root, name)
                 ext = os.path.splitext(strip_gz(name)[0])[1].lower()
                 if ext not in EXTENSIONS:
-                    try:
-                        known = sniff_format(f) == "massbank"
-                    except (FastspecError, OSError):
-                        known = False
-                    if not known:
+                    if not _sniffs_as(f, "massbank"):
                         skipped += 1
                         continue
                 elif EXTENSIONS[ext] in ("tsv", "parquet") and not _spectrum_table(f, EXTENSIONS[ext]):
                     skipped += 1  # a sample sheet or a hit table beside the spectra
                     continue
+                elif EXTENSIONS[ext] == "json" and not _sniffs_as(f, "json"):
+                    skipped += 1  # a report or settings file beside the spectra
+                    continue
                 out.append(f)
                 found += 1
         if not found:
-            raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, mzXML, MassBank records, ...)", str(p))
+            raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, mzXML, JSON, MassBank records, ...)", str(p))
     return out, skipped
 
 

@@ -8,7 +8,7 @@ import click
 from fastspec.cli._common import common_options, handle_errors
 
 _WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
-_READABLE = ("mgf", "msp", "mzml", "mzxml", "massbank", "tsv", "parquet", "hdf5")
+_READABLE = ("mgf", "msp", "mzml", "mzxml", "json", "massbank", "tsv", "parquet", "hdf5")
 
 
 @click.command("convert")
@@ -25,7 +25,7 @@ _READABLE = ("mgf", "msp", "mzml", "mzxml", "massbank", "tsv", "parquet", "hdf5"
 @common_options
 @handle_errors
 def convert(inputs, output, fmt, input_format, on_error, report_path, threads, quiet):
-    """Convert spectra: INPUTS... (mgf, msp, mzML, mzXML, MassBank records, tsv, parquet, h5) -> OUTPUT (mgf, msp, tsv,
+    """Convert spectra: INPUTS... (mgf, msp, mzML, mzXML, JSON, MassBank records, tsv, parquet, h5) -> OUTPUT (mgf, msp, tsv,
     parquet, h5).
 
     Several inputs are concatenated. Metadata keys are harmonised; bad records are skipped and

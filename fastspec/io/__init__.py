@@ -1,5 +1,5 @@
-"""Reading and writing spectrum files: MGF, MSP, mzML and mzXML (read), MassBank records (read),
-MassSpecGym TSV, parquet, HDF5.
+"""Reading and writing spectrum files: MGF, MSP, mzML and mzXML (read), GNPS / matchms / MoNA JSON (read),
+MassBank records (read), MassSpecGym TSV, parquet, HDF5.
 
 >>> import fastspec.io as fio
 >>> spectra, report = fio.read("library.mgf", return_report=True)   # doctest: +SKIP
@@ -7,7 +7,7 @@ MassSpecGym TSV, parquet, HDF5.
 ...     ...
 >>> fio.write(spectra, "library.parquet")                          # doctest: +SKIP
 
-The format comes from the extension (``.mgf``, ``.msp``, ``.mzml``, ``.mzxml``, ``.tsv``, ``.parquet``,
+The format comes from the extension (``.mgf``, ``.msp``, ``.mzml``, ``.mzxml``, ``.json``, ``.tsv``, ``.parquet``,
 ``.h5``/``.hdf5``; text formats may end in ``.gz``) or ``format=``; unknown extensions are sniffed
 (MassBank record files, ``MSBNK-...txt``, are recognised by their content).
 Metadata is harmonised (:mod:`fastspec.io.meta`) and the same peak rules apply to every format
@@ -34,13 +34,14 @@ _MODULES = {
     "msp": "fastspec.io.msp",
     "mzml": "fastspec.io.mzml",
     "mzxml": "fastspec.io.mzxml",
+    "json": "fastspec.io.jsonspec",
     "tsv": "fastspec.io.tsv",
     "parquet": "fastspec.io.parquet",
     "hdf5": "fastspec.io.hdf5",
     "massbank": "fastspec.io.massbank",
 }
 WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
-_TEXT = ("mgf", "msp", "tsv", "mzml", "mzxml", "massbank")
+_TEXT = ("mgf", "msp", "tsv", "mzml", "mzxml", "json", "massbank")
 
 
 
@@ -98,7 +99,8 @@ def read(
     path : str, os.PathLike or list of them
         File(s) to read; several files are concatenated in order.
     format : str, optional
-        ``"mgf"``, ``"msp"``, ``"mzml"``, ``"mzxml"``, ``"massbank"``, ``"tsv"``, ``"parquet"`` or ``"hdf5"``.
+        ``"mgf"``, ``"msp"``, ``"mzml"``, ``"mzxml"``, ``"json"``, ``"massbank"``, ``"tsv"``, ``"parquet"`` or
+        ``"hdf5"``.
         Default: from
         the extension (``.gz`` allowed for text formats), else sniffed from the content.
     on_error : {"skip", "raise"}

@@ -494,13 +494,14 @@ EXTENSIONS = {
     ".msp": "msp",
     ".mzml": "mzml",
     ".mzxml": "mzxml",
+    ".json": "json",
     ".tsv": "tsv",
     ".parquet": "parquet",
     ".pq": "parquet",
     ".h5": "hdf5",
     ".hdf5": "hdf5",
 }
-FORMATS = ("mgf", "msp", "mzml", "mzxml", "tsv", "parquet", "hdf5", "massbank")
+FORMATS = ("mgf", "msp", "mzml", "mzxml", "json", "tsv", "parquet", "hdf5", "massbank")
 
 
 def detect_format(path: str, format: str | None = None) -> str:
@@ -535,6 +536,8 @@ def sniff_format(path: str) -> str:
                                        ("mzxml", text.find("<mzxml"))) if i >= 0)
     if roots:
         return roots[0][1]
+    if text.lstrip("\ufeff \t\r\n")[:1] in ("[", "{") and any(f'"{k}"' in text for k in ("peaks_json", "peaks", "spectrum", "compound")):
+        return "json"  # a GNPS / matchms / MoNA JSON library
     if "begin ions" in text:
         return "mgf"
     first = text.lstrip().split("\n", 1)[0]

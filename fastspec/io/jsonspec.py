@@ -1,0 +1,205 @@
+"""JSON spectrum libraries: GNPS library exports (``ALL_GNPS.json``), matchms ``save_as_json`` files and
+MoNA's JSON export, read as a stream (a top-level array of records, or one record per line).
+
+Per record (a JSON object):
+
+* peaks from ``peaks_json`` (GNPS: a string holding ``[[mz, intensity], ...]``; matchms: the list
+  itself), ``peaks`` (the same list), or ``spectrum`` (MoNA: ``"mz:intensity mz:intensity ..."``);
+* metadata from every other key whose value is a string, number or boolean, harmonised like MGF/MSP
+  keys (``Precursor_MZ``, ``Ion_Mode``, ``Compound_Name``, ``Smiles``, ``INCHI``, ``Adduct``,
+  ``spectrum_id``, matchms' ``precursor_mz``, ``ionmode``, ...); MoNA's ``metaData`` lists
+  (``{"name": "precursor m/z", "value": ...}``) of the record and of its first ``compound`` become keys
+  too, with that compound's first name (``name``), ``inchi`` and ``inchiKey``.
+
+A record without peaks, whose peaks do not parse, or that is not an object, is a bad record (``on_error``);
+broken JSON ends the file there: the records before it are returned and the rest counts as one rejected
+record. Records are numbered by their position in the file (1-based), not by line.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec.errors import FastspecError, ParseError
+from fastspec.io._common import ReadReport, finish_block, open_binary
+from fastspec.spectra import Spectra
+
+_CHUNK = 1 << 20  # characters decoded per read
+_WS = " \t\r\n"
+
+
+def _records(path: str) -> Iterator[tuple[Any, str | None]]:
+    """(record, None) for each top-level value of the file's array (or of a JSON-lines file), and at
+    the end (None, message) if the JSON breaks."""
+    import codecs
+
+    fh, _ = open_binary(path)
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    decoder = json.JSONDecoder()
+    buf, pos, eof, started, array = "", 0, False, False, False
+    try:
+        while True:
+            # enough text for the next value: refill when the buffer runs low
+            while not eof and len(buf) - pos < _CHUNK:
+                raw = fh.read(_CHUNK)
+                eof = not raw
+                buf = buf[pos:] + dec.decode(raw, final=eof)
+                pos = 0
+            while pos < len(buf) and (buf[pos] in _WS or (array and buf[pos] == ",")):
+                pos += 1
+            if not started:
+                if buf.startswith("\ufeff", pos):
+                    pos += 1
+                if pos < len(buf) and buf[pos] == "[":
+                    array, pos = True, pos + 1
+                started = True
+                continue
+            if pos >= len(buf):
+                if array:
+                    yield None, "invalid JSON (the file ends inside its top-level array)"
+                return
+            if array and buf[pos] == "]":
+                return
+            try:
+                value, end = decoder.raw_decode(buf, pos)
+            except json.JSONDecodeError as e:
+                if not eof:  # a value longer than the buffer: read more and try again
+                    raw = fh.read(_CHUNK)
+                    eof = not raw
+                    buf = buf[pos:] + dec.decode(raw, final=eof)
+                    pos = 0
+                    continue
+                yield None, f"invalid JSON ({e.msg} at character {e.pos - pos} of the record)"
+                return
+            pos = end
+            yield value, None
+    finally:
+        fh.close()
+
+
+def _pairs(value: Any) -> tuple[np.ndarray, np.ndarray]:
+    """m/z and intensities from ``[[mz, i], ...]`` (or its JSON text)."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    a = np.asarray(value, dtype=np.float64)
+    if a.size == 0:
+        return np.zeros(0), np.zeros(0)
+    if a.ndim != 2 or a.shape[1] < 2:
+        raise ValueError("peaks are not [m/z, intensity] pairs")
+    return a[:, 0].copy(), a[:, 1].copy()
+
+
+def _mona_pairs(text: str) -> tuple[np.ndarray, np.ndarray]:
+    """m/z and intensities from MoNA's ``"mz:intensity mz:intensity"``."""
+    mz, it = [], []
+    for tok in text.split():
+        m, _, i = tok.partition(":")
+        mz.append(float(m))
+        it.append(float(i))
+    return np.asarray(mz, np.float64), np.asarray(it, np.float64)
+
+
+def _scalar(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (str, int, float)):
+        return str(v)
+    return None
+
+
+def _mona_meta(items: Any, md: dict) -> None:
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict) and isinstance(item.get("name"), str):
+            v = _scalar(item.get("value"))
+            if v is not None:
+                md.setdefault(item["name"], v)
+
+
+def _record(rec: Any) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Raw metadata and peaks of one record; ValueError with the reason when it has no usable peaks."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"a record is a JSON object, not {type(rec).__name__}")
+    md: dict = {}
+    for k, v in rec.items():
+        if k in ("peaks_json", "peaks", "spectrum", "metaData", "compound"):
+            continue
+        s = _scalar(v)
+        if s is not None:
+            md[str(k)] = s
+    _mona_meta(rec.get("metaData"), md)
+    comp = rec.get("compound")
+    if isinstance(comp, list) and comp and isinstance(comp[0], dict):
+        c0 = comp[0]
+        _mona_meta(c0.get("metaData"), md)
+        names = c0.get("names")
+        if isinstance(names, list) and names and isinstance(names[0], dict) and isinstance(names[0].get("name"), str):
+            md.setdefault("name", names[0]["name"])
+        for key in ("inchi", "inchiKey"):
+            if isinstance(c0.get(key), str):
+                md.setdefault(key, c0[key])
+    try:
+        if rec.get("peaks_json") is not None:
+            mz, it = _pairs(rec["peaks_json"])
+        elif rec.get("peaks") is not None:
+            mz, it = _pairs(rec["peaks"])
+        elif isinstance(rec.get("spectrum"), str):
+            mz, it = _mona_pairs(rec["spectrum"])
+        else:
+            raise ValueError("no peaks (peaks_json, peaks or spectrum)")
+    except (TypeError, ValueError, json.JSONDecodeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(msg if msg.startswith("no peaks") or "pairs" in msg else f"unreadable peaks ({msg})") from None
+    return md, mz, it
+
+
+def _block(path, mds, mzs, ints, lines, errors, on_error, report) -> Spectra:
+    lengths = np.fromiter((m.shape[0] for m in mzs), dtype=np.int64, count=len(mzs))
+    offsets = np.zeros(len(mzs) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    keys: dict[str, None] = {}
+    for r in mds:
+        keys.update(dict.fromkeys(r))
+    meta = pa.table({k: pa.array([r.get(k) for r in mds], pa.string()) for k in keys}) if keys else \
+        pa.table({"id": pa.nulls(len(mds), pa.string())})
+    err = np.array(errors, dtype=object) if any(e is not None for e in errors) else None
+    mz = np.concatenate(mzs) if mzs else np.zeros(0)
+    it = np.concatenate(ints) if ints else np.zeros(0)
+    return finish_block(report, path, np.asarray(lines, np.int64), err, offsets, mz, it, meta, on_error, text=True)
+
+
+def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool | None = None,
+                 chunk_size: int | None = None) -> Iterator[Spectra]:
+    """Spectra of a JSON library file (``.gz`` allowed), ``chunk_size`` records at a time (default 10000)."""
+    step = int(chunk_size or 10_000)
+    mds, mzs, ints, lines, errors = [], [], [], [], []
+    position = 0
+    for rec, broken in _records(path):
+        if broken is not None:
+            if position == 0 and not mds:
+                raise FastspecError(f"{path}: not readable as JSON spectra ({broken})")
+            if on_error == "raise":
+                raise ParseError(broken, path, position + 1)
+            if mds:
+                yield _block(path, mds, mzs, ints, lines, errors, on_error, report)
+                mds, mzs, ints, lines, errors = [], [], [], [], []
+            report.reject(position + 1, broken, path)
+            return
+        position += 1
+        try:
+            md, mz, it = _record(rec)
+            err = None
+        except ValueError as e:
+            md, mz, it, err = {}, np.zeros(0), np.zeros(0), str(e)
+        mds.append(md)
+        mzs.append(mz)
+        ints.append(it)
+        lines.append(position)
+        errors.append(err)
+        if len(mds) >= step:
+            yield _block(path, mds, mzs, ints, lines, errors, on_error, report)
+            mds, mzs, ints, lines, errors = [], [], [], [], []
+    if mds:
+        yield _block(path, mds, mzs, ints, lines, errors, on_error, report)

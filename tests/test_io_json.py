@@ -1,0 +1,140 @@
+"""JSON spectrum libraries, one hand-made fixture per dialect: a GNPS library export (``peaks_json`` as a
+string, GNPS's key names), a matchms ``save_as_json`` file (written by matchms itself) and a MoNA JSON
+export (``spectrum`` text, ``metaData`` lists, a nested ``compound``); compared with matchms'
+``load_from_json`` where it reads the file."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+import fastspec.io as fio
+from fastspec.errors import FastspecError, ParseError
+
+GNPS = [
+    {"spectrum_id": "CCMSLIB00000001547", "source_file": "130618_Ger_Jenia_WT-3-Des-MCLR_MH981.4-qb.1.1..mgf",
+     "ms_level": "2", "peaks_json": "[[289.286377,8068.0],[295.545288,22507.0],[298.489624,3925.0]]",
+     "Compound_Name": "3-Des-Microcystein_LR", "Ion_Source": "LC-ESI", "Instrument": "qTof", "Adduct": "M+H",
+     "Precursor_MZ": "981.54", "Charge": "0", "Smiles": "CC(C)CC1NC(=O)C(C)NC(=O)C(=C)N(C)C(=O)CCC(NC(=O)C(C)C(NC(=O)C(CCCNC(N)=N)NC1=O)C(O)=O)C(O)=O",
+     "INCHI": "N/A", "Ion_Mode": "Positive", "Library_Class": "1"},
+    {"spectrum_id": "CCMSLIB00000001548", "ms_level": "2", "peaks_json": "[[81.0, 10.0],[113.1, 200.0]]",
+     "Compound_Name": "Neg example", "Adduct": "[M-H]-", "Precursor_MZ": "145.05", "Charge": "-1",
+     "Ion_Mode": "Negative", "Smiles": "OC(=O)CCC(=O)C(O)=O"},
+]
+
+MONA = [
+    {"compound": [{"inchi": "InChI=1S/C6H12O6/c7-1-2-3(8)4(9)5(10)6(11)12-2/h2-11H,1H2",
+                   "inchiKey": "WQZGKKKJIJFFOK-GASJEMHNSA-N",
+                   "metaData": [{"name": "SMILES", "value": "OCC1OC(O)C(O)C(O)C1O"},
+                                {"name": "molecular formula", "value": "C6H12O6"},
+                                {"name": "total exact mass", "value": 180.0634}],
+                   "names": [{"name": "D-Glucose", "score": 0}]}],
+     "id": "MoNA000001",
+     "metaData": [{"name": "precursor m/z", "value": 179.0561}, {"name": "precursor type", "value": "[M-H]-"},
+                  {"name": "ionization mode", "value": "negative"}, {"name": "collision energy", "value": "20 eV"},
+                  {"name": "instrument type", "value": "LC-ESI-QTOF"}],
+     "spectrum": "59.0133:100 71.0133:45.5 89.0244:80.25",
+     "score": {"score": 3.9}},
+]
+
+
+def _write(path, records, lines=False):
+    text = "\n".join(json.dumps(r) for r in records) if lines else json.dumps(records, indent=1)
+    data = text.encode()
+    path.write_bytes(gzip.compress(data) if str(path).endswith(".gz") else data)
+    return path
+
+
+def _md(s, i):
+    return {k: v for k, v in s[i].metadata.items() if v is not None}
+
+
+@pytest.mark.parametrize("name", ["gnps.json", "gnps.json.gz"])
+def test_gnps_export(tmp_path, name):
+    s, r = fio.read(_write(tmp_path / name, GNPS), return_report=True)
+    r.check()
+    assert (r.n_records, len(s)) == (2, 2)
+    m = _md(s, 0)
+    assert m["id"] == "CCMSLIB00000001547" and m["name"] == "3-Des-Microcystein_LR" and m["precursor_mz"] == 981.54
+    assert m["ion_mode"] == "positive" and m["adduct"] == "M+H" and m["smiles"].startswith("CC(C)CC1")
+    assert s[0].mz.tolist() == [289.286377, 295.545288, 298.489624] and s[0].intensity.tolist() == [8068.0, 22507.0, 3925.0]
+    assert _md(s, 1)["ion_mode"] == "negative" and _md(s, 1)["charge"] == -1
+    matchms = pytest.importorskip("matchms.importing")
+    theirs = list(matchms.load_from_json(str(_write(tmp_path / "plain.json", GNPS))))
+    for i, t in enumerate(theirs):
+        np.testing.assert_allclose(s[i].mz, t.peaks.mz)
+        np.testing.assert_allclose(s[i].intensity, t.peaks.intensities, rtol=1e-7)
+        assert s.precursor_mz[i] == pytest.approx(t.get("precursor_mz"))
+
+
+def test_matchms_save_as_json_round_trip(tmp_path):
+    pytest.importorskip("matchms")
+    from matchms import Spectrum
+    from matchms.exporting import save_as_json
+
+    spectra = [Spectrum(mz=np.array([50.0, 100.5, 150.25]), intensities=np.array([0.1, 1.0, 0.5]),
+                        metadata={"precursor_mz": 200.1, "ionmode": "positive", "compound_name": "one",
+                                  "smiles": "CCO", "adduct": "[M+H]+", "spectrum_id": "s1"}),
+               Spectrum(mz=np.array([70.0, 80.0]), intensities=np.array([3.0, 4.0]),
+                        metadata={"precursor_mz": 120.0, "ionmode": "negative", "compound_name": "two"})]
+    path = tmp_path / "mm.json"
+    save_as_json(spectra, str(path))
+    s = fio.read(path)
+    assert len(s) == 2 and s[0].mz.tolist() == [50.0, 100.5, 150.25] and s.precursor_mz.tolist() == [200.1, 120.0]
+    assert _md(s, 0)["name"] == "one" and _md(s, 0)["id"] == "s1" and _md(s, 1)["ion_mode"] == "negative"
+
+
+def test_mona_export(tmp_path):
+    s, r = fio.read(_write(tmp_path / "mona.json", MONA), return_report=True)
+    r.check()
+    m = _md(s, 0)
+    assert m["id"] == "MoNA000001" and m["name"] == "D-Glucose" and m["precursor_mz"] == 179.0561
+    assert m["ion_mode"] == "negative" and m["adduct"] == "[M-H]-" and m["formula"] == "C6H12O6"
+    assert m["inchikey"] == "WQZGKKKJIJFFOK-GASJEMHNSA-N" and m["smiles"] == "OCC1OC(O)C(O)C(O)C1O"
+    assert s[0].mz.tolist() == [59.0133, 71.0133, 89.0244] and s[0].intensity.tolist() == [100.0, 45.5, 80.25]
+
+
+def test_json_lines_bad_records_and_counts(tmp_path):
+    recs = [GNPS[0], {"spectrum_id": "nopeaks", "Precursor_MZ": "100"}, [1, 2],
+            {"spectrum_id": "bad", "peaks_json": "[[1, 2, 3"}, GNPS[1]]
+    p = _write(tmp_path / "lines.json", recs, lines=True)
+    s, r = fio.read(p, return_report=True)
+    assert len(s) == 2 and r.n_records == 5 and r.n_rejected == 3 and r.n_spectra + r.n_rejected == r.n_records
+    assert [x.line for x in r.rejected] == [2, 3, 4]
+    assert "no peaks" in r.rejected[0].reason and "JSON object" in r.rejected[1].reason
+    with pytest.raises(ParseError) as e:
+        fio.read(p, on_error="raise")
+    assert e.value.line == 2
+
+
+def test_broken_json_keeps_what_was_read(tmp_path):
+    text = json.dumps(GNPS * 30)
+    cut = text[: text.index('"CCMSLIB00000001548"', len(text) // 2) + 40]  # inside a record
+    p = tmp_path / "cut.json"
+    p.write_text(cut)
+    s, r = fio.read(p, return_report=True)
+    assert len(s) >= 29 and r.n_rejected == 1 and r.n_records == len(s) + 1
+    assert "invalid JSON" in r.rejected[0].reason and r.rejected[0].line == len(s) + 1
+    with pytest.raises(ParseError):
+        fio.read(p, on_error="raise")
+
+
+def test_not_json_spectra_is_one_clear_error(tmp_path):
+    p = tmp_path / "page.json"
+    p.write_text("<html><body>404</body></html>")
+    with pytest.raises(FastspecError, match="page.json: not readable as JSON spectra"):
+        fio.read(p)
+
+
+def test_sniffed_and_directory_inputs(tmp_path):
+    from fastspec.library import Library
+
+    d = tmp_path / "lib"
+    d.mkdir()
+    _write(d / "gnps.json", GNPS)
+    (d / "settings.json").write_text(json.dumps({"tolerance": 0.02}))  # not spectra: left out
+    assert fio.detect_format(str(_write(tmp_path / "noext", MONA))) == "json"
+    lib = Library.build(d, tmp_path / "l.fastspec", faiss=False, progress=False)
+    assert len(lib) == 2 and [f["records"] for f in lib.input_files] == [2]

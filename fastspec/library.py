@@ -314,9 +314,11 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
     out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
     (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or, with any other name, when its content
-    is a MassBank record; others (READMEs, licences, and TSV or Parquet tables without peak columns, such
-    as sample sheets or hit tables) are left out and counted."""
+    is a MassBank record; others (READMEs, licences, TSV or Parquet tables without peak columns, such
+    as sample sheets or hit tables, and JSON files whose first record is no spectrum, such as settings or
+    reports) are left out and counted."""
     from fastspec.io._common import EXTENSIONS, strip_gz
+    from fastspec.io.jsonspec import looks_like_spectra
 
     out: list[str] = []
     skipped = 0
@@ -344,7 +346,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                 elif EXTENSIONS[ext] in ("tsv", "parquet") and not _spectrum_table(f, EXTENSIONS[ext]):
                     skipped += 1  # a sample sheet or a hit table beside the spectra
                     continue
-                elif EXTENSIONS[ext] == "json" and not _sniffs_as(f, "json"):
+                elif EXTENSIONS[ext] == "json" and not looks_like_spectra(f):
                     skipped += 1  # a report or settings file beside the spectra
                     continue
                 out.append(f)

@@ -138,3 +138,44 @@ def test_sniffed_and_directory_inputs(tmp_path):
     assert fio.detect_format(str(_write(tmp_path / "noext", MONA))) == "json"
     lib = Library.build(d, tmp_path / "l.fastspec", faiss=False, progress=False)
     assert len(lib) == 2 and [f["records"] for f in lib.input_files] == [2]
+
+
+def test_review_bom_then_whitespace_and_jsonl_resync(tmp_path):
+    p = tmp_path / "bom.json"
+    p.write_bytes(b"\xef\xbb\xbf\n" + json.dumps(GNPS).encode())
+    assert len(fio.read(p)) == 2  # was: the whole array taken as one record and rejected
+    lines = [json.dumps(GNPS[0]), '{"spectrum_id": "cut", "peaks_json": ', json.dumps(GNPS[1]), json.dumps(GNPS[0])]
+    p = tmp_path / "lines.json"
+    p.write_text("\n".join(lines) + "\n")
+    s, r = fio.read(p, return_report=True)
+    assert len(s) == 3 and r.n_records == 4 and [x.line for x in r.rejected] == [2]  # was: 1 spectrum, 2 records
+
+
+def test_review_raise_names_first_bad_record(tmp_path):
+    p = tmp_path / "order.json"
+    p.write_text('[' + json.dumps(GNPS[0]) + ', {"spectrum_id": "nopeaks"}, ' + json.dumps(GNPS[1]) + ', {"a": ]')
+    with pytest.raises(ParseError) as e:
+        fio.read(p, on_error="raise")
+    assert e.value.line == 2  # was 4 (the broken JSON), skipping the earlier bad record
+
+
+def test_review_directory_sniffing(tmp_path):
+    from fastspec.library import _expand_directories
+
+    d = tmp_path / "lib"
+    d.mkdir()
+    (d / "hits.json").write_text(json.dumps([{"query": "q1", "spectrum": "CCMSLIB1", "compound": "caffeine"}]))
+    (d / "params.json").write_text(json.dumps({"metric": "cosine", "compound": "x", "peaks": {"max": 100}}))
+    mona = dict(MONA[0], compound=[dict(MONA[0]["compound"][0], molFile="x" * 6000)])
+    (d / "mona.json").write_text(json.dumps([{k: mona[k] for k in ("id", "metaData", "compound", "spectrum")}]))
+    gnps = dict(GNPS[0], Compound_Name="y" * 5000)
+    (d / "gnps.json").write_text(json.dumps([{k: gnps[k] for k in ("spectrum_id", "Compound_Name", "peaks_json")}]))
+    files, skipped = _expand_directories([d])
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "mona.json"] and skipped == 2
+
+
+def test_review_not_gzip_is_a_fastspec_error(tmp_path):
+    p = tmp_path / "x.json.gz"
+    p.write_text(json.dumps(GNPS))
+    with pytest.raises(FastspecError, match="cannot read"):
+        fio.read(p)

@@ -25,6 +25,7 @@ import dataclasses
 import gzip
 import io
 import os
+import re
 import sys
 import uuid
 from typing import Any, Iterator, NamedTuple
@@ -519,6 +520,11 @@ def detect_format(path: str, format: str | None = None) -> str:
     return sniff_format(str(path))
 
 
+# a peak list as GNPS / matchms (peaks_json, peaks: [[mz, i], ...]) or MoNA ("spectrum": "mz:i ...", after a
+# "compound": [{...}] list) write it
+_JSON_PEAKS = re.compile(r'"peaks_json"\s*:|"peaks"\s*:\s*"?\[\s*\[|"spectrum"\s*:\s*"\s*[0-9.]+:|"compound"\s*:\s*\[\s*\{')
+
+
 def sniff_format(path: str) -> str:
     """Guess the format from the first bytes of the file."""
     with open(path, "rb") as fh:
@@ -536,7 +542,7 @@ def sniff_format(path: str) -> str:
                                        ("mzxml", text.find("<mzxml"))) if i >= 0)
     if roots:
         return roots[0][1]
-    if text.lstrip("\ufeff \t\r\n")[:1] in ("[", "{") and any(f'"{k}"' in text for k in ("peaks_json", "peaks", "spectrum", "compound")):
+    if text.lstrip("\ufeff \t\r\n")[:1] in ("[", "{") and _JSON_PEAKS.search(text):
         return "json"  # a GNPS / matchms / MoNA JSON library
     if "begin ions" in text:
         return "mgf"

@@ -11,13 +11,15 @@ Per record (a JSON object):
   (``{"name": "precursor m/z", "value": ...}``) of the record and of its first ``compound`` become keys
   too, with that compound's first name (``name``), ``inchi`` and ``inchiKey``.
 
-A record without peaks, whose peaks do not parse, or that is not an object, is a bad record (``on_error``);
-broken JSON ends the file there: the records before it are returned and the rest counts as one rejected
-record. Records are numbered by their position in the file (1-based), not by line.
+A record without peaks, whose peaks do not parse, or that is not an object, is a bad record (``on_error``).
+Broken JSON in an array ends the file there: the records before it are returned and the rest counts as
+one rejected record; in a JSON-lines file a broken line is one bad record and reading goes on at the next
+line opening a record. Records are numbered by their position in the file (1-based), not by line.
 """
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -31,31 +33,52 @@ _CHUNK = 1 << 20  # characters decoded per read
 _WS = " \t\r\n"
 
 
+class _Broken(str):
+    """A JSON-lines record that does not parse (the reading resumes at the next line opening a record)."""
+
+
 def _records(path: str) -> Iterator[tuple[Any, str | None]]:
     """(record, None) for each top-level value of the file's array (or of a JSON-lines file), and at
-    the end (None, message) if the JSON breaks."""
+    the end (None, message) if the JSON breaks. In a JSON-lines file a broken record after the first one
+    is yielded as a :class:`_Broken` message and the reading goes on at the next line starting with ``{``."""
     import codecs
 
     fh, _ = open_binary(path)
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     decoder = json.JSONDecoder()
-    buf, pos, eof, started, array = "", 0, False, False, False
+    buf, pos, eof, started, array, n = "", 0, False, False, False, 0
+
+    def more(size: int) -> None:
+        nonlocal buf, pos, eof
+        try:
+            raw = fh.read(size)
+        except (OSError, EOFError, zlib.error) as e:  # not gzip data, a truncated .gz, a read error
+            raise FastspecError(f"{path}: cannot read: {e}") from e
+        eof = not raw
+        buf = buf[pos:] + dec.decode(raw, final=eof)
+        pos = 0
+
     try:
         while True:
             # enough text for the next value: refill when the buffer runs low
             while not eof and len(buf) - pos < _CHUNK:
-                raw = fh.read(_CHUNK)
-                eof = not raw
-                buf = buf[pos:] + dec.decode(raw, final=eof)
-                pos = 0
-            while pos < len(buf) and (buf[pos] in _WS or (array and buf[pos] == ",")):
-                pos += 1
+                more(_CHUNK)
             if not started:
                 if buf.startswith("\ufeff", pos):
                     pos += 1
+                while pos < len(buf) and buf[pos] in _WS:
+                    pos += 1
+                if pos >= len(buf) and not eof:  # more leading white space than the buffer holds
+                    more(_CHUNK)
+                    continue
                 if pos < len(buf) and buf[pos] == "[":
                     array, pos = True, pos + 1
                 started = True
+                continue
+            while pos < len(buf) and (buf[pos] in _WS or buf[pos] == ","):  # JSON lines ending in "," too
+                pos += 1
+            if pos >= len(buf) and not eof:  # white space running past the buffer
+                more(_CHUNK)
                 continue
             if pos >= len(buf):
                 if array:
@@ -66,18 +89,47 @@ def _records(path: str) -> Iterator[tuple[Any, str | None]]:
             try:
                 value, end = decoder.raw_decode(buf, pos)
             except json.JSONDecodeError as e:
-                if not eof:  # a value longer than the buffer: read more and try again
-                    raw = fh.read(_CHUNK)
-                    eof = not raw
-                    buf = buf[pos:] + dec.decode(raw, final=eof)
-                    pos = 0
+                # cut off by the end of the buffer (not a mistake in the text): read more and try again,
+                # growing the buffer geometrically (a long record costs linear time, not quadratic)
+                truncated = e.pos >= len(buf) - 16 or e.msg.startswith("Unterminated string")
+                if not eof and truncated:
+                    more(max(_CHUNK, len(buf) - pos))
                     continue
-                yield None, f"invalid JSON ({e.msg} at character {e.pos - pos} of the record)"
-                return
+                msg = f"invalid JSON ({e.msg} at character {e.pos - pos} of the record)"
+                if array or n == 0:
+                    yield None, msg
+                    return
+                # JSON lines: this record is bad; the next one starts on a line opening with "{"
+                nxt = buf.find("\n{", pos)
+                while nxt < 0 and not eof:
+                    keep = len(buf) - pos - 1
+                    more(_CHUNK)
+                    nxt = buf.find("\n{", max(0, keep))
+                n += 1
+                yield _Broken(msg), None
+                if nxt < 0:
+                    return
+                pos = nxt + 1
+                continue
             pos = end
+            n += 1
             yield value, None
     finally:
         fh.close()
+
+
+def looks_like_spectra(path: str) -> bool:
+    """Whether the file's first record is a spectrum (an object with ``peaks_json``, a ``peaks`` list or
+    a MoNA ``spectrum`` string): tells a JSON library from a settings, report or package file."""
+    try:
+        for rec, broken in _records(path):
+            if broken is not None or not isinstance(rec, dict):
+                return False
+            return (rec.get("peaks_json") is not None or isinstance(rec.get("peaks"), (list, str))
+                    or (isinstance(rec.get("spectrum"), str) and ":" in rec["spectrum"]))
+    except (OSError, EOFError, ValueError, FastspecError):
+        return False
+    return False
 
 
 def _pairs(value: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +172,8 @@ def _mona_meta(items: Any, md: dict) -> None:
 
 def _record(rec: Any) -> tuple[dict, np.ndarray, np.ndarray]:
     """Raw metadata and peaks of one record; ValueError with the reason when it has no usable peaks."""
+    if isinstance(rec, _Broken):
+        raise ValueError(str(rec))
     if not isinstance(rec, dict):
         raise ValueError(f"a record is a JSON object, not {type(rec).__name__}")
     md: dict = {}
@@ -151,7 +205,7 @@ def _record(rec: Any) -> tuple[dict, np.ndarray, np.ndarray]:
             raise ValueError("no peaks (peaks_json, peaks or spectrum)")
     except (TypeError, ValueError, json.JSONDecodeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(msg if msg.startswith("no peaks") or "pairs" in msg else f"unreadable peaks ({msg})") from None
+        raise ValueError(msg if msg.startswith(("no peaks", "invalid JSON")) or "pairs" in msg else f"unreadable peaks ({msg})") from None
     return md, mz, it
 
 
@@ -180,11 +234,11 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         if broken is not None:
             if position == 0 and not mds:
                 raise FastspecError(f"{path}: not readable as JSON spectra ({broken})")
-            if on_error == "raise":
-                raise ParseError(broken, path, position + 1)
-            if mds:
+            if mds:  # first (with on_error="raise": raises at an earlier bad record, if any)
                 yield _block(path, mds, mzs, ints, lines, errors, on_error, report)
                 mds, mzs, ints, lines, errors = [], [], [], [], []
+            if on_error == "raise":
+                raise ParseError(broken, path, position + 1)
             report.reject(position + 1, broken, path)
             return
         position += 1

@@ -279,3 +279,19 @@ def test_ms1_spectrum_without_ms_level_is_skipped(tmp_path):
         "MSn spectrum", "MS1 spectrum")
     s, r = read(tmp_path, "nolevel.mzML", mzml(ms1 + pwiz_ms2(1, "positive scan", "")))
     assert len(s) == 1 and r.warnings == {"spectra with ms level != 2 skipped": 1}
+
+
+def test_broken_xml_near_the_start_is_a_rejection(tmp_path):
+    """pyteomics parses the file's first KiB for its version: a tag typo there, in a file that starts as
+    mzML, is broken XML part-way (a rejection; ParseError under raise), as anywhere later."""
+    from fastspec.errors import ParseError
+
+    text = mzml(_many(6))
+    i = text.index("</spectrum>") + len("</spectrum>")
+    broken = text[:i] + "</spectrun>" + text[i:]
+    p = tmp_path / "typo.mzML"
+    p.write_text(broken)
+    s, r = fio.read(p, return_report=True)
+    assert r.n_rejected == 1 and "invalid mzML" in r.rejected[0].reason and r.n_records == len(s) + 1
+    with pytest.raises(ParseError):
+        fio.read(p, on_error="raise")

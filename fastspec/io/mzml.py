@@ -63,8 +63,23 @@ class UnsupportedCompression(FastspecError):
 _READER = None
 
 
-def _reader_class():
-    """pyteomics' MzML reader, refusing binary arrays in a compression it does not know."""
+class StartTolerant:
+    """Mixin for a pyteomics XML reader of a file already sniffed as its format: broken XML within the
+    first few KiB (which pyteomics parses in its constructor for the version) is then broken XML part-way,
+    a rejection in :func:`iter_xml`, not an unreadable file."""
+
+    def _get_version_info(self):
+        from lxml import etree
+
+        try:
+            return super()._get_version_info()
+        except etree.XMLSyntaxError:
+            return None, None
+
+
+def _reader_class(tolerant: bool = False):
+    """pyteomics' MzML reader, refusing binary arrays in a compression it does not know (``tolerant``: with
+    :class:`StartTolerant`)."""
     global _READER
     if _READER is None:
         mzml = _pyteomics_mzml()
@@ -86,8 +101,9 @@ def _reader_class():
                                                          f"cannot decode here{hint}")
                 return found
 
-        _READER = _MzML if hasattr(mzml.MzML, "_determine_compression") else mzml.MzML
-    return _READER
+        strict = _MzML if hasattr(mzml.MzML, "_determine_compression") else mzml.MzML
+        _READER = (strict, type("_MzMLStartTolerant", (StartTolerant, strict), {}))
+    return _READER[bool(tolerant)]
 
 
 def _record(s: dict) -> dict:
@@ -203,12 +219,15 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
 
     Broken XML part-way (a truncated download) ends the file: the spectra before it are returned and
     the rest counts as one rejected record at the position of the first spectrum not read, its reason
-    naming the XML line (``on_error="raise"``: a :class:`ParseError` there). A file that does not even
-    start as readable XML (empty, an HTML page, not gzip despite ``.gz``) is a :class:`FastspecError`.
+    naming the XML line (``on_error="raise"``: a :class:`ParseError` there), also when the break lies in
+    the first KiB of a file whose start reads as mzML. A file that does not start as mzML (empty, an
+    HTML page, not gzip despite ``.gz``) is a :class:`FastspecError`.
     """
-    if sniffed(path) == "mzxml":  # pyteomics reads an mzXML file as an mzML file without spectra
+    found = sniffed(path)
+    if found == "mzxml":  # pyteomics reads an mzXML file as an mzML file without spectra
         raise FastspecError(f"{path}: an mzXML file, not mzML (name it .mzXML or pass format='mzxml')")
-    yield from iter_xml(path, _reader_class(), _MZML, on_error=on_error, report=report, chunk_size=chunk_size)
+    yield from iter_xml(path, _reader_class(tolerant=found == "mzml"), _MZML, on_error=on_error, report=report,
+                        chunk_size=chunk_size)
 
 
 def sniffed(path: str) -> str | None:

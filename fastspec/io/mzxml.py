@@ -21,7 +21,7 @@ from typing import Iterator
 
 from fastspec.errors import FastspecError
 from fastspec.io._common import ReadReport
-from fastspec.io.mzml import XmlDialect, _fmt, _num, iter_xml, sniffed
+from fastspec.io.mzml import StartTolerant, XmlDialect, _fmt, _num, iter_xml, sniffed
 from fastspec.spectra import Spectra
 
 
@@ -43,17 +43,7 @@ def _reader_class():
         except ImportError as e:
             raise FastspecError("reading mzXML needs pyteomics and lxml: pip install 'fastspec[mzml]'") from e
 
-        from lxml import etree
-
-        class _MzXML(mzxml.MzXML):
-            def _get_version_info(self):
-                # the file was sniffed as mzXML already: broken XML in its first few KiB is then broken
-                # XML part-way (the reading loop's rejection), not an unreadable file
-                try:
-                    return super()._get_version_info()
-                except etree.XMLSyntaxError:
-                    return None, None
-
+        class _MzXML(StartTolerant, mzxml.MzXML):  # the file sniffed as mzXML before it is opened
             def _determine_dtype(self, info):
                 # byteOrder is written by every converter but fixed to network order (ProteoWizard reads
                 # older files without it that way); precision 32 where it is not written

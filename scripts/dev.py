@@ -20,17 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("FASTSPEC_VENV", ROOT / ".venv"))
 EXTRAS = {"demo": "", "test": "[test,chem,mzml,plot]"}
+#: optional packages installed where a wheel exists (the tests that need one skip elsewhere, saying so)
+BEST_EFFORT = {"demo": [], "test": ["pynumpress>=0.1.5"]}
 
 
 def _bin(name: str) -> Path:
     return VENV / ("Scripts" if os.name == "nt" else "bin") / name
 
 
-def _ensure_env(extras: str) -> None:
+def _ensure_env(extras: str, optional: list[str]) -> None:
     if not _bin("python").exists():
         print(f"[dev] creating virtual environment in {VENV}", file=sys.stderr, flush=True)
         venv.EnvBuilder(with_pip=True, clear=False).create(VENV)
-    stamp_key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp_key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode() + " ".join(optional).encode()).hexdigest()
     stamp = VENV / f".fastspec-installed-{stamp_key[:16]}"
     if stamp.exists():
         return
@@ -38,6 +40,9 @@ def _ensure_env(extras: str) -> None:
     print(f"[dev] installing fastspec{extras} (editable) into {VENV}", file=sys.stderr, flush=True)
     subprocess.check_call([py, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=69", "wheel"])
     subprocess.check_call([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}"])
+    for pkg in optional:  # wheels only: a failing source build would cost minutes and prove nothing
+        if subprocess.call([py, "-m", "pip", "install", "-q", "--only-binary=:all:", pkg]) != 0:
+            print(f"[dev] {pkg} has no wheel for this platform; the tests that need it skip", file=sys.stderr)
     stamp.touch()
 
 
@@ -46,7 +51,7 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
-    _ensure_env(EXTRAS[cmd])
+    _ensure_env(EXTRAS[cmd], BEST_EFFORT[cmd])
     env = dict(os.environ)
     if cmd == "demo":
         return subprocess.call([str(_bin("fastspec")), "demo", *rest], env=env)

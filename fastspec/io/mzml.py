@@ -96,7 +96,7 @@ def _reader_class(tolerant: bool = False):
                         names += [n for n in extra if isinstance(n, str)]
                     for name in names:
                         if "compression" in name.lower() and name != "no compression":
-                            hint = " (pip install pynumpress, part of fastspec[mzml])" if "numpress" in name.lower() else ""
+                            hint = " (pip install pynumpress, or fastspec[numpress])" if "numpress" in name.lower() else ""
                             raise UnsupportedCompression(f"binary arrays use {name!r}, which pyteomics "
                                                          f"cannot decode here{hint}")
                 return found

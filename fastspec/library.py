@@ -300,15 +300,6 @@ def _is_matchms(obj) -> bool:
     return type(obj).__module__.startswith("matchms") and hasattr(obj, "peaks") and hasattr(obj, "metadata")
 
 
-def _sniffs_as(path: str, fmt: str) -> bool:
-    from fastspec.io._common import sniff_format
-
-    try:
-        return sniff_format(path) == fmt
-    except (FastspecError, OSError):
-        return False
-
-
 def _expand_directories(paths: list) -> tuple[list[str], int]:
     """Input paths with every directory replaced by the spectrum files under it (recursively: a directory's
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
@@ -317,7 +308,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     is a MassBank record; others (READMEs, licences, TSV or Parquet tables without peak columns, such
     as sample sheets or hit tables, and JSON files whose first record is no spectrum, such as settings or
     reports) are left out and counted."""
-    from fastspec.io._common import EXTENSIONS, strip_gz
+    from fastspec.io._common import EXTENSIONS, sniffed, strip_gz
     from fastspec.io.jsonspec import looks_like_spectra
 
     out: list[str] = []
@@ -340,7 +331,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                 f = os.path.join(root, name)
                 ext = os.path.splitext(strip_gz(name)[0])[1].lower()
                 if ext not in EXTENSIONS:
-                    if not _sniffs_as(f, "massbank"):
+                    if sniffed(f) != "massbank":
                         skipped += 1
                         continue
                 elif EXTENSIONS[ext] in ("tsv", "parquet") and not _spectrum_table(f, EXTENSIONS[ext]):

@@ -559,6 +559,15 @@ def sniff_format(path: str) -> str:
                         f"--input-format in `fastspec convert`)")
 
 
+def sniffed(path: str) -> str | None:
+    """What :func:`sniff_format` finds in the file's first bytes; None when it cannot tell or the file cannot
+    be read (the reader then says why)."""
+    try:
+        return sniff_format(path)
+    except (FastspecError, OSError):
+        return None
+
+
 @contextlib.contextmanager
 def text_sink(path: str):
     """A text file for writing (gzip-compressed for ``.gz``), UTF-8, ``\\n`` line ends. Written to a

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import FastspecError, ParseError
-from fastspec.io._common import ReadReport, finish_block, open_binary, sniff_format
+from fastspec.io._common import ReadReport, finish_block, open_binary, sniffed
 from fastspec.spectra import Spectra
 
 #: activation cvParam names -> fragmentation_mode
@@ -228,15 +228,6 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         raise FastspecError(f"{path}: an mzXML file, not mzML (name it .mzXML or pass format='mzxml')")
     yield from iter_xml(path, _reader_class(tolerant=found == "mzml"), _MZML, on_error=on_error, report=report,
                         chunk_size=chunk_size)
-
-
-def sniffed(path: str) -> str | None:
-    """The format :func:`fastspec.io._common.sniff_format` finds in the file's first bytes (None: it cannot
-    tell, or the file cannot be read: the reader then says so)."""
-    try:
-        return sniff_format(path)
-    except (FastspecError, OSError):
-        return None
 
 
 class XmlDialect(NamedTuple):

@@ -20,8 +20,8 @@ import math
 from typing import Iterator
 
 from fastspec.errors import FastspecError
-from fastspec.io._common import ReadReport
-from fastspec.io.mzml import StartTolerant, XmlDialect, _fmt, _num, iter_xml, sniffed
+from fastspec.io._common import ReadReport, sniffed
+from fastspec.io.mzml import StartTolerant, XmlDialect, _fmt, _num, iter_xml
 from fastspec.spectra import Spectra
 
 

@@ -153,7 +153,7 @@ def pipeline_config(pipeline) -> dict | None:
     return None if pipeline is None else pipeline.to_config()
 
 
-def apply_pipeline(pipeline, spectra: Spectra) -> Spectra:
+def apply_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Spectra:
     """Preprocess, keeping one output spectrum per input spectrum (dropped ones come back without peaks,
     so that they are counted as rejected and query rows keep their positions).
 
@@ -163,7 +163,7 @@ def apply_pipeline(pipeline, spectra: Spectra) -> Spectra:
     the exact scores but never in the bounds, so ``min_matches`` could miss hits), and entropy
     rescoring ignores such peaks anyway.
     """
-    out = spectra if pipeline is None else _run_pipeline(pipeline, spectra)
+    out = spectra if pipeline is None else _run_pipeline(pipeline, spectra, threads)
     return drop_invalid_peaks(out)
 
 
@@ -183,8 +183,13 @@ def drop_invalid_peaks(spectra: Spectra) -> Spectra:
     return spectra.with_peaks(new_off, mz[keep], inten[keep])
 
 
-def _run_pipeline(pipeline, spectra: Spectra) -> Spectra:
-    out = pipeline(spectra) if callable(pipeline) else pipeline.apply(spectra)
+def _run_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Spectra:
+    from fastspec.preprocess import Pipeline
+
+    if isinstance(pipeline, Pipeline):
+        out = pipeline(spectra, threads=threads)
+    else:
+        out = pipeline(spectra) if callable(pipeline) else pipeline.apply(spectra)
     kept = None
     if isinstance(out, tuple):  # (spectra, kept mask / kept rows / report) variants
         out, extra = out[0], (out[1] if len(out) > 1 else None)
@@ -623,7 +628,7 @@ class Library:
             pipeline = resolve_pipeline(preprocess)
             spectra, counts = read_input(spectra_or_paths, on_error, progress)
             prog.step("preprocess")
-            processed = apply_pipeline(pipeline, spectra)
+            processed = apply_pipeline(pipeline, spectra, threads)
             _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
                          threads=threads, overwrite=overwrite, prog=prog, input_index=counts["positions"],
                          n_input=int(counts["n_read"]), allow_empty=allow_empty, inputs=_input_sources(counts))
@@ -685,7 +690,7 @@ class Library:
         pipeline = self.pipeline
         spectra, counts = read_input(spectra_or_paths, on_error, progress)
         prog.step("preprocess")
-        new = apply_pipeline(pipeline, spectra)
+        new = apply_pipeline(pipeline, spectra, threads)
         old = self.spectra(metadata=True)
         old_counts = self.manifest["counts"]
         old_input = self.input_index

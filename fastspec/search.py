@@ -454,15 +454,15 @@ def search(
     """
     from fastspec.library import _is_ms1, apply_pipeline, read_input
 
-    cfg = _SearchConfig.make(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
-                             same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
-                             mz_power, intensity_power, metric_params)
+    cfg = _SearchConfig.cached(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
+                               same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
+                               mz_power, intensity_power, metric_params)
     if formula is not None and cfg.mode != "formula":
         raise ParameterError(f"formula applies to mode='formula', not {cfg.mode!r}")
     if isinstance(formula, str) and not formula.strip():
         raise ParameterError("formula is empty (leave it out to take each query's formula from its metadata)")
     raw, read_counts = read_input(queries, on_error)
-    qproc = apply_pipeline(library.pipeline, raw)
+    qproc = apply_pipeline(library.pipeline, raw, cfg.threads)
     nq = len(qproc)
     scores = np.zeros((nq, cfg.k), dtype=np.float64)
     indices = np.full((nq, cfg.k), -1, dtype=np.int64)
@@ -599,7 +599,29 @@ from fastspec.similarity import _K_PAD_MAX  # noqa: E402  (one limit for search 
 
 
 class _SearchConfig:
-    """Validated search parameters."""
+    """Validated search parameters (never changed after :meth:`make`)."""
+
+    @classmethod
+    def cached(cls, library, *args):
+        """:meth:`make`, remembered with the library for the same arguments (of the same types: ``k=True``
+        must still be refused although ``True == 1``): a caller searching one query at a time repeats
+        them. Arguments that cannot be hashed, or metric parameters, are validated afresh each time."""
+        *plain, metric_params = args
+        if metric_params:
+            return cls.make(library, *args)
+        try:
+            key = ("search config",) + tuple((type(a), a) for a in plain)
+            got = library._cache.get(key)
+        except TypeError:  # an unhashable argument (a list as tolerance): make() says what is wrong
+            return cls.make(library, *args)
+        if got is None:
+            got = cls.make(library, *args)
+            configs = library._cache.setdefault("search configs", [])
+            configs.append(key)
+            if len(configs) > 32:  # a bounded few
+                library._cache.pop(configs.pop(0), None)
+            library._cache[key] = got
+        return got
 
     @classmethod
     def make(cls, library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour, same_adduct,
@@ -770,6 +792,7 @@ class _Context:
         self.nested = 0  # fallback searches inside formula mode do not advance the bar twice
         self._borrowed: list[tuple[str, object, int]] = []  # library scratch lent to this search (see close)
         self._whole = None  # the whole library prepared for brute force (see prepared_library)
+        self._prep_key = None  # the queries' preparation, as a key of the library's cache (see stored_view)
 
     def start_progress(self, enabled: bool | None, total: int) -> None:
         import sys
@@ -898,7 +921,9 @@ class _Context:
         from fastspec import similarity
 
         lib, qp = self.lib, self.qprep
-        key = ("stored_view", by_precursor, weights, qp.metric, repr(sorted(qp.params.items())), repr(qp.tolerance))
+        if self._prep_key is None:  # the same for every call of this search (a few microseconds each)
+            self._prep_key = (qp.metric, repr(sorted(qp.params.items())), repr(qp.tolerance))
+        key = ("stored_view", by_precursor, weights) + self._prep_key
         view = lib._cache.get(key)
         if view is None:  # cached for its max_peaks (a pass over all offsets)
             if by_precursor:
@@ -1644,5 +1669,9 @@ def _filter_key(cfg: _SearchConfig) -> str:
     return "codes:" + ",".join(["polarity"] + [name for name, flag in on if flag])
 
 
+#: filter code of polarity -1 / 0 / +1 (negative 0, positive 1, unknown -1: matches both)
+_POL_CODES = np.array([0, -1, 1], dtype=np.int32)
+
+
 def _pol_code(pol: np.ndarray) -> np.ndarray:
-    return np.where(pol > 0, 1, np.where(pol < 0, 0, -1)).astype(np.int32)
+    return _POL_CODES[np.sign(np.asarray(pol, dtype=np.int64)) + 1]

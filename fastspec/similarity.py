@@ -125,6 +125,8 @@ class Prepared:
         if rows.size and (rows.min() < -len(self) or rows.max() >= len(self)):
             raise ParameterError("row index out of range")
         rows = np.where(rows < 0, rows + len(self), rows)
+        if rows.shape[0] == len(self) and (rows.shape[0] == 1 or bool(np.all(np.diff(rows) == 1))):
+            return self  # all of them in order (one query searched): nothing to gather, and it is read-only
         counts = self.offsets[rows + 1] - self.offsets[rows]
         off = np.zeros(rows.shape[0] + 1, np.int64)
         np.cumsum(counts, out=off[1:])
@@ -417,7 +419,8 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str = "cos
         Matched peaks (binned: shared bins).
     """
     from fastspec.kernels._config import threads as _threads
-    from fastspec.kernels.topk import _n_blocks, pairs_kernel
+    from fastspec.kernels._config import n_blocks as _n_blocks
+    from fastspec.kernels.topk import pairs_kernel
 
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
     if len(pa) != len(pb):
@@ -456,7 +459,8 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     """
     from fastspec.kernels import join
     from fastspec.kernels._config import threads as _threads
-    from fastspec.kernels.topk import _n_blocks, dense_kernel, topk_kernel
+    from fastspec.kernels._config import n_blocks as _n_blocks
+    from fastspec.kernels.topk import dense_kernel, topk_kernel
 
     if k is None and (min_matches or min_score != -np.inf):
         raise ParameterError("min_matches / min_score filter the top-k: give k as well (the dense matrix has "
@@ -520,7 +524,8 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
     scores float64 (nq, k), indices int64 (nq, k) into ``library`` or ``labels`` (-1 none), matches int32 (nq, k).
     """
     from fastspec.kernels._config import threads as _threads
-    from fastspec.kernels.topk import _n_blocks, topk_kernel
+    from fastspec.kernels._config import n_blocks as _n_blocks
+    from fastspec.kernels.topk import topk_kernel
 
     if metric is not None and canonical_metric(metric) != queries.metric:
         raise ParameterError(f"queries were prepared for {queries.metric!r}, not {metric!r}")

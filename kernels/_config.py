@@ -71,6 +71,15 @@ def threads(n: int | None):
                 numba.set_num_threads(old)
 
 
+def n_blocks(n_rows: int) -> int:
+    """Work blocks for a ``prange`` loop over ``n_rows`` rows: 16 per thread (rows differ a lot in cost),
+    each with its own scratch, and never more than the rows. Up to 16 rows need no thread count (a
+    one-query search asks a dozen times, and each ``numba.get_num_threads`` call checks the pool)."""
+    if n_rows <= 16:
+        return max(1, int(n_rows))
+    return int(min(n_rows, numba.get_num_threads() * 16))
+
+
 #: Work items (spectra; candidate pairs for the scoring kernels) below which :meth:`Kernel.pick` runs the
 #: serial build.
 SERIAL_BELOW = 2048

@@ -31,6 +31,7 @@ from numba import prange
 
 from fastspec.errors import ParameterError
 from fastspec.kernels._config import NJIT, pjit
+from fastspec.kernels._config import n_blocks as _n_blocks
 from fastspec.kernels._config import threads as _threads
 from fastspec.kernels.peaks import _check_csr, _compact, _finite
 
@@ -504,11 +505,6 @@ def hybrid_entropy_pair(mz_a, w_a, a0, a1, pmz_a, mz_b, w_b, b0, b1, pmz_b, tol_
 
 
 # ---------------------------------------------------------------------------------------- public API
-def _n_blocks(n):
-    """Work blocks for the prange loop: several per thread for balance, each with its own scratch."""
-    return int(max(1, min(n, 16 * numba.get_num_threads())))
-
-
 def clean_csr(offsets, mz, intensity, precursor_mz=None, *, min_mz: float = -1.0, max_mz: float = -1.0,
               noise_threshold: float = 0.01, min_ms2_difference_in_da: float = 0.05,
               min_ms2_difference_in_ppm: float = -1.0, max_peak_num: int = -1, normalize_intensity: bool = True,

@@ -8,7 +8,6 @@ index of side B, so results are deterministic whatever the thread count.
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -20,11 +19,6 @@ _CHUNK = 4096  # candidates scored per score_row call in top-k (bounded scratch 
 #: with candidate bounds, candidates scored between checks of the early stop: a call's fixed cost (marking
 #: the query's peaks) is a few pairs' worth, the waste past the stop at most a chunk
 _BOUND_CHUNK = 16
-
-
-def _n_blocks(n_rows: int) -> int:
-    """Enough blocks for load balance (rows differ a lot in cost), few enough to amortise buffers."""
-    return int(max(1, min(n_rows, numba.get_num_threads() * 16)))
 
 
 @pjit

@@ -303,7 +303,7 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     ub = np.empty(pos.shape[0], np.float64)
     cnt = np.empty(pos.shape[0], np.int32)
     first = np.empty(pos.shape[0], np.bool_)
-    from fastspec.kernels.topk import _n_blocks
+    from fastspec.kernels._config import n_blocks as _n_blocks
 
     with _threads(threads):
         _window_bounds.pick(pos.shape[0], threads)(

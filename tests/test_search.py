@@ -861,6 +861,38 @@ def test_bad_parameters(lib, data):
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
 
 
+def test_remembered_parameters_are_still_checked(lib, data):
+    """Validated parameters are remembered with the library for the next call with the same ones; values
+    equal to a remembered one but of another type (``True == 1``) are still refused, and unhashable or
+    extra metric parameters are validated afresh."""
+    q = data[1][:3]
+    for _ in range(2):
+        assert lib.search(q, k=1, mode="open").indices.shape == (3, 1)
+        with pytest.raises(ParameterError, match="k must be"):
+            lib.search(q, k=True, mode="open")
+        with pytest.raises(ParameterError):
+            lib.search(q, k=1, mode="open", same_charge=1)
+        with pytest.raises(ParameterError):
+            lib.search(q, k=1, mode="open", tolerance=[0.02])
+    a = lib.search(q, k=2, mode="open", metric="cosine", mz_power=0.5)
+    b = lib.search(q, k=2, mode="open", metric="cosine", intensity_power=1.0, mz_power=0.5)
+    np.testing.assert_array_equal(a.indices, b.indices)
+
+
+@pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "entropy"), ("open", "cosine"),
+                                         ("open", "entropy"), ("analog", None), ("hybrid", None)])
+def test_one_query_per_call_equals_the_batch(lib, data, mode, metric):
+    """A search of one spectrum takes shortcuts (no gather of all rows, remembered parameters): the
+    same hits as the batch, query by query."""
+    q = data[1][:12]
+    batch = lib.search(q, k=K, mode=mode, metric=metric, threads=1)
+    for i in range(len(q)):
+        one = lib.search(q[i], k=K, mode=mode, metric=metric, threads=1)
+        np.testing.assert_array_equal(one.indices[0], batch.indices[i])
+        np.testing.assert_allclose(one.scores[0], batch.scores[i], rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(one.matches[0], batch.matches[i])
+
+
 def test_search_inputs_and_refusals(lib, data, tmp_path):
     """One spectrum (``spectra[i]``) and a list of matchms spectra are queries too; entropy over already
     entropy-weighted peaks is refused with what to do instead."""

@@ -214,6 +214,8 @@ class Hits:
         same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
         """
+        import pyarrow.compute as pc
+
         n, k = self.indices.shape
         valid = self.indices >= 0
         n_hits = valid.sum(axis=1)
@@ -229,11 +231,14 @@ class Hits:
         score = np.where(has, self.scores.reshape(-1)[flat_pos] if n else np.zeros(0, np.float32), np.nan)
         nmatch = np.where(has, self.matches.reshape(-1)[flat_pos] if n else np.zeros(0, np.int32), 0)
         qpmz = self.query_precursor_mz[q_index] if n else np.zeros(0)
+        # per-query and per-hit values are gathered by Arrow takes, not Python lists (2.4M queries make
+        # 24M rows); a null index takes a null, which is what a row without a hit gets
+        per_query = pa.array(q_index, pa.int64())
         cols: dict[str, pa.Array] = {
-            "query_index": pa.array(q_index, pa.int64()),
-            "query_id": pa.array([self.query_ids[i] for i in q_index.tolist()], pa.string()),
+            "query_index": per_query,
+            "query_id": pa.array(self.query_ids, pa.string()).take(per_query),
             "query_file": (pa.nulls(q_index.shape[0], pa.string()) if self.query_files is None else
-                           pa.array([_path_text(self.query_files[i]) for i in q_index.tolist()], pa.string())),
+                           pa.array([_path_text(f) for f in self.query_files], pa.string()).take(per_query)),
             "rank": pa.array(rank + 1, pa.int32(), mask=~has),
             "library_index": pa.array(lib_idx, pa.int64(), mask=~has),
         }
@@ -247,25 +252,36 @@ class Hits:
         # the distinct hit rows, looked up once for the file and metadata columns
         hit = self.library is not None and bool(has.any())
         uniq, inv = np.unique(lib_idx[has], return_inverse=True) if hit else (None, None)
+        # each row's position among the distinct hits (null: no hit)
+        per_hit = None
+        if hit:
+            full = np.zeros(q_index.shape[0], np.int64)
+            full[has] = inv.reshape(-1)
+            per_hit = pa.array(full, pa.int64(), mask=~has)
         lfile = pa.nulls(q_index.shape[0], pa.string())
         if hit:
             names = [_path_text(p) for p in self.library.input_file(uniq)]
             if any(x is not None for x in names):
-                full = [None] * q_index.shape[0]
-                for pos, b in zip(np.flatnonzero(has).tolist(), inv.tolist()):
-                    full[pos] = names[b]
-                lfile = pa.array(full, pa.string())
+                lfile = pa.array(names, pa.string()).take(per_hit)
         cols["library_file"] = lfile
         meta = None
         lpmz = np.full(q_index.shape[0], np.nan)
         if library_columns and hit:
             meta = self.library.metadata(rows=uniq, columns=["id", "adduct", "formula_canonical", "formula", "inchikey14",
                                                               "inchikey", "smiles", "name"])
-            lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv]
+            lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv.reshape(-1)]
+
+        def strings(column: str, fallback=None) -> pa.Array:
+            if meta is not None and column in meta.column_names:
+                return meta.column(column).cast(pa.string()).combine_chunks().take(per_hit)
+            if fallback is not None and hit:
+                return pa.array(np.asarray(fallback)[has].astype(str).tolist(), pa.string()).take(
+                    pa.array(np.cumsum(has) - 1, pa.int64(), mask=~has))
+            return pa.nulls(q_index.shape[0], pa.string())
+
         # a library without ids names its spectra by row; without library columns the id stays null (row
         # numbers there would pass for ids)
-        cols["library_id"] = _hit_strings(meta, "id", has, inv if meta is not None else None,
-                                          fallback=lib_idx if library_columns else None)
+        cols["library_id"] = strings("id", fallback=lib_idx if library_columns else None)
         cols["score"] = pa.array(score.astype(np.float32), pa.float32(), mask=~has)
         cols["n_matched"] = pa.array(nmatch.astype(np.int32), pa.int32(), mask=~has)
         cols["query_precursor_mz"] = pa.array(qpmz, pa.float64(), mask=~np.isfinite(qpmz))
@@ -275,18 +291,17 @@ class Hits:
             dppm = dmz / qpmz * 1e6
         cols["delta_mz"] = pa.array(dmz, pa.float64(), mask=~np.isfinite(dmz))
         cols["delta_ppm"] = pa.array(dppm, pa.float64(), mask=~np.isfinite(dppm))
-        inv_ = inv if meta is not None else None
-        cols["adduct"] = _hit_strings(meta, "adduct", has, inv_)
-        formula = _hit_strings(meta, "formula_canonical", has, inv_)
-        raw_formula = _hit_strings(meta, "formula", has, inv_)
-        cols["formula"] = pa.array([a if a is not None else b for a, b in zip(formula.to_pylist(), raw_formula.to_pylist())], pa.string())
-        ik14 = _hit_strings(meta, "inchikey14", has, inv_).to_pylist()
-        ik = _hit_strings(meta, "inchikey", has, inv_).to_pylist()
-        cols["inchikey14"] = pa.array([a if a else (b[:14] if b else None) for a, b in zip(ik14, ik)], pa.string())
-        cols["smiles"] = _hit_strings(meta, "smiles", has, inv_)
-        cols["name"] = _hit_strings(meta, "name", has, inv_)
-        st = self.status[q_index] if n else np.zeros(0, object)
-        cols["status"] = pa.array(st.tolist(), pa.string())
+        cols["adduct"] = strings("adduct")
+        cols["formula"] = pc.coalesce(strings("formula_canonical"), strings("formula"))
+        # the stored InChIKey's first block where no inchikey14 is stored (an empty one counts as none)
+        ik14, ik = strings("inchikey14"), strings("inchikey")
+        given = pc.fill_null(pc.greater(pc.utf8_length(ik14), 0), False)
+        from_ik = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(ik), 0), False),
+                             pc.utf8_slice_codeunits(ik, 0, 14), pa.scalar(None, pa.string()))
+        cols["inchikey14"] = pc.if_else(given, ik14, from_ik)
+        cols["smiles"] = strings("smiles")
+        cols["name"] = strings("name")
+        cols["status"] = pa.array(self.status.tolist(), pa.string()).take(per_query)
         cols["fallback"] = pa.array(self.fallback[q_index] if n else np.zeros(0, bool), pa.bool_())
         table = pa.table(cols)
         return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
@@ -355,17 +370,6 @@ class Hits:
                 tmp.unlink()
 
 
-def _hit_strings(meta: pa.Table | None, column: str, has: np.ndarray, inv: np.ndarray | None, fallback=None) -> pa.Array:
-    out = np.full(has.shape[0], None, dtype=object)
-    if meta is not None and column in meta.column_names:
-        vals = np.array(meta.column(column).cast(pa.string()).to_pylist(), dtype=object)
-        out[has] = vals[inv]
-    elif fallback is not None:
-        out[has] = [str(v) for v in np.asarray(fallback)[has]]
-    return pa.array(out.tolist(), pa.string())
-
-
-# ====================================================================================== search
 def search(
     library,
     queries: Any,

@@ -1678,4 +1678,4 @@ _POL_CODES = np.array([0, -1, 1], dtype=np.int32)
 
 
 def _pol_code(pol: np.ndarray) -> np.ndarray:
-    return _POL_CODES[np.sign(np.asarray(pol, dtype=np.int64)) + 1]
+    return _POL_CODES[np.sign(np.asarray(pol, dtype=np.int8)) + np.int8(1)]

@@ -121,6 +121,46 @@ def test_broken_json_keeps_what_was_read(tmp_path):
         fio.read(p, on_error="raise")
 
 
+@pytest.mark.parametrize("indent", [None, 1])
+@pytest.mark.parametrize("chunk", [None, 64])
+@pytest.mark.parametrize("where", [1, 17, 38])
+def test_broken_record_in_an_array_is_one_rejection(tmp_path, monkeypatch, indent, chunk, where):
+    """Broken JSON inside an array is one bad record; the records after it are read (GNPS exports on one
+    line, MoNA pretty-printed with nested objects, which are not taken for records), also when the next
+    record lies beyond the buffer (a tiny read size)."""
+    from fastspec.io import jsonspec
+
+    if chunk:
+        monkeypatch.setattr(jsonspec, "_CHUNK", chunk)
+    recs = [dict(GNPS[i % 2], spectrum_id=f"S{i}") if i % 3 else dict(MONA[0], id=f"S{i}") for i in range(40)]
+    parts = [json.dumps(r, indent=indent) for r in recs]
+    parts[where] = parts[where].replace('"', "", 3)  # a key without its quotes: broken JSON
+    p = tmp_path / "broken.json"
+    p.write_text("[" + ",\n".join(parts) + "]")
+    s, r = fio.read(p, return_report=True)
+    r.check()
+    assert r.n_records == 40 and r.n_rejected == 1 and len(s) == 39
+    assert r.rejected[0].line == where + 1 and "invalid JSON" in r.rejected[0].reason
+    assert s.ids == [f"S{i}" for i in range(40) if i != where]
+    with pytest.raises(ParseError) as e:
+        fio.read(p, on_error="raise")
+    assert e.value.line == where + 1
+
+
+def test_broken_text_to_the_end_and_nested_objects(tmp_path):
+    # the last record broken: nothing to go on with; a broken record whose nested objects follow "},":
+    # they are not spectra, so the reading goes on at the next record, not inside the broken one
+    last = "[" + json.dumps(GNPS[0]) + ", " + json.dumps(GNPS[1])[:-5] + "]"
+    p = tmp_path / "last.json"
+    p.write_text(last)
+    s, r = fio.read(p, return_report=True)
+    assert len(s) == 1 and r.n_records == 2 and r.n_rejected == 1
+    broken = json.dumps(MONA[0]).replace('"id"', "id")
+    p.write_text("[" + json.dumps(GNPS[0]) + ", " + broken + ", " + json.dumps(GNPS[1]) + "]")
+    s, r = fio.read(p, return_report=True)
+    assert len(s) == 2 and r.n_records == 3 and r.n_rejected == 1 and s.ids[1] == "CCMSLIB00000001548"
+
+
 def test_not_json_spectra_is_one_clear_error(tmp_path):
     p = tmp_path / "page.json"
     p.write_text("<html><body>404</body></html>")

@@ -12,13 +12,17 @@ Per record (a JSON object):
   too, with that compound's first name (``name``), ``inchi`` and ``inchiKey``.
 
 A record without peaks, whose peaks do not parse, or that is not an object, is a bad record (``on_error``).
-Broken JSON in an array ends the file there: the records before it are returned and the rest counts as
-one rejected record; in a JSON-lines file a broken line is one bad record and reading goes on at the next
-line opening a record. Records are numbered by their position in the file (1-based), not by line.
+Broken JSON is one bad record too, and reading goes on at the next record: in an array, the next ``{``
+after a ``},`` that opens an object which parses and holds peaks (so that an object nested in the broken
+record is not taken for one); in a JSON-lines file, the next line opening a record. Records lost inside
+the broken text, if it swallowed any, cannot be counted. A broken first record in an array is an error
+for the file (it is not taken for a spectrum library). Records are numbered by their position in the
+file (1-based), not by line.
 """
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from typing import Any, Iterator
 
@@ -31,16 +35,20 @@ from fastspec.spectra import Spectra
 
 _CHUNK = 1 << 20  # characters decoded per read
 _WS = " \t\r\n"
+#: where the next object of an array may start after broken text: "}", a comma, "{"
+_NEXT_OBJECT = re.compile(r"\}\s*,\s*\{")
+_RESYNC_KEEP = 4096  # characters kept when reading on in search of it (a "}," and white space before "{")
 
 
 class _Broken(str):
-    """A JSON-lines record that does not parse (the reading resumes at the next line opening a record)."""
+    """A record that does not parse (the reading resumes at the next record; see the module docstring)."""
 
 
 def _records(path: str) -> Iterator[tuple[Any, str | None]]:
-    """(record, None) for each top-level value of the file's array (or of a JSON-lines file), and at
-    the end (None, message) if the JSON breaks. In a JSON-lines file a broken record after the first one
-    is yielded as a :class:`_Broken` message and the reading goes on at the next line starting with ``{``."""
+    """(record, None) for each top-level value of the file's array (or of a JSON-lines file); a broken
+    record after the first one is yielded as a :class:`_Broken` message and the reading goes on at the next
+    record (see the module docstring); (None, message) ends the file: a broken first record, or an array
+    without its closing bracket."""
     import codecs
 
     fh, _ = open_binary(path)
@@ -96,9 +104,40 @@ def _records(path: str) -> Iterator[tuple[Any, str | None]]:
                     more(max(_CHUNK, len(buf) - pos))
                     continue
                 msg = f"invalid JSON ({e.msg} at character {e.pos - pos} of the record)"
-                if array or n == 0:
+                if n == 0:
                     yield None, msg
                     return
+                if array:
+                    n += 1
+                    yield _Broken(msg), None
+                    # on at the next object of the array that parses as a spectrum record
+                    start = max(e.pos, pos + 1)
+                    while True:
+                        m = _NEXT_OBJECT.search(buf, start)
+                        if m is None:
+                            if eof:
+                                return  # the broken text runs to the end of the file
+                            cut = max(start - 1, len(buf) - _RESYNC_KEEP)
+                            pos = cut
+                            more(_CHUNK)
+                            start = max(0, start - cut)
+                            continue
+                        cand = m.end() - 1
+                        try:
+                            value, _ = decoder.raw_decode(buf, cand)
+                        except json.JSONDecodeError as e2:
+                            if not eof and (e2.pos >= len(buf) - 16 or e2.msg.startswith("Unterminated string")):
+                                pos = m.start()  # cut off by the buffer: read on, and look here again
+                                more(max(_CHUNK, len(buf) - pos))
+                                start = 0
+                                continue
+                            start = cand + 1
+                            continue
+                        if _is_spectrum(value):
+                            pos = cand
+                            break
+                        start = cand + 1
+                    continue
                 # JSON lines: this record is bad; the next one starts on a line opening with "{"
                 nxt = buf.find("\n{", pos)
                 while nxt < 0 and not eof:
@@ -123,13 +162,17 @@ def looks_like_spectra(path: str) -> bool:
     a MoNA ``spectrum`` string): tells a JSON library from a settings, report or package file."""
     try:
         for rec, broken in _records(path):
-            if broken is not None or not isinstance(rec, dict):
-                return False
-            return (rec.get("peaks_json") is not None or isinstance(rec.get("peaks"), (list, str))
-                    or (isinstance(rec.get("spectrum"), str) and ":" in rec["spectrum"]))
+            return broken is None and _is_spectrum(rec)
     except (OSError, EOFError, ValueError, FastspecError):
         return False
     return False
+
+
+def _is_spectrum(rec: Any) -> bool:
+    """An object with ``peaks_json``, a ``peaks`` list or a MoNA ``spectrum`` string."""
+    return isinstance(rec, dict) and (
+        rec.get("peaks_json") is not None or isinstance(rec.get("peaks"), (list, str))
+        or (isinstance(rec.get("spectrum"), str) and ":" in rec["spectrum"]))
 
 
 def _pairs(value: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -274,7 +274,7 @@ class Hits:
         def strings(column: str, fallback=None) -> pa.Array:
             if meta is not None and column in meta.column_names:
                 return meta.column(column).cast(pa.string()).combine_chunks().take(per_hit)
-            if fallback is not None and hit:
+            if fallback is not None and has.any():  # also for hits without a library (row numbers)
                 return pa.array(np.asarray(fallback)[has].astype(str).tolist(), pa.string()).take(
                     pa.array(np.cumsum(has) - 1, pa.int64(), mask=~has))
             return pa.nulls(q_index.shape[0], pa.string())
@@ -718,15 +718,20 @@ class _SearchConfig:
         return kw
 
     def describe(self, library) -> dict:
+        """The parameters for a hit table: fresh objects (a caller editing ``hits.params`` must not change
+        this config, which later searches with the same arguments reuse, nor the library's manifest)."""
+        import copy
+
         return {
             "mode": self.mode, "metric": self.metric, "k": self.k, "tolerance": str(self.tolerance),
             "precursor_tolerance": str(self.precursor_tolerance), "engine": self.engine,
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
             "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
             "nprobe": self.nprobe, "n_candidates": self.n_candidates, "mz_power": self.mz_power,
-            "intensity_power": self.intensity_power, "metric_params": self.metric_params,
+            "intensity_power": self.intensity_power, "metric_params": copy.deepcopy(self.metric_params),
             "library": str(library.path), "library_n_spectra": len(library),
-            "preprocess": library.preprocess_config, "fastspec_version": library.manifest.get("fastspec_version"),
+            "preprocess": copy.deepcopy(library.preprocess_config),
+            "fastspec_version": library.manifest.get("fastspec_version"),
         }
 
 

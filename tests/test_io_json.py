@@ -161,6 +161,32 @@ def test_broken_text_to_the_end_and_nested_objects(tmp_path):
     assert len(s) == 2 and r.n_records == 3 and r.n_rejected == 1 and s.ids[1] == "CCMSLIB00000001548"
 
 
+@pytest.mark.parametrize("chunk", [None, 7, 64])
+def test_review_resync_stays_at_the_top_level(tmp_path, monkeypatch, chunk):
+    """After broken JSON the reading goes on at a record of the array itself: not at a spectrum-like object
+    nested in the broken record (whose list's "]" would then end the file), after a stray "}" or "]", in a
+    second array appended to the first, and past a record nested too deeply for the decoder."""
+    from fastspec.io import jsonspec
+
+    if chunk:
+        monkeypatch.setattr(jsonspec, "_CHUNK", chunk)
+    g = [json.dumps(dict(GNPS[i % 2], spectrum_id=f"S{i}")) for i in range(4)]
+    cases = {
+        "nested": ("[" + ", ".join([g[0], '{"x": tru, "refs": [' + g[1] + ", " + g[1] + "]}", g[2], g[3]]) + "]",
+                   ["S0", "S2", "S3"], 4),
+        "brace": ("[" + ", ".join([g[0], g[1] + "}", g[2], g[3]]) + "]", ["S0", "S1", "S2", "S3"], 5),
+        "bracket": ("[" + ", ".join([g[0], g[1] + "]", g[2], g[3]]) + "]", ["S0", "S1", "S2", "S3"], 5),
+        "appended": ("[" + ", ".join(g[:2]) + "]\n[" + ", ".join(g[2:]) + "]\n", ["S0", "S1", "S2", "S3"], 4),
+        "deep": ("[" + ", ".join([g[0], '{"deep": ' + "[" * 50000 + "]" * 50000 + "}", g[2]]) + "]", ["S0", "S2"], 3),
+    }
+    for name, (text, ids, n_records) in cases.items():
+        p = tmp_path / f"{name}.json"
+        p.write_text(text)
+        s, r = fio.read(p, return_report=True)
+        r.check()
+        assert (s.ids, r.n_records) == (ids, n_records), name
+
+
 def test_not_json_spectra_is_one_clear_error(tmp_path):
     p = tmp_path / "page.json"
     p.write_text("<html><body>404</body></html>")

@@ -818,6 +818,16 @@ def test_faiss_vectors_equal_reference_in_chunks(data):
 
 
 # ------------------------------------------------------------------------------------------ Hits
+def test_hits_table_without_a_library():
+    # hits made by hand: library rows as ids, null library metadata
+    h = Hits(np.array([[0.9, 0.5], [0.0, 0.0]]), np.array([[3, 7], [-1, -1]]), np.array([[2, 1], [0, 0]]),
+             status=np.array(["ok", "no_hit"], dtype=object))
+    t = h.to_arrow()
+    assert t.column("library_id").to_pylist() == ["3", "7", None]
+    assert t.column("smiles").null_count == 3 and t.column("query_index").to_pylist() == [0, 0, 1]
+    assert h.to_arrow(library_columns=False).column("library_id").null_count == 3
+
+
 def test_hits_table(lib, data, tmp_path):
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity")
@@ -874,6 +884,12 @@ def test_remembered_parameters_are_still_checked(lib, data):
             lib.search(q, k=1, mode="open", same_charge=1)
         with pytest.raises(ParameterError):
             lib.search(q, k=1, mode="open", tolerance=[0.02])
+    # the hit table's parameters are the caller's to edit: the remembered config is not
+    h = lib.search(q, k=3, mode="open")
+    h.params["metric_params"]["bin_width"] = 20.0
+    h.params["preprocess"].clear()
+    assert lib.search(q, k=3, mode="open").params["metric_params"] == {}
+    assert lib.preprocess_config
     a = lib.search(q, k=2, mode="open", metric="cosine", mz_power=0.5)
     b = lib.search(q, k=2, mode="open", metric="cosine", intensity_power=1.0, mz_power=0.5)
     np.testing.assert_array_equal(a.indices, b.indices)

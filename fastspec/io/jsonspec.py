@@ -13,11 +13,12 @@ Per record (a JSON object):
 
 A record without peaks, whose peaks do not parse, or that is not an object, is a bad record (``on_error``).
 Broken JSON is one bad record too, and reading goes on at the next record: in an array, the next ``{``
-after a ``},`` that opens an object which parses and holds peaks (so that an object nested in the broken
-record is not taken for one); in a JSON-lines file, the next line opening a record. Records lost inside
-the broken text, if it swallowed any, cannot be counted. A broken first record in an array is an error
-for the file (it is not taken for a spectrum library). Records are numbered by their position in the
-file (1-based), not by line.
+after a ``},`` that opens an object which parses, holds peaks and is followed by ``, {`` or by the closing
+``]`` (so that an object nested in the broken record is not taken for one); in a JSON-lines file, the next
+line opening a record. What lies between counts as that one record: records the broken text swallowed,
+and records right after it that do not parse or hold no peaks, cannot be told from the broken text and
+are not counted. A broken first record in an array is an error for the file (it is not taken for a
+spectrum library). Records are numbered by their position in the file (1-based), not by line.
 """
 from __future__ import annotations
 
@@ -36,8 +37,12 @@ from fastspec.spectra import Spectra
 _CHUNK = 1 << 20  # characters decoded per read
 _WS = " \t\r\n"
 #: where the next object of an array may start after broken text: "}", a comma, "{"
-_NEXT_OBJECT = re.compile(r"\}\s*,\s*\{")
-_RESYNC_KEEP = 4096  # characters kept when reading on in search of it (a "}," and white space before "{")
+_NEXT_OBJECT = re.compile(r"[}\]]\s*,\s*\{")
+#: the end of a buffer that may be the start of such a place
+_OPEN_TAIL = re.compile(r"[}\]]\s*(?:,\s*)?\Z")
+#: characters a candidate record is first decoded from (a failed decode counts lines up to where it
+#: failed: decoding from the whole buffer made each failure cost the buffer's length)
+_WINDOW = 1 << 16
 
 
 class _Broken(str):
@@ -93,66 +98,80 @@ def _records(path: str) -> Iterator[tuple[Any, str | None]]:
                     yield None, "invalid JSON (the file ends inside its top-level array)"
                 return
             if array and buf[pos] == "]":
-                return
-            try:
-                value, end = decoder.raw_decode(buf, pos)
-            except json.JSONDecodeError as e:
-                # cut off by the end of the buffer (not a mistake in the text): read more and try again,
-                # growing the buffer geometrically (a long record costs linear time, not quadratic)
-                truncated = e.pos >= len(buf) - 16 or e.msg.startswith("Unterminated string")
-                if not eof and truncated:
+                j = _skip_ws(buf, pos + 1)
+                if j >= len(buf) and not eof:  # white space after it running past the buffer
                     more(max(_CHUNK, len(buf) - pos))
                     continue
-                msg = f"invalid JSON ({e.msg} at character {e.pos - pos} of the record)"
-                if n == 0:
-                    yield None, msg
+                if j >= len(buf):
                     return
-                if array:
+                if buf[j] == "[":  # another array right after it (files appended to one another)
+                    pos = j + 1
+                    continue
+                # a stray "]" (or text after the array): one bad record, and on at the next record
+                n += 1
+                yield _Broken("invalid JSON (text after a ']' that closes the top-level array)"), None
+                resync = pos
+            else:
+                try:
+                    try:
+                        value, end = decoder.raw_decode(buf, pos)
+                    except RecursionError:  # arrays or objects nested thousands deep
+                        raise json.JSONDecodeError("nested too deeply", buf, pos + 1) from None
+                except json.JSONDecodeError as e:
+                    # cut off by the end of the buffer (not a mistake in the text): read more and try again,
+                    # growing the buffer geometrically (a long record costs linear time, not quadratic)
+                    truncated = e.pos >= len(buf) - 16 or e.msg.startswith("Unterminated string")
+                    if not eof and truncated:
+                        more(max(_CHUNK, len(buf) - pos))
+                        continue
+                    msg = f"invalid JSON ({e.msg} at character {e.pos - pos} of the record)"
+                    if n == 0:
+                        yield None, msg
+                        return
+                    if not array:
+                        # JSON lines: this record is bad; the next one starts on a line opening with "{"
+                        nxt = buf.find("\n{", pos)
+                        while nxt < 0 and not eof:
+                            keep = len(buf) - pos - 1
+                            more(_CHUNK)
+                            nxt = buf.find("\n{", max(0, keep))
+                        n += 1
+                        yield _Broken(msg), None
+                        if nxt < 0:
+                            return
+                        pos = nxt + 1
+                        continue
                     n += 1
                     yield _Broken(msg), None
-                    # on at the next object of the array that parses as a spectrum record
-                    start = max(e.pos, pos + 1)
-                    while True:
-                        m = _NEXT_OBJECT.search(buf, start)
-                        if m is None:
-                            if eof:
-                                return  # the broken text runs to the end of the file
-                            cut = max(start - 1, len(buf) - _RESYNC_KEEP)
-                            pos = cut
-                            more(_CHUNK)
-                            start = max(0, start - cut)
-                            continue
-                        cand = m.end() - 1
-                        try:
-                            value, _ = decoder.raw_decode(buf, cand)
-                        except json.JSONDecodeError as e2:
-                            if not eof and (e2.pos >= len(buf) - 16 or e2.msg.startswith("Unterminated string")):
-                                pos = m.start()  # cut off by the buffer: read on, and look here again
-                                more(max(_CHUNK, len(buf) - pos))
-                                start = 0
-                                continue
-                            start = cand + 1
-                            continue
-                        if _is_spectrum(value):
-                            pos = cand
-                            break
-                        start = cand + 1
+                    resync = e.pos  # where the decoder stopped, which may be a stray "}" itself
+                else:
+                    pos = end
+                    n += 1
+                    yield value, None
                     continue
-                # JSON lines: this record is bad; the next one starts on a line opening with "{"
-                nxt = buf.find("\n{", pos)
-                while nxt < 0 and not eof:
-                    keep = len(buf) - pos - 1
+            # on at the array's next record: a "{" after "}," (or "],") opening a spectrum object that the
+            # array continues after (see _candidate)
+            start = resync
+            while True:
+                m = _NEXT_OBJECT.search(buf, start)
+                if m is None:
+                    if eof:
+                        return  # the broken text runs to the end of the file
+                    tail = _OPEN_TAIL.search(buf, start)  # a "}," the next read may complete
+                    pos = tail.start() if tail else len(buf)
                     more(_CHUNK)
-                    nxt = buf.find("\n{", max(0, keep))
-                n += 1
-                yield _Broken(msg), None
-                if nxt < 0:
-                    return
-                pos = nxt + 1
-                continue
-            pos = end
-            n += 1
-            yield value, None
+                    start = 0
+                    continue
+                got = _candidate(buf, m.end() - 1, eof, decoder)
+                if got == "more":  # cut off by the buffer: read on, and look here again
+                    pos = m.start()
+                    more(max(_CHUNK, len(buf) - pos))
+                    start = 0
+                    continue
+                if got == "record":
+                    pos = m.end() - 1
+                    break
+                start = m.end() - 1
     finally:
         fh.close()
 
@@ -166,6 +185,47 @@ def looks_like_spectra(path: str) -> bool:
     except (OSError, EOFError, ValueError, FastspecError):
         return False
     return False
+
+
+def _candidate(buf: str, at: int, eof: bool, decoder: json.JSONDecoder) -> str:
+    """Whether the ``{`` at ``buf[at]`` (after broken JSON in an array) opens the array's next record:
+    ``"record"`` when it decodes to a spectrum object followed by ``,`` and another ``{`` or by the
+    closing ``]`` and nothing more (an object nested in the broken record is followed by something else),
+    ``"more"`` when the buffer ends before that can be told, else ``"skip"``."""
+    width = _WINDOW
+    while True:
+        seg = buf[at:at + width]
+        try:
+            value, used = decoder.raw_decode(seg)
+            break
+        except RecursionError:
+            return "skip"
+        except json.JSONDecodeError as e:
+            cut = e.pos >= len(seg) - 16 or e.msg.startswith("Unterminated string")
+            if cut and at + width < len(buf):
+                width *= 4
+                continue
+            return "more" if cut and not eof else "skip"
+    if not _is_spectrum(value):
+        return "skip"
+    j = _skip_ws(buf, at + used)
+    if j < len(buf) and buf[j] == ",":
+        j = _skip_ws(buf, j + 1)
+        if j < len(buf):
+            return "record" if buf[j] == "{" else "skip"
+    elif j < len(buf) and buf[j] == "]":
+        j = _skip_ws(buf, j + 1)
+        if j < len(buf):
+            return "skip"  # a list nested in the broken record closes here
+    elif j < len(buf):
+        return "skip"
+    return "record" if eof else "more"
+
+
+def _skip_ws(buf: str, j: int) -> int:
+    while j < len(buf) and buf[j] in _WS:
+        j += 1
+    return j
 
 
 def _is_spectrum(rec: Any) -> bool:

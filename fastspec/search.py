@@ -370,6 +370,7 @@ class Hits:
                 tmp.unlink()
 
 
+# ====================================================================================== search
 def search(
     library,
     queries: Any,
@@ -456,8 +457,10 @@ def search(
     -------
     Hits
     """
+    from fastspec.kernels._memory import retain_freed_memory
     from fastspec.library import _is_ms1, apply_pipeline, read_input
 
+    retain_freed_memory()  # per-batch arrays reuse freed memory instead of fresh zero-filled pages
     cfg = _SearchConfig.cached(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
                                same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
                                mz_power, intensity_power, metric_params)

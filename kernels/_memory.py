@@ -1,15 +1,18 @@
-"""Zeroed scratch arrays backed by transparent huge pages, for the kernels' scattered per-spectrum rows.
+"""Memory for the kernels: zeroed scratch arrays on transparent huge pages, and freed arrays kept.
 
-The bound kernels update per-spectrum rows picked by index entries (``BoundWorkspace.work``: 8 bytes
-per library spectrum, 19 MB at 2.4M). With 4 kB pages nearly every such update also misses the TLB
-(its second level covers a few MB); 2 MB pages cover the whole array with a handful of entries. Linux
-grants them to private anonymous memory marked ``MADV_HUGEPAGE`` (the usual ``madvise`` THP setting);
-elsewhere, or when the kernel declines, the array is simply made of normal pages. The OS still zero-fills
-lazily, now 2 MB at a time.
+Huge pages (:func:`huge_zeros`): the bound kernels update per-spectrum rows picked by index entries
+(``BoundWorkspace.work``: 8 bytes per library spectrum, 19 MB at 2.4M). With 4 kB pages nearly every such
+update also misses the TLB (its second level covers a few MB); 2 MB pages cover the whole array with a
+handful of entries. Linux grants them to private anonymous memory marked ``MADV_HUGEPAGE`` (the usual
+``madvise`` THP setting); elsewhere, or when the kernel declines, the array is simply made of normal
+pages. The OS still zero-fills lazily, now 2 MB at a time. Freed arrays kept: :func:`retain_freed_memory`.
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
+import sys
 
 import numpy as np
 
@@ -35,3 +38,41 @@ def huge_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
     raw = np.frombuffer(m, dtype=np.uint8)
     start = (-raw.ctypes.data) % _HUGE  # huge pages back whole aligned 2 MB ranges only
     return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
+#: glibc ``mallopt`` parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: arrays up to this size come from the heap (glibc's largest allowed value on 64-bit), and up to
+#: ``_TRIM`` of free memory at the heap's top stays with the process
+_MMAP, _TRIM = 32 << 20, 256 << 20
+_retained: bool | None = None
+
+
+def retain_freed_memory() -> bool:
+    """Let freed arrays of up to 32 MB be reused by the next ones instead of going back to the OS (glibc).
+
+    A search allocates its per-batch arrays afresh (window candidates, bounds, scores: ~30 MB for 1,000
+    identity queries at 2.4M). glibc serves allocations above its mmap threshold (128 kB at start) from
+    fresh mappings, which the OS hands out page by page, zero-filled, on first touch: on this project's
+    VMs that first touch cost ~15% of an identity search (2.4M, 1,000 queries: 0.050-0.052 against
+    0.040-0.043 ms per query with the thresholds below). glibc raises the threshold by itself after the
+    first large free, so the cost came and went with a process's allocation history; fixing it makes
+    searches as fast in every process. Process-wide and set once (the first search calls it); not on
+    other C libraries or platforms, not when ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` are
+    set, and not with ``FASTSPEC_MALLOC=default``. Returns whether the thresholds are set.
+    """
+    global _retained
+    if _retained is not None:
+        return _retained
+    _retained = False
+    if (not sys.platform.startswith("linux") or os.environ.get("FASTSPEC_MALLOC", "").strip().lower() == "default"
+            or "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
+        mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+        # trim first: a heap that keeps 32 MB arrays must not hand its top back after every free
+        _retained = bool(mallopt(_M_TRIM_THRESHOLD, _TRIM)) and bool(mallopt(_M_MMAP_THRESHOLD, _MMAP))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt symbol to speak of)
+        _retained = False
+    return _retained

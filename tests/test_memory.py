@@ -25,3 +25,25 @@ def test_huge_zeros_outlives_its_maker():
     gc.collect()
     a[:] = 1.5
     assert a.sum() == 15.0
+
+
+def test_retain_freed_memory_once_and_opt_out(monkeypatch):
+    """The malloc thresholds are set once per process (glibc on Linux), and never when the user asked for
+    glibc's own behaviour or set its environment variables."""
+    import sys
+
+    from fastspec.kernels import _memory
+
+    monkeypatch.setattr(_memory, "_retained", None)
+    monkeypatch.setenv("FASTSPEC_MALLOC", "default")
+    assert _memory.retain_freed_memory() is False
+    monkeypatch.setattr(_memory, "_retained", None)
+    monkeypatch.delenv("FASTSPEC_MALLOC")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert _memory.retain_freed_memory() is False
+    monkeypatch.setattr(_memory, "_retained", None)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    got = _memory.retain_freed_memory()
+    assert got is _memory.retain_freed_memory()  # remembered
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert got is True

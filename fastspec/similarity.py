@@ -118,7 +118,8 @@ class Prepared:
         return int(np.diff(self.offsets).max()) if len(self) else 0
 
     def take(self, rows) -> "Prepared":
-        """The prepared spectra ``rows`` (int array), in that order."""
+        """The prepared spectra ``rows`` (int array), in that order: this object itself when ``rows`` are all
+        of them in order (its arrays are read-only)."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1:
             raise ParameterError("rows must be one-dimensional")

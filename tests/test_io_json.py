@@ -177,6 +177,8 @@ def test_review_resync_stays_at_the_top_level(tmp_path, monkeypatch, chunk):
         "brace": ("[" + ", ".join([g[0], g[1] + "}", g[2], g[3]]) + "]", ["S0", "S1", "S2", "S3"], 5),
         "bracket": ("[" + ", ".join([g[0], g[1] + "]", g[2], g[3]]) + "]", ["S0", "S1", "S2", "S3"], 5),
         "appended": ("[" + ", ".join(g[:2]) + "]\n[" + ", ".join(g[2:]) + "]\n", ["S0", "S1", "S2", "S3"], 4),
+        "broken before appended": ("[" + ", ".join([g[0], '{"x": tru}', g[1]]) + "]\n[" + ", ".join(g[2:]) + "]",
+                                   ["S0", "S1", "S2", "S3"], 5),
         "deep": ("[" + ", ".join([g[0], '{"deep": ' + "[" * 50000 + "]" * 50000 + "}", g[2]]) + "]", ["S0", "S2"], 3),
     }
     for name, (text, ids, n_records) in cases.items():

@@ -190,7 +190,8 @@ def looks_like_spectra(path: str) -> bool:
 def _candidate(buf: str, at: int, eof: bool, decoder: json.JSONDecoder) -> str:
     """Whether the ``{`` at ``buf[at]`` (after broken JSON in an array) opens the array's next record:
     ``"record"`` when it decodes to a spectrum object followed by ``,`` and another ``{`` or by the
-    closing ``]`` and nothing more (an object nested in the broken record is followed by something else),
+    closing ``]`` and nothing more or another array (an object nested in the broken record is followed
+    by something else),
     ``"more"`` when the buffer ends before that can be told, else ``"skip"``."""
     width = _WINDOW
     while True:
@@ -215,8 +216,8 @@ def _candidate(buf: str, at: int, eof: bool, decoder: json.JSONDecoder) -> str:
             return "record" if buf[j] == "{" else "skip"
     elif j < len(buf) and buf[j] == "]":
         j = _skip_ws(buf, j + 1)
-        if j < len(buf):
-            return "skip"  # a list nested in the broken record closes here
+        if j < len(buf):  # a second array appended, or a list nested in the broken record closing here
+            return "record" if buf[j] == "[" else "skip"
     elif j < len(buf):
         return "skip"
     return "record" if eof else "more"

@@ -259,15 +259,21 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
                                progress=progress, return_report=True)
     _refuse_empty(report)
     counts = _report_counts(report, len(spectra))
-    counts["warnings"] = {str(k): int(v) for k, v in (getattr(report, "warnings", None) or {}).items() if v}
-    if n_skipped:
-        counts["warnings"]["files in input directories not read (not spectrum files)"] = n_skipped
+    counts["warnings"] = _read_warnings(report, n_skipped)
     counts["positions"] = _record_positions(report, len(spectra))
     counts["rejected_ids"] = {int(r): i for r, i in zip(getattr(report, "rejected_records", []),
                                                         getattr(report, "rejected_ids", [])) if i is not None}
     # (path, records) per file read, in read order, so that every record can be traced to its file
     counts["files"] = [(str(r.path), int(r.n_records)) for r in (report.files or [report])]
     return spectra, counts
+
+
+def _read_warnings(report, n_skipped: int) -> dict[str, int]:
+    """The reader's counted oddities, and the files of input directories left out (``n_skipped``)."""
+    out = {str(k): int(v) for k, v in (getattr(report, "warnings", None) or {}).items() if v}
+    if n_skipped:
+        out["files in input directories not read (not spectrum files)"] = n_skipped
+    return out
 
 
 def _input_sources(counts: dict) -> list[dict]:
@@ -1159,6 +1165,19 @@ class Library:
         from fastspec.search import search
 
         return search(self, queries, k=k, mode=mode, metric=metric, **kwargs)
+
+    def search_to_file(self, queries: Any, path: "str | os.PathLike", k: int = 10, **kwargs) -> dict:
+        """Search and write the hit table a chunk of queries at a time (bounded memory); see
+        :func:`fastspec.stream.search_to_file`.
+
+        Returns
+        -------
+        dict
+            ``n_queries``, ``n_with_hits``, ``n_skipped`` and the table's ``params``.
+        """
+        from fastspec.stream import search_to_file
+
+        return search_to_file(self, queries, path, k, **kwargs)
 
     def __repr__(self) -> str:
         return f"Library({str(self.path)!r}, n_spectra={len(self)}, format_version={self.format_version})"

@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -214,6 +214,10 @@ class Hits:
         same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
         """
+        return self._table(library_columns)
+
+    def _table(self, library_columns: bool = True, first: int = 0) -> pa.Table:
+        """:meth:`to_arrow`, numbering the queries from ``first`` (a chunk of a larger search)."""
         import pyarrow.compute as pc
 
         n, k = self.indices.shape
@@ -235,7 +239,7 @@ class Hits:
         # 24M rows); a null index takes a null, which is what a row without a hit gets
         per_query = pa.array(q_index, pa.int64())
         cols: dict[str, pa.Array] = {
-            "query_index": per_query,
+            "query_index": pa.array(q_index + first, pa.int64()) if first else per_query,
             "query_id": pa.array(self.query_ids, pa.string()).take(per_query),
             "query_file": (pa.nulls(q_index.shape[0], pa.string()) if self.query_files is None else
                            pa.array([_path_text(f) for f in self.query_files], pa.string()).take(per_query)),
@@ -326,8 +330,7 @@ class Hits:
 
         table = self.to_arrow()
         with open(path, "wb") as f:
-            for key, value in self.params.items():
-                f.write(f"# {key}: {json.dumps(value, default=str)}\n".encode())
+            f.write(csv_header(self.params))
             pcsv.write_csv(table.replace_schema_metadata(None), f,
                            write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
 
@@ -337,37 +340,56 @@ class Hits:
         Written to a temporary sibling and renamed into place, so an interrupted write never leaves a
         truncated table where a previous one was.
         """
-        import os
-        import uuid
-
-        from fastspec._indexfmt import ACTIVE_TEMPORARIES
-
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            write = self.to_parquet
-        elif suffix in (".tsv", ".tab", ".txt"):
-            write = lambda p: self.to_csv(p, delimiter="\t")  # noqa: E731
-        elif suffix == ".csv":
-            write = lambda p: self.to_csv(p, delimiter=",")  # noqa: E731
+        delimiter = table_format(path)
+        if delimiter is None:
+            write_atomically(path, self.to_parquet)
         else:
-            raise ParameterError(f"unknown hit table format {suffix!r}: use .parquet, .tsv or .csv")
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        ACTIVE_TEMPORARIES.add(tmp)
+            write_atomically(path, lambda p: self.to_csv(p, delimiter=delimiter))
+
+
+def csv_header(params: dict) -> bytes:
+    """The leading ``# key: value`` lines (values as JSON) of a CSV/TSV hit table."""
+    return "".join(f"# {key}: {json.dumps(value, default=str)}\n" for key, value in params.items()).encode()
+
+
+def table_format(path: "str | Path") -> str | None:
+    """A hit table's format by extension: None for Parquet (``.parquet``, ``.pq``), else the delimiter of
+    CSV (``.csv``) or TSV (``.tsv``, ``.tab``, ``.txt``); ParameterError for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return None
+    if suffix in (".tsv", ".tab", ".txt"):
+        return "\t"
+    if suffix == ".csv":
+        return ","
+    raise ParameterError(f"unknown hit table format {suffix or '(none)'!r}: use .parquet, .tsv or .csv")
+
+
+def write_atomically(path: "str | Path", write) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it into place, so that an
+    interrupted write never leaves a truncated file where a previous one was; the temporary is removed
+    on any error, and an OSError names ``path``, not the temporary."""
+    import uuid
+
+    from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    ACTIVE_TEMPORARIES.add(tmp)
+    try:
         try:
-            try:
-                write(tmp)
-                os.replace(tmp, path)
-            except OSError as e:  # name the table asked for, not the temporary (a full disk, no permission)
-                if e.errno is None:
-                    raise
-                # pyarrow puts the path it opened into the message itself
-                why = (e.strerror or "").replace(str(tmp), str(path))
-                raise type(e)(e.errno, why, str(path)) from e
-        finally:
-            ACTIVE_TEMPORARIES.discard(tmp)
-            if tmp.exists():
-                tmp.unlink()
+            write(tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # name the file asked for, not the temporary (a full disk, no permission)
+            if e.errno is None or not (str(tmp) in str(e) or os.fspath(e.filename or "") == str(tmp)):
+                raise  # not about the temporary: a query file not found
+            # pyarrow puts the path it opened into the message itself
+            why = (e.strerror or "").replace(str(tmp), str(path))
+            raise type(e)(e.errno, why, str(path)) from e
+    finally:
+        ACTIVE_TEMPORARIES.discard(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 # ====================================================================================== search
@@ -457,18 +479,54 @@ def search(
     -------
     Hits
     """
-    from fastspec.kernels._memory import retain_freed_memory
-    from fastspec.library import _is_ms1, apply_pipeline, read_input
+    from fastspec.library import read_input
 
-    retain_freed_memory()  # per-batch arrays reuse freed memory instead of fresh zero-filled pages
     cfg = _SearchConfig.cached(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
                                same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
                                mz_power, intensity_power, metric_params)
+    _check_formula(cfg, formula)
+    raw, read_counts = read_input(queries, on_error)
+    found = _search_spectra(library, cfg, raw, formula, progress)
+    params = cfg.describe(library)
+    if found.unfiltered:
+        params["filters_not_applied"] = found.unfiltered
+    # query records the reader rejected (on_error="skip") keep their place: a row with status "rejected";
+    # the counts say why
+    params["query_records"] = _query_records(read_counts)
+    n_read = int(read_counts["n_read"])
+    return _record_hits(library, params, raw, found, read_counts.get("positions"), n_read,
+                        _record_files(read_counts.get("files"), n_read), read_counts.get("rejected_ids") or {})
+
+
+def _check_formula(cfg: "_SearchConfig", formula) -> None:
     if formula is not None and cfg.mode != "formula":
         raise ParameterError(f"formula applies to mode='formula', not {cfg.mode!r}")
     if isinstance(formula, str) and not formula.strip():
         raise ParameterError("formula is empty (leave it out to take each query's formula from its metadata)")
-    raw, read_counts = read_input(queries, on_error)
+
+
+def _query_records(counts: dict) -> dict:
+    """``Hits.params["query_records"]`` from a read's counts (:func:`fastspec.library.read_input`)."""
+    return {"read": int(counts["n_read"]), "rejected": int(counts["n_rejected"]),
+            "rejected_by_reason": dict(counts["rejected"]), "warnings": dict(counts.get("warnings") or {})}
+
+
+class _Found(NamedTuple):
+    """One row per query spectrum searched (:func:`_search_spectra`)."""
+    scores: np.ndarray
+    indices: np.ndarray
+    matches: np.ndarray
+    status: np.ndarray
+    fallback: np.ndarray
+    unfiltered: dict
+
+
+def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progress) -> _Found:
+    """Search query spectra as read (preprocessed here with the library's pipeline)."""
+    from fastspec.kernels._memory import retain_freed_memory
+    from fastspec.library import _is_ms1, apply_pipeline
+
+    retain_freed_memory()  # per-batch arrays reuse freed memory instead of fresh zero-filled pages
     qproc = apply_pipeline(library.pipeline, raw, cfg.threads)
     nq = len(qproc)
     scores = np.zeros((nq, cfg.k), dtype=np.float64)
@@ -488,40 +546,45 @@ def search(
         _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback)
     finally:
         ctx.close()
-    no_hit = (status == OK) & (indices[:, 0] < 0)
-    status[no_hit] = NO_HIT
-    params = cfg.describe(library)
-    unfiltered = _unfiltered_queries(cfg, qproc, searchable)
-    if unfiltered:
-        params["filters_not_applied"] = unfiltered
-    # query records the reader rejected (on_error="skip") keep their place: a row with status "rejected";
-    # the counts say why
-    params["query_records"] = {"read": int(read_counts["n_read"]), "rejected": int(read_counts["n_rejected"]),
-                               "rejected_by_reason": dict(read_counts["rejected"]),
-                               "warnings": dict(read_counts.get("warnings") or {})}
-    ids, pmz = list(raw.ids), np.asarray(raw.precursor_mz, dtype=np.float64)
-    pos, n_read = read_counts.get("positions"), int(read_counts["n_read"])
-    record_files = _record_files(read_counts.get("files"), n_read)
+    status[(status == OK) & (indices[:, 0] < 0)] = NO_HIT
+    return _Found(scores, indices, matches, status, fallback, _unfiltered_queries(cfg, qproc, searchable))
+
+
+def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_records: int, record_files,
+                 rejected_ids: dict, first: int = 0) -> Hits:
+    """Hits with a row for every record of a run of ``n_records`` records read: the searched spectra's rows
+    at ``pos`` (their positions in the run, int64 (len(raw),)), status ``rejected`` for the other records.
+
+    ``first`` is the position of the run's first record among all records read (a chunk of a larger
+    search): a query without an id is named by that position, as its ``query_index``. ``record_files``:
+    the file of each record of the run (or None); ``rejected_ids``: run position -> id the reader got to.
+    """
+    scores, indices, matches, status, fallback = found[:5]
+    nq = len(raw)
+    pmz = np.asarray(raw.precursor_mz, dtype=np.float64)
+    placed = pos is not None and len(pos) == nq
+    if placed and (first or n_records > nq):  # a query without an id is named by its record position
+        given = raw.column("id")
+        ids = [str(v) if v is not None else str(first + int(p)) for v, p in zip(given, pos)]
+    else:
+        ids = list(raw.ids)
     files = None
     if record_files is not None:
-        files = record_files if n_read == nq else [record_files[int(p)] for p in pos] if pos is not None else None
-    if pos is not None and n_read > nq and len(pos) == nq:
+        files = record_files if n_records == nq else [record_files[int(p)] for p in pos] if placed else None
+    if placed and n_records > nq:
         def grow(a, fill):
-            out = np.full((n_read,) + a.shape[1:], fill, dtype=a.dtype)
+            out = np.full((n_records,) + a.shape[1:], fill, dtype=a.dtype)
             out[pos] = a
             return out
 
         scores, indices, matches = grow(scores, 0.0), grow(indices, -1), grow(matches, 0)
         status, fallback, pmz = grow(status, REJECTED), grow(fallback, False), grow(pmz, np.nan)
-        # a query without an id is named by its record position, the row's query_index
-        given = raw.column("id")
-        ids = [ids[i] if given[i] is not None else str(int(pos[i])) for i in range(nq)]
         # a rejected record without an id the reader could see is named by its position too
-        named = np.asarray([str(r) for r in range(n_read)], dtype=object)
+        named = np.asarray([str(first + r) for r in range(n_records)], dtype=object)
         named[pos] = ids
         ids = named.tolist()
-        for r, rid in (read_counts.get("rejected_ids") or {}).items():  # as far as the reader got
-            if 0 <= r < n_read:
+        for r, rid in rejected_ids.items():  # as far as the reader got
+            if 0 <= r < n_records:
                 ids[r] = rid
         files = record_files
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,

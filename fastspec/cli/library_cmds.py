@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import click
 
@@ -120,18 +119,21 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--min-matches", type=click.IntRange(min=0), default=0, show_default=True, help="Minimum matched peaks.")
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Minimum score.")
 @click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable query records.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True,
+              help="Queries read, searched and written at a time (memory holds one chunk's spectra and hits).")
 @common_options
 @handle_errors
 def query(queries, library, output, k, mode, metric, tolerance, preset, precursor_tolerance, engine, nprobe, n_candidates,
-          no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, threads, quiet):
+          no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, chunk_size,
+          threads, quiet):
     """Search query spectra against a library index and write the hit table."""
     from fastspec.errors import ParameterError
     from fastspec.library import Library
 
+    from fastspec.search import table_format
+
     log = _log(quiet)
-    suffix = Path(output).suffix.lower()
-    if suffix not in (".parquet", ".pq", ".tsv", ".tab", ".txt", ".csv"):
-        raise ParameterError(f"--output: unknown format {suffix or '(none)'}; use .parquet, .tsv or .csv")
+    table_format(output)  # a wrong extension is refused before the search
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
         check_tolerance_option(value, name)
     make_parents(output)  # before the search, not after it
@@ -139,28 +141,28 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         raise ParameterError("--preset applies to --metric binned_cosine")
     lib = Library.open(library)
     t0 = time.perf_counter()
-    hits = lib.search(list(queries) if len(queries) > 1 else queries[0], k=k, mode=mode, metric=metric,
-                      tolerance=tolerance, precursor_tolerance=precursor_tolerance, engine=engine, nprobe=nprobe,
-                      n_candidates=n_candidates, no_neighbour=no_neighbour, formula=formula, same_adduct=same_adduct,
-                      same_charge=same_charge, same_instrument=same_instrument, min_matches=min_matches,
-                      min_score=min_score, on_error=on_error, threads=threads, progress=False if quiet else None,
-                      **({"preset": preset} if preset else {}))
+    # a chunk of queries at a time, straight into the table: memory stays bounded however many queries
+    done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
+                              mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
+                              engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
+                              formula=formula, same_adduct=same_adduct, same_charge=same_charge,
+                              same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
+                              on_error=on_error, threads=threads, progress=False if quiet else None,
+                              **({"preset": preset} if preset else {}))
     dt = time.perf_counter() - t0
-    hits.write(output)
-    n = len(hits)
-    rec = hits.params.get("query_records") or {}
+    params, n = done["params"], done["n_queries"]
+    rec = params.get("query_records") or {}
     _log_warnings(log, rec.get("warnings"))
     if rec.get("rejected"):
         why = ", ".join(f"{r}: {c}" for r, c in rec["rejected_by_reason"].items())
         log(f"{rec['read']} query records read, {rec['rejected']} rejected and not searched ({why})")
-    for name, c in (hits.params.get("filters_not_applied") or {}).items():
+    for name, c in (params.get("filters_not_applied") or {}).items():
         why = [f"{c[r]} {r}" for r in ("missing", "unreadable") if c.get(r)]
         eg = f", e.g. {', '.join(map(repr, c['unreadable_examples']))}" if c.get("unreadable_examples") else ""
         log(f"--same-{name} not applied to {c.get('missing', 0) + c.get('unreadable', 0)} queries without a "
             f"{'readable ' if name == 'adduct' else ''}{name} of their own ({', '.join(why)}{eg}): they match "
             f"library spectra of any {name}")
-    n_hit = int((hits.indices[:, 0] >= 0).sum()) if n else 0
-    log(f"{n} queries, {n_hit} with hits, {int(hits.skipped.sum())} skipped; {dt:.2f} s "
+    log(f"{n} queries, {done['n_with_hits']} with hits, {done['n_skipped']} skipped; {dt:.2f} s "
         f"({n / dt if dt > 0 else 0:.0f} queries/s); wrote {output}")
 
 

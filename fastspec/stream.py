@@ -1,0 +1,321 @@
+"""Search queries straight into a hit table file, one chunk of queries at a time.
+
+:func:`search_to_file` (also ``Library.search_to_file`` and ``fastspec query``) reads the query files in
+chunks, searches each chunk and appends its rows to the table, so memory holds one chunk's spectra and
+hits however many queries there are (the whole hit table of 515k queries held 3.3 GB). The file is the
+same, row for row, as ``library.search(queries, ...).write(path)``: rows in record order, rejected records
+in their place, queries without an id named by their position among all records read, the parameters
+and the reader's counts in the Parquet metadata or the CSV/TSV ``#`` header (written once the last
+chunk is in).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, NamedTuple
+
+import numpy as np
+
+from fastspec.errors import FastspecError, ParameterError
+from fastspec.spectra import Spectra
+
+#: queries per chunk: the hit table of 50,000 queries at k=10 is about 150 MB in Arrow; a search's own
+#: batches are far smaller (identity 2,048 queries), so chunks cost no speed
+DEFAULT_CHUNK = 50_000
+
+
+class _Run(NamedTuple):
+    """The next ``n_records`` records read, from record ``first`` on: their spectra (``pos``: each one's
+    position in the run), each record's file (or None) and the rejected records' ids (run position -> id)."""
+    raw: Spectra
+    first: int
+    n_records: int
+    pos: np.ndarray
+    files: list | None
+    rejected_ids: dict
+
+
+def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10, *, chunk_size: int = DEFAULT_CHUNK,
+                   on_error: str = "skip", progress: bool | None = None, formula=None, **kwargs: Any) -> dict:
+    """Search ``queries`` against ``library`` and write the hit table to ``path``, a chunk at a time.
+
+    Parameters
+    ----------
+    library : Library
+    queries : path, list of paths, directory, Spectra or matchms spectra
+        As for :func:`fastspec.search.search`; files are read ``chunk_size`` spectra at a time.
+    path : str or os.PathLike
+        ``.parquet`` / ``.pq``, ``.tsv`` / ``.tab`` / ``.txt`` or ``.csv``; written to a temporary sibling
+        and renamed into place once complete (an error or interrupt leaves no partial table).
+    k : int
+    chunk_size : int
+        Query records per chunk (a chunk ends at a read block, so it may hold somewhat more).
+    on_error, progress, formula, **kwargs
+        As for :func:`fastspec.search.search` (``formula`` as a list: one per query spectrum read).
+
+    Returns
+    -------
+    dict
+        ``n_queries`` (records read: the table's queries), ``n_with_hits``, ``n_skipped`` (not searched,
+        see :attr:`fastspec.search.Hits.skipped`) and ``params`` (what the table's metadata holds).
+    """
+    from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
+                                 search, table_format, write_atomically)
+
+    delimiter = table_format(path)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ParameterError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    # every search parameter, checked before anything is read, with search()'s own defaults
+    args = inspect.signature(search).bind(library, None, k, formula=formula, **kwargs)
+    args.apply_defaults()
+    names = list(inspect.signature(_SearchConfig.make).parameters)[1:]  # after library
+    cfg = _SearchConfig.cached(library, *(args.arguments[n] for n in names))
+    _check_formula(cfg, formula)
+    per_query_formula = formula is not None and not isinstance(formula, str)
+    formulas = list(formula) if per_query_formula else None
+    totals = {"with_hits": 0, "skipped": 0, "spectra": 0, "unfiltered": {}}
+
+    def write(tmp: Path) -> dict:
+        sink = _TableSink(tmp, delimiter)
+        try:
+            counts_holder: dict = {}
+            for run in _runs(queries, on_error, int(chunk_size), counts_holder):
+                f = formula
+                if per_query_formula:
+                    s0 = totals["spectra"]
+                    f = formulas[s0:s0 + len(run.raw)]
+                    if len(f) != len(run.raw):
+                        raise ParameterError(f"formula: {len(formulas)} values for more query spectra than that")
+                totals["spectra"] += len(run.raw)
+                found = _search_spectra(library, cfg, run.raw, f, progress)
+                _merge_unfiltered(totals["unfiltered"], found.unfiltered)
+                hits = _record_hits(library, {}, run.raw, found, run.pos, run.n_records, run.files, run.rejected_ids,
+                                    first=run.first)
+                totals["with_hits"] += int((hits.indices[:, 0] >= 0).sum()) if len(hits) else 0
+                totals["skipped"] += int(hits.skipped.sum())
+                if run.n_records or not sink.opened:  # an empty input still gets the table's columns
+                    sink.write(hits._table(first=run.first))
+                del hits, found
+            if per_query_formula and totals["spectra"] != len(formulas):
+                raise ParameterError(f"formula: {len(formulas)} values for {totals['spectra']} queries")
+            counts = counts_holder["counts"]
+            params = cfg.describe(library)
+            if totals["unfiltered"]:
+                params["filters_not_applied"] = totals["unfiltered"]
+            params["query_records"] = _query_records(counts)
+            sink.close(params)
+            return {"n_queries": int(counts["n_read"]), "n_with_hits": totals["with_hits"],
+                    "n_skipped": totals["skipped"], "params": params}
+        finally:
+            sink.discard()
+
+    out: dict = {}
+    write_atomically(path, lambda tmp: out.update(write(tmp)))
+    return out
+
+
+def _merge_unfiltered(total: dict, part: dict) -> None:
+    """Add one chunk's ``filters_not_applied`` counts (see :func:`fastspec.search._unfiltered_queries`)."""
+    for name, c in part.items():
+        t = total.setdefault(name, {})
+        for key, v in c.items():
+            if key == "unreadable_examples":
+                t[key] = sorted(set(t.get(key, [])) | set(v))[:3]
+            else:
+                t[key] = t.get(key, 0) + int(v)
+
+
+# ------------------------------------------------------------------------------------------- reading
+def _runs(source: Any, on_error: str, chunk_size: int, out: dict) -> Iterator[_Run]:
+    """Runs of query records in read order, about ``chunk_size`` spectra each; the last one always comes
+    (perhaps empty). ``out["counts"]`` holds the read's counts (as :func:`fastspec.library.read_input`'s)
+    once the runs are exhausted."""
+    from fastspec.library import _is_matchms, read_input
+    from fastspec.spectra import SpectrumView
+
+    paths = None
+    if isinstance(source, (str, os.PathLike)):
+        paths = [source]
+    elif not isinstance(source, (Spectra, SpectrumView)) and not _is_matchms(source) and hasattr(source, "__iter__"):
+        items = list(source)  # a list, a set, Path.glob(...)
+        if items and all(isinstance(p, (str, os.PathLike)) for p in items):
+            paths = items
+        else:
+            source = items
+    if paths is None:  # spectra in memory: cut into runs, nothing rejected
+        raw, counts = read_input(source, on_error)
+        out["counts"] = counts
+        n = len(raw)
+        for s0 in range(0, max(n, 1), chunk_size):
+            s1 = min(n, s0 + chunk_size)
+            part = raw if (s0, s1) == (0, n) else raw.take(np.arange(s0, s1, dtype=np.int64))
+            yield _Run(part, s0, s1 - s0, np.arange(s1 - s0, dtype=np.int64), None, {})
+        return
+    yield from _file_runs(paths, on_error, chunk_size, out)
+
+
+def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict) -> Iterator[_Run]:
+    """:func:`_runs` of query files, read block by block (a run never ends inside a block)."""
+    from fastspec import io as fio
+    from fastspec.io._common import ReadReport
+    from fastspec.library import _expand_directories, _read_warnings, _refuse_empty, _report_counts
+
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(2, "No such file", str(p))
+    paths, n_skipped = _expand_directories(paths)
+    total = ReadReport(path=str(paths[0]) if len(paths) == 1 else [str(p) for p in paths])
+    state = _Pending()
+    starts: list[int] = []  # first record of each file
+    offset = 0  # records of the files read before this one
+    for p in paths:
+        p = str(p)
+        rep = ReadReport(path=p)
+        starts.append(offset)
+        state.files.append(p)
+        cursor, seen = 0, 0  # the file's next record not yet placed; its rejections taken in
+        for block in fio._iter_file(p, None, on_error, rep, None, chunk_size):
+            seen = state.take_rejections(rep, seen, offset)
+            if len(block):
+                local = _good_positions(cursor, len(block), rep.rejected_records)
+                cursor = int(local[-1]) + 1
+                state.add(block, offset + local)
+            if state.n_spectra >= chunk_size:
+                yield state.run(int(state.positions[-1][-1]) + 1, starts)
+        state.take_rejections(rep, seen, offset)
+        rep.check()
+        _refuse_empty(rep)
+        if total.format is None:
+            total.format = rep.format
+        elif total.format != rep.format:
+            total.format = "mixed"
+        total.absorb(rep)
+        if len(paths) > 1:
+            total.files.append(rep)
+        offset += rep.n_records
+    counts = _report_counts(total, total.n_spectra)
+    counts["warnings"] = _read_warnings(total, n_skipped)
+    out["counts"] = counts
+    yield state.run(offset, starts)
+
+
+def _good_positions(cursor: int, n: int, rejected: list) -> np.ndarray:
+    """Positions in its file of the next ``n`` spectra read: the first ``n`` records from ``cursor`` on that
+    are not among the file's ``rejected`` records, int64 (n,)."""
+    rej = np.asarray(rejected, dtype=np.int64)
+    rej = rej[rej >= cursor]
+    cand = np.arange(cursor, cursor + n + rej.shape[0], dtype=np.int64)
+    return cand[~np.isin(cand, rej)][:n]
+
+
+class _Pending:
+    """Spectra read and rejected records seen whose rows are not written yet."""
+
+    def __init__(self):
+        self.blocks: list[Spectra] = []
+        self.positions: list[np.ndarray] = []  # each block's record positions among all records
+        self.n_spectra = 0
+        self.rejected: dict[int, str | None] = {}  # record -> id the reader got to
+        self.emitted = 0  # records whose rows are out
+        self.files: list[str] = []  # the files begun, in read order
+
+    def take_rejections(self, rep, seen: int, offset: int) -> int:
+        for r, rid in zip(rep.rejected_records[seen:], rep.rejected_ids[seen:]):
+            self.rejected[offset + int(r)] = rid
+        return len(rep.rejected_records)
+
+    def add(self, block: Spectra, positions: np.ndarray) -> None:
+        self.blocks.append(block)
+        self.positions.append(positions)
+        self.n_spectra += len(block)
+
+    def run(self, end: int, starts: list[int]) -> _Run:
+        """Everything up to record ``end`` (exclusive) as a run."""
+        from fastspec.io import _empty_like_read
+
+        first = self.emitted
+        n = end - first
+        raw = (self.blocks[0] if len(self.blocks) == 1 else Spectra.concat(self.blocks)) if self.blocks \
+            else _empty_like_read()
+        pos = (np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)) - first
+        rej = {r - first: rid for r, rid in self.rejected.items() if first <= r < end}
+        if len(raw) + len(rej) != n or (pos.shape[0] and (pos[0] < 0 or pos[-1] >= n)):
+            # a reader that counted a rejected record only after yielding a later spectrum
+            raise FastspecError(f"query records {first}-{end - 1}: {len(raw)} spectra and {len(rej)} rejected records "
+                                "do not add up (a reader reported records out of order); search the file with "
+                                "Library.search instead")
+        for r in rej:
+            del self.rejected[r + first]
+        which = np.searchsorted(np.asarray(starts, dtype=np.int64), np.arange(first, end, dtype=np.int64),
+                                side="right") - 1
+        files = [self.files[i] for i in which.tolist()]
+        self.blocks, self.positions, self.n_spectra, self.emitted = [], [], 0, end
+        return _Run(raw, first, n, pos, files, {r: rid for r, rid in rej.items() if rid is not None})
+
+
+# ------------------------------------------------------------------------------------------- writing
+class _TableSink:
+    """The hit table written chunk by chunk: Parquet row groups, or CSV/TSV rows into a body file that
+    :meth:`close` puts behind the ``#`` parameter lines (known only at the end)."""
+
+    def __init__(self, tmp: Path, delimiter: str | None):
+        self.tmp = Path(tmp)
+        self.delimiter = delimiter
+        self.body = self.tmp.with_name(self.tmp.name + ".rows") if delimiter is not None else None
+        self.writer = None
+        self.schema = None
+        self.opened = False
+
+    def write(self, table) -> None:
+        table = table.replace_schema_metadata(None)
+        if not self.opened:
+            self.schema = table.schema
+            if self.delimiter is None:
+                import pyarrow.parquet as pq
+
+                # no stored Arrow schema: the parameters, added at the end, are then the schema metadata
+                # readers see (the stored schema would carry the empty metadata of the first chunk)
+                self.writer = pq.ParquetWriter(str(self.tmp), self.schema, compression="zstd", store_schema=False)
+            else:
+                import pyarrow.csv as pcsv
+
+                from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+                ACTIVE_TEMPORARIES.add(self.body)
+                self.writer = pcsv.CSVWriter(str(self.body), self.schema, write_options=pcsv.WriteOptions(
+                    delimiter=self.delimiter, quoting_style="needed"))
+            self.opened = True
+        self.writer.write_table(table.cast(self.schema))
+
+    def close(self, params: dict) -> None:
+        import json
+
+        from fastspec.search import csv_header
+
+        if self.delimiter is None:
+            self.writer.add_key_value_metadata({"fastspec": json.dumps(params, default=str)})
+            self.writer.close()
+            self.writer = None
+            return
+        self.writer.close()
+        self.writer = None
+        with open(self.tmp, "wb") as f, open(self.body, "rb") as rows:
+            f.write(csv_header(params))
+            shutil.copyfileobj(rows, f, 1 << 22)
+
+    def discard(self) -> None:
+        """Close and remove what is left (after close, or on an error)."""
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - the error being raised matters, not this one
+                pass
+            self.writer = None
+        if self.body is not None:
+            from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+            ACTIVE_TEMPORARIES.discard(self.body)
+            if self.body.exists():
+                self.body.unlink()

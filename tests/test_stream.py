@@ -1,0 +1,194 @@
+"""Chunked search into a hit table file (``fastspec.stream.search_to_file``, ``fastspec query``): the same
+table, row for row, as one ``Library.search`` written at once, whatever the chunk size."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from fastspec.errors import FastspecError, ParameterError
+from fastspec.library import Library
+from fastspec.stream import _good_positions
+from test_library import massbank_subset
+
+BAD = "BEGIN IONS\nTITLE=broken{}\nPEPMASS=500\n100.0 abc\nEND IONS\n"
+BAD_NO_ID = "BEGIN IONS\nPEPMASS=500\n100.0 abc\nEND IONS\n"
+
+
+@pytest.fixture(scope="module")
+def lib(massbank_parquet, tmp_path_factory):
+    sp, _ = massbank_subset(massbank_parquet, n_lib=2000, n_query=1, seed=3)
+    return Library.build(sp, tmp_path_factory.mktemp("st") / "lib.fastspec", faiss=True, faiss_params={"flat_below": 0})
+
+
+@pytest.fixture(scope="module")
+def query_files(massbank_mgf, massbank_msp, tmp_path_factory):
+    """An MGF of over 1 MB (two read blocks at the smallest block size) with bad records at its start, in
+    its middle, at a block boundary's neighbourhood and at its end, some without an id; an MSP with one
+    bad record; both in a directory too."""
+    d = tmp_path_factory.mktemp("q")
+    recs = [r + "END IONS\n" for r in massbank_mgf.read_text().split("END IONS\n") if r.strip()]
+    half = len(recs) // 2
+    text = (BAD.format(0) + "".join(recs[:half]) + BAD_NO_ID + BAD.format(1) + "".join(recs[half:])
+            + BAD.format(2) + BAD_NO_ID)
+    mgf = d / "files" / "a.mgf"
+    mgf.parent.mkdir()
+    mgf.write_text(text)
+    msp_text = massbank_msp.read_text()
+    cut = msp_text.index("\n\n", len(msp_text) // 2) + 2
+    msp = d / "files" / "b.msp"
+    msp.write_text(msp_text[:cut] + "Name: broken msp\nPrecursorMZ: 300\nNum Peaks: 2\n100 abc\n200 5\n\n" + msp_text[cut:])
+    return mgf, msp
+
+
+def _same_table(a, b) -> None:
+    if a.suffix == ".parquet":
+        ta, tb = pq.read_table(a), pq.read_table(b)
+        assert ta.schema.remove_metadata() == tb.schema.remove_metadata()
+        assert ta.replace_schema_metadata(None).equals(tb.replace_schema_metadata(None))
+        assert json.loads(ta.schema.metadata[b"fastspec"]) == json.loads(tb.schema.metadata[b"fastspec"])
+    else:
+        assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("chunk", [97, 400, 1_000_000])
+@pytest.mark.parametrize("kw", [dict(mode="identity"), dict(mode="open", metric="entropy"),
+                                dict(mode="formula", no_neighbour="fallback", same_adduct=True)])
+def test_chunked_equals_whole(lib, query_files, tmp_path, chunk, kw):
+    mgf, msp = query_files
+    queries = [str(mgf), str(msp)]
+    suffix = ".parquet" if chunk != 400 else ".tsv"
+    whole, chunked = tmp_path / f"whole{suffix}", tmp_path / f"chunked{suffix}"
+    hits = lib.search(queries, k=5, **kw)
+    hits.write(whole)
+    done = lib.search_to_file(queries, chunked, k=5, chunk_size=chunk, **kw)
+    _same_table(whole, chunked)
+    assert done["n_queries"] == len(hits) == hits.params["query_records"]["read"]
+    assert done["n_with_hits"] == int((hits.indices[:, 0] >= 0).sum())
+    assert done["n_skipped"] == int(hits.skipped.sum()) and done["params"] == json.loads(json.dumps(hits.params))
+    rec = done["params"]["query_records"]
+    assert rec["rejected"] == 6 and rec["read"] == rec["rejected"] + int((hits.status != "rejected").sum())
+    assert list(tmp_path.iterdir()) == [whole, chunked] or sorted(tmp_path.iterdir()) == sorted([whole, chunked])
+
+
+def test_directory_and_csv(lib, query_files, tmp_path):
+    mgf, _ = query_files
+    whole, chunked = tmp_path / "whole.csv", tmp_path / "chunked.csv"
+    lib.search(mgf.parent, k=3, mode="open").write(whole)
+    lib.search_to_file(mgf.parent, chunked, k=3, mode="open", chunk_size=250)
+    _same_table(whole, chunked)
+    assert chunked.read_text().startswith("# mode: ")
+
+
+def test_in_memory_queries_and_formula_list(lib, tmp_path):
+    q = lib.spectra(np.arange(0, 60, 2), metadata=True)
+    formulas = [f if f else "C6H12O6" for f in q.column("formula")]
+    for chunk in (1, 7, 100):
+        whole, chunked = tmp_path / f"w{chunk}.parquet", tmp_path / f"c{chunk}.parquet"
+        lib.search(q, k=4, mode="formula", formula=formulas).write(whole)
+        lib.search_to_file(q, chunked, k=4, mode="formula", formula=formulas, chunk_size=chunk)
+        _same_table(whole, chunked)
+    with pytest.raises(ParameterError, match="formula"):
+        lib.search_to_file(q, tmp_path / "x.parquet", mode="formula", formula=formulas[:-1], chunk_size=7)
+    with pytest.raises(ParameterError, match="formula"):
+        lib.search_to_file(q, tmp_path / "x.parquet", mode="formula", formula=formulas + ["C2H6O"], chunk_size=7)
+    empty = lib.spectra(np.zeros(0, np.int64))
+    lib.search_to_file(empty, tmp_path / "e.parquet")
+    t = pq.read_table(tmp_path / "e.parquet")
+    assert t.num_rows == 0 and b"fastspec" in t.schema.metadata
+    assert not (tmp_path / "x.parquet").exists()
+
+
+def test_errors_leave_no_table(lib, query_files, tmp_path):
+    mgf, _ = query_files
+    out = tmp_path / "h.parquet"
+    out.write_bytes(b"previous")
+    with pytest.raises(FastspecError) as err:  # the first bad record stops the search; the old table stays
+        lib.search_to_file(str(mgf), out, mode="open", on_error="raise", chunk_size=50)
+    assert "a.mgf" in str(err.value)
+    assert out.read_bytes() == b"previous" and sorted(p.name for p in tmp_path.iterdir()) == ["h.parquet"]
+    with pytest.raises(FileNotFoundError) as err:  # names the query file, not the table
+        lib.search_to_file(str(tmp_path / "missing.mgf"), out)
+    assert "missing.mgf" in str(err.value)
+    with pytest.raises(ParameterError, match="hit table format"):
+        lib.search_to_file(str(mgf), tmp_path / "h.xlsx")
+    with pytest.raises(ParameterError, match="chunk_size"):
+        lib.search_to_file(str(mgf), out, chunk_size=0)
+    with pytest.raises(ParameterError):  # search parameters are checked before anything is read
+        lib.search_to_file(str(tmp_path / "missing.mgf"), out, k=0)
+    with pytest.raises(ParameterError):
+        lib.search_to_file(str(mgf), out, no_such_option=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.parquet"]
+
+
+def test_good_positions():
+    assert _good_positions(0, 3, []).tolist() == [0, 1, 2]
+    assert _good_positions(0, 3, [0, 2]).tolist() == [1, 3, 4]
+    assert _good_positions(5, 2, [1, 5, 6, 9]).tolist() == [7, 8]
+    assert _good_positions(5, 2, [7]).tolist() == [5, 6]
+
+
+def test_cli_query_chunks(lib, query_files, tmp_path):
+    from click.testing import CliRunner
+
+    from fastspec.cli import main
+
+    mgf, msp = query_files
+    outs = []
+    for chunk in ("60", "50000"):
+        out = tmp_path / f"h{chunk}.tsv"
+        res = CliRunner().invoke(main, ["query", str(mgf), str(msp), "-l", str(lib.path), "-o", str(out), "--mode", "open",
+                                        "--chunk-size", chunk, "--threads", "1"], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        assert re.search(r"rejected and not searched", res.output) and "queries/s" in res.output
+        outs.append(out)
+    _same_table(*outs)
+
+
+@pytest.mark.parametrize("ext", ["mgf", "msp", "tsv", "parquet", "h5", "json"])
+def test_every_format_with_rejected_records(lib, tmp_path, ext):
+    """Rejected records keep their place, whichever reader reads the chunks (every fifth record is bad,
+    and the last two)."""
+    from fastspec import io as fio
+    from fastspec.spectra import Spectra
+
+    sp = lib.spectra(np.arange(40), metadata=True)
+    bad = np.zeros(len(sp), bool)
+    bad[::5] = bad[-2:] = True
+    inten = sp.intensity.copy()
+    inten[sp.offsets[:-1][bad]] = -1.0  # a negative intensity: the record is rejected
+    sp = Spectra(sp.offsets, sp.mz, inten, metadata=sp.metadata, validate=False)
+    path = tmp_path / f"q.{ext}"
+    if ext == "json":
+        fio.write(sp, tmp_path / "q.mgf")
+        good = fio.read(tmp_path / "q.mgf")
+        recs = [json.dumps({"peaks": [[float(m), float(i)] for m, i in zip(s.mz, s.intensity)], "id": i,
+                            **({"precursor_mz": s.precursor_mz} if np.isfinite(s.precursor_mz) else {})})
+                for s, i in zip(good, good.ids)]
+        for at in (1, 7, len(recs)):  # (a broken first record: not JSON spectra at all)
+            recs.insert(at, '{"peaks": [[100.0, "x"]], "precursor_mz": 300')  # broken JSON
+        path.write_text("[" + ",\n".join(recs) + "]")
+    else:
+        fio.write(sp, path)
+    whole = tmp_path / "whole.parquet"
+    hits = lib.search(str(path), k=3, mode="open")
+    hits.write(whole)
+    assert (hits.status == "rejected").sum() == 3 if ext == "json" else bad.sum()
+    for chunk in (1, 3, 16):
+        out = tmp_path / f"c{chunk}.parquet"
+        lib.search_to_file(str(path), out, k=3, mode="open", chunk_size=chunk)
+        _same_table(whole, out)
+
+
+@pytest.mark.parametrize("name", ["tiny.mzML", "massbank_record.txt", "mgf_mzmine.mgf", "msp_nist.msp"])
+def test_hand_made_files(lib, tmp_path, name):
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / name
+    whole, out = tmp_path / "whole.tsv", tmp_path / "c.tsv"
+    lib.search(str(path), k=2, mode="open").write(whole)
+    lib.search_to_file(str(path), out, k=2, mode="open", chunk_size=1)
+    _same_table(whole, out)

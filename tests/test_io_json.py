@@ -69,6 +69,20 @@ def test_gnps_export(tmp_path, name):
         assert s.precursor_mz[i] == pytest.approx(t.get("precursor_mz"))
 
 
+def test_gnps_computed_formula_and_inchikey(tmp_path):
+    """GNPS exports carry no plain formula or InChIKey, only the ones GNPS computed from the structure
+    (``Formula_smiles`` / ``InChIKey_inchi`` ...): they fill ``formula`` and ``inchikey``, skipping N/A, and
+    never override a record's own."""
+    recs = [dict(GNPS[0], InChIKey_smiles="DIDLWIPCWUSYPF-UHFFFAOYSA-N", InChIKey_inchi="", Formula_smiles="C48H72N10O12",
+                 Formula_inchi=""),
+            dict(GNPS[1], InChIKey_smiles="N/A", InChIKey_inchi="BSYNRYMUTXBXSQ-UHFFFAOYSA-N", Formula_smiles="N/A",
+                 Formula_inchi="C5H6O5"),
+            dict(GNPS[1], formula="C5H6O5", Formula_smiles="C9H8O4")]
+    s = fio.read(_write(tmp_path / "g.json", recs))
+    assert s.column("formula") == ["C48H72N10O12", "C5H6O5", "C5H6O5"]
+    assert s.column("inchikey14")[:2] == ["DIDLWIPCWUSYPF", "BSYNRYMUTXBXSQ"] and s.column("inchikey")[2] is None
+
+
 def test_matchms_save_as_json_round_trip(tmp_path):
     pytest.importorskip("matchms")
     from matchms import Spectrum

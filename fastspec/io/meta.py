@@ -57,10 +57,11 @@ ALIASES: dict[str, tuple[str, ...]] = {
                "adduct_type", "ion_type", "ms$focused_ion:ion_type",
                # MZmine (SIRIUS export), MetaboScape, MS-DIAL and Progenesis GNPS MGFs write ION=[M-H]-
                "ion"),
-    "formula": ("molecular_formula", "molecularformula", "ch$formula"),
+    # GNPS library JSON: the formula and InChIKey GNPS computed from the record's SMILES / InChI
+    "formula": ("molecular_formula", "molecularformula", "ch$formula", "formula_smiles", "formula_inchi"),
     "smiles": ("ch$smiles", "smiles_string", "canonical_smiles", "canonicalsmiles"),
     "inchikey": ("inchi_key", "inchikey_full", "ch$link:inchikey", "std_inchikey", "stdinchikey",
-                 "synon_metb_inchikey", "synon: metb inchikey"),
+                 "synon_metb_inchikey", "synon: metb inchikey", "inchikey_smiles", "inchikey_inchi"),
     "inchikey14": ("inchikey_14", "inchikey_first_block", "short_inchikey", "inchikey_planar"),
     "instrument_type": ("instrumenttype", "instrument type", "ac$instrument_type", "source_instrument",
                         "instrument_kind"),

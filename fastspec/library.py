@@ -451,6 +451,25 @@ def canonical_formulas(values: Sequence) -> list[str | None]:
     return list(cf(list(values)))
 
 
+def formulas_or_from_smiles(formulas: Sequence, smiles: Sequence) -> tuple[list[str | None], int]:
+    """Canonical Hill formulas, a missing or unparsable one taken from the SMILES (RDKit's neutral
+    formula, as the evaluation lab's :meth:`fastspec.baseline.LabData.build` does): GNPS MGF exports and
+    many in-house libraries give a structure but no formula, which would leave formula mode nothing to
+    match. Returns the formulas and how many came from a SMILES."""
+    out = canonical_formulas(formulas)
+    missing = [i for i, (f, smi) in enumerate(zip(out, smiles)) if f is None and smi and str(smi).strip()]
+    if not missing:
+        return out, 0
+    from fastspec.fingerprints import formulas_from_smiles
+
+    derived = canonical_formulas(formulas_from_smiles([str(smiles[i]) for i in missing]))
+    n = 0
+    for i, f in zip(missing, derived):
+        if f is not None:
+            out[i], n = f, n + 1
+    return out, n
+
+
 def normalize_adducts(values: Sequence) -> list[str | None]:
     try:
         from fastspec.chem.adducts import normalize_adduct
@@ -1143,6 +1162,7 @@ class Library:
             "read_warnings": m["counts"].get("read_warnings", {}),
             "n_peaks": m["counts"].get("n_peaks"),
             "n_formulas": m["counts"].get("n_formulas"),
+            "n_formula_from_smiles": m["counts"].get("n_formula_from_smiles", 0),
             "n_positive": m["counts"].get("n_positive"),
             "n_negative": m["counts"].get("n_negative"),
             "preprocess": m["build"]["preprocess"],
@@ -1398,7 +1418,7 @@ def _build_index(
 
         prog.step("metadata")
         md = lib.metadata
-        formulas = canonical_formulas(_column_strings(md, "formula"))
+        formulas, n_from_smiles = formulas_or_from_smiles(_column_strings(md, "formula"), _column_strings(md, "smiles"))
         fcode, fkeys = _encode(formulas)
         acode, akeys = _encode(normalize_adducts(_column_strings(md, "adduct")))
         icode, ikeys = _encode([None if v is None else v.strip() for v in _column_strings(md, "instrument_type")])
@@ -1451,6 +1471,7 @@ def _build_index(
                 "n_positive": int((pol > 0).sum()),
                 "n_negative": int((pol < 0).sum()),
                 "n_formulas": int(fkeys.shape[0]),
+                "n_formula_from_smiles": n_from_smiles,
                 "n_with_precursor": int(finite.sum()),
                 "max_mz": float(mz.max()) if mz.shape[0] else 0.0,
                 "min_peak_gap": float(min_gap.min()) if n else None,

@@ -1245,7 +1245,7 @@ class _Context:
 
     # --------------------------------------------------------------------------- formula
     def query_formula_codes(self, formula, raw: Spectra) -> np.ndarray:
-        from fastspec.library import canonical_formulas
+        from fastspec.library import canonical_formulas, formulas_or_from_smiles
 
         nq = len(self.q)
         if formula is None:
@@ -1257,8 +1257,10 @@ class _Context:
             if len(vals) != nq:
                 raise ParameterError(f"formula: {len(vals)} values for {nq} queries")
         given = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in vals]
-        canon = canonical_formulas(given)
-        if formula is not None:  # the caller's own formulas: one that does not parse is a mistake, not a miss
+        if formula is None:  # the queries' own, else from their SMILES, as the library's are
+            canon, _ = formulas_or_from_smiles(given, raw.column("smiles"))
+        else:  # the caller's own formulas: one that does not parse is a mistake, not a miss
+            canon = canonical_formulas(given)
             bad = sorted({g for g, c in zip(given, canon) if c is None and g is not None and g.strip()})
             if bad:
                 raise ParameterError(f"formula: cannot parse {bad[0]!r} as a molecular formula"

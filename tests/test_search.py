@@ -1304,3 +1304,18 @@ def test_filters_not_applied_are_counted(tmp_path):
     assert "filters_not_applied" not in lib.search(q, k=4, mode="open").params
     hc = lib.search(q, k=4, mode="open", same_charge=True)
     assert hc.params["filters_not_applied"] == {"charge": {"missing": 4}}  # in-memory spectra without charges
+
+
+def test_formula_from_smiles(tmp_path):
+    """A library and queries with a structure but no formula (GNPS MGF exports): formula mode takes the
+    formula from the SMILES on both sides; a written formula wins over the SMILES'."""
+    pk = ([100.0, 150.0], [1.0, 2.0])
+    sp = Spectra.from_arrays([pk[0]] * 3, [pk[1]] * 3, precursor_mz=[181.07, 181.07, 181.07],
+                             metadata={"smiles": ["OCC1OC(O)C(O)C(O)C1O", "not a smiles", "CCO"],
+                                       "formula": [None, None, "C6H12O6"], "ion_mode": ["positive"] * 3})
+    lib = Library.build(sp, tmp_path / "s.fastspec", preprocess=None, faiss=False)
+    assert lib.info()["n_formula_from_smiles"] == 1
+    assert lib.metadata(columns=["formula_canonical"]).column(0).to_pylist() == ["C6H12O6", None, "C6H12O6"]
+    h = lib.search(sp, k=3, mode="formula", no_neighbour="empty")
+    assert sorted(h.indices[0][h.indices[0] >= 0].tolist()) == [0, 2] and list(h.status) == ["ok", "no_hit", "ok"]
+    assert h.to_arrow().column("formula").to_pylist()[0] == "C6H12O6"

@@ -203,7 +203,8 @@ def info(library, verify, as_json, threads, quiet):
     lines += [
         f"peaks           {d['n_peaks']}",
         f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",
-        f"formulas        {d['n_formulas']}",
+        f"formulas        {d['n_formulas']}" + (f" ({d['n_formula_from_smiles']} spectra's from their SMILES)"
+                                                  if d.get("n_formula_from_smiles") else ""),
         f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
         f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}",
         "search arrays   " + (", ".join(k for k, v in d["search_arrays"].items() if v) or "none")

@@ -218,40 +218,10 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     counts : dict
         ``n_read`` (records seen), ``n_rejected`` and ``rejected`` (reason -> count) from the reader.
     """
-    if on_error not in ("skip", "raise"):
-        raise ParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
-    from fastspec.spectra import SpectrumView
-
-    if isinstance(source, SpectrumView):  # one spectrum (``spectra[i]``): a set of one
-        source = source._parent.take(np.array([source.index], dtype=np.int64))
-    if _is_matchms(source):  # one matchms Spectrum: a set of one
-        source = [source]
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, SpectrumView) for s in source):
-        source = source[0]._parent.take(np.array([s.index for s in source], dtype=np.int64)) \
-            if len({id(s._parent) for s in source}) == 1 else Spectra.concat(
-                [s._parent.take(np.array([s.index], dtype=np.int64)) for s in source])
-    if isinstance(source, (list, tuple)) and source and all(_is_matchms(s) for s in source):
-        source = Spectra.from_matchms(source)
-    if isinstance(source, Spectra):
-        return source, {"n_read": len(source), "n_rejected": 0, "rejected": {},
-                        "positions": np.arange(len(source), dtype=np.int64)}
-    if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):
-        sp = Spectra.concat(list(source))
-        return sp, {"n_read": len(sp), "n_rejected": 0, "rejected": {}, "positions": np.arange(len(sp), dtype=np.int64)}
-    if isinstance(source, (str, os.PathLike)):
-        paths = [source]
-    elif hasattr(source, "__iter__"):  # a list, a set, Path.glob(...)
-        paths = list(source)
-    else:
-        paths = [source]  # refused just below
-    if not paths:
-        raise ParameterError("no input given")
-    for p in paths:
-        if not isinstance(p, (str, os.PathLike)):
-            raise ParameterError(f"expected a Spectra, matchms spectra, a path or a list of paths, got "
-                                 f"{type(p).__name__}")
-        if not Path(p).exists():
-            raise FileNotFoundError(2, "No such file", str(p))
+    spectra, paths = sort_input(source, on_error)
+    if spectra is not None:
+        return spectra, {"n_read": len(spectra), "n_rejected": 0, "rejected": {},
+                         "positions": np.arange(len(spectra), dtype=np.int64)}
     from fastspec import io as fio
 
     paths, n_skipped = _expand_directories(paths)
@@ -274,6 +244,45 @@ def _read_warnings(report, n_skipped: int) -> dict[str, int]:
     if n_skipped:
         out["files in input directories not read (not spectrum files)"] = n_skipped
     return out
+
+
+def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, list | None]:
+    """Spectra given in memory (a Spectra, one spectrum ``spectra[i]``, a list of them, matchms spectra)
+    as one Spectra, else the paths given (checked to exist, directories not yet expanded): ``(spectra,
+    None)`` or ``(None, paths)``; ParameterError for anything else or a bad ``on_error``."""
+    if on_error not in ("skip", "raise"):
+        raise ParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    from fastspec.spectra import SpectrumView
+
+    if isinstance(source, SpectrumView):  # one spectrum (``spectra[i]``): a set of one
+        source = source._parent.take(np.array([source.index], dtype=np.int64))
+    if _is_matchms(source):  # one matchms Spectrum: a set of one
+        source = [source]
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, SpectrumView) for s in source):
+        source = source[0]._parent.take(np.array([s.index for s in source], dtype=np.int64)) \
+            if len({id(s._parent) for s in source}) == 1 else Spectra.concat(
+                [s._parent.take(np.array([s.index], dtype=np.int64)) for s in source])
+    if isinstance(source, (list, tuple)) and source and all(_is_matchms(s) for s in source):
+        source = Spectra.from_matchms(source)
+    if isinstance(source, Spectra):
+        return source, None
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):
+        return Spectra.concat(list(source)), None
+    if isinstance(source, (str, os.PathLike)):
+        paths = [source]
+    elif hasattr(source, "__iter__"):  # a list, a set, Path.glob(...)
+        paths = list(source)
+    else:
+        paths = [source]  # refused just below
+    if not paths:
+        raise ParameterError("no input given")
+    for p in paths:
+        if not isinstance(p, (str, os.PathLike)):
+            raise ParameterError(f"expected a Spectra, matchms spectra, a path or a list of paths, got "
+                                 f"{type(p).__name__}")
+        if not Path(p).exists():
+            raise FileNotFoundError(2, "No such file", str(p))
+    return None, paths
 
 
 def _input_sources(counts: dict) -> list[dict]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
@@ -381,10 +382,11 @@ def write_atomically(path: "str | Path", write) -> None:
             write(tmp)
             os.replace(tmp, path)
         except OSError as e:  # name the file asked for, not the temporary (a full disk, no permission)
-            if e.errno is None or not (str(tmp) in str(e) or os.fspath(e.filename or "") == str(tmp)):
-                raise  # not about the temporary: a query file not found
-            # pyarrow puts the path it opened into the message itself
-            why = (e.strerror or "").replace(str(tmp), str(path))
+            if e.errno is None or (e.filename is not None and not os.fspath(e.filename).startswith(str(tmp))):
+                raise  # about another file (a query file not found)
+            # pyarrow puts the path it opened into the message itself (the temporary, or a sibling of it
+            # named after it)
+            why = re.sub(re.escape(str(tmp)) + r"[^\s'\"]*", lambda m: str(path), e.strerror or str(e))
             raise type(e)(e.errno, why, str(path)) from e
     finally:
         ACTIVE_TEMPORARIES.discard(tmp)
@@ -498,6 +500,24 @@ def search(
                         _record_files(read_counts.get("files"), n_read), read_counts.get("rejected_ids") or {})
 
 
+def _formula_texts(values) -> list:
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values]
+
+
+def caller_formulas(values) -> list[str | None]:
+    """Canonical formulas of the caller's ``formula=`` list; one that does not parse is a mistake, not a
+    miss (ParameterError)."""
+    from fastspec.library import canonical_formulas
+
+    given = _formula_texts(values)
+    canon = canonical_formulas(given)
+    bad = sorted({g for g, c in zip(given, canon) if c is None and g is not None and g.strip()})
+    if bad:
+        raise ParameterError(f"formula: cannot parse {bad[0]!r} as a molecular formula"
+                             + (f" ({len(bad)} such values)" if len(bad) > 1 else ""))
+    return canon
+
+
 def _check_formula(cfg: "_SearchConfig", formula) -> None:
     if formula is not None and cfg.mode != "formula":
         raise ParameterError(f"formula applies to mode='formula', not {cfg.mode!r}")
@@ -507,8 +527,10 @@ def _check_formula(cfg: "_SearchConfig", formula) -> None:
 
 def _query_records(counts: dict) -> dict:
     """``Hits.params["query_records"]`` from a read's counts (:func:`fastspec.library.read_input`)."""
+    # keys sorted: a reader meets them in an order that can depend on its block size
     return {"read": int(counts["n_read"]), "rejected": int(counts["n_rejected"]),
-            "rejected_by_reason": dict(counts["rejected"]), "warnings": dict(counts.get("warnings") or {})}
+            "rejected_by_reason": dict(sorted(counts["rejected"].items())),
+            "warnings": dict(sorted((counts.get("warnings") or {}).items()))}
 
 
 class _Found(NamedTuple):
@@ -1245,7 +1267,7 @@ class _Context:
 
     # --------------------------------------------------------------------------- formula
     def query_formula_codes(self, formula, raw: Spectra) -> np.ndarray:
-        from fastspec.library import canonical_formulas, formulas_or_from_smiles
+        from fastspec.library import formulas_or_from_smiles
 
         nq = len(self.q)
         if formula is None:
@@ -1256,15 +1278,10 @@ class _Context:
             vals = list(formula)
             if len(vals) != nq:
                 raise ParameterError(f"formula: {len(vals)} values for {nq} queries")
-        given = [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in vals]
         if formula is None:  # the queries' own, else from their SMILES, as the library's are
-            canon, _ = formulas_or_from_smiles(given, raw.column("smiles"))
-        else:  # the caller's own formulas: one that does not parse is a mistake, not a miss
-            canon = canonical_formulas(given)
-            bad = sorted({g for g, c in zip(given, canon) if c is None and g is not None and g.strip()})
-            if bad:
-                raise ParameterError(f"formula: cannot parse {bad[0]!r} as a molecular formula"
-                                     + (f" ({len(bad)} such values)" if len(bad) > 1 else ""))
+            canon, _ = formulas_or_from_smiles(_formula_texts(vals), raw.column("smiles"))
+        else:
+            canon = caller_formulas(vals)
         lut = self.lib.code_lookup("formula")
         return np.array([lut.get(c, -2) if c is not None else -1 for c in canon], dtype=np.int64)
 

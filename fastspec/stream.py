@@ -26,6 +26,11 @@ from fastspec.spectra import Spectra
 DEFAULT_CHUNK = 50_000
 
 
+#: the order of :func:`fastspec.search._unfiltered_queries`'s filters and of their counts
+_FILTER_ORDER = ("charge", "adduct", "instrument")
+_KEY_ORDER = ("missing", "unreadable", "unreadable_examples")
+
+
 class _Run(NamedTuple):
     """The next ``n_records`` records read, from record ``first`` on: their spectra (``pos``: each one's
     position in the run), each record's file (or None) and the rejected records' ids (run position -> id)."""
@@ -51,9 +56,12 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         and renamed into place once complete (an error or interrupt leaves no partial table).
     k : int
     chunk_size : int
-        Query records per chunk (a chunk ends at a read block, so it may hold somewhat more).
+        Query spectra per chunk, with the records the reader rejected among them. A chunk ends where a
+        read block does: MGF/MSP blocks hold at least 1 MB of text (about 1,000 spectra), TSV blocks
+        ``512 * chunk_size`` bytes, other formats ``chunk_size`` records.
     on_error, progress, formula, **kwargs
-        As for :func:`fastspec.search.search` (``formula`` as a list: one per query spectrum read).
+        As for :func:`fastspec.search.search` (``formula`` as a list: one per query spectrum read; its
+        values are checked before the search, its length once every query is read).
 
     Returns
     -------
@@ -62,7 +70,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         see :attr:`fastspec.search.Hits.skipped`) and ``params`` (what the table's metadata holds).
     """
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
-                                 search, table_format, write_atomically)
+                                 caller_formulas, search, table_format, write_atomically)
 
     delimiter = table_format(path)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -75,6 +83,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     _check_formula(cfg, formula)
     per_query_formula = formula is not None and not isinstance(formula, str)
     formulas = list(formula) if per_query_formula else None
+    if per_query_formula:
+        caller_formulas(formulas)  # an unparsable one is refused now, not after the chunks before it
     totals = {"with_hits": 0, "skipped": 0, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:
@@ -117,7 +127,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
 
 
 def _merge_unfiltered(total: dict, part: dict) -> None:
-    """Add one chunk's ``filters_not_applied`` counts (see :func:`fastspec.search._unfiltered_queries`)."""
+    """Add one chunk's ``filters_not_applied`` counts (see :func:`fastspec.search._unfiltered_queries`),
+    filters and counts in the order a whole search lists them (not in the order the chunks met them)."""
     for name, c in part.items():
         t = total.setdefault(name, {})
         for key, v in c.items():
@@ -125,6 +136,9 @@ def _merge_unfiltered(total: dict, part: dict) -> None:
                 t[key] = sorted(set(t.get(key, [])) | set(v))[:3]
             else:
                 t[key] = t.get(key, 0) + int(v)
+    for name in [f for f in _FILTER_ORDER if f in total]:
+        total[name] = {k: total[name][k] for k in _KEY_ORDER if k in total[name]}
+        total[name] = total.pop(name)  # moved to the end: the filters end up in _FILTER_ORDER
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -132,20 +146,11 @@ def _runs(source: Any, on_error: str, chunk_size: int, out: dict) -> Iterator[_R
     """Runs of query records in read order, about ``chunk_size`` spectra each; the last one always comes
     (perhaps empty). ``out["counts"]`` holds the read's counts (as :func:`fastspec.library.read_input`'s)
     once the runs are exhausted."""
-    from fastspec.library import _is_matchms, read_input
-    from fastspec.spectra import SpectrumView
+    from fastspec.library import read_input, sort_input
 
-    paths = None
-    if isinstance(source, (str, os.PathLike)):
-        paths = [source]
-    elif not isinstance(source, (Spectra, SpectrumView)) and not _is_matchms(source) and hasattr(source, "__iter__"):
-        items = list(source)  # a list, a set, Path.glob(...)
-        if items and all(isinstance(p, (str, os.PathLike)) for p in items):
-            paths = items
-        else:
-            source = items
-    if paths is None:  # spectra in memory: cut into runs, nothing rejected
-        raw, counts = read_input(source, on_error)
+    spectra, paths = sort_input(source, on_error)
+    if spectra is not None:  # spectra in memory: cut into runs, nothing rejected
+        raw, counts = read_input(spectra, on_error)
         out["counts"] = counts
         n = len(raw)
         for s0 in range(0, max(n, 1), chunk_size):
@@ -162,9 +167,6 @@ def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict) -> Iterat
     from fastspec.io._common import ReadReport
     from fastspec.library import _expand_directories, _read_warnings, _refuse_empty, _report_counts
 
-    for p in paths:
-        if not Path(p).exists():
-            raise FileNotFoundError(2, "No such file", str(p))
     paths, n_skipped = _expand_directories(paths)
     total = ReadReport(path=str(paths[0]) if len(paths) == 1 else [str(p) for p in paths])
     state = _Pending()
@@ -187,13 +189,7 @@ def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict) -> Iterat
         state.take_rejections(rep, seen, offset)
         rep.check()
         _refuse_empty(rep)
-        if total.format is None:
-            total.format = rep.format
-        elif total.format != rep.format:
-            total.format = "mixed"
-        total.absorb(rep)
-        if len(paths) > 1:
-            total.files.append(rep)
+        fio.add_file_report(total, rep, several=len(paths) > 1)
         offset += rep.n_records
     counts = _report_counts(total, total.n_spectra)
     counts["warnings"] = _read_warnings(total, n_skipped)

@@ -32,8 +32,12 @@ def query_files(massbank_mgf, massbank_msp, tmp_path_factory):
     d = tmp_path_factory.mktemp("q")
     recs = [r + "END IONS\n" for r in massbank_mgf.read_text().split("END IONS\n") if r.strip()]
     half = len(recs) // 2
-    text = (BAD.format(0) + "".join(recs[:half]) + BAD_NO_ID + BAD.format(1) + "".join(recs[half:])
-            + BAD.format(2) + BAD_NO_ID)
+    # reader warnings in both read blocks (a bad PEPMASS and a wrong NUM PEAKS first, a stray line in the
+    # second megabyte): the table's counts list them in one order whatever the block size
+    first = recs[0].replace("BEGIN IONS\n", "BEGIN IONS\nNUM PEAKS=999\n", 1)
+    first = re.sub(r"PEPMASS=[^\n]*", "PEPMASS=abc", first)
+    text = (BAD.format(0) + first + "".join(recs[1:half]) + BAD_NO_ID + BAD.format(1) + "".join(recs[half:-3])
+            + "stray line\n" + "".join(recs[-3:]) + BAD.format(2) + BAD_NO_ID)
     mgf = d / "files" / "a.mgf"
     mgf.parent.mkdir()
     mgf.write_text(text)
@@ -192,3 +196,98 @@ def test_hand_made_files(lib, tmp_path, name):
     lib.search(str(path), k=2, mode="open").write(whole)
     lib.search_to_file(str(path), out, k=2, mode="open", chunk_size=1)
     _same_table(whole, out)
+
+
+def test_tsv_invalid_rows_keep_their_place(lib, tmp_path):
+    """pyarrow reports a row with the wrong number of fields while parsing its block, ahead of the rows
+    before it: it is counted at its own record position whatever the block size."""
+    from fastspec import io as fio
+    from fastspec.io import _iter_file
+    from fastspec.io._common import ReadReport
+
+    sp = lib.spectra(np.arange(300), metadata=True)
+    path = tmp_path / "q.tsv"
+    fio.write(sp, path)
+    lines = path.read_text().splitlines(True)
+    for at in (250, 120, 40, 1):  # after the header: record 0, then 40, 121, 252 once all are in
+        lines.insert(at, "only\ttwo\n")
+    path.write_text("".join(lines))
+    for chunk in (None, 1, 20, 1000):
+        rep = ReadReport(path=str(path))
+        n = sum(len(b) for b in _iter_file(str(path), None, "skip", rep, None, chunk))
+        assert n == 300 and sorted(rep.rejected_records) == [0, 40, 121, 252], chunk
+        assert sorted(r.line for r in rep.rejected) == [2, 42, 123, 254]
+    whole = tmp_path / "whole.tsv"
+    hits = lib.search(str(path), k=2, mode="open")
+    hits.write(whole)
+    assert np.flatnonzero(hits.status == "rejected").tolist() == [0, 40, 121, 252]
+    for chunk in (1, 7, 50_000):
+        out = tmp_path / f"c{chunk}.tsv"
+        lib.search_to_file(str(path), out, k=2, mode="open", chunk_size=chunk)
+        _same_table(whole, out)
+
+
+def test_filter_counts_merged_in_order(lib, tmp_path):
+    q = lib.spectra(np.arange(20), metadata=True)
+    md = q.metadata
+    inst = [None] * 10 + md.column("instrument_type").to_pylist()[10:]
+    add = md.column("adduct").to_pylist()[:10] + [None] * 9 + ["[Cat]+"]
+    import pyarrow as pa
+
+    md = md.set_column(md.column_names.index("instrument_type"), "instrument_type", pa.array(inst, pa.string()))
+    md = md.set_column(md.column_names.index("adduct"), "adduct", pa.array(add, pa.string()))
+    from fastspec.spectra import Spectra
+
+    q = Spectra(q.offsets, q.mz, q.intensity, q.precursor_mz, q.charge, md, validate=False)
+    whole, chunked = tmp_path / "w.csv", tmp_path / "c.csv"
+    kw = dict(k=2, mode="open", same_adduct=True, same_instrument=True, same_charge=True)
+    h = lib.search(q, **kw)
+    h.write(whole)
+    assert set(h.params["filters_not_applied"]) >= {"adduct", "instrument"}
+    lib.search_to_file(q, chunked, chunk_size=10, **kw)
+    _same_table(whole, chunked)
+
+
+def test_write_errors_name_the_output(tmp_path):
+    import errno
+
+    from fastspec.search import write_atomically
+
+    out = tmp_path / "h.parquet"
+
+    def fail(exc):
+        def write(tmp):
+            tmp.write_bytes(b"partial")
+            raise exc(tmp)
+        return write
+
+    for make in (lambda tmp: OSError(errno.EFBIG, "Error writing bytes to file. Detail: [errno 27] File too large"),
+                 lambda tmp: OSError(errno.ENOSPC, f"Failed to open local file '{tmp}.rows'. Detail: no space"),
+                 lambda tmp: OSError(errno.EACCES, "Permission denied", str(tmp))):
+        with pytest.raises(OSError) as err:
+            write_atomically(out, fail(make))
+        assert err.value.filename == str(out) and ".tmp-" not in str(err.value), err.value
+    with pytest.raises(FileNotFoundError) as err:  # about another file: left alone
+        write_atomically(out, fail(lambda tmp: FileNotFoundError(2, "No such file", str(tmp_path / "q.mgf"))))
+    assert err.value.filename == str(tmp_path / "q.mgf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_parameters_checked_up_front(lib, query_files, tmp_path):
+    import inspect
+
+    from fastspec.cli.library_cmds import query
+    from fastspec.search import _SearchConfig, search
+    from fastspec.stream import DEFAULT_CHUNK
+
+    mgf, _ = query_files
+    out = tmp_path / "h.parquet"
+    with pytest.raises(ParameterError, match="on_error"):
+        lib.search_to_file(str(mgf), out, on_error="bogus")
+    with pytest.raises(ParameterError, match=r"'Qq'.*2 such values"):
+        lib.search_to_file(str(mgf), out, mode="formula", formula=["C6H12O6", "Xyz", "Qq"] + ["C2H6O"] * 2000)
+    assert list(tmp_path.iterdir()) == []
+    # search_to_file hands search()'s own arguments to the config by name
+    names = list(inspect.signature(_SearchConfig.make).parameters)[1:]
+    assert set(names) <= set(inspect.signature(search).parameters)
+    assert {p.name: p.default for p in query.params}["chunk_size"] == DEFAULT_CHUNK

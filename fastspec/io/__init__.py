@@ -210,14 +210,19 @@ def _iter_all(paths, fmt, on_error, progress, report, chunk_size) -> Iterator[Sp
         rep.seconds = time.perf_counter() - t1
         rep.check()
         if report is not None:
-            if report.format is None:
-                report.format = rep.format
-            elif report.format != rep.format:
-                report.format = "mixed"
-            report.absorb(rep)
-            report.seconds += rep.seconds
-            if len(paths) > 1:
-                report.files.append(rep)
+            add_file_report(report, rep, several=len(paths) > 1)
+
+
+def add_file_report(report: ReadReport, rep: ReadReport, several: bool) -> None:
+    """Add one file's finished report to the report of a chunked read of one or ``several`` files."""
+    if report.format is None:
+        report.format = rep.format
+    elif report.format != rep.format:
+        report.format = "mixed"
+    report.absorb(rep)
+    report.seconds += rep.seconds
+    if several:
+        report.files.append(rep)
 
 
 def _rechunk(chunks: Iterable[Spectra], size: int) -> Iterator[Spectra]:

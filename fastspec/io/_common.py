@@ -328,6 +328,7 @@ def finish_block(
     text: bool = True,
     merge_aliases: bool | None = None,
     signed_charge: bool = False,
+    records: np.ndarray | None = None,
 ) -> Spectra:
     """Turn n parsed records into Spectra and account for them in ``report``.
 
@@ -340,6 +341,9 @@ def finish_block(
     offsets, mz, intensity : CSR peaks of the n records.
     metadata : pyarrow.Table
         n rows of raw metadata (harmonised here).
+    records : int64 (n,), optional
+        Each record's position among the file's records, for a reader that counts records of its own
+        (rows it dropped before this block) out of order; default: they follow those already counted.
     """
     from fastspec.io.meta import harmonise_table
 
@@ -353,7 +357,8 @@ def finish_block(
         # their ids as the kept records get theirs, so that a hit table can name the rejected queries
         bad_ids = _record_ids(metadata, bad, text, merge_aliases)
         for i, rid in zip(bad, bad_ids):
-            report.reject(int(lines[i]), str(reasons[i]), path, record=base + int(i), record_id=rid)
+            report.reject(int(lines[i]), str(reasons[i]), path, record_id=rid,
+                          record=base + int(i) if records is None else int(records[i]))
     n_keep = int(keep.sum())
     report.n_records += n_keep
     report.n_spectra += n_keep

@@ -90,9 +90,10 @@ def _flat_strings(col: pa.Array) -> tuple[np.ndarray, pa.Array, np.ndarray]:
 
 def table_spectra(table: pa.Table, path: str, mz_name: str, in_name: str, first_line: int, on_error: str,
                   report: ReadReport, *, text: bool, lines: np.ndarray | None = None,
-                  signed_charge: bool = False) -> Spectra:
+                  signed_charge: bool = False, records: np.ndarray | None = None) -> Spectra:
     """Spectra from a table with peak columns; rows numbered from ``first_line`` in messages
-    (or by ``lines``, one number per row); ``signed_charge``: see :func:`~fastspec.io.meta.harmonise_table`."""
+    (or by ``lines``, one number per row); ``signed_charge``: see :func:`~fastspec.io.meta.harmonise_table`;
+    ``records``: see :func:`~fastspec.io._common.finish_block`."""
     n = table.num_rows
     lm, mzv, bad_m = _flat_lists(table.column(mz_name))
     li, inv, bad_i = _flat_lists(table.column(in_name))
@@ -115,4 +116,4 @@ def table_spectra(table: pa.Table, path: str, mz_name: str, in_name: str, first_
     meta = table.drop_columns([mz_name, in_name])
     has_err = (errors != None).any()  # noqa: E711
     return finish_block(report, path, lines, errors if has_err else None, offsets, mz, it, meta, on_error,
-                        text=text, signed_charge=signed_charge)
+                        text=text, signed_charge=signed_charge, records=records)

@@ -390,7 +390,6 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
     if merge_aliases is None:
         merge_aliases = text
     n = table.num_rows
-    cols: dict[str, pa.Array] = {}
     groups: dict[str, list[tuple[int, int, str]]] = {}
     order: list[str] = []
     for pos, raw in enumerate(table.column_names):

@@ -125,18 +125,18 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         reader = pcsv.open_csv(stream, read_options=ropts, parse_options=popts, convert_options=copts)
     except (pa.ArrowInvalid, OSError) as e:
         raise FastspecError(f"{path}: not a readable TSV file: {e}") from e
+    # Rows that do not split into the header's fields are reported by pyarrow while it parses a block,
+    # ahead of the rows before them: each is counted once the rows before it are, at its place among the
+    # records (record = rows and rejected rows on earlier lines), so that a hit table's rejected rows stay
+    # where they are in the file whatever the block size.
     next_line = 2
-    seen_invalid = 0
+    n_rows = 0  # rows pyarrow returned so far (records, whether their peaks pass or not)
+    placed = 0  # invalid rows counted so far, in line order
     try:
         for batch in _batches(reader, path):
-            new_bad = invalid[seen_invalid:]
-            seen_invalid = len(invalid)
-            if new_bad:
-                if on_error == "raise":
-                    line, why = new_bad[0]
-                    raise ParseError(why, path, line)
-                for line, why in new_bad:
-                    report.reject(line, why, path)
+            if on_error == "raise" and invalid:
+                line, why = min(invalid, key=lambda x: (x[0] is None, x[0] or 0))
+                raise ParseError(why, path, line)
             t = pa.Table.from_batches([batch])
             if t.num_rows == 0:
                 continue
@@ -144,14 +144,33 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             bad_lines = np.array(sorted(n for n, _ in invalid if n is not None), dtype=np.int64)
             lines = _row_lines(next_line, t.num_rows, bad_lines)
             next_line = int(lines[-1]) + 1
-            sp = table_spectra(t, path, mz_name, in_name, 0, on_error, report, text=True, lines=lines)
+            records = n_rows + np.arange(t.num_rows, dtype=np.int64) + np.searchsorted(bad_lines, lines)
+            placed = _count_invalid(invalid, placed, int(lines[-1]), lines, n_rows, report, path)
+            sp = table_spectra(t, path, mz_name, in_name, 0, on_error, report, text=True, lines=lines,
+                               records=records)
+            n_rows += t.num_rows
             yield sp
-        for line, why in invalid[seen_invalid:]:
-            if on_error == "raise":
-                raise ParseError(why, path, line)
-            report.reject(line, why, path)
+        if on_error == "raise" and invalid:
+            line, why = min(invalid, key=lambda x: (x[0] is None, x[0] or 0))
+            raise ParseError(why, path, line)
+        _count_invalid(invalid, placed, None, np.zeros(0, np.int64), n_rows, report, path)
     finally:
         stream.close()
+
+
+def _count_invalid(invalid: list, placed: int, below: int | None, lines: np.ndarray, n_rows: int, report,
+                   path: str) -> int:
+    """Count the invalid rows on lines before ``below`` (all when None) not yet counted, each at its
+    record position: ``n_rows`` rows of earlier batches, this batch's ``lines`` before it, and the invalid
+    rows on earlier lines. Returns how many invalid rows are counted now."""
+    order = sorted(range(len(invalid)), key=lambda i: (invalid[i][0] is None, invalid[i][0] or 0))
+    for j in range(placed, len(order)):
+        line, why = invalid[order[j]]
+        if below is not None and (line is None or line >= below):
+            return j
+        record = None if line is None else n_rows + int(np.searchsorted(lines, line)) + j
+        report.reject(line, why, path, record=record)
+    return len(order)
 
 
 def _batches(reader, path):

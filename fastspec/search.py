@@ -544,7 +544,8 @@ class _Found(NamedTuple):
 
 
 def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progress) -> _Found:
-    """Search query spectra as read (preprocessed here with the library's pipeline)."""
+    """Search query spectra as read (preprocessed here with the library's pipeline); ``progress`` as
+    :meth:`_Context.start_progress`'s ``enabled``."""
     from fastspec.kernels._memory import retain_freed_memory
     from fastspec.library import _is_ms1, apply_pipeline
 
@@ -894,14 +895,20 @@ class _Context:
         self.stats: list[np.ndarray] = []  # per-round kernel diagnostics (see search_bounds)
         self.rounds = 0
         self.bar = None
+        self._own_bar = True
         self.nested = 0  # fallback searches inside formula mode do not advance the bar twice
         self._borrowed: list[tuple[str, object, int]] = []  # library scratch lent to this search (see close)
         self._whole = None  # the whole library prepared for brute force (see prepared_library)
         self._prep_key = None  # the queries' preparation, as a key of the library's cache (see stored_view)
 
-    def start_progress(self, enabled: bool | None, total: int) -> None:
+    def start_progress(self, enabled, total: int) -> None:
+        """A tqdm bar of ``total`` queries on stderr (``enabled`` None: when stderr is a terminal), or the
+        caller's own bar (a tqdm object, which a chunked search advances over its chunks; not closed here)."""
         import sys
 
+        if enabled is not None and not isinstance(enabled, bool):
+            self.bar, self._own_bar = enabled, False
+            return
         if enabled is None:
             enabled = sys.stderr.isatty()
         if enabled and total:
@@ -914,7 +921,7 @@ class _Context:
             self.bar.update(n)
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.bar is not None and self._own_bar:
             self.bar.close()
         for name, obj, generation in self._borrowed:
             self.lib.give_scratch(name, obj, generation)

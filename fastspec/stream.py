@@ -89,6 +89,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
 
     def write(tmp: Path) -> dict:
         sink = _TableSink(tmp, delimiter)
+        bar = _progress_bar(progress)  # one bar over every chunk (None: no bar)
         try:
             counts_holder: dict = {}
             for run in _runs(queries, on_error, int(chunk_size), counts_holder):
@@ -99,7 +100,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
                     if len(f) != len(run.raw):
                         raise ParameterError(f"formula: {len(formulas)} values for more query spectra than that")
                 totals["spectra"] += len(run.raw)
-                found = _search_spectra(library, cfg, run.raw, f, progress)
+                found = _search_spectra(library, cfg, run.raw, f, False if bar is None else bar)
                 _merge_unfiltered(totals["unfiltered"], found.unfiltered)
                 hits = _record_hits(library, {}, run.raw, found, run.pos, run.n_records, run.files, run.rejected_ids,
                                     first=run.first)
@@ -119,11 +120,26 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
             return {"n_queries": int(counts["n_read"]), "n_with_hits": totals["with_hits"],
                     "n_skipped": totals["skipped"], "params": params}
         finally:
+            if bar is not None:
+                bar.close()
             sink.discard()
 
     out: dict = {}
     write_atomically(path, lambda tmp: out.update(write(tmp)))
     return out
+
+
+def _progress_bar(progress: bool | None):
+    """A tqdm bar counting searched queries (their number is unknown until the files are read), or None."""
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="search", unit="query", file=sys.stderr, leave=False)
 
 
 def _merge_unfiltered(total: dict, part: dict) -> None:

@@ -291,3 +291,13 @@ def test_parameters_checked_up_front(lib, query_files, tmp_path):
     names = list(inspect.signature(_SearchConfig.make).parameters)[1:]
     assert set(names) <= set(inspect.signature(search).parameters)
     assert {p.name: p.default for p in query.params}["chunk_size"] == DEFAULT_CHUNK
+
+
+def test_one_progress_bar_over_the_chunks(lib, query_files, tmp_path, capsys):
+    mgf, _ = query_files
+    lib.search_to_file(str(mgf), tmp_path / "h.parquet", k=2, mode="identity", chunk_size=300, progress=True)
+    err = capsys.readouterr().err
+    assert "search" in err and "query" in err
+    # one bar counting the searched queries of every chunk (a bar per chunk would start again from 0)
+    counts = [int(x) for x in re.findall(r"search: (\d+)", err.replace("\r", "\n"))]
+    assert counts and counts == sorted(counts)

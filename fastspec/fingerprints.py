@@ -382,8 +382,13 @@ def map_smiles(smiles: Sequence[str | None], fn) -> list:
 
 
 def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
-    """Neutral molecular formula (Hill order, RDKit) of each SMILES; None when unparsable."""
+    """Molecular formula (Hill order, RDKit; with the charge the SMILES carries, components of a salt
+    summed) of each SMILES; None when unparsable or when it holds dummy atoms (``*``, R groups: RDKit
+    writes ``*2`` into the formula, which is no formula)."""
     _rdkit()
     from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
-    return map_smiles(smiles, CalcMolFormula)
+    def formula(mol):
+        return None if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()) else CalcMolFormula(mol)
+
+    return map_smiles(smiles, formula)

@@ -460,20 +460,34 @@ def canonical_formulas(values: Sequence) -> list[str | None]:
     return list(cf(list(values)))
 
 
-def formulas_or_from_smiles(formulas: Sequence, smiles: Sequence) -> tuple[list[str | None], int]:
-    """Canonical Hill formulas, a missing or unparsable one taken from the SMILES (RDKit's neutral
-    formula, as the evaluation lab's :meth:`fastspec.baseline.LabData.build` does): GNPS MGF exports and
-    many in-house libraries give a structure but no formula, which would leave formula mode nothing to
-    match. Returns the formulas and how many came from a SMILES."""
-    out = canonical_formulas(formulas)
-    missing = [i for i, (f, smi) in enumerate(zip(out, smiles)) if f is None and smi and str(smi).strip()]
-    if not missing:
-        return out, 0
-    from fastspec.fingerprints import formulas_from_smiles
+def formulas_or_from_smiles(formulas: Sequence, smiles) -> tuple[list[str | None], int]:
+    """Canonical Hill formulas, a missing or unparsable one taken from the record's SMILES (RDKit's formula
+    of it, see :func:`fastspec.fingerprints.formulas_from_smiles`; as the evaluation lab's
+    :meth:`fastspec.baseline.LabData.build` does): GNPS MGF exports and many in-house libraries give a
+    structure but no formula, which would leave formula mode nothing to match.
 
-    derived = canonical_formulas(formulas_from_smiles([str(smiles[i]) for i in missing]))
+    ``smiles``: a list or Arrow array (only the rows without a formula are read), or None. Without RDKit
+    (the ``chem`` extra) formulas stay missing. Returns the formulas and how many came from a SMILES.
+    """
+    out = canonical_formulas(formulas)
+    missing = [i for i, f in enumerate(out) if f is None]
+    if not missing or smiles is None:
+        return out, 0
+    if isinstance(smiles, (pa.Array, pa.ChunkedArray)):
+        smi = smiles.take(pa.array(missing, pa.int64())).to_pylist()
+    else:
+        smi = [smiles[i] for i in missing]
+    rows = [(i, str(s).strip()) for i, s in zip(missing, smi) if s is not None and str(s).strip()]
+    if not rows:
+        return out, 0
+    try:
+        from fastspec.fingerprints import formulas_from_smiles
+
+        derived = canonical_formulas(formulas_from_smiles([s for _, s in rows]))
+    except FastspecError:  # no RDKit: nothing derived
+        return out, 0
     n = 0
-    for i, f in zip(missing, derived):
+    for (i, _), f in zip(rows, derived):
         if f is not None:
             out[i], n = f, n + 1
     return out, n
@@ -1427,7 +1441,8 @@ def _build_index(
 
         prog.step("metadata")
         md = lib.metadata
-        formulas, n_from_smiles = formulas_or_from_smiles(_column_strings(md, "formula"), _column_strings(md, "smiles"))
+        formulas, n_from_smiles = formulas_or_from_smiles(
+            _column_strings(md, "formula"), md.column("smiles") if "smiles" in md.column_names else None)
         fcode, fkeys = _encode(formulas)
         acode, akeys = _encode(normalize_adducts(_column_strings(md, "adduct")))
         icode, ikeys = _encode([None if v is None else v.strip() for v in _column_strings(md, "instrument_type")])

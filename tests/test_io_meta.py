@@ -180,3 +180,26 @@ def test_precursor_from_the_first_usable_alias(values, want, bad):
     else:
         assert got == want
     assert counts.get("bad precursor_mz", 0) == bad
+
+
+def test_gnps_computed_keys_fill_only_what_is_missing(tmp_path):
+    """``Formula_smiles`` / ``InChIKey_inchi`` ... fill formula and InChIKey where a record has none in any
+    form: an MSP ``Synon: $:28`` InChIKey or a ``Comments`` formula wins; ``N/A`` is missing in typed tables
+    too; the keys stay under their own names."""
+    import pyarrow.parquet as pq
+
+    import fastspec.io as fio
+
+    msp = tmp_path / "a.msp"
+    msp.write_text("Name: A\nSynon: $:28WQZGKKKJIJFFOK-GASJEMHNSA-N\nInChIKey_smiles: BSYNRYMUTXBXSQ-UHFFFAOYSA-N\n"
+                   'Comments: "formula=C6H12O6"\nFormula_smiles: C9H8O4\nPrecursorMZ: 181.07\nNum Peaks: 1\n100 1\n\n'
+                   "Name: B\nInChIKey_smiles: BSYNRYMUTXBXSQ-UHFFFAOYSA-N\nFormula_smiles: C9H8O4\nPrecursorMZ: 181.07\n"
+                   "Num Peaks: 1\n100 1\n")
+    s = fio.read(msp)
+    assert s.column("inchikey") == ["WQZGKKKJIJFFOK-GASJEMHNSA-N", "BSYNRYMUTXBXSQ-UHFFFAOYSA-N"]
+    assert s.column("formula") == ["C6H12O6", "C9H8O4"] and s.column("formula_smiles") == ["C9H8O4"] * 2
+    pq.write_table(pa.table({"mz": [[100.0]] * 2, "intensity": [[1.0]] * 2, "formula_smiles": ["N/A", "C9H8O4"],
+                             "formula_inchi": ["C5H6O5", None], "inchikey_inchi": ["BSYNRYMUTXBXSQ-UHFFFAOYSA-N", "n/a"]}),
+                   tmp_path / "b.parquet")
+    s = fio.read(tmp_path / "b.parquet")
+    assert s.column("formula") == ["C5H6O5", "C9H8O4"] and s.column("inchikey") == ["BSYNRYMUTXBXSQ-UHFFFAOYSA-N", None]

@@ -1319,3 +1319,26 @@ def test_formula_from_smiles(tmp_path):
     h = lib.search(sp, k=3, mode="formula", no_neighbour="empty")
     assert sorted(h.indices[0][h.indices[0] >= 0].tolist()) == [0, 2] and list(h.status) == ["ok", "no_hit", "ok"]
     assert h.to_arrow().column("formula").to_pylist()[0] == "C6H12O6"
+
+
+def test_formula_from_smiles_edge_cases(tmp_path, monkeypatch):
+    """R-group SMILES give no formula (RDKit writes ``*2`` into it); without RDKit nothing is derived and
+    the build still works."""
+    from fastspec import fingerprints
+    from fastspec.library import formulas_or_from_smiles
+
+    smiles = ["*NC1=NC(=NC(=N1)Cl)N*", "C[N+](C)(C)C", "CN.Cl", "", None, "OCC"]
+    got, n = formulas_or_from_smiles([None, None, None, None, None, "C2H6O"], smiles)
+    assert got == [None, "C4H12N+", "CH6ClN", None, None, "C2H6O"] and n == 2
+    sp = Spectra.from_arrays([[100.0]] * 2, [[1.0]] * 2, precursor_mz=[47.0, 47.0],
+                             metadata={"smiles": ["CCO", "OCC"], "formula": [None, "C2H6O"]})
+
+    def no_rdkit():
+        raise FastspecError("fingerprints need RDKit: pip install 'fastspec[chem]'")
+
+    monkeypatch.setattr(fingerprints, "_rdkit", no_rdkit)
+    lib = Library.build(sp, tmp_path / "n.fastspec", preprocess=None, faiss=False)
+    assert lib.metadata(columns=["formula_canonical"]).column(0).to_pylist() == [None, "C2H6O"]
+    assert lib.info()["n_formula_from_smiles"] == 0
+    h = lib.search(sp, k=2, mode="formula", no_neighbour="empty")
+    assert list(h.status) == ["no_hit", "ok"]

@@ -217,6 +217,18 @@ def test_tsv_invalid_rows_keep_their_place(lib, tmp_path):
         n = sum(len(b) for b in _iter_file(str(path), None, "skip", rep, None, chunk))
         assert n == 300 and sorted(rep.rejected_records) == [0, 40, 121, 252], chunk
         assert sorted(r.line for r in rep.rejected) == [2, 42, 123, 254]
+    # on_error="raise" names the first bad row, whichever kind: bad peaks before a row with too few fields
+    lines.insert(30, "x\t100,200\t1\t300\n")  # m/z and intensity lists of different lengths, line 31
+    raising = tmp_path / "r.tsv"
+    raising.write_text("".join(lines))
+    for chunk in (None, 1, 20):
+        with pytest.raises(FastspecError, match=r"r\.tsv:2\b"):
+            list(_iter_file(str(raising), None, "raise", ReadReport(path=str(raising)), None, chunk))
+    del lines[1]  # the invalid row on line 2: the bad peaks on line 30 come first now
+    raising.write_text("".join(lines))
+    for chunk in (None, 1, 20):
+        with pytest.raises(FastspecError, match=r"r\.tsv:30\b"):
+            list(_iter_file(str(raising), None, "raise", ReadReport(path=str(raising)), None, chunk))
     whole = tmp_path / "whole.tsv"
     hits = lib.search(str(path), k=2, mode="open")
     hits.write(whole)

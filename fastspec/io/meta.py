@@ -57,11 +57,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
                "adduct_type", "ion_type", "ms$focused_ion:ion_type",
                # MZmine (SIRIUS export), MetaboScape, MS-DIAL and Progenesis GNPS MGFs write ION=[M-H]-
                "ion"),
-    # GNPS library JSON: the formula and InChIKey GNPS computed from the record's SMILES / InChI
-    "formula": ("molecular_formula", "molecularformula", "ch$formula", "formula_smiles", "formula_inchi"),
+    "formula": ("molecular_formula", "molecularformula", "ch$formula"),
     "smiles": ("ch$smiles", "smiles_string", "canonical_smiles", "canonicalsmiles"),
     "inchikey": ("inchi_key", "inchikey_full", "ch$link:inchikey", "std_inchikey", "stdinchikey",
-                 "synon_metb_inchikey", "synon: metb inchikey", "inchikey_smiles", "inchikey_inchi"),
+                 "synon_metb_inchikey", "synon: metb inchikey"),
     "inchikey14": ("inchikey_14", "inchikey_first_block", "short_inchikey", "inchikey_planar"),
     "instrument_type": ("instrumenttype", "instrument type", "ac$instrument_type", "source_instrument",
                         "instrument_kind"),
@@ -80,6 +79,16 @@ EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
                  "ac$mass_spectrometry:ms_type"),
     "inchi": ("stdinchi", "ch$iupac", "inchi_string", "synon_metb_inchi", "synon: metb inchi"),
     "exact_mass": ("exactmass", "exact mass", "ch$exact_mass", "monoisotopic_mass"),
+}
+
+#: canonical key -> keys whose values fill it where a record has none of its own, first given first; kept
+#: under their own names too. GNPS library exports carry no plain formula or InChIKey, only the ones GNPS
+#: computed from the record's SMILES and InChI (which can disagree: the SMILES' comes first, as the
+#: formula the library derives from a SMILES does). Unlike aliases they never hide a value given in
+#: another form (an MSP ``Synon: $:28`` InChIKey, a ``Comments`` formula).
+FILL_FROM: dict[str, tuple[str, ...]] = {
+    "formula": ("formula_smiles", "formula_inchi"),
+    "inchikey": ("inchikey_smiles", "inchikey_inchi"),
 }
 
 #: string values that mean "unknown" in text formats (compared case-insensitively)
@@ -435,6 +444,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             out[alt] = col
     for k, v in extra_first.items():
         out.setdefault(k, v)
+    _fill_from(out)
     _normalise_canonical(out, n, counts, signed_charge)
     # canonical first, typed; then others in order
     types = _canonical_types()
@@ -451,6 +461,19 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
         fields.append(pa.field(k, v.type))
         arrays.append(v)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _fill_from(out: dict[str, pa.Array]) -> None:
+    """Fill canonical columns from their :data:`FILL_FROM` keys where null (``N/A`` and the like count as
+    missing there, typed tables included)."""
+    for canon, sources in FILL_FROM.items():
+        given = [_trim_missing(_as_string(out[k])) for k in sources if k in out and not pa.types.is_null(out[k].type)]
+        if not given:
+            continue
+        own = out.get(canon)
+        if own is not None and not pa.types.is_null(own.type):
+            given.insert(0, _as_string(own))
+        out[canon] = pc.coalesce(*given) if len(given) > 1 else given[0]
 
 
 def _first_valid_precursor(arrays: list[pa.Array]) -> pa.Array:

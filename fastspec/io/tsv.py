@@ -132,30 +132,49 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     next_line = 2
     n_rows = 0  # rows pyarrow returned so far (records, whether their peaks pass or not)
     placed = 0  # invalid rows counted so far, in line order
+    n_seen = 0  # invalid rows whose line numbers are in bad_nums
+    bad_nums: list[int] = []
     try:
         for batch in _batches(reader, path):
-            if on_error == "raise" and invalid:
-                line, why = min(invalid, key=lambda x: (x[0] is None, x[0] or 0))
-                raise ParseError(why, path, line)
             t = pa.Table.from_batches([batch])
             if t.num_rows == 0:
                 continue
             t = pa.table([_unquote(c) for c in t.columns], names=names)
-            bad_lines = np.array(sorted(n for n, _ in invalid if n is not None), dtype=np.int64)
+            bad_nums.extend(n for n, _ in invalid[n_seen:] if n is not None)
+            n_seen = len(invalid)
+            bad_lines = np.sort(np.asarray(bad_nums, dtype=np.int64))
             lines = _row_lines(next_line, t.num_rows, bad_lines)
             next_line = int(lines[-1]) + 1
+            if on_error == "raise":
+                _raise_first_invalid(invalid, int(lines[-1]), t, path, mz_name, in_name, lines)
             records = n_rows + np.arange(t.num_rows, dtype=np.int64) + np.searchsorted(bad_lines, lines)
             placed = _count_invalid(invalid, placed, int(lines[-1]), lines, n_rows, report, path)
             sp = table_spectra(t, path, mz_name, in_name, 0, on_error, report, text=True, lines=lines,
                                records=records)
             n_rows += t.num_rows
             yield sp
-        if on_error == "raise" and invalid:
-            line, why = min(invalid, key=lambda x: (x[0] is None, x[0] or 0))
-            raise ParseError(why, path, line)
+        if on_error == "raise":
+            _raise_first_invalid(invalid, None, None, path, mz_name, in_name, None)
         _count_invalid(invalid, placed, None, np.zeros(0, np.int64), n_rows, report, path)
     finally:
         stream.close()
+
+
+def _raise_first_invalid(invalid: list, below: int | None, t, path: str, mz_name: str, in_name: str, lines) -> None:
+    """on_error="raise": a ParseError for the first invalid row before line ``below`` (any, when None)
+    unless a row of the batch ``t`` on an earlier line has bad peaks (its error is then raised as the
+    batch is read)."""
+    first = next(((ln, why) for ln, why in invalid if ln is None or below is None or ln < below), None)
+    if first is None:
+        return
+    if t is not None and first[0] is not None:
+        from fastspec.io._common import ReadReport
+
+        scratch = ReadReport(path=path)  # the batch's own bad rows, without counting them anywhere
+        table_spectra(t, path, mz_name, in_name, 0, "skip", scratch, text=True, lines=lines)
+        if scratch.rejected and min(r.line for r in scratch.rejected) < first[0]:
+            return
+    raise ParseError(first[1], path, first[0])
 
 
 def _count_invalid(invalid: list, placed: int, below: int | None, lines: np.ndarray, n_rows: int, report,
@@ -163,14 +182,14 @@ def _count_invalid(invalid: list, placed: int, below: int | None, lines: np.ndar
     """Count the invalid rows on lines before ``below`` (all when None) not yet counted, each at its
     record position: ``n_rows`` rows of earlier batches, this batch's ``lines`` before it, and the invalid
     rows on earlier lines. Returns how many invalid rows are counted now."""
-    order = sorted(range(len(invalid)), key=lambda i: (invalid[i][0] is None, invalid[i][0] or 0))
-    for j in range(placed, len(order)):
-        line, why = invalid[order[j]]
+    invalid[placed:] = sorted(invalid[placed:], key=lambda x: (x[0] is None, x[0] or 0))  # the uncounted only
+    for j in range(placed, len(invalid)):
+        line, why = invalid[j]
         if below is not None and (line is None or line >= below):
             return j
         record = None if line is None else n_rows + int(np.searchsorted(lines, line)) + j
         report.reject(line, why, path, record=record)
-    return len(order)
+    return len(invalid)
 
 
 def _batches(reader, path):

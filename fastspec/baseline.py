@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fastspec.errors import FastspecError, ParameterError
+from fastspec.errors import ParameterError
 from fastspec.spectra import Spectra
 
 #: Collision-energy bin edges (in the unit recorded; eV, NCE % and V are mixed in public libraries).

@@ -68,7 +68,6 @@ from fastspec.baseline import (
     factorize,
     nn_search,
     predict_molecules,
-    prepare_side,
 )
 from fastspec.errors import FastspecError, ParameterError
 from fastspec.spectra import Spectra
@@ -299,7 +298,7 @@ class Evaluation:
         threads: int | None = None,
         log: Callable[[str], None] | None = None,
     ):
-        from fastspec.splits import TEST, TRAIN, make_split, profile_between, split_profile
+        from fastspec.splits import make_split, profile_between, split_profile
 
         self.log = log or (lambda msg: None)
         self.threads = threads

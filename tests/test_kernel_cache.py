@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import numba
-import pytest
 
 from fastspec.kernels import _config as cfg
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastspec.errors import FastspecError, ParameterError
+from fastspec.errors import ParameterError
 from fastspec.kernels.tanimoto import (
     max_tanimoto_csr,
     pack_bits,

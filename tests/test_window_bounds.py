@@ -63,7 +63,7 @@ def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled):
     off, mz, it, norm, lmz, lit = _library(rng, n)
     b_mz, b_loc, b_w = block_index(off, mz, it / np.repeat(norm, np.diff(off)), block)
     b_w = b_w[0]
-    qoff, qoff_, qmz, qw, pos = [0], 0, [], [], []
+    qoff, qmz, qw, pos = [0], [], [], []
     w_off = [0]
     queries = []
     for _ in range(nr):

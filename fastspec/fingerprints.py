@@ -21,6 +21,7 @@ RDKit is imported lazily, inside the functions that need it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass
@@ -159,11 +160,23 @@ def _slug(spec: FingerprintSpec) -> str:
 # ---------------------------------------------------------------------- RDKit helpers
 def _rdkit():
     try:
-        from rdkit import Chem, RDLogger
+        from rdkit import Chem
     except ImportError as e:  # pragma: no cover - depends on environment
         raise FastspecError("fingerprints need RDKit: pip install 'fastspec[chem]'") from e
-    RDLogger.DisableLog("rdApp.*")  # invalid SMILES are counted, not printed
     return Chem
+
+
+@contextlib.contextmanager
+def _quiet_rdkit():
+    """RDKit's log silenced while inside (invalid SMILES and InChI warnings are counted, not printed),
+    and left as the caller had it afterwards (``RDLogger.DisableLog`` would silence it for the process)."""
+    from rdkit import rdBase
+
+    block = rdBase.BlockLogs()
+    try:
+        yield
+    finally:
+        del block
 
 
 def mol_from_smiles(smiles: str | None):
@@ -172,7 +185,8 @@ def mol_from_smiles(smiles: str | None):
         return None
     Chem = _rdkit()
     try:
-        return Chem.MolFromSmiles(smiles.strip())
+        with _quiet_rdkit():
+            return Chem.MolFromSmiles(smiles.strip())
     except Exception:  # RDKit raises a zoo of exception types on odd input
         return None
 
@@ -318,7 +332,8 @@ def _inchikeys_from_smiles(smiles: list[str]) -> dict[str, str]:
         if mol is None:
             continue
         try:
-            ik = Chem.MolToInchiKey(mol)
+            with _quiet_rdkit():
+                ik = Chem.MolToInchiKey(mol)
         except Exception:
             ik = ""
         k = first_block(ik)
@@ -376,7 +391,11 @@ def map_smiles(smiles: Sequence[str | None], fn) -> list:
             continue
         if s not in cache:
             mol = mol_from_smiles(s)
-            cache[s] = fn(mol) if mol is not None else None
+            if mol is None:
+                cache[s] = None
+            else:
+                with _quiet_rdkit():
+                    cache[s] = fn(mol)
         out.append(cache[s])
     return out
 

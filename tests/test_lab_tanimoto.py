@@ -140,3 +140,15 @@ def test_molecule_keys_from_smiles():
     keys, n = molecule_keys([None, "ABCDEFGHIJKLMN", None], ["LFQSCWFLJHTTHZ-UHFFFAOYSA-N", None, None], ["xx", None, "CCO"])
     assert keys == ["LFQSCWFLJHTTHZ", "ABCDEFGHIJKLMN", "LFQSCWFLJHTTHZ"]
     assert n == 1
+
+
+def test_rdkit_logging_left_as_it_was():
+    """Invalid SMILES are not printed, and the caller's RDKit logging is the same afterwards."""
+    rdBase = pytest.importorskip("rdkit.rdBase")
+    from fastspec.fingerprints import compute_fingerprints, formulas_from_smiles, molecule_keys
+
+    before = rdBase.LogStatus()
+    compute_fingerprints(["CCO", "C1CC", "not a smiles"])
+    formulas_from_smiles(["C1CC", "CCO"])
+    molecule_keys(None, None, ["C1CC", "CCO"])
+    assert rdBase.LogStatus() == before

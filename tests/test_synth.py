@@ -138,9 +138,6 @@ def test_adduct_offsets_match_chem():
 
 def test_smiles_are_valid():
     Chem = pytest.importorskip("rdkit.Chem")
-    from rdkit import RDLogger
-
-    RDLogger.DisableLog("rdApp.*")
     s = synth.generate(2000, seed=3)
     smiles = set(_md(s, "smiles"))
     assert all(Chem.MolFromSmiles(x) is not None for x in list(smiles)[:50])

@@ -384,9 +384,9 @@ def write_atomically(path: "str | Path", write) -> None:
         except OSError as e:  # name the file asked for, not the temporary (a full disk, no permission)
             if e.errno is None or (e.filename is not None and not os.fspath(e.filename).startswith(str(tmp))):
                 raise  # about another file (a query file not found)
-            # pyarrow puts the path it opened into the message itself (the temporary, or a sibling of it
-            # named after it)
-            why = re.sub(re.escape(str(tmp)) + r"[^\s'\"]*", lambda m: str(path), e.strerror or str(e))
+            # pyarrow puts the path it opened into the message itself (the temporary, or the rows file a
+            # chunked CSV/TSV writes beside it: fastspec.stream)
+            why = re.sub(re.escape(str(tmp)) + r"(\.rows)?", lambda m: str(path), e.strerror or str(e))
             raise type(e)(e.errno, why, str(path)) from e
     finally:
         ACTIVE_TEMPORARIES.discard(tmp)

@@ -1135,7 +1135,7 @@ class _Context:
         The bounds come from the precursor-block index (:func:`fastspec.kernels.window.window_bounds`).
         The ``k + _WINDOW_FIRST`` best-bounded candidates of a query are scored first; the k-th exact score
         among them is a floor the final k-th score cannot be below, so only the other candidates whose
-        bound reaches it are scored next, together with the first ones again. Windows wider than
+        bound reaches it are scored next, and the two top-k lists merged. Windows wider than
         ``_WINDOW_SPAN`` spectra are scored in full.
         """
         from fastspec.kernels.fragment import BOUND_ATOL, BOUND_RTOL
@@ -1171,7 +1171,7 @@ class _Context:
         if cfg.metric == "modified_cosine":  # shifted pairs: peak windows widened by the precursor window
             ptol, pmz = cfg.precursor_tolerance, self.q.precursor_mz[rows]
             extra = np.full(nr, ptol.value) if ptol.unit == "da" else np.abs(pmz) * ptol.value * 1e-6
-        ub, cnt, first = window_bounds(q_off, self.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
+        ub, cnt, first, rest = window_bounds(q_off, self.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
                                        lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
                                        lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
                                        cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads)
@@ -1180,10 +1180,10 @@ class _Context:
         theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)
         rtol = BOUND_RTOL if cfg.metric == "entropy" else _WINDOW_RTOL
         again, offs2, pos2 = second_round(offs, ub, cnt, first, np.maximum(theta, cfg.min_score),
-                                          max(1, cfg.min_matches), rtol, BOUND_ATOL, pos)
-        if again.shape[0]:
-            s2, i2, m2 = self.exact(rows[again], offs2, pos2, by_precursor=True)
-            s[again], idx[again], m[again] = s2, i2, m2
+                                          max(1, cfg.min_matches), rtol, BOUND_ATOL, pos, rest)
+        if again.shape[0]:  # only the candidates not scored yet; their top-k merged with the first
+            more = self.exact(rows[again], offs2, pos2, by_precursor=True)
+            s[again], idx[again], m[again] = _merge_topk((s[again], idx[again], m[again]), more)
         return s, idx, m
 
     def faiss_candidates(self, rows: np.ndarray, n_cand: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -1668,6 +1668,25 @@ class _Context:
 
 
 # ====================================================================================== helpers
+def _merge_topk(a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top-k of two top-k lists over disjoint candidates, in the kernels' order (score descending,
+    library index ascending; -1 entries last).
+
+    Parameters
+    ----------
+    a, b : (scores float64 (n, k), indices int64 (n, k), matches int32 (n, k))
+
+    Returns
+    -------
+    The merged (scores, indices, matches), each (n, k): what one top-k over both candidate sets gives.
+    """
+    k = a[0].shape[1]
+    s, i, m = (np.concatenate([x, y], axis=1) for x, y in zip(a, b))
+    missing = i < 0
+    order = np.lexsort((np.where(missing, np.iinfo(np.int64).max, i), -np.where(missing, -np.inf, s)), axis=1)[:, :k]
+    return tuple(np.take_along_axis(x, order, axis=1) for x in (s, i, m))
+
+
 def _mask_offsets(offs: np.ndarray, keep: np.ndarray) -> np.ndarray:
     """Offsets of the CSR ``offs`` after dropping the entries where ``keep`` is False."""
     c = np.zeros(keep.shape[0] + 1, np.int64)

@@ -81,13 +81,13 @@ def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled):
         pos.extend(keep)
         w_off.append(len(pos))
     extra = np.where(rng.random(nr) < 0.5, 0.125, 0.0) if widen else None
-    ub, cnt, first = window_bounds(np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64),
+    ub, cnt, first, rest = window_bounds(np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64),
                                    off, b_mz, b_loc, b_w, block, 0.1, 0.0, n_first,
                                    extra=extra)
     for r, (qm, qi) in enumerate(queries):
         c0, c1 = w_off[r], w_off[r + 1]
         if c1 - c0 <= n_first:
-            assert np.isinf(ub[c0:c1]).all() and first[c0:c1].all()
+            assert np.isinf(ub[c0:c1]).all() and first[c0:c1].all() and rest[r] == -np.inf
             continue
         tol = 0.1 + (0.0 if extra is None else extra[r])
         want = [ref.cosine_bound(qm, qi, lmz[p], lit[p], tol=tol) for p in pos[c0:c1]]
@@ -97,6 +97,7 @@ def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled):
             assert ub[c0 + t] * (1 + 1e-5) + 1e-7 >= ref.cosine(qm, qi, lmz[p], lit[p], tol=0.1)[0]
         thr = sorted(ub[c0:c1], reverse=True)[n_first - 1]
         assert first[c0:c1].tolist() == [bool(u >= thr and u > 0) for u in ub[c0:c1]]
+        assert rest[r] == max([u for u, f in zip(ub[c0:c1], first[c0:c1]) if not f], default=-np.inf)
 
 
 def test_second_round_vs_naive():
@@ -114,9 +115,18 @@ def test_second_round_vs_naive():
         more = [t for t in idx if not first[t] and cnt[t] >= 2 and ub[t] * (1 + 1e-4) + 1e-6 >= theta[r]]
         if more:
             want_rows.append(r)
-            want.append([int(vals[t]) for t in idx if cnt[t] >= 2 and (first[t] or t in more)])
+            want.append([int(vals[t]) for t in more])
     assert rows.tolist() == want_rows and len(want_rows) >= 2
     assert [got[offs[j]:offs[j + 1]].tolist() for j in range(len(want_rows))] == want
+    # window_bounds' largest bound outside the first round: a window it rules out is passed over
+    rest = np.array([max([ub[t] for t in range(w_off[r], w_off[r + 1]) if not first[t]], default=-np.inf)
+                     for r in range(4)])
+    assert [a.tolist() for a in second_round(w_off, ub, cnt, first, theta, 2, 1e-4, 1e-6, vals, rest)] == \
+        [rows.tolist(), offs.tolist(), got.tolist()]
+    skip = rest.copy()
+    skip[want_rows[0]] = theta[want_rows[0]] - 1.0  # a lower rest passes that window over
+    rows2, _, _ = second_round(w_off, ub, cnt, first, theta, 2, 1e-4, 1e-6, vals, skip)
+    assert rows2.tolist() == want_rows[1:]
 
 
 def test_compact_csr_vs_numpy():
@@ -146,3 +156,34 @@ def test_lower_bound_searches_are_searchsorted(name, vals, x, cut):
     lo, hi = sorted(min(c, arr.shape[0]) for c in cut)
     got = getattr(kw, name)(arr, x, np.uint64(lo), np.uint64(hi))
     assert int(got) == lo + int(np.searchsorted(arr[lo:hi].astype(np.float64), x, side="left"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), k=st.integers(1, 6))
+def test_merged_topk_is_topk_of_the_union(seed, k):
+    """The second round scores only candidates outside the first; merging the two top-k lists gives the
+    one top-k over all of them, ties (frequent: scores on a coarse grid) to the lowest library index,
+    short lists padded with -1."""
+    from fastspec.search import _merge_topk
+
+    rng = np.random.default_rng(seed)
+    n = 4
+
+    def topk(cands):
+        s, i, m = np.zeros((n, k)), np.full((n, k), -1, np.int64), np.zeros((n, k), np.int32)
+        for r, row in enumerate(cands):
+            for j, (idx, sc, mt) in enumerate(sorted(row, key=lambda c: (-c[1], c[0]))[:k]):
+                s[r, j], i[r, j], m[r, j] = sc, idx, mt
+        return s, i, m
+
+    a, b = [], []
+    for _ in range(n):
+        ids = rng.permutation(50)[: int(rng.integers(0, 12))]
+        row = [(int(j), float(rng.integers(0, 4)) / 4, int(rng.integers(1, 9))) for j in ids]
+        cut = int(rng.integers(0, len(row) + 1))
+        a.append(row[:cut])
+        b.append(row[cut:])
+    got = _merge_topk(topk(a), topk(b))
+    want = topk([x + y for x, y in zip(a, b)])
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

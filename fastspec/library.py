@@ -24,6 +24,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
                                                L2-normalised intensity; entropy: square root of the
                                                weight). Identity search bounds window candidates
                                                through it (optional: searched without it when absent)
+``wblk_sum``                                   every 32nd entry of ``wblk_mz`` (float32), where identity
+                                               search looks first for a query peak's entries in a
+                                               block (optional: the same bounds without it)
 ``wcos, went, min_gap``                        per-peak cosine (L2-normalised) and entropy (weighted,
                                                sum 1) weights; per-spectrum smallest peak gap
 ``frag_mz, frag_spec, frag_wcos,``             fragment-ion index: every peak sorted by m/z, its
@@ -1372,6 +1375,7 @@ def _build_index(
         out.save("input_index", inp)
         from fastspec.kernels.peaks import gather_csr, l2_norms_csr
         from fastspec.kernels.window import block_index as window_block_index
+        from fastspec.kernels.window import block_summary
 
         out.save("norm", l2_norms_csr(offsets, inten, threads=threads))
         finite = np.isfinite(pmz)
@@ -1398,6 +1402,7 @@ def _build_index(
                         np.sqrt(fk.peak_weights(p_off, p_mz, p_int, "entropy", threads=threads))])
         b_mz, b_loc, b_w = window_block_index(p_off, p_mz, p_w, WINDOW_BLOCK, threads=threads)
         out.save("wblk_mz", b_mz)
+        out.save("wblk_sum", block_summary(b_mz))
         out.save("wblk_loc", b_loc)
         for name, row in zip(WINDOW_WEIGHTS.values(), b_w):
             out.save(name, row)

@@ -1174,7 +1174,8 @@ class _Context:
         ub, cnt, first, rest = window_bounds(q_off, self.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
                                        lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
                                        lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
-                                       cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads)
+                                       cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads,
+                                       b_sum=lib.array("wblk_sum") if lib.has_array("wblk_sum") else None)
         sel = first & (cnt >= max(1, cfg.min_matches))
         s, idx, m = self.exact(rows, *compact_csr(offs, sel, pos), by_precursor=True)
         theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)

@@ -168,6 +168,41 @@ def _gallop_u(arr, x, lo, hi):
     return _lower_bound_u(arr, x, lo, min(lo + step, hi))
 
 
+#: a block summary holds every (1 << SUMMARY_SHIFT)-th entry of the block index's m/z
+SUMMARY_SHIFT = 5
+
+
+def block_summary(b_mz: np.ndarray) -> np.ndarray:
+    """Every 32nd m/z of the block index (``b_mz[::32]``, float32; 4 MB at 2.4M spectra), searched first by
+    :func:`window_bounds`: within a block (whose entries are ascending) the summary entries are
+    ascending too, and a search through them reads a few cache lines of one small array before the
+    last 32 entries, instead of ~12 lines scattered over a block's ~58 kB of m/z."""
+    return np.ascontiguousarray(np.asarray(b_mz, np.float32)[:: 1 << SUMMARY_SHIFT])
+
+
+@numba.njit(inline="always", **NJIT)
+def _seek_u(arr, summ, x, lo, hi):
+    """:func:`_gallop_u` (first position in ``arr[lo:hi]`` whose value is >= x, ``arr`` ascending there),
+    through the summary ``summ`` (:func:`block_summary`) when there is one: the search gallops over the
+    summary entries inside ``[lo, hi)``, then halves the at most 32 entries before the first summary
+    value >= x."""
+    if summ.shape[0] == 0:
+        return _gallop_u(arr, x, lo, hi)
+    one = np.uint64(1)
+    sh = np.uint64(SUMMARY_SHIFT)
+    j = (lo + (one << sh) - one) >> sh  # the first summary entry at or after lo
+    jh = (hi + (one << sh) - one) >> sh
+    if j < jh and summ[j] < x:
+        step = one
+        while j + step < jh and summ[j + step] < x:
+            j += step
+            step <<= one
+        j = _lower_bound_u(summ, x, j + one, min(j + step, jh))
+    # entries before summary entry j - 1's position are < x (or before lo); from j's on, >= x
+    a = max(lo, (j - one) << sh) if j > np.uint64(0) else lo
+    return _lower_bound_u(arr, x, a, min(j << sh, hi))
+
+
 @numba.njit(inline="always", **NJIT)
 def _gather_kth(ub, cnt, pos, base, c0, c1, m, top, ub_out, cnt_out):
     """Copy the window's bounds and counts (slots ``pos[c0:c1] - base``) to ``ub_out`` / ``cnt_out`` and
@@ -198,7 +233,7 @@ def _gather_kth(ub, cnt, pos, base, c0, c1, m, top, ub_out, cnt_out):
     return tmin
 
 
-def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, block, tol_da, tol_ppm, extra,
+def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, b_sum, block, tol_da, tol_ppm, extra,
                       n_first, span_max, n_parts, ub_out, cnt_out, first_out, rest_out):
     nr = w_off.shape[0] - 1
     step = (nr + n_parts - 1) // n_parts
@@ -236,7 +271,7 @@ def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, blo
                     h = _half_width(x, tol_da, tol_ppm, x) + extra[r]
                     lo_v, hi_v = x - h, x + h
                     # peaks in ascending m/z: search on from the last one's window (else from the start)
-                    e = _gallop_u(b_mz, lo_v, e if lo_v >= last else e0, e1)
+                    e = _seek_u(b_mz, b_sum, lo_v, e if lo_v >= last else e0, e1)
                     last = lo_v
                     f = e
                     while f < e1 and b_mz[f] <= hi_v:
@@ -262,7 +297,7 @@ _window_bounds = pjit(_window_bounds_py)
 def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: np.ndarray, pos: np.ndarray,
                   p_off: np.ndarray, b_mz: np.ndarray, b_loc: np.ndarray, b_w: np.ndarray, block: int,
                   tol_da: float, tol_ppm: float, n_first: int, extra: np.ndarray | None = None,
-                  threads: int | None = None):
+                  threads: int | None = None, b_sum: np.ndarray | None = None):
     """Upper bounds of each query's window candidates, through the precursor-block index.
 
     A candidate's bound is the sum of ``qv * w`` over every pair of peaks within the (float32-widened)
@@ -290,6 +325,10 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
         Candidates of best bound to score first per query; windows of at most that many are not bounded.
     extra : float64 (nr,), optional
         Added to each query's peak windows (Da; default 0).
+    threads : int, optional
+    b_sum : float32, optional
+        The block index's summary (:func:`block_summary`), to find each query peak's entries faster;
+        the same bounds without it.
 
     Returns
     -------
@@ -307,6 +346,8 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     w_off = np.asarray(w_off, np.int64)
     pos = np.asarray(pos, np.int64)
     nr = w_off.shape[0] - 1
+    if b_sum is not None and b_sum.shape[0] != (b_mz.shape[0] + (1 << SUMMARY_SHIFT) - 1) >> SUMMARY_SHIFT:
+        raise ValueError("b_sum is not the summary of b_mz (block_summary)")
     blocks = np.zeros(nr, np.int64)
     full = np.flatnonzero(np.diff(w_off) > 0)
     blocks[full] = pos[w_off[full + 1] - 1] // block + 1 - pos[w_off[full]] // block
@@ -319,7 +360,9 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     with _threads(threads):
         _window_bounds.pick(pos.shape[0], threads)(
             np.asarray(q_off, np.int64), np.asarray(q_mz, np.float64), np.asarray(q_w, np.float64), w_off, pos,
-            np.asarray(p_off, np.int64), b_mz, b_loc, b_w, int(block), float(tol_da), float(tol_ppm),
+            np.asarray(p_off, np.int64), b_mz, b_loc, b_w,
+            np.zeros(0, np.float32) if b_sum is None else np.asarray(b_sum, np.float32), int(block), float(tol_da),
+            float(tol_ppm),
             np.zeros(nr) if extra is None else np.asarray(extra, np.float64), int(n_first),
             int(blocks.max()) * block if nr else 0, _n_blocks(nr), ub, cnt, first, rest)
     return ub, cnt, first, rest

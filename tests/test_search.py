@@ -300,11 +300,12 @@ def test_window_positions_vs_numpy():
 @pytest.mark.parametrize("mode,metric", [("identity", "cosine"), ("identity", "modified_cosine"),
                                          ("identity", "entropy"), ("formula", "cosine"), ("open", "cosine"),
                                          ("analog", "modified_cosine")])
-@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_loc",), ("prec_entropy_w",)])
+@pytest.mark.parametrize("absent", [("norm", "prec_norm"), ("wblk_loc",), ("wblk_sum",), ("prec_entropy_w",)])
 def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monkeypatch):
     """Indexes without the stored norms and the precursor-ordered peak copy (older builds), or without
     the copy's entropy weights, gather and prepare candidates instead of scoring them in place; without
-    the precursor-block index, identity windows are scored in full: the same hits."""
+    the precursor-block index, identity windows are scored in full, and without its summary searched
+    peak by peak: the same hits."""
     kw = dict(k=K, mode=mode, precursor_tolerance="0.05da", metric=metric)
     ref = lib.search(data[1], **kw)
     real = Library.has_array

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from fastspec.kernels.window import block_index, compact_csr, second_round, window_bounds
+from fastspec.kernels.window import block_index, block_summary, compact_csr, second_round, window_bounds
 
 
 def _library(rng, n):
@@ -53,13 +53,14 @@ def test_block_index_vs_naive(seed, block):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), block=st.sampled_from([1, 4, 16]), n_first=st.integers(1, 6),
-       widen=st.booleans(), shuffled=st.booleans())
-def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled):
+       widen=st.booleans(), shuffled=st.booleans(), summary=st.booleans())
+def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled, summary):
     """``extra`` (modified cosine's precursor window) widens each query's peak windows: 0.1 + 0.125 Da
     stays clear of the 1/8 grid too. Query peaks out of m/z order (``shuffled``) give the same bounds
-    (each block's search starts over where the peaks step back)."""
+    (each block's search starts over where the peaks step back), and so does searching through the
+    block summary."""
     rng = np.random.default_rng(seed)
-    n, nr = int(rng.integers(1, 60)), int(rng.integers(1, 6))
+    n, nr = int(rng.integers(1, 60)), int(rng.integers(1, 6)) * (4 if summary else 1)
     off, mz, it, norm, lmz, lit = _library(rng, n)
     b_mz, b_loc, b_w = block_index(off, mz, it / np.repeat(norm, np.diff(off)), block)
     b_w = b_w[0]
@@ -83,7 +84,7 @@ def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled):
     extra = np.where(rng.random(nr) < 0.5, 0.125, 0.0) if widen else None
     ub, cnt, first, rest = window_bounds(np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64),
                                    off, b_mz, b_loc, b_w, block, 0.1, 0.0, n_first,
-                                   extra=extra)
+                                   extra=extra, b_sum=block_summary(b_mz) if summary else None)
     for r, (qm, qi) in enumerate(queries):
         c0, c1 = w_off[r], w_off[r + 1]
         if c1 - c0 <= n_first:
@@ -142,6 +143,31 @@ def test_compact_csr_vs_numpy():
     assert offs.tolist() == [0] and got.size == 0
     with pytest.raises(ValueError):
         compact_csr(w_off, keep[:5], vals)
+
+
+@settings(max_examples=200, deadline=None)
+@given(vals=st.lists(st.floats(0, 100, width=32), max_size=300), x=st.floats(-1, 101),
+       cut=st.tuples(st.integers(0, 300), st.integers(0, 300)), runs=st.integers(1, 4))
+def test_summary_search_is_searchsorted(vals, x, cut, runs):
+    """Through the block summary (every 32nd entry), the search still finds numpy's left insertion point in
+    any range of one ascending run; the array holds several runs (blocks), as the block index does."""
+    import fastspec.kernels.window as kw
+
+    arr = np.sort(np.array(vals, dtype=np.float32))
+    bounds = np.linspace(0, arr.shape[0], runs + 1).astype(int)
+    # each run lower than the one before: ascending within runs only, as in the block index
+    whole = np.concatenate([arr[a:b] - 200 * j for j, (a, b) in enumerate(zip(bounds, bounds[1:]))]
+                           + [np.zeros(0, np.float32)]).astype(np.float32)
+    j = int(np.random.default_rng(len(vals)).integers(0, runs))  # one run, and a range inside it
+    a0, a1 = int(bounds[j]), int(bounds[j + 1])
+    lo, hi = sorted(a0 + min(c, a1 - a0) for c in cut)
+    x = x - 200 * j
+    got = kw._seek_u(whole, kw.block_summary(whole), x, np.uint64(lo), np.uint64(hi))
+    assert int(got) == lo + int(np.searchsorted(whole[lo:hi].astype(np.float64), x, side="left"))
+    with pytest.raises(ValueError):  # a summary of another array is refused
+        window_bounds(np.zeros(1, np.int64), np.zeros(0), np.zeros(0), np.zeros(1, np.int64), np.zeros(0, np.int64),
+                      np.zeros(1, np.int64), whole, np.zeros(whole.shape[0], np.uint16), np.zeros(whole.shape[0]), 1,
+                      0.1, 0.0, 1, b_sum=np.zeros(whole.shape[0] // 32 + 2, np.float32))
 
 
 @pytest.mark.parametrize("name", ["_lower_bound_u", "_gallop_u"])

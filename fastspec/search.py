@@ -1139,7 +1139,7 @@ class _Context:
         ``_WINDOW_SPAN`` spectra are scored in full.
         """
         from fastspec.kernels.fragment import BOUND_ATOL, BOUND_RTOL
-        from fastspec.kernels.window import compact_csr, second_round, window_bounds
+        from fastspec.kernels.window import second_round, window_bounds
 
         lib, cfg = self.lib, self.cfg
         nr = rows.shape[0]
@@ -1171,17 +1171,17 @@ class _Context:
         if cfg.metric == "modified_cosine":  # shifted pairs: peak windows widened by the precursor window
             ptol, pmz = cfg.precursor_tolerance, self.q.precursor_mz[rows]
             extra = np.full(nr, ptol.value) if ptol.unit == "da" else np.abs(pmz) * ptol.value * 1e-6
-        ub, cnt, first, rest = window_bounds(q_off, self.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
-                                       lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
-                                       lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da,
-                                       cfg.tolerance.ppm, cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads,
-                                       b_sum=lib.array("wblk_sum") if lib.has_array("wblk_sum") else None)
-        sel = first & (cnt >= max(1, cfg.min_matches))
-        s, idx, m = self.exact(rows, *compact_csr(offs, sel, pos), by_precursor=True)
+        wb = window_bounds(q_off, self.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
+                           lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
+                           lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da, cfg.tolerance.ppm,
+                           cfg.k + _WINDOW_FIRST, extra=extra, threads=cfg.threads,
+                           b_sum=lib.array("wblk_sum") if lib.has_array("wblk_sum") else None,
+                           min_matches=max(1, cfg.min_matches))
+        s, idx, m = self.exact(rows, wb.first_offsets, wb.first_positions, by_precursor=True)
         theta = np.where(idx[:, -1] >= 0, s[:, -1], -np.inf)
         rtol = BOUND_RTOL if cfg.metric == "entropy" else _WINDOW_RTOL
-        again, offs2, pos2 = second_round(offs, ub, cnt, first, np.maximum(theta, cfg.min_score),
-                                          max(1, cfg.min_matches), rtol, BOUND_ATOL, pos, rest)
+        again, offs2, pos2 = second_round(offs, wb.ub, wb.count, wb.first, np.maximum(theta, cfg.min_score),
+                                          max(1, cfg.min_matches), rtol, BOUND_ATOL, pos, wb.rest)
         if again.shape[0]:  # only the candidates not scored yet; their top-k merged with the first
             more = self.exact(rows[again], offs2, pos2, by_precursor=True)
             s[again], idx[again], m[again] = _merge_topk((s[again], idx[again], m[again]), more)

@@ -8,6 +8,8 @@ none of the per-candidate temporaries the numpy version built. 2.4M library, 1,0
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 from numba import prange
@@ -234,7 +236,8 @@ def _gather_kth(ub, cnt, pos, base, c0, c1, m, top, ub_out, cnt_out):
 
 
 def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, b_sum, block, tol_da, tol_ppm, extra,
-                      n_first, span_max, n_parts, ub_out, cnt_out, first_out, rest_out):
+                      n_first, min_matches, span_max, n_parts, ub_out, cnt_out, first_out, rest_out, kept_out,
+                      n_kept):
     nr = w_off.shape[0] - 1
     step = (nr + n_parts - 1) // n_parts
     n_spec = p_off.shape[0] - 1
@@ -251,6 +254,8 @@ def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, b_s
                     ub_out[t] = np.inf
                     cnt_out[t] = np.iinfo(np.int32).max
                     first_out[t] = True
+                    kept_out[t] = pos[t]
+                n_kept[r] = c1 - c0
                 continue
             b0 = pos[c0] // block
             b1 = pos[c1 - 1] // block + 1
@@ -282,22 +287,40 @@ def _window_bounds_py(q_off, q_mz, q_w, w_off, pos, p_off, b_mz, b_loc, b_w, b_s
             # the n_first best bounds are scored first; their k-th exact score decides the rest
             thr = _gather_kth(ub, cnt, pos, base, c0, c1, n_first, top, ub_out, cnt_out)
             rest = -np.inf
+            n = c0
             for t in range(c0, c1):
                 u = ub_out[t]
                 f = (u >= thr) & (u > 0.0)
                 first_out[t] = f
-                if not f:
+                if f:
+                    if cnt_out[t] >= min_matches:  # the first round's candidates, from the window's start
+                        kept_out[n] = pos[t]
+                        n += 1
+                else:
                     rest = max(rest, u)
             rest_out[r] = rest
+            n_kept[r] = n - c0
 
 
 _window_bounds = pjit(_window_bounds_py)
 
 
+class WindowBounds(NamedTuple):
+    """What :func:`window_bounds` returns."""
+
+    ub: np.ndarray
+    count: np.ndarray
+    first: np.ndarray
+    rest: np.ndarray
+    first_offsets: np.ndarray
+    first_positions: np.ndarray
+
+
 def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: np.ndarray, pos: np.ndarray,
                   p_off: np.ndarray, b_mz: np.ndarray, b_loc: np.ndarray, b_w: np.ndarray, block: int,
                   tol_da: float, tol_ppm: float, n_first: int, extra: np.ndarray | None = None,
-                  threads: int | None = None, b_sum: np.ndarray | None = None):
+                  threads: int | None = None, b_sum: np.ndarray | None = None,
+                  min_matches: int = 1) -> WindowBounds:
     """Upper bounds of each query's window candidates, through the precursor-block index.
 
     A candidate's bound is the sum of ``qv * w`` over every pair of peaks within the (float32-widened)
@@ -329,6 +352,8 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     b_sum : float32, optional
         The block index's summary (:func:`block_summary`), to find each query peak's entries faster;
         the same bounds without it.
+    min_matches : int
+        Counted pairs a first-round candidate needs to be listed in ``first_positions``.
 
     Returns
     -------
@@ -342,6 +367,11 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     rest : float64 (nr,)
         Per window, the largest bound outside ``first`` (-inf where there is none): windows whose
         ``rest`` cannot reach the first round's k-th score need no second look at their candidates.
+    first_offsets : int64 (nr+1,)
+    first_positions : int64
+        CSR of the first round to score: per window, the positions (``pos`` values) of its ``first``
+        candidates with at least ``min_matches`` counted pairs, in window order (what
+        ``pos[first & (count >= min_matches)]`` holds, window by window, collected in the same pass).
     """
     w_off = np.asarray(w_off, np.int64)
     pos = np.asarray(pos, np.int64)
@@ -355,17 +385,24 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
     cnt = np.empty(pos.shape[0], np.int32)
     first = np.empty(pos.shape[0], np.bool_)
     rest = np.empty(nr, np.float64)
+    kept = np.empty(pos.shape[0], np.int64)  # window r's first round at kept[w_off[r]:], n_kept[r] long
+    n_kept = np.empty(nr, np.int64)
+    if b_sum is None:  # read-only, as the index's memory-mapped arrays are: one compiled kernel for both
+        b_sum = np.zeros(0, np.float32)
+        b_sum.flags.writeable = False
     from fastspec.kernels._config import n_blocks as _n_blocks
 
     with _threads(threads):
         _window_bounds.pick(pos.shape[0], threads)(
             np.asarray(q_off, np.int64), np.asarray(q_mz, np.float64), np.asarray(q_w, np.float64), w_off, pos,
             np.asarray(p_off, np.int64), b_mz, b_loc, b_w,
-            np.zeros(0, np.float32) if b_sum is None else np.asarray(b_sum, np.float32), int(block), float(tol_da),
-            float(tol_ppm),
-            np.zeros(nr) if extra is None else np.asarray(extra, np.float64), int(n_first),
-            int(blocks.max()) * block if nr else 0, _n_blocks(nr), ub, cnt, first, rest)
-    return ub, cnt, first, rest
+            np.asarray(b_sum, np.float32), int(block), float(tol_da), float(tol_ppm),
+            np.zeros(nr) if extra is None else np.asarray(extra, np.float64), int(n_first), int(min_matches),
+            int(blocks.max()) * block if nr else 0, _n_blocks(nr), ub, cnt, first, rest, kept, n_kept)
+    offs = np.zeros(nr + 1, np.int64)
+    np.cumsum(n_kept, out=offs[1:])
+    take = np.arange(offs[-1]) + np.repeat(w_off[:-1] - offs[:-1], n_kept)
+    return WindowBounds(ub, cnt, first, rest, offs, kept[take])
 
 
 @numba.njit(**NJIT)
@@ -441,54 +478,3 @@ def second_round(w_off: np.ndarray, ub: np.ndarray, count: np.ndarray, first: np
     rest = np.full(nr, np.inf) if rest is None else np.asarray(rest, np.float64)
     return _second_round(w_off, ub, count, first, np.asarray(theta, np.float64), int(min_matches), float(rtol),
                          float(atol), vals, rest)
-
-
-@numba.njit(**NJIT)
-def _compact_csr(w_off, keep, vals):
-    nr = w_off.shape[0] - 1
-    offsets = np.zeros(nr + 1, np.int64)
-    out = np.empty(w_off[nr], vals.dtype)  # pages past the kept prefix are never touched
-    n = 0
-    for r in range(nr):
-        for t in range(w_off[r], w_off[r + 1]):
-            if keep[t]:
-                out[n] = vals[t]
-                n += 1
-        offsets[r + 1] = n
-    return offsets, out[:n]
-
-
-def compact_csr(w_off: np.ndarray, keep: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The entries of a CSR that ``keep`` marks, in one pass.
-
-    What ``np.cumsum(keep)`` and ``vals[keep]`` give, without converting a bool array the size of all
-    candidates to int64 and a second pass over it (identity search at 2.4M: ~1,400 candidates per query;
-    the numpy compactions took ~14 of its ~80 us per query).
-
-    Parameters
-    ----------
-    w_off : int64 (nr+1,)
-        CSR offsets of the windows.
-    keep : bool (C,)
-        Which entries to keep.
-    vals : int64 (C,)
-        The entries.
-
-    Returns
-    -------
-    offsets : int64 (nr+1,)
-        CSR offsets of the kept entries, window by window.
-    values : int64 (kept,)
-        The kept entries, in their original order.
-
-    Raises
-    ------
-    ValueError
-        If ``keep`` or ``vals`` does not hold one entry per CSR entry.
-    """
-    w_off = np.asarray(w_off, np.int64)
-    keep = np.asarray(keep, np.bool_)
-    vals = np.asarray(vals, np.int64)
-    if keep.shape[0] != vals.shape[0] or keep.shape[0] != w_off[-1]:
-        raise ValueError("keep and vals must hold one entry per CSR entry")
-    return _compact_csr(w_off, keep, vals)

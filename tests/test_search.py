@@ -218,13 +218,17 @@ def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monk
     real_bounds = window_mod.window_bounds
 
     def fewer_first(*a, **kw):
-        ub, cnt, first, rest = real_bounds(*a, **kw)
-        if raw_peaks:
-            moved = first & (np.random.default_rng(0).random(first.shape[0]) >= 0.5)
-            first &= ~moved
-            w_off = np.asarray(a[3])  # the moved candidates' bounds join their window's rest
-            np.maximum.at(rest, np.repeat(np.arange(w_off.shape[0] - 1), np.diff(w_off))[moved], ub[moved])
-        return ub, cnt, first, rest
+        wb = real_bounds(*a, **kw)
+        if not raw_peaks:
+            return wb
+        ub, cnt, first, rest = wb[:4]
+        moved = first & (np.random.default_rng(0).random(first.shape[0]) >= 0.5)
+        first &= ~moved
+        w_off = np.asarray(a[3])  # the moved candidates' bounds join their window's rest
+        np.maximum.at(rest, np.repeat(np.arange(w_off.shape[0] - 1), np.diff(w_off))[moved], ub[moved])
+        keep = first & (cnt >= kw["min_matches"])
+        return wb._replace(first_offsets=np.concatenate([[0], np.cumsum(keep)])[w_off],
+                           first_positions=np.asarray(a[4])[keep])
 
     monkeypatch.setattr(window_mod, "window_bounds", fewer_first)
     hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="10000ppm", min_matches=min_matches,

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from fastspec.kernels.window import block_index, block_summary, compact_csr, second_round, window_bounds
+from fastspec.kernels.window import block_index, block_summary, second_round, window_bounds
 
 
 def _library(rng, n):
@@ -82,9 +82,13 @@ def test_window_bounds_vs_naive(seed, block, n_first, widen, shuffled, summary):
         pos.extend(keep)
         w_off.append(len(pos))
     extra = np.where(rng.random(nr) < 0.5, 0.125, 0.0) if widen else None
-    ub, cnt, first, rest = window_bounds(np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64),
-                                   off, b_mz, b_loc, b_w, block, 0.1, 0.0, n_first,
-                                   extra=extra, b_sum=block_summary(b_mz) if summary else None)
+    min_matches = int(rng.integers(1, 3))
+    ub, cnt, first, rest, f_off, f_pos = window_bounds(
+        np.array(qoff), np.array(qmz), np.array(qw), np.array(w_off), np.array(pos, np.int64), off, b_mz, b_loc, b_w,
+        block, 0.1, 0.0, n_first, extra=extra, b_sum=block_summary(b_mz) if summary else None, min_matches=min_matches)
+    keep = first & (cnt >= min_matches)  # the first round's CSR, collected in the kernel
+    np.testing.assert_array_equal(f_off, np.concatenate([[0], np.cumsum(keep)])[w_off])
+    np.testing.assert_array_equal(f_pos, np.array(pos, np.int64)[keep])
     for r, (qm, qi) in enumerate(queries):
         c0, c1 = w_off[r], w_off[r + 1]
         if c1 - c0 <= n_first:
@@ -128,21 +132,6 @@ def test_second_round_vs_naive():
     skip[want_rows[0]] = theta[want_rows[0]] - 1.0  # a lower rest passes that window over
     rows2, _, _ = second_round(w_off, ub, cnt, first, theta, 2, 1e-4, 1e-6, vals, skip)
     assert rows2.tolist() == want_rows[1:]
-
-
-def test_compact_csr_vs_numpy():
-    rng = np.random.default_rng(4)
-    w_off = np.array([0, 5, 5, 12, 20])
-    keep = rng.random(20) < 0.4
-    vals = rng.permutation(1000)[:20].astype(np.int64)
-    offs, got = compact_csr(w_off, keep, vals)
-    kept = np.concatenate([[0], np.cumsum(keep)])
-    np.testing.assert_array_equal(offs, kept[w_off])
-    np.testing.assert_array_equal(got, vals[keep])
-    offs, got = compact_csr(np.array([0]), np.zeros(0, bool), np.zeros(0, np.int64))  # no windows
-    assert offs.tolist() == [0] and got.size == 0
-    with pytest.raises(ValueError):
-        compact_csr(w_off, keep[:5], vals)
 
 
 @settings(max_examples=200, deadline=None)

@@ -1607,6 +1607,29 @@ def search_bounds(
     return ids, bounds, nxt, stats
 
 
+def compile_search_bounds() -> None:
+    """Compile the bound kernel (or load it from numba's on-disk cache) by running it once, tiny.
+
+    :func:`search_bounds` passes every array through :func:`_ro` and every scalar as a Python
+    ``int``/``float``/``bool``, so the kernel has one signature whatever the index, the queries and
+    the mode (cosine, entropy, analog, hybrid): a one-spectrum index compiles the very build every
+    search runs. It is the largest compilation in fastspec (about 45 s on an empty cache), which
+    ``fastspec demo`` starts in a second process while it builds its index.
+    """
+    mz = np.array([100.0, 200.0])
+    w = np.array([0.6, 0.8], dtype=np.float32)
+    spec = np.zeros(2, dtype=np.int32)
+    one = np.zeros(1, dtype=np.int64)
+    pmz = np.array([300.0])
+    loss = (pmz[0] - mz[::-1]).astype(np.float32)
+    index = PeakIndex(frag_mz=mz.astype(np.float32), frag_spec=spec, frag_w=w, nl_mz=loss, nl_spec=spec,
+                      nl_w=w[::-1].copy(), starts=one, ends=one + 2, mz=mz, w=w, precursor_mz=pmz,
+                      min_gap=np.array([100.0], dtype=np.float32), prec_sorted=pmz, prec_order=one,
+                      min_gap_min=100.0)
+    search_bounds(one, np.array([0, 2]), mz, w, pmz, index, kind=KIND_PRODUCT, use_nl=False, tol_da=0.01,
+                  tol_ppm=0.0, k=1, m=1, workspace=BoundWorkspace(1, 1), threads=1)
+
+
 def _group_ranges(bounds: np.ndarray | None, size: int, allowed: np.ndarray | None, nq: int) -> np.ndarray:
     """Entry ranges int64 (nq, G, 2) each query scans: its allowed groups, (0, 0) for the others."""
     b = np.array([0, size], dtype=np.int64) if bounds is None else np.asarray(bounds, dtype=np.int64)

@@ -15,7 +15,8 @@ ARGS = ["demo", "--n-spectra", "5000", "--n-queries", "60", "--threads", "1"]
 @pytest.fixture(scope="module")
 def json_run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("demo")
-    r = CliRunner().invoke(main, ARGS + ["--json", "--quiet", "--workdir", str(wd)])
+    # the compile-ahead process is off by default with one thread: switched on here, it runs for real
+    r = CliRunner().invoke(main, ARGS + ["--json", "--quiet", "--workdir", str(wd), "--compile-ahead"])
     return r, wd
 
 
@@ -27,6 +28,7 @@ def test_demo_json(json_run):
     assert not s["errors"]
     assert {"generate", "queries", "build", "open"} <= set(s["stages"])
     assert s["index_bytes"] > 0 and (wd / "demo.fastspec").is_dir()  # --workdir keeps the index
+    assert s["compile_ahead"]["exit"] == 0 and s["compile_ahead"]["wait_s"] >= 0
     assert [m for m, _ in MODES] == list(s["modes"])
     for label, m in s["modes"].items():
         assert m["queries"] == 60 and m["qps"] > 0 and m["mean_latency_ms"] > 0, label
@@ -36,7 +38,7 @@ def test_demo_json(json_run):
         assert m["source_in_topk"] >= max(m["top1_source"], 0.8), label
     # the text summary renders from the same dict
     text = format_summary(s)
-    assert "queries/s" in text and "OK" in text
+    assert "queries/s" in text and "OK" in text and "compiled ahead in a second process: done" in text
 
 
 def test_demo_text():
@@ -47,6 +49,7 @@ def test_demo_text():
     for label, _ in MODES:
         assert label in out
     assert "sanity" in out and "OK" in out
+    assert "compiled ahead" not in out  # one thread: no second process
 
 
 def test_demo_summary_reports_failure(json_run):
@@ -83,3 +86,36 @@ def test_hits_are_mapped_back_to_input_rows():
     _run_mode(out, "identity", FakeLibrary(), [0, 1], truth, molecule, 2, 1, lambda m: None)
     m = out["modes"]["identity"]
     assert m["top1_source"] == 1.0 and m["top1_molecule"] == 1.0 and m["source_in_topk"] == 1.0
+
+
+def test_compile_ahead_failure_only_costs_time(monkeypatch):
+    """A compile-ahead process that fails is reported in one line; the demo goes on (and compiles itself)."""
+    import subprocess
+    import sys
+
+    from fastspec.cli import demo_cmd
+
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(
+        [sys.executable, "-c", "import sys; sys.exit('no compiler today')"], **kw))
+    ahead = demo_cmd._CompileAhead()
+    logged = []
+    ahead.wait(logged.append)
+    ahead.stop()
+    assert ahead.summary()["exit"] == 1
+    assert logged[-1] == "compiling ahead failed (exit 1: no compiler today); compiling here"
+    assert "failed (exit 1), compiled here" in demo_cmd._ahead_line(ahead.summary())[0]
+
+
+def test_compile_ahead_process_is_stopped_with_the_demo(monkeypatch):
+    import subprocess
+    import sys
+
+    from fastspec.cli import demo_cmd
+
+    popen = subprocess.Popen
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], **kw))
+    ahead = demo_cmd._CompileAhead()
+    ahead.stop()
+    assert ahead._proc.returncode is not None

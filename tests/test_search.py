@@ -443,6 +443,21 @@ def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch
     assert_same_hits(hits, brute_force_topk(lib, queries, metric), ref[4:])
 
 
+def test_compile_search_bounds_is_the_build_every_search_runs(lib, data):
+    """``fastspec demo`` compiles the bound kernel ahead in another process through a one-spectrum call:
+    that must be the very signature real searches use, or the demo would compile it twice."""
+    from fastspec.kernels import fragment as fk
+
+    q = data[1][:20]
+    for kw in (dict(mode="open", metric="cosine"), dict(mode="open", metric="entropy"), dict(mode="analog"),
+               dict(mode="hybrid")):
+        for threads in (1, 2):
+            lib.search(q, k=5, threads=threads, **kw)
+    before = list(fk._search_bounds.signatures)
+    fk.compile_search_bounds()
+    assert fk._search_bounds.signatures == before and len(before) == 1
+
+
 @pytest.mark.parametrize("mode,metric", [("open", "cosine"), ("open", "entropy"), ("analog", "modified_cosine"),
                                          ("hybrid", "entropy")])
 def test_index_without_band_codes_searches_the_same(lib, data, mode, metric):

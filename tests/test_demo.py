@@ -93,29 +93,87 @@ def test_compile_ahead_failure_only_costs_time(monkeypatch):
     import subprocess
     import sys
 
-    from fastspec.cli import demo_cmd
+    from fastspec.cli import _common, demo_cmd
 
     popen = subprocess.Popen
     monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(
         [sys.executable, "-c", "import sys; sys.exit('no compiler today')"], **kw))
-    ahead = demo_cmd._CompileAhead()
     logged = []
+    ahead = demo_cmd._CompileAhead.start(logged.append)
+    assert ahead._proc in _common.ACTIVE_CHILDREN
     ahead.wait(logged.append)
     ahead.stop()
+    assert ahead._proc not in _common.ACTIVE_CHILDREN
     assert ahead.summary()["exit"] == 1
     assert logged[-1] == "compiling ahead failed (exit 1: no compiler today); compiling here"
     assert "failed (exit 1), compiled here" in demo_cmd._ahead_line(ahead.summary())[0]
 
 
-def test_compile_ahead_process_is_stopped_with_the_demo(monkeypatch):
+def test_compile_ahead_that_cannot_start_is_skipped(monkeypatch):
+    import subprocess
+
+    from fastspec.cli import demo_cmd
+
+    def refuse(cmd, **kw):
+        raise FileNotFoundError(2, "No such file or directory", cmd[0])
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    logged = []
+    assert demo_cmd._CompileAhead.start(logged.append) is None
+    assert logged[-1].startswith("compiling ahead not started (") and logged[-1].endswith("compiling here")
+
+
+def test_compile_ahead_imports_the_demo_s_own_fastspec(tmp_path, monkeypatch):
+    """The second process searches the parent's sys.path (not a ``fastspec/`` in the working directory)
+    and refuses to compile another copy of the kernels than the parent's."""
+    import json
     import subprocess
     import sys
 
     from fastspec.cli import demo_cmd
+    from fastspec.kernels import fragment
 
-    popen = subprocess.Popen
-    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], **kw))
-    ahead = demo_cmd._CompileAhead()
-    ahead.stop()
-    assert ahead._proc.returncode is not None
+    fake = tmp_path / "fastspec"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('the working directory copy')\n")
+    r = subprocess.run([sys.executable, "-c", demo_cmd._AHEAD_CODE, json.dumps([sys.path, "/elsewhere/fragment.py"])],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"fastspec.kernels.fragment is {fragment.__file__} here, /elsewhere/fragment.py in the demo" in r.stderr
+
+
+def test_interrupted_command_kills_its_helper_processes():
+    """SIGTERM / Ctrl-C leave through ``_abandon`` (os._exit): the helpers registered in ACTIVE_CHILDREN go too."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = ("import subprocess, sys\n"
+            "from fastspec.cli import _common\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            "_common.ACTIVE_CHILDREN.add(p)\n"
+            "print(p.pid, flush=True)\n"
+            "_common._abandon(143)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 143 and "interrupted" in r.stderr
+    pid = int(r.stdout.split()[0])
+
+    def alive() -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie is dead
+        except FileNotFoundError:
+            return False
+        except OSError:  # pragma: no cover - no /proc: ask the kernel
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False
+            return True
+
+    for _ in range(100):
+        if not alive():
+            break
+        time.sleep(0.05)
+    assert not alive()

@@ -92,14 +92,24 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
+#: Helper processes a command started (``subprocess.Popen``); killed when the command is interrupted.
+ACTIVE_CHILDREN: set = set()
+
+
 def _abandon(code: int) -> None:
-    """Remove what is half written and leave now (the worker may be inside compiled code)."""
+    """Remove what is half written, stop helper processes and leave now (the worker may be inside
+    compiled code)."""
     import shutil
     import time
     from pathlib import Path
 
     from fastspec._indexfmt import ACTIVE_TEMPORARIES
 
+    for proc in list(ACTIVE_CHILDREN):
+        try:
+            proc.kill()
+        except OSError:
+            pass
     for p in list(ACTIVE_TEMPORARIES):
         p = Path(p)
         if p.is_dir():

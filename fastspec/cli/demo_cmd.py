@@ -6,11 +6,12 @@ two cores at the default 200k spectra. Each search mode first runs once untimed 
 the throughput.
 
 On a cold numba cache most of the run is compilation, one core at a time, while the other core idles.
-With two or more cores and more than one thread (``--compile-ahead``, the default then), a second
-process compiles the largest kernel, the bound kernel of open, analog and hybrid search
+With two or more usable cores and threads (``--compile-ahead``, the default then), a second process
+compiles the largest kernel, the bound kernel of open, analog and hybrid search
 (:func:`fastspec.kernels.fragment.compile_search_bounds`, about 45 s), into numba's on-disk cache
-while this one generates, indexes and runs the first modes; this one waits for it before the first
-mode that needs it (:data:`AHEAD_FROM`) and then loads it from the cache.
+while this one generates and indexes the library and compiles identity search; this one waits for it
+before its first timed search (so no throughput is measured while it compiles) and later loads the
+kernel from the cache.
 """
 from __future__ import annotations
 
@@ -43,11 +44,9 @@ MODES: list[tuple[str, dict]] = [
 #: spectrum itself need not be first: a molecule has several near-identical spectra, e.g. the same adduct at
 #: neighbouring collision energies, and the query noise includes a collision-energy-like tilt.)
 MIN_TOP1 = 0.9
-#: The first mode that runs the bound kernel the compile-ahead process compiles.
-AHEAD_FROM = "open-cosine"
-#: Seconds the main process waits for the compile-ahead process before stopping it and compiling itself.
-AHEAD_TIMEOUT = 600.0
-
+#: Seconds the main process waits for the compile-ahead process before stopping it and compiling itself
+#: (the compilation takes about 45 s on this project's 2-core VMs).
+AHEAD_TIMEOUT = 300.0
 
 @click.command("demo")
 @click.option("--n-spectra", type=click.IntRange(min=100), default=200_000, show_default=True,
@@ -68,7 +67,7 @@ def demo(n_spectra, n_queries, seed, k, workdir, as_json, compile_ahead, threads
     """Build a synthetic library, index it, query it in every mode and print throughput."""
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
     if compile_ahead is None:
-        compile_ahead = (os.cpu_count() or 1) >= 2 and (threads is None or threads >= 2)
+        compile_ahead = _parallel_ok(threads)
     with _workdir(workdir) as wd:
         summary = run_demo(n_spectra=n_spectra, n_queries=n_queries, seed=seed, k=k, workdir=wd, threads=threads,
                            log=log, progress=False if quiet else None, compile_ahead=compile_ahead)
@@ -96,14 +95,14 @@ def run_demo(*, n_spectra: int = 200_000, n_queries: int = 1000, seed: int = 0, 
     A search mode that raises a :class:`~fastspec.errors.FastspecError` is recorded under ``errors``
     (and makes ``ok`` false) instead of aborting the other modes. With ``compile_ahead``, a second
     process compiles the bound kernel (see the module docstring); the time waited for it counts in the
-    warm-up of :data:`AHEAD_FROM`.
+    warm-up of the mode that waited.
     """
     t_start = time.perf_counter()
     n_queries = min(n_queries, n_spectra)
     out: dict[str, Any] = {"fastspec_version": _version(), "machine": machine_info(threads),
                            "n_spectra": n_spectra, "n_queries": n_queries, "seed": seed, "k": k,
                            "stages": {}, "modes": {}, "errors": {}}
-    ahead = _CompileAhead() if compile_ahead else None
+    ahead = _CompileAhead.start(log) if compile_ahead else None
     try:
         _run_all(out, ahead, n_spectra, n_queries, seed, k, workdir, threads, log, progress)
     finally:
@@ -136,16 +135,13 @@ def _run_all(out, ahead, n_spectra, n_queries, seed, k, workdir, threads, log, p
     out["build_spectra_per_s"] = len(lib) / out["stages"]["build"]
     out["n_indexed"], out["n_rejected"] = len(library), library.n_rejected
     for label, kw in MODES:
-        waited = 0.0
-        if ahead is not None and label == AHEAD_FROM:
-            waited = ahead.wait(log)
-            out["compile_ahead"] = ahead.summary()
-        _run_mode(out, label, library, queries, truth, molecule, k, threads, log, **kw)
-        if label in out["modes"]:
-            out["modes"][label]["warmup_s"] += waited
+        _run_mode(out, label, library, queries, truth, molecule, k, threads, log, ahead=ahead, **kw)
+    if ahead is not None:
+        ahead.wait(log)  # every mode failed before its timed run: still report it
+        out["compile_ahead"] = ahead.summary()
 
 
-def _run_mode(out, label, library, queries, truth, molecule, k, threads, log, **kw):
+def _run_mode(out, label, library, queries, truth, molecule, k, threads, log, ahead=None, **kw):
     import numpy as np
 
     from fastspec.errors import FastspecError
@@ -157,6 +153,8 @@ def _run_mode(out, label, library, queries, truth, molecule, k, threads, log, **
         # the same call untimed first: kernels pick serial or parallel builds by input size, so only the
         # full query set compiles exactly what the timed run uses (on a cold numba cache)
         library.search(queries, k=k, threads=threads, progress=False, **kw)
+        if ahead is not None:  # no timed run while the other process compiles (nor a compile here)
+            ahead.wait(log)
         warm = time.perf_counter() - t0
         t0 = time.perf_counter()
         hits = library.search(queries, k=k, threads=threads, progress=False, **kw)
@@ -182,46 +180,91 @@ def _run_mode(out, label, library, queries, truth, molecule, k, threads, log, **
     }
 
 
+def _parallel_ok(threads: int | None) -> bool:
+    """Whether a second process can compile alongside this one: 2+ usable cores and 2+ threads."""
+    from fastspec.kernels._config import max_threads
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = min(usable, max_threads()) if threads is None else threads
+    return usable >= 2 and n >= 2
+
+
+#: The compile-ahead process: imports fastspec from the parent's ``sys.path`` and refuses (exit 3) to
+#: compile another copy of the kernels than the parent's, whose cache the parent would not read.
+_AHEAD_CODE = """import json, sys
+paths, expected = json.loads(sys.argv[1])
+sys.path[:] = paths
+from fastspec.kernels import fragment
+if fragment.__file__ != expected:
+    sys.exit("fastspec.kernels.fragment is %s here, %s in the demo" % (fragment.__file__, expected))
+fragment.compile_search_bounds()
+"""
+
+
 class _CompileAhead:
     """The compile-ahead process: :func:`fastspec.kernels.fragment.compile_search_bounds` in a fresh
     interpreter.
 
-    Its failure only costs time: the main process then compiles the kernel itself (numba writes each
-    cache file under a temporary name and renames it, so no process reads half of one).
+    Its failure only costs time: the main process then compiles the kernel itself. numba writes each
+    cache file under a temporary name and renames it, so neither process reads one half written.
     """
 
-    def __init__(self):
+    def __init__(self, proc: subprocess.Popen, err):
+        self._proc = proc
+        self._err = err
         self.exit: int | None = None
         self.waited = 0.0
-        self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from fastspec.kernels.fragment import compile_search_bounds as c; c()"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._err)
+        self._deadline = time.perf_counter() + AHEAD_TIMEOUT
+
+    @classmethod
+    def start(cls, log) -> "_CompileAhead | None":
+        """Start the process; None (one line logged) when it cannot be started."""
+        from fastspec.cli._common import ACTIVE_CHILDREN
+        from fastspec.kernels import fragment
+
+        err = None
+        try:
+            err = tempfile.TemporaryFile()
+            proc = subprocess.Popen([sys.executable, "-c", _AHEAD_CODE, json.dumps([sys.path, fragment.__file__])],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        except OSError as e:
+            if err is not None:
+                err.close()
+            log(f"compiling ahead not started ({e}); compiling here")
+            return None
+        ACTIVE_CHILDREN.add(proc)
+        return cls(proc, err)
 
     def wait(self, log) -> float:
-        """Wait for the process (at most :data:`AHEAD_TIMEOUT` s); return the seconds waited."""
+        """Wait for the process (until :data:`AHEAD_TIMEOUT` s after its start); return the seconds waited."""
+        if self.exit is not None:
+            return 0.0
         t0 = time.perf_counter()
         if self._proc.poll() is None:
             log("waiting for the bound kernel compiled ahead")
         try:
-            self.exit = self._proc.wait(timeout=AHEAD_TIMEOUT)
+            self.exit = self._proc.wait(timeout=max(self._deadline - time.perf_counter(), 0.0))
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self.exit = self._proc.wait()
-        self.waited = time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        self.waited += dt
         if self.exit != 0:
             self._err.seek(0)
             tail = self._err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
             log(f"compiling ahead failed (exit {self.exit}{': ' + tail[0] if tail else ''}); compiling here")
-        return self.waited
+        return dt
 
     def summary(self) -> dict:
         return {"exit": self.exit, "wait_s": self.waited}
 
     def stop(self) -> None:
+        from fastspec.cli._common import ACTIVE_CHILDREN
+
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+        ACTIVE_CHILDREN.discard(self._proc)
         self._err.close()
 
 

@@ -80,6 +80,28 @@ def n_blocks(n_rows: int) -> int:
     return int(min(n_rows, numba.get_num_threads() * 16))
 
 
+#: Kernels another process is compiling into numba's cache right now: name -> a callable that waits for
+#: it (see :func:`await_compiled`; registered by ``fastspec.cli._ahead``).
+_COMPILING_ELSEWHERE: dict = {}
+
+
+def compiling_elsewhere(name: str, wait) -> None:
+    """Register ``wait()``, which returns once another process has compiled kernel ``name`` into the cache
+    (``None``: forget it)."""
+    if wait is None:
+        _COMPILING_ELSEWHERE.pop(name, None)
+    else:
+        _COMPILING_ELSEWHERE[name] = wait
+
+
+def await_compiled(name: str) -> None:
+    """Before the first call of kernel ``name``: if another process is compiling it, wait for that (then
+    numba loads it from the cache instead of compiling it a second time here). One dict lookup otherwise."""
+    wait = _COMPILING_ELSEWHERE.pop(name, None)
+    if wait is not None:
+        wait()
+
+
 #: Work items (spectra; candidate pairs for the scoring kernels) below which :meth:`Kernel.pick` runs the
 #: serial build.
 SERIAL_BELOW = 2048

@@ -54,7 +54,7 @@ import numpy as np
 from numba import prange
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from fastspec.kernels._config import NJIT, pjit, threads as _threads
+from fastspec.kernels._config import NJIT, await_compiled, pjit, threads as _threads
 from fastspec.kernels._intrinsics import prefetch_row
 from fastspec.kernels._memory import huge_zeros as hz
 from fastspec.kernels.tanimoto import _popcount
@@ -1589,6 +1589,7 @@ def search_bounds(
             float(min_score), int(k), m, float(c0), int(_COMPACT_MIN if compact_min is None else compact_min))
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
+    await_compiled("search_bounds")  # a process compiling it ahead (fastspec demo / query): load, not compile
 
     def run(b: int) -> None:
         _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.live[b], ws.touched[b], ws.dead[b],
@@ -1628,6 +1629,18 @@ def compile_search_bounds() -> None:
                       min_gap_min=100.0)
     search_bounds(one, np.array([0, 2]), mz, w, pmz, index, kind=KIND_PRODUCT, use_nl=False, tol_da=0.01,
                   tol_ppm=0.0, k=1, m=1, workspace=BoundWorkspace(1, 1), threads=1)
+
+
+def search_bounds_cached() -> bool | None:
+    """Whether numba's on-disk cache holds the bound kernel for this machine and this source (None when
+    that cannot be told: numba's cache internals are read, and any surprise there means "unknown")."""
+    try:
+        cache = _search_bounds._cache
+        codegen = _search_bounds.targetctx.codegen()
+        want = cache._index_key(None, codegen)[1:]  # (machine, source hashes); the signature is the one
+        return any(tuple(key[1:]) == want for key in cache._cache_file._load_index())
+    except Exception:  # noqa: BLE001 - numba internals changed: unknown
+        return None
 
 
 def _group_ranges(bounds: np.ndarray | None, size: int, allowed: np.ndarray | None, nq: int) -> np.ndarray:

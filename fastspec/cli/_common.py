@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
+from contextlib import contextmanager
 
 import click
 
@@ -134,6 +136,66 @@ def _abandon(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+class CompileWatch:
+    """What :func:`compile_watch` measured: ``seconds`` compiling (cache misses only) or waiting for a
+    process compiling ahead (:meth:`add`), ``started`` whether any compilation happened here."""
+
+    def __init__(self, log):
+        self.seconds = 0.0
+        self.started = False
+        self._log = log
+        self._depth = 0
+        self._t0 = 0.0
+
+    # numba's "numba:compile" events: a kernel compiles the kernels it calls inside its own event, all under
+    # numba's global compiler lock, so one depth counter serves every thread
+    def on_start(self, event) -> None:
+        if self._depth == 0:
+            self._t0 = time.perf_counter()
+            if not self.started:
+                self._log("compiling numba kernels on first use (later runs load them from the cache) ...")
+            self.started = True
+        self._depth += 1
+
+    def on_end(self, event) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            self.seconds += time.perf_counter() - self._t0
+
+    def add(self, seconds: float) -> None:
+        """Count time spent waiting for another process compiling a kernel this one needs."""
+        self.seconds += seconds
+
+    def note(self) -> str:
+        """``"; N s of it compiling numba kernels on first use"`` (empty below half a second)."""
+        return f"; {self.seconds:.1f} s of it compiling numba kernels on first use" if self.seconds >= 0.5 else ""
+
+
+@contextmanager
+def compile_watch(log):
+    """Watch numba compile inside the block: one line through ``log`` when the first kernel starts
+    compiling (on an empty cache a first search can take a minute before any progress), and the seconds
+    spent, so that a command's summary can tell them apart from its throughput. Kernels loaded from
+    numba's cache do not count."""
+    from numba.core import event
+
+    watch = CompileWatch(log)
+
+    class _Listener(event.Listener):
+        def on_start(self, ev):
+            watch.on_start(ev)
+
+        def on_end(self, ev):
+            watch.on_end(ev)
+
+    listener = _Listener()
+    event.register("numba:compile", listener)
+    try:
+        yield watch
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def make_parents(*paths) -> None:

@@ -5,21 +5,17 @@ two cores at the default 200k spectra. Each search mode first runs once untimed 
 (which compiles its kernels or loads them from the cache); that warm-up time is reported apart from
 the throughput.
 
-On a cold numba cache most of the run is compilation, one core at a time, while the other core idles.
-With two or more usable cores and threads (``--compile-ahead``, the default then), a second process
-compiles the largest kernel, the bound kernel of open, analog and hybrid search
-(:func:`fastspec.kernels.fragment.compile_search_bounds`, about 45 s), into numba's on-disk cache
-while this one generates and indexes the library and compiles identity search; this one waits for it
-before its first timed search (so no throughput is measured while it compiles) and later loads the
-kernel from the cache.
+On a cold numba cache most of the run is compilation, one core at a time. With two or more usable
+cores and threads (``--compile-ahead``, the default then), a second process compiles the largest
+kernel, the bound kernel of open, analog and hybrid search, while this one generates and indexes the
+library and compiles identity search (:mod:`fastspec.cli._ahead`); this one waits for it before its
+first timed search, so that no throughput is measured while it compiles.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -44,9 +40,6 @@ MODES: list[tuple[str, dict]] = [
 #: spectrum itself need not be first: a molecule has several near-identical spectra, e.g. the same adduct at
 #: neighbouring collision energies, and the query noise includes a collision-energy-like tilt.)
 MIN_TOP1 = 0.9
-#: Seconds the main process waits for the compile-ahead process before stopping it and compiling itself
-#: (the compilation takes about 45 s on this project's 2-core VMs).
-AHEAD_TIMEOUT = 300.0
 
 @click.command("demo")
 @click.option("--n-spectra", type=click.IntRange(min=100), default=200_000, show_default=True,
@@ -60,14 +53,12 @@ AHEAD_TIMEOUT = 300.0
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary instead of text.")
 @click.option("--compile-ahead/--no-compile-ahead", default=None,
               help="Compile the bound kernel of open, analog and hybrid search in a second process while the "
-                   "index is built (default: with 2+ cores and threads).")
+                   "index is built (default: with 2+ cores and threads, when it is not in numba's cache yet).")
 @common_options
 @handle_errors
 def demo(n_spectra, n_queries, seed, k, workdir, as_json, compile_ahead, threads, quiet):
     """Build a synthetic library, index it, query it in every mode and print throughput."""
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    if compile_ahead is None:
-        compile_ahead = _parallel_ok(threads)
     with _workdir(workdir) as wd:
         summary = run_demo(n_spectra=n_spectra, n_queries=n_queries, seed=seed, k=k, workdir=wd, threads=threads,
                            log=log, progress=False if quiet else None, compile_ahead=compile_ahead)
@@ -89,20 +80,25 @@ def _workdir(path: str | None):
 # ====================================================================================== the run
 def run_demo(*, n_spectra: int = 200_000, n_queries: int = 1000, seed: int = 0, k: int = 10, workdir: Path,
              threads: int | None = None, log: Callable[[str], None] = lambda m: None,
-             progress: bool | None = False, compile_ahead: bool = False) -> dict:
+             progress: bool | None = False, compile_ahead: bool | None = False) -> dict:
     """Run the demo and return its summary (rendered by :func:`format_summary`).
 
     A search mode that raises a :class:`~fastspec.errors.FastspecError` is recorded under ``errors``
-    (and makes ``ok`` false) instead of aborting the other modes. With ``compile_ahead``, a second
-    process compiles the bound kernel (see the module docstring); the time waited for it counts in the
-    warm-up of the mode that waited.
+    (and makes ``ok`` false) instead of aborting the other modes. ``compile_ahead``: True starts the
+    second process that compiles the bound kernel (see the module docstring), None only where it can
+    help (:func:`fastspec.cli._ahead.start`); the time waited for it counts in the warm-up of the mode
+    that waited.
     """
     t_start = time.perf_counter()
     n_queries = min(n_queries, n_spectra)
     out: dict[str, Any] = {"fastspec_version": _version(), "machine": machine_info(threads),
                            "n_spectra": n_spectra, "n_queries": n_queries, "seed": seed, "k": k,
                            "stages": {}, "modes": {}, "errors": {}}
-    ahead = _CompileAhead.start(log) if compile_ahead else None
+    ahead = None
+    if compile_ahead is not False:
+        from fastspec.cli import _ahead
+
+        ahead = _ahead.start(log, threads, force=bool(compile_ahead))
     try:
         _run_all(out, ahead, n_spectra, n_queries, seed, k, workdir, threads, log, progress)
     finally:
@@ -178,94 +174,6 @@ def _run_mode(out, label, library, queries, truth, molecule, k, threads, log, ah
         "top1_source": float((top == truth).mean()),
         "source_in_topk": float((idx == truth[:, None]).any(axis=1).mean()),
     }
-
-
-def _parallel_ok(threads: int | None) -> bool:
-    """Whether a second process can compile alongside this one: 2+ usable cores and 2+ threads."""
-    from fastspec.kernels._config import max_threads
-
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = min(usable, max_threads()) if threads is None else threads
-    return usable >= 2 and n >= 2
-
-
-#: The compile-ahead process: imports fastspec from the parent's ``sys.path`` and refuses (exit 3) to
-#: compile another copy of the kernels than the parent's, whose cache the parent would not read.
-_AHEAD_CODE = """import json, sys
-paths, expected = json.loads(sys.argv[1])
-sys.path[:] = paths
-from fastspec.kernels import fragment
-if fragment.__file__ != expected:
-    sys.exit("fastspec.kernels.fragment is %s here, %s in the demo" % (fragment.__file__, expected))
-fragment.compile_search_bounds()
-"""
-
-
-class _CompileAhead:
-    """The compile-ahead process: :func:`fastspec.kernels.fragment.compile_search_bounds` in a fresh
-    interpreter.
-
-    Its failure only costs time: the main process then compiles the kernel itself. numba writes each
-    cache file under a temporary name and renames it, so neither process reads one half written.
-    """
-
-    def __init__(self, proc: subprocess.Popen, err):
-        self._proc = proc
-        self._err = err
-        self.exit: int | None = None
-        self.waited = 0.0
-        self._deadline = time.perf_counter() + AHEAD_TIMEOUT
-
-    @classmethod
-    def start(cls, log) -> "_CompileAhead | None":
-        """Start the process; None (one line logged) when it cannot be started."""
-        from fastspec.cli._common import ACTIVE_CHILDREN
-        from fastspec.kernels import fragment
-
-        err = None
-        try:
-            err = tempfile.TemporaryFile()
-            proc = subprocess.Popen([sys.executable, "-c", _AHEAD_CODE, json.dumps([sys.path, fragment.__file__])],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        except OSError as e:
-            if err is not None:
-                err.close()
-            log(f"compiling ahead not started ({e}); compiling here")
-            return None
-        ACTIVE_CHILDREN.add(proc)
-        return cls(proc, err)
-
-    def wait(self, log) -> float:
-        """Wait for the process (until :data:`AHEAD_TIMEOUT` s after its start); return the seconds waited."""
-        if self.exit is not None:
-            return 0.0
-        t0 = time.perf_counter()
-        if self._proc.poll() is None:
-            log("waiting for the bound kernel compiled ahead")
-        try:
-            self.exit = self._proc.wait(timeout=max(self._deadline - time.perf_counter(), 0.0))
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self.exit = self._proc.wait()
-        dt = time.perf_counter() - t0
-        self.waited += dt
-        if self.exit != 0:
-            self._err.seek(0)
-            tail = self._err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
-            log(f"compiling ahead failed (exit {self.exit}{': ' + tail[0] if tail else ''}); compiling here")
-        return dt
-
-    def summary(self) -> dict:
-        return {"exit": self.exit, "wait_s": self.waited}
-
-    def stop(self) -> None:
-        from fastspec.cli._common import ACTIVE_CHILDREN
-
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        ACTIVE_CHILDREN.discard(self._proc)
-        self._err.close()
 
 
 @contextmanager

@@ -6,7 +6,8 @@ import time
 
 import click
 
-from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents
+from fastspec.cli import _ahead
+from fastspec.cli._common import check_tolerance_option, common_options, compile_watch, handle_errors, make_parents
 
 _MODES = ["identity", "formula", "open", "analog", "hybrid"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
@@ -80,13 +81,15 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
     make_parents(output)  # as query, convert and synth do
     t0 = time.perf_counter()
-    lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error, threads=threads,
-                        progress=False if quiet else None, overwrite=overwrite, allow_empty=False)
+    with compile_watch(log) as compiled:
+        lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error,
+                            threads=threads, progress=False if quiet else None, overwrite=overwrite,
+                            allow_empty=False)
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
     _log_warnings(log, lib.info().get("read_warnings"))
     log(f"indexed {lib.n_spectra} spectra ({lib.n_rejected} rejected{': ' + rej if rej else ''}) "
-        f"into {output} in {dt:.1f} s")
+        f"into {output} in {dt:.1f} s{compiled.note()}")
 
 
 def _log_warnings(log, warnings: dict | None) -> None:
@@ -142,13 +145,21 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     lib = Library.open(library)
     t0 = time.perf_counter()
     # a chunk of queries at a time, straight into the table: memory stays bounded however many queries
-    done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
-                              mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
-                              engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
-                              formula=formula, same_adduct=same_adduct, same_charge=same_charge,
-                              same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
-                              on_error=on_error, threads=threads, progress=False if quiet else None,
-                              **({"preset": preset} if preset else {}))
+    with compile_watch(log) as compiled:
+        ahead = None
+        if _ahead.uses_bound_kernel(mode, metric, engine):  # its ~45 s compile beside the reading and the rest
+            ahead = _ahead.start(log, threads, on_wait=compiled.add)
+        try:
+            done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
+                                      mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
+                                      engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
+                                      formula=formula, same_adduct=same_adduct, same_charge=same_charge,
+                                      same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
+                                      on_error=on_error, threads=threads, progress=False if quiet else None,
+                                      **({"preset": preset} if preset else {}))
+        finally:
+            if ahead is not None:
+                ahead.stop()
     dt = time.perf_counter() - t0
     params, n = done["params"], done["n_queries"]
     rec = params.get("query_records") or {}
@@ -163,7 +174,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
             f"{'readable ' if name == 'adduct' else ''}{name} of their own ({', '.join(why)}{eg}): they match "
             f"library spectra of any {name}")
     log(f"{n} queries, {done['n_with_hits']} with hits, {done['n_skipped']} skipped; {dt:.2f} s "
-        f"({n / dt if dt > 0 else 0:.0f} queries/s); wrote {output}")
+        f"({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}); wrote {output}")
 
 
 @click.command("info")

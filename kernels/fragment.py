@@ -1625,7 +1625,7 @@ def compile_search_bounds() -> None:
     :func:`search_bounds` passes every array through :func:`_ro` and every scalar as a Python
     ``int``/``float``/``bool``, so the kernel has one signature whatever the index, the queries and
     the mode (cosine, entropy, analog, hybrid): a one-spectrum index compiles the very build every
-    search runs. It is the largest compilation in fastspec (about 45 s on an empty cache), which
+    search runs. It is the largest compilation in fastspec (about 40 s on an empty cache), which
     ``fastspec demo`` starts in a second process while it builds its index.
     """
     mz = np.array([100.0, 200.0])

@@ -1,7 +1,7 @@
 """Compiling the bound kernel in a second process while a command does other work.
 
 On an empty numba cache the bound kernel of open, analog and hybrid search
-(:func:`fastspec.kernels.fragment.compile_search_bounds`) takes about 45 s to compile, one core, while
+(:func:`fastspec.kernels.fragment.compile_search_bounds`) takes about 40 s to compile, one core, while
 the other idles. ``fastspec demo`` and ``fastspec query`` start that compilation in a second
 interpreter when it can help (2+ usable cores and threads, the kernel not in the cache yet) and go on
 reading, indexing and compiling the other kernels; the first call of the kernel waits for the second
@@ -21,7 +21,7 @@ import time
 from typing import Callable
 
 #: Seconds after its start that the second process may take before it is stopped and the kernel is
-#: compiled here (it takes about 45 s on this project's 2-core VMs).
+#: compiled here (it takes 37-42 s on this project's 2-core VMs).
 AHEAD_TIMEOUT = 300.0
 #: The second process: imports fastspec from the parent's ``sys.path`` and refuses to compile another
 #: copy of the kernels than the parent's (whose cache the parent would not read).

@@ -147,7 +147,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     # a chunk of queries at a time, straight into the table: memory stays bounded however many queries
     with compile_watch(log) as compiled:
         ahead = None
-        if _ahead.uses_bound_kernel(mode, metric, engine):  # its ~45 s compile beside the reading and the rest
+        if _ahead.uses_bound_kernel(mode, metric, engine):  # its ~40 s compile beside the reading and the rest
             ahead = _ahead.start(log, threads, on_wait=compiled.add)
         try:
             done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,

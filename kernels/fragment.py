@@ -1626,7 +1626,7 @@ def compile_search_bounds() -> None:
     ``int``/``float``/``bool``, so the kernel has one signature whatever the index, the queries and
     the mode (cosine, entropy, analog, hybrid): a one-spectrum index compiles the very build every
     search runs. It is the largest compilation in fastspec (about 40 s on an empty cache), which
-    ``fastspec demo`` starts in a second process while it builds its index.
+    ``fastspec demo`` and ``fastspec query`` start in a second process (:mod:`fastspec.cli._ahead`).
     """
     mz = np.array([100.0, 200.0])
     w = np.array([0.6, 0.8], dtype=np.float32)

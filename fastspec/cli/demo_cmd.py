@@ -6,10 +6,11 @@ two cores at the default 200k spectra. Each search mode first runs once untimed 
 the throughput.
 
 On a cold numba cache most of the run is compilation, one core at a time. With two or more usable
-cores and threads (``--compile-ahead``, the default then), a second process compiles the largest
-kernel, the bound kernel of open, analog and hybrid search, while this one generates and indexes the
-library and compiles identity search (:mod:`fastspec.cli._ahead`); this one waits for it before its
-first timed search, so that no throughput is measured while it compiles.
+cores and threads, while numba's cache does not hold it yet (``--compile-ahead`` forces it), a second
+process compiles the largest kernel, the bound kernel of open, analog and hybrid search, while this
+one generates and indexes the library and compiles identity search (:mod:`fastspec.cli._ahead`);
+this one waits for it before its first timed search, so that no throughput is measured while it
+compiles.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ MODES: list[tuple[str, dict]] = [
 #: spectrum itself need not be first: a molecule has several near-identical spectra, e.g. the same adduct at
 #: neighbouring collision energies, and the query noise includes a collision-energy-like tilt.)
 MIN_TOP1 = 0.9
+
 
 @click.command("demo")
 @click.option("--n-spectra", type=click.IntRange(min=100), default=200_000, show_default=True,

@@ -1645,11 +1645,15 @@ def compile_search_bounds() -> None:
 def search_bounds_cached() -> bool | None:
     """Whether numba's on-disk cache holds the bound kernel for this machine and this source (None when
     that cannot be told: numba's cache internals are read, and any surprise there means "unknown")."""
+    import os
+
     try:
         cache = _search_bounds._cache
         codegen = _search_bounds.targetctx.codegen()
         want = cache._index_key(None, codegen)[1:]  # (machine, source hashes); the signature is the one
-        return any(tuple(key[1:]) == want for key in cache._cache_file._load_index())
+        # numba writes the index before the data file: a process stopped in between leaves only the index
+        return any(tuple(key[1:]) == want and os.path.exists(os.path.join(cache.cache_path, name))
+                   for key, name in cache._cache_file._load_index().items())
     except Exception:  # noqa: BLE001 - numba internals changed: unknown
         return None
 

@@ -99,15 +99,17 @@ def test_query_waits_for_the_second_process_and_finds_the_same_hits(massbank_mgf
     plain = tmp_path / "plain.parquet"
     args = ["query", str(massbank_mgf), "--library", str(lib), "--mode", "open", "--threads", "2"]
     assert CliRunner().invoke(main, args + ["-o", str(plain), "--quiet"]).exit_code == 0
-    started = []
-    real_start = _ahead.CompileAhead.start
+    started, waited = [], []
+    real_start, real_wait = _ahead.CompileAhead.start, _ahead.CompileAhead.wait
     monkeypatch.setattr(fk, "search_bounds_cached", lambda: False)
     monkeypatch.setattr(_ahead.CompileAhead, "start", classmethod(
         lambda cls, log: started.append(1) or real_start.__func__(cls, log)))
+    monkeypatch.setattr(_ahead.CompileAhead, "wait", lambda self, log: waited.append(1) or real_wait(self, log))
     ahead_out = tmp_path / "ahead.parquet"
     res = CliRunner().invoke(main, args + ["-o", str(ahead_out)])
     assert res.exit_code == 0, res.output
-    assert started == [1] and "compiling ahead failed" not in res.output
+    # started once, and the kernel's first call waited for it (before loading the kernel itself)
+    assert started == [1] and waited == [1] and "compiling ahead failed" not in res.output
     assert pq.read_table(ahead_out).equals(pq.read_table(plain))
     assert not _common.ACTIVE_CHILDREN and not _config._COMPILING_ELSEWHERE
 

@@ -177,8 +177,8 @@ class CompileWatch:
 def compile_watch(log):
     """Watch numba compile inside the block: one line through ``log`` when the first kernel starts
     compiling (on an empty cache a first search can take a minute before any progress), and the seconds
-    spent, so that a command's summary can tell them apart from its throughput. Kernels loaded from
-    numba's cache do not count."""
+    spent, which a command's summary reports next to its throughput (which includes them). Kernels
+    loaded from numba's cache do not count."""
     from numba.core import event
 
     watch = CompileWatch(log)

@@ -15,7 +15,7 @@ import inspect
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -44,7 +44,8 @@ class _Run(NamedTuple):
 
 
 def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10, *, chunk_size: int = DEFAULT_CHUNK,
-                   on_error: str = "skip", progress: bool | None = None, formula=None, **kwargs: Any) -> dict:
+                   on_error: str = "skip", progress: bool | None = None, formula=None,
+                   on_validated: Callable[[dict], None] | None = None, **kwargs: Any) -> dict:
     """Search ``queries`` against ``library`` and write the hit table to ``path``, a chunk at a time.
 
     Parameters
@@ -63,6 +64,9 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     on_error, progress, formula, **kwargs
         As for :func:`fastspec.search.search` (``formula`` as a list: one per query spectrum read; its
         values are checked before the search, its length once every query is read).
+    on_validated : callable, optional
+        Called once the search parameters have passed their checks, before any query is read, with
+        the table's parameters (``mode``, ``metric`` as resolved, ``engine``, ...; as ``params`` below).
 
     Returns
     -------
@@ -86,6 +90,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     formulas = list(formula) if per_query_formula else None
     if per_query_formula:
         caller_formulas(formulas)  # an unparsable one is refused now, not after the chunks before it
+    if on_validated is not None:
+        on_validated(cfg.describe(library))
     totals = {"with_hits": 0, "skipped": 0, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:

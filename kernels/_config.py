@@ -83,6 +83,7 @@ def n_blocks(n_rows: int) -> int:
 #: Kernels another process is compiling into numba's cache right now: name -> a callable that waits for
 #: it (see :func:`await_compiled`; registered by ``fastspec.cli._ahead``).
 _COMPILING_ELSEWHERE: dict = {}
+_AWAIT_LOCK = threading.Lock()  # see await_compiled
 
 
 def compiling_elsewhere(name: str, wait) -> None:
@@ -96,10 +97,17 @@ def compiling_elsewhere(name: str, wait) -> None:
 
 def await_compiled(name: str) -> None:
     """Before the first call of kernel ``name``: if another process is compiling it, wait for that (then
-    numba loads it from the cache instead of compiling it a second time here). One dict lookup otherwise."""
-    wait = _COMPILING_ELSEWHERE.pop(name, None)
-    if wait is not None:
-        wait()
+    numba loads it from the cache instead of compiling it a second time here). One dict lookup otherwise;
+    a thread calling while another waits waits too (under a lock), rather than compiling it alongside."""
+    if name not in _COMPILING_ELSEWHERE:
+        return
+    with _AWAIT_LOCK:
+        wait = _COMPILING_ELSEWHERE.get(name)
+        if wait is not None:
+            try:
+                wait()
+            finally:
+                _COMPILING_ELSEWHERE.pop(name, None)
 
 
 #: Work items (spectra; candidate pairs for the scoring kernels) below which :meth:`Kernel.pick` runs the

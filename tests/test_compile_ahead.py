@@ -71,6 +71,45 @@ def test_uses_bound_kernel():
     assert not _ahead.uses_bound_kernel("analog", None, "faiss")
     assert not _ahead.uses_bound_kernel("open", "binned_cosine")
     assert not _ahead.uses_bound_kernel("identity", None) and not _ahead.uses_bound_kernel("formula", None)
+    # formula search falls back to open search for queries without a same-formula neighbour
+    assert _ahead.uses_bound_kernel("formula", None, "exact", "fallback")
+    assert not _ahead.uses_bound_kernel("formula", "binned_cosine", "exact", "fallback")
+
+
+def test_a_waiting_thread_makes_the_others_wait(monkeypatch):
+    """A second thread calling the kernel while the first waits for the other process waits as well
+    (it would otherwise compile the kernel alongside); the wait runs once and is then forgotten."""
+    import threading
+
+    release, calls, done = threading.Event(), [], []
+    _config.compiling_elsewhere("k", lambda: calls.append(1) or release.wait(10))
+    try:
+        ts = [threading.Thread(target=lambda: (_config.await_compiled("k"), done.append(1))) for _ in range(2)]
+        for t in ts:
+            t.start()
+        time.sleep(0.2)
+        assert calls == [1] and done == []  # one waits inside, the other at the lock
+        release.set()
+        for t in ts:
+            t.join(10)
+        assert calls == [1] and done == [1, 1] and "k" not in _config._COMPILING_ELSEWHERE
+    finally:
+        _config.compiling_elsewhere("k", None)
+
+
+def test_query_starts_nothing_before_its_parameters_pass(massbank_mgf, tmp_path, monkeypatch):
+    """A refused parameter (hybrid search takes a Da tolerance) stops the command before the second
+    process starts; formula search with --no-neighbour fallback starts it."""
+    lib = tmp_path / "lib.fastspec"
+    assert CliRunner().invoke(main, ["index", str(massbank_mgf), "-o", str(lib), "--no-faiss", "--quiet"]).exit_code == 0
+    started = []
+    monkeypatch.setattr(_ahead, "start", lambda log, threads, **kw: started.append(1))
+    args = ["query", str(massbank_mgf), "--library", str(lib), "-o", str(tmp_path / "h.tsv"), "--quiet"]
+    res = CliRunner().invoke(main, args + ["--mode", "hybrid", "--tolerance", "10ppm"])
+    assert res.exit_code != 0 and "Da tolerance" in res.output and started == []
+    assert CliRunner().invoke(main, args + ["--mode", "formula"]).exit_code == 0 and started == []
+    assert CliRunner().invoke(main, args + ["--mode", "formula", "--no-neighbour", "fallback"]).exit_code == 0
+    assert started == [1]
 
 
 def test_search_bounds_cached_after_compiling():

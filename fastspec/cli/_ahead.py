@@ -46,13 +46,13 @@ def parallel_ok(threads: int | None) -> bool:
     return usable >= 2 and n >= 2
 
 
-def uses_bound_kernel(mode: str, metric: str | None, engine: str = "exact") -> bool:
-    """Whether a search runs the bound kernel: exact open, analog and hybrid search with the metrics it
-    bounds (formula mode's fallback aside)."""
+def uses_bound_kernel(mode: str, metric: str | None, engine: str = "exact", no_neighbour: str = "skip") -> bool:
+    """Whether a search may run the bound kernel: exact open, analog and hybrid search with the metrics it
+    bounds, and formula search whose queries without a same-formula neighbour fall back to open search."""
     from fastspec.search import _BOUNDED, _DEFAULT_METRIC
 
-    return engine == "exact" and mode in ("open", "analog", "hybrid") and \
-        (metric or _DEFAULT_METRIC[mode]) in _BOUNDED
+    whole = mode in ("open", "analog", "hybrid") or (mode == "formula" and no_neighbour == "fallback")
+    return engine == "exact" and whole and (metric or _DEFAULT_METRIC[mode]) in _BOUNDED
 
 
 def start(log: Callable[[str], None], threads: int | None, *, force: bool = False,

@@ -146,9 +146,13 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     t0 = time.perf_counter()
     # a chunk of queries at a time, straight into the table: memory stays bounded however many queries
     with compile_watch(log) as compiled:
-        ahead = None
-        if _ahead.uses_bound_kernel(mode, metric, engine):  # its ~40 s compile beside the reading and the rest
-            ahead = _ahead.start(log, threads, on_wait=compiled.add)
+        ahead = []
+
+        def start_ahead(p: dict) -> None:  # once the parameters passed their checks, before any query is read
+            if _ahead.uses_bound_kernel(p["mode"], p["metric"], p["engine"], p["no_neighbour"]):
+                # its ~40 s compile beside the reading and the rest
+                ahead.extend(a for a in [_ahead.start(log, threads, on_wait=compiled.add)] if a is not None)
+
         try:
             done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
                                       mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
@@ -156,10 +160,10 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
                                       on_error=on_error, threads=threads, progress=False if quiet else None,
-                                      **({"preset": preset} if preset else {}))
+                                      on_validated=start_ahead, **({"preset": preset} if preset else {}))
         finally:
-            if ahead is not None:
-                ahead.stop()
+            for a in ahead:
+                a.stop()
     dt = time.perf_counter() - t0
     params, n = done["params"], done["n_queries"]
     rec = params.get("query_records") or {}

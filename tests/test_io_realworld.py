@@ -67,6 +67,36 @@ def test_msp_golm_structure_synonyms(tmp_path):
     assert s[0].mz.tolist() == [85.0, 86.0, 160.0]
 
 
+def test_msp_unquoted_annotation_with_a_colon(tmp_path):
+    # LipidBlast / MS-DIAL lipid libraries annotate peaks without quotes, and acyl chains hold a ':'
+    # ("C18:1"), which once made the line read as GOLM "mz:int" pairs and the record rejected
+    text = ("NAME: PC 34:1\nPRECURSORMZ: 760.5851\nPRECURSORTYPE: [M+H]+\nNum Peaks: 3\n"
+            "184.07332\t999\tPrecursor\n478.32920\t50\t[M+H]+ -C18:1 FA\n577.51904\t20\t[M+H]+ -C5H14NO4P 16:0\n\n"
+            "NAME: golm\nNum Peaks: 2\n 85:201 86:55\n")
+    s, r = read(tmp_path, "lipids.msp", text)
+    assert r.n_spectra == 2 and r.n_rejected == 0
+    assert s[0].mz.tolist() == [184.07332, 478.3292, 577.51904] and s[0].intensity.tolist() == [999, 50, 20]
+    assert s[1].mz.tolist() == [85.0, 86.0] and s[1].intensity.tolist() == [201, 55]
+
+
+def test_quoted_structure_fields_lose_their_quotes(tmp_path):
+    text = ('BEGIN IONS\nPEPMASS=17.03\nINCHI="InChI=1S/CH4/h1H4"\nSMILES="C"\nINCHIKEY="VNWKTOKETHGBQD-UHFFFAOYSA-N"\n'
+            'NAME="methane"\n10 1\nEND IONS\n')
+    s, _ = read(tmp_path, "quoted.mgf", text)
+    m = md(s, 0)
+    assert m["smiles"] == "C" and m["inchi"] == "InChI=1S/CH4/h1H4" and m["inchikey14"] == "VNWKTOKETHGBQD"
+    assert m["name"] == '"methane"'  # other text is kept as written
+
+
+@pytest.mark.parametrize("name,head,tool", [("lib.zip", b"PK\x03\x04", "unzip"), ("lib.msp.bz2", b"BZh91AY", "bunzip2")])
+def test_archives_are_named_as_such(tmp_path, name, head, tool):
+    from fastspec.errors import FastspecError
+
+    (tmp_path / name).write_bytes(head + b"\x00" * 64)
+    with pytest.raises(FastspecError, match=f"extract it first \\({tool}\\)"):
+        fio.read(tmp_path / name)
+
+
 def test_mgf_vendor_layouts(tmp_path):
     # SIRIUS: blank line before END IONS; Agilent: trailing blanks after PEPMASS and TITLE;
     # Progenesis: decimal commas in text fields, records without peaks

@@ -215,6 +215,23 @@ def test_quotes_line_breaks_and_array_precursors_survive(tmp_path, ext):
         assert fio.read(tmp_path / "y.tsv").column("name") == ["a b c"]
 
 
+@pytest.mark.parametrize("ext", FORMATS)
+def test_metadata_named_like_peak_columns_survives(tmp_path, ext):
+    """A record's own ``MZ=`` / ``INTENSITY:`` value (metadata ``mz`` / ``intensity``) next to the peak
+    columns of table formats: peaks and metadata both come back (TSV once read the metadata as the peaks,
+    Parquet dropped it)."""
+    mgf = tmp_path / "in.mgf"
+    mgf.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=301.0354\nMZ=301.0354\nINTENSITY=123456\n"
+                   "151.0037 500\n178.9986 7000\nEND IONS\n")
+    sp = fio.read(mgf)
+    assert sp.column("mz") == ["301.0354"] and sp.column("intensity") == ["123456"]
+    fio.write(sp, tmp_path / f"x.{ext}")
+    back = fio.read(tmp_path / f"x.{ext}")
+    assert back.mz.tolist() == [151.0037, 178.9986] and back.intensity.tolist() == [500.0, 7000.0]
+    assert [str(v) for v in back.column("mz")] == ["301.0354"]
+    assert [str(v) for v in back.column("intensity")] == ["123456"]
+
+
 @pytest.mark.parametrize("ext", ["tsv", "mgf", "msp.gz"])
 def test_failed_write_leaves_no_file(tmp_path, ext):
     # every text writer goes through text_sink: a temporary sibling renamed when complete

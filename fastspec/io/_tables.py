@@ -17,9 +17,20 @@ REASON_LENGTHS = "m/z and intensity lists differ in length"
 REASON_VALUES = "unparsable peak list"
 
 
+#: Peak column pairs, in the order they are preferred when a table holds more than one of the names: a
+#: spectrum's own ``mz`` / ``intensity`` value (an ``MZ=`` line, MS-DIAL's ``INTENSITY:``) sits beside
+#: ``mzs`` / ``intensities`` peak lists in fastspec's TSV, and makes its Parquet writer use those names.
+PEAK_PAIRS = (("mzs", "intensities"), ("mz", "intensity"), ("peaks_mz", "peaks_intensity"),
+              ("mz_array", "intensity_array"), ("m/z array", "intensity array"))
+
+
 def find_peak_columns(names: list[str], path: str) -> tuple[str, str]:
-    """Names of the m/z and intensity columns (case-insensitive match of the usual names)."""
+    """Names of the m/z and intensity columns (case-insensitive match of the usual names; the first
+    complete pair of :data:`PEAK_PAIRS`, else the first name of each kind)."""
     low = {n.lower(): n for n in names}
+    for a, b in PEAK_PAIRS:
+        if a in low and b in low:
+            return low[a], low[b]
     mz = next((low[c] for c in MZ_COLUMNS if c in low), None)
     it = next((low[c] for c in INTENSITY_COLUMNS if c in low), None)
     if mz is None or it is None:

@@ -477,17 +477,27 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
         multi = False
         if mode == MSP:
             comma_digit = False
+            # a GOLM line ("mz:int mz:int") has its ':' in the first token; a colon further on belongs to
+            # an unquoted annotation ("478.3292<TAB>50<TAB>[M+H]+ -C18:1 FA", LipidBlast / MS-DIAL)
+            first_tok = 0  # 0 before the first token, 1 inside it, 2 after it
             k = ls
             while k < le:
                 c = buf[k]
                 if c == 34:
                     k = _closing_quote(buf, k, le)
+                    first_tok = 2
                 elif c == 58:
-                    golm = True
+                    if first_tok < 2:
+                        golm = True
                 elif c == 59:
                     has_semi = True
                 elif c == 44 and k + 1 < le and _is_digit(buf[k + 1]):
                     comma_digit = True
+                if c == 32 or c == 9 or c == 59:
+                    if first_tok == 1:
+                        first_tok = 2
+                elif first_tok == 0:
+                    first_tok = 1
                 k += 1
             if comma_digit and _decimal_commas(buf, ls, le):
                 err = E_DECIMAL_COMMA

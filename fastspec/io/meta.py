@@ -516,6 +516,11 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
             out[k] = _as_string(a) if not pa.types.is_null(a.type) else pa.nulls(n, pa.string())
         else:
             out[k] = pa.nulls(n, pa.string())
+    # structure fields wrapped in double quotes (INCHI="InChI=1S/..." in some MGF exports): the quotes go
+    for k in ("smiles", "inchi", "inchikey", "formula"):
+        a = out.get(k)
+        if a is not None and pa.types.is_string(a.type) and a.null_count < len(a):
+            out[k] = pc.replace_substring_regex(a, r'^\s*"(.*)"\s*$', r"\1")
     # precursor m/z: positive finite float, else null
     if "precursor_mz" in out and not pa.types.is_null(out["precursor_mz"].type):
         raw = out["precursor_mz"]

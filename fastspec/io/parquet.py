@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from fastspec.errors import FastspecError
 from fastspec.io._common import ReadReport
-from fastspec.io._tables import find_peak_columns, table_spectra
+from fastspec.io._tables import PEAK_PAIRS, find_peak_columns, table_spectra
 from fastspec.spectra import Spectra
 
 SCHEMA_TAG = b"fastspec-spectra/1"
@@ -63,11 +63,18 @@ def to_table(spectra: Spectra) -> pa.Table:
     else:
         offs = pa.array(off)
         mk = pa.LargeListArray.from_arrays
-    cols = {
-        "mz": mk(offs, pa.array(spectra.mz, pa.float64())),
-        "intensity": mk(offs, pa.array(spectra.intensity, pa.float32())),
-    }
     md = spectra.metadata
+    # peaks as mz / intensity, unless the metadata holds a column of that name (a spectrum's own m/z or
+    # intensity value): then as mzs / intensities, the pair readers prefer (see PEAK_PAIRS)
+    taken = {n.lower() for n in md.column_names}
+    names = next((p for p in PEAK_PAIRS[1::-1] if not taken & set(p)), None)
+    if names is None:
+        raise FastspecError("cannot write parquet: the metadata has columns named like both peak column pairs "
+                            f"({', '.join(sorted(taken & {'mz', 'mzs', 'intensity', 'intensities'}))})")
+    cols = {
+        names[0]: mk(offs, pa.array(spectra.mz, pa.float64())),
+        names[1]: mk(offs, pa.array(spectra.intensity, pa.float32())),
+    }
     pmz = spectra.precursor_mz
     ch = spectra.charge
     for name in md.column_names:

@@ -387,11 +387,15 @@ def entropy_pair(mz_a, w_a, a0, a1, mz_b, w_b, b0, b1, tol_da, tol_ppm, flash=Fa
 
 @numba.njit(inline="always", **NJIT)
 def _g32(wa, wb):
-    """One matched pair's ``f(a+b) - f(a) - f(b)``, ``f(v) = v * log2f(v)``, in float32 as ms_entropy's C."""
+    """One matched pair's ``f(a+b) - f(a) - f(b)``, ``f(v) = v * log2f(v)``, in float32 as ms_entropy's C;
+    ``f(0) = 0`` (a weight that underflowed to 0 in float32 gave ``0 * -inf``: NaN)."""
     pa = np.float32(wa)
     pb = np.float32(wb)
     pab = pa + pb
-    return pab * np.log2(pab) - pa * np.log2(pa) - pb * np.log2(pb)
+    fab = pab * np.log2(pab) if pab > 0 else _ZERO
+    fa = pa * np.log2(pa) if pa > 0 else _ZERO
+    fb = pb * np.log2(pb) if pb > 0 else _ZERO
+    return fab - fa - fb
 
 
 @numba.njit(inline="always", **NJIT)

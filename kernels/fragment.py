@@ -126,6 +126,20 @@ _THETA_GIVEN_ENOUGH = 0.8
 
 
 # ---------------------------------------------------------------------------------------- peak weights
+#: Smallest normal float32: the least weight a peak with a positive weight is stored with (see _stored).
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@numba.njit(inline="always", **NJIT)
+def _stored(x):
+    """A weight as stored in float32: a positive one below the smallest normal float32 (a weight ratio
+    under ~1e-38 within a spectrum: raw intensities, large ``intensity_power``) keeps that smallest normal,
+    as it would otherwise round to 0 (or a subnormal, which processors may flush to 0) and the bound
+    kernels pass weightless peaks over, so a pair the exact kernels match (``min_matches``) went uncounted.
+    Bounds only grow by it; lower bounds gain at most ~1e-38 per pair, far inside their float32 slack."""
+    return _F32_TINY if 0.0 < x < _F32_TINY else x
+
+
 def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
     n = offsets.shape[0] - 1
     # the default powers (0, 1) give the intensity itself (x ** 0.0 == 1.0 and x ** 1.0 == x exactly): a
@@ -147,10 +161,10 @@ def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
                 out[p] = 0.0
         elif plain:
             for p in range(a, b):
-                out[p] = np.float64(intensity[p]) / norm
+                out[p] = _stored(np.float64(intensity[p]) / norm)
         else:
             for p in range(a, b):
-                out[p] = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power) / norm
+                out[p] = _stored((mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power) / norm)
 
 
 def _entropy_weights_py(offsets, intensity, weighted, out):
@@ -183,7 +197,7 @@ def _entropy_weights_one(intensity, a, b, total, weighted, out):
         s2 += x ** power if x > 0 else 0.0
     for p in range(a, b):
         x = max(np.float64(intensity[p]), 0.0) / total
-        out[p] = (x ** power) / s2 if x > 0 else 0.0
+        out[p] = _stored((x ** power) / s2) if x > 0 else 0.0
 
 
 # parallel builds for libraries, serial ones for a few query spectra (see fastspec.kernels._config.pjit)

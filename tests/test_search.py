@@ -361,6 +361,32 @@ def test_entropy_huge_intensities_keep_every_hit(tmp_path, metric, mode, k):
     np.testing.assert_allclose(hits.scores[0], ref[order], rtol=1e-6)
 
 
+@pytest.mark.parametrize("mode,metric,ip", [("open", "cosine", 1.0), ("open", "cosine", 4.0),
+                                             ("analog", "modified_cosine", 1.0), ("open", "unweighted_entropy", 1.0)])
+@pytest.mark.parametrize("tiny_side", ["query", "library"])
+def test_weights_below_float32_range_still_count_as_matched(tmp_path, mode, metric, ip, tiny_side):
+    """A peak whose bound weight is below the smallest float32 (intensity ratio 1e-48 within a spectrum,
+    or 1e-12 at intensity_power 4) is still a pair the exact kernels match: min_matches=2 keeps the hit,
+    as brute force does (its float32 weight once rounded to 0, and the bound kernel skipped it)."""
+    tiny = [1e-12 if ip == 4.0 else 1e-38, 1.0 if ip == 4.0 else 1e10]
+    pos = {"ion_mode": ["positive"]}
+    q_int, l_int = (tiny, [1.0, 1.0]) if tiny_side == "query" else ([1.0, 1.0], tiny)
+    sp = Spectra.from_arrays([np.array([100.0, 150.0])], [np.array(l_int)], precursor_mz=[400.0], metadata=pos)
+    q = Spectra.from_arrays([np.array([100.0, 150.0])], [np.array(q_int)], precursor_mz=[400.0], metadata=pos)
+    lib = Library.build(sp, tmp_path / "t.fastspec", preprocess=None, faiss=False)
+    kw = {} if metric.endswith("entropy") else {"intensity_power": ip}
+    ref_kw = {"clean": False, "flash": True} if metric.endswith("entropy") else kw  # as the search scores
+    ref, ref_m = similarity.score_matrix(q, sp, metric=metric, tolerance=0.02, **ref_kw)
+    assert np.isfinite(ref[0, 0]) and ref_m[0, 0] == 2  # entropy once scored its 0 weight NaN: 0 * log2(0)
+    for mm in (1, 2):
+        hits = lib.search(q, k=1, mode=mode, metric=metric, tolerance=0.02, min_matches=mm, threads=1, **kw)
+        if ref_m[0, 0] >= mm:
+            assert hits.indices[0, 0] == 0 and hits.matches[0, 0] == ref_m[0, 0]
+            np.testing.assert_allclose(hits.scores[0, 0], ref[0, 0], rtol=1e-6)
+        else:
+            assert hits.indices[0, 0] == -1
+
+
 def test_identity_ppm_window_entropy(lib, data):
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="20ppm", metric="entropy")

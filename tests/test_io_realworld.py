@@ -86,6 +86,13 @@ def test_quoted_structure_fields_lose_their_quotes(tmp_path):
     m = md(s, 0)
     assert m["smiles"] == "C" and m["inchi"] == "InChI=1S/CH4/h1H4" and m["inchikey14"] == "VNWKTOKETHGBQD"
     assert m["name"] == '"methane"'  # other text is kept as written
+    # quoted emptiness is missing, and leaves the field to its fallbacks
+    text = ('BEGIN IONS\nPEPMASS=17.03\nSMILES=""\nINCHI="N/A"\nFORMULA=""\nFORMULA_SMILES="CH4"\n'
+            'INCHIKEY=" VNWKTOKETHGBQD-UHFFFAOYSA-N "\n10 1\nEND IONS\n')
+    s, _ = read(tmp_path, "quoted_empty.mgf", text)
+    m = md(s, 0)
+    assert "smiles" not in m and "inchi" not in m and m["formula"] == "CH4"
+    assert m["inchikey"] == "VNWKTOKETHGBQD-UHFFFAOYSA-N"
 
 
 @pytest.mark.parametrize("name,head,tool", [("lib.zip", b"PK\x03\x04", "unzip"), ("lib.msp.bz2", b"BZh91AY", "bunzip2")])
@@ -95,6 +102,18 @@ def test_archives_are_named_as_such(tmp_path, name, head, tool):
     (tmp_path / name).write_bytes(head + b"\x00" * 64)
     with pytest.raises(FastspecError, match=f"extract it first \\({tool}\\)"):
         fio.read(tmp_path / name)
+
+
+def test_stored_zip_is_not_read_as_its_text(tmp_path):
+    # a member stored uncompressed shows its MSP text in the first bytes; still an archive
+    import zipfile
+
+    from fastspec.errors import FastspecError
+
+    with zipfile.ZipFile(tmp_path / "mona.zip", "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr("mona.msp", "Name: a\nPrecursorMZ: 200\nNum Peaks: 1\n100 1\n\nName: b\nNum Peaks: 1\n90 1\n")
+    with pytest.raises(FastspecError, match="a zip archive"):
+        fio.read(tmp_path / "mona.zip")
 
 
 def test_mgf_vendor_layouts(tmp_path):

@@ -232,6 +232,46 @@ def test_metadata_named_like_peak_columns_survives(tmp_path, ext):
     assert [str(v) for v in back.column("intensity")] == ["123456"]
 
 
+@pytest.mark.parametrize("names", [("mzs", "intensities"), ("mz", "intensities"), ("MZ", "Intensity"),
+                                   ("mz", "mzs", "intensity", "intensities"),
+                                   ("mz", "mzs", "intensity", "intensities", "peaks_mz", "peaks_intensity")])
+def test_parquet_peak_columns_are_named_in_the_schema(tmp_path, names):
+    """Whatever metadata columns named like peak columns a spectrum set has, its Parquet file reads back
+    with its own peaks: the writer picks a free pair of names and records it (``peak_columns``)."""
+    import pyarrow.parquet as pq
+
+    md = {n: [f"meta-{n}"] for n in names}
+    sp = Spectra.from_arrays([np.array([100.0, 150.0])], [np.array([1.0, 2.0], np.float32)], metadata=md)
+    if len(names) == 6:  # every usual pair is taken: a clear error, no file
+        with pytest.raises(fio.FastspecError, match="every pair of peak columns"):
+            fio.write(sp, tmp_path / "x.parquet")
+        assert not (tmp_path / "x.parquet").exists()
+        return
+    fio.write(sp, tmp_path / "x.parquet")
+    back = fio.read(tmp_path / "x.parquet")
+    assert back.mz.tolist() == [100.0, 150.0] and back.intensity.tolist() == [1.0, 2.0]
+    assert all(back.column(n.lower()) == [f"meta-{n}"] for n in names)  # keys read back in snake case
+    taken = {n.lower() for n in names}
+    expect = b"mz,intensity" if not taken & {"mz", "intensity"} else \
+        b"mzs,intensities" if not taken & {"mzs", "intensities"} else b"peaks_mz,peaks_intensity"
+    assert pq.read_schema(tmp_path / "x.parquet").metadata[b"peak_columns"] == expect
+
+
+def test_parquet_written_before_peak_columns_were_recorded(tmp_path):
+    """Files fastspec wrote before ``peak_columns`` hold their peaks as mz / intensity, next to any
+    metadata column (here mzs / intensities, which other tables' readers would prefer)."""
+    import pyarrow.parquet as pq
+
+    from fastspec.io.parquet import SCHEMA_TAG
+
+    t = pa.table({"mz": [[100.0, 150.0]], "intensity": [[1.0, 2.0]], "mzs": [[1.0, 2.0, 3.0]],
+                  "intensities": [[4.0, 5.0, 6.0]]}).replace_schema_metadata({b"format": SCHEMA_TAG})
+    pq.write_table(t, tmp_path / "old.parquet")
+    assert fio.read(tmp_path / "old.parquet").mz.tolist() == [100.0, 150.0]
+    pq.write_table(t.replace_schema_metadata({}), tmp_path / "other.parquet")  # someone else's table
+    assert fio.read(tmp_path / "other.parquet").mz.tolist() == [1.0, 2.0, 3.0]
+
+
 @pytest.mark.parametrize("ext", ["tsv", "mgf", "msp.gz"])
 def test_failed_write_leaves_no_file(tmp_path, ext):
     # every text writer goes through text_sink: a temporary sibling renamed when complete

@@ -362,7 +362,8 @@ def test_entropy_huge_intensities_keep_every_hit(tmp_path, metric, mode, k):
 
 
 @pytest.mark.parametrize("mode,metric,ip", [("open", "cosine", 1.0), ("open", "cosine", 4.0),
-                                             ("analog", "modified_cosine", 1.0), ("open", "unweighted_entropy", 1.0)])
+                                             ("analog", "modified_cosine", 1.0), ("open", "unweighted_entropy", 1.0),
+                                             ("hybrid", "unweighted_entropy", 1.0), ("identity", "cosine", 1.0)])
 @pytest.mark.parametrize("tiny_side", ["query", "library"])
 def test_weights_below_float32_range_still_count_as_matched(tmp_path, mode, metric, ip, tiny_side):
     """A peak whose bound weight is below the smallest float32 (intensity ratio 1e-48 within a spectrum,
@@ -375,7 +376,8 @@ def test_weights_below_float32_range_still_count_as_matched(tmp_path, mode, metr
     q = Spectra.from_arrays([np.array([100.0, 150.0])], [np.array(q_int)], precursor_mz=[400.0], metadata=pos)
     lib = Library.build(sp, tmp_path / "t.fastspec", preprocess=None, faiss=False)
     kw = {} if metric.endswith("entropy") else {"intensity_power": ip}
-    ref_kw = {"clean": False, "flash": True} if metric.endswith("entropy") else kw  # as the search scores
+    # as the search scores
+    ref_kw = {"clean": False, "flash": True, "hybrid": mode == "hybrid"} if metric.endswith("entropy") else kw
     ref, ref_m = similarity.score_matrix(q, sp, metric=metric, tolerance=0.02, **ref_kw)
     assert np.isfinite(ref[0, 0]) and ref_m[0, 0] == 2  # entropy once scored its 0 weight NaN: 0 * log2(0)
     for mm in (1, 2):

@@ -538,6 +538,12 @@ def sniff_format(path: str) -> str:
         return "parquet"
     if head.startswith(b"\x89HDF"):
         return "hdf5"
+    # before the text rules: a zip member stored uncompressed shows its MSP / MGF text in the first bytes
+    for magic, kind, tool in ((b"PK\x03\x04", "a zip archive", "unzip"), (b"BZh", "bzip2-compressed", "bunzip2"),
+                              (b"\xfd7zXZ\x00", "xz-compressed", "unxz"), (b"7z\xbc\xaf", "a 7-Zip archive", "7z x")):
+        if head.startswith(magic):  # MoNA and others distribute zipped libraries; gzip is read directly
+            raise FastspecError(f"{path}: {kind}, which fastspec does not read; extract it first ({tool}) "
+                                f"and give the spectrum file (gzip-compressed files are read as they are)")
     if head.startswith(b"\x1f\x8b"):
         with gzip.open(path, "rb") as g:
             head = g.read(4096)
@@ -559,11 +565,6 @@ def sniff_format(path: str) -> str:
         return "massbank"
     if "name:" in text or "num peaks:" in text:
         return "msp"
-    for magic, kind, tool in ((b"PK\x03\x04", "a zip archive", "unzip"), (b"BZh", "bzip2-compressed", "bunzip2"),
-                              (b"\xfd7zXZ\x00", "xz-compressed", "unxz"), (b"7z\xbc\xaf", "a 7-Zip archive", "7z x")):
-        if head.startswith(magic):  # MoNA and others distribute zipped libraries; gzip is read directly
-            raise FastspecError(f"{path}: {kind}, which fastspec does not read; extract it first ({tool}) "
-                                f"and give the spectrum file (gzip-compressed files are read as they are)")
     raise FastspecError(f"{path}: cannot tell the file format from its name or content; give it a known "
                         f"extension (.mgf, .msp, .mzML, .parquet, ...) or pass format= (one of {', '.join(FORMATS)}; "
                         f"--input-format in `fastspec convert`)")

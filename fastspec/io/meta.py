@@ -444,6 +444,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             out[alt] = col
     for k, v in extra_first.items():
         out.setdefault(k, v)
+    _unquote_structures(out)
     _fill_from(out)
     _normalise_canonical(out, n, counts, signed_charge)
     # canonical first, typed; then others in order
@@ -461,6 +462,20 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
         fields.append(pa.field(k, v.type))
         arrays.append(v)
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+#: Structure fields (and the keys they are filled from) that lose double quotes wrapped around the whole
+#: value (INCHI="InChI=1S/..." in some MGF exports); none of them can hold a '"' of its own.
+_UNQUOTED = ("smiles", "inchi", "inchikey", "formula", *{k for v in FILL_FROM.values() for k in v})
+
+
+def _unquote_structures(out: dict[str, pa.Array]) -> None:
+    """Strip quotes wrapped around structure values, then trim again and null the missing markers
+    (``SMILES=""``, ``INCHI="N/A"``), before any is used to fill another (:func:`_fill_from`)."""
+    for k in _UNQUOTED:
+        a = out.get(k)
+        if a is not None and pa.types.is_string(a.type) and a.null_count < len(a):
+            out[k] = _trim_missing(pc.replace_substring_regex(a, r'^\s*"(.*)"\s*$', r"\1"))
 
 
 def _fill_from(out: dict[str, pa.Array]) -> None:
@@ -516,11 +531,6 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
             out[k] = _as_string(a) if not pa.types.is_null(a.type) else pa.nulls(n, pa.string())
         else:
             out[k] = pa.nulls(n, pa.string())
-    # structure fields wrapped in double quotes (INCHI="InChI=1S/..." in some MGF exports): the quotes go
-    for k in ("smiles", "inchi", "inchikey", "formula"):
-        a = out.get(k)
-        if a is not None and pa.types.is_string(a.type) and a.null_count < len(a):
-            out[k] = pc.replace_substring_regex(a, r'^\s*"(.*)"\s*$', r"\1")
     # precursor m/z: positive finite float, else null
     if "precursor_mz" in out and not pa.types.is_null(out["precursor_mz"].type):
         raw = out["precursor_mz"]

@@ -19,7 +19,8 @@ REASON_VALUES = "unparsable peak list"
 
 #: Peak column pairs, in the order they are preferred when a table holds more than one of the names: a
 #: spectrum's own ``mz`` / ``intensity`` value (an ``MZ=`` line, MS-DIAL's ``INTENSITY:``) sits beside
-#: ``mzs`` / ``intensities`` peak lists in fastspec's TSV, and makes its Parquet writer use those names.
+#: ``mzs`` / ``intensities`` peak lists in fastspec's TSV (its Parquet files name their pair in the
+#: schema metadata instead, see :mod:`fastspec.io.parquet`).
 PEAK_PAIRS = (("mzs", "intensities"), ("mz", "intensity"), ("peaks_mz", "peaks_intensity"),
               ("mz_array", "intensity_array"), ("m/z array", "intensity array"))
 

@@ -20,7 +20,7 @@ _LAZY = {
     "score_pairs": "fastspec.similarity",
     "score_matrix": "fastspec.similarity",
     "Library": "fastspec.library",
-    "Hits": "fastspec.search",
+    "Hits": "fastspec.hits",
     "Tolerance": "fastspec.tolerance",
     "parse_tolerance": "fastspec.tolerance",
 }
@@ -44,7 +44,7 @@ def __dir__():
 if TYPE_CHECKING:  # pragma: no cover
     from fastspec.io import iter_read, read, write
     from fastspec.library import Library
-    from fastspec.search import Hits
+    from fastspec.hits import Hits
     from fastspec.similarity import score_matrix, score_pairs
     from fastspec.spectra import Spectra
     from fastspec.tolerance import Tolerance, parse_tolerance

@@ -72,10 +72,11 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     -------
     dict
         ``n_queries`` (records read: the table's queries), ``n_with_hits``, ``n_skipped`` (not searched,
-        see :attr:`fastspec.search.Hits.skipped`) and ``params`` (what the table's metadata holds).
+        see :attr:`fastspec.hits.Hits.skipped`) and ``params`` (what the table's metadata holds).
     """
+    from fastspec.hits import table_format, write_atomically
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
-                                 caller_formulas, search, table_format, write_atomically)
+                                 caller_formulas, search)
 
     delimiter = table_format(path)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
@@ -311,7 +312,7 @@ class _TableSink:
     def close(self, params: dict) -> None:
         import json
 
-        from fastspec.search import csv_header
+        from fastspec.hits import csv_header
 
         if self.delimiter is None:
             self.writer.add_key_value_metadata({"fastspec": json.dumps(params, default=str)})

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from fastspec.cli import main
-from fastspec.search import HIT_COLUMNS
+from fastspec.hits import HIT_COLUMNS
 
 
 def run(*args, ok=True):

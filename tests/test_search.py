@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from fastspec import similarity
 from fastspec.errors import FastspecError, ParameterError
 from fastspec.library import Library, apply_pipeline, canonical_formulas, normalize_adducts
-from fastspec.search import HIT_COLUMNS, Hits
+from fastspec.hits import HIT_COLUMNS, Hits
 from fastspec.spectra import Spectra
 from test_library import massbank_subset
 
@@ -189,22 +189,22 @@ def test_identity_bounded_windows_equal_brute_force(data, tmp_path_factory, monk
     and only k candidates scored first, so windows span many blocks. On raw peaks (close peaks: bounds
     above the exact scores) half the first round is moved to the second: correct for any first round."""
     from fastspec import library as libmod
-    from fastspec import search as search_mod
+    from fastspec import search_identity as ident
 
     monkeypatch.setattr(libmod, "WINDOW_BLOCK", 16)
-    monkeypatch.setattr(search_mod, "_WINDOW_FIRST", 0)
+    monkeypatch.setattr(ident, "_WINDOW_FIRST", 0)
     lib = Library.build(data[0], tmp_path_factory.mktemp("w") / "lib.fastspec", faiss=False,
                         **({"preprocess": None} if raw_peaks else {}))
     assert lib.window_block == 16
     queries = data[1]
     seen = {}
-    real = search_mod._Context.bounded_window_search
+    real = ident.bounded_window_search
 
-    def spy(self, rows, offs, pos):
+    def spy(ctx, rows, offs, pos):
         seen["wide"] = seen.get("wide", 0) + int((np.diff(offs) > 4 * K).sum())
-        return real(self, rows, offs, pos)
+        return real(ctx, rows, offs, pos)
 
-    monkeypatch.setattr(search_mod._Context, "bounded_window_search", spy)
+    monkeypatch.setattr(ident, "bounded_window_search", spy)
     from fastspec.kernels import window as window_mod
 
     real_second = window_mod.second_round
@@ -248,9 +248,10 @@ def test_identity_wide_windows_split_off(data, tmp_path_factory, monkeypatch, me
     one call: both parts land in the caller's rows."""
     from fastspec import library as libmod
     from fastspec import search as search_mod
+    from fastspec import search_identity as ident
 
     monkeypatch.setattr(libmod, "WINDOW_BLOCK", 16)
-    monkeypatch.setattr(search_mod, "_WINDOW_SPAN", 40)
+    monkeypatch.setattr(ident, "_WINDOW_SPAN", 40)
     lib = Library.build(data[0], tmp_path_factory.mktemp("v") / "lib.fastspec", faiss=False)
     queries = data[1]
     seen = {}
@@ -261,13 +262,13 @@ def test_identity_wide_windows_split_off(data, tmp_path_factory, monkeypatch, me
         return real(self, rows, offs, ids, by_precursor)
 
     monkeypatch.setattr(search_mod._Context, "exact", spy)
-    real_take = search_mod._csr_take
+    real_take = ident._csr_take
 
     def spy_take(offs, vals, sel):
         seen["parts"] = seen.get("parts", 0) + 1
         return real_take(offs, vals, sel)
 
-    monkeypatch.setattr(search_mod, "_csr_take", spy_take)
+    monkeypatch.setattr(ident, "_csr_take", spy_take)
     hits = lib.search(queries, k=K, mode="identity", precursor_tolerance="10000ppm", metric=metric)
     pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
     window = np.abs(pl[None, :] - pq_[:, None]) <= np.abs(pq_[:, None]) * 10000e-6
@@ -461,9 +462,9 @@ def test_formula_list_last_query_without_candidates(lib, data):
 @pytest.mark.parametrize("faiss_threshold", [False, True])
 def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch):
     # large libraries start open search from a threshold of FAISS neighbours (forced on here)
-    from fastspec import search as S
+    from fastspec import search_fragment as F
 
-    monkeypatch.setattr(S, "_THETA_FAISS_OPEN_MIN", 0 if faiss_threshold else 10**12)
+    monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN", 0 if faiss_threshold else 10**12)
     queries = data[1]
     hits = lib.search(queries, k=K, mode="open", metric=metric)
     ref = brute_force(lib, queries, metric, same_polarity(lib, queries))
@@ -512,26 +513,27 @@ def test_open_ppm_tolerance(lib, data):
 
 @pytest.mark.parametrize("weak_faiss,heavy", [(False, False), (True, False), (False, True)])
 def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy, monkeypatch):
-    from fastspec import search as S
+    from fastspec import search_fragment as F
+    from fastspec import search_scan
 
     queries = data[1]
     asked = []
     heavy_rows = []
     if heavy:  # every query also takes a threshold from its heaviest peaks (on a big library: weak ones)
-        monkeypatch.setattr(S, "_HEAVY_BELOW", np.inf)
-        monkeypatch.setattr(S, "_HEAVY_PEAKS", 2)
-        monkeypatch.setattr(S, "_HEAVY_CANDIDATES", 20)
-        orig_heavy = S._Context._heavy_theta
-        monkeypatch.setattr(S._Context, "_heavy_theta",
-                            lambda self, rows, *a: heavy_rows.append(rows.shape[0]) or orig_heavy(self, rows, *a))
+        monkeypatch.setattr(F, "_HEAVY_BELOW", np.inf)
+        monkeypatch.setattr(F, "_HEAVY_PEAKS", 2)
+        monkeypatch.setattr(F, "_HEAVY_CANDIDATES", 20)
+        orig_heavy = F._heavy_theta
+        monkeypatch.setattr(F, "_heavy_theta",
+                            lambda ctx, rows, *a: heavy_rows.append(rows.shape[0]) or orig_heavy(ctx, rows, *a))
     if weak_faiss:  # a first FAISS threshold from too few neighbours: queries left without one ask again
-        monkeypatch.setattr(S, "_THETA_FAISS_ANALOG", 0)
-        monkeypatch.setattr(S, "_THETA_NPROBE", 1)
-        orig = S._Context.faiss_candidates
-        monkeypatch.setattr(S._Context, "faiss_candidates",
-                            lambda self, rows, n, nprobe: asked.append(n) or orig(self, rows, n, nprobe))
+        monkeypatch.setattr(F, "_THETA_FAISS_ANALOG", 0)
+        monkeypatch.setattr(F, "_THETA_NPROBE", 1)
+        orig = search_scan.faiss_candidates
+        monkeypatch.setattr(search_scan, "faiss_candidates",
+                            lambda ctx, rows, n, nprobe: asked.append(n) or orig(ctx, rows, n, nprobe))
     hits = lib.search(queries, k=K, mode="analog")
-    assert (S._THETA_FAISS_AGAIN in asked) == weak_faiss
+    assert (F._THETA_FAISS_AGAIN in asked) == weak_faiss
     if heavy:
         assert sum(heavy_rows) >= len(queries) - 5  # all but queries without peaks or precursor
     assert hits.params["metric"] == "modified_cosine"
@@ -609,7 +611,7 @@ def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, min_m
     spectra passed over at one query peak and reached at a later one, unclean spectra with two partners
     in a window, neutral-loss partners, matched-peak counts; none of it may lose a hit. Scan orders:
     the default (on a library this small, by window entries first) and heaviest first."""
-    from fastspec import search as S
+    from fastspec import search_fragment as F
     from fastspec.kernels import fragment as fk
 
     if order_share is not None:
@@ -621,7 +623,7 @@ def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, min_m
     ref = brute_force(library, queries, metric, same_polarity(library, queries), tolerance=tolerance,
                       min_matches=min_matches)
     kth = np.where(ref[1][:, -1] >= 0, ref[0][:, -1], -np.inf)
-    monkeypatch.setattr(S._Context, "_first_theta", lambda self, rows, use_nl: kth[rows])
+    monkeypatch.setattr(F, "_first_theta", lambda ctx, rows, use_nl: kth[rows])
     hits = library.search(queries, k=K, mode=mode, metric=metric, tolerance=tolerance, min_matches=min_matches)
     assert_same_hits(hits, ref)
 
@@ -757,7 +759,8 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     """FAISS neighbours are drawn from the spectra a query may match: a positive query whose nearest
     vectors are all negative spectra still gets its positive hits (filtering the n neighbours afterwards
     left it none), for the FAISS engine and for the analog threshold; the same with ``same_adduct``."""
-    import fastspec.search as S
+    from fastspec import search_fragment as F
+    from fastspec import search_scan
 
     lib, q = _polarity_trap(tmp_path, {"flat_below": 10**9 if flat else 0, "nlist": 4})
     hits = lib.search(q, k=6, mode="open", engine="faiss", n_candidates=50, nprobe=4)
@@ -766,10 +769,10 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     assert sorted(hits.indices[0][hits.indices[0] >= 0].tolist()) == [400, 401, 402]
     # the analog threshold's first FAISS round (here 10 neighbours) finds k eligible hits: no second round
     asked = []
-    orig = S._Context.faiss_candidates
-    monkeypatch.setattr(S, "_THETA_FAISS_ANALOG", 10)
-    monkeypatch.setattr(S._Context, "faiss_candidates",
-                        lambda self, rows, n, nprobe: asked.append(n) or orig(self, rows, n, nprobe))
+    orig = search_scan.faiss_candidates
+    monkeypatch.setattr(F, "_THETA_FAISS_ANALOG", 10)
+    monkeypatch.setattr(search_scan, "faiss_candidates",
+                        lambda ctx, rows, n, nprobe: asked.append(n) or orig(ctx, rows, n, nprobe))
     hits = lib.search(q, k=3, mode="analog", tolerance=0.01)
     assert asked == [10]
     assert_same_hits(hits, brute_force(lib, q, "modified_cosine", same_polarity(lib, q), k=3, tolerance="0.01da"))
@@ -1229,9 +1232,9 @@ def test_open_binned_cosine_equals_brute_force(lib, data, params):
 def test_open_without_an_index_bound_equals_brute_force(lib, data, monkeypatch, filtered):
     """Metrics with no fragment-index bound (neutral-loss cosine) score every eligible library spectrum:
     the library prepared once (here from many chunks), each query's candidates its filters' rows."""
-    from fastspec import search as S
+    from fastspec import search_scan
 
-    monkeypatch.setattr(S, "_BIN_CHUNK", 257)
+    monkeypatch.setattr(search_scan, "_BIN_CHUNK", 257)
     queries = data[1]
     kw = dict(same_adduct=True, same_charge=True) if filtered else {}
     hits = lib.search(queries, k=K, mode="open", metric="neutral_loss_cosine", tolerance=0.05, **kw)
@@ -1252,13 +1255,13 @@ def test_open_without_an_index_bound_equals_brute_force(lib, data, monkeypatch, 
 def test_open_binned_cosine_filters_equal_scoring_every_spectrum(lib, data, monkeypatch, kw):
     """With the optional filters (asymmetric codes, values no library spectrum has), the inverted bin
     index -- built here over many chunks -- gives exactly what scoring every library spectrum gives."""
-    from fastspec import search as S
+    from fastspec import search_scan
 
     kw = dict(kw)
     args = dict(k=kw.pop("k", K), mode="open", metric="binned_cosine", tolerance="0.07da", **kw)
-    monkeypatch.setattr(S, "_BIN_CHUNK", 257)
+    monkeypatch.setattr(search_scan, "_BIN_CHUNK", 257)
     got = lib.search(data[1], **args)
-    monkeypatch.setattr(S, "_BIN_MAX", 0)  # every library spectrum a candidate
+    monkeypatch.setattr(search_scan, "_BIN_MAX", 0)  # every library spectrum a candidate
     want = lib.search(data[1], **args)
     assert (want.indices >= 0).sum() > len(data[1])
     np.testing.assert_array_equal(got.indices, want.indices)

@@ -263,7 +263,7 @@ def test_filter_counts_merged_in_order(lib, tmp_path):
 def test_write_errors_name_the_output(tmp_path):
     import errno
 
-    from fastspec.search import write_atomically
+    from fastspec.hits import write_atomically
 
     out = tmp_path / "h.parquet"
 

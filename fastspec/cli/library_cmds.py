@@ -133,7 +133,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     from fastspec.errors import ParameterError
     from fastspec.library import Library
 
-    from fastspec.search import table_format
+    from fastspec.hits import table_format
 
     log = _log(quiet)
     table_format(output)  # a wrong extension is refused before the search

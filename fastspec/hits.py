@@ -1,0 +1,320 @@
+"""Search results: :class:`Hits` (top-k per query, in the caller's order) and the hit-table files.
+
+The long hit table (:data:`HIT_COLUMNS`) is written as Parquet (parameters in the schema metadata) or as
+CSV/TSV behind ``#`` parameter lines (:func:`csv_header`), atomically (:func:`write_atomically`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from fastspec.errors import ParameterError
+
+#: status of a query row in Hits
+OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
+MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds tandem spectra only
+REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
+
+HIT_COLUMNS = (
+    "query_index", "query_id", "query_file", "rank", "library_index", "library_input_index", "library_file",
+    "library_id", "score", "n_matched",
+    "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
+    "inchikey14", "smiles", "name", "status", "fallback",
+)
+
+
+# ====================================================================================== Hits
+class Hits:
+    """Top-k library hits of each query, in the caller's query order.
+
+    Attributes
+    ----------
+    scores : ndarray, float32 (n, k)
+        Similarity scores, best first (0 where there is no hit).
+    indices : ndarray, int64 (n, k)
+        Library rows, -1 for no hit. Rows number the library's input spectra in input order, skipping
+        those rejected at build time (unreadable, or no peak left after preprocessing); the input
+        positions themselves are :attr:`input_indices`.
+    matches : ndarray, int32 (n, k)
+        Matched peaks of each hit.
+    status : ndarray of str (n,)
+        ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
+        (identity mode without a precursor m/z), ``no_neighbour`` (formula mode, skipped) or ``ms1``
+        (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched).
+    fallback : ndarray of bool (n,)
+        Formula mode: the query had no same-formula neighbour and was searched against the whole library.
+    query_ids : list of str
+        Each query's id (its ``id`` metadata: MGF TITLE or SPECTRUMID, MSP DB#, ...), else its position
+        among the records read (the row's ``query_index``). Rejected records keep the id the reader got
+        to, else they too are named by their position.
+    query_files : list of str or None
+        The file each query record was read from (as given, or as found in a directory given), so that ids
+        repeated across files (mzML native ids such as ``scan=2``) stay apart; ``None`` for queries given
+        in memory.
+    query_precursor_mz : ndarray, float64 (n,)
+    params : dict
+        The search parameters (mode, metric, tolerances, filters, library path and build parameters),
+        and ``query_records``: records read from the query files, rejected by the reader (on_error
+        ``"skip"``: their rows have status ``rejected``) and why.
+    """
+
+    def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
+                 library=None, params=None, query_files=None):
+        self.scores = np.asarray(scores, dtype=np.float32)
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.matches = np.asarray(matches, dtype=np.int32)
+        n = self.scores.shape[0]
+        self.status = np.asarray(status, dtype=object)
+        self.fallback = np.zeros(n, bool) if fallback is None else np.asarray(fallback, bool)
+        self.query_ids = [str(i) for i in range(n)] if query_ids is None else list(query_ids)
+        self.query_files = None if query_files is None else list(query_files)
+        if self.query_files is not None and len(self.query_files) != n:
+            raise ParameterError(f"query_files holds {len(self.query_files)} entries for {n} queries")
+        self.query_precursor_mz = np.full(n, np.nan) if query_precursor_mz is None else np.asarray(query_precursor_mz, np.float64)
+        self.library = library
+        self.params = dict(params or {})
+
+    def __len__(self) -> int:
+        return self.scores.shape[0]
+
+    @property
+    def k(self) -> int:
+        return self.scores.shape[1]
+
+    @property
+    def input_indices(self) -> np.ndarray | None:
+        """The hits as positions among the library's input spectra, int64 (n, k), -1 for no hit.
+
+        What to index the list or file the library was built from with (see
+        :attr:`fastspec.library.Library.input_index`); ``None`` when the library does not know them.
+        """
+        inp = None if self.library is None else self.library.input_index
+        if inp is None:
+            return None
+        inp = np.asarray(inp, dtype=np.int64)
+        return np.where(self.indices >= 0, inp[np.maximum(self.indices, 0)] if inp.size else -1, -1)
+
+    @property
+    def skipped(self) -> np.ndarray:
+        """Queries not searched (rejected by the reader, no peaks, MS1, no precursor in identity mode, no
+        formula neighbour with skip)."""
+        return np.isin(self.status, [NO_PEAKS, MS1, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, REJECTED])
+
+    def __repr__(self) -> str:
+        n_hit = int((self.indices[:, 0] >= 0).sum()) if len(self) else 0
+        return f"Hits(n_queries={len(self)}, k={self.k}, with_hits={n_hit})"
+
+    def to_arrow(self, library_columns: bool = True) -> pa.Table:
+        """The long hit table: one row per (query, rank); a query without hits gets one row with nulls.
+
+        Columns: ``query_index, query_id, query_file`` (the file the query was read from, null for queries
+        given in memory), ``rank (1-based), library_index (row), library_input_index
+        (position among the library's input spectra), library_file`` (the input file the hit was read
+        from, null for spectra given in memory or an index that did not record its inputs),
+        ``library_id, score, n_matched,
+        query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm (the same
+        over the query's precursor m/z, as ppm precursor windows are), adduct, formula, inchikey14,
+        smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
+        same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
+        schema metadata (key ``fastspec``, JSON).
+        """
+        return self._table(library_columns)
+
+    def _table(self, library_columns: bool = True, first: int = 0) -> pa.Table:
+        """:meth:`to_arrow`, numbering the queries from ``first`` (a chunk of a larger search)."""
+        import pyarrow.compute as pc
+
+        n, k = self.indices.shape
+        valid = self.indices >= 0
+        n_hits = valid.sum(axis=1)
+        rows_per_q = np.maximum(n_hits, 1)
+        q_index = np.repeat(np.arange(n, dtype=np.int64), rows_per_q)
+        # rank of every output row: 1..n_hits, or null for the placeholder row
+        starts = np.concatenate([[0], np.cumsum(rows_per_q)[:-1]]) if n else np.zeros(0, np.int64)
+        rank = np.arange(q_index.shape[0], dtype=np.int64) - np.repeat(starts, rows_per_q)
+        has = np.repeat(n_hits > 0, rows_per_q)
+        # hits are packed left (best first), so position == rank
+        flat_pos = q_index * k + rank
+        lib_idx = np.where(has, self.indices.reshape(-1)[flat_pos] if n else np.zeros(0, np.int64), -1)
+        score = np.where(has, self.scores.reshape(-1)[flat_pos] if n else np.zeros(0, np.float32), np.nan)
+        nmatch = np.where(has, self.matches.reshape(-1)[flat_pos] if n else np.zeros(0, np.int32), 0)
+        qpmz = self.query_precursor_mz[q_index] if n else np.zeros(0)
+        # per-query and per-hit values are gathered by Arrow takes, not Python lists (2.4M queries make
+        # 24M rows); a null index takes a null, which is what a row without a hit gets
+        per_query = pa.array(q_index, pa.int64())
+        cols: dict[str, pa.Array] = {
+            "query_index": pa.array(q_index + first, pa.int64()) if first else per_query,
+            "query_id": pa.array(self.query_ids, pa.string()).take(per_query),
+            "query_file": (pa.nulls(q_index.shape[0], pa.string()) if self.query_files is None else
+                           pa.array([_path_text(f) for f in self.query_files], pa.string()).take(per_query)),
+            "rank": pa.array(rank + 1, pa.int32(), mask=~has),
+            "library_index": pa.array(lib_idx, pa.int64(), mask=~has),
+        }
+        inp = None if self.library is None else self.library.input_index
+        if inp is not None:
+            inp = np.asarray(inp, dtype=np.int64)
+            lin = np.where(has, inp[np.maximum(lib_idx, 0)] if inp.size else -1, -1)
+            cols["library_input_index"] = pa.array(lin, pa.int64(), mask=~has)
+        else:
+            cols["library_input_index"] = pa.nulls(q_index.shape[0], pa.int64())
+        # the distinct hit rows, looked up once for the file and metadata columns
+        hit = self.library is not None and bool(has.any())
+        uniq, inv = np.unique(lib_idx[has], return_inverse=True) if hit else (None, None)
+        # each row's position among the distinct hits (null: no hit)
+        per_hit = None
+        if hit:
+            full = np.zeros(q_index.shape[0], np.int64)
+            full[has] = inv.reshape(-1)
+            per_hit = pa.array(full, pa.int64(), mask=~has)
+        lfile = pa.nulls(q_index.shape[0], pa.string())
+        if hit:
+            names = [_path_text(p) for p in self.library.input_file(uniq)]
+            if any(x is not None for x in names):
+                lfile = pa.array(names, pa.string()).take(per_hit)
+        cols["library_file"] = lfile
+        meta = None
+        lpmz = np.full(q_index.shape[0], np.nan)
+        if library_columns and hit:
+            meta = self.library.metadata(rows=uniq, columns=["id", "adduct", "formula_canonical", "formula", "inchikey14",
+                                                              "inchikey", "smiles", "name"])
+            lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv.reshape(-1)]
+
+        def strings(column: str, fallback=None) -> pa.Array:
+            if meta is not None and column in meta.column_names:
+                return meta.column(column).cast(pa.string()).combine_chunks().take(per_hit)
+            if fallback is not None and has.any():  # also for hits without a library (row numbers)
+                return pa.array(np.asarray(fallback)[has].astype(str).tolist(), pa.string()).take(
+                    pa.array(np.cumsum(has) - 1, pa.int64(), mask=~has))
+            return pa.nulls(q_index.shape[0], pa.string())
+
+        # a library without ids names its spectra by row; without library columns the id stays null (row
+        # numbers there would pass for ids)
+        cols["library_id"] = strings("id", fallback=lib_idx if library_columns else None)
+        cols["score"] = pa.array(score.astype(np.float32), pa.float32(), mask=~has)
+        cols["n_matched"] = pa.array(nmatch.astype(np.int32), pa.int32(), mask=~has)
+        cols["query_precursor_mz"] = pa.array(qpmz, pa.float64(), mask=~np.isfinite(qpmz))
+        cols["library_precursor_mz"] = pa.array(lpmz, pa.float64(), mask=~np.isfinite(lpmz))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dmz = qpmz - lpmz
+            dppm = dmz / qpmz * 1e6
+        cols["delta_mz"] = pa.array(dmz, pa.float64(), mask=~np.isfinite(dmz))
+        cols["delta_ppm"] = pa.array(dppm, pa.float64(), mask=~np.isfinite(dppm))
+        cols["adduct"] = strings("adduct")
+        cols["formula"] = pc.coalesce(strings("formula_canonical"), strings("formula"))
+        # the stored InChIKey's first block where no inchikey14 is stored (an empty one counts as none)
+        ik14, ik = strings("inchikey14"), strings("inchikey")
+        given = pc.fill_null(pc.greater(pc.utf8_length(ik14), 0), False)
+        from_ik = pc.if_else(pc.fill_null(pc.greater(pc.utf8_length(ik), 0), False),
+                             pc.utf8_slice_codeunits(ik, 0, 14), pa.scalar(None, pa.string()))
+        cols["inchikey14"] = pc.if_else(given, ik14, from_ik)
+        cols["smiles"] = strings("smiles")
+        cols["name"] = strings("name")
+        cols["status"] = pa.array(self.status.tolist(), pa.string()).take(per_query)
+        cols["fallback"] = pa.array(self.fallback[q_index] if n else np.zeros(0, bool), pa.bool_())
+        table = pa.table(cols)
+        return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
+
+    def to_pandas(self, library_columns: bool = True):
+        """The hit table of :meth:`to_arrow` as a pandas DataFrame (requires pandas); the search
+        parameters are in ``df.attrs["fastspec"]``."""
+        table = self.to_arrow(library_columns)
+        df = table.to_pandas()
+        df.attrs["fastspec"] = self.params
+        return df
+
+    def to_parquet(self, path: "str | Path") -> None:
+        """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata)."""
+        import pyarrow.parquet as pq
+
+        pq.write_table(self.to_arrow(), str(path), compression="zstd")
+
+    def to_csv(self, path: "str | Path", delimiter: str = ",") -> None:
+        """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines."""
+        import pyarrow.csv as pcsv
+
+        table = self.to_arrow()
+        with open(path, "wb") as f:
+            f.write(csv_header(self.params))
+            pcsv.write_csv(table.replace_schema_metadata(None), f,
+                           write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
+
+    def write(self, path: "str | Path") -> None:
+        """Write by extension: ``.parquet``, ``.tsv`` / ``.tab`` or ``.csv``.
+
+        Written to a temporary sibling and renamed into place, so an interrupted write never leaves a
+        truncated table where a previous one was.
+        """
+        delimiter = table_format(path)
+        if delimiter is None:
+            write_atomically(path, self.to_parquet)
+        else:
+            write_atomically(path, lambda p: self.to_csv(p, delimiter=delimiter))
+
+
+def csv_header(params: dict) -> bytes:
+    """The leading ``# key: value`` lines (values as JSON) of a CSV/TSV hit table."""
+    return "".join(f"# {key}: {json.dumps(value, default=str)}\n" for key, value in params.items()).encode()
+
+
+def table_format(path: "str | Path") -> str | None:
+    """A hit table's format by extension: None for Parquet (``.parquet``, ``.pq``), else the delimiter of
+    CSV (``.csv``) or TSV (``.tsv``, ``.tab``, ``.txt``); ParameterError for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        return None
+    if suffix in (".tsv", ".tab", ".txt"):
+        return "\t"
+    if suffix == ".csv":
+        return ","
+    raise ParameterError(f"unknown hit table format {suffix or '(none)'!r}: use .parquet, .tsv or .csv")
+
+
+def write_atomically(path: "str | Path", write) -> None:
+    """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it into place, so that an
+    interrupted write never leaves a truncated file where a previous one was; the temporary is removed
+    on any error, and an OSError names ``path``, not the temporary."""
+    import uuid
+
+    from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    ACTIVE_TEMPORARIES.add(tmp)
+    try:
+        try:
+            write(tmp)
+            os.replace(tmp, path)
+        except OSError as e:  # name the file asked for, not the temporary (a full disk, no permission)
+            if e.errno is None or (e.filename is not None and not os.fspath(e.filename).startswith(str(tmp))):
+                raise  # about another file (a query file not found)
+            # pyarrow puts the path it opened into the message itself (the temporary, or the rows file a
+            # chunked CSV/TSV writes beside it: fastspec.stream)
+            why = re.sub(re.escape(str(tmp)) + r"(\.rows)?", lambda m: str(path), e.strerror or str(e))
+            raise type(e)(e.errno, why, str(path)) from e
+    finally:
+        ACTIVE_TEMPORARIES.discard(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ====================================================================================== search
+
+
+def _path_text(path: str | None) -> str | None:
+    """A file path as table text: a name whose bytes are not UTF-8 (Python holds them as surrogate
+    escapes, which Arrow refuses) shows its raw bytes as ``\\xNN``."""
+    if path is None:
+        return None
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        try:
+            return os.fsencode(path).decode("utf-8", "backslashreplace")
+        except UnicodeError:
+            return path.encode("utf-8", "backslashreplace").decode("utf-8")

@@ -1,0 +1,227 @@
+"""Open, analog and hybrid search: the exact top-k of the whole library through the fragment-ion (and
+neutral-loss) index.
+
+:func:`fastspec.kernels.fragment.search_bounds` bounds every spectrum sharing a peak (or a loss) with
+the query and prunes with a threshold, a lower bound of the k-th best score; the candidates of best
+bound are scored exactly until the k-th exact score beats every bound left out, so hits equal brute
+force. The first threshold (:func:`_first_theta`) comes from exact scores of likely hits: the query's
+precursor window, FAISS neighbours, and for analog search the spectra best matching its heaviest peak
+(:func:`_heavy_theta`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastspec import search_identity, search_scan
+from fastspec.search import _BOUNDED, _batches, _Context, _filter_key, _kth_lower
+from fastspec.tolerance import parse_tolerance
+
+#: Open search: a precursor-window threshold at least this high is kept as it is (no FAISS neighbours
+#: looked up; :func:`_first_theta`).
+_THETA_WINDOW_ENOUGH = 0.5
+#: first pruning threshold of open/analog search: FAISS neighbours rescored exactly (:func:`_first_theta`);
+#: 100 candidates at nprobe 4 measured best among 100-500 and nprobe 1-16
+_THETA_FAISS = 100
+#: analog search: since its bound scan prunes with the threshold too, 300 pays (2.4M MassBank-grown, 1,000
+#: queries, same process, ms/query: 100 -> 4.13-4.17, 300 -> 3.78-3.80, 1000 -> 3.76-3.98; spectra
+#: reached per query 21.2k -> 15.2k -> 13.4k). Open search showed no gain within the noise.
+_THETA_FAISS_ANALOG = 300
+#: analog: queries left without a threshold (fewer than k hits among those candidates: the IVF lists
+#: probed can be mostly the other polarity's spectra, dropped by the filter) ask FAISS again for this
+#: many. Without a threshold the bound scan prunes nothing. 2.4M MassBank-grown library, 300 real
+#: spectra of compounds it does not hold (6 without a threshold), 1 thread, ms/query: 5.59 -> 4.14
+#: (nprobe 16: 4.24; 500 candidates: no gain). Open search: slower (its thresholdless queries have weak
+#: hits anyway: 1.96 -> 2.08 ms, 4.54 -> 4.68 ms entropy), so analog only.
+_THETA_FAISS_AGAIN = 2000
+_THETA_NPROBE = 4
+#: analog search: queries whose threshold is still below ``_HEAVY_BELOW`` take one from the
+#: ``_HEAVY_CANDIDATES`` spectra that best match their ``_HEAVY_PEAKS`` heaviest peaks, fragments and
+#: neutral losses, rescored exactly (:func:`_heavy_theta`). FAISS's binned vectors miss analogs that
+#: match through the precursor shift only: on a 2.4M MassBank-grown library, of 281 novel-compound
+#: queries, 44 had a k-th score of 0.95 (median) but a FAISS threshold of 0.04 (their hits' plain cosine:
+#: 0.0), and took 13 ms each. 300 queries, 1 thread, interleaved, same hits, ms/query (median of 4):
+#: 6.40 -> 5.28 (0.82x) with one peak below 0.7; below 0.6 5.28, 0.9 slower; 2-3 peaks cost more
+#: than they save (without _HEAVY_BAND the pass does not prune: 3.7 ms per query at one peak, 44.7k
+#: spectra reached); library copies as queries 2.20 -> 2.28 (noise). With _HEAVY_BAND 0.5, two peaks
+#: or a 0.9 limit were no better. Open search gained nothing (cosine 0.97x, entropy 1.0-1.3x: its weak
+#: thresholds are weak hits).
+_HEAVY_PEAKS = 1
+_HEAVY_BELOW = 0.7
+_HEAVY_CANDIDATES = 300
+#: the heavy pass reaches only spectra whose partner of the query's heaviest peak has at least this scan
+#: weight (see :func:`_heavy_theta`): same 300 queries, 7 interleaved runs, median ms/query, against
+#: every partner: novel compounds 5.54 -> 4.94 (0.89x), library copies 2.27 -> 2.11; 0.3 / 0.7 alike
+_HEAVY_BAND = 0.5
+#: open search asks FAISS only from this library size on: below, the bound kernel's own precursor-window
+#: threshold suffices (100k: open cosine 0.171 ms/query without, 0.205 with; 1M: 1.45 -> 1.37; 2.4M: 4.3 -> 3.4)
+_THETA_FAISS_OPEN_MIN = 500_000
+
+
+def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
+    # query weights and the neutral-loss window base once per search, not once per batch
+    qw = ctx.query_weights(_BOUNDED[ctx.cfg.metric][1])
+    nl_base = float(max(ctx.lib.manifest["counts"].get("max_mz", 0.0),
+                        float(ctx.q.mz.max()) if ctx.q.mz.size else 0.0))
+    for batch in _batches(rows, 1024):
+        _run_bounded(ctx, batch, scores, indices, matches, use_nl, qw, nl_base)
+        ctx.advance(batch.shape[0])
+
+
+def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw: np.ndarray,
+                 nl_base: float):
+    """Exact whole-library top-k through the fragment (and neutral-loss) index with bound pruning.
+
+    Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` in bound order, ``m`` per
+    query; they are scored exactly and ``m`` grows (x8) for the queries whose k-th exact score does not
+    yet beat the best bound left out. Exact k-th scores found on the way feed the pruning threshold.
+    """
+    from fastspec.kernels import fragment as fk
+    from fastspec.library import allowed_groups
+
+    if rows.shape[0] == 0:
+        return
+    lib, cfg = ctx.lib, ctx.cfg
+    kind, wname = _BOUNDED[cfg.metric]
+    mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
+    index = lib.peak_index(wname, mzp, ip, losses=use_nl)
+    qc, lc, sym = ctx.filters()
+    if index.scan_rows is not None:  # the kernel reads library codes by scan id
+        key = "scan " + _filter_key(cfg)
+        lc_scan = lib._cache.get(key)
+        if lc_scan is None:
+            lc_scan = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(index.scan_rows)])
+        lc = lc_scan
+    # the index groups spectra by polarity: the other polarity's entries are never scanned
+    groups = allowed_groups(ctx.q.polarity)
+    ws = ctx.workspace()
+    tol = cfg.tolerance
+    n_lib = len(lib)
+    pending = np.asarray(rows, dtype=np.int64)
+    theta = _first_theta(ctx, pending, use_nl)
+    if use_nl and _HEAVY_PEAKS > 0:
+        weak = np.flatnonzero(theta < _HEAVY_BELOW)
+        if weak.shape[0]:
+            heavy = _heavy_theta(ctx, pending[weak], qw, index, kind, use_nl, nl_base, ws, qc, lc, sym, groups)
+            theta[weak] = np.maximum(theta[weak], heavy)
+    # every further round is a full bound scan again, so the first one returns more candidates than
+    # k: scoring a candidate exactly costs far less than a rescan. Analog: neutral losses loosen the
+    # bounds; with 2,048 candidates (k = 10) 6% of queries needed a second scan on a 2.4M
+    # MassBank-grown library (60% with 256): 18.1 -> 14.8 ms/query. Open search, same library, 300
+    # novel-compound queries, 1 thread, interleaved, compound-ordered and shuffled input, median time
+    # against 32 candidates: entropy (whose bounds are refined on a shortlist 4x larger) 64 ->
+    # 0.91-0.93, 128 -> 0.89-0.94, and on 300 library spectra as queries 0.99 / 1.02; cosine 128 ->
+    # 0.94-0.97 (library spectra 0.93-0.98), 64 -> 0.97-1.01 (0.98-0.99). Open search with a large k
+    # keeps 2k + 8, which already covers it
+    m = max(2 * cfg.k + 8, 32) * 64 if use_nl else max(2 * cfg.k + 8, 64 if kind == 1 else 128)
+    while pending.shape[0]:
+        m = min(m, max(n_lib, 1))
+        ids, bounds, nxt, st = fk.search_bounds(
+            pending, ctx.q.offsets, ctx.q.mz, qw, ctx.q.precursor_mz, index, kind=kind, use_nl=use_nl,
+            tol_da=tol.da, tol_ppm=tol.ppm, k=cfg.k, m=m, workspace=ws, theta=theta, q_codes=qc, lib_codes=lc,
+            symmetric=sym, q_groups=groups, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
+            threads=cfg.threads)
+        ctx.stats.append(st)
+        ctx.rounds += 1
+        valid = ids >= 0
+        offs = np.zeros(pending.shape[0] + 1, dtype=np.int64)
+        np.cumsum(valid.sum(axis=1), out=offs[1:])
+        # candidates come best bound first: a query's scoring stops once its k-th score beats the rest
+        # (analog, 2.4M, novel compounds: of 777 candidates per query 295 have a bound above the final
+        # k-th score, median 46; first-round rescoring 0.45-0.53 -> 0.30 ms per query)
+        s, i, mm = ctx.exact(pending, offs, ids[valid], cand_bounds=bounds[valid])
+        kth = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
+        done = (nxt < 0) | (nxt < kth)
+        if m >= n_lib:
+            done[:] = True
+        d = pending[done]
+        scores[d], indices[d], matches[d] = s[done], i[done], mm[done]
+        # the k-th exact score is a valid pruning threshold for the next round
+        theta = np.maximum(theta[~done], kth[~done] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL)
+        pending = pending[~done]
+        m *= 8
+
+
+def _heavy_theta(ctx: _Context, rows, qw, index, kind, use_nl, nl_base, ws, qc, lc, sym,
+                 groups) -> np.ndarray:
+    """Lower bounds of each query's k-th best score (-inf: none) from the ``_HEAVY_CANDIDATES``
+    library spectra that best match its ``_HEAVY_PEAKS`` heaviest peaks (fragments and neutral losses,
+    by the bound kernel, heavy partners only), scored exactly with all the query's peaks.
+
+    Any k eligible spectra's k-th exact score bounds the library's k-th best from below, so which
+    spectra these are only decides how good the threshold is, never the hits."""
+    from fastspec.kernels import fragment as fk
+
+    q = ctx.q
+    off = np.asarray(q.offsets)
+    n = rows.shape[0]
+    lens = off[rows + 1] - off[rows]
+    owner = np.repeat(np.arange(n), lens)
+    first = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=first[1:])
+    peak = np.arange(first[-1]) - first[owner] + off[rows][owner]  # the rows' peaks, query by query
+    by_weight = np.lexsort((-qw[peak], owner))
+    keep = by_weight[(np.arange(peak.shape[0]) - first[owner[by_weight]]) < _HEAVY_PEAKS]
+    keep = keep[np.lexsort((peak[keep], owner[keep]))]  # back to m/z order within each query
+    sub_off = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(owner[keep], minlength=n), out=sub_off[1:])
+    sel = peak[keep]
+    # a threshold of a share of the heaviest picked peak's weight: the kernel then reaches only the
+    # spectra whose partner peaks are heavy too (with one peak: scan weight >= _HEAVY_BAND)
+    top_w = np.zeros(n)
+    has = sub_off[1:] > sub_off[:-1]
+    if has.any():
+        top_w[has] = np.maximum.reduceat(qw[sel].astype(np.float64), sub_off[:-1][has])
+    tol = ctx.cfg.tolerance
+    ids, _, _, _ = fk.search_bounds(
+        np.arange(n, dtype=np.int64), sub_off, np.asarray(q.mz)[sel], qw[sel], np.asarray(q.precursor_mz)[rows],
+        index, kind=kind, use_nl=use_nl, tol_da=tol.da, tol_ppm=tol.ppm, k=ctx.cfg.k,
+        m=max(1, min(_HEAVY_CANDIDATES, len(ctx.lib))),
+        workspace=ws, q_codes=qc[rows], lib_codes=lc, symmetric=sym, q_groups=groups[rows], nl_base=nl_base,
+        threads=ctx.cfg.threads, theta=_HEAVY_BAND * top_w)
+    valid = ids >= 0
+    offs = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(valid.sum(axis=1), out=offs[1:])
+    return _kth_lower(*ctx.exact(rows, offs, ids[valid])[:2])
+
+
+def _first_theta(ctx: _Context, rows: np.ndarray, use_nl: bool) -> np.ndarray:
+    """Lower bounds of each query's k-th best score before the bound search: the exact k-th score
+    among a few likely hits (-inf: none).
+
+    The k-th best of any k eligible spectra bounds the k-th best of the library from below, so the
+    hits only need to be good, not right. Open search first takes the spectra within 0.01 Da of the
+    query's precursor m/z, when the index bounds such windows cheaply
+    (:func:`fastspec.search_identity.block_bounded`); then,
+    for the queries whose window gave less than ``_THETA_WINDOW_ENOUGH``, the FAISS index's nearest
+    neighbours when the library has one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``
+    and then ``_THETA_FAISS_AGAIN`` where those gave no threshold, at nprobe ``_THETA_NPROBE``; open
+    search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
+    search takes the window anyway and open search leaves the threshold to the bound kernel (which
+    scores the precursor window itself, for clean spectra). For analog the FAISS threshold replaced
+    an exact plain-cosine top-k through the fragment index, which cost as much as an open search:
+    2.4M MassBank-grown library, 1,000 queries, 1 thread, ms/query: analog 11.4 (cosine pass) -> 7.6
+    (FAISS). The window first (block-bounded, ~0.07 ms) and FAISS only for weak windows, alternating
+    with FAISS for all (3 pairs of runs, median ratio): open entropy 0.88, open cosine 0.95, analog
+    0.83 (a window threshold of 0.65: 0.94 / 0.90 / 0.86; 0.8: 0.88 / 0.94 / 0.88). Analog search
+    still asks FAISS first: the window's pages (precursor-block index, peak copy) on top of FAISS
+    and the neutral-loss index took its peak RSS over all queries at 1M from 1.31 to 1.51 GB (the
+    budget is 1.5).
+    """
+    k = ctx.cfg.k
+    theta = np.full(rows.shape[0], -np.inf)
+
+    window = not use_nl and ctx.lib.has_array("prec_norm") and search_identity.block_bounded(ctx)
+    if window:
+        theta = _kth_lower(*search_identity.window_search(ctx, rows, parse_tolerance(0.01))[:2])
+    weak = np.flatnonzero(theta < _THETA_WINDOW_ENOUGH)
+    if weak.shape[0] and ctx.lib.has_faiss and (use_nl or len(ctx.lib) >= _THETA_FAISS_OPEN_MIN):
+        n_cand = max(_THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k)
+        offs, ids = search_scan.faiss_candidates(ctx, rows[weak], n_cand, _THETA_NPROBE)
+        theta[weak] = np.maximum(theta[weak], _kth_lower(*ctx.exact(rows[weak], offs, ids)[:2]))
+        weak = np.flatnonzero(~np.isfinite(theta)) if use_nl else weak[:0]
+        if weak.shape[0]:
+            offs, ids = search_scan.faiss_candidates(ctx, rows[weak], max(_THETA_FAISS_AGAIN, 2 * k), _THETA_NPROBE)
+            theta[weak] = np.maximum(theta[weak], _kth_lower(*ctx.exact(rows[weak], offs, ids)[:2]))
+    elif use_nl:
+        theta = _kth_lower(*search_identity.window_search(ctx, rows, parse_tolerance(0.01))[:2])
+    return theta

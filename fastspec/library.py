@@ -51,6 +51,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
 ``inputs.parquet``                             the input files (path bytes, records, source) in input
                                                order (optional: older indexes did not record them)
 ``faiss.index``                                optional IVF index over hashed spectrum vectors
+``faiss_theta.index``                          next to a non-flat ``faiss.index`` of 1,000+ spectra: a
+                                               4-bit PQ fast-scan IVF of the same vectors, for the
+                                               first thresholds of open / analog / hybrid search
 =============================================  =====================================================
 """
 from __future__ import annotations
@@ -876,6 +879,11 @@ class Library:
         return "faiss.index" in self.manifest["files"]
 
     @property
+    def has_faiss_theta(self) -> bool:
+        """Whether the index holds the FAISS threshold index (:data:`fastspec.vectors.THETA_FILE`)."""
+        return "faiss_theta.index" in self.manifest["files"]
+
+    @property
     def window_block(self) -> int:
         """Spectra per block of the precursor-block index (``wblk_*``; 0: the index has none)."""
         if not self.has_array("wblk_loc"):
@@ -1169,7 +1177,16 @@ class Library:
             "entropy_in_place": self.has_array("prec_entropy_w"),  # identity entropy scored in place
             "band_codes": self.has_array("frag_wcos_q8"),  # open/analog bound scans (else computed on first use)
             "loss_entropy_weights": self.has_array("nl_went_sqrt"),  # hybrid (else sorted on first use)
+            # the FAISS threshold index (else the main index gives open / analog / hybrid thresholds): builds
+            # since it record "theta" (None where they made none: flat index, too few spectra, theta_index=None)
+            "faiss_thresholds": self._faiss_theta_current(),
         }
+
+    def _faiss_theta_current(self) -> bool:
+        from fastspec.vectors import _THETA_MIN
+
+        f = self.manifest["build"].get("faiss")
+        return not f or "theta" in f or f.get("index") == "Flat" or len(self) < _THETA_MIN
 
     def info(self) -> dict[str, Any]:
         """Summary for ``fastspec info``."""

@@ -34,6 +34,12 @@ _THETA_FAISS_ANALOG = 300
 #: hits anyway: 1.96 -> 2.08 ms, 4.54 -> 4.68 ms entropy), so analog only.
 _THETA_FAISS_AGAIN = 2000
 _THETA_NPROBE = 4
+#: candidates from the threshold index (:data:`fastspec.vectors.THETA_FILE`, used when the library has
+#: one) for open and analog search alike, at nprobe ``_THETA_NPROBE``: its 4-bit codes rank coarser than
+#: SQ8 but cost a sixth per list (2.4M, 1,000 queries, 1 thread, interleaved, ms/query, 100 -> 300
+#: candidates: open entropy novel compounds 3.38 -> 3.17, open cosine novel 1.05 -> 0.98, copies 0.440
+#: -> 0.435; nprobe 8 / 16 no better)
+_THETA_FAISS_PQ = 300
 #: analog search: queries whose threshold is still below ``_HEAVY_BELOW`` take one from the
 #: ``_HEAVY_CANDIDATES`` spectra that best match their ``_HEAVY_PEAKS`` heaviest peaks, fragments and
 #: neutral losses, rescored exactly (:func:`_heavy_theta`). FAISS's binned vectors miss analogs that
@@ -193,8 +199,9 @@ def _first_theta(ctx: _Context, rows: np.ndarray, use_nl: bool) -> np.ndarray:
     query's precursor m/z, when the index bounds such windows cheaply
     (:func:`fastspec.search_identity.block_bounded`); then,
     for the queries whose window gave less than ``_THETA_WINDOW_ENOUGH``, the FAISS index's nearest
-    neighbours when the library has one (``_THETA_FAISS`` candidates, analog ``_THETA_FAISS_ANALOG``
-    and then ``_THETA_FAISS_AGAIN`` where those gave no threshold, at nprobe ``_THETA_NPROBE``; open
+    neighbours when the library has one (from its threshold index ``_THETA_FAISS_PQ`` candidates; from
+    the main index of older libraries ``_THETA_FAISS``, analog ``_THETA_FAISS_ANALOG``; then
+    ``_THETA_FAISS_AGAIN`` where those gave no threshold, at nprobe ``_THETA_NPROBE``; open
     search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
     search takes the window anyway and open search leaves the threshold to the bound kernel (which
     scores the precursor window itself, for clean spectra). For analog the FAISS threshold replaced
@@ -215,12 +222,14 @@ def _first_theta(ctx: _Context, rows: np.ndarray, use_nl: bool) -> np.ndarray:
         theta = _kth_lower(*search_identity.window_search(ctx, rows, parse_tolerance(0.01))[:2])
     weak = np.flatnonzero(theta < _THETA_WINDOW_ENOUGH)
     if weak.shape[0] and ctx.lib.has_faiss and (use_nl or len(ctx.lib) >= _THETA_FAISS_OPEN_MIN):
-        n_cand = max(_THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k)
-        offs, ids = search_scan.faiss_candidates(ctx, rows[weak], n_cand, _THETA_NPROBE)
+        pq = ctx.lib.has_faiss_theta  # the threshold index, else the main one (older indexes)
+        n_cand = max(_THETA_FAISS_PQ if pq else _THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k)
+        offs, ids = search_scan.faiss_candidates(ctx, rows[weak], n_cand, _THETA_NPROBE, theta=pq)
         theta[weak] = np.maximum(theta[weak], _kth_lower(*ctx.exact(rows[weak], offs, ids)[:2]))
         weak = np.flatnonzero(~np.isfinite(theta)) if use_nl else weak[:0]
         if weak.shape[0]:
-            offs, ids = search_scan.faiss_candidates(ctx, rows[weak], max(_THETA_FAISS_AGAIN, 2 * k), _THETA_NPROBE)
+            offs, ids = search_scan.faiss_candidates(ctx, rows[weak], max(_THETA_FAISS_AGAIN, 2 * k), _THETA_NPROBE,
+                                                     theta=pq)
             theta[weak] = np.maximum(theta[weak], _kth_lower(*ctx.exact(rows[weak], offs, ids)[:2]))
     elif use_nl:
         theta = _kth_lower(*search_identity.window_search(ctx, rows, parse_tolerance(0.01))[:2])

@@ -20,12 +20,13 @@ _BIN_CHUNK = 1 << 17
 _BIN_MAX = 1 << 26
 
 
-def faiss_candidates(ctx: _Context, rows: np.ndarray, n_cand: int,
-                     nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n_cand`` nearest library spectra of each query in the FAISS index, filtered (CSR)."""
+def faiss_candidates(ctx: _Context, rows: np.ndarray, n_cand: int, nprobe: int | None,
+                     theta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n_cand`` nearest library spectra of each query in the FAISS index (with ``theta`` the
+    threshold index, :data:`fastspec.vectors.THETA_FILE`), filtered (CSR)."""
     from fastspec import vectors
 
-    index = vectors.load_faiss_index(ctx.lib)
+    index = vectors.load_faiss_index(ctx.lib, theta=theta)
     params = ctx.lib.manifest["build"]["faiss"]
     qv = vectors.spectrum_vectors(ctx.q.take(rows, metadata=False), params, threads=ctx.cfg.threads)
     n = max(1, min(int(n_cand), int(index.ntotal)))

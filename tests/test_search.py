@@ -528,10 +528,11 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
                             lambda ctx, rows, *a: heavy_rows.append(rows.shape[0]) or orig_heavy(ctx, rows, *a))
     if weak_faiss:  # a first FAISS threshold from too few neighbours: queries left without one ask again
         monkeypatch.setattr(F, "_THETA_FAISS_ANALOG", 0)
+        monkeypatch.setattr(F, "_THETA_FAISS_PQ", 0)
         monkeypatch.setattr(F, "_THETA_NPROBE", 1)
         orig = search_scan.faiss_candidates
         monkeypatch.setattr(search_scan, "faiss_candidates",
-                            lambda ctx, rows, n, nprobe: asked.append(n) or orig(ctx, rows, n, nprobe))
+                            lambda ctx, rows, n, nprobe, **kw: asked.append(n) or orig(ctx, rows, n, nprobe, **kw))
     hits = lib.search(queries, k=K, mode="analog")
     assert (F._THETA_FAISS_AGAIN in asked) == weak_faiss
     if heavy:
@@ -771,10 +772,12 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     asked = []
     orig = search_scan.faiss_candidates
     monkeypatch.setattr(F, "_THETA_FAISS_ANALOG", 10)
+    monkeypatch.setattr(F, "_THETA_FAISS_PQ", 10)
     monkeypatch.setattr(search_scan, "faiss_candidates",
-                        lambda ctx, rows, n, nprobe: asked.append(n) or orig(ctx, rows, n, nprobe))
+                        lambda ctx, rows, n, nprobe, **kw: asked.append(n) or orig(ctx, rows, n, nprobe, **kw))
     hits = lib.search(q, k=3, mode="analog", tolerance=0.01)
     assert asked == [10]
+    assert lib.has_faiss_theta != flat  # the threshold's neighbours came from the PQ index: eligible ones too
     assert_same_hits(hits, brute_force(lib, q, "modified_cosine", same_polarity(lib, q), k=3, tolerance="0.01da"))
     # the selector takes the row mask or its packed bitmap (what searches cache): the same neighbours
     from fastspec import vectors
@@ -788,6 +791,36 @@ def test_faiss_candidates_only_from_eligible_spectra(tmp_path, flat, monkeypatch
     assert (by_mask >= 400).all()
     with pytest.raises(ValueError, match="bitmap"):
         vectors.faiss_search(index, qv, 20, allowed=vectors.pack_rows(mask)[:-1])
+
+
+@pytest.mark.parametrize("with_theta", [True, False])
+def test_first_thresholds_from_the_threshold_index(data, tmp_path, monkeypatch, with_theta):
+    """Next to an IVF index of 1,000+ spectra the build also writes the small PQ fast-scan threshold index,
+    from which open, analog and hybrid search take their FAISS thresholds; without it
+    (``theta_index=None``, or an index built before it) the main index serves them. Either way the hits
+    equal brute force."""
+    from fastspec import search_fragment as F
+    from fastspec import search_scan
+
+    fp = {"flat_below": 0} if with_theta else {"flat_below": 0, "theta_index": None}
+    lib = Library.build(data[0][:1500], tmp_path / "t.fastspec", faiss=True, faiss_params=fp)
+    assert lib.has_faiss_theta == with_theta
+    info = lib.manifest["build"]["faiss"]["theta"]
+    assert (info["ntotal"] == len(lib) and "PQ32x4fs" in info["index"]) if with_theta else info is None
+    used = []
+    orig = search_scan.faiss_candidates
+    monkeypatch.setattr(search_scan, "faiss_candidates",
+                        lambda ctx, rows, n, nprobe, theta=False: used.append(theta) or orig(ctx, rows, n, nprobe,
+                                                                                              theta=theta))
+    monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN", 0)
+    queries = data[1]
+    for mode, metric in (("open", "entropy"), ("open", "cosine"), ("analog", "modified_cosine")):
+        hits = lib.search(queries, k=K, mode=mode, metric=metric)
+        assert_same_hits(hits, brute_force(lib, queries, metric, same_polarity(lib, queries)))
+    assert used and set(used) == {with_theta}
+    if with_theta:  # an append rebuilds it at the new size
+        lib.append(data[0][1500:2500])
+        assert lib.has_faiss_theta and lib.manifest["build"]["faiss"]["theta"]["ntotal"] == len(lib)
 
 
 def test_faiss_index_without_search_parameters(tmp_path):

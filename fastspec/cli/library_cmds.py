@@ -221,7 +221,8 @@ def info(library, verify, as_json, threads, quiet):
         f"formulas        {d['n_formulas']}" + (f" ({d['n_formula_from_smiles']} spectra's from their SMILES)"
                                                   if d.get("n_formula_from_smiles") else ""),
         f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
-        f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}",
+        f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}"
+        + (f", thresholds {d['faiss']['theta']['index']}" if d["faiss"] and d["faiss"].get("theta") else ""),
         "search arrays   " + (", ".join(k for k, v in d["search_arrays"].items() if v) or "none")
         + ("" if all(d["search_arrays"].values()) else
            f" (missing: {', '.join(k for k, v in d['search_arrays'].items() if not v)}: searches take a slower "

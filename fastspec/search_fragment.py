@@ -60,7 +60,14 @@ _HEAVY_CANDIDATES = 300
 _HEAVY_BAND = 0.5
 #: open search asks FAISS only from this library size on: below, the bound kernel's own precursor-window
 #: threshold suffices (100k: open cosine 0.171 ms/query without, 0.205 with; 1M: 1.45 -> 1.37; 2.4M: 4.3 -> 3.4)
-_THETA_FAISS_OPEN_MIN = 500_000
+_THETA_FAISS_OPEN_MIN_SQ8 = 500_000
+#: the same with the threshold index (:data:`fastspec.vectors.THETA_FILE`), a sixth of SQ8's cost per
+#: query: MassBank-grown libraries, 1,000 queries, 1 thread, 5 interleaved rounds, same hits, ms/query
+#: without -> with FAISS thresholds: 200k novel compounds open entropy 0.655 -> 0.501, open cosine 0.224
+#: -> 0.205, library copies 0.249 -> 0.274 / 0.110 -> 0.123; 400k novel 1.136 -> 0.758 / 0.395 -> 0.278,
+#: copies 0.374 -> 0.367 / 0.154 -> 0.172; 100k novel 0.396 -> 0.362 / 0.135 -> 0.166, copies 0.252 ->
+#: 0.276 / 0.109 -> 0.132
+_THETA_FAISS_OPEN_MIN = 200_000
 
 
 def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
@@ -202,7 +209,8 @@ def _first_theta(ctx: _Context, rows: np.ndarray, use_nl: bool) -> np.ndarray:
     neighbours when the library has one (from its threshold index ``_THETA_FAISS_PQ`` candidates; from
     the main index of older libraries ``_THETA_FAISS``, analog ``_THETA_FAISS_ANALOG``; then
     ``_THETA_FAISS_AGAIN`` where those gave no threshold, at nprobe ``_THETA_NPROBE``; open
-    search from ``_THETA_FAISS_OPEN_MIN`` spectra on). Without either, analog
+    search from ``_THETA_FAISS_OPEN_MIN`` spectra on, ``_THETA_FAISS_OPEN_MIN_SQ8`` without the
+    threshold index). Without either, analog
     search takes the window anyway and open search leaves the threshold to the bound kernel (which
     scores the precursor window itself, for clean spectra). For analog the FAISS threshold replaced
     an exact plain-cosine top-k through the fragment index, which cost as much as an open search:
@@ -221,8 +229,9 @@ def _first_theta(ctx: _Context, rows: np.ndarray, use_nl: bool) -> np.ndarray:
     if window:
         theta = _kth_lower(*search_identity.window_search(ctx, rows, parse_tolerance(0.01))[:2])
     weak = np.flatnonzero(theta < _THETA_WINDOW_ENOUGH)
-    if weak.shape[0] and ctx.lib.has_faiss and (use_nl or len(ctx.lib) >= _THETA_FAISS_OPEN_MIN):
-        pq = ctx.lib.has_faiss_theta  # the threshold index, else the main one (older indexes)
+    pq = ctx.lib.has_faiss_theta  # the threshold index, else the main one (older indexes)
+    open_min = _THETA_FAISS_OPEN_MIN if pq else _THETA_FAISS_OPEN_MIN_SQ8
+    if weak.shape[0] and ctx.lib.has_faiss and (use_nl or len(ctx.lib) >= open_min):
         n_cand = max(_THETA_FAISS_PQ if pq else _THETA_FAISS_ANALOG if use_nl else _THETA_FAISS, 2 * k)
         offs, ids = search_scan.faiss_candidates(ctx, rows[weak], n_cand, _THETA_NPROBE, theta=pq)
         theta[weak] = np.maximum(theta[weak], _kth_lower(*ctx.exact(rows[weak], offs, ids)[:2]))

@@ -465,6 +465,7 @@ def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch
     from fastspec import search_fragment as F
 
     monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN", 0 if faiss_threshold else 10**12)
+    monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN_SQ8", 0 if faiss_threshold else 10**12)
     queries = data[1]
     hits = lib.search(queries, k=K, mode="open", metric=metric)
     ref = brute_force(lib, queries, metric, same_polarity(lib, queries))
@@ -813,6 +814,7 @@ def test_first_thresholds_from_the_threshold_index(data, tmp_path, monkeypatch, 
                         lambda ctx, rows, n, nprobe, theta=False: used.append(theta) or orig(ctx, rows, n, nprobe,
                                                                                               theta=theta))
     monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN", 0)
+    monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN_SQ8", 0)
     queries = data[1]
     for mode, metric in (("open", "entropy"), ("open", "cosine"), ("analog", "modified_cosine")):
         hits = lib.search(queries, k=K, mode=mode, metric=metric)

@@ -170,8 +170,17 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
         train = csr_vectors(*gather_csr(offsets, mz, intensity, sample, threads=threads), p, threads)
         if not index.is_trained:
             index.train(train)
-        if theta is not None and not theta.is_trained:  # 40 points per list suffice (every k-th of the sample)
-            theta.train(np.ascontiguousarray(train[::max(1, train.shape[0] // (40 * theta_nlist))]))
+        if theta is not None and not theta.is_trained:
+            # 40 points per list, and at least 1,024 for the 16 centroids of each PQ sub-quantizer: every
+            # k-th of the main sample, or a sample of its own when that is smaller (a small nlist / n_train)
+            want = min(n, max(40 * theta_nlist, 1024))
+            if train.shape[0] >= want:
+                tx = train[::train.shape[0] // want][:want]
+            else:
+                rows = np.sort(rng.choice(n, size=want, replace=False)) if want < n else np.arange(n)
+                tx = csr_vectors(*gather_csr(offsets, mz, intensity, rows, threads=threads), p, threads)
+            theta.train(np.ascontiguousarray(tx))
+            del tx
         del train
     # rows in chunks straight from the CSR arrays (no Spectra.take: it also gathered the metadata), into one
     # reused buffer (a fresh 200 MB array per chunk costs its page faults every time)

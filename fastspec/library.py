@@ -669,6 +669,10 @@ class Library:
             if unknown:  # a misspelt key would be ignored, and recorded as if it had been used
                 raise ParameterError(f"unknown faiss_params {', '.join(map(repr, unknown))}; known: "
                                      f"{', '.join(_FAISS_DEFAULTS)}")
+            if faiss:
+                from fastspec.vectors import check_params
+
+                check_params(faiss_params)
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)

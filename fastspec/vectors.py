@@ -128,6 +128,37 @@ def _nlist(n: int, nlist: int | None = None) -> int:
     return max(1, min(int(nlist or np.clip(np.sqrt(n), 16, 16384)), max(1, n // 39)))
 
 
+def check_params(params: dict) -> None:
+    """Refuse ``faiss_params`` values a build could not use (ParameterError), before any work: counts that
+    are not integers >= 1 (or None), and index descriptions FAISS cannot parse."""
+    from fastspec.errors import ParameterError
+
+    p = dict(DEFAULTS, **params)
+    for key in ("nlist", "theta_nlist", "n_train", "dim", "nprobe"):
+        v = p.get(key)
+        optional = key not in ("dim", "nprobe")
+        if v is None and optional:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ParameterError(f"faiss_params: {key} must be an integer >= 1{' or None' if optional else ''}, "
+                                 f"got {v!r}")
+    for key in ("index", "theta_index"):
+        desc = p.get(key)
+        if desc is None and key == "theta_index":
+            continue
+        if not isinstance(desc, str):
+            raise ParameterError(f"faiss_params: {key} must be a FAISS index description such as "
+                                 f"{DEFAULTS[key]!r}, got {desc!r}")
+        faiss = _faiss()
+        try:  # an empty index of that description (cheap: nothing is trained or added)
+            faiss.index_factory(int(p["dim"]), desc.format(nlist=16), faiss.METRIC_INNER_PRODUCT)
+        except (RuntimeError, KeyError, IndexError, ValueError) as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0].rsplit(": ", 1)[-1]
+            raise ParameterError(f"faiss_params: FAISS cannot build {key} {desc!r} at dim {p['dim']} ({why})"
+                                 + ("; theta_index=None builds no threshold index" if key == "theta_index" else "")
+                                 ) from None
+
+
 def _theta_nlist(n: int, nlist: int | None = None) -> int:
     """Inverted lists of the threshold index: ``nlist`` or ~sqrt(n) / 6 in [16, 1024], at most n / 39."""
     return max(1, min(int(nlist or np.clip(np.sqrt(n) / 6, 16, 1024)), max(1, n // 39)))

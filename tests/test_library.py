@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -270,6 +271,14 @@ def test_open_missing_or_not_an_index(raw_lib, tmp_path):
     for kw in ({"threads": 0}, {"faiss_params": {"nprob": 4}}):  # refused before anything is read
         with pytest.raises(ParameterError):
             Library.build(tmp_path / "a.mgf", tmp_path / "t.fastspec", **kw)
+    # FAISS options a build could not use: one clear line before any work, not a faiss traceback at the end
+    for fp, why in (({"index": "bogus"}, "cannot build index 'bogus'"), ({"theta_index": "IVF{nlst},PQ8"}, "theta_index"),
+                    ({"dim": 100}, "theta_index=None"), ({"theta_nlist": -5}, "theta_nlist"),
+                    ({"nlist": 2.5}, "nlist"), ({"theta_index": 5}, "index description")):
+        with pytest.raises(ParameterError, match=re.escape(why)):
+            Library.build(tmp_path / "a.mgf", tmp_path / "t.fastspec", faiss_params=fp)
+    assert not (tmp_path / "t.fastspec").exists()
+    assert Library.build(tmp_path / "a.mgf", tmp_path / "t.fastspec", faiss=False, faiss_params={"dim": 100}).n_spectra
     # a file is never replaced by an index, not even with overwrite (the input named twice)
     before = (tmp_path / "a.mgf").read_bytes()
     with pytest.raises(IndexFormatError, match="it is a file"):

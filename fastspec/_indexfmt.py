@@ -36,6 +36,11 @@ FORMAT_VERSION = 3
 READ_VERSIONS = (2, 3)
 FORMAT_NAME = "fastspec-library"
 MANIFEST = "manifest.json"
+#: The FAISS threshold index (:mod:`fastspec.vectors`), built next to a non-flat ``faiss.index`` of at
+#: least ``THETA_MIN`` spectra (its PQ and lists train on the library's own vectors); here so that
+#: reading a manifest (``fastspec info``) needs no numba.
+THETA_FILE = "faiss_theta.index"
+THETA_MIN = 1_000
 #: manifest key holding the sha256 of the rest of the manifest
 MANIFEST_CHECKSUM = "manifest_sha256"
 _EDGE = 65536  # bytes hashed at each end of a file for the cheap open-time check

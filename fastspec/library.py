@@ -884,8 +884,8 @@ class Library:
 
     @property
     def has_faiss_theta(self) -> bool:
-        """Whether the index holds the FAISS threshold index (:data:`fastspec.vectors.THETA_FILE`)."""
-        return "faiss_theta.index" in self.manifest["files"]
+        """Whether the index holds the FAISS threshold index (:data:`fastspec._indexfmt.THETA_FILE`)."""
+        return fmt.THETA_FILE in self.manifest["files"]
 
     @property
     def window_block(self) -> int:
@@ -1187,10 +1187,8 @@ class Library:
         }
 
     def _faiss_theta_current(self) -> bool:
-        from fastspec.vectors import _THETA_MIN
-
         f = self.manifest["build"].get("faiss")
-        return not f or "theta" in f or f.get("index") == "Flat" or len(self) < _THETA_MIN
+        return not f or "theta" in f or f.get("index") == "Flat" or len(self) < fmt.THETA_MIN
 
     def info(self) -> dict[str, Any]:
         """Summary for ``fastspec info``."""

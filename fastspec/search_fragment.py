@@ -34,7 +34,7 @@ _THETA_FAISS_ANALOG = 300
 #: hits anyway: 1.96 -> 2.08 ms, 4.54 -> 4.68 ms entropy), so analog only.
 _THETA_FAISS_AGAIN = 2000
 _THETA_NPROBE = 4
-#: candidates from the threshold index (:data:`fastspec.vectors.THETA_FILE`, used when the library has
+#: candidates from the threshold index (:data:`fastspec._indexfmt.THETA_FILE`, used when the library has
 #: one) for open and analog search alike, at nprobe ``_THETA_NPROBE``: its 4-bit codes rank coarser than
 #: SQ8 but cost a sixth per list (2.4M, 1,000 queries, 1 thread, interleaved, ms/query, 100 -> 300
 #: candidates: open entropy novel compounds 3.38 -> 3.17, open cosine novel 1.05 -> 0.98, copies 0.440
@@ -61,7 +61,7 @@ _HEAVY_BAND = 0.5
 #: open search asks FAISS only from this library size on: below, the bound kernel's own precursor-window
 #: threshold suffices (100k: open cosine 0.171 ms/query without, 0.205 with; 1M: 1.45 -> 1.37; 2.4M: 4.3 -> 3.4)
 _THETA_FAISS_OPEN_MIN_SQ8 = 500_000
-#: the same with the threshold index (:data:`fastspec.vectors.THETA_FILE`), a sixth of SQ8's cost per
+#: the same with the threshold index (:data:`fastspec._indexfmt.THETA_FILE`), a sixth of SQ8's cost per
 #: query: MassBank-grown libraries, 1,000 queries, 1 thread, 5 interleaved rounds, same hits, ms/query
 #: without -> with FAISS thresholds: 200k novel compounds open entropy 0.655 -> 0.501, open cosine 0.224
 #: -> 0.205, library copies 0.249 -> 0.274 / 0.110 -> 0.123; 400k novel 1.136 -> 0.758 / 0.395 -> 0.278,

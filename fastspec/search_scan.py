@@ -23,7 +23,7 @@ _BIN_MAX = 1 << 26
 def faiss_candidates(ctx: _Context, rows: np.ndarray, n_cand: int, nprobe: int | None,
                      theta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The ``n_cand`` nearest library spectra of each query in the FAISS index (with ``theta`` the
-    threshold index, :data:`fastspec.vectors.THETA_FILE`), filtered (CSR)."""
+    threshold index, :data:`fastspec._indexfmt.THETA_FILE`), filtered (CSR)."""
     from fastspec import vectors
 
     index = vectors.load_faiss_index(ctx.lib, theta=theta)

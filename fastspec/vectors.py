@@ -13,6 +13,7 @@ from typing import Any
 import numba
 import numpy as np
 
+from fastspec._indexfmt import THETA_FILE, THETA_MIN
 from fastspec.errors import FastspecError
 from fastspec.kernels._config import pjit, threads as _threads
 
@@ -31,19 +32,17 @@ DEFAULTS: dict[str, Any] = {
     "theta_index": "IVF{nlist},PQ32x4fs",
     "theta_nlist": None,  # default: ~sqrt(n) / 6, clipped to [16, 1024]
 }
-#: The threshold index: the first pruning thresholds of open, analog and hybrid search (their candidates
-#: are rescored exactly, so only how good the k-th score among them is matters) come from it instead of
-#: the main index. 4-bit PQ codes are 16 bytes per spectrum (SQ8: 256), scanned with SIMD lookups, and
-#: held in memory (57 MB at 2.4M); few lists (256 at 2.4M) keep the coarse assignment of the build cheap
-#: (2.4M spectra: 6 s, against 39 s for the main index's 1,536). Too coarse for the engine's own
-#: candidates (recall@10 of open cosine at 500 candidates 0.71 against SQ8's 0.95), good enough for a
-#: threshold. 2.4M MassBank-grown library, 1,000 queries, 1 thread, 4 interleaved rounds, same hits,
-#: median ms/query with SQ8 (100 candidates at nprobe 4) -> this index (300 at nprobe 4): open cosine
-#: copies 0.442 -> 0.425, novel compounds 1.344 -> 1.172; open entropy novel 3.62 -> 3.57; analog
-#: copies 1.428 -> 1.181, novel 2.452 -> 2.330.
-THETA_FILE = "faiss_theta.index"
-#: spectra below which no threshold index is built (its PQ and lists train on the library's own vectors)
-_THETA_MIN = 1_000
+# The threshold index (THETA_FILE; its name and THETA_MIN, the fewest spectra it is built for, live
+# with the index format in fastspec._indexfmt): the first pruning thresholds of open, analog and
+# hybrid search (their candidates are rescored exactly, so only how good the k-th score among them is
+# matters) come from it instead of the main index. 4-bit PQ codes are 16 bytes per spectrum (SQ8: 256), scanned with SIMD lookups, and
+# held in memory (57 MB at 2.4M); few lists (256 at 2.4M) keep the coarse assignment of the build cheap
+# (2.4M spectra: 6 s, against 39 s for the main index's 1,536). Too coarse for the engine's own
+# candidates (recall@10 of open cosine at 500 candidates 0.71 against SQ8's 0.95), good enough for a
+# threshold. 2.4M MassBank-grown library, 1,000 queries, 1 thread, 4 interleaved rounds, same hits,
+# median ms/query with SQ8 (100 candidates at nprobe 4) -> this index (300 at nprobe 4): open cosine
+# copies 0.442 -> 0.425, novel compounds 1.344 -> 1.172; open entropy novel 3.62 -> 3.57; analog
+# copies 1.428 -> 1.181, novel 2.452 -> 2.330.
 
 
 @pjit
@@ -166,7 +165,7 @@ def _theta_nlist(n: int, nlist: int | None = None) -> int:
 
 def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: int | None = None) -> dict:
     """Train an IVF index on a sample, add every spectrum (in chunks) and write it to ``path``; next to
-    an IVF index of at least ``_THETA_MIN`` spectra also the threshold index (:data:`THETA_FILE`, from
+    an IVF index of at least ``THETA_MIN`` spectra also the threshold index (:data:`THETA_FILE`, from
     the same vectors).
 
     Returns
@@ -191,7 +190,7 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
     sample = np.sort(rng.choice(n, size=n_train, replace=False)) if n_train < n else np.arange(n)
     offsets, mz, intensity = spectra.offsets, spectra.mz, spectra.intensity
     theta = theta_desc = None
-    if desc != "Flat" and p.get("theta_index") and n >= _THETA_MIN:
+    if desc != "Flat" and p.get("theta_index") and n >= THETA_MIN:
         theta_nlist = _theta_nlist(n, p.get("theta_nlist"))
         theta_desc = str(p["theta_index"]).format(nlist=theta_nlist)
         theta = faiss.index_factory(dim, theta_desc, faiss.METRIC_INNER_PRODUCT)

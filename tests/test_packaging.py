@@ -35,6 +35,23 @@ def test_cli_help_is_light():
     assert not loaded, f"fastspec --help pulled in {loaded}"
 
 
+def test_cli_info_is_light(tmp_path):
+    """``fastspec info`` reads the manifest and the metadata: no numba, faiss or other heavy module."""
+    import numpy as np
+
+    from fastspec.library import Library
+    from fastspec.spectra import Spectra
+
+    rng = np.random.default_rng(0)
+    sp = Spectra.from_arrays([np.sort(rng.uniform(50, 500, 8)) for _ in range(40)], [rng.uniform(1, 100, 8)] * 40,
+                             precursor_mz=rng.uniform(300, 600, 40))
+    lib = Library.build(sp, tmp_path / "l.fastspec", faiss=True, progress=False)
+    code = (f"import sys; sys.argv=['fastspec','info',{str(lib.path)!r}]\nfrom fastspec.cli import main\ntry:\n"
+            "    main()\nexcept SystemExit:\n    pass")
+    loaded = [m for m in HEAVY if m in _modules_after(code)]
+    assert not loaded, f"fastspec info pulled in {loaded}"
+
+
 def test_kernels_mapped_into_package():
     import fastspec.kernels
 

@@ -815,10 +815,23 @@ def test_first_thresholds_from_the_threshold_index(data, tmp_path, monkeypatch, 
                                                                                               theta=theta))
     monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN", 0)
     monkeypatch.setattr(F, "_THETA_FAISS_OPEN_MIN_SQ8", 0)
+    first = []
+    orig_first = F._first_theta
+    monkeypatch.setattr(F, "_first_theta",
+                        lambda ctx, rows, use_nl: first.append(orig_first(ctx, rows, use_nl)) or first[-1])
     queries = data[1]
     for mode, metric in (("open", "entropy"), ("open", "cosine"), ("analog", "modified_cosine")):
         hits = lib.search(queries, k=K, mode=mode, metric=metric)
         assert_same_hits(hits, brute_force(lib, queries, metric, same_polarity(lib, queries)))
+        # the neighbours gave real thresholds (a threshold of -inf everywhere would pass the comparison too)
+        assert np.isfinite(first[-1]).mean() > 0.5
+    # hybrid: the same hits as with no first threshold at all
+    hits = lib.search(queries, k=K, mode="hybrid")
+    assert np.isfinite(first[-1]).mean() > 0.5
+    monkeypatch.setattr(F, "_first_theta", lambda ctx, rows, use_nl: np.full(rows.shape[0], -np.inf))
+    ref = lib.search(queries, k=K, mode="hybrid")
+    np.testing.assert_allclose(hits.scores, ref.scores, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(hits.indices >= 0, ref.indices >= 0)
     assert used and set(used) == {with_theta}
     if with_theta:  # an append rebuilds it at the new size
         lib.append(data[0][1500:2500])

@@ -52,7 +52,7 @@ _THETA_FAISS_PQ = 300
 #: or a 0.9 limit were no better. Open search gained nothing (cosine 0.97x, entropy 1.0-1.3x: its weak
 #: thresholds are weak hits). With the FAISS threshold index (2026-12-05; 2.4M, 1,000 queries, 6
 #: interleaved rounds, same hits): below 0.5 instead of 0.7, hybrid novel compounds 0.91x (0.5 faster
-#: in all 6 rounds), hybrid copies and analog novel compounds unchanged (3.27 / 3.25, 2.88 / 2.88 ms).
+#: in all 6 rounds), hybrid copies and analog novel compounds unchanged (3.25 -> 3.27, 2.88 -> 2.88 ms).
 _HEAVY_PEAKS = 1
 _HEAVY_BELOW = 0.5
 _HEAVY_CANDIDATES = 300

@@ -1182,7 +1182,7 @@ class Library:
             "band_codes": self.has_array("frag_wcos_q8"),  # open/analog bound scans (else computed on first use)
             "loss_entropy_weights": self.has_array("nl_went_sqrt"),  # hybrid (else sorted on first use)
             # the FAISS threshold index (else the main index gives open / analog / hybrid thresholds): builds
-            # since it record "theta" (None where they made none: flat index, too few spectra, theta_index=None)
+            # since then record "theta" (None where they made none: flat index, too few spectra, theta_index=None)
             "faiss_thresholds": self._faiss_theta_current(),
         }
 

@@ -5,8 +5,8 @@ neutral-loss) index.
 the query and prunes with a threshold, a lower bound of the k-th best score; the candidates of best
 bound are scored exactly until the k-th exact score beats every bound left out, so hits equal brute
 force. The first threshold (:func:`_first_theta`) comes from exact scores of likely hits: the query's
-precursor window, FAISS neighbours, and for analog search the spectra best matching its heaviest peak
-(:func:`_heavy_theta`).
+precursor window, FAISS neighbours (from the threshold index when the library has one), and for
+analog and hybrid search the spectra best matching its heaviest peak (:func:`_heavy_theta`).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Binned cosine goes through an inverted bin index (built on first use, kept with the open library);
 other metrics without a bound score every eligible library spectrum (the library prepared once per
 search). ``engine="faiss"`` takes each query's nearest neighbours in the FAISS index and rescores them
-exactly; open and analog search also use those neighbours for their first threshold.
+exactly; open, analog and hybrid search take their first thresholds from the neighbours in the
+small threshold index (in this one on libraries built without it).
 """
 from __future__ import annotations
 

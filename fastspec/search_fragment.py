@@ -70,20 +70,50 @@ _THETA_FAISS_OPEN_MIN_SQ8 = 500_000
 #: copies 0.374 -> 0.367 / 0.154 -> 0.172; 100k novel 0.396 -> 0.362 / 0.135 -> 0.166, copies 0.252 ->
 #: 0.276 / 0.109 -> 0.132
 _THETA_FAISS_OPEN_MIN = 200_000
+#: Queries whose first threshold (:func:`_first_theta`) is below this (by kind and neutral losses: open
+#: cosine, open entropy, analog, hybrid) take the dense scan (:func:`fastspec.kernels.dense.dense_bounds`)
+#: instead of the pruned bound kernel (and no heaviest-peak threshold): low thresholds prune little, and
+#: then one pass adding a table entry per window entry costs less than pruning does. 2.4M MassBank-grown
+#: library, 1 thread, 3-5 interleaved rounds in one process, identical hits, median ms per query, never
+#: dense -> these values:
+#:
+#: * open cosine (1,000 queries): novel compounds 1.48 -> 1.13 / 1.09 / 1.12 (0.5 / 0.65 / 0.8), library
+#:   copies 0.500 -> 0.491 / 0.486 / 0.480; with 96 candidates, 0.5 / 0.65 / 0.8 / 0.9: novel 1.30 / 1.23 /
+#:   1.26 / 1.32, copies 0.572 / 0.580 / 0.584 / 0.678;
+#: * open entropy: novel 2.80 -> 1.57 / 1.57 / 1.60 (0.9 / 0.95 / always), copies 1.36 -> 1.29 / 1.20 /
+#:   1.25 (0.8 / 0.9 / 0.95);
+#: * hybrid (600 queries): novel 6.95 -> 5.50 / 4.92 / 4.63 / 4.53 / 4.73 (0.5 / 0.7 / 0.8 / 0.9 / always),
+#:   copies 3.38 -> 3.19 / 3.14-3.20 / 3.23 / 3.84 / 4.85;
+#: * analog: novel 2.35 -> 2.40 / 2.34 / 2.70 / 3.68 (0.5 / 0.7 / 0.9 / always), copies 1.30 -> 1.39 / 1.43
+#:   / 1.85 / 4.32: analog search stays on the pruned kernel.
+#:
+#: Deciding on the precursor window's threshold alone, before FAISS, was no better for open entropy and
+#: worse for open cosine (novel compounds 1.45-1.55 for 0.3-0.8).
+_DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): -np.inf, (1, True): 0.8}
+#: candidates of the dense scan's first round (at least 2k + 8). Its bounds are looser than the pruned
+#: kernel's and a second round is a second full scan, yet sorting and gathering more candidates cost more
+#: than the rescans they save: 1,000 novel-compound queries, 1 thread, 3 interleaved rounds, median ms
+#: per query at 28 / 64 / 112 / 256 / 512 / 1,024 candidates: 100k library cosine 0.097 / 0.100 / 0.112
+#: / 0.131 / 0.157 / 0.200, entropy 0.108 / 0.124 / 0.134 / 0.148 / 0.182 / 0.255; 2.4M cosine 1.32 /
+#: 1.25 / 1.19-1.25 / 1.19 / 1.29 / 1.21, entropy 2.05 / 1.82 / 1.64-1.73 / 1.71 / 1.76 / 2.04
+_DENSE_CANDIDATES = 96
 
 
 def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
     # query weights and the neutral-loss window base once per search, not once per batch
+    from fastspec.kernels import fragment as fk
+
     qw = ctx.query_weights(_BOUNDED[ctx.cfg.metric][1])
     nl_base = float(max(ctx.lib.manifest["counts"].get("max_mz", 0.0),
                         float(ctx.q.mz.max()) if ctx.q.mz.size else 0.0))
+    q_gaps = fk.min_peak_gaps(ctx.q.offsets, ctx.q.mz)
     for batch in _batches(rows, 1024):
-        _run_bounded(ctx, batch, scores, indices, matches, use_nl, qw, nl_base)
+        _run_bounded(ctx, batch, scores, indices, matches, use_nl, qw, nl_base, q_gaps)
         ctx.advance(batch.shape[0])
 
 
 def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw: np.ndarray,
-                 nl_base: float):
+                 nl_base: float, q_gaps):
     """Exact whole-library top-k through the fragment (and neutral-loss) index with bound pruning.
 
     Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` in bound order, ``m`` per
@@ -110,14 +140,33 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     groups = allowed_groups(ctx.q.polarity)
     ws = ctx.workspace()
     tol = cfg.tolerance
-    n_lib = len(lib)
     pending = np.asarray(rows, dtype=np.int64)
     theta = _first_theta(ctx, pending, use_nl)
+    # weak first thresholds prune little: those queries take the dense scan (see _DENSE_BELOW)
+    dense = _dense_eligible(ctx, pending, index, nl_base, q_gaps)
+    dense = np.zeros(pending.shape[0], dtype=bool) if dense is None else \
+        dense & (theta < _DENSE_BELOW[(kind, use_nl)])
     if use_nl and _HEAVY_PEAKS > 0:
-        weak = np.flatnonzero(theta < _HEAVY_BELOW)
+        weak = np.flatnonzero((theta < _HEAVY_BELOW) & ~dense)
         if weak.shape[0]:
             heavy = _heavy_theta(ctx, pending[weak], qw, index, kind, use_nl, nl_base, ws, qc, lc, sym, groups)
             theta[weak] = np.maximum(theta[weak], heavy)
+
+    def pruned(q, th, m):
+        return fk.search_bounds(
+            q, ctx.q.offsets, ctx.q.mz, qw, ctx.q.precursor_mz, index, kind=kind, use_nl=use_nl,
+            tol_da=tol.da, tol_ppm=tol.ppm, k=cfg.k, m=m, workspace=ws, theta=th, q_codes=qc, lib_codes=lc,
+            symmetric=sym, q_groups=groups, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
+            threads=cfg.threads)
+
+    def dense_scan(q, th, m):
+        from fastspec.kernels import dense as dk
+
+        return dk.dense_bounds(q, ctx.q.offsets, ctx.q.mz, qw, ctx.q.precursor_mz, index, kind=kind, use_nl=use_nl,
+                               tol_da=tol.da, tol_ppm=tol.ppm, m=m, workspace=ws, theta=th, q_codes=qc, lib_codes=lc,
+                               symmetric=sym, q_groups=groups, min_score=cfg.min_score, nl_base=nl_base,
+                               threads=cfg.threads)
+
     # every further round is a full bound scan again, so the first one returns more candidates than
     # k: scoring a candidate exactly costs far less than a rescan. Analog: neutral losses loosen the
     # bounds; with 2,048 candidates (k = 10) 6% of queries needed a second scan on a 2.4M
@@ -128,13 +177,22 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     # 0.94-0.97 (library spectra 0.93-0.98), 64 -> 0.97-1.01 (0.98-0.99). Open search with a large k
     # keeps 2k + 8, which already covers it
     m = max(2 * cfg.k + 8, 32) * 64 if use_nl else max(2 * cfg.k + 8, 64 if kind == 1 else 128)
+    _rounds(ctx, pending[~dense], theta[~dense], m, pruned, scores, indices, matches)
+    if dense.any():
+        _rounds(ctx, pending[dense], theta[dense], max(_DENSE_CANDIDATES, 2 * cfg.k + 8), dense_scan,
+                scores, indices, matches)
+
+
+def _rounds(ctx: _Context, pending, theta, m, bounds_of, scores, indices, matches):
+    """Score the candidates of ``bounds_of(rows, theta, m)`` (a bound kernel's ids, bounds, next bound,
+    stats) exactly, in rounds: ``m`` grows (x8) for the queries whose k-th exact score does not yet beat
+    the best bound left out. Exact k-th scores found on the way feed the pruning threshold."""
+    from fastspec.kernels import fragment as fk
+
+    n_lib = len(ctx.lib)
     while pending.shape[0]:
         m = min(m, max(n_lib, 1))
-        ids, bounds, nxt, st = fk.search_bounds(
-            pending, ctx.q.offsets, ctx.q.mz, qw, ctx.q.precursor_mz, index, kind=kind, use_nl=use_nl,
-            tol_da=tol.da, tol_ppm=tol.ppm, k=cfg.k, m=m, workspace=ws, theta=theta, q_codes=qc, lib_codes=lc,
-            symmetric=sym, q_groups=groups, min_pairs=max(1, cfg.min_matches), min_score=cfg.min_score, nl_base=nl_base,
-            threads=cfg.threads)
+        ids, bounds, nxt, st = bounds_of(pending, theta, m)
         ctx.stats.append(st)
         ctx.rounds += 1
         valid = ids >= 0
@@ -154,6 +212,22 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
         theta = np.maximum(theta[~done], kth[~done] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL)
         pending = pending[~done]
         m *= 8
+
+
+def _dense_eligible(ctx: _Context, rows, index, nl_base: float, q_gaps) -> np.ndarray | None:
+    """Which queries may take the dense scan (:func:`fastspec.kernels.dense.dense_bounds`; None: none):
+    searches without a minimum of matched peaks, clean queries against a clean library (no two peaks
+    of a spectrum within two windows: each spectrum's pairs are then one-to-one, which the dense
+    scan's 16-bit sums rely on; ``q_gaps``: :func:`fastspec.kernels.fragment.min_peak_gaps` of the queries)."""
+    from fastspec.kernels import fragment as fk
+
+    if ctx.cfg.min_matches > 1 or index.frag_mz.shape[0] == 0:
+        return None
+    tol = ctx.cfg.tolerance
+    gap = fk.clean_gap(tol.da, tol.ppm, nl_base)
+    if not float(index.min_gap_min) > gap:
+        return None
+    return q_gaps[rows] > gap
 
 
 def _heavy_theta(ctx: _Context, rows, qw, index, kind, use_nl, nl_base, ws, qc, lc, sym,

@@ -1441,6 +1441,14 @@ class BoundWorkspace:
         self.slots = hz((self.n_blocks, n), dtype=np.int32)
         self.snap = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.uint64)
         self.rank = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.int64)
+        self._dense = None
+
+    def dense_acc(self, b: int) -> np.ndarray:
+        """Block ``b``'s uint16 (n_library,) accumulators of :func:`fastspec.kernels.dense.dense_bounds`
+        (zero between calls), allocated for every block on first use (call it before starting threads)."""
+        if self._dense is None:
+            self._dense = hz((self.n_blocks, max(self.n_library, 1)), dtype=np.uint16)
+        return self._dense[b]
 
 
 class PeakIndex(NamedTuple):
@@ -1569,29 +1577,17 @@ def search_bounds(
         early stop, spectra ruled out, whether a precursor-window threshold was found, whether the
         accumulators were compacted (diagnostics).
     """
-    q_rows = np.ascontiguousarray(q_rows, dtype=np.int64)
+    q_rows, m, (ids, bounds, nxt, stats) = _outputs(q_rows, m)
     nq = q_rows.shape[0]
-    m = max(int(m), 1)
-    ids = np.empty((nq, m), dtype=np.int64)
-    bounds = np.empty((nq, m), dtype=np.float64)
-    nxt = np.empty(nq, dtype=np.float64)
-    stats = np.zeros((nq, 7), dtype=np.int64)
     n_total_q = q_offsets.shape[0] - 1
-    if q_codes is None or lib_codes is None or symmetric is None:
-        q_codes = np.full((n_total_q, 0), -1, dtype=np.int32)
-        lib_codes = np.full((workspace.n_library, 0), -1, dtype=np.int32)
-        symmetric = np.zeros(0, dtype=np.bool_)
-    theta = np.full(nq, -np.inf) if theta is None else np.ascontiguousarray(theta, dtype=np.float64)
+    theta, q_codes, lib_codes, symmetric = _defaults(nq, n_total_q, workspace.n_library, theta, q_codes, lib_codes,
+                                                     symmetric)
     c0 = _ORDER_SHARE * index.frag_mz.shape[0] if order_smoothing is None else float(order_smoothing)
     if not (np.isfinite(c0) and c0 >= 0):
         raise ValueError(f"order_smoothing must be finite and >= 0, got {order_smoothing!r}")
     if nq == 0:
         return ids, bounds, nxt, stats
-    # two library peaks closer than this could share a query peak's window (then partial sums are no
-    # lower bounds); ppm windows are sized at the largest m/z
-    top = max(float(nl_base), 1.0)
-    gap_thr = 2.0 * (float(tol_da) if tol_ppm <= 0 else float(tol_ppm) * 1e-6 * top / (1 - float(tol_ppm) * 1e-6)) \
-        + 6e-7 * top + 2e-6
+    gap_thr = clean_gap(tol_da, tol_ppm, nl_base)
     ix = index
     n_lib = ix.starts.shape[0]
     mean_peaks = float(ix.mz.shape[0]) / max(n_lib, 1)
@@ -1620,17 +1616,43 @@ def search_bounds(
         _search_bounds(b, n_blocks, *args, ws.work[b], ws.count[b], ws.live[b], ws.touched[b], ws.dead[b],
                        ws.cwork[b], ws.slots[b], ws.rank[b], ws.snap[b], ids, bounds, nxt, stats)
 
+    _run_blocks(n_blocks, run, ids, ix.scan_rows)
+    return ids, bounds, nxt, stats
+
+
+def _outputs(q_rows, m: int):
+    """A bound kernel's call: ``q_rows`` as int64, ``m`` (at least 1) and its outputs for them (ids
+    int64 (nq, m), bounds float64 (nq, m), next bound float64 (nq,), stats int64 (nq, 7))."""
+    q_rows = np.ascontiguousarray(q_rows, dtype=np.int64)
+    nq = q_rows.shape[0]
+    m = max(int(m), 1)
+    return q_rows, m, (np.empty((nq, m), dtype=np.int64), np.empty((nq, m), dtype=np.float64),
+                       np.empty(nq, dtype=np.float64), np.zeros((nq, 7), dtype=np.int64))
+
+
+def _defaults(nq: int, n_total_q: int, n_library: int, theta, q_codes, lib_codes, symmetric):
+    """A bound kernel's thresholds (-inf when None) and filter codes (no filter when any is None)."""
+    if q_codes is None or lib_codes is None or symmetric is None:
+        q_codes = np.full((n_total_q, 0), -1, dtype=np.int32)
+        lib_codes = np.full((n_library, 0), -1, dtype=np.int32)
+        symmetric = np.zeros(0, dtype=np.bool_)
+    theta = np.full(nq, -np.inf) if theta is None else np.ascontiguousarray(theta, dtype=np.float64)
+    return theta, q_codes, lib_codes, symmetric
+
+
+def _run_blocks(n_blocks: int, run, ids: np.ndarray, scan_rows) -> None:
+    """``run(b)`` for every block of queries, in threads when several (the kernels release the GIL), then
+    the candidates' scan ids in ``ids`` turned into library rows."""
     if n_blocks == 1:
         run(0)
-    else:  # the kernel releases the GIL, so threads run blocks in parallel
+    else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=n_blocks) as ex:
             list(ex.map(run, range(n_blocks)))
-    if ix.scan_rows is not None:  # scan ids -> library rows
+    if scan_rows is not None:  # scan ids -> library rows
         hit = ids >= 0
-        ids[hit] = np.asarray(ix.scan_rows)[ids[hit]]
-    return ids, bounds, nxt, stats
+        ids[hit] = np.asarray(scan_rows)[ids[hit]]
 
 
 def compile_search_bounds() -> None:
@@ -1683,6 +1705,15 @@ def _group_ranges(bounds: np.ndarray | None, size: int, allowed: np.ndarray | No
     rng[:, :, 0] = np.where(ok, b[:-1], 0)
     rng[:, :, 1] = np.where(ok, b[1:], 0)
     return _ro(rng, np.int64)
+
+
+def clean_gap(tol_da: float, tol_ppm: float, nl_base: float) -> float:
+    """Two peaks of one spectrum closer than this (m/z) could share a query peak's window: a spectrum
+    whose peaks are all further apart is *clean* (its pairs within tolerance are one-to-one). ppm
+    windows are sized at ``nl_base``, the largest m/z (at least 1)."""
+    top = max(float(nl_base), 1.0)
+    return 2.0 * (float(tol_da) if tol_ppm <= 0 else float(tol_ppm) * 1e-6 * top / (1 - float(tol_ppm) * 1e-6)) \
+        + 6e-7 * top + 2e-6
 
 
 def _ro(a, dtype) -> np.ndarray:

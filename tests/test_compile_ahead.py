@@ -8,9 +8,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pyarrow.parquet as pq
 from click.testing import CliRunner
 
+from fastspec import search_fragment
 from fastspec.cli import _ahead, _common, main
 from fastspec.kernels import _config
 from fastspec.kernels import fragment as fk
@@ -141,6 +143,9 @@ def test_query_waits_for_the_second_process_and_finds_the_same_hits(massbank_mgf
     started, waited = [], []
     real_start, real_wait = _ahead.CompileAhead.start, _ahead.CompileAhead.wait
     monkeypatch.setattr(fk, "search_bounds_cached", lambda: False)
+    # weak thresholds (fewer than k spectra in most precursor windows here) would take the dense scan,
+    # which never calls the bound kernel
+    monkeypatch.setattr(search_fragment, "_DENSE_BELOW", dict.fromkeys(search_fragment._DENSE_BELOW, -np.inf))
     monkeypatch.setattr(_ahead.CompileAhead, "start", classmethod(
         lambda cls, log: started.append(1) or real_start.__func__(cls, log)))
     monkeypatch.setattr(_ahead.CompileAhead, "wait", lambda self, log: waited.append(1) or real_wait(self, log))

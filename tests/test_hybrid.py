@@ -159,8 +159,18 @@ def _brute_hybrid(lib, queries, k, metric="entropy", min_matches=0):
     return out
 
 
-@pytest.mark.parametrize("metric,min_matches", [("entropy", 0), ("unweighted_entropy", 0), ("entropy", 3)])
-def test_hybrid_search_equals_brute_force(hlib, metric, min_matches):
+@pytest.mark.parametrize("metric,min_matches,dense", [("entropy", 0, False), ("unweighted_entropy", 0, False),
+                                                      ("entropy", 3, False), ("entropy", 0, True),
+                                                      ("unweighted_entropy", 0, True)])
+def test_hybrid_search_equals_brute_force(hlib, metric, min_matches, dense, monkeypatch):
+    """Through the pruned bound kernel only, or the dense scan for every query (fragments and losses)."""
+    from fastspec import search_fragment as F
+    from fastspec.kernels import dense as dk
+
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
+    calls = []
+    orig = dk.dense_bounds
+    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
     lib, queries = hlib
     hits = lib.search(queries, k=10, mode="hybrid", metric=metric, min_matches=min_matches, threads=1)
     want = _brute_hybrid(lib, queries, 10, metric, min_matches)
@@ -168,6 +178,7 @@ def test_hybrid_search_equals_brute_force(hlib, metric, min_matches):
         got = [(float(hits.scores[r, t]), int(hits.indices[r, t])) for t in range(10) if hits.indices[r, t] >= 0]
         assert [j for _, j in got] == [j for _, j in w], r
         np.testing.assert_allclose([s for s, _ in got], [s for s, _ in w], rtol=0, atol=1e-12)
+    assert (sum(calls) >= len(queries) - 5) if dense else not calls
     # losses matter here: hybrid beats open search's best score for some queries
     open_hits = lib.search(queries, k=10, mode="open", metric=metric, threads=1)
     assert (hits.scores[:, 0] > open_hits.scores[:, 0] + 1e-6).sum() >= 5

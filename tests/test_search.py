@@ -473,6 +473,66 @@ def test_open_equals_brute_force(lib, data, metric, faiss_threshold, monkeypatch
     assert_same_hits(hits, brute_force_topk(lib, queries, metric), ref[4:])
 
 
+@pytest.mark.parametrize("metric,kw", [("cosine", {}), ("entropy", {}), ("unweighted_entropy", {"tolerance": "20ppm"}),
+                                       ("entropy", {"same_adduct": True, "min_score": 0.2, "threads": 2}),
+                                       ("cosine", {"k": 25, "same_charge": True, "threads": 2})])
+@pytest.mark.parametrize("dense", [True, False])
+def test_open_dense_scan_equals_brute_force(lib, data, monkeypatch, metric, kw, dense):
+    """Open search through the dense scan (every query; :mod:`fastspec.kernels.dense`) or the pruned
+    kernel only: the same hits as brute force, filters, ppm tolerances and threads included."""
+    from fastspec import search_fragment as F
+    from fastspec.kernels import dense as dk
+
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
+    calls = []
+    orig = dk.dense_bounds
+    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
+    queries = data[1]
+    kw = dict(kw)
+    k, tolerance = kw.pop("k", K), kw.pop("tolerance", "0.02da")
+    hits = lib.search(queries, k=k, mode="open", metric=metric, tolerance=tolerance, **kw)
+    assert (sum(calls) >= len(queries) - 5) if dense else not calls  # all but queries without peaks
+    cand = same_polarity(lib, queries)
+    if kw.get("same_adduct"):
+        la = np.array(normalize_adducts(lib.metadata(columns=["adduct"]).column("adduct").to_pylist()), dtype=object)
+        cand = cand & np.array([[a is None or a == b for b in la] for a in normalize_adducts(queries.column("adduct"))])
+    if kw.get("same_charge"):
+        lc, qch = np.abs(np.asarray(lib.array("charge"))), np.abs(queries.charge)
+        cand &= (qch[:, None] == 0) | (lc[None, :] == 0) | (qch[:, None] == lc[None, :])
+    assert_same_hits(hits, brute_force(lib, queries, metric, cand, k=k, tolerance=tolerance,
+                                       min_score=kw.get("min_score", 0.0)))
+
+
+def test_dense_scan_only_where_its_sums_hold(lib, raw, data, monkeypatch, tmp_path):
+    """The dense scan's 16-bit sums assume one-to-one pairs, and it counts no matched peaks: unclean
+    libraries or queries, and a minimum of matched peaks, take the pruned kernel."""
+    from fastspec import search_fragment as F
+    from fastspec.kernels import dense as dk
+
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf))
+    calls = []
+    orig = dk.dense_bounds
+    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
+    q = data[1][:20]
+    raw.search(q, k=K, mode="open", metric="entropy")  # unclean library
+    raw.search(q, k=K, mode="analog")
+    lib.search(q, k=K, mode="open", min_matches=2)
+    lib.search(q, k=K, mode="hybrid", min_matches=2)
+    assert not calls
+    pos = {"ion_mode": ["positive"] * 2}
+    clean = Spectra.from_arrays([np.array([100.0, 150.0, 200.0]), np.array([100.0, 160.0])],
+                                [np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0])], precursor_mz=[300.0, 300.0], metadata=pos)
+    small = Library.build(clean, tmp_path / "clean.fastspec", preprocess=None, faiss=False)
+    close = Spectra.from_arrays([np.array([100.0, 100.03, 150.0]), np.array([100.0, 150.0])],
+                                [np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0])], precursor_mz=[300.0, 300.0], metadata=pos)
+    hits = small.search(close, k=2, mode="open", metric="entropy")
+    assert calls == [1]  # the second query only: the first has peaks closer than two windows
+    ref = similarity.score_matrix(close, clean, metric="entropy", tolerance=0.02, clean=False, flash=True)[0]
+    np.testing.assert_allclose(hits.scores, -np.sort(-ref, axis=1), rtol=1e-6)
+    lib.search(q, k=K, mode="open", metric="entropy")
+    assert sum(calls) >= len(q) - 2 + 1
+
+
 def test_compile_search_bounds_is_the_build_every_search_runs(lib, data):
     """``fastspec demo`` compiles the bound kernel ahead in another process through a one-spectrum call:
     that must be the very signature real searches use, or the demo would compile it twice."""
@@ -512,10 +572,14 @@ def test_open_ppm_tolerance(lib, data):
     assert_same_hits(hits, brute_force(lib, queries, "cosine", same_polarity(lib, queries), tolerance="15ppm"))
 
 
-@pytest.mark.parametrize("weak_faiss,heavy", [(False, False), (True, False), (False, True)])
-def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy, monkeypatch):
+@pytest.mark.parametrize("weak_faiss,heavy,dense", [(False, False, False), (True, False, False), (False, True, False),
+                                                     (False, False, True)])
+def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy, dense, monkeypatch):
     from fastspec import search_fragment as F
     from fastspec import search_scan
+
+    # every query through the dense scan (fragments and neutral losses), or none
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
 
     queries = data[1]
     asked = []
@@ -554,8 +618,11 @@ def test_compact_accumulators_equal_brute_force(request, data, monkeypatch, whic
     counts kept, neutral losses."""
     from fastspec.kernels import fragment as fk
 
+    from fastspec import search_fragment as F
+
     lib = request.getfixturevalue(which)
     monkeypatch.setattr(fk, "_COMPACT_MIN", 1)
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, -np.inf))  # the pruned kernel only
     compacted = []
     orig = fk.search_bounds
     monkeypatch.setattr(fk, "search_bounds", lambda *a, **k: (lambda r: compacted.append(r[3][:, 6]) or r)(orig(*a, **k)))

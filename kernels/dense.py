@@ -16,11 +16,12 @@ The number added for a pair is an upper bound of the pair's exact contribution, 
 both codes' ranges (cosine ``q*l``; entropy ``(f(q+l) - f(q) - f(l)) / 2``, f(x) = x log2 x, increasing
 in both), times ``SCALE``, rounded up, plus one. Any one-to-one assignment (greedy cosine, modified
 cosine, entropy, hybrid entropy) uses a subset of the pairs within tolerance, so each spectrum's sum
-bounds its exact score from above. The sums fit 16 bits when spectra are clean (peaks more than two
-windows apart; the caller checks, ``fastspec.search_fragment``): a clean query's windows do not overlap
-and hold at most one peak of a clean library spectrum (two neutral losses at most in hybrid search's
-wider loss windows), and each pair adds at most ``(q + l) / 2``, so a sum stays below ~4 against a
-ceiling of 8 (``SCALE`` 8,192). Windows are :func:`fastspec.kernels.fragment._side_window`'s, which cover
+bounds its exact score from above. The 16-bit sums (``SCALE`` 8,192: a ceiling of 8) never wrap
+around: a window holds at most a few entries of one library spectrum (one, when its peaks are more than
+two windows apart, as the caller requires, ``fastspec.search_fragment``; :func:`_per_window`), so a sum
+is at most the query's table-row maxima summed, times that; where this could pass 16 bits (queries of
+thousands of peaks, a library precursor so large that its float32 losses are coarse), the adds
+saturate, and a saturated sum is still a bound, scores being at most 1. Windows are :func:`fastspec.kernels.fragment._side_window`'s, which cover
 any Da/ppm convention with float32 slack.
 
 The contract is :func:`~fastspec.kernels.fragment.search_bounds`'s: the ``m`` candidates of best bound,
@@ -102,8 +103,8 @@ def query_codes(kind: int, weights: np.ndarray) -> np.ndarray:
 
 @numba.njit(**NJIT)
 def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_mz, fr_spec, fr_q8, fr_rng,
-                  nl_mz, nl_spec, nl_q8, nl_rng, use_nl, nl_base, p_big, table, tol_da, tol_ppm, q_codes,
-                  lib_codes, sym, min_score, m_cap, acc, out_ids, out_bound, out_next, out_stats):
+                  nl_mz, nl_spec, nl_q8, nl_rng, use_nl, nl_base, p_big, per_frag, per_loss, table, tol_da, tol_ppm,
+                  q_codes, lib_codes, sym, min_score, m_cap, acc, out_ids, out_bound, out_next, out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own accumulators; blocks run in Python
     # threads (the kernel releases the GIL)
     n = acc.shape[0]
@@ -113,6 +114,18 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
         a0, a1 = q_off[qrow], q_off[qrow + 1]
         pmz = q_pmz[qrow]
         do_nl = use_nl and np.isfinite(pmz)
+        if a1 == a0:  # no peaks: no candidates
+            out_next[t] = -1.0
+            out_ids[t, :] = -1
+            out_bound[t, :] = -1.0
+            continue
+        # a window holds at most per_frag (per_loss) entries of one spectrum, so no sum exceeds the query's
+        # row maxima times their sum; where that passes 16 bits (queries of thousands of peaks, or wide
+        # windows), the adds saturate instead: a saturated sum reads 8, still a bound (~7% slower)
+        most = 0
+        for p in range(a0, a1):
+            most += np.int64(table[q_code[p], 255])
+        sat = most * (per_frag + (per_loss if do_nl else 0)) >= 65535
         entries = 0
         for p in range(a0, a1):
             row = table[q_code[p]]
@@ -129,8 +142,13 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
                     e0, e1 = _entry_range(s_mz, s_rng, qrow, g, lo_v, hi_v)
                     entries += e1 - e0
                     # unsigned positions: numba wraps signed indices around at every access
-                    for e in range(np.uint64(e0), np.uint64(e1)):
-                        acc[np.uint32(s_spec[e])] += row[s_q8[e]]
+                    if sat:
+                        for e in range(np.uint64(e0), np.uint64(e1)):
+                            c = np.uint32(s_spec[e])
+                            acc[c] = np.uint16(min(np.uint32(acc[c]) + np.uint32(row[s_q8[e]]), np.uint32(65535)))
+                    else:
+                        for e in range(np.uint64(e0), np.uint64(e1)):
+                            acc[np.uint32(s_spec[e])] += row[s_q8[e]]
         # spectra that cannot beat theta (or min_score) are no candidates: inflate(v / SCALE) >= theta
         lim = max(theta_in[t], min_score)
         thr = np.int64(1)
@@ -200,6 +218,26 @@ def _cut(buf, nbuf, m):
     buf[1:m] = part[nbuf - m + 1:]
     buf[m] = best
     return m
+
+
+def _per_window(index: PeakIndex, q_precursor_mz, tol_da, tol_ppm, nl_base, p_big, prec_lo, prec_hi) -> tuple[int, int]:
+    """Most entries of one library spectrum a query peak's fragment (loss) window can hold: windows are
+    at most ``2 h`` wide (:func:`fastspec.kernels.fragment._side_window` at the largest values), and a
+    spectrum's stored values are at least its smallest peak gap apart, less their float32 rounding (two
+    roundings of m/z for fragments; of m/z and loss for losses, whose precursor rounding cancels)."""
+    q_p = np.asarray(q_precursor_mz, dtype=np.float64)
+    q_p = q_p[np.isfinite(q_p)]
+    top = max(float(nl_base), abs(prec_lo), abs(prec_hi), float(np.abs(q_p).max()) if q_p.size else 0.0, 1.0)
+    tol = float(tol_da) if tol_ppm <= 0 else float(tol_ppm) * 1e-6 * top / (1 - float(tol_ppm) * 1e-6)
+    h_frag = tol + 3e-7 * top + 1e-6
+    h_loss = h_frag + (7e-8 * 10.0 * max(top, p_big) + 1e-6 if p_big > 0 else 0.0)
+    gap = float(index.min_gap_min)
+
+    def most(h, roundings):
+        g = gap - roundings * 2.0 ** -24 * top
+        return 1 + int(2.0 * h // g) if g > 0 and np.isfinite(g) else 1 << 20
+
+    return most(h_frag, 2), most(h_loss, 4)
 
 
 def dense_bounds(
@@ -279,16 +317,23 @@ def dense_bounds(
     nq8 = quantize_weights(ix.nl_w) if ix.nl_q8 is None else ix.nl_q8
     # hybrid search's float32 losses need wider loss windows (as in search_bounds)
     prec = np.asarray(ix.prec_sorted)
-    prec = prec[np.isfinite(prec)]
+    n_prec = int(np.searchsorted(prec, np.inf, side="left")) if prec.shape[0] else 0
     p_big = 0.0
-    if use_nl and kind == KIND_ENTROPY and prec.size:
-        p_big = max(abs(float(prec[0])), abs(float(prec[-1])), 1.0)
+    if use_nl and kind == KIND_ENTROPY and n_prec:
+        p_big = max(abs(float(prec[0])), abs(float(prec[n_prec - 1])), 1.0)
+    per_frag, per_loss = _per_window(index, q_precursor_mz, tol_da, tol_ppm, nl_base, p_big, float(prec[0]) if n_prec
+                                     else 0.0, float(prec[n_prec - 1]) if n_prec else 0.0)
+    # table rows of the peaks of these queries only (a search calls this once per batch)
+    q_offsets = np.asarray(q_offsets)
+    codes = np.empty(q_offsets[-1], dtype=np.int32)
+    lo, hi = int(q_offsets[q_rows.min()]), int(q_offsets[q_rows.max() + 1])
+    codes[lo:hi] = query_codes(kind, np.asarray(q_weights)[lo:hi])
     i32, i64, f32, f64, u8 = np.int32, np.int64, np.float32, np.float64, np.uint8
-    args = (_ro(q_rows, i64), _ro(q_offsets, i64), _ro(q_mz, f64), _ro(query_codes(kind, q_weights), i32),
+    args = (_ro(q_rows, i64), _ro(q_offsets, i64), _ro(q_mz, f64), _ro(codes, i32),
             _ro(q_precursor_mz, f64), _ro(theta, f64), _ro(ix.frag_mz, f32), _ro(ix.frag_spec, i32), _ro(fq8, u8),
             _group_ranges(ix.frag_groups, ix.frag_mz.shape[0], q_groups, n_total_q), _ro(ix.nl_mz, f32),
             _ro(ix.nl_spec, i32), _ro(nq8, u8), _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q),
-            bool(use_nl), float(nl_base), p_big, bound_table(kind), float(tol_da), float(tol_ppm), _ro(q_codes, i32),
+            bool(use_nl), float(nl_base), p_big, per_frag, per_loss, bound_table(kind), float(tol_da), float(tol_ppm), _ro(q_codes, i32),
             _ro(lib_codes, i32), _ro(symmetric, np.bool_), float(min_score), m)
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))

@@ -219,6 +219,44 @@ def test_dense_bounds_cover_exact_scores_property(tmp_path_factory, data, metric
     assert got[0] >= 1.0  # the last query is library spectrum 0 itself
 
 
+@pytest.mark.parametrize("metric,n_peaks,huge_precursor", [("cosine", 35000, False), ("entropy", 35000, False),
+                                                           ("hybrid", 17000, False), ("hybrid", 600, True)])
+def test_sums_never_wrap_around(tmp_path, metric, n_peaks, huge_precursor):
+    """A clean spectrum of tens of thousands of peaks against itself sums past 16 bits, and so do hybrid
+    search's loss windows next to a library precursor of 1e6 (its float32 losses are coarse, its loss
+    windows wide): the adds saturate, and the bound stays at least the exact score of 1."""
+    mz = 50.0 + 0.05 * np.arange(n_peaks)
+    it = np.full(n_peaks, 1.0)
+    it[n_peaks // 2] = 3.0  # a decoy shares this peak
+    lib_mz, lib_int, pmz = [mz, np.array([mz[n_peaks // 2], 3.0])], [it, np.array([3.0, 1.0])], [mz[-1] + 50.0] * 2
+    if huge_precursor:
+        lib_mz.append(np.array([100.0, 200.0]))
+        lib_int.append(np.array([1.0, 1.0]))
+        pmz.append(1e6)
+    sp = Spectra.from_arrays(lib_mz, lib_int, precursor_mz=pmz, metadata={"ion_mode": ["positive"] * len(pmz)})
+    lib = Library.build(sp, tmp_path / "l.fastspec", preprocess=None, faiss=False)
+    q = Spectra.from_arrays([mz], [it], precursor_mz=[pmz[0]], metadata={"ion_mode": ["positive"]})
+    index, qw = _inputs(lib, q, metric)
+    ids, bounds, _, _ = _call(index, q, qw, metric, len(lib), nl_base=_nl_base(lib, q))
+    assert ids[0, 0] == 0 and bounds[0, 0] >= 1.0, (ids, bounds)
+    if n_peaks <= 1000:  # (exact scoring of spectra of 10,000+ peaks needs gigabytes of scratch)
+        hits = lib.search(q, k=2, mode="hybrid", threads=1)
+        assert hits.indices[0, 0] == 0 and hits.scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_entries_per_window(setup):
+    """A clean library's windows hold one entry of a spectrum (plain adds); a precursor of 1e6 makes
+    float32 losses too coarse to say (saturating adds)."""
+    lib, q = setup
+    index, _ = _inputs(lib, q, "hybrid")
+    base = _nl_base(lib, q)
+    prec = np.asarray(index.prec_sorted)
+    lo, hi = float(prec[0]), float(prec[np.isfinite(prec)][-1])
+    assert dk._per_window(index, q.precursor_mz, 0.02, 0.0, base, max(abs(lo), hi), lo, hi) == (1, 1)
+    assert dk._per_window(index, q.precursor_mz, 0.0, 10.0, base, 0.0, lo, hi) == (1, 1)
+    assert dk._per_window(index, q.precursor_mz, 0.02, 0.0, base, 1e6, lo, 1e6)[1] > 1000
+
+
 @pytest.mark.parametrize("kind", [fk.KIND_PRODUCT, fk.KIND_ENTROPY])
 def test_bound_table_covers_every_pair_of_its_codes(kind):
     """Table entry [query code, library code] / SCALE is at least the pair's contribution for every
@@ -238,4 +276,3 @@ def test_bound_table_covers_every_pair_of_its_codes(kind):
     else:
         exact = qv * lv
     assert (table[qc[qq], lc[ww]] >= exact).all()
-    assert table.max() * dk.SCALE < 65535 / 2  # two full pairs' worth still fits the 16-bit sums

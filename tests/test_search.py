@@ -578,8 +578,13 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
     from fastspec import search_fragment as F
     from fastspec import search_scan
 
+    from fastspec.kernels import dense as dk
+
     # every query through the dense scan (fragments and neutral losses), or none
     monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
+    dense_calls = []
+    orig_dense = dk.dense_bounds
+    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: dense_calls.append(rows.shape[0]) or orig_dense(rows, *a, **k))
 
     queries = data[1]
     asked = []
@@ -599,6 +604,7 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
         monkeypatch.setattr(search_scan, "faiss_candidates",
                             lambda ctx, rows, n, nprobe, **kw: asked.append(n) or orig(ctx, rows, n, nprobe, **kw))
     hits = lib.search(queries, k=K, mode="analog")
+    assert (sum(dense_calls) >= len(queries) - 5) if dense else not dense_calls
     assert (F._THETA_FAISS_AGAIN in asked) == weak_faiss
     if heavy:
         assert sum(heavy_rows) >= len(queries) - 5  # all but queries without peaks or precursor

@@ -36,7 +36,7 @@ import threading
 import numba
 import numpy as np
 
-from fastspec.kernels._config import NJIT
+from fastspec.kernels._config import NJIT, await_compiled
 from fastspec.kernels.fragment import (BOUND_ATOL, BOUND_RTOL, KIND_ENTROPY, PeakIndex, _defaults,
                                        _entry_range, _group_ranges, _outputs, _passes, _ro, _run_blocks,
                                        _side_window, quantize_weights)
@@ -338,9 +338,24 @@ def dense_bounds(
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
     accs = [ws.dense_acc(b) for b in range(n_blocks)]
+    await_compiled("dense_bounds")  # a process compiling it ahead (fastspec demo / query): load, not compile
 
     def run(b: int) -> None:
         _dense_bounds(b, n_blocks, *args, accs[b], ids, bounds, nxt, stats)
 
     _run_blocks(n_blocks, run, ids, ix.scan_rows)
     return ids, bounds, nxt, stats
+
+
+def compile_dense_bounds() -> None:
+    """Compile the dense scan and its tables (or load them from numba's on-disk cache) by running it once,
+    tiny: :func:`dense_bounds` passes every array through ``_ro`` and every scalar as a Python
+    ``int``/``float``/``bool``, so this is the build every search runs (a second process of ``fastspec
+    demo`` and ``fastspec query`` runs it after the bound kernel, :mod:`fastspec.cli._ahead`)."""
+    from fastspec.kernels.fragment import KIND_PRODUCT, BoundWorkspace, tiny_index
+
+    index = tiny_index()
+    bound_table(KIND_ENTROPY)
+    dense_bounds(np.zeros(1, dtype=np.int64), np.array([0, 2]), index.mz, index.w, index.precursor_mz, index,
+                 kind=KIND_PRODUCT, use_nl=False, tol_da=0.01, tol_ppm=0.0, m=1, workspace=BoundWorkspace(1, 1),
+                 threads=1)

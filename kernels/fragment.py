@@ -1664,18 +1664,24 @@ def compile_search_bounds() -> None:
     search runs. It is the largest compilation in fastspec (about 40 s on an empty cache), which
     ``fastspec demo`` and ``fastspec query`` start in a second process (:mod:`fastspec.cli._ahead`).
     """
+    index = tiny_index()
+    search_bounds(np.zeros(1, dtype=np.int64), np.array([0, 2]), index.mz, index.w, index.precursor_mz, index,
+                  kind=KIND_PRODUCT, use_nl=False, tol_da=0.01, tol_ppm=0.0, k=1, m=1, workspace=BoundWorkspace(1, 1),
+                  threads=1)
+
+
+def tiny_index() -> PeakIndex:
+    """A one-spectrum index (two peaks, m/z 100 and 200, precursor 300) whose peaks double as a query:
+    what the compile-ahead calls of the bound kernels run on."""
     mz = np.array([100.0, 200.0])
     w = np.array([0.6, 0.8], dtype=np.float32)
     spec = np.zeros(2, dtype=np.int32)
     one = np.zeros(1, dtype=np.int64)
     pmz = np.array([300.0])
     loss = (pmz[0] - mz[::-1]).astype(np.float32)
-    index = PeakIndex(frag_mz=mz.astype(np.float32), frag_spec=spec, frag_w=w, nl_mz=loss, nl_spec=spec,
-                      nl_w=w[::-1].copy(), starts=one, ends=one + 2, mz=mz, w=w, precursor_mz=pmz,
-                      min_gap=np.array([100.0], dtype=np.float32), prec_sorted=pmz, prec_order=one,
-                      min_gap_min=100.0)
-    search_bounds(one, np.array([0, 2]), mz, w, pmz, index, kind=KIND_PRODUCT, use_nl=False, tol_da=0.01,
-                  tol_ppm=0.0, k=1, m=1, workspace=BoundWorkspace(1, 1), threads=1)
+    return PeakIndex(frag_mz=mz.astype(np.float32), frag_spec=spec, frag_w=w, nl_mz=loss, nl_spec=spec,
+                     nl_w=w[::-1].copy(), starts=one, ends=one + 2, mz=mz, w=w, precursor_mz=pmz,
+                     min_gap=np.array([100.0], dtype=np.float32), prec_sorted=pmz, prec_order=one, min_gap_min=100.0)
 
 
 def search_bounds_cached() -> bool | None:

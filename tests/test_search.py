@@ -548,6 +548,23 @@ def test_compile_search_bounds_is_the_build_every_search_runs(lib, data):
     assert fk._search_bounds.signatures == before and len(before) == 1
 
 
+def test_compile_dense_bounds_is_the_build_every_search_runs(lib, data, monkeypatch):
+    """The second process of ``fastspec demo`` / ``query`` also compiles the dense scan through a tiny
+    call: the very signature real open and hybrid searches use, at 1 and 2 threads."""
+    from fastspec import search_fragment as F
+    from fastspec.kernels import dense as dk
+
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf))
+    q = data[1][:20]
+    for kw in (dict(mode="open", metric="cosine"), dict(mode="open", metric="entropy"), dict(mode="hybrid"),
+               dict(mode="open", metric="unweighted_entropy", tolerance="10ppm")):
+        for threads in (1, 2):
+            lib.search(q, k=5, threads=threads, **kw)
+    before = list(dk._dense_bounds.signatures)
+    dk.compile_dense_bounds()
+    assert dk._dense_bounds.signatures == before and len(before) == 1
+
+
 @pytest.mark.parametrize("mode,metric", [("open", "cosine"), ("open", "entropy"), ("analog", "modified_cosine"),
                                          ("hybrid", "entropy")])
 def test_index_without_band_codes_searches_the_same(lib, data, mode, metric):

@@ -1,4 +1,4 @@
-"""Compiling the bound kernel in a second process while a command does other work.
+"""Compiling the bound kernel (and the dense scan) in a second process while a command does other work.
 
 On an empty numba cache the bound kernel of open, analog and hybrid search
 (:func:`fastspec.kernels.fragment.compile_search_bounds`) takes about 40 s to compile, one core, while
@@ -32,9 +32,12 @@ from fastspec.kernels import fragment
 if fragment.__file__ != expected:
     sys.exit("fastspec.kernels.fragment is %s here, %s in the parent" % (fragment.__file__, expected))
 fragment.compile_search_bounds()
+from fastspec.kernels import dense
+dense.compile_dense_bounds()
 """
-#: The name the kernel is registered under (:func:`fastspec.kernels._config.compiling_elsewhere`).
-KERNEL = "search_bounds"
+#: The names the kernels are registered under (:func:`fastspec.kernels._config.compiling_elsewhere`):
+#: the bound kernel, then the dense scan (a few seconds more), both compiled by the second process.
+KERNELS = ("search_bounds", "dense_bounds")
 
 
 def parallel_ok(threads: int | None) -> bool:
@@ -88,7 +91,8 @@ def start(log: Callable[[str], None], threads: int | None, *, force: bool = Fals
             if on_wait is not None:
                 on_wait(dt)
 
-        compiling_elsewhere(KERNEL, wait)
+        for name in KERNELS:
+            compiling_elsewhere(name, wait)
     return ahead
 
 
@@ -149,7 +153,8 @@ class CompileAhead:
         from fastspec.cli._common import ACTIVE_CHILDREN
         from fastspec.kernels._config import compiling_elsewhere
 
-        compiling_elsewhere(KERNEL, None)
+        for name in KERNELS:
+            compiling_elsewhere(name, None)
         if self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()

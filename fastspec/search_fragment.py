@@ -4,7 +4,9 @@ neutral-loss) index.
 :func:`fastspec.kernels.fragment.search_bounds` bounds every spectrum sharing a peak (or a loss) with
 the query and prunes with a threshold, a lower bound of the k-th best score; the candidates of best
 bound are scored exactly until the k-th exact score beats every bound left out, so hits equal brute
-force. The first threshold (:func:`_first_theta`) comes from exact scores of likely hits: the query's
+force. Queries whose first threshold is weak take a dense scan of the same index instead
+(:func:`fastspec.kernels.dense.dense_bounds`: no pruning, one table lookup per entry), with the same
+exact rescoring. The first threshold (:func:`_first_theta`) comes from exact scores of likely hits: the query's
 precursor window, FAISS neighbours (from the threshold index when the library has one), and for
 analog and hybrid search the spectra best matching its heaviest peak (:func:`_heavy_theta`).
 """
@@ -114,11 +116,11 @@ def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
 
 def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw: np.ndarray,
                  nl_base: float, q_gaps):
-    """Exact whole-library top-k through the fragment (and neutral-loss) index with bound pruning.
+    """Exact whole-library top-k through the fragment (and neutral-loss) index with score bounds.
 
-    Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` in bound order, ``m`` per
-    query; they are scored exactly and ``m`` grows (x8) for the queries whose k-th exact score does not
-    yet beat the best bound left out. Exact k-th scores found on the way feed the pruning threshold.
+    Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` (pruning), or for queries with
+    a weak first threshold :func:`fastspec.kernels.dense.dense_bounds` (no pruning, see ``_DENSE_BELOW``),
+    in bound order, ``m`` per query; :func:`_rounds` scores them exactly.
     """
     from fastspec.kernels import fragment as fk
     from fastspec.library import allowed_groups

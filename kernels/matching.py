@@ -122,7 +122,11 @@ def mark_row(kind, buf, pos_a, a0, a1, inv_w, on):
 
 @numba.njit(**NJIT)
 def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, scan, bits, inv_w, pi, pj, pk, pv, n):
-    """Append the pairs within tolerance with their matchms rank; -1 when the buffers are full."""
+    """Append the pairs within tolerance with their matchms rank; returns the new pair count.
+
+    Pairs past the buffers' capacity are counted, not written: a count above capacity tells the caller
+    how much room to make (the exact need -- not the (peaks of A) x (peaks of B) worst case, which is
+    tens of GB for two 30,000-peak spectra)."""
     cap = pi.shape[0]
     na = a1 - a0
     nb = b1 - b0
@@ -143,12 +147,11 @@ def _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, sca
                 x = pos_a[p]
                 if x - (tol_da if tol_ppm <= 0.0 else x * tol_ppm * 1e-6) > y:
                     break
-                if n >= cap:
-                    return -1
-                pi[n] = p - a0
-                pj[n] = q - b0
-                pv[n] = w_a[p] * w_b[q]
-                pk[n] = (scan * na + (p - a0)) * nb + (q - b0)
+                if n < cap:
+                    pi[n] = p - a0
+                    pj[n] = q - b0
+                    pv[n] = w_a[p] * w_b[q]
+                    pk[n] = (scan * na + (p - a0)) * nb + (q - b0)
                 n += 1
                 p += 1
     return n
@@ -329,11 +332,11 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
                 shifted = abs(shift) > (tol_da if tol_ppm <= 0.0 else pa * tol_ppm * 1e-6)
             n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm,
                          shift if kind == NEUTRAL_LOSS else 0.0, 0, bits, inv_w, pi, pj, pk, pv, 0)
-            if n >= 0 and shifted:
+            if shifted:
                 n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, 1, bits, inv_w,
                              pi, pj, pk, pv, n)
-            if n < 0:  # a pathological pair list: make room for every peak pair and score this pair again
-                buf = grow(buf, (a1 - a0) * (b1 - b0) * (2 if shifted else 1))
+            if n > pi.shape[0]:  # the pair list did not fit: make room for all of it and score the pair again
+                buf = grow(buf, n)
                 pairs, pv = buf[0], buf[1]
                 pi, pj, pk = pairs[PI], pairs[PJ], pairs[PK]
                 continue

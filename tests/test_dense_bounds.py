@@ -239,9 +239,10 @@ def test_sums_never_wrap_around(tmp_path, metric, n_peaks, huge_precursor):
     index, qw = _inputs(lib, q, metric)
     ids, bounds, _, _ = _call(index, q, qw, metric, len(lib), nl_base=_nl_base(lib, q))
     assert ids[0, 0] == 0 and bounds[0, 0] >= 1.0, (ids, bounds)
-    if n_peaks <= 1000:  # (exact scoring of spectra of 10,000+ peaks needs gigabytes of scratch)
-        hits = lib.search(q, k=2, mode="hybrid", threads=1)
-        assert hits.indices[0, 0] == 0 and hits.scores[0, 0] == pytest.approx(1.0, abs=1e-5)
+    # ms_entropy's float32 sums score this 35,000-peak self-match 0.99974 too
+    hits = lib.search(q, k=2, mode="hybrid" if metric == "hybrid" else "open",
+                      **({} if metric == "hybrid" else {"metric": metric}), threads=1)
+    assert hits.indices[0, 0] == 0 and hits.scores[0, 0] == pytest.approx(1.0, abs=5e-4)
 
 
 def test_entries_per_window(setup):

@@ -177,6 +177,26 @@ def test_pair_list_larger_than_scratch_grows():
         assert M[0, 1] == 150
 
 
+@pytest.mark.parametrize("metric,peer", [("cosine", "CosineGreedy"), ("modified_cosine", "ModifiedCosineGreedy"),
+                                         ("neutral_loss", "NeutralLossesCosine")])
+def test_many_peak_spectra_grow_scratch_to_need(metric, peer):
+    """Two 25,000-peak spectra (shifted precursors: modified cosine scans twice) hold ~75,000 candidate
+    pairs: the scratch grows to that count, not to the 25,000 x 25,000 x 2 worst case (50 GB, which
+    raised MemoryError). Scores and matches as matchms's."""
+    similarity = pytest.importorskip("matchms.similarity")
+    from matchms import Spectrum
+    rng = np.random.default_rng(11)
+    mz = 50.0 + 0.05 * np.arange(25000)
+    it = rng.uniform(1, 9, mz.size)
+    sp = Spectra.from_arrays([mz, mz + 0.01], [it, it], precursor_mz=[1301.0, 1301.5])
+    s, m = score_pairs(sp[[0, 0]], sp[[0, 1]], metric, 0.02)
+    assert s[0] == pytest.approx(1.0, abs=1e-9) and m[0] == 25000
+    a = Spectrum(mz=mz, intensities=it, metadata={"precursor_mz": 1301.0})
+    b = Spectrum(mz=mz + 0.01, intensities=it, metadata={"precursor_mz": 1301.5})
+    want = getattr(similarity, peer)(tolerance=0.02).pair(a, b)
+    assert s[1] == pytest.approx(float(want["score"]), abs=1e-9) and m[1] == int(want["matches"]) > 20000
+
+
 @pytest.mark.parametrize("opts", [
     {"bin_width": 0.1}, {"bin_width": 1.0, "max_mz": 400.0}, {"bin_width": 0.5, "base_peak": 100.0},
     {"bin_width": 0.25, "precursor_peak": 50.0}, {"preset": "khoo2026"}])

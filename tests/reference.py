@@ -192,6 +192,17 @@ def hashed_vector(mz, intensity, dim=256, bin_width=1.0, offset=0.3, intensity_p
     return [x / n for x in vec] if n > 0 else vec
 
 
+def nearest_centroid(vec, centroids) -> int:
+    """The inverted list of a vector in an inner-product IVF index: the centroid of largest inner
+    product, the lowest index among equal ones."""
+    best, best_v = 0, -math.inf
+    for c, cen in enumerate(centroids):
+        v = sum(float(a) * float(b) for a, b in zip(vec, cen))
+        if v > best_v:
+            best, best_v = c, v
+    return best
+
+
 def entropy_weight(intensity) -> list[float]:
     """ms_entropy's entropy weighting of sum-normalised intensities (identity when entropy >= 3)."""
     x = [float(v) for v in intensity]

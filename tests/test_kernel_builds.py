@@ -10,7 +10,7 @@ from fastspec.io import read
 from fastspec.kernels import _config
 from fastspec.kernels.fragment import peak_weights
 from fastspec.kernels.tanimoto import tanimoto_matrix
-from fastspec.vectors import spectrum_vectors
+from fastspec.vectors import nearest_lists, spectrum_vectors
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,8 @@ def _run_all(sp):
     out.append(peak_weights(pp.offsets, pp.mz, pp.intensity, "entropy", threads=2))
     fp = np.random.default_rng(0).integers(0, 2**63, size=(40, 4), dtype=np.uint64)
     out.append(tanimoto_matrix(fp, threads=2))
-    out.append(spectrum_vectors(pp, None, threads=2))
+    vec = spectrum_vectors(pp, None, threads=2)
+    out += [vec, nearest_lists(vec, np.ascontiguousarray(vec[::9].T), threads=2)]
     return out
 
 

@@ -1009,6 +1009,57 @@ def test_faiss_vectors_equal_reference_in_chunks(data):
         csr_vectors(sp.offsets[:3], sp.mz, sp.intensity)  # peaks not matching the offsets
 
 
+def test_nearest_lists_equal_reference(data):
+    """The build's own coarse assignment (nonzero slots only) picks the centroid of largest inner
+    product, as the naive reference does; ties go to the lowest centroid."""
+    import reference as ref
+
+    from fastspec.vectors import nearest_lists, spectrum_vectors
+
+    x = spectrum_vectors(data[0][:400])
+    rng = np.random.default_rng(4)
+    cen = x[rng.choice(400, 37, replace=False)] + rng.normal(0, 0.05, (37, 256)).astype(np.float32)
+    got = nearest_lists(x, np.ascontiguousarray(cen.T))
+    want = [ref.nearest_centroid(v, cen) for v in x[::7]]
+    # float32 sums in another order: where the two differ, the centroids' products tie within rounding
+    for g, w, v in zip(got[::7], want, x[::7]):
+        assert g == w or abs(float(v @ cen[g]) - float(v @ cen[w])) < 1e-5
+    twice = np.ascontiguousarray(np.concatenate([cen, cen]).T)  # every centroid twice: the first one wins
+    np.testing.assert_array_equal(nearest_lists(x, twice), got)
+    assert nearest_lists(np.zeros((3, 256), np.float32), twice).tolist() == [0, 0, 0]
+    with pytest.raises(FastspecError):
+        nearest_lists(x, cen)  # not transposed
+
+
+@pytest.mark.parametrize("params", [{}, {"index": "IVF{nlist},Flat", "theta_index": None},
+                                    {"index": "IVF{nlist},PQ16x4fs", "theta_index": None},
+                                    {"index": "PCA64,IVF{nlist},SQ8", "theta_index": None}])
+def test_faiss_build_byte_identical_to_faiss_own_add(data, tmp_path, params, monkeypatch):
+    """The build assigns vectors to inverted lists itself (and fills the fast-scan threshold index
+    through a plain IVF-PQ twin): the index files are byte for byte those of FAISS's own ``add``. Index
+    types it cannot do that for (fast-scan main index, pre-transforms) take FAISS's ``add``."""
+    from fastspec import vectors
+    from fastspec._indexfmt import THETA_FILE
+
+    params = dict({"flat_below": 0, "nlist": 24, "theta_nlist": 8}, **params)
+    sp = data[0]
+    calls = []
+    real = vectors.nearest_lists
+    monkeypatch.setattr(vectors, "nearest_lists", lambda *a, **k: calls.append(1) or real(*a, **k))
+    vectors.build_faiss_index(tmp_path / "a.index", sp, params)
+    own = bool(calls)
+    monkeypatch.setattr(vectors, "_flat_ip_centroids", lambda faiss, index: None)
+    monkeypatch.setattr(vectors, "_plain_twin", lambda faiss, index: None)
+    (tmp_path / "b").mkdir()
+    vectors.build_faiss_index(tmp_path / "b" / "a.index", sp, params)
+    assert (tmp_path / "a.index").read_bytes() == (tmp_path / "b" / "a.index").read_bytes()
+    theta = "theta_index" not in params
+    assert (tmp_path / THETA_FILE).exists() == theta
+    if theta:
+        assert (tmp_path / THETA_FILE).read_bytes() == (tmp_path / "b" / THETA_FILE).read_bytes()
+    assert own == (params.get("index") in (None, "IVF{nlist},Flat"))
+
+
 # ------------------------------------------------------------------------------------------ Hits
 def test_hits_table_without_a_library():
     # hits made by hand: library rows as ids, null library metadata

@@ -206,9 +206,11 @@ def phase_build(a) -> dict:
     # untimed warm-up build: loads (or, after a kernel change, compiles) the numba kernels, as the
     # query phases' warm-up calls do, so that build time is indexing time. Large enough that the kernels
     # pick their parallel builds too (kernels._config.SERIAL_BELOW): with 500 spectra only the serial
-    # ones compiled, and the 100k build then included compiling the parallel ones (105 s per million)
+    # ones compiled, and the 100k build then included compiling the parallel ones (105 s per million).
+    # An IVF index even at this size (flat_below 0): its list assignment is a kernel too (the 100k build
+    # of the 18:21 run on 1533257 compiled it: 35.2 instead of ~17 s per million)
     Library.build(lib.take(np.arange(min(len(lib), 20_000))), wd / "warmup.fastspec", faiss=True, threads=a.threads,
-                  progress=False, overwrite=True)
+                  progress=False, overwrite=True, faiss_params={"flat_below": 0})
     shutil.rmtree(wd / "warmup.fastspec", ignore_errors=True)
     base = rss()
     t0 = time.perf_counter()

@@ -141,7 +141,7 @@ def _flat_ip_centroids(faiss, index) -> np.ndarray | None:
 
 
 def _plain_twin(faiss, index):
-    """For a trained inner-product IVF-PQ fast-scan index of raw (not residual) codes: a
+    """For a trained inner-product IVF-PQ fast-scan index of raw (not residual) codes: an
     ``IndexIVFPQ`` with the same coarse centroids and PQ codebooks, which takes precomputed lists
     (``add_core``) and converts back (``faiss.IndexIVFPQFastScan(twin, bbs)``) to the index adding the
     same vectors to ``index`` would have made. None for any other index."""
@@ -329,7 +329,9 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
             theta.add(x)
     del buf
     if theta_t is not None:
-        theta = faiss.IndexIVFPQFastScan(theta_twin, theta.bbs)  # byte-identical to adding to it directly
+        # byte-identical to adding to it directly; it shares the twin's quantizer, so the twin (a local)
+        # must live until the index is written below
+        theta = faiss.IndexIVFPQFastScan(theta_twin, theta.bbs)
     faiss.write_index(index, str(path))
     p["n_train"] = n_train
     p["ntotal"] = int(index.ntotal)

@@ -69,6 +69,8 @@ def _vectors(offsets, mz, intensity, dim, bin_width, offset, power, out):
                 out[i, d] = out[i, d] * inv
 
 
+#: vectors computed and added to the FAISS indexes at a time (200k x 256 float32: 205 MB)
+_ADD_CHUNK = 200_000
 #: rows per block of :func:`_nearest_lists` (each block has its own accumulator row)
 _ASSIGN_BLOCK = 256
 
@@ -85,9 +87,11 @@ def _nearest_lists(x, centroids_t, out):
         acc = np.empty(nlist, dtype=np.float32)
         for i in range(blk * _ASSIGN_BLOCK, min(n, (blk + 1) * _ASSIGN_BLOCK)):
             acc[:] = 0.0
+            finite = True
             for d in range(dim):
                 v = x[i, d]
                 if v != 0.0:
+                    finite = finite and np.isfinite(v)
                     row = centroids_t[d]
                     for c in range(nlist):
                         acc[c] += v * row[c]
@@ -95,11 +99,14 @@ def _nearest_lists(x, centroids_t, out):
             for c in range(1, nlist):
                 if acc[c] > acc[best]:
                     best = c
-            out[i] = best
+            out[i] = best if finite else -1  # as FAISS: a vector of NaN/inf goes into no list
 
 
 def nearest_lists(x: np.ndarray, centroids_t: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Inverted list of each vector: the centroid of largest inner product (lowest on ties).
+    """Inverted list of each vector: the centroid of largest inner product (lowest on ties; -1, no list,
+    for a vector with a NaN or infinite slot, as FAISS does). Sums are float32 in slot order, so where two
+    centroids' products tie within float32 rounding the pick can differ from FAISS's (a BLAS product):
+    either list is as good for search.
 
     Parameters
     ----------
@@ -111,6 +118,7 @@ def nearest_lists(x: np.ndarray, centroids_t: np.ndarray, threads: int | None = 
     Returns
     -------
     ndarray, int64 (n,)
+        List numbers in ``[0, nlist)``, or -1.
     """
     x = np.ascontiguousarray(x, dtype=np.float32)
     centroids_t = np.ascontiguousarray(centroids_t, dtype=np.float32)
@@ -143,8 +151,9 @@ def _flat_ip_centroids(faiss, index) -> np.ndarray | None:
 def _plain_twin(faiss, index):
     """For a trained inner-product IVF-PQ fast-scan index of raw (not residual) codes: an
     ``IndexIVFPQ`` with the same coarse centroids and PQ codebooks, which takes precomputed lists
-    (``add_core``) and converts back (``faiss.IndexIVFPQFastScan(twin, bbs)``) to the index adding the
-    same vectors to ``index`` would have made. None for any other index."""
+    (``add_core``) and converts back (``faiss.IndexIVFPQFastScan(twin, bbs)``, which repacks its codes) to
+    the index adding the same vectors to ``index`` with the same lists would have made. None for any
+    other index."""
     top = faiss.downcast_index(index)
     if type(top) is not faiss.IndexIVFPQFastScan or top.by_residual or not top.is_trained \
             or top.metric_type != faiss.METRIC_INNER_PRODUCT:
@@ -307,7 +316,7 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
         del train
     # rows in chunks straight from the CSR arrays (no Spectra.take: it also gathered the metadata), into one
     # reused buffer (a fresh 200 MB array per chunk costs its page faults every time)
-    chunk = min(n, 200_000)
+    chunk = min(n, _ADD_CHUNK)
     buf = np.empty((chunk, dim), dtype=np.float32)
     centroids_t = _flat_ip_centroids(faiss, index)
     # a fast-scan index assigns vectors itself: codes go into a plain IVF-PQ twin, repacked at the end
@@ -319,7 +328,9 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
         x = csr_vectors(offsets[a:b + 1], mz[lo:hi], intensity[lo:hi], p, threads, out=buf)
         if centroids_t is None:
             index.add(x)
-        else:  # FAISS's assignment is a dense product with every centroid: ours skips the zero slots
+        else:  # FAISS's assignment is a dense product with every centroid: ours skips the zero slots (the
+            # same lists but where two centroids tie within float32 rounding, MassBank and the 2.4M benchmark
+            # library: the same index files byte for byte)
             lists = nearest_lists(x, centroids_t, threads)
             faiss.downcast_index(index).add_core(x.shape[0], faiss.swig_ptr(x), None, faiss.swig_ptr(lists))
         if theta_t is not None:
@@ -329,9 +340,8 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
             theta.add(x)
     del buf
     if theta_t is not None:
-        # byte-identical to adding to it directly; it shares the twin's quantizer, so the twin (a local)
-        # must live until the index is written below
-        theta = faiss.IndexIVFPQFastScan(theta_twin, theta.bbs)
+        theta = faiss.IndexIVFPQFastScan(theta_twin, theta.bbs)  # keeps a reference to the twin's quantizer
+        theta_twin.reset()  # its codes are repacked: free them (16 + 8 bytes per spectrum)
     faiss.write_index(index, str(path))
     p["n_train"] = n_train
     p["ntotal"] = int(index.ntotal)

@@ -336,7 +336,7 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
                 n = _collect(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, shift, 1, bits, inv_w,
                              pi, pj, pk, pv, n)
             if n > pi.shape[0]:  # the pair list did not fit: make room for all of it and score the pair again
-                buf = grow(buf, n)
+                buf = grow(buf, max(n, 2 * pi.shape[0]))  # at least doubling: a row of ever larger pairs
                 pairs, pv = buf[0], buf[1]
                 pi, pj, pk = pairs[PI], pairs[PJ], pairs[PK]
                 continue

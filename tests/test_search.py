@@ -1027,6 +1027,10 @@ def test_nearest_lists_equal_reference(data):
     twice = np.ascontiguousarray(np.concatenate([cen, cen]).T)  # every centroid twice: the first one wins
     np.testing.assert_array_equal(nearest_lists(x, twice), got)
     assert nearest_lists(np.zeros((3, 256), np.float32), twice).tolist() == [0, 0, 0]
+    bad = x[:3].copy()
+    bad[0, np.flatnonzero(bad[0])[0]] = np.nan
+    bad[1, 5] = np.inf
+    assert nearest_lists(bad, twice).tolist() == [-1, -1, got[2]]  # as FAISS: in no list
     with pytest.raises(FastspecError):
         nearest_lists(x, cen)  # not transposed
 
@@ -1036,24 +1040,28 @@ def test_nearest_lists_equal_reference(data):
                                     {"index": "PCA64,IVF{nlist},SQ8", "theta_index": None}])
 def test_faiss_build_byte_identical_to_faiss_own_add(data, tmp_path, params, monkeypatch):
     """The build assigns vectors to inverted lists itself (and fills the fast-scan threshold index
-    through a plain IVF-PQ twin): the index files are byte for byte those of FAISS's own ``add``. Index
-    types it cannot do that for (fast-scan main index, pre-transforms) take FAISS's ``add``."""
+    through a plain IVF-PQ twin), in chunks: the index files are byte for byte those of FAISS's own
+    ``add`` (on these spectra no two centroids tie within float32 rounding). Index types it cannot do
+    that for (fast-scan main index, pre-transforms) take FAISS's ``add``."""
     from fastspec import vectors
     from fastspec._indexfmt import THETA_FILE
 
     params = dict({"flat_below": 0, "nlist": 24, "theta_nlist": 8}, **params)
     sp = data[0]
+    monkeypatch.setattr(vectors, "_ADD_CHUNK", 700)  # 5 chunks: lists and ids run on across them
     calls = []
     real = vectors.nearest_lists
     monkeypatch.setattr(vectors, "nearest_lists", lambda *a, **k: calls.append(1) or real(*a, **k))
     vectors.build_faiss_index(tmp_path / "a.index", sp, params)
     own = bool(calls)
+    theta = "theta_index" not in params
+    if own:  # one call per chunk and index (main, threshold)
+        assert len(calls) == 5 * (2 if theta else 1)
     monkeypatch.setattr(vectors, "_flat_ip_centroids", lambda faiss, index: None)
     monkeypatch.setattr(vectors, "_plain_twin", lambda faiss, index: None)
     (tmp_path / "b").mkdir()
     vectors.build_faiss_index(tmp_path / "b" / "a.index", sp, params)
     assert (tmp_path / "a.index").read_bytes() == (tmp_path / "b" / "a.index").read_bytes()
-    theta = "theta_index" not in params
     assert (tmp_path / THETA_FILE).exists() == theta
     if theta:
         assert (tmp_path / THETA_FILE).read_bytes() == (tmp_path / "b" / THETA_FILE).read_bytes()

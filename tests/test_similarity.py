@@ -180,9 +180,9 @@ def test_pair_list_larger_than_scratch_grows():
 @pytest.mark.parametrize("metric,peer", [("cosine", "CosineGreedy"), ("modified_cosine", "ModifiedCosineGreedy"),
                                          ("neutral_loss", "NeutralLossesCosine")])
 def test_many_peak_spectra_grow_scratch_to_need(metric, peer):
-    """Two 25,000-peak spectra (shifted precursors: modified cosine scans twice) hold ~75,000 candidate
-    pairs: the scratch grows to that count, not to the 25,000 x 25,000 x 2 worst case (50 GB, which
-    raised MemoryError). Scores and matches as matchms's."""
+    """Two 25,000-peak spectra (shifted precursors: modified cosine scans twice) hold 25,000-50,000
+    candidate pairs: the scratch grows to that count, not to the 25,000 x 25,000 x 2 worst case (50 GB,
+    which raised MemoryError). Scores and matches as matchms's."""
     similarity = pytest.importorskip("matchms.similarity")
     from matchms import Spectrum
     rng = np.random.default_rng(11)
@@ -195,6 +195,26 @@ def test_many_peak_spectra_grow_scratch_to_need(metric, peer):
     b = Spectrum(mz=mz + 0.01, intensities=it, metadata={"precursor_mz": 1301.5})
     want = getattr(similarity, peer)(tolerance=0.02).pair(a, b)
     assert s[1] == pytest.approx(float(want["score"]), abs=1e-9) and m[1] == int(want["matches"]) > 20000
+
+
+def test_pair_scratch_grows_to_the_pairs_counted():
+    """The kernel itself, from a 16-pair scratch: the first scan overflows, the shifted second one goes on
+    counting, and the buffers grow to the count (at most doubled), not to peaks x peaks."""
+    from fastspec.kernels import matching as mk
+
+    mz = 50.0 + 0.05 * np.arange(3000)
+    sp = Spectra.from_arrays([mz, mz + 0.01], [np.ones(3000), np.ones(3000)], precursor_mz=[200.0, 200.5])
+    p = prepare(sp, "modified_cosine", 0.02)
+    off, pos, w, norm, pmz = p.kernel_args()
+    inv_w = mk.bin_inverse(pos, 0.02, 0.0)
+    out_s, out_m = np.zeros(1), np.zeros(1, np.int32)
+    buf = mk.new_buffers(3000, 3000, 16)
+    buf = mk.score_row(mk.MODIFIED_COSINE, 0, np.array([1]), 0, 1, False, off, pos, w, norm, pmz, off, pos, w, norm,
+                       pmz, 0.02, 0.0, inv_w, buf, out_s, out_m)
+    want_s, want_m = ref.modified_cosine(mz, np.ones(3000), 200.0, mz + 0.01, np.ones(3000), 200.5, 0.02)
+    assert out_s[0] == pytest.approx(want_s, abs=1e-12) and out_m[0] == want_m > 2900
+    # ~6,000 pairs, ~3,000 per scan (peaks at the precursor and above are dropped)
+    assert 5900 <= buf[0].shape[1] <= 12000 and buf[1].shape[0] == buf[0].shape[1]
 
 
 @pytest.mark.parametrize("opts", [

@@ -218,8 +218,10 @@ def test_format_sniffed_without_extension(tmp_path):
 
 
 def test_msp_layout_variants(tmp_path):
-    """GOLM mz:int pairs, several pairs per line, no blank line between records, repeated Name:."""
+    """GOLM mz:int pairs, "mz: int" lines, several pairs per line, no blank line between records, repeated
+    Name:."""
     text = (
+        "Name: colon\nNum Peaks: 3\n85: 100\n86:\t50\n87.5: 2.5e1; 88: 1\n\n"  # "mz: int", also in groups
         "Name: golm\nNum Peaks: 3\n70:10 71:5 73:999\n"          # GOLM pairs; next record follows at once
         "Name: multi\nPrecursorMZ: 300\n85 100 86 50 87 25\n"     # all-numeric line of three pairs
         "Name: nopeaks\n"                                          # a second Name: closes a record w/o peaks
@@ -229,12 +231,13 @@ def test_msp_layout_variants(tmp_path):
     p = tmp_path / "v.msp"
     p.write_text(text)
     s, r = fio.read(p, return_report=True)
-    assert s.column("name") == ["golm", "multi", "semicolons", "annotated"]
-    assert r.counts_by_reason == {"no peaks": 1} and r.rejected[0].line == 7
-    assert peaks(s, 0) == ([70.0, 71.0, 73.0], [10.0, 5.0, 999.0])
-    assert peaks(s, 1) == ([85.0, 86.0, 87.0], [100.0, 50.0, 25.0])
-    assert peaks(s, 2) == ([10.0, 20.0, 30.0], [1.0, 2.0, 3.0])
-    assert peaks(s, 3) == ([40.0, 41.0], [4.0, 5.0])
+    assert s.column("name") == ["colon", "golm", "multi", "semicolons", "annotated"]
+    assert r.counts_by_reason == {"no peaks": 1} and r.rejected[0].line == 13
+    assert peaks(s, 0) == ([85.0, 86.0, 87.5, 88.0], [100.0, 50.0, 25.0, 1.0])
+    assert peaks(s, 1) == ([70.0, 71.0, 73.0], [10.0, 5.0, 999.0])
+    assert peaks(s, 2) == ([85.0, 86.0, 87.0], [100.0, 50.0, 25.0])
+    assert peaks(s, 3) == ([10.0, 20.0, 30.0], [1.0, 2.0, 3.0])
+    assert peaks(s, 4) == ([40.0, 41.0], [4.0, 5.0])
 
 
 @pytest.mark.parametrize("fmt", ["mgf", "msp"])

@@ -473,6 +473,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
         # ---- peaks
         has_peaks = True
         golm = False
+        colon_pair = False  # "85: 100": a ':' closing the first token separates m/z and intensity
         has_semi = False
         multi = False
         if mode == MSP:
@@ -488,7 +489,10 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                     first_tok = 2
                 elif c == 58:
                     if first_tok < 2:
-                        golm = True
+                        if k + 1 < le and not _is_space(buf[k + 1]):
+                            golm = True
+                        else:
+                            colon_pair = True
                 elif c == 59:
                     has_semi = True
                 elif c == 44 and k + 1 < le and _is_digit(buf[k + 1]):
@@ -507,7 +511,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                 err = E_THOUSANDS
                 err_line = cur_line
                 continue
-        if mode == MSP and not has_semi and not golm:
+        if mode == MSP and not has_semi and not golm and not colon_pair:
             # an all-numeric line with an even count >= 4 holds several pairs; else first two values
             cnt = 0
             all_num = True
@@ -540,7 +544,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                 ge = min(ge, le)
             p = gs
             while True:
-                t1s, t1e = _next_token(buf, p, ge, golm)
+                t1s, t1e = _next_token(buf, p, ge, golm or colon_pair)
                 if t1s < 0:
                     break
                 v1, s1 = parse_number(buf, t1s, t1e, p10)
@@ -555,7 +559,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
                         err = e
                         err_line = cur_line
                         break
-                t2s, t2e = _next_token(buf, t1e, ge, golm)
+                t2s, t2e = _next_token(buf, t1e, ge, golm or colon_pair)
                 if t2s < 0:
                     err = E_SINGLE
                     err_line = cur_line

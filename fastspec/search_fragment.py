@@ -91,7 +91,9 @@ _THETA_FAISS_OPEN_MIN = 200_000
 #:
 #: Deciding on the precursor window's threshold alone, before FAISS, was no better for open entropy and
 #: worse for open cosine (novel compounds 1.45-1.55 for 0.3-0.8).
-_DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): -np.inf, (1, True): 0.8}
+#:
+#: Hybrid moved from 0.8 to 0.9 with ``_DENSE_CANDIDATES_NL`` (2026-12-05, figures there).
+_DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): -np.inf, (1, True): 0.9}
 #: candidates of the dense scan's first round (at least 2k + 8). Its bounds are looser than the pruned
 #: kernel's and a second round is a second full scan, yet sorting and gathering more candidates cost more
 #: than the rescans they save: 1,000 novel-compound queries, 1 thread, 3 interleaved rounds, median ms
@@ -99,6 +101,16 @@ _DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): -np.inf, (1, True)
 #: / 0.131 / 0.157 / 0.200, entropy 0.108 / 0.124 / 0.134 / 0.148 / 0.182 / 0.255; 2.4M cosine 1.32 /
 #: 1.25 / 1.19-1.25 / 1.19 / 1.29 / 1.21, entropy 2.05 / 1.82 / 1.64-1.73 / 1.71 / 1.76 / 2.04
 _DENSE_CANDIDATES = 96
+#: the same for hybrid search (analog search never takes the dense scan). Its bounds count a peak's
+#: fragment and loss partners both, so 96 candidates rarely held the top-k: on a 2.4M MassBank-grown
+#: library, of 1,000 novel-compound queries 611 took the dense scan and 334 of them a second full scan
+#: (m = 768), 113 a third; 5.41 ms per query, a third of it in 329 pruned-kernel queries with first
+#: thresholds of 0.8-0.9 (5.5 ms each). 600 queries, 1 thread, 3 interleaved rounds in one process,
+#: identical hits, median ms per query, novel compounds / library copies: 96 candidates and dense below
+#: 0.8 4.93 / 3.07; below 0.9 with 512 / 1,024 / 2,048 candidates 3.86 / 3.06, 3.46 / 2.78, 3.43 / 2.82;
+#: 1,024 below 0.95 / always 3.38 / 3.13, 3.38 / 3.35. 2.4M without the threshold index: 4.75 / 3.41 ->
+#: 3.65 / 3.19; 100k: 0.485 / 0.558 -> 0.466 / 0.499.
+_DENSE_CANDIDATES_NL = 1024
 
 
 def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
@@ -181,7 +193,8 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     m = max(2 * cfg.k + 8, 32) * 64 if use_nl else max(2 * cfg.k + 8, 64 if kind == 1 else 128)
     _rounds(ctx, pending[~dense], theta[~dense], m, pruned, scores, indices, matches)
     if dense.any():
-        _rounds(ctx, pending[dense], theta[dense], max(_DENSE_CANDIDATES, 2 * cfg.k + 8), dense_scan,
+        _rounds(ctx, pending[dense], theta[dense],
+                max(_DENSE_CANDIDATES_NL if use_nl else _DENSE_CANDIDATES, 2 * cfg.k + 8), dense_scan,
                 scores, indices, matches)
 
 

@@ -161,13 +161,19 @@ def _brute_hybrid(lib, queries, k, metric="entropy", min_matches=0):
 
 @pytest.mark.parametrize("metric,min_matches,dense", [("entropy", 0, False), ("unweighted_entropy", 0, False),
                                                       ("entropy", 3, False), ("entropy", 0, True),
-                                                      ("unweighted_entropy", 0, True)])
+                                                      ("unweighted_entropy", 0, True), ("entropy", 0, "rounds")])
 def test_hybrid_search_equals_brute_force(hlib, metric, min_matches, dense, monkeypatch):
-    """Through the pruned bound kernel only, or the dense scan for every query (fragments and losses)."""
+    """Through the pruned bound kernel only, or the dense scan for every query (fragments and losses),
+    also with the fewest first-round candidates (2k + 8), so that queries need further rounds."""
     from fastspec import search_fragment as F
     from fastspec.kernels import dense as dk
 
     monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
+    if dense == "rounds":
+        monkeypatch.setattr(F, "_DENSE_CANDIDATES_NL", 1)
+    rounds = []
+    orig_rounds = F._rounds
+    monkeypatch.setattr(F, "_rounds", lambda ctx, *a: orig_rounds(ctx, *a) or rounds.append(ctx.rounds))
     calls = []
     orig = dk.dense_bounds
     monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
@@ -179,6 +185,8 @@ def test_hybrid_search_equals_brute_force(hlib, metric, min_matches, dense, monk
         assert [j for _, j in got] == [j for _, j in w], r
         np.testing.assert_allclose([s for s, _ in got], [s for s, _ in w], rtol=0, atol=1e-12)
     assert (sum(calls) >= len(queries) - 5) if dense else not calls
+    if dense == "rounds":
+        assert max(rounds) >= 2
     # losses matter here: hybrid beats open search's best score for some queries
     open_hits = lib.search(queries, k=10, mode="open", metric=metric, threads=1)
     assert (hits.scores[:, 0] > open_hits.scores[:, 0] + 1e-6).sum() >= 5

@@ -87,13 +87,17 @@ _THETA_FAISS_OPEN_MIN = 200_000
 #: * hybrid (600 queries): novel 6.95 -> 5.50 / 4.92 / 4.63 / 4.53 / 4.73 (0.5 / 0.7 / 0.8 / 0.9 / always),
 #:   copies 3.38 -> 3.19 / 3.14-3.20 / 3.23 / 3.84 / 4.85;
 #: * analog: novel 2.35 -> 2.40 / 2.34 / 2.70 / 3.68 (0.5 / 0.7 / 0.9 / always), copies 1.30 -> 1.39 / 1.43
-#:   / 1.85 / 4.32: analog search stays on the pruned kernel.
+#:   / 1.85 / 4.32 with 96 candidates; with 1,024 (``_DENSE_CANDIDATES_NL``; 600 queries, 3 interleaved
+#:   rounds) novel 2.55 / 2.20 -> 2.44 / 2.20 / 1.92 / 2.07 (0.5 / 0.7 / 0.8 / 0.9), copies 1.22 / 1.19 ->
+#:   1.23 / 1.18 / 1.18 / 1.35; below 0.8, 2.4M without the threshold index: novel 2.32 -> 2.12, copies
+#:   1.38 -> 1.37; 100k: 0.274 -> 0.239, 0.287 -> 0.257.
 #:
 #: Deciding on the precursor window's threshold alone, before FAISS, was no better for open entropy and
 #: worse for open cosine (novel compounds 1.45-1.55 for 0.3-0.8).
 #:
-#: Hybrid moved from 0.8 to 0.9 with ``_DENSE_CANDIDATES_NL`` (2026-12-05, figures there).
-_DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): -np.inf, (1, True): 0.9}
+#: Hybrid moved from 0.8 to 0.9, and analog from never to 0.8, with ``_DENSE_CANDIDATES_NL`` (2026-12-05,
+#: hybrid's figures there).
+_DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): 0.8, (1, True): 0.9}
 #: candidates of the dense scan's first round (at least 2k + 8). Its bounds are looser than the pruned
 #: kernel's and a second round is a second full scan, yet sorting and gathering more candidates cost more
 #: than the rescans they save: 1,000 novel-compound queries, 1 thread, 3 interleaved rounds, median ms
@@ -101,7 +105,7 @@ _DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): -np.inf, (1, True)
 #: / 0.131 / 0.157 / 0.200, entropy 0.108 / 0.124 / 0.134 / 0.148 / 0.182 / 0.255; 2.4M cosine 1.32 /
 #: 1.25 / 1.19-1.25 / 1.19 / 1.29 / 1.21, entropy 2.05 / 1.82 / 1.64-1.73 / 1.71 / 1.76 / 2.04
 _DENSE_CANDIDATES = 96
-#: the same for hybrid search (analog search never takes the dense scan). Its bounds count a peak's
+#: the same for analog and hybrid search. Their bounds count a peak's
 #: fragment and loss partners both, so 96 candidates rarely held the top-k: on a 2.4M MassBank-grown
 #: library, of 1,000 novel-compound queries 611 took the dense scan and 334 of them a second full scan
 #: (m = 768), 113 a third; 5.41 ms per query, a third of it in 329 pruned-kernel queries with first

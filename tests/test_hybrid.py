@@ -171,9 +171,6 @@ def test_hybrid_search_equals_brute_force(hlib, metric, min_matches, dense, monk
     monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
     if dense == "rounds":
         monkeypatch.setattr(F, "_DENSE_CANDIDATES_NL", 1)
-    rounds = []
-    orig_rounds = F._rounds
-    monkeypatch.setattr(F, "_rounds", lambda ctx, *a: orig_rounds(ctx, *a) or rounds.append(ctx.rounds))
     calls = []
     orig = dk.dense_bounds
     monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
@@ -185,8 +182,8 @@ def test_hybrid_search_equals_brute_force(hlib, metric, min_matches, dense, monk
         assert [j for _, j in got] == [j for _, j in w], r
         np.testing.assert_allclose([s for s, _ in got], [s for s, _ in w], rtol=0, atol=1e-12)
     assert (sum(calls) >= len(queries) - 5) if dense else not calls
-    if dense == "rounds":
-        assert max(rounds) >= 2
+    if dense == "rounds":  # 60 queries, one batch: a second call is a second round
+        assert len(calls) >= 2
     # losses matter here: hybrid beats open search's best score for some queries
     open_hits = lib.search(queries, k=10, mode="open", metric=metric, threads=1)
     assert (hits.scores[:, 0] > open_hits.scores[:, 0] + 1e-6).sum() >= 5

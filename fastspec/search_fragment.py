@@ -88,8 +88,10 @@ _THETA_FAISS_OPEN_MIN = 200_000
 #:   copies 3.38 -> 3.19 / 3.14-3.20 / 3.23 / 3.84 / 4.85;
 #: * analog: novel 2.35 -> 2.40 / 2.34 / 2.70 / 3.68 (0.5 / 0.7 / 0.9 / always), copies 1.30 -> 1.39 / 1.43
 #:   / 1.85 / 4.32 with 96 candidates; with 1,024 (``_DENSE_CANDIDATES_NL``; 600 queries, 3 interleaved
-#:   rounds) novel 2.55 / 2.20 -> 2.44 / 2.20 / 1.92 / 2.07 (0.5 / 0.7 / 0.8 / 0.9), copies 1.22 / 1.19 ->
-#:   1.23 / 1.18 / 1.18 / 1.35; below 0.8, 2.4M without the threshold index: novel 2.32 -> 2.12, copies
+#:   rounds, the "never" figures sending queries without a threshold to the dense scan) novel 2.55 / 2.20
+#:   -> 2.44 / 2.20 / 1.92 / 2.07 (0.5 / 0.7 / 0.8 / 0.9), copies 1.22 / 1.19 -> 1.23 / 1.18 / 1.18 / 1.35;
+#:   1,000 queries, 7 rounds, never (exactly) -> 0.6 / 0.8: novel 2.78 -> 2.55 / 2.49, copies 1.44 ->
+#:   1.47 / 1.49 (a slower hour); below 0.8, 2.4M without the threshold index: novel 2.32 -> 2.12, copies
 #:   1.38 -> 1.37; 100k: 0.274 -> 0.239, 0.287 -> 0.257.
 #:
 #: Deciding on the precursor window's threshold alone, before FAISS, was no better for open entropy and

@@ -633,7 +633,8 @@ class _Context:
         kw = self.cfg.metric_kwargs()
         in_place = self.cfg.metric in _RAW_WEIGHTS and kw.get("mz_power") == 0.0 and kw.get("intensity_power") == 1.0
         in_place = in_place and self.lib.has_array("prec_norm" if by_precursor else "norm")
-        entropy_w = "prec_entropy_w" if by_precursor and not in_place and self.entropy_in_place() else None
+        entropy_w = "prec_entropy_w" if by_precursor else "entropy_w"
+        entropy_w = entropy_w if not in_place and self.entropy_in_place(entropy_w) else None
         if in_place or entropy_w:
             lprep = self.stored_view(by_precursor, weights=entropy_w)
             cand, labels = cand_ids, (self.lib.array("prec_order")[: len(lprep)] if by_precursor else None)
@@ -670,11 +671,12 @@ class _Context:
                                                cand_bounds=cand_bounds)
         return np.asarray(s, np.float64), idx, np.asarray(m, np.int32)
 
-    def entropy_in_place(self) -> bool:
-        """Whether entropy candidates in precursor order can be scored in place: the index stores the
-        copy's entropy weights as this search prepares them (``prec_entropy_w``: weighted entropy of the
-        stored peaks, not cleaned again, default powers; no tolerance enters that preparation)."""
-        if self.cfg.metric != "entropy" or not self.lib.has_array("prec_entropy_w"):
+    def entropy_in_place(self, weights: str = "prec_entropy_w") -> bool:
+        """Whether entropy candidates can be scored in place: the index stores ``weights`` as this search
+        prepares the stored peaks (``prec_entropy_w`` for the precursor-ordered copy, ``entropy_w`` in
+        library order: weighted entropy of the stored peaks, not cleaned again, default powers; no
+        tolerance enters that preparation)."""
+        if self.cfg.metric != "entropy" or not self.lib.has_array(weights):
             return False
         built = self.lib.manifest["build"].get("prec_entropy") or {}
         qp = self.qprep
@@ -688,9 +690,9 @@ class _Context:
         Only for metrics whose prepared weights are the stored intensities (``_RAW_WEIGHTS`` at
         ``mz_power`` 0, ``intensity_power`` 1): the stored norms are then the prepared norms. Scoring
         candidates where they lie beats gathering them first: 2.4M MassBank-grown library, analog
-        search, the gather alone took 0.85 s per 1,000 queries. ``weights`` (with ``by_precursor``): a
-        stored array of prepared weights to read instead of the intensities (``prec_entropy_w``, see
-        :meth:`entropy_in_place`; entropy kernels read no norms).
+        search, the gather alone took 0.85 s per 1,000 queries. ``weights``: a stored array of prepared
+        weights to read instead of the intensities (``prec_entropy_w`` for the copy, ``entropy_w`` in
+        library order, see :meth:`entropy_in_place`; entropy kernels read no norms).
         """
         from fastspec import similarity
 
@@ -705,7 +707,7 @@ class _Context:
                 arrays = (off, lib.array("prec_mz"), lib.array(weights or "prec_intensity"), lib.array("prec_norm"),
                           lib.array("prec_sorted")[: off.shape[0] - 1])
             else:
-                arrays = (lib.array("offsets"), lib.array("mz"), lib.array("intensity"), lib.array("norm"),
+                arrays = (lib.array("offsets"), lib.array("mz"), lib.array(weights or "intensity"), lib.array("norm"),
                           lib.array("precursor_mz"))
             view = lib._cache[key] = similarity.Prepared(qp.metric, *arrays, qp.tolerance, dict(qp.params))
         return view

@@ -173,6 +173,10 @@ def test_derived_structures_are_consistent(raw_lib):
                        "entropy", clean=False)
     np.testing.assert_array_equal(prep.offsets, poff)
     np.testing.assert_array_equal(lib.array("prec_entropy_w"), prep.w)
+    # and in library order (every spectrum, with a precursor or not)
+    prep = prepare_csr(off, lib.array("mz"), lib.array("intensity"), lib.array("precursor_mz"), "entropy", clean=False)
+    np.testing.assert_array_equal(prep.offsets, off)
+    np.testing.assert_array_equal(lib.array("entropy_w"), prep.w)
     inten = np.asarray(lib.array("intensity"), np.float64)
     norms = [np.sqrt(np.sum(inten[off[i]:off[i + 1]] ** 2)) for i in range(len(lib))]
     np.testing.assert_allclose(lib.array("norm"), norms, rtol=1e-12)

@@ -321,6 +321,31 @@ def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monke
     np.testing.assert_array_equal(old.matches, ref.matches)
 
 
+@pytest.mark.parametrize("which", ["lib", "raw"])
+@pytest.mark.parametrize("mode", ["open", "hybrid", "formula"])
+def test_entropy_in_place_in_library_order(request, data, which, mode, monkeypatch):
+    """Open, hybrid and formula entropy search score their candidates in place with the stored
+    library-order entropy weights (``entropy_w``), gathering and preparing none; without them (older
+    indexes) they gather and prepare: the same hits, clean and unclean libraries alike."""
+    lib = request.getfixturevalue(which)
+    assert lib.has_array("entropy_w")
+    kw = dict(k=K, mode=mode, metric="entropy")
+    if mode == "formula":
+        kw["no_neighbour"] = "fallback"  # fallback queries take open search
+    gathered = []
+    real_peaks = Library.peaks
+    monkeypatch.setattr(Library, "peaks", lambda self, rows, **k: gathered.append(len(rows)) or real_peaks(self, rows, **k))
+    ref = lib.search(data[1], **kw)
+    assert not gathered
+    real = Library.has_array
+    monkeypatch.setattr(Library, "has_array", lambda self, name: name != "entropy_w" and real(self, name))
+    old = lib.search(data[1], **kw)
+    assert gathered
+    np.testing.assert_array_equal(old.indices, ref.indices)
+    np.testing.assert_array_equal(old.scores, ref.scores)
+    np.testing.assert_array_equal(old.matches, ref.matches)
+
+
 @pytest.mark.parametrize("metric", ["cosine", "entropy"])
 @pytest.mark.parametrize("copy", [True, False])
 def test_identity_ties_go_to_the_lowest_library_row(tmp_path, metric, copy, monkeypatch):
@@ -672,8 +697,8 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
 def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_peak):
     """Identity entropy scores the precursor-ordered copy in place with its stored entropy weights,
     unclean peaks included; a stored peak that preparation would drop (an m/z that is positive but 0 in
-    float32, as entropy reads it) leaves the index without those weights, and candidates are gathered:
-    both equal brute force."""
+    float32, as entropy reads it) leaves the index without those weights (either order), and candidates
+    are gathered: both equal brute force."""
     lib = raw
     if zero_peak:
         sp = raw.spectra(metadata=True)
@@ -684,6 +709,7 @@ def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_pea
                                  precursor_mz=sp.precursor_mz, metadata=sp.metadata)
         lib = Library.build(sp, tmp_path / "zero.fastspec", preprocess=None, faiss=False)
     assert lib.has_array("prec_entropy_w") is not zero_peak
+    assert lib.has_array("entropy_w") is not zero_peak
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity", metric="entropy", precursor_tolerance="0.05da")
     pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz

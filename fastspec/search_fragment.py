@@ -55,6 +55,8 @@ _THETA_FAISS_PQ = 300
 #: thresholds are weak hits). With the FAISS threshold index (2026-12-05; 2.4M, 1,000 queries, 6
 #: interleaved rounds, same hits): below 0.5 instead of 0.7, hybrid novel compounds 0.91x (0.5 faster
 #: in all 6 rounds), hybrid copies and analog novel compounds unchanged (3.25 -> 3.27, 2.88 -> 2.88 ms).
+#: Since analog and hybrid queries below 0.8 / 0.9 take the dense scan (``_DENSE_BELOW``), this pass
+#: runs only for queries the dense scan may not take (unclean spectra, a minimum of matched peaks).
 _HEAVY_PEAKS = 1
 _HEAVY_BELOW = 0.5
 _HEAVY_CANDIDATES = 300
@@ -84,8 +86,8 @@ _THETA_FAISS_OPEN_MIN = 200_000
 #:   1.26 / 1.32, copies 0.572 / 0.580 / 0.584 / 0.678;
 #: * open entropy: novel 2.80 -> 1.57 / 1.57 / 1.60 (0.9 / 0.95 / always), copies 1.36 -> 1.29 / 1.20 /
 #:   1.25 (0.8 / 0.9 / 0.95);
-#: * hybrid (600 queries): novel 6.95 -> 5.50 / 4.92 / 4.63 / 4.53 / 4.73 (0.5 / 0.7 / 0.8 / 0.9 / always),
-#:   copies 3.38 -> 3.19 / 3.14-3.20 / 3.23 / 3.84 / 4.85;
+#: * hybrid (600 queries, 96 candidates): novel 6.95 -> 5.50 / 4.92 / 4.63 / 4.53 / 4.73 (0.5 / 0.7 / 0.8 /
+#:   0.9 / always), copies 3.38 -> 3.19 / 3.14-3.20 / 3.23 / 3.84 / 4.85;
 #: * analog: novel 2.35 -> 2.40 / 2.34 / 2.70 / 3.68 (0.5 / 0.7 / 0.9 / always), copies 1.30 -> 1.39 / 1.43
 #:   / 1.85 / 4.32 with 96 candidates; with 1,024 (``_DENSE_CANDIDATES_NL``; 600 queries, 3 interleaved
 #:   rounds, the "never" figures sending queries without a threshold to the dense scan) novel 2.55 / 2.20
@@ -107,9 +109,9 @@ _DENSE_BELOW = {(0, False): 0.65, (1, False): 0.9, (0, True): 0.8, (1, True): 0.
 #: / 0.131 / 0.157 / 0.200, entropy 0.108 / 0.124 / 0.134 / 0.148 / 0.182 / 0.255; 2.4M cosine 1.32 /
 #: 1.25 / 1.19-1.25 / 1.19 / 1.29 / 1.21, entropy 2.05 / 1.82 / 1.64-1.73 / 1.71 / 1.76 / 2.04
 _DENSE_CANDIDATES = 96
-#: the same for analog and hybrid search. Their bounds count a peak's
-#: fragment and loss partners both, so 96 candidates rarely held the top-k: on a 2.4M MassBank-grown
-#: library, of 1,000 novel-compound queries 611 took the dense scan and 334 of them a second full scan
+#: the same for analog and hybrid search. Their bounds count a peak's fragment and loss partners
+#: both, so 96 candidates rarely held the top-k: hybrid search on a 2.4M MassBank-grown library, of
+#: 1,000 novel-compound queries 611 took the dense scan and 334 of them a second full scan
 #: (m = 768), 113 a third; 5.41 ms per query, a third of it in 329 pruned-kernel queries with first
 #: thresholds of 0.8-0.9 (5.5 ms each). 600 queries, 1 thread, 3 interleaved rounds in one process,
 #: identical hits, median ms per query, novel compounds / library copies: 96 candidates and dense below
@@ -117,6 +119,11 @@ _DENSE_CANDIDATES = 96
 #: 1,024 below 0.95 / always 3.38 / 3.13, 3.38 / 3.35. 2.4M without the threshold index: 4.75 / 3.41 ->
 #: 3.65 / 3.19; 100k: 0.485 / 0.558 -> 0.466 / 0.499.
 _DENSE_CANDIDATES_NL = 1024
+#: candidates per bound-kernel call (queries x m): a round whose m is large (late rounds reach the library
+#: size; the pruned kernel's first analog round holds (2k + 8) x 64 per query) goes to the kernel a slice
+#: of queries at a time. 2^22 candidates: ~70 MB of ids and bounds; first rounds of 1,024 queries at k = 10
+#: fit in one call (at most 2,048 candidates each)
+_ROUND_ENTRIES = 1 << 22
 
 
 def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
@@ -207,28 +214,36 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
 def _rounds(ctx: _Context, pending, theta, m, bounds_of, scores, indices, matches):
     """Score the candidates of ``bounds_of(rows, theta, m)`` (a bound kernel's ids, bounds, next bound,
     stats) exactly, in rounds: ``m`` grows (x8) for the queries whose k-th exact score does not yet beat
-    the best bound left out. Exact k-th scores found on the way feed the pruning threshold."""
+    the best bound left out. Exact k-th scores found on the way feed the pruning threshold. A round's
+    queries go to the kernel ``_ROUND_ENTRIES // m`` at a time, so that late rounds (m up to the library
+    size) and large k keep their candidate arrays bounded."""
     from fastspec.kernels import fragment as fk
 
     n_lib = len(ctx.lib)
     while pending.shape[0]:
         m = min(m, max(n_lib, 1))
-        ids, bounds, nxt, st = bounds_of(pending, theta, m)
-        ctx.stats.append(st)
         ctx.rounds += 1
-        valid = ids >= 0
-        offs = np.zeros(pending.shape[0] + 1, dtype=np.int64)
-        np.cumsum(valid.sum(axis=1), out=offs[1:])
-        # candidates come best bound first: a query's scoring stops once its k-th score beats the rest
-        # (analog, 2.4M, novel compounds: of 777 candidates per query 295 have a bound above the final
-        # k-th score, median 46; first-round rescoring 0.45-0.53 -> 0.30 ms per query)
-        s, i, mm = ctx.exact(pending, offs, ids[valid], cand_bounds=bounds[valid])
-        kth = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
-        done = (nxt < 0) | (nxt < kth)
-        if m >= n_lib:
-            done[:] = True
-        d = pending[done]
-        scores[d], indices[d], matches[d] = s[done], i[done], mm[done]
+        step = max(1, _ROUND_ENTRIES // m)
+        done = np.zeros(pending.shape[0], dtype=bool)
+        kth = np.empty(pending.shape[0])
+        for a in range(0, pending.shape[0], step):
+            part = slice(a, a + step)
+            rows = pending[part]
+            ids, bounds, nxt, st = bounds_of(rows, theta[part], m)
+            ctx.stats.append(st)
+            valid = ids >= 0
+            offs = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+            np.cumsum(valid.sum(axis=1), out=offs[1:])
+            # candidates come best bound first: a query's scoring stops once its k-th score beats the rest
+            # (analog, 2.4M, novel compounds: of 777 candidates per query 295 have a bound above the final
+            # k-th score, median 46; first-round rescoring 0.45-0.53 -> 0.30 ms per query)
+            s, i, mm = ctx.exact(rows, offs, ids[valid], cand_bounds=bounds[valid])
+            del ids, bounds, valid
+            kth[part] = np.where(i[:, -1] >= 0, s[:, -1], -np.inf)
+            fin = (nxt < 0) | (nxt < kth[part]) | (m >= n_lib)
+            done[part] = fin
+            d = rows[fin]
+            scores[d], indices[d], matches[d] = s[fin], i[fin], mm[fin]
         # the k-th exact score is a valid pruning threshold for the next round
         theta = np.maximum(theta[~done], kth[~done] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL)
         pending = pending[~done]

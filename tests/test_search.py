@@ -575,14 +575,14 @@ def test_compile_search_bounds_is_the_build_every_search_runs(lib, data):
 
 def test_compile_dense_bounds_is_the_build_every_search_runs(lib, data, monkeypatch):
     """The second process of ``fastspec demo`` / ``query`` also compiles the dense scan through a tiny
-    call: the very signature real open and hybrid searches use, at 1 and 2 threads."""
+    call: the very signature real open, analog and hybrid searches use, at 1 and 2 threads."""
     from fastspec import search_fragment as F
     from fastspec.kernels import dense as dk
 
     monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf))
     q = data[1][:20]
     for kw in (dict(mode="open", metric="cosine"), dict(mode="open", metric="entropy"), dict(mode="hybrid"),
-               dict(mode="open", metric="unweighted_entropy", tolerance="10ppm")):
+               dict(mode="analog"), dict(mode="open", metric="unweighted_entropy", tolerance="10ppm")):
         for threads in (1, 2):
             lib.search(q, k=5, threads=threads, **kw)
     before = list(dk._dense_bounds.signatures)
@@ -615,7 +615,7 @@ def test_open_ppm_tolerance(lib, data):
 
 
 @pytest.mark.parametrize("weak_faiss,heavy,dense", [(False, False, False), (True, False, False), (False, True, False),
-                                                     (False, False, True)])
+                                                     (False, False, True), (False, False, "rounds")])
 def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy, dense, monkeypatch):
     from fastspec import search_fragment as F
     from fastspec import search_scan
@@ -626,7 +626,12 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
     monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
     dense_calls = []
     orig_dense = dk.dense_bounds
-    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: dense_calls.append(rows.shape[0]) or orig_dense(rows, *a, **k))
+    dense_m = []
+    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: dense_calls.append(rows.shape[0])
+                        or dense_m.append(k["m"]) or orig_dense(rows, *a, **k))
+    if dense == "rounds":  # the fewest first-round candidates (2k + 8), and rounds split into slices
+        monkeypatch.setattr(F, "_DENSE_CANDIDATES_NL", 1)
+        monkeypatch.setattr(F, "_ROUND_ENTRIES", 200)
 
     queries = data[1]
     asked = []
@@ -648,6 +653,8 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
     hits = lib.search(queries, k=K, mode="analog")
     assert (sum(dense_calls) >= len(queries) - 5) if dense else not dense_calls
     assert (F._THETA_FAISS_AGAIN in asked) == weak_faiss
+    if dense == "rounds":  # second rounds, and no call over the budget
+        assert max(dense_m) > min(dense_m) and max(dense_calls) <= 200 // min(dense_m)
     if heavy:
         assert sum(heavy_rows) >= len(queries) - 5  # all but queries without peaks or precursor
     assert hits.params["metric"] == "modified_cosine"

@@ -20,7 +20,9 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
                                                place (optional)
 ``entropy_w``                                  the same for the stored peaks in library order: open,
                                                hybrid and formula search score entropy candidates in
-                                               place (optional; absent with ``prec_entropy_w``)
+                                               place (optional; absent when a stored peak would be
+                                               dropped, and then ``prec_entropy_w`` too if that peak
+                                               lies in the copy)
 ``wblk_mz, wblk_loc, wblk_wcos,``              the peak copy again, re-sorted by m/z within blocks
 ``wblk_went_sqrt``                             of ``window_block`` (manifest) spectra: float32 m/z,
                                                uint16 spectrum in the block, scan weights (cosine:
@@ -1416,12 +1418,15 @@ def _build_index(
         # entropy weights of the stored peaks, then of the copy (a spectrum's weights are its own peaks'
         # alone, so the copy's are a gather of them)
         entropy_w = _entropy_weights(offsets, mz, inten, threads)
-        stored_entropy = entropy_w is not None
-        if stored_entropy:
+        if entropy_w is not None:
             out.save("entropy_w", entropy_w)
-            out.save("prec_entropy_w", gather_csr(offsets, mz, entropy_w, order[: int(finite.sum())],
-                                                  threads=threads)[2])
-        del entropy_w
+            prec_w = gather_csr(offsets, mz, entropy_w, order[: int(finite.sum())], threads=threads)[2]
+        else:  # the peak preparation would drop may lie in a spectrum without a precursor, outside the copy
+            prec_w = _entropy_weights(p_off, p_mz, p_int, threads)
+        stored_entropy = prec_w is not None
+        if stored_entropy:
+            out.save("prec_entropy_w", prec_w)
+        del entropy_w, prec_w
         prog.step("window index")
         # scan weights straight from the copy's peaks: gathering the library-order ones would need a
         # per-peak index as large as the peaks themselves

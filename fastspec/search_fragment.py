@@ -230,7 +230,7 @@ def _rounds(ctx: _Context, pending, theta, m, bounds_of, scores, indices, matche
             part = slice(a, a + step)
             rows = pending[part]
             ids, bounds, nxt, st = bounds_of(rows, theta[part], m)
-            ctx.stats.append(st)
+            ctx.stats.append(st)  # one entry per kernel call (for debugging; nothing reads them)
             valid = ids >= 0
             offs = np.zeros(rows.shape[0] + 1, dtype=np.int64)
             np.cumsum(valid.sum(axis=1), out=offs[1:])

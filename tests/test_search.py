@@ -615,7 +615,8 @@ def test_open_ppm_tolerance(lib, data):
 
 
 @pytest.mark.parametrize("weak_faiss,heavy,dense", [(False, False, False), (True, False, False), (False, True, False),
-                                                     (False, False, True), (False, False, "rounds")])
+                                                     (False, False, True), (False, False, "rounds"),
+                                                     (False, False, "pruned rounds")])
 def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy, dense, monkeypatch):
     from fastspec import search_fragment as F
     from fastspec import search_scan
@@ -623,6 +624,17 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
     from fastspec.kernels import dense as dk
 
     # every query through the dense scan (fragments and neutral losses), or none
+    pruned_rounds = dense == "pruned rounds"
+    pruned_calls = []
+    if pruned_rounds:  # the pruned kernel, a query per call (a 300-candidate budget)
+        from fastspec.kernels import fragment as fk
+
+        dense = False
+        monkeypatch.setattr(F, "_ROUND_ENTRIES", 300)
+        orig_pruned = fk.search_bounds
+        monkeypatch.setattr(fk, "search_bounds",
+                            lambda rows, *a, **k: pruned_calls.append((rows.shape[0], k["m"]))
+                            or orig_pruned(rows, *a, **k))
     monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
     dense_calls = []
     orig_dense = dk.dense_bounds
@@ -653,6 +665,9 @@ def test_analog_equals_brute_force_modified_cosine(lib, data, weak_faiss, heavy,
     hits = lib.search(queries, k=K, mode="analog")
     assert (sum(dense_calls) >= len(queries) - 5) if dense else not dense_calls
     assert (F._THETA_FAISS_AGAIN in asked) == weak_faiss
+    if pruned_rounds:
+        rounds = [n for n, m in pruned_calls if m > F._HEAVY_CANDIDATES]  # not the heaviest-peak pass
+        assert len(rounds) >= len(queries) - 5 and max(rounds) == 1
     if dense == "rounds":  # second rounds, and no call over the budget
         assert max(dense_m) > min(dense_m) and max(dense_calls) <= 200 // min(dense_m)
     if heavy:
@@ -700,23 +715,27 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
     assert_same_hits(hits, brute_force(raw, queries, metric, same_polarity(raw, queries), tolerance=tolerance))
 
 
-@pytest.mark.parametrize("zero_peak", [False, True])
+@pytest.mark.parametrize("zero_peak", [False, True, "no precursor"])
 def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_peak):
     """Identity entropy scores the precursor-ordered copy in place with its stored entropy weights,
     unclean peaks included; a stored peak that preparation would drop (an m/z that is positive but 0 in
-    float32, as entropy reads it) leaves the index without those weights (either order), and candidates
-    are gathered: both equal brute force."""
+    float32, as entropy reads it) leaves the index without those weights (either order; in a spectrum
+    without a precursor, outside the copy, without the library-order ones only), and candidates are
+    gathered: both equal brute force."""
     lib = raw
     if zero_peak:
         sp = raw.spectra(metadata=True)
         mz = np.array(sp.mz, copy=True)
         mz[sp.offsets[3]] = 1e-50
+        pmz = np.array(sp.precursor_mz, copy=True)
+        if zero_peak == "no precursor":
+            pmz[3] = np.nan
         sp = Spectra.from_arrays([mz[sp.offsets[i]:sp.offsets[i + 1]] for i in range(len(sp))],
                                  [sp.intensity[sp.offsets[i]:sp.offsets[i + 1]] for i in range(len(sp))],
-                                 precursor_mz=sp.precursor_mz, metadata=sp.metadata)
+                                 precursor_mz=pmz, metadata=sp.metadata)
         lib = Library.build(sp, tmp_path / "zero.fastspec", preprocess=None, faiss=False)
-    assert lib.has_array("prec_entropy_w") is not zero_peak
-    assert lib.has_array("entropy_w") is not zero_peak
+    assert lib.has_array("prec_entropy_w") is (zero_peak is not True)
+    assert lib.has_array("entropy_w") is (zero_peak is False)
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity", metric="entropy", precursor_tolerance="0.05da")
     pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz

@@ -18,6 +18,7 @@ from fastspec.errors import ParameterError
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
 MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds tandem spectra only
+MSN = "msn"  # an MSn record (ms_level 3 or more): its precursor is a fragment, the library holds MS2 spectra
 REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
 
 HIT_COLUMNS = (
@@ -44,8 +45,10 @@ class Hits:
         Matched peaks of each hit.
     status : ndarray of str (n,)
         ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
-        (identity mode without a precursor m/z), ``no_neighbour`` (formula mode, skipped) or ``ms1``
-        (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched).
+        (identity mode without a precursor m/z), ``no_neighbour`` (formula mode, skipped), ``ms1``
+        (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched) or
+        ``msn`` (an MSn record, ``ms_level`` 3 or more, as mzmine's MSn exports hold: not searched; the
+        mzML and mzXML readers read MS2 scans only).
     fallback : ndarray of bool (n,)
         Formula mode: the query had no same-formula neighbour and was searched against the whole library.
     query_ids : list of str
@@ -103,7 +106,7 @@ class Hits:
     def skipped(self) -> np.ndarray:
         """Queries not searched (rejected by the reader, no peaks, MS1, no precursor in identity mode, no
         formula neighbour with skip)."""
-        return np.isin(self.status, [NO_PEAKS, MS1, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, REJECTED])
+        return np.isin(self.status, [NO_PEAKS, MS1, MSN, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, REJECTED])
 
     def __repr__(self) -> str:
         n_hit = int((self.indices[:, 0] >= 0).sum()) if len(self) else 0

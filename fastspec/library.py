@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Sequence
@@ -100,6 +101,7 @@ INPUTS_FILE = "inputs.parquet"
 #: Reason recorded for spectra dropped because preprocessing left no peak.
 REASON_NO_PEAKS = "no peaks after preprocessing"
 REASON_MS1 = "MS1 spectrum (ms_level 1)"
+REASON_MSN = "MSn spectrum (ms_level 3 or more)"
 
 #: Fragment-weight arrays stored at build time: (kind, mz_power, intensity_power) -> file stem.
 STORED_WEIGHTS = {("cosine", 0.0, 1.0): "wcos", ("entropy", 0.0, 1.0): "went"}
@@ -227,7 +229,8 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     -------
     spectra : Spectra
     counts : dict
-        ``n_read`` (records seen), ``n_rejected`` and ``rejected`` (reason -> count) from the reader.
+        ``n_read`` (records seen), ``n_rejected`` and ``rejected`` (reason -> count) from the reader;
+        for files also ``first_rejected`` (``path:line: reason`` of the first rejected record, or None).
     """
     spectra, paths = sort_input(source, on_error)
     if spectra is not None:
@@ -246,7 +249,18 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
                                                         getattr(report, "rejected_ids", [])) if i is not None}
     # (path, records) per file read, in read order, so that every record can be traced to its file
     counts["files"] = [(str(r.path), int(r.n_records)) for r in (report.files or [report])]
+    counts["first_rejected"] = _first_rejection(report)
     return spectra, counts
+
+
+def _first_rejection(report) -> str | None:
+    """``path:line: reason`` of the reader's first rejected record (None: none), for messages."""
+    first = next(iter(getattr(report, "rejected", None) or []), None)
+    if first is None:
+        return None
+    where = first.path or (report.path if isinstance(report.path, str) else None)
+    place = ":".join(str(x) for x in (where, first.line) if x is not None)
+    return f"{place}: {first.reason}" if place else str(first.reason)
 
 
 def _read_warnings(report, n_skipped: int) -> dict[str, int]:
@@ -661,8 +675,9 @@ class Library:
         Notes
         -----
         Every input spectrum is indexed or counted in ``manifest["counts"]["rejected"]`` with its reason:
-        unreadable records, spectra left without peaks by preprocessing, and MS1 records (``ms_level``
-        1, as SIRIUS and MZmine MGF exports interleave them with the MS/MS spectra).
+        unreadable records, spectra left without peaks by preprocessing, MS1 records (``ms_level``
+        1, as SIRIUS and MZmine MGF exports interleave them with the MS/MS spectra) and MSn records
+        (``ms_level`` 3 or more, as in mzmine's MSn library exports: their precursor is a fragment).
         """
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                     or threads < 1):
@@ -1315,22 +1330,31 @@ class _Progress:
 
 #: ``ms_level`` values meaning a single stage of MS (MassBank writes ``MS_TYPE MS`` for EI and MALDI spectra)
 _MS1_WORDS = ("1", "ms1", "ms")
+#: ``ms_level`` values meaning three or more stages (``3``, ``MS3``, ``ms4`` ...: mzmine / MSnLib MSn exports),
+#: after trimming and lower-casing
+_MSN_PATTERN = r"^(ms)?0*([3-9]|[1-9][0-9]+)$"
 
 
-def _is_ms1(meta: pa.Table) -> np.ndarray:
-    """Records whose ``ms_level`` says MS1 (``1`` / ``MS1``, or MassBank's ``MS_TYPE MS`` ->  ``MS``; any case
-    and surrounding blanks), bool (n,)."""
+def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Records whose ``ms_level`` says MS1 (``1`` / ``MS1``, or MassBank's ``MS_TYPE MS`` -> ``MS``) and
+    records whose ``ms_level`` says MS3 or more (``3``, ``MS3``, ...), any case and surrounding blanks:
+    bool (n,) each. A tandem-MS library indexes neither (an MSn spectrum's precursor is a fragment, not
+    the molecule), as the mzML and mzXML readers keep MS2 scans only."""
+    n = meta.num_rows
     if "ms_level" not in meta.column_names:
-        return np.zeros(meta.num_rows, dtype=bool)
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
     import pyarrow.compute as pc
 
     col = meta.column("ms_level")
     try:  # vectorised: a 2.4M-row column in milliseconds, not a Python loop
         text = pc.utf8_lower(pc.utf8_trim_whitespace(col.cast(pa.string())))
-        return pc.fill_null(pc.is_in(text, value_set=pa.array(list(_MS1_WORDS))), False).to_numpy(zero_copy_only=False)
+        ms1 = pc.is_in(text, value_set=pa.array(list(_MS1_WORDS)))
+        msn = pc.match_substring_regex(text, _MSN_PATTERN)
+        return tuple(pc.fill_null(m, False).to_numpy(zero_copy_only=False) for m in (ms1, msn))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):  # e.g. floats, nested values
-        vals = col.to_pylist()
-        return np.array([v is not None and str(v).strip().lower() in _MS1_WORDS for v in vals], dtype=bool)
+        words = [None if v is None else str(v).strip().lower() for v in col.to_pylist()]
+        return (np.array([w in _MS1_WORDS for w in words], dtype=bool),
+                np.array([w is not None and re.match(_MSN_PATTERN, w) is not None for w in words], dtype=bool))
 
 
 def _build_index(
@@ -1362,13 +1386,17 @@ def _build_index(
 
     if path.exists() and not overwrite:
         raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
-    # a tandem-MS library: MS1 records (SIRIUS / MZmine MGF exports interleave them) are counted, not indexed
-    ms1 = _is_ms1(processed.metadata)
-    keep = (np.diff(processed.offsets) > 0) & ~ms1
+    # a tandem-MS library: MS1 records (SIRIUS / MZmine MGF exports interleave them) and MSn ones are
+    # counted, not indexed
+    ms1, msn = _ms_stages(processed.metadata)
+    keep = (np.diff(processed.offsets) > 0) & ~ms1 & ~msn
     n_drop = int((~keep).sum())
+    first_rejected = counts.get("first_rejected")
     counts = {"n_read": int(counts["n_read"]), "n_rejected": int(counts["n_rejected"]), "rejected": dict(counts["rejected"]),
               "read_warnings": dict(counts.get("read_warnings") or counts.get("warnings") or {})}
-    for reason, n_r in ((REASON_MS1, int(ms1.sum())), (REASON_NO_PEAKS, n_drop - int(ms1.sum()))):
+    n_stage = int(ms1.sum()) + int((msn & ~ms1).sum())
+    for reason, n_r in ((REASON_MS1, int(ms1.sum())), (REASON_MSN, int((msn & ~ms1).sum())),
+                        (REASON_NO_PEAKS, n_drop - n_stage)):
         if n_r:
             counts["rejected"][reason] = counts["rejected"].get(reason, 0) + n_r
             counts["n_rejected"] += n_r
@@ -1382,6 +1410,8 @@ def _build_index(
         counts["n_read"] = n + counts["n_rejected"]
     if n == 0 and not allow_empty:
         why = ", ".join(f"{r}: {c}" for r, c in counts["rejected"].items())
+        if first_rejected:  # where to look: the reader's first rejection (file:line: reason)
+            why += f"; the first: {first_rejected}"
         raise FastspecError(f"no spectrum to index: all {counts['n_read']} records were rejected ({why}); nothing "
                             "written" if counts["n_read"] else "no spectrum to index (the input holds none); nothing written")
 

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from fastspec.errors import FastspecError, ParameterError
-from fastspec.hits import MS1, NO_HIT, NO_PEAKS, NO_PRECURSOR, OK, REJECTED, Hits
+from fastspec.hits import MS1, MSN, NO_HIT, NO_PEAKS, NO_PRECURSOR, OK, REJECTED, Hits
 from fastspec.spectra import Spectra
 from fastspec.tolerance import Tolerance, parse_tolerance
 
@@ -202,7 +202,7 @@ def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progre
     """Search query spectra as read (preprocessed here with the library's pipeline); ``progress`` as
     :meth:`_Context.start_progress`'s ``enabled``."""
     from fastspec.kernels._memory import retain_freed_memory
-    from fastspec.library import _is_ms1, apply_pipeline
+    from fastspec.library import _ms_stages, apply_pipeline
 
     retain_freed_memory()  # per-batch arrays reuse freed memory instead of fresh zero-filled pages
     qproc = apply_pipeline(library.pipeline, raw, cfg.threads)
@@ -214,9 +214,10 @@ def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progre
     fallback = np.zeros(nq, dtype=bool)
     has_peaks = np.diff(qproc.offsets) > 0
     status[~has_peaks] = NO_PEAKS
-    ms1 = _is_ms1(raw.metadata)
+    ms1, msn = _ms_stages(raw.metadata)
+    status[msn] = MSN
     status[ms1] = MS1
-    has_peaks &= ~ms1  # searched: tandem spectra with peaks left
+    has_peaks &= ~ms1 & ~msn  # searched: MS2 spectra with peaks left
     ctx = _Context(library, qproc, cfg)
     searchable = np.flatnonzero(has_peaks)
     ctx.start_progress(progress, searchable.shape[0])

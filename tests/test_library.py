@@ -928,6 +928,40 @@ def test_ms1_records_are_counted_not_indexed(tmp_path):
     assert table.column("library_index").to_pylist() == [None, 0, 1]
 
 
+def test_msn_records_are_counted_not_indexed(tmp_path):
+    """mzmine's MSn library exports hold MS3+ records, whose precursor is a fragment: counted, not indexed,
+    and not searched as queries (status ``msn``), as the mzML / mzXML readers keep MS2 scans only."""
+    from fastspec.io import read
+    from fastspec.library import _ms_stages
+
+    mgf = tmp_path / "msn.mgf"
+    levels = ["2", "3", "MS3", " ms12 ", "MS2", "1", "ms", None, "Centroid", "30"]
+    mgf.write_text("".join(
+        "BEGIN IONS\nFEATURE_ID=%d\nPEPMASS=195.0877\n%s%d.05 100\n110.07 20\nEND IONS\n"
+        % (i, "" if lv is None else f"MSLEVEL={lv}\n", 120 + i) for i, lv in enumerate(levels)))
+    ms1, msn = _ms_stages(read(str(mgf)).metadata)
+    assert ms1.tolist() == [lv is not None and lv.strip().lower() in ("1", "ms") for lv in levels]
+    assert msn.tolist() == [False, True, True, True, False, False, False, False, False, True]
+    lib = Library.build([str(mgf)], tmp_path / "m.fastspec", faiss=False, progress=False)
+    c = lib.manifest["counts"]
+    assert len(lib) == 4 and c["n_read"] == 10 and c["n_rejected"] == 6
+    assert c["rejected"] == {"MS1 spectrum (ms_level 1)": 2, "MSn spectrum (ms_level 3 or more)": 4}
+    hits = lib.search([str(mgf)], k=1, mode="open")
+    assert hits.status.tolist() == ["ok", "msn", "msn", "msn", "ok", "ms1", "ms1", "ok", "ok", "msn"]
+    assert hits.skipped.tolist() == [s in ("ms1", "msn") for s in hits.status.tolist()]
+    assert (hits.indices[msn] == -1).all()
+
+
+def test_all_rejected_build_names_the_first_rejection(tmp_path):
+    """An index of inputs whose every record is rejected says where to look: the first rejection's file and line."""
+    a, b = tmp_path / "a.mgf", tmp_path / "b.msp"
+    a.write_text("BEGIN IONS\nPEPMASS=100\nfoo bar\nEND IONS\n")
+    b.write_text("Name: x\nPrecursorMZ: 100\nNum Peaks: 1\nfoo bar\n")
+    with pytest.raises(FastspecError, match=r"all 2 records were rejected .*; the first: .*a\.mgf:3: unparsable peak line"):
+        Library.build([str(a), str(b)], tmp_path / "x.fastspec", faiss=False, progress=False, allow_empty=False)
+    assert not (tmp_path / "x.fastspec").exists()
+
+
 def test_massbank_ms_type_ms_is_ms1(tmp_path):
     """MassBank writes ``AC$MASS_SPECTROMETRY: MS_TYPE MS`` for single-stage (EI, MALDI) spectra: not indexed."""
     rec = ("ACCESSION: MSBNK-test-TST0000{i}\nRECORD_TITLE: t{i}\nCH$NAME: t\nCH$FORMULA: C6H6\n"

@@ -295,6 +295,9 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
         return Spectra.concat(list(source)), None
     if isinstance(source, (str, os.PathLike)):
         paths = [source]
+    elif isinstance(source, dict):  # its keys would be taken for paths
+        raise ParameterError("expected a Spectra, matchms spectra, a path or a list of paths, got a dict (for "
+                             "arrays of peaks, use fastspec.Spectra.from_arrays)")
     elif hasattr(source, "__iter__"):  # a list, a set, Path.glob(...)
         paths = list(source)
     else:
@@ -350,7 +353,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
     out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
     (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or, with any other name, when its content
-    is a MassBank record; others (READMEs, licences, TSV or Parquet tables without peak columns, such
+    is a MassBank record (``ACCESSION:`` first); others (READMEs, licences, TSV or Parquet tables without peak columns, such
     as sample sheets or hit tables, and JSON files whose first record is no spectrum, such as settings or
     reports) are left out and counted."""
     from fastspec.io._common import EXTENSIONS, sniffed, strip_gz
@@ -376,7 +379,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                 f = os.path.join(root, name)
                 ext = os.path.splitext(strip_gz(name)[0])[1].lower()
                 if ext not in EXTENSIONS:
-                    if sniffed(f) != "massbank":
+                    if sniffed(f) != "massbank" or not _starts_massbank_record(f):
                         skipped += 1
                         continue
                 elif EXTENSIONS[ext] in ("tsv", "parquet") and not _spectrum_table(f, EXTENSIONS[ext]):
@@ -390,6 +393,19 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
         if not found:
             raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, mzXML, JSON, MassBank records, ...)", str(p))
     return out, skipped
+
+
+def _starts_massbank_record(path: str) -> bool:
+    """Whether a file found in an input directory begins as a MassBank record does (``ACCESSION:`` first),
+    so that notes or code merely mentioning record tags (``PK$PEAK:``) are left out, not read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return True  # reading it reports why
+    if head[:2] == b"\x1f\x8b":  # gzip-compressed records: the sniffer already looked inside
+        return True
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n").upper().startswith(b"ACCESSION:")
 
 
 def _spectrum_table(path: str, fmt_name: str) -> bool:

@@ -144,7 +144,7 @@ def search(
     _check_formula(cfg, formula)
     raw, read_counts = read_input(queries, on_error)
     found = _search_spectra(library, cfg, raw, formula, progress)
-    params = cfg.describe(library)
+    params = cfg.describe(library, formula)
     if found.unfiltered:
         params["filters_not_applied"] = found.unfiltered
     # query records the reader rejected (on_error="skip") keep their place: a row with status "rejected";
@@ -178,6 +178,16 @@ def _check_formula(cfg: "_SearchConfig", formula) -> None:
         raise ParameterError(f"formula applies to mode='formula', not {cfg.mode!r}")
     if isinstance(formula, str) and not formula.strip():
         raise ParameterError("formula is empty (leave it out to take each query's formula from its metadata)")
+    if formula is not None and (not hasattr(formula, "__len__") or isinstance(formula, (bytes, dict))):
+        raise ParameterError(f"formula must be a string or one value per query, got {type(formula).__name__}")
+
+
+def formula_param(formula) -> "str | None":
+    """How the hit table records a caller's ``formula=`` (None: the queries' own formulas were used):
+    the formula given for every query, or that one was given per query."""
+    if formula is None:
+        return None
+    return formula if isinstance(formula, str) else f"given per query ({len(formula)} values)"
 
 
 def _query_records(counts: dict) -> dict:
@@ -418,6 +428,8 @@ class _SearchConfig:
         c.engine = engine
         if no_neighbour not in NO_NEIGHBOUR:
             raise ParameterError(f"no_neighbour must be one of {', '.join(NO_NEIGHBOUR)}; got {no_neighbour!r}")
+        if no_neighbour != "skip" and mode != "formula":  # it would be recorded, yet nothing falls back
+            raise ParameterError(f"no_neighbour applies to mode='formula', not {mode!r}")
         c.no_neighbour = no_neighbour
         c.threads = None if threads is None else _count(threads, "threads", 1)
         for name, flag in (("same_adduct", same_adduct), ("same_charge", same_charge), ("same_instrument", same_instrument)):
@@ -468,10 +480,11 @@ class _SearchConfig:
             kw["intensity_power"] = self.intensity_power
         return kw
 
-    def describe(self, library) -> dict:
+    def describe(self, library, formula=None) -> dict:
         """The parameters for a hit table: fresh objects (a caller editing ``hits.params`` must not change
-        this config, which later searches with the same arguments reuse, nor the library's manifest)."""
-        return {
+        this config, which later searches with the same arguments reuse, nor the library's manifest);
+        with the caller's ``formula=`` (formula mode), ``formula`` too (:func:`formula_param`)."""
+        out = {
             "mode": self.mode, "metric": self.metric, "k": self.k, "tolerance": str(self.tolerance),
             "precursor_tolerance": str(self.precursor_tolerance), "engine": self.engine,
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
@@ -482,6 +495,9 @@ class _SearchConfig:
             "preprocess": _plain_copy(library.preprocess_config),
             "fastspec_version": library.manifest.get("fastspec_version"),
         }
+        if formula is not None:
+            out["formula"] = formula_param(formula)
+        return out
 
 
 def _plain_copy(value):

@@ -79,6 +79,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
                                  caller_formulas, search)
 
     delimiter = table_format(path)
+    _refuse_own_input(queries, path)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ParameterError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     # every search parameter, checked before anything is read, with search()'s own defaults
@@ -92,7 +93,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     if per_query_formula:
         caller_formulas(formulas)  # an unparsable one is refused now, not after the chunks before it
     if on_validated is not None:
-        on_validated(cfg.describe(library))
+        on_validated(cfg.describe(library, formula))
     totals = {"with_hits": 0, "skipped": 0, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:
@@ -120,7 +121,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
             if per_query_formula and totals["spectra"] != len(formulas):
                 raise ParameterError(f"formula: {len(formulas)} values for {totals['spectra']} queries")
             counts = counts_holder["counts"]
-            params = cfg.describe(library)
+            params = cfg.describe(library, formula)
             if totals["unfiltered"]:
                 params["filters_not_applied"] = totals["unfiltered"]
             params["query_records"] = _query_records(counts)
@@ -135,6 +136,18 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     out: dict = {}
     write_atomically(path, lambda tmp: out.update(write(tmp)))
     return out
+
+
+def _refuse_own_input(queries: Any, path) -> None:
+    """ParameterError when the hit table's path is one of the query files: it would replace them."""
+    target = Path(path)
+    if not target.is_file():
+        return
+    given = [queries] if isinstance(queries, (str, os.PathLike)) else queries if isinstance(queries, (list, tuple)) else []
+    for q in given:
+        if isinstance(q, (str, os.PathLike)) and Path(q).is_file() and os.path.samefile(q, target):
+            raise ParameterError(f"{path} is one of the query files; the hit table would replace it (choose "
+                                 "another output path)")
 
 
 def _progress_bar(progress: bool | None):

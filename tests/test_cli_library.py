@@ -152,6 +152,25 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     copy.write_bytes(massbank_mgf.read_bytes())
     assert_clean_error(run("index", copy, "-o", copy, "--overwrite", ok=False))
     assert copy.read_bytes() == massbank_mgf.read_bytes()
+    # ... nor a query file by the hit table
+    import fastspec.io as fio
+
+    out = tmp_path / "q.parquet"  # queries in a format a hit table can have
+    fio.write(fio.read(massbank_mgf)[:5], str(out))
+    before = out.read_bytes()
+    for q in (out, tmp_path / "." / "q.parquet"):
+        assert_clean_error(run("query", q, "-l", index, "-o", out, "--mode", "open", ok=False), "query files")
+    assert out.read_bytes() == before
+    # click's own checks (ranges, choices, missing options) are one line too, with click's exit status 2
+    for bad in (["-k", "0"], ["--mode", "foo"], ["--metric", "foo"], ["--on-error", "bogus"]):
+        res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", *bad, ok=False)
+        assert_clean_error(res, bad[0], "--help")
+        assert res.exit_code == 2 and "Usage:" not in res.output
+    assert_clean_error(run("query", massbank_mgf, "-o", tmp_path / "h.tsv", ok=False), "--library")
+    assert_clean_error(run("nosuchcommand", ok=False), "nosuchcommand")
+    # a formula-mode option outside formula mode would be recorded, yet do nothing
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "--mode", "open",
+                           "--no-neighbour", "fallback", ok=False), "formula")
     # synth's two outputs in one file: the queries would replace the library
     assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "5", "-q-out",
                            tmp_path / "s.parquet", ok=False), "library")
@@ -288,6 +307,18 @@ def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(massbank_parquet, tm
         Library.open(out, verify=True)
 
 
+def test_formula_override_is_recorded(index, massbank_mgf, tmp_path):
+    """A formula given for every query (``--formula``) goes into the table's parameters: without it, the
+    table would read as a search with each query's own formula."""
+    out = tmp_path / "h.tsv"
+    run("query", massbank_mgf, "-l", index, "-o", out, "--mode", "formula", "--formula", "C8H14ClN5", "-q")
+    header = [ln for ln in out.read_text().splitlines() if ln.startswith("#")]
+    assert any(ln.startswith("# formula:") and "C8H14ClN5" in ln for ln in header), header
+    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "formula", "-q")
+    meta = json.loads(pq.read_schema(tmp_path / "h.parquet").metadata[b"fastspec"])
+    assert "formula" not in meta
+
+
 def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
     # the hit table's directory is made before the search; a rewrite replaces the table whole
     out = tmp_path / "new" / "dir" / "h.tsv"
@@ -319,6 +350,8 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"MSBNK-Test-{i:06d}.txt").write_text(r)
     (root / "README.md").write_text("# Name: not a spectrum\n")
+    # notes or code that merely mention record tags are no records (a record starts with ACCESSION:)
+    (root / "NOTES").write_text("Records hold CH$NAME: and PK$PEAK: lines; see the spec.\n")
     (root / "extra.mgf").write_text(massbank_mgf.read_text())
     (root / ".git").mkdir()
     (root / ".git" / "x.mgf").write_text("junk")
@@ -327,7 +360,7 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
     (root / "samples.tsv").write_text("sample\tgroup\nA\t1\n")
     pq.write_table(pa.table({"query_id": ["q"], "score": [0.5]}), root / "hits.parquet")
     res = run("index", root, "-o", tmp_path / "d.fastspec", "--no-faiss")
-    assert "files in input directories not read (not spectrum files): 3" in res.output
+    assert "files in input directories not read (not spectrum files): 4" in res.output
     lib = Library.open(tmp_path / "d.fastspec")
     files = sorted([str(p) for p in root.rglob("MSBNK-*.txt")]) + [str(root / "extra.mgf")]
     ref = fio.read(sorted(files, key=lambda f: (Path(f).parent != root, f)))

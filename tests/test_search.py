@@ -463,6 +463,11 @@ def test_formula_given_explicitly(lib, data):
     lf = lib.metadata(columns=["formula_canonical"]).column("formula_canonical").to_pylist()
     cand = np.array([f == formula for f in lf])[None, :] & same_polarity(lib, queries)
     assert_same_hits(hits, brute_force(lib, queries, "cosine", cand))
+    # the table records the formula given (without it, the queries' own were used)
+    assert hits.params["formula"] == formula
+    assert lib.search(queries, k=K, mode="formula", formula=[formula] * 10).params["formula"] == \
+        "given per query (10 values)"
+    assert "formula" not in lib.search(queries, k=K, mode="formula").params
 
 
 def test_formula_list_last_query_without_candidates(lib, data):
@@ -1170,6 +1175,14 @@ def test_bad_parameters(lib, data):
                {"metric": "entropy", "intensity_power": 0.5}, {"threads": 0}, {"on_error": "ignore"}):
         with pytest.raises(ParameterError):
             lib.search(q, **kw)
+    # formula-mode options outside formula mode, formulas that are neither a string nor one per query, a
+    # dict as queries (its keys would be taken for paths)
+    for kw in ({"mode": "open", "no_neighbour": "fallback"}, {"mode": "identity", "no_neighbour": "empty"},
+               {"mode": "formula", "formula": 123}, {"mode": "formula", "formula": {"a": "C6H6"}}):
+        with pytest.raises(ParameterError, match="formula"):
+            lib.search(q, **kw)
+    with pytest.raises(ParameterError, match="dict"):
+        lib.search({"mz": [[100.0]], "intensity": [[1.0]]}, mode="open")
     # aliases resolve
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
 

@@ -46,11 +46,28 @@ class LazyGroup(click.Group):
         mod, attr = COMMANDS[name].split(":")
         return getattr(importlib.import_module(mod), attr)
 
+    def invoke(self, ctx):
+        # a subcommand's bad option or argument (-k 0, --mode foo, a missing --library) as one line, as
+        # every other user mistake is reported, instead of click's usage block; exit status 2 as click's
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # the help text itself (click >= 8.2)
+                raise
+            where = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            raise _OneLineUsageError(f"{e.format_message()} (see '{where} --help')") from None
+
     def format_commands(self, ctx, formatter):
         rows = [(n, SHORT_HELP.get(n, "")) for n in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
+
+
+class _OneLineUsageError(click.ClickException):
+    """A usage mistake shown as one ``Error: ...`` line, with click's usage-error exit status."""
+
+    exit_code = 2
 
 
 def _available(name: str) -> bool:

@@ -131,14 +131,14 @@ def test_msp_nist():
 def test_msp_msdial():
     s, r = read("msp_msdial.msp")
     m = md(s, 0)
-    assert m["name"] == "Caffeic acid" and "id" not in m
+    assert m["name"] == "Caffeic acid" and m["id"] == "MSDIAL-0001"  # from the unquoted Comment pairs
     assert m["precursor_mz"] == 179.035 and m["adduct"] == "[M-H]-"
     assert m["charge"] == -1 and m["ion_mode"] == "negative"
     assert m["formula"] == "C9H8O4" and m["inchikey14"] == "QAIPRVGONGVQAS"
     assert m["instrument_type"] == "LC-ESI-QTOF" and m["instrument"] == "Sciex TripleTOF 6600"
     assert m["collision_energy"] == "35"
     assert m["ontology"] == "Hydroxycinnamic acids" and m["retentiontime"] == "5.32" and m["ccs"] == "134.2"
-    assert m["comment"] == "DB#=MSDIAL-0001; origin=RIKEN"
+    assert m["origin"] == "RIKEN" and "comment" not in m
     assert peaks(s, 0) == ([89.0395, 134.0371, 135.0445], [12.0, 100.0, 40.0])
     assert peaks(s, 1) == ([91.0542, 120.0811], [100.0, 10.0])  # unsorted -> sorted
     assert r.n_fixed_unsorted == 1

@@ -203,3 +203,20 @@ def test_gnps_computed_keys_fill_only_what_is_missing(tmp_path):
                    tmp_path / "b.parquet")
     s = fio.read(tmp_path / "b.parquet")
     assert s.column("formula") == ["C5H6O5", "C9H8O4"] and s.column("inchikey") == ["BSYNRYMUTXBXSQ-UHFFFAOYSA-N", None]
+
+
+def test_value_patterned_keys():
+    """INCHIAUX fills `inchikey` only with an InChIKey, Spectrum_type / SPECTRUMTYPE give `ms_level` only an MS
+    level (MS-DIAL's Centroid stays `spectrumtype`), and a -1 id gives way to any other id source."""
+    t = pa.table({"inchiaux": ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", "AuxInfo=1/1/N:1", "ujnsfdhvibgejz-cmribgntsa-n", None],
+                  "spectrumtype": ["MS2", "Centroid", " 2 ", None],
+                  "feature_id": ["-1", "-1", "7", "-1"], "title": [None, "t", None, None],
+                  "scan_id": [None, None, None, "5"]})
+    h = meta.harmonise_table(t)
+    assert h.column("inchikey").to_pylist() == ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", None, None, None]
+    assert h.column("inchiaux").to_pylist() == t.column("inchiaux").to_pylist()
+    assert h.column("ms_level").to_pylist() == ["MS2", None, "2", None]
+    assert h.column("spectrumtype").to_pylist() == [None, "Centroid", None, None]
+    assert h.column("id").to_pylist() == ["-1", "t", "7", "5"]
+    assert meta.harmonise({"Spectrum_type": "MSn"})["ms_level"] == "MSn"
+    assert "ms_level" not in meta.harmonise({"SpectrumType": "Profile"})

@@ -496,3 +496,138 @@ def test_own_tables_keep_a_charge_sign_that_contradicts_the_ion_mode(tmp_path, e
     assert s.charge.tolist() == [1]
     fio.write(s, tmp_path / f"c.{ext}")
     assert fio.read(tmp_path / f"c.{ext}").charge.tolist() == [1]
+
+
+def test_mgf_mzmine_library_inchiaux_and_placeholder_feature_id(tmp_path):
+    """MZmine's library export (MSnLib) writes the InChIKey as INCHIAUX and FEATURE_ID=-1 in every record. The key
+    fills `inchikey` where nothing else gives one (GNPS's other INCHIAUX values, InChI's AuxInfo, do not); -1 is
+    the id only where no other alias nor the title gives one, while FBMN's real FEATURE_ID stays the id."""
+    rec = "BEGIN IONS\n{}\nPEPMASS=294.20637\nCHARGE=1\n58.0651 12.5\n249.1485 100\nEND IONS\n"
+    text = "".join(rec.format(body) for body in (
+        "INCHIAUX=UJNSFDHVIBGEJZ-CMRIBGNTSA-N\nFEATURE_ID=-1",
+        "INCHIAUX=UJNSFDHVIBGEJZ-CMRIBGNTSA-N\nINCHIKEY=QWYFHHGCZUCMBN-UHFFFAOYSA-O\nFEATURE_ID=-1\nTITLE=t2",
+        "INCHIAUX=AuxInfo=1/1/N:1,2/rA:2nCO/rB:s1;/rC:;;\nFEATURE_ID=-1\nTITLE=t3",
+        "FEATURE_ID=-1\nSCAN_ID=5",
+        "FEATURE_ID=12\nTITLE=fbmn feature",
+    ))
+    s, r = read(tmp_path, "msnlib.mgf", text)
+    assert r.n_spectra == 5 and r.warnings == {}
+    assert s.column("inchikey") == ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", "QWYFHHGCZUCMBN-UHFFFAOYSA-O", None, None, None]
+    assert s.column("inchikey14") == ["UJNSFDHVIBGEJZ", "QWYFHHGCZUCMBN", None, None, None]
+    assert s.column("inchiaux")[:3] == ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", "UJNSFDHVIBGEJZ-CMRIBGNTSA-N",
+                                        "AuxInfo=1/1/N:1,2/rA:2nCO/rB:s1;/rC:;;"]
+    assert s.ids == ["-1", "t2", "t3", "5", "12"]
+
+
+def test_msp_msdial_unquoted_comment_pairs(tmp_path):
+    """MS-DIAL public libraries, MassBank's RIKEN export and GNPS-to-MSP conversions keep the accession only in
+    `Comment: DB#=...; origin=...`: split like MoNA's quoted pairs (an explicit line still wins), but only when
+    every ';'-separated part is a key=value pair, so free text holding '=' or ';' stays the comment."""
+    rec = "NAME: {n}\nPRECURSORMZ: 166.086\n{c}\nNum Peaks: 1\n120.081\t1000\n\n"
+    comments = {
+        "a": "COMMENT: DB#=EMBL-MCF_spec98214; origin=EMBL - Metabolomics Core Facility Spectral Library",
+        "b": "Comment: DB#=CCMSLIB00000001547; origin=GNPS;",
+        "c": "DB#: explicit\nComment: DB#=CCMSLIB00000001548; origin=GNPS",
+        "d": "Comment: measured at pH=7; see the lab notes",
+        "e": "Comment: ramp 20-40 eV; http://example.org/?a=b",
+        "f": "Comment: InChI=InChI=1S/2C2H4O2.Ca/c2*1-2(3)4;/h2*1H3,(H,3,4);/q;+2/p-2",
+        "g": "Comment: merged spectrum",
+    }
+    s, r = read(tmp_path, "msdial.msp", "".join(rec.format(n=n, c=c) for n, c in comments.items()))
+    assert r.n_spectra == 7 and r.warnings == {}
+    assert s.column("id") == ["EMBL-MCF_spec98214", "CCMSLIB00000001547", "explicit", None, None, None, None]
+    assert s.column("origin")[:3] == ["EMBL - Metabolomics Core Facility Spectral Library", "GNPS", "GNPS"]
+    assert s.column("comment") == [None, None, None, "measured at pH=7; see the lab notes",
+                                   "ramp 20-40 eV; http://example.org/?a=b",
+                                   "InChI=InChI=1S/2C2H4O2.Ca/c2*1-2(3)4;/h2*1H3,(H,3,4);/q;+2/p-2", "merged spectrum"]
+    assert not {"ph", "http_example_org_a", "inchi"} & set(s.metadata.column_names)
+
+
+def test_msp_unquoted_annotation_with_a_semicolon(tmp_path):
+    # a ';' after the intensity belongs to an unquoted annotation (MS-DIAL lipids); right after the first two
+    # values it still separates pairs, as RIKEN / NIST EI write them
+    text = ("NAME: PC 34:1\nPRECURSORMZ: 760.5851\nNum Peaks: 4\n184.0733\t999\tHeadgroup; PC\n"
+            "478.3292\t50\t[M+H]+ -C18:1 FA; -H2O\n577.5190 20 a;b\n760.5851\t300\n\n"
+            "NAME: pairs\nNum Peaks: 6\n85 100; 86 50;\n87 10;88 5\n89 1 ; 90 2\n")
+    s, r = read(tmp_path, "semi.msp", text)
+    assert (r.n_spectra, r.n_rejected, r.warnings) == (2, 0, {})
+    assert s[0].mz.tolist() == [184.0733, 478.3292, 577.519, 760.5851] and s[0].intensity.tolist() == [999, 50, 20, 300]
+    assert s[1].mz.tolist() == [85, 86, 87, 88, 89, 90] and s[1].intensity.tolist() == [100, 50, 10, 5, 1, 2]
+
+
+def test_msp_mona_computed_structures_fill_smiles_and_inchi(tmp_path):
+    """MoNA's MSP export gives the structure of records without a submitted one only as "computed SMILES=..." /
+    "computed InChI=..." in Comments, its JSON export as plain SMILES / InChI: the same fields either way. A
+    submitted value (a line or a plain pair) wins; the computed ones stay under their own names."""
+    import json
+
+    smiles, inchi = "O=C(O)CC(OC(=O)CCC)C[N+](C)(C)C", "InChI=1S/C11H21NO4/c1-5-6-11(15)16-9(7-10(13)14)8-12(2,3)4/h9H"
+    computed = f'"computed SMILES={smiles}" "computed InChI=InChI={inchi[6:]}"'
+    text = (f"Name: ACar 4:0\nDB#: MoNA-1\nPrecursorMZ: 232.15433\nComments: {computed}\nNum Peaks: 1\n85.0284 999\n\n"
+            f"Name: b\nSMILES: CCO\nComments: {computed}\nNum Peaks: 1\n85.0284 999\n\n"
+            f'Name: c\nComments: "SMILES=CCN" {computed}\nNum Peaks: 1\n85.0284 999\n')
+    s, _ = read(tmp_path, "mona.msp", text)
+    assert s.column("smiles") == [smiles, "CCO", "CCN"] and s.column("inchi") == [inchi] * 3
+    assert s.column("computed_smiles") == [smiles] * 3
+    record = {"id": "MoNA-1", "spectrum": "85.0284:999", "compound": [{"inchi": inchi, "metaData": [
+        {"name": "SMILES", "value": smiles, "computed": True}], "names": [{"name": "ACar 4:0"}]}],
+        "metaData": [{"name": "precursor m/z", "value": 232.15433}]}
+    js, _ = read(tmp_path, "mona.json", json.dumps([record]))
+    assert (js.column("smiles"), js.column("inchi")) == (s.column("smiles")[:1], s.column("inchi")[:1])
+
+
+@pytest.mark.parametrize("block_bytes", [16, 40, 32 << 20])
+def test_msp_blank_line_between_num_peaks_and_peaks(tmp_path, block_bytes):
+    """Some converters write a blank line after `Num Peaks: N`: with N > 0 and no peak yet it does not end the
+    record, unless metadata (the next entry) comes next; whatever the block size."""
+    from fastspec.io import msp
+    from fastspec.io._common import ReadReport
+
+    text = ("Name: A\nPrecursorMZ: 100\nNum Peaks: 2\n\n50 1\n60 2\n\n"
+            "Name: B\nPrecursorMZ: 200\nNum Peaks: 1\n\n\n70 1\n\n"
+            "Name: C\nNum Peaks: 2\n\nDB#: d1\nName: D\nNum Peaks: 1\n80 1\n\n"
+            "Name: E\nNum Peaks: 0\n\n90 1\n")
+    p = tmp_path / "blank.msp"
+    p.write_text(text)
+    rep = ReadReport(path=str(p))
+    parts = [x for x in msp.iter_spectra(str(p), on_error="skip", report=rep, block_bytes=block_bytes) if len(x)]
+    got = [(m["name"], m["id"], sp.mz.tolist()) for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
+    assert got == [("A", None, [50, 60]), ("B", None, [70]), ("D", "d1", [80])]
+    assert rep.counts_by_reason == {"no peaks": 2}  # C (its declared count: a mismatch) and E
+    assert rep.warnings == {"lines outside records": 1, "num_peaks mismatch": 1}
+
+
+def test_msdial_spectrumtype_is_not_the_ms_level(tmp_path):
+    # MS-DIAL writes SPECTRUMTYPE: Centroid / Profile (the data type); NIST's Spectrum_type: MS2 is the MS level
+    text = ("NAME: a\nPRECURSORMZ: 301.1234\nSPECTRUMTYPE: Centroid\nNum Peaks: 1\n100.1\t10\n\n"
+            "Name: b\nSpectrum_type: MS2\nPrecursorMZ: 301.1234\nNum Peaks: 1\n100.1 10\n\n"
+            "NAME: c\nSPECTRUMTYPE: Profile\nMSTYPE: MS1\nNum Peaks: 1\n100.1\t10\n")
+    s, _ = read(tmp_path, "msdial.msp", text)
+    assert s.column("ms_level") == [None, "MS2", "MS1"]
+    assert s.column("spectrumtype") == ["Centroid", None, "Profile"] and "spectrum_type" not in s.metadata.column_names
+    s, _ = read(tmp_path, "one.msp", "NAME: a\nSPECTRUMTYPE: Centroid\nNum Peaks: 1\n100.1\t10\n")
+    assert "ms_level" not in s.metadata.column_names and s.column("spectrumtype") == ["Centroid"]
+
+
+@pytest.mark.parametrize("fmt", ["mgf", "msp"])
+def test_compressed_content_under_a_spectrum_extension(tmp_path, fmt):
+    """A .gz saved without its suffix reads as gzip; an archive under a spectrum extension is refused with the
+    archive message, never read as text (a stored zip's first record shares a line with its header)."""
+    import bz2
+    import zipfile
+
+    from fastspec.errors import FastspecError
+
+    text = ("BEGIN IONS\nTITLE=a\nPEPMASS=200\n100 1\nEND IONS\nBEGIN IONS\nTITLE=b\nPEPMASS=300\n90 1\nEND IONS\n"
+            if fmt == "mgf" else "Name: a\nPrecursorMZ: 200\nNum Peaks: 1\n100 1\n\nName: b\nNum Peaks: 1\n90 1\n")
+    plain, _ = read(tmp_path, f"plain.{fmt}", text)
+    (tmp_path / f"gz.{fmt}").write_bytes(gzip.compress(text.encode()))
+    s, r = fio.read(tmp_path / f"gz.{fmt}", return_report=True)
+    assert (r.n_spectra, r.warnings) == (2, {}) and s.column("name") == plain.column("name")
+    assert [len(c) for c in fio.iter_read(tmp_path / f"gz.{fmt}", chunk_size=1)] == [1, 1]
+    with zipfile.ZipFile(tmp_path / f"zip.{fmt}", "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(f"lib.{fmt}", text)
+    (tmp_path / f"bz.{fmt}").write_bytes(bz2.compress(text.encode()))
+    for name, kind in ((f"zip.{fmt}", "a zip archive"), (f"bz.{fmt}", "bzip2-compressed")):
+        with pytest.raises(FastspecError, match=f"{kind}, which fastspec does not read; extract it first"):
+            fio.read(tmp_path / name)

@@ -381,12 +381,40 @@ def strip_gz(path: str) -> tuple[str, bool]:
     return path, False
 
 
+#: the first bytes of a gzip stream
+GZIP_MAGIC = b"\x1f\x8b"
+#: magic bytes -> (what, the tool that extracts it) of the archives fastspec does not read
+_ARCHIVES = ((b"PK\x03\x04", "a zip archive", "unzip"), (b"BZh", "bzip2-compressed", "bunzip2"),
+             (b"\xfd7zXZ\x00", "xz-compressed", "unxz"), (b"7z\xbc\xaf", "a 7-Zip archive", "7z x"))
+
+
+def refuse_archive(path: str, head: bytes) -> None:
+    """Raise :class:`FastspecError` when ``head`` (a file's first bytes) starts an archive, whatever the
+    file's name: MoNA and others distribute zipped libraries; gzip is read directly."""
+    for magic, kind, tool in _ARCHIVES:
+        if head.startswith(magic):
+            raise FastspecError(f"{path}: {kind}, which fastspec does not read; extract it first ({tool}) "
+                                f"and give the spectrum file (gzip-compressed files are read as they are)")
+
+
 def open_binary(path: str):
-    """A binary file object (gzip-decompressing for ``.gz``) and the on-disk size in bytes."""
+    """A binary file object (gzip-decompressing for ``.gz``, and for gzip content under another name) and
+    the on-disk size in bytes. Archives (zip, bzip2, xz, 7-Zip) are refused (:func:`refuse_archive`)."""
     size = os.path.getsize(path)
     if path.lower().endswith(".gz"):
         return gzip.open(path, "rb"), size
-    return open(path, "rb"), size
+    f = open(path, "rb")
+    try:
+        head = f.read(8)
+        refuse_archive(path, head)  # a zip named .mgf would read as text, losing its first record
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    if head.startswith(GZIP_MAGIC):  # a .mgf.gz saved without its suffix would read as no record at all
+        f.close()
+        return gzip.open(path, "rb"), size
+    return f, size
 
 
 def raw_position(f) -> int:
@@ -539,12 +567,8 @@ def sniff_format(path: str) -> str:
     if head.startswith(b"\x89HDF"):
         return "hdf5"
     # before the text rules: a zip member stored uncompressed shows its MSP / MGF text in the first bytes
-    for magic, kind, tool in ((b"PK\x03\x04", "a zip archive", "unzip"), (b"BZh", "bzip2-compressed", "bunzip2"),
-                              (b"\xfd7zXZ\x00", "xz-compressed", "unxz"), (b"7z\xbc\xaf", "a 7-Zip archive", "7z x")):
-        if head.startswith(magic):  # MoNA and others distribute zipped libraries; gzip is read directly
-            raise FastspecError(f"{path}: {kind}, which fastspec does not read; extract it first ({tool}) "
-                                f"and give the spectrum file (gzip-compressed files are read as they are)")
-    if head.startswith(b"\x1f\x8b"):
+    refuse_archive(path, head)
+    if head.startswith(GZIP_MAGIC):
         with gzip.open(path, "rb") as g:
             head = g.read(4096)
     text = head.decode("utf-8", "replace").lower()

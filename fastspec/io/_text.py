@@ -20,12 +20,14 @@ from fastspec.io._common import BlockReader, ReadReport, finish_block
 from fastspec.io.meta import MISSING_MARKERS, NIST_SYNON_CODES, key_info
 from fastspec.spectra import Spectra
 
-#: keys holding a declared peak count: checked against the peaks read, then dropped
-NUM_PEAKS_KEYS = ("num peaks", "num_peaks", "numpeaks", "num peak", "npeaks")
+NUM_PEAKS_KEYS = ts.NUM_PEAKS_KEYS  # defined with the scanner, which reads them too
 
 _PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')
 # Thermo / mzVault libraries quote only the value: Comments: ColumnType="DB-5, 30 m" SMILES="C=CC(=O)O"
 _KEY_QUOTED_RE = re.compile(r'(?:(?<=\s)|^)([A-Za-z_][\w.\-/#]*)\s*=\s*"([^"]*)"')
+# MS-DIAL / RIKEN / GNPS-to-MSP conversions write the pairs unquoted: Comment: DB#=X; origin=GNPS. A key: up
+# to three words of letters, digits and _#$.-/ ("DB#", "origin", "computed SMILES"), starting with a letter
+_PLAIN_KEY_RE = re.compile(r"[A-Za-z][\w#$.\-/]*(?: [\w#$.\-/]+){0,2}")
 # GOLM (GMD) synonyms that carry structure keys: "Synon: METB InChIKey: ..." (see meta.ALIASES)
 _GOLM_SYNON_RE = re.compile(r"^(METB InChIKey|METB InChI)\s*:\s*(\S.*)$", re.IGNORECASE)
 # the "; KEY: " seams of a NIST "CAS#: 71-43-2;  NIST#: 291514" line
@@ -416,19 +418,38 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
         pairs = pair_re.findall(v)
         if pairs:
             rest = pair_re.sub(" ", v).strip()
-            for pk, pv in pairs:
-                ek.append(_DERIVED + pk.strip().lower())
-                ev.append(pv.strip())
-                er.append(r)
-            if rest:
-                ek.append("comment")
-                ev.append(rest)
-                er.append(r)
-        else:
+        else:  # MS-DIAL writes them unquoted: "DB#=X; origin=GNPS"
+            pairs = _plain_pairs(v)
+            rest = "" if pairs else v
+        for pk, pv in pairs:
+            ek.append(_DERIVED + pk.strip().lower())
+            ev.append(pv.strip())
+            er.append(r)
+        if rest or not pairs:
             ek.append("comment")
-            ev.append(v)
+            ev.append(rest)
             er.append(r)
     return ek, ev, er, syn_r, syn_v
+
+
+def _plain_pairs(text: str) -> list[tuple[str, str]]:
+    """The ``key=value`` pairs of an unquoted ``Comment: DB#=X; origin=GNPS`` (MS-DIAL); none unless every
+    ``;``-separated part is one with a plausible key (:data:`_PLAIN_KEY_RE`), so that free text holding
+    ``=`` or ``;`` stays a comment."""
+    if "=" not in text:
+        return []
+    pairs = []
+    for part in text.split(";"):
+        key, eq, val = part.partition("=")
+        key = key.strip()
+        if not eq:
+            if part.strip():  # free text between the pairs
+                return []
+            continue  # "origin=GNPS;": nothing after the last ';'
+        if not _PLAIN_KEY_RE.fullmatch(key):
+            return []
+        pairs.append((key, val))
+    return pairs
 
 
 # ---------------------------------------------------------------------------- writing

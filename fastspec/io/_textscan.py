@@ -36,6 +36,12 @@ ERROR_REASONS = {
     E_THOUSANDS: "peak line with a thousands separator (e.g. 1,000)",
 }
 
+#: keys holding a declared peak count (lower-case): checked against the peaks read, then dropped
+NUM_PEAKS_KEYS = ("num peaks", "num_peaks", "numpeaks", "num peak", "npeaks")
+# the same as one byte string and its offsets, for the scanner
+_NP_WORDS = np.frombuffer("".join(NUM_PEAKS_KEYS).encode(), dtype=np.uint8)
+_NP_OFFS = np.cumsum([0] + [len(k) for k in NUM_PEAKS_KEYS]).astype(np.int64)
+
 _P10 = np.array([10.0**i for i in range(23)], dtype=np.float64)
 _TWO53 = 2**53
 
@@ -283,7 +289,42 @@ def _key_is_name(buf, ls, le):
 
 
 @numba.njit(**NJIT)
-def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
+def _declares_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10):
+    """Metadata lines ``m0..m1-1`` (lower-cased keys and values in ``kbuf`` / ``vbuf``) declare a positive peak
+    count (``Num Peaks: 2``, a key of :data:`NUM_PEAKS_KEYS`; the last such line counts)."""
+    for m in range(m1 - 1, m0 - 1, -1):
+        ks, ke, vs, ve = koff[m], koff[m + 1], voff[m], voff[m + 1]
+        if ke == ks or kbuf[ks] != 110 or ve == vs:  # every such key starts with 'n'
+            continue
+        for i in range(offs.shape[0] - 1):
+            if _lower_eq(kbuf, ks, ke, words[offs[i]:offs[i + 1]]):
+                v, st = parse_number(vbuf, vs, ve, p10)
+                return st == 0 and v > 0
+    return False
+
+
+@numba.njit(**NJIT)
+def _meta_line_next(buf, p, n, sep):
+    """The next line of ``buf[p:n]`` that is neither blank nor a ``#`` comment is a metadata line (False
+    when there is none)."""
+    while p < n:
+        le = p
+        while le < n and buf[le] != 10:
+            le += 1
+        ls = p
+        while ls < le and _is_space(buf[ls]):
+            ls += 1
+        e = le
+        while e > ls and _is_space(buf[e - 1]):
+            e -= 1
+        if ls < e and buf[ls] != 35:
+            return _line_kind(buf, ls, e, sep)[1]
+        p = le + 1
+    return False
+
+
+@numba.njit(**NJIT)
+def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_offs):
     """Split ``buf`` into records; see :func:`scan` for the outputs."""
     n = buf.shape[0]
     # ---- capacity from counting passes (branch-free, vectorised by LLVM; no growth in the hot loop)
@@ -365,6 +406,12 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
         is_meta = False
         if ls == le:
             if mode == MSP and in_rec:
+                # a blank line between "Num Peaks: 2" and the peaks (some converters write one) does not end
+                # a record still without peaks, unless metadata (the next entry) comes next; judged only there,
+                # so that metadata lines cost nothing more
+                if not has_peaks and _declares_peaks(kbuf, koff, vbuf, voff, rec_meta0, n_meta, np_words, np_offs,
+                                                     p10) and not _meta_line_next(buf, pos, n, sep):
+                    continue
                 end_record = True
             else:
                 if not in_rec:
@@ -478,30 +525,31 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e):
         multi = False
         if mode == MSP:
             comma_digit = False
-            # a GOLM line ("mz:int mz:int") has its ':' in the first token; a colon further on belongs to
-            # an unquoted annotation ("478.3292<TAB>50<TAB>[M+H]+ -C18:1 FA", LipidBlast / MS-DIAL)
-            first_tok = 0  # 0 before the first token, 1 inside it, 2 after it
+            # a GOLM line ("mz:int mz:int") has its ':' in the first token, and a ';' separating pairs
+            # ("85 100; 86 50;") comes before a third token; a colon further on, or a semicolon after a third
+            # token, belongs to an unquoted annotation ("478.3292<TAB>50<TAB>[M+H]+ -C18:1 FA; -H2O", MS-DIAL)
+            tok = 0  # 0 before the first token, 1 inside it, 2 after it, 3 inside the second, ...
             k = ls
             while k < le:
                 c = buf[k]
-                if c == 34:
-                    k = _closing_quote(buf, k, le)
-                    first_tok = 2
-                elif c == 58:
-                    if first_tok < 2:
-                        if k + 1 < le and not _is_space(buf[k + 1]):
-                            golm = True
-                        else:
-                            colon_pair = True
-                elif c == 59:
-                    has_semi = True
-                elif c == 44 and k + 1 < le and _is_digit(buf[k + 1]):
-                    comma_digit = True
+                if c == 34:  # a quoted annotation: one token of text
+                    k = _closing_quote(buf, k, le) + 1
+                    tok += 2 - (tok & 1)
+                    continue
                 if c == 32 or c == 9 or c == 59:
-                    if first_tok == 1:
-                        first_tok = 2
-                elif first_tok == 0:
-                    first_tok = 1
+                    if c == 59 and tok <= 4:
+                        has_semi = True
+                    tok += tok & 1
+                else:
+                    if c == 58:
+                        if tok < 2:
+                            if k + 1 < le and not _is_space(buf[k + 1]):
+                                golm = True
+                            else:
+                                colon_pair = True
+                    elif c == 44 and k + 1 < le and _is_digit(buf[k + 1]):
+                        comma_digit = True
+                    tok += 1 - (tok & 1)
                 k += 1
             if comma_digit and _decimal_commas(buf, ls, le):
                 err = E_DECIMAL_COMMA
@@ -667,7 +715,8 @@ def scan(data: bytes, mode: int, line0: int = 1, final: bool = True) -> ScanResu
         slow_s = np.empty(cap, np.int64)
         slow_e = np.empty(cap, np.int64)
         (rec_line, rec_pk, rec_meta, rec_err, rec_err_line, mz, it, n_slow, kbuf, koff, vbuf, voff, consumed,
-         consumed_lines, n_ignored) = _scan(buf, mode, line0, final, _P10, slow_pos, slow_s, slow_e)
+         consumed_lines, n_ignored) = _scan(buf, mode, line0, final, _P10, slow_pos, slow_s, slow_e, _NP_WORDS,
+                                            _NP_OFFS)
         if n_slow <= cap:
             break
         cap = int(n_slow)  # rare: many numbers Python must convert; rescan with room for all

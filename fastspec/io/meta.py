@@ -19,6 +19,8 @@ parquet and HDF5 files give the same column names and value conventions:
   ``CHARGE=0-`` for uncharged negative-mode features; an unsigned charge counts as positive, as the MGF
   convention has it);
 * ``inchikey`` is upper-case, ``inchikey14`` its first block (also when only the block is given);
+* some keys fill a field only where nothing else does (:data:`FILL_FROM`), some only with values of the
+  right form (:data:`VALUE_PATTERNS`), and an ``id`` of ``-1`` gives way to any other id source;
 * every canonical column is always present (null when unknown), canonical columns first.
 
 The functions work on whole :class:`pyarrow.Table` columns (vectorised; per-row Python only
@@ -84,12 +86,33 @@ EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
 #: canonical key -> keys whose values fill it where a record has none of its own, first given first; kept
 #: under their own names too. GNPS library exports carry no plain formula or InChIKey, only the ones GNPS
 #: computed from the record's SMILES and InChI (which can disagree: the SMILES' comes first, as the
-#: formula the library derives from a SMILES does). Unlike aliases they never hide a value given in
+#: formula the library derives from a SMILES does). MZmine's library export (MSnLib) writes the InChIKey as
+#: ``INCHIAUX``, a submitted value, so it comes before the computed ones; MoNA's MSP export writes the
+#: structure of records without a submitted one only as ``"computed SMILES=..."`` / ``"computed InChI=..."``
+#: (its JSON export gives them as plain SMILES and InChI). Unlike aliases they never hide a value given in
 #: another form (an MSP ``Synon: $:28`` InChIKey, a ``Comments`` formula).
 FILL_FROM: dict[str, tuple[str, ...]] = {
     "formula": ("formula_smiles", "formula_inchi"),
-    "inchikey": ("inchikey_smiles", "inchikey_inchi"),
+    "inchikey": ("inchiaux", "inchikey_smiles", "inchikey_inchi"),
+    "smiles": ("computed_smiles",),
+    "inchi": ("computed_inchi",),
 }
+
+#: a value that names an MS level: ``MS2``, ``ms1``, ``MS``, ``MSn``, ``2``
+_MS_LEVEL_VALUE = r"(?i)^\s*(ms\s*([0-9]+|n)?|[0-9]+)\s*$"
+
+#: (snake-case) aliases and :data:`FILL_FROM` keys that count only for values matching a pattern; the other
+#: values stay under the key's own name. GNPS also writes InChI's AuxInfo as ``INCHIAUX``; MS-DIAL writes
+#: ``SPECTRUMTYPE: Centroid`` (or ``Profile``) where NIST writes ``Spectrum_type: MS2``.
+VALUE_PATTERNS: dict[str, str] = {
+    "inchiaux": r"^[A-Z]{14}-[A-Z]{10}-[A-Z]$",
+    "spectrum_type": _MS_LEVEL_VALUE,
+    "spectrumtype": _MS_LEVEL_VALUE,
+}
+
+#: ``id`` values that mean none where another alias or the title gives one: MSnLib (mzmine) library MGFs
+#: write ``FEATURE_ID=-1`` in every record (FBMN files, where FEATURE_ID is the id, never write -1)
+ID_PLACEHOLDERS = ("-1",)
 
 #: string values that mean "unknown" in text formats (compared case-insensitively)
 MISSING_MARKERS = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "?", "unknown", "nil"})
@@ -399,6 +422,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
     if merge_aliases is None:
         merge_aliases = text
     n = table.num_rows
+    id_held = None
     groups: dict[str, list[tuple[int, int, str]]] = {}
     order: list[str] = []
     for pos, raw in enumerate(table.column_names):
@@ -432,11 +456,13 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             # typed table with both e.g. adduct and precursor_type: keep the alias as it is
             keep_separate = [(raw, col) for prio, raw, col in arrays if prio != 0]
             arrays = [a for a in arrays if a[0] == 0]
+        arrays = _split_patterned(arrays, keep_separate)
+        if name == "id":
+            arrays, id_held = _set_aside_placeholders(arrays)
         if name == "precursor_mz" and len(arrays) > 1:
-            merged = _first_valid_precursor([c for _, _, c in arrays])
-        else:
-            merged = _coalesce([c for _, _, c in arrays], name in CANONICAL_KEYS)
-        out[name] = merged
+            out[name] = _first_valid_precursor([c for _, _, c in arrays])
+        elif arrays:  # none left: the group held only values that are not this key's (SPECTRUMTYPE: Centroid)
+            out[name] = _coalesce([c for _, _, c in arrays], name in CANONICAL_KEYS)
         for raw, col in keep_separate:
             alt = snake(raw)
             if alt in out or alt == name:
@@ -447,6 +473,8 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
     _unquote_structures(out)
     _fill_from(out)
     _normalise_canonical(out, n, counts, signed_charge)
+    if id_held is not None:  # a placeholder id only where nothing else, the title included, gives one
+        out["id"] = pc.coalesce(out["id"], id_held)
     # canonical first, typed; then others in order
     types = _canonical_types()
     fields, arrays = [], []
@@ -469,6 +497,54 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
 _UNQUOTED = ("smiles", "inchi", "inchikey", "formula", *{k for v in FILL_FROM.values() for k in v})
 
 
+def _split_by_pattern(col: pa.Array, pattern: str) -> tuple[pa.Array | None, pa.Array | None]:
+    """(the values of ``col`` matching ``pattern``, the others), each with nulls elsewhere, None when it
+    holds no value; a column that is not text counts as matching."""
+    if not _is_string(col.type) or col.null_count == len(col):
+        return col, None
+    ok = pc.fill_null(pc.match_substring_regex(col, pattern), True)  # a null is null on either side
+    if pc.all(ok).as_py():
+        return col, None
+    if not pc.any(pc.and_(ok, pc.is_valid(col))).as_py():
+        return None, col
+    null = pa.scalar(None, col.type)
+    return pc.if_else(ok, col, null), pc.if_else(ok, null, col)
+
+
+def _split_patterned(arrays: list, keep_separate: list) -> list:
+    """Members of an alias group without the values :data:`VALUE_PATTERNS` does not let them give; those
+    are appended to ``keep_separate`` (kept under the alias's own name)."""
+    kept = []
+    for prio, raw, col in arrays:
+        pattern = VALUE_PATTERNS.get(snake(raw)) if prio else None
+        if pattern is not None and not pa.types.is_null(col.type):
+            col, other = _split_by_pattern(col, pattern)
+            if other is not None:
+                keep_separate.append((raw, other))
+            if col is None:
+                continue
+        kept.append((prio, raw, col))
+    return kept
+
+
+def _set_aside_placeholders(arrays: list) -> tuple[list, pa.Array | None]:
+    """``id`` members without their :data:`ID_PLACEHOLDERS` values, and those values (None if there are
+    none), which give an id only where nothing else does."""
+    kept, held = [], []
+    for prio, raw, col in arrays:
+        if not pa.types.is_null(col.type):
+            s = _as_string(col)
+            ph = pc.fill_null(pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(ID_PLACEHOLDERS)), False)
+            if pc.any(ph).as_py():
+                null = pa.scalar(None, pa.string())
+                held.append(pc.if_else(ph, s, null))
+                col = pc.if_else(ph, null, s)
+        kept.append((prio, raw, col))
+    if not held:
+        return arrays, None
+    return kept, (pc.coalesce(*held) if len(held) > 1 else held[0])
+
+
 def _unquote_structures(out: dict[str, pa.Array]) -> None:
     """Strip quotes wrapped around structure values, then trim again and null the missing markers
     (``SMILES=""``, ``INCHI="N/A"``), before any is used to fill another (:func:`_fill_from`)."""
@@ -480,9 +556,16 @@ def _unquote_structures(out: dict[str, pa.Array]) -> None:
 
 def _fill_from(out: dict[str, pa.Array]) -> None:
     """Fill canonical columns from their :data:`FILL_FROM` keys where null (``N/A`` and the like count as
-    missing there, typed tables included)."""
+    missing there, typed tables included; so do values a :data:`VALUE_PATTERNS` pattern rejects)."""
     for canon, sources in FILL_FROM.items():
-        given = [_trim_missing(_as_string(out[k])) for k in sources if k in out and not pa.types.is_null(out[k].type)]
+        given = []
+        for k in sources:
+            if k in out and not pa.types.is_null(out[k].type):
+                vals = _trim_missing(_as_string(out[k]))
+                if k in VALUE_PATTERNS:
+                    vals = _split_by_pattern(vals, VALUE_PATTERNS[k])[0]
+                if vals is not None:
+                    given.append(vals)
         if not given:
             continue
         own = out.get(canon)

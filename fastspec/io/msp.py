@@ -9,10 +9,13 @@ Reading covers the NIST, MS-DIAL/RIKEN and MassBank-export dialects:
 * ``Synon:`` lines: plain synonyms go to a ``synonyms`` list column; NIST-encoded ones
   (``Synon: $:03[M+H]+``, ``$:28<InChIKey>``, ...) to their key (:data:`~fastspec.io.meta.NIST_SYNON_CODES`);
 * ``Comments:`` blobs of quoted ``"key=value"`` pairs become metadata (``"SMILES=..."`` ->
-  ``smiles``); free text stays in ``comment``;
-* ``Num Peaks`` missing or wrong: the peaks are trusted, a wrong count is counted as a warning;
+  ``smiles``), as do MS-DIAL's unquoted ``Comment: DB#=...; origin=...`` when every part is such a pair;
+  free text stays in ``comment``;
+* ``Num Peaks`` missing or wrong: the peaks are trusted, a wrong count is counted as a warning; a blank
+  line between ``Num Peaks: N`` (N > 0) and the peaks does not end the record;
 * peaks separated by spaces, tabs, commas or semicolons, several per line (``85 100; 86 50;``),
-  quoted annotations (``85 100 "p-H2O/-1.2ppm"``) ignored, GOLM ``mz:int`` pairs.
+  quoted annotations (``85 100 "p-H2O/-1.2ppm"``) and unquoted ones after the intensity ignored, GOLM
+  ``mz:int`` pairs.
 """
 from __future__ import annotations
 

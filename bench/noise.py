@@ -131,7 +131,8 @@ def main(argv=None) -> None:
                         total += time.perf_counter() - t0
                     passes.append(total / len(q) * 1e3)
                 row["ms_entropy_ms"][method] = float(min(passes))
-            row["ratio"] = {label: row["ms_entropy_ms"][m] / row["fastspec_ms"][label] for label, (_, m) in MODES.items()}
+            row["ratio"] = {label: row["ms_entropy_ms"][m] / row["fastspec_ms"][label]
+                            for label, (_, m) in MODES.items()}
             report["rows"].append(row)
             print(json.dumps(row), flush=True)
     report["loadavg_1min_end"] = os.getloadavg()[0]

@@ -398,13 +398,16 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
 def _starts_massbank_record(path: str) -> bool:
     """Whether a file found in an input directory begins as a MassBank record does (``ACCESSION:`` first),
     so that notes or code merely mentioning record tags (``PK$PEAK:``) are left out, not read."""
+    import gzip
+
     try:
         with open(path, "rb") as fh:
-            head = fh.read(256)
-    except OSError:
+            head = fh.read(4096)
+        if head[:2] == b"\x1f\x8b":  # gzip-compressed: what it holds
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(4096)
+    except (OSError, EOFError):
         return True  # reading it reports why
-    if head[:2] == b"\x1f\x8b":  # gzip-compressed records: the sniffer already looked inside
-        return True
     return head.lstrip(b"\xef\xbb\xbf \t\r\n").upper().startswith(b"ACCESSION:")
 
 
@@ -1349,6 +1352,7 @@ _MS1_WORDS = ("1", "ms1", "ms")
 #: ``ms_level`` values meaning three or more stages (``3``, ``MS3``, ``ms4`` ...: mzmine / MSnLib MSn exports),
 #: after trimming and lower-casing
 _MSN_RE = re.compile(r"^(ms)?0*([3-9]|[1-9][0-9]+)$")
+_WHOLE_FLOAT = re.compile(r"\.0+$")
 
 
 def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
@@ -1369,8 +1373,9 @@ def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         text = pa.array([None if v is None else str(v).strip().lower() for v in col.to_pylist()], pa.string())
     # a column holds a handful of distinct values: each is judged once (a search of one query pays ~10 us)
     distinct = [v for v in pc.unique(text).to_pylist() if v is not None]
+    level = {v: _WHOLE_FLOAT.sub("", v) for v in distinct}  # "3.0" as a float column written as text
     out = []
-    for stage in ([v for v in distinct if v in _MS1_WORDS], [v for v in distinct if _MSN_RE.match(v)]):
+    for stage in ([v for v in distinct if level[v] in _MS1_WORDS], [v for v in distinct if _MSN_RE.match(level[v])]):
         out.append(pc.fill_null(pc.is_in(text, value_set=pa.array(stage, pa.string())), False)
                    .to_numpy(zero_copy_only=False) if stage else none.copy())
     return out[0], out[1]
@@ -1408,6 +1413,10 @@ def _build_index(
     # a tandem-MS library: MS1 records (SIRIUS / MZmine MGF exports interleave them) and MSn ones are
     # counted, not indexed
     ms1, msn = _ms_stages(processed.metadata)
+    # the first ``already_valid`` spectra are an index's own (append): indexed as they are, whatever rule
+    # held when it was built (MSn records were indexed before 2026-12-05)
+    ms1[:already_valid] = False
+    msn[:already_valid] = False
     keep = (np.diff(processed.offsets) > 0) & ~ms1 & ~msn
     n_drop = int((~keep).sum())
     first_rejected = counts.get("first_rejected")

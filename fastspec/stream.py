@@ -79,7 +79,6 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
                                  caller_formulas, search)
 
     delimiter = table_format(path)
-    _refuse_own_input(queries, path)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ParameterError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     # every search parameter, checked before anything is read, with search()'s own defaults
@@ -101,7 +100,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         bar = _progress_bar(progress)  # one bar over every chunk (None: no bar)
         try:
             counts_holder: dict = {}
-            for run in _runs(queries, on_error, int(chunk_size), counts_holder):
+            for run in _runs(queries, on_error, int(chunk_size), counts_holder, output=path):
                 f = formula
                 if per_query_formula:
                     s0 = totals["spectra"]
@@ -138,15 +137,15 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     return out
 
 
-def _refuse_own_input(queries: Any, path) -> None:
-    """ParameterError when the hit table's path is one of the query files: it would replace them."""
-    target = Path(path)
-    if not target.is_file():
+def _refuse_own_input(paths: list, output) -> None:
+    """ParameterError when the hit table's path is one of the query files read (given, or found in a
+    directory given): the table, renamed into place once written, would replace it."""
+    target = Path(output) if output is not None else None
+    if target is None or not target.is_file():
         return
-    given = [queries] if isinstance(queries, (str, os.PathLike)) else queries if isinstance(queries, (list, tuple)) else []
-    for q in given:
-        if isinstance(q, (str, os.PathLike)) and Path(q).is_file() and os.path.samefile(q, target):
-            raise ParameterError(f"{path} is one of the query files; the hit table would replace it (choose "
+    for q in paths:
+        if Path(q).is_file() and os.path.samefile(q, target):
+            raise ParameterError(f"{output} is one of the query files; the hit table would replace it (choose "
                                  "another output path)")
 
 
@@ -179,10 +178,11 @@ def _merge_unfiltered(total: dict, part: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _runs(source: Any, on_error: str, chunk_size: int, out: dict) -> Iterator[_Run]:
+def _runs(source: Any, on_error: str, chunk_size: int, out: dict, output=None) -> Iterator[_Run]:
     """Runs of query records in read order, about ``chunk_size`` spectra each; the last one always comes
     (perhaps empty). ``out["counts"]`` holds the read's counts (as :func:`fastspec.library.read_input`'s)
-    once the runs are exhausted."""
+    once the runs are exhausted. ``output``: the hit table's path, which no query file may be
+    (:func:`_refuse_own_input`)."""
     from fastspec.library import read_input, sort_input
 
     spectra, paths = sort_input(source, on_error)
@@ -195,16 +195,17 @@ def _runs(source: Any, on_error: str, chunk_size: int, out: dict) -> Iterator[_R
             part = raw if (s0, s1) == (0, n) else raw.take(np.arange(s0, s1, dtype=np.int64))
             yield _Run(part, s0, s1 - s0, np.arange(s1 - s0, dtype=np.int64), None, {})
         return
-    yield from _file_runs(paths, on_error, chunk_size, out)
+    yield from _file_runs(paths, on_error, chunk_size, out, output)
 
 
-def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict) -> Iterator[_Run]:
+def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict, output=None) -> Iterator[_Run]:
     """:func:`_runs` of query files, read block by block (a run never ends inside a block)."""
     from fastspec import io as fio
     from fastspec.io._common import ReadReport
     from fastspec.library import _expand_directories, _read_warnings, _refuse_empty, _report_counts
 
     paths, n_skipped = _expand_directories(paths)
+    _refuse_own_input(paths, output)
     total = ReadReport(path=str(paths[0]) if len(paths) == 1 else [str(p) for p in paths])
     state = _Pending()
     starts: list[int] = []  # first record of each file

@@ -158,7 +158,7 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     out = tmp_path / "q.parquet"  # queries in a format a hit table can have
     fio.write(fio.read(massbank_mgf)[:5], str(out))
     before = out.read_bytes()
-    for q in (out, tmp_path / "." / "q.parquet"):
+    for q in (out, tmp_path / "." / "q.parquet", tmp_path):  # given, or found in a directory given
         assert_clean_error(run("query", q, "-l", index, "-o", out, "--mode", "open", ok=False), "query files")
     assert out.read_bytes() == before
     # click's own checks (ranges, choices, missing options) are one line too, with click's exit status 2
@@ -350,8 +350,12 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"MSBNK-Test-{i:06d}.txt").write_text(r)
     (root / "README.md").write_text("# Name: not a spectrum\n")
-    # notes or code that merely mention record tags are no records (a record starts with ACCESSION:)
+    # notes or code that merely mention record tags are no records (a record starts with ACCESSION:),
+    # compressed or not
+    import gzip
+
     (root / "NOTES").write_text("Records hold CH$NAME: and PK$PEAK: lines; see the spec.\n")
+    (root / "NOTES.gz").write_bytes(gzip.compress(b"Records hold CH$NAME: and PK$PEAK: lines.\n"))
     (root / "extra.mgf").write_text(massbank_mgf.read_text())
     (root / ".git").mkdir()
     (root / ".git" / "x.mgf").write_text("junk")
@@ -360,7 +364,7 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
     (root / "samples.tsv").write_text("sample\tgroup\nA\t1\n")
     pq.write_table(pa.table({"query_id": ["q"], "score": [0.5]}), root / "hits.parquet")
     res = run("index", root, "-o", tmp_path / "d.fastspec", "--no-faiss")
-    assert "files in input directories not read (not spectrum files): 4" in res.output
+    assert "files in input directories not read (not spectrum files): 5" in res.output
     lib = Library.open(tmp_path / "d.fastspec")
     files = sorted([str(p) for p in root.rglob("MSBNK-*.txt")]) + [str(root / "extra.mgf")]
     ref = fio.read(sorted(files, key=lambda f: (Path(f).parent != root, f)))

@@ -553,6 +553,14 @@ def test_msp_unquoted_annotation_with_a_semicolon(tmp_path):
     assert (r.n_spectra, r.n_rejected, r.warnings) == (2, 0, {})
     assert s[0].mz.tolist() == [184.0733, 478.3292, 577.519, 760.5851] and s[0].intensity.tolist() == [999, 50, 20, 300]
     assert s[1].mz.tolist() == [85, 86, 87, 88, 89, 90] and s[1].intensity.tolist() == [100, 50, 10, 5, 1, 2]
+    # after a quoted annotation (its closing quote ends it) or a third value that is a number, a ';' still
+    # separates pairs
+    text = ('Name: q\n85.0284 999 "p-H2O"; 101.06 300 "f1"; 129.05 120 "f2"\n\n'
+            "Name: n\n85 100 5; 86 50 3\n")
+    s, r = read(tmp_path, "semi2.msp", text)
+    assert (r.n_spectra, r.n_rejected, r.warnings) == (2, 0, {})
+    assert s[0].mz.tolist() == [85.0284, 101.06, 129.05] and s[0].intensity.tolist() == [999, 300, 120]
+    assert s[1].mz.tolist() == [85, 86] and s[1].intensity.tolist() == [100, 50]
 
 
 def test_msp_mona_computed_structures_fill_smiles_and_inchi(tmp_path):
@@ -595,6 +603,28 @@ def test_msp_blank_line_between_num_peaks_and_peaks(tmp_path, block_bytes):
     assert got == [("A", None, [50, 60]), ("B", None, [70]), ("D", "d1", [80])]
     assert rep.counts_by_reason == {"no peaks": 2}  # C (its declared count: a mismatch) and E
     assert rep.warnings == {"lines outside records": 1, "num_peaks mismatch": 1}
+    # a long run of blank lines is judged once (a look ahead per blank line was quadratic in the run)
+    p.write_text("Name: A\nNum Peaks: 1\n" + "\n" * 20_000 + "50 1\n\nName: B\nNum Peaks: 1\n" + "\n" * 20_000)
+    s = fio.read(p)
+    assert len(s) == 1 and s[0].mz.tolist() == [50]
+
+
+def test_reading_from_a_pipe(tmp_path):
+    """A named pipe (``/dev/stdin``, a shell's ``<(...)``) reads as a file does, plain or gzip-compressed:
+    its first bytes are looked at, not read (a pipe cannot seek back)."""
+    import os
+    import threading
+
+    text = "BEGIN IONS\nTITLE=a\nPEPMASS=200\n100 1\nEND IONS\n"
+    for data in (text.encode(), gzip.compress(text.encode())):
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        t = threading.Thread(target=lambda: fifo.write_bytes(data))
+        t.start()
+        s = fio.read(str(fifo), format="mgf")
+        t.join()
+        fifo.unlink()
+        assert len(s) == 1 and s[0].mz.tolist() == [100] and s.column("id") == ["a"]
 
 
 def test_msdial_spectrumtype_is_not_the_ms_level(tmp_path):

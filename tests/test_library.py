@@ -936,6 +936,9 @@ def test_msn_records_are_counted_not_indexed(tmp_path):
 
     mgf = tmp_path / "msn.mgf"
     levels = ["2", "3", "MS3", " ms12 ", "MS2", "1", "ms", None, "Centroid", "30"]
+    # as a pandas-written table holds them (a float column with NaN, as text)
+    ms1, msn = _ms_stages(pa.table({"ms_level": ["2.0", "3.0", "1.0", "12.00", None]}))
+    assert ms1.tolist() == [False, False, True, False, False] and msn.tolist() == [False, True, False, True, False]
     mgf.write_text("".join(
         "BEGIN IONS\nFEATURE_ID=%d\nPEPMASS=195.0877\n%s%d.05 100\n110.07 20\nEND IONS\n"
         % (i, "" if lv is None else f"MSLEVEL={lv}\n", 120 + i) for i, lv in enumerate(levels)))
@@ -948,6 +951,19 @@ def test_msn_records_are_counted_not_indexed(tmp_path):
     assert c["rejected"] == {"MS1 spectrum (ms_level 1)": 2, "MSn spectrum (ms_level 3 or more)": 4}
     hits = lib.search([str(mgf)], k=1, mode="open")
     assert hits.status.tolist() == ["ok", "msn", "msn", "msn", "ok", "ms1", "ms1", "ok", "ok", "msn"]
+    # an index built before MSn records were left out keeps them, and its row numbers, when appended to
+    import fastspec.library as fl
+
+    real = fl._ms_stages
+    fl._ms_stages = lambda meta: tuple(np.zeros(meta.num_rows, dtype=bool) for _ in range(2))
+    try:
+        old = Library.build([str(mgf)], tmp_path / "old.fastspec", faiss=False, progress=False)
+    finally:
+        fl._ms_stages = real
+    assert len(old) == 10
+    old.append([str(mgf)], progress=False)
+    assert len(old) == 14 and old.manifest["counts"]["rejected"] == c["rejected"]
+    np.testing.assert_array_equal(old.input_index, np.r_[np.arange(10), 10 + np.flatnonzero(~(ms1 | msn))])
     assert hits.skipped.tolist() == [s in ("ms1", "msn") for s in hits.status.tolist()]
     assert (hits.indices[msn] == -1).all()
 

@@ -405,15 +405,15 @@ def open_binary(path: str):
         return gzip.open(path, "rb"), size
     f = open(path, "rb")
     try:
-        head = f.read(8)
+        head = f.peek(8)[:8]  # looked at, not read: pipes (/dev/stdin, <(...)) cannot seek back
         refuse_archive(path, head)  # a zip named .mgf would read as text, losing its first record
-        f.seek(0)
     except BaseException:
         f.close()
         raise
     if head.startswith(GZIP_MAGIC):  # a .mgf.gz saved without its suffix would read as no record at all
-        f.close()
-        return gzip.open(path, "rb"), size
+        g = gzip.GzipFile(fileobj=f, mode="rb")
+        g.myfileobj = f  # closed with it, as the file GzipFile opens itself from a name
+        return g, size
     return f, size
 
 

@@ -305,8 +305,8 @@ def _declares_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10):
 
 @numba.njit(**NJIT)
 def _meta_line_next(buf, p, n, sep):
-    """The next line of ``buf[p:n]`` that is neither blank nor a ``#`` comment is a metadata line (False
-    when there is none)."""
+    """Whether the next line of ``buf[p:n]`` that is neither blank nor a ``#`` comment is a metadata line
+    (False when there is none), and where that line starts (``n`` when there is none)."""
     while p < n:
         le = p
         while le < n and buf[le] != 10:
@@ -318,9 +318,9 @@ def _meta_line_next(buf, p, n, sep):
         while e > ls and _is_space(buf[e - 1]):
             e -= 1
         if ls < e and buf[ls] != 35:
-            return _line_kind(buf, ls, e, sep)[1]
+            return _line_kind(buf, ls, e, sep)[1], p
         p = le + 1
-    return False
+    return False, n
 
 
 @numba.njit(**NJIT)
@@ -363,6 +363,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
     n_ignored = 0
     in_rec = False
     has_peaks = False
+    blank_until = -1  # MSP: the blank lines before this position belong to a record awaiting its peaks
     has_name = False
     err = 0
     err_line = 0
@@ -408,10 +409,14 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
             if mode == MSP and in_rec:
                 # a blank line between "Num Peaks: 2" and the peaks (some converters write one) does not end
                 # a record still without peaks, unless metadata (the next entry) comes next; judged only there,
-                # so that metadata lines cost nothing more
-                if not has_peaks and _declares_peaks(kbuf, koff, vbuf, voff, rec_meta0, n_meta, np_words, np_offs,
-                                                     p10) and not _meta_line_next(buf, pos, n, sep):
+                # so that metadata lines cost nothing more, and once per run of blank lines
+                if not has_peaks and pos <= blank_until:
                     continue
+                if not has_peaks and _declares_peaks(kbuf, koff, vbuf, voff, rec_meta0, n_meta, np_words, np_offs,
+                                                     p10):
+                    meta_next, blank_until = _meta_line_next(buf, pos, n, sep)
+                    if not meta_next:
+                        continue
                 end_record = True
             else:
                 if not in_rec:
@@ -525,22 +530,30 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
         multi = False
         if mode == MSP:
             comma_digit = False
-            # a GOLM line ("mz:int mz:int") has its ':' in the first token, and a ';' separating pairs
-            # ("85 100; 86 50;") comes before a third token; a colon further on, or a semicolon after a third
-            # token, belongs to an unquoted annotation ("478.3292<TAB>50<TAB>[M+H]+ -C18:1 FA; -H2O", MS-DIAL)
+            # a GOLM line ("mz:int mz:int") has its ':' in the first token; a colon further on, or a semicolon
+            # after a third token of text, belongs to an unquoted annotation ("478.3292<TAB>50<TAB>[M+H]+ -C18:1
+            # FA; -H2O", MS-DIAL); a ';' separates pairs ("85 100; 86 50;") before a third
+            # token, and also after a token that is a number or a quoted annotation ("85 100 5; 86 50 3",
+            # '85 100 "p-H2O"; 101 30': its closing quote ends the annotation)
             tok = 0  # 0 before the first token, 1 inside it, 2 after it, 3 inside the second, ...
+            pair_like = False  # the token last started is a number or a quoted annotation
             k = ls
             while k < le:
                 c = buf[k]
                 if c == 34:  # a quoted annotation: one token of text
                     k = _closing_quote(buf, k, le) + 1
                     tok += 2 - (tok & 1)
+                    pair_like = True
                     continue
                 if c == 32 or c == 9 or c == 59:
-                    if c == 59 and tok <= 4:
+                    if c == 59 and (tok <= 4 or pair_like):
                         has_semi = True
                     tok += tok & 1
                 else:
+                    if tok & 1 == 0:  # a token starts
+                        pair_like = True
+                    if not (_is_digit(c) or c == 46 or c == 45 or c == 43 or c == 101 or c == 69):  # . - + e E
+                        pair_like = False
                     if c == 58:
                         if tok < 2:
                             if k + 1 < le and not _is_space(buf[k + 1]):

@@ -124,8 +124,25 @@ def search_config(preset: str | None = None, base: SearchConfig | None = None, *
             # but not its name (a modified-cosine run is no khoo2026 run)
             cfg = cfg.replace(metric_params=(), preset=None)
             kw.setdefault("tolerance", SearchConfig().tolerance)
+        elif preset is not None and "tolerance" in kw and cfg.metric == "binned_cosine":
+            # an explicit tolerance is the bin width, over the preset's (it would be recorded, yet unused)
+            from fastspec.tolerance import parse_tolerance
+
+            tol = parse_tolerance(kw["tolerance"], "tolerance")
+            if tol.unit != "da" or not tol.value > 0:
+                raise ParameterError("binned_cosine's tolerance is its bin width: a positive Da value")
+            kw["metric_params"] = tuple(x for x in cfg.metric_params if x[0] != "bin_width") + (("bin_width", tol.value),)
         cfg = cfg.replace(**kw)
     return cfg.validate()
+
+
+def _fingerprinted(lab: LabData, rows: np.ndarray) -> np.ndarray:
+    """Which of ``rows`` have a valid fingerprint (a library without any structure has an empty table)."""
+    fr = lab.fp_row[rows]
+    valid = lab.fps.valid
+    if not valid.size:
+        return np.zeros(rows.shape[0], dtype=bool)
+    return (fr >= 0) & valid[np.maximum(fr, 0)]
 
 
 def load_spectra(obj: "str | Path | Spectra | LabData") -> Spectra | LabData:
@@ -347,10 +364,18 @@ class Evaluation:
                 self.profile["split_info"] = self.split.info
         else:
             train_rows, test_rows = np.arange(len(self.lib)), np.arange(len(self.qlab))
+            n_out = 0
+            if molecule_disjoint:  # library spectra of a query's molecule are left out, as from a split's train
+                qmols = {m for m in self.qlab.mol if m is not None}
+                keep = np.array([m is None or m not in qmols for m in self.lib.mol], dtype=bool)
+                n_out = int((~keep).sum())
+                train_rows = train_rows[keep]
             self.profile = profile_between(self.lib, train_rows, self.qlab, test_rows)
+            self.profile["n_excluded"] = n_out
         self.timing["split"] = time.perf_counter() - t0
         self.split_spec = split if queries is None else "queries"
-        self.split_args = {"split": self.split_spec, "test_fraction": test_fraction, "seed": seed, "molecule_disjoint": molecule_disjoint, "ion_mode": ion_mode, "fingerprint": self.fingerprint}
+        self.split_args = {"split": self.split_spec, "test_fraction": test_fraction if queries is None else None, "seed": seed,
+                           "molecule_disjoint": molecule_disjoint, "ion_mode": ion_mode, "fingerprint": self.fingerprint}
         if queries is not None:
             self.split_args["queries"] = str(queries) if isinstance(queries, (str, Path)) else "<object>"
         if isinstance(library, (str, Path)):
@@ -360,18 +385,14 @@ class Evaluation:
         qmol_ok = np.array([self.qlab.mol[i] is not None for i in test_rows.tolist()], bool)
         qfp_ok = np.ones(test_rows.shape[0], bool)
         if self.fingerprint is not None:
-            fr = self.qlab.fp_row[test_rows]
-            qfp_ok = (fr >= 0) & self.qlab.fps.valid[np.maximum(fr, 0)] if fr.size else qfp_ok
+            qfp_ok = _fingerprinted(self.qlab, test_rows)
         lmol_ok = np.array([self.lib.mol[i] is not None for i in train_rows.tolist()], bool)
         self.excluded = {
             "test_no_molecule": int((~qmol_ok).sum()),
             "test_invalid_structure": int((qmol_ok & ~qfp_ok).sum()),
             "train_no_molecule": int((~lmol_ok).sum()),
-            "train_invalid_structure": int(
-                (~self.lib.fps.valid[np.maximum(self.lib.fp_row[train_rows], 0)] & lmol_ok).sum()
-            )
-            if self.fingerprint is not None and train_rows.size
-            else 0,
+            "train_invalid_structure": int((~_fingerprinted(self.lib, train_rows) & lmol_ok).sum())
+            if self.fingerprint is not None else 0,
         }
         self.test_rows = test_rows[qmol_ok & qfp_ok]
         self.train_rows = train_rows[lmol_ok]

@@ -42,9 +42,11 @@ def load_inputs(inputs: Sequence) -> list[dict]:
         if not p.exists():
             raise FileNotFoundError(2, "No such file or directory", str(p))
         try:
-            d = json.loads(p.read_text())
+            d = json.loads(p.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise FastspecError(f"{p}: not valid JSON ({e})") from e
+        except UnicodeDecodeError:
+            raise FastspecError(f"{p}: not a JSON text file (not UTF-8 text; a report JSON is)") from None
         if not isinstance(d, dict) or not ("rows" in d or "n_test" in d):
             raise FastspecError(f"{p}: neither an evaluation report nor an ablation JSON")
         for r in d["rows"] if "rows" in d else [d]:

@@ -55,6 +55,22 @@ def test_evaluate_cli(library, tmp_path):
 def test_evaluate_cli_errors(library, tmp_path):
     res = CliRunner().invoke(main, ["evaluate", "-l", str(tmp_path / "nope.mgf")])
     assert res.exit_code != 0 and "Error" in res.output and "Traceback" not in res.output
+    # the markdown summary goes next to the JSON: -o x.md would have replaced the JSON with it
+    res = invoke("evaluate", "-l", library, "-o", tmp_path / "r.md", "--markdown", "--bootstrap", "0", "-q")
+    assert res.exit_code != 0 and "report JSON" in res.output and not (tmp_path / "r.md").exists()
+    # a library without any structure: one line, not an IndexError
+    t = pq.read_table(library)
+    t = t.drop_columns([c for c in ("smiles", "inchi", "inchikey", "inchikey14") if c in t.column_names])
+    pq.write_table(t, tmp_path / "nostruct.parquet")
+    res = invoke("evaluate", "-l", tmp_path / "nostruct.parquet", "--bootstrap", "0", "-q")
+    assert res.exit_code != 0 and "molecule" in res.output and "Traceback" not in res.output
+    # ablate's single-value powers would be dropped (its grids set them)
+    res = invoke("ablate", "-l", library, "--intensity-power", "0.5", "-o", tmp_path / "a.json", "-q")
+    assert res.exit_code != 0 and "--intensity-powers" in res.output
+    # report of a file that is not text
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00binary")
+    res = invoke("report", tmp_path / "bin.json", "-o", tmp_path / "r2.md")
+    assert res.exit_code != 0 and "not a JSON text file" in res.output
     res = CliRunner().invoke(main, ["evaluate", "-l", str(library), "--split", "instrument:NOPE"])
     assert res.exit_code != 0 and "no spectrum has instrument_type" in res.output
 

@@ -372,6 +372,24 @@ def test_preset_with_another_metric_drops_binning():
     assert search_config("khoo2026", intensity_power=0.5).metric_params == (("preset", "khoo2026"),)
     # nor its name: a modified-cosine run is not reported as a khoo2026 run
     assert cfg.preset is None and search_config("khoo2026", intensity_power=0.5).preset == "khoo2026"
+    # an explicit tolerance is the preset's bin width (it was recorded, yet the 0.25 Da bins stayed)
+    cfg = search_config("khoo2026", tolerance="1")
+    assert dict(cfg.metric_params) == {"preset": "khoo2026", "bin_width": 1.0} and cfg.preset == "khoo2026"
+    with pytest.raises(ParameterError, match="bin width"):
+        search_config("khoo2026", tolerance="10ppm")
+
+
+def test_external_queries_molecule_disjoint():
+    """With --queries, molecule_disjoint leaves the library spectra of the queries' molecules out (the
+    report said it was applied, but it was not: leakage stayed above 0)."""
+    from fastspec.evaluate import evaluate
+
+    sp = tiny()
+    role = np.array(sp.column("role"))
+    lib, q = sp[role == "train"], sp[role == "test"]
+    r = evaluate(lib, queries=q, metric="cosine", tolerance=0.1, n_bootstrap=0, molecule_disjoint=True)
+    assert r["leakage"] == 0 and r["config"]["molecule_disjoint"] is True
+    assert r["split_profile"]["n_excluded"] > 0 and r["config"].get("test_fraction") is None
 
 
 def test_report_setting_tells_policies_apart():

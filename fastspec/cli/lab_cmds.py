@@ -92,7 +92,8 @@ def _summary_line(rep: dict) -> str:
 @_search_options
 @click.option("--shuffle-intensities", is_flag=True, default=None, help="Control: permute intensities within each spectrum.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Report JSON (default: stdout).")
-@click.option("--markdown", is_flag=True, help="Also write a markdown summary (next to -o, else to stdout).")
+@click.option("--markdown", is_flag=True,
+              help="Also write a markdown summary next to -o (as .md); without -o, print it instead of the JSON.")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None, help="Per-query predictions (parquet).")
 @common_options
 @handle_errors
@@ -102,6 +103,11 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
     from fastspec.evaluate import evaluate as run_evaluate
     from fastspec.evaluate import write_json
 
+    from fastspec.errors import ParameterError
+
+    if markdown and output and Path(output).suffix.lower() == ".md":  # the summary would replace the JSON
+        raise ParameterError("-o is the report JSON; --markdown writes its summary next to it as .md: give -o "
+                             "another name (report.json)")
     make_parents(output, predictions)
     search = _search_kwargs(kw)
     l2s = _l2s(kw)
@@ -228,6 +234,10 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
 
     make_parents(output)
     search = _search_kwargs(kw)
+    for name in ("intensity_power", "mz_power"):  # the grids set them; a single value would be dropped
+        if search.get(name) is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ParameterError(f"{flag} does not apply to ablate: its grid {flag}s sets the values")
     out = run_ablate(
         library,
         splits,

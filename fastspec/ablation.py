@@ -97,6 +97,7 @@ def ablate(
     rows: list[dict] = []
     blind: list[dict] = []
     emb_out: list[dict] = []
+    given = str(library) if isinstance(library, (str, Path)) else None  # recorded in every row's config
     for spec in ([None] if queries is not None else list(splits)):
         name = "queries" if spec is None else spec
         log(f"[{name}] preparing labels, fingerprints and split")
@@ -115,6 +116,8 @@ def ablate(
             threads=threads,
             log=log,
         )
+        if given is not None:
+            ev.split_args["library"] = given
         library = ev.lib  # labels and fingerprints are reused by the next split
         if queries is not None:
             queries = ev.qlab

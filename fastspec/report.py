@@ -65,15 +65,32 @@ _REQUIRED = ("n_test", "n_scored", "coverage", "mean_tanimoto", "mean_tanimoto_a
 
 def _evaluations(docs: list[dict]) -> list[tuple[str, dict]]:
     """(label, report) for every plain report, and the reference row of every ablation split."""
-    out = []
+    runs = []
     for d in docs:
         if "rows" in d:
             for r in d["rows"]:
                 if (r.get("intensity_power"), r.get("mz_power"), r.get("shuffle")) == REFERENCE and not r.get("embedding"):
-                    out.append((str(r.get("split")), r))
+                    runs.append((str(r.get("split")), r.get("config") or {}, r))
         else:
-            out.append((str(d.get("config", {}).get("split", "?")), d))
-    return out
+            c = d.get("config", {})
+            runs.append((str(c.get("split", "?")), c, d))
+    return [(_split_label(split, c, runs), r) for split, c, r in runs]
+
+
+#: choices that change a split, shown beside its name where runs of one split spec differ in them
+_SPLIT_CHOICES = ("seed", "test_fraction", "molecule_disjoint", "ion_mode")
+
+
+def _split_label(split: str, c: dict, runs: list) -> str:
+    """The split's name, and the choices (seed, test share, molecule-disjointness, ion mode) in which the
+    runs of the same split name differ, so that each gets its own label and split profile."""
+    same = [rc for name, rc, _ in runs if name == split]
+    s = split
+    for key in _SPLIT_CHOICES:
+        if len({repr(rc.get(key)) for rc in same}) > 1:
+            v = c.get(key)
+            s += f" {key}" if v is True else f" {key}={v}"
+    return s
 
 
 # ====================================================================== formatting

@@ -153,6 +153,7 @@ def test_ablate_and_report(library, tmp_path):
     assert res.exit_code == 0, res.output
     abl = json.loads(out.read_text())
     assert len(abl["rows"]) == 2 * 3
+    assert {r["config"].get("library") for r in abl["rows"]} == {str(library)}  # every split's rows, not the first's
     assert {"split", "intensity_power", "mz_power", "shuffle", "mean_tanimoto"} <= set(abl["rows"][0])
     assert len(abl["intensity_blind"]) == 2
     md, html = tmp_path / "rep" / "report.md", tmp_path / "html" / "report.html"

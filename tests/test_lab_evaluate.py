@@ -409,3 +409,30 @@ def test_report_setting_tells_policies_apart():
     r["config"]["fingerprint"] = "morgan:3:2048"
     assert _setting(r) == "khoo2026 fp=morgan:3:2048"
     assert _setting(rep(intensity_power=0.5)) == "khoo2026 ip=0.50 mz=0.00"
+
+
+def test_report_labels_tell_runs_of_one_split_apart():
+    """Runs of one split spec with another seed or molecule-disjointness are different splits: each gets its
+    own label and split profile in the report (the second profile was dropped)."""
+    from fastspec.report import _evaluations, _profiles
+
+    def rep(**split):
+        c = {"split": "scaffold", "seed": 0, "test_fraction": 0.2, "molecule_disjoint": False, "ion_mode": None, **split}
+        return {"config": c, "split_profile": {"n_train": split.get("seed", 0) + 10}}
+
+    docs = [rep(), rep(seed=1), rep(molecule_disjoint=True)]
+    labels = [label for label, _ in _evaluations(docs)]
+    assert labels == ["scaffold seed=0 molecule_disjoint=False", "scaffold seed=1 molecule_disjoint=False",
+                      "scaffold seed=0 molecule_disjoint"]
+    table = [b for b in _profiles(_evaluations(docs)) if b.kind == "table"][0]
+    assert [row[0] for row in table.rows] == labels
+    # choices all runs share are not repeated; other splits keep their plain names
+    docs = [rep(ion_mode="positive"), rep(ion_mode="positive", seed=2), {"config": {"split": "random", "seed": 5}}]
+    assert [label for label, _ in _evaluations(docs)] == ["scaffold seed=0", "scaffold seed=2", "random"]
+
+
+def test_falling_ce_ramp_is_no_energy():
+    from fastspec.baseline import _parse_ce
+
+    assert _parse_ce("20-40 eV") == 30 and _parse_ce("35") == 35 and np.isnan(_parse_ce("n/a"))
+    assert np.isnan(_parse_ce("160-0.41mz or 15 (mz>350) nominal units"))

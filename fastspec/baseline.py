@@ -339,7 +339,8 @@ class SearchConfig:
         if self.no_neighbour not in POLICIES:
             raise ParameterError(f"no_neighbour must be one of {', '.join(POLICIES)}; got {self.no_neighbour!r}")
         if int(self.vote) < 1 or int(self.search_k) < int(self.vote):
-            raise ParameterError("vote must be >= 1 and search_k >= vote")
+            raise ParameterError(f"vote must be between 1 and the {int(self.search_k)} neighbours retrieved per query "
+                                 f"(search_k), got {self.vote}")
         for name in ("mz_power", "intensity_power"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):

@@ -84,6 +84,9 @@ def ablate(
         ``split``, ``intensity_power``, ``mz_power``, ``shuffle`` plus every report key.
     """
     log = log or (lambda msg: None)
+    for name in ("intensity_power", "mz_power", "shuffle_intensities"):  # the grid sets them: a value would be dropped
+        if search_options.get(name) is not None:
+            raise ParameterError(f"{name} does not apply to ablate: the grid sets it (intensity_powers, mz_powers, shuffle)")
     base = search_config(preset, search, **search_options)
     settings = [(float(ip), float(mp), False) for mp in mz_powers for ip in intensity_powers]
     if shuffle:

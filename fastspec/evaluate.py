@@ -124,7 +124,7 @@ def search_config(preset: str | None = None, base: SearchConfig | None = None, *
             # but not its name (a modified-cosine run is no khoo2026 run)
             cfg = cfg.replace(metric_params=(), preset=None)
             kw.setdefault("tolerance", SearchConfig().tolerance)
-        elif preset is not None and "tolerance" in kw and cfg.metric == "binned_cosine":
+        elif "tolerance" in kw and cfg.metric == "binned_cosine" and "preset" in dict(cfg.metric_params):
             # an explicit tolerance is the bin width, over the preset's (it would be recorded, yet unused)
             from fastspec.tolerance import parse_tolerance
 

@@ -78,17 +78,20 @@ def _evaluations(docs: list[dict]) -> list[tuple[str, dict]]:
 
 
 #: choices that change a split, shown beside its name where runs of one split spec differ in them
-_SPLIT_CHOICES = ("seed", "test_fraction", "molecule_disjoint", "ion_mode")
+_SPLIT_CHOICES = ("library", "queries", "seed", "test_fraction", "molecule_disjoint", "ion_mode")
 
 
 def _split_label(split: str, c: dict, runs: list) -> str:
-    """The split's name, and the choices (seed, test share, molecule-disjointness, ion mode) in which the
-    runs of the same split name differ, so that each gets its own label and split profile."""
+    """The split's name, and the choices (library and query files by name, seed, test share,
+    molecule-disjointness, ion mode) in which the runs of the same split name differ, so that each gets its
+    own label and split profile."""
     same = [rc for name, rc, _ in runs if name == split]
     s = split
     for key in _SPLIT_CHOICES:
         if len({repr(rc.get(key)) for rc in same}) > 1:
             v = c.get(key)
+            if key in ("library", "queries") and isinstance(v, str):
+                v = Path(v).name
             s += f" {key}" if v is True else f" {key}={v}"
     return s
 
@@ -121,6 +124,9 @@ def _setting(rep: dict) -> str:
     s = c.get("preset") or c.get("metric", "?")
     if not c.get("preset") or (c.get("intensity_power"), c.get("mz_power")) != (1.0, 0.0):
         s += f" ip={_f(c.get('intensity_power'), 2)} mz={_f(c.get('mz_power'), 2)}"
+    bin_width = (c.get("metric_params") or {}).get("bin_width")
+    if bin_width is not None:  # the preset's bins at another width (an explicit tolerance)
+        s += f" bin_width={bin_width:g}"
     if c.get("shuffle_intensities"):
         s += " shuffled"
     for key, default in (("no_neighbour", "skip"), ("bucket", "formula"), ("vote", 1)):

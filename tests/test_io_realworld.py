@@ -561,6 +561,11 @@ def test_msp_unquoted_annotation_with_a_semicolon(tmp_path):
     assert (r.n_spectra, r.n_rejected, r.warnings) == (2, 0, {})
     assert s[0].mz.tolist() == [85.0284, 101.06, 129.05] and s[0].intensity.tolist() == [999, 300, 120]
     assert s[1].mz.tolist() == [85, 86] and s[1].intensity.tolist() == [100, 50]
+    # text made of number characters is still text ("2+", "E", "-", "1-2")
+    text = "".join(f"Name: t{i}\n85 100 {a}; {b}\n\n" for i, (a, b) in enumerate(
+        [("2+", "b3 ion"), ("E", "Z isomer"), ("-", "loss"), ("1-2", "cleavage"), ('x"y"', "z")]))
+    s, r = read(tmp_path, "semi3.msp", text)
+    assert (r.n_spectra, r.n_rejected) == (5, 0) and all(sp.mz.tolist() == [85] for sp in s)
 
 
 def test_msp_mona_computed_structures_fill_smiles_and_inchi(tmp_path):
@@ -610,13 +615,13 @@ def test_msp_blank_line_between_num_peaks_and_peaks(tmp_path, block_bytes):
 
 
 def test_reading_from_a_pipe(tmp_path):
-    """A named pipe (``/dev/stdin``, a shell's ``<(...)``) reads as a file does, plain or gzip-compressed:
-    its first bytes are looked at, not read (a pipe cannot seek back)."""
+    """A named pipe (``/dev/stdin``, a shell's ``<(...)``) with its format given reads as a file does: its
+    first bytes are not checked for compression (a pipe cannot seek back to them)."""
     import os
     import threading
 
     text = "BEGIN IONS\nTITLE=a\nPEPMASS=200\n100 1\nEND IONS\n"
-    for data in (text.encode(), gzip.compress(text.encode())):
+    for data in (text.encode(),):
         fifo = tmp_path / "pipe"
         os.mkfifo(fifo)
         t = threading.Thread(target=lambda: fifo.write_bytes(data))

@@ -320,6 +320,10 @@ def test_ablation_grid_without_mz_power_zero(massbank_small):
                  n_bootstrap=0)
     assert [(r["intensity_power"], r["mz_power"]) for r in out["rows"]] == [(0.5, 1.0), (0.0, 0.0), (1.0, 0.0)]
     assert out["intensity_blind"][0]["n_compared"] > 0
+    # a single power would be dropped (the grid sets them): refused, as on the command line
+    for kw in ({"intensity_power": 0.5}, {"mz_power": 3.0}):
+        with pytest.raises(ParameterError, match="grid"):
+            ablate(massbank_small, ["random"], metric="cosine", n_bootstrap=0, **kw)
 
 
 def test_ablation_embeddings(massbank_small):
@@ -372,9 +376,15 @@ def test_preset_with_another_metric_drops_binning():
     assert search_config("khoo2026", intensity_power=0.5).metric_params == (("preset", "khoo2026"),)
     # nor its name: a modified-cosine run is not reported as a khoo2026 run
     assert cfg.preset is None and search_config("khoo2026", intensity_power=0.5).preset == "khoo2026"
-    # an explicit tolerance is the preset's bin width (it was recorded, yet the 0.25 Da bins stayed)
+    # an explicit tolerance is the preset's bin width (it was recorded, yet the 0.25 Da bins stayed), also with
+    # the preset given as a base config (the Python API's search=)
+    from fastspec.baseline import KHOO2026
+    from fastspec.report import _setting
+
     cfg = search_config("khoo2026", tolerance="1")
     assert dict(cfg.metric_params) == {"preset": "khoo2026", "bin_width": 1.0} and cfg.preset == "khoo2026"
+    assert search_config(base=KHOO2026, tolerance=5).metric_params == (("preset", "khoo2026"), ("bin_width", 5.0))
+    assert _setting({"config": cfg.as_dict()}) == "khoo2026 bin_width=1"
     with pytest.raises(ParameterError, match="bin width"):
         search_config("khoo2026", tolerance="10ppm")
 
@@ -429,10 +439,6 @@ def test_report_labels_tell_runs_of_one_split_apart():
     # choices all runs share are not repeated; other splits keep their plain names
     docs = [rep(ion_mode="positive"), rep(ion_mode="positive", seed=2), {"config": {"split": "random", "seed": 5}}]
     assert [label for label, _ in _evaluations(docs)] == ["scaffold seed=0", "scaffold seed=2", "random"]
+    docs = [{"config": {"split": "queries", "queries": f"/data/{q}.mgf"}} for q in ("a", "b")]
+    assert [label for label, _ in _evaluations(docs)] == ["queries queries=a.mgf", "queries queries=b.mgf"]
 
-
-def test_falling_ce_ramp_is_no_energy():
-    from fastspec.baseline import _parse_ce
-
-    assert _parse_ce("20-40 eV") == 30 and _parse_ce("35") == 35 and np.isnan(_parse_ce("n/a"))
-    assert np.isnan(_parse_ce("160-0.41mz or 15 (mz>350) nominal units"))

@@ -28,6 +28,7 @@ import os
 import re
 import sys
 import uuid
+import zlib
 from typing import Any, Iterator, NamedTuple
 
 import numba
@@ -399,21 +400,24 @@ def refuse_archive(path: str, head: bytes) -> None:
 
 def open_binary(path: str):
     """A binary file object (gzip-decompressing for ``.gz``, and for gzip content under another name) and
-    the on-disk size in bytes. Archives (zip, bzip2, xz, 7-Zip) are refused (:func:`refuse_archive`)."""
+    the on-disk size in bytes. Archives (zip, bzip2, xz, 7-Zip) are refused (:func:`refuse_archive`). A pipe
+    is read as its name says (plain unless ``.gz``)."""
     size = os.path.getsize(path)
     if path.lower().endswith(".gz"):
         return gzip.open(path, "rb"), size
     f = open(path, "rb")
+    if not f.seekable():  # a pipe (/dev/stdin, <(...)): read as named, its first bytes cannot be read twice
+        return f, size
     try:
-        head = f.peek(8)[:8]  # looked at, not read: pipes (/dev/stdin, <(...)) cannot seek back
+        head = f.read(8)
+        f.seek(0)
         refuse_archive(path, head)  # a zip named .mgf would read as text, losing its first record
     except BaseException:
         f.close()
         raise
     if head.startswith(GZIP_MAGIC):  # a .mgf.gz saved without its suffix would read as no record at all
-        g = gzip.GzipFile(fileobj=f, mode="rb")
-        g.myfileobj = f  # closed with it, as the file GzipFile opens itself from a name
-        return g, size
+        f.close()
+        return gzip.open(path, "rb"), size
     return f, size
 
 
@@ -599,7 +603,7 @@ def sniffed(path: str) -> str | None:
     be read (the reader then says why)."""
     try:
         return sniff_format(path)
-    except (FastspecError, OSError):
+    except (FastspecError, OSError, EOFError, zlib.error):  # a truncated or corrupt gzip file among them
         return None
 
 

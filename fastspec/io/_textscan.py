@@ -536,24 +536,29 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
             # token, and also after a token that is a number or a quoted annotation ("85 100 5; 86 50 3",
             # '85 100 "p-H2O"; 101 30': its closing quote ends the annotation)
             tok = 0  # 0 before the first token, 1 inside it, 2 after it, 3 inside the second, ...
-            pair_like = False  # the token last started is a number or a quoted annotation
+            quoted = False  # the last token is a quoted annotation
+            t0 = ls  # where the last token started; it ends at t1
+            t1 = ls
             k = ls
             while k < le:
                 c = buf[k]
-                if c == 34:  # a quoted annotation: one token of text
+                if c == 34:  # a quoted annotation: one token of text (a quote inside a token ends that token)
+                    if tok & 1 == 0:
+                        quoted = True
                     k = _closing_quote(buf, k, le) + 1
+                    t1 = k
                     tok += 2 - (tok & 1)
-                    pair_like = True
                     continue
                 if c == 32 or c == 9 or c == 59:
-                    if c == 59 and (tok <= 4 or pair_like):
+                    # (a ';' after a third token is rare: parsing that token costs nothing on other lines)
+                    if c == 59 and (tok <= 4 or quoted or parse_number(buf, t0, t1, p10)[1] != 2):
                         has_semi = True
                     tok += tok & 1
                 else:
                     if tok & 1 == 0:  # a token starts
-                        pair_like = True
-                    if not (_is_digit(c) or c == 46 or c == 45 or c == 43 or c == 101 or c == 69):  # . - + e E
-                        pair_like = False
+                        t0 = k
+                        quoted = False
+                    t1 = k + 1
                     if c == 58:
                         if tok < 2:
                             if k + 1 < le and not _is_space(buf[k + 1]):

@@ -67,6 +67,7 @@ def test_evaluate_cli_errors(library, tmp_path):
     # ablate's single-value powers would be dropped (its grids set them)
     res = invoke("ablate", "-l", library, "--intensity-power", "0.5", "-o", tmp_path / "a.json", "-q")
     assert res.exit_code != 0 and "--intensity-powers" in res.output
+    assert "--intensity-power " not in invoke("ablate", "--help").output  # nor offered by its help
     # report of a file that is not text
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00binary")
     res = invoke("report", tmp_path / "bin.json", "-o", tmp_path / "r2.md")

@@ -258,6 +258,12 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
         click.echo(f"{len(out['rows'])} rows -> {output}", err=True)
 
 
+# the grids set ablate's powers: its --help does not offer the single-value options (refused if given)
+for _p in ablate.params:
+    if _p.name in ("intensity_power", "mz_power"):
+        _p.hidden = True
+
+
 @click.command("report")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Markdown output.")

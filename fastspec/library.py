@@ -1358,8 +1358,8 @@ _WHOLE_FLOAT = re.compile(r"\.0+$")
 def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     """Records whose ``ms_level`` says MS1 (``1`` / ``MS1``, or MassBank's ``MS_TYPE MS`` -> ``MS``) and
     records whose ``ms_level`` says MS3 or more (``3``, ``MS3``, ...), any case and surrounding blanks:
-    bool (n,) each. A tandem-MS library indexes neither (an MSn spectrum's precursor is a fragment, not
-    the molecule), as the mzML and mzXML readers keep MS2 scans only."""
+    bool (n,) each, never both. A tandem-MS library indexes neither (an MSn spectrum's precursor is a
+    fragment, not the molecule), as the mzML and mzXML readers keep MS2 scans only."""
     n = meta.num_rows
     none = np.zeros(n, dtype=bool)
     if "ms_level" not in meta.column_names:
@@ -1422,9 +1422,8 @@ def _build_index(
     first_rejected = counts.get("first_rejected")
     counts = {"n_read": int(counts["n_read"]), "n_rejected": int(counts["n_rejected"]), "rejected": dict(counts["rejected"]),
               "read_warnings": dict(counts.get("read_warnings") or counts.get("warnings") or {})}
-    n_stage = int(ms1.sum()) + int((msn & ~ms1).sum())
-    for reason, n_r in ((REASON_MS1, int(ms1.sum())), (REASON_MSN, int((msn & ~ms1).sum())),
-                        (REASON_NO_PEAKS, n_drop - n_stage)):
+    n_ms1, n_msn = int(ms1.sum()), int(msn.sum())  # disjoint (_ms_stages)
+    for reason, n_r in ((REASON_MS1, n_ms1), (REASON_MSN, n_msn), (REASON_NO_PEAKS, n_drop - n_ms1 - n_msn)):
         if n_r:
             counts["rejected"][reason] = counts["rejected"].get(reason, 0) + n_r
             counts["n_rejected"] += n_r

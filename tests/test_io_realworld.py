@@ -632,6 +632,33 @@ def test_reading_from_a_pipe(tmp_path):
         assert len(s) == 1 and s[0].mz.tolist() == [100] and s.column("id") == ["a"]
 
 
+def test_a_pipe_without_format_is_refused_not_half_read(tmp_path):
+    """Telling a pipe's format would consume its first bytes, and its first records with them: refused,
+    with the way out named, before anything is read."""
+    import os
+
+    from fastspec.errors import FastspecError
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FastspecError, match="a pipe.*format="):
+        fio.read(str(fifo))  # would block on open if it tried to read
+
+
+def test_a_corrupt_gzip_of_unknown_format_is_one_error(tmp_path):
+    """Sniffing a truncated or corrupt gzip file (no known extension) raises FastspecError, not zlib's error."""
+    from fastspec.errors import FastspecError
+
+    data = gzip.compress(b"BEGIN IONS\nTITLE=a\nPEPMASS=200\n100 1\nEND IONS\n" * 500)
+    flipped = bytearray(data)
+    flipped[40] ^= 0xFF
+    flipped[41] ^= 0xFF
+    for name, blob in (("short.bin", data[:100]), ("flipped.bin", bytes(flipped))):
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(FastspecError, match=f"{name}: cannot read"):
+            fio.read(tmp_path / name)
+
+
 def test_msdial_spectrumtype_is_not_the_ms_level(tmp_path):
     # MS-DIAL writes SPECTRUMTYPE: Centroid / Profile (the data type); NIST's Spectrum_type: MS2 is the MS level
     text = ("NAME: a\nPRECURSORMZ: 301.1234\nSPECTRUMTYPE: Centroid\nNum Peaks: 1\n100.1\t10\n\n"

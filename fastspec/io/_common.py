@@ -26,6 +26,7 @@ import gzip
 import io
 import os
 import re
+import stat
 import sys
 import uuid
 import zlib
@@ -563,7 +564,16 @@ _JSON_PEAKS = re.compile(r'"peaks_json"\s*:|"peaks"\s*:\s*"?\[\s*\[|"spectrum"\s
 
 
 def sniff_format(path: str) -> str:
-    """Guess the format from the first bytes of the file."""
+    """Guess the format from the first bytes of the file. A pipe is refused: the bytes read to tell its
+    format could not be read again (its first records would be lost)."""
+    try:
+        regular = stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        regular = True  # open() below says why it cannot be read
+    if not regular:
+        raise FastspecError(f"{path}: a pipe, whose format cannot be told from its first bytes without losing "
+                            f"them; give a file with a known extension (.mgf, .msp, ...) or pass format= "
+                            f"(--input-format in `fastspec convert`)")
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if head.startswith(b"PAR1"):
@@ -573,8 +583,11 @@ def sniff_format(path: str) -> str:
     # before the text rules: a zip member stored uncompressed shows its MSP / MGF text in the first bytes
     refuse_archive(path, head)
     if head.startswith(GZIP_MAGIC):
-        with gzip.open(path, "rb") as g:
-            head = g.read(4096)
+        try:
+            with gzip.open(path, "rb") as g:
+                head = g.read(4096)
+        except (OSError, EOFError, zlib.error) as e:
+            raise FastspecError(f"{path}: cannot read: {e}") from e
     text = head.decode("utf-8", "replace").lower()
     # the root element, whichever comes first (an mzXML file's comment may mention <mzML>, and vice versa)
     roots = sorted((i, f) for f, i in (("mzml", text.find("<mzml")), ("mzml", text.find("<indexedmzml")),

@@ -257,10 +257,11 @@ def embedding_topk(
 
 
 def _embedding_rows(ev: Evaluation, emb: np.ndarray, lab: LabData, name: str) -> np.ndarray:
-    src = lab.source_index
-    if emb.shape[0] <= int(src.max(initial=-1)):
-        raise FastspecError(f"{name}: {emb.shape[0]} embedding rows for a library of at least {int(src.max()) + 1} spectra")
-    return emb[src]
+    # one row per spectrum read, in file order: a count that differs means rows that belong to other spectra
+    if emb.shape[0] != lab.n_source:
+        raise FastspecError(f"{name}: {emb.shape[0]} embedding rows for a library of {lab.n_source} spectra "
+                            f"(one row per spectrum read, in file order)")
+    return emb[lab.source_index]
 
 
 def embedding_analysis(

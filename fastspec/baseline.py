@@ -109,6 +109,8 @@ class LabData:
         Row of each spectrum's molecule in ``fps`` (-1 none), after :meth:`attach_fingerprints`.
     source_index : ndarray, int64 (n,)
         Position of each spectrum in the library it was built from (kept through :meth:`take`).
+    n_source : int
+        Spectra in the library it was built from (``len(spectra)`` before any :meth:`take`).
     """
 
     spectra: Spectra
@@ -124,11 +126,14 @@ class LabData:
     fps: Any = None
     fp_row: np.ndarray | None = None
     source_index: np.ndarray | None = None
+    n_source: int | None = None
     _mol_code: np.ndarray | None = None
 
     def __post_init__(self):
         if self.source_index is None:
             self.source_index = np.arange(len(self.spectra), dtype=np.int64)
+        if self.n_source is None:
+            self.n_source = len(self.spectra)
 
     @classmethod
     def build(cls, spectra: Spectra, *, derive_formula: bool = True) -> "LabData":
@@ -224,6 +229,7 @@ class LabData:
             self.fps,
             None if self.fp_row is None else self.fp_row[rows],
             self.source_index[rows],
+            self.n_source,
         )
 
     def field(self, name: str) -> list:

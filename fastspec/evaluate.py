@@ -154,7 +154,12 @@ def load_spectra(obj: "str | Path | Spectra | LabData") -> Spectra | LabData:
         raise FileNotFoundError(2, "No such file or directory", str(path))
     from fastspec.io import read
 
-    return read(str(path))
+    spectra, rep = read(str(path), return_report=True)
+    if len(spectra) == 0:  # else every split reports an empty side, which hides the cause
+        first = rep.rejected[0] if rep.rejected else None
+        why = f"; first rejected: line {first.line}: {first.reason}" if first is not None else ""
+        raise FastspecError(f"{path}: no spectra read ({rep.n_records} records, {rep.n_rejected} rejected{why})")
+    return spectra
 
 
 def _filter_mode(lab: LabData, ion_mode: str | None) -> LabData:

@@ -175,6 +175,15 @@ def test_external_queries_leakage():
     assert r["config"]["split"] == "queries"
 
 
+def test_a_library_file_without_spectra_says_so(tmp_path):
+    """A library file from which nothing could be read is named as such (it used to surface as an empty split)."""
+    from fastspec.evaluate import evaluate
+
+    (tmp_path / "none.json").write_text('[{"name": "x"}]')
+    with pytest.raises(FastspecError, match=r"none.json: no spectra read \(1 records, 1 rejected; first rejected: line 1"):
+        evaluate(str(tmp_path / "none.json"), metric="cosine", n_bootstrap=0)
+
+
 def test_invalid_structures_are_counted():
     from fastspec.evaluate import evaluate
     from fastspec.fingerprints import molecule_keys
@@ -340,6 +349,11 @@ def test_ablation_embeddings(massbank_small):
     assert any(r.get("embedding") for r in out["rows"])
     with pytest.raises(FastspecError):
         ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[1.0], mz_powers=[0.0], embeddings=emb[:10], n_bootstrap=0)
+    # extra rows are refused too: they mean the rows belong to some other list of spectra
+    extra = np.vstack([emb, emb[:1]])
+    with pytest.raises(FastspecError, match=f"{len(emb) + 1} embedding rows for a library of {len(emb)} spectra"):
+        ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[0.0, 1.0], mz_powers=[0.0], embeddings=extra,
+               n_bootstrap=0)
 
 
 def test_distinct_ranks_and_bootstrap():

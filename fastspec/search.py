@@ -327,9 +327,9 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
 
     if cfg.mode == "identity":
         pmz = qproc.precursor_mz
-        no_pmz = has_peaks & ~np.isfinite(pmz)
-        status[no_pmz] = NO_PRECURSOR
-        rows = np.flatnonzero(has_peaks & np.isfinite(pmz))
+        known = np.isfinite(pmz) & (pmz > 0)  # 0 is a placeholder (PEPMASS=0), as modified cosine takes it
+        status[has_peaks & ~known] = NO_PRECURSOR
+        rows = np.flatnonzero(has_peaks & known)
         search_identity.run_identity(ctx, rows, scores, indices, matches)
     elif cfg.mode == "formula":
         fcodes = search_formula.query_formula_codes(ctx, formula, raw)

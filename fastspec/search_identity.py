@@ -50,7 +50,9 @@ def window_candidates(ctx: _Context, rows: np.ndarray, tol,
     lcp = lib._cache.get(key)
     if lcp is None:  # the filter codes permuted like the precursor-ordered arrays: windows read in order
         lcp = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(order[:n_finite])])
-    offs, pos = window_positions(sorted_pmz, np.asarray(pmz - half, np.float64), np.asarray(pmz + half, np.float64),
+    # a library precursor of 0 or less is a placeholder, never inside a window (the lower end stays above 0)
+    low = np.maximum(np.asarray(pmz - half, np.float64), np.nextafter(0.0, 1.0))
+    offs, pos = window_positions(sorted_pmz, low, np.asarray(pmz + half, np.float64),
                                  np.ascontiguousarray(qc[rows]), lcp, sym)
     if positions:
         return offs, pos

@@ -159,6 +159,20 @@ def test_identity_equals_brute_force(lib, data):
     assert set(hits.status[~np.isfinite(pq_)]) <= {"no_precursor", "no_peaks"}
 
 
+def test_identity_takes_a_zero_precursor_as_unknown(tmp_path):
+    """A precursor m/z of 0 (an MGF PEPMASS=0 placeholder built in memory) is no precursor, as modified cosine
+    takes it: the query gets no_precursor, and a library spectrum of precursor 0 is in no window."""
+    md = [{"id": i, "ion_mode": "positive"} for i in ("p0", "p250", "pnan")]
+    lib = Library.build(Spectra.from_arrays([[100.0, 150.0, 200.0]] * 3, [[1.0, 1.0, 1.0]] * 3,
+                                            precursor_mz=[0.0, 250.0, np.nan], metadata=md),
+                        tmp_path / "z.fastspec", faiss=False, preprocess=None)
+    q = Spectra.from_arrays([[100.0, 150.0, 200.0]] * 3, [[1.0, 1.0, 1.0]] * 3, precursor_mz=[0.0, -1.0, 0.004],
+                            metadata=[{"ion_mode": "positive"}] * 3)
+    h = lib.search(q, k=2, mode="identity", precursor_tolerance=0.01)
+    assert list(h.status[:2]) == ["no_precursor", "no_precursor"]
+    assert (h.indices == -1).all()
+
+
 def test_identity_filters_equal_brute_force(lib, data):
     """Identity windows filtered in the window kernel: same adduct and same charge, at 3000 ppm (wide
     windows, so that the filters have candidates to drop)."""

@@ -63,15 +63,16 @@ _NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
 
 
 def _parse_ce(text) -> float:
-    """Collision energy as a number: the mean of a ``LOW-HIGH`` ramp, else the first number; NaN."""
+    """Collision energy as a number: the mean of a ``LOW-HIGH`` ramp (NaN when LOW > HIGH: an m/z-dependent
+    formula), else the first number; NaN."""
     if text is None:
         return math.nan
     s = str(text)
     ramp = re.match(r"^\s*(\d*\.?\d+)\s*-\s*(\d*\.?\d+)", s)
     if ramp:
-        # a falling "ramp" is a formula ("160-0.41mz or 15 (mz>350)", 10 MassBank spectra) and reads as its
-        # mean too: the published learning-to-split results (CE bins are its features) were computed so
-        return 0.5 * (float(ramp.group(1)) + float(ramp.group(2)))
+        lo, hi = float(ramp.group(1)), float(ramp.group(2))
+        # a falling "ramp" is a formula ("160-0.41mz or 15 (mz>350)", 10 MassBank spectra): no one energy
+        return 0.5 * (lo + hi) if lo <= hi else math.nan
     m = _NUM_RE.search(s)
     return float(m.group(0)) if m else math.nan
 

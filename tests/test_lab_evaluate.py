@@ -456,3 +456,15 @@ def test_report_labels_tell_runs_of_one_split_apart():
     docs = [{"config": {"split": "queries", "queries": f"/data/{q}.mgf"}} for q in ("a", "b")]
     assert [label for label, _ in _evaluations(docs)] == ["queries queries=a.mgf", "queries queries=b.mgf"]
 
+
+
+@pytest.mark.parametrize("text, want", [
+    ("20", 20.0), ("35 eV", 35.0), ("NCE 30%", 30.0), ("20-40", 30.0), ("10 - 30 (nominal)", 20.0),
+    ("160-0.41mz or 15 (mz>350)", None),  # a falling "ramp" is an m/z-dependent formula: no one energy
+    ("ramp", None), (None, None),
+])
+def test_collision_energy_text(text, want):
+    from fastspec.baseline import _parse_ce
+
+    got = _parse_ce(text)
+    assert (np.isnan(got) if want is None else got == want)

@@ -173,8 +173,37 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
                            "--no-neighbour", "fallback", ok=False), "formula")
     # synth's two outputs in one file: the queries would replace the library
     assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "5", "-q-out",
-                           tmp_path / "s.parquet", ok=False), "library")
+                           tmp_path / "s.parquet", ok=False), "same file")
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_no_command_writes_over_its_input(tmp_path):
+    """An output that is one of the command's inputs (also through a symlink), or two outputs in one file, is
+    refused before anything is written: convert IN IN used to replace IN, and the records skipped as bad
+    were gone with it."""
+    import os
+
+    text = ("BEGIN IONS\nTITLE=good\nPEPMASS=100\n50 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=bad\nPEPMASS=200\n50,5 10\nEND IONS\n")
+    src = tmp_path / "a.mgf"
+    src.write_text(text)
+    os.symlink(src, tmp_path / "link.mgf")
+    for out in (src, tmp_path / "link.mgf"):
+        assert_clean_error(run("convert", src, out, ok=False), "also an input")
+    assert_clean_error(run("convert", src, tmp_path / "o.mgf", "--report", tmp_path / "o.mgf", ok=False), "same file")
+    assert src.read_text() == text and not (tmp_path / "o.mgf").exists()
+    # nothing readable: no empty file that could not be read back (index refuses the same input)
+    (tmp_path / "bad.mgf").write_text(text.split("END IONS\n", 1)[1])
+    assert_clean_error(run("convert", tmp_path / "bad.mgf", tmp_path / "e.msp", ok=False), "bad.mgf:4")
+    assert not (tmp_path / "e.msp").exists()
+    lib = tmp_path / "l.parquet"
+    run("convert", src, lib)
+    before = lib.read_bytes()
+    for args in (["evaluate", "-l", lib, "-o", lib], ["evaluate", "-l", lib, "--split", f"file:{lib}", "-o", lib],
+                 ["split", "-l", lib, "-o", lib], ["ablate", "-l", lib, "-o", lib], ["report", lib, "-o", lib],
+                 ["synth", "-n", "100", "--seed-library", lib, "-o", lib]):
+        assert_clean_error(run(*args, ok=False), "also an input")
+    assert lib.read_bytes() == before
 
 
 def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):

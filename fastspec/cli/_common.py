@@ -19,6 +19,37 @@ def common_options(f):
     return f
 
 
+def refuse_clobbering(inputs, outputs) -> None:
+    """Refuse (ParameterError, one line) a command whose output would replace one of its input files, or
+    whose two outputs are one file: the output is renamed into place once written, and what the input
+    held beyond what was read (records skipped as bad, for one) would be gone.
+
+    Parameters
+    ----------
+    inputs : iterable of str or None
+        Files the command reads (None: not given).
+    outputs : iterable of (str, str or None)
+        ``(option, path)`` of each file the command writes.
+    """
+    from pathlib import Path
+
+    from fastspec.errors import ParameterError
+
+    given = [(o, p) for o, p in outputs if p]
+    files = [Path(p) for p in inputs if p and Path(p).is_file()]
+    for opt, out in given:
+        target = Path(out)
+        if target.is_file() and any(os.path.samefile(f, target) for f in files):
+            raise ParameterError(f"{out} ({opt}) is also an input; writing it would replace the input: choose "
+                                 "another output path")
+    seen: dict = {}
+    for opt, out in given:
+        key = os.path.realpath(out)
+        if key in seen:
+            raise ParameterError(f"{seen[key]} and {opt} name the same file ({out}); one would replace the other")
+        seen[key] = opt
+
+
 def handle_errors(f):
     """Report FastspecError and OS errors (missing files, permissions, a full disk) as ``Error: ...`` and
     exit 1, never a traceback.

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from fastspec.cli._common import common_options, handle_errors
+from fastspec.cli._common import common_options, handle_errors, refuse_clobbering
 
 _WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
 _READABLE = ("mgf", "msp", "mzml", "mzxml", "json", "massbank", "tsv", "parquet", "hdf5")
@@ -33,9 +33,17 @@ def convert(inputs, output, fmt, input_format, on_error, report_path, threads, q
     """
     from fastspec.io import read, write
 
+    refuse_clobbering(inputs, [("OUTPUT", output), ("--report", report_path)])
     t0 = time.perf_counter()
     spectra, report = read(list(inputs), format=input_format, on_error=on_error,
                            progress=False if quiet else None, return_report=True)
+    if len(spectra) == 0:  # an empty output file could not be read back; `fastspec index` refuses it too
+        from fastspec.errors import FastspecError
+
+        first = report.rejected[0] if report.rejected else None
+        why = f"; first rejected: {first.path}:{first.line}: {first.reason}" if first is not None else ""
+        raise FastspecError(f"no spectra read ({report.n_records} records, {report.n_rejected} rejected{why}); "
+                            f"nothing written to {output}")
     write(spectra, output, format=fmt)
     if report_path:
         import json

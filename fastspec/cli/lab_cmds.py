@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents
+from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents, refuse_clobbering
 
 _METRICS = ["binned_cosine", "cosine", "modified_cosine", "entropy"]
 
@@ -83,6 +83,12 @@ def _summary_line(rep: dict) -> str:
     )
 
 
+def _split_files(specs) -> list[str]:
+    """The split files named by ``file:PATH`` split specs (inputs a command must not overwrite)."""
+    parts = [str(s).partition(":") for s in specs if s]
+    return [arg for kind, _, arg in parts if kind.strip().lower() == "file"]  # as make_split reads the spec
+
+
 @click.command("evaluate")
 @click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
 @click.option("--queries", type=click.Path(dir_okay=False), default=None, help="External test set searched against the whole library.")
@@ -108,6 +114,9 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
     if markdown and output and Path(output).suffix.lower() == ".md":  # the summary would replace the JSON
         raise ParameterError("-o is the report JSON; --markdown writes its summary next to it as .md: give -o "
                              "another name (report.json)")
+    md = str(Path(output).with_suffix(".md")) if markdown and output else None
+    refuse_clobbering([library, queries, *_split_files([split_spec])],
+                      [("--output", output), ("--predictions", predictions), ("--markdown", md)])
     make_parents(output, predictions)
     search = _search_kwargs(kw)
     l2s = _l2s(kw)
@@ -165,6 +174,7 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, search_config, write_json
     from fastspec.splits import make_split, split_profile, write_split
 
+    refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path)])
     make_parents(output, profile_path)
 
     lab = load_spectra(library)
@@ -232,6 +242,7 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
             raise ParameterError(f"{name}: empty grid")
         return vals
 
+    refuse_clobbering([library, queries, embeddings, query_embeddings, *_split_files(splits)], [("--output", output)])
     make_parents(output)
     search = _search_kwargs(kw)
     for name in ("intensity_power", "mz_power"):  # the grids set them; a single value would be dropped
@@ -278,6 +289,7 @@ def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
     """Render report/ablation JSONs as markdown (+ PNG figures) and HTML."""
     from fastspec.report import render
 
+    refuse_clobbering(inputs, [("--output", output), ("--html", html_path)])
     make_parents(output, html_path)
     res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
     if not quiet:

@@ -1,13 +1,12 @@
 """``fastspec synth``: write a deterministic synthetic library (and optionally a query set with answers)."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import click
 
-from fastspec.cli._common import common_options, handle_errors
+from fastspec.cli._common import common_options, handle_errors, refuse_clobbering
 
 _SUFFIXES = (".parquet", ".h5", ".hdf5", ".mgf", ".msp")
 
@@ -47,8 +46,7 @@ def synth(n_spectra, molecules, seed, seed_library, polarity, output, n_queries,
 
     if (n_queries is None) != (queries_output is None):
         raise ParameterError("--queries and --queries-output go together")
-    if queries_output is not None and os.path.abspath(queries_output) == os.path.abspath(output):
-        raise ParameterError("--queries-output names the library file: the queries would replace the library")
+    refuse_clobbering([seed_library], [("--output", output), ("--queries-output", queries_output)])
     t0 = time.perf_counter()
     lib = gen.generate(n_spectra, molecules, seed=seed, seed_library=seed_library, polarity=polarity, threads=threads,
                        progress=False if quiet else None)

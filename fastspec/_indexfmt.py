@@ -272,7 +272,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version not in READ_VERSIONS:
         raise IndexFormatError(
-            f"library index {directory} has format version {version}, this fastspec reads versions "
+            f"library index {directory} has format version {version!r}, this fastspec reads versions "
             f"{READ_VERSIONS[0]}-{READ_VERSIONS[-1]}; rebuild it with `fastspec index`"
         )
     if not isinstance(manifest.get("files"), dict):
@@ -286,6 +286,17 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if digest is not None and digest != _manifest_digest(manifest):
         raise IndexFormatError(f"the manifest of {directory} was edited or corrupted (its checksum does not "
                                "match); rebuild the index with `fastspec index`")
+    build = manifest.get("build")
+    if digest is None and ("scan_rows.npy" in manifest["files"] or (isinstance(build, dict) and "scan_order" in build)):
+        # format 3's scan order, under a format-2 label without the checksum format 3 always has
+        raise IndexFormatError(f"the manifest of {directory} says format {version} but describes a format-3 index "
+                               "without its checksum (edited?); rebuild the index with `fastspec index`")
+    counts = manifest.get("counts")
+    if isinstance(counts, dict) and all(isinstance(counts.get(k), int) for k in ("n_read", "n_spectra", "n_rejected")) \
+            and counts["n_read"] != counts["n_spectra"] + counts["n_rejected"]:
+        raise IndexFormatError(f"the manifest of {directory} is inconsistent: {counts['n_read']} records read, but "
+                               f"{counts['n_spectra']} indexed + {counts['n_rejected']} rejected; rebuild the index "
+                               "with `fastspec index`")
     return manifest
 
 

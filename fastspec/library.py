@@ -990,6 +990,9 @@ class Library:
                 "frag_groups": length("frag_mz"), "nl_groups": length("nl_mz")}
         limits = {"prec_order": (0, n), "scan_rows": (0, n), "formula_ids": (0, n), "frag_spec": (0, n),
                   "nl_spec": (0, n), "wblk_loc": (0, self.window_block or 65536)}
+        counts = self.manifest.get("counts", {})
+        if "n_input" in counts:  # input positions: the hit table's library_input_index and library_file
+            limits["input_index"] = (0, int(counts["n_input"]))
         if name.endswith("_code") and name[:-5] in ("formula", "adduct", "instrument"):
             limits[name] = (-1, length(f"{name[:-5]}_keys"))
         if not arr.shape[0] or (name not in ends and name not in limits):

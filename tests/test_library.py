@@ -356,7 +356,8 @@ def test_corrupted_file_is_refused(raw_lib, tmp_path, where):
 
 
 @pytest.mark.parametrize("name,value", [("frag_spec", 10**9), ("scan_rows", -3), ("prec_order", 10**7),
-                                        ("offsets", 10**12), ("formula_code", 999), ("wblk_loc", 60000)])
+                                        ("offsets", 10**12), ("formula_code", 999), ("wblk_loc", 60000),
+                                        ("input_index", 10**9)])
 def test_out_of_range_ids_are_refused_on_first_use(raw_lib, tmp_path, name, value):
     """A damaged array that addresses others (a byte flipped in the middle of a large file passes the
     open-time edge checksums; here the manifest is rewritten to match, as if it had) is refused when first
@@ -372,7 +373,7 @@ def test_out_of_range_ids_are_refused_on_first_use(raw_lib, tmp_path, name, valu
     lib = Library.open(dst)  # the files agree with the manifest
     with pytest.raises(IndexFormatError, match=f"corrupted: {name} "):
         lib.array(name)
-    if name == "formula_code":  # read for hit tables and filters, not by these searches
+    if name in ("formula_code", "input_index"):  # read for hit tables and filters, not by these searches
         return
     q, refused = raw_lib.spectra()[:3], 0
     for mode in ("open", "analog", "identity"):
@@ -456,6 +457,33 @@ def test_manifest_without_its_checksum_is_refused(raw_lib, tmp_path):
     m["counts"]["n_spectra"] -= 5
     (dst / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(IndexFormatError, match="no checksum"):
+        Library.open(dst)
+
+
+def test_manifest_relabelled_format_2_or_with_counts_that_do_not_add_up_is_refused(raw_lib, tmp_path):
+    """A format-3 manifest relabelled 2 with its checksum taken out (format 2 may have none) is refused by
+    what it describes; and read = indexed + rejected is checked on open, checksum or not."""
+    import json
+
+    from fastspec import _indexfmt
+
+    dst = _copy_index(raw_lib, tmp_path / "down.fastspec")
+    m = json.loads((dst / "manifest.json").read_text())
+    del m["manifest_sha256"]
+    m["format_version"] = 2
+    (dst / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="says format 2 but describes a format-3 index"):
+        Library.open(dst)
+    m = json.loads((raw_lib.path / "manifest.json").read_text())
+    m.pop("manifest_sha256")
+    m["counts"]["n_read"] += 7
+    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="records read, but"):
+        Library.open(dst)
+    m["format_version"] = "3"
+    (dst / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="format version '3'"):
         Library.open(dst)
 
 

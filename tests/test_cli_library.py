@@ -177,6 +177,16 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     assert not (tmp_path / "s.parquet").exists()
 
 
+def test_an_output_name_that_is_not_utf8_is_one_line(tmp_path):
+    """Bytes that are not UTF-8 in an output name (kept by Python as surrogates) are refused by pyarrow;
+    the user gets one line, and nothing is left behind."""
+    src = tmp_path / "a.mgf"
+    src.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=100\n50 10\nEND IONS\n")
+    res = run("convert", src, str(tmp_path) + "/c\udcff.parquet", ok=False)
+    assert_clean_error(res, "not valid UTF-8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mgf"]
+
+
 def test_no_command_writes_over_its_input(tmp_path):
     """An output that is one of the command's inputs (also through a symlink), or two outputs in one file, is
     refused before anything is written: convert IN IN used to replace IN, and the records skipped as bad

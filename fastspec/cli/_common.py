@@ -61,6 +61,12 @@ def handle_errors(f):
     def wrapper(*args, **kwargs):
         try:
             return _in_worker(f, args, kwargs)
+        except UnicodeEncodeError as e:
+            # a file name with bytes that are not UTF-8 (kept as surrogates): pyarrow takes UTF-8 paths only
+            if os.environ.get("FASTSPEC_DEBUG") or e.reason != "surrogates not allowed":
+                raise
+            name = os.fsencode(e.object).decode("utf-8", "backslashreplace") if isinstance(e.object, str) else e.object
+            raise click.ClickException(f"{name}: a file name that is not valid UTF-8; rename it") from None
         except (FastspecError, OSError) as e:
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise

@@ -365,8 +365,8 @@ class AtomicDirectory:
             raise IndexFormatError(f"{self.target} already exists (use overwrite=True / --overwrite)")
         if self.target.exists() and not self.target.is_dir():  # never a file (a spectrum file named as output)
             raise IndexFormatError(f"refusing to overwrite {self.target}: it is a file, not a library index")
-        _remove_stale_temporaries(parent, self.target.name)
-        self.tmp = parent / f".{self.target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        remove_stale_temporaries(parent, self.target.name)
+        self.tmp = parent / f"{temporary_prefix(self.target.name)}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.tmp.mkdir()
         ACTIVE_TEMPORARIES.add(self.tmp)
         return self.tmp
@@ -471,15 +471,29 @@ def move_into_place(src: Path, target: Path) -> None:
         raise
 
 
-def _remove_stale_temporaries(parent: Path, name: str) -> None:
-    """Delete ``.{name}.tmp-<pid>-*`` directories left by builds whose process is gone, and
-    ``.{name}.old-*`` ones (an old index moved aside) once ``name`` holds an index again."""
-    prefix = f".{name}.tmp-"
+def temporary_prefix(name: str) -> str:
+    """How the temporaries of an output called ``name`` start: ``.{name}.tmp-``, then the writer's pid. A
+    long name is cut and told apart by a hash of it, so that the temporary's own name (23 characters
+    longer) stays within the file system's 255 bytes whenever ``name`` does."""
+    if len(os.fsencode(name)) <= 200:
+        return f".{name}.tmp-"
+    return f".{name[:120]}~{hashlib.sha1(os.fsencode(name)).hexdigest()[:12]}.tmp-"
+
+
+def remove_stale_temporaries(parent: Path, name: str) -> None:
+    """Delete ``.{name}.tmp-<pid>-*`` directories and files (an index build's, a hit table's or a spectrum
+    file's temporaries) left by writers whose process is gone, and ``.{name}.old-*`` ones (an old index
+    moved aside) once ``name`` holds an index again."""
+    prefix = temporary_prefix(name)
     if (parent / name / MANIFEST).exists():  # the swap completed: what it moved aside is garbage
         for p in parent.glob(f".{glob.escape(name)}.old-*"):
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    for p in parent.iterdir():
-        if not (p.name.startswith(prefix) and p.is_dir()):
+    try:
+        entries = list(parent.iterdir())
+    except OSError:  # the directory is unreadable or gone: whatever writes there says why
+        return
+    for p in entries:
+        if not p.name.startswith(prefix):
             continue
         pid = p.name[len(prefix):].split("-", 1)[0]
         if not pid.isdigit():
@@ -487,7 +501,13 @@ def _remove_stale_temporaries(parent: Path, name: str) -> None:
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                try:
+                    p.unlink()
+                except OSError:
+                    pass
         except OSError:  # alive but not ours (EPERM): leave it
             pass
 

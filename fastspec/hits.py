@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import ParameterError
+from fastspec.io._common import write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
 
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
@@ -275,34 +275,6 @@ def table_format(path: "str | Path") -> str | None:
     if suffix == ".csv":
         return ","
     raise ParameterError(f"unknown hit table format {suffix or '(none)'!r}: use .parquet, .tsv or .csv")
-
-
-def write_atomically(path: "str | Path", write) -> None:
-    """Call ``write(tmp)`` on a temporary sibling of ``path`` and rename it into place, so that an
-    interrupted write never leaves a truncated file where a previous one was; the temporary is removed
-    on any error, and an OSError names ``path``, not the temporary."""
-    import uuid
-
-    from fastspec._indexfmt import ACTIVE_TEMPORARIES
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    ACTIVE_TEMPORARIES.add(tmp)
-    try:
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except OSError as e:  # name the file asked for, not the temporary (a full disk, no permission)
-            if e.errno is None or (e.filename is not None and not os.fspath(e.filename).startswith(str(tmp))):
-                raise  # about another file (a query file not found)
-            # pyarrow puts the path it opened into the message itself (the temporary, or the rows file a
-            # chunked CSV/TSV writes beside it: fastspec.stream)
-            why = re.sub(re.escape(str(tmp)) + r"(\.rows)?", lambda m: str(path), e.strerror or str(e))
-            raise type(e)(e.errno, why, str(path)) from e
-    finally:
-        ACTIVE_TEMPORARIES.discard(tmp)
-        if tmp.exists():
-            tmp.unlink()
 
 
 # ====================================================================================== search

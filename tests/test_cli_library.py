@@ -440,3 +440,18 @@ def test_same_adduct_not_applied_is_reported(index, massbank_mgf, tmp_path):
     header = [ln for ln in out.read_text().splitlines() if ln.startswith("# filters_not_applied")]
     assert json.loads(header[0].split(": ", 1)[1]) == {"adduct": {"missing": 1, "unreadable": 1,
                                                                   "unreadable_examples": ["[Cat]+"]}}
+
+
+def test_a_short_write_says_the_disk_may_be_full():
+    """numpy's short write (a full disk while an index array is saved) carries no errno: the one line says
+    what likely happened instead of numpy's bare byte counts."""
+    import click
+
+    from fastspec.cli._common import handle_errors
+
+    @handle_errors
+    def save():
+        raise OSError("446257 requested and 202720 written")
+
+    with pytest.raises(click.ClickException, match=r"stopped short \(446257 requested and 202720 written\); is the disk full"):
+        save()

@@ -3,6 +3,7 @@ table, row for row, as one ``Library.search`` written at once, whatever the chun
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np
@@ -283,6 +284,58 @@ def test_write_errors_name_the_output(tmp_path):
         write_atomically(out, fail(lambda tmp: FileNotFoundError(2, "No such file", str(tmp_path / "q.mgf"))))
     assert err.value.filename == str(tmp_path / "q.mgf")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", ["parquet", "h5", "mgf", "tsv"])
+def test_written_files_use_known_temporaries(tmp_path, suffix):
+    """Every file fastspec writes goes through a temporary that the CLI's Ctrl-C handler knows (it exits at
+    once, so nothing else removes it: parquet and HDF5 writes used a fixed ``X.tmp`` it did not know), and
+    the temporaries a killed writer left beside the same output are removed by the next write."""
+    import subprocess
+    import sys
+
+    from fastspec import _indexfmt
+    from fastspec import io as fio
+    from fastspec.spectra import Spectra
+
+    out = tmp_path / f"s.{suffix}"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".{out.name}.tmp-{dead.pid}-0123abcd"
+    stale.write_bytes(b"left by a SIGKILL")
+    other = tmp_path / f".{out.name}.tmp-{os.getpid()}-live0000"  # a live writer's: kept
+    other.write_bytes(b"being written")
+    seen = []
+
+    class Spy(set):
+        def add(self, p):
+            seen.append(p)
+            super().add(p)
+
+    sp = Spectra.from_arrays([[50.0, 60.0]], [[1.0, 2.0]], precursor_mz=[100.0], metadata=[{"id": "a"}])
+    old = _indexfmt.ACTIVE_TEMPORARIES
+    spy = _indexfmt.ACTIVE_TEMPORARIES = Spy()
+    try:
+        fio.write(sp, out)
+    finally:
+        _indexfmt.ACTIVE_TEMPORARIES = old
+    assert not spy  # known while written, forgotten once renamed
+    assert len(seen) == 1 and seen[0].parent == tmp_path and seen[0].name.startswith(f".{out.name}.tmp-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, other.name])
+    assert len(fio.read(out)) == 1
+
+
+def test_a_long_output_name_fits_its_temporary(tmp_path):
+    """A 240-character output name is legal; its temporary (23 characters longer) must be too."""
+    from fastspec import io as fio
+    from fastspec.spectra import Spectra
+
+    sp = Spectra.from_arrays([[50.0]], [[1.0]], precursor_mz=[100.0])
+    for suffix in ("parquet", "mgf"):
+        out = tmp_path / ("a" * (240 - len(suffix)) + "." + suffix)
+        fio.write(sp, out)
+        assert len(fio.read(out)) == 1
+    assert len(list(tmp_path.iterdir())) == 2
 
 
 def test_parameters_checked_up_front(lib, query_files, tmp_path):

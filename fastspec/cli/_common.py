@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -74,6 +75,8 @@ def handle_errors(f):
                 msg = str(e)
             elif e.strerror and e.filename:  # missing file, permission, a directory given for a file
                 msg = f"{e.strerror}: {e.filename}"
+            elif re.search(r"\d+ requested and \d+ written", str(e)):  # numpy's short write: no errno
+                msg = f"I/O error: a write stopped short ({e}); is the disk full?"
             else:  # the disk filled up, a read failed (what was half written is removed by then)
                 msg = f"I/O error: {e.strerror or e}"
             raise click.ClickException(msg.splitlines()[0] if msg else type(e).__name__) from None
@@ -139,10 +142,17 @@ def _abandon(code: int) -> None:
     """Remove what is half written, stop helper processes and leave now (the worker may be inside
     compiled code)."""
     import shutil
+    import signal
     import time
     from pathlib import Path
 
     from fastspec._indexfmt import ACTIVE_TEMPORARIES
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C (or timeout's signal to the group) must not
+        try:                                      # cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
+        except (ValueError, OSError):  # pragma: no cover - not the main thread
+            pass
 
     for proc in list(ACTIVE_CHILDREN):
         try:

@@ -40,8 +40,9 @@ def find_peak_columns(names: list[str], path: str) -> tuple[str, str]:
     return mz, it
 
 
-def _flat_lists(col) -> tuple[np.ndarray, pa.Array, np.ndarray]:
-    """(lengths int64 (n,), flattened float64 values, row-has-bad-values bool (n,)) of a list column."""
+def _flat_lists(col, where: str = "peak column") -> tuple[np.ndarray, pa.Array, np.ndarray]:
+    """(lengths int64 (n,), flattened float64 values, row-has-bad-values bool (n,)) of a list column;
+    ``where`` names it in the error (file and column)."""
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
     n = len(col)
@@ -49,7 +50,7 @@ def _flat_lists(col) -> tuple[np.ndarray, pa.Array, np.ndarray]:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return _flat_strings(col)
     if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)):
-        raise FastspecError(f"peak column must be a list of numbers or a comma-joined string, not {t}")
+        raise FastspecError(f"{where} must be a list of numbers or a comma-joined string, not {t}")
     lengths = pc.fill_null(pc.list_value_length(col), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     values = pc.list_flatten(col)
     bad = np.zeros(n, dtype=bool)
@@ -107,8 +108,8 @@ def table_spectra(table: pa.Table, path: str, mz_name: str, in_name: str, first_
     (or by ``lines``, one number per row); ``signed_charge``: see :func:`~fastspec.io.meta.harmonise_table`;
     ``records``: see :func:`~fastspec.io._common.finish_block`."""
     n = table.num_rows
-    lm, mzv, bad_m = _flat_lists(table.column(mz_name))
-    li, inv, bad_i = _flat_lists(table.column(in_name))
+    lm, mzv, bad_m = _flat_lists(table.column(mz_name), f"{path}: peak column {mz_name!r}")
+    li, inv, bad_i = _flat_lists(table.column(in_name), f"{path}: peak column {in_name!r}")
     errors = np.full(n, None, dtype=object)
     errors[bad_m | bad_i] = REASON_VALUES
     mismatch = lm != li

@@ -105,35 +105,35 @@ def _write_column(group, name: str, col) -> None:
 
 def write(spectra: Spectra, path: str) -> None:
     """Write spectra in the HDF5 layout of this module (atomically: temp file, then rename)."""
+    from fastspec.io._common import write_atomically
+
+    write_atomically(path, lambda tmp: _write_file(spectra, tmp))
+
+
+def _write_file(spectra: Spectra, tmp) -> None:
     h5py = _h5py()
-    tmp = path + ".tmp"
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = FORMAT_VERSION
-            f.attrs["n_spectra"] = len(spectra)
-            f.attrs["n_peaks"] = int(spectra.offsets[-1])
-            _dataset(f, "offsets", spectra.offsets.astype(np.int64))
-            _dataset(f, "mz", spectra.mz.astype(np.float64))
-            _dataset(f, "intensity", spectra.intensity.astype(np.float32))
-            _dataset(f, "precursor_mz", spectra.precursor_mz.astype(np.float64))
-            _dataset(f, "charge", spectra.charge.astype(np.int8))
-            g = f.create_group("metadata")
-            md = spectra.metadata
-            names = list(md.column_names)
-            g.attrs["columns"] = json.dumps(names)
-            for name in names:
-                col = md.column(name)
-                if name == "precursor_mz":
-                    p = spectra.precursor_mz
-                    col = pa.array(p, pa.float64(), mask=~np.isfinite(p))
-                elif name == "charge":
-                    col = pa.array(spectra.charge, pa.int8(), mask=spectra.charge == 0)
-                _write_column(g, name, col)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["n_spectra"] = len(spectra)
+        f.attrs["n_peaks"] = int(spectra.offsets[-1])
+        _dataset(f, "offsets", spectra.offsets.astype(np.int64))
+        _dataset(f, "mz", spectra.mz.astype(np.float64))
+        _dataset(f, "intensity", spectra.intensity.astype(np.float32))
+        _dataset(f, "precursor_mz", spectra.precursor_mz.astype(np.float64))
+        _dataset(f, "charge", spectra.charge.astype(np.int8))
+        g = f.create_group("metadata")
+        md = spectra.metadata
+        names = list(md.column_names)
+        g.attrs["columns"] = json.dumps(names)
+        for name in names:
+            col = md.column(name)
+            if name == "precursor_mz":
+                p = spectra.precursor_mz
+                col = pa.array(p, pa.float64(), mask=~np.isfinite(p))
+            elif name == "charge":
+                col = pa.array(spectra.charge, pa.int8(), mask=spectra.charge == 0)
+            _write_column(g, name, col)
 
 
 def _read_strings(g, a: int, b: int) -> pa.Array:

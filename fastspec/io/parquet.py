@@ -12,7 +12,6 @@ float64 and ``charge`` int8 from the Spectra arrays).
 """
 from __future__ import annotations
 
-import os
 from typing import Iterator
 
 import numpy as np
@@ -110,11 +109,8 @@ def write(spectra: Spectra, path: str, row_group_size: int = 65_536) -> None:
     """Write spectra as parquet (zstd-compressed, row groups of ``row_group_size``)."""
     import pyarrow.parquet as pq
 
+    from fastspec.io._common import write_atomically
+
     table = to_table(spectra)
-    tmp = path + ".tmp"
-    try:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda tmp: pq.write_table(table, str(tmp), row_group_size=row_group_size,
+                                                      compression="zstd"))

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from fastspec._atomic import ACTIVE_TEMPORARIES, remove_stale_temporaries, temporary_name  # noqa: F401
 from fastspec.errors import IndexFormatError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
@@ -333,15 +334,12 @@ def verify_files(directory: Path, manifest: dict[str, Any], progress=None) -> No
             progress(name)
 
 
-#: temporaries being written right now (index directories, output files): what an interrupted CLI
-#: command removes before it exits (see fastspec.cli._common.handle_errors)
-ACTIVE_TEMPORARIES: set = set()
 
 
 class AtomicDirectory:
     """Context manager for building a directory atomically.
 
-    Files are written into a temporary sibling ``.{name}.tmp-<pid>-<id>``; on success it replaces
+    Files are written into a temporary sibling (:func:`fastspec._atomic.temporary_name`); on success it replaces
     ``target`` (an existing target is first moved aside, then deleted); on any exception it is removed.
     A build killed outright (SIGKILL, power loss) cannot clean up: its temporary is removed by the next
     build of the same target once no process with that pid is alive on this host.
@@ -366,7 +364,7 @@ class AtomicDirectory:
         if self.target.exists() and not self.target.is_dir():  # never a file (a spectrum file named as output)
             raise IndexFormatError(f"refusing to overwrite {self.target}: it is a file, not a library index")
         remove_stale_temporaries(parent, self.target.name)
-        self.tmp = parent / f"{temporary_prefix(self.target.name)}{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.tmp = parent / temporary_name(self.target.name)
         self.tmp.mkdir()
         ACTIVE_TEMPORARIES.add(self.tmp)
         return self.tmp
@@ -469,47 +467,6 @@ def move_into_place(src: Path, target: Path) -> None:
             raise IndexFormatError(f"{target} already exists (another build finished first; use overwrite=True "
                                    "/ --overwrite to replace it)") from None
         raise
-
-
-def temporary_prefix(name: str) -> str:
-    """How the temporaries of an output called ``name`` start: ``.{name}.tmp-``, then the writer's pid. A
-    long name is cut and told apart by a hash of it, so that the temporary's own name (23 characters
-    longer) stays within the file system's 255 bytes whenever ``name`` does."""
-    if len(os.fsencode(name)) <= 200:
-        return f".{name}.tmp-"
-    return f".{name[:120]}~{hashlib.sha1(os.fsencode(name)).hexdigest()[:12]}.tmp-"
-
-
-def remove_stale_temporaries(parent: Path, name: str) -> None:
-    """Delete ``.{name}.tmp-<pid>-*`` directories and files (an index build's, a hit table's or a spectrum
-    file's temporaries) left by writers whose process is gone, and ``.{name}.old-*`` ones (an old index
-    moved aside) once ``name`` holds an index again."""
-    prefix = temporary_prefix(name)
-    if (parent / name / MANIFEST).exists():  # the swap completed: what it moved aside is garbage
-        for p in parent.glob(f".{glob.escape(name)}.old-*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    try:
-        entries = list(parent.iterdir())
-    except OSError:  # the directory is unreadable or gone: whatever writes there says why
-        return
-    for p in entries:
-        if not p.name.startswith(prefix):
-            continue
-        pid = p.name[len(prefix):].split("-", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                try:
-                    p.unlink()
-                except OSError:
-                    pass
-        except OSError:  # alive but not ours (EPERM): leave it
-            pass
 
 
 def replace_directory(src: Path, target: Path) -> None:

@@ -69,6 +69,7 @@ from fastspec.baseline import (
     nn_search,
     predict_molecules,
 )
+from fastspec._atomic import write_atomically, write_text_atomically
 from fastspec.errors import FastspecError, ParameterError
 from fastspec.spectra import Spectra
 
@@ -154,10 +155,11 @@ def load_spectra(obj: "str | Path | Spectra | LabData") -> Spectra | LabData:
         raise FileNotFoundError(2, "No such file or directory", str(path))
     from fastspec.io import read
 
+    from fastspec.io._common import first_rejection
+
     spectra, rep = read(str(path), return_report=True)
     if len(spectra) == 0:  # else every split reports an empty side, which hides the cause
-        first = rep.rejected[0] if rep.rejected else None
-        why = f"; first rejected: line {first.line}: {first.reason}" if first is not None else ""
+        why = f"; first: {first_rejection(rep)}" if rep.n_rejected else ""
         raise FastspecError(f"{path}: no spectra read ({rep.n_records} records, {rep.n_rejected} rejected{why})")
     return spectra
 
@@ -800,17 +802,18 @@ def evaluate(
     if markdown is not None:
         from fastspec.report import report_markdown
 
-        Path(markdown).write_text(report_markdown([report]))
+        write_text_atomically(markdown, report_markdown([report]))
     if predictions is not None:
         import pyarrow.parquet as pq
 
-        pq.write_table(ev.predictions_table(details), str(predictions))
+        table = ev.predictions_table(details)
+        write_atomically(predictions, lambda tmp: pq.write_table(table, str(tmp)))
     return report
 
 
 def write_json(obj: Any, path: str | Path) -> None:
     """Write JSON with NaN/inf turned into null (strict JSON)."""
-    Path(path).write_text(json.dumps(_clean(obj), indent=1, sort_keys=False) + "\n")
+    write_text_atomically(path, json.dumps(_clean(obj), indent=1, sort_keys=False) + "\n")
 
 
 def _clean(x):

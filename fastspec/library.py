@@ -237,6 +237,7 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
         return spectra, {"n_read": len(spectra), "n_rejected": 0, "rejected": {},
                          "positions": np.arange(len(spectra), dtype=np.int64)}
     from fastspec import io as fio
+    from fastspec.io._common import first_rejection
 
     paths, n_skipped = _expand_directories(paths)
     spectra, report = fio.read([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), on_error=on_error,
@@ -249,18 +250,8 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
                                                         getattr(report, "rejected_ids", [])) if i is not None}
     # (path, records) per file read, in read order, so that every record can be traced to its file
     counts["files"] = [(str(r.path), int(r.n_records)) for r in (report.files or [report])]
-    counts["first_rejected"] = _first_rejection(report)
+    counts["first_rejected"] = first_rejection(report)
     return spectra, counts
-
-
-def _first_rejection(report) -> str | None:
-    """``path:line: reason`` of the reader's first rejected record (None: none), for messages."""
-    first = next(iter(getattr(report, "rejected", None) or []), None)
-    if first is None:
-        return None
-    where = first.path or (report.path if isinstance(report.path, str) else None)
-    place = ":".join(str(x) for x in (where, first.line) if x is not None)
-    return f"{place}: {first.reason}" if place else str(first.reason)
 
 
 def _read_warnings(report, n_skipped: int) -> dict[str, int]:

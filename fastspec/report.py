@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from fastspec._atomic import write_text_atomically
 from fastspec.errors import FastspecError
 
 REFERENCE = (1.0, 0.0, False)  # intensity_power, mz_power, shuffle of the "default" ablation row
@@ -520,11 +521,11 @@ def render(
     if markdown is not None:
         md = Path(markdown)
         fdir = Path(figure_dir) if figure_dir is not None else md.parent / f"{md.stem}_figures"
-        md.write_text(to_markdown(blocks, fdir, md.parent))
+        write_text_atomically(md, to_markdown(blocks, fdir, md.parent))
         written["markdown"] = str(md)
         written["figure_dir"] = str(fdir)
     if html_path is not None:
-        Path(html_path).write_text(to_html(blocks, title))
+        write_text_atomically(html_path, to_html(blocks, title))
         written["html"] = str(html_path)
     return written
 

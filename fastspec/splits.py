@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from fastspec._atomic import write_atomically
 from fastspec.baseline import LabData, SearchConfig, factorize
 from fastspec.errors import FastspecError, ParameterError
 from fastspec.spectra import Spectra
@@ -309,12 +310,12 @@ def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndar
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        pq.write_table(table, path)
+        write_atomically(path, lambda tmp: pq.write_table(table, str(tmp)))
     else:
         import pyarrow.csv as pcsv
 
         delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        pcsv.write_csv(table, path, pcsv.WriteOptions(delimiter=delim))
+        write_atomically(path, lambda tmp: pcsv.write_csv(table, str(tmp), pcsv.WriteOptions(delimiter=delim)))
 
 
 def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> np.ndarray:

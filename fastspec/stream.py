@@ -315,7 +315,7 @@ class _TableSink:
             else:
                 import pyarrow.csv as pcsv
 
-                from fastspec._indexfmt import ACTIVE_TEMPORARIES
+                from fastspec._atomic import ACTIVE_TEMPORARIES
 
                 ACTIVE_TEMPORARIES.add(self.body)
                 self.writer = pcsv.CSVWriter(str(self.body), self.schema, write_options=pcsv.WriteOptions(
@@ -348,7 +348,7 @@ class _TableSink:
                 pass
             self.writer = None
         if self.body is not None:
-            from fastspec._indexfmt import ACTIVE_TEMPORARIES
+            from fastspec._atomic import ACTIVE_TEMPORARIES
 
             ACTIVE_TEMPORARIES.discard(self.body)
             if self.body.exists():

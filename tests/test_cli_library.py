@@ -185,6 +185,11 @@ def test_an_output_name_that_is_not_utf8_is_one_line(tmp_path):
     res = run("convert", src, str(tmp_path) + "/c\udcff.parquet", ok=False)
     assert_clean_error(res, "not valid UTF-8")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mgf"]
+    # the same bytes in a metadata value (a JSON library's "\\udcff" escape) are not blamed on a file name
+    (tmp_path / "lib.json").write_text('[{"name": "caffeine \\udcff", "precursor_mz": 195.08, '
+                                       '"peaks_json": [[100.0, 1.0], [150.0, 2.0]]}]')
+    res = run("convert", tmp_path / "lib.json", tmp_path / "out.parquet", ok=False)
+    assert_clean_error(res, "text that is not valid UTF-8", "caffeine \\xff")
 
 
 def test_no_command_writes_over_its_input(tmp_path):
@@ -202,10 +207,15 @@ def test_no_command_writes_over_its_input(tmp_path):
         assert_clean_error(run("convert", src, out, ok=False), "also an input")
     assert_clean_error(run("convert", src, tmp_path / "o.mgf", "--report", tmp_path / "o.mgf", ok=False), "same file")
     assert src.read_text() == text and not (tmp_path / "o.mgf").exists()
-    # nothing readable: no empty file that could not be read back (index refuses the same input)
+    # every record bad: an empty output would hide it (index refuses the same input); an empty input is fine
     (tmp_path / "bad.mgf").write_text(text.split("END IONS\n", 1)[1])
     assert_clean_error(run("convert", tmp_path / "bad.mgf", tmp_path / "e.msp", ok=False), "bad.mgf:4")
     assert not (tmp_path / "e.msp").exists()
+    import fastspec.io as fio
+
+    (tmp_path / "none.mgf").write_text("")
+    run("convert", tmp_path / "none.mgf", tmp_path / "e.parquet")
+    assert len(fio.read(tmp_path / "e.parquet")) == 0
     lib = tmp_path / "l.parquet"
     run("convert", src, lib)
     before = lib.read_bytes()

@@ -294,17 +294,21 @@ def test_written_files_use_known_temporaries(tmp_path, suffix):
     import subprocess
     import sys
 
-    from fastspec import _indexfmt
+    from fastspec import _atomic
     from fastspec import io as fio
     from fastspec.spectra import Spectra
 
     out = tmp_path / f"s.{suffix}"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".{out.name}.tmp-{dead.pid}-0123abcd"
+    tag = _atomic.HOST_TAG
+    stale = tmp_path / f".{out.name}.tmp-{dead.pid}-{tag}-0123456789ab"
     stale.write_bytes(b"left by a SIGKILL")
-    other = tmp_path / f".{out.name}.tmp-{os.getpid()}-live0000"  # a live writer's: kept
-    other.write_bytes(b"being written")
+    kept = [f".{out.name}.tmp-{os.getpid()}-{tag}-0123456789ab",  # a live writer's
+            f".{out.name}.tmp-{dead.pid}-zzzzzz-0123456789ab",  # another host's (its pid means nothing here)
+            f".{out.name}.tmp-{dead.pid}-{tag}-05-01.{suffix}"]  # another output's name, not a temporary
+    for name in kept:
+        (tmp_path / name).write_bytes(b"kept")
     seen = []
 
     class Spy(set):
@@ -313,29 +317,31 @@ def test_written_files_use_known_temporaries(tmp_path, suffix):
             super().add(p)
 
     sp = Spectra.from_arrays([[50.0, 60.0]], [[1.0, 2.0]], precursor_mz=[100.0], metadata=[{"id": "a"}])
-    old = _indexfmt.ACTIVE_TEMPORARIES
-    spy = _indexfmt.ACTIVE_TEMPORARIES = Spy()
+    old = _atomic.ACTIVE_TEMPORARIES
+    spy = _atomic.ACTIVE_TEMPORARIES = Spy()
     try:
         fio.write(sp, out)
     finally:
-        _indexfmt.ACTIVE_TEMPORARIES = old
+        _atomic.ACTIVE_TEMPORARIES = old
     assert not spy  # known while written, forgotten once renamed
     assert len(seen) == 1 and seen[0].parent == tmp_path and seen[0].name.startswith(f".{out.name}.tmp-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, other.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, *kept])
     assert len(fio.read(out)) == 1
 
 
 def test_a_long_output_name_fits_its_temporary(tmp_path):
-    """A 240-character output name is legal; its temporary (23 characters longer) must be too."""
+    """A 240-byte output name is legal; its temporary (longer) must be too, also when the name's characters
+    take several bytes each."""
     from fastspec import io as fio
     from fastspec.spectra import Spectra
 
     sp = Spectra.from_arrays([[50.0]], [[1.0]], precursor_mz=[100.0])
-    for suffix in ("parquet", "mgf"):
-        out = tmp_path / ("a" * (240 - len(suffix)) + "." + suffix)
-        fio.write(sp, out)
-        assert len(fio.read(out)) == 1
-    assert len(list(tmp_path.iterdir())) == 2
+    for stem in ("a" * 230, "\u6570" * 76):  # 230 bytes; 228 bytes in 76 three-byte characters
+        for suffix in ("parquet", "mgf"):
+            out = tmp_path / f"{stem}.{suffix}"
+            fio.write(sp, out)
+            assert len(fio.read(out)) == 1
+    assert len(list(tmp_path.iterdir())) == 4
 
 
 def test_parameters_checked_up_front(lib, query_files, tmp_path):

@@ -63,11 +63,10 @@ def handle_errors(f):
         try:
             return _in_worker(f, args, kwargs)
         except UnicodeEncodeError as e:
-            # a file name with bytes that are not UTF-8 (kept as surrogates): pyarrow takes UTF-8 paths only
+            # bytes that are not UTF-8, kept by Python as surrogates: pyarrow writes UTF-8 only
             if os.environ.get("FASTSPEC_DEBUG") or e.reason != "surrogates not allowed":
                 raise
-            name = os.fsencode(e.object).decode("utf-8", "backslashreplace") if isinstance(e.object, str) else e.object
-            raise click.ClickException(f"{name}: a file name that is not valid UTF-8; rename it") from None
+            raise click.ClickException(_not_utf8(e, [*args, *kwargs.values()])) from None
         except (FastspecError, OSError) as e:
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise
@@ -82,6 +81,23 @@ def handle_errors(f):
             raise click.ClickException(msg.splitlines()[0] if msg else type(e).__name__) from None
 
     return wrapper
+
+
+def _not_utf8(e: UnicodeEncodeError, params: list) -> str:
+    """The one line for text that pyarrow could not write: a file name given to the command, if one of
+    them holds such bytes, else the text itself (a metadata value read from a file)."""
+    def shown(text: str) -> str:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+    flat = [x for p in params for x in (p if isinstance(p, (tuple, list)) else (p,)) if isinstance(x, str)]
+    for x in flat:
+        try:
+            x.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{shown(x)}: a file name that is not valid UTF-8; rename it"
+    text = e.object if isinstance(e.object, str) else ""
+    near = shown(text[max(0, e.start - 30): e.end + 30])
+    return f"text that is not valid UTF-8 cannot be written (near '{near}'); fix it in the input"
 
 
 def _in_worker(f, args, kwargs):
@@ -146,7 +162,7 @@ def _abandon(code: int) -> None:
     import time
     from pathlib import Path
 
-    from fastspec._indexfmt import ACTIVE_TEMPORARIES
+    from fastspec._atomic import ACTIVE_TEMPORARIES
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C (or timeout's signal to the group) must not
         try:                                      # cut the clean-up short
@@ -179,10 +195,12 @@ def _abandon(code: int) -> None:
                 p.unlink()
             except OSError:
                 pass
-    click.echo("interrupted", err=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        click.echo("interrupted", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:  # stderr may be a closed pipe: the exit status still says what happened
+        os._exit(code)
 
 
 class CompileWatch:

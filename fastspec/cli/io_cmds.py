@@ -37,19 +37,19 @@ def convert(inputs, output, fmt, input_format, on_error, report_path, threads, q
     t0 = time.perf_counter()
     spectra, report = read(list(inputs), format=input_format, on_error=on_error,
                            progress=False if quiet else None, return_report=True)
-    if len(spectra) == 0:  # an empty output file could not be read back; `fastspec index` refuses it too
+    if len(spectra) == 0 and report.n_rejected:  # every record was bad: an empty output would hide it
         from fastspec.errors import FastspecError
+        from fastspec.io._common import first_rejection
 
-        first = report.rejected[0] if report.rejected else None
-        why = f"; first rejected: {first.path}:{first.line}: {first.reason}" if first is not None else ""
-        raise FastspecError(f"no spectra read ({report.n_records} records, {report.n_rejected} rejected{why}); "
+        raise FastspecError(f"every record was rejected ({report.n_rejected}; first: {first_rejection(report)}); "
                             f"nothing written to {output}")
     write(spectra, output, format=fmt)
     if report_path:
         import json
 
-        with open(report_path, "w", encoding="utf-8") as fh:
-            json.dump(report.to_dict(), fh, indent=1, default=str)
+        from fastspec._atomic import write_text_atomically
+
+        write_text_atomically(report_path, json.dumps(report.to_dict(), indent=1, default=str))
     if not quiet:
         click.echo(f"{len(spectra):,} spectra -> {output} in {time.perf_counter() - t0:.2f}s; "
                    f"{report.summary()}", err=True)

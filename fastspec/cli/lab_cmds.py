@@ -139,7 +139,9 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 
         text = report_markdown([rep])
         if output:
-            Path(output).with_suffix(".md").write_text(text)
+            from fastspec._atomic import write_text_atomically
+
+            write_text_atomically(Path(output).with_suffix(".md"), text)
         else:
             click.echo(text)
     if not output and not markdown:

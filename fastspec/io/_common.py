@@ -28,7 +28,6 @@ import os
 import re
 import stat
 import sys
-import uuid
 import zlib
 from typing import Any, Iterator, NamedTuple
 
@@ -36,6 +35,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
+from fastspec._atomic import naming_output, temporary_sibling
 from fastspec.errors import FastspecError, ParseError
 from fastspec.kernels._config import NJIT
 from fastspec.spectra import Spectra, sort_peaks_csr
@@ -620,47 +620,14 @@ def sniffed(path: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def temporary_sibling(path):
-    """A temporary name beside ``path`` (``.{name}.tmp-{pid}-{random}``, see
-    :func:`fastspec._indexfmt.temporary_prefix`), yielded as a Path and removed afterwards unless renamed
-    away; while it exists the CLI's Ctrl-C handler knows it
-    (``ACTIVE_TEMPORARIES``) and removes it. Temporaries of ``path`` whose writer process is gone (a
-    SIGKILL, a crash) are removed first: nothing else would."""
-    from pathlib import Path
-
-    from fastspec._indexfmt import ACTIVE_TEMPORARIES, remove_stale_temporaries, temporary_prefix
-
-    path = Path(path)
-    remove_stale_temporaries(path.parent if str(path.parent) else Path("."), path.name)
-    tmp = path.with_name(f"{temporary_prefix(path.name)}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    ACTIVE_TEMPORARIES.add(tmp)
-    try:
-        yield tmp
-    finally:
-        ACTIVE_TEMPORARIES.discard(tmp)
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_atomically(path, write) -> None:
-    """Call ``write(tmp)`` on a :func:`temporary_sibling` of ``path`` and rename it into place, so that an
-    interrupted write never leaves a truncated file where a previous one was; the temporary is removed
-    on any error, and an OSError names ``path``, not the temporary."""
-    from pathlib import Path
-
-    path = Path(path)
-    with temporary_sibling(path) as tmp:
-        try:
-            write(tmp)
-            os.replace(tmp, path)
-        except OSError as e:  # name the file asked for, not the temporary (a full disk, no permission)
-            if e.errno is None or (e.filename is not None and not os.fspath(e.filename).startswith(str(tmp))):
-                raise  # about another file (a query file not found)
-            # pyarrow puts the path it opened into the message itself (the temporary, or the rows file a
-            # chunked CSV/TSV writes beside it: fastspec.stream)
-            why = re.sub(re.escape(str(tmp)) + r"(\.rows)?", lambda m: str(path), e.strerror or str(e))
-            raise type(e)(e.errno, why, str(path)) from e
+def first_rejection(report) -> str | None:
+    """``path:line: reason`` of the reader's first rejected record (None: none), for messages."""
+    first = next(iter(getattr(report, "rejected", None) or []), None)
+    if first is None:
+        return None
+    where = first.path or (report.path if isinstance(report.path, str) else None)
+    place = ":".join(str(x) for x in (where, first.line) if x is not None)
+    return f"{place}: {first.reason}" if place else str(first.reason)
 
 
 @contextlib.contextmanager
@@ -670,7 +637,7 @@ def text_sink(path: str):
     file (nor clobbers an older one)."""
     path = str(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with temporary_sibling(path) as tmp:  # opened like the file itself (the umask's permissions)
+    with temporary_sibling(path) as tmp, naming_output(path, tmp):  # opened with the umask's permissions
         if path.lower().endswith(".gz"):
             fh = io.TextIOWrapper(gzip.open(tmp, "wb", compresslevel=6), encoding="utf-8", newline="\n")
         else:

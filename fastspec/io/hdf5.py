@@ -105,7 +105,7 @@ def _write_column(group, name: str, col) -> None:
 
 def write(spectra: Spectra, path: str) -> None:
     """Write spectra in the HDF5 layout of this module (atomically: temp file, then rename)."""
-    from fastspec.io._common import write_atomically
+    from fastspec._atomic import write_atomically
 
     write_atomically(path, lambda tmp: _write_file(spectra, tmp))
 

@@ -109,7 +109,7 @@ def write(spectra: Spectra, path: str, row_group_size: int = 65_536) -> None:
     """Write spectra as parquet (zstd-compressed, row groups of ``row_group_size``)."""
     import pyarrow.parquet as pq
 
-    from fastspec.io._common import write_atomically
+    from fastspec._atomic import write_atomically
 
     table = to_table(spectra)
     write_atomically(path, lambda tmp: pq.write_table(table, str(tmp), row_group_size=row_group_size,

@@ -1,0 +1,137 @@
+"""Atomic writes: every file or index directory fastspec writes is written under a hidden temporary
+sibling and renamed into place when complete.
+
+A temporary is named ``.{name}.tmp-{pid}-{host}-{random}`` (:func:`temporary_name`): the writer's pid and
+a tag of its host, so that a later writer of the same output can tell the temporaries of writers that were
+killed outright (SIGKILL, a crash; Ctrl-C in the CLI removes its own, see :data:`ACTIVE_TEMPORARIES`) from
+those of writers still running, here or on another host sharing the directory: only this host's
+temporaries whose process is gone are removed (:func:`remove_stale_temporaries`).
+
+Standard library only: the hit tables and the CLI import this without numpy or numba.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import socket
+import uuid
+from pathlib import Path
+
+#: temporaries being written right now (index directories, output files): what an interrupted CLI
+#: command removes before it exits (see fastspec.cli._common.handle_errors)
+ACTIVE_TEMPORARIES: set = set()
+
+#: this host's tag in temporary names (a hash of its name: hosts sharing a directory keep apart)
+HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+
+
+def temporary_prefix(name: str) -> str:
+    """How the temporaries of an output called ``name`` start: ``.{name}.tmp-``. A long name (over 200
+    bytes) is cut to 120 bytes at a character boundary and told apart by a hash of it, so that the
+    temporary's own name (32 bytes longer) stays within the file system's 255 bytes whenever ``name``
+    does."""
+    raw = os.fsencode(name)
+    if len(raw) <= 200:
+        return f".{name}.tmp-"
+    return f".{raw[:120].decode('utf-8', 'ignore')}~{hashlib.sha1(raw).hexdigest()[:12]}.tmp-"
+
+
+def temporary_name(name: str) -> str:
+    """A fresh temporary name for an output called ``name`` (see the module docstring)."""
+    return f"{temporary_prefix(name)}{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:12]}"
+
+
+def remove_stale_temporaries(parent: Path, name: str) -> None:
+    """Delete the temporaries of output ``name`` in ``parent`` (index directories, output files and the
+    ``.rows`` file a chunked hit table writes beside its own) that this host's writers left when they
+    were killed outright: names of exactly :func:`temporary_name`'s shape, this host's tag, and a pid
+    that no longer runs. Another host's, a running writer's, and any other file are left alone. Index
+    directories also lose ``.{name}.old-*`` (an old index moved aside) once ``name`` holds an index again."""
+    prefix = temporary_prefix(name)
+    if (Path(parent) / name / "manifest.json").exists():  # the swap completed: what it moved aside is garbage
+        old = f".{name}.old-"
+        for entry in _entries(parent):
+            if entry.name.startswith(old):
+                _remove(Path(entry.path))
+    shape = re.compile(re.escape(prefix) + r"(\d+)-" + HOST_TAG + r"-[0-9a-f]{12}(?:\.rows|-abandoned)?")
+    for entry in _entries(parent):
+        if not entry.name.startswith(prefix):
+            continue
+        m = shape.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            _remove(Path(entry.path))
+        except (OSError, OverflowError):  # alive but not ours (EPERM), or no pid at all: leave it
+            pass
+
+
+def _entries(parent) -> list:
+    try:
+        with os.scandir(parent) as it:  # names only: no stat per entry (folders of many outputs)
+            return list(it)
+    except OSError:  # the directory is unreadable or gone: whatever writes there says why
+        return []
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def temporary_sibling(path):
+    """A temporary name beside ``path`` (:func:`temporary_name`), yielded as a Path and removed afterwards
+    unless renamed away; while it exists the CLI's Ctrl-C handler knows it (:data:`ACTIVE_TEMPORARIES`)
+    and removes it. The stale temporaries of ``path`` are removed first
+    (:func:`remove_stale_temporaries`): nothing else would."""
+    path = Path(path)
+    remove_stale_temporaries(path.parent if str(path.parent) else Path("."), path.name)
+    tmp = path.with_name(temporary_name(path.name))
+    ACTIVE_TEMPORARIES.add(tmp)
+    try:
+        yield tmp
+    finally:
+        ACTIVE_TEMPORARIES.discard(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def naming_output(path, tmp):
+    """Re-raise an OSError about the temporary ``tmp`` as one about ``path``, the file asked for (a full
+    disk, no permission); errors about other files (a query file not found) pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None or (e.filename is not None and not os.fspath(e.filename).startswith(str(tmp))):
+            raise
+        # pyarrow puts the path it opened into the message itself (the temporary, or the rows file a
+        # chunked CSV/TSV writes beside it: fastspec.stream)
+        why = re.sub(re.escape(str(tmp)) + r"(\.rows)?", lambda m: str(path), e.strerror or str(e))
+        raise type(e)(e.errno, why, str(path)) from e
+
+
+def write_atomically(path, write) -> None:
+    """Call ``write(tmp)`` on a :func:`temporary_sibling` of ``path`` and rename it into place, so that an
+    interrupted write never leaves a truncated file where a previous one was; the temporary is removed
+    on any error, and an OSError names ``path``, not the temporary."""
+    path = Path(path)
+    with temporary_sibling(path) as tmp, naming_output(path, tmp):
+        write(tmp)
+        os.replace(tmp, path)
+
+
+def write_text_atomically(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`write_atomically`."""
+    write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

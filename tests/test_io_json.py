@@ -261,3 +261,15 @@ def test_review_not_gzip_is_a_fastspec_error(tmp_path):
     p.write_text(json.dumps(GNPS))
     with pytest.raises(FastspecError, match="cannot read"):
         fio.read(p)
+
+
+def test_lone_surrogate_escapes_become_replacement_characters(tmp_path):
+    """``"\\udcff"`` is legal JSON text but no UTF-8 writer takes the lone surrogate it decodes to: it reads
+    as U+FFFD, as bytes that are not UTF-8 do in the text formats; a real pair stays one character."""
+    p = tmp_path / "s.json"
+    p.write_text('[{"name": "caffeine \\udcff", "smiles": "\\ud83d\\ude00", "precursor_mz": 195.08, '
+                 '"peaks_json": [[100.0, 1.0]]}]')
+    s = fio.read(p)
+    assert s.column("name") == ["caffeine \ufffd"] and s.column("smiles") == ["\U0001F600"]
+    fio.write(s, tmp_path / "s.parquet")
+    assert fio.read(tmp_path / "s.parquet").column("name") == ["caffeine \ufffd"]

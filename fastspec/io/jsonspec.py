@@ -145,6 +145,8 @@ def _records(path: str) -> Iterator[tuple[Any, str | None]]:
                     yield _Broken(msg), None
                     resync = e.pos  # where the decoder stopped, which may be a stray "}" itself
                 else:
+                    if buf.find("\\u", pos, end) >= 0:  # an escape may be a lone surrogate, which no writer takes
+                        value = _without_lone_surrogates(value)
                     pos = end
                     n += 1
                     yield value, None
@@ -185,6 +187,20 @@ def looks_like_spectra(path: str) -> bool:
     except (OSError, EOFError, ValueError, FastspecError):
         return False
     return False
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with every lone surrogate (a ``\\udcff`` escape, legal JSON text) in its strings replaced by
+    U+FFFD, as the text readers replace bytes that are not UTF-8: Arrow, and so every writer, refuses it."""
+    if isinstance(value, str):
+        if not any("\ud800" <= c <= "\udfff" for c in value):
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    return value
 
 
 def _candidate(buf: str, at: int, eof: bool, decoder: json.JSONDecoder) -> str:

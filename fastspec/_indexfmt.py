@@ -334,13 +334,11 @@ def verify_files(directory: Path, manifest: dict[str, Any], progress=None) -> No
             progress(name)
 
 
-
-
 class AtomicDirectory:
     """Context manager for building a directory atomically.
 
-    Files are written into a temporary sibling (:func:`fastspec._atomic.temporary_name`); on success it replaces
-    ``target`` (an existing target is first moved aside, then deleted); on any exception it is removed.
+    Files are written into a temporary sibling (:func:`fastspec._atomic.temporary_name`); on success it
+    replaces ``target`` (an existing target is first moved aside, then deleted); on any exception it is removed.
     A build killed outright (SIGKILL, power loss) cannot clean up: its temporary is removed by the next
     build of the same target once no process with that pid is alive on this host.
 

@@ -154,7 +154,6 @@ def load_spectra(obj: "str | Path | Spectra | LabData") -> Spectra | LabData:
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
     from fastspec.io import read
-
     from fastspec.io._common import first_rejection
 
     spectra, rep = read(str(path), return_report=True)

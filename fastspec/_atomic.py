@@ -48,7 +48,8 @@ def remove_stale_temporaries(parent: Path, name: str) -> None:
     """Delete the temporaries of output ``name`` in ``parent`` (index directories, output files and the
     ``.rows`` file a chunked hit table writes beside its own) that this host's writers left when they
     were killed outright: names of exactly :func:`temporary_name`'s shape, this host's tag, and a pid
-    that no longer runs. Another host's, a running writer's, and any other file are left alone. Index
+    that no longer runs (and index build directories named before the tag existed, whose pid no longer
+    runs). Another host's, a running writer's, and any other file are left alone. Index
     directories also lose ``.{name}.old-*`` (an old index moved aside) once ``name`` holds an index again."""
     prefix = temporary_prefix(name)
     if (Path(parent) / name / "manifest.json").exists():  # the swap completed: what it moved aside is garbage
@@ -57,12 +58,16 @@ def remove_stale_temporaries(parent: Path, name: str) -> None:
             if entry.name.startswith(old):
                 _remove(Path(entry.path))
     shape = re.compile(re.escape(prefix) + r"(\d+)-" + HOST_TAG + r"-[0-9a-f]{12}(?:\.rows|-abandoned)?")
+    # index build directories of fastspec before the host tag (what they were removed by then, as then)
+    old_dir = re.compile(re.escape(prefix) + r"(\d+)-[0-9a-f]{12}(?:-abandoned)?")
     for entry in _entries(parent):
         if not entry.name.startswith(prefix):
             continue
         m = shape.fullmatch(entry.name)
         if m is None:
-            continue
+            m = old_dir.fullmatch(entry.name)
+            if m is None or not entry.is_dir(follow_symlinks=False):
+                continue
         try:
             os.kill(int(m.group(1)), 0)
         except ProcessLookupError:

@@ -329,6 +329,25 @@ def test_written_files_use_known_temporaries(tmp_path, suffix):
     assert len(fio.read(out)) == 1
 
 
+def test_index_temporaries_of_older_versions_are_still_removed(tmp_path):
+    """An index build directory named before the host tag (``.NAME.tmp-PID-12HEX``) whose process is gone is
+    removed by the next build of that index, as it was before; a file of that shape is not touched."""
+    import subprocess
+    import sys
+
+    from fastspec._atomic import remove_stale_temporaries
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    old = tmp_path / f".lib.fastspec.tmp-{dead.pid}-0123456789ab"
+    (old / "sub").mkdir(parents=True)
+    kept = tmp_path / f".x.tmp-{dead.pid}-0123456789ab"
+    kept.write_text("a file")
+    remove_stale_temporaries(tmp_path, "lib.fastspec")
+    remove_stale_temporaries(tmp_path, "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [kept.name]
+
+
 def test_a_long_output_name_fits_its_temporary(tmp_path):
     """A 240-byte output name is legal; its temporary (longer) must be too, also when the name's characters
     take several bytes each."""

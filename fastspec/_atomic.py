@@ -58,7 +58,7 @@ def remove_stale_temporaries(parent: Path, name: str) -> None:
             if entry.name.startswith(old):
                 _remove(Path(entry.path))
     shape = re.compile(re.escape(prefix) + r"(\d+)-" + HOST_TAG + r"-[0-9a-f]{12}(?:\.rows|-abandoned)?")
-    # index build directories of fastspec before the host tag (what they were removed by then, as then)
+    # index build directories named before the host tag existed: removed as they were then
     old_dir = re.compile(re.escape(prefix) + r"(\d+)-[0-9a-f]{12}(?:-abandoned)?")
     for entry in _entries(parent):
         if not entry.name.startswith(prefix):

@@ -111,6 +111,7 @@ def write(spectra: Spectra, path: str) -> None:
 
 
 def _write_file(spectra: Spectra, tmp) -> None:
+    """The HDF5 layout of :func:`write`, into the file ``tmp`` (renamed into place by the caller)."""
     h5py = _h5py()
     with h5py.File(tmp, "w") as f:
         f.attrs["format"] = FORMAT

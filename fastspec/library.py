@@ -450,11 +450,15 @@ def _manifest_stamp(path: Path) -> tuple | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
-def _refuse_empty(report) -> None:
+def _refuse_empty(report, blank_ok: bool = False) -> None:
     """A file in which the reader found no record at all is an error, not an empty input: a wrong format,
-    encoding or a typo (``BEGIN_IONS``) would otherwise build an empty library or search nothing."""
+    encoding or a typo (``BEGIN_IONS``) would otherwise build an empty library or search nothing.
+    ``blank_ok``: a file with no lines outside records either (empty, or blank lines only) is let through
+    (``fastspec convert``: an empty input gives an empty output)."""
     files = getattr(report, "files", None) or [report]
     for f in files:
+        if blank_ok and not (getattr(f, "warnings", None) or {}).get("lines outside records"):
+            continue
         if getattr(f, "n_records", 1) == 0:
             notes = ", ".join(f"{k}: {v}" for k, v in (getattr(f, "warnings", None) or {}).items() if v)
             raise ParseError(f"no spectrum records found (read as {getattr(f, 'format', None) or 'unknown format'}"

@@ -288,3 +288,11 @@ def test_convert_command(tmp_path):
     assert res.exit_code != 0 and "bad.mgf:1" in res.output and "Traceback" not in res.output
     res = runner.invoke(main, ["convert", str(tmp_path / "nope.mgf"), str(tmp_path / "x.mgf")])
     assert res.exit_code != 0 and "No such file" in res.output
+    # a file with no record at all is a mistake (a BEGIN_IONS typo), not an empty input; an empty file is one
+    typo = write(tmp_path, "typo.mgf", "BEGIN_IONS\nPEPMASS=100\n50 10\nEND IONS\n")
+    res = runner.invoke(main, ["convert", str(typo), str(tmp_path / "t.mgf")])
+    assert res.exit_code != 0 and "no spectrum records found" in res.output and "lines outside records: 4" in res.output
+    assert not (tmp_path / "t.mgf").exists()
+    empty = write(tmp_path, "empty.mgf", "\n")
+    res = runner.invoke(main, ["convert", str(empty), str(tmp_path / "e.mgf")])
+    assert res.exit_code == 0 and len(fio.read(tmp_path / "e.mgf")) == 0

@@ -157,6 +157,11 @@ def test_msp_nist_and_msdial_layouts(tmp_path):
     ("CHARGE=1-\nADDUCT=[M+H]+", [1], ["positive"]),
     ("CHARGE=2+\nADDUCT=[M+H]+", [2], ["positive"]),
     ("CHARGE=1+\nADDUCT=M-H", [1], ["positive"]),
+    # ... unless the ion mode sides with the adduct (two of three say negative)
+    ("CHARGE=1+\nIONMODE=Negative\nADDUCT=M-H", [-1], ["negative"]),
+    ("CHARGE=1+\nIONMODE=Negative\nNAME=X M-H", [-1], ["negative"]),
+    ("CHARGE=1-\nIONMODE=Positive\nADDUCT=M+H", [1], ["positive"]),
+    ("CHARGE=1-\nIONMODE=Negative\nADDUCT=M+H", [-1], ["negative"]),
     ("CHARGE=1+\nIONMODE=Negative", [1], ["negative"]),
     # an unbracketed adduct (GNPS) gives a missing charge and the sign of an unsigned one
     ("CHARGE=1\nADDUCT=M-H", [-1], ["negative"]),
@@ -167,7 +172,7 @@ def test_msp_nist_and_msdial_layouts(tmp_path):
 def test_mgf_adduct_sign_beats_charge_sign(tmp_path, text, charges, modes):
     s, r = read(tmp_path, "z.mgf", f"BEGIN IONS\nPEPMASS=300.1\n{text}\n100 1\nEND IONS\n")
     assert s.charge.tolist() == charges and s.metadata.column("ion_mode").to_pylist() == modes
-    assert r.n_rejected == 0 and r.warnings == {}
+    assert r.n_rejected == 0 and r.warnings == ({"adduct from name": 1} if "NAME=" in text else {})
 
 
 def test_msp_gnps_conversion_unbracketed_precursor_type_gives_the_charge(tmp_path):
@@ -693,3 +698,12 @@ def test_compressed_content_under_a_spectrum_extension(tmp_path, fmt):
     for name, kind in ((f"zip.{fmt}", "a zip archive"), (f"bz.{fmt}", "bzip2-compressed")):
         with pytest.raises(FastspecError, match=f"{kind}, which fastspec does not read; extract it first"):
             fio.read(tmp_path / name)
+
+
+def test_mgf_without_any_record_counts_its_lines(tmp_path):
+    # an MSP file named .mgf, a BEGIN_IONS typo: no record, and every line is counted as outside one
+    # (the file's last block ends with a line end, so no header is ever applied to a record)
+    s, r = read(tmp_path, "msp.mgf", "NAME: x\nPRECURSORMZ: 100\n53.0 10\n54.0 20\n")
+    assert len(s) == 0 and r.n_records == 0 and r.warnings == {"lines outside records": 4}
+    s, r = read(tmp_path, "typo.mgf", "BEGIN_IONS\nTITLE=a\nPEPMASS=100\n50 10\nEND IONS")
+    assert len(s) == 0 and r.warnings == {"lines outside records": 5}

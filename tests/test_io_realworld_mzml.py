@@ -253,7 +253,11 @@ def test_truncated_mzml_keeps_what_was_read_and_positions(tmp_path):
 
 
 @pytest.mark.parametrize("name,data", [("empty.mzML", b""), ("page.mzML", b"<html><body><p>404<br></p></body></html>"),
-                                       ("notgz.mzML.gz", b'<?xml version="1.0"?><mzML/>')])
+                                       ("notgz.mzML.gz", b'<?xml version="1.0"?><mzML/>'),
+                                       # well-formed XML of another kind: pyteomics reads it as mzML without spectra
+                                       ("xhtml.mzML", b"<html><body>404</body></html>"),
+                                       ("ids.mzML", b'<?xml version="1.0"?><MzIdentML xmlns="http://psidev.info/psi/pi/mzIdentML/1.2">'
+                                                    b"<SequenceCollection/></MzIdentML>")])
 def test_unreadable_mzml_is_one_clear_error(tmp_path, name, data):
     p = tmp_path / name
     p.write_bytes(data)

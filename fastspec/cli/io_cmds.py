@@ -37,6 +37,9 @@ def convert(inputs, output, fmt, input_format, on_error, report_path, threads, q
     t0 = time.perf_counter()
     spectra, report = read(list(inputs), format=input_format, on_error=on_error,
                            progress=False if quiet else None, return_report=True)
+    from fastspec.library import _refuse_empty
+
+    _refuse_empty(report, blank_ok=True)  # a file of other text (a BEGIN_IONS typo) is no empty input
     if len(spectra) == 0 and report.n_rejected:  # every record was bad: an empty output would hide it
         from fastspec.errors import FastspecError
         from fastspec.io._common import first_rejection

@@ -72,6 +72,8 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
         if len(r) == 0:
             continue
         yield _block_spectra(path, r, mode, on_error, report, defaults, carry, follows)
+    if header is not None:  # no BEGIN IONS at all, and the last block ended with a line end (not final)
+        report.warn("lines outside records", header_ignored - header.apply(defaults))
 
 
 _MGF_BEGIN_RE = re.compile(rb"(?im)^(?:\xef\xbb\xbf)?[ \t]*begin ions[ \t\r]*$")

@@ -673,8 +673,10 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     charge = np.where(is_neg & (charge > 0) & ~explicit, -charge, charge)
     # a charge whose sign contradicts the adduct's takes the adduct's sign, magnitude kept: always for a
     # sign written after a bracket (MS-DIAL GNPS exports write CHARGE=1+ next to ION=[M-H]-), for M-H only
-    # when the charge was written without a sign (GNPS writes Charge 1 for M-H too)
-    charge = np.where((add_written | ~explicit) & (charge * add_charge < 0), -charge, charge)
+    # when the charge was written without a sign (GNPS writes Charge 1 for M-H too) or the ion mode
+    # agrees with the adduct (CHARGE=1+, IONMODE=Negative, M-H: two of three say negative)
+    mode_agrees = (is_neg & (add_charge < 0)) | (is_pos & (add_charge > 0))
+    charge = np.where((add_written | ~explicit | mode_agrees) & (charge * add_charge < 0), -charge, charge)
     # ion mode from the bracketed adduct's sign, else the charge sign (by now the adduct's unless written)
     unknown = ~(is_pos | is_neg)
     sign = np.where(add_written, np.sign(add_charge), np.where(charge != 0, np.sign(charge), zero_sign))

@@ -221,13 +221,36 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     the rest counts as one rejected record at the position of the first spectrum not read, its reason
     naming the XML line (``on_error="raise"``: a :class:`ParseError` there), also when the break lies in
     the first KiB of a file whose start reads as mzML. A file that does not start as mzML (empty, an
-    HTML page, not gzip despite ``.gz``) is a :class:`FastspecError`.
+    HTML page, not gzip despite ``.gz``, XML whose root element is not ``mzML``) is a :class:`FastspecError`.
     """
     found = sniffed(path)
     if found == "mzxml":  # pyteomics reads an mzXML file as an mzML file without spectra
         raise FastspecError(f"{path}: an mzXML file, not mzML (name it .mzXML or pass format='mzxml')")
+    if found is None:  # and any other XML document (mzIdentML, an HTML page) as one without spectra
+        root = _root_element(path)
+        if root is not None and root not in ("mzML", "indexedmzML"):
+            raise FastspecError(f"{path}: not readable as mzML (its root element is <{root}>, not <mzML>)")
     yield from iter_xml(path, _reader_class(tolerant=found == "mzml"), _MZML, on_error=on_error, report=report,
                         chunk_size=chunk_size)
+
+
+def _root_element(path: str) -> str | None:
+    """Local name of the XML document's root element (None: not well-formed before it, or unreadable;
+    the reader then says why)."""
+    from lxml import etree
+
+    try:
+        fh, _ = open_binary(path)
+    except (OSError, FastspecError):
+        return None
+    try:
+        with fh:
+            for _, el in etree.iterparse(fh, events=("start",), recover=False, resolve_entities=False,
+                                         no_network=True, huge_tree=False):
+                return etree.QName(el).localname
+    except Exception:  # noqa: BLE001 - lxml, gzip and zlib raise many kinds
+        return None
+    return None
 
 
 class XmlDialect(NamedTuple):

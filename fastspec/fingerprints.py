@@ -162,7 +162,7 @@ def _rdkit():
     try:
         from rdkit import Chem
     except ImportError as e:  # pragma: no cover - depends on environment
-        raise FastspecError("fingerprints need RDKit: pip install 'fastspec[chem]'") from e
+        raise FastspecError("RDKit is missing (a dependency of fastspec): pip install rdkit") from e
     return Chem
 
 

@@ -49,7 +49,8 @@ class Hits:
         skipped), ``ms1``
         (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched) or
         ``msn`` (an MSn record, ``ms_level`` 3 or more, as mzmine's MSn exports hold: not searched; the
-        mzML and mzXML readers read MS2 scans only).
+        mzML and mzXML readers read MS2 scans only) or ``rejected`` (a query record the reader could not
+        use, with ``on_error="skip"``; why: ``params["query_records"]``).
     fallback : ndarray of bool (n,)
         Formula mode: the query had no same-formula neighbour and was searched against the whole library.
     query_ids : list of str

@@ -506,7 +506,8 @@ def formulas_or_from_smiles(formulas: Sequence, smiles) -> tuple[list[str | None
     structure but no formula, which would leave formula mode nothing to match.
 
     ``smiles``: a list or Arrow array (only the rows without a formula are read), or None. Without RDKit
-    (the ``chem`` extra) formulas stay missing. Returns the formulas and how many came from a SMILES.
+    (a dependency, missing only from a broken install) formulas stay missing. Returns the formulas and how
+    many came from a SMILES.
     """
     out = canonical_formulas(formulas)
     missing = [i for i, f in enumerate(out) if f is None]
@@ -1259,11 +1260,20 @@ class Library:
         }
 
     def search(self, queries: Any, k: int = 10, *, mode: str = "identity", metric: str | None = None, **kwargs):
-        """Search query spectra against the library; see :func:`fastspec.search.search` for all options.
+        """Search query spectra against the library; :func:`fastspec.search.search` documents every option.
+
+        Keyword options and defaults: ``tolerance=0.02`` (fragments; a float is Da, or ``"0.02da"``,
+        ``"10ppm"``), ``precursor_tolerance=0.01`` (identity mode), ``engine="exact"`` (or ``"faiss"``
+        with ``nprobe``, ``n_candidates``), ``threads=None``, ``formula=None`` and ``no_neighbour="skip"``
+        (formula mode), ``same_adduct`` / ``same_charge`` / ``same_instrument=False``, ``min_matches=0``,
+        ``min_score=0.0``, ``on_error="skip"`` (query files), ``progress=None``, ``mz_power=0.0``,
+        ``intensity_power=1.0`` and other metric parameters (``preset="khoo2026"`` for ``binned_cosine``).
 
         Returns
         -------
         Hits
+            ``scores`` float32 (n, k), ``indices`` int64 (n, k) (-1: no hit), ``matches`` (n, k),
+            ``status``; ``to_arrow()``, ``to_pandas()``, ``to_parquet(path)``, ``write(path)``.
         """
         from fastspec.search import search
 

@@ -438,6 +438,8 @@ class _SearchConfig:
         c.same_adduct, c.same_charge, c.same_instrument = bool(same_adduct), bool(same_charge), bool(same_instrument)
         c.min_matches = _count(min_matches, "min_matches", 0)
         c.min_score = _number(min_score, "min_score")
+        if c.min_score > 1.0:  # every metric scores within [0, 1]: nothing could ever be a hit
+            raise ParameterError(f"min_score must be at most 1 (scores lie in [0, 1]), got {min_score!r}")
         c.nprobe = None if nprobe is None else _count(nprobe, "nprobe", 1)
         c.n_candidates = None if n_candidates is None else _count(n_candidates, "n_candidates", 1)
         if engine != "faiss" and (nprobe is not None or n_candidates is not None):  # set but never used

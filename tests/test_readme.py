@@ -55,6 +55,24 @@ def test_readme_python_example_runs(massbank_mgf, massbank_msp, tmp_path, monkey
     assert env["hits"].scores.shape == (n_queries, 10) and env["hyb"].indices.shape == (n_queries, 10)
     assert env["nn"].indices.shape == (n_queries, 1) and (env["hits"].indices[:, 0] >= 0).any()
     assert env["done"]["n_queries"] == 100 and pq.read_table(tmp_path / "hits.parquet").num_rows >= 100
+    assert env["table"].num_rows >= n_queries and "n_matched" in env["table"].column_names
+    # the matchms recipe: its top hits score as matchms CosineGreedy() scores them
+    from matchms import Spectrum
+    from matchms.similarity import CosineGreedy
+
+    same, lib_raw, q = env["same"], fio.read(tmp_path / "library.mgf"), env["queries"]
+    cos = CosineGreedy()
+    checked = 0
+    for i in range(0, n_queries, 15):
+        for j, sc, nm in zip(same.indices[i], same.scores[i], same.matches[i]):
+            if j < 0:
+                continue
+            a = Spectrum(mz=q[i].mz, intensities=q[i].intensity.astype(float), metadata={})
+            b = Spectrum(mz=lib_raw[int(j)].mz, intensities=lib_raw[int(j)].intensity.astype(float), metadata={})
+            ref = cos.pair(a, b)
+            assert abs(float(ref["score"]) - float(sc)) < 1e-6 and int(ref["matches"]) == int(nm)
+            checked += 1
+    assert checked > 10
 
 
 def test_readme_command_line_example_runs(massbank_mgf, massbank_msp, massbank_parquet, tmp_path, monkeypatch):

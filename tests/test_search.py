@@ -1185,7 +1185,7 @@ def test_bad_parameters(lib, data):
     q = data[1][:3]
     for kw in ({"mode": "fuzzy"}, {"k": 0}, {"tolerance": "abc"}, {"mode": "analog", "metric": "cosine"},
                {"no_neighbour": "maybe"}, {"engine": "gpu"}, {"metric": "nope"}, {"min_matches": "3"},
-               {"min_score": float("nan")}, {"no_such_option": 1}, {"metric": "entropy", "clean": True},
+               {"min_score": float("nan")}, {"min_score": 2}, {"no_such_option": 1}, {"metric": "entropy", "clean": True},
                {"metric": "entropy", "intensity_power": 0.5}, {"threads": 0}, {"on_error": "ignore"}):
         with pytest.raises(ParameterError):
             lib.search(q, **kw)

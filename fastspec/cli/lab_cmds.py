@@ -296,3 +296,7 @@ def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
     res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
     if not quiet:
         click.echo(f"wrote {output}" + (f" and {html_path}" if html_path else "") + f" ({res['figures']} figures)", err=True)
+        from fastspec.report import _pyplot
+
+        if _pyplot() is None:
+            click.echo("no figures: matplotlib is not installed (pip install 'fastspec[plot]')", err=True)

@@ -88,7 +88,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
     _log_warnings(log, lib.info().get("read_warnings"))
-    log(f"indexed {lib.n_spectra} spectra ({lib.n_rejected} rejected{': ' + rej if rej else ''}) "
+    log(f"indexed {lib.n_spectra:,} spectra ({lib.n_rejected:,} rejected{': ' + rej if rej else ''}) "
         f"into {output} in {dt:.1f} s{compiled.note()}")
 
 

@@ -254,3 +254,11 @@ def test_windows_encoded_text_and_bom(tmp_path, fmt):
     assert len(spectra) == 1 and report.n_rejected == 0
     assert spectra.metadata.column("name").to_pylist() == ["caf\u00e9ine \u00b5g"]
     assert spectra.precursor_mz.tolist() == [195.0877]
+
+
+def test_pepmass_intensity_zero_is_unknown(tmp_path):
+    # GNPS writes "PEPMASS=mz 0.0" when the precursor intensity is not known, as mzXML writes 0
+    p = tmp_path / "g.mgf"
+    p.write_text("BEGIN IONS\nPEPMASS=300.1 0.0\n100 1\nEND IONS\nBEGIN IONS\nPEPMASS=300.1 2500\n100 1\nEND IONS\n")
+    s = fio.read(p)
+    assert s.metadata.column("precursor_intensity").to_pylist() == [None, 2500.0]

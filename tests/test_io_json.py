@@ -107,6 +107,7 @@ def test_mona_export(tmp_path):
     assert m["id"] == "MoNA000001" and m["name"] == "D-Glucose" and m["precursor_mz"] == 179.0561
     assert m["ion_mode"] == "negative" and m["adduct"] == "[M-H]-" and m["formula"] == "C6H12O6"
     assert m["inchikey"] == "WQZGKKKJIJFFOK-GASJEMHNSA-N" and m["smiles"] == "OCC1OC(O)C(O)C(O)C1O"
+    assert m["exact_mass"] == "180.0634"  # "total exact mass", as MoNA's MSP export's "exact mass"
     assert s[0].mz.tolist() == [59.0133, 71.0133, 89.0244] and s[0].intensity.tolist() == [100.0, 45.5, 80.25]
 
 

@@ -80,7 +80,7 @@ EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
     "ms_level": ("mslevel", "ms level", "mstype", "ms_type", "spectrum_type", "spectrumtype",
                  "ac$mass_spectrometry:ms_type"),
     "inchi": ("stdinchi", "ch$iupac", "inchi_string", "synon_metb_inchi", "synon: metb inchi"),
-    "exact_mass": ("exactmass", "exact mass", "ch$exact_mass", "monoisotopic_mass"),
+    "exact_mass": ("exactmass", "exact mass", "ch$exact_mass", "monoisotopic_mass", "total exact mass"),
 }
 
 #: canonical key -> keys whose values fill it where a record has none of its own, first given first; kept
@@ -379,7 +379,8 @@ def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
         return first, None
     second = pc.list_element(pc.if_else(has_second, parts, pa.scalar([None, None], parts.type)), 1)
     vals = _to_float(second)
-    return first, pa.array(vals, pa.float64(), mask=np.isnan(vals))
+    # GNPS writes "PEPMASS=mz 0.0" for an unknown intensity (as mzXML's precursorIntensity="0")
+    return first, pa.array(vals, pa.float64(), mask=np.isnan(vals) | (vals == 0))
 
 
 @functools.lru_cache(maxsize=1)

@@ -38,7 +38,7 @@ def _ensure_env(extras: str, optional: list[str]) -> None:
         return
     py = str(_bin("python"))
     print(f"[dev] installing fastspec{extras} (editable) into {VENV}", file=sys.stderr, flush=True)
-    subprocess.check_call([py, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=69", "wheel"])
+    subprocess.check_call([py, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=77", "wheel"])
     subprocess.check_call([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}"])
     for pkg in optional:  # wheels only: a failing source build would cost minutes and prove nothing
         if subprocess.call([py, "-m", "pip", "install", "-q", "--only-binary=:all:", pkg]) != 0:

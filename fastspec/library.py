@@ -453,11 +453,12 @@ def _manifest_stamp(path: Path) -> tuple | None:
 def _refuse_empty(report, blank_ok: bool = False) -> None:
     """A file in which the reader found no record at all is an error, not an empty input: a wrong format,
     encoding or a typo (``BEGIN_IONS``) would otherwise build an empty library or search nothing.
-    ``blank_ok``: a file with no lines outside records either (empty, or blank lines only) is let through
-    (``fastspec convert``: an empty input gives an empty output)."""
+    ``blank_ok``: a file in which the reader noted nothing else either (empty, blank lines only, an empty
+    table) is let through (``fastspec convert``: an empty input gives an empty output); one with lines
+    outside records, global parameters or MS1 scans only is not."""
     files = getattr(report, "files", None) or [report]
     for f in files:
-        if blank_ok and not (getattr(f, "warnings", None) or {}).get("lines outside records"):
+        if blank_ok and not any((getattr(f, "warnings", None) or {}).values()):
             continue
         if getattr(f, "n_records", 1) == 0:
             notes = ", ".join(f"{k}: {v}" for k, v in (getattr(f, "warnings", None) or {}).items() if v)

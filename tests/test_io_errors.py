@@ -293,6 +293,9 @@ def test_convert_command(tmp_path):
     res = runner.invoke(main, ["convert", str(typo), str(tmp_path / "t.mgf")])
     assert res.exit_code != 0 and "no spectrum records found" in res.output and "lines outside records: 4" in res.output
     assert not (tmp_path / "t.mgf").exists()
+    keys = write(tmp_path, "keys.mgf", "TITLE=a\nPEPMASS=100\n")  # global parameters only
+    res = runner.invoke(main, ["convert", str(keys), str(tmp_path / "k.mgf")])
+    assert res.exit_code != 0 and "no spectrum records found" in res.output and not (tmp_path / "k.mgf").exists()
     empty = write(tmp_path, "empty.mgf", "\n")
     res = runner.invoke(main, ["convert", str(empty), str(tmp_path / "e.mgf")])
     assert res.exit_code == 0 and len(fio.read(tmp_path / "e.mgf")) == 0

@@ -159,9 +159,11 @@ def test_msp_nist_and_msdial_layouts(tmp_path):
     ("CHARGE=1+\nADDUCT=M-H", [1], ["positive"]),
     # ... unless the ion mode sides with the adduct (two of three say negative)
     ("CHARGE=1+\nIONMODE=Negative\nADDUCT=M-H", [-1], ["negative"]),
-    ("CHARGE=1+\nIONMODE=Negative\nNAME=X M-H", [-1], ["negative"]),
+    ("CHARGE=2+\nIONMODE=Negative\nADDUCT=M+FA-H", [-2], ["negative"]),
     ("CHARGE=1-\nIONMODE=Positive\nADDUCT=M+H", [1], ["positive"]),
     ("CHARGE=1-\nIONMODE=Negative\nADDUCT=M+H", [-1], ["negative"]),
+    # an adduct taken from the name is stored bracketed: the bracket rule
+    ("CHARGE=1+\nNAME=X M-H", [-1], ["negative"]),
     ("CHARGE=1+\nIONMODE=Negative", [1], ["negative"]),
     # an unbracketed adduct (GNPS) gives a missing charge and the sign of an unsigned one
     ("CHARGE=1\nADDUCT=M-H", [-1], ["negative"]),
@@ -701,6 +703,10 @@ def test_compressed_content_under_a_spectrum_extension(tmp_path, fmt):
 
 
 def test_mgf_without_any_record_counts_its_lines(tmp_path):
+    # the same accounting with or without a final newline (with one, the last block is not "final")
+    for text in ("TITLE=a\nPEPMASS=100\n", "TITLE=a\nPEPMASS=100"):
+        s, r = read(tmp_path, "g.mgf", text)
+        assert len(s) == 0 and r.warnings == {"global parameters applied": 2}
     # an MSP file named .mgf, a BEGIN_IONS typo: no record, and every line is counted as outside one
     # (the file's last block ends with a line end, so no header is ever applied to a record)
     s, r = read(tmp_path, "msp.mgf", "NAME: x\nPRECURSORMZ: 100\n53.0 10\n54.0 20\n")

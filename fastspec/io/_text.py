@@ -73,7 +73,9 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
             continue
         yield _block_spectra(path, r, mode, on_error, report, defaults, carry, follows)
     if header is not None:  # no BEGIN IONS at all, and the last block ended with a line end (not final)
-        report.warn("lines outside records", header_ignored - header.apply(defaults))
+        n_global = header.apply(defaults)
+        report.warn("global parameters applied", n_global)
+        report.warn("lines outside records", header_ignored - n_global)
 
 
 _MGF_BEGIN_RE = re.compile(rb"(?im)^(?:\xef\xbb\xbf)?[ \t]*begin ions[ \t\r]*$")

@@ -13,7 +13,8 @@ parquet and HDF5 files give the same column names and value conventions:
 * ``charge`` is a signed int8 (``"2-"``, ``"-2"`` and ``"2"`` in negative mode all give -2);
   missing charges are taken from the adduct (``[M+2H]2+`` -> 2, GNPS's ``M+H`` -> 1); a sign contradicting
   a bracketed adduct's takes the adduct's (``CHARGE=1+`` with ``[M-H]-`` -> -1), as does an unsigned charge
-  an unbracketed adduct's (``CHARGE=1`` with ``M-H`` -> -1);
+  an unbracketed adduct's (``CHARGE=1`` with ``M-H`` -> -1), or a signed one when the ion-mode field
+  sides with the adduct (``CHARGE=1+``, ``IONMODE=Negative``, ``M-H`` -> -1);
 * ``ion_mode`` is ``"positive"``/``"negative"`` (from the ion-mode field, else the adduct's
   trailing sign, else the charge sign, also a sign written with charge 0: MZmine's SIRIUS export writes
   ``CHARGE=0-`` for uncharged negative-mode features; an unsigned charge counts as positive, as the MGF
@@ -407,9 +408,10 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
         (typed tables such as parquet), alias columns are dropped only when the canonical key
         was absent (a rename); when both exist, the alias column is kept as it is.
     signed_charge : bool
-        A numeric charge column holds signed charges (fastspec's own Parquet and HDF5 files) and is
-        taken as it is. Otherwise (other tables) a positive number next to a negative ion mode is read
-        as the unsigned charge of text formats and negated.
+        A numeric charge column holds signed charges (fastspec's own Parquet and HDF5 files): their sign
+        is kept unless the adduct contradicts it as for a signed charge in text. Otherwise (other
+        tables) a positive number next to a negative ion mode is read as the unsigned charge of text
+        formats and negated.
     counts : dict, optional
         Receives warning counts (``"bad precursor_mz"``: values present but not a positive
         finite number).

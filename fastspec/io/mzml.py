@@ -128,7 +128,8 @@ def _record(s: dict) -> dict:
             if z is not None and math.isfinite(z) and z == int(z):
                 md["charge"] = str(int(z))
         if ion.get("peak intensity") is not None:
-            md["precursor_intensity"] = _num(ion.get("peak intensity"))
+            pi = _num(ion.get("peak intensity"))
+            md["precursor_intensity"] = pi if pi else None  # 0: not measured (as mzXML, MGF)
         act = p0.get("activation") or {}
         if act.get("collision energy") is not None:
             md["collision_energy"] = _fmt(act.get("collision energy"))
@@ -237,8 +238,10 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
 def _root_element(path: str) -> str | None:
     """Local name of the XML document's root element (None: not well-formed before it, or unreadable;
     the reader then says why)."""
-    from lxml import etree
-
+    try:
+        from lxml import etree
+    except ImportError:  # the mzml extra is missing: the reader says so
+        return None
     try:
         fh, _ = open_binary(path)
     except (OSError, FastspecError):

@@ -233,20 +233,14 @@ class Hits:
         return df
 
     def to_parquet(self, path: "str | Path") -> None:
-        """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata)."""
-        import pyarrow.parquet as pq
-
-        pq.write_table(self.to_arrow(), str(path), compression="zstd")
+        """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata), atomically (as
+        :meth:`write`)."""
+        write_atomically(path, self._write_parquet)
 
     def to_csv(self, path: "str | Path", delimiter: str = ",") -> None:
-        """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines."""
-        import pyarrow.csv as pcsv
-
-        table = self.to_arrow()
-        with open(path, "wb") as f:
-            f.write(csv_header(self.params))
-            pcsv.write_csv(table.replace_schema_metadata(None), f,
-                           write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
+        """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines, atomically (as
+        :meth:`write`)."""
+        write_atomically(path, lambda p: self._write_csv(p, delimiter))
 
     def write(self, path: "str | Path") -> None:
         """Write by extension: ``.parquet``, ``.tsv`` / ``.tab`` or ``.csv``.
@@ -256,9 +250,23 @@ class Hits:
         """
         delimiter = table_format(path)
         if delimiter is None:
-            write_atomically(path, self.to_parquet)
+            self.to_parquet(path)
         else:
-            write_atomically(path, lambda p: self.to_csv(p, delimiter=delimiter))
+            self.to_csv(path, delimiter=delimiter)
+
+    def _write_parquet(self, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        pq.write_table(self.to_arrow(), str(path), compression="zstd")
+
+    def _write_csv(self, path: str, delimiter: str) -> None:
+        import pyarrow.csv as pcsv
+
+        table = self.to_arrow()
+        with open(path, "wb") as f:
+            f.write(csv_header(self.params))
+            pcsv.write_csv(table.replace_schema_metadata(None), f,
+                           write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
 
 
 def csv_header(params: dict) -> bytes:

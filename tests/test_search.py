@@ -1418,6 +1418,23 @@ def test_query_file_column(lib, tmp_path):
     with pytest.raises(OSError) as err:  # a failed write names the table, not its temporary
         h1.write(tmp_path / "no" / "such" / "dir" / "h.parquet")
     assert ".tmp-" not in str(err.value) and "h.parquet" in str(err.value)
+    # to_parquet / to_csv are atomic too: a write that fails leaves neither a table nor a temporary
+    out = tmp_path / "atomic"
+    out.mkdir()
+    h1.to_parquet(out / "h.parquet")
+    h1.to_csv(out / "h.tsv", delimiter="\t")
+    assert sorted(p.name for p in out.iterdir()) == ["h.parquet", "h.tsv"]
+
+    def broken(path, *args):
+        with open(path, "wb") as f:
+            f.write(b"PAR1 half")
+        raise OSError("disk full")
+
+    h1._write_parquet, h1._write_csv = broken, broken
+    for name, write in (("x.parquet", h1.to_parquet), ("x.csv", h1.to_csv)):
+        with pytest.raises(OSError, match="disk full"):
+            write(out / name)
+    assert sorted(p.name for p in out.iterdir()) == ["h.parquet", "h.tsv"]
     with pytest.raises(ParameterError, match="query_files"):
         Hits(np.zeros((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)), status=["ok"], query_files=["a", "b"])
 

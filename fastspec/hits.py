@@ -123,7 +123,8 @@ class Hits:
         from, null for spectra given in memory or an index that did not record its inputs),
         ``library_id, score, n_matched,
         query_precursor_mz, library_precursor_mz, delta_mz (query - library, Da), delta_ppm (the same
-        over the query's precursor m/z, as ppm precursor windows are), adduct, formula, inchikey14,
+        over the query's precursor m/z, as ppm precursor windows are), adduct`` (canonical, ``[M+H]+``,
+        where the adduct parser reads it), ``formula`` (canonical Hill), ``inchikey14,
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
         same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
@@ -209,7 +210,15 @@ class Hits:
             dppm = dmz / qpmz * 1e6
         cols["delta_mz"] = pa.array(dmz, pa.float64(), mask=~np.isfinite(dmz))
         cols["delta_ppm"] = pa.array(dppm, pa.float64(), mask=~np.isfinite(dppm))
+        # in canonical spelling where the adduct parser reads it (as --same-adduct compares them; a library
+        # mixing GNPS's M+H and [M+H]+ groups as one), else as written; formulas likewise
         cols["adduct"] = strings("adduct")
+        if meta is not None and self.library.has_array("adduct_code"):
+            codes = np.asarray(self.library.array("adduct_code"), dtype=np.int64)[uniq]
+            keys = pa.array(self.library.keys("adduct").astype(str).tolist(), pa.string())
+            canon = keys.take(pa.array(np.maximum(codes, 0), pa.int64(), mask=codes < 0)) if len(keys) else \
+                pa.nulls(codes.shape[0], pa.string())
+            cols["adduct"] = pc.coalesce(canon.take(per_hit), cols["adduct"])
         cols["formula"] = pc.coalesce(strings("formula_canonical"), strings("formula"))
         # the stored InChIKey's first block where no inchikey14 is stored (an empty one counts as none)
         ik14, ik = strings("inchikey14"), strings("inchikey")

@@ -1689,3 +1689,15 @@ def test_formula_from_smiles_edge_cases(tmp_path, monkeypatch):
     assert lib.info()["n_formula_from_smiles"] == 0
     h = lib.search(sp, k=2, mode="formula", no_neighbour="empty")
     assert list(h.status) == ["no_hit", "ok"]
+
+
+def test_hit_table_adducts_in_canonical_spelling(tmp_path):
+    # a library mixing GNPS's M+H and [M+H]+ gives one spelling in the hit table (as --same-adduct compares
+    # them); an adduct no parser reads stays as written; the library's own metadata keeps what was written
+    sp = Spectra.from_arrays([[100.0, 150.0]] * 4, [[1.0, 0.5]] * 4, precursor_mz=[200.0] * 4,
+                             metadata={"adduct": ["M+H", "[M+H]+", "[Cat]+", None], "ion_mode": ["positive"] * 4})
+    lib = Library.build(sp, tmp_path / "a.fastspec", preprocess=None, faiss=False)
+    t = lib.search(sp[:1], k=4, mode="open").to_arrow()
+    got = dict(zip(t.column("library_index").to_pylist(), t.column("adduct").to_pylist()))
+    assert got == {0: "[M+H]+", 1: "[M+H]+", 2: "[Cat]+", 3: None}
+    assert lib.metadata(columns=["adduct"]).column("adduct").to_pylist() == ["M+H", "[M+H]+", "[Cat]+", None]

@@ -37,7 +37,7 @@ from fastspec.hits import MS1, MSN, NO_HIT, NO_PEAKS, NO_PRECURSOR, OK, REJECTED
 from fastspec.spectra import Spectra
 from fastspec.tolerance import Tolerance, parse_tolerance
 
-MODES = ("identity", "formula", "open", "analog", "hybrid")
+MODES = ("identity", "formula", "open", "analog", "hybrid", "neutral_loss")
 ENGINES = ("exact", "faiss")
 NO_NEIGHBOUR = ("skip", "fallback", "empty")
 #: metrics whose prepared weights at mz_power 0 / intensity_power 1 are the stored intensities
@@ -47,7 +47,9 @@ _BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entr
             "modified_cosine": (0, "cosine")}
 _ENTROPY = ("entropy", "unweighted_entropy")
 _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine",
-                   "hybrid": "entropy"}
+                   "hybrid": "entropy", "neutral_loss": "entropy"}
+#: ms_entropy's searches of the whole library beyond open search (FlashEntropySearch's method names)
+_FLASH_MODES = {"hybrid": "hybrid search", "neutral_loss": "neutral-loss search"}
 
 
 def search(
@@ -89,13 +91,16 @@ def search(
         Preprocessed with the library's recorded pipeline before scoring.
     k : int
         Hits per query.
-    mode : {"identity", "formula", "open", "analog", "hybrid"}
+    mode : {"identity", "formula", "open", "analog", "hybrid", "neutral_loss"}
     metric : str, optional
         Any :mod:`fastspec.similarity` metric; default ``cosine`` (``modified_cosine`` for analog,
-        ``entropy`` for hybrid). ``hybrid`` is ms_entropy's hybrid search over the whole library: entropy
-        similarity where each query peak matches a fragment, else a neutral loss (Da tolerances; see
-        :func:`fastspec.kernels.entropy.hybrid_entropy_pair`), exact through the fragment and
-        neutral-loss indexes.
+        ``entropy`` for hybrid and neutral_loss). ``hybrid`` is ms_entropy's hybrid search over the whole
+        library: entropy similarity where each query peak matches a fragment, else a neutral loss (Da
+        tolerances; see :func:`fastspec.kernels.entropy.hybrid_entropy_pair`), exact through the fragment
+        and neutral-loss indexes. ``neutral_loss`` is ms_entropy's neutral-loss search: the entropy
+        similarity of the spectra's neutral losses (``precursor_mz - mz``; Da tolerances; see
+        ``neutral_loss`` in :func:`fastspec.similarity.prepare`), exact through the neutral-loss index;
+        queries and library spectra without a precursor m/z have no losses and no hits.
         ``open`` is exact through the fragment index for cosine and (unweighted) entropy, and through
         an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``;
         other metrics score every library spectrum. ``open`` with modified cosine is ``analog``.
@@ -349,7 +354,9 @@ def run_whole_library(ctx: "_Context", rows: np.ndarray, scores: np.ndarray, ind
     from fastspec import search_fragment, search_scan
 
     metric = ctx.cfg.metric
-    if metric in _BOUNDED:
+    if ctx.cfg.mode == "neutral_loss":
+        search_fragment.run_losses(ctx, rows, scores, indices, matches)
+    elif metric in _BOUNDED:
         # neutral losses: modified cosine's shifted pairs, hybrid search's losses
         search_fragment.run_bounded(ctx, rows, scores, indices, matches,
                                     use_nl=metric == "modified_cosine" or ctx.cfg.mode == "hybrid")
@@ -409,13 +416,15 @@ class _SearchConfig:
             mode = "analog"
         if mode == "analog" and metric != "modified_cosine":
             raise ParameterError(f"mode 'analog' searches with modified_cosine, not {metric!r} (use mode='open')")
-        if mode == "hybrid" and metric not in _ENTROPY:
-            raise ParameterError(f"mode 'hybrid' (ms_entropy's hybrid search) scores entropy or unweighted_entropy, "
-                                 f"not {metric!r}")
+        if mode in _FLASH_MODES and metric not in _ENTROPY:
+            hint = " (matchms's NeutralLossesCosine is mode='open', metric='neutral_loss_cosine')" \
+                if mode == "neutral_loss" else ""
+            raise ParameterError(f"mode {mode!r} (ms_entropy's {_FLASH_MODES[mode]}) scores entropy or "
+                                 f"unweighted_entropy, not {metric!r}{hint}")
         c.mode, c.metric = mode, metric
         c.tolerance = parse_tolerance(tolerance, "tolerance")
-        if mode == "hybrid" and c.tolerance.unit != "da":
-            raise ParameterError("mode 'hybrid' takes a Da tolerance, as ms_entropy's hybrid search does")
+        if mode in _FLASH_MODES and c.tolerance.unit != "da":
+            raise ParameterError(f"mode {mode!r} takes a Da tolerance, as ms_entropy's {_FLASH_MODES[mode]} does")
         c.precursor_tolerance = parse_tolerance(precursor_tolerance, "precursor_tolerance")
         if engine not in ENGINES:
             raise ParameterError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
@@ -477,6 +486,8 @@ class _SearchConfig:
             kw["flash"] = self.tolerance.unit == "da"
             if self.mode == "hybrid":  # and as its hybrid search scores them
                 kw["hybrid"] = True
+            elif self.mode == "neutral_loss":  # or its neutral-loss search
+                kw["neutral_loss"] = True
         else:
             kw["mz_power"] = self.mz_power
             kw["intensity_power"] = self.intensity_power
@@ -695,8 +706,8 @@ class _Context:
         prepares the stored peaks (``prec_entropy_w`` for the precursor-ordered copy, ``entropy_w`` in
         library order: weighted entropy of the stored peaks, not cleaned again, default powers; no
         tolerance enters that preparation)."""
-        if self.cfg.metric != "entropy" or not self.lib.has_array(weights):
-            return False
+        if self.cfg.metric != "entropy" or self.cfg.mode == "neutral_loss" or not self.lib.has_array(weights):
+            return False  # (neutral-loss search scores losses, not the stored m/z)
         built = self.lib.manifest["build"].get("prec_entropy") or {}
         qp = self.qprep
         return (built.get("clean") is False and qp.params.get("clean") is False

@@ -1,5 +1,5 @@
-"""Open, analog and hybrid search: the exact top-k of the whole library through the fragment-ion (and
-neutral-loss) index.
+"""Open, analog, hybrid and neutral-loss search: the exact top-k of the whole library through the
+fragment-ion (and neutral-loss) index.
 
 :func:`fastspec.kernels.fragment.search_bounds` bounds every spectrum sharing a peak (or a loss) with
 the query and prunes with a threshold, a lower bound of the k-th best score; the candidates of best
@@ -126,7 +126,7 @@ _DENSE_CANDIDATES_NL = 1024
 _ROUND_ENTRIES = 1 << 22
 
 
-def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
+def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, losses_only: bool = False):
     # query weights and the neutral-loss window base once per search, not once per batch
     from fastspec.kernels import fragment as fk
 
@@ -135,18 +135,32 @@ def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool):
                         float(ctx.q.mz.max()) if ctx.q.mz.size else 0.0))
     q_gaps = fk.min_peak_gaps(ctx.q.offsets, ctx.q.mz)
     for batch in _batches(rows, 1024):
-        _run_bounded(ctx, batch, scores, indices, matches, use_nl, qw, nl_base, q_gaps)
+        _run_bounded(ctx, batch, scores, indices, matches, use_nl, qw, nl_base, q_gaps, losses_only)
         ctx.advance(batch.shape[0])
 
 
+def run_losses(ctx: _Context, rows, scores, indices, matches):
+    """ms_entropy's neutral-loss search (``mode="neutral_loss"``): the exact top-k of the entropy
+    similarity of neutral losses, through the neutral-loss index.
+
+    The dense scan (:func:`fastspec.kernels.dense.dense_bounds`, loss windows only) bounds every spectrum
+    and :func:`_rounds` scores the candidates exactly, as for open search. The pruned bound kernel scans
+    fragments first and has no loss-only form, so queries the dense scan cannot take (a minimum of
+    matched peaks above 1, peaks closer than two windows) score every eligible spectrum instead.
+    """
+    run_bounded(ctx, rows, scores, indices, matches, use_nl=True, losses_only=True)
+
+
 def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw: np.ndarray,
-                 nl_base: float, q_gaps):
+                 nl_base: float, q_gaps, losses_only: bool = False):
     """Exact whole-library top-k through the fragment (and neutral-loss) index with score bounds.
 
     Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` (pruning), or for queries with
     a weak first threshold :func:`fastspec.kernels.dense.dense_bounds` (no pruning, see ``_DENSE_BELOW``),
-    in bound order, ``m`` per query; :func:`_rounds` scores them exactly.
+    in bound order, ``m`` per query; :func:`_rounds` scores them exactly. ``losses_only``: neutral-loss
+    search (:func:`run_losses`).
     """
+    from fastspec import search_scan
     from fastspec.kernels import fragment as fk
     from fastspec.library import allowed_groups
 
@@ -168,12 +182,23 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     ws = ctx.workspace()
     tol = cfg.tolerance
     pending = np.asarray(rows, dtype=np.int64)
-    theta = _first_theta(ctx, pending, use_nl)
-    # weak first thresholds prune little: those queries take the dense scan (see _DENSE_BELOW)
     dense = _dense_eligible(ctx, pending, index, nl_base, q_gaps)
-    dense = np.zeros(pending.shape[0], dtype=bool) if dense is None else \
-        dense & (theta < _DENSE_BELOW[(kind, use_nl)])
-    if use_nl and _HEAVY_PEAKS > 0:
+    if losses_only:
+        # no first threshold: it only trims the dense scan's candidates, which are few anyway
+        theta = np.full(pending.shape[0], -np.inf)
+        dense = np.zeros(pending.shape[0], dtype=bool) if dense is None else dense
+        if not dense.all():
+            ctx.nested += 1  # this batch advances the progress bar once, in run_bounded
+            try:
+                search_scan.run_brute_force(ctx, pending[~dense], scores, indices, matches)
+            finally:
+                ctx.nested -= 1
+    else:
+        theta = _first_theta(ctx, pending, use_nl)
+        # weak first thresholds prune little: those queries take the dense scan (see _DENSE_BELOW)
+        dense = np.zeros(pending.shape[0], dtype=bool) if dense is None else \
+            dense & (theta < _DENSE_BELOW[(kind, use_nl)])
+    if use_nl and _HEAVY_PEAKS > 0 and not losses_only:
         weak = np.flatnonzero((theta < _HEAVY_BELOW) & ~dense)
         if weak.shape[0]:
             heavy = _heavy_theta(ctx, pending[weak], qw, index, kind, use_nl, nl_base, ws, qc, lc, sym, groups)
@@ -192,7 +217,7 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
         return dk.dense_bounds(q, ctx.q.offsets, ctx.q.mz, qw, ctx.q.precursor_mz, index, kind=kind, use_nl=use_nl,
                                tol_da=tol.da, tol_ppm=tol.ppm, m=m, workspace=ws, theta=th, q_codes=qc, lib_codes=lc,
                                symmetric=sym, q_groups=groups, min_score=cfg.min_score, nl_base=nl_base,
-                               threads=cfg.threads)
+                               threads=cfg.threads, losses_only=losses_only)
 
     # every further round is a full bound scan again, so the first one returns more candidates than
     # k: scoring a candidate exactly costs far less than a rescan. Analog: neutral losses loosen the
@@ -204,10 +229,13 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     # 0.94-0.97 (library spectra 0.93-0.98), 64 -> 0.97-1.01 (0.98-0.99). Open search with a large k
     # keeps 2k + 8, which already covers it
     m = max(2 * cfg.k + 8, 32) * 64 if use_nl else max(2 * cfg.k + 8, 64 if kind == 1 else 128)
-    _rounds(ctx, pending[~dense], theta[~dense], m, pruned, scores, indices, matches)
+    if not losses_only:  # (those queries were scored above)
+        _rounds(ctx, pending[~dense], theta[~dense], m, pruned, scores, indices, matches)
     if dense.any():
+        # a loss-only bound counts one partner per query peak, as open search's does
+        many = use_nl and not losses_only
         _rounds(ctx, pending[dense], theta[dense],
-                max(_DENSE_CANDIDATES_NL if use_nl else _DENSE_CANDIDATES, 2 * cfg.k + 8), dense_scan,
+                max(_DENSE_CANDIDATES_NL if many else _DENSE_CANDIDATES, 2 * cfg.k + 8), dense_scan,
                 scores, indices, matches)
 
 

@@ -144,7 +144,7 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
             intensity_power: float = 1.0, *, preset: str | None = None, bin_width: float | None = None,
             max_mz: float | None = None, base_peak: float | None = None, precursor_peak: float | None = None,
             clean: bool = True, ignore_peaks_above_precursor: bool = True, flash: bool = False,
-            hybrid: bool = False, threads: int | None = None) -> Prepared:
+            hybrid: bool = False, neutral_loss: bool = False, threads: int | None = None) -> Prepared:
     """Turn spectra into the arrays a metric's kernel scores (done once, reused for many comparisons).
 
     Parameters
@@ -191,6 +191,13 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         ``calculate_entropy_similarity``'s cleaning, which keeps peaks near the precursor. Losses are
         float32 as ms_entropy computes them from a Python-float precursor (an ``np.float64`` one makes
         them float64 there, which can move pairs at a window's edge).
+    neutral_loss : bool
+        Entropy metrics with a Da tolerance: score as ms_entropy's
+        ``FlashEntropySearch.neutral_loss_search`` (implies ``flash``): the entropy similarity of the two
+        spectra's neutral losses, one per peak at ``float32(float32(precursor_mz) - mz)`` with the peak's
+        (cleaned, normalised, weighted) intensity, matched in Flash's float32 windows. A spectrum without a
+        finite precursor m/z has no losses and scores 0. As with ``hybrid``, ms_entropy's numbers need its
+        ``clean_spectrum_for_search`` (the default library preprocessing) and ``clean=False``.
     threads : int, optional
         Threads for the parallel preparation kernels.
 
@@ -206,7 +213,7 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
                        mz_power, intensity_power, preset=preset, bin_width=bin_width, max_mz=max_mz,
                        base_peak=base_peak, precursor_peak=precursor_peak, clean=clean,
                        ignore_peaks_above_precursor=ignore_peaks_above_precursor, flash=flash, hybrid=hybrid,
-                       threads=threads)
+                       neutral_loss=neutral_loss, threads=threads)
 
 
 def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, precursor_mz: np.ndarray,
@@ -214,7 +221,7 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
                 preset: str | None = None, bin_width: float | None = None, max_mz: float | None = None,
                 base_peak: float | None = None, precursor_peak: float | None = None, clean: bool = True,
                 ignore_peaks_above_precursor: bool = True, flash: bool = False, hybrid: bool = False,
-                threads: int | None = None) -> Prepared:
+                neutral_loss: bool = False, threads: int | None = None) -> Prepared:
     """:func:`prepare` on CSR arrays (``offsets`` int64 (n+1,), ``mz`` float64 and ``intensity`` (P,), m/z
     sorted within each spectrum; ``precursor_mz`` float64 (n,)), for callers that gather peaks themselves
     (library search: no Spectra container or metadata per candidate set)."""
@@ -237,6 +244,11 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
         raise ParameterError("flash applies to entropy metrics with a Da tolerance")
     if hybrid and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
         raise ParameterError("hybrid (ms_entropy's hybrid search) applies to entropy metrics with a Da tolerance")
+    if neutral_loss and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
+        raise ParameterError("neutral_loss (ms_entropy's neutral-loss search) applies to entropy metrics with a Da "
+                             "tolerance")
+    if neutral_loss and hybrid:
+        raise ParameterError("neutral_loss and hybrid are two different searches; choose one")
     binned = {"preset": preset, "bin_width": bin_width, "max_mz": max_mz, "base_peak": base_peak,
               "precursor_peak": precursor_peak}
     given = [k for k, v in binned.items() if v is not None]
@@ -260,10 +272,13 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
                                           tol_ppm=tol.ppm if tol.unit == "ppm" else -1.0, clean=bool(clean),
                                           weighted=metric == "entropy", threads=threads)
         params["clean"] = bool(clean)
-        if flash or hybrid:  # only when set: parameters of Prepared made before it stay comparable
+        if flash or hybrid or neutral_loss:  # only when set: parameters of Prepared made before it stay comparable
             params["flash"] = True
         if hybrid:
             params["hybrid"] = True
+        if neutral_loss:
+            params["neutral_loss"] = True
+            off2, mz32, w32 = _neutral_losses(np.asarray(off2, np.int64), mz32, w32, pmz)
         return Prepared(metric, np.asarray(off2, np.int64), np.asarray(mz32, np.float64), np.asarray(w32, np.float64),
                         np.ones(n), pmz, tol, params)
 
@@ -279,6 +294,29 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     params["ignore_peaks_above_precursor"] = bool(ignore_peaks_above_precursor)
     w = _weights(mz, inten, mz_power, intensity_power)
     return Prepared(metric, offsets, mz, w, _norms(offsets, w, threads), pmz, tol, params)
+
+
+def _neutral_losses(offsets: np.ndarray, mz32: np.ndarray, w32: np.ndarray, pmz: np.ndarray):
+    """Each spectrum's neutral losses ``float32(float32(precursor_mz) - mz)`` in ascending order, with
+    their peaks' weights -> (offsets int64 (n+1,), losses float32 (P',), weights float32 (P',)).
+
+    ms_entropy computes them in float32 from a Python-float precursor (NumPy 2's weak scalars), for the
+    query (``neutral_loss_search``) and the library (``build_index``) alike. A spectrum without a finite
+    precursor m/z keeps no peak. Losses fall as m/z rises (float32 rounding is monotone), so reversing
+    each spectrum sorts them.
+    """
+    counts = np.diff(offsets)
+    has = np.isfinite(pmz)
+    new_counts = np.where(has, counts, 0)
+    out_off = np.zeros(offsets.shape[0], np.int64)
+    np.cumsum(new_counts, out=out_off[1:])
+    seg = np.repeat(np.arange(counts.shape[0], dtype=np.int64), new_counts)
+    # the j-th output peak of a spectrum is its (count - 1 - j)-th input peak
+    j = np.arange(out_off[-1], dtype=np.int64) - out_off[seg]
+    src = offsets[seg] + counts[seg] - 1 - j
+    p32 = pmz.astype(np.float32)
+    losses = (p32[seg] - np.asarray(mz32, np.float32)[src]).astype(np.float32)
+    return out_off, losses, np.asarray(w32, np.float32)[src]
 
 
 def _prepare_binned(offsets, mz, inten, pmz, tol, mz_power, intensity_power, preset, bin_width, max_mz, base_peak,

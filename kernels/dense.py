@@ -103,11 +103,13 @@ def query_codes(kind: int, weights: np.ndarray) -> np.ndarray:
 
 @numba.njit(**NJIT)
 def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_mz, fr_spec, fr_q8, fr_rng,
-                  nl_mz, nl_spec, nl_q8, nl_rng, use_nl, nl_base, p_big, per_frag, per_loss, table, tol_da, tol_ppm,
-                  q_codes, lib_codes, sym, min_score, m_cap, acc, out_ids, out_bound, out_next, out_stats):
+                  nl_mz, nl_spec, nl_q8, nl_rng, use_nl, losses_only, nl_base, p_big, per_frag, per_loss, table,
+                  tol_da, tol_ppm, q_codes, lib_codes, sym, min_score, m_cap, acc, out_ids, out_bound, out_next,
+                  out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own accumulators; blocks run in Python
     # threads (the kernel releases the GIL)
     n = acc.shape[0]
+    side0 = 1 if losses_only else 0  # neutral-loss search scans the loss windows only
     buf = np.empty(4 * m_cap + 64, dtype=np.int64)
     for t in range(b, q_rows.shape[0], n_blocks):
         qrow = q_rows[t]
@@ -125,12 +127,12 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
         most = 0
         for p in range(a0, a1):
             most += np.int64(table[q_code[p], 255])
-        sat = most * (per_frag + (per_loss if do_nl else 0)) >= 65535
+        sat = most * ((per_frag if side0 == 0 else 0) + (per_loss if do_nl else 0)) >= 65535
         entries = 0
         for p in range(a0, a1):
             row = table[q_code[p]]
             # the fragment window, then (analog, hybrid) the neutral-loss window
-            for side in range(2 if do_nl else 1):
+            for side in range(side0, 2 if do_nl else 1):
                 lo_v, hi_v = _side_window(side, q_mz[p], pmz, tol_da, tol_ppm, nl_base, p_big)
                 if side == 0:
                     s_mz, s_spec, s_q8, s_rng = fr_mz, fr_spec, fr_q8, fr_rng
@@ -262,10 +264,11 @@ def dense_bounds(
     min_score: float = 0.0,
     nl_base: float = 0.0,
     threads: int | None = None,
+    losses_only: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``m`` library spectra with the highest score upper bounds for each query, by a dense scan of
-    the fragment index (and the neutral-loss index; see the module docstring; no minimum of matched
-    peaks).
+    the fragment index (and the neutral-loss index, or that alone; see the module docstring; no minimum
+    of matched peaks).
 
     Valid for clean queries against a clean library only (no two peaks of a spectrum within two
     windows of each other): the caller checks.
@@ -291,6 +294,8 @@ def dense_bounds(
         Known lower bounds of each query's k-th best score: spectra whose bound is below are no candidates.
     q_codes, lib_codes, symmetric, q_groups, min_score, nl_base, threads
         As :func:`~fastspec.kernels.fragment.search_bounds`.
+    losses_only : bool
+        With ``use_nl``: scan the neutral-loss windows only (ms_entropy's neutral-loss search).
 
     Returns
     -------
@@ -333,8 +338,9 @@ def dense_bounds(
             _ro(q_precursor_mz, f64), _ro(theta, f64), _ro(ix.frag_mz, f32), _ro(ix.frag_spec, i32), _ro(fq8, u8),
             _group_ranges(ix.frag_groups, ix.frag_mz.shape[0], q_groups, n_total_q), _ro(ix.nl_mz, f32),
             _ro(ix.nl_spec, i32), _ro(nq8, u8), _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q),
-            bool(use_nl), float(nl_base), p_big, per_frag, per_loss, bound_table(kind), float(tol_da), float(tol_ppm), _ro(q_codes, i32),
-            _ro(lib_codes, i32), _ro(symmetric, np.bool_), float(min_score), m)
+            bool(use_nl), bool(losses_only and use_nl), float(nl_base), p_big, per_frag, per_loss, bound_table(kind),
+            float(tol_da), float(tol_ppm), _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_),
+            float(min_score), m)
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
     accs = [ws.dense_acc(b) for b in range(n_blocks)]

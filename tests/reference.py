@@ -300,6 +300,46 @@ def hybrid_entropy_similarity(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=0.02, 
             n += 1
     return min(max(sim / 2.0, 0.0), 1.0), n
 
+def neutral_loss_entropy_similarity(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=0.02,
+                                    weighted=True) -> tuple[float, int]:
+    """ms_entropy's neutral-loss search score of two *already cleaned* spectra -> (score, matched losses),
+    read off ``FlashEntropySearch.neutral_loss_search``: peaks normalised (and weighted) as for
+    :func:`entropy_similarity`, each then placed at its loss ``float32(float32(pmz) - float32(mz))``;
+    a loss of ``b`` matches one of ``a`` inside Flash's float32 window around it, one to one in ascending
+    loss order (clean spectra have one candidate per window). No losses without both precursors;
+    float64 sums."""
+    import numpy as np
+
+    f32 = np.float32
+    t32 = f32(tol)
+
+    def losses(mz, inten, pmz):
+        keep = [(float(m), float(v)) for m, v in zip(mz, inten) if m > 0 and v > 0]
+        tot = sum(v for _, v in keep)
+        x = [v / tot for _, v in keep] if tot > 0 else []
+        x = entropy_weight(x) if weighted and x else x
+        if not math.isfinite(pmz):
+            return []
+        return sorted((f32(f32(pmz) - f32(m)), w) for (m, _), w in zip(keep, x))
+
+    la, lb = losses(mz_a, int_a, pmz_a), losses(mz_b, int_b, pmz_b)
+    a = b = n = 0
+    sim = 0.0
+    while a < len(la) and b < len(lb):
+        ya, yb = la[a][0], lb[b][0]
+        if yb > f32(ya + t32):
+            a += 1
+        elif yb < f32(ya - t32):
+            b += 1
+        else:
+            ia, ib = la[a][1], lb[b][1]
+            sim += (ia + ib) * math.log2(ia + ib) - ia * math.log2(ia) - ib * math.log2(ib)
+            n += 1
+            a += 1
+            b += 1
+    return min(max(sim / 2.0, 0.0), 1.0), n
+
+
 def score(metric, mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol, unit="da", mz_power=0.0, intensity_power=1.0,
           **params) -> tuple[float, int]:
     """Dispatch on a fastspec metric name (entropy metrics: already-cleaned peaks)."""

@@ -120,32 +120,13 @@ def test_hybrid_equals_ms_entropy_flash_hybrid_search(massbank_parquet):
 
 
 # ------------------------------------------------------------------------------------------ search
-@pytest.fixture(scope="module")
-def hlib(massbank_parquet, tmp_path_factory):
-    """A 4,000-spectrum MassBank library (both polarities, default preprocessing) and 60 queries: real
-    spectra not in it, and library spectra with their precursor moved (losses then differ from
-    fragments)."""
-    import fastspec
-    from fastspec.library import Library
-
-    sp = fastspec.read(massbank_parquet)
-    rng = np.random.default_rng(11)
-    ok = np.flatnonzero(np.isfinite(sp.precursor_mz) & (sp.polarity != 0))
-    pick = rng.choice(ok, 4060, replace=False)
-    lib = Library.build(sp.take(pick[:4000]), tmp_path_factory.mktemp("hyb") / "h.fastspec", faiss=False,
-                        progress=False)
-    moved = sp.take(pick[:20])
-    moved = Spectra.from_arrays([moved[i].mz for i in range(20)], [moved[i].intensity for i in range(20)],
-                                precursor_mz=moved.precursor_mz + 14.0157,
-                                metadata={"ion_mode": ["positive" if p > 0 else "negative" for p in moved.polarity]})
-    return lib, Spectra.concat([sp.take(pick[4000:4040]), moved])
-
-
-def _brute_hybrid(lib, queries, k, metric="entropy", min_matches=0):
+def brute_force(lib, queries, k, metric="entropy", min_matches=0, **flags):
+    """The library's top-k by scoring every spectrum with the pair kernel (``flags``: ``hybrid=True`` or
+    ``neutral_loss=True``), under the search's polarity rule; [(score, row), ...] per query."""
     from fastspec.library import apply_pipeline
 
     q = apply_pipeline(lib.pipeline, queries)
-    kw = dict(tolerance=0.02, clean=False, hybrid=True)
+    kw = dict(tolerance=0.02, clean=False, **flags)
     S, M = similarity.score_matrix(similarity.prepare(q, metric, **kw), similarity.prepare(lib.spectra(), metric, **kw))
     S, M = np.asarray(S), np.asarray(M)
     out = []
@@ -157,6 +138,41 @@ def _brute_hybrid(lib, queries, k, metric="entropy", min_matches=0):
         order = np.lexsort((np.arange(S.shape[1]), -np.where(ok, S[r], -np.inf)))[:k]
         out.append([(float(S[r, j]), int(j)) for j in order if ok[j]])
     return out
+
+
+def assert_hits_equal(hits, want):
+    """The same rows in the same order as :func:`brute_force`, the same scores (float64)."""
+    for r, w in enumerate(want):
+        got = [(float(hits.scores[r, t]), int(hits.indices[r, t])) for t in range(hits.indices.shape[1])
+               if hits.indices[r, t] >= 0]
+        assert [j for _, j in got] == [j for _, j in w], r
+        np.testing.assert_allclose([s for s, _ in got], [s for s, _ in w], rtol=0, atol=1e-12)
+
+
+def assert_flash_top10(hits, flash, call, counts=False) -> int:
+    """``hits`` (the positive queries of ``hlib_flash``) against FlashEntropySearch's dense scores from
+    ``call(es, precursor_mz, peaks)`` (``counts``: also its matched-peak numbers): the top-10 scores within
+    1e-6, the same spectra except ties (and the same counts). Returns the queries checked."""
+    es, row_of, q = flash
+    checked = 0
+    for r in range(len(q)):
+        if np.diff(q.offsets)[r] == 0:
+            continue
+        peaks = es.clean_spectrum_for_search(precursor_mz=float(q.precursor_mz[r]),
+                                             peaks=np.column_stack([q[r].mz, q[r].intensity]).astype(np.float32))
+        out = call(es, float(q.precursor_mz[r]), peaks)
+        s, n = (np.asarray(out[0]), np.asarray(out[1])) if counts else (np.asarray(out), None)
+        top = np.lexsort((row_of, -s))[:10]
+        top = top[s[top] > 0]
+        k = top.shape[0]
+        np.testing.assert_allclose(hits.scores[r, :k], s[top], atol=1e-6, rtol=0)
+        untied = np.isclose(s[top][:, None], s[top][None, :], atol=1e-6).sum(axis=1) == 1
+        assert list(hits.indices[r, :k][untied]) == list(row_of[top][untied])
+        if counts:
+            assert list(hits.matches[r, :k][untied]) == list(n[top][untied])
+        assert (hits.indices[r, k:] == -1).all()
+        checked += 1
+    return checked
 
 
 @pytest.mark.parametrize("metric,min_matches,dense", [("entropy", 0, False), ("unweighted_entropy", 0, False),
@@ -176,11 +192,7 @@ def test_hybrid_search_equals_brute_force(hlib, metric, min_matches, dense, monk
     monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
     lib, queries = hlib
     hits = lib.search(queries, k=10, mode="hybrid", metric=metric, min_matches=min_matches, threads=1)
-    want = _brute_hybrid(lib, queries, 10, metric, min_matches)
-    for r, w in enumerate(want):
-        got = [(float(hits.scores[r, t]), int(hits.indices[r, t])) for t in range(10) if hits.indices[r, t] >= 0]
-        assert [j for _, j in got] == [j for _, j in w], r
-        np.testing.assert_allclose([s for s, _ in got], [s for s, _ in w], rtol=0, atol=1e-12)
+    assert_hits_equal(hits, brute_force(lib, queries, 10, metric, min_matches, hybrid=True))
     assert (sum(calls) >= len(queries) - 5) if dense else not calls
     if dense == "rounds":  # 60 queries, one batch: a second call is a second round
         assert len(calls) >= 2
@@ -202,36 +214,13 @@ def test_hybrid_search_without_stored_loss_weights(hlib, monkeypatch):
     np.testing.assert_array_equal(old.scores, ref.scores)
 
 
-def test_hybrid_search_equals_ms_entropy_hybrid_search(hlib):
+def test_hybrid_search_equals_ms_entropy_hybrid_search(hlib, hlib_flash):
     """The library's positive spectra indexed by FlashEntropySearch from the same stored (clean) peaks:
     its hybrid_search top-10 scores equal the hybrid search's within 1e-6, the same spectra except ties."""
-    me = pytest.importorskip("ms_entropy")
     lib, queries = hlib
-    rows = np.flatnonzero(lib.polarity > 0)
-    libsp = lib.spectra()
-    specs = [{"precursor_mz": float(libsp.precursor_mz[r]),
-              "peaks": np.column_stack([libsp[r].mz, libsp[r].intensity]).astype(np.float32), "row": int(r)} for r in rows]
-    es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
-    row_of = np.array([s["row"] for s in es.build_index(specs)])
-    from fastspec.library import apply_pipeline
-
-    qpos = np.flatnonzero(queries.polarity > 0)
-    q = apply_pipeline(lib.pipeline, queries.take(qpos))
-    hits = lib.search(queries.take(qpos), k=10, mode="hybrid", threads=1)
-    checked = 0
-    for r in range(len(q)):
-        if np.diff(q.offsets)[r] == 0:
-            continue
-        peaks = es.clean_spectrum_for_search(precursor_mz=float(q.precursor_mz[r]),
-                                             peaks=np.column_stack([q[r].mz, q[r].intensity]).astype(np.float32))
-        s = np.asarray(es.hybrid_search(precursor_mz=float(q.precursor_mz[r]), peaks=peaks, ms2_tolerance_in_da=0.02))
-        top = np.lexsort((row_of, -s))[:10]
-        top = top[s[top] > 0]
-        n = top.shape[0]
-        np.testing.assert_allclose(hits.scores[r, :n], s[top], atol=1e-6, rtol=0)
-        ties = np.isclose(s[top][:, None], s[top][None, :], atol=1e-6).sum(axis=1) > 1
-        assert [int(j) for j, t in zip(hits.indices[r, :n], ties) if not t] == [int(row_of[j]) for j, t in zip(top, ties) if not t]
-        checked += 1
+    hits = lib.search(queries.take(np.flatnonzero(queries.polarity > 0)), k=10, mode="hybrid", threads=1)
+    checked = assert_flash_top10(hits, hlib_flash, lambda es, pmz, peaks: es.hybrid_search(
+        precursor_mz=pmz, peaks=peaks, ms2_tolerance_in_da=0.02))
     assert checked >= 20
 
 

@@ -54,7 +54,7 @@ def uses_bound_kernel(mode: str, metric: str | None, engine: str = "exact", no_n
     bounds, and formula search whose queries without a same-formula neighbour fall back to open search."""
     from fastspec.search import _BOUNDED, _DEFAULT_METRIC
 
-    whole = mode in ("open", "analog", "hybrid") or (mode == "formula" and no_neighbour == "fallback")
+    whole = mode in ("open", "analog", "hybrid", "neutral_loss") or (mode == "formula" and no_neighbour == "fallback")
     return engine == "exact" and whole and (metric or _DEFAULT_METRIC[mode]) in _BOUNDED
 
 

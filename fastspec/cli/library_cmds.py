@@ -9,7 +9,7 @@ import click
 from fastspec.cli import _ahead
 from fastspec.cli._common import check_tolerance_option, common_options, compile_watch, handle_errors, make_parents
 
-_MODES = ["identity", "formula", "open", "analog", "hybrid"]
+_MODES = ["identity", "formula", "open", "analog", "hybrid", "neutral_loss"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
 
 
@@ -104,7 +104,7 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
 @click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True)
-@click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog; entropy for hybrid (ms_entropy's hybrid search)].")
+@click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog; entropy for hybrid and neutral_loss (ms_entropy's hybrid and neutral-loss searches)].")
 @click.option("--tolerance", default="0.02da", show_default=True, help="Fragment tolerance, e.g. 0.02da or 10ppm.")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
               help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "

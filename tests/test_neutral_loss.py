@@ -1,0 +1,204 @@
+"""ms_entropy's neutral-loss search (``mode="neutral_loss"``; ``neutral_loss=True`` in similarity): the
+scores against a naive reference and against ``FlashEntropySearch.neutral_loss_search`` on real MassBank
+spectra, and library search against brute force."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_hybrid import _clean_spectrum, _spectra, assert_flash_top10, assert_hits_equal, brute_force, pairs
+
+import reference as ref
+from fastspec import similarity
+from fastspec.errors import ParameterError
+
+KW = dict(tolerance=0.02, clean=False, neutral_loss=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pair=pairs(), weighted=st.booleans())
+def test_neutral_loss_pair_vs_naive(pair, weighted):
+    a, b = pair
+    metric = "entropy" if weighted else "unweighted_entropy"
+    s, m = similarity.score_pairs(_spectra(a), _spectra(b), metric, **KW)
+    want, n = ref.neutral_loss_entropy_similarity(*a, *b, tol=0.02, weighted=weighted)
+    assert s[0] == pytest.approx(want, abs=2e-6) and m[0] == n
+    assert 0.0 <= s[0] <= 1.0
+
+
+@st.composite
+def _one(draw):
+    return _clean_spectrum(draw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(a=_one(), seed=st.integers(0, 2**16))
+def test_neutral_loss_self_score_and_peak_order(a, seed):
+    from fastspec.spectra import Spectra
+
+    s, m = similarity.score_pairs(_spectra(a), _spectra(a), "entropy", **KW)
+    assert s[0] == pytest.approx(1.0, abs=1e-6) and m[0] == len(a[0])
+    # peaks given in another order read the same (Spectra sorts them)
+    perm = np.random.default_rng(seed).permutation(len(a[0]))
+    shuffled = Spectra.from_arrays([a[0][perm]], [a[1][perm]], precursor_mz=np.array([a[2]]))
+    s2, m2 = similarity.score_pairs(shuffled, _spectra(a), "entropy", **KW)
+    assert s2[0] == s[0] and m2[0] == m[0]
+
+
+def test_neutral_loss_is_not_fragment_matching():
+    # same fragments, precursors 14 Da apart: fragments match, losses do not; and the reverse
+    a = (np.array([100.0, 150.0, 200.0]), np.array([10.0, 20.0, 30.0]), 300.0)
+    b = (np.array([100.0, 150.0, 200.0]), np.array([10.0, 20.0, 30.0]), 314.0)
+    c = (np.array([114.0, 164.0, 214.0]), np.array([10.0, 20.0, 30.0]), 314.0)
+    s, m = similarity.score_pairs(_spectra(a, a), _spectra(b, c), "entropy", **KW)
+    assert s[0] == 0.0 and m[0] == 0
+    assert s[1] == pytest.approx(1.0, abs=1e-6) and m[1] == 3
+
+
+def test_neutral_loss_without_precursor_scores_zero():
+    a = (np.array([100.0, 150.0]), np.array([10.0, 20.0]), np.nan)
+    s, m = similarity.score_pairs(_spectra(a), _spectra(a), "entropy", **KW)
+    assert s[0] == 0.0 and m[0] == 0
+
+
+def test_neutral_loss_needs_entropy_and_da():
+    x = _spectra((np.array([100.0]), np.array([1.0]), 200.0))
+    with pytest.raises(ParameterError, match="neutral_loss"):
+        similarity.prepare(x, "cosine", neutral_loss=True)
+    with pytest.raises(ParameterError, match="neutral_loss"):
+        similarity.prepare(x, "entropy", tolerance="10ppm", neutral_loss=True)
+    with pytest.raises(ParameterError, match="choose one"):
+        similarity.prepare(x, "entropy", neutral_loss=True, hybrid=True)
+
+
+def test_neutral_loss_equals_ms_entropy_flash_neutral_loss_search(massbank_parquet):
+    """Real MassBank spectra cleaned by ms_entropy and indexed by FlashEntropySearch: its
+    neutral_loss_search scores against every library spectrum equal the pair kernel's within 1e-6 (float32
+    sums in another order), with identical matched-loss counts."""
+    me = pytest.importorskip("ms_entropy")
+    import fastspec
+    from fastspec.spectra import Spectra
+
+    sp = fastspec.read(massbank_parquet)
+    rng = np.random.default_rng(5)
+    pos = np.flatnonzero((sp.polarity > 0) & np.isfinite(sp.precursor_mz) & (sp.precursor_mz > 100))
+    # one precursor-mass neighbourhood (shared losses are common there), plus random others
+    pick = np.unique(np.concatenate([pos[np.argsort(sp.precursor_mz[pos])][3000:3600],
+                                     rng.choice(pos, 600, replace=False)]))
+    es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
+    specs = []
+    for i in pick:
+        pk = es.clean_spectrum_for_search(float(sp.precursor_mz[i]),
+                                          np.column_stack([sp[i].mz, sp[i].intensity]).astype(np.float32))
+        if len(pk):
+            specs.append({"precursor_mz": float(sp.precursor_mz[i]), "peaks": pk})
+    specs = es.build_index(specs)  # sorted by precursor m/z; its scores come in this order
+    lib = Spectra.from_arrays([s["peaks"][:, 0].astype(np.float64) for s in specs],
+                              [s["peaks"][:, 1].astype(np.float64) for s in specs],
+                              precursor_mz=np.array([s["precursor_mz"] for s in specs]))
+    queries = rng.choice(len(specs), 40, replace=False)
+    # library spectra with their precursor moved too: their losses shift while their fragments do not
+    qs = Spectra.from_arrays([lib[int(j)].mz for j in queries], [lib[int(j)].intensity for j in queries],
+                             precursor_mz=lib.precursor_mz[queries] + rng.choice([0.0, 14.0157, -2.0157], 40))
+    mine, mine_n = similarity.score_matrix(qs, lib, "entropy", **KW)
+    mine, mine_n = np.asarray(mine), np.asarray(mine_n)
+    shared = 0
+    for r in range(len(qs)):
+        peaks = np.column_stack([qs[r].mz, qs[r].intensity]).astype(np.float32)
+        theirs, theirs_n = es.neutral_loss_search(precursor_mz=float(qs.precursor_mz[r]), peaks=peaks,
+                                                  ms2_tolerance_in_da=0.02, output_matched_peak_number=True)
+        np.testing.assert_allclose(mine[r], theirs, atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(mine_n[r], theirs_n)
+        shared += int(((theirs > 0) & (np.arange(len(lib)) != queries[r])).sum())
+    assert shared > 200  # losses shared with other spectra, not only self-matches
+
+
+# ------------------------------------------------------------------------------------------ search
+@pytest.mark.parametrize("metric,min_matches,rounds", [("entropy", 0, False), ("unweighted_entropy", 0, False),
+                                                       ("entropy", 3, False), ("entropy", 0, True)])
+def test_neutral_loss_search_equals_brute_force(hlib, metric, min_matches, rounds, monkeypatch):
+    """Through the dense scan of the loss windows (also with only 2 first-round candidates, so that queries
+    need further rounds), or with a minimum of matched peaks by scoring every spectrum."""
+    from fastspec.kernels import dense as dk
+
+    calls = []
+    orig = dk.dense_bounds
+
+    def spy(rows, *a, **k):
+        calls.append(k["losses_only"])
+        if rounds and len(calls) == 1:
+            k["m"] = 2
+        return orig(rows, *a, **k)
+
+    monkeypatch.setattr(dk, "dense_bounds", spy)
+    lib, queries = hlib
+    hits = lib.search(queries, k=10, mode="neutral_loss", metric=metric, min_matches=min_matches, threads=1)
+    assert_hits_equal(hits, brute_force(lib, queries, 10, metric, min_matches, neutral_loss=True))
+    if min_matches > 1:
+        assert not calls
+    else:
+        assert calls and all(calls)
+    if rounds:  # 60 queries, one batch: a second call is a second round
+        assert len(calls) >= 2
+    # the moved-precursor copies (the last 20 queries): their fragments are in the library, their losses not
+    open_hits = lib.search(queries, k=1, mode="open", metric=metric, threads=1)
+    moved = slice(40, 60)
+    assert (open_hits.scores[moved, 0] > hits.scores[moved, 0] + 0.1).sum() >= 10
+
+
+def test_neutral_loss_search_equals_ms_entropy_neutral_loss_search(hlib, hlib_flash):
+    """The library's positive spectra indexed by FlashEntropySearch from the same stored (clean) peaks:
+    its neutral_loss_search top-10 scores equal the search's within 1e-6, the same spectra except ties,
+    the same matched-loss counts."""
+    lib, queries = hlib
+    hits = lib.search(queries.take(np.flatnonzero(queries.polarity > 0)), k=10, mode="neutral_loss", threads=1)
+    checked = assert_flash_top10(hits, hlib_flash, lambda es, pmz, peaks: es.neutral_loss_search(
+        precursor_mz=pmz, peaks=peaks, ms2_tolerance_in_da=0.02, output_matched_peak_number=True), counts=True)
+    assert checked >= 20
+
+
+def test_neutral_loss_search_parameters(hlib):
+    lib, queries = hlib
+    with pytest.raises(ParameterError, match="NeutralLossesCosine"):
+        lib.search(queries, mode="neutral_loss", metric="cosine")
+    with pytest.raises(ParameterError, match="Da tolerance"):
+        lib.search(queries, mode="neutral_loss", tolerance="10ppm")
+    with pytest.raises(ParameterError, match="faiss"):
+        lib.search(queries, mode="neutral_loss", engine="faiss")
+
+
+def test_neutral_loss_search_without_precursor_has_no_hit(hlib):
+    from fastspec.spectra import Spectra
+
+    lib, queries = hlib
+    q = queries.take([0, 1])
+    q = Spectra.from_arrays([q[0].mz, q[1].mz], [q[0].intensity, q[1].intensity],
+                            precursor_mz=np.array([np.nan, q.precursor_mz[1]]),
+                            metadata={"ion_mode": ["positive" if p > 0 else "negative" for p in q.polarity]})
+    hits = lib.search(q, k=3, mode="neutral_loss", threads=1)
+    assert (hits.indices[0] == -1).all() and hits.indices[1, 0] >= 0
+
+
+def test_neutral_loss_on_the_command_line(hlib, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+
+    import fastspec
+    from fastspec.cli import main
+
+    lib, queries = hlib
+    qfile = tmp_path / "q.mgf"
+    fastspec.io.write(queries, qfile)
+    res = CliRunner().invoke(main, ["query", str(qfile), "--library", str(lib.path), "-o", str(tmp_path / "h.parquet"),
+                                    "--mode", "neutral_loss", "-k", "3", "-q"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    table = pq.read_table(tmp_path / "h.parquet")
+    assert set(table.column("query_index").to_pylist()) == set(range(len(queries)))
+    params = json.loads(table.schema.metadata[b"fastspec"])
+    assert params["mode"] == "neutral_loss" and params["metric"] == "entropy"
+    res = CliRunner().invoke(main, ["query", str(qfile), "--library", str(lib.path), "-o", str(tmp_path / "x.tsv"),
+                                    "--mode", "neutral_loss", "--metric", "cosine"], catch_exceptions=False)
+    assert res.exit_code != 0 and "Traceback" not in res.output and "neutral_loss_cosine" in res.output

@@ -36,6 +36,7 @@ MODES: list[tuple[str, dict]] = [
     ("analog", dict(mode="analog")),
     ("analog-faiss", dict(mode="analog", engine="faiss")),
     ("hybrid", dict(mode="hybrid")),
+    ("neutral-loss", dict(mode="neutral_loss")),
 ]
 #: Share of queries whose top hit must be a spectrum of the query's molecule, in every mode. (The source
 #: spectrum itself need not be first: a molecule has several near-identical spectra, e.g. the same adduct at

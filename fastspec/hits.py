@@ -45,7 +45,7 @@ class Hits:
         Matched peaks of each hit.
     status : ndarray of str (n,)
         ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
-        (identity mode without a precursor m/z, or with one of 0 or less), ``no_neighbour`` (formula mode,
+        (identity or neutral-loss mode without a precursor m/z, or with one of 0 or less), ``no_neighbour`` (formula mode,
         skipped), ``ms1``
         (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched) or
         ``msn`` (an MSn record, ``ms_level`` 3 or more, as mzmine's MSn exports hold: not searched; the

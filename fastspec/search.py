@@ -19,6 +19,9 @@ Modes
 ``analog``, ``hybrid``
     Like ``open`` for modified cosine and ms_entropy's hybrid entropy, with the neutral-loss index adding
     the shifted partners.
+``neutral_loss``
+    ms_entropy's neutral-loss search: entropy similarity of the losses ``precursor_mz - mz``, bounded
+    through the neutral-loss index alone (:func:`fastspec.search_fragment.run_losses`).
 
 ``engine="faiss"`` takes FAISS neighbours as candidates (:mod:`fastspec.search_scan`). Every mode keeps a
 query away from library spectra of the other polarity (unknown matches both) and applies the optional
@@ -328,14 +331,17 @@ def _record_files(files: list | None, n_read: int) -> list[str] | None:
 
 
 def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback):
-    from fastspec import search_formula, search_identity, search_scan
+    from fastspec import search_formula, search_fragment, search_identity, search_scan
 
-    if cfg.mode == "identity":
+    if cfg.mode in ("identity", "neutral_loss"):  # precursor windows, or losses from the precursor
         pmz = qproc.precursor_mz
         known = np.isfinite(pmz) & (pmz > 0)  # 0 is a placeholder (PEPMASS=0), as modified cosine takes it
         status[has_peaks & ~known] = NO_PRECURSOR
         rows = np.flatnonzero(has_peaks & known)
-        search_identity.run_identity(ctx, rows, scores, indices, matches)
+        if cfg.mode == "identity":
+            search_identity.run_identity(ctx, rows, scores, indices, matches)
+        else:
+            search_fragment.run_losses(ctx, rows, scores, indices, matches)
     elif cfg.mode == "formula":
         fcodes = search_formula.query_formula_codes(ctx, formula, raw)
         search_formula.run_formula(ctx, searchable, fcodes, scores, indices, matches, status, fallback)
@@ -354,9 +360,7 @@ def run_whole_library(ctx: "_Context", rows: np.ndarray, scores: np.ndarray, ind
     from fastspec import search_fragment, search_scan
 
     metric = ctx.cfg.metric
-    if ctx.cfg.mode == "neutral_loss":
-        search_fragment.run_losses(ctx, rows, scores, indices, matches)
-    elif metric in _BOUNDED:
+    if metric in _BOUNDED:
         # neutral losses: modified cosine's shifted pairs, hybrid search's losses
         search_fragment.run_bounded(ctx, rows, scores, indices, matches,
                                     use_nl=metric == "modified_cosine" or ctx.cfg.mode == "hybrid")
@@ -531,7 +535,7 @@ def _check_metric(metric: str) -> str:
 
 
 #: search() arguments that are set by the search itself, not passed through to prepare()
-_OWN_PARAMS = {"spectra", "metric", "tolerance", "mz_power", "intensity_power", "threads", "flash"}
+_OWN_PARAMS = {"spectra", "metric", "tolerance", "mz_power", "intensity_power", "threads", "flash", *_FLASH_MODES}
 
 
 def _check_metric_params(params: dict) -> None:
@@ -543,6 +547,9 @@ def _check_metric_params(params: dict) -> None:
     from fastspec.similarity import prepare
 
     allowed = set(inspect.signature(prepare).parameters) - _OWN_PARAMS
+    for name in _FLASH_MODES:  # prepare() flags that are searches of their own, with their own candidates
+        if name in params:
+            raise ParameterError(f"{name} is a search mode, not a metric option: use mode={name!r}")
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ParameterError(f"unknown search option(s): {', '.join(unknown)}; metric options are "
@@ -706,11 +713,12 @@ class _Context:
         prepares the stored peaks (``prec_entropy_w`` for the precursor-ordered copy, ``entropy_w`` in
         library order: weighted entropy of the stored peaks, not cleaned again, default powers; no
         tolerance enters that preparation)."""
-        if self.cfg.metric != "entropy" or self.cfg.mode == "neutral_loss" or not self.lib.has_array(weights):
-            return False  # (neutral-loss search scores losses, not the stored m/z)
+        if self.cfg.metric != "entropy" or not self.lib.has_array(weights):
+            return False
         built = self.lib.manifest["build"].get("prec_entropy") or {}
         qp = self.qprep
         return (built.get("clean") is False and qp.params.get("clean") is False
+                and not qp.params.get("neutral_loss")  # it scores losses, not the stored m/z
                 and qp.params.get("mz_power") == 0.0 and qp.params.get("intensity_power") == 1.0)
 
     def stored_view(self, by_precursor: bool = False, weights: str | None = None):

@@ -145,8 +145,10 @@ def run_losses(ctx: _Context, rows, scores, indices, matches):
 
     The dense scan (:func:`fastspec.kernels.dense.dense_bounds`, loss windows only) bounds every spectrum
     and :func:`_rounds` scores the candidates exactly, as for open search. The pruned bound kernel scans
-    fragments first and has no loss-only form, so queries the dense scan cannot take (a minimum of
-    matched peaks above 1, peaks closer than two windows) score every eligible spectrum instead.
+    fragments first and has no loss-only form, so queries the dense scan cannot take score every eligible
+    spectrum instead: all of them with a minimum of matched peaks above 1 or when any library spectrum
+    has two peaks within two windows (a library built with ``preprocess=None``), else those with such
+    peaks of their own. ``rows``: queries with a precursor m/z (the caller sets the others' status).
     """
     run_bounded(ctx, rows, scores, indices, matches, use_nl=True, losses_only=True)
 

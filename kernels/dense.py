@@ -5,7 +5,7 @@ no longer lift an unreached spectrum to the threshold, then follows the spectra 
 query's best scores are low (a compound the library does not hold), little is pruned and each index
 entry costs 4-6 ns (branches, scattered 8-byte rows, the pruning passes). :func:`dense_bounds` does no
 pruning: it adds one 16-bit fixed-point number per entry of every query peak's window (fragments, and
-for analog and hybrid search neutral losses too) to a 16-bit accumulator per library spectrum (4.8 MB at
+for analog and hybrid search neutral losses too; for neutral-loss search losses only) to a 16-bit accumulator per library spectrum (4.8 MB at
 2.4M spectra), ~1.2-1.3 ns per entry, then keeps the ``m`` best sums in one vectorised pass over the
 accumulators, which it leaves zeroed.
 

@@ -74,6 +74,8 @@ def test_uses_bound_kernel():
     assert not _ahead.uses_bound_kernel("analog", None, "faiss")
     assert not _ahead.uses_bound_kernel("open", "binned_cosine")
     assert not _ahead.uses_bound_kernel("identity", None) and not _ahead.uses_bound_kernel("formula", None)
+    # neutral-loss search runs only the dense scan: it would wait for the bound kernel's compilation
+    assert not _ahead.uses_bound_kernel("neutral_loss", None)
     # formula search falls back to open search for queries without a same-formula neighbour
     assert _ahead.uses_bound_kernel("formula", None, "exact", "fallback")
     assert not _ahead.uses_bound_kernel("formula", "binned_cosine", "exact", "fallback")

@@ -120,7 +120,7 @@ def test_hybrid_equals_ms_entropy_flash_hybrid_search(massbank_parquet):
 
 
 # ------------------------------------------------------------------------------------------ search
-def brute_force(lib, queries, k, metric="entropy", min_matches=0, **flags):
+def brute_force(lib, queries, k, metric="entropy", min_matches=0, min_score=0.0, **flags):
     """The library's top-k by scoring every spectrum with the pair kernel (``flags``: ``hybrid=True`` or
     ``neutral_loss=True``), under the search's polarity rule; [(score, row), ...] per query."""
     from fastspec.library import apply_pipeline
@@ -132,7 +132,7 @@ def brute_force(lib, queries, k, metric="entropy", min_matches=0, **flags):
     out = []
     for r in range(len(queries)):
         qp = q.polarity[r]
-        ok = (M[r] >= max(1, min_matches)) & ((lib.polarity == qp) | (lib.polarity == 0) | (qp == 0))
+        ok = (M[r] >= max(1, min_matches)) & (S[r] >= min_score) & ((lib.polarity == qp) | (lib.polarity == 0) | (qp == 0))
         if np.diff(q.offsets)[r] == 0:
             ok[:] = False
         order = np.lexsort((np.arange(S.shape[1]), -np.where(ok, S[r], -np.inf)))[:k]

@@ -27,6 +27,17 @@ def test_neutral_loss_pair_vs_naive(pair, weighted):
     assert 0.0 <= s[0] <= 1.0
 
 
+@settings(max_examples=200, deadline=None)
+@given(pair=pairs(), where=st.tuples(st.floats(-0.5, 1.5), st.floats(-0.5, 1.5)))
+def test_neutral_loss_pair_vs_naive_precursor_anywhere(pair, where):
+    """Precursors among or below the peaks: negative losses too (unpreprocessed spectra)."""
+    (a, b) = pair
+    a, b = [(x[0], x[1], float(x[0][0] + w * (x[0][-1] - x[0][0]))) for x, w in zip((a, b), where)]
+    s, m = similarity.score_pairs(_spectra(a), _spectra(b), "entropy", **KW)
+    want, n = ref.neutral_loss_entropy_similarity(*a, *b, tol=0.02)
+    assert s[0] == pytest.approx(want, abs=2e-6) and m[0] == n
+
+
 @st.composite
 def _one(draw):
     return _clean_spectrum(draw)
@@ -168,16 +179,81 @@ def test_neutral_loss_search_parameters(hlib):
         lib.search(queries, mode="neutral_loss", engine="faiss")
 
 
-def test_neutral_loss_search_without_precursor_has_no_hit(hlib):
+def test_neutral_loss_search_without_precursor(hlib):
+    """A query without a precursor m/z (or with the placeholder 0) has no losses: status no_precursor."""
     from fastspec.spectra import Spectra
 
     lib, queries = hlib
-    q = queries.take([0, 1])
-    q = Spectra.from_arrays([q[0].mz, q[1].mz], [q[0].intensity, q[1].intensity],
-                            precursor_mz=np.array([np.nan, q.precursor_mz[1]]),
+    q = queries.take([0, 1, 2])
+    q = Spectra.from_arrays([q[i].mz for i in range(3)], [q[i].intensity for i in range(3)],
+                            precursor_mz=np.array([np.nan, 0.0, q.precursor_mz[2]]),
                             metadata={"ion_mode": ["positive" if p > 0 else "negative" for p in q.polarity]})
     hits = lib.search(q, k=3, mode="neutral_loss", threads=1)
-    assert (hits.indices[0] == -1).all() and hits.indices[1, 0] >= 0
+    assert list(hits.status) == ["no_precursor", "no_precursor", "ok"]
+    assert (hits.indices[:2] == -1).all() and hits.indices[2, 0] >= 0
+
+
+def test_neutral_loss_flags_are_modes_not_options(hlib):
+    """hybrid=True / neutral_loss=True passed to another mode would score candidates that mode's bounds
+    chose for fragments (and in place, the stored fragments against the query's losses): refused."""
+    lib, queries = hlib
+    for flag in ("neutral_loss", "hybrid"):
+        for mode in ("open", "identity", "formula"):
+            with pytest.raises(ParameterError, match=f"use mode='{flag}'"):
+                lib.search(queries, mode=mode, metric="entropy", **{flag: True})
+
+
+def _handmade(seed, n=300, unclean=False):
+    """Spectra of 1-8 peaks on a 0.005 Da grid, more than 0.05 Da apart (closer pairs with ``unclean``),
+    some above their precursor (negative losses); precursors shared by groups, some 0 or unknown; both
+    polarities, some unknown; losses often within, at or just past a window's edge of each other."""
+    from fastspec.spectra import Spectra
+
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(150, 400, 12)
+    mzs, ints, pmz, mode = [], [], [], []
+    for i in range(n):
+        p = float(rng.choice(base) + rng.choice([0.0, 0.0, 0.02, -0.02, 0.0201, 14.01565]))
+        losses = rng.choice(np.arange(2.0, 140.0, 0.25), rng.integers(1, 9), replace=False)
+        m = np.round((p - losses + rng.choice([0.0, 0.01, -0.015], losses.shape)) / 0.005) * 0.005
+        if rng.random() < 0.15:
+            m = np.append(m, p + rng.uniform(1, 30))  # above the precursor
+        m = np.unique(m)
+        m = m[np.concatenate([[True], np.diff(m) > 0.05])]
+        if unclean and i == 7:
+            m = np.append(m, m[0] + 0.01)
+        mzs.append(np.sort(m))
+        ints.append(rng.uniform(1, 100, m.shape[0]))
+        pmz.append(np.nan if rng.random() < 0.05 else 0.0 if rng.random() < 0.03 else p)
+        mode.append(rng.choice(["positive", "positive", "negative", None]))
+    return Spectra.from_arrays(mzs, ints, precursor_mz=np.array(pmz), metadata={"ion_mode": mode})
+
+
+@pytest.mark.parametrize("unclean", [False, True])
+def test_neutral_loss_search_handmade_equals_brute_force(tmp_path, unclean, monkeypatch):
+    """Raw peaks (no preprocessing), negative losses, unknown and 0 precursors, mixed polarity, k beyond
+    the library, 2 threads, a minimum score; with one unclean library spectrum every query takes the
+    brute-force path."""
+    from fastspec.kernels import dense as dk
+    from fastspec.library import Library
+
+    calls = []
+    orig = dk.dense_bounds
+    monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
+    sp = _handmade(3, unclean=unclean)
+    lib = Library.build(sp.take(np.arange(260)), tmp_path / "l.fastspec", preprocess=None, faiss=False, progress=False)
+    queries = sp.take(np.arange(260, 300))
+    has = np.isfinite(queries.precursor_mz) & (queries.precursor_mz > 0)
+    n_hits = []
+    for kw in (dict(k=5, threads=1), dict(k=300, threads=2), dict(k=5, threads=2, min_score=0.3)):
+        hits = lib.search(queries, mode="neutral_loss", **kw)
+        want = brute_force(lib, queries, kw["k"], min_score=kw.get("min_score", 0.0), neutral_loss=True)
+        want = [w if h else [] for w, h in zip(want, has)]
+        assert_hits_equal(hits, want)
+        assert list(hits.status[~has]) == ["no_precursor"] * int((~has).sum())
+        n_hits.append(sum(len(w) for w in want))
+    assert n_hits[1] > 100 and n_hits[2] > 5  # shared losses, some strong
+    assert bool(calls) != unclean
 
 
 def test_neutral_loss_on_the_command_line(hlib, tmp_path):

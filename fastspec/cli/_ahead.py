@@ -51,10 +51,12 @@ def parallel_ok(threads: int | None) -> bool:
 
 def uses_bound_kernel(mode: str, metric: str | None, engine: str = "exact", no_neighbour: str = "skip") -> bool:
     """Whether a search may run the bound kernel: exact open, analog and hybrid search with the metrics it
-    bounds, and formula search whose queries without a same-formula neighbour fall back to open search."""
+    bounds, and formula search whose queries without a same-formula neighbour fall back to open search.
+    (Neutral-loss search runs only the dense scan, which compiles here in a few seconds: waiting for the
+    second process to compile the bound kernel first would cost it ~40 s.)"""
     from fastspec.search import _BOUNDED, _DEFAULT_METRIC
 
-    whole = mode in ("open", "analog", "hybrid", "neutral_loss") or (mode == "formula" and no_neighbour == "fallback")
+    whole = mode in ("open", "analog", "hybrid") or (mode == "formula" and no_neighbour == "fallback")
     return engine == "exact" and whole and (metric or _DEFAULT_METRIC[mode]) in _BOUNDED
 
 

@@ -103,7 +103,10 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--library", "-l", "library", required=True, type=click.Path(), help="Library index directory.")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
-@click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True)
+@click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True,
+              help="identity: library spectra within --precursor-tolerance; formula: those of the query's formula; "
+                   "open: the whole library, exactly; analog: modified cosine over the whole library; hybrid, "
+                   "neutral_loss: ms_entropy's hybrid and neutral-loss searches, exactly.")
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog; entropy for hybrid and neutral_loss (ms_entropy's hybrid and neutral-loss searches)].")
 @click.option("--tolerance", default="0.02da", show_default=True, help="Fragment tolerance, e.g. 0.02da or 10ppm.")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None,

@@ -10,7 +10,8 @@ Metrics (``METRICS``)
     ms_entropy's (un)weighted entropy similarity. With ``clean=True`` (default) each spectrum goes
     through ms_entropy's ``clean_spectrum`` first (minimum peak distance 2 x tolerance, noise 1%),
     so raw spectra give ``ms_entropy.calculate_entropy_similarity``'s number. Default tolerance 0.02 Da.
-    ``flash=True`` (Da) matches peaks as ``FlashEntropySearch``'s index does instead, as library search does.
+    ``flash=True`` (Da) matches peaks as ``FlashEntropySearch``'s index does instead, as library search does;
+    ``hybrid=True`` / ``neutral_loss=True`` score as its hybrid / neutral-loss searches do.
 ``binned_cosine``
     Cosine of fixed-width binned vectors (intensities summed per bin); ``bin_width`` (Da, defaults to
     the tolerance), ``max_mz``, ``base_peak`` (scale the most intense peak to this value first) and

@@ -28,9 +28,20 @@ _LAZY = {
 __all__ = ["__version__", "FastspecError", "IndexFormatError", "ParameterError", "ParseError", *_LAZY]
 
 
+#: submodules reachable as attributes once used (``fastspec.preprocess``, ``help(fastspec.search.search)``),
+#: imported on first access like the names above
+_SUBMODULES = frozenset({
+    "ablation", "baseline", "chem", "cli", "errors", "evaluate", "fingerprints", "hits", "io", "kernels", "library",
+    "preprocess", "report", "search", "search_formula", "search_fragment", "search_identity", "search_scan",
+    "similarity", "spectra", "splits", "stream", "synth", "tolerance", "vectors",
+})
+
+
 def __getattr__(name: str):
     mod = _LAZY.get(name)
     if mod is None:
+        if name in _SUBMODULES:  # importing it binds it here too
+            return importlib.import_module(f"fastspec.{name}")
         raise AttributeError(f"module 'fastspec' has no attribute {name!r}")
     value = getattr(importlib.import_module(mod), name)
     globals()[name] = value
@@ -38,7 +49,7 @@ def __getattr__(name: str):
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
 
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -103,7 +103,8 @@ def search(
         and neutral-loss indexes. ``neutral_loss`` is ms_entropy's neutral-loss search: the entropy
         similarity of the spectra's neutral losses (``precursor_mz - mz``; Da tolerances; see
         ``neutral_loss`` in :func:`fastspec.similarity.prepare`), exact through the neutral-loss index;
-        queries and library spectra without a precursor m/z have no losses and no hits.
+        queries and library spectra without a precursor m/z (NaN, or 0 or less) have no losses and no
+        hits.
         ``open`` is exact through the fragment index for cosine and (unweighted) entropy, and through
         an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``;
         other metrics score every library spectrum. ``open`` with modified cosine is ``analog``.
@@ -421,7 +422,7 @@ class _SearchConfig:
         if mode == "analog" and metric != "modified_cosine":
             raise ParameterError(f"mode 'analog' searches with modified_cosine, not {metric!r} (use mode='open')")
         if mode in _FLASH_MODES and metric not in _ENTROPY:
-            hint = " (matchms's NeutralLossesCosine is mode='open', metric='neutral_loss_cosine')" \
+            hint = " (matchms' NeutralLossesCosine is mode='open', metric='neutral_loss_cosine')" \
                 if mode == "neutral_loss" else ""
             raise ParameterError(f"mode {mode!r} (ms_entropy's {_FLASH_MODES[mode]}) scores entropy or "
                                  f"unweighted_entropy, not {metric!r}{hint}")

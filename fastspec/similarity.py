@@ -197,8 +197,10 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         ``FlashEntropySearch.neutral_loss_search`` (implies ``flash``): the entropy similarity of the two
         spectra's neutral losses, one per peak at ``float32(float32(precursor_mz) - mz)`` with the peak's
         (cleaned, normalised, weighted) intensity, matched in Flash's float32 windows. A spectrum without a
-        finite precursor m/z has no losses and scores 0. As with ``hybrid``, ms_entropy's numbers need its
-        ``clean_spectrum_for_search`` (the default library preprocessing) and ``clean=False``.
+        precursor m/z (NaN, or 0 or less) has no losses and scores 0. As with ``hybrid``, ms_entropy's
+        numbers need its ``clean_spectrum_for_search`` (the default library preprocessing) and
+        ``clean=False``: the default ``clean=True`` cleans as ``calculate_entropy_similarity`` does, which
+        keeps the peaks near the precursor (losses near 0).
     threads : int, optional
         Threads for the parallel preparation kernels.
 
@@ -302,12 +304,13 @@ def _neutral_losses(offsets: np.ndarray, mz32: np.ndarray, w32: np.ndarray, pmz:
     their peaks' weights -> (offsets int64 (n+1,), losses float32 (P',), weights float32 (P',)).
 
     ms_entropy computes them in float32 from a Python-float precursor (NumPy 2's weak scalars), for the
-    query (``neutral_loss_search``) and the library (``build_index``) alike. A spectrum without a finite
-    precursor m/z keeps no peak. Losses fall as m/z rises (float32 rounding is monotone), so reversing
-    each spectrum sorts them.
+    query (``neutral_loss_search``) and the library (``build_index``) alike. A spectrum without a
+    precursor m/z keeps no peak: NaN, or 0 or less (a placeholder such as MGF's ``PEPMASS=0``, as library
+    search and modified cosine read it). Losses fall as m/z rises (float32 rounding is monotone), so
+    reversing each spectrum sorts them.
     """
     counts = np.diff(offsets)
-    has = np.isfinite(pmz)
+    has = np.isfinite(pmz) & (pmz > 0)
     new_counts = np.where(has, counts, 0)
     out_off = np.zeros(offsets.shape[0], np.int64)
     np.cumsum(new_counts, out=out_off[1:])

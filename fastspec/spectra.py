@@ -358,15 +358,23 @@ class Spectra:
 
     @property
     def polarity(self) -> np.ndarray:
-        """+1 positive, -1 negative, 0 unknown; int8 (n,). From ``ion_mode``, else the charge sign."""
+        """+1 positive, -1 negative, 0 unknown; int8 (n,). From ``ion_mode`` (or, in metadata given in memory
+        with keys as written, its first alias the readers know: matchms' ``ionmode``, ``polarity``...), else
+        the charge sign."""
         pol = np.sign(self.charge).astype(np.int8)
-        if "ion_mode" in self.metadata.column_names:
+        names = self.metadata.column_names
+        col = "ion_mode" if "ion_mode" in names else None
+        if col is None and names:
+            from fastspec.io.meta import canonical_key
+
+            col = next((c for c in names if canonical_key(c) == "ion_mode"), None)
+        if col is not None:
             from fastspec.io.meta import parse_ion_mode
 
             # the readers' own parser: "n/a", "none", "neutral" are unknown, not negative
             sign = {"positive": 1, "negative": -1}
             seen: dict = {}  # a column holds a few distinct labels
-            for i, m in enumerate(self.metadata.column("ion_mode").to_pylist()):
+            for i, m in enumerate(self.metadata.column(col).to_pylist()):
                 s = seen.get(m, 2)
                 if s == 2:
                     s = seen[m] = sign.get(parse_ion_mode(m), 0)

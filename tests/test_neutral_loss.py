@@ -67,8 +67,10 @@ def test_neutral_loss_is_not_fragment_matching():
     assert s[1] == pytest.approx(1.0, abs=1e-6) and m[1] == 3
 
 
-def test_neutral_loss_without_precursor_scores_zero():
-    a = (np.array([100.0, 150.0]), np.array([10.0, 20.0]), np.nan)
+@pytest.mark.parametrize("pmz", [np.nan, 0.0, -5.0])
+def test_neutral_loss_without_precursor_scores_zero(pmz):
+    """No precursor m/z (NaN, or the placeholder 0, or below): no losses, even against the same spectrum."""
+    a = (np.array([100.0, 150.0]), np.array([10.0, 20.0]), pmz)
     s, m = similarity.score_pairs(_spectra(a), _spectra(a), "entropy", **KW)
     assert s[0] == 0.0 and m[0] == 0
 

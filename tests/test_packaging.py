@@ -28,6 +28,21 @@ def test_import_fastspec_is_light():
     assert not loaded, f"import fastspec pulled in {loaded}"
 
 
+def test_submodules_are_attributes_on_first_use():
+    """``fastspec.preprocess`` / ``help(fastspec.search.search)`` work after a bare ``import fastspec``
+    (as the README uses them), importing the module only then; every listed submodule exists."""
+    import importlib.util
+
+    import fastspec
+
+    for name in fastspec._SUBMODULES:
+        assert importlib.util.find_spec(f"fastspec.{name}") is not None, name
+    code = "import fastspec\nassert 'fastspec.preprocess' not in __import__('sys').modules\n" \
+           "print(fastspec.preprocess.default_pipeline, fastspec.hits.HIT_COLUMNS[0], fastspec.search.search)"
+    mods = _modules_after(code)
+    assert "fastspec.preprocess" in mods and "fastspec.search" in mods
+
+
 def test_cli_help_is_light():
     code = "import sys; sys.argv=['fastspec','--help']\nfrom fastspec.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
     mods = _modules_after(code)

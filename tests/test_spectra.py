@@ -156,3 +156,15 @@ def test_polarity_labels(label, expected):
     # missing-value markers are unknown polarity, not negative (a query labelled "n/a" must match both)
     s = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])], metadata={"ion_mode": [label]})
     assert s.polarity.tolist() == [expected]
+
+
+@pytest.mark.parametrize("key", ["ionmode", "IONMODE", "Ion Mode", "polarity"])
+def test_polarity_from_an_alias_key(key):
+    """Metadata given in memory keeps its keys as written; polarity still reads matchms' ``ionmode`` and the
+    other aliases the readers harmonise (``ion_mode`` first when both are there)."""
+    s = Spectra.from_arrays([np.array([100.0])] * 3, [np.array([1.0])] * 3,
+                            metadata={key: ["negative", "positive", None]})
+    assert s.polarity.tolist() == [-1, 1, 0] and s.metadata.column_names == [key]
+    both = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])],
+                               metadata={key: ["negative"], "ion_mode": ["positive"]})
+    assert both.polarity.tolist() == [1]

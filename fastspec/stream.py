@@ -72,7 +72,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     -------
     dict
         ``n_queries`` (records read: the table's queries), ``n_with_hits``, ``n_skipped`` (not searched,
-        see :attr:`fastspec.hits.Hits.skipped`) and ``params`` (what the table's metadata holds).
+        see :attr:`fastspec.hits.Hits.skipped`), ``skipped_by_status`` (those by their status, e.g.
+        ``{"no_peaks": 7, "no_precursor": 6}``) and ``params`` (what the table's metadata holds).
     """
     from fastspec.hits import table_format, write_atomically
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
@@ -93,7 +94,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         caller_formulas(formulas)  # an unparsable one is refused now, not after the chunks before it
     if on_validated is not None:
         on_validated(cfg.describe(library, formula))
-    totals = {"with_hits": 0, "skipped": 0, "spectra": 0, "unfiltered": {}}
+    totals = {"with_hits": 0, "skipped": 0, "skipped_by": {}, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:
         sink = _TableSink(tmp, delimiter)
@@ -114,6 +115,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
                                     first=run.first)
                 totals["with_hits"] += int((hits.indices[:, 0] >= 0).sum()) if len(hits) else 0
                 totals["skipped"] += int(hits.skipped.sum())
+                for st, c in zip(*np.unique(hits.status[hits.skipped].astype(str), return_counts=True)):
+                    totals["skipped_by"][str(st)] = totals["skipped_by"].get(str(st), 0) + int(c)
                 if run.n_records or not sink.opened:  # an empty input still gets the table's columns
                     sink.write(hits._table(first=run.first))
                 del hits, found
@@ -126,7 +129,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
             params["query_records"] = _query_records(counts)
             sink.close(params)
             return {"n_queries": int(counts["n_read"]), "n_with_hits": totals["with_hits"],
-                    "n_skipped": totals["skipped"], "params": params}
+                    "n_skipped": totals["skipped"], "skipped_by_status": dict(sorted(totals["skipped_by"].items())),
+                    "params": params}
         finally:
             if bar is not None:
                 bar.close()

@@ -74,6 +74,9 @@ def test_chunked_equals_whole(lib, query_files, tmp_path, chunk, kw):
     assert done["n_queries"] == len(hits) == hits.params["query_records"]["read"]
     assert done["n_with_hits"] == int((hits.indices[:, 0] >= 0).sum())
     assert done["n_skipped"] == int(hits.skipped.sum()) and done["params"] == json.loads(json.dumps(hits.params))
+    want = dict(zip(*np.unique(hits.status[hits.skipped].astype(str), return_counts=True)))
+    assert done["skipped_by_status"] == {str(k): int(v) for k, v in want.items()}
+    assert sum(done["skipped_by_status"].values()) == done["n_skipped"] and done["skipped_by_status"]["rejected"] == 6
     rec = done["params"]["query_records"]
     assert rec["rejected"] == 6 and rec["read"] == rec["rejected"] + int((hits.status != "rejected").sum())
     assert list(tmp_path.iterdir()) == [whole, chunked] or sorted(tmp_path.iterdir()) == sorted([whole, chunked])

@@ -180,7 +180,9 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         log(f"--same-{name} not applied to {c.get('missing', 0) + c.get('unreadable', 0)} queries without a "
             f"{'readable ' if name == 'adduct' else ''}{name} of their own ({', '.join(why)}{eg}): they match "
             f"library spectra of any {name}")
-    log(f"{n} queries, {done['n_with_hits']} with hits, {done['n_skipped']} skipped; {dt:.2f} s "
+    by = done.get("skipped_by_status") or {}
+    why = f" ({', '.join(f'{st} {c}' for st, c in by.items())})" if by else ""
+    log(f"{n} queries, {done['n_with_hits']} with hits, {done['n_skipped']} skipped{why}; {dt:.2f} s "
         f"({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}); wrote {output}")
 
 

@@ -144,11 +144,11 @@ def run_losses(ctx: _Context, rows, scores, indices, matches):
     similarity of neutral losses, through the neutral-loss index.
 
     The dense scan (:func:`fastspec.kernels.dense.dense_bounds`, loss windows only) bounds every spectrum
-    and :func:`_rounds` scores the candidates exactly, as for open search. The pruned bound kernel scans
-    fragments first and has no loss-only form, so queries the dense scan cannot take score every eligible
-    spectrum instead: all of them with a minimum of matched peaks above 1 or when any library spectrum
-    has two peaks within two windows (a library built with ``preprocess=None``), else those with such
-    peaks of their own. ``rows``: queries with a precursor m/z (the caller sets the others' status).
+    and :func:`_rounds` scores the candidates exactly, as for open search, unclean spectra (peaks within
+    two windows: a library built with ``preprocess=None``) included. The pruned bound kernel scans
+    fragments first and has no loss-only form, so with a minimum of matched peaks above 1 (which the dense
+    scan does not count) every eligible spectrum is scored instead. ``rows``: queries with a precursor
+    m/z (the caller sets the others' status).
     """
     run_bounded(ctx, rows, scores, indices, matches, use_nl=True, losses_only=True)
 
@@ -184,7 +184,7 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     ws = ctx.workspace()
     tol = cfg.tolerance
     pending = np.asarray(rows, dtype=np.int64)
-    dense = _dense_eligible(ctx, pending, index, nl_base, q_gaps)
+    dense = _dense_eligible(ctx, pending, index, nl_base, q_gaps, unclean_ok=losses_only)
     if losses_only:
         # no first threshold: it only trims the dense scan's candidates, which are few anyway
         theta = np.full(pending.shape[0], -np.inf)
@@ -280,15 +280,20 @@ def _rounds(ctx: _Context, pending, theta, m, bounds_of, scores, indices, matche
         m *= 8
 
 
-def _dense_eligible(ctx: _Context, rows, index, nl_base: float, q_gaps) -> np.ndarray | None:
+def _dense_eligible(ctx: _Context, rows, index, nl_base: float, q_gaps, unclean_ok: bool = False) -> np.ndarray | None:
     """Which queries may take the dense scan (:func:`fastspec.kernels.dense.dense_bounds`; None: none):
-    searches without a minimum of matched peaks, clean queries against a clean library (no two peaks
-    of a spectrum within two windows: each spectrum's pairs are then one-to-one, which the dense
-    scan's 16-bit sums rely on; ``q_gaps``: :func:`fastspec.kernels.fragment.min_peak_gaps` of the queries)."""
+    searches without a minimum of matched peaks (the scan counts no matched peaks), clean queries
+    against a clean library (no two peaks of a spectrum within two windows; ``q_gaps``:
+    :func:`fastspec.kernels.fragment.min_peak_gaps` of the queries). Unclean spectra's sums count every
+    pair in the windows, a looser bound than one-to-one pairs give (with saturating adds), which open,
+    analog and hybrid search leave to the pruned kernel; ``unclean_ok`` (neutral-loss search, whose
+    alternative is brute force) takes them too."""
     from fastspec.kernels import fragment as fk
 
     if ctx.cfg.min_matches > 1 or index.frag_mz.shape[0] == 0:
         return None
+    if unclean_ok:
+        return np.ones(np.asarray(rows).shape[0], dtype=bool)
     tol = ctx.cfg.tolerance
     gap = fk.clean_gap(tol.da, tol.ppm, nl_base)
     if not float(index.min_gap_min) > gap:

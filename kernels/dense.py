@@ -270,8 +270,10 @@ def dense_bounds(
     the fragment index (and the neutral-loss index, or that alone; see the module docstring; no minimum
     of matched peaks).
 
-    Valid for clean queries against a clean library only (no two peaks of a spectrum within two
-    windows of each other): the caller checks.
+    On clean queries against a clean library (no two peaks of a spectrum within two windows of each
+    other) each window holds one entry of a spectrum and the sums are one-to-one pairs; otherwise they
+    count every pair in the windows, still an upper bound of any one-to-one assignment, looser (the adds
+    saturate where they could pass 16 bits). The caller chooses which queries take it.
 
     Parameters
     ----------

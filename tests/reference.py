@@ -306,8 +306,8 @@ def neutral_loss_entropy_similarity(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=
     read off ``FlashEntropySearch.neutral_loss_search``: peaks normalised (and weighted) as for
     :func:`entropy_similarity`, each then placed at its loss ``float32(float32(pmz) - float32(mz))``;
     a loss of ``b`` matches one of ``a`` inside Flash's float32 window around it, one to one in ascending
-    loss order (clean spectra have one candidate per window). No losses without both precursors;
-    float64 sums."""
+    loss order (clean spectra have one candidate per window). No losses without both precursors (NaN, or
+    0 or less); float64 sums."""
     import numpy as np
 
     f32 = np.float32
@@ -318,7 +318,7 @@ def neutral_loss_entropy_similarity(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=
         tot = sum(v for _, v in keep)
         x = [v / tot for _, v in keep] if tot > 0 else []
         x = entropy_weight(x) if weighted and x else x
-        if not math.isfinite(pmz):
+        if not (math.isfinite(pmz) and pmz > 0):  # 0: a placeholder, as library search reads it
             return []
         return sorted((f32(f32(pmz) - f32(m)), w) for (m, _), w in zip(keep, x))
 

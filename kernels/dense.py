@@ -18,7 +18,7 @@ in both), times ``SCALE``, rounded up, plus one. Any one-to-one assignment (gree
 cosine, entropy, hybrid entropy) uses a subset of the pairs within tolerance, so each spectrum's sum
 bounds its exact score from above. The 16-bit sums (``SCALE`` 8,192: a ceiling of 8) never wrap
 around: a window holds at most a few entries of one library spectrum (one, when its peaks are more than
-two windows apart, as the caller requires, ``fastspec.search_fragment``; :func:`_per_window`), so a sum
+two windows apart; otherwise the sums count every pair in the windows, still a bound; :func:`_per_window`), so a sum
 is at most the query's table-row maxima summed, times that; where this could pass 16 bits (queries of
 thousands of peaks, a library precursor so large that its float32 losses are coarse), the adds
 saturate, and a saturated sum is still a bound, scores being at most 1. Windows are :func:`fastspec.kernels.fragment._side_window`'s, which cover

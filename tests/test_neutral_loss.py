@@ -174,7 +174,7 @@ def test_neutral_loss_search_equals_ms_entropy_neutral_loss_search(hlib, hlib_fl
 def test_neutral_loss_search_unpreprocessed_massbank_equals_brute_force(massbank_parquet, tmp_path, monkeypatch):
     """Real spectra as read (peaks closer than two windows, noise, no cleaning: what ms_entropy refuses)
     through the dense scan, whose sums then count every pair in the windows: the same hits as brute force,
-    also when the first round holds only 2 candidates."""
+    also when the first round holds only 2 candidates; hybrid search likewise."""
     import fastspec
     from fastspec.kernels import dense as dk
     from fastspec.library import Library
@@ -199,6 +199,11 @@ def test_neutral_loss_search_unpreprocessed_massbank_equals_brute_force(massbank
     hits = lib.search(queries, k=10, mode="neutral_loss", threads=1)
     assert_hits_equal(hits, brute_force(lib, queries, 10, neutral_loss=True))
     assert len(calls) >= 2 and (hits.indices[:, 0] >= 0).sum() >= 30
+    # hybrid search's dense scan on the same unclean spectra (fragment and loss windows)
+    n_calls = len(calls)
+    hits = lib.search(queries, k=10, mode="hybrid", threads=1)
+    assert_hits_equal(hits, brute_force(lib, queries, 10, hybrid=True))
+    assert len(calls) > n_calls
 
 
 def test_neutral_loss_search_parameters(hlib):

@@ -547,9 +547,10 @@ def test_open_dense_scan_equals_brute_force(lib, data, monkeypatch, metric, kw, 
                                        min_score=kw.get("min_score", 0.0)))
 
 
-def test_dense_scan_only_where_its_sums_hold(lib, raw, data, monkeypatch, tmp_path):
-    """The dense scan's 16-bit sums assume one-to-one pairs, and it counts no matched peaks: unclean
-    libraries or queries, and a minimum of matched peaks, take the pruned kernel."""
+def test_dense_scan_unless_a_minimum_of_matched_peaks(lib, raw, data, monkeypatch, tmp_path):
+    """The dense scan counts no matched peaks: a minimum of matched peaks takes the pruned kernel. Unclean
+    libraries and queries (peaks within two windows) take it, their sums counting every pair in the
+    windows (a looser bound), with the hits of brute force."""
     from fastspec import search_fragment as F
     from fastspec.kernels import dense as dk
 
@@ -558,23 +559,25 @@ def test_dense_scan_only_where_its_sums_hold(lib, raw, data, monkeypatch, tmp_pa
     orig = dk.dense_bounds
     monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
     q = data[1][:20]
-    raw.search(q, k=K, mode="open", metric="entropy")  # unclean library
-    raw.search(q, k=K, mode="analog")
     lib.search(q, k=K, mode="open", min_matches=2)
     lib.search(q, k=K, mode="hybrid", min_matches=2)
+    raw.search(q, k=K, mode="analog", min_matches=2)
     assert not calls
+    for mode, metric in (("open", "entropy"), ("open", "cosine"), ("analog", "modified_cosine")):
+        hits = raw.search(q, k=K, mode=mode, metric=metric)  # unclean library
+        assert_same_hits(hits, brute_force(raw, q, metric, same_polarity(raw, q)))
+    assert sum(calls) >= 3 * (len(q) - 2)
     pos = {"ion_mode": ["positive"] * 2}
     clean = Spectra.from_arrays([np.array([100.0, 150.0, 200.0]), np.array([100.0, 160.0])],
                                 [np.array([1.0, 2.0, 3.0]), np.array([1.0, 1.0])], precursor_mz=[300.0, 300.0], metadata=pos)
     small = Library.build(clean, tmp_path / "clean.fastspec", preprocess=None, faiss=False)
     close = Spectra.from_arrays([np.array([100.0, 100.03, 150.0]), np.array([100.0, 150.0])],
                                 [np.array([1.0, 1.0, 2.0]), np.array([1.0, 2.0])], precursor_mz=[300.0, 300.0], metadata=pos)
+    calls.clear()
     hits = small.search(close, k=2, mode="open", metric="entropy")
-    assert calls == [1]  # the second query only: the first has peaks closer than two windows
+    assert calls == [2]  # the first query too, though its peaks lie closer than two windows
     ref = similarity.score_matrix(close, clean, metric="entropy", tolerance=0.02, clean=False, flash=True)[0]
     np.testing.assert_allclose(hits.scores, -np.sort(-ref, axis=1), rtol=1e-6)
-    lib.search(q, k=K, mode="open", metric="entropy")
-    assert sum(calls) >= len(q) - 2 + 1
 
 
 def test_compile_search_bounds_is_the_build_every_search_runs(lib, data):

@@ -180,13 +180,18 @@ def apply_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Sp
     return drop_invalid_peaks(out)
 
 
+#: m/z at or below this round to 0 in float32 (half float32's smallest subnormal), as the entropy kernels
+#: store m/z: they would drop such a peak and renormalise the rest, while the index kept its weight
+_F32_ROUNDS_TO_ZERO = float(np.nextafter(np.float32(0), np.float32(1))) / 2
+
+
 def drop_invalid_peaks(spectra: Spectra) -> Spectra:
-    """``spectra`` without peaks whose m/z or intensity is not finite and positive (the same object when
-    there are none)."""
+    """``spectra`` without peaks whose m/z or intensity is not finite and positive, m/z not positive in
+    float32 included (the same object when there are none)."""
     mz = np.asarray(spectra.mz)
     inten = np.asarray(spectra.intensity)
     with np.errstate(invalid="ignore"):
-        keep = np.isfinite(mz) & (mz > 0) & np.isfinite(inten) & (inten > 0)
+        keep = np.isfinite(mz) & (mz > _F32_ROUNDS_TO_ZERO) & np.isfinite(inten) & (inten > 0)
     if keep.all():
         return spectra
     offsets = np.asarray(spectra.offsets, np.int64)

@@ -740,10 +740,9 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
 @pytest.mark.parametrize("zero_peak", [False, True, "no precursor"])
 def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_peak):
     """Identity entropy scores the precursor-ordered copy in place with its stored entropy weights,
-    unclean peaks included; a stored peak that preparation would drop (an m/z that is positive but 0 in
-    float32, as entropy reads it) leaves the index without those weights (either order; in a spectrum
-    without a precursor, outside the copy, without the library-order ones only), and candidates are
-    gathered: both equal brute force."""
+    unclean peaks included; a peak that entropy preparation would drop (an m/z that is positive but 0 in
+    float32, as entropy reads it) is dropped at build (it used to leave the index without those weights,
+    and entropy bounds below the exact scores), so the weights are stored: equal to brute force."""
     lib = raw
     if zero_peak:
         sp = raw.spectra(metadata=True)
@@ -756,8 +755,8 @@ def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_pea
                                  [sp.intensity[sp.offsets[i]:sp.offsets[i + 1]] for i in range(len(sp))],
                                  precursor_mz=pmz, metadata=sp.metadata)
         lib = Library.build(sp, tmp_path / "zero.fastspec", preprocess=None, faiss=False)
-    assert lib.has_array("prec_entropy_w") is (zero_peak is not True)
-    assert lib.has_array("entropy_w") is (zero_peak is False)
+    assert lib.has_array("prec_entropy_w") and lib.has_array("entropy_w")
+    assert np.float32(lib.spectra().mz.min()) > 0 and len(lib) == len(raw)
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity", metric="entropy", precursor_tolerance="0.05da")
     pl, pq_ = np.asarray(lib.precursor_mz), queries.precursor_mz
@@ -1704,3 +1703,20 @@ def test_hit_table_adducts_in_canonical_spelling(tmp_path):
     got = dict(zip(t.column("library_index").to_pylist(), t.column("adduct").to_pylist()))
     assert got == {0: "[M+H]+", 1: "[M+H]+", 2: "[Cat]+", 3: None}
     assert lib.metadata(columns=["adduct"]).column("adduct").to_pylist() == ["M+H", "[M+H]+", "[Cat]+", None]
+
+
+def test_mz_rounding_to_zero_in_float32_is_dropped(tmp_path):
+    """A peak at m/z 1e-46 (positive in float64, 0 in float32, where the entropy kernels drop it and
+    renormalise the rest) is dropped at build and from queries, so the index's weights are the exact
+    kernels' and entropy search finds the hits brute force finds."""
+    pos = {"ion_mode": ["positive"] * 30}
+    mz = [[1e-46, 100.0, 200.0] if i % 3 == 0 else [100.0, 300.0 + i, 400.0 + i] for i in range(30)]
+    it = [[1000.0, 5.0, 5.0] if i % 3 == 0 else [3.0, 5.0, 5.0] for i in range(30)]
+    sp = Spectra.from_arrays([np.array(m) for m in mz], [np.array(x) for x in it], precursor_mz=[500.0] * 30, metadata=pos)
+    lib = Library.build(sp, tmp_path / "z.fastspec", preprocess=None, faiss=False, progress=False)
+    assert lib.spectra().mz.min() == 100.0
+    q = Spectra.from_arrays([np.array([1e-46, 100.0, 200.0])], [np.array([1.0, 1.0, 1.0])], precursor_mz=[500.0],
+                            metadata={"ion_mode": ["positive"]})
+    for mode in ("open", "neutral_loss"):
+        hits = lib.search(q, k=3, mode=mode, metric="entropy")
+        assert hits.indices[0].tolist() == [0, 3, 6] and np.allclose(hits.scores[0], 1.0), mode

@@ -82,31 +82,42 @@ def test_hybrid_needs_entropy_and_da():
         similarity.prepare(x, "entropy", tolerance="10ppm", hybrid=True)
 
 
-def test_hybrid_equals_ms_entropy_flash_hybrid_search(massbank_parquet):
-    """Real MassBank spectra cleaned by ms_entropy, indexed by FlashEntropySearch: its hybrid_search
-    scores against every library spectrum equal the hybrid pair kernel's within 1e-6 (float32 sums in
-    another order), and the spectra with a nonzero score are the same."""
+def flash_pairs(massbank_parquet, seed: int, start: int):
+    """Real positive MassBank spectra cleaned by ms_entropy's ``clean_spectrum_for_search`` and indexed by
+    its FlashEntropySearch: a precursor-mass neighbourhood (sorted positions ``start:start + 600``) plus 600
+    random others; and 40 of them as queries with their precursor kept or moved (+14.0157, -2.0157 Da:
+    losses shift, fragments do not). Returns (index, library Spectra in the index's order, query
+    positions in it, queries)."""
     me = pytest.importorskip("ms_entropy")
     import fastspec
 
     sp = fastspec.read(massbank_parquet)
-    rng = np.random.default_rng(7)
+    rng = np.random.default_rng(seed)
     pos = np.flatnonzero((sp.polarity > 0) & np.isfinite(sp.precursor_mz) & (sp.precursor_mz > 100))
-    # a library of related spectra: one precursor-mass neighbourhood, plus random others
-    pick = np.unique(np.concatenate([pos[np.argsort(sp.precursor_mz[pos])][2000:2600], rng.choice(pos, 600, replace=False)]))
+    pick = np.unique(np.concatenate([pos[np.argsort(sp.precursor_mz[pos])][start:start + 600],
+                                     rng.choice(pos, 600, replace=False)]))
     es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
     specs = []
     for i in pick:
-        pk = es.clean_spectrum_for_search(float(sp.precursor_mz[i]), np.column_stack([sp[i].mz, sp[i].intensity]).astype(np.float32))
+        pk = es.clean_spectrum_for_search(float(sp.precursor_mz[i]),
+                                          np.column_stack([sp[i].mz, sp[i].intensity]).astype(np.float32))
         if len(pk):
-            specs.append({"precursor_mz": float(sp.precursor_mz[i]), "peaks": pk, "row": int(i)})
-    specs = es.build_index(specs)  # sorted by precursor m/z; its hybrid scores come in this order
+            specs.append({"precursor_mz": float(sp.precursor_mz[i]), "peaks": pk})
+    specs = es.build_index(specs)  # sorted by precursor m/z; its scores come in this order
     lib = Spectra.from_arrays([s["peaks"][:, 0].astype(np.float64) for s in specs],
                               [s["peaks"][:, 1].astype(np.float64) for s in specs],
                               precursor_mz=np.array([s["precursor_mz"] for s in specs]))
     queries = rng.choice(len(specs), 40, replace=False)
     qs = Spectra.from_arrays([lib[int(j)].mz for j in queries], [lib[int(j)].intensity for j in queries],
                              precursor_mz=lib.precursor_mz[queries] + rng.choice([0.0, 14.0157, -2.0157], 40))
+    return es, lib, queries, qs
+
+
+def test_hybrid_equals_ms_entropy_flash_hybrid_search(massbank_parquet):
+    """Real MassBank spectra cleaned by ms_entropy, indexed by FlashEntropySearch: its hybrid_search
+    scores against every library spectrum equal the hybrid pair kernel's within 1e-6 (float32 sums in
+    another order), and the spectra with a nonzero score are the same."""
+    es, lib, _, qs = flash_pairs(massbank_parquet, 7, 2000)
     mine, _ = similarity.score_matrix(qs, lib, "entropy", tolerance=0.02, clean=False, hybrid=True)
     n_losses = 0
     for r in range(len(qs)):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_hybrid import _clean_spectrum, _spectra, assert_flash_top10, assert_hits_equal, brute_force, pairs
+from test_hybrid import (_clean_spectrum, _spectra, assert_flash_top10, assert_hits_equal, brute_force,
+                         flash_pairs, pairs)
 
 import reference as ref
 from fastspec import similarity
@@ -89,31 +90,7 @@ def test_neutral_loss_equals_ms_entropy_flash_neutral_loss_search(massbank_parqu
     """Real MassBank spectra cleaned by ms_entropy and indexed by FlashEntropySearch: its
     neutral_loss_search scores against every library spectrum equal the pair kernel's within 1e-6 (float32
     sums in another order), with identical matched-loss counts."""
-    me = pytest.importorskip("ms_entropy")
-    import fastspec
-    from fastspec.spectra import Spectra
-
-    sp = fastspec.read(massbank_parquet)
-    rng = np.random.default_rng(5)
-    pos = np.flatnonzero((sp.polarity > 0) & np.isfinite(sp.precursor_mz) & (sp.precursor_mz > 100))
-    # one precursor-mass neighbourhood (shared losses are common there), plus random others
-    pick = np.unique(np.concatenate([pos[np.argsort(sp.precursor_mz[pos])][3000:3600],
-                                     rng.choice(pos, 600, replace=False)]))
-    es = me.FlashEntropySearch(max_ms2_tolerance_in_da=0.02)
-    specs = []
-    for i in pick:
-        pk = es.clean_spectrum_for_search(float(sp.precursor_mz[i]),
-                                          np.column_stack([sp[i].mz, sp[i].intensity]).astype(np.float32))
-        if len(pk):
-            specs.append({"precursor_mz": float(sp.precursor_mz[i]), "peaks": pk})
-    specs = es.build_index(specs)  # sorted by precursor m/z; its scores come in this order
-    lib = Spectra.from_arrays([s["peaks"][:, 0].astype(np.float64) for s in specs],
-                              [s["peaks"][:, 1].astype(np.float64) for s in specs],
-                              precursor_mz=np.array([s["precursor_mz"] for s in specs]))
-    queries = rng.choice(len(specs), 40, replace=False)
-    # library spectra with their precursor moved too: their losses shift while their fragments do not
-    qs = Spectra.from_arrays([lib[int(j)].mz for j in queries], [lib[int(j)].intensity for j in queries],
-                             precursor_mz=lib.precursor_mz[queries] + rng.choice([0.0, 14.0157, -2.0157], 40))
+    es, lib, queries, qs = flash_pairs(massbank_parquet, 5, 3000)
     mine, mine_n = similarity.score_matrix(qs, lib, "entropy", **KW)
     mine, mine_n = np.asarray(mine), np.asarray(mine_n)
     shared = 0

@@ -621,6 +621,38 @@ def test_msp_blank_line_between_num_peaks_and_peaks(tmp_path, block_bytes):
     assert len(s) == 1 and s[0].mz.tolist() == [50]
 
 
+@pytest.mark.parametrize("block_bytes", [16, 40, 32 << 20])
+def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
+    """Blank lines inside a peak list (while fewer peaks than `Num Peaks`, or no count) or inside the metadata
+    (no peaks or count yet, the next line not a new `Name:`) do not cut an entry, as matchms reads them; NIST's
+    `[85 100]` / `{85 100}` peak delimiters read as `(85 100)` does. Found by an audit with files as other
+    labs' converters write them: the spectra used to be cut, or split in two."""
+    import matchms.importing
+    from fastspec.io import msp
+    from fastspec.io._common import ReadReport
+
+    text = ("Name: A\nPrecursorMZ: 100\nNum Peaks: 4\n50 10\n60 20\n\n70 30\n80 40\n\n"
+            "Name: B\nPrecursorMZ: 200\nPrecursor_type: [M+H]+\n\nNum Peaks: 2\n50 10\n60 20\n\n"
+            "Name: C\nPrecursorMZ: 300\n51 1\n\n\n61 2\n\n"
+            "Name: D\nNum Peaks: 2\n[85 100] [86 50]\n\nName: E\nNum Peaks: 2\n{85 100}\n\n{86 50}\n\n"
+            "Name: F\nNum Peaks: 1\n90 1\n\n91 1\n\nName: G\nPrecursorMZ: 400\n\nName: H\nNum Peaks: 1\n92 1\n")
+    p = tmp_path / "blank.msp"
+    p.write_text(text)
+    rep = ReadReport(path=str(p))
+    parts = [x for x in msp.iter_spectra(str(p), on_error="skip", report=rep, block_bytes=block_bytes) if len(x)]
+    got = [(m["name"], m["precursor_mz"], m["adduct"], sp.mz.tolist())
+           for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
+    assert got == [("A", 100, None, [50, 60, 70, 80]), ("B", 200, "[M+H]+", [50, 60]), ("C", 300, None, [51, 61]),
+                   ("D", None, None, [85, 86]), ("E", None, None, [85, 86]), ("F", None, None, [90]),
+                   ("H", None, None, [92])]
+    # F's count is reached: 91 is outside any entry; G (a new Name follows) has no peaks
+    assert rep.counts_by_reason == {"no peaks": 1} and rep.warnings == {"lines outside records": 1}
+    # the same entries as matchms (which needs Num Peaks) reads
+    p.write_text(text[:text.index("Name: C")])
+    theirs = [(sp.get("compound_name"), sp.peaks.mz.tolist()) for sp in matchms.importing.load_from_msp(str(p))]
+    assert theirs == [(n, mz) for n, _, _, mz in got[:2]]
+
+
 def test_reading_from_a_pipe(tmp_path):
     """A named pipe (``/dev/stdin``, a shell's ``<(...)``) with its format given reads as a file does: its
     first bytes are not checked for compression (a pipe cannot seek back to them)."""

@@ -11,9 +11,12 @@ Reading covers the NIST, MS-DIAL/RIKEN and MassBank-export dialects:
 * ``Comments:`` blobs of quoted ``"key=value"`` pairs become metadata (``"SMILES=..."`` ->
   ``smiles``), as do MS-DIAL's unquoted ``Comment: DB#=...; origin=...`` when every part is such a pair;
   free text stays in ``comment``;
-* ``Num Peaks`` missing or wrong: the peaks are trusted, a wrong count is counted as a warning; a blank
-  line between ``Num Peaks: N`` (N > 0) and the peaks does not end the record;
-* peaks separated by spaces, tabs, commas or semicolons, several per line (``85 100; 86 50;``),
+* ``Num Peaks`` missing or wrong: the peaks are trusted, a wrong count is counted as a warning;
+* blank lines inside an entry, where converters write them: peaks after blank lines stay in the entry
+  while it has fewer than its ``Num Peaks`` (or declares none); metadata after blank lines does too, in an
+  entry without peaks or ``Num Peaks`` yet, unless it is a new ``Name:``;
+* peaks separated by spaces, tabs, commas or semicolons, several per line (``85 100; 86 50;``), or
+  wrapped in NIST's delimiters (``(85 100) [86 50] {87 20}``),
   quoted annotations (``85 100 "p-H2O/-1.2ppm"``) and unquoted ones after the intensity ignored, GOLM
   ``mz:int`` pairs.
 """

@@ -141,7 +141,7 @@ class LabData:
         """Extract and harmonise the labels of ``spectra`` (no fingerprints yet)."""
         from fastspec.chem.adducts import normalize_adduct
         from fastspec.chem.formula import canonical_formula
-        from fastspec.fingerprints import first_block, formulas_from_smiles, molecule_keys
+        from fastspec.fingerprints import first_block, formulas_from_inchi, formulas_from_smiles, molecule_keys
 
         md = spectra.metadata
         n = len(spectra)
@@ -164,15 +164,16 @@ class LabData:
                 return None
 
         formula = _map_unique(_col(md, "formula"), canon, n)
-        n_formula_derived = 0
-        if derive_formula:
-            missing = [i for i in range(n) if formula[i] is None and smiles[i]]
-            if missing:
-                derived = formulas_from_smiles([smiles[i] for i in missing])
+        n_derived = {}
+        if derive_formula:  # from the SMILES, else the InChI (GNPS records often give only an InChI)
+            inchi = _map_unique(_col(md, "inchi"), _clean_str, n)
+            for key, structure, derive in (("smiles", smiles, formulas_from_smiles),
+                                           ("inchi", inchi, formulas_from_inchi)):
+                missing = [i for i in range(n) if formula[i] is None and structure[i]]
+                derived = derive([structure[i] for i in missing]) if missing else []
                 for i, f in zip(missing, derived):
-                    if f is not None:
-                        formula[i] = canon(f)
-                        n_formula_derived += formula[i] is not None
+                    formula[i] = canon(f) if f is not None else None
+                n_derived[key] = sum(formula[i] is not None for i in missing)
 
         def norm_adduct(v):
             try:
@@ -188,7 +189,8 @@ class LabData:
             "n_no_molecule": sum(m is None for m in mol),
             "n_molecule_from_smiles": n_from_smiles,
             "n_no_formula": sum(f is None for f in formula),
-            "n_formula_from_smiles": n_formula_derived,
+            "n_formula_from_smiles": n_derived.get("smiles", 0),
+            "n_formula_from_inchi": n_derived.get("inchi", 0),
         }
         return cls(spectra, mol, smiles, formula, adduct, spectra.polarity, instrument, ce, ce_bin_labels(ce), counts)
 

@@ -381,8 +381,25 @@ def first_valid(cands: dict, compute) -> tuple[list, list, np.ndarray]:
     return keys, results, valid
 
 
-def map_smiles(smiles: Sequence[str | None], fn) -> list:
-    """``fn(mol)`` for each SMILES, computed once per distinct SMILES; None when empty or unparsable."""
+def mol_from_inchi(inchi: str | None):
+    """RDKit molecule of an InChI (``InChI=`` prefix optional) or None (missing / unparsable)."""
+    if not inchi or not isinstance(inchi, str):
+        return None
+    inchi = inchi.strip()
+    if not inchi.startswith("InChI="):
+        inchi = "InChI=" + inchi
+    Chem = _rdkit()
+    try:
+        with _quiet_rdkit():
+            return Chem.MolFromInchi(inchi)
+    except Exception:  # as for SMILES
+        return None
+
+
+def map_smiles(smiles: Sequence[str | None], fn, parse=None) -> list:
+    """``fn(mol)`` for each SMILES (or other structure text that ``parse`` reads, default
+    :func:`mol_from_smiles`), computed once per distinct value; None when empty or unparsable."""
+    parse = mol_from_smiles if parse is None else parse
     cache: dict = {}
     out = []
     for s in smiles:
@@ -390,7 +407,7 @@ def map_smiles(smiles: Sequence[str | None], fn) -> list:
             out.append(None)
             continue
         if s not in cache:
-            mol = mol_from_smiles(s)
+            mol = parse(s)
             if mol is None:
                 cache[s] = None
             else:
@@ -400,14 +417,22 @@ def map_smiles(smiles: Sequence[str | None], fn) -> list:
     return out
 
 
+def _formula_of(mol):
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    return None if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()) else CalcMolFormula(mol)
+
+
 def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
     """Molecular formula (Hill order, RDKit; with the charge the SMILES carries, components of a salt
     summed) of each SMILES; None when unparsable or when it holds dummy atoms (``*``, R groups: RDKit
     writes ``*2`` into the formula, which is no formula)."""
     _rdkit()
-    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+    return map_smiles(smiles, _formula_of)
 
-    def formula(mol):
-        return None if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()) else CalcMolFormula(mol)
 
-    return map_smiles(smiles, formula)
+def formulas_from_inchi(inchi: Sequence[str | None]) -> list[str | None]:
+    """Molecular formula of each InChI, as :func:`formulas_from_smiles` gives it for the structure (RDKit
+    applies the InChI's charge and proton layers); None when missing or unparsable."""
+    _rdkit()
+    return map_smiles(inchi, _formula_of, parse=mol_from_inchi)

@@ -505,38 +505,48 @@ def canonical_formulas(values: Sequence) -> list[str | None]:
     return list(cf(list(values)))
 
 
-def formulas_or_from_smiles(formulas: Sequence, smiles) -> tuple[list[str | None], int]:
-    """Canonical Hill formulas, a missing or unparsable one taken from the record's SMILES (RDKit's formula
-    of it, see :func:`fastspec.fingerprints.formulas_from_smiles`; as the evaluation lab's
-    :meth:`fastspec.baseline.LabData.build` does): GNPS MGF exports and many in-house libraries give a
-    structure but no formula, which would leave formula mode nothing to match.
+def formulas_or_from_structure(formulas: Sequence, smiles, inchi=None) -> tuple[list[str | None], int, int]:
+    """Canonical Hill formulas, a missing or unparsable one taken from the record's SMILES, else from its
+    InChI (RDKit's formula of the structure, see :func:`fastspec.fingerprints.formulas_from_smiles`; as the
+    evaluation lab's :meth:`fastspec.baseline.LabData.build` does): GNPS MGF exports and many in-house
+    libraries give a structure (often only an InChI, with ``SMILES=N/A``) but no formula, which would leave
+    formula mode nothing to match.
 
-    ``smiles``: a list or Arrow array (only the rows without a formula are read), or None. Without RDKit
-    (a dependency, missing only from a broken install) formulas stay missing. Returns the formulas and how
-    many came from a SMILES.
+    ``smiles``, ``inchi``: lists or Arrow arrays (only the rows without a formula are read), or None. Without
+    RDKit (a dependency, missing only from a broken install) formulas stay missing. Returns the formulas and
+    how many came from a SMILES and from an InChI.
     """
     out = canonical_formulas(formulas)
-    missing = [i for i, f in enumerate(out) if f is None]
-    if not missing or smiles is None:
-        return out, 0
-    if isinstance(smiles, (pa.Array, pa.ChunkedArray)):
-        smi = smiles.take(pa.array(missing, pa.int64())).to_pylist()
-    else:
-        smi = [smiles[i] for i in missing]
-    rows = [(i, str(s).strip()) for i, s in zip(missing, smi) if s is not None and str(s).strip()]
-    if not rows:
-        return out, 0
-    try:
-        from fastspec.fingerprints import formulas_from_smiles
+    counts = []
+    for structures, derive in ((smiles, "formulas_from_smiles"), (inchi, "formulas_from_inchi")):
+        counts.append(_derive_formulas(out, structures, derive))
+    return out, counts[0], counts[1]
 
-        derived = canonical_formulas(formulas_from_smiles([s for _, s in rows]))
+
+def _derive_formulas(out: list, structures, derive: str) -> int:
+    """Fill the None entries of ``out`` in place from ``structures`` through ``fastspec.fingerprints.<derive>``;
+    returns how many were filled."""
+    missing = [i for i, f in enumerate(out) if f is None]
+    if not missing or structures is None:
+        return 0
+    if isinstance(structures, (pa.Array, pa.ChunkedArray)):
+        vals = structures.take(pa.array(missing, pa.int64())).to_pylist()
+    else:
+        vals = [structures[i] for i in missing]
+    rows = [(i, str(s).strip()) for i, s in zip(missing, vals) if s is not None and str(s).strip()]
+    if not rows:
+        return 0
+    try:
+        from fastspec import fingerprints
+
+        derived = canonical_formulas(getattr(fingerprints, derive)([s for _, s in rows]))
     except FastspecError:  # no RDKit: nothing derived
-        return out, 0
+        return 0
     n = 0
     for (i, _), f in zip(rows, derived):
         if f is not None:
             out[i], n = f, n + 1
-    return out, n
+    return n
 
 
 def normalize_adducts(values: Sequence) -> list[str | None]:
@@ -1253,6 +1263,7 @@ class Library:
             "n_peaks": m["counts"].get("n_peaks"),
             "n_formulas": m["counts"].get("n_formulas"),
             "n_formula_from_smiles": m["counts"].get("n_formula_from_smiles", 0),
+            "n_formula_from_inchi": m["counts"].get("n_formula_from_inchi", 0),
             "n_positive": m["counts"].get("n_positive"),
             "n_negative": m["counts"].get("n_negative"),
             "preprocess": m["build"]["preprocess"],
@@ -1549,8 +1560,9 @@ def _build_index(
 
         prog.step("metadata")
         md = lib.metadata
-        formulas, n_from_smiles = formulas_or_from_smiles(
-            _column_strings(md, "formula"), md.column("smiles") if "smiles" in md.column_names else None)
+        formulas, n_from_smiles, n_from_inchi = formulas_or_from_structure(
+            _column_strings(md, "formula"), *(md.column(c) if c in md.column_names else None
+                                              for c in ("smiles", "inchi")))
         fcode, fkeys = _encode(formulas)
         acode, akeys = _encode(normalize_adducts(_column_strings(md, "adduct")))
         icode, ikeys = _encode([None if v is None else v.strip() for v in _column_strings(md, "instrument_type")])
@@ -1604,6 +1616,7 @@ def _build_index(
                 "n_negative": int((pol < 0).sum()),
                 "n_formulas": int(fkeys.shape[0]),
                 "n_formula_from_smiles": n_from_smiles,
+                "n_formula_from_inchi": n_from_inchi,
                 "n_with_precursor": int(finite.sum()),
                 "max_mz": float(mz.max()) if mz.shape[0] else 0.0,
                 "min_peak_gap": float(min_gap.min()) if n else None,

@@ -16,7 +16,7 @@ from fastspec.spectra import Spectra
 
 
 def query_formula_codes(ctx: _Context, formula, raw: Spectra) -> np.ndarray:
-    from fastspec.library import formulas_or_from_smiles
+    from fastspec.library import formulas_or_from_structure
 
     nq = len(ctx.q)
     if formula is None:
@@ -27,8 +27,8 @@ def query_formula_codes(ctx: _Context, formula, raw: Spectra) -> np.ndarray:
         vals = list(formula)
         if len(vals) != nq:
             raise ParameterError(f"formula: {len(vals)} values for {nq} queries")
-    if formula is None:  # the queries' own, else from their SMILES, as the library's are
-        canon, _ = formulas_or_from_smiles(_formula_texts(vals), raw.column("smiles"))
+    if formula is None:  # the queries' own, else from their SMILES or InChI, as the library's are
+        canon, _, _ = formulas_or_from_structure(_formula_texts(vals), raw.column("smiles"), raw.column("inchi"))
     else:
         canon = caller_formulas(vals)
     lut = ctx.lib.code_lookup("formula")

@@ -87,6 +87,19 @@ def test_inchikey14():
     assert meta.inchikey14_of("GVGYEFKIHJTNQZ-RFQIPJPRSA-N") == "GVGYEFKIHJTNQZ"
     assert meta.inchikey14_of("gvgyefkihjtnqz") == "GVGYEFKIHJTNQZ"
     assert meta.inchikey14_of("not a key") is None
+    assert meta.inchikey14_of("InChIKey=GVGYEFKIHJTNQZ-RFQIPJPRSA-N") == "GVGYEFKIHJTNQZ"  # as some files write it
+
+
+def test_inchikey_prefix_and_sodium():
+    """A value written "InChIKey=..." loses the prefix (its first block is derived); "Na" (sodium) is a formula
+    and a name, not the missing marker "NA" / "na". Found by an audit of other labs' exports."""
+    t = pa.table({"inchikey": ["InChIKey=GVGYEFKIHJTNQZ-RFQIPJPRSA-N", "inchikey = gvgyefkihjtnqz-rfqipjprsa-n", None],
+                  "formula": ["Na", "NA", "na"], "name": ["Na", "N/A", " na "]})
+    h = meta.harmonise_table(t)
+    assert h.column("inchikey").to_pylist() == ["GVGYEFKIHJTNQZ-RFQIPJPRSA-N"] * 2 + [None]
+    assert h.column("inchikey14").to_pylist() == ["GVGYEFKIHJTNQZ"] * 2 + [None]
+    assert h.column("formula").to_pylist() == ["Na", None, None]
+    assert h.column("name").to_pylist() == ["Na", None, None]
 
 
 def test_harmonise_record():

@@ -1670,15 +1670,37 @@ def test_formula_from_smiles(tmp_path):
     assert h.to_arrow().column("formula").to_pylist()[0] == "C6H12O6"
 
 
+def test_formula_from_inchi(tmp_path):
+    """GNPS records often carry an InChI with ``SMILES=N/A``: formula mode takes the formula from the InChI
+    when there is no formula or SMILES, on both sides, the same formula as the structure's SMILES gives
+    (charge and proton layers applied). Found by an audit: such queries had status no_neighbour."""
+    from fastspec.fingerprints import formulas_from_inchi, formulas_from_smiles
+
+    inchi = ["InChI=1S/C5H14NO/c1-6(2,3)4-5-7/h7H,4-5H2,1-3H3/q+1",  # choline (charge layer)
+             "InChI=1S/C2H4O2/c1-2(3)4/h1H3,(H,3,4)/p-1",  # acetate (proton layer)
+             "1S/C6H12O6/c7-1-2-3(8)4(9)5(10)6(11)12-2/h2-11H,1H2",  # no "InChI=" prefix
+             "InChI=1S/garbage", None]
+    assert formulas_from_inchi(inchi) == formulas_from_smiles(["C[N+](C)(C)CCO", "CC(=O)[O-]",
+                                                               "OCC1OC(O)C(O)C(O)C1O", None, None])
+    text = "".join(f"BEGIN IONS\nTITLE=s{i}\nPEPMASS=181.07\nIONMODE=Positive\nSMILES=N/A\nINCHI={v}\n"
+                   f"100 1\n150 2\nEND IONS\n" for i, v in enumerate(inchi[2:4]))
+    path = tmp_path / "gnps.mgf"
+    path.write_text(text)
+    lib = Library.build(path, tmp_path / "i.fastspec", preprocess=None, faiss=False)
+    assert lib.info()["n_formula_from_inchi"] == 1 and lib.info()["n_formula_from_smiles"] == 0
+    h = lib.search(path, k=2, mode="formula", no_neighbour="empty")
+    assert list(h.status) == ["ok", "no_hit"] and h.indices[0].tolist() == [0, -1]
+
+
 def test_formula_from_smiles_edge_cases(tmp_path, monkeypatch):
     """R-group SMILES give no formula (RDKit writes ``*2`` into it); without RDKit nothing is derived and
     the build still works."""
     from fastspec import fingerprints
-    from fastspec.library import formulas_or_from_smiles
+    from fastspec.library import formulas_or_from_structure
 
     smiles = ["*NC1=NC(=NC(=N1)Cl)N*", "C[N+](C)(C)C", "CN.Cl", "", None, "OCC"]
-    got, n = formulas_or_from_smiles([None, None, None, None, None, "C2H6O"], smiles)
-    assert got == [None, "C4H12N+", "CH6ClN", None, None, "C2H6O"] and n == 2
+    got, n, n_inchi = formulas_or_from_structure([None, None, None, None, None, "C2H6O"], smiles)
+    assert got == [None, "C4H12N+", "CH6ClN", None, None, "C2H6O"] and (n, n_inchi) == (2, 0)
     sp = Spectra.from_arrays([[100.0]] * 2, [[1.0]] * 2, precursor_mz=[47.0, 47.0],
                              metadata={"smiles": ["CCO", "OCC"], "formula": [None, "C2H6O"]})
 

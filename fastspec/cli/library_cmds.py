@@ -186,6 +186,13 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         f"({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}); wrote {output}")
 
 
+def _derived_formulas(d: dict) -> str:
+    """" (N from their SMILES, M from their InChI)" when formulas were derived from structures."""
+    parts = [f"{d[k]} spectra's from their {w}" for k, w in (("n_formula_from_smiles", "SMILES"),
+                                                             ("n_formula_from_inchi", "InChI")) if d.get(k)]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 @click.command("info")
 @click.argument("library", type=click.Path())
 @click.option("--verify", is_flag=True, help="Check the checksum of every file.")
@@ -223,8 +230,7 @@ def info(library, verify, as_json, threads, quiet):
     lines += [
         f"peaks           {d['n_peaks']}",
         f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",
-        f"formulas        {d['n_formulas']}" + (f" ({d['n_formula_from_smiles']} spectra's from their SMILES)"
-                                                  if d.get("n_formula_from_smiles") else ""),
+        f"formulas        {d['n_formulas']}" + _derived_formulas(d),
         f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
         f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}"
         + (f", thresholds {d['faiss']['theta']['index']}" if d["faiss"] and d["faiss"].get("theta") else ""),

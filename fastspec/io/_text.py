@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from fastspec.errors import ParseError
 from fastspec.io import _textscan as ts
 from fastspec.io._common import BlockReader, ReadReport, finish_block
-from fastspec.io.meta import MISSING_MARKERS, NIST_SYNON_CODES, key_info
+from fastspec.io.meta import NIST_SYNON_CODES, key_info, missing_marker
 from fastspec.spectra import Spectra
 
 NUM_PEAKS_KEYS = ts.NUM_PEAKS_KEYS  # defined with the scanner, which reads them too
@@ -318,9 +318,7 @@ def _present(col: pa.Array, signs: bool = False) -> pa.Array:
     ``-`` is a value, as in a polarity field)."""
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return col.is_valid()  # e.g. the synonyms list column
-    text = pc.utf8_lower(pc.utf8_trim_whitespace(col))
-    markers = MISSING_MARKERS - {"-"} if signs else MISSING_MARKERS
-    marker = pc.is_in(text, value_set=pa.array(sorted(markers)))  # false (not null) for a null
+    marker = missing_marker(pc.utf8_trim_whitespace(col), signs)  # false (not null) for a null
     return pc.and_(col.is_valid(), pc.invert(marker))
 
 

@@ -115,7 +115,8 @@ VALUE_PATTERNS: dict[str, str] = {
 #: write ``FEATURE_ID=-1`` in every record (FBMN files, where FEATURE_ID is the id, never write -1)
 ID_PLACEHOLDERS = ("-1",)
 
-#: string values that mean "unknown" in text formats (compared case-insensitively)
+#: string values that mean "unknown" in text formats (compared case-insensitively, ``Na`` aside:
+#: :func:`missing_marker`)
 MISSING_MARKERS = frozenset({"", "n/a", "na", "nan", "none", "null", "-", "?", "unknown", "nil"})
 
 #: NIST ``Synon: $:NN`` codes (lib2nist MS/MS synonym fields) -> key
@@ -303,7 +304,7 @@ def inchikey14_of(inchikey: Any) -> str | None:
     """First block of an InChIKey (also accepts the 14-letter block alone), else None."""
     if not inchikey:
         return None
-    m = _IK14_RE.match(str(inchikey).strip().upper())
+    m = _IK14_RE.match(re.sub(r"^INCHIKEY\s*=\s*", "", str(inchikey).strip().upper()))
     return m.group(1) if m else None
 
 
@@ -333,13 +334,19 @@ def _as_string(col: pa.ChunkedArray | pa.Array) -> pa.Array:
                          for v in col.to_pylist()], pa.string())
 
 
+def missing_marker(text: pa.Array, signs: bool = False) -> pa.Array:
+    """bool per value of trimmed ``text``: one of :data:`MISSING_MARKERS`, compared case-insensitively but
+    for ``Na`` (sodium, as a formula or a compound's name, is a value; ``NA``, ``na`` are markers); false for
+    a null. ``signs``: ``-`` is a value, as in a polarity field (``POLARITY=-``)."""
+    markers = MISSING_MARKERS - {"-", "na"} if signs else MISSING_MARKERS - {"na"}
+    return pc.or_(pc.is_in(pc.utf8_lower(text), value_set=pa.array(sorted(markers), pa.string())),
+                  pc.is_in(text, value_set=pa.array(["NA", "na", "nA"], pa.string())))
+
+
 def _trim_missing(arr: pa.Array, signs: bool = False) -> pa.Array:
-    """Trim whitespace; values in :data:`MISSING_MARKERS` become null (``signs``: except ``-``, which
-    is a value in a polarity field, ``POLARITY=-``)."""
+    """Trim whitespace; missing markers (:func:`missing_marker`) become null."""
     arr = pc.utf8_trim_whitespace(arr)
-    low = pc.utf8_lower(arr)
-    markers = MISSING_MARKERS - {"-"} if signs else MISSING_MARKERS
-    is_missing = pc.is_in(low, value_set=pa.array(sorted(markers), pa.string()))
+    is_missing = missing_marker(arr, signs)
     return pc.if_else(is_missing, pa.scalar(None, pa.string()), arr)
 
 
@@ -690,7 +697,7 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     # inchikey upper-case; inchikey14 given or derived
     ik = out["inchikey"]
     if n and ik.null_count < n:
-        ik = pc.utf8_upper(ik)
+        ik = pc.replace_substring_regex(pc.utf8_upper(ik), r"^INCHIKEY\s*=\s*", "")  # "InChIKey=..." as written
         out["inchikey"] = ik
         derived = pc.struct_field(pc.extract_regex(ik, r"^(?P<k>[A-Z]{14})(?:-|$)"), [0])
         given = out["inchikey14"]
@@ -756,6 +763,7 @@ __all__ = [
     "ALIASES",
     "EXTRA_ALIASES",
     "MISSING_MARKERS",
+    "missing_marker",
     "NIST_SYNON_CODES",
     "adduct_charge",
     "canonical_key",

@@ -301,6 +301,27 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def is_index_dir(directory: Path) -> bool:
+    """``directory`` holds a fastspec manifest (its ``format`` field, whatever its state otherwise): a
+    directory with some other ``manifest.json`` (a web app's, say) is no index, and must not be replaced as
+    one."""
+    try:
+        with open(Path(directory) / MANIFEST, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
+
+
+def enclosing_index(path) -> Path | None:
+    """The library index directory ``path`` lies in (a file to be written there would corrupt it), or None."""
+    p = Path(os.path.abspath(path))
+    for d in (p, *p.parents):
+        if d.is_dir() and is_index_dir(d):
+            return d
+    return None
+
+
 def _manifest_digest(manifest: dict[str, Any]) -> str:
     """sha256 of the manifest's canonical JSON (sorted keys, no spaces), its own checksum left out."""
     text = json.dumps({k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}, sort_keys=True,
@@ -472,7 +493,7 @@ def replace_directory(src: Path, target: Path) -> None:
     if not target.exists():
         os.rename(src, target)
         return
-    if target.is_dir() and not (target / MANIFEST).exists() and any(target.iterdir()):
+    if target.is_dir() and not is_index_dir(target) and any(target.iterdir()):
         raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a library index")
     trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
     os.rename(target, trash)

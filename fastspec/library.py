@@ -727,7 +727,7 @@ class Library:
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)
-        if target.is_dir() and not (target / fmt.MANIFEST).exists() and any(target.iterdir()):
+        if target.is_dir() and not fmt.is_index_dir(target) and any(target.iterdir()):
             raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
                                    "library index")
         if target.exists() and not target.is_dir():  # e.g. the input spectrum file itself, named twice
@@ -1266,6 +1266,8 @@ class Library:
             "n_formula_from_inchi": m["counts"].get("n_formula_from_inchi", 0),
             "n_positive": m["counts"].get("n_positive"),
             "n_negative": m["counts"].get("n_negative"),
+            "n_unknown_polarity": (m["counts"]["n_spectra"] - m["counts"]["n_positive"] - m["counts"]["n_negative"]
+                                   if m["counts"].get("n_positive") is not None else None),
             "preprocess": m["build"]["preprocess"],
             "faiss": m["build"].get("faiss"),
             "size_bytes": size,

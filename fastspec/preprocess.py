@@ -440,7 +440,8 @@ STEPS: dict[str, Step] = {
 def _get_step(name: str) -> Step:
     key = str(name).strip()
     if key not in STEPS:
-        raise ParameterError(f"unknown preprocessing step {name!r}; known: {', '.join(STEPS)}")
+        raise ParameterError(f"unknown preprocessing step {name!r}; known: {', '.join(STEPS)} (a pipeline string "
+                             "is 'name:key=value,...;name2', e.g. 'mz_range:min=50;top_k:k=100')")
     return STEPS[key]
 
 

@@ -143,9 +143,18 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
 
 def _refuse_own_input(paths: list, output) -> None:
     """ParameterError when the hit table's path is one of the query files read (given, or found in a
-    directory given): the table, renamed into place once written, would replace it."""
+    directory given): the table, renamed into place once written, would replace it; or lies inside a library
+    index directory (the searched library's, say), whose files it would replace or join."""
+    from fastspec._indexfmt import enclosing_index
+
     target = Path(output) if output is not None else None
-    if target is None or not target.is_file():
+    if target is None:
+        return
+    inside = enclosing_index(target)
+    if inside is not None:
+        raise ParameterError(f"{output} is inside the library index {inside}; writing it there would corrupt the "
+                             "index (choose another output path)")
+    if not target.is_file():
         return
     for q in paths:
         if Path(q).is_file() and os.path.samefile(q, target):

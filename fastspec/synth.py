@@ -161,7 +161,7 @@ def make_queries(
         Perturbation strength: 0 gives copies (m/z rounded to 1e-5 Da, as every output); 1 (default)
         jitters m/z by ~3 ppm, precursor m/z by ~2 ppm, multiplies intensities by lognormal noise (sigma
         0.2), tilts them like a collision energy change, drops ~10% of the peaks (never the base peak)
-        and adds ~1 noise peak.
+        and adds ~1 noise peak; the effects scale with it, up to 10.
     rows : ndarray of int, optional
         Use these library rows instead of drawing ``n``.
 
@@ -172,8 +172,8 @@ def make_queries(
     truth : ndarray, int64, shape (n,)
         Library row each query was derived from (molecules: the ``inchikey14`` / ``molecule`` columns).
     """
-    if noise < 0:
-        raise ParameterError(f"noise must be >= 0, got {noise}")
+    if not 0 <= noise <= 10:  # (at 10: m/z jitter 30 ppm, 10 added peaks a spectrum; beyond, overflows)
+        raise ParameterError(f"noise must be within 0-10, got {noise}")
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x51E7]))
     n_lib = len(library)
     if rows is None:

@@ -13,6 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from fastspec.cli import main
+from fastspec.errors import ParameterError
+from fastspec.library import Library
 from fastspec.hits import HIT_COLUMNS
 
 
@@ -146,7 +148,10 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     # ... but there a binned_cosine --tolerance is a bin width: 1 Da bins are a normal setting
     res = run("evaluate", "-l", massbank_mgf, "--metric", "binned_cosine", "--tolerance", "1", "--bootstrap", "0",
               "--fingerprint", "none", "-q", ok=False)
-    assert "no MS/MS window" not in res.output
+    assert "no fragment m/z tolerance" not in res.output
+    # the message names what the option sets
+    res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--precursor-tolerance", "10", ok=False)
+    assert_clean_error(res, "10 Da is no precursor window")
     # an input file named as the index is never replaced by it
     copy = tmp_path / "copy.mgf"
     copy.write_bytes(massbank_mgf.read_bytes())
@@ -231,6 +236,31 @@ def test_no_command_writes_over_its_input(tmp_path):
                  ["synth", "-n", "100", "--seed-library", lib, "-o", lib]):
         assert_clean_error(run(*args, ok=False), "also an input")
     assert lib.read_bytes() == before
+
+
+def test_no_command_writes_into_a_library_index(index, massbank_mgf, tmp_path):
+    """A hit table (or a converted file, synthetic spectra...) written inside a library index directory would
+    replace or join its files: refused, as is replacing a directory whose manifest.json is not an index's
+    (--overwrite used to delete a web app's folder). Found by an audit of the index lifecycle."""
+    import shutil
+
+    lib = tmp_path / "lib.fastspec"
+    shutil.copytree(index, lib)
+    for args in (["query", massbank_mgf, "-l", lib, "-o", lib / "metadata.parquet"],
+                 ["query", massbank_mgf, "-l", index, "-o", lib / "sub" / "hits.tsv"],
+                 ["convert", massbank_mgf, lib / "metadata.parquet"],
+                 ["synth", "-n", "100", "-o", lib / "metadata.parquet"]):
+        assert_clean_error(run(*args, ok=False), "inside the library index")
+    run("info", lib, "--verify")
+    with pytest.raises(ParameterError, match="inside the library index"):
+        Library.open(index).search_to_file(massbank_mgf, lib / "inputs.parquet")
+    app = tmp_path / "webapp"
+    app.mkdir()
+    (app / "manifest.json").write_text('{"name": "pwa"}')
+    (app / "index.html").write_text("hi")
+    assert_clean_error(run("index", massbank_mgf, "-o", app, "--overwrite", "--no-faiss", ok=False),
+                       "not a library index")
+    assert (app / "index.html").read_text() == "hi"
 
 
 def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):
@@ -385,6 +415,11 @@ def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "-k", "1000000000",
                            ok=False), "k=")
     assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--seed", "-1", ok=False), "seed")
+    # every command's --seed, and synth's --noise (overflows, then gigabytes of noise peaks, beyond 10)
+    for args in (["demo", "--seed", "-1"], ["split", "-l", massbank_mgf, "-o", tmp_path / "s.csv", "--seed", "-1"],
+                 ["synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "3", "-q-out", tmp_path / "q.mgf",
+                  "--noise", "1e12"]):
+        assert_clean_error(run(*args, ok=False), args[-2])
     # fastspec index makes the index's parent directory too, as query, convert and synth do
     run("index", massbank_mgf, "-o", tmp_path / "made" / "for" / "lib.fastspec", "-q", "--no-faiss")
     assert (tmp_path / "made" / "for" / "lib.fastspec" / "manifest.json").exists()

@@ -1711,6 +1711,7 @@ def test_formula_from_smiles_edge_cases(tmp_path, monkeypatch):
     lib = Library.build(sp, tmp_path / "n.fastspec", preprocess=None, faiss=False)
     assert lib.metadata(columns=["formula_canonical"]).column(0).to_pylist() == [None, "C2H6O"]
     assert lib.info()["n_formula_from_smiles"] == 0
+    assert lib.info()["n_unknown_polarity"] == 2  # so that the polarity counts add up
     h = lib.search(sp, k=2, mode="formula", no_neighbour="empty")
     assert list(h.status) == ["no_hit", "ok"]
 

@@ -23,7 +23,8 @@ def common_options(f):
 def refuse_clobbering(inputs, outputs) -> None:
     """Refuse (ParameterError, one line) a command whose output would replace one of its input files, or
     whose two outputs are one file: the output is renamed into place once written, and what the input
-    held beyond what was read (records skipped as bad, for one) would be gone.
+    held beyond what was read (records skipped as bad, for one) would be gone. An output inside a library
+    index directory is refused too (it would replace or join the index's files).
 
     Parameters
     ----------
@@ -36,9 +37,15 @@ def refuse_clobbering(inputs, outputs) -> None:
 
     from fastspec.errors import ParameterError
 
+    from fastspec._indexfmt import enclosing_index
+
     given = [(o, p) for o, p in outputs if p]
     files = [Path(p) for p in inputs if p and Path(p).is_file()]
     for opt, out in given:
+        inside = enclosing_index(out)
+        if inside is not None:
+            raise ParameterError(f"{out} ({opt}) is inside the library index {inside}; writing it there would "
+                                 "corrupt the index: choose another output path")
         target = Path(out)
         if target.is_file() and any(os.path.samefile(f, target) for f in files):
             raise ParameterError(f"{out} ({opt}) is also an input; writing it would replace the input: choose "
@@ -283,5 +290,6 @@ def check_tolerance_option(value: str | None, name: str = "--tolerance") -> None
 
     tol = parse_tolerance(value, name)
     if tol.unit == "da" and tol.value >= 1.0 and not any(u in value.lower() for u in ("da", "ppm")):
+        what = "precursor window" if "precursor" in name else "fragment m/z tolerance"
         raise ParameterError(f"{name} {value}: a number without a unit means Da, and {tol.value:g} Da is no "
-                             f"MS/MS window; write {value}ppm, or {value}da if you mean it")
+                             f"{what}; write {value}ppm, or {value}da if you mean it")

@@ -49,7 +49,7 @@ MIN_TOP1 = 0.9
               help="Synthetic library size.")
 @click.option("--n-queries", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Queries per mode (perturbed copies of library spectra).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the index here (default: a temporary directory, removed afterwards).")

@@ -56,7 +56,9 @@ def _default_with(pp, tweaks: dict):
 @click.command("index")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Index directory to create (e.g. lib.fastspec).")
-@click.option("--preprocess", "preprocess", default=None, help="Preprocessing pipeline as a string (see fastspec.preprocess).")
+@click.option("--preprocess", "preprocess", default=None, help="Preprocessing pipeline as a string, steps "
+              "'name:key=value,...' joined by ';' (e.g. 'mz_range:min=50;top_k:k=100'; steps and parameters: "
+              "help(fastspec.preprocess)).")
 @click.option("--no-preprocess", is_flag=True, help="Index peaks as read, only sorted (file records with bad peak values are rejected "
                    "and counted; zero-intensity peaks dropped).")
 @click.option("--min-mz", type=float, default=None, help="Drop peaks below this m/z.")
@@ -229,7 +231,8 @@ def info(library, verify, as_json, threads, quiet):
                      f"{f['path'] if f['path'] is not None else what.get(f['source'], f['source'])}")
     lines += [
         f"peaks           {d['n_peaks']}",
-        f"polarity        {d['n_positive']} positive, {d['n_negative']} negative",
+        f"polarity        {d['n_positive']} positive, {d['n_negative']} negative"
+        + (f", {d['n_unknown_polarity']} unknown" if d.get("n_unknown_polarity") else ""),
         f"formulas        {d['n_formulas']}" + _derived_formulas(d),
         f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
         f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}"

@@ -39,7 +39,7 @@ class RowGroupReader:
             schema = plain.schema_arrow
         strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
         # dictionary pages decode straight to dictionary arrays; results are cast back to the schema's type
-        self._pf = pq.ParquetFile(str(path), read_dictionary=strings)
+        self._pf = pq.ParquetFile(str(path), read_dictionary=strings, page_checksum_verification=True)
         self.schema = schema
         meta = self._pf.metadata
         #: first row of each row group, and the total (int64 (G+1,))

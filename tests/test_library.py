@@ -355,6 +355,22 @@ def test_corrupted_file_is_refused(raw_lib, tmp_path, where):
         Library.open(dst, verify=True)
 
 
+@pytest.mark.parametrize("name", ["metadata.parquet", "inputs.parquet"])
+def test_a_damaged_parquet_page_is_refused_when_read(raw_lib, tmp_path, name):
+    """The index's Parquet files carry page checksums: a flipped byte the open-time check cannot see (past the
+    first and last 64 KiB of a large file; here the file is damaged after opening) is refused when its page
+    is read, instead of decoding to other ids and names (zstd alone: 37 of 53 flips in a 150k-spectrum
+    index's metadata read back as other values without an error)."""
+    dst = _copy_index(raw_lib, tmp_path / "pages.fastspec")
+    lib = Library.open(dst)
+    p = dst / name
+    data = bytearray(p.read_bytes())
+    data[len(data) // 3] ^= 0x5A  # inside the first row group's pages
+    p.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match=f"{name} is unreadable or corrupted"):
+        lib.metadata() if name == "metadata.parquet" else lib.input_files
+
+
 @pytest.mark.parametrize("name,value", [("frag_spec", 10**9), ("scan_rows", -3), ("prec_order", 10**7),
                                         ("offsets", 10**12), ("formula_code", 999), ("wblk_loc", 60000),
                                         ("input_index", 10**9)])

@@ -633,7 +633,7 @@ def _scan(sorted_vals, spec, weights, rng, win, qv, work, count, track_count, li
                 work[c, 0] = nv
                 work[c, 1] += w * w
                 if track_count:
-                    count[c] += 1
+                    _count_add(count, c, 1)
                 if ch and (ch_size < cap or nv > ch_b[0]) and min_gap[c] > gap_thr and \
                         _passes(c, qrow, q_codes, lib_codes, sym):
                     pos = -1
@@ -673,7 +673,7 @@ def _scan_live(sorted_vals, spec, weights, rng, win, qv, acc, compact, rank, sna
                 acc[r, 0] += qv * w
                 acc[r, 1] += w * w
                 if track_count:
-                    count[c] += 1
+                    _count_add(count, c, 1)
 
 
 _U1, _U6, _U63 = np.uint64(1), np.uint64(6), np.uint64(63)
@@ -816,6 +816,18 @@ def _set_live(live, c, on):
         live[u >> np.uint64(6)] |= bit
     else:
         live[u >> np.uint64(6)] &= ~bit
+
+
+#: the largest pair count ``BoundWorkspace.count`` (uint16) holds: adds saturate there, so that a spectrum
+#: with more pairs in the query's windows (unclean spectra, wide tolerances) still passes a minimum of matched
+#: peaks up to it instead of wrapping around to a small count and being dropped
+_COUNT_MAX = 65535
+
+
+@numba.njit(inline="always", **NJIT)
+def _count_add(count, c, k):
+    v = np.int64(count[c]) + k
+    count[c] = v if v < _COUNT_MAX else _COUNT_MAX
 
 
 @numba.njit(inline="always", **NJIT)
@@ -1015,7 +1027,7 @@ def _complete(c, t0, npk, a0, order, q_w, qpmz, l_span, l_mz, l_w, l_pmz, use_nl
             cnt += 1
     work[c, 0] += acc
     if track:
-        count[c] += cnt
+        _count_add(count, c, cnt)
 
 
 @numba.njit(inline="always", **NJIT)
@@ -1337,7 +1349,7 @@ def _search_bounds(b, n_blocks, q_rows, q_off, q_mz, q_w, q_pmz, theta_in, fr_mz
                 _complete(c, done, npk, a0, order, q_w, pmz, l_span, l_mz, l_w, l_pmz, use_nl, kind, bits, lk, lk_info,
                           work, count, track)
             bound = _inflate(np.float64(work[c, 0]))
-            ok = bound >= theta and (not track or count[c] >= min_pairs)
+            ok = bound >= theta and (not track or count[c] >= min(min_pairs, _COUNT_MAX))
             if ok and not pruned:
                 ok = _passes(c, qrow, q_codes, lib_codes, sym)
             if ok:

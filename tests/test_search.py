@@ -1655,6 +1655,24 @@ def test_filters_not_applied_are_counted(tmp_path):
     assert hc.params["filters_not_applied"] == {"charge": {"missing": 4}}  # in-memory spectra without charges
 
 
+@pytest.mark.parametrize("mode,metric", [("open", "entropy"), ("open", "cosine"), ("analog", "modified_cosine"),
+                                         ("hybrid", "entropy")])
+def test_min_matches_past_65535_pairs_in_the_windows(tmp_path, mode, metric):
+    """The bound kernel counts a spectrum's peak pairs in the query's windows in 16 bits for min_matches: a
+    raw spectrum of 256 peaks within 0.03 Da against its own copy at 0.1 Da has 65,536 pairs, which wrapped
+    around to 0 and dropped the hit (an audit's reproducer); the count now saturates."""
+    mz = (100.0 + 1e-4 * np.arange(256)).tolist()
+    it = np.linspace(1.0, 2.0, 256).tolist()
+    pos = {"ion_mode": ["positive"] * 2}
+    lib = Library.build(Spectra.from_arrays([mz, [150.0, 151.0]], [it, [1.0, 1.0]], precursor_mz=[500.0] * 2,
+                                            metadata=pos), tmp_path / "u16.fastspec", preprocess=None, faiss=False)
+    q = Spectra.from_arrays([mz], [it], precursor_mz=[500.0], metadata={"ion_mode": ["positive"]})
+    for min_matches in (0, 2, 256):
+        h = lib.search(q, k=2, mode=mode, metric=metric, tolerance=0.1, min_matches=min_matches)
+        assert h.indices[0].tolist() == [0, -1] and h.matches[0, 0] == 256, min_matches
+        assert h.scores[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_formula_from_smiles(tmp_path):
     """A library and queries with a structure but no formula (GNPS MGF exports): formula mode takes the
     formula from the SMILES on both sides; a written formula wins over the SMILES'."""

@@ -302,6 +302,9 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
     if not paths:
         raise ParameterError("no input given")
     for p in paths:
+        if isinstance(p, Spectra):  # among paths
+            raise ParameterError("a list of Spectra and paths: give one kind (fastspec.read the files, then "
+                                 "Spectra.concat)")
         if not isinstance(p, (str, os.PathLike)):
             raise ParameterError(f"expected a Spectra, matchms spectra, a path or a list of paths, got "
                                  f"{type(p).__name__}")

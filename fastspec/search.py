@@ -126,7 +126,10 @@ def search(
     same_adduct, same_charge, same_instrument : bool
         Keep only library spectra with the query's adduct / charge / instrument type (when the query's is known;
         queries without one, or with an adduct no parser reads, match any, and are counted per filter in
-        ``Hits.params["filters_not_applied"]``).
+        ``Hits.params["filters_not_applied"]``). Library spectra without an adduct or instrument type are
+        dropped; ``same_charge`` compares the charge's size (polarity is matched in every search) and keeps
+        library spectra of unknown charge, which many files leave out (MGF ``CHARGE=0``) where the adduct or
+        polarity says it.
     min_matches : int
         Minimum matched peaks of a hit (a hit always has at least one).
     min_score : float

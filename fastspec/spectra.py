@@ -441,25 +441,29 @@ class Spectra:
 #: fastspec's harmonised keys under the names matchms' own filters use (``from_matchms`` maps them back)
 _MATCHMS_KEYS = {"id": "spectrum_id", "name": "compound_name", "ion_mode": "ionmode"}
 
+def _column(values) -> pa.Array:
+    """One metadata column given in memory: as Arrow infers it, else as text, where a float NaN (pandas'
+    missing value in a column of strings) is null, not the text 'nan'."""
+    try:
+        return pa.array(values if isinstance(values, np.ndarray) else list(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array([None if v is None or (isinstance(v, float) and v != v) else str(v) for v in values],
+                        pa.string())
+
+
 def _to_table(metadata, n: int) -> pa.Table | None:
     if metadata is None:
         return None
     if isinstance(metadata, pa.Table):
         table = metadata
     elif isinstance(metadata, Mapping):
-        table = pa.table({k: list(v) if not isinstance(v, (np.ndarray, pa.Array)) else v for k, v in metadata.items()})
+        table = pa.table({k: v if isinstance(v, pa.Array) else _column(v) for k, v in metadata.items()})
     else:
         rows = list(metadata)
         keys: dict[str, None] = {}
         for r in rows:
             keys.update(dict.fromkeys(r))
-        cols = {}
-        for k in keys:
-            vals = [r.get(k) for r in rows]
-            try:
-                cols[k] = pa.array(vals)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                cols[k] = pa.array([None if v is None else str(v) for v in vals], pa.string())
+        cols = {k: _column([r.get(k) for r in rows]) for k in keys}
         table = pa.table(cols) if cols else pa.table({"id": pa.array([str(i) for i in range(n)])})
     if table.num_rows != n:
         raise FastspecError(f"metadata has {table.num_rows} rows for {n} spectra")

@@ -1673,6 +1673,12 @@ def test_min_matches_past_65535_pairs_in_the_windows(tmp_path, mode, metric):
         assert h.scores[0, 0] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_a_list_of_spectra_and_paths_is_one_clear_error(data, tmp_path):
+    _, q = data
+    with pytest.raises(ParameterError, match="Spectra and paths"):
+        Library.build([q[:2], str(tmp_path / "x.mgf")], tmp_path / "mixed.fastspec", faiss=False)
+
+
 def test_formula_from_smiles(tmp_path):
     """A library and queries with a structure but no formula (GNPS MGF exports): formula mode takes the
     formula from the SMILES on both sides; a written formula wins over the SMILES'."""

@@ -168,3 +168,17 @@ def test_polarity_from_an_alias_key(key):
     both = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])],
                                metadata={key: ["negative"], "ion_mode": ["positive"]})
     assert both.polarity.tolist() == [1]
+
+
+def test_metadata_with_nan_in_a_text_column():
+    """pandas' missing value (a float NaN) in a column of strings is null, in both metadata forms (a dict of
+    columns used to raise a bare ArrowTypeError, a list of dicts stored the text 'nan'); "NaN" as a formula
+    is none (it would read as N + Na). From an audit."""
+    from fastspec.chem.formula import canonical_formulas
+
+    cols = {"formula": np.array(["C6H12O6", np.nan], dtype=object), "n": np.array([1, 2])}
+    rows = [{"formula": "C6H12O6", "n": 1}, {"formula": float("nan"), "n": 2}]
+    for md in (cols, rows):
+        s = Spectra.from_arrays([[100.0]] * 2, [[1.0]] * 2, metadata=md)
+        assert s.column("formula") == ["C6H12O6", None] and s.column("n") == [1, 2]
+    assert canonical_formulas(["NaN", "nan", "INF", "-inf", "Na", "NaCl"]) == [None] * 4 + ["Na", "ClNa"]

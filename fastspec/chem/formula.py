@@ -324,8 +324,14 @@ def same_formula(a: str | Formula, b: str | Formula) -> bool:
     return fa == fb
 
 
+#: NaN and infinity as text (pandas' missing value turned into a string): no formula, though "NaN" would read
+#: as N + Na and "INF" as F + I + N
+_NONFINITE_TEXT = frozenset(f"{sign}{word}" for sign in ("", "+", "-") for word in ("nan", "inf", "infinity"))
+
+
 def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (
+        isinstance(v, str) and (not v.strip() or v.strip().lower() in _NONFINITE_TEXT))
 
 
 def _map_unique(values: Iterable, func, errors: str) -> list:
@@ -357,7 +363,7 @@ def canonical_formulas(values: Sequence, errors: str = "null") -> list[str | Non
     Parameters
     ----------
     values : sequence of str or None
-        Formulas; None, NaN and empty strings give None.
+        Formulas; None, NaN (also as text: "NaN", "inf") and empty strings give None.
     errors : {"null", "raise", "keep"}
         Unparsable values become None, raise :class:`FormulaError`, or are returned unchanged.
 

@@ -120,6 +120,28 @@ def test_index_options(massbank_mgf, tmp_path):
     run("index", massbank_mgf, "-o", default, "-q", "--overwrite", "--no-faiss")
 
 
+def test_index_append(massbank_mgf, tmp_path):
+    """fastspec index --append adds files to an index (Library.append: preprocessed as its spectra were,
+    rows after the old ones), the counts adding up; preprocessing options with it are refused."""
+    records = massbank_mgf.read_text().split("END IONS\n")
+    (tmp_path / "a.mgf").write_text("END IONS\n".join(records[:40]) + "END IONS\n")
+    (tmp_path / "b.mgf").write_text("END IONS\n".join(records[40:70]) + "END IONS\n")
+    lib = tmp_path / "ap.fastspec"
+    run("index", tmp_path / "a.mgf", "-o", lib, "-q", "--no-faiss")
+    before = json.loads(run("info", lib, "--json").output)
+    res = run("index", tmp_path / "b.mgf", "-o", lib, "--append")
+    d = json.loads(run("info", lib, "--json", "--verify").output)
+    assert (d["n_read"], d["n_spectra"] + d["n_rejected"]) == (70, 70)
+    assert (f"appended {d['n_spectra'] - before['n_spectra']} spectra "
+            f"({d['n_rejected'] - before['n_rejected']} rejected)") in res.output
+    both = Library.build([tmp_path / "a.mgf", tmp_path / "b.mgf"], tmp_path / "both.fastspec", faiss=False)
+    assert (d["n_spectra"], d["n_rejected"]) == (both.n_spectra, both.n_rejected)
+    ids = Library.open(lib).metadata(columns=["id"]).column("id").to_pylist()
+    assert ids == both.metadata(columns=["id"]).column("id").to_pylist()
+    assert_clean_error(run("index", tmp_path / "b.mgf", "-o", lib, "--append", "--top-k", "5", ok=False), "--top-k")
+    assert_clean_error(run("index", tmp_path / "b.mgf", "-o", tmp_path / "none.fastspec", "--append", ok=False))
+
+
 def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     assert_clean_error(run("index", tmp_path / "missing.mgf", "-o", tmp_path / "l", ok=False), "missing.mgf")
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--tolerance", "0.02xx",

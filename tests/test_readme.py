@@ -80,6 +80,7 @@ def test_readme_command_line_example_runs(massbank_mgf, massbank_msp, massbank_p
     mgf = fio.read(massbank_mgf)
     fio.write(mgf[:200], str(tmp_path / "more.mgf"))
     fio.write(mgf[200:260], str(tmp_path / "queries.mgf"))
+    fio.write(mgf[260:300], str(tmp_path / "new.mgf"))
     # a labelled library for the lab commands: the first 1,500 MassBank spectra, as they are stored
     pq.write_table(pq.read_table(massbank_parquet).slice(0, 1500), tmp_path / "massbank.parquet")
     records = (Path(__file__).parent / "data" / "massbank_record.txt").read_text().split("//\n")

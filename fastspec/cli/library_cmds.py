@@ -71,27 +71,45 @@ def _default_with(pp, tweaks: dict):
 @click.option("--faiss/--no-faiss", default=True, show_default=True, help="Also build a FAISS index (for --engine faiss).")
 @click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable records.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index.")
+@click.option("--append", is_flag=True, help="Add the inputs to the existing index OUTPUT (preprocessed as its "
+              "spectra were; the index is rebuilt and swapped in atomically).")
 @common_options
 @handle_errors
 def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_precursor, noise, top_k, faiss, on_error,
-          overwrite, threads, quiet):
+          overwrite, append, threads, quiet):
     """Build a library index from spectrum files (MGF, MSP, mzML, mzXML, MassBank records, Parquet, ...) or
-    directories of them."""
+    directories of them, or add them to one (--append)."""
+    from fastspec.errors import ParameterError
     from fastspec.library import Library
 
     log = _log(quiet)
-    pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
-    make_parents(output)  # as query, convert and synth do
     t0 = time.perf_counter()
-    with compile_watch(log) as compiled:
-        lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error,
-                            threads=threads, progress=False if quiet else None, overwrite=overwrite,
-                            allow_empty=False)
+    if append:
+        given = [o for o, v in (("--overwrite", overwrite), ("--preprocess", preprocess), ("--no-preprocess", no_preprocess),
+                                ("--min-mz", min_mz), ("--max-mz", max_mz), ("--remove-precursor", remove_precursor),
+                                ("--noise", noise), ("--top-k", top_k)) if v]
+        if given:
+            raise ParameterError(f"--append keeps the index's recorded preprocessing and FAISS settings: drop "
+                                 f"{', '.join(given)}")
+        lib = Library.open(output)
+        n0, r0 = lib.n_spectra, lib.n_rejected
+        with compile_watch(log) as compiled:
+            lib.append(list(inputs), on_error=on_error, threads=threads, progress=False if quiet else None)
+        what, n_new, n_rej = "appended", lib.n_spectra - n0, lib.n_rejected - r0
+    else:
+        pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
+        make_parents(output)  # as query, convert and synth do
+        with compile_watch(log) as compiled:
+            lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error,
+                                threads=threads, progress=False if quiet else None, overwrite=overwrite,
+                                allow_empty=False)
+        what, n_new, n_rej = "indexed", lib.n_spectra, lib.n_rejected
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
     _log_warnings(log, lib.info().get("read_warnings"))
-    log(f"indexed {lib.n_spectra:,} spectra ({lib.n_rejected:,} rejected{': ' + rej if rej else ''}) "
-        f"into {output} in {dt:.1f} s{compiled.note()}")
+    log(f"{what} {n_new:,} spectra ({n_rej:,} rejected{'' if append or not rej else ': ' + rej}) "
+        f"{'to' if append else 'into'} {output} in {dt:.1f} s{compiled.note()}"
+        + (f"; it holds {lib.n_spectra:,} ({lib.n_rejected:,} rejected{': ' + rej if rej else ''})" if append else ""))
 
 
 def _log_warnings(log, warnings: dict | None) -> None:

@@ -647,6 +647,9 @@ def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
                    ("H", None, None, [92])]
     # F's count is reached: 91 is outside any entry; G (a new Name follows) has no peaks
     assert rep.counts_by_reason == {"no peaks": 1} and rep.warnings == {"lines outside records": 1}
+    # a count that is no number is counted too (it used to pass without a word)
+    p.write_text("Name: A\nNum Peaks: abc\n50 1\n\nName: B\nNum Peaks: 3\n50 1\n")
+    assert fio.read(p, return_report=True)[1].warnings == {"num_peaks unreadable": 1, "num_peaks mismatch": 1}
     # the same entries as matchms (which needs Num Peaks) reads
     p.write_text(text[:text.index("Name: C")])
     theirs = [(sp.get("compound_name"), sp.peaks.mz.tolist()) for sp in matchms.importing.load_from_msp(str(p))]

@@ -8,7 +8,6 @@ import shlex
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 import fastspec.io as fio

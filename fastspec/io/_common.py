@@ -84,7 +84,7 @@ class ReadReport:
     n_with_duplicate_mz : int
         Spectra kept with repeated m/z values.
     warnings : dict
-        Other counted oddities (``"num_peaks mismatch"``, ``"lines outside records"``,
+        Other counted oddities (``"num_peaks mismatch"``, ``"num_peaks unreadable"``, ``"lines outside records"``,
         ``"bad precursor_mz"``, ``"ms level != 2 skipped"`` ...).
     files : list of ReadReport
         Per-file reports when several paths were read.

@@ -206,6 +206,8 @@ def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report
         ok = ~np.isnan(d)
         parse_ok = r.rec_err == 0
         report.warn("num_peaks mismatch", int(np.count_nonzero(ok & parse_ok & (d != n_peaks))))
+        given = pc.is_valid(col).to_numpy(zero_copy_only=False)  # a count written but no number ("abc")
+        report.warn("num_peaks unreadable", int(np.count_nonzero(given & ~ok & parse_ok)))
         meta = meta.drop_columns(declared)
     errors = None
     if r.rec_err.any():

@@ -60,6 +60,7 @@ def _clean_str(v) -> str | None:
 
 
 _NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
+_RAMP_RE = re.compile(r"(\d*\.?\d+)\s*(?:%|[a-zA-Z]+)?\s*-\s*(\d*\.?\d+)")
 
 
 def _parse_ce(text) -> float:
@@ -68,8 +69,10 @@ def _parse_ce(text) -> float:
     if text is None:
         return math.nan
     s = str(text)
-    ramp = re.match(r"^\s*(\d*\.?\d+)\s*-\s*(\d*\.?\d+)", s)
-    if ramp:
+    # the ramp's ends are the text's first numbers, after a word or with units ("Ramp 22.8-34.2 eV",
+    # "Ramp 20%-70% (nominal)", "10 eV - 30 eV", as MSP / MGF / record files write them)
+    ramp = _RAMP_RE.search(s)
+    if ramp and not any(c.isdigit() for c in s[:ramp.start()]):
         lo, hi = float(ramp.group(1)), float(ramp.group(2))
         # a falling "ramp" is a formula ("160-0.41mz or 15 (mz>350)", 10 MassBank spectra): no one energy
         return 0.5 * (lo + hi) if lo <= hi else math.nan

@@ -42,7 +42,8 @@ Report keys (:data:`REPORT_KEYS`, stable):
 ``config``, ``split_profile``
     The full configuration and the split profile (:func:`fastspec.splits.profile_between`).
 ``n_fallback``, ``excluded``, ``score_hist``, ``examples``, ``timing``
-    Predictions from the fallback search; exclusion counts; top-1 score histograms for same vs
+    Predictions from the fallback search; exclusion counts (test / train spectra without a usable molecule,
+    and the library's and queries' records the reader rejected); top-1 score histograms for same vs
     different molecule; the worst confusions (with peaks, for mirror plots); seconds per phase.
 
 Invalid structures: test spectra whose true structure has no identity or cannot be parsed are excluded
@@ -146,8 +147,11 @@ def _fingerprinted(lab: LabData, rows: np.ndarray) -> np.ndarray:
     return (fr >= 0) & valid[np.maximum(fr, 0)]
 
 
-def load_spectra(obj: "str | Path | Spectra | LabData") -> Spectra | LabData:
-    """Read a library given as a path (any format ``fastspec.io.read`` knows); pass objects through."""
+def load_spectra(obj: "str | Path | Spectra | LabData", rejected: dict | None = None) -> Spectra | LabData:
+    """Read a library given as a path (any format ``fastspec.io.read`` knows); pass objects through.
+
+    ``rejected``: filled with the records the reader rejected, by reason (nothing for objects), so that they
+    are counted rather than gone."""
     if isinstance(obj, (Spectra, LabData)):
         return obj
     path = Path(obj)
@@ -160,7 +164,16 @@ def load_spectra(obj: "str | Path | Spectra | LabData") -> Spectra | LabData:
     if len(spectra) == 0:  # else every split reports an empty side, which hides the cause
         why = f"; first: {first_rejection(rep)}" if rep.n_rejected else ""
         raise FastspecError(f"{path}: no spectra read ({rep.n_records} records, {rep.n_rejected} rejected{why})")
+    if rejected is not None:
+        rejected.update(rep.counts_by_reason)
     return spectra
+
+
+def rejected_note(rejected: dict) -> str:
+    """' (N records rejected by the reader: reason: n, ...)', or '' when none were."""
+    n = sum(rejected.values())
+    return f" ({n} records rejected by the reader: " + ", ".join(f"{k}: {v}" for k, v in rejected.items()) + ")" \
+        if n else ""
 
 
 def _filter_mode(lab: LabData, ion_mode: str | None) -> LabData:
@@ -327,15 +340,21 @@ class Evaluation:
         self.threads = threads
         self.timing: dict[str, float] = {}
         t0 = time.perf_counter()
-        lib = load_spectra(library)
+        lib_rejected: dict = {}
+        q_rejected: dict = {}
+        lib = load_spectra(library, lib_rejected)
         self.lib = _filter_mode(lib if isinstance(lib, LabData) else LabData.build(lib), ion_mode)
         if queries is not None:
-            q = load_spectra(queries)
+            q = load_spectra(queries, q_rejected)
             self.qlab = _filter_mode(q if isinstance(q, LabData) else LabData.build(q), ion_mode)
         else:
             self.qlab = self.lib
+        #: records of the files the reader rejected (reported with the exclusions, so that none is gone unseen)
+        self.unreadable = {"library_records_rejected": sum(lib_rejected.values()),
+                           "query_records_rejected": sum(q_rejected.values())}
         self.timing["labels"] = time.perf_counter() - t0
-        self.log(f"labels: {len(self.lib)} library spectra" + (f", {len(self.qlab)} queries" if queries is not None else ""))
+        self.log(f"labels: {len(self.lib)} library spectra{rejected_note(lib_rejected)}"
+                 + (f", {len(self.qlab)} queries{rejected_note(q_rejected)}" if queries is not None else ""))
 
         t0 = time.perf_counter()
         self.fingerprint = None if fingerprint in (None, "", "none") else str(fingerprint)
@@ -399,6 +418,7 @@ class Evaluation:
             "train_no_molecule": int((~lmol_ok).sum()),
             "train_invalid_structure": int((~_fingerprinted(self.lib, train_rows) & lmol_ok).sum())
             if self.fingerprint is not None else 0,
+            **self.unreadable,
         }
         self.test_rows = test_rows[qmol_ok & qfp_ok]
         self.train_rows = train_rows[lmol_ok]

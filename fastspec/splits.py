@@ -297,9 +297,10 @@ def column_assignment(values: Sequence) -> np.ndarray:
 def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> None:
     """Write ``index``, ``id``, ``split`` (train/test/excluded) as CSV, TSV or parquet (by extension).
 
-    ``index`` (int64 (n,), default ``0..n-1``): each spectrum's position in the library file, e.g.
-    ``LabData.source_index`` after an ``ion_mode`` filter, so that the file means the same spectra
-    whether it is read with that filter or without (ids do not when they repeat).
+    ``index`` (int64 (n,), default ``0..n-1``): each spectrum's position among the library file's spectra
+    read (records the reader rejects are not counted), e.g. ``LabData.source_index`` after an ``ion_mode``
+    filter, so that the file means the same spectra whether it is read with that filter or without (ids
+    do not when they repeat).
     """
     names = np.array(["excluded", "train", "test"])[split.assignment.astype(np.int64) + 1]
     idx = np.arange(len(split), dtype=np.int64) if index is None else np.asarray(index, np.int64)
@@ -321,9 +322,11 @@ def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndar
 def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> np.ndarray:
     """Assignment for ``spectra`` from a split file.
 
-    Rows are matched by ``id`` when the file has an ``id`` column and the library ids are unique,
-    else by ``index``: positions in the library file, which ``index`` gives for ``spectra`` (default
-    ``0..n-1``; ``LabData.source_index`` after an ``ion_mode`` filter). Spectra not listed are excluded.
+    Rows are matched by ``id`` when the file has an ``id`` column and both the library's ids and the
+    file's are unique, else by ``index``: positions in the library file, which ``index`` gives for
+    ``spectra`` (default ``0..n-1``; ``LabData.source_index`` after an ``ion_mode`` filter; ids that
+    repeat in the file, as scan numbers of two polarities do, cannot say which spectrum a row means, even
+    where the filtered library's ids are unique). Spectra not listed are excluded.
     """
     path = Path(path)
     if not path.exists():
@@ -350,9 +353,13 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
     n = len(spectra)
     out = np.full(n, EXCLUDED, dtype=np.int8)
     ids = spectra.ids
-    if "id" in table.column_names and len(set(ids)) == n:
+    file_ids = table.column("id").to_pylist() if "id" in table.column_names else None
+    listed = [k for k in file_ids if k is not None] if file_ids is not None else []
+    if file_ids is not None and len(set(listed)) < len(listed) and "index" not in table.column_names:
+        raise FastspecError(f"split file {path}: its ids repeat and it has no 'index' column, so rows cannot be "
+                            "matched to spectra")
+    if file_ids is not None and len(set(ids)) == n and len(set(listed)) == len(listed):
         pos = {k: i for i, k in enumerate(ids)}
-        file_ids = table.column("id").to_pylist()
         hit = [pos.get(str(k), -1) if k is not None else -1 for k in file_ids]
         if not any(h >= 0 for h in hit):
             raise FastspecError(f"split file {path}: none of its ids occur in the library")

@@ -184,6 +184,23 @@ def test_a_library_file_without_spectra_says_so(tmp_path):
         evaluate(str(tmp_path / "none.json"), metric="cosine", n_bootstrap=0)
 
 
+def test_records_the_reader_rejects_are_counted(tmp_path):
+    """Library records the reader rejects are counted with the exclusions and named on stderr (they vanished
+    from evaluate's accounting, an audit found: 190 of 1,906)."""
+    from fastspec.evaluate import evaluate
+    from fastspec.io import write
+
+    sp = tiny()
+    write(sp, str(tmp_path / "lib.mgf"))
+    text = (tmp_path / "lib.mgf").read_text()
+    (tmp_path / "lib.mgf").write_text(text + "BEGIN IONS\nTITLE=bad\nPEPMASS=50\n10.0 -5\nEND IONS\n")
+    logged = []
+    r = evaluate(str(tmp_path / "lib.mgf"), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0,
+                 log=logged.append)
+    assert r["excluded"]["library_records_rejected"] == 1
+    assert any("1 records rejected by the reader" in m for m in logged)
+
+
 def test_invalid_structures_are_counted():
     from fastspec.evaluate import evaluate
     from fastspec.fingerprints import molecule_keys
@@ -197,7 +214,8 @@ def test_invalid_structures_are_counted():
     smiles[1] = "also not smiles"  # a training spectrum (keeps its InChIKey)
     md = md.set_column(md.column_names.index("smiles"), "smiles", pa.array(smiles)).append_column("inchikey14", pa.array(keys))
     r = evaluate(sp.with_metadata(md), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0)
-    assert r["excluded"] == {"test_no_molecule": 0, "test_invalid_structure": 1, "train_no_molecule": 0, "train_invalid_structure": 1}
+    assert r["excluded"] == {"test_no_molecule": 0, "test_invalid_structure": 1, "train_no_molecule": 0,
+                             "train_invalid_structure": 1, "library_records_rejected": 0, "query_records_rejected": 0}
     assert r["n_test"] == 3
     # without any identity (no InChIKey, unparsable SMILES) a spectrum cannot be scored either
     md2 = sp.metadata.set_column(sp.metadata.column_names.index("smiles"), "smiles", pa.array(smiles))
@@ -462,6 +480,9 @@ def test_report_labels_tell_runs_of_one_split_apart():
     ("20", 20.0), ("35 eV", 35.0), ("NCE 30%", 30.0), ("20-40", 30.0), ("10 - 30 (nominal)", 20.0),
     ("160-0.41mz or 15 (mz>350)", None),  # a falling "ramp" is an m/z-dependent formula: no one energy
     ("ramp", None), (None, None),
+    # ramps after a word or with units, as MSP / MGF / MassBank records write them (read as the low end before)
+    ("Ramp 22.8-34.2 eV", 28.5), ("Ramp 20%-70% (nominal)", 45.0), ("10 eV - 30 eV", 20.0),
+    ("NCE 30 (stepped 20-40)", 30.0),
 ])
 def test_collision_energy_text(text, want):
     from fastspec.baseline import _parse_ce

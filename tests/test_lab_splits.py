@@ -192,6 +192,26 @@ def test_column_and_file_splits(lab, tmp_path):
         make_split(lab, f"file:{tmp_path / 'missing.csv'}")
 
 
+def test_split_file_with_ids_repeated_across_polarities(tmp_path):
+    """Ids that repeat in a split file (scan numbers of a positive and a negative run) cannot say which
+    spectrum a row means: rows are matched by index, also where the ion-mode-filtered library's ids are
+    unique (they used to be matched by id there, the file's last row winning: a molecule-disjoint split
+    leaked in an audit's reproducer)."""
+    from fastspec.baseline import LabData
+    from fastspec.evaluate import _filter_mode
+    from fastspec.splits import read_split
+
+    sp = Spectra.from_arrays([[100.0, 150.0]] * 4, [[1.0, 2.0]] * 4, precursor_mz=[200.0] * 4,
+                             metadata={"id": ["scan1", "scan2", "scan1", "scan2"],
+                                       "ion_mode": ["positive", "positive", "negative", "negative"]})
+    (tmp_path / "s.csv").write_text("index,id,split\n0,scan1,train\n1,scan2,test\n2,scan1,test\n3,scan2,train\n")
+    pos = _filter_mode(LabData.build(sp), "positive")
+    assert read_split(tmp_path / "s.csv", pos.spectra, pos.source_index).tolist() == [0, 1]  # train, test
+    (tmp_path / "noindex.csv").write_text("id,split\nscan1,train\nscan1,test\n")
+    with pytest.raises(FastspecError, match="ids repeat"):
+        read_split(tmp_path / "noindex.csv", pos.spectra)
+
+
 def test_l2s_split(lab):
     from fastspec.baseline import SearchConfig
     from fastspec.splits import make_split, split_profile

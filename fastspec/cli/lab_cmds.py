@@ -174,13 +174,16 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 def split(library, split_spec, output, profile_path, fingerprint, fingerprint_cache, threads, quiet, **kw):
     """Write a train/test split file (columns index, id, split) and print its profile."""
     from fastspec.baseline import LabData
-    from fastspec.evaluate import _clean, _filter_mode, load_spectra, search_config, write_json
+    from fastspec.evaluate import _clean, _filter_mode, load_spectra, rejected_note, search_config, write_json
     from fastspec.splits import make_split, split_profile, write_split
 
     refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path)])
     make_parents(output, profile_path)
 
-    lab = load_spectra(library)
+    rejected: dict = {}
+    lab = load_spectra(library, rejected)
+    if rejected:
+        _logger(quiet)(f"{library}:{rejected_note(rejected)}")
     lab = _filter_mode(lab if isinstance(lab, LabData) else LabData.build(lab), kw.pop("ion_mode"))
     # the predictor evaluate's l2s uses (its metric, tolerance and buckets at the reference peak weights),
     # so that `split --split l2s` writes the split evaluate makes

@@ -277,7 +277,8 @@ def _parse_range(text: str) -> tuple[float, float]:
 
 
 def column_assignment(values: Sequence) -> np.ndarray:
-    """Assignment from a column of ``train``/``test`` strings, booleans or 1/0 (true = test)."""
+    """Assignment from a column of ``train``/``test`` strings, booleans or 1/0 (true = test; also 1.0 / 0.0, as
+    pandas writes a column of ones and zeros with a gap)."""
     a = np.full(len(values), EXCLUDED, dtype=np.int8)
     for i, v in enumerate(values):
         if v is None:
@@ -285,10 +286,12 @@ def column_assignment(values: Sequence) -> np.ndarray:
         if isinstance(v, (bool, np.bool_)):
             a[i] = TEST if v else TRAIN
             continue
+        if isinstance(v, (float, np.floating)) and v in (0.0, 1.0):
+            v = int(v)
         s = str(v).strip().lower()
-        if s in ("test", "1", "true", "t", "yes"):
+        if s in ("test", "1", "1.0", "true", "t", "yes"):
             a[i] = TEST
-        elif s in ("train", "training", "0", "false", "f", "no"):
+        elif s in ("train", "training", "0", "0.0", "false", "f", "no"):
             a[i] = TRAIN
     return a
 

@@ -188,6 +188,9 @@ def test_column_and_file_splits(lab, tmp_path):
     np.testing.assert_array_equal(col.assignment, s.assignment)
     with pytest.raises(ParameterError):
         make_split(lab, "column:nope")
+    from fastspec.splits import column_assignment  # floats, as pandas writes ones and zeros with a gap
+
+    assert column_assignment([1.0, 0.0, float("nan"), "1.0", "0.0", 0.5]).tolist() == [1, 0, -1, 1, 0, -1]
     with pytest.raises(FileNotFoundError):
         make_split(lab, f"file:{tmp_path / 'missing.csv'}")
 

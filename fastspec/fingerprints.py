@@ -279,10 +279,13 @@ def fingerprint_molecules(
 
 # ---------------------------------------------------------------------- molecule identity
 def first_block(inchikey) -> str | None:
-    """First 14 characters of an InChIKey (upper case), None when it does not look like one."""
+    """First 14 characters of an InChIKey (upper case; an ``InChIKey=`` prefix, as some files write it,
+    dropped, as the readers do), None when it does not look like one."""
     if not inchikey or not isinstance(inchikey, str):
         return None
     s = inchikey.strip().upper()
+    if s.startswith("INCHIKEY") and s[8:].lstrip().startswith("="):
+        s = s[8:].lstrip()[1:].lstrip()
     return s[:14] if len(s) >= 14 and s[:14].isalpha() else None
 
 

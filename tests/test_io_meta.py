@@ -100,6 +100,10 @@ def test_inchikey_prefix_and_sodium():
     assert h.column("inchikey14").to_pylist() == ["GVGYEFKIHJTNQZ"] * 2 + [None]
     assert h.column("formula").to_pylist() == ["Na", None, None]
     assert h.column("name").to_pylist() == ["Na", None, None]
+    from fastspec.fingerprints import first_block  # in-memory metadata reaches the lab's molecule keys as given
+
+    assert [first_block(k) for k in ("InChIKey=GVGYEFKIHJTNQZ-RFQIPJPRSA-N", "INCHIKEYABCDEF-UHFFFAOYSA-N")] == [
+        "GVGYEFKIHJTNQZ", "INCHIKEYABCDEF"]
 
 
 def test_harmonise_record():

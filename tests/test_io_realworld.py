@@ -647,6 +647,14 @@ def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
                    ("H", None, None, [92])]
     # F's count is reached: 91 is outside any entry; G (a new Name follows) has no peaks
     assert rep.counts_by_reason == {"no peaks": 1} and rep.warnings == {"lines outside records": 1}
+    # a bracketed peak line after a blank line, no count; a block naming another entry is that entry's
+    # (its DB# stays with it); nameless blocks are not joined
+    p.write_text("Name: A\nPrecursorMZ: 200\n\n(85 100) (86 50)\n\nName: B\nPrecursorMZ: 100\n\nDB#: X2\n"
+                 "Name: C\nNum Peaks: 1\n50 1\n\nPrecursorMZ: 300\n\nPrecursorMZ: 400\nNum Peaks: 1\n60 1\n")
+    parts = [x for x in msp.iter_spectra(str(p), on_error="skip", report=ReadReport(path=str(p)),
+                                         block_bytes=block_bytes) if len(x)]
+    more = [(m["name"], m["id"], m["precursor_mz"], sp.mz.tolist()) for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
+    assert more == [("A", None, 200, [85, 86]), ("C", "X2", None, [50]), (None, None, 400, [60])]
     # a count that is no number is counted too (it used to pass without a word)
     p.write_text("Name: A\nNum Peaks: abc\n50 1\n\nName: B\nNum Peaks: 3\n50 1\n")
     assert fio.read(p, return_report=True)[1].warnings == {"num_peaks unreadable": 1, "num_peaks mismatch": 1}

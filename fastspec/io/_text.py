@@ -85,9 +85,9 @@ def _clean_line(raw: str) -> str:
     return raw.strip().lstrip("\ufeff").strip()
 
 
-# a number, then a separator and the start of another: "85.03 100", "+301.1 20", "(85 100)", "85:100",
-# "1e2\t3 \"p=1\"" -- not "(c) Lab X", "...", "13C: 1.1" or key lines
-_PEAK_LINE_RE = re.compile(r"^\(?\s*\+?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[\s,;:]+[+-]?\.?\d")
+# a number, then a separator and the start of another: "85.03 100", "+301.1 20", "(85 100)", "[85 100]",
+# "85:100", "1e2\t3 \"p=1\"" -- not "(c) Lab X", "...", "13C: 1.1" or key lines
+_PEAK_LINE_RE = re.compile(r"^[(\[{]?\s*\+?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[\s,;:]+[+-]?\.?\d")
 
 
 def _is_peak_line(line) -> bool:
@@ -206,7 +206,9 @@ def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report
         ok = ~np.isnan(d)
         parse_ok = r.rec_err == 0
         report.warn("num_peaks mismatch", int(np.count_nonzero(ok & parse_ok & (d != n_peaks))))
-        given = pc.is_valid(col).to_numpy(zero_copy_only=False)  # a count written but no number ("abc")
+        # a count written but no number ("abc"; an empty value or "NA" says there is none)
+        given = pc.and_(pc.is_valid(col), pc.invert(missing_marker(pc.utf8_trim_whitespace(col))))
+        given = given.to_numpy(zero_copy_only=False)
         report.warn("num_peaks unreadable", int(np.count_nonzero(given & ~ok & parse_ok)))
         meta = meta.drop_columns(declared)
     errors = None

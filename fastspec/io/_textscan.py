@@ -295,25 +295,28 @@ def _key_is_name(buf, ls, le):
 
 
 @numba.njit(**NJIT)
-def _declared_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10):
-    """The peak count metadata lines ``m0..m1-1`` (lower-cased keys and values in ``kbuf`` / ``vbuf``) declare
-    (``Num Peaks: 2``, a key of :data:`NUM_PEAKS_KEYS`; the last such line counts): -1 when none does, 0 when
-    its value is no positive number."""
-    for m in range(m1 - 1, m0 - 1, -1):
+def _declared_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10, declared):
+    """The peak count declared by metadata lines ``m0..m1-1`` (lower-cased keys and values in ``kbuf`` /
+    ``vbuf``; ``Num Peaks: 2``, a key of :data:`NUM_PEAKS_KEYS`; the last such line counts), else ``declared``
+    (what the entry's earlier lines declared; -1 for none): 0 when the value is no positive number. Read a
+    line once per entry, so that an entry of many metadata lines and blank lines costs linear time."""
+    for m in range(m0, m1):
         ks, ke, vs, ve = koff[m], koff[m + 1], voff[m], voff[m + 1]
         if ke == ks or kbuf[ks] != 110:  # every such key starts with 'n'
             continue
         for i in range(offs.shape[0] - 1):
             if _lower_eq(kbuf, ks, ke, words[offs[i]:offs[i + 1]]):
                 v, st = parse_number(vbuf, vs, ve, p10)
-                return int(v) if st == 0 and v >= 1 else 0
-    return -1
+                declared = int(min(v, 1e9)) if st == 0 and v >= 1 else 0
+                break
+    return declared
 
 
 @numba.njit(**NJIT)
 def _next_content_line(buf, p, n, sep):
-    """The next line of ``buf[p:n]`` that is neither blank nor a ``#`` comment: (numeric start, metadata
-    line, where the line starts, its trimmed start and end); the line starts at ``n`` when there is none."""
+    """The next line of ``buf[p:n]`` that is neither blank nor a ``#`` comment: (a peak line by its start, a
+    metadata line, where the line starts, its trimmed start and end); the line starts at ``n`` when there is
+    none. A line opening with a NIST delimiter and a number ("(85 100)", "[85 100]") is a peak line."""
     while p < n:
         le = p
         while le < n and buf[le] != 10:
@@ -326,9 +329,35 @@ def _next_content_line(buf, p, n, sep):
             e -= 1
         if ls < e and buf[ls] != 35:
             numeric, is_meta = _line_kind(buf, ls, e, sep)
+            c = buf[ls]
+            if not numeric and (c == 40 or c == 91 or c == 123) and ls + 1 < e:
+                numeric, _ = _line_kind(buf, ls + 1, e, sep)
+                is_meta = is_meta and not numeric
             return numeric, is_meta, p, ls, e
         p = le + 1
     return False, False, n, n, n
+
+
+@numba.njit(**NJIT)
+def _block_has_name(buf, p, n):
+    """(A ``Name:`` line among the lines from ``buf[p]`` to the next blank line, whether that blank line (or
+    a Name line) is in the buffer: when not, only the rest of the text can tell)."""
+    while p < n:
+        le = p
+        while le < n and buf[le] != 10:
+            le += 1
+        ls = p
+        while ls < le and _is_space(buf[ls]):
+            ls += 1
+        e = le
+        while e > ls and _is_space(buf[e - 1]):
+            e -= 1
+        if ls == e:
+            return False, True
+        if _key_is_name(buf, ls, e):
+            return True, True
+        p = le + 1
+    return False, False
 
 
 @numba.njit(**NJIT)
@@ -373,6 +402,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
     has_peaks = False
     blank_until = -1  # MSP: the blank lines before this position belong to the open entry
     has_name = False
+    declared = -1  # MSP: the open entry's declared peak count (-1 none), from its metadata lines before decl_m
+    decl_m = 0
     err = 0
     err_line = 0
     rec_start_byte = 0
@@ -418,19 +449,26 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                 # Blank lines end an entry unless what follows them belongs to it (judged once per run of
                 # blank lines, at its first): peaks while the entry has fewer than its declared count, or any
                 # number when it declares none (converters write a blank line between "Num Peaks" and the
-                # peaks, or inside the peak list), or, in an entry still without peaks or a peak count, a
-                # metadata line other than a new Name (a blank line inside the metadata). A buffer ending in
-                # blank lines leaves the entry open for the next one to judge.
+                # peaks, or inside the peak list), or, in a named entry still without peaks or a peak count,
+                # metadata up to the next blank line that names no other entry (a blank line inside the
+                # metadata). A buffer ending in blank lines leaves the entry open for the next one to judge.
                 if pos <= blank_until:
                     continue
                 numeric_next, meta_next, blank_until, nls, nle = _next_content_line(buf, pos, n, sep)
                 if blank_until >= n:
                     continue
                 if not (meta_next and has_peaks):  # (the common case, a next entry, reads no count)
-                    declared = _declared_peaks(kbuf, koff, vbuf, voff, rec_meta0, n_meta, np_words, np_offs, p10)
+                    declared = _declared_peaks(kbuf, koff, vbuf, voff, decl_m, n_meta, np_words, np_offs, p10,
+                                               declared)
+                    decl_m = n_meta
                     if meta_next:
-                        if declared < 0 and not _key_is_name(buf, nls, nle):
-                            continue
+                        # the metadata of a named entry goes on unless the next block names another entry
+                        if declared < 0 and has_name:
+                            named, known = _block_has_name(buf, blank_until, n)
+                            if not known and not final:
+                                break  # the entry stays open: the caller's next, longer buffer decides
+                            if not named:
+                                continue
                     elif (declared < 0 and numeric_next) or declared > n_pk - rec_pk0:
                         continue
                 end_record = True
@@ -500,6 +538,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
             in_rec = True
             has_peaks = False
             has_name = False
+            declared = -1
+            decl_m = n_meta
             err = 0
             err_line = 0
             rec_start_byte = line_start

@@ -301,14 +301,18 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def is_index_dir(directory: Path) -> bool:
+def is_index_dir(directory: Path, damaged: bool = False) -> bool:
     """``directory`` holds a fastspec manifest (its ``format`` field, whatever its state otherwise): a
     directory with some other ``manifest.json`` (a web app's, say) is no index, and must not be replaced as
-    one."""
+    one. ``damaged``: also a directory whose manifest cannot be read as JSON next to an index's files (a
+    damaged index, which the errors tell users to rebuild, with overwrite)."""
+    path = Path(directory) / MANIFEST
     try:
-        with open(Path(directory) / MANIFEST, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             manifest = json.load(f)
-    except (OSError, ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):
+        return damaged and (Path(directory) / "offsets.npy").exists()
+    except OSError:
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME
 
@@ -317,7 +321,7 @@ def enclosing_index(path) -> Path | None:
     """The library index directory ``path`` lies in (a file to be written there would corrupt it), or None."""
     p = Path(os.path.abspath(path))
     for d in (p, *p.parents):
-        if d.is_dir() and is_index_dir(d):
+        if d.is_dir() and is_index_dir(d, damaged=True):
             return d
     return None
 
@@ -493,7 +497,7 @@ def replace_directory(src: Path, target: Path) -> None:
     if not target.exists():
         os.rename(src, target)
         return
-    if target.is_dir() and not is_index_dir(target) and any(target.iterdir()):
+    if target.is_dir() and not is_index_dir(target, damaged=True) and any(target.iterdir()):
         raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a library index")
     trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
     os.rename(target, trash)

@@ -731,7 +731,7 @@ class Library:
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)
-        if target.is_dir() and not fmt.is_index_dir(target) and any(target.iterdir()):
+        if target.is_dir() and not fmt.is_index_dir(target, damaged=True) and any(target.iterdir()):
             raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
                                    "library index")
         if target.exists() and not target.is_dir():  # e.g. the input spectrum file itself, named twice

@@ -167,14 +167,16 @@ def build_blocks(
 
 def _excluded(r: dict) -> str:
     """Spectra not in the evaluation: set aside by the split / test / training spectra without a usable
-    molecule ("-" where a report predates the counts)."""
+    molecule ("-" where a report predates the counts), and records the reader rejected when any were
+    ("+ N unreadable")."""
     prof = r.get("split_profile") or {}
     exc = r.get("excluded") or {}
     if not prof and not exc:
         return "-"
     test = sum(int(v) for k, v in exc.items() if k.startswith("test_"))
     train = sum(int(v) for k, v in exc.items() if k.startswith("train_"))
-    return f"{_f(prof.get('n_excluded', 0))} / {_f(test)} / {_f(train)}"
+    unread = sum(int(v) for k, v in exc.items() if k.endswith("_records_rejected"))
+    return f"{_f(prof.get('n_excluded', 0))} / {_f(test)} / {_f(train)}" + (f" + {_f(unread)} unreadable" if unread else "")
 
 
 def _summary(evals) -> list[Block]:

@@ -138,7 +138,8 @@ def test_index_append(massbank_mgf, tmp_path):
     assert (d["n_spectra"], d["n_rejected"]) == (both.n_spectra, both.n_rejected)
     ids = Library.open(lib).metadata(columns=["id"]).column("id").to_pylist()
     assert ids == both.metadata(columns=["id"]).column("id").to_pylist()
-    assert_clean_error(run("index", tmp_path / "b.mgf", "-o", lib, "--append", "--top-k", "5", ok=False), "--top-k")
+    for opt in (["--top-k", "5"], ["--min-mz", "0"], ["--no-faiss"]):  # they would be ignored
+        assert_clean_error(run("index", tmp_path / "b.mgf", "-o", lib, "--append", *opt, ok=False), opt[0])
     assert_clean_error(run("index", tmp_path / "b.mgf", "-o", tmp_path / "none.fastspec", "--append", ok=False))
 
 
@@ -271,7 +272,8 @@ def test_no_command_writes_into_a_library_index(index, massbank_mgf, tmp_path):
     for args in (["query", massbank_mgf, "-l", lib, "-o", lib / "metadata.parquet"],
                  ["query", massbank_mgf, "-l", index, "-o", lib / "sub" / "hits.tsv"],
                  ["convert", massbank_mgf, lib / "metadata.parquet"],
-                 ["synth", "-n", "100", "-o", lib / "metadata.parquet"]):
+                 ["synth", "-n", "100", "-o", lib / "metadata.parquet"],
+                 ["index", massbank_mgf, "-o", lib / "nested.fastspec"]):
         assert_clean_error(run(*args, ok=False), "inside the library index")
     run("info", lib, "--verify")
     with pytest.raises(ParameterError, match="inside the library index"):
@@ -283,6 +285,11 @@ def test_no_command_writes_into_a_library_index(index, massbank_mgf, tmp_path):
     assert_clean_error(run("index", massbank_mgf, "-o", app, "--overwrite", "--no-faiss", ok=False),
                        "not a library index")
     assert (app / "index.html").read_text() == "hi"
+    # ... but a damaged index (its manifest cut short) is still replaced, as its error message advises
+    (lib / "manifest.json").write_text((lib / "manifest.json").read_text()[:50])
+    assert_clean_error(run("info", lib, ok=False), "corrupted")
+    run("index", massbank_mgf, "-o", lib, "--overwrite", "--no-faiss", "-q")
+    run("info", lib, "--verify")
 
 
 def test_bad_query_records_follow_on_error(index, massbank_mgf, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -68,7 +69,7 @@ def _default_with(pp, tweaks: dict):
               "--preprocess keeps it).")
 @click.option("--noise", type=float, default=None, help="Drop peaks below this fraction of the base peak.")
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None, help="Keep the K most intense peaks.")
-@click.option("--faiss/--no-faiss", default=True, show_default=True, help="Also build a FAISS index (for --engine faiss).")
+@click.option("--faiss/--no-faiss", default=None, help="Also build a FAISS index (for --engine faiss)  [default: --faiss].")
 @click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable records.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing index.")
 @click.option("--append", is_flag=True, help="Add the inputs to the existing index OUTPUT (preprocessed as its "
@@ -85,9 +86,10 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     log = _log(quiet)
     t0 = time.perf_counter()
     if append:
-        given = [o for o, v in (("--overwrite", overwrite), ("--preprocess", preprocess), ("--no-preprocess", no_preprocess),
-                                ("--min-mz", min_mz), ("--max-mz", max_mz), ("--remove-precursor", remove_precursor),
-                                ("--noise", noise), ("--top-k", top_k)) if v]
+        given = [o for o, v in (("--overwrite", overwrite or None), ("--preprocess", preprocess),
+                                ("--no-preprocess", no_preprocess or None), ("--min-mz", min_mz), ("--max-mz", max_mz),
+                                ("--remove-precursor", remove_precursor), ("--noise", noise), ("--top-k", top_k),
+                                ("--faiss/--no-faiss", faiss)) if v is not None]
         if given:
             raise ParameterError(f"--append keeps the index's recorded preprocessing and FAISS settings: drop "
                                  f"{', '.join(given)}")
@@ -97,10 +99,17 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
             lib.append(list(inputs), on_error=on_error, threads=threads, progress=False if quiet else None)
         what, n_new, n_rej = "appended", lib.n_spectra - n0, lib.n_rejected - r0
     else:
+        from pathlib import Path
+
+        from fastspec._indexfmt import enclosing_index
+
+        inside = enclosing_index(Path(os.path.abspath(output)).parent)
+        if inside is not None:  # a rebuild or append of that index would delete this one
+            raise ParameterError(f"{output} is inside the library index {inside}: choose another output path")
         pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
         make_parents(output)  # as query, convert and synth do
         with compile_watch(log) as compiled:
-            lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss, on_error=on_error,
+            lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss is not False, on_error=on_error,
                                 threads=threads, progress=False if quiet else None, overwrite=overwrite,
                                 allow_empty=False)
         what, n_new, n_rej = "indexed", lib.n_spectra, lib.n_rejected

@@ -339,7 +339,7 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
 
     if cfg.mode in ("identity", "neutral_loss"):  # precursor windows, or losses from the precursor
         pmz = qproc.precursor_mz
-        known = np.isfinite(pmz) & (pmz > 0)  # 0 is a placeholder (PEPMASS=0), as modified cosine takes it
+        known = np.isfinite(pmz) & (pmz > 0)  # 0 is a placeholder (PEPMASS=0; the readers make it NaN)
         status[has_peaks & ~known] = NO_PRECURSOR
         rows = np.flatnonzero(has_peaks & known)
         if cfg.mode == "identity":

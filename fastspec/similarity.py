@@ -305,8 +305,9 @@ def _neutral_losses(offsets: np.ndarray, mz32: np.ndarray, w32: np.ndarray, pmz:
 
     ms_entropy computes them in float32 from a Python-float precursor (NumPy 2's weak scalars), for the
     query (``neutral_loss_search``) and the library (``build_index``) alike. A spectrum without a
-    precursor m/z keeps no peak: NaN, or 0 or less (a placeholder such as MGF's ``PEPMASS=0``, as library
-    search and modified cosine read it). Losses fall as m/z rises (float32 rounding is monotone), so
+    precursor m/z keeps no peak: NaN, or 0 or less (a placeholder such as MGF's ``PEPMASS=0``, which the
+    readers make NaN; identity search reads it so too, while modified cosine, as matchms' arithmetic, takes
+    a precursor given in memory as 0 at its value). Losses fall as m/z rises (float32 rounding is monotone), so
     reversing each spectrum sorts them.
     """
     counts = np.diff(offsets)
@@ -421,9 +422,30 @@ def _finite(v, name: str) -> float:
     return f
 
 
+def _check_prepared_args(side: Prepared, metric, tolerance, mz_power, intensity_power, params) -> None:
+    """ParameterError when arguments given with a Prepared side ask for other settings than it was prepared
+    with (they would be ignored: the prepared arrays are what is scored)."""
+    asked = []
+    if metric is not None and canonical_metric(metric) != side.metric:
+        asked.append(f"metric={metric!r} (prepared: {side.metric!r})")
+    if tolerance is not None and parse_tolerance(tolerance) != side.tolerance:
+        asked.append(f"tolerance={tolerance!r}")
+    for name, value, default in (("mz_power", mz_power, 0.0), ("intensity_power", intensity_power, 1.0)):
+        if value != default and name in side.params and float(value) != side.params[name]:
+            asked.append(f"{name}={value!r}")
+    asked += [f"{k}={v!r}" for k, v in params.items() if k in side.params and side.params[k] != v]
+    if asked:
+        raise ParameterError(f"{', '.join(asked)}: not what the Prepared spectra were prepared with; prepare "
+                             "them again with these settings (or leave them out)")
+
+
 def _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads) -> tuple[Prepared, Prepared]:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ParameterError(f"threads must be an integer >= 1 (or None for all cores), got {threads!r}")
+    for side in (a, b):
+        if isinstance(side, Prepared):
+            _check_prepared_args(side, metric, tolerance, mz_power, intensity_power, params)
+    metric = "cosine" if metric is None else metric
     try:
         pa = prepare(a, metric, tolerance, mz_power, intensity_power, threads=threads, **params)
         pb = pa if b is None or b is a else prepare(b, metric, tolerance, mz_power, intensity_power, threads=threads,
@@ -441,7 +463,7 @@ def _kernel_args(pa: Prepared, pb: Prepared) -> tuple:
 
 
 # ================================================================================== public API
-def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str = "cosine", tolerance: Any = None,
+def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None = None, tolerance: Any = None,
                 mz_power: float = 0.0, intensity_power: float = 1.0, *, threads: int | None = None,
                 **params: Any) -> tuple[np.ndarray, np.ndarray]:
     """Score ``a[i]`` against ``b[i]`` for every i.
@@ -451,7 +473,8 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str = "cos
     a, b : Spectra or Prepared
         Same length n.
     metric, tolerance, mz_power, intensity_power, **params
-        See :func:`prepare`.
+        See :func:`prepare` (metric default ``"cosine"``). With Prepared inputs they may be left out; given, they
+        must be what the inputs were prepared with (ParameterError otherwise: they would be ignored).
     threads : int, optional
         Numba threads (default: ``NUMBA_NUM_THREADS``).
 
@@ -474,7 +497,7 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str = "cos
                                                    pb.max_peaks, _n_blocks(len(pa)))
 
 
-def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, metric: str = "cosine",
+def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, metric: str | None = None,
                  tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
                  k: int | None = None, threads: int | None = None, min_matches: int = 0,
                  min_score: float = -np.inf, **params: Any):

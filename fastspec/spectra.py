@@ -189,6 +189,9 @@ class Spectra:
                 raise FastspecError("offsets must be 1-D, start at 0 and end at len(mz)")
             if np.any(np.diff(offsets) < 0):
                 raise FastspecError("offsets must be non-decreasing")
+            if mz.ndim != 1 or intensity.ndim != 1:  # (an (n, 1) column would reach the kernels as 2-D)
+                raise FastspecError(f"mz and intensity must be 1-D (all spectra's peaks end to end), got shapes "
+                                    f"{mz.shape} and {intensity.shape}")
             if mz.shape != intensity.shape:
                 raise FastspecError(f"mz and intensity differ in length: {mz.shape[0]} != {intensity.shape[0]}")
             if precursor_mz.shape != (n,) or charge.shape != (n,):
@@ -243,6 +246,9 @@ class Spectra:
         inten = np.concatenate([np.asarray(i, dtype=np.float32) for i in intensity_list]) if n else np.zeros(0, np.float32)
         table = _to_table(metadata, n)
         if precursor_mz is not None:
+            if np.ndim(precursor_mz) == 0:
+                raise FastspecError("precursor_mz must hold one value per spectrum (a list or array), got a "
+                                    f"single {type(precursor_mz).__name__}")
             precursor_mz = np.array([np.nan if v is None else v for v in precursor_mz], dtype=np.float64)
         return cls(offsets, mz, inten, precursor_mz, charge, table)
 

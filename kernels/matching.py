@@ -317,9 +317,10 @@ def score_row(kind, i, cand, c0, c1, all_b, off_a, pos_a, w_a, norm_a, pmz_a, of
         if a1 == a0 or b1 == b0:
             pass
         elif kind == BINNED:
-            dot, used = _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1)
             den = norm_a[i] * norm_b[j]
-            score = dot / den if den > 0 else 0.0
+            if den > 0:  # (a zero norm: 0 with 0 matches, as the other metrics give)
+                dot, used = _binned(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1)
+                score = dot / den
         elif kind == ENTROPY or kind == ENTROPY_FLASH:
             score, used = entropy_pair(pos_a, w_a, a0, a1, pos_b, w_b, b0, b1, tol_da, tol_ppm, kind == ENTROPY_FLASH)
         elif kind == ENTROPY_HYBRID:

@@ -101,3 +101,19 @@ def test_join_property(seed, shift, metric):
     S, M = score_matrix(p, p)
     WS, WM = walk_matrix(p, p)
     assert np.array_equal(S, WS) and np.array_equal(M, WM)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "modified_cosine"])
+def test_large_hit_groups_equal_the_walk(metric):
+    """Hit groups past the insertion-sort size (many peaks inside one window) are sorted whole: the same
+    scores as the walk, bit for bit (insertion was quadratic there: 16 rows of 400 peaks, 105 s; an audit)."""
+    rng = np.random.default_rng(1)
+    n = 120
+    mz = [np.sort(100 + rng.random(n) * 0.4) for _ in range(JOIN_MIN_ROWS)]
+    a = Spectra.from_arrays(mz, [rng.choice([1.0, 2.0, 3.0], n) for _ in mz], precursor_mz=[300.0] * len(mz))
+    b = Spectra.from_arrays([np.sort(100 + rng.random(n) * 0.4)], [rng.choice([1.0, 2.0, 3.0], n)],
+                            precursor_mz=[300.2])
+    joined = score_matrix(a, b, metric, 0.5)
+    walked = [score_matrix(a[[i]], b, metric, 0.5) for i in range(len(a))]  # one row: the walk
+    np.testing.assert_array_equal(joined[0][:, 0], [w[0][0, 0] for w in walked])
+    np.testing.assert_array_equal(joined[1][:, 0], [w[1][0, 0] for w in walked])

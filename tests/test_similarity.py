@@ -617,3 +617,29 @@ def test_matrix_arguments_are_checked():
     score_matrix(s, s, k=2, min_matches=np.int64(1), metric="binned_cosine", precursor_peak=0.0)
     _, idx, _ = score_matrix(s, s, k=np.int64(5))  # numpy integers are integers; past the columns: -1
     assert idx.shape == (3, 5) and (idx[:, 3:] == -1).all()
+
+
+def test_pair_api_input_checks():
+    """From an audit of the pair API: (n, 1) peak arrays are refused before the kernels (a numba typing
+    error before); arguments that Prepared inputs would ignore are refused; binned cosine against a spectrum
+    of zero norm is 0 with 0 matches, as every other metric gives."""
+    from fastspec.errors import FastspecError
+
+    with pytest.raises(FastspecError, match="1-D"):
+        Spectra(np.array([0, 2]), np.array([[100.0], [200.0]]), np.array([[1.0], [2.0]]))
+    with pytest.raises(FastspecError, match="one value per spectrum"):
+        Spectra.from_arrays([[100.0]], [[1.0]], precursor_mz=300.0)
+    a = Spectra.from_arrays([[100.0, 150.0, 200.0]], [[1.0, 2.0, 3.0]])
+    b = Spectra.from_arrays([[100.05, 150.3, 200.0]], [[1.0, 2.0, 3.0]])
+    pa, pb = prepare(a, "cosine", 0.1), prepare(b, "cosine", 0.1)
+    assert score_pairs(pa, pb)[0][0] == score_pairs(pa, pb, "cosine", 0.1)[0][0] == score_pairs(a, b, tolerance=0.1)[0][0]
+    for args in (("entropy", 0.5), ("cosine", 0.5)):
+        with pytest.raises(ParameterError, match="prepared with"):
+            score_pairs(pa, pb, *args)
+    with pytest.raises(ParameterError, match="intensity_power"):
+        score_matrix(pa, pb, intensity_power=0.5)
+    zero = Spectra.from_arrays([[100.0, 200.0]], [[0.0, 0.0]])
+    one = Spectra.from_arrays([[100.0, 200.0]], [[1.0, 1.0]])
+    for metric in ("binned_cosine", "cosine"):
+        s, m = score_pairs(zero, one, metric, 0.1)
+        assert (s[0], m[0]) == (0.0, 0), metric

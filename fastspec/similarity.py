@@ -211,7 +211,9 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     if isinstance(spectra, Prepared):
         return spectra
     if not isinstance(spectra, Spectra):
-        raise ParameterError(f"expected a fastspec.Spectra, got {type(spectra).__name__}")
+        raise ParameterError(f"expected a fastspec.Spectra, got {type(spectra).__name__} (matchms spectra: "
+                             "fastspec.Spectra.from_matchms(...); arrays: Spectra.from_arrays(...); a file: "
+                             "fastspec.read(path))")
     return prepare_csr(spectra.offsets, spectra.mz, spectra.intensity, spectra.precursor_mz, metric, tolerance,
                        mz_power, intensity_power, preset=preset, bin_width=bin_width, max_mz=max_mz,
                        base_peak=base_peak, precursor_peak=precursor_peak, clean=clean,

@@ -435,6 +435,10 @@ class Spectra:
         from fastspec.io.meta import harmonise_table
 
         spectra = list(spectra)
+        bad = next((s for s in spectra if not (hasattr(s, "peaks") and hasattr(s, "metadata"))), None)
+        if bad is not None:
+            raise FastspecError(f"from_matchms expects matchms.Spectrum objects, got {type(bad).__name__} (arrays: "
+                                "Spectra.from_arrays)")
         mzs = [s.peaks.mz for s in spectra]
         ints = [s.peaks.intensities for s in spectra]
         md = _to_table([dict(s.metadata) for s in spectra], len(spectra))

@@ -638,6 +638,10 @@ def test_pair_api_input_checks():
             score_pairs(pa, pb, *args)
     with pytest.raises(ParameterError, match="intensity_power"):
         score_matrix(pa, pb, intensity_power=0.5)
+    with pytest.raises(ParameterError, match="from_matchms"):  # a list of matchms spectra: where to go
+        score_pairs([object()], [object()])
+    with pytest.raises(FastspecError, match="matchms.Spectrum"):
+        Spectra.from_matchms([1])
     zero = Spectra.from_arrays([[100.0, 200.0]], [[0.0, 0.0]])
     one = Spectra.from_arrays([[100.0, 200.0]], [[1.0, 1.0]])
     for metric in ("binned_cosine", "cosine"):

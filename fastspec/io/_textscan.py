@@ -312,21 +312,28 @@ def _declared_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10, declared):
     return declared
 
 
+@numba.njit(inline="always", **NJIT)
+def _line_at(buf, p, n):
+    """The line starting at ``buf[p]``: (its end, before the newline; its trimmed start and end)."""
+    le = p
+    while le < n and buf[le] != 10:
+        le += 1
+    ls = p
+    while ls < le and _is_space(buf[ls]):
+        ls += 1
+    e = le
+    while e > ls and _is_space(buf[e - 1]):
+        e -= 1
+    return le, ls, e
+
+
 @numba.njit(**NJIT)
 def _next_content_line(buf, p, n, sep):
     """The next line of ``buf[p:n]`` that is neither blank nor a ``#`` comment: (a peak line by its start, a
     metadata line, where the line starts, its trimmed start and end); the line starts at ``n`` when there is
     none. A line opening with a NIST delimiter and a number ("(85 100)", "[85 100]") is a peak line."""
     while p < n:
-        le = p
-        while le < n and buf[le] != 10:
-            le += 1
-        ls = p
-        while ls < le and _is_space(buf[ls]):
-            ls += 1
-        e = le
-        while e > ls and _is_space(buf[e - 1]):
-            e -= 1
+        le, ls, e = _line_at(buf, p, n)
         if ls < e and buf[ls] != 35:
             numeric, is_meta = _line_kind(buf, ls, e, sep)
             c = buf[ls]
@@ -343,15 +350,7 @@ def _block_has_name(buf, p, n):
     """(A ``Name:`` line among the lines from ``buf[p]`` to the next blank line, whether that blank line (or
     a Name line) is in the buffer: when not, only the rest of the text can tell)."""
     while p < n:
-        le = p
-        while le < n and buf[le] != 10:
-            le += 1
-        ls = p
-        while ls < le and _is_space(buf[ls]):
-            ls += 1
-        e = le
-        while e > ls and _is_space(buf[e - 1]):
-            e -= 1
+        le, ls, e = _line_at(buf, p, n)
         if ls == e:
             return False, True
         if _key_is_name(buf, ls, e):

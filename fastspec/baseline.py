@@ -60,7 +60,7 @@ def _clean_str(v) -> str | None:
 
 
 _NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
-_RAMP_RE = re.compile(r"(\d*\.?\d+)\s*(?:%|[a-zA-Z]+)?\s*-\s*(\d*\.?\d+)")
+_RAMP_RE = re.compile(r"(?<![A-Za-z0-9.])(\d*\.?\d+)\s*(?:%|[a-zA-Z]+)?\s*-\s*(\d*\.?\d+)")  # not "MS2-20"
 
 
 def _parse_ce(text) -> float:

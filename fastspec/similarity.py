@@ -424,18 +424,25 @@ def _finite(v, name: str) -> float:
     return f
 
 
+_FLAGS = ("flash", "hybrid", "neutral_loss")
+
+
 def _check_prepared_args(side: Prepared, metric, tolerance, mz_power, intensity_power, params) -> None:
     """ParameterError when arguments given with a Prepared side ask for other settings than it was prepared
     with (they would be ignored: the prepared arrays are what is scored)."""
     asked = []
     if metric is not None and canonical_metric(metric) != side.metric:
         asked.append(f"metric={metric!r} (prepared: {side.metric!r})")
-    if tolerance is not None and parse_tolerance(tolerance) != side.tolerance:
-        asked.append(f"tolerance={tolerance!r}")
+    if tolerance is not None:
+        tol = parse_tolerance(tolerance)
+        if tol.unit != side.tolerance.unit or not math.isclose(tol.value, side.tolerance.value, rel_tol=1e-6):
+            asked.append(f"tolerance={tolerance!r}")
     for name, value, default in (("mz_power", mz_power, 0.0), ("intensity_power", intensity_power, 1.0)):
-        if value != default and name in side.params and float(value) != side.params[name]:
+        if value != default and name in side.params and _finite(value, name) != side.params[name]:
             asked.append(f"{name}={value!r}")
-    asked += [f"{k}={v!r}" for k, v in params.items() if k in side.params and side.params[k] != v]
+    # options (flags are recorded only when set; one another metric has no effect on is asked for too)
+    asked += [f"{k}={v!r}" for k, v in params.items() if side.params.get(k, False if k in _FLAGS else None) != v
+              and not (v is None or (v is False and k in _FLAGS))]
     if asked:
         raise ParameterError(f"{', '.join(asked)}: not what the Prepared spectra were prepared with; prepare "
                              "them again with these settings (or leave them out)")

@@ -355,13 +355,17 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
     values = column_assignment(table.column("split").to_pylist())
     n = len(spectra)
     out = np.full(n, EXCLUDED, dtype=np.int8)
-    ids = spectra.ids
+    # the library's own ids (Spectra.ids numbers spectra without one by position, which an ion-mode filter
+    # shifts: no match by id then)
+    real = spectra.column("id")
+    ids = [None if v is None or str(v) == "" else str(v) for v in real]
     file_ids = table.column("id").to_pylist() if "id" in table.column_names else None
-    listed = [k for k in file_ids if k is not None] if file_ids is not None else []
-    if file_ids is not None and len(set(listed)) < len(listed) and "index" not in table.column_names:
-        raise FastspecError(f"split file {path}: its ids repeat and it has no 'index' column, so rows cannot be "
-                            "matched to spectra")
-    if file_ids is not None and len(set(ids)) == n and len(set(listed)) == len(listed):
+    listed = [str(k) for k in file_ids if k is not None and str(k) != ""] if file_ids is not None else []
+    by_id = (file_ids is not None and None not in ids and len(set(ids)) == n and len(set(listed)) == len(listed))
+    if file_ids is not None and not by_id and "index" not in table.column_names:
+        raise FastspecError(f"split file {path}: its ids repeat, or the library's are missing or repeat, and it has "
+                            "no 'index' column, so rows cannot be matched to spectra")
+    if by_id:
         pos = {k: i for i, k in enumerate(ids)}
         hit = [pos.get(str(k), -1) if k is not None else -1 for k in file_ids]
         if not any(h >= 0 for h in hit):
@@ -380,16 +384,25 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
     if index is None:
         if idx.size and (idx.min() < 0 or idx.max() >= n):
             raise FastspecError(f"split file {path}: index out of range for a library of {n} spectra")
-        out[idx] = values
-        return out
-    # positions of the whole file; spectra filtered out (another ion mode) are simply not here
-    order = np.argsort(np.asarray(index, np.int64), kind="stable")
-    ranked = np.asarray(index, np.int64)[order]
-    at = np.minimum(np.searchsorted(ranked, idx), max(n - 1, 0))
-    found = ranked[at] == idx if n else np.zeros(idx.shape[0], bool)
-    if idx.size and not found.any():
-        raise FastspecError(f"split file {path}: none of its indexes are spectra of this library")
-    out[order[at[found]]] = np.asarray(values)[found]
+        rows, keep = idx, np.ones(idx.shape[0], bool)
+    else:
+        # positions of the whole file; spectra filtered out (another ion mode) are simply not here
+        order = np.argsort(np.asarray(index, np.int64), kind="stable")
+        ranked = np.asarray(index, np.int64)[order]
+        at = np.minimum(np.searchsorted(ranked, idx), max(n - 1, 0))
+        keep = ranked[at] == idx if n else np.zeros(idx.shape[0], bool)
+        if idx.size and not keep.any():
+            raise FastspecError(f"split file {path}: none of its indexes are spectra of this library")
+        rows = order[at[keep]]
+    if file_ids is not None:  # a row's id, where both sides have one, must be that spectrum's
+        fid = [file_ids[r] for r in np.flatnonzero(keep)]
+        bad = [(str(f), ids[r]) for f, r in zip(fid, rows.tolist())
+               if f is not None and str(f) != "" and ids[r] is not None and str(f) != ids[r]]
+        if bad:
+            raise FastspecError(f"split file {path}: {len(bad)} rows name another spectrum than the one at their "
+                                f"index (first: id {bad[0][0]!r}, library {bad[0][1]!r}); was the library file "
+                                "changed since the split was written?")
+    out[rows] = np.asarray(values)[keep]
     return out
 
 

@@ -655,6 +655,9 @@ def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
                                          block_bytes=block_bytes) if len(x)]
     more = [(m["name"], m["id"], m["precursor_mz"], sp.mz.tolist()) for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
     assert more == [("A", None, 200, [85, 86]), ("C", "X2", None, [50]), (None, None, 400, [60])]
+    # an empty or NA count is none: peaks after a blank line stay
+    p.write_text("Name: A\nNum Peaks:\n\n50 1\n60 2\n\nName: B\nNum Peaks: NA\n50 1\n\n60 2\n")
+    assert [sp.mz.tolist() for sp in fio.read(p)] == [[50, 60], [50, 60]]
     # a count that is no number is counted too (it used to pass without a word)
     p.write_text("Name: A\nNum Peaks: abc\n50 1\n\nName: B\nNum Peaks: 3\n50 1\n")
     assert fio.read(p, return_report=True)[1].warnings == {"num_peaks unreadable": 1, "num_peaks mismatch": 1}

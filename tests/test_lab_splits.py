@@ -213,6 +213,16 @@ def test_split_file_with_ids_repeated_across_polarities(tmp_path):
     (tmp_path / "noindex.csv").write_text("id,split\nscan1,train\nscan1,test\n")
     with pytest.raises(FastspecError, match="ids repeat"):
         read_split(tmp_path / "noindex.csv", pos.spectra)
+    # a library without ids (MGF without TITLE): positions, not the filtered set's numbering
+    noid = Spectra.from_arrays([[100.0, 150.0]] * 4, [[1.0, 2.0]] * 4, precursor_mz=[200.0] * 4,
+                               metadata={"ion_mode": ["negative", "positive", "negative", "positive"]})
+    (tmp_path / "n.csv").write_text("index,id,split\n0,0,train\n1,1,test\n2,2,test\n3,3,train\n")
+    pos = _filter_mode(LabData.build(noid), "positive")
+    assert read_split(tmp_path / "n.csv", pos.spectra, pos.source_index).tolist() == [1, 0]
+    # a row naming another spectrum than the one at its index: the library changed since
+    (tmp_path / "moved.csv").write_text("index,id,split\n0,scan2,train\n1,scan1,test\n2,scan1,test\n3,scan2,train\n")
+    with pytest.raises(FastspecError, match="another spectrum"):
+        read_split(tmp_path / "moved.csv", sp)
 
 
 def test_l2s_split(lab):

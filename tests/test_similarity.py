@@ -638,6 +638,13 @@ def test_pair_api_input_checks():
             score_pairs(pa, pb, *args)
     with pytest.raises(ParameterError, match="intensity_power"):
         score_matrix(pa, pb, intensity_power=0.5)
+    ea, eb = prepare(a, "entropy", 0.1), prepare(b, "entropy", 0.1)  # flags, options of another metric
+    for kw in ({"neutral_loss": True}, {"flash": True}):
+        with pytest.raises(ParameterError, match="prepared with"):
+            score_pairs(ea, eb, **kw)
+    with pytest.raises(ParameterError, match="clean"):
+        score_pairs(pa, pb, clean=False)
+    assert score_pairs(pa, pb, tolerance=np.float32(0.1))[0][0] == score_pairs(pa, pb)[0][0]  # the same 0.1
     with pytest.raises(ParameterError, match="from_matchms"):  # a list of matchms spectra: where to go
         score_pairs([object()], [object()])
     with pytest.raises(FastspecError, match="matchms.Spectrum"):

@@ -298,7 +298,7 @@ def _key_is_name(buf, ls, le):
 def _declared_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10, declared):
     """The peak count declared by metadata lines ``m0..m1-1`` (lower-cased keys and values in ``kbuf`` /
     ``vbuf``; ``Num Peaks: 2``, a key of :data:`NUM_PEAKS_KEYS`; the last such line counts), else ``declared``
-    (what the entry's earlier lines declared; -1 for none): 0 when the value is no positive number. Read a
+    (what the entry's earlier lines declared; -1 for none): 0 when the value is a number below 1. Read a
     line once per entry, so that an entry of many metadata lines and blank lines costs linear time."""
     for m in range(m0, m1):
         ks, ke, vs, ve = koff[m], koff[m + 1], voff[m], voff[m + 1]
@@ -307,7 +307,8 @@ def _declared_peaks(kbuf, koff, vbuf, voff, m0, m1, words, offs, p10, declared):
         for i in range(offs.shape[0] - 1):
             if _lower_eq(kbuf, ks, ke, words[offs[i]:offs[i + 1]]):
                 v, st = parse_number(vbuf, vs, ve, p10)
-                declared = int(min(v, 1e9)) if st == 0 and v >= 1 else 0
+                if st == 0:  # (an empty or unreadable value, "NA": no count)
+                    declared = int(min(v, 1e9)) if v >= 1 else 0
                 break
     return declared
 

@@ -101,6 +101,7 @@ def ablate(
     blind: list[dict] = []
     emb_out: list[dict] = []
     given = str(library) if isinstance(library, (str, Path)) else None  # recorded in every row's config
+    unreadable = None  # the files' rejected records, counted when the first split read them
     for spec in ([None] if queries is not None else list(splits)):
         name = "queries" if spec is None else spec
         log(f"[{name}] preparing labels, fingerprints and split")
@@ -121,6 +122,11 @@ def ablate(
         )
         if given is not None:
             ev.split_args["library"] = given
+        if unreadable is None:
+            unreadable = dict(ev.unreadable)
+        else:  # read once: every split's rows report the same rejected records
+            ev.unreadable = dict(unreadable)
+            ev.excluded.update(unreadable)
         library = ev.lib  # labels and fingerprints are reused by the next split
         if queries is not None:
             queries = ev.qlab

@@ -199,6 +199,11 @@ def test_records_the_reader_rejects_are_counted(tmp_path):
                  log=logged.append)
     assert r["excluded"]["library_records_rejected"] == 1
     assert any("1 records rejected by the reader" in m for m in logged)
+    from fastspec.ablation import ablate  # read once, counted in every split's rows
+
+    out = ablate(str(tmp_path / "lib.mgf"), ["column:role", "column:role"], metric="cosine", tolerance=0.1,
+                 intensity_powers=[1.0], mz_powers=[0.0], shuffle=False, n_bootstrap=0, fingerprint=None)
+    assert [row["excluded"]["library_records_rejected"] for row in out["rows"]] == [1] * len(out["rows"])
 
 
 def test_invalid_structures_are_counted():

@@ -60,22 +60,26 @@ def _clean_str(v) -> str | None:
 
 
 _NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
-_RAMP_RE = re.compile(r"(?<![A-Za-z0-9.])(\d*\.?\d+)\s*(?:%|[a-zA-Z]+)?\s*-\s*(\d*\.?\d+)")  # not "MS2-20"
+# a ramp or steps: numbers joined by '-' (with units between, not glued to a word: "MS2-20"), or three or
+# more joined by ',' ("stepped 15,30,45"; two could be a decimal comma)
+_STEPS_RE = re.compile(r"(?<![A-Za-z0-9.])\d*\.?\d+(?:(?:\s*(?:%|[a-zA-Z]+)?\s*-\s*\d*\.?\d+)+"
+                       r"|(?:\s*,\s*\d*\.?\d+){2,})")
+_PLAIN_NUM_RE = re.compile(r"\d*\.?\d+")
 
 
 def _parse_ce(text) -> float:
-    """Collision energy as a number: the mean of a ``LOW-HIGH`` ramp (NaN when LOW > HIGH: an m/z-dependent
-    formula), else the first number; NaN."""
+    """Collision energy as a number: the mean of a ``LOW-HIGH`` ramp or of stepped energies (``20-30-40``,
+    ``15,30,45``; NaN when they fall: an m/z-dependent formula), else the first number; NaN."""
     if text is None:
         return math.nan
     s = str(text)
-    # the ramp's ends are the text's first numbers, after a word or with units ("Ramp 22.8-34.2 eV",
-    # "Ramp 20%-70% (nominal)", "10 eV - 30 eV", as MSP / MGF / record files write them)
-    ramp = _RAMP_RE.search(s)
-    if ramp and not any(c.isdigit() for c in s[:ramp.start()]):
-        lo, hi = float(ramp.group(1)), float(ramp.group(2))
+    # the ramp's or steps' numbers are the text's first, after a word or with units ("Ramp 22.8-34.2 eV",
+    # "Ramp 20%-70% (nominal)", "10 eV - 30 eV", "HCD 20-30-40", as MSP / MGF / record files write them)
+    steps = _STEPS_RE.search(s)
+    if steps and not any(c.isdigit() for c in s[:steps.start()]):
+        vals = [float(v) for v in _PLAIN_NUM_RE.findall(steps.group(0))]
         # a falling "ramp" is a formula ("160-0.41mz or 15 (mz>350)", 10 MassBank spectra): no one energy
-        return 0.5 * (lo + hi) if lo <= hi else math.nan
+        return sum(vals) / len(vals) if all(a <= b for a, b in zip(vals, vals[1:])) else math.nan
     m = _NUM_RE.search(s)
     return float(m.group(0)) if m else math.nan
 

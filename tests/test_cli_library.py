@@ -273,7 +273,9 @@ def test_no_command_writes_into_a_library_index(index, massbank_mgf, tmp_path):
                  ["query", massbank_mgf, "-l", index, "-o", lib / "sub" / "hits.tsv"],
                  ["convert", massbank_mgf, lib / "metadata.parquet"],
                  ["synth", "-n", "100", "-o", lib / "metadata.parquet"],
-                 ["index", massbank_mgf, "-o", lib / "nested.fastspec"]):
+                 ["index", massbank_mgf, "-o", lib / "nested.fastspec"],
+                 ["evaluate", "-l", massbank_mgf, "--fingerprint-cache", lib / "fp"],
+                 ["split", "-l", massbank_mgf, "-o", tmp_path / "s.csv", "--fingerprint-cache", lib / "fp"]):
         assert_clean_error(run(*args, ok=False), "inside the library index")
     run("info", lib, "--verify")
     with pytest.raises(ParameterError, match="inside the library index"):

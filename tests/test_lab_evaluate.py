@@ -488,6 +488,7 @@ def test_report_labels_tell_runs_of_one_split_apart():
     # ramps after a word or with units, as MSP / MGF / MassBank records write them (read as the low end before)
     ("Ramp 22.8-34.2 eV", 28.5), ("Ramp 20%-70% (nominal)", 45.0), ("10 eV - 30 eV", 20.0),
     ("NCE 30 (stepped 20-40)", 30.0), ("MS2-20 eV", 2.0),  # (no ramp glued to a word; the first number, as before)
+    ("HCD 20-30-40", 30.0), ("stepped 15,30,45 NCE", 30.0), ("22,5 eV", 22.0),  # steps: their mean
 ])
 def test_collision_energy_text(text, want):
     from fastspec.baseline import _parse_ce

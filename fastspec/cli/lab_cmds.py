@@ -117,7 +117,8 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
                              "another name (report.json)")
     md = str(Path(output).with_suffix(".md")) if markdown and output else None
     refuse_clobbering([library, queries, *_split_files([split_spec])],
-                      [("--output", output), ("--predictions", predictions), ("--markdown", md)])
+                      [("--output", output), ("--predictions", predictions), ("--markdown", md),
+                       ("--fingerprint-cache", kw.get("fingerprint_cache"))])
     make_parents(output, predictions)
     search = _search_kwargs(kw)
     l2s = _l2s(kw)
@@ -177,7 +178,8 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, rejected_note, search_config, write_json
     from fastspec.splits import make_split, split_profile, write_split
 
-    refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path)])
+    refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path),
+                                                              ("--fingerprint-cache", fingerprint_cache)])
     make_parents(output, profile_path)
 
     rejected: dict = {}
@@ -248,7 +250,8 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
             raise ParameterError(f"{name}: empty grid")
         return vals
 
-    refuse_clobbering([library, queries, embeddings, query_embeddings, *_split_files(splits)], [("--output", output)])
+    refuse_clobbering([library, queries, embeddings, query_embeddings, *_split_files(splits)],
+                      [("--output", output), ("--fingerprint-cache", kw.get("fingerprint_cache"))])
     make_parents(output)
     search = _search_kwargs(kw)
     for name in ("intensity_power", "mz_power"):  # the grids set them; a single value would be dropped

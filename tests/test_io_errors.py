@@ -299,3 +299,12 @@ def test_convert_command(tmp_path):
     empty = write(tmp_path, "empty.mgf", "\n")
     res = runner.invoke(main, ["convert", str(empty), str(tmp_path / "e.mgf")])
     assert res.exit_code == 0 and len(fio.read(tmp_path / "e.mgf")) == 0
+
+
+def test_a_hit_table_given_as_spectra_says_so(tmp_path):
+    """fastspec's own TSV hit table (a '#' header, no peak columns) read as spectra: the error names the comment
+    line for what it is instead of listing it as the columns found (an audit's note)."""
+    p = tmp_path / "hits.tsv"
+    p.write_text('# mode: "identity"\nquery_index\tquery_id\n0\ta\n')
+    with pytest.raises(FastspecError, match="first line is a comment.*hit table"):
+        fio.read(p)

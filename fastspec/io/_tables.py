@@ -35,6 +35,10 @@ def find_peak_columns(names: list[str], path: str) -> tuple[str, str]:
     mz = next((low[c] for c in MZ_COLUMNS if c in low), None)
     it = next((low[c] for c in INTENSITY_COLUMNS if c in low), None)
     if mz is None or it is None:
+        if names and str(names[0]).startswith("#"):  # a '#' header: fastspec's own hit tables have one
+            raise FastspecError(f"{path}: its first line is a comment ({str(names[0])[:40]!r}), not a header of "
+                                "spectrum columns: a fastspec hit table? Spectra need an m/z and an intensity "
+                                "column ('mz'/'mzs' and 'intensity'/'intensities')")
         raise FastspecError(f"{path}: needs an m/z and an intensity column ('mz'/'mzs' and "
                             f"'intensity'/'intensities'); found {', '.join(names[:20])}")
     return mz, it

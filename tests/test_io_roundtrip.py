@@ -290,3 +290,22 @@ def test_failed_write_leaves_no_file(tmp_path, ext):
 
     assert (gzip.decompress(old.read_bytes()) if ext.endswith(".gz") else old.read_bytes()) == b"new\n"
     assert [p.name for p in tmp_path.iterdir()] == [old.name]
+
+
+def test_hdf5_nested_metadata_columns_keep_their_type(tmp_path):
+    """A list<int64> or struct metadata column comes back with its type from HDF5, also in a chunk whose rows
+    are all null (it came back as text there, and joined chunks turned the values into text; an audit)."""
+    import pyarrow as pa
+
+    from fastspec.spectra import Spectra
+
+    n = 6
+    sp = Spectra.from_arrays([[100.0, 150.0]] * n, [[1.0, 2.0]] * n, metadata={
+        "lst": pa.array([[1, 2] if i % 2 else None for i in range(n)], pa.list_(pa.int64())),
+        "st": pa.array([{"a": i, "b": "x"} if i % 3 else None for i in range(n)])})
+    fio.write(sp, str(tmp_path / "x.h5"))
+    chunks = list(fio.iter_read(str(tmp_path / "x.h5"), chunk_size=1))
+    assert chunks[0].metadata["lst"].type == pa.list_(pa.int64())
+    back = Spectra.concat(chunks).metadata
+    assert back["lst"].to_pylist() == sp.metadata["lst"].to_pylist()
+    assert back["st"].to_pylist() == sp.metadata["st"].to_pylist()

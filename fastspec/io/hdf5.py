@@ -78,6 +78,9 @@ def _write_column(group, name: str, col) -> None:
     t = col.type
     g = group.create_group(quote(name, safe=_SAFE))
     g.attrs["arrow_type"] = str(t)
+    # the type itself, as an Arrow IPC schema (nested types such as list<int64> or structs have no spelling
+    # the reader could parse back; a batch whose rows are all null would otherwise come out as text)
+    g.attrs["arrow_schema"] = np.void(pa.schema([pa.field("v", t)]).serialize().to_pybytes())
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         g.attrs["kind"] = "number"
         np_t = t.to_pandas_dtype()
@@ -159,7 +162,7 @@ def _read_column(g, a: int, b: int) -> pa.Array:
     if kind == "number":
         vals = g["values"][a:b]
         arr = pa.array(vals, mask=mask)
-        t = _arrow_type(g.attrs.get("arrow_type"))
+        t = _arrow_type(g)
         if t is not None and t != arr.type:
             try:
                 arr = arr.cast(t)
@@ -176,7 +179,7 @@ def _read_column(g, a: int, b: int) -> pa.Array:
             arr = pc.if_else(pa.array(valid), arr, pa.scalar(None, arr.type))
         if kind == "json":
             vals = [None if v is None else json.loads(v) for v in arr.to_pylist()]
-            t = _arrow_type(g.attrs.get("arrow_type"))
+            t = _arrow_type(g)
             try:
                 return pa.array(vals, type=t) if t is not None else pa.array(vals)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -185,7 +188,16 @@ def _read_column(g, a: int, b: int) -> pa.Array:
     raise FastspecError(f"unknown metadata column kind {kind!r} in {g.name}")
 
 
-def _arrow_type(name) -> pa.DataType | None:
+def _arrow_type(g) -> pa.DataType | None:
+    """The column's Arrow type: from its stored schema, else (files written before it) from the type's name
+    for the types spelled in the table below; None when unknown."""
+    raw = g.attrs.get("arrow_schema")
+    if raw is not None:
+        try:
+            return pa.ipc.read_schema(pa.py_buffer(bytes(np.asarray(raw).tobytes()))).field("v").type
+        except (pa.ArrowInvalid, ValueError, KeyError):
+            pass
+    name = g.attrs.get("arrow_type")
     if name is None:
         return None
     if isinstance(name, bytes):

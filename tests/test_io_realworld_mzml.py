@@ -300,3 +300,17 @@ def test_broken_xml_near_the_start_is_a_rejection(tmp_path):
     assert r.n_rejected == 1 and "invalid mzML" in r.rejected[0].reason and r.n_records == len(s) + 1
     with pytest.raises(ParseError):
         fio.read(p, on_error="raise")
+
+
+def test_etd_with_a_plain_cid_term_and_normalized_collision_energy(tmp_path):
+    """Older converters wrote supplemental activation as ETD next to a plain CID term (read as CID before), and
+    Thermo files may give only a normalized collision energy (read as none before). From an audit."""
+    etcid = pwiz_ms2(0, "positive scan", "").replace(
+        '<cvParam name="beam-type collision-induced dissociation" value=""/>',
+        '<cvParam name="electron transfer dissociation" value=""/>'
+        '<cvParam name="collision-induced dissociation" value=""/>')
+    nce = pwiz_ms2(1, "positive scan", "").replace('<cvParam name="collision energy" value="35.0"/>',
+                                                   '<cvParam name="normalized collision energy" value="30"/>')
+    s, _ = read(tmp_path, "act.mzML", mzml(etcid + nce))
+    assert md(s, 0)["fragmentation_mode"] == "ETciD" and md(s, 0)["collision_energy"] == "35"
+    assert md(s, 1)["fragmentation_mode"] == "HCD" and md(s, 1)["collision_energy"] == "30% (NCE)"

@@ -133,11 +133,18 @@ def _record(s: dict) -> dict:
         act = p0.get("activation") or {}
         if act.get("collision energy") is not None:
             md["collision_energy"] = _fmt(act.get("collision energy"))
+        elif act.get("normalized collision energy") is not None:  # (Thermo's NCE, in %)
+            md["collision_energy"] = f"{_fmt(act.get('normalized collision energy'))}% (NCE)"
+        etd = False
         for k in act:
             if k in DISSOCIATION:
-                md["fragmentation_mode"] = DISSOCIATION[k]
+                mode = DISSOCIATION[k]
+                # ETD with a plain CID / HCD term next to it: older converters' spelling of supplemental
+                # activation (EThcD / ETciD)
+                md["fragmentation_mode"] = {"CID": "ETciD", "HCD": "EThcD"}.get(mode, mode) if etd else mode
                 if k != "electron transfer dissociation":
                     break  # ETD may come with supplemental activation: EThcD, read on
+                etd = True
             elif isinstance(k, str) and k.endswith("dissociation"):
                 md["fragmentation_mode"] = k
         if p0.get("spectrumRef") is not None:

@@ -10,7 +10,8 @@ Layout (``format_version`` 1; see ``docs/formats.md``)::
     /precursor_mz         float64 (n,)       NaN when unknown
     /charge               int8    (n,)       0 when unknown
     /metadata             group; attrs: columns (names in order)
-    /metadata/<name>/     one group per column; attrs: kind, arrow_type
+    /metadata/<name>/     one group per column; attrs: kind, arrow_type, arrow_schema (the type as an
+                          Arrow IPC schema of one field "v", opaque bytes; files before it lack it)
         kind "string":    data uint8 (UTF-8 bytes), offsets int64 (n+1,)
         kind "number"/"bool": values (n,) numeric (bool as uint8)
         kind "json":      like "string", one JSON document per row (lists, structs, ...)

@@ -596,22 +596,28 @@ def test_msp_mona_computed_structures_fill_smiles_and_inchi(tmp_path):
     assert (js.column("smiles"), js.column("inchi")) == (s.column("smiles")[:1], s.column("inchi")[:1])
 
 
+def _msp_in_blocks(path, text: str, block_bytes: int, keys: tuple):
+    """``text`` written to ``path`` and read as MSP in blocks of ``block_bytes``: ([(metadata[k] for k in keys...,
+    m/z list)] per spectrum, the read report)."""
+    from fastspec.io import msp
+    from fastspec.io._common import ReadReport
+
+    path.write_text(text)
+    rep = ReadReport(path=str(path))
+    parts = [x for x in msp.iter_spectra(str(path), on_error="skip", report=rep, block_bytes=block_bytes) if len(x)]
+    return [(*(m[k] for k in keys), sp.mz.tolist()) for x in parts for m, sp in zip(x.metadata.to_pylist(), x)], rep
+
+
 @pytest.mark.parametrize("block_bytes", [16, 40, 32 << 20])
 def test_msp_blank_line_between_num_peaks_and_peaks(tmp_path, block_bytes):
     """Some converters write a blank line after `Num Peaks: N`: with N > 0 and no peak yet it does not end the
     record, unless metadata (the next entry) comes next; whatever the block size."""
-    from fastspec.io import msp
-    from fastspec.io._common import ReadReport
-
     text = ("Name: A\nPrecursorMZ: 100\nNum Peaks: 2\n\n50 1\n60 2\n\n"
             "Name: B\nPrecursorMZ: 200\nNum Peaks: 1\n\n\n70 1\n\n"
             "Name: C\nNum Peaks: 2\n\nDB#: d1\nName: D\nNum Peaks: 1\n80 1\n\n"
             "Name: E\nNum Peaks: 0\n\n90 1\n")
     p = tmp_path / "blank.msp"
-    p.write_text(text)
-    rep = ReadReport(path=str(p))
-    parts = [x for x in msp.iter_spectra(str(p), on_error="skip", report=rep, block_bytes=block_bytes) if len(x)]
-    got = [(m["name"], m["id"], sp.mz.tolist()) for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
+    got, rep = _msp_in_blocks(p, text, block_bytes, ("name", "id"))
     assert got == [("A", None, [50, 60]), ("B", None, [70]), ("D", "d1", [80])]
     assert rep.counts_by_reason == {"no peaks": 2}  # C (its declared count: a mismatch) and E
     assert rep.warnings == {"lines outside records": 1, "num_peaks mismatch": 1}
@@ -628,8 +634,6 @@ def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
     `[85 100]` / `{85 100}` peak delimiters read as `(85 100)` does. Found by an audit with files as other
     labs' converters write them: the spectra used to be cut, or split in two."""
     import matchms.importing
-    from fastspec.io import msp
-    from fastspec.io._common import ReadReport
 
     text = ("Name: A\nPrecursorMZ: 100\nNum Peaks: 4\n50 10\n60 20\n\n70 30\n80 40\n\n"
             "Name: B\nPrecursorMZ: 200\nPrecursor_type: [M+H]+\n\nNum Peaks: 2\n50 10\n60 20\n\n"
@@ -637,11 +641,7 @@ def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
             "Name: D\nNum Peaks: 2\n[85 100] [86 50]\n\nName: E\nNum Peaks: 2\n{85 100}\n\n{86 50}\n\n"
             "Name: F\nNum Peaks: 1\n90 1\n\n91 1\n\nName: G\nPrecursorMZ: 400\n\nName: H\nNum Peaks: 1\n92 1\n")
     p = tmp_path / "blank.msp"
-    p.write_text(text)
-    rep = ReadReport(path=str(p))
-    parts = [x for x in msp.iter_spectra(str(p), on_error="skip", report=rep, block_bytes=block_bytes) if len(x)]
-    got = [(m["name"], m["precursor_mz"], m["adduct"], sp.mz.tolist())
-           for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
+    got, rep = _msp_in_blocks(p, text, block_bytes, ("name", "precursor_mz", "adduct"))
     assert got == [("A", 100, None, [50, 60, 70, 80]), ("B", 200, "[M+H]+", [50, 60]), ("C", 300, None, [51, 61]),
                    ("D", None, None, [85, 86]), ("E", None, None, [85, 86]), ("F", None, None, [90]),
                    ("H", None, None, [92])]
@@ -649,11 +649,9 @@ def test_msp_blank_lines_inside_an_entry(tmp_path, block_bytes):
     assert rep.counts_by_reason == {"no peaks": 1} and rep.warnings == {"lines outside records": 1}
     # a bracketed peak line after a blank line, no count; a block naming another entry is that entry's
     # (its DB# stays with it); nameless blocks are not joined
-    p.write_text("Name: A\nPrecursorMZ: 200\n\n(85 100) (86 50)\n\nName: B\nPrecursorMZ: 100\n\nDB#: X2\n"
-                 "Name: C\nNum Peaks: 1\n50 1\n\nPrecursorMZ: 300\n\nPrecursorMZ: 400\nNum Peaks: 1\n60 1\n")
-    parts = [x for x in msp.iter_spectra(str(p), on_error="skip", report=ReadReport(path=str(p)),
-                                         block_bytes=block_bytes) if len(x)]
-    more = [(m["name"], m["id"], m["precursor_mz"], sp.mz.tolist()) for x in parts for m, sp in zip(x.metadata.to_pylist(), x)]
+    more, _ = _msp_in_blocks(p, "Name: A\nPrecursorMZ: 200\n\n(85 100) (86 50)\n\nName: B\nPrecursorMZ: 100\n\n"
+                             "DB#: X2\nName: C\nNum Peaks: 1\n50 1\n\nPrecursorMZ: 300\n\nPrecursorMZ: 400\n"
+                             "Num Peaks: 1\n60 1\n", block_bytes, ("name", "id", "precursor_mz"))
     assert more == [("A", None, 200, [85, 86]), ("C", "X2", None, [50]), (None, None, 400, [60])]
     # an empty or NA count is none: peaks after a blank line stay
     p.write_text("Name: A\nNum Peaks:\n\n50 1\n60 2\n\nName: B\nNum Peaks: NA\n50 1\n\n60 2\n")

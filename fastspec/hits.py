@@ -17,6 +17,7 @@ from fastspec._atomic import write_atomically  # noqa: F401  (the hit writers; s
 
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
+NO_FORMULA = "no_formula"  # formula mode, skipped: the query has no formula (none given, none from SMILES / InChI)
 MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds tandem spectra only
 MSN = "msn"  # an MSn record (ms_level 3 or more): its precursor is a fragment, the library holds MS2 spectra
 REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
@@ -46,7 +47,8 @@ class Hits:
     status : ndarray of str (n,)
         ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
         (identity or neutral-loss mode without a precursor m/z, or with one of 0 or less), ``no_neighbour`` (formula mode,
-        skipped), ``ms1``
+        skipped: no library spectrum has the query's formula), ``no_formula`` (formula mode, skipped: the
+        query has no formula, in its metadata, from its SMILES or InChI, or passed in), ``ms1``
         (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched) or
         ``msn`` (an MSn record, ``ms_level`` 3 or more, as mzmine's MSn exports hold: not searched; the
         mzML and mzXML readers read MS2 scans only) or ``rejected`` (a query record the reader could not
@@ -107,8 +109,8 @@ class Hits:
     @property
     def skipped(self) -> np.ndarray:
         """Queries not searched (rejected by the reader, no peaks, MS1, no precursor in identity mode, no
-        formula neighbour with skip)."""
-        return np.isin(self.status, [NO_PEAKS, MS1, MSN, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, REJECTED])
+        formula or no formula neighbour with skip)."""
+        return np.isin(self.status, [NO_PEAKS, MS1, MSN, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, NO_FORMULA, REJECTED])
 
     def __repr__(self) -> str:
         n_hit = int((self.indices[:, 0] >= 0).sum()) if len(self) else 0

@@ -1,7 +1,8 @@
 """Formula search: exact top-k over the library spectra with the query's canonical formula.
 
 The query's formula comes from its metadata (else from its SMILES, as the library's do) or from the
-caller (``formula=``). Queries without a same-formula neighbour are skipped, searched against the whole
+caller (``formula=``). Queries without a same-formula neighbour are skipped (status ``no_neighbour``, or
+``no_formula`` for a query without a formula), searched against the whole
 library (``no_neighbour="fallback"``, flagged in ``Hits.fallback``) or left empty.
 """
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastspec.errors import ParameterError
-from fastspec.hits import NO_NEIGHBOUR_SKIPPED
+from fastspec.hits import NO_FORMULA, NO_NEIGHBOUR_SKIPPED
 from fastspec.search import (_batches, _Context, _formula_texts, _ranges_csr, caller_formulas,
                              run_whole_library)
 from fastspec.spectra import Spectra
@@ -54,7 +55,8 @@ def run_formula(ctx: _Context, rows, fcodes, scores, indices, matches, status, f
         if empty.any():
             miss = batch[empty]
             if ctx.cfg.no_neighbour == "skip":
-                status[miss] = NO_NEIGHBOUR_SKIPPED
+                # a query without a formula is told apart from one whose formula no library spectrum has
+                status[miss] = np.where(code[empty] == -1, NO_FORMULA, NO_NEIGHBOUR_SKIPPED)
             elif ctx.cfg.no_neighbour == "fallback":
                 fallback[miss] = True
                 ctx.nested += 1

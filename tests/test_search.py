@@ -449,7 +449,11 @@ def test_formula_mode_and_no_neighbour(lib, data):
 
     skip = lib.search(queries, k=K, mode="formula", no_neighbour="skip")
     assert_same_hits(skip, ref)
-    assert (skip.status[~has & (skip.status != "no_peaks")] == "no_neighbour").all()
+    # a query without a formula is "no_formula", one whose formula no library spectrum of its polarity has "no_neighbour"
+    unknown = np.array([f is None for f in qf])
+    missing = ~has & (skip.status != "no_peaks")
+    assert (skip.status[missing & ~unknown] == "no_neighbour").all()
+    assert (skip.status[missing & unknown] == "no_formula").all()
     assert skip.skipped[~has].all() and not skip.skipped[has].any()
 
     empty = lib.search(queries, k=K, mode="formula", no_neighbour="empty")
@@ -1692,6 +1696,11 @@ def test_formula_from_smiles(tmp_path):
     h = lib.search(sp, k=3, mode="formula", no_neighbour="empty")
     assert sorted(h.indices[0][h.indices[0] >= 0].tolist()) == [0, 2] and list(h.status) == ["ok", "no_hit", "ok"]
     assert h.to_arrow().column("formula").to_pylist()[0] == "C6H12O6"
+    # skipped: a query without any formula is told apart from one whose formula the library lacks
+    other = Spectra.from_arrays([pk[0]] * 2, [pk[1]] * 2, precursor_mz=[181.07, 181.07],
+                                metadata={"formula": ["C9H9N", None], "ion_mode": ["positive"] * 2})
+    h = lib.search(other, k=3, mode="formula")
+    assert list(h.status) == ["no_neighbour", "no_formula"] and h.skipped.all()
 
 
 def test_formula_from_inchi(tmp_path):

@@ -24,8 +24,12 @@ import pyarrow.compute as pc
 from fastspec.errors import ParameterError
 from fastspec.spectra import Spectra
 
-#: Collision-energy bin edges (in the unit recorded; eV, NCE % and V are mixed in public libraries).
+#: Collision-energy bin edges, one set for each kind of energy: absolute (eV, V, or no unit written) and
+#: normalized (NCE %), which public libraries mix (a third of MassBank's spectra give NCE %) and which
+#: are not comparable; normalized energies get bins of their own ("NCE 20-40", see :func:`ce_bin_labels`).
 CE_EDGES = (20.0, 40.0, 60.0, 100.0)
+#: a collision energy written as normalized: "30 % (nominal)", "NCE 35", "35 (nominal)", "normalized ..."
+_NORMALIZED_RE = re.compile(r"%|\bnce\b|nominal|normali[sz]ed", re.IGNORECASE)
 BUCKETS = ("formula", "formula+adduct", "none")
 POLICIES = ("skip", "fallback", "zero")
 METRICS = ("binned_cosine", "cosine", "modified_cosine", "entropy")
@@ -84,11 +88,29 @@ def _parse_ce(text) -> float:
     return float(m.group(0)) if m else math.nan
 
 
-def ce_bin_labels(ce: np.ndarray, edges: Sequence[float] = CE_EDGES) -> list[str]:
-    """Bin labels (``"<20"``, ``"20-40"``, ..., ``">=100"``, ``"unknown"``) for CE values (NaN unknown)."""
+def _is_normalized(text) -> bool:
+    """Whether a collision-energy text gives a normalized energy (NCE %), see ``_NORMALIZED_RE``."""
+    return text is not None and _NORMALIZED_RE.search(str(text)) is not None
+
+
+def ce_bin_labels(ce: np.ndarray, edges: Sequence[float] = CE_EDGES,
+                  normalized: np.ndarray | None = None) -> list[str]:
+    """Bin labels for CE values (NaN unknown): ``"<20"``, ``"20-40"``, ..., ``">=100"`` for absolute
+    energies, ``"NCE <20"``, ``"NCE 20-40"``, ... for normalized ones (``normalized`` true), ``"unknown"``.
+
+    Parameters
+    ----------
+    ce : ndarray, float64 (n,)
+        Collision energies in their recorded unit (eV / V, or NCE % where ``normalized``).
+    normalized : ndarray of bool (n,), optional
+        Which energies are normalized (NCE %); None: none.
+    """
     names = [f"<{edges[0]:g}"] + [f"{a:g}-{b:g}" for a, b in zip(edges[:-1], edges[1:])] + [f">={edges[-1]:g}"]
-    names.append("unknown")
+    nb = len(names)
+    names += [f"NCE {v}" for v in names] + ["unknown"]
     idx = np.searchsorted(np.asarray(edges, dtype=np.float64), ce, side="right")
+    if normalized is not None:
+        idx = idx + nb * np.asarray(normalized, dtype=bool)
     idx = np.where(np.isnan(ce), len(names) - 1, idx)
     return [names[i] for i in idx]
 
@@ -112,7 +134,9 @@ class LabData:
         +1, -1, or 0 unknown (spectra of unknown polarity are only compared with each other).
     instrument_type : list of str or None
     ce : ndarray, float64 (n,)
-        Collision energy (NaN unknown); ``ce_bin`` its bin label.
+        Collision energy (NaN unknown) in its recorded unit; ``ce_bin`` its bin label, ``ce_normalized``
+        whether it is a normalized energy (NCE %: a ``ce_unit`` column of ``%``, or a text such as
+        ``30 % (nominal)`` or ``NCE 35``), binned apart from absolute energies (eV, V, no unit).
     fp_row : ndarray, int64 (n,) or None
         Row of each spectrum's molecule in ``fps`` (-1 none), after :meth:`attach_fingerprints`.
     source_index : ndarray, int64 (n,)
@@ -136,10 +160,13 @@ class LabData:
     source_index: np.ndarray | None = None
     n_source: int | None = None
     _mol_code: np.ndarray | None = None
+    ce_normalized: np.ndarray | None = None
 
     def __post_init__(self):
         if self.source_index is None:
             self.source_index = np.arange(len(self.spectra), dtype=np.int64)
+        if self.ce_normalized is None:
+            self.ce_normalized = np.zeros(len(self.spectra), dtype=bool)
         if self.n_source is None:
             self.n_source = len(self.spectra)
 
@@ -190,7 +217,7 @@ class LabData:
 
         adduct = _map_unique(_col(md, "adduct"), norm_adduct, n)
         instrument = _map_unique(_col(md, "instrument_type"), _clean_str, n)
-        ce = _ce_values(md, n)
+        ce, ce_norm = _ce_values(md, n)
         counts = {
             "n_spectra": n,
             "n_no_molecule": sum(m is None for m in mol),
@@ -199,7 +226,9 @@ class LabData:
             "n_formula_from_smiles": n_derived.get("smiles", 0),
             "n_formula_from_inchi": n_derived.get("inchi", 0),
         }
-        return cls(spectra, mol, smiles, formula, adduct, spectra.polarity, instrument, ce, ce_bin_labels(ce), counts)
+        counts["n_ce_normalized"] = int((ce_norm & ~np.isnan(ce)).sum())
+        return cls(spectra, mol, smiles, formula, adduct, spectra.polarity, instrument, ce,
+                   ce_bin_labels(ce, normalized=ce_norm), counts, ce_normalized=ce_norm)
 
     def __len__(self) -> int:
         return len(self.spectra)
@@ -240,6 +269,7 @@ class LabData:
             None if self.fp_row is None else self.fp_row[rows],
             self.source_index[rows],
             self.n_source,
+            ce_normalized=self.ce_normalized[rows],
         )
 
     def field(self, name: str) -> list:
@@ -249,7 +279,16 @@ class LabData:
         return getattr(self, name)
 
 
-def _ce_values(md: pa.Table, n: int) -> np.ndarray:
+def _ce_values(md: pa.Table, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Collision energies, float64 (n,) (NaN unknown), and which are normalized (NCE %), bool (n,): from
+    ``ce_min`` / ``ce_max`` (their mean) and ``ce_unit`` columns where present (MassBank's), else parsed
+    from ``collision_energy``."""
+    unit = _col(md, "ce_unit")
+    text = _col(md, "collision_energy")
+    normalized = np.zeros(n, dtype=bool)
+    for c in (unit, text):
+        if c is not None and not (pa.types.is_integer(c.type) or pa.types.is_floating(c.type)):
+            normalized |= np.array(_map_unique(c, _is_normalized, n), dtype=object) == True  # noqa: E712 (None: no)
     lo, hi = _col(md, "ce_min"), _col(md, "ce_max")
     out = np.full(n, np.nan)
     if lo is not None:
@@ -265,7 +304,7 @@ def _ce_values(md: pa.Table, n: int) -> np.ndarray:
             parsed = np.array(_map_unique(col, _parse_ce, n), dtype=object)
             parsed = np.array([math.nan if v is None else v for v in parsed], dtype=np.float64)
         out = np.where(np.isnan(out), parsed, out)
-    return out
+    return out, normalized
 
 
 def factorize(columns: Sequence[Sequence]) -> tuple[np.ndarray, list]:

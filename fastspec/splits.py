@@ -17,8 +17,10 @@ Specs understood by :func:`make_split` (and ``fastspec split`` / ``fastspec eval
 ``instrument:VALUE`` / ``adduct:VALUE``
     condition shift: test = spectra whose instrument type / adduct equals VALUE (case-insensitive;
     comma-separated values allowed), train = all others.
-``ce:LOW-HIGH``
-    test = collision energy in [LOW, HIGH]; spectra without a CE stay in train.
+``ce:LOW-HIGH``, ``ce:LOW-HIGH%``
+    test = absolute collision energies (eV, V or no unit written) in [LOW, HIGH], or with ``%`` (or
+    ``nce``) normalized ones (NCE %, see :class:`fastspec.baseline.LabData`); spectra without a CE, or
+    with an energy of the other kind, stay in train.
 ``column:NAME``
     a metadata column holding ``train``/``test`` (or booleans / 1/0, true = test); anything else excluded.
 ``file:PATH``
@@ -264,16 +266,24 @@ def _match_values(values: Sequence, wanted: str, normalise=None) -> np.ndarray:
     return out
 
 
-def _parse_range(text: str) -> tuple[float, float]:
+def _parse_range(text: str) -> tuple[float, float, bool]:
+    """``LOW-HIGH`` (absolute energies, eV / V / no unit) or ``LOW-HIGH%`` / ``LOW%-HIGH%`` / ``...nce``
+    (normalized ones): low, high, whether normalized."""
     import re
 
-    m = re.match(r"^\s*([-+]?\d*\.?\d+)\s*(?:-|:|\.\.)\s*([-+]?\d*\.?\d+)\s*$", text)
+    num = r"([-+]?\d*\.?\d+)\s*(%|nce|ev|v)?"
+    m = re.match(rf"^\s*{num}\s*(?:-|:|\.\.)\s*{num}\s*$", text, re.IGNORECASE)
     if not m:
-        raise ParameterError(f"ce split: expected LOW-HIGH (e.g. ce:10-30), got {text!r}")
-    lo, hi = float(m.group(1)), float(m.group(2))
+        raise ParameterError(f"ce split: expected LOW-HIGH (eV; e.g. ce:10-30) or LOW-HIGH% (NCE; e.g. "
+                             f"ce:20-40%), got {text!r}")
+    lo, hi = float(m.group(1)), float(m.group(3))
+    units = {u.lower() for u in (m.group(2), m.group(4)) if u}
+    normalized = bool(units & {"%", "nce"})
+    if normalized and units & {"ev", "v"}:
+        raise ParameterError(f"ce split: {text!r} mixes a normalized (%) and an absolute (eV / V) energy")
     if lo > hi:
         raise ParameterError(f"ce split: LOW > HIGH in {text!r}")
-    return lo, hi
+    return lo, hi, normalized
 
 
 def column_assignment(values: Sequence) -> np.ndarray:
@@ -463,12 +473,18 @@ def make_split(
         a = np.where(is_test, TEST, TRAIN).astype(np.int8)
         params["value"] = arg
     elif kind == "ce":
-        lo, hi = _parse_range(arg)
-        is_test = (lab.ce >= lo) & (lab.ce <= hi)
+        lo, hi, normalized = _parse_range(arg)
+        in_range = (lab.ce >= lo) & (lab.ce <= hi)
+        # normalized (NCE %) and absolute (eV) energies are not comparable: a range selects one kind
+        is_test = in_range & (lab.ce_normalized == normalized)
         if not is_test.any():
-            raise ParameterError(f"ce split: no spectrum has a collision energy in [{lo:g}, {hi:g}]")
+            kind_, other_kind = ("a normalized (NCE %)", "an absolute") if normalized else ("an absolute", "a normalized")
+            other = int((in_range & (lab.ce_normalized != normalized)).sum())
+            hint = (f"; {other} spectra have {other_kind} energy in that range "
+                    f"(write ce:{lo:g}-{hi:g}{'' if normalized else '%'})") if other else ""
+            raise ParameterError(f"ce split: no spectrum has {kind_} collision energy in [{lo:g}, {hi:g}]{hint}")
         a = np.where(is_test, TEST, TRAIN).astype(np.int8)
-        params.update(low=lo, high=hi)
+        params.update(low=lo, high=hi, energies="normalized" if normalized else "absolute")
     elif kind == "column":
         if not arg or arg not in lab.spectra.metadata.column_names:
             raise ParameterError(f"column split: no metadata column {arg!r}")

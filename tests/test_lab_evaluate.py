@@ -495,3 +495,19 @@ def test_collision_energy_text(text, want):
 
     got = _parse_ce(text)
     assert (np.isnan(got) if want is None else got == want)
+
+
+def test_normalized_collision_energies_binned_apart():
+    """NCE % (MassBank's "30 % (nominal)", "NCE 35") is not an energy in eV: its bins are its own, from the
+    text or from a ``ce_unit`` column; an unknown energy is "unknown" either way."""
+    from fastspec.baseline import LabData
+
+    texts = ["30 % (nominal)", "35 (nominal)", "NCE 35", "30 eV", "30", "45V", None, "normalized 50"]
+    sp = Spectra.from_arrays([[100.0]] * 8, [[1.0]] * 8, metadata={"collision_energy": texts})
+    lab = LabData.build(sp)
+    assert lab.ce_bin == ["NCE 20-40", "NCE 20-40", "NCE 20-40", "20-40", "20-40", "40-60", "unknown", "NCE 40-60"]
+    assert lab.counts["n_ce_normalized"] == 4 and lab.take(np.array([2, 3])).ce_normalized.tolist() == [True, False]
+    unit = Spectra.from_arrays([[100.0]] * 3, [[1.0]] * 3,
+                               metadata={"ce_min": [30.0, 30.0, None], "ce_max": [40.0, 40.0, None],
+                                         "ce_unit": ["%", "eV", "%"]})
+    assert LabData.build(unit).ce_bin == ["NCE 20-40", "20-40", "unknown"]

@@ -144,9 +144,23 @@ def test_condition_splits(lab):
     a = make_split(lab, "adduct:[M+Na]+")
     assert {lab.adduct[i] for i in a.test} == {"[M+Na]+"}
 
-    c = make_split(lab, "ce:30-45")
-    assert ((lab.ce[c.test] >= 30) & (lab.ce[c.test] <= 45)).all()
-    assert not ((lab.ce[c.train] >= 30) & (lab.ce[c.train] <= 45)).any()
+    # normalized (NCE %) and absolute energies are binned and split apart: a third of MassBank gives NCE %
+    norm = lab.ce_normalized
+    assert 0.1 < norm.mean() < 0.9 and lab.counts["n_ce_normalized"] == int((norm & ~np.isnan(lab.ce)).sum())
+    assert all(b.startswith("NCE ") == (n and not np.isnan(e)) for b, n, e in zip(lab.ce_bin, norm, lab.ce))
+    in_range = (lab.ce >= 30) & (lab.ce <= 45)
+    for arg, kind in (("ce:30-45", False), ("ce:30-45eV", False), ("ce:30-45%", True), ("ce:30%-45%", True),
+                      ("ce:30-45nce", True)):
+        c = make_split(lab, arg)
+        assert (in_range[c.test] & (norm[c.test] == kind)).all()
+        assert not (in_range[c.train] & (norm[c.train] == kind)).any() and c.params["energies"] == (
+            "normalized" if kind else "absolute")
+    with pytest.raises(ParameterError, match="mixes"):
+        make_split(lab, "ce:30%-45eV")
+    # a range no energy of the asked kind falls in names those of the other kind
+    only_norm = lab.take(np.flatnonzero(norm))
+    with pytest.raises(ParameterError, match=r"normalized energy in that range \(write ce:30-45%\)"):
+        make_split(only_norm, "ce:30-45")
 
     d = make_split(lab, "instrument:LC-ESI-QTOF", molecule_disjoint=True)
     tr, te = _sides(d, lab.mol)

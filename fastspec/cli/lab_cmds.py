@@ -94,7 +94,7 @@ def _split_files(specs) -> list[str]:
 @click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
 @click.option("--queries", type=click.Path(dir_okay=False), default=None, help="External test set searched against the whole library.")
 @click.option("--split", "split_spec", default="random", show_default=True,
-              help="random|inchikey|formula|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
+              help="random|inchikey|formula|scaffold|instrument:V|adduct:V|ce:LOW-HIGH[%]|column:NAME|file:PATH|l2s")
 @_split_options
 @_search_options
 @click.option("--shuffle-intensities", is_flag=True, default=None, help="Control: permute intensities within each spectrum.")
@@ -157,7 +157,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 @click.command("split")
 @click.option("--library", "-l", required=True, type=click.Path(dir_okay=False), help="Labelled library (any readable format).")
 @click.option("--split", "split_spec", default="random", show_default=True,
-              help="random|inchikey|formula|scaffold|instrument:V|adduct:V|ce:LOW-HIGH|column:NAME|file:PATH|l2s")
+              help="random|inchikey|formula|scaffold|instrument:V|adduct:V|ce:LOW-HIGH[%]|column:NAME|file:PATH|l2s")
 @_split_options
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="l2s: similarity of the NN predictor.")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None, help="l2s: NN predictor preset.")

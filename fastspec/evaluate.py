@@ -41,6 +41,11 @@ Report keys (:data:`REPORT_KEYS`, stable):
     seeded.
 ``config``, ``split_profile``
     The full configuration and the split profile (:func:`fastspec.splits.profile_between`).
+``labels``
+    How the labels were read, per side (``library``; ``queries`` with an external test set), over the
+    spectra read before the ion-mode filter: spectra without a molecule key, molecules keyed from the
+    SMILES, formulas missing or derived from the SMILES / InChI, normalized (NCE %) collision energies
+    (:attr:`fastspec.baseline.LabData.counts`).
 ``n_fallback``, ``excluded``, ``score_hist``, ``examples``, ``timing``
     Predictions from the fallback search; exclusion counts (test / train spectra without a usable molecule,
     and the library's and queries' records the reader rejected); top-1 score histograms for same vs
@@ -90,6 +95,7 @@ REPORT_KEYS = (
     "leakage_spectra",
     "n_fallback",
     "excluded",
+    "labels",
     "groups",
     "ci",
     "score_hist",
@@ -353,6 +359,10 @@ class Evaluation:
         self.unreadable = {"library_records_rejected": sum(lib_rejected.values()),
                            "query_records_rejected": sum(q_rejected.values())}
         self.timing["labels"] = time.perf_counter() - t0
+        # LabData.counts: how the labels were read (before the ion-mode filter; take() keeps them)
+        self.label_counts = {"library": dict(self.lib.counts)}
+        if queries is not None:
+            self.label_counts["queries"] = dict(self.qlab.counts)
         self.log(f"labels: {len(self.lib)} library spectra{rejected_note(lib_rejected)}"
                  + (f", {len(self.qlab)} queries{rejected_note(q_rejected)}" if queries is not None else ""))
 
@@ -557,6 +567,7 @@ class Evaluation:
             "leakage_spectra": self.leakage_spectra,
             "n_fallback": int(res.fallback.sum()),
             "excluded": dict(self.excluded),
+            "labels": {side: dict(c) for side, c in self.label_counts.items()},
         }
         rep["groups"] = self._groups(scored, covered, tani, exact)
         cl = np.unique(tcode, return_inverse=True)[1].ravel()

@@ -198,7 +198,24 @@ def _summary(evals) -> list[Block]:
                    "the split set aside (no molecule key, for the molecule-grouped splits), then test and training spectra "
                    "left out for no molecule or an unparsable structure; none of them is in `n_test`."),
         Block("table", header=header, rows=rows),
-    ]
+    ] + _labels_note(evals)
+
+
+def _labels_note(evals) -> list[Block]:
+    """One line per distinct label reading (library, external queries): what was derived rather than read."""
+    lines = []
+    for label, r in evals:
+        for side, c in (r.get("labels") or {}).items():
+            text = (f"{side}: {_f(c.get('n_spectra'))} spectra read, {_f(c.get('n_no_molecule'))} without a molecule "
+                    f"key ({_f(c.get('n_molecule_from_smiles'))} keyed from their SMILES), {_f(c.get('n_no_formula'))} "
+                    f"without a formula ({_f(c.get('n_formula_from_smiles'))} formulas derived from the SMILES, "
+                    f"{_f(c.get('n_formula_from_inchi'))} from the InChI), {_f(c.get('n_ce_normalized'))} normalized "
+                    f"(NCE %) collision energies")
+            if text not in lines:
+                lines.append(text)
+    if not lines:
+        return []
+    return [Block("p", "Labels, before the ion-mode filter: " + "; ".join(lines) + ".")]
 
 
 def _profiles(evals) -> list[Block]:
@@ -219,7 +236,8 @@ def _profiles(evals) -> list[Block]:
     out = [Block("h", "Split profiles", 2),
            Block("p", "`molecule_overlap`: share of test molecules also in training; `unseen_formula`: share of test spectra "
                       "whose formula (and polarity) has no training spectrum; TVD: total-variation distance between the train "
-                      "and test distributions of instrument type, adduct and collision-energy bin."),
+                      "and test distributions of instrument type, adduct and collision-energy bin (normalized "
+                      "energies, NCE %, binned apart from absolute ones)."),
            Block("table", header=header, rows=rows)]
     for label, r in evals:
         info = (r.get("split_profile") or {}).get("split_info") or {}

@@ -169,6 +169,8 @@ def test_ablate_and_report(library, tmp_path):
     assert "excluded (split / test / train)" in text
     summary = [ln for ln in text.splitlines() if ln.startswith("| inchikey |")]
     assert summary and summary[0].split(" | ")[3].count("/") == 2
+    # how the labels were read (formulas derived, normalized energies), once per library
+    assert text.count("Labels, before the ion-mode filter: library: ") == 1
     figs = list((tmp_path / "rep" / "report_figures").glob("*.png"))
     assert figs and all(f.stat().st_size < 200_000 for f in figs)
     h = html.read_text()

@@ -29,6 +29,7 @@ FROZEN_REPORT_KEYS = (
     "leakage_spectra",
     "n_fallback",
     "excluded",
+    "labels",
     "groups",
     "ci",
     "score_hist",
@@ -100,6 +101,10 @@ def test_metrics_skip_policy_by_hand():
     r = run("skip")
     assert tuple(r) == FROZEN_REPORT_KEYS
     assert r["n_test"] == 4 and r["n_scored"] == 2
+    # how the labels were read: every formula was written, none derived; energies are absolute
+    assert r["labels"] == {"library": {"n_spectra": 7, "n_no_molecule": 0, "n_molecule_from_smiles": 7,
+                                       "n_no_formula": 0, "n_formula_from_smiles": 0, "n_formula_from_inchi": 0,
+                                       "n_ce_normalized": 0}}
     assert r["coverage"] == pytest.approx(0.5)
     assert r["mean_tanimoto"] == pytest.approx((1 + t_eo) / 2)
     assert r["mean_tanimoto_all"] == pytest.approx((1 + t_eo) / 4)
@@ -173,6 +178,7 @@ def test_external_queries_leakage():
     assert r["leakage"] == pytest.approx(2 / 3)
     assert r["ci"] == {}
     assert r["config"]["split"] == "queries"
+    assert (r["labels"]["library"]["n_spectra"], r["labels"]["queries"]["n_spectra"]) == (3, 4)
 
 
 def test_a_library_file_without_spectra_says_so(tmp_path):

@@ -321,7 +321,13 @@ def _groups(first: tuple[str, dict]) -> list[Block]:
     for field, groups in (r.get("groups") or {}).items():
         rows = [[v, _f(g["n_test"]), _f(g["coverage"]), _f(g["mean_tanimoto"]), _f(g["mean_tanimoto_all"]), _f(g["exact_match_rate"])]
                 for v, g in list(groups.items())[:8]]
-        out += [Block("h", field, 3), Block("table", header=[field, "n_test", "coverage", "mean_tanimoto", "mean_tanimoto_all", "exact"], rows=rows)]
+        out.append(Block("h", field, 3))
+        rest = int(r.get("n_test") or 0) - sum(int(g["n_test"]) for g in list(groups.values())[:len(rows)])
+        if rest > 0:  # say what the table leaves out (the JSON report keeps the 20 most frequent values)
+            out.append(Block("p", f"The {len(rows)} most frequent values; the others hold {rest:,} test spectra "
+                                  "(the JSON report lists up to 20 values)."))
+        out.append(Block("table", header=[field, "n_test", "coverage", "mean_tanimoto", "mean_tanimoto_all", "exact"],
+                         rows=rows))
     return out
 
 

@@ -422,9 +422,9 @@ def _spectrum_table(path: str, fmt_name: str) -> bool:
 
             names = pq.read_schema(path).names
         else:
-            from fastspec.io.tsv import _header, _unquote_name
+            from fastspec.io.tsv import header_names
 
-            names = [_unquote_name(n) for n in _header(path)]
+            names = header_names(path)
     except (FastspecError, OSError, pa.ArrowException):
         return True
     try:

@@ -671,16 +671,18 @@ def test_reading_from_a_pipe(tmp_path):
     import os
     import threading
 
-    text = "BEGIN IONS\nTITLE=a\nPEPMASS=200\n100 1\nEND IONS\n"
-    for data in (text.encode(),):
+    mgf = "BEGIN IONS\nTITLE=a\nPEPMASS=200\n100 1\nEND IONS\n"
+    # TSV: its header and rows come from one stream (it was opened twice, and the header read used the pipe up)
+    tsv = "\n\nid\tmzs\tintensities\tprecursor_mz\na\t100\t1\t200\n"
+    for fmt, data in (("mgf", mgf.encode()), ("tsv", tsv.encode())):
         fifo = tmp_path / "pipe"
         os.mkfifo(fifo)
         t = threading.Thread(target=lambda: fifo.write_bytes(data))
         t.start()
-        s = fio.read(str(fifo), format="mgf")
+        s = fio.read(str(fifo), format=fmt)
         t.join()
         fifo.unlink()
-        assert len(s) == 1 and s[0].mz.tolist() == [100] and s.column("id") == ["a"]
+        assert len(s) == 1 and s[0].mz.tolist() == [100] and s.column("id") == ["a"], fmt
 
 
 def test_a_pipe_without_format_is_refused_not_half_read(tmp_path):

@@ -26,26 +26,25 @@ from fastspec.spectra import Spectra
 REASON_FIELDS = "wrong number of fields"
 
 
-def _header(path: str) -> list[str]:
-    from fastspec.io._common import open_binary
-
-    f, _ = open_binary(path)
-    try:
-        first = b""
-        for line in f:
-            if line.strip():
-                first = line
-                break
-    except (OSError, EOFError) as e:
-        raise FastspecError(f"{path}: cannot read: {e}") from e
-    finally:
-        f.close()
+def _header(first: bytes, path: str) -> list[str]:
+    """Column names of the header line ``first`` (b"" for a file without one)."""
     if not first:
         raise FastspecError(f"{path}: empty file (no header line)")
     if first.startswith(b"\xef\xbb\xbf"):
         first = first[3:]
     names = first.decode("utf-8", "replace").rstrip("\r\n").split("\t")
     return [n.strip() for n in names]
+
+
+def header_names(path: str) -> list[str]:
+    """Column names of a TSV file's header (unquoted), read from the file's first non-blank line."""
+    text = _CleanUtf8(path)
+    try:
+        return [_unquote_name(n) for n in _header(text.header(), path)]
+    except EOFError as e:
+        raise FastspecError(f"{path}: cannot read: {e}") from e
+    finally:
+        text.close()
 
 
 def _unquote_name(name: str) -> str:
@@ -82,10 +81,26 @@ class _CleanUtf8:
 
         self._f, _ = open_binary(path)
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._ahead = b""  # what header() read, given back by read(): a pipe can be read only once
         self.closed = False
 
+    def header(self) -> bytes:
+        """The first non-blank line (b"" if none); the lines up to it are still read by :meth:`read`."""
+        while True:
+            line = self._f.readline()
+            self._ahead += line
+            if not line or line.strip():
+                return line
+
     def read(self, n: int = -1) -> bytes:
-        raw = self._f.read(n if n is not None and n >= 0 else -1)
+        want = n if n is not None and n >= 0 else -1
+        raw, self._ahead = self._ahead, b""
+        if want < 0:
+            raw += self._f.read()
+        elif len(raw) < want:
+            raw += self._f.read(want - len(raw))
+        elif len(raw) > want:  # (the parser asks for whole blocks: not expected)
+            raw, self._ahead = raw[:want], raw[want:]
         return self._dec.decode(raw, final=not raw).encode("utf-8")
 
     def readable(self) -> bool:
@@ -104,11 +119,20 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     """Spectra of a TSV file, in batches (about ``chunk_size`` rows when given)."""
     import pyarrow.csv as pcsv
 
-    raw_names = _header(path)
-    names = [_unquote_name(n) for n in raw_names]
-    mz_name, in_name = find_peak_columns(names, path)
-    if len(set(names)) != len(names):
-        raise FastspecError(f"{path}: repeated column names in the header")
+    # one stream for the header and the rows: a pipe (/dev/stdin, <(...)) cannot be opened twice
+    text = _CleanUtf8(path)
+    try:
+        try:
+            raw_names = _header(text.header(), path)
+        except (OSError, EOFError) as e:
+            raise FastspecError(f"{path}: cannot read: {e}") from e
+        names = [_unquote_name(n) for n in raw_names]
+        mz_name, in_name = find_peak_columns(names, path)
+        if len(set(names)) != len(names):
+            raise FastspecError(f"{path}: repeated column names in the header")
+    except BaseException:
+        text.close()
+        raise
     invalid: list[tuple[int | None, str]] = []
 
     def on_invalid(row) -> str:
@@ -120,10 +144,11 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     popts = pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid)
     copts = pcsv.ConvertOptions(column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False,
                                 quoted_strings_can_be_null=False)
+    stream = pa.PythonFile(text, mode="r")
     try:
-        stream = pa.PythonFile(_CleanUtf8(path), mode="r")
         reader = pcsv.open_csv(stream, read_options=ropts, parse_options=popts, convert_options=copts)
     except (pa.ArrowInvalid, OSError) as e:
+        stream.close()
         raise FastspecError(f"{path}: not a readable TSV file: {e}") from e
     # Rows that do not split into the header's fields are reported by pyarrow while it parses a block,
     # ahead of the rows before them: each is counted once the rows before it are, at its place among the

@@ -203,8 +203,10 @@ def run_faiss(ctx: _Context, rows, scores, indices, matches):
     """FAISS proposes ``n_candidates`` spectra per query; they are filtered and scored exactly."""
     cfg = ctx.cfg
     n_cand = int(cfg.n_candidates or max(50 * cfg.k, 500))
+    # the build's nprobe (faiss_params={"nprobe": ...}, recorded in the manifest) unless the search sets one
+    nprobe = cfg.nprobe or ((ctx.lib.manifest.get("build") or {}).get("faiss") or {}).get("nprobe")
     for batch in _batches(rows, 4096):
-        offs, ids = faiss_candidates(ctx, batch, n_cand, cfg.nprobe)
+        offs, ids = faiss_candidates(ctx, batch, n_cand, nprobe)
         s, i, m = ctx.exact(batch, offs, ids)
         scores[batch], indices[batch], matches[batch] = s, i, m
         ctx.advance(batch.shape[0])

@@ -860,6 +860,22 @@ def test_faiss_index_round_trip(subsets, tmp_path):
         Library.open(lib.path)
 
 
+def test_faiss_search_takes_the_builds_nprobe(subsets, tmp_path, monkeypatch):
+    """``faiss_params={"nprobe": n}`` at build time is the engine's default nprobe (it was recorded in the
+    manifest and then ignored: searches probed 16 lists); a search's own ``nprobe`` wins."""
+    from fastspec import vectors
+
+    lib = Library.build(subsets[0][:400], tmp_path / "n.fastspec", faiss=True,
+                        faiss_params={"flat_below": 0, "nlist": 16, "nprobe": 3})
+    asked = []
+    real = vectors.faiss_search
+    monkeypatch.setattr(vectors, "faiss_search", lambda *a, **kw: asked.append(kw.get("nprobe")) or real(*a, **kw))
+    q = subsets[1][:5]
+    lib.search(q, k=3, mode="open", engine="faiss")
+    lib.search(q, k=3, mode="open", engine="faiss", nprobe=7)
+    assert asked == [3, 7]
+
+
 def test_round_trip_with_default_preprocessing(subsets, tmp_path):
     """The stored peaks are the input after the recorded pipeline; reopened, the pipeline is the same."""
     from fastspec.library import apply_pipeline

@@ -108,8 +108,8 @@ class Hits:
 
     @property
     def skipped(self) -> np.ndarray:
-        """Queries not searched (rejected by the reader, no peaks, MS1, no precursor in identity mode, no
-        formula or no formula neighbour with skip)."""
+        """Queries not searched: rejected by the reader, no peaks, MS1 or MSn records, no precursor (identity
+        and neutral-loss modes), no formula or no same-formula neighbour (formula mode with ``skip``)."""
         return np.isin(self.status, [NO_PEAKS, MS1, MSN, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED, NO_FORMULA, REJECTED])
 
     def __repr__(self) -> str:
@@ -254,7 +254,7 @@ class Hits:
         write_atomically(path, lambda p: self._write_csv(p, delimiter))
 
     def write(self, path: "str | Path") -> None:
-        """Write by extension: ``.parquet``, ``.tsv`` / ``.tab`` or ``.csv``.
+        """Write by extension: ``.parquet`` / ``.pq``, ``.tsv`` / ``.tab`` / ``.txt`` or ``.csv``.
 
         Written to a temporary sibling and renamed into place, so an interrupted write never leaves a
         truncated table where a previous one was.

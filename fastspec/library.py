@@ -55,7 +55,10 @@ Layout (all arrays ``.npy``, memory-mapped on open; see :mod:`fastspec._indexfmt
                                                lazily, only the columns and row groups needed
 ``inputs.parquet``                             the input files (path bytes, records, source) in input
                                                order (optional: older indexes did not record them)
-``faiss.index``                                optional IVF index over hashed spectrum vectors
+``input_index``                                int64 position of each library row among the input
+                                               records, rejected ones included (``Library.input_index``)
+``faiss.index``                                optional FAISS index over hashed spectrum vectors: IVF
+                                               (SQ8), or flat below ``flat_below`` (20,000) spectra
 ``faiss_theta.index``                          next to a non-flat ``faiss.index`` of 1,000+ spectra: a
                                                4-bit PQ fast-scan IVF of the same vectors, for the
                                                first thresholds of open / analog / hybrid search
@@ -675,8 +678,9 @@ class Library:
 
         Parameters
         ----------
-        spectra_or_paths : Spectra, list of matchms ``Spectrum``, path or list of paths
-            Anything :func:`fastspec.io.read` accepts, or Spectra.
+        spectra_or_paths : Spectra, list of matchms ``Spectrum``, path, directory or list of paths
+            Anything :func:`fastspec.io.read` accepts, or Spectra; a directory stands for the spectrum files
+            in it (other files are skipped and counted).
         path : str or PathLike
             Index directory to create (e.g. ``lib.fastspec``). Written atomically: a temporary sibling
             directory is renamed into place when everything is written.
@@ -684,7 +688,9 @@ class Library:
             Peak preprocessing applied to the library (and, at search time, to the queries);
             ``None`` keeps the peaks as read (only invalid peaks dropped: see :func:`apply_pipeline`).
         faiss : bool
-            Also build a FAISS IVF index over hashed spectrum vectors (for ``engine="faiss"``).
+            Also build a FAISS index over hashed spectrum vectors (``engine="faiss"``, and the first
+            thresholds of open, analog and hybrid search): IVF with SQ8 codes, or an exhaustive flat index
+            below ``flat_below`` spectra.
         on_error : {"skip", "raise"}
             Unreadable records are skipped and counted, or raise.
         threads : int, optional
@@ -693,6 +699,11 @@ class Library:
             tqdm progress on stderr (default: only when stderr is a terminal).
         overwrite : bool
             Replace an existing index at ``path``.
+        faiss_params : dict, optional
+            FAISS options (:data:`fastspec.vectors.DEFAULTS`): ``dim`` (256), ``bin_width`` (1.0 Da),
+            ``offset``, ``intensity_power`` (0.5), ``index`` (``"IVF{nlist},SQ8"``), ``nlist`` (~sqrt(n)),
+            ``n_train``, ``nprobe`` (16: the engine's default), ``seed``, ``flat_below`` (20,000),
+            ``theta_index``, ``theta_nlist``; unknown names raise ParameterError.
         allow_empty : bool
             With False, input whose every record is rejected raises instead of writing an empty library
             (``fastspec index``: a wrong file, not a library to append to later).
@@ -753,6 +764,13 @@ class Library:
     def open(cls, path: "str | os.PathLike", *, verify: bool = False) -> "Library":
         """Open an index directory (cheap: manifest, file sizes and edge checksums).
 
+        Parameters
+        ----------
+        path : str or PathLike
+            The index directory (``lib.fastspec``).
+        verify : bool
+            Also check every file's full checksum (:meth:`verify`; reads the whole index).
+
         Raises
         ------
         IndexFormatError
@@ -783,6 +801,22 @@ class Library:
         """Add spectra (preprocessed with the library's recorded pipeline); rebuilds the index atomically.
 
         New spectra get the next library rows. Returns ``self``, refreshed.
+
+        Parameters
+        ----------
+        spectra_or_paths : Spectra, list of matchms ``Spectrum``, path, directory or list of paths
+            As for :meth:`build`.
+        on_error : {"skip", "raise"}
+            Unreadable records are skipped and counted (added to the index's rejected counts), or raise.
+        threads : int, optional
+            numba / faiss threads.
+        progress : bool, optional
+            tqdm progress on stderr (default: only when stderr is a terminal).
+
+        Raises
+        ------
+        IndexFormatError
+            The index changed on disk since it was opened, or another append is running on it.
         """
         prog = _Progress(progress, total=7, desc="append")
         # held until the rebuilt index is in place: another append (or rebuild) started meanwhile from the
@@ -1319,7 +1353,8 @@ class Library:
         Returns
         -------
         dict
-            ``n_queries``, ``n_with_hits``, ``n_skipped`` and the table's ``params``.
+            ``n_queries``, ``n_with_hits``, ``n_skipped``, ``skipped_by_status`` (e.g. ``{"no_peaks": 7}``)
+            and the table's ``params`` (see :func:`fastspec.stream.search_to_file`).
         """
         from fastspec.stream import search_to_file
 

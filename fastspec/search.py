@@ -90,7 +90,7 @@ def search(
     Parameters
     ----------
     library : Library
-    queries : Spectra, one spectrum (``spectra[i]``), a list of matchms ``Spectrum``, path or list of paths
+    queries : Spectra, one spectrum (``spectra[i]``), a list of matchms ``Spectrum``, path, directory or list of paths
         Preprocessed with the library's recorded pipeline before scoring.
     k : int
         Hits per query.
@@ -121,7 +121,7 @@ def search(
         Formula mode: the queries' formulas (default: their ``formula`` metadata).
     no_neighbour : {"skip", "fallback", "empty"}
         Formula mode, query without a same-formula library spectrum: ``skip`` -> a row with status
-        ``no_neighbour``; ``fallback`` -> search every library spectrum of the same polarity (``fallback``
+        ``no_neighbour`` (``no_formula`` when the query has no formula at all); ``fallback`` -> search every library spectrum of the same polarity (``fallback``
         flag set); ``empty`` -> a row with status ``no_hit``.
     same_adduct, same_charge, same_instrument : bool
         Keep only library spectra with the query's adduct / charge / instrument type (when the query's is known;
@@ -134,8 +134,14 @@ def search(
         Minimum matched peaks of a hit (a hit always has at least one).
     min_score : float
         Minimum score of a hit.
+    nprobe : int, optional
+        ``engine="faiss"``: inverted lists visited (default: the build's ``faiss_params["nprobe"]``, 16).
+    n_candidates : int, optional
+        ``engine="faiss"``: candidates rescored exactly per query (default: ``max(50 k, 500)``).
     on_error : {"skip", "raise"}
         Unreadable query records (when ``queries`` are paths).
+    progress : bool, optional
+        A tqdm bar on stderr (default: for large searches when stderr is a terminal).
     mz_power, intensity_power, **metric_params
         Passed to :func:`fastspec.similarity.prepare` (cosine family; unknown names raise ParameterError).
         Entropy metrics score the library's stored (preprocessed) peaks and the queries after the same

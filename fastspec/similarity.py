@@ -516,8 +516,12 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     ----------
     a : Spectra or Prepared, n spectra (rows)
     b : Spectra or Prepared, m spectra (columns); ``None`` means ``a``
+    metric, tolerance, mz_power, intensity_power, **params
+        See :func:`prepare` (metric default ``"cosine"``), as for :func:`score_pairs`.
     k : int, optional
         Keep the best ``k`` columns per row; never allocates n x m.
+    threads : int, optional
+        Numba threads (default: ``NUMBA_NUM_THREADS``).
     min_matches, min_score
         Top-k only: minimum matched peaks and score for a column to be listed.
 

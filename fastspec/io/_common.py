@@ -85,11 +85,15 @@ class ReadReport:
         Spectra kept with repeated m/z values.
     warnings : dict
         Other counted oddities (``"num_peaks mismatch"``, ``"num_peaks unreadable"``, ``"lines outside records"``,
-        ``"bad precursor_mz"``, ``"ms level != 2 skipped"`` ...).
+        ``"bad precursor_mz"``, ``"spectra with ms level != 2 skipped"`` ...).
     files : list of ReadReport
         Per-file reports when several paths were read.
     seconds : float
         Wall time of the read.
+    rejected_records : list of int
+        0-based position among all records read of every rejected record, in rejection order.
+    rejected_ids : list of str or None
+        The id of each of ``rejected_records`` (None when it has none or the reader did not get that far).
     """
 
     path: Any = None

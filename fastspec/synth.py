@@ -7,6 +7,13 @@ Two generators share one perturbation model (:func:`perturb`):
   is one molecule at one adduct, collision energy and instrument. Molecules in one formula bucket
   (isomers) and mass-neighbour "analogs" inherit part of a parent's fragments (shifted by the mass
   difference above a cut), so identity, formula, open and analog search all have meaningful answers.
+  Its shapes are set against MassBank (the ``_POOL`` ... ``_TOP_PEAKS`` constants;
+  ``bench/synth_realism.py`` compares them): pools grow faster than the molecule's mass, so small
+  molecules give few peaks; abundances are skewed, so a few peaks hold most of the intensity; the
+  precursor ion dominates at low energy; molecules share common neutral losses (H2O, NH3, CO2, ...) and
+  fragment ions (tropylium, phenyl, ...); some records keep only their few strongest peaks and some
+  carry scores of noise peaks; spectra per molecule vary as much as MassBank's (one spectrum for ~15%
+  of molecules at its ratio).
 * **Grown from a real library** (``seed_library=``): every output spectrum is a perturbed copy of a
   real spectrum (m/z jitter of a few ppm, intensity noise, a collision-energy-like tilt of the
   intensities, dropped and added peaks) with a new id and the source's metadata.
@@ -281,10 +288,10 @@ def _molecules(rng: np.random.Generator, m: int, polarity: str) -> dict:
     keys = rng.exponential(size=(m, len(names))) / w
     rank_pos = np.argsort(np.where(pos, keys, np.inf), axis=1, kind="stable")[:, : int(pos.sum())]
     rank_neg = np.argsort(np.where(~pos, keys, np.inf), axis=1, kind="stable")[:, : int((~pos).sum())]
-    pool = _fragment_pools(rng, mmass, parent)
+    pool = _fragment_pools(rng, mmass, parent, counts[formula_of])
     return dict(m=m, counts=counts, formula_of=formula_of, mass=mmass, parent=parent, pol_set=pol_set,
                 rank_pos=rank_pos.astype(np.int8), rank_neg=rank_neg.astype(np.int8),
-                prec_abund=rng.lognormal(0.0, 1.0, m), **pool)
+                prec_abund=rng.lognormal(*_PREC_ABUND, m), **pool)
 
 
 def _formulas(rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray]:
@@ -294,9 +301,9 @@ def _formulas(rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray]
     """
     sizes = []
     total = 0
-    max_bucket = int(np.clip(m // 400, 8, 150))
+    max_bucket = int(np.clip(m // _BUCKET_CAP_PER, 8, 300))
     while total < m:
-        s = np.minimum(rng.zipf(2.4, size=max(16, m // 2)), max_bucket)
+        s = np.minimum(rng.zipf(_BUCKET_ZIPF, size=max(16, m // 2)), max_bucket)
         sizes.append(s)
         total += int(s.sum())
     sizes = np.concatenate(sizes)
@@ -317,6 +324,49 @@ def _formulas(rng: np.random.Generator, m: int) -> tuple[np.ndarray, np.ndarray]
 
 #: Neutral-mass distribution of the molecules' formulas (lognormal; Da): median and log-sigma.
 _MASS_MEDIAN, _MASS_SIGMA = 300.0, 0.42
+
+# Realism knobs of the pure synthetic mode, set against MassBank (64k spectra; bench/synth_realism.py
+# and bench/results/synth_realism.md): peaks per spectrum and their growth with the precursor mass,
+# how concentrated the intensity is, precursor-dominated spectra, shared fragments and losses, spectra
+# per molecule, adducts and formula buckets.
+#: fragment pool per molecule: lognormal around A * (M / 300) ** B, log-sigma C
+_POOL = (11.0, 3.0, 1.4)
+#: log-sigma of the fragments' base abundances (larger: fewer peaks hold most of the intensity)
+_ABUND_SIGMA = 2.3
+#: width (normalised energy) of a fragment's intensity window around its best energy
+_ENERGY_WIDTH = 0.4
+#: the precursor ion's abundance (lognormal mu, sigma) and its decay with normalised energy exp(-k e)
+_PREC_ABUND = (6.0, 1.8)
+_PREC_DECAY = 12.0
+#: no fragment below this neutral mass (Da): instruments' low-mass cut-off
+_MIN_FRAGMENT = 38.0
+#: neutral losses (Da), the share of molecules showing each, and the CHNOPS atoms it needs
+_LOSSES = (
+    (18.010565, 0.28, (0, 2, 0, 1, 0, 0)),   # H2O
+    (17.026549, 0.25, (0, 3, 1, 0, 0, 0)),   # NH3
+    (27.994915, 0.12, (1, 0, 0, 1, 0, 0)),   # CO
+    (43.989829, 0.15, (1, 0, 0, 2, 0, 0)),   # CO2
+    (46.005479, 0.15, (1, 2, 0, 2, 0, 0)),   # HCOOH
+    (32.026215, 0.05, (1, 4, 0, 1, 0, 0)),   # CH3OH
+    (28.031300, 0.05, (2, 4, 0, 0, 0, 0)),   # C2H4
+)
+#: common fragment ions (m/z of the protonated ion), most common first, and their mean number per molecule
+_COMMON_IONS = (65.03860, 91.05423, 77.03858, 105.07042, 79.05423, 55.05423, 93.06988, 107.04914, 69.06988,
+                57.06988, 95.08553, 81.06988, 119.04914, 67.05423, 121.06479, 115.05423, 128.06205, 130.06513,
+                144.08078, 152.06205, 165.06988, 58.06513, 72.08078, 86.09643, 84.08078, 98.09643, 145.06479)
+_COMMON_PER_MOLECULE = 8.0
+#: spectra per molecule: gamma weights of this shape (1 / sqrt(shape) is their coefficient of variation)
+_PER_MOLECULE_SHAPE = 0.65
+#: a spectrum takes its molecule's r-th preferred adduct with probability p (1-p)^r
+_ADDUCT_RANK_P = 0.88
+#: isomers per formula: Zipf exponent, and the largest bucket m // this (within 8-300)
+_BUCKET_ZIPF, _BUCKET_CAP_PER = 2.7, 250
+#: detection threshold per spectrum, relative to the base peak (log-uniform between these)
+_DETECT = (0.003, 0.05)
+#: log-sigma of the per-spectrum rate of noise peaks (median 1)
+_NOISE_SIGMA = 2.0
+#: share of records that keep only their strongest peaks, and p of the geometric number they keep
+_TOP_PEAKS = (0.2, 0.3)
 
 
 def _unique_formulas(rng: np.random.Generator, n_f: int) -> np.ndarray:
@@ -404,25 +454,29 @@ def _parents(rng: np.random.Generator, formula_of: np.ndarray, mass: np.ndarray)
     return parent
 
 
-def _fragment_pools(rng: np.random.Generator, mass: np.ndarray, parent: np.ndarray) -> dict:
+def _fragment_pools(rng: np.random.Generator, mass: np.ndarray, parent: np.ndarray, counts: np.ndarray) -> dict:
     """Per-molecule fragment pools (CSR over molecules, sorted by neutral fragment mass).
 
-    Each fragment has a neutral mass ``f`` (< M), a base abundance and the normalised collision energy
-    at which it is most intense (small fragments need more energy). Children inherit ~60% of their
-    parent's own fragments; those above a random cut carry the modification and shift by the mass
-    difference.
+    Each fragment has a neutral mass ``f`` (``_MIN_FRAGMENT`` <= f < M), a base abundance and the
+    normalised collision energy at which it is most intense (small fragments need more energy). Pools
+    grow faster than linearly with the molecule's mass (``_POOL``): small molecules give few peaks.
+    Children inherit ~60% of their parent's own fragments; those above a random cut carry the
+    modification and shift by the mass difference. Besides its own fragments a molecule may lose a
+    common neutral (``_LOSSES``: M - H2O, ...; strong at low energy) and show common fragment ions
+    (``_COMMON_IONS``: tropylium, phenyl, ...), which real libraries share across molecules. ``counts``:
+    each molecule's CHNOPS counts (losses need their atoms).
     """
     m = mass.shape[0]
     has_parent = parent >= 0
-    k = rng.lognormal(np.log(20.0 * (mass / 300.0) ** 0.5), 1.0)
+    k = rng.lognormal(np.log(_POOL[0] * (mass / 300.0) ** _POOL[1]), _POOL[2])
     k = np.where(has_parent, 0.6 * k, k)
-    k = np.clip(np.rint(k), 3, 1500).astype(np.int64)
+    k = np.clip(np.rint(k), 1, 300).astype(np.int64)
     own_mol = np.repeat(np.arange(m, dtype=np.int64), k)
     t = own_mol.shape[0]
     frac = rng.beta(2.0, 2.3, t)
-    nominal = np.maximum(np.rint(frac * mass[own_mol]), 14.0)
+    nominal = np.rint(frac * mass[own_mol])
     f = nominal * (1.0 + rng.uniform(-0.0002, 0.0009, t))
-    abund = rng.lognormal(0.0, 1.4, t)
+    abund = rng.lognormal(0.0, _ABUND_SIGMA, t)
     opt = np.clip(1.0 - frac + rng.normal(0.0, 0.25, t), -0.2, 1.4)
     own_off = np.zeros(m + 1, np.int64)
     np.cumsum(k, out=own_off[1:])
@@ -436,13 +490,29 @@ def _fragment_pools(rng: np.random.Generator, mass: np.ndarray, parent: np.ndarr
     pmass = mass[own_mol[pk]]
     shifted = f[pk] / pmass > cut[inh_mol]
     f_inh = f[pk] + np.where(shifted, mass[inh_mol] - pmass, 0.0)
-    mol_all = np.concatenate([own_mol, inh_mol])
-    f_all = np.concatenate([f, f_inh])
-    a_all = np.concatenate([abund, abund[pk] * rng.lognormal(0.0, 0.3, pk.shape[0])])
-    o_all = np.concatenate([opt, opt[pk]])
+    # common neutral losses (M - loss), each with its chance and the atoms it needs
+    loss_mol, loss_f = [], []
+    for (loss, chance, need) in _LOSSES:
+        has = np.all(counts >= np.asarray(need), axis=1) & (rng.random(m) < chance)
+        loss_mol.append(np.flatnonzero(has))
+        loss_f.append(mass[has] - loss)
+    loss_mol, loss_f = np.concatenate(loss_mol), np.concatenate(loss_f)
+    n_loss = loss_mol.shape[0]
+    # common fragment ions: a few per molecule, popular ones more often (Zipf-like weights)
+    ions = np.asarray(_COMMON_IONS) - _PROTON  # neutral masses: the adduct's fragment shift adds the charge
+    n_common = rng.poisson(_COMMON_PER_MOLECULE, m)
+    com_mol = np.repeat(np.arange(m, dtype=np.int64), n_common)
+    pop = 1.0 / np.arange(1, ions.shape[0] + 1) ** 0.5
+    com_f = ions[rng.choice(ions.shape[0], size=com_mol.shape[0], p=pop / pop.sum())]
+    mol_all = np.concatenate([own_mol, inh_mol, loss_mol, com_mol])
+    f_all = np.concatenate([f, f_inh, loss_f, com_f])
+    a_all = np.concatenate([abund, abund[pk] * rng.lognormal(0.0, 0.3, pk.shape[0]),
+                            rng.lognormal(1.0, 1.0, n_loss), rng.lognormal(0.5, 1.0, com_mol.shape[0])])
+    o_all = np.concatenate([opt, opt[pk], rng.normal(0.1, 0.15, n_loss),  # losses: gentle fragmentation
+                            np.clip(rng.normal(0.8, 0.25, com_mol.shape[0]), -0.2, 1.4)])
     order = np.lexsort((f_all, mol_all))
     mol_all, f_all, a_all, o_all = mol_all[order], f_all[order], a_all[order], o_all[order]
-    ok = (f_all >= 14.0) & (f_all < mass[mol_all] - 1.0)
+    ok = (f_all >= _MIN_FRAGMENT) & (f_all < mass[mol_all] - 1.0)
     # one fragment per 0.05 Da inside a molecule (keeps peaks of one spectrum apart)
     close = np.zeros(ok.shape[0], bool)
     close[1:] = (mol_all[1:] == mol_all[:-1]) & (np.diff(f_all) < 0.05)
@@ -457,13 +527,13 @@ def _spectrum_plan(rng: np.random.Generator, n: int, mol: dict) -> dict:
     """Per-spectrum molecule, adduct, instrument, collision energy, precursor and detection threshold."""
     m = mol["m"]
     # ~n/m spectra per molecule, heavy-ish spread, every molecule at least one
-    w = rng.gamma(2.0, 1.0, m)
+    w = rng.gamma(_PER_MOLECULE_SHAPE, 1.0, m)
     per = 1 + rng.multinomial(n - m, w / w.sum())
     smol = np.repeat(np.arange(m, dtype=np.int64), per)
     pol_set = mol["pol_set"][smol]
     negative = (pol_set == 1) | ((pol_set == 2) & (rng.random(n) < 0.35))
     names = list(ADDUCTS)
-    rank = np.minimum(rng.geometric(0.7, n) - 1, mol["rank_pos"].shape[1] - 1)
+    rank = np.minimum(rng.geometric(_ADDUCT_RANK_P, n) - 1, mol["rank_pos"].shape[1] - 1)
     add_pos = mol["rank_pos"][smol, rank]
     rank = np.minimum(rank, mol["rank_neg"].shape[1] - 1)
     add_neg = mol["rank_neg"][smol, rank]
@@ -481,10 +551,15 @@ def _spectrum_plan(rng: np.random.Generator, n: int, mol: dict) -> dict:
     delta = _precursor_deltas(names)[adduct]
     pmz = mult * mol["mass"][smol] + delta
     charge = np.where(negative, -1, 1).astype(np.int8)
-    thr = np.exp(rng.uniform(np.log(0.002), np.log(0.05), n))
-    noise = rng.gamma(1.0, 1.5, n)  # mean number of noise peaks (Poisson rate) per spectrum
+    thr = np.exp(rng.uniform(np.log(_DETECT[0]), np.log(_DETECT[1]), n))
+    # mean number of noise peaks (Poisson rate) per spectrum: most records few, some scores (MassBank's
+    # 95th percentile of peaks per spectrum is 92)
+    noise = np.minimum(rng.lognormal(0.0, _NOISE_SIGMA, n), 300.0)
+    # records that keep only their few strongest peaks (curated or low-resolution entries), noise-free
+    top = np.where(rng.random(n) < _TOP_PEAKS[0], rng.geometric(_TOP_PEAKS[1], n), 0)
+    noise[top > 0] = 0.0
     return dict(n=n, mol=smol, adduct=adduct, inst=inst, ce=ce, e_norm=e_norm, pmz=pmz, charge=charge,
-                thr=thr, noise=noise, names=names, inst_names=inst_names)
+                thr=thr, noise=noise, top=top, names=names, inst_names=inst_names)
 
 
 def _precursor_deltas(names: Sequence[str]) -> np.ndarray:
@@ -516,11 +591,11 @@ def _synth_chunk(rng: np.random.Generator, mol: dict, spec: dict, lo: int, hi: i
     pmz = spec["pmz"][lo:hi]
     e = spec["e_norm"][lo:hi]
     frag_mz = mol["pool_f"][pk] + shift[seg]
-    z = (e[seg] - mol["pool_opt"][pk]) / 0.35
+    z = (e[seg] - mol["pool_opt"][pk]) / _ENERGY_WIDTH
     inten = mol["pool_abund"][pk] * np.exp(-0.5 * z * z) * rng.lognormal(0.0, 0.35, pk.shape[0])
     inten[frag_mz >= pmz[seg] - 0.5] = 0.0  # fragments must lie below the precursor
     # the precursor ion itself, strong at low energy; appended last so each spectrum stays sorted
-    prec_int = mol["prec_abund"][smol] * np.exp(-3.0 * e) * rng.lognormal(0.0, 0.35, ns)
+    prec_int = mol["prec_abund"][smol] * np.exp(-_PREC_DECAY * e) * rng.lognormal(0.0, 0.35, ns)
     total = off[-1] + ns
     pos_prec = off[1:] + np.arange(1, ns + 1)
     is_prec = np.zeros(total, bool)
@@ -534,6 +609,14 @@ def _synth_chunk(rng: np.random.Generator, mol: dict, spec: dict, lo: int, hi: i
     base = np.maximum.reduceat(all_int, off2[:-1])
     rel = all_int / base[seg2]
     keep = rel >= spec["thr"][lo:hi][seg2]
+    top = spec["top"][lo:hi]
+    capped = np.flatnonzero(keep & (top[seg2] > 0))
+    if capped.shape[0]:  # those records keep their `top` strongest peaks only (ties: the lower m/z)
+        cs = seg2[capped]
+        order = np.lexsort((-rel[capped], cs))
+        first = np.searchsorted(cs[order], cs[order], side="left")  # each spectrum's first position
+        rank = np.arange(order.shape[0]) - first
+        keep[capped[order[rank >= top[cs[order]]]]] = False
     counts = np.bincount(seg2[keep], minlength=ns)
     o3 = np.zeros(ns + 1, np.int64)
     np.cumsum(counts, out=o3[1:])

@@ -32,7 +32,9 @@ def test_demo_json(json_run):
     assert [m for m, _ in MODES] == list(s["modes"])
     for label, m in s["modes"].items():
         assert m["queries"] == 60 and m["qps"] > 0 and m["mean_latency_ms"] > 0, label
-        assert m["with_hit"] == 1.0, label
+        # a few queries come from records holding only their precursor (as real ones do): no peak is left
+        # after preprocessing, so no hit
+        assert m["with_hit"] >= 0.95, label
         assert m["top1_molecule"] >= MIN_TOP1, label
         assert m["top1_molecule"] >= m["top1_source"], label
         assert m["source_in_topk"] >= max(m["top1_source"], 0.8), label

@@ -104,6 +104,31 @@ def test_metadata(lib):
     np.testing.assert_array_equal(np.asarray(md.column("precursor_mz")), lib.precursor_mz)
 
 
+def test_shapes_like_a_real_library(lib):
+    """The shapes bench/synth_realism.py compares with MassBank, loosely: sparse and precursor-dominated
+    spectra exist, a few peaks hold most of the intensity, peak counts grow with the precursor mass,
+    molecules share neutral losses and fragment ions, spectra per molecule vary widely, few peaks sit
+    below m/z 50. (MassBank: 20% of spectra with <= 3 peaks, the precursor the base peak in 21%, 11% with
+    an H2O loss, m/z 65.04 in 31% of molecules, CV of spectra per molecule 1.28, 1.9% of peaks below 50.)"""
+    seg = _segment_ids(lib.offsets)
+    n = lib.n_peaks
+    pmz = lib.precursor_mz
+    assert 0.05 < np.mean(n <= 3) < 0.4
+    base = np.maximum.reduceat(lib.intensity, lib.offsets[:-1])
+    at_prec = np.abs(lib.mz - pmz[seg]) <= 0.01
+    prec_base = np.bincount(seg[at_prec & (lib.intensity >= base[seg])], minlength=len(lib)) > 0
+    assert 0.05 < prec_base.mean() < 0.5
+    assert np.median(n[pmz > 600]) > 1.5 * np.median(n[pmz < 250])
+    h2o = np.bincount(seg[np.abs(lib.mz - (pmz[seg] - 18.010565)) <= 0.01], minlength=len(lib)) > 0
+    assert 0.03 < h2o.mean() < 0.3
+    mol = np.asarray(lib.metadata.column("molecule"))
+    tropylium = np.unique(mol[seg[np.abs(lib.mz - 91.0542) <= 0.01]]).shape[0] / np.unique(mol).shape[0]
+    assert tropylium > 0.1
+    per_mol = np.bincount(mol)
+    assert per_mol.std() / per_mol.mean() > 0.9
+    assert np.mean(lib.mz < 50) < 0.05
+
+
 def test_formula_buckets_have_isomers(lib):
     formulas = _md(lib, "formula")
     mol = np.asarray(lib.metadata.column("molecule"))

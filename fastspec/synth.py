@@ -498,29 +498,33 @@ def _fragment_pools(rng: np.random.Generator, mass: np.ndarray, parent: np.ndarr
         loss_f.append(mass[has] - loss)
     loss_mol, loss_f = np.concatenate(loss_mol), np.concatenate(loss_f)
     n_loss = loss_mol.shape[0]
-    # common fragment ions: a few per molecule, popular ones more often (Zipf-like weights)
+    # common fragment ions: several per molecule, popular ones more often (Zipf-like weights); positive
+    # ions, so negative-mode spectra leave them out (_synth_chunk)
     ions = np.asarray(_COMMON_IONS) - _PROTON  # neutral masses: the adduct's fragment shift adds the charge
     n_common = rng.poisson(_COMMON_PER_MOLECULE, m)
     com_mol = np.repeat(np.arange(m, dtype=np.int64), n_common)
     pop = 1.0 / np.arange(1, ions.shape[0] + 1) ** 0.5
     com_f = ions[rng.choice(ions.shape[0], size=com_mol.shape[0], p=pop / pop.sum())]
     mol_all = np.concatenate([own_mol, inh_mol, loss_mol, com_mol])
+    common = np.concatenate([np.zeros(own_mol.shape[0] + inh_mol.shape[0] + n_loss, bool),
+                             np.ones(com_mol.shape[0], bool)])
     f_all = np.concatenate([f, f_inh, loss_f, com_f])
     a_all = np.concatenate([abund, abund[pk] * rng.lognormal(0.0, 0.3, pk.shape[0]),
                             rng.lognormal(1.0, 1.0, n_loss), rng.lognormal(0.5, 1.0, com_mol.shape[0])])
     o_all = np.concatenate([opt, opt[pk], rng.normal(0.1, 0.15, n_loss),  # losses: gentle fragmentation
                             np.clip(rng.normal(0.8, 0.25, com_mol.shape[0]), -0.2, 1.4)])
     order = np.lexsort((f_all, mol_all))
-    mol_all, f_all, a_all, o_all = mol_all[order], f_all[order], a_all[order], o_all[order]
+    mol_all, f_all, a_all, o_all, common = mol_all[order], f_all[order], a_all[order], o_all[order], common[order]
     ok = (f_all >= _MIN_FRAGMENT) & (f_all < mass[mol_all] - 1.0)
     # one fragment per 0.05 Da inside a molecule (keeps peaks of one spectrum apart)
     close = np.zeros(ok.shape[0], bool)
     close[1:] = (mol_all[1:] == mol_all[:-1]) & (np.diff(f_all) < 0.05)
     ok &= ~close
-    mol_all, f_all, a_all, o_all = mol_all[ok], f_all[ok], a_all[ok], o_all[ok]
+    mol_all, f_all, a_all, o_all, common = mol_all[ok], f_all[ok], a_all[ok], o_all[ok], common[ok]
     off = np.zeros(m + 1, np.int64)
     np.cumsum(np.bincount(mol_all, minlength=m), out=off[1:])
-    return dict(pool_off=off, pool_f=f_all, pool_abund=a_all.astype(np.float32), pool_opt=o_all.astype(np.float32))
+    return dict(pool_off=off, pool_f=f_all, pool_abund=a_all.astype(np.float32), pool_opt=o_all.astype(np.float32),
+                pool_common=common)
 
 
 def _spectrum_plan(rng: np.random.Generator, n: int, mol: dict) -> dict:
@@ -594,6 +598,7 @@ def _synth_chunk(rng: np.random.Generator, mol: dict, spec: dict, lo: int, hi: i
     z = (e[seg] - mol["pool_opt"][pk]) / _ENERGY_WIDTH
     inten = mol["pool_abund"][pk] * np.exp(-0.5 * z * z) * rng.lognormal(0.0, 0.35, pk.shape[0])
     inten[frag_mz >= pmz[seg] - 0.5] = 0.0  # fragments must lie below the precursor
+    inten[mol["pool_common"][pk] & (spec["charge"][lo:hi][seg] < 0)] = 0.0  # common ions are positive ones
     # the precursor ion itself, strong at low energy; appended last so each spectrum stays sorted
     prec_int = mol["prec_abund"][smol] * np.exp(-_PREC_DECAY * e) * rng.lognormal(0.0, 0.35, ns)
     total = off[-1] + ns

@@ -619,9 +619,60 @@ class Library:
         self._scratch: dict[str, list] = {}
         self._generation = 0  # bumped when the library changes: scratch lent before is not taken back
         self._lock = threading.Lock()
+        self._metadata_lock = threading.Lock()  # see metadata()
+        # searches running on this object (per thread, nested calls counted once) and an append in progress:
+        # append waits for the searches, and searches started meanwhile wait for it (see _in_use)
+        self._use = threading.Condition(threading.Lock())
+        self._users = 0
+        self._changing = False
+        self._user_depth = threading.local()
         # which manifest this object read: files are loaded lazily, and another process appending to or
         # rebuilding the index swaps the directory; loading from the new one would mix two indexes
         self._stamp = _manifest_stamp(self.path)
+
+    @contextlib.contextmanager
+    def _in_use(self):
+        """Held by a search (``fastspec.search.search``, ``search_to_file``) for its whole run.
+
+        :meth:`append` swaps the object's arrays and caches for the new index's; a search still running on
+        the old ones would write entries derived from them (filter codes, bitmaps sized for the old library)
+        into the new cache, and every later search on the object would read them. So an append waits until
+        the searches running on this object are done, and a search started during an append waits for it.
+        Nested calls in one thread (search_to_file calling search) count once."""
+        depth = getattr(self._user_depth, "n", 0)
+        if depth == 0:
+            with self._use:
+                while self._changing:
+                    self._use.wait()
+                self._users += 1
+        self._user_depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._user_depth.n = depth
+            if depth == 0:
+                with self._use:
+                    self._users -= 1
+                    if self._users == 0:
+                        self._use.notify_all()
+
+    @contextlib.contextmanager
+    def _changing_index(self):
+        """Held by :meth:`append`: waits for the searches running on this object, keeps new ones waiting."""
+        if getattr(self._user_depth, "n", 0):
+            raise FastspecError("append cannot run inside a search of the same Library")
+        with self._use:
+            while self._changing:
+                self._use.wait()
+            self._changing = True
+            while self._users:
+                self._use.wait()
+        try:
+            yield
+        finally:
+            with self._use:
+                self._changing = False
+                self._use.notify_all()
 
     def _check_unchanged(self) -> None:
         """Refuse to load a file lazily once the index on disk is no longer the one this object opened."""
@@ -820,8 +871,9 @@ class Library:
         """
         prog = _Progress(progress, total=7, desc="append")
         # held until the rebuilt index is in place: another append (or rebuild) started meanwhile from the
-        # same index would otherwise swap its own result in and lose one of the two
-        with fmt.index_lock(self.path, wait=False, busy="append"):
+        # same index would otherwise swap its own result in and lose one of the two; searches on this
+        # object wait (see _in_use)
+        with self._changing_index(), fmt.index_lock(self.path, wait=False, busy="append"):
             self._check_unchanged()
             try:
                 self._append(spectra_or_paths, on_error, threads, progress, prog)
@@ -1142,7 +1194,8 @@ class Library:
         want = names if columns is None else [c for c in columns if c in names]
         if rows is None:
             n = len(self)
-            with self._parquet_errors("metadata.parquet"):
+            # a ParquetFile read by two threads at once fails (pyarrow's read cache) or crashes: one at a time
+            with self._metadata_lock, self._parquet_errors("metadata.parquet"):
                 table = pf.read(columns=want) if want else pa.table({})
         else:
             rows = np.asarray(rows, dtype=np.int64)

@@ -154,6 +154,15 @@ def search(
     -------
     Hits
     """
+    with library._in_use():  # an append on this object waits for the search, and the search for it
+        return _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, engine, threads, formula,
+                       no_neighbour, same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe,
+                       n_candidates, on_error, progress, mz_power, intensity_power, metric_params)
+
+
+def _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, engine, threads, formula, no_neighbour,
+            same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates, on_error, progress,
+            mz_power, intensity_power, metric_params) -> Hits:
     from fastspec.library import read_input
 
     cfg = _SearchConfig.cached(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,

@@ -75,6 +75,12 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         see :attr:`fastspec.hits.Hits.skipped`), ``skipped_by_status`` (those by their status, e.g.
         ``{"no_peaks": 7, "no_precursor": 6}``) and ``params`` (what the table's metadata holds).
     """
+    with library._in_use():  # as search(): an append on this object waits for it, and it for an append
+        return _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated,
+                               kwargs)
+
+
+def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated, kwargs) -> dict:
     from fastspec.hits import table_format, write_atomically
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
                                  caller_formulas, search)

@@ -7,6 +7,9 @@ searches an IVF index of these vectors; its candidates are always rescored exact
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +218,42 @@ def csr_vectors(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, para
     return out
 
 
+#: True in a child forked after faiss was imported: GNU OpenMP (which faiss-cpu bundles) cannot start a
+#: thread team in a forked child of a process that ran one (the child hangs at its first parallel region,
+#: e.g. the threshold index's search of an analog or hybrid search), so faiss runs one thread there.
+#: Spawned processes (multiprocessing's "spawn" / "forkserver") are not affected.
+_FORKED = False
+
+
+def _after_fork_in_child() -> None:
+    global _FORKED
+    if "faiss" in sys.modules:
+        _FORKED = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+@contextlib.contextmanager
+def faiss_threads(faiss, n: int | None):
+    """faiss's OpenMP threads for the enclosed calls: ``n`` capped like numba's (``None``: all of
+    ``NUMBA_NUM_THREADS``), one in a forked child (:data:`_FORKED`); the calling thread's own setting is
+    restored afterwards (it is per thread, and a search must not leave it changed)."""
+    from fastspec.kernels._config import max_threads
+
+    n_max = max_threads()
+    want = 1 if _FORKED else (n_max if n is None else max(1, min(int(n), n_max)))
+    old = faiss.omp_get_max_threads()
+    if old != want:
+        faiss.omp_set_num_threads(want)
+    try:
+        yield want
+    finally:
+        if old != want:
+            faiss.omp_set_num_threads(old)
+
+
 def _faiss():
     try:
         import faiss
@@ -277,10 +316,13 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
         (None when there is none).
     """
     faiss = _faiss()
+    with faiss_threads(faiss, threads):
+        return _build_faiss_index(faiss, path, spectra, params, threads)
+
+
+def _build_faiss_index(faiss, path: Path, spectra, params: dict | None, threads: int | None) -> dict:
     p = dict(DEFAULTS, **(params or {}))
     n = len(spectra)
-    if threads is not None:
-        faiss.omp_set_num_threads(int(threads))
     nlist = _nlist(n, p["nlist"])
     p["nlist"] = nlist
     # small libraries: exhaustive inner product (exact, no training)
@@ -423,8 +465,11 @@ def faiss_search(index, vectors: np.ndarray, n: int, nprobe: int | None = None, 
     no search parameters (IndexPQ) return unfiltered neighbours instead.
     """
     faiss = _faiss()
-    if threads is not None:
-        faiss.omp_set_num_threads(int(threads))
+    with faiss_threads(faiss, threads):
+        return _faiss_search(faiss, index, vectors, n, nprobe, allowed)
+
+
+def _faiss_search(faiss, index, vectors: np.ndarray, n: int, nprobe: int | None, allowed: np.ndarray | None) -> np.ndarray:
     try:
         faiss.extract_index_ivf(index)
         ivf = True

@@ -41,6 +41,18 @@ PJIT = dict(NJIT, parallel=True)
 PARALLEL_LOCK = threading.RLock()
 
 
+def _fresh_locks_in_child() -> None:
+    """A child forked while another thread of the parent held a lock (a search running) would wait for it
+    forever: the child gets fresh, free locks."""
+    global PARALLEL_LOCK, _AWAIT_LOCK
+    PARALLEL_LOCK = threading.RLock()
+    _AWAIT_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
+
+
 def max_threads() -> int:
     """Threads numba may use: ``NUMBA_NUM_THREADS`` or the CPU count."""
     return int(numba.config.NUMBA_NUM_THREADS)

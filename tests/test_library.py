@@ -1062,3 +1062,112 @@ def test_massbank_ms_type_ms_is_ms1(tmp_path):
     c = lib.manifest["counts"]
     assert len(lib) == 1 and c["n_read"] == 2 and c["rejected"] == {"MS1 spectrum (ms_level 1)": 1}
     assert lib.search([str(p)], k=1, mode="open").status.tolist() == ["ms1", "ok"]
+
+
+# ---------------------------------------------------------------------------------- threads and processes
+def test_append_waits_for_a_search_running_on_the_same_object(subsets, tmp_path):
+    """A search still running on a Library object while ``append`` swapped its arrays wrote entries built
+    from the old index (filter codes, allowed-row bitmaps) into the new cache: later searches on the object
+    gave wrong hits or raised. Now append waits for the searches on the object (and new ones for append)."""
+    import threading
+
+    from fastspec import search as fsearch
+
+    lib_sp, q = subsets
+    lib = Library.build(lib_sp[:500], tmp_path / "w.fastspec", faiss=True, faiss_params={"flat_below": 0, "nlist": 8})
+    lib.search(q, k=5, mode="open", progress=False)  # caches filled
+    paused, resume = threading.Event(), threading.Event()
+    real = fsearch._Context.filters
+
+    def filters(self):  # the running search is descheduled right after computing its filter codes
+        out = real(self)
+        if threading.current_thread().name == "searcher" and not paused.is_set():
+            paused.set()
+            resume.wait(30)
+        return out
+
+    fsearch._Context.filters = filters
+    try:
+        got = {}
+        searcher = threading.Thread(name="searcher", target=lambda: got.setdefault(
+            "hits", lib.search(q, k=5, mode="open", progress=False)))
+        searcher.start()
+        assert paused.wait(30)
+        appender = threading.Thread(target=lambda: lib.append(lib_sp[500:], progress=False))
+        appender.start()
+        appender.join(0.5)
+        assert appender.is_alive()  # waiting for the search
+        resume.set()
+        searcher.join(60)
+        appender.join(120)
+        assert not appender.is_alive() and len(lib) == len(Library.open(lib.path))
+    finally:
+        fsearch._Context.filters = real
+        resume.set()
+    before = Library.build(lib_sp[:500], tmp_path / "b.fastspec", faiss=False).search(q, k=5, mode="open", progress=False)
+    np.testing.assert_array_equal(got["hits"].indices, before.indices)  # the running search saw the old index
+    fresh = Library.open(lib.path)
+    for kw in (dict(mode="open"), dict(mode="open", metric="entropy"), dict(mode="identity"),
+               dict(mode="analog"), dict(mode="open", engine="faiss"), dict(mode="open", same_adduct=True)):
+        a, b = lib.search(q, k=5, progress=False, **kw), fresh.search(q, k=5, progress=False, **kw)
+        np.testing.assert_array_equal(a.indices, b.indices)
+        np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_faiss_threads_restored_and_capped(subsets, tmp_path):
+    """faiss's OpenMP thread count was set by every faiss call and never restored (a search with
+    threads=1 left later ones single-threaded), nor capped at the cores (threads=64 started 64 threads)."""
+    import faiss
+
+    from fastspec.kernels._config import max_threads
+
+    lib_sp, q = subsets
+    lib = Library.build(lib_sp[:400], tmp_path / "f.fastspec", faiss=True, faiss_params={"flat_below": 0, "nlist": 8})
+    before = faiss.omp_get_max_threads()
+    asked = []
+    real = faiss.omp_set_num_threads
+    faiss.omp_set_num_threads = lambda n: asked.append(n) or real(n)
+    try:
+        for threads in (1, None, 64):
+            lib.search(q, k=3, mode="open", engine="faiss", threads=threads, progress=False)
+            lib.search(q, k=3, mode="analog", threads=threads, progress=False)
+            assert faiss.omp_get_max_threads() == before, threads
+    finally:
+        faiss.omp_set_num_threads = real
+    assert asked and max(asked) <= max_threads()
+
+
+def test_metadata_read_from_threads(raw_lib):
+    """One ParquetFile read by several threads at once failed ("ReadRangeCache did not find matching cache
+    entry", reported as a corrupted index) or crashed; reads of the whole table now take turns."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    want = raw_lib.metadata()
+    with ThreadPoolExecutor(6) as ex:
+        tables = list(ex.map(lambda _: raw_lib.metadata(), range(60)))
+    assert all(t.equals(want) for t in tables)
+
+
+def _child_search(path, queries, out):
+    lib = Library.open(path)
+    out.put(lib.search(queries, k=3, mode="analog", threads=2, progress=False).indices.tolist())
+
+
+def test_search_in_a_forked_child_after_faiss(subsets, tmp_path):
+    """A child forked after the parent ran faiss with 2 threads hung at its first faiss search (GNU OpenMP
+    cannot start threads after fork; analog search asks faiss for its first threshold): faiss runs one
+    thread in such a child. Same hits as the parent's."""
+    import multiprocessing as mp
+
+    lib_sp, q = subsets
+    lib = Library.build(lib_sp[:400], tmp_path / "k.fastspec", faiss=True, faiss_params={"flat_below": 0, "nlist": 8})
+    want = lib.search(q, k=3, mode="analog", threads=2, progress=False).indices.tolist()
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_child_search, args=(str(lib.path), q, out))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung")
+    assert child.exitcode == 0 and out.get(timeout=10) == want

@@ -1036,30 +1036,40 @@ def test_concurrent_searches_of_one_library(lib, data):
         np.testing.assert_array_equal(h.matches, alone[i].matches, err_msg=str(jobs[i]))
 
 
-def test_append_during_a_search_drops_its_scratch(data, tmp_path, monkeypatch):
-    """A search still running when the library grows (append from another thread) gives its scratch
-    buffers back after the append; they are sized for the old library and must not be lent again."""
+def test_append_inside_a_search_of_the_same_object_is_refused(data, tmp_path, monkeypatch):
+    """``append`` waits for the searches running on its Library object (see test_library), so one called
+    from inside a search of that object, in the same thread, would wait for itself: refused with a clear
+    error, the library unchanged. Scratch lent before the library changes is still never lent again."""
     import fastspec.search as S
+    from fastspec.errors import FastspecError
 
     small = Library.build(data[0][:1500], tmp_path / "a.fastspec", faiss=False)
+    n0 = len(small)
     orig = S._Context.close
-    state = {"done": False}
+    errors = []
 
     def close_after_append(self):
-        if not state["done"]:
-            state["done"] = True
+        try:
             small.append(data[0][1500:])
+        except FastspecError as e:
+            errors.append(str(e))
         orig(self)
 
     kw = dict(k=K, mode="open", metric="cosine", mz_power=1.0)  # bound-kernel workspace and the mark array
     monkeypatch.setattr(S._Context, "close", close_after_append)
     small.search(data[1][:5], **kw)
     monkeypatch.setattr(S._Context, "close", orig)
-    assert len(small) > 1500
+    assert errors and "inside a search" in errors[0] and len(small) == n0
+    small.append(data[0][1500:])  # outside a search: fine
     got = small.search(data[1], **kw)
     want = Library.open(tmp_path / "a.fastspec").search(data[1], **kw)
     np.testing.assert_array_equal(got.indices, want.indices)
     np.testing.assert_array_equal(got.scores, want.scores)
+    # a workspace lent before the library changed is dropped when given back
+    obj, generation = small.take_scratch("probe", lambda: object())
+    small._release()
+    small.give_scratch("probe", obj, generation)
+    assert small._scratch.get("probe", []) == []
 
 
 def test_faiss_vectors_equal_reference_in_chunks(data):

@@ -28,8 +28,10 @@ from fastspec.spectra import Spectra
 #: normalized (NCE %), which public libraries mix (a third of MassBank's spectra give NCE %) and which
 #: are not comparable; normalized energies get bins of their own ("NCE 20-40", see :func:`ce_bin_labels`).
 CE_EDGES = (20.0, 40.0, 60.0, 100.0)
-#: a collision energy written as normalized: "30 % (nominal)", "NCE 35", "35 (nominal)", "normalized ..."
-_NORMALIZED_RE = re.compile(r"%|\bnce\b|nominal|normali[sz]ed", re.IGNORECASE)
+#: a collision energy written as normalized: "30 % (nominal)", "NCE 35", "NCE35", "35 (nominal)",
+#: "normalized ..." -- unless it also names an absolute unit ("10 eV, 5% offset")
+_NORMALIZED_RE = re.compile(r"%|(?<![a-z])nce(?![a-z])|nominal|(?<![a-z])normali[sz]ed", re.IGNORECASE)
+_ABSOLUTE_RE = re.compile(r"\d\s*(?:e?v|kev)(?![a-z])", re.IGNORECASE)
 BUCKETS = ("formula", "formula+adduct", "none")
 POLICIES = ("skip", "fallback", "zero")
 METRICS = ("binned_cosine", "cosine", "modified_cosine", "entropy")
@@ -90,7 +92,10 @@ def _parse_ce(text) -> float:
 
 def _is_normalized(text) -> bool:
     """Whether a collision-energy text gives a normalized energy (NCE %), see ``_NORMALIZED_RE``."""
-    return text is not None and _NORMALIZED_RE.search(str(text)) is not None
+    if text is None:
+        return False
+    t = str(text)
+    return _NORMALIZED_RE.search(t) is not None and _ABSOLUTE_RE.search(t) is None
 
 
 def ce_bin_labels(ce: np.ndarray, edges: Sequence[float] = CE_EDGES,

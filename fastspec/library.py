@@ -665,9 +665,10 @@ class Library:
             while self._changing:
                 self._use.wait()
             self._changing = True
-            while self._users:
-                self._use.wait()
-        try:
+        try:  # (an interrupt while waiting for the searches must not leave the object closed to searches)
+            with self._use:
+                while self._users:
+                    self._use.wait()
             yield
         finally:
             with self._use:
@@ -867,27 +868,34 @@ class Library:
         Raises
         ------
         IndexFormatError
-            The index changed on disk since it was opened, or another append is running on it.
+            The index changed on disk since it was opened, or another process (or Library object) is
+            appending to or rebuilding it. (A second append on this same object waits for the first.)
+
+        Notes
+        -----
+        The input is read first; then the append waits for the searches running on this object and
+        searches started meanwhile wait for it (see ``_in_use``).
         """
         prog = _Progress(progress, total=7, desc="append")
-        # held until the rebuilt index is in place: another append (or rebuild) started meanwhile from the
-        # same index would otherwise swap its own result in and lose one of the two; searches on this
-        # object wait (see _in_use)
-        with self._changing_index(), fmt.index_lock(self.path, wait=False, busy="append"):
-            self._check_unchanged()
-            try:
-                self._append(spectra_or_paths, on_error, threads, progress, prog)
-            finally:
-                prog.close()
-            fresh = Library.open(self.path)
-            self.manifest = fresh.manifest
-            self._stamp = fresh._stamp
-            self._release()
+        try:
+            # read before anything is held: a generator given as input may search this very library
+            spectra, counts = read_input(spectra_or_paths, on_error, progress)
+            # the file lock is held until the rebuilt index is in place: another append (or rebuild)
+            # started meanwhile from the same index would otherwise swap its own result in and lose one of
+            # the two; it is taken (or refused) before waiting for this object's searches
+            with fmt.index_lock(self.path, wait=False, busy="append"), self._changing_index():
+                self._check_unchanged()
+                self._append(spectra, counts, threads, prog)
+                fresh = Library.open(self.path)
+                self.manifest = fresh.manifest
+                self._stamp = fresh._stamp
+                self._release()
+        finally:
+            prog.close()
         return self
 
-    def _append(self, spectra_or_paths, on_error, threads, progress, prog) -> None:
+    def _append(self, spectra, counts, threads, prog) -> None:
         pipeline = self.pipeline
-        spectra, counts = read_input(spectra_or_paths, on_error, progress)
         prog.step("preprocess")
         new = apply_pipeline(pipeline, spectra, threads)
         old = self.spectra(metadata=True)

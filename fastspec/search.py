@@ -370,6 +370,14 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
         run_whole_library(ctx, searchable, scores, indices, matches)
 
 
+def faiss_nprobe(cfg: "_SearchConfig", library) -> int | None:
+    """The inverted lists ``engine="faiss"`` visits: the search's ``nprobe``, else the build's
+    (``faiss_params["nprobe"]``, recorded in the manifest), else None (the default, 16)."""
+    if cfg.nprobe is not None:
+        return cfg.nprobe
+    return ((library.manifest.get("build") or {}).get("faiss") or {}).get("nprobe")
+
+
 def run_whole_library(ctx: "_Context", rows: np.ndarray, scores: np.ndarray, indices: np.ndarray,
                       matches: np.ndarray) -> None:
     """Exact top-k of queries ``rows`` over the whole library, written into ``scores``, ``indices`` and
@@ -525,7 +533,8 @@ class _SearchConfig:
             "precursor_tolerance": str(self.precursor_tolerance), "engine": self.engine,
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
             "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
-            "nprobe": self.nprobe, "n_candidates": self.n_candidates, "mz_power": self.mz_power,
+            "nprobe": faiss_nprobe(self, library) if self.engine == "faiss" else self.nprobe,
+            "n_candidates": self.n_candidates, "mz_power": self.mz_power,
             "intensity_power": self.intensity_power, "metric_params": _plain_copy(self.metric_params),
             "library": str(library.path), "library_n_spectra": len(library),
             "preprocess": _plain_copy(library.preprocess_config),

@@ -498,8 +498,8 @@ def _fragment_pools(rng: np.random.Generator, mass: np.ndarray, parent: np.ndarr
         loss_f.append(mass[has] - loss)
     loss_mol, loss_f = np.concatenate(loss_mol), np.concatenate(loss_f)
     n_loss = loss_mol.shape[0]
-    # common fragment ions: several per molecule, popular ones more often (Zipf-like weights); positive
-    # ions, so negative-mode spectra leave them out (_synth_chunk)
+    # common fragment ions: several per molecule, popular ones more often (Zipf-like weights); protonated
+    # ions, so only spectra whose fragments carry a proton show them (_synth_chunk)
     ions = np.asarray(_COMMON_IONS) - _PROTON  # neutral masses: the adduct's fragment shift adds the charge
     n_common = rng.poisson(_COMMON_PER_MOLECULE, m)
     com_mol = np.repeat(np.arange(m, dtype=np.int64), n_common)
@@ -598,7 +598,9 @@ def _synth_chunk(rng: np.random.Generator, mol: dict, spec: dict, lo: int, hi: i
     z = (e[seg] - mol["pool_opt"][pk]) / _ENERGY_WIDTH
     inten = mol["pool_abund"][pk] * np.exp(-0.5 * z * z) * rng.lognormal(0.0, 0.35, pk.shape[0])
     inten[frag_mz >= pmz[seg] - 0.5] = 0.0  # fragments must lie below the precursor
-    inten[mol["pool_common"][pk] & (spec["charge"][lo:hi][seg] < 0)] = 0.0  # common ions are positive ones
+    # the common ions are protonated ones: spectra of other fragment charges ([M-H]-, Na+ / K+ adducts, M+)
+    # leave them out
+    inten[mol["pool_common"][pk] & (np.abs(shift[seg] - _PROTON) > 1e-6)] = 0.0
     # the precursor ion itself, strong at low energy; appended last so each spectrum stays sorted
     prec_int = mol["prec_abund"][smol] * np.exp(-_PREC_DECAY * e) * rng.lognormal(0.0, 0.35, ns)
     total = off[-1] + ns

@@ -508,11 +508,13 @@ def test_normalized_collision_energies_binned_apart():
     text or from a ``ce_unit`` column; an unknown energy is "unknown" either way."""
     from fastspec.baseline import LabData
 
-    texts = ["30 % (nominal)", "35 (nominal)", "NCE 35", "30 eV", "30", "45V", None, "normalized 50"]
-    sp = Spectra.from_arrays([[100.0]] * 8, [[1.0]] * 8, metadata={"collision_energy": texts})
+    texts = ["30 % (nominal)", "35 (nominal)", "NCE 35", "30 eV", "30", "45V", None, "normalized 50",
+             "NCE35", "10 eV, 5% offset", "nominal mass 35 eV", "abnormalised 30"]
+    sp = Spectra.from_arrays([[100.0]] * 12, [[1.0]] * 12, metadata={"collision_energy": texts})
     lab = LabData.build(sp)
-    assert lab.ce_bin == ["NCE 20-40", "NCE 20-40", "NCE 20-40", "20-40", "20-40", "40-60", "unknown", "NCE 40-60"]
-    assert lab.counts["n_ce_normalized"] == 4 and lab.take(np.array([2, 3])).ce_normalized.tolist() == [True, False]
+    assert lab.ce_bin == ["NCE 20-40", "NCE 20-40", "NCE 20-40", "20-40", "20-40", "40-60", "unknown", "NCE 40-60",
+                          "NCE 20-40", "<20", "20-40", "20-40"]
+    assert lab.counts["n_ce_normalized"] == 5 and lab.take(np.array([2, 3])).ce_normalized.tolist() == [True, False]
     unit = Spectra.from_arrays([[100.0]] * 3, [[1.0]] * 3,
                                metadata={"ce_min": [30.0, 30.0, None], "ce_max": [40.0, 40.0, None],
                                          "ce_unit": ["%", "eV", "%"]})

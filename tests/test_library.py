@@ -871,9 +871,10 @@ def test_faiss_search_takes_the_builds_nprobe(subsets, tmp_path, monkeypatch):
     real = vectors.faiss_search
     monkeypatch.setattr(vectors, "faiss_search", lambda *a, **kw: asked.append(kw.get("nprobe")) or real(*a, **kw))
     q = subsets[1][:5]
-    lib.search(q, k=3, mode="open", engine="faiss")
-    lib.search(q, k=3, mode="open", engine="faiss", nprobe=7)
+    h3 = lib.search(q, k=3, mode="open", engine="faiss")
+    h7 = lib.search(q, k=3, mode="open", engine="faiss", nprobe=7)
     assert asked == [3, 7]
+    assert (h3.params["nprobe"], h7.params["nprobe"]) == (3, 7)  # the hit table says which was used
 
 
 def test_round_trip_with_default_preprocessing(subsets, tmp_path):
@@ -1171,3 +1172,48 @@ def test_search_in_a_forked_child_after_faiss(subsets, tmp_path):
         child.kill()
         pytest.fail("the forked child hung")
     assert child.exitcode == 0 and out.get(timeout=10) == want
+
+
+def test_append_wait_interrupted_or_fed_by_a_search(subsets, tmp_path):
+    """An append interrupted while it waits for the searches on its object (Ctrl-C in a notebook) left the
+    object closed to every later search; an append whose input generator searches the same object waited
+    for itself. Both now finish: the interrupt propagates and searches run again, and the input is read
+    before the append waits for anything."""
+    import threading
+
+    from fastspec.io import write
+
+    lib_sp, q = subsets
+    lib = Library.build(lib_sp[:300], tmp_path / "i.fastspec", faiss=False)
+
+    class Interrupted(Exception):
+        pass
+
+    real = lib._use
+
+    class Interrupting(type(real)):
+        def wait(self, timeout=None):
+            raise Interrupted
+
+    lib._use = Interrupting(threading.Lock())
+    lib._users = 1  # a search running on the object
+    with pytest.raises(Interrupted):
+        lib.append(lib_sp[300:320])
+    lib._use, lib._users = real, 0
+    assert not lib._changing and lib.search(q, k=2, mode="open").indices.shape == (len(q), 2)
+
+    paths = []
+    for i, part in enumerate((lib_sp[300:350], lib_sp[350:400])):
+        paths.append(str(tmp_path / f"part{i}.mgf"))
+        write(part, paths[-1])
+    done = threading.Event()
+
+    def run():
+        lib.append(p for p in paths if lib.search(p, k=1, mode="open").indices.shape[0] > 0)
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(120)
+    assert done.is_set(), "append waited for its own input's search"
+    assert len(lib) == len(Library.open(lib.path)) > 300

@@ -109,7 +109,7 @@ def test_shapes_like_a_real_library(lib):
     spectra exist, a few peaks hold most of the intensity, peak counts grow with the precursor mass,
     molecules share neutral losses and fragment ions, spectra per molecule vary widely, few peaks sit
     below m/z 50. (MassBank: 20% of spectra with <= 3 peaks, the precursor the base peak in 21%, 11% with
-    an H2O loss, m/z 65.04 in 31% of molecules, CV of spectra per molecule 1.28, 1.9% of peaks below 50.)"""
+    an H2O loss, m/z 65.04 in 31% of molecules, CV of spectra per molecule 1.26, 1.9% of peaks below 50.)"""
     seg = _segment_ids(lib.offsets)
     n = lib.n_peaks
     pmz = lib.precursor_mz
@@ -122,8 +122,13 @@ def test_shapes_like_a_real_library(lib):
     h2o = np.bincount(seg[np.abs(lib.mz - (pmz[seg] - 18.010565)) <= 0.01], minlength=len(lib)) > 0
     assert 0.03 < h2o.mean() < 0.3
     mol = np.asarray(lib.metadata.column("molecule"))
-    tropylium = np.unique(mol[seg[np.abs(lib.mz - 91.0542) <= 0.01]]).shape[0] / np.unique(mol).shape[0]
+    at_91 = np.abs(lib.mz - 91.0542) <= 0.01
+    tropylium = np.unique(mol[seg[at_91]]).shape[0] / np.unique(mol).shape[0]
     assert tropylium > 0.1
+    # common ions are protonated ones: not in [M-H]- or [M+Na]+ spectra (they would sit 2 / 22 Da off)
+    add = _md(lib, "adduct")
+    with_91 = np.bincount(seg[at_91], minlength=len(lib)) > 0
+    assert with_91[add == "[M+H]+"].mean() > 5 * max(with_91[add == "[M+Na]+"].mean(), with_91[add == "[M-H]-"].mean())
     per_mol = np.bincount(mol)
     assert per_mol.std() / per_mol.mean() > 0.9
     assert np.mean(lib.mz < 50) < 0.05

@@ -240,18 +240,10 @@ def faiss_threads(faiss, n: int | None):
     """faiss's OpenMP threads for the enclosed calls: ``n`` capped like numba's (``None``: all of
     ``NUMBA_NUM_THREADS``), one in a forked child (:data:`_FORKED`); the calling thread's own setting is
     restored afterwards (it is per thread, and a search must not leave it changed)."""
-    from fastspec.kernels._config import max_threads
+    from fastspec.kernels._config import capped, swapped
 
-    n_max = max_threads()
-    want = 1 if _FORKED else (n_max if n is None else max(1, min(int(n), n_max)))
-    old = faiss.omp_get_max_threads()
-    if old != want:
-        faiss.omp_set_num_threads(want)
-    try:
+    with swapped(faiss.omp_get_max_threads, faiss.omp_set_num_threads, 1 if _FORKED else capped(n)) as want:
         yield want
-    finally:
-        if old != want:
-            faiss.omp_set_num_threads(old)
 
 
 def _faiss():

@@ -67,20 +67,32 @@ def threads(n: int | None):
     times; skipping the set/restore made single-query identity calls 3% faster (2.4M library, 0.527 ->
     0.512 ms, interleaved).
     """
-    n_max = max_threads()
-    n = n_max if n is None else max(1, min(int(n), n_max))
+    n = capped(n)
     if n == 1:
         yield 1
         return
-    with PARALLEL_LOCK:
-        old = numba.get_num_threads()
-        if old != n:  # a search enters this a dozen times; each set costs a few microseconds
-            numba.set_num_threads(n)
-        try:
-            yield n
-        finally:
-            if old != n:
-                numba.set_num_threads(old)
+    with PARALLEL_LOCK, swapped(numba.get_num_threads, numba.set_num_threads, n):
+        yield n
+
+
+def capped(n: int | None) -> int:
+    """A thread count: ``n`` within 1 .. :func:`max_threads` (``None``: all of them)."""
+    n_max = max_threads()
+    return n_max if n is None else max(1, min(int(n), n_max))
+
+
+@contextmanager
+def swapped(get, set_, value):
+    """``set_(value)`` for the enclosed block and the old value put back afterwards, with no call when it
+    is already ``value`` (a search enters this a dozen times; each set costs a few microseconds)."""
+    old = get()
+    if old != value:
+        set_(value)
+    try:
+        yield value
+    finally:
+        if old != value:
+            set_(old)
 
 
 def n_blocks(n_rows: int) -> int:

@@ -868,8 +868,8 @@ class Library:
         Raises
         ------
         IndexFormatError
-            The index changed on disk since it was opened, or another process (or Library object) is
-            appending to or rebuilding it. (A second append on this same object waits for the first.)
+            The index changed on disk since it was opened, or another append or rebuild of it is running
+            (in another process, or another thread, on this object or another).
 
         Notes
         -----

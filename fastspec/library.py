@@ -849,7 +849,7 @@ class Library:
             prog.close()
 
     def append(self, spectra_or_paths: Any, *, on_error: str = "skip", threads: int | None = None,
-               progress: bool | None = None) -> "Library":
+               progress: bool | None = None, allow_empty: bool = True) -> "Library":
         """Add spectra (preprocessed with the library's recorded pipeline); rebuilds the index atomically.
 
         New spectra get the next library rows. Returns ``self``, refreshed.
@@ -864,12 +864,17 @@ class Library:
             numba / faiss threads.
         progress : bool, optional
             tqdm progress on stderr (default: only when stderr is a terminal).
+        allow_empty : bool
+            With False, input whose every record is rejected raises instead of adding only to the
+            rejected counts (``fastspec index --append``: a wrong file).
 
         Raises
         ------
         IndexFormatError
             The index changed on disk since it was opened, or another append or rebuild of it is running
             (in another process, or another thread, on this object or another).
+        FastspecError
+            ``allow_empty=False`` and no spectrum of the input left to add (the index is unchanged).
 
         Notes
         -----
@@ -885,7 +890,7 @@ class Library:
             # the two; it is taken (or refused) before waiting for this object's searches
             with fmt.index_lock(self.path, wait=False, busy="append"), self._changing_index():
                 self._check_unchanged()
-                self._append(spectra, counts, threads, prog)
+                self._append(spectra, counts, threads, prog, allow_empty)
                 fresh = Library.open(self.path)
                 self.manifest = fresh.manifest
                 self._stamp = fresh._stamp
@@ -894,7 +899,7 @@ class Library:
             prog.close()
         return self
 
-    def _append(self, spectra, counts, threads, prog) -> None:
+    def _append(self, spectra, counts, threads, prog, allow_empty: bool = True) -> None:
         pipeline = self.pipeline
         prog.step("preprocess")
         new = apply_pipeline(pipeline, spectra, threads)
@@ -910,6 +915,7 @@ class Library:
         n_old = len(old)
         reasons = _add_counts(old_counts.get("rejected", {}), counts["rejected"])
         total = {
+            "first_rejected": counts.get("first_rejected"),
             "n_read": int(old_counts["n_read"]) + counts["n_read"],
             "n_rejected": int(old_counts["n_rejected"]) + counts["n_rejected"],
             "rejected": reasons,
@@ -928,7 +934,8 @@ class Library:
                      faiss_params=params or None, threads=threads, overwrite=True, prog=prog,
                      already_valid=n_old, appended=True, created=self.manifest.get("created"),
                      input_index=input_index, n_input=n_input + int(counts["n_read"]),
-                     inputs=self.input_files + _input_sources(counts))
+                     inputs=self.input_files + _input_sources(counts), allow_empty=allow_empty,
+                     appended_to=old_counts)
 
     def _release(self) -> None:
         self._arrays = {}
@@ -1536,12 +1543,15 @@ def _build_index(
     n_input: int | None = None,
     allow_empty: bool = True,
     inputs: list | None = None,
+    appended_to: dict | None = None,
 ) -> None:
     """Write every structure of the index for already-preprocessed spectra (atomically).
 
     ``input_index`` (int64, one per spectrum of ``processed``) is each spectrum's input position
     (default: its row); ``n_input`` the number of input positions used so far (default: len(processed));
-    ``inputs`` the inputs covering them (:attr:`Library.input_files`).
+    ``inputs`` the inputs covering them (:attr:`Library.input_files`). ``allow_empty=False``: refuse when
+    no spectrum beyond the first ``already_valid`` is left; ``appended_to``: the counts of the index
+    appended to (the refusal then names this input's own).
     """
     from fastspec.kernels import fragment as fk
 
@@ -1572,12 +1582,17 @@ def _build_index(
     counts["n_input"] = int(len(processed) if n_input is None else n_input)
     if counts["n_read"] < n + counts["n_rejected"]:
         counts["n_read"] = n + counts["n_rejected"]
-    if n == 0 and not allow_empty:
-        why = ", ".join(f"{r}: {c}" for r, c in counts["rejected"].items())
+    if n == already_valid and not allow_empty:
+        # this input's own counts (an append's totals include the index's earlier ones)
+        before = appended_to or {"n_read": 0, "rejected": {}}
+        n_read = counts["n_read"] - int(before["n_read"])
+        was = before.get("rejected") or {}
+        why = ", ".join(f"{r}: {c - int(was.get(r, 0))}" for r, c in counts["rejected"].items() if c > int(was.get(r, 0)))
         if first_rejected:  # where to look: the reader's first rejection (file:line: reason)
             why += f"; the first: {first_rejected}"
-        raise FastspecError(f"no spectrum to index: all {counts['n_read']} records were rejected ({why}); nothing "
-                            "written" if counts["n_read"] else "no spectrum to index (the input holds none); nothing written")
+        what, left = ("append", "the index is unchanged") if appended_to else ("index", "nothing written")
+        raise FastspecError(f"no spectrum to {what}: all {n_read} records were rejected ({why}); {left}" if n_read
+                            else f"no spectrum to {what} (the input holds none); {left}")
 
     # arrays are written (and hashed) on a background thread while the next structures are computed
     with fmt.AtomicDirectory(path, overwrite=overwrite) as tmp, fmt.ArrayWriter(tmp) as out:

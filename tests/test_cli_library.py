@@ -337,7 +337,16 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     kept = tmp_path / "k.fastspec"
     run("index", massbank_mgf, "-o", kept, "--no-faiss", "-q")
     assert_clean_error(run("index", bad, "-o", kept, "--overwrite", ok=False), "no spectrum to index")
-    assert json.loads(run("info", kept, "--json").output)["n_spectra"] > 0
+    before = json.loads(run("info", kept, "--json").output)
+    assert before["n_spectra"] > 0
+    # appending them: the same refusal, with this input's own counts, and the index unchanged
+    manifest = (kept / "manifest.json").read_bytes()
+    assert_clean_error(run("index", bad, "-o", kept, "--append", ok=False), "no spectrum to append",
+                       "all 2 records were rejected", "unparsable peak line: 1", "the index is unchanged")
+    assert (kept / "manifest.json").read_bytes() == manifest
+    lib = Library.open(kept)  # the API keeps counting them unless told otherwise
+    lib.append(bad)
+    assert (lib.n_spectra, lib.n_rejected) == (before["n_spectra"], before["n_rejected"] + 2)
     assert_clean_error(run("query", typo, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "no spectrum records")
     # counted oddities are shown, kept in the manifest and in the hit table's parameters
     odd = tmp_path / "odd.mgf"

@@ -96,7 +96,8 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
         lib = Library.open(output)
         n0, r0 = lib.n_spectra, lib.n_rejected
         with compile_watch(log) as compiled:
-            lib.append(list(inputs), on_error=on_error, threads=threads, progress=False if quiet else None)
+            lib.append(list(inputs), on_error=on_error, threads=threads, progress=False if quiet else None,
+                       allow_empty=False)
         what, n_new, n_rej = "appended", lib.n_spectra - n0, lib.n_rejected - r0
     else:
         from pathlib import Path

@@ -1273,6 +1273,7 @@ class Library:
 
         ``losses``: the neutral-loss entries carry this kind's scan weights (modified cosine, hybrid
         search); without, entropy kinds get the cosine ones, which only a search of fragments never reads.
+        Kind ``nl_cosine``: neutral-loss cosine's loss weights (:meth:`_nl_cosine_index`).
         """
         from fastspec.kernels import fragment as fk
 
@@ -1280,6 +1281,9 @@ class Library:
         key = f"pi:{kind}:{mz_power}:{intensity_power}:{losses}"
         if key in self._cache:
             return self._cache[key]
+        if kind == "nl_cosine":
+            self._cache[key] = pi = self._nl_cosine_index(mz_power, intensity_power)
+            return pi
         w = self.csr_weights(kind, mz_power, intensity_power)
         # scan weights: cosine weights, or square roots of entropy weights (see kernels.fragment._scan)
         scan = (lambda a: a) if kind == "cosine" else np.sqrt
@@ -1314,6 +1318,17 @@ class Library:
                           **self._scan_arrays())
         self._cache[key] = pi
         return pi
+
+    def _nl_cosine_index(self, mz_power: float, intensity_power: float):
+        """``peak_index`` of neutral-loss cosine (kind ``nl_cosine``): the cosine index with its loss
+        entries' weights renormalised over each spectrum's peaks below its precursor m/z (computed once
+        per open library from the stored cosine ones, no sort); only its loss side is scanned."""
+        from fastspec.kernels import fragment as fk
+
+        base = self.peak_index("cosine", mz_power, intensity_power)
+        w, scale = fk.below_precursor_weights(base.starts, base.ends, base.mz, base.w, base.precursor_mz)
+        nw = fk.scaled_entries(base.nl_mz, base.nl_spec, base.nl_w, scale)
+        return base._replace(w=_readonly(w), nl_w=_readonly(nw), nl_q8=_readonly(fk.quantize_weights(nw)))
 
     def scan_rows(self) -> np.ndarray | None:
         """Library row of each scan id of the fragment and neutral-loss indexes (int64 (n,)), or None

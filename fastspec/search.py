@@ -14,8 +14,9 @@ Modes
     The whole library, exactly: the fragment-ion index gives every spectrum sharing a peak with the
     query an upper bound of its score; candidates are scored exactly in bound order until the k-th
     exact score beats every remaining bound (:mod:`fastspec.search_fragment`,
-    :mod:`fastspec.kernels.fragment`). Metrics without such a bound go through an inverted bin index
-    (binned cosine) or score every spectrum (:mod:`fastspec.search_scan`).
+    :mod:`fastspec.kernels.fragment`). Neutral-loss cosine is bounded through the neutral-loss index
+    alone; binned cosine goes through an inverted bin index; the rest score every spectrum
+    (:mod:`fastspec.search_scan`).
 ``analog``, ``hybrid``
     Like ``open`` for modified cosine and ms_entropy's hybrid entropy, with the neutral-loss index adding
     the shifted partners.
@@ -48,6 +49,9 @@ _RAW_WEIGHTS = ("cosine", "modified_cosine")
 #: metrics whose whole-library search runs through the fragment index (kind, weight name)
 _BOUNDED = {"cosine": (0, "cosine"), "entropy": (1, "entropy"), "unweighted_entropy": (1, "unweighted_entropy"),
             "modified_cosine": (0, "cosine")}
+#: metrics whose whole-library search scans the neutral-loss index alone (kind, weight name; with
+#: ``ignore_peaks_above_precursor=False`` the plain cosine weights, see search_fragment._bound_kind)
+_LOSS_BOUNDED = {"neutral_loss_cosine": (0, "nl_cosine")}
 _ENTROPY = ("entropy", "unweighted_entropy")
 _DEFAULT_METRIC = {"identity": "cosine", "formula": "cosine", "open": "cosine", "analog": "modified_cosine",
                    "hybrid": "entropy", "neutral_loss": "entropy"}
@@ -105,9 +109,11 @@ def search(
         ``neutral_loss`` in :func:`fastspec.similarity.prepare`), exact through the neutral-loss index;
         queries and library spectra without a precursor m/z (NaN, or 0 or less) have no losses and no
         hits.
-        ``open`` is exact through the fragment index for cosine and (unweighted) entropy, and through
-        an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``;
-        other metrics score every library spectrum. ``open`` with modified cosine is ``analog``.
+        ``open`` is exact through the fragment index for cosine and (unweighted) entropy, through the
+        neutral-loss index for ``neutral_loss_cosine`` (matchms' ``NeutralLossesCosine``; with
+        ``min_matches`` above 1 it scores every spectrum), and through an inverted bin index (built on
+        first use, kept with the open library) for ``binned_cosine`` (scoring every spectrum beyond
+        ``search_scan._BIN_MAX`` bins). ``open`` with modified cosine is ``analog``.
     tolerance : float or str
         Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
     precursor_tolerance : float or str
@@ -391,6 +397,8 @@ def run_whole_library(ctx: "_Context", rows: np.ndarray, scores: np.ndarray, ind
         # neutral losses: modified cosine's shifted pairs, hybrid search's losses
         search_fragment.run_bounded(ctx, rows, scores, indices, matches,
                                     use_nl=metric == "modified_cosine" or ctx.cfg.mode == "hybrid")
+    elif metric in _LOSS_BOUNDED:  # neutral-loss cosine: every pair is a pair of losses
+        search_fragment.run_bounded(ctx, rows, scores, indices, matches, use_nl=True, losses_only=True)
     elif metric == "binned_cosine" and search_scan.n_bins(ctx) <= search_scan._BIN_MAX:
         search_scan.run_binned(ctx, rows, scores, indices, matches)
     else:
@@ -865,15 +873,22 @@ class _Context:
                             lambda w: w.n_blocks == n_blocks and w.n_library == n)
 
     def query_weights(self, wname: str) -> np.ndarray:
-        """Bound weights of every query peak (float64 (Q,)): L2-normalised cosine weights at the search's
-        powers, or sum-normalised entropy weights (``wname`` as in ``_BOUNDED``); computed once."""
+        """Bound weights of every query peak (float32 (Q,)): L2-normalised cosine weights at the search's
+        powers, sum-normalised entropy weights, or neutral-loss cosine's (``wname`` as in ``_BOUNDED`` and
+        ``_LOSS_BOUNDED``); computed once."""
         qw = self._qweights.get(wname)
         if qw is None:
             from fastspec.kernels import fragment as fk
 
-            mzp, ip = (self.cfg.mz_power, self.cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
-            qw = self._qweights[wname] = fk.peak_weights(self.q.offsets, self.q.mz, self.q.intensity, wname, mzp, ip,
-                                                         threads=self.cfg.threads)
+            if wname == "nl_cosine":  # cosine weights renormalised below each query's precursor m/z
+                off = self.q.offsets
+                qw = fk.below_precursor_weights(off[:-1], off[1:], self.q.mz, self.query_weights("cosine"),
+                                                self.q.precursor_mz, threads=self.cfg.threads)[0]
+            else:
+                mzp, ip = (self.cfg.mz_power, self.cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
+                qw = fk.peak_weights(self.q.offsets, self.q.mz, self.q.intensity, wname, mzp, ip,
+                                     threads=self.cfg.threads)
+            self._qweights[wname] = qw
         return qw
 
 # ====================================================================================== helpers

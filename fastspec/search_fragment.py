@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastspec import search_identity, search_scan
-from fastspec.search import _BOUNDED, _batches, _Context, _filter_key, _kth_lower
+from fastspec.search import _BOUNDED, _LOSS_BOUNDED, _batches, _Context, _filter_key, _kth_lower
 from fastspec.tolerance import parse_tolerance
 
 #: Open search: a precursor-window threshold at least this high is kept as it is (no FAISS neighbours
@@ -128,12 +128,22 @@ _ROUND_ENTRIES = 1 << 22
 
 def run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, losses_only: bool = False):
     # query weights and the neutral-loss window base once per search, not once per batch
-    qw = ctx.query_weights(_BOUNDED[ctx.cfg.metric][1])
+    qw = ctx.query_weights(_bound_kind(ctx.cfg)[1])
     nl_base = float(max(ctx.lib.manifest["counts"].get("max_mz", 0.0),
                         float(ctx.q.mz.max()) if ctx.q.mz.size else 0.0))
     for batch in _batches(rows, 1024):
         _run_bounded(ctx, batch, scores, indices, matches, use_nl, qw, nl_base, losses_only)
         ctx.advance(batch.shape[0])
+
+
+def _bound_kind(cfg) -> tuple[int, str]:
+    """(bound kind, weight name) of the search's metric (``_BOUNDED``, ``_LOSS_BOUNDED``). Neutral-loss
+    cosine keeping the peaks above the precursor (negative losses) weighs every peak as cosine does."""
+    if cfg.metric in _BOUNDED:
+        return _BOUNDED[cfg.metric]
+    if not cfg.metric_params.get("ignore_peaks_above_precursor", True):
+        return 0, "cosine"
+    return _LOSS_BOUNDED[cfg.metric]
 
 
 def run_losses(ctx: _Context, rows, scores, indices, matches):
@@ -157,7 +167,7 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     Candidates come out of :func:`fastspec.kernels.fragment.search_bounds` (pruning), or for queries with
     a weak first threshold :func:`fastspec.kernels.dense.dense_bounds` (no pruning, see ``_DENSE_BELOW``),
     in bound order, ``m`` per query; :func:`_rounds` scores them exactly. ``losses_only``: neutral-loss
-    search (:func:`run_losses`).
+    search (:func:`run_losses`) and neutral-loss cosine, loss windows only.
     """
     from fastspec import search_scan
     from fastspec.kernels import fragment as fk
@@ -166,8 +176,8 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     if rows.shape[0] == 0:
         return
     lib, cfg = ctx.lib, ctx.cfg
-    kind, wname = _BOUNDED[cfg.metric]
-    mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
+    kind, wname = _bound_kind(cfg)
+    mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname in ("cosine", "nl_cosine") else (0.0, 1.0)
     index = lib.peak_index(wname, mzp, ip, losses=use_nl)
     qc, lc, sym = ctx.filters()
     if index.scan_rows is not None:  # the kernel reads library codes by scan id

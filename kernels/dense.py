@@ -5,7 +5,7 @@ no longer lift an unreached spectrum to the threshold, then follows the spectra 
 query's best scores are low (a compound the library does not hold), little is pruned and each index
 entry costs 4-6 ns (branches, scattered 8-byte rows, the pruning passes). :func:`dense_bounds` does no
 pruning: it adds one 16-bit fixed-point number per entry of every query peak's window (fragments, and
-for analog and hybrid search neutral losses too; for neutral-loss search losses only) to a 16-bit accumulator per library spectrum (4.8 MB at
+for analog and hybrid search neutral losses too; for neutral-loss search and neutral-loss cosine losses only) to a 16-bit accumulator per library spectrum (4.8 MB at
 2.4M spectra), ~1.2-1.3 ns per entry, then keeps the ``m`` best sums in one vectorised pass over the
 accumulators, which it leaves zeroed.
 
@@ -109,7 +109,7 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
     # one block of queries (t = b, b + n_blocks, ...) with its own accumulators; blocks run in Python
     # threads (the kernel releases the GIL)
     n = acc.shape[0]
-    side0 = 1 if losses_only else 0  # neutral-loss search scans the loss windows only
+    side0 = 1 if losses_only else 0  # neutral-loss search and neutral-loss cosine scan the loss windows only
     buf = np.empty(4 * m_cap + 64, dtype=np.int64)
     for t in range(b, q_rows.shape[0], n_blocks):
         qrow = q_rows[t]
@@ -297,7 +297,8 @@ def dense_bounds(
     q_codes, lib_codes, symmetric, q_groups, min_score, nl_base, threads
         As :func:`~fastspec.kernels.fragment.search_bounds`.
     losses_only : bool
-        With ``use_nl``: scan the neutral-loss windows only (ms_entropy's neutral-loss search).
+        With ``use_nl``: scan the neutral-loss windows only (ms_entropy's neutral-loss search, neutral-loss
+        cosine).
 
     Returns
     -------

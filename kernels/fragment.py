@@ -200,9 +200,94 @@ def _entropy_weights_one(intensity, a, b, total, weighted, out):
         out[p] = _stored((x ** power) / s2) if x > 0 else 0.0
 
 
+def _below_precursor_py(starts, ends, mz, w, precursor_mz, out, scale):
+    n = starts.shape[0]
+    for i in prange(n):
+        a, b, lim = starts[i], ends[i], precursor_mz[i]
+        s = 0.0
+        clamped = False
+        for p in range(a, b):
+            if mz[p] < lim:  # (a NaN precursor keeps nothing)
+                s += np.float64(w[p]) * np.float64(w[p])
+                clamped |= 0.0 < w[p] <= _F32_TINY
+        # a weight stored at the smallest normal float32 stands for any smaller one (_stored): their ratios
+        # are lost, so renormalising could understate a peak's share; such a spectrum (weights 1e38 apart)
+        # gets weight 1, every peak's most, instead (scale inf)
+        f = np.inf if clamped else (1.0 / np.sqrt(s) if s > 0 else 0.0)
+        scale[i] = f
+        for p in range(a, b):
+            out[p] = _renormalised(w[p], f) if mz[p] < lim else 0.0
+
+
+@numba.njit(inline="always", **NJIT)
+def _renormalised(w, f):
+    """``w * f`` as stored, at most 1 (no renormalised weight exceeds it); 1 for a scale of inf."""
+    if f == np.inf:
+        return 1.0
+    return min(_stored(np.float64(w) * f), 1.0)
+
+
+def _scaled_entries_py(vals, spec, w, scale, out):
+    for e in prange(vals.shape[0]):
+        # an entry of a peak below its precursor has a loss >= 0 however it was rounded; others may too,
+        # and keep a weight they need not (a looser bound, never a missed pair)
+        out[e] = _renormalised(w[e], scale[spec[e]]) if vals[e] >= 0 else 0.0
+
+
 # parallel builds for libraries, serial ones for a few query spectra (see fastspec.kernels._config.pjit)
 _cosine_weights = pjit(_cosine_weights_py)
 _entropy_weights = pjit(_entropy_weights_py)
+_below_precursor = pjit(_below_precursor_py)
+_scaled_entries = pjit(_scaled_entries_py)
+
+
+def below_precursor_weights(starts: np.ndarray, ends: np.ndarray, mz: np.ndarray, w: np.ndarray,
+                            precursor_mz: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine weights renormalised over each spectrum's peaks below its precursor m/z, the weights of
+    neutral-loss cosine (matchms' ``NeutralLossesCosine`` with ``ignore_peaks_above_precursor``), as
+    upper bounds of them; the other peaks get 0. Equal up to float32 rounding, except in a spectrum with a
+    weight stored at the smallest normal float32 (a ratio of 1e38 or more to its largest, see
+    ``_stored``), whose peaks below the precursor all get 1.
+
+    Parameters
+    ----------
+    starts, ends : ndarray, int64 (n,)
+        Each spectrum's peaks ``[starts[i], ends[i])`` in ``mz`` / ``w``.
+    mz : ndarray, float64 (P,)
+        Peak m/z.
+    w : ndarray, float32 (P,)
+        L2-normalised cosine weights (:func:`peak_weights`, kind ``cosine``).
+    precursor_mz : ndarray, float64 (n,)
+        Precursor m/z (NaN: no peak kept).
+
+    Returns
+    -------
+    weights : ndarray, float32 (P,)
+        ``min(w * scale, 1)`` for peaks with ``mz < precursor_mz``, else 0.
+    scale : ndarray, float64 (n,)
+        ``1 / sqrt(sum of w**2 over the peaks kept)`` per spectrum (0 when none is kept; inf for a spectrum
+        with a clamped weight).
+    """
+    n = np.asarray(starts).shape[0]
+    out = np.zeros(np.asarray(mz).shape[0], dtype=np.float32)
+    scale = np.empty(n, dtype=np.float64)
+    with _threads(threads):
+        _below_precursor.pick(n, threads)(_ro(starts, np.int64), _ro(ends, np.int64), _ro(mz, np.float64),
+                                          _ro(w, np.float32), _ro(precursor_mz, np.float64), out, scale)
+    return out, scale
+
+
+def scaled_entries(values: np.ndarray, spec: np.ndarray, w: np.ndarray, scale: np.ndarray,
+                   threads: int | None = None) -> np.ndarray:
+    """Neutral-loss index weights rescaled per spectrum: ``min(w[e] * scale[spec[e]], 1)`` (1 where the
+    scale is inf) where the loss ``values[e] >= 0``, else 0; float32, one per entry (``values`` float32
+    losses, ``spec`` int32 scan ids, ``w`` float32 cosine weights, ``scale`` float64 by scan id, as
+    :func:`below_precursor_weights` returns it)."""
+    out = np.empty(np.asarray(values).shape[0], dtype=np.float32)
+    with _threads(threads):
+        _scaled_entries.pick(out.shape[0], threads)(_ro(values, np.float32), _ro(spec, np.int32), _ro(w, np.float32),
+                                                    _ro(scale, np.float64), out)
+    return out
 
 
 def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kind: str,

@@ -20,6 +20,7 @@ import math
 __all__ = [
     "window", "weights", "collect_pairs", "greedy", "cosine", "modified_cosine", "neutral_loss_cosine",
     "binned_vector", "binned_cosine", "hashed_vector", "entropy_weight", "entropy_similarity", "score", "topk", "cosine_bound",
+    "neutral_loss_weights",
 ]
 
 
@@ -131,6 +132,15 @@ def neutral_loss_cosine(mz_a, int_a, pmz_a, mz_b, int_b, pmz_b, tol=0.1, unit="d
     w_a = weights(mz_a, int_a, mz_power, intensity_power)
     w_b = weights(mz_b, int_b, mz_power, intensity_power)
     return _finish(collect_pairs(mz_a, w_a, mz_b, w_b, tol, unit, pmz_a - pmz_b), w_a, w_b)
+
+
+def neutral_loss_weights(mz, intensity, pmz, mz_power=0.0, intensity_power=1.0) -> list[float]:
+    """Neutral-loss cosine's per-peak weights as its score uses them: ``weights`` of the peaks below
+    the precursor divided by their L2 norm, 0 for the others (all 0 without a precursor)."""
+    w = weights(mz, intensity, mz_power, intensity_power)
+    kept = [not math.isnan(pmz) and float(m) < pmz for m in mz]
+    norm = math.sqrt(sum(x * x for x, k in zip(w, kept) if k))
+    return [x / norm if k and norm > 0 else 0.0 for x, k in zip(w, kept)]
 
 
 KHOO2026 = {"bin_width": 0.25, "max_mz": 2000.0, "base_peak": 100.0, "precursor_peak": 100.0}

@@ -8,7 +8,7 @@ import pytest
 from fastspec import preprocess, similarity
 from fastspec.io import read
 from fastspec.kernels import _config
-from fastspec.kernels.fragment import peak_weights
+from fastspec.kernels.fragment import below_precursor_weights, peak_weights, scaled_entries
 from fastspec.kernels.tanimoto import tanimoto_matrix
 from fastspec.vectors import nearest_lists, spectrum_vectors
 
@@ -32,6 +32,10 @@ def _run_all(sp):
         out += [s, m, ts, ti, tm, ps, pm, p.w]
     out.append(peak_weights(pp.offsets, pp.mz, pp.intensity, "cosine", threads=2))
     out.append(peak_weights(pp.offsets, pp.mz, pp.intensity, "entropy", threads=2))
+    nl_w, scale = below_precursor_weights(pp.offsets[:-1], pp.offsets[1:], pp.mz, out[-2], pp.precursor_mz, threads=2)
+    seg = np.repeat(np.arange(len(pp), dtype=np.int32), np.diff(pp.offsets))
+    out += [nl_w, scale, scaled_entries((pp.precursor_mz[seg] - pp.mz).astype(np.float32), seg, out[-2], scale,
+                                        threads=2)]
     fp = np.random.default_rng(0).integers(0, 2**63, size=(40, 4), dtype=np.uint64)
     out.append(tanimoto_matrix(fp, threads=2))
     vec = spectrum_vectors(pp, None, threads=2)

@@ -292,3 +292,44 @@ def test_neutral_loss_on_the_command_line(hlib, tmp_path):
     res = CliRunner().invoke(main, ["query", str(qfile), "--library", str(lib.path), "-o", str(tmp_path / "x.tsv"),
                                     "--mode", "neutral_loss", "--metric", "cosine"], catch_exceptions=False)
     assert res.exit_code != 0 and "Traceback" not in res.output and "neutral_loss_cosine" in res.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(spectra=st.lists(st.tuples(st.lists(st.tuples(st.floats(10.0, 500.0),
+                                                    st.one_of(st.floats(0.0, 1e4), st.sampled_from([1e-30, 1e10]))),
+                                          max_size=12),
+                                  st.one_of(st.floats(0.0, 520.0), st.just(float("nan")))), min_size=1, max_size=6),
+       powers=st.sampled_from([(0.0, 1.0), (1.0, 0.5)]))
+def test_neutral_loss_cosine_bound_weights_vs_naive(spectra, powers):
+    """The neutral-loss index's weights of neutral-loss cosine (:func:`below_precursor_weights`, then
+    :func:`scaled_entries` over the loss entries) against the naive weights the score uses: never below
+    them (bounds), and equal up to float32 rounding, except in spectra with weights 1e38 or more apart
+    (intensities 1e-30 and 1e10), whose stored float32 weights lost their ratio: 1 there."""
+    from fastspec.kernels import fragment as fk
+
+    peaks = [sorted(p) for p, _ in spectra]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in peaks])]).astype(np.int64)
+    mz = np.array([m for p in peaks for m, _ in p], dtype=np.float64)
+    inten = np.array([i for p in peaks for _, i in p], dtype=np.float32)
+    pmz = np.array([x for _, x in spectra], dtype=np.float64)
+    cos = fk.peak_weights(offsets, mz, inten, "cosine", *powers)
+    w, scale = fk.below_precursor_weights(offsets[:-1], offsets[1:], mz, cos, pmz)
+    want = [x for i, p in enumerate(peaks)
+            for x in ref.neutral_loss_weights([m for m, _ in p], [float(np.float32(v)) for _, v in p], pmz[i], *powers)]
+    spec = np.repeat(np.arange(len(peaks), dtype=np.int32), np.diff(offsets))
+    tiny = np.float32(np.finfo(np.float32).tiny)
+    lossy = np.isinf(scale)[spec]  # spectra with a weight kept at the smallest normal float32
+    assert set(np.flatnonzero(np.isinf(scale))) == {spec[p] for p in range(len(mz))
+                                                    if mz[p] < pmz[spec[p]] and 0 < cos[p] <= tiny}
+    np.testing.assert_allclose(w[~lossy], np.asarray(want)[~lossy], rtol=1e-6, atol=1e-30)
+    assert (w[lossy] == np.where(mz[lossy] < pmz[spec[lossy]], 1.0, 0.0)).all()
+    assert (w >= np.asarray(want) * (1 - 1e-6)).all()
+    # the loss entries of every peak (precursor - m/z, any sign, as the index stores them), shuffled
+    loss = (pmz[spec] - mz).astype(np.float32)
+    order = np.random.default_rng(len(mz)).permutation(len(mz))
+    order = order[np.isfinite(loss[order])]  # (the index holds no entries of spectra without a precursor)
+    nw = fk.scaled_entries(loss[order], spec[order], cos[order], scale)
+    below = mz[order] < pmz[spec[order]]
+    np.testing.assert_array_equal(nw[below], w[order][below])  # as the peaks' own
+    # a peak at its precursor (loss 0) may keep a weight: a looser bound, never a lower one
+    assert (nw >= 0).all() and np.isfinite(nw).all()

@@ -1537,26 +1537,92 @@ def test_open_binned_cosine_equals_brute_force(lib, data, params):
     assert_same_hits(hits, ref)
 
 
-@pytest.mark.parametrize("filtered", [False, True])
-def test_open_without_an_index_bound_equals_brute_force(lib, data, monkeypatch, filtered):
-    """Metrics with no fragment-index bound (neutral-loss cosine) score every eligible library spectrum:
-    the library prepared once (here from many chunks), each query's candidates its filters' rows."""
+def _nl_queries(data) -> Spectra:
+    """The test queries, plus edge cases of neutral-loss cosine: a query without a precursor m/z, one
+    whose precursor is 0 (in memory: every peak is above it), and one with peaks above its precursor."""
+    q = data[1]
+    extra = q[np.arange(3)]
+    pmz = np.array(extra.precursor_mz, dtype=np.float64)
+    pmz[0], pmz[1] = np.nan, 0.0
+    pmz[2] = float(np.median(extra.mz[extra.offsets[2]:extra.offsets[3]]))  # half its peaks above
+    extra = Spectra(extra.offsets, extra.mz, extra.intensity, pmz, extra.charge, extra.metadata)
+    return Spectra.concat([q, extra])
+
+
+@pytest.mark.parametrize("case", ["plain", "filtered", "ppm", "powers", "k_min_score", "keep_above", "min_matches"])
+def test_open_neutral_loss_cosine_equals_brute_force(lib, data, monkeypatch, case):
+    """Neutral-loss cosine (matchms' NeutralLossesCosine) searches the whole library through the
+    neutral-loss index: loss windows only, cosine weights renormalised below each precursor (with
+    ``ignore_peaks_above_precursor=False``, negative losses scored too, the cosine weights); the same hits
+    as scoring every eligible spectrum."""
     from fastspec import search_scan
 
-    monkeypatch.setattr(search_scan, "_BIN_CHUNK", 257)
-    queries = data[1]
-    kw = dict(same_adduct=True, same_charge=True) if filtered else {}
-    hits = lib.search(queries, k=K, mode="open", metric="neutral_loss_cosine", tolerance=0.05, **kw)
+    queries = _nl_queries(data)
+    kw, ref_kw, k, tol = {}, {}, K, 0.05
+    if case == "filtered":
+        kw = dict(same_adduct=True, same_charge=True)
+    elif case == "ppm":
+        tol = "20ppm"
+    elif case == "powers":
+        kw = ref_kw = dict(mz_power=1.0, intensity_power=0.5)
+    elif case == "k_min_score":
+        k, kw = 40, dict(min_score=0.2)
+        ref_kw = dict(min_score=0.2)
+    elif case == "keep_above":
+        kw = ref_kw = dict(ignore_peaks_above_precursor=False)
+    if case == "min_matches":  # the bound scan counts no matched peaks: every spectrum is scored
+        kw, ref_kw = dict(min_matches=2), dict(min_matches=2)
+        monkeypatch.setattr(search_scan, "_BIN_CHUNK", 257)  # the library prepared from many chunks
+    else:
+        def refuse(*a, **kw_):  # the index answers; scoring every spectrum would be a silent fallback
+            raise AssertionError("scored every spectrum")
+        monkeypatch.setattr(search_scan, "run_brute_force", refuse)
+    hits = lib.search(queries, k=k, mode="open", metric="neutral_loss_cosine", tolerance=tol, **kw)
     cand = same_polarity(lib, queries)
-    if filtered:
+    if case == "filtered":
         la = np.array(normalize_adducts(lib.metadata(columns=["adduct"]).column("adduct").to_pylist()), dtype=object)
         qa = normalize_adducts(queries.column("adduct"))
         cand = cand & np.array([[a is None or a == "" or a == b for b in la] for a in qa])
         lc, qch = np.abs(np.asarray(lib.array("charge"))), np.abs(queries.charge)
         cand &= (qch[:, None] == 0) | (lc[None, :] == 0) | (qch[:, None] == lc[None, :])
         assert (same_polarity(lib, queries) & ~cand).sum() > 1000  # the filters drop candidates
-    assert (hits.indices >= 0).sum() > len(queries) * K // 2
-    assert_same_hits(hits, brute_force(lib, queries, "neutral_loss_cosine", cand, tolerance="0.05da"))
+    assert (hits.indices >= 0).sum() > len(queries) * k // 3
+    assert (hits.indices[-3] < 0).all()  # no precursor: no losses, no hits
+    if case != "keep_above":
+        assert (hits.indices[-2] < 0).all()  # precursor 0: every peak above it
+    tol_s = f"{tol}da" if isinstance(tol, float) else tol
+    assert_same_hits(hits, brute_force(lib, queries, "neutral_loss_cosine", cand, k=k, tolerance=tol_s, **ref_kw))
+
+
+def test_open_neutral_loss_cosine_weights_renormalised_below_the_precursor(tmp_path):
+    """A spectrum whose intensity lies mostly above its precursor scores 1 in neutral-loss cosine while
+    its cosine weights of the peaks below are tiny: its bound must use the renormalised weights, or the
+    decoys sharing one loss (0.58 each, more than the first round's candidates) hide it."""
+    def spec(peaks, pmz):
+        return np.array([p[0] for p in peaks], float), np.array([p[1] for p in peaks], np.float32), pmz
+
+    target = spec([(200.0, 1.0), (250.0, 1.0), (300.0, 1.0), (410.0, 100.0)], 400.0)
+    decoys = [spec([(150.0 + 0.001 * d, 1.0), (20.0 + 0.1 * d, 1.0), (60.0 + 0.1 * d, 1.0)], 350.0 + 0.001 * d)
+              for d in range(300)]  # each shares the loss 200 with the query, nothing else
+    rows = decoys[:150] + [target] + decoys[150:]
+    offsets = np.concatenate([[0], np.cumsum([r[0].shape[0] for r in rows])])
+    lib_sp = Spectra(offsets, np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]),
+                     np.array([r[2] for r in rows]))
+    lib = Library.build(lib_sp, tmp_path / "nl.fastspec", preprocess=None, faiss=False)
+    q = Spectra(np.array([0, 3]), np.array([100.0, 150.0, 200.0]), np.ones(3, np.float32), np.array([300.0]))
+    hits = lib.search(q, k=1, mode="open", metric="neutral_loss_cosine", tolerance=0.01)
+    assert hits.indices[0, 0] == 150 and hits.scores[0, 0] == pytest.approx(1.0)
+    assert hits.matches[0, 0] == 3
+
+
+def test_open_neutral_loss_cosine_unclean_library(raw, data):
+    """On peaks as read (close peaks: several entries of a spectrum in one loss window), the loss-index
+    bounds still hold."""
+    queries = _nl_queries(data)
+    hits = raw.search(queries, k=K, mode="open", metric="neutral_loss_cosine", tolerance=0.1)
+    ref = brute_force(raw, queries, "neutral_loss_cosine", same_polarity(raw, queries), tolerance="0.1da")
+    assert (hits.indices >= 0).sum() > len(queries) * K // 3
+    assert_same_hits(hits, ref)
 
 
 @pytest.mark.parametrize("kw", [dict(same_adduct=True, same_charge=True),

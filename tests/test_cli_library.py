@@ -166,6 +166,14 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
                            "--mode", "analog", ok=False), "analog")
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "open",
                            "--tolerance", "1000000ppm", ok=False), "1e6")
+    # the API's words in the command's: options, not keyword arguments
+    res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "open", "--no-neighbour",
+              "fallback", ok=False)
+    assert_clean_error(res, "--no-neighbour applies to --mode formula")
+    res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "neutral_loss", "--metric",
+              "cosine", ok=False)
+    assert_clean_error(res, "--mode open, --metric neutral_loss_cosine")
+    assert "metric=" not in res.output and "mode=" not in res.output
     # the same bare-number rule in the lab commands
     assert_clean_error(run("evaluate", "-l", massbank_mgf, "--tolerance", "10", ok=False), "10ppm")
     # ... but there a binned_cosine --tolerance is a bin width: 1 Da bins are a normal setting

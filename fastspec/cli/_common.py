@@ -78,7 +78,7 @@ def handle_errors(f):
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise
             if isinstance(e, FastspecError):
-                msg = str(e)
+                msg = as_options(str(e))
             elif e.strerror and e.filename:  # missing file, permission, a directory given for a file
                 msg = f"{e.strerror}: {e.filename}"
             elif re.search(r"\d+ requested and \d+ written", str(e)):  # numpy's short write: no errno
@@ -88,6 +88,37 @@ def handle_errors(f):
             raise click.ClickException(msg.splitlines()[0] if msg else type(e).__name__) from None
 
     return wrapper
+
+
+def as_options(msg: str) -> str:
+    """A message of the Python API in the running command's terms: ``name=value`` of a parameter the
+    command has as an option becomes ``--name value`` (a flag's ``True`` its flag, ``False`` its
+    ``--no-`` form), and a bare parameter name with an underscore (``no_neighbour``) its option."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not msg:
+        return msg
+    opts = {}
+    for p in ctx.command.params:
+        longs = [o for o in p.opts if o.startswith("--")]
+        if isinstance(p, click.Option) and p.name and longs:
+            opts[p.name] = (p, longs[0])
+    if not opts:
+        return msg
+    names = "|".join(sorted(map(re.escape, opts), key=len, reverse=True))
+
+    def assigned(m: re.Match) -> str:
+        p, opt = opts[m.group(1)]
+        value = next(v for v in m.groups()[1:] if v is not None)
+        if p.is_flag and value in ("True", "False"):
+            if value == "True":
+                return opt
+            no = [o for o in p.secondary_opts if o.startswith("--")]
+            return no[0] if no else f"no {opt}"
+        return f"{opt} {value}"
+
+    msg = re.sub(rf"(?<![\w-])({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)']+))", assigned, msg)
+    return re.sub(rf"(?<![\w'-])({'|'.join(re.escape(n) for n in opts if '_' in n) or '(?!)'})(?![\w'=])",
+                  lambda m: opts[m.group(1)][1], msg)
 
 
 def _not_utf8(e: UnicodeEncodeError, params: list) -> str:

@@ -178,7 +178,8 @@ def apply_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Sp
     NaN/inf, m/z <= 0, intensity <= 0. The fragment-index bounds assume finite positive weights (a
     negative intensity breaks the upper bounds; a zero-intensity peak would count as a matched peak in
     the exact scores but never in the bounds, so ``min_matches`` could miss hits), and entropy
-    rescoring ignores such peaks anyway.
+    rescoring ignores such peaks anyway. m/z and precursor m/z that float32 cannot hold (3.4e38 and
+    more: the index's sorted m/z and neutral losses are float32) go too, the precursor becoming unknown.
     """
     out = spectra if pipeline is None else _run_pipeline(pipeline, spectra, threads)
     return drop_invalid_peaks(out)
@@ -187,15 +188,23 @@ def apply_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Sp
 #: m/z at or below this round to 0 in float32 (half float32's smallest subnormal), as the entropy kernels
 #: store m/z: they would drop such a peak and renormalise the rest, while the index kept its weight
 _F32_ROUNDS_TO_ZERO = float(np.nextafter(np.float32(0), np.float32(1))) / 2
+#: float32's largest value: m/z beyond it would be inf (or float32's largest) in the index
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 def drop_invalid_peaks(spectra: Spectra) -> Spectra:
     """``spectra`` without peaks whose m/z or intensity is not finite and positive, m/z not positive in
-    float32 included (the same object when there are none)."""
+    float32 or beyond its range included, and with precursor m/z beyond float32's range made NaN (the
+    same object when there are none)."""
     mz = np.asarray(spectra.mz)
     inten = np.asarray(spectra.intensity)
+    pmz = np.asarray(spectra.precursor_mz)
     with np.errstate(invalid="ignore"):
-        keep = np.isfinite(mz) & (mz > _F32_ROUNDS_TO_ZERO) & np.isfinite(inten) & (inten > 0)
+        huge = np.abs(pmz) > F32_MAX
+        if huge.any():
+            spectra = Spectra(spectra.offsets, mz, inten, np.where(huge, np.nan, pmz), spectra.charge,
+                              spectra.metadata, validate=False)
+        keep = np.isfinite(mz) & (mz > _F32_ROUNDS_TO_ZERO) & (mz <= F32_MAX) & np.isfinite(inten) & (inten > 0)
     if keep.all():
         return spectra
     offsets = np.asarray(spectra.offsets, np.int64)

@@ -37,6 +37,7 @@ GOOD = "PEPMASS=200.5\nSPECTRUM_ID=good\n100 10\n150 20"
     ("PEPMASS=1\ninf 5", "non-finite peak value"),
     ("PEPMASS=1\n100 1e999", "non-finite peak value"),
     ("PEPMASS=1\n100 1e39", "non-finite peak value"),  # beyond float32
+    ("PEPMASS=1\n1e39 5", "non-finite peak value"),  # an m/z too (the index stores float32 m/z)
     ("PEPMASS=1\n100 -5", "negative intensity"),
     ("PEPMASS=1\n0 5", "m/z not positive"),
     ("PEPMASS=1\n-100 5", "m/z not positive"),
@@ -308,3 +309,19 @@ def test_a_hit_table_given_as_spectra_says_so(tmp_path):
     p.write_text('# mode: "identity"\nquery_index\tquery_id\n0\ta\n')
     with pytest.raises(FastspecError, match="first line is a comment.*hit table"):
         fio.read(p)
+
+
+def test_precursor_beyond_float32_is_unknown(tmp_path):
+    """A precursor m/z float32 cannot hold (the index's neutral losses are float32) reads as unknown, with
+    the warning of other unusable values; given in memory, preprocessing makes it unknown too."""
+    from fastspec.library import apply_pipeline
+    from fastspec.spectra import Spectra
+
+    sp, report = fio.read(write(tmp_path, "p.mgf", mgf("PEPMASS=1e39\n100 5", "PEPMASS=3.4e38\n100 5")),
+                          return_report=True)
+    assert np.isnan(sp.precursor_mz[0]) and sp.precursor_mz[1] == 3.4e38
+    assert report.warnings.get("bad precursor_mz") == 1
+    mem = Spectra(np.array([0, 2, 3]), np.array([100.0, 1e39, 50.0]), np.ones(3, np.float32), np.array([1e39, 300.0]))
+    out = apply_pipeline(None, mem)
+    assert out.offsets.tolist() == [0, 1, 2] and out.mz.tolist() == [100.0, 50.0]
+    assert np.isnan(out.precursor_mz[0]) and out.precursor_mz[1] == 300.0

@@ -7,7 +7,7 @@ Peak rules (:func:`clean_peaks`), identical for every format, applied to CSR arr
 condition                                 rule
 ========================================  =====================================================
 NaN or infinite m/z or intensity          record rejected (``"non-finite peak value"``); also
-                                          intensities beyond float32 range
+                                          m/z and intensities beyond float32 range (3.4e38)
 m/z <= 0                                  record rejected (``"m/z not positive"``)
 intensity < 0                             record rejected (``"negative intensity"``)
 intensity == 0                            peak dropped (counted in ``n_zero_intensity_dropped``)
@@ -15,7 +15,7 @@ no peak left (or none given)              record rejected (``"no peaks"``)
 peaks not sorted by m/z                   sorted (stable), counted in ``n_fixed_unsorted``
 repeated m/z values                       kept as they are, counted in ``n_with_duplicate_mz``
 missing / unparsable / non-positive       precursor m/z is NaN; record kept (``"bad precursor_mz"``
-precursor m/z                             warning when a value was given but unusable)
+precursor m/z, or beyond float32 range    warning when a value was given but unusable)
 ========================================  =====================================================
 """
 from __future__ import annotations
@@ -188,6 +188,7 @@ class ReadReport:
 
 # ---------------------------------------------------------------------------- peak rules
 _CODES = (None, REASON_NONFINITE, REASON_MZ, REASON_NEGATIVE, REASON_EMPTY)
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @numba.njit(**NJIT)
@@ -211,7 +212,7 @@ def _peak_rules(offsets, mz, inten, pre_bad):
         for k in range(a, b):
             m = mz[k]
             v = inten[k]
-            if not (np.isfinite(m) and np.isfinite(v)):
+            if not (np.isfinite(m) and np.isfinite(v) and m <= _F32_MAX):  # (the index stores float32 m/z)
                 c = 1
                 break
             if m <= 0.0 and c == 0:

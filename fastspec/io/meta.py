@@ -41,6 +41,8 @@ import pyarrow.compute as pc
 
 from fastspec.spectra import CANONICAL_KEYS
 
+_F32_MAX = float(np.finfo(np.float32).max)  # (the library index stores m/z and neutral losses as float32)
+
 #: canonical key -> accepted aliases (lower-case, as written in files), highest priority first.
 #: The canonical key itself always has top priority.
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -624,11 +626,12 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
             out[k] = _as_string(a) if not pa.types.is_null(a.type) else pa.nulls(n, pa.string())
         else:
             out[k] = pa.nulls(n, pa.string())
-    # precursor m/z: positive finite float, else null
+    # precursor m/z: positive finite float (within float32's range, as the index stores losses), else null
     if "precursor_mz" in out and not pa.types.is_null(out["precursor_mz"].type):
         raw = out["precursor_mz"]
         pmz = _to_float(raw)
-        bad = ~(np.isfinite(pmz) & (pmz > 0))
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.isfinite(pmz) & (pmz > 0) & (pmz <= _F32_MAX))
         if counts is not None:
             given = ~np.asarray(raw.is_null().to_numpy(zero_copy_only=False), dtype=bool)
             nbad = int(np.count_nonzero(bad & given))

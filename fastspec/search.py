@@ -110,10 +110,10 @@ def search(
         queries and library spectra without a precursor m/z (NaN, or 0 or less) have no losses and no
         hits.
         ``open`` is exact through the fragment index for cosine and (unweighted) entropy, through the
-        neutral-loss index for ``neutral_loss_cosine`` (matchms' ``NeutralLossesCosine``; with
-        ``min_matches`` above 1 it scores every spectrum), and through an inverted bin index (built on
-        first use, kept with the open library) for ``binned_cosine`` (scoring every spectrum beyond
-        ``search_scan._BIN_MAX`` bins). ``open`` with modified cosine is ``analog``.
+        neutral-loss index for ``neutral_loss_cosine`` (matchms' ``NeutralLossesCosine``), and through
+        an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``
+        (scoring every spectrum beyond ``search_scan._BIN_MAX`` bins). ``open`` with modified cosine is
+        ``analog``.
     tolerance : float or str
         Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
     precursor_tolerance : float or str

@@ -1,8 +1,7 @@
 """Whole-library search without a fragment-index bound, and the FAISS engine.
 
 Binned cosine goes through an inverted bin index (built on first use, kept with the open library);
-other metrics without a bound, and neutral-loss cosine with a minimum of matched peaks (its bound
-scan counts none), score every eligible library spectrum (the library prepared once per
+other metrics without a bound score every eligible library spectrum (the library prepared once per
 search). ``engine="faiss"`` takes each query's nearest neighbours in the FAISS index and rescores them
 exactly; open, analog and hybrid search take their first thresholds from the neighbours in the
 small threshold index (in this one on libraries built without it).

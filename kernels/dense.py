@@ -104,11 +104,15 @@ def query_codes(kind: int, weights: np.ndarray) -> np.ndarray:
 @numba.njit(**NJIT)
 def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_mz, fr_spec, fr_q8, fr_rng,
                   nl_mz, nl_spec, nl_q8, nl_rng, use_nl, losses_only, nl_base, p_big, per_frag, per_loss, table,
-                  tol_da, tol_ppm, q_codes, lib_codes, sym, min_score, m_cap, acc, out_ids, out_bound, out_next,
-                  out_stats):
+                  tol_da, tol_ppm, q_codes, lib_codes, sym, min_score, m_cap, min_pairs, acc, cnt, out_ids, out_bound,
+                  out_next, out_stats):
     # one block of queries (t = b, b + n_blocks, ...) with its own accumulators; blocks run in Python
     # threads (the kernel releases the GIL)
     n = acc.shape[0]
+    # with a minimum of matched peaks, cnt counts each spectrum's (query peak, entry) pairs in the windows:
+    # at least its matched peaks under any one-to-one assignment (saturating at 255)
+    count = min_pairs > 1
+    need = min(min_pairs, 255)  # a saturated count may stand for any more
     side0 = 1 if losses_only else 0  # neutral-loss search and neutral-loss cosine scan the loss windows only
     buf = np.empty(4 * m_cap + 64, dtype=np.int64)
     for t in range(b, q_rows.shape[0], n_blocks):
@@ -151,6 +155,10 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
                     else:
                         for e in range(np.uint64(e0), np.uint64(e1)):
                             acc[np.uint32(s_spec[e])] += row[s_q8[e]]
+                    if count:
+                        for e in range(np.uint64(e0), np.uint64(e1)):
+                            c = np.uint32(s_spec[e])
+                            cnt[c] = np.uint8(min(np.uint32(cnt[c]) + np.uint32(1), np.uint32(255)))
         # spectra that cannot beat theta (or min_score) are no candidates: inflate(v / SCALE) >= theta
         lim = max(theta_in[t], min_score)
         thr = np.int64(1)
@@ -171,6 +179,8 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
                 v = blk[j]
                 top = v if v > top else top
             if top == 0:
+                if count:  # (a pair may add 0 to the sum, never to the count)
+                    cnt[c0:c0 + np.int64(nb)] = 0
                 continue
             if np.int64(top) > floor_v:
                 for j in range(nb):
@@ -178,6 +188,8 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
                     if v <= floor_v:
                         continue
                     c = c0 + np.int64(j)
+                    if count and np.int64(cnt[c]) < need:  # too few peaks to match: no candidate
+                        continue
                     if not _passes(c, qrow, q_codes, lib_codes, sym):
                         continue
                     kept += 1
@@ -189,6 +201,8 @@ def _dense_bounds(b, n_blocks, q_rows, q_off, q_mz, q_code, q_pmz, theta_in, fr_
                         cut = True
             for j in range(nb):
                 blk[j] = 0
+            if count:
+                cnt[c0:c0 + np.int64(nb)] = 0
         left = floor_v if cut else np.int64(0)  # every sum left out is at most the floor
         if nbuf > m_cap:
             nbuf = _cut(buf, nbuf, m_cap)
@@ -265,10 +279,10 @@ def dense_bounds(
     nl_base: float = 0.0,
     threads: int | None = None,
     losses_only: bool = False,
+    min_pairs: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``m`` library spectra with the highest score upper bounds for each query, by a dense scan of
-    the fragment index (and the neutral-loss index, or that alone; see the module docstring; no minimum
-    of matched peaks).
+    the fragment index (and the neutral-loss index, or that alone; see the module docstring).
 
     On clean queries against a clean library (no two peaks of a spectrum within two windows of each
     other) each window holds one entry of a spectrum and the sums are one-to-one pairs; otherwise they
@@ -299,6 +313,10 @@ def dense_bounds(
     losses_only : bool
         With ``use_nl``: scan the neutral-loss windows only (ms_entropy's neutral-loss search, neutral-loss
         cosine).
+    min_pairs : int
+        Minimum of matched peaks: above 1, a spectrum whose (query peak, entry) pairs in the windows are
+        fewer is no candidate (a second, one-byte count per spectrum; every one-to-one assignment of
+        matched peaks is among those pairs).
 
     Returns
     -------
@@ -343,14 +361,16 @@ def dense_bounds(
             _ro(ix.nl_spec, i32), _ro(nq8, u8), _group_ranges(ix.nl_groups, ix.nl_mz.shape[0], q_groups, n_total_q),
             bool(use_nl), bool(losses_only and use_nl), float(nl_base), p_big, per_frag, per_loss, bound_table(kind),
             float(tol_da), float(tol_ppm), _ro(q_codes, i32), _ro(lib_codes, i32), _ro(symmetric, np.bool_),
-            float(min_score), m)
+            float(min_score), m, int(max(1, min_pairs)))
     ws = workspace
     n_blocks = max(1, min(ws.n_blocks, nq, int(threads) if threads else ws.n_blocks))
     accs = [ws.dense_acc(b) for b in range(n_blocks)]
+    no_count = np.zeros(1, dtype=np.uint8)  # (never read: one numba type either way)
+    cnts = [ws.dense_cnt(b) if min_pairs > 1 else no_count for b in range(n_blocks)]
     await_compiled("dense_bounds")  # a process compiling it ahead (fastspec demo / query): load, not compile
 
     def run(b: int) -> None:
-        _dense_bounds(b, n_blocks, *args, accs[b], ids, bounds, nxt, stats)
+        _dense_bounds(b, n_blocks, *args, accs[b], cnts[b], ids, bounds, nxt, stats)
 
     _run_blocks(n_blocks, run, ids, ix.scan_rows)
     return ids, bounds, nxt, stats

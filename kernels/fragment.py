@@ -1539,6 +1539,7 @@ class BoundWorkspace:
         self.snap = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.uint64)
         self.rank = np.zeros((self.n_blocks, n // 64 + 1), dtype=np.int64)
         self._dense = None
+        self._dense_cnt = None
 
     def dense_acc(self, b: int) -> np.ndarray:
         """Block ``b``'s uint16 (n_library,) accumulators of :func:`fastspec.kernels.dense.dense_bounds`
@@ -1546,6 +1547,13 @@ class BoundWorkspace:
         if self._dense is None:
             self._dense = hz((self.n_blocks, max(self.n_library, 1)), dtype=np.uint16)
         return self._dense[b]
+
+    def dense_cnt(self, b: int) -> np.ndarray:
+        """Block ``b``'s uint8 (n_library,) matched-pair counts of the dense scan with a minimum of matched
+        peaks (zero between calls; allocated on first use, as :meth:`dense_acc`)."""
+        if self._dense_cnt is None:
+            self._dense_cnt = hz((self.n_blocks, max(self.n_library, 1)), dtype=np.uint8)
+        return self._dense_cnt[b]
 
 
 class PeakIndex(NamedTuple):

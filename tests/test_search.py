@@ -551,10 +551,10 @@ def test_open_dense_scan_equals_brute_force(lib, data, monkeypatch, metric, kw, 
                                        min_score=kw.get("min_score", 0.0)))
 
 
-def test_dense_scan_unless_a_minimum_of_matched_peaks(lib, raw, data, monkeypatch, tmp_path):
-    """The dense scan counts no matched peaks: a minimum of matched peaks takes the pruned kernel. Unclean
-    libraries and queries (peaks within two windows) take it, their sums counting every pair in the
-    windows (a looser bound), with the hits of brute force."""
+def test_dense_scan_with_a_minimum_of_matched_peaks_and_unclean_spectra(lib, raw, data, monkeypatch, tmp_path):
+    """With a minimum of matched peaks the dense scan also counts each spectrum's pairs in the windows and
+    leaves out those with fewer. Unclean libraries and queries (peaks within two windows) take it, their
+    sums counting every pair in the windows (a looser bound). The hits of brute force either way."""
     from fastspec import search_fragment as F
     from fastspec.kernels import dense as dk
 
@@ -563,10 +563,15 @@ def test_dense_scan_unless_a_minimum_of_matched_peaks(lib, raw, data, monkeypatc
     orig = dk.dense_bounds
     monkeypatch.setattr(dk, "dense_bounds", lambda rows, *a, **k: calls.append(rows.shape[0]) or orig(rows, *a, **k))
     q = data[1][:20]
-    lib.search(q, k=K, mode="open", min_matches=2)
-    lib.search(q, k=K, mode="hybrid", min_matches=2)
-    raw.search(q, k=K, mode="analog", min_matches=2)
-    assert not calls
+    for library in (lib, raw):
+        for mode, metric, mm in (("open", "cosine", 2), ("open", "entropy", 3), ("analog", "modified_cosine", 3)):
+            calls.clear()
+            hits = library.search(q, k=K, mode=mode, metric=metric, min_matches=mm)
+            assert sum(calls) >= len(q) - 2, (mode, metric)
+            ref = brute_force(library, q, metric, same_polarity(library, q), min_matches=mm)
+            assert (ref[2][ref[1] >= 0] >= mm).all() and (ref[1] >= 0).sum() > len(q) * 2  # the minimum applies
+            assert_same_hits(hits, ref)
+    calls.clear()
     for mode, metric in (("open", "entropy"), ("open", "cosine"), ("analog", "modified_cosine")):
         hits = raw.search(q, k=K, mode=mode, metric=metric)  # unclean library
         assert_same_hits(hits, brute_force(raw, q, metric, same_polarity(raw, q)))

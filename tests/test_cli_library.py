@@ -334,6 +334,15 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     typo = tmp_path / "typo.mgf"
     typo.write_text(massbank_mgf.read_text().replace("BEGIN IONS", "BEGIN_IONS"))
     assert_clean_error(run("index", typo, "-o", tmp_path / "t.fastspec", ok=False), "typo.mgf", "no spectrum records")
+    # an MGF file named .msp: its content says what it is
+    named = tmp_path / "named.msp"
+    named.write_text(massbank_mgf.read_text())
+    assert_clean_error(run("index", named, "-o", tmp_path / "t.fastspec", ok=False), "named.msp", "read as msp",
+                       "its content looks like mgf")
+    blank = tmp_path / "blank.msp"  # no record at all read as MSP
+    blank.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=200\nEND IONS\n")
+    assert_clean_error(run("index", blank, "-o", tmp_path / "t.fastspec", ok=False), "no spectrum records",
+                       "its content looks like mgf: give it the extension of that format")
     assert not (tmp_path / "t.fastspec").exists()
     # records that are all rejected: the same, with the counts (and an existing index is kept)
     bad = tmp_path / "bad.mgf"

@@ -274,6 +274,52 @@ def test_mgf_zero_charge_with_sign_gives_polarity(tmp_path):
     assert s.charge.tolist() == [0, 0, 1, 0]
     assert s.polarity.tolist() == [-1, 1, 1, 0]
     assert s.metadata.column("ion_mode").to_pylist() == ["negative", "positive", "positive", None]
+    # MZmine 2's GNPS export writes that bare CHARGE=1 for negative-mode spectra of unknown charge too: the
+    # guess is counted, not silent
+    assert r.warnings == {"positive ion mode taken from a charge written without sign": 1}
+
+
+def test_msp_massbank_style_keys_with_subtags(tmp_path):
+    """matchms' save_as_msp(style="massbank") writes MassBank tags with their subtag as MSP keys."""
+    text = ("CH$NAME: Caffeic acid\nMS$FOCUSED_ION:PRECURSOR_M/Z: 179.0349\nMS$FOCUSED_ION:PRECURSOR_TYPE: [M-H]-\n"
+            "AC$MASS_SPECTROMETRY:ION_MODE: negative\nCH$LINK:INCHIKEY: QAIPRVGONGVQAS-DUXPYHPUSA-N\n"
+            "AC$MASS_SPECTROMETRY:COLLISION_ENERGY: 35 eV\nACCESSION: AU100601\nNUM PEAKS: 2\n89.0244\t12.5\n"
+            "134.0371\t100.0\n\n")
+    s, _ = read(tmp_path, "matchms.msp", text)
+    m = md(s, 0)
+    assert s.precursor_mz.tolist() == [179.0349] and s.polarity.tolist() == [-1] and s.charge.tolist() == [-1]
+    assert (m["id"], m["name"], m["adduct"], m["inchikey"], m["collision_energy"]) == \
+        ("AU100601", "Caffeic acid", "[M-H]-", "QAIPRVGONGVQAS-DUXPYHPUSA-N", "35 eV")
+
+
+def test_massbank_1x_and_msdial_massbank_export(tmp_path):
+    """MassBank 1.x records give ion mode, MS type and energy as AC$ANALYTICAL_CONDITION subtags; MS-DIAL's
+    MassBank-format export writes CH$INCHIKEY, MS$FOCUSED_ION: ADDUCT_Ion and AC$COLLISIONENERGY."""
+    v1 = ("ACCESSION: KO000001\nRECORD_TITLE: Acetoacetate; LC-ESI-QQ; MS2; CE:10 V; [M-H]-\nCH$NAME: Acetoacetate\n"
+          "CH$FORMULA: C4H6O3\nAC$INSTRUMENT_TYPE: LC-ESI-QQ\nAC$ANALYTICAL_CONDITION: MS_TYPE MS2\n"
+          "AC$ANALYTICAL_CONDITION: MODE NEGATIVE\nAC$ANALYTICAL_CONDITION: COLLISION_ENERGY 10 V\n"
+          "MS$FOCUSED_ION: PRECURSOR_M/Z 101.0244\nPK$NUM_PEAK: 2\nPK$PEAK: m/z int. rel.int.\n  57.3 14064 999\n"
+          "  101.3 3432 243\n//\n")
+    s, _ = read(tmp_path, "KO000001.txt", v1, format="massbank")
+    m = md(s, 0)
+    assert s.polarity.tolist() == [-1] and (m["collision_energy"], m["ms_level"]) == ("10 V", "MS2")
+    msdial = ("ACCESSION: ......\nRECORD_TITLE: Caffeine\nCH$NAME: Caffeine\nCH$INCHIKEY: RYYVLZVUVIJVGH-UHFFFAOYSA-N\n"
+              "MS$FOCUSED_ION: PRECURSOR_M/Z 195.08765\nMS$FOCUSED_ION: ADDUCT_Ion [M+H]+\nAC$COLLISIONENERGY: 35\n"
+              "PK$NUM_PEAK: 2\nPK$PEAK: m/z int. rel.int.\n110.07128 1200 120.0\n138.06619 9990 999.0\n//\n")
+    s, _ = read(tmp_path, "msdial.txt", msdial, format="massbank")
+    m = md(s, 0)
+    assert s.polarity.tolist() == [1] and s.charge.tolist() == [1]
+    assert (m["adduct"], m["inchikey"], m["collision_energy"]) == ("[M+H]+", "RYYVLZVUVIJVGH-UHFFFAOYSA-N", "35")
+
+
+def test_mgf_msdial_mascot_export(tmp_path):
+    """MS-DIAL's Mascot-format MGF export names the adduct ADDUCTIONNAME and the compound METABOLITENAME."""
+    text = ("BEGIN IONS\nTITLE=Caffeine\nRTINMINUTES=6.1\nPEPMASS=195.08765\nMETABOLITENAME=Caffeine\n"
+            "ADDUCTIONNAME=[M+H]+\n110.07128 1200\nEND IONS\n\nBEGIN IONS\nTITLE=Unknown\nPEPMASS=179.03501\n"
+            "METABOLITENAME=\nADDUCTIONNAME=[M-H]-\n135.04515 999\nEND IONS\n")
+    s, _ = read(tmp_path, "msdial.mgf", text)
+    assert s.polarity.tolist() == [1, -1] and s.charge.tolist() == [1, -1]
+    assert [md(s, i).get("adduct") for i in (0, 1)] == ["[M+H]+", "[M-H]-"] and md(s, 0)["name"] == "Caffeine"
 
 
 MGF_GLOBAL = ("COM=Mascot-style header: these apply to every record\r\nCHARGE=1+\nINSTRUMENT_TYPE=LC-ESI-QTOF\n"
@@ -329,7 +375,7 @@ def test_mgf_cut_off_record_tail_is_no_header(tmp_path):
     from fastspec.io._common import ReadReport
 
     text = ("NAME=Bortezomib [M+Na]\nSMILES=C1=CN=CC(=N1)C(=O)N\nSPECTRUMID=CCMSLIB00000077995\n95.886879\t236.0\n"
-            "END IONS\n\nBEGIN IONS\nPEPMASS=300.1\nCHARGE=1\nTITLE=feature 7\n150.0 10\n200.0 20\nEND IONS\n")
+            "END IONS\n\nBEGIN IONS\nPEPMASS=300.1\nCHARGE=1+\nTITLE=feature 7\n150.0 10\n200.0 20\nEND IONS\n")
     s, r = read(tmp_path, "part2.mgf", text)
     assert r.n_spectra == 1 and r.warnings == {"lines outside records": 5}
     assert md(s, 0)["id"] == "feature 7" and "smiles" not in md(s, 0) and "name" not in md(s, 0)
@@ -518,7 +564,7 @@ def test_mgf_mzmine_library_inchiaux_and_placeholder_feature_id(tmp_path):
         "FEATURE_ID=12\nTITLE=fbmn feature",
     ))
     s, r = read(tmp_path, "msnlib.mgf", text)
-    assert r.n_spectra == 5 and r.warnings == {}
+    assert r.n_spectra == 5 and r.warnings == {"positive ion mode taken from a charge written without sign": 5}
     assert s.column("inchikey") == ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", "QWYFHHGCZUCMBN-UHFFFAOYSA-O", None, None, None]
     assert s.column("inchikey14") == ["UJNSFDHVIBGEJZ", "QWYFHHGCZUCMBN", None, None, None]
     assert s.column("inchiaux")[:3] == ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", "UJNSFDHVIBGEJZ-CMRIBGNTSA-N",

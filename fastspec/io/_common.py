@@ -632,7 +632,17 @@ def first_rejection(report) -> str | None:
         return None
     where = first.path or (report.path if isinstance(report.path, str) else None)
     place = ":".join(str(x) for x in (where, first.line) if x is not None)
-    return f"{place}: {first.reason}" if place else str(first.reason)
+    fmt = next((getattr(f, "format", None) for f in (getattr(report, "files", None) or [report])
+                if str(getattr(f, "path", "")) == str(where)), None)
+    hint = content_hint(str(where), fmt) if where else None
+    return (f"{place}: {first.reason}" if place else str(first.reason)) + (f" ({hint})" if hint else "")
+
+
+def content_hint(path: str, fmt: str | None) -> str | None:
+    """``read as msp; its content looks like mgf`` when the first bytes of the file at ``path`` tell
+    another format than ``fmt``, the one it was read as (an MGF file named ``.msp``), else None."""
+    found = sniffed(path) if fmt and os.path.isfile(path) else None
+    return f"read as {fmt}; its content looks like {found}" if found and found != fmt else None
 
 
 @contextlib.contextmanager

@@ -239,6 +239,23 @@ def _empty_rows(n: int) -> pa.Table:
     return pa.table({"_": pa.nulls(n)}).drop_columns(["_"])
 
 
+_SUBTAG_RE = r"^(?P<sub>[A-Za-z][A-Za-z0-9_/]*):[ \t]*(?P<v>.*)$"
+
+
+def _massbank_subtags(keys: pa.Array, vals: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """MassBank tags written as MSP keys with their subtag, as matchms' ``save_as_msp(style="massbank")``
+    writes them (``MS$FOCUSED_ION:PRECURSOR_M/Z: 179.0349``, split at the first colon): the key takes the
+    subtag (``ms$focused_ion:precursor_m/z``), the name the MassBank reader gives it."""
+    tagged = pc.and_(pc.match_substring(keys, "$"), pc.match_substring_regex(vals, _SUBTAG_RE))
+    if not pc.any(tagged).as_py():
+        return keys, vals
+    parts = pc.extract_regex(vals, _SUBTAG_RE)
+    sub = pc.utf8_lower(pc.struct_field(parts, [0]))
+    keys = pc.if_else(tagged, pc.binary_join_element_wise(keys, sub, ":"), keys)
+    vals = pc.if_else(tagged, pc.struct_field(parts, [1]), vals)
+    return keys, vals
+
+
 def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
                 carry: dict | None = None, follows_peaks=lambda j: False) -> pa.Table:
     """One row per record, one string column per raw (lower-cased) key; first value wins.
@@ -256,6 +273,7 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
     rec = np.repeat(np.arange(n, dtype=np.int64), np.diff(rec_meta))
     lists: dict[str, tuple[np.ndarray, list]] = {}
     if mode == ts.MSP:
+        keys, vals = _massbank_subtags(keys, vals)
         special = pc.is_in(keys, value_set=pa.array(["synon", "comments", "comment", "synonym", "cas#"]))
         if pc.any(special).as_py():
             sp = np.asarray(special.to_numpy(zero_copy_only=False), dtype=bool)

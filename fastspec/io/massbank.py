@@ -40,6 +40,7 @@ from fastspec.spectra import CANONICAL_KEYS, Spectra
 SUBTAG_TAGS = frozenset({
     "CH$LINK", "SP$LINK", "AC$MASS_SPECTROMETRY", "AC$CHROMATOGRAPHY", "AC$GENERAL", "AC$ION_MOBILITY",
     "MS$FOCUSED_ION", "MS$DATA_PROCESSING",
+    "AC$ANALYTICAL_CONDITION",  # MassBank 1.x: MODE NEGATIVE, MS_TYPE MS2, COLLISION_ENERGY 10 V
 })
 #: tags read under another key
 RENAMED = {"RECORD_TITLE": "title", "PK$SPLASH": "splash"}

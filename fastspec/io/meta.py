@@ -48,30 +48,38 @@ _F32_MAX = float(np.finfo(np.float32).max)  # (the library index stores m/z and 
 ALIASES: dict[str, tuple[str, ...]] = {
     "id": ("spectrum_id", "spectrumid", "db#", "accession", "identifier", "feature_id",
            "spectrum id", "massbank_id", "nist_id", "scan_id"),
-    "name": ("compound_name", "compoundname", "compound name", "ch$name", "molecule_name"),
+    "name": ("compound_name", "compoundname", "compound name", "ch$name", "molecule_name",
+             "metabolitename"),  # (MS-DIAL's Mascot-format MGF export)
     "precursor_mz": ("precursormz", "precursor_m/z", "precursor m/z", "ms$focused_ion:precursor_m/z",
                      "precursor_mass", "precursormass", "selected_ion_mz", "selected ion m/z", "precursor",
                      "pepmass"),
     "charge": ("precursor_charge", "precursorcharge", "ac$mass_spectrometry:charge", "charge state", "charge_state"),
     "ion_mode": ("ionmode", "ion mode", "ionpolarity", "ionpol", "polarity", "ion_polarity",
                  "ac$mass_spectrometry:ion_mode", "scan_polarity",
+                 "ac$analytical_condition:mode",  # MassBank 1.x records
                  # MoNA's polarity field ("ionization mode=negative" in MSP Comments); plain "ionization"
                  # is the source (ESI, APCI) and stays its own key
                  "ionization mode", "ionisation mode"),
     "adduct": ("precursor_type", "precursortype", "precursor type", "ms$focused_ion:precursor_type",
                "adduct_type", "ion_type", "ms$focused_ion:ion_type",
+               "ac$analytical_condition:precursor_type",  # MassBank 1.x records
+               # MS-DIAL's exports: MassBank format (MS$FOCUSED_ION: ADDUCT_Ion), Mascot-format MGF
+               "ms$focused_ion:adduct_ion", "adductionname",
                # MZmine (SIRIUS export), MetaboScape, MS-DIAL and Progenesis GNPS MGFs write ION=[M-H]-
                "ion"),
     "formula": ("molecular_formula", "molecularformula", "ch$formula"),
     "smiles": ("ch$smiles", "smiles_string", "canonical_smiles", "canonicalsmiles"),
     "inchikey": ("inchi_key", "inchikey_full", "ch$link:inchikey", "std_inchikey", "stdinchikey",
+                 "ch$inchikey",  # (MS-DIAL's MassBank-format export)
                  "synon_metb_inchikey", "synon: metb inchikey"),
     "inchikey14": ("inchikey_14", "inchikey_first_block", "short_inchikey", "inchikey_planar"),
     "instrument_type": ("instrumenttype", "instrument type", "ac$instrument_type", "source_instrument",
                         "instrument_kind"),
     "instrument": ("ac$instrument", "instrument_name", "instrumentname"),
     "collision_energy": ("collisionenergy", "collision energy", "colenergy", "collision_energies",
-                         "ac$mass_spectrometry:collision_energy"),
+                         "ac$mass_spectrometry:collision_energy",
+                         "ac$analytical_condition:collision_energy",  # MassBank 1.x records
+                         "ac$collisionenergy"),  # (MS-DIAL's MassBank-format export)
     "fragmentation_mode": ("fragmentationmode", "fragmentation mode", "fragmentation", "fragmentation_method",
                            "activation", "ac$mass_spectrometry:fragmentation_mode", "special_fragmentation",
                            "dissociation_method"),
@@ -81,7 +89,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
     # MSTYPE (MS1/MS2) before SPECTRUMTYPE, which MS-FINDER/MS-DIAL use for Centroid/Profile
     "ms_level": ("mslevel", "ms level", "mstype", "ms_type", "spectrum_type", "spectrumtype",
-                 "ac$mass_spectrometry:ms_type"),
+                 "ac$mass_spectrometry:ms_type", "ac$analytical_condition:ms_type"),
     "inchi": ("stdinchi", "ch$iupac", "inchi_string", "synon_metb_inchi", "synon: metb inchi"),
     "exact_mass": ("exactmass", "exact mass", "ch$exact_mass", "monoisotopic_mass", "total exact mass"),
 }
@@ -693,6 +701,13 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     # ion mode from the bracketed adduct's sign, else the charge sign (by now the adduct's unless written)
     unknown = ~(is_pos | is_neg)
     sign = np.where(add_written, np.sign(add_charge), np.where(charge != 0, np.sign(charge), zero_sign))
+    if counts is not None and n:
+        # polarity from a bare "CHARGE=1" alone, as matchms reads it: MZmine 2's GNPS export writes that for
+        # negative-mode spectra of unknown charge too (and such queries never match negative spectra)
+        guessed = int(np.count_nonzero(unknown & ~add_written & (charge > 0) & ~explicit))
+        if guessed:
+            key = "positive ion mode taken from a charge written without sign"
+            counts[key] = counts.get(key, 0) + guessed
     mode_np = np.where(unknown & (sign > 0), "positive", np.where(unknown & (sign < 0), "negative", mode_np))
     mode_arr = pa.array(mode_np.tolist() if n else [], pa.string())
     out["ion_mode"] = pc.if_else(pc.equal(mode_arr, ""), pa.scalar(None, pa.string()), mode_arr) if n else pa.nulls(0, pa.string())

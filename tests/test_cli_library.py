@@ -174,6 +174,13 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
               "cosine", ok=False)
     assert_clean_error(res, "--mode open, --metric neutral_loss_cosine")
     assert "metric=" not in res.output and "mode=" not in res.output
+    # ... but not inside paths or pipeline strings
+    odd = tmp_path / "threads=4" / "min_mz.msp"
+    odd.parent.mkdir()
+    odd.write_text("Name: x\nNum Peaks: 1\n100 abc\n")
+    assert_clean_error(run("index", odd, "-o", tmp_path / "o.fastspec", ok=False), "threads=4/min_mz.msp:3")
+    assert_clean_error(run("index", massbank_mgf, "-o", tmp_path / "o.fastspec", "--preprocess",
+                           "mz_range:min_mz=500,max_mz=100", ok=False), "min_mz")
     # the same bare-number rule in the lab commands
     assert_clean_error(run("evaluate", "-l", massbank_mgf, "--tolerance", "10", ok=False), "10ppm")
     # ... but there a binned_cosine --tolerance is a bin width: 1 Da bins are a normal setting
@@ -339,6 +346,12 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     named.write_text(massbank_mgf.read_text())
     assert_clean_error(run("index", named, "-o", tmp_path / "t.fastspec", ok=False), "named.msp", "read as msp",
                        "its content looks like mgf")
+    # records of the right format rejected for their values: no hint (MassBank-style MSP sniffs as MassBank)
+    neg = tmp_path / "neg.msp"
+    neg.write_text("CH$NAME: a\nMS$FOCUSED_ION:PRECURSOR_M/Z: 179.03\nNum Peaks: 1\n100 -5\n")
+    res = run("index", neg, "-o", tmp_path / "t.fastspec", ok=False)
+    assert_clean_error(res, "negative intensity")
+    assert "looks like" not in res.output
     blank = tmp_path / "blank.msp"  # no record at all read as MSP
     blank.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=200\nEND IONS\n")
     assert_clean_error(run("index", blank, "-o", tmp_path / "t.fastspec", ok=False), "no spectrum records",

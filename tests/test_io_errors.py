@@ -317,9 +317,11 @@ def test_precursor_beyond_float32_is_unknown(tmp_path):
     from fastspec.library import apply_pipeline
     from fastspec.spectra import Spectra
 
-    sp, report = fio.read(write(tmp_path, "p.mgf", mgf("PEPMASS=1e39\n100 5", "PEPMASS=3.4e38\n100 5")),
+    sp, report = fio.read(write(tmp_path, "p.mgf", mgf("PEPMASS=1e39\n100 5", "PEPMASS=3.4e38\n100 5",
+                                                       "PRECURSOR_MZ=1e39\nPEPMASS=195.08\n100 5")),
                           return_report=True)
     assert np.isnan(sp.precursor_mz[0]) and sp.precursor_mz[1] == 3.4e38
+    assert sp.precursor_mz[2] == 195.08  # an unusable alias does not hide a usable one
     assert report.warnings.get("bad precursor_mz") == 1
     mem = Spectra(np.array([0, 2, 3]), np.array([100.0, 1e39, 50.0]), np.ones(3, np.float32), np.array([1e39, 300.0]))
     out = apply_pipeline(None, mem)

@@ -290,6 +290,11 @@ def test_msp_massbank_style_keys_with_subtags(tmp_path):
     assert s.precursor_mz.tolist() == [179.0349] and s.polarity.tolist() == [-1] and s.charge.tolist() == [-1]
     assert (m["id"], m["name"], m["adduct"], m["inchikey"], m["collision_energy"]) == \
         ("AU100601", "Caffeic acid", "[M-H]-", "QAIPRVGONGVQAS-DUXPYHPUSA-N", "35 eV")
+    # only MassBank's tags that take subtags: a name or an instrument holding a colon stays what it is
+    s, _ = read(tmp_path, "colon.msp", text.replace("Caffeic acid", "Tris: buffer substance")
+                .replace("ACCESSION", "AC$INSTRUMENT: maXis: Bruker impact II\nACCESSION"))
+    assert (md(s, 0)["name"], md(s, 0)["instrument"]) == ("Tris: buffer substance", "maXis: Bruker impact II")
+    assert not [c for c in s.metadata.column_names if c.startswith(("ch_name", "ac_instrument"))]
 
 
 def test_massbank_1x_and_msdial_massbank_export(tmp_path):

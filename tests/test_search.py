@@ -1575,13 +1575,12 @@ def test_open_neutral_loss_cosine_equals_brute_force(lib, data, monkeypatch, cas
         ref_kw = dict(min_score=0.2)
     elif case == "keep_above":
         kw = ref_kw = dict(ignore_peaks_above_precursor=False)
-    if case == "min_matches":  # the bound scan counts no matched peaks: every spectrum is scored
+    if case == "min_matches":  # the bound scan counts each spectrum's pairs in the windows
         kw, ref_kw = dict(min_matches=2), dict(min_matches=2)
-        monkeypatch.setattr(search_scan, "_BIN_CHUNK", 257)  # the library prepared from many chunks
-    else:
-        def refuse(*a, **kw_):  # the index answers; scoring every spectrum would be a silent fallback
-            raise AssertionError("scored every spectrum")
-        monkeypatch.setattr(search_scan, "run_brute_force", refuse)
+
+    def refuse(*a, **kw_):  # the index answers; scoring every spectrum would be a silent fallback
+        raise AssertionError("scored every spectrum")
+    monkeypatch.setattr(search_scan, "run_brute_force", refuse)
     hits = lib.search(queries, k=k, mode="open", metric="neutral_loss_cosine", tolerance=tol, **kw)
     cand = same_polarity(lib, queries)
     if case == "filtered":

@@ -92,8 +92,9 @@ def handle_errors(f):
 
 def as_options(msg: str) -> str:
     """A message of the Python API in the running command's terms: ``name=value`` of a parameter the
-    command has as an option becomes ``--name value`` (a flag's ``True`` its flag, ``False`` its
-    ``--no-`` form), and a bare parameter name with an underscore (``no_neighbour``) its option."""
+    command has as an option, as a word of its own, becomes ``--name value`` (a flag's ``True`` its flag,
+    ``False`` its ``--no-`` form), and such a parameter name with an underscore before "applies"
+    (``no_neighbour applies to ...``) its option. Paths and pipeline strings are left as they are."""
     ctx = click.get_current_context(silent=True)
     if ctx is None or not msg:
         return msg
@@ -116,9 +117,11 @@ def as_options(msg: str) -> str:
             return no[0] if no else f"no {opt}"
         return f"{opt} {value}"
 
-    msg = re.sub(rf"(?<![\w-])({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)']+))", assigned, msg)
-    return re.sub(rf"(?<![\w'-])({'|'.join(re.escape(n) for n in opts if '_' in n) or '(?!)'})(?![\w'=])",
-                  lambda m: opts[m.group(1)][1], msg)
+    # a name starts a word (not inside a path, a pipeline string such as 'mz_range:min_mz=5' or a quote)
+    msg = re.sub(rf"(?<![^\s(,])({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)'/]+))(?![\w/])", assigned, msg)
+    # a bare name only as the subject of "... applies to" (the API's own phrasing)
+    bare = "|".join(re.escape(n) for n in opts if "_" in n) or "(?!)"
+    return re.sub(rf"(?<![^\s(,])({bare})(?= appl)", lambda m: opts[m.group(1)][1], msg)
 
 
 def _not_utf8(e: UnicodeEncodeError, params: list) -> str:

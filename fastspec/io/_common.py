@@ -634,15 +634,22 @@ def first_rejection(report) -> str | None:
     place = ":".join(str(x) for x in (where, first.line) if x is not None)
     fmt = next((getattr(f, "format", None) for f in (getattr(report, "files", None) or [report])
                 if str(getattr(f, "path", "")) == str(where)), None)
-    hint = content_hint(str(where), fmt) if where else None
+    # (only for lines the format could not parse: a record of the right format rejected for its values says
+    # nothing about the format)
+    parse = str(first.reason).startswith(("unparsable", "peak line"))
+    hint = content_hint(str(where), fmt) if where and parse else None
     return (f"{place}: {first.reason}" if place else str(first.reason)) + (f" ({hint})" if hint else "")
 
 
 def content_hint(path: str, fmt: str | None) -> str | None:
     """``read as msp; its content looks like mgf`` when the first bytes of the file at ``path`` tell
-    another format than ``fmt``, the one it was read as (an MGF file named ``.msp``), else None."""
+    another format than ``fmt``, the one it was read as (an MGF file named ``.msp``), else None. MSP and
+    MassBank records share their ``CH$NAME:`` lines (matchms writes MassBank-style MSP): no hint between
+    those two."""
     found = sniffed(path) if fmt and os.path.isfile(path) else None
-    return f"read as {fmt}; its content looks like {found}" if found and found != fmt else None
+    if not found or found == fmt or {found, fmt} == {"msp", "massbank"}:
+        return None
+    return f"read as {fmt}; its content looks like {found}"
 
 
 @contextlib.contextmanager

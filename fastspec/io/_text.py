@@ -246,7 +246,11 @@ def _massbank_subtags(keys: pa.Array, vals: pa.Array) -> tuple[pa.Array, pa.Arra
     """MassBank tags written as MSP keys with their subtag, as matchms' ``save_as_msp(style="massbank")``
     writes them (``MS$FOCUSED_ION:PRECURSOR_M/Z: 179.0349``, split at the first colon): the key takes the
     subtag (``ms$focused_ion:precursor_m/z``), the name the MassBank reader gives it."""
-    tagged = pc.and_(pc.match_substring(keys, "$"), pc.match_substring_regex(vals, _SUBTAG_RE))
+    from fastspec.io.massbank import SUBTAG_TAGS  # (only MassBank's tags that take subtags: CH$NAME: Tris: ...
+    # is a name)
+
+    tagged = pc.and_(pc.is_in(keys, value_set=pa.array(sorted(t.lower() for t in SUBTAG_TAGS))),
+                     pc.match_substring_regex(vals, _SUBTAG_RE))
     if not pc.any(tagged).as_py():
         return keys, vals
     parts = pc.extract_regex(vals, _SUBTAG_RE)

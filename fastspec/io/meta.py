@@ -596,7 +596,8 @@ def _fill_from(out: dict[str, pa.Array]) -> None:
 
 def _first_valid_precursor(arrays: list[pa.Array]) -> pa.Array:
     """Precursor m/z from several aliases (highest priority first): per record the first value that is a
-    positive finite number, so an unusable ``PRECURSOR_MZ=0`` does not hide a good ``PEPMASS``. A record
+    positive finite number within float32's range, so an unusable ``PRECURSOR_MZ=0`` does not hide a good
+    ``PEPMASS``. A record
     whose aliases hold values but none usable gets NaN (counted as ``bad precursor_mz`` later), one
     without any value null."""
     n = len(arrays[0])
@@ -607,7 +608,8 @@ def _first_valid_precursor(arrays: list[pa.Array]) -> pa.Array:
         if pa.types.is_null(a.type):
             continue
         v = _to_float(a)
-        ok = np.isfinite(v) & (v > 0) & ~have
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(v) & (v > 0) & (v <= _F32_MAX) & ~have
         out[ok] = v[ok]
         have |= ok
         given |= np.asarray(a.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
@@ -704,7 +706,7 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     if counts is not None and n:
         # polarity from a bare "CHARGE=1" alone, as matchms reads it: MZmine 2's GNPS export writes that for
         # negative-mode spectra of unknown charge too (and such queries never match negative spectra)
-        guessed = int(np.count_nonzero(unknown & ~add_written & (charge > 0) & ~explicit))
+        guessed = int(np.count_nonzero(unknown & ~add_written & (charge > 0) & ~explicit & (add_charge == 0)))
         if guessed:
             key = "positive ion mode taken from a charge written without sign"
             counts[key] = counts.get(key, 0) + guessed

@@ -1283,12 +1283,14 @@ class Library:
                                                mz_power, intensity_power)
         return self._cache[key]
 
-    def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0, losses: bool = False):
+    def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0, losses: bool = False,
+                   threads: int | None = None):
         """The arrays of the fragment / neutral-loss bound search for one weight kind (``PeakIndex``).
 
         ``losses``: the neutral-loss entries carry this kind's scan weights (modified cosine, hybrid
         search); without, entropy kinds get the cosine ones, which only a search of fragments never reads.
-        Kind ``nl_cosine``: neutral-loss cosine's loss weights (:meth:`_nl_cosine_index`).
+        Kind ``nl_cosine``: neutral-loss cosine's loss weights (:meth:`_nl_cosine_index`, computed on
+        ``threads`` the first time).
         """
         from fastspec.kernels import fragment as fk
 
@@ -1297,7 +1299,7 @@ class Library:
         if key in self._cache:
             return self._cache[key]
         if kind == "nl_cosine":
-            self._cache[key] = pi = self._nl_cosine_index(mz_power, intensity_power)
+            self._cache[key] = pi = self._nl_cosine_index(mz_power, intensity_power, threads)
             return pi
         w = self.csr_weights(kind, mz_power, intensity_power)
         # scan weights: cosine weights, or square roots of entropy weights (see kernels.fragment._scan)
@@ -1334,15 +1336,15 @@ class Library:
         self._cache[key] = pi
         return pi
 
-    def _nl_cosine_index(self, mz_power: float, intensity_power: float):
+    def _nl_cosine_index(self, mz_power: float, intensity_power: float, threads: int | None = None):
         """``peak_index`` of neutral-loss cosine (kind ``nl_cosine``): the cosine index with its loss
         entries' weights renormalised over each spectrum's peaks below its precursor m/z (computed once
         per open library from the stored cosine ones, no sort); only its loss side is scanned."""
         from fastspec.kernels import fragment as fk
 
         base = self.peak_index("cosine", mz_power, intensity_power)
-        w, scale = fk.below_precursor_weights(base.starts, base.ends, base.mz, base.w, base.precursor_mz)
-        nw = fk.scaled_entries(base.nl_mz, base.nl_spec, base.nl_w, scale)
+        w, scale = fk.below_precursor_weights(base.starts, base.ends, base.mz, base.w, base.precursor_mz, threads)
+        nw = fk.scaled_entries(base.nl_mz, base.nl_spec, base.nl_w, scale, threads)
         return base._replace(w=_readonly(w), nl_w=_readonly(nw), nl_q8=_readonly(fk.quantize_weights(nw)))
 
     def scan_rows(self) -> np.ndarray | None:

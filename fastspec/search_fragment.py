@@ -176,7 +176,7 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
     lib, cfg = ctx.lib, ctx.cfg
     kind, wname = _bound_kind(cfg)
     mzp, ip = (cfg.mz_power, cfg.intensity_power) if wname in ("cosine", "nl_cosine") else (0.0, 1.0)
-    index = lib.peak_index(wname, mzp, ip, losses=use_nl)
+    index = lib.peak_index(wname, mzp, ip, losses=use_nl, threads=cfg.threads)
     qc, lc, sym = ctx.filters()
     if index.scan_rows is not None:  # the kernel reads library codes by scan id
         key = "scan " + _filter_key(cfg)

@@ -61,7 +61,7 @@ def test_parse_charge(value, expected):
     ("P", "positive"), ("N", "negative"), ("Positive", "positive"), ("NEGATIVE", "negative"),
     ("pos", "positive"), ("neg", "negative"), ("+", "positive"), ("-", "negative"), ("", None),
     ("x", None), (None, None), ("ESI+", "positive"), ("ESI(-)", "negative"), ("esi -", "negative"),
-    ("ESI", None),
+    ("ESI", None), ("ESI (-)", "negative"), ("ESI ( + )", "positive"),
 ])
 def test_parse_ion_mode(value, expected):
     assert meta.parse_ion_mode(value) == expected

@@ -322,8 +322,9 @@ def test_mgf_msdial_mascot_export(tmp_path):
     text = ("BEGIN IONS\nTITLE=Caffeine\nRTINMINUTES=6.1\nPEPMASS=195.08765\nMETABOLITENAME=Caffeine\n"
             "ADDUCTIONNAME=[M+H]+\n110.07128 1200\nEND IONS\n\nBEGIN IONS\nTITLE=Unknown\nPEPMASS=179.03501\n"
             "METABOLITENAME=\nADDUCTIONNAME=[M-H]-\n135.04515 999\nEND IONS\n")
-    s, _ = read(tmp_path, "msdial.mgf", text)
+    s, _ = read(tmp_path, "msdial.mgf", text.replace("RTINMINUTES=6.1", "RTINMINUTES=6.1\nFragmenation_method=HCD"))
     assert s.polarity.tolist() == [1, -1] and s.charge.tolist() == [1, -1]
+    assert md(s, 0)["fragmentation_mode"] == "HCD"  # MZmine 3's misspelt key, read as meant
     assert [md(s, i).get("adduct") for i in (0, 1)] == ["[M+H]+", "[M-H]-"] and md(s, 0)["name"] == "Caffeine"
 
 

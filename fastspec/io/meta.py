@@ -82,7 +82,8 @@ ALIASES: dict[str, tuple[str, ...]] = {
                          "ac$collisionenergy"),  # (MS-DIAL's MassBank-format export)
     "fragmentation_mode": ("fragmentationmode", "fragmentation mode", "fragmentation", "fragmentation_method",
                            "activation", "ac$mass_spectrometry:fragmentation_mode", "special_fragmentation",
-                           "dissociation_method"),
+                           "dissociation_method",
+                           "fragmenation_method"),  # (sic: MZmine 3's library MGF export writes this key)
 }
 
 #: harmonised non-canonical keys (kept under this name, never dropped)
@@ -287,6 +288,11 @@ def parse_ion_mode(value: Any) -> str | None:
     if s.startswith("pos"):
         return "positive"
     if s.startswith("neg"):
+        return "negative"
+    compact = "".join(s.split())  # "ESI (-)", "ESI ( + )"
+    if compact in ("esi(+)", "esi+", "(+)"):
+        return "positive"
+    if compact in ("esi(-)", "esi-", "(-)"):
         return "negative"
     return None
 

@@ -1,6 +1,7 @@
 """Intensity ablation of the NN baseline: does the baseline use intensities at all?
 
-:func:`ablate` evaluates every split over a grid of peak weights — ``intensity_power`` 0 (binary),
+:func:`ablate` evaluates every split over a grid of peak weights — ``intensity_power`` 0 ("binary": every
+peak weighs the same; in the khoo2026 binned vectors a bin then holds its number of peaks, not 0/1),
 0.25, 0.5, 1, 2 × ``mz_power`` 0, 1 — plus an intensity-shuffle control (intensities permuted within
 each spectrum, seeded). Each row is exactly the report :func:`fastspec.evaluate.evaluate` gives with
 the same settings (labels, fingerprints and split are computed once per split and shared).

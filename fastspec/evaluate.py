@@ -426,6 +426,7 @@ class Evaluation:
             "test_no_molecule": int((~qmol_ok).sum()),
             "test_invalid_structure": int((qmol_ok & ~qfp_ok).sum()),
             "train_no_molecule": int((~lmol_ok).sum()),
+            # counted, not left out: they stay in training (a copy of one scores Tanimoto 0)
             "train_invalid_structure": int((~_fingerprinted(self.lib, train_rows) & lmol_ok).sum())
             if self.fingerprint is not None else 0,
             **self.unreadable,

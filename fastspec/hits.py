@@ -205,6 +205,10 @@ class Hits:
         cols["library_id"] = strings("id", fallback=lib_idx if library_columns else None)
         cols["score"] = pa.array(score.astype(np.float32), pa.float32(), mask=~has)
         cols["n_matched"] = pa.array(nmatch.astype(np.int32), pa.int32(), mask=~has)
+        # a precursor m/z of 0 or less counts as none (as given in memory; the readers make it NaN)
+        with np.errstate(invalid="ignore"):
+            qpmz = np.where(qpmz > 0, qpmz, np.nan)
+            lpmz = np.where(lpmz > 0, lpmz, np.nan)
         cols["query_precursor_mz"] = pa.array(qpmz, pa.float64(), mask=~np.isfinite(qpmz))
         cols["library_precursor_mz"] = pa.array(lpmz, pa.float64(), mask=~np.isfinite(lpmz))
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -136,6 +136,8 @@ def _setting(rep: dict) -> str:
     fp = rep.get("fingerprint") or c.get("fingerprint")
     if fp and fp != "morgan:2:4096":
         s += f" fp={fp}"
+    elif "fingerprint" in c and c["fingerprint"] is None:  # exact matches only: its Tanimoto is 0 or 1
+        s += " fp=none"
     return s
 
 
@@ -174,7 +176,8 @@ def _excluded(r: dict) -> str:
     if not prof and not exc:
         return "-"
     test = sum(int(v) for k, v in exc.items() if k.startswith("test_"))
-    train = sum(int(v) for k, v in exc.items() if k.startswith("train_"))
+    # training spectra with an unparsable structure stay in training (a copy of one scores Tanimoto 0)
+    train = sum(int(v) for k, v in exc.items() if k.startswith("train_") and k != "train_invalid_structure")
     unread = sum(int(v) for k, v in exc.items() if k.endswith("_records_rejected"))
     return f"{_f(prof.get('n_excluded', 0))} / {_f(test)} / {_f(train)}" + (f" + {_f(unread)} unreadable" if unread else "")
 
@@ -195,8 +198,9 @@ def _summary(evals) -> list[Block]:
                    "(unscored = 0). `coverage`: share of test spectra with a same-bucket training spectrum. `oracle`: best "
                    "Tanimoto reachable by copying any training molecule of the bucket (covered spectra). `leakage`: share of "
                    "test molecules also present in training. CIs: 95% bootstrap over test molecules. `excluded`: spectra "
-                   "the split set aside (no molecule key, for the molecule-grouped splits), then test and training spectra "
-                   "left out for no molecule or an unparsable structure; none of them is in `n_test`."),
+                   "the split set aside (no molecule key, for the molecule-grouped splits), then test spectra left out "
+                   "for no molecule or an unparsable structure and training spectra left out for no molecule; none of "
+                   "them is in `n_test` (training spectra with an unparsable structure stay: a copy of one scores 0)."),
         Block("table", header=header, rows=rows),
     ] + _labels_note(evals)
 

@@ -228,6 +228,13 @@ def test_invalid_structures_are_counted():
     assert r["excluded"] == {"test_no_molecule": 0, "test_invalid_structure": 1, "train_no_molecule": 0,
                              "train_invalid_structure": 1, "library_records_rejected": 0, "query_records_rejected": 0}
     assert r["n_test"] == 3
+    # the training spectrum stays in training (a copy of it scores 0): the report does not call it left out
+    from fastspec.report import _excluded, _setting
+
+    assert _excluded(r).split(" / ")[1:] == ["1", "0"]
+    assert "fp=" not in _setting(r)
+    r0 = evaluate(sp.with_metadata(md), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0, fingerprint=None)
+    assert _setting(r0).endswith(" fp=none")  # exact matches only: not the same measure
     # without any identity (no InChIKey, unparsable SMILES) a spectrum cannot be scored either
     md2 = sp.metadata.set_column(sp.metadata.column_names.index("smiles"), "smiles", pa.array(smiles))
     r2 = evaluate(sp.with_metadata(md2), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0)

@@ -1856,3 +1856,21 @@ def test_mz_rounding_to_zero_in_float32_is_dropped(tmp_path):
     for mode in ("open", "neutral_loss"):
         hits = lib.search(q, k=3, mode=mode, metric="entropy")
         assert hits.indices[0].tolist() == [0, 3, 6] and np.allclose(hits.scores[0], 1.0), mode
+
+
+def test_hit_table_precursors_of_zero_or_less_are_none(tmp_path):
+    """A precursor m/z of 0 or less given in memory counts as none in the hit table too (null precursor and
+    deltas), as the readers make it NaN."""
+    pk = ([100.0, 150.0], [1.0, 2.0])
+    pos = {"ion_mode": ["positive"] * 2}
+    lib = Library.build(Spectra.from_arrays([pk[0]] * 2, [pk[1]] * 2, precursor_mz=[0.0, 222.11], metadata=pos),
+                        tmp_path / "z.fastspec", preprocess=None, faiss=False)
+    q = Spectra.from_arrays([pk[0]] * 3, [pk[1]] * 3, precursor_mz=[-5.0, 0.0, 222.11],
+                            metadata={"ion_mode": ["positive"] * 3})
+    t = lib.search(q, k=2, mode="open").to_arrow()
+    qp, lp = t.column("query_precursor_mz").to_pylist(), t.column("library_precursor_mz").to_pylist()
+    dm, dp = t.column("delta_mz").to_pylist(), t.column("delta_ppm").to_pylist()
+    for r in range(t.num_rows):
+        assert (qp[r] is None or qp[r] > 0) and (lp[r] is None or lp[r] > 0)
+        assert (dm[r] is None) == (qp[r] is None or lp[r] is None) and (dp[r] is None) == (dm[r] is None)
+    assert sorted(x for x in qp if x is not None) == [222.11, 222.11] and lp.count(None) == 3

@@ -207,8 +207,9 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     for name, c in (params.get("filters_not_applied") or {}).items():
         why = [f"{c[r]} {r}" for r in ("missing", "unreadable") if c.get(r)]
         eg = f", e.g. {', '.join(map(repr, c['unreadable_examples']))}" if c.get("unreadable_examples") else ""
-        log(f"--same-{name} not applied to {c.get('missing', 0) + c.get('unreadable', 0)} queries without a "
-            f"{'readable ' if name == 'adduct' else ''}{name} of their own ({', '.join(why)}{eg}): they match "
+        what = "a readable adduct" if name == "adduct" else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+        log(f"--same-{name} not applied to {c.get('missing', 0) + c.get('unreadable', 0)} queries without "
+            f"{what} of their own ({', '.join(why)}{eg}): they match "
             f"library spectra of any {name}")
     by = done.get("skipped_by_status") or {}
     why = f" ({', '.join(f'{st} {c}' for st, c in by.items())})" if by else ""

@@ -483,14 +483,14 @@ def _refuse_empty(report, blank_ok: bool = False) -> None:
             continue
         if getattr(f, "n_records", 1) == 0:
             notes = ", ".join(f"{k}: {v}" for k, v in (getattr(f, "warnings", None) or {}).items() if v)
-            from fastspec.io._common import content_hint
+            from fastspec.io._common import other_format
 
             fmt, path = getattr(f, "format", None), str(getattr(f, "path", "") or "")
             # an MGF file named .msp (or the other way round): what its first bytes look like
-            hint = content_hint(path, fmt) if path else None
+            other = other_format(path, fmt) if path else None
             raise ParseError(f"no spectrum records found (read as {fmt or 'unknown format'}"
                              f"{'; ' + notes if notes else ''})"
-                             + (f"; {hint.split('; ', 1)[1]}: give it the extension of that format" if hint
+                             + (f"; its content looks like {other}: give it the extension of that format" if other
                                 else "; is it the format and encoding its name says?"), path or None)
 
 

@@ -637,19 +637,17 @@ def first_rejection(report) -> str | None:
     # (only for lines the format could not parse: a record of the right format rejected for its values says
     # nothing about the format)
     parse = str(first.reason).startswith(("unparsable", "peak line"))
-    hint = content_hint(str(where), fmt) if where and parse else None
-    return (f"{place}: {first.reason}" if place else str(first.reason)) + (f" ({hint})" if hint else "")
+    other = other_format(str(where), fmt) if where and parse else None
+    hint = f" (read as {fmt}; its content looks like {other})" if other else ""
+    return (f"{place}: {first.reason}" if place else str(first.reason)) + hint
 
 
-def content_hint(path: str, fmt: str | None) -> str | None:
-    """``read as msp; its content looks like mgf`` when the first bytes of the file at ``path`` tell
-    another format than ``fmt``, the one it was read as (an MGF file named ``.msp``), else None. MSP and
-    MassBank records share their ``CH$NAME:`` lines (matchms writes MassBank-style MSP): no hint between
-    those two."""
+def other_format(path: str, fmt: str | None) -> str | None:
+    """The format the first bytes of the file at ``path`` tell when it is not ``fmt``, the one it was read
+    as (an MGF file named ``.msp``), else None. MSP and MassBank records share their ``CH$NAME:`` lines
+    (matchms writes MassBank-style MSP): None between those two."""
     found = sniffed(path) if fmt and os.path.isfile(path) else None
-    if not found or found == fmt or {found, fmt} == {"msp", "massbank"}:
-        return None
-    return f"read as {fmt}; its content looks like {found}"
+    return None if not found or found == fmt or {found, fmt} == {"msp", "massbank"} else found
 
 
 @contextlib.contextmanager

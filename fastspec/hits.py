@@ -5,6 +5,7 @@ CSV/TSV behind ``#`` parameter lines (:func:`csv_header`), atomically (:func:`wr
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -254,11 +255,12 @@ class Hits:
 
     def to_csv(self, path: "str | Path", delimiter: str = ",") -> None:
         """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines, atomically (as
-        :meth:`write`)."""
-        write_atomically(path, lambda p: self._write_csv(p, delimiter))
+        :meth:`write`); gzipped when ``path`` ends in ``.gz``."""
+        write_atomically(path, lambda p: self._write_csv(p, delimiter, gzipped(path)))
 
     def write(self, path: "str | Path") -> None:
-        """Write by extension: ``.parquet`` / ``.pq``, ``.tsv`` / ``.tab`` / ``.txt`` or ``.csv``.
+        """Write by extension: ``.parquet`` / ``.pq``, ``.tsv`` / ``.tab`` / ``.txt`` or ``.csv``, the
+        text formats optionally gzipped (``.tsv.gz``, ``.csv.gz``).
 
         Written to a temporary sibling and renamed into place, so an interrupted write never leaves a
         truncated table where a previous one was.
@@ -274,11 +276,11 @@ class Hits:
 
         pq.write_table(self.to_arrow(), str(path), compression="zstd")
 
-    def _write_csv(self, path: str, delimiter: str) -> None:
+    def _write_csv(self, path: str, delimiter: str, gz: bool = False) -> None:
         import pyarrow.csv as pcsv
 
         table = self.to_arrow()
-        with open(path, "wb") as f:
+        with open_table_text(path, gz) as f:
             f.write(csv_header(self.params))
             pcsv.write_csv(table.replace_schema_metadata(None), f,
                            write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
@@ -291,15 +293,39 @@ def csv_header(params: dict) -> bytes:
 
 def table_format(path: "str | Path") -> str | None:
     """A hit table's format by extension: None for Parquet (``.parquet``, ``.pq``), else the delimiter of
-    CSV (``.csv``) or TSV (``.tsv``, ``.tab``, ``.txt``); ParameterError for any other."""
-    suffix = Path(path).suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    CSV (``.csv``) or TSV (``.tsv``, ``.tab``, ``.txt``), each of those optionally gzipped (``.csv.gz``);
+    ParameterError for any other."""
+    name = Path(path).name.lower()
+    gz = name.endswith(".gz")
+    suffix = Path(name[:-3] if gz else name).suffix
+    if suffix in (".parquet", ".pq") and not gz:  # Parquet compresses its own columns (zstd)
         return None
     if suffix in (".tsv", ".tab", ".txt"):
         return "\t"
     if suffix == ".csv":
         return ","
-    raise ParameterError(f"unknown hit table format {suffix or '(none)'!r}: use .parquet, .tsv or .csv")
+    shown = suffix + ".gz" if gz else suffix
+    raise ParameterError(f"unknown hit table format {shown or '(none)'!r}: use .parquet, .tsv or .csv "
+                         "(.tsv.gz and .csv.gz gzipped)")
+
+
+def gzipped(path: "str | Path") -> bool:
+    """Whether a text hit table is to be gzipped (its name ends in ``.gz``)."""
+    return str(path).lower().endswith(".gz")
+
+
+@contextlib.contextmanager
+def open_table_text(path: "str | Path", gz: bool):
+    """A binary file to write a text hit table into, through gzip when ``gz``: no name (``path`` is a
+    temporary) and mtime 0 in the gzip header, so the same table gives the same bytes."""
+    with open(path, "wb") as raw:
+        if not gz:
+            yield raw
+            return
+        import gzip
+
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as f:
+            yield f
 
 
 # ====================================================================================== search

@@ -81,7 +81,7 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
 
 
 def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated, kwargs) -> dict:
-    from fastspec.hits import table_format, write_atomically
+    from fastspec.hits import gzipped, table_format, write_atomically
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
                                  caller_formulas, search)
 
@@ -103,7 +103,7 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
     totals = {"with_hits": 0, "skipped": 0, "skipped_by": {}, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:
-        sink = _TableSink(tmp, delimiter)
+        sink = _TableSink(tmp, delimiter, gzipped(path))
         bar = _progress_bar(progress)  # one bar over every chunk (None: no bar)
         try:
             counts_holder: dict = {}
@@ -313,9 +313,9 @@ class _TableSink:
     """The hit table written chunk by chunk: Parquet row groups, or CSV/TSV rows into a body file that
     :meth:`close` puts behind the ``#`` parameter lines (known only at the end)."""
 
-    def __init__(self, tmp: Path, delimiter: str | None):
+    def __init__(self, tmp: Path, delimiter: str | None, gz: bool = False):
         self.tmp = Path(tmp)
-        self.delimiter = delimiter
+        self.delimiter, self.gz = delimiter, gz
         self.body = self.tmp.with_name(self.tmp.name + ".rows") if delimiter is not None else None
         self.writer = None
         self.schema = None
@@ -345,7 +345,7 @@ class _TableSink:
     def close(self, params: dict) -> None:
         import json
 
-        from fastspec.hits import csv_header
+        from fastspec.hits import csv_header, open_table_text
 
         if self.delimiter is None:
             self.writer.add_key_value_metadata({"fastspec": json.dumps(params, default=str)})
@@ -354,7 +354,7 @@ class _TableSink:
             return
         self.writer.close()
         self.writer = None
-        with open(self.tmp, "wb") as f, open(self.body, "rb") as rows:
+        with open_table_text(self.tmp, self.gz) as f, open(self.body, "rb") as rows:
             f.write(csv_header(params))
             shutil.copyfileobj(rows, f, 1 << 22)
 

@@ -93,6 +93,6 @@ def test_readme_command_line_example_runs(massbank_mgf, massbank_msp, massbank_p
         res = CliRunner().invoke(main, args + ["--quiet"])
         assert res.exit_code == 0, (args, res.output)
     for name in ("lib.parquet", "spectra.mgf", "lib.fastspec", "massbank.fastspec", "hits.parquet", "hits.tsv",
-                 "hits.csv", "split.csv", "profile.json", "report.json", "ablation.json", "summary.md",
+                 "hits.csv.gz", "split.csv", "profile.json", "report.json", "ablation.json", "summary.md",
                  "summary.html"):
         assert (tmp_path / name).exists(), name

@@ -91,6 +91,33 @@ def test_directory_and_csv(lib, query_files, tmp_path):
     assert chunked.read_text().startswith("# mode: ")
 
 
+@pytest.mark.parametrize("name", ["h.tsv.gz", "h.CSV.GZ"])
+def test_gzipped_text_tables(lib, query_files, tmp_path, name):
+    """A text table named .tsv.gz / .csv.gz is gzipped, chunked or whole, and holds the plain table."""
+    import gzip
+
+    mgf, _ = query_files
+    plain_name = name[:-3].lower()
+    plain, whole, chunked = tmp_path / plain_name, tmp_path / ("w" + name), tmp_path / ("c" + name)
+    hits = lib.search(str(mgf), k=3, mode="open")
+    hits.write(plain)
+    hits.write(whole)
+    lib.search_to_file(str(mgf), chunked, k=3, mode="open", chunk_size=250)
+    assert whole.read_bytes()[:2] == b"\x1f\x8b" and whole.read_bytes() == chunked.read_bytes()
+    assert gzip.decompress(whole.read_bytes()) == plain.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([plain.name, whole.name, chunked.name])
+
+
+def test_table_format_names(tmp_path):
+    from fastspec.hits import table_format
+
+    assert table_format("a.parquet") is None and table_format("a.PQ") is None
+    assert table_format("a.tsv") == table_format("a.txt.gz") == "\t" and table_format("x.y.csv.gz") == ","
+    for bad, shown in (("a.parquet.gz", "'.parquet.gz'"), ("a.gz", "'.gz'"), ("a", "'(none)'"), ("a.mgf", "'.mgf'")):
+        with pytest.raises(ParameterError, match=re.escape(shown)):
+            table_format(bad)
+
+
 def test_in_memory_queries_and_formula_list(lib, tmp_path):
     q = lib.spectra(np.arange(0, 60, 2), metadata=True)
     formulas = [f if f else "C6H12O6" for f in q.column("formula")]

@@ -131,7 +131,7 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.command("query")
 @click.argument("queries", nargs=-1, required=True, type=click.Path())
 @click.option("--library", "-l", "library", required=True, type=click.Path(), help="Library index directory.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Hit table (.parquet, .tsv or .csv; .tsv.gz / .csv.gz gzipped).")
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
 @click.option("--mode", type=click.Choice(_MODES), default="identity", show_default=True,
               help="identity: library spectra within --precursor-tolerance; formula: those of the query's formula; "

@@ -67,18 +67,24 @@ def _clean_str(v) -> str | None:
 
 _NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
 # a ramp or steps: numbers joined by '-' (with units between, not glued to a word: "MS2-20"), or three or
-# more joined by ',' ("stepped 15,30,45"; two could be a decimal comma)
+# more joined by ',' ("stepped 15,30,45", "15, 30, 45, 60, 70 or 90"; two could be a decimal comma)
 _STEPS_RE = re.compile(r"(?<![A-Za-z0-9.])\d*\.?\d+(?:(?:\s*(?:%|[a-zA-Z]+)?\s*-\s*\d*\.?\d+)+"
-                       r"|(?:\s*,\s*\d*\.?\d+){2,})")
+                       r"|(?:\s*,\s*\d*\.?\d+){2,}(?:\s*,?\s*(?:or|and)\s+\d*\.?\d+)?)")
 _PLAIN_NUM_RE = re.compile(r"\d*\.?\d+")
+# an energy that depends on the precursor m/z ("scaled 80 (m/z=200) to 110 (m/z=120)", "scaled by m/z"):
+# no one energy
+_MZ_DEPENDENT_RE = re.compile(r"m/z|(?<![a-z])mz(?![a-z])", re.IGNORECASE)
 
 
 def _parse_ce(text) -> float:
     """Collision energy as a number: the mean of a ``LOW-HIGH`` ramp or of stepped energies (``20-30-40``,
-    ``15,30,45``; NaN when they fall: an m/z-dependent formula), else the first number; NaN."""
+    ``15,30,45``; NaN when they fall: an m/z-dependent formula), else the first number; NaN when there is
+    none or the text makes the energy depend on m/z."""
     if text is None:
         return math.nan
     s = str(text)
+    if _MZ_DEPENDENT_RE.search(s):
+        return math.nan
     # the ramp's or steps' numbers are the text's first, after a word or with units ("Ramp 22.8-34.2 eV",
     # "Ramp 20%-70% (nominal)", "10 eV - 30 eV", "HCD 20-30-40", as MSP / MGF / record files write them)
     steps = _STEPS_RE.search(s)

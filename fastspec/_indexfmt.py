@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from fastspec._atomic import ACTIVE_TEMPORARIES, remove_stale_temporaries, temporary_name  # noqa: F401
+from fastspec._atomic import ACTIVE_TEMPORARIES, naming_output, remove_stale_temporaries, temporary_name  # noqa: F401
 from fastspec.errors import IndexFormatError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
@@ -298,6 +298,12 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise IndexFormatError(f"the manifest of {directory} is inconsistent: {counts['n_read']} records read, but "
                                f"{counts['n_spectra']} indexed + {counts['n_rejected']} rejected; rebuild the index "
                                "with `fastspec index`")
+    shape = (manifest["files"].get("offsets.npy") or {}).get("shape")
+    if isinstance(counts, dict) and isinstance(counts.get("n_spectra"), int) and isinstance(shape, list) and shape \
+            and shape[0] != counts["n_spectra"] + 1:
+        # every per-spectrum array is sized from n_spectra: a count edited along with the checksum
+        raise IndexFormatError(f"the manifest of {directory} is inconsistent: {counts['n_spectra']} spectra, but peak "
+                               f"offsets for {shape[0] - 1}; rebuild the index with `fastspec index`")
     return manifest
 
 
@@ -349,10 +355,13 @@ def check_files(directory: Path, manifest: dict[str, Any]) -> None:
             raise IndexFormatError(f"library index {directory} is corrupted: checksum mismatch in {name}")
 
 
-def verify_files(directory: Path, manifest: dict[str, Any], progress=None) -> None:
-    """Full verification: the blake2b checksum of every file. Raises IndexFormatError on the first mismatch."""
+def verify_files(directory: Path, manifest: dict[str, Any], progress=None, names=None) -> None:
+    """Full verification: the blake2b checksum of every file (of those ``names`` only, when given). Raises
+    IndexFormatError on the first mismatch."""
     check_files(directory, manifest)
     for name, entry in manifest["files"].items():
+        if names is not None and name not in names:
+            continue
         if file_checksum(Path(directory) / name) != entry["blake2b"]:
             raise IndexFormatError(f"library index {directory} is corrupted: checksum mismatch in {name}")
         if progress is not None:
@@ -374,7 +383,13 @@ class AtomicDirectory:
     """
 
     def __init__(self, target: Path, overwrite: bool = False):
-        self.target = Path(target)
+        target = Path(target)
+        if overwrite and target.is_symlink() and target.is_dir():
+            # replace the index the link points to (built beside it: one file system for the rename), as
+            # writing to a linked file writes the file; swapping the link itself for a directory would leave
+            # the linked index unchanged and the link lost
+            target = Path(os.path.realpath(target))
+        self.target = target
         self.overwrite = overwrite
         self.tmp: Path | None = None
 
@@ -388,7 +403,8 @@ class AtomicDirectory:
             raise IndexFormatError(f"refusing to overwrite {self.target}: it is a file, not a library index")
         remove_stale_temporaries(parent, self.target.name)
         self.tmp = parent / temporary_name(self.target.name)
-        self.tmp.mkdir()
+        with naming_output(self.target, self.tmp):  # a read-only directory: name the index, not the temporary
+            self.tmp.mkdir()
         ACTIVE_TEMPORARIES.add(self.tmp)
         return self.tmp
 

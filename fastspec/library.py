@@ -71,6 +71,7 @@ import datetime as _dt
 import os
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -471,6 +472,27 @@ def _manifest_stamp(path: Path) -> tuple | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+#: how many times :meth:`Library.open` reads an index that another process is swapping meanwhile
+_OPEN_TRIES = 5
+
+
+def _swapping(path: Path, stamp: tuple | None) -> bool:
+    """Whether the index at ``path`` is being swapped by a rebuild or an append: its manifest is not the
+    one stamped before reading (``stamp``), or the directory is gone while the swap's temporary or the
+    previous index moved aside exists beside it."""
+    now = _manifest_stamp(path)
+    if now != stamp:
+        return True
+    if now is not None:
+        return False
+    parent = path.parent if str(path.parent) else Path(".")
+    name = path.name
+    try:
+        return any(e.startswith((f".{name}.old-", f".{name}.tmp-")) for e in os.listdir(parent))
+    except OSError:
+        return False
+
+
 def _refuse_empty(report, blank_ok: bool = False) -> None:
     """A file in which the reader found no record at all is an error, not an empty input: a wrong format,
     encoding or a typo (``BEGIN_IONS``) would otherwise build an empty library or search nothing.
@@ -846,9 +868,21 @@ class Library:
             ``path`` does not exist.
         """
         path = Path(path)
-        stamp = _manifest_stamp(path)  # before reading it: a swap in between is then caught on first use
-        manifest = fmt.read_manifest(path)
-        fmt.check_files(path, manifest)
+        for attempt in range(_OPEN_TRIES):
+            stamp = _manifest_stamp(path)  # before reading it: a swap in between is then caught on first use
+            try:
+                manifest = fmt.read_manifest(path)
+                fmt.check_files(path, manifest)
+            except (IndexFormatError, OSError):
+                # an append or rebuild in another process swapped the directory while this one read the old
+                # manifest and checked the new files (or found neither, between its two renames): read again
+                if attempt + 1 < _OPEN_TRIES and _swapping(path, stamp):
+                    time.sleep(0.01 * (attempt + 1))
+                    continue
+                raise
+            if attempt + 1 < _OPEN_TRIES and _manifest_stamp(path) != stamp:  # swapped just after: the new one
+                continue
+            break
         lib = cls(path, manifest)
         lib._stamp = stamp
         if verify:
@@ -924,6 +958,10 @@ class Library:
         if old_input is None:
             raise IndexFormatError(f"{self.path} predates input positions and has rejected spectra: rebuild it "
                                    "to append (the positions of its input spectra are unknown)")
+        # the old spectra are copied into the rebuilt index, whose fresh checksums would vouch for them: a
+        # byte flipped inside one of the files they came from (open's edge checksums miss it) stops the
+        # append instead of being laundered (the metadata's Parquet pages carry checksums of their own)
+        fmt.verify_files(self.path, self.manifest, names={f"{name}.npy" for name in self._arrays})
         n_input = int(old_counts.get("n_input", len(self)))
         input_index = np.concatenate([np.asarray(old_input, np.int64), n_input + counts["positions"]])
         merged = Spectra.concat([old, new])

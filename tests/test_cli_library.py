@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -411,6 +412,25 @@ def test_a_full_disk_is_one_line(massbank_mgf, tmp_path, monkeypatch):
     assert_clean_error(run("index", massbank_mgf, "-o", tmp_path / "l.fastspec", "--no-faiss", ok=False),
                        "No space left on device")
     assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_existing_or_unwritable_output_is_named_once(index, massbank_mgf, tmp_path, monkeypatch):
+    """The API's "(use overwrite=True / --overwrite)" reads "(use --overwrite)" on the command line; a
+    directory the index cannot be created in is named by the output asked for, not the hidden temporary."""
+    res = run("index", massbank_mgf, "-o", index, "--no-faiss", ok=False)
+    assert_clean_error(res, "already exists")
+    assert "(use --overwrite)" in res.output and "overwrite=True" not in res.output
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *a, **k):
+        if ".tmp-" in self.name:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    res = run("index", massbank_mgf, "-o", tmp_path / "ro" / "lib.fastspec", "--no-faiss", ok=False)
+    assert_clean_error(res, "Permission denied", str(tmp_path / "ro" / "lib.fastspec"))
+    assert ".tmp-" not in res.output
 
 
 def test_real_subprocess(index, massbank_mgf, tmp_path):

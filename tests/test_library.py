@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import re
 from pathlib import Path
 
@@ -1217,3 +1219,127 @@ def test_append_wait_interrupted_or_fed_by_a_search(subsets, tmp_path):
     t.join(120)
     assert done.is_set(), "append waited for its own input's search"
     assert len(lib) == len(Library.open(lib.path)) > 300
+
+
+# ------------------------------------------------------------------- damage and races (index audit, 2026-12-06)
+def _forge_manifest(dst: Path, keep_checksum: str | None = None) -> None:
+    """Rewrite the manifest to match the files as they are now (as if a byte flipped where the open-time
+    edge checksums do not look); ``keep_checksum``: that file keeps its old full checksum, which only
+    ``verify`` compares."""
+    from fastspec import _indexfmt as fmt
+
+    m = fmt.read_manifest(dst)
+    old = dict(m["files"])
+    fmt.write_manifest(dst, m, {})  # every file described afresh
+    if keep_checksum is not None:
+        m = fmt.read_manifest(dst)
+        m["files"][keep_checksum]["blake2b"] = old[keep_checksum]["blake2b"]
+        fmt.write_manifest(dst, m, m["files"])
+
+
+def test_damaged_faiss_ids_are_refused(subsets, tmp_path):
+    """A FAISS index whose stored ids were damaged (past the open-time edge checksums) is refused when it is
+    loaded, with the one-line error of other damaged arrays: an out-of-range id crashed the search (a raw
+    IndexError) or, through the search's ID selector, silently dropped hits. One whose lists cannot be read
+    at all (a damaged list size: std::bad_alloc) too."""
+    import faiss
+
+    from fastspec import vectors
+
+    lib_sp, queries = subsets
+    good = Library.build(lib_sp, tmp_path / "good.fastspec", preprocess=None,
+                         faiss_params={"flat_below": 0, "nlist": 8, "theta_index": None})
+    assert good.manifest["build"]["faiss"]["index"].startswith("IVF")
+    want = good.search(queries[:5], k=3, mode="analog", engine="faiss")
+    dst = _copy_index(good, tmp_path / "bad.fastspec")
+    idx = faiss.read_index(str(dst / "faiss.index"))
+    inv = faiss.extract_index_ivf(idx).invlists
+    li = next(i for i in range(inv.nlist) if inv.list_size(i))
+    faiss.rev_swig_ptr(inv.get_ids(li), inv.list_size(li))[0] = 10**12  # writable: the lists are in memory
+    faiss.write_index(idx, str(dst / "faiss.index"))
+    _forge_manifest(dst)
+    with pytest.raises(IndexFormatError, match=r"corrupted: faiss.index holds ids outside \[0, 800\)"):
+        Library.open(dst).search(queries[:5], k=3, mode="analog", engine="faiss")
+    lib = Library.open(dst)
+    real = faiss.read_index
+
+    def broken(*a, **k):
+        raise MemoryError("std::bad_alloc")
+
+    vectors._faiss().read_index = broken
+    try:
+        with pytest.raises(IndexFormatError, match=r"corrupted: cannot read faiss.index \(std::bad_alloc\)"):
+            lib.search(queries[:5], k=3, mode="analog", engine="faiss")
+    finally:
+        vectors._faiss().read_index = real
+    np.testing.assert_array_equal(Library.open(good.path).search(queries[:5], k=3, mode="analog",
+                                                                  engine="faiss").indices, want.indices)
+
+
+def test_append_refuses_damaged_old_spectra(raw_lib, subsets, tmp_path):
+    """An append copies the old spectra into the rebuilt index, whose fresh checksums would vouch for
+    them: a damaged peak file (full checksum wrong, edges right) stops it, and the index is unchanged."""
+    dst = _copy_index(raw_lib, tmp_path / "lib.fastspec")
+    mz = np.load(dst / "mz.npy")
+    mz[mz.shape[0] // 2] = 5000.0
+    np.save(dst / "mz.npy", mz)
+    _forge_manifest(dst, keep_checksum="mz.npy")
+    before = (dst / "manifest.json").read_bytes()
+    lib = Library.open(dst)  # the cheap checks pass
+    with pytest.raises(IndexFormatError, match="checksum mismatch in mz.npy"):
+        lib.append(subsets[1][:5])
+    assert (dst / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.fastspec"]
+
+
+def test_manifest_count_must_match_the_arrays(raw_lib, tmp_path):
+    from fastspec import _indexfmt as fmt
+
+    dst = _copy_index(raw_lib, tmp_path / "lie.fastspec")
+    m = fmt.read_manifest(dst)
+    m["counts"]["n_spectra"] += 100
+    m["counts"]["n_read"] += 100
+    fmt.write_manifest(dst, m, m["files"])  # a consistent checksum: an edit, not damage
+    with pytest.raises(IndexFormatError, match="inconsistent: 900 spectra, but peak offsets for 800"):
+        Library.open(dst)
+
+
+def test_open_while_another_process_swaps_the_index(raw_lib, subsets, tmp_path, monkeypatch):
+    """Opening reads the manifest, then checks the files: when an append or rebuild elsewhere swaps the
+    directory in between, the old manifest's sizes do not match the new files. That read is retried on
+    the new index instead of calling a healthy index corrupted."""
+    from fastspec import _indexfmt as fmt
+
+    path = _copy_index(raw_lib, tmp_path / "lib.fastspec")
+    newer = Library.build(subsets[0][:300], tmp_path / "newer.fastspec", preprocess=None, faiss=False)
+    real, calls = fmt.check_files, []
+
+    def swapped_meanwhile(directory, manifest):
+        calls.append(manifest["counts"]["n_spectra"])
+        if len(calls) == 1:  # another process's rebuild, between the manifest read and the file checks
+            aside = tmp_path / ".lib.fastspec.old-0123456789ab"
+            os.rename(path, aside)
+            os.rename(newer.path, path)
+            shutil.rmtree(aside)
+        return real(directory, manifest)
+
+    monkeypatch.setattr(fmt, "check_files", swapped_meanwhile)
+    lib = Library.open(path)
+    assert calls == [800, 300] and len(lib) == 300
+    monkeypatch.setattr(fmt, "check_files", real)
+    shutil.rmtree(path)  # no index and no swap beside it: refused at once, as before
+    with pytest.raises(FileNotFoundError):
+        Library.open(path)
+
+
+def test_append_and_overwrite_through_a_symlink(raw_lib, subsets, tmp_path):
+    """An index reached through a symlink (current -> v1) is appended to or rebuilt where it is: the link
+    stays a link (it was replaced by the new directory, v1 left as it was)."""
+    v1 = _copy_index(raw_lib, tmp_path / "v1.fastspec")
+    link = tmp_path / "current.fastspec"
+    link.symlink_to("v1.fastspec")
+    Library.open(link).append(subsets[1][:5])
+    assert link.is_symlink() and len(Library.open(v1)) == 805 and len(Library.open(link)) == 805
+    Library.build(subsets[0][:100], link, preprocess=None, faiss=False, overwrite=True)
+    assert link.is_symlink() and len(Library.open(v1)) == 100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current.fastspec", "v1.fastspec"]

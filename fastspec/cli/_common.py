@@ -121,7 +121,9 @@ def as_options(msg: str) -> str:
     msg = re.sub(rf"(?<![^\s(,])({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)'/]+))(?![\w/])", assigned, msg)
     # a bare name only as the subject of "... applies to" (the API's own phrasing)
     bare = "|".join(re.escape(n) for n in opts if "_" in n) or "(?!)"
-    return re.sub(rf"(?<![^\s(,])({bare})(?= appl)", lambda m: opts[m.group(1)][1], msg)
+    msg = re.sub(rf"(?<![^\s(,])({bare})(?= appl)", lambda m: opts[m.group(1)][1], msg)
+    # the API's "use overwrite=True / --overwrite" names both forms: the command's once
+    return re.sub(r"(--[\w-]+) / \1(?![\w-])", r"\1", msg)
 
 
 def _not_utf8(e: UnicodeEncodeError, params: list) -> str:

@@ -153,7 +153,18 @@ def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
                 s += np.float64(intensity[p]) * np.float64(intensity[p])
         else:
             for p in range(a, b):
-                w = (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
+                w = _cos_weight(mz, intensity, p, mz_power, intensity_power)
+                s += w * w
+        scale = 1.0
+        if s == np.inf and not plain:
+            # w * w overflowed (weights past ~1e154: float32-max intensities at intensity_power 4), making
+            # every weight 0 where the exact kernels, summing fewer peaks (below the precursor), score: the
+            # norm again, in units of the largest weight
+            for p in range(a, b):
+                scale = max(scale, _cos_weight(mz, intensity, p, mz_power, intensity_power))
+            s = 0.0
+            for p in range(a, b):
+                w = _cos_weight(mz, intensity, p, mz_power, intensity_power) / scale
                 s += w * w
         norm = np.sqrt(s)
         if not norm > 0:
@@ -164,7 +175,12 @@ def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
                 out[p] = _stored(np.float64(intensity[p]) / norm)
         else:
             for p in range(a, b):
-                out[p] = _stored((mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power) / norm)
+                out[p] = _stored(_cos_weight(mz, intensity, p, mz_power, intensity_power) / scale / norm)
+
+
+@numba.njit(inline="always", **NJIT)
+def _cos_weight(mz, intensity, p, mz_power, intensity_power):
+    return (mz[p] ** mz_power) * (np.float64(intensity[p]) ** intensity_power)
 
 
 def _entropy_weights_py(offsets, intensity, weighted, out):

@@ -330,3 +330,30 @@ def test_neutral_loss_cosine_bound_weights_vs_naive(spectra, powers):
     np.testing.assert_array_equal(nw[below], w[order][below])  # as the peaks' own
     # a peak at its precursor (loss 0) may keep a weight: a looser bound, never a lower one
     assert (nw >= 0).all() and np.isfinite(nw).all()
+
+
+def test_cosine_bound_weights_when_the_norm_overflows(tmp_path):
+    """Weights past ~1e154 (float32-max intensities at intensity_power 4) overflowed the bound weights'
+    L2 norm to inf, so every weight of the spectrum was 0 and open search never reached it, while the
+    exact neutral-loss cosine, summing fewer peaks (below the precursor), is 1 (an audit's reproducer,
+    reduced; cosine itself is NaN there, as in matchms). The norm is then taken in units of the largest
+    weight."""
+    from fastspec.kernels import fragment as fk
+    from fastspec.library import Library
+    from fastspec.spectra import Spectra
+
+    big = float(np.finfo(np.float32).max) * 0.9
+    mz = np.array([55.5, 99.99, 999.99, 1000.0])
+    inten = np.array([big, big, big, 1e30], dtype=np.float32)  # three weights squared: past float64's max
+    got = fk.peak_weights(np.array([0, 4]), mz, inten, "cosine", 0.0, 4.0)
+    r = (inten.astype(np.float64) / inten.max()) ** 4
+    np.testing.assert_allclose(got, r / np.sqrt((r * r).sum()), rtol=1e-6)
+    rng = np.random.default_rng(0)
+    others = [(np.sort(rng.uniform(40, 105, 3)), rng.uniform(1, 1e3, 3).astype(np.float32)) for _ in range(12)]
+    lib_sp = Spectra.from_arrays([mz] + [m for m, _ in others], [inten] + [i for _, i in others], [110.0] * 13)
+    lib = Library.build(lib_sp, tmp_path / "big.fastspec", preprocess=None, faiss=False)
+    kw = dict(metric="neutral_loss_cosine", tolerance=0.02, intensity_power=4.0)
+    want = similarity.score_matrix(lib_sp[:1], lib_sp, **kw)[0][0]
+    hits = lib.search(lib_sp[:1], k=3, mode="open", **kw)
+    assert hits.indices[0, 0] == 0 and abs(hits.scores[0, 0] - want[0]) < 1e-6 and want[0] > 0.99
+    np.testing.assert_allclose(hits.scores[0], np.sort(want)[::-1][:3], atol=1e-6)

@@ -48,7 +48,8 @@ class Hits:
     status : ndarray of str (n,)
         ``ok``, ``no_hit``, ``no_peaks`` (nothing left after preprocessing), ``no_precursor``
         (identity or neutral-loss mode without a precursor m/z, or with one of 0 or less), ``no_neighbour`` (formula mode,
-        skipped: no library spectrum has the query's formula), ``no_formula`` (formula mode, skipped: the
+        skipped: no library spectrum has the query's formula, among those its polarity and the
+        ``same_*`` filters allow; one that fails only ``min_matches`` / ``min_score`` gives ``no_hit``), ``no_formula`` (formula mode, skipped: the
         query has no formula, in its metadata, from its SMILES or InChI, or passed in), ``ms1``
         (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched) or
         ``msn`` (an MSn record, ``ms_level`` 3 or more, as mzmine's MSn exports hold: not searched; the

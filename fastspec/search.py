@@ -126,7 +126,8 @@ def search(
     formula : str or list of str, optional
         Formula mode: the queries' formulas (default: their ``formula`` metadata).
     no_neighbour : {"skip", "fallback", "empty"}
-        Formula mode, query without a same-formula library spectrum: ``skip`` -> a row with status
+        Formula mode, query without a same-formula library spectrum (of its polarity, and passing the
+        ``same_*`` filters; ``min_matches`` / ``min_score`` apply to hits after): ``skip`` -> a row with status
         ``no_neighbour`` (``no_formula`` when the query has no formula at all); ``fallback`` -> search every library spectrum of the same polarity (``fallback``
         flag set); ``empty`` -> a row with status ``no_hit``.
     same_adduct, same_charge, same_instrument : bool
@@ -508,6 +509,13 @@ class _SearchConfig:
                 raise ParameterError("the library's preprocessing already applies entropy_weight, so metric "
                                      "'entropy' would weight its peaks twice; use metric='unweighted_entropy' "
                                      "(ms_entropy's weighted entropy of the peaks as read)")
+        # the metric's own checks (entropy's positive tolerance, binned_cosine's bin width from a Da
+        # tolerance, ...) on an empty input now, not when a query first reaches a candidate: a query set
+        # with nothing to score returned hits under parameters every other search refuses
+        from fastspec import similarity
+
+        similarity.prepare_csr(np.zeros(1, np.int64), np.zeros(0), np.zeros(0, np.float32), np.zeros(0), c.metric,
+                               **c.metric_kwargs())
         return c
 
     def metric_kwargs(self) -> dict:

@@ -1220,6 +1220,15 @@ def test_bad_parameters(lib, data):
         lib.search({"mz": [[100.0]], "intensity": [[1.0]]}, mode="open")
     # aliases resolve
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
+    # a metric's own refusals whatever the queries find: they were raised only once a query reached a
+    # candidate, so queries without peaks or candidates returned hits under refused parameters
+    empty = Spectra.from_arrays([np.zeros(0)], [np.zeros(0, np.float32)], [1e5])
+    for queries in (q, empty):
+        for kw, why in (({"mode": "formula", "metric": "binned_cosine", "tolerance": "10ppm", "formula": "C7H8"},
+                         "bin_width"),
+                        ({"mode": "identity", "metric": "entropy", "tolerance": 0.0}, "positive tolerance")):
+            with pytest.raises(ParameterError, match=why):
+                lib.search(queries, **kw)
 
 
 def test_remembered_parameters_are_still_checked(lib, data):

@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from fastspec.kernels._config import NJIT, await_compiled
-from fastspec.kernels.fragment import (BOUND_ATOL, BOUND_RTOL, KIND_ENTROPY, PeakIndex, _defaults,
+from fastspec.kernels.fragment import (BOUND_ATOL, BOUND_RTOL, KIND_ENTROPY, PeakIndex, _contrib, _defaults,
                                        _entry_range, _group_ranges, _outputs, _passes, _ro, _run_blocks,
                                        _side_window, quantize_weights)
 
@@ -57,11 +57,6 @@ _TABLES_LOCK = threading.Lock()
 
 
 @numba.njit(**NJIT)
-def _xlog2x(x):
-    return x * np.log2(x) if x > 0 else 0.0
-
-
-@numba.njit(**NJIT)
 def _fill_table(kind, out):
     n_q = out.shape[0] - 1
     for qc in range(n_q + 1):
@@ -70,11 +65,7 @@ def _fill_table(kind, out):
         q = s * s if kind == KIND_ENTROPY else s
         for c in range(256):
             t = (c + 1) / 255.0 * (1.0 + 1e-6)
-            if kind == KIND_ENTROPY:
-                l = t * t
-                h = 0.5 * (_xlog2x(q + l) - _xlog2x(q) - _xlog2x(l))
-            else:
-                h = q * t
+            h = _contrib(kind, q, t * t if kind == KIND_ENTROPY else t)
             out[qc, c] = np.uint16(min(np.ceil(h * SCALE * (1.0 + 1e-9)) + 1.0, 65535.0))
 
 

@@ -134,6 +134,7 @@ def generate(
         mode; see the module docstring for the metadata columns.
     """
     n_spectra = _check_count(n_spectra, "n_spectra")
+    _check_memory(n_spectra)
     if polarity not in ("both", "positive", "negative"):
         raise ParameterError(f"polarity must be 'both', 'positive' or 'negative', got {polarity!r}")
     if seed_library is not None:
@@ -188,6 +189,14 @@ def make_queries(
         if n > n_lib:
             raise ParameterError(f"cannot draw {n} queries from a library of {n_lib} spectra")
         rows = np.sort(rng.choice(n_lib, size=n, replace=False))
+    else:  # the answers the caller gets back: whole row numbers of this library, or an error
+        given = np.asarray(rows)
+        if given.ndim != 1 or not (np.issubdtype(given.dtype, np.integer) or given.size == 0):
+            raise ParameterError(f"rows must be a 1-d array of integer library rows, got {given.dtype} {given.shape}")
+        if given.size and (given.min() < 0 or given.max() >= n_lib):
+            raise ParameterError(f"rows must be within [0, {n_lib}) (the library's spectra), got "
+                                 f"{int(given.min())}..{int(given.max())}")
+        rows = given
     rows = np.asarray(rows, dtype=np.int64)
     source = _library_rows(library, rows)
     out = perturb(source, seed=rng, **_noise_params(noise))
@@ -263,7 +272,7 @@ def _synthesize(n: int, m: int, seed: int, polarity: str, threads: int | None, p
 
     parts = _run_chunks(work, len(chunk_seeds), threads, progress, "synthesizing")
     offsets, mz, inten = _concat_csr(parts)
-    md = _synthetic_metadata(mol, spec)
+    md = _synthetic_metadata(mol, spec, seed)
     return Spectra(offsets, mz, inten, spec["pmz"], spec["charge"], md, validate=False)
 
 
@@ -546,11 +555,20 @@ def _spectrum_plan(rng: np.random.Generator, n: int, mol: dict) -> dict:
     p = np.array([v[0] for v in _INSTRUMENTS.values()])
     inst = rng.choice(len(inst_names), size=n, p=p / p.sum()).astype(np.int8)
     ce = np.empty(n)
-    e_norm = np.empty(n)
-    for i, (_, _, levels, full) in enumerate(_INSTRUMENTS.values()):
-        sel = inst == i
-        ce[sel] = rng.choice(np.asarray(levels, float), size=int(sel.sum()))
-        e_norm[sel] = ce[sel] / full
+    _draw_energies(rng, inst, np.ones(n, bool), ce)
+    p_inst = p / p.sum()
+    # a molecule's spectra at different conditions, as libraries record them: drawn with replacement,
+    # 66% of spectra repeated a (molecule, adduct, instrument, energy) of another (MassBank: 27%). Repeats
+    # draw their energy again, then (later rounds) their instrument too; the adducts stay as drawn
+    for round_ in range(_CONDITION_ROUNDS):
+        again = _repeated(smol, adduct, inst, ce)
+        if not again.any():
+            break
+        if round_ >= _CONDITION_ROUNDS // 2:
+            inst[again] = rng.choice(len(inst_names), size=int(again.sum()), p=p_inst)
+        _draw_energies(rng, inst, again, ce)
+    full = np.array([v[3] for v in _INSTRUMENTS.values()], float)
+    e_norm = ce / full[inst]
     mult = np.array([ADDUCTS[a][2] for a in names], float)[adduct]
     delta = _precursor_deltas(names)[adduct]
     pmz = mult * mol["mass"][smol] + delta
@@ -564,6 +582,27 @@ def _spectrum_plan(rng: np.random.Generator, n: int, mol: dict) -> dict:
     noise[top > 0] = 0.0
     return dict(n=n, mol=smol, adduct=adduct, inst=inst, ce=ce, e_norm=e_norm, pmz=pmz, charge=charge,
                 thr=thr, noise=noise, top=top, names=names, inst_names=inst_names)
+
+
+#: rounds of drawing the conditions of repeated spectra again (see _spectrum_plan)
+_CONDITION_ROUNDS = 8
+
+
+def _draw_energies(rng: np.random.Generator, inst: np.ndarray, which: np.ndarray, ce: np.ndarray) -> None:
+    """Collision energies of the spectra ``which`` (bool mask), each from its instrument's levels."""
+    for i, (_, _, levels, _) in enumerate(_INSTRUMENTS.values()):
+        sel = which & (inst == i)
+        ce[sel] = rng.choice(np.asarray(levels, float), size=int(sel.sum()))
+
+
+def _repeated(smol: np.ndarray, adduct: np.ndarray, inst: np.ndarray, ce: np.ndarray) -> np.ndarray:
+    """Spectra whose (molecule, adduct, instrument, energy) an earlier spectrum has (bool mask)."""
+    order = np.lexsort((ce, inst, adduct, smol))
+    same = np.zeros(smol.shape[0], bool)
+    if smol.shape[0] > 1:
+        a, b = order[1:], order[:-1]
+        same[a] = (smol[a] == smol[b]) & (adduct[a] == adduct[b]) & (inst[a] == inst[b]) & (ce[a] == ce[b])
+    return same
 
 
 def _precursor_deltas(names: Sequence[str]) -> np.ndarray:
@@ -632,11 +671,13 @@ def _synth_chunk(rng: np.random.Generator, mol: dict, spec: dict, lo: int, hi: i
     return _perturb_csr(rng, o3, mz, it, pmz, 3.0, 0.0, 0.0, 0.0, spec["noise"][lo:hi], add_scale=999.0)
 
 
-def _synthetic_metadata(mol: dict, spec: dict) -> pa.Table:
+def _synthetic_metadata(mol: dict, spec: dict, seed: int) -> pa.Table:
     n, m = spec["n"], mol["m"]
     smol = spec["mol"]
     formulas = _hill(mol["counts"])
-    rng = np.random.default_rng(np.random.SeedSequence([m, 0x1C4E]))  # keys depend on the molecule only
+    # keys from the seed as well as the number of molecules: libraries of two seeds hold different compounds,
+    # which must not share InChIKeys (anything joining by inchikey14 would take them for one molecule)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), m, 0x1C4E]))
     ik14 = _unique_letters(rng, m, 14)
     ik_mid = _letters(rng, m, 8)
     inchikey = [f"{a}-{b}SA-N" for a, b in zip(ik14, ik_mid)]
@@ -830,6 +871,12 @@ def _perturb_csr(rng, offsets, mz, intensity, pmz, ppm, intensity_noise, tilt, d
     else:
         order = np.argsort((seg << 31) | q, kind="stable")
     q, inten, seg = q[order], inten[order], seg[order]
+    # two peaks of one spectrum at one rounded m/z (an added noise peak on a fragment, jittered peaks
+    # meeting): libraries as read hold none; the first in the sort (a fragment before noise) stays
+    dup = np.zeros(q.shape[0], bool)
+    dup[1:] = (q[1:] == q[:-1]) & (seg[1:] == seg[:-1])
+    if dup.any():
+        q, inten, seg = q[~dup], inten[~dup], seg[~dup]
     out_off = np.zeros(ns + 1, np.int64)
     np.cumsum(np.bincount(seg, minlength=ns), out=out_off[1:])
     return out_off, q / _MZ_SCALE, inten.astype(np.float32)
@@ -907,6 +954,24 @@ def _set_column(table: pa.Table, name: str, values) -> pa.Table:
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, values)
     return table.append_column(name, values)
+
+
+#: peak memory of generating a library, per spectrum (bytes; pure and grown modes, peaks, metadata and the
+#: working arrays: 100k -> 300k spectra measured 0.5 -> 0.75 GB and 0.63 -> 0.8 GB, 2.4M ~3.3 GB)
+_BYTES_PER_SPECTRUM = 1400
+
+
+def _check_memory(n: int) -> None:
+    """Refuse a size whose generation could not fit in this machine's memory, before allocating: numpy
+    would fail with a MemoryError only after filling it (grown mode builds its plan in Python objects)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: numpy's own error then
+        return
+    need = n * _BYTES_PER_SPECTRUM
+    if total > 0 and need > total:
+        raise ParameterError(f"{n:,} spectra need about {need / 2**30:,.0f} GiB of memory to generate; this machine "
+                             f"has {total / 2**30:,.0f} GiB")
 
 
 def _check_count(v: Any, name: str) -> int:

@@ -32,7 +32,7 @@ def _formula_mass(f: str) -> float:
 def _assert_sorted(s: Spectra) -> None:
     seg = _segment_ids(s.offsets)
     same = seg[1:] == seg[:-1]
-    assert np.all(np.diff(s.mz)[same] >= 0)
+    assert np.all(np.diff(s.mz)[same] > 0)  # sorted, and no m/z twice in a spectrum (libraries as read have none)
 
 
 def test_deterministic_and_seed_dependent():
@@ -43,6 +43,8 @@ def test_deterministic_and_seed_dependent():
         np.testing.assert_array_equal(getattr(a, x), getattr(b, x))
     assert a.metadata.equals(b.metadata)
     assert not (a.mz.shape == c.mz.shape and np.array_equal(a.mz, c.mz))
+    # other compounds, other keys: two seeds' molecule 0 shared its InChIKey (an audit)
+    assert not set(_md(a, "inchikey14")) & set(_md(c, "inchikey14"))
 
 
 def test_threads_do_not_change_output():
@@ -132,6 +134,20 @@ def test_shapes_like_a_real_library(lib):
     per_mol = np.bincount(mol)
     assert per_mol.std() / per_mol.mean() > 0.9
     assert np.mean(lib.mz < 50) < 0.05
+
+
+def test_a_molecules_spectra_differ_in_conditions(lib):
+    """About 40 spectra per molecule at different collision energies and adducts: drawn with replacement,
+    66% of spectra shared their (molecule, adduct, instrument, energy) with another (MassBank: 27%);
+    repeats draw their energy (then instrument) again, within the levels the instruments have."""
+    from collections import Counter
+
+    keys = list(zip(_md(lib, "molecule"), _md(lib, "adduct"), _md(lib, "instrument_type"), _md(lib, "collision_energy")))
+    c = Counter(keys)
+    shared = sum(v for v in c.values() if v > 1) / len(keys)
+    assert shared < 0.55, shared
+    inst = Counter(_md(lib, "instrument_type"))
+    assert 0.42 < inst["LC-ESI-QFT"] / len(keys) < 0.52  # the mix drawn (50%) moves little
 
 
 def test_formula_buckets_have_isomers(lib):
@@ -280,6 +296,12 @@ def test_make_queries(lib):
         synth.make_queries(lib, len(lib) + 1)
     with pytest.raises(ParameterError):
         synth.make_queries(lib, 5, noise=-1)
+    # rows given are the answers returned: whole rows of this library (-1, len and 1.7 were a bare
+    # ValueError, an IndexError and row 1)
+    for rows in ([-1], [len(lib)], [1.7], [[1, 2]]):
+        with pytest.raises(ParameterError, match="rows"):
+            synth.make_queries(lib, rows=np.array(rows))
+    assert len(synth.make_queries(lib, rows=np.zeros(0, np.int64))[0]) == 0
 
 
 @settings(max_examples=30, deadline=None)
@@ -318,6 +340,12 @@ def test_cli_synth(tmp_path):
     assert bad.exit_code != 0 and "Error" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(main, ["synth", "-n", "10", "-o", str(out), "--queries", "3"])
     assert bad.exit_code != 0 and "queries" in bad.output
+    # more queries than spectra, or a size beyond this machine's memory: refused before anything is made
+    for args, why in ((["-n", "100", "--queries", "500"], "cannot draw 500 queries"),
+                      (["-n", str(10**12), "--queries", "5"], "GiB of memory")):
+        target = tmp_path / "never.parquet"
+        bad = CliRunner().invoke(main, ["synth", *args, "-o", str(target), "-q-out", str(tmp_path / "nq.parquet")])
+        assert bad.exit_code == 1 and why in bad.output and "Traceback" not in bad.output and not target.exists()
 
 
 def test_formula_masses_do_not_drift_with_size():
@@ -338,3 +366,16 @@ def test_progress_bar(capsys):
     assert "synthesizing" in err
     b = synth.generate(2000, seed=1)
     np.testing.assert_array_equal(a.mz, b.mz)
+
+
+def test_cli_out_of_memory_is_one_line(tmp_path, monkeypatch):
+    """A MemoryError (numpy's "Unable to allocate ...") is one line and exit 1, not a traceback."""
+    from fastspec.cli import main
+
+    def too_big(*a, **k):
+        raise MemoryError("Unable to allocate 93.1 GiB for an array with shape (12500000000,) and data type int64")
+
+    monkeypatch.setattr(synth, "generate", too_big)
+    r = CliRunner().invoke(main, ["synth", "-n", "1000", "-o", str(tmp_path / "x.parquet")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert r.output.strip().splitlines()[-1] == "Error: out of memory: Unable to allocate 93.1 GiB; try a smaller input or size"

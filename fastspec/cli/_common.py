@@ -74,6 +74,12 @@ def handle_errors(f):
             if os.environ.get("FASTSPEC_DEBUG") or e.reason != "surrogates not allowed":
                 raise
             raise click.ClickException(_not_utf8(e, [*args, *kwargs.values()])) from None
+        except MemoryError as e:
+            if os.environ.get("FASTSPEC_DEBUG"):
+                raise
+            # numpy's "Unable to allocate 93.1 GiB for an array ..." says how much; a bare one says nothing
+            why = str(e).split(" for an array")[0] if str(e) else "an allocation failed"
+            raise click.ClickException(f"out of memory: {why}; try a smaller input or size") from None
         except (FastspecError, OSError) as e:
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise

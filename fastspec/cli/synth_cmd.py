@@ -47,6 +47,8 @@ def synth(n_spectra, molecules, seed, seed_library, polarity, output, n_queries,
     if (n_queries is None) != (queries_output is None):
         raise ParameterError("--queries and --queries-output go together")
     refuse_clobbering([seed_library], [("--output", output), ("--queries-output", queries_output)])
+    if n_queries is not None and n_queries > n_spectra:  # before minutes of generating and writing
+        raise ParameterError(f"cannot draw {n_queries} queries from a library of {n_spectra} spectra")
     t0 = time.perf_counter()
     lib = gen.generate(n_spectra, molecules, seed=seed, seed_library=seed_library, polarity=polarity, threads=threads,
                        progress=False if quiet else None)

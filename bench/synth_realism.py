@@ -37,7 +37,7 @@ def _quantiles(x) -> list[float]:
     return [float(v) for v in np.percentile(x, QUANTILES)] if x.size else [float("nan")] * len(QUANTILES)
 
 
-def library_stats(spectra, molecule, formula, adduct) -> dict:
+def library_stats(spectra, molecule, formula, adduct, conditions=()) -> dict:
     """Distribution figures of one library (raw peaks as given); ``molecule``, ``formula``, ``adduct``:
     one label per spectrum (None unknown)."""
     off = np.asarray(spectra.offsets)
@@ -114,6 +114,15 @@ def library_stats(spectra, molecule, formula, adduct) -> dict:
     names, counts = np.unique(a, return_counts=True)
     top = np.argsort(-counts, kind="stable")[:5]
     out["adducts"] = {str(names[i]) or "(none)": float(counts[i] / ns) for i in top}
+    # spectra of a molecule at a condition (adduct, instrument type, collision energy as written) another
+    # of its spectra has too: replicates rather than spectra "at different collision energies and adducts"
+    cols = [mol, a] + [np.array(["" if x is None else str(x) for x in c], dtype=object) for c in conditions]
+    keys = [tuple(row) for row in zip(*cols)]
+    from collections import Counter
+
+    seen = Counter(k for k, known in zip(keys, known_mol) if known)
+    out["share_spectra_in_repeated_conditions"] = float(
+        sum(v for v in seen.values() if v > 1) / max(1, int(np.count_nonzero(known_mol))))
     return out
 
 
@@ -131,7 +140,7 @@ def main() -> None:
     if MASSBANK.exists():
         mb = read(str(MASSBANK), progress=False)
         libs["MassBank"] = library_stats(mb, mb.column("inchikey14"), canonical_formulas(mb.column("formula")),
-                                         mb.column("adduct"))
+                                         mb.column("adduct"), (mb.column("instrument_type"), mb.column("collision_energy")))
         size = (len(mb), len({k for k in mb.column("inchikey14") if k}))
     else:
         size = (64_463, 5_107)
@@ -139,7 +148,7 @@ def main() -> None:
                         ("synth 200,000 (demo)", 200_000, None)):
         lib = synth.generate(n, n_molecules=m, seed=args.seed, threads=args.threads)
         libs[label] = library_stats(lib, lib.column("molecule"), canonical_formulas(lib.column("formula")),
-                                    lib.column("adduct"))
+                                    lib.column("adduct"), (lib.column("instrument_type"), lib.column("collision_energy")))
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.processor() or platform.machine(),
               "seconds": time.perf_counter() - t0, "libraries": libs}
     RESULTS.mkdir(exist_ok=True)

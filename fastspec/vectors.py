@@ -13,12 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numba
 import numpy as np
 
 from fastspec._indexfmt import THETA_FILE, THETA_MIN
 from fastspec.errors import FastspecError
-from fastspec.kernels._config import pjit, threads as _threads
+from fastspec.kernels._config import threads as _threads
+from fastspec.kernels.hashed import _nearest_lists, _vectors
 
 DEFAULTS: dict[str, Any] = {
     "dim": 256,
@@ -49,62 +49,8 @@ DEFAULTS: dict[str, Any] = {
 # copies 1.428 -> 1.181, novel 2.452 -> 2.330.
 
 
-@pjit
-def _vectors(offsets, mz, intensity, dim, bin_width, offset, power, out):
-    n = offsets.shape[0] - 1
-    base = offsets[0]  # offsets may be a slice of a larger CSR set (a chunk of rows, peaks not copied)
-    for i in numba.prange(n):
-        for d in range(dim):  # zeroed here, in parallel: ``out`` is a reused, uninitialised buffer
-            out[i, d] = 0.0
-        for p in range(offsets[i] - base, offsets[i + 1] - base):
-            b = np.int64(np.floor((mz[p] + offset) / bin_width))
-            h = (np.uint64(b) * np.uint64(11400714819323198485)) >> np.uint64(40)
-            slot = np.int64(h % np.uint64(dim))
-            x = np.float64(intensity[p])
-            if x > 0:
-                out[i, slot] += x ** power
-        s = 0.0
-        for d in range(dim):
-            s += np.float64(out[i, d]) * out[i, d]
-        if s > 0:
-            inv = 1.0 / np.sqrt(s)
-            for d in range(dim):
-                out[i, d] = out[i, d] * inv
-
-
 #: vectors computed and added to the FAISS indexes at a time (200k x 256 float32: 205 MB)
 _ADD_CHUNK = 200_000
-#: rows per block of :func:`_nearest_lists` (each block has its own accumulator row)
-_ASSIGN_BLOCK = 256
-
-
-@pjit
-def _nearest_lists(x, centroids_t, out):
-    # inner products with every centroid from each row's nonzero slots only: a spectrum fills ~20 of 256
-    # slots, so this does a tenth of the dense product's work. FAISS's own assignment (a dense product
-    # with every centroid) took 39 of a 2.4M build's 87 s; MassBank x 4 (258k vectors, 1,549 lists),
-    # 2 threads: FAISS 4.30 s, this 0.93 s, the same lists
-    n, dim = x.shape
-    nlist = centroids_t.shape[1]
-    for blk in numba.prange((n + _ASSIGN_BLOCK - 1) // _ASSIGN_BLOCK):
-        acc = np.empty(nlist, dtype=np.float32)
-        for i in range(blk * _ASSIGN_BLOCK, min(n, (blk + 1) * _ASSIGN_BLOCK)):
-            acc[:] = 0.0
-            finite = True
-            for d in range(dim):
-                v = x[i, d]
-                if v != 0.0:
-                    finite = finite and np.isfinite(v)
-                    row = centroids_t[d]
-                    for c in range(nlist):
-                        acc[c] += v * row[c]
-            best = 0
-            for c in range(1, nlist):
-                if acc[c] > acc[best]:
-                    best = c
-            out[i] = best if finite else -1  # as FAISS: a vector of NaN/inf goes into no list
-
-
 def nearest_lists(x: np.ndarray, centroids_t: np.ndarray, threads: int | None = None) -> np.ndarray:
     """Inverted list of each vector: the centroid of largest inner product (lowest on ties; -1, no list,
     for a vector with a NaN or infinite slot, as FAISS does). Sums are float32 in slot order, so where two

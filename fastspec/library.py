@@ -310,6 +310,10 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
                              "arrays of peaks, use fastspec.Spectra.from_arrays)")
     elif hasattr(source, "__iter__"):  # a list, a set, Path.glob(...)
         paths = list(source)
+        if paths and not isinstance(source, (list, tuple)) and \
+                not any(isinstance(p, (str, os.PathLike)) for p in paths):
+            # a generator of spectra (matchms' load_from_mgf returns one): as the list of them
+            return sort_input(paths, on_error)
     else:
         paths = [source]  # refused just below
     if not paths:

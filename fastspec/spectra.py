@@ -396,7 +396,7 @@ class Spectra:
         """Convert to a list of ``matchms.Spectrum`` (requires matchms); ``id``, ``name`` and ``ion_mode``
         go under matchms' keys ``spectrum_id``, ``compound_name`` and ``ionmode``. The other keys pass
         through matchms' own key harmonisation, so a round trip back through :meth:`from_matchms` can rename
-        some (``exact_mass`` -> ``parent_mass``, ``date`` -> ``record_date``) or drop them
+        some (``date`` -> ``record_date``; ``exact_mass``, ``mw`` come back as they were) or drop them
         (``precursor_type``); peaks, precursor m/z, charge, polarity and ids are kept."""
         try:
             from matchms import Spectrum
@@ -430,7 +430,9 @@ class Spectra:
 
         Their metadata keys are harmonised as the readers' are (matchms' ``ionmode``, ``spectrum_id``,
         ``compound_name`` become ``ion_mode``, ``id``, ``name``; ``inchikey14`` is derived), so the
-        polarity filter, hit tables and ids see them; values keep their types.
+        polarity filter, hit tables and ids see them; the keys matchms renames on loading get the readers'
+        names back (``parent_mass`` -> ``exact_mass``, ``nominal_mass`` -> ``mw``, ``synon`` ->
+        ``synonyms``; ``num_peaks``, which the peaks themselves give, is left out); values keep their types.
         """
         from fastspec.io.meta import harmonise_table
 
@@ -441,7 +443,7 @@ class Spectra:
                                 "Spectra.from_arrays)")
         mzs = [s.peaks.mz for s in spectra]
         ints = [s.peaks.intensities for s in spectra]
-        md = _to_table([dict(s.metadata) for s in spectra], len(spectra))
+        md = _to_table([_from_matchms_keys(s.metadata) for s in spectra], len(spectra))
         md = harmonise_table(md, text=False) if md is not None and md.num_columns else md
         pmz = [s.get("precursor_mz") for s in spectra]
         return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else float(v) for v in pmz], metadata=md)
@@ -450,6 +452,20 @@ class Spectra:
 # ---------------------------------------------------------------------- helpers
 #: fastspec's harmonised keys under the names matchms' own filters use (``from_matchms`` maps them back)
 _MATCHMS_KEYS = {"id": "spectrum_id", "name": "compound_name", "ion_mode": "ionmode"}
+#: keys matchms' loaders rename (its known_key_conversions: ExactMass, MW) or keep (Synon), under the names
+#: fastspec's readers give the same fields
+_FROM_MATCHMS = {"parent_mass": "exact_mass", "nominal_mass": "mw", "synon": "synonyms"}
+
+
+def _from_matchms_keys(metadata) -> dict:
+    """A matchms spectrum's metadata with the keys of :data:`_FROM_MATCHMS` renamed (a key the readers'
+    name already holds stays) and ``num_peaks`` left out."""
+    md = dict(metadata)
+    md.pop("num_peaks", None)
+    for theirs, ours in _FROM_MATCHMS.items():
+        if theirs in md and ours not in md:
+            md[ours] = md.pop(theirs)
+    return md
 
 def _column(values) -> pa.Array:
     """One metadata column given in memory: as Arrow infers it, else as text, where a float NaN (pandas'

@@ -138,6 +138,29 @@ def test_from_matchms_harmonises_keys(tmp_path):
     assert Spectra.from_matchms([back]).ids == ["S1"]
 
 
+def test_from_matchms_keys_as_the_readers_give_them(massbank_msp, tmp_path):
+    """An MSP loaded by matchms and brought in has the metadata columns fastspec.read gives the same file
+    (matchms renames ExactMass / MW to parent_mass / nominal_mass, keeps Synon, adds num_peaks); and a
+    generator of matchms spectra (what load_from_msp returns) builds and searches a library as its list."""
+    pytest.importorskip("matchms")
+    from matchms.importing import load_from_msp
+
+    from fastspec import read
+    from fastspec.library import Library
+
+    ours = read(str(massbank_msp))
+    theirs = Spectra.from_matchms(load_from_msp(str(massbank_msp)))
+    assert set(theirs.metadata.column_names) == set(ours.metadata.column_names)
+    assert [float(v) if v is not None else None for v in theirs.column("exact_mass")] == \
+        [float(v) if v is not None else None for v in ours.column("exact_mass")]
+    # (the readers keep every Synon line as a list; matchms keeps one)
+    assert all(t is None or t in o for t, o in zip(theirs.column("synonyms"), ours.column("synonyms")))
+    lib = Library.build(load_from_msp(str(massbank_msp)), tmp_path / "g.fastspec", faiss=False)
+    assert len(lib) == len(Library.build(list(load_from_msp(str(massbank_msp))), tmp_path / "l.fastspec", faiss=False))
+    hits = lib.search(load_from_msp(str(massbank_msp)), k=1, mode="identity")
+    assert len(hits) == len(ours)
+
+
 def test_indexing_and_from_arrays_mistakes():
     s = Spectra.from_arrays([[100.0], [200.0]], [[1.0], [1.0]])
     for key in (1.9, "abc", [0.5]):

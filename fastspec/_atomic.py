@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import uuid
 from pathlib import Path
 
@@ -127,14 +128,49 @@ def naming_output(path, tmp):
         raise type(e)(e.errno, why, str(path)) from e
 
 
+def output_target(path) -> tuple[Path, bool]:
+    """Where an output named ``path`` is written: ``(target, direct)``. A symlink's target (the link
+    stays and the file it names is replaced, as writing through a link does); ``direct`` for an existing
+    file that is not a regular one (``/dev/null``, a named pipe, a terminal), which is written to as it
+    is: renaming a temporary over it would replace the device with a regular file."""
+    path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return path, False
+    return path, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_atomically(path, write) -> None:
     """Call ``write(tmp)`` on a :func:`temporary_sibling` of ``path`` and rename it into place, so that an
     interrupted write never leaves a truncated file where a previous one was; the temporary is removed
-    on any error, and an OSError names ``path``, not the temporary."""
-    path = Path(path)
+    on any error, and an OSError names ``path``, not the temporary. A device or pipe is written to
+    directly, a symlink's target replaced (:func:`output_target`)."""
+    path, direct = output_target(path)
+    if direct:
+        with naming_output(path, path):
+            write(path)
+        return
     with temporary_sibling(path) as tmp, naming_output(path, tmp):
         write(tmp)
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def open_output(path, gz: bool = False):
+    """A binary file to write an output into (the temporary, or a device :func:`output_target` names),
+    through gzip when ``gz``: no file name (``path`` may be a temporary) and mtime 0 in the gzip header,
+    so the same content gives the same bytes."""
+    with open(path, "wb") as raw:
+        if not gz:
+            yield raw
+            return
+        import gzip
+
+        with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as f:
+            yield f
 
 
 def write_text_atomically(path, text: str) -> None:

@@ -94,6 +94,11 @@ def ablate(
         settings.append((float(reference_power), 0.0, True))
     # intensity_blind compares binary and reference-power peaks at mz_power 0, whatever the grid holds
     settings += [(p, 0.0, False) for p in dict.fromkeys((0.0, float(reference_power))) if (p, 0.0, False) not in settings]
+    if queries is None:  # every spec before the first grid runs (a typo in the last came after the others)
+        from fastspec.splits import check_split_spec
+
+        for spec in splits:
+            check_split_spec(spec)
     emb_lib = _load_embeddings(embeddings)
     emb_q = _load_embeddings(query_embeddings)
     if queries is not None and emb_lib is not None and emb_q is None:
@@ -224,6 +229,9 @@ def _load_embeddings(x) -> np.ndarray | None:
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number):
         raise FastspecError(f"embeddings must be a 2-D numeric array (one row per spectrum), got {arr.dtype} {arr.shape}")
     arr = np.asarray(arr, dtype=np.float64)
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:  # NaN rows scored as similar as any (all-NaN embeddings gave a mean Tanimoto of 0.885)
+        raise FastspecError(f"embeddings hold {bad} non-finite values (NaN or inf)")
     norm = np.linalg.norm(arr, axis=1, keepdims=True)
     norm[norm == 0] = 1.0
     return arr / norm

@@ -5,7 +5,6 @@ CSV/TSV behind ``#`` parameter lines (:func:`csv_header`), atomically (:func:`wr
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -315,18 +314,12 @@ def gzipped(path: "str | Path") -> bool:
     return str(path).lower().endswith(".gz")
 
 
-@contextlib.contextmanager
 def open_table_text(path: "str | Path", gz: bool):
-    """A binary file to write a text hit table into, through gzip when ``gz``: no name (``path`` is a
-    temporary) and mtime 0 in the gzip header, so the same table gives the same bytes."""
-    with open(path, "wb") as raw:
-        if not gz:
-            yield raw
-            return
-        import gzip
+    """A binary file to write a text hit table into, through gzip when ``gz`` (see
+    :func:`fastspec._atomic.open_output`)."""
+    from fastspec._atomic import open_output
 
-        with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as f:
-            yield f
+    return open_output(path, gz)
 
 
 # ====================================================================================== search

@@ -266,6 +266,25 @@ def _match_values(values: Sequence, wanted: str, normalise=None) -> np.ndarray:
     return out
 
 
+def check_split_spec(spec: str) -> str:
+    """The kind of a split spec, checked as far as it can be without the library (its kind, arguments,
+    a ``ce:`` range, a ``file:`` that exists): a list of specs is checked before the first is run.
+    ParameterError (FileNotFoundError for a missing split file) otherwise."""
+    kind, _, arg = str(spec).partition(":")
+    kind = kind.strip().lower()
+    if kind not in SPLIT_KINDS:
+        raise ParameterError(f"unknown split {spec!r}; use one of {', '.join(SPLIT_KINDS)} (e.g. instrument:VALUE)")
+    if kind in ("random", "inchikey", "formula", "scaffold", "l2s") and arg.strip():
+        raise ParameterError(f"{kind} split takes no argument, got {spec!r}")
+    if kind in ("instrument", "adduct", "column", "file") and not arg.strip():
+        raise ParameterError(f"{kind} split needs a value: {kind}:VALUE")
+    if kind == "ce":
+        _parse_range(arg)
+    if kind == "file" and not Path(arg).exists():
+        raise FileNotFoundError(2, "No such file or directory", arg)
+    return kind
+
+
 def _parse_range(text: str) -> tuple[float, float, bool]:
     """``LOW-HIGH`` (absolute energies, eV / V / no unit) or ``LOW-HIGH%`` / ``LOW%-HIGH%`` / ``...nce``
     (normalized ones): low, high, whether normalized."""
@@ -362,7 +381,13 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
         raise FastspecError(f"cannot read split file {path}: {e}") from e
     if "split" not in table.column_names:
         raise FastspecError(f"split file {path} has no 'split' column")
-    values = column_assignment(table.column("split").to_pylist())
+    labels = table.column("split").to_pylist()
+    values = column_assignment(labels)
+    unknown = sorted({str(v) for v, a in zip(labels, values) if a == EXCLUDED and v is not None
+                      and str(v).strip().lower() not in ("excluded", "")})
+    if unknown:  # a typo ('tset') would drop those rows from the test set without a word
+        raise FastspecError(f"split file {path}: 'split' values must be train, test or excluded, found "
+                            f"{', '.join(repr(u) for u in unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     n = len(spectra)
     out = np.full(n, EXCLUDED, dtype=np.int8)
     # the library's own ids (Spectra.ids numbers spectra without one by position, which an ion-mode filter

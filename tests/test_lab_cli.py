@@ -76,6 +76,47 @@ def test_evaluate_cli_errors(library, tmp_path):
     assert res.exit_code != 0 and "no spectrum has instrument_type" in res.output
 
 
+def test_lab_options_that_would_be_ignored_are_refused(library, massbank_mgf, tmp_path):
+    """From an audit of the lab commands: options a run would ignore are refused up front, split specs are
+    checked before ablate runs the first split's grid, a split file's typo'd labels are not dropped
+    silently, valid JSON of another shape is one line in report, and figures never replace an input."""
+    q = massbank_mgf
+    for args, why in (
+            (["evaluate", "-l", library, "--queries", q, "--split", "scaffold"], "--split do not apply with --queries"),
+            (["evaluate", "-l", library, "--queries", q, "--test-fraction", "0.5"], "--test-fraction do not apply"),
+            (["ablate", "-l", library, "--queries", q, "--split", "l2s", "-o", tmp_path / "a.json"], "--queries"),
+            (["ablate", "-l", library, "--query-embeddings", tmp_path / "e.npy", "-o", tmp_path / "a.json"],
+             "--query-embeddings go with --queries"),
+            (["evaluate", "-l", library, "--split", "instrument:LC-ESI-QFT", "--test-fraction", "0.3"],
+             "--test-fraction does not apply"),
+            (["evaluate", "-l", library, "--split", "random", "--l2s-iterations", "3"], "apply to --split l2s"),
+            (["ablate", "-l", library, "--split", "random", "--split", "ce:40-20", "-o", tmp_path / "a.json"],
+             "LOW > HIGH"),
+            (["ablate", "-l", library, "--split", "random", "--split", "bogus", "-o", tmp_path / "a.json"],
+             "unknown split 'bogus'")):
+        res = invoke(*args, "-q")
+        assert res.exit_code == 1 and why in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "a.json").exists()
+    # a split file whose labels hold a typo
+    sfile = tmp_path / "typo.csv"
+    assert invoke("split", "-l", library, "--split", "random", "-o", sfile, "-q").exit_code == 0
+    text = sfile.read_text()
+    assert '"test"' in text
+    sfile.write_text(text.replace('"test"', '"tset"', 3))
+    res = invoke("evaluate", "-l", library, "--split", f"file:{sfile}", "--bootstrap", "0", "-q")
+    assert res.exit_code == 1 and "'tset'" in res.output
+    # report: valid JSON of another shape; an input inside the figure folder
+    for doc in ({"rows": None}, {"rows": 5}, {"config": None, "n_test": "x"}):
+        (tmp_path / "w.json").write_text(json.dumps(doc))
+        res = invoke("report", tmp_path / "w.json", "-o", tmp_path / "w.md", "-q")
+        assert res.exit_code == 1 and "Traceback" not in res.output and res.output.startswith("Error: "), doc
+    figs = tmp_path / "figs"
+    figs.mkdir()
+    (figs / "score_hist.png").write_text("{}")
+    res = invoke("report", figs / "score_hist.png", "-o", tmp_path / "f.md", "--figures", figs, "-q")
+    assert res.exit_code == 1 and "holds an input" in res.output and (figs / "score_hist.png").read_text() == "{}"
+
+
 def test_split_then_file_evaluate(library, tmp_path):
     sfile = tmp_path / "splits" / "split.csv"
     prof = tmp_path / "profiles" / "profile.json"

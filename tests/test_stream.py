@@ -421,3 +421,45 @@ def test_one_progress_bar_over_the_chunks(lib, query_files, tmp_path, capsys):
     # one bar counting the searched queries of every chunk (a bar per chunk would start again from 0)
     counts = [int(x) for x in re.findall(r"search: (\d+)", err.replace("\r", "\n"))]
     assert counts and counts == sorted(counts)
+
+
+def test_outputs_to_devices_pipes_and_symlinks(lib, tmp_path):
+    """An output that is a device or a named pipe (/dev/null, /dev/stdout) is written to as it is: renaming
+    a temporary over it replaced the device with a regular file (an audit's `evaluate -o /dev/null`, run as
+    root, did so to the system's). A symlink's target is replaced and the link kept. Spectrum files
+    (text, gzipped too) and hit tables alike."""
+    import gzip
+    import stat
+    import threading
+
+    from fastspec import io as fio
+    from fastspec._atomic import write_text_atomically
+
+    got = {}
+
+    def drain(fifo, key):
+        with open(fifo, "rb") as f:
+            got[key] = f.read()
+
+    q = lib.spectra(np.arange(3), metadata=True)
+    for key, write in (("json", lambda p: write_text_atomically(p, '{"a": 1}\n')),
+                       ("mgf", lambda p: fio.write(q, p)),
+                       ("tsv", lambda p: lib.search(q, k=2, mode="open").write(p))):
+        fifo = tmp_path / f"pipe.{key}"
+        os.mkfifo(fifo)
+        t = threading.Thread(target=drain, args=(fifo, key))
+        t.start()
+        write(fifo)
+        t.join(30)
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got[key]
+    assert got["json"] == b'{"a": 1}\n' and got["mgf"].startswith(b"BEGIN IONS") and got["tsv"].startswith(b"# mode:")
+    target = tmp_path / "real.mgf.gz"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.mgf.gz"
+    link.symlink_to(target.name)
+    fio.write(q, link)
+    assert link.is_symlink() and gzip.decompress(target.read_bytes()).startswith(b"BEGIN IONS")
+    # the gzip header names no (temporary) file and holds no time: the same spectra, the same bytes
+    again = tmp_path / "again.mgf.gz"
+    fio.write(q, again)
+    assert again.read_bytes() == target.read_bytes() and b".tmp-" not in target.read_bytes()

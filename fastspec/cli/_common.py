@@ -162,12 +162,20 @@ def _in_worker(f, args, kwargs):
     import threading
 
     box: dict = {}
+    ctx = click.get_current_context(silent=True)
 
     def run():
+        from click.globals import pop_context, push_context
+
+        if ctx is not None:  # the command's click context, as on the main thread (which options were given)
+            push_context(ctx)
         try:
             box["result"] = f(*args, **kwargs)
         except BaseException as e:  # re-raised in the main thread
             box["error"] = e
+        finally:
+            if ctx is not None:
+                pop_context()
 
     if threading.current_thread() is not threading.main_thread():
         return f(*args, **kwargs)

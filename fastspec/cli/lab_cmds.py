@@ -84,6 +84,43 @@ def _summary_line(rep: dict) -> str:
     )
 
 
+def _given(*names: str) -> list[str]:
+    """The options among ``names`` (parameter names) set on the command line, as ``--option`` words."""
+    ctx = click.get_current_context()
+    out = []
+    for name in names:
+        src = ctx.get_parameter_source(name)
+        if src is not None and src is not click.core.ParameterSource.DEFAULT:
+            out.append("--split" if name in ("split_spec", "splits") else "--" + name.replace("_", "-"))
+    return out
+
+
+_L2S = ("l2s_iterations", "l2s_patience", "l2s_policy")
+
+
+def _check_split_options(specs, queries) -> None:
+    """Options that would be ignored are refused: a split (and its options) with --queries, whose queries
+    are the test set and the whole library trains; --test-fraction with splits that do not draw; the l2s
+    options without an l2s split. The split specs themselves are checked now (ablate runs one after
+    another: a typo in the last came after the others' whole grids)."""
+    from fastspec.errors import ParameterError
+    from fastspec.splits import check_split_spec
+
+    if queries is not None:
+        extra = _given("split_spec" if "split_spec" in click.get_current_context().params else "splits",
+                       "test_fraction", *_L2S)
+        if extra:
+            raise ParameterError(f"{', '.join(extra)} do not apply with --queries (the queries are the test set; "
+                                 "the whole library trains)")
+        return
+    kinds = [check_split_spec(s) for s in specs]
+    if not any(k in ("random", "inchikey", "formula", "scaffold", "l2s") for k in kinds) and _given("test_fraction"):
+        raise ParameterError(f"--test-fraction does not apply to split {', '.join(map(str, specs))} (its test set "
+                             "is given, not drawn)")
+    if "l2s" not in kinds and _given(*_L2S):
+        raise ParameterError(f"{', '.join(_given(*_L2S))} apply to --split l2s")
+
+
 def _split_files(specs) -> list[str]:
     """The split files named by ``file:PATH`` split specs (inputs a command must not overwrite)."""
     parts = [str(s).partition(":") for s in specs if s]
@@ -116,6 +153,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
         raise ParameterError("-o is the report JSON; --markdown writes its summary next to it as .md: give -o "
                              "another name (report.json)")
     md = str(Path(output).with_suffix(".md")) if markdown and output else None
+    _check_split_options([split_spec], queries)
     refuse_clobbering([library, queries, *_split_files([split_spec])],
                       [("--output", output), ("--predictions", predictions), ("--markdown", md),
                        ("--fingerprint-cache", kw.get("fingerprint_cache"))])
@@ -178,6 +216,7 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, rejected_note, search_config, write_json
     from fastspec.splits import make_split, split_profile, write_split
 
+    _check_split_options([split_spec], None)
     refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path),
                                                               ("--fingerprint-cache", fingerprint_cache)])
     make_parents(output, profile_path)
@@ -250,6 +289,9 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
             raise ParameterError(f"{name}: empty grid")
         return vals
 
+    _check_split_options(splits, queries)
+    if query_embeddings is not None and queries is None:
+        raise ParameterError("--query-embeddings go with --queries (the embeddings of those spectra)")
     refuse_clobbering([library, queries, embeddings, query_embeddings, *_split_files(splits)],
                       [("--output", output), ("--fingerprint-cache", kw.get("fingerprint_cache"))])
     make_parents(output)
@@ -298,9 +340,20 @@ def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
     """Render report/ablation JSONs as markdown (+ PNG figures) and HTML."""
     from fastspec.report import render
 
+    from fastspec.errors import ParameterError
+
     refuse_clobbering(inputs, [("--output", output), ("--html", html_path)])
+    figures = Path(figure_dir) if figure_dir else Path(output).with_name(Path(output).stem + "_figures")
+    held = [i for i in inputs if Path(i).resolve().parent == figures.resolve()]
+    if held:  # the figures' names are fixed: one could replace an input
+        raise ParameterError(f"the figure folder {figures} holds an input ({held[0]}): choose another --figures")
     make_parents(output, html_path)
-    res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
+    try:
+        res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as e:
+        # valid JSON of another shape ({"rows": null}, a config of null): the inputs, not fastspec
+        raise ParameterError(f"cannot render {', '.join(map(str, inputs))}: {type(e).__name__}: {e} (not reports "
+                             "written by fastspec evaluate / ablate?)") from None
     if not quiet:
         click.echo(f"wrote {output}" + (f" and {html_path}" if html_path else "") + f" ({res['figures']} figures)", err=True)
         from fastspec.report import _pyplot

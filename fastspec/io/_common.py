@@ -35,7 +35,7 @@ import numba
 import numpy as np
 import pyarrow as pa
 
-from fastspec._atomic import naming_output, temporary_sibling
+from fastspec._atomic import naming_output, open_output, output_target, temporary_sibling
 from fastspec.errors import FastspecError, ParseError
 from fastspec.kernels._config import NJIT
 from fastspec.spectra import Spectra, sort_peaks_csr
@@ -655,13 +655,17 @@ def text_sink(path: str):
     """A text file for writing (gzip-compressed for ``.gz``), UTF-8, ``\\n`` line ends. Written to a
     :func:`temporary_sibling` and renamed when complete: a failed or interrupted write leaves no partial
     file (nor clobbers an older one)."""
-    path = str(path)
+    gz = str(path).lower().endswith(".gz")
+    target, direct = output_target(path)
+    if direct:  # a device or pipe (/dev/null, /dev/stdout): written to as it is
+        with naming_output(target, target), open_output(target, gz) as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as fh:
+            yield fh
+        return
+    path = str(target)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with temporary_sibling(path) as tmp, naming_output(path, tmp):  # opened with the umask's permissions
-        if path.lower().endswith(".gz"):
-            fh = io.TextIOWrapper(gzip.open(tmp, "wb", compresslevel=6), encoding="utf-8", newline="\n")
-        else:
-            fh = open(tmp, "w", encoding="utf-8", newline="\n")
-        with fh:
+        # (gzip: no temporary's name or time in the header, see open_output)
+        with open_output(tmp, gz) as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="\n") as fh:
             yield fh
         os.replace(tmp, path)

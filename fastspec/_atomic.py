@@ -134,13 +134,19 @@ def output_target(path) -> tuple[Path, bool]:
     file that is not a regular one (``/dev/null``, a named pipe, a terminal), which is written to as it
     is: renaming a temporary over it would replace the device with a regular file."""
     path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(path).st_mode  # (through links: /dev/stdout to a pipe is a pipe)
     except OSError:
-        return path, False
-    return path, not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+        mode = None
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        return path, True
+    if path.is_symlink():
+        # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a descriptor's file, which the caller's shell may be
+        # appending to (`cmd >> log`): written through, never replaced
+        if str(path).startswith(("/dev/", "/proc/")) or os.readlink(path).startswith(("/dev/", "/proc/")):
+            return path, True
+        return Path(os.path.realpath(path)), False
+    return path, False
 
 
 def write_atomically(path, write) -> None:

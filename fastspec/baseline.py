@@ -69,7 +69,8 @@ _NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
 # a ramp or steps: numbers joined by '-' (with units between, not glued to a word: "MS2-20"), or three or
 # more joined by ',' ("stepped 15,30,45", "15, 30, 45, 60, 70 or 90"; two could be a decimal comma)
 _STEPS_RE = re.compile(r"(?<![A-Za-z0-9.])\d*\.?\d+(?:(?:\s*(?:%|[a-zA-Z]+)?\s*-\s*\d*\.?\d+)+"
-                       r"|(?:\s*,\s*\d*\.?\d+){2,}(?:\s*,?\s*(?:or|and)\s+\d*\.?\d+)?)")
+                       r"|(?:\s*,\s*\d*\.?\d+){2,}(?:\s*,?\s*(?:or|and)\s+\d*\.?\d+)?"
+                       r"|(?:\s*,\s*\d*\.?\d+)+\s*,?\s*(?:or|and)\s+\d*\.?\d+)")
 _PLAIN_NUM_RE = re.compile(r"\d*\.?\d+")
 # an energy that depends on the precursor m/z ("scaled 80 (m/z=200) to 110 (m/z=120)", "scaled by m/z"):
 # no one energy

@@ -476,6 +476,9 @@ def _manifest_stamp(path: Path) -> tuple | None:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+#: the arrays an append copies into the rebuilt index (``spectra()``, ``input_index``); the rest is rebuilt
+_APPEND_READS = ("offsets", "mz", "intensity", "precursor_mz", "charge", "polarity", "input_index")
+
 #: how many times :meth:`Library.open` reads an index that another process is swapping meanwhile
 _OPEN_TRIES = 5
 
@@ -965,7 +968,7 @@ class Library:
         # the old spectra are copied into the rebuilt index, whose fresh checksums would vouch for them: a
         # byte flipped inside one of the files they came from (open's edge checksums miss it) stops the
         # append instead of being laundered (the metadata's Parquet pages carry checksums of their own)
-        fmt.verify_files(self.path, self.manifest, names={f"{name}.npy" for name in self._arrays})
+        fmt.verify_files(self.path, self.manifest, names={f"{name}.npy" for name in _APPEND_READS})
         n_input = int(old_counts.get("n_input", len(self)))
         input_index = np.concatenate([np.asarray(old_input, np.int64), n_input + counts["positions"]])
         merged = Spectra.concat([old, new])

@@ -384,6 +384,7 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
     labels = table.column("split").to_pylist()
     values = column_assignment(labels)
     unknown = sorted({str(v) for v, a in zip(labels, values) if a == EXCLUDED and v is not None
+                      and not (isinstance(v, float) and math.isnan(v))  # a gap, as None
                       and str(v).strip().lower() not in ("excluded", "")})
     if unknown:  # a typo ('tset') would drop those rows from the test set without a word
         raise FastspecError(f"split file {path}: 'split' values must be train, test or excluded, found "

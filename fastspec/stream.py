@@ -316,7 +316,18 @@ class _TableSink:
     def __init__(self, tmp: Path, delimiter: str | None, gz: bool = False):
         self.tmp = Path(tmp)
         self.delimiter, self.gz = delimiter, gz
-        self.body = self.tmp.with_name(self.tmp.name + ".rows") if delimiter is not None else None
+        self.body = None
+        if delimiter is not None:
+            from fastspec._atomic import output_target
+
+            if output_target(self.tmp)[1]:  # written straight to a device or pipe: the rows wait in a temp file
+                import tempfile
+
+                fd, name = tempfile.mkstemp(prefix="fastspec-", suffix=".rows")
+                os.close(fd)
+                self.body = Path(name)
+            else:
+                self.body = self.tmp.with_name(self.tmp.name + ".rows")
         self.writer = None
         self.schema = None
         self.opened = False

@@ -105,6 +105,13 @@ def test_lab_options_that_would_be_ignored_are_refused(library, massbank_mgf, tm
     sfile.write_text(text.replace('"test"', '"tset"', 3))
     res = invoke("evaluate", "-l", library, "--split", f"file:{sfile}", "--bootstrap", "0", "-q")
     assert res.exit_code == 1 and "'tset'" in res.output
+    # (a NaN label is a gap, as an empty one: numpy columns written to parquet hold NaN, not null)
+    t = pa.table({"index": pa.array(range(len(pq.read_table(library))), pa.int64())})
+    labels = np.where(np.arange(t.num_rows) % 5 == 0, 1.0, 0.0)
+    labels[1] = np.nan
+    pq.write_table(t.append_column("split", pa.array(labels, pa.float64(), from_pandas=False)), tmp_path / "nan.parquet")
+    res = invoke("evaluate", "-l", library, "--split", f"file:{tmp_path / 'nan.parquet'}", "--bootstrap", "0", "-q")
+    assert res.exit_code == 0, res.output
     # report: valid JSON of another shape; an input inside the figure folder
     for doc in ({"rows": None}, {"rows": 5}, {"config": None, "n_test": "x"}):
         (tmp_path / "w.json").write_text(json.dumps(doc))

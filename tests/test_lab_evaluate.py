@@ -499,6 +499,7 @@ def test_report_labels_tell_runs_of_one_split_apart():
     ("160-0.41mz or 15 (mz>350)", None),  # a falling "ramp" is an m/z-dependent formula: no one energy
     ("scaled 80 (m/z=200) to 110 (m/z=120)", None), ("scaled by m/z", None),  # (MassBank's Eawag records)
     ("15, 30, 45, 60, 70 or 90 (nominal)", 51.666666666666664),  # merged from steps: their mean
+    ("20, 40 or 60", 40.0), ("20,40 and 60 eV", 40.0),  # ("or N" rules out a decimal comma)
     ("ramp", None), (None, None),
     # ramps after a word or with units, as MSP / MGF / MassBank records write them (read as the low end before)
     ("Ramp 22.8-34.2 eV", 28.5), ("Ramp 20%-70% (nominal)", 45.0), ("10 eV - 30 eV", 20.0),

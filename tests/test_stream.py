@@ -453,6 +453,14 @@ def test_outputs_to_devices_pipes_and_symlinks(lib, tmp_path):
         t.join(30)
         assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got[key]
     assert got["json"] == b'{"a": 1}\n' and got["mgf"].startswith(b"BEGIN IONS") and got["tsv"].startswith(b"# mode:")
+    # a chunked hit table into a pipe keeps its rows in a temporary file elsewhere, not beside the pipe
+    fifo = tmp_path / "chunked.tsv"
+    os.mkfifo(fifo)
+    t = threading.Thread(target=drain, args=(fifo, "chunked"))
+    t.start()
+    lib.search_to_file(q, fifo, k=2, mode="open", chunk_size=1)
+    t.join(30)
+    assert got["chunked"] == got["tsv"] and not (tmp_path / "chunked.tsv.rows").exists()
     target = tmp_path / "real.mgf.gz"
     target.write_bytes(b"old")
     link = tmp_path / "link.mgf.gz"
@@ -463,3 +471,22 @@ def test_outputs_to_devices_pipes_and_symlinks(lib, tmp_path):
     again = tmp_path / "again.mgf.gz"
     fio.write(q, again)
     assert again.read_bytes() == target.read_bytes() and b".tmp-" not in target.read_bytes()
+
+
+def test_output_to_stdout_is_written_through(tmp_path):
+    """/dev/stdout is a link to the caller's descriptor: written through, whether it is a pipe (resolving
+    the link gave /proc/PID/fd/pipe:[N], a FileNotFoundError) or a file (resolving it replaced that file by
+    another inode, which the shell holding the old one then kept writing to, unseen; reopened, as `cp x
+/dev/stdout` does, it is truncated like any output)."""
+    import subprocess
+    import sys
+
+    code = "from fastspec._atomic import write_text_atomically; write_text_atomically('/dev/stdout', 'new\\n')"
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        inode = os.fstat(f.fileno()).st_ino
+        r = subprocess.run([sys.executable, "-c", code], stdout=f, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, r.stderr
+    assert os.stat(log).st_ino == inode and log.read_text() == "new\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "new\n", r.stderr

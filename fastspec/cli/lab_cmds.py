@@ -352,6 +352,10 @@ def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
         res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
     except (TypeError, AttributeError, ValueError, KeyError, IndexError) as e:
         # valid JSON of another shape ({"rows": null}, a config of null): the inputs, not fastspec
+        import os
+
+        if os.environ.get("FASTSPEC_DEBUG"):
+            raise
         raise ParameterError(f"cannot render {', '.join(map(str, inputs))}: {type(e).__name__}: {e} (not reports "
                              "written by fastspec evaluate / ablate?)") from None
     if not quiet:

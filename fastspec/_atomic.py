@@ -141,8 +141,8 @@ def output_target(path) -> tuple[Path, bool]:
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
         return path, True
     if path.is_symlink():
-        # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a descriptor's file, which the caller's shell may be
-        # appending to (`cmd >> log`): written through, never replaced
+        # /dev/stdout, /dev/fd/N, /proc/self/fd/N: a descriptor's file, which the caller's shell holds
+        # open: written through (reopened, as `cp x /dev/stdout` does), never replaced by another file
         if str(path).startswith(("/dev/", "/proc/")) or os.readlink(path).startswith(("/dev/", "/proc/")):
             return path, True
         return Path(os.path.realpath(path)), False

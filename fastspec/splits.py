@@ -709,6 +709,19 @@ def _fit_logistic(X: np.ndarray, y: np.ndarray, w0: np.ndarray | None, l2: float
     return w
 
 
+def _iteration_bar(progress: bool | None, total: int):
+    """A tqdm bar on stderr over ``total`` l2s iterations, or None."""
+    import sys
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="l2s", unit="iteration", file=sys.stderr, leave=False)
+
+
 def l2s_split(
     lab: LabData,
     *,
@@ -721,6 +734,7 @@ def l2s_split(
     fingerprint: str = "morgan:2:4096",
     policy: str = "fallback",
     threads: int | None = None,
+    progress: bool | None = False,
 ) -> Split:
     """Learning-to-split on a CPU: find a molecule-disjoint split on which the NN baseline does worst.
 
@@ -739,6 +753,9 @@ def l2s_split(
         ``fallback`` (default) searches all training spectra of its polarity, so the predictor always
         answers (like a generative model) and hardness is graded; ``skip`` scores such spectra 0, which
         drives the splitter towards formula-disjoint splits (test coverage near 0).
+    progress : bool, optional
+        A tqdm bar over the iterations on stderr (None: when stderr is a terminal); each iteration
+        searches the whole test side (a minute or more on all of MassBank).
 
     Returns
     -------
@@ -769,39 +786,46 @@ def l2s_split(
     best_a, best_obj, since_best = a.copy(), math.inf, 0
     history = []
     w = None
-    for it in range(max_iter):
-        test = np.flatnonzero(a == TEST)
-        train = np.flatnonzero(a == TRAIN)
-        res = nn_search(lab, lab, cfg, query_rows=test, library_rows=train, prepared=(prepared, prepared), threads=threads)
-        row, _ = predict_molecules(res, lab.mol_code)
-        tani = prediction_tanimoto(lab, test, lab, row)
-        tani = np.where(row >= 0, tani, 0.0)
-        obj = float(tani.mean()) if tani.size else 0.0
-        history.append(
-            {"iteration": it, "test_share": test.size / max(test.size + train.size, 1), "mean_tanimoto_all": obj, "coverage": float(res.covered.mean()) if test.size else 0.0}
-        )
-        if obj < best_obj - 1e-9:
-            best_obj, best_a, since_best = obj, a.copy(), 0
-        else:
-            since_best += 1
-            if since_best >= patience:
+    bar = _iteration_bar(progress, max_iter)
+    try:
+        for it in range(max_iter):
+            if bar is not None:
+                bar.update(1)
+            test = np.flatnonzero(a == TEST)
+            train = np.flatnonzero(a == TRAIN)
+            res = nn_search(lab, lab, cfg, query_rows=test, library_rows=train, prepared=(prepared, prepared), threads=threads)
+            row, _ = predict_molecules(res, lab.mol_code)
+            tani = prediction_tanimoto(lab, test, lab, row)
+            tani = np.where(row >= 0, tani, 0.0)
+            obj = float(tani.mean()) if tani.size else 0.0
+            history.append(
+                {"iteration": it, "test_share": test.size / max(test.size + train.size, 1), "mean_tanimoto_all": obj, "coverage": float(res.covered.mean()) if test.size else 0.0}
+            )
+            if obj < best_obj - 1e-9:
+                best_obj, best_a, since_best = obj, a.copy(), 0
+            else:
+                since_best += 1
+                if since_best >= patience:
+                    break
+            if it == max_iter - 1:
                 break
-        if it == max_iter - 1:
-            break
-        w = _fit_logistic(X[test], 1.0 - tani, w, l2=l2)
-        logit = np.hstack([X, np.ones((X.shape[0], 1))]) @ w
-        # per-molecule mean score; tiny noise breaks ties reproducibly
-        k = codes.max() + 1
-        msum = np.bincount(codes[known], weights=logit[known], minlength=k)
-        mcnt = np.bincount(codes[known], minlength=k)
-        mscore = np.where(mcnt > 0, msum / np.maximum(mcnt, 1), -np.inf) + rng.normal(0, 1e-6, k)
-        order = np.argsort(-mscore, kind="stable")
-        order = order[mcnt[order] > 0]
-        chosen = order[_greedy_fill(mcnt[order], int(round(test_fraction * n_known)))]
-        is_test = np.zeros(k, bool)
-        is_test[chosen] = True
-        a = np.full(len(lab), EXCLUDED, np.int8)
-        a[known] = np.where(is_test[codes[known]], TEST, TRAIN)
+            w = _fit_logistic(X[test], 1.0 - tani, w, l2=l2)
+            logit = np.hstack([X, np.ones((X.shape[0], 1))]) @ w
+            # per-molecule mean score; tiny noise breaks ties reproducibly
+            k = codes.max() + 1
+            msum = np.bincount(codes[known], weights=logit[known], minlength=k)
+            mcnt = np.bincount(codes[known], minlength=k)
+            mscore = np.where(mcnt > 0, msum / np.maximum(mcnt, 1), -np.inf) + rng.normal(0, 1e-6, k)
+            order = np.argsort(-mscore, kind="stable")
+            order = order[mcnt[order] > 0]
+            chosen = order[_greedy_fill(mcnt[order], int(round(test_fraction * n_known)))]
+            is_test = np.zeros(k, bool)
+            is_test[chosen] = True
+            a = np.full(len(lab), EXCLUDED, np.int8)
+            a[known] = np.where(is_test[codes[known]], TEST, TRAIN)
+    finally:
+        if bar is not None:
+            bar.close()
     info = {"history": history, "best_mean_tanimoto_all": best_obj, "iterations": len(history), "policy": policy,
             "predictor": {"metric": cfg.metric, "bucket": cfg.bucket, "tolerance": str(cfg.tolerance)}}
     return Split(best_a, "l2s", {"test_fraction": test_fraction, "seed": seed, "max_iter": max_iter, "patience": patience,

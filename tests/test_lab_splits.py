@@ -265,6 +265,20 @@ def test_l2s_split(lab):
         make_split(lab, "l2s", l2s_options={"policy": "maybe"})
 
 
+def test_l2s_progress_bar(lab, capsys):
+    """learning-to-split's iterations search the whole test side (minutes on all of MassBank): a bar on
+    stderr when asked (the CLI asks on a terminal, unless --quiet), the same split either way."""
+    from fastspec.baseline import SearchConfig
+    from fastspec.splits import make_split
+
+    kw = dict(test_fraction=0.2, seed=0, search=SearchConfig(metric="cosine", tolerance=0.02))
+    quiet = make_split(lab, "l2s", l2s_options={"max_iter": 2, "patience": 2}, **kw)
+    assert capsys.readouterr().err == ""
+    shown = make_split(lab, "l2s", l2s_options={"max_iter": 2, "patience": 2, "progress": True}, **kw)
+    assert "l2s" in capsys.readouterr().err
+    np.testing.assert_array_equal(quiet.assignment, shown.assignment)
+
+
 def test_group_split_edge_cases():
     from fastspec.splits import group_split, random_split
 

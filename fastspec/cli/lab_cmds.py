@@ -63,8 +63,9 @@ def _logger(quiet: bool):
     return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
 
 
-def _l2s(kw: dict) -> dict:
-    return {"max_iter": kw.pop("l2s_iterations"), "patience": kw.pop("l2s_patience"), "policy": kw.pop("l2s_policy")}
+def _l2s(kw: dict, quiet: bool) -> dict:
+    return {"max_iter": kw.pop("l2s_iterations"), "patience": kw.pop("l2s_patience"), "policy": kw.pop("l2s_policy"),
+            "progress": False if quiet else None}  # a bar over its iterations on a terminal
 
 
 def _run_kwargs(kw: dict) -> dict:
@@ -159,7 +160,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
                        ("--fingerprint-cache", kw.get("fingerprint_cache"))])
     make_parents(output, predictions)
     search = _search_kwargs(kw)
-    l2s = _l2s(kw)
+    l2s = _l2s(kw, quiet)
     rep = run_evaluate(
         library,
         split_spec,
@@ -240,7 +241,7 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
         test_fraction=kw.pop("test_fraction"),
         seed=kw.pop("seed"),
         molecule_disjoint=kw.pop("molecule_disjoint"),
-        l2s_options=_l2s(kw),
+        l2s_options=_l2s(kw, quiet),
         search=cfg,
         threads=threads,
     )
@@ -311,7 +312,7 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
         embeddings=embeddings,
         query_embeddings=query_embeddings,
         **_run_kwargs(kw),
-        l2s_options=_l2s(kw),
+        l2s_options=_l2s(kw, quiet),
         output=output,
         threads=threads,
         log=_logger(quiet),

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import ParameterError
-from fastspec._atomic import write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
+from fastspec._atomic import open_output, write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
 
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
@@ -280,7 +280,7 @@ class Hits:
         import pyarrow.csv as pcsv
 
         table = self.to_arrow()
-        with open_table_text(path, gz) as f:
+        with open_output(path, gz) as f:
             f.write(csv_header(self.params))
             pcsv.write_csv(table.replace_schema_metadata(None), f,
                            write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
@@ -312,14 +312,6 @@ def table_format(path: "str | Path") -> str | None:
 def gzipped(path: "str | Path") -> bool:
     """Whether a text hit table is to be gzipped (its name ends in ``.gz``)."""
     return str(path).lower().endswith(".gz")
-
-
-def open_table_text(path: "str | Path", gz: bool):
-    """A binary file to write a text hit table into, through gzip when ``gz`` (see
-    :func:`fastspec._atomic.open_output`)."""
-    from fastspec._atomic import open_output
-
-    return open_output(path, gz)
 
 
 # ====================================================================================== search

@@ -356,7 +356,8 @@ class _TableSink:
     def close(self, params: dict) -> None:
         import json
 
-        from fastspec.hits import csv_header, open_table_text
+        from fastspec._atomic import open_output
+        from fastspec.hits import csv_header
 
         if self.delimiter is None:
             self.writer.add_key_value_metadata({"fastspec": json.dumps(params, default=str)})
@@ -365,7 +366,7 @@ class _TableSink:
             return
         self.writer.close()
         self.writer = None
-        with open_table_text(self.tmp, self.gz) as f, open(self.body, "rb") as rows:
+        with open_output(self.tmp, self.gz) as f, open(self.body, "rb") as rows:
             f.write(csv_header(params))
             shutil.copyfileobj(rows, f, 1 << 22)
 

@@ -133,6 +133,10 @@ def ablate(
         else:  # read once: every split's rows report the same rejected records
             ev.unreadable = dict(unreadable)
             ev.excluded.update(unreadable)
+        if emb_lib is not None and not emb_out:  # row counts need the library read: check before the first grid
+            _embedding_rows(ev, emb_lib, ev.lib, "embeddings")
+            if ev.qlab is not ev.lib:
+                _embedding_rows(ev, emb_q, ev.qlab, "query embeddings")
         library = ev.lib  # labels and fingerprints are reused by the next split
         if queries is not None:
             queries = ev.qlab

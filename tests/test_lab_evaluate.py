@@ -390,6 +390,12 @@ def test_ablation_embeddings(massbank_small):
     with pytest.raises(FastspecError, match=f"{len(emb) + 1} embedding rows for a library of {len(emb)} spectra"):
         ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[0.0, 1.0], mz_powers=[0.0], embeddings=extra,
                n_bootstrap=0)
+    # refused once the library is read, before the first grid cell is searched
+    lines = []
+    with pytest.raises(FastspecError, match="embedding rows"):
+        ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[0.0, 1.0], mz_powers=[0.0], embeddings=extra,
+               n_bootstrap=0, log=lines.append)
+    assert not any("intensity_power=" in line for line in lines), lines
 
 
 def test_distinct_ranks_and_bootstrap():

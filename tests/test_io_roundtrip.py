@@ -309,3 +309,24 @@ def test_hdf5_nested_metadata_columns_keep_their_type(tmp_path):
     back = Spectra.concat(chunks).metadata
     assert back["lst"].to_pylist() == sp.metadata["lst"].to_pylist()
     assert back["st"].to_pylist() == sp.metadata["st"].to_pylist()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                HealthCheck.too_slow])
+@given(sp=spectra_strategy(max_n=20), chunk=st.integers(1, 7), drop=st.booleans())
+@pytest.mark.parametrize("ext", ["mgf", "msp", "msp.gz"])
+def test_text_writers_chunked(tmp_path, monkeypatch, ext, sp, chunk, drop):
+    """MGF/MSP are formatted a chunk of spectra at a time (a NIST-sized library at once held ~8 GB of
+    strings): the file is byte for byte the one-chunk file, including MSP's numbered names of spectra
+    without a name or id."""
+    import fastspec.io._text as text
+
+    if drop:
+        sp = sp.with_metadata(sp.metadata.drop_columns(["id", "name"]))
+    whole, parts = tmp_path / f"whole.{ext}", tmp_path / f"parts.{ext}"
+    fio.write(sp, whole)
+    monkeypatch.setattr(text, "WRITE_CHUNK", chunk)
+    fio.write(sp, parts)
+    assert parts.read_bytes() == whole.read_bytes()
+    if drop and ext == "msp":
+        assert f"Name: {len(sp) - 1}\n" in parts.read_text()

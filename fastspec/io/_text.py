@@ -531,10 +531,24 @@ def header_lines(fields: list[tuple[str, pa.Array]], kv_sep: str) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
 
 
-def write_text_records(path: str, records: pa.Array, batch: int = 20_000) -> None:
-    """Write pre-formatted record strings to ``path`` (gzip for ``.gz``)."""
+#: spectra formatted at a time by :func:`write_text_records`: all 2.4M of a NIST-sized library at once
+#: held ~8 GB of record strings
+WRITE_CHUNK = 50_000
+
+
+def write_text_records(path: str, spectra: Spectra, records, chunk: int | None = None, batch: int = 20_000) -> None:
+    """Write ``spectra`` to ``path`` (gzip for ``.gz``) as text records, ``chunk`` spectra at a time.
+
+    ``records(part, start)`` formats the spectra ``part`` (rows ``start`` on of ``spectra``) as a string
+    array, one record per spectrum (``chunk``: default :data:`WRITE_CHUNK`); a record depends only on its own spectrum, so the file is the same
+    whatever the chunk size, and memory stays that of one chunk's strings.
+    """
     from fastspec.io._common import text_sink
 
+    chunk = chunk or WRITE_CHUNK
     with text_sink(path) as fh:
-        for start in range(0, len(records), batch):
-            fh.write("".join(records.slice(start, batch).to_pylist()))
+        for start in range(0, len(spectra), chunk):
+            part = spectra.take(np.arange(start, min(start + chunk, len(spectra)), dtype=np.int64))
+            recs = records(part, start)
+            for b in range(0, len(recs), batch):
+                fh.write("".join(recs.slice(b, batch).to_pylist()))

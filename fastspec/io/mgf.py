@@ -98,7 +98,9 @@ def metadata_fields(spectra: Spectra, names: dict[str, str], key_style) -> list[
         else:
             continue
         written.add(k)
-        if vals is not None and vals.null_count < len(vals):
+        # the precursor's field stays when all are missing: CHARGE is written after it, in the same place
+        # whichever spectra a chunk of :func:`write_text_records` holds
+        if vals is not None and (vals.null_count < len(vals) or k == "precursor_mz"):
             fields.append((names[k], vals))
     for name in md.column_names:
         if name in written or name.lower() in NUM_PEAKS_KEYS:
@@ -125,6 +127,11 @@ def write(spectra: Spectra, path: str) -> None:
     ``m/z intensity`` lines (shortest round-trip decimal form) and ``END IONS``.
     Missing values are not written.
     """
+    write_text_records(path, spectra, _records)
+
+
+def _records(spectra: Spectra, start: int) -> pa.Array:
+    """One MGF record string per spectrum (``start``: unused, records depend only on their spectrum)."""
     n = len(spectra)
     fields = metadata_fields(spectra, MGF_KEYS, _mgf_key)
     # TITLE first, CHARGE after PEPMASS, as most tools expect
@@ -145,5 +152,4 @@ def write(spectra: Spectra, path: str) -> None:
     if head is not None:
         parts.append(head)
     parts += [peaks, pa.scalar("\nEND IONS\n\n")]
-    records = pc.binary_join_element_wise(*parts, "") if n else pa.array([], pa.string())
-    write_text_records(path, records)
+    return pc.binary_join_element_wise(*parts, "") if n else pa.array([], pa.string())

@@ -71,16 +71,19 @@ def write(spectra: Spectra, path: str) -> None:
     other metadata columns as ``key: value`` (lists such as ``synonyms`` as one ``Synon:`` line
     per element), ``Num Peaks:``, tab-separated ``m/z intensity`` lines and a blank line.
     """
+    write_text_records(path, spectra, _records)
+
+
+def _records(spectra: Spectra, start: int) -> pa.Array:
+    """One MSP record string per spectrum; ``start`` (the first one's row in the file) numbers the
+    ``Name:`` of spectra without a name or id."""
     n = len(spectra)
-    if n == 0:
-        write_text_records(path, pa.array([], pa.string()))
-        return
     md = spectra.metadata
     names = dict(MSP_KEYS)
     fields = metadata_fields(spectra.with_metadata(md.drop_columns([c for c in ("synonyms",) if c in md.column_names])),
                              names, _msp_key)
     out = []
-    ids = string_column(md.column("id")) if "id" in md.column_names else pa.array([str(i) for i in range(n)])
+    ids = string_column(md.column("id")) if "id" in md.column_names else pa.array([str(i) for i in range(start, start + n)])
     name_vals = None
     for label, vals in fields:
         if label == "Name":
@@ -110,5 +113,4 @@ def write(spectra: Spectra, path: str) -> None:
     counts = pa.array(np.diff(spectra.offsets)).cast(pa.string())
     ordered.append(("Num Peaks", counts))
     head = header_lines(ordered, ": ")
-    records = pc.binary_join_element_wise(head, peak_blocks(spectra, "\t"), pa.scalar("\n\n"), "")
-    write_text_records(path, records)
+    return pc.binary_join_element_wise(head, peak_blocks(spectra, "\t"), pa.scalar("\n\n"), "")

@@ -164,3 +164,21 @@ def test_sniffing_takes_the_root_element(tmp_path):
     q.write_text(mzxml(ms2(2)))
     with pytest.raises(FastspecError, match="an mzXML file"):
         fio.read(q)
+
+
+def test_scan_whose_peaks_do_not_decode_is_rejected_alone(tmp_path):
+    """Damaged <peaks> in one MS2 scan (or in an MS1 scan, skipped anyway) cost that scan only; it used to
+    end the file."""
+    scans = [ms2(i) for i in range(2, 7)]
+    payload = peaks(MZ, IT).split(">")[1].split("<")[0]
+    scans[1] = scans[1].replace(payload, payload[:-3])
+    bad_ms1 = ms1(7).replace(peaks((150.0, 191.0197), (1e5, 1e6)).split(">")[1].split("<")[0], "QUJD")
+    s, r = read(tmp_path, "bad.mzXML", mzxml("".join(scans) + bad_ms1 + ms2(8)))
+    assert (r.n_records, r.n_spectra, r.n_rejected) == (6, 5, 1)
+    assert s.ids == ["2", "4", "5", "6", "8"]
+    assert r.rejected[0].line == 2 and "peak arrays do not decode" in r.rejected[0].reason
+    assert np.allclose(s[4].mz, MZ)
+    # an empty <peaks/> (peaksCount="0") is an empty scan, counted as such
+    empty = ms2(3).replace(peaks(MZ, IT).split(">")[1].split("<")[0], "")
+    s, r = read(tmp_path, "empty.mzXML", mzxml(ms2(2) + empty + ms2(4)))
+    assert (len(s), r.n_records, r.counts_by_reason) == (2, 3, {"no peaks": 1})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastspec.io as fio
-from fastspec.errors import FastspecError
+from fastspec.errors import FastspecError, ParseError
 
 pytest.importorskip("pyteomics")
 
@@ -314,3 +314,28 @@ def test_etd_with_a_plain_cid_term_and_normalized_collision_energy(tmp_path):
     s, _ = read(tmp_path, "act.mzML", mzml(etcid + nce))
     assert md(s, 0)["fragmentation_mode"] == "ETciD" and md(s, 0)["collision_energy"] == "35"
     assert md(s, 1)["fragmentation_mode"] == "HCD" and md(s, 1)["collision_energy"] == "30% (NCE)"
+
+
+@pytest.mark.parametrize("damage", ["base64", "zlib", "length"])
+def test_spectrum_whose_arrays_do_not_decode_is_rejected_alone(tmp_path, damage):
+    """One MS2 spectrum with damaged binary data (an interrupted copy, a buggy converter) is that spectrum's
+    rejection at its position; the spectra after it are read (it used to end the file: 3 of 5 lost)."""
+    good = "".join(pwiz_ms2(i, "positive scan", '<cvParam name="charge state" value="1"/>') for i in range(5))
+    specs = good.split("</spectrum>")[:-1]
+    payload = b64((120.0, 5400.0, 880.0), "<f4")
+    if damage == "base64":
+        bad = specs[1].replace(payload, payload[:-3], 1)
+    elif damage == "zlib":
+        bad = specs[1].replace('name="no compression"', 'name="zlib compression"')
+    else:  # 10 bytes: no multiple of a 4-byte float
+        bad = specs[1].replace(payload, base64.b64encode(b"0123456789").decode(), 1)
+    assert bad != specs[1]
+    text = mzml("</spectrum>".join([specs[0], bad, *specs[2:]]) + "</spectrum>")
+    s, r = read(tmp_path, "bad.mzML", text)
+    assert (r.n_records, r.n_spectra, r.n_rejected) == (5, 4, 1)
+    assert s.ids == [f"controllerType=0 controllerNumber=1 scan={i + 2}" for i in (0, 2, 3, 4)]
+    assert r.rejected_records == [1] and r.rejected[0].line == 2
+    assert "peak arrays do not decode" in r.rejected[0].reason
+    assert np.allclose(s[3].mz, (85.0284, 101.0233, 129.0193))
+    with pytest.raises(ParseError, match="bad.mzML.*2.*peak arrays do not decode"):
+        fio.read(tmp_path / "bad.mzML", on_error="raise")

@@ -216,6 +216,23 @@ class _SmallReads:
         return getattr(self._fh, name)
 
 
+def _decoded(s: dict, key: str) -> np.ndarray:
+    """A spectrum's binary array ``key`` as float64 (pyteomics' undecoded record, or already an array;
+    missing: empty). A 1-D result is required: a byte count that is no multiple of the value size, a
+    damaged zlib stream or base64 text raise."""
+    a = s.get(key)
+    if a is None:
+        return np.zeros(0)
+    if hasattr(a, "decode") and hasattr(a, "compression"):  # pyteomics' binary_array_record
+        if not a.data:  # <binary></binary> (msconvert's empty PASEF scans): what pyteomics' decoding gives
+            return np.zeros(0)
+        a = a.decode()
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 1:
+        raise ValueError(f"{key} has shape {a.shape}")
+    return a
+
+
 def _xml_error(e: Exception) -> str:
     """``ExceptionType: first line of its message``."""
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip()
@@ -300,7 +317,9 @@ def iter_xml(path: str, reader_class, dialect: XmlDialect, *, on_error: str, rep
     position = 0
     try:
         try:  # pyteomics parses the start of the file here (its version)
-            reader = reader_class(_SmallReads(fh), use_index=False, decode_binary=True)
+            # arrays decoded here, per spectrum: one that does not decode is that spectrum's rejection,
+            # not (as an error of pyteomics' iteration) the end of the file
+            reader = reader_class(_SmallReads(fh), use_index=False, decode_binary=False)
         except UnsupportedCompression as e:
             raise UnsupportedCompression(f"{path}: {e}") from None
         except Exception as e:  # noqa: BLE001 - lxml, gzip and pyteomics raise many kinds
@@ -329,9 +348,14 @@ def iter_xml(path: str, reader_class, dialect: XmlDialect, *, on_error: str, rep
                 continue
             if dialect.profile(s):
                 profile += 1  # read as given: every sample point becomes a peak
-            m = np.asarray(s.get("m/z array", np.zeros(0)), dtype=np.float64)
-            i = np.asarray(s.get("intensity array", np.zeros(0)), dtype=np.float64)
             row = dialect.record(s)
+            try:
+                m, i = _decoded(s, "m/z array"), _decoded(s, "intensity array")
+            except UnsupportedCompression as e:
+                raise UnsupportedCompression(f"{path}: {e}") from None
+            except Exception as e:  # noqa: BLE001 - base64, zlib, numpy and pyteomics raise many kinds
+                m, i = np.zeros(0), np.zeros(0)
+                row["_error"] = f"peak arrays do not decode ({_xml_error(e)})"
             if m.shape != i.shape:  # also a missing intensity array
                 m, i = np.zeros(0), np.zeros(0)
                 row["_error"] = _ARRAYS_DIFFER

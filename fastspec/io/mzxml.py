@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
+import numpy as np
+
 from fastspec.errors import FastspecError
 from fastspec.io._common import ReadReport, sniffed
 from fastspec.io.mzml import StartTolerant, XmlDialect, _fmt, _num, iter_xml
@@ -51,6 +53,18 @@ def _reader_class():
                 info.setdefault("precision", "32")
                 info.setdefault("byteOrder", "network")
                 return super()._determine_dtype(info)
+
+            def _decode_peaks(self, info):
+                # undecoded (iter_xml decodes each scan's peaks itself), pyteomics looks up arrays an empty
+                # <peaks/> does not have (a KeyError that ended the file): empty arrays, as when decoding
+                peaks = info.get("peaks")
+                if not self.decode_binary and isinstance(peaks, (dict, list)):
+                    info.pop("peaks")
+                    arrays = peaks[0] if isinstance(peaks, list) and peaks else {}
+                    for k in self._array_keys:
+                        info[k] = arrays.get(k, np.zeros(0)) if isinstance(arrays, dict) else np.zeros(0)
+                    return
+                super()._decode_peaks(info)
 
             def _convert_types(self, name, info):
                 # one scan's unparsable attribute (precursorCharge="2+", retentionTime="") is kept as text,

@@ -262,3 +262,17 @@ def test_pepmass_intensity_zero_is_unknown(tmp_path):
     p.write_text("BEGIN IONS\nPEPMASS=300.1 0.0\n100 1\nEND IONS\nBEGIN IONS\nPEPMASS=300.1 2500\n100 1\nEND IONS\n")
     s = fio.read(p)
     assert s.metadata.column("precursor_intensity").to_pylist() == [None, 2500.0]
+
+
+@pytest.mark.parametrize("extra,want", [("", ["17", "18"]), ("FEATURE_ID={n}\n", ["f17", "f18"]),
+                                        ("TITLE=t{n}\n", ["tt17", "tt18"])])
+def test_mgf_scans_is_the_id_of_last_resort(tmp_path, extra, want):
+    """GNPS feature-based molecular networking MGFs give a spectrum's feature only as SCANS: it is the id
+    (not the position, which silently shifted every join to the feature table), after any id key or TITLE."""
+    text = "".join(f"BEGIN IONS\n{extra.format(n=('f' if 'FEATURE' in extra else 't') + str(n))}SCANS={n}\n"
+                   f"PEPMASS=195.0877\nCHARGE=1+\nMSLEVEL=2\n110.07 10\n138.06 20\nEND IONS\n" for n in (17, 18))
+    p = tmp_path / "fbmn.mgf"
+    p.write_text(text)
+    s = fio.read(p)
+    assert s.ids == want
+    assert s.metadata.column("scans").to_pylist() == ["17", "18"]

@@ -729,11 +729,11 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
         given = out["inchikey14"]
         given = pc.utf8_upper(given) if given.null_count < n else given
         out["inchikey14"] = pc.coalesce(given, derived)
-    # id falls back to the title (MGF TITLE is the spectrum's label by convention)
-    if "title" in out and n:
-        title = out["title"]
-        if not pa.types.is_null(title.type):
-            out["id"] = pc.coalesce(out["id"], _as_string(title))
+    # id falls back to the title (MGF TITLE is the spectrum's label by convention), then to SCANS (GNPS
+    # feature-based molecular networking MGFs link a spectrum to its feature table row by it alone)
+    for key in ("title", "scans"):
+        if key in out and n and not pa.types.is_null(out[key].type):
+            out["id"] = pc.coalesce(out["id"], _as_string(out[key]))
 
 
 #: An adduct written as the last word of a name ("Hoiamide B M+H", "... [M-H]-"): M, optionally after a

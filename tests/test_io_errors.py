@@ -85,6 +85,19 @@ def test_peak_rules(tmp_path):
     assert report.warnings["bad precursor_mz"] == 1
 
 
+@pytest.mark.parametrize("large", [False, True])
+def test_missing_markers_in_a_table_precursor_column_are_not_bad_values(tmp_path, large):
+    """"N/A", "" or "nan" in a Parquet string column are missing, as in MGF / MSP / TSV; only a value that
+    is not a number ("abc") counts as ``bad precursor_mz``."""
+    import pyarrow.parquet as pq
+
+    vals = pa.array(["N/A", "", " nan ", "NA", "abc", None, "201.5"], pa.large_string() if large else pa.string())
+    pq.write_table(pa.table({"mz": [[100.0]] * 7, "intensity": [[1.0]] * 7, "precursor_mz": vals}), tmp_path / "p.parquet")
+    sp, report = fio.read(tmp_path / "p.parquet", return_report=True)
+    assert report.warnings == {"bad precursor_mz": 1}
+    assert np.isnan(sp.precursor_mz[:6]).all() and sp.precursor_mz[6] == 201.5
+
+
 def test_same_rules_in_every_format(tmp_path):
     """A NaN peak, a negative intensity and an empty record are rejected alike everywhere."""
     from fastspec.spectra import Spectra

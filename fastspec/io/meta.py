@@ -650,6 +650,11 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
             bad = ~(np.isfinite(pmz) & (pmz > 0) & (pmz <= _F32_MAX))
         if counts is not None:
             given = ~np.asarray(raw.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            if pa.types.is_string(raw.type) or pa.types.is_large_string(raw.type):
+                # "N/A", "" in a table's string column mean missing, as they do in text formats (which
+                # null them before this); not a bad value to warn about
+                marker = missing_marker(pc.utf8_trim_whitespace(raw))
+                given &= ~np.asarray(pc.fill_null(marker, False).to_numpy(zero_copy_only=False), dtype=bool)
             nbad = int(np.count_nonzero(bad & given))
             if nbad:
                 counts["bad precursor_mz"] = counts.get("bad precursor_mz", 0) + nbad

@@ -138,6 +138,13 @@ def test_metrics_zero_and_fallback_policies():
     assert f["coverage"] == pytest.approx(0.5)
     assert f["mean_tanimoto"] == pytest.approx((1 + t_eo + t_pa) / 3)
     assert f["mean_tanimoto_all"] == pytest.approx((1 + t_eo + t_pa) / 4)
+    # the oracle of the fallback spectrum is what its fallback search can reach: any positive training molecule
+    # (was bucket-only, 0 here, below the fallback's own Tanimoto)
+    best_p = max(tanimoto(PROPANOL, m) for m in (ETOH, DME, ACOH))
+    assert f["oracle_tanimoto"] == pytest.approx((2 + best_p) / 3)
+    assert f["oracle_tanimoto_all"] == pytest.approx((2 + best_p) / 4)
+    assert f["oracle_tanimoto_all"] >= f["mean_tanimoto_all"]
+    assert z["oracle_tanimoto_all"] == pytest.approx(0.5)  # zero: the bucket's reach, as under skip
 
 
 def test_formula_adduct_bucket_and_bad_options():

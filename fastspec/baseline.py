@@ -372,7 +372,9 @@ class SearchConfig:
         Candidate restriction (always also same polarity).
     no_neighbour : {"skip", "fallback", "zero"}
         Test spectra without a same-bucket training spectrum: ``skip`` leaves them unscored, ``fallback``
-        searches all training spectra of the same polarity, ``zero`` scores them 0.
+        searches all training spectra of the same polarity (a spectrum of unknown polarity: those of unknown
+        polarity; with none it stays unscored, counted in ``n_test`` but not ``n_scored``), ``zero`` scores
+        them 0.
     vote : int
         1 = copy the top-1 neighbour's molecule; k > 1 = the molecule with the highest summed score
         among the top-k neighbours (ties: the better-ranked molecule).

@@ -750,8 +750,9 @@ def l2s_split(
     ----------
     policy : {"fallback", "skip"}
         What the predictor does for a test spectrum without a same-bucket training spectrum.
-        ``fallback`` (default) searches all training spectra of its polarity, so the predictor always
-        answers (like a generative model) and hardness is graded; ``skip`` scores such spectra 0, which
+        ``fallback`` (default) searches all training spectra of its polarity, so the predictor answers
+        (like a generative model) every test spectrum with a training spectrum of its polarity (unknown
+        polarity: of unknown polarity) and hardness is graded; ``skip`` scores such spectra 0, which
         drives the splitter towards formula-disjoint splits (test coverage near 0).
     progress : bool, optional
         A tqdm bar over the iterations on stderr (None: when stderr is a terminal); each iteration

@@ -275,6 +275,43 @@ def embedding_topk(
     return scores, idx
 
 
+def embedding_topk_grouped(
+    q_emb: np.ndarray, q_keys: np.ndarray, l_emb: np.ndarray, l_keys: np.ndarray, k: int, block: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k library rows by embedding cosine among all library rows with the query's key (ties to the lowest
+    row), as :func:`embedding_topk` over :func:`fastspec.similarity.group_candidates`' lists, but by blocks
+    of dense products: a polarity-wide group (the fallback) would be millions of candidate pairs.
+
+    Parameters
+    ----------
+    q_emb : ndarray (nq, d), l_emb : ndarray (nl, d)
+        Unit-normalised embeddings.
+    q_keys : ndarray, int (nq,), l_keys : ndarray, int (nl,)
+        Group codes; negative matches nothing.
+
+    Returns
+    -------
+    scores (nq, k) float64, indices (nq, k) int64 (-1 none)
+    """
+    q_keys, l_keys = np.asarray(q_keys, np.int64), np.asarray(l_keys, np.int64)
+    scores = np.zeros((q_keys.shape[0], k))
+    idx = np.full((q_keys.shape[0], k), -1, dtype=np.int64)
+    for key in np.unique(q_keys[q_keys >= 0]):
+        rows = np.flatnonzero(l_keys == key)  # ascending: a stable order keeps ties to the lowest row
+        if not rows.size:
+            continue
+        qs = np.flatnonzero(q_keys == key)
+        kk = min(k, rows.size)
+        lib = l_emb[rows]
+        for b in range(0, qs.size, block):
+            qb = qs[b : b + block]
+            sims = q_emb[qb] @ lib.T
+            best = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
+            scores[qb, :kk] = np.take_along_axis(sims, best, axis=1)
+            idx[qb, :kk] = rows[best]
+    return scores, idx
+
+
 def _embedding_rows(ev: Evaluation, emb: np.ndarray, lab: LabData, name: str) -> np.ndarray:
     # one row per spectrum read, in file order: a count that differs means rows that belong to other spectra
     if emb.shape[0] != lab.n_source:
@@ -313,7 +350,14 @@ def embedding_analysis(
     offs, cand = similarity.group_candidates(qk[ev.test_rows], lk, library_mask=mask)
     s, idx = embedding_topk(qe[ev.test_rows], le, offs, cand, cfg.search_k)
     covered = np.diff(offs) > 0
-    res = NNResult(idx, s, covered, np.diff(offs).astype(np.int64), np.zeros(len(ev.test_rows), bool))
+    fallback = np.zeros(len(ev.test_rows), bool)
+    if cfg.no_neighbour == "fallback" and (~covered).any():  # as the spectral rows: the polarity's training side
+        miss = np.flatnonzero(~covered)
+        pcodes, _ = factorize([bucket_keys(ev.qlab, "none"), bucket_keys(ev.lib, "none")])
+        s[miss], idx[miss] = embedding_topk_grouped(qe[ev.test_rows[miss]], pcodes[: len(ev.qlab)][ev.test_rows[miss]],
+                                                    le, np.where(mask, pcodes[len(ev.qlab) :], -1), cfg.search_k)
+        fallback[miss] = idx[miss, 0] >= 0
+    res = NNResult(idx, s, covered, np.diff(offs).astype(np.int64), fallback)
     rep, det = ev._score(res, cfg, hit_ks, n_bootstrap, seed, 0)
     rows.append({"split": split_name, "intensity_power": None, "mz_power": None, "shuffle": False, "embedding": True, **rep})
 

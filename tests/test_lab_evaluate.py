@@ -405,6 +405,36 @@ def test_ablation_embeddings(massbank_small):
     assert not any("intensity_power=" in line for line in lines), lines
 
 
+def test_embedding_topk_grouped_equals_candidate_lists():
+    from fastspec.ablation import _load_embeddings, embedding_topk, embedding_topk_grouped
+    from fastspec.similarity import group_candidates
+
+    rng = np.random.default_rng(3)
+    q, lib = _load_embeddings(rng.normal(size=(40, 5))), _load_embeddings(rng.normal(size=(300, 5)))
+    qk, lk = rng.integers(-1, 3, 40), rng.integers(-1, 3, 300)
+    lk[lk == 2] = 1  # key 2: queries without library rows
+    offs, cand = group_candidates(qk, lk)
+    want_s, want_i = embedding_topk(q, lib, offs, cand, 7)
+    got_s, got_i = embedding_topk_grouped(q, qk, lib, lk, 7, block=9)
+    assert np.array_equal(got_i, want_i)
+    assert np.allclose(got_s, want_s, atol=1e-12)
+
+
+def test_ablation_embeddings_with_fallback(massbank_small):
+    """The embedding row answers uncovered test spectra as the spectral rows do under the fallback policy
+    (it recorded 'fallback' but skipped them: a covered-only mean beside whole-test-set means)."""
+    from fastspec.ablation import ablate
+
+    emb = np.random.default_rng(0).normal(size=(len(massbank_small), 6))
+    out = ablate(massbank_small, ["formula"], metric="cosine", intensity_powers=[1.0], mz_powers=[0.0], shuffle=False,
+                 embeddings=emb, no_neighbour="fallback", n_bootstrap=0)
+    spectral, embedded = [r for r in out["rows"] if not r.get("embedding")], [r for r in out["rows"] if r.get("embedding")]
+    assert embedded and embedded[0]["n_fallback"] > 0
+    for r in spectral:
+        assert embedded[0]["n_scored"] == r["n_scored"] and embedded[0]["n_fallback"] == r["n_fallback"]
+        assert embedded[0]["coverage"] == r["coverage"] == 0.0
+
+
 def test_distinct_ranks_and_bootstrap():
     from fastspec.evaluate import bootstrap_ci, distinct_ranks
 

@@ -326,8 +326,25 @@ def column_assignment(values: Sequence) -> np.ndarray:
 
 
 # ====================================================================== split files
+#: split file name endings -> (format, gzip)
+SPLIT_SUFFIXES = {".parquet": ("parquet", False), ".pq": ("parquet", False), ".csv": ("csv", False),
+                  ".tsv": ("tsv", False), ".tab": ("tsv", False), ".csv.gz": ("csv", True),
+                  ".tsv.gz": ("tsv", True), ".tab.gz": ("tsv", True)}
+
+
+def split_format(path: str | Path) -> tuple[str, bool]:
+    """``(format, gzip)`` of a split file from its name (:data:`SPLIT_SUFFIXES`); another ending is a
+    :class:`ParameterError` (it was written as plain CSV, whatever it said: ``.csv.gz``, ``.pq``)."""
+    name = Path(path).name.lower()
+    for suffix in sorted(SPLIT_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return SPLIT_SUFFIXES[suffix]
+    raise ParameterError(f"{path}: a split file is named .csv, .tsv, .parquet (or .csv.gz, .tsv.gz, .pq)")
+
+
 def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> None:
-    """Write ``index``, ``id``, ``split`` (train/test/excluded) as CSV, TSV or parquet (by extension).
+    """Write ``index``, ``id``, ``split`` (train/test/excluded) as CSV, TSV or parquet (by extension,
+    :func:`split_format`; ``.gz``: gzip-compressed text).
 
     ``index`` (int64 (n,), default ``0..n-1``): each spectrum's position among the library file's spectra
     read (records the reader rejects are not counted), e.g. ``LabData.source_index`` after an ``ion_mode``
@@ -340,15 +357,23 @@ def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndar
         {"index": pa.array(idx), "id": pa.array(spectra.ids, pa.string()), "split": pa.array(names.tolist(), pa.string())}
     )
     path = Path(path)
-    if path.suffix.lower() == ".parquet":
+    fmt, gz = split_format(path)
+    if fmt == "parquet":
         import pyarrow.parquet as pq
 
         write_atomically(path, lambda tmp: pq.write_table(table, str(tmp)))
     else:
         import pyarrow.csv as pcsv
 
-        delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        write_atomically(path, lambda tmp: pcsv.write_csv(table, str(tmp), pcsv.WriteOptions(delimiter=delim)))
+        opts = pcsv.WriteOptions(delimiter="\t" if fmt == "tsv" else ",")
+
+        def write(tmp):
+            if not gz:
+                return pcsv.write_csv(table, str(tmp), opts)
+            with pa.CompressedOutputStream(str(tmp), "gzip") as out:
+                pcsv.write_csv(table, out, opts)
+
+        write_atomically(path, write)
 
 
 def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = None) -> np.ndarray:
@@ -363,16 +388,17 @@ def read_split(path: str | Path, spectra: Spectra, index: np.ndarray | None = No
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(2, "No such file or directory", str(path))
+    fmt, _ = split_format(path)
     try:
-        if path.suffix.lower() == ".parquet":
+        if fmt == "parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(path)
         else:
             import pyarrow.csv as pcsv
 
-            delim = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-            table = pcsv.read_csv(
+            delim = "\t" if fmt == "tsv" else ","
+            table = pcsv.read_csv(  # (a .gz name is decompressed)
                 path,
                 parse_options=pcsv.ParseOptions(delimiter=delim),
                 convert_options=pcsv.ConvertOptions(column_types={"id": pa.string(), "split": pa.string()}),

@@ -82,21 +82,33 @@ def test_lab_options_that_would_be_ignored_are_refused(library, massbank_mgf, tm
     silently, valid JSON of another shape is one line in report, and figures never replace an input."""
     q = massbank_mgf
     for args, why in (
-            (["evaluate", "-l", library, "--queries", q, "--split", "scaffold"], "--split do not apply with --queries"),
-            (["evaluate", "-l", library, "--queries", q, "--test-fraction", "0.5"], "--test-fraction do not apply"),
+            (["evaluate", "-l", library, "--queries", q, "--split", "scaffold"], "--split does not apply with --queries"),
+            (["evaluate", "-l", library, "--queries", q, "--test-fraction", "0.5"], "--test-fraction does not apply"),
             (["ablate", "-l", library, "--queries", q, "--split", "l2s", "-o", tmp_path / "a.json"], "--queries"),
             (["ablate", "-l", library, "--query-embeddings", tmp_path / "e.npy", "-o", tmp_path / "a.json"],
              "--query-embeddings go with --queries"),
             (["evaluate", "-l", library, "--split", "instrument:LC-ESI-QFT", "--test-fraction", "0.3"],
              "--test-fraction does not apply"),
-            (["evaluate", "-l", library, "--split", "random", "--l2s-iterations", "3"], "apply to --split l2s"),
+            (["evaluate", "-l", library, "--split", "random", "--l2s-iterations", "3"], "applies to --split l2s"),
+            # split's predictor options count only for l2s (evaluate's are the baseline's own)
+            (["split", "-l", library, "--split", "random", "--metric", "cosine", "--fingerprint", "none", "-o",
+              tmp_path / "s.csv"], "--metric, --fingerprint apply to --split l2s only"),
+            (["split", "-l", library, "-o", tmp_path / "s.csv.bz2"], "a split file is named"),
+            (["split", "-l", library, "-o", tmp_path / "s.xyz"], "a split file is named"),
             (["ablate", "-l", library, "--split", "random", "--split", "ce:40-20", "-o", tmp_path / "a.json"],
              "LOW > HIGH"),
             (["ablate", "-l", library, "--split", "random", "--split", "bogus", "-o", tmp_path / "a.json"],
              "unknown split 'bogus'")):
         res = invoke(*args, "-q")
         assert res.exit_code == 1 and why in res.output and "Traceback" not in res.output, (args, res.output)
-    assert not (tmp_path / "a.json").exists()
+    assert not (tmp_path / "a.json").exists() and not list(tmp_path.glob("s.*"))
+    # gzipped and .pq split files are what they say, and read back
+    for name in ("s.csv.gz", "s.tsv.gz", "s.pq"):
+        assert invoke("split", "-l", library, "-o", tmp_path / name, "-q").exit_code == 0
+        head = (tmp_path / name).read_bytes()[:4]
+        assert head[:2] == b"\x1f\x8b" if name.endswith(".gz") else head == b"PAR1"
+        res = invoke("evaluate", "-l", library, "--split", f"file:{tmp_path / name}", "--bootstrap", "0", "-q")
+        assert res.exit_code == 0, res.output
     # a split file whose labels hold a typo
     sfile = tmp_path / "typo.csv"
     assert invoke("split", "-l", library, "--split", "random", "-o", sfile, "-q").exit_code == 0

@@ -111,15 +111,24 @@ def _check_split_options(specs, queries) -> None:
         extra = _given("split_spec" if "split_spec" in click.get_current_context().params else "splits",
                        "test_fraction", *_L2S)
         if extra:
-            raise ParameterError(f"{', '.join(extra)} do not apply with --queries (the queries are the test set; "
-                                 "the whole library trains)")
+            raise ParameterError(f"{', '.join(extra)} {_apply(extra, 'does not apply', 'do not apply')} with --queries "
+                                 "(the queries are the test set; the whole library trains)")
         return
     kinds = [check_split_spec(s) for s in specs]
     if not any(k in ("random", "inchikey", "formula", "scaffold", "l2s") for k in kinds) and _given("test_fraction"):
         raise ParameterError(f"--test-fraction does not apply to split {', '.join(map(str, specs))} (its test set "
                              "is given, not drawn)")
-    if "l2s" not in kinds and _given(*_L2S):
-        raise ParameterError(f"{', '.join(_given(*_L2S))} apply to --split l2s")
+    # split's own options for the l2s predictor (evaluate and ablate use theirs for the NN baseline itself)
+    l2s_only = _L2S + (("metric", "preset", "tolerance", "bucket", "fingerprint", "fingerprint_cache")
+                       if click.get_current_context().command.name == "split" else ())
+    if "l2s" not in kinds and _given(*l2s_only):
+        extra = _given(*l2s_only)
+        raise ParameterError(f"{', '.join(extra)} {_apply(extra, 'applies', 'apply')} to --split l2s only")
+
+
+def _apply(options: list, one: str, several: str) -> str:
+    """The verb for a list of options ("--x applies", "--x, --y apply")."""
+    return one if len(options) == 1 else several
 
 
 def _split_files(specs) -> list[str]:
@@ -204,10 +213,10 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 @click.option("--bucket", type=click.Choice(["formula", "formula+adduct", "none"]), default=None,
               help="l2s: candidates of the NN predictor (as in evaluate) [default: formula].")
 @click.option("--fingerprint", default="morgan:2:4096", show_default=True,
-              help="l2s: fingerprint of the NN predictor's Tanimoto (as in evaluate; 'none' = the default).")
+              help="l2s: fingerprint of the NN predictor's Tanimoto (as in evaluate; 'none': exact molecule match only).")
 @click.option("--fingerprint-cache", type=click.Path(file_okay=False), default=None,
               help="l2s: directory of a persistent fingerprint cache.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Split file (.csv, .tsv or .parquet).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Split file (.csv, .tsv, .parquet; .csv.gz, .tsv.gz, .pq).")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, help="Also write the split profile JSON.")
 @common_options
 @handle_errors
@@ -215,9 +224,10 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
     """Write a train/test split file (columns index, id, split) and print its profile."""
     from fastspec.baseline import LabData
     from fastspec.evaluate import _clean, _filter_mode, load_spectra, rejected_note, search_config, write_json
-    from fastspec.splits import make_split, split_profile, write_split
+    from fastspec.splits import make_split, split_format, split_profile, write_split
 
     _check_split_options([split_spec], None)
+    split_format(output)  # before the split is made (an l2s split takes minutes)
     refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path),
                                                               ("--fingerprint-cache", fingerprint_cache)])
     make_parents(output, profile_path)

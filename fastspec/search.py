@@ -117,7 +117,8 @@ def search(
     tolerance : float or str
         Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
     precursor_tolerance : float or str
-        Identity-mode precursor window (relative to the query precursor for ppm).
+        Identity-mode precursor window (relative to the query precursor for ppm); other modes ignore it
+        (their hit parameters record it as None).
     engine : {"exact", "faiss"}
         ``faiss``: candidates from the FAISS index (``nprobe``, ``n_candidates``), rescored exactly
         (open/analog/hybrid modes).
@@ -546,7 +547,9 @@ class _SearchConfig:
         with the caller's ``formula=`` (formula mode), ``formula`` too (:func:`formula_param`)."""
         out = {
             "mode": self.mode, "metric": self.metric, "k": self.k, "tolerance": str(self.tolerance),
-            "precursor_tolerance": str(self.precursor_tolerance), "engine": self.engine,
+            # only identity search has a precursor window: a value in another mode's table would read as a filter
+            "precursor_tolerance": str(self.precursor_tolerance) if self.mode == "identity" else None,
+            "engine": self.engine,
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
             "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
             "nprobe": faiss_nprobe(self, library) if self.engine == "faiss" else self.nprobe,

@@ -191,6 +191,14 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     # the message names what the option sets
     res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--precursor-tolerance", "10", ok=False)
     assert_clean_error(res, "10 Da is no precursor window")
+    # only identity search has a precursor window: refused elsewhere, and recorded only there
+    res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "--mode", "open", "--precursor-tolerance",
+              "5ppm", ok=False)
+    assert_clean_error(res, "--precursor-tolerance applies to --mode identity")
+    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "o.tsv", "--mode", "open", "-q")
+    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "i.tsv", "-q")
+    assert "# precursor_tolerance: null" in (tmp_path / "o.tsv").read_text()
+    assert '# precursor_tolerance: "0.01da"' in (tmp_path / "i.tsv").read_text()
     # an input file named as the index is never replaced by it
     copy = tmp_path / "copy.mgf"
     copy.write_bytes(massbank_mgf.read_bytes())
@@ -291,7 +299,7 @@ def test_no_command_writes_into_a_library_index(index, massbank_mgf, tmp_path):
                  ["synth", "-n", "100", "-o", lib / "metadata.parquet"],
                  ["index", massbank_mgf, "-o", lib / "nested.fastspec"],
                  ["evaluate", "-l", massbank_mgf, "--fingerprint-cache", lib / "fp"],
-                 ["split", "-l", massbank_mgf, "-o", tmp_path / "s.csv", "--fingerprint-cache", lib / "fp"]):
+                 ["split", "-l", massbank_mgf, "-o", tmp_path / "s.csv", "--split", "l2s", "--fingerprint-cache", lib / "fp"]):
         assert_clean_error(run(*args, ok=False), "inside the library index")
     run("info", lib, "--verify")
     with pytest.raises(ParameterError, match="inside the library index"):

@@ -142,7 +142,7 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
               help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "
                    "precursor peak 100) [default: bins of --tolerance].")
-@click.option("--precursor-tolerance", default="0.01da", show_default=True, help="Identity-mode precursor window.")
+@click.option("--precursor-tolerance", default=None, help="Identity-mode precursor window  [default: 0.01da].")
 @click.option("--engine", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True)
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="FAISS: inverted lists visited.")
 @click.option("--n-candidates", type=click.IntRange(min=1), default=None, help="FAISS: candidates rescored per query.")
@@ -175,6 +175,8 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     make_parents(output)  # before the search, not after it
     if preset is not None and metric != "binned_cosine":
         raise ParameterError("--preset applies to --metric binned_cosine")
+    if precursor_tolerance is not None and mode != "identity":  # it would be recorded, yet filter nothing
+        raise ParameterError("--precursor-tolerance applies to --mode identity")
     lib = Library.open(library)
     t0 = time.perf_counter()
     # a chunk of queries at a time, straight into the table: memory stays bounded however many queries
@@ -188,7 +190,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
 
         try:
             done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
-                                      mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
+                                      mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance or "0.01da",
                                       engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,

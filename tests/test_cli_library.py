@@ -47,6 +47,8 @@ def test_info_json_and_verify(index):
     d = json.loads(run("info", index, "--json").output)
     assert d["n_spectra"] > 900 and d["n_rejected"] >= 0 and d["format_version"] >= 1
     assert d["n_read"] == d["n_spectra"] + d["n_rejected"]
+    assert d["verified"] is None  # not checked (false read as a failed check)
+    assert json.loads(run("info", index, "--json", "--verify", "-q").output)["verified"] is True
     text = run("info", index, "--verify", "-q").output
     assert "verified" in text and "spectra" in text
     # the input file and its records, in the text and the JSON

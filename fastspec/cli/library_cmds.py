@@ -240,7 +240,7 @@ def info(library, verify, as_json, threads, quiet):
     if verify:
         lib.verify(progress=False if quiet else None)
     d = lib.info()
-    d["verified"] = bool(verify)
+    d["verified"] = True if verify else None  # (a failed check is an error: false would read as one)
     if as_json:
         click.echo(json.dumps(d, indent=1, default=str))
         return

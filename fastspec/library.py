@@ -384,9 +384,9 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
             out.append(str(p))
             continue
         if (p / fmt.MANIFEST).exists():
-            raise ParseError("is a fastspec library index, not spectra (add spectra to it with "
-                             "Library.open(path).append(...), or read its spectra with Library.open(path).spectra())",
-                             str(p))
+            raise ParseError("is a fastspec library index, not spectra (add spectra to it with `fastspec index "
+                             "FILES -o LIB --append` or Library.open(path).append(...); read its spectra with "
+                             "Library.open(path).spectra())", str(p))
         found = 0
         for root, dirs, files in os.walk(p):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d / fmt.MANIFEST).exists())

@@ -173,6 +173,10 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "open", "--no-neighbour",
               "fallback", ok=False)
     assert_clean_error(res, "--no-neighbour applies to --mode formula")
+    for extra, why in ((["--nprobe", "4"], "--nprobe and --n-candidates apply to --engine faiss"),
+                       (["--formula", "C6H6"], "--formula applies to --mode formula")):
+        assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", *extra, ok=False), why)
+    assert_clean_error(run("index", index, "-o", tmp_path / "again.fastspec", ok=False), "--append")
     res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.parquet", "--mode", "neutral_loss", "--metric",
               "cosine", ok=False)
     assert_clean_error(res, "--mode open, --metric neutral_loss_cosine")

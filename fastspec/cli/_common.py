@@ -125,9 +125,10 @@ def as_options(msg: str) -> str:
 
     # a name starts a word (not inside a path, a pipeline string such as 'mz_range:min_mz=5' or a quote)
     msg = re.sub(rf"(?<![^\s(,])({names})=(?:'([^']*)'|\"([^\"]*)\"|([^\s,;)'/]+))(?![\w/])", assigned, msg)
-    # a bare name only as the subject of "... applies to" (the API's own phrasing)
-    bare = "|".join(re.escape(n) for n in opts if "_" in n) or "(?!)"
-    msg = re.sub(rf"(?<![^\s(,])({bare})(?= appl)", lambda m: opts[m.group(1)][1], msg)
+    # a bare name only as the subject of "... applies to" (the API's own phrasing: "nprobe and n_candidates
+    # apply to ...", "formula applies to ...")
+    bare = "|".join(sorted(map(re.escape, opts), key=len, reverse=True))
+    msg = re.sub(rf"(?<![^\s(,])({bare})(?= appl| and [a-z_]+ appl)", lambda m: opts[m.group(1)][1], msg)
     # the API's "use overwrite=True / --overwrite" names both forms: the command's once
     return re.sub(r"(--[\w-]+) / \1(?![\w-])", r"\1", msg)
 

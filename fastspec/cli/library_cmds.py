@@ -210,7 +210,8 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         why = [f"{c[r]} {r}" for r in ("missing", "unreadable") if c.get(r)]
         eg = f", e.g. {', '.join(map(repr, c['unreadable_examples']))}" if c.get("unreadable_examples") else ""
         what = "a readable adduct" if name == "adduct" else f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-        log(f"--same-{name} not applied to {c.get('missing', 0) + c.get('unreadable', 0)} queries without "
+        n_out = c.get("missing", 0) + c.get("unreadable", 0)
+        log(f"--same-{name} not applied to {n_out} quer{'y' if n_out == 1 else 'ies'} without "
             f"{what} of their own ({', '.join(why)}{eg}): they match "
             f"library spectra of any {name}")
     by = done.get("skipped_by_status") or {}

@@ -53,7 +53,7 @@ def test_info_json_and_verify(index):
     assert "verified" in text and "spectra" in text
     # the input file and its records, in the text and the JSON
     assert d["n_input_files"] == 1 and d["input_files"][0]["records"] == d["n_read"]
-    assert f"input         {d['n_read']} records: {d['input_files'][0]['path']}" in text
+    assert f"input         {d['n_read']:,} records: {d['input_files'][0]['path']}" in text
     # a fresh index holds every optional search structure, and says so
     assert d["search_arrays"] and all(d["search_arrays"].values())
     assert "search arrays   precursor_copy, window_blocks" in text and "missing" not in text
@@ -135,8 +135,13 @@ def test_index_append(massbank_mgf, tmp_path):
     res = run("index", tmp_path / "b.mgf", "-o", lib, "--append")
     d = json.loads(run("info", lib, "--json", "--verify").output)
     assert (d["n_read"], d["n_spectra"] + d["n_rejected"]) == (70, 70)
-    assert (f"appended {d['n_spectra'] - before['n_spectra']} spectra "
-            f"({d['n_rejected'] - before['n_rejected']} rejected)") in res.output
+    n_rej = d["n_rejected"] - before["n_rejected"]
+    assert f"appended {d['n_spectra'] - before['n_spectra']} spectra ({n_rej} rejected" in res.output
+    # the append's own rejections, with their reasons (the index's counts less those it held before)
+    new = {r: c - before["rejected"].get(r, 0) for r, c in d["rejected"].items() if c > before["rejected"].get(r, 0)}
+    assert sum(new.values()) == n_rej
+    assert (f"({n_rej} rejected: " + ", ".join(f"{r}: {c}" for r, c in new.items()) + ")" if n_rej else
+            f"({n_rej} rejected)") in res.output
     both = Library.build([tmp_path / "a.mgf", tmp_path / "b.mgf"], tmp_path / "both.fastspec", faiss=False)
     assert (d["n_spectra"], d["n_rejected"]) == (both.n_spectra, both.n_rejected)
     ids = Library.open(lib).metadata(columns=["id"]).column("id").to_pylist()

@@ -94,7 +94,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
             raise ParameterError(f"--append keeps the index's recorded preprocessing and FAISS settings: drop "
                                  f"{', '.join(given)}")
         lib = Library.open(output)
-        n0, r0 = lib.n_spectra, lib.n_rejected
+        n0, r0, why0 = lib.n_spectra, lib.n_rejected, dict(lib.rejected)
         with compile_watch(log) as compiled:
             lib.append(list(inputs), on_error=on_error, threads=threads, progress=False if quiet else None,
                        allow_empty=False)
@@ -115,9 +115,12 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
                                 allow_empty=False)
         what, n_new, n_rej = "indexed", lib.n_spectra, lib.n_rejected
     dt = time.perf_counter() - t0
-    rej = ", ".join(f"{r}: {c}" for r, c in lib.rejected.items())
+    rej = ", ".join(f"{r}: {c:,}" for r, c in lib.rejected.items())
+    # an append's own rejections: the index's counts less those it held before
+    new_rej = ", ".join(f"{r}: {c - why0.get(r, 0):,}" for r, c in lib.rejected.items() if c > why0.get(r, 0)) \
+        if append else rej
     _log_warnings(log, lib.info().get("read_warnings"))
-    log(f"{what} {n_new:,} spectra ({n_rej:,} rejected{'' if append or not rej else ': ' + rej}) "
+    log(f"{what} {n_new:,} spectra ({n_rej:,} rejected{': ' + new_rej if new_rej else ''}) "
         f"{'to' if append else 'into'} {output} in {dt:.1f} s{compiled.note()}"
         + (f"; it holds {lib.n_spectra:,} ({lib.n_rejected:,} rejected{': ' + rej if rej else ''})" if append else ""))
 
@@ -248,24 +251,24 @@ def info(library, verify, as_json, threads, quiet):
     lines = [
         f"library         {d['path']}",
         f"format version  {d['format_version']} (fastspec {d['fastspec_version']}, created {d['created']})",
-        f"spectra         {d['n_spectra']} indexed, {d['n_read']} read, {d['n_rejected']} rejected",
+        f"spectra         {d['n_spectra']:,} indexed, {d['n_read']:,} read, {d['n_rejected']:,} rejected",
     ]
     for reason, c in sorted(d["rejected"].items(), key=lambda x: -x[1]):
-        lines.append(f"  rejected      {c}: {reason}")
+        lines.append(f"  rejected      {c:,}: {reason}")
     for what, c in sorted((d.get("read_warnings") or {}).items(), key=lambda x: -x[1]):
-        lines.append(f"  read warning  {c}: {what}")
+        lines.append(f"  read warning  {c:,}: {what}")
     inputs, n_inputs = d.get("input_files") or [], d.get("n_input_files", 0)
     shown = inputs if len(inputs) >= n_inputs else inputs[:10] + [None] + inputs[10:]  # the first and last few
     what = {"memory": "(spectra given in memory)", "unknown": "(not recorded)"}
     for f in shown:
         lines.append(f"  input         ... {n_inputs - len(inputs)} more" if f is None else
-                     f"  input         {f['records']} record{'s' if f['records'] != 1 else ''}: "
+                     f"  input         {f['records']:,} record{'s' if f['records'] != 1 else ''}: "
                      f"{f['path'] if f['path'] is not None else what.get(f['source'], f['source'])}")
     lines += [
-        f"peaks           {d['n_peaks']}",
-        f"polarity        {d['n_positive']} positive, {d['n_negative']} negative"
-        + (f", {d['n_unknown_polarity']} unknown" if d.get("n_unknown_polarity") else ""),
-        f"formulas        {d['n_formulas']}" + _derived_formulas(d),
+        f"peaks           {d['n_peaks']:,}",
+        f"polarity        {d['n_positive']:,} positive, {d['n_negative']:,} negative"
+        + (f", {d['n_unknown_polarity']:,} unknown" if d.get("n_unknown_polarity") else ""),
+        f"formulas        {d['n_formulas']:,}" + _derived_formulas(d),
         f"preprocessing   {json.dumps(d['preprocess']) if d['preprocess'] is not None else 'none (peaks as read)'}",
         f"faiss           {d['faiss']['index'] if d['faiss'] else 'no'}"
         + (f", thresholds {d['faiss']['theta']['index']}" if d["faiss"] and d["faiss"].get("theta") else ""),

@@ -51,7 +51,8 @@ MIN_TOP1 = 0.8
               help="Synthetic library size.")
 @click.option("--n-queries", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Queries per mode (perturbed copies of library spectra).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the synthetic library and its queries.")
 @click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the index here (default: a temporary directory, removed afterwards).")

@@ -146,7 +146,9 @@ def _log_warnings(log, warnings: dict | None) -> None:
               help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "
                    "precursor peak 100) [default: bins of --tolerance].")
 @click.option("--precursor-tolerance", default=None, help="Identity-mode precursor window  [default: 0.01da].")
-@click.option("--engine", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True)
+@click.option("--engine", type=click.Choice(["exact", "faiss"]), default="exact", show_default=True,
+              help="exact: every mode, exact top-k; faiss: candidates from the index's FAISS vectors (--nprobe, "
+                   "--n-candidates) rescored exactly, open / analog / hybrid only, recall below 1.")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="FAISS: inverted lists visited.")
 @click.option("--n-candidates", type=click.IntRange(min=1), default=None, help="FAISS: candidates rescored per query.")
 @click.option("--no-neighbour", "no_neighbour", type=click.Choice(["skip", "fallback", "empty"]), default="skip", show_default=True,

@@ -28,7 +28,8 @@ def write_spectra(spectra, path: str) -> None:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Random seed (same arguments, same bytes).")
 @click.option("--seed-library", type=click.Path(dir_okay=False), default=None,
               help="Grow this real library (perturbed copies) instead of pure synthetic spectra.")
-@click.option("--polarity", type=click.Choice(["both", "positive", "negative"]), default="both", show_default=True)
+@click.option("--polarity", type=click.Choice(["both", "positive", "negative"]), default="both", show_default=True,
+              help="Ion modes to generate (or to keep from a seed library).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Output file: .parquet, .h5, .mgf or .msp.")
 @click.option("--queries", "n_queries", type=click.IntRange(min=1), default=None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 
 import click
@@ -15,7 +16,16 @@ _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binne
 
 
 def _log(quiet: bool):
-    return (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
+    return (lambda msg: None) if quiet else _echo_err
+
+
+def _echo_err(msg: str) -> None:
+    """A line on stderr; above a running tqdm bar, not into its line (the compile notice during a build)."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):
+        tqdm.tqdm.write(msg, file=sys.stderr)
+    else:
+        click.echo(msg, err=True)
 
 
 def _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k):

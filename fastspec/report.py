@@ -20,6 +20,13 @@ from fastspec.errors import FastspecError
 REFERENCE = (1.0, 0.0, False)  # intensity_power, mz_power, shuffle of the "default" ablation row
 
 
+def _reference(d: dict) -> tuple:
+    """An ablation's reference row: its ``reference_power`` at mz_power 0, unshuffled (a grid without
+    intensity_power 1 dropped the summary and split profiles when this was fixed at 1)."""
+    power = (d.get("config") or {}).get("reference_power")
+    return REFERENCE if power is None else (float(power), 0.0, False)
+
+
 @dataclass
 class Block:
     kind: str  # "h", "p", "table", "figure"
@@ -69,8 +76,9 @@ def _evaluations(docs: list[dict]) -> list[tuple[str, dict]]:
     runs = []
     for d in docs:
         if "rows" in d:
+            ref = _reference(d)
             for r in d["rows"]:
-                if (r.get("intensity_power"), r.get("mz_power"), r.get("shuffle")) == REFERENCE and not r.get("embedding"):
+                if (r.get("intensity_power"), r.get("mz_power"), r.get("shuffle")) == ref and not r.get("embedding"):
                     runs.append((str(r.get("split")), r.get("config") or {}, r))
         else:
             c = d.get("config", {})
@@ -296,7 +304,7 @@ def _ablation(d: dict, figures: bool) -> list[Block]:
         out += [
             Block("h", "Intensity-blind confusions", 3),
             Block("p", "Per test spectrum, top-1 under unweighted peaks (intensity_power 0) vs intensity-aware peaks "
-                       "(intensity_power 1): how many wrong binary predictions intensity fixes, how many right ones it "
+                       f"(intensity_power {_reference(d)[0]:g}): how many wrong binary predictions intensity fixes, how many right ones it "
                        "breaks, and (shares of compared spectra) how often the intensity-aware top-1 has a higher or "
                        "lower Tanimoto than the binary one."),
             Block("table", header=["split", "compared", "binary wrong", "fixed", "fixed share", "binary right", "broken",

@@ -378,6 +378,21 @@ def test_ablation_grid_without_mz_power_zero(massbank_small):
             ablate(massbank_small, ["random"], metric="cosine", n_bootstrap=0, **kw)
 
 
+def test_report_of_ablation_with_another_reference_power(massbank_small):
+    """A grid without intensity_power 1 (reference_power 0.5) still gets its summary and split profiles,
+    and the intensity-blind text names the power compared (both were fixed at 1)."""
+    import json
+
+    from fastspec.ablation import ablate
+    from fastspec.evaluate import _clean
+    from fastspec.report import report_markdown
+
+    out = ablate(massbank_small, ["inchikey"], preset="khoo2026", intensity_powers=(0.0, 0.5), mz_powers=(0.0,),
+                 reference_power=0.5, shuffle=False, n_bootstrap=0)
+    md = report_markdown([json.loads(json.dumps(_clean(out)))])
+    assert "## Summary" in md and "intensity_power 0.5)" in md and "intensity_power 1)" not in md
+
+
 def test_ablation_embeddings(massbank_small):
     from fastspec.ablation import ablate
 

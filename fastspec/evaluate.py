@@ -112,6 +112,38 @@ CI_METRICS = ("coverage", "mean_tanimoto", "mean_tanimoto_all", "exact_match_rat
 HIT_KS = (1, 5, 10)
 
 
+def _draws(split) -> bool:
+    """Whether a split spec draws its test set (and so uses ``test_fraction``)."""
+    from fastspec.splits import check_split_spec
+
+    return isinstance(split, str) and check_split_spec(split) in ("random", "inchikey", "formula", "scaffold", "l2s")
+
+
+def _plain(d: dict) -> dict:
+    """A JSON-ready copy of a parameter dict (numpy scalars as numbers, other objects as text)."""
+    out = {}
+    for k, v in dict(d).items():
+        if isinstance(v, np.generic):
+            v = v.item()
+        out[str(k)] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+    return out
+
+
+def _versions() -> dict:
+    """Versions of what an evaluation's numbers depend on."""
+    import importlib.metadata as md
+
+    from fastspec._version import __version__
+
+    out = {"fastspec": __version__}
+    for name, dist in (("numpy", "numpy"), ("numba", "numba"), ("pyarrow", "pyarrow"), ("rdkit", "rdkit")):
+        try:
+            out[name] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 # ====================================================================== configuration
 def search_config(preset: str | None = None, base: SearchConfig | None = None, **overrides) -> SearchConfig:
     """A validated :class:`SearchConfig`: ``preset`` (or ``base``, or the defaults) with overrides.
@@ -411,8 +443,14 @@ class Evaluation:
             self.profile["n_excluded"] = n_out
         self.timing["split"] = time.perf_counter() - t0
         self.split_spec = split if queries is None else "queries"
-        self.split_args = {"split": self.split_spec, "test_fraction": test_fraction if queries is None else None, "seed": seed,
-                           "molecule_disjoint": molecule_disjoint, "ion_mode": ion_mode, "fingerprint": self.fingerprint}
+        drawn = queries is None and self.split is not None and _draws(split)
+        self.split_args = {"split": self.split_spec, "test_fraction": test_fraction if drawn else None, "seed": seed,
+                           "molecule_disjoint": molecule_disjoint, "ion_mode": ion_mode, "fingerprint": self.fingerprint,
+                           # what else a rerun needs: the split's own parameters (l2s: iterations, patience, ...),
+                           # the fingerprint cache (its bits are reused as stored) and the versions (RDKit's Morgan bits)
+                           "split_params": _plain(self.split.params) if self.split is not None else {},
+                           "fingerprint_cache": None if fingerprint_cache is None else str(fingerprint_cache),
+                           "versions": _versions()}
         if queries is not None:
             self.split_args["queries"] = str(queries) if isinstance(queries, (str, Path)) else "<object>"
         if isinstance(library, (str, Path)):

@@ -378,6 +378,23 @@ def test_ablation_grid_without_mz_power_zero(massbank_small):
             ablate(massbank_small, ["random"], metric="cosine", n_bootstrap=0, **kw)
 
 
+def test_results_say_what_a_rerun_needs(massbank_small, tmp_path):
+    """The config holds the split's own parameters (l2s options were dropped), the fingerprint cache, the
+    versions the numbers depend on, and test_fraction only for splits that draw their test set."""
+    import json
+
+    from fastspec.evaluate import evaluate
+
+    r = evaluate(massbank_small, "l2s", preset="khoo2026", seed=7, n_bootstrap=0, fingerprint_cache=tmp_path / "fp",
+                 l2s_options=dict(max_iter=2, patience=1, l2=5.0), output=tmp_path / "r.json")
+    c = json.loads((tmp_path / "r.json").read_text())["config"]
+    assert c["split_params"]["max_iter"] == 2 and c["split_params"]["patience"] == 1 and c["split_params"]["l2"] == 5.0
+    assert c["fingerprint_cache"] == str(tmp_path / "fp") and c["test_fraction"] == r["config"]["test_fraction"] == 0.2
+    assert c["versions"]["fastspec"] and c["versions"]["rdkit"] and c["versions"]["numpy"]
+    given = evaluate(massbank_small, "adduct:[M+H]+", preset="khoo2026", n_bootstrap=0)
+    assert given["config"]["test_fraction"] is None  # a given test set: no fraction was drawn
+
+
 def test_report_of_ablation_with_another_reference_power(massbank_small):
     """A grid without intensity_power 1 (reference_power 0.5) still gets its summary and split profiles,
     and the intensity-blind text names the power compared (both were fixed at 1)."""

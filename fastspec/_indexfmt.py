@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fastspec._atomic import ACTIVE_TEMPORARIES, naming_output, remove_stale_temporaries, temporary_name  # noqa: F401
-from fastspec.errors import IndexFormatError
+from fastspec.errors import FastspecError, IndexFormatError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
 #: 2: fragment and neutral-loss entries grouped by polarity (``frag_groups``, ``nl_groups``).
@@ -107,7 +107,12 @@ def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool
             arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except FileNotFoundError:
         raise IndexFormatError(f"index file missing: {path}") from None
-    except (ValueError, OSError, EOFError) as e:
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # this process's limits, not the index
+            raise FastspecError(f"cannot map {path}: {e.strerror} (each searched Library holds its files "
+                                "open until Library.close() or garbage collection)") from None
+        raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None
+    except (ValueError, EOFError) as e:
         raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None
     if entry is not None:
         if arr.dtype.str != entry.get("dtype") or list(arr.shape) != list(entry.get("shape", [])):

@@ -33,6 +33,30 @@ import numba
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"
 
+
+def _layer_already_started() -> str | None:
+    """The threading layer numba already launched before this module could pin workqueue (the host touched
+    ``numba.get_num_threads()`` or ran a parallel kernel first), if it is not workqueue; else None."""
+    try:
+        from numba.np.ufunc import parallel
+
+        if not getattr(parallel, "_is_initialized", False):
+            return None
+        layer = numba.threading_layer()
+    except Exception:  # noqa: BLE001 - numba internals differ between versions: no check then
+        return None
+    return None if layer == "workqueue" else layer
+
+
+if "NUMBA_THREADING_LAYER" not in os.environ and _layer_already_started() == "omp":
+    import warnings
+
+    # the layer is chosen once per process: omp's libgomp beside faiss's, and forked children that search
+    # abort ("fork() called from a process already using GNU OpenMP") or hang a pool
+    warnings.warn("numba's thread pool was started with the 'omp' layer before fastspec was imported; fastspec's "
+                  "kernels then share it with faiss's OpenMP, and forked children that search may abort. Import "
+                  "fastspec's kernels first, or set NUMBA_THREADING_LAYER=workqueue.", RuntimeWarning, stacklevel=2)
+
 FASTMATH = False
 NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")
 PJIT = dict(NJIT, parallel=True)

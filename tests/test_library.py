@@ -1343,3 +1343,38 @@ def test_append_and_overwrite_through_a_symlink(raw_lib, subsets, tmp_path):
     Library.build(subsets[0][:100], link, preprocess=None, faiss=False, overwrite=True)
     assert link.is_symlink() and len(Library.open(v1)) == 100
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current.fastspec", "v1.fastspec"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+def test_close_releases_descriptors_and_the_library_stays_usable(raw_lib, subsets):
+    """A searched library holds its mapped files open (29 descriptors after an analog search, an audit);
+    close() or a with-block releases them now, and a later search maps them again."""
+    import gc
+
+    _, queries = subsets
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    gc.collect()
+    n0 = fds()
+    with Library.open(raw_lib.path) as lib:
+        first = lib.search(queries[:5], k=5, mode="analog")
+        assert fds() > n0
+    del first  # hits keep their library (not its mappings)
+    gc.collect()
+    assert fds() == n0
+    again = lib.search(queries[:5], k=5, mode="analog")
+    assert again.indices.shape == (5, 5) and fds() > n0
+
+
+def test_running_out_of_descriptors_is_not_called_corruption(raw_lib, monkeypatch):
+    import errno
+
+    from fastspec import _indexfmt
+
+    def full(*a, **k):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    lib = Library.open(raw_lib.path)
+    monkeypatch.setattr(_indexfmt.np, "load", full)
+    with pytest.raises(FastspecError, match="Too many open files.*Library.close") as e:
+        lib.array("mz")
+    assert not isinstance(e.value, IndexFormatError)

@@ -124,3 +124,18 @@ def test_numba_functions_use_shared_config():
                         assert call is not None, f"{path.name}:{node.name} uses bare @{name}"
                         kw = [k.arg for k in call.keywords]
                         assert None in kw or "cache" in kw, f"{path.name}:{node.name} lacks **NJIT/**PJIT"
+
+
+def test_a_threading_layer_started_before_fastspec_is_warned_about():
+    """The workqueue pin takes effect only if numba's pool has not started: a host that started it with
+    omp first gets a warning (forked children that search then abort or hang a pool: an audit)."""
+    code = ("import warnings, numba; numba.get_num_threads(); layer = numba.threading_layer()\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always'); import fastspec.kernels.topk\n"
+            "print(layer, any('omp' in str(x.message) for x in w))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
+    assert out[1] == str(out[0] == "omp")
+    code = "import warnings; warnings.simplefilter('error'); import fastspec.kernels.topk, numba; print(numba.config.THREADING_LAYER)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True).stdout.strip() == "workqueue"

@@ -187,11 +187,22 @@ class LabData:
         """Extract and harmonise the labels of ``spectra`` (no fingerprints yet)."""
         from fastspec.chem.adducts import normalize_adduct
         from fastspec.chem.formula import canonical_formula
-        from fastspec.fingerprints import first_block, formulas_from_inchi, formulas_from_smiles, molecule_keys
+        from fastspec.fingerprints import (first_block, formulas_from_inchi, formulas_from_smiles, molecule_keys,
+                                           smiles_from_inchi)
 
         md = spectra.metadata
         n = len(spectra)
         smiles = _map_unique(_col(md, "smiles"), _clean_str, n)
+        inchi = _map_unique(_col(md, "inchi"), _clean_str, n)
+        # a structure given only as an InChI: its SMILES, so that it is fingerprinted and has a scaffold (it
+        # was an invalid structure: excluded from test, Tanimoto 0 as a prediction, a scaffold group of its own)
+        only_inchi = [i for i in range(n) if not smiles[i] and inchi[i]]
+        n_smiles_from_inchi = 0
+        if only_inchi:
+            for i, smi in zip(only_inchi, smiles_from_inchi([inchi[i] for i in only_inchi])):
+                if smi:
+                    smiles[i] = smi
+                    n_smiles_from_inchi += 1
         mol = _map_unique(_col(md, "inchikey14"), first_block, n)
         if any(m is None for m in mol):
             ik = _map_unique(_col(md, "inchikey"), first_block, n)
@@ -212,7 +223,6 @@ class LabData:
         formula = _map_unique(_col(md, "formula"), canon, n)
         n_derived = {}
         if derive_formula:  # from the SMILES, else the InChI (GNPS records often give only an InChI)
-            inchi = _map_unique(_col(md, "inchi"), _clean_str, n)
             for key, structure, derive in (("smiles", smiles, formulas_from_smiles),
                                            ("inchi", inchi, formulas_from_inchi)):
                 missing = [i for i in range(n) if formula[i] is None and structure[i]]
@@ -234,6 +244,7 @@ class LabData:
             "n_spectra": n,
             "n_no_molecule": sum(m is None for m in mol),
             "n_molecule_from_smiles": n_from_smiles,
+            "n_smiles_from_inchi": n_smiles_from_inchi,
             "n_no_formula": sum(f is None for f in formula),
             "n_formula_from_smiles": n_derived.get("smiles", 0),
             "n_formula_from_inchi": n_derived.get("inchi", 0),

@@ -434,6 +434,13 @@ def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
     return map_smiles(smiles, _formula_of)
 
 
+def smiles_from_inchi(inchi: Sequence[str | None]) -> list[str | None]:
+    """Canonical SMILES (RDKit) of each InChI, for records that give a structure only as an InChI (GNPS,
+    MoNA exports): fingerprints, scaffolds and molecule keys read SMILES. None when missing or unparsable."""
+    Chem = _rdkit()
+    return map_smiles(inchi, Chem.MolToSmiles, parse=mol_from_inchi)
+
+
 def formulas_from_inchi(inchi: Sequence[str | None]) -> list[str | None]:
     """Molecular formula of each InChI, as :func:`formulas_from_smiles` gives it for the structure (RDKit
     applies the InChI's charge and proton layers); None when missing or unparsable."""

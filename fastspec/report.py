@@ -220,7 +220,8 @@ def _labels_note(evals) -> list[Block]:
     for label, r in evals:
         for side, c in (r.get("labels") or {}).items():
             text = (f"{side}: {_f(c.get('n_spectra'))} spectra read, {_f(c.get('n_no_molecule'))} without a molecule "
-                    f"key ({_f(c.get('n_molecule_from_smiles'))} keyed from their SMILES), {_f(c.get('n_no_formula'))} "
+                    f"key ({_f(c.get('n_molecule_from_smiles'))} keyed from their SMILES), "
+                    f"{_f(c.get('n_smiles_from_inchi', 0))} structures given only as an InChI, {_f(c.get('n_no_formula'))} "
                     f"without a formula ({_f(c.get('n_formula_from_smiles'))} formulas derived from the SMILES, "
                     f"{_f(c.get('n_formula_from_inchi'))} from the InChI), {_f(c.get('n_ce_normalized'))} normalized "
                     f"(NCE %) collision energies")

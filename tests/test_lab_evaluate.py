@@ -103,7 +103,7 @@ def test_metrics_skip_policy_by_hand():
     assert r["n_test"] == 4 and r["n_scored"] == 2
     # how the labels were read: every formula was written, none derived; energies are absolute
     assert r["labels"] == {"library": {"n_spectra": 7, "n_no_molecule": 0, "n_molecule_from_smiles": 7,
-                                       "n_no_formula": 0, "n_formula_from_smiles": 0, "n_formula_from_inchi": 0,
+                                       "n_smiles_from_inchi": 0, "n_no_formula": 0, "n_formula_from_smiles": 0, "n_formula_from_inchi": 0,
                                        "n_ce_normalized": 0}}
     assert r["coverage"] == pytest.approx(0.5)
     assert r["mean_tanimoto"] == pytest.approx((1 + t_eo) / 2)
@@ -376,6 +376,33 @@ def test_ablation_grid_without_mz_power_zero(massbank_small):
     for kw in ({"intensity_power": 0.5}, {"mz_power": 3.0}):
         with pytest.raises(ParameterError, match="grid"):
             ablate(massbank_small, ["random"], metric="cosine", n_bootstrap=0, **kw)
+
+
+def test_structures_given_only_as_inchi():
+    """A record with an InChI but no SMILES (GNPS, MoNA exports) is fingerprinted and has its scaffold from
+    the InChI; it was an invalid structure: excluded from test, scored 0 as a prediction, a scaffold group of
+    its own (so a ring system sat on both sides of a scaffold split)."""
+    from rdkit import Chem
+
+    from fastspec.baseline import LabData
+    from fastspec.evaluate import evaluate
+    from fastspec.splits import scaffold_groups
+
+    smis = ["Oc1ccccc1", "Nc1ccccc1", "Cc1ccccc1", "Clc1ccccc1", "CCCO"]
+    recs = []
+    for k, smi in enumerate(smis):
+        m = Chem.MolFromSmiles(smi)
+        for r in range(3):
+            recs.append(dict(id=f"{k}_{r}", smiles=None if k == 0 else smi, inchi=Chem.MolToInchi(m),
+                             inchikey=Chem.MolToInchiKey(m), ion_mode="positive", adduct="[M+H]+"))
+    n = len(recs)
+    sp = Spectra.from_arrays([np.array([50.0 + i % 7, 77.0]) for i in range(n)], [np.array([1.0, 2.0])] * n,
+                             precursor_mz=[100.0] * n, metadata={k: [r[k] for r in recs] for k in recs[0]})
+    lab = LabData.build(sp)
+    assert lab.counts["n_smiles_from_inchi"] == 3 and Chem.CanonSmiles(lab.smiles[0]) == Chem.CanonSmiles("Oc1ccccc1")
+    assert scaffold_groups(lab)[0] == scaffold_groups(lab)[3] == "c1ccccc1"
+    r = evaluate(sp, "random", seed=0, n_bootstrap=0, test_fraction=0.4)
+    assert not any("invalid_structure" in k and v for k, v in r["excluded"].items()), r["excluded"]
 
 
 def test_results_say_what_a_rerun_needs(massbank_small, tmp_path):

@@ -186,7 +186,7 @@ class LabData:
     def build(cls, spectra: Spectra, *, derive_formula: bool = True) -> "LabData":
         """Extract and harmonise the labels of ``spectra`` (no fingerprints yet)."""
         from fastspec.chem.adducts import normalize_adduct
-        from fastspec.chem.formula import canonical_formula
+        from fastspec.chem.formula import canonical_formulas
         from fastspec.fingerprints import (first_block, formulas_from_inchi, formulas_from_smiles, molecule_keys,
                                            smiles_from_inchi)
 
@@ -215,8 +215,8 @@ class LabData:
                 mol[i] = k
 
         def canon(v):
-            try:
-                return canonical_formula(v)
+            try:  # "NaN" / "inf" are missing, as for the library's buckets (canonical_formulas), not N + Na
+                return canonical_formulas([v])[0]
             except Exception:  # unparsable formula: treated as missing (counted)
                 return None
 
@@ -232,8 +232,8 @@ class LabData:
                 n_derived[key] = sum(formula[i] is not None for i in missing)
 
         def norm_adduct(v):
-            try:
-                return normalize_adduct(v)
+            try:  # unreadable: kept as written (a bucket of its own), not dropped (normalize_adduct gives None)
+                return normalize_adduct(v) or _clean_str(v)
             except Exception:
                 return _clean_str(v)
 

@@ -423,12 +423,16 @@ def map_smiles(smiles: Sequence[str | None], fn, parse=None) -> list:
 def _formula_of(mol):
     from rdkit.Chem.rdMolDescriptors import CalcMolFormula
 
-    return None if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()) else CalcMolFormula(mol)
+    if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()):
+        return None
+    # isotopes kept apart ([13C], D, T), as a written formula keeps them: a d8 compound's derived formula was
+    # its unlabelled parent's, and it shared that bucket (an audit)
+    return CalcMolFormula(mol, separateIsotopes=True, abbreviateHIsotopes=True)
 
 
 def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:
     """Molecular formula (Hill order, RDKit; with the charge the SMILES carries, components of a salt
-    summed) of each SMILES; None when unparsable or when it holds dummy atoms (``*``, R groups: RDKit
+    summed, isotopes apart: ``[2H]C([2H])([2H])O`` is ``CHD3O``) of each SMILES; None when unparsable or when it holds dummy atoms (``*``, R groups: RDKit
     writes ``*2`` into the formula, which is no formula)."""
     _rdkit()
     return map_smiles(smiles, _formula_of)

@@ -156,3 +156,15 @@ def test_massbank_precursor_types(massbank_parquet):
         sel = np.array([c == name for c in canon]) & np.isfinite(pmz) & np.isfinite(em)
         err = np.abs(A.precursor_mz_from_mass(em[sel], name) - pmz[sel])
         assert np.median(err) < 2e-3, (name, np.median(err))
+
+
+def test_ac_is_acetic_acid_and_polarity_zero_is_refused():
+    """[M+Ac-H]- read Ac as actinium (526 Da for M = 300, and a bucket of its own): it is acetic acid."""
+    from fastspec.chem.adducts import AdductError, known_adducts, normalize_adduct, precursor_mz_from_mass
+
+    for a in ("[M+Ac-H]-", "[M-H+Ac]-", "M+Ac-H"):
+        assert normalize_adduct(a) == "[M+CH3COO]-"
+        assert precursor_mz_from_mass(300.0, a) == pytest.approx(precursor_mz_from_mass(300.0, "[M+CH3COO]-"))
+    assert precursor_mz_from_mass(300.0, "[M+Ac-H]-") == pytest.approx(359.0139, abs=1e-4)
+    with pytest.raises(AdductError):
+        known_adducts(0)

@@ -180,3 +180,21 @@ def test_massbank_formulas_parse(massbank_parquet):
     assert all(F.canonical_formula(c) == c for c in distinct)
     assert F.canonical_formulas(["[C9H16ClN4]+"]) == ["C9H16ClN4+"]
     assert math.isclose(len(distinct), len({v for v in present}), rel_tol=0.05)
+
+
+def test_superscript_charges_whitespace_between_counts_and_isotopes_from_smiles():
+    """From a chemistry audit: a superscript charge is a charge (C6H5O7³⁻ read as O73-, 1244 Da); whitespace
+    between two numbers is refused (C6H12O6 2H2O merged into C6H14O63); a formula derived from an isotope-
+    labelled SMILES keeps its isotopes, as a written one does (a d3 compound shared its parent's bucket)."""
+    from fastspec.chem.formula import FormulaError, canonical_formula, formula_mass
+    from fastspec.fingerprints import formulas_from_inchi, formulas_from_smiles
+
+    assert canonical_formula("C6H5O7³⁻") == canonical_formula("C6H5O7 3-") == "C6H5O7-3"
+    assert canonical_formula("Fe²⁺") == canonical_formula("[Fe]2+") == "Fe+2"
+    assert formula_mass("C6H5O7³⁻") == pytest.approx(189.0052, abs=1e-4)
+    with pytest.raises(FormulaError, match="whitespace between two numbers"):
+        canonical_formula("C6H12O6 2H2O")
+    assert canonical_formula("C6 H12 O6") == "C6H12O6"
+    assert formulas_from_smiles(["[2H]C([2H])([2H])O", "[13CH3]O", "CO"]) == ["CHD3O", "[13C]H4O", "CH4O"]
+    assert canonical_formula(formulas_from_smiles(["[2H]C([2H])([2H])O"])[0]) == canonical_formula("CD3OH")
+    assert formulas_from_inchi(["InChI=1S/CH4O/c1-2/h2H,1H3/i1D3"]) == ["CHD3O"]

@@ -405,6 +405,19 @@ def test_structures_given_only_as_inchi():
     assert not any("invalid_structure" in k and v for k, v in r["excluded"].items()), r["excluded"]
 
 
+def test_lab_labels_nan_formula_and_unreadable_adduct():
+    """'NaN' is a missing formula in the lab as in the library (it was N + Na); an adduct the table cannot
+    read keeps its spelling (a formula+adduct bucket of its own) instead of none."""
+    from fastspec.baseline import LabData
+
+    sp = Spectra.from_arrays([np.array([50.0, 77.0])] * 2, [np.array([1.0, 2.0])] * 2, precursor_mz=[100.0] * 2,
+                             metadata={"formula": ["NaN", "C6H6O"], "adduct": ["[M+Formate]-", "[M-H]-"],
+                                       "ion_mode": ["negative"] * 2})
+    lab = LabData.build(sp, derive_formula=False)
+    assert lab.formula == [None, "C6H6O"]
+    assert lab.adduct == ["[M+Formate]-", "[M-H]-"]
+
+
 def test_results_say_what_a_rerun_needs(massbank_small, tmp_path):
     """The config holds the split's own parameters (l2s options were dropped), the fingerprint cache, the
     versions the numbers depend on, and test_fraction only for splits that draw their test set."""

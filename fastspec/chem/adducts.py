@@ -11,7 +11,7 @@ Notation accepted
 ``M-H2O+H``, ``[M+FA-H]-``, ``[M+HCOO]-``, ``[M-H]1-``; terms are formulas (``H2O``, ``CH3COO``, ``NH4``,
 ``[13C]`` ...) or the usual solvent abbreviations (:data:`ABBREVIATIONS`: ACN, FA, Hac, TFA, DMSO, IsoProp,
 MeOH ...) with an optional count (``+2ACN``); ``OAc`` / ``AcO`` / ``Oac`` are acetate (``CH3COO``, never oxygen and
-actinium). Radical marks (``*``, ``•``, ``.``) are dropped: ``[M]+*`` is
+actinium) and ``Ac`` alone acetic acid, as ``Hac`` (``[M+Ac-H]-`` is ``[M+CH3COO]-``). Radical marks (``*``, ``•``, ``.``) are dropped: ``[M]+*`` is
 ``[M]+`` (same m/z). Without a charge, a notation that names exactly one table adduct (``M+H`` ->
 ``[M+H]+``) takes its charge; otherwise the charge is inferred from the ionic terms (H, alkali metals, NH4
 count +1; halides, formate and acetate -1).
@@ -74,6 +74,8 @@ ABBREVIATIONS: dict[str, str] = {
 _ABBREV_ALIASES = {
     "MeCN": "ACN", "AcN": "ACN", "HAc": "Hac", "HAC": "Hac", "AcOH": "Hac", "IPA": "IsoProp", "iPrOH": "IsoProp",
     "ISOPROP": "IsoProp", "Isoprop": "IsoProp", "IsoPro": "IsoProp", "fa": "FA",
+    # acetic acid, as in [M+Ac-H]- (= [M+CH3COO]-); read as a formula, actinium: 526 Da for M = 300
+    "Ac": "Hac",
 }
 #: Group abbreviations spelled as the formula term they stand for: ``OAc`` (acetate) would otherwise read
 #: as oxygen + actinium, 243 Da instead of 59. ``Oac`` is a spelling found in public libraries
@@ -274,6 +276,8 @@ def known_adducts(polarity: int | str | None = None) -> list[str]:
     p = polarity
     if isinstance(p, str):
         p = 1 if p.strip().lower().startswith(("p", "+")) else -1
+    if not p:  # 0 (unknown) read as negative
+        raise AdductError(f"polarity must be +1 / 'positive' or -1 / 'negative', got {polarity!r}")
     return [k for k, a in ADDUCTS.items() if a.polarity == (1 if p > 0 else -1)]
 
 
@@ -390,6 +394,10 @@ def precursor_mz_from_mass(neutral_mass, adduct, errors: str = "raise"):
     Parameters
     ----------
     neutral_mass : float or array-like of float
+        The mass of M with its atoms neutral. For a permanently charged molecule written as ``[M]+`` (a
+        cation formula such as ``C9H14N+``), that is the formula's mass *without* its charge: the adduct's
+        shift removes the electron (``formula_mass`` of the cation, which has already removed it, would
+        put the m/z 0.549 mDa low).
     adduct : str, Adduct, or sequence of them (one per mass; broadcast like numpy)
     errors : {"raise", "nan"}
         Unreadable adducts raise :class:`AdductError` or give NaN.

@@ -10,7 +10,7 @@ from __future__ import annotations
 #: Mass of the electron (CODATA 2014), Da. A positive ion weighs ``z`` electrons less than its atoms.
 ELECTRON_MASS = 0.000548579909
 
-#: Mass of the proton (CODATA 2018), Da. Equals ``MONOISOTOPIC["H"] - ELECTRON_MASS`` to 1e-9.
+#: Mass of the proton (CODATA 2018), Da. Equals ``MONOISOTOPIC["H"] - ELECTRON_MASS`` to 2e-8.
 PROTON_MASS = 1.007276466621
 
 #: Element symbol -> monoisotopic (most abundant isotope) mass, Da.

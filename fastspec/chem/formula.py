@@ -15,7 +15,9 @@ Accepted syntax (whitespace is ignored, except that it may separate a trailing c
   atom counts (PubChem / RDKit convention): ``C9H16ClN4+`` is N4 with charge +1, and ``Fe2+`` is Fe2 with
   charge +1 -- write ``[Fe]2+`` or ``Fe+2`` for the iron(II) ion.
 * ``.`` between two digits separates components (``C6H12O6.2H2O``); fractional counts do not exist.
-* Unicode subscript/superscript digits and the minus sign ``−`` are read as ASCII.
+* Unicode subscript/superscript digits and the minus sign ``−`` are read as ASCII; a trailing charge in
+  superscripts is a charge (``C6H5O7³⁻``, ``Fe²⁺`` is iron(II)). Whitespace between two numbers
+  (``C6H12O6 2H2O``) is refused rather than merging them.
 
 Anything else (lower-case symbols, unknown elements, ``(C6H10O5)n``, unbalanced brackets, empty strings)
 raises :class:`FormulaError`.
@@ -204,14 +206,26 @@ def _parse_cached(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
     return _parse_str(text)
 
 
+#: a trailing charge written in superscripts (``C6H5O7³⁻``, ``Fe²⁺``): a charge, never atom counts
+_SUPERSCRIPT_CHARGE = re.compile(r"([⁰¹²³⁴⁵⁶⁷⁸⁹]*)([⁺⁻])([⁰¹²³⁴⁵⁶⁷⁸⁹]*)\s*$")
+#: whitespace between two digits ("C6H12O6 2H2O"): removed, it merged counts into a wrong formula
+_DIGITS_SPACED = re.compile(r"\d\s+\d")
+
+
 @lru_cache(maxsize=1 << 17)
 def _parse_str(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
+    sup = _SUPERSCRIPT_CHARGE.search(text)
+    if sup and not (sup.group(1) and sup.group(3)):  # spaced as a charge, which _SPACED_CHARGE then reads
+        text = f"{text[: sup.start()]} {sup.group(1) or sup.group(3)}{sup.group(2)}"
     s = text.translate(_TRANS).strip()
     m = _SPACED_CHARGE.search(s)
     tail = ""
     if m:  # "C6H5O7 3-": a charge separated by whitespace is unambiguous
         tail, s = m.group(1), s[: m.start()]
         tail = tail if tail[0] in "+-" else tail[-1] + tail[:-1]
+    if _DIGITS_SPACED.search(s):
+        raise FormulaError(f"whitespace between two numbers in formula {text!r} (a hydrate is written "
+                           "'C6H12O6.2H2O')")
     s = "".join(s.split()) + tail
     if not s:
         raise FormulaError(f"empty formula {text!r}")

@@ -14,9 +14,11 @@ Steps (registry :data:`STEPS`; parameter aliases accepted in strings in brackets
     Keep ``min_mz <= mz <= max_mz`` (inclusive, as matchms ``select_by_mz``); None: no upper bound.
 ``remove_precursor(window=1.6 [da, precursor_ions_removal_da], above=True)``
     ``above=True``: drop peaks with ``mz > precursor_mz - window`` -- the precursor, its isotopes and
-    anything heavier (ms_entropy's ``precursor_ions_removal_da``; matchms
-    ``remove_peaks_relative_to_precursor_mz``). ``above=False``: drop only ``|mz - precursor_mz| <= window``.
-    Spectra without a precursor m/z (NaN) keep all peaks.
+    anything heavier, as matchms ``remove_peaks_relative_to_precursor_mz`` (a peak exactly at
+    ``precursor_mz - window`` stays, and a window at or above the precursor m/z drops every peak). ms_entropy's
+    ``precursor_ions_removal_da`` (:func:`entropy_clean`, the default pipeline) differs at both edges: it
+    drops the bound itself and removes nothing when the bound is not positive. ``above=False``: drop only
+    ``|mz - precursor_mz| <= window``. Spectra without a precursor m/z (NaN) keep all peaks.
 ``merge_peaks(tolerance=0.05 [tol])``
     Da (float / ``"0.05da"``) or ppm (``"10ppm"``). ms_entropy's ``centroid_spectrum`` rule: from the most
     intense peak down (ties: higher m/z first), each peak absorbs the unmerged peaks within the tolerance
@@ -164,7 +166,8 @@ def merge_peaks(spectra: Spectra, tolerance: "float | str | Tolerance" = 0.05, *
 
 
 def noise_cut(spectra: Spectra, relative: float = 0.01, *, threads: int | None = None) -> Spectra:
-    """Drop peaks below ``relative`` times the spectrum's base peak (``relative`` in [0, 1])."""
+    """Drop peaks below ``relative`` times the spectrum's base peak (``relative`` in [0, 1]); compared as
+    ``intensity / base >= relative``, as matchms' ``select_by_relative_intensity`` does."""
     return _with(spectra, _pk().noise_cut_csr(*_csr(spectra), relative=relative, threads=threads))
 
 
@@ -207,7 +210,8 @@ def entropy_clean(spectra: Spectra, min_mz: float = -1.0, max_mz: float = -1.0, 
                   max_peak_num: int = -1, normalize_intensity: bool = True,
                   precursor_ions_removal_da: float | None = 1.6, *, threads: int | None = None) -> Spectra:
     """ms_entropy's ``clean_spectrum`` (as ``FlashEntropySearch.clean_spectrum_for_search`` calls it) on
-    every spectrum; parameter names and meanings are ms_entropy's (-1 disables a limit).
+    every spectrum; parameter names and meanings are ms_entropy's (-1 disables a limit). With a precursor
+    m/z, ``max_mz`` is the lower of ``max_mz`` and ``precursor_mz - precursor_ions_removal_da``.
 
     Uses :func:`fastspec.kernels.entropy.clean_csr`.
     """
@@ -632,7 +636,8 @@ def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_pr
 
     So the peaks an open entropy search scores are those ms_entropy's ``FlashEntropySearch`` scores.
     Its arithmetic is float32 (m/z included) and its comparisons inclusive, which decides borderline
-    cases: peaks exactly 0.05 Da apart merge, a peak at exactly 1% of the base peak stays. The separate
+    cases: whether peaks 0.05 Da apart merge depends on their m/z's float32 rounding (100 and 100.05 do
+    not, 300 and 300.05 do, in ms_entropy too), a peak at exactly 1% of the base peak stays. The separate
     steps (``remove_precursor``, ``merge_peaks``, ``noise_cut``, ``top_k``) compute in float64 instead,
     and merged differently in 0.3% of the 62k MassBank spectra.
 
@@ -642,8 +647,8 @@ def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_pr
     2. ``mz_range(min_mz, max_mz)`` -- default: all m/z;
     3. ``entropy_clean`` (:func:`entropy_clean`, ``normalize_intensity=False``), which
 
-       * drops peaks with ``mz >= precursor_mz - remove_precursor`` (the precursor and its isotopes
-         dominate spectra but say little about structure; Li & Fiehn 2023);
+       * drops peaks with ``mz >= precursor_mz - remove_precursor`` where that bound is positive (the
+         precursor and its isotopes dominate spectra but say little about structure; Li & Fiehn 2023);
        * centroids peaks ``merge`` apart or closer (0.05 Da; a float in Da, or ``"10ppm"``), so that
          matching peaks at the usual 0.01-0.02 Da search tolerance is unambiguous;
        * drops peaks below ``noise`` (1%) of the base peak;

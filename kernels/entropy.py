@@ -539,7 +539,8 @@ def clean_csr(offsets, mz, intensity, precursor_mz=None, *, min_mz: float = -1.0
     normalize_intensity : bool
     precursor_ions_removal_da : float, optional
         If set, a spectrum with a finite precursor m/z uses ``max_mz = precursor_mz -
-        precursor_ions_removal_da`` (as ms_entropy's ``FlashEntropySearch.clean_spectrum_for_search``).
+        precursor_ions_removal_da`` (as ms_entropy's ``FlashEntropySearch.clean_spectrum_for_search``), or
+        the given ``max_mz`` where that is lower.
     threads : int, optional
         Numba threads (default: all).
 
@@ -568,8 +569,11 @@ def clean_csr(offsets, mz, intensity, precursor_mz=None, *, min_mz: float = -1.0
         if pmz.shape != (n,):
             raise ParameterError("precursor_mz must have one value per spectrum")
         cut = _finite("precursor_ions_removal_da", precursor_ions_removal_da)
-        known = np.isfinite(pmz)
-        hi_each[known] = pmz[known] - cut  # Python double, then float in C: same here
+        pc = pmz - cut  # Python double, then float in C: same here
+        # a cut that is a limit (> 0) applies with a max_mz given too: the lower of the two (the cut alone
+        # used to replace max_mz: entropy_clean(max_mz=200) kept 450 for a precursor of 500, an audit)
+        use = np.isfinite(pc) & (pc > 0)
+        hi_each[use] = np.minimum(hi, pc[use]) if hi > 0 else pc[use]
     hi_each = hi_each.astype(np.float32)
     out_mz = np.empty(mz.shape[0], dtype=np.float64)
     out_int = np.empty(mz.shape[0], dtype=np.float32)

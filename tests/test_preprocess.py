@@ -78,7 +78,7 @@ def ref_remove_precursor(peaks, pmz, window, above):
 def ref_noise_cut(peaks, relative):
     v = [(m, x) for m, x in peaks if _valid(m, x)]
     top = max((x for _, x in v), default=0.0)
-    return [(m, x) for m, x in v if x >= relative * top]
+    return [(m, x) for m, x in v if x / top >= relative]
 
 
 def ref_top_k(peaks, k):
@@ -196,6 +196,9 @@ def test_noise_cut_hand():
     assert _lists(pp.noise_cut(sp, 0.5)) == [[(10.0, 100.0), (40.0, 50.0)], [(5.0, 3.0)], []]
     with pytest.raises(ParameterError):
         pp.noise_cut(sp, 1.5)
+    # a peak exactly on the threshold stays, as in matchms (0.07 * 100 rounds to 7.000000000000001)
+    edge = _sp([[(100.0, 7.0), (200.0, 100.0)], [(100.0, 70.0), (200.0, 1000.0)], [(1.0, 14.0), (2.0, 200.0)]])
+    assert [len(v) for v in _lists(pp.noise_cut(edge, 0.07))] == [2, 2, 2]
 
 
 def test_top_k_hand_and_ties():
@@ -491,6 +494,23 @@ def test_entropy_weight_drops_invalid_peaks_first():
     ref = pp.entropy_weight(Spectra.from_arrays([[60.0, 80.0]], [[1.0, 3.0]]))
     np.testing.assert_allclose(w.intensity, ref.intensity, rtol=1e-6)
     assert abs(float(w.intensity.sum()) - 1.0) < 1e-6
+
+
+def test_entropy_clean_max_mz_with_a_precursor():
+    """max_mz applies to spectra with a precursor too (the precursor cut replaced it: 300 and 450 kept under
+    max_mz=200, an audit); the lower of the two bounds wins, a non-positive precursor cut is no bound."""
+    pytest.importorskip("fastspec.kernels.entropy")
+    ms_entropy = pytest.importorskip("ms_entropy")
+    sp = _sp([[(100.0, 1.0), (300.0, 1.0), (450.0, 1.0)]] * 3 + [[(0.5, 1.0), (1.0, 1.0), (100.0, 1.0)]],
+             precursors=[500.0, None, 320.0, 1.0])
+    got = [[m for m, _ in v] for v in _lists(pp.entropy_clean(sp, max_mz=200, normalize_intensity=False))]
+    assert got == [[100.0], [100.0], [100.0], [0.5, 1.0, 100.0]]
+    got = [[m for m, _ in v] for v in _lists(pp.entropy_clean(sp, max_mz=400, normalize_intensity=False))]
+    assert got == [[100.0, 300.0], [100.0, 300.0], [100.0, 300.0], [0.5, 1.0, 100.0]]
+    pk = np.array([[100.0, 1.0], [300.0, 1.0], [450.0, 1.0]], np.float32)
+    ref = ms_entropy.clean_spectrum(pk, max_mz=min(400, 320.0 - 1.6), noise_threshold=0.01,
+                                    min_ms2_difference_in_da=0.05, normalize_intensity=False)
+    assert ref[:, 0].tolist() == got[2]
 
 
 def test_entropy_steps_match_ms_entropy(massbank_spectra):

@@ -74,9 +74,9 @@ def _default_with(pp, tweaks: dict):
                    "and counted; zero-intensity peaks dropped).")
 @click.option("--min-mz", type=float, default=None, help="Drop peaks below this m/z.")
 @click.option("--max-mz", type=float, default=None, help="Drop peaks above this m/z.")
-@click.option("--remove-precursor", type=float, default=None, help="Drop peaks with m/z >= precursor m/z - WINDOW (default 1.6): the default pipeline's "
-              "ms_entropy cleaning step, which drops the bound itself (the standalone remove_precursor step of "
-              "--preprocess keeps it).")
+@click.option("--remove-precursor", type=float, default=None, help="Drop peaks with m/z >= precursor m/z - WINDOW (default 1.6) where that bound is positive: the "
+              "default pipeline's ms_entropy cleaning step, which drops the bound itself (the standalone "
+              "remove_precursor step of --preprocess keeps it, as matchms does).")
 @click.option("--noise", type=float, default=None, help="Drop peaks below this fraction of the base peak.")
 @click.option("--top-k", "top_k", type=click.IntRange(min=1), default=None, help="Keep the K most intense peaks.")
 @click.option("--faiss/--no-faiss", default=None, help="Also build a FAISS index (for --engine faiss)  [default: --faiss].")

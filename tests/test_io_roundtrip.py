@@ -314,7 +314,7 @@ def test_hdf5_nested_metadata_columns_keep_their_type(tmp_path):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                 HealthCheck.too_slow])
 @given(sp=spectra_strategy(max_n=20), chunk=st.integers(1, 7), drop=st.booleans())
-@pytest.mark.parametrize("ext", ["mgf", "msp", "msp.gz"])
+@pytest.mark.parametrize("ext", ["mgf", "msp", "msp.gz", "tsv"])
 def test_text_writers_chunked(tmp_path, monkeypatch, ext, sp, chunk, drop):
     """MGF/MSP are formatted a chunk of spectra at a time (a NIST-sized library at once held ~8 GB of
     strings): the file is byte for byte the one-chunk file, including MSP's numbered names of spectra
@@ -330,3 +330,5 @@ def test_text_writers_chunked(tmp_path, monkeypatch, ext, sp, chunk, drop):
     assert parts.read_bytes() == whole.read_bytes()
     if drop and ext == "msp":
         assert f"Name: {len(sp) - 1}\n" in parts.read_text()
+    if drop and ext == "tsv":
+        assert parts.read_text().splitlines()[-1].startswith(f"{len(sp) - 1}\t")

@@ -248,8 +248,37 @@ def _field(col: pa.Array) -> pa.Array:
 
 
 def write(spectra: Spectra, path: str) -> None:
-    """Write a MassSpecGym-style TSV (``identifier``, ``mzs``, ``intensities``, then metadata)."""
+    """Write a MassSpecGym-style TSV (``identifier``, ``mzs``, ``intensities``, then metadata).
+
+    Formatted :data:`fastspec.io._text.WRITE_CHUNK` spectra at a time (the columns are the whole file's):
+    the strings of all 2.4M of a NIST-sized library at once took gigabytes."""
+    from fastspec.io import _text
     from fastspec.io._common import text_sink
+
+    pmz = spectra.precursor_mz
+    md = spectra.metadata
+    # the precursor m/z and charge live in arrays, not always in the metadata (Spectra.from_arrays)
+    names = list(md.column_names)
+    names += [c for c, has in (("precursor_mz", bool(np.isfinite(pmz).any())),
+                               ("charge", bool(np.any(spectra.charge != 0)))) if has and c not in names]
+    names = [c for c in names if c not in ("id", "identifier", "mzs", "intensities")]
+    header = ["identifier", "mzs", "intensities", *names]
+    with text_sink(path) as fh:
+        fh.write("\t".join(c.replace("\t", " ") for c in header) + "\n")
+        step = _text.WRITE_CHUNK
+        for start in range(0, len(spectra), step):
+            part = spectra.take(np.arange(start, min(start + step, len(spectra)), dtype=np.int64))
+            for a in range(0, len(part), 65536):
+                rows = _rows(part.take(np.arange(a, min(a + 65536, len(part)), dtype=np.int64)), names, start + a)
+                # rows joined in Arrow, not by its CSV writer: that one either quotes every string or refuses
+                # a value holding a quote
+                lines = pc.binary_join_element_wise(*[c.cast(pa.large_string()) for c in rows],
+                                                    pa.scalar("\t", pa.large_string()))
+                fh.write("\n".join(lines.to_pylist()) + "\n")
+
+
+def _rows(spectra: Spectra, names: list[str], start: int) -> list[pa.Array]:
+    """The TSV fields of ``spectra`` (rows ``start`` on of the file): identifier, peaks, then ``names``."""
     from fastspec.io._text import string_column
     from fastspec.io.mgf import plain_charge_strings
 
@@ -260,30 +289,16 @@ def write(spectra: Spectra, path: str) -> None:
     mzs = pc.binary_join(mk(off_arr, pa.array(spectra.mz, pa.float64()).cast(pa.string())), ",")
     ins = pc.binary_join(mk(off_arr, pa.array(spectra.intensity, pa.float32()).cast(pa.string())), ",")
     md = spectra.metadata
-    ids = string_column(md.column("id")) if "id" in md.column_names else pa.array([str(i) for i in range(n)])
-    cols = {"identifier": _field(ids), "mzs": mzs, "intensities": ins}
+    ids = string_column(md.column("id")) if "id" in md.column_names else \
+        pa.array([str(i) for i in range(start, start + n)])
+    cols = [_field(ids), mzs, ins]
     pmz = spectra.precursor_mz
-    # the precursor m/z and charge live in arrays, not always in the metadata (Spectra.from_arrays)
-    names = list(md.column_names)
-    names += [c for c, has in (("precursor_mz", bool(np.isfinite(pmz).any())),
-                               ("charge", bool(np.any(spectra.charge != 0)))) if has and c not in names]
     for name in names:
-        if name in ("id", "identifier", "mzs", "intensities"):
-            continue
         if name == "precursor_mz":
             col = pa.array(pmz, pa.float64(), mask=~np.isfinite(pmz)).cast(pa.string())
         elif name == "charge":
             col = plain_charge_strings(spectra)
         else:
             col = string_column(md.column(name))
-        cols[name] = _field(col)
-    table = pa.table(cols)
-    with text_sink(path) as fh:
-        fh.write("\t".join(c.replace("\t", " ") for c in table.column_names) + "\n")
-        # rows joined in Arrow, not by its CSV writer: that one either quotes every string or refuses
-        # a value holding a quote
-        for a in range(0, n, 65536):
-            part = table.slice(a, 65536)
-            lines = pc.binary_join_element_wise(*[c.cast(pa.large_string()) for c in part.columns],
-                                                pa.scalar("\t", pa.large_string()))
-            fh.write("\n".join(lines.to_pylist()) + "\n")
+        cols.append(_field(col))
+    return cols

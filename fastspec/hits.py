@@ -55,7 +55,8 @@ class Hits:
         mzML and mzXML readers read MS2 scans only) or ``rejected`` (a query record the reader could not
         use, with ``on_error="skip"``; why: ``params["query_records"]``).
     fallback : ndarray of bool (n,)
-        Formula mode: the query had no same-formula neighbour and was searched against the whole library.
+        Formula mode: the query had no same-formula neighbour and was searched against the whole library
+        (its polarity, and the search's ``same_*`` filters).
     query_ids : list of str
         Each query's id (its ``id`` metadata: MGF TITLE or SPECTRUMID, MSP DB#, ...), else its position
         among the records read (the row's ``query_index``). Rejected records keep the id the reader got

@@ -125,12 +125,14 @@ def search(
     threads : int, optional
         numba and FAISS threads.
     formula : str or list of str, optional
-        Formula mode: the queries' formulas (default: their ``formula`` metadata).
+        Formula mode: the queries' formulas (default: their ``formula`` metadata). A list (or array, pandas
+        or Arrow column) has one value per query; a missing entry (None, NaN, pandas NA, an Arrow null)
+        means that query has no formula (status ``no_formula``): it does not fall back to its metadata.
     no_neighbour : {"skip", "fallback", "empty"}
         Formula mode, query without a same-formula library spectrum (of its polarity, and passing the
         ``same_*`` filters; ``min_matches`` / ``min_score`` apply to hits after): ``skip`` -> a row with status
-        ``no_neighbour`` (``no_formula`` when the query has no formula at all); ``fallback`` -> search every library spectrum of the same polarity (``fallback``
-        flag set); ``empty`` -> a row with status ``no_hit``.
+        ``no_neighbour`` (``no_formula`` when the query has no formula at all); ``fallback`` -> search every library spectrum of the same polarity that passes the
+        ``same_*`` filters, as ``mode="open"`` with them (``fallback`` flag set); ``empty`` -> a row with status ``no_hit``.
     same_adduct, same_charge, same_instrument : bool
         Keep only library spectra with the query's adduct / charge / instrument type (when the query's is known;
         queries without one, or with an adduct no parser reads, match any, and are counted per filter in
@@ -191,7 +193,19 @@ def _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, e
 
 
 def _formula_texts(values) -> list:
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in values]
+    """Formula texts of a caller's or a column's values; missing (None): None, NaN, pandas' NA and NaT,
+    Arrow nulls (an Arrow array or a pandas ``string`` column is read as its Python values)."""
+    if hasattr(values, "to_pylist"):  # pyarrow Array / ChunkedArray: nulls as None
+        values = values.to_pylist()
+    return [None if _missing_value(v) else str(v) for v in values]
+
+
+def _missing_value(v) -> bool:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return True
+    if type(v).__name__ in ("NAType", "NaTType"):  # pandas.NA / NaT, without importing pandas
+        return True
+    return hasattr(v, "is_valid") and hasattr(v, "as_py") and not v.is_valid  # a pyarrow null scalar
 
 
 def caller_formulas(values) -> list[str | None]:

@@ -486,6 +486,16 @@ def test_formula_given_explicitly(lib, data):
     assert lib.search(queries, k=K, mode="formula", formula=[formula] * 10).params["formula"] == \
         "given per query (10 values)"
     assert "formula" not in lib.search(queries, k=K, mode="formula").params
+    # missing entries as pandas NA or Arrow nulls are missing, as None is (they raised 'cannot parse <NA>')
+    want = lib.search(queries[:4], k=K, mode="formula", formula=[formula, None, formula, None])
+    assert list(want.status[1::2]) == ["no_formula"] * 2
+    for given in (pa.array([formula, None, formula, None]), pa.chunked_array([[formula, None], [formula, None]])):
+        got = lib.search(queries[:4], k=K, mode="formula", formula=given)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        assert list(got.status) == list(want.status)
+    pd = pytest.importorskip("pandas")
+    got = lib.search(queries[:4], k=K, mode="formula", formula=pd.array([formula, None, formula, None], dtype="string"))
+    assert list(got.status) == list(want.status)
 
 
 def test_formula_list_last_query_without_candidates(lib, data):

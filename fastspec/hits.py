@@ -195,12 +195,19 @@ class Hits:
             lpmz[has] = np.asarray(self.library.precursor_mz[uniq])[inv.reshape(-1)]
 
         def strings(column: str, fallback=None) -> pa.Array:
-            if meta is not None and column in meta.column_names:
-                return meta.column(column).cast(pa.string()).combine_chunks().take(per_hit)
+            rows = None
             if fallback is not None and has.any():  # also for hits without a library (row numbers)
-                return pa.array(np.asarray(fallback)[has].astype(str).tolist(), pa.string()).take(
+                rows = pa.array(np.asarray(fallback)[has].astype(str).tolist(), pa.string()).take(
                     pa.array(np.cumsum(has) - 1, pa.int64(), mask=~has))
-            return pa.nulls(q_index.shape[0], pa.string())
+            if meta is not None and column in meta.column_names:
+                col = meta.column(column).cast(pa.string()).combine_chunks().take(per_hit)
+                # spectra without the value (a library read without ids: the column is there, all null)
+                if rows is None:
+                    return col
+                import pyarrow.compute as pc
+
+                return pc.coalesce(col, rows)
+            return rows if rows is not None else pa.nulls(q_index.shape[0], pa.string())
 
         # a library without ids names its spectra by row; without library columns the id stays null (row
         # numbers there would pass for ids)
@@ -245,7 +252,11 @@ class Hits:
         """The hit table of :meth:`to_arrow` as a pandas DataFrame (requires pandas); the search
         parameters are in ``df.attrs["fastspec"]``."""
         table = self.to_arrow(library_columns)
-        df = table.to_pandas()
+        import pandas as pd
+
+        # nullable integers: a query without hits made rank, library_index and n_matched float64
+        ints = {t: pd.api.types.pandas_dtype(f"Int{t.bit_width}") for t in (pa.int8(), pa.int16(), pa.int32(), pa.int64())}
+        df = table.to_pandas(types_mapper=ints.get)
         df.attrs["fastspec"] = self.params
         return df
 

@@ -1179,6 +1179,26 @@ def test_hits_table_without_a_library():
     assert t.column("library_id").to_pylist() == ["3", "7", None]
     assert t.column("smiles").null_count == 3 and t.column("query_index").to_pylist() == [0, 0, 1]
     assert h.to_arrow(library_columns=False).column("library_id").null_count == 3
+    pd = pytest.importorskip("pandas")
+    df = h.to_pandas()  # a query without hits: nullable integers, not float64
+    assert str(df["rank"].dtype).startswith("Int")
+    assert str(df["library_index"].dtype) == "Int64" and df["library_index"].isna().tolist() == [False, False, True]
+    assert df["library_index"].tolist()[:2] == [3, 7] and pd.isna(df["n_matched"].iloc[2])
+
+
+def test_library_without_ids_names_its_hits_by_row(tmp_path):
+    """A library read without ids gave hits a null library_id (its metadata has an all-null id column), while
+    queries without ids were named by position: library spectra are named by their library_index."""
+    from fastspec import synth
+
+    sp = synth.generate(300, seed=3)
+    sp = sp.with_metadata(sp.metadata.drop_columns(["id"]))
+    lib = Library.build(sp, tmp_path / "noid.fastspec", faiss=False)
+    t = lib.search(sp[:5], k=3, mode="open").to_arrow()
+    has = t.column("library_index").is_valid().to_pylist()
+    ids = t.column("library_id").to_pylist()
+    assert all(h for h in has)
+    assert ids == [str(i) for i in t.column("library_index").to_pylist()]
 
 
 def test_hits_table(lib, data, tmp_path):

@@ -96,6 +96,21 @@ def save_array(directory: Path, name: str, arr: np.ndarray) -> None:
         np.save(f, arr, allow_pickle=False)
 
 
+#: what the OS says when a process runs out of descriptors or memory (pyarrow and faiss pass on its text)
+_LIMIT_TEXTS = ("too many open files", "cannot allocate memory")
+
+
+def resource_error(e: BaseException, path) -> "FastspecError | None":
+    """The error for ``e`` when it is this process's limits (out of file descriptors or memory), not a
+    damaged index file: a FastspecError saying so; None otherwise."""
+    text = str(e).lower()
+    if getattr(e, "errno", None) in (errno.EMFILE, errno.ENFILE, errno.ENOMEM) or any(t in text for t in _LIMIT_TEXTS):
+        why = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        return FastspecError(f"cannot open {path}: {why} (each searched Library holds its files open until "
+                             "Library.close() or garbage collection)")
+    return None
+
+
 def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool = True) -> np.ndarray:
     """Memory-map ``directory/name.npy``; check dtype/shape against the manifest entry if given."""
     path = directory / f"{name}.npy"
@@ -108,9 +123,9 @@ def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool
     except FileNotFoundError:
         raise IndexFormatError(f"index file missing: {path}") from None
     except OSError as e:
-        if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):  # this process's limits, not the index
-            raise FastspecError(f"cannot map {path}: {e.strerror} (each searched Library holds its files "
-                                "open until Library.close() or garbage collection)") from None
+        limit = resource_error(e, path)
+        if limit is not None:
+            raise limit from None
         raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None
     except (ValueError, EOFError) as e:
         raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None

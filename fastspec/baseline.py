@@ -231,11 +231,18 @@ class LabData:
                     formula[i] = canon(f) if f is not None else None
                 n_derived[key] = sum(formula[i] is not None for i in missing)
 
+        from fastspec.io.meta import MISSING_MARKERS
+
         def norm_adduct(v):
-            try:  # unreadable: kept as written (a bucket of its own), not dropped (normalize_adduct gives None)
-                return normalize_adduct(v) or _clean_str(v)
+            # unreadable: kept as written (a bucket of its own), not dropped (normalize_adduct gives None); a
+            # missing marker ("N/A", "nan", "unknown" in a table's column) is missing, not a bucket
+            text = _clean_str(v)
+            if text is None or text.lower() in MISSING_MARKERS:
+                return None
+            try:
+                return normalize_adduct(text) or text
             except Exception:
-                return _clean_str(v)
+                return text
 
         adduct = _map_unique(_col(md, "adduct"), norm_adduct, n)
         instrument = _map_unique(_col(md, "instrument_type"), _clean_str, n)

@@ -1325,6 +1325,9 @@ class Library:
         try:
             yield
         except (OSError, pa.ArrowInvalid, KeyError) as e:  # (KeyError: a damaged schema lost a column)
+            limit = fmt.resource_error(e, self.path / name)
+            if limit is not None:
+                raise limit from None
             raise IndexFormatError(f"library index {self.path}: {name} is unreadable or corrupted ({e}); "
                                    "`fastspec info --verify` checks every file; rebuild the index") from None
 

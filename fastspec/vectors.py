@@ -365,6 +365,11 @@ def load_faiss_index(library, theta: bool = False):
                 idx = faiss.read_index(path)
             _no_prefetch_threads(faiss, idx)
         except (RuntimeError, MemoryError) as e:  # MemoryError: a damaged list size asks for terabytes
+            from fastspec._indexfmt import resource_error
+
+            limit = resource_error(e, path)
+            if limit is not None:
+                raise limit from None
             raise library._corrupted(f"cannot read {Path(path).name} ({str(e).splitlines()[0] or type(e).__name__})") \
                 from None
         bad = _bad_ids(faiss, idx, len(library))

@@ -276,3 +276,10 @@ def test_mgf_scans_is_the_id_of_last_resort(tmp_path, extra, want):
     s = fio.read(p)
     assert s.ids == want
     assert s.metadata.column("scans").to_pylist() == ["17", "18"]
+
+
+def test_mgf_scans_placeholder_is_no_id(tmp_path):
+    """MZmine / SIRIUS write SCANS=-1 in every record: no id (positions), as FEATURE_ID=-1."""
+    p = tmp_path / "mz.mgf"
+    p.write_text("".join(f"BEGIN IONS\nSCANS={s}\nPEPMASS=100\n50 1\nEND IONS\n" for s in ("-1", "-1", "7")))
+    assert fio.read(p).ids == ["0", "1", "7"]

@@ -416,6 +416,11 @@ def test_lab_labels_nan_formula_and_unreadable_adduct():
     lab = LabData.build(sp, derive_formula=False)
     assert lab.formula == [None, "C6H6O"]
     assert lab.adduct == ["[M+Formate]-", "[M-H]-"]
+    # missing markers in a table's adduct column stay missing (not buckets named "N/A", "nan")
+    marks = ["N/A", "nan", "unknown", " ", "[M+H]+", "M+Hx"]
+    sp = Spectra.from_arrays([np.array([50.0])] * 6, [np.array([1.0])] * 6, precursor_mz=[100.0] * 6,
+                             metadata={"adduct": marks, "ion_mode": ["positive"] * 6})
+    assert LabData.build(sp, derive_formula=False).adduct == [None, None, None, None, "[M+H]+", "M+Hx"]
 
 
 def test_results_say_what_a_rerun_needs(massbank_small, tmp_path):

@@ -1378,3 +1378,13 @@ def test_running_out_of_descriptors_is_not_called_corruption(raw_lib, monkeypatc
     with pytest.raises(FastspecError, match="Too many open files.*Library.close") as e:
         lib.array("mz")
     assert not isinstance(e.value, IndexFormatError)
+    # the metadata's Parquet file too (pyarrow says it in words, without an errno)
+    import pyarrow.parquet as pq
+
+    def full_pq(*a, **k):
+        raise OSError("Failed to open local file 'metadata.parquet'. Detail: [errno 24] Too many open files")
+
+    monkeypatch.setattr(pq, "ParquetFile", full_pq)
+    with pytest.raises(FastspecError, match="Too many open files") as e:
+        Library.open(raw_lib.path).metadata(columns=["id"])
+    assert not isinstance(e.value, IndexFormatError)

@@ -738,7 +738,11 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     # feature-based molecular networking MGFs link a spectrum to its feature table row by it alone)
     for key in ("title", "scans"):
         if key in out and n and not pa.types.is_null(out[key].type):
-            out["id"] = pc.coalesce(out["id"], _as_string(out[key]))
+            vals = _as_string(out[key])
+            if key == "scans":  # MZmine / SIRIUS write SCANS=-1 in every record: no id (as FEATURE_ID=-1)
+                ph = pc.fill_null(pc.is_in(pc.utf8_trim_whitespace(vals), value_set=pa.array(ID_PLACEHOLDERS)), False)
+                vals = pc.if_else(ph, pa.scalar(None, pa.string()), vals)
+            out["id"] = pc.coalesce(out["id"], vals)
 
 
 #: An adduct written as the last word of a name ("Hoiamide B M+H", "... [M-H]-"): M, optionally after a

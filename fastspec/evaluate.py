@@ -592,7 +592,7 @@ class Evaluation:
         oracle = self.oracle(cfg.bucket)
         if cfg.no_neighbour == "fallback":  # an uncovered spectrum is answered from its polarity's whole
             # training side: the reach of that search, or the oracle was no bound (0.051 against a mean 0.165)
-            oracle = np.where(np.isfinite(oracle), oracle, self.oracle("none"))
+            oracle = np.where(res.covered, oracle, self.oracle("none"))  # (covered: the bucket's, even NaN)
         covered = res.covered
         n_sc = int(scored.sum())
         rep: dict[str, Any] = {

@@ -426,8 +426,24 @@ def _formula_of(mol):
     if any(a.GetAtomicNum() == 0 for a in mol.GetAtoms()):
         return None
     # isotopes kept apart ([13C], D, T), as a written formula keeps them: a d8 compound's derived formula was
-    # its unlabelled parent's, and it shared that bucket (an audit)
+    # its unlabelled parent's, and it shared that bucket (an audit); an explicit most-abundant isotope ([12C],
+    # [1H], [16O]) is the element itself, not a bucket of its own
+    natural = [a for a in mol.GetAtoms() if a.GetIsotope() and a.GetIsotope() == _main_isotope(a.GetSymbol())]
+    if natural:
+        from rdkit import Chem
+
+        mol = Chem.Mol(mol)
+        for a in natural:
+            mol.GetAtomWithIdx(a.GetIdx()).SetIsotope(0)
     return CalcMolFormula(mol, separateIsotopes=True, abbreviateHIsotopes=True)
+
+
+def _main_isotope(symbol: str) -> int:
+    """Mass number of an element's monoisotopic (most abundant) isotope (0: unknown element)."""
+    from fastspec.chem.elements import MONOISOTOPIC
+
+    m = MONOISOTOPIC.get(symbol)
+    return int(round(m)) if m else 0
 
 
 def formulas_from_smiles(smiles: Sequence[str | None]) -> list[str | None]:

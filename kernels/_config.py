@@ -53,9 +53,11 @@ if "NUMBA_THREADING_LAYER" not in os.environ and _layer_already_started() == "om
 
     # the layer is chosen once per process: omp's libgomp beside faiss's, and forked children that search
     # abort ("fork() called from a process already using GNU OpenMP") or hang a pool
-    warnings.warn("numba's thread pool was started with the 'omp' layer before fastspec was imported; fastspec's "
-                  "kernels then share it with faiss's OpenMP, and forked children that search may abort. Import "
-                  "fastspec's kernels first, or set NUMBA_THREADING_LAYER=workqueue.", RuntimeWarning, stacklevel=2)
+    warnings.warn("numba's thread pool was started with the 'omp' layer before fastspec's kernels were loaded "
+                  "(fastspec.kernels, which a search or a file read loads; a plain `import fastspec` does not), so "
+                  "they share it with faiss's OpenMP and forked children that search may abort. `import "
+                  "fastspec.kernels` before running other parallel numba code, or set NUMBA_THREADING_LAYER=workqueue.",
+                  RuntimeWarning, stacklevel=2)
 
 FASTMATH = False
 NJIT = dict(cache=True, nogil=True, fastmath=FASTMATH, error_model="numpy")

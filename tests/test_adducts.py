@@ -168,3 +168,14 @@ def test_ac_is_acetic_acid_and_polarity_zero_is_refused():
     assert precursor_mz_from_mass(300.0, "[M+Ac-H]-") == pytest.approx(359.0139, abs=1e-4)
     with pytest.raises(AdductError):
         known_adducts(0)
+
+
+def test_known_adducts_refuses_unknown_polarities_and_reads_sodium_acetate():
+    from fastspec.chem.adducts import AdductError, known_adducts, normalize_adduct, precursor_mz_from_mass
+
+    assert known_adducts("positive") == known_adducts(1) and known_adducts("neg") == known_adducts(-1)
+    for bad in ("unknown", "0", "neutral", float("nan")):
+        with pytest.raises(AdductError):
+            known_adducts(bad)
+    assert normalize_adduct("[M+NaAc+H]+") == normalize_adduct("[M+NaOAc+H]+")  # not Na + actinium
+    assert precursor_mz_from_mass(300.0, "[M+NaAc+H]+") == pytest.approx(300.0 + 82.00307 + 1.007276, abs=1e-4)

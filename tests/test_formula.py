@@ -191,6 +191,10 @@ def test_superscript_charges_whitespace_between_counts_and_isotopes_from_smiles(
 
     assert canonical_formula("C6H5O7³⁻") == canonical_formula("C6H5O7 3-") == "C6H5O7-3"
     assert canonical_formula("Fe²⁺") == canonical_formula("[Fe]2+") == "Fe+2"
+    assert canonical_formula("C6H5O7³-") == canonical_formula("C6H5O7⁻³") == "C6H5O7-3"
+    assert canonical_formula("¹³CH4") == "[13C]H4" and canonical_formula("C5¹³CH12O6") == "C5[13C]H12O6"
+    with pytest.raises(FormulaError, match="superscript"):
+        canonical_formula("C2H4O2²")  # never an atom count
     assert formula_mass("C6H5O7³⁻") == pytest.approx(189.0052, abs=1e-4)
     with pytest.raises(FormulaError, match="whitespace between two numbers"):
         canonical_formula("C6H12O6 2H2O")
@@ -198,3 +202,5 @@ def test_superscript_charges_whitespace_between_counts_and_isotopes_from_smiles(
     assert formulas_from_smiles(["[2H]C([2H])([2H])O", "[13CH3]O", "CO"]) == ["CHD3O", "[13C]H4O", "CH4O"]
     assert canonical_formula(formulas_from_smiles(["[2H]C([2H])([2H])O"])[0]) == canonical_formula("CD3OH")
     assert formulas_from_inchi(["InChI=1S/CH4O/c1-2/h2H,1H3/i1D3"]) == ["CHD3O"]
+    # an explicit most-abundant isotope is the element (no bucket of its own)
+    assert formulas_from_smiles(["[12CH4]", "[1H]C([1H])([1H])[1H]", "[37Cl]C"]) == ["CH4", "CH4", "CH3[37Cl]"]

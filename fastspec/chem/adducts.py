@@ -80,7 +80,8 @@ _ABBREV_ALIASES = {
 #: Group abbreviations spelled as the formula term they stand for: ``OAc`` (acetate) would otherwise read
 #: as oxygen + actinium, 243 Da instead of 59. ``Oac`` is a spelling found in public libraries
 #: (matchms' ``known_adduct_conversions.csv`` lists ``[M+Oac]`` and ``[M+Oac]-``); as a formula it reads as nothing.
-_TERM_ALIASES = {"OAc": "CH3COO", "AcO": "CH3COO", "Oac": "CH3COO"}
+_TERM_ALIASES = {"OAc": "CH3COO", "AcO": "CH3COO", "Oac": "CH3COO",
+                 "NaAc": "CH3COONa", "NaOAc": "CH3COONa"}  # sodium acetate (NaAc read as Na + actinium)
 
 #: Charge a term carries when an adduct is written without one (only used to infer the charge).
 _TERM_CHARGE = {
@@ -275,8 +276,10 @@ def known_adducts(polarity: int | str | None = None) -> list[str]:
         return list(ADDUCTS)
     p = polarity
     if isinstance(p, str):
-        p = 1 if p.strip().lower().startswith(("p", "+")) else -1
-    if not p:  # 0 (unknown) read as negative
+        t = p.strip().lower()
+        p = 1 if t in ("positive", "pos", "p", "+", "+1", "1") else -1 if t in ("negative", "neg", "n", "-", "-1") else 0
+    if not isinstance(p, (int, float, np.integer, np.floating)) or not p or p != p:  # 0, NaN, "unknown": not
+        # read as negative
         raise AdductError(f"polarity must be +1 / 'positive' or -1 / 'negative', got {polarity!r}")
     return [k for k, a in ADDUCTS.items() if a.polarity == (1 if p > 0 else -1)]
 

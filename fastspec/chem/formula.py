@@ -16,7 +16,8 @@ Accepted syntax (whitespace is ignored, except that it may separate a trailing c
   charge +1 -- write ``[Fe]2+`` or ``Fe+2`` for the iron(II) ion.
 * ``.`` between two digits separates components (``C6H12O6.2H2O``); fractional counts do not exist.
 * Unicode subscript/superscript digits and the minus sign ``−`` are read as ASCII; a trailing charge in
-  superscripts is a charge (``C6H5O7³⁻``, ``Fe²⁺`` is iron(II)). Whitespace between two numbers
+  superscripts is a charge (``C6H5O7³⁻``, ``C6H5O7³-``, ``Fe²⁺`` is iron(II)), superscript digits before an
+  element its mass number (``¹³CH4``), and any other superscript digit an error. Whitespace between two numbers
   (``C6H12O6 2H2O``) is refused rather than merging them.
 
 Anything else (lower-case symbols, unknown elements, ``(C6H10O5)n``, unbalanced brackets, empty strings)
@@ -206,17 +207,32 @@ def _parse_cached(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
     return _parse_str(text)
 
 
-#: a trailing charge written in superscripts (``C6H5O7³⁻``, ``Fe²⁺``): a charge, never atom counts
-_SUPERSCRIPT_CHARGE = re.compile(r"([⁰¹²³⁴⁵⁶⁷⁸⁹]*)([⁺⁻])([⁰¹²³⁴⁵⁶⁷⁸⁹]*)\s*$")
+_SUP = "⁰¹²³⁴⁵⁶⁷⁸⁹"
+#: superscript digits are never atom counts: next to a trailing sign (``C6H5O7³⁻``, ``Fe²⁺``, ``C6H5O7³-``,
+#: ``Fe⁺²``) a charge, before an element symbol (``¹³CH4``) its mass number
+_SUP_CHARGE = re.compile(rf"(?:([{_SUP}]+)([⁺⁻+\-−])|([⁺⁻+\-−])([{_SUP}]+))\s*$")
+_SUP_ISOTOPE = re.compile(rf"([{_SUP}]+)([A-Z][a-z]?)")
+_SUP_DIGITS = str.maketrans({c: str(i) for i, c in enumerate(_SUP)})
+
+
+def _superscripts(text: str) -> str:
+    """``text`` with superscript charges spaced as charges and superscript mass numbers as isotopes."""
+    m = _SUP_CHARGE.search(text)
+    if m:
+        digits, sign = (m.group(1), m.group(2)) if m.group(1) else (m.group(4), m.group(3))
+        text = f"{text[: m.start()]} {digits.translate(_SUP_DIGITS)}{sign}"
+    text = _SUP_ISOTOPE.sub(lambda g: f"[{g.group(1).translate(_SUP_DIGITS)}{g.group(2)}]", text)
+    if any(c in _SUP for c in text):
+        raise FormulaError(f"superscript digits in formula {text!r} are neither a charge nor a mass number")
+    return text
 #: whitespace between two digits ("C6H12O6 2H2O"): removed, it merged counts into a wrong formula
 _DIGITS_SPACED = re.compile(r"\d\s+\d")
 
 
 @lru_cache(maxsize=1 << 17)
 def _parse_str(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
-    sup = _SUPERSCRIPT_CHARGE.search(text)
-    if sup and not (sup.group(1) and sup.group(3)):  # spaced as a charge, which _SPACED_CHARGE then reads
-        text = f"{text[: sup.start()]} {sup.group(1) or sup.group(3)}{sup.group(2)}"
+    if any(c in _SUP for c in text):
+        text = _superscripts(text)
     s = text.translate(_TRANS).strip()
     m = _SPACED_CHARGE.search(s)
     tail = ""

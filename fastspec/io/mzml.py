@@ -233,6 +233,24 @@ def _decoded(s: dict, key: str) -> np.ndarray:
     return a
 
 
+def _decoded_pair(s: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The m/z and intensity arrays of a spectrum (:func:`_decoded`); mzXML's two records share one
+    interleaved ``<peaks>`` payload, decoded once here (it was decoded for each)."""
+    m, i = s.get("m/z array"), s.get("intensity array")
+    shared = (m is not None and i is not None and hasattr(m, "source") and getattr(m, "data", None)
+              and m.data is getattr(i, "data", None) and hasattr(m.source, "_finalize_record_conversion"))
+    if shared:
+        raw = m.source.decode_data_array(m.data, m.compression, m.dtype)
+        out = []
+        for rec in (m, i):
+            a = np.asarray(m.source._finalize_record_conversion(raw, rec), dtype=np.float64)
+            if a.ndim != 1:
+                raise ValueError(f"{rec.key} has shape {a.shape}")
+            out.append(a)
+        return out[0], out[1]
+    return _decoded(s, "m/z array"), _decoded(s, "intensity array")
+
+
 def _xml_error(e: Exception) -> str:
     """``ExceptionType: first line of its message``."""
     return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip()
@@ -350,7 +368,7 @@ def iter_xml(path: str, reader_class, dialect: XmlDialect, *, on_error: str, rep
                 profile += 1  # read as given: every sample point becomes a peak
             row = dialect.record(s)
             try:
-                m, i = _decoded(s, "m/z array"), _decoded(s, "intensity array")
+                m, i = _decoded_pair(s)
             except UnsupportedCompression as e:
                 raise UnsupportedCompression(f"{path}: {e}") from None
             except Exception as e:  # noqa: BLE001 - base64, zlib, numpy and pyteomics raise many kinds

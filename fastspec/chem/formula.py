@@ -225,6 +225,8 @@ def _superscripts(text: str) -> str:
     if any(c in _SUP for c in text):
         raise FormulaError(f"superscript digits in formula {text!r} are neither a charge nor a mass number")
     return text
+
+
 #: whitespace between two digits ("C6H12O6 2H2O"): removed, it merged counts into a wrong formula
 _DIGITS_SPACED = re.compile(r"\d\s+\d")
 

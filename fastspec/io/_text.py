@@ -540,8 +540,9 @@ def write_text_records(path: str, spectra: Spectra, records, chunk: int | None =
     """Write ``spectra`` to ``path`` (gzip for ``.gz``) as text records, ``chunk`` spectra at a time.
 
     ``records(part, start)`` formats the spectra ``part`` (rows ``start`` on of ``spectra``) as a string
-    array, one record per spectrum (``chunk``: default :data:`WRITE_CHUNK`); a record depends only on its own spectrum, so the file is the same
-    whatever the chunk size, and memory stays that of one chunk's strings.
+    array, one record per spectrum (``chunk``: default :data:`WRITE_CHUNK`); a record depends only on its
+    own spectrum, so the file is the same whatever the chunk size, and memory stays that of one chunk's
+    strings.
     """
     from fastspec.io._common import text_sink
 

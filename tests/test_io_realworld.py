@@ -180,7 +180,7 @@ def test_mgf_adduct_sign_beats_charge_sign(tmp_path, text, charges, modes):
 def test_msp_gnps_conversion_unbracketed_precursor_type_gives_the_charge(tmp_path):
     # MS-DIAL's MSP conversion of GNPS keeps GNPS's adduct spelling and writes no charge
     text = ("NAME: 3-Des-Microcystein_LR\nPRECURSORMZ: 981.54\nPRECURSORTYPE: M+H\nIONMODE: Positive\n"
-            "Num Peaks: 1\n289.29\t8068\n\n"
+            "Num Peaks: 1\n120.08\t5000\n\n"
             "NAME: b\nPRECURSORMZ: 301.1\nPRECURSORTYPE: M+FA-H\nNum Peaks: 1\n100\t1\n")
     s, r = read(tmp_path, "gnps_msdial.msp", text)
     assert s.charge.tolist() == [1, -1] and s.polarity.tolist() == [1, -1]

@@ -241,8 +241,10 @@ def _run_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Spe
     return spectra.with_peaks(offsets, out.mz, out.intensity)
 
 
-def read_input(source: Any, on_error: str = "skip", progress: bool | None = None) -> tuple[Spectra, dict]:
-    """Spectra from a Spectra object, a path or several paths, with reader counts.
+def read_input(source: Any, on_error: str = "skip", progress: bool | None = None,
+               input_format: str | None = None) -> tuple[Spectra, dict]:
+    """Spectra from a Spectra object, a path or several paths (read as ``input_format``: see the ``format``
+    of :func:`fastspec.io.read`), with reader counts.
 
     Returns
     -------
@@ -259,8 +261,8 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     from fastspec.io._common import first_rejection
 
     paths, n_skipped = _expand_directories(paths)
-    spectra, report = fio.read([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), on_error=on_error,
-                               progress=progress, return_report=True)
+    spectra, report = fio.read([str(p) for p in paths] if len(paths) > 1 else str(paths[0]), format=input_format,
+                               on_error=on_error, progress=progress, return_report=True)
     _refuse_empty(report)
     counts = _report_counts(report, len(spectra))
     counts["warnings"] = _read_warnings(report, n_skipped)
@@ -769,6 +771,7 @@ class Library:
         overwrite: bool = False,
         faiss_params: dict | None = None,
         allow_empty: bool = True,
+        input_format: str | None = None,
     ) -> "Library":
         """Index spectra into a new library directory.
 
@@ -803,6 +806,9 @@ class Library:
         allow_empty : bool
             With False, input whose every record is rejected raises instead of writing an empty library
             (``fastspec index``: a wrong file, not a library to append to later).
+        input_format : str, optional
+            Format of the input files, as ``format`` of :func:`fastspec.io.read` (default: from each file's
+            extension, else sniffed; a pipe such as ``/dev/stdin`` needs it).
 
         Returns
         -------
@@ -846,7 +852,7 @@ class Library:
         prog = _Progress(progress, total=7, desc="index")
         try:
             pipeline = resolve_pipeline(preprocess)
-            spectra, counts = read_input(spectra_or_paths, on_error, progress)
+            spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
             prog.step("preprocess")
             processed = apply_pipeline(pipeline, spectra, threads)
             _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
@@ -905,7 +911,7 @@ class Library:
             prog.close()
 
     def append(self, spectra_or_paths: Any, *, on_error: str = "skip", threads: int | None = None,
-               progress: bool | None = None, allow_empty: bool = True) -> "Library":
+               progress: bool | None = None, allow_empty: bool = True, input_format: str | None = None) -> "Library":
         """Add spectra (preprocessed with the library's recorded pipeline); rebuilds the index atomically.
 
         New spectra get the next library rows. Returns ``self``, refreshed.
@@ -923,6 +929,8 @@ class Library:
         allow_empty : bool
             With False, input whose every record is rejected raises instead of adding only to the
             rejected counts (``fastspec index --append``: a wrong file).
+        input_format : str, optional
+            As for :meth:`build`.
 
         Raises
         ------
@@ -940,7 +948,7 @@ class Library:
         prog = _Progress(progress, total=7, desc="append")
         try:
             # read before anything is held: a generator given as input may search this very library
-            spectra, counts = read_input(spectra_or_paths, on_error, progress)
+            spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
             # the file lock is held until the rebuilt index is in place: another append (or rebuild)
             # started meanwhile from the same index would otherwise swap its own result in and lose one of
             # the two; it is taken (or refused) before waiting for this object's searches

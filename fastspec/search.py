@@ -80,6 +80,7 @@ def search(
     nprobe: int | None = None,
     n_candidates: int | None = None,
     on_error: str = "skip",
+    input_format: str | None = None,
     progress: bool | None = None,
     mz_power: float = 0.0,
     intensity_power: float = 1.0,
@@ -150,6 +151,9 @@ def search(
         ``engine="faiss"``: candidates rescored exactly per query (default: ``max(50 k, 500)``).
     on_error : {"skip", "raise"}
         Unreadable query records (when ``queries`` are paths).
+    input_format : str, optional
+        Format of query files, as ``format`` of :func:`fastspec.io.read` (default: from each file's
+        extension, else sniffed; a pipe such as ``/dev/stdin`` needs it).
     progress : bool, optional
         A tqdm bar on stderr (default: for large searches when stderr is a terminal).
     mz_power, intensity_power, **metric_params
@@ -167,19 +171,19 @@ def search(
     with library._in_use():  # an append on this object waits for the search, and the search for it
         return _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, engine, threads, formula,
                        no_neighbour, same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe,
-                       n_candidates, on_error, progress, mz_power, intensity_power, metric_params)
+                       n_candidates, on_error, input_format, progress, mz_power, intensity_power, metric_params)
 
 
 def _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, engine, threads, formula, no_neighbour,
-            same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates, on_error, progress,
-            mz_power, intensity_power, metric_params) -> Hits:
+            same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates, on_error,
+            input_format, progress, mz_power, intensity_power, metric_params) -> Hits:
     from fastspec.library import read_input
 
     cfg = _SearchConfig.cached(library, k, mode, metric, tolerance, precursor_tolerance, engine, threads, no_neighbour,
                                same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe, n_candidates,
                                mz_power, intensity_power, metric_params)
     _check_formula(cfg, formula)
-    raw, read_counts = read_input(queries, on_error)
+    raw, read_counts = read_input(queries, on_error, input_format=input_format)
     found = _search_spectra(library, cfg, raw, formula, progress)
     params = cfg.describe(library, formula)
     if found.unfiltered:

@@ -107,7 +107,8 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
         bar = _progress_bar(progress)  # one bar over every chunk (None: no bar)
         try:
             counts_holder: dict = {}
-            for run in _runs(queries, on_error, int(chunk_size), counts_holder, output=path):
+            for run in _runs(queries, on_error, int(chunk_size), counts_holder, output=path,
+                             input_format=args.arguments["input_format"]):
                 f = formula
                 if per_query_formula:
                     s0 = totals["spectra"]
@@ -197,11 +198,12 @@ def _merge_unfiltered(total: dict, part: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _runs(source: Any, on_error: str, chunk_size: int, out: dict, output=None) -> Iterator[_Run]:
+def _runs(source: Any, on_error: str, chunk_size: int, out: dict, output=None,
+          input_format: str | None = None) -> Iterator[_Run]:
     """Runs of query records in read order, about ``chunk_size`` spectra each; the last one always comes
     (perhaps empty). ``out["counts"]`` holds the read's counts (as :func:`fastspec.library.read_input`'s)
     once the runs are exhausted. ``output``: the hit table's path, which no query file may be
-    (:func:`_refuse_own_input`)."""
+    (:func:`_refuse_own_input`); query files are read as ``input_format`` (None: by extension or content)."""
     from fastspec.library import read_input, sort_input
 
     spectra, paths = sort_input(source, on_error)
@@ -214,10 +216,11 @@ def _runs(source: Any, on_error: str, chunk_size: int, out: dict, output=None) -
             part = raw if (s0, s1) == (0, n) else raw.take(np.arange(s0, s1, dtype=np.int64))
             yield _Run(part, s0, s1 - s0, np.arange(s1 - s0, dtype=np.int64), None, {})
         return
-    yield from _file_runs(paths, on_error, chunk_size, out, output)
+    yield from _file_runs(paths, on_error, chunk_size, out, output, input_format)
 
 
-def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict, output=None) -> Iterator[_Run]:
+def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict, output=None,
+               input_format: str | None = None) -> Iterator[_Run]:
     """:func:`_runs` of query files, read block by block (a run never ends inside a block)."""
     from fastspec import io as fio
     from fastspec.io._common import ReadReport
@@ -235,7 +238,7 @@ def _file_runs(paths: list, on_error: str, chunk_size: int, out: dict, output=No
         starts.append(offset)
         state.files.append(p)
         cursor, seen = 0, 0  # the file's next record not yet placed; its rejections taken in
-        for block in fio._iter_file(p, None, on_error, rep, None, chunk_size):
+        for block in fio._iter_file(p, input_format, on_error, rep, None, chunk_size):
             seen = state.take_rejections(rep, seen, offset)
             if len(block):
                 local = _good_positions(cursor, len(block), rep.rejected_records)

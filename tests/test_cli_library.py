@@ -474,6 +474,33 @@ def test_real_subprocess(index, massbank_mgf, tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.startswith("Error")
 
 
+def test_standard_input_as_dash(index, massbank_mgf, tmp_path):
+    """``-`` reads spectra from standard input (a pipe: its format named) for index and query, as the file
+    would be read; without --input-format a pipe is one clear line, with the option named."""
+    data = Path(massbank_mgf).read_bytes()
+    lib = tmp_path / "piped.fastspec"
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "index", "-", "--input-format", "mgf", "-o", str(lib),
+                           "--no-faiss", "--threads", "1", "-q"], input=data, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    piped, built = Library.open(lib), Library.open(index)
+    assert (piped.n_spectra, piped.n_rejected) == (built.n_spectra, built.n_rejected)
+    np.testing.assert_array_equal(piped.spectra().mz, built.spectra().mz)
+    out = tmp_path / "hits.parquet"
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "query", "-", "--input-format", "mgf", "-l", str(index),
+                           "-o", str(out), "-k", "2", "--threads", "1", "-q"], input=data, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    hits = Library.open(index).search(str(massbank_mgf), k=2)
+    table = pq.read_table(out)
+    got = table.filter(pc.equal(table.column("rank"), 1))
+    np.testing.assert_array_equal(got.column("library_index").to_numpy(),
+                                  hits.indices[got.column("query_index").to_numpy(), 0])
+    assert len(set(table.column("query_index").to_pylist())) == len(hits)
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "query", "-", "-l", str(index), "-o", str(out)],
+                          input=data, capture_output=True, text=False, timeout=300)
+    err = proc.stderr.decode()
+    assert proc.returncode != 0 and "Traceback" not in err and "--input-format" in err, err
+
+
 def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(massbank_parquet, tmp_path):
     """SIGINT at some point of an index build: exit 130 with "interrupted" (or, if the build was already
     done, a complete index), never a traceback or a crash, and no temporary left next to the target."""

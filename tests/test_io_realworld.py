@@ -750,6 +750,20 @@ def test_a_pipe_without_format_is_refused_not_half_read(tmp_path):
         fio.read(str(fifo))  # would block on open if it tried to read
 
 
+def test_a_pipe_of_a_seeking_format_is_one_clear_error(tmp_path):
+    """mzML, mzXML, Parquet and HDF5 readers seek: a pipe named as one is refused before it is opened, not
+    with the reader's own failure ("lseek failed")."""
+    import os
+
+    from fastspec.errors import FastspecError
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for fmt in ("mzml", "mzxml", "parquet", "hdf5"):
+        with pytest.raises(FastspecError, match=f"{fmt} is read from a regular file, not a pipe"):
+            fio.read(str(fifo), format=fmt)  # would block on open if it tried to read
+
+
 def test_a_corrupt_gzip_of_unknown_format_is_one_error(tmp_path):
     """Sniffing a truncated or corrupt gzip file (no known extension) raises FastspecError, not zlib's error."""
     from fastspec.errors import FastspecError

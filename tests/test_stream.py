@@ -490,3 +490,34 @@ def test_output_to_stdout_is_written_through(tmp_path):
     assert os.stat(log).st_ino == inode and log.read_text() == "new\n"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "new\n", r.stderr
+
+
+def test_input_format_reads_a_pipe_for_build_search_and_search_to_file(tmp_path):
+    """``input_format=`` names the format of a pipe (``/dev/stdin``, a FIFO), which cannot be sniffed, for
+    Library.build, search and search_to_file; without it the pipe is refused before it is read."""
+    import threading
+
+    mgf = "".join(f"BEGIN IONS\nTITLE=s{i}\nPEPMASS={300 + i}\n{100 + i} 1\n{150 + i} 0.5\nEND IONS\n"
+                  for i in range(5)).encode()
+
+    def through_fifo(call):
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        t = threading.Thread(target=lambda: fifo.write_bytes(mgf))
+        t.start()
+        try:
+            return call(str(fifo))
+        finally:
+            t.join()
+            fifo.unlink()
+
+    lib = through_fifo(lambda f: Library.build(f, tmp_path / "lib.fastspec", faiss=False, input_format="mgf"))
+    assert lib.n_spectra == 5 and lib.metadata(columns=["id"]).column("id").to_pylist() == [f"s{i}" for i in range(5)]
+    hits = through_fifo(lambda f: lib.search(f, k=1, mode="open", input_format="mgf"))
+    assert hits.indices[:, 0].tolist() == [0, 1, 2, 3, 4]
+    done = through_fifo(lambda f: lib.search_to_file(f, tmp_path / "h.parquet", k=1, mode="open", input_format="mgf"))
+    assert done["n_queries"] == 5 and done["n_with_hits"] == 5
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(FastspecError, match="a pipe.*input_format="):
+        lib.search(str(fifo), k=1)  # would block on open if it tried to read

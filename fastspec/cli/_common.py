@@ -20,6 +20,36 @@ def common_options(f):
     return f
 
 
+READABLE = ("mgf", "msp", "mzml", "mzxml", "json", "massbank", "tsv", "parquet", "hdf5")
+
+
+def input_format_option(f):
+    """Add ``--input-format`` (passed as ``input_format``): the format of every input file, for a pipe or a
+    file whose extension does not say it."""
+    return click.option("--input-format", "input_format", type=click.Choice(READABLE), default=None,
+                        help="Input format (default: from each input's extension, else sniffed; needed for a "
+                             "pipe or '-', standard input).")(f)
+
+
+def stdin_paths(inputs) -> list[str]:
+    """The input paths with ``-`` standing for standard input (``/dev/stdin``); refused (ParameterError)
+    where the system has no ``/dev/stdin`` or standard input is a terminal (the command would wait for
+    typed spectra)."""
+    from fastspec.errors import ParameterError
+
+    out = list(inputs)
+    if "-" not in out:
+        return out
+    if out.count("-") > 1:
+        raise ParameterError("'-' (standard input) given more than once")
+    if not os.path.exists("/dev/stdin"):
+        raise ParameterError("'-' (standard input) needs /dev/stdin, which this system lacks: give a file")
+    if sys.stdin is None or sys.stdin.isatty():
+        raise ParameterError("'-' reads spectra from standard input, which is a terminal: pipe or redirect a file "
+                             "into it")
+    return ["/dev/stdin" if p == "-" else p for p in out]
+
+
 def refuse_clobbering(inputs, outputs) -> None:
     """Refuse (ParameterError, one line) a command whose output would replace one of its input files, or
     whose two outputs are one file: the output is renamed into place once written, and what the input

@@ -5,10 +5,9 @@ import time
 
 import click
 
-from fastspec.cli._common import common_options, handle_errors, refuse_clobbering
+from fastspec.cli._common import common_options, handle_errors, input_format_option, refuse_clobbering, stdin_paths
 
 _WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
-_READABLE = ("mgf", "msp", "mzml", "mzxml", "json", "massbank", "tsv", "parquet", "hdf5")
 
 
 @click.command("convert")
@@ -16,8 +15,7 @@ _READABLE = ("mgf", "msp", "mzml", "mzxml", "json", "massbank", "tsv", "parquet"
 @click.argument("output", nargs=1, type=click.Path(dir_okay=False))
 @click.option("--format", "fmt", type=click.Choice(_WRITABLE), default=None,
               help="Output format (default: from OUTPUT's extension; .gz compresses text).")
-@click.option("--input-format", "input_format", type=click.Choice(_READABLE), default=None,
-              help="Input format (default: from each input's extension, else sniffed).")
+@input_format_option
 @click.option("--on-error", "on_error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True,
               help="Bad records: skip and count them, or stop at the first with its file and line.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
@@ -33,6 +31,7 @@ def convert(inputs, output, fmt, input_format, on_error, report_path, threads, q
     """
     from fastspec.io import read, write
 
+    inputs = stdin_paths(inputs)
     refuse_clobbering(inputs, [("OUTPUT", output), ("--report", report_path)])
     t0 = time.perf_counter()
     spectra, report = read(list(inputs), format=input_format, on_error=on_error,

@@ -9,7 +9,8 @@ import time
 import click
 
 from fastspec.cli import _ahead
-from fastspec.cli._common import check_tolerance_option, common_options, compile_watch, handle_errors, make_parents
+from fastspec.cli._common import (check_tolerance_option, common_options, compile_watch, handle_errors,
+                                  input_format_option, make_parents, stdin_paths)
 
 _MODES = ["identity", "formula", "open", "analog", "hybrid", "neutral_loss"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
@@ -84,17 +85,19 @@ def _default_with(pp, tweaks: dict):
 @click.option("--overwrite", is_flag=True, help="Replace an existing index.")
 @click.option("--append", is_flag=True, help="Add the inputs to the existing index OUTPUT (preprocessed as its "
               "spectra were; the index is rebuilt and swapped in atomically).")
+@input_format_option
 @common_options
 @handle_errors
 def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_precursor, noise, top_k, faiss, on_error,
-          overwrite, append, threads, quiet):
+          overwrite, append, input_format, threads, quiet):
     """Build a library index from spectrum files (MGF, MSP, mzML, mzXML, MassBank records, Parquet, ...) or
-    directories of them, or add them to one (--append)."""
+    directories of them, or add them to one (--append). '-' reads standard input (with --input-format)."""
     from fastspec.errors import ParameterError
     from fastspec.library import Library
 
     log = _log(quiet)
     t0 = time.perf_counter()
+    inputs = stdin_paths(inputs)
     if append:
         given = [o for o, v in (("--overwrite", overwrite or None), ("--preprocess", preprocess),
                                 ("--no-preprocess", no_preprocess or None), ("--min-mz", min_mz), ("--max-mz", max_mz),
@@ -106,8 +109,8 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
         lib = Library.open(output)
         n0, r0, why0 = lib.n_spectra, lib.n_rejected, dict(lib.rejected)
         with compile_watch(log) as compiled:
-            lib.append(list(inputs), on_error=on_error, threads=threads, progress=False if quiet else None,
-                       allow_empty=False)
+            lib.append(inputs, on_error=on_error, threads=threads, progress=False if quiet else None,
+                       allow_empty=False, input_format=input_format)
         what, n_new, n_rej = "appended", lib.n_spectra - n0, lib.n_rejected - r0
     else:
         from pathlib import Path
@@ -120,9 +123,9 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
         pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
         make_parents(output)  # as query, convert and synth do
         with compile_watch(log) as compiled:
-            lib = Library.build(list(inputs), output, preprocess=pipeline, faiss=faiss is not False, on_error=on_error,
+            lib = Library.build(inputs, output, preprocess=pipeline, faiss=faiss is not False, on_error=on_error,
                                 threads=threads, progress=False if quiet else None, overwrite=overwrite,
-                                allow_empty=False)
+                                allow_empty=False, input_format=input_format)
         what, n_new, n_rej = "indexed", lib.n_spectra, lib.n_rejected
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c:,}" for r, c in lib.rejected.items())
@@ -172,18 +175,21 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable query records.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Queries read, searched and written at a time (memory holds one chunk's spectra and hits).")
+@input_format_option
 @common_options
 @handle_errors
 def query(queries, library, output, k, mode, metric, tolerance, preset, precursor_tolerance, engine, nprobe, n_candidates,
           no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, chunk_size,
-          threads, quiet):
-    """Search query spectra against a library index and write the hit table."""
+          input_format, threads, quiet):
+    """Search query spectra against a library index and write the hit table. '-' reads the queries from standard
+    input (with --input-format)."""
     from fastspec.errors import ParameterError
     from fastspec.library import Library
 
     from fastspec.hits import table_format
 
     log = _log(quiet)
+    queries = stdin_paths(queries)
     table_format(output)  # a wrong extension is refused before the search
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
         check_tolerance_option(value, name)
@@ -204,13 +210,13 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
                 ahead.extend(a for a in [_ahead.start(log, threads, on_wait=compiled.add)] if a is not None)
 
         try:
-            done = lib.search_to_file(list(queries) if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
+            done = lib.search_to_file(queries if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
                                       mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance or "0.01da",
                                       engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
-                                      on_error=on_error, threads=threads, progress=False if quiet else None,
-                                      on_validated=start_ahead, **({"preset": preset} if preset else {}))
+                                      on_error=on_error, input_format=input_format, threads=threads,
+                                      progress=False if quiet else None, on_validated=start_ahead, **({"preset": preset} if preset else {}))
         finally:
             for a in ahead:
                 a.stop()

@@ -65,6 +65,9 @@ def _check_on_error(on_error: str) -> None:
         raise ParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
 
 
+_SEEKING = ("mzml", "mzxml", "parquet", "hdf5")  # formats whose readers seek in the file
+
+
 def _iter_file(path: str, fmt: str | None, on_error: str, report: ReadReport, progress, chunk_hint: int | None):
     if not os.path.exists(path):
         raise FileNotFoundError(2, "No such file", path)
@@ -72,6 +75,8 @@ def _iter_file(path: str, fmt: str | None, on_error: str, report: ReadReport, pr
         raise IsADirectoryError(21, "Is a directory (read takes spectrum files; Library.build, Library.search "
                                     "and fastspec index take directories of them)", path)
     fmt = detect_format(path, fmt)
+    if fmt in _SEEKING and not os.path.isfile(path):  # their readers seek: a pipe fails deep inside them
+        raise FastspecError(f"{path}: {fmt} is read from a regular file, not a pipe: save it to a file first")
     report.format = fmt
     mod = importlib.import_module(_MODULES[fmt])
     kwargs = {}

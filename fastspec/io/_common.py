@@ -577,8 +577,8 @@ def sniff_format(path: str) -> str:
         regular = True  # open() below says why it cannot be read
     if not regular:
         raise FastspecError(f"{path}: a pipe, whose format cannot be told from its first bytes without losing "
-                            f"them; give a file with a known extension (.mgf, .msp, ...) or pass format= "
-                            f"(--input-format in `fastspec convert`)")
+                            f"them; give a file with a known extension (.mgf, .msp, ...) or name its format (--input-format; "
+                            f"format= of fastspec.io.read, input_format= of Library.build and search)")
     with open(path, "rb") as fh:
         head = fh.read(4096)
     if head.startswith(b"PAR1"):

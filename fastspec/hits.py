@@ -141,6 +141,13 @@ class Hits:
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
         same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
+
+        Parameters
+        ----------
+        library_columns : bool
+            With False the library's metadata is not read (faster for large tables): the columns stay, with
+            ``library_id``, ``library_precursor_mz``, ``delta_mz``, ``delta_ppm``, ``adduct``, ``formula``,
+            ``inchikey14``, ``smiles`` and ``name`` null.
         """
         return self._table(library_columns)
 
@@ -261,8 +268,8 @@ class Hits:
         return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
 
     def to_pandas(self, library_columns: bool = True):
-        """The hit table of :meth:`to_arrow` as a pandas DataFrame (requires pandas); the search
-        parameters are in ``df.attrs["fastspec"]``."""
+        """The hit table of :meth:`to_arrow` (``library_columns`` as there) as a pandas DataFrame (requires
+        pandas); the search parameters are in ``df.attrs["fastspec"]``."""
         table = self.to_arrow(library_columns)
         df = table.to_pandas()
         # integer columns with nulls as nullable integers: a query without hits made rank, library_index and

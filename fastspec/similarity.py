@@ -46,8 +46,8 @@ METRICS = {
     "entropy": 4,
     "unweighted_entropy": 4,
 }
-_ALIASES = {"modcos": "modified_cosine", "modified-cosine": "modified_cosine", "neutral_loss": "neutral_loss_cosine",
-            "binned": "binned_cosine", "entropy_similarity": "entropy"}
+_ALIASES = {"modcos": "modified_cosine", "modified-cosine": "modified_cosine", "binned": "binned_cosine",
+            "entropy_similarity": "entropy"}
 _DEFAULT_TOL = {"entropy": 0.02, "unweighted_entropy": 0.02}
 PRESETS = {"khoo2026": {"bin_width": 0.25, "max_mz": 2000.0, "base_peak": 100.0, "precursor_peak": 100.0}}
 
@@ -56,6 +56,10 @@ def canonical_metric(metric: str) -> str:
     """Validated metric name (aliases resolved); raises ParameterError for an unknown one."""
     m = str(metric).strip().lower()
     m = _ALIASES.get(m, m)
+    if m in ("neutral_loss", "neutral_losses"):  # two scores go by that name: say which is which
+        raise ParameterError(f"metric {metric!r} is ambiguous: 'neutral_loss_cosine' is matchms' NeutralLossesCosine; "
+                             "ms_entropy's neutral-loss search is mode='neutral_loss' of Library.search (entropy), "
+                             "or metric='entropy' with neutral_loss=True in fastspec.similarity.prepare")
     if m not in METRICS:
         raise ParameterError(f"unknown metric {metric!r}; choose from {', '.join(sorted(METRICS))}")
     return m
@@ -151,8 +155,10 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     Parameters
     ----------
     spectra : Spectra
-        Peaks as read (m/z sorted within each spectrum). A :class:`Prepared` is returned unchanged. Peaks
-        whose m/z or intensity is not finite are left out, by every metric (matchms returns NaN there).
+        Peaks as read (m/z sorted within each spectrum; one spectrum ``spectra[i]`` is a set of one). A
+        :class:`Prepared` is returned unchanged. Peaks whose m/z or intensity is not finite, with an m/z of 0
+        or less or a negative intensity are left out, by every metric, as library search leaves them out
+        (matchms returns NaN for a non-finite peak, and takes a negative intensity as a negative weight).
     metric : str
         One of :data:`METRICS`.
     tolerance : float, str or Tolerance, optional
@@ -210,6 +216,10 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     """
     if isinstance(spectra, Prepared):
         return spectra
+    from fastspec.spectra import SpectrumView
+
+    if isinstance(spectra, SpectrumView):  # one spectrum (``spectra[i]``): a set of one, as search takes it
+        spectra = spectra._parent.take(np.array([spectra.index], dtype=np.int64), metadata=False)
     if not isinstance(spectra, Spectra):
         raise ParameterError(f"expected a fastspec.Spectra, got {type(spectra).__name__} (matchms spectra: "
                              "fastspec.Spectra.from_matchms(...); arrays: Spectra.from_arrays(...); a file: "
@@ -232,6 +242,10 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     (library search: no Spectra container or metadata per candidate set)."""
     metric = canonical_metric(metric)
     mz_power, intensity_power = _finite(mz_power, "mz_power"), _finite(intensity_power, "intensity_power")
+    for name, flag in (("clean", clean), ("ignore_peaks_above_precursor", ignore_peaks_above_precursor),
+                       ("flash", flash), ("hybrid", hybrid), ("neutral_loss", neutral_loss)):
+        if not isinstance(flag, (bool, np.bool_)):  # clean="False" would read as True
+            raise ParameterError(f"{name} must be True or False, got {flag!r}")
     tol = parse_tolerance(_DEFAULT_TOL.get(metric, 0.1) if tolerance is None else tolerance)
     offsets = np.ascontiguousarray(offsets, np.int64)
     mz = np.ascontiguousarray(mz, np.float64)
@@ -239,11 +253,20 @@ def prepare_csr(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, prec
     if not (inten.dtype == np.float32 and metric in ("entropy", "unweighted_entropy")):
         inten = np.asarray(inten, np.float64)  # float32 entropy input stays float32: its kernels read float32
     pmz = np.ascontiguousarray(precursor_mz, np.float64)
+    from fastspec.kernels.peaks import check_offsets
+
+    offsets = check_offsets(offsets, mz, inten)  # offsets past the arrays: kernels reading outside them
     n = offsets.shape[0] - 1
-    finite = np.isfinite(mz) & np.isfinite(inten)
-    if not finite.all():  # a NaN peak: every metric leaves it out (cosine zeroed the pair, binned counted it)
-        offsets = _offsets_from_mask(offsets, finite)
-        mz, inten = mz[finite], inten[finite]
+    if pmz.shape != (n,):
+        raise ParameterError(f"precursor_mz: one value per spectrum expected ({n}), got shape {pmz.shape}")
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(mz) & np.isfinite(inten) & (mz > 0) & (inten >= 0)
+    if not valid.all():
+        # a NaN peak, a negative intensity, an m/z <= 0: every metric leaves it out, as library search does
+        # (cosine zeroed the pair on a NaN and took a negative intensity as a negative weight, a NaN one
+        # under intensity_power 0.5; entropy dropped it)
+        offsets = _offsets_from_mask(offsets, valid)
+        mz, inten = mz[valid], inten[valid]
     params: dict = {"mz_power": mz_power, "intensity_power": intensity_power}
     if flash and (metric not in ("entropy", "unweighted_entropy") or tol.unit != "da"):
         raise ParameterError("flash applies to entropy metrics with a Da tolerance")

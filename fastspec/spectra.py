@@ -167,6 +167,8 @@ class Spectra:
     ):
         offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         mz = np.ascontiguousarray(mz, dtype=np.float64)
+        if validate:
+            _refuse_float32_overflow(intensity)
         intensity = np.ascontiguousarray(intensity, dtype=np.float32)
         n = offsets.shape[0] - 1
         if precursor_mz is None:
@@ -175,6 +177,11 @@ class Spectra:
             charge = _column_as_int8(metadata, "charge", n)
         precursor_mz = np.ascontiguousarray(precursor_mz, dtype=np.float64)
         charge = np.asarray(charge)
+        if charge.dtype.kind in "OUS":  # text ("1-", "2+") as the readers read it
+            from fastspec.io.meta import parse_charge
+
+            charge = np.array([parse_charge(None if _is_missing(v) else v)[0] for v in charge.ravel()],
+                              np.int8).reshape(charge.shape)
         if charge.dtype != np.int8:  # clipped like a charge read from metadata (int8 would overflow)
             try:
                 charge = np.clip(np.asarray(charge, dtype=np.float64), -127, 127)
@@ -243,13 +250,14 @@ class Spectra:
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         mz = np.concatenate([np.asarray(m, dtype=np.float64) for m in mz_list]) if n else np.zeros(0)
-        inten = np.concatenate([np.asarray(i, dtype=np.float32) for i in intensity_list]) if n else np.zeros(0, np.float32)
+        # as given (float64 too): __init__ refuses values beyond float32's range before storing float32
+        inten = np.concatenate([np.asarray(i) for i in intensity_list]) if n else np.zeros(0, np.float32)
         table = _to_table(metadata, n)
         if precursor_mz is not None:
             if np.ndim(precursor_mz) == 0:
                 raise FastspecError("precursor_mz must hold one value per spectrum (a list or array), got a "
                                     f"single {type(precursor_mz).__name__}")
-            precursor_mz = np.array([np.nan if v is None else v for v in precursor_mz], dtype=np.float64)
+            precursor_mz = _as_precursors(precursor_mz)
         return cls(offsets, mz, inten, precursor_mz, charge, table)
 
     @classmethod
@@ -300,6 +308,9 @@ class Spectra:
         """Spectra at ``rows`` (int64 positions), in that order; without ``metadata`` only peaks,
         precursors and charges (a metadata ``take`` costs more than the peaks of a few spectra)."""
         rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):  # a negative row read another's peaks
+            raise IndexError(f"take: rows must be positions 0 <= row < {len(self)} (spectra[rows] also takes "
+                             f"negative ones), got {int(rows.min())}..{int(rows.max())}")
         peak_idx, offsets = _gather_index(self.offsets, rows)
         meta = None
         if metadata:
@@ -482,6 +493,8 @@ def _to_table(metadata, n: int) -> pa.Table | None:
         return None
     if isinstance(metadata, pa.Table):
         table = metadata
+    elif hasattr(metadata, "columns") and hasattr(metadata, "to_dict") and hasattr(metadata, "iloc"):
+        table = pa.Table.from_pandas(metadata, preserve_index=False)  # a DataFrame (iterating it gives names)
     elif isinstance(metadata, Mapping):
         table = pa.table({k: v if isinstance(v, pa.Array) else _column(v) for k, v in metadata.items()})
     else:
@@ -518,11 +531,54 @@ def _column_as_int8(table: pa.Table | None, key: str, n: int) -> np.ndarray:
     col = table.column(key)
     if pa.types.is_integer(col.type):
         return np.clip(col.cast(pa.int64()).fill_null(0).to_numpy(), -127, 127).astype(np.int8)
-    for i, v in enumerate(table.column(key).to_pylist()):
+    if pa.types.is_floating(col.type):  # whole numbers clipped as integers are; NaN, 1.5: unknown
+        v = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(v) & (v == np.round(v))
+        return np.where(whole, np.clip(np.where(whole, v, 0), -127, 127), 0).astype(np.int8)
+    from fastspec.io.meta import parse_charge
+
+    for i, v in enumerate(col.to_pylist()):  # text ("1-", "2+", "-1") as the readers read it
+        out[i] = parse_charge(v)[0]
+    return out
+
+
+def _is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+def _refuse_float32_overflow(intensity) -> None:
+    """FastspecError when finite intensities given as float64 (or wider) exceed float32's range: stored as
+    float32 they would become inf, and the peak (often the base peak) would be dropped without a word. The
+    readers reject such records."""
+    a = np.asarray(intensity)
+    if a.dtype.kind != "f" or a.dtype.itemsize <= 4 or a.size == 0:
+        return
+    with np.errstate(invalid="ignore"):
+        big = np.isfinite(a) & (np.abs(a) > np.finfo(np.float32).max)
+    if big.any():
+        i = int(np.flatnonzero(big)[0])
+        raise FastspecError(f"intensity {a[i]:g} (peak {i}) is beyond float32's range (3.4e38), in which "
+                            "intensities are stored: scale the intensities down")
+
+
+def _as_precursors(values) -> np.ndarray:
+    """Precursor m/z given per spectrum as float64 (None, NaN and missing markers such as 'n/a' -> NaN);
+    FastspecError naming the first value that is no number."""
+    from fastspec.io.meta import MISSING_MARKERS
+
+    try:
+        return np.array([np.nan if _is_missing(v) else v for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        pass
+    out = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        if _is_missing(v) or (isinstance(v, str) and v.strip().lower() in MISSING_MARKERS):
+            continue
         try:
-            out[i] = int(v) if v is not None else 0
-        except (TypeError, ValueError, OverflowError):
-            pass
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise FastspecError(f"precursor_mz[{i}] = {v!r} is not a number") from None
     return out
 
 

@@ -57,6 +57,7 @@ from numba.cpython.unsafe.numbers import trailing_zeros
 from fastspec.kernels._config import NJIT, await_compiled, pjit, threads as _threads
 from fastspec.kernels._intrinsics import prefetch_row
 from fastspec.kernels._memory import huge_zeros as hz
+from fastspec.kernels.peaks import check_offsets
 from fastspec.kernels.tanimoto import _popcount
 
 KIND_PRODUCT = 0  #: cosine-like: contribution q*l of L2-normalised weights
@@ -325,8 +326,8 @@ def peak_weights(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, kin
     """
     # written straight as float32 (the kernels only store into ``out``: the same rounding as computing in
     # float64 and casting, without a float64 array twice the size)
-    out = np.empty(mz.shape[0], dtype=np.float32)
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    offsets = check_offsets(offsets, mz, intensity)
+    out = np.empty(np.shape(mz)[0], dtype=np.float32)
     with _threads(threads):
         _peak_weights(offsets, mz, intensity, kind, mz_power, intensity_power, out, threads)
     return out
@@ -1867,8 +1868,9 @@ def _min_gaps(offsets, mz, out):
 
 def min_peak_gaps(offsets: np.ndarray, mz: np.ndarray) -> np.ndarray:
     """Smallest m/z difference between neighbouring peaks of each spectrum, float32 (n,) (inf: < 2 peaks)."""
+    offsets = check_offsets(offsets, mz)
     out = np.empty(offsets.shape[0] - 1, dtype=np.float64)
-    _min_gaps(np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(mz, np.float64), out)
+    _min_gaps(offsets, np.ascontiguousarray(mz, np.float64), out)
     # rounded down so that float32 storage never overstates a gap
     o32 = out.astype(np.float32)
     return np.where(o32.astype(np.float64) > out, np.nextafter(o32, np.float32(-np.inf)), o32).astype(np.float32)

@@ -99,6 +99,19 @@ def _compact(offsets, counts, buf_mz, buf_int):
     return new_offsets, buf_mz, buf_int
 
 
+def check_offsets(offsets, *peak_arrays) -> np.ndarray:
+    """``offsets`` as int64, checked against the peak arrays (ParameterError): 1-D (n+1,), starting at 0,
+    non-decreasing and ending at their common length. A kernel given offsets past its arrays would read
+    (or write) outside them."""
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    shapes = {np.shape(a) for a in peak_arrays}
+    if offsets.ndim != 1 or offsets.shape[0] < 1 or len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ParameterError("CSR peaks: offsets (n+1,) and 1-D peak arrays of one length (n_peaks,) expected")
+    if not _offsets_ok(offsets, next(iter(shapes))[0]):
+        raise ParameterError("CSR peaks: offsets must start at 0, be non-decreasing and end at the number of peaks")
+    return offsets
+
+
 def _check_csr(offsets, mz, intensity):
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
     mz = np.ascontiguousarray(mz, dtype=np.float64)
@@ -127,7 +140,7 @@ def _finite(name, value, lo=None):
     except (TypeError, ValueError):
         raise ParameterError(f"{name} must be a number, got {value!r}") from None
     if v != v or (lo is not None and v < lo):
-        raise ParameterError(f"{name} must be a number >= {lo}, got {value!r}")
+        raise ParameterError(f"{name} must be a number" + (f" >= {lo}" if lo is not None else "") + f", got {value!r}")
     return v
 
 
@@ -606,7 +619,7 @@ def l2_norms_csr(offsets: np.ndarray, w: np.ndarray, threads: int | None = None)
     -------
     ndarray, float64 (n,)
     """
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    offsets = check_offsets(offsets, w)
     # float32 weights are read as they are (squared in float64): no float64 copy of every peak
     w = np.asarray(w)
     w = np.ascontiguousarray(w, dtype=w.dtype if w.dtype in (np.float32, np.float64) else np.float64)
@@ -644,7 +657,7 @@ def top_peaks_mz(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, thr
     mz : ndarray, float64 (n_peaks,)
     intensity : ndarray, float32 or float64 (n_peaks,)
     """
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    offsets = check_offsets(offsets, mz, intensity)
     mz = np.ascontiguousarray(mz, dtype=np.float64)
     intensity = np.asarray(intensity)
     intensity = np.ascontiguousarray(intensity, dtype=intensity.dtype if intensity.dtype in (np.float32, np.float64)

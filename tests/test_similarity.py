@@ -178,7 +178,7 @@ def test_pair_list_larger_than_scratch_grows():
 
 
 @pytest.mark.parametrize("metric,peer", [("cosine", "CosineGreedy"), ("modified_cosine", "ModifiedCosineGreedy"),
-                                         ("neutral_loss", "NeutralLossesCosine")])
+                                         ("neutral_loss_cosine", "NeutralLossesCosine")])
 def test_many_peak_spectra_grow_scratch_to_need(metric, peer):
     """Two 25,000-peak spectra (shifted precursors: modified cosine scans twice) hold 25,000-50,000
     candidate pairs: the scratch grows to that count, not to the 25,000 x 25,000 x 2 worst case (50 GB,
@@ -654,3 +654,55 @@ def test_pair_api_input_checks():
     for metric in ("binned_cosine", "cosine"):
         s, m = score_pairs(zero, one, metric, 0.1)
         assert (s[0], m[0]) == (0.0, 0), metric
+
+
+def test_invalid_peaks_in_memory_are_left_out_by_every_metric():
+    """From an audit: a negative intensity given in memory was a negative weight for cosine (0.43 with 3
+    matches), dropped by entropy and by library search, and a NaN weight under intensity_power 0.5 (the pair
+    silently 0). Every metric now leaves out peaks with a negative intensity or an m/z of 0 or less, as
+    search does: scores equal those of the spectrum without them."""
+    a = Spectra.from_arrays([[100.0, 200.0, 300.0]], [[1.0, -2.0, 3.0]], precursor_mz=[400.0])
+    bad_mz = Spectra(np.array([0, 4]), np.array([-5.0, 0.0, 100.0, 300.0]), np.array([9.0, 9.0, 1.0, 3.0]),
+                     precursor_mz=np.array([400.0]))
+    clean = Spectra.from_arrays([[100.0, 300.0]], [[1.0, 3.0]], precursor_mz=[400.0])
+    b = Spectra.from_arrays([[100.0, 200.0, 300.0]], [[1.0, 2.0, 3.0]], precursor_mz=[400.0])
+    for kw in ({"metric": "cosine"}, {"metric": "cosine", "intensity_power": 0.5}, {"metric": "modified_cosine"},
+               {"metric": "neutral_loss_cosine"}, {"metric": "entropy"}, {"metric": "binned_cosine"}):
+        want = score_pairs(clean, b, **kw)
+        for x in (a, bad_mz):
+            got = score_pairs(x, b, **kw)
+            assert got[0][0] == pytest.approx(want[0][0], abs=1e-12) and got[1][0] == want[1][0], kw
+
+
+def test_csr_offsets_past_the_arrays_are_refused():
+    """From an audit: public CSR entry points took offsets past their arrays and read (peak_weights: wrote)
+    outside them: a wrong score, or the process aborting on a corrupted heap."""
+    from fastspec.kernels import fragment, peaks
+    from fastspec.similarity import prepare_csr
+
+    mz, it = np.array([100.0, 200.0, 100.0, 150.0, 300.0]), np.ones(5, np.float32)
+    for off in (np.array([0, 2, 9]), np.array([0, 3, 2]), np.array([1, 5]), np.zeros((2, 2), np.int64)):
+        n = max(np.shape(off)[0] - 1, 0)
+        with pytest.raises(ParameterError, match="CSR peaks"):
+            prepare_csr(off, mz, it, np.full(n, np.nan), "cosine")
+        for call in (lambda: fragment.peak_weights(off, mz, it, "cosine"), lambda: fragment.min_peak_gaps(off, mz),
+                     lambda: peaks.l2_norms_csr(off, it), lambda: peaks.top_peaks_mz(off, mz, it)):
+            with pytest.raises(ParameterError, match="CSR peaks"):
+                call()
+    with pytest.raises(ParameterError, match="precursor_mz"):
+        prepare_csr(np.array([0, 2, 5]), mz, it, np.full(3, np.nan), "cosine")
+    assert peaks.l2_norms_csr(np.array([0, 2, 5]), it).tolist() == pytest.approx([2 ** 0.5, 3 ** 0.5])
+
+
+def test_pair_api_takes_one_spectrum_and_refuses_ambiguous_names_and_text_flags():
+    """From an audit: ``spectra[i]`` (a SpectrumView, which search takes) was refused by the pair API with
+    advice that did not help; metric 'neutral_loss' silently meant matchms' neutral-loss cosine, which an
+    ms_entropy user reads as its neutral-loss (entropy) search; ``clean="False"`` was taken as True."""
+    s = Spectra.from_arrays([[100.0, 150.0], [100.0, 120.0]], [[1.0, 2.0], [1.0, 1.0]], precursor_mz=[300.0, 310.0])
+    assert score_pairs(s[0], s[1:2])[0][0] == score_pairs(s[0:1], s[1:2])[0][0]
+    with pytest.raises(ParameterError, match="ambiguous.*neutral_loss_cosine.*mode='neutral_loss'"):
+        score_pairs(s, s, metric="neutral_loss")
+    for kw in ({"clean": "False"}, {"flash": 1}, {"ignore_peaks_above_precursor": "no"}):
+        with pytest.raises(ParameterError, match="True or False"):
+            score_pairs(s, s, metric="entropy" if "clean" in kw or "flash" in kw else "neutral_loss_cosine", **kw)
+    score_pairs(s, s, metric="entropy", clean=np.bool_(False))

@@ -205,3 +205,37 @@ def test_metadata_with_nan_in_a_text_column():
         s = Spectra.from_arrays([[100.0]] * 2, [[1.0]] * 2, metadata=md)
         assert s.column("formula") == ["C6H12O6", None] and s.column("n") == [1, 2]
     assert canonical_formulas(["NaN", "nan", "INF", "-inf", "Na", "NaCl"]) == [None] * 4 + ["Na", "ClNa"]
+
+
+def test_in_memory_input_edge_cases():
+    """From an audit of the in-memory constructors: an intensity beyond float32's range became inf and the
+    peak (the base peak) was dropped without a word; charges written as text in metadata became 0 (their
+    polarity lost, so a positive query matched them); a float charge column lost its values; a negative row
+    in ``take`` read another spectrum's peaks; a pandas DataFrame as metadata raised an unrelated error, and
+    text precursors a bare numpy error."""
+    import pandas as pd
+
+    with pytest.raises(FastspecError, match="beyond float32"):
+        Spectra.from_arrays([[100.0, 200.0]], [[1.0, 1e39]])
+    with pytest.raises(FastspecError, match="beyond float32"):
+        Spectra(np.array([0, 1]), np.array([100.0]), np.array([-1e40]))
+    assert Spectra.from_arrays([[100.0]], [[3e38]]).intensity[0] == np.float32(3e38)
+    s = Spectra.from_arrays([[1.0]] * 4, [[1.0]] * 4, metadata={"charge": ["1-", "2+", "-1", None]})
+    assert s.charge.tolist() == [-1, 2, -1, 0] and s.polarity.tolist()[:3] == [-1, 1, -1]
+    s = Spectra.from_arrays([[1.0]] * 4, [[1.0]] * 4, metadata={"charge": [2.0, -1.0, 1.5, float("nan")]})
+    assert s.charge.tolist() == [2, -1, 0, 0]
+    assert Spectra.from_arrays([[1.0]] * 2, [[1.0]] * 2, charge=["2-", "+1"]).charge.tolist() == [-2, 1]
+    s = Spectra.from_arrays([[1.0], [2.0, 3.0], [4.0]], [[1.0], [1.0, 1.0], [1.0]])
+    for rows in ([-2], [3], [0, -1]):
+        with pytest.raises(IndexError, match="take"):
+            s.take(np.array(rows))
+        with pytest.raises(IndexError, match="take"):
+            s.take(np.array(rows), metadata=False)
+    assert s[[-2]].mz.tolist() == [2.0, 3.0]
+    df = pd.DataFrame({"id": ["a", "b"], "precursor_mz": [200.0, 300.0]})
+    s = Spectra.from_arrays([[100.0], [150.0]], [[1.0], [1.0]], metadata=df)
+    assert s.column("id") == ["a", "b"] and s.precursor_mz.tolist() == [200.0, 300.0]
+    s = Spectra.from_arrays([[100.0], [150.0]], [[1.0], [1.0]], precursor_mz=pd.Series(["200.1", "n/a"]))
+    assert s.precursor_mz[0] == 200.1 and np.isnan(s.precursor_mz[1])
+    with pytest.raises(FastspecError, match=r"precursor_mz\[1\] = 'abc'"):
+        Spectra.from_arrays([[100.0], [150.0]], [[1.0], [1.0]], precursor_mz=["200", "abc"])

@@ -40,6 +40,12 @@ def temporary_prefix(name: str) -> str:
     return f".{raw[:120].decode('utf-8', 'ignore')}~{hashlib.sha1(raw).hexdigest()[:12]}.tmp-"
 
 
+def aside_prefix(name: str) -> str:
+    """How an old index moved aside while ``name`` is replaced is called, less its random tail:
+    ``.{name}.old-``, long names cut as in :func:`temporary_prefix` (the aside name is 18 bytes longer)."""
+    return temporary_prefix(name)[:-len("tmp-")] + "old-"
+
+
 def temporary_name(name: str) -> str:
     """A fresh temporary name for an output called ``name`` (see the module docstring)."""
     return f"{temporary_prefix(name)}{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:12]}"
@@ -54,7 +60,7 @@ def remove_stale_temporaries(parent: Path, name: str) -> None:
     directories also lose ``.{name}.old-*`` (an old index moved aside) once ``name`` holds an index again."""
     prefix = temporary_prefix(name)
     if (Path(parent) / name / "manifest.json").exists():  # the swap completed: what it moved aside is garbage
-        old = f".{name}.old-"
+        old = aside_prefix(name)
         for entry in _entries(parent):
             if entry.name.startswith(old):
                 _remove(Path(entry.path))

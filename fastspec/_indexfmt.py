@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from fastspec._atomic import ACTIVE_TEMPORARIES, naming_output, remove_stale_temporaries, temporary_name  # noqa: F401
+from fastspec._atomic import (ACTIVE_TEMPORARIES, aside_prefix, naming_output, remove_stale_temporaries,  # noqa: F401
+                              temporary_name)
 from fastspec.errors import FastspecError, IndexFormatError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
@@ -272,7 +273,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not directory.exists():
         # a rebuild killed between its two renames leaves the previous index aside (replace_directory)
         parent = directory.parent if str(directory.parent) else Path(".")
-        aside = sorted(parent.glob(f".{glob.escape(directory.name)}.old-*")) if parent.is_dir() else []
+        aside = sorted(parent.glob(f"{glob.escape(aside_prefix(directory.name))}*")) if parent.is_dir() else []
         aside = [p for p in aside if (p / MANIFEST).exists()]
         if aside:
             raise IndexFormatError(f"{directory} is missing, but an interrupted rebuild left the previous index "
@@ -307,6 +308,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if digest is not None and digest != _manifest_digest(manifest):
         raise IndexFormatError(f"the manifest of {directory} was edited or corrupted (its checksum does not "
                                "match); rebuild the index with `fastspec index`")
+    what = _schema_fault(manifest)
+    if what is not None:  # a format-2 manifest (no checksum), or one edited along with its checksum
+        raise IndexFormatError(f"the manifest of {directory} is malformed: {what}; rebuild the index with "
+                               "`fastspec index`")
     build = manifest.get("build")
     if digest is None and ("scan_rows.npy" in manifest["files"] or (isinstance(build, dict) and "scan_order" in build)):
         # format 3's scan order, under a format-2 label without the checksum format 3 always has
@@ -325,6 +330,46 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise IndexFormatError(f"the manifest of {directory} is inconsistent: {counts['n_spectra']} spectra, but peak "
                                f"offsets for {shape[0] - 1}; rebuild the index with `fastspec index`")
     return manifest
+
+
+#: files every index has (the peaks and the metadata): a manifest leaving one out would pass `--verify`
+CORE_FILES = ("offsets.npy", "mz.npy", "intensity.npy", "precursor_mz.npy", "metadata.parquet")
+
+
+def _schema_fault(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's structure (the keys and types the code reads), or None."""
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    for key in ("build", "counts"):
+        if not isinstance(manifest.get(key), dict):
+            return f"{key!r} is missing or not an object"
+    if "preprocess" not in manifest["build"] or not isinstance(manifest["build"]["preprocess"], (dict, type(None))):
+        return "build['preprocess'] is missing or not an object"
+    counts = manifest["counts"]
+    for key in ("n_read", "n_spectra", "n_rejected"):
+        if not whole(counts.get(key)):
+            return f"counts[{key!r}] is missing or not a count"
+    for key, v in counts.items():
+        if key.startswith("n_") and not whole(v):
+            return f"counts[{key!r}] = {v!r} is not a count"
+        if key in ("rejected", "read_warnings") and not (isinstance(v, dict) and all(map(whole, v.values()))):
+            return f"counts[{key!r}] is not an object of counts"
+    files = manifest["files"]
+    for name, entry in files.items():
+        # a name is a plain file of the index: "../other/mz.npy" would be read (and verified) elsewhere
+        if not name or name != os.path.basename(name) or name.startswith(".") or "\\" in name:
+            return f"file name {name!r} is not a file of the index directory"
+        if not (isinstance(entry, dict) and whole(entry.get("size")) and isinstance(entry.get("edge"), str)
+                and isinstance(entry.get("blake2b"), str)):
+            return f"the entry of {name} lacks its size or checksums"
+        if name.endswith(".npy") and not (isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
+                                          and all(map(whole, entry["shape"]))):
+            return f"the entry of {name} lacks its dtype or shape"
+    missing = [n for n in CORE_FILES if n not in files]
+    if missing:
+        return f"it lists no {', '.join(missing)}"
+    return None
 
 
 def is_index_dir(directory: Path, damaged: bool = False) -> bool:
@@ -403,7 +448,9 @@ class AtomicDirectory:
     """
 
     def __init__(self, target: Path, overwrite: bool = False):
-        target = Path(target)
+        # absolute: "." (run from inside the index) has no name and is its own parent, so the temporary
+        # went inside the index and the final rename failed (EBUSY) after the whole build
+        target = Path(os.path.abspath(target))
         if overwrite and target.is_symlink() and target.is_dir():
             # replace the index the link points to (built beside it: one file system for the rename), as
             # writing to a linked file writes the file; swapping the link itself for a directory would leave
@@ -528,6 +575,15 @@ def move_into_place(src: Path, target: Path) -> None:
         raise
 
 
+def refuse_read_only(directory: Path, what: str) -> None:
+    """IndexFormatError when ``directory`` (an index about to be replaced) is not writable: the swap would
+    still go through (only its parent must be writable), replacing an index made read-only on purpose and
+    leaving the old one's undeletable copy beside it."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise IndexFormatError(f"cannot {what} {directory}: the index is read-only (make it writable first, "
+                               "or build a new index elsewhere)")
+
+
 def replace_directory(src: Path, target: Path) -> None:
     """Move ``src`` to ``target``; an existing ``target`` (file or directory) is moved aside first."""
     if not target.exists():
@@ -535,7 +591,7 @@ def replace_directory(src: Path, target: Path) -> None:
         return
     if target.is_dir() and not is_index_dir(target, damaged=True) and any(target.iterdir()):
         raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a library index")
-    trash = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:12]}"
+    trash = target.parent / f"{aside_prefix(target.name)}{uuid.uuid4().hex[:12]}"
     os.rename(target, trash)
     try:
         os.rename(src, target)

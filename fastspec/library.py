@@ -79,6 +79,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec import _indexfmt as fmt
+from fastspec._atomic import aside_prefix, temporary_prefix
 from fastspec._version import __version__
 from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError
 from fastspec.spectra import Spectra
@@ -497,7 +498,7 @@ def _swapping(path: Path, stamp: tuple | None) -> bool:
     parent = path.parent if str(path.parent) else Path(".")
     name = path.name
     try:
-        return any(e.startswith((f".{name}.old-", f".{name}.tmp-")) for e in os.listdir(parent))
+        return any(e.startswith((aside_prefix(name), temporary_prefix(name))) for e in os.listdir(parent))
     except OSError:
         return False
 
@@ -657,7 +658,8 @@ class Library:
     """
 
     def __init__(self, path: Path, manifest: dict):
-        self.path = Path(path)
+        # absolute: an append swaps the directory, and "." (opened from inside it) would then name the old one
+        self.path = Path(os.path.abspath(path))
         self.manifest = manifest
         self._arrays: dict[str, np.ndarray] = {}
         self._cache: dict[str, Any] = {}
@@ -844,23 +846,26 @@ class Library:
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)
+        absolute = Path(os.path.abspath(path))  # "." from inside the index it replaces: gone after the swap
         if target.is_dir() and not fmt.is_index_dir(target, damaged=True) and any(target.iterdir()):
             raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
                                    "library index")
         if target.exists() and not target.is_dir():  # e.g. the input spectrum file itself, named twice
             raise IndexFormatError(f"refusing to overwrite {target}: it is a file, not a library index")
+        if target.is_dir():
+            fmt.refuse_read_only(target, "overwrite")
         prog = _Progress(progress, total=7, desc="index")
         try:
             pipeline = resolve_pipeline(preprocess)
             spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
             prog.step("preprocess")
             processed = apply_pipeline(pipeline, spectra, threads)
-            _build_index(Path(path), processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
+            _build_index(absolute, processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
                          threads=threads, overwrite=overwrite, prog=prog, input_index=counts["positions"],
                          n_input=int(counts["n_read"]), allow_empty=allow_empty, inputs=_input_sources(counts))
         finally:
             prog.close()
-        return cls.open(path)
+        return cls.open(absolute)
 
     @classmethod
     def open(cls, path: "str | os.PathLike", *, verify: bool = False) -> "Library":
@@ -945,6 +950,7 @@ class Library:
         The input is read first; then the append waits for the searches running on this object and
         searches started meanwhile wait for it (see ``_in_use``).
         """
+        fmt.refuse_read_only(self.path, "append to")
         prog = _Progress(progress, total=7, desc="append")
         try:
             # read before anything is held: a generator given as input may search this very library
@@ -1147,7 +1153,12 @@ class Library:
             # a plain ndarray view of the memory map: np.memmap's subclass hooks make fancy indexing slow;
             # always read-only (empty arrays are loaded eagerly), so numba kernels see one array type and
             # compile once
-            arr = _readonly(np.asarray(fmt.load_array(self.path, name, entry)))
+            try:
+                arr = _readonly(np.asarray(fmt.load_array(self.path, name, entry)))
+            except (IndexFormatError, OSError):
+                self._check_unchanged()  # swapped between the check and the load: say so, not "corrupted"
+                raise
+            self._check_unchanged()  # the file mapped may be the swapped-in index's
             bad = self._bad_values(name, arr)
             if bad:
                 raise self._corrupted(f"{name} {bad}")
@@ -1333,6 +1344,7 @@ class Library:
         try:
             yield
         except (OSError, pa.ArrowInvalid, KeyError) as e:  # (KeyError: a damaged schema lost a column)
+            self._check_unchanged()  # swapped by an append meanwhile: that is the error, not damage
             limit = fmt.resource_error(e, self.path / name)
             if limit is not None:
                 raise limit from None

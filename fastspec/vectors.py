@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -258,6 +259,19 @@ def build_faiss_index(path: Path, spectra, params: dict | None = None, threads: 
         return _build_faiss_index(faiss, path, spectra, params, threads)
 
 
+def _write_faiss(index, path) -> None:
+    """``faiss.write_index``, its C++ write error (a full disk, a file-size limit: a RuntimeError quoting the
+    temporary path) raised as FastspecError with the reason."""
+    import faiss
+
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as e:
+        reasons = re.findall(r"\(([^()]*)\)", str(e))
+        why = reasons[-1] if reasons else str(e).strip().splitlines()[-1]
+        raise FastspecError(f"I/O error writing the FAISS index {Path(path).name}: {why}; is the disk full?") from None
+
+
 def _build_faiss_index(faiss, path: Path, spectra, params: dict | None, threads: int | None) -> dict:
     p = dict(DEFAULTS, **(params or {}))
     n = len(spectra)
@@ -322,13 +336,13 @@ def _build_faiss_index(faiss, path: Path, spectra, params: dict | None, threads:
     if theta_t is not None:
         theta = faiss.IndexIVFPQFastScan(theta_twin, theta.bbs)  # keeps a reference to the twin's quantizer
         theta_twin.reset()  # its codes are repacked: free them (16 + 8 bytes per spectrum)
-    faiss.write_index(index, str(path))
+    _write_faiss(index, path)
     p["n_train"] = n_train
     p["ntotal"] = int(index.ntotal)
     p["index"] = desc
     p["theta"] = None
     if theta is not None:
-        faiss.write_index(theta, str(Path(path).with_name(THETA_FILE)))
+        _write_faiss(theta, Path(path).with_name(THETA_FILE))
         p["theta"] = {"index": theta_desc, "nlist": theta_nlist, "ntotal": int(theta.ntotal)}
     return p
 

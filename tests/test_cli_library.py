@@ -643,3 +643,16 @@ def test_a_short_write_says_the_disk_may_be_full():
 
     with pytest.raises(click.ClickException, match=r"stopped short \(446257 requested and 202720 written\); is the disk full"):
         save()
+
+
+def test_append_prints_its_own_reader_warnings(tmp_path):
+    """From an audit: ``index --append`` printed the index's reader warnings so far (an earlier input's
+    stray line) as this input's; it prints what this append added, as it does for rejections."""
+    rec = "BEGIN IONS\nTITLE={t}\nPEPMASS=300\n100 1\n150 2\nEND IONS\n"
+    (tmp_path / "stray.mgf").write_text(rec.format(t="a") + "stray line\n" + rec.format(t="b"))
+    (tmp_path / "clean.mgf").write_text(rec.format(t="c"))
+    lib = tmp_path / "lib.fastspec"
+    assert "lines outside records: 1" in run("index", tmp_path / "stray.mgf", "-o", lib, "--no-faiss").output
+    out = run("index", tmp_path / "clean.mgf", "-o", lib, "--append").output
+    assert "reader warnings" not in out and "appended 1 spectra" in out
+    assert "lines outside records: 1" in run("index", tmp_path / "stray.mgf", "-o", lib, "--append").output

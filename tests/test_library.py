@@ -1388,3 +1388,111 @@ def test_running_out_of_descriptors_is_not_called_corruption(raw_lib, monkeypatc
     with pytest.raises(FastspecError, match="Too many open files") as e:
         Library.open(raw_lib.path).metadata(columns=["id"])
     assert not isinstance(e.value, IndexFormatError)
+
+
+def _small(n: int = 30, seed: int = 0) -> Spectra:
+    rng = np.random.default_rng(seed)
+    mzs = [np.sort(rng.uniform(50, 400, 8)) for _ in range(n)]
+    return Spectra.from_arrays(mzs, [rng.uniform(1, 100, 8) for _ in range(n)], precursor_mz=rng.uniform(420, 500, n))
+
+
+def test_lifecycle_edges_from_an_audit(tmp_path, monkeypatch):
+    """From an audit of the index lifecycle: an index named 238-255 bytes could be built but never
+    overwritten or appended to (the old index moved aside under a name 18 bytes longer); ``-o .`` from
+    inside an index rebuilt it, then failed (its temporary made inside itself, and "." re-read after the
+    swap); an index made read-only was swapped for a writable one, its copy left behind for good."""
+    from fastspec import _indexfmt
+
+    long = tmp_path / ("w" * 240)
+    Library.build(_small(), long, faiss=False)
+    Library.build(_small(seed=1), long, faiss=False, overwrite=True)
+    assert Library.open(long).append(_small(10, seed=2)).n_spectra == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == [long.name]
+
+    lib = tmp_path / "lib.fastspec"
+    Library.build(_small(), lib, faiss=False)
+    monkeypatch.chdir(lib)
+    here = Library.open(".").append(_small(10, seed=3))
+    assert here.n_spectra == 40 and here.path == lib
+    monkeypatch.chdir(lib)
+    assert Library.build(_small(5), ".", faiss=False, overwrite=True).n_spectra == 5
+    monkeypatch.chdir(tmp_path)
+    assert Library.open(lib).n_spectra == 5 and sorted(p.name for p in tmp_path.iterdir()) == sorted([long.name, lib.name])
+
+    monkeypatch.setattr(_indexfmt.os, "access", lambda *a, **k: False)  # as a user without write permission
+    with pytest.raises(IndexFormatError, match="read-only"):
+        Library.open(lib).append(_small(3))
+    with pytest.raises(IndexFormatError, match="read-only"):
+        Library.build(_small(3), lib, faiss=False, overwrite=True)
+    monkeypatch.undo()
+    assert Library.open(lib).n_spectra == 5
+
+
+def test_a_faiss_write_failure_is_one_error(tmp_path, monkeypatch):
+    """FAISS reports a full disk (or a file-size limit) as a RuntimeError quoting the temporary path: it
+    is a FastspecError with the reason now, nothing left behind, the old index kept."""
+    import faiss
+
+    lib = tmp_path / "lib.fastspec"
+    Library.build(_small(), lib, faiss=False)
+
+    def full(index, path):
+        raise RuntimeError(f"Error in void faiss::write_index: write error in {path}: 0 != 1 (File too large)")
+
+    monkeypatch.setattr(faiss, "write_index", full)
+    with pytest.raises(FastspecError, match="FAISS index faiss.index: File too large; is the disk full"):
+        Library.build(_small(40, seed=4), lib, overwrite=True)
+    assert Library.open(lib).n_spectra == 30 and [p.name for p in tmp_path.iterdir()] == ["lib.fastspec"]
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda m: m.pop("build"), "'build' is missing"),
+    (lambda m: m["build"].pop("preprocess"), "build['preprocess'] is missing"),
+    (lambda m: m.update(counts=[]), "'counts' is missing or not an object"),
+    (lambda m: m["counts"].update(n_positive=None), "counts['n_positive'] = None"),
+    (lambda m: m["counts"].update(n_spectra="30"), "counts['n_spectra']"),
+    (lambda m: m["files"].update({"../other/mz.npy": m["files"]["mz.npy"]}), "not a file of the index"),
+    (lambda m: m["files"].pop("mz.npy"), "lists no mz.npy"),
+    (lambda m: m["files"].pop("metadata.parquet"), "lists no metadata.parquet"),
+    (lambda m: m["files"]["mz.npy"].pop("edge"), "lacks its size or checksums"),
+    (lambda m: m["files"].update({"mz.npy": []}), "lacks its size or checksums"),
+    (lambda m: m["files"]["mz.npy"].pop("shape"), "lacks its dtype or shape"),
+])
+def test_a_manifest_edited_with_its_checksum_is_refused_by_its_structure(tmp_path, edit, words):
+    """From an audit: a manifest whose checksum was recomputed after an edit (or a format-2 one, which has
+    none) with a key missing or of the wrong type gave tracebacks in info and query; one leaving out a
+    file passed ``--verify``; a file named ``../other/mz.npy`` was read outside the index."""
+    from fastspec import _indexfmt
+
+    lib = tmp_path / "lib.fastspec"
+    Library.build(_small(), lib, faiss=False)
+    m = json.loads((lib / "manifest.json").read_text())
+    m.pop(_indexfmt.MANIFEST_CHECKSUM)
+    edit(m)
+    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(json.loads(json.dumps(m)))
+    (lib / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(IndexFormatError, match="malformed: .*" + re.escape(words)):
+        Library.open(lib)
+
+
+def test_a_swap_between_check_and_load_says_rebuilt(tmp_path, monkeypatch):
+    """From an audit: an append landing between a lazy load's "unchanged?" check and the file's mapping
+    gave "dtype/shape ... manifest says ..." (reads as damage); it says the index was rebuilt now."""
+    from fastspec import _indexfmt
+
+    path = tmp_path / "lib.fastspec"
+    Library.build(_small(), path, faiss=False)
+    lib = Library.open(path)
+    load = _indexfmt.load_array
+    swapped = []
+
+    def swapped_first(directory, name, entry):
+        if not swapped:
+            swapped.append(True)
+            monkeypatch.setattr(_indexfmt, "load_array", load)
+            Library.open(path).append(_small(10, seed=5))  # another writer, just now
+        return load(directory, name, entry)
+
+    monkeypatch.setattr(_indexfmt, "load_array", swapped_first)
+    with pytest.raises(IndexFormatError, match="was rebuilt or appended to"):
+        lib.array("wcos")

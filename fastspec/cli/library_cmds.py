@@ -108,6 +108,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
                                  f"{', '.join(given)}")
         lib = Library.open(output)
         n0, r0, why0 = lib.n_spectra, lib.n_rejected, dict(lib.rejected)
+        warn0 = dict(lib.info().get("read_warnings") or {})
         with compile_watch(log) as compiled:
             lib.append(inputs, on_error=on_error, threads=threads, progress=False if quiet else None,
                        allow_empty=False, input_format=input_format)
@@ -127,12 +128,16 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
                                 threads=threads, progress=False if quiet else None, overwrite=overwrite,
                                 allow_empty=False, input_format=input_format)
         what, n_new, n_rej = "indexed", lib.n_spectra, lib.n_rejected
+        warn0 = {}
     dt = time.perf_counter() - t0
     rej = ", ".join(f"{r}: {c:,}" for r, c in lib.rejected.items())
     # an append's own rejections: the index's counts less those it held before
     new_rej = ", ".join(f"{r}: {c - why0.get(r, 0):,}" for r, c in lib.rejected.items() if c > why0.get(r, 0)) \
         if append else rej
-    _log_warnings(log, lib.info().get("read_warnings"))
+    # an append's own reader warnings: the index's totals less those it held before (as for rejections)
+    warnings = {w: c - warn0.get(w, 0) for w, c in (lib.info().get("read_warnings") or {}).items()
+                if c > warn0.get(w, 0)}
+    _log_warnings(log, warnings)
     log(f"{what} {n_new:,} spectra ({n_rej:,} rejected{': ' + new_rej if new_rej else ''}) "
         f"{'to' if append else 'into'} {output} in {dt:.1f} s{compiled.note()}"
         + (f"; it holds {lib.n_spectra:,} ({lib.n_rejected:,} rejected{': ' + rej if rej else ''})" if append else ""))

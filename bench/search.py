@@ -373,9 +373,8 @@ def phase_ms_entropy(a) -> dict:
     out = {"n_indexed": int(row_of.shape[0]), "build_s": t_build, "build_s_per_million": t_build / (row_of.shape[0] / 1e6),
            "rss_before_build": base["rss"], "build_peak_rss": after["peak_rss"], "rss_after_build": rss()["rss"],
            "modes": {}}
-    nq = min(a.peer_queries, len(queries))
     qo, qmz, qit, qp = queries.offsets, queries.mz, queries.intensity, queries.precursor_mz
-    rows = [i for i in range(nq) if np.isfinite(qp[i])]
+    rows = [int(i) for i in _peer_sample(len(queries), a.peer_queries, a.seed) if np.isfinite(qp[i])]
     raw = {i: np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32) for i in rows}
     for method in ("identity", "open", "neutral_loss", "hybrid"):
         # warm-up: ms_entropy's first call allocates its buffers
@@ -401,7 +400,7 @@ def phase_ms_entropy(a) -> dict:
     novel = _read_novel(Path(a.workdir))
     if novel is not None:
         qo, qmz, qit, qp = novel.offsets, novel.mz, novel.intensity, novel.precursor_mz
-        rows = [i for i in range(min(a.peer_queries, len(novel))) if np.isfinite(qp[i])]
+        rows = [int(i) for i in _peer_sample(len(novel), a.peer_queries, a.seed) if np.isfinite(qp[i])]
         raw = {i: np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32) for i in rows}
         out["novel"] = {"n_queries": len(rows)}
         for method in sorted(set(NOVEL_MODES.values())):
@@ -417,6 +416,15 @@ def phase_ms_entropy(a) -> dict:
             out["novel"][method] = {"mean_ms": float(np.median(passes)), "pass_mean_ms": passes}
     out["query_peak_rss"] = rss()["peak_rss"]
     return out
+
+
+def _peer_sample(n: int, k: int, seed: int) -> np.ndarray:
+    """``k`` of ``n`` query positions drawn at random (seeded), in order, for the peers' per-call loops. The
+    query sets are sorted by library row, i.e. by MassBank contributor: their first ``k`` are no sample of
+    them (the first 200 of 1,000 had 12 peaks on average against 18, and ms_entropy ran 15-25% faster on
+    them than on all 1,000)."""
+    k = min(k, n)
+    return np.sort(np.random.default_rng(seed + 7).choice(n, k, replace=False))
 
 
 def _ms_entropy_call(es, method: str, precursor_mz: float, peaks):
@@ -443,7 +451,7 @@ def phase_matchms(a) -> dict:
     n_ref = min(a.matchms_refs, has.shape[0])
     refs = lib.take(np.sort(rng.choice(has, n_ref, replace=False))).to_matchms()
     q_ok = np.flatnonzero(np.isfinite(queries.precursor_mz))
-    qs = queries.take(q_ok[: a.matchms_queries]).to_matchms()
+    qs = queries.take(q_ok[_peer_sample(len(q_ok), a.matchms_queries, a.seed)]).to_matchms()
     out = {"matchms_version": matchms.__version__, "n_refs": n_ref, "n_queries": len(qs), "extrapolated": True}
     mc = ModifiedCosineGreedy(tolerance=TOLERANCE)
     mc.matrix(refs[:20], qs[:1], progress_bar=False)  # numba warm-up
@@ -463,7 +471,7 @@ def phase_matchms(a) -> dict:
     n_flash = min(a.flash_refs, has.shape[0])
     flash_lib = lib.take(np.sort(rng.choice(has, n_flash, replace=False))).to_matchms()
     del lib
-    fq = queries.take(q_ok[: a.peer_queries]).to_matchms()
+    fq = queries.take(q_ok[_peer_sample(len(q_ok), a.peer_queries, a.seed)]).to_matchms()
     out["flash_refs"] = n_flash
     for label, kw in (("entropy_fragment", dict(score_type="spectral_entropy", matching_mode="fragment")),
                       ("entropy_hybrid", dict(score_type="spectral_entropy", matching_mode="hybrid")),
@@ -537,7 +545,7 @@ def main(argv=None) -> None:
     ap.add_argument("--sizes", default="100k", help="Comma-separated library sizes, e.g. 100k,1M,2.4M.")
     ap.add_argument("--queries", type=int, default=1000, help="Queries for fastspec batch throughput and recall.")
     ap.add_argument("--latency-queries", type=int, default=200, help="Single-call latency sample (fastspec).")
-    ap.add_argument("--peer-queries", type=int, default=200, help="Queries for ms_entropy / FlashSimilarity.")
+    ap.add_argument("--peer-queries", type=int, default=200, help="Queries for ms_entropy / FlashSimilarity, a seeded random sample of the query set.")
     ap.add_argument("--repeats", type=int, default=3,
                     help="Timed batches per mode (fastspec) and passes per method (ms_entropy); the median is reported.")
     ap.add_argument("--matchms-refs", type=int, default=5000, help="Library subset for matchms brute force.")
@@ -571,7 +579,7 @@ def main(argv=None) -> None:
     report = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine_info(a.threads),
               "versions": _versions(), "code": _code_state(), "settings": {"tolerance_da": TOLERANCE, "precursor_tolerance_da": PRECURSOR_TOLERANCE,
                                                     "k": K, "queries": a.queries, "build_threads": a.threads,
-                                                    "query_threads": qthreads, "peer_queries": a.peer_queries, "repeats": a.repeats,
+                                                    "query_threads": qthreads, "peer_queries": a.peer_queries, "peer_sample": "random", "repeats": a.repeats,
                                                     "library": "massbank-grown" if MASSBANK.exists() else "synthetic"},
               "sizes": {}}
     if a.merge and out.with_suffix(".json").exists():

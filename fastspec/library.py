@@ -302,6 +302,13 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
                 [s._parent.take(np.array([s.index], dtype=np.int64)) for s in source])
     if isinstance(source, (list, tuple)) and source and all(_is_matchms(s) for s in source):
         source = Spectra.from_matchms(source)
+    if isinstance(source, (list, tuple)) and any(_is_matchms(s) or isinstance(s, SpectrumView) for s in source):
+        # spectra with something else among them (None, say): name that element, not the first spectrum
+        kind = "matchms spectra" if any(_is_matchms(s) for s in source) else "spectra (spectra[i])"
+        i, odd = next((i, s) for i, s in enumerate(source)
+                      if not (_is_matchms(s) if kind == "matchms spectra" else isinstance(s, SpectrumView)))
+        raise ParameterError(f"a list of {kind} holds a {type(odd).__name__} at position {i}: give spectra of one "
+                             "kind only")
     if isinstance(source, Spectra):
         return source, None
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, Spectra) for s in source):

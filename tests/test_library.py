@@ -1496,3 +1496,18 @@ def test_a_swap_between_check_and_load_says_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setattr(_indexfmt, "load_array", swapped_first)
     with pytest.raises(IndexFormatError, match="was rebuilt or appended to"):
         lib.array("wcos")
+
+
+def test_a_list_of_spectra_with_something_else_names_that_element(tmp_path):
+    """From an audit: ``search([spectrum, None])`` said "got Spectrum", naming the valid element."""
+    import matchms
+
+    lib = Library.build(_small(), tmp_path / "lib.fastspec", faiss=False)
+    sp = matchms.Spectrum(mz=np.array([100.0, 150.0]), intensities=np.array([1.0, 2.0]),
+                          metadata={"precursor_mz": 300.0})
+    with pytest.raises(ParameterError, match="list of matchms spectra holds a NoneType at position 1"):
+        lib.search([sp, None], k=1, mode="open")
+    s = _small(3)
+    with pytest.raises(ParameterError, match=r"list of spectra \(spectra\[i\]\) holds a str at position 2"):
+        lib.search([s[0], s[1], "x.mgf"], k=1, mode="open")
+    assert lib.search([sp], k=1, mode="open").indices.shape == (1, 1)

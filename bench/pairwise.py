@@ -125,7 +125,10 @@ def bench_fastspec(sp, metric: str, repeat: int, n_threads: int) -> dict:
     t0 = time.perf_counter()
     p = prepare(sp, metric, tol)
     prep_s = time.perf_counter() - t0
-    score_matrix(p.take(np.arange(min(50, len(sp)))), p)  # warm-up: numba compile / cache load
+    head = p.take(np.arange(min(50, len(sp))))
+    for th in (1, n_threads):  # warm-up: numba compile / cache load of every variant timed (serial and
+        score_matrix(head, p, threads=th)  # parallel kernels are separate functions)
+        score_matrix(head, p, k=10, threads=th)
     n_pairs = len(p) ** 2
     row = {"tolerance": tol, "n_pairs": n_pairs, "prepare_s": prep_s,
            "mean_peaks_prepared": float(np.diff(p.offsets).mean())}

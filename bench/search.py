@@ -713,10 +713,14 @@ def evaluate_targets(report) -> list[dict]:
         qps = _get(e, "query", "modes", label, "qps")
         ms = _get(e, "query", "modes", label, "batch_mean_ms")
         ratio = None if not (ms and peer) else peer / ms
-        figures.update({f"{name}_qps": qps, f"{name}_ratio": ratio})
+        one = _get(e, "query", "modes", label, "single_call", "mean_ms")  # one search call per query
+        figures.update({f"{name}_qps": qps, f"{name}_ratio": ratio,
+                        f"{name}_single_call_ratio": None if not (one and peer) else peer / one})
         if qps is not None:
             oks.append(ratio >= 20 if ratio is not None else qps >= 20_000)
-    add("identity (cosine and entropy): >= 20x ms_entropy (about 20k queries/s)", lbl,
+    # a throughput target (queries/s): fastspec's batch against ms_entropy's one call per query (it has no
+    # batch call); the single-call ratio, Python overhead per call included, is reported beside it
+    add("identity (cosine and entropy): >= 20x ms_entropy (about 20k queries/s), batch", lbl,
         all(oks) if oks else None, figures)
     per_m = [(l, _get(v, "build", "build_s_per_million")) for l, v in report["sizes"].items()]
     per_m = [(l, x) for l, x in per_m if x is not None]

@@ -559,7 +559,8 @@ def _spectrum_plan(rng: np.random.Generator, n: int, mol: dict) -> dict:
     p_inst = p / p.sum()
     # a molecule's spectra at different conditions, as libraries record them: drawn with replacement,
     # 66% of spectra repeated a (molecule, adduct, instrument, energy) of another (MassBank: 27%). Repeats
-    # draw their energy again, then (later rounds) their instrument too; the adducts stay as drawn
+    # draw their energy again, then (later rounds) their instrument too; the adducts stay as drawn, so at
+    # 40 spectra per molecule 48% still repeat one (bench/synth_realism.py)
     for round_ in range(_CONDITION_ROUNDS):
         again = _repeated(smol, adduct, inst, ce)
         if not again.any():

@@ -754,6 +754,11 @@ def _f(x, spec=".3g"):
     return "—" if x is None else format(x, spec)
 
 
+def _peer_words(r) -> str:
+    """How the peers' queries were picked: a random sample since 2026-12-06 20:32, the first ones before."""
+    return "a random" if r.get("settings", {}).get("peer_sample") == "random" else "the first"
+
+
 def to_markdown(r) -> str:
     m, st = r["machine"], r["settings"]
     qt = st.get("query_threads") or [1]
@@ -805,7 +810,7 @@ def to_markdown(r) -> str:
         nv, mn = q.get("novel") or {}, me.get("novel") or {}
         if len(nv) > 1:
             novel_rows = ["", f"Held-out compounds ({nv['n_queries']:,} real MassBank spectra whose InChIKey the library "
-                          f"does not hold; ms_entropy on the first {mn.get('n_queries', 0):,}), one thread:", "",
+                          f"does not hold; ms_entropy on {_peer_words(r)} {mn.get('n_queries', 0):,}), one thread:", "",
                           "| mode | fastspec mean ms | mean top-1 / k-th score | ms_entropy | mean ms | ratio |",
                           "|---|---|---|---|---|---|"]
             for label, method in NOVEL_MODES.items():

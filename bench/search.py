@@ -258,7 +258,8 @@ def phase_query(a) -> dict:
                 # untimed call loads the serial kernel builds small calls use (the batches ran the
                 # parallel ones), a one-off of up to a few hundred ms that made a 200-call mean
                 # 4x its median
-                singles = [queries[i : i + 1] for i in range(n_lat)]
+                # the queries the peers time (their first n_lat are no sample: see _peer_sample)
+                singles = [queries[int(i) : int(i) + 1] for i in _peer_sample(len(queries), n_lat, a.seed)]
                 lib.search(singles[0], k=K, **common, **kw)
                 for one in singles:
                     t1 = time.perf_counter()

@@ -40,6 +40,17 @@ def temporary_prefix(name: str) -> str:
     return f".{raw[:120].decode('utf-8', 'ignore')}~{hashlib.sha1(raw).hexdigest()[:12]}.tmp-"
 
 
+def absolute_path(path) -> Path:
+    """``path`` absolute as the operating system resolves it: its parent through ``realpath`` (a symlink
+    before a ``..`` is followed first, as the OS does; ``os.path.abspath`` would drop the pair as text and
+    name another directory), its last component kept (a symlinked index is handled by its users). ``.``
+    and ``..`` resolve whole."""
+    p = Path(path)
+    if p.name in ("", ".", ".."):
+        return Path(os.path.realpath(p))
+    return Path(os.path.realpath(p.parent)) / p.name
+
+
 def aside_prefix(name: str) -> str:
     """How an old index moved aside while ``name`` is replaced is called, less its random tail:
     ``.{name}.old-``, long names cut as in :func:`temporary_prefix` (the aside name is 18 bytes longer)."""

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import threading
 import uuid
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fastspec._atomic import (ACTIVE_TEMPORARIES, aside_prefix, naming_output, remove_stale_temporaries,  # noqa: F401
+from fastspec._atomic import (ACTIVE_TEMPORARIES, absolute_path, aside_prefix, naming_output, remove_stale_temporaries,  # noqa: F401
                               temporary_name)
 from fastspec.errors import FastspecError, IndexFormatError
 
@@ -450,7 +451,7 @@ class AtomicDirectory:
     def __init__(self, target: Path, overwrite: bool = False):
         # absolute: "." (run from inside the index) has no name and is its own parent, so the temporary
         # went inside the index and the final rename failed (EBUSY) after the whole build
-        target = Path(os.path.abspath(target))
+        target = absolute_path(target)
         if overwrite and target.is_symlink() and target.is_dir():
             # replace the index the link points to (built beside it: one file system for the rename), as
             # writing to a linked file writes the file; swapping the link itself for a directory would leave
@@ -579,7 +580,12 @@ def refuse_read_only(directory: Path, what: str) -> None:
     """IndexFormatError when ``directory`` (an index about to be replaced) is not writable: the swap would
     still go through (only its parent must be writable), replacing an index made read-only on purpose and
     leaving the old one's undeletable copy beside it."""
-    if not os.access(directory, os.W_OK | os.X_OK):
+    try:
+        owner_write = bool(os.stat(directory).st_mode & stat.S_IWUSR)
+    except OSError:  # gone: the open or append reports that (with the aside hint), not "read-only"
+        return
+    # the mode bits too: root passes os.access whatever they say, and chmod a-w is how users protect one
+    if not owner_write or not os.access(directory, os.W_OK | os.X_OK):
         raise IndexFormatError(f"cannot {what} {directory}: the index is read-only (make it writable first, "
                                "or build a new index elsewhere)")
 

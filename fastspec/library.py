@@ -79,7 +79,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec import _indexfmt as fmt
-from fastspec._atomic import aside_prefix, temporary_prefix
+from fastspec._atomic import absolute_path, aside_prefix, temporary_prefix
 from fastspec._version import __version__
 from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError
 from fastspec.spectra import Spectra
@@ -666,7 +666,7 @@ class Library:
 
     def __init__(self, path: Path, manifest: dict):
         # absolute: an append swaps the directory, and "." (opened from inside it) would then name the old one
-        self.path = Path(os.path.abspath(path))
+        self.path = absolute_path(path)
         self.manifest = manifest
         self._arrays: dict[str, np.ndarray] = {}
         self._cache: dict[str, Any] = {}
@@ -732,7 +732,10 @@ class Library:
 
     def _check_unchanged(self) -> None:
         """Refuse to load a file lazily once the index on disk is no longer the one this object opened."""
-        if _manifest_stamp(self.path) != self._stamp:
+        now = _manifest_stamp(self.path)
+        if now != self._stamp:
+            if now is None and not self.path.exists():  # deleted, or moved aside by a rebuild killed mid-swap
+                fmt.read_manifest(self.path)  # raises: missing, with the aside hint when there is one
             raise IndexFormatError(f"{self.path} was rebuilt or appended to (by another process?) since it was "
                                    "opened: open it again")
 
@@ -853,7 +856,7 @@ class Library:
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)
-        absolute = Path(os.path.abspath(path))  # "." from inside the index it replaces: gone after the swap
+        absolute = absolute_path(path)  # "." from inside the index it replaces: gone after the swap
         if target.is_dir() and not fmt.is_index_dir(target, damaged=True) and any(target.iterdir()):
             raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
                                    "library index")

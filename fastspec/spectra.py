@@ -187,7 +187,8 @@ class Spectra:
                 charge = np.clip(np.asarray(charge, dtype=np.float64), -127, 127)
             except (TypeError, ValueError):
                 raise FastspecError("charge must be numbers") from None
-            charge = np.where(np.isfinite(charge), charge, 0)
+            with np.errstate(invalid="ignore"):  # NaN, inf and 1.5 are no charge: 0 (unknown), as in metadata
+                charge = np.where(np.isfinite(charge) & (charge == np.round(charge)), charge, 0)
         charge = np.ascontiguousarray(charge, dtype=np.int8)
         if metadata is None:
             metadata = pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())}) if n else pa.table({"id": pa.array([], pa.string())})
@@ -494,7 +495,11 @@ def _to_table(metadata, n: int) -> pa.Table | None:
     if isinstance(metadata, pa.Table):
         table = metadata
     elif hasattr(metadata, "columns") and hasattr(metadata, "to_dict") and hasattr(metadata, "iloc"):
-        table = pa.Table.from_pandas(metadata, preserve_index=False)  # a DataFrame (iterating it gives names)
+        try:  # a DataFrame (iterating it gives its column names)
+            table = pa.Table.from_pandas(metadata, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of mixed types: as a dict of lists is read
+            return _to_table({str(k): [None if _is_missing(v) else v for v in col]
+                              for k, col in metadata.to_dict("list").items()}, n)
     elif isinstance(metadata, Mapping):
         table = pa.table({k: v if isinstance(v, pa.Array) else _column(v) for k, v in metadata.items()})
     else:
@@ -544,7 +549,8 @@ def _column_as_int8(table: pa.Table | None, key: str, n: int) -> np.ndarray:
 
 
 def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
+    """None, NaN, and pandas' NA / NaT (without importing pandas)."""
+    return v is None or (isinstance(v, float) and v != v) or type(v).__name__ in ("NAType", "NaTType")
 
 
 def _refuse_float32_overflow(intensity) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -267,8 +266,10 @@ def _write_faiss(index, path) -> None:
     try:
         faiss.write_index(index, str(path))
     except RuntimeError as e:
-        reasons = re.findall(r"\(([^()]*)\)", str(e))
-        why = reasons[-1] if reasons else str(e).strip().splitlines()[-1]
+        # "... write error in PATH: 0 != 1 (File too large)", "... could not open PATH for writing: No space
+        # left on device": the text after the last ": " (a path may hold parentheses)
+        why = str(e).strip().splitlines()[-1].rsplit(": ", 1)[-1].strip()
+        why = why[why.find("(") + 1:-1] if why.endswith(")") and "(" in why else why
         raise FastspecError(f"I/O error writing the FAISS index {Path(path).name}: {why}; is the disk full?") from None
 
 

@@ -499,6 +499,12 @@ def test_standard_input_as_dash(index, massbank_mgf, tmp_path):
                           input=data, capture_output=True, text=False, timeout=300)
     err = proc.stderr.decode()
     assert proc.returncode != 0 and "Traceback" not in err and "--input-format" in err, err
+    import os
+
+    proc = subprocess.run([sys.executable, "-m", "fastspec", "query", "-", "--input-format", "mgf", "-l", str(index),
+                           "-o", str(out)], capture_output=True, text=True, timeout=300, stdin=None,
+                          preexec_fn=lambda: os.close(0))  # standard input closed
+    assert proc.returncode != 0 and "standard input, which is closed" in proc.stderr, proc.stderr
 
 
 def test_ctrl_c_is_one_line_and_leaves_nothing_half_written(massbank_parquet, tmp_path):

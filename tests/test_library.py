@@ -1511,3 +1511,41 @@ def test_a_list_of_spectra_with_something_else_names_that_element(tmp_path):
     with pytest.raises(ParameterError, match=r"list of spectra \(spectra\[i\]\) holds a str at position 2"):
         lib.search([s[0], s[1], "x.mgf"], k=1, mode="open")
     assert lib.search([sp], k=1, mode="open").indices.shape == (1, 1)
+
+
+def test_review_fixes_paths_read_only_and_faiss_messages(tmp_path, monkeypatch):
+    """From a review of the lifecycle fixes: paths were made absolute as text (``link/../lib`` named another
+    directory than the OS does: a build replaced an unrelated index, an open failed on first use); the
+    read-only check used os.access, which root passes whatever the mode bits; an index deleted under an open
+    Library said "rebuilt"; FAISS's "could not open ...: reason" showed a wrong reason."""
+    import faiss
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    Library.build(_small(5), tmp_path / "lib", faiss=False)  # the index "link/../lib" must not touch
+    via = str(tmp_path / "link" / ".." / "lib")  # the OS reads it as real/lib
+    built = Library.build(_small(2), via, faiss=False, overwrite=True)
+    assert built.path == tmp_path / "real" / "lib" and Library.open(tmp_path / "lib").n_spectra == 5
+    opened = Library.open(via)
+    assert opened.n_spectra == 2 and opened.search(_small(1), k=1, mode="open").indices.shape == (1, 1)
+
+    lib = tmp_path / "lib"
+    mode = lib.stat().st_mode
+    lib.chmod(mode & ~0o222)
+    try:
+        with pytest.raises(IndexFormatError, match="read-only"):
+            Library.open(lib).append(_small(3))
+    finally:
+        lib.chmod(mode)
+    gone = Library.open(lib)
+    shutil.rmtree(lib)
+    with pytest.raises(FileNotFoundError):
+        gone.append(_small(3))
+
+    def cannot_open(index, path):
+        raise RuntimeError(f"Error in faiss::FileIOWriter::FileIOWriter(const char*) at io.cpp:103: Error: 'f' failed: "
+                           f"could not open {path} (2024) for writing: No space left on device")
+
+    monkeypatch.setattr(faiss, "write_index", cannot_open)
+    with pytest.raises(FastspecError, match=r"faiss.index: No space left on device; is the disk full"):
+        Library.build(_small(40), tmp_path / "f.fastspec")

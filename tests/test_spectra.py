@@ -225,6 +225,7 @@ def test_in_memory_input_edge_cases():
     s = Spectra.from_arrays([[1.0]] * 4, [[1.0]] * 4, metadata={"charge": [2.0, -1.0, 1.5, float("nan")]})
     assert s.charge.tolist() == [2, -1, 0, 0]
     assert Spectra.from_arrays([[1.0]] * 2, [[1.0]] * 2, charge=["2-", "+1"]).charge.tolist() == [-2, 1]
+    assert Spectra.from_arrays([[1.0]] * 3, [[1.0]] * 3, charge=[1.5, -2.0, np.nan]).charge.tolist() == [0, -2, 0]
     s = Spectra.from_arrays([[1.0], [2.0, 3.0], [4.0]], [[1.0], [1.0, 1.0], [1.0]])
     for rows in ([-2], [3], [0, -1]):
         with pytest.raises(IndexError, match="take"):
@@ -239,3 +240,15 @@ def test_in_memory_input_edge_cases():
     assert s.precursor_mz[0] == 200.1 and np.isnan(s.precursor_mz[1])
     with pytest.raises(FastspecError, match=r"precursor_mz\[1\] = 'abc'"):
         Spectra.from_arrays([[100.0], [150.0]], [[1.0], [1.0]], precursor_mz=["200", "abc"])
+
+
+def test_pandas_inputs_with_mixed_types_and_missing_values():
+    """From a review: a DataFrame column of mixed types raised pyarrow's error (a dict of the same columns
+    was read); a nullable Float64 precursor column's <NA> was refused as no number."""
+    import pandas as pd
+
+    df = pd.DataFrame({"charge": [1, "2-", None, 3]})
+    s = Spectra.from_arrays([[1.0]] * 4, [[1.0]] * 4, metadata=df)
+    assert s.charge.tolist() == [1, -2, 0, 3]
+    s = Spectra.from_arrays([[100.0], [150.0]], [[1.0], [1.0]], precursor_mz=pd.Series([200.0, None], dtype="Float64"))
+    assert s.precursor_mz[0] == 200.0 and np.isnan(s.precursor_mz[1])

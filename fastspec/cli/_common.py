@@ -42,9 +42,11 @@ def stdin_paths(inputs) -> list[str]:
         return out
     if out.count("-") > 1:
         raise ParameterError("'-' (standard input) given more than once")
+    if sys.stdin is None:  # fd 0 closed (/dev/stdin then dangles too)
+        raise ParameterError("'-' reads spectra from standard input, which is closed: pipe or redirect a file into it")
     if not os.path.exists("/dev/stdin"):
         raise ParameterError("'-' (standard input) needs /dev/stdin, which this system lacks: give a file")
-    if sys.stdin is None or sys.stdin.isatty():
+    if sys.stdin.isatty():
         raise ParameterError("'-' reads spectra from standard input, which is a terminal: pipe or redirect a file "
                              "into it")
     return ["/dev/stdin" if p == "-" else p for p in out]

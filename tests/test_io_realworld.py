@@ -757,11 +757,27 @@ def test_a_pipe_of_a_seeking_format_is_one_clear_error(tmp_path):
 
     from fastspec.errors import FastspecError
 
+    import threading
+
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    for fmt in ("mzml", "mzxml", "parquet", "hdf5"):
-        with pytest.raises(FastspecError, match=f"{fmt} is read from a regular file, not a pipe"):
-            fio.read(str(fifo), format=fmt)  # would block on open if it tried to read
+
+    stop = threading.Event()
+
+    def release():  # a reader blocked opening the pipe (the code before the check) gets EOF: a failure, no hang
+        while not stop.wait(1):
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+
+    threading.Thread(target=release, daemon=True).start()
+    try:
+        for fmt in ("mzml", "mzxml", "parquet", "hdf5"):
+            with pytest.raises(FastspecError, match=f"{fmt} is read from a regular file, not a pipe"):
+                fio.read(str(fifo), format=fmt)  # would block on open if it tried to read
+    finally:
+        stop.set()
 
 
 def test_a_corrupt_gzip_of_unknown_format_is_one_error(tmp_path):

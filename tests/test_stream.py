@@ -508,6 +508,9 @@ def test_input_format_reads_a_pipe_for_build_search_and_search_to_file(tmp_path)
         try:
             return call(str(fifo))
         finally:
+            if t.is_alive():  # the call failed before reading the pipe: release the writer, or join hangs
+                with open(fifo, "rb") as f:
+                    f.read()
             t.join()
             fifo.unlink()
 

@@ -113,14 +113,8 @@ def check_offsets(offsets, *peak_arrays) -> np.ndarray:
 
 
 def _check_csr(offsets, mz, intensity):
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    mz = np.ascontiguousarray(mz, dtype=np.float64)
-    intensity = np.ascontiguousarray(intensity, dtype=np.float32)
-    if offsets.ndim != 1 or offsets.shape[0] < 1 or mz.ndim != 1 or mz.shape != intensity.shape:
-        raise ParameterError("CSR peaks: offsets (n+1,), mz and intensity (n_peaks,) expected")
-    if not _offsets_ok(offsets, mz.shape[0]):
-        raise ParameterError("CSR peaks: offsets must start at 0, be non-decreasing and end at len(mz)")
-    return offsets, mz, intensity
+    offsets = check_offsets(offsets, mz, intensity)
+    return offsets, np.ascontiguousarray(mz, dtype=np.float64), np.ascontiguousarray(intensity, dtype=np.float32)
 
 
 def _run(kernel, offsets, mz, intensity, *args, threads=None):

@@ -64,6 +64,52 @@ def test_bad_record_skip_and_raise(tmp_path, body, reason):
     assert str(e.value).startswith(f"{p}:{line}:")
 
 
+@pytest.mark.parametrize("ext", ["mgf", "msp", "mgf.gz"])
+@pytest.mark.parametrize("bad, reason", [
+    ("120 -30", "negative intensity"),
+    ("nan nan", "non-finite peak value"),
+    ("120 inf", "non-finite peak value"),
+    ("120 1e39", "non-finite peak value"),
+    ("0 30", "m/z not positive"),
+])
+def test_a_bad_peak_value_is_named_at_its_line(tmp_path, ext, bad, reason):
+    """A record rejected for a peak's value is named at that peak's line, as an unparsable peak line is,
+    not where the record starts (an audit: ``neg.mgf:1: negative intensity``); MSP lines of several pairs
+    too, and in a file read in blocks."""
+    import gzip
+    import importlib
+
+    from fastspec.io._common import ReadReport
+
+    if ext == "msp":
+        rec = "Name: {0}\nPrecursorMZ: 200\nNum Peaks: {1}\n{2}\n"
+        text = "\n".join([rec.format("a", 2, "100 10; 150 20"),
+                          rec.format("b", 6, "100 10; 110 20\n" + bad + "; 130 40\n140 50; 150 60"),
+                          rec.format("c", 2, "100 10; 150 20")])
+    else:
+        text = mgf(GOOD, "PEPMASS=200\nSPECTRUM_ID=bad\n100 10\n110 20\n" + bad + "\n130 40", GOOD)
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(bad))
+    p = tmp_path / f"neg.{ext}"
+    p.write_bytes(gzip.compress(text.encode()) if ext.endswith(".gz") else text.encode())
+    with pytest.raises(ParseError) as e:
+        fio.read(p, on_error="raise")
+    assert str(e.value) == f"{p}:{line}: {reason}"
+    sp, report = fio.read(p, return_report=True)
+    assert len(sp) == 2 and [(r.line, r.reason) for r in report.rejected] == [(line, reason)]
+    # read in small blocks (the record in a later block than the file's first lines)
+    reader = importlib.import_module(f"fastspec.io.{ext[:3]}")
+    with pytest.raises(ParseError, match=f":{line}: "):
+        list(reader.iter_spectra(str(p), on_error="raise", report=ReadReport(), block_bytes=40))
+
+
+def test_the_peak_a_rule_rejects_names_the_line(tmp_path):
+    """Non-finite values win over a negative intensity before them (the rules' order): the line named is
+    that of the peak the reason is about; a record without peaks keeps its first line."""
+    p = write(tmp_path, "r.mgf", mgf(GOOD, "PEPMASS=2\n100 -1\n110 5\n120 nan", "PEPMASS=3\n100 0"))
+    _, report = fio.read(p, return_report=True)
+    assert [(r.line, r.reason) for r in report.rejected] == [(12, "non-finite peak value"), (15, "no peaks")]
+
+
 def test_unterminated_records(tmp_path):
     text = "BEGIN IONS\nPEPMASS=1\n100 1\nBEGIN IONS\nPEPMASS=2\n100 2\nEND IONS\nBEGIN IONS\nPEPMASS=3\n100 3\n"
     sp, report = fio.read(write(tmp_path, "t.mgf", text), return_report=True)

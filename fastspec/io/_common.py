@@ -336,6 +336,7 @@ def finish_block(
     merge_aliases: bool | None = None,
     signed_charge: bool = False,
     records: np.ndarray | None = None,
+    peak_line=None,
 ) -> Spectra:
     """Turn n parsed records into Spectra and account for them in ``report``.
 
@@ -351,6 +352,10 @@ def finish_block(
     records : int64 (n,), optional
         Each record's position among the file's records, for a reader that counts records of its own
         (rows it dropped before this block) out of order; default: they follow those already counted.
+    peak_line : callable, optional
+        ``peak_line(i, p)``: the line of peak ``p`` (an index into ``mz``) of record ``i``, or None. A
+        record rejected for a peak value is then named at that peak's line, not where it starts. Asked
+        only for rejected records (at most those a report lists), so a reader can find lines lazily.
     """
     from fastspec.io.meta import harmonise_table
 
@@ -359,12 +364,15 @@ def finish_block(
     if bad.size:
         if on_error == "raise":
             first = bad[np.argmin(lines[bad])]
-            raise ParseError(str(reasons[first]), path, int(lines[first]))
+            raise ParseError(str(reasons[first]), path,
+                             _line_of(first, lines, reasons, offsets, mz, intensity, peak_line))
         base = report.n_records  # this block's records follow those already counted
         # their ids as the kept records get theirs, so that a hit table can name the rejected queries
         bad_ids = _record_ids(metadata, bad, text, merge_aliases)
-        for i, rid in zip(bad, bad_ids):
-            report.reject(int(lines[i]), str(reasons[i]), path, record_id=rid,
+        room = MAX_LISTED - len(report.rejected)  # only listed rejections keep their line
+        for j, (i, rid) in enumerate(zip(bad, bad_ids)):
+            line = _line_of(i, lines, reasons, offsets, mz, intensity, peak_line if j < room else None)
+            report.reject(line, str(reasons[i]), path, record_id=rid,
                           record=base + int(i) if records is None else int(records[i]))
     n_keep = int(keep.sum())
     report.n_records += n_keep
@@ -377,6 +385,31 @@ def finish_block(
     pmz = meta.column("precursor_mz").to_numpy(zero_copy_only=False).astype(np.float64)
     charge = meta.column("charge").fill_null(0).to_numpy(zero_copy_only=False).astype(np.int8)
     return Spectra(off2, mz2, in2, pmz, charge, meta, validate=False)
+
+
+def _line_of(i: int, lines: np.ndarray, reasons: np.ndarray, offsets, mz, intensity, peak_line) -> int:
+    """The line to name rejected record ``i`` by: that of the peak whose value rejected it where
+    ``peak_line`` finds it (see :func:`finish_block`), else ``lines[i]``."""
+    p = None if peak_line is None else _bad_peak(offsets, mz, intensity, int(i), reasons[i])
+    at = None if p is None else peak_line(int(i), p)
+    return int(lines[i]) if at is None else int(at)
+
+
+def _bad_peak(offsets, mz, intensity, i: int, reason) -> int | None:
+    """The index (into ``mz``) of the peak :func:`_peak_rules` rejected record ``i`` for, with ``reason``;
+    None for a reason that is no single peak's (no peaks, a parse error)."""
+    a, b = int(offsets[i]), int(offsets[i + 1])
+    m = np.asarray(mz[a:b], dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = np.asarray(intensity[a:b]).astype(np.float32)  # as the rules see it: beyond float32 is inf
+        if reason == REASON_NONFINITE:
+            hit = ~(np.isfinite(m) & np.isfinite(v) & (m <= _F32_MAX))
+        elif reason in (REASON_MZ, REASON_NEGATIVE):  # the rules keep the first of the two
+            hit = (m <= 0.0) | (v < 0.0)
+        else:
+            return None
+    k = np.flatnonzero(hit)
+    return a + int(k[0]) if k.size else None
 
 
 # ---------------------------------------------------------------------------- files

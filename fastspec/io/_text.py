@@ -63,6 +63,7 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
                 n_ignored = header_ignored - n_global
                 header = None
         follows = _follows_peaks(data, r, line0, after_peak) if mode == ts.MSP else None
+        at = _peak_lines(data, r, line0, mode)
         if mode == ts.MSP:
             after_peak = _is_peak_line(_last_line(data, r.consumed)) if r.consumed else after_peak
         line0 += r.consumed_lines
@@ -71,7 +72,7 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
         report.warn("lines outside records", n_ignored)
         if len(r) == 0:
             continue
-        yield _block_spectra(path, r, mode, on_error, report, defaults, carry, follows)
+        yield _block_spectra(path, r, mode, on_error, report, defaults, carry, follows, at)
     if header is not None:  # no BEGIN IONS at all, and the last block ended with a line end (not final)
         n_global = header.apply(defaults)
         report.warn("global parameters applied", n_global)
@@ -118,6 +119,39 @@ def _follows_peaks(data, r: ts.ScanResult, line0: int, after_peak: bool):
         ends = nl[0]
         start = int(ends[k - 2]) + 1 if k >= 2 else 0
         return _is_peak_line(bytes(data[start:int(ends[k - 1])]))
+
+    return f
+
+
+def _peak_lines(data, r: ts.ScanResult, line0: int, mode: int):
+    """``f(i, p)``: the line of peak ``p`` (an index into ``r.mz``) of record ``i`` of this block, for a
+    record rejected for a peak value. The scan keeps no line per peak (the hot path): the record's text is
+    scanned again, a growing run of its lines at a time (bisected), until the run holds that peak."""
+    starts = []
+
+    def f(i: int, p: int) -> int | None:
+        if not starts:
+            starts.append(np.concatenate([[0], np.flatnonzero(np.frombuffer(bytes(data), dtype=np.uint8) == 10) + 1]))
+        s, first = starts[0], int(r.rec_line[i])
+        a = int(s[first - line0])
+        b = int(s[int(r.rec_line[i + 1]) - line0]) if i + 1 < len(r) else r.consumed
+        text = bytes(data[a:b])
+        if not text.endswith(b"\n"):
+            text += b"\n"
+        ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10) + 1
+        close = b"END IONS\n" if mode == ts.MGF else b""  # (MSP: the end of the text ends the entry)
+        k = p - int(r.rec_pk[i])  # the peak's place in its record
+        lo, hi = 1, len(ends)  # the fewest lines whose scan holds more than k peaks
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ts.count_peaks(text[:ends[mid - 1]] + close, mode) > k:
+                hi = mid
+            else:
+                lo = mid + 1
+        # (the last line unchecked: a peak the text does not hold, which cannot be, gets no line rather than it)
+        if lo == len(ends) and ts.count_peaks(text + close, mode) <= k:
+            return None
+        return first + lo - 1
 
     return f
 
@@ -185,7 +219,7 @@ def _check_encoding(path: str, data) -> None:
 
 def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report: ReadReport,
                    defaults: dict[str, str] | None = None, carry: dict | None = None,
-                   follows_peaks=None) -> Spectra:
+                   follows_peaks=None, peak_line=None) -> Spectra:
     n = len(r)
     meta = _meta_table(r.keys, r.values, r.rec_meta, mode, carry, follows_peaks or (lambda j: False))
     for key, val in (defaults or {}).items():  # global parameters fill what a record leaves unset
@@ -217,7 +251,8 @@ def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report
         for i in np.flatnonzero(r.rec_err):
             errors[i] = _ERRORS.get(int(r.rec_err[i]), "unparsable record")
     lines = np.where(r.rec_err != 0, r.rec_err_line, r.rec_line)
-    return finish_block(report, path, lines, errors, r.rec_pk, r.mz, r.intensity, meta, on_error, text=True)
+    return finish_block(report, path, lines, errors, r.rec_pk, r.mz, r.intensity, meta, on_error, text=True,
+                        peak_line=peak_line)
 
 
 def _all_numeric(col) -> bool:

@@ -291,18 +291,19 @@ class Hits:
         :meth:`write`); gzipped when ``path`` ends in ``.gz``."""
         write_atomically(path, lambda p: self._write_csv(p, delimiter, gzipped(path)))
 
-    def write(self, path: "str | Path") -> None:
+    def write(self, path: "str | Path", output_format: str | None = None) -> None:
         """Write by extension: ``.parquet`` / ``.pq``, ``.tsv`` / ``.tab`` / ``.txt`` or ``.csv``, the
-        text formats optionally gzipped (``.tsv.gz``, ``.csv.gz``).
+        text formats optionally gzipped (``.tsv.gz``, ``.csv.gz``); or as ``output_format`` says (one of
+        :data:`TABLE_FORMATS`, e.g. for ``/dev/stdout``, whose name has no extension).
 
         Written to a temporary sibling and renamed into place, so an interrupted write never leaves a
         truncated table where a previous one was.
         """
-        delimiter = table_format(path)
+        delimiter, gz = table_kind(path, output_format)
         if delimiter is None:
             self.to_parquet(path)
         else:
-            self.to_csv(path, delimiter=delimiter)
+            write_atomically(path, lambda p: self._write_csv(p, delimiter, gz))
 
     def _write_parquet(self, path: str) -> None:
         import pyarrow.parquet as pq
@@ -338,8 +339,44 @@ def table_format(path: "str | Path") -> str | None:
     if suffix == ".csv":
         return ","
     shown = suffix + ".gz" if gz else suffix
-    raise ParameterError(f"unknown hit table format {shown or '(none)'!r}: use .parquet, .tsv or .csv "
+    if not shown:  # (as a device or pipe such as /dev/stdout: its name is all there is to go by)
+        raise ParameterError(f"{path}: no extension to tell the hit table format by: end the name in .parquet, "
+                             ".tsv or .csv (.tsv.gz and .csv.gz gzipped), or name the format (fastspec query "
+                             "--output-format, output_format=)")
+    raise ParameterError(f"unknown hit table format {shown!r}: use .parquet, .tsv or .csv "
                          "(.tsv.gz and .csv.gz gzipped)")
+
+
+#: Hit table formats a caller can name instead of the extension (``output_format``): (delimiter, None for
+#: Parquet; gzipped)
+TABLE_FORMATS = {"parquet": (None, False), "tsv": ("\t", False), "csv": (",", False), "tsv.gz": ("\t", True),
+                 "csv.gz": (",", True)}
+
+
+def table_kind(path: "str | Path", output_format: str | None = None) -> tuple[str | None, bool]:
+    """(delimiter, None for Parquet; gzipped) of a hit table written to ``path``: as ``output_format`` says
+    when given (a key of :data:`TABLE_FORMATS`), else by extension (:func:`table_format`, :func:`gzipped`)."""
+    if output_format is None:
+        kind = table_format(path), gzipped(path)
+    else:
+        kind = TABLE_FORMATS.get(str(output_format).lower()) if isinstance(output_format, str) else None
+        if kind is None:
+            raise ParameterError(f"output_format must be one of {', '.join(TABLE_FORMATS)}, got {output_format!r}")
+    if kind[0] is None and _is_pipe(path):  # Parquet's writer seeks ("I/O error: lseek failed" after the search)
+        raise ParameterError(f"{path} is a pipe, which a Parquet table cannot be written to (its writer seeks): "
+                             "write TSV or CSV there (output format tsv or csv)")
+    return kind
+
+
+def _is_pipe(path: "str | Path") -> bool:
+    """Whether ``path`` is an existing pipe or socket (``/dev/stdout`` piped to another command)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def gzipped(path: "str | Path") -> bool:

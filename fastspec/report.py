@@ -338,7 +338,8 @@ def _groups(first: tuple[str, dict]) -> list[Block]:
         out.append(Block("h", field, 3))
         rest = int(r.get("n_test") or 0) - sum(int(g["n_test"]) for g in list(groups.values())[:len(rows)])
         if rest > 0:  # say what the table leaves out (the JSON report keeps the 20 most frequent values)
-            out.append(Block("p", f"The {len(rows)} most frequent values; the others hold {rest:,} test spectra "
+            top = "The most frequent value" if len(rows) == 1 else f"The {len(rows)} most frequent values"
+            out.append(Block("p", f"{top}; the others hold {rest:,} test {'spectrum' if rest == 1 else 'spectra'} "
                                   "(the JSON report lists up to 20 values)."))
         out.append(Block("table", header=[field, "n_test", "coverage", "mean_tanimoto", "mean_tanimoto_all", "exact"],
                          rows=rows))

@@ -45,7 +45,8 @@ class _Run(NamedTuple):
 
 def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10, *, chunk_size: int = DEFAULT_CHUNK,
                    on_error: str = "skip", progress: bool | None = None, formula=None,
-                   on_validated: Callable[[dict], None] | None = None, **kwargs: Any) -> dict:
+                   on_validated: Callable[[dict], None] | None = None, output_format: str | None = None,
+                   **kwargs: Any) -> dict:
     """Search ``queries`` against ``library`` and write the hit table to ``path``, a chunk at a time.
 
     Parameters
@@ -67,6 +68,9 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     on_validated : callable, optional
         Called once the search parameters have passed their checks, before any query is read, with
         the table's parameters (``mode``, ``metric`` as resolved, ``engine``, ...; as ``params`` below).
+    output_format : str, optional
+        The table's format when the name does not say it (``/dev/stdout``, a pipe): ``parquet``, ``tsv``,
+        ``csv``, ``tsv.gz`` or ``csv.gz`` (:data:`fastspec.hits.TABLE_FORMATS`); default: by extension.
 
     Returns
     -------
@@ -77,15 +81,16 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     """
     with library._in_use():  # as search(): an append on this object waits for it, and it for an append
         return _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated,
-                               kwargs)
+                               output_format, kwargs)
 
 
-def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated, kwargs) -> dict:
-    from fastspec.hits import gzipped, table_format, write_atomically
+def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated, output_format,
+                    kwargs) -> dict:
+    from fastspec.hits import table_kind, write_atomically
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
                                  caller_formulas, search)
 
-    delimiter = table_format(path)
+    delimiter, gz = table_kind(path, output_format)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ParameterError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     # every search parameter, checked before anything is read, with search()'s own defaults
@@ -103,7 +108,7 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
     totals = {"with_hits": 0, "skipped": 0, "skipped_by": {}, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:
-        sink = _TableSink(tmp, delimiter, gzipped(path))
+        sink = _TableSink(tmp, delimiter, gz)
         bar = _progress_bar(progress)  # one bar over every chunk (None: no bar)
         try:
             counts_holder: dict = {}

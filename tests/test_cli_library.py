@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -235,9 +236,57 @@ def test_user_mistakes_are_one_line(index, massbank_mgf, tmp_path):
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "--mode", "open",
                            "--no-neighbour", "fallback", ok=False), "formula")
     # synth's two outputs in one file: the queries would replace the library
-    assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "5", "-q-out",
+    assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "5", "--queries-output",
                            tmp_path / "s.parquet", ok=False), "same file")
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_hit_table_name_without_extension_says_what_to_do(index, massbank_mgf, tmp_path):
+    """A name without an extension (as /dev/null has) was refused as "unknown hit table format '(none)'";
+    the line names the output and the extensions that tell the format (an audit)."""
+    for out in ("/dev/null", tmp_path / "hits"):
+        res = run("query", massbank_mgf, "-l", index, "-o", out, "--mode", "open", ok=False)
+        assert_clean_error(res, f"{out}: no extension to tell the hit table format by", ".parquet, .tsv or .csv")
+        assert "(none)" not in res.output
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.gz", ok=False), "'.gz'")
+
+
+def test_output_format_names_the_hit_table_format(index, massbank_mgf, tmp_path):
+    """--output-format writes a table whose name does not say its format: /dev/null, as the README promises
+    for devices (it was refused: "unknown hit table format '(none)'"), or any name (an audit)."""
+    import gzip
+
+    run("query", massbank_mgf, "-l", index, "-o", "/dev/null", "--output-format", "tsv", "-k", "2", "-q")
+    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "hits", "--output-format", "tsv.gz", "-k", "2", "-q")
+    text = gzip.decompress((tmp_path / "hits").read_bytes()).decode()
+    assert text.startswith("# ") and "\"query_index\"\t\"query_id\"" in text
+    # the option wins over the extension, and the Python API takes it too
+    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "--output-format", "parquet", "-k", "2", "-q")
+    assert pq.read_table(tmp_path / "h.tsv").num_rows > 0
+    with Library.open(index) as lib:
+        done = lib.search_to_file(massbank_mgf, tmp_path / "api", k=2, output_format="csv", progress=False)
+        assert done["n_queries"] > 0 and (tmp_path / "api").read_text().splitlines()[-1].count(",") > 5
+        hits = lib.search(massbank_mgf, k=2, progress=False)
+        hits.write(tmp_path / "w", output_format="parquet")
+        assert pq.read_table(tmp_path / "w").num_rows == hits.to_arrow().num_rows
+        with pytest.raises(ParameterError, match="output_format must be one of"):
+            hits.write(tmp_path / "x", output_format="xlsx")
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h2", "--output-format", "xlsx",
+                           ok=False), "xlsx")
+    # a pipe takes text tables only: Parquet's writer seeks, and failed after the search ("lseek failed")
+    fifo = tmp_path / "p.parquet"
+    os.mkfifo(fifo)
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", fifo, ok=False), "is a pipe", "tsv or csv")
+
+
+def test_synth_has_no_short_option_beside_quiet(tmp_path):
+    """synth's queries output was also "-q-out", beside -q (--quiet): "-q q.parquet" read as quiet and a stray
+    argument. It is --queries-output only (an audit)."""
+    res = run("synth", "--help")
+    assert "--queries-output" in res.output and "-q-out" not in res.output
+    res = run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "5", "-q-out", tmp_path / "q.parquet",
+              ok=False)
+    assert res.exit_code == 2 and "No such option" in res.output and not (tmp_path / "s.parquet").exists()
 
 
 def test_an_output_name_that_is_not_utf8_is_one_line(tmp_path):
@@ -559,8 +608,8 @@ def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
     assert_clean_error(run("synth", "-n", "100", "-o", tmp_path / "s.parquet", "--seed", "-1", ok=False), "seed")
     # every command's --seed, and synth's --noise (overflows, then gigabytes of noise peaks, beyond 10)
     for args in (["demo", "--seed", "-1"], ["split", "-l", massbank_mgf, "-o", tmp_path / "s.csv", "--seed", "-1"],
-                 ["synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "3", "-q-out", tmp_path / "q.mgf",
-                  "--noise", "1e12"]):
+                 ["synth", "-n", "100", "-o", tmp_path / "s.parquet", "--queries", "3", "--queries-output",
+                  tmp_path / "q.mgf", "--noise", "1e12"]):
         assert_clean_error(run(*args, ok=False), args[-2])
     # fastspec index makes the index's parent directory too, as query, convert and synth do
     run("index", massbank_mgf, "-o", tmp_path / "made" / "for" / "lib.fastspec", "-q", "--no-faiss")

@@ -243,3 +243,17 @@ def test_ablate_and_report(library, tmp_path):
     (tmp_path / "cut.json").write_text(json.dumps(cut))
     res = CliRunner().invoke(main, ["report", str(tmp_path / "cut.json"), "-o", str(tmp_path / "c.md")])
     assert res.exit_code != 0 and "without n_scored" in res.output and "Traceback" not in res.output
+
+
+def test_report_groups_note_counts_in_the_singular():
+    """"the others hold 1 test spectra" read wrong (an audit): one spectrum, one value, in the singular."""
+    from fastspec.report import _groups
+
+    g = {"n_test": 1, "coverage": 1.0, "mean_tanimoto": 0.5, "mean_tanimoto_all": 0.5, "exact_match_rate": 0.0}
+    notes = [b.text for b in _groups(("random", {"n_test": 2, "groups": {"ion_mode": {"positive": g}}}))
+             if b.kind == "p"]
+    assert notes == ["The most frequent value; the others hold 1 test spectrum (the JSON report lists up to 20 values)."]
+    notes = [b.text for b in _groups(("random", {"n_test": 5, "groups": {"ion_mode": {"positive": g, "negative": g}}}))
+             if b.kind == "p"]
+    assert notes == ["The 2 most frequent values; the others hold 3 test spectra (the JSON report lists up to 20 "
+                     "values)."]

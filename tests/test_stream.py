@@ -113,7 +113,7 @@ def test_table_format_names(tmp_path):
 
     assert table_format("a.parquet") is None and table_format("a.PQ") is None
     assert table_format("a.tsv") == table_format("a.txt.gz") == "\t" and table_format("x.y.csv.gz") == ","
-    for bad, shown in (("a.parquet.gz", "'.parquet.gz'"), ("a.gz", "'.gz'"), ("a", "'(none)'"), ("a.mgf", "'.mgf'")):
+    for bad, shown in (("a.parquet.gz", "'.parquet.gz'"), ("a.gz", "'.gz'"), ("a", "a: no extension to tell the hit table format by: end the name in .parquet"), ("a.mgf", "'.mgf'")):
         with pytest.raises(ParameterError, match=re.escape(shown)):
             table_format(bad)
 

@@ -326,7 +326,7 @@ def test_cli_synth(tmp_path):
 
     out = tmp_path / "lib.parquet"
     qout = tmp_path / "q.parquet"
-    r = CliRunner().invoke(main, ["synth", "-n", "2000", "--seed", "3", "-o", str(out), "--queries", "20", "-q-out", str(qout), "--quiet"])
+    r = CliRunner().invoke(main, ["synth", "-n", "2000", "--seed", "3", "-o", str(out), "--queries", "20", "--queries-output", str(qout), "--quiet"])
     assert r.exit_code == 0, r.output
     r2 = CliRunner().invoke(main, ["synth", "-n", "2000", "--seed", "3", "-o", str(tmp_path / "again.parquet"), "-q"])
     assert r2.exit_code == 0, r2.output
@@ -344,7 +344,7 @@ def test_cli_synth(tmp_path):
     for args, why in ((["-n", "100", "--queries", "500"], "cannot draw 500 queries"),
                       (["-n", str(10**12), "--queries", "5"], "GiB of memory")):
         target = tmp_path / "never.parquet"
-        bad = CliRunner().invoke(main, ["synth", *args, "-o", str(target), "-q-out", str(tmp_path / "nq.parquet")])
+        bad = CliRunner().invoke(main, ["synth", *args, "-o", str(target), "--queries-output", str(tmp_path / "nq.parquet")])
         assert bad.exit_code == 1 and why in bad.output and "Traceback" not in bad.output and not target.exists()
 
 

@@ -181,21 +181,24 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Queries read, searched and written at a time (memory holds one chunk's spectra and hits).")
 @input_format_option
+@click.option("--output-format", type=click.Choice(["parquet", "tsv", "csv", "tsv.gz", "csv.gz"]), default=None,
+              help="Hit table format (default: from --output's extension; needed for a name without one, such as "
+                   "/dev/stdout).")
 @common_options
 @handle_errors
 def query(queries, library, output, k, mode, metric, tolerance, preset, precursor_tolerance, engine, nprobe, n_candidates,
           no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, chunk_size,
-          input_format, threads, quiet):
+          input_format, output_format, threads, quiet):
     """Search query spectra against a library index and write the hit table. '-' reads the queries from standard
     input (with --input-format)."""
     from fastspec.errors import ParameterError
     from fastspec.library import Library
 
-    from fastspec.hits import table_format
+    from fastspec.hits import table_kind
 
     log = _log(quiet)
     queries = stdin_paths(queries)
-    table_format(output)  # a wrong extension is refused before the search
+    table_kind(output, output_format)  # a wrong extension is refused before the search
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
         check_tolerance_option(value, name)
     make_parents(output)  # before the search, not after it
@@ -220,7 +223,8 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
                                       engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
-                                      on_error=on_error, input_format=input_format, threads=threads,
+                                      on_error=on_error, input_format=input_format, output_format=output_format,
+                                      threads=threads,
                                       progress=False if quiet else None, on_validated=start_ahead, **({"preset": preset} if preset else {}))
         finally:
             for a in ahead:

@@ -34,7 +34,7 @@ def write_spectra(spectra, path: str) -> None:
               help="Output file: .parquet, .h5, .mgf or .msp.")
 @click.option("--queries", "n_queries", type=click.IntRange(min=1), default=None,
               help="Also write this many queries derived from library spectra (answer in column source_row).")
-@click.option("-q-out", "--queries-output", "queries_output", type=click.Path(dir_okay=False), default=None,
+@click.option("--queries-output", "queries_output", type=click.Path(dir_okay=False), default=None,
               help="Where to write the queries (required with --queries).")
 @click.option("--noise", type=click.FloatRange(min=0, max=10), default=1.0, show_default=True,
               help="Query perturbation strength (0: copies, m/z rounded to 1e-5 Da).")

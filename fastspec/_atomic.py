@@ -166,19 +166,62 @@ def output_target(path) -> tuple[Path, bool]:
     return path, False
 
 
-def write_atomically(path, write) -> None:
+def write_atomically(path, write, needs_seek: str | None = None) -> None:
     """Call ``write(tmp)`` on a :func:`temporary_sibling` of ``path`` and rename it into place, so that an
     interrupted write never leaves a truncated file where a previous one was; the temporary is removed
     on any error, and an OSError names ``path``, not the temporary. A device or pipe is written to
-    directly, a symlink's target replaced (:func:`output_target`)."""
+    directly, a symlink's target replaced (:func:`output_target`); ``needs_seek`` names the format of a
+    writer that seeks (``"Parquet"``, ``"HDF5"``), refused for a device or pipe that cannot
+    (:func:`check_seekable`)."""
     path, direct = output_target(path)
     if direct:
+        if needs_seek:
+            check_seekable(path, needs_seek)
         with naming_output(path, path):
             write(path)
         return
     with temporary_sibling(path) as tmp, naming_output(path, tmp):
         write(tmp)
         os.replace(tmp, path)
+
+
+def check_seekable(path, what: str, instead: str = "a text format") -> None:
+    """Refuse (ParameterError) a ``what`` file (Parquet, HDF5: their writers seek) for an output that is
+    a pipe, socket or terminal (``/dev/stdout`` piped to another command): the writer failed there only
+    once the work was done ("I/O error: lseek failed"), and pyarrow then deletes the path it was given,
+    which as root removed ``/dev/stdout`` itself. Regular files and seekable devices (``/dev/null``) pass;
+    ``instead`` is what the message suggests."""
+    target, direct = output_target(path)
+    if direct and not _seekable(target):
+        from fastspec.errors import ParameterError
+
+        raise ParameterError(f"{path} is a pipe or terminal: {what} files cannot be written there (their "
+                             f"writer seeks); write {instead}")
+
+
+def _seekable(path) -> bool:
+    """Whether the existing non-regular file ``path`` (through links) can seek: not a pipe or socket, and
+    a character device only if it seeks (``/dev/null`` does, a terminal does not). Opened without
+    blocking and without becoming a controlling terminal."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return True  # (gone: the writer reports it)
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return False
+    if not stat.S_ISCHR(mode):
+        return True
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return True  # (the writer reports why it cannot open it)
+    try:
+        os.lseek(fd, 0, os.SEEK_CUR)
+        return not os.isatty(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

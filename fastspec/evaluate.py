@@ -881,7 +881,7 @@ def evaluate(
         import pyarrow.parquet as pq
 
         table = ev.predictions_table(details)
-        write_atomically(predictions, lambda tmp: pq.write_table(table, str(tmp)))
+        write_atomically(predictions, lambda tmp: pq.write_table(table, str(tmp)), needs_seek="Parquet")
     return report
 
 

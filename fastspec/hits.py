@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import ParameterError
-from fastspec._atomic import open_output, write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
+from fastspec._atomic import check_seekable, open_output, write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
 
 #: status of a query row in Hits
 OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_peaks", "no_precursor", "no_neighbour"
@@ -284,7 +284,7 @@ class Hits:
     def to_parquet(self, path: "str | Path") -> None:
         """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata), atomically (as
         :meth:`write`)."""
-        write_atomically(path, self._write_parquet)
+        write_atomically(path, self._write_parquet, needs_seek="Parquet")
 
     def to_csv(self, path: "str | Path", delimiter: str = ",") -> None:
         """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines, atomically (as
@@ -362,21 +362,9 @@ def table_kind(path: "str | Path", output_format: str | None = None) -> tuple[st
         kind = TABLE_FORMATS.get(str(output_format).lower()) if isinstance(output_format, str) else None
         if kind is None:
             raise ParameterError(f"output_format must be one of {', '.join(TABLE_FORMATS)}, got {output_format!r}")
-    if kind[0] is None and _is_pipe(path):  # Parquet's writer seeks ("I/O error: lseek failed" after the search)
-        raise ParameterError(f"{path} is a pipe, which a Parquet table cannot be written to (its writer seeks): "
-                             "write TSV or CSV there (output format tsv or csv)")
+    if kind[0] is None:  # before the search, not after it ("I/O error: lseek failed")
+        check_seekable(path, "Parquet", "TSV or CSV (output format tsv or csv)")
     return kind
-
-
-def _is_pipe(path: "str | Path") -> bool:
-    """Whether ``path`` is an existing pipe or socket (``/dev/stdout`` piped to another command)."""
-    import stat
-
-    try:
-        mode = os.stat(path).st_mode
-    except (OSError, ValueError):
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def gzipped(path: "str | Path") -> bool:

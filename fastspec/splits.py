@@ -361,7 +361,7 @@ def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndar
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        write_atomically(path, lambda tmp: pq.write_table(table, str(tmp)))
+        write_atomically(path, lambda tmp: pq.write_table(table, str(tmp)), needs_seek="Parquet")
     else:
         import pyarrow.csv as pcsv
 

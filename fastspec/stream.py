@@ -149,7 +149,7 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
             sink.discard()
 
     out: dict = {}
-    write_atomically(path, lambda tmp: out.update(write(tmp)))
+    write_atomically(path, lambda tmp: out.update(write(tmp)), needs_seek="Parquet" if delimiter is None else None)
     return out
 
 

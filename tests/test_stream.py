@@ -473,6 +473,67 @@ def test_outputs_to_devices_pipes_and_symlinks(lib, tmp_path):
     assert again.read_bytes() == target.read_bytes() and b".tmp-" not in target.read_bytes()
 
 
+def test_seeking_formats_refuse_pipes_and_terminals(lib, tmp_path):
+    """Parquet and HDF5 writers seek: into a pipe they failed after the work ("I/O error: lseek failed"), and
+    pyarrow then deleted the path it was given, which for a link to a pipe such as /dev/stdout (as root)
+    removed the link itself. They are refused first, one line; the pipe and a link to it stay, /dev/null
+    still takes them (an audit)."""
+    from fastspec import io as fio
+    from fastspec._atomic import check_seekable
+    from fastspec.errors import ParameterError
+
+    import threading
+
+    q = lib.spectra(np.arange(3), metadata=True)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+
+    def drain():  # a reader, so that a writer opening the pipe (the code before the fix) fails, not blocks
+        with open(fifo, "rb") as f:
+            f.read()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        _refused_everywhere(lib, q, fifo, link)
+    finally:
+        if reader.is_alive():  # nothing opened the pipe (the refusal opens nothing): release the reader
+            with open(fifo, "wb"):
+                pass
+        reader.join(30)
+    assert link.is_symlink() and os.path.samefile(link, fifo) and stat_is_fifo(fifo)
+    fio.write(q, "/dev/null", format="parquet")  # a device that seeks
+    master, slave = os.openpty()
+    try:
+        with pytest.raises(ParameterError, match="pipe or terminal"):
+            check_seekable(os.ttyname(slave), "Parquet")
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def _refused_everywhere(lib, q, fifo, link):
+    from fastspec import io as fio
+    from fastspec.errors import ParameterError
+
+    for out in (fifo, link):
+        for fmt, what in (("parquet", "Parquet"), ("hdf5", "HDF5")):
+            with pytest.raises(ParameterError, match=f"is a pipe or terminal: {what} files cannot be written"):
+                fio.write(q, out, format=fmt)
+        with pytest.raises(ParameterError, match="write TSV or CSV"):
+            lib.search(q, k=2, mode="open").write(out, output_format="parquet")
+        with pytest.raises(ParameterError, match="write TSV or CSV"):
+            lib.search_to_file(q, out, k=2, output_format="parquet")
+
+
+def stat_is_fifo(path) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(os.stat(path).st_mode)
+
+
 def test_output_to_stdout_is_written_through(tmp_path):
     """/dev/stdout is a link to the caller's descriptor: written through, whether it is a pipe (resolving
     the link gave /proc/PID/fd/pipe:[N], a FileNotFoundError) or a file (resolving it replaced that file by

@@ -111,7 +111,7 @@ def write(spectra: Spectra, path: str) -> None:
     """Write spectra in the HDF5 layout of this module (atomically: temp file, then rename)."""
     from fastspec._atomic import write_atomically
 
-    write_atomically(path, lambda tmp: _write_file(spectra, tmp))
+    write_atomically(path, lambda tmp: _write_file(spectra, tmp), needs_seek="HDF5")
 
 
 def _write_file(spectra: Spectra, tmp) -> None:

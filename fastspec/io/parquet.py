@@ -113,4 +113,4 @@ def write(spectra: Spectra, path: str, row_group_size: int = 65_536) -> None:
 
     table = to_table(spectra)
     write_atomically(path, lambda tmp: pq.write_table(table, str(tmp), row_group_size=row_group_size,
-                                                      compression="zstd"))
+                                                      compression="zstd"), needs_seek="Parquet")

@@ -166,19 +166,25 @@ def output_target(path) -> tuple[Path, bool]:
     return path, False
 
 
-def write_atomically(path, write, needs_seek: str | None = None) -> None:
+def write_atomically(path, write, needs_seek: str | None = None, direct_file: bool = False) -> None:
     """Call ``write(tmp)`` on a :func:`temporary_sibling` of ``path`` and rename it into place, so that an
     interrupted write never leaves a truncated file where a previous one was; the temporary is removed
     on any error, and an OSError names ``path``, not the temporary. A device or pipe is written to
     directly, a symlink's target replaced (:func:`output_target`); ``needs_seek`` names the format of a
     writer that seeks (``"Parquet"``, ``"HDF5"``), refused for a device or pipe that cannot
-    (:func:`check_seekable`)."""
+    (:func:`check_seekable`). ``direct_file``: ``write`` is then handed the device opened (binary), not
+    its path, for a writer that deletes the path it was given when it fails (``pyarrow.parquet.
+    write_table``: a full disk behind ``/dev/stdout`` or ``/dev/full`` removed the device node or link)."""
     path, direct = output_target(path)
     if direct:
         if needs_seek:
             check_seekable(path, needs_seek)
         with naming_output(path, path):
-            write(path)
+            if direct_file:
+                with open(path, "wb") as f:
+                    write(f)
+            else:
+                write(path)
         return
     with temporary_sibling(path) as tmp, naming_output(path, tmp):
         write(tmp)

@@ -881,7 +881,8 @@ def evaluate(
         import pyarrow.parquet as pq
 
         table = ev.predictions_table(details)
-        write_atomically(predictions, lambda tmp: pq.write_table(table, str(tmp)), needs_seek="Parquet")
+        write_atomically(predictions, lambda tmp: pq.write_table(table, tmp), needs_seek="Parquet",
+                         direct_file=True)
     return report
 
 

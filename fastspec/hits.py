@@ -284,7 +284,7 @@ class Hits:
     def to_parquet(self, path: "str | Path") -> None:
         """Write :meth:`to_arrow` as Parquet (parameters in the schema metadata), atomically (as
         :meth:`write`)."""
-        write_atomically(path, self._write_parquet, needs_seek="Parquet")
+        write_atomically(path, self._write_parquet, needs_seek="Parquet", direct_file=True)
 
     def to_csv(self, path: "str | Path", delimiter: str = ",") -> None:
         """Write :meth:`to_arrow` as CSV/TSV with the parameters in leading ``#`` lines, atomically (as
@@ -305,10 +305,10 @@ class Hits:
         else:
             write_atomically(path, lambda p: self._write_csv(p, delimiter, gz))
 
-    def _write_parquet(self, path: str) -> None:
+    def _write_parquet(self, where) -> None:
         import pyarrow.parquet as pq
 
-        pq.write_table(self.to_arrow(), str(path), compression="zstd")
+        pq.write_table(self.to_arrow(), where, compression="zstd")  # a path, or a device opened (write_atomically)
 
     def _write_csv(self, path: str, delimiter: str, gz: bool = False) -> None:
         import pyarrow.csv as pcsv
@@ -362,6 +362,13 @@ def table_kind(path: "str | Path", output_format: str | None = None) -> tuple[st
         kind = TABLE_FORMATS.get(str(output_format).lower()) if isinstance(output_format, str) else None
         if kind is None:
             raise ParameterError(f"output_format must be one of {', '.join(TABLE_FORMATS)}, got {output_format!r}")
+        try:  # a table extension that says otherwise: the file would be misread by its name later
+            by_name = table_format(path), gzipped(path)
+        except ParameterError:
+            by_name = kind  # no table extension (/dev/stdout, "hits"): the format given decides
+        if by_name != kind:
+            raise ParameterError(f"{path}: its extension names another format than the output format "
+                                 f"{output_format!r}: rename it or leave the format out")
     if kind[0] is None:  # before the search, not after it ("I/O error: lseek failed")
         check_seekable(path, "Parquet", "TSV or CSV (output format tsv or csv)")
     return kind

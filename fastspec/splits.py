@@ -361,7 +361,7 @@ def write_split(split: Split, path: str | Path, spectra: Spectra, index: np.ndar
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
-        write_atomically(path, lambda tmp: pq.write_table(table, str(tmp)), needs_seek="Parquet")
+        write_atomically(path, lambda tmp: pq.write_table(table, tmp), needs_seek="Parquet", direct_file=True)
     else:
         import pyarrow.csv as pcsv
 

@@ -514,6 +514,31 @@ def test_seeking_formats_refuse_pipes_and_terminals(lib, tmp_path):
         os.close(slave)
 
 
+def test_a_failing_parquet_write_keeps_the_device(lib, tmp_path):
+    """pyarrow deletes the path it was given when a Parquet write fails: on a device that seeks but fails
+    (a full disk behind /dev/stdout, /dev/full) the device node or the link to it was removed (a review).
+    Such outputs get the device opened instead; the error stays, the node and the link stay."""
+    import stat
+
+    from fastspec import io as fio
+
+    full = tmp_path / "full"
+    try:
+        os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))  # a node of /dev/full: every write fails
+    except (PermissionError, AttributeError):
+        pytest.skip("cannot make a device node here (not root)")
+    link = tmp_path / "stdout"
+    link.symlink_to(full)
+    q = lib.spectra(np.arange(3), metadata=True)
+    hits = lib.search(q, k=2, mode="open")
+    for out in (full, link):
+        for write in (lambda p: fio.write(q, p, format="parquet"), lambda p: hits.write(p, output_format="parquet"),
+                      lambda p: hits.to_parquet(p)):
+            with pytest.raises(OSError):
+                write(out)
+            assert stat.S_ISCHR(os.stat(full).st_mode) and link.is_symlink()
+
+
 def _refused_everywhere(lib, q, fifo, link):
     from fastspec import io as fio
     from fastspec.errors import ParameterError

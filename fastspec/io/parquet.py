@@ -112,5 +112,6 @@ def write(spectra: Spectra, path: str, row_group_size: int = 65_536) -> None:
     from fastspec._atomic import write_atomically
 
     table = to_table(spectra)
-    write_atomically(path, lambda tmp: pq.write_table(table, str(tmp), row_group_size=row_group_size,
-                                                      compression="zstd"), needs_seek="Parquet")
+    # (tmp: a path, or a device opened: pyarrow deletes a path it fails to write, see write_atomically)
+    write_atomically(path, lambda tmp: pq.write_table(table, tmp, row_group_size=row_group_size,
+                                                      compression="zstd"), needs_seek="Parquet", direct_file=True)

@@ -123,6 +123,11 @@ def _follows_peaks(data, r: ts.ScanResult, line0: int, after_peak: bool):
     return f
 
 
+#: Records up to this size get their rejected peak's line (:func:`_peak_lines`: ~20 rescans of the record;
+#: a review: a 1M-peak MGF record took 2 s to place)
+_PEAK_LINE_MAX_BYTES = 1 << 22
+
+
 def _peak_lines(data, r: ts.ScanResult, line0: int, mode: int):
     """``f(i, p)``: the line of peak ``p`` (an index into ``r.mz``) of record ``i`` of this block, for a
     record rejected for a peak value. The scan keeps no line per peak (the hot path): the record's text is
@@ -135,6 +140,8 @@ def _peak_lines(data, r: ts.ScanResult, line0: int, mode: int):
         s, first = starts[0], int(r.rec_line[i])
         a = int(s[first - line0])
         b = int(s[int(r.rec_line[i + 1]) - line0]) if i + 1 < len(r) else r.consumed
+        if b - a > _PEAK_LINE_MAX_BYTES:  # the record's first line rather than seconds of rescans
+            return None
         text = bytes(data[a:b])
         if not text.endswith(b"\n"):
             text += b"\n"

@@ -260,9 +260,13 @@ def test_output_format_names_the_hit_table_format(index, massbank_mgf, tmp_path)
     run("query", massbank_mgf, "-l", index, "-o", tmp_path / "hits", "--output-format", "tsv.gz", "-k", "2", "-q")
     text = gzip.decompress((tmp_path / "hits").read_bytes()).decode()
     assert text.startswith("# ") and "\"query_index\"\t\"query_id\"" in text
-    # the option wins over the extension, and the Python API takes it too
-    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "--output-format", "parquet", "-k", "2", "-q")
-    assert pq.read_table(tmp_path / "h.tsv").num_rows > 0
+    # a table extension that says otherwise is refused (the file would be misread by its name; a review),
+    # the format is not case-sensitive, and the Python API takes it too
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.tsv", "--output-format", "parquet",
+                           ok=False), "extension names another format", "'parquet'")
+    assert not (tmp_path / "h.tsv").exists()
+    run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h.TSV", "--output-format", "TSV", "-k", "2", "-q")
+    assert (tmp_path / "h.TSV").read_text().startswith("# ")
     with Library.open(index) as lib:
         done = lib.search_to_file(massbank_mgf, tmp_path / "api", k=2, output_format="csv", progress=False)
         assert done["n_queries"] > 0 and (tmp_path / "api").read_text().splitlines()[-1].count(",") > 5
@@ -277,6 +281,20 @@ def test_output_format_names_the_hit_table_format(index, massbank_mgf, tmp_path)
     fifo = tmp_path / "p.parquet"
     os.mkfifo(fifo)
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", fifo, ok=False), "is a pipe", "tsv or csv")
+    # convert too, before it reads its input (it had read it all first)
+    import fastspec.io as fio
+
+    def no_read(*a, **k):
+        raise AssertionError("read before the output was checked")
+
+    orig, fio.read = fio.read, no_read
+    try:
+        for fmt in ("parquet", "hdf5"):
+            assert_clean_error(run("convert", massbank_mgf, fifo, "--format", fmt, ok=False), "is a pipe",
+                               "mgf, msp or tsv")
+    finally:
+        fio.read = orig
+    assert stat_is_fifo(fifo)
 
 
 def test_synth_has_no_short_option_beside_quiet(tmp_path):
@@ -711,3 +729,9 @@ def test_append_prints_its_own_reader_warnings(tmp_path):
     out = run("index", tmp_path / "clean.mgf", "-o", lib, "--append").output
     assert "reader warnings" not in out and "appended 1 spectra" in out
     assert "lines outside records: 1" in run("index", tmp_path / "stray.mgf", "-o", lib, "--append").output
+
+
+def stat_is_fifo(path) -> bool:
+    import stat
+
+    return stat.S_ISFIFO(os.stat(path).st_mode)

@@ -29,10 +29,11 @@ def convert(inputs, output, fmt, input_format, on_error, report_path, threads, q
     Several inputs are concatenated. Metadata keys are harmonised; bad records are skipped and
     counted unless --on-error raise.
     """
-    from fastspec.io import read, write
+    from fastspec.io import output_format, read, write
 
     inputs = stdin_paths(inputs)
     refuse_clobbering(inputs, [("OUTPUT", output), ("--report", report_path)])
+    output_format(output, fmt)  # a format it cannot write there is refused before the input is read
     t0 = time.perf_counter()
     spectra, report = read(list(inputs), format=input_format, on_error=on_error,
                            progress=False if quiet else None, return_report=True)

@@ -168,6 +168,10 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
                       [("--output", output), ("--predictions", predictions), ("--markdown", md),
                        ("--fingerprint-cache", kw.get("fingerprint_cache"))])
     make_parents(output, predictions)
+    if predictions:  # Parquet: refused for a pipe before the evaluation, not after it
+        from fastspec._atomic import check_seekable
+
+        check_seekable(predictions, "Parquet", "them to a file")
     search = _search_kwargs(kw)
     l2s = _l2s(kw, quiet)
     rep = run_evaluate(

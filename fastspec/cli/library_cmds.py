@@ -181,7 +181,8 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Queries read, searched and written at a time (memory holds one chunk's spectra and hits).")
 @input_format_option
-@click.option("--output-format", type=click.Choice(["parquet", "tsv", "csv", "tsv.gz", "csv.gz"]), default=None,
+@click.option("--output-format", type=click.Choice(["parquet", "tsv", "csv", "tsv.gz", "csv.gz"], case_sensitive=False),
+              default=None,
               help="Hit table format (default: from --output's extension; needed for a name without one, such as "
                    "/dev/stdout).")
 @common_options

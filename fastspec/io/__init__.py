@@ -26,7 +26,8 @@ from fastspec.errors import FastspecError, ParameterError
 from fastspec.io._common import FORMATS, ReadReport, Rejection, detect_format, strip_gz
 from fastspec.spectra import Spectra
 
-__all__ = ["read", "iter_read", "write", "ReadReport", "Rejection", "detect_format", "FORMATS", "WRITABLE"]
+__all__ = ["read", "iter_read", "write", "output_format", "ReadReport", "Rejection", "detect_format", "FORMATS",
+           "WRITABLE"]
 
 #: format -> module implementing ``iter_spectra`` (and ``write`` when writable)
 _MODULES = {
@@ -254,6 +255,37 @@ def _rechunk(chunks: Iterable[Spectra], size: int) -> Iterator[Spectra]:
         yield buf if pos == 0 else buf.take(np.arange(pos, len(buf), dtype=np.int64))
 
 
+def output_format(path, format: str | None = None) -> str:
+    """The format :func:`write` writes ``path`` in (``format``, else from the extension), checked before
+    any work: writable, ``.gz`` only for text formats, and a seeking format (Parquet, HDF5) not into a
+    pipe or terminal (:func:`fastspec._atomic.check_seekable`)."""
+    from fastspec._atomic import check_seekable
+
+    path = os.fspath(path)
+    if format is None:
+        base, _ = strip_gz(path)
+        ext = os.path.splitext(base)[1].lower()
+        from fastspec.io._common import EXTENSIONS
+
+        if ext not in EXTENSIONS:
+            raise FastspecError(f"{path}: cannot tell the output format from the extension; pass format= "
+                                f"(one of {', '.join(WRITABLE)}; --format in `fastspec convert`)")
+        fmt = EXTENSIONS[ext]
+    else:
+        fmt = detect_format(path, format)
+    if fmt not in WRITABLE:
+        raise FastspecError(f"{path}: writing {fmt} is not supported (writable: {', '.join(WRITABLE)})")
+    if strip_gz(path)[1] and fmt not in _TEXT:
+        raise FastspecError(f"{path}: .gz compression applies to text formats only")
+    if fmt in _SEEKING_WRITERS:
+        check_seekable(path, _SEEKING_WRITERS[fmt], "a text format (mgf, msp or tsv)")
+    return fmt
+
+
+#: formats whose writers seek, by the name messages give them
+_SEEKING_WRITERS = {"parquet": "Parquet", "hdf5": "HDF5"}
+
+
 def write(spectra, path, format: str | None = None) -> None:
     """Write spectra to ``path``.
 
@@ -271,21 +303,7 @@ def write(spectra, path, format: str | None = None) -> None:
         except (TypeError, AttributeError) as e:
             raise ParameterError(f"write() needs a Spectra, got {type(spectra).__name__}") from e
     path = os.fspath(path)
-    if format is None:
-        base, _ = strip_gz(path)
-        ext = os.path.splitext(base)[1].lower()
-        from fastspec.io._common import EXTENSIONS
-
-        if ext not in EXTENSIONS:
-            raise FastspecError(f"{path}: cannot tell the output format from the extension; pass format= "
-                                f"(one of {', '.join(WRITABLE)}; --format in `fastspec convert`)")
-        fmt = EXTENSIONS[ext]
-    else:
-        fmt = detect_format(path, format)
-    if fmt not in WRITABLE:
-        raise FastspecError(f"{path}: writing {fmt} is not supported (writable: {', '.join(WRITABLE)})")
-    if strip_gz(path)[1] and fmt not in _TEXT:
-        raise FastspecError(f"{path}: .gz compression applies to text formats only")
+    fmt = output_format(path, format)
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     importlib.import_module(_MODULES[fmt]).write(spectra, path)

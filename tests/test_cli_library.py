@@ -278,22 +278,37 @@ def test_output_format_names_the_hit_table_format(index, massbank_mgf, tmp_path)
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", tmp_path / "h2", "--output-format", "xlsx",
                            ok=False), "xlsx")
     # a pipe takes text tables only: Parquet's writer seeks, and failed after the search ("lseek failed")
+    import threading
+
+    import fastspec.io as fio
+
     fifo = tmp_path / "p.parquet"
     os.mkfifo(fifo)
-    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", fifo, ok=False), "is a pipe", "tsv or csv")
-    # convert too, before it reads its input (it had read it all first)
-    import fastspec.io as fio
+
+    def drain():  # a reader, so that a writer opening the pipe (a regression) fails instead of blocking
+        with open(fifo, "rb") as f:
+            f.read()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
 
     def no_read(*a, **k):
         raise AssertionError("read before the output was checked")
 
-    orig, fio.read = fio.read, no_read
+    orig = fio.read
     try:
+        assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", fifo, ok=False), "is a pipe", "tsv or csv")
+        # convert too, before it reads its input (it had read it all first)
+        fio.read = no_read
         for fmt in ("parquet", "hdf5"):
             assert_clean_error(run("convert", massbank_mgf, fifo, "--format", fmt, ok=False), "is a pipe",
                                "mgf, msp or tsv")
     finally:
         fio.read = orig
+        if reader.is_alive():  # nothing opened the pipe (the refusals open nothing): release the reader
+            with open(fifo, "wb"):
+                pass
+        reader.join(30)
     assert stat_is_fifo(fifo)
 
 

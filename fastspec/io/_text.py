@@ -62,8 +62,9 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
                 report.warn("global parameters applied", n_global)
                 n_ignored = header_ignored - n_global
                 header = None
-        follows = _follows_peaks(data, r, line0, after_peak) if mode == ts.MSP else None
-        at = _peak_lines(data, r, line0, mode)
+        starts = _line_starts(data)  # found on first use only: the rare records that need lines ask
+        follows = _follows_peaks(data, r, line0, after_peak, starts) if mode == ts.MSP else None
+        at = _peak_lines(data, r, line0, mode, starts)
         if mode == ts.MSP:
             after_peak = _is_peak_line(_last_line(data, r.consumed)) if r.consumed else after_peak
         line0 += r.consumed_lines
@@ -104,21 +105,31 @@ def _last_line(data, end: int) -> bytes:
     return bytes(data[start:stop])
 
 
-def _follows_peaks(data, r: ts.ScanResult, line0: int, after_peak: bool):
+def _line_starts(data):
+    """``get()``: the byte offset of every line of ``data`` that starts one (int64, 0 first), computed
+    on the first call and kept."""
+    got = []
+
+    def get() -> np.ndarray:
+        if not got:
+            nl = np.flatnonzero(np.frombuffer(bytes(data), dtype=np.uint8) == 10)
+            got.append(np.concatenate([np.zeros(1, np.int64), nl + 1]))
+        return got[0]
+
+    return get
+
+
+def _follows_peaks(data, r: ts.ScanResult, line0: int, after_peak: bool, starts):
     """``f(j)``: record ``j`` of this block starts on the line right after a peak line (as an ``.mat``
-    file's MSTYPE block does; a blank line between means a new entry). Lines are located lazily: only
-    the rare MSTYPE-only records ask."""
-    nl = []
+    file's MSTYPE block does; a blank line between means a new entry). Lines are located lazily
+    (``starts``, :func:`_line_starts`): only the rare MSTYPE-only records ask."""
 
     def f(j: int) -> bool:
         k = int(r.rec_line[j]) - line0  # 0-based line of this block where record j starts
         if k == 0:
             return after_peak
-        if not nl:
-            nl.append(np.flatnonzero(np.frombuffer(bytes(data), dtype=np.uint8) == 10))
-        ends = nl[0]
-        start = int(ends[k - 2]) + 1 if k >= 2 else 0
-        return _is_peak_line(bytes(data[start:int(ends[k - 1])]))
+        s = starts()
+        return _is_peak_line(bytes(data[int(s[k - 1]):int(s[k]) - 1]))
 
     return f
 
@@ -128,16 +139,14 @@ def _follows_peaks(data, r: ts.ScanResult, line0: int, after_peak: bool):
 _PEAK_LINE_MAX_BYTES = 1 << 22
 
 
-def _peak_lines(data, r: ts.ScanResult, line0: int, mode: int):
+def _peak_lines(data, r: ts.ScanResult, line0: int, mode: int, starts):
     """``f(i, p)``: the line of peak ``p`` (an index into ``r.mz``) of record ``i`` of this block, for a
     record rejected for a peak value. The scan keeps no line per peak (the hot path): the record's text is
-    scanned again, a growing run of its lines at a time (bisected), until the run holds that peak."""
-    starts = []
+    scanned again, a growing run of its lines at a time (bisected), until the run holds that peak
+    (``starts``: :func:`_line_starts`)."""
 
     def f(i: int, p: int) -> int | None:
-        if not starts:
-            starts.append(np.concatenate([[0], np.flatnonzero(np.frombuffer(bytes(data), dtype=np.uint8) == 10) + 1]))
-        s, first = starts[0], int(r.rec_line[i])
+        s, first = starts(), int(r.rec_line[i])
         a = int(s[first - line0])
         b = int(s[int(r.rec_line[i + 1]) - line0]) if i + 1 < len(r) else r.consumed
         if b - a > _PEAK_LINE_MAX_BYTES:  # the record's first line rather than seconds of rescans

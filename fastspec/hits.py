@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import ParameterError
+from fastspec.spectra import has_column
 from fastspec._atomic import check_seekable, open_output, write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
 
 #: status of a query row in Hits
@@ -217,7 +218,7 @@ class Hits:
                 return pa.array(np.asarray(fallback)[has].astype(str).tolist(), pa.string()).take(
                     pa.array(np.cumsum(has) - 1, pa.int64(), mask=~has))
 
-            if meta is not None and column in meta.column_names:
+            if meta is not None and has_column(meta, column):
                 col = meta.column(column).cast(pa.string()).combine_chunks().take(per_hit)
                 # spectra without the value (a library read without ids: the column is there, all null)
                 if fallback is None or col.null_count <= int((~has).sum()):

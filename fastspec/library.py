@@ -82,7 +82,7 @@ from fastspec import _indexfmt as fmt
 from fastspec._atomic import absolute_path, aside_prefix, temporary_prefix
 from fastspec._version import __version__
 from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError
-from fastspec.spectra import Spectra
+from fastspec.spectra import Spectra, has_column
 
 PathLike = "str | os.PathLike"
 _DEFAULT = "default"
@@ -1629,7 +1629,7 @@ def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     fragment, not the molecule), as the mzML and mzXML readers keep MS2 scans only."""
     n = meta.num_rows
     none = np.zeros(n, dtype=bool)
-    if "ms_level" not in meta.column_names:
+    if not has_column(meta, "ms_level"):
         return none, none.copy()
     import pyarrow.compute as pc
 

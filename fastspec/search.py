@@ -1013,7 +1013,9 @@ def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
         qcols.append(np.array(codes, dtype=np.int32))
         names.append(name)
         sym.append(False)
-    qc = np.ascontiguousarray(np.stack(qcols, axis=1).astype(np.int32)) if len(q) else np.zeros((0, len(sym)), np.int32)
+    qc = np.empty((len(q), len(qcols)), np.int32)  # (np.stack and a cast: ~12 us for one query)
+    for j, col in enumerate(qcols):
+        qc[:, j] = col
     key = _filter_key(cfg)  # library side: built once per filter combination (names in this order)
     lc = lib._cache.get(key)
     if lc is None:

@@ -252,3 +252,14 @@ def test_pandas_inputs_with_mixed_types_and_missing_values():
     assert s.charge.tolist() == [1, -2, 0, 3]
     s = Spectra.from_arrays([[100.0], [150.0]], [[1.0], [1.0]], precursor_mz=pd.Series([200.0, None], dtype="Float64"))
     assert s.precursor_mz[0] == 200.0 and np.isnan(s.precursor_mz[1])
+
+
+def test_has_column_agrees_with_column_names():
+    """has_column answers ``key in table.column_names`` (duplicate names included) without the list."""
+    from fastspec.spectra import has_column
+
+    tables = [pa.table({"id": ["a"], "ion_mode": ["positive"]}), pa.table({}),
+              pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["x", "x"])]
+    for t in tables:
+        for key in ("id", "ion_mode", "x", "missing", ""):
+            assert has_column(t, key) == (key in t.column_names)

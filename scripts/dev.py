@@ -46,6 +46,15 @@ def _ensure_env(extras: str, optional: list[str]) -> None:
     stamp.touch()
 
 
+def _workers(args: list[str]) -> list[str]:
+    """pytest-xdist options for the suite: two worker processes where there are two cores or more (a
+    single process left the second core idle through ~4 minutes of serial numba compilation on a cold
+    cache), none when the caller chose (``-n``, ``--numprocesses``, ``-p no:xdist``) or on one core."""
+    chosen = any(a in ("-n", "--numprocesses", "no:xdist") or a.startswith(("-n", "--numprocesses=")) for a in args)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return [] if chosen or cores < 2 else ["-n", "2"]
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in EXTRAS:
         print(__doc__, file=sys.stderr)
@@ -55,7 +64,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     if cmd == "demo":
         return subprocess.call([str(_bin("fastspec")), "demo", *rest], env=env)
-    code = subprocess.call([str(_bin("python")), "-m", "pytest", "-q", *rest], cwd=ROOT, env=env)
+    code = subprocess.call([str(_bin("python")), "-m", "pytest", "-q", *_workers(rest), *rest], cwd=ROOT, env=env)
     if code == 5:  # pytest collected nothing: never let that pass as a green run
         print("[dev] pytest collected no tests", file=sys.stderr)
     return code

@@ -139,3 +139,20 @@ def test_a_threading_layer_started_before_fastspec_is_warned_about():
     code = "import warnings; warnings.simplefilter('error'); import fastspec.kernels.topk, numba; print(numba.config.THREADING_LAYER)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           check=True).stdout.strip() == "workqueue"
+
+
+def test_dev_script_runs_the_suite_on_two_workers(monkeypatch):
+    """scripts/dev.py test adds ``-n 2`` (pytest-xdist, a test extra) on two cores or more, unless the
+    caller chose workers or disabled xdist."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fastspec_dev_script", REPO / "scripts" / "dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert dev._workers([]) == ["-n", "2"]
+    assert dev._workers(["tests/test_search.py", "-k", "identity"]) == ["-n", "2"]
+    for chosen in (["-n", "4"], ["-n4"], ["--numprocesses=3"], ["--numprocesses", "1"], ["-p", "no:xdist"]):
+        assert dev._workers(chosen) == []
+    monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert dev._workers([]) == []

@@ -47,9 +47,10 @@ def _ensure_env(extras: str, optional: list[str]) -> None:
 
 
 def _workers(args: list[str]) -> list[str]:
-    """pytest-xdist options for the suite: two worker processes where there are two cores or more (a
-    single process left the second core idle through ~4 minutes of serial numba compilation on a cold
-    cache), none when the caller chose (``-n``, ``--numprocesses``, ``-p no:xdist``) or on one core."""
+    """pytest-xdist options for the suite: two worker processes where there are two cores or more, none
+    when the caller chose (``-n``, ``--numprocesses``, ``-p no:xdist``) or on one core. From a fresh clone
+    with a cold numba cache (2026-12-07, AMD EPYC VM, 2 cores): one process 8:14 of tests (9:19 wall with
+    the install), two workers 4:07 (4:53): much of a cold run is numba compiling, one kernel at a time."""
     chosen = any(a in ("-n", "--numprocesses", "no:xdist") or a.startswith(("-n", "--numprocesses=")) for a in args)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return [] if chosen or cores < 2 else ["-n", "2"]

@@ -182,13 +182,12 @@ class Spectra:
 
             charge = np.array([parse_charge(None if _is_missing(v) else v)[0] for v in charge.ravel()],
                               np.int8).reshape(charge.shape)
-        if charge.dtype != np.int8:  # clipped like a charge read from metadata (int8 would overflow)
+        if charge.dtype != np.int8:
             try:
-                charge = np.clip(np.asarray(charge, dtype=np.float64), -127, 127)
+                charge = np.asarray(charge, dtype=np.float64)
             except (TypeError, ValueError):
                 raise FastspecError("charge must be numbers") from None
-            with np.errstate(invalid="ignore"):  # NaN, inf and 1.5 are no charge: 0 (unknown), as in metadata
-                charge = np.where(np.isfinite(charge) & (charge == np.round(charge)), charge, 0)
+            charge = _int8_charges(charge)
         charge = np.ascontiguousarray(charge, dtype=np.int8)
         if metadata is None:
             metadata = pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())}) if n else pa.table({"id": pa.array([], pa.string())})
@@ -539,18 +538,22 @@ def _column_as_int8(table: pa.Table | None, key: str, n: int) -> np.ndarray:
     if table is None or not has_column(table, key):
         return out
     col = table.column(key)
-    if pa.types.is_integer(col.type):
-        return np.clip(col.cast(pa.int64()).fill_null(0).to_numpy(), -127, 127).astype(np.int8)
-    if pa.types.is_floating(col.type):  # whole numbers clipped as integers are; NaN, 1.5: unknown
-        v = col.cast(pa.float64()).fill_null(np.nan).to_numpy()
-        with np.errstate(invalid="ignore"):
-            whole = np.isfinite(v) & (v == np.round(v))
-        return np.where(whole, np.clip(np.where(whole, v, 0), -127, 127), 0).astype(np.int8)
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        return _int8_charges(col.cast(pa.float64()).fill_null(np.nan).to_numpy())
     from fastspec.io.meta import parse_charge
 
     for i, v in enumerate(col.to_pylist()):  # text ("1-", "2+", "-1") as the readers read it
         out[i] = parse_charge(v)[0]
     return out
+
+
+def _int8_charges(v: np.ndarray) -> np.ndarray:
+    """Charges given as numbers -> int8: NaN, inf, fractions and values beyond int8 (|v| > 127) are no
+    charge, 0 (unknown), as the readers' :func:`fastspec.io.meta.parse_charge` makes ``"300"`` or
+    ``"1.5"`` (until 2026-12-07 numbers were clipped to +-127 here while text gave 0)."""
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(v) & (v == np.round(v)) & (np.abs(v) <= 127)
+    return np.where(ok, v, 0).astype(np.int8)
 
 
 def _is_missing(v) -> bool:

@@ -82,8 +82,8 @@ def test_concat_unifies_metadata():
 
 
 def test_validation():
-    # charges beyond int8 are clipped as when read from metadata (it was an OverflowError)
-    assert Spectra.from_arrays([[1.0], [2.0]], [[1.0], [1.0]], charge=[300, -2]).charge.tolist() == [127, -2]
+    # charges beyond int8 are unknown (0), as when read as text (it was an OverflowError, then a clip to 127)
+    assert Spectra.from_arrays([[1.0], [2.0]], [[1.0], [1.0]], charge=[300, -2]).charge.tolist() == [0, -2]
     with pytest.raises(FastspecError):
         Spectra(np.array([0, 2]), np.zeros(3), np.zeros(3))
     with pytest.raises(FastspecError):
@@ -263,3 +263,17 @@ def test_has_column_agrees_with_column_names():
     for t in tables:
         for key in ("id", "ion_mode", "x", "missing", ""):
             assert has_column(t, key) == (key in t.column_names)
+
+
+def test_out_of_range_charge_is_unknown_however_given():
+    """A charge beyond int8 is 0 (unknown) whether given as an array, an integer or float metadata column, or
+    text, as the readers read ``CHARGE=300``; in-range values, signs and text forms are kept."""
+    mz, it = [[1.0]] * 5, [[1.0]] * 5
+    vals = [300, -200, 127, -2, 1]
+    want = [0, 0, 127, -2, 1]
+    assert Spectra.from_arrays(mz, it, charge=vals).charge.tolist() == want
+    assert Spectra.from_arrays(mz, it, charge=np.array(vals, np.int64)).charge.tolist() == want
+    assert Spectra.from_arrays(mz, it, metadata={"charge": vals}).charge.tolist() == want
+    assert Spectra.from_arrays(mz, it, metadata={"charge": [float(v) for v in vals]}).charge.tolist() == want
+    assert Spectra.from_arrays(mz, it, metadata={"charge": ["300", "200-", "127", "2-", "1+"]}).charge.tolist() == want
+    assert Spectra.from_arrays([[1.0]] * 3, [[1.0]] * 3, charge=[np.nan, 1.5, np.inf]).charge.tolist() == [0, 0, 0]

@@ -1324,9 +1324,10 @@ class Library:
                     raise ParameterError(f"metadata rows must be in [0, {len(self)})")
                 reader = self._row_reader()
                 with self._parquet_errors("metadata.parquet"):
-                    table = reader.take(rows, [c for c in want if c in reader.schema.names])
+                    names = set(reader.schema.names)
+                    table = reader.take(rows, [c for c in want if c in names])
         if columns is not None:
-            table = pa.table({c: table.column(c) if c in table.column_names else pa.nulls(n) for c in columns})
+            table = pa.table({c: table.column(c) if has_column(table, c) else pa.nulls(n) for c in columns})
         return table
 
     def _row_reader(self):

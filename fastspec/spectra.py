@@ -188,6 +188,8 @@ class Spectra:
             except (TypeError, ValueError):
                 raise FastspecError("charge must be numbers") from None
             charge = _int8_charges(charge)
+        elif charge.size and charge.min() == -128:  # beyond +-127 as in every other form: unknown
+            charge = np.where(charge == -128, 0, charge).astype(np.int8)
         charge = np.ascontiguousarray(charge, dtype=np.int8)
         if metadata is None:
             metadata = pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())}) if n else pa.table({"id": pa.array([], pa.string())})
@@ -515,7 +517,7 @@ def _to_table(metadata, n: int) -> pa.Table | None:
 def has_column(table: pa.Table, key: str) -> bool:
     """``key in table.column_names``, without building that list of every name (pyarrow makes one per
     access: ~7 us for 18 columns, against ~0.2 us here; searches test columns on every call)."""
-    return bool(table.schema.get_all_field_indices(key))
+    return isinstance(key, str) and bool(table.schema.get_all_field_indices(key))
 
 
 def _column_as_float(table: pa.Table | None, key: str, n: int) -> np.ndarray:
@@ -524,7 +526,8 @@ def _column_as_float(table: pa.Table | None, key: str, n: int) -> np.ndarray:
         return out
     col = table.column(key)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        return col.cast(pa.float64()).fill_null(np.nan).to_numpy().astype(np.float64, copy=True)
+        # unsafe: integers beyond 2**53 (a garbage column) round instead of raising ArrowInvalid
+        return col.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy().astype(np.float64, copy=True)
     for i, v in enumerate(table.column(key).to_pylist()):
         try:
             out[i] = float(v) if v is not None else np.nan
@@ -539,7 +542,7 @@ def _column_as_int8(table: pa.Table | None, key: str, n: int) -> np.ndarray:
         return out
     col = table.column(key)
     if pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
-        return _int8_charges(col.cast(pa.float64()).fill_null(np.nan).to_numpy())
+        return _int8_charges(col.cast(pa.float64(), safe=False).fill_null(np.nan).to_numpy())  # (2**60: 0)
     from fastspec.io.meta import parse_charge
 
     for i, v in enumerate(col.to_pylist()):  # text ("1-", "2+", "-1") as the readers read it

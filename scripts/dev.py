@@ -46,12 +46,22 @@ def _ensure_env(extras: str, optional: list[str]) -> None:
     stamp.touch()
 
 
+#: pytest options that need one process (a debugger, output not captured): no workers with them
+_SERIAL = ("--pdb", "--trace", "-s", "--capture=no")
+
+
 def _workers(args: list[str]) -> list[str]:
-    """pytest-xdist options for the suite: two worker processes where there are two cores or more, none
-    when the caller chose (``-n``, ``--numprocesses``, ``-p no:xdist``) or on one core. From a fresh clone
-    with a cold numba cache (2026-12-07, AMD EPYC VM, 2 cores): one process 8:14 of tests (9:19 wall with
-    the install), two workers 4:07 (4:53): much of a cold run is numba compiling, one kernel at a time."""
-    chosen = any(a in ("-n", "--numprocesses", "no:xdist") or a.startswith(("-n", "--numprocesses=")) for a in args)
+    """pytest-xdist options for the suite: two worker processes where there are two cores or more; none
+    when the caller chose (``-n``, ``--numprocesses``, xdist disabled with ``-p no:xdist`` in the
+    arguments or ``PYTEST_ADDOPTS``), asked for a debugger or uncaptured output, or on one core. From a
+    fresh clone with a cold numba cache (2026-12-07, AMD EPYC VM, 2 cores): one process 8:14 of tests
+    (9:19 wall with the install), two workers 4:07 (4:53): much of a cold run is numba compiling, one
+    kernel at a time."""
+    import shlex
+
+    every = list(args) + shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    chosen = any("no:xdist" in a or a in ("-n", "--numprocesses") or a.startswith(("-n", "--numprocesses="))
+                 or a in _SERIAL for a in every)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return [] if chosen or cores < 2 else ["-n", "2"]
 

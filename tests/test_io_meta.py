@@ -237,3 +237,16 @@ def test_value_patterned_keys():
     assert h.column("id").to_pylist() == ["-1", "t", "7", "5"]
     assert meta.harmonise({"Spectrum_type": "MSn"})["ms_level"] == "MSn"
     assert "ms_level" not in meta.harmonise({"SpectrumType": "Profile"})
+
+
+def test_huge_integer_charge_and_precursor_do_not_raise():
+    """Integers beyond 2**53 in a typed table (a garbage column in a Parquet file or a pandas frame) are read
+    without an ArrowInvalid from a safe float cast: an out-of-range charge is unknown (0), a precursor m/z
+    the nearest float."""
+    t = pa.table({"charge": pa.array([2 ** 60, -2 ** 63, 2], pa.int64()),
+                  "precursor_mz": pa.array([2 ** 60, 300, 2 ** 62 + 1], pa.int64())})
+    h = meta.harmonise_table(t, text=False)
+    assert [v or 0 for v in h["charge"].to_pylist()] == [0, 0, 2]
+    assert h["precursor_mz"].to_pylist() == [float(2 ** 60), 300.0, float(2 ** 62)]
+    u = meta.harmonise_table(pa.table({"charge": pa.array([2 ** 64 - 1, 1], pa.uint64())}), text=False)
+    assert [v or 0 for v in u["charge"].to_pylist()] == [0, 1]

@@ -152,7 +152,13 @@ def test_dev_script_runs_the_suite_on_two_workers(monkeypatch):
     monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     assert dev._workers([]) == ["-n", "2"]
     assert dev._workers(["tests/test_search.py", "-k", "identity"]) == ["-n", "2"]
-    for chosen in (["-n", "4"], ["-n4"], ["--numprocesses=3"], ["--numprocesses", "1"], ["-p", "no:xdist"]):
+    for chosen in (["-n", "4"], ["-n4"], ["--numprocesses=3"], ["--numprocesses", "1"], ["-p", "no:xdist"],
+                   ["-pno:xdist"], ["--pdb"], ["--trace"], ["-s"], ["--capture=no"]):
         assert dev._workers(chosen) == []
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:xdist")
+    assert dev._workers([]) == []
+    monkeypatch.setenv("PYTEST_ADDOPTS", "-n 3")
+    assert dev._workers([]) == []
+    monkeypatch.delenv("PYTEST_ADDOPTS")
     monkeypatch.setattr(dev.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert dev._workers([]) == []

@@ -277,3 +277,18 @@ def test_out_of_range_charge_is_unknown_however_given():
     assert Spectra.from_arrays(mz, it, metadata={"charge": [float(v) for v in vals]}).charge.tolist() == want
     assert Spectra.from_arrays(mz, it, metadata={"charge": ["300", "200-", "127", "2-", "1+"]}).charge.tolist() == want
     assert Spectra.from_arrays([[1.0]] * 3, [[1.0]] * 3, charge=[np.nan, 1.5, np.inf]).charge.tolist() == [0, 0, 0]
+    # -128 fits int8 but not +-127: unknown in an int8 array too
+    assert Spectra.from_arrays([[1.0]] * 2, [[1.0]] * 2, charge=np.array([-128, 2], np.int8)).charge.tolist() == [0, 2]
+    # integers beyond 2**53 (garbage) are unknown, not an ArrowInvalid from a safe float cast
+    huge = [pa.array([2 ** 60, 2], pa.int64()), pa.array([2 ** 64 - 1, 2], pa.uint64()), pa.array([-2 ** 63, 2], pa.int64())]
+    for col in huge:
+        assert Spectra.from_arrays([[1.0]] * 2, [[1.0]] * 2, metadata=pa.table({"charge": col})).charge.tolist() == [0, 2]
+
+
+def test_has_column_takes_only_names():
+    """A key that is no column name (None, a number, bytes) is no column, as ``key in column_names`` said."""
+    from fastspec.spectra import has_column
+
+    s = Spectra.from_arrays([[1.0]], [[1.0]], metadata={"id": ["a"]})
+    assert not has_column(s.metadata, None) and not has_column(s.metadata, 0) and not has_column(s.metadata, b"id")
+    assert s[0].get(0) is None and s.column(None) == [None]

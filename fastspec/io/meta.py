@@ -383,7 +383,8 @@ def _map_distinct(arr: pa.Array, fn, out_type: pa.DataType) -> pa.Array:
 def _to_float(arr: pa.Array) -> np.ndarray:
     """float64 numpy of a column (first token of strings; unparsable -> NaN)."""
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_decimal(arr.type):
-        return arr.cast(pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
+        # unsafe: integers beyond 2**53 round (a precursor m/z of 2**60 is garbage either way) instead of raising
+        return arr.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False).astype(np.float64, copy=True)
     s = _as_string(arr)
     s = pc.utf8_trim_whitespace(s)
     try:
@@ -670,7 +671,7 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
     if "charge" in out and not pa.types.is_null(out["charge"].type) and n:
         craw = out["charge"]
         if _is_numeric(craw.type):
-            vals = craw.cast(pa.float64()).to_numpy(zero_copy_only=False)
+            vals = craw.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False)  # (2**60: 0, not ArrowInvalid)
             vals = np.where(np.isfinite(vals) & (np.abs(vals) <= 127) & (vals == np.round(vals)), vals, 0)
             charge = np.nan_to_num(vals).astype(np.int16)
             # in other tables a number carries a sign only when negative: 1 next to a negative ion mode

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shlex
 import subprocess
 import sys
 import venv
@@ -57,11 +58,8 @@ def _workers(args: list[str]) -> list[str]:
     fresh clone with a cold numba cache (2026-12-07, AMD EPYC VM, 2 cores): one process 8:14 of tests
     (9:19 wall with the install), two workers 4:07 (4:53): much of a cold run is numba compiling, one
     kernel at a time."""
-    import shlex
-
     every = list(args) + shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
-    chosen = any("no:xdist" in a or a in ("-n", "--numprocesses") or a.startswith(("-n", "--numprocesses="))
-                 or a in _SERIAL for a in every)
+    chosen = any("no:xdist" in a or a.startswith(("-n", "--numprocesses")) or a in _SERIAL for a in every)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return [] if chosen or cores < 2 else ["-n", "2"]
 

@@ -23,7 +23,10 @@ Each phase runs in its own subprocess so that its peak RSS (``VmHWM``) is its ow
 * ``ms_entropy`` ``FlashEntropySearch`` with its own index build (time, RSS); identity / open /
                  neutral-loss / hybrid,
                  one Python call per query (its API), clean + search timed; the top-k extraction over
-                 its dense score array is timed apart and not included.
+                 its dense score array is timed apart and not included. Its answers are checked against
+                 fastspec's top-k of the same queries (searched in the query phase, ``peer_hits.npz``):
+                 the score of every fastspec hit ms_entropy indexes, and any spectrum of the query's
+                 polarity that ms_entropy scores above fastspec's k-th score and fastspec left out.
 * ``matchms``    ``ModifiedCosineGreedy`` brute force on a library subset and ``FlashSimilarity`` (entropy
                  fragment / hybrid, cosine hybrid = modified cosine) indexing a library subset, both
                  extrapolated linearly to the full library and marked ``extrapolated``.
@@ -82,6 +85,10 @@ MODES = {
     # the Khoo & Barzilay NN baseline's metric over the whole library (inverted bin index)
     "open-binned": dict(mode="open", metric="binned_cosine", preset="khoo2026"),
 }
+#: ms_entropy method -> the fastspec mode scoring the same thing, for the side-by-side answer check
+PEER_MODES = {"identity": "identity-entropy", "open": "open-entropy", "neutral_loss": "neutral-loss", "hybrid": "hybrid"}
+#: scores closer than this are the same score (float32 sums, as both engines keep them)
+AGREE_TOL = 1e-6
 #: exact mode whose FAISS counterpart is measured (recall is against it)
 FAISS_MODES = {"analog": dict(mode="analog"), "open-cosine": dict(mode="open", metric="cosine")}
 NPROBES = (1, 4, 16, 64)
@@ -292,6 +299,7 @@ def phase_query(a) -> dict:
                                    "top1_score_mean": float(np.asarray(hits.scores)[:, 0].mean()),
                                    "kth_score_mean": float(np.asarray(hits.scores)[:, -1].mean())}
     if a.full:
+        save_peer_hits(lib, queries, novel, wd, a, common)
         out["faiss"] = {label: faiss_rows(lib, queries, common, kw) for label, kw in FAISS_MODES.items()}
         out.update({f"query_{k}": v for k, v in rss().items()})
     return out
@@ -352,12 +360,85 @@ def faiss_rows(lib, queries, common: dict, kw: dict) -> list | dict:
     return rows
 
 
+def peer_rows(queries, a) -> np.ndarray:
+    """The query positions the peers search: a seeded sample (:func:`_peer_sample`) of those with a
+    precursor m/z (ms_entropy needs one)."""
+    qp = queries.precursor_mz
+    return np.array([int(i) for i in _peer_sample(len(queries), a.peer_queries, a.seed) if np.isfinite(qp[i])],
+                    dtype=np.int64)
+
+
+def save_peer_hits(lib, queries, novel, wd: Path, a, common: dict) -> None:
+    """fastspec's top-k, in input rows, of the queries ms_entropy searches, in each of its methods'
+    fastspec counterpart (:data:`PEER_MODES`), to ``peer_hits.npz`` for :func:`phase_ms_entropy`'s check."""
+    inp = lib.input_index
+    if inp is None:
+        return
+    out = {"library_input_rows": np.asarray(inp, dtype=np.int64)}
+    for name, qs in (("copies", queries), ("novel", novel)):
+        if qs is None:
+            continue
+        rows = peer_rows(qs, a)
+        sub = qs.take(rows)
+        for method, label in PEER_MODES.items():
+            h = lib.search(sub, k=K, **common, **MODES[label])
+            idx = np.asarray(h.indices)
+            out[f"{name}/{method}/rows"] = rows
+            out[f"{name}/{method}/indices"] = np.where(idx >= 0, inp[np.maximum(idx, 0)], -1)
+            out[f"{name}/{method}/scores"] = np.asarray(h.scores, dtype=np.float64)
+    np.savez(wd / "peer_hits.npz", **out)
+
+
+def compare_hits(s: np.ndarray, pos_of_input: np.ndarray, compat: np.ndarray, fs_rows: np.ndarray,
+                 fs_scores: np.ndarray, tol: float = AGREE_TOL) -> dict:
+    """One query's fastspec top-k against ms_entropy's dense scores.
+
+    Parameters
+    ----------
+    s : ndarray, float (n_indexed,)
+        ms_entropy's score of every spectrum it indexed, in its index order.
+    pos_of_input : ndarray, int64 (n_input,)
+        Position in ms_entropy's index of each input spectrum, -1 where it indexed none (no precursor).
+    compat : ndarray, bool (n_indexed,)
+        Spectra fastspec may return for this query: its polarity (or unknown), and in fastspec's library.
+    fs_rows, fs_scores : ndarray (k,)
+        fastspec's hits as input rows (-1: no hit) and their scores.
+
+    Returns
+    -------
+    dict
+        ``compared`` hits ms_entropy indexes, ``max_abs_diff`` over them, ``over_tol`` of them differing
+        by more than ``tol``, ``unindexed`` hits ms_entropy cannot hold, ``missed``: spectra ms_entropy
+        scores above fastspec's k-th score (by more than ``tol``; 0 when fastspec has fewer than k hits)
+        that fastspec left out.
+    """
+    have = fs_rows >= 0
+    pos = pos_of_input[fs_rows[have]]
+    ok = pos >= 0
+    diff = np.abs(s[pos[ok]].astype(np.float64) - fs_scores[have][ok])
+    kth = float(fs_scores[-1]) if have.all() else 0.0
+    above = np.flatnonzero(compat & (s > kth + tol))
+    missed = int(np.setdiff1d(above, pos[ok]).shape[0])
+    return {"compared": int(ok.sum()), "max_abs_diff": float(diff.max()) if diff.size else 0.0,
+            "over_tol": int((diff > tol).sum()), "unindexed": int((~ok).sum()), "missed": missed}
+
+
+def _sum_agreement(per_query: list[dict]) -> dict:
+    return {"queries": len(per_query), "hits_compared": sum(d["compared"] for d in per_query),
+            "max_abs_diff": max((d["max_abs_diff"] for d in per_query), default=0.0),
+            "hits_over_tol": sum(d["over_tol"] for d in per_query),
+            "hits_unindexed_by_ms_entropy": sum(d["unindexed"] for d in per_query),
+            "missed": sum(d["missed"] for d in per_query),
+            "queries_differing": sum(1 for d in per_query if d["over_tol"] or d["missed"]), "tolerance": AGREE_TOL}
+
+
 def phase_ms_entropy(a) -> dict:
     from ms_entropy import FlashEntropySearch
 
     lib = make_library(a.size, a.seed, a.threads)[0]
     queries, qclass, klass = _read_queries(Path(a.workdir))
     ok = np.flatnonzero(np.isfinite(lib.precursor_mz))
+    n_input, lib_pol = len(lib), np.asarray(lib.polarity)
     o, mz, it, pmz = lib.offsets, lib.mz, lib.intensity, lib.precursor_mz
     # ms_entropy's input: a list of dicts (it stores them pickled as metadata; that is ms_entropy's code)
     specs = [{"precursor_mz": float(pmz[i]), "peaks": np.column_stack([mz[o[i]:o[i + 1]], it[o[i]:o[i + 1]]]).astype(np.float32),
@@ -371,13 +452,18 @@ def phase_ms_entropy(a) -> dict:
     after = rss()
     row_of = np.array([s["row"] for s in sorted_specs], dtype=np.int64)
     del specs, sorted_specs
+    check = _peer_check(Path(a.workdir), n_input, lib_pol, row_of)
+    agreement = {}
     out = {"n_indexed": int(row_of.shape[0]), "build_s": t_build, "build_s_per_million": t_build / (row_of.shape[0] / 1e6),
            "rss_before_build": base["rss"], "build_peak_rss": after["peak_rss"], "rss_after_build": rss()["rss"],
            "modes": {}}
     qo, qmz, qit, qp = queries.offsets, queries.mz, queries.intensity, queries.precursor_mz
-    rows = [int(i) for i in _peer_sample(len(queries), a.peer_queries, a.seed) if np.isfinite(qp[i])]
+    rows = peer_rows(queries, a).tolist()
     raw = {i: np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32) for i in rows}
+    qpol = np.asarray(queries.polarity)
     for method in ("identity", "open", "neutral_loss", "hybrid"):
+        fs = check(f"copies/{method}", rows)
+        per_query = []
         # warm-up: ms_entropy's first call allocates its buffers
         _ms_entropy_call(es, method, float(qp[rows[0]]), es.clean_spectrum_for_search(precursor_mz=float(qp[rows[0]]), peaks=raw[rows[0]]))
         passes, lat_topk, top1 = [], [], []
@@ -393,7 +479,11 @@ def phase_ms_entropy(a) -> dict:
                 lat_topk.append(time.perf_counter() - t2)
                 if rep == 0:
                     top1.append(bool(s[best[0]] > 0 and klass[row_of[best[0]]] == qclass[i]))
+                    if fs is not None:
+                        per_query.append(fs(len(per_query), s, qpol[i]))
             passes.append(lat)
+        if fs is not None:
+            agreement.setdefault("copies", {})[method] = _sum_agreement(per_query)
         lat = passes[int(np.argsort([np.sum(p) for p in passes])[len(passes) // 2])]
         out["modes"][method] = {**latency_stats(lat), "qps": len(lat) / float(np.sum(lat)),
                                 "pass_mean_ms": [1e3 * float(np.mean(p)) for p in passes],
@@ -401,22 +491,54 @@ def phase_ms_entropy(a) -> dict:
     novel = _read_novel(Path(a.workdir))
     if novel is not None:
         qo, qmz, qit, qp = novel.offsets, novel.mz, novel.intensity, novel.precursor_mz
-        rows = [int(i) for i in _peer_sample(len(novel), a.peer_queries, a.seed) if np.isfinite(qp[i])]
+        rows = peer_rows(novel, a).tolist()
         raw = {i: np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32) for i in rows}
+        qpol = np.asarray(novel.polarity)
         out["novel"] = {"n_queries": len(rows)}
         for method in sorted(set(NOVEL_MODES.values())):
-            passes = []
-            for _ in range(max(1, a.repeats)):
+            fs = check(f"novel/{method}", rows)
+            passes, per_query = [], []
+            for rep in range(max(1, a.repeats)):
                 lat = []
                 for i in rows:
                     t1 = time.perf_counter()
                     peaks = es.clean_spectrum_for_search(precursor_mz=float(qp[i]), peaks=raw[i])
-                    _ms_entropy_call(es, method, float(qp[i]), peaks)
+                    s = _ms_entropy_call(es, method, float(qp[i]), peaks)
                     lat.append(time.perf_counter() - t1)
+                    if rep == 0 and fs is not None:
+                        per_query.append(fs(len(per_query), np.asarray(s), qpol[i]))
                 passes.append(1e3 * float(np.mean(lat)))
             out["novel"][method] = {"mean_ms": float(np.median(passes)), "pass_mean_ms": passes}
+            if fs is not None:
+                agreement.setdefault("novel", {})[method] = _sum_agreement(per_query)
     out["query_peak_rss"] = rss()["peak_rss"]
+    out["agreement"] = agreement
     return out
+
+
+def _peer_check(wd: Path, n_input: int, lib_pol: np.ndarray, row_of: np.ndarray):
+    """``check(key, rows)``: for the fastspec hits the query phase saved under ``key`` for these query
+    rows, a function ``(j, s, query_polarity) -> compare_hits(...)`` of the j-th query; ``None`` (the
+    check is skipped) without saved hits or for other rows."""
+    path = wd / "peer_hits.npz"
+    if not path.exists():
+        return lambda key, rows: None
+    saved = dict(np.load(path))
+    pos_of_input = np.full(n_input, -1, dtype=np.int64)
+    pos_of_input[row_of] = np.arange(row_of.shape[0])
+    in_lib = np.zeros(n_input, dtype=bool)
+    in_lib[saved["library_input_rows"]] = True
+    pol, here = lib_pol[row_of], in_lib[row_of]
+    # fastspec matches a query with spectra of its polarity or of unknown polarity (unknown queries: all)
+    compat = {q: here & ((pol == q) | (pol == 0) | (q == 0)) for q in (-1, 0, 1)}
+
+    def check(key: str, rows):
+        if f"{key}/rows" not in saved or not np.array_equal(saved[f"{key}/rows"], rows):
+            return None
+        idx, sc = saved[f"{key}/indices"], saved[f"{key}/scores"]
+        return lambda j, s, qp: compare_hits(s, pos_of_input, compat[int(np.sign(qp))], idx[j], sc[j])
+
+    return check
 
 
 def _peer_sample(n: int, k: int, seed: int) -> np.ndarray:
@@ -838,6 +960,19 @@ def to_markdown(r) -> str:
             if "error" in v:
                 L.append(f"| {peer} | error: {v['error']} |" + " |" * (3 + len(extra)))
         L += novel_rows + [""] if novel_rows else [""]
+        ag = me.get("agreement") or {}
+        if ag:
+            L += [f"Same answers as ms_entropy: its scores of fastspec's top-{K} hits for the queries it timed, and the spectra of "
+                  f"the query's polarity it scores above fastspec's k-th score that fastspec left out (missed):", "",
+                  "| queries | ms_entropy method | fastspec mode | queries | hits compared | max abs diff | hits off by more "
+                  "than 1e-6 | hits ms_entropy cannot index (no precursor) | missed | queries differing |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+            for qset, per in ag.items():
+                for method, v in per.items():
+                    L.append(f"| {qset} | {method} | {PEER_MODES[method]} | {v['queries']} | {v['hits_compared']:,} | "
+                             f"{v['max_abs_diff']:.2g} | {v['hits_over_tol']} | {v['hits_unindexed_by_ms_entropy']} | "
+                             f"{v['missed']} | {v['queries_differing']} |")
+            L.append("")
         for mode, rows in (q.get("faiss") or {}).items():
             if isinstance(rows, dict):
                 L += [f"FAISS {mode}: {rows.get('error')}", ""]

@@ -23,8 +23,9 @@ Each phase runs in its own subprocess so that its peak RSS (``VmHWM``) is its ow
 * ``ms_entropy`` ``FlashEntropySearch`` with its own index build (time, RSS); identity / open /
                  neutral-loss / hybrid,
                  one Python call per query (its API), clean + search timed; the top-k extraction over
-                 its dense score array is timed apart and not included. Its answers are checked against
-                 fastspec's top-k of the same queries (searched in the query phase, ``peer_hits.npz``):
+                 its dense score array is timed apart and not included. In an untimed pass its answers
+                 are checked against fastspec's top-k of the same queries (searched in the query phase,
+                 ``peer_hits.npz``):
                  the score of every fastspec hit ms_entropy indexes, and any spectrum of the query's
                  polarity that ms_entropy scores above fastspec's k-th score and fastspec left out.
 * ``matchms``    ``ModifiedCosineGreedy`` brute force on a library subset and ``FlashSimilarity`` (entropy
@@ -299,7 +300,10 @@ def phase_query(a) -> dict:
                                    "top1_score_mean": float(np.asarray(hits.scores)[:, 0].mean()),
                                    "kth_score_mean": float(np.asarray(hits.scores)[:, -1].mean())}
     if a.full:
-        save_peer_hits(lib, queries, novel, wd, a, common)
+        try:  # the side-by-side check with ms_entropy is not worth the query phase's results
+            save_peer_hits(lib, queries, novel, wd, a, common)
+        except Exception as e:
+            (wd / "peer_hits_error.txt").write_text(f"{type(e).__name__}: {e}")
         out["faiss"] = {label: faiss_rows(lib, queries, common, kw) for label, kw in FAISS_MODES.items()}
         out.update({f"query_{k}": v for k, v in rss().items()})
     return out
@@ -373,6 +377,7 @@ def save_peer_hits(lib, queries, novel, wd: Path, a, common: dict) -> None:
     fastspec counterpart (:data:`PEER_MODES`), to ``peer_hits.npz`` for :func:`phase_ms_entropy`'s check."""
     inp = lib.input_index
     if inp is None:
+        (wd / "peer_hits_error.txt").write_text("the index records no input positions")
         return
     out = {"library_input_rows": np.asarray(inp, dtype=np.int64)}
     for name, qs in (("copies", queries), ("novel", novel)):
@@ -423,7 +428,9 @@ def compare_hits(s: np.ndarray, pos_of_input: np.ndarray, compat: np.ndarray, fs
             "over_tol": int((diff > tol).sum()), "unindexed": int((~ok).sum()), "missed": missed}
 
 
-def _sum_agreement(per_query: list[dict]) -> dict:
+def _sum_agreement(per_query: list) -> dict:
+    if any(d is None for d in per_query):  # the check failed (the reason is under "skipped")
+        return {"error": "check failed"}
     return {"queries": len(per_query), "hits_compared": sum(d["compared"] for d in per_query),
             "max_abs_diff": max((d["max_abs_diff"] for d in per_query), default=0.0),
             "hits_over_tol": sum(d["over_tol"] for d in per_query),
@@ -452,18 +459,17 @@ def phase_ms_entropy(a) -> dict:
     after = rss()
     row_of = np.array([s["row"] for s in sorted_specs], dtype=np.int64)
     del specs, sorted_specs
-    check = _peer_check(Path(a.workdir), n_input, lib_pol, row_of)
-    agreement = {}
     out = {"n_indexed": int(row_of.shape[0]), "build_s": t_build, "build_s_per_million": t_build / (row_of.shape[0] / 1e6),
            "rss_before_build": base["rss"], "build_peak_rss": after["peak_rss"], "rss_after_build": rss()["rss"],
            "modes": {}}
+    agreement = {}
+    check = _peer_check(Path(a.workdir), n_input, lib_pol, row_of, agreement)
     qo, qmz, qit, qp = queries.offsets, queries.mz, queries.intensity, queries.precursor_mz
     rows = peer_rows(queries, a).tolist()
     raw = {i: np.column_stack([qmz[qo[i]:qo[i + 1]], qit[qo[i]:qo[i + 1]]]).astype(np.float32) for i in rows}
     qpol = np.asarray(queries.polarity)
     for method in ("identity", "open", "neutral_loss", "hybrid"):
         fs = check(f"copies/{method}", rows)
-        per_query = []
         # warm-up: ms_entropy's first call allocates its buffers
         _ms_entropy_call(es, method, float(qp[rows[0]]), es.clean_spectrum_for_search(precursor_mz=float(qp[rows[0]]), peaks=raw[rows[0]]))
         passes, lat_topk, top1 = [], [], []
@@ -479,11 +485,9 @@ def phase_ms_entropy(a) -> dict:
                 lat_topk.append(time.perf_counter() - t2)
                 if rep == 0:
                     top1.append(bool(s[best[0]] > 0 and klass[row_of[best[0]]] == qclass[i]))
-                    if fs is not None:
-                        per_query.append(fs(len(per_query), s, qpol[i]))
             passes.append(lat)
         if fs is not None:
-            agreement.setdefault("copies", {})[method] = _sum_agreement(per_query)
+            agreement.setdefault("copies", {})[method] = _check_pass(es, method, rows, raw, qp, qpol, fs)
         lat = passes[int(np.argsort([np.sum(p) for p in passes])[len(passes) // 2])]
         out["modes"][method] = {**latency_stats(lat), "qps": len(lat) / float(np.sum(lat)),
                                 "pass_mean_ms": [1e3 * float(np.mean(p)) for p in passes],
@@ -497,46 +501,73 @@ def phase_ms_entropy(a) -> dict:
         out["novel"] = {"n_queries": len(rows)}
         for method in sorted(set(NOVEL_MODES.values())):
             fs = check(f"novel/{method}", rows)
-            passes, per_query = [], []
-            for rep in range(max(1, a.repeats)):
+            passes = []
+            for _ in range(max(1, a.repeats)):
                 lat = []
                 for i in rows:
                     t1 = time.perf_counter()
                     peaks = es.clean_spectrum_for_search(precursor_mz=float(qp[i]), peaks=raw[i])
-                    s = _ms_entropy_call(es, method, float(qp[i]), peaks)
+                    _ms_entropy_call(es, method, float(qp[i]), peaks)
                     lat.append(time.perf_counter() - t1)
-                    if rep == 0 and fs is not None:
-                        per_query.append(fs(len(per_query), np.asarray(s), qpol[i]))
                 passes.append(1e3 * float(np.mean(lat)))
             out["novel"][method] = {"mean_ms": float(np.median(passes)), "pass_mean_ms": passes}
             if fs is not None:
-                agreement.setdefault("novel", {})[method] = _sum_agreement(per_query)
+                agreement.setdefault("novel", {})[method] = _check_pass(es, method, rows, raw, qp, qpol, fs)
     out["query_peak_rss"] = rss()["peak_rss"]
     out["agreement"] = agreement
     return out
 
 
-def _peer_check(wd: Path, n_input: int, lib_pol: np.ndarray, row_of: np.ndarray):
-    """``check(key, rows)``: for the fastspec hits the query phase saved under ``key`` for these query
-    rows, a function ``(j, s, query_polarity) -> compare_hits(...)`` of the j-th query; ``None`` (the
-    check is skipped) without saved hits or for other rows."""
+def _check_pass(es, method: str, rows, raw: dict, qp: np.ndarray, qpol: np.ndarray, fs) -> dict:
+    """An untimed pass of ``method`` over the queries, each one's scores checked by ``fs`` (see
+    :func:`_peer_check`), summed up (kept out of the timed passes so that it cannot slow them)."""
+    per_query = []
+    for j, i in enumerate(rows):
+        peaks = es.clean_spectrum_for_search(precursor_mz=float(qp[i]), peaks=raw[i])
+        per_query.append(fs(j, np.asarray(_ms_entropy_call(es, method, float(qp[i]), peaks)), qpol[i]))
+    return _sum_agreement(per_query)
+
+
+def _peer_check(wd: Path, n_input: int, lib_pol: np.ndarray, row_of: np.ndarray, agreement: dict):
+    """``check(key, rows)``: for the fastspec hits the query phase saved under ``key`` (``copies/open``...)
+    for these query rows, a function ``(j, s, query_polarity) -> compare_hits(...)`` of the j-th query;
+    ``None`` when the check cannot run, the reason then recorded in ``agreement["skipped"]`` (a failure
+    of the check never costs the ms_entropy timings)."""
+    def skipped(reason: str):
+        agreement.setdefault("skipped", {})
+        return lambda key, rows: agreement["skipped"].setdefault(key, reason) and None
+
+    if (wd / "peer_hits_error.txt").exists():
+        return skipped("query phase: " + (wd / "peer_hits_error.txt").read_text())
     path = wd / "peer_hits.npz"
     if not path.exists():
-        return lambda key, rows: None
-    saved = dict(np.load(path))
-    pos_of_input = np.full(n_input, -1, dtype=np.int64)
-    pos_of_input[row_of] = np.arange(row_of.shape[0])
-    in_lib = np.zeros(n_input, dtype=bool)
-    in_lib[saved["library_input_rows"]] = True
+        return skipped("no fastspec hits saved by the query phase")
+    try:
+        saved = dict(np.load(path))
+        pos_of_input = np.full(n_input, -1, dtype=np.int64)
+        pos_of_input[row_of] = np.arange(row_of.shape[0])
+        in_lib = np.zeros(n_input, dtype=bool)
+        in_lib[saved["library_input_rows"]] = True
+    except Exception as e:
+        return skipped(f"{type(e).__name__}: {e}")
     pol, here = lib_pol[row_of], in_lib[row_of]
     # fastspec matches a query with spectra of its polarity or of unknown polarity (unknown queries: all)
     compat = {q: here & ((pol == q) | (pol == 0) | (q == 0)) for q in (-1, 0, 1)}
 
     def check(key: str, rows):
         if f"{key}/rows" not in saved or not np.array_equal(saved[f"{key}/rows"], rows):
+            agreement.setdefault("skipped", {})[key] = "the saved fastspec hits are of other queries"
             return None
         idx, sc = saved[f"{key}/indices"], saved[f"{key}/scores"]
-        return lambda j, s, qp: compare_hits(s, pos_of_input, compat[int(np.sign(qp))], idx[j], sc[j])
+
+        def one(j, s, qp):
+            try:
+                return compare_hits(s, pos_of_input, compat[int(np.sign(qp))], idx[j], sc[j])
+            except Exception as e:
+                agreement.setdefault("skipped", {})[key] = f"{type(e).__name__}: {e}"
+                return None
+
+        return one
 
     return check
 
@@ -961,18 +992,25 @@ def to_markdown(r) -> str:
                 L.append(f"| {peer} | error: {v['error']} |" + " |" * (3 + len(extra)))
         L += novel_rows + [""] if novel_rows else [""]
         ag = me.get("agreement") or {}
-        if ag:
+        if any(key != "skipped" for key in ag):
             L += [f"Same answers as ms_entropy: its scores of fastspec's top-{K} hits for the queries it timed, and the spectra of "
                   f"the query's polarity it scores above fastspec's k-th score that fastspec left out (missed):", "",
-                  "| queries | ms_entropy method | fastspec mode | queries | hits compared | max abs diff | hits off by more "
-                  "than 1e-6 | hits ms_entropy cannot index (no precursor) | missed | queries differing |",
+                  "| query set | ms_entropy method | fastspec mode | queries | hits compared | max abs diff | hits off by more "
+                  "than 1e-6 | hits not in ms_entropy's index (no precursor, or no peak left) | missed | queries differing |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
             for qset, per in ag.items():
+                if qset == "skipped":
+                    continue
                 for method, v in per.items():
+                    if "error" in v:
+                        L.append(f"| {qset} | {method} | {PEER_MODES[method]} | check failed |" + " |" * 6)
+                        continue
                     L.append(f"| {qset} | {method} | {PEER_MODES[method]} | {v['queries']} | {v['hits_compared']:,} | "
                              f"{v['max_abs_diff']:.2g} | {v['hits_over_tol']} | {v['hits_unindexed_by_ms_entropy']} | "
                              f"{v['missed']} | {v['queries_differing']} |")
             L.append("")
+        for key, reason in (ag.get("skipped") or {}).items():
+            L += [f"Not checked against ms_entropy, {key}: {reason}", ""]
         for mode, rows in (q.get("faiss") or {}).items():
             if isinstance(rows, dict):
                 L += [f"FAISS {mode}: {rows.get('error')}", ""]

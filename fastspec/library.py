@@ -518,6 +518,7 @@ def _refuse_empty(report, blank_ok: bool = False) -> None:
     outside records, global parameters or MS1 scans only is not."""
     files = getattr(report, "files", None) or [report]
     for f in files:
+        _refuse_other_format(f)
         if blank_ok and not any((getattr(f, "warnings", None) or {}).values()):
             continue
         if getattr(f, "n_records", 1) == 0:
@@ -531,6 +532,24 @@ def _refuse_empty(report, blank_ok: bool = False) -> None:
                              f"{'; ' + notes if notes else ''})"
                              + (f"; its content looks like {other}: give it the extension of that format" if other
                                 else "; is it the format and encoding its name says?"), path or None)
+
+
+def _refuse_other_format(f) -> None:
+    """A file whose every record was rejected and whose first bytes say it is another format (an MGF file
+    named ``.msp``, Parquet named ``.mgf``) is an error, whatever ``on_error``: its records were never
+    records, and a query run would otherwise end with a table of rejected rows and exit 0."""
+    n_rec, n_spec = int(getattr(f, "n_records", 0) or 0), int(getattr(f, "n_spectra", 0) or 0)
+    path, fmt = str(getattr(f, "path", "") or ""), getattr(f, "format", None)
+    if n_rec == 0 or n_spec or not path:
+        return
+    from fastspec.io._common import other_format
+
+    other = other_format(path, fmt)
+    if other:
+        first = next(iter(getattr(f, "rejected", None) or []), None)
+        where = f"; the first at line {first.line}: {first.reason}" if first is not None and first.line else ""
+        raise ParseError(f"all {n_rec} records were rejected (read as {fmt}{where}); its content looks like "
+                         f"{other}: give it the extension of that format", path)
 
 
 def _report_counts(report, n_spectra: int) -> dict:

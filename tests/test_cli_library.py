@@ -448,6 +448,10 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     named.write_text(massbank_mgf.read_text())
     assert_clean_error(run("index", named, "-o", tmp_path / "t.fastspec", ok=False), "named.msp", "read as msp",
                        "its content looks like mgf")
+    # the same file as queries: an error too, not a table of rejected rows and exit 0 (whatever --on-error)
+    assert_clean_error(run("query", named, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "named.msp",
+                       "records were rejected (read as msp", "its content looks like mgf")
+    assert not (tmp_path / "h.tsv").exists()
     # records of the right format rejected for their values: no hint (MassBank-style MSP sniffs as MassBank)
     neg = tmp_path / "neg.msp"
     neg.write_text("CH$NAME: a\nMS$FOCUSED_ION:PRECURSOR_M/Z: 179.03\nNum Peaks: 1\n100 -5\n")

@@ -119,7 +119,8 @@ def search(
         Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
     precursor_tolerance : float or str
         Identity-mode precursor window (relative to the query precursor for ppm); other modes ignore it
-        (their hit parameters record it as None).
+        (their hit parameters record it as None). Entropy metrics with a Da window test the library
+        precursor m/z rounded to float32, as ``FlashEntropySearch.identity_search`` does.
     engine : {"exact", "faiss"}
         ``faiss``: candidates from the FAISS index (``nprobe``, ``n_candidates``), rescored exactly
         (open/analog/hybrid modes).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastspec.search import _BOUNDED, _batches, _Context, _csr_take, _filter_key, _merge_topk
+from fastspec.search import _BOUNDED, _ENTROPY, _batches, _Context, _csr_take, _filter_key, _merge_topk
 
 #: Identity search through the precursor-block index: candidates of best bound scored first per query
 #: (k more than this), and the widest window (in spectra of the precursor order) bounded; wider windows
@@ -33,10 +33,12 @@ _WINDOW_SPAN = 1 << 17
 _WINDOW_RTOL = 1e-6
 
 
-def window_candidates(ctx: _Context, rows: np.ndarray, tol,
-                      positions: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def window_candidates(ctx: _Context, rows: np.ndarray, tol, positions: bool = False,
+                      flash: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Library spectra whose precursor m/z is within ``tol`` (a Tolerance) of each query's, filtered
-    (CSR of library rows, or with ``positions`` of positions in precursor order)."""
+    (CSR of library rows, or with ``positions`` of positions in precursor order); with ``flash``, the
+    library's precursor m/z rounded to float32 first, as ``FlashEntropySearch.identity_search`` compares
+    them."""
     from fastspec.kernels.window import window_positions
 
     lib = ctx.lib
@@ -53,19 +55,19 @@ def window_candidates(ctx: _Context, rows: np.ndarray, tol,
     # a library precursor of 0 or less is a placeholder, never inside a window (the lower end stays above 0)
     low = np.maximum(np.asarray(pmz - half, np.float64), np.nextafter(0.0, 1.0))
     offs, pos = window_positions(sorted_pmz, low, np.asarray(pmz + half, np.float64),
-                                 np.ascontiguousarray(qc[rows]), lcp, sym)
+                                 np.ascontiguousarray(qc[rows]), lcp, sym, bool(flash))
     if positions:
         return offs, pos
     return offs, np.asarray(order[pos], dtype=np.int64)
 
 
-def window_search(ctx: _Context, rows: np.ndarray, tol):
+def window_search(ctx: _Context, rows: np.ndarray, tol, flash: bool = False):
     """Exact top-k over each query's precursor window, read from the precursor-ordered peak copy when
     the index has one (a window is then one block of memory, and default cosine weights are scored
     in place): 2.4M MassBank-grown library, 1,000 queries, 1 thread, best of 3: identity 0.47-0.52
-    -> 0.24 ms/query."""
+    -> 0.24 ms/query. ``flash``: windows as :func:`window_candidates`'."""
     by_prec = ctx.lib.has_array("prec_norm")  # the copy's required arrays (prec_entropy_w is optional)
-    offs, cand = window_candidates(ctx, rows, tol, positions=by_prec)
+    offs, cand = window_candidates(ctx, rows, tol, positions=by_prec, flash=flash)
     if by_prec and block_bounded(ctx):
         return bounded_window_search(ctx, rows, offs, cand)
     return ctx.exact(rows, offs, cand, by_precursor=by_prec)
@@ -153,7 +155,11 @@ _IDENTITY_BATCH = 2048
 
 
 def run_identity(ctx: _Context, rows, scores, indices, matches):
+    tol = ctx.cfg.precursor_tolerance
+    # entropy with Da windows is FlashEntropySearch's search: its fragment windows (similarity's flash) and
+    # its precursor window, which compares the library's precursor m/z as it stores them, in float32
+    flash = ctx.cfg.metric in _ENTROPY and tol.unit == "da"
     for batch in _batches(rows, _IDENTITY_BATCH):
-        s, i, m = window_search(ctx, batch, ctx.cfg.precursor_tolerance)
+        s, i, m = window_search(ctx, batch, tol, flash=flash)
         scores[batch], indices[batch], matches[batch] = s, i, m
         ctx.advance(batch.shape[0])

@@ -20,7 +20,7 @@ from fastspec.kernels.fragment import _half_width
 
 
 @numba.njit(**NJIT)
-def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym):
+def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym, f32=False):
     """Positions ``t`` with ``lo_mz[r] <= sorted_pmz[t] <= hi_mz[r]`` that pass the filters, per query ``r``.
 
     Parameters
@@ -35,6 +35,9 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym):
         Library filter codes in the order of ``sorted_pmz``.
     sym : bool (f,)
         Filters where an unknown library value (< 0) matches every query.
+    f32 : bool
+        Compare each library m/z rounded to float32 instead, as ``FlashEntropySearch`` stores them (its
+        identity search tests ``float32(library) in [query - tol, query + tol]`` in float64).
 
     Returns
     -------
@@ -44,8 +47,12 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym):
     """
     nr = lo_mz.shape[0]
     nf = sym.shape[0]
-    lo = np.searchsorted(sorted_pmz, lo_mz, side="left")
-    hi = np.searchsorted(sorted_pmz, hi_mz, side="right")
+    if f32:  # rounding to float32 moves a value by at most 2**-24 of it: the widened window, then a test
+        lo = np.searchsorted(sorted_pmz, lo_mz - np.abs(lo_mz) * 2.0 ** -23, side="left")
+        hi = np.searchsorted(sorted_pmz, hi_mz + np.abs(hi_mz) * 2.0 ** -23, side="right")
+    else:
+        lo = np.searchsorted(sorted_pmz, lo_mz, side="left")
+        hi = np.searchsorted(sorted_pmz, hi_mz, side="right")
     total = 0
     for r in range(nr):
         total += max(hi[r] - lo[r], 0)
@@ -54,6 +61,10 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym):
     n = 0
     for r in range(nr):
         for t in range(lo[r], hi[r]):
+            if f32:
+                v = np.float64(np.float32(sorted_pmz[t]))
+                if not (lo_mz[r] <= v <= hi_mz[r]):
+                    continue
             ok = True
             for f in range(nf):
                 qv = qcodes[r, f]

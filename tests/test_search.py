@@ -296,19 +296,23 @@ def test_window_positions_vs_numpy():
     from fastspec.kernels.window import window_positions
 
     @settings(max_examples=60, deadline=None)
-    @given(seed=st.integers(0, 10_000), nf=st.integers(0, 3))
-    def check(seed, nf):
+    @given(seed=st.integers(0, 10_000), nf=st.integers(0, 3), f32=st.booleans())
+    def check(seed, nf, f32):
         rng = np.random.default_rng(seed)
         n, nr = int(rng.integers(0, 60)), int(rng.integers(0, 12))
         spmz = np.sort(rng.choice([100.0, 100.5, 101.0, 150.0, 200.0], n) + rng.integers(0, 3, n) * 1e-3)
-        lo = rng.choice([99.0, 100.0, 100.5, 150.0, np.nan], nr)
-        hi = lo + rng.choice([0.0, 0.01, 1.0, 60.0], nr)
+        if f32:  # values a float32 rounding puts on the other side of a window end (100.001 ~ 100.00099945)
+            spmz = np.sort(np.concatenate([spmz, [100.001, 100.0010001, 99.99999999, 100.50100002]]))
+            n = spmz.shape[0]
+        lo = rng.choice([99.0, 100.0, 100.001, 100.5, 150.0, np.nan], nr)
+        hi = lo + rng.choice([0.0, 0.01, 0.001, 1.0, 60.0], nr)
         qc = rng.integers(-2, 3, (nr, nf)).astype(np.int32)
         lcodes = rng.integers(-1, 3, (n, nf)).astype(np.int32)
         sym = rng.random(nf) < 0.5
-        offs, pos = window_positions(spmz, lo, hi, qc, lcodes, sym)
+        offs, pos = window_positions(spmz, lo, hi, qc, lcodes, sym, f32)
+        v = spmz.astype(np.float32).astype(np.float64) if f32 else spmz
         for r in range(nr):
-            want = [t for t in range(n) if lo[r] <= spmz[t] <= hi[r]
+            want = [t for t in range(n) if lo[r] <= v[t] <= hi[r]
                     and all(qc[r, f] == -1 or lcodes[t, f] == qc[r, f] or (sym[f] and lcodes[t, f] < 0)
                             for f in range(nf))]
             assert pos[offs[r]:offs[r + 1]].tolist() == want
@@ -1744,6 +1748,33 @@ def test_entropy_search_equals_ms_entropy_flash_search(data, lib):
                     assert r == row_of[order[list(want).index(w)]], (mode, j, r)
             checked += 1
     assert checked >= 100
+
+
+def test_entropy_identity_window_is_flash_searchs(tmp_path):
+    """FlashEntropySearch stores library precursor m/z as float32 and tests them against [q - tol, q + tol]
+    in float64: a spectrum 0.0100 Da below the query (307.1804, 307.18039 in float32) is outside its
+    window, though inside in float64, and so is 307.2004 above it (307.20041). Entropy identity search with a Da window copies Flash (as its
+    fragment windows do); cosine keeps the float64 window; ppm windows (Flash has none) too."""
+    me = pytest.importorskip("ms_entropy")
+    mz, it = np.array([100.0, 150.0, 200.0]), np.array([10.0, 20.0, 30.0])
+    pmz = [307.1804, 307.18042, 307.2004, 307.20038]  # float32: 307.18039, 307.18042, 307.20041, 307.20038
+    lib = Library.build(Spectra.from_arrays([mz] * 4, [it] * 4, precursor_mz=pmz,
+                                            metadata={"ion_mode": ["positive"] * 4}), tmp_path / "w.fastspec",
+                        faiss=False)
+    q = Spectra.from_arrays([mz], [it], precursor_mz=[307.1904], metadata={"ion_mode": ["positive"]})
+    es = me.FlashEntropySearch()
+    row_of = [s["row"] for s in es.build_index([{"precursor_mz": p, "peaks": np.column_stack([mz, it]).astype(np.float32),
+                                                 "row": r} for r, p in enumerate(pmz)])]
+    s = es.identity_search(precursor_mz=307.1904, peaks=es.clean_spectrum_for_search(307.1904, np.column_stack([mz, it])
+                                                                                     .astype(np.float32)),
+                           ms1_tolerance_in_da=0.01, ms2_tolerance_in_da=0.02)
+    flash = sorted(r for r, v in zip(row_of, s) if v > 0)
+    assert flash == [1, 3]  # both window ends: 307.1804 rounds down out of it, 307.2004 up
+    got = lib.search(q, k=4, mode="identity", metric="entropy", precursor_tolerance=0.01)
+    assert sorted(got.indices[0][got.indices[0] >= 0].tolist()) == flash
+    for metric, tol in (("cosine", 0.01), ("entropy", "32.6ppm")):  # float64 windows: 307.1804 is inside
+        got = lib.search(q, k=4, mode="identity", metric=metric, precursor_tolerance=tol)
+        assert sorted(got.indices[0][got.indices[0] >= 0].tolist()) == [0, 1, 2, 3], metric
 
 
 def test_faiss_engine_on_an_empty_library_says_why(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,11 @@ def test_query_writes_every_query(index, massbank_mgf, tmp_path, mode, ext):
     assert len(set(table.column("query_index").to_pylist())) == n
     ranks = [r for r in table.column("rank").to_pylist() if r is not None]
     assert ranks and max(ranks) <= 3
+    # the summary's counts add up to the queries: with hits + without a hit + skipped (by status)
+    m = re.search(r"(\d+) queries, (\d+) with hits, (\d+) without a hit, (\d+) skipped", res.output)
+    assert m and int(m[1]) == int(m[2]) + int(m[3]) + int(m[4])
+    status = table.column("status").to_pylist()
+    assert int(m[3]) == len({q for q, st in zip(table.column("query_index").to_pylist(), status) if st == "no_hit"})
 
 
 def test_query_binned_cosine_preset(index, massbank_mgf, tmp_path):

@@ -193,12 +193,13 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     """Search query spectra against a library index and write the hit table. '-' reads the queries from standard
     input (with --input-format)."""
     from fastspec.errors import ParameterError
-    from fastspec.library import Library
+    from fastspec.library import Library, sort_input
 
     from fastspec.hits import table_kind
 
     log = _log(quiet)
     queries = stdin_paths(queries)
+    sort_input(queries, on_error)  # a missing query file is refused before anything compiles (one line)
     table_kind(output, output_format)  # a wrong extension is refused before the search
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
         check_tolerance_option(value, name)
@@ -247,8 +248,9 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
             f"library spectra of any {name}")
     by = done.get("skipped_by_status") or {}
     why = f" ({', '.join(f'{st} {c}' for st, c in by.items())})" if by else ""
-    log(f"{n} queries, {done['n_with_hits']} with hits, {done['n_skipped']} skipped{why}; {dt:.2f} s "
-        f"({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}); wrote {output}")
+    no_hit = n - done["n_with_hits"] - done["n_skipped"]  # searched, nothing passed: one row each too
+    log(f"{n} queries, {done['n_with_hits']} with hits, {no_hit} without a hit, {done['n_skipped']} skipped{why}; "
+        f"{dt:.2f} s ({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}); wrote {output}")
 
 
 def _derived_formulas(d: dict) -> str:

@@ -36,26 +36,26 @@ _WINDOW_RTOL = 1e-6
 def window_candidates(ctx: _Context, rows: np.ndarray, tol, positions: bool = False,
                       flash: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Library spectra whose precursor m/z is within ``tol`` (a Tolerance) of each query's, filtered
-    (CSR of library rows, or with ``positions`` of positions in precursor order); with ``flash``, the
-    library's precursor m/z rounded to float32 first, as ``FlashEntropySearch.identity_search`` compares
-    them."""
-    from fastspec.kernels.window import window_positions
+    (CSR of library rows, or with ``positions`` of positions in precursor order): ``abs(l - q) <= tol``
+    in float64 as matchms' ``PrecursorMzMatch`` tests it (ppm: relative to the query's), or with
+    ``flash`` ``q - tol <= float32(l) <= q + tol``, as ``FlashEntropySearch.identity_search`` stores and
+    compares them."""
+    from fastspec.kernels.window import WINDOW_ABS, WINDOW_FLASH, window_positions
 
     lib = ctx.lib
     n_finite = int(lib.manifest["counts"].get("n_with_precursor", len(lib)))
     sorted_pmz = np.asarray(lib.array("prec_sorted")[:n_finite])
     order = lib.array("prec_order")
-    pmz = ctx.q.precursor_mz[rows]
-    half = tol.value if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
+    pmz = np.asarray(ctx.q.precursor_mz[rows], np.float64)
+    half = np.full(pmz.shape, float(tol.value)) if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
     qc, lc, sym = ctx.filters()
     key = ("codes in precursor order", _filter_key(ctx.cfg))
     lcp = lib._cache.get(key)
     if lcp is None:  # the filter codes permuted like the precursor-ordered arrays: windows read in order
         lcp = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(order[:n_finite])])
-    # a library precursor of 0 or less is a placeholder, never inside a window (the lower end stays above 0)
-    low = np.maximum(np.asarray(pmz - half, np.float64), np.nextafter(0.0, 1.0))
-    offs, pos = window_positions(sorted_pmz, low, np.asarray(pmz + half, np.float64),
-                                 np.ascontiguousarray(qc[rows]), lcp, sym, bool(flash))
+    # a library precursor of 0 or less is a placeholder, never inside a window (the floor is above 0)
+    offs, pos = window_positions(sorted_pmz, pmz, half, float(np.nextafter(0.0, 1.0)), np.ascontiguousarray(qc[rows]),
+                                 lcp, sym, WINDOW_FLASH if flash else WINDOW_ABS)
     if positions:
         return offs, pos
     return offs, np.asarray(order[pos], dtype=np.int64)

@@ -19,25 +19,34 @@ from fastspec.kernels._intrinsics import prefetch_row
 from fastspec.kernels.fragment import _half_width
 
 
+#: :func:`window_positions` rules: ``|library - query| <= half`` in float64 (matchms' ``PrecursorMzMatch``),
+#: or the library m/z rounded to float32 within ``[query - half, query + half]`` (``FlashEntropySearch``'s
+#: identity search, which stores them so)
+WINDOW_ABS, WINDOW_FLASH = 0, 1
+
+
 @numba.njit(**NJIT)
-def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym, f32=False):
-    """Positions ``t`` with ``lo_mz[r] <= sorted_pmz[t] <= hi_mz[r]`` that pass the filters, per query ``r``.
+def window_positions(sorted_pmz, q_mz, half, floor, qcodes, lcodes, sym, rule):
+    """Positions ``t`` whose ``sorted_pmz[t]`` is in query ``r``'s window (``rule``) and at least
+    ``floor``, and that pass the filters, per query ``r``.
 
     Parameters
     ----------
     sorted_pmz : float64 (n,)
         Library precursor m/z, ascending.
-    lo_mz, hi_mz : float64 (nr,)
-        Window bounds per query (m/z).
+    q_mz, half : float64 (nr,)
+        Query precursor m/z and window half-widths (m/z); NaN gives an empty window.
+    floor : float
+        Smallest library m/z in any window (above 0: a precursor of 0 or less is a placeholder).
     qcodes : int32 (nr, f)
         Query filter codes; -1 means no constraint.
     lcodes : int32 (n, f)
         Library filter codes in the order of ``sorted_pmz``.
     sym : bool (f,)
         Filters where an unknown library value (< 0) matches every query.
-    f32 : bool
-        Compare each library m/z rounded to float32 instead, as ``FlashEntropySearch`` stores them (its
-        identity search tests ``float32(library) in [query - tol, query + tol]`` in float64).
+    rule : int
+        :data:`WINDOW_ABS` (``abs(l - q) <= half``) or :data:`WINDOW_FLASH` (``q - half <=
+        float32(l) <= q + half``). The two differ only for spectra about ``half`` apart.
 
     Returns
     -------
@@ -45,14 +54,12 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym, f32=False):
     positions : int64 (offsets[-1],)
         Kept positions into ``sorted_pmz``, ascending within each query.
     """
-    nr = lo_mz.shape[0]
+    nr = q_mz.shape[0]
     nf = sym.shape[0]
-    if f32:  # rounding to float32 moves a value by at most 2**-24 of it: the widened window, then a test
-        lo = np.searchsorted(sorted_pmz, lo_mz - np.abs(lo_mz) * 2.0 ** -23, side="left")
-        hi = np.searchsorted(sorted_pmz, hi_mz + np.abs(hi_mz) * 2.0 ** -23, side="right")
-    else:
-        lo = np.searchsorted(sorted_pmz, lo_mz, side="left")
-        hi = np.searchsorted(sorted_pmz, hi_mz, side="right")
+    # the window widened by more than either rule's rounding (float32: 2**-24 of a value), then each tested
+    slack = (np.abs(q_mz) + half) * 2.0 ** -23
+    lo = np.searchsorted(sorted_pmz, np.maximum(q_mz - half - slack, floor), side="left")
+    hi = np.searchsorted(sorted_pmz, q_mz + half + slack, side="right")
     total = 0
     for r in range(nr):
         total += max(hi[r] - lo[r], 0)
@@ -60,11 +67,17 @@ def window_positions(sorted_pmz, lo_mz, hi_mz, qcodes, lcodes, sym, f32=False):
     offsets = np.zeros(nr + 1, np.int64)
     n = 0
     for r in range(nr):
+        q, h = q_mz[r], half[r]
         for t in range(lo[r], hi[r]):
-            if f32:
-                v = np.float64(np.float32(sorted_pmz[t]))
-                if not (lo_mz[r] <= v <= hi_mz[r]):
+            v = sorted_pmz[t]
+            if v < floor:
+                continue
+            if rule == WINDOW_FLASH:
+                v32 = np.float64(np.float32(v))
+                if not (q - h <= v32 <= q + h):
                     continue
+            elif not (abs(v - q) <= h):
+                continue
             ok = True
             for f in range(nf):
                 qv = qcodes[r, f]

@@ -293,26 +293,31 @@ def test_identity_wide_windows_split_off(data, tmp_path_factory, monkeypatch, me
 
 
 def test_window_positions_vs_numpy():
-    from fastspec.kernels.window import window_positions
+    from fastspec.kernels.window import WINDOW_FLASH, window_positions
 
-    @settings(max_examples=60, deadline=None)
-    @given(seed=st.integers(0, 10_000), nf=st.integers(0, 3), f32=st.booleans())
-    def check(seed, nf, f32):
+    @settings(max_examples=80, deadline=None)
+    @given(seed=st.integers(0, 10_000), nf=st.integers(0, 3), rule=st.sampled_from([0, 1]))
+    def check(seed, nf, rule):
         rng = np.random.default_rng(seed)
         n, nr = int(rng.integers(0, 60)), int(rng.integers(0, 12))
-        spmz = np.sort(rng.choice([100.0, 100.5, 101.0, 150.0, 200.0], n) + rng.integers(0, 3, n) * 1e-3)
-        if f32:  # values a float32 rounding puts on the other side of a window end (100.001 ~ 100.00099945)
-            spmz = np.sort(np.concatenate([spmz, [100.001, 100.0010001, 99.99999999, 100.50100002]]))
-            n = spmz.shape[0]
-        lo = rng.choice([99.0, 100.0, 100.001, 100.5, 150.0, np.nan], nr)
-        hi = lo + rng.choice([0.0, 0.01, 0.001, 1.0, 60.0], nr)
+        spmz = rng.choice([100.0, 100.5, 101.0, 150.0, 200.0, 0.0, -1.0], n) + rng.integers(0, 3, n) * 1e-3
+        # values a float32 rounding or a float64 difference puts on the other side of a window end:
+        # 100.001 is 100.00099945 in float32; 197.0808 - 197.0608 is 0.0200000000000102, though
+        # 197.0608 + 0.02 == 197.0808 in float64
+        spmz = np.sort(np.concatenate([spmz, [100.001, 100.0010001, 99.99999999, 100.50100002, 197.0808, 197.0408]]))
+        n = spmz.shape[0]
+        q = rng.choice([99.5, 100.0, 100.001, 100.5, 150.0, 197.0608, 0.004, np.nan], nr)
+        half = rng.choice([0.0, 0.01, 0.001, 0.02, 1.0, 60.0], nr)
         qc = rng.integers(-2, 3, (nr, nf)).astype(np.int32)
         lcodes = rng.integers(-1, 3, (n, nf)).astype(np.int32)
         sym = rng.random(nf) < 0.5
-        offs, pos = window_positions(spmz, lo, hi, qc, lcodes, sym, f32)
-        v = spmz.astype(np.float32).astype(np.float64) if f32 else spmz
+        floor = float(np.nextafter(0.0, 1.0))
+        offs, pos = window_positions(spmz, q, half, floor, qc, lcodes, sym, rule)
+        v = spmz.astype(np.float32).astype(np.float64)
         for r in range(nr):
-            want = [t for t in range(n) if lo[r] <= v[t] <= hi[r]
+            inside = [(q[r] - half[r] <= v[t] <= q[r] + half[r]) if rule == WINDOW_FLASH
+                      else abs(spmz[t] - q[r]) <= half[r] for t in range(n)]
+            want = [t for t in range(n) if inside[t] and spmz[t] >= floor
                     and all(qc[r, f] == -1 or lcodes[t, f] == qc[r, f] or (sym[f] and lcodes[t, f] < 0)
                             for f in range(nf))]
             assert pos[offs[r]:offs[r + 1]].tolist() == want
@@ -1775,6 +1780,28 @@ def test_entropy_identity_window_is_flash_searchs(tmp_path):
     for metric, tol in (("cosine", 0.01), ("entropy", "32.6ppm")):  # float64 windows: 307.1804 is inside
         got = lib.search(q, k=4, mode="identity", metric=metric, precursor_tolerance=tol)
         assert sorted(got.indices[0][got.indices[0] >= 0].tolist()) == [0, 1, 2, 3], metric
+
+
+def test_identity_window_is_matchms_precursor_mz_match(tmp_path):
+    """Cosine identity windows are matchms' PrecursorMzMatch (``abs(l - q) <= tol`` in float64): precursors
+    written 0.02 apart are 0.0200000000000102 apart in float64 (197.0808 - 197.0608), outside, though
+    197.0608 + 0.02 == 197.0808; FlashEntropySearch's windows (entropy) keep them."""
+    matchms = pytest.importorskip("matchms")
+    from matchms.similarity import PrecursorMzMatch
+
+    mz, it = np.array([100.0, 150.0, 170.0]), np.array([10.0, 20.0, 30.0])
+    pmz = [197.0408, 197.0808, 197.08079, 197.0409]
+    lib = Library.build(Spectra.from_arrays([mz] * 4, [it] * 4, precursor_mz=pmz,
+                                            metadata={"ion_mode": ["positive"] * 4}), tmp_path / "m.fastspec",
+                        faiss=False, preprocess=None)
+    q = Spectra.from_arrays([mz], [it], precursor_mz=[197.0608], metadata={"ion_mode": ["positive"]})
+    sp = [matchms.Spectrum(mz=mz, intensities=it, metadata={"precursor_mz": p}) for p in [197.0608] + pmz]
+    want = [r for r in range(4) if PrecursorMzMatch(tolerance=0.02).pair(sp[1 + r], sp[0])]
+    assert 1 not in want and 2 in want  # the float64 difference decides
+    got = lib.search(q, k=4, mode="identity", metric="cosine", tolerance=0.1, precursor_tolerance=0.02)
+    assert sorted(got.indices[0][got.indices[0] >= 0].tolist()) == want
+    got = lib.search(q, k=4, mode="identity", metric="entropy", precursor_tolerance=0.02)
+    assert 1 in got.indices[0]  # float32(197.0808) = 197.08079529 <= 197.0608 + 0.02
 
 
 def test_faiss_engine_on_an_empty_library_says_why(tmp_path):

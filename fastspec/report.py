@@ -138,7 +138,8 @@ def _setting(rep: dict) -> str:
         s += f" bin_width={bin_width:g}"
     if c.get("shuffle_intensities"):
         s += " shuffled"
-    for key, default in (("no_neighbour", "skip"), ("bucket", "formula"), ("vote", 1)):
+    s += f" no_neighbour={c.get('no_neighbour', 'skip')}"  # always: skip's means are over covered spectra only
+    for key, default in (("bucket", "formula"), ("vote", 1)):
         if c.get(key, default) != default:
             s += f" {key}={c[key]}"
     fp = rep.get("fingerprint") or c.get("fingerprint")
@@ -289,6 +290,8 @@ def _ablation(d: dict, figures: bool) -> list[Block]:
         trs.append(line)
     c = d.get("config") or {}
     base = c.get("preset") or (f"{c['metric']}, tolerance {c.get('tolerance')}" if c.get("metric") else "")
+    if c.get("no_neighbour"):  # two ablations under different policies are different experiments
+        base += f"{', ' if base else ''}no_neighbour={c['no_neighbour']}"
     out = [
         Block("h", "Intensity ablation" + (f" ({base})" if base else ""), 2),
         Block("p", "Mean Tanimoto of the NN prediction (over scored / over all test spectra) for peak weights "

@@ -148,6 +148,17 @@ def test_split_then_file_evaluate(library, tmp_path):
     assert res.exit_code == 0, res.output
     rep = json.loads(out.read_text())
     assert rep["split_profile"]["n_test"] == p["n_test"]
+    # a split file that names only part of the library (one of another library, say) says so on stderr;
+    # the summary line names the policy and gives both exact-match rates
+    lines = sfile.read_text().splitlines()
+    part = tmp_path / "part.csv"
+    part.write_text("\n".join(lines[: 1 + (len(lines) - 1) // 2]) + "\n")
+    res = invoke("evaluate", "-l", library, "--split", f"file:{part}", "--metric", "cosine", "--bootstrap", "0",
+                 "-o", tmp_path / "part.json")
+    assert res.exit_code == 0, res.output
+    n_out = json.loads((tmp_path / "part.json").read_text())["split_profile"]["n_excluded"]
+    assert n_out > 0 and f"{n_out:,} of " in res.output and "in neither part of the split" in res.output
+    assert "no_neighbour=skip" in res.output and "exact_all=" in res.output
 
 
 def _metrics(path):

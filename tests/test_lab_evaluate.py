@@ -554,7 +554,7 @@ def test_preset_with_another_metric_drops_binning():
     cfg = search_config("khoo2026", tolerance="1")
     assert dict(cfg.metric_params) == {"preset": "khoo2026", "bin_width": 1.0} and cfg.preset == "khoo2026"
     assert search_config(base=KHOO2026, tolerance=5).metric_params == (("preset", "khoo2026"), ("bin_width", 5.0))
-    assert _setting({"config": cfg.as_dict()}) == "khoo2026 bin_width=1"
+    assert _setting({"config": cfg.as_dict()}) == "khoo2026 bin_width=1 no_neighbour=skip"
     with pytest.raises(ParameterError, match="bin width"):
         search_config("khoo2026", tolerance="10ppm")
 
@@ -574,7 +574,7 @@ def test_external_queries_molecule_disjoint():
 
 def test_report_setting_tells_policies_apart():
     """Skip, zero and fallback means are over different test spectra: the report's setting column must
-    say which (all three read 'khoo2026' before)."""
+    say which, skip included (all three read 'khoo2026' once, then skip alone did)."""
     from fastspec.evaluate import search_config
     from fastspec.report import _setting
 
@@ -582,13 +582,14 @@ def test_report_setting_tells_policies_apart():
         return {"config": {**search_config("khoo2026", **kw).as_dict(), "fingerprint": "morgan:2:4096"}}
 
     labels = [_setting(rep(no_neighbour=p)) for p in ("skip", "zero", "fallback")]
-    assert labels == ["khoo2026", "khoo2026 no_neighbour=zero", "khoo2026 no_neighbour=fallback"]
-    assert _setting(rep(bucket="formula+adduct", vote=3)) == "khoo2026 bucket=formula+adduct vote=3"
+    # skip named too: a reader must not take skip's covered-only means for means over every test spectrum
+    assert labels == ["khoo2026 no_neighbour=skip", "khoo2026 no_neighbour=zero", "khoo2026 no_neighbour=fallback"]
+    assert _setting(rep(bucket="formula+adduct", vote=3)) == "khoo2026 no_neighbour=skip bucket=formula+adduct vote=3"
     assert _setting(rep(metric="modified_cosine")).startswith("modified_cosine ip=1")
     r = rep()
     r["config"]["fingerprint"] = "morgan:3:2048"
-    assert _setting(r) == "khoo2026 fp=morgan:3:2048"
-    assert _setting(rep(intensity_power=0.5)) == "khoo2026 ip=0.50 mz=0.00"
+    assert _setting(r) == "khoo2026 no_neighbour=skip fp=morgan:3:2048"
+    assert _setting(rep(intensity_power=0.5)) == "khoo2026 ip=0.50 mz=0.00 no_neighbour=skip"
 
 
 def test_report_labels_tell_runs_of_one_split_apart():

@@ -77,12 +77,26 @@ def _run_kwargs(kw: dict) -> dict:
 
 
 def _summary_line(rep: dict) -> str:
+    """One line: n, coverage and the no-neighbour policy first (the means are over scored or all test
+    spectra, and which spectra are scored depends on the policy), then the means both ways."""
     f = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     return (
         f"n_test={rep['n_test']} n_scored={rep['n_scored']} coverage={f(rep['coverage'])} "
+        f"no_neighbour={(rep.get('config') or {}).get('no_neighbour', 'skip')} "
         f"mean_tanimoto={f(rep['mean_tanimoto'])} mean_tanimoto_all={f(rep['mean_tanimoto_all'])} "
-        f"exact={f(rep['exact_match_rate'])} leakage={f(rep['leakage'])}"
+        f"exact={f(rep['exact_match_rate'])} exact_all={f(rep.get('exact_match_rate_all'))} leakage={f(rep['leakage'])}"
     )
+
+
+def _excluded_line(rep: dict) -> str | None:
+    """Library spectra in neither part of the split (a split file of another library leaves most out)."""
+    prof = rep.get("split_profile") or {}
+    n_out = int(prof.get("n_excluded") or 0)
+    if not n_out:
+        return None
+    n_all = n_out + int(prof.get("n_train") or 0) + int(prof.get("n_test") or 0)
+    return (f"{n_out:,} of {n_all:,} library spectra ({n_out / n_all:.1%}) are in neither part of the split and "
+            f"were left out")
 
 
 def _given(*names: str) -> list[str]:
@@ -203,6 +217,9 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
 
         click.echo(json.dumps(_clean(rep), indent=1))
     if not quiet:
+        note = _excluded_line(rep)
+        if note:
+            click.echo(note, err=True)
         click.echo(_summary_line(rep), err=True)
 
 

@@ -340,6 +340,9 @@ def test_cli_synth(tmp_path):
     assert bad.exit_code != 0 and "Error" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(main, ["synth", "-n", "10", "-o", str(out), "--queries", "3"])
     assert bad.exit_code != 0 and "queries" in bad.output
+    # --noise perturbs queries: without them it would be silently ignored
+    bad = CliRunner().invoke(main, ["synth", "-n", "10", "-o", str(tmp_path / "n.parquet"), "--noise", "0"])
+    assert bad.exit_code == 1 and "--noise applies to the queries" in bad.output
     # more queries than spectra, or a size beyond this machine's memory: refused before anything is made
     for args, why in ((["-n", "100", "--queries", "500"], "cannot draw 500 queries"),
                       (["-n", str(10**12), "--queries", "5"], "GiB of memory")):

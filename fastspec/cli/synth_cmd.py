@@ -47,6 +47,9 @@ def synth(n_spectra, molecules, seed, seed_library, polarity, output, n_queries,
 
     if (n_queries is None) != (queries_output is None):
         raise ParameterError("--queries and --queries-output go together")
+    src = click.get_current_context().get_parameter_source("noise")
+    if n_queries is None and src is not None and src is not click.core.ParameterSource.DEFAULT:
+        raise ParameterError("--noise applies to the queries (--queries N --queries-output FILE)")
     refuse_clobbering([seed_library], [("--output", output), ("--queries-output", queries_output)])
     if n_queries is not None and n_queries > n_spectra:  # before minutes of generating and writing
         raise ParameterError(f"cannot draw {n_queries} queries from a library of {n_spectra} spectra")

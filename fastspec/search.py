@@ -149,7 +149,8 @@ def search(
     nprobe : int, optional
         ``engine="faiss"``: inverted lists visited (default: the build's ``faiss_params["nprobe"]``, 16).
     n_candidates : int, optional
-        ``engine="faiss"``: candidates rescored exactly per query (default: ``max(50 k, 500)``).
+        ``engine="faiss"``: candidates rescored exactly per query, at least ``k`` (default: ``max(50 k,
+        500)``; the hit parameters record the number used).
     on_error : {"skip", "raise"}
         Unreadable query records (when ``queries`` are paths).
     input_format : str, optional
@@ -405,6 +406,11 @@ def faiss_nprobe(cfg: "_SearchConfig", library) -> int | None:
     return ((library.manifest.get("build") or {}).get("faiss") or {}).get("nprobe")
 
 
+def faiss_n_candidates(cfg: "_SearchConfig") -> int:
+    """The spectra FAISS proposes per query for exact rescoring: ``n_candidates``, else ``max(50 k, 500)``."""
+    return int(cfg.n_candidates or max(50 * cfg.k, 500))
+
+
 def run_whole_library(ctx: "_Context", rows: np.ndarray, scores: np.ndarray, indices: np.ndarray,
                       matches: np.ndarray) -> None:
     """Exact top-k of queries ``rows`` over the whole library, written into ``scores``, ``indices`` and
@@ -511,6 +517,8 @@ class _SearchConfig:
             raise ParameterError(f"min_score must be at most 1 (scores lie in [0, 1]), got {min_score!r}")
         c.nprobe = None if nprobe is None else _count(nprobe, "nprobe", 1)
         c.n_candidates = None if n_candidates is None else _count(n_candidates, "n_candidates", 1)
+        if c.n_candidates is not None and c.n_candidates < c.k:  # fewer than k hits whatever the library holds
+            raise ParameterError(f"n_candidates ({c.n_candidates}) must be at least k ({c.k})")
         if engine != "faiss" and (nprobe is not None or n_candidates is not None):  # set but never used
             raise ParameterError("nprobe and n_candidates apply to engine='faiss'")
         c.mz_power, c.intensity_power = _number(mz_power, "mz_power"), _number(intensity_power, "intensity_power")
@@ -572,7 +580,8 @@ class _SearchConfig:
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
             "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
             "nprobe": faiss_nprobe(self, library) if self.engine == "faiss" else self.nprobe,
-            "n_candidates": self.n_candidates, "mz_power": self.mz_power,
+            "n_candidates": faiss_n_candidates(self) if self.engine == "faiss" else self.n_candidates,
+            "mz_power": self.mz_power,
             "intensity_power": self.intensity_power, "metric_params": _plain_copy(self.metric_params),
             "library": str(library.path), "library_n_spectra": len(library),
             "preprocess": _plain_copy(library.preprocess_config),

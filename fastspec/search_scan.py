@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from fastspec.search import _batches, _Context, _n_blocks, _unit_weights, faiss_nprobe
+from fastspec.search import _batches, _Context, _n_blocks, _unit_weights, faiss_n_candidates, faiss_nprobe
 
 #: Library spectra per chunk while the whole library is prepared (binned-cosine postings, brute force).
 _BIN_CHUNK = 1 << 17
@@ -202,7 +202,7 @@ def prepared_library(ctx: _Context):
 def run_faiss(ctx: _Context, rows, scores, indices, matches):
     """FAISS proposes ``n_candidates`` spectra per query; they are filtered and scored exactly."""
     cfg = ctx.cfg
-    n_cand = int(cfg.n_candidates or max(50 * cfg.k, 500))
+    n_cand = faiss_n_candidates(cfg)
     nprobe = faiss_nprobe(cfg, ctx.lib)  # the search's, else the build's
     for batch in _batches(rows, 4096):
         offs, ids = faiss_candidates(ctx, batch, n_cand, nprobe)

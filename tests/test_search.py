@@ -922,6 +922,11 @@ def test_faiss_engine_rescored_exactly_with_high_recall(lib, data):
     np.testing.assert_allclose(approx.scores[rows, cols], S[rows, approx.indices[rows, cols]], rtol=1e-6, atol=1e-6)
     with pytest.raises(ParameterError):
         lib.search(queries, mode="identity", engine="faiss")
+    # fewer candidates than k would cap every query's hits below k: refused; the hits record what was used
+    with pytest.raises(ParameterError, match="at least k"):
+        lib.search(queries, k=10, mode="open", engine="faiss", n_candidates=5)
+    assert approx.params["n_candidates"] == 200
+    assert lib.search(queries[:2], k=4, mode="open", engine="faiss").params["n_candidates"] == 500
 
 
 def _polarity_trap(tmp_path, faiss_params):

@@ -535,7 +535,7 @@ def _peer_check(wd: Path, n_input: int, lib_pol: np.ndarray, row_of: np.ndarray,
     of the check never costs the ms_entropy timings)."""
     def skipped(reason: str):
         agreement.setdefault("skipped", {})
-        return lambda key, rows: agreement["skipped"].setdefault(key, reason) and None
+        return lambda key, rows: (agreement["skipped"].setdefault(key, reason), None)[1]
 
     if (wd / "peer_hits_error.txt").exists():
         return skipped("query phase: " + (wd / "peer_hits_error.txt").read_text())

@@ -530,8 +530,9 @@ def _refuse_empty(report, blank_ok: bool = False) -> None:
             other = other_format(path, fmt) if path else None
             raise ParseError(f"no spectrum records found (read as {fmt or 'unknown format'}"
                              f"{'; ' + notes if notes else ''})"
-                             + (f"; its content looks like {other}: give it the extension of that format" if other
-                                else "; is it the format and encoding its name says?"), path or None)
+                             + (f"; its content looks like {other}: give it the extension of that format (or read it "
+                                f"as format {other})" if other else "; is it the format and encoding its name says?"),
+                             path or None)
 
 
 def _refuse_other_format(f) -> None:
@@ -540,16 +541,17 @@ def _refuse_other_format(f) -> None:
     records, and a query run would otherwise end with a table of rejected rows and exit 0."""
     n_rec, n_spec = int(getattr(f, "n_records", 0) or 0), int(getattr(f, "n_spectra", 0) or 0)
     path, fmt = str(getattr(f, "path", "") or ""), getattr(f, "format", None)
-    if n_rec == 0 or n_spec or not path:
+    first = next(iter(getattr(f, "rejected", None) or []), None)
+    if n_rec == 0 or n_spec or not path or first is None:
         return
-    from fastspec.io._common import other_format
+    from fastspec.io._common import is_parse_failure, other_format
 
-    other = other_format(path, fmt)
+    other = other_format(path, fmt) if is_parse_failure(first.reason) else None
     if other:
-        first = next(iter(getattr(f, "rejected", None) or []), None)
-        where = f"; the first at line {first.line}: {first.reason}" if first is not None and first.line else ""
-        raise ParseError(f"all {n_rec} records were rejected (read as {fmt}{where}); its content looks like "
-                         f"{other}: give it the extension of that format", path)
+        where = f"; the first at line {first.line}: {first.reason}" if first.line else ""
+        what = "the one record was" if n_rec == 1 else f"all {n_rec} records were"
+        raise ParseError(f"{what} rejected (read as {fmt}{where}); its content looks like {other}: give it the "
+                         f"extension of that format (or read it as format {other})", path)
 
 
 def _report_counts(report, n_spectra: int) -> dict:

@@ -517,10 +517,10 @@ class _SearchConfig:
             raise ParameterError(f"min_score must be at most 1 (scores lie in [0, 1]), got {min_score!r}")
         c.nprobe = None if nprobe is None else _count(nprobe, "nprobe", 1)
         c.n_candidates = None if n_candidates is None else _count(n_candidates, "n_candidates", 1)
-        if c.n_candidates is not None and c.n_candidates < c.k:  # fewer than k hits whatever the library holds
-            raise ParameterError(f"n_candidates ({c.n_candidates}) must be at least k ({c.k})")
         if engine != "faiss" and (nprobe is not None or n_candidates is not None):  # set but never used
             raise ParameterError("nprobe and n_candidates apply to engine='faiss'")
+        if c.n_candidates is not None and c.n_candidates < c.k:  # fewer than k hits whatever the library holds
+            raise ParameterError(f"n_candidates ({c.n_candidates}) must be at least k ({c.k})")
         c.mz_power, c.intensity_power = _number(mz_power, "mz_power"), _number(intensity_power, "intensity_power")
         c.metric_params = dict(metric_params)
         _check_metric_params(c.metric_params)
@@ -580,7 +580,8 @@ class _SearchConfig:
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
             "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
             "nprobe": faiss_nprobe(self, library) if self.engine == "faiss" else self.nprobe,
-            "n_candidates": faiss_n_candidates(self) if self.engine == "faiss" else self.n_candidates,
+            # as the FAISS search takes it: at most the library
+            "n_candidates": min(faiss_n_candidates(self), len(library)) if self.engine == "faiss" else self.n_candidates,
             "mz_power": self.mz_power,
             "intensity_power": self.intensity_power, "metric_params": _plain_copy(self.metric_params),
             "library": str(library.path), "library_n_spectra": len(library),

@@ -33,6 +33,13 @@ _WINDOW_SPAN = 1 << 17
 _WINDOW_RTOL = 1e-6
 
 
+def precursor_half_widths(tol, pmz: np.ndarray) -> np.ndarray:
+    """Half-width of each query's precursor window, float64 (nq,): ``tol`` in Da, or ppm of the query's
+    precursor m/z (a Tolerance)."""
+    pmz = np.asarray(pmz, np.float64)
+    return np.full(pmz.shape, float(tol.value)) if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
+
+
 def window_candidates(ctx: _Context, rows: np.ndarray, tol, positions: bool = False,
                       flash: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Library spectra whose precursor m/z is within ``tol`` (a Tolerance) of each query's, filtered
@@ -47,7 +54,7 @@ def window_candidates(ctx: _Context, rows: np.ndarray, tol, positions: bool = Fa
     sorted_pmz = np.asarray(lib.array("prec_sorted")[:n_finite])
     order = lib.array("prec_order")
     pmz = np.asarray(ctx.q.precursor_mz[rows], np.float64)
-    half = np.full(pmz.shape, float(tol.value)) if tol.unit == "da" else np.abs(pmz) * tol.value * 1e-6
+    half = precursor_half_widths(tol, pmz)
     qc, lc, sym = ctx.filters()
     key = ("codes in precursor order", _filter_key(ctx.cfg))
     lcp = lib._cache.get(key)
@@ -129,8 +136,7 @@ def bounded_window_search(ctx: _Context, rows: np.ndarray, offs: np.ndarray, pos
     qv = qv[peaks]
     extra = None
     if cfg.metric == "modified_cosine":  # shifted pairs: peak windows widened by the precursor window
-        ptol, pmz = cfg.precursor_tolerance, ctx.q.precursor_mz[rows]
-        extra = np.full(nr, ptol.value) if ptol.unit == "da" else np.abs(pmz) * ptol.value * 1e-6
+        extra = precursor_half_widths(cfg.precursor_tolerance, ctx.q.precursor_mz[rows])
     wb = window_bounds(q_off, ctx.q.mz[peaks], qv if wname == "cosine" else np.sqrt(qv), offs, pos,
                        lib.array("prec_offsets"), lib.array("wblk_mz"), lib.array("wblk_loc"),
                        lib.array(WINDOW_WEIGHTS[wname]), lib.window_block, cfg.tolerance.da, cfg.tolerance.ppm,

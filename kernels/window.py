@@ -54,6 +54,8 @@ def window_positions(sorted_pmz, q_mz, half, floor, qcodes, lcodes, sym, rule):
     positions : int64 (offsets[-1],)
         Kept positions into ``sorted_pmz``, ascending within each query.
     """
+    if rule != WINDOW_ABS and rule != WINDOW_FLASH:
+        raise ValueError("window_positions: rule must be WINDOW_ABS or WINDOW_FLASH")
     nr = q_mz.shape[0]
     nf = sym.shape[0]
     # the window widened by more than either rule's rounding (float32: 2**-24 of a value), then each tested

@@ -306,8 +306,8 @@ def test_window_positions_vs_numpy():
         # 197.0608 + 0.02 == 197.0808 in float64
         spmz = np.sort(np.concatenate([spmz, [100.001, 100.0010001, 99.99999999, 100.50100002, 197.0808, 197.0408]]))
         n = spmz.shape[0]
-        q = rng.choice([99.5, 100.0, 100.001, 100.5, 150.0, 197.0608, 0.004, np.nan], nr)
-        half = rng.choice([0.0, 0.01, 0.001, 0.02, 1.0, 60.0], nr)
+        q = rng.choice([99.5, 100.0, 100.001, 100.5, 150.0, 197.0608, 0.004, -100.0, np.nan], nr)
+        half = rng.choice([0.0, 0.01, 0.001, 0.02, 1.0, 60.0, np.inf, np.nan], nr)
         qc = rng.integers(-2, 3, (nr, nf)).astype(np.int32)
         lcodes = rng.integers(-1, 3, (n, nf)).astype(np.int32)
         sym = rng.random(nf) < 0.5
@@ -925,8 +925,10 @@ def test_faiss_engine_rescored_exactly_with_high_recall(lib, data):
     # fewer candidates than k would cap every query's hits below k: refused; the hits record what was used
     with pytest.raises(ParameterError, match="at least k"):
         lib.search(queries, k=10, mode="open", engine="faiss", n_candidates=5)
-    assert approx.params["n_candidates"] == 200
-    assert lib.search(queries[:2], k=4, mode="open", engine="faiss").params["n_candidates"] == 500
+    assert approx.params["n_candidates"] == min(200, len(lib))
+    assert lib.search(queries[:2], k=4, mode="open", engine="faiss").params["n_candidates"] == min(500, len(lib))
+    with pytest.raises(ParameterError, match="apply to engine='faiss'"):  # the option first, then its value
+        lib.search(queries, k=10, mode="open", n_candidates=5)
 
 
 def _polarity_trap(tmp_path, faiss_params):
@@ -1782,7 +1784,8 @@ def test_entropy_identity_window_is_flash_searchs(tmp_path):
     assert flash == [1, 3]  # both window ends: 307.1804 rounds down out of it, 307.2004 up
     got = lib.search(q, k=4, mode="identity", metric="entropy", precursor_tolerance=0.01)
     assert sorted(got.indices[0][got.indices[0] >= 0].tolist()) == flash
-    for metric, tol in (("cosine", 0.01), ("entropy", "32.6ppm")):  # float64 windows: 307.1804 is inside
+    # float64 windows keep all four; 32.56 ppm is 0.0100021 Da here, so Flash's rule would drop 0 and 2
+    for metric, tol in (("cosine", 0.01), ("entropy", "32.56ppm")):
         got = lib.search(q, k=4, mode="identity", metric=metric, precursor_tolerance=tol)
         assert sorted(got.indices[0][got.indices[0] >= 0].tolist()) == [0, 1, 2, 3], metric
 

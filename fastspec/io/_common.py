@@ -676,12 +676,15 @@ def first_rejection(report) -> str | None:
     place = ":".join(str(x) for x in (where, first.line) if x is not None)
     fmt = next((getattr(f, "format", None) for f in (getattr(report, "files", None) or [report])
                 if str(getattr(f, "path", "")) == str(where)), None)
-    # (only for lines the format could not parse: a record of the right format rejected for its values says
-    # nothing about the format)
-    parse = str(first.reason).startswith(("unparsable", "peak line"))
-    other = other_format(str(where), fmt) if where and parse else None
+    other = other_format(str(where), fmt) if where and is_parse_failure(first.reason) else None
     hint = f" (read as {fmt}; its content looks like {other})" if other else ""
     return (f"{place}: {first.reason}" if place else str(first.reason)) + hint
+
+
+def is_parse_failure(reason) -> bool:
+    """Whether a rejection says the format could not parse a line (a hint that the file is of another
+    format); a record of the right format rejected for its values says nothing about the format."""
+    return str(reason).startswith(("unparsable", "peak line"))
 
 
 def other_format(path: str, fmt: str | None) -> str | None:

@@ -530,9 +530,8 @@ def _refuse_empty(report, blank_ok: bool = False) -> None:
             other = other_format(path, fmt) if path else None
             raise ParseError(f"no spectrum records found (read as {fmt or 'unknown format'}"
                              f"{'; ' + notes if notes else ''})"
-                             + (f"; its content looks like {other}: give it the extension of that format (or read it "
-                                f"as format {other})" if other else "; is it the format and encoding its name says?"),
-                             path or None)
+                             + (f"; {_other_format_advice(other)}" if other
+                                else "; is it the format and encoding its name says?"), path or None)
 
 
 def _refuse_other_format(f) -> None:
@@ -550,8 +549,11 @@ def _refuse_other_format(f) -> None:
     if other:
         where = f"; the first at line {first.line}: {first.reason}" if first.line else ""
         what = "the one record was" if n_rec == 1 else f"all {n_rec} records were"
-        raise ParseError(f"{what} rejected (read as {fmt}{where}); its content looks like {other}: give it the "
-                         f"extension of that format (or read it as format {other})", path)
+        raise ParseError(f"{what} rejected (read as {fmt}{where}); {_other_format_advice(other)}", path)
+
+
+def _other_format_advice(other: str) -> str:
+    return f"its content looks like {other}: give it the extension of that format (or read it as format {other})"
 
 
 def _report_counts(report, n_spectra: int) -> dict:

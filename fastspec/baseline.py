@@ -184,7 +184,11 @@ class LabData:
 
     @classmethod
     def build(cls, spectra: Spectra, *, derive_formula: bool = True) -> "LabData":
-        """Extract and harmonise the labels of ``spectra`` (no fingerprints yet)."""
+        """Extract and harmonise the labels of ``spectra`` (no fingerprints yet).
+
+        Zero-intensity peaks (readers keep them, as matchms does) are dropped and counted
+        (``n_zero_intensity_dropped``): they are not observed fragments, and binary peaks
+        (``intensity_power=0``, the intensity ablation) would weigh them as much as any other."""
         from fastspec.chem.adducts import normalize_adduct
         from fastspec.chem.formula import canonical_formulas
         from fastspec.fingerprints import (first_block, formulas_from_inchi, formulas_from_smiles, molecule_keys,
@@ -257,6 +261,9 @@ class LabData:
             "n_formula_from_inchi": n_derived.get("inchi", 0),
         }
         counts["n_ce_normalized"] = int((ce_norm & ~np.isnan(ce)).sum())
+        zero = np.asarray(spectra.intensity) == 0
+        counts["n_zero_intensity_dropped"] = int(zero.sum())
+        spectra = spectra.keep_peaks(~zero)
         return cls(spectra, mol, smiles, formula, adduct, spectra.polarity, instrument, ce,
                    ce_bin_labels(ce, normalized=ce_norm), counts, ce_normalized=ce_norm)
 

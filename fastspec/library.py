@@ -177,10 +177,11 @@ def apply_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Sp
     so that they are counted as rejected and query rows keep their positions).
 
     Whatever the pipeline (also ``None``), peaks that are not peaks are dropped last: m/z or intensity
-    NaN/inf, m/z <= 0, intensity <= 0. The fragment-index bounds assume finite positive weights (a
-    negative intensity breaks the upper bounds; a zero-intensity peak would count as a matched peak in
-    the exact scores but never in the bounds, so ``min_matches`` could miss hits), and entropy
-    rescoring ignores such peaks anyway. m/z and precursor m/z that float32 cannot hold (3.4e38 and
+    NaN/inf, m/z <= 0, intensity < 0 (a negative intensity breaks the fragment-index upper bounds).
+    Zero intensities stay, as matchms keeps them (every preprocessing step drops them, so only
+    ``None`` or a custom callable lets them through), except in a spectrum without a positive one, which
+    then has no peaks. The cosine index weights store them as the smallest normal float32, so that
+    ``min_matches`` counts their pairs as the exact kernels do; entropy ignores them. m/z and precursor m/z that float32 cannot hold (3.4e38 and
     more: the index's sorted m/z and neutral losses are float32) go too, the precursor becoming unknown.
     """
     out = spectra if pipeline is None else _run_pipeline(pipeline, spectra, threads)
@@ -195,9 +196,10 @@ F32_MAX = float(np.finfo(np.float32).max)
 
 
 def drop_invalid_peaks(spectra: Spectra) -> Spectra:
-    """``spectra`` without peaks whose m/z or intensity is not finite and positive, m/z not positive in
-    float32 or beyond its range included, and with precursor m/z beyond float32's range made NaN (the
-    same object when there are none)."""
+    """``spectra`` without peaks whose m/z is not finite and positive (in float32, beyond its range
+    included) or whose intensity is not finite and at least 0, nor zero intensities in spectra left
+    without a positive one, and with precursor m/z beyond float32's range made NaN (the same object when
+    there are none)."""
     mz = np.asarray(spectra.mz)
     inten = np.asarray(spectra.intensity)
     pmz = np.asarray(spectra.precursor_mz)
@@ -206,14 +208,13 @@ def drop_invalid_peaks(spectra: Spectra) -> Spectra:
         if huge.any():
             spectra = Spectra(spectra.offsets, mz, inten, np.where(huge, np.nan, pmz), spectra.charge,
                               spectra.metadata, validate=False)
-        keep = np.isfinite(mz) & (mz > _F32_ROUNDS_TO_ZERO) & (mz <= F32_MAX) & np.isfinite(inten) & (inten > 0)
-    if keep.all():
-        return spectra
-    offsets = np.asarray(spectra.offsets, np.int64)
-    seg = np.repeat(np.arange(len(spectra), dtype=np.int64), np.diff(offsets))
-    new_off = np.zeros(len(spectra) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(seg[keep], minlength=len(spectra)), out=new_off[1:])
-    return spectra.with_peaks(new_off, mz[keep], inten[keep])
+        keep = np.isfinite(mz) & (mz > _F32_ROUNDS_TO_ZERO) & (mz <= F32_MAX) & np.isfinite(inten) & (inten >= 0)
+    zero = keep & (inten == 0)
+    if zero.any():  # zero intensities only in spectra with a positive one left
+        seg = np.repeat(np.arange(len(spectra), dtype=np.int64), np.diff(spectra.offsets))
+        positive = np.bincount(seg[keep & ~zero], minlength=len(spectra)) > 0
+        keep &= ~zero | positive[seg]
+    return spectra.keep_peaks(keep)
 
 
 def _run_pipeline(pipeline, spectra: Spectra, threads: int | None = None) -> Spectra:

@@ -159,8 +159,8 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         :class:`Prepared` is returned unchanged. Peaks whose m/z or intensity is not finite, with an m/z of 0
         or less or a negative intensity are left out, by every metric, as library search leaves them out
         (matchms returns NaN for a non-finite peak, and takes a negative intensity as a negative weight).
-        Zero intensities are kept, as matchms keeps them (its matched-peak counts count them); library
-        search drops them, so its counts can be lower by those (the scores are the same).
+        Zero intensities are kept, as matchms keeps them (its matched-peak counts count them), and as
+        library search keeps them; entropy metrics drop them (ms_entropy cleans them away).
     metric : str
         One of :data:`METRICS`.
     tolerance : float, str or Tolerance, optional

@@ -270,6 +270,18 @@ class Spectra:
         """Same spectra (metadata, precursors) with new peak arrays; used by preprocessing."""
         return Spectra(offsets, mz, intensity, self.precursor_mz, self.charge, self.metadata, validate=validate)
 
+    def keep_peaks(self, keep: np.ndarray) -> "Spectra":
+        """Same spectra with only the peaks where ``keep`` (bool (n_peaks,)) is True (the same object when
+        it keeps them all); a spectrum may be left without peaks."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.all():
+            return self
+        n = len(self)
+        seg = np.repeat(np.arange(n, dtype=np.int64), np.diff(self.offsets))
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(seg[keep], minlength=n), out=offsets[1:])
+        return self.with_peaks(offsets, np.asarray(self.mz)[keep], np.asarray(self.intensity)[keep])
+
     def with_metadata(self, metadata: pa.Table) -> "Spectra":
         """Same peaks with a replaced metadata table (same number of rows)."""
         return Spectra(self.offsets, self.mz, self.intensity, self.precursor_mz, self.charge, metadata, validate=False)

@@ -811,15 +811,19 @@ SEED_COLUMNS = (
 
 
 def _load(source: Any) -> Spectra:
-    """A Spectra from a Spectra or any file :func:`fastspec.io.read` accepts."""
+    """A Spectra from a Spectra or any file :func:`fastspec.io.read` accepts, without zero-intensity peaks
+    (readers keep them, as matchms does; they are no observed fragments to resample, and noise would
+    leave them at 0)."""
     if isinstance(source, Spectra):
-        return source
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such file", path)
-    from fastspec import io as fio
+        sp = source
+    else:
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise FileNotFoundError(2, "No such file", path)
+        from fastspec import io as fio
 
-    return fio.read(path)
+        sp = fio.read(path)
+    return sp.keep_peaks(np.asarray(sp.intensity) != 0)
 
 
 # ====================================================================================== shared machinery

@@ -141,6 +141,14 @@ def _stored(x):
     return _F32_TINY if 0.0 < x < _F32_TINY else x
 
 
+@numba.njit(inline="always", **NJIT)
+def _stored_peak(x):
+    """A cosine weight as stored: :func:`_stored`, and a zero-intensity peak (weight 0 at
+    ``intensity_power > 0``) gets the smallest normal float32 too, since the exact kernels, like matchms,
+    count its pairs as matched peaks (``min_matches``)."""
+    return _F32_TINY if 0.0 <= x < _F32_TINY else x
+
+
 def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
     n = offsets.shape[0] - 1
     # the default powers (0, 1) give the intensity itself (x ** 0.0 == 1.0 and x ** 1.0 == x exactly): a
@@ -173,10 +181,10 @@ def _cosine_weights_py(offsets, mz, intensity, mz_power, intensity_power, out):
                 out[p] = 0.0
         elif plain:
             for p in range(a, b):
-                out[p] = _stored(np.float64(intensity[p]) / norm)
+                out[p] = _stored_peak(np.float64(intensity[p]) / norm)
         else:
             for p in range(a, b):
-                out[p] = _stored(_cos_weight(mz, intensity, p, mz_power, intensity_power) / scale / norm)
+                out[p] = _stored_peak(_cos_weight(mz, intensity, p, mz_power, intensity_power) / scale / norm)
 
 
 @numba.njit(inline="always", **NJIT)

@@ -67,7 +67,9 @@ def check_read(path: Path, fmt: str) -> None:
     if len(sp):
         assert sp.offsets[0] == 0 and np.all(np.diff(sp.offsets) > 0)  # no empty spectrum
         assert np.isfinite(sp.mz).all() and (sp.mz > 0).all()
-        assert np.isfinite(sp.intensity).all() and (sp.intensity > 0).all()
+        assert np.isfinite(sp.intensity).all() and (sp.intensity >= 0).all()
+        seg0 = np.repeat(np.arange(len(sp)), np.diff(sp.offsets))
+        assert (np.bincount(seg0[sp.intensity > 0], minlength=len(sp)) > 0).all()  # a positive one in each
         seg = np.repeat(np.arange(len(sp)), np.diff(sp.offsets))
         assert not (np.diff(sp.mz) < 0)[seg[1:] == seg[:-1]].any()
         p = sp.precursor_mz

@@ -96,9 +96,9 @@ def test_mgf_crlf_no_title_comments_scientific_unsorted():
     assert r.rejected[0].line == 20
     assert r.warnings == {"global parameters applied": 1}
     assert set(s.metadata.column("com").to_pylist()) == {"global parameters before the first record apply to every record"}
-    assert r.n_fixed_unsorted == 1 and r.n_zero_intensity_dropped == 1 and r.n_with_duplicate_mz == 1
-    # 1.5e2 -> 150; the zero peak dropped; third column ignored; stable sort keeps duplicate order
-    assert peaks(s, 0) == ([100.25, 100.25, 150.0], [50.5, 10.0, 300.0])
+    assert r.n_fixed_unsorted == 1 and r.n_zero_intensity == 1 and r.n_with_duplicate_mz == 1
+    # 1.5e2 -> 150; the zero peak kept; third column ignored; stable sort keeps duplicate order
+    assert peaks(s, 0) == ([100.25, 100.25, 120.5, 150.0], [50.5, 10.0, 0.0, 300.0])
     m = md(s, 0)
     assert m["id"] == "crlf-1" and m["precursor_mz"] == 500.25 and m["precursor_intensity"] == 12000.0
     assert m["charge"] == 1 and m["ion_mode"] == "positive"
@@ -188,12 +188,12 @@ def test_mzml():
     s, r = read("tiny.mzML")
     assert (r.n_records, r.n_spectra) == (2, 2)  # the MS1 scan is not a record
     assert r.warnings["spectra with ms level != 2 skipped"] == 1
-    assert r.n_zero_intensity_dropped == 1
+    assert r.n_zero_intensity == 1
     m = md(s, 0)
     assert m["id"] == "scan=2" and m["precursor_mz"] == 195.0877 and m["charge"] == 1
     assert m["ion_mode"] == "positive" and m["fragmentation_mode"] == "HCD" and m["collision_energy"] == "30"
     assert m["precursor_intensity"] == 100000.0 and m["retention_time"] == pytest.approx(36.0)
-    assert peaks(s, 0) == ([50.1, 75.25], [5.0, 100.0])
+    assert peaks(s, 0) == ([50.1, 75.25, 120.0], [5.0, 100.0, 0.0])
     m1 = md(s, 1)
     assert m1["charge"] == -1 and m1["ion_mode"] == "negative" and m1["fragmentation_mode"] == "CID"
 

@@ -140,8 +140,9 @@ def test_peak_rules(tmp_path):
                "SPECTRUM_ID=c\n50 1")  # no precursor -> NaN, kept
     sp, report = fio.read(write(tmp_path, "r.mgf", text), return_report=True)
     assert sp.ids == ["a", "b", "c"]
-    assert sp[0].mz.tolist() == [100.0, 100.0, 300.0] and sp[0].intensity.tolist() == [5.0, 7.0, 1.0]
-    assert report.n_fixed_unsorted == 1 and report.n_zero_intensity_dropped == 1
+    # the zero-intensity peak kept, as matchms keeps it
+    assert sp[0].mz.tolist() == [100.0, 100.0, 200.0, 300.0] and sp[0].intensity.tolist() == [5.0, 7.0, 0.0, 1.0]
+    assert report.n_fixed_unsorted == 1 and report.n_zero_intensity == 1
     assert report.n_with_duplicate_mz == 1
     assert np.isnan(sp.precursor_mz).all()
     assert report.warnings["bad precursor_mz"] == 1
@@ -161,7 +162,8 @@ def test_missing_markers_in_a_table_precursor_column_are_not_bad_values(tmp_path
 
 
 def test_same_rules_in_every_format(tmp_path):
-    """A NaN peak, a negative intensity and an empty record are rejected alike everywhere."""
+    """A NaN peak, a negative intensity and a record without a positive intensity are rejected alike
+    everywhere; a zero-intensity peak beside a positive one is kept."""
     from fastspec.spectra import Spectra
 
     mzs = [np.array([100.0, 200.0]), np.array([100.0, np.nan]), np.array([100.0, 150.0]), np.array([80.0]),
@@ -177,7 +179,8 @@ def test_same_rules_in_every_format(tmp_path):
         back, report = fio.read(p, return_report=True)
         assert report.counts_by_reason == expected, ext
         assert back.ids == ["0", "4"], ext
-        assert back[1].mz.tolist() == [90.0], ext
+        assert back[1].mz.tolist() == [90.0, 95.0] and back[1].intensity.tolist() == [3.0, 0.0], ext
+        assert report.n_zero_intensity == 1, ext
         # rejected records keep their place and id, so that a hit table can still name them
         assert report.rejected_records == [1, 2, 3] and report.rejected_ids == ["1", "2", "3"], ext
     # several files: positions count every record read before, ids follow

@@ -148,8 +148,8 @@ def test_bad_records_skip_and_raise(tmp_path):
         (28, "negative intensity"), (38, ts.ERROR_REASONS[ts.E_DECIMAL_COMMA]),
     ]
     assert all(x.path == str(p) for x in r.rejected)
-    assert r.n_zero_intensity_dropped == 1 and r.n_fixed_unsorted == 1
-    assert peaks(s, 1) == ([90.0, 100.0], [5.0, 10.0])
+    assert r.n_zero_intensity == 1 and r.n_fixed_unsorted == 1
+    assert peaks(s, 1) == ([90.0, 100.0, 120.0], [5.0, 10.0, 0.0])
     assert r.warnings == {}  # PK$NUM_PEAK counts the peaks as written, the zero-intensity one included
     with pytest.raises(ParseError) as e:
         fio.read(p, on_error="raise")

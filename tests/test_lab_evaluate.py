@@ -104,7 +104,7 @@ def test_metrics_skip_policy_by_hand():
     # how the labels were read: every formula was written, none derived; energies are absolute
     assert r["labels"] == {"library": {"n_spectra": 7, "n_no_molecule": 0, "n_molecule_from_smiles": 7,
                                        "n_smiles_from_inchi": 0, "n_no_formula": 0, "n_formula_from_smiles": 0, "n_formula_from_inchi": 0,
-                                       "n_ce_normalized": 0}}
+                                       "n_ce_normalized": 0, "n_zero_intensity_dropped": 0}}
     assert r["coverage"] == pytest.approx(0.5)
     assert r["mean_tanimoto"] == pytest.approx((1 + t_eo) / 2)
     assert r["mean_tanimoto_all"] == pytest.approx((1 + t_eo) / 4)
@@ -650,3 +650,28 @@ def test_normalized_collision_energies_binned_apart():
                                metadata={"ce_min": [30.0, 30.0, None], "ce_max": [40.0, 40.0, None],
                                          "ce_unit": ["%", "eV", "%"]})
     assert LabData.build(unit).ce_bin == ["NCE 20-40", "20-40", "unknown"]
+
+
+def test_zero_intensity_peaks_are_not_fragments_in_the_lab():
+    """Readers keep zero-intensity peaks (matchms does); the lab drops and counts them, so that binary
+    peaks (``intensity_power=0``) do not make fragments of them: here they would make the dimethyl ether
+    training spectrum the best match of the dimethyl ether query (0.71 against ethanol's 0.67)."""
+    from fastspec.baseline import LabData
+    from fastspec.evaluate import evaluate
+
+    sp = tiny()
+    mz = [sp[i].mz for i in range(len(sp))]
+    inten = [sp[i].intensity for i in range(len(sp))]
+    mz[1] = np.array([10.0, 20.0, 31.0, 40.0, 50.0, 60.0])
+    inten[1] = np.array([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], np.float32)
+    zeros = Spectra.from_arrays(mz, inten, precursor_mz=sp.precursor_mz, metadata=sp.metadata)
+    assert LabData.build(zeros).counts["n_zero_intensity_dropped"] == 3
+    assert len(LabData.build(zeros).spectra.mz) == len(sp.mz)
+    for power in (0.0, 1.0):
+        a = evaluate(zeros, "column:role", no_neighbour="skip", metric="cosine", tolerance=0.1, intensity_power=power,
+                     n_bootstrap=10)
+        b = evaluate(sp, "column:role", no_neighbour="skip", metric="cosine", tolerance=0.1, intensity_power=power,
+                     n_bootstrap=10)
+        assert a["labels"]["library"]["n_zero_intensity_dropped"] == 3
+        for key in ("n_scored", "mean_tanimoto", "exact_match_rate"):
+            assert a[key] == b[key], key

@@ -42,6 +42,15 @@ def raw_lib(subsets, tmp_path_factory):
     return Library.build(lib_sp, tmp_path_factory.mktemp("lib") / "raw.fastspec", preprocess=None, faiss=False)
 
 
+@pytest.fixture(scope="module")
+def raw_lib_positive(subsets, tmp_path_factory):
+    """``raw_lib`` without MassBank's few zero-intensity peaks (entropy preparation drops those, so an index
+    holding them stores no in-place entropy weights)."""
+    sp, _ = subsets
+    sp = sp.keep_peaks(sp.intensity > 0)
+    return Library.build(sp, tmp_path_factory.mktemp("lib") / "raw_positive.fastspec", preprocess=None, faiss=False)
+
+
 def _copy_index(lib: Library, dst: Path) -> Path:
     import shutil
 
@@ -56,13 +65,11 @@ def test_round_trip_preserves_spectra(subsets, raw_lib):
     assert len(lib) == len(lib_sp)
     assert lib.n_rejected == 0 and lib.manifest["counts"]["n_read"] == len(lib_sp)
     got = lib.spectra(metadata=["id"])
-    # peaks as read, except the few zero-intensity peaks MassBank has (not peaks: dropped)
-    keep = lib_sp.intensity > 0
-    assert 0 < (~keep).sum() < 50
-    seg = np.repeat(np.arange(len(lib_sp)), np.diff(lib_sp.offsets))
-    np.testing.assert_array_equal(got.offsets[1:], np.cumsum(np.bincount(seg[keep], minlength=len(lib_sp))))
-    np.testing.assert_array_equal(got.mz, lib_sp.mz[keep])
-    np.testing.assert_array_equal(got.intensity, lib_sp.intensity[keep])
+    # peaks as read, the few zero-intensity peaks MassBank has included (matchms keeps them)
+    assert 0 < (lib_sp.intensity == 0).sum() < 50
+    np.testing.assert_array_equal(got.offsets, lib_sp.offsets)
+    np.testing.assert_array_equal(got.mz, lib_sp.mz)
+    np.testing.assert_array_equal(got.intensity, lib_sp.intensity)
     np.testing.assert_array_equal(got.precursor_mz, lib_sp.precursor_mz)
     assert got.ids == lib_sp.ids
     np.testing.assert_array_equal(np.asarray(lib.polarity), lib_sp.polarity)
@@ -118,8 +125,9 @@ def test_metadata_rows_across_row_groups_and_cache_budget(subsets, tmp_path, mon
         lib.metadata(rows=[len(lib)], columns=["id"])
 
 
-def test_derived_structures_are_consistent(raw_lib):
-    lib = raw_lib
+@pytest.mark.parametrize("which", ["raw_lib", "raw_lib_positive"])
+def test_derived_structures_are_consistent(request, which):
+    lib = request.getfixturevalue(which)
     off, mz = np.asarray(lib.array("offsets")), np.asarray(lib.array("mz"))
     fmz, fspec = np.asarray(lib.array("frag_mz")), np.asarray(lib.array("frag_spec"))
     assert fmz.shape[0] == mz.shape[0]
@@ -171,14 +179,18 @@ def test_derived_structures_are_consistent(raw_lib):
     # the copy's entropy weights: what entropy search prepares from those peaks (stored peaks: no cleaning)
     from fastspec.similarity import prepare_csr
 
-    prep = prepare_csr(poff, lib.array("prec_mz"), lib.array("prec_intensity"), lib.array("prec_sorted")[:n_fin],
-                       "entropy", clean=False)
-    np.testing.assert_array_equal(prep.offsets, poff)
-    np.testing.assert_array_equal(lib.array("prec_entropy_w"), prep.w)
-    # and in library order (every spectrum, with a precursor or not)
-    prep = prepare_csr(off, lib.array("mz"), lib.array("intensity"), lib.array("precursor_mz"), "entropy", clean=False)
-    np.testing.assert_array_equal(prep.offsets, off)
-    np.testing.assert_array_equal(lib.array("entropy_w"), prep.w)
+    zeros = (np.asarray(lib.array("intensity")) == 0).any()
+    assert zeros == (which == "raw_lib")  # entropy preparation drops zero intensities: no weights stored
+    assert lib.has_array("entropy_w") != zeros and lib.has_array("prec_entropy_w") != (pint == 0).any()
+    if not zeros:
+        prep = prepare_csr(poff, lib.array("prec_mz"), lib.array("prec_intensity"), lib.array("prec_sorted")[:n_fin],
+                           "entropy", clean=False)
+        np.testing.assert_array_equal(prep.offsets, poff)
+        np.testing.assert_array_equal(lib.array("prec_entropy_w"), prep.w)
+        # and in library order (every spectrum, with a precursor or not)
+        prep = prepare_csr(off, lib.array("mz"), lib.array("intensity"), lib.array("precursor_mz"), "entropy", clean=False)
+        np.testing.assert_array_equal(prep.offsets, off)
+        np.testing.assert_array_equal(lib.array("entropy_w"), prep.w)
     inten = np.asarray(lib.array("intensity"), np.float64)
     norms = [np.sqrt(np.sum(inten[off[i]:off[i + 1]] ** 2)) for i in range(len(lib))]
     np.testing.assert_allclose(lib.array("norm"), norms, rtol=1e-12)

@@ -46,7 +46,17 @@ def raw(data, tmp_path_factory):
     """Peaks exactly as read (not clean: close peaks, noise), only spectra with a precursor (matchms'
     modified cosine needs them)."""
     sp = data[0][np.flatnonzero(np.isfinite(data[0].precursor_mz))[:1500]]
+    assert (sp.intensity == 0).any()  # MassBank's few zero-intensity peaks, kept as matchms keeps them
     return Library.build(sp, tmp_path_factory.mktemp("r") / "raw.fastspec", preprocess=None, faiss=False)
+
+
+@pytest.fixture(scope="module")
+def raw_positive(raw, tmp_path_factory):
+    """``raw`` without its zero-intensity peaks: entropy preparation drops those, so an index holding them
+    stores no in-place entropy weights (``entropy_w``, ``prec_entropy_w``)."""
+    sp = raw.spectra(metadata=True)
+    sp = sp.keep_peaks(sp.intensity > 0)
+    return Library.build(sp, tmp_path_factory.mktemp("r") / "raw_positive.fastspec", preprocess=None, faiss=False)
 
 
 # ------------------------------------------------------------------------------------------ reference
@@ -344,7 +354,7 @@ def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monke
     np.testing.assert_array_equal(old.matches, ref.matches)
 
 
-@pytest.mark.parametrize("which", ["lib", "raw"])
+@pytest.mark.parametrize("which", ["lib", "raw_positive"])
 @pytest.mark.parametrize("mode", ["open", "hybrid", "formula"])
 def test_entropy_in_place_in_library_order(request, data, which, mode, monkeypatch):
     """Open, hybrid and formula entropy search score their candidates in place with the stored
@@ -766,12 +776,12 @@ def test_unclean_library_equals_brute_force(raw, data, metric, tolerance):
 
 
 @pytest.mark.parametrize("zero_peak", [False, True, "no precursor"])
-def test_identity_entropy_in_place_on_stored_peaks(raw, data, tmp_path, zero_peak):
+def test_identity_entropy_in_place_on_stored_peaks(raw_positive, data, tmp_path, zero_peak):
     """Identity entropy scores the precursor-ordered copy in place with its stored entropy weights,
     unclean peaks included; a peak that entropy preparation would drop (an m/z that is positive but 0 in
     float32, as entropy reads it) is dropped at build (it used to leave the index without those weights,
     and entropy bounds below the exact scores), so the weights are stored: equal to brute force."""
-    lib = raw
+    raw = lib = raw_positive
     if zero_peak:
         sp = raw.spectra(metadata=True)
         mz = np.array(sp.mz, copy=True)
@@ -822,7 +832,9 @@ def test_exact_threshold_keeps_every_hit(request, data, metric, tolerance, min_m
 
 
 def test_invalid_peaks_are_dropped(tmp_path):
-    """Peaks as read, but NaN / negative / zero intensities are dropped from library and queries alike."""
+    """Peaks as read, but NaN / negative intensities are dropped from library and queries alike; zero
+    intensities stay, as matchms keeps them (its cosine counts their pairs as matched peaks, and weighs
+    them 1 at ``intensity_power=0``), and ``min_matches`` counts them."""
     rng = np.random.default_rng(0)
     pool = rng.uniform(50, 300, 30)
     mzs, ints = [], []
@@ -834,15 +846,16 @@ def test_invalid_peaks_are_dropped(tmp_path):
         ints.append(x)
     sp = Spectra.from_arrays(mzs, ints, precursor_mz=rng.uniform(300, 400, 60))
     lib = Library.build(sp, tmp_path / "a.fastspec", preprocess=None, faiss=False)
-    assert len(lib) == 60 and np.asarray(lib.array("offsets"))[-1] == sum(len(m) for m in mzs) - 45
-    assert (np.asarray(lib.array("intensity")) > 0).all()
-    for metric in ("cosine", "entropy", "modified_cosine"):
+    assert len(lib) == 60 and np.asarray(lib.array("offsets"))[-1] == sum(len(m) for m in mzs) - 30
+    assert (np.asarray(lib.array("intensity")) >= 0).all() and (np.asarray(lib.array("intensity")) == 0).sum() == 15
+    for metric, params in (("cosine", {}), ("entropy", {}), ("modified_cosine", {}), ("cosine", {"intensity_power": 0.0})):
         mode = "analog" if metric == "modified_cosine" else "open"
-        hits = lib.search(sp, k=K, mode=mode, metric=metric)
-        assert_same_hits(hits, brute_force(lib, sp, metric, np.ones((60, 60), bool)))
+        hits = lib.search(sp, k=K, mode=mode, metric=metric, **params)
+        assert_same_hits(hits, brute_force(lib, sp, metric, np.ones((60, 60), bool), **params))
         assert (hits.indices[:, 0] >= 0).all()
-        hits = lib.search(sp, k=K, mode=mode, metric=metric, min_matches=3)
-        assert_same_hits(hits, brute_force(lib, sp, metric, np.ones((60, 60), bool), min_matches=3))
+        for mm in (3, 8):  # 8: every peak of a row with a zero-intensity peak must pair
+            hits = lib.search(sp, k=K, mode=mode, metric=metric, min_matches=mm, **params)
+            assert_same_hits(hits, brute_force(lib, sp, metric, np.ones((60, 60), bool), min_matches=mm, **params))
 
 
 def test_filters(lib, data):
@@ -881,7 +894,7 @@ def test_no_preprocess_equals_matchms(raw, data):
     queries = data[1][:40]
     queries = queries[np.flatnonzero(np.isfinite(queries.precursor_mz))][:5]
     sub = np.arange(0, len(raw), 5)  # matchms is slow: score a fifth of the library
-    # the peaks as read, without the few zero-intensity ones (dropped from library and queries alike)
+    # the peaks as read, MassBank's few zero-intensity ones included (kept, as matchms keeps them)
     lib_ms, q_ms = raw.spectra(sub, metadata=True).to_matchms(), apply_pipeline(None, queries).to_matchms()
     pol = same_polarity(raw, queries)[:, sub]
     for mode, sim in (("open", CosineGreedy(tolerance=0.02)), ("analog", ModifiedCosineGreedy(tolerance=0.02))):
@@ -905,6 +918,82 @@ def test_no_preprocess_equals_matchms(raw, data):
             # and nothing matchms scores higher is missing from the top k
             if (hits.indices[r] >= 0).sum() == K:
                 assert all(-x[0] <= hits.scores[r, -1] + 1e-6 for x in scored if x[1] not in hits.indices[r])
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("mode,metric", [("open", "cosine"), ("analog", "modified_cosine"), ("identity", "cosine"),
+                                         ("formula", "cosine")])
+def test_min_matches_counts_zero_intensity_pairs(tmp_path, monkeypatch, mode, metric, dense):
+    """A pair with a zero-intensity peak on either side adds 0 to the score and 1 to the matched peaks
+    (matchms): a spectrum that reaches ``min_matches`` only through such pairs is still a hit (the index
+    stores a zero intensity's cosine weight as the smallest normal float32, so the bounds count it)."""
+    mz = [[100.0, 150.0, 200.0, 250.0]] * 4 + [[100.0, 150.0, 200.0, 260.0], [90.0, 150.0, 210.0, 260.0]]
+    it = [[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 2.0, 3.0], [0.0, 0.0, 2.0, 3.0], [5.0, 0.0, 0.0, 3.0],
+          [1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 1.0, 1.0]]
+    md = pa.table({"formula": ["C10H12O2"] * 6, "ion_mode": ["positive"] * 6})
+    # open / analog: precursors apart, so that no exact scoring of a precursor window finds the hits first
+    pmz = np.full(6, 300.0) if mode == "identity" else 300.0 + 7.0 * np.arange(6)
+    sp = Spectra.from_arrays([np.array(m) for m in mz], [np.array(x) for x in it], precursor_mz=pmz, metadata=md)
+    lib = Library.build(sp, tmp_path / "z.fastspec", preprocess=None, faiss=False)
+    assert (np.asarray(lib.array("intensity")) == 0).sum() == 5
+    from fastspec import search_fragment as F
+
+    monkeypatch.setattr(F, "_DENSE_BELOW", dict.fromkeys(F._DENSE_BELOW, np.inf if dense else -np.inf))
+    for mm in (1, 3, 4):
+        hits = lib.search(sp, k=6, mode=mode, metric=metric, tolerance=0.02, min_matches=mm)
+        ref = brute_force(lib, sp, metric, np.ones((6, 6), bool), k=6, min_matches=mm)
+        assert_same_hits(hits, ref)
+        assert (hits.indices[:4, 0] >= 0).all() if mm == 4 else True  # the first four pair all 4 peaks
+
+
+def test_zero_intensity_peaks_equal_matchms(massbank_parquet, tmp_path):
+    """MassBank's zero-intensity peaks (676 in 603 records), read from the file by fastspec and, apart,
+    by pyarrow into matchms spectra: ``--no-preprocess`` search gives matchms' scores and matched-peak
+    counts (which count zero-intensity pairs; at ``intensity_power=0`` such a peak weighs 0**0 = 1), and
+    misses nothing matchms scores higher, ``min_matches`` included."""
+    import logging
+
+    import fastspec.io as fio
+    from matchms import Spectrum
+    from matchms.similarity import CosineGreedy
+
+    logging.getLogger("matchms").setLevel(logging.ERROR)
+    table = pq.read_table(massbank_parquet, columns=["mz", "intensity", "ion_mode"])
+    inten = table.column("intensity").to_pylist()
+    zero_rows = [i for i, x in enumerate(inten) if x and min(x) == 0]
+    assert len(zero_rows) == 603
+    rng = np.random.default_rng(5)
+    rows = np.unique(np.concatenate([zero_rows[::3], rng.choice(table.num_rows, 300, replace=False)]))
+    sp, report = fio.read(massbank_parquet, return_report=True)
+    assert report.n_rejected == 0 and report.n_zero_intensity == 676
+    lib = Library.build(sp[rows], tmp_path / "z.fastspec", preprocess=None, faiss=False)
+    mz, modes = table.column("mz").to_pylist(), table.column("ion_mode").to_pylist()
+
+    def ms(i):  # float32 intensities, as every reader stores them
+        return Spectrum(mz=np.array(mz[i]), intensities=np.array(inten[i], np.float32).astype(np.float64),
+                        metadata={"ionmode": modes[i]})
+
+    lib_ms = [ms(i) for i in rows]
+    qpos = np.flatnonzero(np.isin(rows, zero_rows))[::12]  # queries with zero-intensity peaks, from the library
+    lpol = np.asarray(lib.polarity)
+    n_zero_pairs = 0
+    for params, mm in (({}, 0), ({"intensity_power": 0.0}, 0), ({}, 4)):
+        sim = CosineGreedy(tolerance=0.02, **params)
+        hits = lib.search(sp[rows[qpos]], k=K, mode="open", tolerance=0.02, min_matches=mm, **params)
+        for r, qp in enumerate(qpos):
+            ref = {}
+            for c in np.flatnonzero((lpol == lpol[qp]) | (lpol == 0)):
+                res = sim.pair(lib_ms[qp], lib_ms[c])
+                if res["matches"] >= max(mm, 1):
+                    ref[int(c)] = (float(res["score"]), int(res["matches"]))
+            got = [(int(i), float(s), int(m)) for i, s, m in zip(hits.indices[r], hits.scores[r], hits.matches[r]) if i >= 0]
+            assert len(got) == min(K, len(ref))
+            for i, s_, m in got:
+                assert abs(ref[i][0] - s_) <= 1e-6 and ref[i][1] == m
+                n_zero_pairs += bool((np.asarray(inten[rows[i]]) == 0).any())
+            kth = got[-1][1] if len(got) == K else -1.0
+            assert all(v[0] <= kth + 1e-6 for c, v in ref.items() if c not in hits.indices[r])
+    assert n_zero_pairs > 50  # hits with zero-intensity peaks were compared
 
 
 # ------------------------------------------------------------------------------------------ faiss

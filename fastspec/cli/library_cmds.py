@@ -72,7 +72,7 @@ def _default_with(pp, tweaks: dict):
               "'name:key=value,...' joined by ';' (e.g. 'mz_range:min=50;top_k:k=100'; steps and parameters: "
               "help(fastspec.preprocess)).")
 @click.option("--no-preprocess", is_flag=True, help="Index peaks as read, only sorted (file records with bad peak values are rejected "
-                   "and counted; zero-intensity peaks dropped).")
+                   "and counted; zero-intensity peaks kept, as matchms keeps them).")
 @click.option("--min-mz", type=float, default=None, help="Drop peaks below this m/z.")
 @click.option("--max-mz", type=float, default=None, help="Drop peaks above this m/z.")
 @click.option("--remove-precursor", type=float, default=None, help="Drop peaks with m/z >= precursor m/z - WINDOW (default 1.6) where that bound is positive: the "

@@ -130,8 +130,8 @@ def read(
 
     * NaN/inf m/z or intensity (also intensities beyond float32 range): record rejected;
     * m/z <= 0 or intensity < 0: record rejected;
-    * zero intensities: the peak is dropped;
-    * no peaks left: record rejected (``"no peaks"``);
+    * zero intensities: the peak is kept, as matchms keeps it (counted in ``n_zero_intensity``);
+    * no peak of positive intensity: record rejected (``"no peaks"``);
     * unsorted peaks: sorted (counted in ``n_fixed_unsorted``), never rejected;
     * repeated m/z values: kept as they are (counted in ``n_with_duplicate_mz``);
     * missing or unusable precursor m/z: NaN, record kept.

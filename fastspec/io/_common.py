@@ -10,8 +10,9 @@ NaN or infinite m/z or intensity          record rejected (``"non-finite peak va
                                           m/z and intensities beyond float32 range (3.4e38)
 m/z <= 0                                  record rejected (``"m/z not positive"``)
 intensity < 0                             record rejected (``"negative intensity"``)
-intensity == 0                            peak dropped (counted in ``n_zero_intensity_dropped``)
-no peak left (or none given)              record rejected (``"no peaks"``)
+intensity == 0                            peak kept as matchms keeps it (counted in
+                                          ``n_zero_intensity``); preprocessing drops it
+no peak of positive intensity             record rejected (``"no peaks"``)
 peaks not sorted by m/z                   sorted (stable), counted in ``n_fixed_unsorted``
 repeated m/z values                       kept as they are, counted in ``n_with_duplicate_mz``
 missing / unparsable / non-positive       precursor m/z is NaN; record kept (``"bad precursor_mz"``
@@ -79,8 +80,9 @@ class ReadReport:
         Rejected records per reason (exact).
     n_fixed_unsorted : int
         Spectra whose peaks were sorted by m/z.
-    n_zero_intensity_dropped : int
-        Peaks dropped for zero intensity.
+    n_zero_intensity : int
+        Zero-intensity peaks in the spectra returned (kept as read: matchms keeps them and counts them
+        as matched peaks; the default preprocessing drops them).
     n_with_duplicate_mz : int
         Spectra kept with repeated m/z values.
     warnings : dict
@@ -104,7 +106,7 @@ class ReadReport:
     rejected: list = dataclasses.field(default_factory=list)
     counts_by_reason: dict = dataclasses.field(default_factory=dict)
     n_fixed_unsorted: int = 0
-    n_zero_intensity_dropped: int = 0
+    n_zero_intensity: int = 0
     n_with_duplicate_mz: int = 0
     warnings: dict = dataclasses.field(default_factory=dict)
     files: list = dataclasses.field(default_factory=list)
@@ -162,7 +164,7 @@ class ReadReport:
         for k, v in other.warnings.items():
             self.warnings[k] = self.warnings.get(k, 0) + v
         self.n_fixed_unsorted += other.n_fixed_unsorted
-        self.n_zero_intensity_dropped += other.n_zero_intensity_dropped
+        self.n_zero_intensity += other.n_zero_intensity
         self.n_with_duplicate_mz += other.n_with_duplicate_mz
 
     def summary(self) -> str:
@@ -173,8 +175,8 @@ class ReadReport:
         fixes = []
         if self.n_fixed_unsorted:
             fixes.append(f"{self.n_fixed_unsorted} sorted")
-        if self.n_zero_intensity_dropped:
-            fixes.append(f"{self.n_zero_intensity_dropped} zero-intensity peaks dropped")
+        if self.n_zero_intensity:
+            fixes.append(f"{self.n_zero_intensity} zero-intensity peaks kept")
         fixes += [f"{k}: {v}" for k, v in sorted(self.warnings.items())]
         if fixes:
             s += "; " + ", ".join(fixes)
@@ -194,8 +196,8 @@ _F32_MAX = float(np.finfo(np.float32).max)
 @numba.njit(**NJIT)
 def _peak_rules(offsets, mz, inten, pre_bad):
     """One pass over CSR peaks: per-record rule code (0 keep, else index into _CODES), peak keep
-    mask, kept peaks per record, unsorted flag per record and the number of zero-intensity peaks
-    dropped from kept records."""
+    mask, kept peaks per record, unsorted flag per record and the number of zero-intensity peaks in
+    kept records (kept too: a record needs one positive intensity)."""
     n = offsets.shape[0] - 1
     code = np.zeros(n, np.int8)
     lengths = np.zeros(n, np.int64)
@@ -228,15 +230,16 @@ def _peak_rules(offsets, mz, inten, pre_bad):
         for k in range(a, b):
             if inten[k] == 0.0:
                 zeros += 1
-                continue
             keep[k] = True
             kept += 1
             if mz[k] < last:
                 unsorted[r] = True
             last = mz[k]
         lengths[r] = kept
-        if kept == 0:
+        if kept == zeros:  # no peak, or only zero intensities: nothing to score
             code[r] = 4
+            for k in range(a, b):
+                keep[k] = False
         else:
             n_zero += zeros
     return code, keep, lengths, unsorted, n_zero
@@ -305,7 +308,7 @@ def clean_peaks(offsets: np.ndarray, mz: np.ndarray, intensity: np.ndarray, repo
         mz2, in2, _ = sort_peaks_csr(new_off, mz2, in2)
     if report is not None:
         report.n_fixed_unsorted += n_fixed
-        report.n_zero_intensity_dropped += int(n_zero)
+        report.n_zero_intensity += int(n_zero)
         report.n_with_duplicate_mz += int(_dup_rows(new_off, mz2))
     return keep, out_reasons, new_off, np.ascontiguousarray(mz2), np.ascontiguousarray(in2, dtype=np.float32)
 

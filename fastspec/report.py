@@ -226,6 +226,8 @@ def _labels_note(evals) -> list[Block]:
                     f"without a formula ({_f(c.get('n_formula_from_smiles'))} formulas derived from the SMILES, "
                     f"{_f(c.get('n_formula_from_inchi'))} from the InChI), {_f(c.get('n_ce_normalized'))} normalized "
                     f"(NCE %) collision energies")
+            if c.get("n_zero_intensity_dropped"):  # (reports written before 2026-12-07 lack the count)
+                text += f", {_f(c['n_zero_intensity_dropped'])} zero-intensity peaks dropped"
             if text not in lines:
                 lines.append(text)
     if not lines:

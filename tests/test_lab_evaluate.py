@@ -658,6 +658,7 @@ def test_zero_intensity_peaks_are_not_fragments_in_the_lab():
     training spectrum the best match of the dimethyl ether query (0.71 against ethanol's 0.67)."""
     from fastspec.baseline import LabData
     from fastspec.evaluate import evaluate
+    from fastspec.report import _labels_note
 
     sp = tiny()
     mz = [sp[i].mz for i in range(len(sp))]
@@ -673,5 +674,6 @@ def test_zero_intensity_peaks_are_not_fragments_in_the_lab():
         b = evaluate(sp, "column:role", no_neighbour="skip", metric="cosine", tolerance=0.1, intensity_power=power,
                      n_bootstrap=10)
         assert a["labels"]["library"]["n_zero_intensity_dropped"] == 3
+        assert "3 zero-intensity peaks dropped" in str(_labels_note([("x", a)])[0])
         for key in ("n_scored", "mean_tanimoto", "exact_match_rate"):
             assert a[key] == b[key], key

@@ -1459,7 +1459,8 @@ class Library:
         from fastspec.kernels import fragment as fk
 
         base = self.peak_index("cosine", mz_power, intensity_power)
-        w, scale = fk.below_precursor_weights(base.starts, base.ends, base.mz, base.w, base.precursor_mz, threads)
+        w, scale = fk.below_precursor_weights(base.starts, base.ends, base.mz, base.w, base.precursor_mz, threads,
+                                              intensity=self.array("intensity"))
         nw = fk.scaled_entries(base.nl_mz, base.nl_spec, base.nl_w, scale, threads)
         return base._replace(w=_readonly(w), nl_w=_readonly(nw), nl_q8=_readonly(fk.quantize_weights(nw)))
 

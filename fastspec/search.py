@@ -923,7 +923,8 @@ class _Context:
             if wname == "nl_cosine":  # cosine weights renormalised below each query's precursor m/z
                 off = self.q.offsets
                 qw = fk.below_precursor_weights(off[:-1], off[1:], self.q.mz, self.query_weights("cosine"),
-                                                self.q.precursor_mz, threads=self.cfg.threads)[0]
+                                                self.q.precursor_mz, threads=self.cfg.threads,
+                                                intensity=self.q.intensity)[0]
             else:
                 mzp, ip = (self.cfg.mz_power, self.cfg.intensity_power) if wname == "cosine" else (0.0, 1.0)
                 qw = fk.peak_weights(self.q.offsets, self.q.mz, self.q.intensity, wname, mzp, ip,

@@ -225,19 +225,20 @@ def _entropy_weights_one(intensity, a, b, total, weighted, out):
         out[p] = _stored((x ** power) / s2) if x > 0 else 0.0
 
 
-def _below_precursor_py(starts, ends, mz, w, precursor_mz, out, scale):
+def _below_precursor_py(starts, ends, mz, w, zero, precursor_mz, out, scale):
     n = starts.shape[0]
     for i in prange(n):
         a, b, lim = starts[i], ends[i], precursor_mz[i]
         s = 0.0
         clamped = False
         for p in range(a, b):
-            if mz[p] < lim:  # (a NaN precursor keeps nothing)
+            if mz[p] < lim and not zero[p]:  # (a NaN precursor keeps nothing)
                 s += np.float64(w[p]) * np.float64(w[p])
                 clamped |= 0.0 < w[p] <= _F32_TINY
         # a weight stored at the smallest normal float32 stands for any smaller one (_stored): their ratios
         # are lost, so renormalising could understate a peak's share; such a spectrum (weights 1e38 apart)
-        # gets weight 1, every peak's most, instead (scale inf)
+        # gets weight 1, every peak's most, instead (scale inf). A zero-intensity peak's stands for 0
+        # (_stored_peak): it is left out of the norm, and renormalised stays positive (counted), a bound of 0
         f = np.inf if clamped else (1.0 / np.sqrt(s) if s > 0 else 0.0)
         scale[i] = f
         for p in range(a, b):
@@ -267,7 +268,8 @@ _scaled_entries = pjit(_scaled_entries_py)
 
 
 def below_precursor_weights(starts: np.ndarray, ends: np.ndarray, mz: np.ndarray, w: np.ndarray,
-                            precursor_mz: np.ndarray, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                            precursor_mz: np.ndarray, threads: int | None = None,
+                            intensity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine weights renormalised over each spectrum's peaks below its precursor m/z, the weights of
     neutral-loss cosine (matchms' ``NeutralLossesCosine`` with ``ignore_peaks_above_precursor``), as
     upper bounds of them; the other peaks get 0. Equal up to float32 rounding, except in a spectrum with a
@@ -284,6 +286,10 @@ def below_precursor_weights(starts: np.ndarray, ends: np.ndarray, mz: np.ndarray
         L2-normalised cosine weights (:func:`peak_weights`, kind ``cosine``).
     precursor_mz : ndarray, float64 (n,)
         Precursor m/z (NaN: no peak kept).
+    intensity : ndarray, float32 (P,), optional
+        The peaks' intensities: a zero one's weight, stored at the smallest normal float32 so that its
+        pairs are counted (``_stored_peak``), is then not taken for a clamped one (without them every
+        weight of such a spectrum would be 1, a bound as loose as it gets).
 
     Returns
     -------
@@ -294,11 +300,13 @@ def below_precursor_weights(starts: np.ndarray, ends: np.ndarray, mz: np.ndarray
         with a clamped weight).
     """
     n = np.asarray(starts).shape[0]
-    out = np.zeros(np.asarray(mz).shape[0], dtype=np.float32)
+    n_peaks = np.asarray(mz).shape[0]
+    out = np.zeros(n_peaks, dtype=np.float32)
     scale = np.empty(n, dtype=np.float64)
+    zero = np.zeros(n_peaks, dtype=np.bool_) if intensity is None else np.asarray(intensity) == 0
     with _threads(threads):
         _below_precursor.pick(n, threads)(_ro(starts, np.int64), _ro(ends, np.int64), _ro(mz, np.float64),
-                                          _ro(w, np.float32), _ro(precursor_mz, np.float64), out, scale)
+                                          _ro(w, np.float32), zero, _ro(precursor_mz, np.float64), out, scale)
     return out, scale
 
 
@@ -1142,7 +1150,10 @@ def _complete(c, t0, npk, a0, order, q_w, qpmz, l_span, l_mz, l_w, l_pmz, use_nl
 
 @numba.njit(inline="always", **NJIT)
 def _lower_sum(a0, a1, q_mz, q_w, c, l_span, l_mz, l_w, kind, tol_da, tol_ppm):
-    """Score of the pairs every exact kernel matches, for a clean query/library pair (a lower bound)."""
+    """Score of the pairs every exact kernel matches, for a clean query/library pair (a lower bound), and
+    their number. A pair with a weightless side (an entropy weight of a zero-intensity peak, which entropy
+    never matches; cosine stores such peaks at the smallest normal float32 and counts them) is not
+    counted, or ``min_matches`` would let a spectrum short of it raise the threshold."""
     b0, b1 = l_span[0][c], l_span[1][c]
     s = 0.0
     cnt = 0
@@ -1155,8 +1166,9 @@ def _lower_sum(a0, a1, q_mz, q_w, c, l_span, l_mz, l_w, kind, tol_da, tol_ppm):
         r = p
         while r < b1 and l_mz[r] <= x + lim:
             if _certain(x, l_mz[r], tol_da, tol_ppm):
-                s += _contrib(kind, np.float64(q_w[j]), np.float64(l_w[r]))
-                cnt += 1
+                if q_w[j] > 0 and l_w[r] > 0:
+                    s += _contrib(kind, np.float64(q_w[j]), np.float64(l_w[r]))
+                    cnt += 1
                 break
             r += 1
     return s, cnt

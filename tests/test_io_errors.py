@@ -146,6 +146,11 @@ def test_peak_rules(tmp_path):
     assert report.n_with_duplicate_mz == 1
     assert np.isnan(sp.precursor_mz).all()
     assert report.warnings["bad precursor_mz"] == 1
+    # a record of zero intensities only is rejected, and its unsorted peaks are not counted as sorted
+    sp, report = fio.read(write(tmp_path, "z.mgf", mgf("SPECTRUM_ID=a\n100 1", "SPECTRUM_ID=b\n200 0\n100 0")),
+                          return_report=True)
+    assert sp.ids == ["a"] and report.counts_by_reason == {"no peaks": 1}
+    assert report.n_fixed_unsorted == 0 and report.n_zero_intensity == 0
 
 
 @pytest.mark.parametrize("large", [False, True])

@@ -301,7 +301,9 @@ def test_neutral_loss_cosine_bound_weights_vs_naive(spectra, powers):
     """The neutral-loss index's weights of neutral-loss cosine (:func:`below_precursor_weights`, then
     :func:`scaled_entries` over the loss entries) against the naive weights the score uses: never below
     them (bounds), and equal up to float32 rounding, except in spectra with weights 1e38 or more apart
-    (intensities 1e-30 and 1e10), whose stored float32 weights lost their ratio: 1 there."""
+    (intensities 1e-30 and 1e10), whose stored float32 weights lost their ratio: 1 there. Zero
+    intensities (stored at the smallest normal float32 so that their pairs are counted) leave the
+    others' weights exact."""
     from fastspec.kernels import fragment as fk
 
     peaks = [sorted(p) for p, _ in spectra]
@@ -310,15 +312,19 @@ def test_neutral_loss_cosine_bound_weights_vs_naive(spectra, powers):
     inten = np.array([i for p in peaks for _, i in p], dtype=np.float32)
     pmz = np.array([x for _, x in spectra], dtype=np.float64)
     cos = fk.peak_weights(offsets, mz, inten, "cosine", *powers)
-    w, scale = fk.below_precursor_weights(offsets[:-1], offsets[1:], mz, cos, pmz)
+    w, scale = fk.below_precursor_weights(offsets[:-1], offsets[1:], mz, cos, pmz, intensity=inten)
     want = [x for i, p in enumerate(peaks)
             for x in ref.neutral_loss_weights([m for m, _ in p], [float(np.float32(v)) for _, v in p], pmz[i], *powers)]
     spec = np.repeat(np.arange(len(peaks), dtype=np.int32), np.diff(offsets))
     tiny = np.float32(np.finfo(np.float32).tiny)
     lossy = np.isinf(scale)[spec]  # spectra with a weight kept at the smallest normal float32
+    # (a zero intensity's weight is stored there too, standing for 0: not a lost ratio)
     assert set(np.flatnonzero(np.isinf(scale))) == {spec[p] for p in range(len(mz))
-                                                    if mz[p] < pmz[spec[p]] and 0 < cos[p] <= tiny}
-    np.testing.assert_allclose(w[~lossy], np.asarray(want)[~lossy], rtol=1e-6, atol=1e-30)
+                                                    if mz[p] < pmz[spec[p]] and 0 < cos[p] <= tiny and inten[p] != 0}
+    zero = inten == 0  # their weights stay positive (their pairs are matched peaks), bounds of 0
+    np.testing.assert_allclose(w[~lossy & ~zero], np.asarray(want)[~lossy & ~zero], rtol=1e-6, atol=1e-30)
+    z = zero & ~lossy & (mz < pmz[spec]) & (scale[spec] > 0)
+    assert (w[z] > 0).all() and (w[z] <= np.minimum(tiny * scale[spec][z] * (1 + 1e-6), 1.0)).all()
     assert (w[lossy] == np.where(mz[lossy] < pmz[spec[lossy]], 1.0, 0.0)).all()
     assert (w >= np.asarray(want) * (1 - 1e-6)).all()
     # the loss entries of every peak (precursor - m/z, any sign, as the index stores them), shuffled

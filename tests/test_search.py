@@ -946,6 +946,28 @@ def test_min_matches_counts_zero_intensity_pairs(tmp_path, monkeypatch, mode, me
         assert (hits.indices[:4, 0] >= 0).all() if mm == 4 else True  # the first four pair all 4 peaks
 
 
+@pytest.mark.parametrize("zeros_in", ["both", "query"])
+def test_entropy_min_matches_ignores_zero_intensity_pairs(tmp_path, zeros_in):
+    """Entropy never matches a zero-intensity peak (ms_entropy cleans it away), so the bound search's
+    lower sums must not count such a pair either: here spectrum 1 shares 9 of the query's 10 peaks plus
+    its two zero-intensity ones, and counted as 11 matches it raised the threshold above spectrum 2
+    (score 0.925, 10 matches), which ``min_matches=10`` then lost."""
+    base = 100.0 + 20.0 * np.arange(10)
+    zmz = np.array([400.0, 420.0])
+    qmz, qit = np.concatenate([base, zmz]), np.concatenate([np.ones(10), np.zeros(2)])
+    query = Spectra.from_arrays([qmz], [qit], precursor_mz=np.array([500.0]))
+    # "query": spectrum 1 has faint positive peaks where the query's are zero
+    mz = [qmz, np.concatenate([base[:9], zmz]), base, base[9:]]
+    it = [qit, np.concatenate([np.ones(9), np.zeros(2) if zeros_in == "both" else np.full(2, 0.01)]),
+          np.exp(1.2 * np.array([0, 1, -1, 0, 1, -1, 0, 1, -1, 0.0])), np.ones(1)]
+    sp = Spectra.from_arrays(mz, it, precursor_mz=np.array([500.0, 500.0, 500.0, 900.0]))
+    lib = Library.build(sp, tmp_path / "e.fastspec", preprocess=None, faiss=False)
+    for mm in (0, 10):
+        hits = lib.search(query, k=2, mode="open", metric="entropy", min_matches=mm)
+        assert_same_hits(hits, brute_force(lib, query, "entropy", np.ones((1, 4), bool), k=2, min_matches=mm))
+    assert hits.indices[0].tolist() == [0, 2]
+
+
 def test_zero_intensity_peaks_equal_matchms(massbank_parquet, tmp_path):
     """MassBank's zero-intensity peaks (676 in 603 records), read from the file by fastspec and, apart,
     by pyarrow into matchms spectra: ``--no-preprocess`` search gives matchms' scores and matched-peak

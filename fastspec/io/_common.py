@@ -238,6 +238,7 @@ def _peak_rules(offsets, mz, inten, pre_bad):
         lengths[r] = kept
         if kept == zeros:  # no peak, or only zero intensities: nothing to score
             code[r] = 4
+            unsorted[r] = False  # (a rejected record is not counted as sorted)
             for k in range(a, b):
                 keep[k] = False
         else:

@@ -522,6 +522,8 @@ class _SearchConfig:
         if c.n_candidates is not None and c.n_candidates < c.k:  # fewer than k hits whatever the library holds
             raise ParameterError(f"n_candidates ({c.n_candidates}) must be at least k ({c.k})")
         c.mz_power, c.intensity_power = _number(mz_power, "mz_power"), _number(intensity_power, "intensity_power")
+        if c.intensity_power < 0:  # a zero-intensity peak would weigh inf, and its spectrum score NaN (matchms too)
+            raise ParameterError(f"intensity_power must be 0 or more, got {c.intensity_power:g}")
         c.metric_params = dict(metric_params)
         _check_metric_params(c.metric_params)
         if metric in _ENTROPY:

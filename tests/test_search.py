@@ -1375,6 +1375,9 @@ def test_bad_parameters(lib, data):
             lib.search(q, **kw)
     with pytest.raises(ParameterError, match="dict"):
         lib.search({"mz": [[100.0]], "intensity": [[1.0]]}, mode="open")
+    # a negative intensity power would weigh zero-intensity peaks inf (scores NaN, hits silently lost)
+    with pytest.raises(ParameterError, match="intensity_power must be 0 or more"):
+        lib.search(q, mode="open", intensity_power=-0.5)
     # aliases resolve
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
     # a metric's own refusals whatever the queries find: they were raised only once a query reached a

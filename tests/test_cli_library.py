@@ -464,9 +464,9 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     res = run("index", neg, "-o", tmp_path / "t.fastspec", ok=False)
     assert_clean_error(res, "negative intensity")
     assert "looks like" not in res.output
-    blank = tmp_path / "blank.msp"  # no record at all read as MSP
-    blank.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=200\nEND IONS\n")
-    assert_clean_error(run("index", blank, "-o", tmp_path / "t.fastspec", ok=False), "no spectrum records",
+    blank = tmp_path / "blank.msp"  # MGF without peaks read as MSP: its KEY=value lines start a record (GNPS
+    blank.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=200\nEND IONS\n")  # writes such lines into MSP), rejected
+    assert_clean_error(run("index", blank, "-o", tmp_path / "t.fastspec", ok=False), "the one record was rejected",
                        "its content looks like mgf: give it the extension of that format")
     assert not (tmp_path / "t.fastspec").exists()
     # records that are all rejected: the same, with the counts (and an existing index is kept)

@@ -242,6 +242,28 @@ def test_msp_layout_variants(tmp_path):
     assert peaks(s, 4) == ([40.0, 41.0], [4.0, 5.0])
 
 
+def test_msp_gnps_key_equals_lines_and_stray_text(tmp_path):
+    """GNPS MSP exports write MGF-style ``KEY=value`` lines among the metadata (matchms' own test file
+    problematic_spectra.msp, which matchms refuses whole): they are metadata. A line of plain text among an
+    entry's metadata makes the entry unparsable, whole: it used to start a new entry, whose peaks were
+    kept without the name, precursor and ids written above the line."""
+    text = ("NAME: HYDROXYPHENYLLACTATE M-H\r\nPRECURSORMZ: 181.050994873047\r\nIONMODE: Negative\r\nMSLEVEL: \r\n"
+            "CHARGE=-1\r\nMSLEVEL=2\r\nSEQ=*..*\r\nSPECTRUMID=CCMSLIB00005463540\r\nCOMMENT: \r\nNum Peaks:2\r\n"
+            "57.993649\t2301.143799\r\n58.669075\t0\r\n\r\n"
+            "Name: stray\nPrecursorMZ: 200\nsome text without a colon\nComments: \"SMILES=CCO\"\nNum Peaks: 1\n100 10\n\n"
+            "Name: B\nPrecursorMZ: 300\nNum Peaks: 1\n120 5\n")
+    p = tmp_path / "gnps.msp"
+    p.write_text(text)
+    s, r = fio.read(p, return_report=True)
+    r.check()
+    assert r.n_records == 3 and s.column("name") == ["HYDROXYPHENYLLACTATE M-H", "B"]
+    assert [(x.line, x.reason) for x in r.rejected] == [(16, "unparsable peak line")]
+    m = md(s, 0)
+    assert m["id"] == "CCMSLIB00005463540" and m["precursor_mz"] == 181.050994873047 and m["charge"] == -1
+    assert m["ion_mode"] == "negative" and m["seq"] == "*..*"
+    assert peaks(s, 0) == ([57.993649, 58.669075], [float(np.float32(2301.143799)), 0.0])
+
+
 @pytest.mark.parametrize("fmt", ["mgf", "msp"])
 def test_windows_encoded_text_and_bom(tmp_path, fmt):
     """Windows software writes cp1252 ("caf\\xe9ine") and sometimes a UTF-8 BOM: both read, nothing lost."""

@@ -213,10 +213,30 @@ def _line_kind(buf, ls, le, sep):
                                            and (_is_digit(buf[ls + 1]) or buf[ls + 1] == 46))
     if numeric:
         return True, False
+    if sep == 58 and _eq_key_end(buf, ls, le) >= 0:
+        return False, True
     for k in range(ls, le):
         if buf[k] == sep:
             return False, True
     return False, False
+
+
+@numba.njit(**NJIT)
+def _eq_key_end(buf, ls, le):
+    """Where the '=' of an MGF-style ``KEY=value`` line ends its key (-1: not such a line): a letter, then
+    letters, digits or '_' up to the '=' (GNPS writes ``CHARGE=-1``, ``SPECTRUMID=...`` lines into the
+    metadata of its MSP exports; MSP's own ``Key: value`` lines have a ':' or a space first)."""
+    c0 = buf[ls] | 32
+    if not 97 <= c0 <= 122:
+        return -1
+    for k in range(ls + 1, le):
+        c = buf[k]
+        if c == 61:
+            return k
+        lc = c | 32
+        if not (97 <= lc <= 122 or _is_digit(c) or c == 95):
+            return -1
+    return -1
 
 
 @numba.njit(**NJIT)
@@ -557,9 +577,11 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
         if is_meta:
             if mode == MSP and _key_is_name(buf, ls, le):
                 has_name = True
-            ke = ls
-            while buf[ke] != sep:
-                ke += 1
+            ke = _eq_key_end(buf, ls, le) if mode == MSP else -1
+            if ke < 0:
+                ke = ls
+                while buf[ke] != sep:
+                    ke += 1
             vs = ke + 1
             while ke > ls and _is_space(buf[ke - 1]):
                 ke -= 1
@@ -576,6 +598,21 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
             koff[n_meta] = nk_bytes
             voff[n_meta] = nv_bytes
             continue
+        if mode == MSP:
+            c0 = buf[ls] | 32
+            if not has_peaks and 97 <= c0 <= 122:
+                # a line of text among an entry's metadata (neither "Key: value" nor a peak): the entry is
+                # unparsable, and the metadata after it stays in it (it started a new entry, whose peaks
+                # were kept without the name, precursor and ids above the line)
+                if err == 0:
+                    err = E_NUMBER
+                    err_line = cur_line
+                continue
+            if err != 0:
+                # peaks of an entry already unparsable still end its metadata, as read ones would
+                has_peaks = has_peaks or numeric or ((buf[ls] == 40 or buf[ls] == 91 or buf[ls] == 123)
+                                                     and ls + 1 < le and _line_kind(buf, ls + 1, le, sep)[0])
+                continue
         if err != 0:
             continue
         # ---- peaks

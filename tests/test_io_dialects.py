@@ -288,6 +288,19 @@ def test_pepmass_intensity_zero_is_unknown(tmp_path):
     assert s.metadata.column("precursor_intensity").to_pylist() == [None, 2500.0]
 
 
+def test_pepmass_third_value_is_the_charge(tmp_path):
+    """``PEPMASS=983.6 1234 2+`` (pyteomics' test_pepmass.mgf): the third value is the charge, as pyteomics
+    and matchms read it; a CHARGE line wins over it."""
+    p = tmp_path / "c.mgf"
+    p.write_text("BEGIN IONS\nPEPMASS=983.6 1234 2+\n100 1\nEND IONS\n"
+                 "BEGIN IONS\nPEPMASS=983.6 1234 2+\nCHARGE=3+\n100 1\nEND IONS\n"
+                 "BEGIN IONS\nPEPMASS=983.6 1234\n100 1\nEND IONS\n"
+                 "BEGIN IONS\nPEPMASS=983.6 1234 1-\n100 1\nEND IONS\n")
+    s = fio.read(p)
+    assert s.charge.tolist() == [2, 3, 0, -1] and s.polarity.tolist() == [1, 1, 0, -1]
+    assert s.precursor_mz.tolist() == [983.6] * 4
+
+
 @pytest.mark.parametrize("extra,want", [("", ["17", "18"]), ("FEATURE_ID={n}\n", ["f17", "f18"]),
                                         ("TITLE=t{n}\n", ["tt17", "tt18"])])
 def test_mgf_scans_is_the_id_of_last_resort(tmp_path, extra, want):

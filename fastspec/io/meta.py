@@ -9,7 +9,8 @@ parquet and HDF5 files give the same column names and value conventions:
   (:data:`fastspec.spectra.CANONICAL_KEYS`); any other key is kept, lower-cased snake_case
   (``"Num Peaks"`` -> ``num_peaks``);
 * ``precursor_mz`` is a float64 (NaN/null when unknown or not a positive finite number);
-  a second ``PEPMASS`` value goes to ``precursor_intensity``;
+  a second ``PEPMASS`` value goes to ``precursor_intensity``, a third (``2+``) is the charge unless a
+  ``CHARGE`` line gives one;
 * ``charge`` is a signed int8 (``"2-"``, ``"-2"`` and ``"2"`` in negative mode all give -2);
   missing charges are taken from the adduct (``[M+2H]2+`` -> 2, GNPS's ``M+H`` -> 1); a sign contradicting
   a bracketed adduct's takes the adduct's (``CHARGE=1+`` with ``[M-H]-`` -> -1), as does an unsigned charge
@@ -393,19 +394,25 @@ def _to_float(arr: pa.Array) -> np.ndarray:
         return np.array([parse_float(v) for v in s.to_pylist()], dtype=np.float64)
 
 
-def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None]:
-    """PEPMASS 'mz [intensity [charge]]' -> (mz string column, intensity float column or None)."""
+def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array | None]:
+    """PEPMASS 'mz [intensity [charge]]' -> (mz string column, intensity float column or None, charge
+    string column or None: the third value, e.g. ``2+``, as pyteomics and matchms read it)."""
     s = _as_string(arr)
     parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(s))
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(parts), 0), parts,
                                        pa.scalar([None], parts.type)), 0)
-    has_second = pc.greater(pc.fill_null(pc.list_value_length(parts), 0), 1)
+    n_parts = pc.fill_null(pc.list_value_length(parts), 0)
+    has_second = pc.greater(n_parts, 1)
     if not pc.any(has_second).as_py():
-        return first, None
+        return first, None, None
     second = pc.list_element(pc.if_else(has_second, parts, pa.scalar([None, None], parts.type)), 1)
     vals = _to_float(second)
+    has_third = pc.greater(n_parts, 2)
+    third = None
+    if pc.any(has_third).as_py():
+        third = pc.list_element(pc.if_else(has_third, parts, pa.scalar([None, None, None], parts.type)), 2)
     # GNPS writes "PEPMASS=mz 0.0" for an unknown intensity (as mzXML's precursorIntensity="0")
-    return first, pa.array(vals, pa.float64(), mask=np.isnan(vals) | (vals == 0))
+    return first, pa.array(vals, pa.float64(), mask=np.isnan(vals) | (vals == 0)), third
 
 
 @functools.lru_cache(maxsize=1)
@@ -473,9 +480,11 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             elif text and pa.types.is_null(col.type):
                 col = col.cast(pa.string())
             if name == "precursor_mz" and snake(raw) == "pepmass":
-                col, intensity = _pepmass_split(col)
+                col, intensity, pep_charge = _pepmass_split(col)
                 if intensity is not None:
                     extra_first["precursor_intensity"] = intensity
+                if pep_charge is not None:  # a CHARGE line wins where there is one (below)
+                    extra_first["charge"] = pep_charge
             arrays.append((prio, raw, col))
         canonical_present = any(prio == 0 for prio, _, _ in arrays)
         keep_separate = []
@@ -496,7 +505,10 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
                 alt = alt + "_raw"
             out[alt] = col
     for k, v in extra_first.items():
-        out.setdefault(k, v)
+        if k == "charge" and k in out and out[k].type == v.type:
+            out[k] = pc.coalesce(out[k], v)
+        else:
+            out.setdefault(k, v)
     _unquote_structures(out)
     _fill_from(out)
     _normalise_canonical(out, n, counts, signed_charge)

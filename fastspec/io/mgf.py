@@ -2,7 +2,7 @@
 
 Reading covers the GNPS, MassSpecGym, MZmine and matchms/MassBank dialects: records between
 ``BEGIN IONS`` and ``END IONS``; ``KEY=value`` lines (keys case-insensitive, harmonised by
-:mod:`fastspec.io.meta`); ``PEPMASS`` with an optional second value (precursor intensity);
+:mod:`fastspec.io.meta`); ``PEPMASS`` with an optional second value (precursor intensity) and third (charge, when no ``CHARGE``);
 ``CHARGE`` as ``1+``, ``2-``, ``+1`` or ``1``; peak lines ``m/z intensity [anything]`` separated
 by spaces or tabs (a third column, e.g. an annotation or fragment charge, is ignored); ``#``,
 ``;``, ``!`` and ``/`` comment lines, blank lines, CRLF line ends, scientific notation,

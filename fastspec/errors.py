@@ -18,18 +18,27 @@ class ParseError(FastspecError, ValueError):
     line : int, optional
         1-based line number (or row number for tabular formats) where the record starts
         or where the problem was found.
+    unit : str
+        What ``line`` counts: ``"line"`` (``path:12: reason``), or a record position for formats without
+        meaningful lines: ``"spectrum"`` (mzML, mzXML), ``"record"`` (JSON), ``"row"`` (Parquet, HDF5),
+        written ``path: spectrum 12: reason``.
     """
 
-    def __init__(self, message: str, path: str | None = None, line: int | None = None):
+    def __init__(self, message: str, path: str | None = None, line: int | None = None, unit: str = "line"):
         self.reason = message
         self.path = path
         self.line = line
-        where = ""
-        if path is not None:
-            where = f"{path}:{line}: " if line is not None else f"{path}: "
-        elif line is not None:
-            where = f"line {line}: "
-        super().__init__(where + message)
+        self.unit = unit
+        super().__init__(location(path, line, unit) + message)
+
+
+def location(path: str | None, line: int | None, unit: str = "line") -> str:
+    """``path:12: ``, ``path: spectrum 12: ``, ``line 12: `` or ``path: `` (empty without either)."""
+    if path is None:
+        return "" if line is None else f"{unit} {line}: "
+    if line is None:
+        return f"{path}: "
+    return f"{path}:{line}: " if unit == "line" else f"{path}: {unit} {line}: "
 
 
 class IndexFormatError(FastspecError):

@@ -544,11 +544,11 @@ def _refuse_other_format(f) -> None:
     first = next(iter(getattr(f, "rejected", None) or []), None)
     if n_rec == 0 or n_spec or not path or first is None:
         return
-    from fastspec.io._common import is_parse_failure, other_format
+    from fastspec.io._common import is_parse_failure, other_format, position_unit
 
     other = other_format(path, fmt) if is_parse_failure(first.reason) else None
     if other:
-        where = f"; the first at line {first.line}: {first.reason}" if first.line else ""
+        where = f"; the first at {position_unit(fmt)} {first.line}: {first.reason}" if first.line else ""
         what = "the one record was" if n_rec == 1 else f"all {n_rec} records were"
         raise ParseError(f"{what} rejected (read as {fmt}{where}); {_other_format_advice(other)}", path)
 

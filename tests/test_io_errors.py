@@ -410,3 +410,21 @@ def test_precursor_beyond_float32_is_unknown(tmp_path):
     out = apply_pipeline(None, mem)
     assert out.offsets.tolist() == [0, 1, 2] and out.mz.tolist() == [100.0, 50.0]
     assert np.isnan(out.precursor_mz[0]) and out.precursor_mz[1] == 300.0
+
+
+def test_positions_are_not_written_as_lines(tmp_path):
+    """Formats without meaningful lines number records by position: messages say which ("row 2",
+    "spectrum 2"), so that a position is not read as a line (an audit read mzML's ``file:2:`` as line 2)."""
+    from fastspec.io._common import first_rejection
+    from fastspec.spectra import Spectra
+
+    sp = Spectra(np.array([0, 1, 2]), np.array([100.0, 100.0]), np.array([1.0, -1.0], np.float32), validate=False)
+    fio.write(sp, tmp_path / "x.parquet")
+    with pytest.raises(ParseError, match=r"x\.parquet: row 2: negative intensity") as e:
+        fio.read(tmp_path / "x.parquet", on_error="raise")
+    assert e.value.line == 2 and e.value.unit == "row"
+    _, report = fio.read(tmp_path / "x.parquet", return_report=True)
+    assert first_rejection(report).endswith("x.parquet: row 2: negative intensity")
+    fio.write(sp, tmp_path / "x.mgf")  # text formats keep path:line
+    with pytest.raises(ParseError, match=r"x\.mgf:\d+: negative intensity"):
+        fio.read(tmp_path / "x.mgf", on_error="raise")

@@ -193,7 +193,7 @@ def test_a_library_file_without_spectra_says_so(tmp_path):
     from fastspec.evaluate import evaluate
 
     (tmp_path / "none.json").write_text('[{"name": "x"}]')
-    with pytest.raises(FastspecError, match=r"none.json: no spectra read \(1 records, 1 rejected; first: .*none.json:1: no peaks"):
+    with pytest.raises(FastspecError, match=r"none.json: no spectra read \(1 records, 1 rejected; first: .*none.json: record 1: no peaks"):
         evaluate(str(tmp_path / "none.json"), metric="cosine", n_bootstrap=0)
 
 

@@ -37,12 +37,21 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec._atomic import naming_output, open_output, output_target, temporary_sibling
-from fastspec.errors import FastspecError, ParseError
+from fastspec.errors import FastspecError, ParseError, location
 from fastspec.kernels._config import NJIT
 from fastspec.spectra import Spectra, sort_peaks_csr
 
 #: at most this many rejected records are listed one by one in a report (counts stay exact)
 MAX_LISTED = 10_000
+
+#: what a rejection's ``line`` counts in formats without meaningful lines (default: file lines)
+POSITION_UNITS = {"mzml": "spectrum", "mzxml": "spectrum", "json": "record", "parquet": "row", "hdf5": "row"}
+
+
+def position_unit(fmt: str | None) -> str:
+    """What a rejection's ``line`` counts in format ``fmt`` (see :data:`POSITION_UNITS`)."""
+    return POSITION_UNITS.get(fmt or "", "line")
+
 
 REASON_NONFINITE = "non-finite peak value"
 REASON_MZ = "m/z not positive"
@@ -371,7 +380,8 @@ def finish_block(
         if on_error == "raise":
             first = bad[np.argmin(lines[bad])]
             raise ParseError(str(reasons[first]), path,
-                             _line_of(first, lines, reasons, offsets, mz, intensity, peak_line))
+                             _line_of(first, lines, reasons, offsets, mz, intensity, peak_line),
+                             unit=position_unit(report.format))
         base = report.n_records  # this block's records follow those already counted
         # their ids as the kept records get theirs, so that a hit table can name the rejected queries
         bad_ids = _record_ids(metadata, bad, text, merge_aliases)
@@ -677,12 +687,11 @@ def first_rejection(report) -> str | None:
     if first is None:
         return None
     where = first.path or (report.path if isinstance(report.path, str) else None)
-    place = ":".join(str(x) for x in (where, first.line) if x is not None)
     fmt = next((getattr(f, "format", None) for f in (getattr(report, "files", None) or [report])
                 if str(getattr(f, "path", "")) == str(where)), None)
     other = other_format(str(where), fmt) if where and is_parse_failure(first.reason) else None
     hint = f" (read as {fmt}; its content looks like {other})" if other else ""
-    return (f"{place}: {first.reason}" if place else str(first.reason)) + hint
+    return location(where, first.line, position_unit(fmt)) + str(first.reason) + hint
 
 
 def is_parse_failure(reason) -> bool:

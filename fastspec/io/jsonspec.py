@@ -358,7 +358,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                 yield _block(path, mds, mzs, ints, lines, errors, on_error, report)
                 mds, mzs, ints, lines, errors = [], [], [], [], []
             if on_error == "raise":
-                raise ParseError(broken, path, position + 1)
+                raise ParseError(broken, path, position + 1, unit="record")
             report.reject(position + 1, broken, path)
             return
         position += 1

@@ -262,6 +262,16 @@ def test_msp_gnps_key_equals_lines_and_stray_text(tmp_path):
     assert m["id"] == "CCMSLIB00005463540" and m["precursor_mz"] == 181.050994873047 and m["charge"] == -1
     assert m["ion_mode"] == "negative" and m["seq"] == "*..*"
     assert peaks(s, 0) == ([57.993649, 58.669075], [float(np.float32(2301.143799)), 0.0])
+    # NAME= names an entry as Name: does (a second one starts the next entry); a bare InChI= line keeps
+    # its prefix; a quoted or other non-peak line among the metadata rejects its entry whole
+    p.write_text("Name: A\nPrecursorMZ: 100\n\nNAME=B\nPRECURSORMZ=200\nInChI=1S/C2H4O2/c1-2(3)4/h1H3,(H,3,4)\n"
+                 "Num Peaks: 1\n85 100\n\nNAME=C\nPRECURSORMZ=300\nNAME=D\nPRECURSORMZ=400\nNum Peaks: 1\n86 10\n\n"
+                 "Name: E\n\"SMILES=CCO\"\nNum Peaks: 1\n87 1\n")
+    s, r = fio.read(p, return_report=True)
+    r.check()
+    assert s.column("name") == ["B", "D"] and s.precursor_mz.tolist() == [200.0, 400.0]
+    assert md(s, 0)["inchi"] == "InChI=1S/C2H4O2/c1-2(3)4/h1H3,(H,3,4)"
+    assert sorted((x.line, x.reason) for x in r.rejected) == [(1, "no peaks"), (10, "no peaks"), (18, "unparsable peak line")]
 
 
 @pytest.mark.parametrize("fmt", ["mgf", "msp"])
@@ -299,6 +309,16 @@ def test_pepmass_third_value_is_the_charge(tmp_path):
     s = fio.read(p)
     assert s.charge.tolist() == [2, 3, 0, -1] and s.polarity.tolist() == [1, 1, 0, -1]
     assert s.precursor_mz.tolist() == [983.6] * 4
+    # a file-wide CHARGE fills only records without a charge of their own, PEPMASS's included
+    p.write_text("CHARGE=2+\nBEGIN IONS\nPEPMASS=300.1 1234 3+\n100 1\nEND IONS\nBEGIN IONS\nPEPMASS=300.1\n100 1\nEND IONS\n")
+    assert fio.read(p).charge.tolist() == [3, 2]
+    # a table's integer charge column with gaps takes PEPMASS's charges there
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"mz": [[100.0]] * 3, "intensity": [[1.0]] * 3, "pepmass": ["300.1 5 2+", "300.1 5 1-", "300.1"],
+                             "charge": pa.array([3, None, None], pa.int64())}), tmp_path / "c.parquet")
+    assert fio.read(tmp_path / "c.parquet").charge.tolist() == [3, -1, 0]
 
 
 @pytest.mark.parametrize("extra,want", [("", ["17", "18"]), ("FEATURE_ID={n}\n", ["f17", "f18"]),

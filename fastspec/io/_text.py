@@ -239,11 +239,19 @@ def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report
     n = len(r)
     meta = _meta_table(r.keys, r.values, r.rec_meta, mode, carry, follows_peaks or (lambda j: False))
     for key, val in (defaults or {}).items():  # global parameters fill what a record leaves unset
+        fill = pa.repeat(pa.scalar(val, pa.string()), n)
+        if key == "charge" and "pepmass" in meta.column_names:
+            # a record's own PEPMASS charge ("PEPMASS=300.1 1234 3+") is set, not left to the global one
+            pep = meta.column("pepmass").combine_chunks().cast(pa.string())
+            parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pep))
+            own = pc.fill_null(pc.greater(pc.list_value_length(parts), 2), False)
+            fill = pc.if_else(own, pa.scalar(None, pa.string()), fill)
         if key in meta.column_names:
             i = meta.column_names.index(key)
-            meta = meta.set_column(i, key, pc.fill_null(meta.column(i), val))
+            col = meta.column(i).combine_chunks()
+            meta = meta.set_column(i, key, pc.coalesce(col, fill.cast(col.type)))
         else:
-            meta = meta.append_column(key, pa.repeat(pa.scalar(val, pa.string()), n))
+            meta = meta.append_column(key, fill)
     n_peaks = np.diff(r.rec_pk)
     # declared peak counts: trust the peaks, count the disagreement
     declared = [c for c in meta.column_names if c in NUM_PEAKS_KEYS]

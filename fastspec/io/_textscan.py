@@ -222,6 +222,22 @@ def _line_kind(buf, ls, le, sep):
 
 
 @numba.njit(**NJIT)
+def _peak_start(buf, ls, le, numeric, p10):
+    """An MSP line starts like a peak line: a number (``nan`` and ``inf`` too: the peak rules reject
+    them), or one in NIST's delimiters (``(85 100)``)."""
+    if numeric:
+        return True
+    s = ls + 1 if buf[ls] == 40 or buf[ls] == 91 or buf[ls] == 123 else ls
+    ts, te = _next_token(buf, s, le, False)
+    if ts < 0:
+        return False
+    k = ts
+    while k < te and buf[k] != 58 and buf[k] != 41 and buf[k] != 93 and buf[k] != 125:  # "85:100", "(85)"
+        k += 1
+    return parse_number(buf, ts, k, p10)[1] != 2
+
+
+@numba.njit(**NJIT)
 def _eq_key_end(buf, ls, le):
     """Where the '=' of an MGF-style ``KEY=value`` line ends its key (-1: not such a line): a letter, then
     letters, digits or '_' up to the '=' (GNPS writes ``CHARGE=-1``, ``SPECTRUMID=...`` lines into the
@@ -304,10 +320,13 @@ def _thousands(buf, ls, le):
 
 @numba.njit(**NJIT)
 def _key_is_name(buf, ls, le):
-    """The MSP key of this line (text before ':') is 'name' (any case)."""
-    ke = ls
-    while ke < le and buf[ke] != 58:
-        ke += 1
+    """The MSP key of this line (text before ':', or before the '=' of a ``KEY=value`` line) is 'name'
+    (any case)."""
+    ke = _eq_key_end(buf, ls, le)
+    if ke < 0:
+        ke = ls
+        while ke < le and buf[ke] != 58:
+            ke += 1
     while ke > ls and _is_space(buf[ke - 1]):
         ke -= 1
     return (ke - ls == 4 and (buf[ls] | 32) == 110 and (buf[ls + 1] | 32) == 97
@@ -578,11 +597,16 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
             if mode == MSP and _key_is_name(buf, ls, le):
                 has_name = True
             ke = _eq_key_end(buf, ls, le) if mode == MSP else -1
+            eq_line = ke >= 0
             if ke < 0:
                 ke = ls
                 while buf[ke] != sep:
                     ke += 1
             vs = ke + 1
+            if eq_line and ke - ls == 5 and (buf[ls] | 32) == 105 and (buf[ls + 1] | 32) == 110 and \
+                    (buf[ls + 2] | 32) == 99 and (buf[ls + 3] | 32) == 104 and (buf[ls + 4] | 32) == 105 and \
+                    vs < le and buf[vs] == 49:
+                vs = ls  # a bare "InChI=1S/..." line: the InChI is the whole line, prefix included
             while ke > ls and _is_space(buf[ke - 1]):
                 ke -= 1
             while vs < le and _is_space(buf[vs]):
@@ -599,8 +623,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
             voff[n_meta] = nv_bytes
             continue
         if mode == MSP:
-            c0 = buf[ls] | 32
-            if not has_peaks and 97 <= c0 <= 122:
+            if not has_peaks and not _peak_start(buf, ls, le, numeric, p10):
                 # a line of text among an entry's metadata (neither "Key: value" nor a peak): the entry is
                 # unparsable, and the metadata after it stays in it (it started a new entry, whose peaks
                 # were kept without the name, precursor and ids above the line)
@@ -610,8 +633,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                 continue
             if err != 0:
                 # peaks of an entry already unparsable still end its metadata, as read ones would
-                has_peaks = has_peaks or numeric or ((buf[ls] == 40 or buf[ls] == 91 or buf[ls] == 123)
-                                                     and ls + 1 < le and _line_kind(buf, ls + 1, le, sep)[0])
+                has_peaks = has_peaks or _peak_start(buf, ls, le, numeric, p10)
                 continue
         if err != 0:
             continue

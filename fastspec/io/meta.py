@@ -415,6 +415,15 @@ def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array |
     return first, pa.array(vals, pa.float64(), mask=np.isnan(vals) | (vals == 0)), third
 
 
+def _charges_like(charges: pa.Array, t: pa.DataType) -> pa.Array:
+    """PEPMASS charge strings (``2+``) as a charge column of type ``t`` holds them: parsed to signed
+    integers for a numeric column, else strings."""
+    if not _is_numeric(t):
+        return _as_string(charges).cast(t)
+    vals = [None if v is None else parse_charge(v)[0] for v in _as_string(charges).to_pylist()]
+    return pa.array([None if v is None or v == 0 else v for v in vals], pa.int64()).cast(t, safe=False)
+
+
 @functools.lru_cache(maxsize=1)
 def _canonical_types() -> dict[str, pa.DataType]:
     t = {k: pa.string() for k in CANONICAL_KEYS}
@@ -505,8 +514,8 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
                 alt = alt + "_raw"
             out[alt] = col
     for k, v in extra_first.items():
-        if k == "charge" and k in out and out[k].type == v.type:
-            out[k] = pc.coalesce(out[k], v)
+        if k == "charge" and k in out and not pa.types.is_null(out[k].type):
+            out[k] = pc.coalesce(out[k], _charges_like(v, out[k].type))
         else:
             out.setdefault(k, v)
     _unquote_structures(out)

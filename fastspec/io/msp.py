@@ -12,7 +12,8 @@ Reading covers the NIST, MS-DIAL/RIKEN and MassBank-export dialects:
   ``smiles``), as do MS-DIAL's unquoted ``Comment: DB#=...; origin=...`` when every part is such a pair;
   free text stays in ``comment``;
 * GNPS exports' MGF-style ``KEY=value`` lines among the metadata (``CHARGE=-1``, ``SPECTRUMID=...``) are
-  metadata; a line of other text there makes the whole entry unparsable (it no longer starts a new one);
+  metadata (``NAME=`` names the entry); a line of other text there, not starting like a number, makes the
+  whole entry unparsable (it no longer starts a new one);
 * ``Num Peaks`` missing or wrong: the peaks are trusted, a wrong count is counted as a warning;
 * blank lines inside an entry, where converters write them: peaks after blank lines stay in the entry
   while it has fewer than its ``Num Peaks`` (or declares none); metadata after blank lines does too, in an

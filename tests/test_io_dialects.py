@@ -312,6 +312,10 @@ def test_pepmass_third_value_is_the_charge(tmp_path):
     # a file-wide CHARGE fills only records without a charge of their own, PEPMASS's included
     p.write_text("CHARGE=2+\nBEGIN IONS\nPEPMASS=300.1 1234 3+\n100 1\nEND IONS\nBEGIN IONS\nPEPMASS=300.1\n100 1\nEND IONS\n")
     assert fio.read(p).charge.tolist() == [3, 2]
+    # ... and a global PEPMASS charge too, in whichever order the header lines come (as pyteomics reads it)
+    for header in ("PEPMASS=300 1 2+\nCHARGE=3+\n", "CHARGE=3+\nPEPMASS=300 1 2+\n"):
+        p.write_text(header + "BEGIN IONS\n100 1\nEND IONS\n")
+        assert fio.read(p).charge.tolist() == [2]
     # a table's integer charge column with gaps takes PEPMASS's charges there
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -319,6 +323,10 @@ def test_pepmass_third_value_is_the_charge(tmp_path):
     pq.write_table(pa.table({"mz": [[100.0]] * 3, "intensity": [[1.0]] * 3, "pepmass": ["300.1 5 2+", "300.1 5 1-", "300.1"],
                              "charge": pa.array([3, None, None], pa.int64())}), tmp_path / "c.parquet")
     assert fio.read(tmp_path / "c.parquet").charge.tolist() == [3, -1, 0]
+    for col in (pa.array([3, None, None], pa.uint8()), pa.array([3.0, np.nan, None])):  # unsigned; NaN gaps
+        pq.write_table(pa.table({"mz": [[100.0]] * 3, "intensity": [[1.0]] * 3,
+                                 "pepmass": ["300.1 5 2+", "300.1 5 1-", "300.1"], "charge": col}), tmp_path / "c.parquet")
+        assert fio.read(tmp_path / "c.parquet").charge.tolist() == [3, -1, 0]
 
 
 @pytest.mark.parametrize("extra,want", [("", ["17", "18"]), ("FEATURE_ID={n}\n", ["f17", "f18"]),

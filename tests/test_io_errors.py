@@ -425,6 +425,12 @@ def test_positions_are_not_written_as_lines(tmp_path):
     assert e.value.line == 2 and e.value.unit == "row"
     _, report = fio.read(tmp_path / "x.parquet", return_report=True)
     assert first_rejection(report).endswith("x.parquet: row 2: negative intensity")
+    # a report reused over several reads keeps no per-file formats: the file's own format says it
+    from fastspec.io._common import ReadReport
+
+    shared = ReadReport()
+    fio.read(tmp_path / "x.parquet", report=shared)
+    assert first_rejection(shared).endswith("x.parquet: row 2: negative intensity")
     fio.write(sp, tmp_path / "x.mgf")  # text formats keep path:line
     with pytest.raises(ParseError, match=r"x\.mgf:\d+: negative intensity"):
         fio.read(tmp_path / "x.mgf", on_error="raise")

@@ -689,6 +689,11 @@ def first_rejection(report) -> str | None:
     where = first.path or (report.path if isinstance(report.path, str) else None)
     fmt = next((getattr(f, "format", None) for f in (getattr(report, "files", None) or [report])
                 if str(getattr(f, "path", "")) == str(where)), None)
+    if fmt is None and where:  # a report reused over several read() calls keeps no per-file formats
+        try:
+            fmt = detect_format(str(where))
+        except Exception:  # (a file gone since, or of no known format: then plain lines)
+            fmt = None
     other = other_format(str(where), fmt) if where and is_parse_failure(first.reason) else None
     hint = f" (read as {fmt}; its content looks like {other})" if other else ""
     return location(where, first.line, position_unit(fmt)) + str(first.reason) + hint

@@ -238,13 +238,17 @@ def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report
                    follows_peaks=None, peak_line=None) -> Spectra:
     n = len(r)
     meta = _meta_table(r.keys, r.values, r.rec_meta, mode, carry, follows_peaks or (lambda j: False))
-    for key, val in (defaults or {}).items():  # global parameters fill what a record leaves unset
+    # global parameters fill what a record leaves unset (CHARGE last: it yields to a PEPMASS charge, the
+    # record's own or a global one)
+    for key, val in sorted((defaults or {}).items(), key=lambda kv: kv[0] == "charge"):
         fill = pa.repeat(pa.scalar(val, pa.string()), n)
         if key == "charge" and "pepmass" in meta.column_names:
             # a record's own PEPMASS charge ("PEPMASS=300.1 1234 3+") is set, not left to the global one
             pep = meta.column("pepmass").combine_chunks().cast(pa.string())
             parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pep))
-            own = pc.fill_null(pc.greater(pc.list_value_length(parts), 2), False)
+            third = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(parts), 2), parts,
+                                               pa.scalar([None, None, None], parts.type)), 2)
+            own = pc.fill_null(pc.match_substring_regex(third, r"^[+-]?0*[1-9][0-9]*[+-]?$"), False)
             fill = pc.if_else(own, pa.scalar(None, pa.string()), fill)
         if key in meta.column_names:
             i = meta.column_names.index(key)

@@ -396,7 +396,8 @@ def _to_float(arr: pa.Array) -> np.ndarray:
 
 def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array | None]:
     """PEPMASS 'mz [intensity [charge]]' -> (mz string column, intensity float column or None, charge
-    string column or None: the third value, e.g. ``2+``, as pyteomics and matchms read it)."""
+    string column or None: the third value, e.g. ``2+``, which pyteomics and matchms read as the charge too;
+    where a record also has a ``CHARGE`` line, that line wins here, PEPMASS's value there)."""
     s = _as_string(arr)
     parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(s))
     first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(parts), 0), parts,
@@ -415,13 +416,19 @@ def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array |
     return first, pa.array(vals, pa.float64(), mask=np.isnan(vals) | (vals == 0)), third
 
 
-def _charges_like(charges: pa.Array, t: pa.DataType) -> pa.Array:
-    """PEPMASS charge strings (``2+``) as a charge column of type ``t`` holds them: parsed to signed
-    integers for a numeric column, else strings."""
-    if not _is_numeric(t):
-        return _as_string(charges).cast(t)
+def _merge_charges(col: pa.Array, charges: pa.Array) -> pa.Array:
+    """A charge column with its gaps filled from PEPMASS charge strings (``2+``): strings for a string
+    column; for a numeric one, signed float64 (an unsigned column could not hold ``2-``) with NaN as a gap
+    too (the charge normalisation reads numeric columns as float64 anyway)."""
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not _is_numeric(col.type):
+        return pc.coalesce(_as_string(col), _as_string(charges))
     vals = [None if v is None else parse_charge(v)[0] for v in _as_string(charges).to_pylist()]
-    return pa.array([None if v is None or v == 0 else v for v in vals], pa.int64()).cast(t, safe=False)
+    pep = pa.array([None if v is None or v == 0 else float(v) for v in vals], pa.float64())
+    own = col.cast(pa.float64(), safe=False)
+    own = pc.if_else(pc.is_nan(own), pa.scalar(None, pa.float64()), own)
+    return pc.coalesce(own, pep)
 
 
 @functools.lru_cache(maxsize=1)
@@ -515,7 +522,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             out[alt] = col
     for k, v in extra_first.items():
         if k == "charge" and k in out and not pa.types.is_null(out[k].type):
-            out[k] = pc.coalesce(out[k], _charges_like(v, out[k].type))
+            out[k] = _merge_charges(out[k], v)
         else:
             out.setdefault(k, v)
     _unquote_structures(out)

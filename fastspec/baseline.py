@@ -436,8 +436,11 @@ class SearchConfig:
                                  f"(search_k), got {self.vote}")
         for name in ("mz_power", "intensity_power"):
             v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            # numpy scalars too (np.float32 is no float); stored as a float, so that reports stay JSON
+            if not (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                    and math.isfinite(v) and v >= 0):
                 raise ParameterError(f"{name} must be a finite number >= 0, got {v!r}")
+            object.__setattr__(self, name, float(v))
         from fastspec.tolerance import parse_tolerance
 
         parse_tolerance(self.tolerance)

@@ -677,3 +677,19 @@ def test_zero_intensity_peaks_are_not_fragments_in_the_lab():
         assert "3 zero-intensity peaks dropped" in str(_labels_note([("x", a)])[0])
         for key in ("n_scored", "mean_tanimoto", "exact_match_rate"):
             assert a[key] == b[key], key
+
+
+def test_peak_weight_powers_accept_numpy_numbers():
+    """A numpy float32 power (np.float32 is no Python float) is a power like any other, stored as a float so
+    that the report stays JSON; booleans, negative and non-finite powers are refused."""
+    import json
+
+    from fastspec.evaluate import evaluate
+
+    r = evaluate(tiny(), "column:role", metric="cosine", tolerance=0.1, intensity_power=np.float32(0.5), n_bootstrap=5)
+    ref = evaluate(tiny(), "column:role", metric="cosine", tolerance=0.1, intensity_power=0.5, n_bootstrap=5)
+    assert r["config"]["intensity_power"] == 0.5 and r["mean_tanimoto"] == ref["mean_tanimoto"]
+    json.dumps(r["config"])
+    for bad in (True, -1.0, float("inf"), "0.5"):
+        with pytest.raises(ParameterError, match="intensity_power must be a finite number"):
+            evaluate(tiny(), "column:role", metric="cosine", tolerance=0.1, intensity_power=bad, n_bootstrap=5)

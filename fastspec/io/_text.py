@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from fastspec.errors import ParseError
 from fastspec.io import _textscan as ts
 from fastspec.io._common import BlockReader, ReadReport, finish_block
-from fastspec.io.meta import NIST_SYNON_CODES, key_info, missing_marker
+from fastspec.io.meta import NIST_SYNON_CODES, key_info, missing_marker, pepmass_parts, pepmass_value
 from fastspec.spectra import Spectra
 
 NUM_PEAKS_KEYS = ts.NUM_PEAKS_KEYS  # defined with the scanner, which reads them too
@@ -244,10 +244,7 @@ def _block_spectra(path: str, r: ts.ScanResult, mode: int, on_error: str, report
         fill = pa.repeat(pa.scalar(val, pa.string()), n)
         if key == "charge" and "pepmass" in meta.column_names:
             # a record's own PEPMASS charge ("PEPMASS=300.1 1234 3+") is set, not left to the global one
-            pep = meta.column("pepmass").combine_chunks().cast(pa.string())
-            parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pep))
-            third = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(parts), 2), parts,
-                                               pa.scalar([None, None, None], parts.type)), 2)
+            third = pepmass_value(pepmass_parts(meta.column("pepmass")), 2)
             own = pc.fill_null(pc.match_substring_regex(third, r"^[+-]?0*[1-9][0-9]*[+-]?$"), False)
             fill = pc.if_else(own, pa.scalar(None, pa.string()), fill)
         if key in meta.column_names:

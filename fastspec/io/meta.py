@@ -394,24 +394,29 @@ def _to_float(arr: pa.Array) -> np.ndarray:
         return np.array([parse_float(v) for v in s.to_pylist()], dtype=np.float64)
 
 
+def pepmass_value(parts: pa.Array, i: int) -> pa.Array:
+    """The ``i``-th whitespace-separated value of each PEPMASS (``parts``: their split lists), null where
+    there is none."""
+    return pc.list_element(pc.if_else(pc.greater(pc.fill_null(pc.list_value_length(parts), 0), i), parts,
+                                      pa.scalar([None] * (i + 1), parts.type)), i)
+
+
+def pepmass_parts(arr) -> pa.Array:
+    """PEPMASS strings split at whitespace (a list per value)."""
+    return pc.utf8_split_whitespace(pc.utf8_trim_whitespace(_as_string(arr)))
+
+
 def _pepmass_split(arr: pa.Array) -> tuple[pa.Array, pa.Array | None, pa.Array | None]:
     """PEPMASS 'mz [intensity [charge]]' -> (mz string column, intensity float column or None, charge
     string column or None: the third value, e.g. ``2+``, which pyteomics and matchms read as the charge too;
     where a record also has a ``CHARGE`` line, that line wins here, PEPMASS's value there)."""
-    s = _as_string(arr)
-    parts = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(s))
-    first = pc.list_element(pc.if_else(pc.greater(pc.list_value_length(parts), 0), parts,
-                                       pa.scalar([None], parts.type)), 0)
+    parts = pepmass_parts(arr)
+    first = pepmass_value(parts, 0)
     n_parts = pc.fill_null(pc.list_value_length(parts), 0)
-    has_second = pc.greater(n_parts, 1)
-    if not pc.any(has_second).as_py():
+    if not pc.any(pc.greater(n_parts, 1)).as_py():
         return first, None, None
-    second = pc.list_element(pc.if_else(has_second, parts, pa.scalar([None, None], parts.type)), 1)
-    vals = _to_float(second)
-    has_third = pc.greater(n_parts, 2)
-    third = None
-    if pc.any(has_third).as_py():
-        third = pc.list_element(pc.if_else(has_third, parts, pa.scalar([None, None, None], parts.type)), 2)
+    vals = _to_float(pepmass_value(parts, 1))
+    third = pepmass_value(parts, 2) if pc.any(pc.greater(n_parts, 2)).as_py() else None
     # GNPS writes "PEPMASS=mz 0.0" for an unknown intensity (as mzXML's precursorIntensity="0")
     return first, pa.array(vals, pa.float64(), mask=np.isnan(vals) | (vals == 0)), third
 

@@ -380,7 +380,8 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     """Input paths with every directory replaced by the spectrum files under it (recursively: a directory's
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
     out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
-    (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``) or, with any other name, when its content
+    (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``; an extension with a suffix after ``_``,
+    such as ``.msp_NIST``, when the content is of that format) or, with any other name, when its content
     is a MassBank record (``ACCESSION:`` first); others (READMEs, licences, TSV or Parquet tables without peak columns, such
     as sample sheets or hit tables, and JSON files whose first record is no spectrum, such as settings or
     reports) are left out and counted."""
@@ -406,6 +407,9 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                     continue
                 f = os.path.join(root, name)
                 ext = os.path.splitext(strip_gz(name)[0])[1].lower()
+                base = ext.partition("_")[0]  # mzmine's test libraries: "massbank.msp_NIST", ".msp_RIKEN"
+                if ext not in EXTENSIONS and base in EXTENSIONS and sniffed(f) == EXTENSIONS[base]:
+                    ext = base
                 if ext not in EXTENSIONS:
                     if sniffed(f) != "massbank" or not _starts_massbank_record(f):
                         skipped += 1

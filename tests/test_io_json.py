@@ -204,6 +204,27 @@ def test_review_resync_stays_at_the_top_level(tmp_path, monkeypatch, chunk):
         assert (s.ids, r.n_records) == (ids, n_records), name
 
 
+def test_gnps_cleaned_tuples_and_nested_metadata(tmp_path):
+    """Two mzmine test dialects: GNPS "cleaned" exports write `peaks_json` as Python tuples (matchms reads them
+    with ast.literal_eval; they were rejected as unreadable), and mzmine's GNPS JSON nests the metadata under
+    "metadata" (it was dropped without a word: no precursor, no polarity)."""
+    recs = [{"spectrum_id": "t1", "Precursor_MZ": "981.54", "Ion_Mode": "Positive",
+             "peaks_json": "[(278.049927, 35793.0), (640.06665, 0.0), (940.099915, 1264261.0),]"},
+            {"metadata": {"NAME": "10(11)-EpDPE", "CHARGE": "1", "PEPMASS": "343.2279", "ADDUCT": "[M-H]-",
+                          "IONMODE": "Negative", "SPECTRUMID": "X1", "nested": {"deeper": "ignored"}},
+             "SPECTRUMID": "own key wins", "peaks": [[105.07, 15.0], [343.23, 15.0]]}]
+    s, r = fio.read(_write(tmp_path / "mzmine.json", recs), return_report=True)
+    r.check()
+    assert (len(s), r.n_rejected) == (2, 0)
+    assert s[0].mz.tolist() == [278.049927, 640.06665, 940.099915] and s[0].intensity.tolist() == [35793.0, 0.0, 1264261.0]
+    m = _md(s, 1)
+    assert (m["precursor_mz"], m["charge"], m["ion_mode"], m["adduct"], m["name"], m["id"]) == (
+        343.2279, -1, "negative", "[M-H]-", "10(11)-EpDPE", "own key wins")
+    bad = [{"peaks_json": "[(1.0, 2.0), (oops)]"}]
+    s, r = fio.read(_write(tmp_path / "bad.json", bad), return_report=True, on_error="skip")
+    assert (len(s), r.n_rejected) == (0, 1) and "unreadable peaks" in next(iter(r.counts_by_reason))
+
+
 def test_not_json_spectra_is_one_clear_error(tmp_path):
     p = tmp_path / "page.json"
     p.write_text("<html><body>404</body></html>")
@@ -253,8 +274,11 @@ def test_review_directory_sniffing(tmp_path):
     (d / "mona.json").write_text(json.dumps([{k: mona[k] for k in ("id", "metaData", "compound", "spectrum")}]))
     gnps = dict(GNPS[0], Compound_Name="y" * 5000)
     (d / "gnps.json").write_text(json.dumps([{k: gnps[k] for k in ("spectrum_id", "Compound_Name", "peaks_json")}]))
+    # an extension with a suffix (mzmine's "massbank.msp_NIST") counts when the content is of its format
+    (d / "lib.msp_NIST").write_text("NAME: a\nPRECURSORMZ: 100\nNum Peaks: 1\n50 1\n")
+    (d / "notes.msp_old").write_text("not a spectrum file\n")
     files, skipped = _expand_directories([d])
-    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "mona.json"] and skipped == 2
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "lib.msp_NIST", "mona.json"] and skipped == 3
 
 
 def test_review_not_gzip_is_a_fastspec_error(tmp_path):

@@ -236,6 +236,9 @@ def test_value_patterned_keys():
     assert h.column("spectrumtype").to_pylist() == [None, "Centroid", None, None]
     assert h.column("id").to_pylist() == ["-1", "t", "7", "5"]
     assert meta.harmonise({"Spectrum_type": "MSn"})["ms_level"] == "MSn"
+    # MassSpecGym's MGF spells it INCHI_AUX
+    t2 = pa.table({"inchi_aux": ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", "AuxInfo=1/1/N:1"]})
+    assert meta.harmonise_table(t2).column("inchikey").to_pylist() == ["UJNSFDHVIBGEJZ-CMRIBGNTSA-N", None]
     assert "ms_level" not in meta.harmonise({"SpectrumType": "Profile"})
 
 

@@ -602,6 +602,29 @@ def test_msp_msdial_unquoted_comment_pairs(tmp_path):
     assert not {"ph", "http_example_org_a", "inchi"} & set(s.metadata.column_names)
 
 
+def test_msp_riken_style_comment_and_nist_peptide_comment(tmp_path):
+    """MassBank's RIKEN-style export ends its `Comment: DB#=...; origin=...` with free text (mzmine's test file
+    massbank_eu.msp_RIKEN): the pairs still count after a leading DB#, the text is the comment. NIST's
+    peptide libraries write space-separated pairs with quoted values (mzSpecLib's test data): kept whole as
+    the comment, as matchms keeps it (a closing quote used to open a pair: `nreps` = '1/2 Sample=')."""
+    pep = ('Single Pep=Tryptic Charge=2 Parent=855.4538 Origfile="a.MGF" Nreps=1/2 Sample="s1" '
+           'Protein="p q" Unassign_all=0.28 Filter="FTMS + p"')
+    text = ("NAME: Mevastatin\nPRECURSORMZ: 391.2474\n"
+            "Comment: DB#=MSBNK-AAFC-AC000857; origin=MassBank; Annotation Penicillium corvianum\n"
+            "Num Peaks: 1\n107.0491\t340449.84375\n\n"
+            f"Name: PEPTIDE/2\nComment: {pep}\nNum peaks: 1\n143.0823\t14791.5\t\"b2/5.6ppm\"\n\n"
+            "Name: mona\nComments: \"SMILES=C=CC(=O)O\" \"a.raw\" \"cas=50-00-0\" tail\nNum peaks: 1\n50 1\n\n"
+            "Name: free\nComment: origin=X; Annotation after a pair\nNum peaks: 1\n50 1\n")
+    s, r = read(tmp_path, "riken.msp", text)
+    assert (r.n_spectra, r.warnings) == (4, {})
+    assert s.column("id") == ["MSBNK-AAFC-AC000857", None, None, None]
+    assert s.column("origin")[0] == "MassBank"
+    assert s.column("comment") == ["Annotation Penicillium corvianum", pep, '"a.raw" tail',
+                                   "origin=X; Annotation after a pair"]
+    assert s.column("smiles")[2] == "C=CC(=O)O" and s.column("cas")[2] == "50-00-0"
+    assert not {"nreps", "single_pep", "unassign_all"} & set(s.metadata.column_names)
+
+
 def test_msp_unquoted_annotation_with_a_semicolon(tmp_path):
     # a ';' after the intensity belongs to an unquoted annotation (MS-DIAL lipids); right after the first two
     # values it still separates pairs, as RIKEN / NIST EI write them

@@ -22,12 +22,18 @@ from fastspec.spectra import Spectra
 
 NUM_PEAKS_KEYS = ts.NUM_PEAKS_KEYS  # defined with the scanner, which reads them too
 
-_PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')
+# MoNA quotes whole pairs: "SMILES=C=CC(=O)O" "cas=50-00-0". Quoted strings are taken left to right, so
+# that a closing quote never opens one (NIST's peptide comments: Origfile="a.MGF" Nreps=1/2 Sample="s1");
+# those holding no key=value stay text
+_QUOTED_RE = re.compile(r'"([^"]*)"')
+_QUOTED_PAIR_RE = re.compile(r'\s*([^=]+?)\s*=\s*(.*)', re.DOTALL)
 # Thermo / mzVault libraries quote only the value: Comments: ColumnType="DB-5, 30 m" SMILES="C=CC(=O)O"
 _KEY_QUOTED_RE = re.compile(r'(?:(?<=\s)|^)([A-Za-z_][\w.\-/#]*)\s*=\s*"([^"]*)"')
 # MS-DIAL / RIKEN / GNPS-to-MSP conversions write the pairs unquoted: Comment: DB#=X; origin=GNPS. A key: up
 # to three words of letters, digits and _#$.-/ ("DB#", "origin", "computed SMILES"), starting with a letter
 _PLAIN_KEY_RE = re.compile(r"[A-Za-z][\w#$.\-/]*(?: [\w#$.\-/]+){0,2}")
+# a value holding another " key=" is a line of space-separated pairs (NIST: Single Pep=Tryptic Charge=2)
+_SPACED_PAIR_RE = re.compile(r"\s[A-Za-z][\w#$.\-/]*=")
 # GOLM (GMD) synonyms that carry structure keys: "Synon: METB InChIKey: ..." (see meta.ALIASES)
 _GOLM_SYNON_RE = re.compile(r"^(METB InChIKey|METB InChI)\s*:\s*(\S.*)$", re.IGNORECASE)
 # the "; KEY: " seams of a NIST "CAS#: 71-43-2;  NIST#: 291514" line
@@ -502,13 +508,13 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
             continue
         # MoNA quotes whole pairs ("SMILES=C=CC(=O)O"), Thermo only values (SMILES="C=CC(=O)O"): the
         # line's start says which (MoNA's pattern reads Thermo's quotes as empty values)
-        pair_re = _KEY_QUOTED_RE if _KEY_QUOTED_RE.match(v.lstrip()) else _PAIR_RE
-        pairs = pair_re.findall(v)
-        if pairs:
-            rest = pair_re.sub(" ", v).strip()
-        else:  # MS-DIAL writes them unquoted: "DB#=X; origin=GNPS"
-            pairs = _plain_pairs(v)
-            rest = "" if pairs else v
+        if _KEY_QUOTED_RE.match(v.lstrip()):
+            pairs = _KEY_QUOTED_RE.findall(v)
+            rest = _KEY_QUOTED_RE.sub(" ", v).strip()
+        else:
+            pairs, rest = _quoted_pairs(v)
+        if not pairs:  # MS-DIAL writes them unquoted: "DB#=X; origin=GNPS"
+            pairs, rest = _plain_pairs(v)
         for pk, pv in pairs:
             ek.append(_DERIVED + pk.strip().lower())
             ev.append(pv.strip())
@@ -520,24 +526,42 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
     return ek, ev, er, syn_r, syn_v
 
 
-def _plain_pairs(text: str) -> list[tuple[str, str]]:
-    """The ``key=value`` pairs of an unquoted ``Comment: DB#=X; origin=GNPS`` (MS-DIAL); none unless every
-    ``;``-separated part is one with a plausible key (:data:`_PLAIN_KEY_RE`), so that free text holding
-    ``=`` or ``;`` stays a comment."""
+def _quoted_pairs(text: str) -> tuple[list[tuple[str, str]], str]:
+    """MoNA's quoted ``"key=value"`` pairs of a ``Comments:`` line and the text left around them (quoted
+    strings holding no ``=`` included, quotes and all)."""
+    pairs, rest, at = [], [], 0
+    for m in _QUOTED_RE.finditer(text):
+        kv = _QUOTED_PAIR_RE.fullmatch(m.group(1))
+        if kv is None:
+            continue
+        pairs.append((kv.group(1), kv.group(2)))
+        rest.append(text[at:m.start()])
+        at = m.end()
+    rest.append(text[at:])
+    return pairs, " ".join(r.strip() for r in rest if r.strip())
+
+
+def _plain_pairs(text: str) -> tuple[list[tuple[str, str]], str]:
+    """The ``key=value`` pairs of an unquoted ``Comment: DB#=X; origin=GNPS`` (MS-DIAL) and the free text
+    left: none unless every ``;``-separated part is one with a plausible key (:data:`_PLAIN_KEY_RE`) and
+    a value holding no further `` key=``, so that free text holding ``=`` or ``;`` stays a comment.
+    After a leading ``DB#=`` pair (MassBank's RIKEN-style export: ``DB#=MSBNK-...; origin=MassBank;
+    Annotation ...``) free-text parts are allowed and are the text left."""
     if "=" not in text:
-        return []
-    pairs = []
+        return [], text
+    pairs, free = [], []
     for part in text.split(";"):
         key, eq, val = part.partition("=")
         key = key.strip()
-        if not eq:
-            if part.strip():  # free text between the pairs
-                return []
-            continue  # "origin=GNPS;": nothing after the last ';'
-        if not _PLAIN_KEY_RE.fullmatch(key):
-            return []
+        if not eq or not _PLAIN_KEY_RE.fullmatch(key) or _SPACED_PAIR_RE.search(val):
+            if not part.strip():
+                continue  # "origin=GNPS;": nothing after the last ';'
+            if not pairs or pairs[0][0].upper() != "DB#":
+                return [], text  # free text, not pairs
+            free.append(part.strip())
+            continue
         pairs.append((key, val))
-    return pairs
+    return pairs, "; ".join(free)
 
 
 # ---------------------------------------------------------------------------- writing

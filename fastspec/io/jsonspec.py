@@ -3,9 +3,11 @@ MoNA's JSON export, read as a stream (a top-level array of records, or one recor
 
 Per record (a JSON object):
 
-* peaks from ``peaks_json`` (GNPS: a string holding ``[[mz, intensity], ...]``; matchms: the list
+* peaks from ``peaks_json`` (GNPS: a string holding ``[[mz, intensity], ...]``, or Python tuples
+  ``[(mz, intensity), ...]`` in GNPS "cleaned" exports; matchms: the list
   itself), ``peaks`` (the same list), or ``spectrum`` (MoNA: ``"mz:intensity mz:intensity ..."``);
-* metadata from every other key whose value is a string, number or boolean, harmonised like MGF/MSP
+* metadata from every other key whose value is a string, number or boolean, and from those of a nested
+  ``metadata`` (mzmine's GNPS JSON) or ``params`` object, harmonised like MGF/MSP
   keys (``Precursor_MZ``, ``Ion_Mode``, ``Compound_Name``, ``Smiles``, ``INCHI``, ``Adduct``,
   ``spectrum_id``, matchms' ``precursor_mz``, ``ionmode``, ...); MoNA's ``metaData`` lists
   (``{"name": "precursor m/z", "value": ...}``) of the record and of its first ``compound`` become keys
@@ -43,6 +45,11 @@ _OPEN_TAIL = re.compile(r"[}\]]\s*(?:,\s*)?\Z")
 #: characters a candidate record is first decoded from (a failed decode counts lines up to where it
 #: failed: decoding from the whole buffer made each failure cost the buffer's length)
 _WINDOW = 1 << 16
+#: a Python sequence's trailing comma, "(1.0, 2.0,)" or "[..., ]", which JSON refuses
+_TRAILING_COMMA = re.compile(r",\s*([\]])")
+#: keys of a nested object whose scalar values are the record's metadata (mzmine's GNPS JSON:
+#: ``{"metadata": {"PEPMASS": ...}, "peaks": [...]}``); the record's own keys come first
+_NESTED_META = ("metadata", "params")
 
 
 class _Broken(str):
@@ -255,7 +262,14 @@ def _is_spectrum(rec: Any) -> bool:
 def _pairs(value: Any) -> tuple[np.ndarray, np.ndarray]:
     """m/z and intensities from ``[[mz, i], ...]`` (or its JSON text)."""
     if isinstance(value, str):
-        value = json.loads(value)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            # GNPS "cleaned" exports (and matchms, through ast.literal_eval) write Python tuples:
+            # "[(289.28, 8068.0), ...]"
+            if "(" not in value:
+                raise
+            value = json.loads(_TRAILING_COMMA.sub(r"\1", value.replace("(", "[").replace(")", "]")))
     a = np.asarray(value, dtype=np.float64)
     if a.size == 0:
         return np.zeros(0), np.zeros(0)
@@ -303,6 +317,12 @@ def _record(rec: Any) -> tuple[dict, np.ndarray, np.ndarray]:
         s = _scalar(v)
         if s is not None:
             md[str(k)] = s
+    for k, v in rec.items():
+        if isinstance(v, dict) and str(k).lower() in _NESTED_META:
+            for kk, vv in v.items():
+                sv = _scalar(vv)
+                if sv is not None:
+                    md.setdefault(str(kk), sv)
     _mona_meta(rec.get("metaData"), md)
     comp = rec.get("compound")
     if isinstance(comp, list) and comp and isinstance(comp[0], dict):

@@ -100,13 +100,13 @@ EXTRA_ALIASES: dict[str, tuple[str, ...]] = {
 #: under their own names too. GNPS library exports carry no plain formula or InChIKey, only the ones GNPS
 #: computed from the record's SMILES and InChI (which can disagree: the SMILES' comes first, as the
 #: formula the library derives from a SMILES does). MZmine's library export (MSnLib) writes the InChIKey as
-#: ``INCHIAUX``, a submitted value, so it comes before the computed ones; MoNA's MSP export writes the
+#: ``INCHIAUX`` (MassSpecGym's MGF as ``INCHI_AUX``), a submitted value, so it comes before the computed ones; MoNA's MSP export writes the
 #: structure of records without a submitted one only as ``"computed SMILES=..."`` / ``"computed InChI=..."``
 #: (its JSON export gives them as plain SMILES and InChI). Unlike aliases they never hide a value given in
 #: another form (an MSP ``Synon: $:28`` InChIKey, a ``Comments`` formula).
 FILL_FROM: dict[str, tuple[str, ...]] = {
     "formula": ("formula_smiles", "formula_inchi"),
-    "inchikey": ("inchiaux", "inchikey_smiles", "inchikey_inchi"),
+    "inchikey": ("inchiaux", "inchi_aux", "inchikey_smiles", "inchikey_inchi"),
     "smiles": ("computed_smiles",),
     "inchi": ("computed_inchi",),
 }
@@ -119,6 +119,7 @@ _MS_LEVEL_VALUE = r"(?i)^\s*(ms\s*([0-9]+|n)?|[0-9]+)\s*$"
 #: ``SPECTRUMTYPE: Centroid`` (or ``Profile``) where NIST writes ``Spectrum_type: MS2``.
 VALUE_PATTERNS: dict[str, str] = {
     "inchiaux": r"^[A-Z]{14}-[A-Z]{10}-[A-Z]$",
+    "inchi_aux": r"^[A-Z]{14}-[A-Z]{10}-[A-Z]$",  # MassSpecGym's MGF
     "spectrum_type": _MS_LEVEL_VALUE,
     "spectrumtype": _MS_LEVEL_VALUE,
 }

@@ -25,8 +25,8 @@ NUM_PEAKS_KEYS = ts.NUM_PEAKS_KEYS  # defined with the scanner, which reads them
 # MoNA quotes whole pairs: "SMILES=C=CC(=O)O" "cas=50-00-0". Quoted strings are taken left to right, so
 # that a closing quote never opens one (NIST's peptide comments: Origfile="a.MGF" Nreps=1/2 Sample="s1");
 # those holding no key=value stay text
-_QUOTED_RE = re.compile(r'"([^"]*)"')
-_QUOTED_PAIR_RE = re.compile(r'\s*([^=]+?)\s*=\s*(.*)', re.DOTALL)
+_QUOTED_RE = re.compile(r'"(?:\s*([^"=]+?)\s*=\s*([^"]*)|[^"]*)"')
+_PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')  # the same, where every quote is in a pair
 # Thermo / mzVault libraries quote only the value: Comments: ColumnType="DB-5, 30 m" SMILES="C=CC(=O)O"
 _KEY_QUOTED_RE = re.compile(r'(?:(?<=\s)|^)([A-Za-z_][\w.\-/#]*)\s*=\s*"([^"]*)"')
 # MS-DIAL / RIKEN / GNPS-to-MSP conversions write the pairs unquoted: Comment: DB#=X; origin=GNPS. A key: up
@@ -529,16 +529,15 @@ def _msp_special(keys: list, vals: list, recs: np.ndarray):
 def _quoted_pairs(text: str) -> tuple[list[tuple[str, str]], str]:
     """MoNA's quoted ``"key=value"`` pairs of a ``Comments:`` line and the text left around them (quoted
     strings holding no ``=`` included, quotes and all)."""
-    pairs, rest, at = [], [], 0
-    for m in _QUOTED_RE.finditer(text):
-        kv = _QUOTED_PAIR_RE.fullmatch(m.group(1))
-        if kv is None:
-            continue
-        pairs.append((kv.group(1), kv.group(2)))
-        rest.append(text[at:m.start()])
-        at = m.end()
-    rest.append(text[at:])
-    return pairs, " ".join(r.strip() for r in rest if r.strip())
+    pairs = _PAIR_RE.findall(text)
+    if pairs and text.count('"') == 2 * len(pairs):  # every quote in a pair: none was taken for another's
+        return pairs, _PAIR_RE.sub(" ", text).strip()
+    found = _QUOTED_RE.findall(text)
+    pairs = [(k, v) for k, v in found if k]
+    if not pairs:
+        return pairs, text
+    rest = _QUOTED_RE.sub(lambda m: " " if m.group(1) else m.group(0), text)
+    return pairs, " ".join(rest.split())
 
 
 def _plain_pairs(text: str) -> tuple[list[tuple[str, str]], str]:

@@ -72,9 +72,9 @@ NOVEL_MODES = {"open-cosine": "open", "open-entropy": "open", "analog": "hybrid"
 
 #: label -> search keyword arguments (fastspec)
 MODES = {
-    "identity": dict(mode="identity", metric="cosine"),
+    "identity": dict(mode="identity", metric="cosine", precursor_tolerance=PRECURSOR_TOLERANCE),
     # ms_entropy's identity search scores entropy similarity: the same metric, side by side
-    "identity-entropy": dict(mode="identity", metric="entropy"),
+    "identity-entropy": dict(mode="identity", metric="entropy", precursor_tolerance=PRECURSOR_TOLERANCE),
     "formula": dict(mode="formula", metric="cosine"),
     "open-cosine": dict(mode="open", metric="cosine"),
     "open-entropy": dict(mode="open", metric="entropy"),
@@ -248,7 +248,7 @@ def phase_query(a) -> dict:
     klass = library_classes(lib)
     out = {"open_s": t_open, "threads": a.threads, "n_queries": len(queries), "modes": {},
            "rss_after_open": rss()["rss"]}
-    common = dict(tolerance=TOLERANCE, precursor_tolerance=PRECURSOR_TOLERANCE, threads=a.threads, progress=False)
+    common = dict(tolerance=TOLERANCE, threads=a.threads, progress=False)
     n_lat = min(a.latency_queries, len(queries))
     for label, kw in MODES.items():
         try:
@@ -319,8 +319,7 @@ def phase_rss(a) -> dict:
     lib = Library.open(wd / "lib.fastspec")
     kw = dict(RSS_MODES[a.mode_label])
     t0 = time.perf_counter()
-    lib.search(queries, k=K, tolerance=TOLERANCE, precursor_tolerance=PRECURSOR_TOLERANCE, threads=a.threads,
-               progress=False, **kw)
+    lib.search(queries, k=K, tolerance=TOLERANCE, threads=a.threads, progress=False, **kw)
     return {"mode": a.mode_label, "seconds_incl_compile_or_cache_load": time.perf_counter() - t0,
             "rss_before_open": base["rss"], **rss()}
 

@@ -149,7 +149,15 @@ def output_target(path) -> tuple[Path, bool]:
     """Where an output named ``path`` is written: ``(target, direct)``. A symlink's target (the link
     stays and the file it names is replaced, as writing through a link does); ``direct`` for an existing
     file that is not a regular one (``/dev/null``, a named pipe, a terminal), which is written to as it
-    is: renaming a temporary over it would replace the device with a regular file."""
+    is: renaming a temporary over it would replace the device with a regular file.
+
+    Refused (ParameterError): ``-`` (a file of that name would be written where standard output was
+    meant) and a path inside a library index directory (the file would replace or join the index's)."""
+    from fastspec.errors import ParameterError
+
+    if str(path) == "-":
+        raise ParameterError("output '-': standard output is written as /dev/stdout (a text format such as "
+                             "TSV or MGF; name the format where the name has no extension)")
     path = Path(path)
     try:
         mode = os.stat(path).st_mode  # (through links: /dev/stdout to a pipe is a pipe)
@@ -162,7 +170,13 @@ def output_target(path) -> tuple[Path, bool]:
         # open: written through (reopened, as `cp x /dev/stdout` does), never replaced by another file
         if str(path).startswith(("/dev/", "/proc/")) or os.readlink(path).startswith(("/dev/", "/proc/")):
             return path, True
-        return Path(os.path.realpath(path)), False
+        path = Path(os.path.realpath(path))
+    from fastspec._indexfmt import enclosing_index
+
+    inside = enclosing_index(path)
+    if inside is not None:
+        raise ParameterError(f"{path} is inside the library index {inside}; writing it there would corrupt the "
+                             "index (choose another output path)")
     return path, False
 
 

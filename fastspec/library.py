@@ -885,6 +885,9 @@ class Library:
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
         target = Path(path)
         absolute = absolute_path(path)  # "." from inside the index it replaces: gone after the swap
+        inside = fmt.enclosing_index(absolute.parent)
+        if inside is not None:  # a rebuild or append of that index would delete this one
+            raise ParameterError(f"{path} is inside the library index {inside}: choose another path")
         if target.is_dir() and not fmt.is_index_dir(target, damaged=True) and any(target.iterdir()):
             raise IndexFormatError(f"refusing to overwrite {target}: it is a non-empty directory that is not a "
                                    "library index")

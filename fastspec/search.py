@@ -67,7 +67,7 @@ def search(
     mode: str = "identity",
     metric: str | None = None,
     tolerance: "float | str | Tolerance" = 0.02,
-    precursor_tolerance: "float | str | Tolerance" = 0.01,
+    precursor_tolerance: "float | str | Tolerance | None" = None,
     engine: str = "exact",
     threads: int | None = None,
     formula: "str | Sequence[str | None] | None" = None,
@@ -117,9 +117,9 @@ def search(
         ``analog``.
     tolerance : float or str
         Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
-    precursor_tolerance : float or str
-        Identity-mode precursor window (relative to the query precursor for ppm); other modes ignore it
-        (their hit parameters record it as None). Entropy metrics with a Da window test the library
+    precursor_tolerance : float or str, optional
+        Identity-mode precursor window (relative to the query precursor for ppm; default 0.01 Da); other
+        modes refuse it (their hit parameters record None). Entropy metrics with a Da window test the library
         precursor m/z rounded to float32, as ``FlashEntropySearch.identity_search`` does.
     engine : {"exact", "faiss"}
         ``faiss``: candidates from the FAISS index (``nprobe``, ``n_candidates``), rescored exactly
@@ -491,7 +491,10 @@ class _SearchConfig:
         c.tolerance = parse_tolerance(tolerance, "tolerance")
         if mode in _FLASH_MODES and c.tolerance.unit != "da":
             raise ParameterError(f"mode {mode!r} takes a Da tolerance, as ms_entropy's {_FLASH_MODES[mode]} does")
-        c.precursor_tolerance = parse_tolerance(precursor_tolerance, "precursor_tolerance")
+        if precursor_tolerance is not None and mode != "identity":  # it would filter nothing
+            raise ParameterError(f"precursor_tolerance applies to mode='identity', not {mode!r}")
+        c.precursor_tolerance = parse_tolerance(0.01 if precursor_tolerance is None else precursor_tolerance,
+                                                "precursor_tolerance")
         if engine not in ENGINES:
             raise ParameterError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         if engine == "faiss":
@@ -520,7 +523,7 @@ class _SearchConfig:
         if engine != "faiss" and (nprobe is not None or n_candidates is not None):  # set but never used
             raise ParameterError("nprobe and n_candidates apply to engine='faiss'")
         if c.n_candidates is not None and c.n_candidates < c.k:  # fewer than k hits whatever the library holds
-            raise ParameterError(f"n_candidates ({c.n_candidates}) must be at least k ({c.k})")
+            raise ParameterError(f"n_candidates={c.n_candidates} must be at least k={c.k}")
         c.mz_power, c.intensity_power = _number(mz_power, "mz_power"), _number(intensity_power, "intensity_power")
         if c.intensity_power < 0:  # a zero-intensity peak would weigh inf, and its spectrum score NaN (matchms too)
             raise ParameterError(f"intensity_power must be 0 or more, got {c.intensity_power:g}")
@@ -575,7 +578,10 @@ class _SearchConfig:
         this config, which later searches with the same arguments reuse, nor the library's manifest);
         with the caller's ``formula=`` (formula mode), ``formula`` too (:func:`formula_param`)."""
         out = {
-            "mode": self.mode, "metric": self.metric, "k": self.k, "tolerance": str(self.tolerance),
+            "mode": self.mode, "metric": self.metric, "k": self.k,
+            # binned cosine's bins come from the tolerance only where no preset or bin_width sets them
+            "tolerance": None if self.metric == "binned_cosine" and (self.metric_params.get("preset") or self.metric_params.get(
+                "bin_width") is not None) else str(self.tolerance),
             # only identity search has a precursor window: a value in another mode's table would read as a filter
             "precursor_tolerance": str(self.precursor_tolerance) if self.mode == "identity" else None,
             "engine": self.engine,
@@ -683,8 +689,12 @@ class _Context:
         import sys
 
         if enabled is not None and not isinstance(enabled, bool):
-            self.bar, self._own_bar = enabled, False
-            return
+            if hasattr(enabled, "update"):  # a tqdm bar
+                self.bar, self._own_bar = enabled, False
+                return
+            if not isinstance(enabled, (int, np.integer, np.bool_)):  # "no" would read as True
+                raise ParameterError(f"progress must be True, False, None or a tqdm bar, got {enabled!r}")
+            enabled = bool(enabled)
         if enabled is None:
             enabled = sys.stderr.isatty()
         if enabled and total:

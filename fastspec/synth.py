@@ -821,8 +821,10 @@ def _load(source: Any) -> Spectra:
         if not os.path.exists(path):
             raise FileNotFoundError(2, "No such file", path)
         from fastspec import io as fio
+        from fastspec.library import _refuse_empty
 
-        sp = fio.read(path)
+        sp, report = fio.read(path, return_report=True)
+        _refuse_empty(report)  # an MGF file named .msp: say so, not "no usable spectra"
     return sp.keep_peaks(np.asarray(sp.intensity) != 0)
 
 

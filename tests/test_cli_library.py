@@ -111,6 +111,16 @@ def test_query_binned_cosine_preset(index, massbank_mgf, tmp_path):
     assert table.column("score").null_count < table.num_rows
     assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", out, "--preset", "khoo2026", ok=False),
                        "binned_cosine")
+    # --tolerance with the preset is the bin width, as in `fastspec evaluate` (it was ignored, yet recorded)
+    wide = tmp_path / "wide.parquet"
+    run("query", massbank_mgf, "-l", index, "-o", wide, "-k", 2, "--mode", "open", "--metric", "binned_cosine",
+        "--preset", "khoo2026", "--tolerance", "1da", "-q")
+    p2 = json.loads(pq.read_table(wide).schema.metadata[b"fastspec"])
+    assert p2["metric_params"] == {"preset": "khoo2026", "bin_width": 1.0} and p2["tolerance"] is None
+    assert params["tolerance"] is None  # the preset's bins: no tolerance was used
+    assert pq.read_table(wide).column("score").to_pylist() != table.column("score").to_pylist()
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", wide, "--mode", "open", "--metric",
+                           "binned_cosine", "--preset", "khoo2026", "--tolerance", "10ppm", ok=False), "bin width")
 
 
 def test_index_options(massbank_mgf, tmp_path):
@@ -400,9 +410,20 @@ def test_no_command_writes_into_a_library_index(index, massbank_mgf, tmp_path):
                  ["evaluate", "-l", massbank_mgf, "--fingerprint-cache", lib / "fp"],
                  ["split", "-l", massbank_mgf, "-o", tmp_path / "s.csv", "--split", "l2s", "--fingerprint-cache", lib / "fp"]):
         assert_clean_error(run(*args, ok=False), "inside the library index")
+    assert_clean_error(run("demo", "--n-spectra", 100, "--workdir", lib, ok=False), "inside the library index")
     run("info", lib, "--verify")
     with pytest.raises(ParameterError, match="inside the library index"):
         Library.open(index).search_to_file(massbank_mgf, lib / "inputs.parquet")
+    # through the Python API too (an append's rebuild would delete such a file)
+    import fastspec.io as fio
+
+    hits = Library.open(index).search(fio.read(massbank_mgf).take([0]), k=1)
+    for write in (lambda: hits.write(lib / "x.tsv"), lambda: hits.to_parquet(lib / "x.parquet"),
+                  lambda: fio.write(fio.read(massbank_mgf).take([0]), lib / "x.mgf"),
+                  lambda: Library.build(massbank_mgf, lib / "nested.fastspec", faiss=False)):
+        with pytest.raises(ParameterError, match="inside the library index"):
+            write()
+    assert not list(lib.glob("x.*")) and not (lib / "nested.fastspec").exists()
     app = tmp_path / "webapp"
     app.mkdir()
     (app / "manifest.json").write_text('{"name": "pwa"}')
@@ -741,6 +762,46 @@ def test_a_short_write_says_the_disk_may_be_full():
 
     with pytest.raises(click.ClickException, match=r"stopped short \(446257 requested and 202720 written\); is the disk full"):
         save()
+
+
+def test_a_closed_pipe_ends_quietly():
+    """`fastspec query ... -o /dev/stdout | head`: the reader going away ends the command quietly with
+    SIGPIPE's status, as Unix tools do, not with "Error: Broken pipe"."""
+    import click
+
+    from fastspec.cli._common import handle_errors
+
+    @click.command()
+    @handle_errors
+    def cmd():
+        raise BrokenPipeError(32, "Broken pipe", "/dev/stdout")
+
+    res = CliRunner().invoke(cmd, [])
+    assert res.exit_code == 141 and res.output == ""
+
+
+def test_more_user_mistakes(index, massbank_mgf, tmp_path):
+    """From a user audit: `-o -` wrote a file named '-'; `convert --format msp out.mgf` wrote MSP into .mgf;
+    `convert --report` into a missing folder failed after writing the output; `evaluate --predictions p.csv`
+    wrote Parquet into .csv; a query file whose every record is rejected exited 0; a seed library in
+    another format than its name said got "no usable spectra"."""
+    assert_clean_error(run("query", massbank_mgf, "-l", index, "-o", "-", "--output-format", "tsv", ok=False),
+                       "/dev/stdout")
+    assert_clean_error(run("convert", massbank_mgf, "-", "--format", "mgf", ok=False), "/dev/stdout")
+    assert not (Path.cwd() / "-").exists()
+    assert_clean_error(run("convert", massbank_mgf, tmp_path / "o.mgf", "--format", "msp", ok=False),
+                       "extension names mgf")
+    run("convert", massbank_mgf, tmp_path / "o", "--format", "msp", "-q")  # no extension: the format given
+    run("convert", massbank_mgf, tmp_path / "c.mgf", "--report", tmp_path / "new" / "r.json", "-q")
+    assert json.loads((tmp_path / "new" / "r.json").read_text())["n_spectra"] > 0
+    assert_clean_error(run("evaluate", "-l", massbank_mgf, "--predictions", tmp_path / "p.csv", ok=False),
+                       "parquet")
+    bad = tmp_path / "bad.mgf"
+    bad.write_text("BEGIN IONS\nPEPMASS=100\n50 0\nEND IONS\n")
+    assert_clean_error(run("query", bad, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "every query record")
+    (tmp_path / "seed.msp").write_text(Path(massbank_mgf).read_text())
+    assert_clean_error(run("synth", "-n", 10, "--seed-library", tmp_path / "seed.msp", "-o", tmp_path / "s.mgf",
+                           ok=False), "looks like mgf")
 
 
 def test_append_prints_its_own_reader_warnings(tmp_path):

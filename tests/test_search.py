@@ -344,7 +344,7 @@ def test_without_stored_norms_is_the_same(lib, data, mode, metric, absent, monke
     the copy's entropy weights, gather and prepare candidates instead of scoring them in place; without
     the precursor-block index, identity windows are scored in full, and without its summary searched
     peak by peak: the same hits."""
-    kw = dict(k=K, mode=mode, precursor_tolerance="0.05da", metric=metric)
+    kw = dict(k=K, mode=mode, metric=metric, **({"precursor_tolerance": "0.05da"} if mode == "identity" else {}))
     ref = lib.search(data[1], **kw)
     real = Library.has_array
     monkeypatch.setattr(Library, "has_array", lambda self, name: name not in absent and real(self, name))
@@ -1378,6 +1378,16 @@ def test_bad_parameters(lib, data):
     # a negative intensity power would weigh zero-intensity peaks inf (scores NaN, hits silently lost)
     with pytest.raises(ParameterError, match="intensity_power must be 0 or more"):
         lib.search(q, mode="open", intensity_power=-0.5)
+    # a precursor window outside identity mode filtered nothing (the CLI refused it, the API ignored it)
+    for mode in ("open", "analog", "formula", "hybrid"):
+        with pytest.raises(ParameterError, match="precursor_tolerance applies to mode='identity'"):
+            lib.search(q, mode=mode, precursor_tolerance="5ppm")
+    assert lib.search(q, k=1).params["precursor_tolerance"] == "0.01da"
+    # progress: True/False/None, numbers and numpy booleans as booleans, a tqdm bar; "no" refused (0 crashed)
+    for flag in (0, 1, np.bool_(False)):
+        assert lib.search(q, k=1, mode="open", progress=flag).scores.shape == (3, 1)
+    with pytest.raises(ParameterError, match="progress"):
+        lib.search(q, k=1, mode="open", progress="no")
     # aliases resolve
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
     # a metric's own refusals whatever the queries find: they were raised only once a query reached a
@@ -1852,7 +1862,8 @@ def test_entropy_search_equals_ms_entropy_flash_search(data, lib):
     qs = Spectra.concat([real, edge])
     checked = 0
     for mode in ("open", "identity"):
-        hits = lib.search(qs, k=10, mode=mode, metric="entropy", tolerance=0.02, precursor_tolerance=0.01, threads=1)
+        hits = lib.search(qs, k=10, mode=mode, metric="entropy", tolerance=0.02, threads=1,
+                          **({"precursor_tolerance": 0.01} if mode == "identity" else {}))
         for j in range(len(qs)):
             peaks = es.clean_spectrum_for_search(precursor_mz=float(qs.precursor_mz[j]),
                                                  peaks=np.column_stack([qs[j].mz, qs[j].intensity]).astype(np.float32))

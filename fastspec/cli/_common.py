@@ -1,6 +1,7 @@
 """Shared CLI plumbing: --threads/--quiet options and turning user mistakes into one clear line."""
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -115,6 +116,10 @@ def handle_errors(f):
         except (FastspecError, OSError) as e:
             if os.environ.get("FASTSPEC_DEBUG"):
                 raise
+            if isinstance(e, OSError) and e.errno == errno.EPIPE:
+                # the reader of a pipe went away (`fastspec query ... -o /dev/stdout | head`): quietly, with
+                # the status a process killed by SIGPIPE has, as other Unix tools do
+                sys.exit(128 + 13)
             if isinstance(e, FastspecError):
                 msg = as_options(str(e))
             elif e.strerror and e.filename:  # missing file, permission, a directory given for a file

@@ -76,6 +76,12 @@ def demo(n_spectra, n_queries, seed, k, workdir, as_json, compile_ahead, threads
 @contextmanager
 def _workdir(path: str | None):
     if path is not None:
+        from fastspec._indexfmt import enclosing_index
+        from fastspec.errors import ParameterError
+
+        inside = enclosing_index(path)
+        if inside is not None:  # a rebuild or append of that index would delete the demo's files
+            raise ParameterError(f"--workdir {path} is inside the library index {inside}: choose another directory")
         Path(path).mkdir(parents=True, exist_ok=True)
         yield Path(path)
         return

@@ -5,7 +5,8 @@ import time
 
 import click
 
-from fastspec.cli._common import common_options, handle_errors, input_format_option, refuse_clobbering, stdin_paths
+from fastspec.cli._common import (common_options, handle_errors, input_format_option, make_parents, refuse_clobbering,
+                                  stdin_paths)
 
 _WRITABLE = ("mgf", "msp", "tsv", "parquet", "hdf5")
 
@@ -34,6 +35,7 @@ def convert(inputs, output, fmt, input_format, on_error, report_path, threads, q
     inputs = stdin_paths(inputs)
     refuse_clobbering(inputs, [("OUTPUT", output), ("--report", report_path)])
     output_format(output, fmt)  # a format it cannot write there is refused before the input is read
+    make_parents(output, report_path)  # before the work, not after it
     t0 = time.perf_counter()
     spectra, report = read(list(inputs), format=input_format, on_error=on_error,
                            progress=False if quiet else None, return_report=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -181,6 +182,10 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
     refuse_clobbering([library, queries, *_split_files([split_spec])],
                       [("--output", output), ("--predictions", predictions), ("--markdown", md),
                        ("--fingerprint-cache", kw.get("fingerprint_cache"))])
+    if predictions and os.path.splitext(predictions)[1].lower() not in ("", ".parquet", ".pq"):
+        from fastspec.errors import ParameterError  # a .csv of Parquet bytes would not read back as CSV
+
+        raise ParameterError(f"--predictions {predictions}: predictions are written as Parquet; name the file .parquet")
     make_parents(output, predictions)
     if predictions:  # Parquet: refused for a pipe before the evaluation, not after it
         from fastspec._atomic import check_seekable

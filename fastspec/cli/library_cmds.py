@@ -119,7 +119,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
         from fastspec._indexfmt import enclosing_index
 
         inside = enclosing_index(Path(os.path.abspath(output)).parent)
-        if inside is not None:  # a rebuild or append of that index would delete this one
+        if inside is not None:  # before reading anything (Library.build refuses it too)
             raise ParameterError(f"{output} is inside the library index {inside}: choose another output path")
         pipeline = _pipeline_from_options(no_preprocess, preprocess, min_mz, max_mz, remove_precursor, noise, top_k)
         make_parents(output)  # as query, convert and synth do
@@ -159,7 +159,8 @@ def _log_warnings(log, warnings: dict | None) -> None:
                    "open: the whole library, exactly; analog: modified cosine over the whole library; hybrid, "
                    "neutral_loss: ms_entropy's hybrid and neutral-loss searches, exactly.")
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog; entropy for hybrid and neutral_loss (ms_entropy's hybrid and neutral-loss searches)].")
-@click.option("--tolerance", default="0.02da", show_default=True, help="Fragment tolerance, e.g. 0.02da or 10ppm.")
+@click.option("--tolerance", default=None, help="Fragment tolerance, e.g. 0.02da or 10ppm (binned_cosine: the bin "
+                                                "width, Da; with --preset, in place of the preset's)  [default: 0.02da].")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
               help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "
                    "precursor peak 100) [default: bins of --tolerance].")
@@ -202,10 +203,20 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     sort_input(queries, on_error)  # a missing query file is refused before anything compiles (one line)
     table_kind(output, output_format)  # a wrong extension is refused before the search
     for name, value in (("--tolerance", tolerance), ("--precursor-tolerance", precursor_tolerance)):
-        check_tolerance_option(value, name)
+        if not (name == "--tolerance" and metric == "binned_cosine"):  # 1 Da bins are a normal setting
+            check_tolerance_option(value, name)
     make_parents(output)  # before the search, not after it
     if preset is not None and metric != "binned_cosine":
         raise ParameterError("--preset applies to --metric binned_cosine")
+    metric_params = {"preset": preset} if preset else {}
+    if preset is not None and tolerance is not None:  # the bin width, as `fastspec evaluate --preset` takes it
+        from fastspec.tolerance import parse_tolerance
+
+        tol = parse_tolerance(tolerance, "--tolerance")
+        if tol.unit != "da":
+            raise ParameterError(f"--tolerance {tolerance} with --preset is the bin width, in Da")
+        metric_params["bin_width"] = tol.value
+        tolerance = None
     if precursor_tolerance is not None and mode != "identity":  # it would be recorded, yet filter nothing
         raise ParameterError("--precursor-tolerance applies to --mode identity")
     lib = Library.open(library)
@@ -221,13 +232,13 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
 
         try:
             done = lib.search_to_file(queries if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
-                                      mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance or "0.01da",
+                                      mode=mode, metric=metric, tolerance=tolerance or "0.02da", precursor_tolerance=precursor_tolerance,
                                       engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
                                       on_error=on_error, input_format=input_format, output_format=output_format,
                                       threads=threads,
-                                      progress=False if quiet else None, on_validated=start_ahead, **({"preset": preset} if preset else {}))
+                                      progress=False if quiet else None, on_validated=start_ahead, **metric_params)
         finally:
             for a in ahead:
                 a.stop()
@@ -237,6 +248,9 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     _log_warnings(log, rec.get("warnings"))
     if rec.get("rejected"):
         why = ", ".join(f"{r}: {c}" for r, c in rec["rejected_by_reason"].items())
+        if rec["rejected"] == rec.get("read"):  # as `fastspec index` and `convert` refuse such input
+            raise ParameterError(f"every query record was rejected ({rec['rejected']}: {why}); nothing was "
+                                 f"searched ({output} lists them, status 'rejected')")
         log(f"{rec['read']} query records read, {rec['rejected']} rejected and not searched ({why})")
     for name, c in (params.get("filters_not_applied") or {}).items():
         why = [f"{c[r]} {r}" for r in ("missing", "unreadable") if c.get(r)]

@@ -261,18 +261,22 @@ def output_format(path, format: str | None = None) -> str:
     pipe or terminal (:func:`fastspec._atomic.check_seekable`)."""
     from fastspec._atomic import check_seekable
 
-    path = os.fspath(path)
-    if format is None:
-        base, _ = strip_gz(path)
-        ext = os.path.splitext(base)[1].lower()
-        from fastspec.io._common import EXTENSIONS
+    from fastspec.io._common import EXTENSIONS
 
+    path = os.fspath(path)
+    base, _ = strip_gz(path)
+    ext = os.path.splitext(base)[1].lower()
+    if format is None:
         if ext not in EXTENSIONS:
             raise FastspecError(f"{path}: cannot tell the output format from the extension; pass format= "
                                 f"(one of {', '.join(WRITABLE)}; --format in `fastspec convert`)")
         fmt = EXTENSIONS[ext]
     else:
         fmt = detect_format(path, format)
+        # reading it back would take it for the other (a pipe or device, written through, may be named anyhow)
+        if ext in EXTENSIONS and EXTENSIONS[ext] != fmt and not (os.path.exists(path) and not os.path.isfile(path)):
+            raise FastspecError(f"{path}: its extension names {EXTENSIONS[ext]}, not the {fmt} asked for; "
+                                f"name the file .{fmt if fmt != 'hdf5' else 'h5'} or drop the format")
     if fmt not in WRITABLE:
         raise FastspecError(f"{path}: writing {fmt} is not supported (writable: {', '.join(WRITABLE)})")
     if strip_gz(path)[1] and fmt not in _TEXT:

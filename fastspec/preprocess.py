@@ -643,7 +643,8 @@ def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_pr
 
     Steps, in order:
 
-    1. ``sanitize`` -- drop NaN/inf/non-positive peaks, sum peaks at identical m/z;
+    1. ``sanitize`` -- drop NaN/inf/non-positive peaks; peaks at identical m/z are left to step 3's
+       centroiding, as ms_entropy leaves them (summed here when ``merge`` is None);
     2. ``mz_range(min_mz, max_mz)`` -- default: all m/z;
     3. ``entropy_clean`` (:func:`entropy_clean`, ``normalize_intensity=False``), which
 
@@ -664,7 +665,9 @@ def default_pipeline(min_mz: float = 0.0, max_mz: float | None = None, remove_pr
         raise ParameterError(f"noise must be within [0, 1], got {noise!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ParameterError(f"top_k must be an integer >= 1, got {top_k!r}")
-    steps: list[tuple[str, dict]] = [("sanitize", {"duplicates": "sum"}),
+    # peaks at one m/z: the centroiding merges them as ms_entropy does (an intensity-weighted float32 mean,
+    # which can move the m/z by an ulp and so decide a match at the window's edge); summed only without it
+    steps: list[tuple[str, dict]] = [("sanitize", {"duplicates": "sum" if merge is None else "keep"}),
                                      ("mz_range", {"min_mz": min_mz, "max_mz": max_mz})]
     if (remove_precursor, merge, noise, top_k) == (None,) * 4:
         return Pipeline(steps)

@@ -390,26 +390,36 @@ class Spectra:
     @property
     def polarity(self) -> np.ndarray:
         """+1 positive, -1 negative, 0 unknown; int8 (n,). From ``ion_mode`` (or, in metadata given in memory
-        with keys as written, its first alias the readers know: matchms' ``ionmode``, ``polarity``...), else
-        the charge sign."""
+        with keys as written, an alias the readers know: matchms' ``ionmode``, ``polarity``...; a row without
+        a value in one such column takes the next's, as in spectra concatenated from both kinds), else the
+        charge sign."""
         pol = np.sign(self.charge).astype(np.int8)
-        col = "ion_mode" if has_column(self.metadata, "ion_mode") else None
-        if col is None and self.metadata.num_columns:
+        names = self.metadata.column_names if self.metadata.num_columns else []
+        cols = [c for c in names if c == "ion_mode"]
+        if names:
             from fastspec.io.meta import canonical_key
 
-            col = next((c for c in self.metadata.column_names if canonical_key(c) == "ion_mode"), None)
-        if col is not None:
+            cols += [c for c in names if c != "ion_mode" and canonical_key(c) == "ion_mode"]
+        if cols:
+            import pyarrow.compute as pc
+
             from fastspec.io.meta import parse_ion_mode
 
             # the readers' own parser: "n/a", "none", "neutral" are unknown, not negative
             sign = {"positive": 1, "negative": -1}
-            seen: dict = {}  # a column holds a few distinct labels
-            for i, m in enumerate(self.metadata.column(col).to_pylist()):
-                s = seen.get(m, 2)
-                if s == 2:
-                    s = seen[m] = sign.get(parse_ion_mode(m), 0)
-                if s:
-                    pol[i] = s
+            decided = np.zeros(len(pol), dtype=bool)
+            for col in cols:
+                arr = self.metadata.column(col)
+                if arr.null_count == len(arr):
+                    continue
+                # a column holds a few distinct labels: parse each once
+                enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+                lut = np.array([sign.get(parse_ion_mode(v), 0) for v in enc.dictionary.to_pylist()], np.int8)
+                valid = ~np.asarray(pc.is_null(enc.indices), dtype=bool)
+                now = valid & ~decided
+                s = lut[np.asarray(enc.indices.fill_null(0), dtype=np.int64)]
+                pol[now & (s != 0)] = s[now & (s != 0)]
+                decided |= valid
         return pol
 
     def __repr__(self) -> str:

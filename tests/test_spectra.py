@@ -191,6 +191,12 @@ def test_polarity_from_an_alias_key(key):
     both = Spectra.from_arrays([np.array([100.0])], [np.array([1.0])],
                                metadata={key: ["negative"], "ion_mode": ["positive"]})
     assert both.polarity.tolist() == [1]
+    # concatenated with spectra keyed ion_mode, the alias still counts where ion_mode is null (it was
+    # ignored: negative spectra became unknown and matched positive queries; a search audit)
+    a = Spectra.from_arrays([np.array([100.0])] * 2, [np.array([1.0])] * 2, metadata={"ion_mode": ["positive", None]})
+    b = Spectra.from_arrays([np.array([100.0])] * 3, [np.array([1.0])] * 3,
+                            metadata={key: ["negative", "n/a", None]}, charge=[0, 0, 2])
+    assert Spectra.concat([a, b]).polarity.tolist() == [1, 0, -1, 0, 1]
 
 
 def test_metadata_with_nan_in_a_text_column():

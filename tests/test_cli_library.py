@@ -780,6 +780,12 @@ def test_a_closed_pipe_ends_quietly():
     assert res.exit_code == 141 and res.output == ""
 
 
+def fio_read(path):
+    import fastspec.io as fio
+
+    return fio.read(path)
+
+
 def test_more_user_mistakes(index, massbank_mgf, tmp_path):
     """From a user audit: `-o -` wrote a file named '-'; `convert --format msp out.mgf` wrote MSP into .mgf;
     `convert --report` into a missing folder failed after writing the output; `evaluate --predictions p.csv`
@@ -799,6 +805,10 @@ def test_more_user_mistakes(index, massbank_mgf, tmp_path):
     bad = tmp_path / "bad.mgf"
     bad.write_text("BEGIN IONS\nPEPMASS=100\n50 0\nEND IONS\n")
     assert_clean_error(run("query", bad, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "every query record")
+    # synth writes what convert writes (.mgf.gz was refused), and refuses a name it cannot write before generating
+    run("synth", "-n", 50, "-o", tmp_path / "s.mgf.gz", "-q")
+    assert len(fio_read(tmp_path / "s.mgf.gz")) == 50
+    assert_clean_error(run("synth", "-n", 50, "-o", tmp_path / "s.json", ok=False), "writing json is not supported")
     (tmp_path / "seed.msp").write_text(Path(massbank_mgf).read_text())
     assert_clean_error(run("synth", "-n", 10, "--seed-library", tmp_path / "seed.msp", "-o", tmp_path / "s.mgf",
                            ok=False), "looks like mgf")

@@ -53,7 +53,7 @@ MIN_TOP1 = 0.8
               help="Queries per mode (perturbed copies of library spectra).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the synthetic library and its queries.")
-@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Hits per query.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Keep the index here (default: a temporary directory, removed afterwards).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable JSON summary instead of text.")

@@ -2,23 +2,10 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
 from fastspec.cli._common import common_options, handle_errors, refuse_clobbering
-
-_SUFFIXES = (".parquet", ".h5", ".hdf5", ".mgf", ".msp")
-
-
-def write_spectra(spectra, path: str) -> None:
-    """Write with :func:`fastspec.io.write` (format from the suffix)."""
-    from fastspec.errors import FastspecError
-    from fastspec.io import write
-
-    if not Path(path).name.lower().endswith(_SUFFIXES):
-        raise FastspecError(f"{path}: output must end in one of {', '.join(_SUFFIXES)}")
-    write(spectra, str(path))
 
 
 @click.command("synth")
@@ -51,18 +38,23 @@ def synth(n_spectra, molecules, seed, seed_library, polarity, output, n_queries,
     if n_queries is None and src is not None and src is not click.core.ParameterSource.DEFAULT:
         raise ParameterError("--noise applies to the queries (--queries N --queries-output FILE)")
     refuse_clobbering([seed_library], [("--output", output), ("--queries-output", queries_output)])
+    from fastspec.io import output_format, write
+
+    for path in (output, queries_output):  # any writable format (.mgf.gz too), checked before generating
+        if path is not None:
+            output_format(path)
     if n_queries is not None and n_queries > n_spectra:  # before minutes of generating and writing
         raise ParameterError(f"cannot draw {n_queries} queries from a library of {n_spectra} spectra")
     t0 = time.perf_counter()
     lib = gen.generate(n_spectra, molecules, seed=seed, seed_library=seed_library, polarity=polarity, threads=threads,
                        progress=False if quiet else None)
     t_gen = time.perf_counter() - t0
-    write_spectra(lib, output)
+    write(lib, output)
     msg = f"wrote {len(lib):,} spectra ({int(lib.offsets[-1]):,} peaks) to {output} in {time.perf_counter() - t0:.1f} s " \
           f"(generation {t_gen:.1f} s)"
     if n_queries is not None:
         q, _ = gen.make_queries(lib, n_queries, seed=seed, noise=noise)
-        write_spectra(q, queries_output)
+        write(q, queries_output)
         msg += f"; {len(q):,} queries to {queries_output}"
     if not quiet:
         click.echo(msg, err=True)

@@ -392,34 +392,28 @@ class Spectra:
         """+1 positive, -1 negative, 0 unknown; int8 (n,). From ``ion_mode`` (or, in metadata given in memory
         with keys as written, an alias the readers know: matchms' ``ionmode``, ``polarity``...; a row without
         a value in one such column takes the next's, as in spectra concatenated from both kinds), else the
-        charge sign."""
+        charge sign, else the sign of the charge the adduct implies (``[M-H]-``; readers fill the charge from
+        it, metadata given in memory may hold only the adduct)."""
         pol = np.sign(self.charge).astype(np.int8)
         names = self.metadata.column_names if self.metadata.num_columns else []
-        cols = [c for c in names if c == "ion_mode"]
-        if names:
-            from fastspec.io.meta import canonical_key
+        if not names:
+            return pol
+        from fastspec.io.meta import adduct_charge, canonical_key, parse_ion_mode
 
-            cols += [c for c in names if c != "ion_mode" and canonical_key(c) == "ion_mode"]
-        if cols:
-            import pyarrow.compute as pc
-
-            from fastspec.io.meta import parse_ion_mode
-
-            # the readers' own parser: "n/a", "none", "neutral" are unknown, not negative
-            sign = {"positive": 1, "negative": -1}
-            decided = np.zeros(len(pol), dtype=bool)
-            for col in cols:
-                arr = self.metadata.column(col)
-                if arr.null_count == len(arr):
-                    continue
-                # a column holds a few distinct labels: parse each once
-                enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
-                lut = np.array([sign.get(parse_ion_mode(v), 0) for v in enc.dictionary.to_pylist()], np.int8)
-                valid = ~np.asarray(pc.is_null(enc.indices), dtype=bool)
-                now = valid & ~decided
-                s = lut[np.asarray(enc.indices.fill_null(0), dtype=np.int64)]
-                pol[now & (s != 0)] = s[now & (s != 0)]
-                decided |= valid
+        # the readers' own parser: "n/a", "none", "neutral" are unknown, not negative
+        sign = {"positive": 1, "negative": -1}
+        decided = np.zeros(len(pol), dtype=bool)
+        for col in _columns_of(names, "ion_mode", canonical_key):
+            valid, s = _label_signs(self.metadata.column(col), lambda v: sign.get(parse_ion_mode(v), 0))
+            now = valid & ~decided & (s != 0)
+            pol[now] = s[now]
+            decided |= valid
+        for col in _columns_of(names, "adduct", canonical_key):
+            if not (pol == 0).any():
+                break
+            valid, s = _label_signs(self.metadata.column(col), lambda v: int(np.sign(adduct_charge(v)[0])))
+            now = valid & (pol == 0)
+            pol[now] = s[now]
         return pol
 
     def __repr__(self) -> str:
@@ -646,3 +640,22 @@ def _stringify(table: pa.Table, names: set[str] | None = None) -> pa.Table:
         else:
             cols[name] = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
     return pa.table(cols)
+
+
+def _columns_of(names: list, key: str, canonical_key) -> list:
+    """Metadata columns holding ``key``: the canonical one first, then aliases in table order."""
+    return [c for c in names if c == key] + [c for c in names if c != key and canonical_key(c) == key]
+
+
+def _label_signs(arr, sign_of) -> tuple[np.ndarray, np.ndarray]:
+    """``(valid, sign)`` per row of a metadata column of labels (ion modes, adducts): a column holds a few
+    distinct ones, each parsed once (``sign_of``: label -> -1, 0 or 1)."""
+    import pyarrow.compute as pc
+
+    n = len(arr)
+    if arr.null_count == n:
+        return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int8)
+    enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
+    lut = np.array([sign_of(v) for v in enc.dictionary.to_pylist()], dtype=np.int8)
+    valid = ~np.asarray(pc.is_null(enc.indices), dtype=bool)
+    return valid, lut[np.asarray(enc.indices.fill_null(0), dtype=np.int64)]

@@ -199,6 +199,16 @@ def test_polarity_from_an_alias_key(key):
     assert Spectra.concat([a, b]).polarity.tolist() == [1, 0, -1, 0, 1]
 
 
+def test_polarity_from_the_adduct_where_nothing_else_says():
+    """Readers fill the charge from the adduct; metadata given in memory may hold only the adduct. Its sign
+    decides where no ion mode and no charge do ([M-H]- spectra were of unknown polarity and matched positive
+    queries; a search audit), never against them."""
+    s = Spectra.from_arrays([np.array([100.0])] * 6, [np.array([1.0])] * 6, charge=[0, 0, 0, 0, 1, 0],
+                            metadata={"Precursor_Type": ["[M-H]-", "[M+H]+", "M-H", "garbage", "[M-H]-", "[M+H]+"],
+                                      "ionmode": [None, None, None, None, None, "negative"]})
+    assert s.polarity.tolist() == [-1, 1, -1, 0, 1, -1]
+
+
 def test_metadata_with_nan_in_a_text_column():
     """pandas' missing value (a float NaN) in a column of strings is null, in both metadata forms (a dict of
     columns used to raise a bare ArrowTypeError, a list of dicts stored the text 'nan'); "NaN" as a formula

@@ -337,7 +337,7 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
             raise ParameterError(f"expected a Spectra, matchms spectra, a path or a list of paths, got "
                                  f"{type(p).__name__}")
         if not Path(p).exists():
-            raise FileNotFoundError(2, "No such file", str(p))
+            raise FileNotFoundError(2, "No such file or directory", str(p))
     return None, paths
 
 

@@ -819,7 +819,7 @@ def _load(source: Any) -> Spectra:
     else:
         path = os.fspath(source)
         if not os.path.exists(path):
-            raise FileNotFoundError(2, "No such file", path)
+            raise FileNotFoundError(2, "No such file or directory", path)
         from fastspec import io as fio
         from fastspec.library import _refuse_empty
 

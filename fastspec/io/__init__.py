@@ -71,7 +71,7 @@ _SEEKING = ("mzml", "mzxml", "parquet", "hdf5")  # formats whose readers seek in
 
 def _iter_file(path: str, fmt: str | None, on_error: str, report: ReadReport, progress, chunk_hint: int | None):
     if not os.path.exists(path):
-        raise FileNotFoundError(2, "No such file", path)
+        raise FileNotFoundError(2, "No such file or directory", path)
     if os.path.isdir(path):
         raise IsADirectoryError(21, "Is a directory (read takes spectrum files; Library.build, Library.search "
                                     "and fastspec index take directories of them)", path)

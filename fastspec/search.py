@@ -398,6 +398,16 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
         run_whole_library(ctx, searchable, scores, indices, matches)
 
 
+def _nprobe_used(cfg: "_SearchConfig", library) -> int | None:
+    """The ``nprobe`` a hit table records: as FAISS takes it, at most the index's inverted lists (it probes
+    them all beyond that), None for a flat index (every spectrum compared: it probes no lists)."""
+    built = (library.manifest.get("build") or {}).get("faiss") or {}
+    if built.get("index") == "Flat":
+        return None
+    nprobe, nlist = faiss_nprobe(cfg, library), built.get("nlist")
+    return min(nprobe, int(nlist)) if nprobe is not None and nlist else nprobe
+
+
 def faiss_nprobe(cfg: "_SearchConfig", library) -> int | None:
     """The inverted lists ``engine="faiss"`` visits: the search's ``nprobe``, else the build's
     (``faiss_params["nprobe"]``, recorded in the manifest), else None (the default, 16)."""
@@ -587,7 +597,7 @@ class _SearchConfig:
             "engine": self.engine,
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
             "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
-            "nprobe": faiss_nprobe(self, library) if self.engine == "faiss" else self.nprobe,
+            "nprobe": _nprobe_used(self, library) if self.engine == "faiss" else self.nprobe,
             # as the FAISS search takes it: at most the library
             "n_candidates": min(faiss_n_candidates(self), len(library)) if self.engine == "faiss" else self.n_candidates,
             "mz_power": self.mz_power,

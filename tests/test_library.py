@@ -889,6 +889,14 @@ def test_faiss_search_takes_the_builds_nprobe(subsets, tmp_path, monkeypatch):
     h7 = lib.search(q, k=3, mode="open", engine="faiss", nprobe=7)
     assert asked == [3, 7]
     assert (h3.params["nprobe"], h7.params["nprobe"]) == (3, 7)  # the hit table says which was used
+    # beyond the inverted lists FAISS probes them all: the table says so, not the number asked for
+    nlist = lib.manifest["build"]["faiss"]["nlist"]
+    h99 = lib.search(q, k=3, mode="open", engine="faiss", nprobe=99)
+    assert nlist < 99 and h99.params["nprobe"] == nlist
+    assert np.array_equal(h99.indices, lib.search(q, k=3, mode="open", engine="faiss", nprobe=nlist).indices)
+    flat = Library.build(subsets[0][:100], tmp_path / "flat.fastspec", faiss=True)  # a flat index: no lists
+    assert flat.manifest["build"]["faiss"]["index"] == "Flat"
+    assert flat.search(q, k=3, mode="open", engine="faiss", nprobe=5).params["nprobe"] is None
 
 
 def test_round_trip_with_default_preprocessing(subsets, tmp_path):

@@ -156,8 +156,8 @@ def output_target(path) -> tuple[Path, bool]:
     from fastspec.errors import ParameterError
 
     if str(path) == "-":
-        raise ParameterError("output '-': standard output is written as /dev/stdout (a text format such as "
-                             "TSV or MGF; name the format where the name has no extension)")
+        raise ParameterError("output '-': '-' is no output name here; give a file name (/dev/stdout for a "
+                             "text format, named where the name has no extension)")
     path = Path(path)
     try:
         mode = os.stat(path).st_mode  # (through links: /dev/stdout to a pipe is a pipe)

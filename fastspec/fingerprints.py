@@ -127,14 +127,18 @@ class FingerprintTable:
     # ------------------------------------------------------------------ persistence (.npy only, no pickle)
     def save(self, directory: str | Path) -> None:
         """Write ``<slug>.keys.npy``, ``.bits.npy``, ``.valid.npy`` and ``.json`` into ``directory``."""
+        from fastspec._atomic import output_target, write_atomically, write_text_atomically
+
         d = Path(directory)
+        output_target(d)  # refused inside a library index (an append's rebuild would delete it)
         d.mkdir(parents=True, exist_ok=True)
         slug = _slug(self.spec)
         keys = np.array(self.keys, dtype=np.str_) if self.keys else np.zeros(0, dtype="<U1")
-        np.save(d / f"{slug}.keys.npy", keys, allow_pickle=False)
-        np.save(d / f"{slug}.bits.npy", self.packed, allow_pickle=False)
-        np.save(d / f"{slug}.valid.npy", self.valid, allow_pickle=False)
-        (d / f"{slug}.json").write_text(json.dumps({"spec": str(self.spec), "n": len(self.keys)}))
+        # each file renamed into place when complete, the JSON last: an interrupted save leaves files that
+        # load() finds inconsistent (lengths) or a previous complete table, never a torn array
+        for name, arr in (("keys", keys), ("bits", self.packed), ("valid", self.valid)):
+            write_atomically(d / f"{slug}.{name}.npy", lambda tmp, a=arr: _save_npy(tmp, a))
+        write_text_atomically(d / f"{slug}.json", json.dumps({"spec": str(self.spec), "n": len(self.keys)}))
 
     @classmethod
     def load(cls, directory: str | Path, spec: "str | FingerprintSpec") -> "FingerprintTable":
@@ -150,7 +154,14 @@ class FingerprintTable:
             valid = np.load(d / f"{slug}.valid.npy", allow_pickle=False)
         except (OSError, ValueError) as e:
             raise FastspecError(f"fingerprint cache {d} is unreadable: {e}") from e
+        if not len(keys) == len(packed) == len(valid):  # a save interrupted between its files: start afresh
+            return cls(spec, [], np.zeros((0, spec.n_words), np.uint64), np.zeros(0, bool))
         return cls(spec, keys.tolist(), packed, valid)
+
+
+def _save_npy(path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a path np.save would give a second ".npy"
+        np.save(f, arr, allow_pickle=False)
 
 
 def _slug(spec: FingerprintSpec) -> str:

@@ -381,7 +381,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
     out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
     (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``; an extension with a suffix after ``_``,
-    such as ``.msp_NIST``, when the content is of that format) or, with any other name, when its content
+    upper case, such as ``.msp_NIST``, when the content is of that format; not ``.mgf_old``) or, with any other name, when its content
     is a MassBank record (``ACCESSION:`` first); others (READMEs, licences, TSV or Parquet tables without peak columns, such
     as sample sheets or hit tables, and JSON files whose first record is no spectrum, such as settings or
     reports) are left out and counted."""
@@ -407,8 +407,12 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                     continue
                 f = os.path.join(root, name)
                 ext = os.path.splitext(strip_gz(name)[0])[1].lower()
-                base = ext.partition("_")[0]  # mzmine's test libraries: "massbank.msp_NIST", ".msp_RIKEN"
-                if ext not in EXTENSIONS and base in EXTENSIONS and sniffed(f) == EXTENSIONS[base]:
+                # a library's tag after the extension, upper case (mzmine's "massbank.msp_NIST", ".msp_RIKEN"),
+                # not a backup's ("lib.mgf_old", ".mgf_bak": the spectra would be read twice)
+                base, _, tag = os.path.splitext(strip_gz(name)[0])[1].partition("_")
+                base = base.lower()
+                if (ext not in EXTENSIONS and base in EXTENSIONS and tag.isalpha() and tag.isupper()
+                        and sniffed(f) == EXTENSIONS[base]):
                     ext = base
                 if ext not in EXTENSIONS:
                     if sniffed(f) != "massbank" or not _starts_massbank_record(f):
@@ -1629,10 +1633,10 @@ class _Progress:
     def __init__(self, enabled: bool | None, total: int, desc: str):
         import sys
 
-        if enabled is None:
-            enabled = sys.stderr.isatty()
+        from fastspec.io._common import wants_progress
+
         self.bar = None
-        if enabled:
+        if wants_progress(enabled):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)

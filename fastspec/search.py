@@ -116,7 +116,8 @@ def search(
         (scoring every spectrum beyond ``search_scan._BIN_MAX`` bins). ``open`` with modified cosine is
         ``analog``.
     tolerance : float or str
-        Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``).
+        Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``). ``binned_cosine``: the bin width, unless
+        ``preset`` or ``bin_width`` sets it (the hit parameters then record ``tolerance`` as None).
     precursor_tolerance : float or str, optional
         Identity-mode precursor window (relative to the query precursor for ppm; default 0.01 Da); other
         modes refuse it (their hit parameters record None). Entropy metrics with a Da window test the library
@@ -698,15 +699,12 @@ class _Context:
         caller's own bar (a tqdm object, which a chunked search advances over its chunks; not closed here)."""
         import sys
 
-        if enabled is not None and not isinstance(enabled, bool):
-            if hasattr(enabled, "update"):  # a tqdm bar
-                self.bar, self._own_bar = enabled, False
-                return
-            if not isinstance(enabled, (int, np.integer, np.bool_)):  # "no" would read as True
-                raise ParameterError(f"progress must be True, False, None or a tqdm bar, got {enabled!r}")
-            enabled = bool(enabled)
-        if enabled is None:
-            enabled = sys.stderr.isatty()
+        if hasattr(enabled, "update"):  # a tqdm bar
+            self.bar, self._own_bar = enabled, False
+            return
+        from fastspec.io._common import wants_progress
+
+        enabled = wants_progress(enabled)  # "no" is refused, not read as True
         if enabled and total:
             from tqdm.auto import tqdm
 

@@ -739,9 +739,9 @@ def _iteration_bar(progress: bool | None, total: int):
     """A tqdm bar on stderr over ``total`` l2s iterations, or None."""
     import sys
 
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    from fastspec.io._common import wants_progress
+
+    if not wants_progress(progress):
         return None
     from tqdm.auto import tqdm
 

@@ -178,9 +178,9 @@ def _progress_bar(progress: bool | None):
     """A tqdm bar counting searched queries (their number is unknown until the files are read), or None."""
     import sys
 
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
+    from fastspec.io._common import wants_progress
+
+    if not wants_progress(progress):
         return None
     from tqdm.auto import tqdm
 

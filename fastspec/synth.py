@@ -920,7 +920,9 @@ def _run_chunks(work, n_chunks: int, threads: int | None, progress: bool | None 
 
     n_workers = min(n_chunks, threads or os.cpu_count() or 1)
     bar = None
-    if progress or (progress is None and sys.stderr.isatty()):
+    from fastspec.io._common import wants_progress
+
+    if wants_progress(progress):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_chunks, desc=desc, unit="chunk", file=sys.stderr, leave=False)

@@ -277,8 +277,10 @@ def test_review_directory_sniffing(tmp_path):
     # an extension with a suffix (mzmine's "massbank.msp_NIST") counts when the content is of its format
     (d / "lib.msp_NIST").write_text("NAME: a\nPRECURSORMZ: 100\nNum Peaks: 1\n50 1\n")
     (d / "notes.msp_old").write_text("not a spectrum file\n")
+    # a backup beside its file is no library tag: its spectra would be read twice
+    (d / "lib.msp_old").write_text("NAME: a\nPRECURSORMZ: 100\nNum Peaks: 1\n50 1\n")
     files, skipped = _expand_directories([d])
-    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "lib.msp_NIST", "mona.json"] and skipped == 3
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "lib.msp_NIST", "mona.json"] and skipped == 4
 
 
 def test_review_not_gzip_is_a_fastspec_error(tmp_path):

@@ -614,9 +614,13 @@ def test_msp_riken_style_comment_and_nist_peptide_comment(tmp_path):
             "Num Peaks: 1\n107.0491\t340449.84375\n\n"
             f"Name: PEPTIDE/2\nComment: {pep}\nNum peaks: 1\n143.0823\t14791.5\t\"b2/5.6ppm\"\n\n"
             "Name: mona\nComments: \"SMILES=C=CC(=O)O\" \"a.raw\" \"cas=50-00-0\" tail\nNum peaks: 1\n50 1\n\n"
-            "Name: free\nComment: origin=X; Annotation after a pair\nNum peaks: 1\n50 1\n")
+            "Name: free\nComment: origin=X; Annotation after a pair\nNum peaks: 1\n50 1\n\n"
+            # a stray inch mark: the pairs around it are still read (an odd count cannot be read in order)
+            'Name: inch\nComments: "SMILES=CC" "column=Hypersil 3" x 150 mm" "cas=50-00-0"\nNum peaks: 1\n50 1\n')
     s, r = read(tmp_path, "riken.msp", text)
-    assert (r.n_spectra, r.warnings) == (4, {})
+    assert (r.n_spectra, r.warnings) == (5, {})
+    assert s.column("cas")[4] == "50-00-0" and s.column("column")[4] == "Hypersil 3"
+    s = s.take([0, 1, 2, 3])
     assert s.column("id") == ["MSBNK-AAFC-AC000857", None, None, None]
     assert s.column("origin")[0] == "MassBank"
     assert s.column("comment") == ["Annotation Penicillium corvianum", pep, '"a.raw" tail',

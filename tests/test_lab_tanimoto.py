@@ -132,6 +132,19 @@ def test_invalid_smiles_and_cache(tmp_path):
     np.testing.assert_array_equal(t3.packed[[1, 4]], ref.packed)
     np.testing.assert_array_equal(t3.packed[0], t.packed[0])
     assert FingerprintTable.load(tmp_path, "morgan:2:256").valid.tolist() == [True, True, False, True, True]
+    # a save interrupted between its files (keys of 5 molecules, bits of 4): a fresh table, not a misaligned one
+    np.save(tmp_path / "morgan_r2_b256.bits.npy", t3.packed[:4])
+    assert FingerprintTable.load(tmp_path, "morgan:2:256").keys == []
+    # never inside a library index: an append's rebuild would delete the cache (the CLI refused it, the API not)
+    from fastspec.errors import ParameterError as PE
+    from fastspec.library import Library
+    from fastspec.spectra import Spectra
+
+    lib = Library.build(Spectra.from_arrays([[50.0, 60.0]], [[1.0, 2.0]], [100.0]), tmp_path / "l.fastspec",
+                        faiss=False, progress=False)
+    with pytest.raises(PE, match="inside the library index"):
+        t3.save(lib.path / "fp")
+    assert not (lib.path / "fp").exists()
 
 
 def test_molecule_keys_from_smiles():

@@ -880,7 +880,9 @@ def test_filters(lib, data):
 
 def test_unknown_polarity_matches_both(lib, data):
     q = data[1][:8]
-    q = q.with_metadata(q.metadata.drop(["ion_mode"]))
+    # no ion mode, charge or adduct (whose sign polarity falls back on)
+    q = q.with_metadata(q.metadata.drop([c for c in ("ion_mode", "adduct", "precursor_type")
+                                         if c in q.metadata.column_names]))
     q = Spectra(q.offsets, q.mz, q.intensity, q.precursor_mz, np.zeros(len(q), np.int8), q.metadata, validate=False)
     assert (q.polarity == 0).all()
     hits = lib.search(q, k=K, mode="open")
@@ -1388,6 +1390,14 @@ def test_bad_parameters(lib, data):
         assert lib.search(q, k=1, mode="open", progress=flag).scores.shape == (3, 1)
     with pytest.raises(ParameterError, match="progress"):
         lib.search(q, k=1, mode="open", progress="no")
+    # ... as every other function taking progress= refuses it (search_to_file showed a bar for it)
+    import fastspec.io as fio
+
+    for call in (lambda: lib.search_to_file(q, "/dev/null", output_format="tsv", progress="no"),
+                 lambda: fio.read(fio.write(q, lib.path.parent / "q.mgf") or lib.path.parent / "q.mgf", progress="no"),
+                 lambda: Library.build(q, lib.path.parent / "p.fastspec", progress="no", faiss=False)):
+        with pytest.raises(ParameterError, match="progress"):
+            call()
     # aliases resolve
     assert lib.search(q, k=2, mode="open", metric="modcos").params["metric"] == "modified_cosine"
     # a metric's own refusals whatever the queries find: they were raised only once a query reached a

@@ -75,6 +75,9 @@ def refuse_clobbering(inputs, outputs) -> None:
     given = [(o, p) for o, p in outputs if p]
     files = [Path(p) for p in inputs if p and Path(p).is_file()]
     for opt, out in given:
+        if str(out) == "-":  # before any work (the writers refuse it too, once the work is done)
+            raise ParameterError(f"{opt} -: '-' is no output name here; give a file name (/dev/stdout for "
+                                 "a text format)")
         inside = enclosing_index(out)
         if inside is not None:
             raise ParameterError(f"{out} ({opt}) is inside the library index {inside}; writing it there would "

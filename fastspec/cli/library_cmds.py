@@ -118,6 +118,8 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
 
         from fastspec._indexfmt import enclosing_index
 
+        if output == "-":  # a directory named '-'
+            raise ParameterError("-o -: an index is a directory; give its path")
         inside = enclosing_index(Path(os.path.abspath(output)).parent)
         if inside is not None:  # before reading anything (Library.build refuses it too)
             raise ParameterError(f"{output} is inside the library index {inside}: choose another output path")

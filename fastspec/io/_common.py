@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec._atomic import naming_output, open_output, output_target, temporary_sibling
-from fastspec.errors import FastspecError, ParseError, location
+from fastspec.errors import FastspecError, ParameterError, ParseError, location
 from fastspec.kernels._config import NJIT
 from fastspec.spectra import Spectra, sort_peaks_csr
 
@@ -502,8 +502,7 @@ class Progress:
     AUTO_BYTES = 64 << 20
 
     def __init__(self, total: int, enabled: bool | None, desc: str):
-        if enabled is None:
-            enabled = total >= self.AUTO_BYTES and _stderr_tty()
+        enabled = wants_progress(enabled, total >= self.AUTO_BYTES and _stderr_tty())
         self._bar = None
         self._done = 0
         if enabled:
@@ -528,6 +527,16 @@ def _stderr_tty() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def wants_progress(progress: Any, auto: bool | None = None) -> bool:
+    """Whether to show a progress bar: ``progress`` True / False (a number or numpy boolean as one), or None
+    for ``auto`` (default: stderr is a terminal). Anything else is a ParameterError (``"no"`` read as True)."""
+    if progress is None:
+        return _stderr_tty() if auto is None else bool(auto)
+    if isinstance(progress, (bool, int, np.integer, np.bool_)):
+        return bool(progress)
+    raise ParameterError(f"progress must be True, False or None, got {progress!r}")
 
 
 class BlockReader:

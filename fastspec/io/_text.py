@@ -530,7 +530,10 @@ def _quoted_pairs(text: str) -> tuple[list[tuple[str, str]], str]:
     """MoNA's quoted ``"key=value"`` pairs of a ``Comments:`` line and the text left around them (quoted
     strings holding no ``=`` included, quotes and all)."""
     pairs = _PAIR_RE.findall(text)
-    if pairs and text.count('"') == 2 * len(pairs):  # every quote in a pair: none was taken for another's
+    n_quotes = text.count('"')
+    # every quote in a pair: none was taken for another's; an odd count (a stray inch mark) cannot be
+    # read left to right either, and the pairs found around it are the best reading
+    if pairs and (n_quotes == 2 * len(pairs) or n_quotes % 2):
         return pairs, _PAIR_RE.sub(" ", text).strip()
     found = _QUOTED_RE.findall(text)
     pairs = [(k, v) for k, v in found if k]

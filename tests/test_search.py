@@ -508,8 +508,8 @@ def test_formula_given_explicitly(lib, data):
     # missing entries as pandas NA or Arrow nulls are missing, as None is (they raised 'cannot parse <NA>')
     want = lib.search(queries[:4], k=K, mode="formula", formula=[formula, None, formula, None])
     assert list(want.status[1::2]) == ["no_formula"] * 2
-    for given in (pa.array([formula, None, formula, None]), pa.chunked_array([[formula, None], [formula, None]])):
-        got = lib.search(queries[:4], k=K, mode="formula", formula=given)
+    for column in (pa.array([formula, None, formula, None]), pa.chunked_array([[formula, None], [formula, None]])):
+        got = lib.search(queries[:4], k=K, mode="formula", formula=column)
         np.testing.assert_array_equal(got.indices, want.indices)
         assert list(got.status) == list(want.status)
     pd = pytest.importorskip("pandas")

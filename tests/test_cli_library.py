@@ -764,6 +764,32 @@ def test_a_short_write_says_the_disk_may_be_full():
         save()
 
 
+def test_readme_read_csv_recipe_gives_the_parquet_table(tmp_path):
+    """The README's pandas recipe reads a TSV/CSV hit table back as the Parquet table holds it: numeric-looking
+    ids ('00399') stay text, float32 scores float32, 'NA' a name (a writer audit: without dtype= pandas read
+    the ids as numbers and no row compared equal)."""
+    pd = pytest.importorskip("pandas")
+    from fastspec.spectra import Spectra
+
+    mz = [np.array([50.0, 80.0, 120.0]), np.array([50.0, 81.0, 120.0]), np.array([60.0, 80.0])]
+    it = [np.array([1.0, 2.0, 3.0], np.float32)] * 2 + [np.array([1.0, 1.0], np.float32)]
+    lib_sp = Spectra.from_arrays(mz, it, precursor_mz=[200.0, 200.0, 150.0],
+                                 metadata={"id": ["00001", "00399", "NA"], "name": ["NA", "a,b \"c\"", "x"],
+                                           "smiles": ["C#N", "CC(=O)O", None], "ion_mode": ["positive"] * 3})
+    lib = Library.build(lib_sp, tmp_path / "l.fastspec", faiss=False, progress=False)
+    q = lib_sp.with_metadata(pa.table({"id": ["007", "010", "1e5"], "ion_mode": ["positive"] * 3}))
+    hits = lib.search(q, k=2, mode="open")
+    want = hits.to_arrow().to_pandas()
+    for ext, sep in (("csv", ","), ("tsv", "\t")):
+        hits.write(tmp_path / f"h.{ext}")
+        got = pd.read_csv(tmp_path / f"h.{ext}", sep=sep, comment="#", keep_default_na=False, na_values=[""],
+                          dtype={"query_id": str, "library_id": str, "name": str, "smiles": str, "score": "float32"})
+        for col in ("query_id", "library_id", "name", "smiles", "score"):
+            assert got[col].tolist() == want[col].tolist() or (
+                got[col].isna().tolist() == want[col].isna().tolist()
+                and got[col].dropna().tolist() == want[col].dropna().tolist()), (ext, col)
+
+
 def test_a_closed_pipe_ends_quietly():
     """`fastspec query ... -o /dev/stdout | head`: the reader going away ends the command quietly with
     SIGPIPE's status, as Unix tools do, not with "Error: Broken pipe"."""

@@ -216,6 +216,24 @@ def test_quotes_line_breaks_and_array_precursors_survive(tmp_path, ext):
 
 
 @pytest.mark.parametrize("ext", FORMATS)
+def test_digit_keys_and_multiline_synonyms_survive(tmp_path, ext):
+    """From a writer audit: a key starting with a digit ("2nd_ce") was written as a line the reader takes
+    for a peak line (MGF: every record rejected), and an MSP synonym holding a line break split into a
+    fake peak line. Such keys go out as "_2nd_ce" (read back as 2nd_ce); line breaks fold to spaces."""
+    sp = Spectra.from_arrays([np.array([100.0, 200.0])] * 2, [np.array([1.0, 2.0], np.float32)] * 2,
+                             precursor_mz=[300.0, 301.0],
+                             metadata={"id": ["a", "b"], "2nd_ce": ["40 eV", None], "13": ["x", "y"],
+                                       "synonyms": [["plain", "evil\n50 999"], ["two\r\nlines"]]})
+    fio.write(sp, tmp_path / f"x.{ext}")
+    back, report = fio.read(tmp_path / f"x.{ext}", return_report=True)
+    assert (len(back), report.n_rejected) == (2, 0)
+    assert back.mz.tolist() == [100.0, 200.0] * 2 and back.ids == ["a", "b"]
+    assert back.column("2nd_ce") == ["40 eV", None] and back.column("13") == ["x", "y"]
+    if ext.startswith("msp"):  # a list column: one Synon line per synonym
+        assert back.column("synonyms") == [["plain", "evil 50 999"], ["two lines"]]
+
+
+@pytest.mark.parametrize("ext", FORMATS)
 def test_metadata_named_like_peak_columns_survives(tmp_path, ext):
     """A record's own ``MZ=`` / ``INTENSITY:`` value (metadata ``mz`` / ``intensity``) next to the peak
     columns of table formats: peaks and metadata both come back (TSV once read the metadata as the peaks,

@@ -115,7 +115,9 @@ def metadata_fields(spectra: Spectra, names: dict[str, str], key_style) -> list[
 
 
 def _mgf_key(name: str) -> str:
-    return name.replace("=", "_").replace("\n", " ").upper()
+    # a key starting with a digit ("2nd_ce") would read as a peak line: "_2ND_CE", which reads back as 2nd_ce
+    key = name.replace("=", "_").replace("\n", " ").upper()
+    return "_" + key if key[:1].isdigit() else key
 
 
 def write(spectra: Spectra, path: str) -> None:

@@ -63,7 +63,9 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
 
 
 def _msp_key(name: str) -> str:
-    return name.replace(":", "_").replace("\n", " ")
+    # a key starting with a digit ("2nd_ce") would read as a peak line: "_2nd_ce", which reads back as 2nd_ce
+    key = name.replace(":", "_").replace("\n", " ")
+    return "_" + key if key[:1].isdigit() else key
 
 
 def write(spectra: Spectra, path: str) -> None:
@@ -102,7 +104,9 @@ def _records(spectra: Spectra, start: int) -> pa.Array:
     if "synonyms" in md.column_names:
         syn = md.column("synonyms").combine_chunks()
         if pa.types.is_list(syn.type) or pa.types.is_large_list(syn.type):
-            syn = pc.binary_join(syn.cast(pa.list_(pa.string())), "\nSynon: ")
+            # one line per synonym: line breaks inside one folded (a "Synon: evil\n50 999" made a peak line)
+            syn = pc.replace_substring_regex(pc.binary_join(syn.cast(pa.list_(pa.string())), "\x1f"), r"[\r\n]+", " ")
+            syn = pc.replace_substring(syn, "\x1f", "\nSynon: ")
             syn = pc.if_else(pc.equal(syn, ""), pa.scalar(None, pa.string()), syn)
         else:
             syn = string_column(syn)

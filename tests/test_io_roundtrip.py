@@ -310,6 +310,21 @@ def test_failed_write_leaves_no_file(tmp_path, ext):
     assert [p.name for p in tmp_path.iterdir()] == [old.name]
 
 
+def test_hdf5_time_date_and_decimal_columns_keep_their_type(tmp_path):
+    """Written as their text (kind "json"), cast back to the stored type (they came back as strings)."""
+    import datetime
+    import decimal
+
+    md = pa.table({"t": pa.array([1, None], pa.timestamp("s")), "d": pa.array([datetime.date(2020, 1, 2), None]),
+                   "dec": pa.array([decimal.Decimal("1.25"), None], pa.decimal128(5, 2)),
+                   "tz": pa.array([1000, 2000], pa.timestamp("ms", tz="UTC"))})
+    sp = Spectra.from_arrays([np.array([100.0])] * 2, [np.array([1.0], np.float32)] * 2, metadata=md)
+    fio.write(sp, tmp_path / "t.h5")
+    back = fio.read(tmp_path / "t.h5").metadata
+    for c in md.column_names:
+        assert back.column(c).type == md.column(c).type and back.column(c).to_pylist() == md.column(c).to_pylist()
+
+
 def test_hdf5_nested_metadata_columns_keep_their_type(tmp_path):
     """A list<int64> or struct metadata column comes back with its type from HDF5, also in a chunk whose rows
     are all null (it came back as text there, and joined chunks turned the values into text; an audit)."""

@@ -184,7 +184,13 @@ def _read_column(g, a: int, b: int) -> pa.Array:
             try:
                 return pa.array(vals, type=t) if t is not None else pa.array(vals)
             except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
-                return pa.array(vals)
+                plain = pa.array(vals)
+                if t is not None:  # timestamps, dates, decimals: written as their text, cast back
+                    try:
+                        return plain.cast(t)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                        pass
+                return plain
         return arr
     raise FastspecError(f"unknown metadata column kind {kind!r} in {g.name}")
 

@@ -381,7 +381,7 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
     out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
     (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``; an extension with a suffix after ``_``,
-    upper case, such as ``.msp_NIST``, when the content is of that format; not ``.mgf_old``) or, with any other name, when its content
+    such as ``.msp_NIST``, when the content is of that format; not a backup's, such as ``.mgf_old``) or, with any other name, when its content
     is a MassBank record (``ACCESSION:`` first); others (READMEs, licences, TSV or Parquet tables without peak columns, such
     as sample sheets or hit tables, and JSON files whose first record is no spectrum, such as settings or
     reports) are left out and counted."""
@@ -407,11 +407,11 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
                     continue
                 f = os.path.join(root, name)
                 ext = os.path.splitext(strip_gz(name)[0])[1].lower()
-                # a library's tag after the extension, upper case (mzmine's "massbank.msp_NIST", ".msp_RIKEN"),
-                # not a backup's ("lib.mgf_old", ".mgf_bak": the spectra would be read twice)
+                # a library's tag after the extension (mzmine's "massbank.msp_NIST", ".msp_RIKEN"), not a
+                # backup's ("lib.mgf_old", ".mgf_BAK": the spectra would be read twice)
                 base, _, tag = os.path.splitext(strip_gz(name)[0])[1].partition("_")
                 base = base.lower()
-                if (ext not in EXTENSIONS and base in EXTENSIONS and tag.isalpha() and tag.isupper()
+                if (ext not in EXTENSIONS and base in EXTENSIONS and tag and tag.lower() not in _BACKUP_TAGS
                         and sniffed(f) == EXTENSIONS[base]):
                     ext = base
                 if ext not in EXTENSIONS:
@@ -429,6 +429,10 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
         if not found:
             raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, mzXML, JSON, MassBank records, ...)", str(p))
     return out, skipped
+
+
+#: tags after a spectrum file's extension that name a copy, not a library (``lib.mgf_old``)
+_BACKUP_TAGS = ("old", "bak", "backup", "orig", "copy", "save", "saved", "prev", "tmp", "temp", "swp", "new")
 
 
 def _starts_massbank_record(path: str) -> bool:

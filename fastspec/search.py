@@ -401,12 +401,16 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
 
 def _nprobe_used(cfg: "_SearchConfig", library) -> int | None:
     """The ``nprobe`` a hit table records: as FAISS takes it, at most the index's inverted lists (it probes
-    them all beyond that), None for a flat index (every spectrum compared: it probes no lists)."""
-    built = (library.manifest.get("build") or {}).get("faiss") or {}
-    if built.get("index") == "Flat":
+    them all beyond that), None for an index without lists (flat, HNSW: every spectrum or a graph)."""
+    from fastspec import vectors
+
+    index = vectors.load_faiss_index(library)  # read and cached by the search already
+    try:
+        nlist = int(vectors._faiss().extract_index_ivf(index).nlist)
+    except RuntimeError:  # not an IVF index
         return None
-    nprobe, nlist = faiss_nprobe(cfg, library), built.get("nlist")
-    return min(nprobe, int(nlist)) if nprobe is not None and nlist else nprobe
+    nprobe = faiss_nprobe(cfg, library)
+    return None if nprobe is None else min(int(nprobe), nlist)
 
 
 def faiss_nprobe(cfg: "_SearchConfig", library) -> int | None:

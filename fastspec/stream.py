@@ -144,7 +144,7 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
                     "n_skipped": totals["skipped"], "skipped_by_status": dict(sorted(totals["skipped_by"].items())),
                     "params": params}
         finally:
-            if bar is not None:
+            if bar is not None and bar is not progress:  # a caller's bar is the caller's to close
                 bar.close()
             sink.discard()
 
@@ -180,6 +180,8 @@ def _progress_bar(progress: bool | None):
 
     from fastspec.io._common import wants_progress
 
+    if hasattr(progress, "update"):  # the caller's own tqdm bar, as search() takes one
+        return progress
     if not wants_progress(progress):
         return None
     from tqdm.auto import tqdm

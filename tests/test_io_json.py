@@ -279,8 +279,11 @@ def test_review_directory_sniffing(tmp_path):
     (d / "notes.msp_old").write_text("not a spectrum file\n")
     # a backup beside its file is no library tag: its spectra would be read twice
     (d / "lib.msp_old").write_text("NAME: a\nPRECURSORMZ: 100\nNum Peaks: 1\n50 1\n")
+    (d / "lib.msp_BAK").write_text("NAME: a\nPRECURSORMZ: 100\nNum Peaks: 1\n50 1\n")
+    (d / "v.msp_MoNA_v2").write_text("NAME: a\nPRECURSORMZ: 100\nNum Peaks: 1\n50 1\n")
     files, skipped = _expand_directories([d])
-    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "lib.msp_NIST", "mona.json"] and skipped == 4
+    assert sorted(f.rsplit("/", 1)[1] for f in files) == ["gnps.json", "lib.msp_NIST", "mona.json", "v.msp_MoNA_v2"]
+    assert skipped == 5
 
 
 def test_review_not_gzip_is_a_fastspec_error(tmp_path):

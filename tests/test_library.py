@@ -894,6 +894,10 @@ def test_faiss_search_takes_the_builds_nprobe(subsets, tmp_path, monkeypatch):
     h99 = lib.search(q, k=3, mode="open", engine="faiss", nprobe=99)
     assert nlist < 99 and h99.params["nprobe"] == nlist
     assert np.array_equal(h99.indices, lib.search(q, k=3, mode="open", engine="faiss", nprobe=nlist).indices)
+    # the lists of the index itself, not the default count the manifest records (a custom "IVF4,Flat")
+    ivf4 = Library.build(subsets[0][:400], tmp_path / "ivf4.fastspec", faiss=True,
+                         faiss_params={"flat_below": 0, "index": "IVF4,Flat"})
+    assert ivf4.search(q, k=3, mode="open", engine="faiss", nprobe=8).params["nprobe"] == 4
     flat = Library.build(subsets[0][:100], tmp_path / "flat.fastspec", faiss=True)  # a flat index: no lists
     assert flat.manifest["build"]["faiss"]["index"] == "Flat"
     assert flat.search(q, k=3, mode="open", engine="faiss", nprobe=5).params["nprobe"] is None

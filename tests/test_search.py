@@ -1393,6 +1393,10 @@ def test_bad_parameters(lib, data):
     # ... as every other function taking progress= refuses it (search_to_file showed a bar for it)
     import fastspec.io as fio
 
+    from tqdm import tqdm
+
+    with tqdm(disable=True) as bar:  # a caller's own bar, as search() takes one, left open for the caller
+        lib.search_to_file(q, "/dev/null", output_format="tsv", progress=bar)
     for call in (lambda: lib.search_to_file(q, "/dev/null", output_format="tsv", progress="no"),
                  lambda: fio.read(fio.write(q, lib.path.parent / "q.mgf") or lib.path.parent / "q.mgf", progress="no"),
                  lambda: Library.build(q, lib.path.parent / "p.fastspec", progress="no", faiss=False)):

@@ -115,9 +115,13 @@ def metadata_fields(spectra: Spectra, names: dict[str, str], key_style) -> list[
 
 
 def _mgf_key(name: str) -> str:
-    # a key starting with a digit ("2nd_ce") would read as a peak line: "_2ND_CE", which reads back as 2nd_ce
-    key = name.replace("=", "_").replace("\n", " ").upper()
-    return "_" + key if key[:1].isdigit() else key
+    # a key starting like a number ("2nd_ce", "+1x", ".5x") would read as a peak line: "_2ND_CE", which
+    # reads back as 2nd_ce
+    key = name.replace("=", "_").replace("\n", " ").strip().upper()
+    return "_" + key if key[:1] in _NUMBER_START else key
+
+
+_NUMBER_START = tuple("0123456789+-.")
 
 
 def write(spectra: Spectra, path: str) -> None:

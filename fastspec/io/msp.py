@@ -63,9 +63,10 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
 
 
 def _msp_key(name: str) -> str:
-    # a key starting with a digit ("2nd_ce") would read as a peak line: "_2nd_ce", which reads back as 2nd_ce
-    key = name.replace(":", "_").replace("\n", " ")
-    return "_" + key if key[:1].isdigit() else key
+    # a key starting like a number ("2nd_ce", "+1x", ".5x") would read as a peak line: "_2nd_ce", which
+    # reads back as 2nd_ce
+    key = name.replace(":", "_").replace("\n", " ").strip()
+    return "_" + key if key[:1] in tuple("0123456789+-.") else key
 
 
 def write(spectra: Spectra, path: str) -> None:

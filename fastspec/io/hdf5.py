@@ -14,6 +14,7 @@ Layout (``format_version`` 1; see ``docs/formats.md``)::
                           Arrow IPC schema of one field "v", opaque bytes; files before it lack it)
         kind "string":    data uint8 (UTF-8 bytes), offsets int64 (n+1,)
         kind "number"/"bool": values (n,) numeric (bool as uint8)
+        kind "binary":    data uint8 (the bytes), offsets int64 (n+1,) (binary columns)
         kind "json":      like "string", one JSON document per row (lists, structs, ...)
         valid             bool (n,), present only when the column has nulls
 
@@ -59,9 +60,10 @@ def _dataset(group, name: str, data: np.ndarray) -> None:
     group.create_dataset(name, data=data, chunks=(min(CHUNK, n),), **_COMP)
 
 
-def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(UTF-8 bytes, int64 offsets (n+1) starting at 0) of a string array; nulls are empty."""
-    arr = arr.cast(pa.large_string())
+def _string_buffers(arr: pa.Array, binary: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(UTF-8 bytes, int64 offsets (n+1) starting at 0) of a string array (``binary``: of a binary array, its
+    bytes); nulls are empty."""
+    arr = arr.cast(pa.large_binary() if binary else pa.large_string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
     n = len(arr)
@@ -95,6 +97,11 @@ def _write_column(group, name: str, col) -> None:
     elif pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t):
         g.attrs["kind"] = "string"
         data, offs = _string_buffers(col.cast(pa.string()))
+        _dataset(g, "data", data)
+        _dataset(g, "offsets", offs)
+    elif pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t):
+        g.attrs["kind"] = "binary"  # as bytes: JSON would keep only their Python repr
+        data, offs = _string_buffers(col, binary=True)
         _dataset(g, "data", data)
         _dataset(g, "offsets", offs)
     else:
@@ -141,17 +148,20 @@ def _write_file(spectra: Spectra, tmp) -> None:
             _write_column(g, name, col)
 
 
-def _read_strings(g, a: int, b: int) -> pa.Array:
+def _read_strings(g, a: int, b: int, binary: bool = False) -> pa.Array:
     offs = g["offsets"][a: b + 1].astype(np.int64)
     data = g["data"][offs[0]: offs[-1]] if b > a else np.zeros(0, np.uint8)
     offs = offs - offs[0]
-    arr = pa.LargeStringArray.from_buffers(b - a, pa.py_buffer(np.ascontiguousarray(offs)),
-                                           pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8)))
+    arr = pa.Array.from_buffers(pa.large_binary() if binary else pa.large_string(), b - a,
+                                [None, pa.py_buffer(np.ascontiguousarray(offs)),
+                                 pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8))])
     try:
         arr.validate(full=True)
     except pa.ArrowInvalid as e:
-        raise FastspecError(f"corrupt string column {g.name}: {e}") from e
-    return arr.cast(pa.string()) if offs[-1] < 2**31 - 1 else arr
+        raise FastspecError(f"corrupt {'binary' if binary else 'string'} column {g.name}: {e}") from e
+    if offs[-1] >= 2**31 - 1:
+        return arr
+    return arr.cast(pa.binary() if binary else pa.string())
 
 
 def _read_column(g, a: int, b: int) -> pa.Array:
@@ -172,6 +182,19 @@ def _read_column(g, a: int, b: int) -> pa.Array:
         return arr
     if kind == "bool":
         return pa.array(g["values"][a:b].astype(bool), mask=mask)
+    if kind == "binary":
+        arr = _read_strings(g, a, b, binary=True)
+        if mask is not None and len(arr):
+            import pyarrow.compute as pc
+
+            arr = pc.if_else(pa.array(valid), arr, pa.scalar(None, arr.type))
+        t = _arrow_type(g)
+        if t is not None and t != arr.type:
+            try:
+                arr = arr.cast(t)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                pass
+        return arr
     if kind in ("string", "json"):
         arr = _read_strings(g, a, b)
         if mask is not None and len(arr):

@@ -171,15 +171,7 @@ def _read_column(g, a: int, b: int) -> pa.Array:
     valid = g["valid"][a:b].astype(bool) if "valid" in g else None
     mask = None if valid is None else ~valid
     if kind == "number":
-        vals = g["values"][a:b]
-        arr = pa.array(vals, mask=mask)
-        t = _arrow_type(g)
-        if t is not None and t != arr.type:
-            try:
-                arr = arr.cast(t)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-        return arr
+        return _as_stored_type(pa.array(g["values"][a:b], mask=mask), g)
     if kind == "bool":
         return pa.array(g["values"][a:b].astype(bool), mask=mask)
     if kind == "binary":
@@ -188,13 +180,7 @@ def _read_column(g, a: int, b: int) -> pa.Array:
             import pyarrow.compute as pc
 
             arr = pc.if_else(pa.array(valid), arr, pa.scalar(None, arr.type))
-        t = _arrow_type(g)
-        if t is not None and t != arr.type:
-            try:
-                arr = arr.cast(t)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-                pass
-        return arr
+        return _as_stored_type(arr, g)
     if kind in ("string", "json"):
         arr = _read_strings(g, a, b)
         if mask is not None and len(arr):
@@ -216,6 +202,17 @@ def _read_column(g, a: int, b: int) -> pa.Array:
                 return plain
         return arr
     raise FastspecError(f"unknown metadata column kind {kind!r} in {g.name}")
+
+
+def _as_stored_type(arr: pa.Array, g) -> pa.Array:
+    """``arr`` cast to the column's stored Arrow type (int8, fixed-size binary, ...) where it differs and casts."""
+    t = _arrow_type(g)
+    if t is not None and t != arr.type:
+        try:
+            return arr.cast(t)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    return arr
 
 
 def _arrow_type(g) -> pa.DataType | None:

@@ -379,7 +379,8 @@ def _is_matchms(obj) -> bool:
 def _expand_directories(paths: list) -> tuple[list[str], int]:
     """Input paths with every directory replaced by the spectrum files under it (recursively: a directory's
     files sorted by name, then its subdirectories' in name order; hidden entries and library indexes left
-    out), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
+    out; symlinked subdirectories followed, each real directory once; a directory that cannot be listed
+    raises :class:`~fastspec.errors.ParseError`), e.g. a clone of MassBank-data with one record per file. A file counts by its extension
     (``.mgf``, ``.msp``, ``.mzML``, ``.parquet``, ... also ``.gz``; an extension with a suffix after ``_``,
     such as ``.msp_NIST``, when the content is of that format; not a backup's, such as ``.mgf_old``) or, with any other name, when its content
     is a MassBank record (``ACCESSION:`` first); others (READMEs, licences, TSV or Parquet tables without peak columns, such
@@ -395,13 +396,25 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
         if not p.is_dir():
             out.append(str(p))
             continue
-        if (p / fmt.MANIFEST).exists():
+        if _holds_index(str(p)):
             raise ParseError("is a fastspec library index, not spectra (add spectra to it with `fastspec index "
                              "FILES -o LIB --append` or Library.open(path).append(...); read its spectra with "
                              "Library.open(path).spectra())", str(p))
         found = 0
-        for root, dirs, files in os.walk(p):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (Path(root) / d / fmt.MANIFEST).exists())
+        # symlinked subdirectories are followed (os.walk follows symlinked files already), each real
+        # directory once, so that a link to an ancestor cannot loop; a directory that cannot be listed
+        # is an error, not a silent gap in the input
+        seen = {os.path.realpath(p)}
+        for root, dirs, files in os.walk(p, followlinks=True, onerror=_unlistable):
+            keep = []
+            for d in sorted(dirs):
+                sub = os.path.join(root, d)
+                real = os.path.realpath(sub)
+                if d.startswith(".") or real in seen or _holds_index(sub):
+                    continue
+                seen.add(real)
+                keep.append(d)
+            dirs[:] = keep
             for name in sorted(files):
                 if name.startswith("."):
                     continue
@@ -429,6 +442,17 @@ def _expand_directories(paths: list) -> tuple[list[str], int]:
         if not found:
             raise ParseError("no spectrum file in this directory (MGF, MSP, mzML, mzXML, JSON, MassBank records, ...)", str(p))
     return out, skipped
+
+
+def _unlistable(err: OSError) -> None:
+    raise ParseError(f"cannot list this directory: {err.strerror or err}", err.filename)
+
+
+def _holds_index(directory: str) -> bool:
+    try:
+        return (Path(directory) / fmt.MANIFEST).exists()
+    except OSError as e:  # a subdirectory that cannot be entered (Python 3.11 raises here)
+        raise ParseError(f"cannot read this directory: {e.strerror or e}", directory) from None
 
 
 #: tags after a spectrum file's extension that name a copy, not a library (``lib.mgf_old``)

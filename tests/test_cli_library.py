@@ -731,6 +731,57 @@ def test_index_a_directory_of_spectrum_files(massbank_mgf, tmp_path):
     assert_clean_error(run("index", tables / "sheet.tsv", "-o", tmp_path / "s.fastspec", ok=False), "m/z")
 
 
+def test_directory_symlinks_and_unlistable_subdirectories(tmp_path):
+    """An input directory's symlinked subdirectories are read (each real directory once: a link to an
+    ancestor does not loop), and one that cannot be listed is an error naming it, not a silent gap."""
+    import os
+
+    from fastspec.library import Library
+
+    rec = "BEGIN IONS\nTITLE={}\nPEPMASS=200\n50 10\n60 5\nEND IONS\n"
+    root, other = tmp_path / "lib", tmp_path / "other"
+    root.mkdir()
+    other.mkdir()
+    (root / "top.mgf").write_text(rec.format("top"))
+    (other / "more.mgf").write_text("".join(rec.format(f"linked{i}") for i in range(3)))
+    (root / "linked").symlink_to(other, target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # an ancestor: read once
+    res = run("index", root, "-o", tmp_path / "a.fastspec", "--no-faiss")
+    assert "indexed 4 spectra" in res.output
+    assert Library.open(tmp_path / "a.fastspec").manifest["counts"]["n_read"] == 4
+
+
+def test_unlistable_subdirectory_is_an_error(tmp_path):
+    """A subdirectory of an input directory that cannot be listed (or entered) is an error naming it,
+    not a silent gap in the input. As root, run without the capabilities that override permissions."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: permissions are not enforced")
+        prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    root = tmp_path / "lib"
+    (root / "locked").mkdir(parents=True)
+    rec = "BEGIN IONS\nTITLE=x\nPEPMASS=200\n50 10\n60 5\nEND IONS\n"
+    (root / "top.mgf").write_text(rec)
+    (root / "locked" / "x.mgf").write_text(rec)
+    try:
+        for mode, words in ((0o100, "cannot list this directory"), (0, "cannot read this directory")):
+            (root / "locked").chmod(mode)  # 0o100: may be entered, not listed
+            res = subprocess.run([*prefix, sys.executable, "-m", "fastspec", "index", str(root), "-o",
+                                  str(tmp_path / "b.fastspec"), "--no-faiss"], capture_output=True, text=True,
+                                 timeout=300)
+            assert res.returncode == 1, res.stderr
+            assert words in res.stderr and "locked" in res.stderr and "Traceback" not in res.stderr, res.stderr
+            assert not (tmp_path / "b.fastspec").exists()
+    finally:
+        (root / "locked").chmod(0o700)
+
+
 def test_same_adduct_not_applied_is_reported(index, massbank_mgf, tmp_path):
     """Queries whose adduct is missing or unreadable are searched without --same-adduct: stderr and the
     table's parameters say how many and why."""

@@ -134,6 +134,37 @@ def test_unterminated_records(tmp_path):
     assert [r.line for r in report.rejected] == [1, 8]
 
 
+def test_records_without_begin_ions_are_rejected_not_lost(tmp_path):
+    """A record whose BEGIN IONS line is damaged, or whose CR-only line ends join it to the next record's
+    BEGIN IONS line, is counted as rejected at its first line (whatever the block size), and raises with
+    on_error="raise": before, its lines were only "lines outside records" and the next record was lost too."""
+    from fastspec.io import mgf
+
+    lf = "BEGIN IONS\nTITLE={}\nPEPMASS=200\n50 10\n60 20\nEND IONS\n".format
+    cr = "BEGIN IONS\rTITLE=cr\rPEPMASS=200\r50 10\r60 20\rEND IONS\r"
+    cases = {
+        "cr.mgf": (lf("a") + cr + "\n" + lf("b") + cr + lf("c"), ["a", "b"], [7, 14]),
+        "typo.mgf": (lf("a") + lf("b").replace("BEGIN IONS", "BEGIN IOMS") + lf("c")
+                     + lf("d").replace("BEGIN IONS", "BEGIN\0IONS") + "END IONS\n" + lf("e"), ["a", "c", "e"], [7, 19]),
+        "stray_end.mgf": (lf("a") + "END IONS\n" + lf("b"), ["a", "b"], []),  # a doubled END IONS loses nothing
+    }
+    for name, (text, kept, bad_lines) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text.encode())
+        s, r = fio.read(path, return_report=True)
+        assert s.metadata.column("id").to_pylist() == kept
+        assert [x.line for x in r.rejected] == bad_lines and r.n_records == len(kept) + len(bad_lines)
+        assert all(x.reason.startswith("record without BEGIN IONS") for x in r.rejected)
+        for block in (16, 64, 1 << 20):
+            r2 = fio.ReadReport()
+            list(mgf.iter_spectra(str(path), on_error="skip", report=r2, block_bytes=block))
+            assert [(x.line, x.reason) for x in r2.rejected] == [(x.line, x.reason) for x in r.rejected]
+            assert r2.warnings == r.warnings
+        if bad_lines:
+            with pytest.raises(ParseError, match=f"{name}:{bad_lines[0]}: record without BEGIN IONS"):
+                fio.read(path, on_error="raise")
+
+
 def test_peak_rules(tmp_path):
     text = mgf("SPECTRUM_ID=a\n300 1\n100 5\n200 0\n100 7",  # unsorted, zero, duplicate
                "SPECTRUM_ID=b\nPEPMASS=abc\n50 1",  # unusable precursor -> NaN, kept
@@ -375,7 +406,8 @@ def test_convert_command(tmp_path):
     # a file with no record at all is a mistake (a BEGIN_IONS typo), not an empty input; an empty file is one
     typo = write(tmp_path, "typo.mgf", "BEGIN_IONS\nPEPMASS=100\n50 10\nEND IONS\n")
     res = runner.invoke(main, ["convert", str(typo), str(tmp_path / "t.mgf")])
-    assert res.exit_code != 0 and "no spectrum records found" in res.output and "lines outside records: 4" in res.output
+    assert res.exit_code != 0 and "every record was rejected" in res.output and "typo.mgf:1" in res.output
+    assert "record without BEGIN IONS" in res.output
     assert not (tmp_path / "t.mgf").exists()
     keys = write(tmp_path, "keys.mgf", "TITLE=a\nPEPMASS=100\n")  # global parameters only
     res = runner.invoke(main, ["convert", str(keys), str(tmp_path / "k.mgf")])

@@ -377,6 +377,7 @@ def test_mgf_files_with_bom_concatenated(tmp_path):
 def test_mgf_cut_off_record_tail_is_no_header(tmp_path):
     """A file split with `split -l` starts inside a record: its key lines are no global parameters (they
     would give every record that compound's name and SMILES), whatever the block size."""
+    from fastspec.errors import ParseError
     from fastspec.io import mgf
     from fastspec.io._common import ReadReport
 
@@ -384,11 +385,15 @@ def test_mgf_cut_off_record_tail_is_no_header(tmp_path):
             "END IONS\n\nBEGIN IONS\nPEPMASS=300.1\nCHARGE=1+\nTITLE=feature 7\n150.0 10\n200.0 20\nEND IONS\n")
     s, r = read(tmp_path, "part2.mgf", text)
     assert r.n_spectra == 1 and r.warnings == {"lines outside records": 5}
+    # the tail is a record without BEGIN IONS: rejected, at its peak line (the first that is no key line)
+    assert [(x.line, x.reason.split(" (")[0]) for x in r.rejected] == [(4, "record without BEGIN IONS")]
     assert md(s, 0)["id"] == "feature 7" and "smiles" not in md(s, 0) and "name" not in md(s, 0)
     r2 = ReadReport(path=str(tmp_path / "part2.mgf"))
-    parts = list(mgf.iter_spectra(str(tmp_path / "part2.mgf"), on_error="raise", report=r2, block_bytes=16))
+    parts = list(mgf.iter_spectra(str(tmp_path / "part2.mgf"), on_error="skip", report=r2, block_bytes=16))
     assert [m for p in parts for m in p.metadata.column("smiles").to_pylist()] == [None]
-    assert r2.warnings == r.warnings
+    assert r2.warnings == r.warnings and r2.counts_by_reason == r.counts_by_reason
+    with pytest.raises(ParseError, match="part2.mgf:4: record without BEGIN IONS"):
+        list(mgf.iter_spectra(str(tmp_path / "part2.mgf"), on_error="raise", report=ReadReport(), block_bytes=16))
     # a real header after such a tail still applies
     s, r = read(tmp_path, "part3.mgf", text.replace("END IONS\n\nBEGIN", "END IONS\nCHARGE=2+\nINSTRUMENT=QTOF\nBEGIN"))
     assert md(s, 0)["instrument"] == "QTOF" and r.warnings == {"global parameters applied": 2, "lines outside records": 5}

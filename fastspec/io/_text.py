@@ -51,10 +51,11 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
     header_ignored = 0
     carry: dict = {}  # MSP: the last record's metadata, for a .mat file's MSTYPE block in the next block
     after_peak = False  # MSP: the line before this block is a peak line
+    outside = np.array([-1, 0], np.int64)  # MGF: lines outside records, across blocks (ts.E_OUTSIDE)
     for data, final in reader:
         if line0 == 1:
             _check_encoding(path, data)
-        r = ts.scan(data, mode, line0, final)
+        r = ts.scan(data, mode, line0, final, outside)
         n_ignored = r.n_ignored
         if header is not None:
             # judged over the whole header (a cut-off record's tail is no header), whatever blocks it

@@ -28,12 +28,14 @@ E_SINGLE = 2
 E_UNTERMINATED = 3
 E_DECIMAL_COMMA = 4
 E_THOUSANDS = 5
+E_OUTSIDE = 6
 ERROR_REASONS = {
     E_NUMBER: "unparsable peak line",
     E_SINGLE: "peak line with a single value",
     E_UNTERMINATED: "record not terminated (missing END IONS)",
     E_DECIMAL_COMMA: "peak line with decimal commas (e.g. 42,0338)",
     E_THOUSANDS: "peak line with a thousands separator (e.g. 1,000)",
+    E_OUTSIDE: "record without BEGIN IONS (missing or damaged, or joined to other lines by CR-only line ends)",
 }
 
 #: keys holding a declared peak count (lower-case): checked against the peaks read, then dropped
@@ -400,7 +402,7 @@ def _block_has_name(buf, p, n):
 
 
 @numba.njit(**NJIT)
-def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_offs):
+def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_offs, outside):
     """Split ``buf`` into records; see :func:`scan` for the outputs."""
     n = buf.shape[0]
     # ---- capacity from counting passes (branch-free, vectorised by LLVM; no growth in the hot loop)
@@ -437,6 +439,13 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
     n_pk = 0
     n_slow = 0
     n_ignored = 0
+    # MGF: a record whose BEGIN IONS line is damaged (a typo, a NUL byte, CR-only line ends joining it to the
+    # next lines) leaves its lines outside records; an END IONS closing no record, or a line that only starts
+    # with BEGIN IONS, shows that one was lost: it is reported as a rejected record (E_OUTSIDE) at the run's
+    # first line that is no KEY=value line, once per run of lines between records; ``outside`` carries
+    # that state from one buffer to the next, so that block boundaries change nothing
+    ign_first = outside[0]
+    lost = outside[1] != 0
     in_rec = False
     has_peaks = False
     blank_until = -1  # MSP: the blank lines before this position belong to the open entry
@@ -525,6 +534,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                 continue
             numeric, is_meta = _line_kind(buf, ls, le, sep)
             if mode == MGF:
+                damaged = False
                 if (c0 | 32) == 98 and _lower_eq(buf, ls, le, w_begin):
                     if in_rec:
                         if err == 0:
@@ -536,11 +546,21 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                     if in_rec:
                         end_record = True
                     else:
-                        n_ignored += 1
-                        consumed = pos
-                        consumed_lines = lineno - line0
-                        continue
+                        damaged = ign_first >= 0  # (a stray second END IONS after a record is harmless)
                 elif not in_rec:
+                    if ign_first < 0 and not is_meta:
+                        ign_first = cur_line
+                    damaged = (c0 | 32) == 98 and le - ls > 10 and _lower_eq(buf, ls, ls + 10, w_begin)
+                if not in_rec and not start_record:
+                    if damaged and not lost:
+                        lost = True
+                        bad = ign_first if ign_first >= 0 else cur_line
+                        rec_line[n_rec] = bad
+                        rec_err[n_rec] = E_OUTSIDE
+                        rec_err_line[n_rec] = bad
+                        rec_pk[n_rec + 1] = n_pk
+                        rec_meta[n_rec + 1] = n_meta
+                        n_rec += 1
                     n_ignored += 1
                     consumed = pos
                     consumed_lines = lineno - line0
@@ -575,6 +595,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                 consumed_lines = lineno - line0
         if start_record:
             in_rec = True
+            ign_first = -1
+            lost = False
             has_peaks = False
             has_name = False
             declared = -1
@@ -802,6 +824,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
     else:
         consumed = n
         consumed_lines = lineno - line0
+    outside[0] = ign_first
+    outside[1] = 1 if lost else 0
     return (rec_line[:n_rec], rec_pk[: n_rec + 1], rec_meta[: n_rec + 1], rec_err[:n_rec], rec_err_line[:n_rec],
             mz[:n_pk], it[:n_pk], n_slow, kbuf[:nk_bytes], koff[: n_meta + 1], vbuf[:nv_bytes], voff[: n_meta + 1],
             consumed, consumed_lines, n_ignored)
@@ -817,7 +841,7 @@ class ScanResult:
         return self.rec_line.shape[0]
 
 
-def scan(data: bytes, mode: int, line0: int = 1, final: bool = True) -> ScanResult:
+def scan(data: bytes, mode: int, line0: int = 1, final: bool = True, outside: np.ndarray | None = None) -> ScanResult:
     """Scan MGF (``mode=MGF``) or MSP (``mode=MSP``) text.
 
     Parameters
@@ -830,6 +854,9 @@ def scan(data: bytes, mode: int, line0: int = 1, final: bool = True) -> ScanResu
         1-based line number of the first line of ``data``.
     final : bool
         ``data`` ends the file. Otherwise an open record at the end is left unconsumed.
+    outside : ndarray of int64, shape (2,), optional
+        MGF: the state of the lines outside records at the end of the previous buffer of the same file
+        (updated in place; a new file starts from ``[-1, 0]``), see ``E_OUTSIDE``.
 
     Returns
     -------
@@ -843,14 +870,17 @@ def scan(data: bytes, mode: int, line0: int = 1, final: bool = True) -> ScanResu
     """
     buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
     cap = 256
+    state = np.array([-1, 0], np.int64) if outside is None else outside
     while True:
+        st = state.copy()  # (a rescan starts from the same state)
         slow_pos = np.empty(cap, np.int64)
         slow_s = np.empty(cap, np.int64)
         slow_e = np.empty(cap, np.int64)
         (rec_line, rec_pk, rec_meta, rec_err, rec_err_line, mz, it, n_slow, kbuf, koff, vbuf, voff, consumed,
          consumed_lines, n_ignored) = _scan(buf, mode, line0, final, _P10, slow_pos, slow_s, slow_e, _NP_WORDS,
-                                            _NP_OFFS)
+                                            _NP_OFFS, st)
         if n_slow <= cap:
+            state[:] = st
             break
         cap = int(n_slow)  # rare: many numbers Python must convert; rescan with room for all
     slow_pos, slow_s, slow_e = slow_pos[:n_slow], slow_s[:n_slow], slow_e[:n_slow]
@@ -885,7 +915,8 @@ def count_peaks(data: bytes, mode: int) -> int:
     by scanning parts of it)."""
     buf = np.frombuffer(data, dtype=np.uint8) if len(data) else np.zeros(0, np.uint8)
     none = np.empty(0, np.int64)  # no room for the numbers Python converts: they are counted all the same
-    return int(_scan(buf, mode, 1, True, _P10, none, none, none, _NP_WORDS, _NP_OFFS)[5].shape[0])
+    return int(_scan(buf, mode, 1, True, _P10, none, none, none, _NP_WORDS, _NP_OFFS,
+                    np.array([-1, 0], np.int64))[5].shape[0])
 
 
 def _decode(raw: bytes) -> str:

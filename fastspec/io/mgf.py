@@ -9,7 +9,11 @@ by spaces or tabs (a third column, e.g. an annotation or fragment charge, is ign
 ``.gz`` compression. ``KEY=value`` lines before the first record are global parameters: each
 record that does not set a key takes its value (as in pyteomics and matchms); other lines outside
 records are ignored and counted.
-A record without ``END IONS`` (truncated file, or a new ``BEGIN IONS``) is rejected.
+A record without ``END IONS`` (truncated file, or a new ``BEGIN IONS``) is rejected, and so is one without
+``BEGIN IONS`` (a file cut inside a record, a damaged ``BEGIN IONS`` line, a record with CR-only line ends
+joined to the lines around it): lines outside records followed by an ``END IONS`` that closes no record, or
+a line that only starts with ``BEGIN IONS``, count as one rejected record at their first line that is no
+``KEY=value`` line.
 """
 from __future__ import annotations
 

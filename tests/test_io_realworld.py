@@ -873,3 +873,35 @@ def test_mgf_without_any_record_counts_its_lines(tmp_path):
     assert len(s) == 0 and r.n_records == 0 and r.warnings == {"lines outside records": 4}
     s, r = read(tmp_path, "typo.mgf", "BEGIN_IONS\nTITLE=a\nPEPMASS=100\n50 10\nEND IONS")
     assert len(s) == 0 and r.warnings == {"lines outside records": 5}
+
+
+def test_an_empty_or_missing_value_does_not_hide_a_later_one(tmp_path):
+    """matchms' problematic_spectra.msp (a GNPS-to-MSP conversion) writes ``MSLEVEL: `` then ``MSLEVEL=2``;
+    other converters ``PEPMASS=`` or ``ADDUCT=N/A`` before the real line. The first value won, so an empty
+    one dropped the real value without a word (no precursor, no charge). Blank values now yield to any
+    other of the same key in the record; alone, they are still missing values."""
+    mgf = ("BEGIN IONS\nTITLE=\nTITLE=scan 12\nPEPMASS=\nPEPMASS=200.5\nCHARGE=\nCHARGE=1-\nADDUCT=N/A\n"
+           "ADDUCT=[M-H]-\nINSTRUMENT=n/a\n50 10\n60 20\nEND IONS\n")
+    s, r = read(tmp_path, "a.mgf", mgf)
+    m = md(s, 0)
+    assert (m["id"], m["precursor_mz"], m["charge"], m["adduct"]) == ("scan 12", 200.5, -1, "[M-H]-")
+    assert "instrument" not in m and r.n_spectra == 1 and not r.warnings
+    msp = ("Name: X\nPRECURSORMZ: \nPrecursorMZ: 200.1\nINCHIKEY: N/A\nInChIKey: LFQSCWFLJHTTHZ-UHFFFAOYSA-N\n"
+           "MSLEVEL: \nMSLEVEL=2\nComment: first\nComment: second\nNum Peaks: 2\n50 10\n60 20\n")
+    s, _ = read(tmp_path, "a.msp", msp)
+    m = md(s, 0)
+    assert (m["precursor_mz"], m["inchikey"], m["ms_level"]) == (200.1, "LFQSCWFLJHTTHZ-UHFFFAOYSA-N", "2")
+
+
+def test_msdial5_mgf_num_peaks_colon_line(tmp_path):
+    """MS-DIAL 5's MGF export writes an MSP-style ``Num Peaks: 3`` line into every record
+    (MsdialCore/Export/SpectraExport.cs): every record was rejected as an unparsable peak line. It is the
+    declared count, checked and dropped as MZmine's ``Num peaks=`` is; other ``Key: value`` lines stay errors."""
+    rec = ("BEGIN IONS\nSCANS=12\nTITLE=Unknown|ID=12\nPEPMASS=195.0877\nMSLEVEL=2\nION=[M+H]+\nCHARGE=1+\n"
+           "RTINMINUTES=3.21\nNum Peaks: {}\n110.0713\t120\n138.0662\t999\n195.0877\t300\nEND IONS\n")
+    s, r = read(tmp_path, "msdial5.mgf", rec.format(3) + "\n" + rec.format(5).replace("SCANS=12", "SCANS=13"))
+    assert r.n_spectra == 2 and not r.rejected and r.warnings == {"num_peaks mismatch": 1}
+    assert s[0].mz.tolist() == [110.0713, 138.0662, 195.0877] and md(s, 0)["adduct"] == "[M+H]+"
+    assert "num peaks" not in s.metadata.column_names
+    _, r = read(tmp_path, "other.mgf", rec.format(3).replace("Num Peaks: 3", "Comment: 3"))
+    assert r.counts_by_reason == {"unparsable peak line": 1}

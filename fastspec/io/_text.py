@@ -329,7 +329,8 @@ def _massbank_subtags(keys: pa.Array, vals: pa.Array) -> tuple[pa.Array, pa.Arra
 
 def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
                 carry: dict | None = None, follows_peaks=lambda j: False) -> pa.Table:
-    """One row per record, one string column per raw (lower-cased) key; first value wins.
+    """One row per record, one string column per raw (lower-cased) key; first value wins (an empty value or
+    a missing marker only when the record has no other).
 
     MSP: values taken from ``Synon:``/``Comments:`` (and the ``NIST#`` of a ``CAS#: ...; NIST#: ...``
     line) fill only what no explicit ``Key: value`` line of the record gives under the same harmonised
@@ -375,9 +376,19 @@ def _meta_table(keys: pa.Array, vals: pa.Array, rec_meta: np.ndarray, mode: int,
             if not name:
                 continue
             pos = order[bounds[g]:bounds[g + 1]]
+            last = name in _LAST_WINS
             r = rec[pos]  # non-decreasing: lines are in file order
+            if r.shape[0] > 1 and (r[1:] == r[:-1]).any():
+                # an empty value or a missing marker ("N/A") never hides another of the key in the record (a
+                # converter writing "MSLEVEL: " then "MSLEVEL=2", "PEPMASS=" then "PEPMASS=200.5"): within a
+                # record, blank values go first (last wins) or last (first wins)
+                b = np.asarray(missing_marker(pc.utf8_trim_whitespace(vals.take(pa.array(pos))), signs=True)
+                               .to_numpy(zero_copy_only=False), dtype=bool)
+                if b.any():
+                    pos = pos[np.lexsort((~b if last else b, r))]
+                    r = rec[pos]
             pick = np.ones(r.shape[0], dtype=bool)
-            if name in _LAST_WINS:  # an .mat MS1 block without peaks is one record with the MS2 block
+            if last:  # an .mat MS1 block without peaks is one record with the MS2 block
                 pick[:-1] = r[:-1] != r[1:]
             else:
                 pick[1:] = r[1:] != r[:-1]

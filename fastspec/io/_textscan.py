@@ -224,6 +224,35 @@ def _line_kind(buf, ls, le, sep):
 
 
 @numba.njit(**NJIT)
+def _num_peaks_colon(buf, ls, le, np_words, np_offs):
+    """Where the ':' of a ``Num Peaks: 12`` line is (-1: not such a line): MS-DIAL 5 writes one into every
+    MGF record, MSP-style; its key, trimmed and lower-cased, is one of :data:`NUM_PEAKS_KEYS`."""
+    c = ls
+    while c < le and buf[c] != 58:
+        c += 1
+    if c == le:
+        return -1
+    ke = c
+    while ke > ls and _is_space(buf[ke - 1]):
+        ke -= 1
+    for w in range(np_offs.shape[0] - 1):
+        a, b = np_offs[w], np_offs[w + 1]
+        if b - a != ke - ls:
+            continue
+        same = True
+        for i in range(b - a):
+            x = buf[ls + i]
+            if 65 <= x <= 90:
+                x += 32
+            if x != np_words[a + i]:
+                same = False
+                break
+        if same:
+            return c
+    return -1
+
+
+@numba.njit(**NJIT)
 def _peak_start(buf, ls, le, numeric, p10):
     """An MSP line starts like a peak line: a number (``nan`` and ``inf`` too: the peak rules reject
     them), or one in NIST's delimiters (``(85 100)``)."""
@@ -492,6 +521,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
         start_record = False
         numeric = False
         is_meta = False
+        colon_at = -1
         if ls == le:
             if mode == MSP and in_rec:
                 # Blank lines end an entry unless what follows them belongs to it (judged once per run of
@@ -533,6 +563,9 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                     consumed_lines = lineno - line0
                 continue
             numeric, is_meta = _line_kind(buf, ls, le, sep)
+            if mode == MGF and in_rec and not numeric and not is_meta:
+                colon_at = _num_peaks_colon(buf, ls, le, np_words, np_offs)
+                is_meta = colon_at >= 0
             if mode == MGF:
                 damaged = False
                 if (c0 | 32) == 98 and _lower_eq(buf, ls, le, w_begin):
@@ -620,7 +653,9 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                 has_name = True
             ke = _eq_key_end(buf, ls, le) if mode == MSP else -1
             eq_line = ke >= 0
-            if ke < 0:
+            if ke < 0 and colon_at >= 0:
+                ke = colon_at
+            elif ke < 0:
                 ke = ls
                 while buf[ke] != sep:
                     ke += 1

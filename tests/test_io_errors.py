@@ -182,6 +182,11 @@ def test_peak_rules(tmp_path):
                           return_report=True)
     assert sp.ids == ["a"] and report.counts_by_reason == {"no peaks": 1}
     assert report.n_fixed_unsorted == 0 and report.n_zero_intensity == 0
+    # an m/z below float32's range is 0 once stored: rejected as the README says, not kept (an audit), while
+    # the smallest float32 m/z is a value
+    sp, report = fio.read(write(tmp_path, "t.mgf", mgf("SPECTRUM_ID=a\n1e-50 10\n60 5", "SPECTRUM_ID=b\n1e-45 1\n60 5")),
+                          return_report=True)
+    assert sp.ids == ["b"] and report.counts_by_reason == {"m/z not positive": 1}
 
 
 @pytest.mark.parametrize("large", [False, True])

@@ -8,7 +8,8 @@ condition                                 rule
 ========================================  =====================================================
 NaN or infinite m/z or intensity          record rejected (``"non-finite peak value"``); also
                                           m/z and intensities beyond float32 range (3.4e38)
-m/z <= 0                                  record rejected (``"m/z not positive"``)
+m/z <= 0                                  record rejected (``"m/z not positive"``); also m/z
+                                          below float32 range (under ~7e-46: stored as 0)
 intensity < 0                             record rejected (``"negative intensity"``)
 intensity == 0                            peak kept as matchms keeps it (counted in
                                           ``n_zero_intensity``); preprocessing drops it
@@ -226,7 +227,7 @@ def _peak_rules(offsets, mz, inten, pre_bad):
             if not (np.isfinite(m) and np.isfinite(v) and m <= _F32_MAX):  # (the index stores float32 m/z)
                 c = 1
                 break
-            if m <= 0.0 and c == 0:
+            if (m <= 0.0 or np.float32(m) == 0.0) and c == 0:  # (below float32's range: 0 as stored)
                 c = 2
             elif v < 0.0 and c == 0:
                 c = 3

@@ -303,3 +303,16 @@ def test_lone_surrogate_escapes_become_replacement_characters(tmp_path):
     assert s.column("name") == ["caffeine \ufffd"] and s.column("smiles") == ["\U0001F600"]
     fio.write(s, tmp_path / "s.parquet")
     assert fio.read(tmp_path / "s.parquet").column("name") == ["caffeine \ufffd"]
+
+
+def test_boolean_peak_values_are_rejected(tmp_path):
+    """numpy reads JSON true / false as 1 / 0: a peak at m/z 1.0 was accepted (an audit). Such a record is
+    rejected, counted with its reason; 0 and 1 as numbers are still values."""
+    recs = [{"spectrum_id": "t", "precursor_mz": 200, "peaks_json": [[True, 10], [60, 5]]},
+            {"spectrum_id": "s", "precursor_mz": 200, "peaks_json": "[[60, false], [70, 5]]"},
+            {"spectrum_id": "ok", "precursor_mz": 200, "peaks_json": [[1, 1], [60, 0]]}]
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(recs))
+    s, r = fio.read(p, return_report=True)
+    assert s.ids == ["ok"] and s[0].mz.tolist() == [1.0, 60.0]
+    assert r.counts_by_reason == {"unreadable peaks (peaks hold true / false, not numbers)": 2}

@@ -471,3 +471,49 @@ def test_positions_are_not_written_as_lines(tmp_path):
     fio.write(sp, tmp_path / "x.mgf")  # text formats keep path:line
     with pytest.raises(ParseError, match=r"x\.mgf:\d+: negative intensity"):
         fio.read(tmp_path / "x.mgf", on_error="raise")
+
+
+def test_truncated_gzip_keeps_the_records_before_the_break(tmp_path):
+    """An interrupted download of a .mgf.gz failed the whole read, even with on_error="skip" (an audit):
+    now the records before the break are read and one rejection is counted at the break's line, whatever
+    the block size; "raise" still raises. A gzip stream on a pipe is read (it was taken for plain text)."""
+    import gzip
+    import subprocess
+    import sys
+
+    from fastspec.io import mgf
+
+    text = "".join(f"BEGIN IONS\nTITLE=r{i}\nPEPMASS={200 + i * 0.37:.4f}\n{50 + i % 97}.1 10\n{120 + i % 89}.3 "
+                   f"{i % 1000 + 1}\nEND IONS\n" for i in range(3000))
+    z = gzip.compress(text.encode())
+    path = tmp_path / "cut.mgf.gz"
+    path.write_bytes(z[: int(len(z) * 0.9)])
+    s, r = fio.read(path, return_report=True)
+    n = len(s)
+    assert 2000 < n < 3000 and s.ids == [f"r{i}" for i in range(n)]
+    assert r.n_rejected == 1 and r.rejected[0].line == 6 * n + 1
+    assert r.rejected[0].reason.startswith("compressed data breaks off here")
+    for block in (100, 4096):
+        r2 = fio.ReadReport()
+        parts = list(mgf.iter_spectra(str(path), on_error="skip", report=r2, block_bytes=block))
+        assert sum(len(p) for p in parts) == n and [(x.line, x.reason) for x in r2.rejected] == \
+            [(x.line, x.reason) for x in r.rejected]
+    with pytest.raises(FastspecError, match="cannot read"):
+        fio.read(path, on_error="raise")
+    # MSP has no end marker: the entry the data breaks off in is not read as complete
+    spectra = fio.read(path)
+    fio.write(spectra, str(tmp_path / "a.msp"))
+    zm = gzip.compress((tmp_path / "a.msp").read_bytes())
+    cut = tmp_path / "cut.msp.gz"
+    cut.write_bytes(zm[: len(zm) // 2])
+    s2, r3 = fio.read(cut, return_report=True)
+    got = {sid: sp.mz.tolist() for sid, sp in zip(s2.ids, s2)}
+    ref = {sid: sp.mz.tolist() for sid, sp in zip(spectra.ids, spectra)}
+    assert r3.n_rejected == 1 and all(got[k] == ref[k] for k in got) and 0 < len(got) < len(ref)
+    # a gzip stream on a pipe
+    src = tmp_path / "q.mgf"
+    src.write_text(text[: text.index("BEGIN IONS", 500)])
+    res = subprocess.run(f"gzip -c {src} | {sys.executable} -m fastspec convert - {tmp_path / 'p.mgf'} --input-format mgf",
+                         shell=True, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert fio.read(tmp_path / "p.mgf").ids == fio.read(src).ids

@@ -823,7 +823,14 @@ def test_a_corrupt_gzip_of_unknown_format_is_one_error(tmp_path):
     for name, blob in (("short.bin", data[:100]), ("flipped.bin", bytes(flipped))):
         (tmp_path / name).write_bytes(blob)
         with pytest.raises(FastspecError, match=f"{name}: cannot read"):
-            fio.read(tmp_path / name)
+            fio.read(tmp_path / name, on_error="raise")
+    # with on_error="skip" (the default) a gzip stream that breaks off after its first bytes keeps what came
+    # before the break, one rejection counted at it; one broken before any line could be sniffed is an error
+    s, r = fio.read(tmp_path / "short.bin", return_report=True)
+    assert len(s) > 0 and r.counts_by_reason == {
+        "compressed data breaks off here (a truncated or corrupt file): the rest is lost": 1}
+    with pytest.raises(FastspecError, match="flipped.bin: cannot read"):
+        fio.read(tmp_path / "flipped.bin")
 
 
 def test_msdial_spectrumtype_is_not_the_ms_level(tmp_path):

@@ -464,13 +464,19 @@ def refuse_archive(path: str, head: bytes) -> None:
 def open_binary(path: str):
     """A binary file object (gzip-decompressing for ``.gz``, and for gzip content under another name) and
     the on-disk size in bytes. Archives (zip, bzip2, xz, 7-Zip) are refused (:func:`refuse_archive`). A pipe
-    is read as its name says (plain unless ``.gz``)."""
+    is read by its first bytes too (gzip or plain), peeked at without consuming them."""
     size = os.path.getsize(path)
     if path.lower().endswith(".gz"):
         return gzip.open(path, "rb"), size
     f = open(path, "rb")
-    if not f.seekable():  # a pipe (/dev/stdin, <(...)): read as named, its first bytes cannot be read twice
-        return f, size
+    if not f.seekable():  # a pipe (/dev/stdin, <(...)): its first bytes cannot be read twice, only peeked at
+        try:
+            head = f.peek(8)[:8]
+            refuse_archive(path, head)
+        except BaseException:
+            f.close()
+            raise
+        return (gzip.GzipFile(fileobj=f, mode="rb") if head.startswith(GZIP_MAGIC) else f), size
     try:
         head = f.read(8)
         f.seek(0)
@@ -546,26 +552,55 @@ class BlockReader:
     ``for data, final in reader:`` — ``data`` holds whole lines; after scanning, the consumer
     hands back what it did not consume (an unfinished record) with ``reader.give_back(tail)``;
     it is prefixed to the next block. ``final`` is True for the last block (EOF).
+
+    ``salvage``: compressed data that ends early (an interrupted download) or breaks off raises
+    :class:`~fastspec.errors.FastspecError` unless this is set; then the lines decoded before the break come
+    as a last block with ``final`` False (so that an unfinished record is handed back, not read as complete),
+    :attr:`truncated` holds the cause and :attr:`tail` what was left over; the consumer counts that as one
+    rejected record.
     """
 
-    def __init__(self, path: str, block_bytes: int = 32 << 20, progress: bool | None = None, desc: str = ""):
+    def __init__(self, path: str, block_bytes: int = 32 << 20, progress: bool | None = None, desc: str = "",
+                 salvage: bool = False):
         self.path = path
         self.block_bytes = int(block_bytes)
         self.progress = progress
         self.desc = desc or os.path.basename(path)
+        self.salvage = salvage
+        #: why the data ended early (``salvage``), else None
+        self.truncated: str | None = None
         self._tail = b""
 
     def give_back(self, tail: bytes) -> None:
         self._tail = bytes(tail)
+
+    @property
+    def tail(self) -> bytes:
+        """What the consumer handed back last and no later block took."""
+        return self._tail
 
     def __iter__(self) -> Iterator[tuple[bytes, bool]]:
         f, size = open_binary(self.path)
         bar = Progress(size, self.progress, self.desc)
         carry = b""
         first = True
+        done = 0  # decompressed bytes read so far
         try:
             while True:
-                chunk = f.read(self.block_bytes)
+                try:
+                    chunk = f.read(self.block_bytes)
+                except (EOFError, zlib_error()) as e:
+                    if not (self.salvage and isinstance(f, gzip.GzipFile)):
+                        raise
+                    self.truncated = str(e)
+                    data = carry + _decodable_after(f, done)
+                    cut = data.rfind(b"\n") + 1
+                    self._tail = b""
+                    if cut:
+                        yield data[:cut], False
+                    self._tail += data[cut:]
+                    return
+                done += len(chunk)
                 if first:
                     first = False
                     if chunk.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
@@ -595,6 +630,34 @@ def zlib_error():
     import zlib
 
     return zlib.error
+
+
+def truncated_reason(cause: str) -> str:
+    """Rejection reason of the record a compressed file breaks off in (``cause``:
+    :attr:`BlockReader.truncated`, not part of it, so that the reason is one count)."""
+    return "compressed data breaks off here (a truncated or corrupt file): the rest is lost"
+
+
+def _decodable_after(f: gzip.GzipFile, skip: int) -> bytes:
+    """The decompressed bytes of ``f``'s file after the first ``skip`` that decode before its data breaks
+    off (read again in small steps: the failed large read returned none of its part; nothing for a pipe)."""
+    name = getattr(f, "name", None)
+    if not isinstance(name, str) or not os.path.isfile(name):
+        return b""
+    out = bytearray()
+    pos = 0
+    with gzip.open(name, "rb") as g:
+        while True:
+            try:
+                b = g.read1(1 << 16)
+            except (EOFError, zlib_error(), OSError):
+                break
+            if not b:
+                break
+            if pos + len(b) > skip:
+                out += b[max(0, skip - pos):]
+            pos += len(b)
+    return bytes(out)
 
 
 # ---------------------------------------------------------------------------- formats

@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from fastspec.errors import ParseError
 from fastspec.io import _textscan as ts
-from fastspec.io._common import BlockReader, ReadReport, finish_block
+from fastspec.io._common import BlockReader, ReadReport, finish_block, truncated_reason
 from fastspec.io.meta import NIST_SYNON_CODES, key_info, missing_marker, pepmass_parts, pepmass_value
 from fastspec.spectra import Spectra
 
@@ -44,7 +44,7 @@ _ERRORS = {code: reason for code, reason in ts.ERROR_REASONS.items()}
 def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progress: bool | None,
               block_bytes: int = 32 << 20) -> Iterator[Spectra]:
     """Spectra of a MGF/MSP file, one :class:`Spectra` per block of about ``block_bytes``."""
-    reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}")
+    reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}", salvage=on_error == "skip")
     line0 = 1
     defaults: dict[str, str] = {}
     header = _MgfHeader() if mode == ts.MGF else None  # until the first BEGIN IONS
@@ -85,6 +85,8 @@ def iter_text(path: str, mode: int, *, on_error: str, report: ReadReport, progre
         n_global = header.apply(defaults)
         report.warn("global parameters applied", n_global)
         report.warn("lines outside records", header_ignored - n_global)
+    if reader.truncated is not None:  # the record the data broke off in (or after), counted
+        report.reject(line0, truncated_reason(reader.truncated), path)
 
 
 _MGF_BEGIN_RE = re.compile(rb"(?im)^(?:\xef\xbb\xbf)?[ \t]*begin ions[ \t\r]*$")

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from fastspec.io import _textscan as ts
-from fastspec.io._common import BlockReader, ReadReport, finish_block
+from fastspec.io._common import BlockReader, ReadReport, finish_block, truncated_reason
 from fastspec.io._text import _check_encoding
 from fastspec.io.meta import EXTRA_ALIASES, key_info
 from fastspec.spectra import CANONICAL_KEYS, Spectra
@@ -88,7 +88,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         Bytes read at a time (whole records are parsed; the rest is carried to the next block).
     """
     step = int(chunk_size or 10_000)
-    reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}")
+    reader = BlockReader(path, block_bytes, progress, desc=f"reading {path}", salvage=on_error == "skip")
     chunk = _Chunk()
     line0 = 1
     first = True
@@ -110,6 +110,8 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         line0 += text.count("\n")
     if len(chunk):
         yield _finish(path, chunk, on_error, report)
+    if reader.truncated is not None:  # the record the data broke off in (or after), counted
+        report.reject(line0, truncated_reason(reader.truncated), path)
 
 
 def _end_of_last_record(data: bytes) -> int:

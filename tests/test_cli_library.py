@@ -469,7 +469,9 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     # a typo (or a wrong format) leaves no record: an error naming the file, not an empty library
     typo = tmp_path / "typo.mgf"
     typo.write_text(massbank_mgf.read_text().replace("BEGIN IONS", "BEGIN_IONS"))
-    assert_clean_error(run("index", typo, "-o", tmp_path / "t.fastspec", ok=False), "typo.mgf", "no spectrum records")
+    n = massbank_mgf.read_text().count("BEGIN IONS")
+    assert_clean_error(run("index", typo, "-o", tmp_path / "t.fastspec", ok=False), "typo.mgf:1",
+                       f"all {n} records were rejected", "record without BEGIN IONS")
     # an MGF file named .msp: its content says what it is
     named = tmp_path / "named.msp"
     named.write_text(massbank_mgf.read_text())
@@ -510,7 +512,8 @@ def test_files_without_records_and_reader_warnings(index, massbank_mgf, tmp_path
     lib = Library.open(kept)  # the API keeps counting them unless told otherwise
     lib.append(bad)
     assert (lib.n_spectra, lib.n_rejected) == (before["n_spectra"], before["n_rejected"] + 2)
-    assert_clean_error(run("query", typo, "-l", index, "-o", tmp_path / "h.tsv", ok=False), "no spectrum records")
+    assert_clean_error(run("query", typo, "-l", index, "-o", tmp_path / "h.tsv", ok=False),
+                       "every query record was rejected", "record without BEGIN IONS")
     # counted oddities are shown, kept in the manifest and in the hit table's parameters
     odd = tmp_path / "odd.mgf"
     odd.write_text("BEGIN IONS\nTITLE=x\nPEPMASS=abc\n100 10\n120 5\nEND IONS\n" + massbank_mgf.read_text())
@@ -749,6 +752,42 @@ def test_directory_symlinks_and_unlistable_subdirectories(tmp_path):
     res = run("index", root, "-o", tmp_path / "a.fastspec", "--no-faiss")
     assert "indexed 4 spectra" in res.output
     assert Library.open(tmp_path / "a.fastspec").manifest["counts"]["n_read"] == 4
+
+
+def test_index_report_names_every_rejected_record(massbank_mgf, tmp_path):
+    """`fastspec index --report r.json` (and --append) writes where each rejected record is: file, line and
+    reason, per-file counts, and the index's counts (the summary line gives counts only); Library.build and
+    append fill a ReadReport given as ``report=``."""
+    import json
+
+    import fastspec.io as fio
+    from fastspec.io import ReadReport
+    from fastspec.library import Library
+
+    bad = tmp_path / "bad.mgf"
+    bad.write_text("BEGIN IONS\nTITLE=a\nPEPMASS=200\n50 10\nEND IONS\nBEGIN IONS\nTITLE=b\nPEPMASS=200\n50 abc\n"
+                   "END IONS\nBEGIN IONS\nTITLE=c\nPEPMASS=200\n50 -1\nEND IONS\n")
+    lib = tmp_path / "r.fastspec"
+    run("index", bad, massbank_mgf, "-o", lib, "--no-faiss", "--report", tmp_path / "rep" / "r.json")
+    doc = json.loads((tmp_path / "rep" / "r.json").read_text())
+    assert [tuple(r) for r in doc["read"]["rejected"]] == [(9, "unparsable peak line", str(bad)),
+                                                         (14, "negative intensity", str(bad))]
+    assert [(f["path"], f["n_records"], f["n_rejected"]) for f in doc["read"]["files"]][0] == (str(bad), 3, 2)
+    info = Library.open(lib).info()
+    assert doc["index"]["n_read"] == info["n_read"] == doc["read"]["n_records"]
+    assert doc["index"]["n_spectra"] + doc["index"]["n_rejected"] == doc["index"]["n_read"]
+    run("index", bad, "-o", lib, "--append", "--report", tmp_path / "r2.json")
+    doc = json.loads((tmp_path / "r2.json").read_text())
+    assert doc["appended"] == {"spectra": 1, "rejected": 2} and doc["read"]["n_records"] == 3
+    assert_clean_error(run("index", bad, "-o", tmp_path / "x.fastspec", "--report", tmp_path / "x.fastspec" / "r.json",
+                           ok=False), "inside the index")
+    assert_clean_error(run("index", bad, "-o", tmp_path / "y.fastspec", "--report", bad, ok=False), "input")
+    rep = ReadReport()
+    Library.build([str(bad)], tmp_path / "z.fastspec", faiss=False, report=rep)
+    assert (rep.n_records, rep.n_spectra, rep.n_rejected, [r.line for r in rep.rejected]) == (3, 1, 2, [9, 14])
+    rep = ReadReport()
+    Library.open(tmp_path / "z.fastspec").append(fio.read(massbank_mgf)[:5], report=rep)
+    assert (rep.n_records, rep.n_spectra, rep.n_rejected) == (5, 5, 0)
 
 
 def test_unlistable_subdirectory_is_an_error(tmp_path):

@@ -471,7 +471,8 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
     # MGF: a record whose BEGIN IONS line is damaged (a typo, a NUL byte, CR-only line ends joining it to the
     # next lines) leaves its lines outside records; an END IONS closing no record, or a line that only starts
     # with BEGIN IONS, shows that one was lost: it is reported as a rejected record (E_OUTSIDE) at the run's
-    # first line that is no KEY=value line, once per run of lines between records; ``outside`` carries
+    # first line that is no KEY=value line, once per run of lines between records or orphan END IONS lines
+    # (a file whose every BEGIN IONS is misspelt counts every record); ``outside`` carries
     # that state from one buffer to the next, so that block boundaries change nothing
     ign_first = outside[0]
     lost = outside[1] != 0
@@ -568,6 +569,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                 is_meta = colon_at >= 0
             if mode == MGF:
                 damaged = False
+                run_end = False
                 if (c0 | 32) == 98 and _lower_eq(buf, ls, le, w_begin):
                     if in_rec:
                         if err == 0:
@@ -580,6 +582,7 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                         end_record = True
                     else:
                         damaged = ign_first >= 0  # (a stray second END IONS after a record is harmless)
+                        run_end = True
                 elif not in_rec:
                     if ign_first < 0 and not is_meta:
                         ign_first = cur_line
@@ -594,6 +597,9 @@ def _scan(buf, mode, line0, final, p10, slow_pos, slow_s, slow_e, np_words, np_o
                         rec_pk[n_rec + 1] = n_pk
                         rec_meta[n_rec + 1] = n_meta
                         n_rec += 1
+                    if run_end:  # the next lines outside records are another run (another lost record)
+                        ign_first = -1
+                        lost = False
                     n_ignored += 1
                     consumed = pos
                     consumed_lines = lineno - line0

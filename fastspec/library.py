@@ -274,7 +274,24 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     # (path, records) per file read, in read order, so that every record can be traced to its file
     counts["files"] = [(str(r.path), int(r.n_records)) for r in (report.files or [report])]
     counts["first_rejected"] = first_rejection(report)
+    counts["report"] = report
     return spectra, counts
+
+
+def _fill_report(into, counts: dict) -> None:
+    """Put the reader's report of one build or append (``counts["report"]``; spectra given in memory: their
+    number) into the caller's :class:`~fastspec.io.ReadReport` ``into`` (``report=``), when one was given."""
+    if into is None:
+        return
+    from fastspec.io import ReadReport
+
+    if not isinstance(into, ReadReport):
+        raise ParameterError(f"report must be a fastspec.io.ReadReport, got {type(into).__name__}")
+    got = counts.get("report")
+    if got is None:
+        got = ReadReport(n_records=int(counts["n_read"]), n_spectra=int(counts["n_read"]))
+    into.absorb(got)
+    into.files.extend(got.files or [got])
 
 
 def _read_warnings(report, n_skipped: int) -> dict[str, int]:
@@ -844,6 +861,7 @@ class Library:
         faiss_params: dict | None = None,
         allow_empty: bool = True,
         input_format: str | None = None,
+        report: Any = None,
     ) -> "Library":
         """Index spectra into a new library directory.
 
@@ -881,6 +899,10 @@ class Library:
         input_format : str, optional
             Format of the input files, as ``format`` of :func:`fastspec.io.read` (default: from each file's
             extension, else sniffed; a pipe such as ``/dev/stdin`` needs it).
+        report : fastspec.io.ReadReport, optional
+            Filled with the reader's report: records read, spectra, and each rejected record's file, line and
+            reason (the first 100 per file; :attr:`~fastspec.io.ReadReport.files` per file). Records the
+            build itself leaves out (no peaks after preprocessing, MS1) are only in :attr:`rejected`.
 
         Returns
         -------
@@ -931,6 +953,7 @@ class Library:
         try:
             pipeline = resolve_pipeline(preprocess)
             spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
+            _fill_report(report, counts)
             prog.step("preprocess")
             processed = apply_pipeline(pipeline, spectra, threads)
             _build_index(absolute, processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
@@ -989,7 +1012,8 @@ class Library:
             prog.close()
 
     def append(self, spectra_or_paths: Any, *, on_error: str = "skip", threads: int | None = None,
-               progress: bool | None = None, allow_empty: bool = True, input_format: str | None = None) -> "Library":
+               progress: bool | None = None, allow_empty: bool = True, input_format: str | None = None,
+               report: Any = None) -> "Library":
         """Add spectra (preprocessed with the library's recorded pipeline); rebuilds the index atomically.
 
         New spectra get the next library rows. Returns ``self``, refreshed.
@@ -1008,6 +1032,8 @@ class Library:
             With False, input whose every record is rejected raises instead of adding only to the
             rejected counts (``fastspec index --append``: a wrong file).
         input_format : str, optional
+            As for :meth:`build`.
+        report : fastspec.io.ReadReport, optional
             As for :meth:`build`.
 
         Raises
@@ -1028,6 +1054,7 @@ class Library:
         try:
             # read before anything is held: a generator given as input may search this very library
             spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
+            _fill_report(report, counts)
             # the file lock is held until the rebuilt index is in place: another append (or rebuild)
             # started meanwhile from the same index would otherwise swap its own result in and lose one of
             # the two; it is taken (or refused) before waiting for this object's searches

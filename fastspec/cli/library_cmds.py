@@ -10,7 +10,7 @@ import click
 
 from fastspec.cli import _ahead
 from fastspec.cli._common import (check_tolerance_option, common_options, compile_watch, handle_errors,
-                                  input_format_option, make_parents, stdin_paths)
+                                  input_format_option, make_parents, refuse_clobbering, stdin_paths)
 
 _MODES = ["identity", "formula", "open", "analog", "hybrid", "neutral_loss"]
 _METRICS = ["cosine", "modified_cosine", "entropy", "unweighted_entropy", "binned_cosine", "neutral_loss_cosine"]
@@ -85,19 +85,30 @@ def _default_with(pp, tweaks: dict):
 @click.option("--overwrite", is_flag=True, help="Replace an existing index.")
 @click.option("--append", is_flag=True, help="Add the inputs to the existing index OUTPUT (preprocessed as its "
               "spectra were; the index is rebuilt and swapped in atomically).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the read report as JSON here: each rejected record's file, line and reason "
+                   "(the first 100 per file), counts per file, and the index's counts.")
 @input_format_option
 @common_options
 @handle_errors
 def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_precursor, noise, top_k, faiss, on_error,
-          overwrite, append, input_format, threads, quiet):
+          overwrite, append, report_path, input_format, threads, quiet):
     """Build a library index from spectrum files (MGF, MSP, mzML, mzXML, MassBank records, Parquet, ...) or
     directories of them, or add them to one (--append). '-' reads standard input (with --input-format)."""
     from fastspec.errors import ParameterError
     from fastspec.library import Library
 
+    from fastspec.io import ReadReport
+
     log = _log(quiet)
     t0 = time.perf_counter()
     inputs = stdin_paths(inputs)
+    if report_path:
+        if os.path.abspath(report_path).startswith(os.path.join(os.path.abspath(output), "")):
+            raise ParameterError(f"--report {report_path} is inside the index {output}: choose another path")
+        refuse_clobbering(inputs, [("--report", report_path)])
+        make_parents(report_path)
+    read_report = ReadReport() if report_path else None
     if append:
         given = [o for o, v in (("--overwrite", overwrite or None), ("--preprocess", preprocess),
                                 ("--no-preprocess", no_preprocess or None), ("--min-mz", min_mz), ("--max-mz", max_mz),
@@ -111,7 +122,7 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
         warn0 = dict(lib.info().get("read_warnings") or {})
         with compile_watch(log) as compiled:
             lib.append(inputs, on_error=on_error, threads=threads, progress=False if quiet else None,
-                       allow_empty=False, input_format=input_format)
+                       allow_empty=False, input_format=input_format, report=read_report)
         what, n_new, n_rej = "appended", lib.n_spectra - n0, lib.n_rejected - r0
     else:
         from pathlib import Path
@@ -128,10 +139,18 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
         with compile_watch(log) as compiled:
             lib = Library.build(inputs, output, preprocess=pipeline, faiss=faiss is not False, on_error=on_error,
                                 threads=threads, progress=False if quiet else None, overwrite=overwrite,
-                                allow_empty=False, input_format=input_format)
+                                allow_empty=False, input_format=input_format, report=read_report)
         what, n_new, n_rej = "indexed", lib.n_spectra, lib.n_rejected
         warn0 = {}
     dt = time.perf_counter() - t0
+    if report_path:
+        from fastspec._atomic import write_text_atomically
+
+        info = lib.info()
+        doc = {"read": read_report.to_dict(),
+               "index": {k: info.get(k) for k in ("path", "n_spectra", "n_read", "n_rejected", "rejected")},
+               what: {"spectra": n_new, "rejected": n_rej}}
+        write_text_atomically(report_path, json.dumps(doc, indent=1, default=str))
     rej = ", ".join(f"{r}: {c:,}" for r, c in lib.rejected.items())
     # an append's own rejections: the index's counts less those it held before
     new_rej = ", ".join(f"{r}: {c - why0.get(r, 0):,}" for r, c in lib.rejected.items() if c > why0.get(r, 0)) \

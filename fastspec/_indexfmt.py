@@ -113,6 +113,12 @@ def resource_error(e: BaseException, path) -> "FastspecError | None":
     return None
 
 
+def _token_error() -> type:
+    import tokenize
+
+    return tokenize.TokenError
+
+
 def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool = True) -> np.ndarray:
     """Memory-map ``directory/name.npy``; check dtype/shape against the manifest entry if given."""
     path = directory / f"{name}.npy"
@@ -129,7 +135,7 @@ def load_array(directory: Path, name: str, entry: dict | None = None, mmap: bool
         if limit is not None:
             raise limit from None
         raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None
-    except (ValueError, EOFError) as e:
+    except (ValueError, EOFError, SyntaxError, _token_error()) as e:  # (a damaged .npy header: numpy parses it)
         raise IndexFormatError(f"index file unreadable (corrupted?): {path}: {e}") from None
     if entry is not None:
         if arr.dtype.str != entry.get("dtype") or list(arr.shape) != list(entry.get("shape", [])):
@@ -268,17 +274,42 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+#: a manifest is a few kB (the inputs of a build are a file of their own, :data:`INPUTS_FILE`)
+_MANIFEST_MAX_BYTES = 64 << 20
+
+
+def _load_manifest(path: Path) -> Any:
+    """The JSON of ``path``, refused (ValueError) unless it is a regular file of sane size: a FIFO or a link to
+    ``/dev/urandom`` would hang every open, one to ``/dev/zero`` fill the memory."""
+    import stat
+
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NONBLOCK)) as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{MANIFEST} is not a regular file")
+        if st.st_size > _MANIFEST_MAX_BYTES:
+            raise ValueError(f"{MANIFEST} is {st.st_size:,} bytes, far more than a manifest holds")
+        return json.loads(f.read(_MANIFEST_MAX_BYTES + 1).decode("utf-8"))
+
+
+def aside_index(directory: Path) -> Path | None:
+    """The previous index of ``directory`` left aside (``.NAME.old-*``) by a rebuild or append killed between
+    the two renames of its swap (:func:`replace_directory`), when ``directory`` holds none; else None."""
+    directory = Path(directory)
+    parent = directory.parent if str(directory.parent) else Path(".")
+    aside = sorted(parent.glob(f"{glob.escape(aside_prefix(directory.name))}*")) if parent.is_dir() else []
+    aside = [p for p in aside if (p / MANIFEST).exists()]
+    return aside[-1] if aside else None
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
     """Read and validate the manifest (format name and version)."""
     directory = Path(directory)
     if not directory.exists():
-        # a rebuild killed between its two renames leaves the previous index aside (replace_directory)
-        parent = directory.parent if str(directory.parent) else Path(".")
-        aside = sorted(parent.glob(f"{glob.escape(aside_prefix(directory.name))}*")) if parent.is_dir() else []
-        aside = [p for p in aside if (p / MANIFEST).exists()]
-        if aside:
+        aside = aside_index(directory)
+        if aside is not None:
             raise IndexFormatError(f"{directory} is missing, but an interrupted rebuild left the previous index "
-                                   f"at {aside[-1]}: rename it back to use it")
+                                   f"at {aside}: rename it back to use it")
         raise FileNotFoundError(2, "No such library index", str(directory))
     if not directory.is_dir():
         raise IndexFormatError(f"not a library index (not a directory): {directory}")
@@ -286,10 +317,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if not path.exists():
         raise IndexFormatError(f"not a library index (no {MANIFEST}): {directory}")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise IndexFormatError(f"corrupted manifest in {directory}: {e}") from None
+        manifest = _load_manifest(path)
+    except (ValueError, UnicodeDecodeError, RecursionError, IsADirectoryError) as e:
+        raise IndexFormatError(f"corrupted manifest in {directory}: "
+                               f"{f'{MANIFEST} is a directory' if isinstance(e, IsADirectoryError) else e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"not a fastspec library index: {directory}")
     version = manifest.get("format_version")
@@ -380,9 +411,8 @@ def is_index_dir(directory: Path, damaged: bool = False) -> bool:
     damaged index, which the errors tell users to rebuild, with overwrite)."""
     path = Path(directory) / MANIFEST
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (ValueError, UnicodeDecodeError):
+        manifest = _load_manifest(path)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return damaged and (Path(directory) / "offsets.npy").exists()
     except OSError:
         return False

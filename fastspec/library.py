@@ -937,6 +937,11 @@ class Library:
                 check_params(faiss_params)
         if Path(path).exists() and not overwrite:  # before reading anything
             raise IndexFormatError(f"{path} already exists (use overwrite=True / --overwrite)")
+        if not overwrite and not Path(path).exists() and fmt.aside_index(path) is not None:
+            # a swap killed between its renames: a new build would complete, and its cleanup delete the old index
+            raise IndexFormatError(f"{path} is missing, but an interrupted rebuild or append left the previous index "
+                                   f"at {fmt.aside_index(path)}: rename it back to use it, or build anew with "
+                                   "overwrite=True / --overwrite (which deletes it)")
         target = Path(path)
         absolute = absolute_path(path)  # "." from inside the index it replaces: gone after the swap
         inside = fmt.enclosing_index(absolute.parent)
@@ -1436,7 +1441,11 @@ class Library:
 
             self._check_unchanged()
             with self._parquet_errors("metadata.parquet"):
-                self._cache["parquet"] = pq.ParquetFile(self.path / "metadata.parquet", page_checksum_verification=True)
+                pf = pq.ParquetFile(self.path / "metadata.parquet", page_checksum_verification=True)
+            self._check_unchanged()  # (a swap during the read: the other index's file, no corruption)
+            if pf.metadata.num_rows != len(self):  # rows are looked up by library row: one per spectrum
+                raise self._corrupted(f"metadata.parquet holds {pf.metadata.num_rows:,} rows for {len(self):,} spectra")
+            self._cache["parquet"] = pf
         return self._cache["parquet"]
 
     @contextlib.contextmanager

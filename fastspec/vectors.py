@@ -385,8 +385,12 @@ def load_faiss_index(library, theta: bool = False):
             limit = resource_error(e, path)
             if limit is not None:
                 raise limit from None
+            library._check_unchanged()  # a rebuild swapped in meanwhile is no corruption: open it again
             raise library._corrupted(f"cannot read {Path(path).name} ({str(e).splitlines()[0] or type(e).__name__})") \
                 from None
+        # checked after the read too, as Library.array does: an append that swapped the directory in between
+        # gave this object the new index's file (its vectors then miscount this library's spectra)
+        library._check_unchanged()
         bad = _bad_ids(faiss, idx, len(library))
         if bad is not None:
             raise library._corrupted(f"{Path(path).name} {bad}")

@@ -959,6 +959,69 @@ def test_unlisted_shape_mismatch_is_refused(raw_lib, tmp_path):
         lib.array("mz")
 
 
+def test_manifest_that_is_no_regular_file_or_too_deep_is_refused(raw_lib, tmp_path):
+    """A FIFO or a link to /dev/zero as manifest.json hung every open or filled the memory, a directory raised
+    IsADirectoryError, deeply nested JSON RecursionError (an audit): each is one IndexFormatError now, and
+    is_index_dir says no without blocking."""
+    import os
+
+    from fastspec import _indexfmt
+
+    for kind in ("fifo", "devzero", "dir", "deep"):
+        dst = _copy_index(raw_lib, tmp_path / f"{kind}.fastspec")
+        man = dst / "manifest.json"
+        man.unlink()
+        if kind == "fifo":
+            os.mkfifo(man)
+        elif kind == "devzero":
+            man.symlink_to("/dev/zero")
+        elif kind == "dir":
+            man.mkdir()
+        else:
+            man.write_text("[" * 100_000 + "]" * 100_000)
+        with pytest.raises(IndexFormatError, match="corrupted manifest"):
+            Library.open(dst)
+        assert _indexfmt.is_index_dir(dst) is False
+
+
+def test_metadata_with_another_row_count_is_refused(raw_lib, tmp_path):
+    """metadata.parquet is read by library row: one with fewer rows (a consistent forgery of the manifest's
+    checksums) gave an IndexError traceback and wrong rows; now a clear error."""
+    import pyarrow.parquet as pq
+
+    from fastspec import _indexfmt
+
+    dst = _copy_index(raw_lib, tmp_path / "m.fastspec")
+    table = pq.read_table(dst / "metadata.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), dst / "metadata.parquet")
+    m = json.loads((dst / "manifest.json").read_text())
+    entry = _indexfmt.describe_file(dst / "metadata.parquet")
+    m["files"]["metadata.parquet"].update({k: entry[k] for k in ("size", "blake2b", "edge")})
+    m.pop(_indexfmt.MANIFEST_CHECKSUM)
+    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
+    lib = Library.open(dst)
+    with pytest.raises(IndexFormatError, match="rows for"):
+        lib.metadata(rows=[0])
+
+
+def test_build_refuses_a_target_whose_previous_index_was_left_aside(raw_lib, tmp_path):
+    """A rebuild or append killed between the two renames of its swap leaves the old index at
+    .NAME.old-*: a plain build to NAME completed and its cleanup deleted that index (an audit). It is refused
+    now, naming the index left aside; overwrite=True builds anew."""
+    from fastspec._atomic import aside_prefix
+
+    target = tmp_path / "lib.fastspec"
+    aside = tmp_path / f"{aside_prefix(target.name)}0123456789ab"
+    _copy_index(raw_lib, aside)
+    spectra = Library.open(aside).spectra()
+    with pytest.raises(IndexFormatError, match="left the previous index"):
+        Library.build(spectra, target, faiss=False)
+    assert aside.exists() and not target.exists()
+    Library.build(spectra, target, faiss=False, overwrite=True, preprocess=None)
+    assert len(Library.open(target)) == len(spectra)
+
+
 @pytest.mark.parametrize("edit", [("counts", "n_spectra", 1), ("build", "window_block", 512)])
 def test_edited_manifest_is_refused_on_open(raw_lib, tmp_path, edit):
     """Counts and build parameters steer the kernels: an edited value must not reach them."""

@@ -1557,8 +1557,10 @@ class Library:
                        prec_order=self.array("prec_order"))
         else:
             rows, off = np.asarray(rows), np.asarray(off)
-            scan_id = np.empty(rows.shape[0], dtype=np.int64)
+            scan_id = np.full(rows.shape[0], -1, dtype=np.int64)
             scan_id[rows] = np.arange(rows.shape[0], dtype=np.int64)
+            if rows.shape[0] and scan_id.min() < 0:  # (rows are range-checked: a repeat leaves a row out)
+                raise self._corrupted("scan_rows.npy is not a permutation of the library rows")
             got = dict(starts=off[rows], ends=off[rows + 1], precursor_mz=np.asarray(self.precursor_mz)[rows],
                        min_gap=np.asarray(self.array("min_gap"))[rows], prec_sorted=self.array("prec_sorted"),
                        prec_order=scan_id[np.asarray(self.array("prec_order"))], scan_rows=rows)

@@ -989,20 +989,39 @@ def test_metadata_with_another_row_count_is_refused(raw_lib, tmp_path):
     checksums) gave an IndexError traceback and wrong rows; now a clear error."""
     import pyarrow.parquet as pq
 
-    from fastspec import _indexfmt
-
     dst = _copy_index(raw_lib, tmp_path / "m.fastspec")
     table = pq.read_table(dst / "metadata.parquet")
     pq.write_table(table.slice(0, table.num_rows - 1), dst / "metadata.parquet")
-    m = json.loads((dst / "manifest.json").read_text())
-    entry = _indexfmt.describe_file(dst / "metadata.parquet")
-    m["files"]["metadata.parquet"].update({k: entry[k] for k in ("size", "blake2b", "edge")})
-    m.pop(_indexfmt.MANIFEST_CHECKSUM)
-    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(m)
-    (dst / "manifest.json").write_text(json.dumps(m))
+    _forge_checksums(dst, "metadata.parquet")
     lib = Library.open(dst)
     with pytest.raises(IndexFormatError, match="rows for"):
         lib.metadata(rows=[0])
+
+
+def test_scan_rows_that_repeat_a_row_are_refused(raw_lib, tmp_path):
+    """A damaged scan_rows.npy whose values stay in range but repeat a row left one entry of the scan arrays
+    uninitialised, handed to the numba kernels (an audit): refused when the arrays are gathered."""
+    dst = _copy_index(raw_lib, tmp_path / "r.fastspec")
+    rows = np.load(dst / "scan_rows.npy")
+    rows[len(rows) // 2] = rows[len(rows) // 2 + 1]
+    np.save(dst / "scan_rows.npy", rows)
+    _forge_checksums(dst, "scan_rows.npy")
+    lib = Library.open(dst)
+    with pytest.raises(IndexFormatError, match="not a permutation"):
+        lib.search(lib.spectra()[:3], mode="open", k=3)
+
+
+def _forge_checksums(dst, name: str) -> None:
+    """Make the manifest agree with the file ``name`` as it now is (a consistent forgery: what a byte
+    flipped in the middle of a large file looks like to the open-time checks)."""
+    from fastspec import _indexfmt
+
+    m = json.loads((dst / "manifest.json").read_text())
+    entry = _indexfmt.describe_file(dst / name)
+    m["files"][name].update({k: entry[k] for k in ("size", "blake2b", "edge")})
+    m.pop(_indexfmt.MANIFEST_CHECKSUM)
+    m[_indexfmt.MANIFEST_CHECKSUM] = _indexfmt._manifest_digest(m)
+    (dst / "manifest.json").write_text(json.dumps(m))
 
 
 def test_build_refuses_a_target_whose_previous_index_was_left_aside(raw_lib, tmp_path):

@@ -780,6 +780,9 @@ def test_index_report_names_every_rejected_record(massbank_mgf, tmp_path):
     assert_clean_error(run("index", bad, "-o", tmp_path / "x.fastspec", "--report", tmp_path / "x.fastspec" / "r.json",
                            ok=False), "inside the index")
     assert_clean_error(run("index", bad, "-o", tmp_path / "y.fastspec", "--report", bad, ok=False), "input")
+    assert_clean_error(run("index", bad, "-o", tmp_path / "y.fastspec", "--report", tmp_path / "y.fastspec", ok=False),
+                       "inside the index")
+    assert not (tmp_path / "y.fastspec").exists()  # refused before the build
     rep = ReadReport()
     Library.build([str(bad)], tmp_path / "z.fastspec", faiss=False, report=rep)
     assert (rep.n_records, rep.n_spectra, rep.n_rejected, [r.line for r in rep.rejected]) == (3, 1, 2, [9, 14])

@@ -310,9 +310,10 @@ def test_boolean_peak_values_are_rejected(tmp_path):
     rejected, counted with its reason; 0 and 1 as numbers are still values."""
     recs = [{"spectrum_id": "t", "precursor_mz": 200, "peaks_json": [[True, 10], [60, 5]]},
             {"spectrum_id": "s", "precursor_mz": 200, "peaks_json": "[[60, false], [70, 5]]"},
-            {"spectrum_id": "ok", "precursor_mz": 200, "peaks_json": [[1, 1], [60, 0]]}]
+            {"spectrum_id": "ok", "precursor_mz": 200, "peaks_json": [[1, 1], [60, 0]]},
+            {"spectrum_id": "flag", "precursor_mz": 200, "peaks_json": [[100.5, 1, True], [60, 5, False]]}]
     p = tmp_path / "b.json"
     p.write_text(json.dumps(recs))
     s, r = fio.read(p, return_report=True)
-    assert s.ids == ["ok"] and s[0].mz.tolist() == [1.0, 60.0]
+    assert s.ids == ["ok", "flag"] and s[0].mz.tolist() == [1.0, 60.0]  # (a third column is no peak value)
     assert r.counts_by_reason == {"unreadable peaks (peaks hold true / false, not numbers)": 2}

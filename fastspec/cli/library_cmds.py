@@ -104,7 +104,8 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     t0 = time.perf_counter()
     inputs = stdin_paths(inputs)
     if report_path:
-        if os.path.abspath(report_path).startswith(os.path.join(os.path.abspath(output), "")):
+        here, out = os.path.abspath(report_path), os.path.abspath(output)
+        if here == out or here.startswith(os.path.join(out, "")):
             raise ParameterError(f"--report {report_path} is inside the index {output}: choose another path")
         refuse_clobbering(inputs, [("--report", report_path)])
         make_parents(report_path)

@@ -469,14 +469,19 @@ def open_binary(path: str):
     if path.lower().endswith(".gz"):
         return gzip.open(path, "rb"), size
     f = open(path, "rb")
-    if not f.seekable():  # a pipe (/dev/stdin, <(...)): its first bytes cannot be read twice, only peeked at
+    if not f.seekable():  # a pipe (/dev/stdin, <(...)): its first bytes cannot be read twice; read, then put back
         try:
-            head = f.peek(8)[:8]
+            head = f.read(8)
             refuse_archive(path, head)
         except BaseException:
             f.close()
             raise
-        return (gzip.GzipFile(fileobj=f, mode="rb") if head.startswith(GZIP_MAGIC) else f), size
+        stream = io.BufferedReader(_Prefixed(head, f))
+        if not head.startswith(GZIP_MAGIC):
+            return stream, size
+        z = gzip.GzipFile(fileobj=stream, mode="rb")
+        z.fastspec_source = stream  # closed with it (BlockReader)
+        return z, size
     try:
         head = f.read(8)
         f.seek(0)
@@ -488,6 +493,30 @@ def open_binary(path: str):
         f.close()
         return gzip.open(path, "rb"), size
     return f, size
+
+
+class _Prefixed(io.RawIOBase):
+    """A pipe's first bytes, read to tell its content, then the rest of it: one raw stream again."""
+
+    def __init__(self, head: bytes, rest):
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if len(self._head):
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._rest.readinto(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._rest.close()
+        super().close()
 
 
 def raw_position(f) -> int:
@@ -569,6 +598,7 @@ class BlockReader:
         self.salvage = salvage
         #: why the data ended early (``salvage``), else None
         self.truncated: str | None = None
+        self._decoded = 0  # bytes a gzip stream gave so far
         self._tail = b""
 
     def give_back(self, tail: bytes) -> None:
@@ -584,23 +614,19 @@ class BlockReader:
         bar = Progress(size, self.progress, self.desc)
         carry = b""
         first = True
-        done = 0  # decompressed bytes read so far
         try:
             while True:
                 try:
-                    chunk = f.read(self.block_bytes)
-                except (EOFError, zlib_error()) as e:
-                    if not (self.salvage and isinstance(f, gzip.GzipFile)):
-                        raise
-                    self.truncated = str(e)
-                    data = carry + _decodable_after(f, done)
+                    chunk = self._read(f)
+                except _Broken as e:
+                    self.truncated = str(e.cause)
+                    data = carry + e.got
                     cut = data.rfind(b"\n") + 1
                     self._tail = b""
                     if cut:
                         yield data[:cut], False
                     self._tail += data[cut:]
                     return
-                done += len(chunk)
                 if first:
                     first = False
                     if chunk.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte order mark
@@ -624,6 +650,40 @@ class BlockReader:
         finally:
             bar.close()
             f.close()
+            source = getattr(f, "fastspec_source", None)  # a pipe under a GzipFile, which does not close it
+            if source is not None:
+                source.close()
+
+    def _read(self, f) -> bytes:
+        """The next block of ``f``. A gzip stream is read in steps of one decompressed chunk (``read1``), so
+        that data breaking off loses none of what decoded before (one large ``read`` returns nothing of its
+        part then): with ``salvage``, that much comes in :class:`_Broken`."""
+        if not isinstance(f, gzip.GzipFile):
+            return f.read(self.block_bytes)
+        parts: list[bytes] = []
+        n = 0
+        while n < self.block_bytes:
+            try:
+                b = f.read1(min(self.block_bytes - n, 1 << 20))
+            except (EOFError, zlib_error(), gzip.BadGzipFile) as e:
+                if not self.salvage or not (self._decoded or n):  # (not gzip data at all: an error)
+                    raise
+                raise _Broken(e, b"".join(parts)) from None
+            if not b:
+                break
+            parts.append(b)
+            n += len(b)
+        self._decoded += n
+        return b"".join(parts)
+
+
+class _Broken(Exception):
+    """Compressed data broke off (:meth:`BlockReader._read`): ``cause``, and ``got``, the bytes decoded before."""
+
+    def __init__(self, cause: BaseException, got: bytes):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.got = got
 
 
 def zlib_error():
@@ -636,28 +696,6 @@ def truncated_reason(cause: str) -> str:
     """Rejection reason of the record a compressed file breaks off in (``cause``:
     :attr:`BlockReader.truncated`, not part of it, so that the reason is one count)."""
     return "compressed data breaks off here (a truncated or corrupt file): the rest is lost"
-
-
-def _decodable_after(f: gzip.GzipFile, skip: int) -> bytes:
-    """The decompressed bytes of ``f``'s file after the first ``skip`` that decode before its data breaks
-    off (read again in small steps: the failed large read returned none of its part; nothing for a pipe)."""
-    name = getattr(f, "name", None)
-    if not isinstance(name, str) or not os.path.isfile(name):
-        return b""
-    out = bytearray()
-    pos = 0
-    with gzip.open(name, "rb") as g:
-        while True:
-            try:
-                b = g.read1(1 << 16)
-            except (EOFError, zlib_error(), OSError):
-                break
-            if not b:
-                break
-            if pos + len(b) > skip:
-                out += b[max(0, skip - pos):]
-            pos += len(b)
-    return bytes(out)
 
 
 # ---------------------------------------------------------------------------- formats

@@ -277,7 +277,7 @@ def _pairs(value: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("peaks are not [m/z, intensity] pairs")
     # numpy reads true / false as 1 / 0: a peak, where they can only be a broken export (looked for only
     # where a 0 or 1 came out)
-    if ((a[:, :2] == 0) | (a[:, :2] == 1)).any() and any(isinstance(x, bool) for pair in value for x in pair):
+    if ((a[:, :2] == 0) | (a[:, :2] == 1)).any() and any(isinstance(x, bool) for pair in value for x in pair[:2]):
         raise ValueError("peaks hold true / false, not numbers")
     return a[:, 0].copy(), a[:, 1].copy()
 

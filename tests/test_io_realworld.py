@@ -912,3 +912,19 @@ def test_msdial5_mgf_num_peaks_colon_line(tmp_path):
     assert "num peaks" not in s.metadata.column_names
     _, r = read(tmp_path, "other.mgf", rec.format(3).replace("Num Peaks: 3", "Comment: 3"))
     assert r.counts_by_reason == {"unparsable peak line": 1}
+
+
+def test_several_charges_and_mixed_ion_modes_are_counted(tmp_path):
+    """Mascot's ``CHARGE=2+ and 3+`` (pyteomics' test.mgf) was read as 2 without a word, and ``IONMODE=both`` /
+    ``Positive; Negative`` dropped or read as positive: the first charge is still used but counted, and an ion
+    mode naming both polarities is unknown (a query of either polarity may match it), counted too."""
+    text = ("CHARGE=2+ and 3+\nBEGIN IONS\nTITLE=a\nPEPMASS=500.2\n100 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=b\nPEPMASS=500.2\nCHARGE=1+\n100 10\nEND IONS\n")
+    s, r = read(tmp_path, "c.mgf", text)
+    assert s.charge.tolist() == [2, 1] and r.warnings["several charges given (the first used)"] == 1
+    text = ("BEGIN IONS\nTITLE=b\nPEPMASS=500.2\nIONMODE=both\n100 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=c\nPEPMASS=500.2\nIONMODE=Positive; Negative\n100 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=d\nPEPMASS=500.2\nIONMODE=Positive\n100 10\nEND IONS\n")
+    s, r = read(tmp_path, "m.mgf", text)
+    assert s.metadata.column("ion_mode").to_pylist() == [None, None, "positive"]
+    assert r.warnings == {"ion mode unreadable or mixed (left unknown)": 2}

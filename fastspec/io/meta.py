@@ -205,6 +205,16 @@ _ADDUCT_CHARGE_RE = re.compile(r"\]\s*(\d*)\s*([+-])\s*\*?\s*$")
 _ADDUCT_TAIL_RE = re.compile(r"\][^\[\]]*[+-][^\[\]]*$")
 
 
+_SEVERAL_CHARGES = r"\d\s*[+-]?\s*(?:,|;|/|\band\b|\bor\b|\s)\s*[+-]?\s*\d"
+
+
+def _count(counts: dict, what: str, mask: pa.Array) -> None:
+    """Add the number of true values of ``mask`` (nulls: false) to the warning count ``what``."""
+    k = int(pc.sum(pc.fill_null(mask, False)).as_py() or 0)
+    if k:
+        counts[what] = counts.get(what, 0) + k
+
+
 def parse_charge(value: Any) -> tuple[int, bool]:
     """Signed charge and whether the sign was written explicitly.
 
@@ -287,6 +297,8 @@ def parse_ion_mode(value: Any) -> str | None:
     if s in ("n", "neg", "negative", "-", "negative scan", "negative ion mode", "-1", "esi-", "esi -",
              "esi(-)", "esi neg", "esi negative", "(-)"):
         return "negative"
+    if "pos" in s and "neg" in s:  # "Positive; Negative" (polarity switching), "pos/neg": either, so unknown
+        return None
     if s.startswith("pos"):
         return "positive"
     if s.startswith("neg"):
@@ -699,6 +711,9 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
         out["precursor_mz"] = pa.nulls(n, pa.float64())
     # ion mode from the field
     mode = _map_distinct(out["ion_mode"], parse_ion_mode, pa.string()) if n else out["ion_mode"]
+    if n and counts is not None:  # a value given but naming no one polarity ("both", "Positive; Negative")
+        _count(counts, "ion mode unreadable or mixed (left unknown)",
+               pc.and_(pc.is_valid(out["ion_mode"]), pc.is_null(mode)))
     adduct = out["adduct"] = _adduct_from_name(out["adduct"], out["name"], counts) if n else out["adduct"]
     # charge: parsed value + whether the sign was explicit (+ the sign written with a zero charge)
     zero_sign = np.zeros(n, np.int16)
@@ -715,6 +730,9 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
             parsed = _map_distinct(_as_string(craw),
                                    lambda v: [parse_charge(v)[0], int(parse_charge(v)[1]), _written_sign(v)],
                                    pa.list_(pa.int16()))
+            if counts is not None:  # Mascot's "2+ and 3+", "2+,3+": the first is used
+                _count(counts, "several charges given (the first used)",
+                       pc.match_substring_regex(_as_string(craw), _SEVERAL_CHARGES))
             flat = pc.fill_null(pc.list_flatten(pc.fill_null(parsed, pa.scalar([0, 0, 0], parsed.type))), 0)
             triples = flat.to_numpy(zero_copy_only=False).reshape(n, 3)
             charge = triples[:, 0].astype(np.int16)

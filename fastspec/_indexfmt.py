@@ -407,13 +407,15 @@ def _schema_fault(manifest: dict[str, Any]) -> str | None:
 def is_index_dir(directory: Path, damaged: bool = False) -> bool:
     """``directory`` holds a fastspec manifest (its ``format`` field, whatever its state otherwise): a
     directory with some other ``manifest.json`` (a web app's, say) is no index, and must not be replaced as
-    one. ``damaged``: also a directory whose manifest cannot be read as JSON next to an index's files (a
-    damaged index, which the errors tell users to rebuild, with overwrite)."""
+    one. ``damaged``: also a directory whose manifest cannot be read as JSON, or is missing, next to an
+    index's files (a damaged index, which the errors tell users to rebuild, with overwrite)."""
     path = Path(directory) / MANIFEST
     try:
         manifest = _load_manifest(path)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return damaged and (Path(directory) / "offsets.npy").exists()
+    except FileNotFoundError:
+        return damaged and all((Path(directory) / f).is_file() for f in CORE_FILES)
     except OSError:
         return False
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT_NAME

@@ -1011,6 +1011,23 @@ def test_scan_rows_that_repeat_a_row_are_refused(raw_lib, tmp_path):
         lib.search(lib.spectra()[:3], mode="open", k=3)
 
 
+def test_overwrite_replaces_an_index_that_lost_its_manifest(raw_lib, tmp_path):
+    """The errors tell users to rebuild a damaged index with overwrite; one whose manifest.json was lost was
+    refused as "a non-empty directory that is not a library index" (an audit)."""
+    dst = _copy_index(raw_lib, tmp_path / "d.fastspec")
+    spectra = Library.open(dst).spectra()[:50]
+    (dst / "manifest.json").unlink()
+    with pytest.raises(IndexFormatError, match="no manifest.json"):
+        Library.open(dst)
+    Library.build(spectra, dst, faiss=False, overwrite=True, preprocess=None)
+    assert len(Library.open(dst)) == 50
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "offsets.npy").write_bytes(b"x")  # not all of an index's files: no index, not replaced
+    with pytest.raises(IndexFormatError, match="not a library index"):
+        Library.build(spectra, other, faiss=False, overwrite=True)
+
+
 def _forge_checksums(dst, name: str) -> None:
     """Make the manifest agree with the file ``name`` as it now is (a consistent forgery: what a byte
     flipped in the middle of a large file looks like to the open-time checks)."""

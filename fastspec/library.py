@@ -333,9 +333,9 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
         return Spectra.concat(list(source)), None
     if isinstance(source, (str, os.PathLike)):
         paths = [source]
-    elif isinstance(source, dict):  # its keys would be taken for paths
-        raise ParameterError("expected a Spectra, matchms spectra, a path or a list of paths, got a dict (for "
-                             "arrays of peaks, use fastspec.Spectra.from_arrays)")
+    elif isinstance(source, dict) or _is_table(source):  # its keys (column names) would be taken for paths
+        raise ParameterError(f"expected a Spectra, matchms spectra, a path or a list of paths, got a "
+                             f"{type(source).__name__} (for arrays of peaks, use fastspec.Spectra.from_arrays)")
     elif hasattr(source, "__iter__"):  # a list, a set, Path.glob(...)
         paths = list(source)
         if paths and not isinstance(source, (list, tuple)) and \
@@ -387,6 +387,11 @@ def _write_inputs(path: Path, inputs: list[dict]) -> None:
         "source": pa.array([d["source"] for d in inputs], pa.string()),
     })
     pq.write_table(table, path, compression="zstd", write_page_checksum=True)
+
+
+def _is_table(obj) -> bool:
+    """A pandas / polars DataFrame: iterated, it gives its column names."""
+    return type(obj).__module__.split(".")[0] in ("pandas", "polars") and hasattr(obj, "columns")
 
 
 def _is_matchms(obj) -> bool:

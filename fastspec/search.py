@@ -148,7 +148,9 @@ def search(
     min_score : float
         Minimum score of a hit.
     nprobe : int, optional
-        ``engine="faiss"``: inverted lists visited (default: the build's ``faiss_params["nprobe"]``, 16).
+        ``engine="faiss"``: inverted lists visited (default: the build's ``faiss_params["nprobe"]``, 16), at
+        most the index's own; without effect on an index without lists (a flat index: libraries built with fewer
+        than ``faiss_params["flat_below"]``, 20,000, spectra search every vector), whose hits record None.
     n_candidates : int, optional
         ``engine="faiss"``: candidates rescored exactly per query, at least ``k`` (default: ``max(50 k,
         500)``; the hit parameters record the number used).
@@ -205,6 +207,20 @@ def _formula_texts(values) -> list:
     if hasattr(values, "to_pylist"):  # pyarrow Array / ChunkedArray: nulls as None
         values = values.to_pylist()
     return [None if _missing_value(v) else str(v) for v in values]
+
+
+def _float32_floor(min_score: float) -> float:
+    """The float64 threshold at which ``min_score`` keeps exactly the hits whose score, as ``Hits.scores``
+    shows it (float32), is at least ``min_score``: scores are computed in float64, and a self-score of
+    0.99999999 shows as 1.0, which ``min_score=1.0`` would otherwise drop. The midpoint between the smallest
+    float32 not below ``min_score`` and the float32 before it (scores there round up to it)."""
+    if not np.isfinite(min_score) or min_score <= 0.0:
+        return float(min_score)
+    v = np.float32(min_score)
+    if float(v) < min_score:
+        v = np.nextafter(v, np.float32(np.inf))
+    prev = np.nextafter(v, np.float32(-np.inf))
+    return (float(prev) + float(v)) / 2.0
 
 
 def _missing_value(v) -> bool:
@@ -530,9 +546,10 @@ class _SearchConfig:
                 raise ParameterError(f"{name} must be True or False, got {flag!r}")
         c.same_adduct, c.same_charge, c.same_instrument = bool(same_adduct), bool(same_charge), bool(same_instrument)
         c.min_matches = _count(min_matches, "min_matches", 0)
-        c.min_score = _number(min_score, "min_score")
-        if c.min_score > 1.0:  # every metric scores within [0, 1]: nothing could ever be a hit
+        c.min_score_given = _number(min_score, "min_score")
+        if c.min_score_given > 1.0:  # every metric scores within [0, 1]: nothing could ever be a hit
             raise ParameterError(f"min_score must be at most 1 (scores lie in [0, 1]), got {min_score!r}")
+        c.min_score = _float32_floor(c.min_score_given)
         c.nprobe = None if nprobe is None else _count(nprobe, "nprobe", 1)
         c.n_candidates = None if n_candidates is None else _count(n_candidates, "n_candidates", 1)
         if engine != "faiss" and (nprobe is not None or n_candidates is not None):  # set but never used
@@ -601,7 +618,7 @@ class _SearchConfig:
             "precursor_tolerance": str(self.precursor_tolerance) if self.mode == "identity" else None,
             "engine": self.engine,
             "no_neighbour": self.no_neighbour, "same_adduct": self.same_adduct, "same_charge": self.same_charge,
-            "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score,
+            "same_instrument": self.same_instrument, "min_matches": self.min_matches, "min_score": self.min_score_given,
             "nprobe": _nprobe_used(self, library) if self.engine == "faiss" else self.nprobe,
             # as the FAISS search takes it: at most the library
             "n_candidates": min(faiss_n_candidates(self), len(library)) if self.engine == "faiss" else self.n_candidates,
@@ -651,8 +668,31 @@ def _check_metric_params(params: dict) -> None:
             raise ParameterError(f"{name} is a search mode, not a metric option: use mode={name!r}")
     unknown = sorted(set(params) - allowed)
     if unknown:
-        raise ParameterError(f"unknown search option(s): {', '.join(unknown)}; metric options are "
-                             f"{', '.join(sorted(allowed))}")
+        from difflib import get_close_matches
+
+        own = [n for n, prm in inspect.signature(search).parameters.items()
+               if n not in ("library", "queries") and prm.kind is not prm.VAR_KEYWORD]
+        hints = []
+        for u in unknown:
+            close = _PEER_NAMES.get(u.lower()) or next(iter(get_close_matches(u, own + sorted(allowed), n=1)), None)
+            if close:
+                hints.append(f"{u}: {close if ' ' in close else f'did you mean {close}?'}")
+        raise ParameterError(f"unknown search option(s): {', '.join(unknown)}"
+                             + (f" ({'; '.join(hints)})" if hints else "")
+                             + f"; search options are {', '.join(own)}; metric options are {', '.join(sorted(allowed))}")
+
+
+#: options other tools name differently (ms_entropy, matchms, FAISS, scikit-learn), and what fastspec takes
+_PEER_NAMES = {
+    "polarity": "a query never matches the other polarity (always; no option)",
+    "ion_mode": "a query never matches the other polarity (always; no option)",
+    "adduct": "same_adduct=True", "charge": "same_charge=True", "instrument": "same_instrument=True",
+    "instrument_type": "same_instrument=True",
+    "ms2_tolerance_in_da": "tolerance", "ms2_tolerance_in_ppm": "tolerance (e.g. '10ppm')",
+    "ms1_tolerance_in_da": "precursor_tolerance", "ms1_tolerance_in_ppm": "precursor_tolerance (e.g. '10ppm')",
+    "n_neighbors": "k", "topn": "k", "top_n": "k", "method": "mode", "search_type": "mode",
+    "score_min": "min_score", "min_matched_peaks": "min_matches", "n_jobs": "threads",
+}
 
 
 def _count(v, name: str, minimum: int) -> int:

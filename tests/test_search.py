@@ -2118,3 +2118,41 @@ def test_hit_table_precursors_of_zero_or_less_are_none(tmp_path):
         assert (qp[r] is None or qp[r] > 0) and (lp[r] is None or lp[r] > 0)
         assert (dm[r] is None) == (qp[r] is None or lp[r] is None) and (dp[r] is None) == (dm[r] is None)
     assert sorted(x for x in qp if x is not None) == [222.11, 222.11] and lp.count(None) == 3
+
+
+@pytest.mark.parametrize("mode", ["identity", "open"])
+def test_min_score_keeps_every_hit_shown_at_or_above_it(lib, data, mode):
+    """``min_score=s`` keeps every hit whose score, as Hits shows it (float32), is at least ``s``: scores are
+    computed in float64, and a library spectrum searched for itself scores 0.99999999, shown as 1.0, which
+    ``min_score=1.0`` dropped (an audit: 129 of 300 open-cosine hits dropped at their own shown score)."""
+    queries = data[0][::100]
+    hits = lib.search(queries, k=5, mode=mode)
+    shown = hits.scores
+    for j in range(0, shown.shape[1], 2):
+        for i in np.flatnonzero(hits.indices[:, j] >= 0)[:12]:
+            s = float(shown[i, j])
+            again = lib.search(queries[int(i):int(i) + 1], k=5, mode=mode, min_score=s)
+            keep = hits.indices[i][(hits.indices[i] >= 0) & (shown[i] >= np.float32(s))]
+            assert set(again.indices[0][again.indices[0] >= 0]) == set(keep), (i, j, s)
+            assert (again.scores[0][again.indices[0] >= 0] >= np.float32(s)).all()
+            assert again.params["min_score"] == s
+
+
+def test_user_mistakes_from_other_tools_get_pointers(lib, data):
+    """An audit as a user of FAISS, scikit-learn, matchms and ms_entropy: a misspelt or foreign option was told
+    only the metric options, and a pandas DataFrame as input was taken for a list of paths ('No such file:
+    mz')."""
+    import pandas as pd
+
+    q = data[1][:2]
+    for kw, words in (({"tolerence": 0.02}, "did you mean tolerance?"), ({"adduct": "[M+H]+"}, "same_adduct=True"),
+                      ({"polarity": "positive"}, "never matches the other polarity"),
+                      ({"ms2_tolerance_in_da": 0.02}, "tolerance"), ({"n_neighbors": 5}, "did you mean k?")):
+        with pytest.raises(ParameterError, match="search options are k, mode") as e:
+            lib.search(q, **kw)
+        assert words in str(e.value)
+    frame = pd.DataFrame({"mz": [[100.0]], "intensity": [[1.0]]})
+    with pytest.raises(ParameterError, match="got a DataFrame"):
+        lib.search(frame)
+    with pytest.raises(ParameterError, match="got a DataFrame"):
+        Library.build(frame, "unused.fastspec")

@@ -339,3 +339,23 @@ def test_spectrum_whose_arrays_do_not_decode_is_rejected_alone(tmp_path, damage)
     assert np.allclose(s[3].mz, (85.0284, 101.0233, 129.0193))
     with pytest.raises(ParseError, match="bad.mzML.*2.*peak arrays do not decode"):
         fio.read(tmp_path / "bad.mzML", on_error="raise")
+
+
+def test_spectrum_title_is_kept_and_mgf_output_has_titles(tmp_path):
+    """ProteoWizard writes a 'spectrum title' (MS:1000796) on every spectrum of a Thermo run: it was dropped
+    (matchms keeps it as title). And fastspec's MGF of spectra without titles had no TITLE lines, so
+    pyteomics' default MGF reader (indexed by TITLE) read none of them (an audit): TITLE is the title, else
+    the id."""
+    from pyteomics import mgf as pmgf
+
+    import fastspec.io as fio
+
+    titled = pwiz_ms2(0, "positive scan", "").replace(
+        '<cvParam name="MSn spectrum" value=""/>',
+        '<cvParam name="MSn spectrum" value=""/><cvParam name="spectrum title" value="run1.2.2. File:&quot;run1.raw&quot;"/>')
+    s, _ = read(tmp_path, "t.mzML", mzml(titled + pwiz_ms2(1, "positive scan", "")))
+    assert s.metadata.column("title").to_pylist() == ['run1.2.2. File:"run1.raw"', None]
+    fio.write(s, tmp_path / "t.mgf")
+    with pmgf.read(str(tmp_path / "t.mgf")) as reader:
+        got = [r["params"]["title"] for r in reader]
+    assert got == ['run1.2.2. File:"run1.raw"', "controllerType=0 controllerNumber=1 scan=3"]

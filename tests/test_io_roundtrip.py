@@ -71,7 +71,16 @@ def test_roundtrip(tmp_path, ext, sp):
     back, report = fio.read(path, return_report=True)
     report.check()
     assert report.n_rejected == 0
-    assert_same(sp, back)
+    assert_same(sp, _without_written_title(sp, back, ext))
+
+
+def _without_written_title(sp, back, ext):
+    """``back`` without the ``title`` the MGF writer gives spectra that have none: their id (tools index MGF
+    records by TITLE)."""
+    if ext.startswith("mgf") and "title" not in sp.metadata.column_names and "title" in back.metadata.column_names:
+        assert back.metadata.column("title").to_pylist() == back.metadata.column("id").to_pylist()
+        return back.with_metadata(back.metadata.drop_columns(["title"]))
+    return back
 
 
 def test_harmonise_is_idempotent():
@@ -134,7 +143,7 @@ def test_iter_read_chunks(tmp_path, ext, chunk):
     assert all(len(c) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk
     report.check()
     assert report.n_spectra == n and report.path == str(path)
-    assert_same(sp, Spectra.concat(chunks))
+    assert_same(sp, _without_written_title(sp, Spectra.concat(chunks), ext))
 
 
 def test_iter_read_small_text_blocks(tmp_path, massbank_mgf):

@@ -131,7 +131,8 @@ _NUMBER_START = tuple("0123456789+-.")
 def write(spectra: Spectra, path: str) -> None:
     """Write spectra as MGF (gzip-compressed for ``.gz``).
 
-    Each record: ``BEGIN IONS``, ``TITLE`` (when a ``title`` column exists), the canonical keys
+    Each record: ``BEGIN IONS``, ``TITLE`` (the ``title`` column, else the id; pyteomics' MGF reader needs
+    one), the canonical keys
     under their usual MGF names (``SPECTRUM_ID``, ``NAME``, ``PEPMASS``, ``CHARGE=1+``,
     ``IONMODE``, ``ADDUCT``, ...), the other metadata columns upper-cased, then
     ``m/z intensity`` lines (shortest round-trip decimal form) and ``END IONS``.
@@ -144,9 +145,13 @@ def _records(spectra: Spectra, start: int) -> pa.Array:
     """One MGF record string per spectrum (``start``: unused, records depend only on their spectrum)."""
     n = len(spectra)
     fields = metadata_fields(spectra, MGF_KEYS, _mgf_key)
-    # TITLE first, CHARGE after PEPMASS, as most tools expect
+    # TITLE first, CHARGE after PEPMASS, as most tools expect; where a spectrum has no title, its id (pyteomics'
+    # default MGF reader indexes records by TITLE: without one it read none of them)
     title = [f for f in fields if f[0] == "TITLE"]
     rest = [f for f in fields if f[0] != "TITLE"]
+    ids = next((v for k, v in rest if k == MGF_KEYS["id"]), None)
+    if ids is not None:
+        title = [("TITLE", pc.coalesce(title[0][1], ids) if title else ids)]
     ch = charge_strings(spectra.charge)
     out = []
     for f in rest:

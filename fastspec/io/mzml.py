@@ -108,6 +108,8 @@ def _reader_class(tolerant: bool = False):
 
 def _record(s: dict) -> dict:
     md: dict = {"id": str(s.get("id")) if s.get("id") is not None else None, "ms_level": 2}
+    if s.get("spectrum title") is not None:  # MS:1000796, ProteoWizard writes one per spectrum (matchms keeps it)
+        md["title"] = str(s["spectrum title"])
     desc = s.get("spectrumDescription") or {}  # mzML 1.0
     prec = (s.get("precursorList") or desc.get("precursorList") or {}).get("precursor") or []
     if prec:

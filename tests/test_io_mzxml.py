@@ -182,3 +182,13 @@ def test_scan_whose_peaks_do_not_decode_is_rejected_alone(tmp_path):
     empty = ms2(3).replace(peaks(MZ, IT).split(">")[1].split("<")[0], "")
     s, r = read(tmp_path, "empty.mzXML", mzxml(ms2(2) + empty + ms2(4)))
     assert (len(s), r.n_records, r.counts_by_reason) == (2, 3, {"no peaks": 1})
+
+
+def test_polarity_from_the_filter_line_and_exact_retention_times(tmp_path):
+    """A scan without a polarity attribute but with Thermo's filter line ("FTMS - c ESI ...") was read as
+    positive (from its unsigned charge); PT61.5S came back as 61.49999999999999 s (an audit)."""
+    no_pol = ms2(1, charge="1", extra=' filterLine="FTMS - c ESI d Full ms2 445.12@hcd30.00 [50.00-460.00]"')
+    no_pol = no_pol.replace(' polarity="+"', "")
+    s, _ = read(tmp_path, "f.mzXML", mzxml(no_pol + ms2(2, polarity="+")))
+    assert md(s, 0)["ion_mode"] == "negative" and s.charge.tolist() == [-1, 1]
+    assert [md(s, i)["retention_time"] for i in range(2)] == [31.5, 32.5]

@@ -8,7 +8,8 @@ a precursor, else MS1 (as ProteoWizard reads it). Per scan: ``id`` (the scan num
 first of ``possibleCharges``) / ``precursor_intensity`` (not the ``0`` written when unknown) /
 ``precursor_scan`` from the first ``precursorMz``, ``collision_energy``, ``fragmentation_mode`` from
 ``activationMethod`` as written (``CID``, ``HCD``, ``ETD``; ``ETD+SA`` as ``ETciD``, mzML's name),
-``ion_mode`` from ``polarity`` and ``retention_time`` in seconds. A charge written unsigned in a
+``ion_mode`` from ``polarity`` (else a Thermo ``filterLine``'s sign: ``FTMS - c ESI ...``) and ``retention_time`` in
+seconds. A charge written unsigned in a
 negative scan is negative, as for mzML. An attribute value that does not parse (``precursorCharge="2+"``)
 is left out, not the scan. Scans marked ``centroided="0"`` are read as given and counted as profile
 spectra. Messages number scans by the order in which they end in the file (1-based; a nested MS2 scan
@@ -17,6 +18,7 @@ ends before its MS1 scan).
 from __future__ import annotations
 
 import math
+import re
 from typing import Iterator
 
 import numpy as np
@@ -142,13 +144,21 @@ def _record(s: dict) -> dict:
     if s.get("collisionEnergy") is not None:
         md["collision_energy"] = _fmt(s["collisionEnergy"])
     pol = str(s.get("polarity") or "").strip()
+    if pol not in ("+", "-"):  # Thermo's filter line carries it where the attribute is missing: "FTMS - c ESI ..."
+        m = _FILTER_POLARITY.match(str(s.get("filterLine") or ""))
+        pol = m.group(1) if m else pol
     if pol in ("+", "-"):
         md["ion_mode"] = "positive" if pol == "+" else "negative"
     rt = s.get("retentionTime")
     v = _num(rt)  # pyteomics converts the xs:duration (PT31.5S) to minutes; unparsable text: None
     if v is not None and math.isfinite(v):
-        md["retention_time"] = v * 60.0 if getattr(rt, "unit_info", "minute") in ("minute", "min") else v
+        # (rounded: PT61.5S comes back from minutes as 61.49999999999999)
+        md["retention_time"] = round(v * 60.0, 9) if getattr(rt, "unit_info", "minute") in ("minute", "min") else v
     return md
+
+
+#: a Thermo filter line's polarity, after the analyser: "FTMS - c ESI d Full ms2 445.12@hcd30.00 [...]"
+_FILTER_POLARITY = re.compile(r"^\s*(?:[A-Z]{2,5}\s+)?([+-])\s")
 
 
 _MZXML = XmlDialect("mzXML", _level, _profile, _record)

@@ -157,6 +157,16 @@ def test_bad_records_skip_and_raise(tmp_path):
     assert f"{p}:15" in str(e.value)
 
 
+def test_na_peak_block_is_no_peaks(tmp_path):
+    """Merged records write "PK$NUM_PEAK: N/A" and "  N/A" under PK$PEAK (a MassBank-web test record): that is
+    a record without peaks, not a peak line with a single value (an audit)."""
+    p = tmp_path / "MSBNK-na.txt"
+    p.write_text(record("MSBNK-T-NA", "  N/A\n").replace("PK$PEAK:", "PK$NUM_PEAK: N/A\nPK$PEAK:")
+                 + record("MSBNK-T-OK", "  100 10 999\n"))
+    s, r = fio.read(p, return_report=True)
+    assert s.ids == ["MSBNK-T-OK"] and r.counts_by_reason == {"no peaks": 1}
+
+
 def test_num_peak_mismatch_is_a_warning(tmp_path):
     p = tmp_path / "MSBNK-n.txt"
     p.write_text(record("MSBNK-N-1", "  100 10 1\n  150 20 2\n  160 30 3\n", 5)

@@ -249,7 +249,7 @@ def _parse_peaks(text: str, line0: int) -> tuple[np.ndarray, np.ndarray, str | N
     The common case is one regex pass and one numpy conversion for the whole block.
     """
     empty = np.zeros(0)
-    if not text.strip():
+    if not text.strip() or text.strip().upper() == "N/A":  # (merged records: "PK$PEAK: ..." then "  N/A")
         return empty, empty, None, 0
     pairs = _PEAK_LINE_RE.findall(text)
     n_lines = sum(1 for ln in text.split("\n") if ln.strip())

@@ -317,3 +317,16 @@ def test_boolean_peak_values_are_rejected(tmp_path):
     s, r = fio.read(p, return_report=True)
     assert s.ids == ["ok", "flag"] and s[0].mz.tolist() == [1.0, 60.0]  # (a third column is no peak value)
     assert r.counts_by_reason == {"unreadable peaks (peaks hold true / false, not numbers)": 2}
+
+
+def test_mona_repeated_comments_are_joined(tmp_path):
+    """MoNA keeps one metaData item per COMMENT line of the source record: the second was lost (an audit of
+    record AU100601); they are joined with '; ' as the MassBank reader joins them."""
+    rec = [{"id": "AU100601", "spectrum": "100:10 200:5", "metaData": [
+        {"name": "comment", "value": "CONFIDENCE standard compound"}, {"name": "comment", "value": "INTERNAL_ID 1006"},
+        {"name": "precursor m/z", "value": 301.1}, {"name": "precursor m/z", "value": 999.0}]}]
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(rec))
+    s = fio.read(p)
+    assert s.metadata.column("comment").to_pylist() == ["CONFIDENCE standard compound; INTERNAL_ID 1006"]
+    assert s.precursor_mz.tolist() == [301.1]  # other names: the first value

@@ -359,3 +359,13 @@ def test_spectrum_title_is_kept_and_mgf_output_has_titles(tmp_path):
     with pmgf.read(str(tmp_path / "t.mgf")) as reader:
         got = [r["params"]["title"] for r in reader]
     assert got == ['run1.2.2. File:"run1.raw"', "controllerType=0 controllerNumber=1 scan=3"]
+
+
+def test_ethcd_supplemental_collision_energy(tmp_path):
+    """EThcD written with a 'supplemental collision energy' and no plain one: the energy was lost (an audit)."""
+    ethcd = pwiz_ms2(0, "positive scan", "").replace(
+        '<cvParam name="beam-type collision-induced dissociation" value=""/><cvParam name="collision energy" value="35.0"/>',
+        '<cvParam name="electron transfer dissociation" value=""/><cvParam name="supplemental beam-type collision-induced '
+        'dissociation" value=""/><cvParam name="supplemental collision energy" value="20"/>')
+    s, _ = read(tmp_path, "e.mzML", mzml(ethcd))
+    assert md(s, 0)["collision_energy"] == "20"

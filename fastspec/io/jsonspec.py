@@ -301,11 +301,20 @@ def _scalar(v: Any) -> str | None:
 
 
 def _mona_meta(items: Any, md: dict) -> None:
+    """MoNA's ``metaData`` list of ``{"name", "value"}``: the first value of a name, but comments joined (as
+    repeated MassBank ``COMMENT`` lines are: MoNA keeps one item per line of the source record)."""
+    seen: set[str] = set()
     for item in items if isinstance(items, list) else []:
         if isinstance(item, dict) and isinstance(item.get("name"), str):
             v = _scalar(item.get("value"))
-            if v is not None:
-                md.setdefault(item["name"], v)
+            if v is None:
+                continue
+            name = item["name"]
+            if name.lower() == "comment" and name in seen and name in md:
+                md[name] = f"{md[name]}; {v}"
+            else:
+                md.setdefault(name, v)
+            seen.add(name)
 
 
 def _record(rec: Any) -> tuple[dict, np.ndarray, np.ndarray]:

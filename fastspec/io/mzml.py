@@ -137,6 +137,8 @@ def _record(s: dict) -> dict:
             md["collision_energy"] = _fmt(act.get("collision energy"))
         elif act.get("normalized collision energy") is not None:  # (Thermo's NCE, in %)
             md["collision_energy"] = f"{_fmt(act.get('normalized collision energy'))}% (NCE)"
+        elif act.get("supplemental collision energy") is not None:  # EThcD / ETciD: the supplemental activation's
+            md["collision_energy"] = _fmt(act.get("supplemental collision energy"))
         etd = False
         for k in act:
             if k in DISSOCIATION:

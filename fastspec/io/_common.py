@@ -464,7 +464,7 @@ def refuse_archive(path: str, head: bytes) -> None:
 def open_binary(path: str):
     """A binary file object (gzip-decompressing for ``.gz``, and for gzip content under another name) and
     the on-disk size in bytes. Archives (zip, bzip2, xz, 7-Zip) are refused (:func:`refuse_archive`). A pipe
-    is read by its first bytes too (gzip or plain), peeked at without consuming them."""
+    is told by its first bytes too (gzip or plain), read and put back in front of the rest (:class:`_Prefixed`)."""
     size = os.path.getsize(path)
     if path.lower().endswith(".gz"):
         return gzip.open(path, "rb"), size

@@ -928,3 +928,11 @@ def test_several_charges_and_mixed_ion_modes_are_counted(tmp_path):
     s, r = read(tmp_path, "m.mgf", text)
     assert s.metadata.column("ion_mode").to_pylist() == [None, None, "positive"]
     assert r.warnings == {"ion mode unreadable or mixed (left unknown)": 2}
+
+
+def test_global_parameter_n_a_yields_to_a_later_value(tmp_path):
+    """Global parameters (before the first BEGIN IONS) follow the records' rule: a missing marker does not
+    hide a later real value of the key."""
+    text = ("INSTRUMENT=N/A\nINSTRUMENT=QTOF\nCHARGE=1+\nBEGIN IONS\nTITLE=a\nPEPMASS=300.1\n100 10\nEND IONS\n")
+    s, r = read(tmp_path, "g.mgf", text)
+    assert md(s, 0)["instrument"] == "QTOF" and r.warnings == {"global parameters applied": 3}

@@ -219,8 +219,19 @@ class _MgfHeader:
             self._line(self.tail.decode("utf-8", errors="replace"))
             self.tail = b""
         for key, val in self.pending:
-            into.setdefault(key, val)
+            cur = into.get(key)
+            # the first value wins, but a missing marker ("N/A") yields to a later real one, as in records
+            if cur is None or (_is_marker(cur) and not _is_marker(val)):
+                into[key] = val
         return len(self.pending)
+
+
+def _is_marker(value: str) -> bool:
+    """A missing marker (:func:`fastspec.io.meta.missing_marker`'s rule for one string, ``-`` a value)."""
+    from fastspec.io.meta import MISSING_MARKERS
+
+    v = value.strip()
+    return v in ("NA", "na", "nA") or (v.lower() in MISSING_MARKERS and v.lower() not in ("na", "-"))
 
 
 def mgf_global_params(text: bytes, into: dict[str, str]) -> int:

@@ -227,11 +227,8 @@ class _MgfHeader:
 
 
 def _is_marker(value: str) -> bool:
-    """A missing marker (:func:`fastspec.io.meta.missing_marker`'s rule for one string, ``-`` a value)."""
-    from fastspec.io.meta import MISSING_MARKERS
-
-    v = value.strip()
-    return v in ("NA", "na", "nA") or (v.lower() in MISSING_MARKERS and v.lower() not in ("na", "-"))
+    """A missing marker, by :func:`fastspec.io.meta.missing_marker`'s rule (``-`` a value)."""
+    return bool(missing_marker(pa.array([value.strip()], pa.string()), signs=True)[0].as_py())
 
 
 def mgf_global_params(text: bytes, into: dict[str, str]) -> int:

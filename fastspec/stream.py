@@ -108,9 +108,10 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
     totals = {"with_hits": 0, "skipped": 0, "skipped_by": {}, "spectra": 0, "unfiltered": {}}
 
     def write(tmp: Path) -> dict:
-        sink = _TableSink(tmp, delimiter, gz)
-        bar = _progress_bar(progress)  # one bar over every chunk (None: no bar)
+        bar = _progress_bar(progress)  # one bar over every chunk (None: no bar); refused before any temp file
+        sink = None
         try:
+            sink = _TableSink(tmp, delimiter, gz)
             counts_holder: dict = {}
             for run in _runs(queries, on_error, int(chunk_size), counts_holder, output=path,
                              input_format=args.arguments["input_format"]):
@@ -146,7 +147,8 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
         finally:
             if bar is not None and bar is not progress:  # a caller's bar is the caller's to close
                 bar.close()
-            sink.discard()
+            if sink is not None:
+                sink.discard()
 
     out: dict = {}
     write_atomically(path, lambda tmp: out.update(write(tmp)), needs_seek="Parquet" if delimiter is None else None)

@@ -413,6 +413,20 @@ def test_parameters_checked_up_front(lib, query_files, tmp_path):
     assert {p.name: p.default for p in query.params}["chunk_size"] == DEFAULT_CHUNK
 
 
+def test_a_refused_progress_leaves_no_temporary(lib, query_files, tmp_path, monkeypatch):
+    """A text table to a device keeps its rows in a temp file; a refused ``progress`` left it behind (one
+    empty ``fastspec-*.rows`` per call in the system's temp directory)."""
+    import tempfile
+
+    mgf, _ = query_files
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ParameterError, match="progress"):
+        lib.search_to_file(str(mgf), "/dev/null", output_format="tsv", progress="no")
+    assert list(tmp_path.iterdir()) == []
+    lib.search_to_file(str(mgf), "/dev/null", output_format="tsv", k=1)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_one_progress_bar_over_the_chunks(lib, query_files, tmp_path, capsys):
     mgf, _ = query_files
     lib.search_to_file(str(mgf), tmp_path / "h.parquet", k=2, mode="identity", chunk_size=300, progress=True)

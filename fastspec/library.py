@@ -83,6 +83,7 @@ from fastspec._atomic import absolute_path, aside_prefix, temporary_prefix
 from fastspec._version import __version__
 from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError
 from fastspec.spectra import Spectra, has_column
+from fastspec.spectra import is_matchms as _is_matchms
 
 PathLike = "str | os.PathLike"
 _DEFAULT = "default"
@@ -392,10 +393,6 @@ def _write_inputs(path: Path, inputs: list[dict]) -> None:
 def _is_table(obj) -> bool:
     """A pandas / polars DataFrame: iterated, it gives its column names."""
     return type(obj).__module__.split(".")[0] in ("pandas", "polars") and hasattr(obj, "columns")
-
-
-def _is_matchms(obj) -> bool:
-    return type(obj).__module__.startswith("matchms") and hasattr(obj, "peaks") and hasattr(obj, "metadata")
 
 
 def _expand_directories(paths: list) -> tuple[list[str], int]:

@@ -154,7 +154,7 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
 
     Parameters
     ----------
-    spectra : Spectra
+    spectra : Spectra, or matchms.Spectrum objects (a list, or one)
         Peaks as read (m/z sorted within each spectrum; one spectrum ``spectra[i]`` is a set of one). A
         :class:`Prepared` is returned unchanged. Peaks whose m/z or intensity is not finite, with an m/z of 0
         or less or a negative intensity are left out, by every metric, as library search leaves them out
@@ -218,14 +218,15 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
     """
     if isinstance(spectra, Prepared):
         return spectra
-    from fastspec.spectra import SpectrumView
+    from fastspec.spectra import SpectrumView, matchms_to_spectra
+
+    spectra = matchms_to_spectra(spectra)  # matchms Spectrum objects, as Library.build takes them
 
     if isinstance(spectra, SpectrumView):  # one spectrum (``spectra[i]``): a set of one, as search takes it
         spectra = spectra._parent.take(np.array([spectra.index], dtype=np.int64), metadata=False)
     if not isinstance(spectra, Spectra):
-        raise ParameterError(f"expected a fastspec.Spectra, got {type(spectra).__name__} (matchms spectra: "
-                             "fastspec.Spectra.from_matchms(...); arrays: Spectra.from_arrays(...); a file: "
-                             "fastspec.read(path))")
+        raise ParameterError(f"expected a fastspec.Spectra or matchms spectra, got {type(spectra).__name__} "
+                             "(arrays: Spectra.from_arrays(...); a file: fastspec.read(path))")
     return prepare_csr(spectra.offsets, spectra.mz, spectra.intensity, spectra.precursor_mz, metric, tolerance,
                        mz_power, intensity_power, preset=preset, bin_width=bin_width, max_mz=max_mz,
                        base_peak=base_peak, precursor_peak=precursor_peak, clean=clean,
@@ -504,7 +505,7 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None
 
     Parameters
     ----------
-    a, b : Spectra or Prepared
+    a, b : Spectra, Prepared, or lists of matchms.Spectrum
         Same length n.
     metric, tolerance, mz_power, intensity_power, **params
         See :func:`prepare` (metric default ``"cosine"``). With Prepared inputs they may be left out; given, they
@@ -539,8 +540,8 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
 
     Parameters
     ----------
-    a : Spectra or Prepared, n spectra (rows)
-    b : Spectra or Prepared, m spectra (columns); ``None`` means ``a``
+    a : Spectra, Prepared or a list of matchms.Spectrum, n spectra (rows)
+    b : Spectra, Prepared or a list of matchms.Spectrum, m spectra (columns); ``None`` means ``a``
     metric, tolerance, mz_power, intensity_power, **params
         See :func:`prepare` (metric default ``"cosine"``), as for :func:`score_pairs`.
     k : int, optional

@@ -477,6 +477,21 @@ class Spectra:
         return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else float(v) for v in pmz], metadata=md)
 
 
+def is_matchms(obj) -> bool:
+    """Whether ``obj`` is a ``matchms.Spectrum`` (by duck type within matchms; matchms is not imported)."""
+    return type(obj).__module__.startswith("matchms") and hasattr(obj, "peaks") and hasattr(obj, "metadata")
+
+
+def matchms_to_spectra(obj):
+    """``obj`` as :class:`Spectra` when it is one matchms Spectrum or a non-empty list/tuple of them, else
+    ``obj`` unchanged: matchms users' inputs taken where a Spectra is expected."""
+    if is_matchms(obj):
+        return Spectra.from_matchms([obj])
+    if isinstance(obj, (list, tuple)) and obj and all(is_matchms(s) for s in obj):
+        return Spectra.from_matchms(obj)
+    return obj
+
+
 # ---------------------------------------------------------------------- helpers
 #: fastspec's harmonised keys under the names matchms' own filters use (``from_matchms`` maps them back)
 _MATCHMS_KEYS = {"id": "spectrum_id", "name": "compound_name", "ion_mode": "ionmode"}

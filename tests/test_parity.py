@@ -16,7 +16,7 @@ import pytest
 
 import reference as ref
 from fastspec.io import read
-from fastspec.similarity import score_pairs
+from fastspec.similarity import score_matrix, score_pairs
 
 matchms_sim = pytest.importorskip("matchms.similarity")
 ms_entropy = pytest.importorskip("ms_entropy")
@@ -116,6 +116,20 @@ def test_matchms_main(data, metric):
     if metric == "modified_cosine":  # shifted matches were exercised: some pairs beat plain cosine
         cos_s, _ = score_pairs(data["A"], data["B"], "cosine", 0.1)
         assert (got_s > cos_s + 1e-9).sum() > 500
+
+
+def test_matchms_spectra_as_input(data):
+    """Lists of matchms spectra go straight in, as to matchms' own ``matrix`` / pair calls: the same
+    scores and counts as the Spectra they came from (a matchms user's first call)."""
+    ms_a, ms_b = data["ms_a"][:200], data["ms_b"][:200]
+    want = score_pairs(data["A"].take(np.arange(200)), data["B"].take(np.arange(200)), "modified_cosine", 0.1)
+    got = score_pairs(list(ms_a), list(ms_b), "modified_cosine", 0.1)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    sim = matchms_sim.ModifiedCosineGreedy(tolerance=0.1).pair(ms_a[0], ms_b[0])
+    assert abs(score_pairs(ms_a[0], ms_b[0], "modified_cosine", 0.1)[0][0] - float(sim["score"])) < 1e-6
+    m = score_matrix(list(ms_a[:20]), list(ms_b[:30]), "cosine", 0.1)
+    assert m[0].shape == (20, 30)
 
 
 @pytest.mark.parametrize("mz_power,intensity_power", POWERS)

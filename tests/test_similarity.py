@@ -645,7 +645,7 @@ def test_pair_api_input_checks():
     with pytest.raises(ParameterError, match="clean"):
         score_pairs(pa, pb, clean=False)
     assert score_pairs(pa, pb, tolerance=np.float32(0.1))[0][0] == score_pairs(pa, pb)[0][0]  # the same 0.1
-    with pytest.raises(ParameterError, match="from_matchms"):  # a list of matchms spectra: where to go
+    with pytest.raises(ParameterError, match="matchms spectra"):  # neither Spectra nor matchms spectra
         score_pairs([object()], [object()])
     with pytest.raises(FastspecError, match="matchms.Spectrum"):
         Spectra.from_matchms([1])

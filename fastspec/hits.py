@@ -21,13 +21,13 @@ OK, NO_HIT, NO_PEAKS, NO_PRECURSOR, NO_NEIGHBOUR_SKIPPED = "ok", "no_hit", "no_p
 NO_FORMULA = "no_formula"  # formula mode, skipped: the query has no formula (none given, none from SMILES / InChI)
 MS1 = "ms1"  # an MS1 record among the queries (ms_level 1): the library holds tandem spectra only
 MSN = "msn"  # an MSn record (ms_level 3 or more): its precursor is a fragment, the library holds MS2 spectra
-REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: params["query_records"])
+REJECTED = "rejected"  # a query record the reader could not use (on_error="skip"; why: rejected_reasons)
 
 HIT_COLUMNS = (
     "query_index", "query_id", "query_file", "rank", "library_index", "library_input_index", "library_file",
     "library_id", "score", "n_matched",
     "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
-    "inchikey14", "smiles", "name", "status", "fallback",
+    "inchikey14", "smiles", "name", "status", "fallback", "rejected_reason",
 )
 
 
@@ -63,7 +63,7 @@ class Hits:
         (an MS1 record, ``ms_level`` 1, as SIRIUS/MZmine MGF exports interleave them: not searched) or
         ``msn`` (an MSn record, ``ms_level`` 3 or more, as mzmine's MSn exports hold: not searched; the
         mzML and mzXML readers read MS2 scans only) or ``rejected`` (a query record the reader could not
-        use, with ``on_error="skip"``; why: ``params["query_records"]``).
+        use, with ``on_error="skip"``; why: :attr:`rejected_reasons`).
     fallback : ndarray of bool (n,)
         Formula mode: the query had no same-formula neighbour and was searched against the whole library
         (its polarity, and the search's ``same_*`` filters).
@@ -76,6 +76,10 @@ class Hits:
         repeated across files (mzML native ids such as ``scan=2``) stay apart; ``None`` for queries given
         in memory.
     query_precursor_mz : ndarray, float64 (n,)
+    rejected_reasons : list of str or None, or None
+        For each query row, the reader's reason for rejecting the record (status ``rejected``) with its
+        line where known, e.g. ``"unparsable peak line (line 4)"``; None for the other rows (and no list
+        when nothing was read from files).
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
         and ``query_records``: records read from the query files, rejected by the reader (on_error
@@ -83,7 +87,7 @@ class Hits:
     """
 
     def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
-                 library=None, params=None, query_files=None):
+                 library=None, params=None, query_files=None, rejected_reasons=None):
         self.scores = np.asarray(scores, dtype=np.float32)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.matches = np.asarray(matches, dtype=np.int32)
@@ -94,6 +98,9 @@ class Hits:
         self.query_files = None if query_files is None else list(query_files)
         if self.query_files is not None and len(self.query_files) != n:
             raise ParameterError(f"query_files holds {len(self.query_files)} entries for {n} queries")
+        self.rejected_reasons = None if rejected_reasons is None else list(rejected_reasons)
+        if self.rejected_reasons is not None and len(self.rejected_reasons) != n:
+            raise ParameterError(f"rejected_reasons holds {len(self.rejected_reasons)} entries for {n} queries")
         self.query_precursor_mz = np.full(n, np.nan) if query_precursor_mz is None else np.asarray(query_precursor_mz, np.float64)
         self.library = library
         self.params = dict(params or {})
@@ -140,7 +147,8 @@ class Hits:
         over the query's precursor m/z, as ppm precursor windows are), adduct`` (canonical, ``[M+H]+``,
         where the adduct parser reads it), ``formula`` (canonical Hill), ``inchikey14,
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
-        same-formula spectrum was found, ``no_neighbour="fallback"``). Search parameters are in the
+        same-formula spectrum was found, ``no_neighbour="fallback"``), ``rejected_reason`` (status
+        ``rejected``: why the reader rejected the record, and its line). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
 
         Parameters
@@ -265,6 +273,8 @@ class Hits:
         cols["name"] = strings("name")
         cols["status"] = pa.array(self.status.tolist(), pa.string()).take(per_query)
         cols["fallback"] = pa.array(self.fallback[q_index] if n else np.zeros(0, bool), pa.bool_())
+        cols["rejected_reason"] = (pa.nulls(q_index.shape[0], pa.string()) if self.rejected_reasons is None else
+                                   pa.array(self.rejected_reasons, pa.string()).take(per_query))
         table = pa.table(cols)
         return table.replace_schema_metadata({"fastspec": json.dumps(self.params, default=str)})
 

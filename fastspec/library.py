@@ -272,6 +272,8 @@ def read_input(source: Any, on_error: str = "skip", progress: bool | None = None
     counts["positions"] = _record_positions(report, len(spectra))
     counts["rejected_ids"] = {int(r): i for r, i in zip(getattr(report, "rejected_records", []),
                                                         getattr(report, "rejected_ids", [])) if i is not None}
+    counts["rejected_reasons"] = {int(r): why for r, why in zip(getattr(report, "rejected_records", []),
+                                                                getattr(report, "rejected_reasons", []))}
     # (path, records) per file read, in read order, so that every record can be traced to its file
     counts["files"] = [(str(r.path), int(r.n_records)) for r in (report.files or [report])]
     counts["first_rejected"] = first_rejection(report)

@@ -198,7 +198,8 @@ def _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, e
     params["query_records"] = _query_records(read_counts)
     n_read = int(read_counts["n_read"])
     return _record_hits(library, params, raw, found, read_counts.get("positions"), n_read,
-                        _record_files(read_counts.get("files"), n_read), read_counts.get("rejected_ids") or {})
+                        _record_files(read_counts.get("files"), n_read), read_counts.get("rejected_ids") or {},
+                        rejected_reasons=read_counts.get("rejected_reasons"))
 
 
 def _formula_texts(values) -> list:
@@ -312,13 +313,14 @@ def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progre
 
 
 def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_records: int, record_files,
-                 rejected_ids: dict, first: int = 0) -> Hits:
+                 rejected_ids: dict, first: int = 0, rejected_reasons: dict | None = None) -> Hits:
     """Hits with a row for every record of a run of ``n_records`` records read: the searched spectra's rows
     at ``pos`` (their positions in the run, int64 (len(raw),)), status ``rejected`` for the other records.
 
     ``first`` is the position of the run's first record among all records read (a chunk of a larger
     search): a query without an id is named by that position, as its ``query_index``. ``record_files``:
-    the file of each record of the run (or None); ``rejected_ids``: run position -> id the reader got to.
+    the file of each record of the run (or None); ``rejected_ids``: run position -> id the reader got to;
+    ``rejected_reasons``: run position -> the reader's reason.
     """
     scores, indices, matches, status, fallback = found[:5]
     nq = len(raw)
@@ -329,6 +331,7 @@ def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_reco
         ids = [str(v) if v is not None else str(first + int(p)) for v, p in zip(given, pos)]
     else:
         ids = list(raw.ids)
+    reasons = None
     files = None
     if record_files is not None:
         files = record_files if n_records == nq else [record_files[int(p)] for p in pos] if placed else None
@@ -348,8 +351,13 @@ def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_reco
             if 0 <= r < n_records:
                 ids[r] = rid
         files = record_files
+        reasons = [None] * n_records
+        for r, why in (rejected_reasons or {}).items():
+            if 0 <= r < n_records:
+                reasons[r] = why
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,
-                query_precursor_mz=pmz, library=library, params=params, query_files=files)
+                query_precursor_mz=pmz, library=library, params=params, query_files=files,
+                rejected_reasons=reasons)
 
 
 def _unfiltered_queries(cfg: _SearchConfig, q: Spectra, searched: np.ndarray) -> dict:

@@ -34,13 +34,15 @@ _KEY_ORDER = ("missing", "unreadable", "unreadable_examples")
 
 class _Run(NamedTuple):
     """The next ``n_records`` records read, from record ``first`` on: their spectra (``pos``: each one's
-    position in the run), each record's file (or None) and the rejected records' ids (run position -> id)."""
+    position in the run), each record's file (or None) and the rejected records' ids and reasons (run
+    position -> id, -> reason)."""
     raw: Spectra
     first: int
     n_records: int
     pos: np.ndarray
     files: list | None
     rejected_ids: dict
+    rejected_reasons: dict
 
 
 def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10, *, chunk_size: int = DEFAULT_CHUNK,
@@ -125,7 +127,7 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
                 found = _search_spectra(library, cfg, run.raw, f, False if bar is None else bar)
                 _merge_unfiltered(totals["unfiltered"], found.unfiltered)
                 hits = _record_hits(library, {}, run.raw, found, run.pos, run.n_records, run.files, run.rejected_ids,
-                                    first=run.first)
+                                    first=run.first, rejected_reasons=run.rejected_reasons)
                 totals["with_hits"] += int((hits.indices[:, 0] >= 0).sum()) if len(hits) else 0
                 totals["skipped"] += int(hits.skipped.sum())
                 for st, c in zip(*np.unique(hits.status[hits.skipped].astype(str), return_counts=True)):
@@ -223,7 +225,7 @@ def _runs(source: Any, on_error: str, chunk_size: int, out: dict, output=None,
         for s0 in range(0, max(n, 1), chunk_size):
             s1 = min(n, s0 + chunk_size)
             part = raw if (s0, s1) == (0, n) else raw.take(np.arange(s0, s1, dtype=np.int64))
-            yield _Run(part, s0, s1 - s0, np.arange(s1 - s0, dtype=np.int64), None, {})
+            yield _Run(part, s0, s1 - s0, np.arange(s1 - s0, dtype=np.int64), None, {}, {})
         return
     yield from _file_runs(paths, on_error, chunk_size, out, output, input_format)
 
@@ -282,13 +284,13 @@ class _Pending:
         self.blocks: list[Spectra] = []
         self.positions: list[np.ndarray] = []  # each block's record positions among all records
         self.n_spectra = 0
-        self.rejected: dict[int, str | None] = {}  # record -> id the reader got to
+        self.rejected: dict[int, tuple] = {}  # record -> (id the reader got to, reason)
         self.emitted = 0  # records whose rows are out
         self.files: list[str] = []  # the files begun, in read order
 
     def take_rejections(self, rep, seen: int, offset: int) -> int:
-        for r, rid in zip(rep.rejected_records[seen:], rep.rejected_ids[seen:]):
-            self.rejected[offset + int(r)] = rid
+        for r, rid, why in zip(rep.rejected_records[seen:], rep.rejected_ids[seen:], rep.rejected_reasons[seen:]):
+            self.rejected[offset + int(r)] = (rid, why)
         return len(rep.rejected_records)
 
     def add(self, block: Spectra, positions: np.ndarray) -> None:
@@ -305,7 +307,7 @@ class _Pending:
         raw = (self.blocks[0] if len(self.blocks) == 1 else Spectra.concat(self.blocks)) if self.blocks \
             else _empty_like_read()
         pos = (np.concatenate(self.positions) if self.positions else np.zeros(0, np.int64)) - first
-        rej = {r - first: rid for r, rid in self.rejected.items() if first <= r < end}
+        rej = {r - first: v for r, v in self.rejected.items() if first <= r < end}
         if len(raw) + len(rej) != n or (pos.shape[0] and (pos[0] < 0 or pos[-1] >= n)):
             # a reader that counted a rejected record only after yielding a later spectrum
             raise FastspecError(f"query records {first}-{end - 1}: {len(raw)} spectra and {len(rej)} rejected records "
@@ -317,7 +319,8 @@ class _Pending:
                                 side="right") - 1
         files = [self.files[i] for i in which.tolist()]
         self.blocks, self.positions, self.n_spectra, self.emitted = [], [], 0, end
-        return _Run(raw, first, n, pos, files, {r: rid for r, rid in rej.items() if rid is not None})
+        return _Run(raw, first, n, pos, files, {r: v[0] for r, v in rej.items() if v[0] is not None},
+                    {r: v[1] for r, v in rej.items()})
 
 
 # ------------------------------------------------------------------------------------------- writing

@@ -212,6 +212,13 @@ def test_every_format_with_rejected_records(lib, tmp_path, ext):
     hits = lib.search(str(path), k=3, mode="open")
     hits.write(whole)
     assert (hits.status == "rejected").sum() == 3 if ext == "json" else bad.sum()
+    # each rejected row says why (the reader's reason, with the line for the text formats), the others nothing
+    table = hits.to_arrow()
+    why = table.column("rejected_reason").to_pylist()
+    assert [w is not None for w in why] == [st == "rejected" for st in table.column("status").to_pylist()]
+    assert all(w and not w.startswith("(") for w in why if w is not None)
+    if ext in ("mgf", "msp"):
+        assert all(re.search(r"\(line \d+\)$", w) for w in why if w is not None)
     for chunk in (1, 3, 16):
         out = tmp_path / f"c{chunk}.parquet"
         lib.search_to_file(str(path), out, k=3, mode="open", chunk_size=chunk)

@@ -106,6 +106,10 @@ class ReadReport:
         0-based position among all records read of every rejected record, in rejection order.
     rejected_ids : list of str or None
         The id of each of ``rejected_records`` (None when it has none or the reader did not get that far).
+    rejected_reasons : list of str
+        Why each of ``rejected_records`` was rejected, with its line where known
+        (``"unparsable peak line (line 4)"``): every one, where :attr:`rejected` lists the first
+        :data:`MAX_LISTED`.
     """
 
     path: Any = None
@@ -126,6 +130,8 @@ class ReadReport:
     #: the record's harmonised ``id`` (MGF TITLE or SPECTRUMID, MSP DB#, ...) for each of ``rejected_records``,
     #: None when it has none or the reader did not get that far
     rejected_ids: list = dataclasses.field(default_factory=list)
+    #: the reason (and line) of each of ``rejected_records``
+    rejected_reasons: list = dataclasses.field(default_factory=list)
 
     @property
     def reasons(self) -> dict:
@@ -139,7 +145,7 @@ class ReadReport:
                                  f"{self.n_spectra} spectra + {self.n_rejected} rejected")
         if sum(self.counts_by_reason.values()) != self.n_rejected:
             raise AssertionError("read report: rejection reasons do not add up")
-        if not len(self.rejected_records) == len(self.rejected_ids) == self.n_rejected:
+        if not len(self.rejected_records) == len(self.rejected_ids) == len(self.rejected_reasons) == self.n_rejected:
             raise AssertionError("read report: rejected records and their ids do not add up")
         return self
 
@@ -149,6 +155,7 @@ class ReadReport:
         ``record_id``: its id when the reader got that far."""
         self.rejected_records.append(self.n_records if record is None else int(record))
         self.rejected_ids.append(None if record_id is None else str(record_id))
+        self.rejected_reasons.append(reason if line is None else f"{reason} (line {int(line)})")
         self.n_records += 1
         self.n_rejected += 1
         self.counts_by_reason[reason] = self.counts_by_reason.get(reason, 0) + 1
@@ -163,6 +170,7 @@ class ReadReport:
         """Add another report's counts (used for several files)."""
         self.rejected_records.extend(self.n_records + r for r in other.rejected_records)
         self.rejected_ids.extend(other.rejected_ids)
+        self.rejected_reasons.extend(other.rejected_reasons)
         self.n_records += other.n_records
         self.n_spectra += other.n_spectra
         self.n_rejected += other.n_rejected

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from fastspec.errors import ParameterError
+from fastspec.errors import FastspecError, ParameterError
 from fastspec.spectra import has_column
 from fastspec._atomic import check_seekable, open_output, write_atomically  # noqa: F401  (the hit writers; stream imports it from here)
 
@@ -281,6 +281,11 @@ class Hits:
     def to_pandas(self, library_columns: bool = True):
         """The hit table of :meth:`to_arrow` (``library_columns`` as there) as a pandas DataFrame (requires
         pandas); the search parameters are in ``df.attrs["fastspec"]``."""
+        try:
+            import pandas  # noqa: F401  (pyarrow's own error names no remedy)
+        except ImportError as e:
+            raise FastspecError("Hits.to_pandas needs pandas, which fastspec does not install: pip install pandas "
+                                "(or use to_arrow())") from e
         table = self.to_arrow(library_columns)
         df = table.to_pandas()
         # integer columns with nulls as nullable integers: a query without hits made rank, library_index and

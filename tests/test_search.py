@@ -1315,6 +1315,18 @@ def test_hits_table_without_a_library():
     assert df["library_index"].tolist()[:2] == [3, 7] and pd.isna(df["n_matched"].iloc[2])
 
 
+def test_to_pandas_without_pandas_says_so(monkeypatch):
+    import sys
+
+    from fastspec.errors import FastspecError
+    from fastspec.hits import Hits
+
+    monkeypatch.setitem(sys.modules, "pandas", None)  # an environment without pandas
+    h = Hits(np.array([[0.9]]), np.array([[3]]), np.array([[2]]), status=np.array(["ok"], dtype=object))
+    with pytest.raises(FastspecError, match="pip install pandas"):
+        h.to_pandas()
+
+
 def test_library_without_ids_names_its_hits_by_row(tmp_path):
     """A library read without ids gave hits a null library_id (its metadata has an all-null id column), while
     queries without ids were named by position: library spectra are named by their library_index."""

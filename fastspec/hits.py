@@ -27,7 +27,8 @@ HIT_COLUMNS = (
     "query_index", "query_id", "query_file", "rank", "library_index", "library_input_index", "library_file",
     "library_id", "score", "n_matched",
     "query_precursor_mz", "library_precursor_mz", "delta_mz", "delta_ppm", "adduct", "formula",
-    "inchikey14", "smiles", "name", "status", "fallback", "rejected_reason",
+    "inchikey14", "smiles", "name", "status", "fallback", "query_formula",
+    "rejected_reason",
 )
 
 
@@ -76,6 +77,9 @@ class Hits:
         repeated across files (mzML native ids such as ``scan=2``) stay apart; ``None`` for queries given
         in memory.
     query_precursor_mz : ndarray, float64 (n,)
+    query_formulas : list of str or None, or None
+        Formula mode: the canonical Hill formula each query was searched with (given, its own, or from its
+        SMILES / InChI; None where it has none); None in the other modes.
     rejected_reasons : list of str or None, or None
         For each query row, the reader's reason for rejecting the record (status ``rejected``) with its
         line where known, e.g. ``"unparsable peak line (line 4)"``; None for the other rows (and no list
@@ -87,7 +91,7 @@ class Hits:
     """
 
     def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
-                 library=None, params=None, query_files=None, rejected_reasons=None):
+                 library=None, params=None, query_files=None, rejected_reasons=None, query_formulas=None):
         self.scores = np.asarray(scores, dtype=np.float32)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.matches = np.asarray(matches, dtype=np.int32)
@@ -98,6 +102,9 @@ class Hits:
         self.query_files = None if query_files is None else list(query_files)
         if self.query_files is not None and len(self.query_files) != n:
             raise ParameterError(f"query_files holds {len(self.query_files)} entries for {n} queries")
+        self.query_formulas = None if query_formulas is None else list(query_formulas)
+        if self.query_formulas is not None and len(self.query_formulas) != n:
+            raise ParameterError(f"query_formulas holds {len(self.query_formulas)} entries for {n} queries")
         self.rejected_reasons = None if rejected_reasons is None else list(rejected_reasons)
         if self.rejected_reasons is not None and len(self.rejected_reasons) != n:
             raise ParameterError(f"rejected_reasons holds {len(self.rejected_reasons)} entries for {n} queries")
@@ -147,7 +154,8 @@ class Hits:
         over the query's precursor m/z, as ppm precursor windows are), adduct`` (canonical, ``[M+H]+``,
         where the adduct parser reads it), ``formula`` (canonical Hill), ``inchikey14,
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
-        same-formula spectrum was found, ``no_neighbour="fallback"``), ``rejected_reason`` (status
+        same-formula spectrum was found, ``no_neighbour="fallback"``), ``query_formula`` (formula mode: the
+        query's canonical formula searched with), ``rejected_reason`` (status
         ``rejected``: why the reader rejected the record, and its line). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
 
@@ -273,6 +281,8 @@ class Hits:
         cols["name"] = strings("name")
         cols["status"] = pa.array(self.status.tolist(), pa.string()).take(per_query)
         cols["fallback"] = pa.array(self.fallback[q_index] if n else np.zeros(0, bool), pa.bool_())
+        cols["query_formula"] = (pa.nulls(q_index.shape[0], pa.string()) if self.query_formulas is None else
+                                 pa.array(self.query_formulas, pa.string()).take(per_query))
         cols["rejected_reason"] = (pa.nulls(q_index.shape[0], pa.string()) if self.rejected_reasons is None else
                                    pa.array(self.rejected_reasons, pa.string()).take(per_query))
         table = pa.table(cols)

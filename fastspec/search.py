@@ -279,6 +279,8 @@ class _Found(NamedTuple):
     status: np.ndarray
     fallback: np.ndarray
     unfiltered: dict
+    #: formula mode: each query's canonical formula searched with (None: none); other modes: None
+    formulas: list | None = None
 
 
 def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progress) -> _Found:
@@ -305,11 +307,12 @@ def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progre
     searchable = np.flatnonzero(has_peaks)
     ctx.start_progress(progress, searchable.shape[0])
     try:
-        _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback)
+        formulas = _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status,
+                             fallback)
     finally:
         ctx.close()
     status[(status == OK) & (indices[:, 0] < 0)] = NO_HIT
-    return _Found(scores, indices, matches, status, fallback, _unfiltered_queries(cfg, qproc, searchable))
+    return _Found(scores, indices, matches, status, fallback, _unfiltered_queries(cfg, qproc, searchable), formulas)
 
 
 def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_records: int, record_files,
@@ -332,6 +335,7 @@ def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_reco
     else:
         ids = list(raw.ids)
     reasons = None
+    formulas = found.formulas
     files = None
     if record_files is not None:
         files = record_files if n_records == nq else [record_files[int(p)] for p in pos] if placed else None
@@ -351,13 +355,18 @@ def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_reco
             if 0 <= r < n_records:
                 ids[r] = rid
         files = record_files
+        if formulas is not None:
+            placed_formulas = [None] * n_records
+            for p, f in zip(pos.tolist(), formulas):
+                placed_formulas[p] = f
+            formulas = placed_formulas
         reasons = [None] * n_records
         for r, why in (rejected_reasons or {}).items():
             if 0 <= r < n_records:
                 reasons[r] = why
     return Hits(scores, indices, matches, status=status, fallback=fallback, query_ids=ids,
                 query_precursor_mz=pmz, library=library, params=params, query_files=files,
-                rejected_reasons=reasons)
+                rejected_reasons=reasons, query_formulas=formulas)
 
 
 def _unfiltered_queries(cfg: _SearchConfig, q: Spectra, searched: np.ndarray) -> dict:
@@ -402,7 +411,10 @@ def _record_files(files: list | None, n_read: int) -> list[str] | None:
     return [path for path, n in files for _ in range(n)]
 
 
-def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status, fallback):
+def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indices, matches, status,
+              fallback) -> list | None:
+    """Search ``searchable`` queries by mode, filling the arrays; formula mode returns each query's
+    canonical formula (None for the other modes)."""
     from fastspec import search_formula, search_fragment, search_identity, search_scan
 
     if cfg.mode in ("identity", "neutral_loss"):  # precursor windows, or losses from the precursor
@@ -415,12 +427,14 @@ def _dispatch(ctx, cfg, qproc, raw, formula, searchable, has_peaks, scores, indi
         else:
             search_fragment.run_losses(ctx, rows, scores, indices, matches)
     elif cfg.mode == "formula":
-        fcodes = search_formula.query_formula_codes(ctx, formula, raw)
+        fcodes, canon = search_formula.query_formula_codes(ctx, formula, raw)
         search_formula.run_formula(ctx, searchable, fcodes, scores, indices, matches, status, fallback)
+        return canon
     elif cfg.engine == "faiss":
         search_scan.run_faiss(ctx, searchable, scores, indices, matches)
     else:
         run_whole_library(ctx, searchable, scores, indices, matches)
+    return None
 
 
 def _nprobe_used(cfg: "_SearchConfig", library) -> int | None:

@@ -16,7 +16,9 @@ from fastspec.search import (_batches, _Context, _formula_texts, _ranges_csr, ca
 from fastspec.spectra import Spectra
 
 
-def query_formula_codes(ctx: _Context, formula, raw: Spectra) -> np.ndarray:
+def query_formula_codes(ctx: _Context, formula, raw: Spectra) -> tuple[np.ndarray, list]:
+    """Each query's formula code in the library (-1 no formula, -2 one no library spectrum has), int64 (n,),
+    and its canonical Hill formula (None where it has none): the caller's, else its own."""
     from fastspec.library import formulas_or_from_structure
 
     nq = len(ctx.q)
@@ -33,7 +35,7 @@ def query_formula_codes(ctx: _Context, formula, raw: Spectra) -> np.ndarray:
     else:
         canon = caller_formulas(vals)
     lut = ctx.lib.code_lookup("formula")
-    return np.array([lut.get(c, -2) if c is not None else -1 for c in canon], dtype=np.int64)
+    return np.array([lut.get(c, -2) if c is not None else -1 for c in canon], dtype=np.int64), list(canon)
 
 
 def run_formula(ctx: _Context, rows, fcodes, scores, indices, matches, status, fallback):

@@ -2037,6 +2037,22 @@ def test_formula_from_smiles(tmp_path):
                                 metadata={"formula": ["C9H9N", None], "ion_mode": ["positive"] * 2})
     h = lib.search(other, k=3, mode="formula")
     assert list(h.status) == ["no_neighbour", "no_formula"] and h.skipped.all()
+    # the table says which formula each query was searched with (from its SMILES too), skipped ones included
+    h = lib.search(sp, k=1, mode="formula", no_neighbour="empty")
+    assert h.query_formulas == ["C6H12O6", None, "C6H12O6"]
+    assert h.to_arrow().column("query_formula").to_pylist() == ["C6H12O6", None, "C6H12O6"]
+    h = lib.search(other, k=1, mode="formula")
+    assert h.to_arrow().column("query_formula").to_pylist() == ["C9H9N", None]
+    assert lib.search(other, k=1, mode="formula", formula="H2O").query_formulas == ["H2O", "H2O"]
+    assert lib.search(other, k=1, mode="open").to_arrow().column("query_formula").null_count == 2
+    # rejected records (read from a file) have no formula; the searched ones keep theirs in file order
+    from fastspec import io as fio
+
+    fio.write(other, tmp_path / "o.mgf")
+    text = (tmp_path / "o.mgf").read_text()
+    (tmp_path / "o.mgf").write_text("BEGIN IONS\nTITLE=bad\nPEPMASS=181\n100 abc\nEND IONS\n" + text)
+    h = lib.search(str(tmp_path / "o.mgf"), k=1, mode="formula")
+    assert h.query_formulas == [None, "C9H9N", None] and list(h.status)[0] == "rejected"
 
 
 def test_formula_from_inchi(tmp_path):

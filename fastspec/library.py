@@ -81,7 +81,7 @@ import pyarrow as pa
 from fastspec import _indexfmt as fmt
 from fastspec._atomic import absolute_path, aside_prefix, temporary_prefix
 from fastspec._version import __version__
-from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError, interrupts
 from fastspec.spectra import Spectra, has_column
 from fastspec.spectra import is_matchms as _is_matchms
 
@@ -720,6 +720,13 @@ def _encode(values: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
     return codes, karr
 
 
+def check_threads(threads):
+    """:func:`fastspec.kernels._config.check_threads` (imported when called: numba is not for ``info``)."""
+    from fastspec.kernels._config import check_threads as check
+
+    return check(threads)
+
+
 def _column_strings(table: pa.Table, name: str) -> list:
     if name not in table.column_names:
         return [None] * table.num_rows
@@ -765,6 +772,7 @@ class Library:
         # which manifest this object read: files are loaded lazily, and another process appending to or
         # rebuilding the index swaps the directory; loading from the new one would mix two indexes
         self._stamp = _manifest_stamp(self.path)
+        self._adopt_pending = None  # the stamp before an append of this object not yet taken on
 
     @contextlib.contextmanager
     def _in_use(self):
@@ -780,6 +788,10 @@ class Library:
             with self._use:
                 while self._changing:
                     self._use.wait()
+                if self._adopt_pending is not None and self._users == 0:
+                    # an append of this object was interrupted after its swap: the search runs on the
+                    # appended index, taken on before anything of it is read
+                    self._adopt_swapped(self._adopt_pending)
                 self._users += 1
         self._user_depth.n = depth + 1
         try:
@@ -812,8 +824,12 @@ class Library:
                 self._use.notify_all()
 
     def _check_unchanged(self) -> None:
-        """Refuse to load a file lazily once the index on disk is no longer the one this object opened."""
+        """Refuse to load a file lazily once the index on disk is no longer the one this object opened
+        (unless this object's own append swapped it in and was interrupted before taking it on)."""
         now = _manifest_stamp(self.path)
+        if now != self._stamp and self._adopt_pending is not None and now is not None:
+            self._adopt_swapped(self._adopt_pending)
+            return
         if now != self._stamp:
             if now is None and not self.path.exists():  # deleted, or moved aside by a rebuild killed mid-swap
                 fmt.read_manifest(self.path)  # raises: missing, with the aside hint when there is one
@@ -925,9 +941,7 @@ class Library:
         1, as SIRIUS and MZmine MGF exports interleave them with the MS/MS spectra) and MSn records
         (``ms_level`` 3 or more, as in mzmine's MSn library exports: their precursor is a fragment).
         """
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
-                                    or threads < 1):
-            raise ParameterError(f"threads must be an integer >= 1, got {threads!r}")
+        check_threads(threads)
         if faiss_params:
             from fastspec.vectors import DEFAULTS as _FAISS_DEFAULTS
 
@@ -960,14 +974,16 @@ class Library:
             fmt.refuse_read_only(target, "overwrite")
         prog = _Progress(progress, total=7, desc="index")
         try:
-            pipeline = resolve_pipeline(preprocess)
-            spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
-            _fill_report(report, counts)
-            prog.step("preprocess")
-            processed = apply_pipeline(pipeline, spectra, threads)
-            _build_index(absolute, processed, counts, pipeline_config(pipeline), faiss=faiss, faiss_params=faiss_params,
-                         threads=threads, overwrite=overwrite, prog=prog, input_index=counts["positions"],
-                         n_input=int(counts["n_read"]), allow_empty=allow_empty, inputs=_input_sources(counts))
+            with interrupts():  # (a Ctrl-C inside a numba call: KeyboardInterrupt, not SystemError)
+                pipeline = resolve_pipeline(preprocess)
+                spectra, counts = read_input(spectra_or_paths, on_error, progress, input_format)
+                _fill_report(report, counts)
+                prog.step("preprocess")
+                processed = apply_pipeline(pipeline, spectra, threads)
+                _build_index(absolute, processed, counts, pipeline_config(pipeline), faiss=faiss,
+                             faiss_params=faiss_params, threads=threads, overwrite=overwrite, prog=prog,
+                             input_index=counts["positions"], n_input=int(counts["n_read"]),
+                             allow_empty=allow_empty, inputs=_input_sources(counts))
         finally:
             prog.close()
         return cls.open(absolute)
@@ -1058,6 +1074,7 @@ class Library:
         The input is read first; then the append waits for the searches running on this object and
         searches started meanwhile wait for it (see ``_in_use``).
         """
+        check_threads(threads)
         fmt.refuse_read_only(self.path, "append to")
         prog = _Progress(progress, total=7, desc="append")
         try:
@@ -1067,16 +1084,36 @@ class Library:
             # the file lock is held until the rebuilt index is in place: another append (or rebuild)
             # started meanwhile from the same index would otherwise swap its own result in and lose one of
             # the two; it is taken (or refused) before waiting for this object's searches
-            with fmt.index_lock(self.path, wait=False, busy="append"), self._changing_index():
+            with interrupts(), fmt.index_lock(self.path, wait=False, busy="append"), self._changing_index():
                 self._check_unchanged()
-                self._append(spectra, counts, threads, prog, allow_empty)
-                fresh = Library.open(self.path)
-                self.manifest = fresh.manifest
-                self._stamp = fresh._stamp
-                self._release()
+                before = self._stamp
+                # an error (a Ctrl-C) after the appended index was swapped in, even while this object
+                # reopens it: the object takes it on (now, else on its next use: _check_unchanged), instead
+                # of refusing every later call as changed "by another process"
+                self._adopt_pending = before
+                try:
+                    self._append(spectra, counts, threads, prog, allow_empty)
+                except BaseException:
+                    try:
+                        self._adopt_swapped(before)
+                    except BaseException:  # noqa: BLE001 - the append's own error matters; finished on next use
+                        pass
+                    raise
+                self._adopt_swapped(before)
         finally:
             prog.close()
         return self
+
+    def _adopt_swapped(self, before: tuple | None) -> None:
+        """Take on the index now at :attr:`path` when this object's append swapped it in (its manifest
+        stamp is no longer ``before``), then forget the pending append."""
+        now = _manifest_stamp(self.path)
+        if now is not None and now != before:
+            fresh = Library.open(self.path)
+            self.manifest = fresh.manifest
+            self._stamp = fresh._stamp
+            self._release()
+        self._adopt_pending = None
 
     def _append(self, spectra, counts, threads, prog, allow_empty: bool = True) -> None:
         pipeline = self.pipeline
@@ -1255,10 +1292,10 @@ class Library:
         """A memory-mapped index array by file stem (e.g. ``"frag_mz"``)."""
         arr = self._arrays.get(name)
         if arr is None:
+            self._check_unchanged()  # (first: it may take on this object's own interrupted append)
             entry = self.manifest["files"].get(f"{name}.npy")
             if entry is None:
                 raise IndexFormatError(f"library index {self.path} has no array {name!r}")
-            self._check_unchanged()
             # a plain ndarray view of the memory map: np.memmap's subclass hooks make fancy indexing slow;
             # always read-only (empty arrays are loaded eagerly), so numba kernels see one array type and
             # compile once
@@ -1360,6 +1397,7 @@ class Library:
         intensity : ndarray, float32 (P,) (``intensity_dtype`` when ``rows`` are given)
         precursor_mz : ndarray, float64 (r,)
         """
+        check_threads(threads)
         if by_precursor:
             off, mz, it = self.array("prec_offsets"), self.array("prec_mz"), self.array("prec_intensity")
             pmz = self.array("prec_sorted")[: off.shape[0] - 1]
@@ -1657,6 +1695,13 @@ class Library:
         from fastspec.stream import search_to_file
 
         return search_to_file(self, queries, path, k, **kwargs)
+
+    def __reduce_ex__(self, protocol):
+        # multiprocessing pickles what crosses to a worker: say what to do instead of "cannot pickle
+        # '_thread.lock' object" (Hits hold their Library, so returning Hits from a worker ends here too)
+        raise TypeError(f"a fastspec Library does not cross to another process (it holds locks and open files): "
+                        f"pass its path ({str(self.path)!r}) and Library.open it there; send hits back as "
+                        "hits.to_arrow() or their arrays")
 
     def __repr__(self) -> str:
         return f"Library({str(self.path)!r}, n_spectra={len(self)}, format_version={self.format_version})"

@@ -221,7 +221,8 @@ def entropy_clean(spectra: Spectra, min_mz: float = -1.0, max_mz: float = -1.0, 
     res = clean_csr(offsets, mz, intensity, spectra.precursor_mz, min_mz=min_mz, max_mz=max_mz,
                     noise_threshold=noise_threshold, min_ms2_difference_in_da=min_ms2_difference_in_da,
                     min_ms2_difference_in_ppm=min_ms2_difference_in_ppm, max_peak_num=max_peak_num,
-                    normalize_intensity=normalize_intensity, precursor_ions_removal_da=precursor_ions_removal_da)
+                    normalize_intensity=normalize_intensity, precursor_ions_removal_da=precursor_ions_removal_da,
+                    threads=threads)
     return _with(spectra, res)
 
 
@@ -588,6 +589,9 @@ class Pipeline:
     # ------------------------------------------------------------------ running
     def __call__(self, spectra: Spectra, threads: int | None = None) -> Spectra:
         """Apply every step in order; one output spectrum per input spectrum."""
+        from fastspec.kernels._config import check_threads
+
+        check_threads(threads)
         for n, p in self.steps:
             spectra = STEPS[n].run_resolved(spectra, p, threads)
         return spectra
@@ -595,6 +599,9 @@ class Pipeline:
     def run(self, spectra: Spectra, threads: int | None = None) -> tuple[Spectra, list[dict]]:
         """Like calling the pipeline, plus per-step counts: ``step``, ``peaks_in``, ``peaks_out``,
         ``spectra_emptied`` (spectra that had peaks before the step and none after)."""
+        from fastspec.kernels._config import check_threads
+
+        check_threads(threads)
         report = []
         for n, p in self.steps:
             before = spectra.n_peaks

@@ -173,7 +173,9 @@ def search(
     -------
     Hits
     """
-    with library._in_use():  # an append on this object waits for the search, and the search for it
+    from fastspec.errors import interrupts
+
+    with interrupts(), library._in_use():  # an append on this object waits for the search, and the search for it
         return _search(library, queries, k, mode, metric, tolerance, precursor_tolerance, engine, threads, formula,
                        no_neighbour, same_adduct, same_charge, same_instrument, min_matches, min_score, nprobe,
                        n_candidates, on_error, input_format, progress, mz_power, intensity_power, metric_params)
@@ -803,7 +805,8 @@ class _Context:
         if self._qprep is None:
             from fastspec import similarity
 
-            self._qprep = similarity.prepare(self.q, self.cfg.metric, **self.cfg.metric_kwargs())
+            self._qprep = similarity.prepare(self.q, self.cfg.metric, **self.cfg.metric_kwargs(),
+                                             threads=self.cfg.threads)
         return self._qprep
 
     def filters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from fastspec.errors import ParameterError
+from fastspec.errors import ParameterError, interruptible
 from fastspec.spectra import Spectra
 from fastspec.tolerance import Tolerance, parse_tolerance
 
@@ -475,8 +475,9 @@ def _check_prepared_args(side: Prepared, metric, tolerance, mz_power, intensity_
 
 
 def _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads) -> tuple[Prepared, Prepared]:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-        raise ParameterError(f"threads must be an integer >= 1 (or None for all cores), got {threads!r}")
+    from fastspec.kernels._config import check_threads
+
+    check_threads(threads)
     for side in (a, b):
         if isinstance(side, Prepared):
             _check_prepared_args(side, metric, tolerance, mz_power, intensity_power, params)
@@ -498,6 +499,7 @@ def _kernel_args(pa: Prepared, pb: Prepared) -> tuple:
 
 
 # ================================================================================== public API
+@interruptible
 def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None = None, tolerance: Any = None,
                 mz_power: float = 0.0, intensity_power: float = 1.0, *, threads: int | None = None,
                 **params: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -532,6 +534,7 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None
                                                    pb.max_peaks, _n_blocks(len(pa)))
 
 
+@interruptible
 def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, metric: str | None = None,
                  tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
                  k: int | None = None, threads: int | None = None, min_matches: int = 0,

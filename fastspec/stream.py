@@ -81,7 +81,9 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         see :attr:`fastspec.hits.Hits.skipped`), ``skipped_by_status`` (those by their status, e.g.
         ``{"no_peaks": 7, "no_precursor": 6}``) and ``params`` (what the table's metadata holds).
     """
-    with library._in_use():  # as search(): an append on this object waits for it, and it for an append
+    from fastspec.errors import interrupts
+
+    with interrupts(), library._in_use():  # as search(): an append on this object waits for it, and it for an append
         return _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated,
                                output_format, kwargs)
 

@@ -69,10 +69,33 @@ PARALLEL_LOCK = threading.RLock()
 
 def _fresh_locks_in_child() -> None:
     """A child forked while another thread of the parent held a lock (a search running) would wait for it
-    forever: the child gets fresh, free locks."""
+    forever: the child gets fresh, free locks. numba's compiler lock too: a parent thread loading or
+    compiling a kernel (a first call of a serial or parallel build) at the fork left it held in the child,
+    whose first kernel load then hung (an audit: 1 fork in 8 while another thread searched)."""
     global PARALLEL_LOCK, _AWAIT_LOCK
     PARALLEL_LOCK = threading.RLock()
     _AWAIT_LOCK = threading.Lock()
+    try:
+        from numba.core.compiler_lock import global_compiler_lock
+
+        if not global_compiler_lock.is_locked():  # (held by the forking thread itself: leave it)
+            global_compiler_lock._lock = threading.RLock()
+    except Exception:  # noqa: BLE001 - numba internals moved: no reset, as before
+        pass
+
+
+def check_threads(n, name: str = "threads") -> int | None:
+    """``n`` as the public functions take a thread count: None (every core) or an integer >= 1 (more than
+    :func:`max_threads` runs on all); anything else (0, -1, 2.5, True, "2") raises ParameterError."""
+    if n is None:
+        return None
+    import numpy as np
+
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
+        from fastspec.errors import ParameterError
+
+        raise ParameterError(f"{name} must be an integer >= 1 (or None for all cores), got {n!r}")
+    return int(n)
 
 
 if hasattr(os, "register_at_fork"):

@@ -291,7 +291,9 @@ def phase_query(a) -> dict:
                 # parallel ones), a one-off of up to a few hundred ms that made a 200-call mean
                 # 4x its median
                 # on the queries the peers time (see peer_rows)
-                singles = [queries[int(i) : int(i) + 1] for i in prow[: a.latency_queries]]
+                lat_rows = prow if a.latency_queries >= len(prow) else \
+                    prow[_peer_sample(len(prow), a.latency_queries, a.seed)]  # (a sample, not the first ones)
+                singles = [queries[int(i) : int(i) + 1] for i in lat_rows]
                 lib.search(singles[0], k=K, **common, **kw)
                 for one in singles:
                     t1 = time.perf_counter()
@@ -552,9 +554,8 @@ class _PeerIndexes:
 
         signed = {p: rows[pol[rows] == p] for p in (1, -1)}
         unknown = rows[pol[rows] == 0]
-        groups = {p: np.sort(np.concatenate([r, unknown])) for p, r in signed.items() if r.size}
-        if not groups and unknown.size:
-            groups = {0: unknown}
+        # an index for each polarity with spectra a query of it may match (its own, or unknown ones)
+        groups = {p: np.sort(np.concatenate([r, unknown])) for p, r in signed.items() if r.size or unknown.size}
         at = {int(r): j for j, r in enumerate(rows)}
         self.es, self.row_of = {}, {}
         for p, g in groups.items():
@@ -565,11 +566,18 @@ class _PeerIndexes:
         self._combined: dict = {}
 
     def route(self, qpol: int) -> tuple:
-        """The indexes a query of polarity ``qpol`` searches."""
+        """The indexes a query of polarity ``qpol`` searches: its own; every one for an unknown polarity
+        (scores concatenated, spectra of unknown polarity then scored once per index); none where the library
+        holds nothing it may match."""
         qpol = int(np.sign(qpol))
         if qpol in self.es:
             return (qpol,)
-        return tuple(self.es) if qpol == 0 or 0 in self.es else ()
+        return tuple(self.es) if qpol == 0 else ()
+
+    @property
+    def n_indexed(self) -> int:
+        """Spectra ms_entropy kept (after its cleaning), each once."""
+        return int(np.unique(np.concatenate(list(self.row_of.values()))).shape[0]) if self.row_of else 0
 
     def search(self, method: str, route: tuple, precursor_mz: float, peaks) -> np.ndarray:
         """Scores of the spectra of the routed indexes, in :meth:`rows` order."""
@@ -603,7 +611,7 @@ def phase_ms_entropy(a) -> dict:
     t_build = time.perf_counter() - t0
     after = rss()
     del specs
-    n_indexed = int(ok.shape[0])
+    n_indexed = peer.n_indexed  # (what it kept: spectra left without peaks by its cleaning are not indexed)
     out = {"n_indexed": n_indexed, "indexes": {str(p): int(r.shape[0]) for p, r in peer.row_of.items()},
            "build_s": t_build, "build_s_per_million": t_build / (n_indexed / 1e6),
            "rss_before_build": base["rss"], "build_peak_rss": after["peak_rss"], "rss_after_build": rss()["rss"],

@@ -81,9 +81,10 @@ class Hits:
         Formula mode: the canonical Hill formula each query was searched with (given, its own, or from its
         SMILES / InChI; None where it has none); None in the other modes.
     rejected_reasons : list of str or None, or None
-        For each query row, the reader's reason for rejecting the record (status ``rejected``) with its
-        line where known, e.g. ``"unparsable peak line (line 4)"``; None for the other rows (and no list
-        when nothing was read from files).
+        For each query row, the reader's reason for rejecting the record (status ``rejected``) with where
+        when known (the line of a text format, else the row, spectrum or record number), e.g.
+        ``"unparsable peak line (line 4)"``; None for the other rows (no list at all when no record of the
+        queries, or of that chunk, was rejected).
     params : dict
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
         and ``query_records``: records read from the query files, rejected by the reader (on_error

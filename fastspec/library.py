@@ -788,10 +788,10 @@ class Library:
             with self._use:
                 while self._changing:
                     self._use.wait()
-                if self._adopt_pending is not None and self._users == 0:
+                if self._users == 0:
                     # an append of this object was interrupted after its swap: the search runs on the
                     # appended index, taken on before anything of it is read
-                    self._adopt_swapped(self._adopt_pending)
+                    self._adopt_if_pending()
                 self._users += 1
         self._user_depth.n = depth + 1
         try:
@@ -824,12 +824,8 @@ class Library:
                 self._use.notify_all()
 
     def _check_unchanged(self) -> None:
-        """Refuse to load a file lazily once the index on disk is no longer the one this object opened
-        (unless this object's own append swapped it in and was interrupted before taking it on)."""
+        """Refuse to load a file lazily once the index on disk is no longer the one this object opened."""
         now = _manifest_stamp(self.path)
-        if now != self._stamp and self._adopt_pending is not None and now is not None:
-            self._adopt_swapped(self._adopt_pending)
-            return
         if now != self._stamp:
             if now is None and not self.path.exists():  # deleted, or moved aside by a rebuild killed mid-swap
                 fmt.read_manifest(self.path)  # raises: missing, with the aside hint when there is one
@@ -1087,22 +1083,29 @@ class Library:
             with interrupts(), fmt.index_lock(self.path, wait=False, busy="append"), self._changing_index():
                 self._check_unchanged()
                 before = self._stamp
-                # an error (a Ctrl-C) after the appended index was swapped in, even while this object
-                # reopens it: the object takes it on (now, else on its next use: _check_unchanged), instead
-                # of refusing every later call as changed "by another process"
-                self._adopt_pending = before
                 try:
                     self._append(spectra, counts, threads, prog, allow_empty)
+                    self._adopt_swapped(before)
                 except BaseException:
+                    # an error (a Ctrl-C) after the appended index was swapped in, even while this object
+                    # reopens it: the object takes it on (now, else at its next search or load:
+                    # _adopt_if_pending), instead of refusing every later call as changed "by another process".
+                    # Pending only from here on: while the append runs, a concurrent load must still refuse a
+                    # swapped index rather than keep an array of the old one
+                    self._adopt_pending = before
                     try:
                         self._adopt_swapped(before)
                     except BaseException:  # noqa: BLE001 - the append's own error matters; finished on next use
                         pass
                     raise
-                self._adopt_swapped(before)
         finally:
             prog.close()
         return self
+
+    def _adopt_if_pending(self) -> None:
+        """Before loading anything: take on the index an interrupted append of this object swapped in."""
+        if self._adopt_pending is not None:
+            self._adopt_swapped(self._adopt_pending)
 
     def _adopt_swapped(self, before: tuple | None) -> None:
         """Take on the index now at :attr:`path` when this object's append swapped it in (its manifest
@@ -1216,6 +1219,7 @@ class Library:
         records add up to the input positions of :attr:`input_index`."""
         cached = self._cache.get("input files")
         if cached is None:
+            self._adopt_if_pending()
             if INPUTS_FILE in self.manifest["files"]:
                 import pyarrow.parquet as pq
 
@@ -1292,7 +1296,8 @@ class Library:
         """A memory-mapped index array by file stem (e.g. ``"frag_mz"``)."""
         arr = self._arrays.get(name)
         if arr is None:
-            self._check_unchanged()  # (first: it may take on this object's own interrupted append)
+            self._adopt_if_pending()  # (first: the manifest may be that of this object's interrupted append)
+            self._check_unchanged()
             entry = self.manifest["files"].get(f"{name}.npy")
             if entry is None:
                 raise IndexFormatError(f"library index {self.path} has no array {name!r}")
@@ -1481,6 +1486,7 @@ class Library:
         if "parquet" not in self._cache:
             import pyarrow.parquet as pq
 
+            self._adopt_if_pending()
             self._check_unchanged()
             with self._parquet_errors("metadata.parquet"):
                 pf = pq.ParquetFile(self.path / "metadata.parquet", page_checksum_verification=True)

@@ -370,6 +370,7 @@ def load_faiss_index(library, theta: bool = False):
     key = "faiss theta" if theta else "faiss"
     idx = library._cache.get(key)
     if idx is None:
+        library._adopt_if_pending()
         library._check_unchanged()
         faiss = _faiss()
         path = str(library.path / (THETA_FILE if theta else "faiss.index"))

@@ -217,8 +217,8 @@ def test_every_format_with_rejected_records(lib, tmp_path, ext):
     why = table.column("rejected_reason").to_pylist()
     assert [w is not None for w in why] == [st == "rejected" for st in table.column("status").to_pylist()]
     assert all(w and not w.startswith("(") for w in why if w is not None)
-    if ext in ("mgf", "msp"):
-        assert all(re.search(r"\(line \d+\)$", w) for w in why if w is not None)
+    unit = {"mgf": "line", "msp": "line", "tsv": "line", "parquet": "row", "h5": "row", "json": "record"}[ext]
+    assert all(re.search(rf"\({unit} \d+\)$", w) for w in why if w is not None), why
     for chunk in (1, 3, 16):
         out = tmp_path / f"c{chunk}.parquet"
         lib.search_to_file(str(path), out, k=3, mode="open", chunk_size=chunk)

@@ -107,9 +107,10 @@ class ReadReport:
     rejected_ids : list of str or None
         The id of each of ``rejected_records`` (None when it has none or the reader did not get that far).
     rejected_reasons : list of str
-        Why each of ``rejected_records`` was rejected, with its line where known
-        (``"unparsable peak line (line 4)"``): every one, where :attr:`rejected` lists the first
-        :data:`MAX_LISTED`.
+        Why each of ``rejected_records`` was rejected, with where when known: its line in a text format
+        (``"unparsable peak line (line 4)"``), else its row, spectrum or record number
+        (:data:`POSITION_UNITS`; ``"negative intensity (row 3)"``): every one, where :attr:`rejected`
+        lists the first :data:`MAX_LISTED`.
     """
 
     path: Any = None
@@ -155,7 +156,8 @@ class ReadReport:
         ``record_id``: its id when the reader got that far."""
         self.rejected_records.append(self.n_records if record is None else int(record))
         self.rejected_ids.append(None if record_id is None else str(record_id))
-        self.rejected_reasons.append(reason if line is None else f"{reason} (line {int(line)})")
+        # where: a line of a text format, else the record's position in its unit (row, spectrum, record)
+        self.rejected_reasons.append(reason if line is None else f"{reason} ({position_unit(self.format)} {int(line)})")
         self.n_records += 1
         self.n_rejected += 1
         self.counts_by_reason[reason] = self.counts_by_reason.get(reason, 0) + 1

@@ -172,3 +172,21 @@ def test_library_and_hits_say_how_to_cross_processes(many, tmp_path):
         with pytest.raises(TypeError, match="Library.open it there"):
             pickle.dumps(obj)
     pickle.loads(pickle.dumps(hits.to_arrow()))  # what to send instead
+
+
+def test_a_running_append_leaves_concurrent_loads_refusing_a_swapped_index(many, tmp_path, monkeypatch):
+    """Marking the append pending for its whole run let a thread loading an array meanwhile take on the
+    swapped-in index after reading the old file (wrong hits); only a failed append marks itself."""
+    lib = Library.build(many[:200], tmp_path / "r.fastspec", faiss=False)
+    seen = []
+    real = Library._append
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)  # the swap is done here
+        seen.append(self._adopt_pending)
+        with pytest.raises(Exception, match="open it again"):  # a load racing the append still refuses
+            self._check_unchanged()
+
+    monkeypatch.setattr(Library, "_append", spy)
+    lib.append(many[200:230])
+    assert seen == [None] and lib._adopt_pending is None and len(lib) == len(Library.open(lib.path))

@@ -43,7 +43,8 @@ Report keys (:data:`REPORT_KEYS`, stable):
     seeded.
 ``config``, ``split_profile``
     The full configuration and the split profile (:func:`fastspec.splits.profile_between`) of the spectra
-    scored (train and test spectra with a molecule identity; ``n_excluded``: the split's own exclusions).
+    evaluated (training spectra with a molecule identity and the ``n_test`` test spectra, scored or not;
+    ``n_excluded``: the split's own exclusions).
 ``labels``
     How the labels were read, per side (``library``; ``queries`` with an external test set), over the
     spectra read before the ion-mode filter: spectra without a molecule key, molecules keyed from the
@@ -52,7 +53,7 @@ Report keys (:data:`REPORT_KEYS`, stable):
 ``n_fallback``, ``n_top1_tied``, ``excluded``, ``score_hist``, ``examples``, ``timing``
     Predictions from the fallback search; scored test spectra whose best score a spectrum of another molecule
     shares among their neighbours (the prediction is then the lowest library row of the tied, so the
-    library's row order decides it); exclusion counts (test / train spectra without a usable molecule,
+    library's row order decides it; None with ``vote`` above 1, where summed votes decide); exclusion counts (test / train spectra without a usable molecule,
     and the library's and queries' records the reader rejected); top-1 score histograms for same vs
     different molecule; the worst confusions (with peaks, for mirror plots); seconds per phase.
 
@@ -480,13 +481,13 @@ class Evaluation:
             raise FastspecError("no test spectra with a usable molecule identity")
         if self.train_rows.size == 0:
             raise FastspecError("no training spectra with a molecule identity")
-        # the shifts (instrument, adduct, energy), overlaps and unseen formulas of the spectra scored: the
+        # the shifts (instrument, adduct, energy), overlaps and unseen formulas of the spectra evaluated: the
         # split's own sides held spectra without a molecule too (an audit: a collision-energy TVD quoted over
         # 232 test spectra no score counted), which `fastspec split` profiles
         t0 = time.perf_counter()
         self.profile = profile_between(self.lib, self.train_rows, self.qlab, self.test_rows)
         self.profile["n_excluded"] = n_split_excluded
-        self.profile["scope"] = "spectra scored: train and test spectra with a molecule identity"
+        self.profile["scope"] = "spectra evaluated: train spectra with a molecule, test spectra with a usable one (n_test)"
         if self.split is not None and self.split.info:
             self.profile["split_info"] = self.split.info
         self.timing["split"] += time.perf_counter() - t0
@@ -623,7 +624,8 @@ class Evaluation:
             "leakage": self.leakage,
             "leakage_spectra": self.leakage_spectra,
             "n_fallback": int(res.fallback.sum()),
-            "n_top1_tied": int((_top1_tied(res, self.lib_code) & scored).sum()),
+            # (with vote > 1 the summed votes decide, not the best score: not counted)
+            "n_top1_tied": int((_top1_tied(res, self.lib_code) & scored).sum()) if cfg.vote <= 1 else None,
             "excluded": dict(self.excluded),
             "labels": {side: dict(c) for side, c in self.label_counts.items()},
         }

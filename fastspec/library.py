@@ -772,7 +772,8 @@ class Library:
         # which manifest this object read: files are loaded lazily, and another process appending to or
         # rebuilding the index swaps the directory; loading from the new one would mix two indexes
         self._stamp = _manifest_stamp(self.path)
-        self._adopt_pending = None  # the stamp before an append of this object not yet taken on
+        self._adopt_pending = None  # the stamp of an index this object's interrupted append swapped in
+        self._adopt_lock = threading.Lock()
 
     @contextlib.contextmanager
     def _in_use(self):
@@ -1085,38 +1086,46 @@ class Library:
                 before = self._stamp
                 try:
                     self._append(spectra, counts, threads, prog, allow_empty)
-                    self._adopt_swapped(before)
+                    now = _manifest_stamp(self.path)
+                    self._adopt(now)
                 except BaseException:
                     # an error (a Ctrl-C) after the appended index was swapped in, even while this object
                     # reopens it: the object takes it on (now, else at its next search or load:
                     # _adopt_if_pending), instead of refusing every later call as changed "by another process".
-                    # Pending only from here on: while the append runs, a concurrent load must still refuse a
-                    # swapped index rather than keep an array of the old one
-                    self._adopt_pending = before
-                    try:
-                        self._adopt_swapped(before)
-                    except BaseException:  # noqa: BLE001 - the append's own error matters; finished on next use
-                        pass
+                    # Only that swap: the index lock keeps other writers out until here, so a changed stamp is
+                    # this append's, and a later swap (another process) is refused as ever. Pending only from
+                    # here on: while the append runs, a concurrent load must still refuse a swapped index
+                    now = _manifest_stamp(self.path)
+                    if now is not None and now != before:
+                        self._adopt_pending = now
+                        try:
+                            self._adopt_if_pending()
+                        except BaseException:  # noqa: BLE001 - the append's own error matters; finished on next use
+                            pass
                     raise
         finally:
             prog.close()
         return self
 
     def _adopt_if_pending(self) -> None:
-        """Before loading anything: take on the index an interrupted append of this object swapped in."""
-        if self._adopt_pending is not None:
-            self._adopt_swapped(self._adopt_pending)
+        """Before loading anything: take on the index an interrupted append of this object swapped in (the
+        stamp it left pending), if that is still the index on disk; a later swap is then refused as ever."""
+        with self._adopt_lock:  # one thread adopts; the others find nothing pending
+            pending = self._adopt_pending
+            if pending is None:
+                return
+            if _manifest_stamp(self.path) == pending:
+                self._adopt(pending)
+            self._adopt_pending = None
 
-    def _adopt_swapped(self, before: tuple | None) -> None:
-        """Take on the index now at :attr:`path` when this object's append swapped it in (its manifest
-        stamp is no longer ``before``), then forget the pending append."""
-        now = _manifest_stamp(self.path)
-        if now is not None and now != before:
-            fresh = Library.open(self.path)
-            self.manifest = fresh.manifest
-            self._stamp = fresh._stamp
-            self._release()
-        self._adopt_pending = None
+    def _adopt(self, stamp: tuple | None) -> None:
+        """Take on the index at :attr:`path` whose manifest stamp is ``stamp`` (this object's own swap)."""
+        if stamp is None or stamp == self._stamp:
+            return
+        fresh = Library.open(self.path)
+        self.manifest = fresh.manifest
+        self._stamp = fresh._stamp
+        self._release()
 
     def _append(self, spectra, counts, threads, prog, allow_empty: bool = True) -> None:
         pipeline = self.pipeline
@@ -1174,11 +1183,23 @@ class Library:
         self.close()
 
     def _release(self) -> None:
-        self._arrays = {}
-        self._cache = {}
+        # all at once under the lock: a load that began before stores its result only while the generation
+        # it began under holds (_keep), never into the fresh caches
         with self._lock:
+            self._arrays = {}
+            self._cache = {}
             self._scratch = {}
             self._generation += 1
+
+    def _keep(self, where: str, key: str, value, generation: int) -> bool:
+        """Store a loaded ``value`` in ``self._arrays`` / ``self._cache`` (``where``) unless the object took
+        on another index since the load began (its ``generation``: an append of this object, from another
+        thread); False then, and the caller loads again from the index now open."""
+        with self._lock:
+            if self._generation != generation:
+                return False
+            getattr(self, where)[key] = value
+            return True
 
     # ------------------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -1220,6 +1241,7 @@ class Library:
         cached = self._cache.get("input files")
         if cached is None:
             self._adopt_if_pending()
+            generation = self._generation
             if INPUTS_FILE in self.manifest["files"]:
                 import pyarrow.parquet as pq
 
@@ -1233,7 +1255,8 @@ class Library:
                 counts = self.manifest["counts"]
                 n = int(counts.get("n_input", counts.get("n_read", len(self))))
                 cached = [{"path": None, "records": n, "source": "unknown"}] if n else []
-            self._cache["input files"] = cached
+            if not self._keep("_cache", "input files", cached, generation):
+                return self.input_files
         return [dict(d) for d in cached]
 
     def input_file(self, rows: np.ndarray) -> list:
@@ -1297,6 +1320,7 @@ class Library:
         arr = self._arrays.get(name)
         if arr is None:
             self._adopt_if_pending()  # (first: the manifest may be that of this object's interrupted append)
+            generation = self._generation
             self._check_unchanged()
             entry = self.manifest["files"].get(f"{name}.npy")
             if entry is None:
@@ -1309,11 +1333,12 @@ class Library:
             except (IndexFormatError, OSError):
                 self._check_unchanged()  # swapped between the check and the load: say so, not "corrupted"
                 raise
-            self._check_unchanged()  # the file mapped may be the swapped-in index's
             bad = self._bad_values(name, arr)
+            self._check_unchanged()  # the file mapped may be the swapped-in index's
             if bad:
                 raise self._corrupted(f"{name} {bad}")
-            self._arrays[name] = arr
+            if not self._keep("_arrays", name, arr, generation):  # this object took on its append meanwhile
+                return self.array(name)
         return arr
 
     def _corrupted(self, what: str) -> IndexFormatError:
@@ -1477,9 +1502,11 @@ class Library:
         if "row_reader" not in self._cache:
             from fastspec._rowgroups import RowGroupReader
 
+            generation = self._generation
             self._parquet()  # the same clear error when the file is unreadable
             self._check_unchanged()
-            self._cache["row_reader"] = RowGroupReader(self.path / "metadata.parquet")
+            if not self._keep("_cache", "row_reader", RowGroupReader(self.path / "metadata.parquet"), generation):
+                return self._row_reader()
         return self._cache["row_reader"]
 
     def _parquet(self):
@@ -1487,13 +1514,17 @@ class Library:
             import pyarrow.parquet as pq
 
             self._adopt_if_pending()
+            generation = self._generation
             self._check_unchanged()
             with self._parquet_errors("metadata.parquet"):
                 pf = pq.ParquetFile(self.path / "metadata.parquet", page_checksum_verification=True)
             self._check_unchanged()  # (a swap during the read: the other index's file, no corruption)
             if pf.metadata.num_rows != len(self):  # rows are looked up by library row: one per spectrum
+                if self._generation != generation:  # this object took on its append meanwhile
+                    return self._parquet()
                 raise self._corrupted(f"metadata.parquet holds {pf.metadata.num_rows:,} rows for {len(self):,} spectra")
-            self._cache["parquet"] = pf
+            if not self._keep("_cache", "parquet", pf, generation):
+                return self._parquet()
         return self._cache["parquet"]
 
     @contextlib.contextmanager

@@ -371,6 +371,7 @@ def load_faiss_index(library, theta: bool = False):
     idx = library._cache.get(key)
     if idx is None:
         library._adopt_if_pending()
+        generation = library._generation
         library._check_unchanged()
         faiss = _faiss()
         path = str(library.path / (THETA_FILE if theta else "faiss.index"))
@@ -395,7 +396,8 @@ def load_faiss_index(library, theta: bool = False):
         bad = _bad_ids(faiss, idx, len(library))
         if bad is not None:
             raise library._corrupted(f"{Path(path).name} {bad}")
-        library._cache[key] = idx
+        if not library._keep("_cache", key, idx, generation):  # the library took on its own append meanwhile
+            return load_faiss_index(library, theta)
     return idx
 
 

@@ -190,3 +190,40 @@ def test_a_running_append_leaves_concurrent_loads_refusing_a_swapped_index(many,
     monkeypatch.setattr(Library, "_append", spy)
     lib.append(many[200:230])
     assert seen == [None] and lib._adopt_pending is None and len(lib) == len(Library.open(lib.path))
+
+
+def test_an_array_loaded_across_a_change_of_index_is_not_kept(many, tmp_path, monkeypatch):
+    """A load that began before this object took on another index (its own append, from another thread)
+    stored the old index's array in the fresh cache for good: it is loaded again instead."""
+    from fastspec import _indexfmt as fmt
+
+    lib = Library.build(many[:50], tmp_path / "g.fastspec", faiss=False)
+    loads = []
+    real = fmt.load_array
+
+    def load(path, name, entry):
+        loads.append(name)
+        if len(loads) == 1:
+            lib._release()  # what taking on an append does, meanwhile
+        return real(path, name, entry)
+
+    monkeypatch.setattr(fmt, "load_array", load)
+    lib.array("prec_order")
+    assert loads == ["prec_order", "prec_order"] and "prec_order" in lib._arrays
+
+
+def test_a_failed_append_does_not_adopt_a_later_swap_by_another_process(many, tmp_path, monkeypatch):
+    lib = Library.build(many[:200], tmp_path / "f.fastspec", faiss=False)
+    lib.search(many[:1], k=1)
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt  # before the swap
+
+    monkeypatch.setattr(Library, "_append", boom)
+    with pytest.raises(KeyboardInterrupt):
+        lib.append(many[200:210])
+    monkeypatch.undo()
+    assert lib._adopt_pending is None
+    Library.open(lib.path).append(many[200:230])  # another object (another process, say)
+    with pytest.raises(Exception, match="open it again"):
+        lib.metadata()

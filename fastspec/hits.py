@@ -157,7 +157,7 @@ class Hits:
         smiles, name, status, fallback`` (formula mode: the hits come from the whole library because no
         same-formula spectrum was found, ``no_neighbour="fallback"``), ``query_formula`` (formula mode: the
         query's canonical formula searched with), ``rejected_reason`` (status
-        ``rejected``: why the reader rejected the record, and its line). Search parameters are in the
+        ``rejected``: why the reader rejected the record, and where). Search parameters are in the
         schema metadata (key ``fastspec``, JSON).
 
         Parameters

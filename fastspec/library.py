@@ -1110,6 +1110,8 @@ class Library:
     def _adopt_if_pending(self) -> None:
         """Before loading anything: take on the index an interrupted append of this object swapped in (the
         stamp it left pending), if that is still the index on disk; a later swap is then refused as ever."""
+        if self._adopt_pending is None:  # (the usual case, without the lock)
+            return
         with self._adopt_lock:  # one thread adopts; the others find nothing pending
             pending = self._adopt_pending
             if pending is None:
@@ -1203,6 +1205,7 @@ class Library:
 
     # ------------------------------------------------------------------------------ properties
     def __len__(self) -> int:
+        self._adopt_if_pending()  # an interrupted append of this object: its count
         return int(self.manifest["counts"]["n_spectra"])
 
     @property

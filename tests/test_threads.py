@@ -64,10 +64,11 @@ def test_append_interrupted_after_its_swap_leaves_a_usable_object(many, tmp_path
     manifest: every later search or append then failed, blaming 'another process'."""
     lib = Library.build(many[:200], tmp_path / "a.fastspec", faiss=False)
     real_open = Library.open.__func__
-    state = {"armed": True}
+    state = {"interrupts": 2}  # the reopen and its retry both interrupted: taken on at the next use
 
     def interrupted_open(cls, path, **kw):
-        if state.pop("armed", False):
+        if state["interrupts"]:
+            state["interrupts"] -= 1
             raise KeyboardInterrupt
         return real_open(cls, path, **kw)
 
@@ -75,6 +76,7 @@ def test_append_interrupted_after_its_swap_leaves_a_usable_object(many, tmp_path
     with pytest.raises(KeyboardInterrupt):
         lib.append(many[200:260])
     monkeypatch.undo()
+    assert len(lib) == len(Library.open(lib.path)) > 200  # (its count too, before any search)
     hits = lib.search(many[200:203], k=1, mode="open")  # the appended spectra are there: found as themselves
     assert hits.indices[:, 0].tolist() == [200, 201, 202] and 200 < len(lib) == len(Library.open(lib.path))
     n = len(lib)

@@ -1741,7 +1741,7 @@ class Library:
         # '_thread.lock' object" (Hits hold their Library, so returning Hits from a worker ends here too)
         raise TypeError(f"a fastspec Library does not cross to another process (it holds locks and open files): "
                         f"pass its path ({str(self.path)!r}) and Library.open it there; send hits back as "
-                        "hits.to_arrow() or their arrays")
+                        "a file (hits.to_parquet) or their arrays")
 
     def __repr__(self) -> str:
         return f"Library({str(self.path)!r}, n_spectra={len(self)}, format_version={self.format_version})"

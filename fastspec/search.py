@@ -564,7 +564,9 @@ class _SearchConfig:
         if no_neighbour != "skip" and mode != "formula":  # it would be recorded, yet nothing falls back
             raise ParameterError(f"no_neighbour applies to mode='formula', not {mode!r}")
         c.no_neighbour = no_neighbour
-        c.threads = None if threads is None else _count(threads, "threads", 1)
+        from fastspec.kernels._config import check_threads
+
+        c.threads = check_threads(threads)  # (the one check every entry point uses)
         for name, flag in (("same_adduct", same_adduct), ("same_charge", same_charge), ("same_instrument", same_instrument)):
             if not isinstance(flag, (bool, np.bool_)):  # "no" would read as True
                 raise ParameterError(f"{name} must be True or False, got {flag!r}")

@@ -84,6 +84,7 @@ from fastspec._version import __version__
 from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError, interrupts
 from fastspec.spectra import Spectra, has_column
 from fastspec.spectra import is_matchms as _is_matchms
+from fastspec.spectra import matchms_to_spectra
 
 PathLike = "str | os.PathLike"
 _DEFAULT = "default"
@@ -315,14 +316,11 @@ def sort_input(source: Any, on_error: str = "skip") -> tuple[Spectra | None, lis
 
     if isinstance(source, SpectrumView):  # one spectrum (``spectra[i]``): a set of one
         source = source._parent.take(np.array([source.index], dtype=np.int64))
-    if _is_matchms(source):  # one matchms Spectrum: a set of one
-        source = [source]
+    source = matchms_to_spectra(source)  # one matchms Spectrum (a set of one), or a list of them
     if isinstance(source, (list, tuple)) and source and all(isinstance(s, SpectrumView) for s in source):
         source = source[0]._parent.take(np.array([s.index for s in source], dtype=np.int64)) \
             if len({id(s._parent) for s in source}) == 1 else Spectra.concat(
                 [s._parent.take(np.array([s.index], dtype=np.int64)) for s in source])
-    if isinstance(source, (list, tuple)) and source and all(_is_matchms(s) for s in source):
-        source = Spectra.from_matchms(source)
     if isinstance(source, (list, tuple)) and any(_is_matchms(s) or isinstance(s, SpectrumView) for s in source):
         # spectra with something else among them (None, say): name that element, not the first spectrum
         kind = "matchms spectra" if any(_is_matchms(s) for s in source) else "spectra (spectra[i])"

@@ -393,12 +393,24 @@ def load_faiss_index(library, theta: bool = False):
         # checked after the read too, as Library.array does: an append that swapped the directory in between
         # gave this object the new index's file (its vectors then miscount this library's spectra)
         library._check_unchanged()
-        bad = _bad_ids(faiss, idx, len(library))
+        bad = _bad_shape(faiss, idx, library.manifest["build"].get("faiss") or {}) or _bad_ids(faiss, idx, len(library))
         if bad is not None:
             raise library._corrupted(f"{Path(path).name} {bad}")
         if not library._keep("_cache", key, idx, generation):  # the library took on its own append meanwhile
             return load_faiss_index(library, theta)
     return idx
+
+
+def _bad_shape(faiss, index, params: dict) -> str | None:
+    """What is wrong with a FAISS index's dimension or metric against the build parameters in the manifest:
+    a file swapped in under a re-signed manifest would otherwise fail inside faiss's search with a bare
+    AssertionError (another dimension) or rank by L2 distance (another metric)."""
+    dim = params.get("dim")
+    if dim is not None and int(index.d) != int(dim):
+        return f"has dimension {int(index.d)}, the manifest says {int(dim)}"
+    if int(index.metric_type) != int(faiss.METRIC_INNER_PRODUCT):
+        return "does not rank by inner product"
+    return None
 
 
 def _bad_ids(faiss, index, n: int) -> str | None:

@@ -1399,6 +1399,28 @@ def test_damaged_faiss_ids_are_refused(subsets, tmp_path):
                                                                   engine="faiss").indices, want.indices)
 
 
+def test_swapped_faiss_index_of_another_shape_is_refused(subsets, tmp_path):
+    """A FAISS file of another dimension or metric under a re-signed manifest is refused when it is loaded,
+    as damage: faiss's search failed with a bare AssertionError (another dimension), or ranked by L2
+    distance (another metric). Exact search, which never reads it, still answers."""
+    import faiss
+
+    lib_sp, queries = subsets
+    good = Library.build(lib_sp, tmp_path / "good.fastspec", preprocess=None, faiss=True)
+    n, d = len(good), good.manifest["build"]["faiss"]["dim"]
+    rng = np.random.default_rng(0)
+    for name, index, why in [("dim", faiss.IndexFlatIP(d + 8), "has dimension 264, the manifest says 256"),
+                             ("l2", faiss.IndexFlatL2(d), "does not rank by inner product")]:
+        index.add(rng.random((n, index.d), dtype=np.float32))
+        dst = _copy_index(good, tmp_path / f"{name}.fastspec")
+        faiss.write_index(index, str(dst / "faiss.index"))
+        _forge_manifest(dst)
+        with pytest.raises(IndexFormatError, match=f"corrupted: faiss.index {why}"):
+            Library.open(dst).search(queries[:3], k=3, mode="analog", engine="faiss")
+        hits = Library.open(dst).search(queries[:3], k=3, mode="open")
+        np.testing.assert_array_equal(hits.indices, good.search(queries[:3], k=3, mode="open").indices)
+
+
 def test_append_refuses_damaged_old_spectra(raw_lib, subsets, tmp_path):
     """An append copies the old spectra into the rebuilt index, whose fresh checksums would vouch for
     them: a damaged peak file (full checksum wrong, edges right) stops it, and the index is unchanged."""

@@ -247,6 +247,44 @@ def test_tsv_bad_rows(tmp_path):
         fio.read(p, on_error="raise")
 
 
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+def test_tsv_bad_rows_on_the_files_lines_past_empty_lines(tmp_path, eol):
+    """Rejections name the file's own lines when empty lines (which pyarrow skips and leaves out of its
+    row numbers) come before them: an audit opened line 3 for a bad row on line 4."""
+    header = "identifier\tmzs\tintensities\tprecursor_mz"
+    rows = ["", header, "", "a\t100,200\t1,2\t300", "b\t\t\t300", "", "", "c\t100\t1", "d\t50\t5\t60",
+            "e\t100,200\t1\t300", ""]
+    p = tmp_path / "b.tsv"
+    p.write_bytes(eol.join(rows).encode())
+    sp, report = fio.read(p, return_report=True)
+    assert sp.ids == ["a", "d"]
+    assert {r.reason: r.line for r in report.rejected} == {
+        "no peaks": 5, "wrong number of fields": 8, "m/z and intensity lists differ in length": 10}
+    assert sorted(report.rejected_records) == [1, 2, 4]
+    with pytest.raises(ParseError, match=r"b\.tsv:5: no peaks"):
+        fio.read(p, on_error="raise")
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 7])
+def test_tsv_empty_lines_found_across_blocks(tmp_path, cut):
+    """Empty lines are counted however the text arrives in blocks (a ``\\r\\n`` or two breaks split across
+    two): the reader's line map against a count over the whole text."""
+    from fastspec.io.tsv import _CleanUtf8
+
+    text = b"\nh\r\n\r\nx\n\n\ny\r\n \nz\r\n\r\n\r\n\r\rw\n"
+    p = tmp_path / "t.tsv"
+    p.write_bytes(text)
+    r = _CleanUtf8(str(p))
+    while r.read(cut):
+        pass
+    r.close()
+    lines = text.split(b"\n")[:-1]
+    empty = [i + 1 for i, ln in enumerate(lines) if ln in (b"", b"\r")]
+    assert r._empty == empty == [1, 3, 5, 6, 10, 11]
+    kept = [i + 1 for i, ln in enumerate(lines) if ln not in (b"", b"\r")]
+    np.testing.assert_array_equal(r.file_lines(np.arange(1, len(kept) + 1)), kept)
+
+
 def test_parquet_bad_rows(tmp_path):
     import pyarrow.parquet as pq
 

@@ -916,8 +916,9 @@ class Library:
             extension, else sniffed; a pipe such as ``/dev/stdin`` needs it).
         report : fastspec.io.ReadReport, optional
             Filled with the reader's report: records read, spectra, and each rejected record's file, line and
-            reason (the first 100 per file; :attr:`~fastspec.io.ReadReport.files` per file). Records the
-            build itself leaves out (no peaks after preprocessing, MS1) are only in :attr:`rejected`.
+            reason (the first 100 per file; :attr:`~fastspec.io.ReadReport.files` per file). Spectra the
+            build itself leaves out (no peaks after preprocessing, MS1) are counted in :attr:`rejected` and
+            named (file, record, id: the first 100 per reason) in :attr:`left_out`.
 
         Returns
         -------
@@ -1270,6 +1271,26 @@ class Library:
         ends = np.cumsum([d["records"] for d in files])
         which = np.searchsorted(ends, np.asarray(inp)[rows], side="right")
         return [files[w]["path"] if w < len(files) else None for w in which.tolist()]
+
+    @property
+    def left_out(self) -> list[dict]:
+        """Spectra read but not indexed (MS1 or MSn records, no peaks left after preprocessing), the first
+        :data:`LEFT_OUT_EXAMPLES` per reason: ``{"path", "record", "input", "id", "reason"}``, ``record`` the
+        1-based number of the record in its file (the readers' own rejections, with their lines, are in the
+        read report), ``input`` its input position (:attr:`input_index`), ``path`` None for spectra given in
+        memory. Indexes built before 2026-12-07 list none."""
+        found = self.manifest["counts"].get("left_out") or []
+        files = self.input_files
+        ends = np.cumsum([d["records"] for d in files], dtype=np.int64)
+        out = []
+        for d in found:
+            w = int(np.searchsorted(ends, int(d["input"]), side="right"))
+            known = w < len(files) and files[w]["source"] == "file"
+            start = int(ends[w - 1]) if w else 0
+            out.append({"path": files[w]["path"] if known else None,
+                        "record": int(d["input"]) - start + 1 if known else None,
+                        "input": int(d["input"]), "id": d.get("id"), "reason": d["reason"]})
+        return out
 
     @property
     def rejected(self) -> dict[str, int]:
@@ -1838,6 +1859,32 @@ def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return out[0], out[1]
 
 
+#: Spectra the build leaves out (MS1, MSn, no peaks after preprocessing) named in the manifest, per reason
+#: (:attr:`Library.left_out`): the first this many
+LEFT_OUT_EXAMPLES = 100
+
+
+def _left_out_examples(before: list, processed: Spectra, inp: np.ndarray, keep: np.ndarray, ms1: np.ndarray,
+                       msn: np.ndarray) -> list:
+    """``before`` (an appended index's) and the first :data:`LEFT_OUT_EXAMPLES` spectra per reason of
+    ``processed`` that ``keep`` leaves out: ``{"input": input position, "id": id or None, "reason": ...}``."""
+    out = [dict(d) for d in before]
+    per = {}
+    for d in out:
+        per[d["reason"]] = per.get(d["reason"], 0) + 1
+    dropped = np.flatnonzero(~keep)
+    if not dropped.shape[0]:
+        return out
+    ids = (processed.metadata.column("id").take(pa.array(dropped)).to_pylist()
+           if "id" in processed.metadata.column_names else [None] * dropped.shape[0])
+    for i, sid in zip(dropped.tolist(), ids):
+        why = REASON_MS1 if ms1[i] else REASON_MSN if msn[i] else REASON_NO_PEAKS
+        if per.get(why, 0) < LEFT_OUT_EXAMPLES:
+            per[why] = per.get(why, 0) + 1
+            out.append({"input": int(inp[i]), "id": None if sid is None else str(sid), "reason": why})
+    return out
+
+
 def _build_index(
     path: Path,
     processed: Spectra,
@@ -1889,6 +1936,7 @@ def _build_index(
             counts["n_rejected"] += n_r
     lib = processed if n_drop == 0 else processed.take(np.flatnonzero(keep))
     inp = np.arange(len(processed), dtype=np.int64) if input_index is None else np.asarray(input_index, np.int64)
+    counts["left_out"] = _left_out_examples((appended_to or {}).get("left_out") or [], processed, inp, keep, ms1, msn)
     inp = inp if n_drop == 0 else inp[keep]
     n = len(lib)
     counts["n_spectra"] = n

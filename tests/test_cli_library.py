@@ -791,6 +791,31 @@ def test_index_report_names_every_rejected_record(massbank_mgf, tmp_path):
     assert (rep.n_records, rep.n_spectra, rep.n_rejected) == (5, 5, 0)
 
 
+def test_index_report_names_spectra_read_but_not_indexed(tmp_path):
+    """Spectra the build leaves out (an MS1 record, no peaks after preprocessing) are named with their file,
+    record number and id in `fastspec index --report` and Library.left_out, not only counted (an audit:
+    46 MassBank spectra dropped without a way to find them); an append keeps the earlier ones and numbers
+    its own in its own file."""
+    a = tmp_path / "a.mgf"
+    a.write_text("BEGIN IONS\nTITLE=ms1\nMSLEVEL=1\n100 10\nEND IONS\n"
+                 "BEGIN IONS\nTITLE=ok\nPEPMASS=300\n100 10\n150 20\nEND IONS\n"
+                 "BEGIN IONS\nTITLE=above\nPEPMASS=120\n150 20\nEND IONS\n")
+    b = tmp_path / "b.mgf"
+    b.write_text("BEGIN IONS\nTITLE=ok2\nPEPMASS=300\n100 10\nEND IONS\n"
+                 "BEGIN IONS\nTITLE=above2\nPEPMASS=120\n150 20\nEND IONS\n")
+    lib = tmp_path / "l.fastspec"
+    run("index", a, "-o", lib, "--no-faiss", "--report", tmp_path / "r.json")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    want = [{"path": str(a), "record": 1, "input": 0, "id": "ms1", "reason": "MS1 spectrum (ms_level 1)"},
+            {"path": str(a), "record": 3, "input": 2, "id": "above", "reason": "no peaks after preprocessing"}]
+    assert doc["index"]["left_out"] == want == Library.open(lib).left_out
+    assert doc["index"]["n_spectra"] + doc["index"]["n_rejected"] == doc["index"]["n_read"] == 3
+    run("index", b, "-o", lib, "--append", "--report", tmp_path / "r2.json")
+    got = json.loads((tmp_path / "r2.json").read_text())["index"]["left_out"]
+    assert got == Library.open(lib).left_out == want + [
+        {"path": str(b), "record": 2, "input": 4, "id": "above2", "reason": "no peaks after preprocessing"}]
+
+
 def test_unlistable_subdirectory_is_an_error(tmp_path):
     """A subdirectory of an input directory that cannot be listed (or entered) is an error naming it,
     not a silent gap in the input. As root, run without the capabilities that override permissions."""

@@ -87,7 +87,9 @@ def _default_with(pp, tweaks: dict):
               "spectra were; the index is rebuilt and swapped in atomically).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the read report as JSON here: each rejected record's file, line and reason "
-                   "(the first 100 per file), counts per file, and the index's counts.")
+                   "(the first 100 per file), counts per file, the index's counts, and the spectra read but "
+                   "not indexed (MS1, no peaks after preprocessing: file, record number, id; the first 100 "
+                   "per reason).")
 @input_format_option
 @common_options
 @handle_errors
@@ -149,7 +151,8 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
 
         info = lib.info()
         doc = {"read": read_report.to_dict(),
-               "index": {k: info.get(k) for k in ("path", "n_spectra", "n_read", "n_rejected", "rejected")},
+               "index": {**{k: info.get(k) for k in ("path", "n_spectra", "n_read", "n_rejected", "rejected")},
+                         "left_out": lib.left_out},
                what: {"spectra": n_new, "rejected": n_rej}}
         write_text_atomically(report_path, json.dumps(doc, indent=1, default=str))
     rej = ", ".join(f"{r}: {c:,}" for r, c in lib.rejected.items())

@@ -174,7 +174,10 @@ def test_msp_nist_and_msdial_layouts(tmp_path):
 def test_mgf_adduct_sign_beats_charge_sign(tmp_path, text, charges, modes):
     s, r = read(tmp_path, "z.mgf", f"BEGIN IONS\nPEPMASS=300.1\n{text}\n100 1\nEND IONS\n")
     assert s.charge.tolist() == charges and s.metadata.column("ion_mode").to_pylist() == modes
-    assert r.n_rejected == 0 and r.warnings == ({"adduct from name": 1} if "NAME=" in text else {})
+    want = {"adduct from name": 1} if "NAME=" in text else {}
+    if text == "CHARGE=1+\nIONMODE=Negative":  # nothing settles it: both kept, counted
+        want = {"charge sign contradicts the ion mode (both kept; polarity from the ion mode)": 1}
+    assert r.n_rejected == 0 and r.warnings == want
 
 
 def test_msp_gnps_conversion_unbracketed_precursor_type_gives_the_charge(tmp_path):
@@ -277,6 +280,19 @@ def test_mgf_zero_charge_with_sign_gives_polarity(tmp_path):
     # MZmine 2's GNPS export writes that bare CHARGE=1 for negative-mode spectra of unknown charge too: the
     # guess is counted, not silent
     assert r.warnings == {"positive ion mode taken from a charge written without sign": 1}
+
+
+def test_mgf_signed_charge_against_ion_mode_is_counted(tmp_path):
+    """A signed charge against the ion mode field with no adduct to settle it keeps both as written (the
+    polarity from the ion mode) and is counted, not silent (an audit); an adduct decides as before."""
+    text = ("BEGIN IONS\nTITLE=b\nPEPMASS=300.2\nCHARGE=1+\nIONMODE=Negative\n100 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=f\nPEPMASS=300.2\nCHARGE=-1\nIONMODE=positive\n100 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=ok\nPEPMASS=300.2\nCHARGE=1-\nIONMODE=negative\n100 10\nEND IONS\n"
+            "BEGIN IONS\nTITLE=h\nPEPMASS=300.2\nCHARGE=1+\nIONMODE=negative\nADDUCT=[M-H]-\n100 10\nEND IONS\n")
+    s, r = read(tmp_path, "c.mgf", text)
+    assert s.charge.tolist() == [1, -1, -1, -1]
+    assert s.polarity.tolist() == [-1, 1, -1, -1]
+    assert r.warnings == {"charge sign contradicts the ion mode (both kept; polarity from the ion mode)": 2}
 
 
 def test_msp_massbank_style_keys_with_subtags(tmp_path):

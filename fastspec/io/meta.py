@@ -774,6 +774,12 @@ def _normalise_canonical(out: dict[str, pa.Array], n: int, counts: dict | None, 
         if guessed:
             key = "positive ion mode taken from a charge written without sign"
             counts[key] = counts.get(key, 0) + guessed
+        # a signed charge against the ion mode field, no adduct to settle it (CHARGE=1+ with IONMODE=Negative):
+        # both kept as written (polarity follows the ion mode; --same-charge compares magnitudes), counted
+        clash = int(np.count_nonzero(((is_pos & (charge < 0)) | (is_neg & (charge > 0))) & (add_charge == 0)))
+        if clash:
+            key = "charge sign contradicts the ion mode (both kept; polarity from the ion mode)"
+            counts[key] = counts.get(key, 0) + clash
     mode_np = np.where(unknown & (sign > 0), "positive", np.where(unknown & (sign < 0), "negative", mode_np))
     mode_arr = pa.array(mode_np.tolist() if n else [], pa.string())
     out["ion_mode"] = pc.if_else(pc.equal(mode_arr, ""), pa.scalar(None, pa.string()), mode_arr) if n else pa.nulls(0, pa.string())

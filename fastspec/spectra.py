@@ -662,6 +662,10 @@ def _columns_of(names: list, key: str, canonical_key) -> list:
     return [c for c in names if c == key] + [c for c in names if c != key and canonical_key(c) == key]
 
 
+#: Up to this many rows, :func:`_label_signs` parses every label in Python
+_FEW_LABELS = 16
+
+
 def _label_signs(arr, sign_of) -> tuple[np.ndarray, np.ndarray]:
     """``(valid, sign)`` per row of a metadata column of labels (ion modes, adducts): a column holds a few
     distinct ones, each parsed once (``sign_of``: label -> -1, 0 or 1)."""
@@ -670,6 +674,10 @@ def _label_signs(arr, sign_of) -> tuple[np.ndarray, np.ndarray]:
     n = len(arr)
     if arr.null_count == n:
         return np.zeros(n, dtype=bool), np.zeros(n, dtype=np.int8)
+    if n <= _FEW_LABELS:  # a query or a few: Python beats three Arrow kernels' dispatch (~0.1 ms a search call)
+        vals = arr.to_pylist()
+        return (np.array([v is not None for v in vals], dtype=bool),
+                np.array([0 if v is None else sign_of(v) for v in vals], dtype=np.int8))
     enc = pc.dictionary_encode(arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr)
     lut = np.array([sign_of(v) for v in enc.dictionary.to_pylist()], dtype=np.int8)
     valid = ~np.asarray(pc.is_null(enc.indices), dtype=bool)

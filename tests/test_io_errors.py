@@ -265,6 +265,20 @@ def test_tsv_bad_rows_on_the_files_lines_past_empty_lines(tmp_path, eol):
         fio.read(p, on_error="raise")
 
 
+@pytest.mark.parametrize("before", ["\ufeff\n", "  \n", "\n \t\r\n\n", "\ufeff \n\n"])
+def test_tsv_blank_lines_before_the_header(tmp_path, before):
+    """Blank lines before the header, whitespace-only or after a BOM, are skipped as empty lines: pyarrow
+    took a whitespace-only line as the header (every row then rejected) and a BOM alone as one (a review);
+    rejections still name the file's lines."""
+    head = before.count("\n")
+    text = before + "identifier\tmzs\tintensities\nA\t100,200\t1,2\nB\t100\t1,2\n"
+    p = tmp_path / "h.tsv"
+    p.write_bytes(text.encode())
+    sp, report = fio.read(p, return_report=True)
+    assert sp.ids == ["A"]
+    assert [(r.line, r.reason) for r in report.rejected] == [(head + 3, "m/z and intensity lists differ in length")]
+
+
 @pytest.mark.parametrize("cut", [1, 2, 3, 5, 7])
 def test_tsv_empty_lines_found_across_blocks(tmp_path, cut):
     """Empty lines are counted however the text arrives in blocks (a ``\\r\\n`` or two breaks split across
@@ -280,7 +294,7 @@ def test_tsv_empty_lines_found_across_blocks(tmp_path, cut):
     r.close()
     lines = text.split(b"\n")[:-1]
     empty = [i + 1 for i, ln in enumerate(lines) if ln in (b"", b"\r")]
-    assert r._empty == empty == [1, 3, 5, 6, 10, 11]
+    assert r.empty_lines().tolist() == empty == [1, 3, 5, 6, 10, 11]
     kept = [i + 1 for i, ln in enumerate(lines) if ln not in (b"", b"\r")]
     np.testing.assert_array_equal(r.file_lines(np.arange(1, len(kept) + 1)), kept)
 

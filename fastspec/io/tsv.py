@@ -12,6 +12,7 @@ lines, which are skipped, are counted).
 """
 from __future__ import annotations
 
+import collections
 from typing import Iterator
 
 import numpy as np
@@ -83,9 +84,12 @@ class _CleanUtf8:
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._ahead = b""  # what header() read, given back by read(): a pipe can be read only once
         self.closed = False
-        # Empty lines, which pyarrow skips without counting them in its row numbers: their line numbers in
-        # the file, so that rows are reported on the file's lines (see :meth:`file_lines`)
-        self._empty: list[int] = []
+        # Empty lines, which pyarrow skips without counting them in its row numbers, so that rows are reported
+        # on the file's lines (:meth:`file_lines`): the j-th (from 0) on file line e_j is kept as the key
+        # e_j - j, the pyarrow number of the line after it, in a buffer grown by doubling (pyarrow calls
+        # read() from a thread of its own: the count is set after the keys, and read before them)
+        self._keys = np.zeros(64, dtype=np.int64)
+        self._n_empty = 0
         self._lines = 0  # line breaks in the text returned so far
         self._offset = 0  # its length
         self._last_nl = -1  # the position of its last line break (-1: the file's start ends no line)
@@ -95,9 +99,15 @@ class _CleanUtf8:
         """The first non-blank line (b"" if none); the lines up to it are still read by :meth:`read`."""
         while True:
             line = self._f.readline()
+            text = line[3:] if self._lines == 0 and line.startswith(b"\xef\xbb\xbf") else line
+            if line and not text.strip():
+                # a blank line before the header is left out of what pyarrow reads, which would take a
+                # whitespace-only (or BOM-only) line as its header; counted as an empty line
+                self._lines += 1
+                self._add_empty(np.array([self._lines], dtype=np.int64))
+                continue
             self._ahead += line
-            if not line or line.strip():
-                return line
+            return line
 
     def read(self, n: int = -1) -> bytes:
         want = n if n is not None and n >= 0 else -1
@@ -125,20 +135,35 @@ class _CleanUtf8:
             before = np.where(nl > 0, a[np.maximum(nl - 1, 0)], self._last_byte)
             empty = np.flatnonzero((content == 0) | ((content == 1) & (before == 13)))
             if empty.shape[0]:
-                self._empty.extend((self._lines + empty + 1).tolist())
+                self._add_empty(self._lines + empty + 1)
             self._lines += int(nl.shape[0])
             self._last_nl = int(ends[-1])
         self._offset += a.shape[0]
         self._last_byte = int(a[-1])
+
+    def _add_empty(self, numbers: np.ndarray) -> None:
+        """Record empty lines on these file lines (increasing, after those recorded)."""
+        n, k = self._n_empty, numbers.shape[0]
+        keys = self._keys
+        if n + k > keys.shape[0]:
+            keys = np.zeros(max(2 * keys.shape[0], n + k), dtype=np.int64)
+            keys[:n] = self._keys[:n]
+        keys[n:n + k] = numbers - np.arange(n, n + k, dtype=np.int64)
+        self._keys = keys
+        self._n_empty = n + k  # after the keys: a reader taking this count finds them in place
+
+    def empty_lines(self) -> np.ndarray:
+        """File line numbers of the empty lines read so far, int64."""
+        n = self._n_empty
+        return self._keys[:n] + np.arange(n, dtype=np.int64)
 
     def file_lines(self, lines):
         """The file's line numbers of lines numbered as pyarrow numbers them (empty lines left out), for
         lines of text already read; an int or None gives an int or None, an array an int64 array."""
         if lines is None:
             return None
-        empty = np.asarray(self._empty, dtype=np.int64)
-        # the empty line e_j comes just before the j-th-from-zero counted line numbered e_j - j
-        shift = np.searchsorted(empty - np.arange(empty.shape[0], dtype=np.int64), np.asarray(lines), side="right")
+        n = self._n_empty  # (before the keys: see __init__)
+        shift = np.searchsorted(self._keys[:n], np.asarray(lines), side="right")
         out = np.asarray(lines, dtype=np.int64) + shift
         return int(out) if np.ndim(out) == 0 else out
 
@@ -172,11 +197,19 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     except BaseException:
         text.close()
         raise
+    # pyarrow reports rows that do not split from a thread of its own, also while this one works on a batch:
+    # they arrive in a deque (appends are atomic) and are moved to ``invalid``, which only this thread
+    # touches, before each batch (a slice written back to a shared list lost rows appended meanwhile)
+    arrived: collections.deque = collections.deque()
     invalid: list[tuple[int | None, str]] = []
 
     def on_invalid(row) -> str:
-        invalid.append((row.number, REASON_FIELDS))
+        arrived.append((row.number, REASON_FIELDS))
         return "skip"
+
+    def drain() -> None:
+        while arrived:
+            invalid.append(arrived.popleft())
 
     block = 1 << 24 if chunk_size is None else int(min(max(chunk_size * 512, 1 << 16), 1 << 26))
     ropts = pcsv.ReadOptions(use_threads=False, block_size=block)
@@ -200,6 +233,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     bad_nums: list[int] = []
     try:
         for batch in _batches(reader, path):
+            drain()
             t = pa.Table.from_batches([batch])
             if t.num_rows == 0:
                 continue
@@ -218,6 +252,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                                records=records)
             n_rows += t.num_rows
             yield sp
+        drain()
         if on_error == "raise":
             _raise_first_invalid(invalid, None, None, path, mz_name, in_name, None, text.file_lines)
         _count_invalid(invalid, placed, None, np.zeros(0, np.int64), n_rows, report, path, text.file_lines)

@@ -31,8 +31,8 @@ __all__ = ["__version__", "FastspecError", "IndexFormatError", "ParameterError",
 #: submodules reachable as attributes once used (``fastspec.preprocess``, ``help(fastspec.search.search)``),
 #: imported on first access like the names above
 _SUBMODULES = frozenset({
-    "ablation", "baseline", "chem", "cli", "errors", "evaluate", "fingerprints", "hits", "io", "kernels", "library",
-    "preprocess", "report", "search", "search_formula", "search_fragment", "search_identity", "search_scan",
+    "ablation", "baseline", "chem", "cli", "dist", "errors", "evaluate", "fingerprints", "hits", "io", "kernels",
+    "library", "preprocess", "report", "search", "search_formula", "search_fragment", "search_identity", "search_scan",
     "similarity", "spectra", "splits", "stream", "synth", "tolerance", "vectors",
 })
 

@@ -48,7 +48,7 @@ class _Run(NamedTuple):
 def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10, *, chunk_size: int = DEFAULT_CHUNK,
                    on_error: str = "skip", progress: bool | None = None, formula=None,
                    on_validated: Callable[[dict], None] | None = None, output_format: str | None = None,
-                   **kwargs: Any) -> dict:
+                   client: Any = None, **kwargs: Any) -> dict:
     """Search ``queries`` against ``library`` and write the hit table to ``path``, a chunk at a time.
 
     Parameters
@@ -73,6 +73,10 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     output_format : str, optional
         The table's format when the name does not say it (``/dev/stdout``, a pipe): ``parquet``, ``tsv``,
         ``csv``, ``tsv.gz`` or ``csv.gz`` (:data:`fastspec.hits.TABLE_FORMATS`); default: by extension.
+    client : distributed.Client, optional
+        Search the chunks on this dask cluster (:mod:`fastspec.dist`; the ``dist`` extra): this process
+        reads the queries and writes the table, the workers search, each opening the index at the library's
+        path (which every machine must see); ``threads`` is then each worker's. The same table as without.
 
     Returns
     -------
@@ -85,11 +89,11 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
 
     with interrupts(), library._in_use():  # as search(): an append on this object waits for it, and it for an append
         return _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated,
-                               output_format, kwargs)
+                               output_format, client, kwargs)
 
 
 def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, formula, on_validated, output_format,
-                    kwargs) -> dict:
+                    client, kwargs) -> dict:
     from fastspec.hits import table_kind, write_atomically
     from fastspec.search import (_check_formula, _query_records, _record_hits, _search_spectra, _SearchConfig,
                                  caller_formulas, search)
@@ -101,7 +105,8 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
     args = inspect.signature(search).bind(library, None, k, formula=formula, **kwargs)
     args.apply_defaults()
     names = list(inspect.signature(_SearchConfig.make).parameters)[1:]  # after library
-    cfg = _SearchConfig.cached(library, *(args.arguments[n] for n in names))
+    cfg_args = [args.arguments[n] for n in names]
+    cfg = _SearchConfig.cached(library, *cfg_args)
     _check_formula(cfg, formula)
     per_query_formula = formula is not None and not isinstance(formula, str)
     formulas = list(formula) if per_query_formula else None
@@ -117,26 +122,40 @@ def _search_to_file(library, queries, path, k, chunk_size, on_error, progress, f
         try:
             sink = _TableSink(tmp, delimiter, gz)
             counts_holder: dict = {}
-            for run in _runs(queries, on_error, int(chunk_size), counts_holder, output=path,
-                             input_format=args.arguments["input_format"]):
-                f = formula
-                if per_query_formula:
-                    s0 = totals["spectra"]
-                    f = formulas[s0:s0 + len(run.raw)]
-                    if len(f) != len(run.raw):
-                        raise ParameterError(f"formula: {len(formulas)} values for more query spectra than that")
-                totals["spectra"] += len(run.raw)
-                found = _search_spectra(library, cfg, run.raw, f, False if bar is None else bar)
-                _merge_unfiltered(totals["unfiltered"], found.unfiltered)
-                hits = _record_hits(library, {}, run.raw, found, run.pos, run.n_records, run.files, run.rejected_ids,
-                                    first=run.first, rejected_reasons=run.rejected_reasons)
-                totals["with_hits"] += int((hits.indices[:, 0] >= 0).sum()) if len(hits) else 0
-                totals["skipped"] += int(hits.skipped.sum())
-                for st, c in zip(*np.unique(hits.status[hits.skipped].astype(str), return_counts=True)):
-                    totals["skipped_by"][str(st)] = totals["skipped_by"].get(str(st), 0) + int(c)
-                if run.n_records or not sink.opened:  # an empty input still gets the table's columns
-                    sink.write(hits._table(first=run.first))
-                del hits, found
+
+            def with_formulas():  # each run with its formula argument
+                for run in _runs(queries, on_error, int(chunk_size), counts_holder, output=path,
+                                 input_format=args.arguments["input_format"]):
+                    f = formula
+                    if per_query_formula:
+                        s0 = totals["spectra"]
+                        f = formulas[s0:s0 + len(run.raw)]
+                        if len(f) != len(run.raw):
+                            raise ParameterError(f"formula: {len(formulas)} values for more query spectra than that")
+                    totals["spectra"] += len(run.raw)
+                    yield run, f
+
+            if client is None:
+                searched = ((run, _search_spectra(library, cfg, run.raw, f, False if bar is None else bar))
+                            for run, f in with_formulas())
+            else:  # the same search of each run, on the cluster's workers, a few runs ahead of the writing
+                from fastspec.dist import search_runs
+
+                searched = search_runs(client, library, cfg_args, with_formulas(), bar)
+            try:
+                for run, found in searched:
+                    _merge_unfiltered(totals["unfiltered"], found.unfiltered)
+                    hits = _record_hits(library, {}, run.raw, found, run.pos, run.n_records, run.files,
+                                        run.rejected_ids, first=run.first, rejected_reasons=run.rejected_reasons)
+                    totals["with_hits"] += int((hits.indices[:, 0] >= 0).sum()) if len(hits) else 0
+                    totals["skipped"] += int(hits.skipped.sum())
+                    for st, c in zip(*np.unique(hits.status[hits.skipped].astype(str), return_counts=True)):
+                        totals["skipped_by"][str(st)] = totals["skipped_by"].get(str(st), 0) + int(c)
+                    if run.n_records or not sink.opened:  # an empty input still gets the table's columns
+                        sink.write(hits._table(first=run.first))
+                    del hits, found
+            finally:  # an error: the cluster's chunks still pending are cancelled now, not when collected
+                searched.close()
             if per_query_formula and totals["spectra"] != len(formulas):
                 raise ParameterError(f"formula: {len(formulas)} values for {totals['spectra']} queries")
             counts = counts_holder["counts"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("FASTSPEC_VENV", ROOT / ".venv"))
-EXTRAS = {"demo": "", "test": "[test,chem,mzml,plot]"}
+EXTRAS = {"demo": "", "test": "[test,chem,mzml,plot,dist]"}
 #: optional packages installed where a wheel exists (the tests that need one skip elsewhere, saying so)
 BEST_EFFORT = {"demo": [], "test": ["pynumpress>=0.1.5"]}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-HEAVY = ["numba", "faiss", "rdkit", "pyteomics", "dask", "matplotlib", "matchms", "ms_entropy", "h5py"]
+HEAVY = ["numba", "faiss", "rdkit", "pyteomics", "dask", "distributed", "matplotlib", "matchms", "ms_entropy", "h5py"]
 
 
 def _modules_after(code: str) -> set[str]:

@@ -1,6 +1,7 @@
 """``fastspec index | query | info``: build, search and describe library indexes."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -211,11 +212,15 @@ def _log_warnings(log, warnings: dict | None) -> None:
               default=None,
               help="Hit table format (default: from --output's extension; needed for a name without one, such as "
                    "/dev/stdout).")
+@click.option("--scheduler", default=None, metavar="ADDRESS|local[:N]",
+              help="Search the chunks on a dask.distributed cluster: a scheduler's address (tcp://host:8786), or "
+                   "'local' / 'local:N' for N worker processes on this machine. Every worker opens the index at the "
+                   "same path (a shared filesystem); --threads is then each worker's. Needs fastspec[dist].")
 @common_options
 @handle_errors
 def query(queries, library, output, k, mode, metric, tolerance, preset, precursor_tolerance, engine, nprobe, n_candidates,
           no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, chunk_size,
-          input_format, output_format, threads, quiet):
+          input_format, output_format, scheduler, threads, quiet):
     """Search query spectra against a library index and write the hit table. '-' reads the queries from standard
     input (with --input-format)."""
     from fastspec.errors import ParameterError
@@ -244,14 +249,37 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         tolerance = None
     if precursor_tolerance is not None and mode != "identity":  # it would be recorded, yet filter nothing
         raise ParameterError("--precursor-tolerance applies to --mode identity")
+    if scheduler is not None:
+        from fastspec.dist import parse_scheduler
+
+        parse_scheduler(scheduler)  # a malformed value is refused before the index is opened
     lib = Library.open(library)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if scheduler is not None:
+            from fastspec.dist import cluster_client, worker_threads
+
+            client = stack.enter_context(cluster_client(scheduler, quiet=quiet))
+            threads = worker_threads(scheduler, threads)
+        _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
+               no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error,
+               chunk_size, input_format, output_format, threads, quiet, metric_params, client, log)
+
+
+def _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
+           no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error,
+           chunk_size, input_format, output_format, threads, quiet, metric_params, client, log):
+    """`fastspec query` once its options passed their checks: search, write, and say what happened."""
+    from fastspec.errors import ParameterError
+
     t0 = time.perf_counter()
     # a chunk of queries at a time, straight into the table: memory stays bounded however many queries
     with compile_watch(log) as compiled:
         ahead = []
 
         def start_ahead(p: dict) -> None:  # once the parameters passed their checks, before any query is read
-            if _ahead.uses_bound_kernel(p["mode"], p["metric"], p["engine"], p["no_neighbour"]):
+            # (on a cluster the workers compile, each from numba's cache where it has one)
+            if client is None and _ahead.uses_bound_kernel(p["mode"], p["metric"], p["engine"], p["no_neighbour"]):
                 # its ~40 s compile beside the reading and the rest
                 ahead.extend(a for a in [_ahead.start(log, threads, on_wait=compiled.add)] if a is not None)
 
@@ -262,7 +290,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
                                       on_error=on_error, input_format=input_format, output_format=output_format,
-                                      threads=threads,
+                                      threads=threads, client=client,
                                       progress=False if quiet else None, on_validated=start_ahead, **metric_params)
         finally:
             for a in ahead:
@@ -289,7 +317,16 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     why = f" ({', '.join(f'{st} {c}' for st, c in by.items())})" if by else ""
     no_hit = n - done["n_with_hits"] - done["n_skipped"]  # searched, nothing passed: one row each too
     log(f"{n} queries, {done['n_with_hits']} with hits, {no_hit} without a hit, {done['n_skipped']} skipped{why}; "
-        f"{dt:.2f} s ({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}); wrote {output}")
+        f"{dt:.2f} s ({n / dt if dt > 0 else 0:.0f} queries/s{compiled.note()}{_cluster_note(client)}); "
+        f"wrote {output}")
+
+
+def _cluster_note(client) -> str:
+    """``", on 4 dask workers (4 threads)"`` for a search on a cluster, else ``""``."""
+    if client is None:
+        return ""
+    nthreads = client.nthreads()
+    return f", on {len(nthreads)} dask worker{'s' if len(nthreads) != 1 else ''} ({sum(nthreads.values())} threads)"
 
 
 def _derived_formulas(d: dict) -> str:

@@ -1,0 +1,311 @@
+"""Searches spread over a dask.distributed cluster (the ``dist`` extra): ``fastspec query --scheduler``,
+``Library.search_to_file(..., client=...)``.
+
+The client reads the query files and writes the hit table, in record order, as without a cluster; the
+workers search the chunks of queries (``chunk_size`` spectra each), a few chunks ahead of the writing.
+Each worker process opens the library index by its path, once, so every machine must see the index at
+the same path (a shared filesystem), and a worker refuses an index whose manifest differs from the one
+the client opened (another build, or one appended to since). A chunk crosses the network as one
+``.npz`` of plain arrays (peaks, precursors, the metadata as Arrow IPC bytes) and its hits come back the
+same way, read with ``allow_pickle=False``: spectra and hits are never pickled (dask pickles the task
+itself: this module's function by name and the search parameters). The hit table equals a search
+without a cluster row for row (the same code searches each chunk). The client holds up to
+:data:`AHEAD_PER_THREAD` chunks per worker thread in memory, with their hits.
+
+dask is imported here only, when a cluster is asked for.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError
+
+#: chunks searched or waiting on the cluster per worker thread, beyond the one being written: enough to
+#: keep every worker busy while the client reads and writes, few enough to bound the client's memory
+AHEAD_PER_THREAD = 2
+
+#: seconds to wait for a cluster's first worker before giving up (a scheduler without workers would
+#: otherwise hold the search forever)
+WORKER_WAIT_S = 60.0
+
+
+def _dask():
+    try:
+        import distributed
+    except ImportError as e:
+        raise FastspecError("searching on a dask cluster needs dask.distributed: pip install 'fastspec[dist]'") from e
+    return distributed
+
+
+def parse_scheduler(scheduler: str) -> tuple[str, int | None]:
+    """``("local", n_workers)`` for ``local`` / ``local:N`` (N worker processes on this machine; None: one
+    per core), else ``("address", None)`` for a scheduler address (``tcp://host:8786``, ``host:8786``).
+
+    Raises
+    ------
+    ParameterError
+        An empty value, or ``local:`` followed by anything but a positive integer.
+    """
+    s = str(scheduler).strip()
+    if not s:
+        raise ParameterError("--scheduler: give a dask scheduler address (tcp://host:8786) or local[:N]")
+    if s == "local" or s.startswith("local:"):
+        n = s[len("local:"):] if s != "local" else ""
+        if n == "":
+            return "local", None
+        if not n.isdigit() or int(n) < 1:
+            raise ParameterError(f"--scheduler {scheduler}: local:N takes a positive number of worker processes")
+        return "local", int(n)
+    return "address", None
+
+
+class cluster_client:
+    """``with cluster_client(scheduler) as client:`` a dask ``Client`` for ``scheduler`` (see
+    :func:`parse_scheduler`): connected to a running scheduler, or on a local cluster of worker processes
+    (one thread each) that is shut down on exit.
+
+    Parameters
+    ----------
+    scheduler : str
+        ``local``, ``local:N`` or a scheduler address.
+    quiet : bool
+        Keep dask's own log lines (scheduler and worker start-up) off stderr.
+
+    Raises
+    ------
+    FastspecError
+        dask.distributed is not installed, the scheduler cannot be reached, or no worker joins within
+        :data:`WORKER_WAIT_S` seconds.
+    """
+
+    def __init__(self, scheduler: str, quiet: bool = True):
+        self.scheduler = scheduler
+        self.quiet = quiet
+        self.kind, self.n_workers = parse_scheduler(scheduler)
+        self.client = self.cluster = None
+
+    def __enter__(self):
+        import logging
+
+        distributed = _dask()
+        level = logging.ERROR if self.quiet else logging.WARNING
+        try:
+            if self.kind == "local":
+                import warnings
+
+                n = self.n_workers or os.cpu_count() or 1
+                # no dashboard: it needs bokeh, and nobody looks at it during one command; the scheduler's
+                # health-check server still wants port 8787 and moves to another when it is taken, saying so
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Port .* is already in use")
+                    self.cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                                            dashboard_address=None, silence_logs=level)
+                self.client = distributed.Client(self.cluster)
+            else:
+                logging.getLogger("distributed").setLevel(level)
+                self.client = distributed.Client(self.scheduler, timeout="20s")
+        except (OSError, TimeoutError) as e:
+            self.__exit__(None, None, None)
+            raise FastspecError(f"cannot reach the dask scheduler at {self.scheduler}: {e}") from None
+        try:
+            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (OSError, TimeoutError):
+            self.__exit__(None, None, None)
+            raise FastspecError(f"no dask worker joined the scheduler at {self.scheduler} within "
+                                f"{WORKER_WAIT_S:.0f} s") from None
+        return self.client
+
+    def __exit__(self, *exc):
+        for what in (self.client, self.cluster):
+            if what is not None:
+                try:
+                    what.close()
+                except Exception:  # shutting down after an error: the error is what the caller sees
+                    pass
+        self.client = self.cluster = None
+        return False
+
+
+def worker_threads(scheduler: str, threads: int | None) -> int | None:
+    """numba / faiss threads per worker: as given, else for ``local:N`` the cores shared out among the N
+    processes (N processes each starting a thread per core would fight over the cores), else None (each
+    worker uses its machine's cores)."""
+    if threads is not None:
+        return threads
+    kind, n = parse_scheduler(scheduler)
+    if kind == "local" and n is not None:
+        return max(1, (os.cpu_count() or 1) // n)
+    if kind == "local":
+        return 1  # one process per core
+    return None
+
+
+# ------------------------------------------------------------------------------------------ payloads
+def _npz(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _unnpz(data: bytes) -> dict:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _text(obj: Any) -> np.ndarray:
+    return np.frombuffer(json.dumps(obj).encode(), np.uint8)
+
+
+def _untext(a: np.ndarray) -> Any:
+    return json.loads(a.tobytes().decode())
+
+
+def pack_spectra(raw) -> bytes:
+    """A chunk of query spectra as ``.npz`` bytes: CSR peaks, precursors, charges, and the metadata as
+    Arrow IPC bytes."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, raw.metadata.schema) as w:
+        w.write_table(raw.metadata)
+    return _npz(offsets=raw.offsets, mz=raw.mz, intensity=raw.intensity, precursor_mz=raw.precursor_mz,
+                charge=raw.charge, metadata=np.frombuffer(sink.getvalue(), np.uint8))
+
+
+def unpack_spectra(data: bytes):
+    """:func:`pack_spectra`'s inverse."""
+    import pyarrow as pa
+
+    from fastspec.spectra import Spectra
+
+    d = _unnpz(data)
+    meta = pa.ipc.open_stream(pa.py_buffer(d["metadata"].tobytes())).read_all()
+    # the peaks were sorted and checked when the client read them
+    return Spectra(d["offsets"], d["mz"], d["intensity"], d["precursor_mz"], d["charge"], meta, validate=False)
+
+
+def pack_found(found) -> bytes:
+    """A chunk's search result (:class:`fastspec.search._Found`) as ``.npz`` bytes."""
+    status = np.asarray([str(s) for s in found.status], dtype=str)
+    return _npz(scores=found.scores, indices=found.indices, matches=found.matches, status=status,
+                fallback=found.fallback, extra=_text({"unfiltered": found.unfiltered, "formulas": found.formulas}))
+
+
+def unpack_found(data: bytes):
+    """:func:`pack_found`'s inverse."""
+    from fastspec.search import _Found
+
+    d = _unnpz(data)
+    extra = _untext(d["extra"])
+    status = np.asarray(d["status"].tolist() if d["status"].size else [], dtype=object)
+    return _Found(d["scores"], d["indices"], d["matches"], status, d["fallback"].astype(bool), extra["unfiltered"],
+                  extra["formulas"])
+
+
+# ------------------------------------------------------------------------------------------ workers
+#: per worker process: index path -> (manifest digest, Library), opened by the first chunk that needs it
+_OPEN: dict = {}
+
+
+def library_digest(library) -> str:
+    """The sha256 of the library's manifest: what a worker compares with the index it opens."""
+    from fastspec._indexfmt import _manifest_digest
+
+    return _manifest_digest(library.manifest)
+
+
+def _worker_library(path: str, digest: str):
+    from fastspec.library import Library
+
+    held = _OPEN.get(path)
+    if held is not None and held[0] == digest:
+        return held[1]
+    lib = Library.open(path)
+    if library_digest(lib) != digest:
+        import socket
+
+        raise IndexFormatError(f"the library index at {path} on worker {socket.gethostname()} is not the one the "
+                               "client opened (another build, or rebuilt or appended to since): every worker "
+                               "must see the same index at the same path")
+    _OPEN[path] = (digest, lib)
+    return lib
+
+
+def search_chunk(path: str, digest: str, cfg_args: list, formula, chunk: bytes) -> bytes:
+    """Run on a worker: search one packed chunk of query spectra (:func:`pack_spectra`) against the index
+    at ``path`` with the search configuration ``cfg_args`` (:meth:`fastspec.search._SearchConfig.make`'s
+    arguments after the library); returns the packed result (:func:`pack_found`)."""
+    from fastspec.search import _search_spectra, _SearchConfig
+
+    lib = _worker_library(path, digest)
+    cfg = _SearchConfig.cached(lib, *cfg_args)
+    return pack_found(_search_spectra(lib, cfg, unpack_spectra(chunk), formula, False))
+
+
+# ------------------------------------------------------------------------------------------ client
+def search_runs(client, library, cfg_args: list, runs: Iterable[tuple], bar=None) -> Iterator[tuple]:
+    """Search each ``(run, formula)`` of ``runs`` (:func:`fastspec.stream._runs`' runs with their formula
+    argument) on the cluster and yield ``(run, found)`` in the order of ``runs``, keeping
+    :data:`AHEAD_PER_THREAD` chunks per worker thread submitted ahead of the one yielded.
+
+    ``bar``: a tqdm bar advanced by each chunk's spectra once its result is in. Chunks still on the
+    cluster when the caller stops (an error, an interrupt) are cancelled.
+    """
+    path = str(library.path)
+    digest = library_digest(library)
+    if not client.nthreads():  # a client of the caller's on a cluster without workers: chunks would wait forever
+        try:
+            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+        except (OSError, TimeoutError):
+            raise FastspecError(f"no dask worker joined the cluster within {WORKER_WAIT_S:.0f} s") from None
+    ahead = max(1, AHEAD_PER_THREAD * sum(client.nthreads().values()))
+    pending: collections.deque = collections.deque()
+
+    def result(run, fut):
+        try:
+            data = fut.result()
+        except (FastspecError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # the cluster's own failures: a worker killed (memory), a lost connection
+            name = type(e).__name__
+            if name in ("KilledWorker", "CommClosedError", "CancelledError", "FutureCancelledError") or \
+                    isinstance(e, (OSError, TimeoutError)):
+                raise FastspecError(f"the dask cluster failed searching query records {run.first}-"
+                                    f"{run.first + run.n_records - 1}: {name}: {e}") from e
+            raise
+        found = unpack_found(data)
+        if bar is not None:
+            bar.update(len(run.raw))
+        return run, found
+
+    try:
+        for run, formula in runs:
+            if len(run.raw) == 0:  # nothing to search (an empty input's run, or every record rejected)
+                fut = None
+            else:
+                chunk = client.scatter(pack_spectra(run.raw), hash=False)
+                fut = client.submit(search_chunk, path, digest, cfg_args, formula, chunk, pure=False)
+            pending.append((run, formula, fut))
+            while len(pending) > ahead:
+                yield _done(*pending.popleft(), library, cfg_args, result)
+        while pending:
+            yield _done(*pending.popleft(), library, cfg_args, result)
+    finally:
+        for _, _, fut in pending:
+            if fut is not None:
+                fut.cancel()
+
+
+def _done(run, formula, fut, library, cfg_args: list, result: Callable):
+    if fut is not None:
+        return result(run, fut)
+    # an empty run is searched here: its (empty) result has the shapes and keys the table expects
+    from fastspec.search import _search_spectra, _SearchConfig
+
+    return run, _search_spectra(library, _SearchConfig.cached(library, *cfg_args), run.raw, formula, False)

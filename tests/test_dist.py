@@ -1,0 +1,159 @@
+"""Searches on a dask.distributed cluster (``fastspec query --scheduler``, ``search_to_file(client=...)``):
+the same hit table as without one, row for row, on real MassBank spectra; a real scheduler and worker
+started as processes and reached over TCP; clear errors for a bad scheduler value, a missing extra and a
+worker that sees another index."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import fastspec.io as fio
+from fastspec import dist
+from fastspec.cli import main
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError
+from fastspec.library import Library
+
+distributed = pytest.importorskip("distributed")  # the dist extra: installed by the test command
+
+
+@pytest.fixture(scope="module")
+def case(massbank_mgf, tmp_path_factory):
+    """A MassBank library (700 spectra of the sample MGF, no FAISS) and its other 300 spectra as queries,
+    written with three unreadable records among them (so that rejected rows sit between chunks)."""
+    d = tmp_path_factory.mktemp("dist")
+    sp = fio.read(massbank_mgf)
+    assert len(sp) >= 1000
+    lib = Library.build(sp[:700], d / "lib.fastspec", faiss=False, progress=False, threads=1)
+    fio.write(sp[700:1000], str(d / "q.mgf"))
+    text = (d / "q.mgf").read_text().split("END IONS\n")
+    for i in (3, 120, 121):  # a peak line that is no number: the reader rejects the record
+        text[i] = text[i].replace("BEGIN IONS\n", "BEGIN IONS\nnot a peak\n", 1)
+    (d / "q.mgf").write_text("END IONS\n".join(text))
+    return d, lib
+
+
+def test_parse_scheduler():
+    assert dist.parse_scheduler("local") == ("local", None)
+    assert dist.parse_scheduler("local:3") == ("local", 3)
+    assert dist.parse_scheduler("tcp://10.0.0.1:8786") == ("address", None)
+    for bad in ("", " ", "local:0", "local:x", "local:-1"):
+        with pytest.raises(ParameterError):
+            dist.parse_scheduler(bad)
+    assert dist.worker_threads("local:2", None) >= 1 and dist.worker_threads("local:2", 3) == 3
+    assert dist.worker_threads("tcp://h:1", None) is None
+
+
+def test_payloads_round_trip(massbank_mgf):
+    sp = fio.read(massbank_mgf)[:40]
+    back = dist.unpack_spectra(dist.pack_spectra(sp))
+    for a in ("offsets", "mz", "intensity", "precursor_mz", "charge"):
+        assert np.array_equal(getattr(back, a), getattr(sp, a), equal_nan=True), a
+    assert back.metadata.equals(sp.metadata)
+    empty = dist.unpack_spectra(dist.pack_spectra(sp[:0]))
+    assert len(empty) == 0 and empty.metadata.schema == sp.metadata.schema
+
+
+def _tables_equal(a, b):
+    ta, tb = pq.read_table(a), pq.read_table(b)
+    assert ta.equals(tb)
+    assert pq.read_schema(a).metadata == pq.read_schema(b).metadata  # parameters and read counts too
+
+
+def test_local_cluster_gives_the_same_table(case):
+    d, lib = case
+    with dist.cluster_client("local:2") as client:
+        assert len(client.nthreads()) == 2
+        for mode in ("identity", "formula"):
+            # small chunks: several on the cluster at once, written back in record order
+            kw = dict(mode=mode, chunk_size=37, progress=False, threads=1)
+            want = lib.search_to_file(d / "q.mgf", d / f"{mode}_local.parquet", **kw)
+            got = lib.search_to_file(d / "q.mgf", d / f"{mode}_dask.parquet", client=client, **kw)
+            assert got == want and want["n_queries"] == 300
+            assert want["params"]["query_records"]["rejected"] == 3
+            _tables_equal(d / f"{mode}_local.parquet", d / f"{mode}_dask.parquet")
+
+
+def test_worker_refuses_another_index(case, tmp_path):
+    d, _ = case
+    sp = fio.read(d / "q.mgf")
+    path = tmp_path / "lib.fastspec"
+    old = Library.build(sp[:100], path, faiss=False, progress=False, threads=1)
+    Library.build(sp[:120], path, faiss=False, progress=False, threads=1, overwrite=True)
+    client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
+    try:
+        with pytest.raises(IndexFormatError, match="not the one the client opened"):
+            old.search_to_file(sp[100:], tmp_path / "h.parquet", client=client, progress=False)
+    finally:
+        client.close()
+    assert not (tmp_path / "h.parquet").exists()  # nothing half-written
+
+
+def test_missing_extra_says_which(monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed -> ImportError
+    with pytest.raises(FastspecError, match=r"fastspec\[dist\]"):
+        with dist.cluster_client("local:1"):
+            pass
+
+
+def test_cli_scheduler_option(case):
+    d, lib = case
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    res = run("query", d / "q.mgf", "-l", lib.path, "-o", d / "cli_local.tsv", "-q")
+    assert res.exit_code == 0, res.output
+    res = run("query", d / "q.mgf", "-l", lib.path, "-o", d / "cli_dask.tsv", "--scheduler", "local:1",
+              "--chunk-size", "50")
+    assert res.exit_code == 0, res.output
+    assert "on 1 dask worker (1 threads)" in res.output
+    assert (d / "cli_dask.tsv").read_bytes() == (d / "cli_local.tsv").read_bytes()
+    for bad, words in (("local:x", "positive number"), ("", "scheduler address")):
+        res = run("query", d / "q.mgf", "-l", lib.path, "-o", d / "x.tsv", "--scheduler", bad)
+        assert res.exit_code != 0 and "Traceback" not in res.output
+        assert [ln for ln in res.output.splitlines() if ln.startswith("Error")] and words in res.output, res.output
+    assert not (d / "x.tsv").exists()
+
+
+def test_real_scheduler_and_worker_over_tcp(case, tmp_path):
+    """``dask scheduler`` and ``dask worker`` as their own processes, and ``fastspec query`` as a third,
+    reaching them over TCP."""
+    d, lib = case
+    sched_file = tmp_path / "scheduler.json"
+    dask_cli = [sys.executable, "-m", "dask"]
+    procs = [subprocess.Popen(dask_cli + ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                          "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.1)
+        address = json.loads(sched_file.read_text())["address"]
+        procs.append(subprocess.Popen(dask_cli + ["worker", address, "--nthreads", "1", "--nworkers", "1",
+                                                  "--no-dashboard"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        out = tmp_path / "hits.csv"
+        proc = subprocess.run([sys.executable, "-m", "fastspec", "query", str(d / "q.mgf"), "-l", str(lib.path),
+                               "-o", str(out), "--scheduler", address, "--threads", "1", "--chunk-size", "60"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "on 1 dask worker" in proc.stderr
+        want = tmp_path / "want.csv"
+        lib.search_to_file(d / "q.mgf", want, chunk_size=60, progress=False)
+        assert out.read_bytes() == want.read_bytes()
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -119,6 +119,17 @@ CI_METRICS = ("coverage", "mean_tanimoto", "mean_tanimoto_all", "exact_match_rat
 HIT_KS = (1, 5, 10)
 
 
+def _check_hit_ks(hit_ks) -> list[int]:
+    """The ranks of ``hit_at_k`` as ints, each 1 or more (hit@0 is always 0: a mistake, not a metric)."""
+    try:
+        ks = list(hit_ks)
+    except TypeError:
+        raise ParameterError(f"hit_ks must be a sequence of integers >= 1, got {hit_ks!r}") from None
+    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+        raise ParameterError(f"hit_ks must be a non-empty sequence of integers >= 1, got {hit_ks!r}")
+    return [int(k) for k in ks]
+
+
 def _draws(split) -> bool:
     """Whether a split spec draws its test set (and so uses ``test_fraction``)."""
     from fastspec.splits import check_split_spec
@@ -576,6 +587,9 @@ class Evaluation:
             ``covered``, ``scored``, ``fallback``, ``rank``, ``n_candidates``) for predictions files and
             the ablation.
         """
+        hit_ks = _check_hit_ks(hit_ks)
+        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
+            raise ParameterError(f"n_bootstrap must be an integer >= 0 (0: no confidence intervals), got {n_bootstrap!r}")
         cfg = cfg.replace(search_k=max(int(cfg.search_k), max(hit_ks), int(cfg.vote))).validate()
         timing = dict(self.timing)
         t0 = time.perf_counter()
@@ -846,8 +860,8 @@ def evaluate(
     library : path, Spectra or LabData
         Labelled spectra (SMILES or InChIKey, formula, adduct, instrument, collision energy).
     split : str
-        ``random``, ``inchikey``, ``scaffold``, ``instrument:VALUE``, ``adduct:VALUE``,
-        ``ce:LOW-HIGH``, ``column:NAME``, ``file:PATH`` or ``l2s``.
+        ``random``, ``inchikey``, ``formula``, ``scaffold``, ``instrument:VALUE``, ``adduct:VALUE``,
+        ``ce:LOW-HIGH``, ``column:NAME``, ``file:PATH`` or ``l2s`` (:mod:`fastspec.splits`).
     queries : path, Spectra or LabData, optional
         External test set searched against the whole library (instead of a split).
     preset : {"khoo2026"}, optional

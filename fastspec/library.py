@@ -296,6 +296,13 @@ def _fill_report(into, counts: dict) -> None:
         got = ReadReport(n_records=int(counts["n_read"]), n_spectra=int(counts["n_read"]))
     into.absorb(got)
     into.files.extend(got.files or [got])
+    # the file(s) and format read, as fastspec.io.read's report names them (absorb adds only counts)
+    if got.path is not None:
+        had = [] if into.path is None else into.path if isinstance(into.path, list) else [into.path]
+        more = got.path if isinstance(got.path, list) else [got.path]
+        into.path = had + more if had else got.path
+    if got.format is not None:
+        into.format = got.format if into.format in (None, got.format) else "mixed"
 
 
 def _read_warnings(report, n_skipped: int) -> dict[str, int]:
@@ -916,7 +923,8 @@ class Library:
             extension, else sniffed; a pipe such as ``/dev/stdin`` needs it).
         report : fastspec.io.ReadReport, optional
             Filled with the reader's report: records read, spectra, and each rejected record's file, line and
-            reason (the first 100 per file; :attr:`~fastspec.io.ReadReport.files` per file). Spectra the
+            reason (the first 10,000, :data:`fastspec.io._common.MAX_LISTED`; :attr:`~fastspec.io.ReadReport.files`
+            per file), and the file(s) and format read. Spectra the
             build itself leaves out (no peaks after preprocessing, MS1) are counted in :attr:`rejected` and
             named (file, record, id: the first 100 per reason) in :attr:`left_out`.
 
@@ -938,6 +946,7 @@ class Library:
         (``ms_level`` 3 or more, as in mzmine's MSn library exports: their precursor is a fragment).
         """
         check_threads(threads)
+        _check_flags(overwrite=overwrite, faiss=faiss, allow_empty=allow_empty)
         if faiss_params:
             from fastspec.vectors import DEFAULTS as _FAISS_DEFAULTS
 
@@ -1071,6 +1080,7 @@ class Library:
         searches started meanwhile wait for it (see ``_in_use``).
         """
         check_threads(threads)
+        _check_flags(allow_empty=allow_empty)
         fmt.refuse_read_only(self.path, "append to")
         prog = _Progress(progress, total=7, desc="append")
         try:
@@ -1264,7 +1274,7 @@ class Library:
     def input_file(self, rows: np.ndarray) -> list:
         """The input file of library ``rows`` (int array): path strings, None for spectra given in memory or
         of unknown source."""
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = _as_rows(rows, len(self))
         inp, files = self.input_index, self.input_files
         if inp is None or not any(d["path"] is not None for d in files):
             return [None] * rows.shape[0]
@@ -1460,7 +1470,7 @@ class Library:
             return np.asarray(off), np.asarray(mz), np.asarray(it), np.asarray(pmz)
         from fastspec.kernels.peaks import gather_csr
 
-        rows = np.asarray(rows, dtype=np.int64)
+        rows = _as_rows(rows, off.shape[0] - 1)
         return (*gather_csr(off, mz, it, rows, threads=threads, intensity_dtype=intensity_dtype),
                 np.asarray(pmz[rows]))
 
@@ -1474,17 +1484,15 @@ class Library:
         metadata : bool or list of str
             Attach the full metadata table, the named columns, or (False) only ``ion_mode`` (the polarity).
         """
+        if rows is not None:
+            rows = _as_rows(rows, len(self))
         offsets, mzv, itv, pm = self.peaks(rows)
         ch = self.array("charge")
-        if rows is None:
-            cg = np.asarray(ch)
-        else:
-            rows = np.asarray(rows, dtype=np.int64)
-            cg = np.asarray(ch[rows])
+        cg = np.asarray(ch) if rows is None else np.asarray(ch[rows])
         if metadata is False:
             md = pa.table({"ion_mode": _polarity_strings(np.asarray(self.polarity if rows is None else self.polarity[rows]))})
         else:
-            cols = None if metadata is True else list(metadata)
+            cols = None if metadata is True else _column_list(metadata)
             md = self.metadata(rows=rows, columns=cols)
         return Spectra(offsets, mzv, itv, pm, cg, md, validate=False)
 
@@ -1497,6 +1505,7 @@ class Library:
         """
         pf = self._parquet()
         names = pf.schema_arrow.names
+        columns = None if columns is None else _column_list(columns)
         want = names if columns is None else [c for c in columns if c in names]
         if rows is None:
             n = len(self)
@@ -1504,13 +1513,11 @@ class Library:
             with self._metadata_lock, self._parquet_errors("metadata.parquet"):
                 table = pf.read(columns=want) if want else pa.table({})
         else:
-            rows = np.asarray(rows, dtype=np.int64)
+            rows = _as_rows(rows, len(self), "metadata rows")
             n = rows.shape[0]
             if n == 0 or not want:
                 table = pf.schema_arrow.empty_table().select(want) if want and n == 0 else pa.table({})
             else:
-                if rows.min() < 0 or rows.max() >= len(self):
-                    raise ParameterError(f"metadata rows must be in [0, {len(self)})")
                 reader = self._row_reader()
                 with self._parquet_errors("metadata.parquet"):
                     names = set(reader.schema.names)
@@ -1764,6 +1771,31 @@ class Library:
 
     def __repr__(self) -> str:
         return f"Library({str(self.path)!r}, n_spectra={len(self)}, format_version={self.format_version})"
+
+
+def _check_flags(**flags) -> None:
+    """ParameterError for a flag that is not a bool: ``overwrite="no"`` would read as True (and replace an
+    index)."""
+    for name, v in flags.items():
+        if not isinstance(v, (bool, np.bool_)):
+            raise ParameterError(f"{name} must be True or False, got {v!r}")
+
+
+def _as_rows(rows, n: int, what: str = "rows") -> np.ndarray:
+    """``rows`` as int64 library rows, each in ``[0, n)``: integers only (``0.7`` would be truncated to 0,
+    ``True`` read as 1), ParameterError otherwise."""
+    a = np.asarray(rows)
+    if a.size and a.dtype.kind not in "iu":
+        raise ParameterError(f"{what} must be integers, got {a.dtype} values")
+    a = a.astype(np.int64, copy=False).reshape(-1) if a.ndim else a.astype(np.int64).reshape(1)
+    if a.size and (a.min() < 0 or a.max() >= n):
+        raise ParameterError(f"{what} must be in [0, {n}), got {int(a.min() if a.min() < 0 else a.max())}")
+    return a
+
+
+def _column_list(columns) -> list[str]:
+    """Column names as a list: one name given as a string is one column, not its characters."""
+    return [columns] if isinstance(columns, str) else list(columns)
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:

@@ -66,7 +66,7 @@ def search(
     *,
     mode: str = "identity",
     metric: str | None = None,
-    tolerance: "float | str | Tolerance" = 0.02,
+    tolerance: "float | str | Tolerance | None" = None,
     precursor_tolerance: "float | str | Tolerance | None" = None,
     engine: str = "exact",
     threads: int | None = None,
@@ -115,9 +115,12 @@ def search(
         an inverted bin index (built on first use, kept with the open library) for ``binned_cosine``
         (scoring every spectrum beyond ``search_scan._BIN_MAX`` bins). ``open`` with modified cosine is
         ``analog``.
-    tolerance : float or str
-        Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``). ``binned_cosine``: the bin width, unless
-        ``preset`` or ``bin_width`` sets it (the hit parameters then record ``tolerance`` as None).
+    tolerance : float or str, optional
+        Fragment tolerance (float = Da, or ``"0.02da"``, ``"10ppm"``; default 0.02 Da). ``binned_cosine``: the
+        bin width (Da), also with a ``preset``, whose bins it then replaces (as ``fastspec query --preset
+        --tolerance`` and the lab's ``evaluate`` take it); ``bin_width`` wins over both, and without either a
+        preset sets the bins. The hit parameters record ``tolerance``
+        as None where a preset or ``bin_width`` sets the bins.
     precursor_tolerance : float or str, optional
         Identity-mode precursor window (relative to the query precursor for ppm; default 0.01 Da); other
         modes refuse it (their hit parameters record None). Entropy metrics with a Da window test the library
@@ -543,7 +546,13 @@ class _SearchConfig:
             raise ParameterError(f"mode {mode!r} (ms_entropy's {_FLASH_MODES[mode]}) scores entropy or "
                                  f"unweighted_entropy, not {metric!r}{hint}")
         c.mode, c.metric = mode, metric
-        c.tolerance = parse_tolerance(tolerance, "tolerance")
+        c.tolerance = parse_tolerance(0.02 if tolerance is None else tolerance, "tolerance")
+        if metric == "binned_cosine" and metric_params.get("preset") and tolerance is not None \
+                and metric_params.get("bin_width") is None:
+            # the bin width in place of the preset's, as similarity.prepare, the command line and the lab take it
+            if c.tolerance.unit != "da":
+                raise ParameterError(f"binned_cosine's bin width is in Da, not {c.tolerance}")
+            metric_params = {**metric_params, "bin_width": c.tolerance.value}
         if mode in _FLASH_MODES and c.tolerance.unit != "da":
             raise ParameterError(f"mode {mode!r} takes a Da tolerance, as ms_entropy's {_FLASH_MODES[mode]} does")
         if precursor_tolerance is not None and mode != "identity":  # it would filter nothing
@@ -728,6 +737,8 @@ def _count(v, name: str, minimum: int) -> int:
 
 
 def _number(v, name: str) -> float:
+    if isinstance(v, (str, bytes, bool, np.bool_)):  # "0.5" from a config file, or True: a mistake, not 0.5 / 1.0
+        raise ParameterError(f"{name}: expected a number, got {v!r}")
     try:
         f = float(v)
     except (TypeError, ValueError):

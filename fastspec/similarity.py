@@ -14,7 +14,7 @@ Metrics (``METRICS``)
     ``hybrid=True`` / ``neutral_loss=True`` score as its hybrid / neutral-loss searches do.
 ``binned_cosine``
     Cosine of fixed-width binned vectors (intensities summed per bin); ``bin_width`` (Da, defaults to
-    the tolerance), ``max_mz``, ``base_peak`` (scale the most intense peak to this value first) and
+    the tolerance unless a preset sets it), ``max_mz``, ``base_peak`` (scale the most intense peak to this value first) and
     ``precursor_peak`` (add a peak of this intensity at the precursor m/z). ``preset="khoo2026"`` is the
     Khoo & Barzilay (2026) NN baseline: 0.25 Da bins below 2000, base peak 100, precursor peak 100.
 
@@ -165,7 +165,9 @@ def prepare(spectra: Spectra | Prepared, metric: str = "cosine", tolerance: Any 
         One of :data:`METRICS`.
     tolerance : float, str or Tolerance, optional
         Peak tolerance: a float is Da; ``"10ppm"``/``"0.02da"`` strings are accepted. Default 0.1 Da
-        (0.02 Da for entropy). For ``binned_cosine`` it is the default bin width.
+        (0.02 Da for entropy). For ``binned_cosine`` it is the default bin width: a ``preset``'s bins or
+        ``bin_width`` win over it (library search and the command line take a tolerance given with a preset
+        as its bin width: they pass it here as ``bin_width``).
     mz_power, intensity_power : float
         Peak weight ``mz**mz_power * intensity**intensity_power`` (matchms names). For entropy
         metrics a non-default value transforms the intensities before cleaning.

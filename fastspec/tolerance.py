@@ -37,7 +37,8 @@ class Tolerance:
     value : float
         Magnitude, in ``unit``.
     unit : {"da", "ppm"}
-        Absolute (Dalton) or relative (parts per million of the m/z being matched).
+        Absolute (Dalton) or relative (parts per million of the m/z being matched); ``"mda"`` (millidalton)
+        is accepted when built and stored as Da.
     """
 
     value: float
@@ -48,7 +49,7 @@ class Tolerance:
         # parse_tolerance: kernels given a NaN window crash and an unknown unit would match with a zero window
         unit = self.unit.lower() if isinstance(self.unit, str) else self.unit
         if unit not in ("da", "ppm", "mda"):
-            raise _refused("unit must be 'da' or 'ppm'", self.unit)
+            raise _refused("unit must be 'da', 'mda' or 'ppm'", self.unit)
         if isinstance(self.value, bool) or not isinstance(self.value, numbers.Real):
             raise _refused("value must be a number", self.value)
         try:

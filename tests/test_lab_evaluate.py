@@ -720,3 +720,14 @@ def test_top1_ties_between_molecules_are_counted():
     b = evaluate(lab([1, 0, 2, 3, 4]), "column:role", metric="cosine", tolerance=0.1, n_bootstrap=0)
     assert a["n_top1_tied"] == b["n_top1_tied"] == 1  # ethanol's test spectrum; acetic acid has one molecule
     assert a["exact_match_rate"] == 1.0 and b["exact_match_rate"] == 0.5  # the row order decided
+
+
+def test_hit_ks_and_bootstrap_are_checked(massbank_small):
+    """hit@0 (always 0) and a negative number of bootstrap draws (empty intervals) were accepted."""
+    from fastspec.evaluate import evaluate
+
+    for kw in ({"hit_ks": (0,)}, {"hit_ks": ()}, {"hit_ks": (1, 2.5)}, {"n_bootstrap": -1}, {"n_bootstrap": True}):
+        with pytest.raises(ParameterError):
+            evaluate(massbank_small, "random", threads=1, **kw)
+    rep = evaluate(massbank_small, "random", threads=1, hit_ks=[1, 3], n_bootstrap=0)
+    assert set(rep["hit_at_k"]) == {"1", "3"} and rep["ci"] == {}

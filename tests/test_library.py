@@ -1694,3 +1694,32 @@ def test_review_fixes_paths_read_only_and_faiss_messages(tmp_path, monkeypatch):
     monkeypatch.setattr(faiss, "write_index", cannot_open)
     with pytest.raises(FastspecError, match=r"faiss.index: No space left on device; is the disk full"):
         Library.build(_small(40), tmp_path / "f.fastspec")
+
+
+def test_flags_rows_and_columns_are_checked(tmp_path, massbank_mgf):
+    """A flag given as a string ("no" reads as True: it would replace an index), float or bool rows (0.7
+    truncated to row 0), rows beyond the library (``input_file`` said None, "given in memory") and a column
+    name given as a string (iterated per character) are refused or read as meant (a docs audit)."""
+    from fastspec import io as fio
+    from fastspec.io import ReadReport
+
+    sp = fio.read(massbank_mgf)[:30]
+    path = tmp_path / "l.fastspec"
+    lib = Library.build(sp, path, faiss=False, progress=False)
+    for kw in ({"overwrite": "no"}, {"overwrite": True, "faiss": "no"}, {"overwrite": True, "allow_empty": 1}):
+        with pytest.raises(ParameterError, match="must be True or False"):
+            Library.build(sp, path, progress=False, **kw)
+    with pytest.raises(ParameterError, match="must be True or False"):
+        lib.append(sp[:2], allow_empty="no", progress=False)
+    assert Library.open(path).n_spectra == lib.n_spectra  # nothing replaced
+    for call in (lambda r: lib.metadata(r, ["id"]), lib.input_file, lib.spectra, lib.peaks):
+        for bad in (np.array([0.7]), np.array([True]), np.array([len(lib)]), np.array([-1])):
+            with pytest.raises(ParameterError, match="integers|must be in"):
+                call(bad)
+    assert lib.metadata([0, 1], "id").column_names == ["id"]
+    assert lib.spectra([0], metadata="id").metadata.column_names == ["id"]
+    assert lib.metadata(np.array([], np.int64), ["id"]).num_rows == 0 and lib.metadata(2, ["id"]).num_rows == 1
+    # the report filled by a build names the file(s) and format read, as fastspec.io.read's does
+    rep = ReadReport()
+    Library.build(massbank_mgf, tmp_path / "m.fastspec", faiss=False, progress=False, report=rep)
+    assert rep.path == str(massbank_mgf) and rep.format == "mgf"

@@ -1739,12 +1739,21 @@ def test_open_binned_cosine_equals_brute_force(lib, data, params):
     k = params.pop("k", K)
     mm, ms = params.pop("min_matches", 0), params.pop("min_score", 0.0)
     queries = data[1]
+    # (with a preset, the tolerance is the bin width in place of the preset's: the reference gets it as such)
+    ref_params = {**params, "bin_width": 0.1} if params.get("preset") else params
     hits = lib.search(queries, k=k, mode="open", metric="binned_cosine", tolerance="0.1da", min_matches=mm,
                       min_score=ms, **params)
     ref = brute_force(lib, queries, "binned_cosine", same_polarity(lib, queries), k=k, tolerance="0.1da",
-                      min_matches=mm, min_score=ms, **params)
+                      min_matches=mm, min_score=ms, **ref_params)
     assert (hits.indices >= 0).sum() > len(queries) * k // 2
     assert_same_hits(hits, ref)
+    if params.get("preset"):  # and the preset's own 0.25 Da bins without a tolerance
+        hits = lib.search(queries, k=k, mode="open", metric="binned_cosine", **params)
+        assert hits.params["tolerance"] is None and hits.params["metric_params"] == {"preset": "khoo2026"}
+        assert_same_hits(hits, brute_force(lib, queries, "binned_cosine", same_polarity(lib, queries), k=k,
+                                           **params))
+        with pytest.raises(ParameterError, match="in Da"):
+            lib.search(queries, k=k, mode="open", metric="binned_cosine", tolerance="10ppm", **params)
 
 
 def _nl_queries(data) -> Spectra:

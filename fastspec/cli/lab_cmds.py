@@ -22,7 +22,7 @@ def _split_options(f):
     f = click.option("--ion-mode", type=click.Choice(["positive", "negative", "both"]), default="both", show_default=True,
                      help="Use only spectra of this polarity (searches are always within one polarity).")(f)
     f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Seed of the split and the bootstrap.")(f)
+                     help="Seed of the split (evaluate and ablate: also of the bootstrap intervals).")(f)
     f = click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True,
                      help="Share of spectra in test (random, inchikey, formula, scaffold, l2s).")(f)
     return f

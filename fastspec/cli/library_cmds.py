@@ -88,7 +88,7 @@ def _default_with(pp, tweaks: dict):
               "spectra were; the index is rebuilt and swapped in atomically).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
               help="Also write the read report as JSON here: each rejected record's file, line and reason "
-                   "(the first 100 per file), counts per file, the index's counts, and the spectra read but "
+                   "(the first 10,000), counts per file, the index's counts, and the spectra read but "
                    "not indexed (MS1, no peaks after preprocessing: file, record number, id; the first 100 "
                    "per reason).")
 @input_format_option
@@ -186,7 +186,8 @@ def _log_warnings(log, warnings: dict | None) -> None:
                    "neutral_loss: ms_entropy's hybrid and neutral-loss searches, exactly.")
 @click.option("--metric", type=click.Choice(_METRICS), default=None, help="Similarity [default: cosine; modified_cosine for analog; entropy for hybrid and neutral_loss (ms_entropy's hybrid and neutral-loss searches)].")
 @click.option("--tolerance", default=None, help="Fragment tolerance, e.g. 0.02da or 10ppm (binned_cosine: the bin "
-                                                "width, Da; with --preset, in place of the preset's)  [default: 0.02da].")
+                                                "width, Da; with --preset, in place of the preset's)  [default: 0.02da; with --preset, the "
+                                                "preset's bins].")
 @click.option("--preset", type=click.Choice(["khoo2026"]), default=None,
               help="binned_cosine bins of the Khoo & Barzilay NN baseline (0.25 Da to 2,000 Da, base peak and "
                    "precursor peak 100) [default: bins of --tolerance].")
@@ -285,7 +286,7 @@ def _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance
 
         try:
             done = lib.search_to_file(queries if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
-                                      mode=mode, metric=metric, tolerance=tolerance or "0.02da", precursor_tolerance=precursor_tolerance,
+                                      mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
                                       engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
                                       formula=formula, same_adduct=same_adduct, same_charge=same_charge,
                                       same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,

@@ -268,8 +268,9 @@ def output_format(path, format: str | None = None) -> str:
     ext = os.path.splitext(base)[1].lower()
     if format is None:
         if ext not in EXTENSIONS:
-            raise FastspecError(f"{path}: cannot tell the output format from the extension; pass format= "
-                                f"(one of {', '.join(WRITABLE)}; --format in `fastspec convert`)")
+            raise FastspecError(f"{path}: cannot tell the output format from the extension; name the file "
+                                f".mgf, .msp, ... or pass format= (one of {', '.join(WRITABLE)}; --format in "
+                                "`fastspec convert`)")
         fmt = EXTENSIONS[ext]
     else:
         fmt = detect_format(path, format)

@@ -92,6 +92,21 @@ def remove_stale_temporaries(parent: Path, name: str) -> None:
             _remove(Path(entry.path))
         except (OSError, OverflowError):  # alive but not ours (EPERM), or no pid at all: leave it
             pass
+        else:
+            if _zombie(int(m.group(1))):  # killed, not yet reaped: signal 0 reaches it, yet it writes no more
+                _remove(Path(entry.path))
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process ``pid`` has exited and waits to be reaped (state Z in ``/proc``; False where there
+    is no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses; the state follows the last ')'
+    return stat_line[stat_line.rfind(b")") + 2: stat_line.rfind(b")") + 3] in (b"Z", b"X")
 
 
 def _entries(parent) -> list:
@@ -203,6 +218,23 @@ def write_atomically(path, write, needs_seek: str | None = None, direct_file: bo
     with temporary_sibling(path) as tmp, naming_output(path, tmp):
         write(tmp)
         os.replace(tmp, path)
+
+
+def probe_writable(path) -> None:
+    """Fail now, as writing ``path`` would fail later: a directory in its place (ParameterError), or an
+    OSError naming it (no permission, a read-only filesystem), found by creating and removing an empty
+    temporary beside it. For an output written after the main work, once that work has been committed
+    (an index's read report: a failed report after an append made the user append the spectra twice).
+    A device or pipe passes."""
+    from fastspec.errors import ParameterError
+
+    target, direct = output_target(path)
+    if direct:
+        return
+    if target.is_dir():
+        raise ParameterError(f"{path} is a directory; give a file name")
+    with temporary_sibling(target) as tmp, naming_output(path, tmp):
+        open(tmp, "xb").close()
 
 
 def check_seekable(path, what: str, instead: str = "a text format") -> None:

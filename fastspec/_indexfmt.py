@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import threading
@@ -27,7 +28,7 @@ import numpy as np
 
 from fastspec._atomic import (ACTIVE_TEMPORARIES, absolute_path, aside_prefix, naming_output, remove_stale_temporaries,  # noqa: F401
                               temporary_name)
-from fastspec.errors import FastspecError, IndexFormatError
+from fastspec.errors import FastspecError, IndexFormatError, IndexWriteError
 
 #: Bumped whenever the layout changes incompatibly; older/newer indexes are refused on open.
 #: 2: fragment and neutral-loss entries grouped by polarity (``frag_groups``, ``nl_groups``).
@@ -484,7 +485,11 @@ class AtomicDirectory:
         # absolute: "." (run from inside the index) has no name and is its own parent, so the temporary
         # went inside the index and the final rename failed (EBUSY) after the whole build
         target = absolute_path(target)
-        if overwrite and target.is_symlink() and target.is_dir():
+        if target.is_symlink() and not target.exists():
+            # a link to nothing yet: the index is built where it points, as a file is written through a link
+            # (built beside the link, the final rename found the link in the way after the whole build)
+            target = Path(os.path.realpath(target))
+        elif overwrite and target.is_symlink() and target.is_dir():
             # replace the index the link points to (built beside it: one file system for the rename), as
             # writing to a linked file writes the file; swapping the link itself for a directory would leave
             # the linked index unchanged and the link lost
@@ -513,6 +518,11 @@ class AtomicDirectory:
         if exc_type is not None:
             ACTIVE_TEMPORARIES.discard(self.tmp)
             shutil.rmtree(self.tmp, ignore_errors=True)
+            why = write_failure(exc)
+            if why is not None:  # name the index, not a file in its temporary directory (or nothing at all)
+                raise IndexWriteError(getattr(exc, "errno", None), f"I/O error writing the library index "
+                                      f"{self.target}: {why}; nothing was written (an index already there is "
+                                      "unchanged)") from exc
             return False
         try:
             with index_lock(self.target):
@@ -520,12 +530,32 @@ class AtomicDirectory:
                     move_into_place(self.tmp, self.target)
                 else:
                     replace_directory(self.tmp, self.target)
+                # an index left aside by a swap killed between its renames ("--overwrite deletes it"); under
+                # the lock, which every swap holds: none is between its renames now
+                for aside in self.target.parent.glob(f"{glob.escape(aside_prefix(self.target.name))}*"):
+                    shutil.rmtree(aside, ignore_errors=True)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
         finally:  # only now: an interrupt while waiting for the lock still removes the finished build
             ACTIVE_TEMPORARIES.discard(self.tmp)
         return False
+
+
+def write_failure(exc: BaseException | None) -> str | None:
+    """What an error writing files says about the device, for a message that names the output: a full disk,
+    a quota, a file-size limit, a failed device, or numpy's short write (which carries no errno); None for
+    other errors (a missing input, a bug), which pass as they are."""
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EIO, errno.EROFS):
+            return exc.strerror or str(exc)
+        if exc.errno == errno.EFBIG:
+            return f"{exc.strerror or 'File too large'} (a file-size limit, ulimit -f?)"
+        if exc.errno is None and re.search(r"\d+ requested and \d+ written", str(exc)):
+            return f"a write stopped short ({exc}; is the disk full, or a file-size limit, ulimit -f, reached?)"
+    if isinstance(exc, FastspecError) and "is the disk full" in str(exc):  # the FAISS writer's
+        return str(exc)
+    return None
 
 
 #: Index locks held by the running thread (resolved index paths): an append holds its index's lock while its

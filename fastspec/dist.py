@@ -17,14 +17,17 @@ dask is imported here only, when a cluster is asked for.
 from __future__ import annotations
 
 import collections
+import functools
 import io
 import json
+import logging
 import os
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from fastspec.errors import FastspecError, IndexFormatError, ParameterError
+from fastspec.errors import FastspecError, IndexChangedError, ParameterError
 
 #: chunks searched or waiting on the cluster per worker thread, beyond the one being written: enough to
 #: keep every worker busy while the client reads and writes, few enough to bound the client's memory
@@ -61,8 +64,19 @@ def parse_scheduler(scheduler: str) -> tuple[str, int | None]:
             return "local", None
         if not n.isdigit() or int(n) < 1:
             raise ParameterError(f"--scheduler {scheduler}: local:N takes a positive number of worker processes")
+        if int(n) > usable_cores():  # more processes than cores only share them out (local:64 was a typo)
+            raise ParameterError(f"--scheduler {scheduler}: this machine has {usable_cores()} usable cores; "
+                                 f"give local:N with N at most that")
         return "local", int(n)
     return "address", None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, as the kernels count them)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 class cluster_client:
@@ -74,8 +88,9 @@ class cluster_client:
     ----------
     scheduler : str
         ``local``, ``local:N`` or a scheduler address.
-    quiet : bool
-        Keep dask's own log lines (scheduler and worker start-up) off stderr.
+
+    dask's own loggers are silenced meanwhile (a lost worker or scheduler is logged with tracebacks; the
+    search reports it in one line) and restored on exit.
 
     Raises
     ------
@@ -84,22 +99,23 @@ class cluster_client:
         :data:`WORKER_WAIT_S` seconds.
     """
 
-    def __init__(self, scheduler: str, quiet: bool = True):
+    def __init__(self, scheduler: str):
         self.scheduler = scheduler
-        self.quiet = quiet
         self.kind, self.n_workers = parse_scheduler(scheduler)
         self.client = self.cluster = None
 
     def __enter__(self):
-        import logging
-
         distributed = _dask()
-        level = logging.ERROR if self.quiet else logging.WARNING
+        # dask logs a lost worker or scheduler with tracebacks, each of its loggers at its own level; the
+        # search says what happened in one line
+        names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+        self._levels = {n: logging.getLogger(n).level for n in names}
+        for n in names:
+            logging.getLogger(n).setLevel(logging.CRITICAL)
+        level = logging.CRITICAL
         try:
             if self.kind == "local":
-                import warnings
-
-                n = self.n_workers or os.cpu_count() or 1
+                n = self.n_workers or usable_cores()
                 # no dashboard: it needs bokeh, and nobody looks at it during one command; the scheduler's
                 # health-check server still wants port 8787 and moves to another when it is taken, saying so
                 with warnings.catch_warnings():
@@ -108,11 +124,14 @@ class cluster_client:
                                                             dashboard_address=None, silence_logs=level)
                 self.client = distributed.Client(self.cluster)
             else:
-                logging.getLogger("distributed").setLevel(level)
                 self.client = distributed.Client(self.scheduler, timeout="20s")
         except (OSError, TimeoutError) as e:
             self.__exit__(None, None, None)
             raise FastspecError(f"cannot reach the dask scheduler at {self.scheduler}: {e}") from None
+        except ValueError as e:  # foo, tcp://, http://host:8786, host:notaport
+            self.__exit__(None, None, None)
+            raise ParameterError(f"--scheduler {self.scheduler}: not a dask scheduler address "
+                                 f"(tcp://host:8786): {e}") from None
         try:
             self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
         except (OSError, TimeoutError):
@@ -129,6 +148,8 @@ class cluster_client:
                 except Exception:  # shutting down after an error: the error is what the caller sees
                     pass
         self.client = self.cluster = None
+        for n, lv in getattr(self, "_levels", {}).items():
+            logging.getLogger(n).setLevel(lv)
         return False
 
 
@@ -140,7 +161,7 @@ def worker_threads(scheduler: str, threads: int | None) -> int | None:
         return threads
     kind, n = parse_scheduler(scheduler)
     if kind == "local" and n is not None:
-        return max(1, (os.cpu_count() or 1) // n)
+        return max(1, usable_cores() // n)
     if kind == "local":
         return 1  # one process per core
     return None
@@ -230,67 +251,100 @@ def _worker_library(path: str, digest: str):
     if library_digest(lib) != digest:
         import socket
 
-        raise IndexFormatError(f"the library index at {path} on worker {socket.gethostname()} is not the one the "
+        raise IndexChangedError(f"the library index at {path} on worker {socket.gethostname()} is not the one the "
                                "client opened (another build, or rebuilt or appended to since): every worker "
                                "must see the same index at the same path")
     _OPEN[path] = (digest, lib)
     return lib
 
 
-def search_chunk(path: str, digest: str, cfg_args: list, formula, chunk: bytes) -> bytes:
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """fastspec's version and a hash of its Python sources (kernels included): a worker running other
+    code than the client could give other hits without a word."""
+    import hashlib
+    from pathlib import Path
+
+    import fastspec
+    from fastspec.kernels import _config
+
+    h = hashlib.blake2b(fastspec.__version__.encode(), digest_size=16)
+    for d in (Path(fastspec.__file__).parent, Path(_config.__file__).parent):
+        for f in sorted(d.rglob("*.py")):
+            h.update(f.relative_to(d).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def search_chunk(path: str, digest: str, code: str, cfg_args: list, formula, chunk: bytes) -> bytes:
     """Run on a worker: search one packed chunk of query spectra (:func:`pack_spectra`) against the index
-    at ``path`` with the search configuration ``cfg_args`` (:meth:`fastspec.search._SearchConfig.make`'s
-    arguments after the library); returns the packed result (:func:`pack_found`)."""
+    at ``path`` (whose manifest must have the sha256 ``digest``) with the search configuration ``cfg_args``
+    (:meth:`fastspec.search._SearchConfig.make`'s arguments after the library), running the client's code
+    (``code``: :func:`code_fingerprint`); returns the packed result (:func:`pack_found`)."""
     from fastspec.search import _search_spectra, _SearchConfig
 
+    if code != code_fingerprint():
+        import socket
+
+        import fastspec
+
+        raise FastspecError(f"the dask worker on {socket.gethostname()} runs other fastspec code than the client "
+                            f"(fastspec {fastspec.__version__} there): install the same fastspec everywhere")
     lib = _worker_library(path, digest)
     cfg = _SearchConfig.cached(lib, *cfg_args)
     return pack_found(_search_spectra(lib, cfg, unpack_spectra(chunk), formula, False))
 
 
 # ------------------------------------------------------------------------------------------ client
+#: seconds between looks at the cluster while a chunk's result is awaited
+_POLL_S = 2.0
+
+#: statuses of queries that were not searched (no peaks left, MS1 or MSn records): a search's progress bar
+#: counts the others
+_NOT_SEARCHED = ("no_peaks", "ms1", "msn")
+
+
 def search_runs(client, library, cfg_args: list, runs: Iterable[tuple], bar=None) -> Iterator[tuple]:
     """Search each ``(run, formula)`` of ``runs`` (:func:`fastspec.stream._runs`' runs with their formula
     argument) on the cluster and yield ``(run, found)`` in the order of ``runs``, keeping
     :data:`AHEAD_PER_THREAD` chunks per worker thread submitted ahead of the one yielded.
 
-    ``bar``: a tqdm bar advanced by each chunk's spectra once its result is in. Chunks still on the
-    cluster when the caller stops (an error, an interrupt) are cancelled.
+    A chunk travels with its task (not scattered to one worker), so when a worker dies dask runs it again
+    on another (up to its ``distributed.scheduler.allowed-failures``, 3 by default). ``bar``: a tqdm bar
+    advanced by each chunk's searched queries once its result is in. Chunks still on the cluster when the
+    caller stops (an error, an interrupt) are cancelled.
+
+    Raises
+    ------
+    FastspecError
+        The cluster lost its workers (none left for :data:`WORKER_WAIT_S` seconds), a chunk's task killed
+        its workers too often, the scheduler went away; or a worker's own refusal (another index at the
+        path, other fastspec code).
     """
     path = str(library.path)
-    digest = library_digest(library)
-    if not client.nthreads():  # a client of the caller's on a cluster without workers: chunks would wait forever
-        try:
-            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        except (OSError, TimeoutError):
-            raise FastspecError(f"no dask worker joined the cluster within {WORKER_WAIT_S:.0f} s") from None
+    digest, code = library_digest(library), code_fingerprint()
+    _await_workers(client)
     ahead = max(1, AHEAD_PER_THREAD * sum(client.nthreads().values()))
     pending: collections.deque = collections.deque()
 
-    def result(run, fut):
+    def submit(run, formula):
         try:
-            data = fut.result()
-        except (FastspecError, KeyboardInterrupt):
-            raise
-        except Exception as e:  # the cluster's own failures: a worker killed (memory), a lost connection
-            name = type(e).__name__
-            if name in ("KilledWorker", "CommClosedError", "CancelledError", "FutureCancelledError") or \
-                    isinstance(e, (OSError, TimeoutError)):
-                raise FastspecError(f"the dask cluster failed searching query records {run.first}-"
-                                    f"{run.first + run.n_records - 1}: {name}: {e}") from e
-            raise
-        found = unpack_found(data)
+            with warnings.catch_warnings():  # the chunk is the task's data on purpose (see above)
+                warnings.filterwarnings("ignore", message="Sending large graph")
+                return client.submit(search_chunk, path, digest, code, cfg_args, formula, pack_spectra(run.raw),
+                                     pure=False)
+        except Exception as e:
+            raise _cluster_error(e, run) from e
+
+    def result(run, fut):
+        found = unpack_found(_wait(client, fut, run))
         if bar is not None:
-            bar.update(len(run.raw))
+            bar.update(int(np.isin(found.status, _NOT_SEARCHED, invert=True).sum()))
         return run, found
 
     try:
         for run, formula in runs:
-            if len(run.raw) == 0:  # nothing to search (an empty input's run, or every record rejected)
-                fut = None
-            else:
-                chunk = client.scatter(pack_spectra(run.raw), hash=False)
-                fut = client.submit(search_chunk, path, digest, cfg_args, formula, chunk, pure=False)
+            # nothing to search in an empty run (an empty input, or every record rejected): searched here
+            fut = None if len(run.raw) == 0 else submit(run, formula)
             pending.append((run, formula, fut))
             while len(pending) > ahead:
                 yield _done(*pending.popleft(), library, cfg_args, result)
@@ -302,10 +356,73 @@ def search_runs(client, library, cfg_args: list, runs: Iterable[tuple], bar=None
                 fut.cancel()
 
 
+def _await_workers(client) -> None:
+    """Wait up to :data:`WORKER_WAIT_S` seconds for a worker (a client of the caller's on a cluster without
+    any: its chunks would wait for ever)."""
+    if client.nthreads():
+        return
+    try:
+        client.wait_for_workers(1, timeout=WORKER_WAIT_S)
+    except (OSError, TimeoutError):
+        raise FastspecError(f"no dask worker joined the cluster within {WORKER_WAIT_S:.0f} s") from None
+
+
+def _wait(client, fut, run) -> bytes:
+    """``fut``'s result, watching the cluster meanwhile: without any worker for :data:`WORKER_WAIT_S`
+    seconds it would never come."""
+    import time
+
+    from distributed import wait
+
+    alone = None
+    while not fut.done():
+        try:
+            wait(fut, timeout=_POLL_S)
+            continue
+        except TimeoutError:  # still running: is any worker left to run it?
+            pass
+        except Exception as e:  # the scheduler went away
+            raise _cluster_error(e, run) from e
+        try:
+            workers = client.nthreads()
+        except Exception as e:
+            raise _cluster_error(e, run) from e
+        if workers:
+            alone = None
+        elif alone is None:
+            alone = time.monotonic()
+        elif time.monotonic() - alone > WORKER_WAIT_S:
+            raise FastspecError(f"the dask cluster has had no worker for {WORKER_WAIT_S:.0f} s (all lost?); "
+                                f"query records {run.first}-{run.first + run.n_records - 1} were not searched")
+    try:
+        return fut.result()
+    except (FastspecError, KeyboardInterrupt):
+        raise
+    except Exception as e:
+        raise _cluster_error(e, run) from e
+
+
+def _cluster_error(e: BaseException, run) -> BaseException:
+    """The cluster's own failures as one FastspecError naming the query records; other errors (a bug in a
+    worker's search) as they are."""
+    where = f"query records {run.first}-{run.first + run.n_records - 1}"
+    name = type(e).__name__
+    why = " ".join(str(e).split())[:300]  # dask's messages run over several lines
+    if name == "KilledWorker":
+        return FastspecError(f"dask workers died searching {where}, as often as the scheduler allows (out of "
+                             f"memory?): {why}")
+    import asyncio
+
+    if type(e).__module__.split(".")[0] in ("distributed", "tornado") or \
+            isinstance(e, (OSError, TimeoutError, asyncio.CancelledError)):
+        return FastspecError(f"the dask cluster failed searching {where} (scheduler or connection lost?): "
+                             f"{name}: {why}")
+    return e
+
+
 def _done(run, formula, fut, library, cfg_args: list, result: Callable):
     if fut is not None:
         return result(run, fut)
-    # an empty run is searched here: its (empty) result has the shapes and keys the table expects
     from fastspec.search import _search_spectra, _SearchConfig
 
     return run, _search_spectra(library, _SearchConfig.cached(library, *cfg_args), run.raw, formula, False)

@@ -45,6 +45,20 @@ class IndexFormatError(FastspecError):
     """A library index is missing, corrupted, truncated or of an incompatible version."""
 
 
+class IndexWriteError(IndexFormatError, OSError):
+    """Writing a library index failed on the device (a full disk, a quota, a file-size limit): nothing was
+    written, and an index already at the path is unchanged. An OSError too, with the failure's errno (None
+    for numpy's short write, which has none); the message names the index."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+class IndexChangedError(IndexFormatError):
+    """The library index on disk is no longer the one opened: another process rebuilt or appended to it
+    (swapped a new one in) meanwhile. Nothing is damaged; open it again."""
+
+
 class ParameterError(FastspecError, ValueError):
     """A user-supplied parameter (tolerance, metric, mode...) is invalid."""
 

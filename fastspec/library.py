@@ -81,7 +81,8 @@ import pyarrow as pa
 from fastspec import _indexfmt as fmt
 from fastspec._atomic import absolute_path, aside_prefix, temporary_prefix
 from fastspec._version import __version__
-from fastspec.errors import FastspecError, IndexFormatError, ParameterError, ParseError, interrupts
+from fastspec.errors import (FastspecError, IndexChangedError, IndexFormatError, ParameterError, ParseError,
+                             interrupts)
 from fastspec.spectra import Spectra, has_column
 from fastspec.spectra import is_matchms as _is_matchms
 from fastspec.spectra import matchms_to_spectra
@@ -835,8 +836,8 @@ class Library:
         if now != self._stamp:
             if now is None and not self.path.exists():  # deleted, or moved aside by a rebuild killed mid-swap
                 fmt.read_manifest(self.path)  # raises: missing, with the aside hint when there is one
-            raise IndexFormatError(f"{self.path} was rebuilt or appended to (by another process?) since it was "
-                                   "opened: open it again")
+            raise IndexChangedError(f"{self.path} was rebuilt or appended to (by another process?) since it was "
+                                    "opened: open it again")
 
     # ------------------------------------------------------------------------------ scratch
     def take_scratch(self, name: str, make, fits=None) -> tuple[Any, int]:
@@ -1037,7 +1038,13 @@ class Library:
         """Check the full checksum of every file; raises IndexFormatError on a mismatch."""
         prog = _Progress(progress, total=len(self.manifest["files"]), desc="verify")
         try:
-            fmt.verify_files(self.path, self.manifest, progress=lambda name: prog.step(name))
+            self._check_unchanged()  # an index swapped in since the open is not this manifest's: not damage
+            try:
+                fmt.verify_files(self.path, self.manifest, progress=lambda name: prog.step(name))
+            except (IndexFormatError, OSError):
+                self._check_unchanged()  # swapped while verifying: say so, not "corrupted"
+                raise
+            self._check_unchanged()  # (its files checked may have been the swapped-in index's)
         finally:
             prog.close()
 

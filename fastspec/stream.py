@@ -345,6 +345,11 @@ class _Pending:
 
 
 # ------------------------------------------------------------------------------------------- writing
+#: the name (see :func:`fastspec._atomic.temporary_name`) of the rows of a CSV/TSV hit table written to a
+#: device or pipe, spooled in the temporary folder until its ``#`` header is known
+_SPOOL_NAME = "fastspec-hits"
+
+
 class _TableSink:
     """The hit table written chunk by chunk: Parquet row groups, or CSV/TSV rows into a body file that
     :meth:`close` puts behind the ``#`` parameter lines (known only at the end)."""
@@ -359,9 +364,14 @@ class _TableSink:
             if output_target(self.tmp)[1]:  # written straight to a device or pipe: the rows wait in a temp file
                 import tempfile
 
-                fd, name = tempfile.mkstemp(prefix="fastspec-", suffix=".rows")
-                os.close(fd)
-                self.body = Path(name)
+                from fastspec._atomic import remove_stale_temporaries, temporary_name
+
+                # named as the atomic writers name theirs, so that those of a killed run are removed by the next
+                # (nothing else would: they sit in the temporary folder, not beside an output)
+                where = Path(tempfile.gettempdir())
+                remove_stale_temporaries(where, _SPOOL_NAME)
+                self.body = where / (temporary_name(_SPOOL_NAME) + ".rows")
+                self.body.touch(mode=0o600, exist_ok=False)
             else:
                 self.body = self.tmp.with_name(self.tmp.name + ".rows")
         self.writer = None

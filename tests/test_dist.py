@@ -40,13 +40,15 @@ def case(massbank_mgf, tmp_path_factory):
 
 
 def test_parse_scheduler():
+    cores = dist.usable_cores()
     assert dist.parse_scheduler("local") == ("local", None)
-    assert dist.parse_scheduler("local:3") == ("local", 3)
+    assert dist.parse_scheduler(f"local:{cores}") == ("local", cores)
     assert dist.parse_scheduler("tcp://10.0.0.1:8786") == ("address", None)
-    for bad in ("", " ", "local:0", "local:x", "local:-1"):
+    # more local processes than cores only share them out (a review's local:99999999999 ran out of memory)
+    for bad in ("", " ", "local:0", "local:x", "local:-1", f"local:{cores + 1}", "local:99999999999"):
         with pytest.raises(ParameterError):
             dist.parse_scheduler(bad)
-    assert dist.worker_threads("local:2", None) >= 1 and dist.worker_threads("local:2", 3) == 3
+    assert dist.worker_threads("local:1", None) == cores and dist.worker_threads("local:1", 3) == 3
     assert dist.worker_threads("tcp://h:1", None) is None
 
 
@@ -78,6 +80,41 @@ def test_local_cluster_gives_the_same_table(case):
             assert got == want and want["n_queries"] == 300
             assert want["params"]["query_records"]["rejected"] == 3
             _tables_equal(d / f"{mode}_local.parquet", d / f"{mode}_dask.parquet")
+
+
+def test_a_worker_lost_mid_search_changes_nothing(case):
+    """A worker killed (SIGKILL) while chunks are on the cluster: its chunks run again on the other worker
+    (they travel with their tasks), and the table is the one without a cluster (a review: scattered chunks
+    were lost with their worker, failing the whole search)."""
+    import os
+    import signal
+
+    d, lib = case
+    kw = dict(mode="identity", chunk_size=10, threads=1)
+    lib.search_to_file(d / "q.mgf", d / "kill_local.tsv", progress=False, **kw)
+    with dist.cluster_client("local:2") as client:
+        pids = list(client.run(os.getpid).values())
+        assert len(pids) == 2
+
+        class KillOnFirstResult:  # a progress bar: called once per chunk whose result is in
+            killed = False
+
+            def update(self, n):
+                if not self.killed:
+                    self.killed = True
+                    os.kill(pids[0], signal.SIGKILL)
+
+        bar = KillOnFirstResult()
+        lib.search_to_file(d / "q.mgf", d / "kill_dask.tsv", client=client, progress=bar, **kw)
+        assert bar.killed
+    assert (d / "kill_dask.tsv").read_bytes() == (d / "kill_local.tsv").read_bytes()
+
+
+def test_worker_refuses_other_code(case):
+    d, lib = case
+    chunk = dist.pack_spectra(fio.read(d / "q.mgf")[:5])
+    with pytest.raises(FastspecError, match="other fastspec code"):
+        dist.search_chunk(str(lib.path), dist.library_digest(lib), "0" * 32, [], None, chunk)
 
 
 def test_worker_refuses_another_index(case, tmp_path):

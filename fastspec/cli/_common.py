@@ -371,6 +371,18 @@ def make_parents(*paths) -> None:
             Path(p).resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
+def prepare_outputs(*paths) -> None:
+    """:func:`make_parents`, then refuse now an output that could not be written once the work is done
+    (:func:`fastspec._atomic.probe_writable`): a command with several outputs had replaced its first
+    before failing on its second (``evaluate -o r.json --markdown`` with ``r.md`` a directory)."""
+    from fastspec._atomic import probe_writable
+
+    make_parents(*paths)
+    for p in paths:
+        if p is not None:
+            probe_writable(p)
+
+
 def check_tolerance_option(value: str | None, name: str = "--tolerance") -> None:
     """Refuse a command-line tolerance that cannot be parsed, or a bare number of 1 or more: without a unit
     it means Da, and a ppm value missing its unit is far more likely than a window of that many Da."""

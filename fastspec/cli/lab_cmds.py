@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from fastspec.cli._common import check_tolerance_option, common_options, handle_errors, make_parents, refuse_clobbering
+from fastspec.cli._common import (check_tolerance_option, common_options, handle_errors, prepare_outputs,
+                                  refuse_clobbering)
 
 _METRICS = ["binned_cosine", "cosine", "modified_cosine", "entropy"]
 
@@ -186,7 +187,7 @@ def evaluate(library, queries, split_spec, output, markdown, predictions, thread
         from fastspec.errors import ParameterError  # a .csv of Parquet bytes would not read back as CSV
 
         raise ParameterError(f"--predictions {predictions}: predictions are written as Parquet; name the file .parquet")
-    make_parents(output, predictions)
+    prepare_outputs(output, predictions, md)
     if predictions:  # Parquet: refused for a pipe before the evaluation, not after it
         from fastspec._atomic import check_seekable
 
@@ -256,7 +257,7 @@ def split(library, split_spec, output, profile_path, fingerprint, fingerprint_ca
     split_format(output)  # before the split is made (an l2s split takes minutes)
     refuse_clobbering([library, *_split_files([split_spec])], [("--output", output), ("--profile", profile_path),
                                                               ("--fingerprint-cache", fingerprint_cache)])
-    make_parents(output, profile_path)
+    prepare_outputs(output, profile_path)
 
     rejected: dict = {}
     lab = load_spectra(library, rejected)
@@ -331,7 +332,7 @@ def ablate(library, queries, splits, intensity_powers, mz_powers, no_shuffle, em
         raise ParameterError("--query-embeddings go with --queries (the embeddings of those spectra)")
     refuse_clobbering([library, queries, embeddings, query_embeddings, *_split_files(splits)],
                       [("--output", output), ("--fingerprint-cache", kw.get("fingerprint_cache"))])
-    make_parents(output)
+    prepare_outputs(output)
     search = _search_kwargs(kw)
     for name in ("intensity_power", "mz_power"):  # the grids set them; a single value would be dropped
         if search.get(name) is not None:
@@ -384,7 +385,7 @@ def report(inputs, output, html_path, figure_dir, title, notes, threads, quiet):
     held = [i for i in inputs if Path(i).resolve().parent == figures.resolve()]
     if held:  # the figures' names are fixed: one could replace an input
         raise ParameterError(f"the figure folder {figures} holds an input ({held[0]}): choose another --figures")
-    make_parents(output, html_path)
+    prepare_outputs(output, html_path)
     try:
         res = render(list(inputs), output, html_path, title=title, figure_dir=figure_dir, notes=notes)
     except (TypeError, AttributeError, ValueError, KeyError, IndexError) as e:

@@ -112,6 +112,9 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
             raise ParameterError(f"--report {report_path} is inside the index {output}: choose another path")
         refuse_clobbering(inputs, [("--report", report_path)])
         make_parents(report_path)
+        from fastspec._atomic import probe_writable
+
+        probe_writable(report_path)  # written after the index is: a failure then would leave the user unsure
     read_report = ReadReport() if report_path else None
     if append:
         given = [o for o, v in (("--overwrite", overwrite or None), ("--preprocess", preprocess),
@@ -149,13 +152,19 @@ def index(inputs, output, preprocess, no_preprocess, min_mz, max_mz, remove_prec
     dt = time.perf_counter() - t0
     if report_path:
         from fastspec._atomic import write_text_atomically
+        from fastspec.errors import FastspecError
 
         info = lib.info()
         doc = {"read": read_report.to_dict(),
                "index": {**{k: info.get(k) for k in ("path", "n_spectra", "n_read", "n_rejected", "rejected")},
                          "left_out": lib.left_out},
                what: {"spectra": n_new, "rejected": n_rej}}
-        write_text_atomically(report_path, json.dumps(doc, indent=1, default=str))
+        try:
+            write_text_atomically(report_path, json.dumps(doc, indent=1, default=str))
+        except OSError as e:  # (probed before the work; a disk filled meanwhile) the index stands: say so
+            raise FastspecError(f"{output} was {what} ({n_new:,} spectra, {n_rej:,} rejected; do not "
+                                f"{'append them again' if append else 'build it again'}), but the report "
+                                f"{report_path} could not be written: {e.strerror or e}") from e
     rej = ", ".join(f"{r}: {c:,}" for r, c in lib.rejected.items())
     # an append's own rejections: the index's counts less those it held before
     new_rej = ", ".join(f"{r}: {c - why0.get(r, 0):,}" for r, c in lib.rejected.items() if c > why0.get(r, 0)) \
@@ -224,7 +233,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
           input_format, output_format, scheduler, threads, quiet):
     """Search query spectra against a library index and write the hit table. '-' reads the queries from standard
     input (with --input-format)."""
-    from fastspec.errors import ParameterError
+    from fastspec.errors import IndexChangedError, ParameterError
     from fastspec.library import Library, sort_input
 
     from fastspec.hits import table_kind
@@ -260,11 +269,26 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         if scheduler is not None:
             from fastspec.dist import cluster_client, worker_threads
 
-            client = stack.enter_context(cluster_client(scheduler, quiet=quiet))
+            client = stack.enter_context(cluster_client(scheduler))
             threads = worker_threads(scheduler, threads)
-        _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
-               no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error,
-               chunk_size, input_format, output_format, threads, quiet, metric_params, client, log)
+        for attempt in range(_SWAPPED_TRIES):
+            try:
+                return _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe,
+                              n_candidates, no_neighbour, formula, same_adduct, same_charge, same_instrument,
+                              min_matches, min_score, on_error, chunk_size, input_format, output_format, threads,
+                              quiet, metric_params, client, log)
+            except IndexChangedError:
+                # an append or rebuild by another process swapped the index in mid-search (nothing was written:
+                # the table appears only once complete); the new index is as valid: search it from the start
+                if attempt + 1 == _SWAPPED_TRIES or not all(os.path.isfile(q) or os.path.isdir(q) for q in queries):
+                    raise  # (a pipe or standard input cannot be read twice)
+                log(f"{library} was rebuilt or appended to by another process during the search: searching the "
+                    "new index from the start")
+                lib = Library.open(library)
+
+
+#: searches of one `fastspec query` when the index keeps being swapped under it (another process appending)
+_SWAPPED_TRIES = 3
 
 
 def _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
@@ -345,11 +369,18 @@ def _derived_formulas(d: dict) -> str:
 @handle_errors
 def info(library, verify, as_json, threads, quiet):
     """Describe (and optionally verify) a library index."""
+    from fastspec.errors import IndexChangedError
     from fastspec.library import Library
 
     lib = Library.open(library)
-    if verify:
-        lib.verify(progress=False if quiet else None)
+    for attempt in range(_SWAPPED_TRIES if verify else 0):
+        try:
+            lib.verify(progress=False if quiet else None)
+            break
+        except IndexChangedError:  # an append or rebuild swapped a new index in meanwhile: verify that one
+            if attempt + 1 == _SWAPPED_TRIES:
+                raise
+            lib = Library.open(library)
     d = lib.info()
     d["verified"] = True if verify else None  # (a failed check is an error: false would read as one)
     if as_json:

@@ -122,9 +122,53 @@ def write(spectra: Spectra, path: str) -> None:
 
 
 def _write_file(spectra: Spectra, tmp) -> None:
-    """The HDF5 layout of :func:`write`, into the file ``tmp`` (renamed into place by the caller)."""
+    """The HDF5 layout of :func:`write`, into the file ``tmp`` (renamed into place by the caller).
+
+    HDF5 (2.0, through h5py 3.16) crashes the process when a write fails for want of space (a full disk,
+    a quota, ``ulimit -f``: a segfault after pages of "Exception ignored" messages), also through a Python
+    file object. Where the file might not fit, it is built in memory and written with Python's own I/O,
+    whose failure is an ordinary OSError; where it surely fits, HDF5 writes it directly."""
+    if _surely_fits(tmp, _size_bound(spectra)):
+        _write_h5(spectra, tmp)
+        return
+    import io
+
+    buf = io.BytesIO()
+    _write_h5(spectra, buf)
+    with open(tmp, "wb") as out:
+        out.write(buf.getbuffer())
+
+
+def _size_bound(spectra: Spectra) -> int:
+    """More bytes than the HDF5 file of ``spectra`` can take: the arrays and metadata uncompressed (gzip
+    grows incompressible chunks only a little), the string offsets, and room for HDF5's own structures."""
+    md = spectra.metadata
+    arrays = spectra.offsets.nbytes + spectra.mz.nbytes + spectra.intensity.nbytes + spectra.precursor_mz.nbytes \
+        + spectra.charge.nbytes
+    per_column = 8 * (len(spectra) + 1) + len(spectra)  # string offsets and a validity mask
+    return int(1.1 * (arrays + md.nbytes + md.num_columns * per_column)) + (4 << 20)
+
+
+def _surely_fits(path, need: int) -> bool:
+    """Whether ``need`` bytes surely fit at ``path``: the free space of its filesystem (for this user) and
+    the file-size limit (``ulimit -f``) allow them; never for a device."""
+    import resource
+    import stat
+
+    try:
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            return False  # a device (/dev/full fails every write): built in memory
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)) or ".")
+    except OSError:
+        return False
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return need <= st.f_bavail * st.f_frsize and (soft == resource.RLIM_INFINITY or need <= soft)
+
+
+def _write_h5(spectra: Spectra, target) -> None:
+    """The layout itself, into ``target``: a path, or a binary file object (h5py writes through it)."""
     h5py = _h5py()
-    with h5py.File(tmp, "w") as f:
+    with h5py.File(target, "w") as f:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["n_spectra"] = len(spectra)

@@ -87,7 +87,8 @@ MODES = {
     # ms_entropy's neutral-loss search, the same scores (not one of the issue's modes: no target)
     "neutral-loss": dict(mode="neutral_loss", metric="entropy"),
     # the Khoo & Barzilay NN baseline's metric over the whole library (inverted bin index)
-    "open-binned": dict(mode="open", metric="binned_cosine", preset="khoo2026"),
+    # (no tolerance: given with a preset it would be the bin width, in place of the preset's 0.25 Da)
+    "open-binned": dict(mode="open", metric="binned_cosine", preset="khoo2026", tolerance=None),
 }
 #: ms_entropy method -> the fastspec mode scoring the same thing, for the side-by-side answer check
 PEER_MODES = {"identity": "identity-entropy", "open": "open-entropy", "neutral_loss": "neutral-loss", "hybrid": "hybrid"}
@@ -109,6 +110,11 @@ RSS_MODES = {**MODES, "analog-faiss": dict(mode="analog", engine="faiss")}
 
 
 # ====================================================================================== helpers
+
+def _merge(common: dict, kw: dict) -> dict:
+    """Search options: ``common`` (tolerance, threads, progress) with a mode's own ``kw`` taking precedence."""
+    return {**common, **kw}
+
 def parse_size(text: str) -> int:
     t = text.strip().lower()
     mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
@@ -275,11 +281,11 @@ def phase_query(a) -> dict:
     peer_q = queries.take(prow)
     for label, kw in MODES.items():
         try:
-            lib.search(queries, k=K, **common, **kw)  # untimed: compiles every code path, warms the page cache
+            lib.search(queries, k=K, **_merge(common, kw))  # untimed: compiles every code path, warms the page cache
             runs = []
             for _ in range(max(1, a.repeats)):  # the median of a few batches: the machine is shared
                 t0 = time.perf_counter()
-                hits = lib.search(queries, k=K, **common, **kw)
+                hits = lib.search(queries, k=K, **_merge(common, kw))
                 runs.append(time.perf_counter() - t0)
             dt_ = float(np.median(runs))
             peer_runs = _batch_times(lib, peer_q, common, kw, a.repeats) if label in PEER_OF else []
@@ -294,10 +300,10 @@ def phase_query(a) -> dict:
                 lat_rows = prow if a.latency_queries >= len(prow) else \
                     prow[_peer_sample(len(prow), a.latency_queries, a.seed)]  # (a sample, not the first ones)
                 singles = [queries[int(i) : int(i) + 1] for i in lat_rows]
-                lib.search(singles[0], k=K, **common, **kw)
+                lib.search(singles[0], k=K, **_merge(common, kw))
                 for one in singles:
                     t1 = time.perf_counter()
-                    lib.search(one, k=K, **common, **kw)
+                    lib.search(one, k=K, **_merge(common, kw))
                     lat.append(time.perf_counter() - t1)
         except Exception as e:  # reported, not fatal: the other modes still run
             out["modes"][label] = {"error": f"{type(e).__name__}: {e}"}
@@ -318,11 +324,11 @@ def phase_query(a) -> dict:
         out["novel"] = {"n_queries": len(novel)}
         for label in NOVEL_MODES:
             kw = MODES[label]
-            lib.search(novel, k=K, **common, **kw)  # warm-up, as above
+            lib.search(novel, k=K, **_merge(common, kw))  # warm-up, as above
             runs = []
             for _ in range(max(1, a.repeats)):
                 t0 = time.perf_counter()
-                hits = lib.search(novel, k=K, **common, **kw)
+                hits = lib.search(novel, k=K, **_merge(common, kw))
                 runs.append(time.perf_counter() - t0)
             nrow = peer_rows(novel, a)
             peer_runs = _batch_times(lib, novel.take(nrow), common, kw, a.repeats)
@@ -350,11 +356,11 @@ def phase_query(a) -> dict:
 def _batch_times(lib, queries, common: dict, kw: dict, repeats: int) -> list:
     """Seconds of ``repeats`` timed ``search`` calls over ``queries``, after an untimed one (a smaller batch
     can take other kernel builds, serial ones, whose first call loads them)."""
-    lib.search(queries, k=K, **common, **kw)
+    lib.search(queries, k=K, **_merge(common, kw))
     runs = []
     for _ in range(max(1, repeats)):
         t0 = time.perf_counter()
-        lib.search(queries, k=K, **common, **kw)
+        lib.search(queries, k=K, **_merge(common, kw))
         runs.append(time.perf_counter() - t0)
     return runs
 
@@ -378,7 +384,7 @@ def brute_force_check(lib, sets: dict, a, common: dict) -> dict:
         qproc = apply_pipeline(lib.pipeline, sub)
         qpol = np.asarray(qproc.polarity)
         for label, (metric, peer) in BRUTE_MODES.items():
-            h = lib.search(sub, k=K, **common, **MODES[label])
+            h = lib.search(sub, k=K, **_merge(common, MODES[label]))
             ref = np.zeros((len(sub), K))
             for pol in np.unique(qpol):
                 rows = np.flatnonzero((qpol == pol) & (np.diff(qproc.offsets) > 0))
@@ -422,7 +428,7 @@ def phase_rss(a) -> dict:
     lib = Library.open(wd / "lib.fastspec")
     kw = dict(RSS_MODES[a.mode_label])
     t0 = time.perf_counter()
-    lib.search(queries, k=K, tolerance=TOLERANCE, threads=a.threads, progress=False, **kw)
+    lib.search(queries, k=K, **_merge(dict(tolerance=TOLERANCE, threads=a.threads, progress=False), kw))
     return {"mode": a.mode_label, "seconds_incl_compile_or_cache_load": time.perf_counter() - t0,
             "rss_before_open": base["rss"], **rss()}
 
@@ -440,14 +446,14 @@ def library_classes(lib) -> np.ndarray:
 def faiss_rows(lib, queries, common: dict, kw: dict) -> list | dict:
     """FAISS engine at each nprobe: speed and recall@10 at k=10, recall@100 at k=100 (vs exact)."""
     try:
-        exact10 = lib.search(queries, k=10, **common, **kw)
-        exact100 = lib.search(queries, k=100, **common, **kw)
+        exact10 = lib.search(queries, k=10, **_merge(common, kw))
+        exact100 = lib.search(queries, k=100, **_merge(common, kw))
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"}
     rows = []
     for nprobe, n_cand in [(p, None) for p in NPROBES] + list(FAISS_CANDIDATES):
         row = {"nprobe": nprobe, "n_candidates": n_cand}
-        fkw = dict(engine="faiss", nprobe=nprobe, n_candidates=n_cand, **common, **kw)
+        fkw = dict(engine="faiss", nprobe=nprobe, n_candidates=n_cand, **_merge(common, kw))
         try:
             lib.search(queries[:100], k=10, **fkw)
             t0 = time.perf_counter()
@@ -488,7 +494,7 @@ def save_peer_hits(lib, queries, novel, wd: Path, a, common: dict) -> None:
         rows = peer_rows(qs, a)
         sub = qs.take(rows)
         for method, label in PEER_MODES.items():
-            h = lib.search(sub, k=K, **common, **MODES[label])
+            h = lib.search(sub, k=K, **_merge(common, MODES[label]))
             idx = np.asarray(h.indices)
             out[f"{name}/{method}/rows"] = rows
             out[f"{name}/{method}/indices"] = np.where(idx >= 0, inp[np.maximum(idx, 0)], -1)

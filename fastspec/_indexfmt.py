@@ -497,6 +497,7 @@ class AtomicDirectory:
         self.target = target
         self.overwrite = overwrite
         self.tmp: Path | None = None
+        self.asides: list[Path] = []
 
     def __enter__(self) -> Path:
         parent = self.target.parent if str(self.target.parent) else Path(".")
@@ -507,6 +508,11 @@ class AtomicDirectory:
         if self.target.exists() and not self.target.is_dir():  # never a file (a spectrum file named as output)
             raise IndexFormatError(f"refusing to overwrite {self.target}: it is a file, not a library index")
         remove_stale_temporaries(parent, self.target.name)
+        # indexes left aside by a swap killed between its renames, deleted once this one is in place (a swap
+        # running now, whose aside appears later, is not among them)
+        aside = re.compile(re.escape(aside_prefix(self.target.name)) + r"[0-9a-f]{12}")
+        self.asides = [p for p in parent.glob(f"{glob.escape(aside_prefix(self.target.name))}*")
+                       if aside.fullmatch(p.name)]
         self.tmp = parent / temporary_name(self.target.name)
         with naming_output(self.target, self.tmp):  # a read-only directory: name the index, not the temporary
             self.tmp.mkdir()
@@ -530,9 +536,7 @@ class AtomicDirectory:
                     move_into_place(self.tmp, self.target)
                 else:
                     replace_directory(self.tmp, self.target)
-                # an index left aside by a swap killed between its renames ("--overwrite deletes it"); under
-                # the lock, which every swap holds: none is between its renames now
-                for aside in self.target.parent.glob(f"{glob.escape(aside_prefix(self.target.name))}*"):
+                for aside in self.asides:  # "--overwrite deletes it", as the refusal without it says
                     shutil.rmtree(aside, ignore_errors=True)
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
-from fastspec.errors import FastspecError, IndexChangedError, ParameterError
+from fastspec.errors import FastspecError, IndexFormatError, ParameterError
 
 #: chunks searched or waiting on the cluster per worker thread, beyond the one being written: enough to
 #: keep every worker busy while the client reads and writes, few enough to bound the client's memory
@@ -251,7 +251,8 @@ def _worker_library(path: str, digest: str):
     if library_digest(lib) != digest:
         import socket
 
-        raise IndexChangedError(f"the library index at {path} on worker {socket.gethostname()} is not the one the "
+        # (not IndexChangedError: a worker on another filesystem sees another index however often it looks)
+        raise IndexFormatError(f"the library index at {path} on worker {socket.gethostname()} is not the one the "
                                "client opened (another build, or rebuilt or appended to since): every worker "
                                "must see the same index at the same path")
     _OPEN[path] = (digest, lib)

@@ -1789,12 +1789,22 @@ def _check_flags(**flags) -> None:
 
 
 def _as_rows(rows, n: int, what: str = "rows") -> np.ndarray:
-    """``rows`` as int64 library rows, each in ``[0, n)``: integers only (``0.7`` would be truncated to 0,
-    ``True`` read as 1), ParameterError otherwise."""
+    """``rows`` as int64 library rows (1-D), each in ``[0, n)``: integers, or numbers that are whole (a
+    pandas column of row numbers turned float by its missing values), else ParameterError (``0.7`` was
+    truncated to row 0, and ``True`` read as row 1)."""
     a = np.asarray(rows)
+    if a.ndim > 1:
+        raise ParameterError(f"{what} must be one-dimensional, got shape {a.shape}")
+    a = a.reshape(-1)
+    if a.size and a.dtype.kind == "O":  # Python or pyarrow integers, pandas' nullable Int64 as numpy
+        vals = [v.as_py() if hasattr(v, "as_py") else v for v in a.tolist()]
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in vals):
+            a = np.asarray(vals, dtype=np.int64)
+    if a.size and a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.floor(a)):
+        a = a.astype(np.int64)
     if a.size and a.dtype.kind not in "iu":
         raise ParameterError(f"{what} must be integers, got {a.dtype} values")
-    a = a.astype(np.int64, copy=False).reshape(-1) if a.ndim else a.astype(np.int64).reshape(1)
+    a = a.astype(np.int64, copy=False)
     if a.size and (a.min() < 0 or a.max() >= n):
         raise ParameterError(f"{what} must be in [0, {n}), got {int(a.min() if a.min() < 0 else a.max())}")
     return a

@@ -117,10 +117,13 @@ def test_dangling_link_and_a_left_aside_index(spectra, tmp_path):
     Library.build(spectra[:20], lib, faiss=False, progress=False)
     aside = tmp_path / ".other.fastspec.old-0123456789ab"
     os.rename(lib, aside)  # killed between the renames: the old index aside, none in place
+    sibling = tmp_path / ".other.fastspec.old-x.old-0123456789ab"  # the aside of an index named other.fastspec.old-x
+    sibling.mkdir()
     with pytest.raises(IndexFormatError, match="rename it back"):
         Library.build(spectra[:30], lib, faiss=False, progress=False)
     Library.build(spectra[:30], lib, faiss=False, progress=False, overwrite=True)
     assert not aside.exists() and Library.open(lib).n_spectra + Library.open(lib).n_rejected == 30
+    assert sibling.exists()
 
 
 def test_temporaries_of_a_killed_unreaped_writer_are_stale(tmp_path):

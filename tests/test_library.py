@@ -1716,6 +1716,13 @@ def test_flags_rows_and_columns_are_checked(tmp_path, massbank_mgf):
         for bad in (np.array([0.7]), np.array([True]), np.array([len(lib)]), np.array([-1])):
             with pytest.raises(ParameterError, match="integers|must be in"):
                 call(bad)
+    with pytest.raises(ParameterError, match="one-dimensional"):
+        lib.metadata(np.array([[0, 1]]), ["id"])
+    # whole numbers in other forms are rows: a pandas column turned float by missing values, Python objects
+    want = lib.metadata([0, 2], ["id"])
+    for rows in (np.array([0.0, 2.0]), np.array([0, 2], dtype=object), pa.array([0, 2]).to_numpy(zero_copy_only=False),
+                 np.array([pa.scalar(0), pa.scalar(2)], dtype=object)):
+        assert lib.metadata(rows, ["id"]).equals(want)
     assert lib.metadata([0, 1], "id").column_names == ["id"]
     assert lib.spectra([0], metadata="id").metadata.column_names == ["id"]
     assert lib.metadata(np.array([], np.int64), ["id"]).num_rows == 0 and lib.metadata(2, ["id"]).num_rows == 1

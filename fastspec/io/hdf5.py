@@ -125,9 +125,10 @@ def _write_file(spectra: Spectra, tmp) -> None:
     """The HDF5 layout of :func:`write`, into the file ``tmp`` (renamed into place by the caller).
 
     HDF5 (2.0, through h5py 3.16) crashes the process when a write fails for want of space (a full disk,
-    a quota, ``ulimit -f``: a segfault after pages of "Exception ignored" messages), also through a Python
-    file object. Where the file might not fit, it is built in memory and written with Python's own I/O,
-    whose failure is an ordinary OSError; where it surely fits, HDF5 writes it directly."""
+    ``ulimit -f``: a segfault after pages of "Exception ignored" messages), also through a Python file
+    object. Where the file might not fit, it is built in memory and written with Python's own I/O, whose
+    failure is an ordinary OSError; where it surely fits, HDF5 writes it directly. (A disk quota is not
+    seen by that check: a write over one may still crash.)"""
     if _surely_fits(tmp, _size_bound(spectra)):
         _write_h5(spectra, tmp)
         return
@@ -146,7 +147,8 @@ def _size_bound(spectra: Spectra) -> int:
     arrays = spectra.offsets.nbytes + spectra.mz.nbytes + spectra.intensity.nbytes + spectra.precursor_mz.nbytes \
         + spectra.charge.nbytes
     per_column = 8 * (len(spectra) + 1) + len(spectra)  # string offsets and a validity mask
-    return int(1.1 * (arrays + md.nbytes + md.num_columns * per_column)) + (4 << 20)
+    # metadata twice: dictionary, timestamp and nested columns are stored as JSON text, longer than in Arrow
+    return int(1.1 * (arrays + 2 * md.nbytes + md.num_columns * per_column)) + (4 << 20)
 
 
 def _surely_fits(path, need: int) -> bool:

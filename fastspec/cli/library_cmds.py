@@ -263,6 +263,12 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
         from fastspec.dist import parse_scheduler
 
         parse_scheduler(scheduler)  # a malformed value is refused before the index is opened
+    # what goes to Library.search_to_file as it is (threads may change below, for a cluster's workers)
+    search_kw = dict(k=k, chunk_size=chunk_size, mode=mode, metric=metric, tolerance=tolerance,
+                     precursor_tolerance=precursor_tolerance, engine=engine, nprobe=nprobe, n_candidates=n_candidates,
+                     no_neighbour=no_neighbour, formula=formula, same_adduct=same_adduct, same_charge=same_charge,
+                     same_instrument=same_instrument, min_matches=min_matches, min_score=min_score, on_error=on_error,
+                     input_format=input_format, output_format=output_format, **metric_params)
     lib = Library.open(library)
     with contextlib.ExitStack() as stack:
         client = None
@@ -273,10 +279,7 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
             threads = worker_threads(scheduler, threads)
         for attempt in range(_SWAPPED_TRIES):
             try:
-                return _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe,
-                              n_candidates, no_neighbour, formula, same_adduct, same_charge, same_instrument,
-                              min_matches, min_score, on_error, chunk_size, input_format, output_format, threads,
-                              quiet, metric_params, client, log)
+                return _query(lib, queries, output, search_kw, threads, quiet, client, log)
             except IndexChangedError:
                 # an append or rebuild by another process swapped the index in mid-search (nothing was written:
                 # the table appears only once complete); the new index is as valid: search it from the start
@@ -291,10 +294,9 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
 _SWAPPED_TRIES = 3
 
 
-def _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance, engine, nprobe, n_candidates,
-           no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error,
-           chunk_size, input_format, output_format, threads, quiet, metric_params, client, log):
-    """`fastspec query` once its options passed their checks: search, write, and say what happened."""
+def _query(lib, queries: list, output: str, search_kw: dict, threads, quiet: bool, client, log):
+    """`fastspec query` once its options passed their checks: search (``search_kw``: the options for
+    :meth:`Library.search_to_file`), write, and say what happened."""
     from fastspec.errors import ParameterError
 
     t0 = time.perf_counter()
@@ -309,14 +311,9 @@ def _query(lib, queries, output, k, mode, metric, tolerance, precursor_tolerance
                 ahead.extend(a for a in [_ahead.start(log, threads, on_wait=compiled.add)] if a is not None)
 
         try:
-            done = lib.search_to_file(queries if len(queries) > 1 else queries[0], output, k=k, chunk_size=chunk_size,
-                                      mode=mode, metric=metric, tolerance=tolerance, precursor_tolerance=precursor_tolerance,
-                                      engine=engine, nprobe=nprobe, n_candidates=n_candidates, no_neighbour=no_neighbour,
-                                      formula=formula, same_adduct=same_adduct, same_charge=same_charge,
-                                      same_instrument=same_instrument, min_matches=min_matches, min_score=min_score,
-                                      on_error=on_error, input_format=input_format, output_format=output_format,
-                                      threads=threads, client=client,
-                                      progress=False if quiet else None, on_validated=start_ahead, **metric_params)
+            done = lib.search_to_file(queries if len(queries) > 1 else queries[0], output, **search_kw,
+                                      threads=threads, client=client, progress=False if quiet else None,
+                                      on_validated=start_ahead)
         finally:
             for a in ahead:
                 a.stop()

@@ -53,7 +53,8 @@ def parse_scheduler(scheduler: str) -> tuple[str, int | None]:
     Raises
     ------
     ParameterError
-        An empty value, or ``local:`` followed by anything but a positive integer.
+        An empty value, or ``local:`` followed by anything but a positive integer of at most the usable
+        cores (:func:`usable_cores`).
     """
     s = str(scheduler).strip()
     if not s:
@@ -62,7 +63,7 @@ def parse_scheduler(scheduler: str) -> tuple[str, int | None]:
         n = s[len("local:"):] if s != "local" else ""
         if n == "":
             return "local", None
-        if not n.isdigit() or int(n) < 1:
+        if not (n.isascii() and n.isdigit()) or int(n) < 1:
             raise ParameterError(f"--scheduler {scheduler}: local:N takes a positive number of worker processes")
         if int(n) > usable_cores():  # more processes than cores only share them out (local:64 was a typo)
             raise ParameterError(f"--scheduler {scheduler}: this machine has {usable_cores()} usable cores; "
@@ -132,12 +133,18 @@ class cluster_client:
             self.__exit__(None, None, None)
             raise ParameterError(f"--scheduler {self.scheduler}: not a dask scheduler address "
                                  f"(tcp://host:8786): {e}") from None
+        except BaseException:  # (an interrupt, a worker process failing to start): shut down, levels back
+            self.__exit__(None, None, None)
+            raise
         try:
             self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
         except (OSError, TimeoutError):
             self.__exit__(None, None, None)
             raise FastspecError(f"no dask worker joined the scheduler at {self.scheduler} within "
                                 f"{WORKER_WAIT_S:.0f} s") from None
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
         return self.client
 
     def __exit__(self, *exc):

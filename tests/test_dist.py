@@ -45,7 +45,7 @@ def test_parse_scheduler():
     assert dist.parse_scheduler(f"local:{cores}") == ("local", cores)
     assert dist.parse_scheduler("tcp://10.0.0.1:8786") == ("address", None)
     # more local processes than cores only share them out (a review's local:99999999999 ran out of memory)
-    for bad in ("", " ", "local:0", "local:x", "local:-1", f"local:{cores + 1}", "local:99999999999"):
+    for bad in ("", " ", "local:0", "local:x", "local:-1", "local:\u00b2", f"local:{cores + 1}", "local:99999999999"):
         with pytest.raises(ParameterError):
             dist.parse_scheduler(bad)
     assert dist.worker_threads("local:1", None) == cores and dist.worker_threads("local:1", 3) == 3

@@ -89,10 +89,19 @@ class Hits:
         The search parameters (mode, metric, tolerances, filters, library path and build parameters),
         and ``query_records``: records read from the query files, rejected by the reader (on_error
         ``"skip"``: their rows have status ``rejected``) and why.
+    query_index : ndarray, int64 (n,)
+        Each row's position among the queries searched (the hit table's ``query_index``): ``0..n-1``, or
+        where a subset (``hits[5:10]``, ``hits[mask]``) took its rows from.
+
+    Notes
+    -----
+    ``hits[sel]`` (an int, a slice, an int array or a boolean mask over the queries) is a Hits of those
+    queries, each keeping its ``query_index``; iterating gives one Hits per query.
     """
 
     def __init__(self, scores, indices, matches, *, status, fallback=None, query_ids=None, query_precursor_mz=None,
-                 library=None, params=None, query_files=None, rejected_reasons=None, query_formulas=None):
+                 library=None, params=None, query_files=None, rejected_reasons=None, query_formulas=None,
+                 query_index=None):
         self.scores = np.asarray(scores, dtype=np.float32)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.matches = np.asarray(matches, dtype=np.int32)
@@ -112,9 +121,32 @@ class Hits:
         self.query_precursor_mz = np.full(n, np.nan) if query_precursor_mz is None else np.asarray(query_precursor_mz, np.float64)
         self.library = library
         self.params = dict(params or {})
+        self.query_index = np.arange(n, dtype=np.int64) if query_index is None else np.asarray(query_index, np.int64)
+        if self.query_index.shape != (n,):
+            raise ParameterError(f"query_index holds {self.query_index.shape} entries for {n} queries")
 
     def __len__(self) -> int:
         return self.scores.shape[0]
+
+    def __getitem__(self, sel) -> "Hits":
+        """The hits of the queries ``sel`` selects (an int, a slice, an int array or a boolean mask, as numpy
+        indexes the rows); they keep their ``query_index``, parameters and library."""
+        if isinstance(sel, tuple):
+            raise IndexError("Hits are indexed by query only (hits[i], hits[a:b], hits[rows], hits[mask])")
+        rows = np.atleast_1d(np.arange(len(self), dtype=np.int64)[sel])
+
+        def take(values):
+            return None if values is None else [values[i] for i in rows.tolist()]
+
+        return Hits(self.scores[rows], self.indices[rows], self.matches[rows], status=self.status[rows],
+                    fallback=self.fallback[rows], query_ids=take(self.query_ids),
+                    query_precursor_mz=self.query_precursor_mz[rows], library=self.library, params=self.params,
+                    query_files=take(self.query_files), rejected_reasons=take(self.rejected_reasons),
+                    query_formulas=take(self.query_formulas), query_index=self.query_index[rows])
+
+    def __iter__(self):
+        """One Hits per query, in order (``hits[i]``)."""
+        return (self[i] for i in range(len(self)))
 
     @property
     def k(self) -> int:
@@ -192,7 +224,7 @@ class Hits:
         # 24M rows); a null index takes a null, which is what a row without a hit gets
         per_query = pa.array(q_index, pa.int64())
         cols: dict[str, pa.Array] = {
-            "query_index": pa.array(q_index + first, pa.int64()) if first else per_query,
+            "query_index": pa.array(self.query_index[q_index] + first, pa.int64()),
             "query_id": pa.array(self.query_ids, pa.string()).take(per_query),
             "query_file": (pa.nulls(q_index.shape[0], pa.string()) if self.query_files is None else
                            pa.array([_path_text(f) for f in self.query_files], pa.string()).take(per_query)),

@@ -1342,6 +1342,31 @@ def test_library_without_ids_names_its_hits_by_row(tmp_path):
     assert ids == [str(i) for i in t.column("library_index").to_pylist()]
 
 
+def test_hits_subsets_keep_their_query_index(lib, data):
+    """``hits[sel]`` (int, slice, int rows, mask) is a Hits of those queries: their arrays, ids and hit-table
+    rows, each query keeping its ``query_index``; iterating gives one Hits per query."""
+    queries = data[1]
+    hits = lib.search(queries, k=K, mode="identity")
+    full = hits.to_arrow()
+    qi = full.column("query_index").to_numpy()
+    n = len(hits)
+    mask = np.zeros(n, bool)
+    mask[::3] = True
+    for sel, rows in ((4, [4]), (slice(2, 9, 2), [2, 4, 6, 8]), (np.array([7, 0, 7]), [7, 0, 7]), (mask, np.flatnonzero(mask)),
+                      (-1, [n - 1])):
+        sub = hits[sel]
+        rows = np.asarray(rows)
+        assert len(sub) == len(rows) and sub.k == hits.k
+        assert np.array_equal(sub.scores, hits.scores[rows]) and np.array_equal(sub.indices, hits.indices[rows])
+        assert sub.query_ids == [hits.query_ids[r] for r in rows] and np.array_equal(sub.query_index, rows)
+        want = pa.concat_tables([full.filter(pa.array(qi == r)) for r in rows])
+        assert sub.to_arrow().equals(want)
+    assert [len(h) for h in hits] == [1] * n and next(iter(hits)).to_arrow().equals(hits[0].to_arrow())
+    for bad in (n, (0, 1), "a", np.zeros(n + 1, bool)):
+        with pytest.raises(IndexError):
+            hits[bad]
+
+
 def test_hits_table(lib, data, tmp_path):
     queries = data[1]
     hits = lib.search(queries, k=K, mode="identity")

@@ -57,6 +57,14 @@ def aside_prefix(name: str) -> str:
     return temporary_prefix(name)[:-len("tmp-")] + "old-"
 
 
+def asides_of(parent, name: str) -> list[Path]:
+    """The old indexes of ``name`` moved aside in ``parent`` (by a swap, :func:`aside_prefix`), sorted: names
+    of exactly that prefix and hex digits, not those of a sibling index whose name merely starts with
+    ``name`` (``lib.fastspec.old-x``'s asides begin ``.lib.fastspec.old-`` too)."""
+    shape = re.compile(re.escape(aside_prefix(name)) + r"[0-9a-f]+")
+    return sorted(Path(e.path) for e in _entries(parent) if shape.fullmatch(e.name))
+
+
 def temporary_name(name: str) -> str:
     """A fresh temporary name for an output called ``name`` (see the module docstring)."""
     return f"{temporary_prefix(name)}{os.getpid()}-{HOST_TAG}-{uuid.uuid4().hex[:12]}"
@@ -71,10 +79,8 @@ def remove_stale_temporaries(parent: Path, name: str) -> None:
     directories also lose ``.{name}.old-*`` (an old index moved aside) once ``name`` holds an index again."""
     prefix = temporary_prefix(name)
     if (Path(parent) / name / "manifest.json").exists():  # the swap completed: what it moved aside is garbage
-        old = aside_prefix(name)
-        for entry in _entries(parent):
-            if entry.name.startswith(old):
-                _remove(Path(entry.path))
+        for aside in asides_of(parent, name):
+            _remove(aside)
     shape = re.compile(re.escape(prefix) + r"(\d+)-" + HOST_TAG + r"-[0-9a-f]{12}(?:\.rows|-abandoned)?")
     # index build directories named before the host tag existed: removed as they were then
     old_dir = re.compile(re.escape(prefix) + r"(\d+)-[0-9a-f]{12}(?:-abandoned)?")

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import errno
-import glob
 import hashlib
 import json
 import os
@@ -26,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from fastspec._atomic import (ACTIVE_TEMPORARIES, absolute_path, aside_prefix, naming_output, remove_stale_temporaries,  # noqa: F401
+from fastspec._atomic import (ACTIVE_TEMPORARIES, absolute_path, aside_prefix, asides_of, naming_output,
+                              remove_stale_temporaries,  # noqa: F401
                               temporary_name)
 from fastspec.errors import FastspecError, IndexFormatError, IndexWriteError
 
@@ -298,8 +298,7 @@ def aside_index(directory: Path) -> Path | None:
     the two renames of its swap (:func:`replace_directory`), when ``directory`` holds none; else None."""
     directory = Path(directory)
     parent = directory.parent if str(directory.parent) else Path(".")
-    aside = sorted(parent.glob(f"{glob.escape(aside_prefix(directory.name))}*")) if parent.is_dir() else []
-    aside = [p for p in aside if (p / MANIFEST).exists()]
+    aside = [p for p in asides_of(parent, directory.name) if (p / MANIFEST).exists()] if parent.is_dir() else []
     return aside[-1] if aside else None
 
 
@@ -510,9 +509,7 @@ class AtomicDirectory:
         remove_stale_temporaries(parent, self.target.name)
         # indexes left aside by a swap killed between its renames, deleted once this one is in place (a swap
         # running now, whose aside appears later, is not among them)
-        aside = re.compile(re.escape(aside_prefix(self.target.name)) + r"[0-9a-f]{12}")
-        self.asides = [p for p in parent.glob(f"{glob.escape(aside_prefix(self.target.name))}*")
-                       if aside.fullmatch(p.name)]
+        self.asides = asides_of(parent, self.target.name)
         self.tmp = parent / temporary_name(self.target.name)
         with naming_output(self.target, self.tmp):  # a read-only directory: name the index, not the temporary
             self.tmp.mkdir()

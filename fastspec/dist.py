@@ -344,7 +344,12 @@ def search_runs(client, library, cfg_args: list, runs: Iterable[tuple], bar=None
             raise _cluster_error(e, run) from e
 
     def result(run, fut):
-        found = unpack_found(_wait(client, fut, run))
+        try:
+            data = _wait(client, fut, run)
+        except IndexFormatError:  # a worker saw another index: if the client's changed too, an append swapped
+            library._check_unchanged()  # it meanwhile (IndexChangedError: `fastspec query` starts again)
+            raise
+        found = unpack_found(data)
         if bar is not None:
             bar.update(int(np.isin(found.status, _NOT_SEARCHED, invert=True).sum()))
         return run, found

@@ -131,9 +131,7 @@ class Hits:
     def __getitem__(self, sel) -> "Hits":
         """The hits of the queries ``sel`` selects (an int, a slice, an int array or a boolean mask, as numpy
         indexes the rows); they keep their ``query_index``, parameters and library."""
-        if isinstance(sel, tuple):
-            raise IndexError("Hits are indexed by query only (hits[i], hits[a:b], hits[rows], hits[mask])")
-        rows = np.atleast_1d(np.arange(len(self), dtype=np.int64)[sel])
+        rows = _query_rows(sel, len(self))
 
         def take(values):
             return None if values is None else [values[i] for i in rows.tolist()]
@@ -147,6 +145,12 @@ class Hits:
     def __iter__(self):
         """One Hits per query, in order (``hits[i]``)."""
         return (self[i] for i in range(len(self)))
+
+    def __array__(self, dtype=None, copy=None):
+        # one object, not an array of its queries (each of them a Hits again: numpy recursed without end)
+        a = np.empty((), dtype=object)
+        a[()] = self
+        return a
 
     @property
     def k(self) -> int:
@@ -377,6 +381,37 @@ class Hits:
             f.write(csv_header(self.params))
             pcsv.write_csv(table.replace_schema_metadata(None), f,
                            write_options=pcsv.WriteOptions(delimiter=delimiter, quoting_style="needed"))
+
+
+def _query_rows(sel, n: int) -> np.ndarray:
+    """The query rows ``sel`` selects among ``n`` (int64 (m,)), as numpy selects rows: an int (negative from
+    the end), a slice, int rows or a boolean mask of length ``n``; IndexError for anything else. An int or a
+    slice costs nothing per query (iterating a 2.4M-query Hits took 1 ms a query when each built a range)."""
+    bad = IndexError("Hits are indexed by query: hits[i], hits[a:b], hits[rows] or hits[mask]")
+    if isinstance(sel, (bool, np.bool_)) or sel is None or isinstance(sel, tuple):
+        raise bad
+    if isinstance(sel, (int, np.integer)):
+        i = int(sel)
+        if not -n <= i < n:
+            raise IndexError(f"query {i} out of range for {n} queries")
+        return np.array([i % n], dtype=np.int64)
+    if isinstance(sel, slice):
+        return np.arange(*sel.indices(n), dtype=np.int64)
+    a = np.asarray(sel)
+    if a.ndim != 1:
+        raise bad
+    if a.dtype.kind == "b":
+        if a.shape[0] != n:
+            raise IndexError(f"a boolean mask of {a.shape[0]} values for {n} queries")
+        return np.flatnonzero(a).astype(np.int64)
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    if a.dtype.kind not in "iu":
+        raise bad
+    a = a.astype(np.int64)
+    if a.min() < -n or a.max() >= n:
+        raise IndexError(f"query rows out of range for {n} queries")
+    return np.where(a < 0, a + n, a)
 
 
 def csv_header(params: dict) -> bytes:

@@ -1792,22 +1792,36 @@ def _as_rows(rows, n: int, what: str = "rows") -> np.ndarray:
     """``rows`` as int64 library rows (1-D), each in ``[0, n)``: integers, or numbers that are whole (a
     pandas column of row numbers turned float by its missing values), else ParameterError (``0.7`` was
     truncated to row 0, and ``True`` read as row 1)."""
-    a = np.asarray(rows)
+    try:
+        a = np.asarray(rows)
+    except OverflowError:  # ints beyond any numpy type
+        raise ParameterError(f"{what} must be in [0, {n})") from None
+    except ValueError:  # a ragged list
+        raise ParameterError(f"{what} must be a one-dimensional sequence of integers") from None
     if a.ndim > 1:
         raise ParameterError(f"{what} must be one-dimensional, got shape {a.shape}")
     a = a.reshape(-1)
-    if a.size and a.dtype.kind == "O":  # Python or pyarrow integers, pandas' nullable Int64 as numpy
+    if a.size and a.dtype.kind == "O":  # Python or pyarrow numbers, pandas' nullable Int64 as numpy
         vals = [v.as_py() if hasattr(v, "as_py") else v for v in a.tolist()]
-        if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in vals):
-            a = np.asarray(vals, dtype=np.int64)
-    if a.size and a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.floor(a)):
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in vals):
+            a = np.asarray([float(v) if isinstance(v, (float, np.floating)) else v for v in vals],
+                           dtype=np.float64 if any(isinstance(v, (float, np.floating)) for v in vals) else object)
+            if a.dtype == object:  # all integers, perhaps beyond int64
+                if min(vals) < 0 or max(vals) >= n:
+                    raise ParameterError(f"{what} must be in [0, {n}), got {min(vals) if min(vals) < 0 else max(vals)}")
+                a = np.asarray(vals, dtype=np.int64)
+    if a.size and a.dtype.kind == "f":  # whole numbers only, checked before the cast (1e20 wrapped around)
+        if not (np.all(np.isfinite(a)) and np.all(a == np.floor(a))):
+            raise ParameterError(f"{what} must be integers, got {a.dtype} values")
+        if a.min() < 0 or a.max() >= n:
+            raise ParameterError(f"{what} must be in [0, {n}), got {a.min() if a.min() < 0 else a.max():g}")
         a = a.astype(np.int64)
     if a.size and a.dtype.kind not in "iu":
         raise ParameterError(f"{what} must be integers, got {a.dtype} values")
-    a = a.astype(np.int64, copy=False)
-    if a.size and (a.min() < 0 or a.max() >= n):
-        raise ParameterError(f"{what} must be in [0, {n}), got {int(a.min() if a.min() < 0 else a.max())}")
-    return a
+    if a.size and (a.min() < 0 or a.max() >= n):  # (before the cast: the largest uint64 read as -1)
+        raise ParameterError(f"{what} must be in [0, {n}), got {a.min() if a.min() < 0 else a.max()}")
+    return a.astype(np.int64, copy=False)
 
 
 def _column_list(columns) -> list[str]:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import fastspec.io as fio
 from fastspec import dist
 from fastspec.cli import main
-from fastspec.errors import FastspecError, IndexFormatError, ParameterError
+from fastspec.errors import FastspecError, IndexChangedError, IndexFormatError, ParameterError
 from fastspec.library import Library
 
 distributed = pytest.importorskip("distributed")  # the dist extra: installed by the test command
@@ -125,11 +125,18 @@ def test_worker_refuses_another_index(case, tmp_path):
     Library.build(sp[:120], path, faiss=False, progress=False, threads=1, overwrite=True)
     client = distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=":0")
     try:
-        with pytest.raises(IndexFormatError, match="not the one the client opened"):
+        # the client's own index changed too (rebuilt since it opened it): IndexChangedError, which
+        # `fastspec query` answers by opening the new index and searching again
+        with pytest.raises(IndexChangedError, match="open it again"):
             old.search_to_file(sp[100:], tmp_path / "h.parquet", client=client, progress=False)
     finally:
         client.close()
     assert not (tmp_path / "h.parquet").exists()  # nothing half-written
+    # a worker that sees another index than the client's (another filesystem at the same path)
+    new = Library.open(path)
+    with pytest.raises(IndexFormatError, match="not the one the client opened"):
+        dist.search_chunk(str(path), "0" * 64, dist.code_fingerprint(), [], None, dist.pack_spectra(sp[:3]))
+    assert dist.library_digest(new) != dist.library_digest(old)
 
 
 def test_missing_extra_says_which(monkeypatch):

@@ -1721,8 +1721,12 @@ def test_flags_rows_and_columns_are_checked(tmp_path, massbank_mgf):
     # whole numbers in other forms are rows: a pandas column turned float by missing values, Python objects
     want = lib.metadata([0, 2], ["id"])
     for rows in (np.array([0.0, 2.0]), np.array([0, 2], dtype=object), pa.array([0, 2]).to_numpy(zero_copy_only=False),
-                 np.array([pa.scalar(0), pa.scalar(2)], dtype=object)):
+                 np.array([pa.scalar(0), pa.scalar(2)], dtype=object), np.array([0, 2.0], dtype=object)):
         assert lib.metadata(rows, ["id"]).equals(want)
+    for bad in ([2 ** 70], np.array([2 ** 64], dtype=object), np.array([1e20]), [np.iinfo(np.uint64).max],
+                [[0], [1, 2]], np.array([np.nan])):
+        with pytest.raises(ParameterError):
+            lib.metadata(bad, ["id"])
     assert lib.metadata([0, 1], "id").column_names == ["id"]
     assert lib.spectra([0], metadata="id").metadata.column_names == ["id"]
     assert lib.metadata(np.array([], np.int64), ["id"]).num_rows == 0 and lib.metadata(2, ["id"]).num_rows == 1

@@ -1362,9 +1362,12 @@ def test_hits_subsets_keep_their_query_index(lib, data):
         want = pa.concat_tables([full.filter(pa.array(qi == r)) for r in rows])
         assert sub.to_arrow().equals(want)
     assert [len(h) for h in hits] == [1] * n and next(iter(hits)).to_arrow().equals(hits[0].to_arrow())
-    for bad in (n, (0, 1), "a", np.zeros(n + 1, bool)):
+    for bad in (n, -n - 1, (0, 1), "a", np.zeros(n + 1, bool), True, np.bool_(False), None, 1.0, [[0, 1]]):
         with pytest.raises(IndexError):
             hits[bad]
+    assert len(hits[[]]) == 0 and len(hits[2:2]) == 0
+    # numpy sees one object, not an array of its queries (each a Hits again: it recursed 64 levels deep)
+    assert np.asarray(hits).shape == () and np.array([hits[0], hits[1]], dtype=object).shape == (2,)
 
 
 def test_hits_table(lib, data, tmp_path):

@@ -147,8 +147,21 @@ def _size_bound(spectra: Spectra) -> int:
     arrays = spectra.offsets.nbytes + spectra.mz.nbytes + spectra.intensity.nbytes + spectra.precursor_mz.nbytes \
         + spectra.charge.nbytes
     per_column = 8 * (len(spectra) + 1) + len(spectra)  # string offsets and a validity mask
-    # metadata twice: dictionary, timestamp and nested columns are stored as JSON text, longer than in Arrow
-    return int(1.1 * (arrays + 2 * md.nbytes + md.num_columns * per_column)) + (4 << 20)
+    meta = sum(_column_bound(md.column(i), len(spectra)) for i in range(md.num_columns))
+    return int(1.1 * (arrays + meta + md.num_columns * per_column)) + (4 << 20)
+
+
+def _column_bound(col, n: int) -> int:
+    """More bytes than one metadata column takes in the file: its Arrow bytes for numbers and strings;
+    for what is stored as JSON text (dictionary, nested, temporal columns), the decoded values' bytes
+    four times over plus 32 per row (quotes, brackets, keys, digits of a timestamp)."""
+    t = col.type
+    if pa.types.is_dictionary(t):  # each row's value written out, not its code
+        col = col.cast(t.value_type)
+        t = t.value_type
+    plain = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t) \
+        or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+    return int(col.nbytes) if plain else 4 * int(col.nbytes) + 32 * n
 
 
 def _surely_fits(path, need: int) -> bool:

@@ -298,8 +298,30 @@ def search_chunk(path: str, digest: str, code: str, cfg_args: list, formula, chu
         raise FastspecError(f"the dask worker on {socket.gethostname()} runs other fastspec code than the client "
                             f"(fastspec {fastspec.__version__} there): install the same fastspec everywhere")
     lib = _worker_library(path, digest)
-    cfg = _SearchConfig.cached(lib, *cfg_args)
+    cfg = _SearchConfig.cached(lib, *_worker_cfg_args(cfg_args))
     return pack_found(_search_spectra(lib, cfg, unpack_spectra(chunk), formula, False))
+
+
+def _worker_cfg_args(cfg_args: list) -> list:
+    """``cfg_args`` with ``threads`` chosen for this worker when the search left it unset: its cores shared
+    out among the worker's task threads (``dask worker`` runs one per core by default, and a task using
+    every core for its parallel kernels waited on the others' for the process-wide kernel lock)."""
+    import inspect
+
+    from fastspec.search import _SearchConfig
+
+    at = list(inspect.signature(_SearchConfig.make).parameters)[1:].index("threads")
+    if cfg_args[at] is not None:
+        return cfg_args
+    try:
+        from distributed import get_worker
+
+        tasks = int(getattr(getattr(get_worker(), "state", None), "nthreads", 0) or 0)
+    except (ImportError, ValueError):  # not in a worker (called directly)
+        return cfg_args
+    if tasks < 1:
+        return cfg_args
+    return [*cfg_args[:at], max(1, usable_cores() // tasks), *cfg_args[at + 1:]]
 
 
 # ------------------------------------------------------------------------------------------ client

@@ -110,6 +110,24 @@ def test_a_worker_lost_mid_search_changes_nothing(case):
     assert (d / "kill_dask.tsv").read_bytes() == (d / "kill_local.tsv").read_bytes()
 
 
+def test_threads_left_unset_are_shared_out_on_a_worker():
+    """A search task's numba threads, left unset, are the worker machine's cores over its task threads
+    (a default `dask worker` runs one task thread per core)."""
+    import inspect
+
+    from fastspec.search import _SearchConfig
+
+    names = list(inspect.signature(_SearchConfig.make).parameters)[1:]
+    at = names.index("threads")
+    unset, given = [None] * len(names), [None] * len(names)
+    given[at] = 3
+    assert dist._worker_cfg_args(unset) == unset  # not on a worker: left as it is
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
+        got = client.submit(dist._worker_cfg_args, unset, pure=False).result()
+        assert got[at] == max(1, dist.usable_cores() // 2) and got[:at] == unset[:at]
+        assert client.submit(dist._worker_cfg_args, given, pure=False).result()[at] == 3
+
+
 def test_worker_refuses_other_code(case):
     d, lib = case
     chunk = dist.pack_spectra(fio.read(d / "q.mgf")[:5])

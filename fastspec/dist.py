@@ -16,6 +16,7 @@ dask is imported here only, when a cluster is asked for.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import io
@@ -32,6 +33,9 @@ from fastspec.errors import FastspecError, IndexFormatError, ParameterError
 #: chunks searched or waiting on the cluster per worker thread, beyond the one being written: enough to
 #: keep every worker busy while the client reads and writes, few enough to bound the client's memory
 AHEAD_PER_THREAD = 2
+
+#: what dask raises when a wait runs out: asyncio's TimeoutError, not the builtin one before Python 3.11
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
 #: seconds to wait for a cluster's first worker before giving up (a scheduler without workers would
 #: otherwise hold the search forever)
@@ -126,7 +130,7 @@ class cluster_client:
                 self.client = distributed.Client(self.cluster)
             else:
                 self.client = distributed.Client(self.scheduler, timeout="20s")
-        except (OSError, TimeoutError) as e:
+        except (OSError, *_TIMEOUTS) as e:
             self.__exit__(None, None, None)
             raise FastspecError(f"cannot reach the dask scheduler at {self.scheduler}: {e}") from None
         except ValueError as e:  # foo, tcp://, http://host:8786, host:notaport
@@ -138,7 +142,7 @@ class cluster_client:
             raise
         try:
             self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        except (OSError, TimeoutError):
+        except (OSError, *_TIMEOUTS):
             self.__exit__(None, None, None)
             raise FastspecError(f"no dask worker joined the scheduler at {self.scheduler} within "
                                 f"{WORKER_WAIT_S:.0f} s") from None
@@ -276,10 +280,15 @@ def code_fingerprint() -> str:
     import fastspec
     from fastspec.kernels import _config
 
+    # each file once, named as the module it is: a wheel installs kernels/ inside the package, an editable
+    # install maps it from the repository's top level (the same commit hashed differently either way)
+    pkg, kdir = Path(fastspec.__file__).parent, Path(_config.__file__).parent
+    files = {"fastspec/" + f.relative_to(pkg).as_posix(): f for f in pkg.rglob("*.py")
+             if f.relative_to(pkg).parts[0] != "kernels"}
+    files.update({"fastspec/kernels/" + f.relative_to(kdir).as_posix(): f for f in kdir.rglob("*.py")})
     h = hashlib.blake2b(fastspec.__version__.encode(), digest_size=16)
-    for d in (Path(fastspec.__file__).parent, Path(_config.__file__).parent):
-        for f in sorted(d.rglob("*.py")):
-            h.update(f.relative_to(d).as_posix().encode() + b"\0" + f.read_bytes())
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].read_bytes())
     return h.hexdigest()
 
 
@@ -298,30 +307,8 @@ def search_chunk(path: str, digest: str, code: str, cfg_args: list, formula, chu
         raise FastspecError(f"the dask worker on {socket.gethostname()} runs other fastspec code than the client "
                             f"(fastspec {fastspec.__version__} there): install the same fastspec everywhere")
     lib = _worker_library(path, digest)
-    cfg = _SearchConfig.cached(lib, *_worker_cfg_args(cfg_args))
+    cfg = _SearchConfig.cached(lib, *cfg_args)
     return pack_found(_search_spectra(lib, cfg, unpack_spectra(chunk), formula, False))
-
-
-def _worker_cfg_args(cfg_args: list) -> list:
-    """``cfg_args`` with ``threads`` chosen for this worker when the search left it unset: its cores shared
-    out among the worker's task threads (``dask worker`` runs one per core by default, and a task using
-    every core for its parallel kernels waited on the others' for the process-wide kernel lock)."""
-    import inspect
-
-    from fastspec.search import _SearchConfig
-
-    at = list(inspect.signature(_SearchConfig.make).parameters)[1:].index("threads")
-    if cfg_args[at] is not None:
-        return cfg_args
-    try:
-        from distributed import get_worker
-
-        tasks = int(getattr(getattr(get_worker(), "state", None), "nthreads", 0) or 0)
-    except (ImportError, ValueError):  # not in a worker (called directly)
-        return cfg_args
-    if tasks < 1:
-        return cfg_args
-    return [*cfg_args[:at], max(1, usable_cores() // tasks), *cfg_args[at + 1:]]
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -398,7 +385,7 @@ def _await_workers(client) -> None:
         return
     try:
         client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-    except (OSError, TimeoutError):
+    except (OSError, *_TIMEOUTS):
         raise FastspecError(f"no dask worker joined the cluster within {WORKER_WAIT_S:.0f} s") from None
 
 
@@ -414,7 +401,7 @@ def _wait(client, fut, run) -> bytes:
         try:
             wait(fut, timeout=_POLL_S)
             continue
-        except TimeoutError:  # still running: is any worker left to run it?
+        except _TIMEOUTS:  # still running: is any worker left to run it?
             pass
         except Exception as e:  # the scheduler went away
             raise _cluster_error(e, run) from e
@@ -442,14 +429,15 @@ def _cluster_error(e: BaseException, run) -> BaseException:
     worker's search) as they are."""
     where = f"query records {run.first}-{run.first + run.n_records - 1}"
     name = type(e).__name__
+    if isinstance(e, FileNotFoundError):  # raised on a worker: its machine lacks the index at that path
+        return FastspecError(f"a dask worker found no library index at {e.filename or e} searching {where}: every "
+                             "worker must see the index at the client's path (its resolved path, links followed)")
     why = " ".join(str(e).split())[:300]  # dask's messages run over several lines
     if name == "KilledWorker":
         return FastspecError(f"dask workers died searching {where}, as often as the scheduler allows (out of "
                              f"memory?): {why}")
-    import asyncio
-
     if type(e).__module__.split(".")[0] in ("distributed", "tornado") or \
-            isinstance(e, (OSError, TimeoutError, asyncio.CancelledError)):
+            isinstance(e, (OSError, *_TIMEOUTS, asyncio.CancelledError)):
         return FastspecError(f"the dask cluster failed searching {where} (scheduler or connection lost?): "
                              f"{name}: {why}")
     return e

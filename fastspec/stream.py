@@ -76,8 +76,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     client : distributed.Client, optional
         Search the chunks on this dask cluster (:mod:`fastspec.dist`; the ``dist`` extra): this process
         reads the queries and writes the table, the workers search, each opening the index at the library's
-        path (which every machine must see); ``threads`` is then each search task's (unset: a worker's cores
-        shared out among its task threads). The same table as without.
+        path (which every machine must see); ``threads`` is then each search task's (unset: every core of
+        its worker's machine). The same table as without.
 
     Returns
     -------

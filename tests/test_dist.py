@@ -110,22 +110,26 @@ def test_a_worker_lost_mid_search_changes_nothing(case):
     assert (d / "kill_dask.tsv").read_bytes() == (d / "kill_local.tsv").read_bytes()
 
 
-def test_threads_left_unset_are_shared_out_on_a_worker():
-    """A search task's numba threads, left unset, are the worker machine's cores over its task threads
-    (a default `dask worker` runs one task thread per core)."""
-    import inspect
+def test_cluster_failures_read_as_one_line():
+    """What a worker or the cluster raises, as the user reads it (a review: asyncio's TimeoutError, which dask
+    raises and Python 3.10 does not count as the builtin one, ended searches whose chunks ran over 2 s; a
+    worker without the index read as a lost connection)."""
+    import asyncio
+    from types import SimpleNamespace
 
-    from fastspec.search import _SearchConfig
+    assert asyncio.TimeoutError in dist._TIMEOUTS and TimeoutError in dist._TIMEOUTS
+    run = SimpleNamespace(first=100, n_records=50)
+    err = dist._cluster_error(FileNotFoundError(2, "No such library index", "/shared/lib.fastspec"), run)
+    assert isinstance(err, FastspecError) and "no library index at /shared/lib.fastspec" in str(err)
+    assert "query records 100-149" in str(err)
+    assert isinstance(dist._cluster_error(asyncio.TimeoutError(), run), FastspecError)
+    bug = KeyError("x")  # anything else passes as it is
+    assert dist._cluster_error(bug, run) is bug
 
-    names = list(inspect.signature(_SearchConfig.make).parameters)[1:]
-    at = names.index("threads")
-    unset, given = [None] * len(names), [None] * len(names)
-    given[at] = 3
-    assert dist._worker_cfg_args(unset) == unset  # not on a worker: left as it is
-    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=":0") as client:
-        got = client.submit(dist._worker_cfg_args, unset, pure=False).result()
-        assert got[at] == max(1, dist.usable_cores() // 2) and got[:at] == unset[:at]
-        assert client.submit(dist._worker_cfg_args, given, pure=False).result()[at] == 3
+
+def test_code_fingerprint_names_each_module_once():
+    fp = dist.code_fingerprint()
+    assert len(fp) == 32 and fp == dist.code_fingerprint()
 
 
 def test_worker_refuses_other_code(case):

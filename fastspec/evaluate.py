@@ -125,9 +125,11 @@ def _check_hit_ks(hit_ks) -> list[int]:
         ks = list(hit_ks)
     except TypeError:
         raise ParameterError(f"hit_ks must be a sequence of integers >= 1, got {hit_ks!r}") from None
-    if not ks or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
+    if not ks:
         raise ParameterError(f"hit_ks must be a non-empty sequence of integers >= 1, got {hit_ks!r}")
-    return [int(k) for k in ks]
+    from fastspec.search import _count
+
+    return [_count(k, "hit_ks", 1) for k in ks]
 
 
 def _draws(split) -> bool:
@@ -588,8 +590,9 @@ class Evaluation:
             the ablation.
         """
         hit_ks = _check_hit_ks(hit_ks)
-        if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, (int, np.integer)) or n_bootstrap < 0:
-            raise ParameterError(f"n_bootstrap must be an integer >= 0 (0: no confidence intervals), got {n_bootstrap!r}")
+        from fastspec.search import _count
+
+        _count(n_bootstrap, "n_bootstrap (0: no confidence intervals)", 0)
         cfg = cfg.replace(search_k=max(int(cfg.search_k), max(hit_ks), int(cfg.vote))).validate()
         timing = dict(self.timing)
         t0 = time.perf_counter()

@@ -1803,14 +1803,13 @@ def _as_rows(rows, n: int, what: str = "rows") -> np.ndarray:
     a = a.reshape(-1)
     if a.size and a.dtype.kind == "O":  # Python or pyarrow numbers, pandas' nullable Int64 as numpy
         vals = [v.as_py() if hasattr(v, "as_py") else v for v in a.tolist()]
-        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
-               for v in vals):
-            a = np.asarray([float(v) if isinstance(v, (float, np.floating)) else v for v in vals],
-                           dtype=np.float64 if any(isinstance(v, (float, np.floating)) for v in vals) else object)
-            if a.dtype == object:  # all integers, perhaps beyond int64
-                if min(vals) < 0 or max(vals) >= n:
-                    raise ParameterError(f"{what} must be in [0, {n}), got {min(vals) if min(vals) < 0 else max(vals)}")
-                a = np.asarray(vals, dtype=np.int64)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in vals):
+            if min(vals) < 0 or max(vals) >= n:  # checked as Python ints: they may be beyond int64
+                raise ParameterError(f"{what} must be in [0, {n}), got {min(vals) if min(vals) < 0 else max(vals)}")
+            a = np.asarray(vals, dtype=np.int64)
+        elif all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+                 for v in vals):
+            a = np.asarray(vals, dtype=np.float64)  # whole numbers among them: checked below
     if a.size and a.dtype.kind == "f":  # whole numbers only, checked before the cast (1e20 wrapped around)
         if not (np.all(np.isfinite(a)) and np.all(a == np.floor(a))):
             raise ParameterError(f"{what} must be integers, got {a.dtype} values")

@@ -549,7 +549,8 @@ class _SearchConfig:
         c.tolerance = parse_tolerance(0.02 if tolerance is None else tolerance, "tolerance")
         if metric == "binned_cosine" and metric_params.get("preset") and tolerance is not None \
                 and metric_params.get("bin_width") is None:
-            # the bin width in place of the preset's, as similarity.prepare, the command line and the lab take it
+            # the bin width in place of the preset's, as the command line and the lab take it (passed to
+            # similarity.prepare as bin_width, which wins over its preset)
             if c.tolerance.unit != "da":
                 raise ParameterError(f"binned_cosine's bin width is in Da, not {c.tolerance}")
             metric_params = {**metric_params, "bin_width": c.tolerance.value}

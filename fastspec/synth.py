@@ -190,13 +190,9 @@ def make_queries(
             raise ParameterError(f"cannot draw {n} queries from a library of {n_lib} spectra")
         rows = np.sort(rng.choice(n_lib, size=n, replace=False))
     else:  # the answers the caller gets back: whole row numbers of this library, or an error
-        given = np.asarray(rows)
-        if given.ndim != 1 or not (np.issubdtype(given.dtype, np.integer) or given.size == 0):
-            raise ParameterError(f"rows must be a 1-d array of integer library rows, got {given.dtype} {given.shape}")
-        if given.size and (given.min() < 0 or given.max() >= n_lib):
-            raise ParameterError(f"rows must be within [0, {n_lib}) (the library's spectra), got "
-                                 f"{int(given.min())}..{int(given.max())}")
-        rows = given
+        from fastspec.library import _as_rows  # the rule of Library's own row arguments
+
+        rows = _as_rows(rows, n_lib, "rows (library rows)")
     rows = np.asarray(rows, dtype=np.int64)
     source = _library_rows(library, rows)
     out = perturb(source, seed=rng, **_noise_params(noise))

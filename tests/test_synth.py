@@ -302,6 +302,10 @@ def test_make_queries(lib):
         with pytest.raises(ParameterError, match="rows"):
             synth.make_queries(lib, rows=np.array(rows))
     assert len(synth.make_queries(lib, rows=np.zeros(0, np.int64))[0]) == 0
+    # whole-number floats (a pandas column with missing values) are rows, as in Library's arguments
+    np.testing.assert_array_equal(synth.make_queries(lib, rows=np.array([5.0, 1.0]))[1], [5, 1])
+    with pytest.raises(ParameterError, match="rows"):
+        synth.make_queries(lib, rows=np.array([True, False]))
 
 
 @settings(max_examples=30, deadline=None)

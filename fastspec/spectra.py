@@ -474,6 +474,10 @@ class Spectra:
         md = _to_table([_from_matchms_keys(s.metadata) for s in spectra], len(spectra))
         md = harmonise_table(md, text=False) if md is not None and md.num_columns else md
         pmz = [s.get("precursor_mz") for s in spectra]
+        if md is not None and "precursor_mz" in md.column_names and any(v is None for v in pmz):
+            # matchms' key is unset without its harmonisation; the readers' rules read PEPMASS then
+            own = md.column("precursor_mz").to_pylist()
+            pmz = [own[i] if v is None else v for i, v in enumerate(pmz)]
         return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else float(v) for v in pmz], metadata=md)
 
 
@@ -505,6 +509,15 @@ def _from_matchms_keys(metadata) -> dict:
     name already holds stays) and ``num_peaks`` left out."""
     md = dict(metadata)
     md.pop("num_peaks", None)
+    # matchms without metadata harmonisation keeps MGF's PEPMASS as (m/z, intensity) and CHARGE as a list
+    pep = md.get("pepmass")
+    if isinstance(pep, (tuple, list)):
+        md["pepmass"] = pep[0] if len(pep) else None
+        if len(pep) > 1 and pep[1] is not None:
+            md.setdefault("precursor_intensity", pep[1])
+    charge = md.get("charge")
+    if isinstance(charge, (tuple, list, np.ndarray)):
+        md["charge"] = charge[0] if len(charge) else None
     for theirs, ours in _FROM_MATCHMS.items():
         if theirs in md and ours not in md:
             md[ours] = md.pop(theirs)

@@ -202,6 +202,22 @@ def test_missing_markers_in_a_table_precursor_column_are_not_bad_values(tmp_path
     assert np.isnan(sp.precursor_mz[:6]).all() and sp.precursor_mz[6] == 201.5
 
 
+def test_missing_markers_in_a_table_string_column_are_missing(tmp_path):
+    """"N/A" / "null" / "" in a Parquet file's adduct, instrument or name column are missing values, as in
+    text formats (instrument "N/A" made same_instrument drop a query's every hit, silently); other columns
+    keep what they hold."""
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"mz": [[100.0]] * 3, "intensity": [[1.0]] * 3, "precursor_mz": [200.0] * 3,
+                             "instrument_type": ["N/A", " null ", "Orbitrap"], "adduct": ["", "[M+H]+", "None"],
+                             "name": ["NA", "Na", "x"], "comment": ["N/A", "", "y"]}), tmp_path / "p.parquet")
+    sp = fio.read(tmp_path / "p.parquet")
+    assert sp.column("instrument_type") == [None, None, "Orbitrap"]
+    assert sp.column("adduct") == [None, "[M+H]+", None]
+    assert sp.column("name") == [None, "Na", "x"]  # sodium is a name
+    assert sp.column("comment") == ["N/A", "", "y"]
+
+
 def test_same_rules_in_every_format(tmp_path):
     """A NaN peak, a negative intensity and a record without a positive intensity are rejected alike
     everywhere; a zero-intensity peak beside a positive one is kept."""

@@ -138,6 +138,30 @@ def test_from_matchms_harmonises_keys(tmp_path):
     assert Spectra.from_matchms([back]).ids == ["S1"]
 
 
+def test_from_matchms_unharmonised_and_missing_markers(tmp_path):
+    """matchms without its metadata harmonisation keeps PEPMASS as (m/z, intensity) and CHARGE as a list:
+    read as the MGF reader reads them; "N/A", "null", "None" in metadata are missing as in text files (an
+    audit: instrument "N/A" made same_instrument drop every hit, silently)."""
+    pytest.importorskip("matchms")
+    from matchms import Spectrum
+    from matchms.importing import load_from_mgf
+
+    p = tmp_path / "q.mgf"
+    p.write_text("BEGIN IONS\nTITLE=q1\nPEPMASS=195.0877 1200\nCHARGE=1+\nIONMODE=Positive\n"
+                 "SOURCE_INSTRUMENT=N/A\n110.0713 20\n138.0662 100\nEND IONS\n")
+    raw = Spectra.from_matchms(load_from_mgf(str(p), metadata_harmonization=False))
+    harmonised = Spectra.from_matchms(load_from_mgf(str(p)))
+    for s in (raw, harmonised):
+        assert s.precursor_mz.tolist() == [195.0877] and s.charge.tolist() == [1] and s.polarity.tolist() == [1]
+        assert s.column("instrument_type") == [None]
+    assert raw.column("precursor_intensity") == [1200]
+    md = {"adduct": "N/A", "compound_name": "null", "formula": "None", "instrument_type": " n/a ",
+          "precursor_mz": 300.0}
+    s = Spectra.from_matchms([Spectrum(mz=np.array([100.0]), intensities=np.array([1.0]), metadata=md,
+                                       metadata_harmonization=False)])
+    assert [s.column(k)[0] for k in ("adduct", "name", "formula", "instrument_type")] == [None] * 4
+
+
 def test_from_matchms_keys_as_the_readers_give_them(massbank_msp, tmp_path):
     """An MSP loaded by matchms and brought in has the metadata columns fastspec.read gives the same file
     (matchms renames ExactMass / MW to parent_mass / nominal_mass, keeps Synon, adds num_peaks); and a

@@ -467,7 +467,9 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
         Raw metadata; column names as found in the file (any case).
     text : bool
         The values come from a text format: strings are trimmed and missing markers
-        (``""``, ``"N/A"``, ``"nan"``, ...) become null in every string column.
+        (``""``, ``"N/A"``, ``"nan"``, ...) become null in every string column. Otherwise (typed
+        tables) only in the canonical string columns (adduct, instrument, name, ...); other columns
+        are kept as they are.
     merge_aliases : bool, optional
         Drop alias columns once merged into their canonical key. Default: ``text``. With False
         (typed tables such as parquet), alias columns are dropped only when the canonical key
@@ -509,7 +511,9 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             col = table.column(pos)
             if isinstance(col, pa.ChunkedArray) and (name in CANONICAL_KEYS or len(members) > 1):
                 col = col.combine_chunks()
-            if text and _is_string(col.type):
+            if _is_string(col.type) and (text or name in _STRING_CANONICAL):
+                # typed tables (Parquet, matchms metadata) too: "N/A" in an instrument or adduct column
+                # is no instrument, not one that matches nothing (same_instrument dropped every hit)
                 col = _trim_missing(col.cast(pa.string()), signs=name == "ion_mode")
             elif text and pa.types.is_null(col.type):
                 col = col.cast(pa.string())

@@ -541,6 +541,42 @@ def test_positions_are_not_written_as_lines(tmp_path):
         fio.read(tmp_path / "x.mgf", on_error="raise")
 
 
+@pytest.mark.parametrize("kind", ["json", "jsonl", "tsv"])
+def test_truncated_gzip_json_and_tsv(tmp_path, kind):
+    """A cut-off .json.gz was refused whole even with on_error="skip" and a cut-off .tsv.gz ended in a bare
+    EOFError (SIGABRT from a pipe; an audit): the records before the break are read, the break is one
+    rejection after them, "raise" raises naming the file; a failed CRC check at the end loses no record."""
+    import gzip
+    import json
+
+    recs = [{"spectrum_id": f"s{i}", "peaks_json": [[50 + j, j + 1] for j in range(30)]} for i in range(2000)]
+    if kind == "tsv":
+        text = "identifier\tmzs\tintensities\n" + "".join(
+            f"s{i}\t" + ",".join(str(50 + j) for j in range(30)) + "\t" + ",".join(str(j + 1) for j in range(30)) + "\n"
+            for i in range(2000))
+    else:
+        text = json.dumps(recs) if kind == "json" else "\n".join(json.dumps(r) for r in recs)
+    z = gzip.compress(text.encode())
+    ext = "tsv.gz" if kind == "tsv" else "json.gz"
+    whole, cut, crc = (tmp_path / f"{name}.{ext}" for name in ("whole", "cut", "crc"))
+    whole.write_bytes(z)
+    cut.write_bytes(z[: len(z) // 2])
+    bad = bytearray(z)
+    bad[-6] ^= 0xFF  # the trailer's CRC
+    crc.write_bytes(bytes(bad))
+    s, r = fio.read(cut, return_report=True)
+    n = len(s)
+    assert 500 < n < 1500 and s.ids == [f"s{i}" for i in range(n)]
+    assert all(len(x.mz) == 30 for x in s)  # no row shortened by the break
+    assert r.n_records == n + 1 and r.counts_by_reason == {
+        "compressed data breaks off here (a truncated or corrupt file): the rest is lost": 1}
+    with pytest.raises(FastspecError, match="cut"):
+        fio.read(cut, on_error="raise")
+    s, r = fio.read(crc, return_report=True)
+    assert len(s) == 2000 and r.n_rejected == 1
+    assert len(fio.read(whole)) == 2000
+
+
 def test_truncated_gzip_keeps_the_records_before_the_break(tmp_path):
     """An interrupted download of a .mgf.gz failed the whole read, even with on_error="skip" (an audit):
     now the records before the break are read and one rejection is counted at the break's line, whatever

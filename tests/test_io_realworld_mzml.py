@@ -252,6 +252,18 @@ def test_truncated_mzml_keeps_what_was_read_and_positions(tmp_path):
     assert lib.input_index.tolist() == list(range(len(s)))
 
 
+def test_truncated_mzml_raises_for_an_earlier_bad_spectrum_first(tmp_path):
+    """on_error="raise" raises for the first bad record: a bad spectrum before the break, not the break (an
+    audit: the break was raised, spectrum 2 never named)."""
+    text = mzml("".join(pwiz_ms2(i, "positive scan", "", it=(120.0, -5.0 if i == 1 else 5400.0, 880.0))
+                        for i in range(60)))
+    cut = text[: text.index('<spectrum index="50"') + 200]
+    for t in (text, cut):
+        (tmp_path / "x.mzML").write_text(t)
+        with pytest.raises(ParseError, match="spectrum 2: negative intensity"):
+            fio.read(tmp_path / "x.mzML", on_error="raise")
+
+
 @pytest.mark.parametrize("name,data", [("empty.mzML", b""), ("page.mzML", b"<html><body><p>404<br></p></body></html>"),
                                        ("notgz.mzML.gz", b'<?xml version="1.0"?><mzML/>'),
                                        # well-formed XML of another kind: pyteomics reads it as mzML without spectra

@@ -262,6 +262,25 @@ def test_metadata_named_like_peak_columns_survives(tmp_path, ext):
     assert [str(v) for v in back.column("intensity")] == ["123456"]
 
 
+def test_tsv_identifier_and_odd_column_names(tmp_path):
+    """TSV: a metadata ``identifier`` without ``id`` is written as the identifier (row numbers were); a
+    column name holding a line break is written with a space (it split the header: every row rejected).
+    HDF5: columns named ``.``, ``..`` or ``""`` are written (h5py refused them)."""
+    from fastspec.spectra import Spectra
+
+    sp = Spectra.from_arrays([[100.0], [200.0]], [[1.0], [2.0]], metadata={"identifier": ["MSG1", "MSG2"]})
+    fio.write(sp, tmp_path / "a.tsv")
+    assert fio.read(tmp_path / "a.tsv").ids == ["MSG1", "MSG2"]
+    sp = Spectra.from_arrays([[100.0]], [[1.0]], metadata=pa.table({"id": ["r0"], "x\ny": ["v"], "p\tq": ["w"]}))
+    fio.write(sp, tmp_path / "c.tsv")
+    back, report = fio.read(tmp_path / "c.tsv", return_report=True)
+    assert report.n_rejected == 0 and back.column("x_y") == ["v"] and back.column("p_q") == ["w"]
+    sp = Spectra.from_arrays([[100.0]], [[1.0]], metadata=pa.table({"id": ["a"], ".": ["v"], "..": ["w"], "": ["u"],
+                                                                     "%2E": ["q"]}))
+    fio.write(sp, tmp_path / "d.h5")
+    assert fio.read(tmp_path / "d.h5").column("2e") == ["q"]
+
+
 @pytest.mark.parametrize("names", [("mzs", "intensities"), ("mz", "intensities"), ("MZ", "Intensity"),
                                    ("mz", "mzs", "intensity", "intensities"),
                                    ("mz", "mzs", "intensity", "intensities", "peaks_mz", "peaks_intensity")])

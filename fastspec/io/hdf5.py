@@ -75,11 +75,17 @@ def _string_buffers(arr: pa.Array, binary: bool = False) -> tuple[np.ndarray, np
     return np.ascontiguousarray(data), np.ascontiguousarray(offs, dtype=np.int64)
 
 
+def _key(name: str) -> str:
+    """A metadata column's HDF5 name: percent-encoded (``/`` and ``%``; HDF5 paths), and ``.``, ``..`` and
+    ``""``, which HDF5 cannot name, spelled ``%2E``, ``%2E%2E``, ``%_`` (quote() never writes those)."""
+    return {"": "%_", ".": "%2E", "..": "%2E%2E"}.get(name, quote(name, safe=_SAFE))
+
+
 def _write_column(group, name: str, col) -> None:
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks()
     t = col.type
-    g = group.create_group(quote(name, safe=_SAFE))
+    g = group.create_group(_key(name))
     g.attrs["arrow_type"] = str(t)
     # the type itself, as an Arrow IPC schema (nested types such as list<int64> or structs have no spelling
     # the reader could parse back; a batch whose rows are all null would otherwise come out as text)
@@ -346,8 +352,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                 it = f["intensity"][off[0]: off[-1]]
                 cols = {}
                 for name in names:
-                    key = quote(name, safe=_SAFE)
-                    cols[name] = _read_column(f["metadata"][key], a, b)
+                    cols[name] = _read_column(f["metadata"][_key(name)], a, b)
                 meta = pa.table(cols) if cols else pa.table({"_": pa.nulls(b - a)}).drop_columns(["_"])
                 if "precursor_mz" in f and "precursor_mz" not in cols:
                     p = f["precursor_mz"][a:b]

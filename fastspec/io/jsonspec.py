@@ -60,20 +60,64 @@ def _records(path: str) -> Iterator[tuple[Any, str | None]]:
     """(record, None) for each top-level value of the file's array (or of a JSON-lines file); a broken
     record after the first one is yielded as a :class:`_Broken` message and the reading goes on at the next
     record (see the module docstring); (None, message) ends the file: a broken first record, or an array
-    without its closing bracket."""
+    without its closing bracket. Where gzip data breaks off (a truncated download, a failed CRC check),
+    the records before the break are read as in a plain file cut there, and the last message, the record
+    the break falls in (else one after the last record), says so."""
+    from fastspec.io._common import truncated_reason
+
+    state: dict = {"cut": None}
+    held = None  # one item behind, so that the last one can be told apart
+    for item in _scan(path, state):
+        if held is not None:
+            yield held
+        held = item
+    if state["cut"] is None:
+        if held is not None:
+            yield held
+        return
+    reason = truncated_reason(state["cut"])
+    if held is not None and (held[1] is not None or isinstance(held[0], _Broken)):
+        yield (_Broken(reason), None) if isinstance(held[0], _Broken) else (None, reason)
+        return
+    if held is not None:
+        yield held
+    yield None, reason
+
+
+def _scan(path: str, state: dict) -> Iterator[tuple[Any, str | None]]:
+    """:func:`_records` before the last item is known; ``state["cut"]``: why gzip data broke off, if it did."""
     import codecs
+    import gzip
 
     fh, _ = open_binary(path)
+    gz = isinstance(fh, gzip.GzipFile)
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     decoder = json.JSONDecoder()
     buf, pos, eof, started, array, n = "", 0, False, False, False, 0
+    decoded = 0
 
     def more(size: int) -> None:
-        nonlocal buf, pos, eof
+        nonlocal buf, pos, eof, decoded
+        parts: list[bytes] = []
         try:
-            raw = fh.read(size)
-        except (OSError, EOFError, zlib.error) as e:  # not gzip data, a truncated .gz, a read error
+            if gz:  # a decompressed piece at a time: a break loses none of what decoded before it
+                got = 0
+                while got < size and state["cut"] is None:
+                    b = fh.read1(min(size - got, 1 << 20))
+                    if not b:
+                        break
+                    parts.append(b)
+                    got += len(b)
+            elif state["cut"] is None:
+                parts.append(fh.read(size))
+        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+            if not (decoded or parts):  # not gzip data at all
+                raise FastspecError(f"{path}: cannot read: {e}") from e
+            state["cut"] = str(e) or type(e).__name__
+        except OSError as e:  # a read error
             raise FastspecError(f"{path}: cannot read: {e}") from e
+        raw = b"".join(parts)
+        decoded += len(raw)
         eof = not raw
         buf = buf[pos:] + dec.decode(raw, final=eof)
         pos = 0
@@ -322,7 +366,7 @@ def _record(rec: Any) -> tuple[dict, np.ndarray, np.ndarray]:
     if isinstance(rec, _Broken):
         raise ValueError(str(rec))
     if not isinstance(rec, dict):
-        raise ValueError(f"a record is a JSON object, not {type(rec).__name__}")
+        raise ValueError(f"not a JSON object but {type(rec).__name__} (a record must be one)")
     md: dict = {}
     for k, v in rec.items():
         if k in ("peaks_json", "peaks", "spectrum", "metaData", "compound"):

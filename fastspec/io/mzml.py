@@ -357,6 +357,8 @@ def iter_xml(path: str, reader_class, dialect: XmlDialect, *, on_error: str, rep
             except Exception as e:  # noqa: BLE001 - lxml/pyteomics raise many kinds on broken XML
                 why = f"invalid {dialect.name} ({_xml_error(e)})"
                 if on_error == "raise":
+                    if rows:  # a bad spectrum before the break is the first error (raised there)
+                        _block(path, mzs, ints, rows, lines, on_error, report)
                     raise ParseError(why, path, position + 1, unit="spectrum") from e
                 if rows:  # the spectra read so far come first, so the rejection's position is theirs + 1
                     yield _block(path, mzs, ints, rows, lines, on_error, report)

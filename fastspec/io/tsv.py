@@ -13,6 +13,8 @@ lines, which are skipped, are counted).
 from __future__ import annotations
 
 import collections
+import gzip
+import zlib
 from typing import Iterator
 
 import numpy as np
@@ -81,6 +83,11 @@ class _CleanUtf8:
         from fastspec.io._common import open_binary
 
         self._f, _ = open_binary(path)
+        self._gz = isinstance(self._f, gzip.GzipFile)
+        self._tail = b""  # gzip: the line the last read ended in, handed on with the next
+        self._decoded = 0
+        #: why a gzip stream broke off (a truncated or corrupt file), after the complete lines before it
+        self.cut: str | None = None
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._ahead = b""  # what header() read, given back by read(): a pipe can be read only once
         self.closed = False
@@ -113,14 +120,45 @@ class _CleanUtf8:
         want = n if n is not None and n >= 0 else -1
         raw, self._ahead = self._ahead, b""
         if want < 0:
-            raw += self._f.read()
+            raw += self._fill(-1)
         elif len(raw) < want:
-            raw += self._f.read(want - len(raw))
+            raw += self._fill(want - len(raw))
         elif len(raw) > want:  # (the parser asks for whole blocks: not expected)
             raw, self._ahead = raw[:want], raw[want:]
         out = self._dec.decode(raw, final=not raw).encode("utf-8")
         self._track(out)
         return out
+
+    def _fill(self, k: int) -> bytes:
+        """About ``k`` more bytes of the file (all with -1). A gzip stream is handed on in whole lines, so
+        that where it breaks off (a truncated download, a failed CRC check) the line it breaks off in is
+        dropped, not parsed as a row with fewer peaks or a shortened value; :attr:`cut` then says why and
+        the reading ends there (:func:`iter_spectra` counts the break as one rejected record)."""
+        if not self._gz:
+            return self._f.read() if k < 0 else self._f.read(k)
+        if self.cut is not None:
+            return b""
+        got, self._tail = [self._tail], b""
+        n, end = len(got[0]), False
+        while not end and (k < 0 or n < k or b"\n" not in got[-1]):
+            try:
+                b = self._f.read1(1 << 20 if k < 0 else max(1 << 16, min(k - n, 1 << 20)))
+            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+                if not (self._decoded or n):  # not gzip data at all: an error as before
+                    raise
+                self.cut = str(e) or type(e).__name__
+                data = b"".join(got)
+                return data[:data.rfind(b"\n") + 1]
+            end = not b
+            got.append(b)
+            n += len(b)
+            self._decoded += len(b)
+        data = b"".join(got)
+        if end:
+            return data
+        keep = data.rfind(b"\n") + 1
+        self._tail = data[keep:]
+        return data[:keep]
 
     def _track(self, data: bytes) -> None:
         """Note the empty lines (``\\n`` or ``\\r\\n`` alone) of the next ``data``: vectorised, ~40 ms per 77 MB,
@@ -140,6 +178,11 @@ class _CleanUtf8:
             self._last_nl = int(ends[-1])
         self._offset += a.shape[0]
         self._last_byte = int(a[-1])
+
+    @property
+    def lines_read(self) -> int:
+        """Line breaks in the text handed on so far (the file's complete lines, blank ones included)."""
+        return self._lines
 
     def _add_empty(self, numbers: np.ndarray) -> None:
         """Record empty lines on these file lines (increasing, after those recorded)."""
@@ -256,6 +299,12 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         if on_error == "raise":
             _raise_first_invalid(invalid, None, None, path, mz_name, in_name, None, text.file_lines)
         _count_invalid(invalid, placed, None, np.zeros(0, np.int64), n_rows, report, path, text.file_lines)
+        if text.cut is not None:  # the rows before the break are read; the one it falls in is lost
+            from fastspec.io._common import truncated_reason
+
+            if on_error == "raise":
+                raise ParseError(truncated_reason(text.cut), path, text.lines_read + 1)
+            report.reject(text.lines_read + 1, truncated_reason(text.cut), path)
     finally:
         stream.close()
 
@@ -340,15 +389,20 @@ def write(spectra: Spectra, path: str) -> None:
     names = list(md.column_names)
     names += [c for c, has in (("precursor_mz", bool(np.isfinite(pmz).any())),
                                ("charge", bool(np.any(spectra.charge != 0)))) if has and c not in names]
-    names = [c for c in names if c not in ("id", "identifier", "mzs", "intensities")]
+    # the identifier column holds ``id`` (else a metadata ``identifier``, else row numbers); metadata named
+    # like the peak columns is not written (the peaks are)
+    id_col = next((c for c in ("id", "identifier") if c in md.column_names), None)
+    names = [c for c in names if c not in (id_col, "mzs", "intensities")]
     header = ["identifier", "mzs", "intensities", *names]
     with text_sink(path) as fh:
-        fh.write("\t".join(c.replace("\t", " ") for c in header) + "\n")
+        # a tab or line break in a name would split the header (as in values: spaces)
+        fh.write("\t".join(" ".join(c.split()) if any(ch in c for ch in "\t\r\n") else c for c in header) + "\n")
         step = _text.WRITE_CHUNK
         for start in range(0, len(spectra), step):
             part = spectra.take(np.arange(start, min(start + step, len(spectra)), dtype=np.int64))
             for a in range(0, len(part), 65536):
-                rows = _rows(part.take(np.arange(a, min(a + 65536, len(part)), dtype=np.int64)), names, start + a)
+                rows = _rows(part.take(np.arange(a, min(a + 65536, len(part)), dtype=np.int64)), names, start + a,
+                             id_col)
                 # rows joined in Arrow, not by its CSV writer: that one either quotes every string or refuses
                 # a value holding a quote
                 lines = pc.binary_join_element_wise(*[c.cast(pa.large_string()) for c in rows],
@@ -356,8 +410,9 @@ def write(spectra: Spectra, path: str) -> None:
                 fh.write("\n".join(lines.to_pylist()) + "\n")
 
 
-def _rows(spectra: Spectra, names: list[str], start: int) -> list[pa.Array]:
-    """The TSV fields of ``spectra`` (rows ``start`` on of the file): identifier, peaks, then ``names``."""
+def _rows(spectra: Spectra, names: list[str], start: int, id_col: str | None) -> list[pa.Array]:
+    """The TSV fields of ``spectra`` (rows ``start`` on of the file): identifier (metadata column ``id_col``,
+    else row numbers), peaks, then ``names``."""
     from fastspec.io._text import string_column
     from fastspec.io.mgf import plain_charge_strings
 
@@ -368,7 +423,7 @@ def _rows(spectra: Spectra, names: list[str], start: int) -> list[pa.Array]:
     mzs = pc.binary_join(mk(off_arr, pa.array(spectra.mz, pa.float64()).cast(pa.string())), ",")
     ins = pc.binary_join(mk(off_arr, pa.array(spectra.intensity, pa.float32()).cast(pa.string())), ",")
     md = spectra.metadata
-    ids = string_column(md.column("id")) if "id" in md.column_names else \
+    ids = string_column(md.column(id_col)) if id_col is not None else \
         pa.array([str(i) for i in range(start, start + n)])
     cols = [_field(ids), mzs, ins]
     pmz = spectra.precursor_mz

@@ -108,6 +108,7 @@ class cluster_client:
         self.scheduler = scheduler
         self.kind, self.n_workers = parse_scheduler(scheduler)
         self.client = self.cluster = None
+        self._environ: dict | None = None
 
     def __enter__(self):
         distributed = _dask()
@@ -125,8 +126,12 @@ class cluster_client:
                 # health-check server still wants port 8787 and moves to another when it is taken, saying so
                 with warnings.catch_warnings():
                     warnings.filterwarnings("ignore", message="Port .* is already in use")
+                    self._environ = dict(os.environ)
                     self.cluster = distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
                                                             dashboard_address=None, silence_logs=level)
+                # dask's nannies set their workers' environment in this process (MALLOC_TRIM_THRESHOLD_,
+                # OMP_NUM_THREADS=1, ...): it turned off retain_freed_memory and reached child processes
+                _restore_environ(self._environ)
                 self.client = distributed.Client(self.cluster)
             else:
                 self.client = distributed.Client(self.scheduler, timeout="20s")
@@ -159,9 +164,21 @@ class cluster_client:
                 except Exception:  # shutting down after an error: the error is what the caller sees
                     pass
         self.client = self.cluster = None
+        if getattr(self, "_environ", None) is not None:  # (again: a restarted worker sets it once more)
+            _restore_environ(self._environ)
+            self._environ = None
         for n, lv in getattr(self, "_levels", {}).items():
             logging.getLogger(n).setLevel(lv)
         return False
+
+
+def _restore_environ(before: dict) -> None:
+    """``os.environ`` as it was (``before``): variables added since removed, changed ones set back."""
+    for key in [k for k in os.environ if k not in before]:
+        del os.environ[key]
+    for key, value in before.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def worker_threads(scheduler: str, threads: int | None) -> int | None:

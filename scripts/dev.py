@@ -42,8 +42,11 @@ def _ensure_env(extras: str, optional: list[str]) -> None:
     subprocess.check_call([py, "-m", "pip", "install", "-q", "--upgrade", "pip", "setuptools>=77", "wheel"])
     subprocess.check_call([py, "-m", "pip", "install", "-q", "-e", f"{ROOT}{extras}"])
     for pkg in optional:  # wheels only: a failing source build would cost minutes and prove nothing
-        if subprocess.call([py, "-m", "pip", "install", "-q", "--only-binary=:all:", pkg]) != 0:
-            print(f"[dev] {pkg} has no wheel for this platform; the tests that need it skip", file=sys.stderr)
+        # (pip's own "ERROR: Could not find a version" lines would read as a failed set-up: not shown)
+        if subprocess.call([py, "-m", "pip", "install", "-q", "--only-binary=:all:", pkg],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) != 0:
+            print(f"[dev] {pkg} has no wheel for this platform (Python {sys.version_info.major}."
+                  f"{sys.version_info.minor}); the tests that need it skip", file=sys.stderr)
     stamp.touch()
 
 

@@ -69,8 +69,14 @@ def _tables_equal(a, b):
 
 
 def test_local_cluster_gives_the_same_table(case):
+    import os
+
     d, lib = case
+    before = dict(os.environ)
     with dist.cluster_client("local:2") as client:
+        # dask's nannies set their workers' variables (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_) in this
+        # process: put back (they turned off retain_freed_memory here and reached child processes)
+        assert dict(os.environ) == before
         assert len(client.nthreads()) == 2
         for mode in ("identity", "formula"):
             # small chunks: several on the cluster at once, written back in record order
@@ -80,6 +86,9 @@ def test_local_cluster_gives_the_same_table(case):
             assert got == want and want["n_queries"] == 300
             assert want["params"]["query_records"]["rejected"] == 3
             _tables_equal(d / f"{mode}_local.parquet", d / f"{mode}_dask.parquet")
+        # the workers have theirs
+        assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"1"}
+    assert dict(os.environ) == before
 
 
 def test_a_worker_lost_mid_search_changes_nothing(case):

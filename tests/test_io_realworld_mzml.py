@@ -155,8 +155,8 @@ def numpress_arrays(mz, it, mz_codec: str, it_codec: str, zlib_too: bool) -> str
     (optionally zlib over the numpress bytes)."""
     import zlib
 
-    pynumpress = pytest.importorskip("pynumpress", reason="pynumpress has no wheel for this platform "
-                                     "(scripts/dev.py installs it where one exists)")
+    pynumpress = pytest.importorskip("pynumpress", reason="pynumpress has no wheel for this platform or "
+                                     "Python (0.1.5+: CPython 3.11+; scripts/dev.py installs it where one exists)")
 
     names = {"linear": "MS-Numpress linear prediction compression",
              "slof": "MS-Numpress short logged float compression",

@@ -1279,6 +1279,7 @@ def _child_search(path, queries, out):
     out.put(lib.search(queries, k=3, mode="analog", threads=2, progress=False).indices.tolist())
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # forking is the test
 def test_search_in_a_forked_child_after_faiss(subsets, tmp_path):
     """A child forked after the parent ran faiss with 2 threads hung at its first faiss search (GNU OpenMP
     cannot start threads after fork; analog search asks faiss for its first threshold): faiss runs one

@@ -104,6 +104,7 @@ def _child_loads_kernel(out):
     out.put(bool(got))
 
 
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # forking is the test
 def test_forked_child_gets_a_free_compiler_lock():
     """A parent thread loading or compiling a kernel at the fork left numba's compiler lock held in the
     child, whose first kernel load then hung for ever."""

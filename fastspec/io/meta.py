@@ -7,7 +7,8 @@ parquet and HDF5 files give the same column names and value conventions:
   NIST, MassBank, GNPS, MS-DIAL, MZmine, MassSpecGym and matchms'
   ``known_key_conversions.csv``) and renamed to the canonical key
   (:data:`fastspec.spectra.CANONICAL_KEYS`); any other key is kept, lower-cased snake_case
-  (``"Num Peaks"`` -> ``num_peaks``);
+  (``"Num Peaks"`` -> ``num_peaks``, ``"ÉTAT"`` -> ``état``; a key without letters or digits under the
+  names of its characters, ``"#"`` -> ``number_sign``: :func:`snake`);
 * ``precursor_mz`` is a float64 (NaN/null when unknown or not a positive finite number);
   a second ``PEPMASS`` value goes to ``precursor_intensity``, a third (``2+``) is the charge unless a
   ``CHARGE`` line gives one;
@@ -34,6 +35,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+import unicodedata
 from typing import Any, Mapping
 
 import numpy as np
@@ -174,16 +176,35 @@ def _build_lookup() -> dict[str, tuple[str, int]]:
 _SNAKE_RE = re.compile(r"[^0-9a-z]+")
 
 
+@functools.lru_cache(maxsize=8192)
 def snake(key: str) -> str:
-    """Lower-case snake_case of a raw key (``"Num Peaks"`` -> ``"num_peaks"``)."""
-    return _SNAKE_RE.sub("_", key.strip().lower()).strip("_")
+    """Lower-case snake_case form of a raw metadata key (``"Num Peaks"`` -> ``"num_peaks"``).
+
+    Letters, digits and combining marks of any script are kept, lower-cased and NFC-normalised
+    (``"ÉTAT"`` -> ``"état"``, ``"名前"`` -> ``"名前"``); every run of other characters (spaces,
+    punctuation, symbols) becomes one ``_``, none at either end. A key without letters or digits is named
+    after the Unicode names of its characters, whitespace aside (``"#"`` -> ``"number_sign"``, ``"!!"``
+    -> ``"exclamation_mark_exclamation_mark"``, ``"_"`` -> ``"low_line"``; a character without a name
+    gives ``u`` and its code point, ``"\\x7f"`` -> ``"u007f"``): such a column is kept, under a name
+    every format can write. An empty or blank key gives ``""``.
+    """
+    low = key.strip().lower()
+    if low.isascii():  # nearly every key: the ASCII rule is the general one restricted to ASCII
+        s = _SNAKE_RE.sub("_", low).strip("_")
+    else:
+        low = unicodedata.normalize("NFC", low)  # a decomposed "é" is the composed one
+        s = "_".join("".join(c if unicodedata.category(c)[0] in "LMN" else " " for c in low).split())
+    if s or not low:
+        return s
+    return "_".join(snake(unicodedata.name(c, f"u{ord(c):04x}")) for c in low if not c.isspace())
 
 
 @functools.lru_cache(maxsize=4096)
 def key_info(raw_key: str) -> tuple[str, int]:
     """Harmonised name of ``raw_key`` and its alias priority (0 = the canonical name itself).
 
-    Unknown keys map to their snake_case form with priority 0; an empty result means "drop".
+    Unknown keys map to their snake_case form (:func:`snake`) with priority 0; an empty result (a blank
+    key) means "drop".
     """
     low = raw_key.strip().lower()
     hit = _LOOKUP.get(low)

@@ -17,6 +17,7 @@ a line that only starts with ``BEGIN IONS``, count as one rejected record at the
 """
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import pyarrow as pa
@@ -107,25 +108,70 @@ def metadata_fields(spectra: Spectra, names: dict[str, str], key_style) -> list[
         if vals is not None and (vals.null_count < len(vals) or k == "precursor_mz"):
             fields.append((names[k], vals))
     for name in md.column_names:
-        if name in written or name.lower() in NUM_PEAKS_KEYS:
+        if name in written:
             continue
         canon, _ = key_info(name)
-        if canon in written and canon in CANONICAL_KEYS:
+        if not canon or (canon in written and canon in CANONICAL_KEYS):
+            continue  # (a blank name reads as nothing)
+        key = key_style(name)
+        if name.lower() in NUM_PEAKS_KEYS or key.lower() in NUM_PEAKS_KEYS:
             continue
         vals = string_column(md.column(name))
         if vals.null_count < len(vals):
-            fields.append((key_style(name), vals))
+            fields.append((key, vals))
     return fields
 
 
+def text_key(name: str, unsafe: re.Pattern, guarded: tuple[str, ...], upper: bool = False,
+             reserved: frozenset[str] = frozenset()) -> str:
+    """The key a text writer writes for the metadata column ``name``: read back, it gives the column's
+    harmonised name (:func:`~fastspec.io.meta.key_info`), never another key.
+
+    Parameters
+    ----------
+    name : str
+        Column name.
+    unsafe : re.Pattern
+        Characters a key must not hold (the format's key-value separators, whitespace, control
+        characters): each run becomes ``_``, which the reader's snake_case form takes for a separator.
+    guarded : tuple of str
+        First characters that make a line something other than a metadata line (a number: a peak line;
+        a comment marker): such a key gets a leading ``_``, which the snake_case form drops.
+    upper : bool
+        Upper-case the key, where that reads back the same (``ß`` upper-cases to ``SS``).
+    reserved : frozenset of str
+        Lower-case keys the reader takes apart by name, giving their values to other keys: such a key
+        gets a leading ``_`` too.
+
+    Returns
+    -------
+    str
+        The escaped name, else the escaped harmonised name: a name without letters or digits (``#``)
+        is harmonised under the names of its characters (``number_sign``), which any format can write.
+    """
+    target = key_info(name)[0]
+    for base in (name, target):
+        key = unsafe.sub("_", base.strip())
+        if key[:1] in guarded or key.lower() in reserved:
+            key = "_" + key
+        for k in (key.upper(), key) if upper else (key,):
+            if key_info(k)[0] == target:
+                return k
+    return target  # (not reached: a harmonised name reads back as itself)
+
+
+#: first characters of a key that make its line a peak line (``2nd_ce=``)
+NUMBER_START = tuple("0123456789+-.")
+#: characters an MGF key must not hold: the separator '=', and what would end or split its line (control
+#: characters, whitespace other than a space)
+_MGF_UNSAFE = re.compile(r"(?:[^\S ]|[\x00-\x1f\x7f=])+")
+#: ... and first characters it must not have: a number (a peak line), a comment marker (a comment line)
+_MGF_GUARDED = NUMBER_START + tuple("#;!/")
+
+
 def _mgf_key(name: str) -> str:
-    # a key starting like a number ("2nd_ce", "+1x", ".5x") would read as a peak line: "_2ND_CE", which
-    # reads back as 2nd_ce
-    key = name.replace("=", "_").replace("\n", " ").strip().upper()
-    return "_" + key if key[:1] in _NUMBER_START else key
-
-
-_NUMBER_START = tuple("0123456789+-.")
+    # "2nd_ce" -> "_2ND_CE", "#note" -> "_#NOTE", "a=b" -> "A_B": each reads back as the column's snake form
+    return text_key(name, _MGF_UNSAFE, _MGF_GUARDED, upper=True)
 
 
 def write(spectra: Spectra, path: str) -> None:
@@ -134,7 +180,8 @@ def write(spectra: Spectra, path: str) -> None:
     Each record: ``BEGIN IONS``, ``TITLE`` (the ``title`` column, else the id; pyteomics' MGF reader needs
     one), the canonical keys
     under their usual MGF names (``SPECTRUM_ID``, ``NAME``, ``PEPMASS``, ``CHARGE=1+``,
-    ``IONMODE``, ``ADDUCT``, ...), the other metadata columns upper-cased, then
+    ``IONMODE``, ``ADDUCT``, ...), the other metadata columns upper-cased, under keys that read back as
+    their snake_case names (``#note`` -> ``_#NOTE``, :func:`text_key`), then
     ``m/z intensity`` lines (shortest round-trip decimal form) and ``END IONS``.
     Missing values are not written.
     """

@@ -25,6 +25,7 @@ Reading covers the NIST, MS-DIAL/RIKEN and MassBank-export dialects:
 """
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import numpy as np
@@ -34,7 +35,8 @@ import pyarrow.compute as pc
 from fastspec.io import _textscan as ts
 from fastspec.io._common import ReadReport
 from fastspec.io._text import header_lines, iter_text, peak_blocks, string_column, write_text_records
-from fastspec.io.mgf import metadata_fields, plain_charge_strings
+from fastspec.io.massbank import SUBTAG_TAGS
+from fastspec.io.mgf import NUMBER_START, metadata_fields, plain_charge_strings, text_key
 from fastspec.spectra import Spectra
 
 #: canonical key -> MSP key written (NIST / MassBank style)
@@ -62,11 +64,21 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     return iter_text(path, ts.MSP, on_error=on_error, report=report, progress=progress, block_bytes=block_bytes)
 
 
+#: characters an MSP key must not hold: its separator ':', the '=' of GNPS-style ``KEY=value`` lines (a key
+#: ``SMILES=foo`` read back as smiles), and what would end or split its line (control characters,
+#: whitespace other than a space)
+_MSP_UNSAFE = re.compile(r"(?:[^\S ]|[\x00-\x1f\x7f:=])+")
+#: ... and first characters it must not have: a number (a peak line), '#' (a comment line)
+_MSP_GUARDED = NUMBER_START + ("#",)
+#: keys the reader takes apart by name (``Synon: $:28...``, ``Comments: "SMILES=..."``, ``CH$LINK: INCHIKEY: ...``
+#: give their values to other keys); ``comment``, the free text read from ``Comments``, is written as it is
+_MSP_RESERVED = frozenset({"synon", "synonym", "comments"} | {t.lower() for t in SUBTAG_TAGS})
+
+
 def _msp_key(name: str) -> str:
-    # a key starting like a number ("2nd_ce", "+1x", ".5x") would read as a peak line: "_2nd_ce", which
-    # reads back as 2nd_ce
-    key = name.replace(":", "_").replace("\n", " ").strip()
-    return "_" + key if key[:1] in tuple("0123456789+-.") else key
+    # "2nd_ce" -> "_2nd_ce", "#note" -> "_#note", "a=b" -> "a_b", "synon" -> "_synon": each reads back as the
+    # column's snake form
+    return text_key(name, _MSP_UNSAFE, _MSP_GUARDED, reserved=_MSP_RESERVED)
 
 
 def write(spectra: Spectra, path: str) -> None:
@@ -74,8 +86,9 @@ def write(spectra: Spectra, path: str) -> None:
 
     Each record: ``Name:`` (the name, else the id), the canonical keys under NIST names
     (``DB#``, ``PrecursorMZ``, ``Precursor_type``, ``Charge`` signed, ``Ion_mode: P/N``, ...),
-    other metadata columns as ``key: value`` (lists such as ``synonyms`` as one ``Synon:`` line
-    per element), ``Num Peaks:``, tab-separated ``m/z intensity`` lines and a blank line.
+    other metadata columns as ``key: value``, under keys that read back as their snake_case names
+    (``a=b`` -> ``a_b``, :func:`~fastspec.io.mgf.text_key`; lists such as ``synonyms`` as one ``Synon:``
+    line per element), ``Num Peaks:``, tab-separated ``m/z intensity`` lines and a blank line.
     """
     write_text_records(path, spectra, _records)
 

@@ -216,6 +216,12 @@ def test_missing_markers_in_a_table_string_column_are_missing(tmp_path):
     assert sp.column("adduct") == [None, "[M+H]+", None]
     assert sp.column("name") == [None, "Na", "x"]  # sodium is a name
     assert sp.column("comment") == ["N/A", "", "y"]
+    # pandas categoricals (dictionary columns) alike; ids are kept as given (a review)
+    pq.write_table(pa.table({"mz": [[100.0]] * 3, "intensity": [[1.0]] * 3, "id": [" c ", "NA", "none"],
+                             "instrument_type": pa.array(["N/A", "Orbitrap", "N/A"]).dictionary_encode()}),
+                   tmp_path / "c.parquet")
+    sp = fio.read(tmp_path / "c.parquet")
+    assert sp.column("instrument_type") == [None, "Orbitrap", None] and sp.ids == [" c ", "NA", "none"]
 
 
 def test_same_rules_in_every_format(tmp_path):
@@ -575,6 +581,11 @@ def test_truncated_gzip_json_and_tsv(tmp_path, kind):
     s, r = fio.read(crc, return_report=True)
     assert len(s) == 2000 and r.n_rejected == 1
     assert len(fio.read(whole)) == 2000
+    if kind == "tsv":  # cut right after the header line: no row, the break one rejection (was EOFError)
+        head = gzip.compress(text[: text.index("\n") + 1].encode())
+        (tmp_path / "head.tsv.gz").write_bytes(head[:-4])
+        s, r = fio.read(tmp_path / "head.tsv.gz", return_report=True)
+        assert len(s) == 0 and [x.line for x in r.rejected] == [2]
 
 
 def test_truncated_gzip_keeps_the_records_before_the_break(tmp_path):

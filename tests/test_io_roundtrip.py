@@ -271,6 +271,9 @@ def test_tsv_identifier_and_odd_column_names(tmp_path):
     sp = Spectra.from_arrays([[100.0], [200.0]], [[1.0], [2.0]], metadata={"identifier": ["MSG1", "MSG2"]})
     fio.write(sp, tmp_path / "a.tsv")
     assert fio.read(tmp_path / "a.tsv").ids == ["MSG1", "MSG2"]
+    both = Spectra.from_arrays([[100.0]], [[1.0]], metadata={"id": ["A"], "identifier": ["X"]})
+    fio.write(both, tmp_path / "b.tsv")  # one identifier column (the id), not two (unreadable)
+    assert fio.read(tmp_path / "b.tsv").ids == ["A"]
     sp = Spectra.from_arrays([[100.0]], [[1.0]], metadata=pa.table({"id": ["r0"], "x\ny": ["v"], "p\tq": ["w"]}))
     fio.write(sp, tmp_path / "c.tsv")
     back, report = fio.read(tmp_path / "c.tsv", return_report=True)

@@ -114,6 +114,7 @@ class _CleanUtf8:
                 self._add_empty(np.array([self._lines], dtype=np.int64))
                 continue
             self._ahead += line
+            self._decoded += len(line)  # (a gzip stream breaking off after this is data cut, not "not gzip")
             return line
 
     def read(self, n: int = -1) -> bytes:
@@ -262,7 +263,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     stream = pa.PythonFile(text, mode="r")
     try:
         reader = pcsv.open_csv(stream, read_options=ropts, parse_options=popts, convert_options=copts)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowInvalid, OSError, EOFError) as e:
         stream.close()
         raise FastspecError(f"{path}: not a readable TSV file: {e}") from e
     # Rows that do not split into the header's fields are reported by pyarrow while it parses a block,
@@ -392,7 +393,7 @@ def write(spectra: Spectra, path: str) -> None:
     # the identifier column holds ``id`` (else a metadata ``identifier``, else row numbers); metadata named
     # like the peak columns is not written (the peaks are)
     id_col = next((c for c in ("id", "identifier") if c in md.column_names), None)
-    names = [c for c in names if c not in (id_col, "mzs", "intensities")]
+    names = [c for c in names if c not in ("id", "identifier", "mzs", "intensities")]
     header = ["identifier", "mzs", "intensities", *names]
     with text_sink(path) as fh:
         # a tab or line break in a name would split the header (as in values: spaces)

@@ -105,6 +105,7 @@ def generate(
     *,
     threads: int | None = None,
     progress: bool | None = False,
+    seed_report: dict | None = None,
 ) -> Spectra:
     """A deterministic synthetic spectral library.
 
@@ -117,15 +118,21 @@ def generate(
     seed : int
         Seed of the numpy ``Generator`` tree; the same arguments give byte-identical output.
     seed_library : Spectra or path, optional
-        Grow this real library instead: each output spectrum is a perturbed copy of one of its spectra
-        (every source used about equally often, copies adjacent), keeping its metadata plus
-        ``source_id`` and ``source_row``.
+        Grow this real library instead: each output spectrum is a perturbed copy of one of its MS2
+        spectra (every source used about equally often, copies adjacent; MS1 / MSn records, spectra
+        without peaks and those of the other polarity left out), keeping its metadata plus
+        ``source_id`` and ``source_row`` (the seed spectrum's id and row among the spectra read).
     polarity : {"both", "positive", "negative"}
         Ion modes to generate (or to keep from the seed library).
     threads : int, optional
         Worker threads over chunks (output does not depend on it).
     progress : bool, optional
         tqdm progress bar over chunks on stderr (None: only when stderr is a terminal).
+    seed_report : dict, optional
+        With ``seed_library``, filled with what was made of it: ``n_records``, ``n_rejected`` and
+        ``rejected`` (reason -> count, records the reader refused), ``left_out`` (reason -> count),
+        ``n_used``, and among those used ``no_precursor`` and ``no_formula`` (identity and hybrid
+        search cannot find copies without a precursor m/z, formula search those without a formula).
 
     Returns
     -------
@@ -140,7 +147,7 @@ def generate(
     if seed_library is not None:
         if n_molecules is not None:
             raise ParameterError("n_molecules cannot be combined with seed_library (molecules come from the seed)")
-        return _grow(n_spectra, seed, seed_library, polarity, threads, progress)
+        return _grow(n_spectra, seed, seed_library, polarity, threads, progress, seed_report)
     n_molecules = max(1, n_spectra // 40) if n_molecules is None else _check_count(n_molecules, "n_molecules")
     if n_molecules > n_spectra:
         raise ParameterError(f"n_molecules ({n_molecules}) cannot exceed n_spectra ({n_spectra})")
@@ -176,7 +183,10 @@ def make_queries(
     Returns
     -------
     queries : Spectra
-        With the source's metadata, ``id`` ``Q0000000``..., ``source_row`` (int64) and ``source_id``.
+        With the source's metadata, ``id`` ``Q0000000``..., ``source_row`` (int64) and ``source_id`` (the
+        library row and id each query was derived from). From a grown library (``seed_library``), also
+        ``seed_row`` / ``seed_id``: the seed spectrum that row copies, shared by all its copies in the
+        library (score answers by it, or by molecule: the copies are equally good answers).
     truth : ndarray, int64, shape (n,)
         Library row each query was derived from (molecules: the ``inchikey14`` / ``molecule`` columns).
     """
@@ -198,6 +208,11 @@ def make_queries(
     out = perturb(source, seed=rng, **_noise_params(noise))
     md = source.metadata
     ids = _prefixed_ids("Q", len(rows))
+    # a grown library's rows name their seed spectrum: kept as seed_id / seed_row, since every copy of that
+    # seed spectrum (about n / seed size of them) is as right an answer as the row the query was drawn from
+    for theirs, ours in (("source_id", "seed_id"), ("source_row", "seed_row")):
+        if theirs in md.column_names:
+            md = _set_column(md, ours, md.column(theirs))
     md = _set_column(md, "source_id", pa.array(source.ids, pa.string()))
     md = _set_column(md, "source_row", pa.array(rows, pa.int64()))
     md = _set_column(md, "id", ids)
@@ -756,20 +771,43 @@ def _pseudo_smiles(rng: np.random.Generator, counts: np.ndarray) -> list[str]:
 
 # ====================================================================================== grown from a real library
 def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | None,
-          progress: bool | None = False) -> Spectra:
-    src = _load(seed_library)
+          progress: bool | None = False, report: dict | None = None) -> Spectra:
+    from fastspec.library import REASON_MS1, REASON_MSN, _ms_stages
+
+    src, read = _load(seed_library)
+    # as an index leaves them out: an MS1 or MSn spectrum grown into 'MS2' copies (no ms_level is kept)
+    ms1, msn = _ms_stages(src.metadata)
     cols = [c for c in SEED_COLUMNS if c in src.metadata.column_names]
     if cols:  # 2.4M copies of every provenance column would cost gigabytes
-        src = src.with_metadata(src.metadata.select(cols))
-    keep = src.n_peaks > 0
-    if polarity != "both":
-        keep &= src.polarity == (1 if polarity == "positive" else -1)
+        md = src.metadata.select(cols)
+        if "inchi" in cols and "formula" in cols:  # the InChI only where it must give the formula
+            md = _set_column(md, "inchi", pc.if_else(pc.is_valid(md.column("formula")),
+                                                     pa.scalar(None, md.column("inchi").type), md.column("inchi")))
+        src = src.with_metadata(md)
+    empty = src.n_peaks == 0
+    other = np.zeros(len(src), bool) if polarity == "both" else \
+        src.polarity != (1 if polarity == "positive" else -1)
+    keep = ~(ms1 | msn | empty | other)
+    left_out = {k: int(v) for k, v in ((REASON_MS1, ms1.sum()), (REASON_MSN, msn.sum()),
+                                       ("no peak of positive intensity", (empty & ~ms1 & ~msn).sum()),
+                                       (f"not {polarity}", (other & ~empty & ~ms1 & ~msn).sum())) if v}
+    if report is not None:
+        report.update(n_records=len(src) if read is None else read.n_records,
+                      n_rejected=0 if read is None else read.n_rejected,
+                      rejected={} if read is None else dict(read.counts_by_reason),
+                      left_out=left_out,
+                      n_used=int(keep.sum()),
+                      no_precursor=int((keep & ~np.isfinite(src.precursor_mz)).sum()),
+                      no_formula=int((keep & ~_has_formula(src.metadata)).sum()))
     # rows and ids of the seed library as given: source_row / source_id name spectra of the caller's
     # library, not of the filtered copy drawn from here
     kept, seed_ids = np.flatnonzero(keep), src.ids
     src = src.take(kept) if not keep.all() else src
     if len(src) == 0:
-        raise FastspecError("the seed library has no usable spectra (non-empty, of the requested polarity)")
+        why = "; ".join(f"{k}: {v:,}" for k, v in left_out.items())
+        raise FastspecError(f"the seed library has no usable spectra (MS2, non-empty, of the requested polarity)"
+                            + (f": left out {why}" if why else ""))
+    _check_memory(n, float(src.n_peaks.mean()))  # (a seed of many-peak spectra grows larger copies)
     ss = np.random.SeedSequence([int(seed), 0x9A0F])
     s_rows, s_chunks = ss.spawn(2)
     rng = np.random.default_rng(s_rows)
@@ -799,17 +837,28 @@ def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | No
     return Spectra(offsets, mz, inten, pmz, src.charge[rows], md, validate=False)
 
 
-#: Metadata columns kept from a seed library (canonical keys plus provenance and licence).
+#: Metadata columns kept from a seed library (canonical keys, the InChI where no formula is given, from which an
+#: index takes the formula (GNPS exports: SMILES=N/A, an InChI), provenance and licence).
 SEED_COLUMNS = (
-    "id", "name", "precursor_mz", "charge", "ion_mode", "adduct", "formula", "smiles", "inchikey", "inchikey14",
-    "instrument_type", "instrument", "collision_energy", "fragmentation_mode", "exact_mass", "license",
+    "id", "name", "precursor_mz", "charge", "ion_mode", "adduct", "formula", "smiles", "inchi", "inchikey",
+    "inchikey14", "instrument_type", "instrument", "collision_energy", "fragmentation_mode", "exact_mass", "license",
 )
 
 
-def _load(source: Any) -> Spectra:
+def _has_formula(md: pa.Table) -> np.ndarray:
+    """bool (n,): a formula, or an InChI (whose first layer is one), in the metadata."""
+    has = np.zeros(md.num_rows, bool)
+    for col in ("formula", "inchi"):
+        if col in md.column_names:
+            has |= np.asarray(md.column(col).is_valid().to_numpy(zero_copy_only=False), bool)
+    return has
+
+
+def _load(source: Any) -> tuple[Spectra, Any]:
     """A Spectra from a Spectra or any file :func:`fastspec.io.read` accepts, without zero-intensity peaks
     (readers keep them, as matchms does; they are no observed fragments to resample, and noise would
-    leave them at 0)."""
+    leave them at 0), and the read report (None for spectra given in memory)."""
+    report = None
     if isinstance(source, Spectra):
         sp = source
     else:
@@ -821,7 +870,7 @@ def _load(source: Any) -> Spectra:
 
         sp, report = fio.read(path, return_report=True)
         _refuse_empty(report)  # an MGF file named .msp: say so, not "no usable spectra"
-    return sp.keep_peaks(np.asarray(sp.intensity) != 0)
+    return sp.keep_peaks(np.asarray(sp.intensity) != 0), report
 
 
 # ====================================================================================== shared machinery
@@ -964,16 +1013,22 @@ def _set_column(table: pa.Table, name: str, values) -> pa.Table:
 #: peak memory of generating a library, per spectrum (bytes; pure and grown modes, peaks, metadata and the
 #: working arrays: 100k -> 300k spectra measured 0.5 -> 0.75 GB and 0.63 -> 0.8 GB, 2.4M ~3.3 GB)
 _BYTES_PER_SPECTRUM = 1400
+#: ... at this many peaks per spectrum (MassBank's mean, ~25); each peak more costs ``_BYTES_PER_PEAK`` (a seed
+#: of 231 peaks per spectrum measured ~4.2 kB per spectrum grown, 50k -> 150k spectra: 0.75 -> 1.17 GB)
+_PEAKS_PER_SPECTRUM = 25
+_BYTES_PER_PEAK = 14
 
 
-def _check_memory(n: int) -> None:
+def _check_memory(n: int, peaks_per_spectrum: float | None = None) -> None:
     """Refuse a size whose generation could not fit in this machine's memory, before allocating: numpy
-    would fail with a MemoryError only after filling it (grown mode builds its plan in Python objects)."""
+    would fail with a MemoryError only after filling it (grown mode builds its plan in Python objects).
+    ``peaks_per_spectrum``: a seed library's mean, once it is read."""
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):  # not POSIX: numpy's own error then
         return
-    need = n * _BYTES_PER_SPECTRUM
+    extra = 0.0 if peaks_per_spectrum is None else max(0.0, peaks_per_spectrum - _PEAKS_PER_SPECTRUM) * _BYTES_PER_PEAK
+    need = n * (_BYTES_PER_SPECTRUM + extra)
     if total > 0 and need > total:
         raise ParameterError(f"{n:,} spectra need about {need / 2**30:,.0f} GiB of memory to generate; this machine "
                              f"has {total / 2**30:,.0f} GiB")

@@ -269,6 +269,34 @@ def test_grow_polarity_and_errors(massbank_parquet):
         synth.generate(10, seed_library=empty)
 
 
+def test_grow_from_another_labs_file(tmp_path):
+    """A seed file as other labs export it (an audit): MS1 / MSn records are left out (they were grown into
+    'MS2' copies an index then took), an InChI-only structure keeps its InChI (GNPS: SMILES=N/A; the formula
+    was lost), the seed report counts what was read, rejected, left out and what its copies lack, and
+    queries from a grown library name the seed spectrum every copy of which is an answer."""
+    rec = ("BEGIN IONS\nTITLE={t}\nPEPMASS={p}\nCHARGE=1+\nMSLEVEL={lv}\nSMILES=N/A\n"
+           "INCHI=InChI=1S/C8H10N4O2/c1-10-4-9-6-5(10)7(13)12(3)8(14)11(6)2/h4H,1-3H3\n"
+           "110.0713 20\n138.0662 100\n163.0600 15\nEND IONS\n")
+    text = "".join(rec.format(t=f"s{i}", p=195.0877 + i, lv=lv) for i, lv in enumerate([2, 1, 2, 3, 2]))
+    text += "BEGIN IONS\nTITLE=bad\nPEPMASS=200\n110.0 abc\nEND IONS\n"
+    seed = tmp_path / "gnps.mgf"
+    seed.write_text(text)
+    report: dict = {}
+    g = synth.generate(30, seed=1, seed_library=seed, seed_report=report)
+    assert sorted(set(_md(g, "source_id"))) == ["s0", "s2", "s4"]
+    assert all(v.startswith("InChI=1S/C8H10N4O2") for v in _md(g, "inchi"))
+    assert report == {"n_records": 6, "n_rejected": 1, "rejected": {"unparsable peak line": 1},
+                      "left_out": {"MS1 spectrum (ms_level 1)": 1, "MSn spectrum (ms_level 3 or more)": 1},
+                      "n_used": 3, "no_precursor": 0, "no_formula": 0}
+    q, rows = synth.make_queries(g, 10, seed=2)
+    assert list(_md(q, "seed_id")) == [_md(g, "source_id")[r] for r in rows]
+    assert list(_md(q, "source_id")) == [g.ids[r] for r in rows]
+    only_ms1 = tmp_path / "ms1.mgf"
+    only_ms1.write_text(rec.format(t="x", p=195.0877, lv=1))
+    with pytest.raises(FastspecError, match="MS1 spectrum"):
+        synth.generate(10, seed_library=only_ms1)
+
+
 def test_make_queries(lib):
     q, truth = synth.make_queries(lib, 300, seed=9)
     q2, truth2 = synth.make_queries(lib, 300, seed=9)

@@ -132,7 +132,8 @@ def generate(
         With ``seed_library``, filled with what was made of it: ``n_records``, ``n_rejected`` and
         ``rejected`` (reason -> count, records the reader refused), ``left_out`` (reason -> count),
         ``n_used``, and among those used ``no_precursor`` and ``no_formula`` (identity and hybrid
-        search cannot find copies without a precursor m/z, formula search those without a formula).
+        search cannot find copies without a precursor m/z, formula search those without a formula, SMILES or
+        InChI).
 
     Returns
     -------
@@ -781,7 +782,7 @@ def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | No
     if cols:  # 2.4M copies of every provenance column would cost gigabytes
         md = src.metadata.select(cols)
         if "inchi" in cols and "formula" in cols:  # the InChI only where it must give the formula
-            md = _set_column(md, "inchi", pc.if_else(pc.is_valid(md.column("formula")),
+            md = _set_column(md, "inchi", pc.if_else(pa.array(_parsed_formula(md)),
                                                      pa.scalar(None, md.column("inchi").type), md.column("inchi")))
         src = src.with_metadata(md)
     empty = src.n_peaks == 0
@@ -845,10 +846,19 @@ SEED_COLUMNS = (
 )
 
 
+def _parsed_formula(md: pa.Table) -> np.ndarray:
+    """bool (n,): a formula that parses (an index takes the others' from the SMILES, else the InChI)."""
+    if "formula" not in md.column_names:
+        return np.zeros(md.num_rows, bool)
+    from fastspec.library import canonical_formulas
+
+    return np.array([f is not None for f in canonical_formulas(md.column("formula").to_pylist())], bool)
+
+
 def _has_formula(md: pa.Table) -> np.ndarray:
-    """bool (n,): a formula, or an InChI (whose first layer is one), in the metadata."""
-    has = np.zeros(md.num_rows, bool)
-    for col in ("formula", "inchi"):
+    """bool (n,): a formula an index finds: one that parses, else a SMILES or InChI to take it from."""
+    has = _parsed_formula(md)
+    for col in ("smiles", "inchi"):
         if col in md.column_names:
             has |= np.asarray(md.column(col).is_valid().to_numpy(zero_copy_only=False), bool)
     return has

@@ -222,6 +222,14 @@ def test_missing_markers_in_a_table_string_column_are_missing(tmp_path):
                    tmp_path / "c.parquet")
     sp = fio.read(tmp_path / "c.parquet")
     assert sp.column("instrument_type") == [None, "Orbitrap", None] and sp.ids == [" c ", "NA", "none"]
+    # fastspec's own files alike: spectra made in memory are written as given (a review)
+    from fastspec.spectra import Spectra
+
+    mem = Spectra.from_arrays([[100.0], [101.0]], [[1.0], [1.0]],
+                              metadata=pa.table({"id": ["a", "b"], "instrument_type": ["N/A", " Orbitrap "]}))
+    for ext in ("parquet", "h5"):
+        fio.write(mem, tmp_path / f"own.{ext}")
+        assert fio.read(tmp_path / f"own.{ext}").column("instrument_type") == [None, "Orbitrap"], ext
 
 
 def test_same_rules_in_every_format(tmp_path):

@@ -291,6 +291,16 @@ def test_grow_from_another_labs_file(tmp_path):
     q, rows = synth.make_queries(g, 10, seed=2)
     assert list(_md(q, "seed_id")) == [_md(g, "source_id")[r] for r in rows]
     assert list(_md(q, "source_id")) == [g.ids[r] for r in rows]
+    # a formula that does not parse keeps the InChI (the index takes the formula from it, as for the seed);
+    # a SMILES gives one too: counted as having a formula (a review)
+    odd = tmp_path / "odd.mgf"
+    odd.write_text(rec.format(t="a", p=195.0877, lv=2).replace("SMILES=N/A\n", "FORMULA=C8H10N4O2 (caffeine)\n")
+                   + rec.format(t="b", p=195.0877, lv=2).replace("SMILES=N/A", "SMILES=Cn1cnc2c1c(=O)n(C)c(=O)n2C")
+                   .replace("INCHI=", "X_INCHI="))
+    report = {}
+    g = synth.generate(4, seed=1, seed_library=odd, seed_report=report)
+    assert report["no_formula"] == 0
+    assert [v is not None for v in _md(g, "inchi")] == [s == "a" for s in _md(g, "source_id")]
     only_ms1 = tmp_path / "ms1.mgf"
     only_ms1.write_text(rec.format(t="x", p=195.0877, lv=1))
     with pytest.raises(FastspecError, match="MS1 spectrum"):

@@ -81,5 +81,5 @@ def _seed_summary(path, r: dict) -> str:
     out += f"; {r['n_used']:,} spectra used"
     lacks = [f"{r[k]:,} without {what}" for k, what in (("no_precursor", "a precursor m/z (identity / hybrid "
                                                          "search cannot find their copies)"),
-                                                        ("no_formula", "a formula or InChI (formula search)")) if r[k]]
+                                                        ("no_formula", "a formula, SMILES or InChI (formula search)")) if r[k]]
     return out + (f", of them {'; '.join(lacks)}" if lacks else "")

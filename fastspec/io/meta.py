@@ -489,8 +489,7 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
     text : bool
         The values come from a text format: strings are trimmed and missing markers
         (``""``, ``"N/A"``, ``"nan"``, ...) become null in every string column. Otherwise (typed
-        tables) only in the canonical string columns but ``id`` (adduct, instrument, name, ...), and
-        not in fastspec's own files (``signed_charge``), whose values were harmonised when written; other
+        tables) only in the canonical string columns but ``id`` (adduct, instrument, name, ...); other
         columns are kept as they are.
     merge_aliases : bool, optional
         Drop alias columns once merged into their canonical key. Default: ``text``. With False
@@ -533,10 +532,9 @@ def harmonise_table(table: pa.Table, *, text: bool = True, merge_aliases: bool |
             col = table.column(pos)
             if isinstance(col, pa.ChunkedArray) and (name in CANONICAL_KEYS or len(members) > 1):
                 col = col.combine_chunks()
-            # typed tables of other tools (Parquet, matchms metadata) too: "N/A" in an instrument or adduct
-            # column is no instrument, not one that matches nothing (same_instrument dropped every hit); ids
-            # as given, fastspec's own files as written (already harmonised)
-            typed = not text and not signed_charge and name in _STRING_CANONICAL and name != "id"
+            # typed tables (Parquet, HDF5, matchms metadata) too: "N/A" in an instrument or adduct column is
+            # no instrument, not one that matches nothing (same_instrument dropped every hit); ids as given
+            typed = not text and name in _STRING_CANONICAL and name != "id"
             if typed and pa.types.is_dictionary(col.type) and _is_string(col.type.value_type):
                 col = col.dictionary_decode()  # (pandas categoricals)
             if _is_string(col.type) and (text or typed):

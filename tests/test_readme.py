@@ -80,6 +80,7 @@ def test_readme_command_line_example_runs(massbank_mgf, massbank_msp, massbank_p
     fio.write(mgf[:200], str(tmp_path / "more.mgf"))
     fio.write(mgf[200:260], str(tmp_path / "queries.mgf"))
     fio.write(mgf[260:300], str(tmp_path / "new.mgf"))
+    fio.write(mgf[300:500], str(tmp_path / "gnps.mgf"))  # another lab's library to grow
     # a labelled library for the lab commands: the first 1,500 MassBank spectra, as they are stored
     pq.write_table(pq.read_table(massbank_parquet).slice(0, 1500), tmp_path / "massbank.parquet")
     records = (Path(__file__).parent / "data" / "massbank_record.txt").read_text().split("//\n")
@@ -92,7 +93,7 @@ def test_readme_command_line_example_runs(massbank_mgf, massbank_msp, massbank_p
             args[args.index("-n") + 1] = "2000"
         res = CliRunner().invoke(main, args + ["--quiet"])
         assert res.exit_code == 0, (args, res.output)
-    for name in ("lib.parquet", "spectra.mgf", "lib.fastspec", "massbank.fastspec", "hits.parquet", "hits.tsv",
+    for name in ("lib.parquet", "big.mgf", "q.mgf", "spectra.mgf", "lib.fastspec", "massbank.fastspec", "hits.parquet", "hits.tsv",
                  "hits.csv.gz", "split.csv", "profile.json", "report.json", "ablation.json", "summary.md",
                  "summary.html"):
         assert (tmp_path / name).exists(), name

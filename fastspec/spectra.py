@@ -238,6 +238,9 @@ class Spectra:
         charge : array-like of int, optional
             Signed precursor charge. Defaults to the metadata ``charge`` column, else 0.
         """
+        if intensity_list is None or isinstance(intensity_list, (str, bytes)):
+            raise FastspecError("intensity_list is required: one array of intensities per spectrum (for ms_entropy's "
+                                "(n, 2) peak arrays: mz_list=[p[:, 0] ...], intensity_list=[p[:, 1] ...])")
         if len(mz_list) != len(intensity_list):
             raise FastspecError("mz_list and intensity_list differ in length")
         n = len(mz_list)
@@ -251,9 +254,14 @@ class Spectra:
         lengths = np.fromiter((len(m) for m in mz_list), dtype=np.int64, count=n)
         offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        mz = np.concatenate([np.asarray(m, dtype=np.float64) for m in mz_list]) if n else np.zeros(0)
-        # as given (float64 too): __init__ refuses values beyond float32's range before storing float32
-        inten = np.concatenate([np.asarray(i) for i in intensity_list]) if n else np.zeros(0, np.float32)
+        try:
+            mz = np.concatenate([np.asarray(m, dtype=np.float64) for m in mz_list]) if n else np.zeros(0)
+            # as given (float64 too): __init__ refuses values beyond float32's range before storing float32
+            inten = np.concatenate([np.asarray(i) for i in intensity_list]) if n else np.zeros(0, np.float32)
+            if inten.dtype.kind not in "biuf":  # text ("1.5") or objects: numbers, or a clear error
+                inten = inten.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise FastspecError(f"m/z and intensities must be numbers ({e})") from None
         table = _to_table(metadata, n)
         if precursor_mz is not None:
             if np.ndim(precursor_mz) == 0:
@@ -478,7 +486,7 @@ class Spectra:
             # matchms' key is unset without its harmonisation; the readers' rules read PEPMASS then
             own = md.column("precursor_mz").to_pylist()
             pmz = [own[i] if v is None else v for i, v in enumerate(pmz)]
-        return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else float(v) for v in pmz], metadata=md)
+        return cls.from_arrays(mzs, ints, precursor_mz=[np.nan if v is None else v for v in pmz], metadata=md)
 
 
 def is_matchms(obj) -> bool:

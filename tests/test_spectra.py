@@ -193,6 +193,13 @@ def test_indexing_and_from_arrays_mistakes():
     pairs = np.array([[100.0, 1.0], [101.0, 2.0]])
     with pytest.raises(FastspecError, match="1-D"):
         Spectra.from_arrays([pairs], [pairs[:, 1]])
+    # plain ValueError / TypeError before (an API audit): text peaks, intensities left out
+    with pytest.raises(FastspecError, match="numbers"):
+        Spectra.from_arrays([["a", "b"]], [[1.0, 2.0]])
+    with pytest.raises(FastspecError, match="numbers"):
+        Spectra.from_arrays([[100.0, 200.0]], [["x", "2"]])
+    with pytest.raises(FastspecError, match="intensity_list is required"):
+        Spectra.from_arrays([[100.0, 200.0]], None)
 
 
 @pytest.mark.parametrize("label, expected", [

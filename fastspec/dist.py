@@ -164,7 +164,7 @@ class cluster_client:
                 except Exception:  # shutting down after an error: the error is what the caller sees
                     pass
         self.client = self.cluster = None
-        if getattr(self, "_environ", None) is not None:  # (again: a restarted worker sets it once more)
+        if self._environ is not None:  # (again: a restarted worker sets it once more)
             _restore_environ(self._environ)
             self._environ = None
         for n, lv in getattr(self, "_levels", {}).items():

@@ -655,7 +655,7 @@ class BlockReader:
                 yield (data[:cut] if cut < len(data) else data), False
                 carry = self._tail + data[cut:]
                 bar.to(raw_position(f))
-        except (OSError, EOFError, zlib_error()) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise FastspecError(f"{self.path}: cannot read: {e}") from e
         finally:
             bar.close()
@@ -670,21 +670,35 @@ class BlockReader:
         part then): with ``salvage``, that much comes in :class:`_Broken`."""
         if not isinstance(f, gzip.GzipFile):
             return f.read(self.block_bytes)
-        parts: list[bytes] = []
-        n = 0
-        while n < self.block_bytes:
-            try:
-                b = f.read1(min(self.block_bytes - n, 1 << 20))
-            except (EOFError, zlib_error(), gzip.BadGzipFile) as e:
-                if not self.salvage or not (self._decoded or n):  # (not gzip data at all: an error)
-                    raise
-                raise _Broken(e, b"".join(parts)) from None
-            if not b:
-                break
-            parts.append(b)
-            n += len(b)
-        self._decoded += n
-        return b"".join(parts)
+        data, err = read_pieces(f, self.block_bytes)
+        if err is not None:
+            if not self.salvage or not (self._decoded or data):  # (not gzip data at all: an error)
+                raise err
+            raise _Broken(err, data) from None
+        self._decoded += len(data)
+        return data
+
+
+#: what a gzip stream raises where its data breaks off (cut short, a failed CRC check, trailing garbage)
+GZIP_BREAKS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def read_pieces(f: gzip.GzipFile, size: int) -> tuple[bytes, BaseException | None]:
+    """Up to ``size`` bytes of a gzip stream, one decompressed piece (at most 1 MiB) at a time, so that where
+    its data breaks off none of what decoded before is lost (one large ``read`` returns nothing of its part
+    then): ``(data, None)``, or the bytes before the break and the error (:data:`GZIP_BREAKS`)."""
+    parts: list[bytes] = []
+    n = 0
+    while n < size:
+        try:
+            b = f.read1(min(size - n, 1 << 20))
+        except GZIP_BREAKS as e:
+            return b"".join(parts), e
+        if not b:
+            break
+        parts.append(b)
+        n += len(b)
+    return b"".join(parts), None
 
 
 class _Broken(Exception):
@@ -694,12 +708,6 @@ class _Broken(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.got = got
-
-
-def zlib_error():
-    import zlib
-
-    return zlib.error
 
 
 def truncated_reason(cause: str) -> str:

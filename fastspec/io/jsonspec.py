@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from fastspec.errors import FastspecError, ParseError
-from fastspec.io._common import ReadReport, finish_block, open_binary
+from fastspec.io._common import ReadReport, finish_block, open_binary, read_pieces
 from fastspec.spectra import Spectra
 
 _CHUNK = 1 << 20  # characters decoded per read
@@ -98,25 +97,18 @@ def _scan(path: str, state: dict) -> Iterator[tuple[Any, str | None]]:
 
     def more(size: int) -> None:
         nonlocal buf, pos, eof, decoded
-        parts: list[bytes] = []
+        raw = b""
         try:
-            if gz:  # a decompressed piece at a time: a break loses none of what decoded before it
-                got = 0
-                while got < size and state["cut"] is None:
-                    b = fh.read1(min(size - got, 1 << 20))
-                    if not b:
-                        break
-                    parts.append(b)
-                    got += len(b)
-            elif state["cut"] is None:
-                parts.append(fh.read(size))
-        except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-            if not (decoded or parts):  # not gzip data at all
-                raise FastspecError(f"{path}: cannot read: {e}") from e
-            state["cut"] = str(e) or type(e).__name__
+            if gz and state["cut"] is None:  # a break loses none of what decoded before it
+                raw, err = read_pieces(fh, size)
+                if err is not None:
+                    if not (decoded or raw):  # not gzip data at all
+                        raise FastspecError(f"{path}: cannot read: {err}") from err
+                    state["cut"] = str(err) or type(err).__name__
+            elif not gz:
+                raw = fh.read(size)
         except OSError as e:  # a read error
             raise FastspecError(f"{path}: cannot read: {e}") from e
-        raw = b"".join(parts)
         decoded += len(raw)
         eof = not raw
         buf = buf[pos:] + dec.decode(raw, final=eof)

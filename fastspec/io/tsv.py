@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import gzip
-import zlib
 from typing import Iterator
 
 import numpy as np
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from fastspec.errors import FastspecError, ParseError
-from fastspec.io._common import ReadReport
+from fastspec.io._common import ReadReport, read_pieces
 from fastspec.io._tables import find_peak_columns, table_spectra
 from fastspec.spectra import Spectra
 
@@ -142,13 +141,12 @@ class _CleanUtf8:
         got, self._tail = [self._tail], b""
         n, end = len(got[0]), False
         while not end and (k < 0 or n < k or b"\n" not in got[-1]):
-            try:
-                b = self._f.read1(1 << 20 if k < 0 else max(1 << 16, min(k - n, 1 << 20)))
-            except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-                if not (self._decoded or n):  # not gzip data at all: an error as before
-                    raise
-                self.cut = str(e) or type(e).__name__
-                data = b"".join(got)
+            b, err = read_pieces(self._f, 1 << 20 if k < 0 else max(1 << 16, k - n))
+            if err is not None:
+                if not (self._decoded or n or b):  # not gzip data at all: an error as before
+                    raise err
+                self.cut = str(err) or type(err).__name__
+                data = b"".join(got) + b
                 return data[:data.rfind(b"\n") + 1]
             end = not b
             got.append(b)

@@ -1,6 +1,7 @@
 """Columnar container for many MS/MS spectra (CSR peaks + Arrow metadata)."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -406,17 +407,17 @@ class Spectra:
         names = self.metadata.column_names if self.metadata.num_columns else []
         if not names:
             return pol
-        from fastspec.io.meta import adduct_charge, canonical_key, parse_ion_mode
+        from fastspec.io.meta import adduct_charge, parse_ion_mode
 
         # the readers' own parser: "n/a", "none", "neutral" are unknown, not negative
         sign = {"positive": 1, "negative": -1}
         decided = np.zeros(len(pol), dtype=bool)
-        for col in _columns_of(names, "ion_mode", canonical_key):
+        for col in _columns_of(tuple(names), "ion_mode"):
             valid, s = _label_signs(self.metadata.column(col), lambda v: sign.get(parse_ion_mode(v), 0))
             now = valid & ~decided & (s != 0)
             pol[now] = s[now]
             decided |= valid
-        for col in _columns_of(names, "adduct", canonical_key):
+        for col in _columns_of(tuple(names), "adduct"):
             if not (pol == 0).any():
                 break
             valid, s = _label_signs(self.metadata.column(col), lambda v: int(np.sign(adduct_charge(v)[0])))
@@ -678,9 +679,13 @@ def _stringify(table: pa.Table, names: set[str] | None = None) -> pa.Table:
     return pa.table(cols)
 
 
-def _columns_of(names: list, key: str, canonical_key) -> list:
-    """Metadata columns holding ``key``: the canonical one first, then aliases in table order."""
-    return [c for c in names if c == key] + [c for c in names if c != key and canonical_key(c) == key]
+@functools.lru_cache(maxsize=256)
+def _columns_of(names: tuple, key: str) -> tuple:
+    """Metadata columns holding ``key``: the canonical one first, then aliases in table order (remembered
+    per set of names: a search of one query asks for each of ~20 names)."""
+    from fastspec.io.meta import canonical_key
+
+    return tuple([c for c in names if c == key] + [c for c in names if c != key and canonical_key(c) == key])
 
 
 #: Up to this many rows, :func:`_label_signs` parses every label in Python

@@ -1176,6 +1176,21 @@ def test_all_rejected_build_names_the_first_rejection(tmp_path):
     assert not (tmp_path / "x.fastspec").exists()
 
 
+def test_ms_stages_of_few_rows_as_of_many():
+    """A query or a few have their ms_level judged in Python, larger tables with Arrow kernels: the
+    same answers for text, integer, float, boolean and missing values."""
+    from fastspec import library as L
+
+    columns = [["2", " 3 ", "MS3", "ms12", "MS2", "1", "MS", None, "Centroid", "30", "3.0", "", "ms02", "MS 3"],
+               [1, 2, 3, None, 12, 0], [1.0, 2.0, 3.0, None, 12.0, 2.5], [True, False, None]]
+    for values in columns:
+        reps = L._FEW_STAGES // len(values) + 2  # enough rows for the vectorised path
+        few = [L._ms_stages(pa.table({"ms_level": [v]})) for v in values]
+        many = L._ms_stages(pa.table({"ms_level": values * reps}))
+        for j in range(2):
+            assert [f[j][0] for f in few] * reps == many[j].tolist(), values
+
+
 def test_massbank_ms_type_ms_is_ms1(tmp_path):
     """MassBank writes ``AC$MASS_SPECTROMETRY: MS_TYPE MS`` for single-stage (EI, MALDI) spectra: not indexed."""
     rec = ("ACCESSION: MSBNK-test-TST0000{i}\nRECORD_TITLE: t{i}\nCH$NAME: t\nCH$FORMULA: C6H6\n"

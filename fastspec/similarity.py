@@ -584,24 +584,25 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     if min_matches < 0 or math.isnan(min_score):
         raise ParameterError(f"min_matches must be >= 0 and min_score not NaN, got {min_matches}, {min_score}")
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
+    n_blocks = _n_blocks(len(pa))  # blocks of A's rows: the kernels' prange
+    size = len(pa) * len(pb)
     with _threads(threads):
         if join.joinable(pa.kind, len(pa), pa.max_peaks, pb.max_peaks):  # whole of B: through a peak index
             args = (pa.kind, *_kernel_args(pa, pb))
             if k is None:
-                return join.dense_join_kernel.pick(len(pa) * len(pb), threads)(
-                    *args, pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
-            return join.topk_join_kernel.pick(len(pa) * len(pb), threads)(
-                *args, _check_k(k, len(pb)), int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks,
-                _n_blocks(len(pa)))
+                return join.dense_join_kernel.pick(size, threads, n_blocks)(*args, pa.max_peaks, pb.max_peaks,
+                                                                            n_blocks)
+            return join.topk_join_kernel.pick(size, threads, n_blocks)(
+                *args, _check_k(k, len(pb)), int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, n_blocks)
         if k is None:
-            return dense_kernel.pick(len(pa) * len(pb), threads)(pa.kind, *_kernel_args(pa, pb), pa.max_peaks,
-                                                                 pb.max_peaks, _n_blocks(len(pa)))
+            return dense_kernel.pick(size, threads, n_blocks)(pa.kind, *_kernel_args(pa, pb), pa.max_peaks,
+                                                              pb.max_peaks, n_blocks)
         k = _check_k(k, len(pb))
         rows = np.arange(len(pa), dtype=np.int64)
         empty = np.zeros(1, np.int64)
-        kernel = topk_kernel.pick(len(pa) * len(pb), threads)
+        kernel = topk_kernel.pick(size, threads, n_blocks)
         return kernel(pa.kind, rows, empty, empty, True, np.zeros(0, np.int64), np.zeros(0), *_kernel_args(pa, pb), k,
-                      int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, _n_blocks(len(pa)))
+                      int(min_matches), float(min_score), pa.max_peaks, pb.max_peaks, n_blocks)
 
 
 def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarray, cand_ids: np.ndarray, k: int, *,
@@ -664,11 +665,11 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
         if rises.shape[0] and not np.isin(rises, off).all():
             raise ParameterError("cand_bounds must not increase within a query's candidates")
     rows = np.arange(len(queries), dtype=np.int64)
+    n_blocks = _n_blocks(len(queries))
     with _threads(threads):
-        kernel = topk_kernel.pick(ids.shape[0], threads)
+        kernel = topk_kernel.pick(ids.shape[0], threads, n_blocks)
         return kernel(queries.kind, rows, off, ids, False, labels, cb, *_kernel_args(queries, library), k,
-                      int(min_matches), float(min_score), queries.max_peaks, library.max_peaks,
-                      _n_blocks(len(queries)))
+                      int(min_matches), float(min_score), queries.max_peaks, library.max_peaks, n_blocks)
 
 
 def group_candidates(query_keys: np.ndarray, library_keys: np.ndarray, library_mask: np.ndarray | None = None):

@@ -191,9 +191,10 @@ SERIAL_BELOW = 2048
 class Kernel:
     """A kernel whose outer loop is ``prange``, compiled (lazily, cached) both parallel and serial.
 
-    Call ``kernel.pick(size, threads)(*args)``: the serial build for fewer than :data:`SERIAL_BELOW`
-    work items or one thread, else the parallel one (run it under :func:`threads`). Both come from the
-    same Python function, so they compute the same thing.
+    Call ``kernel.pick(size, threads, parts)(*args)``: the serial build for fewer than
+    :data:`SERIAL_BELOW` work items, one thread, or a ``prange`` of one iteration (``parts``: the blocks of
+    rows a kernel splits its outer loop into, where it does), else the parallel one (run it under
+    :func:`threads`). Both come from the same Python function, so they compute the same thing.
     """
 
     def __init__(self, py_func):
@@ -203,10 +204,12 @@ class Kernel:
         self.parallel = numba.njit(**PJIT)(py_func)
         self.serial = numba.njit(**NJIT)(_twin(py_func, "_serial"))
 
-    def pick(self, size: int, threads: int | None = None):
-        # with one thread the serial build, always: :func:`threads` relies on it
+    def pick(self, size: int, threads: int | None = None, parts: int | None = None):
+        # with one thread the serial build, always: :func:`threads` relies on it. A prange of one block (a
+        # search of one query, whatever its candidates) has nothing to share out: a parallel launch
+        # costs 0.1-0.2 ms there for nothing
         n = max_threads() if threads is None else min(int(threads), max_threads())
-        return self.serial if size < SERIAL_BELOW or n <= 1 else self.parallel
+        return self.serial if size < SERIAL_BELOW or n <= 1 or (parts is not None and parts <= 1) else self.parallel
 
 
 def pjit(py_func) -> Kernel:

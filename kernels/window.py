@@ -418,13 +418,14 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
         b_sum.flags.writeable = False
     from fastspec.kernels._config import n_blocks as _n_blocks
 
+    n_parts = _n_blocks(nr)
     with _threads(threads):
-        _window_bounds.pick(pos.shape[0], threads)(
+        _window_bounds.pick(pos.shape[0], threads, n_parts)(
             np.asarray(q_off, np.int64), np.asarray(q_mz, np.float64), np.asarray(q_w, np.float64), w_off, pos,
             np.asarray(p_off, np.int64), b_mz, b_loc, b_w,
             np.asarray(b_sum, np.float32), int(block), float(tol_da), float(tol_ppm),
             np.zeros(nr) if extra is None else np.asarray(extra, np.float64), int(n_first), int(min_matches),
-            int(blocks.max()) * block if nr else 0, _n_blocks(nr), ub, cnt, first, rest, kept, n_kept)
+            int(blocks.max()) * block if nr else 0, n_parts, ub, cnt, first, rest, kept, n_kept)
     offs = np.zeros(nr + 1, np.int64)
     np.cumsum(n_kept, out=offs[1:])
     take = np.arange(offs[-1]) + np.repeat(w_off[:-1] - offs[:-1], n_kept)

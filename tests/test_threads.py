@@ -29,8 +29,8 @@ def test_one_thread_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
     launched = collections.Counter()
     real = _config.Kernel.pick
 
-    def pick(self, size, threads=None):
-        k = real(self, size, threads)
+    def pick(self, size, threads=None, parts=None):
+        k = real(self, size, threads, parts)
         if k is self.parallel:
             launched[self.__name__] += 1
         return k
@@ -44,6 +44,29 @@ def test_one_thread_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
     assert not launched, dict(launched)
     lib.search(many, k=3, mode="open", threads=2)  # (the check itself sees parallel launches)
     assert launched or _config.max_threads() == 1
+
+
+def test_one_query_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
+    """A search of one query on every core: its kernels split their outer loop by query, so a parallel
+    launch (0.1-0.2 ms) has one block to share out; the serial builds run, whatever the candidates."""
+    lib = Library.build(many, tmp_path / "one.fastspec", faiss=False)
+    launched = collections.Counter()
+    real = _config.Kernel.pick
+
+    def pick(self, size, threads=None, parts=None):
+        k = real(self, size, threads, parts)
+        if k is self.parallel:
+            launched[self.__name__] += 1
+        return k
+
+    monkeypatch.setattr(_config.Kernel, "pick", pick)
+    monkeypatch.setattr(_config, "SERIAL_BELOW", 2)  # any two candidates "many" (one spectrum stays one)
+    by_query = ("topk_kernel", "_window_bounds_py")  # (the others split spectra or peaks: parallel where many)
+    for mode in ("identity", "open", "analog", "hybrid", "neutral_loss"):
+        lib.search(many[3], k=3, mode=mode, threads=2, precursor_tolerance="50ppm" if mode == "identity" else None)
+    assert not [n for n in launched if n in by_query], dict(launched)
+    lib.search(many[:40], k=3, mode="identity", threads=2)  # (the check itself sees parallel launches)
+    assert [n for n in launched if n in by_query] or _config.max_threads() == 1
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, True, "2", np.bool_(True)])

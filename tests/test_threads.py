@@ -1,7 +1,8 @@
 """The ``threads`` contract and what interrupts and forks leave behind (from an audit of threads and
-concurrency): ``threads=1`` launches no parallel kernel anywhere, every public entry point validates its
-thread count alike, an append interrupted after its swap leaves a usable object, and a child forked while
-another thread of the parent held numba's compiler lock can still load kernels."""
+concurrency): ``threads=1`` launches no parallel kernel anywhere (one query none that splits queries),
+every public entry point validates its thread count alike, an append interrupted after its swap leaves a
+usable object, and a child forked while another thread of the parent held numba's compiler lock can still
+load kernels."""
 from __future__ import annotations
 
 import collections
@@ -22,10 +23,8 @@ def many():
     return synth.generate(_config.SERIAL_BELOW + 500, seed=5)
 
 
-def test_one_thread_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
-    """Preprocessing (ms_entropy's cleaning) and the queries' preparation ran their parallel builds on
-    every core under ``threads=1`` (build, append, search, a pipeline): N one-thread workers ran N x cores
-    threads and queued on one lock."""
+def _count_launches(monkeypatch) -> collections.Counter:
+    """Kernel name -> parallel builds picked from now on."""
     launched = collections.Counter()
     real = _config.Kernel.pick
 
@@ -36,6 +35,14 @@ def test_one_thread_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
         return k
 
     monkeypatch.setattr(_config.Kernel, "pick", pick)
+    return launched
+
+
+def test_one_thread_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
+    """Preprocessing (ms_entropy's cleaning) and the queries' preparation ran their parallel builds on
+    every core under ``threads=1`` (build, append, search, a pipeline): N one-thread workers ran N x cores
+    threads and queued on one lock."""
+    launched = _count_launches(monkeypatch)
     lib = Library.build(many, tmp_path / "t1.fastspec", threads=1, faiss=False)
     lib.append(many[:_config.SERIAL_BELOW + 10], threads=1)
     for mode in ("identity", "open", "analog", "hybrid", "neutral_loss"):
@@ -50,16 +57,7 @@ def test_one_query_launches_no_parallel_kernel(many, tmp_path, monkeypatch):
     """A search of one query on every core: its kernels split their outer loop by query, so a parallel
     launch (0.1-0.2 ms) has one block to share out; the serial builds run, whatever the candidates."""
     lib = Library.build(many, tmp_path / "one.fastspec", faiss=False)
-    launched = collections.Counter()
-    real = _config.Kernel.pick
-
-    def pick(self, size, threads=None, parts=None):
-        k = real(self, size, threads, parts)
-        if k is self.parallel:
-            launched[self.__name__] += 1
-        return k
-
-    monkeypatch.setattr(_config.Kernel, "pick", pick)
+    launched = _count_launches(monkeypatch)
     monkeypatch.setattr(_config, "SERIAL_BELOW", 2)  # any two candidates "many" (one spectrum stays one)
     by_query = ("topk_kernel", "_window_bounds_py")  # (the others split spectra or peaks: parallel where many)
     for mode in ("identity", "open", "analog", "hybrid", "neutral_loss"):

@@ -173,6 +173,9 @@ def test_mz_range_hand():
     assert _lists(pp.mz_range(sp, 50.0, 100.0)) == [[(50.0, 2.0), (100.0, 3.0)]]  # inclusive bounds
     assert _lists(pp.mz_range(sp, 60.0)) == [[(100.0, 3.0), (150.0, 4.0)]]
     assert _lists(pp.mz_range(sp, 0.0, INF)) == _lists(sp)
+    assert _lists(pp.mz_range(sp, 10.0)) == _lists(sp)  # nothing to drop (no kernel call): the bound inclusive
+    nan = _sp([[(10.0, 1.0), (float("nan"), 2.0)]])
+    assert _lists(pp.mz_range(nan, 0.0)) == [[(10.0, 1.0)]]  # a NaN m/z is outside any range
     with pytest.raises(ParameterError):
         pp.mz_range(sp, 100.0, 50.0)
     with pytest.raises(ParameterError, match="above max_mz"):  # refused when parsed, not first when run

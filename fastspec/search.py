@@ -163,7 +163,7 @@ def search(
         Format of query files, as ``format`` of :func:`fastspec.io.read` (default: from each file's
         extension, else sniffed; a pipe such as ``/dev/stdin`` needs it).
     progress : bool, optional
-        A tqdm bar on stderr (default: for large searches when stderr is a terminal).
+        A tqdm bar on stderr (default: for searches of 1,000 queries or more when stderr is a terminal).
     mz_power, intensity_power, **metric_params
         Passed to :func:`fastspec.similarity.prepare` (cosine family; unknown names raise ParameterError).
         Entropy metrics score the library's stored (preprocessed) peaks and the queries after the same
@@ -757,6 +757,11 @@ def _kth_lower(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
     return np.where(indices[:, -1] >= 0, scores[:, -1] * (1 - fk.BOUND_RTOL) - fk.BOUND_ATOL, -np.inf)
 
 
+#: queries from which a search shows a progress bar by default (stderr a terminal); fewer take a second
+#: or less in most modes
+AUTO_PROGRESS_QUERIES = 1000
+
+
 class _Context:
     """Per-call state: the processed queries, their prepared form, filter codes, and the library."""
 
@@ -777,8 +782,9 @@ class _Context:
         self._prep_key = None  # the queries' preparation, as a key of the library's cache (see stored_view)
 
     def start_progress(self, enabled, total: int) -> None:
-        """A tqdm bar of ``total`` queries on stderr (``enabled`` None: when stderr is a terminal), or the
-        caller's own bar (a tqdm object, which a chunked search advances over its chunks; not closed here)."""
+        """A tqdm bar of ``total`` queries on stderr (``enabled`` None: for :data:`AUTO_PROGRESS_QUERIES` or
+        more when stderr is a terminal), or the caller's own bar (a tqdm object, which a chunked search
+        advances over its chunks; not closed here)."""
         import sys
 
         if hasattr(enabled, "update"):  # a tqdm bar
@@ -786,7 +792,9 @@ class _Context:
             return
         from fastspec.io._common import wants_progress
 
-        enabled = wants_progress(enabled)  # "no" is refused, not read as True
+        # "no" is refused, not read as True. A loop of one-query calls in a terminal made and closed a bar
+        # per call, never drawn: 0.22 ms of a 0.78 ms identity call at 2.4M
+        enabled = wants_progress(enabled, auto=None if total >= AUTO_PROGRESS_QUERIES else False)
         if enabled and total:
             from tqdm.auto import tqdm
 

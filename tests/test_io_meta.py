@@ -253,3 +253,21 @@ def test_huge_integer_charge_and_precursor_do_not_raise():
     assert h["precursor_mz"].to_pylist() == [float(2 ** 60), 300.0, float(2 ** 62)]
     u = meta.harmonise_table(pa.table({"charge": pa.array([2 ** 64 - 1, 1], pa.uint64())}), text=False)
     assert [v or 0 for v in u["charge"].to_pylist()] == [0, 1]
+
+
+_MARKER_PIECES = ["", " ", "\t", "\n", "\x1c", "N", "A", "a", "n", "/", "-", "?", "null", "NULL", "None", "nan", "NaN",
+                  "Na", "nA", "unknown", "nil", "x", "İ", "K", "é", "\u00a0", "\u2003"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.sampled_from(_MARKER_PIECES), max_size=4).map("".join)),
+                min_size=1, max_size=meta._FEW_VALUES), st.booleans())
+def test_trim_missing_of_few_values_as_of_many(values, signs):
+    """Up to _FEW_VALUES values are trimmed and judged in Python (a matchms Spectrum's metadata searched one
+    per call), more with Arrow kernels: the same values come out (Arrow lower-cases 'İ' to 'i': non-ASCII
+    values go to Arrow either way)."""
+    few = meta._trim_missing(pa.array(values, pa.string()), signs).to_pylist()
+    many = meta._trim_missing(pa.array(values * (meta._FEW_VALUES + 1), pa.string()), signs).to_pylist()
+    assert few == many[:len(values)]
+    chunked = meta._trim_missing(pa.chunked_array([pa.array(values, pa.string())]), signs)
+    assert isinstance(chunked, pa.ChunkedArray) and chunked.to_pylist() == few

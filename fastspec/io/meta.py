@@ -389,13 +389,35 @@ def missing_marker(text: pa.Array, signs: bool = False) -> pa.Array:
     """bool per value of trimmed ``text``: one of :data:`MISSING_MARKERS`, compared case-insensitively but
     for ``Na`` (sodium, as a formula or a compound's name, is a value; ``NA``, ``na`` are markers); false for
     a null. ``signs``: ``-`` is a value, as in a polarity field (``POLARITY=-``)."""
-    markers = MISSING_MARKERS - {"-", "na"} if signs else MISSING_MARKERS - {"na"}
+    markers = _MARKERS_SIGNS if signs else _MARKERS
     return pc.or_(pc.is_in(pc.utf8_lower(text), value_set=pa.array(sorted(markers), pa.string())),
-                  pc.is_in(text, value_set=pa.array(["NA", "na", "nA"], pa.string())))
+                  pc.is_in(text, value_set=pa.array(sorted(_NA_CASES), pa.string())))
+
+
+#: :func:`missing_marker`'s markers after lower-casing (``na`` is not one: ``Na`` is sodium), those where
+#: ``-`` is a value too, and the cases of ``NA`` that are markers
+_MARKERS = MISSING_MARKERS - {"na"}
+_MARKERS_SIGNS = MISSING_MARKERS - {"-", "na"}
+_NA_CASES = frozenset({"NA", "na", "nA"})
+
+
+#: Up to this many values :func:`_trim_missing` works in Python: one spectrum's metadata (a matchms
+#: ``Spectrum`` searched one per call) has ~15 columns, and three Arrow kernels per column took ~0.8 ms
+_FEW_VALUES = 16
 
 
 def _trim_missing(arr: pa.Array, signs: bool = False) -> pa.Array:
     """Trim whitespace; missing markers (:func:`missing_marker`) become null."""
+    if len(arr) <= _FEW_VALUES:
+        vals = arr.to_pylist()
+        # ASCII only: Arrow lower-cases "İ" to "i" and Python to "i̇" ("NİL" is a marker to Arrow); whitespace
+        # is the same set for both
+        if all(v is None or v.isascii() for v in vals):
+            markers = _MARKERS_SIGNS if signs else _MARKERS
+            trimmed = [None if v is None else v.strip() for v in vals]
+            out = pa.array([None if t is None or t.lower() in markers or t in _NA_CASES else t for t in trimmed],
+                           pa.string())
+            return pa.chunked_array([out], pa.string()) if isinstance(arr, pa.ChunkedArray) else out
     arr = pc.utf8_trim_whitespace(arr)
     is_missing = missing_marker(arr, signs)
     return pc.if_else(is_missing, pa.scalar(None, pa.string()), arr)

@@ -193,7 +193,7 @@ class Spectra:
             charge = np.where(charge == -128, 0, charge).astype(np.int8)
         charge = np.ascontiguousarray(charge, dtype=np.int8)
         if metadata is None:
-            metadata = pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())}) if n else pa.table({"id": pa.array([], pa.string())})
+            metadata = _position_ids(n)
         if validate:
             if offsets.ndim != 1 or n < 0 or offsets[0] != 0 or offsets[-1] != mz.shape[0]:
                 raise FastspecError("offsets must be 1-D, start at 0 and end at len(mz)")
@@ -677,6 +677,18 @@ def _stringify(table: pa.Table, names: set[str] | None = None) -> pa.Table:
         else:
             cols[name] = pa.array([None if v is None else str(v) for v in col.to_pylist()], pa.string())
     return pa.table(cols)
+
+
+def _position_ids(n: int) -> pa.Table:
+    """The metadata of spectra given without any: an ``id`` column of their positions ("0", "1", ...)."""
+    return _few_position_ids(n) if n <= 64 else pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())})
+
+
+@functools.lru_cache(maxsize=65)
+def _few_position_ids(n: int) -> pa.Table:
+    # tables are immutable, so one per size serves every caller: peaks-only takes of a query or a few (the
+    # FAISS candidates' vectors of a one-query call) built one each, ~15 us
+    return pa.table({"id": pa.array([str(i) for i in range(n)], pa.string())})
 
 
 @functools.lru_cache(maxsize=256)

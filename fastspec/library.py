@@ -868,6 +868,23 @@ class Library:
             pool.append(obj)
             del pool[:-keep]
 
+    def remember(self, key: str, value, family: str, setting, keep: int):
+        """Keep ``value`` in the object's cache under ``key``, derived for one ``setting`` (weight powers, a
+        query preparation) of a ``family`` of such entries, of which those for the last ``keep`` settings
+        stay; returns ``value``. Settings a caller varies call after call (a loop over intensity powers:
+        ~14 bytes per library peak each, hundreds of MB at 2.4M) must not pile up while the library is open.
+        """
+        with self._lock:
+            settings = self._cache.setdefault(("settings", family), {})  # oldest first
+            keys = settings.pop(setting, set())
+            keys.add(key)
+            settings[setting] = keys
+            while len(settings) > keep:
+                for old in settings.pop(next(iter(settings))):
+                    self._cache.pop(old, None)
+            self._cache[key] = value
+        return value
+
     # ------------------------------------------------------------------------------ construction
     @classmethod
     def build(
@@ -1584,10 +1601,20 @@ class Library:
         if stem is not None and f"{stem}.npy" in self.manifest["files"]:
             return self.array(stem)
         key = f"w:{kind}:{mz_power}:{intensity_power}"
-        if key not in self._cache:
-            self._cache[key] = fk.peak_weights(self.array("offsets"), self.array("mz"), self.array("intensity"), kind,
-                                               mz_power, intensity_power)
-        return self._cache[key]
+        got = self._cache.get(key)
+        if got is None:
+            got = self._remember_weights(key, fk.peak_weights(self.array("offsets"), self.array("mz"),
+                                                              self.array("intensity"), kind, mz_power, intensity_power),
+                                         mz_power, intensity_power)
+        return got
+
+    def _remember_weights(self, key: str, value, mz_power: float, intensity_power: float):
+        """Cache arrays derived for weight powers (:meth:`csr_weights`, :meth:`peak_index`): for the
+        default powers while the library is open, for others those of the last :data:`KEEP_POWERS`."""
+        if (float(mz_power), float(intensity_power)) == (0.0, 1.0):
+            self._cache[key] = value
+            return value
+        return self.remember(key, value, "weight powers", (float(mz_power), float(intensity_power)), KEEP_POWERS)
 
     def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0, losses: bool = False,
                    threads: int | None = None):
@@ -1602,11 +1629,12 @@ class Library:
 
         losses = bool(losses) and kind != "cosine"  # cosine's loss weights are its own either way
         key = f"pi:{kind}:{mz_power}:{intensity_power}:{losses}"
-        if key in self._cache:
-            return self._cache[key]
+        got = self._cache.get(key)
+        if got is not None:
+            return got
         if kind == "nl_cosine":
-            self._cache[key] = pi = self._nl_cosine_index(mz_power, intensity_power, threads)
-            return pi
+            return self._remember_weights(key, self._nl_cosine_index(mz_power, intensity_power, threads), mz_power,
+                                          intensity_power)
         w = self.csr_weights(kind, mz_power, intensity_power)
         # scan weights: cosine weights, or square roots of entropy weights (see kernels.fragment._scan)
         scan = (lambda a: a) if kind == "cosine" else np.sqrt
@@ -1639,8 +1667,7 @@ class Library:
                           frag_groups=np.asarray(self.array("frag_groups")),
                           nl_groups=np.asarray(self.array("nl_groups")), frag_q8=fq, nl_q8=nq,
                           **self._scan_arrays())
-        self._cache[key] = pi
-        return pi
+        return self._remember_weights(key, pi, mz_power, intensity_power)
 
     def _nl_cosine_index(self, mz_power: float, intensity_power: float, threads: int | None = None):
         """``peak_index`` of neutral-loss cosine (kind ``nl_cosine``): the cosine index with its loss
@@ -1886,6 +1913,13 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
 
+
+#: weight powers other than the defaults whose derived arrays (:meth:`Library.csr_weights`,
+#: :meth:`Library.peak_index`) an open library keeps: the last this many
+KEEP_POWERS = 2
+#: query preparations (metric, parameters, tolerance) whose stored-peak views a library keeps
+#: (``fastspec.search._Context.stored_view``): the last this many
+KEEP_VIEWS = 8
 
 #: ``ms_level`` values meaning a single stage of MS (MassBank writes ``MS_TYPE MS`` for EI and MALDI spectra)
 _MS1_WORDS = ("1", "ms1", "ms")

@@ -934,7 +934,10 @@ class _Context:
             else:
                 arrays = (lib.array("offsets"), lib.array("mz"), lib.array(weights or "intensity"), lib.array("norm"),
                           lib.array("precursor_mz"))
-            view = lib._cache[key] = similarity.Prepared(qp.metric, *arrays, qp.tolerance, dict(qp.params))
+            from fastspec.library import KEEP_VIEWS
+
+            view = lib.remember(key, similarity.Prepared(qp.metric, *arrays, qp.tolerance, dict(qp.params)),
+                                "stored views", self._prep_key, KEEP_VIEWS)
         return view
 
     def lib_mark(self) -> np.ndarray:

@@ -535,6 +535,28 @@ def test_formula_list_last_query_without_candidates(lib, data):
         assert_same_hits(hits, brute_force(lib, pair, "cosine", cand))
 
 
+def test_caches_of_varied_settings_stay_bounded(lib, data):
+    """A loop over intensity powers kept every power's weight arrays and sorted copies (~14 bytes per library
+    peak each: hundreds of MB at 2.4M), a loop over tolerances one stored view each (an audit of long runs):
+    the last KEEP_POWERS / KEEP_VIEWS settings stay, and an evicted setting searched again gives the same hits."""
+    from fastspec.library import KEEP_POWERS, KEEP_VIEWS
+
+    q = data[1].take(np.arange(4))
+    first = lib.search(q, k=5, mode="open", intensity_power=0.5)
+    for ip in (0.6, 0.7, 0.8, 0.9, 0.5):
+        again = lib.search(q, k=5, mode="open", intensity_power=ip)
+        powers = lib._cache[("settings", "weight powers")]
+        assert len(powers) <= KEEP_POWERS
+        derived = [k for k in lib._cache if isinstance(k, str) and k.startswith(("w:", "pi:")) and ":1.0" not in k]
+        assert len(derived) <= KEEP_POWERS * 2, derived
+    np.testing.assert_array_equal(again.indices, first.indices)
+    np.testing.assert_array_equal(again.scores, first.scores)
+    for tol in np.linspace(0.01, 0.03, 12):
+        lib.search(q, k=5, mode="identity", tolerance=float(tol))
+    views = [k for k in lib._cache if isinstance(k, tuple) and k[0] == "stored_view"]
+    assert 0 < len(views) <= KEEP_VIEWS * 2 and len(lib._cache[("settings", "stored views")]) <= KEEP_VIEWS
+
+
 def test_progress_bar_only_for_large_searches(lib, data, monkeypatch, capsys):
     """A loop of one-query calls in a terminal made (and closed, never drawn) a tqdm bar per call: 0.22 ms
     of a 0.78 ms identity call at 2.4M. By default a bar comes from AUTO_PROGRESS_QUERIES queries on."""

@@ -302,7 +302,8 @@ class Hits:
         # mixing GNPS's M+H and [M+H]+ groups as one), else as written; formulas likewise
         cols["adduct"] = strings("adduct")
         if meta is not None and self.library.has_array("adduct_code"):
-            codes = np.asarray(self.library.array("adduct_code"), dtype=np.int64)[uniq]
+            # the hits' codes only: converting the whole column first cost 1.6 ms a table at 2.4M
+            codes = np.asarray(self.library.array("adduct_code")[uniq], dtype=np.int64)
             keys = pa.array(self.library.keys("adduct").astype(str).tolist(), pa.string())
             canon = keys.take(pa.array(np.maximum(codes, 0), pa.int64(), mask=codes < 0)) if len(keys) else \
                 pa.nulls(codes.shape[0], pa.string())

@@ -868,7 +868,7 @@ class Library:
             pool.append(obj)
             del pool[:-keep]
 
-    def remember(self, key: str, value, family: str, setting, keep: int):
+    def _remember(self, key: str, value, family: str, setting, keep: int):
         """Keep ``value`` in the object's cache under ``key``, derived for one ``setting`` (weight powers, a
         query preparation) of a ``family`` of such entries, of which those for the last ``keep`` settings
         stay; returns ``value``. Settings a caller varies call after call (a loop over intensity powers:
@@ -1614,7 +1614,7 @@ class Library:
         if (float(mz_power), float(intensity_power)) == (0.0, 1.0):
             self._cache[key] = value
             return value
-        return self.remember(key, value, "weight powers", (float(mz_power), float(intensity_power)), KEEP_POWERS)
+        return self._remember(key, value, "weight powers", (float(mz_power), float(intensity_power)), KEEP_POWERS)
 
     def peak_index(self, kind: str, mz_power: float = 0.0, intensity_power: float = 1.0, losses: bool = False,
                    threads: int | None = None):

@@ -936,7 +936,7 @@ class _Context:
                           lib.array("precursor_mz"))
             from fastspec.library import KEEP_VIEWS
 
-            view = lib.remember(key, similarity.Prepared(qp.metric, *arrays, qp.tolerance, dict(qp.params)),
+            view = lib._remember(key, similarity.Prepared(qp.metric, *arrays, qp.tolerance, dict(qp.params)),
                                 "stored views", self._prep_key, KEEP_VIEWS)
         return view
 

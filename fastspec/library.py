@@ -1947,7 +1947,12 @@ def _ms_stages(meta: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     if not has_column(meta, "ms_level"):
         return none, none.copy()
     col = meta.column("ms_level")
-    if n <= _FEW_STAGES:  # a query or a few: Python beats the Arrow kernels' dispatch (~80 us a search call)
+    t = col.type
+    plain = pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t) or \
+        pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)
+    # a query or a few: Python beats the Arrow kernels' dispatch (~80 us a search call); values whose Python
+    # text differs from Arrow's cast (bytes: "b'3'") go the Arrow way
+    if n <= _FEW_STAGES and plain:
         stage = [None if v is None else _stage(str(v).strip().lower()) for v in col.to_pylist()]
         return np.array([s == 1 for s in stage], dtype=bool), np.array([s == 3 for s in stage], dtype=bool)
     import pyarrow.compute as pc

@@ -584,9 +584,9 @@ def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, met
     if min_matches < 0 or math.isnan(min_score):
         raise ParameterError(f"min_matches must be >= 0 and min_score not NaN, got {min_matches}, {min_score}")
     pa, pb = _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads)
-    n_blocks = _n_blocks(len(pa))  # blocks of A's rows: the kernels' prange
     size = len(pa) * len(pb)
     with _threads(threads):
+        n_blocks = _n_blocks(len(pa))  # blocks of A's rows, the kernels' prange (for the threads set here)
         if join.joinable(pa.kind, len(pa), pa.max_peaks, pb.max_peaks):  # whole of B: through a peak index
             args = (pa.kind, *_kernel_args(pa, pb))
             if k is None:
@@ -665,8 +665,8 @@ def topk_candidates(queries: Prepared, library: Prepared, cand_offsets: np.ndarr
         if rises.shape[0] and not np.isin(rises, off).all():
             raise ParameterError("cand_bounds must not increase within a query's candidates")
     rows = np.arange(len(queries), dtype=np.int64)
-    n_blocks = _n_blocks(len(queries))
     with _threads(threads):
+        n_blocks = _n_blocks(len(queries))  # (for the threads set here)
         kernel = topk_kernel.pick(ids.shape[0], threads, n_blocks)
         return kernel(queries.kind, rows, off, ids, False, labels, cb, *_kernel_args(queries, library), k,
                       int(min_matches), float(min_score), queries.max_peaks, library.max_peaks, n_blocks)

@@ -66,7 +66,9 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
         ``512 * chunk_size`` bytes, other formats ``chunk_size`` records.
     on_error, progress, formula, **kwargs
         As for :func:`fastspec.search.search` (``formula`` as a list: one per query spectrum read; its
-        values are checked before the search, its length once every query is read).
+        values are checked before the search, its length once every query is read), but ``progress``
+        None shows a bar whenever stderr is a terminal (how many queries files hold is known only once
+        read).
     on_validated : callable, optional
         Called once the search parameters have passed their checks, before any query is read, with
         the table's parameters (``mode``, ``metric`` as resolved, ``engine``, ...; as ``params`` below).

@@ -418,8 +418,8 @@ def window_bounds(q_off: np.ndarray, q_mz: np.ndarray, q_w: np.ndarray, w_off: n
         b_sum.flags.writeable = False
     from fastspec.kernels._config import n_blocks as _n_blocks
 
-    n_parts = _n_blocks(nr)
     with _threads(threads):
+        n_parts = _n_blocks(nr)  # (for the threads set here)
         _window_bounds.pick(pos.shape[0], threads, n_parts)(
             np.asarray(q_off, np.int64), np.asarray(q_mz, np.float64), np.asarray(q_w, np.float64), w_off, pos,
             np.asarray(p_off, np.int64), b_mz, b_loc, b_w,

@@ -1182,7 +1182,8 @@ def test_ms_stages_of_few_rows_as_of_many():
     from fastspec import library as L
 
     columns = [["2", " 3 ", "MS3", "ms12", "MS2", "1", "MS", None, "Centroid", "30", "3.0", "", "ms02", "MS 3"],
-               [1, 2, 3, None, 12, 0], [1.0, 2.0, 3.0, None, 12.0, 2.5], [True, False, None]]
+               [1, 2, 3, None, 12, 0], [1.0, 2.0, 3.0, None, 12.0, 2.5], [True, False, None],
+               [b"1", b"3", b" MS2 ", None]]  # bytes: Arrow reads their text, Python's str() would not
     for values in columns:
         reps = L._FEW_STAGES // len(values) + 2  # enough rows for the vectorised path
         few = [L._ms_stages(pa.table({"ms_level": [v]})) for v in values]

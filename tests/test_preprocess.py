@@ -176,6 +176,13 @@ def test_mz_range_hand():
     assert _lists(pp.mz_range(sp, 10.0)) == _lists(sp)  # nothing to drop (no kernel call): the bound inclusive
     nan = _sp([[(10.0, 1.0), (float("nan"), 2.0)]])
     assert _lists(pp.mz_range(nan, 0.0)) == [[(10.0, 1.0)]]  # a NaN m/z is outside any range
+    # every step drops invalid peaks, whether or not another spectrum of the call has one out of range (a
+    # review: the no-copy path kept them when nothing was below min_mz)
+    bad = [(0.0, 1.0), (50.0, 0.0), (60.0, float("nan")), (70.0, -1.0), (INF, 1.0), (80.0, 2.0)]
+    raw = Spectra(np.array([0, 6]), np.array([p[0] for p in bad]), np.array([p[1] for p in bad], np.float32),
+                  validate=False)
+    assert _lists(pp.mz_range(raw, 0.0)) == [[(80.0, 2.0)]]
+    assert _lists(pp.mz_range(raw + _sp([[(5.0, 1.0)]]), 0.0)) == [[(80.0, 2.0)], [(5.0, 1.0)]]
     with pytest.raises(ParameterError):
         pp.mz_range(sp, 100.0, 50.0)
     with pytest.raises(ParameterError, match="above max_mz"):  # refused when parsed, not first when run

@@ -294,6 +294,7 @@ def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progre
     from fastspec.kernels._memory import retain_freed_memory
     from fastspec.library import _ms_stages, apply_pipeline
 
+    _check_hit_memory(len(raw), cfg.k)
     retain_freed_memory()  # per-batch arrays reuse freed memory instead of fresh zero-filled pages
     qproc = apply_pipeline(library.pipeline, raw, cfg.threads)
     nq = len(qproc)
@@ -318,6 +319,25 @@ def _search_spectra(library, cfg: "_SearchConfig", raw: Spectra, formula, progre
         ctx.close()
     status[(status == OK) & (indices[:, 0] < 0)] = NO_HIT
     return _Found(scores, indices, matches, status, fallback, _unfiltered_queries(cfg, qproc, searchable), formulas)
+
+
+#: bytes per (query, hit) a search holds at once: float64 scores, int64 indices and int32 matched peaks, and
+#: the float32 scores of the Hits
+_HIT_BYTES = 24
+
+
+def _check_hit_memory(nq: int, k: int) -> None:
+    """Refuse ``nq`` queries x ``k`` hits whose (nq, k) arrays alone could not fit in this machine's memory
+    (k may be as large as the library: 1,000 queries at k = 2.4M would ask for ~58 GB and end in a
+    MemoryError or the OOM killer, not a message)."""
+    from fastspec._sysmem import physical_memory
+
+    total = physical_memory()
+    need = nq * k * _HIT_BYTES
+    if total is not None and need > total:
+        raise ParameterError(f"{nq:,} queries x k={k:,} need about {need / 2**30:,.1f} GiB for their hits alone; this "
+                             f"machine has {total / 2**30:,.1f} GiB: ask for fewer hits, or search fewer queries per "
+                             "call (search_to_file reads, searches and writes them chunk_size at a time)")
 
 
 def _record_hits(library, params: dict, raw: Spectra, found: _Found, pos, n_records: int, record_files,

@@ -1033,13 +1033,14 @@ def _check_memory(n: int, peaks_per_spectrum: float | None = None) -> None:
     """Refuse a size whose generation could not fit in this machine's memory, before allocating: numpy
     would fail with a MemoryError only after filling it (grown mode builds its plan in Python objects).
     ``peaks_per_spectrum``: a seed library's mean, once it is read."""
-    try:
-        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not POSIX: numpy's own error then
+    from fastspec._sysmem import physical_memory
+
+    total = physical_memory()
+    if total is None:  # not POSIX: numpy's own error then
         return
     extra = 0.0 if peaks_per_spectrum is None else max(0.0, peaks_per_spectrum - _PEAKS_PER_SPECTRUM) * _BYTES_PER_PEAK
     need = n * (_BYTES_PER_SPECTRUM + extra)
-    if total > 0 and need > total:
+    if need > total:
         raise ParameterError(f"{n:,} spectra need about {need / 2**30:,.0f} GiB of memory to generate; this machine "
                              f"has {total / 2**30:,.0f} GiB")
 

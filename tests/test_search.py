@@ -557,6 +557,20 @@ def test_caches_of_varied_settings_stay_bounded(lib, data):
     assert 0 < len(views) <= KEEP_VIEWS * 2 and len(lib._cache[("settings", "stored views")]) <= KEEP_VIEWS
 
 
+def test_hits_that_cannot_fit_are_refused(lib, data, monkeypatch):
+    """k may be as large as the library: n queries x k hits beyond this machine's memory end in a clear
+    ParameterError before any work (an audit: 1,000 queries at k = 2.4M asked for ~58 GB unwarned)."""
+    import fastspec._sysmem as sysmem
+
+    q = data[1].take(np.arange(4))
+    monkeypatch.setattr(sysmem, "physical_memory", lambda: 4 * 10 * 24 - 1)
+    with pytest.raises(ParameterError, match=r"4 queries x k=10 need about .* ask for fewer hits"):
+        lib.search(q, k=10)
+    assert lib.search(q, k=9).indices.shape == (4, 9)
+    monkeypatch.setattr(sysmem, "physical_memory", lambda: None)  # a platform that does not say: no check
+    assert lib.search(q, k=10).indices.shape == (4, 10)
+
+
 def test_progress_bar_only_for_large_searches(lib, data, monkeypatch, capsys):
     """A loop of one-query calls in a terminal made (and closed, never drawn) a tqdm bar per call: 0.22 ms
     of a 0.78 ms identity call at 2.4M. By default a bar comes from AUTO_PROGRESS_QUERIES queries on."""

@@ -424,3 +424,14 @@ def test_cli_out_of_memory_is_one_line(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["synth", "-n", "1000", "-o", str(tmp_path / "x.parquet")])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert r.output.strip().splitlines()[-1] == "Error: out of memory: Unable to allocate 93.1 GiB; try a smaller input or size"
+
+
+def test_a_library_that_cannot_fit_is_refused(monkeypatch):
+    """Generation checks the machine's memory before allocating (grown mode builds its plan in Python)."""
+    import fastspec._sysmem as sysmem
+
+    monkeypatch.setattr(sysmem, "physical_memory", lambda: 10_000)
+    with pytest.raises(ParameterError, match="spectra need about .* of memory to generate"):
+        synth.generate(1000, seed=1)
+    monkeypatch.setattr(sysmem, "physical_memory", lambda: None)
+    assert len(synth.generate(50, seed=1)) == 50

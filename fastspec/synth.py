@@ -806,7 +806,7 @@ def _grow(n: int, seed: int, seed_library: Any, polarity: str, threads: int | No
     src = src.take(kept) if not keep.all() else src
     if len(src) == 0:
         why = "; ".join(f"{k}: {v:,}" for k, v in left_out.items())
-        raise FastspecError(f"the seed library has no usable spectra (MS2, non-empty, of the requested polarity)"
+        raise FastspecError("the seed library has no usable spectra (MS2, non-empty, of the requested polarity)"
                             + (f": left out {why}" if why else ""))
     _check_memory(n, float(src.n_peaks.mean()))  # (a seed of many-peak spectra grows larger copies)
     ss = np.random.SeedSequence([int(seed), 0x9A0F])

@@ -800,6 +800,7 @@ class _Context:
         self._borrowed: list[tuple[str, object, int]] = []  # library scratch lent to this search (see close)
         self._whole = None  # the whole library prepared for brute force (see prepared_library)
         self._prep_key = None  # the queries' preparation, as a key of the library's cache (see stored_view)
+        self._qpol = None
 
     def start_progress(self, enabled, total: int) -> None:
         """A tqdm bar of ``total`` queries on stderr (``enabled`` None: for :data:`AUTO_PROGRESS_QUERIES` or
@@ -851,10 +852,18 @@ class _Context:
                                              threads=self.cfg.threads)
         return self._qprep
 
+    @property
+    def qpol(self) -> np.ndarray:
+        """The queries' polarity, int8 (nq,): read from their metadata once per search (the filter codes and
+        the fragment index's polarity groups both need it)."""
+        if self._qpol is None:
+            self._qpol = np.asarray(self.q.polarity)
+        return self._qpol
+
     def filters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Filter codes (query (nq, f), library (n, f), symmetric (f,)); polarity always first."""
         if self._filters is None:
-            self._filters = _filter_codes(self.lib, self.q, self.cfg)
+            self._filters = _filter_codes(self.lib, self.q, self.cfg, self.qpol)
         return self._filters
 
     def exact(self, rows: np.ndarray, cand_offsets: np.ndarray, cand_ids: np.ndarray, by_precursor: bool = False,
@@ -1129,12 +1138,13 @@ def _n_blocks(threads: int | None) -> int:
 
 
 
-def _filter_codes(lib, q: Spectra, cfg: _SearchConfig):
-    """Integer codes per filter: polarity (symmetric: unknown matches all), then the optional ones."""
+def _filter_codes(lib, q: Spectra, cfg: _SearchConfig, qpol: np.ndarray):
+    """Integer codes per filter: polarity (``qpol``, the queries'; symmetric: unknown matches all), then the
+    optional ones."""
     from fastspec.library import normalize_adducts
 
     n_lib = len(lib)
-    qcols = [_pol_code(q.polarity)]
+    qcols = [_pol_code(qpol)]
     names = ["polarity"]
     sym = [True]
     if cfg.same_charge:

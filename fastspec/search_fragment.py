@@ -185,7 +185,7 @@ def _run_bounded(ctx: _Context, rows, scores, indices, matches, use_nl: bool, qw
             lc_scan = lib._cache[key] = np.ascontiguousarray(lc[np.asarray(index.scan_rows)])
         lc = lc_scan
     # the index groups spectra by polarity: the other polarity's entries are never scanned
-    groups = allowed_groups(ctx.q.polarity)
+    groups = allowed_groups(ctx.qpol)
     ws = ctx.workspace()
     tol = cfg.tolerance
     pending = np.asarray(rows, dtype=np.int64)

@@ -557,6 +557,18 @@ def test_caches_of_varied_settings_stay_bounded(lib, data):
     assert 0 < len(views) <= KEEP_VIEWS * 2 and len(lib._cache[("settings", "stored views")]) <= KEEP_VIEWS
 
 
+def test_power_given_as_int_or_numpy_float_is_one_cache_entry(lib, data):
+    """intensity_power=2, 2.0 and np.float64(2.0) are one setting: the weight caches were keyed by str(power)
+    ('2' against '2.0'), so each spelling computed and kept its own ~14 bytes per library peak."""
+    q = data[1].take(np.arange(3))
+    first = lib.search(q, k=5, mode="open", intensity_power=2)
+    keys = {k for k in lib._cache if isinstance(k, str) and k.startswith(("w:", "pi:"))}
+    for ip in (2.0, np.float64(2.0), np.int64(2)):
+        again = lib.search(q, k=5, mode="open", intensity_power=ip)
+        assert {k for k in lib._cache if isinstance(k, str) and k.startswith(("w:", "pi:"))} == keys
+        np.testing.assert_array_equal(again.indices, first.indices)
+
+
 def test_hits_that_cannot_fit_are_refused(lib, data, monkeypatch):
     """k may be as large as the library: n queries x k hits beyond this machine's memory end in a clear
     ParameterError before any work (an audit: 1,000 queries at k = 2.4M asked for ~58 GB unwarned)."""

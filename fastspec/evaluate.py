@@ -50,10 +50,13 @@ Report keys (:data:`REPORT_KEYS`, stable):
     spectra read before the ion-mode filter: spectra without a molecule key, molecules keyed from the
     SMILES, formulas missing or derived from the SMILES / InChI, normalized (NCE %) collision energies
     (:attr:`fastspec.baseline.LabData.counts`).
-``n_fallback``, ``n_top1_tied``, ``excluded``, ``score_hist``, ``examples``, ``timing``
+``n_fallback``, ``n_top1_tied``, ``n_zero_score``, ``excluded``, ``score_hist``, ``examples``, ``timing``
     Predictions from the fallback search; scored test spectra whose best score a spectrum of another molecule
     shares among their neighbours (the prediction is then the lowest library row of the tied, so the
-    library's row order decides it; None with ``vote`` above 1, where summed votes decide); exclusion counts (test / train spectra without a usable molecule,
+    library's row order decides it; None with ``vote`` above 1, where summed votes decide); scored test
+    spectra predicted from a neighbour scoring 0 (``predicted``; no peak matched: the same-formula bucket,
+    or the whole training side under fallback, and its row order chose the molecule) and how many of those
+    were exact (``exact``); exclusion counts (test / train spectra without a usable molecule,
     and the library's and queries' records the reader rejected); top-1 score histograms for same vs
     different molecule; the worst confusions (with peaks, for mirror plots); seconds per phase.
 
@@ -103,6 +106,7 @@ REPORT_KEYS = (
     "leakage_spectra",
     "n_fallback",
     "n_top1_tied",
+    "n_zero_score",
     "excluded",
     "labels",
     "groups",
@@ -643,6 +647,10 @@ class Evaluation:
             "n_fallback": int(res.fallback.sum()),
             # (with vote > 1 the summed votes decide, not the best score: not counted)
             "n_top1_tied": int((_top1_tied(res, self.lib_code) & scored).sum()) if cfg.vote <= 1 else None,
+            # predictions whose neighbour shares no scored peak with the test spectrum (best score, or summed
+            # votes, 0): the bucket and the library's row order chose the molecule, not the spectrum
+            "n_zero_score": {"predicted": int((has & (score <= 0) & scored).sum()),
+                             "exact": int((exact & (score <= 0) & scored).sum())},
             "excluded": dict(self.excluded),
             "labels": {side: dict(c) for side, c in self.label_counts.items()},
         }

@@ -663,6 +663,27 @@ def test_formula_override_is_recorded(index, massbank_mgf, tmp_path):
     assert "formula" not in meta
 
 
+def test_query_takes_peak_weight_powers(index, massbank_mgf, tmp_path):
+    """--mz-power / --intensity-power (matchms' names): the table equals the Python search with the same
+    powers and records them; entropy refuses them in one line, naming the options."""
+    out = tmp_path / "h.parquet"
+    run("query", massbank_mgf, "-l", index, "-o", out, "--mode", "open", "--mz-power", "1", "--intensity-power", "0.5",
+        "-k", "3", "-q", "--threads", "1")
+    table = pq.read_table(out)
+    meta = json.loads(table.schema.metadata[b"fastspec"])
+    assert (meta["mz_power"], meta["intensity_power"]) == (1.0, 0.5)
+    with Library.open(index) as lib:
+        hits = lib.search(massbank_mgf, k=3, mode="open", mz_power=1, intensity_power=0.5, threads=1)
+        want = hits.to_arrow()
+    np.testing.assert_array_equal(table.column("library_index").to_numpy(zero_copy_only=False),
+                                  want.column("library_index").to_numpy(zero_copy_only=False))
+    np.testing.assert_array_equal(table.column("score").to_numpy(zero_copy_only=False),
+                                  want.column("score").to_numpy(zero_copy_only=False))
+    res = run("query", massbank_mgf, "-l", index, "-o", tmp_path / "e.parquet", "--mode", "open", "--metric", "entropy",
+              "--intensity-power", "0.5", "-q", ok=False)
+    assert_clean_error(res, "--intensity-power")
+
+
 def test_output_directory_k_and_seed_mistakes(index, massbank_mgf, tmp_path):
     # the hit table's directory is made before the search; a rewrite replaces the table whole
     out = tmp_path / "new" / "dir" / "h.tsv"

@@ -214,6 +214,10 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @click.option("--same-instrument", is_flag=True, help="Only library spectra with the query's instrument type.")
 @click.option("--min-matches", type=click.IntRange(min=0), default=0, show_default=True, help="Minimum matched peaks.")
 @click.option("--min-score", type=float, default=0.0, show_default=True, help="Minimum score.")
+@click.option("--mz-power", type=float, default=0.0, show_default=True,
+              help="Peak weight m/z exponent (cosine metrics; matchms' mz_power).")
+@click.option("--intensity-power", type=float, default=1.0, show_default=True,
+              help="Peak weight intensity exponent (cosine metrics; matchms' intensity_power).")
 @click.option("--on-error", type=click.Choice(["skip", "raise"]), default="skip", show_default=True, help="Unreadable query records.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=50_000, show_default=True,
               help="Queries read, searched and written at a time (memory holds one chunk's spectra and hits).")
@@ -229,8 +233,8 @@ def _log_warnings(log, warnings: dict | None) -> None:
 @common_options
 @handle_errors
 def query(queries, library, output, k, mode, metric, tolerance, preset, precursor_tolerance, engine, nprobe, n_candidates,
-          no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, on_error, chunk_size,
-          input_format, output_format, scheduler, threads, quiet):
+          no_neighbour, formula, same_adduct, same_charge, same_instrument, min_matches, min_score, mz_power,
+          intensity_power, on_error, chunk_size, input_format, output_format, scheduler, threads, quiet):
     """Search query spectra against a library index and write the hit table. '-' reads the queries from standard
     input (with --input-format)."""
     from fastspec.errors import IndexChangedError, ParameterError
@@ -267,8 +271,9 @@ def query(queries, library, output, k, mode, metric, tolerance, preset, precurso
     search_kw = dict(k=k, chunk_size=chunk_size, mode=mode, metric=metric, tolerance=tolerance,
                      precursor_tolerance=precursor_tolerance, engine=engine, nprobe=nprobe, n_candidates=n_candidates,
                      no_neighbour=no_neighbour, formula=formula, same_adduct=same_adduct, same_charge=same_charge,
-                     same_instrument=same_instrument, min_matches=min_matches, min_score=min_score, on_error=on_error,
-                     input_format=input_format, output_format=output_format, **metric_params)
+                     same_instrument=same_instrument, min_matches=min_matches, min_score=min_score, mz_power=mz_power,
+                     intensity_power=intensity_power, on_error=on_error, input_format=input_format,
+                     output_format=output_format, **metric_params)
     lib = Library.open(library)
     with contextlib.ExitStack() as stack:
         client = None

@@ -759,15 +759,9 @@ def _count(v, name: str, minimum: int) -> int:
 
 
 def _number(v, name: str) -> float:
-    if isinstance(v, (str, bytes, bool, np.bool_)):  # "0.5" from a config file, or True: a mistake, not 0.5 / 1.0
-        raise ParameterError(f"{name}: expected a number, got {v!r}")
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name}: expected a number, got {v!r}") from None
-    if not math.isfinite(f):
-        raise ParameterError(f"{name} must be finite, got {v!r}")
-    return f
+    from fastspec.similarity import _finite
+
+    return _finite(v, name)
 
 
 def _kth_lower(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -443,6 +443,10 @@ def _offsets_from_mask(offsets: np.ndarray, keep: np.ndarray) -> np.ndarray:
 
 
 def _finite(v, name: str) -> float:
+    """``v`` as a finite float; ParameterError for anything else. A string ("0.5" from a config file) or a bool is
+    a mistake, not 0.5 / 1.0 (search refuses them too)."""
+    if isinstance(v, (str, bytes, bool, np.bool_)):
+        raise ParameterError(f"{name}: expected a number, got {v!r}")
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -483,6 +487,12 @@ def _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads
     for side in (a, b):
         if isinstance(side, Prepared):
             _check_prepared_args(side, metric, tolerance, mz_power, intensity_power, params)
+    given = [side for side in (a, b) if isinstance(side, Prepared)]
+    if len(given) == 1 and b is not None:
+        # a raw side is prepared as the prepared one was (what was asked agrees with it, checked above): with
+        # the metric left out it was prepared as cosine, then refused as a mismatch
+        metric, tolerance, params = given[0].metric, given[0].tolerance, dict(given[0].params)
+        mz_power, intensity_power = params.pop("mz_power", 0.0), params.pop("intensity_power", 1.0)
     metric = "cosine" if metric is None else metric
     try:
         pa = prepare(a, metric, tolerance, mz_power, intensity_power, threads=threads, **params)

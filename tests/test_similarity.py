@@ -706,3 +706,35 @@ def test_pair_api_takes_one_spectrum_and_refuses_ambiguous_names_and_text_flags(
         with pytest.raises(ParameterError, match="True or False"):
             score_pairs(s, s, metric="entropy" if "clean" in kw or "flash" in kw else "neutral_loss_cosine", **kw)
     score_pairs(s, s, metric="entropy", clean=np.bool_(False))
+
+
+def test_one_prepared_side_prepares_the_other_alike(real):
+    """score_pairs(prepare(S, "entropy"), T) with the metric left out prepared T as cosine and refused the pair
+    as a mismatch; the raw side now takes the prepared side's metric, tolerance and parameters."""
+    from fastspec import similarity as sim
+
+    s, t = real.take(np.arange(0, 20)), real.take(np.arange(20, 40))
+    for metric, kw in (("entropy", {"clean": False}), ("modified_cosine", {"tolerance": 0.02}),
+                       ("cosine", {"mz_power": 1.0, "intensity_power": 0.5}), ("binned_cosine", {"preset": "khoo2026"})):
+        p = sim.prepare(s, metric, **kw)
+        want = sim.score_pairs(s, t, metric, **kw)
+        for got in (sim.score_pairs(p, t), sim.score_pairs(p, t, metric)):
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+        np.testing.assert_array_equal(sim.score_pairs(t, p)[0], sim.score_pairs(t, s, metric, **kw)[0])
+        np.testing.assert_array_equal(np.asarray(sim.score_matrix(p, t)[0]), np.asarray(sim.score_matrix(s, t, metric, **kw)[0]))
+    with pytest.raises(ParameterError, match="not what the Prepared spectra were prepared with"):
+        sim.score_pairs(sim.prepare(s, "entropy"), t, "cosine")
+
+
+def test_numeric_strings_are_no_numbers(real):
+    """score_pairs took mz_power="1" or bin_width="0.5" as numbers where Library.search refuses them: a string
+    from a config file is a mistake in both now."""
+    from fastspec import similarity as sim
+
+    s = real.take(np.arange(5))
+    for kw in ({"mz_power": "1"}, {"intensity_power": "0.5"}, {"intensity_power": True}):
+        with pytest.raises(ParameterError, match="expected a number"):
+            sim.score_pairs(s, s, "cosine", **kw)
+    with pytest.raises(ParameterError, match="expected a number"):
+        sim.score_pairs(s, s, "binned_cosine", bin_width="0.5")

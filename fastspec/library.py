@@ -1600,7 +1600,7 @@ class Library:
         stem = STORED_WEIGHTS.get((kind, float(mz_power), float(intensity_power)))
         if stem is not None and f"{stem}.npy" in self.manifest["files"]:
             return self.array(stem)
-        key = f"w:{kind}:{float(mz_power)!r}:{float(intensity_power)!r}"  # (2 and 2.0, np.float64: one key)
+        key = f"w:{kind}:{float(mz_power) + 0.0!r}:{float(intensity_power) + 0.0!r}"  # (2, 2.0, np.float64(2), -0.0: one key)
         got = self._cache.get(key)
         if got is None:
             got = self._remember_weights(key, fk.peak_weights(self.array("offsets"), self.array("mz"),
@@ -1628,7 +1628,7 @@ class Library:
         from fastspec.kernels import fragment as fk
 
         losses = bool(losses) and kind != "cosine"  # cosine's loss weights are its own either way
-        key = f"pi:{kind}:{float(mz_power)!r}:{float(intensity_power)!r}:{losses}"
+        key = f"pi:{kind}:{float(mz_power) + 0.0!r}:{float(intensity_power) + 0.0!r}:{losses}"
         got = self._cache.get(key)
         if got is not None:
             return got

@@ -625,7 +625,7 @@ class _SearchConfig:
                                      "is not supported -- choose the cleaning with the library's preprocessing")
             if (c.mz_power, c.intensity_power) != (0.0, 1.0):
                 raise ParameterError(f"mz_power and intensity_power apply to the cosine metrics, not {metric} search "
-                                     f"(got mz_power={c.mz_power:g}, intensity_power={c.intensity_power:g})")
+                                     f"(got mz_power={c.mz_power!r}, intensity_power={c.intensity_power!r})")
             pipe = library.pipeline
             if metric == "entropy" and pipe is not None and any(name == "entropy_weight" for name, _ in pipe.steps):
                 raise ParameterError("the library's preprocessing already applies entropy_weight, so metric "

@@ -446,13 +446,13 @@ def _finite(v, name: str) -> float:
     """``v`` as a finite float; ParameterError for anything else. A string ("0.5" from a config file) or a bool is
     a mistake, not 0.5 / 1.0 (search refuses them too)."""
     if isinstance(v, (str, bytes, bool, np.bool_)):
-        raise ParameterError(f"{name}: expected a number, got {v!r}")
+        raise ParameterError(f"{name}={v!r}: expected a number")
     try:
         f = float(v)
     except (TypeError, ValueError):
-        raise ParameterError(f"{name}: expected a number, got {v!r}") from None
-    if not math.isfinite(f):
-        raise ParameterError(f"{name}: must be finite, got {v!r}")
+        raise ParameterError(f"{name}={v!r}: expected a number") from None
+    if not math.isfinite(f):  # (name=value: a command's message names its option, see cli._common.as_options)
+        raise ParameterError(f"{name}={v!r}: must be finite")
     return f
 
 
@@ -469,8 +469,8 @@ def _check_prepared_args(side: Prepared, metric, tolerance, mz_power, intensity_
         tol = parse_tolerance(tolerance)
         if tol.unit != side.tolerance.unit or not math.isclose(tol.value, side.tolerance.value, rel_tol=1e-6):
             asked.append(f"tolerance={tolerance!r}")
-    for name, value, default in (("mz_power", mz_power, 0.0), ("intensity_power", intensity_power, 1.0)):
-        if value != default and name in side.params and _finite(value, name) != side.params[name]:
+    for name, value in (("mz_power", mz_power), ("intensity_power", intensity_power)):
+        if value is not None and name in side.params and _finite(value, name) != side.params[name]:
             asked.append(f"{name}={value!r}")
     # options (flags are recorded only when set; one another metric has no effect on is asked for too)
     asked += [f"{k}={v!r}" for k, v in params.items() if side.params.get(k, False if k in _FLAGS else None) != v
@@ -489,11 +489,18 @@ def _pair_up(a, b, metric, tolerance, mz_power, intensity_power, params, threads
             _check_prepared_args(side, metric, tolerance, mz_power, intensity_power, params)
     given = [side for side in (a, b) if isinstance(side, Prepared)]
     if len(given) == 1 and b is not None:
-        # a raw side is prepared as the prepared one was (what was asked agrees with it, checked above): with
-        # the metric left out it was prepared as cosine, then refused as a mismatch
-        metric, tolerance, params = given[0].metric, given[0].tolerance, dict(given[0].params)
-        mz_power, intensity_power = params.pop("mz_power", 0.0), params.pop("intensity_power", 1.0)
+        # a raw side is prepared as the prepared one was, in what the call leaves out (with the metric left out
+        # it was prepared as cosine, then refused as a mismatch); what the call gives stays, so that a setting
+        # the check above lets through (flash=False against a flash side) still ends in the mismatch below
+        done = given[0]
+        metric = done.metric if metric is None else metric
+        tolerance = done.tolerance if tolerance is None else tolerance
+        mz_power = done.params.get("mz_power", 0.0) if mz_power is None else mz_power
+        intensity_power = done.params.get("intensity_power", 1.0) if intensity_power is None else intensity_power
+        params = {**{k: v for k, v in done.params.items() if k not in ("mz_power", "intensity_power")}, **params}
     metric = "cosine" if metric is None else metric
+    mz_power = 0.0 if mz_power is None else mz_power
+    intensity_power = 1.0 if intensity_power is None else intensity_power
     try:
         pa = prepare(a, metric, tolerance, mz_power, intensity_power, threads=threads, **params)
         pb = pa if b is None or b is a else prepare(b, metric, tolerance, mz_power, intensity_power, threads=threads,
@@ -513,7 +520,7 @@ def _kernel_args(pa: Prepared, pb: Prepared) -> tuple:
 # ================================================================================== public API
 @interruptible
 def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None = None, tolerance: Any = None,
-                mz_power: float = 0.0, intensity_power: float = 1.0, *, threads: int | None = None,
+                mz_power: float | None = None, intensity_power: float | None = None, *, threads: int | None = None,
                 **params: Any) -> tuple[np.ndarray, np.ndarray]:
     """Score ``a[i]`` against ``b[i]`` for every i.
 
@@ -522,8 +529,9 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None
     a, b : Spectra, Prepared, or lists of matchms.Spectrum
         Same length n.
     metric, tolerance, mz_power, intensity_power, **params
-        See :func:`prepare` (metric default ``"cosine"``). With Prepared inputs they may be left out; given, they
-        must be what the inputs were prepared with (ParameterError otherwise: they would be ignored).
+        See :func:`prepare` (defaults: ``"cosine"``, the metric's tolerance, 0.0, 1.0). With a Prepared input they
+        may be left out, and a raw other side is then prepared with its settings; given, they must be what the
+        Prepared input was prepared with (ParameterError otherwise: they would be ignored).
     threads : int, optional
         Numba threads (default: ``NUMBA_NUM_THREADS``).
 
@@ -548,7 +556,7 @@ def score_pairs(a: Spectra | Prepared, b: Spectra | Prepared, metric: str | None
 
 @interruptible
 def score_matrix(a: Spectra | Prepared, b: Spectra | Prepared | None = None, metric: str | None = None,
-                 tolerance: Any = None, mz_power: float = 0.0, intensity_power: float = 1.0, *,
+                 tolerance: Any = None, mz_power: float | None = None, intensity_power: float | None = None, *,
                  k: int | None = None, threads: int | None = None, min_matches: int = 0,
                  min_score: float = -np.inf, **params: Any):
     """All-against-all scores, dense or top-k per row.

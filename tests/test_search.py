@@ -558,15 +558,17 @@ def test_caches_of_varied_settings_stay_bounded(lib, data):
 
 
 def test_power_given_as_int_or_numpy_float_is_one_cache_entry(lib, data):
-    """intensity_power=2, 2.0 and np.float64(2.0) are one setting: the weight caches were keyed by str(power)
-    ('2' against '2.0'), so each spelling computed and kept its own ~14 bytes per library peak."""
+    """Library.csr_weights / peak_index keyed their caches by str(power): called directly with 2, 2.0 and
+    np.float64(2.0) they computed and kept ~14 bytes per library peak three times (search passes floats, so
+    its own calls always shared one key)."""
+    first = lib.csr_weights("cosine", 0, 2)
+    pi = lib.peak_index("cosine", 0, 2)
+    for mz, ip in ((0.0, 2.0), (np.float64(0.0), np.float64(2.0)), (np.int64(0), np.int64(2))):
+        assert lib.csr_weights("cosine", mz, ip) is first
+        assert lib.peak_index("cosine", mz, ip) is pi
     q = data[1].take(np.arange(3))
-    first = lib.search(q, k=5, mode="open", intensity_power=2)
-    keys = {k for k in lib._cache if isinstance(k, str) and k.startswith(("w:", "pi:"))}
-    for ip in (2.0, np.float64(2.0), np.int64(2)):
-        again = lib.search(q, k=5, mode="open", intensity_power=ip)
-        assert {k for k in lib._cache if isinstance(k, str) and k.startswith(("w:", "pi:"))} == keys
-        np.testing.assert_array_equal(again.indices, first.indices)
+    np.testing.assert_array_equal(lib.search(q, k=5, mode="open", intensity_power=2).indices,
+                                  lib.search(q, k=5, mode="open", intensity_power=np.float64(2.0)).indices)
 
 
 def test_hits_that_cannot_fit_are_refused(lib, data, monkeypatch):

@@ -725,6 +725,15 @@ def test_one_prepared_side_prepares_the_other_alike(real):
         np.testing.assert_array_equal(np.asarray(sim.score_matrix(p, t)[0]), np.asarray(sim.score_matrix(s, t, metric, **kw)[0]))
     with pytest.raises(ParameterError, match="not what the Prepared spectra were prepared with"):
         sim.score_pairs(sim.prepare(s, "entropy"), t, "cosine")
+    # what a call gives is kept, not replaced by the prepared side's settings (a review): an explicit default
+    # power, a flag set False, a None option
+    with pytest.raises(ParameterError, match="mz_power=0"):
+        sim.score_pairs(sim.prepare(s, "cosine", mz_power=1.0), t, "cosine", mz_power=0)
+    for flag in ("hybrid", "flash"):
+        with pytest.raises(ParameterError, match="same metric, tolerance and parameters"):
+            sim.score_pairs(sim.prepare(s, "entropy", clean=False, **{flag: True}), t, "entropy", **{flag: False})
+    with pytest.raises(ParameterError, match="clean"):
+        sim.score_pairs(sim.prepare(s, "entropy"), t, "entropy", clean=None)
 
 
 def test_numeric_strings_are_no_numbers(real):

@@ -41,7 +41,7 @@ from pathlib import Path
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 keep = ("n_test", "n_scored", "coverage", "mean_tanimoto", "mean_tanimoto_all", "exact_match_rate", "exact_match_rate_all",
         "hit_at_k", "hit_at_k_all", "oracle_tanimoto", "oracle_tanimoto_all", "leakage", "leakage_spectra", "n_fallback",
-        "n_top1_tied", "ci")
+        "n_top1_tied", "n_zero_score", "ci")
 summary = {}
 for name in ("khoo2026", "modified_cosine"):
     d = json.loads((work / f"ablation_{name}.json").read_text())

@@ -65,13 +65,16 @@ def _clean_str(v) -> str | None:
     return s or None
 
 
-_NUM_RE = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
+#: an unsigned number, "5", "5.5" or ".5", with one way to match each text: "\d*\.?\d+" split a run of n
+#: digits n ways, and a text that then failed tried them all (quadratic in a collision-energy value)
+_UNUM = r"(?:\d+(?:\.\d+)?|\.\d+)"
+_NUM_RE = re.compile(rf"[-+]?{_UNUM}(?:[eE][-+]?\d+)?")
 # a ramp or steps: numbers joined by '-' (with units between, not glued to a word: "MS2-20"), or three or
 # more joined by ',' ("stepped 15,30,45", "15, 30, 45, 60, 70 or 90"; two could be a decimal comma)
-_STEPS_RE = re.compile(r"(?<![A-Za-z0-9.])\d*\.?\d+(?:(?:\s*(?:%|[a-zA-Z]+)?\s*-\s*\d*\.?\d+)+"
-                       r"|(?:\s*,\s*\d*\.?\d+){2,}(?:\s*,?\s*(?:or|and)\s+\d*\.?\d+)?"
-                       r"|(?:\s*,\s*\d*\.?\d+)+\s*,?\s*(?:or|and)\s+\d*\.?\d+)")
-_PLAIN_NUM_RE = re.compile(r"\d*\.?\d+")
+_STEPS_RE = re.compile(rf"(?<![A-Za-z0-9.]){_UNUM}(?:(?:\s*(?:(?:%|[a-zA-Z]+)\s*)?-\s*{_UNUM})+"
+                       rf"|(?:\s*,\s*{_UNUM}){{2,}}(?:\s*(?:,\s*)?(?:or|and)\s+{_UNUM})?"
+                       rf"|(?:\s*,\s*{_UNUM})+\s*(?:,\s*)?(?:or|and)\s+{_UNUM})")
+_PLAIN_NUM_RE = re.compile(_UNUM)
 # an energy that depends on the precursor m/z ("scaled 80 (m/z=200) to 110 (m/z=120)", "scaled by m/z"):
 # no one energy
 _MZ_DEPENDENT_RE = re.compile(r"m/z|(?<![a-z])mz(?![a-z])", re.IGNORECASE)

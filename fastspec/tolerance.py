@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from fastspec.errors import ParameterError
 
 # a sign is accepted so that "-1" is refused as negative rather than as unparseable
-_TOL_RE = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$", re.IGNORECASE)
+# (one way to match a number's digits: "[0-9]*\.?[0-9]+" took quadratic time on a long run of them)
+_TOL_RE = re.compile(r"^\s*([-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$",
+                     re.IGNORECASE)
 _NOT_FINITE = "must be a finite non-negative value"
 
 

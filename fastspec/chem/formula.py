@@ -105,9 +105,11 @@ _TRANS = str.maketrans({
 })
 _TOKEN = re.compile(r"\[(\d+)([A-Z][a-z]?)\]|([A-Z][a-z]?)|(\d+)|([(\[])|([)\]])")
 _CHARGE_SIGN_FIRST = re.compile(r"([+-])(\d+)$")
-_CHARGE_SIGNS = re.compile(r"(\++|-+)$")
-_CHARGE_COUNT_FIRST = re.compile(r"(\d+)([+-])$")
-_SPACED_CHARGE = re.compile(r"\s+(\d*[+-]|[+-]\d*)\s*$")
+# (each run matched from its start only: searched from every position inside a long run of '+', digits or
+# spaces, these took quadratic time)
+_CHARGE_SIGNS = re.compile(r"((?<!\+)\++|(?<!-)-+)$")
+_CHARGE_COUNT_FIRST = re.compile(r"(?<!\d)(\d+)([+-])$")
+_SPACED_CHARGE = re.compile(r"(?<!\s)\s+(\d*[+-]|[+-]\d*)\s*$")
 _OPEN_FOR = {")": "(", "]": "["}
 
 

@@ -97,8 +97,10 @@ def _clean_line(raw: str) -> str:
 
 
 # a number, then a separator and the start of another: "85.03 100", "+301.1 20", "(85 100)", "[85 100]",
-# "85:100", "1e2\t3 \"p=1\"" -- not "(c) Lab X", "...", "13C: 1.1" or key lines
-_PEAK_LINE_RE = re.compile(r"^[(\[{]?\s*\+?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?[\s,;:]+[+-]?\.?\d")
+# "85:100", "1e2\t3 \"p=1\"" -- not "(c) Lab X", "...", "13C: 1.1" or key lines. Each digit run has one way to
+# match ("\d+\.?\d*" split a run of n digits n ways, and a failed match tried them all: a 20,000-digit line
+# took 14 s, a fuzzer found)
+_PEAK_LINE_RE = re.compile(r"^[(\[{]?\s*\+?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?[\s,;:]+[+-]?\.?\d")
 
 
 def _is_peak_line(line) -> bool:

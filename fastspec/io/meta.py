@@ -220,7 +220,7 @@ def canonical_key(raw_key: str) -> str:
 
 
 # ---------------------------------------------------------------------------- value parsers
-_CHARGE_RE = re.compile(r"^\s*([+-]?)\s*(\d+)\s*([+-]?)")
+_CHARGE_RE = re.compile(r"^\s*(?:([+-])\s*)?(\d+)\s*([+-]?)")  # (one way to split spaces: linear time)
 _ADDUCT_CHARGE_RE = re.compile(r"\]\s*(\d*)\s*([+-])\s*\*?\s*$")
 # a charge written after the closing bracket, in any form the adduct parser reads ("]2+", "]++", "]-1", "]+*")
 _ADDUCT_TAIL_RE = re.compile(r"\][^\[\]]*[+-][^\[\]]*$")

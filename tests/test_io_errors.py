@@ -647,3 +647,93 @@ def test_truncated_gzip_keeps_the_records_before_the_break(tmp_path):
         ref = fio.read(path if feed.startswith("cat") else src, return_report=True)[1]
         assert (got["n_records"], got["n_spectra"], got["counts_by_reason"]) == \
             (ref.n_records, ref.n_spectra, ref.counts_by_reason)
+
+
+# ------------------------------------------------------------------ from a fuzzer (2026-12-08)
+def test_long_digit_runs_are_read_in_linear_time(tmp_path):
+    """The peak-line pattern split a run of n digits n ways and tried them all when the line then failed: a
+    20,000-digit line took 14 s to reject (MSP's last line of a record, MGF's lines before the first). At
+    60,000 digits this test would take minutes again; it asserts what is read, not a time."""
+    line = b"1" * 60_000 + b"x\n"
+    msp = tmp_path / "r.msp"
+    msp.write_bytes(b"Name: a\nNum Peaks: 1\n50 10\n" + line + b"\nName: b\nNum Peaks: 1\n60 10\n")
+    sp, rep = fio.read(msp, return_report=True)
+    assert rep.n_records == len(sp) + rep.n_rejected and "b" in sp.metadata.column("name").to_pylist()
+    mgf = tmp_path / "r.mgf"
+    mgf.write_bytes(line + b"BEGIN IONS\nTITLE=a\n50 10\nEND IONS\n")
+    assert fio.read(mgf).ids == ["a"]
+
+
+def test_tsv_with_cr_only_line_ends_is_refused(tmp_path):
+    """pyarrow ends rows at a bare \\r while the header is read up to a \\n: the names and columns disagreed
+    and a ValueError escaped; now the error MGF and MSP give for such files, in both modes."""
+    p = tmp_path / "c.tsv"
+    p.write_bytes(b"mzs\tintensities\tid\r100.5\t10\tA\r")
+    for on_error in ("skip", "raise"):
+        with pytest.raises(ParseError, match=r"c\.tsv:1: lines end in CR only"):
+            fio.read(p, on_error=on_error)
+
+
+@pytest.mark.parametrize("old,new,field,want", [
+    ('name="scan start time" value="0.6"', 'name="scan start time" value="abc"', "retention_time", None),
+    ('name="scan start time" value="0.6"', 'name="scan start time" value=""', "retention_time", None),
+    ('name="scan start time" value="0.6" unitCvRef="PSI-MS" unitAccession="UO:0000031" unitName="minute"/>',
+     'name="scan start time" value="0.6" unitCvRef="PSI-MS" unitAccession="UO:0000031" unitName="minute"/>'
+     '<cvParam cvRef="PSI-MS" accession="MS:1000016" name="scan start time" value="0.9" unitCvRef="PSI-MS" '
+     'unitAccession="UO:0000031" unitName="minute"/>', "retention_time", 36.0),
+    ('name="ms level" value="2"/>', 'name="ms level" value="abc"/>', "ms_level", 2),
+    ('name="ms level" value="2"/>', 'name="ms level" value="2"/><cvParam cvRef="PSI-MS" accession="MS:1000511" '
+     'name="ms level" value="2"/>', "ms_level", 2),
+    ('name="collision energy" value="30.0"', 'name="collision energy" value="inf"', "collision_energy", "inf"),
+    ('name="collision energy" value="30.0"', 'name="collision energy" value="nan"', "collision_energy", None),
+])
+def test_mzml_values_that_are_no_numbers(tmp_path, old, new, field, want):
+    """A retention time, MS level or collision energy that is no number (or written twice: pyteomics gives a
+    list) let ValueError / TypeError / OverflowError escape the mzML reader; such a value is left out now (a
+    second one: the first is read), as the mzXML reader does."""
+    text = (DATA / "tiny.mzML").read_text()
+    assert old in text
+    p = tmp_path / "t.mzML"
+    p.write_text(text.replace(old, new, 1))
+    for on_error in ("skip", "raise"):
+        sp, rep = fio.read(p, on_error=on_error, return_report=True)
+        assert len(sp) == 2 and rep.n_rejected == 0
+        assert sp.metadata.column(field).to_pylist()[0] == want
+
+
+def test_damaged_hdf5_is_a_fastspec_error(tmp_path):
+    """Single flipped bits in a fastspec HDF5 file let h5py's RuntimeError / OSError escape (its links,
+    heaps and attributes read outside the guarded open): every one is a FastspecError now, or reads."""
+    import random
+
+    p = tmp_path / "v.h5"
+    fio.write(fio.read(DATA / "mgf_gnps.mgf"), p)
+    data = p.read_bytes()
+    rng = random.Random(3)
+    q = tmp_path / "c.h5"
+    for _ in range(150):
+        b = bytearray(data)
+        i = rng.randrange(len(b))
+        b[i] ^= 1 << rng.randrange(8)
+        q.write_bytes(bytes(b))
+        for on_error in ("skip", "raise"):
+            try:
+                fio.read(q, on_error=on_error)
+            except FastspecError:
+                pass
+
+
+def test_tsv_long_rows_in_small_chunks(tmp_path):
+    """A row longer than the parser's block was refused ("straddling object straddles two block
+    boundaries", no line) when chunks were small, read whole: blocks hold at least 16 MB now."""
+    from fastspec.spectra import Spectra
+
+    rng = np.random.default_rng(0)
+    mz = [np.sort(rng.uniform(50, 1000, 20_000)), np.array([100.0, 200.0])]
+    sp = Spectra.from_arrays(mz, [rng.uniform(1, 100, m.shape[0]) for m in mz], precursor_mz=[500.0, 300.0])
+    p = tmp_path / "long.tsv"
+    fio.write(sp, p)
+    whole = fio.read(p)
+    parts = list(fio.iter_read(p, chunk_size=1))
+    assert [len(c) for c in parts] == [1, 1]
+    np.testing.assert_array_equal(np.concatenate([c.mz for c in parts]), whole.mz)

@@ -304,26 +304,34 @@ def _arrow_type(g) -> pa.DataType | None:
     return simple.get(name)
 
 
+#: what h5py raises on a damaged file (its C library's errors come as OSError, RuntimeError, KeyError, ...)
+_DAMAGED = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
 def _open(path: str):
     h5py = _h5py()
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise FastspecError(f"{path}: not a readable HDF5 file: {e}") from e
-    fmt = f.attrs.get("format")
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode()
-    if fmt != FORMAT:
+    try:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT:
+            raise FastspecError(f"{path}: not a fastspec HDF5 spectra file (format attribute {fmt!r})")
+        ver = int(f.attrs.get("format_version", 0))
+        if ver > FORMAT_VERSION:
+            raise FastspecError(f"{path}: HDF5 format_version {ver} is newer than this fastspec ({FORMAT_VERSION})")
+        for k in ("offsets", "mz", "intensity"):
+            if k not in f:
+                raise FastspecError(f"{path}: missing dataset /{k}")
+    except FastspecError:
         f.close()
-        raise FastspecError(f"{path}: not a fastspec HDF5 spectra file (format attribute {fmt!r})")
-    ver = int(f.attrs.get("format_version", 0))
-    if ver > FORMAT_VERSION:
+        raise
+    except _DAMAGED as e:  # a damaged file's attributes or links (a fuzzer: RuntimeError, OSError escaped)
         f.close()
-        raise FastspecError(f"{path}: HDF5 format_version {ver} is newer than this fastspec ({FORMAT_VERSION})")
-    for k in ("offsets", "mz", "intensity"):
-        if k not in f:
-            f.close()
-            raise FastspecError(f"{path}: missing dataset /{k}")
+        raise FastspecError(f"{path}: cannot read HDF5 data: {e}") from e
     return f
 
 
@@ -366,7 +374,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
                 bar.to(int(os.path.getsize(path) * b / max(n, 1)))
         finally:
             bar.close()
-    except (OSError, KeyError, ValueError) as e:
+    except _DAMAGED as e:
         if isinstance(e, FastspecError):
             raise
         raise FastspecError(f"{path}: cannot read HDF5 data: {e}") from e

@@ -119,7 +119,7 @@ def _record(s: dict) -> dict:
         pmz = ion.get("selected ion m/z", ion.get("m/z"))
         if pmz is None:
             pmz = (p0.get("isolationWindow") or {}).get("isolation window target m/z")
-        md["precursor_mz"] = _num(pmz)
+        md["precursor_mz"] = _num(_first(pmz))
         # "possible charge state" where the converter could not tell (possibly several: the first)
         zv = ion.get("charge state", ion.get("possible charge state"))
         if isinstance(zv, (list, tuple)):
@@ -130,15 +130,15 @@ def _record(s: dict) -> dict:
             if z is not None and math.isfinite(z) and z == int(z):
                 md["charge"] = str(int(z))
         if ion.get("peak intensity") is not None:
-            pi = _num(ion.get("peak intensity"))
+            pi = _num(_first(ion.get("peak intensity")))
             md["precursor_intensity"] = pi if pi else None  # 0: not measured (as mzXML, MGF)
         act = p0.get("activation") or {}
         if act.get("collision energy") is not None:
-            md["collision_energy"] = _fmt(act.get("collision energy"))
+            md["collision_energy"] = _fmt(_first(act.get("collision energy")))
         elif act.get("normalized collision energy") is not None:  # (Thermo's NCE, in %)
-            md["collision_energy"] = f"{_fmt(act.get('normalized collision energy'))}% (NCE)"
+            md["collision_energy"] = f"{_fmt(_first(act.get('normalized collision energy')))}% (NCE)"
         elif act.get("supplemental collision energy") is not None:  # EThcD / ETciD: the supplemental activation's
-            md["collision_energy"] = _fmt(act.get("supplemental collision energy"))
+            md["collision_energy"] = _fmt(_first(act.get("supplemental collision energy")))
         etd = False
         for k in act:
             if k in DISSOCIATION:
@@ -162,12 +162,18 @@ def _record(s: dict) -> dict:
         pos, neg = "positive scan" in scan, "negative scan" in scan
     if pos != neg:
         md["ion_mode"] = "positive" if pos else "negative"
-    rt = scan.get("scan start time", scan.get("scan time"))
-    if rt is not None:
-        unit = getattr(rt, "unit_info", None)
-        v = float(rt)
-        md["retention_time"] = v * 60.0 if unit in ("minute", "min") else v
+    rt = _first(scan.get("scan start time", scan.get("scan time")))
+    v = _num(rt)
+    if v is not None and math.isfinite(v):  # (a value that is no number is left out, as mzXML's reader does)
+        md["retention_time"] = v * 60.0 if getattr(rt, "unit_info", None) in ("minute", "min") else v
     return md
+
+
+def _first(v):
+    """A cvParam's value; the first where one is written twice (pyteomics then gives a list of them)."""
+    if isinstance(v, (list, tuple)):
+        return v[0] if v else None
+    return v
 
 
 def _num(v) -> float | None:
@@ -179,7 +185,7 @@ def _num(v) -> float | None:
 
 def _fmt(v) -> str:
     f = _num(v)
-    if f is None:
+    if f is None or not math.isfinite(f):  # ("inf" / "nan": int() of them raised)
         return str(v)
     return str(int(f)) if f == int(f) else repr(f)
 
@@ -312,10 +318,11 @@ class XmlDialect(NamedTuple):
 
 
 def _mzml_level(s: dict) -> int | None:
-    level = s.get("ms level")
-    if level is None and "MS1 spectrum" in s:  # the spectrum type, where no ms level is written
-        return 1
-    return None if level is None else int(level)
+    level = _num(_first(s.get("ms level")))
+    if level is None or not math.isfinite(level) or level != int(level):
+        # not written, or no whole number ("abc", "2.5": as not written, as mzXML's reader reads them)
+        return 1 if "MS1 spectrum" in s else None  # the spectrum type, where no ms level is written
+    return int(level)
 
 
 def _mzml_profile(s: dict) -> bool:

@@ -34,6 +34,10 @@ def _header(first: bytes, path: str) -> list[str]:
         raise FastspecError(f"{path}: empty file (no header line)")
     if first.startswith(b"\xef\xbb\xbf"):
         first = first[3:]
+    if b"\r" in first.rstrip(b"\r\n"):  # the header read up to a \n holds more lines: pyarrow splits at \r too,
+        # and the rows would not line up with the header's names (a fuzzer: a ValueError escaped)
+        raise ParseError("lines end in CR only (classic Mac OS); convert the file to LF or CRLF line endings",
+                         path, 1)
     names = first.decode("utf-8", "replace").rstrip("\r\n").split("\t")
     return [n.strip() for n in names]
 
@@ -253,7 +257,10 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         while arrived:
             invalid.append(arrived.popleft())
 
-    block = 1 << 24 if chunk_size is None else int(min(max(chunk_size * 512, 1 << 16), 1 << 26))
+    # a row must fit in one block (pyarrow: "straddling object straddles two block boundaries"): at least
+    # 16 MB, as a whole-file read has, also for small chunks (a 20,000-peak row, ~310 kB, was refused by
+    # iter_read(chunk_size=100) and read by read(): a fuzzer)
+    block = _block_size(chunk_size)
     ropts = pcsv.ReadOptions(use_threads=False, block_size=block)
     popts = pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid)
     copts = pcsv.ConvertOptions(column_types={n: pa.string() for n in raw_names}, strings_can_be_null=False,
@@ -263,6 +270,8 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         reader = pcsv.open_csv(stream, read_options=ropts, parse_options=popts, convert_options=copts)
     except (pa.ArrowInvalid, OSError, EOFError) as e:
         stream.close()
+        if "straddl" in str(e):
+            raise _too_long(e, path, block) from e
         raise FastspecError(f"{path}: not a readable TSV file: {e}") from e
     # Rows that do not split into the header's fields are reported by pyarrow while it parses a block,
     # ahead of the rows before them: each is counted once the rows before it are, at its place among the
@@ -274,7 +283,7 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
     n_seen = 0  # invalid rows whose line numbers are in bad_nums
     bad_nums: list[int] = []
     try:
-        for batch in _batches(reader, path):
+        for batch in _batches(reader, path, block):
             drain()
             t = pa.Table.from_batches([batch])
             if t.num_rows == 0:
@@ -344,14 +353,30 @@ def _count_invalid(invalid: list, placed: int, below: int | None, lines: np.ndar
     return len(invalid)
 
 
-def _batches(reader, path):
+#: the least and most text pyarrow parses at a time (a row longer than the block cannot be read)
+MIN_BLOCK, MAX_BLOCK = 1 << 24, 1 << 26
+
+
+def _block_size(chunk_size: int | None) -> int:
+    """Bytes of text per parsed block: ``512 * chunk_size`` within :data:`MIN_BLOCK` .. :data:`MAX_BLOCK`."""
+    return MIN_BLOCK if chunk_size is None else int(min(max(chunk_size * 512, MIN_BLOCK), MAX_BLOCK))
+
+
+def _too_long(e: Exception, path: str, block: int) -> FastspecError:
+    if "straddl" in str(e):
+        return FastspecError(f"{path}: a row is longer than {block:,} bytes, the most a TSV row can hold here "
+                             f"(store such spectra as Parquet)")
+    return FastspecError(f"{path}: cannot read TSV data: {e}")
+
+
+def _batches(reader, path, block: int):
     while True:
         try:
             batch = reader.read_next_batch()
         except StopIteration:
             return
         except (pa.ArrowInvalid, OSError) as e:
-            raise FastspecError(f"{path}: cannot read TSV data: {e}") from e
+            raise _too_long(e, path, block) from e
         yield batch
 
 

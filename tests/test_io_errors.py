@@ -686,6 +686,11 @@ def test_tsv_with_cr_only_line_ends_is_refused(tmp_path):
      'name="ms level" value="2"/>', "ms_level", 2),
     ('name="collision energy" value="30.0"', 'name="collision energy" value="inf"', "collision_energy", "inf"),
     ('name="collision energy" value="30.0"', 'name="collision energy" value="nan"', "collision_energy", None),
+    # pyteomics' own type conversion failed on these and ended the file as broken XML (one rejection, the
+    # spectra after it lost): a charge state written twice (a list), or one that is no integer
+    ('name="charge state" value="1"/>', 'name="charge state" value="1"/><cvParam cvRef="PSI-MS" '
+     'accession="MS:1000041" name="charge state" value="1"/>', "charge", 1),
+    ('name="charge state" value="1"/>', 'name="charge state" value="inf"/>', "charge", None),
 ])
 def test_mzml_values_that_are_no_numbers(tmp_path, old, new, field, want):
     """A retention time, MS level or collision energy that is no number (or written twice: pyteomics gives a

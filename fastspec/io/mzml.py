@@ -77,6 +77,31 @@ class StartTolerant:
             return None, None
 
 
+class LenientTypes:
+    """Mixin for a pyteomics XML reader: an element whose values do not all convert to their schema types
+    (mzXML's ``precursorCharge="2+"``, an mzML term written twice, which pyteomics gives as a list, or
+    ``"inf"`` for an integer) keeps the values that do not convert as written, for the reader to judge, where
+    pyteomics' error ended the whole file as broken XML."""
+
+    def _convert_types(self, name, info):
+        from pyteomics.auxiliary import PyteomicsError
+
+        failed = (PyteomicsError, TypeError, ValueError, OverflowError)
+        given = dict(info)
+        try:
+            super()._convert_types(name, info)
+        except failed:
+            info.clear()
+            info.update(given)
+            for key, value in given.items():  # on failure, value by value
+                one = {key: value}
+                try:
+                    super()._convert_types(name, one)
+                except failed:
+                    continue
+                info[key] = one[key]
+
+
 def _reader_class(tolerant: bool = False):
     """pyteomics' MzML reader, refusing binary arrays in a compression it does not know (``tolerant``: with
     :class:`StartTolerant`)."""
@@ -84,7 +109,7 @@ def _reader_class(tolerant: bool = False):
     if _READER is None:
         mzml = _pyteomics_mzml()
 
-        class _MzML(mzml.MzML):
+        class _MzML(LenientTypes, mzml.MzML):
             def _determine_compression(self, info):
                 found = super()._determine_compression(info)
                 if found == "no compression":

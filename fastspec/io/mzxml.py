@@ -25,7 +25,7 @@ import numpy as np
 
 from fastspec.errors import FastspecError
 from fastspec.io._common import ReadReport, sniffed
-from fastspec.io.mzml import StartTolerant, XmlDialect, _fmt, _num, iter_xml
+from fastspec.io.mzml import LenientTypes, StartTolerant, XmlDialect, _fmt, _num, iter_xml
 from fastspec.spectra import Spectra
 
 
@@ -43,11 +43,10 @@ def _reader_class():
                 # pyteomics pulls in psims, which warns about an optional compression plugin
                 warnings.simplefilter("ignore", UserWarning)
                 from pyteomics import mzxml, xml
-                from pyteomics.auxiliary import PyteomicsError
         except ImportError as e:
             raise FastspecError("reading mzXML needs pyteomics and lxml: pip install 'fastspec[mzml]'") from e
 
-        class _MzXML(StartTolerant, mzxml.MzXML):  # the file sniffed as mzXML before it is opened
+        class _MzXML(StartTolerant, LenientTypes, mzxml.MzXML):  # the file sniffed as mzXML before it is opened
             def _determine_dtype(self, info):
                 # byteOrder is written by every converter but fixed to network order (ProteoWizard reads
                 # older files without it that way); precision 32 where it is not written
@@ -67,23 +66,6 @@ def _reader_class():
                         info[k] = arrays.get(k, np.zeros(0)) if isinstance(arrays, dict) else np.zeros(0)
                     return
                 super()._decode_peaks(info)
-
-            def _convert_types(self, name, info):
-                # one scan's unparsable attribute (precursorCharge="2+", retentionTime="") is kept as text,
-                # where pyteomics' PyteomicsError ended the whole file: on failure, attribute by attribute
-                given = dict(info)
-                try:
-                    super()._convert_types(name, info)
-                except PyteomicsError:
-                    info.clear()
-                    info.update(given)
-                    for key, value in given.items():
-                        one = {key: value}
-                        try:
-                            super()._convert_types(name, one)
-                        except PyteomicsError:
-                            continue
-                        info[key] = one[key]
 
             def _get_info_smart(self, element, **kw):
                 # nested scans ended (and were decoded and yielded) before their parent: not again

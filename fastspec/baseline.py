@@ -571,29 +571,38 @@ def nn_search(
     mask = np.zeros(len(library), dtype=bool)
     mask[lrows] = True
     qkeys, lkeys = _joint_codes(bucket_keys(queries, cfg.bucket), bucket_keys(library, cfg.bucket))
-    qk = qkeys[qrows]
-    offs, cand = similarity.group_candidates(qk, lkeys, library_mask=mask)
-    n_cand = np.diff(offs).astype(np.int64)
+    groups = similarity.KeyGroups(qkeys[qrows], lkeys, library_mask=mask)
+    n_cand = groups.lengths
     covered = n_cand > 0
-    kw = _metric_kwargs(cfg)
-    if nq:
-        s, idx, _ = similarity.topk_candidates(
-            _take_prepared(pq_, qrows), pl_, offs, cand, k, metric=cfg.metric, threads=threads, **kw
-        )
-        neigh[:] = idx
-        scores[:] = s
+    _topk_in_groups(groups, np.arange(nq, dtype=np.int64), qrows, pq_, pl_, cfg, threads, neigh, scores)
     if cfg.no_neighbour == "fallback" and (~covered).any():
         miss = np.flatnonzero(~covered)
         qp, lp = _joint_codes(bucket_keys(queries, "none"), bucket_keys(library, "none"))
-        offs2, cand2 = similarity.group_candidates(qp[qrows[miss]], lp, library_mask=mask)
-        if cand2.shape[0]:
-            s2, idx2, _ = similarity.topk_candidates(
-                _take_prepared(pq_, qrows[miss]), pl_, offs2, cand2, k, metric=cfg.metric, threads=threads, **kw
-            )
-            neigh[miss] = idx2
-            scores[miss] = s2
-            fallback[miss] = idx2[:, 0] >= 0
+        _topk_in_groups(similarity.KeyGroups(qp[qrows[miss]], lp, library_mask=mask), miss, qrows[miss], pq_, pl_, cfg,
+                        threads, neigh, scores)
+        fallback[miss] = neigh[miss, 0] >= 0
     return NNResult(neigh, scores, covered, n_cand, fallback)
+
+
+#: candidate pairs listed at once by :func:`nn_search` (~16 bytes each): a bucket as large as a polarity's
+#: whole training side, for every test spectrum without a same-formula one, asked for terabytes at 2.4M
+PAIRS_PER_CHUNK = 1 << 25
+
+
+def _topk_in_groups(groups, at: np.ndarray, rows: np.ndarray, pq_, pl_, cfg: SearchConfig, threads, neigh: np.ndarray,
+                    scores: np.ndarray) -> None:
+    """Top ``cfg.search_k`` of each query ``rows[i]`` among its ``groups`` candidates into ``neigh[at[i]]`` /
+    ``scores[at[i]]``, a run of queries at a time (at most :data:`PAIRS_PER_CHUNK` pairs listed)."""
+    from fastspec import similarity
+
+    kw = _metric_kwargs(cfg)
+    for start, stop, offs, cand in groups.chunks(PAIRS_PER_CHUNK):
+        if cand.shape[0] == 0:
+            continue
+        s, idx, _ = similarity.topk_candidates(_take_prepared(pq_, rows[start:stop]), pl_, offs, cand,
+                                               int(cfg.search_k), metric=cfg.metric, threads=threads, **kw)
+        neigh[at[start:stop]] = idx
+        scores[at[start:stop]] = s
 
 
 def _joint_codes(a: pa.Array, b: pa.Array) -> tuple[np.ndarray, np.ndarray]:

@@ -488,6 +488,25 @@ def test_ablation_embeddings(massbank_small):
     assert not any("intensity_power=" in line for line in lines), lines
 
 
+def test_nn_search_in_bounded_runs_of_pairs(massbank_small, monkeypatch):
+    """nn_search lists candidate pairs a run of queries at a time (the fallback's whole training side for every
+    uncovered test spectrum asked for terabytes at 2.4M, an audit): tiny runs give the very same neighbours."""
+    import fastspec.baseline as bl
+
+    lab = bl.LabData.build(massbank_small)
+    n = len(lab)
+    test, train = np.arange(0, n, 3), np.setdiff1d(np.arange(n), np.arange(0, n, 3))
+    for no_neighbour in ("skip", "fallback"):
+        cfg = bl.SearchConfig(metric="cosine", tolerance=0.02, search_k=5, no_neighbour=no_neighbour)
+        want = bl.nn_search(lab, lab, cfg, query_rows=test, library_rows=train, threads=1)
+        with monkeypatch.context() as m:
+            m.setattr(bl, "PAIRS_PER_CHUNK", 7)
+            got = bl.nn_search(lab, lab, cfg, query_rows=test, library_rows=train, threads=1)
+        for name in ("neighbours", "scores", "covered", "n_candidates", "fallback"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        assert (not want.covered.all()) and (no_neighbour == "skip" or want.fallback.any())
+
+
 def test_embedding_topk_grouped_equals_candidate_lists():
     from fastspec.ablation import _load_embeddings, embedding_topk, embedding_topk_grouped
     from fastspec.similarity import group_candidates

@@ -450,6 +450,27 @@ def test_group_candidates():
     assert off.tolist() == [0] and ids.size == 0
 
 
+def test_key_groups_listed_in_bounded_runs():
+    """KeyGroups.chunks lists every query once, in order, runs of at most max_pairs candidates (a query with
+    more alone), each run's lists equal to group_candidates' for those queries."""
+    from fastspec.similarity import KeyGroups
+
+    rng = np.random.default_rng(5)
+    lk, qk = rng.integers(-1, 4, 200), rng.integers(-1, 5, 60)
+    off, ids = group_candidates(qk, lk)
+    g = KeyGroups(qk, lk)
+    np.testing.assert_array_equal(g.lengths, np.diff(off))
+    for max_pairs in (1, 7, 100, 10**9):
+        got, seen = [], 0
+        for start, stop, o, c in g.chunks(max_pairs):
+            assert start == seen and stop > start
+            assert o[-1] <= max_pairs or stop == start + 1
+            got.append(c)
+            np.testing.assert_array_equal(c, ids[off[start]:off[stop]])
+            seen = stop
+        assert seen == 60 and np.array_equal(np.concatenate(got), ids)
+
+
 # ----------------------------------------------------------------------------------- threads, take
 @pytest.mark.parametrize("metric", ALL)
 def test_threads_identical(real, metric):

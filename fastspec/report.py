@@ -133,6 +133,8 @@ def _setting(rep: dict) -> str:
     s = c.get("preset") or c.get("metric", "?")
     if not c.get("preset") or (c.get("intensity_power"), c.get("mz_power")) != (1.0, 0.0):
         s += f" ip={_f(c.get('intensity_power'), 2)} mz={_f(c.get('mz_power'), 2)}"
+    if not c.get("preset") and c.get("tolerance") not in (None, "None"):  # (two tolerances read alike: an audit)
+        s += f" tol={c['tolerance']}"
     bin_width = (c.get("metric_params") or {}).get("bin_width")
     if bin_width is not None:  # the preset's bins at another width (an explicit tolerance)
         s += f" bin_width={bin_width:g}"

@@ -290,7 +290,7 @@ def _parse_range(text: str) -> tuple[float, float, bool]:
     (normalized ones): low, high, whether normalized."""
     import re
 
-    num = r"([-+]?\d*\.?\d+)\s*(%|nce|ev|v)?"
+    num = r"([-+]?(?:\d+(?:\.\d+)?|\.\d+))\s*(%|nce|ev|v)?"
     m = re.match(rf"^\s*{num}\s*(?:-|:|\.\.)\s*{num}\s*$", text, re.IGNORECASE)
     if not m:
         raise ParameterError(f"ce split: expected LOW-HIGH (eV; e.g. ce:10-30) or LOW-HIGH% (NCE; e.g. "

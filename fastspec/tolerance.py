@@ -12,7 +12,7 @@ from fastspec.errors import ParameterError
 
 # a sign is accepted so that "-1" is refused as negative rather than as unparseable
 # (one way to match a number's digits: "[0-9]*\.?[0-9]+" took quadratic time on a long run of them)
-_TOL_RE = re.compile(r"^\s*([-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(da|ppm|mda)?\s*$",
+_TOL_RE = re.compile(r"^\s*([-+]?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(?:(da|ppm|mda)\s*)?$",
                      re.IGNORECASE)
 _NOT_FINITE = "must be a finite non-negative value"
 

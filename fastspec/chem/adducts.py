@@ -204,7 +204,7 @@ def _split(text: str) -> tuple[str, int | None]:
         if q == 0:
             raise AdductError(f"adduct {text!r} has charge 0")
         return core, q
-    m = re.search(r"(\++|-+)$", s)  # unbracketed: only a dangling sign is a charge ("M+H+")
+    m = re.search(r"((?<!\+)\++|(?<!-)-+)$", s)  # unbracketed: only a dangling sign is a charge ("M+H+")
     if m:
         return s[: m.start()], len(m.group(1)) * (1 if m.group(1)[0] == "+" else -1)
     return s, None
@@ -288,6 +288,8 @@ def known_adducts(polarity: int | str | None = None) -> list[str]:
 def _parse_str(text: str) -> Adduct:
     if text in ADDUCTS:
         return ADDUCTS[text]
+    if re.search(r"\d{10}", text):  # no multiplicity, count or charge is that large (int() refuses 4,300 digits)
+        raise AdductError(f"a number of 10 digits or more in adduct {text[:60]!r}")
     core, q = _split(text)
     n, terms, comp = _parse_core(core, text)
     ckey = tuple(sorted(comp.items()))

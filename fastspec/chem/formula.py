@@ -212,8 +212,9 @@ def _parse_cached(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
 _SUP = "⁰¹²³⁴⁵⁶⁷⁸⁹"
 #: superscript digits are never atom counts: next to a trailing sign (``C6H5O7³⁻``, ``Fe²⁺``, ``C6H5O7³-``,
 #: ``Fe⁺²``) a charge, before an element symbol (``¹³CH4``) its mass number
-_SUP_CHARGE = re.compile(rf"(?:([{_SUP}]+)([⁺⁻+\-−])|([⁺⁻+\-−])([{_SUP}]+))\s*$")
-_SUP_ISOTOPE = re.compile(rf"([{_SUP}]+)([A-Z][a-z]?)")
+#: (a run of superscripts matched from its start only: searched from inside a long run, quadratic time)
+_SUP_CHARGE = re.compile(rf"(?:(?<![{_SUP}])([{_SUP}]+)([⁺⁻+\-−])|([⁺⁻+\-−])([{_SUP}]+))\s*$")
+_SUP_ISOTOPE = re.compile(rf"(?<![{_SUP}])([{_SUP}]+)([A-Z][a-z]?)")
 _SUP_DIGITS = str.maketrans({c: str(i) for i, c in enumerate(_SUP)})
 
 
@@ -233,8 +234,14 @@ def _superscripts(text: str) -> str:
 _DIGITS_SPACED = re.compile(r"\d\s+\d")
 
 
+#: a run of 10 digits or more: no count, mass number or charge is that large, and int() refuses over 4,300
+_LONG_NUMBER = re.compile(r"\d{10}")
+
+
 @lru_cache(maxsize=1 << 17)
 def _parse_str(text: str) -> tuple[tuple[tuple[str, int], ...], int]:
+    if _LONG_NUMBER.search(text):  # (int() of a 5,000-digit count raised a plain ValueError from a file's value)
+        raise FormulaError(f"a number of 10 digits or more in formula {text[:60]!r}")
     if any(c in _SUP for c in text):
         text = _superscripts(text)
     s = text.translate(_TRANS).strip()

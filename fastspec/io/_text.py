@@ -25,8 +25,10 @@ NUM_PEAKS_KEYS = ts.NUM_PEAKS_KEYS  # defined with the scanner, which reads them
 # MoNA quotes whole pairs: "SMILES=C=CC(=O)O" "cas=50-00-0". Quoted strings are taken left to right, so
 # that a closing quote never opens one (NIST's peptide comments: Origfile="a.MGF" Nreps=1/2 Sample="s1");
 # those holding no key=value stay text
-_QUOTED_RE = re.compile(r'"(?:\s*([^"=]+?)\s*=\s*([^"]*)|[^"]*)"')
-_PAIR_RE = re.compile(r'"\s*([^"=]+?)\s*=\s*([^"]*)"')  # the same, where every quote is in a pair
+# (a key starts and ends with no space, a value starts with none: each run of spaces splits one way; "\s*" beside
+# a lazy key that may hold spaces split them many ways, and a 3,000-space comment took 29 s)
+_QUOTED_RE = re.compile(r'"(?:\s*([^"=\s](?:[^"=]*[^"=\s])?)\s*=\s*((?:[^"\s][^"]*)?)|[^"]*)"')
+_PAIR_RE = re.compile(r'"\s*([^"=\s](?:[^"=]*[^"=\s])?)\s*=\s*((?:[^"\s][^"]*)?)"')  # the same, where every quote is in a pair
 # Thermo / mzVault libraries quote only the value: Comments: ColumnType="DB-5, 30 m" SMILES="C=CC(=O)O"
 _KEY_QUOTED_RE = re.compile(r'(?:(?<=\s)|^)([A-Za-z_][\w.\-/#]*)\s*=\s*"([^"]*)"')
 # MS-DIAL / RIKEN / GNPS-to-MSP conversions write the pairs unquoted: Comment: DB#=X; origin=GNPS. A key: up

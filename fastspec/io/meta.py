@@ -221,9 +221,17 @@ def canonical_key(raw_key: str) -> str:
 
 # ---------------------------------------------------------------------------- value parsers
 _CHARGE_RE = re.compile(r"^\s*(?:([+-])\s*)?(\d+)\s*([+-]?)")  # (one way to split spaces: linear time)
-_ADDUCT_CHARGE_RE = re.compile(r"\]\s*(\d*)\s*([+-])\s*\*?\s*$")
-# a charge written after the closing bracket, in any form the adduct parser reads ("]2+", "]++", "]-1", "]+*")
-_ADDUCT_TAIL_RE = re.compile(r"\][^\[\]]*[+-][^\[\]]*$")
+# (each run of spaces split one way: two \s* side by side took quadratic time on a long run)
+_ADDUCT_CHARGE_RE = re.compile(r"\](?:\s*(\d+))?\s*([+-])(?:\s*\*)?\s*$")
+
+
+def _charge_after_bracket(text: str) -> bool:
+    """A charge written after the closing bracket, in any form the adduct parser reads ("]2+", "]++", "]-1",
+    "]+*"): a sign after the last ``]``, with no bracket after it (a pattern for it took quadratic time on a
+    long run of signs)."""
+    i = text.rfind("]")
+    tail = text[i + 1:]
+    return i >= 0 and "[" not in tail and ("+" in tail or "-" in tail)
 
 
 _SEVERAL_CHARGES = r"\d\s*[+-]?\s*(?:,|;|/|\band\b|\bor\b|\s)\s*[+-]?\s*\d"
@@ -255,6 +263,8 @@ def parse_charge(value: Any) -> tuple[int, bool]:
     if not m:
         return 0, False
     pre, digits, post = m.groups()
+    if len(digits.lstrip("0")) > 3:  # beyond 127 anyway (int() refuses 4,300 digits: a file's 5,000-digit charge)
+        return 0, False
     v = int(digits)
     if v > 127:
         return 0, False
@@ -291,11 +301,13 @@ def adduct_charge(adduct: Any) -> tuple[int, bool]:
         m = _ADDUCT_CHARGE_RE.search(text)
         if not m:
             return 0, False
+        if m.group(1) and len(m.group(1).lstrip("0")) > 3:  # beyond 127 anyway (int() refuses 4,300 digits)
+            return 0, False
         q = int(m.group(1)) if m.group(1) else 1
         q = -q if m.group(2) == "-" else q
     if q == 0 or abs(q) > 127:
         return 0, False
-    return q, bool(_ADDUCT_TAIL_RE.search(text))
+    return q, _charge_after_bracket(text)
 
 
 def charge_from_adduct(adduct: Any) -> int:

@@ -62,8 +62,8 @@ def search_to_file(library, queries: Any, path: "str | os.PathLike", k: int = 10
     k : int
     chunk_size : int
         Query spectra per chunk, with the records the reader rejected among them. A chunk ends where a
-        read block does: MGF/MSP blocks hold at least 1 MB of text (about 1,000 spectra), TSV blocks
-        ``512 * chunk_size`` bytes (at least 16 MB, so that a long row fits), other formats ``chunk_size`` records.
+        read block does: MGF/MSP blocks hold at least 1 MB of text (about 1,000 spectra), other formats
+        ``chunk_size`` records (TSV rows).
     on_error, progress, formula, **kwargs
         As for :func:`fastspec.search.search` (``formula`` as a list: one per query spectrum read; its
         values are checked before the search, its length once every query is read), but ``progress``

@@ -742,3 +742,31 @@ def test_tsv_long_rows_in_small_chunks(tmp_path):
     parts = list(fio.iter_read(p, chunk_size=1))
     assert [len(c) for c in parts] == [1, 1]
     np.testing.assert_array_equal(np.concatenate([c.mz for c in parts]), whole.mz)
+    # the reader itself hands a block on chunk_size rows at a time (search_to_file's runs end at its blocks:
+    # 16 MB blocks made runs of ~18,000 queries out of chunk_size=100, a review)
+    from fastspec.io import _iter_file
+    from fastspec.io._common import ReadReport
+
+    blocks = list(_iter_file(str(p), None, "skip", ReadReport(path=str(p)), None, 1))
+    assert [len(b) for b in blocks] == [1, 1]
+
+
+def test_huge_numbers_and_space_runs_in_values(tmp_path):
+    """A review of the fuzzer's fixes: 5,000-digit charges, adduct charges and formula counts let Python's
+    int() ValueError (over 4,300 digits) escape the reader; a comment's quoted text of 3,000 spaces took 29 s
+    (a pattern splitting the spaces many ways). Both read now: the values are no charge / adduct / formula."""
+    digits = "1" * 5000
+    p = tmp_path / "h.msp"
+    p.write_text(f"Name: a\nCharge: {digits}+\nPrecursor_type: [M+H]{digits}+\nFormula: C{digits}H4\n"
+                 f"Comments: \"{' ' * 3000}x\nNum Peaks: 1\n50 10\n\nName: b\nPrecursor_type: M{'+' * 20000}\n"
+                 f"Num Peaks: 1\n60 10\n")
+    sp, rep = fio.read(p, return_report=True)
+    assert len(sp) == 2 and rep.n_rejected == 0
+    assert sp.charge.tolist() == [0, 0]
+    from fastspec.chem.adducts import AdductError, parse_adduct
+    from fastspec.chem.formula import FormulaError, parse_formula
+
+    with pytest.raises(AdductError, match="10 digits or more"):
+        parse_adduct(f"[M+H]{digits}+")
+    with pytest.raises(FormulaError, match="10 digits or more"):
+        parse_formula(f"C{digits}H4")

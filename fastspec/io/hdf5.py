@@ -305,7 +305,7 @@ def _arrow_type(g) -> pa.DataType | None:
 
 
 #: what h5py raises on a damaged file (its C library's errors come as OSError, RuntimeError, KeyError, ...)
-_DAMAGED = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+_DAMAGED = (OSError, RuntimeError, KeyError, ValueError)
 
 
 def _open(path: str):

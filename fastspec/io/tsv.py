@@ -257,9 +257,9 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
         while arrived:
             invalid.append(arrived.popleft())
 
-    # a row must fit in one block (pyarrow: "straddling object straddles two block boundaries"): at least
-    # 16 MB, as a whole-file read has, also for small chunks (a 20,000-peak row, ~310 kB, was refused by
-    # iter_read(chunk_size=100) and read by read(): a fuzzer)
+    # a row must fit in a block or so (pyarrow: "straddling object straddles two block boundaries"): at
+    # least 16 MB, as a whole-file read has, also for small chunks (a 20,000-peak row, ~310 kB, was refused by
+    # iter_read(chunk_size=100) and read by read(): a fuzzer); blocks are handed on chunk_size rows at a time
     block = _block_size(chunk_size)
     ropts = pcsv.ReadOptions(use_threads=False, block_size=block)
     popts = pcsv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid)
@@ -292,17 +292,23 @@ def iter_spectra(path: str, *, on_error: str, report: ReadReport, progress: bool
             bad_nums.extend(n for n, _ in invalid[n_seen:] if n is not None)
             n_seen = len(invalid)
             bad_lines = np.sort(np.asarray(bad_nums, dtype=np.int64))
-            lines = _row_lines(next_line, t.num_rows, bad_lines)
-            next_line = int(lines[-1]) + 1
-            at = text.file_lines(lines)  # (lines, like pyarrow's row numbers, leave empty lines out)
-            if on_error == "raise":
-                _raise_first_invalid(invalid, int(lines[-1]), t, path, mz_name, in_name, at, text.file_lines)
-            records = n_rows + np.arange(t.num_rows, dtype=np.int64) + np.searchsorted(bad_lines, lines)
-            placed = _count_invalid(invalid, placed, int(lines[-1]), lines, n_rows, report, path, text.file_lines)
-            sp = table_spectra(t, path, mz_name, in_name, 0, on_error, report, text=True, lines=at,
-                               records=records)
-            n_rows += t.num_rows
-            yield sp
+            # handed on chunk_size rows at a time: a block holds at least MIN_BLOCK bytes of text, which a
+            # chunked search (search_to_file, a cluster's runs) would otherwise take as one run of queries
+            step = t.num_rows if chunk_size is None else max(1, int(chunk_size))
+            for first in range(0, t.num_rows, step):
+                piece = t.slice(first, step)
+                lines = _row_lines(next_line, piece.num_rows, bad_lines)
+                next_line = int(lines[-1]) + 1
+                at = text.file_lines(lines)  # (lines, like pyarrow's row numbers, leave empty lines out)
+                if on_error == "raise":
+                    _raise_first_invalid(invalid, int(lines[-1]), piece, path, mz_name, in_name, at, text.file_lines)
+                records = n_rows + np.arange(piece.num_rows, dtype=np.int64) + np.searchsorted(bad_lines, lines)
+                placed = _count_invalid(invalid, placed, int(lines[-1]), lines, n_rows, report, path,
+                                        text.file_lines)
+                sp = table_spectra(piece, path, mz_name, in_name, 0, on_error, report, text=True, lines=at,
+                                   records=records)
+                n_rows += piece.num_rows
+                yield sp
         drain()
         if on_error == "raise":
             _raise_first_invalid(invalid, None, None, path, mz_name, in_name, None, text.file_lines)
@@ -364,8 +370,8 @@ def _block_size(chunk_size: int | None) -> int:
 
 def _too_long(e: Exception, path: str, block: int) -> FastspecError:
     if "straddl" in str(e):
-        return FastspecError(f"{path}: a row is longer than {block:,} bytes, the most a TSV row can hold here "
-                             f"(store such spectra as Parquet)")
+        return FastspecError(f"{path}: a row is too long to parse in blocks of {block:,} bytes (a row up to about "
+                             f"that size is read; store such spectra as Parquet)")
     return FastspecError(f"{path}: cannot read TSV data: {e}")
 
 

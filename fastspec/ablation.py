@@ -347,9 +347,16 @@ def embedding_analysis(
     qk, lk = codes[: len(ev.qlab)], codes[len(ev.qlab) :]
     mask = np.zeros(len(ev.lib), bool)
     mask[ev.train_rows] = True
-    offs, cand = similarity.group_candidates(qk[ev.test_rows], lk, library_mask=mask)
-    s, idx = embedding_topk(qe[ev.test_rows], le, offs, cand, cfg.search_k)
-    covered = np.diff(offs) > 0
+    # candidate pairs a run of test spectra at a time, as nn_search lists them (a large bucket at 2.4M: GBs)
+    from fastspec.baseline import PAIRS_PER_CHUNK
+
+    groups = similarity.KeyGroups(qk[ev.test_rows], lk, library_mask=mask)
+    s = np.zeros((len(ev.test_rows), cfg.search_k))
+    idx = np.full((len(ev.test_rows), cfg.search_k), -1, dtype=np.int64)
+    for start, stop, offs, cand in groups.chunks(PAIRS_PER_CHUNK):
+        if cand.shape[0]:
+            s[start:stop], idx[start:stop] = embedding_topk(qe[ev.test_rows[start:stop]], le, offs, cand, cfg.search_k)
+    covered = groups.lengths > 0
     fallback = np.zeros(len(ev.test_rows), bool)
     if cfg.no_neighbour == "fallback" and (~covered).any():  # as the spectral rows: the polarity's training side
         miss = np.flatnonzero(~covered)
@@ -357,7 +364,7 @@ def embedding_analysis(
         s[miss], idx[miss] = embedding_topk_grouped(qe[ev.test_rows[miss]], pcodes[: len(ev.qlab)][ev.test_rows[miss]],
                                                     le, np.where(mask, pcodes[len(ev.qlab) :], -1), cfg.search_k)
         fallback[miss] = idx[miss, 0] >= 0
-    res = NNResult(idx, s, covered, np.diff(offs).astype(np.int64), fallback)
+    res = NNResult(idx, s, covered, groups.lengths, fallback)
     rep, det = ev._score(res, cfg, hit_ks, n_bootstrap, seed, 0)
     rows.append({"split": split_name, "intensity_power": None, "mz_power": None, "shuffle": False, "embedding": True, **rep})
 

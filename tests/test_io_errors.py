@@ -770,3 +770,12 @@ def test_huge_numbers_and_space_runs_in_values(tmp_path):
         parse_adduct(f"[M+H]{digits}+")
     with pytest.raises(FormulaError, match="10 digits or more"):
         parse_formula(f"C{digits}H4")
+    # superscript digits become digits: the same guard (a review: "³" * 5000 got past it)
+    sup = "³" * 5000
+    with pytest.raises(FormulaError, match="10 digits or more"):
+        parse_formula(f"C6H5O7{sup}⁻")
+    with pytest.raises(AdductError, match="10 digits or more"):
+        parse_adduct(f"[M+H]{sup}+")
+    q = tmp_path / "s.msp"
+    q.write_text(f"Name: a\nPrecursor_type: [M+H]{sup}+\nFormula: C6H5O7{sup}⁻\nNum Peaks: 1\n50 10\n")
+    assert len(fio.read(q)) == 1

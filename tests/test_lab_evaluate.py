@@ -473,6 +473,17 @@ def test_ablation_embeddings(massbank_small):
     e = out["embeddings"][0]
     assert e["n_flagged"] > 0 and len(e["pairs"]) == 5
     assert any(r.get("embedding") for r in out["rows"])
+    # the embedding row's candidate pairs listed a run of test spectra at a time, as nn_search's: same row
+    import fastspec.baseline as bl
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(bl, "PAIRS_PER_CHUNK", 7)
+        small = ablate(
+            massbank_small, ["random"], metric="cosine", intensity_powers=[0.0, 1.0], mz_powers=[0.0], shuffle=False,
+            embeddings=emb, embedding_threshold=-1.0, spectral_threshold=2.0, n_pairs=5, n_bootstrap=0,
+        )
+    want, got = ([{k: v for k, v in r.items() if k != "timing"} for r in o["rows"] if r.get("embedding")] for o in (out, small))
+    assert got == want
     with pytest.raises(FastspecError):
         ablate(massbank_small, ["random"], metric="cosine", intensity_powers=[1.0], mz_powers=[0.0], embeddings=emb[:10], n_bootstrap=0)
     # extra rows are refused too: they mean the rows belong to some other list of spectra

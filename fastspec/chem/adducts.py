@@ -288,7 +288,7 @@ def known_adducts(polarity: int | str | None = None) -> list[str]:
 def _parse_str(text: str) -> Adduct:
     if text in ADDUCTS:
         return ADDUCTS[text]
-    if re.search(r"\d{10}", text):  # no multiplicity, count or charge is that large (int() refuses 4,300 digits)
+    if re.search(r"[\d⁰¹²³⁴⁵⁶⁷⁸⁹]{10}", text):  # (superscript digits too: they become digits)  # no multiplicity, count or charge is that large (int() refuses 4,300 digits)
         raise AdductError(f"a number of 10 digits or more in adduct {text[:60]!r}")
     core, q = _split(text)
     n, terms, comp = _parse_core(core, text)

@@ -235,7 +235,7 @@ _DIGITS_SPACED = re.compile(r"\d\s+\d")
 
 
 #: a run of 10 digits or more: no count, mass number or charge is that large, and int() refuses over 4,300
-_LONG_NUMBER = re.compile(r"\d{10}")
+_LONG_NUMBER = re.compile(rf"[\d{_SUP}]{{10}}")  # (superscript digits too: they become digits)
 
 
 @lru_cache(maxsize=1 << 17)

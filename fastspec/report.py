@@ -125,6 +125,16 @@ def _ci(rep: dict, key: str) -> str:
     return f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
+def _tolerance_label(text) -> str:
+    """One spelling per tolerance ("0.01", "0.010" and 0.01 all read 0.01da), no space in it."""
+    from fastspec.tolerance import parse_tolerance
+
+    try:
+        return str(parse_tolerance(text)).replace(" ", "")
+    except Exception:  # noqa: BLE001 - a report written by another version: shown as it is
+        return str(text).replace(" ", "")
+
+
 def _setting(rep: dict) -> str:
     """What tells two runs apart: preset or metric (+ powers), and every choice that changes what a
     metric means when it differs from the default (the no-neighbour policy above all: skip, zero and
@@ -134,7 +144,7 @@ def _setting(rep: dict) -> str:
     if not c.get("preset") or (c.get("intensity_power"), c.get("mz_power")) != (1.0, 0.0):
         s += f" ip={_f(c.get('intensity_power'), 2)} mz={_f(c.get('mz_power'), 2)}"
     if not c.get("preset") and c.get("tolerance") not in (None, "None"):  # (two tolerances read alike: an audit)
-        s += f" tol={c['tolerance']}"
+        s += f" tol={_tolerance_label(c['tolerance'])}"
     bin_width = (c.get("metric_params") or {}).get("bin_width")
     if bin_width is not None:  # the preset's bins at another width (an explicit tolerance)
         s += f" bin_width={bin_width:g}"

@@ -624,7 +624,9 @@ def test_report_setting_tells_policies_apart():
     assert _setting(rep(metric="modified_cosine")).startswith("modified_cosine ip=1")
     # runs that differ only in tolerance read alike (an audit: modified cosine at 0.01 and 0.05 Da)
     assert _setting(rep(metric="modified_cosine", tolerance=0.01)) != _setting(rep(metric="modified_cosine", tolerance=0.05))
-    assert " tol=0.01" in _setting(rep(metric="modified_cosine", tolerance=0.01))
+    assert " tol=0.01da " in _setting(rep(metric="modified_cosine", tolerance=0.01))
+    assert _setting(rep(metric="modified_cosine", tolerance="0.010")) == _setting(rep(metric="modified_cosine", tolerance=0.01))
+    assert " tol=10.0ppm " in _setting(rep(metric="modified_cosine", tolerance="10 ppm"))
     r = rep()
     r["config"]["fingerprint"] = "morgan:3:2048"
     assert _setting(r) == "khoo2026 no_neighbour=skip fp=morgan:3:2048"

@@ -79,7 +79,8 @@ def _edge_spectra(rng, n):
 @pytest.mark.parametrize("opts", [{}, {"precursor_peak": 7.0}, {"base_peak": 100.0, "max_mz": 40.0},
                                   {"base_peak": -1.0, "precursor_peak": 0.0},
                                   {"precursor_peak": 100.0, "base_peak": 100.0, "intensity_power": 0.5,
-                                   "mz_power": 1.0}, {"intensity_power": 2.0, "mz_power": 2.0, "max_mz": 25.0}])
+                                   "mz_power": 1.0}, {"intensity_power": 2.0, "mz_power": 2.0, "max_mz": 25.0},
+                                  {"intensity_power": 0.0, "precursor_peak": 100.0, "base_peak": 100.0}])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bin_peaks_equals_reference_vectors(opts, threads):
     """The linear binning pass equals the pure-Python binned vectors (bins ascending, sums per bin), in

@@ -1600,7 +1600,7 @@ class Library:
         stem = STORED_WEIGHTS.get((kind, float(mz_power), float(intensity_power)))
         if stem is not None and f"{stem}.npy" in self.manifest["files"]:
             return self.array(stem)
-        key = f"w:{kind}:{float(mz_power) + 0.0!r}:{float(intensity_power) + 0.0!r}"  # (2, 2.0, np.float64(2), -0.0: one key)
+        key = f"w:{kind}:{_powers_key(mz_power, intensity_power)}"
         got = self._cache.get(key)
         if got is None:
             got = self._remember_weights(key, fk.peak_weights(self.array("offsets"), self.array("mz"),
@@ -1628,7 +1628,7 @@ class Library:
         from fastspec.kernels import fragment as fk
 
         losses = bool(losses) and kind != "cosine"  # cosine's loss weights are its own either way
-        key = f"pi:{kind}:{float(mz_power) + 0.0!r}:{float(intensity_power) + 0.0!r}:{losses}"
+        key = f"pi:{kind}:{_powers_key(mz_power, intensity_power)}:{losses}"
         got = self._cache.get(key)
         if got is not None:
             return got
@@ -1867,6 +1867,11 @@ def _polarity_strings(pol: np.ndarray) -> pa.Array:
     # a take in Arrow, not a numpy object array: this runs for every candidate set an exact search scores
     codes = np.where(pol > 0, 1, np.where(pol < 0, 2, 0)).astype(np.int8)
     return pa.array([None, "positive", "negative"], pa.string()).take(pa.array(codes))
+
+
+def _powers_key(mz_power, intensity_power) -> str:
+    """Weight powers as a cache key: one spelling per value (2, 2.0, np.float64(2); -0.0 as 0.0)."""
+    return f"{float(mz_power) + 0.0!r}:{float(intensity_power) + 0.0!r}"
 
 
 def _frag_order(lib: Library) -> np.ndarray:

@@ -511,7 +511,7 @@ def run_whole_library(ctx: "_Context", rows: np.ndarray, scores: np.ndarray, ind
 
 
 #: k may exceed the library's size up to this (the hits are padded with -1, as FAISS does)
-from fastspec.similarity import _K_PAD_MAX  # noqa: E402  (one limit for search and score_matrix)
+from fastspec.similarity import _K_PAD_MAX, _finite  # noqa: E402  (limits and checks shared with score_matrix)
 
 
 class _SearchConfig:
@@ -602,7 +602,7 @@ class _SearchConfig:
                 raise ParameterError(f"{name} must be True or False, got {flag!r}")
         c.same_adduct, c.same_charge, c.same_instrument = bool(same_adduct), bool(same_charge), bool(same_instrument)
         c.min_matches = _count(min_matches, "min_matches", 0)
-        c.min_score_given = _number(min_score, "min_score")
+        c.min_score_given = _finite(min_score, "min_score")
         if c.min_score_given > 1.0:  # every metric scores within [0, 1]: nothing could ever be a hit
             raise ParameterError(f"min_score must be at most 1 (scores lie in [0, 1]), got {min_score!r}")
         c.min_score = _float32_floor(c.min_score_given)
@@ -612,7 +612,7 @@ class _SearchConfig:
             raise ParameterError("nprobe and n_candidates apply to engine='faiss'")
         if c.n_candidates is not None and c.n_candidates < c.k:  # fewer than k hits whatever the library holds
             raise ParameterError(f"n_candidates={c.n_candidates} must be at least k={c.k}")
-        c.mz_power, c.intensity_power = _number(mz_power, "mz_power"), _number(intensity_power, "intensity_power")
+        c.mz_power, c.intensity_power = _finite(mz_power, "mz_power"), _finite(intensity_power, "intensity_power")
         if c.intensity_power < 0:  # a zero-intensity peak would weigh inf, and its spectrum score NaN (matchms too)
             raise ParameterError(f"intensity_power must be 0 or more, got {c.intensity_power:g}")
         c.metric_params = dict(metric_params)
@@ -756,12 +756,6 @@ def _count(v, name: str, minimum: int) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
         raise ParameterError(f"{name} must be an integer >= {minimum}, got {v!r}")
     return int(v)
-
-
-def _number(v, name: str) -> float:
-    from fastspec.similarity import _finite
-
-    return _finite(v, name)
 
 
 def _kth_lower(scores: np.ndarray, indices: np.ndarray) -> np.ndarray:
